@@ -1,0 +1,75 @@
+/* The node configuration file (`key = value` lines, `#` comments).
+ *
+ * The keys are those of DESIGN.md plus a few documented in the README.
+ * `peer` may repeat; every other key may appear once.  Errors name the file
+ * and line: "starling.conf:7: unknown key 'nodeid'". */
+#ifndef LIB_CONFIG_H
+#define LIB_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lib/arr.h"
+#include "lib/log.h"
+
+struct config_addr {
+	char *host; /* NULL when not configured */
+	uint16_t port;
+};
+
+struct config_peer {
+	uint32_t sid;
+	struct config_addr addr;
+};
+
+enum config_granularity {
+	CONFIG_GRAN_MAILBOX,
+	CONFIG_GRAN_USER,
+	CONFIG_GRAN_DOMAIN,
+	CONFIG_GRAN_GLOBAL,
+};
+
+enum config_plaintext_auth {
+	CONFIG_PLAINTEXT_LOOPBACK, /* plaintext LOGIN only over TLS or from loopback */
+	CONFIG_PLAINTEXT_ALWAYS,
+	CONFIG_PLAINTEXT_NEVER,    /* only over TLS */
+};
+
+struct config {
+	char *path;
+	uint32_t node_id;
+	char *data_dir;
+	struct config_addr imap_listen;
+	struct config_addr imaps_listen;
+	struct config_addr repl_listen;
+	ARRAY(struct config_peer) peers;
+	char *cluster_secret_file;
+	char *users_file;
+	unsigned sync_replicas;
+	enum config_granularity master_granularity;
+	char *tls_cert, *tls_key, *tls_ca;
+	enum log_level log_level;
+	/* Largest message text accepted, in bytes (default 64 MiB). */
+	uint64_t max_message_size;
+	enum config_plaintext_auth plaintext_auth;
+	/* Replication log entries kept per peer before it is marked for a
+	 * full sync instead. */
+	uint64_t repl_log_max;
+};
+
+#define CONFIG_DEFAULT_MAX_MESSAGE_SIZE (64ull * 1024 * 1024)
+#define CONFIG_DEFAULT_REPL_LOG_MAX 100000ull
+#define CONFIG_MAX_PEERS 64
+
+/* Reads and validates path.  Returns a new config, or NULL with a one-line
+ * message in *error_r (the caller frees it). */
+struct config *config_load(const char *path, char **error_r);
+/* Parses config text as if it came from a file named path; for tests. */
+struct config *config_parse(const char *path, const char *text, char **error_r);
+void config_free(struct config **cfg);
+
+/* Parses "HOST:PORT" or "[V6ADDR]:PORT".  Returns 0 or -1. */
+int config_parse_addr(const char *s, struct config_addr *addr_r);
+const char *config_granularity_name(enum config_granularity g);
+
+#endif

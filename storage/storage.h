@@ -1,0 +1,337 @@
+/* The node's mail store: one LevelDB database in data_dir.
+ *
+ * Holds users' mailboxes, messages, message texts (stored once per node and
+ * shared by copies), modseqs, expunge tombstones, the replication log with
+ * per-peer cursors and per-peer, per-mailbox sync state.
+ *
+ * Durability and group commit.  Every mutation below is one atomic LevelDB
+ * write batch.  It is visible to reads on this handle as soon as the call
+ * returns, but it is durable only after the next stor_sync().  Callers must
+ * not acknowledge a change (IMAP OK, protocol reply) before that.  An event
+ * loop calls stor_sync() once per turn, so all mutations of a turn share one
+ * fsync; stor_on_durable() queues work to run after it.  Because LevelDB's
+ * log is append-only, syncing it makes every earlier write durable, and a
+ * kill -9 at any moment leaves only whole batches.
+ *
+ * Errors: functions return 0 on success and -1 on error with a message in
+ * *error_r that stays valid until the next call on the same handle.  Lookups
+ * return 1 found, 0 not found, -1 error.  LevelDB corruption is always an
+ * error, never ignored.
+ *
+ * Nothing here knows of IMAP syntax or of the network; no LevelDB type leaks
+ * out of this header. */
+#ifndef STORAGE_STORAGE_H
+#define STORAGE_STORAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/arr.h"
+#include "lib/buf.h"
+#include "lib/guid.h"
+
+struct stor_db;
+
+/* Limits, checked before anything is written. */
+#define STOR_MAX_USER_LEN 255
+#define STOR_MAX_MAILBOX_NAME_LEN 1024
+#define STOR_MAX_KEYWORDS 64         /* per message */
+#define STOR_MAX_KEYWORD_LEN 128
+
+/* System flags, as bits. */
+enum stor_flag {
+	STOR_FLAG_SEEN = 1 << 0,
+	STOR_FLAG_ANSWERED = 1 << 1,
+	STOR_FLAG_FLAGGED = 1 << 2,
+	STOR_FLAG_DELETED = 1 << 3,
+	STOR_FLAG_DRAFT = 1 << 4,
+};
+#define STOR_FLAGS_ALL 0x1f
+
+struct stor_settings {
+	const char *dir;            /* created if missing */
+	uint64_t max_message_size;  /* 0: CONFIG_DEFAULT_MAX_MESSAGE_SIZE */
+	/* Test hook: when > 0, the Nth LevelDB write from now fails with an
+	 * injected I/O error, to exercise error paths. */
+	unsigned fail_nth_write;
+};
+
+/* Opens (creating if needed) the store.  Fails with a clear message when
+ * another process holds the database ("... is in use by a running node?"),
+ * or when LevelDB reports corruption. */
+int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **error_r);
+void stor_close(struct stor_db **db);
+/* The last error message on this handle. */
+const char *stor_last_error(struct stor_db *db);
+
+/* Makes every mutation so far durable (one fsync for all of them), then runs
+ * the callbacks queued by stor_on_durable() in order, with ok=false if the
+ * sync failed.  Returns 0 or -1. */
+int stor_sync(struct stor_db *db, const char **error_r);
+typedef void stor_durable_cb(void *ctx, bool ok);
+void stor_on_durable(struct stor_db *db, stor_durable_cb *cb, void *ctx);
+/* True when there are mutations or callbacks waiting for stor_sync(). */
+bool stor_sync_pending(struct stor_db *db);
+
+/* ---- Mailboxes ---- */
+
+struct stor_mailbox {
+	struct guid guid;        /* chosen by the creator, same on every node */
+	char *user;
+	char *name;              /* IMAP name, '/'-separated hierarchy, "INBOX" */
+	uint32_t uidvalidity;
+	uint32_t uidnext;        /* above every UID ever used, even expunged */
+	uint64_t highestmodseq;  /* at least every modseq in the mailbox */
+	uint32_t messages;       /* current count */
+	uint32_t unseen;         /* messages without \Seen */
+	uint32_t recent_dummy;   /* reserved, always 0 */
+	/* Order-independent digest of the mailbox's messages: XOR over messages
+	 * of a hash of (UID, GUID, flags, keywords).  Equal on two nodes exactly
+	 * when they hold the same messages with the same flags. */
+	unsigned char digest[16];
+	char special_use[16];    /* "\\Sent" etc., or "" */
+};
+
+void stor_mailbox_free(struct stor_mailbox *mb);
+
+struct stor_mailbox_create {
+	const char *user;
+	const char *name;
+	const struct guid *guid;   /* NULL: generate a new one */
+	uint32_t uidvalidity;      /* 0: choose a new one (based on time) */
+	const char *special_use;   /* NULL or "\\Drafts", ... */
+};
+
+/* Creates a mailbox.  Fails if (user, name) exists, or the GUID belongs to
+ * another mailbox.  *mb_r (may be NULL) receives the new mailbox, which the
+ * caller frees with stor_mailbox_free(). */
+int stor_mailbox_create(struct stor_db *db, const struct stor_mailbox_create *req,
+			struct stor_mailbox *mb_r, const char **error_r);
+/* Looks up by name or by GUID.  1 found, 0 not found, -1 error. */
+int stor_mailbox_get(struct stor_db *db, const char *user, const char *name,
+		     struct stor_mailbox *mb_r, const char **error_r);
+int stor_mailbox_get_by_guid(struct stor_db *db, const struct guid *guid,
+			     struct stor_mailbox *mb_r, const char **error_r);
+/* Deletes the mailbox with all its messages, tombstones and sync state.
+ * Message texts lose a reference and are freed when the last one goes. */
+int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char **error_r);
+/* Renames; the GUID, UIDVALIDITY and messages stay.  Fails if new_name
+ * exists. */
+int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
+			const char **error_r);
+
+typedef ARRAY(struct stor_mailbox) stor_mailbox_list;
+/* All of a user's mailboxes, sorted by name.  Free with
+ * stor_mailbox_list_free(). */
+int stor_mailbox_list(struct stor_db *db, const char *user, stor_mailbox_list *list_r,
+		      const char **error_r);
+void stor_mailbox_list_free(stor_mailbox_list *list);
+/* Every user that has at least one mailbox, sorted.  Free each string and
+ * the array. */
+typedef ARRAY(char *) stor_string_list;
+int stor_user_list(struct stor_db *db, stor_string_list *users_r, const char **error_r);
+void stor_string_list_free(stor_string_list *list);
+
+/* Subscriptions are by name and may name a mailbox that doesn't exist. */
+int stor_subscribe(struct stor_db *db, const char *user, const char *name, bool subscribed,
+		   const char **error_r);
+/* Sorted names. */
+int stor_subscriptions(struct stor_db *db, const char *user, stor_string_list *names_r,
+		       const char **error_r);
+
+/* ---- Messages ---- */
+
+struct stor_msg {
+	uint32_t uid;
+	struct guid guid;        /* global UID: kept across COPY and by replicas */
+	uint64_t modseq;
+	uint32_t flags;          /* enum stor_flag bits */
+	stor_string_list keywords; /* sorted, unique, case as first given */
+	int64_t internaldate;    /* seconds since the epoch */
+	int32_t internaldate_tz; /* minutes east of UTC, for display */
+	uint64_t size;           /* bytes of text */
+};
+
+void stor_msg_free(struct stor_msg *msg);
+typedef ARRAY(struct stor_msg) stor_msg_list;
+void stor_msg_list_free(stor_msg_list *list);
+
+struct stor_append {
+	uint32_t uid;             /* 0: the store assigns UIDNEXT (a master);
+				     else the given UID (a replica) */
+	uint64_t modseq;          /* 0: the store assigns highestmodseq+1 */
+	const struct guid *guid;  /* NULL: generate */
+	uint32_t flags;
+	const char *const *keywords;
+	size_t keyword_count;
+	int64_t internaldate;
+	int32_t internaldate_tz;
+	/* The text: either given whole here, or NULL when the text for guid is
+	 * already in the store (from stor_text_* or an earlier message with the
+	 * same GUID), which is how COPY shares it. */
+	const void *text;
+	size_t text_len;
+};
+
+/* Appends a message.  Idempotent for replicas: if the mailbox already has a
+ * message with this GUID and UID, nothing changes and *uid_r gets its UID
+ * (return 0).  Refused when the UID is already used by another message, is
+ * below a UID that was expunged with another GUID, or the text exceeds the
+ * size limit ("message too large").  *uid_r and *modseq_r may be NULL. */
+int stor_msg_append(struct stor_db *db, const struct guid *mailbox,
+		    const struct stor_append *req, uint32_t *uid_r, uint64_t *modseq_r,
+		    const char **error_r);
+
+/* Streams a large text into the store before the append that references it
+ * (by passing text = NULL with the same GUID): the text is written in chunks
+ * so it is never held whole in memory twice.  A text that no message
+ * references after a crash is garbage collected on open. */
+struct stor_text_writer;
+struct stor_text_writer *stor_text_begin(struct stor_db *db, const struct guid *guid);
+int stor_text_write(struct stor_text_writer *w, const void *data, size_t len,
+		    const char **error_r);
+/* Finishes the text.  Returns 0 or -1; frees w in both cases. */
+int stor_text_finish(struct stor_text_writer **w, const char **error_r);
+void stor_text_abort(struct stor_text_writer **w);
+
+/* Whether this node holds the text of a message GUID: 1, 0 or -1. */
+int stor_text_exists(struct stor_db *db, const struct guid *guid, uint64_t *size_r,
+		     const char **error_r);
+/* Reads [offset, offset+len) of a text into out (appending); fewer bytes at
+ * the end of the text. */
+int stor_text_read(struct stor_db *db, const struct guid *guid, uint64_t offset, uint64_t len,
+		   struct buf *out, const char **error_r);
+
+/* Copies a message from one mailbox to another, sharing the text and
+ * keeping the GUID.  uid/modseq as for append (0: assign).  flags and
+ * keywords are the source's. */
+int stor_msg_copy(struct stor_db *db, const struct guid *src_mailbox, uint32_t src_uid,
+		  const struct guid *dst_mailbox, uint32_t dst_uid, uint64_t dst_modseq,
+		  uint32_t *uid_r, uint64_t *modseq_r, const char **error_r);
+
+/* 1 found, 0 not found, -1 error. */
+int stor_msg_get(struct stor_db *db, const struct guid *mailbox, uint32_t uid,
+		 struct stor_msg *msg_r, const char **error_r);
+/* Messages with first <= UID <= last, in UID order (last = UINT32_MAX for
+ * "*"). */
+int stor_msg_list_range(struct stor_db *db, const struct guid *mailbox, uint32_t first,
+			uint32_t last, stor_msg_list *list_r, const char **error_r);
+/* The UID of the message with this GUID in the mailbox: 1, 0 or -1. */
+int stor_msg_find_guid(struct stor_db *db, const struct guid *mailbox, const struct guid *guid,
+		       uint32_t *uid_r, const char **error_r);
+
+enum stor_flag_op {
+	STOR_FLAGS_REPLACE,
+	STOR_FLAGS_ADD,
+	STOR_FLAGS_REMOVE,
+};
+
+struct stor_store {
+	enum stor_flag_op op;
+	uint32_t flags;
+	const char *const *keywords;
+	size_t keyword_count;
+	/* 0: assign highestmodseq+1.  Else the master's modseq, applied as is
+	 * (a replica) only if it is above the message's current modseq: an
+	 * older change never overwrites a newer one. */
+	uint64_t modseq;
+	/* CONDSTORE: when nonzero, messages whose modseq is above this are not
+	 * changed and their UIDs are added to *failed_r. */
+	uint64_t unchangedsince;
+};
+
+/* Changes flags of the messages with the given UIDs (missing UIDs are
+ * skipped).  Each changed message gets the new modseq; a message whose
+ * flags would not change keeps its modseq.  Changed messages are appended
+ * to *changed_r (may be NULL) with their new state; UIDs refused by
+ * UNCHANGEDSINCE to *failed_r (may be NULL). */
+typedef ARRAY(uint32_t) stor_uid_list;
+int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
+		   size_t uid_count, const struct stor_store *req, stor_msg_list *changed_r,
+		   stor_uid_list *failed_r, const char **error_r);
+
+/* Expunges messages (missing UIDs are skipped), leaving tombstones of (UID,
+ * GUID, modseq).  modseq 0: assign one new modseq for the whole call. */
+int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
+		     size_t uid_count, uint64_t modseq, stor_uid_list *expunged_r,
+		     const char **error_r);
+
+/* UIDFIX: moves the message at old_uid to new_uid (which must be unused and
+ * is raised above UIDNEXT if needed), with a new modseq, leaving a
+ * tombstone at old_uid so a QRESYNC client learns the old UID vanished. */
+int stor_msg_renumber(struct stor_db *db, const struct guid *mailbox, uint32_t old_uid,
+		      uint32_t new_uid, uint64_t modseq, const char **error_r);
+
+struct stor_tombstone {
+	uint32_t uid;
+	struct guid guid;
+	uint64_t modseq;
+};
+typedef ARRAY(struct stor_tombstone) stor_tombstone_list;
+
+/* Messages whose modseq is above since (changed or added), in UID order,
+ * and tombstones whose modseq is above since, in UID order. */
+int stor_changes_since(struct stor_db *db, const struct guid *mailbox, uint64_t since,
+		       stor_msg_list *msgs_r, stor_tombstone_list *tombs_r, const char **error_r);
+
+/* Raises the mailbox's UIDNEXT and HIGHESTMODSEQ to at least these values
+ * (a replica following its master; 0 leaves a value alone). */
+int stor_mailbox_raise(struct stor_db *db, const struct guid *mailbox, uint32_t uidnext,
+		       uint64_t highestmodseq, const char **error_r);
+
+/* ---- Replication log ---- */
+
+/* Appends an opaque entry; *seq_r gets its sequence number (increasing from
+ * 1, never reused). */
+int stor_log_append(struct stor_db *db, const void *entry, size_t len, uint64_t *seq_r,
+		    const char **error_r);
+struct stor_log_entry {
+	uint64_t seq;
+	struct buf data;
+};
+typedef ARRAY(struct stor_log_entry) stor_log_list;
+void stor_log_list_free(stor_log_list *list);
+/* Up to max entries with seq > after, in order. */
+int stor_log_read(struct stor_db *db, uint64_t after, size_t max, stor_log_list *list_r,
+		  const char **error_r);
+/* Highest seq appended so far (0 if none) and lowest seq still kept. */
+int stor_log_bounds(struct stor_db *db, uint64_t *first_r, uint64_t *last_r, const char **error_r);
+/* Deletes entries with seq <= upto. */
+int stor_log_trim(struct stor_db *db, uint64_t upto, const char **error_r);
+/* Per-peer cursor: the last seq the peer acknowledged. */
+int stor_log_cursor_get(struct stor_db *db, uint32_t peer, uint64_t *seq_r, const char **error_r);
+int stor_log_cursor_set(struct stor_db *db, uint32_t peer, uint64_t seq, const char **error_r);
+
+/* ---- Per-peer sync state ---- */
+
+struct stor_sync_state {
+	uint32_t uidvalidity;
+	uint32_t uidnext;
+	uint64_t highestmodseq;
+};
+/* 1 found, 0 not found (state zeroed), -1 error. */
+int stor_sync_state_get(struct stor_db *db, uint32_t peer, const struct guid *mailbox,
+			struct stor_sync_state *st_r, const char **error_r);
+int stor_sync_state_set(struct stor_db *db, uint32_t peer, const struct guid *mailbox,
+			const struct stor_sync_state *st, const char **error_r);
+
+/* ---- Node metadata ---- */
+
+/* Small named values for other components (e.g. "mm.epoch"). */
+int stor_meta_get(struct stor_db *db, const char *name, struct buf *value_r, const char **error_r);
+int stor_meta_set(struct stor_db *db, const char *name, const void *value, size_t len,
+		  const char **error_r);
+
+/* ---- Canonical dump ---- */
+
+/* Writes the canonical, sorted text dump of one user (DESIGN.md: byte
+ * identical on every node after sync) to out: mailboxes by name with GUID,
+ * UIDVALIDITY, UIDNEXT, subscriptions, then per message UID, GUID, flags,
+ * keywords, INTERNALDATE, size and a SHA-256 of the text. */
+int stor_dump_user(struct stor_db *db, const char *user, struct buf *out, const char **error_r);
+
+/* Flag names: "\\Seen" etc. for one bit. */
+const char *stor_flag_name(enum stor_flag flag);
+
+#endif

@@ -1,0 +1,153 @@
+/* Unit tests of lib/: buffers, strings, GUIDs. */
+#include <string.h>
+
+#include "lib/buf.h"
+#include "lib/guid.h"
+#include "lib/str.h"
+#include "tests/lib/tests.h"
+
+static void test_buf_append_then_read_returns_same_bytes(void)
+{
+	struct buf b = BUF_INIT;
+	buf_append(&b, "ab\0c", 4);
+	buf_appendf(&b, "%d-%s", 42, "x");
+	CU_ASSERT_EQUAL(b.len, 8);
+	CU_ASSERT(memcmp(b.data, "ab\0c42-x", 8) == 0);
+	CU_ASSERT_EQUAL(b.data[b.len], '\0');
+	buf_consume(&b, 2);
+	CU_ASSERT_EQUAL(buf_avail(&b), 6);
+	CU_ASSERT(memcmp(buf_rptr(&b), "\0c42-x", 6) == 0);
+	buf_free(&b);
+}
+
+static void test_buf_appendf_longer_than_stack_buffer(void)
+{
+	struct buf b = BUF_INIT;
+	char big[1000];
+	memset(big, 'z', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	buf_appendf(&b, "<%s>", big);
+	CU_ASSERT_EQUAL(b.len, 1001);
+	CU_ASSERT_EQUAL(b.data[0], '<');
+	CU_ASSERT_EQUAL(b.data[1000], '>');
+	buf_free(&b);
+}
+
+static void test_buf_getline_waits_for_lf_and_strips_crlf(void)
+{
+	struct buf b = BUF_INIT;
+	size_t len;
+	buf_append_str(&b, "one\r");
+	CU_ASSERT_PTR_NULL(buf_getline(&b, &len));
+	buf_append_str(&b, "\ntwo\nthr");
+	char *l = buf_getline(&b, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+	CU_ASSERT_STRING_EQUAL(l, "one");
+	CU_ASSERT_EQUAL(len, 3);
+	l = buf_getline(&b, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+	CU_ASSERT_STRING_EQUAL(l, "two");
+	CU_ASSERT_PTR_NULL(buf_getline(&b, &len));
+	buf_append_str(&b, "ee\n");
+	l = buf_getline(&b, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+	CU_ASSERT_STRING_EQUAL(l, "three");
+	buf_free(&b);
+}
+
+static void test_buf_reader_space_is_reclaimed(void)
+{
+	struct buf b = BUF_INIT;
+	size_t len;
+	for (int i = 0; i < 10000; i++) {
+		buf_append_str(&b, "a line of text\n");
+		CU_ASSERT_PTR_NOT_NULL(buf_getline(&b, &len));
+	}
+	CU_ASSERT(b.cap < 1024);
+	buf_free(&b);
+}
+
+static void test_buf_be_integers(void)
+{
+	struct buf b = BUF_INIT;
+	buf_append_be32(&b, 0x01020304);
+	buf_append_be64(&b, 0x0a0b0c0d0e0f1011ull);
+	static const unsigned char want[] = { 1, 2, 3, 4, 10, 11, 12, 13, 14, 15, 16, 17 };
+	CU_ASSERT_EQUAL(b.len, sizeof(want));
+	CU_ASSERT(memcmp(b.data, want, sizeof(want)) == 0);
+	buf_free(&b);
+}
+
+const struct test_case lib_buf_cases[] = {
+	{ "append then read returns same bytes", test_buf_append_then_read_returns_same_bytes },
+	{ "appendf longer than stack buffer", test_buf_appendf_longer_than_stack_buffer },
+	{ "getline waits for LF and strips CRLF", test_buf_getline_waits_for_lf_and_strips_crlf },
+	{ "reader space is reclaimed", test_buf_reader_space_is_reclaimed },
+	{ "big-endian integers", test_buf_be_integers },
+	{ NULL, NULL },
+};
+
+static void test_str_to_u64_rejects_junk_and_overflow(void)
+{
+	uint64_t v;
+	CU_ASSERT_EQUAL(str_to_u64("123", 1000, &v), 0);
+	CU_ASSERT_EQUAL(v, 123);
+	CU_ASSERT_EQUAL(str_to_u64("", 1000, &v), -1);
+	CU_ASSERT_EQUAL(str_to_u64("12a", 1000, &v), -1);
+	CU_ASSERT_EQUAL(str_to_u64("-1", 1000, &v), -1);
+	CU_ASSERT_EQUAL(str_to_u64("1001", 1000, &v), -1);
+	CU_ASSERT_EQUAL(str_to_u64("18446744073709551615", UINT64_MAX, &v), 0);
+	CU_ASSERT_EQUAL(v, UINT64_MAX);
+	CU_ASSERT_EQUAL(str_to_u64("18446744073709551616", UINT64_MAX, &v), -1);
+}
+
+static void test_hex_round_trip(void)
+{
+	unsigned char in[3] = { 0x00, 0xab, 0xff }, out[3];
+	char hex[7];
+	hex_encode(in, 3, hex);
+	CU_ASSERT_STRING_EQUAL(hex, "00abff");
+	CU_ASSERT_EQUAL(hex_decode("00ABff", 6, out, 3), 0);
+	CU_ASSERT(memcmp(in, out, 3) == 0);
+	CU_ASSERT_EQUAL(hex_decode("00abf", 5, out, 3), -1);
+	CU_ASSERT_EQUAL(hex_decode("00abgf", 6, out, 3), -1);
+}
+
+static void test_guid_generate_is_random_and_round_trips(void)
+{
+	struct guid a, b, c;
+	char hex[GUID_HEX_SIZE];
+	guid_generate(&a);
+	guid_generate(&b);
+	CU_ASSERT(guid_cmp(&a, &b) != 0);
+	CU_ASSERT_FALSE(guid_is_zero(&a));
+	guid_to_hex(&a, hex);
+	CU_ASSERT_EQUAL(strlen(hex), 32);
+	CU_ASSERT_EQUAL(guid_from_hex(hex, &c), 0);
+	CU_ASSERT_EQUAL(guid_cmp(&a, &c), 0);
+	CU_ASSERT_EQUAL(guid_from_hex("abc", &c), -1);
+}
+
+static void test_mem_equal_ct(void)
+{
+	CU_ASSERT_TRUE(mem_equal_ct("abcd", "abcd", 4));
+	CU_ASSERT_FALSE(mem_equal_ct("abcd", "abce", 4));
+}
+
+static void test_str_trim_and_prefix(void)
+{
+	char s[] = "  \tkey = v \r\n";
+	CU_ASSERT_STRING_EQUAL(str_trim(s), "key = v");
+	CU_ASSERT_TRUE(str_has_prefix("INBOX/x", "INBOX"));
+	CU_ASSERT_TRUE(str_has_prefix_ci("inbox/x", "INBOX"));
+	CU_ASSERT_FALSE(str_has_prefix("INB", "INBOX"));
+}
+
+const struct test_case lib_str_cases[] = {
+	{ "str_to_u64 rejects junk and overflow", test_str_to_u64_rejects_junk_and_overflow },
+	{ "hex round trip", test_hex_round_trip },
+	{ "guid generate is random and round trips", test_guid_generate_is_random_and_round_trips },
+	{ "constant-time compare", test_mem_equal_ct },
+	{ "trim and prefix", test_str_trim_and_prefix },
+	{ NULL, NULL },
+};

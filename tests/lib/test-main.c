@@ -1,0 +1,12 @@
+#include "tests/lib/tests.h"
+
+int main(void)
+{
+	static const struct test_suite suites[] = {
+		{ "buf", lib_buf_cases, NULL, NULL },
+		{ "str+guid", lib_str_cases, NULL, NULL },
+		{ "config", lib_config_cases, NULL, NULL },
+		{ NULL, NULL, NULL, NULL },
+	};
+	return test_run_suites("test-lib", suites);
+}

@@ -1,0 +1,7 @@
+#ifndef TESTS_LIB_TESTS_H
+#define TESTS_LIB_TESTS_H
+#include "tests/testutil.h"
+extern const struct test_case lib_buf_cases[];
+extern const struct test_case lib_str_cases[];
+extern const struct test_case lib_config_cases[];
+#endif
