@@ -121,12 +121,12 @@ int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char 
 int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
 			const char **error_r);
 
-typedef ARRAY(struct stor_mailbox) stor_mailbox_list;
+typedef ARRAY(struct stor_mailbox) stor_mailbox_array;
 /* All of a user's mailboxes, sorted by name.  Free with
  * stor_mailbox_list_free(). */
-int stor_mailbox_list(struct stor_db *db, const char *user, stor_mailbox_list *list_r,
+int stor_mailbox_list(struct stor_db *db, const char *user, stor_mailbox_array *list_r,
 		      const char **error_r);
-void stor_mailbox_list_free(stor_mailbox_list *list);
+void stor_mailbox_list_free(stor_mailbox_array *list);
 /* Every user that has at least one mailbox, sorted.  Free each string and
  * the array. */
 typedef ARRAY(char *) stor_string_list;
