@@ -1,0 +1,84 @@
+/* `starling`: the admin tool.  Reads the same config file as starlingd and
+ * talks to the running node through its admin socket, or edits local files
+ * (the users file) directly. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+static const char usage_text[] =
+	"usage: starling -c FILE COMMAND [ARGS]\n"
+	"commands:\n"
+	"  user add NAME                 add or change a user (password on stdin)\n"
+	"  user list                     list the users of users_file\n"
+	"  deliver -u USER [-m MAILBOX]  deliver a message from stdin through the node\n"
+	"  dump -u USER                  print the canonical dump of a user's mail\n"
+	"  status [--json]               show the running node's state\n";
+
+static const struct {
+	const char *name;
+	cli_cmd_func *func;
+} commands[] = {
+	{ "user", cli_cmd_user },
+	{ "deliver", cli_cmd_deliver },
+	{ "dump", cli_cmd_dump },
+	{ "status", cli_cmd_status },
+};
+
+void cli_error(const char *fmt, ...)
+{
+	va_list ap;
+	fputs("starling: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int main(int argc, char **argv)
+{
+	const char *config_path = NULL;
+	int i = 1;
+	while (i < argc && argv[i][0] == '-') {
+		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+			config_path = argv[i + 1];
+			i += 2;
+		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			fputs(usage_text, stdout);
+			return 0;
+		} else {
+			cli_error("unknown option '%s' (try --help)", argv[i]);
+			return 2;
+		}
+	}
+	if (i >= argc) {
+		fputs(usage_text, stderr);
+		return 2;
+	}
+	if (config_path == NULL) {
+		cli_error("no config file: use -c FILE");
+		return 2;
+	}
+	size_t c;
+	for (c = 0; c < sizeof(commands) / sizeof(commands[0]); c++) {
+		if (strcmp(commands[c].name, argv[i]) == 0)
+			break;
+	}
+	if (c == sizeof(commands) / sizeof(commands[0])) {
+		cli_error("unknown command '%s' (try --help)", argv[i]);
+		return 2;
+	}
+	char *err = NULL;
+	struct config *cfg = config_load(config_path, &err);
+	if (cfg == NULL) {
+		cli_error("%s", err);
+		free(err);
+		return 1;
+	}
+	int ret = commands[c].func(cfg, argc - i, argv + i);
+	config_free(&cfg);
+	return ret;
+}
