@@ -280,6 +280,12 @@ int stor_changes_since(struct stor_db *db, const struct guid *mailbox, uint64_t 
 int stor_mailbox_raise(struct stor_db *db, const struct guid *mailbox, uint32_t uidnext,
 		       uint64_t highestmodseq, const char **error_r);
 
+/* Verifies a mailbox record against its messages: counts, unseen, digest,
+ * UIDNEXT above every UID, HIGHESTMODSEQ at least every modseq, index
+ * entries, tombstones and text references.  0 when consistent, else -1
+ * with what is wrong (for tests and an admin check). */
+int stor_mailbox_check(struct stor_db *db, const struct guid *mailbox, const char **error_r);
+
 /* ---- Replication log ---- */
 
 /* Appends an opaque entry; *seq_r gets its sequence number (increasing from

@@ -1,0 +1,911 @@
+/* The store handle: opening LevelDB, errors, group commit (stor_sync), the
+ * key and value codecs and write transactions that the other storage files
+ * build on.  See storage-private.h for the keyspace. */
+#include "storage/storage-private.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "lib/config.h"
+#include "lib/xalloc.h"
+
+/* ---- Keys ---- */
+
+void stor_key_init(struct stor_key *k, char prefix)
+{
+	k->len = 1;
+	k->b[0] = (unsigned char)prefix;
+}
+
+void stor_key_bytes(struct stor_key *k, const void *p, size_t n)
+{
+	/* Callers validate lengths before building keys; overflowing here is
+	 * our bug. */
+	if (n > sizeof(k->b) - k->len)
+		abort();
+	memcpy(k->b + k->len, p, n);
+	k->len += n;
+}
+
+void stor_key_u32(struct stor_key *k, uint32_t v)
+{
+	unsigned char b[4] = { v >> 24, v >> 16, v >> 8, v };
+	stor_key_bytes(k, b, 4);
+}
+
+void stor_key_u64(struct stor_key *k, uint64_t v)
+{
+	stor_key_u32(k, (uint32_t)(v >> 32));
+	stor_key_u32(k, (uint32_t)v);
+}
+
+void stor_key_guid(struct stor_key *k, const struct guid *g)
+{
+	stor_key_bytes(k, g->b, GUID_SIZE);
+}
+
+uint32_t stor_be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+uint64_t stor_be64(const unsigned char *p)
+{
+	return (uint64_t)stor_be32(p) << 32 | stor_be32(p + 4);
+}
+
+/* ---- Values ---- */
+
+void stor_put_u8(struct buf *b, uint8_t v)
+{
+	buf_append_byte(b, v);
+}
+
+void stor_put_u32(struct buf *b, uint32_t v)
+{
+	buf_append_be32(b, v);
+}
+
+void stor_put_u64(struct buf *b, uint64_t v)
+{
+	buf_append_be64(b, v);
+}
+
+void stor_put_bytes(struct buf *b, const void *p, size_t n)
+{
+	buf_append(b, p, n);
+}
+
+void stor_put_str(struct buf *b, const char *s)
+{
+	size_t n = strlen(s);
+	stor_put_u32(b, (uint32_t)n);
+	buf_append(b, s, n);
+}
+
+void stor_dec_init(struct stor_dec *d, const void *p, size_t len)
+{
+	d->p = p;
+	d->len = len;
+	d->pos = 0;
+	d->bad = false;
+}
+
+static const unsigned char *dec_take(struct stor_dec *d, size_t n)
+{
+	if (d->bad || n > d->len - d->pos) {
+		d->bad = true;
+		return NULL;
+	}
+	const unsigned char *p = d->p + d->pos;
+	d->pos += n;
+	return p;
+}
+
+uint8_t stor_get_u8(struct stor_dec *d)
+{
+	const unsigned char *p = dec_take(d, 1);
+	return p == NULL ? 0 : p[0];
+}
+
+uint32_t stor_get_u32(struct stor_dec *d)
+{
+	const unsigned char *p = dec_take(d, 4);
+	return p == NULL ? 0 : stor_be32(p);
+}
+
+uint64_t stor_get_u64(struct stor_dec *d)
+{
+	const unsigned char *p = dec_take(d, 8);
+	return p == NULL ? 0 : stor_be64(p);
+}
+
+void stor_get_bytes(struct stor_dec *d, void *out, size_t n)
+{
+	const unsigned char *p = dec_take(d, n);
+	if (p == NULL)
+		memset(out, 0, n);
+	else
+		memcpy(out, p, n);
+}
+
+char *stor_get_str(struct stor_dec *d, size_t max)
+{
+	uint32_t n = stor_get_u32(d);
+	if (d->bad || n > max) {
+		d->bad = true;
+		return NULL;
+	}
+	const unsigned char *p = dec_take(d, n);
+	if (p == NULL || memchr(p, '\0', n) != NULL) {
+		d->bad = true;
+		return NULL;
+	}
+	return xstrndup((const char *)p, n);
+}
+
+bool stor_dec_end(struct stor_dec *d)
+{
+	return !d->bad && d->pos == d->len;
+}
+
+/* ---- Records ---- */
+
+#define MAILBOX_REC_VERSION 1
+#define MSG_REC_VERSION 1
+#define TEXT_REC_VERSION 1
+
+void stor_mailbox_encode(const struct stor_mailbox *mb, struct buf *out)
+{
+	stor_put_u8(out, MAILBOX_REC_VERSION);
+	stor_put_bytes(out, mb->guid.b, GUID_SIZE);
+	stor_put_str(out, mb->user);
+	stor_put_str(out, mb->name);
+	stor_put_u32(out, mb->uidvalidity);
+	stor_put_u32(out, mb->uidnext);
+	stor_put_u64(out, mb->highestmodseq);
+	stor_put_u32(out, mb->messages);
+	stor_put_u32(out, mb->unseen);
+	stor_put_bytes(out, mb->digest, sizeof(mb->digest));
+	stor_put_str(out, mb->special_use);
+}
+
+int stor_mailbox_decode(const void *p, size_t len, struct stor_mailbox *mb_r)
+{
+	struct stor_dec d;
+	memset(mb_r, 0, sizeof(*mb_r));
+	stor_dec_init(&d, p, len);
+	if (stor_get_u8(&d) != MAILBOX_REC_VERSION)
+		return -1;
+	stor_get_bytes(&d, mb_r->guid.b, GUID_SIZE);
+	mb_r->user = stor_get_str(&d, STOR_MAX_USER_LEN);
+	mb_r->name = stor_get_str(&d, STOR_MAX_MAILBOX_NAME_LEN);
+	mb_r->uidvalidity = stor_get_u32(&d);
+	mb_r->uidnext = stor_get_u32(&d);
+	mb_r->highestmodseq = stor_get_u64(&d);
+	mb_r->messages = stor_get_u32(&d);
+	mb_r->unseen = stor_get_u32(&d);
+	stor_get_bytes(&d, mb_r->digest, sizeof(mb_r->digest));
+	char *special = stor_get_str(&d, sizeof(mb_r->special_use) - 1);
+	if (special != NULL) {
+		strcpy(mb_r->special_use, special);
+		free(special);
+	}
+	if (!stor_dec_end(&d) || mb_r->user == NULL || mb_r->name == NULL ||
+	    mb_r->uidnext == 0 || mb_r->unseen > mb_r->messages) {
+		stor_mailbox_free(mb_r);
+		return -1;
+	}
+	return 0;
+}
+
+void stor_mailbox_free(struct stor_mailbox *mb)
+{
+	free(mb->user);
+	free(mb->name);
+	mb->user = mb->name = NULL;
+}
+
+void stor_msg_encode(const struct stor_msg *msg, struct buf *out)
+{
+	stor_put_u8(out, MSG_REC_VERSION);
+	stor_put_bytes(out, msg->guid.b, GUID_SIZE);
+	stor_put_u64(out, msg->modseq);
+	stor_put_u32(out, msg->flags);
+	stor_put_u32(out, (uint32_t)msg->keywords.count);
+	for (size_t i = 0; i < msg->keywords.count; i++)
+		stor_put_str(out, msg->keywords.items[i]);
+	stor_put_u64(out, (uint64_t)msg->internaldate);
+	stor_put_u32(out, (uint32_t)msg->internaldate_tz);
+	stor_put_u64(out, msg->size);
+}
+
+int stor_msg_decode(uint32_t uid, const void *p, size_t len, struct stor_msg *msg_r)
+{
+	struct stor_dec d;
+	memset(msg_r, 0, sizeof(*msg_r));
+	msg_r->uid = uid;
+	stor_dec_init(&d, p, len);
+	if (stor_get_u8(&d) != MSG_REC_VERSION)
+		return -1;
+	stor_get_bytes(&d, msg_r->guid.b, GUID_SIZE);
+	msg_r->modseq = stor_get_u64(&d);
+	msg_r->flags = stor_get_u32(&d);
+	uint32_t kwcount = stor_get_u32(&d);
+	if (kwcount > STOR_MAX_KEYWORDS)
+		d.bad = true;
+	for (uint32_t i = 0; i < kwcount && !d.bad; i++) {
+		char *kw = stor_get_str(&d, STOR_MAX_KEYWORD_LEN);
+		if (kw != NULL)
+			ARRAY_PUSH(&msg_r->keywords, kw);
+	}
+	msg_r->internaldate = (int64_t)stor_get_u64(&d);
+	msg_r->internaldate_tz = (int32_t)stor_get_u32(&d);
+	msg_r->size = stor_get_u64(&d);
+	if (!stor_dec_end(&d) || (msg_r->flags & ~STOR_FLAGS_ALL) != 0 || uid == 0 ||
+	    msg_r->modseq == 0) {
+		stor_msg_free(msg_r);
+		return -1;
+	}
+	return 0;
+}
+
+void stor_string_list_free(stor_string_list *list)
+{
+	for (size_t i = 0; i < list->count; i++)
+		free(list->items[i]);
+	ARRAY_FREE(list);
+}
+
+void stor_msg_free(struct stor_msg *msg)
+{
+	stor_string_list_free(&msg->keywords);
+}
+
+void stor_msg_list_free(stor_msg_list *list)
+{
+	for (size_t i = 0; i < list->count; i++)
+		stor_msg_free(&list->items[i]);
+	ARRAY_FREE(list);
+}
+
+void stor_mailbox_list_free(stor_mailbox_array *list)
+{
+	for (size_t i = 0; i < list->count; i++)
+		stor_mailbox_free(&list->items[i]);
+	ARRAY_FREE(list);
+}
+
+void stor_text_rec_encode(const struct stor_text_rec *t, struct buf *out)
+{
+	stor_put_u8(out, TEXT_REC_VERSION);
+	stor_put_u32(out, t->refcount);
+	stor_put_u64(out, t->size);
+	stor_put_bytes(out, t->sha256, sizeof(t->sha256));
+}
+
+int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r)
+{
+	struct stor_dec d;
+	stor_dec_init(&d, p, len);
+	if (stor_get_u8(&d) != TEXT_REC_VERSION)
+		return -1;
+	t_r->refcount = stor_get_u32(&d);
+	t_r->size = stor_get_u64(&d);
+	stor_get_bytes(&d, t_r->sha256, sizeof(t_r->sha256));
+	return stor_dec_end(&d) ? 0 : -1;
+}
+
+void stor_msg_hash(const struct stor_msg *msg, unsigned char out[16])
+{
+	unsigned char head[4 + GUID_SIZE + 4], md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	head[0] = msg->uid >> 24; head[1] = msg->uid >> 16;
+	head[2] = msg->uid >> 8; head[3] = msg->uid;
+	memcpy(head + 4, msg->guid.b, GUID_SIZE);
+	uint32_t f = msg->flags;
+	head[20] = f >> 24; head[21] = f >> 16; head[22] = f >> 8; head[23] = f;
+
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+		abort();
+	EVP_DigestUpdate(ctx, head, sizeof(head));
+	for (size_t i = 0; i < msg->keywords.count; i++) {
+		if (i > 0)
+			EVP_DigestUpdate(ctx, "", 1);
+		EVP_DigestUpdate(ctx, msg->keywords.items[i], strlen(msg->keywords.items[i]));
+	}
+	if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1)
+		abort();
+	EVP_MD_CTX_free(ctx);
+	memcpy(out, md, 16);
+}
+
+/* ---- Keywords ---- */
+
+static bool keyword_char_ok(unsigned char c)
+{
+	/* IMAP atom characters, less the backslash of system flags. */
+	return c > 0x20 && c < 0x7f && strchr("(){%*\"\\]", c) == NULL;
+}
+
+static int kw_cmp(const void *a, const void *b)
+{
+	return strcasecmp(*(char *const *)a, *(char *const *)b);
+}
+
+int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t count,
+			    stor_string_list *out, const char **error_r)
+{
+	stor_string_list list = ARRAY_INIT;
+	for (size_t i = 0; i < count; i++) {
+		size_t n = strlen(kw[i]);
+		if (n == 0 || n > STOR_MAX_KEYWORD_LEN) {
+			stor_string_list_free(&list);
+			return stor_err(db, error_r, "keyword length must be 1..%d bytes",
+					STOR_MAX_KEYWORD_LEN);
+		}
+		for (size_t j = 0; j < n; j++) {
+			if (!keyword_char_ok((unsigned char)kw[i][j])) {
+				stor_string_list_free(&list);
+				return stor_err(db, error_r, "invalid character in keyword");
+			}
+		}
+		bool dup = false;
+		for (size_t j = 0; j < list.count && !dup; j++)
+			dup = strcasecmp(list.items[j], kw[i]) == 0;
+		if (dup)
+			continue;
+		if (list.count == STOR_MAX_KEYWORDS) {
+			stor_string_list_free(&list);
+			return stor_err(db, error_r, "too many keywords (at most %d per message)",
+					STOR_MAX_KEYWORDS);
+		}
+		ARRAY_PUSH(&list, xstrdup(kw[i]));
+	}
+	if (list.count > 1)
+		qsort(list.items, list.count, sizeof(list.items[0]), kw_cmp);
+	*out = (stor_string_list)ARRAY_INIT;
+	out->items = list.items;
+	out->count = list.count;
+	out->cap = list.cap;
+	return 0;
+}
+
+const char *stor_flag_name(enum stor_flag flag)
+{
+	switch (flag) {
+	case STOR_FLAG_SEEN: return "\\Seen";
+	case STOR_FLAG_ANSWERED: return "\\Answered";
+	case STOR_FLAG_FLAGGED: return "\\Flagged";
+	case STOR_FLAG_DELETED: return "\\Deleted";
+	case STOR_FLAG_DRAFT: return "\\Draft";
+	}
+	return NULL;
+}
+
+/* ---- Errors ---- */
+
+int stor_err(struct stor_db *db, const char **error_r, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg;
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = xstrdup("out of memory formatting an error");
+	va_end(ap);
+	free(db->error);
+	db->error = msg;
+	if (error_r != NULL)
+		*error_r = db->error;
+	return -1;
+}
+
+int stor_err_leveldb(struct stor_db *db, const char **error_r, const char *what, char *lerr)
+{
+	int ret;
+	if (strncmp(lerr, "Corruption", 10) == 0)
+		ret = stor_err(db, error_r, "%s: store is corrupted (%s): %s", db->dir, what, lerr);
+	else
+		ret = stor_err(db, error_r, "%s: %s failed: %s", db->dir, what, lerr);
+	leveldb_free(lerr);
+	return ret;
+}
+
+int stor_err_corrupt(struct stor_db *db, const char **error_r, const char *what)
+{
+	return stor_err(db, error_r, "%s: store is corrupted: invalid %s record", db->dir, what);
+}
+
+const char *stor_last_error(struct stor_db *db)
+{
+	return db->error != NULL ? db->error : "no error";
+}
+
+/* ---- Database access ---- */
+
+int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size_t *len_r,
+		const char **error_r)
+{
+	char *lerr = NULL;
+	size_t len = 0;
+	char *v = leveldb_get(db->ldb, db->ropts, (const char *)k->b, k->len, &len, &lerr);
+	if (lerr != NULL)
+		return stor_err_leveldb(db, error_r, "read", lerr);
+	if (v == NULL)
+		return 0;
+	/* Copy into our allocator's memory, NUL-terminated for convenience. */
+	char *copy = xmalloc(len + 1);
+	memcpy(copy, v, len);
+	copy[len] = '\0';
+	leveldb_free(v);
+	*val_r = copy;
+	if (len_r != NULL)
+		*len_r = len;
+	return 1;
+}
+
+static int db_write_opts(struct stor_db *db, leveldb_writebatch_t *wb,
+			 const leveldb_writeoptions_t *wopts, const char **error_r)
+{
+	if (db->fail_countdown > 0 && --db->fail_countdown == 0)
+		return stor_err(db, error_r, "%s: write failed: IO error: injected failure (test)",
+				db->dir);
+	char *lerr = NULL;
+	leveldb_write(db->ldb, wopts, wb, &lerr);
+	if (lerr != NULL)
+		return stor_err_leveldb(db, error_r, "write", lerr);
+	return 0;
+}
+
+int stor_db_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+{
+	/* Whatever LevelDB did with a failed batch, a sync is due before
+	 * anything is acknowledged. */
+	db->dirty = true;
+	return db_write_opts(db, wb, db->wopts, error_r);
+}
+
+leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *start)
+{
+	leveldb_iterator_t *it = leveldb_create_iterator(db->ldb, db->ropts);
+	leveldb_iter_seek(it, (const char *)start->b, start->len);
+	return it;
+}
+
+bool stor_iter_in(leveldb_iterator_t *it, const struct stor_key *prefix, const unsigned char **key_r,
+		  size_t *len_r)
+{
+	if (!leveldb_iter_valid(it))
+		return false;
+	size_t klen;
+	const char *key = leveldb_iter_key(it, &klen);
+	if (klen < prefix->len || memcmp(key, prefix->b, prefix->len) != 0)
+		return false;
+	*key_r = (const unsigned char *)key;
+	*len_r = klen;
+	return true;
+}
+
+int stor_iter_end(struct stor_db *db, leveldb_iterator_t *it, const char **error_r)
+{
+	char *lerr = NULL;
+	leveldb_iter_get_error(it, &lerr);
+	leveldb_iter_destroy(it);
+	if (lerr != NULL)
+		return stor_err_leveldb(db, error_r, "read", lerr);
+	return 0;
+}
+
+void stor_batch_put(leveldb_writebatch_t *wb, const struct stor_key *k, const void *v, size_t vlen)
+{
+	leveldb_writebatch_put(wb, (const char *)k->b, k->len, v, vlen);
+}
+
+void stor_batch_del(leveldb_writebatch_t *wb, const struct stor_key *k)
+{
+	leveldb_writebatch_delete(wb, (const char *)k->b, k->len);
+}
+
+/* ---- Transactions ---- */
+
+void stor_txn_begin(struct stor_db *db, struct stor_txn *txn)
+{
+	memset(txn, 0, sizeof(*txn));
+	txn->db = db;
+	txn->wb = leveldb_writebatch_create();
+}
+
+void stor_txn_free(struct stor_txn *txn)
+{
+	for (size_t i = 0; i < txn->mailboxes.count; i++) {
+		stor_mailbox_free(&txn->mailboxes.items[i]->mb);
+		free(txn->mailboxes.items[i]);
+	}
+	ARRAY_FREE(&txn->mailboxes);
+	ARRAY_FREE(&txn->texts);
+	if (txn->wb != NULL)
+		leveldb_writebatch_destroy(txn->wb);
+	txn->wb = NULL;
+}
+
+int stor_txn_mailbox(struct stor_txn *txn, const struct guid *guid, struct stor_txn_mailbox **mb_r,
+		     const char **error_r)
+{
+	for (size_t i = 0; i < txn->mailboxes.count; i++) {
+		if (guid_cmp(&txn->mailboxes.items[i]->mb.guid, guid) == 0) {
+			*mb_r = txn->mailboxes.items[i];
+			return 1;
+		}
+	}
+	struct stor_txn_mailbox *tm = xcalloc(1, sizeof(*tm));
+	int ret = stor_mailbox_get_by_guid(txn->db, guid, &tm->mb, error_r);
+	if (ret <= 0) {
+		free(tm);
+		return ret;
+	}
+	ARRAY_PUSH(&txn->mailboxes, tm);
+	*mb_r = tm;
+	return 1;
+}
+
+static struct stor_txn_text *txn_text(struct stor_txn *txn, const struct guid *guid)
+{
+	for (size_t i = 0; i < txn->texts.count; i++) {
+		if (guid_cmp(&txn->texts.items[i].guid, guid) == 0)
+			return &txn->texts.items[i];
+	}
+	struct stor_txn_text t;
+	memset(&t, 0, sizeof(t));
+	t.guid = *guid;
+	ARRAY_PUSH(&txn->texts, t);
+	return &txn->texts.items[txn->texts.count - 1];
+}
+
+void stor_txn_text_ref(struct stor_txn *txn, const struct guid *guid, int64_t delta)
+{
+	txn_text(txn, guid)->delta += delta;
+}
+
+void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,
+			   const struct stor_text_rec *rec)
+{
+	struct stor_txn_text *t = txn_text(txn, guid);
+	t->created = true;
+	t->rec = *rec;
+}
+
+static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const char **error_r)
+{
+	struct stor_db *db = txn->db;
+	struct stor_text_rec rec;
+	struct stor_key k;
+	char hex[GUID_HEX_SIZE];
+
+	if (t->delta == 0 && !t->created)
+		return 0;
+	if (t->created) {
+		rec = t->rec;
+	} else {
+		int ret = stor_text_rec_get(db, &t->guid, &rec, error_r);
+		if (ret < 0)
+			return -1;
+		if (ret == 0) {
+			guid_to_hex(&t->guid, hex);
+			return stor_err(db, error_r, "%s: store is corrupted: text of message %s is missing",
+					db->dir, hex);
+		}
+	}
+	int64_t rc = (int64_t)rec.refcount + t->delta;
+	if (rc < 0 || rc > UINT32_MAX) {
+		guid_to_hex(&t->guid, hex);
+		return stor_err(db, error_r, "%s: store is corrupted: bad reference count of text %s",
+				db->dir, hex);
+	}
+	stor_key_init(&k, STOR_KEY_ORPHAN);
+	stor_key_guid(&k, &t->guid);
+	if (rc == 0 && !t->created) {
+		stor_text_delete_batch(txn->wb, &t->guid, rec.size);
+		stor_batch_del(txn->wb, &k);
+		return 0;
+	}
+	if (rc > 0)
+		stor_batch_del(txn->wb, &k);
+	/* rc == 0 for a created text: it stays an orphan, collected on open. */
+	rec.refcount = (uint32_t)rc;
+	struct buf v = BUF_INIT;
+	stor_text_rec_encode(&rec, &v);
+	stor_key_init(&k, STOR_KEY_TEXT);
+	stor_key_guid(&k, &t->guid);
+	stor_batch_put(txn->wb, &k, v.data, v.len);
+	buf_free(&v);
+	return 0;
+}
+
+int stor_txn_commit(struct stor_txn *txn, const char **error_r)
+{
+	struct stor_db *db = txn->db;
+	int ret = 0;
+	for (size_t i = 0; i < txn->texts.count && ret == 0; i++)
+		ret = txn_apply_text(txn, &txn->texts.items[i], error_r);
+	struct buf v = BUF_INIT;
+	for (size_t i = 0; i < txn->mailboxes.count && ret == 0; i++) {
+		struct stor_txn_mailbox *tm = txn->mailboxes.items[i];
+		if (!tm->dirty)
+			continue;
+		struct stor_key k;
+		buf_reset(&v);
+		stor_mailbox_encode(&tm->mb, &v);
+		stor_key_init(&k, STOR_KEY_MAILBOX);
+		stor_key_guid(&k, &tm->mb.guid);
+		stor_batch_put(txn->wb, &k, v.data, v.len);
+	}
+	buf_free(&v);
+	if (ret == 0)
+		ret = stor_db_write(db, txn->wb, error_r);
+	stor_txn_free(txn);
+	return ret;
+}
+
+/* ---- Open, close, sync ---- */
+
+static int mkdir_p(const char *dir)
+{
+	char *path = xstrdup(dir);
+	for (char *p = path + 1; *p != '\0'; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+			free(path);
+			return -1;
+		}
+		*p = '/';
+	}
+	int ret = mkdir(path, 0700) < 0 && errno != EEXIST ? -1 : 0;
+	free(path);
+	return ret;
+}
+
+static void db_free(struct stor_db *db)
+{
+	if (db->ldb != NULL)
+		leveldb_close(db->ldb);
+	if (db->opts != NULL)
+		leveldb_options_destroy(db->opts);
+	if (db->filter != NULL)
+		leveldb_filterpolicy_destroy(db->filter);
+	if (db->ropts != NULL)
+		leveldb_readoptions_destroy(db->ropts);
+	if (db->wopts != NULL)
+		leveldb_writeoptions_destroy(db->wopts);
+	if (db->wopts_sync != NULL)
+		leveldb_writeoptions_destroy(db->wopts_sync);
+	ARRAY_FREE(&db->durable);
+	free(db->error);
+	free(db->dir);
+	free(db);
+}
+
+int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **error_r)
+{
+	if (set->dir == NULL || set->dir[0] == '\0') {
+		*error_r = xstrdup("store directory not set");
+		return -1;
+	}
+	if (mkdir_p(set->dir) < 0) {
+		*error_r = xasprintf("%s: cannot create directory: %s", set->dir, strerror(errno));
+		return -1;
+	}
+	struct stor_db *db = xcalloc(1, sizeof(*db));
+	db->dir = xstrdup(set->dir);
+	db->max_message_size = set->max_message_size != 0 ? set->max_message_size :
+		CONFIG_DEFAULT_MAX_MESSAGE_SIZE;
+	db->fail_countdown = set->fail_nth_write;
+
+	db->opts = leveldb_options_create();
+	leveldb_options_set_create_if_missing(db->opts, 1);
+	leveldb_options_set_paranoid_checks(db->opts, 1);
+	db->filter = leveldb_filterpolicy_create_bloom(10);
+	leveldb_options_set_filter_policy(db->opts, db->filter);
+	leveldb_options_set_compression(db->opts, leveldb_no_compression);
+	db->ropts = leveldb_readoptions_create();
+	leveldb_readoptions_set_verify_checksums(db->ropts, 1);
+	db->wopts = leveldb_writeoptions_create();
+	leveldb_writeoptions_set_sync(db->wopts, 0);
+	db->wopts_sync = leveldb_writeoptions_create();
+	leveldb_writeoptions_set_sync(db->wopts_sync, 1);
+
+	char *lerr = NULL;
+	db->ldb = leveldb_open(db->opts, db->dir, &lerr);
+	if (lerr != NULL) {
+		if (strstr(lerr, "lock") != NULL || strstr(lerr, "LOCK") != NULL) {
+			*error_r = xasprintf("%s: store is in use by another process "
+					     "(is starlingd running?)", db->dir);
+		} else if (strncmp(lerr, "Corruption", 10) == 0) {
+			*error_r = xasprintf("%s: store is corrupted: %s", db->dir, lerr);
+		} else {
+			*error_r = xasprintf("%s: cannot open store: %s", db->dir, lerr);
+		}
+		leveldb_free(lerr);
+		db->ldb = NULL;
+		db_free(db);
+		return -1;
+	}
+	const char *error;
+	if (stor_text_gc(db, &error) < 0 || stor_sync(db, &error) < 0) {
+		*error_r = xstrdup(error);
+		db_free(db);
+		return -1;
+	}
+	*db_r = db;
+	return 0;
+}
+
+void stor_close(struct stor_db **_db)
+{
+	struct stor_db *db = *_db;
+	if (db == NULL)
+		return;
+	*_db = NULL;
+	if (db->dirty || db->durable.count > 0) {
+		const char *error;
+		(void)stor_sync(db, &error);
+	}
+	db_free(db);
+}
+
+/* LevelDB syncs only its current log file.  When it switches to a new log
+ * (the memtable filled up), the old log still holds writes made without
+ * sync, and neither the old file's data nor the new file's directory entry
+ * has been synced.  A process kill cannot lose them (the kernel has them),
+ * but a power failure could, so on seeing a new log file we sync the older
+ * ones that still exist and the directory. */
+static int sync_rotated_logs(struct stor_db *db, const char **error_r)
+{
+	DIR *d = opendir(db->dir);
+	if (d == NULL)
+		return stor_err(db, error_r, "%s: opendir failed: %s", db->dir, strerror(errno));
+	uint64_t newest = 0;
+	ARRAY(uint64_t) logs = ARRAY_INIT;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		char *end;
+		unsigned long long n = strtoull(de->d_name, &end, 10);
+		if (end == de->d_name || strcmp(end, ".log") != 0)
+			continue;
+		ARRAY_PUSH(&logs, n);
+		if (n > newest)
+			newest = n;
+	}
+	closedir(d);
+	int ret = 0;
+	if (newest != db->newest_log_file) {
+		for (size_t i = 0; i < logs.count && ret == 0; i++) {
+			if (logs.items[i] == newest)
+				continue;
+			char path[4096];
+			snprintf(path, sizeof(path), "%s/%06llu.log", db->dir,
+				 (unsigned long long)logs.items[i]);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue; /* compacted meanwhile: its data is in synced tables */
+			if (fdatasync(fd) < 0)
+				ret = stor_err(db, error_r, "%s: fdatasync failed: %s", path,
+					       strerror(errno));
+			close(fd);
+		}
+		int dfd = open(db->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (ret == 0 && (dfd < 0 || fsync(dfd) < 0))
+			ret = stor_err(db, error_r, "%s: fsync failed: %s", db->dir, strerror(errno));
+		if (dfd >= 0)
+			close(dfd);
+		if (ret == 0)
+			db->newest_log_file = newest;
+	}
+	ARRAY_FREE(&logs);
+	return ret;
+}
+
+int stor_sync(struct stor_db *db, const char **error_r)
+{
+	int ret = 0;
+	if (db->dirty) {
+		/* An empty batch written with sync=true appends an empty record
+		 * to LevelDB's log and fsyncs it, which makes every earlier
+		 * record durable too. */
+		leveldb_writebatch_t *wb = leveldb_writebatch_create();
+		ret = db_write_opts(db, wb, db->wopts_sync, error_r);
+		leveldb_writebatch_destroy(wb);
+		if (ret == 0)
+			ret = sync_rotated_logs(db, error_r);
+		if (ret == 0)
+			db->dirty = false;
+	}
+	/* Callbacks may queue new ones: those wait for the next sync. */
+	struct stor_durable *cbs = db->durable.items;
+	size_t count = db->durable.count;
+	db->durable.items = NULL;
+	db->durable.count = db->durable.cap = 0;
+	for (size_t i = 0; i < count; i++)
+		cbs[i].cb(cbs[i].ctx, ret == 0);
+	free(cbs);
+	return ret;
+}
+
+void stor_on_durable(struct stor_db *db, stor_durable_cb *cb, void *ctx)
+{
+	struct stor_durable d = { cb, ctx };
+	ARRAY_PUSH(&db->durable, d);
+}
+
+bool stor_sync_pending(struct stor_db *db)
+{
+	return db->dirty || db->durable.count > 0;
+}
+
+/* ---- Meta ---- */
+
+int stor_meta_get(struct stor_db *db, const char *name, struct buf *value_r, const char **error_r)
+{
+	struct stor_key k;
+	size_t n = strlen(name);
+	if (n == 0 || n > 255)
+		return stor_err(db, error_r, "invalid meta name");
+	stor_key_init(&k, STOR_KEY_META);
+	stor_key_bytes(&k, name, n);
+	char *v;
+	size_t len;
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret <= 0)
+		return ret;
+	buf_append(value_r, v, len);
+	free(v);
+	return 1;
+}
+
+int stor_meta_set(struct stor_db *db, const char *name, const void *value, size_t len,
+		  const char **error_r)
+{
+	struct stor_key k;
+	size_t n = strlen(name);
+	if (n == 0 || n > 255)
+		return stor_err(db, error_r, "invalid meta name");
+	if (len > 1024 * 1024)
+		return stor_err(db, error_r, "meta value too large");
+	stor_key_init(&k, STOR_KEY_META);
+	stor_key_bytes(&k, name, n);
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	stor_batch_put(wb, &k, value, len);
+	int ret = stor_db_write(db, wb, error_r);
+	leveldb_writebatch_destroy(wb);
+	return ret;
+}
+
+/* ---- Test hooks ---- */
+
+int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const void *val,
+		      size_t vlen, const char **error_r)
+{
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	leveldb_writebatch_put(wb, key, klen, val, vlen);
+	int ret = stor_db_write(db, wb, error_r);
+	leveldb_writebatch_destroy(wb);
+	return ret;
+}
+
+void stor_test_fail_nth_write(struct stor_db *db, unsigned n)
+{
+	db->fail_countdown = n;
+}

@@ -1,0 +1,483 @@
+/* Mailboxes: create, look up, rename, delete, list; subscriptions; raising
+ * UIDNEXT/HIGHESTMODSEQ; and the consistency check of a mailbox record
+ * against its messages. */
+#include "storage/storage-private.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/clock.h"
+#include "lib/xalloc.h"
+
+static int validate_user(struct stor_db *db, const char *user, const char **error_r)
+{
+	size_t n = user == NULL ? 0 : strlen(user);
+	if (n == 0 || n > STOR_MAX_USER_LEN)
+		return stor_err(db, error_r, "user name must be 1..%d bytes", STOR_MAX_USER_LEN);
+	for (size_t i = 0; i < n; i++) {
+		if ((unsigned char)user[i] < 0x20 || user[i] == 0x7f)
+			return stor_err(db, error_r, "invalid character in user name");
+	}
+	return 0;
+}
+
+static int validate_name(struct stor_db *db, const char *name, const char **error_r)
+{
+	size_t n = name == NULL ? 0 : strlen(name);
+	if (n == 0 || n > STOR_MAX_MAILBOX_NAME_LEN)
+		return stor_err(db, error_r, "mailbox name must be 1..%d bytes",
+				STOR_MAX_MAILBOX_NAME_LEN);
+	for (size_t i = 0; i < n; i++) {
+		/* Control characters would break line-based dumps and
+		 * protocols. */
+		if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+			return stor_err(db, error_r, "invalid character in mailbox name");
+	}
+	return 0;
+}
+
+static void key_user_name(struct stor_key *k, char prefix, const char *user, const char *name)
+{
+	stor_key_init(k, prefix);
+	stor_key_bytes(k, user, strlen(user) + 1);
+	if (name != NULL)
+		stor_key_bytes(k, name, strlen(name));
+}
+
+static void mailbox_key(struct stor_key *k, const struct guid *guid)
+{
+	stor_key_init(k, STOR_KEY_MAILBOX);
+	stor_key_guid(k, guid);
+}
+
+int stor_mailbox_get_by_guid(struct stor_db *db, const struct guid *guid,
+			     struct stor_mailbox *mb_r, const char **error_r)
+{
+	struct stor_key k;
+	char *v;
+	size_t len;
+	mailbox_key(&k, guid);
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret <= 0)
+		return ret;
+	struct stor_mailbox mb;
+	if (stor_mailbox_decode(v, len, &mb) < 0 || guid_cmp(&mb.guid, guid) != 0) {
+		if (mb.user != NULL)
+			stor_mailbox_free(&mb);
+		free(v);
+		return stor_err_corrupt(db, error_r, "mailbox");
+	}
+	free(v);
+	if (mb_r != NULL)
+		*mb_r = mb;
+	else
+		stor_mailbox_free(&mb);
+	return 1;
+}
+
+/* The GUID named by (user, name): 1, 0, -1. */
+static int name_lookup(struct stor_db *db, const char *user, const char *name, struct guid *guid_r,
+		       const char **error_r)
+{
+	struct stor_key k;
+	char *v;
+	size_t len;
+	key_user_name(&k, STOR_KEY_NAME, user, name);
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret <= 0)
+		return ret;
+	if (len != GUID_SIZE) {
+		free(v);
+		return stor_err_corrupt(db, error_r, "mailbox name");
+	}
+	memcpy(guid_r->b, v, GUID_SIZE);
+	free(v);
+	return 1;
+}
+
+int stor_mailbox_get(struct stor_db *db, const char *user, const char *name,
+		     struct stor_mailbox *mb_r, const char **error_r)
+{
+	struct guid guid;
+	if (validate_user(db, user, error_r) < 0 || validate_name(db, name, error_r) < 0)
+		return -1;
+	int ret = name_lookup(db, user, name, &guid, error_r);
+	if (ret <= 0)
+		return ret;
+	struct stor_mailbox mb;
+	ret = stor_mailbox_get_by_guid(db, &guid, &mb, error_r);
+	if (ret == 0)
+		return stor_err_corrupt(db, error_r, "mailbox name (no mailbox)");
+	if (ret < 0)
+		return -1;
+	if (strcmp(mb.user, user) != 0 || strcmp(mb.name, name) != 0) {
+		stor_mailbox_free(&mb);
+		return stor_err_corrupt(db, error_r, "mailbox name (mismatch)");
+	}
+	if (mb_r != NULL)
+		*mb_r = mb;
+	else
+		stor_mailbox_free(&mb);
+	return 1;
+}
+
+/* UIDVALIDITY: the current time, but strictly above any chosen before in
+ * this store, so two mailboxes created in the same second differ. */
+static int next_uidvalidity(struct stor_db *db, uint32_t given, uint32_t *uv_r,
+			    leveldb_writebatch_t *wb, const char **error_r)
+{
+	struct stor_key k;
+	char *v;
+	size_t len;
+	uint32_t last = 0;
+	stor_key_init(&k, STOR_KEY_INTERNAL);
+	stor_key_bytes(&k, "uidvalidity", 11);
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret < 0)
+		return -1;
+	if (ret > 0) {
+		if (len != 4) {
+			free(v);
+			return stor_err_corrupt(db, error_r, "uidvalidity counter");
+		}
+		last = stor_be32((unsigned char *)v);
+		free(v);
+	}
+	uint32_t uv = given;
+	if (uv == 0) {
+		int64_t now = clock_wall_s();
+		uv = now > 0 && now < UINT32_MAX ? (uint32_t)now : 1;
+		if (uv <= last)
+			uv = last + 1;
+		if (uv == 0)
+			return stor_err(db, error_r, "UIDVALIDITY space exhausted");
+	}
+	if (uv > last) {
+		unsigned char b[4] = { uv >> 24, uv >> 16, uv >> 8, uv };
+		stor_batch_put(wb, &k, b, 4);
+	}
+	*uv_r = uv;
+	return 0;
+}
+
+int stor_mailbox_create(struct stor_db *db, const struct stor_mailbox_create *req,
+			struct stor_mailbox *mb_r, const char **error_r)
+{
+	struct stor_mailbox mb;
+	struct guid existing;
+	struct stor_key k;
+
+	if (validate_user(db, req->user, error_r) < 0 ||
+	    validate_name(db, req->name, error_r) < 0)
+		return -1;
+	if (req->special_use != NULL && strlen(req->special_use) >= sizeof(mb.special_use))
+		return stor_err(db, error_r, "special-use attribute too long");
+	int ret = name_lookup(db, req->user, req->name, &existing, error_r);
+	if (ret < 0)
+		return -1;
+	if (ret > 0)
+		return stor_err(db, error_r, "mailbox already exists");
+
+	memset(&mb, 0, sizeof(mb));
+	if (req->guid != NULL) {
+		if (guid_is_zero(req->guid))
+			return stor_err(db, error_r, "mailbox GUID is zero");
+		mb.guid = *req->guid;
+		ret = stor_mailbox_get_by_guid(db, &mb.guid, NULL, error_r);
+		if (ret < 0)
+			return -1;
+		if (ret > 0)
+			return stor_err(db, error_r, "mailbox GUID belongs to another mailbox");
+	} else {
+		guid_generate(&mb.guid);
+	}
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	if (next_uidvalidity(db, req->uidvalidity, &mb.uidvalidity, wb, error_r) < 0) {
+		leveldb_writebatch_destroy(wb);
+		return -1;
+	}
+	mb.user = xstrdup(req->user);
+	mb.name = xstrdup(req->name);
+	mb.uidnext = 1;
+	if (req->special_use != NULL)
+		strcpy(mb.special_use, req->special_use);
+
+	struct buf v = BUF_INIT;
+	stor_mailbox_encode(&mb, &v);
+	mailbox_key(&k, &mb.guid);
+	stor_batch_put(wb, &k, v.data, v.len);
+	buf_free(&v);
+	key_user_name(&k, STOR_KEY_NAME, mb.user, mb.name);
+	stor_batch_put(wb, &k, mb.guid.b, GUID_SIZE);
+	ret = stor_db_write(db, wb, error_r);
+	leveldb_writebatch_destroy(wb);
+	if (ret == 0 && mb_r != NULL)
+		*mb_r = mb;
+	else
+		stor_mailbox_free(&mb);
+	return ret;
+}
+
+/* Adds deletes of every key under prefix to the batch; calls fn (if not
+ * NULL) for each. */
+static int delete_prefix(struct stor_db *db, leveldb_writebatch_t *wb, const struct stor_key *prefix,
+			 int (*fn)(void *ctx, const unsigned char *key, size_t klen,
+				   const char *val, size_t vlen),
+			 void *ctx, const char **error_r)
+{
+	leveldb_iterator_t *it = stor_iter_seek(db, prefix);
+	const unsigned char *key;
+	size_t klen;
+	int ret = 0;
+	while (ret == 0 && stor_iter_in(it, prefix, &key, &klen)) {
+		if (fn != NULL) {
+			size_t vlen;
+			const char *val = leveldb_iter_value(it, &vlen);
+			ret = fn(ctx, key, klen, val, vlen);
+		}
+		leveldb_writebatch_delete(wb, (const char *)key, klen);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, error_r) < 0)
+		return -1;
+	return ret;
+}
+
+struct delete_ctx {
+	struct stor_txn *txn;
+	const struct guid *mailbox;
+	bool bad;
+};
+
+static int delete_msg_cb(void *ctx, const unsigned char *key, size_t klen, const char *val,
+			 size_t vlen)
+{
+	struct delete_ctx *dc = ctx;
+	struct stor_msg msg;
+	struct stor_key k;
+	if (klen != 1 + GUID_SIZE + 4 ||
+	    stor_msg_decode(stor_be32(key + 1 + GUID_SIZE), val, vlen, &msg) < 0) {
+		dc->bad = true;
+		return -1;
+	}
+	stor_txn_text_ref(dc->txn, &msg.guid, -1);
+	stor_key_init(&k, STOR_KEY_GUID);
+	stor_key_guid(&k, dc->mailbox);
+	stor_key_guid(&k, &msg.guid);
+	stor_key_u32(&k, msg.uid);
+	stor_batch_del(dc->txn->wb, &k);
+	stor_msg_free(&msg);
+	return 0;
+}
+
+int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char **error_r)
+{
+	struct stor_txn txn;
+	struct stor_txn_mailbox *tm;
+	struct stor_key k;
+	stor_txn_begin(db, &txn);
+	int ret = stor_txn_mailbox(&txn, guid, &tm, error_r);
+	if (ret <= 0) {
+		stor_txn_free(&txn);
+		return ret < 0 ? -1 : stor_err(db, error_r, "mailbox does not exist");
+	}
+	struct delete_ctx dc = { &txn, guid, false };
+	stor_key_init(&k, STOR_KEY_MSG);
+	stor_key_guid(&k, guid);
+	ret = delete_prefix(db, txn.wb, &k, delete_msg_cb, &dc, error_r);
+	if (ret < 0 && dc.bad)
+		ret = stor_err_corrupt(db, error_r, "message");
+	static const char others[] = {
+		STOR_KEY_MODSEQ, STOR_KEY_GUID, STOR_KEY_TOMB, STOR_KEY_TOMB_MODSEQ,
+		STOR_KEY_SYNCSTATE,
+	};
+	for (size_t i = 0; i < sizeof(others) && ret == 0; i++) {
+		stor_key_init(&k, others[i]);
+		stor_key_guid(&k, guid);
+		ret = delete_prefix(db, txn.wb, &k, NULL, NULL, error_r);
+	}
+	if (ret < 0) {
+		stor_txn_free(&txn);
+		return -1;
+	}
+	key_user_name(&k, STOR_KEY_NAME, tm->mb.user, tm->mb.name);
+	stor_batch_del(txn.wb, &k);
+	mailbox_key(&k, guid);
+	stor_batch_del(txn.wb, &k);
+	/* The record is gone: don't let commit write it back. */
+	tm->dirty = false;
+	return stor_txn_commit(&txn, error_r);
+}
+
+int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
+			const char **error_r)
+{
+	struct stor_txn txn;
+	struct stor_txn_mailbox *tm;
+	struct stor_key k;
+	struct guid other;
+	if (validate_name(db, new_name, error_r) < 0)
+		return -1;
+	stor_txn_begin(db, &txn);
+	int ret = stor_txn_mailbox(&txn, guid, &tm, error_r);
+	if (ret <= 0) {
+		stor_txn_free(&txn);
+		return ret < 0 ? -1 : stor_err(db, error_r, "mailbox does not exist");
+	}
+	if (strcmp(tm->mb.name, new_name) == 0) {
+		stor_txn_free(&txn);
+		return 0;
+	}
+	ret = name_lookup(db, tm->mb.user, new_name, &other, error_r);
+	if (ret != 0) {
+		stor_txn_free(&txn);
+		return ret < 0 ? -1 : stor_err(db, error_r, "mailbox already exists");
+	}
+	key_user_name(&k, STOR_KEY_NAME, tm->mb.user, tm->mb.name);
+	stor_batch_del(txn.wb, &k);
+	key_user_name(&k, STOR_KEY_NAME, tm->mb.user, new_name);
+	stor_batch_put(txn.wb, &k, guid->b, GUID_SIZE);
+	free(tm->mb.name);
+	tm->mb.name = xstrdup(new_name);
+	tm->dirty = true;
+	return stor_txn_commit(&txn, error_r);
+}
+
+int stor_mailbox_list(struct stor_db *db, const char *user, stor_mailbox_array *list_r,
+		      const char **error_r)
+{
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_mailbox_array list = ARRAY_INIT;
+	if (validate_user(db, user, error_r) < 0)
+		return -1;
+	key_user_name(&prefix, STOR_KEY_NAME, user, NULL);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
+		size_t vlen;
+		const char *val = leveldb_iter_value(it, &vlen);
+		struct guid guid;
+		struct stor_mailbox mb;
+		if (vlen != GUID_SIZE) {
+			ret = stor_err_corrupt(db, error_r, "mailbox name");
+			break;
+		}
+		memcpy(guid.b, val, GUID_SIZE);
+		ret = stor_mailbox_get_by_guid(db, &guid, &mb, error_r);
+		if (ret == 0)
+			ret = stor_err_corrupt(db, error_r, "mailbox name (no mailbox)");
+		if (ret < 0)
+			break;
+		ret = 0;
+		ARRAY_PUSH(&list, mb);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	if (ret < 0) {
+		stor_mailbox_list_free(&list);
+		return -1;
+	}
+	*list_r = list;
+	return 0;
+}
+
+int stor_user_list(struct stor_db *db, stor_string_list *users_r, const char **error_r)
+{
+	struct stor_key prefix, k;
+	const unsigned char *key;
+	size_t klen;
+	stor_string_list users = ARRAY_INIT;
+	stor_key_init(&prefix, STOR_KEY_NAME);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		const unsigned char *nul = memchr(key + 1, '\0', klen - 1);
+		if (nul == NULL || nul == key + 1) {
+			ret = stor_err_corrupt(db, error_r, "mailbox name key");
+			break;
+		}
+		ARRAY_PUSH(&users, xstrndup((const char *)key + 1, (size_t)(nul - key - 1)));
+		/* Skip the rest of this user's mailboxes: seek past user\0. */
+		stor_key_init(&k, STOR_KEY_NAME);
+		stor_key_bytes(&k, key + 1, (size_t)(nul - key - 1));
+		stor_key_bytes(&k, "\001", 1);
+		leveldb_iter_seek(it, (const char *)k.b, k.len);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	if (ret < 0) {
+		stor_string_list_free(&users);
+		return -1;
+	}
+	*users_r = users;
+	return 0;
+}
+
+int stor_subscribe(struct stor_db *db, const char *user, const char *name, bool subscribed,
+		   const char **error_r)
+{
+	struct stor_key k;
+	if (validate_user(db, user, error_r) < 0 || validate_name(db, name, error_r) < 0)
+		return -1;
+	key_user_name(&k, STOR_KEY_SUBSCRIPTION, user, name);
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	if (subscribed)
+		stor_batch_put(wb, &k, "", 0);
+	else
+		stor_batch_del(wb, &k);
+	int ret = stor_db_write(db, wb, error_r);
+	leveldb_writebatch_destroy(wb);
+	return ret;
+}
+
+int stor_subscriptions(struct stor_db *db, const char *user, stor_string_list *names_r,
+		       const char **error_r)
+{
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_string_list names = ARRAY_INIT;
+	if (validate_user(db, user, error_r) < 0)
+		return -1;
+	key_user_name(&prefix, STOR_KEY_SUBSCRIPTION, user, NULL);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		ARRAY_PUSH(&names, xstrndup((const char *)key + prefix.len, klen - prefix.len));
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, error_r) < 0) {
+		stor_string_list_free(&names);
+		return -1;
+	}
+	*names_r = names;
+	return 0;
+}
+
+int stor_mailbox_raise(struct stor_db *db, const struct guid *mailbox, uint32_t uidnext,
+		       uint64_t highestmodseq, const char **error_r)
+{
+	struct stor_txn txn;
+	struct stor_txn_mailbox *tm;
+	stor_txn_begin(db, &txn);
+	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
+	if (ret <= 0) {
+		stor_txn_free(&txn);
+		return ret < 0 ? -1 : stor_err(db, error_r, "mailbox does not exist");
+	}
+	if (uidnext > tm->mb.uidnext) {
+		tm->mb.uidnext = uidnext;
+		tm->dirty = true;
+	}
+	if (highestmodseq > tm->mb.highestmodseq) {
+		tm->mb.highestmodseq = highestmodseq;
+		tm->dirty = true;
+	}
+	if (!tm->dirty) {
+		stor_txn_free(&txn);
+		return 0;
+	}
+	return stor_txn_commit(&txn, error_r);
+}

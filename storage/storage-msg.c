@@ -1,0 +1,751 @@
+/* Messages: append (master or replica), copy, flag changes, expunge with
+ * tombstones, UID renumbering, lookups and changes since a modseq.
+ *
+ * Each call is one transaction: the message records, their modseq and GUID
+ * index entries, tombstones, text reference counts and the mailbox record
+ * (UIDNEXT, HIGHESTMODSEQ, counts, digest) change in one batch. */
+#include "storage/storage-private.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/xalloc.h"
+
+static void msg_key(struct stor_key *k, const struct guid *mailbox, uint32_t uid)
+{
+	stor_key_init(k, STOR_KEY_MSG);
+	stor_key_guid(k, mailbox);
+	stor_key_u32(k, uid);
+}
+
+static void modseq_key(struct stor_key *k, char prefix, const struct guid *mailbox,
+		       uint64_t modseq, uint32_t uid)
+{
+	stor_key_init(k, prefix);
+	stor_key_guid(k, mailbox);
+	stor_key_u64(k, modseq);
+	stor_key_u32(k, uid);
+}
+
+static void guid_key(struct stor_key *k, const struct guid *mailbox, const struct guid *guid,
+		     uint32_t uid)
+{
+	stor_key_init(k, STOR_KEY_GUID);
+	stor_key_guid(k, mailbox);
+	stor_key_guid(k, guid);
+	stor_key_u32(k, uid);
+}
+
+static void tomb_key(struct stor_key *k, const struct guid *mailbox, uint32_t uid)
+{
+	stor_key_init(k, STOR_KEY_TOMB);
+	stor_key_guid(k, mailbox);
+	stor_key_u32(k, uid);
+}
+
+static void xor16(unsigned char *dst, const unsigned char *src)
+{
+	for (int i = 0; i < 16; i++)
+		dst[i] ^= src[i];
+}
+
+/* Removes (sign < 0) or adds (sign > 0) a message's share of the mailbox's
+ * counters and digest. */
+static void mailbox_account(struct stor_mailbox *mb, const struct stor_msg *msg, int sign)
+{
+	unsigned char h[16];
+	stor_msg_hash(msg, h);
+	xor16(mb->digest, h);
+	bool unseen = (msg->flags & STOR_FLAG_SEEN) == 0;
+	if (sign > 0) {
+		mb->messages++;
+		if (unseen)
+			mb->unseen++;
+	} else {
+		mb->messages--;
+		if (unseen)
+			mb->unseen--;
+	}
+}
+
+/* Writes the message record and its index entries. */
+static void msg_put(struct stor_txn *txn, const struct guid *mailbox, const struct stor_msg *msg)
+{
+	struct stor_key k;
+	struct buf v = BUF_INIT;
+	stor_msg_encode(msg, &v);
+	msg_key(&k, mailbox, msg->uid);
+	stor_batch_put(txn->wb, &k, v.data, v.len);
+	buf_free(&v);
+	modseq_key(&k, STOR_KEY_MODSEQ, mailbox, msg->modseq, msg->uid);
+	stor_batch_put(txn->wb, &k, "", 0);
+	guid_key(&k, mailbox, &msg->guid, msg->uid);
+	stor_batch_put(txn->wb, &k, "", 0);
+}
+
+/* Deletes the message record and its index entries. */
+static void msg_del(struct stor_txn *txn, const struct guid *mailbox, const struct stor_msg *msg)
+{
+	struct stor_key k;
+	msg_key(&k, mailbox, msg->uid);
+	stor_batch_del(txn->wb, &k);
+	modseq_key(&k, STOR_KEY_MODSEQ, mailbox, msg->modseq, msg->uid);
+	stor_batch_del(txn->wb, &k);
+	guid_key(&k, mailbox, &msg->guid, msg->uid);
+	stor_batch_del(txn->wb, &k);
+}
+
+static void tomb_put(struct stor_txn *txn, const struct guid *mailbox,
+		     const struct stor_tombstone *t)
+{
+	struct stor_key k;
+	unsigned char v[GUID_SIZE + 8];
+	memcpy(v, t->guid.b, GUID_SIZE);
+	for (int i = 0; i < 8; i++)
+		v[GUID_SIZE + i] = (unsigned char)(t->modseq >> (56 - 8 * i));
+	tomb_key(&k, mailbox, t->uid);
+	stor_batch_put(txn->wb, &k, v, sizeof(v));
+	modseq_key(&k, STOR_KEY_TOMB_MODSEQ, mailbox, t->modseq, t->uid);
+	stor_batch_put(txn->wb, &k, "", 0);
+}
+
+static int tomb_decode(uint32_t uid, const char *v, size_t len, struct stor_tombstone *t_r)
+{
+	if (len != GUID_SIZE + 8)
+		return -1;
+	t_r->uid = uid;
+	memcpy(t_r->guid.b, v, GUID_SIZE);
+	t_r->modseq = stor_be64((const unsigned char *)v + GUID_SIZE);
+	return t_r->modseq == 0 ? -1 : 0;
+}
+
+/* The tombstone at uid: 1, 0, -1. */
+static int tomb_get(struct stor_db *db, const struct guid *mailbox, uint32_t uid,
+		    struct stor_tombstone *t_r, const char **error_r)
+{
+	struct stor_key k;
+	char *v;
+	size_t len;
+	tomb_key(&k, mailbox, uid);
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret <= 0)
+		return ret;
+	ret = tomb_decode(uid, v, len, t_r);
+	free(v);
+	return ret < 0 ? stor_err_corrupt(db, error_r, "tombstone") : 1;
+}
+
+int stor_msg_get(struct stor_db *db, const struct guid *mailbox, uint32_t uid,
+		 struct stor_msg *msg_r, const char **error_r)
+{
+	struct stor_key k;
+	char *v;
+	size_t len;
+	if (uid == 0)
+		return 0;
+	msg_key(&k, mailbox, uid);
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret <= 0)
+		return ret;
+	struct stor_msg msg;
+	ret = stor_msg_decode(uid, v, len, &msg);
+	free(v);
+	if (ret < 0)
+		return stor_err_corrupt(db, error_r, "message");
+	if (msg_r != NULL)
+		*msg_r = msg;
+	else
+		stor_msg_free(&msg);
+	return 1;
+}
+
+static int mailbox_missing(struct stor_db *db, const char **error_r)
+{
+	return stor_err(db, error_r, "mailbox does not exist");
+}
+
+/* The next modseq of a call: the given one, or one above the mailbox's
+ * highest, assigned once per call. */
+static uint64_t call_modseq(struct stor_mailbox *mb, uint64_t given, uint64_t *assigned)
+{
+	if (given != 0) {
+		if (given > mb->highestmodseq)
+			mb->highestmodseq = given;
+		return given;
+	}
+	if (*assigned == 0)
+		*assigned = ++mb->highestmodseq;
+	return *assigned;
+}
+
+struct append_args {
+	uint32_t uid;
+	uint64_t modseq;
+	struct guid guid;
+	uint32_t flags;
+	stor_string_list keywords;  /* normalised, owned by the caller */
+	int64_t internaldate;
+	int32_t internaldate_tz;
+	const void *text;
+	size_t text_len;
+};
+
+/* Adds a message to txn.  Returns 1 when added, 0 when it was already
+ * there (idempotent replay; uid_r and modseq_r get the existing values), -1
+ * on error. */
+static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const struct append_args *a,
+		      uint32_t *uid_r, uint64_t *modseq_r, const char **error_r)
+{
+	struct stor_db *db = txn->db;
+	struct stor_txn_mailbox *tm;
+	struct stor_msg existing;
+	struct stor_tombstone tomb;
+
+	int ret = stor_txn_mailbox(txn, mailbox, &tm, error_r);
+	if (ret <= 0)
+		return ret < 0 ? -1 : mailbox_missing(db, error_r);
+	struct stor_mailbox *mb = &tm->mb;
+
+	uint32_t uid = a->uid;
+	if (uid == 0) {
+		if (mb->uidnext == UINT32_MAX)
+			return stor_err(db, error_r, "mailbox has run out of UIDs");
+		uid = mb->uidnext;
+	} else {
+		ret = stor_msg_get(db, mailbox, uid, &existing, error_r);
+		if (ret < 0)
+			return -1;
+		if (ret > 0) {
+			bool same = guid_cmp(&existing.guid, &a->guid) == 0;
+			uint64_t modseq = existing.modseq;
+			stor_msg_free(&existing);
+			if (!same)
+				return stor_err(db, error_r, "UID %u is already used by another message",
+						uid);
+			if (uid_r != NULL)
+				*uid_r = uid;
+			if (modseq_r != NULL)
+				*modseq_r = modseq;
+			return 0;
+		}
+		ret = tomb_get(db, mailbox, uid, &tomb, error_r);
+		if (ret < 0)
+			return -1;
+		if (ret > 0) {
+			if (guid_cmp(&tomb.guid, &a->guid) != 0)
+				return stor_err(db, error_r,
+						"UID %u was used by an expunged message", uid);
+			/* A late replay of an append that was expunged since:
+			 * don't resurrect it. */
+			if (uid_r != NULL)
+				*uid_r = uid;
+			if (modseq_r != NULL)
+				*modseq_r = tomb.modseq;
+			return 0;
+		}
+	}
+
+	struct stor_text_rec rec;
+	ret = stor_text_rec_get(db, &a->guid, &rec, error_r);
+	if (ret < 0)
+		return -1;
+	uint64_t size;
+	if (ret > 0) {
+		/* The node already holds this text (a copy, or streamed in
+		 * by stor_text_*): share it. */
+		size = rec.size;
+	} else if (a->text != NULL) {
+		if (a->text_len > db->max_message_size)
+			return stor_err(db, error_r, "message too large (%zu bytes, limit %llu)",
+					a->text_len, (unsigned long long)db->max_message_size);
+		if (stor_text_put(db, txn, &a->guid, a->text, a->text_len, error_r) < 0)
+			return -1;
+		size = a->text_len;
+	} else {
+		char hex[GUID_HEX_SIZE];
+		guid_to_hex(&a->guid, hex);
+		return stor_err(db, error_r, "text of message %s is not in the store", hex);
+	}
+	stor_txn_text_ref(txn, &a->guid, 1);
+
+	uint64_t assigned = 0;
+	struct stor_msg msg;
+	memset(&msg, 0, sizeof(msg));
+	msg.uid = uid;
+	msg.guid = a->guid;
+	msg.modseq = call_modseq(mb, a->modseq, &assigned);
+	msg.flags = a->flags & STOR_FLAGS_ALL;
+	msg.keywords = a->keywords;
+	msg.internaldate = a->internaldate;
+	msg.internaldate_tz = a->internaldate_tz;
+	msg.size = size;
+	msg_put(txn, mailbox, &msg);
+	mailbox_account(mb, &msg, 1);
+	if (uid >= mb->uidnext)
+		mb->uidnext = uid == UINT32_MAX ? UINT32_MAX : uid + 1;
+	tm->dirty = true;
+	if (uid_r != NULL)
+		*uid_r = uid;
+	if (modseq_r != NULL)
+		*modseq_r = msg.modseq;
+	return 1;
+}
+
+int stor_msg_append(struct stor_db *db, const struct guid *mailbox,
+		    const struct stor_append *req, uint32_t *uid_r, uint64_t *modseq_r,
+		    const char **error_r)
+{
+	struct append_args a;
+	struct stor_txn txn;
+	memset(&a, 0, sizeof(a));
+	if (req->text != NULL && req->text_len > db->max_message_size)
+		return stor_err(db, error_r, "message too large (%zu bytes, limit %llu)",
+				req->text_len, (unsigned long long)db->max_message_size);
+	if (req->guid != NULL && guid_is_zero(req->guid))
+		return stor_err(db, error_r, "message GUID is zero");
+	if (stor_keywords_normalize(db, req->keywords, req->keyword_count, &a.keywords,
+				    error_r) < 0)
+		return -1;
+	a.uid = req->uid;
+	a.modseq = req->modseq;
+	if (req->guid != NULL)
+		a.guid = *req->guid;
+	else
+		guid_generate(&a.guid);
+	a.flags = req->flags;
+	a.internaldate = req->internaldate;
+	a.internaldate_tz = req->internaldate_tz;
+	a.text = req->text;
+	a.text_len = req->text_len;
+
+	stor_txn_begin(db, &txn);
+	int ret = append_txn(&txn, mailbox, &a, uid_r, modseq_r, error_r);
+	if (ret > 0)
+		ret = stor_txn_commit(&txn, error_r);
+	else
+		stor_txn_free(&txn);
+	stor_string_list_free(&a.keywords);
+	return ret < 0 ? -1 : 0;
+}
+
+int stor_msg_copy(struct stor_db *db, const struct guid *src_mailbox, uint32_t src_uid,
+		  const struct guid *dst_mailbox, uint32_t dst_uid, uint64_t dst_modseq,
+		  uint32_t *uid_r, uint64_t *modseq_r, const char **error_r)
+{
+	struct stor_msg src;
+	struct stor_txn txn;
+	int ret = stor_msg_get(db, src_mailbox, src_uid, &src, error_r);
+	if (ret <= 0)
+		return ret < 0 ? -1 : stor_err(db, error_r, "source message does not exist");
+	struct append_args a;
+	memset(&a, 0, sizeof(a));
+	a.uid = dst_uid;
+	a.modseq = dst_modseq;
+	a.guid = src.guid;
+	a.flags = src.flags;
+	a.keywords = src.keywords;
+	a.internaldate = src.internaldate;
+	a.internaldate_tz = src.internaldate_tz;
+	stor_txn_begin(db, &txn);
+	ret = append_txn(&txn, dst_mailbox, &a, uid_r, modseq_r, error_r);
+	if (ret > 0)
+		ret = stor_txn_commit(&txn, error_r);
+	else
+		stor_txn_free(&txn);
+	stor_msg_free(&src);
+	return ret < 0 ? -1 : 0;
+}
+
+int stor_msg_list_range(struct stor_db *db, const struct guid *mailbox, uint32_t first,
+			uint32_t last, stor_msg_list *list_r, const char **error_r)
+{
+	struct stor_key prefix, start;
+	const unsigned char *key;
+	size_t klen;
+	stor_msg_list list = ARRAY_INIT;
+	stor_key_init(&prefix, STOR_KEY_MSG);
+	stor_key_guid(&prefix, mailbox);
+	msg_key(&start, mailbox, first);
+	leveldb_iterator_t *it = stor_iter_seek(db, &start);
+	int ret = 0;
+	while (first <= last && stor_iter_in(it, &prefix, &key, &klen)) {
+		if (klen != prefix.len + 4) {
+			ret = stor_err_corrupt(db, error_r, "message key");
+			break;
+		}
+		uint32_t uid = stor_be32(key + prefix.len);
+		if (uid > last)
+			break;
+		size_t vlen;
+		const char *val = leveldb_iter_value(it, &vlen);
+		struct stor_msg msg;
+		if (stor_msg_decode(uid, val, vlen, &msg) < 0) {
+			ret = stor_err_corrupt(db, error_r, "message");
+			break;
+		}
+		ARRAY_PUSH(&list, msg);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	if (ret < 0) {
+		stor_msg_list_free(&list);
+		return -1;
+	}
+	*list_r = list;
+	return 0;
+}
+
+int stor_msg_find_guid(struct stor_db *db, const struct guid *mailbox, const struct guid *guid,
+		       uint32_t *uid_r, const char **error_r)
+{
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_key_init(&prefix, STOR_KEY_GUID);
+	stor_key_guid(&prefix, mailbox);
+	stor_key_guid(&prefix, guid);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	if (stor_iter_in(it, &prefix, &key, &klen)) {
+		if (klen != prefix.len + 4) {
+			ret = stor_err_corrupt(db, error_r, "GUID index");
+		} else {
+			if (uid_r != NULL)
+				*uid_r = stor_be32(key + prefix.len);
+			ret = 1;
+		}
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		return -1;
+	return ret;
+}
+
+static bool keywords_equal(const stor_string_list *a, const stor_string_list *b)
+{
+	if (a->count != b->count)
+		return false;
+	for (size_t i = 0; i < a->count; i++) {
+		if (strcmp(a->items[i], b->items[i]) != 0)
+			return false;
+	}
+	return true;
+}
+
+/* The new keyword list of a message under the operation. */
+static int keywords_apply(struct stor_db *db, const stor_string_list *cur, enum stor_flag_op op,
+			  const stor_string_list *req, stor_string_list *out, const char **error_r)
+{
+	ARRAY(const char *) all = ARRAY_INIT;
+	switch (op) {
+	case STOR_FLAGS_REPLACE:
+		for (size_t i = 0; i < req->count; i++)
+			ARRAY_PUSH(&all, req->items[i]);
+		break;
+	case STOR_FLAGS_ADD:
+		/* Existing spellings come first, so they win. */
+		for (size_t i = 0; i < cur->count; i++)
+			ARRAY_PUSH(&all, cur->items[i]);
+		for (size_t i = 0; i < req->count; i++)
+			ARRAY_PUSH(&all, req->items[i]);
+		break;
+	case STOR_FLAGS_REMOVE:
+		for (size_t i = 0; i < cur->count; i++) {
+			bool removed = false;
+			for (size_t j = 0; j < req->count && !removed; j++)
+				removed = strcasecmp(cur->items[i], req->items[j]) == 0;
+			if (!removed)
+				ARRAY_PUSH(&all, cur->items[i]);
+		}
+		break;
+	}
+	int ret = stor_keywords_normalize(db, all.items, all.count, out, error_r);
+	ARRAY_FREE(&all);
+	return ret;
+}
+
+int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
+		   size_t uid_count, const struct stor_store *req, stor_msg_list *changed_r,
+		   stor_uid_list *failed_r, const char **error_r)
+{
+	struct stor_txn txn;
+	struct stor_txn_mailbox *tm;
+	stor_string_list req_kw;
+	stor_msg_list changed = ARRAY_INIT;
+	stor_uid_list failed = ARRAY_INIT;
+
+	if (req->op != STOR_FLAGS_REPLACE && req->op != STOR_FLAGS_ADD &&
+	    req->op != STOR_FLAGS_REMOVE)
+		return stor_err(db, error_r, "invalid flag operation");
+	if (stor_keywords_normalize(db, req->keywords, req->keyword_count, &req_kw, error_r) < 0)
+		return -1;
+	stor_txn_begin(db, &txn);
+	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
+	if (ret <= 0) {
+		if (ret == 0)
+			mailbox_missing(db, error_r);
+		ret = -1;
+		goto cleanup;
+	}
+	ret = 0;
+	uint64_t assigned = 0;
+	uint32_t rflags = req->flags & STOR_FLAGS_ALL;
+	for (size_t i = 0; i < uid_count; i++) {
+		struct stor_msg msg;
+		int r = stor_msg_get(db, mailbox, uids[i], &msg, error_r);
+		if (r < 0) {
+			ret = -1;
+			goto cleanup;
+		}
+		if (r == 0)
+			continue;
+		bool dup = false;
+		for (size_t j = 0; j < changed.count && !dup; j++)
+			dup = changed.items[j].uid == msg.uid;
+		if (dup) {
+			/* Listed twice: the first change already applied. */
+			stor_msg_free(&msg);
+			continue;
+		}
+		if (req->unchangedsince != 0 && msg.modseq > req->unchangedsince) {
+			ARRAY_PUSH(&failed, msg.uid);
+			stor_msg_free(&msg);
+			continue;
+		}
+		if (req->modseq != 0 && req->modseq <= msg.modseq) {
+			/* An older change never overwrites a newer one. */
+			stor_msg_free(&msg);
+			continue;
+		}
+		uint32_t nflags = msg.flags;
+		switch (req->op) {
+		case STOR_FLAGS_REPLACE: nflags = rflags; break;
+		case STOR_FLAGS_ADD: nflags |= rflags; break;
+		case STOR_FLAGS_REMOVE: nflags &= ~rflags; break;
+		}
+		stor_string_list nkw;
+		if (keywords_apply(db, &msg.keywords, req->op, &req_kw, &nkw, error_r) < 0) {
+			stor_msg_free(&msg);
+			ret = -1;
+			goto cleanup;
+		}
+		if (nflags == msg.flags && keywords_equal(&nkw, &msg.keywords)) {
+			stor_string_list_free(&nkw);
+			stor_msg_free(&msg);
+			continue;
+		}
+		msg_del(&txn, mailbox, &msg);
+		mailbox_account(&tm->mb, &msg, -1);
+		stor_string_list_free(&msg.keywords);
+		msg.keywords = nkw;
+		msg.flags = nflags;
+		msg.modseq = call_modseq(&tm->mb, req->modseq, &assigned);
+		msg_put(&txn, mailbox, &msg);
+		mailbox_account(&tm->mb, &msg, 1);
+		tm->dirty = true;
+		ARRAY_PUSH(&changed, msg);
+	}
+	if (tm->dirty)
+		ret = stor_txn_commit(&txn, error_r);
+cleanup:
+	stor_txn_free(&txn);
+	stor_string_list_free(&req_kw);
+	if (ret == 0 && changed_r != NULL) {
+		for (size_t i = 0; i < changed.count; i++)
+			ARRAY_PUSH(changed_r, changed.items[i]);
+		ARRAY_FREE(&changed);
+	} else {
+		stor_msg_list_free(&changed);
+	}
+	if (ret == 0 && failed_r != NULL) {
+		for (size_t i = 0; i < failed.count; i++)
+			ARRAY_PUSH(failed_r, failed.items[i]);
+	}
+	ARRAY_FREE(&failed);
+	return ret;
+}
+
+int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
+		     size_t uid_count, uint64_t modseq, stor_uid_list *expunged_r,
+		     const char **error_r)
+{
+	struct stor_txn txn;
+	struct stor_txn_mailbox *tm;
+	stor_uid_list done = ARRAY_INIT;
+	stor_txn_begin(db, &txn);
+	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
+	if (ret <= 0) {
+		stor_txn_free(&txn);
+		return ret < 0 ? -1 : mailbox_missing(db, error_r);
+	}
+	ret = 0;
+	uint64_t assigned = 0;
+	for (size_t i = 0; i < uid_count; i++) {
+		struct stor_msg msg;
+		bool dup = false;
+		for (size_t j = 0; j < done.count && !dup; j++)
+			dup = done.items[j] == uids[i];
+		if (dup)
+			continue;
+		int r = stor_msg_get(db, mailbox, uids[i], &msg, error_r);
+		if (r < 0) {
+			ret = -1;
+			break;
+		}
+		if (r == 0)
+			continue;
+		msg_del(&txn, mailbox, &msg);
+		mailbox_account(&tm->mb, &msg, -1);
+		stor_txn_text_ref(&txn, &msg.guid, -1);
+		struct stor_tombstone t = {
+			.uid = msg.uid, .guid = msg.guid,
+			.modseq = call_modseq(&tm->mb, modseq, &assigned),
+		};
+		tomb_put(&txn, mailbox, &t);
+		tm->dirty = true;
+		ARRAY_PUSH(&done, msg.uid);
+		stor_msg_free(&msg);
+	}
+	if (ret == 0 && tm->dirty)
+		ret = stor_txn_commit(&txn, error_r);
+	else
+		stor_txn_free(&txn);
+	if (ret == 0 && expunged_r != NULL) {
+		for (size_t i = 0; i < done.count; i++)
+			ARRAY_PUSH(expunged_r, done.items[i]);
+	}
+	ARRAY_FREE(&done);
+	return ret;
+}
+
+int stor_msg_renumber(struct stor_db *db, const struct guid *mailbox, uint32_t old_uid,
+		      uint32_t new_uid, uint64_t modseq, const char **error_r)
+{
+	struct stor_txn txn;
+	struct stor_txn_mailbox *tm;
+	struct stor_msg msg;
+	struct stor_tombstone tomb;
+	if (new_uid == 0 || new_uid == old_uid)
+		return stor_err(db, error_r, "invalid new UID");
+	stor_txn_begin(db, &txn);
+	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
+	if (ret <= 0) {
+		stor_txn_free(&txn);
+		return ret < 0 ? -1 : mailbox_missing(db, error_r);
+	}
+	ret = stor_msg_get(db, mailbox, old_uid, &msg, error_r);
+	if (ret <= 0) {
+		stor_txn_free(&txn);
+		return ret < 0 ? -1 : stor_err(db, error_r, "message does not exist");
+	}
+	int r1 = stor_msg_get(db, mailbox, new_uid, NULL, error_r);
+	int r2 = r1 < 0 ? -1 : tomb_get(db, mailbox, new_uid, &tomb, error_r);
+	if (r1 != 0 || r2 != 0) {
+		stor_msg_free(&msg);
+		stor_txn_free(&txn);
+		return r1 < 0 || r2 < 0 ? -1 : stor_err(db, error_r, "UID %u is already used", new_uid);
+	}
+	uint64_t assigned = 0;
+	struct stor_mailbox *mb = &tm->mb;
+	msg_del(&txn, mailbox, &msg);
+	mailbox_account(mb, &msg, -1);
+	uint64_t ms = call_modseq(mb, modseq, &assigned);
+	struct stor_tombstone t = { .uid = old_uid, .guid = msg.guid, .modseq = ms };
+	tomb_put(&txn, mailbox, &t);
+	msg.uid = new_uid;
+	msg.modseq = ms;
+	msg_put(&txn, mailbox, &msg);
+	mailbox_account(mb, &msg, 1);
+	if (new_uid >= mb->uidnext)
+		mb->uidnext = new_uid == UINT32_MAX ? UINT32_MAX : new_uid + 1;
+	tm->dirty = true;
+	stor_msg_free(&msg);
+	return stor_txn_commit(&txn, error_r);
+}
+
+static int uid_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int tomb_cmp(const void *a, const void *b)
+{
+	return uid_cmp(&((const struct stor_tombstone *)a)->uid,
+		       &((const struct stor_tombstone *)b)->uid);
+}
+
+/* UIDs of index entries (prefix mailbox) with modseq > since. */
+static int modseq_scan(struct stor_db *db, char kind, const struct guid *mailbox, uint64_t since,
+		       stor_uid_list *uids, const char **error_r)
+{
+	struct stor_key prefix, start;
+	const unsigned char *key;
+	size_t klen;
+	stor_key_init(&prefix, kind);
+	stor_key_guid(&prefix, mailbox);
+	if (since == UINT64_MAX)
+		return 0;
+	modseq_key(&start, kind, mailbox, since + 1, 0);
+	leveldb_iterator_t *it = stor_iter_seek(db, &start);
+	int ret = 0;
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		if (klen != prefix.len + 12) {
+			ret = stor_err_corrupt(db, error_r, "modseq index");
+			break;
+		}
+		ARRAY_PUSH(uids, stor_be32(key + prefix.len + 8));
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	return ret;
+}
+
+int stor_changes_since(struct stor_db *db, const struct guid *mailbox, uint64_t since,
+		       stor_msg_list *msgs_r, stor_tombstone_list *tombs_r, const char **error_r)
+{
+	stor_uid_list uids = ARRAY_INIT;
+	stor_msg_list msgs = ARRAY_INIT;
+	stor_tombstone_list tombs = ARRAY_INIT;
+	int ret = stor_mailbox_get_by_guid(db, mailbox, NULL, error_r);
+	if (ret <= 0)
+		return ret < 0 ? -1 : mailbox_missing(db, error_r);
+	ret = modseq_scan(db, STOR_KEY_MODSEQ, mailbox, since, &uids, error_r);
+	if (ret == 0 && uids.count > 1)
+		qsort(uids.items, uids.count, sizeof(uint32_t), uid_cmp);
+	for (size_t i = 0; i < uids.count && ret == 0; i++) {
+		struct stor_msg msg;
+		int r = stor_msg_get(db, mailbox, uids.items[i], &msg, error_r);
+		if (r == 0)
+			ret = stor_err_corrupt(db, error_r, "modseq index (no message)");
+		else if (r < 0)
+			ret = -1;
+		else
+			ARRAY_PUSH(&msgs, msg);
+	}
+	uids.count = 0;
+	if (ret == 0)
+		ret = modseq_scan(db, STOR_KEY_TOMB_MODSEQ, mailbox, since, &uids, error_r);
+	for (size_t i = 0; i < uids.count && ret == 0; i++) {
+		struct stor_tombstone t;
+		int r = tomb_get(db, mailbox, uids.items[i], &t, error_r);
+		if (r == 0)
+			ret = stor_err_corrupt(db, error_r, "modseq index (no tombstone)");
+		else if (r < 0)
+			ret = -1;
+		else
+			ARRAY_PUSH(&tombs, t);
+	}
+	if (ret == 0 && tombs.count > 1)
+		qsort(tombs.items, tombs.count, sizeof(tombs.items[0]), tomb_cmp);
+	ARRAY_FREE(&uids);
+	if (ret < 0) {
+		stor_msg_list_free(&msgs);
+		ARRAY_FREE(&tombs);
+		return -1;
+	}
+	*msgs_r = msgs;
+	*tombs_r = tombs;
+	return 0;
+}

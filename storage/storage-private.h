@@ -1,0 +1,223 @@
+/* Internals shared by the storage/ source files (and storage's own tests).
+ * Nobody outside storage/ includes this.
+ *
+ * Keyspace.  Every key starts with a one-byte prefix naming its kind;
+ * integers in keys are big-endian so that LevelDB's byte order is numeric
+ * order:
+ *
+ *   'B' mbguid                      mailbox record
+ *   'N' user \0 name                -> mailbox guid (names sort per user)
+ *   'W' user \0 name                subscription (empty value)
+ *   'U' mbguid uid32                message record
+ *   'Q' mbguid modseq64 uid32       modseq index of messages (empty value)
+ *   'G' mbguid msgguid uid32        GUID index of messages (empty value)
+ *   'T' mbguid uid32                tombstone: msgguid, modseq
+ *   'R' mbguid modseq64 uid32       modseq index of tombstones (empty value)
+ *   'S' msgguid                     text record: refcount, size, SHA-256
+ *   'C' msgguid chunk32             text chunk (STOR_TEXT_CHUNK bytes, the
+ *                                   last one shorter)
+ *   'O' msgguid                     text written but not yet referenced:
+ *                                   garbage collected on open
+ *   'L' seq64                       replication log entry
+ *   'P' peer32                      peer's log cursor: seq64
+ *   'Y' mbguid peer32               peer's sync state of a mailbox
+ *   'M' name                        stor_meta_* values of other components
+ *   'I' name                        the store's own counters
+ *
+ * Values are encoded with the put/get helpers below; a decoder must consume
+ * exactly all bytes, so a damaged record is reported, never half-read. */
+#ifndef STORAGE_STORAGE_PRIVATE_H
+#define STORAGE_STORAGE_PRIVATE_H
+
+#include <leveldb/c.h>
+
+#include "storage/storage.h"
+
+#define STOR_TEXT_CHUNK (256 * 1024)
+
+#define STOR_KEY_MAILBOX 'B'
+#define STOR_KEY_NAME 'N'
+#define STOR_KEY_SUBSCRIPTION 'W'
+#define STOR_KEY_MSG 'U'
+#define STOR_KEY_MODSEQ 'Q'
+#define STOR_KEY_GUID 'G'
+#define STOR_KEY_TOMB 'T'
+#define STOR_KEY_TOMB_MODSEQ 'R'
+#define STOR_KEY_TEXT 'S'
+#define STOR_KEY_CHUNK 'C'
+#define STOR_KEY_ORPHAN 'O'
+#define STOR_KEY_LOG 'L'
+#define STOR_KEY_CURSOR 'P'
+#define STOR_KEY_SYNCSTATE 'Y'
+#define STOR_KEY_META 'M'
+#define STOR_KEY_INTERNAL 'I'
+
+struct stor_durable {
+	stor_durable_cb *cb;
+	void *ctx;
+};
+
+struct stor_db {
+	char *dir;
+	leveldb_t *ldb;
+	leveldb_options_t *opts;
+	leveldb_filterpolicy_t *filter;
+	leveldb_readoptions_t *ropts;
+	leveldb_writeoptions_t *wopts, *wopts_sync;
+	uint64_t max_message_size;
+	unsigned fail_countdown;     /* fail_nth_write */
+	char *error;                 /* last error message */
+	bool dirty;                  /* writes since the last stor_sync() */
+	ARRAY(struct stor_durable) durable;
+	uint64_t newest_log_file;    /* LevelDB's newest NNNNNN.log we synced */
+};
+
+/* ---- Keys ---- */
+
+#define STOR_KEY_MAX (1 + STOR_MAX_USER_LEN + 1 + STOR_MAX_MAILBOX_NAME_LEN + 16)
+
+struct stor_key {
+	size_t len;
+	unsigned char b[STOR_KEY_MAX];
+};
+
+void stor_key_init(struct stor_key *k, char prefix);
+void stor_key_u32(struct stor_key *k, uint32_t v);
+void stor_key_u64(struct stor_key *k, uint64_t v);
+void stor_key_guid(struct stor_key *k, const struct guid *g);
+void stor_key_bytes(struct stor_key *k, const void *p, size_t n);
+uint32_t stor_be32(const unsigned char *p);
+uint64_t stor_be64(const unsigned char *p);
+
+/* ---- Values ---- */
+
+void stor_put_u8(struct buf *b, uint8_t v);
+void stor_put_u32(struct buf *b, uint32_t v);
+void stor_put_u64(struct buf *b, uint64_t v);
+void stor_put_bytes(struct buf *b, const void *p, size_t n);
+/* Length-prefixed string. */
+void stor_put_str(struct buf *b, const char *s);
+
+struct stor_dec {
+	const unsigned char *p;
+	size_t len, pos;
+	bool bad;
+};
+void stor_dec_init(struct stor_dec *d, const void *p, size_t len);
+uint8_t stor_get_u8(struct stor_dec *d);
+uint32_t stor_get_u32(struct stor_dec *d);
+uint64_t stor_get_u64(struct stor_dec *d);
+void stor_get_bytes(struct stor_dec *d, void *out, size_t n);
+/* A new string (without NULs, at most max bytes); NULL and bad when not. */
+char *stor_get_str(struct stor_dec *d, size_t max);
+/* True when the value was read exactly to its end without errors. */
+bool stor_dec_end(struct stor_dec *d);
+
+/* ---- Records ---- */
+
+void stor_mailbox_encode(const struct stor_mailbox *mb, struct buf *out);
+int stor_mailbox_decode(const void *p, size_t len, struct stor_mailbox *mb_r);
+void stor_msg_encode(const struct stor_msg *msg, struct buf *out);
+int stor_msg_decode(uint32_t uid, const void *p, size_t len, struct stor_msg *msg_r);
+
+struct stor_text_rec {
+	uint32_t refcount;
+	uint64_t size;
+	unsigned char sha256[32];
+};
+void stor_text_rec_encode(const struct stor_text_rec *t, struct buf *out);
+int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r);
+
+/* The 16-byte digest contribution of one message. */
+void stor_msg_hash(const struct stor_msg *msg, unsigned char out[16]);
+
+/* ---- Database access ---- */
+
+/* Formats an error into db->error and points *error_r (may be NULL) at it.
+ * Returns -1. */
+int stor_err(struct stor_db *db, const char **error_r, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Reports a LevelDB error string (and frees it). */
+int stor_err_leveldb(struct stor_db *db, const char **error_r, const char *what, char *lerr);
+/* Reports a record that does not decode. */
+int stor_err_corrupt(struct stor_db *db, const char **error_r, const char *what);
+
+/* 1 found (*val_r malloc()ed, NUL-terminated), 0 not found, -1 error. */
+int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size_t *len_r,
+		const char **error_r);
+/* One LevelDB write of the batch, not synced; honours fail_nth_write. */
+int stor_db_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r);
+leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *start);
+/* True while the iterator is valid and its key starts with the prefix. */
+bool stor_iter_in(leveldb_iterator_t *it, const struct stor_key *prefix, const unsigned char **key_r,
+		  size_t *len_r);
+/* Destroys the iterator; returns -1 if it ended on an error. */
+int stor_iter_end(struct stor_db *db, leveldb_iterator_t *it, const char **error_r);
+
+void stor_batch_put(leveldb_writebatch_t *wb, const struct stor_key *k, const void *v, size_t vlen);
+void stor_batch_del(leveldb_writebatch_t *wb, const struct stor_key *k);
+
+/* ---- Write transactions ----
+ * A transaction gathers one call's changes into one batch.  Mailbox records
+ * and text reference counts touched several times in one call are kept in
+ * memory and written once at commit. */
+struct stor_txn_mailbox {
+	struct stor_mailbox mb;
+	bool dirty;
+};
+struct stor_txn_text {
+	struct guid guid;
+	int64_t delta;
+	bool created;               /* record made in this transaction */
+	struct stor_text_rec rec;   /* when created */
+};
+struct stor_txn {
+	struct stor_db *db;
+	leveldb_writebatch_t *wb;
+	ARRAY(struct stor_txn_mailbox *) mailboxes;
+	ARRAY(struct stor_txn_text) texts;
+};
+
+void stor_txn_begin(struct stor_db *db, struct stor_txn *txn);
+/* Commits (writes the batch) and frees the transaction. */
+int stor_txn_commit(struct stor_txn *txn, const char **error_r);
+void stor_txn_free(struct stor_txn *txn);
+/* A mailbox record for update (mark ->dirty when changed): 1, 0, -1. */
+int stor_txn_mailbox(struct stor_txn *txn, const struct guid *guid, struct stor_txn_mailbox **mb_r,
+		     const char **error_r);
+void stor_txn_text_ref(struct stor_txn *txn, const struct guid *guid, int64_t delta);
+/* Records a text created in this transaction (with refcount 0; add
+ * references with stor_txn_text_ref()). */
+void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,
+			   const struct stor_text_rec *rec);
+
+/* ---- Texts ---- */
+
+/* Reads the text record: 1, 0, -1. */
+int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
+		      const char **error_r);
+/* Adds deletes of the text's record and chunks to the batch. */
+void stor_text_delete_batch(leveldb_writebatch_t *wb, const struct guid *guid, uint64_t size);
+/* Writes a whole text given in memory: small ones into txn's batch, big ones
+ * in chunk batches first.  The text record is created with refcount 0. */
+int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *guid,
+		  const void *text, size_t len, const char **error_r);
+/* Frees texts left unreferenced by a crash (the 'O' markers). */
+int stor_text_gc(struct stor_db *db, const char **error_r);
+
+/* ---- Keywords ---- */
+
+/* Validates and normalises keywords: unique case-insensitively (the first
+ * spelling wins), sorted by lowercase.  Returns 0 or -1. */
+int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t count,
+			    stor_string_list *out, const char **error_r);
+
+/* ---- Test hooks (storage's own tests only) ---- */
+
+/* Puts raw bytes at a raw key, bypassing every check. */
+int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const void *val,
+		      size_t vlen, const char **error_r);
+/* Sets fail_nth_write on an open store. */
+void stor_test_fail_nth_write(struct stor_db *db, unsigned n);
+
+#endif

@@ -1,0 +1,660 @@
+/* Unit tests of storage/ messages: append (master and replica), copy,
+ * flag changes with CONDSTORE, expunge tombstones, renumbering, changes
+ * since a modseq, digests and the canonical dump. */
+#include <stdio.h>
+#include <string.h>
+
+#include "lib/xalloc.h"
+#include "tests/storage/tests.h"
+
+static int append_full(struct stor_db *db, const struct guid *mb, uint32_t uid, uint64_t modseq,
+		       const struct guid *guid, uint32_t flags, const char *const *kw, size_t kwn,
+		       const char *text, uint32_t *uid_r, uint64_t *modseq_r, const char **error_r)
+{
+	struct stor_append req;
+	memset(&req, 0, sizeof(req));
+	req.uid = uid;
+	req.modseq = modseq;
+	req.guid = guid;
+	req.flags = flags;
+	req.keywords = kw;
+	req.keyword_count = kwn;
+	req.internaldate = 1700000000;
+	req.internaldate_tz = 60;
+	req.text = text;
+	req.text_len = text == NULL ? 0 : strlen(text);
+	return stor_msg_append(db, mb, &req, uid_r, modseq_r, error_r);
+}
+
+static void test_append_assigns_uids_and_modseqs(void)
+{
+	struct tstore t;
+	struct stor_mailbox mb;
+	struct stor_msg msg;
+	const char *error = NULL;
+	uint32_t uid;
+	uint64_t modseq;
+	const char *kw[] = { "$Junk", "work" };
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, STOR_FLAG_SEEN, kw, 2, "Subject: a\r\n\r\nhi",
+				    &uid, &modseq, &error), 0);
+	CU_ASSERT_EQUAL(uid, 1);
+	CU_ASSERT_EQUAL(modseq, 1);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, NULL, 0, "second", &uid, &modseq,
+				    &error), 0);
+	CU_ASSERT_EQUAL(uid, 2);
+	CU_ASSERT_EQUAL(modseq, 2);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.uidnext, 3);
+	CU_ASSERT_EQUAL(mb.highestmodseq, 2);
+	CU_ASSERT_EQUAL(mb.messages, 2);
+	CU_ASSERT_EQUAL(mb.unseen, 1);
+	stor_mailbox_free(&mb);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.uid, 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_SEEN);
+	CU_ASSERT_EQUAL(msg.size, strlen("Subject: a\r\n\r\nhi"));
+	CU_ASSERT_EQUAL(msg.internaldate, 1700000000);
+	CU_ASSERT_EQUAL(msg.internaldate_tz, 60);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 2);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "$Junk");
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[1], "work");
+	struct buf text = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, 0, 1000, &text, &error), 0);
+	CU_ASSERT_EQUAL(text.len, msg.size);
+	CU_ASSERT(memcmp(text.data, "Subject: a\r\n\r\nhi", text.len) == 0);
+	buf_reset(&text);
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, 9, 3, &text, &error), 0);
+	CU_ASSERT_EQUAL(text.len, 3);
+	CU_ASSERT(memcmp(text.data, "a\r\n", 3) == 0);
+	buf_free(&text);
+	uint32_t found = 0;
+	CU_ASSERT_EQUAL(stor_msg_find_guid(t.db, &g, &msg.guid, &found, &error), 1);
+	CU_ASSERT_EQUAL(found, 1);
+	stor_msg_free(&msg);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 3, NULL, &error), 0);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_append_to_missing_mailbox_fails(void)
+{
+	struct tstore t;
+	struct guid g;
+	const char *error = NULL;
+	tstore_open(&t);
+	guid_generate(&g);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, NULL, 0, "x", NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "does not exist"));
+	tstore_close(&t);
+}
+
+static void test_replica_append_is_idempotent(void)
+{
+	struct tstore t;
+	struct stor_mailbox mb;
+	struct guid mg, other;
+	const char *error = NULL;
+	uint32_t uid;
+	uint64_t modseq;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	guid_generate(&mg);
+	guid_generate(&other);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 7, 40, &mg, 0, NULL, 0, "replicated", &uid, &modseq,
+				    &error), 0);
+	CU_ASSERT_EQUAL(uid, 7);
+	CU_ASSERT_EQUAL(modseq, 40);
+	/* The same SAVE again changes nothing. */
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 7, 41, &mg, 0, NULL, 0, "replicated", &uid, &modseq,
+				    &error), 0);
+	CU_ASSERT_EQUAL(uid, 7);
+	CU_ASSERT_EQUAL(modseq, 40);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.messages, 1);
+	CU_ASSERT_EQUAL(mb.uidnext, 8);
+	CU_ASSERT_EQUAL(mb.highestmodseq, 40);
+	stor_mailbox_free(&mb);
+	/* Another message may not take the UID. */
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 7, 0, &other, 0, NULL, 0, "other", NULL, NULL,
+				    &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "UID 7"));
+	/* A replica may fill a lower, never-used UID. */
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 3, 0, &other, 0, NULL, 0, "other", &uid, &modseq,
+				    &error), 0);
+	CU_ASSERT_EQUAL(uid, 3);
+	CU_ASSERT_EQUAL(modseq, 41);
+	/* Texts are shared by GUID: only one reference per message. */
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_append_refuses_uid_of_expunged_message(void)
+{
+	struct tstore t;
+	struct guid mg, other;
+	const char *error = NULL;
+	uint32_t uid = 0;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	guid_generate(&mg);
+	guid_generate(&other);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 5, 0, &mg, 0, NULL, 0, "m", NULL, NULL, &error), 0);
+	uid = 5;
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &uid, 1, 0, NULL, &error), 0);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 5, 0, &other, 0, NULL, 0, "o", NULL, NULL, &error), -1);
+	/* A late replay of the expunged message does not resurrect it. */
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 5, 0, &mg, 0, NULL, 0, "m", &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 5, NULL, &error), 0);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_append_keyword_limits(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	char *kws[STOR_MAX_KEYWORDS + 1];
+	char longkw[STOR_MAX_KEYWORD_LEN + 2];
+	struct stor_msg msg;
+	uint32_t uid;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	for (int i = 0; i <= STOR_MAX_KEYWORDS; i++)
+		kws[i] = xasprintf("kw%d", i);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, (const char *const *)kws,
+				    STOR_MAX_KEYWORDS + 1, "x", NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "too many keywords"));
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, (const char *const *)kws,
+				    STOR_MAX_KEYWORDS, "x", &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, uid, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.keywords.count, STOR_MAX_KEYWORDS);
+	stor_msg_free(&msg);
+	for (int i = 0; i <= STOR_MAX_KEYWORDS; i++)
+		free(kws[i]);
+
+	memset(longkw, 'k', sizeof(longkw) - 1);
+	longkw[sizeof(longkw) - 1] = '\0';
+	const char *one[] = { longkw };
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, one, 1, "x", NULL, NULL, &error), -1);
+	longkw[STOR_MAX_KEYWORD_LEN] = '\0';
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, one, 1, "x", NULL, NULL, &error), 0);
+	const char *bad[] = { "has space" };
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, bad, 1, "x", NULL, NULL, &error), -1);
+	const char *sys[] = { "\\Seen" };
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, sys, 1, "x", NULL, NULL, &error), -1);
+	/* Case-insensitive duplicates collapse to the first spelling. */
+	const char *dups[] = { "Work", "WORK", "alpha", "work" };
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, dups, 4, "x", &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, uid, &msg, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 2);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "alpha");
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[1], "Work");
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_list_range_returns_uid_order_within_bounds(void)
+{
+	struct tstore t;
+	stor_msg_list list;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	struct guid g2 = tmailbox(t.db, "alice", "Other");
+	for (int i = 0; i < 5; i++)
+		tappend(t.db, &g, 0, "m", 0);
+	tappend(t.db, &g2, 0, "other box", 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(t.db, &g, 2, 4, &list, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(list.count, 3);
+	CU_ASSERT_EQUAL(list.items[0].uid, 2);
+	CU_ASSERT_EQUAL(list.items[2].uid, 4);
+	stor_msg_list_free(&list);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(t.db, &g, 1, UINT32_MAX, &list, &error), 0);
+	CU_ASSERT_EQUAL(list.count, 5);
+	stor_msg_list_free(&list);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(t.db, &g, 6, UINT32_MAX, &list, &error), 0);
+	CU_ASSERT_EQUAL(list.count, 0);
+	stor_msg_list_free(&list);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(t.db, &g, 4, 2, &list, &error), 0);
+	CU_ASSERT_EQUAL(list.count, 0);
+	stor_msg_list_free(&list);
+	tstore_close(&t);
+}
+
+static void test_store_changes_flags_and_bumps_modseq(void)
+{
+	struct tstore t;
+	struct stor_store req;
+	stor_msg_list changed = ARRAY_INIT;
+	struct stor_mailbox mb;
+	struct stor_msg msg;
+	const char *error = NULL;
+	const char *kw[] = { "Work" };
+	const char *kwl[] = { "work" };
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t uids[] = { 1, 2, 3, 99 };
+	tappend(t.db, &g, 0, "a", 0);
+	tappend(t.db, &g, 0, "b", STOR_FLAG_SEEN);
+	tappend(t.db, &g, 0, "c", 0);
+
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_SEEN | STOR_FLAG_FLAGGED;
+	req.keywords = kw;
+	req.keyword_count = 1;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, uids, 2, &req, &changed, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(changed.count, 2);
+	CU_ASSERT_EQUAL(changed.items[0].uid, 1);
+	CU_ASSERT_EQUAL(changed.items[0].modseq, 4);
+	CU_ASSERT_EQUAL(changed.items[1].modseq, 4);
+	CU_ASSERT_EQUAL(changed.items[0].flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+	stor_msg_list_free(&changed);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.unseen, 1);
+	CU_ASSERT_EQUAL(mb.highestmodseq, 4);
+	stor_mailbox_free(&mb);
+
+	/* Adding what is there (keyword in other case) changes nothing and
+	 * keeps the modseq. */
+	req.keywords = kwl;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, uids, 1, &req, &changed, NULL, &error), 0);
+	CU_ASSERT_EQUAL(changed.count, 0);
+	stor_msg_list_free(&changed);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.modseq, 4);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 1);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "Work");
+	stor_msg_free(&msg);
+
+	/* Remove, case-insensitively; missing UID 99 is skipped. */
+	req.op = STOR_FLAGS_REMOVE;
+	req.flags = STOR_FLAG_SEEN;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, uids, 4, &req, &changed, NULL, &error), 0);
+	CU_ASSERT_EQUAL(changed.count, 2);
+	stor_msg_list_free(&changed);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_FLAGGED);
+	CU_ASSERT_EQUAL(msg.keywords.count, 0);
+	CU_ASSERT_EQUAL(msg.modseq, 5);
+	stor_msg_free(&msg);
+
+	/* Replace. */
+	req.op = STOR_FLAGS_REPLACE;
+	req.flags = STOR_FLAG_DRAFT | 0x100; /* unknown bits are dropped */
+	req.keyword_count = 0;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, uids + 2, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 3, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_DRAFT);
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_store_unchangedsince_refuses_newer_messages(void)
+{
+	struct tstore t;
+	struct stor_store req;
+	stor_msg_list changed = ARRAY_INIT;
+	stor_uid_list failed = ARRAY_INIT;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t uids[] = { 1, 2 };
+	tappend(t.db, &g, 0, "a", 0);   /* modseq 1 */
+	tappend(t.db, &g, 0, "b", 0);   /* modseq 2 */
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_DELETED;
+	req.unchangedsince = 1;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, uids, 2, &req, &changed, &failed, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(changed.count, 1);
+	CU_ASSERT_EQUAL(changed.items[0].uid, 1);
+	CU_ASSERT_EQUAL_FATAL(failed.count, 1);
+	CU_ASSERT_EQUAL(failed.items[0], 2);
+	stor_msg_list_free(&changed);
+	ARRAY_FREE(&failed);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_store_with_older_replica_modseq_is_ignored(void)
+{
+	struct tstore t;
+	struct stor_store req;
+	struct stor_msg msg;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t uid = 1;
+	tappend(t.db, &g, 0, "a", 0);
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_SEEN;
+	req.modseq = 10;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error), 0);
+	req.op = STOR_FLAGS_REMOVE;
+	req.modseq = 9;   /* older: loses */
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_SEEN);
+	CU_ASSERT_EQUAL(msg.modseq, 10);
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_expunge_leaves_tombstones_seen_by_changes_since(void)
+{
+	struct tstore t;
+	stor_uid_list expunged = ARRAY_INIT;
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	struct stor_mailbox mb;
+	struct stor_msg m2;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	for (int i = 0; i < 4; i++)
+		tappend(t.db, &g, 0, "m", 0);  /* modseqs 1..4 */
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 2, &m2, &error), 1);
+	uint32_t uids[] = { 2, 3, 3, 50 };
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, uids, 4, 0, &expunged, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(expunged.count, 2);
+	CU_ASSERT_EQUAL(expunged.items[0], 2);
+	CU_ASSERT_EQUAL(expunged.items[1], 3);
+	ARRAY_FREE(&expunged);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.messages, 2);
+	CU_ASSERT_EQUAL(mb.unseen, 2);
+	CU_ASSERT_EQUAL(mb.highestmodseq, 5);
+	CU_ASSERT_EQUAL(mb.uidnext, 5);
+	stor_mailbox_free(&mb);
+
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(t.db, &g, 3, &msgs, &tombs, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(msgs.count, 1);
+	CU_ASSERT_EQUAL(msgs.items[0].uid, 4);
+	CU_ASSERT_EQUAL_FATAL(tombs.count, 2);
+	CU_ASSERT_EQUAL(tombs.items[0].uid, 2);
+	CU_ASSERT_EQUAL(tombs.items[0].modseq, 5);
+	CU_ASSERT(guid_cmp(&tombs.items[0].guid, &m2.guid) == 0);
+	CU_ASSERT_EQUAL(tombs.items[1].uid, 3);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(t.db, &g, 5, &msgs, &tombs, &error), 0);
+	CU_ASSERT_EQUAL(msgs.count, 0);
+	CU_ASSERT_EQUAL(tombs.count, 0);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(t.db, &g, 0, &msgs, &tombs, &error), 0);
+	CU_ASSERT_EQUAL(msgs.count, 2);
+	CU_ASSERT_EQUAL(tombs.count, 2);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	/* The text of an expunged message is freed. */
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &m2.guid, NULL, &error), 0);
+	stor_msg_free(&m2);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_changes_since_reports_store_once_in_uid_order(void)
+{
+	struct tstore t;
+	struct stor_store req;
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	for (int i = 0; i < 3; i++)
+		tappend(t.db, &g, 0, "m", 0);
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	uint32_t u3 = 3, u1 = 1;
+	req.flags = STOR_FLAG_SEEN;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u3, 1, &req, NULL, NULL, &error), 0);
+	req.flags = STOR_FLAG_FLAGGED;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u1, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u3, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(t.db, &g, 2, &msgs, &tombs, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(msgs.count, 2);
+	CU_ASSERT_EQUAL(msgs.items[0].uid, 1);
+	CU_ASSERT_EQUAL(msgs.items[1].uid, 3);
+	CU_ASSERT_EQUAL(msgs.items[1].modseq, 6);
+	CU_ASSERT_EQUAL(msgs.items[1].flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_renumber_moves_message_and_leaves_tombstone(void)
+{
+	struct tstore t;
+	struct stor_msg msg;
+	struct stor_mailbox mb;
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "one", STOR_FLAG_SEEN);
+	tappend(t.db, &g, 0, "two", 0);
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, 2, 1, 0, &error), -1);  /* used */
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, 9, 20, 0, &error), -1); /* missing */
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, 2, 10, 0, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 2, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 10, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.modseq, 3);
+	struct buf text = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, 0, 100, &text, &error), 0);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&text), "two");
+	buf_free(&text);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.uidnext, 11);
+	CU_ASSERT_EQUAL(mb.messages, 2);
+	stor_mailbox_free(&mb);
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(t.db, &g, 2, &msgs, &tombs, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(msgs.count, 1);
+	CU_ASSERT_EQUAL(msgs.items[0].uid, 10);
+	CU_ASSERT_EQUAL_FATAL(tombs.count, 1);
+	CU_ASSERT_EQUAL(tombs.items[0].uid, 2);
+	CU_ASSERT(guid_cmp(&tombs.items[0].guid, &msg.guid) == 0);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	/* The tombstone's UID cannot be reused by another message. */
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, 1, 2, 0, &error), -1);
+	uint32_t found;
+	CU_ASSERT_EQUAL(stor_msg_find_guid(t.db, &g, &msg.guid, &found, &error), 1);
+	CU_ASSERT_EQUAL(found, 10);
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_copy_shares_text_until_last_reference_goes(void)
+{
+	struct tstore t;
+	struct stor_msg src, dst;
+	const char *error = NULL;
+	uint32_t uid;
+	uint64_t size;
+	const char *kw[] = { "k1" };
+	tstore_open(&t);
+	struct guid a = tmailbox(t.db, "alice", "A");
+	struct guid b = tmailbox(t.db, "alice", "B");
+	CU_ASSERT_EQUAL(append_full(t.db, &a, 0, 0, NULL, STOR_FLAG_FLAGGED, kw, 1, "shared text",
+				    NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_copy(t.db, &a, 1, &b, 0, 0, &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL(uid, 1);
+	CU_ASSERT_EQUAL(stor_msg_copy(t.db, &a, 1, &a, 0, 0, &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL(uid, 2);
+	CU_ASSERT_EQUAL(stor_msg_copy(t.db, &a, 77, &b, 0, 0, &uid, NULL, &error), -1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &a, 1, &src, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &b, 1, &dst, &error), 1);
+	CU_ASSERT(guid_cmp(&src.guid, &dst.guid) == 0);
+	CU_ASSERT_EQUAL(dst.flags, STOR_FLAG_FLAGGED);
+	CU_ASSERT_EQUAL_FATAL(dst.keywords.count, 1);
+	CU_ASSERT_STRING_EQUAL(dst.keywords.items[0], "k1");
+	CU_ASSERT_EQUAL(dst.size, strlen("shared text"));
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &src.guid, &size, &error), 1);
+	CU_ASSERT_EQUAL(size, strlen("shared text"));
+	tcheck(t.db, &a);
+	tcheck(t.db, &b);
+
+	uint32_t one = 1, two = 2;
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &a, &one, 1, 0, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &src.guid, NULL, &error), 1);
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &a, &two, 1, 0, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &src.guid, NULL, &error), 1);
+	struct buf text = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &dst.guid, 0, 100, &text, &error), 0);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&text), "shared text");
+	buf_free(&text);
+	/* Deleting the mailbox drops the last reference. */
+	CU_ASSERT_EQUAL(stor_mailbox_delete(t.db, &b, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &src.guid, NULL, &error), 0);
+	stor_msg_free(&src);
+	stor_msg_free(&dst);
+	tcheck(t.db, &a);
+	tstore_close(&t);
+}
+
+static void test_digest_equal_for_same_state_reached_in_different_orders(void)
+{
+	struct tstore t1, t2;
+	struct stor_mailbox m1, m2;
+	struct stor_store req;
+	struct guid mbg, g[4];
+	struct stor_mailbox_create c;
+	const char *error = NULL;
+	const char *kw[] = { "Beta", "alpha" };
+	const char *kw_rev[] = { "alpha", "Beta" };
+	tstore_open(&t1);
+	tstore_open(&t2);
+	guid_generate(&mbg);
+	for (int i = 0; i < 4; i++)
+		guid_generate(&g[i]);
+	memset(&c, 0, sizeof(c));
+	c.user = "u";
+	c.name = "INBOX";
+	c.guid = &mbg;
+	c.uidvalidity = 77;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(t1.db, &c, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(t2.db, &c, NULL, &error), 0);
+
+	/* Store 1: append 1..4 in order, flag 2, expunge 3. */
+	for (int i = 0; i < 4; i++)
+		CU_ASSERT_EQUAL(append_full(t1.db, &mbg, (uint32_t)i + 1, 0, &g[i], 0, NULL, 0, "x",
+					    NULL, NULL, &error), 0);
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_SEEN;
+	req.keywords = kw;
+	req.keyword_count = 2;
+	uint32_t two = 2, three = 3;
+	CU_ASSERT_EQUAL(stor_msg_store(t1.db, &mbg, &two, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_expunge(t1.db, &mbg, &three, 1, 0, NULL, &error), 0);
+
+	/* Store 2: append 4, 2 (already flagged), 1; never sees 3. */
+	CU_ASSERT_EQUAL(append_full(t2.db, &mbg, 4, 0, &g[3], 0, NULL, 0, "x", NULL, NULL,
+				    &error), 0);
+	CU_ASSERT_EQUAL(append_full(t2.db, &mbg, 2, 0, &g[1], STOR_FLAG_SEEN, kw_rev, 2, "x",
+				    NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(append_full(t2.db, &mbg, 1, 0, &g[0], 0, NULL, 0, "x", NULL, NULL,
+				    &error), 0);
+
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t1.db, &mbg, &m1, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t2.db, &mbg, &m2, &error), 1);
+	CU_ASSERT(memcmp(m1.digest, m2.digest, 16) == 0);
+	unsigned char zero[16] = { 0 };
+	CU_ASSERT(memcmp(m1.digest, zero, 16) != 0);
+	stor_mailbox_free(&m1);
+	stor_mailbox_free(&m2);
+	struct buf d1 = BUF_INIT, d2 = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_dump_user(t1.db, "u", &d1, &error), 0);
+	CU_ASSERT_EQUAL(stor_dump_user(t2.db, "u", &d2, &error), 0);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&d1), buf_cstr(&d2));
+	buf_free(&d1);
+	buf_free(&d2);
+
+	/* A flag difference shows in the digest. */
+	req.keyword_count = 0;
+	req.flags = STOR_FLAG_ANSWERED;
+	uint32_t one = 1;
+	CU_ASSERT_EQUAL(stor_msg_store(t2.db, &mbg, &one, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t1.db, &mbg, &m1, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t2.db, &mbg, &m2, &error), 1);
+	CU_ASSERT(memcmp(m1.digest, m2.digest, 16) != 0);
+	stor_mailbox_free(&m1);
+	stor_mailbox_free(&m2);
+	tcheck(t1.db, &mbg);
+	tcheck(t2.db, &mbg);
+	tstore_close(&t1);
+	tstore_close(&t2);
+}
+
+static void test_dump_is_canonical_text(void)
+{
+	struct tstore t;
+	struct stor_mailbox_create c;
+	struct guid mbg, mg;
+	struct buf out = BUF_INIT;
+	const char *error = NULL;
+	const char *kw[] = { "b", "A" };
+	tstore_open(&t);
+	memset(&mbg, 0x11, sizeof(mbg));
+	memset(&mg, 0x22, sizeof(mg));
+	memset(&c, 0, sizeof(c));
+	c.user = "alice";
+	c.name = "INBOX";
+	c.guid = &mbg;
+	c.uidvalidity = 42;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(t.db, &c, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_subscribe(t.db, "alice", "INBOX", true, &error), 0);
+	CU_ASSERT_EQUAL(append_full(t.db, &mbg, 3, 0, &mg, STOR_FLAG_FLAGGED | STOR_FLAG_SEEN, kw, 2,
+				    "abc", NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_dump_user(t.db, "alice", &out, &error), 0);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&out),
+		"mailbox INBOX guid=11111111111111111111111111111111 uidvalidity=42 uidnext=4 special=\n"
+		"subscribed INBOX\n"
+		"msg INBOX uid=3 guid=22222222222222222222222222222222 flags=\\Seen,\\Flagged "
+		"keywords=A,b internaldate=1700000000 size=3 "
+		"sha256=ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n");
+	buf_free(&out);
+	tstore_close(&t);
+}
+
+static void test_flag_names(void)
+{
+	CU_ASSERT_STRING_EQUAL(stor_flag_name(STOR_FLAG_SEEN), "\\Seen");
+	CU_ASSERT_STRING_EQUAL(stor_flag_name(STOR_FLAG_ANSWERED), "\\Answered");
+	CU_ASSERT_STRING_EQUAL(stor_flag_name(STOR_FLAG_FLAGGED), "\\Flagged");
+	CU_ASSERT_STRING_EQUAL(stor_flag_name(STOR_FLAG_DELETED), "\\Deleted");
+	CU_ASSERT_STRING_EQUAL(stor_flag_name(STOR_FLAG_DRAFT), "\\Draft");
+	CU_ASSERT_PTR_NULL(stor_flag_name((enum stor_flag)0x40));
+}
+
+const struct test_case storage_msg_cases[] = {
+	{ "append assigns UIDs and modseqs", test_append_assigns_uids_and_modseqs },
+	{ "append to a missing mailbox fails", test_append_to_missing_mailbox_fails },
+	{ "replica append is idempotent", test_replica_append_is_idempotent },
+	{ "append refuses the UID of an expunged message", test_append_refuses_uid_of_expunged_message },
+	{ "keyword limits just under and over", test_append_keyword_limits },
+	{ "list range returns UID order within bounds", test_list_range_returns_uid_order_within_bounds },
+	{ "store changes flags and bumps modseq", test_store_changes_flags_and_bumps_modseq },
+	{ "UNCHANGEDSINCE refuses newer messages", test_store_unchangedsince_refuses_newer_messages },
+	{ "store with an older replica modseq is ignored", test_store_with_older_replica_modseq_is_ignored },
+	{ "expunge leaves tombstones seen by changes_since", test_expunge_leaves_tombstones_seen_by_changes_since },
+	{ "changes_since reports each message once in UID order", test_changes_since_reports_store_once_in_uid_order },
+	{ "renumber moves the message and leaves a tombstone", test_renumber_moves_message_and_leaves_tombstone },
+	{ "copy shares the text until the last reference goes", test_copy_shares_text_until_last_reference_goes },
+	{ "digest equal for the same state reached in different orders", test_digest_equal_for_same_state_reached_in_different_orders },
+	{ "dump is canonical text", test_dump_is_canonical_text },
+	{ "flag names", test_flag_names },
+	{ NULL, NULL },
+};

@@ -1,0 +1,248 @@
+/* Unit tests of storage/ under failure: corrupt records, injected write
+ * errors, and a second process opening the same store. */
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lib/xalloc.h"
+#include "storage/storage-private.h"
+#include "tests/storage/tests.h"
+
+static void test_corrupt_message_record_is_a_clear_error(void)
+{
+	struct tstore t;
+	struct stor_msg msg;
+	stor_msg_list list;
+	struct stor_key k;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "fine", 0);
+	tappend(t.db, &g, 0, "victim", 0);
+	stor_key_init(&k, STOR_KEY_MSG);
+	stor_key_guid(&k, &g);
+	stor_key_u32(&k, 2);
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, "\001garbage", 8, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	stor_msg_free(&msg);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 2, &msg, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "corrupted"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(stor_last_error(t.db), "message"));
+	CU_ASSERT_EQUAL(stor_msg_list_range(t.db, &g, 1, UINT32_MAX, &list, &error), -1);
+	uint32_t uid = 2;
+	struct stor_store req;
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_SEEN;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error), -1);
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &uid, 1, 0, NULL, &error), -1);
+	/* A record with trailing bytes is as bad as a short one. */
+	char *v;
+	size_t len;
+	stor_key_init(&k, STOR_KEY_MSG);
+	stor_key_guid(&k, &g);
+	stor_key_u32(&k, 1);
+	CU_ASSERT_EQUAL_FATAL(stor_db_get(t.db, &k, &v, &len, &error), 1);
+	char *longer = xmalloc(len + 1);
+	memcpy(longer, v, len);
+	longer[len] = 'x';
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, longer, len + 1, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 1, &msg, &error), -1);
+	free(v);
+	free(longer);
+	tstore_close(&t);
+}
+
+static void test_corrupt_mailbox_record_is_a_clear_error(void)
+{
+	struct tstore t;
+	struct stor_key k;
+	stor_mailbox_array list;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	stor_key_init(&k, STOR_KEY_MAILBOX);
+	stor_key_guid(&k, &g);
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, "\001", 1, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_get(t.db, "alice", "INBOX", NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "corrupted"));
+	CU_ASSERT_EQUAL(stor_mailbox_list(t.db, "alice", &list, &error), -1);
+	struct stor_append app;
+	memset(&app, 0, sizeof(app));
+	app.text = "x";
+	app.text_len = 1;
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &app, NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "corrupted"));
+	tstore_close(&t);
+}
+
+static void test_corrupt_leveldb_file_fails_open_clearly(void)
+{
+	struct tstore t;
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *err = NULL;
+	tstore_open(&t);
+	stor_close(&t.db);
+	/* Damage the CURRENT pointer: LevelDB cannot find its manifest. */
+	char *path = xasprintf("%s/CURRENT", t.dir);
+	FILE *f = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("MANIFEST-999999\n", f);
+	fclose(f);
+	memset(&set, 0, sizeof(set));
+	set.dir = t.dir;
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), -1);
+	CU_ASSERT_PTR_NULL(db);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, t.dir));
+	free(err);
+	free(path);
+	test_rmtree(t.dir);
+	free(t.dir);
+}
+
+static void test_failed_write_leaves_store_consistent(void)
+{
+	struct tstore t;
+	struct stor_mailbox mb;
+	struct stor_store req;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "one", 0);
+	tappend(t.db, &g, 0, "two", 0);
+	/* Every kind of mutation, each failing at its first write. */
+	struct stor_append app;
+	memset(&app, 0, sizeof(app));
+	app.text = "three";
+	app.text_len = 5;
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &app, NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "injected"));
+	uint32_t uid = 1;
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_SEEN;
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error), -1);
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &uid, 1, 0, NULL, &error), -1);
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_msg_copy(t.db, &g, 1, &g, 0, 0, NULL, NULL, &error), -1);
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, 1, 10, 0, &error), -1);
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(t.db, &g, "New", &error), -1);
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_mailbox_delete(t.db, &g, &error), -1);
+	/* A big text: the second chunk batch fails. */
+	size_t n = 3 * STOR_TEXT_CHUNK;
+	unsigned char *big = xcalloc(1, n);
+	app.text = big;
+	app.text_len = n;
+	stor_test_fail_nth_write(t.db, 2);
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &app, NULL, NULL, &error), -1);
+	free(big);
+
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.messages, 2);
+	CU_ASSERT_EQUAL(mb.uidnext, 3);
+	CU_ASSERT_EQUAL(mb.highestmodseq, 2);
+	CU_ASSERT_EQUAL(mb.unseen, 2);
+	CU_ASSERT_STRING_EQUAL(mb.name, "INBOX");
+	stor_mailbox_free(&mb);
+	tcheck(t.db, &g);
+	/* After reopening (which collects the half-written text), the same
+	 * operations succeed. */
+	tstore_reopen(&t);
+	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, 1, 10, 0, &error), 0);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_open_fail_nth_write_setting(void)
+{
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *err = NULL;
+	const char *error = NULL;
+	char *dir = test_mkdtemp();
+	memset(&set, 0, sizeof(set));
+	set.dir = dir;
+	set.fail_nth_write = 2;
+	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &db, &err), 0);
+	CU_ASSERT_EQUAL(stor_meta_set(db, "a", "1", 1, &error), 0);
+	CU_ASSERT_EQUAL(stor_meta_set(db, "b", "1", 1, &error), -1);
+	CU_ASSERT_EQUAL(stor_meta_set(db, "c", "1", 1, &error), 0);
+	stor_close(&db);
+	test_rmtree(dir);
+	free(dir);
+}
+
+static void test_second_open_of_same_dir_fails_clearly(void)
+{
+	struct tstore t;
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *err = NULL;
+	tstore_open(&t);
+	memset(&set, 0, sizeof(set));
+	set.dir = t.dir;
+	/* In this process... */
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "in use by another process"));
+	free(err);
+	/* ...and in another one. */
+	pid_t pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		err = NULL;
+		int ok = stor_open(&set, &db, &err) == -1 && err != NULL &&
+			strstr(err, "in use by another process") != NULL;
+		_exit(ok ? 0 : 1);
+	}
+	int status = 0;
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* Closing releases it. */
+	stor_close(&t.db);
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), 0);
+	stor_close(&db);
+	test_rmtree(t.dir);
+	free(t.dir);
+}
+
+static void test_open_creates_missing_parent_dirs(void)
+{
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *err = NULL;
+	char *base = test_mkdtemp();
+	char *dir = xasprintf("%s/a/b/store", base);
+	memset(&set, 0, sizeof(set));
+	set.dir = dir;
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), 0);
+	stor_close(&db);
+	set.dir = "";
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), -1);
+	free(err);
+	test_rmtree(base);
+	free(base);
+	free(dir);
+}
+
+const struct test_case storage_robust_cases[] = {
+	{ "corrupt message record is a clear error", test_corrupt_message_record_is_a_clear_error },
+	{ "corrupt mailbox record is a clear error", test_corrupt_mailbox_record_is_a_clear_error },
+	{ "corrupt LevelDB files fail open clearly", test_corrupt_leveldb_file_fails_open_clearly },
+	{ "failed write leaves the store consistent", test_failed_write_leaves_store_consistent },
+	{ "fail_nth_write setting fails exactly the Nth write", test_open_fail_nth_write_setting },
+	{ "second open of the same dir fails clearly", test_second_open_of_same_dir_fails_clearly },
+	{ "open creates missing parent dirs", test_open_creates_missing_parent_dirs },
+	{ NULL, NULL },
+};

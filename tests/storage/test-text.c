@@ -1,0 +1,233 @@
+/* Unit tests of storage/ message texts: chunked streaming, reads at any
+ * offset, the size limit, and collection of unreferenced texts. */
+#include <string.h>
+
+#include "lib/xalloc.h"
+#include "storage/storage-private.h"
+#include "tests/storage/tests.h"
+
+/* Deterministic bytes, different in every chunk. */
+static void fill(unsigned char *p, size_t n, unsigned seed)
+{
+	uint32_t x = seed * 2654435761u + 1;
+	for (size_t i = 0; i < n; i++) {
+		x = x * 1103515245u + 12345u;
+		p[i] = (unsigned char)(x >> 16);
+	}
+}
+
+static void test_big_text_in_memory_roundtrips_across_chunks(void)
+{
+	struct tstore t;
+	struct stor_append req;
+	struct stor_msg msg;
+	const char *error = NULL;
+	size_t n = 3 * STOR_TEXT_CHUNK + 1234;
+	unsigned char *text = xmalloc(n);
+	fill(text, n, 1);
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	memset(&req, 0, sizeof(req));
+	req.text = text;
+	req.text_len = n;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(t.db, &g, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.size, n);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, 0, n + 100, &out, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(out.len, n);
+	CU_ASSERT(memcmp(out.data, text, n) == 0);
+	/* A read straddling a chunk boundary. */
+	buf_reset(&out);
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, STOR_TEXT_CHUNK - 10, 20, &out, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(out.len, 20);
+	CU_ASSERT(memcmp(out.data, text + STOR_TEXT_CHUNK - 10, 20) == 0);
+	/* Past the end: nothing. */
+	buf_reset(&out);
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, n, 20, &out, &error), 0);
+	CU_ASSERT_EQUAL(out.len, 0);
+	buf_free(&out);
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	/* Survives reopen and garbage collection. */
+	tstore_reopen(&t);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &msg.guid, NULL, &error), 1);
+	stor_msg_free(&msg);
+	free(text);
+	tstore_close(&t);
+}
+
+static void test_streamed_text_is_referenced_by_append_without_text(void)
+{
+	struct tstore t;
+	struct stor_append req;
+	struct guid mg;
+	const char *error = NULL;
+	size_t n = 2 * STOR_TEXT_CHUNK + 5;
+	unsigned char *text = xmalloc(n);
+	uint64_t size;
+	fill(text, n, 2);
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	guid_generate(&mg);
+	/* Without the text, an append has nothing to reference. */
+	memset(&req, 0, sizeof(req));
+	req.guid = &mg;
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &req, NULL, NULL, &error), -1);
+
+	struct stor_text_writer *w = stor_text_begin(t.db, &mg);
+	/* Odd-sized pieces so writes straddle chunk ends. */
+	for (size_t off = 0; off < n; off += 100003) {
+		size_t len = n - off < 100003 ? n - off : 100003;
+		CU_ASSERT_EQUAL(stor_text_write(w, text + off, len, &error), 0);
+	}
+	CU_ASSERT_EQUAL(stor_text_finish(&w, &error), 0);
+	CU_ASSERT_PTR_NULL(w);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &mg, &size, &error), 1);
+	CU_ASSERT_EQUAL(size, n);
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &req, NULL, NULL, &error), 0);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &mg, 0, n, &out, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(out.len, n);
+	CU_ASSERT(memcmp(out.data, text, n) == 0);
+	buf_free(&out);
+	tcheck(t.db, &g);
+	/* Referenced, so reopening keeps it. */
+	tstore_reopen(&t);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &mg, NULL, &error), 1);
+	free(text);
+	tstore_close(&t);
+}
+
+static void test_unreferenced_streamed_text_is_collected_on_open(void)
+{
+	struct tstore t;
+	struct guid done, partial;
+	const char *error = NULL;
+	unsigned char *text = xmalloc(STOR_TEXT_CHUNK * 2);
+	fill(text, STOR_TEXT_CHUNK * 2, 3);
+	tstore_open(&t);
+	guid_generate(&done);
+	guid_generate(&partial);
+	struct stor_text_writer *w = stor_text_begin(t.db, &done);
+	CU_ASSERT_EQUAL(stor_text_write(w, text, STOR_TEXT_CHUNK * 2, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_finish(&w, &error), 0);
+	/* A writer that died half-way: its marker and first chunk only. */
+	struct stor_key k;
+	stor_key_init(&k, STOR_KEY_ORPHAN);
+	stor_key_guid(&k, &partial);
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, "", 0, &error), 0);
+	stor_key_init(&k, STOR_KEY_CHUNK);
+	stor_key_guid(&k, &partial);
+	stor_key_u32(&k, 0);
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, text, STOR_TEXT_CHUNK, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &done, NULL, &error), 1);
+	tstore_reopen(&t);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &done, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &partial, NULL, &error), 0);
+	/* No chunk of either is left. */
+	char *v;
+	stor_key_init(&k, STOR_KEY_CHUNK);
+	stor_key_guid(&k, &done);
+	stor_key_u32(&k, 0);
+	CU_ASSERT_EQUAL(stor_db_get(t.db, &k, &v, NULL, &error), 0);
+	stor_key_init(&k, STOR_KEY_CHUNK);
+	stor_key_guid(&k, &partial);
+	stor_key_u32(&k, 0);
+	CU_ASSERT_EQUAL(stor_db_get(t.db, &k, &v, NULL, &error), 0);
+	free(text);
+	tstore_close(&t);
+}
+
+static void test_text_abort_removes_written_chunks(void)
+{
+	struct tstore t;
+	struct guid mg;
+	const char *error = NULL;
+	unsigned char *text = xmalloc(STOR_TEXT_CHUNK * 2);
+	fill(text, STOR_TEXT_CHUNK * 2, 4);
+	tstore_open(&t);
+	guid_generate(&mg);
+	struct stor_text_writer *w = stor_text_begin(t.db, &mg);
+	CU_ASSERT_EQUAL(stor_text_write(w, text, STOR_TEXT_CHUNK * 2, &error), 0);
+	stor_text_abort(&w);
+	CU_ASSERT_PTR_NULL(w);
+	struct stor_key k;
+	char *v;
+	stor_key_init(&k, STOR_KEY_CHUNK);
+	stor_key_guid(&k, &mg);
+	stor_key_u32(&k, 0);
+	CU_ASSERT_EQUAL(stor_db_get(t.db, &k, &v, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(t.db, &mg, NULL, &error), 0);
+	free(text);
+	tstore_close(&t);
+}
+
+static void test_message_size_limit_just_under_and_over(void)
+{
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	struct stor_append req;
+	struct guid mg;
+	char *err = NULL;
+	const char *error = NULL;
+	char *dir = test_mkdtemp();
+	const size_t limit = STOR_TEXT_CHUNK + 100;
+	unsigned char *text = xcalloc(1, limit + 1);
+	memset(&set, 0, sizeof(set));
+	set.dir = dir;
+	set.max_message_size = limit;
+	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &db, &err), 0);
+	struct guid g = tmailbox(db, "alice", "INBOX");
+	memset(&req, 0, sizeof(req));
+	req.text = text;
+	req.text_len = limit + 1;
+	CU_ASSERT_EQUAL(stor_msg_append(db, &g, &req, NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "message too large"));
+	req.text_len = limit;
+	CU_ASSERT_EQUAL(stor_msg_append(db, &g, &req, NULL, NULL, &error), 0);
+
+	/* Streaming: refused when the total passes the limit. */
+	guid_generate(&mg);
+	struct stor_text_writer *w = stor_text_begin(db, &mg);
+	CU_ASSERT_EQUAL(stor_text_write(w, text, limit, &error), 0);
+	CU_ASSERT_EQUAL(stor_text_write(w, text, 1, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "message too large"));
+	CU_ASSERT_EQUAL(stor_text_finish(&w, &error), -1);
+	CU_ASSERT_EQUAL(stor_text_exists(db, &mg, NULL, &error), 0);
+	tcheck(db, &g);
+	stor_close(&db);
+	test_rmtree(dir);
+	free(dir);
+	free(text);
+}
+
+static void test_default_limit_is_64_mib(void)
+{
+	struct tstore t;
+	struct stor_append req;
+	const char *error = NULL;
+	/* calloc'ed pages are not touched: the size is checked first. */
+	size_t n = 64 * 1024 * 1024 + 1;
+	unsigned char *text = xcalloc(1, n);
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	memset(&req, 0, sizeof(req));
+	req.text = text;
+	req.text_len = n;
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &req, NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "message too large"));
+	free(text);
+	tstore_close(&t);
+}
+
+const struct test_case storage_text_cases[] = {
+	{ "big text in memory roundtrips across chunks", test_big_text_in_memory_roundtrips_across_chunks },
+	{ "streamed text is referenced by an append without text", test_streamed_text_is_referenced_by_append_without_text },
+	{ "unreferenced streamed text is collected on open", test_unreferenced_streamed_text_is_collected_on_open },
+	{ "text abort removes written chunks", test_text_abort_removes_written_chunks },
+	{ "message size limit just under and over", test_message_size_limit_just_under_and_over },
+	{ "default limit is 64 MiB", test_default_limit_is_64_mib },
+	{ NULL, NULL },
+};
