@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""The `starling` admin tool without a running node: users file, config
+errors, exit statuses, and the offline dump."""
+import os
+import subprocess
+import sys
+import tempfile
+
+top_builddir = os.environ.get("top_builddir", os.getcwd())
+STARLING = os.path.join(top_builddir, "cli", "starling")
+
+passed = failed = 0
+
+
+def check(name, cond, detail=""):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name} {detail}")
+
+
+def run(args, stdin=b"", timeout=30):
+    p = subprocess.run([STARLING] + args, input=stdin, capture_output=True, timeout=timeout)
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+with tempfile.TemporaryDirectory(prefix="starling-cli-") as tmp:
+    conf = os.path.join(tmp, "node.conf")
+    users = os.path.join(tmp, "users")
+    with open(conf, "w") as f:
+        f.write(f"node_id = 1\ndata_dir = {tmp}/data\nusers_file = {users}\n")
+
+    rc, out, err = run(["-c", conf, "user", "add", "alice"], b"s3cret\n")
+    check("user add exits 0", rc == 0, err)
+    with open(users) as f:
+        content = f.read()
+    check("user add stores SHA512-CRYPT", content.startswith("alice:{SHA512-CRYPT}$6$"), content)
+    check("password is not stored in clear", "s3cret" not in content)
+
+    rc, out, err = run(["-c", conf, "user", "add", "bob"], b"pw2\n")
+    rc2, out, err = run(["-c", conf, "user", "add", "alice"], b"changed\n")
+    rc, out, err = run(["-c", conf, "user", "list"])
+    check("user list lists each user once, in file order", rc == 0 and out == "alice\nbob\n", repr(out))
+
+    rc, out, err = run(["-c", conf, "user", "add", "bad name"], b"x\n")
+    check("invalid user name is refused", rc != 0 and err.count("\n") == 1 and "invalid user name" in err, err)
+    rc, out, err = run(["-c", conf, "user", "add", "carol"], b"")
+    check("empty stdin is refused", rc != 0 and "no password" in err, err)
+
+    bad = os.path.join(tmp, "bad.conf")
+    with open(bad, "w") as f:
+        f.write("node_id = 1\ndata_dir = /x\nbogus = 1\n")
+    rc, out, err = run(["-c", bad, "user", "list"])
+    check("config error names file and line", rc == 1 and err.strip() == f"starling: {bad}:3: unknown key 'bogus'", err)
+
+    rc, out, err = run(["-c", conf, "frobnicate"])
+    check("unknown command exits 2 with one line", rc == 2 and err.count("\n") == 1, err)
+    rc, out, err = run(["user", "list"])
+    check("missing -c exits 2", rc == 2 and "-c FILE" in err, err)
+
+    rc, out, err = run(["-c", conf, "deliver", "-u", "alice"], b"Subject: x\r\n\r\nbody\r\n")
+    check("deliver without a running node is a temporary failure (75)", rc == 75 and "not running" in err, f"{rc} {err}")
+
+    rc, out, err = run(["-c", conf, "status"])
+    check("status without a running node fails with one line", rc == 1 and err.count("\n") == 1, err)
+
+    rc, out, err = run(["-c", conf, "dump", "-u", "alice"])
+    check("offline dump of a user with no mail is empty", rc == 0 and out == "", f"{rc} {out!r} {err}")
+
+print(f"test-cli: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
