@@ -1,0 +1,173 @@
+/* Storage benchmark: how many 4 KiB messages per second the store appends
+ * durably with group commit, compared with the machine's raw synced-write
+ * rate measured in the same run on the same filesystem.
+ *
+ *   bench-storage [-d DIR] [-t SECONDS] [-s SIZE]
+ *
+ * For each batch size B in 1, 8, 64: append B messages (store-assigned UIDs,
+ * 4 KiB texts) then one stor_sync(), repeated for SECONDS (default 3).  The
+ * raw rate is a loop of write(4 KiB) + fdatasync() appending to one file in
+ * DIR, which is what one synced message costs at best.  The goals (issue 2):
+ * batch 64 at least 20x the raw rate, batch 1 at least 80% of it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/clock.h"
+#include "lib/xalloc.h"
+#include "storage/storage.h"
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st; (void)flag; (void)ftw;
+	return remove(path);
+}
+
+static void rmtree(const char *path)
+{
+	nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: bench-storage [-d DIR] [-t SECONDS] [-s MESSAGE_SIZE]\n");
+	exit(2);
+}
+
+/* Appends size-byte blocks with fdatasync after each, for secs seconds. */
+static double raw_rate(const char *dir, size_t size, double secs)
+{
+	char *path = xasprintf("%s/raw-sync-test", dir);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		fprintf(stderr, "%s: %s\n", path, strerror(errno));
+		exit(1);
+	}
+	unsigned char *block = xmalloc(size);
+	memset(block, 'r', size);
+	uint64_t start = clock_mono_us(), end = start + (uint64_t)(secs * 1e6), now;
+	unsigned long n = 0;
+	do {
+		if (write(fd, block, size) != (ssize_t)size || fdatasync(fd) < 0) {
+			fprintf(stderr, "%s: %s\n", path, strerror(errno));
+			exit(1);
+		}
+		n++;
+		now = clock_mono_us();
+	} while (now < end);
+	close(fd);
+	unlink(path);
+	free(path);
+	free(block);
+	return n / ((now - start) / 1e6);
+}
+
+static double store_rate(const char *dir, unsigned batch, size_t size, double secs)
+{
+	char *path = xasprintf("%s/store-batch-%u", dir, batch);
+	struct stor_settings set;
+	struct stor_db *db;
+	char *err;
+	const char *error;
+	memset(&set, 0, sizeof(set));
+	set.dir = path;
+	rmtree(path); /* left over from an interrupted run */
+	if (stor_open(&set, &db, &err) < 0) {
+		fprintf(stderr, "%s\n", err);
+		exit(1);
+	}
+	struct stor_mailbox_create c;
+	struct stor_mailbox mb;
+	memset(&c, 0, sizeof(c));
+	c.user = "bench";
+	c.name = "INBOX";
+	if (stor_mailbox_create(db, &c, &mb, &error) < 0 || stor_sync(db, &error) < 0) {
+		fprintf(stderr, "%s\n", error);
+		exit(1);
+	}
+	unsigned char *text = xmalloc(size);
+	for (size_t i = 0; i < size; i++)
+		text[i] = (unsigned char)('a' + i % 26);
+	struct stor_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = text;
+	a.text_len = size;
+	a.internaldate = 1700000000;
+	uint64_t start = clock_mono_us(), end = start + (uint64_t)(secs * 1e6), now;
+	unsigned long n = 0;
+	do {
+		for (unsigned i = 0; i < batch; i++) {
+			/* Distinct texts, as real mail would be. */
+			memcpy(text, &n, sizeof(n));
+			if (stor_msg_append(db, &mb.guid, &a, NULL, NULL, &error) < 0) {
+				fprintf(stderr, "append: %s\n", error);
+				exit(1);
+			}
+			n++;
+		}
+		if (stor_sync(db, &error) < 0) {
+			fprintf(stderr, "sync: %s\n", error);
+			exit(1);
+		}
+		now = clock_mono_us();
+	} while (now < end);
+	stor_mailbox_free(&mb);
+	stor_close(&db);
+	rmtree(path);
+	free(text);
+	free(path);
+	return n / ((now - start) / 1e6);
+}
+
+int main(int argc, char **argv)
+{
+	const char *dir = NULL;
+	double secs = 3;
+	size_t size = 4096;
+	int c;
+	while ((c = getopt(argc, argv, "d:t:s:")) != -1) {
+		switch (c) {
+		case 'd': dir = optarg; break;
+		case 't': secs = atof(optarg); break;
+		case 's': size = (size_t)strtoul(optarg, NULL, 10); break;
+		default: usage();
+		}
+	}
+	if (optind != argc || secs <= 0 || secs > 600 || size == 0 || size > 64 * 1024 * 1024)
+		usage();
+	char *tmp = NULL;
+	if (dir == NULL) {
+		const char *t = getenv("TMPDIR");
+		tmp = xasprintf("%s/bench-storage-XXXXXX", t != NULL && *t != '\0' ? t : "/var/tmp");
+		if (mkdtemp(tmp) == NULL) {
+			fprintf(stderr, "mkdtemp %s: %s\n", tmp, strerror(errno));
+			return 1;
+		}
+		dir = tmp;
+	}
+	printf("storage benchmark: %zu-byte messages, %.1f s per measurement, in %s\n",
+	       size, secs, dir);
+	double raw = raw_rate(dir, size, secs);
+	printf("raw synced writes (write %zu B + fdatasync): %.0f/s\n", size, raw);
+	static const unsigned batches[] = { 1, 8, 64 };
+	double rates[3];
+	for (int i = 0; i < 3; i++) {
+		rates[i] = store_rate(dir, batches[i], size, secs);
+		printf("batch %2u: %8.0f messages/s  (%.2fx raw)\n", batches[i], rates[i],
+		       rates[i] / raw);
+	}
+	printf("goal batch 64 >= 20x raw: %s (%.1fx)\n", rates[2] >= 20 * raw ? "met" : "NOT met",
+	       rates[2] / raw);
+	printf("goal batch 1 >= 0.8x raw: %s (%.2fx)\n", rates[0] >= 0.8 * raw ? "met" : "NOT met",
+	       rates[0] / raw);
+	if (tmp != NULL) {
+		rmtree(tmp);
+		free(tmp);
+	}
+	return 0;
+}
