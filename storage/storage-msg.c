@@ -159,6 +159,29 @@ int stor_msg_get(struct stor_db *db, const struct guid *mailbox, uint32_t uid,
 	return 1;
 }
 
+static int uid_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The UIDs sorted, without duplicates or 0 (a new array). */
+static uint32_t *uids_unique(const uint32_t *uids, size_t count, size_t *count_r)
+{
+	uint32_t *u = xmalloc(count * sizeof(uint32_t) + 1);
+	size_t n = 0;
+	if (count > 0) {
+		memcpy(u, uids, count * sizeof(uint32_t));
+		qsort(u, count, sizeof(uint32_t), uid_cmp);
+	}
+	for (size_t i = 0; i < count; i++) {
+		if (u[i] != 0 && (n == 0 || u[n - 1] != u[i]))
+			u[n++] = u[i];
+	}
+	*count_r = n;
+	return u;
+}
+
 static int mailbox_missing(struct stor_db *db, const char **error_r)
 {
 	return stor_err(db, error_r, "mailbox does not exist");
@@ -182,6 +205,7 @@ struct append_args {
 	uint32_t uid;
 	uint64_t modseq;
 	struct guid guid;
+	bool guid_generated;        /* just made up: no text can exist yet */
 	uint32_t flags;
 	stor_string_list keywords;  /* normalised, owned by the caller */
 	int64_t internaldate;
@@ -246,7 +270,7 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 	}
 
 	struct stor_text_rec rec;
-	ret = stor_text_rec_get(db, &a->guid, &rec, error_r);
+	ret = a->guid_generated ? 0 : stor_text_rec_get(db, &a->guid, &rec, error_r);
 	if (ret < 0)
 		return -1;
 	uint64_t size;
@@ -310,8 +334,10 @@ int stor_msg_append(struct stor_db *db, const struct guid *mailbox,
 	a.modseq = req->modseq;
 	if (req->guid != NULL)
 		a.guid = *req->guid;
-	else
+	else {
 		guid_generate(&a.guid);
+		a.guid_generated = true;
+	}
 	a.flags = req->flags;
 	a.internaldate = req->internaldate;
 	a.internaldate_tz = req->internaldate_tz;
@@ -479,6 +505,8 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		return stor_err(db, error_r, "invalid flag operation");
 	if (stor_keywords_normalize(db, req->keywords, req->keyword_count, &req_kw, error_r) < 0)
 		return -1;
+	size_t nuids;
+	uint32_t *sorted = uids_unique(uids, uid_count, &nuids);
 	stor_txn_begin(db, &txn);
 	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
 	if (ret <= 0) {
@@ -490,23 +518,15 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 	ret = 0;
 	uint64_t assigned = 0;
 	uint32_t rflags = req->flags & STOR_FLAGS_ALL;
-	for (size_t i = 0; i < uid_count; i++) {
+	for (size_t i = 0; i < nuids; i++) {
 		struct stor_msg msg;
-		int r = stor_msg_get(db, mailbox, uids[i], &msg, error_r);
+		int r = stor_msg_get(db, mailbox, sorted[i], &msg, error_r);
 		if (r < 0) {
 			ret = -1;
 			goto cleanup;
 		}
 		if (r == 0)
 			continue;
-		bool dup = false;
-		for (size_t j = 0; j < changed.count && !dup; j++)
-			dup = changed.items[j].uid == msg.uid;
-		if (dup) {
-			/* Listed twice: the first change already applied. */
-			stor_msg_free(&msg);
-			continue;
-		}
 		if (req->unchangedsince != 0 && msg.modseq > req->unchangedsince) {
 			ARRAY_PUSH(&failed, msg.uid);
 			stor_msg_free(&msg);
@@ -529,7 +549,11 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 			ret = -1;
 			goto cleanup;
 		}
-		if (nflags == msg.flags && keywords_equal(&nkw, &msg.keywords)) {
+		/* A master's change that changes nothing keeps the modseq
+		 * (RFC 7162); a replica still adopts the master's newer
+		 * modseq, so that modseqs converge. */
+		if (nflags == msg.flags && keywords_equal(&nkw, &msg.keywords) &&
+		    req->modseq == 0) {
 			stor_string_list_free(&nkw);
 			stor_msg_free(&msg);
 			continue;
@@ -550,6 +574,7 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 cleanup:
 	stor_txn_free(&txn);
 	stor_string_list_free(&req_kw);
+	free(sorted);
 	if (ret == 0 && changed_r != NULL) {
 		for (size_t i = 0; i < changed.count; i++)
 			ARRAY_PUSH(changed_r, changed.items[i]);
@@ -580,14 +605,11 @@ int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint3
 	}
 	ret = 0;
 	uint64_t assigned = 0;
-	for (size_t i = 0; i < uid_count; i++) {
+	size_t nuids;
+	uint32_t *sorted = uids_unique(uids, uid_count, &nuids);
+	for (size_t i = 0; i < nuids; i++) {
 		struct stor_msg msg;
-		bool dup = false;
-		for (size_t j = 0; j < done.count && !dup; j++)
-			dup = done.items[j] == uids[i];
-		if (dup)
-			continue;
-		int r = stor_msg_get(db, mailbox, uids[i], &msg, error_r);
+		int r = stor_msg_get(db, mailbox, sorted[i], &msg, error_r);
 		if (r < 0) {
 			ret = -1;
 			break;
@@ -606,6 +628,7 @@ int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint3
 		ARRAY_PUSH(&done, msg.uid);
 		stor_msg_free(&msg);
 	}
+	free(sorted);
 	if (ret == 0 && tm->dirty)
 		ret = stor_txn_commit(&txn, error_r);
 	else
@@ -661,12 +684,6 @@ int stor_msg_renumber(struct stor_db *db, const struct guid *mailbox, uint32_t o
 	tm->dirty = true;
 	stor_msg_free(&msg);
 	return stor_txn_commit(&txn, error_r);
-}
-
-static int uid_cmp(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
 }
 
 static int tomb_cmp(const void *a, const void *b)

@@ -178,7 +178,11 @@ struct stor_append {
  * message with this GUID and UID, nothing changes and *uid_r gets its UID
  * (return 0).  Refused when the UID is already used by another message, is
  * below a UID that was expunged with another GUID, or the text exceeds the
- * size limit ("message too large").  *uid_r and *modseq_r may be NULL. */
+ * size limit ("message too large").  *uid_r and *modseq_r may be NULL.
+ * In this implementation "expunged with another GUID" means a tombstone at
+ * that very UID; a replay of an append whose message was expunged since
+ * (tombstone with the same GUID) is a no-op returning 0, so late duplicates
+ * never resurrect mail.  A replica may fill an unused UID below UIDNEXT. */
 int stor_msg_append(struct stor_db *db, const struct guid *mailbox,
 		    const struct stor_append *req, uint32_t *uid_r, uint64_t *modseq_r,
 		    const char **error_r);
@@ -194,6 +198,10 @@ int stor_text_write(struct stor_text_writer *w, const void *data, size_t len,
 /* Finishes the text.  Returns 0 or -1; frees w in both cases. */
 int stor_text_finish(struct stor_text_writer **w, const char **error_r);
 void stor_text_abort(struct stor_text_writer **w);
+
+/* stor_text_begin() never fails: an error (or a text already stored, which
+ * makes the writer discard its input) shows at write/finish.  A text over
+ * max_message_size fails with "message too large". */
 
 /* Whether this node holds the text of a message GUID: 1, 0 or -1. */
 int stor_text_exists(struct stor_db *db, const struct guid *guid, uint64_t *size_r,
@@ -234,7 +242,9 @@ struct stor_store {
 	size_t keyword_count;
 	/* 0: assign highestmodseq+1.  Else the master's modseq, applied as is
 	 * (a replica) only if it is above the message's current modseq: an
-	 * older change never overwrites a newer one. */
+	 * older change never overwrites a newer one.  A replica adopts the
+	 * newer modseq even when the flags end up unchanged, so modseqs
+	 * converge (the seed's modseq-only STOREs). */
 	uint64_t modseq;
 	/* CONDSTORE: when nonzero, messages whose modseq is above this are not
 	 * changed and their UIDs are added to *failed_r. */
@@ -271,7 +281,8 @@ struct stor_tombstone {
 typedef ARRAY(struct stor_tombstone) stor_tombstone_list;
 
 /* Messages whose modseq is above since (changed or added), in UID order,
- * and tombstones whose modseq is above since, in UID order. */
+ * and tombstones whose modseq is above since, in UID order.  *msgs_r and
+ * *tombs_r are set to new arrays (no need to initialise them). */
 int stor_changes_since(struct stor_db *db, const struct guid *mailbox, uint64_t since,
 		       stor_msg_list *msgs_r, stor_tombstone_list *tombs_r, const char **error_r);
 
@@ -301,7 +312,8 @@ void stor_log_list_free(stor_log_list *list);
 /* Up to max entries with seq > after, in order. */
 int stor_log_read(struct stor_db *db, uint64_t after, size_t max, stor_log_list *list_r,
 		  const char **error_r);
-/* Highest seq appended so far (0 if none) and lowest seq still kept. */
+/* Highest seq appended so far (0 if none) and lowest seq still kept; when
+ * nothing is kept, first = last + 1. */
 int stor_log_bounds(struct stor_db *db, uint64_t *first_r, uint64_t *last_r, const char **error_r);
 /* Deletes entries with seq <= upto. */
 int stor_log_trim(struct stor_db *db, uint64_t upto, const char **error_r);
@@ -324,7 +336,9 @@ int stor_sync_state_set(struct stor_db *db, uint32_t peer, const struct guid *ma
 
 /* ---- Node metadata ---- */
 
-/* Small named values for other components (e.g. "mm.epoch"). */
+/* Small named values for other components (e.g. "mm.epoch").  Names are
+ * 1..255 bytes, values at most 1 MiB.  stor_meta_get() appends the value
+ * to value_r and returns 1, or 0 when not set, or -1. */
 int stor_meta_get(struct stor_db *db, const char *name, struct buf *value_r, const char **error_r);
 int stor_meta_set(struct stor_db *db, const char *name, const void *value, size_t len,
 		  const char **error_r);

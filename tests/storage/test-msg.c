@@ -343,6 +343,55 @@ static void test_store_with_older_replica_modseq_is_ignored(void)
 	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_SEEN);
 	CU_ASSERT_EQUAL(msg.modseq, 10);
 	stor_msg_free(&msg);
+	/* A newer master modseq that changes no flag is still adopted, so
+	 * modseqs converge; a master-side no-op keeps the modseq. */
+	stor_msg_list changed = ARRAY_INIT;
+	req.op = STOR_FLAGS_ADD;
+	req.modseq = 12;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, &changed, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(changed.count, 1);
+	CU_ASSERT_EQUAL(changed.items[0].modseq, 12);
+	stor_msg_list_free(&changed);
+	req.modseq = 0;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, &changed, NULL, &error), 0);
+	CU_ASSERT_EQUAL(changed.count, 0);
+	stor_msg_list_free(&changed);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.modseq, 12);
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_expunge_many_uids_in_one_call(void)
+{
+	struct tstore t;
+	struct stor_mailbox mb;
+	stor_uid_list expunged = ARRAY_INIT;
+	const char *error = NULL;
+	enum { N = 300 };
+	uint32_t uids[2 * N];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	for (int i = 0; i < N; i++)
+		tappend(t.db, &g, 0, "m", 0);
+	/* Every UID twice, in reverse order, plus ones that don't exist. */
+	for (int i = 0; i < N; i++) {
+		uids[i] = (uint32_t)(N - i);
+		uids[N + i] = (uint32_t)(i + 1 + (i % 2 ? N : 0));
+	}
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, uids, 2 * N, 0, &expunged, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(expunged.count, N);
+	CU_ASSERT_EQUAL(expunged.items[0], 1);
+	CU_ASSERT_EQUAL(expunged.items[N - 1], N);
+	ARRAY_FREE(&expunged);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.messages, 0);
+	CU_ASSERT_EQUAL(mb.unseen, 0);
+	CU_ASSERT_EQUAL(mb.highestmodseq, N + 1);
+	unsigned char zero[16] = { 0 };
+	CU_ASSERT(memcmp(mb.digest, zero, 16) == 0);
+	stor_mailbox_free(&mb);
 	tcheck(t.db, &g);
 	tstore_close(&t);
 }
@@ -649,6 +698,7 @@ const struct test_case storage_msg_cases[] = {
 	{ "store changes flags and bumps modseq", test_store_changes_flags_and_bumps_modseq },
 	{ "UNCHANGEDSINCE refuses newer messages", test_store_unchangedsince_refuses_newer_messages },
 	{ "store with an older replica modseq is ignored", test_store_with_older_replica_modseq_is_ignored },
+	{ "expunge of many UIDs in one call", test_expunge_many_uids_in_one_call },
 	{ "expunge leaves tombstones seen by changes_since", test_expunge_leaves_tombstones_seen_by_changes_since },
 	{ "changes_since reports each message once in UID order", test_changes_since_reports_store_once_in_uid_order },
 	{ "renumber moves the message and leaves a tombstone", test_renumber_moves_message_and_leaves_tombstone },
