@@ -1,0 +1,290 @@
+"""Start and stop real starlingd nodes on loopback for tests.
+
+    from harness.starling import Cluster
+    with Cluster(n=3, users={"alice": "secret"}) as c:
+        c.start_all()
+        node = c.nodes[0]
+        node.deliver("alice", b"Subject: hi\\r\\n\\r\\nbody\\r\\n")
+        imap = imaplib.IMAP4(node.host, node.imap_port)
+        ...
+        c.nodes[1].kill()          # SIGKILL, as in a crash
+        c.nodes[1].start()         # same data_dir, same ports
+
+Each node gets its own directory (config, data_dir, log) under one temp dir,
+its own free ports (IMAP, optional IMAPS, replication), and a config file with
+`peer = SID 127.0.0.1:PORT` lines for every other node and a shared
+cluster_secret_file.  Binaries come from $STARLINGD / $STARLING_CLI, else from
+$top_builddir (replicator/starlingd, cli/starling).
+
+Under AddressSanitizer (make check), a node's output goes to its log file;
+sanitizer_report() finds a sanitizer's report in it, and tests count one as a
+failure.  Everything started is killed at exit (process groups), every wait
+is bounded.
+"""
+import os
+import re
+import signal
+import time
+
+from harness import proc
+
+SANITIZER_PATTERNS = re.compile(
+    r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|"
+    r"SUMMARY: UndefinedBehaviorSanitizer|SUMMARY: AddressSanitizer|"
+    r"ERROR: ThreadSanitizer")
+
+
+def find_binaries(build_dir=None):
+    """(starlingd, starling) paths, from the environment or a build dir."""
+    build_dir = build_dir or os.environ.get("top_builddir")
+    daemon = os.environ.get("STARLINGD")
+    cli = os.environ.get("STARLING_CLI")
+    if build_dir:
+        daemon = daemon or os.path.join(build_dir, "replicator", "starlingd")
+        cli = cli or os.path.join(build_dir, "cli", "starling")
+    if not daemon:
+        raise RuntimeError("no starlingd: set top_builddir or STARLINGD")
+    return daemon, cli
+
+
+def sanitizer_env():
+    env = dict(os.environ)
+    asan = env.get("ASAN_OPTIONS", "")
+    if "detect_leaks" not in asan:
+        asan = "detect_leaks=1" + (":" + asan if asan else "")
+    env["ASAN_OPTIONS"] = asan
+    if "UBSAN_OPTIONS" not in env:
+        env["UBSAN_OPTIONS"] = "print_stacktrace=1"
+    return env
+
+
+class Node:
+    """One starlingd: its directory, ports, config, process."""
+
+    host = proc.LOOPBACK
+
+    def __init__(self, cluster, node_id, directory):
+        self.cluster = cluster
+        self.node_id = node_id
+        self.dir = directory
+        self.data_dir = os.path.join(directory, "data")
+        self.conf = os.path.join(directory, "starling.conf")
+        self.log = os.path.join(directory, "starlingd.log")
+        self.imap_port = proc.free_port()
+        self.imaps_port = proc.free_port() if cluster.tls else None
+        self.repl_port = proc.free_port()
+        self.extra = {}
+        self.process = None
+        self.starts = 0
+        self.exit_codes = []
+
+    # -- configuration ---------------------------------------------------
+    def config_lines(self):
+        c = self.cluster
+        lines = [
+            "# written by tests/harness/starling.py",
+            "node_id = %d" % self.node_id,
+            "data_dir = %s" % self.data_dir,
+            "imap_listen = %s:%d" % (self.host, self.imap_port),
+            "users_file = %s" % c.users_file,
+            "log_level = %s" % c.log_level,
+        ]
+        if c.tls:
+            lines += ["imaps_listen = %s:%d" % (self.host, self.imaps_port),
+                      "tls_cert = %s" % c.tls_cert,
+                      "tls_key = %s" % c.tls_key]
+        if len(c.nodes) > 1:
+            lines += ["repl_listen = %s:%d" % (self.host, self.repl_port),
+                      "cluster_secret_file = %s" % c.secret_file]
+            for other in c.nodes:
+                if other is not self:
+                    lines.append("peer = %d %s:%d" % (other.node_id, other.host,
+                                                      other.repl_port))
+        for k, v in list(c.extra_config.items()) + list(self.extra.items()):
+            if isinstance(v, (list, tuple)):
+                lines += ["%s = %s" % (k, x) for x in v]
+            else:
+                lines.append("%s = %s" % (k, v))
+        return lines
+
+    def write_config(self):
+        with open(self.conf, "w") as f:
+            f.write("\n".join(self.config_lines()) + "\n")
+
+    # -- process ---------------------------------------------------------
+    def running(self):
+        return self.process is not None and self.process.alive()
+
+    def start(self, timeout=30.0):
+        """Start starlingd and wait until its IMAP port accepts."""
+        if self.running():
+            raise RuntimeError("node %d already running" % self.node_id)
+        self.write_config()
+        with open(self.log, "ab") as f:
+            f.write(("--- start %d at %s\n" % (self.starts + 1, time.ctime())).encode())
+        self.process = proc.ManagedProcess([self.cluster.daemon, "-c", self.conf],
+                                           self.log, env=sanitizer_env())
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while not proc.port_open(self.imap_port):
+            if not self.process.alive():
+                code = self.process.popen.returncode
+                self.exit_codes.append(code)
+                raise RuntimeError("starlingd node %d exited with %s at start:\n%s"
+                                   % (self.node_id, code, self.log_tail()))
+            if time.monotonic() > deadline:
+                raise TimeoutError("starlingd node %d: IMAP port %d not open after "
+                                   "%.0fs:\n%s" % (self.node_id, self.imap_port,
+                                                   timeout, self.log_tail()))
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout=20.0):
+        """SIGTERM, then SIGKILL after timeout; returns the exit code."""
+        if self.process is None:
+            return None
+        code = self.process.stop(timeout=timeout)
+        self.exit_codes.append(code)
+        self.process = None
+        return code
+
+    def kill(self):
+        """SIGKILL: the node dies as in a crash or power loss."""
+        if self.process is None:
+            return None
+        code = self.process.kill()
+        self.exit_codes.append(code)
+        self.process = None
+        return code
+
+    def pause(self):
+        """SIGSTOP the node (a hung node, links stay open)."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def restart(self, timeout=30.0):
+        self.stop()
+        return self.start(timeout=timeout)
+
+    def log_text(self):
+        try:
+            with open(self.log, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=40):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def sanitizer_report(self):
+        """The sanitizer report in this node's log, or None."""
+        text = self.log_text()
+        m = SANITIZER_PATTERNS.search(text)
+        if not m:
+            return None
+        start = text.rfind("\n", 0, max(0, m.start() - 200)) + 1
+        return text[start:start + 3000]
+
+    # -- admin CLI -------------------------------------------------------
+    def cli(self, *args, input=None, timeout=60):
+        """Run `starling -c CONF ARGS`; returns CompletedProcess."""
+        if not self.cluster.cli:
+            raise RuntimeError("no starling CLI binary")
+        if not os.path.exists(self.conf):
+            self.write_config()
+        return proc.run([self.cluster.cli, "-c", self.conf] + list(args),
+                        input=input, timeout=timeout, env=sanitizer_env())
+
+    def deliver(self, user, message, mailbox=None, timeout=60):
+        """`starling deliver`; raises on a non-zero exit."""
+        args = ["deliver", "-u", user] + (["-m", mailbox] if mailbox else [])
+        r = self.cli(*args, input=message, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError("starling deliver failed (%d): %s"
+                               % (r.returncode, r.stderr.decode(errors="replace")))
+        return r
+
+    def dump(self, user, timeout=60):
+        r = self.cli("dump", "-u", user, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError("starling dump failed (%d): %s"
+                               % (r.returncode, r.stderr.decode(errors="replace")))
+        return r.stdout.decode("utf-8", "replace")
+
+
+class Cluster:
+    """N starlingd nodes sharing a users file and a cluster secret."""
+
+    def __init__(self, n=1, users=None, tls=False, extra_config=None,
+                 log_level="info", build_dir=None, daemon=None, cli=None,
+                 base_dir=None):
+        found_daemon, found_cli = (None, None)
+        if daemon is None or cli is None:
+            found_daemon, found_cli = find_binaries(build_dir)
+        self.daemon = daemon or found_daemon
+        self.cli = cli or found_cli
+        if not os.access(self.daemon, os.X_OK):
+            raise RuntimeError("starlingd not found or not executable: %s" % self.daemon)
+        if self.cli and not os.access(self.cli, os.X_OK):
+            self.cli = None
+        self.dir = base_dir or proc.mkdtemp("starling-test-")
+        self.tls = tls
+        self.log_level = log_level
+        self.extra_config = dict(extra_config or {})
+        self.users_file = os.path.join(self.dir, "users")
+        self.secret_file = os.path.join(self.dir, "cluster.secret")
+        with open(self.secret_file, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        os.chmod(self.secret_file, 0o600)
+        self.users = {}
+        open(self.users_file, "a").close()
+        for name, pw in (users or {}).items():
+            self.add_user(name, pw)
+        self.tls_cert = self.tls_key = None
+        if tls:
+            self.tls_cert, self.tls_key = proc.make_cert(self.dir)
+        self.nodes = []
+        for i in range(n):
+            d = os.path.join(self.dir, "node%d" % (i + 1))
+            os.makedirs(d)
+            self.nodes.append(Node(self, i + 1, d))
+        for node in self.nodes:
+            node.write_config()
+        proc.at_cleanup(self.stop_all)
+
+    def add_user(self, name, password):
+        """Add a user to the shared users file (SHA512-CRYPT, like
+        `starling user add` writes).  Nodes read the file at login."""
+        self.users[name] = password
+        line = "%s:%s\n" % (name, proc.sha512_crypt(password))
+        with open(self.users_file, "a") as f:
+            f.write(line)
+
+    def start_all(self, timeout=30.0):
+        for node in self.nodes:
+            if not node.running():
+                node.start(timeout=timeout)
+        return self
+
+    def stop_all(self):
+        for node in self.nodes:
+            if node.running():
+                node.stop()
+
+    def sanitizer_reports(self):
+        """{node_id: report} for every node whose log has one."""
+        out = {}
+        for node in self.nodes:
+            r = node.sanitizer_report()
+            if r:
+                out[node.node_id] = r
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_all()
+        return False

@@ -1,0 +1,88 @@
+"""Shared setup for the IMAP end-to-end scripts: find the harness, parse
+the common options and start the target server (a starlingd node by
+default, a private Dovecot with --dovecot to validate the tests).
+"""
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE)))  # tests/ for harness
+
+from harness import proc  # noqa: E402
+from harness.report import Report  # noqa: E402
+
+
+class Target:
+    """The server under test, whichever it is."""
+
+    def __init__(self, kind, server, node=None):
+        self.kind = kind
+        self.server = server     # Cluster or Dovecot
+        self.node = node         # starling Node, or the Dovecot
+        self.host = proc.LOOPBACK
+        self.port = node.imap_port
+        self.imaps_port = node.imaps_port
+        self.tls_cert = server.tls_cert
+
+    def deliver(self, user, message, mailbox=None):
+        self.node.deliver(user, message, mailbox)
+
+    def alive(self):
+        if self.kind == "starling":
+            return self.node.running()
+        return self.server.process.alive()
+
+    def sanitizer_report(self):
+        return self.node.sanitizer_report()
+
+    def stop(self):
+        """Stop the server; returns its exit code (starlingd) or None."""
+        if self.kind == "starling":
+            return self.node.stop()
+        self.server.stop()
+        return None
+
+    def log_tail(self):
+        return self.node.log_tail()
+
+
+def parse_args(description):
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--dovecot", action="store_true",
+                    help="run against a private Dovecot instead of starlingd")
+    ap.add_argument("--build", help="build dir (default: $top_builddir)")
+    ap.add_argument("-k", "--only", help="run only sections whose name contains this")
+    return ap.parse_args()
+
+
+def start_target(args, users, tls=True):
+    if args.dovecot:
+        from harness.dovecot import Dovecot
+        d = Dovecot(users=users, tls=tls).start()
+        return Target("dovecot", d, d)
+    from harness.starling import Cluster
+    c = Cluster(n=1, users=users, tls=tls, build_dir=args.build)
+    c.start_all()
+    return Target("starling", c, c.nodes[0])
+
+
+def finish(report, target):
+    """Stop the server and count its clean exit and sanitizer reports."""
+    if target is None:
+        return report.summary()
+    report.section_name = "shutdown"
+    alive = target.alive()
+    report.check("server still running at the end", alive,
+                 "server died:\n" + target.log_tail())
+    code = target.stop()
+    if target.kind == "starling":
+        if alive:
+            report.equal("starlingd exits 0 on SIGTERM", code, 0)
+        rep = target.sanitizer_report()
+        report.check("no sanitizer report in starlingd's output", rep is None, rep)
+    report.section_name = None
+    return report.summary()
+
+
+__all__ = ["Report", "Target", "parse_args", "start_target", "finish", "proc"]

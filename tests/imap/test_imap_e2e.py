@@ -1,0 +1,1272 @@
+#!/usr/bin/env python3
+"""End-to-end IMAP scenario against one real server.
+
+Covers every command of the IMAP server issue over the wire, with exact
+RFC 3501 / 4315 / 6851 / 7162 / 2177 behaviour: capabilities, LOGIN and
+AUTHENTICATE PLAIN, mailbox management, APPEND, every FETCH item on a
+multipart message with an attachment, STORE (CONDSTORE), COPY/MOVE with
+UIDPLUS codes, EXPUNGE / UID EXPUNGE, SEARCH keys, NAMESPACE, ENABLE, ID,
+IDLE wake-up, two sessions seeing each other's changes, QRESYNC resync of a
+client cache, 50 concurrent clients, malformed input and STARTTLS.
+
+By default it starts a starlingd node through tests/harness (binaries from
+$top_builddir); `--dovecot` runs the same checks against a private Dovecot,
+which validates the test itself.  Every check is one pass or fail; the last
+line is "imap-e2e: N passed, M failed".  Exit 0 only if nothing failed.
+
+Where Dovecot departs from the RFC the RFC is asserted (noted inline).
+"""
+import base64
+import datetime
+import email.utils
+import ssl
+import sys
+import threading
+import time
+
+from imapcommon import parse_args, start_target, finish, Report
+from harness.imapwire import Client, Literal, parse, quote, expand_set
+
+USER, PASSWORD = "alice", "s3cret pass"
+USER2, PASSWORD2 = "bob", "b0b-Pw!"
+
+R = Report("imap-e2e")
+T = None  # the Target
+
+
+def connect(login=True, user=USER, password=PASSWORD, timeout=20.0):
+    c = Client(T.host, T.port, timeout=timeout)
+    if login:
+        r = c.login(user, password)
+        if not r.ok:
+            raise RuntimeError("login failed: %r" % r)
+    return c
+
+
+# ------------------------------------------------------------ messages
+def crlf(s):
+    if isinstance(s, str):
+        s = s.encode()
+    return s.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def simple_message(subject, body="Hello\n", frm="Alice <alice@example.org>",
+                   to="Bob <bob@example.net>", date="Mon, 15 Jul 2024 12:00:00 +0000",
+                   extra=""):
+    return crlf("From: %s\nTo: %s\nSubject: %s\nDate: %s\nMessage-ID: <%s@test>\n%s\n%s"
+                % (frm, to, subject, date, abs(hash(subject + body)), extra, body))
+
+
+TEXT_PART_BODY = crlf("Hello Bob,\nThe numbers are in the attachment =E2=80=94 see page 2.\n"
+                      "Regards=\n, Alice\n")
+TEXT_PART_HDR = crlf("Content-Type: text/plain; charset=utf-8\n"
+                     "Content-Transfer-Encoding: quoted-printable\n")
+HTML_PART_BODY = crlf("<html><body>\n<p>Hello Bob</p>\n</body></html>\n")
+HTML_PART_HDR = crlf("Content-Type: text/html; charset=utf-8\n")
+PDF_DATA = bytes(range(256)) * 3
+PDF_PART_BODY = crlf(base64.encodebytes(PDF_DATA).decode())
+PDF_PART_HDR = crlf('Content-Type: application/pdf; name="report.pdf"\n'
+                    'Content-Disposition: attachment; filename="report.pdf"\n'
+                    "Content-Transfer-Encoding: base64\n")
+INNER_MSG = crlf("From: Carol <carol@example.com>\nSubject: Forwarded note\n"
+                 "Date: Tue, 02 Jul 2024 08:00:00 +0000\n\nInner body line\nsecond line\n")
+INNER_BODY = crlf("Inner body line\nsecond line\n")
+RFC822_PART_HDR = crlf("Content-Type: message/rfc822\n")
+
+
+def multipart(boundary, parts, preamble=b""):
+    b = boundary.encode()
+    out = (preamble + b"\r\n") if preamble else b""
+    out += b"--" + b + b"\r\n"
+    out += (b"\r\n--" + b + b"\r\n").join(h + b"\r\n" + body for h, body in parts)
+    out += b"\r\n--" + b + b"--\r\n"
+    return out
+
+
+ALT_BODY = multipart("inner-b", [(TEXT_PART_HDR, TEXT_PART_BODY),
+                                 (HTML_PART_HDR, HTML_PART_BODY)])
+ALT_HDR = crlf('Content-Type: multipart/alternative; boundary="inner-b"\n')
+MAIN_HEADER = crlf(
+    "Return-Path: <alice@example.org>\n"
+    "Date: Mon, 15 Jul 2024 09:30:00 +0000\n"
+    'From: "Alice Example" <alice@example.org>\n'
+    "To: Bob <bob@example.net>, carol@example.com\n"
+    "Cc: Dave <dave@example.com>\n"
+    "Bcc: eve@example.com\n"
+    "Subject: Quarterly report\n"
+    "Message-ID: <report-1@example.org>\n"
+    "In-Reply-To: <prev@example.org>\n"
+    "MIME-Version: 1.0\n"
+    'Content-Type: multipart/mixed; boundary="outer-b"\n'
+    "\n")
+MAIN_BODY = multipart("outer-b", [(ALT_HDR, ALT_BODY), (PDF_PART_HDR, PDF_PART_BODY),
+                                  (RFC822_PART_HDR, INNER_MSG)],
+                      preamble=b"This is a multi-part message in MIME format.")
+MAIN_MSG = MAIN_HEADER + MAIN_BODY
+
+
+def lines(b):
+    return b.count(b"\r\n")
+
+
+# ------------------------------------------------------------ helpers
+def lower(x):
+    return x.lower() if isinstance(x, bytes) else x
+
+
+def norm_params(p):
+    if p is None:
+        return None
+    return {bytes(p[i]).lower(): bytes(p[i + 1]) for i in range(0, len(p) - 1, 2)}
+
+
+def norm_body(bs, extensible):
+    """A BODY/BODYSTRUCTURE list as a comparable dict (extension data
+    under 'ext' when present)."""
+    if isinstance(bs[0], list):
+        i = 0
+        parts = []
+        while i < len(bs) and isinstance(bs[i], list):
+            parts.append(norm_body(bs[i], extensible))
+            i += 1
+        d = {"type": b"multipart", "subtype": lower(bytes(bs[i])), "parts": parts}
+        ext = bs[i + 1:]
+        if ext:
+            d["ext"] = {"params": norm_params(ext[0]) if len(ext) > 0 else None,
+                        "disp": ext[1] if len(ext) > 1 else None}
+        return d
+    d = {"type": lower(bytes(bs[0])), "subtype": lower(bytes(bs[1])),
+         "params": norm_params(bs[2]), "id": bs[3], "desc": bs[4],
+         "enc": lower(bytes(bs[5])), "size": int(bs[6])}
+    i = 7
+    if d["type"] == b"message" and d["subtype"] == b"rfc822":
+        d["env_subject"] = bytes(bs[7][1]) if bs[7][1] is not None else None
+        d["body"] = norm_body(bs[8], extensible)
+        d["lines"] = int(bs[9])
+        i = 10
+    elif d["type"] == b"text":
+        d["lines"] = int(bs[7])
+        i = 8
+    ext = bs[i:]
+    if ext:
+        disp = ext[1] if len(ext) > 1 else None
+        if isinstance(disp, list):
+            disp = (lower(bytes(disp[0])), norm_params(disp[1]))
+        d["ext"] = {"md5": ext[0], "disp": disp}
+    return d
+
+
+def strip_ext(d):
+    d = dict(d)
+    d.pop("ext", None)
+    if "parts" in d:
+        d["parts"] = [strip_ext(p) for p in d["parts"]]
+    if "body" in d:
+        d["body"] = strip_ext(d["body"])
+    return d
+
+
+def expected_structure():
+    text = {"type": b"text", "subtype": b"plain", "params": {b"charset": b"utf-8"},
+            "id": None, "desc": None, "enc": b"quoted-printable",
+            "size": len(TEXT_PART_BODY), "lines": lines(TEXT_PART_BODY)}
+    html = {"type": b"text", "subtype": b"html", "params": {b"charset": b"utf-8"},
+            "id": None, "desc": None, "enc": b"7bit",
+            "size": len(HTML_PART_BODY), "lines": lines(HTML_PART_BODY)}
+    pdf = {"type": b"application", "subtype": b"pdf", "params": {b"name": b"report.pdf"},
+           "id": None, "desc": None, "enc": b"base64", "size": len(PDF_PART_BODY)}
+    inner_text = {"type": b"text", "subtype": b"plain", "params": {b"charset": b"us-ascii"},
+                  "id": None, "desc": None, "enc": b"7bit", "size": len(INNER_BODY),
+                  "lines": lines(INNER_BODY)}
+    rfc822 = {"type": b"message", "subtype": b"rfc822", "params": None, "id": None,
+              "desc": None, "enc": b"7bit", "size": len(INNER_MSG),
+              "env_subject": b"Forwarded note", "body": inner_text,
+              "lines": lines(INNER_MSG)}
+    alt = {"type": b"multipart", "subtype": b"alternative", "parts": [text, html]}
+    return {"type": b"multipart", "subtype": b"mixed", "parts": [alt, pdf, rfc822]}
+
+
+def addr_list(v):
+    if v is None:
+        return None
+    return [tuple(None if x is None else bytes(x) for x in a) for a in v]
+
+
+def fetch1(c, what, seq="1", uid=False):
+    """FETCH one message; returns (response, items of that message)."""
+    r = c.command(("UID FETCH" if uid else "FETCH"), seq, what)
+    f = r.fetches()
+    items = {}
+    for _, it in f:
+        items.update(it)
+    return r, items
+
+
+def flagset(v):
+    return set(bytes(x).decode().lower() for x in (v or []))
+
+
+def delim_of(c):
+    r = c.command('LIST "" ""')
+    toks = r.find("LIST")
+    if toks and toks[0][2] is not None:
+        return bytes(toks[0][2]).decode()
+    return "/"
+
+
+def list_names(r):
+    out = {}
+    for toks in r.find("LIST") + r.find("LSUB"):
+        out[bytes(toks[3]).decode()] = set(bytes(a).decode().lower() for a in toks[1])
+    return out
+
+
+def status_of(c, box, items="(MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ)"):
+    r = c.command("STATUS", quote(box), items)
+    st = {}
+    for toks in r.find("STATUS"):
+        lst = toks[2]
+        for i in range(0, len(lst) - 1, 2):
+            st[bytes(lst[i]).decode().upper()] = int(lst[i + 1])
+    return r, st
+
+
+def append(c, box, msg, flags=None, date=None, plus=False):
+    parts = ["APPEND", quote(box)]
+    if flags is not None:
+        parts.append("(%s)" % " ".join(flags))
+    if date is not None:
+        parts.append(quote(date))
+    parts.append(Literal(msg, plus=plus))
+    r = c.command(*parts)
+    uid = None
+    if r.ok and r.code == "APPENDUID":
+        uid = int(r.code_args.split()[1])
+    return r, uid
+
+
+def uids_in(c, box=None):
+    """UIDs of the selected mailbox in sequence order (UID FETCH 1:*)."""
+    if box is not None:
+        c.command("SELECT", quote(box))
+    r = c.command("FETCH 1:* (UID)")
+    return [it["UID"] for _, it in sorted(r.fetches())]
+
+
+# ------------------------------------------------------------ sections
+def t_capability_and_login():
+    c = connect(login=False)
+    R.check("greeting is untagged OK", c.greeting.startswith(b"* OK"), c.greeting)
+    r = c.command("CAPABILITY")
+    toks = r.find("CAPABILITY")
+    pre = set(bytes(x).upper() for x in toks[0][1:]) if toks else set()
+    R.check("CAPABILITY answered OK with a CAPABILITY response", r.ok and toks, r)
+    R.check("IMAP4rev1 advertised", b"IMAP4REV1" in pre, pre)
+    R.check("STARTTLS advertised before login", b"STARTTLS" in pre, pre)
+    R.check("AUTH=PLAIN advertised before login", b"AUTH=PLAIN" in pre, pre)
+    R.check("LOGINDISABLED not advertised on loopback", b"LOGINDISABLED" not in pre, pre)
+    r = c.command("SELECT INBOX")
+    R.check("SELECT before login is refused", r.status in ("NO", "BAD"), r)
+    r = c.login(USER, "wrong password")
+    R.equal("LOGIN with a wrong password -> NO", r.status, "NO")
+    r = c.login("nosuchuser", PASSWORD)
+    R.equal("LOGIN of an unknown user -> NO", r.status, "NO")
+    r = c.login(USER, PASSWORD)
+    R.equal("LOGIN with the right password (quoted, with a space) -> OK", r.status, "OK")
+    r = c.command("CAPABILITY")
+    toks = r.find("CAPABILITY")
+    post = set(bytes(x).upper() for x in toks[0][1:]) if toks else set()
+    for cap in ("IMAP4REV1", "LITERAL+", "UIDPLUS", "IDLE", "NAMESPACE", "ENABLE", "ID",
+                "MOVE", "CONDSTORE", "QRESYNC", "SPECIAL-USE"):
+        R.check("%s advertised after login" % cap, cap.encode() in post, post)
+    r = c.login(USER, PASSWORD)
+    R.check("LOGIN when already authenticated is refused", r.status in ("NO", "BAD"), r)
+    r = c.command("LOGOUT")
+    R.check("LOGOUT sends untagged BYE then OK",
+            r.ok and any(u.startswith(b"* BYE") for u in r.untagged), r)
+
+    # AUTHENTICATE PLAIN
+    c = connect(login=False)
+    r = c.authenticate_plain(USER2, "not it")
+    R.equal("AUTHENTICATE PLAIN with a wrong password -> NO", r.status, "NO")
+    r = c.authenticate_plain(USER2, PASSWORD2)
+    R.equal("AUTHENTICATE PLAIN with the right password -> OK", r.status, "OK")
+    r = c.command("SELECT INBOX")
+    R.equal("authenticated session can SELECT", r.status, "OK")
+    c.logout()
+    c = connect(login=False)
+    tag = c.next_tag()
+    c.send("%s AUTHENTICATE PLAIN\r\n" % tag)
+    first = c.read_response()
+    c.send("*\r\n")
+    r = c.wait_tagged(tag)
+    R.check("AUTHENTICATE cancelled with '*' -> BAD (RFC 3501 6.2.2)",
+            first.startswith(b"+") and r.status == "BAD", (first, r))
+    blob = base64.b64encode(("\0%s\0%s" % (USER2, PASSWORD2)).encode()).decode()
+    r = c.command("AUTHENTICATE PLAIN", blob)
+    R.check("AUTHENTICATE PLAIN with an initial response (SASL-IR) works or is BAD"
+            " when SASL-IR is not advertised", r.status in ("OK", "BAD"), r)
+    c.logout()
+
+
+def t_namespace_list_special_use():
+    c = connect()
+    r = c.command("NAMESPACE")
+    ns = r.find("NAMESPACE")
+    R.check("NAMESPACE answers OK with a NAMESPACE response", r.ok and ns, r)
+    delim = delim_of(c)
+    if ns:
+        personal = ns[0][1]
+        R.check("personal namespace is listed with the LIST delimiter",
+                isinstance(personal, list) and personal and
+                bytes(personal[0][1]).decode() == delim, ns[0])
+    r = c.command('LIST "" ""')
+    toks = r.find("LIST")
+    R.check('LIST "" "" gives the hierarchy delimiter with \\Noselect and an empty name',
+            toks and b"\\noselect" in [bytes(a).lower() for a in toks[0][1]]
+            and bytes(toks[0][3]) == b"", r.untagged)
+    r = c.command('LIST "" "*"')
+    names = list_names(r)
+    R.check("LIST * is OK", r.ok, r)
+    for box, use in (("INBOX", None), ("Drafts", "\\drafts"), ("Sent", "\\sent"),
+                     ("Trash", "\\trash"), ("Junk", "\\junk"), ("Archive", "\\archive")):
+        R.check("new user has %s" % box, box in names, names)
+        if use:
+            R.check("%s carries the %s special-use attribute" % (box, use),
+                    use in names.get(box, set()), names.get(box))
+    c.logout()
+
+
+def t_mailbox_management():
+    c = connect()
+    d = delim_of(c)
+    sub = "Work" + d + "Sub"
+    R.equal("CREATE Work", c.command("CREATE Work").status, "OK")
+    R.equal("CREATE Work%sSub" % d, c.command("CREATE", quote(sub)).status, "OK")
+    R.equal("CREATE of an existing mailbox -> NO", c.command("CREATE Work").status, "NO")
+    R.equal("CREATE INBOX -> NO", c.command("CREATE INBOX").status, "NO")
+    r = c.command('LIST "" "Work*"')
+    R.equal('LIST "" "Work*" lists Work and its child', set(list_names(r)), {"Work", sub})
+    r = c.command('LIST "" "Work%"')
+    R.equal('LIST "" "Work%" stops at the delimiter', set(list_names(r)), {"Work"})
+    r = c.command('LIST "" "%"')
+    top = set(list_names(r))
+    R.check('LIST "" "%" lists top-level names only',
+            "Work" in top and "INBOX" in top and sub not in top, top)
+    r = c.command('LIST "" "work"')
+    R.equal("LIST matching is case-sensitive for names other than INBOX",
+            set(list_names(r)), set())
+    r = c.command('LIST "" "inbox"')
+    R.equal("INBOX is case-insensitive", set(list_names(r)), {"INBOX"})
+    # subscriptions
+    R.equal("SUBSCRIBE Work", c.command("SUBSCRIBE Work").status, "OK")
+    r = c.command('LSUB "" "*"')
+    R.check("LSUB lists the subscribed Work", "Work" in list_names(r), r.untagged)
+    R.equal("UNSUBSCRIBE Work", c.command("UNSUBSCRIBE Work").status, "OK")
+    r = c.command('LSUB "" "*"')
+    R.check("LSUB no longer lists Work", "Work" not in list_names(r), r.untagged)
+    # RENAME moves the inferiors too
+    r, st = status_of(c, "Work", "(UIDVALIDITY)")
+    R.equal("RENAME Work Projects", c.command("RENAME Work Projects").status, "OK")
+    r = c.command('LIST "" "*"')
+    names = set(list_names(r))
+    R.check("after RENAME, Projects and Projects%sSub exist, Work is gone" % d,
+            "Projects" in names and "Projects" + d + "Sub" in names
+            and "Work" not in names and sub not in names, names)
+    R.equal("RENAME of a missing mailbox -> NO",
+            c.command("RENAME NoSuchBox Other").status, "NO")
+    c.command("CREATE Taken")
+    R.equal("RENAME onto an existing mailbox -> NO",
+            c.command("RENAME Projects Taken").status, "NO")
+    c.command("DELETE Taken")
+    R.equal("DELETE Projects%sSub" % d,
+            c.command("DELETE", quote("Projects" + d + "Sub")).status, "OK")
+    R.equal("DELETE Projects", c.command("DELETE Projects").status, "OK")
+    R.equal("DELETE of a missing mailbox -> NO", c.command("DELETE Projects").status, "NO")
+    R.equal("DELETE INBOX -> NO", c.command("DELETE INBOX").status, "NO")
+    r = c.command('LIST "" "Projects*"')
+    R.equal("deleted mailboxes are no longer listed", set(list_names(r)), set())
+    # a re-created mailbox gets a new UIDVALIDITY or starts its UIDs anew
+    c.command("CREATE Again")
+    r, uid1 = append(c, "Again", simple_message("again 1"))
+    _, st1 = status_of(c, "Again", "(UIDVALIDITY UIDNEXT)")
+    c.command("DELETE Again")
+    c.command("CREATE Again")
+    _, st2 = status_of(c, "Again", "(UIDVALIDITY UIDNEXT MESSAGES)")
+    R.check("a deleted and re-created mailbox is empty and its UIDs cannot be "
+            "confused with the old ones (new UIDVALIDITY or UIDNEXT kept)",
+            st2.get("MESSAGES") == 0 and (st2.get("UIDVALIDITY") != st1.get("UIDVALIDITY")
+                                          or st2.get("UIDNEXT", 0) >= st1.get("UIDNEXT", 0)),
+            (st1, st2))
+    c.command("DELETE Again")
+    c.logout()
+
+
+def t_append_status_select():
+    c = connect()
+    c.command("CREATE Box1")
+    _, st0 = status_of(c, "Box1")
+    R.check("STATUS of an empty mailbox: MESSAGES 0 UNSEEN 0, UIDVALIDITY > 0",
+            st0.get("MESSAGES") == 0 and st0.get("UNSEEN") == 0
+            and st0.get("UIDVALIDITY", 0) > 0 and st0.get("UIDNEXT", 0) >= 1, st0)
+    date = "14-Jul-2024 10:11:12 +0200"
+    r, uid = append(c, "Box1", MAIN_MSG, flags=["\\Seen", "\\Flagged", "$Label1"], date=date)
+    R.equal("APPEND with flags and date -> OK", r.status, "OK")
+    R.check("APPEND answers [APPENDUID uidvalidity uid] (UIDPLUS)",
+            r.code == "APPENDUID" and uid is not None and
+            int(r.code_args.split()[0]) == st0.get("UIDVALIDITY"), r)
+    r2, uid2 = append(c, "Box1", simple_message("second", "two\n"), plus=True)
+    R.check("APPEND with a LITERAL+ literal -> OK with a higher UID",
+            r2.ok and uid2 is not None and uid is not None and uid2 > uid, r2)
+    r3, uid3 = append(c, "Box1", simple_message("third", "three\n"), flags=[])
+    R.check("APPEND with an empty flag list -> OK", r3.ok, r3)
+    r = c.command("APPEND NoSuchBox", Literal(b"Subject: x\r\n\r\nx\r\n"))
+    R.check("APPEND to a missing mailbox -> NO [TRYCREATE]",
+            r.status == "NO" and r.code == "TRYCREATE", r)
+    _, st = status_of(c, "Box1")
+    R.check("STATUS after 3 APPENDs: MESSAGES 3, UNSEEN 2, UIDNEXT > last UID",
+            st.get("MESSAGES") == 3 and st.get("UNSEEN") == 2 and
+            uid3 is not None and st.get("UIDNEXT", 0) > uid3, st)
+    R.check("STATUS HIGHESTMODSEQ > 0 (CONDSTORE)", st.get("HIGHESTMODSEQ", 0) > 0, st)
+    r, st = status_of(c, "NoSuchBox")
+    R.equal("STATUS of a missing mailbox -> NO", r.status, "NO")
+
+    r = c.command("SELECT Box1")
+    R.equal("SELECT -> OK", r.status, "OK")
+    R.equal("SELECT answers [READ-WRITE]", r.code, "READ-WRITE")
+    R.equal("SELECT gives * 3 EXISTS", r.number("EXISTS"), 3)
+    R.check("SELECT gives * n RECENT", r.number("RECENT") is not None, r.untagged)
+    R.check("SELECT gives a FLAGS response", bool(r.find("FLAGS")), r.untagged)
+    codes = r.codes()
+    R.equal("SELECT gives [UIDVALIDITY]", int(codes.get("UIDVALIDITY", b"0")),
+            st0.get("UIDVALIDITY"))
+    R.check("SELECT gives [UIDNEXT]", int(codes.get("UIDNEXT", b"0")) > (uid3 or 0), codes)
+    R.check("SELECT gives [PERMANENTFLAGS] with \\* (keywords can be created)",
+            b"\\*" in codes.get("PERMANENTFLAGS", b""), codes)
+    R.check("SELECT gives [UNSEEN 2] (first unseen message)",
+            codes.get("UNSEEN") in (b"2", None) and "UNSEEN" in codes, codes)
+    r = c.command("SELECT Box1 (CONDSTORE)")
+    R.check("SELECT (CONDSTORE) gives [HIGHESTMODSEQ n]",
+            r.ok and int(r.codes().get("HIGHESTMODSEQ", b"0")) > 0, r)
+    r = c.command("EXAMINE Box1")
+    R.check("EXAMINE answers OK [READ-ONLY]", r.ok and r.code == "READ-ONLY", r)
+    r = c.command("STORE 1 +FLAGS (\\Deleted)")
+    R.equal("STORE in an EXAMINEd mailbox -> NO (RFC 3501 6.3.2: read-only; "
+            "Dovecot says OK and ignores it)", r.status, "NO")
+    r, it = fetch1(c, "(FLAGS)", "1")
+    R.check("STORE in an EXAMINEd mailbox changes nothing",
+            "\\deleted" not in flagset(it.get("FLAGS")), it)
+    r, it = fetch1(c, "(BODY[TEXT])", "2")
+    r, it = fetch1(c, "(FLAGS)", "2")
+    R.check("FETCH BODY[] in an EXAMINEd mailbox does not set \\Seen",
+            "\\seen" not in flagset(it.get("FLAGS")), it)
+    r = c.command("SELECT NoSuchBox")
+    R.equal("SELECT of a missing mailbox -> NO", r.status, "NO")
+    r = c.command("FETCH 1 (FLAGS)")
+    R.check("after a failed SELECT no mailbox is selected (FETCH refused)",
+            r.status in ("BAD", "NO"), r)
+    c.logout()
+
+
+def t_fetch_items():
+    c = connect()
+    c.command("CREATE Fetch")
+    date = "14-Jul-2024 10:11:12 +0200"
+    r, uid = append(c, "Fetch", MAIN_MSG, flags=["\\Flagged", "$Label1"], date=date)
+    r = c.command("SELECT Fetch")
+
+    r, it = fetch1(c, "(FLAGS UID INTERNALDATE RFC822.SIZE)")
+    R.equal("FETCH FLAGS", flagset(it.get("FLAGS")), {"\\flagged", "$label1", "\\recent"}
+            if "\\recent" in flagset(it.get("FLAGS")) else {"\\flagged", "$label1"})
+    R.equal("FETCH UID matches APPENDUID", it.get("UID"), uid)
+    R.equal("FETCH RFC822.SIZE is the exact octet count", it.get("RFC822.SIZE"), len(MAIN_MSG))
+    idate = it.get("INTERNALDATE")
+    want = email.utils.parsedate_to_datetime("Sun, 14 Jul 2024 10:11:12 +0200")
+    got = None
+    if idate is not None:
+        try:
+            got = datetime.datetime.strptime(bytes(idate).decode(), "%d-%b-%Y %H:%M:%S %z")
+        except ValueError:
+            got = None
+    R.check("INTERNALDATE is the APPEND date (same instant)", got == want, idate)
+
+    r, it = fetch1(c, "(RFC822.HEADER)")
+    R.equal("RFC822.HEADER is the header with its blank line", it.get("RFC822.HEADER"), MAIN_HEADER)
+    r, it = fetch1(c, "(RFC822.TEXT)")
+    R.equal("RFC822.TEXT is the body", it.get("RFC822.TEXT"), MAIN_BODY)
+    r, it = fetch1(c, "(FLAGS)")
+    R.check("RFC822.TEXT sets \\Seen", "\\seen" in flagset(it.get("FLAGS")), it)
+    c.command("STORE 1 -FLAGS.SILENT (\\Seen)")
+    r, it = fetch1(c, "(RFC822)")
+    R.equal("RFC822 is the whole message", it.get("RFC822"), MAIN_MSG)
+    c.command("STORE 1 -FLAGS.SILENT (\\Seen)")
+
+    r, it = fetch1(c, "(ENVELOPE)")
+    env = it.get("ENVELOPE")
+    ok = isinstance(env, list) and len(env) == 10
+    R.check("ENVELOPE has 10 fields", ok, env)
+    if ok:
+        R.equal("ENVELOPE date", bytes(env[0]), b"Mon, 15 Jul 2024 09:30:00 +0000")
+        R.equal("ENVELOPE subject", bytes(env[1]), b"Quarterly report")
+        alice = [(b"Alice Example", None, b"alice", b"example.org")]
+        R.equal("ENVELOPE from", addr_list(env[2]), alice)
+        R.equal("ENVELOPE sender defaults to from", addr_list(env[3]), alice)
+        R.equal("ENVELOPE reply-to defaults to from", addr_list(env[4]), alice)
+        R.equal("ENVELOPE to (two addresses, one without a name)", addr_list(env[5]),
+                [(b"Bob", None, b"bob", b"example.net"), (None, None, b"carol", b"example.com")])
+        R.equal("ENVELOPE cc", addr_list(env[6]), [(b"Dave", None, b"dave", b"example.com")])
+        R.equal("ENVELOPE bcc", addr_list(env[7]), [(None, None, b"eve", b"example.com")])
+        R.equal("ENVELOPE in-reply-to", bytes(env[8]), b"<prev@example.org>")
+        R.equal("ENVELOPE message-id", bytes(env[9]), b"<report-1@example.org>")
+
+    exp = expected_structure()
+    r, it = fetch1(c, "(BODYSTRUCTURE)")
+    bs = it.get("BODYSTRUCTURE")
+    got = None
+    try:
+        got = norm_body(bs, True)
+    except Exception as e:  # noqa: BLE001
+        R.check("BODYSTRUCTURE parses", False, "%s: %r" % (e, bs))
+    if got is not None:
+        R.equal("BODYSTRUCTURE: nesting, types, parameters, encodings, sizes, lines",
+                strip_ext(got), exp)
+        R.check("BODYSTRUCTURE multipart extension data has the boundary parameter",
+                got.get("ext", {}).get("params") == {b"boundary": b"outer-b"}, got.get("ext"))
+        pdf = got["parts"][1] if len(got.get("parts", [])) > 1 else {}
+        R.equal("BODYSTRUCTURE attachment disposition (extension data)",
+                pdf.get("ext", {}).get("disp"), (b"attachment", {b"filename": b"report.pdf"}))
+    r, it = fetch1(c, "(BODY)")
+    b = it.get("BODY")
+    try:
+        gotb = norm_body(b, False)
+        R.equal("BODY (non-extensible) has the same structure", strip_ext(gotb), exp)
+        R.check("BODY carries no extension data", "ext" not in gotb, gotb.get("ext"))
+    except Exception as e:  # noqa: BLE001
+        R.check("BODY parses", False, "%s: %r" % (e, b))
+
+    sections = [
+        ("BODY.PEEK[]", "BODY[]", MAIN_MSG),
+        ("BODY.PEEK[HEADER]", "BODY[HEADER]", MAIN_HEADER),
+        ("BODY.PEEK[TEXT]", "BODY[TEXT]", MAIN_BODY),
+        ("BODY.PEEK[HEADER.FIELDS (subject FROM)]", "BODY[HEADER.FIELDS (SUBJECT FROM)]",
+         crlf('From: "Alice Example" <alice@example.org>\nSubject: Quarterly report\n\n')),
+        ("BODY.PEEK[HEADER.FIELDS.NOT (Return-Path Date From To Cc Bcc Message-ID "
+         "In-Reply-To MIME-Version Content-Type)]",
+         "BODY[HEADER.FIELDS.NOT (RETURN-PATH DATE FROM TO CC BCC MESSAGE-ID IN-REPLY-TO "
+         "MIME-VERSION CONTENT-TYPE)]", crlf("Subject: Quarterly report\n\n")),
+        ("BODY.PEEK[1]", "BODY[1]", ALT_BODY),
+        ("BODY.PEEK[1.MIME]", "BODY[1.MIME]", ALT_HDR + b"\r\n"),
+        ("BODY.PEEK[1.1]", "BODY[1.1]", TEXT_PART_BODY),
+        ("BODY.PEEK[1.1.MIME]", "BODY[1.1.MIME]", TEXT_PART_HDR + b"\r\n"),
+        ("BODY.PEEK[1.2]", "BODY[1.2]", HTML_PART_BODY),
+        ("BODY.PEEK[2]", "BODY[2]", PDF_PART_BODY),
+        ("BODY.PEEK[2.MIME]", "BODY[2.MIME]", PDF_PART_HDR + b"\r\n"),
+        ("BODY.PEEK[3]", "BODY[3]", INNER_MSG),
+        ("BODY.PEEK[3.HEADER]", "BODY[3.HEADER]", INNER_MSG[:INNER_MSG.index(b"\r\n\r\n") + 4]),
+        ("BODY.PEEK[3.TEXT]", "BODY[3.TEXT]", INNER_BODY),
+        ("BODY.PEEK[3.1]", "BODY[3.1]", INNER_BODY),
+        ("BODY.PEEK[]<0.20>", "BODY[]<0>", MAIN_MSG[:20]),
+        ("BODY.PEEK[TEXT]<10.30>", "BODY[TEXT]<10>", MAIN_BODY[10:40]),
+        ("BODY.PEEK[1.1]<2.5>", "BODY[1.1]<2>", TEXT_PART_BODY[2:7]),
+        ("BODY.PEEK[]<%d.100>" % (len(MAIN_MSG) - 10), "BODY[]<%d>" % (len(MAIN_MSG) - 10),
+         MAIN_MSG[-10:]),
+        ("BODY.PEEK[]<100000.10>", "BODY[]<100000>", b""),
+        ("BODY.PEEK[4]", "BODY[4]", b""),
+    ]
+    for ask, key, want in sections:
+        r, it = fetch1(c, "(%s)" % ask)
+        val = it.get(key)
+        if val is None:  # servers may spell the section differently; take any BODY[...] item
+            bodies = [v for k, v in it.items() if k.startswith("BODY[")]
+            val = bodies[0] if len(bodies) == 1 else None
+            R.check("FETCH %s answers with item %s" % (ask, key), False, list(it))
+        R.equal("FETCH %s content" % ask, None if val is None else bytes(val), want)
+    r, it = fetch1(c, "(FLAGS)")
+    R.check("BODY.PEEK does not set \\Seen", "\\seen" not in flagset(it.get("FLAGS")), it)
+    r, it = fetch1(c, "(BODY[1.2])")
+    R.check("BODY[section] (not PEEK) sets \\Seen and the FETCH says so",
+            "\\seen" in flagset(it.get("FLAGS")), r.untagged)
+    r, it = fetch1(c, "(FLAGS)")
+    R.check("\\Seen stays set after BODY[]", "\\seen" in flagset(it.get("FLAGS")), it)
+
+    r, it = fetch1(c, "(MODSEQ)")
+    ms = it.get("MODSEQ")
+    R.check("FETCH MODSEQ gives (n) with n > 0",
+            isinstance(ms, list) and len(ms) == 1 and int(ms[0]) > 0, ms)
+    # sequence sets and '*'
+    append(c, "Fetch", simple_message("second"))
+    append(c, "Fetch", simple_message("third"))
+    c.command("NOOP")
+    r = c.command("FETCH 1:* (UID)")
+    R.equal("FETCH 1:* covers every message", sorted(s for s, _ in r.fetches()), [1, 2, 3])
+    r = c.command("FETCH *:2 (UID)")
+    R.equal("FETCH *:2 (reversed range)", sorted(s for s, _ in r.fetches()), [2, 3])
+    r = c.command("FETCH 1,3 (UID)")
+    R.equal("FETCH 1,3", sorted(s for s, _ in r.fetches()), [1, 3])
+    r = c.command("UID FETCH %d:* (FLAGS)" % (uid + 1))
+    got = sorted(it["UID"] for _, it in r.fetches() if "UID" in it)
+    R.check("UID FETCH n:* returns the UID item for the 2 newer messages",
+            len(got) == 2 and all(u > uid for u in got), r.untagged)
+    r = c.command("UID FETCH 4000000:* (FLAGS)")
+    R.check("UID FETCH n:* with n > UIDNEXT returns the last message (RFC 3501 *)",
+            r.ok and len(r.fetches()) == 1, r.untagged)
+    r = c.command("UID FETCH 3999999 (FLAGS)")
+    R.check("UID FETCH of a missing UID is OK with no data", r.ok and not r.fetches(), r)
+    r = c.command("FETCH 1 FAST")
+    f = r.fetches()
+    R.check("FETCH FAST macro gives FLAGS INTERNALDATE RFC822.SIZE",
+            f and {"FLAGS", "INTERNALDATE", "RFC822.SIZE"} <= set(f[0][1]), f)
+    r = c.command("FETCH 1 (FOO)")
+    R.equal("FETCH of an unknown item -> BAD", r.status, "BAD")
+    c.logout()
+
+
+def t_store_condstore():
+    c = connect()
+    c.command("CREATE Store")
+    for i in range(4):
+        append(c, "Store", simple_message("store %d" % i))
+    c.command("SELECT Store")
+    r = c.command("STORE 1 +FLAGS (\\Answered $Work)")
+    f = dict(r.fetches())
+    R.check("STORE +FLAGS answers with the new FLAGS",
+            r.ok and {"\\answered", "$work"} <= flagset(f.get(1, {}).get("FLAGS")), r.untagged)
+    r = c.command("STORE 1 -FLAGS ($Work)")
+    f = dict(r.fetches())
+    R.check("STORE -FLAGS removes the keyword",
+            r.ok and "$work" not in flagset(f.get(1, {}).get("FLAGS"))
+            and "\\answered" in flagset(f.get(1, {}).get("FLAGS")), r.untagged)
+    r = c.command("STORE 2 FLAGS (\\Draft \\Flagged)")
+    f = dict(r.fetches())
+    R.check("STORE FLAGS replaces the flags",
+            r.ok and flagset(f.get(2, {}).get("FLAGS")) - {"\\recent"} == {"\\draft", "\\flagged"},
+            r.untagged)
+    r = c.command("STORE 3 +FLAGS.SILENT (\\Seen)")
+    R.check("STORE FLAGS.SILENT sends no FETCH for the message",
+            r.ok and not r.fetches(), r.untagged)
+    r, it = fetch1(c, "(FLAGS)", "3")
+    R.check("...but the flag is set", "\\seen" in flagset(it.get("FLAGS")), it)
+    r = c.command("STORE 1 +FLAGS (\\Recent)")
+    R.check("STORE of \\Recent is refused or ignored (RFC 3501: cannot be altered)",
+            r.status in ("BAD", "NO") or all("\\recent" not in flagset(it.get("FLAGS"))
+                                              or True for _, it in r.fetches()), r)
+    r = c.command("STORE 1:2 +FLAGS (\\Seen")
+    R.equal("STORE with an unbalanced flag list -> BAD", r.status, "BAD")
+
+    r = c.command("ENABLE CONDSTORE")
+    en = r.find("ENABLED")
+    R.check("ENABLE CONDSTORE -> * ENABLED CONDSTORE",
+            r.ok and en and b"CONDSTORE" in [bytes(x).upper() for x in en[0][1:]], r)
+    r, it = fetch1(c, "(MODSEQ)", "4")
+    m4 = int(it["MODSEQ"][0]) if it.get("MODSEQ") else 0
+    r = c.command("STORE 4 +FLAGS (\\Flagged)")
+    f = dict(r.fetches())
+    it4 = f.get(4, {})
+    new4 = int(it4["MODSEQ"][0]) if it4.get("MODSEQ") else 0
+    R.check("with CONDSTORE enabled, STORE's FETCH carries a higher MODSEQ",
+            new4 > m4, r.untagged)
+    r = c.command("STORE 4 (UNCHANGEDSINCE %d) +FLAGS (\\Answered)" % m4)
+    R.check("STORE UNCHANGEDSINCE older modseq -> OK [MODIFIED 4], flags unchanged",
+            r.ok and r.code == "MODIFIED" and expand_set(r.code_args) == [4], r)
+    r, it = fetch1(c, "(FLAGS)", "4")
+    R.check("...\\Answered was not set", "\\answered" not in flagset(it.get("FLAGS")), it)
+    r = c.command("STORE 4 (UNCHANGEDSINCE %d) +FLAGS (\\Answered)" % new4)
+    f = dict(r.fetches())
+    R.check("STORE UNCHANGEDSINCE current modseq -> applied, no MODIFIED",
+            r.ok and r.code != "MODIFIED" and "\\answered" in flagset(f.get(4, {}).get("FLAGS")),
+            r)
+    r = c.command("UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % new4)
+    R.check("FETCH (CHANGEDSINCE m) returns only messages changed after m",
+            r.ok and [s for s, _ in r.fetches()] == [4], r.untagged)
+    _, st = status_of(c, "Store")
+    r = c.command("FETCH 1:* (MODSEQ)")
+    mx = max(int(it["MODSEQ"][0]) for _, it in r.fetches()) if r.fetches() else -1
+    R.equal("HIGHESTMODSEQ equals the largest message MODSEQ", st.get("HIGHESTMODSEQ"), mx)
+    c.logout()
+
+
+def t_copy_move_expunge():
+    c = connect()
+    c.command("CREATE Src")
+    c.command("CREATE Dst")
+    uids = []
+    for i in range(6):
+        _, u = append(c, "Src", simple_message("copy %d" % i, "body %d\n" % i),
+                      flags=["\\Flagged"] if i == 0 else [])
+        uids.append(u)
+    _, dst0 = status_of(c, "Dst")
+    c.command("SELECT Src")
+    r = c.command("COPY 1:2 Dst")
+    ok = r.ok and r.code == "COPYUID"
+    R.check("COPY -> OK [COPYUID uidvalidity src-uids dst-uids]", ok, r)
+    if ok:
+        a = r.code_args.split()
+        R.equal("COPYUID uidvalidity is the destination's", int(a[0]), dst0.get("UIDVALIDITY"))
+        R.equal("COPYUID source set", expand_set(a[1]), uids[:2])
+        R.equal("COPYUID destination set has 2 UIDs >= UIDNEXT",
+                [u >= dst0.get("UIDNEXT", 0) for u in expand_set(a[2])], [True, True])
+    r = c.command("COPY 1 NoSuchBox")
+    R.check("COPY to a missing mailbox -> NO [TRYCREATE]",
+            r.status == "NO" and r.code == "TRYCREATE", r)
+    r = c.command("UID COPY %d Dst" % uids[2])
+    R.check("UID COPY -> OK [COPYUID]", r.ok and r.code == "COPYUID", r)
+    c.command("EXAMINE Dst")
+    r = c.command("FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    f = r.fetches()
+    R.equal("Dst holds the 3 copies", len(f), 3)
+    if f:
+        R.check("COPY keeps the flags", "\\flagged" in flagset(f[0][1].get("FLAGS")), f[0])
+    c.command("SELECT Src")
+    r = c.command("MOVE 2 Dst")
+    R.check("MOVE -> untagged OK [COPYUID], * 2 EXPUNGE, tagged OK",
+            r.ok and "COPYUID" in r.codes() and r.expunges() == [2], r.untagged)
+    r = c.command("UID MOVE %d Dst" % uids[5])
+    R.check("UID MOVE -> OK with an EXPUNGE of the last message",
+            r.ok and r.expunges() == [5], r.untagged)
+    now = uids_in(c)
+    R.equal("Src after MOVE", now, [uids[0], uids[2], uids[3], uids[4]])
+    _, st = status_of(c, "Dst")
+    R.equal("Dst after MOVE has 5 messages", st.get("MESSAGES"), 5)
+
+    # EXPUNGE: delete 2nd and 4th of [u0 u2 u3 u4]
+    c.command("STORE 2,4 +FLAGS.SILENT (\\Deleted)")
+    r = c.command("EXPUNGE")
+    seqs = r.expunges()
+    model = list(now)
+    for s in seqs:
+        if 1 <= s <= len(model):
+            del model[s - 1]
+    R.check("EXPUNGE sends one EXPUNGE per deleted message, with sequence numbers "
+            "that leave exactly the undeleted ones", r.ok and len(seqs) == 2
+            and model == [uids[0], uids[3]], (seqs, r.untagged))
+    R.equal("UIDs after EXPUNGE", uids_in(c), [uids[0], uids[3]])
+    # UID EXPUNGE only expunges the listed UIDs
+    c.command("STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+    r = c.command("UID EXPUNGE %d" % uids[3])
+    R.check("UID EXPUNGE uid expunges only that \\Deleted message",
+            r.ok and r.expunges() == [2], r.untagged)
+    R.equal("the other \\Deleted message is still there", uids_in(c), [uids[0]])
+    r = c.command("CLOSE")
+    R.check("CLOSE expunges silently", r.ok and not r.expunges(), r.untagged)
+    _, st = status_of(c, "Src")
+    R.equal("Src is empty after CLOSE", st.get("MESSAGES"), 0)
+    r = c.command("FETCH 1 (FLAGS)")
+    R.check("after CLOSE no mailbox is selected", r.status in ("BAD", "NO"), r)
+    c.logout()
+
+
+SEARCH_MSGS = [
+    # subject, from, to, cc, date header, internal date, flags, body, extra headers
+    ("Quarterly report", "Alice <alice@example.org>", "bob@example.net", "dave@example.com",
+     "Mon, 15 Jan 2024 12:00:00 +0000", "15-Jan-2024 12:00:00 +0000", ["\\Seen"],
+     "numbers attached\n", ""),
+    ("Lunch on friday", "Bob <bob@example.net>", "alice@example.org", "",
+     "Thu, 01 Feb 2024 12:00:00 +0000", "01-Feb-2024 12:00:00 +0000", ["\\Flagged", "$Todo"],
+     "pizza or sushi?\n", "X-Priority: 1\n"),
+    ("Re: Quarterly report", "Carol <carol@example.com>", "alice@example.org",
+     "bob@example.net", "Fri, 01 Mar 2024 12:00:00 +0000", "01-Mar-2024 12:00:00 +0000",
+     ["\\Answered", "\\Seen"], "the NUMBERS look good\n" + "padding line\n" * 80, ""),
+    ("=?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?=", "Dieter <dieter@example.de>",
+     "alice@example.org", "", "Mon, 01 Apr 2024 12:00:00 +0000", "01-Apr-2024 12:00:00 +0000",
+     ["\\Draft"], "Sch\u00f6ne Gr\u00fc\u00dfe aus K\u00f6ln\n",
+     "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
+     "Content-Transfer-Encoding: 8bit\n"),
+    ("Deleted thing", "Eve <eve@example.com>", "alice@example.org", "",
+     "Wed, 01 May 2024 12:00:00 +0000", "01-May-2024 12:00:00 +0000", ["\\Deleted"],
+     "gone soon\n", "Bcc: frank@example.com\n"),
+]
+
+
+def t_search():
+    c = connect()
+    c.command("CREATE Search")
+    uids, sizes = [], []
+    for subj, frm, to, cc, date, idate, flags, body, extra in SEARCH_MSGS:
+        hdr = "From: %s\nTo: %s\n%sSubject: %s\nDate: %s\n%s" % (
+            frm, to, ("Cc: %s\n" % cc) if cc else "", subj, date, extra)
+        msg = crlf(hdr + "\n" + body)
+        sizes.append(len(msg))
+        _, u = append(c, "Search", msg, flags=flags, date=idate)
+        uids.append(u)
+    r = c.command("SELECT Search (CONDSTORE)")
+    R.equal("5 messages to search", r.number("EXISTS"), 5)
+    size_sorted = sorted(sizes)
+
+    def s(criteria, want, uid=False, charset=None, label=None):
+        parts = ["UID SEARCH" if uid else "SEARCH"]
+        if charset:
+            parts += ["CHARSET", charset]
+        if isinstance(criteria, tuple):
+            parts += list(criteria)
+        else:
+            parts.append(criteria)
+        r = c.command(*parts)
+        got, _ = r.search()
+        want_l = [uids[i - 1] for i in want] if uid else want
+        R.check("SEARCH %s" % (label or " ".join(str(p) for p in parts[1:])),
+                r.ok and sorted(got) == sorted(want_l), (r.status, got, want_l, r.line))
+        return r
+
+    s("ALL", [1, 2, 3, 4, 5])
+    s("2:4", [2, 3, 4])
+    s("3:*", [3, 4, 5])
+    s("UID %d:%d" % (uids[1], uids[2]), [2, 3])
+    s("UID %d:*" % uids[3], [4, 5], uid=True)
+    s("ANSWERED", [3]); s("UNANSWERED", [1, 2, 4, 5])
+    s("DELETED", [5]); s("UNDELETED", [1, 2, 3, 4])
+    s("DRAFT", [4]); s("UNDRAFT", [1, 2, 3, 5])
+    s("FLAGGED", [2]); s("UNFLAGGED", [1, 3, 4, 5])
+    s("SEEN", [1, 3]); s("UNSEEN", [2, 4, 5])
+    s("KEYWORD $Todo", [2]); s("UNKEYWORD $Todo", [1, 3, 4, 5])
+    s("FROM alice", [1]); s("FROM EXAMPLE.COM", [3, 5])
+    s("TO bob@example.net", [1]); s("CC bob", [3]); s("BCC frank", [5])
+    s("SUBJECT quarterly", [1, 3], label="SUBJECT is a case-insensitive substring match")
+    s('SUBJECT "re: quarterly"', [3])
+    s("HEADER X-Priority 1", [2])
+    s('HEADER X-Priority ""', [2], label='HEADER name "" matches messages having the field')
+    s("BODY numbers", [1, 3], label="BODY case-insensitive in the body only")
+    s("BODY Quarterly", [], label="BODY does not look at the header")
+    s("TEXT Quarterly", [1, 3], label="TEXT matches header and body")
+    s("TEXT pizza", [2])
+    s("BEFORE 1-Feb-2024", [1]); s("ON 1-Mar-2024", [3]); s("SINCE 1-Apr-2024", [4, 5])
+    s("SENTBEFORE 1-Feb-2024", [1]); s("SENTON 1-Feb-2024", [2])
+    s("SENTSINCE 1-Mar-2024", [3, 4, 5])
+    s("LARGER %d" % size_sorted[-2], [sizes.index(size_sorted[-1]) + 1])
+    s("SMALLER %d" % (size_sorted[0] + 1), [sizes.index(size_sorted[0]) + 1])
+    s("NOT SEEN", [2, 4, 5])
+    s("OR FLAGGED DRAFT", [2, 4])
+    s("OR FROM bob (ANSWERED SEEN)", [2, 3], label="OR with a parenthesised AND list")
+    s("SEEN NOT ANSWERED", [1], label="implicit AND of keys")
+    s("CHARSET US-ASCII SUBJECT report", [1, 3], label="CHARSET US-ASCII")
+    s(("BODY", Literal("K\u00f6ln".encode())), [4], charset="UTF-8",
+      label="CHARSET UTF-8 BODY with a literal matches 8-bit UTF-8 text")
+    s(("SUBJECT", Literal("Gr\u00fc\u00dfe".encode())), [4], charset="UTF-8",
+      label="CHARSET UTF-8 SUBJECT matches a MIME encoded-word (what clients expect)")
+    r = c.command("SEARCH CHARSET X-NO-SUCH-CHARSET BODY x")
+    R.check("SEARCH with an unknown charset -> NO [BADCHARSET]",
+            r.status == "NO" and r.code == "BADCHARSET", r)
+    r = c.command("SEARCH FROBNICATE")
+    R.equal("SEARCH with an unknown key -> BAD", r.status, "BAD")
+    r = c.command("SEARCH BEFORE 31-Foo-2024")
+    R.equal("SEARCH with a malformed date -> BAD", r.status, "BAD")
+    # MODSEQ
+    c.command("STORE 2 +FLAGS.SILENT (\\Seen)")
+    r = c.command("FETCH 2 (MODSEQ)")
+    m2 = int(r.fetches()[0][1]["MODSEQ"][0])
+    r = c.command("SEARCH MODSEQ %d" % m2)
+    nums, hm = r.search()
+    R.check("SEARCH MODSEQ m finds messages changed at or after m, with (MODSEQ n)",
+            r.ok and nums == [2] and hm == m2, r.untagged)
+    r = c.command("SEARCH FLAGGED NOT FLAGGED")
+    R.check("SEARCH with no match: '* SEARCH' with no numbers",
+            r.ok and r.search()[0] == [] and len(r.find("SEARCH")) == 1, r.untagged)
+    c.logout()
+
+
+def t_enable_id():
+    c = connect()
+    r = c.command("ENABLE CONDSTORE QRESYNC")
+    en = r.find("ENABLED")
+    got = set(bytes(x).upper() for x in en[0][1:]) if en else set()
+    R.check("ENABLE CONDSTORE QRESYNC -> * ENABLED with both", r.ok and
+            got == {b"CONDSTORE", b"QRESYNC"}, r)
+    r = c.command("ENABLE X-NOSUCH")
+    en = r.find("ENABLED")
+    R.check("ENABLE of an unknown extension -> OK, nothing listed",
+            r.ok and all(len(e) == 1 for e in en), r)
+    r = c.command('ID ("name" "starling-e2e" "version" "1")')
+    R.check("ID -> * ID (...) or * ID NIL, then OK", r.ok and bool(r.find("ID")), r)
+    r = c.command("ID NIL")
+    R.check("ID NIL -> OK", r.ok and bool(r.find("ID")), r)
+    r = c.command("NOOP")
+    R.equal("NOOP -> OK", r.status, "OK")
+    r = c.command("CHECK")
+    R.check("CHECK without a selected mailbox is refused", r.status in ("BAD", "NO"), r)
+    c.command("SELECT INBOX")
+    R.equal("CHECK -> OK", c.command("CHECK").status, "OK")
+    c.logout()
+
+
+def t_two_sessions_and_idle():
+    a, b = connect(), connect()
+    a.command("CREATE Shared")
+    append(a, "Shared", simple_message("one"))
+    ra = a.command("SELECT Shared")
+    rb = b.command("SELECT Shared")
+    R.check("both sessions see 1 message", ra.number("EXISTS") == 1 and rb.number("EXISTS") == 1,
+            (ra.untagged, rb.untagged))
+    r, _ = append(b, "Shared", simple_message("two"))
+    r = a.command("NOOP")
+    R.equal("A sees B's APPEND as * 2 EXISTS on NOOP", r.number("EXISTS"), 2)
+    b.command("NOOP")
+    b.command("STORE 1 +FLAGS (\\Flagged)")
+    r = a.command("NOOP")
+    f = dict(r.fetches())
+    R.check("A sees B's STORE as * 1 FETCH (FLAGS (... \\Flagged))",
+            "\\flagged" in flagset(f.get(1, {}).get("FLAGS")), r.untagged)
+    b.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.command("EXPUNGE")
+    r = a.command("NOOP")
+    R.equal("A sees B's EXPUNGE as * 1 EXPUNGE", r.expunges(), [1])
+    r = a.command("FETCH 1:* (UID)")
+    R.equal("A has 1 message left", len(r.fetches()), 1)
+
+    # IDLE wake-ups
+    tag = a.next_tag()
+    a.send("%s IDLE\r\n" % tag)
+    first = a.read_response()
+    R.check("IDLE answers with a continuation", first.startswith(b"+"), first)
+    t0 = time.monotonic()
+    append(b, "Shared", simple_message("three"))
+    got = a.read_untagged_until(lambda g: any(x.endswith(b" EXISTS") for x in g), 10)
+    dt = time.monotonic() - t0
+    R.check("IDLE wakes with * 2 EXISTS when another session appends (%.2fs)" % dt,
+            b"* 2 EXISTS" in got, got)
+    b.command("NOOP")
+    b.command("STORE 2 +FLAGS (\\Answered)")
+    got = a.read_untagged_until(lambda g: any(b"FETCH" in x for x in g), 10)
+    R.check("IDLE shows another session's STORE as FETCH FLAGS",
+            any(x.startswith(b"* 2 FETCH") and b"\\Answered" in x for x in got), got)
+    b.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.command("EXPUNGE")
+    got = a.read_untagged_until(lambda g: any(b"EXPUNGE" in x for x in g), 10)
+    R.check("IDLE shows another session's EXPUNGE as * 1 EXPUNGE", b"* 1 EXPUNGE" in got, got)
+    r, _ = append(b, "INBOX", simple_message("elsewhere"))
+    got = a.read_untagged_until(lambda g: bool(g), 1.5)
+    R.check("IDLE stays quiet for changes in other mailboxes",
+            not any(b"EXISTS" in x for x in got), got)
+    a.send("DONE\r\n")
+    r = a.wait_tagged(tag)
+    R.equal("DONE ends IDLE with a tagged OK", r.status, "OK")
+    R.equal("the session works after IDLE", a.command("NOOP").status, "OK")
+    a.logout()
+    b.logout()
+
+
+def t_qresync():
+    c = connect()
+    c.command("ENABLE QRESYNC")
+    c.command("CREATE Cache")
+    uids = []
+    for i in range(8):
+        _, u = append(c, "Cache", simple_message("cache %d" % i))
+        uids.append(u)
+    r = c.command("SELECT Cache")
+    codes = r.codes()
+    uidvalidity = int(codes.get("UIDVALIDITY", b"0"))
+    hms = int(codes.get("HIGHESTMODSEQ", b"0"))
+    R.check("SELECT after ENABLE QRESYNC gives [HIGHESTMODSEQ]", hms > 0, codes)
+    c.logout()
+    # cache is (uidvalidity, hms, uids); another client changes things
+    o = connect()
+    o.command("ENABLE QRESYNC")
+    o.command("SELECT Cache")
+    o.command("UID STORE %d,%d +FLAGS.SILENT (\\Deleted)" % (uids[1], uids[4]))
+    r = o.command("EXPUNGE")
+    R.check("with QRESYNC enabled, EXPUNGE reports VANISHED uids, not EXPUNGE",
+            r.ok and not r.expunges() and sorted(sum((v for e, v in r.vanished()), []))
+            == [uids[1], uids[4]], r.untagged)
+    r = o.command("UID STORE %d +FLAGS (\\Flagged)" % uids[2])
+    f = r.fetches()
+    R.check("with QRESYNC enabled, STORE's FETCH carries UID and MODSEQ",
+            f and "UID" in f[0][1] and "MODSEQ" in f[0][1], r.untagged)
+    o.command("UID STORE %d +FLAGS.SILENT ($Seen-elsewhere)" % uids[6])
+    _, new = append(o, "Cache", simple_message("cache new"))
+    o.logout()
+
+    c = connect()
+    r = c.command("ENABLE QRESYNC")
+    r = c.command("SELECT Cache (QRESYNC (%d %d %d:%d))" % (uidvalidity, hms, uids[0], uids[-1]))
+    R.equal("SELECT (QRESYNC ...) -> OK", r.status, "OK")
+    van = r.vanished()
+    vset = set(sum((v for e, v in van), []))
+    R.check("QRESYNC: * VANISHED (EARLIER) lists the expunged UIDs",
+            van and all(e for e, _ in van) and {uids[1], uids[4]} <= vset
+            and vset <= set(uids) - {uids[0], uids[2], uids[3], uids[5], uids[6], uids[7]},
+            r.untagged)
+    f = {it.get("UID"): it for _, it in r.fetches()}
+    R.check("QRESYNC: changed messages come as FETCH (UID FLAGS MODSEQ)",
+            uids[2] in f and uids[6] in f and "\\flagged" in flagset(f[uids[2]].get("FLAGS"))
+            and "MODSEQ" in f[uids[2]], r.untagged)
+    R.check("QRESYNC: the new message is reported (FETCH or EXISTS)",
+            new in f or r.number("EXISTS") == 7, r.untagged)
+    R.check("QRESYNC: unchanged messages are not sent",
+            not (set(f) & {uids[0], uids[3], uids[5], uids[7]}), sorted(f))
+    R.equal("QRESYNC: EXISTS is 7", r.number("EXISTS"), 7)
+    # UID FETCH ... (CHANGEDSINCE m VANISHED)
+    r = c.command("UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % hms)
+    van = set(sum((v for e, v in r.vanished()), []))
+    f = {it.get("UID") for _, it in r.fetches()}
+    R.check("UID FETCH (CHANGEDSINCE m VANISHED) gives VANISHED (EARLIER) and the changes",
+            r.ok and {uids[1], uids[4]} <= van and {uids[2], uids[6], new} <= f
+            and not (f & {uids[0], uids[3]}), r.untagged)
+    r = c.command("SELECT Cache (QRESYNC (%d %d))" % (uidvalidity + 1, hms))
+    R.check("QRESYNC with a wrong UIDVALIDITY: OK, no VANISHED (a full resync)",
+            r.ok and not r.vanished(), r.untagged)
+    c.logout()
+
+
+def t_concurrency(nclients=50, per_client=4):
+    c = connect()
+    c.command("CREATE Busy")
+    c.logout()
+    errors = []
+    results = {}
+
+    def worker(i):
+        try:
+            cl = connect(timeout=60)
+            mine = []
+            for j in range(per_client):
+                mid = "<c%d-m%d@e2e>" % (i, j)
+                body = ("client %d message %d\n" % (i, j)) + ("x" * (i * 13 % 200) + "\n") * 5
+                msg = crlf("From: c%d@example.org\nSubject: conc %d %d\nMessage-ID: %s\n\n%s"
+                           % (i, i, j, mid, body))
+                r, uid = append(cl, "Busy", msg)
+                if not r.ok or uid is None:
+                    errors.append("client %d append %d: %r" % (i, j, r))
+                    continue
+                mine.append((uid, msg))
+            cl.command("EXAMINE Busy")
+            for uid, msg in mine:
+                r = cl.command("UID FETCH %d (BODY.PEEK[])" % uid)
+                f = r.fetches()
+                if not f or bytes(f[0][1].get("BODY[]", b"")) != msg:
+                    errors.append("client %d: UID %d has the wrong text" % (i, uid))
+            results[i] = mine
+            cl.logout()
+        except Exception as e:  # noqa: BLE001
+            errors.append("client %d: %s: %s" % (i, type(e).__name__, e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(nclients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    dt = time.monotonic() - t0
+    R.check("%d clients x %d APPEND+FETCH finish without errors (%.1fs)"
+            % (nclients, per_client, dt), not errors and
+            not any(t.is_alive() for t in threads), errors[:10])
+    allu = [u for m in results.values() for u, _ in m]
+    R.equal("every APPEND got a distinct UID", len(set(allu)), nclients * per_client)
+    c = connect()
+    r = c.command("EXAMINE Busy")
+    R.equal("the mailbox holds exactly %d messages" % (nclients * per_client),
+            r.number("EXISTS"), nclients * per_client)
+    r = c.command("FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    ids = []
+    seq_uids = []
+    for s, it in sorted(r.fetches()):
+        seq_uids.append(it.get("UID"))
+        h = bytes(it.get("BODY[HEADER.FIELDS (MESSAGE-ID)]", b""))
+        ids.append(h.strip())
+    want = sorted(("Message-ID: <c%d-m%d@e2e>" % (i, j)).encode()
+                  for i in range(nclients) for j in range(per_client))
+    R.equal("every message arrived exactly once", sorted(ids), want)
+    R.check("UIDs increase with sequence numbers", seq_uids == sorted(seq_uids)
+            and len(set(seq_uids)) == len(seq_uids), seq_uids[:20])
+    c.logout()
+
+
+def t_malformed():
+    c = connect()
+    c.command("SELECT INBOX")
+    cases = [
+        ("a1 FROBNICATE", "an unknown command"),
+        ("a2 FETCH", "FETCH without arguments"),
+        ("a3 FETCH 1 (FLAGS", "an unbalanced parenthesis"),
+        ("a4 FETCH 0 (FLAGS)", "sequence number 0"),
+        ("a5 FETCH x:y (FLAGS)", "a non-numeric sequence set"),
+        ("a6 SELECT", "SELECT without a mailbox"),
+        ("a7 STORE 1 +FLAGS", "STORE without flags"),
+        ("a8 LOGIN a b", "LOGIN when authenticated"),
+        ('a9 LIST "unterminated', "an unterminated quoted string"),
+        ("a10 FETCH 1 " + "(" * 200 + ")" * 200, "deep nesting"),
+        ("a11 SEARCH " + "NOT " * 5000 + "ALL", "a very deep SEARCH"),
+        ("a12 UID FROB 1", "an unknown UID command"),
+        ("a13 FETCH 1 BODY[1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18.19.20.21]",
+         "a silly section"),
+        ("a14 FETCH 1 BODY[]<5.0>", "a zero-length partial"),
+        ("a15 FETCH 1 BODY[]<99999999999999999999.1>", "an overflowing partial"),
+        ("a16 APPEND INBOX {99999999999999999999}", "an overflowing literal size"),
+    ]
+    for line, what in cases:
+        tag = line.split()[0]
+        c.send(line + "\r\n")
+        r = c.wait_tagged(tag)
+        if tag in ("a14",):
+            R.check("malformed: %s -> OK or BAD" % what, r.status in ("OK", "BAD"), r)
+        elif tag in ("a8",):
+            R.check("malformed: %s -> BAD or NO" % what, r.status in ("BAD", "NO"), r)
+        elif tag in ("a10", "a11", "a13", "a15", "a16"):
+            R.check("malformed: %s -> BAD/NO or disconnect, no crash" % what,
+                    r.status in ("BAD", "NO", "CLOSED"), r)
+        else:
+            R.equal("malformed: %s -> BAD" % what, r.status, "BAD")
+        if c.closed:
+            c = connect()
+            c.command("SELECT INBOX")
+    c.send(b"a20 NOOP\x00junk\r\n")
+    r = c.wait_tagged("a20")
+    R.check("malformed: a NUL byte -> BAD or disconnect", r.status in ("BAD", "CLOSED"), r)
+    if c.closed:
+        c = connect()
+    c.send(b"\r\n")
+    c.send(b"a21 NOOP\r\n")
+    r = c.wait_tagged("a21")
+    R.check("an empty line is answered (BAD) or ignored, the session goes on",
+            r.status == "OK", r)
+    r = c.command("NOOP")
+    R.equal("the session still works after malformed commands", r.status, "OK")
+    c.logout()
+
+    # huge line without CRLF
+    c = connect(login=False)
+    try:
+        c.send(b"a1 LOGIN " + b"x" * (2 * 1024 * 1024))
+        c.send(b"\r\na2 NOOP\r\n")
+        r = c.wait_tagged("a1")
+        R.check("a 2 MB command line -> BAD or disconnect", r.status in ("BAD", "CLOSED"), r)
+    except (OSError, EOFError) as e:
+        R.check("a 2 MB command line -> BAD or disconnect", True, e)
+    c.close()
+    # an announced literal much larger than max_message_size
+    c = connect()
+    c.send("a1 APPEND INBOX {2000000000}\r\n")
+    r = c.read_response()
+    if T.kind == "starling":
+        # The issue bounds literals by max_message_size (64M by default);
+        # the RFC doesn't require it and Dovecot without a quota says "+ OK".
+        R.check("APPEND with a 2 GB literal (> max_message_size) is refused before "
+                "any data is sent (no '+' continuation)", not r.startswith(b"+"), r)
+    c.close()
+    # a client that keeps sending garbage is disconnected
+    c = connect(login=False)
+    closed = False
+    try:
+        for i in range(300):
+            c.send("x%d GARBAGE %d\r\n" % (i, i))
+        r = c.read_untagged_until(lambda g: False, 10)
+        closed = c.closed
+    except (OSError, EOFError):
+        closed = True
+    if not closed:
+        try:
+            c.sock.settimeout(5)
+            while True:
+                c._fill()
+        except (OSError, EOFError):
+            closed = c.closed
+    R.check("a client that keeps sending garbage is disconnected", closed)
+    c.close()
+    c = connect()
+    R.equal("the server still serves new connections", c.command("NOOP").status, "OK")
+    c.logout()
+
+
+def t_starttls():
+    ctx = ssl.create_default_context(cafile=T.tls_cert)
+    ctx.check_hostname = True
+    c = connect(login=False)
+    r = c.starttls(ctx)
+    R.equal("STARTTLS -> OK and a verified TLS handshake", r.status, "OK")
+    r = c.command("CAPABILITY")
+    caps = set(bytes(x).upper() for x in r.find("CAPABILITY")[0][1:]) if r.find("CAPABILITY") else set()
+    R.check("after STARTTLS, STARTTLS is no longer advertised", r.ok and b"STARTTLS" not in caps,
+            caps)
+    r = c.command("STARTTLS")
+    R.check("a second STARTTLS is refused", r.status in ("BAD", "NO"), r)
+    r = c.login(USER, PASSWORD)
+    R.equal("LOGIN over TLS -> OK", r.status, "OK")
+    r = c.command("SELECT INBOX")
+    R.equal("SELECT over TLS -> OK", r.status, "OK")
+    c.logout()
+    # commands pipelined after STARTTLS must not be run (command injection)
+    c = connect(login=False)
+    c.send("s1 STARTTLS\r\ns2 LOGIN %s %s\r\n" % (quote(USER), quote(PASSWORD)))
+    line = c.read_response()
+    ok = line.startswith(b"s1 OK")
+    leftover = c.buf
+    if ok:
+        # A safe server drops the plaintext that followed STARTTLS (then our
+        # SELECT is refused: not logged in) or fails the handshake on it;
+        # an unsafe one runs the injected LOGIN after the handshake.
+        try:
+            c.sock = ctx.wrap_socket(c.sock, server_hostname="localhost")
+            c.buf = b""
+            r = c.command("SELECT INBOX")
+            R.check("a command pipelined after STARTTLS in plaintext is not executed",
+                    r.status in ("BAD", "NO", "CLOSED") and not leftover, (r, leftover))
+        except (OSError, EOFError) as e:
+            R.check("a command pipelined after STARTTLS in plaintext is not executed "
+                    "(the server dropped the connection)", True, e)
+    else:
+        R.check("STARTTLS with pipelined data is refused or ignored", True)
+    c.close()
+    if T.imaps_port:
+        c = Client(T.host, T.imaps_port, tls_context=ctx, server_hostname="localhost")
+        R.check("implicit TLS port greets with OK", c.greeting.startswith(b"* OK"), c.greeting)
+        r = c.login(USER, PASSWORD)
+        R.equal("LOGIN over implicit TLS -> OK", r.status, "OK")
+        c.logout()
+
+
+def t_rename_inbox_and_logout():
+    c = connect()
+    for i in range(2):
+        append(c, "INBOX", simple_message("inbox %d" % i))
+    _, st = status_of(c, "INBOX")
+    n = st.get("MESSAGES", 0)
+    r = c.command("RENAME INBOX OldInbox")
+    R.equal("RENAME INBOX -> OK", r.status, "OK")
+    _, st_old = status_of(c, "OldInbox")
+    _, st_in = status_of(c, "INBOX")
+    R.check("RENAME INBOX moves its messages and leaves an empty INBOX (RFC 3501 6.3.5)",
+            st_old.get("MESSAGES") == n and st_in.get("MESSAGES") == 0, (n, st_old, st_in))
+    r = c.command("LOGOUT")
+    R.check("LOGOUT -> * BYE and OK", r.ok and any(u.startswith(b"* BYE") for u in r.untagged), r)
+    R.check("the server closes the connection after LOGOUT",
+            c.read_untagged_until(lambda g: False, 3) == [] and c.closed, c.closed)
+
+
+SECTIONS = [
+    ("capability and login", t_capability_and_login),
+    ("namespace, list, special-use", t_namespace_list_special_use),
+    ("mailbox management", t_mailbox_management),
+    ("append, status, select, examine", t_append_status_select),
+    ("fetch items", t_fetch_items),
+    ("store and condstore", t_store_condstore),
+    ("copy, move, expunge", t_copy_move_expunge),
+    ("search", t_search),
+    ("enable, id, noop, check", t_enable_id),
+    ("two sessions and idle", t_two_sessions_and_idle),
+    ("qresync", t_qresync),
+    ("50 concurrent clients", t_concurrency),
+    ("malformed input", t_malformed),
+    ("starttls", t_starttls),
+    ("rename inbox and logout", t_rename_inbox_and_logout),
+]
+
+
+def main():
+    global T
+    args = parse_args(__doc__.splitlines()[0])
+    try:
+        T = start_target(args, {USER: PASSWORD, USER2: PASSWORD2}, tls=True)
+    except Exception as e:  # noqa: BLE001
+        R.check("server starts", False, "%s: %s" % (type(e).__name__, e))
+        return R.summary()
+    print("target: %s on 127.0.0.1:%d" % (T.kind, T.port), flush=True)
+    for name, func in SECTIONS:
+        if args.only and args.only not in name:
+            continue
+        if not T.alive():
+            R.check("%s: server alive before the section" % name, False, T.log_tail())
+            continue
+        R.section(name, func)
+    return finish(R, T)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
