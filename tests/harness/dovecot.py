@@ -122,6 +122,7 @@ class Dovecot:
         for name, pw in (users or {}).items():
             self.add_user(name, pw)
         ssl = "ssl = no"
+        self.tls_cert = self.tls_key = None
         if tls:
             self.tls_cert, self.tls_key = proc.make_cert(self.dir)
             ssl = "ssl = yes\nssl_cert = <%s\nssl_key = <%s" % (self.tls_cert, self.tls_key)

@@ -3,6 +3,8 @@ the common options and start the target server (a starlingd node by
 default, a private Dovecot with --dovecot to validate the tests).
 """
 import argparse
+import sys as _sys
+_sys.dont_write_bytecode = True  # keep the source tree clean under make check
 import os
 import sys
 
