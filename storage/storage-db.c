@@ -725,6 +725,7 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	 * compaction per message (LevelDB's defaults are 4 MiB and 2 MiB). */
 	leveldb_options_set_write_buffer_size(db->opts, 64 * 1024 * 1024);
 	leveldb_options_set_max_file_size(db->opts, 32 * 1024 * 1024);
+	leveldb_options_set_block_size(db->opts, 64 * 1024);
 	db->ropts = leveldb_readoptions_create();
 	leveldb_readoptions_set_verify_checksums(db->ropts, 1);
 	db->wopts = leveldb_writeoptions_create();
