@@ -203,6 +203,48 @@ static void test_message_size_limit_just_under_and_over(void)
 	free(text);
 }
 
+static void test_largest_message_roundtrips_streamed(void)
+{
+	struct tstore t;
+	struct stor_append req;
+	struct guid mg;
+	const char *error = NULL;
+	const size_t n = 64 * 1024 * 1024, piece = 1024 * 1024;
+	unsigned char *p = xmalloc(piece);
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	guid_generate(&mg);
+	/* Streamed a megabyte at a time: never held whole in memory. */
+	struct stor_text_writer *w = stor_text_begin(t.db, &mg);
+	int ret = 0;
+	for (size_t off = 0; off < n && ret == 0; off += piece) {
+		fill(p, piece, (unsigned)(off / piece));
+		ret = stor_text_write(w, p, piece, &error);
+	}
+	CU_ASSERT_EQUAL_FATAL(ret, 0);
+	CU_ASSERT_EQUAL_FATAL(stor_text_finish(&w, &error), 0);
+	memset(&req, 0, sizeof(req));
+	req.guid = &mg;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(t.db, &g, &req, NULL, NULL, &error), 0);
+	/* Read back a megabyte at a time, compared piece by piece. */
+	struct buf out = BUF_INIT;
+	bool same = true;
+	for (size_t off = 0; off < n && same; off += piece) {
+		buf_reset(&out);
+		if (stor_text_read(t.db, &mg, off, piece, &out, &error) < 0 || out.len != piece) {
+			same = false;
+			break;
+		}
+		fill(p, piece, (unsigned)(off / piece));
+		same = memcmp(out.data, p, piece) == 0;
+	}
+	CU_ASSERT_TRUE(same);
+	buf_free(&out);
+	tcheck(t.db, &g);
+	free(p);
+	tstore_close(&t);
+}
+
 static void test_default_limit_is_64_mib(void)
 {
 	struct tstore t;
@@ -229,5 +271,6 @@ const struct test_case storage_text_cases[] = {
 	{ "text abort removes written chunks", test_text_abort_removes_written_chunks },
 	{ "message size limit just under and over", test_message_size_limit_just_under_and_over },
 	{ "default limit is 64 MiB", test_default_limit_is_64_mib },
+	{ "largest message (64 MiB) roundtrips streamed", test_largest_message_roundtrips_streamed },
 	{ NULL, NULL },
 };
