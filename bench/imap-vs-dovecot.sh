@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs bench/imap-bench.py against a private starlingd and a private Dovecot
+# (dovecot-imapd, mail_fsync = always: fsync before OK, as Starling) in one
+# run, on the same filesystem, with the same load, and prints each figure
+# with the ratio Starling/Dovecot.  Builds nothing.
+#
+#   STARLINGD=/path/to/starlingd bench/imap-vs-dovecot.sh
+#   BUILD=/tmp/b-rel bench/imap-vs-dovecot.sh      # uses $BUILD/replicator/starlingd
+#
+# Environment: STARLINGD (default $BUILD/replicator/starlingd, BUILD default
+# ./build), BENCH_DIR (where both servers keep their data; default /var/tmp,
+# must not be tmpfs or fsync means nothing), CLIENTS (8), MESSAGES (100 per
+# client), MIX_OPS (200 per client), FETCH_ROUNDS (3).
+# Goal of issue 3: APPEND >= 2x Dovecot, FETCH >= 1x.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$top/build}
+STARLINGD=${STARLINGD:-$BUILD/replicator/starlingd}
+BENCH_DIR=${BENCH_DIR:-/var/tmp}
+[ -x "$STARLINGD" ] || { echo "imap-vs-dovecot: no starlingd at $STARLINGD (set STARLINGD or BUILD)" >&2; exit 1; }
+command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ] || { echo "imap-vs-dovecot: dovecot not installed (apt-get install dovecot-imapd)" >&2; exit 1; }
+fs=$(stat -f -c %T "$BENCH_DIR")
+[ "$fs" != tmpfs ] || echo "imap-vs-dovecot: warning: $BENCH_DIR is tmpfs, fsync costs nothing there" >&2
+
+export STARLINGD BENCH_DIR TOP="$top"
+export CLIENTS=${CLIENTS:-8} MESSAGES=${MESSAGES:-100} MIX_OPS=${MIX_OPS:-200} FETCH_ROUNDS=${FETCH_ROUNDS:-3}
+exec python3 -B - <<'EOF'
+import json, os, subprocess, sys, tempfile
+top = os.environ["TOP"]
+sys.path.insert(0, os.path.join(top, "tests"))
+from harness import proc
+from harness.starling import Cluster
+from harness.dovecot import Dovecot
+
+user, pw = "bench", "bench-pw"
+base = os.environ["BENCH_DIR"]
+sdir = tempfile.mkdtemp(prefix="starling-bench-", dir=base)
+ddir = tempfile.mkdtemp(prefix="dovecot-bench-", dir=base)
+proc._tmpdirs.extend([sdir, ddir])
+bench = [sys.executable, "-B", os.path.join(top, "bench", "imap-bench.py"),
+         "--clients", os.environ["CLIENTS"], "--messages", os.environ["MESSAGES"],
+         "--mix-ops", os.environ["MIX_OPS"], "--fetch-rounds", os.environ["FETCH_ROUNDS"],
+         "--user", user, "--password", pw, "--host", "127.0.0.1"]
+print("machine: %s, %d cores; data in %s (%s)" % (
+    subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip(),
+    os.cpu_count(), base,
+    subprocess.run(["stat", "-f", "-c", "%T", base], capture_output=True, text=True).stdout.strip()))
+print("starlingd: %s" % os.environ["STARLINGD"])
+print("load: %s clients x %s APPENDs, fetch x%s, %s mix ops per client" % (
+    os.environ["CLIENTS"], os.environ["MESSAGES"], os.environ["FETCH_ROUNDS"], os.environ["MIX_OPS"]))
+
+results = {}
+def run(label, port):
+    r = subprocess.run(bench + ["--port", str(port), "--label", label],
+                       capture_output=True, text=True, timeout=3600)
+    sys.stdout.write(r.stdout)
+    if r.returncode != 0:
+        sys.stdout.write(r.stderr)
+        raise SystemExit("imap-vs-dovecot: benchmark against %s failed" % label)
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            results[label] = json.loads(line[7:])
+
+c = Cluster(n=1, users={user: pw}, daemon=os.environ["STARLINGD"], cli="",
+            base_dir=sdir)
+c.start_all()
+try:
+    run("starling", c.nodes[0].imap_port)
+finally:
+    c.stop_all()
+d = Dovecot(users={user: pw}, base_dir=ddir).start()
+try:
+    run("dovecot", d.imap_port)
+finally:
+    d.stop()
+
+s, v = results["starling"], results["dovecot"]
+print()
+print("%-22s %12s %12s %8s" % ("figure", "starling", "dovecot", "ratio"))
+goals = {"append_msgs_s": 2.0, "fetch_msgs_s": 1.0, "fetch_mb_s": 1.0}
+ok = True
+for key, name in (("append_msgs_s", "APPEND msgs/s"), ("append_mb_s", "APPEND MB/s"),
+                  ("fetch_msgs_s", "FETCH msgs/s"), ("fetch_mb_s", "FETCH MB/s"),
+                  ("mix_ops_s", "mix ops/s")):
+    ratio = s[key] / v[key] if v[key] else float("inf")
+    goal = goals.get(key)
+    mark = "" if goal is None else ("  (goal >= %gx: %s)" % (goal, "met" if ratio >= goal else "NOT met"))
+    if goal is not None and ratio < goal:
+        ok = False
+    print("%-22s %12.1f %12.1f %7.2fx%s" % (name, s[key], v[key], ratio, mark))
+print("goals %s" % ("met" if ok else "not met"))
+EOF
