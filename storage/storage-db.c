@@ -692,6 +692,8 @@ static void db_free(struct stor_db *db)
 		leveldb_writeoptions_destroy(db->wopts);
 	if (db->wopts_sync != NULL)
 		leveldb_writeoptions_destroy(db->wopts_sync);
+	if (db->dir_fd >= 0)
+		close(db->dir_fd);
 	ARRAY_FREE(&db->durable);
 	free(db->error);
 	free(db->dir);
@@ -709,10 +711,10 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 		return -1;
 	}
 	struct stor_db *db = xcalloc(1, sizeof(*db));
+	db->dir_fd = -1;
 	db->dir = xstrdup(set->dir);
 	db->max_message_size = set->max_message_size != 0 ? set->max_message_size :
 		CONFIG_DEFAULT_MAX_MESSAGE_SIZE;
-	db->fail_countdown = set->fail_nth_write;
 
 	db->opts = leveldb_options_create();
 	leveldb_options_set_create_if_missing(db->opts, 1);
@@ -749,12 +751,23 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 		db_free(db);
 		return -1;
 	}
+	db->dir_fd = open(db->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (db->dir_fd < 0) {
+		*error_r = xasprintf("%s: cannot open directory: %s", db->dir, strerror(errno));
+		db_free(db);
+		return -1;
+	}
+	/* The first sync scans and syncs the directory (recovery may have
+	 * made a new log). */
+	db->dirty = true;
 	const char *error;
 	if (stor_text_gc(db, &error) < 0 || stor_sync(db, &error) < 0) {
 		*error_r = xstrdup(error);
 		db_free(db);
 		return -1;
 	}
+	/* Counted from here: opening's own writes are not the caller's. */
+	db->fail_countdown = set->fail_nth_write;
 	*db_r = db;
 	return 0;
 }
@@ -777,9 +790,35 @@ void stor_close(struct stor_db **_db)
  * sync, and neither the old file's data nor the new file's directory entry
  * has been synced.  A process kill cannot lose them (the kernel has them),
  * but a power failure could, so on seeing a new log file we sync the older
- * ones that still exist and the directory. */
+ * ones that still exist and the directory.
+ *
+ * Scanning the directory at every sync would cost more as the store grows,
+ * so we scan only when the directory's times changed since the last scan.
+ * Times are coarse (a clock tick), so equal times prove nothing changed
+ * only if the last scan began well after the time it saw. */
+#define DIR_TIME_GRANULE_NS (100 * 1000000LL)
+
+static bool timespec_eq(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+static int64_t timespec_ns(const struct timespec *t)
+{
+	return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
+}
+
 static int sync_rotated_logs(struct stor_db *db, const char **error_r)
 {
+	struct stat st;
+	struct timespec now;
+	if (fstat(db->dir_fd, &st) < 0)
+		return stor_err(db, error_r, "%s: fstat failed: %s", db->dir, strerror(errno));
+	if (db->dir_scan_valid && timespec_eq(&st.st_mtim, &db->dir_mtime) &&
+	    timespec_eq(&st.st_ctim, &db->dir_ctime))
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &now);
+
 	DIR *d = opendir(db->dir);
 	if (d == NULL)
 		return stor_err(db, error_r, "%s: opendir failed: %s", db->dir, strerror(errno));
@@ -812,15 +851,19 @@ static int sync_rotated_logs(struct stor_db *db, const char **error_r)
 					       strerror(errno));
 			close(fd);
 		}
-		int dfd = open(db->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (ret == 0 && (dfd < 0 || fsync(dfd) < 0))
+		if (ret == 0 && fsync(db->dir_fd) < 0)
 			ret = stor_err(db, error_r, "%s: fsync failed: %s", db->dir, strerror(errno));
-		if (dfd >= 0)
-			close(dfd);
 		if (ret == 0)
 			db->newest_log_file = newest;
 	}
 	ARRAY_FREE(&logs);
+	if (ret == 0) {
+		db->dir_mtime = st.st_mtim;
+		db->dir_ctime = st.st_ctim;
+		int64_t latest = timespec_ns(&st.st_mtim) > timespec_ns(&st.st_ctim) ?
+			timespec_ns(&st.st_mtim) : timespec_ns(&st.st_ctim);
+		db->dir_scan_valid = timespec_ns(&now) - latest > DIR_TIME_GRANULE_NS;
+	}
 	return ret;
 }
 

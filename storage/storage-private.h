@@ -30,6 +30,7 @@
 #define STORAGE_STORAGE_PRIVATE_H
 
 #include <leveldb/c.h>
+#include <time.h>
 
 #include "storage/storage.h"
 
@@ -70,6 +71,9 @@ struct stor_db {
 	bool dirty;                  /* writes since the last stor_sync() */
 	ARRAY(struct stor_durable) durable;
 	uint64_t newest_log_file;    /* LevelDB's newest NNNNNN.log we synced */
+	int dir_fd;                  /* for noticing new log files cheaply */
+	struct timespec dir_mtime, dir_ctime; /* as of the last directory scan */
+	bool dir_scan_valid;         /* the times above prove nothing changed */
 };
 
 /* ---- Keys ---- */
