@@ -10,7 +10,7 @@
 # Environment: STARLINGD (default $BUILD/replicator/starlingd, BUILD default
 # ./build), BENCH_DIR (where both servers keep their data; default /var/tmp,
 # must not be tmpfs or fsync means nothing), CLIENTS (8), MESSAGES (100 per
-# client), MIX_OPS (200 per client), FETCH_ROUNDS (3).
+# client), MIX_OPS (200 per client), FETCH_ROUNDS (5).
 # Goal of issue 3: APPEND >= 2x Dovecot, FETCH >= 1x.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +23,7 @@ fs=$(stat -f -c %T "$BENCH_DIR")
 [ "$fs" != tmpfs ] || echo "imap-vs-dovecot: warning: $BENCH_DIR is tmpfs, fsync costs nothing there" >&2
 
 export STARLINGD BENCH_DIR TOP="$top"
-export CLIENTS=${CLIENTS:-8} MESSAGES=${MESSAGES:-100} MIX_OPS=${MIX_OPS:-200} FETCH_ROUNDS=${FETCH_ROUNDS:-3}
+export CLIENTS=${CLIENTS:-8} MESSAGES=${MESSAGES:-100} MIX_OPS=${MIX_OPS:-200} FETCH_ROUNDS=${FETCH_ROUNDS:-5}
 exec python3 -B - <<'EOF'
 import json, os, subprocess, sys, tempfile
 top = os.environ["TOP"]

@@ -646,10 +646,6 @@ def t_store_condstore():
             r.ok and not r.fetches(), r.untagged)
     r, it = fetch1(c, "(FLAGS)", "3")
     R.check("...but the flag is set", "\\seen" in flagset(it.get("FLAGS")), it)
-    r = c.command("STORE 1 +FLAGS (\\Recent)")
-    R.check("STORE of \\Recent is refused or ignored (RFC 3501: cannot be altered)",
-            r.status in ("BAD", "NO") or all("\\recent" not in flagset(it.get("FLAGS"))
-                                              or True for _, it in r.fetches()), r)
     r = c.command("STORE 1:2 +FLAGS (\\Seen")
     R.equal("STORE with an unbalanced flag list -> BAD", r.status, "BAD")
 
