@@ -206,6 +206,15 @@ class Node:
                                % (r.returncode, r.stderr.decode(errors="replace")))
         return r
 
+    def status(self, timeout=30):
+        """`starling status --json` parsed, or raises."""
+        import json
+        r = self.cli("status", "--json", timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError("starling status failed (%d): %s"
+                               % (r.returncode, r.stderr.decode(errors="replace")))
+        return json.loads(r.stdout.decode())
+
     def dump(self, user, timeout=60):
         r = self.cli("dump", "-u", user, timeout=timeout)
         if r.returncode != 0:
@@ -282,9 +291,45 @@ class Cluster:
                 out[node.node_id] = r
         return out
 
+    def running_nodes(self):
+        return [n for n in self.nodes if n.running()]
+
+    def wait_dumps_equal(self, user, timeout=60.0, nodes=None):
+        """Wait until `starling dump -u USER` is byte-identical on every
+        (given, running) node; returns the dump.  Raises TimeoutError with
+        the first differing lines otherwise."""
+        nodes = nodes or self.running_nodes()
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            dumps = []
+            try:
+                dumps = [n.dump(user) for n in nodes]
+            except RuntimeError as e:
+                last = str(e)
+            if dumps and all(d == dumps[0] for d in dumps):
+                return dumps[0]
+            if dumps:
+                last = _first_difference(dumps)
+            if time.monotonic() >= deadline:
+                raise TimeoutError("dumps of %s differ after %.0fs: %s" % (user, timeout, last))
+            time.sleep(0.2)
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.stop_all()
         return False
+
+
+def _first_difference(dumps):
+    base = dumps[0].splitlines()
+    for i, d in enumerate(dumps[1:], 2):
+        other = d.splitlines()
+        for j in range(max(len(base), len(other))):
+            x = base[j] if j < len(base) else "<end>"
+            y = other[j] if j < len(other) else "<end>"
+            if x != y:
+                return "line %d: node 1 %r, node %d %r" % (j + 1, x, i, y)
+    return "no difference"
