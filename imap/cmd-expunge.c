@@ -1,0 +1,64 @@
+/* EXPUNGE and UID EXPUNGE (UIDPLUS): remove the \Deleted messages (of the
+ * set).  The EXPUNGE/VANISHED replies come from the end-of-command sync. */
+#include "imap/imap-commands.h"
+
+#include <string.h>
+
+#include "lib/xalloc.h"
+
+struct expunge_ctx {
+	struct guid mailbox;
+	stor_uid_list uids;
+};
+
+static void expunge_ctx_free(void *p)
+{
+	struct expunge_ctx *ec = p;
+	ARRAY_FREE(&ec->uids);
+	free(ec);
+}
+
+bool imap_cmd_expunge(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	if (cmd->count != (cmd->uid ? 1u : 0u) ||
+	    (cmd->uid && cmd->args[0].type != IMAP_ARG_ATOM))
+		return imap_cmd_done(cmd, "BAD", "Invalid EXPUNGE arguments");
+	if (c->sel->readonly)
+		return imap_cmd_done(cmd, "NO", "[READ-ONLY] Mailbox is read-only");
+	struct expunge_ctx *ec = xcalloc(1, sizeof(*ec));
+	cmd->ctx = ec;
+	cmd->ctx_free = expunge_ctx_free;
+	ec->mailbox = c->sel->guid;
+	imap_seqset set = ARRAY_INIT;
+	if (cmd->uid) {
+		if (imap_seqset_parse(cmd->args[0].str, &set) < 0) {
+			ARRAY_FREE(&set);
+			return imap_cmd_done(cmd, "BAD", "Invalid UID set");
+		}
+		uint32_t n = (uint32_t)c->sel->uids.count;
+		imap_seqset_resolve(&set, n > 0 ? c->sel->uids.items[n - 1] : 0);
+	}
+	stor_msg_list msgs = ARRAY_INIT;
+	const char *err;
+	if (stor_msg_list_range(c->server->db, &ec->mailbox, 1, UINT32_MAX, &msgs, &err) < 0) {
+		ARRAY_FREE(&set);
+		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	}
+	for (size_t i = 0; i < msgs.count; i++) {
+		const struct stor_msg *m = &msgs.items[i];
+		if ((m->flags & STOR_FLAG_DELETED) == 0 || imap_sel_seq(c->sel, m->uid) == 0)
+			continue;
+		if (cmd->uid && !imap_seqset_contains(&set, m->uid))
+			continue;
+		ARRAY_PUSH(&ec->uids, m->uid);
+	}
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&set);
+	if (ec->uids.count == 0)
+		return imap_cmd_done(cmd, "OK", "EXPUNGE completed");
+	cmd->waiting = true;
+	repl_expunge(c->server->repl, c->user, &ec->mailbox, ec->uids.items, ec->uids.count,
+		     imap_cmd_repl_done, cmd);
+	return false;
+}

@@ -1,0 +1,580 @@
+/* FETCH and UID FETCH.
+ *
+ * Items: FLAGS UID INTERNALDATE RFC822.SIZE RFC822 RFC822.HEADER RFC822.TEXT
+ * ENVELOPE BODY BODYSTRUCTURE BODY[section]<partial> BODY.PEEK[...] MODSEQ,
+ * the macros ALL FAST FULL, and CONDSTORE/QRESYNC's (CHANGEDSINCE n
+ * [VANISHED]) modifier.
+ *
+ * Output is produced in steps: each continuation writes the responses of a
+ * bounded number of messages and yields when the client's output buffer is
+ * above the high-water mark, so fetching a huge mailbox never holds more
+ * than about one message and the output buffer in memory.  A non-PEEK body
+ * fetch first sets \Seen through the seam, then produces the responses
+ * (which then include FLAGS). */
+#include "imap/imap-commands.h"
+
+#include <ctype.h>
+#include <string.h>
+#include <strings.h>
+
+#include "imap/imap-mime.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+
+#define FETCH_MAX_ITEMS 64
+#define FETCH_MAX_FIELDS 64
+#define FETCH_MSGS_PER_STEP 200
+/* Part numbers deeper than this are refused as malformed. */
+#define FETCH_MAX_PART_LEVELS 16
+
+enum fetch_kind {
+	F_FLAGS,
+	F_UID,
+	F_INTERNALDATE,
+	F_SIZE,
+	F_ENVELOPE,
+	F_BODY,           /* non-extended BODYSTRUCTURE */
+	F_BODYSTRUCTURE,
+	F_MODSEQ,
+	F_SECTION,        /* BODY[...], BODY.PEEK[...], RFC822, RFC822.HEADER/TEXT */
+};
+
+struct fetch_item {
+	enum fetch_kind kind;
+	bool peek;
+	char *label;            /* as echoed in the response, e.g. "BODY[TEXT]" */
+	char *part;             /* "1.2", or "" for the whole message */
+	enum imap_section_kind skind;
+	char **fields;
+	size_t field_count;
+	bool partial;
+	uint64_t offset, length;
+};
+
+struct fetch_ctx {
+	struct fetch_item items[FETCH_MAX_ITEMS];
+	size_t item_count;
+	stor_uid_list uids;
+	size_t next;
+	uint64_t changedsince;
+	bool vanished;
+	bool sets_seen;
+	bool need_text;
+	struct guid mailbox;
+	stor_uid_list unseen;
+	struct stor_store seen_req;
+};
+
+static void fetch_ctx_free(void *p)
+{
+	struct fetch_ctx *fc = p;
+	for (size_t i = 0; i < fc->item_count; i++) {
+		free(fc->items[i].label);
+		free(fc->items[i].part);
+		for (size_t k = 0; k < fc->items[i].field_count; k++)
+			free(fc->items[i].fields[k]);
+		free(fc->items[i].fields);
+	}
+	ARRAY_FREE(&fc->uids);
+	ARRAY_FREE(&fc->unseen);
+	free(fc);
+}
+
+static struct fetch_item *add_item(struct fetch_ctx *fc, enum fetch_kind kind)
+{
+	if (fc->item_count == FETCH_MAX_ITEMS)
+		return NULL;
+	for (size_t i = 0; i < fc->item_count; i++)
+		if (fc->items[i].kind == kind && kind != F_SECTION)
+			return &fc->items[i];
+	struct fetch_item *it = &fc->items[fc->item_count++];
+	memset(it, 0, sizeof(*it));
+	it->kind = kind;
+	return it;
+}
+
+/* Parses the header list "(A B ...)" of HEADER.FIELDS. */
+static int parse_fields(const char *s, struct fetch_item *it)
+{
+	while (*s == ' ')
+		s++;
+	if (*s != '(')
+		return -1;
+	s++;
+	it->fields = xcalloc(FETCH_MAX_FIELDS, sizeof(char *));
+	for (;;) {
+		while (*s == ' ')
+			s++;
+		if (*s == ')')
+			break;
+		if (*s == '\0' || it->field_count == FETCH_MAX_FIELDS)
+			return -1;
+		const char *start = s;
+		size_t len;
+		if (*s == '"') {
+			start = ++s;
+			while (*s != '\0' && *s != '"')
+				s++;
+			if (*s != '"')
+				return -1;
+			len = (size_t)(s - start);
+			s++;
+		} else {
+			while (*s != '\0' && *s != ' ' && *s != ')')
+				s++;
+			len = (size_t)(s - start);
+		}
+		if (len == 0)
+			return -1;
+		for (size_t i = 0; i < len; i++) {
+			unsigned char ch = (unsigned char)start[i];
+			if (ch <= 0x20 || ch >= 0x7f || ch == ':')
+				return -1;
+		}
+		it->fields[it->field_count++] = xstrndup(start, len);
+	}
+	if (it->field_count == 0 || s[1] != '\0')
+		return -1;
+	return 0;
+}
+
+/* Parses the inside of [...]: [part] [. HEADER | HEADER.FIELDS[.NOT] (...) |
+ * TEXT | MIME]. */
+static int parse_section(const char *sec, struct fetch_item *it)
+{
+	const char *s = sec;
+	const char *part_end = s;
+	unsigned levels = 0;
+	while (isdigit((unsigned char)*s)) {
+		if (*s == '0' || ++levels > FETCH_MAX_PART_LEVELS)
+			return -1;
+		while (isdigit((unsigned char)*s))
+			s++;
+		part_end = s;
+		if (*s != '.')
+			break;
+		s++;
+		if (!isdigit((unsigned char)*s))
+			break;
+	}
+	if (part_end - sec > 200)
+		return -1;
+	it->part = xstrndup(sec, (size_t)(part_end - sec));
+	if (*part_end == '\0') {
+		it->skind = IMAP_SECTION_ALL;
+		return 0;
+	}
+	bool has_part = part_end != sec;
+	s = part_end;
+	if (has_part) {
+		if (*s != '.')
+			return -1;
+		s++;
+	}
+	if (strcasecmp(s, "HEADER") == 0) {
+		it->skind = IMAP_SECTION_HEADER;
+	} else if (strcasecmp(s, "TEXT") == 0) {
+		it->skind = IMAP_SECTION_TEXT;
+	} else if (strcasecmp(s, "MIME") == 0) {
+		if (!has_part)
+			return -1;
+		it->skind = IMAP_SECTION_MIME;
+	} else if (strncasecmp(s, "HEADER.FIELDS.NOT", 17) == 0 && (s[17] == ' ' || s[17] == '(')) {
+		it->skind = IMAP_SECTION_HEADER_FIELDS_NOT;
+		return parse_fields(s + 17, it);
+	} else if (strncasecmp(s, "HEADER.FIELDS", 13) == 0 && (s[13] == ' ' || s[13] == '(')) {
+		it->skind = IMAP_SECTION_HEADER_FIELDS;
+		return parse_fields(s + 13, it);
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
+/* Parses "BODY[...]<o.l>" or "BODY.PEEK[...]<o.l>". */
+static int parse_body_section(struct fetch_ctx *fc, const char *atom)
+{
+	bool peek = strncasecmp(atom, "BODY.PEEK[", 10) == 0;
+	const char *open = strchr(atom, '[');
+	const char *close = strrchr(atom, ']');
+	if (close == NULL || close < open)
+		return -1;
+	struct fetch_item *it = add_item(fc, F_SECTION);
+	if (it == NULL)
+		return -1;
+	it->peek = peek;
+	char *sec = xstrndup(open + 1, (size_t)(close - open - 1));
+	int r = parse_section(sec, it);
+	const char *rest = close + 1;
+	if (r == 0 && *rest == '<') {
+		uint64_t o, l;
+		const char *dot = strchr(rest, '.');
+		const char *gt = strchr(rest, '>');
+		if (dot == NULL || gt == NULL || dot > gt || gt[1] != '\0' ||
+		    str_to_u64_n(rest + 1, (size_t)(dot - rest - 1), UINT32_MAX, &o) < 0 ||
+		    str_to_u64_n(dot + 1, (size_t)(gt - dot - 1), UINT32_MAX, &l) < 0 || l == 0) {
+			r = -1;
+		} else {
+			it->partial = true;
+			it->offset = o;
+			it->length = l;
+		}
+	} else if (r == 0 && *rest != '\0') {
+		r = -1;
+	}
+	if (r == 0) {
+		/* Echo the section as the client sent it (upper-cased keywords
+		 * matter to nobody, the field names keep their case). */
+		if (it->partial)
+			it->label = xasprintf("BODY[%s]<%llu>", sec, (unsigned long long)it->offset);
+		else
+			it->label = xasprintf("BODY[%s]", sec);
+	}
+	free(sec);
+	if (!peek)
+		fc->sets_seen = true;
+	fc->need_text = true;
+	return r;
+}
+
+static int parse_item(struct fetch_ctx *fc, const struct imap_arg *arg)
+{
+	if (arg->type != IMAP_ARG_ATOM)
+		return -1;
+	const char *s = arg->str;
+	struct fetch_item *it;
+	if (strncasecmp(s, "BODY[", 5) == 0 || strncasecmp(s, "BODY.PEEK[", 10) == 0)
+		return parse_body_section(fc, s);
+	if (strcasecmp(s, "FLAGS") == 0)
+		return add_item(fc, F_FLAGS) ? 0 : -1;
+	if (strcasecmp(s, "UID") == 0)
+		return add_item(fc, F_UID) ? 0 : -1;
+	if (strcasecmp(s, "INTERNALDATE") == 0)
+		return add_item(fc, F_INTERNALDATE) ? 0 : -1;
+	if (strcasecmp(s, "RFC822.SIZE") == 0)
+		return add_item(fc, F_SIZE) ? 0 : -1;
+	if (strcasecmp(s, "MODSEQ") == 0)
+		return add_item(fc, F_MODSEQ) ? 0 : -1;
+	if (strcasecmp(s, "ENVELOPE") == 0 || strcasecmp(s, "BODY") == 0 ||
+	    strcasecmp(s, "BODYSTRUCTURE") == 0) {
+		enum fetch_kind k = strcasecmp(s, "ENVELOPE") == 0 ? F_ENVELOPE :
+				    strcasecmp(s, "BODY") == 0 ? F_BODY : F_BODYSTRUCTURE;
+		fc->need_text = true;
+		return add_item(fc, k) ? 0 : -1;
+	}
+	if (strcasecmp(s, "RFC822") == 0 || strcasecmp(s, "RFC822.HEADER") == 0 ||
+	    strcasecmp(s, "RFC822.TEXT") == 0) {
+		it = add_item(fc, F_SECTION);
+		if (it == NULL)
+			return -1;
+		it->part = xstrdup("");
+		if (strcasecmp(s, "RFC822") == 0) {
+			it->skind = IMAP_SECTION_ALL;
+			it->label = xstrdup("RFC822");
+		} else if (strcasecmp(s, "RFC822.HEADER") == 0) {
+			it->skind = IMAP_SECTION_HEADER;
+			it->label = xstrdup("RFC822.HEADER");
+			it->peek = true;
+		} else {
+			it->skind = IMAP_SECTION_TEXT;
+			it->label = xstrdup("RFC822.TEXT");
+		}
+		if (!it->peek)
+			fc->sets_seen = true;
+		fc->need_text = true;
+		return 0;
+	}
+	return -1;
+}
+
+static int parse_items(struct fetch_ctx *fc, const struct imap_arg *arg)
+{
+	if (arg->type == IMAP_ARG_ATOM) {
+		const char *s = arg->str;
+		if (strcasecmp(s, "ALL") == 0 || strcasecmp(s, "FAST") == 0 ||
+		    strcasecmp(s, "FULL") == 0) {
+			add_item(fc, F_FLAGS);
+			add_item(fc, F_INTERNALDATE);
+			add_item(fc, F_SIZE);
+			if (strcasecmp(s, "FAST") != 0) {
+				add_item(fc, F_ENVELOPE);
+				fc->need_text = true;
+			}
+			if (strcasecmp(s, "FULL") == 0)
+				add_item(fc, F_BODY);
+			return 0;
+		}
+		return parse_item(fc, arg);
+	}
+	if (arg->type != IMAP_ARG_LIST || arg->count == 0)
+		return -1;
+	for (size_t i = 0; i < arg->count; i++)
+		if (parse_item(fc, &arg->list[i]) < 0)
+			return -1;
+	return 0;
+}
+
+/* Appends "{n}\r\n" and the bytes [offset, offset+length) of data. */
+static void append_literal_range(struct buf *out, const unsigned char *data, size_t len,
+				 const struct fetch_item *it)
+{
+	size_t start = 0, n = len;
+	if (it->partial) {
+		start = it->offset < len ? (size_t)it->offset : len;
+		n = len - start;
+		if (n > it->length)
+			n = (size_t)it->length;
+	}
+	buf_appendf(out, "{%zu}\r\n", n);
+	buf_append(out, data + start, n);
+}
+
+/* Writes one message's FETCH response into the client's output.  Returns
+ * 0, or -1 on a storage error (*error_r). */
+static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, const char **error_r)
+{
+	struct imap_client *c = cmd->client;
+	struct stor_db *db = c->server->db;
+	struct stor_msg m;
+	int r = stor_msg_get(db, &fc->mailbox, uid, &m, error_r);
+	if (r < 0)
+		return -1;
+	if (r == 0)
+		return 0;  /* expunged meanwhile; its EXPUNGE comes later */
+	if (fc->changedsince != 0 && m.modseq <= fc->changedsince) {
+		stor_msg_free(&m);
+		return 0;
+	}
+	uint32_t seq = imap_sel_seq(c->sel, uid);
+	if (seq == 0) {
+		stor_msg_free(&m);
+		return 0;
+	}
+	struct buf text = BUF_INIT;
+	struct imap_mime *mime = NULL;
+	if (fc->need_text) {
+		if (stor_text_read(db, &m.guid, 0, m.size, &text, error_r) < 0) {
+			stor_msg_free(&m);
+			buf_free(&text);
+			return -1;
+		}
+	}
+	struct buf out = BUF_INIT;
+	buf_appendf(&out, "* %u FETCH (", seq);
+	bool first = true;
+#define SEP() do { if (!first) buf_append_byte(&out, ' '); first = false; } while (0)
+	if (cmd->uid) {
+		SEP();
+		buf_appendf(&out, "UID %u", uid);
+	}
+	for (size_t i = 0; i < fc->item_count; i++) {
+		struct fetch_item *it = &fc->items[i];
+		switch (it->kind) {
+		case F_UID:
+			if (!cmd->uid) {
+				SEP();
+				buf_appendf(&out, "UID %u", uid);
+			}
+			break;
+		case F_FLAGS:
+			SEP();
+			buf_append_str(&out, "FLAGS ");
+			imap_append_flags(&out, m.flags, &m.keywords);
+			break;
+		case F_INTERNALDATE:
+			SEP();
+			buf_append_str(&out, "INTERNALDATE ");
+			imap_append_internaldate(&out, m.internaldate, m.internaldate_tz);
+			break;
+		case F_SIZE:
+			SEP();
+			buf_appendf(&out, "RFC822.SIZE %llu", (unsigned long long)m.size);
+			break;
+		case F_MODSEQ:
+			SEP();
+			buf_appendf(&out, "MODSEQ (%llu)", (unsigned long long)m.modseq);
+			break;
+		case F_ENVELOPE:
+		case F_BODY:
+		case F_BODYSTRUCTURE:
+			if (mime == NULL)
+				mime = imap_mime_parse(text.data, text.len);
+			SEP();
+			if (it->kind == F_ENVELOPE) {
+				buf_append_str(&out, "ENVELOPE ");
+				imap_mime_envelope(mime, &out);
+			} else {
+				buf_append_str(&out, it->kind == F_BODY ? "BODY " : "BODYSTRUCTURE ");
+				imap_mime_bodystructure(mime, it->kind == F_BODYSTRUCTURE, &out);
+			}
+			break;
+		case F_SECTION:
+			SEP();
+			buf_append_str(&out, it->label);
+			buf_append_byte(&out, ' ');
+			if (it->part[0] == '\0' && it->skind == IMAP_SECTION_ALL) {
+				append_literal_range(&out, text.data, text.len, it);
+			} else {
+				if (mime == NULL)
+					mime = imap_mime_parse(text.data, text.len);
+				struct buf sec = BUF_INIT;
+				if (imap_mime_section(mime, it->part, it->skind,
+						      (const char *const *)it->fields, it->field_count,
+						      &sec) < 0)
+					buf_append_str(&out, "\"\"");
+				else
+					append_literal_range(&out, sec.data, sec.len, it);
+				buf_free(&sec);
+			}
+			break;
+		}
+	}
+	if (fc->changedsince != 0) {
+		bool has_modseq = false;
+		for (size_t i = 0; i < fc->item_count; i++)
+			has_modseq |= fc->items[i].kind == F_MODSEQ;
+		if (!has_modseq) {
+			SEP();
+			buf_appendf(&out, "MODSEQ (%llu)", (unsigned long long)m.modseq);
+		}
+	}
+#undef SEP
+	buf_append_str(&out, ")\r\n");
+	imap_client_write(c, out.data, out.len);
+	buf_free(&out);
+	imap_mime_free(&mime);
+	buf_free(&text);
+	stor_msg_free(&m);
+	return 0;
+}
+
+static bool fetch_step(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	struct fetch_ctx *fc = cmd->ctx;
+	if (c->sel == NULL)
+		return imap_cmd_done(cmd, "NO", "Mailbox closed");
+	for (unsigned n = 0; n < FETCH_MSGS_PER_STEP && fc->next < fc->uids.count; n++) {
+		const char *err;
+		if (fetch_one(cmd, fc, fc->uids.items[fc->next++], &err) < 0)
+			return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+		if (imap_client_out_pending(c) >= IMAP_OUT_HIGHWATER)
+			break;
+	}
+	if (fc->next < fc->uids.count) {
+		cmd->cont = fetch_step;
+		imap_client_kick(c);
+		return false;
+	}
+	return imap_cmd_done(cmd, "OK", "FETCH completed");
+}
+
+static void seen_done(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = ctx;
+	struct imap_client *c = cmd->client;
+	cmd->waiting = false;
+	if (res->error != REPL_OK) {
+		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(res->error), res->error_msg);
+		return;
+	}
+	if (c->sel != NULL)
+		for (size_t i = 0; i < res->changed_count; i++)
+			imap_sel_own_change(c->sel, res->changed[i].uid, res->changed[i].modseq);
+	cmd->cont = fetch_step;
+	imap_client_kick(c);
+}
+
+static void send_vanished(struct imap_cmd *cmd, struct fetch_ctx *fc)
+{
+	struct imap_client *c = cmd->client;
+	stor_msg_list msgs = ARRAY_INIT;
+	stor_tombstone_list tombs = ARRAY_INIT;
+	const char *err;
+	if (stor_changes_since(c->server->db, &fc->mailbox, fc->changedsince, &msgs, &tombs,
+			       &err) < 0)
+		return;
+	/* The UID set as sent, resolved against UIDs ever used. */
+	imap_seqset set = ARRAY_INIT;
+	if (imap_seqset_parse(cmd->args[0].str, &set) == 0) {
+		imap_seqset_resolve(&set, UINT32_MAX - 1);
+		stor_uid_list gone = ARRAY_INIT;
+		for (size_t i = 0; i < tombs.count; i++) {
+			uint32_t u = tombs.items[i].uid;
+			if (imap_seqset_contains(&set, u) && imap_sel_seq(c->sel, u) == 0 &&
+			    (gone.count == 0 || gone.items[gone.count - 1] != u))
+				ARRAY_PUSH(&gone, u);
+		}
+		if (gone.count > 0) {
+			struct buf line = BUF_INIT;
+			buf_append_str(&line, "* VANISHED (EARLIER) ");
+			imap_seqset_format(gone.items, gone.count, &line);
+			buf_append_str(&line, "\r\n");
+			imap_client_write(c, line.data, line.len);
+			buf_free(&line);
+		}
+		ARRAY_FREE(&gone);
+	}
+	ARRAY_FREE(&set);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+}
+
+bool imap_cmd_fetch(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	if (cmd->count < 2 || cmd->count > 3 || cmd->args[0].type != IMAP_ARG_ATOM)
+		return imap_cmd_done(cmd, "BAD", "FETCH takes a set and items");
+	struct fetch_ctx *fc = xcalloc(1, sizeof(*fc));
+	cmd->ctx = fc;
+	cmd->ctx_free = fetch_ctx_free;
+	fc->mailbox = c->sel->guid;
+	if (parse_items(fc, &cmd->args[1]) < 0)
+		return imap_cmd_done(cmd, "BAD", "Invalid FETCH item");
+	if (cmd->count == 3) {
+		const struct imap_arg *mods = &cmd->args[2];
+		if (mods->type != IMAP_ARG_LIST)
+			return imap_cmd_done(cmd, "BAD", "Invalid FETCH modifiers");
+		for (size_t i = 0; i < mods->count; i++) {
+			const struct imap_arg *a = &mods->list[i];
+			if (imap_arg_atom_eq(a, "CHANGEDSINCE") && i + 1 < mods->count &&
+			    mods->list[i + 1].type == IMAP_ARG_ATOM &&
+			    str_to_u64(mods->list[i + 1].str, UINT64_MAX, &fc->changedsince) == 0) {
+				i++;
+				c->condstore = true;
+			} else if (imap_arg_atom_eq(a, "VANISHED") && cmd->uid && c->qresync) {
+				fc->vanished = true;
+			} else {
+				return imap_cmd_done(cmd, "BAD", "Invalid FETCH modifier");
+			}
+		}
+		if (fc->vanished && fc->changedsince == 0)
+			return imap_cmd_done(cmd, "BAD", "VANISHED needs CHANGEDSINCE");
+	}
+	if (imap_sel_resolve(c->sel, cmd->args[0].str, cmd->uid, &fc->uids) < 0)
+		return imap_cmd_done(cmd, "BAD", "Invalid sequence set");
+	if (fc->vanished)
+		send_vanished(cmd, fc);
+	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0) {
+		/* Which messages lack \Seen: they get it (and FLAGS) first. */
+		for (size_t i = 0; i < fc->uids.count; i++) {
+			struct stor_msg m;
+			const char *err;
+			if (stor_msg_get(c->server->db, &fc->mailbox, fc->uids.items[i], &m, &err) != 1)
+				continue;
+			if ((m.flags & STOR_FLAG_SEEN) == 0)
+				ARRAY_PUSH(&fc->unseen, m.uid);
+			stor_msg_free(&m);
+		}
+		if (fc->unseen.count > 0) {
+			add_item(fc, F_FLAGS);
+			fc->seen_req.op = STOR_FLAGS_ADD;
+			fc->seen_req.flags = STOR_FLAG_SEEN;
+			cmd->waiting = true;
+			repl_store(c->server->repl, c->user, &fc->mailbox, fc->unseen.items,
+				   fc->unseen.count, &fc->seen_req, seen_done, cmd);
+			return false;
+		}
+	}
+	return fetch_step(cmd);
+}

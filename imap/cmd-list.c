@@ -1,0 +1,252 @@
+/* LIST and LSUB: patterns with '*' and '%', hierarchy separator '/',
+ * \HasChildren/\HasNoChildren, SPECIAL-USE attributes (RFC 6154), and the
+ * basics of LIST-EXTENDED (RFC 5258): selection options SUBSCRIBED and
+ * SPECIAL-USE, return options SUBSCRIBED, CHILDREN and SPECIAL-USE, and
+ * several patterns in parentheses.  Parents that exist only as the prefix of
+ * another mailbox are listed as \Noselect (\NonExistent for LIST-EXTENDED
+ * selections). */
+#include "imap/imap-commands.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lib/str.h"
+#include "lib/xalloc.h"
+
+#define LIST_MAX_PATTERN 1024
+#define LIST_MAX_PATTERNS 16
+
+/* Matches name against an IMAP pattern ('*' anything, '%' anything but the
+ * separator) by dynamic programming: linear memory, no backtracking blowup. */
+static bool pattern_match(const char *pat, const char *name)
+{
+	size_t m = strlen(pat), n = strlen(name);
+	bool *prev = xcalloc(n + 1, sizeof(bool)), *cur = xcalloc(n + 1, sizeof(bool));
+	prev[0] = true;
+	for (size_t i = 1; i <= m; i++) {
+		char p = pat[i - 1];
+		cur[0] = prev[0] && (p == '*' || p == '%');
+		for (size_t j = 1; j <= n; j++) {
+			if (p == '*')
+				cur[j] = prev[j] || cur[j - 1];
+			else if (p == '%')
+				cur[j] = prev[j] || (cur[j - 1] && name[j - 1] != '/');
+			else
+				cur[j] = prev[j - 1] && p == name[j - 1];
+		}
+		bool *t = prev;
+		prev = cur;
+		cur = t;
+	}
+	bool r = prev[n];
+	free(prev);
+	free(cur);
+	return r;
+}
+
+/* Builds the pattern from reference and mailbox pattern, with INBOX
+ * case-insensitive. */
+static char *make_pattern(const char *ref, const char *pat)
+{
+	char *full = xasprintf("%s%s", ref, pat);
+	if (strncasecmp(full, "INBOX", 5) == 0 && (full[5] == '\0' || full[5] == '/'))
+		memcpy(full, "INBOX", 5);
+	return full;
+}
+
+struct list_entry {
+	char *name;
+	bool exists;
+	bool subscribed;
+	const char *special_use;
+};
+
+static int entry_cmp(const void *a, const void *b)
+{
+	const struct list_entry *x = a, *y = b;
+	return strcmp(x->name, y->name);
+}
+
+typedef ARRAY(struct list_entry) list_entries;
+
+static struct list_entry *find_entry(list_entries *e, const char *name)
+{
+	for (size_t i = 0; i < e->count; i++)
+		if (strcmp(e->items[i].name, name) == 0)
+			return &e->items[i];
+	return NULL;
+}
+
+static struct list_entry *add_entry(list_entries *e, const char *name)
+{
+	struct list_entry *x = find_entry(e, name);
+	if (x != NULL)
+		return x;
+	struct list_entry ne = { xstrdup(name), false, false, NULL };
+	ARRAY_PUSH(e, ne);
+	return &e->items[e->count - 1];
+}
+
+static bool has_children(const stor_mailbox_array *mbs, const char *name)
+{
+	size_t n = strlen(name);
+	for (size_t i = 0; i < mbs->count; i++)
+		if (strncmp(mbs->items[i].name, name, n) == 0 && mbs->items[i].name[n] == '/')
+			return true;
+	return false;
+}
+
+static bool do_list(struct imap_cmd *cmd, bool lsub)
+{
+	struct imap_client *c = cmd->client;
+	const struct imap_arg *args = cmd->args;
+	size_t count = cmd->count;
+	bool sel_subscribed = false, sel_special = false;
+	bool ret_subscribed = false, ret_children = true, ret_special = true, extended = false;
+	if (!lsub && count > 0 && args[0].type == IMAP_ARG_LIST) {
+		extended = true;
+		for (size_t i = 0; i < args[0].count; i++) {
+			if (imap_arg_atom_eq(&args[0].list[i], "SUBSCRIBED"))
+				sel_subscribed = true;
+			else if (imap_arg_atom_eq(&args[0].list[i], "SPECIAL-USE"))
+				sel_special = true;
+			else if (!imap_arg_atom_eq(&args[0].list[i], "REMOTE") &&
+				 !imap_arg_atom_eq(&args[0].list[i], "RECURSIVEMATCH"))
+				return imap_cmd_done(cmd, "BAD", "Unknown LIST selection option");
+		}
+		args++;
+		count--;
+	}
+	if (!lsub && count == 4 && imap_arg_atom_eq(&args[2], "RETURN") &&
+	    args[3].type == IMAP_ARG_LIST) {
+		extended = true;
+		for (size_t i = 0; i < args[3].count; i++) {
+			if (imap_arg_atom_eq(&args[3].list[i], "SUBSCRIBED"))
+				ret_subscribed = true;
+			else if (imap_arg_atom_eq(&args[3].list[i], "CHILDREN"))
+				ret_children = true;
+			else if (imap_arg_atom_eq(&args[3].list[i], "SPECIAL-USE"))
+				ret_special = true;
+			else
+				return imap_cmd_done(cmd, "BAD", "Unknown LIST return option");
+		}
+		count -= 2;
+	}
+	if (count != 2 || !imap_arg_is_string(&args[0]))
+		return imap_cmd_done(cmd, "BAD", "%s takes a reference and a pattern", cmd->name);
+	const char *ref = imap_arg_cstr(&args[0]);
+	const struct imap_arg *pats = &args[1];
+	size_t npats = 1;
+	if (args[1].type == IMAP_ARG_LIST) {
+		if (lsub || args[1].count == 0 || args[1].count > LIST_MAX_PATTERNS)
+			return imap_cmd_done(cmd, "BAD", "Invalid patterns");
+		pats = args[1].list;
+		npats = args[1].count;
+		extended = true;
+	}
+	if (ref == NULL || strlen(ref) > LIST_MAX_PATTERN)
+		return imap_cmd_done(cmd, "BAD", "Invalid reference");
+	for (size_t i = 0; i < npats; i++)
+		if (imap_arg_cstr(&pats[i]) == NULL || pats[i].len > LIST_MAX_PATTERN)
+			return imap_cmd_done(cmd, "BAD", "Invalid pattern");
+	if (sel_subscribed)
+		ret_subscribed = true;
+
+	if (npats == 1 && pats[0].len == 0) {
+		/* The hierarchy delimiter and root. */
+		imap_client_printf(c, "* %s (\\Noselect) \"/\" \"\"\r\n", lsub ? "LSUB" : "LIST");
+		return imap_cmd_done(cmd, "OK", "%s completed", cmd->name);
+	}
+
+	struct stor_db *db = c->server->db;
+	const char *err;
+	stor_mailbox_array mbs = ARRAY_INIT;
+	stor_string_list subs = ARRAY_INIT;
+	if (stor_mailbox_list(db, c->user, &mbs, &err) < 0)
+		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	if (stor_subscriptions(db, c->user, &subs, &err) < 0) {
+		stor_mailbox_list_free(&mbs);
+		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	}
+	list_entries entries = ARRAY_INIT;
+	for (size_t i = 0; i < mbs.count; i++) {
+		struct list_entry *e = add_entry(&entries, mbs.items[i].name);
+		e->exists = true;
+		e->special_use = mbs.items[i].special_use[0] != '\0' ? mbs.items[i].special_use : NULL;
+	}
+	for (size_t i = 0; i < subs.count; i++) {
+		struct list_entry *e = find_entry(&entries, subs.items[i]);
+		if (e == NULL && (lsub || sel_subscribed))
+			e = add_entry(&entries, subs.items[i]);
+		if (e != NULL)
+			e->subscribed = true;
+	}
+	/* Parents implied by hierarchy. */
+	size_t real = entries.count;
+	for (size_t i = 0; i < real; i++) {
+		char *name = xstrdup(entries.items[i].name);
+		for (char *slash = strrchr(name, '/'); slash != NULL; slash = strrchr(name, '/')) {
+			*slash = '\0';
+			if (find_entry(&entries, name) == NULL)
+				add_entry(&entries, name);
+		}
+		free(name);
+	}
+	qsort(entries.items, entries.count, sizeof(entries.items[0]), entry_cmp);
+
+	char **patterns = xcalloc(npats, sizeof(char *));
+	for (size_t i = 0; i < npats; i++)
+		patterns[i] = make_pattern(ref, pats[i].str);
+	struct buf line = BUF_INIT;
+	for (size_t i = 0; i < entries.count; i++) {
+		const struct list_entry *e = &entries.items[i];
+		bool match = false;
+		for (size_t k = 0; k < npats && !match; k++)
+			match = pattern_match(patterns[k], e->name);
+		if (!match)
+			continue;
+		if ((lsub || sel_subscribed) && !e->subscribed)
+			continue;
+		if (sel_special && e->special_use == NULL)
+			continue;
+		buf_reset(&line);
+		buf_appendf(&line, "* %s (", lsub ? "LSUB" : "LIST");
+		size_t attr_start = line.len;
+#define ATTR(s) do { if (line.len > attr_start) buf_append_byte(&line, ' '); \
+		     buf_append_str(&line, s); } while (0)
+		if (!e->exists)
+			ATTR(extended && !lsub ? "\\NonExistent" : "\\Noselect");
+		if (ret_subscribed && e->subscribed && !lsub)
+			ATTR("\\Subscribed");
+		if (ret_children && !lsub)
+			ATTR(has_children(&mbs, e->name) ? "\\HasChildren" : "\\HasNoChildren");
+		if (ret_special && e->special_use != NULL && !lsub)
+			ATTR(e->special_use);
+#undef ATTR
+		buf_append_str(&line, ") \"/\" ");
+		imap_append_astring(&line, e->name, strlen(e->name));
+		buf_append_str(&line, "\r\n");
+		imap_client_write(c, line.data, line.len);
+	}
+	buf_free(&line);
+	for (size_t i = 0; i < npats; i++)
+		free(patterns[i]);
+	free(patterns);
+	for (size_t i = 0; i < entries.count; i++)
+		free(entries.items[i].name);
+	ARRAY_FREE(&entries);
+	stor_mailbox_list_free(&mbs);
+	stor_string_list_free(&subs);
+	return imap_cmd_done(cmd, "OK", "%s completed", cmd->name);
+}
+
+bool imap_cmd_list(struct imap_cmd *cmd)
+{
+	return do_list(cmd, false);
+}
+
+bool imap_cmd_lsub(struct imap_cmd *cmd)
+{
+	return do_list(cmd, true);
+}

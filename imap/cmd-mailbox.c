@@ -1,0 +1,388 @@
+/* Mailbox management: CREATE, DELETE, RENAME (with INBOX's special
+ * semantics and renaming of inferiors), SUBSCRIBE, UNSUBSCRIBE, NAMESPACE,
+ * STATUS.  Changes go through the seam; STATUS reads storage. */
+#include "imap/imap-commands.h"
+
+#include <string.h>
+#include <strings.h>
+
+#include "lib/log.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+
+/* The mailbox name argument, normalised; NULL after replying. */
+static char *mailbox_arg(struct imap_cmd *cmd, const struct imap_arg *arg, bool strip_sep)
+{
+	const char *err;
+	if (!imap_arg_is_string(arg)) {
+		imap_cmd_done(cmd, "BAD", "Invalid mailbox name");
+		return NULL;
+	}
+	size_t len = arg->len;
+	if (strip_sep && len > 1 && arg->str[len - 1] == '/')
+		len--;
+	char *name = imap_mailbox_name(arg->str, len, &err);
+	if (name == NULL)
+		imap_cmd_done(cmd, "NO", "[CANNOT] %s", err);
+	return name;
+}
+
+struct create_ctx {
+	char **names;
+	size_t count, left;
+	enum repl_error error;
+	char *error_msg;
+};
+
+static void create_ctx_free(void *p)
+{
+	struct create_ctx *cc = p;
+	for (size_t i = 0; i < cc->count; i++)
+		free(cc->names[i]);
+	free(cc->names);
+	free(cc->error_msg);
+	free(cc);
+}
+
+static void create_one_done(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = ctx;
+	struct create_ctx *cc = cmd->ctx;
+	/* Only the last name is the one asked for; its parents may exist. */
+	bool is_target = cc->left == 1;
+	if (res->error != REPL_OK && cc->error == REPL_OK &&
+	    (res->error != REPL_ERR_EXISTS || is_target)) {
+		cc->error = res->error;
+		cc->error_msg = xstrdup(res->error_msg != NULL ? res->error_msg : "failed");
+	}
+	if (--cc->left > 0)
+		return;
+	cmd->waiting = false;
+	if (cc->error != REPL_OK)
+		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(cc->error), cc->error_msg);
+	else
+		imap_cmd_done(cmd, "OK", "CREATE completed");
+}
+
+bool imap_cmd_create(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	if (cmd->count < 1 || cmd->count > 2)
+		return imap_cmd_done(cmd, "BAD", "CREATE takes a mailbox name");
+	char *name = mailbox_arg(cmd, &cmd->args[0], true);
+	if (name == NULL)
+		return true;
+	if (strcmp(name, "INBOX") == 0) {
+		free(name);
+		return imap_cmd_done(cmd, "NO", "[ALREADYEXISTS] INBOX always exists");
+	}
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
+	if (r != 0) {
+		free(name);
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+					       "[ALREADYEXISTS] Mailbox already exists");
+	}
+	/* RFC 3501 6.3.3: create the missing superiors too, parents first;
+	 * the completions arrive in submission order. */
+	struct create_ctx *cc = xcalloc(1, sizeof(*cc));
+	cmd->ctx = cc;
+	cmd->ctx_free = create_ctx_free;
+	size_t slashes = 0;
+	for (const char *p = name; *p != '\0'; p++)
+		slashes += *p == '/';
+	cc->names = xcalloc(slashes + 1, sizeof(char *));
+	for (const char *p = strchr(name, '/'); p != NULL; p = strchr(p + 1, '/')) {
+		char *parent = xstrndup(name, (size_t)(p - name));
+		r = strcmp(parent, "INBOX") == 0 ? 1 :
+			stor_mailbox_get(c->server->db, c->user, parent, &mb, &err);
+		if (r > 0 && strcmp(parent, "INBOX") != 0)
+			stor_mailbox_free(&mb);
+		if (r == 0)
+			cc->names[cc->count++] = parent;
+		else
+			free(parent);
+	}
+	cc->names[cc->count++] = name;
+	cc->left = cc->count;
+	cmd->waiting = true;
+	for (size_t i = 0; i < cc->count; i++)
+		repl_mailbox_create(c->server->repl, c->user, cc->names[i], NULL, create_one_done, cmd);
+	return false;
+}
+
+bool imap_cmd_delete(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	if (cmd->count != 1)
+		return imap_cmd_done(cmd, "BAD", "DELETE takes a mailbox name");
+	char *name = mailbox_arg(cmd, &cmd->args[0], true);
+	if (name == NULL)
+		return true;
+	if (strcmp(name, "INBOX") == 0) {
+		free(name);
+		return imap_cmd_done(cmd, "NO", "[CANNOT] INBOX cannot be deleted");
+	}
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
+	free(name);
+	if (r <= 0)
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+					       "[NONEXISTENT] Mailbox does not exist");
+	if (c->sel != NULL && guid_cmp(&c->sel->guid, &mb.guid) == 0)
+		imap_sel_close(c);
+	struct guid *g = xmemdup(&mb.guid, sizeof(mb.guid));
+	stor_mailbox_free(&mb);
+	cmd->ctx = g;
+	cmd->ctx_free = free;
+	cmd->waiting = true;
+	repl_mailbox_delete(c->server->repl, c->user, g, imap_cmd_repl_done, cmd);
+	return false;
+}
+
+/* ---- RENAME ---- */
+
+struct rename_ctx {
+	char *old_name, *new_name;
+	struct guid *guids;
+	char **new_names;
+	size_t count, left;
+	enum repl_error error;
+	char *error_msg;
+	/* INBOX: the mailbox to move INBOX's messages into. */
+	stor_uid_list uids;
+	struct guid inbox, target;
+};
+
+static void rename_ctx_free(void *p)
+{
+	struct rename_ctx *rc = p;
+	for (size_t i = 0; i < rc->count; i++)
+		free(rc->new_names[i]);
+	free(rc->new_names);
+	free(rc->guids);
+	free(rc->old_name);
+	free(rc->new_name);
+	free(rc->error_msg);
+	ARRAY_FREE(&rc->uids);
+	free(rc);
+}
+
+static void rename_one_done(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = ctx;
+	struct rename_ctx *rc = cmd->ctx;
+	if (res->error != REPL_OK && rc->error == REPL_OK) {
+		rc->error = res->error;
+		rc->error_msg = xstrdup(res->error_msg != NULL ? res->error_msg : "failed");
+	}
+	if (--rc->left > 0)
+		return;
+	cmd->waiting = false;
+	if (rc->error != REPL_OK)
+		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(rc->error), rc->error_msg);
+	else
+		imap_cmd_done(cmd, "OK", "RENAME completed");
+}
+
+static void inbox_moved(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = ctx;
+	cmd->waiting = false;
+	if (res->error != REPL_OK)
+		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(res->error), res->error_msg);
+	else
+		imap_cmd_done(cmd, "OK", "RENAME completed");
+}
+
+static void inbox_target_created(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = ctx;
+	struct imap_client *c = cmd->client;
+	struct rename_ctx *rc = cmd->ctx;
+	if (res->error != REPL_OK) {
+		cmd->waiting = false;
+		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(res->error), res->error_msg);
+		return;
+	}
+	rc->target = res->mailbox->guid;
+	stor_msg_list msgs = ARRAY_INIT;
+	const char *err;
+	if (stor_msg_list_range(c->server->db, &rc->inbox, 1, UINT32_MAX, &msgs, &err) < 0) {
+		cmd->waiting = false;
+		imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+		return;
+	}
+	for (size_t i = 0; i < msgs.count; i++)
+		ARRAY_PUSH(&rc->uids, msgs.items[i].uid);
+	stor_msg_list_free(&msgs);
+	repl_copy(c->server->repl, c->user, &rc->inbox, rc->uids.items, rc->uids.count,
+		  &rc->target, true, inbox_moved, cmd);
+}
+
+bool imap_cmd_rename(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	if (cmd->count != 2)
+		return imap_cmd_done(cmd, "BAD", "RENAME takes two mailbox names");
+	char *old_name = mailbox_arg(cmd, &cmd->args[0], true);
+	if (old_name == NULL)
+		return true;
+	char *new_name = mailbox_arg(cmd, &cmd->args[1], true);
+	if (new_name == NULL) {
+		free(old_name);
+		return true;
+	}
+	struct rename_ctx *rc = xcalloc(1, sizeof(*rc));
+	rc->old_name = old_name;
+	rc->new_name = new_name;
+	cmd->ctx = rc;
+	cmd->ctx_free = rename_ctx_free;
+	struct stor_db *db = c->server->db;
+	const char *err;
+	struct stor_mailbox mb;
+	int r = stor_mailbox_get(db, c->user, old_name, &mb, &err);
+	if (r < 0)
+		return imap_cmd_done(cmd, "NO", "[SERVERBUG] Internal error");
+	/* A name that exists only as the parent of others can be renamed:
+	 * its children move. */
+	struct guid old_guid;
+	memset(&old_guid, 0, sizeof(old_guid));
+	if (r > 0) {
+		old_guid = mb.guid;
+		stor_mailbox_free(&mb);
+	}
+	r = stor_mailbox_get(db, c->user, new_name, &mb, &err);
+	if (r != 0) {
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+					       "[ALREADYEXISTS] Target mailbox exists");
+	}
+	if (strcmp(new_name, "INBOX") == 0 || str_has_prefix_ci(new_name, "INBOX/"))
+		return imap_cmd_done(cmd, "NO", "[CANNOT] Cannot rename to INBOX");
+	size_t olen = strlen(old_name);
+	if (strncmp(new_name, old_name, olen) == 0 && new_name[olen] == '/')
+		return imap_cmd_done(cmd, "NO", "[CANNOT] Cannot rename a mailbox into itself");
+	if (strcmp(old_name, "INBOX") == 0) {
+		/* RFC 3501 6.3.5: move INBOX's messages to a new mailbox and
+		 * leave INBOX empty. */
+		rc->inbox = old_guid;
+		cmd->waiting = true;
+		repl_mailbox_create(c->server->repl, c->user, new_name, NULL, inbox_target_created,
+				    cmd);
+		return false;
+	}
+	stor_mailbox_array list = ARRAY_INIT;
+	if (stor_mailbox_list(db, c->user, &list, &err) < 0)
+		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	rc->guids = xcalloc(list.count + 1, sizeof(*rc->guids));
+	rc->new_names = xcalloc(list.count + 1, sizeof(*rc->new_names));
+	for (size_t i = 0; i < list.count; i++) {
+		const char *n = list.items[i].name;
+		if (strcmp(n, old_name) == 0) {
+			rc->new_names[rc->count] = xstrdup(new_name);
+		} else if (strncmp(n, old_name, olen) == 0 && n[olen] == '/') {
+			rc->new_names[rc->count] = xasprintf("%s%s", new_name, n + olen);
+		} else {
+			continue;
+		}
+		rc->guids[rc->count++] = list.items[i].guid;
+	}
+	stor_mailbox_list_free(&list);
+	if (rc->count == 0)
+		return imap_cmd_done(cmd, "NO", "[NONEXISTENT] Mailbox does not exist");
+	rc->left = rc->count;
+	cmd->waiting = true;
+	for (size_t i = 0; i < rc->count; i++)
+		repl_mailbox_rename(c->server->repl, c->user, &rc->guids[i], rc->new_names[i],
+				    rename_one_done, cmd);
+	return false;
+}
+
+static bool do_subscribe(struct imap_cmd *cmd, bool subscribe)
+{
+	struct imap_client *c = cmd->client;
+	if (cmd->count != 1)
+		return imap_cmd_done(cmd, "BAD", "%s takes a mailbox name", cmd->name);
+	char *name = mailbox_arg(cmd, &cmd->args[0], true);
+	if (name == NULL)
+		return true;
+	cmd->ctx = name;
+	cmd->ctx_free = free;
+	cmd->waiting = true;
+	repl_subscribe(c->server->repl, c->user, name, subscribe, imap_cmd_repl_done, cmd);
+	return false;
+}
+
+bool imap_cmd_subscribe(struct imap_cmd *cmd)
+{
+	return do_subscribe(cmd, true);
+}
+
+bool imap_cmd_unsubscribe(struct imap_cmd *cmd)
+{
+	return do_subscribe(cmd, false);
+}
+
+bool imap_cmd_namespace(struct imap_cmd *cmd)
+{
+	imap_client_printf(cmd->client, "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+	return imap_cmd_done(cmd, "OK", "Namespace completed");
+}
+
+bool imap_cmd_status(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	if (cmd->count != 2 || cmd->args[1].type != IMAP_ARG_LIST || cmd->args[1].count == 0)
+		return imap_cmd_done(cmd, "BAD", "STATUS takes a mailbox and a list of items");
+	const struct imap_arg *items = cmd->args[1].list;
+	size_t n = cmd->args[1].count;
+	for (size_t i = 0; i < n; i++) {
+		if (!imap_arg_atom_eq(&items[i], "MESSAGES") && !imap_arg_atom_eq(&items[i], "RECENT") &&
+		    !imap_arg_atom_eq(&items[i], "UIDNEXT") &&
+		    !imap_arg_atom_eq(&items[i], "UIDVALIDITY") &&
+		    !imap_arg_atom_eq(&items[i], "UNSEEN") &&
+		    !imap_arg_atom_eq(&items[i], "HIGHESTMODSEQ"))
+			return imap_cmd_done(cmd, "BAD", "Unknown STATUS item");
+	}
+	char *name = mailbox_arg(cmd, &cmd->args[0], false);
+	if (name == NULL)
+		return true;
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
+	free(name);
+	if (r <= 0)
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+					       "[NONEXISTENT] Mailbox does not exist");
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "* STATUS ");
+	imap_append_astring(&line, mb.name, strlen(mb.name));
+	buf_append_str(&line, " (");
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			buf_append_byte(&line, ' ');
+		if (imap_arg_atom_eq(&items[i], "MESSAGES"))
+			buf_appendf(&line, "MESSAGES %u", mb.messages);
+		else if (imap_arg_atom_eq(&items[i], "RECENT"))
+			buf_append_str(&line, "RECENT 0");
+		else if (imap_arg_atom_eq(&items[i], "UIDNEXT"))
+			buf_appendf(&line, "UIDNEXT %u", mb.uidnext);
+		else if (imap_arg_atom_eq(&items[i], "UIDVALIDITY"))
+			buf_appendf(&line, "UIDVALIDITY %u", mb.uidvalidity);
+		else if (imap_arg_atom_eq(&items[i], "UNSEEN"))
+			buf_appendf(&line, "UNSEEN %u", mb.unseen);
+		else
+			buf_appendf(&line, "HIGHESTMODSEQ %llu", (unsigned long long)mb.highestmodseq);
+	}
+	buf_append_str(&line, ")\r\n");
+	imap_client_write(c, line.data, line.len);
+	buf_free(&line);
+	stor_mailbox_free(&mb);
+	return imap_cmd_done(cmd, "OK", "STATUS completed");
+}

@@ -1,0 +1,278 @@
+/* The selected mailbox as one session sees it, and change notification.
+ *
+ * Each session keeps its own sequence map (ascending UIDs) and the highest
+ * modseq it has reported.  To report changes it asks storage for everything
+ * above that modseq: tombstones of UIDs in its map are expunges, UIDs above
+ * its map are new messages (EXISTS), other changed messages get FETCH FLAGS.
+ * Changes the session already reported itself (its own STORE) are skipped.
+ * Expunges that may not be sent now (during FETCH, STORE or SEARCH by
+ * sequence number, RFC 3501 7.4.1) stay in the map as pending until the
+ * next command that allows them.
+ *
+ * Sessions in IDLE are told at once through the seam's watcher; others
+ * learn at the end of their next command. */
+#include "imap/imap-private.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+uint32_t imap_sel_seq(const struct imap_selected *sel, uint32_t uid)
+{
+	size_t lo = 0, hi = sel->uids.count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (sel->uids.items[mid] < uid)
+			lo = mid + 1;
+		else if (sel->uids.items[mid] > uid)
+			hi = mid;
+		else
+			return (uint32_t)mid + 1;
+	}
+	return 0;
+}
+
+/* Index of the first UID >= uid in the map. */
+static size_t lower_bound(const struct imap_selected *sel, uint32_t uid)
+{
+	size_t lo = 0, hi = sel->uids.count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (sel->uids.items[mid] < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+int imap_sel_open(struct imap_client *c, const struct stor_mailbox *mb, bool readonly,
+		  uint32_t *first_unseen_r, const char **error_r)
+{
+	stor_msg_list list = ARRAY_INIT;
+	if (stor_msg_list_range(c->server->db, &mb->guid, 1, UINT32_MAX, &list, error_r) < 0)
+		return -1;
+	imap_sel_close(c);
+	struct imap_selected *sel = xcalloc(1, sizeof(*sel));
+	sel->guid = mb->guid;
+	sel->name = xstrdup(mb->name);
+	sel->readonly = readonly;
+	sel->uidvalidity = mb->uidvalidity;
+	sel->modseq = mb->highestmodseq;
+	*first_unseen_r = 0;
+	ARRAY_RESERVE(&sel->uids, list.count);
+	for (size_t i = 0; i < list.count; i++) {
+		ARRAY_PUSH(&sel->uids, list.items[i].uid);
+		if (*first_unseen_r == 0 && (list.items[i].flags & STOR_FLAG_SEEN) == 0)
+			*first_unseen_r = (uint32_t)i + 1;
+	}
+	stor_msg_list_free(&list);
+	c->sel = sel;
+	c->state = IMAP_STATE_SELECTED;
+	return 0;
+}
+
+void imap_sel_close(struct imap_client *c)
+{
+	struct imap_selected *sel = c->sel;
+	if (sel == NULL)
+		return;
+	ARRAY_FREE(&sel->uids);
+	ARRAY_FREE(&sel->pending_expunges);
+	ARRAY_FREE(&sel->own);
+	free(sel->name);
+	free(sel);
+	c->sel = NULL;
+	if (c->state == IMAP_STATE_SELECTED)
+		c->state = IMAP_STATE_AUTH;
+}
+
+void imap_sel_own_change(struct imap_selected *sel, uint32_t uid, uint64_t modseq)
+{
+	struct imap_own_change oc = { uid, modseq };
+	ARRAY_PUSH(&sel->own, oc);
+}
+
+static bool is_own(const struct imap_selected *sel, uint32_t uid, uint64_t modseq)
+{
+	for (size_t i = 0; i < sel->own.count; i++)
+		if (sel->own.items[i].uid == uid && sel->own.items[i].modseq == modseq)
+			return true;
+	return false;
+}
+
+static bool uid_in(const stor_uid_list *l, uint32_t uid)
+{
+	for (size_t i = 0; i < l->count; i++)
+		if (l->items[i] == uid)
+			return true;
+	return false;
+}
+
+static int uid_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void map_remove(struct imap_selected *sel, uint32_t uid)
+{
+	uint32_t seq = imap_sel_seq(sel, uid);
+	if (seq == 0)
+		return;
+	memmove(&sel->uids.items[seq - 1], &sel->uids.items[seq],
+		(sel->uids.count - seq) * sizeof(uint32_t));
+	sel->uids.count--;
+}
+
+static void send_expunges(struct imap_client *c)
+{
+	struct imap_selected *sel = c->sel;
+	if (sel->pending_expunges.count == 0)
+		return;
+	qsort(sel->pending_expunges.items, sel->pending_expunges.count, sizeof(uint32_t), uid_cmp);
+	if (c->qresync) {
+		struct buf line = BUF_INIT;
+		buf_append_str(&line, "* VANISHED ");
+		imap_seqset_format(sel->pending_expunges.items, sel->pending_expunges.count, &line);
+		buf_append_str(&line, "\r\n");
+		imap_client_write(c, line.data, line.len);
+		buf_free(&line);
+		for (size_t i = 0; i < sel->pending_expunges.count; i++)
+			map_remove(sel, sel->pending_expunges.items[i]);
+	} else {
+		/* Highest first, so each number is valid when it is sent. */
+		for (size_t i = sel->pending_expunges.count; i-- > 0;) {
+			uint32_t seq = imap_sel_seq(sel, sel->pending_expunges.items[i]);
+			if (seq == 0)
+				continue;
+			imap_client_printf(c, "* %u EXPUNGE\r\n", seq);
+			map_remove(sel, sel->pending_expunges.items[i]);
+		}
+	}
+	sel->pending_expunges.count = 0;
+}
+
+void imap_sync(struct imap_client *c, bool allow_expunge)
+{
+	struct imap_selected *sel = c->sel;
+	if (sel == NULL || c->dead)
+		return;
+	struct stor_db *db = c->server->db;
+	const char *err;
+	struct stor_mailbox mb;
+	int r = stor_mailbox_get_by_guid(db, &sel->guid, &mb, &err);
+	if (r < 0) {
+		log_errorx("imap[%016llx]: sync: %s", (unsigned long long)c->id, err);
+		return;
+	}
+	if (r == 0 || mb.uidvalidity != sel->uidvalidity) {
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		imap_client_printf(c, "* BYE Selected mailbox was deleted\r\n");
+		imap_sel_close(c);
+		imap_client_close_after_output(c);
+		return;
+	}
+	uint64_t highest = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	if (highest > sel->modseq) {
+		stor_msg_list msgs = ARRAY_INIT;
+		stor_tombstone_list tombs = ARRAY_INIT;
+		if (stor_changes_since(db, &sel->guid, sel->modseq, &msgs, &tombs, &err) < 0) {
+			log_errorx("imap[%016llx]: sync: %s", (unsigned long long)c->id, err);
+			return;
+		}
+		for (size_t i = 0; i < tombs.count; i++) {
+			uint32_t uid = tombs.items[i].uid;
+			if (imap_sel_seq(sel, uid) != 0 && !uid_in(&sel->pending_expunges, uid))
+				ARRAY_PUSH(&sel->pending_expunges, uid);
+		}
+		if (allow_expunge)
+			send_expunges(c);
+		/* Changed messages first (their numbers are known), then new ones. */
+		size_t old_count = sel->uids.count;
+		stor_uid_list fresh = ARRAY_INIT;
+		struct buf line = BUF_INIT;
+		for (size_t i = 0; i < msgs.count; i++) {
+			const struct stor_msg *m = &msgs.items[i];
+			uint32_t seq = imap_sel_seq(sel, m->uid);
+			if (seq == 0) {
+				ARRAY_PUSH(&fresh, m->uid);
+				continue;
+			}
+			if (is_own(sel, m->uid, m->modseq) || uid_in(&sel->pending_expunges, m->uid))
+				continue;
+			buf_reset(&line);
+			buf_appendf(&line, "* %u FETCH (UID %u FLAGS ", seq, m->uid);
+			imap_append_flags(&line, m->flags, &m->keywords);
+			if (c->condstore)
+				buf_appendf(&line, " MODSEQ (%llu)", (unsigned long long)m->modseq);
+			buf_append_str(&line, ")\r\n");
+			imap_client_write(c, line.data, line.len);
+		}
+		buf_free(&line);
+		for (size_t i = 0; i < fresh.count; i++) {
+			uint32_t uid = fresh.items[i];
+			if (sel->uids.count == 0 || uid > sel->uids.items[sel->uids.count - 1]) {
+				ARRAY_PUSH(&sel->uids, uid);
+			} else {
+				size_t at = lower_bound(sel, uid);
+				ARRAY_RESERVE(&sel->uids, 1);
+				memmove(&sel->uids.items[at + 1], &sel->uids.items[at],
+					(sel->uids.count - at) * sizeof(uint32_t));
+				sel->uids.items[at] = uid;
+				sel->uids.count++;
+			}
+		}
+		if (sel->uids.count != old_count || fresh.count > 0)
+			imap_client_printf(c, "* %zu EXISTS\r\n", sel->uids.count);
+		ARRAY_FREE(&fresh);
+		stor_msg_list_free(&msgs);
+		ARRAY_FREE(&tombs);
+		sel->modseq = highest;
+	} else if (allow_expunge) {
+		send_expunges(c);
+	}
+	sel->own.count = 0;
+}
+
+int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_uid_list *uids_r)
+{
+	imap_seqset ranges = ARRAY_INIT;
+	if (imap_seqset_parse(set, &ranges) < 0) {
+		ARRAY_FREE(&ranges);
+		return -1;
+	}
+	size_t n = sel->uids.count;
+	if (uid) {
+		imap_seqset_resolve(&ranges, n > 0 ? sel->uids.items[n - 1] : 0);
+		for (size_t i = 0; i < ranges.count; i++) {
+			for (size_t k = lower_bound(sel, ranges.items[i].lo);
+			     k < n && sel->uids.items[k] <= ranges.items[i].hi; k++)
+				ARRAY_PUSH(uids_r, sel->uids.items[k]);
+		}
+	} else {
+		imap_seqset_resolve(&ranges, (uint32_t)n);
+		for (size_t i = 0; i < ranges.count; i++) {
+			for (uint64_t s = ranges.items[i].lo; s <= ranges.items[i].hi && s <= n; s++)
+				ARRAY_PUSH(uids_r, sel->uids.items[s - 1]);
+		}
+	}
+	ARRAY_FREE(&ranges);
+	return 0;
+}
+
+void imap_sync_notify(void *ctx, const char *user, const struct guid *mailbox)
+{
+	struct imap_server *srv = ctx;
+	for (struct imap_client *c = srv->clients; c != NULL; c = c->next) {
+		if (c->dead || c->sel == NULL || c->idle_tag == NULL)
+			continue;
+		if (guid_cmp(&c->sel->guid, mailbox) != 0)
+			continue;
+		imap_sync(c, true);
+	}
+}

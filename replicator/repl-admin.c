@@ -1,0 +1,559 @@
+/* The admin socket: a UNIX stream socket at DATA_DIR/admin.sock (mode 0600)
+ * through which the `starling` tool talks to the running node.
+ *
+ * Protocol (one request per connection):
+ *
+ *   The client sends one request line terminated by LF (at most 8 KiB):
+ *   space-separated tokens, each percent-encoded (every byte outside
+ *   0x21-0x7E, and '%' itself, as %XX with two hex digits).  Requests:
+ *
+ *     DELIVER <user> <mailbox> <size>   followed by exactly <size> bytes of
+ *                                       message text (size <= max_message_size)
+ *     DUMP <user>                       canonical dump (stor_dump_user)
+ *     STATUS                            human-readable node status
+ *     USERS                             users that have mailboxes, one a line
+ *
+ *   The server answers with zero or more chunks "DATA <n>\n" followed by n
+ *   bytes, then exactly one final line "OK [text]\n" or "NO <text>\n", and
+ *   closes the connection.
+ *
+ *   DELIVER goes through the seam (so it is replicated like an IMAP APPEND):
+ *   the user's default mailboxes are created first if the user has none,
+ *   and the reply "OK <uid>" comes only once the message is durable.
+ *   Errors: "NO unknown user" (not in users_file), "NO mailbox does not
+ *   exist", "NO message too large", "NO bad request: ..." for anything
+ *   malformed.
+ *
+ *   STATUS lines: "node_id: N", "imap: HOST:PORT", "sessions: N",
+ *   "uptime_s: N" (later issues add more lines; parsers must ignore
+ *   unknown ones).
+ *
+ * The socket never blocks the loop: a request and its body arrive over as
+ * many callbacks as needed, and replies are written as the socket accepts
+ * them. */
+#include "replicator/repl-admin.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "lib/passwd.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+
+#define ADMIN_MAX_LINE 8192
+#define ADMIN_MAX_TOKENS 8
+#define ADMIN_TIMEOUT 120.0
+
+struct admin_conn;
+
+struct repl_admin {
+	struct ev_loop *loop;
+	const struct config *cfg;
+	struct repl *repl;
+	repl_admin_status_cb *status_cb;
+	void *status_ctx;
+	char *path;
+	int fd;
+	ev_io io;
+	struct admin_conn *conns;
+};
+
+enum conn_state {
+	CONN_REQUEST,
+	CONN_BODY,
+	CONN_WAITING,   /* a seam change is in flight */
+	CONN_REPLYING,  /* flush, then close */
+};
+
+struct admin_conn {
+	struct repl_admin *admin;
+	struct admin_conn *prev, *next;
+	int fd;
+	ev_io io;
+	ev_timer timer;
+	enum conn_state state;
+	struct buf in, out;
+	/* DELIVER */
+	char *user, *mailbox;
+	uint64_t body_size;
+	struct buf body;
+	struct guid mailbox_guid;
+	struct repl_append req;
+	bool dead;        /* closed while a change was in flight */
+};
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+static void conn_free(struct admin_conn *c)
+{
+	struct repl_admin *a = c->admin;
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else if (a != NULL)
+		a->conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	buf_free(&c->in);
+	buf_free(&c->out);
+	buf_free(&c->body);
+	free(c->user);
+	free(c->mailbox);
+	free(c);
+}
+
+static void conn_close(struct admin_conn *c)
+{
+	if (c->fd >= 0) {
+		ev_io_stop(c->admin->loop, &c->io);
+		ev_timer_stop(c->admin->loop, &c->timer);
+		close(c->fd);
+		c->fd = -1;
+	}
+	if (c->state == CONN_WAITING) {
+		c->dead = true;
+		return;
+	}
+	conn_free(c);
+}
+
+static void conn_update_io(struct admin_conn *c)
+{
+	int events = 0;
+	if (c->state == CONN_REQUEST || c->state == CONN_BODY)
+		events |= EV_READ;
+	if (buf_avail(&c->out) > 0)
+		events |= EV_WRITE;
+	ev_io_stop(c->admin->loop, &c->io);
+	if (events != 0) {
+		ev_io_set(&c->io, c->fd, events);
+		ev_io_start(c->admin->loop, &c->io);
+	}
+}
+
+/* Queues DATA (if any) and the final line, then closes after flushing. */
+static void conn_reply(struct admin_conn *c, const void *data, size_t len, const char *status,
+		       const char *text)
+{
+	if (data != NULL && len > 0) {
+		buf_appendf(&c->out, "DATA %zu\n", len);
+		buf_append(&c->out, data, len);
+	}
+	if (text != NULL && *text != '\0')
+		buf_appendf(&c->out, "%s %s\n", status, text);
+	else
+		buf_appendf(&c->out, "%s\n", status);
+	c->state = CONN_REPLYING;
+	if (c->fd >= 0)
+		conn_update_io(c);
+}
+
+static int hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Splits and percent-decodes the request line in place.  Returns the token
+ * count, or -1 for a malformed line.  Decoded tokens may not contain NUL. */
+static int split_tokens(char *line, char **tokens, int max)
+{
+	int n = 0;
+	char *p = line;
+	while (*p != '\0') {
+		if (*p == ' ') {
+			p++;
+			continue;
+		}
+		if (n == max)
+			return -1;
+		char *start = p, *w = p;
+		while (*p != '\0' && *p != ' ') {
+			unsigned char ch = (unsigned char)*p;
+			if (ch < 0x21 || ch > 0x7e)
+				return -1;
+			if (ch == '%') {
+				int h = hexval(p[1]), l = h >= 0 ? hexval(p[2]) : -1;
+				if (l < 0 || (h == 0 && l == 0))
+					return -1;
+				*w++ = (char)(h * 16 + l);
+				p += 3;
+			} else {
+				*w++ = *p++;
+			}
+		}
+		if (*p == ' ')
+			p++;
+		*w = '\0';
+		tokens[n++] = start;
+	}
+	return n;
+}
+
+struct user_find {
+	const char *user;
+	bool found;
+};
+
+static void user_find_cb(void *ctx, const char *user)
+{
+	struct user_find *f = ctx;
+	if (strcmp(f->user, user) == 0)
+		f->found = true;
+}
+
+static void deliver_appended(void *ctx, const struct repl_result *res)
+{
+	struct admin_conn *c = ctx;
+	c->state = CONN_REPLYING;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	if (res->error != REPL_OK) {
+		log_warnx("admin: deliver to %s/%s failed: %s", c->user, c->mailbox, res->error_msg);
+		conn_reply(c, NULL, 0, "NO", res->error == REPL_ERR_TOOBIG ? "message too large" :
+					     res->error_msg);
+		return;
+	}
+	log_info("admin: delivered %llu bytes to %s/%s uid %u",
+		 (unsigned long long)c->body.len, c->user, c->mailbox, res->uid);
+	char text[32];
+	snprintf(text, sizeof(text), "%u", res->uid);
+	conn_reply(c, NULL, 0, "OK", text);
+}
+
+static void deliver_append(struct admin_conn *c)
+{
+	struct stor_db *db = repl_db(c->admin->repl);
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get(db, c->user, c->mailbox, &mb, &err);
+	if (r <= 0) {
+		conn_reply(c, NULL, 0, "NO", r < 0 ? err : "mailbox does not exist");
+		return;
+	}
+	c->mailbox_guid = mb.guid;
+	stor_mailbox_free(&mb);
+	memset(&c->req, 0, sizeof(c->req));
+	c->req.internaldate = clock_wall_s();
+	c->req.text = c->body.data != NULL ? (const void *)c->body.data : "";
+	c->req.text_len = c->body.len;
+	c->state = CONN_WAITING;
+	repl_append(c->admin->repl, c->user, &c->mailbox_guid, &c->req, deliver_appended, c);
+}
+
+static void deliver_defaults_done(void *ctx, const struct repl_result *res)
+{
+	struct admin_conn *c = ctx;
+	c->state = CONN_REPLYING;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	if (res->error != REPL_OK) {
+		conn_reply(c, NULL, 0, "NO", res->error_msg);
+		return;
+	}
+	deliver_append(c);
+}
+
+static void deliver_body_complete(struct admin_conn *c)
+{
+	ev_timer_stop(c->admin->loop, &c->timer);
+	c->state = CONN_WAITING;
+	conn_update_io(c);
+	repl_user_ensure_defaults(c->admin->repl, c->user, deliver_defaults_done, c);
+}
+
+static void handle_request(struct admin_conn *c, char *line)
+{
+	struct repl_admin *a = c->admin;
+	struct stor_db *db = repl_db(a->repl);
+	char *tok[ADMIN_MAX_TOKENS];
+	int n = split_tokens(line, tok, ADMIN_MAX_TOKENS);
+	const char *err;
+	if (n <= 0) {
+		conn_reply(c, NULL, 0, "NO", "bad request: malformed line");
+		return;
+	}
+	if (strcmp(tok[0], "DELIVER") == 0 && n == 4) {
+		uint64_t size;
+		if (str_to_u64(tok[3], UINT64_MAX, &size) < 0) {
+			conn_reply(c, NULL, 0, "NO", "bad request: size");
+			return;
+		}
+		if (size > a->cfg->max_message_size) {
+			conn_reply(c, NULL, 0, "NO", "message too large");
+			return;
+		}
+		if (!passwd_user_name_valid(tok[1])) {
+			conn_reply(c, NULL, 0, "NO", "unknown user");
+			return;
+		}
+		struct user_find f = { tok[1], false };
+		char *perr = NULL;
+		if (passwd_list(a->cfg->users_file, user_find_cb, &f, &perr) < 0) {
+			conn_reply(c, NULL, 0, "NO", perr);
+			free(perr);
+			return;
+		}
+		if (!f.found) {
+			conn_reply(c, NULL, 0, "NO", "unknown user");
+			return;
+		}
+		const char *mbname = tok[2];
+		if (strcasecmp(mbname, "INBOX") == 0)
+			mbname = "INBOX";
+		c->user = xstrdup(tok[1]);
+		c->mailbox = xstrdup(mbname);
+		c->body_size = size;
+		c->state = CONN_BODY;
+		/* Whatever followed the line is the start of the body. */
+		size_t take = buf_avail(&c->in) < size ? buf_avail(&c->in) : (size_t)size;
+		buf_append(&c->body, buf_rptr(&c->in), take);
+		buf_consume(&c->in, take);
+		if (c->body.len == c->body_size)
+			deliver_body_complete(c);
+		return;
+	}
+	if (strcmp(tok[0], "DUMP") == 0 && n == 2) {
+		struct buf out = BUF_INIT;
+		if (stor_dump_user(db, tok[1], &out, &err) < 0)
+			conn_reply(c, NULL, 0, "NO", err);
+		else
+			conn_reply(c, out.data, out.len, "OK", "");
+		buf_free(&out);
+		return;
+	}
+	if (strcmp(tok[0], "STATUS") == 0 && n == 1) {
+		struct buf out = BUF_INIT;
+		a->status_cb(a->status_ctx, &out);
+		conn_reply(c, out.data, out.len, "OK", "");
+		buf_free(&out);
+		return;
+	}
+	if (strcmp(tok[0], "USERS") == 0 && n == 1) {
+		stor_string_list users = ARRAY_INIT;
+		if (stor_user_list(db, &users, &err) < 0) {
+			conn_reply(c, NULL, 0, "NO", err);
+			return;
+		}
+		struct buf out = BUF_INIT;
+		for (size_t i = 0; i < users.count; i++)
+			buf_appendf(&out, "%s\n", users.items[i]);
+		stor_string_list_free(&users);
+		conn_reply(c, out.data, out.len, "OK", "");
+		buf_free(&out);
+		return;
+	}
+	conn_reply(c, NULL, 0, "NO", "bad request: unknown command or wrong argument count");
+}
+
+static int conn_read(struct admin_conn *c)
+{
+	for (int rounds = 0; rounds < 16; rounds++) {
+		size_t want = 65536;
+		if (c->state == CONN_BODY) {
+			uint64_t left = c->body_size - c->body.len;
+			if (left == 0)
+				return 0;
+			if (left < want)
+				want = (size_t)left;
+			unsigned char *dst = buf_reserve(&c->body, want);
+			ssize_t n = read(c->fd, dst, want);
+			if (n < 0)
+				return errno == EAGAIN || errno == EINTR ? 0 : -1;
+			if (n == 0)
+				return -1;
+			buf_commit(&c->body, (size_t)n);
+			if (c->body.len == c->body_size) {
+				deliver_body_complete(c);
+				return 0;
+			}
+			continue;
+		}
+		if (c->state != CONN_REQUEST)
+			return 0;
+		unsigned char *dst = buf_reserve(&c->in, 4096);
+		ssize_t n = read(c->fd, dst, 4096);
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		if (n == 0)
+			return -1;
+		buf_commit(&c->in, (size_t)n);
+		size_t len;
+		char *line = buf_getline(&c->in, &len);
+		if (line == NULL) {
+			if (buf_avail(&c->in) > ADMIN_MAX_LINE) {
+				conn_reply(c, NULL, 0, "NO", "bad request: line too long");
+				return 0;
+			}
+			continue;
+		}
+		if (len > ADMIN_MAX_LINE || strlen(line) != len) {
+			conn_reply(c, NULL, 0, "NO", "bad request: malformed line");
+			return 0;
+		}
+		handle_request(c, line);
+	}
+	return 0;
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct admin_conn *c = (struct admin_conn *)((char *)w - offsetof(struct admin_conn, io));
+	if (revents & EV_READ) {
+		if (conn_read(c) < 0) {
+			conn_close(c);
+			return;
+		}
+		if (c->state == CONN_REQUEST || c->state == CONN_BODY)
+			ev_timer_again(loop, &c->timer);
+	}
+	if (buf_avail(&c->out) > 0) {
+		ssize_t n = send(c->fd, buf_rptr(&c->out), buf_avail(&c->out), MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			conn_close(c);
+			return;
+		}
+		if (n > 0)
+			buf_consume(&c->out, (size_t)n);
+	}
+	if (c->state == CONN_REPLYING && buf_avail(&c->out) == 0) {
+		conn_close(c);
+		return;
+	}
+	conn_update_io(c);
+}
+
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct admin_conn *c = (struct admin_conn *)((char *)w - offsetof(struct admin_conn, timer));
+	if (c->state == CONN_WAITING)
+		return;
+	conn_close(c);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct repl_admin *a = w->data;
+	for (int i = 0; i < 16; i++) {
+		int fd = accept4(a->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+				log_warn("admin: accept");
+			return;
+		}
+		struct admin_conn *c = xcalloc(1, sizeof(*c));
+		c->admin = a;
+		c->fd = fd;
+		buf_init(&c->in);
+		buf_init(&c->out);
+		buf_init(&c->body);
+		ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+		ev_init(&c->timer, conn_timer_cb);
+		c->timer.repeat = ADMIN_TIMEOUT;
+		ev_timer_again(loop, &c->timer);
+		c->next = a->conns;
+		if (a->conns != NULL)
+			a->conns->prev = c;
+		a->conns = c;
+		ev_io_start(loop, &c->io);
+	}
+}
+
+int repl_admin_create(struct ev_loop *loop, const struct config *cfg, struct repl *repl,
+		      repl_admin_status_cb *status_cb, void *status_ctx,
+		      struct repl_admin **admin_r, char **error_r)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	char *path = xasprintf("%s/admin.sock", cfg->data_dir);
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		*error_r = xasprintf("%s: path too long for a UNIX socket", path);
+		free(path);
+		return -1;
+	}
+	strcpy(sun.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*error_r = xasprintf("socket: %s", strerror(errno));
+		free(path);
+		return -1;
+	}
+	/* The store's lock already guarantees we are the only node on this
+	 * data_dir, so a socket file left here is stale. */
+	unlink(path);
+	mode_t old = umask(077);
+	int r = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(old);
+	if (r < 0 || chmod(path, 0600) < 0 || listen(fd, 16) < 0) {
+		*error_r = xasprintf("%s: %s", path, strerror(errno));
+		close(fd);
+		free(path);
+		return -1;
+	}
+	struct repl_admin *a = xcalloc(1, sizeof(*a));
+	a->loop = loop;
+	a->cfg = cfg;
+	a->repl = repl;
+	a->status_cb = status_cb;
+	a->status_ctx = status_ctx;
+	a->path = path;
+	a->fd = fd;
+	ev_io_init(&a->io, accept_cb, fd, EV_READ);
+	a->io.data = a;
+	ev_io_start(loop, &a->io);
+	*admin_r = a;
+	return 0;
+}
+
+void repl_admin_destroy(struct repl_admin **ap)
+{
+	struct repl_admin *a = *ap;
+	if (a == NULL)
+		return;
+	*ap = NULL;
+	ev_io_stop(a->loop, &a->io);
+	close(a->fd);
+	unlink(a->path);
+	while (a->conns != NULL) {
+		struct admin_conn *c = a->conns;
+		a->conns = c->next;
+		if (a->conns != NULL)
+			a->conns->prev = NULL;
+		c->prev = c->next = NULL;
+		if (c->fd >= 0) {
+			ev_io_stop(a->loop, &c->io);
+			ev_timer_stop(a->loop, &c->timer);
+			close(c->fd);
+			c->fd = -1;
+		}
+		if (c->state == CONN_WAITING) {
+			/* The seam was flushed before us; a late completion would
+			 * find freed memory, so detach it fully. */
+			c->admin = NULL;
+			c->dead = true;
+			continue;
+		}
+		c->admin = NULL;
+		conn_free(c);
+	}
+	free(a->path);
+	free(a);
+}

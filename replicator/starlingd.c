@@ -1,0 +1,171 @@
+/* starlingd: one Starling node in one process.
+ *
+ *   starlingd -c FILE [-f]
+ *
+ * Reads the configuration, opens the store in data_dir (creating it),
+ * serves IMAP on imap_listen (and imaps_listen), and the admin socket
+ * DATA_DIR/admin.sock, all on one libev loop.  starlingd never forks: -f
+ * (foreground) is accepted for compatibility, and scripts may simply run it
+ * in the background with '&'.  SIGTERM and SIGINT shut it down in order:
+ * stop accepting, finish and sync pending changes, close the store. */
+#include <errno.h>
+#include <ev.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "imap/imap-server.h"
+#include "lib/clock.h"
+#include "lib/config.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "replicator/repl-admin.h"
+#include "replicator/repl.h"
+#include "storage/storage.h"
+
+struct node {
+	struct config *cfg;
+	struct ev_loop *loop;
+	struct stor_db *db;
+	struct repl *repl;
+	struct imap_server *imap;
+	struct repl_admin *admin;
+	int64_t started;
+	ev_signal sigterm, sigint;
+	ev_signal sighup;
+};
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: starlingd -c FILE [-f]\n");
+	exit(2);
+}
+
+/* mkdir -p with mode 0700 for what it creates. */
+static int mkdirs(const char *path)
+{
+	char *p = xstrdup(path);
+	for (char *s = p + 1; *s != '\0'; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+			free(p);
+			return -1;
+		}
+		*s = '/';
+	}
+	int r = mkdir(p, 0700) < 0 && errno != EEXIST ? -1 : 0;
+	free(p);
+	return r;
+}
+
+static void status_cb(void *ctx, struct buf *out)
+{
+	struct node *n = ctx;
+	buf_appendf(out, "node_id: %u\n", n->cfg->node_id);
+	if (n->cfg->imap_listen.host != NULL)
+		buf_appendf(out, "imap: %s:%u\n", n->cfg->imap_listen.host, n->cfg->imap_listen.port);
+	if (n->cfg->imaps_listen.host != NULL)
+		buf_appendf(out, "imaps: %s:%u\n", n->cfg->imaps_listen.host,
+			    n->cfg->imaps_listen.port);
+	buf_appendf(out, "sessions: %u\n", n->imap != NULL ? imap_server_session_count(n->imap) : 0);
+	buf_appendf(out, "uptime_s: %lld\n", (long long)(clock_wall_s() - n->started));
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	log_info("received signal %d, shutting down", w->signum);
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static void sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	log_info("SIGHUP ignored: restart starlingd to reload the configuration");
+}
+
+int main(int argc, char **argv)
+{
+	const char *conf = NULL;
+	int opt;
+	while ((opt = getopt(argc, argv, "c:fh")) != -1) {
+		switch (opt) {
+		case 'c':
+			conf = optarg;
+			break;
+		case 'f':
+			break;
+		default:
+			usage();
+		}
+	}
+	if (conf == NULL || optind != argc)
+		usage();
+	signal(SIGPIPE, SIG_IGN);
+	log_init("starlingd", LOG_LEVEL_INFO);
+	char *err = NULL;
+	struct node n;
+	memset(&n, 0, sizeof(n));
+	n.cfg = config_load(conf, &err);
+	if (n.cfg == NULL)
+		fatalx("%s", err);
+	char ident[32];
+	snprintf(ident, sizeof(ident), "starlingd[%u]", n.cfg->node_id);
+	log_init(ident, n.cfg->log_level);
+	if (n.cfg->data_dir == NULL)
+		fatalx("%s: data_dir is not set", conf);
+	if (n.cfg->users_file == NULL)
+		fatalx("%s: users_file is not set", conf);
+	if (n.cfg->imap_listen.host == NULL && n.cfg->imaps_listen.host == NULL)
+		fatalx("%s: neither imap_listen nor imaps_listen is set", conf);
+	if (mkdirs(n.cfg->data_dir) < 0)
+		fatal("cannot create %s", n.cfg->data_dir);
+	char *store_dir = xasprintf("%s/store", n.cfg->data_dir);
+	struct stor_settings sset;
+	memset(&sset, 0, sizeof(sset));
+	sset.dir = store_dir;
+	sset.max_message_size = n.cfg->max_message_size;
+	if (stor_open(&sset, &n.db, &err) < 0)
+		fatalx("%s", err);
+	n.loop = ev_default_loop(EVFLAG_AUTO);
+	struct repl_settings rset = { n.cfg->node_id, n.cfg->max_message_size };
+	n.repl = repl_local_create(n.loop, n.db, &rset);
+	if (imap_server_create(n.loop, n.cfg, n.repl, &n.imap, &err) < 0)
+		fatalx("%s", err);
+	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
+		fatalx("%s", err);
+	n.started = clock_wall_s();
+	ev_signal_init(&n.sigterm, signal_cb, SIGTERM);
+	ev_signal_init(&n.sigint, signal_cb, SIGINT);
+	ev_signal_init(&n.sighup, sighup_cb, SIGHUP);
+	ev_signal_start(n.loop, &n.sigterm);
+	ev_signal_start(n.loop, &n.sigint);
+	ev_signal_start(n.loop, &n.sighup);
+	log_info("node %u started: imap %s:%u%s, data %s", n.cfg->node_id,
+		 n.cfg->imap_listen.host ? n.cfg->imap_listen.host : "-", n.cfg->imap_listen.port,
+		 n.cfg->imaps_listen.host ? " (+imaps)" : "", n.cfg->data_dir);
+
+	ev_run(n.loop, 0);
+
+	/* Finish what is in flight (clients get their answers), then close. */
+	repl_flush(n.repl);
+	repl_admin_destroy(&n.admin);
+	imap_server_destroy(&n.imap);
+	repl_destroy(&n.repl);
+	const char *serr;
+	if (stor_sync(n.db, &serr) < 0)
+		log_errorx("final sync failed: %s", serr);
+	stor_close(&n.db);
+	ev_signal_stop(n.loop, &n.sigterm);
+	ev_signal_stop(n.loop, &n.sigint);
+	ev_signal_stop(n.loop, &n.sighup);
+	ev_loop_destroy(n.loop);
+	log_info("stopped");
+	free(store_dir);
+	config_free(&n.cfg);
+	return 0;
+}

@@ -1,0 +1,86 @@
+/* Pure helpers of imap/: dates, flags, mailbox names, string quoting. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "imap/imap-private.h"
+#include "tests/imap/tests-imap.h"
+
+static void test_util_datetime_roundtrip(void)
+{
+	int64_t t;
+	int32_t tz;
+	CU_ASSERT_EQUAL_FATAL(imap_parse_datetime("17-Jul-1996 02:44:25 -0700", &t, &tz), 0);
+	CU_ASSERT_EQUAL(t, 837596665);
+	CU_ASSERT_EQUAL(tz, -420);
+	struct buf b = BUF_INIT;
+	imap_append_internaldate(&b, t, tz);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "\"17-Jul-1996 02:44:25 -0700\"");
+	buf_free(&b);
+	CU_ASSERT_EQUAL(imap_parse_datetime(" 7-Jul-1996 02:44:25 +0000", &t, &tz), 0);
+	CU_ASSERT_EQUAL(imap_parse_datetime("17-Jul-1996 02:44:25", &t, &tz), -1);
+	CU_ASSERT_EQUAL(imap_parse_datetime("17-Foo-1996 02:44:25 +0000", &t, &tz), -1);
+	CU_ASSERT_EQUAL(imap_parse_datetime("17-Jul-1996 25:44:25 +0000", &t, &tz), -1);
+	CU_ASSERT_EQUAL(imap_parse_date("1-Feb-2026", &t), 0);
+	CU_ASSERT_EQUAL(t, 1769904000);
+	CU_ASSERT_EQUAL(imap_parse_date("1-Feb-26", &t), -1);
+}
+
+static void test_util_flags(void)
+{
+	CU_ASSERT_EQUAL(imap_flag_bit("\\seen"), STOR_FLAG_SEEN);
+	CU_ASSERT_EQUAL(imap_flag_bit("\\Recent"), 0);
+	CU_ASSERT_TRUE(imap_keyword_valid("$Label1"));
+	CU_ASSERT_FALSE(imap_keyword_valid("a]b"));
+	CU_ASSERT_FALSE(imap_keyword_valid(""));
+	struct buf b = BUF_INIT;
+	char *kw[] = { "$Work" };
+	stor_string_list list = { kw, 1, 1 };
+	imap_append_flags(&b, STOR_FLAG_SEEN | STOR_FLAG_DELETED, &list);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "(\\Deleted \\Seen $Work)");
+	buf_free(&b);
+}
+
+static void test_util_mailbox_names(void)
+{
+	const char *err;
+	char *n = imap_mailbox_name("inbox", 5, &err);
+	CU_ASSERT_STRING_EQUAL(n, "INBOX");
+	free(n);
+	n = imap_mailbox_name("Inbox/Sub", 9, &err);
+	CU_ASSERT_STRING_EQUAL(n, "INBOX/Sub");
+	free(n);
+	n = imap_mailbox_name("Inboxes", 7, &err);
+	CU_ASSERT_STRING_EQUAL(n, "Inboxes");
+	free(n);
+	n = imap_mailbox_name("Entw&APw-rfe", 12, &err);
+	CU_ASSERT_STRING_EQUAL(n, "Entw&APw-rfe");
+	free(n);
+	CU_ASSERT_PTR_NULL(imap_mailbox_name("bad&APw", 7, &err));
+	CU_ASSERT_PTR_NULL(imap_mailbox_name("a//b", 4, &err));
+	CU_ASSERT_PTR_NULL(imap_mailbox_name("", 0, &err));
+	CU_ASSERT_PTR_NULL(imap_mailbox_name("caf\xc3\xa9", 5, &err));
+}
+
+static void test_util_astring_quoting(void)
+{
+	struct buf b = BUF_INIT;
+	imap_append_astring(&b, "INBOX", 5);
+	buf_append_byte(&b, ' ');
+	imap_append_astring(&b, "My Folder", 9);
+	buf_append_byte(&b, ' ');
+	imap_append_astring(&b, "a\"b", 3);
+	buf_append_byte(&b, ' ');
+	imap_append_astring(&b, "x\ny", 3);
+	buf_append_byte(&b, ' ');
+	imap_append_astring(&b, "nil", 3);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "INBOX \"My Folder\" \"a\\\"b\" {3}\r\nx\ny \"nil\"");
+	buf_free(&b);
+}
+
+const struct test_case imap_util_cases[] = {
+	{ "date-time round trip and bad dates", test_util_datetime_roundtrip },
+	{ "flags and keywords", test_util_flags },
+	{ "mailbox names", test_util_mailbox_names },
+	{ "astring quoting", test_util_astring_quoting },
+	{ NULL, NULL },
+};

@@ -1,0 +1,8 @@
+#ifndef TESTS_IMAP_TESTS_IMAP_H
+#define TESTS_IMAP_TESTS_IMAP_H
+#include "tests/testutil.h"
+extern const struct test_case imap_parser_cases[];
+extern const struct test_case imap_seqset_cases[];
+extern const struct test_case imap_search_cases[];
+extern const struct test_case imap_util_cases[];
+#endif
