@@ -338,9 +338,12 @@ static void test_kill_9_keeps_every_acknowledged_change(void)
 	stor_close(&db);
 
 	struct model acked = { 1, ARRAY_INIT, ARRAY_INIT };
-	unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+	/* STOR_CRASH_SEED=N replays the kill timing and operations of a run. */
+	const char *env = getenv("STOR_CRASH_SEED");
+	unsigned seed = env != NULL ? (unsigned)strtoul(env, NULL, 10) :
+		(unsigned)time(NULL) ^ (unsigned)getpid();
 	srand(seed);
-	printf("\n  crash test seed %u\n", seed);
+	printf("\n  crash test seed %u (STOR_CRASH_SEED)\n", seed);
 	unsigned total_acked = 0, total_pending = 0;
 	uint32_t checked_below = 0;
 	for (unsigned round = 0; round < ROUNDS; round++) {
