@@ -45,6 +45,26 @@ class Target:
         self.server.stop()
         return None
 
+    def restart(self, kill=False):
+        """Stop (SIGTERM, or SIGKILL as in a crash) and start again on the
+        same data and ports."""
+        if self.kind == "starling":
+            if kill:
+                self.node.kill()
+            else:
+                self.node.stop()
+            self.node.start()
+        else:
+            if kill:
+                self.server.process.kill()
+                self.server.started = False
+            else:
+                self.server.stop()
+            self.server.start()
+
+    def log_text(self):
+        return self.node.log_text()
+
     def log_tail(self):
         return self.node.log_tail()
 

@@ -1226,6 +1226,194 @@ def t_rename_inbox_and_logout():
             c.read_untagged_until(lambda g: False, 3) == [] and c.closed, c.closed)
 
 
+def t_wire_robustness():
+    c = connect()
+    c.command("CREATE Wire")
+    append(c, "Wire", simple_message("first on the wire"))
+    # pipelining: many commands in one write (RFC 3501 5.5 lets the server
+    # finish them in any order, so only "each exactly once" is asserted)
+    n = 60
+    batch = "".join("p%d %s\r\n" % (i, ("NOOP", 'STATUS Wire (MESSAGES)', "SELECT Wire",
+                                         "FETCH 1:* (FLAGS)", "CHECK")[i % 5])
+                    for i in range(n))
+    c.send(batch)
+    tags = []
+    while len(tags) < n:
+        line = c.read_response()
+        if line.startswith(b"p"):
+            tags.append(line.split(b" ", 2)[:2])
+    R.equal("%d pipelined commands are each answered once" % n,
+            sorted(t[0].decode() for t in tags), sorted("p%d" % i for i in range(n)))
+    R.check("...and all succeed", all(t[1] == b"OK" for t in tags),
+            [t for t in tags if t[1] != b"OK"][:5])
+    # a command and its literal arriving in small pieces
+    msg = simple_message("pieces", "sent three bytes at a time\n")
+    whole = b"w1 APPEND Wire {%d}\r\n" % len(msg)
+    for i in range(0, len(whole), 3):
+        c.send(whole[i:i + 3])
+        time.sleep(0.001)
+    cont = c.read_response()
+    for i in range(0, len(msg), 3):
+        c.send(msg[i:i + 3])
+    c.send(b"\r\n")
+    r = c.wait_tagged("w1")
+    R.check("a command and literal sent 3 bytes at a time are parsed",
+            cont.startswith(b"+") and r.ok, (cont, r))
+    # a big message: byte-exact round trip and partial at its end
+    big = crlf("From: a@example.org\nSubject: big\n\n") + (b"0123456789abcdef" * 63 + b"\r\n") * 5200
+    r, uid = append(c, "Wire", big)
+    R.check("APPEND of a %.1f MB message -> OK" % (len(big) / 1e6), r.ok and uid, r)
+    c.command("SELECT Wire")
+    r, it = fetch1(c, "(RFC822.SIZE BODY.PEEK[])", str(uid), uid=True)
+    R.check("the big message comes back byte-exact with its RFC822.SIZE",
+            bytes(it.get("BODY[]", b"")) == big and it.get("RFC822.SIZE") == len(big),
+            (len(bytes(it.get("BODY[]", b""))), it.get("RFC822.SIZE")))
+    r, it = fetch1(c, "(BODY.PEEK[]<%d.50>)" % (len(big) - 20), str(uid), uid=True)
+    R.equal("a partial FETCH near the end of the big message",
+            bytes(it.get("BODY[]<%d>" % (len(big) - 20), b"?")), big[-20:])
+    # mailbox names in modified UTF-7 (RFC 3501 5.1.3) round-trip
+    name = "Entw&APw-rfe"
+    R.equal("CREATE a modified UTF-7 name", c.command("CREATE", quote(name)).status, "OK")
+    r = c.command('LIST "" "Entw*"')
+    R.equal("LIST returns the modified UTF-7 name as created", set(list_names(r)), {name})
+    c.command("DELETE", quote(name))
+    # many keywords on one message
+    kws = ["kw%02d" % i for i in range(40)]
+    r = c.command("UID STORE %d +FLAGS (%s)" % (uid, " ".join(kws)))
+    r, it = fetch1(c, "(FLAGS)", str(uid), uid=True)
+    R.check("40 keywords on one message are kept",
+            set(k.lower() for k in kws) <= flagset(it.get("FLAGS")), it.get("FLAGS"))
+    c.logout()
+
+
+def t_local_delivery():
+    msg = simple_message("delivered to Archive", "by the local delivery agent\n")
+    T.deliver(USER2, msg, "Archive")
+    c = connect(user=USER2, password=PASSWORD2)
+    r = c.command("EXAMINE Archive")
+    R.equal("a message delivered with -m Archive is in Archive", r.number("EXISTS"), 1)
+    r, it = fetch1(c, "(BODY.PEEK[])")
+    R.equal("the delivered text is intact", bytes(it.get("BODY[]", b"")), msg)
+    c.logout()
+    if T.kind == "starling":
+        out = T.node.dump(USER2)
+        R.check("`starling dump` lists the user's mailboxes", "Archive" in out and "INBOX" in out,
+                out[:500])
+
+
+def t_restart_persistence():
+    c = connect()
+    c.command("CREATE Durable")
+    uids = []
+    for i in range(20):
+        _, u = append(c, "Durable", simple_message("durable %d" % i, "text %d\n" % i),
+                      flags=["\\Seen"] if i % 3 == 0 else [])
+        uids.append(u)
+    c.command("SELECT Durable")
+    c.command("UID STORE %d +FLAGS.SILENT (\\Flagged $Kept)" % uids[1])
+    c.command("UID STORE %d +FLAGS.SILENT (\\Deleted)" % uids[2])
+    c.command("UID EXPUNGE %d" % uids[2])
+    _, before = status_of(c, "Durable")
+    r = c.command("UID FETCH 1:* (FLAGS BODY.PEEK[])")
+    snap = {it["UID"]: (flagset(it.get("FLAGS")) - {"\\recent"}, bytes(it.get("BODY[]", b"")))
+            for _, it in r.fetches()}
+    r = c.command('LIST "" "*"')
+    boxes = set(list_names(r))
+    c.logout()
+
+    T.restart(kill=False)
+    c = connect()
+    _, after = status_of(c, "Durable")
+    R.equal("after a clean restart, STATUS is unchanged (UIDVALIDITY, UIDNEXT, "
+            "MESSAGES, UNSEEN, HIGHESTMODSEQ)", after, before)
+    c.command("SELECT Durable")
+    r = c.command("UID FETCH 1:* (FLAGS BODY.PEEK[])")
+    snap2 = {it["UID"]: (flagset(it.get("FLAGS")) - {"\\recent"}, bytes(it.get("BODY[]", b"")))
+             for _, it in r.fetches()}
+    R.check("after a clean restart, every message, text and flag is unchanged",
+            snap2 == snap, (sorted(snap), sorted(snap2)))
+    R.equal("after a clean restart, the mailbox list is unchanged",
+            set(list_names(c.command('LIST "" "*"'))), boxes)
+    # answered OK, then SIGKILL: nothing answered OK may be lost
+    more = []
+    for i in range(10):
+        _, u = append(c, "Durable", simple_message("after kill %d" % i))
+        more.append(u)
+    c.command("UID STORE %d +FLAGS.SILENT (\\Answered)" % uids[0])
+    c.close()
+    T.restart(kill=True)
+    c = connect()
+    c.command("SELECT Durable")
+    r = c.command("UID FETCH 1:* (FLAGS)")
+    got = {it["UID"]: flagset(it.get("FLAGS")) for _, it in r.fetches()}
+    R.check("after SIGKILL, every APPEND answered OK is there",
+            set(more) <= set(got) and set(snap) <= set(got), sorted(set(more) - set(got)))
+    R.check("after SIGKILL, a STORE answered OK is kept",
+            "\\answered" in got.get(uids[0], set()), got.get(uids[0]))
+    _, st = status_of(c, "Durable", "(UIDNEXT)")
+    R.check("after SIGKILL, UIDNEXT is above every UID given out",
+            st.get("UIDNEXT", 0) > max(more), (st, max(more)))
+    _, u = append(c, "Durable", simple_message("after restart"))
+    R.check("a new APPEND after the crash gets a fresh UID", u is not None and u > max(more), u)
+    c.logout()
+
+
+def t_logging():
+    """The issue: logs say who logged in from where and what failed."""
+    if T.kind != "starling":
+        print("   (logging checks are for starlingd only)")
+        return
+    c = connect(login=False)
+    c.login("ghost-user", "nope")
+    c.logout()
+    connect().logout()
+    time.sleep(0.2)
+    log = T.log_text()
+    R.check("the log names the user who logged in and where from",
+            any(USER in l and "127.0.0.1" in l for l in log.splitlines()), log[-1500:])
+    R.check("the log records a failed login",
+            any("ghost-user" in l and ("fail" in l.lower() or "denied" in l.lower()
+                                       or "invalid" in l.lower() or "wrong" in l.lower()
+                                       or "unknown" in l.lower()) for l in log.splitlines()),
+            log[-1500:])
+    R.check("the log never contains a password",
+            PASSWORD not in log and PASSWORD2 not in log)
+
+
+def t_plaintext_auth_no():
+    """plaintext_auth = no: LOGIN and AUTHENTICATE refused until STARTTLS."""
+    if T.kind != "starling":
+        print("   (plaintext_auth checks are for starlingd only)")
+        return
+    from harness.starling import Cluster
+    cl = Cluster(n=1, users={USER: PASSWORD}, tls=True, daemon=T.server.daemon,
+                 cli=T.server.cli or "", extra_config={"plaintext_auth": "no"})
+    cl.start_all()
+    node = cl.nodes[0]
+    try:
+        c = Client(node.host, node.imap_port)
+        r = c.command("CAPABILITY")
+        caps = set(bytes(x).upper() for x in r.find("CAPABILITY")[0][1:]) if r.find("CAPABILITY") else set()
+        R.check("plaintext_auth = no: LOGINDISABLED advertised without TLS",
+                b"LOGINDISABLED" in caps and b"STARTTLS" in caps, caps)
+        r = c.login(USER, PASSWORD)
+        R.equal("plaintext_auth = no: LOGIN without TLS -> NO", r.status, "NO")
+        r = c.authenticate_plain(USER, PASSWORD)
+        R.check("plaintext_auth = no: AUTHENTICATE PLAIN without TLS is refused",
+                r.status in ("NO", "BAD"), r)
+        ctx = ssl.create_default_context(cafile=cl.tls_cert)
+        r = c.starttls(ctx)
+        R.equal("plaintext_auth = no: STARTTLS -> OK", r.status, "OK")
+        r = c.login(USER, PASSWORD)
+        R.equal("plaintext_auth = no: LOGIN after STARTTLS -> OK", r.status, "OK")
+        c.logout()
+    finally:
+        code = node.stop()
+    R.equal("the plaintext_auth = no node exits 0", code, 0)
+    rep = node.sanitizer_report()
+    R.check("no sanitizer report from the plaintext_auth = no node", rep is None, rep)
+
+
 SECTIONS = [
     ("capability and login", t_capability_and_login),
     ("namespace, list, special-use", t_namespace_list_special_use),
@@ -1241,6 +1429,11 @@ SECTIONS = [
     ("50 concurrent clients", t_concurrency),
     ("malformed input", t_malformed),
     ("starttls", t_starttls),
+    ("wire robustness", t_wire_robustness),
+    ("local delivery", t_local_delivery),
+    ("restart persistence", t_restart_persistence),
+    ("logging", t_logging),
+    ("plaintext_auth no", t_plaintext_auth_no),
     ("rename inbox and logout", t_rename_inbox_and_logout),
 ]
 
