@@ -376,10 +376,7 @@ int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t co
 	}
 	if (list.count > 1)
 		qsort(list.items, list.count, sizeof(list.items[0]), kw_cmp);
-	*out = (stor_string_list)ARRAY_INIT;
-	out->items = list.items;
-	out->count = list.count;
-	out->cap = list.cap;
+	*out = list;
 	return 0;
 }
 
