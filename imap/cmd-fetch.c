@@ -474,8 +474,9 @@ static void seen_done(void *ctx, const struct repl_result *res)
 	struct imap_cmd *cmd = ctx;
 	struct imap_client *c = cmd->client;
 	cmd->waiting = false;
-	if (res->error != REPL_OK) {
-		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(res->error), res->error_msg);
+	if (res->error != REPL_OK || c->dead) {
+		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(res->error),
+			      res->error_msg != NULL ? res->error_msg : "connection closed");
 		return;
 	}
 	if (c->sel != NULL)

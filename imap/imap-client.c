@@ -27,7 +27,8 @@ static const struct imap_parser_limits limits_preauth = {
 	.max_line = 8192,
 	.max_literal = 8192,
 	.max_total = 16384,
-	.max_args = 16,
+	/* ID with a dozen field pairs must fit. */
+	.max_args = 64,
 	.max_depth = 2,
 };
 
@@ -311,6 +312,12 @@ static int client_flush(struct imap_client *c)
 			}
 		}
 		buf_consume(&c->out, (size_t)n);
+	}
+	/* One big FETCH literal must not pin its buffer for the rest of a
+	 * long session. */
+	if (buf_avail(&c->out) == 0 && c->out.cap > 4 * IMAP_OUT_HIGHWATER) {
+		buf_free(&c->out);
+		buf_init(&c->out);
 	}
 	if (c->starttls_pending && buf_avail(&c->out) == 0) {
 		c->starttls_pending = false;

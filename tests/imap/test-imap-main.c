@@ -8,6 +8,7 @@ int main(void)
 		{ "imap-seqset", imap_seqset_cases, NULL, NULL },
 		{ "imap-search", imap_search_cases, NULL, NULL },
 		{ "imap-util", imap_util_cases, NULL, NULL },
+		{ "repl-local seam", imap_seam_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 	return test_run_suites("test-imap", suites);

@@ -1,0 +1,232 @@
+/* The change seam's single-node implementation (replicator/repl-local.c),
+ * driven by a private libev loop over a store in a temporary directory:
+ * completions never run inside the submitting call, changes of one loop
+ * turn share one group commit, results carry what IMAP replies need, and
+ * watchers hear about every durable change. */
+#include <ev.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/xalloc.h"
+#include "replicator/repl.h"
+#include "tests/imap/tests-imap.h"
+
+struct fixture {
+	char *dir;
+	struct stor_db *db;
+	struct ev_loop *loop;
+	struct repl *repl;
+	unsigned notified;
+};
+
+struct done {
+	bool called;
+	enum repl_error error;
+	uint32_t uid;
+	struct guid mailbox;
+	size_t changed, expunged, copied;
+	uint32_t dst_uids[8];
+};
+
+static void on_done(void *ctx, const struct repl_result *res)
+{
+	struct done *d = ctx;
+	d->called = true;
+	d->error = res->error;
+	d->uid = res->uid;
+	if (res->mailbox != NULL)
+		d->mailbox = res->mailbox->guid;
+	d->changed = res->changed_count;
+	d->expunged = res->expunged_count;
+	d->copied = res->uid_count;
+	for (size_t i = 0; i < res->uid_count && i < 8; i++)
+		d->dst_uids[i] = res->dst_uids[i];
+}
+
+static void on_change(void *ctx, const char *user, const struct guid *mailbox)
+{
+	struct fixture *f = ctx;
+	f->notified++;
+}
+
+static void setup(struct fixture *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->dir = test_mkdtemp();
+	struct stor_settings set = { .dir = f->dir };
+	char *err = NULL;
+	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &f->db, &err), 0);
+	f->loop = ev_loop_new(EVFLAG_AUTO);
+	struct repl_settings rs = { 1, 1024 * 1024 };
+	f->repl = repl_local_create(f->loop, f->db, &rs);
+	repl_watch_add(f->repl, on_change, f);
+}
+
+static void teardown(struct fixture *f)
+{
+	repl_watch_remove(f->repl, on_change, f);
+	repl_destroy(&f->repl);
+	CU_ASSERT_PTR_NULL(f->repl);
+	stor_close(&f->db);
+	ev_loop_destroy(f->loop);
+	test_rmtree(f->dir);
+	free(f->dir);
+}
+
+/* Turns the loop until every d[i] was called (bounded). */
+static void run_until(struct fixture *f, struct done *d, size_t n)
+{
+	for (int turn = 0; turn < 100; turn++) {
+		bool all = true;
+		for (size_t i = 0; i < n; i++)
+			all = all && d[i].called;
+		if (all)
+			return;
+		ev_run(f->loop, EVRUN_NOWAIT);
+	}
+	CU_FAIL("completion did not arrive");
+}
+
+static struct guid make_mailbox(struct fixture *f, const char *name)
+{
+	struct done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(f->repl, "alice", name, NULL, on_done, &d);
+	CU_ASSERT_FALSE(d.called);
+	run_until(f, &d, 1);
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	return d.mailbox;
+}
+
+static void test_seam_appends_of_one_turn_complete_together_after_sync(void)
+{
+	struct fixture f;
+	setup(&f);
+	struct guid mb = make_mailbox(&f, "INBOX");
+	unsigned before = f.notified;
+	struct done d[3];
+	memset(d, 0, sizeof(d));
+	struct repl_append req = { .text = "Subject: x\r\n\r\nbody\r\n", .text_len = 20,
+				   .internaldate = 1700000000 };
+	for (int i = 0; i < 3; i++)
+		repl_append(f.repl, "alice", &mb, &req, on_done, &d[i]);
+	/* Nothing completes inside the call, and all three wait for a sync. */
+	CU_ASSERT_FALSE(d[0].called || d[1].called || d[2].called);
+	CU_ASSERT_TRUE(stor_sync_pending(f.db));
+	CU_ASSERT_EQUAL(repl_in_flight(f.repl), 3);
+	ev_run(f.loop, EVRUN_NOWAIT);
+	CU_ASSERT_TRUE(d[0].called && d[1].called && d[2].called);
+	CU_ASSERT_EQUAL(d[0].uid, 1);
+	CU_ASSERT_EQUAL(d[1].uid, 2);
+	CU_ASSERT_EQUAL(d[2].uid, 3);
+	CU_ASSERT_FALSE(stor_sync_pending(f.db));
+	CU_ASSERT_EQUAL(repl_in_flight(f.repl), 0);
+	CU_ASSERT_EQUAL(f.notified - before, 3);
+	teardown(&f);
+}
+
+static void test_seam_refusals_complete_from_the_loop(void)
+{
+	struct fixture f;
+	setup(&f);
+	struct guid missing;
+	memset(&missing, 7, sizeof(missing));
+	struct done d[3];
+	memset(d, 0, sizeof(d));
+	struct repl_append req = { .text = "x", .text_len = 1 };
+	repl_append(f.repl, "alice", &missing, &req, on_done, &d[0]);
+	struct repl_append big = { .text = NULL, .text_len = 2 * 1024 * 1024 };
+	repl_append(f.repl, "alice", &missing, &big, on_done, &d[1]);
+	CU_ASSERT_FALSE(d[0].called || d[1].called);
+	run_until(&f, d, 2);
+	CU_ASSERT_EQUAL(d[0].error, REPL_ERR_NOTFOUND);
+	CU_ASSERT_EQUAL(d[1].error, REPL_ERR_TOOBIG);
+	make_mailbox(&f, "Dup");
+	repl_mailbox_create(f.repl, "alice", "Dup", NULL, on_done, &d[2]);
+	run_until(&f, &d[2], 1);
+	CU_ASSERT_EQUAL(d[2].error, REPL_ERR_EXISTS);
+	teardown(&f);
+}
+
+static void test_seam_store_copy_move_expunge_report_results(void)
+{
+	struct fixture f;
+	setup(&f);
+	struct guid a = make_mailbox(&f, "A"), b = make_mailbox(&f, "B");
+	struct done d[8];
+	memset(d, 0, sizeof(d));
+	struct repl_append req = { .text = "Subject: y\r\n\r\n", .text_len = 14 };
+	for (int i = 0; i < 3; i++)
+		repl_append(f.repl, "alice", &a, &req, on_done, &d[i]);
+	run_until(&f, d, 3);
+	uint32_t uids[] = { 1, 2, 3, 99 };
+	struct stor_store st = { .op = STOR_FLAGS_ADD, .flags = STOR_FLAG_DELETED };
+	repl_store(f.repl, "alice", &a, uids, 2, &st, on_done, &d[3]);
+	run_until(&f, &d[3], 1);
+	CU_ASSERT_EQUAL(d[3].error, REPL_OK);
+	CU_ASSERT_EQUAL(d[3].changed, 2);
+	/* COPY skips the UID that does not exist. */
+	repl_copy(f.repl, "alice", &a, uids, 4, &b, false, on_done, &d[4]);
+	run_until(&f, &d[4], 1);
+	CU_ASSERT_EQUAL(d[4].copied, 3);
+	CU_ASSERT_EQUAL(d[4].dst_uids[0], 1);
+	CU_ASSERT_EQUAL(d[4].dst_uids[2], 3);
+	repl_copy(f.repl, "alice", &a, &uids[2], 1, &b, true, on_done, &d[5]);
+	run_until(&f, &d[5], 1);
+	CU_ASSERT_EQUAL(d[5].copied, 1);
+	CU_ASSERT_EQUAL(d[5].dst_uids[0], 4);
+	CU_ASSERT_EQUAL(d[5].expunged, 1);
+	repl_expunge(f.repl, "alice", &a, uids, 2, on_done, &d[6]);
+	run_until(&f, &d[6], 1);
+	CU_ASSERT_EQUAL(d[6].expunged, 2);
+	struct stor_mailbox mb;
+	const char *err;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(f.db, &a, &mb, &err), 1);
+	CU_ASSERT_EQUAL(mb.messages, 0);
+	stor_mailbox_free(&mb);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(f.db, &b, &mb, &err), 1);
+	CU_ASSERT_EQUAL(mb.messages, 4);
+	stor_mailbox_free(&mb);
+	teardown(&f);
+}
+
+static void test_seam_default_mailboxes_once(void)
+{
+	struct fixture f;
+	setup(&f);
+	struct done d[2];
+	memset(d, 0, sizeof(d));
+	repl_user_ensure_defaults(f.repl, "bob", on_done, &d[0]);
+	CU_ASSERT_FALSE(d[0].called);
+	run_until(&f, d, 1);
+	CU_ASSERT_EQUAL(d[0].error, REPL_OK);
+	stor_mailbox_array list = ARRAY_INIT;
+	const char *err;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_list(f.db, "bob", &list, &err), 0);
+	CU_ASSERT_EQUAL(list.count, 6);
+	bool sent = false;
+	for (size_t i = 0; i < list.count; i++)
+		if (strcmp(list.items[i].name, "Sent") == 0)
+			sent = strcmp(list.items[i].special_use, "\\Sent") == 0;
+	CU_ASSERT_TRUE(sent);
+	stor_mailbox_list_free(&list);
+	/* A second call changes nothing and still completes from the loop. */
+	repl_user_ensure_defaults(f.repl, "bob", on_done, &d[1]);
+	CU_ASSERT_FALSE(d[1].called);
+	run_until(&f, &d[1], 1);
+	CU_ASSERT_EQUAL(d[1].error, REPL_OK);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_list(f.db, "bob", &list, &err), 0);
+	CU_ASSERT_EQUAL(list.count, 6);
+	stor_mailbox_list_free(&list);
+	teardown(&f);
+}
+
+const struct test_case imap_seam_cases[] = {
+	{ "appends of one turn complete together after one sync",
+	  test_seam_appends_of_one_turn_complete_together_after_sync },
+	{ "refusals complete from the loop", test_seam_refusals_complete_from_the_loop },
+	{ "store, copy, move and expunge report results",
+	  test_seam_store_copy_move_expunge_report_results },
+	{ "default mailboxes are created once", test_seam_default_mailboxes_once },
+	{ NULL, NULL },
+};
