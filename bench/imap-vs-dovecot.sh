@@ -10,7 +10,8 @@
 # Environment: STARLINGD (default $BUILD/replicator/starlingd, BUILD default
 # ./build), BENCH_DIR (where both servers keep their data; default /var/tmp,
 # must not be tmpfs or fsync means nothing), CLIENTS (8), MESSAGES (100 per
-# client), MIX_OPS (200 per client), FETCH_ROUNDS (5).
+# client), MIX_OPS (200 per client), FETCH_ROUNDS (10), ROUNDS (3: the servers
+# take turns, each figure is the median).
 # Goal of issue 3: APPEND >= 2x Dovecot, FETCH >= 1x.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +24,8 @@ fs=$(stat -f -c %T "$BENCH_DIR")
 [ "$fs" != tmpfs ] || echo "imap-vs-dovecot: warning: $BENCH_DIR is tmpfs, fsync costs nothing there" >&2
 
 export STARLINGD BENCH_DIR TOP="$top"
-export CLIENTS=${CLIENTS:-8} MESSAGES=${MESSAGES:-100} MIX_OPS=${MIX_OPS:-200} FETCH_ROUNDS=${FETCH_ROUNDS:-5}
+export CLIENTS=${CLIENTS:-8} MESSAGES=${MESSAGES:-100} MIX_OPS=${MIX_OPS:-200} FETCH_ROUNDS=${FETCH_ROUNDS:-10}
+export ROUNDS=${ROUNDS:-3}
 exec python3 -B - <<'EOF'
 import json, os, subprocess, sys, tempfile
 top = os.environ["TOP"]
@@ -46,36 +48,51 @@ print("machine: %s, %d cores; data in %s (%s)" % (
     os.cpu_count(), base,
     subprocess.run(["stat", "-f", "-c", "%T", base], capture_output=True, text=True).stdout.strip()))
 print("starlingd: %s" % os.environ["STARLINGD"])
-print("load: %s clients x %s APPENDs, fetch x%s, %s mix ops per client" % (
-    os.environ["CLIENTS"], os.environ["MESSAGES"], os.environ["FETCH_ROUNDS"], os.environ["MIX_OPS"]))
+print("load: %s clients x %s APPENDs, fetch x%s, %s mix ops per client, %s rounds" % (
+    os.environ["CLIENTS"], os.environ["MESSAGES"], os.environ["FETCH_ROUNDS"],
+    os.environ["MIX_OPS"], os.environ["ROUNDS"]))
 
-results = {}
+results = {"starling": [], "dovecot": []}
 def run(label, port):
     r = subprocess.run(bench + ["--port", str(port), "--label", label],
                        capture_output=True, text=True, timeout=3600)
-    sys.stdout.write(r.stdout)
+    sys.stdout.write("".join(l + "\n" for l in r.stdout.splitlines()
+                             if not l.startswith("RESULT ")))
+    sys.stdout.flush()
     if r.returncode != 0:
         sys.stdout.write(r.stderr)
         raise SystemExit("imap-vs-dovecot: benchmark against %s failed" % label)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
-            results[label] = json.loads(line[7:])
+            results[label].append(json.loads(line[7:]))
 
+# Both servers run side by side and the rounds alternate between them, so
+# that other load on the machine (the disk is shared) hits both alike;
+# each figure is the median of the rounds.
 c = Cluster(n=1, users={user: pw}, daemon=os.environ["STARLINGD"], cli="",
             base_dir=sdir)
-c.start_all()
+d = Dovecot(users={user: pw}, base_dir=ddir)
 try:
-    run("starling", c.nodes[0].imap_port)
+    c.start_all()
+    d.start()
+    for i in range(int(os.environ["ROUNDS"])):
+        print("-- round %d" % (i + 1), flush=True)
+        run("starling", c.nodes[0].imap_port)
+        run("dovecot", d.imap_port)
 finally:
     c.stop_all()
-d = Dovecot(users={user: pw}, base_dir=ddir).start()
-try:
-    run("dovecot", d.imap_port)
-finally:
     d.stop()
 
-s, v = results["starling"], results["dovecot"]
+def median(label, key):
+    xs = sorted(r[key] for r in results[label])
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+keys = ("append_msgs_s", "append_mb_s", "fetch_msgs_s", "fetch_mb_s", "mix_ops_s")
+s = {k: median("starling", k) for k in keys}
+v = {k: median("dovecot", k) for k in keys}
 print()
+print("medians of %d rounds" % len(results["starling"]))
 print("%-22s %12s %12s %8s" % ("figure", "starling", "dovecot", "ratio"))
 goals = {"append_msgs_s": 2.0, "fetch_msgs_s": 1.0, "fetch_mb_s": 1.0}
 ok = True
