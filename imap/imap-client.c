@@ -520,6 +520,11 @@ bool imap_cmd_done_str(struct imap_cmd *cmd, const char *status, const char *tex
 	struct imap_client *c = cmd->client;
 	if (c->sel != NULL && !c->dead)
 		imap_sync(c, !cmd->no_expunge);
+	if (strcmp(status, "NO") == 0 && strncmp(text, "[SERVERBUG]", 11) == 0)
+		log_errorx("imap[%016llx]: %s%s %s failed: %s", (unsigned long long)c->id,
+			   c->user != NULL ? c->user : "", c->user != NULL ? ":" : "", cmd->name, text);
+	else if (strcmp(status, "OK") != 0)
+		log_debug("imap[%016llx]: %s %s %s", (unsigned long long)c->id, cmd->name, status, text);
 	if (strcmp(status, "BAD") == 0) {
 		reply_bad(c, cmd->tag, text);
 	} else {
