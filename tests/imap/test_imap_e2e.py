@@ -21,6 +21,7 @@ import datetime
 import email.utils
 import ssl
 import sys
+import socket
 import threading
 import time
 
@@ -1414,6 +1415,113 @@ def t_plaintext_auth_no():
     R.check("no sanitizer report from the plaintext_auth = no node", rep is None, rep)
 
 
+def t_edge_cases():
+    c = connect()
+    d = delim_of(c)
+    # literals as ordinary arguments (LOGIN with literals)
+    l = Client(T.host, T.port)
+    r = l.command("LOGIN", Literal(USER), Literal(PASSWORD))
+    R.equal("LOGIN with literal arguments -> OK", r.status, "OK")
+    l.logout()
+    # CREATE with a trailing delimiter, and with missing superiors
+    r = c.command("CREATE", quote("Trail" + d))
+    R.equal("CREATE with a trailing delimiter -> OK", r.status, "OK")
+    R.equal("...creates the name without the delimiter",
+            set(list_names(c.command('LIST "" "Trail*"'))), {"Trail"})
+    deep = d.join(["Lvl1", "Lvl2", "Lvl3"])
+    R.equal("CREATE Lvl1%sLvl2%sLvl3 -> OK" % (d, d), c.command("CREATE", quote(deep)).status, "OK")
+    names = set(list_names(c.command('LIST "" "Lvl1*"')))
+    R.check("CREATE makes the missing superior names (RFC 3501 6.3.3 SHOULD)",
+            {"Lvl1", "Lvl1" + d + "Lvl2", deep} <= names, names)
+    r = c.command("DELETE", quote("Lvl1" + d + "Lvl2"))
+    names = set(list_names(c.command('LIST "" "Lvl1*"')))
+    R.check("DELETE of a name with inferiors never deletes the inferiors",
+            deep in names, (r, names))
+    # APPEND to the selected mailbox is seen by the same session
+    c.command("CREATE Edge")
+    for i in range(5):
+        append(c, "Edge", simple_message("edge %d" % i))
+    c.command("SELECT Edge")
+    r, _ = append(c, "Edge", simple_message("edge 5"))
+    r2 = c.command("NOOP")
+    R.check("APPEND to the selected mailbox: * 6 EXISTS in the APPEND or next NOOP response",
+            r.number("EXISTS") == 6 or r2.number("EXISTS") == 6, (r.untagged, r2.untagged))
+    # no EXPUNGE during a FETCH/STORE/SEARCH by sequence numbers (RFC 3501 7.4.1)
+    b = connect()
+    b.command("SELECT Edge")
+    b.command("STORE 3 +FLAGS.SILENT (\\Deleted)")
+    b.command("EXPUNGE")
+    b.logout()
+    r = c.command("FETCH 1:* (FLAGS)")
+    R.check("no EXPUNGE response is sent during FETCH (sequence numbers stay valid)",
+            r.ok and not r.expunges(), r.untagged)
+    r = c.command("STORE 1 +FLAGS (\\Seen)")
+    R.check("no EXPUNGE response is sent during STORE", r.ok and not r.expunges(), r.untagged)
+    r = c.command("SEARCH ALL")
+    R.check("no EXPUNGE response is sent during SEARCH", r.ok and not r.expunges(), r.untagged)
+    r = c.command("NOOP")
+    R.equal("...the EXPUNGE comes with the next NOOP", r.expunges(), [3])
+    c.logout()
+    # MOVE with QRESYNC enabled reports VANISHED (RFC 6851 4.3 / RFC 7162)
+    q = connect()
+    q.command("ENABLE QRESYNC")
+    q.command("SELECT Edge")
+    r = q.command("FETCH 1 (UID)")
+    u1 = r.fetches()[0][1]["UID"] if r.fetches() else None
+    r = q.command("MOVE 1 Trash")
+    R.check("MOVE with QRESYNC enabled reports VANISHED uid, not EXPUNGE",
+            r.ok and not r.expunges() and [v for e, v in r.vanished()] == [[u1]], r.untagged)
+    q.logout()
+    # a client that disconnects in the middle of an APPEND literal leaves nothing behind
+    c = connect()
+    _, st0 = status_of(c, "Edge")
+    x = connect()
+    x.send("z1 APPEND Edge {1000}\r\n")
+    cont = x.read_response()
+    x.send(b"Subject: half\r\n\r\n" + b"y" * 300)
+    x.close()
+    time.sleep(0.3)
+    _, st1 = status_of(c, "Edge")
+    R.check("an APPEND cut off mid-literal stores nothing",
+            cont.startswith(b"+") and st1.get("MESSAGES") == st0.get("MESSAGES"), (st0, st1))
+    # a client that does not read a large FETCH response blocks nobody else
+    c.command("CREATE Slow")
+    big = crlf("Subject: slow\n\n") + (b"z" * 998 + b"\r\n") * 2000
+    for i in range(3):
+        append(c, "Slow", big)
+    s_ = connect()
+    s_.command("EXAMINE Slow")
+    s_.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s_.send("".join("f%d FETCH 1:* (BODY.PEEK[])\r\n" % i for i in range(15)))
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    ok = True
+    try:
+        o = connect(timeout=10)
+        ok = o.command("NOOP").ok and append(o, "Edge", simple_message("while slow"))[0].ok
+        o.logout()
+    except Exception as e:  # noqa: BLE001
+        ok = False
+        print("   other client failed: %s" % e)
+    dt = time.monotonic() - t0
+    R.check("while a client leaves ~90 MB of FETCH output unread, another logs in and "
+            "APPENDs promptly (%.2fs)" % dt, ok and dt < 5, dt)
+    s_.close()
+    # many connections that never log in
+    socks = []
+    for i in range(100):
+        try:
+            socks.append(socket.create_connection((T.host, T.port), timeout=5))
+        except OSError:
+            break
+    R.equal("100 idle unauthenticated connections are accepted", len(socks), 100)
+    for so in socks:
+        so.close()
+    time.sleep(0.2)
+    R.equal("the server still serves a session after them", connect().logout().status, "OK")
+    c.logout()
+
+
 SECTIONS = [
     ("capability and login", t_capability_and_login),
     ("namespace, list, special-use", t_namespace_list_special_use),
@@ -1430,6 +1538,7 @@ SECTIONS = [
     ("malformed input", t_malformed),
     ("starttls", t_starttls),
     ("wire robustness", t_wire_robustness),
+    ("edge cases", t_edge_cases),
     ("local delivery", t_local_delivery),
     ("restart persistence", t_restart_persistence),
     ("logging", t_logging),
