@@ -144,13 +144,23 @@ class Dovecot:
                                            os.path.join(self.dir, "master.out"))
         self.started = True
         deadline = time.monotonic() + timeout
-        while not proc.port_open(self.imap_port):
+        while not self._greets():
             if not self.process.alive() or time.monotonic() > deadline:
                 out = open(os.path.join(self.dir, "master.out"), "rb").read()
                 raise RuntimeError("dovecot did not start: %s\n%s"
                                    % (out.decode(errors="replace"), self.log_tail()))
             time.sleep(0.05)
         return self
+
+    def _greets(self):
+        """True once a connection gets the IMAP greeting (an open port alone
+        may still be a dying previous instance's)."""
+        import socket
+        try:
+            with socket.create_connection((self.host, self.imap_port), timeout=2) as s:
+                return s.recv(100).startswith(b"* OK")
+        except OSError:
+            return False
 
     def stop(self, timeout=20.0):
         if not self.started:
