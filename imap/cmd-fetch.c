@@ -60,6 +60,7 @@ struct fetch_ctx {
 	bool vanished;
 	bool sets_seen;
 	bool need_text;
+	bool enables_condstore;
 	struct guid mailbox;
 	stor_uid_list unseen;
 	struct stor_store seen_req;
@@ -253,8 +254,11 @@ static int parse_item(struct fetch_ctx *fc, const struct imap_arg *arg)
 		return add_item(fc, F_INTERNALDATE) ? 0 : -1;
 	if (strcasecmp(s, "RFC822.SIZE") == 0)
 		return add_item(fc, F_SIZE) ? 0 : -1;
-	if (strcasecmp(s, "MODSEQ") == 0)
+	if (strcasecmp(s, "MODSEQ") == 0) {
+		/* FETCH MODSEQ is a CONDSTORE enabling command (RFC 7162 3.1). */
+		fc->enables_condstore = true;
 		return add_item(fc, F_MODSEQ) ? 0 : -1;
+	}
 	if (strcasecmp(s, "ENVELOPE") == 0 || strcasecmp(s, "BODY") == 0 ||
 	    strcasecmp(s, "BODYSTRUCTURE") == 0) {
 		enum fetch_kind k = strcasecmp(s, "ENVELOPE") == 0 ? F_ENVELOPE :
@@ -359,6 +363,8 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 			return -1;
 		}
 	}
+	/* An empty text leaves text.data NULL; nobody wants to see that. */
+	const unsigned char *text_data = text.data != NULL ? text.data : (const unsigned char *)"";
 	struct buf out = BUF_INIT;
 	buf_appendf(&out, "* %u FETCH (", seq);
 	bool first = true;
@@ -398,7 +404,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 		case F_BODY:
 		case F_BODYSTRUCTURE:
 			if (mime == NULL)
-				mime = imap_mime_parse(text.data, text.len);
+				mime = imap_mime_parse(text_data, text.len);
 			SEP();
 			if (it->kind == F_ENVELOPE) {
 				buf_append_str(&out, "ENVELOPE ");
@@ -413,17 +419,17 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 			buf_append_str(&out, it->label);
 			buf_append_byte(&out, ' ');
 			if (it->part[0] == '\0' && it->skind == IMAP_SECTION_ALL) {
-				append_literal_range(&out, text.data, text.len, it);
+				append_literal_range(&out, text_data, text.len, it);
 			} else {
 				if (mime == NULL)
-					mime = imap_mime_parse(text.data, text.len);
+					mime = imap_mime_parse(text_data, text.len);
 				struct buf sec = BUF_INIT;
 				if (imap_mime_section(mime, it->part, it->skind,
 						      (const char *const *)it->fields, it->field_count,
 						      &sec) < 0)
 					buf_append_str(&out, "\"\"");
 				else
-					append_literal_range(&out, sec.data, sec.len, it);
+					append_literal_range(&out, sec.data != NULL ? sec.data : (const unsigned char *)"", sec.len, it);
 				buf_free(&sec);
 			}
 			break;
@@ -532,6 +538,8 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	fc->mailbox = c->sel->guid;
 	if (parse_items(fc, &cmd->args[1]) < 0)
 		return imap_cmd_done(cmd, "BAD", "Invalid FETCH item");
+	if (fc->enables_condstore)
+		c->condstore = true;
 	if (cmd->count == 3) {
 		const struct imap_arg *mods = &cmd->args[2];
 		if (mods->type != IMAP_ARG_LIST)
