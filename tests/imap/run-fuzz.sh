@@ -2,14 +2,15 @@
 # Builds the IMAP command parser's libFuzzer harness with clang in its own
 # build directory and runs it for a bounded time over the seed corpus.
 #
-#   tests/imap/run-fuzz.sh [SECONDS]      (default 60)
+#   tests/imap/run-fuzz.sh [SECONDS]      (default $FUZZ_SECONDS, else 60)
 #
-# Environment: FUZZ_BUILD_DIR (default $TMPDIR/starling-fuzz-imap).
+# Environment: FUZZ_SECONDS, FUZZ_BUILD_DIR (default
+# $TMPDIR/starling-fuzz-imap).
 # Exit status: 0 when the run found nothing, non-zero on a crash or a build
 # failure.  New interesting inputs go to a scratch copy of the corpus, so the
 # checked-in seeds stay small.
 set -eu
-seconds=${1:-60}
+seconds=${1:-${FUZZ_SECONDS:-60}}
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 build=${FUZZ_BUILD_DIR:-${TMPDIR:-/tmp}/starling-fuzz-imap}
