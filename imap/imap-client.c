@@ -508,6 +508,15 @@ static void work_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	}
 	if (c->cmd == NULL)
 		process_input(c);
+	/* TLS may hold decrypted bytes we did not take when the input buffer
+	 * was full; the socket will not become readable for them again. */
+	if (c->ssl != NULL && !c->tls_handshake && want_read(c) && SSL_pending(c->ssl) > 0) {
+		if (client_read(c) < 0) {
+			imap_client_destroy(c);
+			return;
+		}
+		imap_client_kick(c);
+	}
 	if (c->closing && c->cmd == NULL && buf_avail(&c->out) == 0) {
 		imap_client_destroy(c);
 		return;
