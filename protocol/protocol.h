@@ -1,0 +1,323 @@
+/* The replication wire protocol: codec and connection (see SPEC.md).
+ *
+ * This is the only header other components include from protocol/.  It has
+ * three layers, each usable alone:
+ *
+ *   - the parser turns bytes into complete lines ("commands": requests,
+ *     completions and data lines alike), whatever the split of the input;
+ *   - the writer produces lines in exactly the SPEC's syntax;
+ *   - the connection runs one peer link on a libev loop: greeting, version
+ *     check, optional TLS, mutual HMAC-SHA256 authentication, optional
+ *     DEFLATE compression, tags with completion callbacks and timeouts,
+ *     keepalive and back-pressure.
+ *
+ * protocol/ knows nothing of storage or of replication policy: it never
+ * interprets SAVE, STORE or any other replication command, it only carries
+ * them.  Both ends of a link run the same code; a link has an initiator (who
+ * connected) and an acceptor, and the two differ only in who starts TLS and
+ * who authenticates first. */
+#ifndef PROTOCOL_PROTOCOL_H
+#define PROTOCOL_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/buf.h"
+#include "lib/guid.h"
+
+#define PROTO_VERSION_MAJOR 1
+#define PROTO_VERSION_MINOR 0
+
+/* Defaults of the limits (SPEC.md "Limits"). */
+#define PROTO_DEFAULT_MAX_LINE 65536               /* bytes outside literals */
+#define PROTO_DEFAULT_MAX_LITERAL (64u * 1024 * 1024) /* literal bytes per line */
+#define PROTO_DEFAULT_MAX_ARGS 1024                /* arguments incl. list items */
+#define PROTO_DEFAULT_MAX_DEPTH 8                  /* list nesting */
+/* Before authentication: no literals, short lines, few arguments. */
+#define PROTO_PREAUTH_MAX_LINE 1024
+#define PROTO_PREAUTH_MAX_ARGS 16
+#define PROTO_PREAUTH_MAX_DEPTH 2
+
+#define PROTO_MAX_TAG 32   /* characters of a tag */
+#define PROTO_MAX_NAME 32  /* characters of a command or response name */
+/* Strings up to this size that need no literal are written quoted. */
+#define PROTO_MAX_QUOTED 1024
+
+/* ------------------------------------------------------------------ */
+/* Parsed lines */
+
+enum proto_arg_type {
+	PROTO_ARG_ATOM,    /* 1*ATOM-CHAR */
+	PROTO_ARG_QUOTED,  /* "..." (already unescaped) */
+	PROTO_ARG_LITERAL, /* {N}CRLF followed by N octets */
+	PROTO_ARG_LIST,    /* ( ... ) */
+};
+
+struct proto_arg {
+	enum proto_arg_type type;
+	/* Atom, quoted and literal: the bytes, NUL-terminated (a literal may
+	 * also contain NULs, so use len). */
+	const char *str;
+	size_t len;
+	/* List: its elements. */
+	const struct proto_arg *list;
+	size_t count;
+};
+
+/* One complete line (with its literals).  For a completion or status line
+ * (name OK, NO, BAD or BYE) args are the items of the bracketed response
+ * code, has_code tells whether there was one, and text is the
+ * human-readable rest of the line.  For any other line text is "". */
+struct proto_cmd {
+	const char *tag;  /* "*" for untagged lines */
+	const char *name; /* as received; compare with proto_cmd_is() */
+	const struct proto_arg *args;
+	size_t arg_count;
+	bool has_code;
+	const char *text;
+};
+
+/* Case-insensitive comparison of the line's name. */
+bool proto_cmd_is(const struct proto_cmd *cmd, const char *name);
+/* True for OK/NO/BAD/BYE lines. */
+bool proto_cmd_is_status(const struct proto_cmd *cmd);
+
+/* ------------------------------------------------------------------ */
+/* Parser */
+
+struct proto_parser_settings {
+	size_t max_line;    /* bytes of a line outside literals, CRLF included */
+	size_t max_literal; /* total literal bytes in one line; 0 refuses literals */
+	size_t max_args;    /* arguments in one line, list elements included */
+	unsigned max_depth; /* nesting of parenthesised lists */
+};
+
+/* Parse errors.  Every one is fatal for the connection: a receiver sends
+ * "* BYE [code] text" and closes (SPEC.md "Errors"). */
+enum proto_parse_error {
+	PROTO_PARSE_OK = 0,
+	PROTO_PARSE_ERR_SYNTAX,          /* code PARSE */
+	PROTO_PARSE_ERR_LINE_TOO_LONG,   /* code LINE-TOO-LONG */
+	PROTO_PARSE_ERR_LITERAL_TOO_BIG, /* code TOOBIG */
+	PROTO_PARSE_ERR_TOO_MANY_ARGS,   /* code TOO-MANY-ARGS */
+	PROTO_PARSE_ERR_TOO_DEEP,        /* code TOO-DEEP */
+};
+
+struct proto_parser;
+
+/* set NULL means the PROTO_DEFAULT_* limits. */
+struct proto_parser *proto_parser_create(const struct proto_parser_settings *set);
+void proto_parser_destroy(struct proto_parser **pp);
+/* Changes the limits; applies from the next line (used after auth). */
+void proto_parser_set_limits(struct proto_parser *p, const struct proto_parser_settings *set);
+void proto_parser_settings_default(struct proto_parser_settings *set_r);
+void proto_parser_settings_preauth(struct proto_parser_settings *set_r);
+
+/* Consumes bytes from data[0..len) up to the end of at most one line.
+ * *consumed_r gets the number of bytes used (the rest belongs to later
+ * lines: call again with them).  Returns:
+ *    1  a line is complete: *cmd_r points to it; it and all its strings stay
+ *       valid until the next call on this parser;
+ *    0  all len bytes were consumed and the line is not complete yet;
+ *   -1  the input is invalid: see proto_parser_get_error(); every later
+ *       call returns -1 again.
+ * Literal bytes are copied once, into one buffer of the announced size. */
+int proto_parser_parse(struct proto_parser *p, const unsigned char *data, size_t len,
+		       size_t *consumed_r, const struct proto_cmd **cmd_r);
+/* True while no partial line is buffered (between lines). */
+bool proto_parser_is_idle(const struct proto_parser *p);
+/* The error of the last -1: enum, response code (e.g. "TOOBIG") and text. */
+enum proto_parse_error proto_parser_get_error(const struct proto_parser *p,
+					      const char **code_r, const char **text_r);
+/* Takes ownership of the bytes of literal argument arg of the line just
+ * returned (malloc()ed, NUL-terminated, arg->len bytes): saves a copy when
+ * the receiver keeps a message text.  Returns NULL if arg is not a literal
+ * of the current line or was taken already. */
+unsigned char *proto_parser_steal_literal(struct proto_parser *p, const struct proto_arg *arg);
+
+/* ------------------------------------------------------------------ */
+/* Writer: appends one line at a time to a buffer. */
+
+struct proto_wr {
+	struct buf *out;
+	bool need_sp;
+	unsigned depth;
+};
+
+void proto_wr_init(struct proto_wr *w, struct buf *out);
+/* Starts a line "TAG NAME".  tag is "*" for untagged lines. */
+void proto_wr_begin(struct proto_wr *w, const char *tag, const char *name);
+/* An atom: the caller guarantees the characters (asserted). */
+void proto_wr_atom(struct proto_wr *w, const char *atom);
+void proto_wr_u64(struct proto_wr *w, uint64_t v);
+/* A string argument: written as an atom when it is one, quoted when it is
+ * short and has no CR, LF or NUL, and as a literal otherwise. */
+void proto_wr_str(struct proto_wr *w, const void *s, size_t len);
+void proto_wr_cstr(struct proto_wr *w, const char *s);
+/* Always a literal (message texts). */
+void proto_wr_literal(struct proto_wr *w, const void *s, size_t len);
+void proto_wr_guid(struct proto_wr *w, const struct guid *g);
+/* A date "1700000000+0100": epoch seconds and the zone offset in minutes. */
+void proto_wr_date(struct proto_wr *w, int64_t secs, int tz_minutes);
+/* An UID set "1:5,7" from n UIDs (sorted or not, duplicates allowed). */
+void proto_wr_uidset(struct proto_wr *w, const uint32_t *uids, size_t n);
+void proto_wr_list_begin(struct proto_wr *w);
+void proto_wr_list_end(struct proto_wr *w);
+/* Ends the line with CRLF. */
+void proto_wr_end(struct proto_wr *w);
+/* A whole status line: "TAG STATUS [CODE] TEXT".  code may be NULL; it is
+ * the inside of the brackets, e.g. "MASTER 3 EPOCH 7", and must be made of
+ * atoms, quoted strings and lists.  text may be NULL. */
+void proto_wr_status(struct buf *out, const char *tag, const char *status,
+		     const char *code, const char *text);
+
+/* True if s[0..len) can be sent as an atom. */
+bool proto_is_atom(const void *s, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* Typed argument access.  All return 0, or -1 when the argument has the
+ * wrong type or syntax (the caller answers BAD). */
+
+/* Any of atom, quoted, literal: the bytes (NUL-terminated). */
+int proto_arg_str(const struct proto_arg *a, const char **s_r, size_t *len_r);
+/* Decimal without sign or leading zeros (except "0"), at most max. */
+int proto_arg_u64(const struct proto_arg *a, uint64_t max, uint64_t *v_r);
+int proto_arg_u32(const struct proto_arg *a, uint32_t *v_r);
+/* Exactly 32 hex digits. */
+int proto_arg_guid(const struct proto_arg *a, struct guid *g_r);
+
+/* "SECONDS+HHMM" or "SECONDS-HHMM" (SPEC.md "Dates"). */
+int proto_arg_date(const struct proto_arg *a, int64_t *secs_r, int *tz_minutes_r);
+
+/* A UID set: ranges lo..hi (lo <= hi, both >= 1), in the order given. */
+struct proto_uid_range {
+	uint32_t lo, hi;
+};
+/* Parses "1:5,7,9:*": '*' stands for star_value.  *ranges_r is malloc()ed
+ * and freed by the caller.  Refuses 0, empty items and more than max_ranges
+ * ranges. */
+int proto_arg_uidset(const struct proto_arg *a, uint32_t star_value, size_t max_ranges,
+		     struct proto_uid_range **ranges_r, size_t *count_r);
+
+/* ------------------------------------------------------------------ */
+/* HMAC-SHA256 helpers shared by the handshake and by change bundles. */
+
+#define PROTO_NONCE_SIZE 32
+#define PROTO_HMAC_SIZE 32
+
+/* The proof one side sends (SPEC.md "Authentication"): label is
+ * "initiator" or "acceptor"; channel may be NULL (no TLS) or the 32-byte
+ * TLS exporter value.  Returns 0, -1 on a crypto library failure. */
+int proto_auth_proof(const unsigned char *secret, size_t secret_len, const char *label,
+		     const unsigned char init_nonce[PROTO_NONCE_SIZE],
+		     const unsigned char acc_nonce[PROTO_NONCE_SIZE],
+		     uint32_t init_sid, uint32_t acc_sid, const unsigned char *channel,
+		     unsigned char out[PROTO_HMAC_SIZE]);
+
+/* ------------------------------------------------------------------ */
+/* Connection */
+
+struct ev_loop;
+struct proto_conn;
+
+enum proto_tls_mode {
+	PROTO_TLS_NONE,     /* plain text; STARTTLS neither offered nor used */
+	PROTO_TLS_STARTTLS, /* plain greeting, then STARTTLS before AUTH (required) */
+	PROTO_TLS_IMPLICIT, /* TLS from the first byte */
+};
+
+struct proto_conn_settings {
+	uint32_t my_sid;
+	/* 0 accepts any peer SID; otherwise the peer must greet with this one. */
+	uint32_t expected_peer_sid;
+	bool initiator;               /* we connected (TLS client, AUTH first) */
+	const unsigned char *secret;  /* cluster secret, copied */
+	size_t secret_len;
+	enum proto_tls_mode tls;
+	const char *tls_cert, *tls_key, *tls_ca; /* PEM files (needed unless NONE) */
+	bool compress;                /* initiator asks for COMPRESS DEFLATE */
+	struct proto_parser_settings limits; /* after auth; zeroed = defaults */
+	unsigned handshake_timeout_ms; /* 0 = 10000 */
+	unsigned ping_interval_ms;     /* idle time before PING; 0 = 30000 */
+	unsigned dead_timeout_ms;      /* silence before the peer is dead; 0 = 90000 */
+	size_t out_high_water;         /* stop reading above; 0 = 4 MiB */
+	size_t out_low_water;          /* resume reading below; 0 = 1 MiB */
+};
+
+/* What a pending command's callback is told. */
+enum proto_reply_kind {
+	PROTO_REPLY_DATA,    /* a data line carrying the command's tag */
+	PROTO_REPLY_DONE,    /* the completion (OK, NO or BAD): the last call */
+	PROTO_REPLY_TIMEOUT, /* no completion in time: the last call; line NULL */
+	PROTO_REPLY_CLOSED,  /* the link closed first: the last call; line NULL */
+};
+
+typedef void proto_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+			    const struct proto_cmd *line, void *ctx);
+
+struct proto_conn_callbacks {
+	/* Handshake, authentication (and compression, if asked) done. */
+	void (*ready)(struct proto_conn *conn, void *ctx);
+	/* A command from the peer (not a handshake command, not PING or
+	 * LOGOUT, which the connection answers itself).  The receiver answers
+	 * it, now or later, with proto_conn_reply() or data lines. */
+	void (*command)(struct proto_conn *conn, const struct proto_cmd *cmd, void *ctx);
+	/* Untagged lines other than BYE (announcements). May be NULL. */
+	void (*untagged)(struct proto_conn *conn, const struct proto_cmd *line, void *ctx);
+	/* Output fell below the low-water mark after being above it.  May be NULL. */
+	void (*drained)(struct proto_conn *conn, void *ctx);
+	/* The link is gone; reason is for logs.  Called exactly once, unless
+	 * proto_conn_destroy() came first.  After it returns the connection
+	 * is freed (later, out of its callback chain): don't use it again. */
+	void (*closed)(struct proto_conn *conn, const char *reason, void *ctx);
+};
+
+/* Wraps a connected non-blocking socket; the connection owns and closes fd.
+ * The greeting is sent at once.  Returns NULL with *error_r (static or
+ * valid until the next call) if TLS setup fails. */
+struct proto_conn *proto_conn_create(struct ev_loop *loop, int fd,
+				     const struct proto_conn_settings *set,
+				     const struct proto_conn_callbacks *cb, void *ctx,
+				     const char **error_r);
+/* Closes at once without calling closed(); pending callbacks get
+ * PROTO_REPLY_CLOSED.  Safe inside callbacks: the memory is freed once the
+ * callback chain has unwound.  Sets *connp to NULL. */
+void proto_conn_destroy(struct proto_conn **connp);
+/* Orderly close: LOGOUT, wait for its completion (bounded), then close;
+ * closed() follows. */
+void proto_conn_logout(struct proto_conn *conn);
+/* Sends "* BYE [code] text" and closes after flushing; closed() follows. */
+void proto_conn_bye(struct proto_conn *conn, const char *code, const char *text);
+
+bool proto_conn_is_ready(const struct proto_conn *conn);
+uint32_t proto_conn_peer_sid(const struct proto_conn *conn);
+/* Negotiated minor version (min of both sides). */
+unsigned proto_conn_minor(const struct proto_conn *conn);
+bool proto_conn_is_tls(const struct proto_conn *conn);
+bool proto_conn_is_compressed(const struct proto_conn *conn);
+/* Bytes queued for the peer and not yet written to the socket. */
+size_t proto_conn_output_size(const struct proto_conn *conn);
+/* True while output is above the high-water mark. */
+bool proto_conn_is_congested(const struct proto_conn *conn);
+
+/* Starts a command with a fresh tag: returns a writer with "TAG NAME"
+ * written; add arguments, then call proto_conn_cmd_send().  Only one line
+ * may be under construction at a time.  Only valid when ready. */
+struct proto_wr *proto_conn_cmd_begin(struct proto_conn *conn, const char *name);
+/* Ends the line and registers the tag: cb gets the data lines and exactly
+ * one final call (DONE, TIMEOUT or CLOSED).  timeout_ms 0 = none.  Returns
+ * the tag (valid while pending). */
+const char *proto_conn_cmd_send(struct proto_conn *conn, unsigned timeout_ms,
+				proto_reply_cb *cb, void *ctx);
+/* Starts a data line "TAG NAME" answering the peer's command tag (or an
+ * untagged line with tag "*"); finish with proto_conn_line_end(). */
+struct proto_wr *proto_conn_line_begin(struct proto_conn *conn, const char *tag,
+				       const char *name);
+void proto_conn_line_end(struct proto_conn *conn);
+/* Completes the peer's command tag: status is "OK", "NO" or "BAD"; code
+ * and text as for proto_wr_status(). */
+void proto_conn_reply(struct proto_conn *conn, const char *tag, const char *status,
+		      const char *code, const char *text);
+
+#endif

@@ -1,0 +1,775 @@
+/* Unit tests of the protocol connection: two ends over a socketpair in one
+ * libev loop, or one end against a hand-driven raw socket.  TLS
+ * certificates are made at suite start with the openssl command. */
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+#include "protocol/protocol.h"
+#include "tests/protocol/tests.h"
+
+static char *steal_str(struct buf *b)
+{
+	size_t len;
+	return (char *)buf_steal(b, &len);
+}
+
+
+static char *certdir;
+static char *path_ca, *path_n1_cert, *path_n1_key, *path_n2_cert, *path_n2_key;
+static char *path_rogue_cert, *path_rogue_key;
+
+static const unsigned char secret[] = "0123456789abcdef0123456789abcdef";
+static const unsigned char wrong_secret[] = "0123456789abcdef0123456789abcdeX";
+
+int proto_conn_suite_init(void)
+{
+	certdir = test_mkdtemp();
+	char *cmd = xasprintf(
+		"cd '%s' && ("
+		"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+		"-keyout ca.key -out ca.pem -days 2 -subj /CN=starling-test-ca && "
+		"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+		"-keyout rogue-ca.key -out rogue-ca.pem -days 2 -subj /CN=rogue-ca && "
+		"for n in n1 n2; do "
+		"openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+		"-keyout $n.key -out $n.csr -subj /CN=$n && "
+		"openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+		"-out $n.pem -days 2 || exit 1; done && "
+		"openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+		"-keyout rogue.key -out rogue.csr -subj /CN=n1 && "
+		"openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key "
+		"-CAcreateserial -out rogue.pem -days 2"
+		") >/dev/null 2>&1",
+		certdir);
+	int r = system(cmd);
+	free(cmd);
+	if (r != 0) {
+		fprintf(stderr, "cannot create test certificates with openssl\n");
+		return -1;
+	}
+	path_ca = xasprintf("%s/ca.pem", certdir);
+	path_n1_cert = xasprintf("%s/n1.pem", certdir);
+	path_n1_key = xasprintf("%s/n1.key", certdir);
+	path_n2_cert = xasprintf("%s/n2.pem", certdir);
+	path_n2_key = xasprintf("%s/n2.key", certdir);
+	path_rogue_cert = xasprintf("%s/rogue.pem", certdir);
+	path_rogue_key = xasprintf("%s/rogue.key", certdir);
+	return 0;
+}
+
+int proto_conn_suite_cleanup(void)
+{
+	test_rmtree(certdir);
+	free(certdir);
+	free(path_ca);
+	free(path_n1_cert);
+	free(path_n1_key);
+	free(path_n2_cert);
+	free(path_n2_key);
+	free(path_rogue_cert);
+	free(path_rogue_key);
+	return 0;
+}
+
+/* One end of a link and what happened to it. */
+struct side {
+	struct proto_conn *conn;
+	int ready, closed, commands, drained;
+	char reason[200];
+	struct buf received;   /* dumps of received commands */
+	bool reply_to_commands;
+	bool destroy_on_command;
+	int replies_done, replies_data, replies_timeout, replies_closed;
+	struct buf reply_codes;
+};
+
+static void dump_arg(struct buf *b, const struct proto_arg *a)
+{
+	switch (a->type) {
+	case PROTO_ARG_LIST:
+		buf_append_byte(b, '(');
+		for (size_t i = 0; i < a->count; i++) {
+			if (i > 0)
+				buf_append_byte(b, ' ');
+			dump_arg(b, &a->list[i]);
+		}
+		buf_append_byte(b, ')');
+		break;
+	case PROTO_ARG_LITERAL:
+		buf_appendf(b, "{%zu}", a->len);
+		/* fall through */
+	default:
+		buf_append(b, a->str, a->len);
+	}
+}
+
+static void on_ready(struct proto_conn *conn, void *ctx)
+{
+	struct side *s = ctx;
+	s->ready++;
+}
+
+static void on_command(struct proto_conn *conn, const struct proto_cmd *cmd, void *ctx)
+{
+	struct side *s = ctx;
+	s->commands++;
+	buf_appendf(&s->received, "%s", cmd->name);
+	for (size_t i = 0; i < cmd->arg_count; i++) {
+		buf_append_byte(&s->received, ' ');
+		dump_arg(&s->received, &cmd->args[i]);
+	}
+	buf_append_byte(&s->received, '\n');
+	if (s->destroy_on_command) {
+		proto_conn_reply(conn, cmd->tag, "OK", NULL, "bye");
+		proto_conn_destroy(&s->conn);
+		return;
+	}
+	if (s->reply_to_commands) {
+		struct proto_wr *w = proto_conn_line_begin(conn, cmd->tag, "ECHO");
+		proto_wr_cstr(w, cmd->name);
+		proto_conn_line_end(conn);
+		proto_conn_reply(conn, cmd->tag, "OK", "UID 17 MASTER 3 EPOCH 7", "done");
+	}
+}
+
+static void on_closed(struct proto_conn *conn, const char *reason, void *ctx)
+{
+	struct side *s = ctx;
+	s->closed++;
+	snprintf(s->reason, sizeof(s->reason), "%s", reason);
+	s->conn = NULL;
+}
+
+static void on_drained(struct proto_conn *conn, void *ctx)
+{
+	struct side *s = ctx;
+	s->drained++;
+}
+
+static const struct proto_conn_callbacks side_cb = {
+	.ready = on_ready,
+	.command = on_command,
+	.drained = on_drained,
+	.closed = on_closed,
+};
+
+static void on_reply(struct proto_conn *conn, enum proto_reply_kind kind,
+		     const struct proto_cmd *line, void *ctx)
+{
+	struct side *s = ctx;
+	switch (kind) {
+	case PROTO_REPLY_DATA:
+		s->replies_data++;
+		break;
+	case PROTO_REPLY_DONE:
+		s->replies_done++;
+		buf_appendf(&s->reply_codes, "%s", line->name);
+		for (size_t i = 0; i < line->arg_count; i++)
+			buf_appendf(&s->reply_codes, " %s", line->args[i].str);
+		buf_append_byte(&s->reply_codes, '\n');
+		break;
+	case PROTO_REPLY_TIMEOUT:
+		s->replies_timeout++;
+		break;
+	case PROTO_REPLY_CLOSED:
+		s->replies_closed++;
+		break;
+	}
+}
+
+static void side_free(struct side *s)
+{
+	proto_conn_destroy(&s->conn);
+	buf_free(&s->received);
+	buf_free(&s->reply_codes);
+}
+
+static void make_pair(int fds[2])
+{
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+	for (int i = 0; i < 2; i++)
+		fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+}
+
+static void base_settings(struct proto_conn_settings *set, uint32_t sid, bool initiator)
+{
+	memset(set, 0, sizeof(*set));
+	set->my_sid = sid;
+	set->initiator = initiator;
+	set->secret = secret;
+	set->secret_len = sizeof(secret) - 1;
+	set->handshake_timeout_ms = 3000;
+}
+
+static void tls_settings(struct proto_conn_settings *set, enum proto_tls_mode mode, bool n1)
+{
+	set->tls = mode;
+	set->tls_ca = path_ca;
+	set->tls_cert = n1 ? path_n1_cert : path_n2_cert;
+	set->tls_key = n1 ? path_n1_key : path_n2_key;
+}
+
+static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+}
+
+/* Runs the loop until cond(arg) holds or `seconds` pass.  Returns cond. */
+static bool run_until(struct ev_loop *loop, bool (*cond)(void *), void *arg, double seconds)
+{
+	ev_timer t;
+	ev_timer_init(&t, timeout_cb, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	ev_now_update(loop);
+	ev_tstamp end = ev_now(loop) + seconds;
+	bool ok;
+	while (!(ok = cond(arg)) && ev_now(loop) < end)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	return ok;
+}
+
+struct two {
+	struct side *a, *b;
+};
+
+static bool both_ready(void *arg)
+{
+	struct two *t = arg;
+	return (t->a->ready && t->b->ready) || t->a->closed || t->b->closed;
+}
+
+static bool both_closed(void *arg)
+{
+	struct two *t = arg;
+	return t->a->closed && t->b->closed;
+}
+
+static bool side_closed(void *arg)
+{
+	return ((struct side *)arg)->closed > 0;
+}
+
+/* Connects initiator a (SID 1) and acceptor b (SID 2). */
+static void connect_pair(struct ev_loop *loop, struct side *a, struct side *b,
+			 const struct proto_conn_settings *sa, const struct proto_conn_settings *sb)
+{
+	int fds[2];
+	make_pair(fds);
+	const char *error = NULL;
+	a->conn = proto_conn_create(loop, fds[0], sa, &side_cb, a, &error);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a->conn);
+	b->conn = proto_conn_create(loop, fds[1], sb, &side_cb, b, &error);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b->conn);
+}
+
+static void exchange_commands(struct ev_loop *loop, struct side *a, struct side *b)
+{
+	b->reply_to_commands = true;
+	struct proto_wr *w = proto_conn_cmd_begin(a->conn, "SAVE");
+	proto_wr_date(w, 1700000000, 60);
+	proto_wr_u64(w, 0);
+	proto_wr_literal(w, "hello\r\n", 7);
+	proto_conn_cmd_send(a->conn, 2000, on_reply, a);
+	a->reply_to_commands = true;
+	w = proto_conn_cmd_begin(b->conn, "SELECT");
+	proto_wr_u64(w, 4);
+	proto_conn_cmd_send(b->conn, 2000, on_reply, b);
+	struct two t = { a, b };
+	(void)t;
+	bool ok = false;
+	for (int i = 0; i < 500 && !ok; i++) {
+		ev_run(loop, EVRUN_ONCE);
+		ok = a->replies_done == 1 && b->replies_done == 1;
+	}
+	CU_ASSERT(ok);
+	CU_ASSERT_EQUAL(b->commands, 1);
+	CU_ASSERT_EQUAL(a->commands, 1);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b->received), "SAVE 1700000000+0100 0 {7}hello\r\n\n");
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&a->received), "SELECT 4\n");
+	CU_ASSERT_EQUAL(a->replies_data, 1);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&a->reply_codes), "OK UID 17 MASTER 3 EPOCH 7\n");
+}
+
+static void test_handshake_with_same_secret_gives_ready_links(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
+	base_settings(&sb, 2, false);
+	sa.expected_peer_sid = 2;
+	connect_pair(loop, &a, &b, &sa, &sb);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	CU_ASSERT_EQUAL(a.ready, 1);
+	CU_ASSERT_EQUAL(b.ready, 1);
+	CU_ASSERT_EQUAL_FATAL(a.closed + b.closed, 0);
+	CU_ASSERT_EQUAL(proto_conn_peer_sid(a.conn), 2);
+	CU_ASSERT_EQUAL(proto_conn_peer_sid(b.conn), 1);
+	CU_ASSERT_FALSE(proto_conn_is_tls(a.conn));
+	CU_ASSERT_FALSE(proto_conn_is_compressed(a.conn));
+	exchange_commands(loop, &a, &b);
+	/* Orderly close: both learn it, pending callbacks are not lost. */
+	proto_conn_logout(a.conn);
+	CU_ASSERT(run_until(loop, both_closed, &t, 5));
+	CU_ASSERT(strstr(b.reason, "logged out") != NULL);
+	side_free(&a);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+static void test_wrong_secret_is_refused_on_both_sides(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
+	base_settings(&sb, 2, false);
+	sa.secret = wrong_secret;
+	connect_pair(loop, &a, &b, &sa, &sb);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_closed, &t, 5));
+	CU_ASSERT_EQUAL(a.ready + b.ready, 0);
+	CU_ASSERT_EQUAL(a.commands + b.commands, 0);
+	CU_ASSERT(strstr(a.reason, "authentication") != NULL);
+	CU_ASSERT(strstr(b.reason, "authentication") != NULL);
+	side_free(&a);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+/* ---- a hand-driven peer on a raw socket ---- */
+
+struct raw {
+	int fd;
+	struct buf in;
+};
+
+static void raw_send(struct raw *r, const char *s)
+{
+	size_t len = strlen(s), off = 0;
+	while (off < len) {
+		ssize_t n = write(r->fd, s + off, len - off);
+		if (n > 0)
+			off += (size_t)n;
+		else if (errno != EAGAIN && errno != EINTR)
+			break;
+	}
+}
+
+static void raw_read(struct raw *r)
+{
+	char tmp[65536];
+	ssize_t n;
+	while ((n = read(r->fd, tmp, sizeof(tmp))) > 0)
+		buf_append(&r->in, tmp, (size_t)n);
+}
+
+struct raw_wait {
+	struct ev_loop *loop;
+	struct raw *raw;
+	const char *want;
+	struct side *side;
+};
+
+static bool raw_has(void *arg)
+{
+	struct raw_wait *w = arg;
+	raw_read(w->raw);
+	return strstr(buf_cstr(&w->raw->in), w->want) != NULL || (w->side && w->side->closed);
+}
+
+/* Plays initiator with SID 5 against acceptor b: reads b's HELLO and
+ * answers with HELLO and a correct AUTH. */
+static void raw_handshake(struct ev_loop *loop, struct raw *r, struct side *b)
+{
+	struct raw_wait w = { loop, r, "* HELLO", b };
+	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
+	w.want = ")\r\n";
+	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
+	const char *hello = strstr(buf_cstr(&r->in), "* HELLO 1.0 2 ");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(hello);
+	unsigned char acc_nonce[PROTO_NONCE_SIZE], init_nonce[PROTO_NONCE_SIZE] = { 9, 9, 9 };
+	CU_ASSERT_FATAL(hex_decode(hello + 14, 64, acc_nonce, sizeof(acc_nonce)) == 0);
+	unsigned char proof[PROTO_HMAC_SIZE];
+	proto_auth_proof(secret, sizeof(secret) - 1, "initiator", init_nonce, acc_nonce, 5, 2, NULL,
+			 proof);
+	char nhex[65], phex[65], line[300];
+	hex_encode(init_nonce, sizeof(init_nonce), nhex);
+	hex_encode(proof, sizeof(proof), phex);
+	snprintf(line, sizeof(line), "* HELLO 1.0 5 %s ()\r\nC1 AUTH HMAC-SHA256 %s\r\n", nhex, phex);
+	raw_send(r, line);
+	w.want = "C1 OK [AUTH ";
+	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
+	CU_ASSERT_EQUAL(b->ready, 1);
+}
+
+static void raw_open(struct ev_loop *loop, struct raw *r, struct side *b,
+		     const struct proto_conn_settings *sb)
+{
+	int fds[2];
+	make_pair(fds);
+	r->fd = fds[0];
+	buf_init(&r->in);
+	const char *error;
+	b->conn = proto_conn_create(loop, fds[1], sb, &side_cb, b, &error);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(b->conn);
+}
+
+static void raw_close(struct raw *r)
+{
+	close(r->fd);
+	buf_free(&r->in);
+}
+
+static void test_wrong_proof_gets_no_and_pipelined_command_is_not_seen(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side b = { 0 };
+	struct raw r;
+	struct proto_conn_settings sb;
+	base_settings(&sb, 2, false);
+	raw_open(loop, &r, &b, &sb);
+	char line[400];
+	snprintf(line, sizeof(line),
+		 "* HELLO 1.0 5 %064d ()\r\nC1 AUTH HMAC-SHA256 %064d\r\nC2 SELECT 1\r\n", 0, 0);
+	raw_send(&r, line);
+	CU_ASSERT(run_until(loop, side_closed, &b, 5));
+	raw_read(&r);
+	CU_ASSERT_EQUAL(b.ready, 0);
+	CU_ASSERT_EQUAL(b.commands, 0);
+	CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [AUTHFAILED]") != NULL);
+	/* The refused peer learns no proof made with the real secret. */
+	CU_ASSERT(strstr(buf_cstr(&r.in), "[AUTH ") == NULL);
+	raw_close(&r);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+static void test_command_before_auth_is_refused(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side b = { 0 };
+	struct raw r;
+	struct proto_conn_settings sb;
+	base_settings(&sb, 2, false);
+	raw_open(loop, &r, &b, &sb);
+	char line[300];
+	snprintf(line, sizeof(line), "* HELLO 1.0 5 %064d ()\r\nC1 SELECT 1\r\n", 0);
+	raw_send(&r, line);
+	CU_ASSERT(run_until(loop, side_closed, &b, 5));
+	raw_read(&r);
+	CU_ASSERT_EQUAL(b.commands, 0);
+	CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [NOAUTH]") != NULL);
+	raw_close(&r);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+static void test_truncated_handshake_is_refused(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side b = { 0 }, c = { 0 };
+	struct raw r, r2;
+	struct proto_conn_settings sb;
+	base_settings(&sb, 2, false);
+	/* The peer hangs up in the middle of its greeting. */
+	raw_open(loop, &r, &b, &sb);
+	raw_send(&r, "* HELLO 1.0 5 0000");
+	shutdown(r.fd, SHUT_WR);
+	CU_ASSERT(run_until(loop, side_closed, &b, 5));
+	CU_ASSERT_EQUAL(b.ready, 0);
+	/* The peer stops in the middle of its greeting and stays silent. */
+	sb.handshake_timeout_ms = 200;
+	raw_open(loop, &r2, &c, &sb);
+	raw_send(&r2, "* HELLO 1.0 5 0000");
+	CU_ASSERT(run_until(loop, side_closed, &c, 5));
+	CU_ASSERT_EQUAL(c.ready, 0);
+	CU_ASSERT(strstr(c.reason, "handshake timed out") != NULL);
+	/* A greeting with another major version is refused with its code. */
+	raw_close(&r);
+	side_free(&b);
+	memset(&b, 0, sizeof(b));
+	raw_open(loop, &r, &b, &sb);
+	char line[200];
+	snprintf(line, sizeof(line), "* HELLO 2.0 5 %064d ()\r\n", 0);
+	raw_send(&r, line);
+	CU_ASSERT(run_until(loop, side_closed, &b, 5));
+	raw_read(&r);
+	CU_ASSERT(strstr(buf_cstr(&r.in), "* BYE [VERSION 1.0]") != NULL);
+	raw_close(&r);
+	raw_close(&r2);
+	side_free(&b);
+	side_free(&c);
+	ev_loop_destroy(loop);
+}
+
+static void test_tls_links_work_with_cluster_certificates(void)
+{
+	for (int mode = 0; mode < 2; mode++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side a = { 0 }, b = { 0 };
+		struct proto_conn_settings sa, sb;
+		enum proto_tls_mode m = mode == 0 ? PROTO_TLS_STARTTLS : PROTO_TLS_IMPLICIT;
+		base_settings(&sa, 1, true);
+		base_settings(&sb, 2, false);
+		tls_settings(&sa, m, true);
+		tls_settings(&sb, m, false);
+		sa.compress = mode == 1;
+		connect_pair(loop, &a, &b, &sa, &sb);
+		struct two t = { &a, &b };
+		CU_ASSERT(run_until(loop, both_ready, &t, 5));
+		CU_ASSERT_EQUAL_FATAL(a.closed + b.closed, 0);
+		CU_ASSERT(proto_conn_is_tls(a.conn));
+		CU_ASSERT(proto_conn_is_tls(b.conn));
+		exchange_commands(loop, &a, &b);
+		CU_ASSERT_EQUAL(proto_conn_is_compressed(a.conn), mode == 1);
+		side_free(&a);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
+static void test_tls_with_untrusted_certificate_is_refused(void)
+{
+	for (int which = 0; which < 2; which++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side a = { 0 }, b = { 0 };
+		struct proto_conn_settings sa, sb;
+		base_settings(&sa, 1, true);
+		base_settings(&sb, 2, false);
+		tls_settings(&sa, PROTO_TLS_STARTTLS, true);
+		tls_settings(&sb, PROTO_TLS_STARTTLS, false);
+		/* Either side presents a certificate of another CA. */
+		struct proto_conn_settings *bad = which == 0 ? &sa : &sb;
+		bad->tls_cert = path_rogue_cert;
+		bad->tls_key = path_rogue_key;
+		connect_pair(loop, &a, &b, &sa, &sb);
+		struct two t = { &a, &b };
+		CU_ASSERT(run_until(loop, both_closed, &t, 5));
+		CU_ASSERT_EQUAL(a.ready + b.ready, 0);
+		CU_ASSERT_EQUAL(a.commands + b.commands, 0);
+		side_free(&a);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
+static void test_plain_initiator_cannot_skip_required_tls(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
+	base_settings(&sb, 2, false);
+	tls_settings(&sb, PROTO_TLS_STARTTLS, false);
+	connect_pair(loop, &a, &b, &sa, &sb);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_closed, &t, 5));
+	CU_ASSERT_EQUAL(a.ready + b.ready, 0);
+	side_free(&a);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+/* Sends the same commands over a link and returns what the acceptor got. */
+static char *carry_commands(bool compress, bool *was_compressed)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
+	base_settings(&sb, 2, false);
+	sa.compress = compress;
+	connect_pair(loop, &a, &b, &sa, &sb);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	size_t big_len = 1u << 20;
+	unsigned char *big = xmalloc(big_len);
+	for (size_t i = 0; i < big_len; i++)
+		big[i] = (unsigned char)((i * 7919) >> 3);
+	b.reply_to_commands = true;
+	for (int i = 0; i < 50; i++) {
+		struct proto_wr *w = proto_conn_cmd_begin(a.conn, i % 10 == 0 ? "SAVE" : "STORE");
+		proto_wr_u64(w, (uint64_t)i);
+		proto_wr_cstr(w, "Sent Items");
+		if (i == 25)
+			proto_wr_literal(w, big, big_len);
+		else
+			proto_wr_literal(w, big + i, (size_t)i * 10);
+		proto_wr_list_begin(w);
+		proto_wr_atom(w, "\\Seen");
+		proto_wr_list_end(w);
+		proto_conn_cmd_send(a.conn, 5000, on_reply, &a);
+	}
+	for (int i = 0; i < 2000 && a.replies_done < 50 && !a.closed; i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL(a.replies_done, 50);
+	CU_ASSERT_EQUAL(b.commands, 50);
+	*was_compressed = a.conn != NULL && proto_conn_is_compressed(a.conn) &&
+			  proto_conn_is_compressed(b.conn);
+	/* Literal bytes are summarised by a checksum to keep the text small. */
+	struct buf sum = BUF_INIT;
+	const char *p = buf_cstr(&b.received);
+	unsigned long h = 5381;
+	for (size_t i = 0; i < b.received.len; i++)
+		h = h * 33 + (unsigned char)p[i];
+	buf_appendf(&sum, "%zu %lx", b.received.len, h);
+	free(big);
+	side_free(&a);
+	side_free(&b);
+	ev_loop_destroy(loop);
+	return steal_str(&sum);
+}
+
+static void test_compressed_and_plain_links_carry_identical_commands(void)
+{
+	bool comp_plain, comp_deflate;
+	char *plain = carry_commands(false, &comp_plain);
+	char *deflated = carry_commands(true, &comp_deflate);
+	CU_ASSERT_FALSE(comp_plain);
+	CU_ASSERT(comp_deflate);
+	CU_ASSERT_STRING_EQUAL(plain, deflated);
+	/* 1 MiB literal plus the rest made it through. */
+	CU_ASSERT(strtoul(plain, NULL, 10) > (1u << 20));
+	free(plain);
+	free(deflated);
+}
+
+static void test_pending_tag_timeout_fires(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
+	base_settings(&sb, 2, false);
+	connect_pair(loop, &a, &b, &sa, &sb);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	/* b never answers. */
+	struct proto_wr *w = proto_conn_cmd_begin(a.conn, "FETCH");
+	proto_wr_atom(w, "1:*");
+	proto_conn_cmd_send(a.conn, 100, on_reply, &a);
+	proto_conn_cmd_begin(a.conn, "FETCH");
+	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
+	for (int i = 0; i < 500 && a.replies_timeout == 0; i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL(a.replies_timeout, 1);
+	CU_ASSERT_EQUAL(a.replies_done, 0);
+	CU_ASSERT_EQUAL(b.commands, 2);
+	/* The command without a timeout learns about the close instead. */
+	proto_conn_destroy(&a.conn);
+	CU_ASSERT_EQUAL(a.replies_closed, 1);
+	side_free(&a);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+static void test_silent_peer_gets_ping_then_is_declared_dead(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side b = { 0 };
+	struct raw r;
+	struct proto_conn_settings sb;
+	base_settings(&sb, 2, false);
+	sb.ping_interval_ms = 100;
+	sb.dead_timeout_ms = 400;
+	raw_open(loop, &r, &b, &sb);
+	raw_handshake(loop, &r, &b);
+	struct raw_wait w = { loop, &r, " PING\r\n", &b };
+	CU_ASSERT(run_until(loop, raw_has, &w, 5));
+	CU_ASSERT_EQUAL(b.closed, 0);
+	CU_ASSERT(run_until(loop, side_closed, &b, 5));
+	CU_ASSERT(strstr(b.reason, "timed out") != NULL);
+	raw_close(&r);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+static void test_slow_reader_stops_reading_and_drains(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side b = { 0 };
+	struct raw r;
+	struct proto_conn_settings sb;
+	base_settings(&sb, 2, false);
+	sb.out_high_water = 256 * 1024;
+	sb.out_low_water = 64 * 1024;
+	raw_open(loop, &r, &b, &sb);
+	raw_handshake(loop, &r, &b);
+	static char chunk[64 * 1024];
+	memset(chunk, 'x', sizeof(chunk));
+	for (int i = 0; i < 32; i++) {
+		struct proto_wr *w = proto_conn_line_begin(b.conn, "*", "X-DATA");
+		proto_wr_literal(w, chunk, sizeof(chunk));
+		proto_conn_line_end(b.conn);
+	}
+	for (int i = 0; i < 20; i++)
+		ev_run(loop, EVRUN_NOWAIT);
+	/* The raw peer has not read: the output is stuck above high water. */
+	CU_ASSERT(proto_conn_is_congested(b.conn));
+	CU_ASSERT(proto_conn_output_size(b.conn) > sb.out_high_water);
+	CU_ASSERT_EQUAL(b.drained, 0);
+	/* Reading everything lets it drain. */
+	for (int i = 0; i < 2000 && b.drained == 0; i++) {
+		raw_read(&r);
+		ev_run(loop, EVRUN_NOWAIT);
+	}
+	CU_ASSERT_EQUAL(b.drained, 1);
+	CU_ASSERT_FALSE(proto_conn_is_congested(b.conn));
+	raw_close(&r);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+static void test_destroy_inside_command_callback_is_safe(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
+	base_settings(&sb, 2, false);
+	connect_pair(loop, &a, &b, &sa, &sb);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	b.destroy_on_command = true;
+	/* Two commands in one read: the second must not touch freed memory. */
+	proto_conn_cmd_begin(a.conn, "SELECT");
+	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
+	proto_conn_cmd_begin(a.conn, "SELECT");
+	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
+	CU_ASSERT(run_until(loop, side_closed, &a, 5));
+	CU_ASSERT_EQUAL(b.commands, 1);
+	CU_ASSERT_PTR_NULL(b.conn);
+	CU_ASSERT_EQUAL(b.closed, 0);
+	CU_ASSERT_EQUAL(a.replies_closed, 2);
+	side_free(&a);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
+const struct test_case proto_conn_cases[] = {
+	{ "handshake with the same secret gives ready links", test_handshake_with_same_secret_gives_ready_links },
+	{ "wrong secret is refused on both sides", test_wrong_secret_is_refused_on_both_sides },
+	{ "wrong proof gets NO and a pipelined command is not seen", test_wrong_proof_gets_no_and_pipelined_command_is_not_seen },
+	{ "command before auth is refused", test_command_before_auth_is_refused },
+	{ "truncated handshake is refused", test_truncated_handshake_is_refused },
+	{ "TLS links work with cluster certificates", test_tls_links_work_with_cluster_certificates },
+	{ "TLS with an untrusted certificate is refused", test_tls_with_untrusted_certificate_is_refused },
+	{ "plain initiator cannot skip required TLS", test_plain_initiator_cannot_skip_required_tls },
+	{ "compressed and plain links carry identical commands", test_compressed_and_plain_links_carry_identical_commands },
+	{ "pending tag timeout fires", test_pending_tag_timeout_fires },
+	{ "silent peer gets PING then is declared dead", test_silent_peer_gets_ping_then_is_declared_dead },
+	{ "slow reader stops reading and drains", test_slow_reader_stops_reading_and_drains },
+	{ "destroy inside a command callback is safe", test_destroy_inside_command_callback_is_safe },
+	{ NULL, NULL },
+};
