@@ -57,6 +57,7 @@ struct fetch_ctx {
 	stor_uid_list uids;
 	size_t next;
 	uint64_t changedsince;
+	bool has_changedsince;
 	bool vanished;
 	bool sets_seen;
 	bool need_text;
@@ -435,7 +436,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 			break;
 		}
 	}
-	if (fc->changedsince != 0) {
+	if (fc->has_changedsince) {
 		bool has_modseq = false;
 		for (size_t i = 0; i < fc->item_count; i++)
 			has_modseq |= fc->items[i].kind == F_MODSEQ;
@@ -550,6 +551,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 			    mods->list[i + 1].type == IMAP_ARG_ATOM &&
 			    str_to_u64(mods->list[i + 1].str, UINT64_MAX, &fc->changedsince) == 0) {
 				i++;
+				fc->has_changedsince = true;
 				c->condstore = true;
 			} else if (imap_arg_atom_eq(a, "VANISHED") && cmd->uid && c->qresync) {
 				fc->vanished = true;
@@ -557,7 +559,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 				return imap_cmd_done(cmd, "BAD", "Invalid FETCH modifier");
 			}
 		}
-		if (fc->vanished && fc->changedsince == 0)
+		if (fc->vanished && !fc->has_changedsince)
 			return imap_cmd_done(cmd, "BAD", "VANISHED needs CHANGEDSINCE");
 	}
 	if (imap_sel_resolve(c->sel, cmd->args[0].str, cmd->uid, &fc->uids) < 0)

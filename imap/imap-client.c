@@ -159,7 +159,7 @@ void imap_client_close_after_output(struct imap_client *c)
 
 static bool want_read(const struct imap_client *c)
 {
-	if (c->closing || c->dead)
+	if (c->closing || c->dead || c->input_eof)
 		return false;
 	if (c->tls_handshake)
 		return true;
@@ -351,7 +351,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 	if ((revents & EV_READ) && want_read(c)) {
 		size_t before = buf_avail(&c->in);
 		if (client_read(c) < 0) {
-			if (buf_avail(&c->in) == before) {
+			if (buf_avail(&c->in) == 0 && c->cmd == NULL) {
 				if (c->user != NULL)
 					log_info("imap[%016llx]: %s: %s disconnected",
 						 (unsigned long long)c->id, c->peer, c->user);
@@ -359,7 +359,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 				return;
 			}
 			/* Process what arrived before the EOF, then go. */
-			c->closing = true;
+			c->input_eof = true;
 		}
 		if (buf_avail(&c->in) > before)
 			imap_client_reset_timer(c);
@@ -412,6 +412,8 @@ static void handle_idle_input(struct imap_client *c)
 	size_t len;
 	char *line = buf_getline(&c->in, &len);
 	if (line == NULL) {
+		if (c->input_eof)
+			c->closing = true;
 		if (buf_avail(&c->in) > 1024) {
 			reply_bad(c, c->idle_tag, "Expected DONE");
 			free(c->idle_tag);
@@ -451,6 +453,8 @@ static void process_input(struct imap_client *c)
 			size_t len;
 			char *line = buf_getline(&c->in, &len);
 			if (line == NULL) {
+				if (c->input_eof)
+					c->closing = true;
 				if (buf_avail(&c->in) > 16384) {
 					reply_bad(c, c->auth_tag, "Authentication line too long");
 					free(c->auth_tag);
@@ -462,14 +466,20 @@ static void process_input(struct imap_client *c)
 			imap_auth_continue(c, line);
 			continue;
 		}
-		if (buf_avail(&c->in) == 0)
+		if (buf_avail(&c->in) == 0) {
+			if (c->input_eof)
+				c->closing = true;
 			return;
+		}
 		size_t used = 0;
 		enum imap_parse_result r = imap_parser_feed(c->parser, buf_rptr(&c->in),
 							    buf_avail(&c->in), &used);
 		buf_consume(&c->in, used);
 		switch (r) {
 		case IMAP_PARSE_MORE:
+			/* After EOF a partial command can never complete. */
+			if (c->input_eof)
+				c->closing = true;
 			return;
 		case IMAP_PARSE_CONTINUE:
 			imap_client_printf(c, "+ OK\r\n");

@@ -114,6 +114,7 @@ struct imap_client {
 	char *user;
 	unsigned bad_in_a_row;
 	bool closing;                /* flush output, then close */
+	bool input_eof;              /* the peer shut down its side */
 	bool dead;                   /* fd closed; free when nothing is in flight */
 	struct imap_cmd *cmd;        /* running command */
 	/* IDLE and AUTHENTICATE read raw lines instead of commands. */
