@@ -201,7 +201,7 @@ struct addr_lexer {
 
 static bool is_addr_special(unsigned char c)
 {
-	return strchr("()<>@,;:\\\".[]", c) != NULL;
+	return c != '\0' && strchr("()<>@,;:\\\".[]", c) != NULL;
 }
 
 static enum addr_tok addr_next(struct addr_lexer *lx)
@@ -209,7 +209,8 @@ static enum addr_tok addr_next(struct addr_lexer *lx)
 	const unsigned char *p = lx->p, *end = lx->end;
 	buf_reset(&lx->tok);
 	lx->space_before = false;
-	while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) {
+	/* control characters are skipped like whitespace */
+	while (p < end && (*p <= ' ' || *p == 0x7f)) {
 		p++;
 		lx->space_before = true;
 	}
@@ -470,7 +471,7 @@ static void append_address_list(const unsigned char *v, size_t len, struct buf *
 				break;
 			continue;
 		}
-		if (c == ':' && !in_group) {
+		if (c == ':' && !in_group && phrase.len > 0) {
 			emit_group(&ao, &phrase);
 			in_group = true;
 		} else if (c == ',' || c == ';' || c == '\0') {
@@ -481,7 +482,7 @@ static void append_address_list(const unsigned char *v, size_t len, struct buf *
 				in_group = false;
 			}
 		} else {
-			continue; /* stray '>' or ':' inside a group */
+			continue; /* stray '>', ':' in a group or ':' without a group name */
 		}
 		pending = false;
 		buf_reset(&phrase);

@@ -28,7 +28,7 @@ static bool is_wsp(unsigned char c)
 
 static bool is_tspecial(unsigned char c)
 {
-	return strchr("()<>@,;:\\\"/[]?=", c) != NULL;
+	return c != '\0' && strchr("()<>@,;:\\\"/[]?=", c) != NULL;
 }
 
 static bool is_token_char(unsigned char c)
@@ -726,7 +726,7 @@ static const char *header_eol(const struct imap_mime *m, const struct mime_part 
 {
 	const unsigned char *lf = memchr(m->text + part->hdr_start, '\n',
 					 part->body_start - part->hdr_start);
-	if (lf != NULL && lf > m->text + part->hdr_start && lf[-1] != '\r')
+	if (lf != NULL && (lf == m->text + part->hdr_start || lf[-1] != '\r'))
 		return "\n";
 	return "\r\n";
 }

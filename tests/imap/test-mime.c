@@ -502,6 +502,14 @@ static void test_envelope_subject_is_unfolded_raw_and_8bit_goes_literal(void)
 		       "(NIL {5}\r\ncaf\xc3\xa9 NIL NIL NIL NIL NIL NIL NIL NIL)");
 }
 
+static void test_envelope_skips_control_characters_in_addresses(void)
+{
+	/* a control character once stopped the address lexer from advancing */
+	check_envelope("To: x\x1d@y, <<>>@@,,;;::\x1d\x7f\r\n\r\n",
+		       "(NIL NIL NIL NIL NIL ((NIL NIL \"x\" \"y\")"
+		       "(NIL NIL \"MISSING_MAILBOX\" \"MISSING_DOMAIN\")) NIL NIL NIL NIL)");
+}
+
 /* ---- BODY[section] ---- */
 
 static void test_sections_of_a_single_part_message(void)
@@ -814,7 +822,7 @@ static void test_garbage_input_never_crashes(void)
 	static const char tricky[] =
 		"Content-Type: multipart/mixed; boundary=\"b\"; x*0*=a; x*1=\"\r\n"
 		"From: \"unterminated <a@b>, (comment (nested, <x@y>\r\n"
-		"To: <<>>@@,,;;::\r\n"
+		"To: <<>>@@,,;;::\x1d\r\n"
 		"Subject: =?utf-8?B?====?= =?\r\n"
 		"\r\n"
 		"--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: a\r\n\r\n--b\r\n"
@@ -864,6 +872,8 @@ static const struct test_case envelope_cases[] = {
 	{ "envelope_groups_quoted_names_routes_and_missing_fields",
 	  test_envelope_groups_quoted_names_routes_and_missing_fields },
 	{ "envelope_of_empty_header_is_all_nil", test_envelope_of_empty_header_is_all_nil },
+	{ "envelope_skips_control_characters_in_addresses",
+	  test_envelope_skips_control_characters_in_addresses },
 	{ "envelope_subject_is_unfolded_raw_and_8bit_goes_literal",
 	  test_envelope_subject_is_unfolded_raw_and_8bit_goes_literal },
 	{ NULL, NULL },
