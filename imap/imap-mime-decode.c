@@ -136,6 +136,9 @@ void mime_decode_base64(const unsigned char *p, size_t len, struct buf *out)
 {
 	uint32_t acc = 0;
 	unsigned bits = 0;
+	/* at most 3 bytes per 4 input characters */
+	unsigned char *d = buf_reserve(out, len / 4 * 3 + 3);
+	size_t n = 0;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = p[i];
 		int v;
@@ -155,10 +158,11 @@ void mime_decode_base64(const unsigned char *p, size_t len, struct buf *out)
 		bits += 6;
 		if (bits >= 8) {
 			bits -= 8;
-			buf_append_byte(out, (unsigned char)(acc >> bits));
+			d[n++] = (unsigned char)(acc >> bits);
 			acc &= (1u << bits) - 1;
 		}
 	}
+	buf_commit(out, n);
 }
 
 /* ---- case folding ---- */
@@ -226,6 +230,20 @@ void mime_fold_utf8(const unsigned char *p, size_t len, struct buf *out)
 {
 	size_t i = 0;
 	while (i < len) {
+		/* ASCII runs, the common case, are folded without decoding */
+		size_t run = 0;
+		while (i + run < len && p[i + run] < 0x80)
+			run++;
+		if (run > 0) {
+			unsigned char *d = buf_reserve(out, run);
+			for (size_t k = 0; k < run; k++) {
+				unsigned char c = p[i + k];
+				d[k] = c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+			}
+			buf_commit(out, run);
+			i += run;
+			continue;
+		}
 		uint32_t cp;
 		size_t n = utf8_decode(p + i, len - i, &cp);
 		if (n == 0) {
