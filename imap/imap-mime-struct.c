@@ -363,18 +363,17 @@ static enum addr_tok read_domain(struct addr_lexer *lx, struct buf *domain, stru
 	return t;
 }
 
-/* Parses an address list, appending "(" 1*address ")" or NIL. */
-static void append_address_list(const unsigned char *v, size_t len, struct buf *out)
+/* Parses an address list, appending 1*address to out.  Returns the number
+ * of addresses and group markers appended. */
+static size_t parse_address_list(const unsigned char *v, size_t len, struct buf *out)
 {
 	struct addr_lexer lx = { v, v + len, BUF_INIT, 0, false };
 	struct buf phrase = BUF_INIT, local = BUF_INIT, domain = BUF_INIT, route = BUF_INIT;
 	struct buf comment = BUF_INIT;
-	size_t start = out->len;
 	struct addr_out ao = { out, 0 };
 	bool in_group = false, after_dot = false, pending = false;
 	enum addr_tok t;
 
-	buf_append_byte(out, '(');
 	for (;;) {
 		t = addr_next(&lx);
 		if (t == ATOK_ATOM || t == ATOK_QUOTED) {
@@ -492,18 +491,13 @@ static void append_address_list(const unsigned char *v, size_t len, struct buf *
 		if (c == '\0')
 			break;
 	}
-	if (ao.count == 0) {
-		out->len = start;
-		buf_append_str(out, "NIL");
-	} else {
-		buf_append_byte(out, ')');
-	}
 	buf_free(&lx.tok);
 	buf_free(&phrase);
 	buf_free(&local);
 	buf_free(&domain);
 	buf_free(&route);
 	buf_free(&comment);
+	return ao.count;
 }
 
 static void append_header_nstring(const struct imap_mime *m, const struct mime_part *msg,
@@ -520,23 +514,26 @@ static void append_header_nstring(const struct imap_mime *m, const struct mime_p
 	buf_free(&v);
 }
 
-/* Appends an address field, or from's addresses if it is absent or empty. */
+/* Appends an address field as "(" 1*address ")", or when it is absent or
+ * empty, fallback's (RFC 3501: sender and reply-to default to from), or NIL. */
 static void append_addr_header(const struct imap_mime *m, const struct mime_part *msg,
 			       const char *name, const char *fallback, struct buf *out)
 {
 	struct mime_field f;
-	size_t start = out->len;
-	if (mime_hdr_find(m, msg, name, &f)) {
-		append_address_list(f.value, f.value_len, out);
-		if (fallback == NULL || out->len != start + 3 ||
-		    memcmp(out->data + start, "NIL", 3) != 0)
-			return;
-		out->len = start;
-	}
-	if (fallback != NULL)
+	struct buf list = BUF_INIT;
+	size_t count = 0;
+	if (mime_hdr_find(m, msg, name, &f))
+		count = parse_address_list(f.value, f.value_len, &list);
+	if (count > 0) {
+		buf_append_byte(out, '(');
+		buf_append(out, list.data, list.len);
+		buf_append_byte(out, ')');
+	} else if (fallback != NULL) {
 		append_addr_header(m, msg, fallback, NULL, out);
-	else
+	} else {
 		buf_append_str(out, "NIL");
+	}
+	buf_free(&list);
 }
 
 void mime_envelope_part(const struct imap_mime *m, const struct mime_part *msg, struct buf *out)

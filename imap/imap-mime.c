@@ -139,18 +139,24 @@ bool mime_hdr_find(const struct imap_mime *m, const struct mime_part *part, cons
 
 void mime_unfold(const unsigned char *v, size_t len, struct buf *out)
 {
-	size_t start = out->len;
-	size_t i = 0;
-	while (i < len && (is_wsp(v[i]) || v[i] == '\r' || v[i] == '\n'))
+	size_t i = 0, end = len;
+	while (i < end && (is_wsp(v[i]) || v[i] == '\r' || v[i] == '\n'))
 		i++;
-	for (; i < len; i++) {
-		if (v[i] != '\r' && v[i] != '\n')
-			buf_append_byte(out, v[i]);
+	while (end > i && (is_wsp(v[end - 1]) || v[end - 1] == '\r' || v[end - 1] == '\n'))
+		end--;
+	while (i < end) {
+		const unsigned char *cr = memchr(v + i, '\r', end - i);
+		const unsigned char *lf = memchr(v + i, '\n', end - i);
+		size_t stop = end;
+		if (cr != NULL)
+			stop = (size_t)(cr - v);
+		if (lf != NULL && (size_t)(lf - v) < stop)
+			stop = (size_t)(lf - v);
+		buf_append(out, v + i, stop - i);
+		i = stop < end ? stop + 1 : end;
 	}
-	while (out->len > start && is_wsp(out->data[out->len - 1]))
-		out->len--;
-	if (out->data != NULL)
-		out->data[out->len] = '\0';
+	if (out->data == NULL)
+		buf_append_str(out, "");
 }
 
 /* ---- RFC 2045 lexing ---- */
