@@ -128,7 +128,38 @@ static void login_defaults_done(void *ctx, const struct repl_result *res)
 	buf_free(&caps);
 }
 
-/* Checks the password and, when it matches, logs in (asynchronously).
+static void login_checked(void *ctx, int result, const char *error)
+{
+	struct imap_cmd *cmd = ctx;
+	struct imap_client *c = cmd->client;
+	struct login_ctx *lc = cmd->ctx;
+	if (c->dead) {
+		cmd->waiting = false;
+		imap_cmd_done(cmd, "NO", "Connection closed");
+		return;
+	}
+	if (result < 0) {
+		log_errorx("imap[%016llx]: users file: %s", (unsigned long long)c->id, error);
+		cmd->waiting = false;
+		imap_cmd_done(cmd, "NO", "[UNAVAILABLE] Authentication is unavailable");
+		return;
+	}
+	if (result == 0) {
+		c->logins_failed++;
+		log_info("imap[%016llx]: login failed: user=%s from %s", (unsigned long long)c->id,
+			 lc->user, c->peer);
+		cmd->waiting = false;
+		if (c->logins_failed >= IMAP_MAX_LOGIN_FAILURES) {
+			imap_client_printf(c, "* BYE Too many failed logins\r\n");
+			imap_client_close_after_output(c);
+		}
+		imap_cmd_done(cmd, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+		return;
+	}
+	repl_user_ensure_defaults(c->server->repl, lc->user, login_defaults_done, cmd);
+}
+
+/* Checks the password on the worker thread and, when it matches, logs in.
  * cmd->ctx must be a struct login_ctx (or NULL). */
 static bool do_login(struct imap_cmd *cmd, const char *user, const char *pass)
 {
@@ -136,19 +167,10 @@ static bool do_login(struct imap_cmd *cmd, const char *user, const char *pass)
 	if (!imap_client_plaintext_ok(c))
 		return imap_cmd_done(cmd, "NO", "[PRIVACYREQUIRED] Plaintext authentication "
 						"is disabled without TLS");
-	int r = 0;
-	char *err = NULL;
-	if (passwd_user_name_valid(user) && strlen(pass) <= PASSWD_MAX_PASSWORD_LEN)
-		r = passwd_verify(c->server->cfg->users_file, user, pass, &err);
-	if (r < 0) {
-		log_errorx("imap[%016llx]: users file: %s", (unsigned long long)c->id, err);
-		free(err);
-		return imap_cmd_done(cmd, "NO", "[UNAVAILABLE] Authentication is unavailable");
-	}
-	if (r == 0) {
+	if (!passwd_user_name_valid(user) || strlen(pass) > PASSWD_MAX_PASSWORD_LEN) {
 		c->logins_failed++;
-		log_info("imap[%016llx]: login failed: user=%s from %s", (unsigned long long)c->id,
-			 passwd_user_name_valid(user) ? user : "(invalid)", c->peer);
+		log_info("imap[%016llx]: login failed: invalid user name from %s",
+			 (unsigned long long)c->id, c->peer);
 		if (c->logins_failed >= IMAP_MAX_LOGIN_FAILURES) {
 			imap_client_printf(c, "* BYE Too many failed logins\r\n");
 			imap_client_close_after_output(c);
@@ -163,7 +185,8 @@ static bool do_login(struct imap_cmd *cmd, const char *user, const char *pass)
 	}
 	lc->user = xstrdup(user);
 	cmd->waiting = true;
-	repl_user_ensure_defaults(c->server->repl, user, login_defaults_done, cmd);
+	imap_passwd_check(c->server->passwd_worker, c->server->cfg->users_file, user, pass,
+			  login_checked, cmd);
 	return false;
 }
 

@@ -42,6 +42,7 @@ struct imap_server {
 	int listen_fd[2];        /* plain, implicit TLS; -1 when unused */
 	ev_io listen_io[2];
 	ev_timer accept_retry;   /* after EMFILE and the like */
+	struct imap_passwd_worker *passwd_worker;
 	struct imap_client *clients;
 	unsigned client_count;
 	uint64_t next_id;
@@ -158,6 +159,17 @@ bool imap_cmd_done(struct imap_cmd *cmd, const char *status, const char *fmt, ..
 void imap_cmd_detach(struct imap_cmd *cmd);
 /* Same for a text without format (e.g. an error from storage). */
 bool imap_cmd_done_str(struct imap_cmd *cmd, const char *status, const char *text);
+
+/* ---- imap-passwd-worker.c: password checks on a worker thread ---- */
+struct imap_passwd_worker;
+/* result as passwd_verify(): 1 match, 0 no match, -1 error (error set). */
+typedef void imap_passwd_cb(void *ctx, int result, const char *error);
+struct imap_passwd_worker *imap_passwd_worker_create(struct ev_loop *loop);
+/* Stops the thread; pending callbacks are dropped without being called. */
+void imap_passwd_worker_destroy(struct imap_passwd_worker **w);
+/* Queues a check; cb runs later on the loop (never inside this call). */
+void imap_passwd_check(struct imap_passwd_worker *w, const char *path, const char *user,
+		       const char *password, imap_passwd_cb *cb, void *ctx);
 
 /* ---- imap-commands.c ---- */
 void imap_commands_dispatch(struct imap_client *c, const struct imap_command *pc);

@@ -173,6 +173,7 @@ int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 		srv->listen_io[i].data = srv;
 	}
 	start_listeners(srv);
+	srv->passwd_worker = imap_passwd_worker_create(loop);
 	repl_watch_add(repl, imap_sync_notify, srv);
 	*srv_r = srv;
 	return 0;
@@ -201,6 +202,7 @@ void imap_server_destroy(struct imap_server **srvp)
 		close(srv->listen_fd[i]);
 	}
 	ev_timer_stop(srv->loop, &srv->accept_retry);
+	imap_passwd_worker_destroy(&srv->passwd_worker);
 	while (srv->clients != NULL) {
 		struct imap_client *c = srv->clients;
 		if (!c->dead && c->ssl == NULL) {
