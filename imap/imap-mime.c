@@ -757,23 +757,30 @@ static void header_fields(const struct imap_mime *m, const struct mime_part *msg
 	buf_append_str(out, eol);
 }
 
-int imap_mime_section(const struct imap_mime *m, const char *part, enum imap_section_kind kind,
-		      const char *const *fields, size_t field_count, struct buf *out)
+/* Finds the message whose header/text a section names, and for ALL and
+ * MIME of a numbered part, the byte range directly.  Returns -1 if the
+ * section does not exist, 0 with *range_r set when the answer is the range
+ * [*start_r, *start_r + *len_r) of the text, 0 with *msg_r set otherwise. */
+static int section_locate(const struct imap_mime *m, const char *part, enum imap_section_kind kind,
+			  const struct mime_part **msg_r, bool *range_r, size_t *start_r,
+			  size_t *len_r)
 {
 	const struct mime_part *p = &m->parts.items[0];
 	const struct mime_part *msg = p;
-	bool whole = part == NULL || part[0] == '\0';
 
-	if (!whole) {
+	*range_r = true;
+	if (part != NULL && part[0] != '\0') {
 		p = resolve_part(m, part);
 		if (p == NULL)
 			return -1;
 		if (kind == IMAP_SECTION_ALL) {
-			buf_append(out, m->text + p->body_start, p->end - p->body_start);
+			*start_r = p->body_start;
+			*len_r = p->end - p->body_start;
 			return 0;
 		}
 		if (kind == IMAP_SECTION_MIME) {
-			buf_append(out, m->text + p->hdr_start, p->body_start - p->hdr_start);
+			*start_r = p->hdr_start;
+			*len_r = p->body_start - p->hdr_start;
 			return 0;
 		}
 		if (!p->rfc822)
@@ -782,21 +789,62 @@ int imap_mime_section(const struct imap_mime *m, const char *part, enum imap_sec
 	}
 	switch (kind) {
 	case IMAP_SECTION_ALL:
-		buf_append(out, m->text, m->len);
+		*start_r = 0;
+		*len_r = m->len;
 		return 0;
 	case IMAP_SECTION_HEADER:
-		buf_append(out, m->text + msg->hdr_start, msg->body_start - msg->hdr_start);
+		*start_r = msg->hdr_start;
+		*len_r = msg->body_start - msg->hdr_start;
 		return 0;
 	case IMAP_SECTION_TEXT:
-		buf_append(out, m->text + msg->body_start, msg->end - msg->body_start);
+		*start_r = msg->body_start;
+		*len_r = msg->end - msg->body_start;
 		return 0;
 	case IMAP_SECTION_HEADER_FIELDS:
 	case IMAP_SECTION_HEADER_FIELDS_NOT:
-		header_fields(m, msg, kind == IMAP_SECTION_HEADER_FIELDS_NOT, fields, field_count,
-			      out);
+		*range_r = false;
+		*msg_r = msg;
 		return 0;
 	case IMAP_SECTION_MIME:
 		return -1;
 	}
 	return -1;
+}
+
+int imap_mime_section(const struct imap_mime *m, const char *part, enum imap_section_kind kind,
+		      const char *const *fields, size_t field_count, struct buf *out)
+{
+	return imap_mime_section_partial(m, part, kind, fields, field_count, 0, UINT64_MAX, out,
+					 NULL);
+}
+
+int imap_mime_section_partial(const struct imap_mime *m, const char *part,
+			      enum imap_section_kind kind, const char *const *fields,
+			      size_t field_count, uint64_t offset, uint64_t count,
+			      struct buf *out, uint64_t *full_size_r)
+{
+	const struct mime_part *msg = NULL;
+	bool range;
+	size_t start = 0, len = 0;
+	struct buf tmp = BUF_INIT;
+
+	if (section_locate(m, part, kind, &msg, &range, &start, &len) < 0)
+		return -1;
+	const unsigned char *data = m->text + start;
+	if (!range) {
+		header_fields(m, msg, kind == IMAP_SECTION_HEADER_FIELDS_NOT, fields, field_count,
+			      &tmp);
+		data = tmp.data;
+		len = tmp.len;
+	}
+	if (full_size_r != NULL)
+		*full_size_r = len;
+	if (offset < len) {
+		uint64_t n = len - offset;
+		if (count < n)
+			n = count;
+		buf_append(out, data + offset, (size_t)n);
+	}
+	buf_free(&tmp);
+	return 0;
 }

@@ -95,9 +95,19 @@ enum imap_section_kind {
  *
  * Returns 0, or -1 if the part does not exist or the kind does not apply to
  * it (out is then unchanged; the caller answers with an empty string, as
- * servers commonly do).  <partial> ranges are cut by the caller. */
+ * servers commonly do). */
 int imap_mime_section(const struct imap_mime *m, const char *part, enum imap_section_kind kind,
 		      const char *const *fields, size_t field_count, struct buf *out);
+
+/* BODY[section]<offset.count>: like imap_mime_section() but appends only
+ * bytes [offset, offset + count) of the section, clamped to its end (nothing
+ * when offset is past it), without copying the rest; count UINT64_MAX means
+ * to the end.  If full_size_r is not NULL it gets the whole section's size.
+ * Returns 0, or -1 if the section does not exist. */
+int imap_mime_section_partial(const struct imap_mime *m, const char *part,
+			      enum imap_section_kind kind, const char *const *fields,
+			      size_t field_count, uint64_t offset, uint64_t count,
+			      struct buf *out, uint64_t *full_size_r);
 
 /* For SEARCH HEADER/FROM/SUBJECT/...: does header field `field`
  * (case-insensitive) of the top-level message contain needle?  The value is

@@ -631,6 +631,36 @@ static void test_sections_of_attached_message(void)
 	imap_mime_free(&m);
 }
 
+static void check_partial(const struct imap_mime *m, const char *part, enum imap_section_kind kind,
+			  uint64_t offset, uint64_t count, const char *expected, uint64_t full)
+{
+	struct buf out = BUF_INIT;
+	uint64_t size = 0;
+	static const char *const f[] = { "subject" };
+	CU_ASSERT_EQUAL(imap_mime_section_partial(m, part, kind, f, 1, offset, count, &out, &size), 0);
+	assert_buf_eq(&out, expected, part);
+	CU_ASSERT_EQUAL(size, full);
+	buf_free(&out);
+}
+
+static void test_partial_sections_of_nested_messages(void)
+{
+	struct imap_mime *m = parse_str(rfc822_msg);
+	/* BODY[2.TEXT]<6.4> of "Inner body\r\nline 2" */
+	check_partial(m, "2", IMAP_SECTION_TEXT, 6, 4, "body", 18);
+	check_partial(m, "2.1", IMAP_SECTION_ALL, 12, 100, "line 2", 18);
+	check_partial(m, "2.1", IMAP_SECTION_ALL, 18, 5, "", 18);
+	check_partial(m, "2.1", IMAP_SECTION_ALL, 1000, 5, "", 18);
+	check_partial(m, "2", IMAP_SECTION_HEADER, 0, 4, "From", 162);
+	check_partial(m, "2", IMAP_SECTION_HEADER_FIELDS, 9, UINT64_MAX, "hello\r\n\r\n", 18);
+	check_partial(m, "", IMAP_SECTION_ALL, 0, 6, "From: ", strlen(rfc822_msg));
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(imap_mime_section_partial(m, "3", IMAP_SECTION_ALL, NULL, 0, 0, 1, &out, NULL), -1);
+	CU_ASSERT_EQUAL(out.len, 0);
+	buf_free(&out);
+	imap_mime_free(&m);
+}
+
 static void test_section_of_message_rfc822_at_top_level(void)
 {
 	/* a top-level message/rfc822: 1 is the enclosed message, 1.1 its body */
@@ -886,6 +916,7 @@ static const struct test_case section_cases[] = {
 	{ "sections_of_multipart_parts", test_sections_of_multipart_parts },
 	{ "sections_of_attached_message", test_sections_of_attached_message },
 	{ "section_of_message_rfc822_at_top_level", test_section_of_message_rfc822_at_top_level },
+	{ "partial_sections_of_nested_messages", test_partial_sections_of_nested_messages },
 	{ NULL, NULL },
 };
 
