@@ -1,0 +1,511 @@
+/* Granule mastership within one epoch: the master cache, local requests
+ * and their holding during moves, MASTER-WHO/IS at the root, MASTER-MOVE
+ * forwarding, RELEASE, and mastership following writes with hysteresis.
+ *
+ * The safety argument (PROTOCOL.md, "Invariants"): within an epoch only
+ * the root grants, every grant has a new generation, a new grant happens
+ * only after the previous master released (or in a new epoch), and a node
+ * never becomes master from a MASTER-IS whose generation it has already
+ * seen. */
+#include <string.h>
+
+#include "mailbox-master/mm-private.h"
+
+#define MM_MOVE_MAX_TRIES 5
+
+static void answer_requests(struct mm_node *node, struct mm_gran *g, uint32_t master)
+{
+	for (size_t i = 0; i < g->reqs.count; i++)
+		mm_event(node, MM_EV_REQUEST_DONE, g->key, master, g->reqs.items[i]);
+	g->reqs.count = 0;
+}
+
+static void send_move(struct mm_node *node, struct mm_gran *g)
+{
+	struct mm_msg msg;
+	uint32_t dst = g->applied && g->master != 0 ? g->master : node->root;
+
+	mm_msg_init(node, &msg, MM_MSG_MOVE, dst);
+	strcpy(msg.gkey, g->key);
+	msg.requester = node->sid;
+	msg.path[0] = node->sid;
+	msg.n_path = 1;
+	msg.soft = g->want_soft;
+	msg.rate = g->win_count;
+	g->want_sent = true;
+	g->want_sent_at = node->now;
+	mm_route(node, &msg);
+}
+
+/* Moves a granule's pending work on as far as the current state allows. */
+static void kick(struct mm_node *node, struct mm_gran *g)
+{
+	if (!mm_settled(node) || g->holding)
+		return;
+	if (g->am_master) {
+		if (g->want) {
+			g->want = false;
+			mm_event(node, MM_EV_MASTER_GAINED, g->key, node->sid, 0);
+		}
+		answer_requests(node, g, node->sid);
+		return;
+	}
+	if (g->want) {
+		/* Our own move is under way: hold requests until it ends. */
+		if (!g->want_sent)
+			send_move(node, g);
+		return;
+	}
+	if (g->applied && g->master != 0) {
+		answer_requests(node, g, g->master);
+		return;
+	}
+	if (g->reqs.count > 0 && !g->who_pending) {
+		struct mm_msg msg;
+		mm_msg_init(node, &msg, MM_MSG_WHO, node->root);
+		strcpy(msg.gkey, g->key);
+		g->who_pending = true;
+		g->who_sent_at = node->now;
+		mm_route(node, &msg);
+	}
+}
+
+static void reset_writes(struct mm_gran *g, uint64_t now)
+{
+	g->win_start = now;
+	g->win_count = g->prev_count = 0;
+}
+
+static void send_is(struct mm_node *node, struct mm_gran *g, uint32_t dst)
+{
+	struct mm_msg msg;
+	mm_msg_init(node, &msg, MM_MSG_IS, dst);
+	strcpy(msg.gkey, g->key);
+	msg.master = g->rec_master;
+	msg.gen = g->rec_gen;
+	mm_route(node, &msg);
+}
+
+/* Sends the root's record to dst and every node of a move's path, once. */
+static void notify_is(struct mm_node *node, struct mm_gran *g, uint32_t dst,
+		      const uint32_t *path, uint32_t n_path)
+{
+	uint32_t done[MM_MOVE_MAX_HOPS + 2];
+	uint32_t n = 0;
+
+	done[n++] = dst;
+	send_is(node, g, dst);
+	for (uint32_t i = 0; i < n_path; i++) {
+		if (mm_sids_contains(done, n, path[i]))
+			continue;
+		done[n++] = path[i];
+		send_is(node, g, path[i]);
+	}
+}
+
+static void move_fail(struct mm_node *node, const struct mm_msg *move,
+		      enum mm_move_fail_reason reason, uint32_t master)
+{
+	struct mm_msg msg;
+	uint32_t done[MM_MOVE_MAX_HOPS + 1];
+	uint32_t n = 0;
+
+	done[n++] = move->requester;
+	for (uint32_t i = 0; i < move->n_path; i++) {
+		if (!mm_sids_contains(done, n, move->path[i]))
+			done[n++] = move->path[i];
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		mm_msg_init(node, &msg, MM_MSG_MOVE_FAIL, done[i]);
+		strcpy(msg.gkey, move->gkey);
+		msg.requester = move->requester;
+		msg.master = master;
+		msg.reason = reason;
+		mm_route(node, &msg);
+	}
+}
+
+/* The root hands an unmastered granule to `to`. */
+static void root_assign(struct mm_gran *g, uint32_t to)
+{
+	g->rec = true;
+	g->rec_master = to;
+	g->rec_gen++;
+}
+
+static void handle_who(struct mm_node *node, const struct mm_msg *msg)
+{
+	if (!mm_is_root(node))
+		return; /* the sender's root moved on; it retries */
+	struct mm_gran *g = mm_gran_get(node, msg->gkey);
+	if (!g->rec || g->rec_master == 0)
+		root_assign(g, msg->src);
+	send_is(node, g, msg->src);
+}
+
+static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
+		     uint64_t gen)
+{
+	if (g->applied && gen < g->gen)
+		return;
+	if (g->applied && gen == g->gen) {
+		/* A repeat: it may fill in a master we forgot, but never makes
+		 * this node master again after it released at this gen. */
+		if (g->master != 0 || g->am_master || master == node->sid || master == 0)
+			return;
+	}
+	bool was = g->am_master;
+	bool changed = !g->applied || g->master != master;
+	g->applied = true;
+	g->gen = gen;
+	g->master = master;
+	g->holding = false;
+	g->who_pending = false;
+	if (changed) {
+		g->learned_at = node->now;
+		reset_writes(g, node->now);
+	}
+	if (master == node->sid) {
+		g->am_master = true;
+		if (!was) {
+			g->master_since = node->now;
+			mm_event(node, MM_EV_MASTER_GAINED, g->key, node->sid, 0);
+			if (g->want)
+				node->stats.moves_done++;
+		}
+		g->want = false;
+	} else {
+		g->am_master = false;
+		if (was)
+			mm_event(node, MM_EV_MASTER_LOST, g->key, master, 0);
+		if (g->want)
+			g->want_sent = false; /* re-aim the move at the new master */
+	}
+	if (changed && master != 0 && master != node->sid)
+		mm_event(node, MM_EV_MASTER, g->key, master, 0);
+	kick(node, g);
+}
+
+static bool refuse_soft(struct mm_node *node, struct mm_gran *g, uint32_t rate)
+{
+	uint32_t mine = g->win_count > g->prev_count ? g->win_count : g->prev_count;
+
+	if (node->now - g->win_start >= 2ull * node->set.follow_writes_window_ms)
+		mine = 0;
+	else if (node->now - g->win_start >= node->set.follow_writes_window_ms)
+		mine = g->win_count;
+	if (node->now - g->master_since < node->set.hold_down_ms)
+		return true;
+	return (uint64_t)mine * 2 >= rate;
+}
+
+static void forward_move(struct mm_node *node, struct mm_gran *g,
+			 const struct mm_msg *msg, uint32_t next)
+{
+	if (next == 0 || mm_sids_contains(msg->path, msg->n_path, next) ||
+	    next == node->sid) {
+		move_fail(node, msg, MM_FAIL_LOOP, g->master);
+		return;
+	}
+	if (msg->n_path >= MM_MOVE_MAX_HOPS) {
+		move_fail(node, msg, MM_FAIL_HOPS, g->master);
+		return;
+	}
+	struct mm_msg fwd = *msg;
+	fwd.dst = next;
+	fwd.ttl = MM_TTL_DEFAULT;
+	fwd.epoch = node->epoch;
+	if (msg->requester != node->sid) {
+		fwd.path[fwd.n_path++] = node->sid;
+		if (!g->holding) {
+			g->holding = true;
+			g->hold_since = node->now;
+		}
+	}
+	mm_route(node, &fwd);
+}
+
+static void handle_move(struct mm_node *node, const struct mm_msg *msg)
+{
+	struct mm_gran *g = mm_gran_get(node, msg->gkey);
+
+	if (g->am_master) {
+		if (msg->requester == node->sid) {
+			/* A retried move that found us already master: free
+			 * whoever held for it. */
+			if (msg->n_path > 1)
+				move_fail(node, msg, MM_FAIL_LOOP, node->sid);
+			return;
+		}
+		if (msg->soft && refuse_soft(node, g, msg->rate)) {
+			move_fail(node, msg, MM_FAIL_REFUSED, node->sid);
+			return;
+		}
+		/* Give it up first: from here until the root's MASTER-IS the
+		 * granule has no master, never two. */
+		struct mm_msg rel = *msg;
+		rel.type = MM_MSG_RELEASE;
+		rel.src = node->sid;
+		rel.dst = node->root;
+		rel.ttl = MM_TTL_DEFAULT;
+		rel.epoch = node->epoch;
+		rel.gen = g->gen;
+		if (rel.n_path < MM_MOVE_MAX_HOPS &&
+		    !mm_sids_contains(rel.path, rel.n_path, node->sid))
+			rel.path[rel.n_path++] = node->sid;
+		g->am_master = false;
+		g->master = 0;
+		g->holding = true;
+		g->hold_since = node->now;
+		mm_event(node, MM_EV_MASTER_LOST, g->key, msg->requester, 0);
+		mm_route(node, &rel);
+		return;
+	}
+	if (mm_is_root(node)) {
+		if (!g->rec || g->rec_master == 0) {
+			root_assign(g, msg->requester);
+			notify_is(node, g, msg->requester, msg->path, msg->n_path);
+			return;
+		}
+		forward_move(node, g, msg, g->rec_master);
+		return;
+	}
+	uint32_t next = node->root;
+	if (g->applied && g->master != 0 && g->master != node->sid &&
+	    !mm_sids_contains(msg->path, msg->n_path, g->master))
+		next = g->master;
+	forward_move(node, g, msg, next);
+}
+
+static void handle_release(struct mm_node *node, const struct mm_msg *msg)
+{
+	if (!mm_is_root(node))
+		return;
+	struct mm_gran *g = mm_gran_get(node, msg->gkey);
+	if (!g->rec || g->rec_master != msg->src || g->rec_gen != msg->gen) {
+		/* Not what we recorded: tell the sender what we have. */
+		if (g->rec)
+			send_is(node, g, msg->src);
+		return;
+	}
+	g->rec_gen++;
+	g->rec_master = mm_sids_contains(node->members, node->n_members, msg->requester) ?
+		msg->requester : 0;
+	notify_is(node, g, msg->requester, msg->path, msg->n_path);
+	/* Everyone else may have cached the old master: moves are rare
+	 * (hysteresis), so tell every member rather than let caches lag. */
+	for (uint32_t i = 0; i < node->n_members; i++) {
+		uint32_t m = node->members[i];
+		if (m != msg->requester && !mm_sids_contains(msg->path, msg->n_path, m))
+			send_is(node, g, m);
+	}
+}
+
+static void handle_move_fail(struct mm_node *node, const struct mm_msg *msg)
+{
+	struct mm_gran *g = mm_gran_get(node, msg->gkey);
+
+	if (msg->requester == node->sid && g->want) {
+		g->want_sent = false;
+		if (msg->reason == MM_FAIL_REFUSED) {
+			g->want = false;
+			g->backoff_until = node->now + node->set.hold_down_ms;
+		} else if (++g->want_tries >= MM_MOVE_MAX_TRIES) {
+			g->want = false;
+			struct mm_output *o;
+			mm_event(node, MM_EV_MOVE_FAILED, g->key, msg->master, 0);
+			o = &node->out.items[node->out.count - 1];
+			o->event.reason = msg->reason;
+		} else {
+			/* Retry from the root on the next tick: the loop was a
+			 * stale cache somewhere on the way. */
+			g->want_sent = true;
+			g->want_sent_at = node->now;
+			g->master = 0;
+		}
+	}
+	if (msg->requester != node->sid && g->holding) {
+		g->holding = false;
+		if (!g->am_master && g->master == 0 && msg->master != 0 && g->applied)
+			g->master = msg->master;
+	}
+	kick(node, g);
+}
+
+void mm_master_dispatch(struct mm_node *node, const struct mm_msg *msg)
+{
+	switch (msg->type) {
+	case MM_MSG_WHO:
+		handle_who(node, msg);
+		break;
+	case MM_MSG_IS:
+		apply_is(node, mm_gran_get(node, msg->gkey), msg->master, msg->gen);
+		break;
+	case MM_MSG_MOVE:
+		handle_move(node, msg);
+		break;
+	case MM_MSG_RELEASE:
+		handle_release(node, msg);
+		break;
+	case MM_MSG_MOVE_FAIL:
+		handle_move_fail(node, msg);
+		break;
+	default:
+		break;
+	}
+}
+
+void mm_master_flush(struct mm_node *node)
+{
+	for (size_t i = 0; i < node->n_buckets; i++) {
+		for (struct mm_gran *g = node->buckets[i]; g != NULL; g = g->next) {
+			if (g->am_master)
+				mm_event(node, MM_EV_MASTER_LOST, g->key, 0, 0);
+			g->am_master = false;
+			g->applied = false;
+			g->gen = 0;
+			g->master = 0;
+			g->holding = false;
+			g->who_pending = false;
+			g->want_sent = false;
+			g->rec = false;
+			g->rec_master = 0;
+			g->rec_gen = 0;
+			reset_writes(g, node->now);
+		}
+	}
+}
+
+void mm_master_invalidate(struct mm_node *node)
+{
+	for (size_t i = 0; i < node->n_buckets; i++) {
+		for (struct mm_gran *g = node->buckets[i]; g != NULL; g = g->next) {
+			if (g->master != 0 && g->master != node->sid &&
+			    !mm_sids_contains(node->comp, node->n_comp, g->master))
+				g->master = 0;
+		}
+	}
+}
+
+void mm_master_kick_all(struct mm_node *node)
+{
+	for (size_t i = 0; i < node->n_buckets; i++) {
+		for (struct mm_gran *g = node->buckets[i]; g != NULL; g = g->next)
+			kick(node, g);
+	}
+}
+
+void mm_master_tick(struct mm_node *node)
+{
+	uint64_t now = node->now;
+
+	for (size_t i = 0; i < node->n_buckets; i++) {
+		for (struct mm_gran *g = node->buckets[i]; g != NULL; g = g->next) {
+			if (g->holding && now - g->hold_since >= node->set.hold_timeout_ms) {
+				/* The move's end never reached us: ask again. */
+				g->holding = false;
+				g->master = 0;
+			}
+			if (g->who_pending && now - g->who_sent_at >= node->set.retry_ms)
+				g->who_pending = false;
+			if (g->want && g->want_sent &&
+			    now - g->want_sent_at >= node->set.retry_ms)
+				g->want_sent = false;
+			kick(node, g);
+		}
+	}
+}
+
+/* ---- local requests ---- */
+
+int mm_request_master(struct mm_node *node, const char *gkey, uint64_t req_id,
+		      uint64_t now)
+{
+	if (!mm_gkey_valid(gkey))
+		return -1;
+	node->now = now;
+	struct mm_gran *g = mm_gran_get(node, gkey);
+	ARRAY_PUSH(&g->reqs, req_id);
+	kick(node, g);
+	mm_drain_self(node);
+	return 0;
+}
+
+int mm_request_mastership(struct mm_node *node, const char *gkey, uint64_t now)
+{
+	if (!mm_gkey_valid(gkey))
+		return -1;
+	node->now = now;
+	struct mm_gran *g = mm_gran_get(node, gkey);
+	if (g->am_master) {
+		mm_event(node, MM_EV_MASTER_GAINED, g->key, node->sid, 0);
+		return 0;
+	}
+	if (!g->want || g->want_soft) {
+		g->want = true;
+		g->want_soft = false;
+		g->want_sent = false;
+		g->want_tries = 0;
+	}
+	kick(node, g);
+	mm_drain_self(node);
+	return 0;
+}
+
+int mm_note_write(struct mm_node *node, const char *gkey, uint64_t now)
+{
+	if (!mm_gkey_valid(gkey))
+		return -1;
+	node->now = now;
+	struct mm_gran *g = mm_gran_get(node, gkey);
+	uint64_t win = node->set.follow_writes_window_ms;
+	if (now - g->win_start >= win) {
+		g->prev_count = now - g->win_start < 2 * win ? g->win_count : 0;
+		g->win_start = now;
+		g->win_count = 0;
+	}
+	g->win_count++;
+	if (!g->am_master && !g->want && mm_settled(node) && g->applied &&
+	    g->master != 0 && now >= g->backoff_until &&
+	    now - g->learned_at >= node->set.hold_down_ms &&
+	    g->win_count >= node->set.follow_writes_count) {
+		g->want = true;
+		g->want_soft = true;
+		g->want_sent = false;
+		g->want_tries = 0;
+		kick(node, g);
+		mm_drain_self(node);
+	}
+	return 0;
+}
+
+int mm_forget_master(struct mm_node *node, const char *gkey, uint32_t stale_master)
+{
+	if (!mm_gkey_valid(gkey))
+		return -1;
+	struct mm_gran *g = mm_gran_lookup(node, gkey);
+	if (g != NULL && !g->am_master && g->master == stale_master)
+		g->master = 0;
+	return 0;
+}
+
+bool mm_is_master(const struct mm_node *node, const char *gkey)
+{
+	const struct mm_gran *g = mm_gran_lookup(node, gkey);
+	return g != NULL && g->am_master && mm_settled(node);
+}
+
+int mm_cached_master(const struct mm_node *node, const char *gkey, uint32_t *master_r)
+{
+	const struct mm_gran *g = mm_gran_lookup(node, gkey);
+	if (g == NULL || !mm_settled(node))
+		return 0;
+	if (g->am_master) {
+		*master_r = node->sid;
+		return 1;
+	}
+	if (!g->applied || g->master == 0)
+		return 0;
+	*master_r = g->master;
+	return 1;
+}

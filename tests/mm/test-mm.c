@@ -1,0 +1,724 @@
+/* Unit tests of mailbox-master/: granule keys, message validation, and
+ * cluster scenarios in the simulator (tests/mm/sim.h) with the safety
+ * invariant checked after every delivered message. */
+#include <stdio.h>
+#include <string.h>
+
+#include "mailbox-master/mm.h"
+#include "tests/mm/sim.h"
+#include "tests/testutil.h"
+
+#define G1 "m:alice@example.com/00112233445566778899aabbccddeeff"
+#define G2 "u:bob@example.org"
+
+/* Failover figures, printed at the end. */
+static int64_t fig_root_ms = -1, fig_master_ms = -1, fig_heal_ms = -1;
+static uint64_t fig_root_steps, fig_master_steps;
+
+static void test_settings(struct mm_settings *set)
+{
+	mm_settings_default(set, 1);
+	set->retry_ms = 200;
+	set->hold_timeout_ms = 2000;
+	set->follow_writes_count = 5;
+	set->follow_writes_window_ms = 1000;
+	set->hold_down_ms = 2000;
+}
+
+static void expect_no_violation(struct sim *s)
+{
+	CU_ASSERT_EQUAL(s->violations, 0);
+	CU_ASSERT(s->invariant_checks > 0);
+}
+
+/* ---- keys and messages ---- */
+
+static void test_granule_key_per_granularity(void)
+{
+	char out[MM_GKEY_MAX + 1];
+	enum mm_granularity g;
+
+	CU_ASSERT(mm_granule_key(MM_GRAN_MAILBOX, "a@x.org", "ff00", out, sizeof(out)) == 0);
+	CU_ASSERT_STRING_EQUAL(out, "m:a@x.org/ff00");
+	CU_ASSERT(mm_granule_key(MM_GRAN_USER, "a@x.org", "ff00", out, sizeof(out)) == 0);
+	CU_ASSERT_STRING_EQUAL(out, "u:a@x.org");
+	CU_ASSERT(mm_granule_key(MM_GRAN_DOMAIN, "a@x.org", NULL, out, sizeof(out)) == 0);
+	CU_ASSERT_STRING_EQUAL(out, "d:x.org");
+	CU_ASSERT(mm_granule_key(MM_GRAN_DOMAIN, "local", NULL, out, sizeof(out)) == 0);
+	CU_ASSERT_STRING_EQUAL(out, "d:");
+	CU_ASSERT(mm_granule_key(MM_GRAN_GLOBAL, NULL, NULL, out, sizeof(out)) == 0);
+	CU_ASSERT_STRING_EQUAL(out, "g");
+	CU_ASSERT(mm_granularity_parse("domain", &g) == 0 && g == MM_GRAN_DOMAIN);
+	CU_ASSERT(mm_granularity_parse("folder", &g) == -1);
+}
+
+static void test_granule_key_rejects_bad_input(void)
+{
+	char out[MM_GKEY_MAX + 1], small[8], big[MM_GKEY_MAX + 10];
+
+	CU_ASSERT(mm_granule_key(MM_GRAN_MAILBOX, "a", NULL, out, sizeof(out)) == -1);
+	CU_ASSERT(mm_granule_key(MM_GRAN_USER, "a b", NULL, out, sizeof(out)) == -1);
+	CU_ASSERT(mm_granule_key(MM_GRAN_USER, "a\nb", NULL, out, sizeof(out)) == -1);
+	CU_ASSERT(mm_granule_key(MM_GRAN_USER, "", NULL, out, sizeof(out)) == -1);
+	CU_ASSERT(mm_granule_key(MM_GRAN_USER, "abcdefgh", NULL, small, sizeof(small)) == -1);
+	memset(big, 'u', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	char huge[MM_GKEY_MAX + 20];
+	CU_ASSERT(mm_granule_key(MM_GRAN_USER, big, NULL, huge, sizeof(huge)) == -1);
+	big[MM_GKEY_MAX - 2] = '\0'; /* "u:" + 398 = exactly the limit */
+	CU_ASSERT(mm_granule_key(MM_GRAN_USER, big, NULL, huge, sizeof(huge)) == 0);
+	CU_ASSERT_EQUAL(strlen(huge), MM_GKEY_MAX);
+}
+
+static void test_validate_rejects_hostile_messages(void)
+{
+	struct mm_msg m;
+	const char *err;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MM_MSG_WHO;
+	m.src = 2;
+	m.dst = 1;
+	m.ttl = MM_TTL_DEFAULT;
+	m.epoch = MM_EPOCH_MAKE(3, 1);
+	strcpy(m.gkey, G1);
+	CU_ASSERT(mm_msg_validate(&m, &err) == 0);
+
+	struct mm_msg bad = m;
+	bad.type = 99;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad = m;
+	bad.src = 0;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad = m;
+	bad.src = MM_SID_MAX + 1;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad = m;
+	memset(bad.gkey, 'x', sizeof(bad.gkey)); /* not terminated */
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad = m;
+	strcpy(bad.gkey, "has space");
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad = m;
+	bad.ttl = 0;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad = m;
+	bad.type = MM_MSG_MOVE;
+	bad.requester = 2;
+	bad.n_path = MM_MOVE_MAX_HOPS + 1;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad = m;
+	bad.type = MM_MSG_LINKS;
+	bad.dst = 0;
+	bad.version = 1;
+	bad.n_nbrs = MM_MAX_NODES + 1;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad.n_nbrs = 1;
+	bad.nbrs[0] = 0;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+	bad.nbrs[0] = 5;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == 0);
+	bad = m;
+	bad.type = MM_MSG_IS;
+	bad.gen = 0;
+	CU_ASSERT(mm_msg_validate(&bad, &err) == -1);
+}
+
+static void test_invalid_or_unlinked_messages_are_ignored(void)
+{
+	struct sim s;
+	struct mm_settings set;
+	struct mm_stats st;
+
+	test_settings(&set);
+	sim_init(&s, 3, 1, true, &set);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	struct mm_msg m;
+	memset(&m, 0, sizeof(m));
+	m.type = MM_MSG_IS; /* would make node 2 master if accepted */
+	m.src = 1;
+	m.dst = 2;
+	m.ttl = 4;
+	uint32_t root;
+	bool settled;
+	mm_node_root(s.node[2], &root, &m.epoch, &settled);
+	strcpy(m.gkey, G1);
+	m.master = 2;
+	m.gen = 0; /* invalid */
+	mm_receive(s.node[2], 1, &m, s.now);
+	m.gen = 5;
+	mm_receive(s.node[2], 7, &m, s.now); /* no link to 7 */
+	sim_drain(&s, 2);
+	CU_ASSERT(!mm_is_master(s.node[2], G1));
+	mm_node_stats(s.node[2], &st);
+	CU_ASSERT_EQUAL(st.dropped_invalid, 2);
+	CU_ASSERT(mm_request_master(s.node[2], "bad key", 1, s.now) == -1);
+	sim_free(&s);
+}
+
+/* ---- scenarios ---- */
+
+static void agree_on_master(int n)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, n, 42 + (uint64_t)n, true, &set);
+	sim_watch(&s, G1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	for (int i = 1; i <= n; i++) {
+		uint32_t root, comp[SIM_MAX];
+		uint64_t epoch;
+		bool settled;
+		mm_node_root(s.node[i], &root, &epoch, &settled);
+		CU_ASSERT_EQUAL(root, 1);
+		CU_ASSERT(settled);
+		CU_ASSERT_EQUAL(mm_node_component(s.node[i], comp, SIM_MAX), (size_t)n);
+	}
+	/* The first to ask gets it: its users are there. */
+	CU_ASSERT(sim_request(&s, 3, G1, 1, 5000) == 3);
+	CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 3);
+	const struct sim_answer *a = sim_answer(&s, 3, 1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+	CU_ASSERT_EQUAL(a->master, 3);
+	/* Cached: a second question is answered at once, without messages. */
+	uint64_t steps = s.steps;
+	CU_ASSERT(mm_request_master(s.node[5 > n ? n : 5], G1, 2, s.now) == 0);
+	sim_drain(&s, 5 > n ? n : 5);
+	CU_ASSERT_PTR_NOT_NULL(sim_answer(&s, 5 > n ? n : 5, 2));
+	CU_ASSERT_EQUAL(s.steps, steps);
+	uint32_t m;
+	CU_ASSERT(mm_cached_master(s.node[1], G1, &m) == 1 && m == 3);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+static void test_three_nodes_agree_on_master(void)
+{
+	agree_on_master(3);
+}
+
+static void test_five_nodes_agree_on_master(void)
+{
+	agree_on_master(5);
+}
+
+static void test_kill_root_then_master_agree_again(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 5, 7, true, &set);
+	sim_watch(&s, G1);
+	sim_watch(&s, G2);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 1, G2, 1, 5000) == 1);
+	CU_ASSERT(sim_request(&s, 3, G1, 1, 5000) == 3);
+	CU_ASSERT(sim_ask_all(&s, 2, G1, 5000) == 3);
+	CU_ASSERT(sim_ask_all(&s, 2, G2, 5000) == 1);
+
+	/* Kill the root. */
+	uint64_t steps0 = s.steps, t0 = s.now;
+	sim_crash(&s, 1);
+	int64_t t = sim_run_until(&s, sim_roots_agreed, NULL, 10000);
+	CU_ASSERT(t >= 0);
+	uint32_t m1 = sim_ask_all(&s, 2, G1, 10000);
+	uint32_t m2 = sim_ask_all(&s, 2, G2, 10000);
+	CU_ASSERT(m1 >= 2 && m1 <= 5);
+	CU_ASSERT(m2 >= 2 && m2 <= 5);
+	fig_root_ms = (int64_t)(s.now - t0);
+	fig_root_steps = s.steps - steps0;
+	for (int i = 2; i <= 5; i++) {
+		uint32_t root;
+		uint64_t epoch;
+		bool settled;
+		mm_node_root(s.node[i], &root, &epoch, &settled);
+		CU_ASSERT_EQUAL(root, 2);
+		CU_ASSERT_EQUAL(MM_EPOCH_ROOT(epoch), 2);
+	}
+
+	/* Kill the master of G1. */
+	steps0 = s.steps;
+	t0 = s.now;
+	sim_crash(&s, (int)m1);
+	int from = m1 == 2 ? 3 : 2;
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 10000) >= 0);
+	uint32_t m3 = sim_ask_all(&s, from, G1, 10000);
+	CU_ASSERT(m3 != 0 && m3 != m1 && m3 != 1);
+	fig_master_ms = (int64_t)(s.now - t0);
+	fig_master_steps = s.steps - steps0;
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+static void test_partial_mesh_routes_through_middle_node(void)
+{
+	struct sim s;
+	struct mm_settings set;
+	uint32_t comp[SIM_MAX];
+	struct mm_stats st;
+
+	test_settings(&set);
+	sim_init(&s, 3, 3, false, &set);
+	sim_watch(&s, G1);
+	sim_wire(&s, 1, 2, true);
+	sim_wire(&s, 2, 3, true); /* A-B-C, no A-C */
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT_EQUAL(mm_node_component(s.node[1], comp, SIM_MAX), 3);
+	CU_ASSERT_EQUAL(mm_node_component(s.node[3], comp, SIM_MAX), 3);
+	CU_ASSERT(comp[0] == 1 && comp[1] == 2 && comp[2] == 3);
+	CU_ASSERT(sim_request(&s, 3, G1, 1, 5000) == 3);
+	CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 3);
+	mm_node_stats(s.node[2], &st);
+	CU_ASSERT(st.forwarded > 0);
+	/* Node 1 takes the mastership across the middle node. */
+	CU_ASSERT(mm_request_mastership(s.node[1], G1, s.now) == 0);
+	sim_drain(&s, 1);
+	sim_run(&s, 2000);
+	CU_ASSERT(mm_is_master(s.node[1], G1));
+	CU_ASSERT(!mm_is_master(s.node[3], G1));
+	CU_ASSERT(sim_ask_all(&s, 3, G1, 5000) == 1);
+	/* Cut the middle: two islands, both go on. */
+	sim_crash(&s, 2);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_ask_all(&s, 3, G1, 5000) == 3);
+	CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 1);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+static void test_partition_then_heal_one_root_one_master(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 5, 11, true, &set);
+	sim_watch(&s, G1);
+	sim_watch(&s, G2);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 4, G1, 1, 5000) == 4);
+	CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 4);
+	/* {1,2} | {3,4,5} */
+	for (int a = 1; a <= 2; a++) {
+		for (int b = 3; b <= 5; b++)
+			sim_wire(&s, a, b, false);
+	}
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 10000) >= 0);
+	uint32_t r;
+	uint64_t e_left, e_right;
+	bool st;
+	mm_node_root(s.node[2], &r, &e_left, &st);
+	CU_ASSERT_EQUAL(r, 1);
+	mm_node_root(s.node[5], &r, &e_right, &st);
+	CU_ASSERT_EQUAL(r, 3);
+	CU_ASSERT(e_left != e_right);
+	/* Goal 3: each side has its own master of the same granules. */
+	CU_ASSERT(sim_request(&s, 2, G1, 2, 5000) == 2);
+	CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 2);
+	CU_ASSERT(sim_ask_all(&s, 5, G1, 5000) != 0);
+	CU_ASSERT(sim_ask_all(&s, 1, G2, 5000) != 0);
+	CU_ASSERT(sim_ask_all(&s, 4, G2, 5000) != 0);
+	/* Heal. */
+	uint64_t t0 = s.now;
+	for (int a = 1; a <= 2; a++) {
+		for (int b = 3; b <= 5; b++)
+			sim_wire(&s, a, b, true);
+	}
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 10000) >= 0);
+	uint32_t m1 = sim_ask_all(&s, 1, G1, 5000);
+	uint32_t m2 = sim_ask_all(&s, 1, G2, 5000);
+	fig_heal_ms = (int64_t)(s.now - t0);
+	CU_ASSERT(m1 != 0);
+	CU_ASSERT(m2 != 0);
+	int masters1 = 0, masters2 = 0;
+	uint64_t e0 = 0;
+	for (int i = 1; i <= 5; i++) {
+		uint64_t e;
+		mm_node_root(s.node[i], &r, &e, &st);
+		CU_ASSERT_EQUAL(r, 1);
+		if (e0 == 0)
+			e0 = e;
+		CU_ASSERT_EQUAL(e, e0);
+		masters1 += mm_is_master(s.node[i], G1);
+		masters2 += mm_is_master(s.node[i], G2);
+	}
+	CU_ASSERT(MM_EPOCH_COUNTER(e0) > MM_EPOCH_COUNTER(e_left));
+	CU_ASSERT(MM_EPOCH_COUNTER(e0) > MM_EPOCH_COUNTER(e_right));
+	CU_ASSERT_EQUAL(masters1, 1);
+	CU_ASSERT_EQUAL(masters2, 1);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+/* Three nodes want G1 at once while everybody keeps asking for its master:
+ * every request is answered exactly once, in the order it was made, and
+ * some had to wait for a move to end. */
+static void test_concurrent_moves_hold_and_release_requests_in_order(void)
+{
+	for (uint64_t seed = 1; seed <= 20; seed++) {
+		struct sim s;
+		struct mm_settings set;
+
+		test_settings(&set);
+		sim_init(&s, 5, seed, true, &set);
+		sim_watch(&s, G1);
+		CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+		CU_ASSERT(sim_request(&s, 5, G1, 1, 5000) == 5);
+		CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 5);
+		uint32_t gained0[SIM_MAX + 1];
+		memcpy(gained0, s.gained, sizeof(gained0));
+
+		for (int i = 2; i <= 4; i++) {
+			CU_ASSERT(mm_request_mastership(s.node[i], G1, s.now) == 0);
+			sim_drain(&s, i);
+		}
+		uint64_t next_id[SIM_MAX + 1];
+		size_t asked_at[SIM_MAX + 1];
+		for (int i = 1; i <= 5; i++) {
+			next_id[i] = 1;
+			asked_at[i] = s.answers[i].count;
+		}
+		/* 200 requests at random nodes, one every few deliveries. */
+		int held = 0;
+		for (int k = 0; k < 200; k++) {
+			int i = 1 + (int)sim_rand(&s, 5);
+			size_t before = s.answers[i].count;
+			CU_ASSERT(mm_request_master(s.node[i], G1, 100 + next_id[i]++, s.now) == 0);
+			sim_drain(&s, i);
+			if (s.answers[i].count == before)
+				held++;
+			for (int st = (int)sim_rand(&s, 4); st > 0; st--)
+				sim_step(&s);
+		}
+		sim_run(&s, 5000);
+		for (int i = 1; i <= 5; i++) {
+			/* exactly once, in order */
+			uint64_t expect = 101;
+			for (size_t k = asked_at[i]; k < s.answers[i].count; k++) {
+				const struct sim_answer *a = &s.answers[i].items[k];
+				if (a->req_id < 100)
+					continue;
+				CU_ASSERT_EQUAL(a->req_id, expect);
+				CU_ASSERT(a->master >= 1 && a->master <= 5);
+				expect++;
+			}
+			CU_ASSERT_EQUAL(expect, 100 + next_id[i]);
+		}
+		CU_ASSERT(held > 0);
+		for (int i = 2; i <= 4; i++)
+			CU_ASSERT(s.gained[i] - gained0[i] >= 1 || s.move_failed[i] > 0);
+		int masters = 0;
+		uint32_t m = 0;
+		for (int i = 1; i <= 5; i++) {
+			if (mm_is_master(s.node[i], G1)) {
+				masters++;
+				m = (uint32_t)i;
+			}
+		}
+		CU_ASSERT_EQUAL(masters, 1);
+		CU_ASSERT(m >= 2 && m <= 4);
+		CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == m);
+		expect_no_violation(&s);
+		sim_free(&s);
+	}
+}
+
+static void test_stale_epoch_messages_are_refused(void)
+{
+	struct sim s;
+	struct mm_settings set;
+	struct mm_stats st0, st1;
+
+	test_settings(&set);
+	sim_init(&s, 3, 5, true, &set);
+	sim_watch(&s, G1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 3, G1, 1, 5000) == 3);
+	CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 3);
+	uint32_t r;
+	uint64_t old_epoch, new_epoch;
+	bool settled;
+	mm_node_root(s.node[2], &r, &old_epoch, &settled);
+
+	sim_crash(&s, 1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	mm_node_root(s.node[3], &r, &new_epoch, &settled);
+	CU_ASSERT(new_epoch > old_epoch);
+	CU_ASSERT(!mm_is_master(s.node[3], G1)); /* dropped with the old root */
+
+	/* The old root's grant, arriving late, must not make 3 master. */
+	struct mm_msg m;
+	memset(&m, 0, sizeof(m));
+	m.type = MM_MSG_IS;
+	m.src = 1;
+	m.dst = 3;
+	m.ttl = 3;
+	m.epoch = old_epoch;
+	strcpy(m.gkey, G1);
+	m.master = 3;
+	m.gen = 77;
+	mm_node_stats(s.node[3], &st0);
+	mm_receive(s.node[3], 2, &m, s.now);
+	sim_drain(&s, 3);
+	mm_node_stats(s.node[3], &st1);
+	CU_ASSERT(!mm_is_master(s.node[3], G1));
+	CU_ASSERT_EQUAL(st1.refused_stale, st0.refused_stale + 1);
+
+	/* A question with the old epoch gets a STALE-EPOCH reply. */
+	m.type = MM_MSG_WHO;
+	m.src = 3;
+	m.dst = 2;
+	mm_receive(s.node[2], 3, &m, s.now);
+	struct mm_output o;
+	bool stale_sent = false;
+	while (mm_next_output(s.node[2], &o)) {
+		if (o.kind == MM_OUT_SEND && o.msg.type == MM_MSG_STALE && o.msg.dst == 3) {
+			stale_sent = true;
+			CU_ASSERT_EQUAL(o.msg.epoch, new_epoch);
+		}
+	}
+	CU_ASSERT(stale_sent);
+
+	/* The root serves nothing until every member said DROPPED: a root
+	 * whose member never answers keeps requests queued, not failed. */
+	sim_restart(&s, 1);
+	sim_wire(&s, 1, 3, false);
+	sim_wire(&s, 1, 2, false);
+	/* Now {1} alone and {2,3}; 2 is root of 2,3. */
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+static void test_root_waits_for_every_dropped_before_answering(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 3, 9, true, &set);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	/* Restart node 3: root 1 mints a new epoch on its return and must
+	 * wait for DROPPED from 2 and 3.  Deliver nothing from 3 to 1. */
+	sim_crash(&s, 3);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	sim_restart(&s, 3);
+	CU_ASSERT(mm_request_master(s.node[2], G1, 5, s.now) == 0);
+	sim_drain(&s, 2);
+	/* Step everything except the 3->1 link, for a while. */
+	for (int k = 0; k < 3000; k++) {
+		struct sim_queue *q31 = &s.q[3][1];
+		q31->q.count = q31->pos = 0;
+		if (!sim_step(&s)) {
+			s.now += SIM_TICK_MS;
+			for (int i = 1; i <= 3; i++) {
+				mm_tick(s.node[i], s.now);
+				sim_drain(&s, i);
+			}
+		}
+	}
+	CU_ASSERT(!mm_node_serving(s.node[1]));
+	CU_ASSERT_PTR_NULL(sim_answer(&s, 2, 5)); /* held, not failed */
+	/* Let 3 speak: the root serves and the request is answered. */
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	sim_run(&s, 1000);
+	const struct sim_answer *a = sim_answer(&s, 2, 5);
+	CU_ASSERT_PTR_NOT_NULL(a);
+	if (a != NULL)
+		CU_ASSERT_EQUAL(a->master, 2);
+	sim_free(&s);
+}
+
+/* Writes at two nodes alternate: the mastership does not bounce. */
+static void test_hysteresis_prevents_ping_pong(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 3, 13, true, &set);
+	sim_watch(&s, G1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 1, G1, 1, 5000) == 1);
+	CU_ASSERT(sim_ask_all(&s, 2, G1, 5000) == 1);
+	uint32_t gains0 = s.gains_total;
+	/* 10 simulated minutes, a write every 50 ms alternating 1 and 2. */
+	for (int k = 0; k < 12000; k++) {
+		int i = 1 + (k & 1);
+		CU_ASSERT(mm_note_write(s.node[i], G1, s.now) == 0);
+		sim_drain(&s, i);
+		sim_run(&s, 50);
+	}
+	CU_ASSERT(s.gains_total - gains0 <= 1);
+	int masters = 0;
+	for (int i = 1; i <= 3; i++)
+		masters += mm_is_master(s.node[i], G1);
+	CU_ASSERT_EQUAL(masters, 1);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+/* The control: when only node 2 writes, the mastership follows it once. */
+static void test_mastership_follows_writes(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 3, 17, true, &set);
+	sim_watch(&s, G1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 1, G1, 1, 5000) == 1);
+	CU_ASSERT(sim_ask_all(&s, 2, G1, 5000) == 1);
+	uint32_t gains0 = s.gains_total;
+	for (int k = 0; k < 2000; k++) {
+		CU_ASSERT(mm_note_write(s.node[2], G1, s.now) == 0);
+		sim_drain(&s, 2);
+		sim_run(&s, 50);
+	}
+	CU_ASSERT(mm_is_master(s.node[2], G1));
+	CU_ASSERT_EQUAL(s.gains_total - gains0, 1);
+	CU_ASSERT(sim_ask_all(&s, 3, G1, 5000) == 2);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+/* Random link cuts, crashes, restarts, requests, moves and writes, with the
+ * invariant checked after every delivery; at the end everything heals and
+ * the cluster must agree on one master per granule. */
+static void test_random_runs_keep_one_master_per_epoch(void)
+{
+	static const char *const keys[] = { G1, G2, "d:example.net" };
+	uint64_t checks = 0, max_converge = 0;
+	int runs = 0;
+
+	for (uint64_t seed = 1; seed <= 150; seed++) {
+		struct sim s;
+		struct mm_settings set;
+		int n = seed % 2 == 0 ? 5 : 3;
+
+		test_settings(&set);
+		sim_init(&s, n, seed * 7919, true, &set);
+		for (size_t k = 0; k < 3; k++)
+			sim_watch(&s, keys[k]);
+		uint64_t req = 1;
+		for (int round = 0; round < 60; round++) {
+			int i = 1 + (int)sim_rand(&s, (uint64_t)n);
+			int j = 1 + (int)sim_rand(&s, (uint64_t)n);
+			const char *key = keys[sim_rand(&s, 3)];
+			switch (sim_rand(&s, 10)) {
+			case 0:
+				if (i != j)
+					sim_wire(&s, i, j, !s.wired[i][j]);
+				break;
+			case 1:
+				if (sim_rand(&s, 3) == 0)
+					sim_crash(&s, i);
+				else
+					sim_restart(&s, i);
+				break;
+			case 2:
+			case 3:
+				if (s.alive[i]) {
+					mm_request_mastership(s.node[i], key, s.now);
+					sim_drain(&s, i);
+				}
+				break;
+			case 4:
+				if (s.alive[i]) {
+					for (int w = 0; w < 8; w++)
+						mm_note_write(s.node[i], key, s.now + (uint64_t)w);
+					sim_drain(&s, i);
+				}
+				break;
+			default:
+				if (s.alive[i]) {
+					mm_request_master(s.node[i], key, req++, s.now);
+					sim_drain(&s, i);
+				}
+				break;
+			}
+			for (int st = (int)sim_rand(&s, 40); st > 0; st--)
+				sim_step(&s);
+			if (sim_rand(&s, 4) == 0)
+				sim_run(&s, sim_rand(&s, 300));
+		}
+		/* heal */
+		uint64_t t0 = s.now;
+		for (int i = 1; i <= n; i++)
+			sim_restart(&s, i);
+		for (int a = 1; a <= n; a++) {
+			for (int b = a + 1; b <= n; b++)
+				sim_wire(&s, a, b, true);
+		}
+		CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 20000) >= 0);
+		for (size_t k = 0; k < 3; k++) {
+			uint32_t m = sim_ask_all(&s, 1, keys[k], 20000);
+			CU_ASSERT(m != 0);
+			int masters = 0;
+			for (int i = 1; i <= n; i++)
+				masters += mm_is_master(s.node[i], keys[k]);
+			CU_ASSERT_EQUAL(masters, 1);
+		}
+		if (s.now - t0 > max_converge)
+			max_converge = s.now - t0;
+		CU_ASSERT_EQUAL(s.violations, 0);
+		checks += s.invariant_checks;
+		runs++;
+		sim_free(&s);
+	}
+	CU_ASSERT(checks > 10000);
+	printf("\n  random: %d runs, %llu invariant checks, worst heal-to-agreement %llu ms\n",
+	       runs, (unsigned long long)checks, (unsigned long long)max_converge);
+}
+
+static void test_print_figures(void)
+{
+	printf("\n  failover (5 nodes, 1 ms per delivery, tick %d ms, retry 200 ms):\n"
+	       "    root killed -> agreement on masters: %lld ms, %llu deliveries\n"
+	       "    master killed -> new master agreed:  %lld ms, %llu deliveries\n"
+	       "    partition healed -> one root, one master per granule: %lld ms\n",
+	       SIM_TICK_MS, (long long)fig_root_ms, (unsigned long long)fig_root_steps,
+	       (long long)fig_master_ms, (unsigned long long)fig_master_steps,
+	       (long long)fig_heal_ms);
+	CU_ASSERT(fig_root_ms >= 0 && fig_root_ms < 10000);
+	CU_ASSERT(fig_master_ms >= 0 && fig_master_ms < 10000);
+	CU_ASSERT(fig_heal_ms >= 0 && fig_heal_ms < 10000);
+}
+
+static const struct test_case unit_cases[] = {
+	{ "granule key per granularity", test_granule_key_per_granularity },
+	{ "granule key rejects bad input", test_granule_key_rejects_bad_input },
+	{ "validate rejects hostile messages", test_validate_rejects_hostile_messages },
+	{ "invalid or unlinked messages are ignored", test_invalid_or_unlinked_messages_are_ignored },
+	{ NULL, NULL },
+};
+
+static const struct test_case cluster_cases[] = {
+	{ "three nodes agree on master", test_three_nodes_agree_on_master },
+	{ "five nodes agree on master", test_five_nodes_agree_on_master },
+	{ "kill root then master, agree again", test_kill_root_then_master_agree_again },
+	{ "partial mesh routes through middle node", test_partial_mesh_routes_through_middle_node },
+	{ "partition then heal: one root, one master", test_partition_then_heal_one_root_one_master },
+	{ "concurrent moves hold and release requests in order", test_concurrent_moves_hold_and_release_requests_in_order },
+	{ "stale epoch messages are refused", test_stale_epoch_messages_are_refused },
+	{ "root waits for every DROPPED before answering", test_root_waits_for_every_dropped_before_answering },
+	{ "hysteresis prevents ping-pong", test_hysteresis_prevents_ping_pong },
+	{ "mastership follows writes", test_mastership_follows_writes },
+	{ "random runs keep one master per epoch", test_random_runs_keep_one_master_per_epoch },
+	{ "failover figures", test_print_figures },
+	{ NULL, NULL },
+};
+
+int main(void)
+{
+	static const struct test_suite suites[] = {
+		{ "mm-unit", unit_cases, NULL, NULL },
+		{ "mm-cluster", cluster_cases, NULL, NULL },
+		{ NULL, NULL, NULL, NULL },
+	};
+	return test_run_suites("test-mm", suites);
+}
