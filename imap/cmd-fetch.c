@@ -564,6 +564,37 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	}
 	if (imap_sel_resolve(c->sel, cmd->args[0].str, cmd->uid, &fc->uids) < 0)
 		return imap_cmd_done(cmd, "BAD", "Invalid sequence set");
+	if (fc->has_changedsince && fc->uids.count > 0) {
+		/* Ask the modseq index instead of visiting every message: a
+		 * CONDSTORE client's periodic "1:* (FLAGS) (CHANGEDSINCE n)" on a
+		 * big mailbox then costs only what changed. */
+		stor_msg_list changed = ARRAY_INIT;
+		stor_tombstone_list tombs = ARRAY_INIT;
+		const char *err;
+		if (stor_changes_since(c->server->db, &fc->mailbox, fc->changedsince, &changed,
+				       &tombs, &err) < 0) {
+			ARRAY_FREE(&tombs);
+			return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+		}
+		stor_uid_list keep = ARRAY_INIT;
+		for (size_t i = 0; i < changed.count; i++) {
+			uint32_t u = changed.items[i].uid;
+			size_t lo = 0, hi = fc->uids.count;
+			while (lo < hi) {
+				size_t mid = lo + (hi - lo) / 2;
+				if (fc->uids.items[mid] < u)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			if (lo < fc->uids.count && fc->uids.items[lo] == u)
+				ARRAY_PUSH(&keep, u);
+		}
+		stor_msg_list_free(&changed);
+		ARRAY_FREE(&tombs);
+		ARRAY_FREE(&fc->uids);
+		fc->uids = keep;
+	}
 	if (fc->vanished)
 		send_vanished(cmd, fc);
 	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0) {
