@@ -19,7 +19,7 @@ BUILD=${BUILD:-$top/build}
 STARLINGD=${STARLINGD:-$BUILD/replicator/starlingd}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 [ -x "$STARLINGD" ] || { echo "imap-vs-dovecot: no starlingd at $STARLINGD (set STARLINGD or BUILD)" >&2; exit 1; }
-command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ] || { echo "imap-vs-dovecot: dovecot not installed (apt-get install dovecot-imapd)" >&2; exit 1; }
+command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ] || { echo "imap-vs-dovecot: dovecot not installed (scripts/install-deps --bench)" >&2; exit 1; }
 fs=$(stat -f -c %T "$BENCH_DIR")
 [ "$fs" != tmpfs ] || echo "imap-vs-dovecot: warning: $BENCH_DIR is tmpfs, fsync costs nothing there" >&2
 

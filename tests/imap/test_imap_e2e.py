@@ -1207,6 +1207,25 @@ def t_starttls():
         r = c.login(USER, PASSWORD)
         R.equal("LOGIN over implicit TLS -> OK", r.status, "OK")
         c.logout()
+        # plaintext and a half handshake on the TLS port: dropped, nothing else
+        closed = False
+        with socket.create_connection((T.host, T.imaps_port), timeout=10) as so:
+            so.sendall(b"a1 LOGIN x y\r\n" * 50)
+            try:
+                while so.recv(4096):
+                    pass
+                closed = True
+            except socket.timeout:
+                closed = False
+            except OSError:  # reset
+                closed = True
+        R.check("plaintext sent to the implicit TLS port gets the connection closed", closed)
+        with socket.create_connection((T.host, T.imaps_port), timeout=10) as so:
+            so.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        c = Client(T.host, T.imaps_port, tls_context=ctx, server_hostname="localhost")
+        R.equal("after a half-finished handshake the TLS port still serves",
+                c.login(USER, PASSWORD).status, "OK")
+        c.logout()
 
 
 def t_rename_inbox_and_logout():
