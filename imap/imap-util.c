@@ -300,7 +300,12 @@ char *imap_mailbox_name(const char *name, size_t len, const char **error_r)
 		*error_r = "Mailbox name is not valid modified UTF-7";
 		return NULL;
 	}
-	if (name[0] == '/' || name[len - 1] == '/' || strstr(name, "//") != NULL) {
+	/* LIST wildcards in a name would make it unlistable by exact name. */
+	if (memchr(name, '*', len) != NULL || memchr(name, '%', len) != NULL) {
+		*error_r = "Mailbox names may not contain '*' or '%'";
+		return NULL;
+	}
+	if (name[0] == '/' || name[len - 1] == '/' || memmem(name, len, "//", 2) != NULL) {
 		*error_r = "Invalid hierarchy in mailbox name";
 		return NULL;
 	}

@@ -57,6 +57,8 @@ static void test_util_mailbox_names(void)
 	free(n);
 	CU_ASSERT_PTR_NULL(imap_mailbox_name("bad&APw", 7, &err));
 	CU_ASSERT_PTR_NULL(imap_mailbox_name("a//b", 4, &err));
+	CU_ASSERT_PTR_NULL(imap_mailbox_name("a*", 2, &err));
+	CU_ASSERT_PTR_NULL(imap_mailbox_name("50%", 3, &err));
 	CU_ASSERT_PTR_NULL(imap_mailbox_name("", 0, &err));
 	CU_ASSERT_PTR_NULL(imap_mailbox_name("caf\xc3\xa9", 5, &err));
 }
