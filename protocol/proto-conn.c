@@ -81,7 +81,8 @@ struct proto_conn {
 	struct proto_parser *parser;
 	struct buf out_plain, out_net, zbuf;
 	struct proto_wr wr;
-	bool wr_active;
+	bool wr_active, wr_scratch;
+	struct buf scratch; /* lines written while they cannot be sent */
 	char wr_tag[24];
 
 	/* Handshake. */
@@ -109,7 +110,7 @@ struct proto_conn {
 static void conn_fail(struct proto_conn *conn, const char *reason);
 static void schedule_output(struct proto_conn *conn);
 static void handle_line(struct proto_conn *conn, const struct proto_cmd *cmd);
-static void send_hello(struct proto_conn *conn);
+static int send_hello(struct proto_conn *conn);
 
 /* ------------------------------------------------------------------ */
 /* Lifetime */
@@ -120,6 +121,7 @@ static void conn_free(struct proto_conn *conn)
 	buf_free(&conn->out_plain);
 	buf_free(&conn->out_net);
 	buf_free(&conn->zbuf);
+	buf_free(&conn->scratch);
 	if (conn->ssl != NULL)
 		SSL_free(conn->ssl); /* frees the BIOs */
 	if (conn->ssl_ctx != NULL)
@@ -472,7 +474,11 @@ struct proto_wr *proto_conn_cmd_begin(struct proto_conn *conn, const char *name)
 		abort(); /* our own bug: two lines at once */
 	conn->wr_active = true;
 	new_tag(conn, &num);
-	proto_wr_init(&conn->wr, &conn->out_plain);
+	/* Before ready or after close a command cannot go out: build it
+	 * aside, to be dropped by proto_conn_cmd_send(). */
+	conn->wr_scratch = conn->state != CS_READY;
+	buf_reset(&conn->scratch);
+	proto_wr_init(&conn->wr, conn->wr_scratch ? &conn->scratch : &conn->out_plain);
 	proto_wr_begin(&conn->wr, conn->wr_tag, name);
 	return &conn->wr;
 }
@@ -482,8 +488,8 @@ const char *proto_conn_cmd_send(struct proto_conn *conn, unsigned timeout_ms,
 {
 	proto_wr_end(&conn->wr);
 	conn->wr_active = false;
-	if (is_dead(conn) || conn->state == CS_CLOSING) {
-		buf_reset(&conn->out_plain);
+	if (conn->wr_scratch || conn->state != CS_READY) {
+		buf_reset(&conn->scratch);
 		cb(conn, PROTO_REPLY_CLOSED, NULL, ctx);
 		return NULL;
 	}
@@ -498,7 +504,9 @@ struct proto_wr *proto_conn_line_begin(struct proto_conn *conn, const char *tag,
 	if (conn->wr_active)
 		abort();
 	conn->wr_active = true;
-	proto_wr_init(&conn->wr, &conn->out_plain);
+	conn->wr_scratch = !conn->authenticated || is_dead(conn) || conn->state == CS_CLOSING;
+	buf_reset(&conn->scratch);
+	proto_wr_init(&conn->wr, conn->wr_scratch ? &conn->scratch : &conn->out_plain);
 	proto_wr_begin(&conn->wr, tag, name);
 	return &conn->wr;
 }
@@ -507,8 +515,8 @@ void proto_conn_line_end(struct proto_conn *conn)
 {
 	proto_wr_end(&conn->wr);
 	conn->wr_active = false;
-	if (is_dead(conn)) {
-		buf_reset(&conn->out_plain);
+	if (conn->wr_scratch) {
+		buf_reset(&conn->scratch);
 		return;
 	}
 	schedule_output(conn);
@@ -517,7 +525,7 @@ void proto_conn_line_end(struct proto_conn *conn)
 void proto_conn_reply(struct proto_conn *conn, const char *tag, const char *status,
 		      const char *code, const char *text)
 {
-	if (is_dead(conn))
+	if (is_dead(conn) || conn->state == CS_CLOSING || !conn->authenticated)
 		return;
 	send_status(conn, tag, status, code, text);
 }
@@ -623,14 +631,21 @@ fail:
 	return -1;
 }
 
-static void tls_start(struct proto_conn *conn)
+/* Returns -1 if the session cannot be created (the caller closes). */
+static int tls_start(struct proto_conn *conn)
 {
 	conn->ssl = SSL_new(conn->ssl_ctx);
 	conn->rbio = BIO_new(BIO_s_mem());
 	conn->wbio = BIO_new(BIO_s_mem());
 	if (conn->ssl == NULL || conn->rbio == NULL || conn->wbio == NULL) {
-		conn_fail(conn, "cannot create TLS session");
-		return;
+		if (conn->ssl == NULL) {
+			BIO_free(conn->rbio);
+			BIO_free(conn->wbio);
+		} else {
+			SSL_set_bio(conn->ssl, conn->rbio, conn->wbio);
+		}
+		conn->rbio = conn->wbio = NULL;
+		return -1;
 	}
 	SSL_set_bio(conn->ssl, conn->rbio, conn->wbio);
 	if (conn->set.initiator)
@@ -645,6 +660,7 @@ static void tls_start(struct proto_conn *conn)
 		tls_flush_wbio(conn);
 		schedule_output(conn);
 	}
+	return 0;
 }
 
 static void on_plain_input(struct proto_conn *conn, const unsigned char *data, size_t len);
@@ -680,9 +696,10 @@ static void tls_input(struct proto_conn *conn, const unsigned char *data, size_t
 			return;
 		}
 		conn->tls_done = true;
-		send_hello(conn);
-		if (is_dead(conn))
+		if (send_hello(conn) < 0) {
+			conn_fail(conn, "no random numbers");
 			return;
+		}
 	}
 	unsigned char tmp[16384];
 	for (;;) {
@@ -826,13 +843,12 @@ static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
 /* ------------------------------------------------------------------ */
 /* Handshake */
 
-static void send_hello(struct proto_conn *conn)
+/* Returns -1 if no nonce can be made (the caller closes). */
+static int send_hello(struct proto_conn *conn)
 {
 	char hex[2 * PROTO_NONCE_SIZE + 1];
-	if (RAND_bytes(conn->my_nonce, sizeof(conn->my_nonce)) != 1) {
-		conn_fail(conn, "no random numbers");
-		return;
-	}
+	if (RAND_bytes(conn->my_nonce, sizeof(conn->my_nonce)) != 1)
+		return -1;
 	hex_encode(conn->my_nonce, sizeof(conn->my_nonce), hex);
 	bool offer_tls = conn->set.tls == PROTO_TLS_STARTTLS && !conn->tls_active;
 	buf_appendf(&conn->out_plain, "* HELLO %d.%d %u %s (%sCOMPRESS=DEFLATE AUTH=HMAC-SHA256)\r\n",
@@ -840,6 +856,7 @@ static void send_hello(struct proto_conn *conn)
 		    offer_tls ? "STARTTLS " : "");
 	conn->state = CS_HELLO;
 	schedule_output(conn);
+	return 0;
 }
 
 /* The exporter value binds the proofs to this TLS session. */
@@ -966,7 +983,8 @@ static void starttls_reply_cb(struct proto_conn *conn, enum proto_reply_kind kin
 		conn_fail(conn, "peer refused STARTTLS");
 		return;
 	}
-	tls_start(conn);
+	if (tls_start(conn) < 0)
+		conn_fail(conn, "cannot create TLS session");
 }
 
 static void handle_hello(struct proto_conn *conn, const struct proto_cmd *cmd)
@@ -1047,7 +1065,8 @@ static bool acceptor_handshake_cmd(struct proto_conn *conn, const struct proto_c
 		}
 		send_status(conn, cmd->tag, "OK", NULL, "begin TLS");
 		encode_pending(conn);
-		tls_start(conn);
+		if (tls_start(conn) < 0)
+			conn_fail(conn, "cannot create TLS session");
 		return true;
 	}
 	if (proto_cmd_is(cmd, "AUTH")) {
@@ -1081,7 +1100,12 @@ static bool acceptor_handshake_cmd(struct proto_conn *conn, const struct proto_c
 		return true;
 	}
 	if (proto_cmd_is(cmd, "COMPRESS")) {
-		if (conn->set.initiator || !conn->authenticated || conn->comp_in ||
+		if (!conn->authenticated) {
+			send_status(conn, cmd->tag, "NO", "NOAUTH", "authenticate first");
+			conn_close_after_flush(conn);
+			return true;
+		}
+		if (conn->set.initiator || conn->comp_in ||
 		    cmd->arg_count != 1 || strcasecmp(cmd->args[0].str, "DEFLATE") != 0) {
 			send_status(conn, cmd->tag, "BAD", "PROTOCOL", "COMPRESS not possible");
 			return true;
@@ -1234,9 +1258,13 @@ struct proto_conn *proto_conn_create(struct ev_loop *loop, int fd,
 	conn->reading = true;
 	conn->created = conn->last_rx = ev_now(loop);
 
-	if (set->tls == PROTO_TLS_IMPLICIT)
-		tls_start(conn);
-	else
-		send_hello(conn);
+	int r = set->tls == PROTO_TLS_IMPLICIT ? tls_start(conn) : send_hello(conn);
+	if (r < 0) {
+		*error_r = "cannot start the connection (TLS session or random numbers)";
+		close_fd(conn);
+		conn->fd = -1;
+		conn_free(conn);
+		return NULL;
+	}
 	return conn;
 }

@@ -303,15 +303,18 @@ bool proto_conn_is_congested(const struct proto_conn *conn);
 
 /* Starts a command with a fresh tag: returns a writer with "TAG NAME"
  * written; add arguments, then call proto_conn_cmd_send().  Only one line
- * may be under construction at a time.  Only valid when ready. */
+ * may be under construction at a time.  A command begun while the link is
+ * not ready (handshake running, closing, closed) is dropped: cb then gets
+ * PROTO_REPLY_CLOSED before proto_conn_cmd_send() returns. */
 struct proto_wr *proto_conn_cmd_begin(struct proto_conn *conn, const char *name);
 /* Ends the line and registers the tag: cb gets the data lines and exactly
  * one final call (DONE, TIMEOUT or CLOSED).  timeout_ms 0 = none.  Returns
- * the tag (valid while pending). */
+ * the tag (valid while pending), or NULL if the command was dropped. */
 const char *proto_conn_cmd_send(struct proto_conn *conn, unsigned timeout_ms,
 				proto_reply_cb *cb, void *ctx);
 /* Starts a data line "TAG NAME" answering the peer's command tag (or an
- * untagged line with tag "*"); finish with proto_conn_line_end(). */
+ * untagged line with tag "*"); finish with proto_conn_line_end().  Lines
+ * written before authentication or once closing are dropped. */
 struct proto_wr *proto_conn_line_begin(struct proto_conn *conn, const char *tag,
 				       const char *name);
 void proto_conn_line_end(struct proto_conn *conn);

@@ -457,20 +457,45 @@ static void test_wrong_proof_gets_no_and_pipelined_command_is_not_seen(void)
 
 static void test_command_before_auth_is_refused(void)
 {
+	static const char *const cmds[] = { "C1 SELECT 1", "C1 COMPRESS DEFLATE", "C1 PING" };
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side b = { 0 };
+		struct raw r;
+		struct proto_conn_settings sb;
+		base_settings(&sb, 2, false);
+		raw_open(loop, &r, &b, &sb);
+		char line[300];
+		snprintf(line, sizeof(line), "* HELLO 1.0 5 %064d ()\r\n%s\r\n", 0, cmds[i]);
+		raw_send(&r, line);
+		CU_ASSERT(run_until(loop, side_closed, &b, 5));
+		raw_read(&r);
+		CU_ASSERT_EQUAL(b.commands, 0);
+		CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [NOAUTH]") != NULL);
+		raw_close(&r);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
+static void test_command_written_before_ready_is_dropped(void)
+{
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side b = { 0 };
-	struct raw r;
-	struct proto_conn_settings sb;
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
 	base_settings(&sb, 2, false);
-	raw_open(loop, &r, &b, &sb);
-	char line[300];
-	snprintf(line, sizeof(line), "* HELLO 1.0 5 %064d ()\r\nC1 SELECT 1\r\n", 0);
-	raw_send(&r, line);
-	CU_ASSERT(run_until(loop, side_closed, &b, 5));
-	raw_read(&r);
+	connect_pair(loop, &a, &b, &sa, &sb);
+	/* Not ready yet: the command must not reach the wire before AUTH. */
+	struct proto_wr *w = proto_conn_cmd_begin(a.conn, "SELECT");
+	proto_wr_u64(w, 1);
+	CU_ASSERT_PTR_NULL(proto_conn_cmd_send(a.conn, 0, on_reply, &a));
+	CU_ASSERT_EQUAL(a.replies_closed, 1);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	CU_ASSERT_EQUAL(a.closed + b.closed, 0);
 	CU_ASSERT_EQUAL(b.commands, 0);
-	CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [NOAUTH]") != NULL);
-	raw_close(&r);
+	side_free(&a);
 	side_free(&b);
 	ev_loop_destroy(loop);
 }
@@ -762,6 +787,7 @@ const struct test_case proto_conn_cases[] = {
 	{ "wrong secret is refused on both sides", test_wrong_secret_is_refused_on_both_sides },
 	{ "wrong proof gets NO and a pipelined command is not seen", test_wrong_proof_gets_no_and_pipelined_command_is_not_seen },
 	{ "command before auth is refused", test_command_before_auth_is_refused },
+	{ "command written before ready is dropped", test_command_written_before_ready_is_dropped },
 	{ "truncated handshake is refused", test_truncated_handshake_is_refused },
 	{ "TLS links work with cluster certificates", test_tls_links_work_with_cluster_certificates },
 	{ "TLS with an untrusted certificate is refused", test_tls_with_untrusted_certificate_is_refused },
