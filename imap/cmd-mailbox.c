@@ -156,6 +156,7 @@ struct rename_ctx {
 	/* INBOX: the mailbox to move INBOX's messages into. */
 	stor_uid_list uids;
 	struct guid inbox, target;
+	stor_string_list parents;
 };
 
 static void rename_ctx_free(void *p)
@@ -169,6 +170,7 @@ static void rename_ctx_free(void *p)
 	free(rc->new_name);
 	free(rc->error_msg);
 	ARRAY_FREE(&rc->uids);
+	stor_string_list_free(&rc->parents);
 	free(rc);
 }
 
@@ -187,6 +189,15 @@ static void rename_one_done(void *ctx, const struct repl_result *res)
 		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(rc->error), rc->error_msg);
 	else
 		imap_cmd_done(cmd, "OK", "RENAME completed");
+}
+
+/* A superior of the new name, created before the renames. */
+static void rename_parent_done(void *ctx, const struct repl_result *res)
+{
+	struct repl_result r = *res;
+	if (r.error == REPL_ERR_EXISTS)
+		r.error = REPL_OK;
+	rename_one_done(ctx, &r);
 }
 
 static void inbox_moved(void *ctx, const struct repl_result *res)
@@ -296,8 +307,24 @@ bool imap_cmd_rename(struct imap_cmd *cmd)
 	stor_mailbox_list_free(&list);
 	if (rc->count == 0)
 		return imap_cmd_done(cmd, "NO", "[NONEXISTENT] Mailbox does not exist");
-	rc->left = rc->count;
+	/* RFC 3501 6.3.5: create the missing superiors of the new name. */
+	stor_string_list *parents = &rc->parents;
+	for (const char *p = strchr(new_name, '/'); p != NULL; p = strchr(p + 1, '/')) {
+		char *parent = xstrndup(new_name, (size_t)(p - new_name));
+		r = stor_mailbox_get(db, c->user, parent, &mb, &err);
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		if (r == 0)
+			ARRAY_PUSH(parents, parent);
+		else
+			free(parent);
+	}
+	rc->left = rc->count + parents->count;
 	cmd->waiting = true;
+	/* The names stay in rc until completion, as the seam requires. */
+	for (size_t i = 0; i < parents->count; i++)
+		repl_mailbox_create(c->server->repl, c->user, parents->items[i], NULL,
+				    rename_parent_done, cmd);
 	for (size_t i = 0; i < rc->count; i++)
 		repl_mailbox_rename(c->server->repl, c->user, &rc->guids[i], rc->new_names[i],
 				    rename_one_done, cmd);
