@@ -205,6 +205,18 @@ bool imap_cmd_examine(struct imap_cmd *cmd)
 	return do_select(cmd, true);
 }
 
+struct close_ctx {
+	struct guid mailbox;
+	stor_uid_list uids;
+};
+
+static void close_ctx_free(void *p)
+{
+	struct close_ctx *cc = p;
+	ARRAY_FREE(&cc->uids);
+	free(cc);
+}
+
 static void close_expunged(void *ctx, const struct repl_result *res)
 {
 	struct imap_cmd *cmd = ctx;
@@ -231,23 +243,23 @@ bool imap_cmd_close(struct imap_cmd *cmd)
 		imap_sel_close(c);
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 	}
-	stor_uid_list *uids = xcalloc(1, sizeof(*uids));
+	struct close_ctx *cc = xcalloc(1, sizeof(*cc));
+	cmd->ctx = cc;
+	cmd->ctx_free = close_ctx_free;
+	cc->mailbox = c->sel->guid;
 	for (size_t i = 0; i < msgs.count; i++)
 		if ((msgs.items[i].flags & STOR_FLAG_DELETED) != 0 &&
 		    imap_sel_seq(c->sel, msgs.items[i].uid) != 0)
-			ARRAY_PUSH(uids, msgs.items[i].uid);
+			ARRAY_PUSH(&cc->uids, msgs.items[i].uid);
 	stor_msg_list_free(&msgs);
-	if (uids->count == 0) {
-		free(uids);
+	if (cc->uids.count == 0) {
 		imap_sel_close(c);
 		return imap_cmd_done(cmd, "OK", "Close completed");
 	}
-	/* The UID array must live until completion: keep it in ctx. */
-	cmd->ctx = uids;
-	cmd->ctx_free = imap_uid_list_free;
-	struct guid g = c->sel->guid;
+	/* The request lives in cmd->ctx until the seam completes. */
 	cmd->waiting = true;
-	repl_expunge(c->server->repl, c->user, &g, uids->items, uids->count, close_expunged, cmd);
+	repl_expunge(c->server->repl, c->user, &cc->mailbox, cc->uids.items, cc->uids.count,
+		     close_expunged, cmd);
 	return false;
 }
 

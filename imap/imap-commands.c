@@ -145,13 +145,6 @@ void imap_commands_dispatch(struct imap_client *c, const struct imap_command *pc
 	commands[i].func(cmd);
 }
 
-void imap_uid_list_free(void *p)
-{
-	stor_uid_list *l = p;
-	ARRAY_FREE(l);
-	free(l);
-}
-
 const char *imap_repl_error_code(enum repl_error e)
 {
 	switch (e) {

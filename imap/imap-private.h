@@ -218,8 +218,6 @@ int imap_parse_flags(const struct imap_arg *arg, uint32_t *flags_r,
  * as the top of a hierarchy) becomes "INBOX"; checks modified UTF-7 and
  * length.  Returns a new string or NULL (*error_r). */
 char *imap_mailbox_name(const char *name, size_t len, const char **error_r);
-/* Frees a heap-allocated stor_uid_list (for cmd->ctx_free). */
-void imap_uid_list_free(void *p);
 /* "[NONEXISTENT] " etc. for a seam error, with a trailing space. */
 const char *imap_repl_error_code(enum repl_error e);
 /* A seam completion that finishes cmd with "OK <NAME> completed" or NO. */
