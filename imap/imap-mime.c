@@ -538,10 +538,12 @@ static void degrade_to_text(struct mime_part *part)
 	mime_params_free(&part->params);
 }
 
-/* Is the line at ls a delimiter line "--boundary[--] *WSP EOL"?  Sets
- * *close_r for "--boundary--". */
+/* Is the line at ls a delimiter "--boundary..."?  RFC 2046 5.1.1: the
+ * boundary only has to start the line, so "--boundary junk" counts too.
+ * Sets *close_r for "--boundary--" and *exact_r when only whitespace
+ * follows. */
 static bool is_delimiter(const unsigned char *text, size_t ls, size_t le, const char *boundary,
-			 size_t blen, bool *close_r)
+			 size_t blen, bool *close_r, bool *exact_r)
 {
 	if (le - ls < 2 + blen || text[ls] != '-' || text[ls + 1] != '-' ||
 	    memcmp(text + ls + 2, boundary, blen) != 0)
@@ -552,11 +554,66 @@ static bool is_delimiter(const unsigned char *text, size_t ls, size_t le, const 
 		*close_r = true;
 		q += 2;
 	}
+	*exact_r = true;
 	for (; q < le; q++) {
 		if (!is_wsp(text[q]) && text[q] != '\r' && text[q] != '\n')
-			return false;
+			*exact_r = false;
 	}
 	return true;
+}
+
+/* Inner boundaries that extend the outer one, remembered per multipart. */
+#define MIME_MAX_INNER_BOUNDARIES 16
+
+struct inner_boundaries {
+	size_t count;
+	size_t start[MIME_MAX_INNER_BOUNDARIES], len[MIME_MAX_INNER_BOUNDARIES];
+};
+
+/* If the line declares boundary=X where X is longer than and starts with
+ * the outer boundary (b vs b-2), remembers X: a line "--X" is then the
+ * nested multipart's delimiter, not a prefix match of the outer one.
+ * Dovecot gets the same effect from its stack of open boundaries. */
+static void note_inner_boundary(const unsigned char *t, size_t ls, size_t le,
+				const char *boundary, size_t blen, struct inner_boundaries *ib)
+{
+	static const char key[] = "boundary";
+	const size_t klen = sizeof(key) - 1;
+	for (size_t i = ls; i + klen < le && ib->count < MIME_MAX_INNER_BOUNDARIES; i++) {
+		if ((t[i] | 0x20) != 'b' || strncasecmp((const char *)t + i, key, klen) != 0)
+			continue;
+		size_t q = i + klen;
+		while (q < le && is_wsp(t[q]))
+			q++;
+		if (q >= le || t[q] != '=')
+			continue;
+		q++;
+		while (q < le && is_wsp(t[q]))
+			q++;
+		bool quoted = q < le && t[q] == '"';
+		if (quoted)
+			q++;
+		size_t vs = q;
+		while (q < le && (quoted ? t[q] != '"' : (t[q] > ' ' && t[q] != ';')) &&
+		       t[q] != '\r' && t[q] != '\n')
+			q++;
+		if (q - vs > blen && memcmp(t + vs, boundary, blen) == 0) {
+			ib->start[ib->count] = vs;
+			ib->len[ib->count] = q - vs;
+			ib->count++;
+		}
+		i = q;
+	}
+}
+
+static bool is_inner_delimiter(const unsigned char *t, size_t ls, size_t le,
+			       const struct inner_boundaries *ib)
+{
+	for (size_t k = 0; k < ib->count; k++) {
+		if (le - ls >= 2 + ib->len[k] && memcmp(t + ls + 2, t + ib->start[k], ib->len[k]) == 0)
+			return true;
+	}
+	return false;
 }
 
 /* Appends the children of the multipart at idx.  Returns their count. */
@@ -566,15 +623,29 @@ static unsigned split_multipart(struct imap_mime *m, int idx, const char *bounda
 	size_t blen = strlen(boundary);
 	size_t pos = m->parts.items[idx].body_start, end = m->parts.items[idx].end;
 	size_t child_start = 0;
-	bool in_part = false;
+	bool in_part = false, in_header = false;
+	struct inner_boundaries ib = { 0, { 0 }, { 0 } };
 	unsigned n = 0;
 
 	while (pos < end) {
 		size_t ls = pos, le = line_next(t, pos, end);
 		pos = le;
-		bool close;
-		if (t[ls] != '-' || !is_delimiter(t, ls, le, boundary, blen, &close))
+		bool close, exact;
+		if (t[ls] != '-' || !is_delimiter(t, ls, le, boundary, blen, &close, &exact)) {
+			/* look for declarations only in what may be a header: after
+			 * a delimiter of ours or a "--" line, up to a blank line */
+			if (line_is_blank(t, ls, le))
+				in_header = false;
+			else if (le - ls > 1 && t[ls] == '-' && t[ls + 1] == '-')
+				in_header = true;
+			else if (in_part && in_header && le - ls > 8)
+				note_inner_boundary(t, ls, le, boundary, blen, &ib);
 			continue;
+		}
+		if (!exact && is_inner_delimiter(t, ls, le, &ib)) {
+			in_header = true; /* the nested part's header follows */
+			continue;
+		}
 		if (in_part) {
 			/* the line end before a delimiter belongs to the delimiter */
 			size_t ce = ls;
@@ -590,6 +661,7 @@ static unsigned split_multipart(struct imap_mime *m, int idx, const char *bounda
 		if (close)
 			return n;
 		in_part = true;
+		in_header = true;
 		child_start = le;
 	}
 	if (in_part && child_start < end && m->parts.count < IMAP_MIME_MAX_PARTS) {

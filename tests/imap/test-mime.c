@@ -324,10 +324,43 @@ static void test_multipart_without_closing_boundary_ends_at_message_end(void)
 			    "first\r\n"
 			    "--zz  \r\n"
 			    "\r\n"
-			    "--zzextra is not a boundary\r\n", true,
+			    "-- zz is not a boundary\r\n", true,
 			    "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 5 1 NIL NIL NIL NIL)"
-			    "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 29 1 NIL NIL NIL NIL)"
+			    "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 25 1 NIL NIL NIL NIL)"
 			    " \"MIXED\" (\"BOUNDARY\" \"zz\") NIL NIL NIL)");
+}
+
+static void test_boundary_only_has_to_start_the_line_unless_inner_boundary_is_longer(void)
+{
+	/* RFC 2046 5.1.1: "--b trailing junk" is a delimiter of boundary b,
+	 * but "--b-inner" is the delimiter of the nested multipart that
+	 * declared boundary b-inner */
+	const char *msg =
+		"Content-Type: multipart/mixed; boundary=b\r\n"
+		"\r\n"
+		"--b trailing junk\r\n"
+		"Content-Type: multipart/alternative; boundary=b-inner\r\n"
+		"\r\n"
+		"--b-inner\r\n"
+		"\r\n"
+		"one\r\n"
+		"--b-inner\r\n"
+		"\r\n"
+		"two\r\n"
+		"--b-inner--\r\n"
+		"--b\r\n"
+		"\r\n"
+		"three\r\n"
+		"--b--junk\r\n"
+		"epilogue\r\n";
+	check_bodystructure(msg, false,
+			    "(((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 3 1)"
+			    "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 3 1) \"ALTERNATIVE\")"
+			    "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 5 1) \"MIXED\")");
+	struct imap_mime *m = parse_str(msg);
+	check_section(m, "1.2", IMAP_SECTION_ALL, "two");
+	check_section(m, "2", IMAP_SECTION_ALL, "three");
+	imap_mime_free(&m);
 }
 
 static void test_multipart_whose_boundary_never_occurs_degrades_to_text(void)
@@ -377,7 +410,8 @@ static void test_deep_nesting_is_bounded_and_degrades_to_text(void)
 	buf_free(&tail);
 
 	struct imap_mime *m = imap_mime_parse(msg.data, msg.len);
-	/* depths 0..49 are multiparts; the part at depth 50 is a text leaf */
+	/* depths 0..49 are multiparts; the part at depth 50 is a text leaf.
+	 * b1 is a prefix of b10..b19: their delimiters must not split b1. */
 	CU_ASSERT_EQUAL(imap_mime_part_count(m), IMAP_MIME_MAX_DEPTH + 1);
 	struct buf out = BUF_INIT;
 	imap_mime_bodystructure(m, true, &out);
@@ -888,6 +922,8 @@ static const struct test_case mime_cases[] = {
 	{ "parameter_values_with_8bit_or_comments", test_parameter_values_with_8bit_or_comments },
 	{ "multipart_without_closing_boundary_ends_at_message_end",
 	  test_multipart_without_closing_boundary_ends_at_message_end },
+	{ "boundary_only_has_to_start_the_line_unless_inner_boundary_is_longer",
+	  test_boundary_only_has_to_start_the_line_unless_inner_boundary_is_longer },
 	{ "multipart_whose_boundary_never_occurs_degrades_to_text",
 	  test_multipart_whose_boundary_never_occurs_degrades_to_text },
 	{ "deep_nesting_is_bounded_and_degrades_to_text", test_deep_nesting_is_bounded_and_degrades_to_text },
