@@ -4,7 +4,8 @@
  * with small limits so every limit path is reachable.  Each parsed line is
  * written back with the writer and parsed again: the second parse must
  * succeed, which checks that the writer only produces what the parser
- * accepts.  Typed accessors run on every argument. */
+ * accepts.  Typed accessors run on every argument, and the command table
+ * validator on every line. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,8 +98,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					abort();
 				goto out;
 			}
-			if (r == 1)
+			if (r == 1) {
+				size_t npos;
+				const char *error;
+				if (proto_cmd_validate(cmd, &npos, &error) == 0 && npos > cmd->arg_count)
+					abort();
 				reparse(cmd, &set);
+			}
 			else if (pos != end)
 				abort();
 		}

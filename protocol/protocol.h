@@ -201,6 +201,36 @@ int proto_arg_uidset(const struct proto_arg *a, uint32_t star_value, size_t max_
 		     struct proto_uid_range **ranges_r, size_t *count_r);
 
 /* ------------------------------------------------------------------ */
+/* The command table of SPEC.md section 12 (syntax only, no meaning). */
+
+#define PROTO_MAX_HOPS 8 /* SIDs in a VIA option */
+
+#define PROTO_CMDF_SELECTED 0x01            /* acts on the selected mailbox */
+#define PROTO_CMDF_FORWARD 0x02             /* goes to a master/root, may be forwarded */
+#define PROTO_CMDF_OPT_UNCHANGEDSINCE 0x04  /* accepts UNCHANGEDSINCE <modseq> */
+#define PROTO_CMDF_OPT_SPECIAL_USE 0x08     /* accepts SPECIAL-USE <flags> */
+#define PROTO_CMDF_DATA 0x10                /* a data line, not a command */
+
+struct proto_cmd_info {
+	const char *name;
+	const char *sig;   /* argument signature, see proto-commands.c */
+	unsigned flags;
+};
+
+/* The entry of a command or data line name (case-insensitive), or NULL. */
+const struct proto_cmd_info *proto_cmd_info_find(const char *name);
+/* Checks arguments and options of a command or data line against the
+ * table.  Returns 0 with *npos_r = the number of positional arguments
+ * (options follow them as KEY value pairs), or -1 with *error_r (static,
+ * valid until the next call): answer BAD [ARGS], or BAD [UNKNOWN-COMMAND]
+ * when proto_cmd_info_find() fails. */
+int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char **error_r);
+/* True if key is an option the command accepts (VIA, TO, ...). */
+bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key);
+/* The value of option key of a validated command, or NULL if absent. */
+const struct proto_arg *proto_cmd_option(const struct proto_cmd *cmd, size_t npos, const char *key);
+
+/* ------------------------------------------------------------------ */
 /* HMAC-SHA256 helpers shared by the handshake and by change bundles. */
 
 #define PROTO_NONCE_SIZE 32

@@ -350,8 +350,9 @@ static void write_samples(struct buf *out, struct buf *expect)
 	proto_wr_cstr(&w, "");
 	proto_wr_u64(&w, 2);
 	proto_wr_u64(&w, 7);
+	proto_wr_u64(&w, 0);
 	proto_wr_end(&w);
-	EXPECT("S3 MASTER-IS alice \"\" 2 7");
+	EXPECT("S3 MASTER-IS alice \"\" 2 7 0");
 
 	proto_wr_begin(&w, "S4", "ROOT");
 	proto_wr_u64(&w, 1);
@@ -729,7 +730,96 @@ static void test_auth_proof_depends_on_every_input(void)
 	CU_ASSERT(memcmp(base, other, 32) != 0);
 }
 
+/* Every replication command and data line of the samples passes the
+ * command table, and options are found after the positional arguments. */
+static void test_sample_commands_pass_the_command_table(void)
+{
+	struct buf out = BUF_INIT, expect = BUF_INIT;
+	write_samples(&out, &expect);
+	struct proto_parser *p = proto_parser_create(NULL);
+	size_t pos = 0, validated = 0, used, npos;
+	const struct proto_cmd *cmd;
+	const char *error;
+	while (pos < out.len && proto_parser_parse(p, out.data + pos, out.len - pos, &used, &cmd) == 1) {
+		pos += used;
+		if (proto_cmd_is_status(cmd) || proto_cmd_info_find(cmd->name) == NULL)
+			continue;
+		int r = proto_cmd_validate(cmd, &npos, &error);
+		CU_ASSERT_EQUAL(r, 0);
+		if (r != 0) {
+			fprintf(stderr, "\n%s %s: %s\n", cmd->tag, cmd->name, error);
+			continue;
+		}
+		validated++;
+		if (strcmp(cmd->tag, "S2") == 0) {
+			CU_ASSERT_EQUAL(npos, 6);
+			const struct proto_arg *via = proto_cmd_option(cmd, npos, "VIA");
+			CU_ASSERT_PTR_NOT_NULL_FATAL(via);
+			CU_ASSERT_EQUAL(via->count, 2);
+			CU_ASSERT_PTR_NULL(proto_cmd_option(cmd, npos, "TO"));
+		}
+		if (strcmp(cmd->tag, "C10") == 0 && proto_cmd_is(cmd, "STORE")) {
+			const struct proto_arg *u = proto_cmd_option(cmd, npos, "UNCHANGEDSINCE");
+			CU_ASSERT(u != NULL && strcmp(u->str, "1233") == 0);
+		}
+	}
+	CU_ASSERT_EQUAL(pos, out.len);
+	CU_ASSERT(validated >= 24);
+	proto_parser_destroy(&p);
+	buf_free(&out);
+	buf_free(&expect);
+}
+
+static void test_malformed_arguments_fail_the_command_table(void)
+{
+	static const char *const bad[] = {
+		"C1 MBOX 0 alice INBOX 1 " GUID_A "\r\n",          /* id 0 */
+		"C1 MBOX 1 alice (INBOX) 1 " GUID_A "\r\n",        /* list for a string */
+		"C1 MBOX 1 alice INBOX 1 0123\r\n",                /* short GUID */
+		"C1 SELECT 1 2\r\n",                                /* extra argument */
+		"C1 SELECT\r\n",                                    /* missing argument */
+		"C1 SAVE 1700000000 0 0 " GUID_A " () {1}\r\nx\r\n", /* date without zone */
+		"C1 SAVE 1700000000+0000 0 0 " GUID_A " () \"x\"\r\n", /* text not a literal */
+		"C1 SAVE 1700000000+0000 0 0 " GUID_A " (\\Se\\en) {1}\r\nx\r\n", /* bad flag */
+		"C1 SAVE 1700000000+0000 0 0 " GUID_A " () NIL VIA (1 2 3 4 5 6 7 8 9)\r\n",
+		"C1 SAVE 1700000000+0000 0 0 " GUID_A " () NIL VIA (1) VIA (2)\r\n",
+		"C1 EXPUNGE 1:5\r\n",
+		"C1 FETCH 0\r\n",
+		"C1 STORE 1:5 1 (\\Seen) () UNCHANGEDSINCE\r\n",
+		"C1 CREATE alice x " GUID_A " 5 UNCHANGEDSINCE 5\r\n",
+		"C1 COPY 2 0 " GUID_A " 0 0 1700000000+0000 ()\r\n", /* source UID 0 */
+		"C1 MASTER-MOVE 0\r\n",
+		"C1 SYNC-BEGIN 1 2 3 4 (1:*,x)\r\n",
+		"C1 NOSUCH 1\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct proto_parser *p = proto_parser_create(NULL);
+		size_t used, npos;
+		const struct proto_cmd *cmd;
+		const char *error = NULL;
+		int r = proto_parser_parse(p, (const unsigned char *)bad[i], strlen(bad[i]), &used, &cmd);
+		CU_ASSERT_EQUAL(r, 1);
+		if (r == 1) {
+			CU_ASSERT_EQUAL(proto_cmd_validate(cmd, &npos, &error), -1);
+			CU_ASSERT_PTR_NOT_NULL(error);
+		}
+		proto_parser_destroy(&p);
+	}
+	/* The optional argument of MASTER-MOVE may be left out before options. */
+	const char *ok = "C1 MASTER-MOVE VIA (1)\r\n";
+	struct proto_parser *p = proto_parser_create(NULL);
+	size_t used, npos = 9;
+	const struct proto_cmd *cmd;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(proto_parser_parse(p, (const unsigned char *)ok, strlen(ok), &used, &cmd), 1);
+	CU_ASSERT_EQUAL(proto_cmd_validate(cmd, &npos, &error), 0);
+	CU_ASSERT_EQUAL(npos, 0);
+	proto_parser_destroy(&p);
+}
+
 const struct test_case proto_parser_cases[] = {
+	{ "sample commands pass the command table", test_sample_commands_pass_the_command_table },
+	{ "malformed arguments fail the command table", test_malformed_arguments_fail_the_command_table },
 	{ "writer output parses back to every command", test_writer_output_parses_back_to_every_command },
 	{ "every split point gives the same commands", test_every_split_point_gives_same_commands },
 	{ "one byte at a time gives the same commands", test_one_byte_at_a_time_gives_same_commands },

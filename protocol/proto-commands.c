@@ -1,0 +1,217 @@
+/* The command table of SPEC.md section 12: argument signatures, options,
+ * and a validator, so that a receiver can refuse a malformed command with
+ * BAD [ARGS] before any handler looks at it.
+ *
+ * This is syntax only: what a command means is the replicator's business.
+ * Signature letters (one per positional argument, '?' marks the rest as
+ * optional):
+ *   i  number 1..2^32-1 (ids, sids, nonzero UIDs, UIDVALIDITY)
+ *   u  number 0..2^32-1 (a UID that may be "not assigned")
+ *   n  number 0..2^64-1      m  modseq 0..2^63-1
+ *   s  string                g  GUID (32 hex digits)
+ *   d  date                  S  UID set
+ *   f  flag list             T  message text: a literal, or NIL
+ *   l  list of UID sets (SYNC-BEGIN's known UIDs) */
+#include "protocol/protocol.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const struct proto_cmd_info commands[] = {
+	{ "PING", "", 0 },
+	{ "LOGOUT", "", 0 },
+	{ "MBOX", "issig", 0 },
+	{ "SELECT", "i", 0 },
+	{ "CREATE", "ssgi", PROTO_CMDF_OPT_SPECIAL_USE | PROTO_CMDF_FORWARD },
+	{ "DELETE", "ssg", PROTO_CMDF_FORWARD },
+	{ "RENAME", "sssg", PROTO_CMDF_FORWARD },
+	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD },
+	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD },
+	{ "SAVE", "dumgfT", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
+	{ "COPY", "iiguudf", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
+	{ "EXPUNGE", "Sm", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
+	{ "STORE", "Smff", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE },
+	{ "FETCH", "S", PROTO_CMDF_SELECTED },
+	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
+	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
+	{ "UIDFIX", "SS", PROTO_CMDF_SELECTED },
+	{ "MASTER-WHO", "ss", PROTO_CMDF_FORWARD },
+	{ "MASTER-MOVE", "?i", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
+	{ "MASTER-IS", "ssinn", PROTO_CMDF_FORWARD },
+	{ "ROOT", "in", PROTO_CMDF_FORWARD },
+	{ "DROPPED", "in", PROTO_CMDF_FORWARD },
+	/* Data lines (answers carrying the command's tag). */
+	{ "FLAGS", "imf", PROTO_CMDF_DATA },
+	{ "TEXT", "igT", PROTO_CMDF_DATA },
+};
+
+const struct proto_cmd_info *proto_cmd_info_find(const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcasecmp(commands[i].name, name) == 0)
+			return &commands[i];
+	}
+	return NULL;
+}
+
+static bool is_flag_list(const struct proto_arg *a)
+{
+	if (a->type != PROTO_ARG_LIST)
+		return false;
+	for (size_t i = 0; i < a->count; i++) {
+		const struct proto_arg *f = &a->list[i];
+		if (f->type != PROTO_ARG_ATOM)
+			return false;
+		/* A system flag is one backslash and a word; keywords have none. */
+		const char *bs = memchr(f->str, '\\', f->len);
+		if (bs != NULL && (bs != f->str || f->len < 2 || memchr(f->str + 1, '\\', f->len - 1)))
+			return false;
+	}
+	return true;
+}
+
+static bool is_uidset(const struct proto_arg *a)
+{
+	struct proto_uid_range *r;
+	size_t n;
+	if (proto_arg_uidset(a, UINT32_MAX, SIZE_MAX, &r, &n) < 0)
+		return false;
+	free(r);
+	return true;
+}
+
+static bool check_arg(char type, const struct proto_arg *a)
+{
+	uint64_t v;
+	uint32_t v32;
+	struct guid g;
+	int64_t secs;
+	int tz;
+	switch (type) {
+	case 'i':
+		return proto_arg_u32(a, &v32) == 0 && v32 != 0;
+	case 'u':
+		return proto_arg_u32(a, &v32) == 0;
+	case 'n':
+		return proto_arg_u64(a, UINT64_MAX, &v) == 0;
+	case 'm':
+		return proto_arg_u64(a, INT64_MAX, &v) == 0;
+	case 's':
+		return a->type != PROTO_ARG_LIST;
+	case 'g':
+		return proto_arg_guid(a, &g) == 0;
+	case 'd':
+		return proto_arg_date(a, &secs, &tz) == 0;
+	case 'S':
+		return is_uidset(a);
+	case 'f':
+		return is_flag_list(a);
+	case 'T':
+		return a->type == PROTO_ARG_LITERAL ||
+		       (a->type == PROTO_ARG_ATOM && strcmp(a->str, "NIL") == 0);
+	case 'l':
+		if (a->type != PROTO_ARG_LIST)
+			return false;
+		for (size_t i = 0; i < a->count; i++) {
+			if (!is_uidset(&a->list[i]))
+				return false;
+		}
+		return true;
+	}
+	return false;
+}
+
+static int fail(char *buf, size_t size, const char **error_r, const char *fmt, const char *name,
+		size_t n)
+{
+	snprintf(buf, size, fmt, name, n);
+	*error_r = buf;
+	return -1;
+}
+
+int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char **error_r)
+{
+	static char errbuf[128];
+	const struct proto_cmd_info *info = proto_cmd_info_find(cmd->name);
+	if (info == NULL)
+		return fail(errbuf, sizeof(errbuf), error_r, "%s: unknown command%.0zu", cmd->name, 0);
+	const char *sig = info->sig;
+	size_t i = 0;
+	bool optional = false;
+	for (; *sig != '\0'; sig++) {
+		if (*sig == '?') {
+			optional = true;
+			continue;
+		}
+		if (i >= cmd->arg_count) {
+			if (optional)
+				break;
+			return fail(errbuf, sizeof(errbuf), error_r, "%s: argument %zu missing",
+				    info->name, i + 1);
+		}
+		const struct proto_arg *a = &cmd->args[i];
+		/* An optional argument may be absent with options following. */
+		if (optional && a->type == PROTO_ARG_ATOM && *sig != 's' &&
+		    !check_arg(*sig, a) && proto_cmd_is_option(info, a->str))
+			break;
+		if (!check_arg(*sig, a))
+			return fail(errbuf, sizeof(errbuf), error_r, "%s: argument %zu is malformed",
+				    info->name, i + 1);
+		i++;
+	}
+	size_t npos = i;
+	bool seen_via = false, seen_to = false, seen_opt = false;
+	while (i < cmd->arg_count) {
+		const struct proto_arg *key = &cmd->args[i];
+		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
+			return fail(errbuf, sizeof(errbuf), error_r, "%s: extra argument %zu",
+				    info->name, i + 1);
+		const struct proto_arg *val = &cmd->args[i + 1];
+		bool ok;
+		if (strcasecmp(key->str, "VIA") == 0 && !seen_via) {
+			seen_via = true;
+			ok = val->type == PROTO_ARG_LIST && val->count <= PROTO_MAX_HOPS;
+			for (size_t j = 0; ok && j < val->count; j++)
+				ok = check_arg('i', &val->list[j]);
+		} else if (strcasecmp(key->str, "TO") == 0 && !seen_to) {
+			seen_to = true;
+			ok = check_arg('i', val);
+		} else if (strcasecmp(key->str, "UNCHANGEDSINCE") == 0 && !seen_opt &&
+			   (info->flags & PROTO_CMDF_OPT_UNCHANGEDSINCE) != 0) {
+			seen_opt = true;
+			ok = check_arg('m', val);
+		} else if (strcasecmp(key->str, "SPECIAL-USE") == 0 && !seen_opt &&
+			   (info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0) {
+			seen_opt = true;
+			ok = check_arg('f', val);
+		} else {
+			return fail(errbuf, sizeof(errbuf), error_r, "%s: unknown or repeated option %zu",
+				    info->name, i + 1);
+		}
+		if (!ok)
+			return fail(errbuf, sizeof(errbuf), error_r, "%s: option value %zu is malformed",
+				    info->name, i + 2);
+		i += 2;
+	}
+	*npos_r = npos;
+	return 0;
+}
+
+bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
+{
+	return strcasecmp(key, "VIA") == 0 || strcasecmp(key, "TO") == 0 ||
+	       ((info->flags & PROTO_CMDF_OPT_UNCHANGEDSINCE) != 0 &&
+		strcasecmp(key, "UNCHANGEDSINCE") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0 && strcasecmp(key, "SPECIAL-USE") == 0);
+}
+
+const struct proto_arg *proto_cmd_option(const struct proto_cmd *cmd, size_t npos, const char *key)
+{
+	for (size_t i = npos; i + 1 < cmd->arg_count; i += 2) {
+		if (cmd->args[i].type == PROTO_ARG_ATOM && strcasecmp(cmd->args[i].str, key) == 0)
+			return &cmd->args[i + 1];
+	}
+	return NULL;
+}
