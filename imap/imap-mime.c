@@ -712,7 +712,8 @@ static void process_part(struct imap_mime *m, int idx)
 struct imap_mime *imap_mime_parse(const unsigned char *text, size_t len)
 {
 	struct imap_mime *m = xcalloc(1, sizeof(*m));
-	m->text = text;
+	/* offsets are added to text, which must not be NULL even when empty */
+	m->text = text != NULL ? text : (const unsigned char *)"";
 	m->len = len;
 	part_add(m, -1, 0, len, true);
 	/* children are appended behind their parent, so one pass visits all */

@@ -11,7 +11,9 @@
  * an unparsable Content-Type becomes text/plain; charset=us-ascii, a
  * multipart without a boundary parameter or whose boundary never occurs
  * becomes a text/plain leaf, an unclosed multipart ends where its enclosing
- * range ends.  Work is bounded: at most IMAP_MIME_MAX_DEPTH levels of nesting
+ * range ends.  A delimiter line only has to start with "--boundary"
+ * (RFC 2046 5.1.1), unless a nested multipart declared a longer boundary
+ * that the line matches.  Work is bounded: at most IMAP_MIME_MAX_DEPTH levels of nesting
  * and IMAP_MIME_MAX_PARTS parts (containers past either limit become
  * text/plain leaves), and the parser itself does not recurse. */
 #ifndef IMAP_IMAP_MIME_H
@@ -28,8 +30,8 @@
 
 struct imap_mime;
 
-/* Parses a message text (any bytes; CRLF or bare LF line ends).  Never
- * returns NULL.  The caller frees the result with imap_mime_free(). */
+/* Parses a message text (any bytes; CRLF or bare LF line ends; text may be
+ * NULL when len is 0).  Never returns NULL.  The caller frees the result with imap_mime_free(). */
 struct imap_mime *imap_mime_parse(const unsigned char *text, size_t len);
 /* Frees the object and sets *m to NULL; harmless on NULL. */
 void imap_mime_free(struct imap_mime **m);

@@ -212,6 +212,11 @@ static void test_missing_headers_default_to_us_ascii_text_7bit(void)
 			    "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"8BIT\" 3 1)");
 	check_bodystructure("", false,
 			    "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 0 0)");
+	struct imap_mime *m = imap_mime_parse(NULL, 0);
+	check_section(m, "", IMAP_SECTION_ALL, "");
+	check_section(m, "1", IMAP_SECTION_ALL, "");
+	check_section(m, "", IMAP_SECTION_HEADER, "");
+	imap_mime_free(&m);
 }
 
 static void test_bare_lf_message_counts_bytes_as_stored(void)
