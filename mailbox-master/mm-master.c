@@ -56,7 +56,7 @@ static void kick(struct mm_node *node, struct mm_gran *g)
 			send_move(node, g);
 		return;
 	}
-	if (g->applied && g->master != 0) {
+	if (g->applied && g->master != 0 && g->master != node->sid) {
 		answer_requests(node, g, g->master);
 		return;
 	}
@@ -154,6 +154,8 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 		if (g->master != 0 || g->am_master || master == node->sid || master == 0)
 			return;
 	}
+	if (g->released && gen > g->rel_gen)
+		g->released = false;
 	bool was = g->am_master;
 	bool changed = !g->applied || g->master != master;
 	g->applied = true;
@@ -225,6 +227,20 @@ static void forward_move(struct mm_node *node, struct mm_gran *g,
 	mm_route(node, &fwd);
 }
 
+/* Repeats a RELEASE whose answer did not come. */
+static void send_release(struct mm_node *node, struct mm_gran *g)
+{
+	struct mm_msg msg;
+	mm_msg_init(node, &msg, MM_MSG_RELEASE, node->root);
+	strcpy(msg.gkey, g->key);
+	msg.requester = g->rel_requester;
+	msg.gen = g->rel_gen;
+	msg.path[0] = node->sid;
+	msg.n_path = 1;
+	g->rel_sent_at = node->now;
+	mm_route(node, &msg);
+}
+
 static void handle_move(struct mm_node *node, const struct mm_msg *msg)
 {
 	struct mm_gran *g = mm_gran_get(node, msg->gkey);
@@ -257,6 +273,10 @@ static void handle_move(struct mm_node *node, const struct mm_msg *msg)
 		g->master = 0;
 		g->holding = true;
 		g->hold_since = node->now;
+		g->released = true;
+		g->rel_requester = msg->requester;
+		g->rel_gen = g->gen;
+		g->rel_sent_at = node->now;
 		mm_event(node, MM_EV_MASTER_LOST, g->key, msg->requester, 0);
 		mm_route(node, &rel);
 		return;
@@ -324,9 +344,12 @@ static void handle_move_fail(struct mm_node *node, const struct mm_msg *msg)
 			g->master = 0;
 		}
 	}
-	if (msg->requester != node->sid && g->holding) {
+	if (msg->requester != node->sid && g->holding && !g->released) {
 		g->holding = false;
-		if (!g->am_master && g->master == 0 && msg->master != 0 && g->applied)
+		/* A hint only: never names this node, which became master
+		 * through MASTER-IS alone. */
+		if (!g->am_master && g->master == 0 && msg->master != 0 &&
+		    msg->master != node->sid && g->applied)
 			g->master = msg->master;
 	}
 	kick(node, g);
@@ -368,6 +391,7 @@ void mm_master_flush(struct mm_node *node)
 			g->holding = false;
 			g->who_pending = false;
 			g->want_sent = false;
+			g->released = false;
 			g->rec = false;
 			g->rec_master = 0;
 			g->rec_gen = 0;
@@ -401,7 +425,11 @@ void mm_master_tick(struct mm_node *node)
 
 	for (size_t i = 0; i < node->n_buckets; i++) {
 		for (struct mm_gran *g = node->buckets[i]; g != NULL; g = g->next) {
-			if (g->holding && now - g->hold_since >= node->set.hold_timeout_ms) {
+			if (g->released && mm_settled(node) &&
+			    now - g->rel_sent_at >= node->set.retry_ms)
+				send_release(node, g);
+			if (g->holding && !g->released &&
+			    now - g->hold_since >= node->set.hold_timeout_ms) {
 				/* The move's end never reached us: ask again. */
 				g->holding = false;
 				g->master = 0;

@@ -36,6 +36,11 @@ struct mm_gran {
 	/* this node forwarded or gave up the granule in a move: hold requests */
 	bool holding;
 	uint64_t hold_since;
+	/* this node gave the mastership up and waits for the root's answer;
+	 * the RELEASE is repeated until it comes (it may have been lost) */
+	bool released;
+	uint32_t rel_requester;
+	uint64_t rel_gen, rel_sent_at;
 	/* this node wants the mastership */
 	bool want, want_soft, want_sent;
 	uint64_t want_sent_at;
