@@ -115,8 +115,9 @@ int imap_mime_section_partial(const struct imap_mime *m, const char *part,
  * (case-insensitive) of the top-level message contain needle?  The value is
  * unfolded and RFC 2047 decoded to UTF-8 first; the comparison is
  * case-insensitive (ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic
- * letters).  field NULL matches any header field.  An empty needle matches
- * when the field exists.  needle is UTF-8 and NUL-terminated. */
+ * letters).  field NULL matches the value of any header field (names are
+ * not searched).  An empty needle matches when the field exists.  needle is
+ * UTF-8 and NUL-terminated. */
 bool imap_mime_header_contains(const struct imap_mime *m, const char *field, const char *needle);
 
 /* For SEARCH BODY: does the decoded body of any text part (type TEXT, including
