@@ -129,3 +129,38 @@ fail:
 	ARRAY_FREE(&r);
 	return -1;
 }
+
+static bool is_code_key(const struct proto_arg *a)
+{
+	if (a->type != PROTO_ARG_ATOM || a->str[0] < 'A' || a->str[0] > 'Z')
+		return false;
+	for (size_t i = 1; i < a->len; i++) {
+		if ((a->str[i] < 'A' || a->str[i] > 'Z') && a->str[i] != '-')
+			return false;
+	}
+	return true;
+}
+
+static const struct proto_arg *code_find(const struct proto_cmd *line, const char *key)
+{
+	if (!line->has_code)
+		return NULL;
+	for (size_t i = 0; i < line->arg_count; i++) {
+		if (is_code_key(&line->args[i]) && strcmp(line->args[i].str, key) == 0)
+			return &line->args[i];
+	}
+	return NULL;
+}
+
+bool proto_code_has(const struct proto_cmd *line, const char *key)
+{
+	return code_find(line, key) != NULL;
+}
+
+const struct proto_arg *proto_code_value(const struct proto_cmd *line, const char *key)
+{
+	const struct proto_arg *k = code_find(line, key);
+	if (k == NULL || k + 1 >= line->args + line->arg_count || is_code_key(k + 1))
+		return NULL;
+	return k + 1;
+}

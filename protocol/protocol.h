@@ -190,6 +190,13 @@ int proto_arg_guid(const struct proto_arg *a, struct guid *g_r);
 /* "SECONDS+HHMM" or "SECONDS-HHMM" (SPEC.md "Dates"). */
 int proto_arg_date(const struct proto_arg *a, int64_t *secs_r, int *tz_minutes_r);
 
+/* Response codes (SPEC.md 1.5): keys are atoms of A-Z and '-', each
+ * followed by at most one value.  proto_code_has() tells whether a status
+ * line's code holds key; proto_code_value() returns the key's value, or
+ * NULL if the key is absent or has none.  Keys compare case-sensitively. */
+bool proto_code_has(const struct proto_cmd *line, const char *key);
+const struct proto_arg *proto_code_value(const struct proto_cmd *line, const char *key);
+
 /* A UID set: ranges lo..hi (lo <= hi, both >= 1), in the order given. */
 struct proto_uid_range {
 	uint32_t lo, hi;

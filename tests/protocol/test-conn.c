@@ -83,7 +83,7 @@ int proto_conn_suite_cleanup(void)
 /* One end of a link and what happened to it. */
 struct side {
 	struct proto_conn *conn;
-	int ready, closed, commands, drained;
+	int ready, closed, commands, drained, untagged;
 	char reason[200];
 	struct buf received;   /* dumps of received commands */
 	bool reply_to_commands;
@@ -141,6 +141,12 @@ static void on_command(struct proto_conn *conn, const struct proto_cmd *cmd, voi
 	}
 }
 
+static void on_untagged(struct proto_conn *conn, const struct proto_cmd *line, void *ctx)
+{
+	struct side *s = ctx;
+	s->untagged++;
+}
+
 static void on_closed(struct proto_conn *conn, const char *reason, void *ctx)
 {
 	struct side *s = ctx;
@@ -158,6 +164,7 @@ static void on_drained(struct proto_conn *conn, void *ctx)
 static const struct proto_conn_callbacks side_cb = {
 	.ready = on_ready,
 	.command = on_command,
+	.untagged = on_untagged,
 	.drained = on_drained,
 	.closed = on_closed,
 };
@@ -283,12 +290,13 @@ static void exchange_commands(struct ev_loop *loop, struct side *a, struct side 
 	w = proto_conn_cmd_begin(b->conn, "SELECT");
 	proto_wr_u64(w, 4);
 	proto_conn_cmd_send(b->conn, 2000, on_reply, b);
-	struct two t = { a, b };
-	(void)t;
+	w = proto_conn_line_begin(b->conn, "*", "X-NOTE");
+	proto_wr_cstr(w, "announcement");
+	proto_conn_line_end(b->conn);
 	bool ok = false;
 	for (int i = 0; i < 500 && !ok; i++) {
 		ev_run(loop, EVRUN_ONCE);
-		ok = a->replies_done == 1 && b->replies_done == 1;
+		ok = a->replies_done == 1 && b->replies_done == 1 && a->untagged == 1;
 	}
 	CU_ASSERT(ok);
 	CU_ASSERT_EQUAL(b->commands, 1);

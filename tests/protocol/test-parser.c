@@ -817,7 +817,30 @@ static void test_malformed_arguments_fail_the_command_table(void)
 	proto_parser_destroy(&p);
 }
 
+static void test_response_code_values_are_found_by_key(void)
+{
+	const char *in = "C7 OK [UID 17 MODSEQ 99 EXPUNGED MASTER 3 EPOCH 7 NAME \"INBOX\"] saved\r\n";
+	struct proto_parser *p = proto_parser_create(NULL);
+	size_t used;
+	const struct proto_cmd *cmd;
+	CU_ASSERT_EQUAL_FATAL(proto_parser_parse(p, (const unsigned char *)in, strlen(in), &used, &cmd), 1);
+	uint32_t v;
+	CU_ASSERT(proto_code_has(cmd, "UID"));
+	CU_ASSERT(proto_code_has(cmd, "EXPUNGED"));
+	CU_ASSERT_PTR_NULL(proto_code_value(cmd, "EXPUNGED"));
+	CU_ASSERT_FALSE(proto_code_has(cmd, "GEN"));
+	CU_ASSERT(proto_arg_u32(proto_code_value(cmd, "MASTER"), &v) == 0 && v == 3);
+	CU_ASSERT(proto_arg_u32(proto_code_value(cmd, "EPOCH"), &v) == 0 && v == 7);
+	CU_ASSERT(proto_arg_u32(proto_code_value(cmd, "MODSEQ"), &v) == 0 && v == 99);
+	/* A quoted value that looks like a key is still a value. */
+	CU_ASSERT_STRING_EQUAL(proto_code_value(cmd, "NAME")->str, "INBOX");
+	CU_ASSERT_FALSE(proto_code_has(cmd, "INBOX"));
+	CU_ASSERT_STRING_EQUAL(cmd->text, "saved");
+	proto_parser_destroy(&p);
+}
+
 const struct test_case proto_parser_cases[] = {
+	{ "response code values are found by key", test_response_code_values_are_found_by_key },
 	{ "sample commands pass the command table", test_sample_commands_pass_the_command_table },
 	{ "malformed arguments fail the command table", test_malformed_arguments_fail_the_command_table },
 	{ "writer output parses back to every command", test_writer_output_parses_back_to_every_command },
