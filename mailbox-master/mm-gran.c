@@ -87,7 +87,7 @@ const char *mm_msg_type_name(enum mm_msg_type type)
 
 static bool sid_ok(uint32_t sid)
 {
-	return sid >= 1 && sid <= MM_SID_MAX;
+	return sid >= 1;
 }
 
 int mm_msg_validate(const struct mm_msg *msg, const char **error_r)
@@ -98,7 +98,7 @@ int mm_msg_validate(const struct mm_msg *msg, const char **error_r)
 		*error_r = "unknown message type";
 		return -1;
 	}
-	if (!sid_ok(msg->src) || msg->dst > MM_SID_MAX) {
+	if (!sid_ok(msg->src)) {
 		*error_r = "SID out of range";
 		return -1;
 	}
@@ -141,7 +141,7 @@ int mm_msg_validate(const struct mm_msg *msg, const char **error_r)
 			return -1;
 		}
 	}
-	if (msg->n_path > MM_MOVE_MAX_HOPS || msg->master > MM_SID_MAX) {
+	if (msg->n_path > MM_MOVE_MAX_HOPS) {
 		*error_r = "path or master out of range";
 		return -1;
 	}

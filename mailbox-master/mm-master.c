@@ -254,6 +254,7 @@ static void handle_move(struct mm_node *node, const struct mm_msg *msg)
 			return;
 		}
 		if (msg->soft && refuse_soft(node, g, msg->rate)) {
+			node->stats.soft_moves_refused++;
 			move_fail(node, msg, MM_FAIL_REFUSED, node->sid);
 			return;
 		}
@@ -501,6 +502,7 @@ int mm_note_write(struct mm_node *node, const char *gkey, uint64_t now)
 		g->want_soft = true;
 		g->want_sent = false;
 		g->want_tries = 0;
+		node->stats.soft_moves_asked++;
 		kick(node, g);
 		mm_drain_self(node);
 	}

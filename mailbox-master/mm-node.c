@@ -9,6 +9,8 @@
 /* Bound on messages a node sends itself within one input; reaching it is a
  * bug in this module, not something the network can cause. */
 #define MM_SELFQ_MAX 100000
+/* Nodes remembered in the link state database, dead ones included. */
+#define MM_LSDB_MAX (4 * MM_MAX_NODES)
 
 void mm_settings_default(struct mm_settings *set, uint32_t sid)
 {
@@ -260,7 +262,7 @@ static void topology_changed(struct mm_node *node)
 
 struct mm_node *mm_node_create(const struct mm_settings *set, uint64_t now)
 {
-	if (set->sid < 1 || set->sid > MM_SID_MAX)
+	if (set->sid < 1)
 		return NULL;
 	struct mm_node *node = xcalloc(1, sizeof(*node));
 	node->set = *set;
@@ -380,6 +382,10 @@ static void receive_links(struct mm_node *node, uint32_t from, const struct mm_m
 	struct mm_lsa *l = mm_lsdb_find(node, msg->src);
 	if (l != NULL && l->version >= msg->version)
 		return;
+	if (l == NULL && node->lsdb.count >= MM_LSDB_MAX) {
+		node->stats.dropped_invalid++;
+		return;
+	}
 	struct mm_lsa n;
 	memset(&n, 0, sizeof(n));
 	n.sid = msg->src;
@@ -424,7 +430,7 @@ void mm_receive(struct mm_node *node, uint32_t from, const struct mm_msg *msg,
 void mm_link_up(struct mm_node *node, uint32_t peer, uint64_t now)
 {
 	node->now = now;
-	if (peer == node->sid || peer < 1 || peer > MM_SID_MAX ||
+	if (peer == node->sid || peer < 1 ||
 	    mm_sids_contains(node->links, node->n_links, peer) ||
 	    node->n_links >= MM_MAX_NODES)
 		return;

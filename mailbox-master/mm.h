@@ -24,8 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* SIDs are 1..MM_SID_MAX; 0 means "none". */
-#define MM_SID_MAX 65535u
+/* SIDs are 1..MM_SID_MAX (SPEC.md "sid"); 0 means "none". */
+#define MM_SID_MAX 0xffffffffu
 /* Most nodes a cluster may have (size of neighbour lists in messages). */
 #define MM_MAX_NODES 64
 /* Longest path a MASTER-MOVE may take before it is failed. */
@@ -35,12 +35,13 @@
 /* Hop limit of routed messages. */
 #define MM_TTL_DEFAULT 32
 
-/* Epochs are 64-bit: the counter in the high 48 bits, the SID of the root
- * that minted it in the low 16 bits, so that two partitions never mint the
- * same epoch and integer order is the order of epochs. */
-#define MM_EPOCH_COUNTER(e) ((e) >> 16)
-#define MM_EPOCH_ROOT(e) ((uint32_t)((e) & 0xffffu))
-#define MM_EPOCH_MAKE(counter, root) (((uint64_t)(counter) << 16) | ((root) & 0xffffu))
+/* Epochs are 64-bit: the counter in the high 32 bits, the SID of the root
+ * that minted it in the low 32 bits, so that two partitions never mint the
+ * same epoch and integer order is the order of epochs (counter first, then
+ * root SID).  Humans see them as "counter.root". */
+#define MM_EPOCH_COUNTER(e) ((uint64_t)(e) >> 32)
+#define MM_EPOCH_ROOT(e) ((uint32_t)((e) & 0xffffffffu))
+#define MM_EPOCH_MAKE(counter, root) (((uint64_t)(counter) << 32) | (uint32_t)(root))
 
 enum mm_granularity {
 	MM_GRAN_MAILBOX = 0,
@@ -114,6 +115,18 @@ struct mm_msg {
 int mm_msg_validate(const struct mm_msg *msg, const char **error_r);
 /* The wire name of a type ("LINKS", "MASTER-WHO", ...), or "?" */
 const char *mm_msg_type_name(enum mm_msg_type type);
+
+/* Wire form (PROTOCOL.md "Wire form"): one line of SP-separated atoms and
+ * quoted strings in SPEC.md's argument syntax, without tag or CRLF.  The
+ * longest line mm_msg_write() can produce is below MM_WIRE_MAX_LINE. */
+#define MM_WIRE_MAX_LINE 2048
+struct buf;
+/* Appends the message's line to out. */
+void mm_msg_write(const struct mm_msg *msg, struct buf *out);
+/* Parses one line (len bytes, not NUL-terminated, may hold anything).
+ * Returns 0 with *msg_r filled and valid (mm_msg_validate), or -1 with
+ * *error_r set to a static string. */
+int mm_msg_parse(const char *line, size_t len, struct mm_msg *msg_r, const char **error_r);
 
 enum mm_event_type {
 	MM_EV_ROOT = 1,        /* root is now `sid` at `epoch` (this node joined it) */
@@ -231,7 +244,8 @@ size_t mm_node_component(struct mm_node *node, uint32_t *sids, size_t max);
 
 struct mm_stats {
 	uint64_t msgs_in, msgs_out, forwarded, dropped_no_route, dropped_ttl,
-		 dropped_invalid, refused_stale, epochs_minted, moves_done;
+		 dropped_invalid, refused_stale, epochs_minted, moves_done,
+		 soft_moves_asked, soft_moves_refused;
 };
 void mm_node_stats(const struct mm_node *node, struct mm_stats *stats_r);
 

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/buf.h"
+
 /* splitmix64: small, seeded, the same sequence everywhere */
 uint64_t sim_rand(struct sim *s, uint64_t bound)
 {
@@ -274,7 +276,19 @@ bool sim_step(struct sim *s)
 		queue_clear(q);
 	s->now++;
 	s->steps++;
-	mm_receive(s->node[b], (uint32_t)a, &msg, s->now);
+	/* Every message crosses the wire form, as on a real link. */
+	struct buf w1 = BUF_INIT, w2 = BUF_INIT;
+	struct mm_msg parsed;
+	const char *error;
+	mm_msg_write(&msg, &w1);
+	CU_ASSERT(w1.len < MM_WIRE_MAX_LINE);
+	CU_ASSERT_FATAL(mm_msg_parse((const char *)w1.data, w1.len, &parsed, &error) == 0);
+	mm_msg_write(&parsed, &w2);
+	CU_ASSERT(w1.len == w2.len && memcmp(w1.data, w2.data, w1.len) == 0);
+	buf_free(&w1);
+	buf_free(&w2);
+	s->wire_msgs++;
+	mm_receive(s->node[b], (uint32_t)a, &parsed, s->now);
 	sim_drain(s, b);
 	check_invariant(s);
 	if (s->now >= s->next_tick)

@@ -38,6 +38,7 @@ struct sim {
 	uint64_t rng;
 	uint64_t now, next_tick;
 	uint64_t steps;
+	uint64_t wire_msgs; /* deliveries that went through write + parse */
 	struct mm_settings set;
 	struct mm_node *node[SIM_MAX + 1];
 	bool alive[SIM_MAX + 1];
