@@ -597,6 +597,36 @@ static void test_tls_with_untrusted_certificate_is_refused(void)
 	}
 }
 
+static void test_starttls_acceptor_refuses_plain_auth_and_injected_bytes(void)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side b = { 0 };
+		struct raw r;
+		struct proto_conn_settings sb;
+		base_settings(&sb, 2, false);
+		tls_settings(&sb, PROTO_TLS_STARTTLS, false);
+		raw_open(loop, &r, &b, &sb);
+		char line[400];
+		/* 0: AUTH in plain text; 1: a command smuggled after STARTTLS. */
+		snprintf(line, sizeof(line), "* HELLO 1.0 5 %064d ()\r\n%s", 0,
+			 variant == 0 ? "C1 AUTH HMAC-SHA256 00\r\n" : "C1 STARTTLS\r\nC2 SELECT 1\r\n");
+		raw_send(&r, line);
+		CU_ASSERT(run_until(loop, side_closed, &b, 5));
+		raw_read(&r);
+		CU_ASSERT_EQUAL(b.ready, 0);
+		CU_ASSERT_EQUAL(b.commands, 0);
+		if (variant == 0) {
+			CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [PRIVACYREQUIRED]") != NULL);
+		} else {
+			CU_ASSERT(strstr(b.reason, "plain text after STARTTLS") != NULL);
+		}
+		raw_close(&r);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
 static void test_plain_initiator_cannot_skip_required_tls(void)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
@@ -800,6 +830,7 @@ const struct test_case proto_conn_cases[] = {
 	{ "TLS links work with cluster certificates", test_tls_links_work_with_cluster_certificates },
 	{ "TLS with an untrusted certificate is refused", test_tls_with_untrusted_certificate_is_refused },
 	{ "plain initiator cannot skip required TLS", test_plain_initiator_cannot_skip_required_tls },
+	{ "STARTTLS acceptor refuses plain AUTH and injected bytes", test_starttls_acceptor_refuses_plain_auth_and_injected_bytes },
 	{ "compressed and plain links carry identical commands", test_compressed_and_plain_links_carry_identical_commands },
 	{ "pending tag timeout fires", test_pending_tag_timeout_fires },
 	{ "silent peer gets PING then is declared dead", test_silent_peer_gets_ping_then_is_declared_dead },
