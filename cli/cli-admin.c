@@ -106,10 +106,12 @@ enum cli_admin_result cli_admin_request(const struct config *cfg, const char *co
 	}
 	buf_append_byte(&req, '\n');
 	enum cli_admin_result res = CLI_ADMIN_FAILED;
-	if (write_all(fd, req.data, req.len) < 0 || (body_len > 0 && write_all(fd, body, body_len) < 0)) {
-		*text_r = xasprintf("admin socket: write failed: %s", strerror(errno));
-		goto out;
-	}
+	/* The node may refuse a request (unknown user) before reading its body
+	 * and close: a failed write is then not the error to report, the
+	 * node's answer is, so read it anyway. */
+	int write_errno = 0;
+	if (write_all(fd, req.data, req.len) < 0 || (body_len > 0 && write_all(fd, body, body_len) < 0))
+		write_errno = errno;
 	uint64_t data_total = 0;
 	for (;;) {
 		size_t len;
@@ -121,8 +123,12 @@ enum cli_admin_result cli_admin_request(const struct config *cfg, const char *co
 			}
 			ssize_t n = read_more(fd, &in, timeout_ms);
 			if (n <= 0) {
-				*text_r = n == 0 ? xstrdup("admin socket: node closed the connection early")
-						 : xasprintf("admin socket: %s", strerror(errno));
+				if (write_errno != 0)
+					*text_r = xasprintf("admin socket: write failed: %s", strerror(write_errno));
+				else if (n == 0)
+					*text_r = xstrdup("admin socket: node closed the connection early");
+				else
+					*text_r = xasprintf("admin socket: %s", strerror(errno));
 				goto out;
 			}
 			continue;

@@ -6,14 +6,19 @@
 
 #include "cli/cli.h"
 #include "lib/passwd.h"
+#include "lib/xalloc.h"
 #include "storage/storage.h"
 
 static int dump_from_store(const struct config *cfg, const char *user, struct buf *out)
 {
-	struct stor_settings set = { .dir = cfg->data_dir, .max_message_size = cfg->max_message_size };
+	/* starlingd keeps the store in DATA_DIR/store. */
+	char *dir = xasprintf("%s/store", cfg->data_dir);
+	struct stor_settings set = { .dir = dir, .max_message_size = cfg->max_message_size };
 	struct stor_db *db = NULL;
 	char *err = NULL;
-	if (stor_open(&set, &db, &err) < 0) {
+	int opened = stor_open(&set, &db, &err);
+	free(dir);
+	if (opened < 0) {
 		cli_error("%s", err);
 		free(err);
 		return 1;

@@ -1,6 +1,7 @@
 /* `starling`: the admin tool.  Reads the same config file as starlingd and
  * talks to the running node through its admin socket, or edits local files
  * (the users file) directly. */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,9 @@ int main(int argc, char **argv)
 {
 	const char *config_path = NULL;
 	int i = 1;
+	/* A node that closes the admin socket early must give an error
+	 * message, not kill the tool. */
+	signal(SIGPIPE, SIG_IGN);
 	while (i < argc && argv[i][0] == '-') {
 		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
 			config_path = argv[i + 1];

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The `starling` admin tool without a running node: users file, config
-errors, exit statuses, and the offline dump."""
+"""The `starling` admin tool as an operator runs it: users file, config
+errors, exit statuses, then against a running node (status, deliver, dump)
+and the offline dump of its stopped store."""
 import os
 import subprocess
 import sys
@@ -69,6 +70,50 @@ with tempfile.TemporaryDirectory(prefix="starling-cli-") as tmp:
 
     rc, out, err = run(["-c", conf, "dump", "-u", "alice"])
     check("offline dump of a user with no mail is empty", rc == 0 and out == "", f"{rc} {out!r} {err}")
+
+    # With a running node: deliver, then the dump through the node and the
+    # dump of the stopped node's store must be the same, and show the mail.
+    import socket
+    import time
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with open(conf, "a") as f:
+        f.write(f"imap_listen = 127.0.0.1:{port}\n")
+    log = open(os.path.join(tmp, "starlingd.log"), "wb")
+    node = subprocess.Popen([os.path.join(top_builddir, "replicator", "starlingd"), "-c", conf],
+                            stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            rc, out, err = run(["-c", conf, "status"])
+            if rc == 0:
+                break
+            time.sleep(0.1)
+        check("status of a running node names it", rc == 0 and "node_id: 1" in out, out + err)
+        rc, out, err = run(["-c", conf, "status", "--json"])
+        check("status --json is one JSON object", rc == 0 and out.startswith("{") and '"node_id":1' in out, out)
+        msg = b"From: a@example.com\r\nSubject: cli test\r\n\r\nhello\r\n"
+        rc, out, err = run(["-c", conf, "deliver", "-u", "alice"], msg)
+        check("deliver through the running node exits 0", rc == 0, f"{rc} {err}")
+        rc, out, err = run(["-c", conf, "deliver", "-u", "alice", "-m", "NoSuchBox"], msg)
+        check("deliver into a missing mailbox is refused", rc != 0 and "does not exist" in err, f"{rc} {err}")
+        rc, out, err = run(["-c", conf, "deliver", "-u", "nobody"], msg)
+        check("deliver to an unknown user exits 67", rc == 67, f"{rc} {err}")
+        rc, online, err = run(["-c", conf, "dump", "-u", "alice"])
+        check("online dump shows the delivered message", rc == 0 and "msg INBOX uid=1 " in online, online + err)
+    finally:
+        node.terminate()
+        try:
+            node.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+        log.close()
+    check("starlingd exits 0 on SIGTERM", node.returncode == 0, str(node.returncode))
+    rc, offline, err = run(["-c", conf, "dump", "-u", "alice"])
+    check("offline dump equals the online dump", rc == 0 and offline == online, offline + err)
 
 print(f"test-cli: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
