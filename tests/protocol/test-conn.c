@@ -645,13 +645,17 @@ static void test_plain_initiator_cannot_skip_required_tls(void)
 }
 
 /* Sends the same commands over a link and returns what the acceptor got. */
-static char *carry_commands(bool compress, bool *was_compressed)
+static char *carry_commands(bool compress, bool tls, bool *was_compressed)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
 	struct side a = { 0 }, b = { 0 };
 	struct proto_conn_settings sa, sb;
 	base_settings(&sa, 1, true);
 	base_settings(&sb, 2, false);
+	if (tls) {
+		tls_settings(&sa, PROTO_TLS_STARTTLS, true);
+		tls_settings(&sb, PROTO_TLS_STARTTLS, false);
+	}
 	sa.compress = compress;
 	connect_pair(loop, &a, &b, &sa, &sb);
 	struct two t = { &a, &b };
@@ -696,12 +700,16 @@ static char *carry_commands(bool compress, bool *was_compressed)
 
 static void test_compressed_and_plain_links_carry_identical_commands(void)
 {
-	bool comp_plain, comp_deflate;
-	char *plain = carry_commands(false, &comp_plain);
-	char *deflated = carry_commands(true, &comp_deflate);
+	bool comp_plain, comp_deflate, comp_tls;
+	char *plain = carry_commands(false, false, &comp_plain);
+	char *deflated = carry_commands(true, false, &comp_deflate);
+	char *tls_deflated = carry_commands(true, true, &comp_tls);
 	CU_ASSERT_FALSE(comp_plain);
 	CU_ASSERT(comp_deflate);
+	CU_ASSERT(comp_tls);
 	CU_ASSERT_STRING_EQUAL(plain, deflated);
+	CU_ASSERT_STRING_EQUAL(plain, tls_deflated);
+	free(tls_deflated);
 	/* 1 MiB literal plus the rest made it through. */
 	CU_ASSERT(strtoul(plain, NULL, 10) > (1u << 20));
 	free(plain);
