@@ -760,6 +760,40 @@ static void test_root_waits_for_every_dropped_before_answering(void)
 	sim_free(&s);
 }
 
+
+/* A node told that its cached master is stale asks the root again and
+ * learns the real one; the hint never makes anyone master. */
+static void test_forget_master_asks_the_root_again(void)
+{
+	struct sim s;
+	struct mm_settings set;
+	uint32_t m;
+
+	test_settings(&set);
+	sim_init(&s, 3, 21, true, &set);
+	sim_watch(&s, G1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 3, G1, 1, 5000) == 3);
+	CU_ASSERT(sim_request(&s, 2, G1, 2, 5000) == 3);
+	CU_ASSERT(mm_forget_master(s.node[2], G1, 1) == 0); /* not the cached one: no-op */
+	CU_ASSERT(mm_cached_master(s.node[2], G1, &m) == 1 && m == 3);
+	CU_ASSERT(mm_forget_master(s.node[2], G1, 3) == 0);
+	CU_ASSERT(mm_cached_master(s.node[2], G1, &m) == 0);
+	uint64_t steps = s.steps;
+	CU_ASSERT(sim_request(&s, 2, G1, 3, 5000) == 3);
+	CU_ASSERT(s.steps > steps); /* it had to ask */
+	CU_ASSERT(mm_forget_master(s.node[3], G1, 3) == 0); /* master itself: ignored */
+	CU_ASSERT(mm_is_master(s.node[3], G1));
+	CU_ASSERT(mm_forget_master(s.node[3], "bad key", 3) == -1);
+	/* Asking for a mastership already held answers at once. */
+	uint32_t gained = s.gained[3];
+	CU_ASSERT(mm_request_mastership(s.node[3], G1, s.now) == 0);
+	sim_drain(&s, 3);
+	CU_ASSERT_EQUAL(s.gained[3], gained + 1);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
 /* Writes at two nodes alternate: the mastership does not bounce. */
 static void test_hysteresis_prevents_ping_pong(void)
 {
@@ -949,6 +983,7 @@ static const struct test_case cluster_cases[] = {
 	{ "concurrent moves hold and release requests in order", test_concurrent_moves_hold_and_release_requests_in_order },
 	{ "stale epoch messages are refused", test_stale_epoch_messages_are_refused },
 	{ "root waits for every DROPPED before answering", test_root_waits_for_every_dropped_before_answering },
+	{ "forget master asks the root again", test_forget_master_asks_the_root_again },
 	{ "hysteresis prevents ping-pong", test_hysteresis_prevents_ping_pong },
 	{ "mastership follows writes", test_mastership_follows_writes },
 	{ "random runs keep one master per epoch", test_random_runs_keep_one_master_per_epoch },
