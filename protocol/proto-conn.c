@@ -923,6 +923,11 @@ static void compress_enable(struct proto_conn *conn)
 static void compress_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			      const struct proto_cmd *line, void *ctx)
 {
+	if (kind == PROTO_REPLY_TIMEOUT) {
+		/* Output is held until the answer: without one the link is stuck. */
+		conn_fail(conn, "COMPRESS timed out");
+		return;
+	}
 	if (kind != PROTO_REPLY_DONE)
 		return;
 	conn->hold_output = false;
@@ -952,7 +957,8 @@ static void auth_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		return;
 	}
 	if (conn->set.compress && conn->peer_deflate) {
-		send_internal(conn, "COMPRESS", "DEFLATE", compress_reply_cb, 0);
+		send_internal(conn, "COMPRESS", "DEFLATE", compress_reply_cb,
+			      conn->set.handshake_timeout_ms);
 		/* Nothing may follow COMPRESS until its completion (SPEC). */
 		encode_pending(conn);
 		conn->hold_output = true;

@@ -716,6 +716,53 @@ static void test_compressed_and_plain_links_carry_identical_commands(void)
 	free(deflated);
 }
 
+/* A raw acceptor (SID 2) that authenticates the initiator correctly but
+ * never answers COMPRESS: the initiator, whose output is held until that
+ * answer, must give up instead of hanging. */
+static void test_unanswered_compress_closes_the_link(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 };
+	struct raw r;
+	int fds[2];
+	make_pair(fds);
+	r.fd = fds[1];
+	buf_init(&r.in);
+	struct proto_conn_settings sa;
+	base_settings(&sa, 1, true);
+	sa.compress = true;
+	sa.handshake_timeout_ms = 300;
+	const char *error;
+	a.conn = proto_conn_create(loop, fds[0], &sa, &side_cb, &a, &error);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a.conn);
+	struct raw_wait w = { loop, &r, ")\r\n", &a };
+	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
+	const char *hello = strstr(buf_cstr(&r.in), "* HELLO 1.0 1 ");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(hello);
+	unsigned char init_nonce[PROTO_NONCE_SIZE], acc_nonce[PROTO_NONCE_SIZE] = { 7 };
+	CU_ASSERT_FATAL(hex_decode(hello + 14, 64, init_nonce, sizeof(init_nonce)) == 0);
+	char nhex[65], phex[65], line[300];
+	hex_encode(acc_nonce, sizeof(acc_nonce), nhex);
+	snprintf(line, sizeof(line), "* HELLO 1.0 2 %s (COMPRESS=DEFLATE)\r\n", nhex);
+	raw_send(&r, line);
+	w.want = "C1 AUTH HMAC-SHA256 ";
+	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
+	unsigned char proof[PROTO_HMAC_SIZE];
+	proto_auth_proof(secret, sizeof(secret) - 1, "acceptor", init_nonce, acc_nonce, 1, 2, NULL,
+			 proof);
+	hex_encode(proof, sizeof(proof), phex);
+	snprintf(line, sizeof(line), "C1 OK [AUTH %s] authenticated\r\n", phex);
+	raw_send(&r, line);
+	w.want = "C2 COMPRESS DEFLATE\r\n";
+	CU_ASSERT(run_until(loop, raw_has, &w, 5));
+	CU_ASSERT_EQUAL(a.ready, 1);
+	CU_ASSERT(run_until(loop, side_closed, &a, 5));
+	CU_ASSERT(strstr(a.reason, "COMPRESS timed out") != NULL);
+	raw_close(&r);
+	side_free(&a);
+	ev_loop_destroy(loop);
+}
+
 static void test_pending_tag_timeout_fires(void)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
@@ -841,6 +888,7 @@ const struct test_case proto_conn_cases[] = {
 	{ "STARTTLS acceptor refuses plain AUTH and injected bytes", test_starttls_acceptor_refuses_plain_auth_and_injected_bytes },
 	{ "compressed and plain links carry identical commands", test_compressed_and_plain_links_carry_identical_commands },
 	{ "pending tag timeout fires", test_pending_tag_timeout_fires },
+	{ "unanswered COMPRESS closes the link", test_unanswered_compress_closes_the_link },
 	{ "silent peer gets PING then is declared dead", test_silent_peer_gets_ping_then_is_declared_dead },
 	{ "slow reader stops reading and drains", test_slow_reader_stops_reading_and_drains },
 	{ "destroy inside a command callback is safe", test_destroy_inside_command_callback_is_safe },
