@@ -899,9 +899,17 @@ static bool proof_matches(struct proto_conn *conn, bool initiator_side, const st
 
 static void become_ready(struct proto_conn *conn)
 {
-	struct proto_parser_settings lim = conn->set.limits;
+	struct proto_parser_settings lim = conn->set.limits, def;
+	proto_parser_settings_default(&def);
+	/* Each zero field takes its default. */
 	if (lim.max_line == 0)
-		proto_parser_settings_default(&lim);
+		lim.max_line = def.max_line;
+	if (lim.max_literal == 0)
+		lim.max_literal = def.max_literal;
+	if (lim.max_args == 0)
+		lim.max_args = def.max_args;
+	if (lim.max_depth == 0)
+		lim.max_depth = def.max_depth;
 	proto_parser_set_limits(conn->parser, &lim);
 	conn->authenticated = true;
 	conn->state = CS_READY;

@@ -274,7 +274,7 @@ struct proto_conn_settings {
 	enum proto_tls_mode tls;
 	const char *tls_cert, *tls_key, *tls_ca; /* PEM files (needed unless NONE) */
 	bool compress;                /* initiator asks for COMPRESS DEFLATE */
-	struct proto_parser_settings limits; /* after auth; zeroed = defaults */
+	struct proto_parser_settings limits; /* after auth; each 0 field = default */
 	unsigned handshake_timeout_ms; /* 0 = 10000 */
 	unsigned ping_interval_ms;     /* idle time before PING; 0 = 30000 */
 	unsigned dead_timeout_ms;      /* silence before the peer is dead; 0 = 90000 */
