@@ -763,6 +763,36 @@ static void test_unanswered_compress_closes_the_link(void)
 	ev_loop_destroy(loop);
 }
 
+static void test_literal_over_the_message_limit_closes_with_toobig(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side a = { 0 }, b = { 0 };
+	struct proto_conn_settings sa, sb;
+	base_settings(&sa, 1, true);
+	base_settings(&sb, 2, false);
+	sb.limits.max_literal = 1000;
+	connect_pair(loop, &a, &b, &sa, &sb);
+	struct two t = { &a, &b };
+	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	b.reply_to_commands = true;
+	static char text[1001];
+	struct proto_wr *w = proto_conn_cmd_begin(a.conn, "SAVE");
+	proto_wr_literal(w, text, 1000);
+	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
+	w = proto_conn_cmd_begin(a.conn, "SAVE");
+	proto_wr_literal(w, text, 1001);
+	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
+	CU_ASSERT(run_until(loop, both_closed, &t, 5));
+	/* The first fits and is handled; the second closes the link. */
+	CU_ASSERT_EQUAL(b.commands, 1);
+	CU_ASSERT_EQUAL(a.replies_done, 1);
+	CU_ASSERT_EQUAL(a.replies_closed, 1);
+	CU_ASSERT(strstr(a.reason, "TOOBIG") != NULL);
+	side_free(&a);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
 static void test_pending_tag_timeout_fires(void)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
@@ -888,6 +918,7 @@ const struct test_case proto_conn_cases[] = {
 	{ "STARTTLS acceptor refuses plain AUTH and injected bytes", test_starttls_acceptor_refuses_plain_auth_and_injected_bytes },
 	{ "compressed and plain links carry identical commands", test_compressed_and_plain_links_carry_identical_commands },
 	{ "pending tag timeout fires", test_pending_tag_timeout_fires },
+	{ "literal over the message limit closes with TOOBIG", test_literal_over_the_message_limit_closes_with_toobig },
 	{ "unanswered COMPRESS closes the link", test_unanswered_compress_closes_the_link },
 	{ "silent peer gets PING then is declared dead", test_silent_peer_gets_ping_then_is_declared_dead },
 	{ "slow reader stops reading and drains", test_slow_reader_stops_reading_and_drains },
