@@ -154,7 +154,8 @@ unsigned char *buf_steal(struct buf *b, size_t *len_r)
 	if (b->data == NULL)
 		buf_reserve(b, 0);
 	unsigned char *p = b->data;
-	*len_r = b->len;
+	if (len_r != NULL)
+		*len_r = b->len;
 	buf_init(b);
 	return p;
 }

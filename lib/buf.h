@@ -57,7 +57,7 @@ void buf_compact(struct buf *b);
 char *buf_getline(struct buf *b, size_t *len_r);
 
 /* Takes the bytes out of the buffer: the caller frees the result (which is
- * NUL-terminated); the buffer is left empty. */
+ * NUL-terminated); the buffer is left empty.  len_r may be NULL. */
 unsigned char *buf_steal(struct buf *b, size_t *len_r);
 
 /* Returns the content as a C string (empty string for an empty buffer). */
