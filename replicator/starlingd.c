@@ -24,6 +24,7 @@
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-admin.h"
+#include "replicator/repl-peer.h"
 #include "replicator/repl.h"
 #include "storage/storage.h"
 
@@ -34,6 +35,7 @@ struct node {
 	struct repl *repl;
 	struct imap_server *imap;
 	struct repl_admin *admin;
+	struct repl_peers *peers;
 	int64_t started;
 	ev_signal sigterm, sigint;
 	ev_signal sighup;
@@ -75,6 +77,8 @@ static void status_cb(void *ctx, struct buf *out)
 			    n->cfg->imaps_listen.port);
 	buf_appendf(out, "sessions: %u\n", n->imap != NULL ? imap_server_session_count(n->imap) : 0);
 	buf_appendf(out, "uptime_s: %lld\n", (long long)(clock_wall_s() - n->started));
+	if (n->peers != NULL)
+		repl_peers_status(n->peers, out);
 }
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -138,6 +142,8 @@ int main(int argc, char **argv)
 		fatalx("%s", err);
 	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
 		fatalx("%s", err);
+	if (repl_peers_create(n.loop, n.cfg, NULL, NULL, &n.peers, &err) < 0)
+		fatalx("%s", err);
 	n.started = clock_wall_s();
 	ev_signal_init(&n.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&n.sigint, signal_cb, SIGINT);
@@ -153,6 +159,7 @@ int main(int argc, char **argv)
 
 	/* Finish what is in flight (clients get their answers), then close. */
 	repl_flush(n.repl);
+	repl_peers_destroy(&n.peers);
 	repl_admin_destroy(&n.admin);
 	imap_server_destroy(&n.imap);
 	repl_destroy(&n.repl);
