@@ -37,6 +37,16 @@ static void send_move(struct mm_node *node, struct mm_gran *g)
 	mm_route(node, &msg);
 }
 
+static void send_who(struct mm_node *node, struct mm_gran *g)
+{
+	struct mm_msg msg;
+	mm_msg_init(node, &msg, MM_MSG_WHO, node->root);
+	strcpy(msg.gkey, g->key);
+	g->who_pending = true;
+	g->who_sent_at = node->now;
+	mm_route(node, &msg);
+}
+
 /* Moves a granule's pending work on as far as the current state allows. */
 static void kick(struct mm_node *node, struct mm_gran *g)
 {
@@ -57,17 +67,16 @@ static void kick(struct mm_node *node, struct mm_gran *g)
 		return;
 	}
 	if (g->applied && g->master != 0 && g->master != node->sid) {
+		/* A broadcast MASTER-IS may have been lost on a cut link:
+		 * old entries are used, and checked with the root meanwhile. */
+		if (g->reqs.count > 0 && !g->who_pending &&
+		    node->now - g->verified_at >= node->set.cache_ttl_ms)
+			send_who(node, g);
 		answer_requests(node, g, g->master);
 		return;
 	}
-	if (g->reqs.count > 0 && !g->who_pending) {
-		struct mm_msg msg;
-		mm_msg_init(node, &msg, MM_MSG_WHO, node->root);
-		strcpy(msg.gkey, g->key);
-		g->who_pending = true;
-		g->who_sent_at = node->now;
-		mm_route(node, &msg);
-	}
+	if (g->reqs.count > 0 && !g->who_pending)
+		send_who(node, g);
 }
 
 static void reset_writes(struct mm_gran *g, uint64_t now)
@@ -148,6 +157,10 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 {
 	if (g->applied && gen < g->gen)
 		return;
+	if (g->applied && gen == g->gen && master == g->master) {
+		g->verified_at = node->now;
+		g->who_pending = false;
+	}
 	if (g->applied && gen == g->gen) {
 		/* A repeat: it may fill in a master we forgot, but never makes
 		 * this node master again after it released at this gen. */
@@ -163,6 +176,7 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 	g->master = master;
 	g->holding = false;
 	g->who_pending = false;
+	g->verified_at = node->now;
 	if (changed) {
 		g->learned_at = node->now;
 		reset_writes(g, node->now);

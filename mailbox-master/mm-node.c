@@ -21,6 +21,7 @@ void mm_settings_default(struct mm_settings *set, uint32_t sid)
 	set->follow_writes_count = 20;
 	set->follow_writes_window_ms = 10000;
 	set->hold_down_ms = 30000;
+	set->cache_ttl_ms = 60000;
 }
 
 bool mm_is_root(const struct mm_node *node)

@@ -28,6 +28,7 @@ struct mm_gran {
 	bool am_master;
 	uint64_t master_since; /* when this node became master */
 	uint64_t learned_at; /* when the master last changed, as seen here */
+	uint64_t verified_at; /* when the root last confirmed the entry */
 
 	/* local requests waiting for an answer, FIFO */
 	ARRAY(uint64_t) reqs;

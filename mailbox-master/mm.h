@@ -165,6 +165,7 @@ struct mm_settings {
 	uint32_t follow_writes_count; /* writes in a window that trigger a soft move (default 20) */
 	uint32_t follow_writes_window_ms; /* the window (default 10000) */
 	uint32_t hold_down_ms;        /* no soft move this soon after a master change (default 30000) */
+	uint32_t cache_ttl_ms;        /* answer from an older cache entry, but re-ask the root (default 60000) */
 };
 
 /* Fills the defaults for everything but sid. */

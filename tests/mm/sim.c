@@ -39,7 +39,7 @@ void sim_drain(struct sim *s, int i)
 			int p = (int)o.peer;
 			CU_ASSERT_FATAL(p >= 1 && p <= s->n && p != i);
 			/* A node only sends to peers it was told are up. */
-			CU_ASSERT(live(s, i, p));
+			CU_ASSERT(s->believes[i][p]);
 			if (live(s, i, p))
 				ARRAY_PUSH(&s->q[i][p].q, o.msg);
 			continue;
@@ -172,6 +172,25 @@ void sim_watch(struct sim *s, const char *gkey)
 	s->gkeys[s->n_gkeys++] = gkey;
 }
 
+static void tell_down(struct sim *s, int i, int p)
+{
+	if (!s->alive[i] || !s->believes[i][p])
+		return;
+	s->believes[i][p] = false;
+	mm_link_down(s->node[i], (uint32_t)p, s->now);
+	sim_drain(s, i);
+}
+
+/* A new connection: a side that still believed in the old one first
+ * learns that it died. */
+static void tell_up(struct sim *s, int i, int p)
+{
+	tell_down(s, i, p);
+	s->believes[i][p] = true;
+	mm_link_up(s->node[i], (uint32_t)p, s->now);
+	sim_drain(s, i);
+}
+
 void sim_wire(struct sim *s, int a, int b, bool up)
 {
 	bool was = live(s, a, b);
@@ -182,20 +201,27 @@ void sim_wire(struct sim *s, int a, int b, bool up)
 	queue_clear(&s->q[a][b]);
 	queue_clear(&s->q[b][a]);
 	if (is) {
-		mm_link_up(s->node[a], (uint32_t)b, s->now);
-		sim_drain(s, a);
-		mm_link_up(s->node[b], (uint32_t)a, s->now);
-		sim_drain(s, b);
+		tell_up(s, a, b);
+		tell_up(s, b, a);
 	} else {
-		mm_link_down(s->node[a], (uint32_t)b, s->now);
-		sim_drain(s, a);
-		mm_link_down(s->node[b], (uint32_t)a, s->now);
-		sim_drain(s, b);
+		tell_down(s, a, b);
+		tell_down(s, b, a);
 	}
 	check_invariant(s);
 }
 
-void sim_crash(struct sim *s, int i)
+void sim_cut_late(struct sim *s, int a, int b)
+{
+	if (!live(s, a, b))
+		return;
+	s->wired[a][b] = s->wired[b][a] = false;
+	queue_clear(&s->q[a][b]);
+	queue_clear(&s->q[b][a]);
+	tell_down(s, a, b);
+	check_invariant(s);
+}
+
+static void crash(struct sim *s, int i, bool late)
 {
 	if (!s->alive[i])
 		return;
@@ -204,14 +230,23 @@ void sim_crash(struct sim *s, int i)
 	for (int p = 1; p <= s->n; p++) {
 		if (p == i)
 			continue;
+		s->believes[i][p] = false;
 		queue_clear(&s->q[i][p]);
 		queue_clear(&s->q[p][i]);
-		if (s->wired[i][p] && s->alive[p]) {
-			mm_link_down(s->node[p], (uint32_t)i, s->now);
-			sim_drain(s, p);
-		}
+		if (!late)
+			tell_down(s, p, i);
 	}
 	check_invariant(s);
+}
+
+void sim_crash(struct sim *s, int i)
+{
+	crash(s, i, false);
+}
+
+void sim_crash_late(struct sim *s, int i)
+{
+	crash(s, i, true);
 }
 
 void sim_restart(struct sim *s, int i)
@@ -221,10 +256,8 @@ void sim_restart(struct sim *s, int i)
 	new_node(s, i);
 	for (int p = 1; p <= s->n; p++) {
 		if (p != i && live(s, i, p)) {
-			mm_link_up(s->node[i], (uint32_t)p, s->now);
-			sim_drain(s, i);
-			mm_link_up(s->node[p], (uint32_t)i, s->now);
-			sim_drain(s, p);
+			tell_up(s, i, p);
+			tell_up(s, p, i);
 		}
 	}
 	check_invariant(s);
@@ -232,6 +265,14 @@ void sim_restart(struct sim *s, int i)
 
 static void tick_all(struct sim *s)
 {
+	/* Late failure detection: each stale belief ends with chance 1/4
+	 * per tick (40 ms on average). */
+	for (int i = 1; i <= s->n; i++) {
+		for (int p = 1; p <= s->n; p++) {
+			if (s->believes[i][p] && !live(s, i, p) && sim_rand(s, 4) == 0)
+				tell_down(s, i, p);
+		}
+	}
 	for (int i = 1; i <= s->n; i++) {
 		if (s->alive[i]) {
 			mm_tick(s->node[i], s->now);

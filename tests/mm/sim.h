@@ -43,6 +43,9 @@ struct sim {
 	struct mm_node *node[SIM_MAX + 1];
 	bool alive[SIM_MAX + 1];
 	bool wired[SIM_MAX + 1][SIM_MAX + 1];
+	/* node i was told its link to p is up (lags behind the wire when a
+	 * failure is detected late) */
+	bool believes[SIM_MAX + 1][SIM_MAX + 1];
 	struct sim_queue q[SIM_MAX + 1][SIM_MAX + 1];
 
 	/* per node: request answers and notable events, in order */
@@ -68,6 +71,11 @@ void sim_watch(struct sim *s, const char *gkey);
 
 void sim_wire(struct sim *s, int a, int b, bool up);
 void sim_crash(struct sim *s, int i);
+/* Like sim_wire(down) and sim_crash(), but the far side (b, or the crashed
+ * node's peers) notices only at a later tick, as with keepalive timeouts;
+ * until then what it sends on the dead link is lost. */
+void sim_cut_late(struct sim *s, int a, int b);
+void sim_crash_late(struct sim *s, int i);
 void sim_restart(struct sim *s, int i);
 
 /* Delivers one message; false when nothing is queued. */
