@@ -225,6 +225,14 @@ struct mm_gran *mm_gran_get(struct mm_node *node, const char *gkey)
 	return g;
 }
 
+void mm_gran_free(struct mm_node *node, struct mm_gran *g)
+{
+	ARRAY_FREE(&g->reqs);
+	free(g->key);
+	free(g);
+	node->n_gran--;
+}
+
 void mm_gran_free_all(struct mm_node *node)
 {
 	for (size_t i = 0; i < node->n_buckets; i++) {

@@ -396,9 +396,18 @@ void mm_master_dispatch(struct mm_node *node, const struct mm_msg *msg)
 void mm_master_flush(struct mm_node *node)
 {
 	for (size_t i = 0; i < node->n_buckets; i++) {
-		for (struct mm_gran *g = node->buckets[i]; g != NULL; g = g->next) {
+		struct mm_gran **gp = &node->buckets[i];
+		while (*gp != NULL) {
+			struct mm_gran *g = *gp;
 			if (g->am_master)
 				mm_event(node, MM_EV_MASTER_LOST, g->key, 0, 0);
+			if (g->reqs.count == 0 && !g->want) {
+				/* Nothing left of it in the new epoch: the table
+				 * holds only granules used since the last one. */
+				*gp = g->next;
+				mm_gran_free(node, g);
+				continue;
+			}
 			g->am_master = false;
 			g->applied = false;
 			g->gen = 0;
@@ -411,6 +420,7 @@ void mm_master_flush(struct mm_node *node)
 			g->rec_master = 0;
 			g->rec_gen = 0;
 			reset_writes(g, node->now);
+			gp = &g->next;
 		}
 	}
 }

@@ -107,6 +107,8 @@ struct mm_node {
 bool mm_gkey_valid(const char *gkey);
 struct mm_gran *mm_gran_get(struct mm_node *node, const char *gkey);
 struct mm_gran *mm_gran_lookup(const struct mm_node *node, const char *gkey);
+/* Frees g, already unlinked from its hash chain. */
+void mm_gran_free(struct mm_node *node, struct mm_gran *g);
 void mm_gran_free_all(struct mm_node *node);
 
 /* mm-topo.c */
