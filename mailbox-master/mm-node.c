@@ -132,12 +132,15 @@ static void originate(struct mm_node *node)
 	flood(node, &msg, 0);
 }
 
-static void set_contains_all(const uint32_t *a, uint32_t na, const uint32_t *b,
-			     uint32_t nb, bool *equal_r)
+static bool sids_equal(const uint32_t *a, uint32_t na, const uint32_t *b, uint32_t nb)
 {
-	*equal_r = na == nb;
-	for (uint32_t i = 0; i < na && *equal_r; i++)
-		*equal_r = mm_sids_contains(b, nb, a[i]);
+	if (na != nb)
+		return false;
+	for (uint32_t i = 0; i < na; i++) {
+		if (!mm_sids_contains(b, nb, a[i]))
+			return false;
+	}
+	return true;
 }
 
 /* ---- epochs ---- */
@@ -246,8 +249,7 @@ static void topology_changed(struct mm_node *node)
 	}
 	if (old_root == 0)
 		return;
-	bool same;
-	set_contains_all(node->comp, node->n_comp, node->members, node->n_members, &same);
+	bool same = sids_equal(node->comp, node->n_comp, node->members, node->n_members);
 	for (uint32_t i = 0; i < node->n_comp && same; i++) {
 		struct mm_lsa *l = mm_lsdb_find(node, node->comp[i]);
 		if (l != NULL && MM_EPOCH_COUNTER(l->epoch) > MM_EPOCH_COUNTER(node->epoch))

@@ -518,6 +518,38 @@ static void test_partial_mesh_routes_through_middle_node(void)
 	sim_free(&s);
 }
 
+/* A line 1-2-3-4-5: everything crosses up to four hops. */
+static void test_line_of_five_agrees_and_moves_across_hops(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 5, 23, false, &set);
+	sim_watch(&s, G1);
+	for (int i = 1; i < 5; i++)
+		sim_wire(&s, i, i + 1, true);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 5, G1, 1, 5000) == 5);
+	CU_ASSERT(sim_ask_all(&s, 1, G1, 5000) == 5);
+	CU_ASSERT(mm_request_mastership(s.node[1], G1, s.now) == 0);
+	sim_drain(&s, 1);
+	CU_ASSERT(mm_request_mastership(s.node[3], G1, s.now) == 0);
+	sim_drain(&s, 3);
+	sim_run(&s, 3000);
+	CU_ASSERT(s.gained[1] >= 1);
+	CU_ASSERT(s.gained[3] >= 1);
+	uint32_t m = sim_ask_all(&s, 2, G1, 5000);
+	CU_ASSERT(m == 1 || m == 3);
+	/* Cut the line in the middle: 1-2 and 3-4-5 each settle. */
+	sim_wire(&s, 2, 3, false);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_ask_all(&s, 2, G1, 5000) != 0);
+	CU_ASSERT(sim_ask_all(&s, 5, G1, 5000) != 0);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
 static void test_partition_then_heal_one_root_one_master(void)
 {
 	struct sim s;
@@ -991,6 +1023,7 @@ static const struct test_case cluster_cases[] = {
 	{ "five nodes agree on master", test_five_nodes_agree_on_master },
 	{ "kill root then master, agree again", test_kill_root_then_master_agree_again },
 	{ "partial mesh routes through middle node", test_partial_mesh_routes_through_middle_node },
+	{ "line of five agrees and moves across hops", test_line_of_five_agrees_and_moves_across_hops },
 	{ "partition then heal: one root, one master", test_partition_then_heal_one_root_one_master },
 	{ "concurrent moves hold and release requests in order", test_concurrent_moves_hold_and_release_requests_in_order },
 	{ "stale epoch messages are refused", test_stale_epoch_messages_are_refused },
