@@ -13,6 +13,22 @@
 
 #define MM_MOVE_MAX_TRIES 5
 
+/* Puts g on the list mm_master_tick() visits, so that a tick costs the
+ * granules with something under way, not the whole table. */
+static void mark_busy(struct mm_node *node, struct mm_gran *g)
+{
+	if (g->in_busy)
+		return;
+	g->in_busy = true;
+	g->busy_next = node->busy;
+	node->busy = g;
+}
+
+static bool is_busy(const struct mm_gran *g)
+{
+	return g->reqs.count > 0 || g->who_pending || g->holding || g->want || g->released;
+}
+
 static void answer_requests(struct mm_node *node, struct mm_gran *g, uint32_t master)
 {
 	for (size_t i = 0; i < g->reqs.count; i++)
@@ -44,6 +60,7 @@ static void send_who(struct mm_node *node, struct mm_gran *g)
 	strcpy(msg.gkey, g->key);
 	g->who_pending = true;
 	g->who_sent_at = node->now;
+	mark_busy(node, g);
 	mm_route(node, &msg);
 }
 
@@ -236,6 +253,7 @@ static void forward_move(struct mm_node *node, struct mm_gran *g,
 		if (!g->holding) {
 			g->holding = true;
 			g->hold_since = node->now;
+			mark_busy(node, g);
 		}
 	}
 	mm_route(node, &fwd);
@@ -289,6 +307,7 @@ static void handle_move(struct mm_node *node, const struct mm_msg *msg)
 		g->holding = true;
 		g->hold_since = node->now;
 		g->released = true;
+		mark_busy(node, g);
 		g->rel_requester = msg->requester;
 		g->rel_gen = g->gen;
 		g->rel_sent_at = node->now;
@@ -395,6 +414,8 @@ void mm_master_dispatch(struct mm_node *node, const struct mm_msg *msg)
 
 void mm_master_flush(struct mm_node *node)
 {
+	/* Rebuilt below from the entries that survive. */
+	node->busy = NULL;
 	for (size_t i = 0; i < node->n_buckets; i++) {
 		struct mm_gran **gp = &node->buckets[i];
 		while (*gp != NULL) {
@@ -420,6 +441,8 @@ void mm_master_flush(struct mm_node *node)
 			g->rec_master = 0;
 			g->rec_gen = 0;
 			reset_writes(g, node->now);
+			g->in_busy = false;
+			mark_busy(node, g);
 			gp = &g->next;
 		}
 	}
@@ -447,25 +470,31 @@ void mm_master_kick_all(struct mm_node *node)
 void mm_master_tick(struct mm_node *node)
 {
 	uint64_t now = node->now;
+	struct mm_gran **gp = &node->busy;
 
-	for (size_t i = 0; i < node->n_buckets; i++) {
-		for (struct mm_gran *g = node->buckets[i]; g != NULL; g = g->next) {
-			if (g->released && mm_settled(node) &&
-			    now - g->rel_sent_at >= node->set.retry_ms)
-				send_release(node, g);
-			if (g->holding && !g->released &&
-			    now - g->hold_since >= node->set.hold_timeout_ms) {
-				/* The move's end never reached us: ask again. */
-				g->holding = false;
-				g->master = 0;
-			}
-			if (g->who_pending && now - g->who_sent_at >= node->set.retry_ms)
-				g->who_pending = false;
-			if (g->want && g->want_sent &&
-			    now - g->want_sent_at >= node->set.retry_ms)
-				g->want_sent = false;
-			kick(node, g);
+	while (*gp != NULL) {
+		struct mm_gran *g = *gp;
+		if (!is_busy(g)) {
+			*gp = g->busy_next;
+			g->in_busy = false;
+			continue;
 		}
+		if (g->released && mm_settled(node) &&
+		    now - g->rel_sent_at >= node->set.retry_ms)
+			send_release(node, g);
+		if (g->holding && !g->released &&
+		    now - g->hold_since >= node->set.hold_timeout_ms) {
+			/* The move's end never reached us: ask again. */
+			g->holding = false;
+			g->master = 0;
+		}
+		if (g->who_pending && now - g->who_sent_at >= node->set.retry_ms)
+			g->who_pending = false;
+		if (g->want && g->want_sent &&
+		    now - g->want_sent_at >= node->set.retry_ms)
+			g->want_sent = false;
+		kick(node, g);
+		gp = &g->busy_next;
 	}
 }
 
@@ -479,6 +508,7 @@ int mm_request_master(struct mm_node *node, const char *gkey, uint64_t req_id,
 	node->now = now;
 	struct mm_gran *g = mm_gran_get(node, gkey);
 	ARRAY_PUSH(&g->reqs, req_id);
+	mark_busy(node, g);
 	kick(node, g);
 	mm_drain_self(node);
 	return 0;
@@ -497,6 +527,7 @@ int mm_request_mastership(struct mm_node *node, const char *gkey, uint64_t now)
 	if (!g->want || g->want_soft) {
 		g->want = true;
 		g->want_soft = false;
+		mark_busy(node, g);
 		g->want_sent = false;
 		g->want_tries = 0;
 	}
@@ -524,6 +555,7 @@ int mm_note_write(struct mm_node *node, const char *gkey, uint64_t now)
 	    g->win_count >= node->set.follow_writes_count) {
 		g->want = true;
 		g->want_soft = true;
+		mark_busy(node, g);
 		g->want_sent = false;
 		g->want_tries = 0;
 		node->stats.soft_moves_asked++;

@@ -19,6 +19,8 @@ struct mm_lsa {
  * view of every node; the rec_ part is used only while this node is root. */
 struct mm_gran {
 	struct mm_gran *next; /* hash chain */
+	struct mm_gran *busy_next; /* list of granules with timers to run */
+	bool in_busy;
 	char *key;
 
 	/* cache, valid for the current epoch */
@@ -90,9 +92,10 @@ struct mm_node {
 	uint64_t announce_at;
 	ARRAY(struct mm_msg) queued;
 
-	/* granules */
+	/* granules; busy: those waiting on something, visited by ticks */
 	struct mm_gran **buckets;
 	size_t n_buckets, n_gran;
+	struct mm_gran *busy;
 
 	/* outputs for the caller, and messages to this node itself */
 	ARRAY(struct mm_output) out;
