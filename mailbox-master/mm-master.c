@@ -366,10 +366,9 @@ static void handle_move_fail(struct mm_node *node, const struct mm_msg *msg)
 			g->backoff_until = node->now + node->set.hold_down_ms;
 		} else if (++g->want_tries >= MM_MOVE_MAX_TRIES) {
 			g->want = false;
-			struct mm_output *o;
 			mm_event(node, MM_EV_MOVE_FAILED, g->key, msg->master, 0);
-			o = &node->out.items[node->out.count - 1];
-			o->event.reason = msg->reason;
+			/* the event just queued carries the reason too */
+			node->out.items[node->out.count - 1].event.reason = msg->reason;
 		} else {
 			/* Retry from the root on the next tick: the loop was a
 			 * stale cache somewhere on the way. */
@@ -594,4 +593,20 @@ int mm_cached_master(const struct mm_node *node, const char *gkey, uint32_t *mas
 		return 0;
 	*master_r = g->master;
 	return 1;
+}
+
+void mm_master_info(const struct mm_node *node, const char *gkey,
+		    struct mm_master_info *info_r)
+{
+	const struct mm_gran *g = mm_gran_lookup(node, gkey);
+
+	memset(info_r, 0, sizeof(*info_r));
+	info_r->epoch = node->epoch;
+	info_r->settled = mm_settled(node);
+	if (g == NULL || !info_r->settled)
+		return;
+	info_r->am_master = g->am_master;
+	info_r->master = g->am_master ? node->sid : g->master;
+	info_r->gen = g->applied ? g->gen : 0;
+	info_r->moving = g->holding || g->want || g->released;
 }

@@ -239,6 +239,19 @@ bool mm_node_serving(const struct mm_node *node);
 bool mm_is_master(const struct mm_node *node, const char *gkey);
 /* The cached master of gkey: 1 with *master_r set, 0 when unknown. */
 int mm_cached_master(const struct mm_node *node, const char *gkey, uint32_t *master_r);
+/* What this node knows of gkey, for `starling master show` and for the
+ * `MASTER sid EPOCH e GEN g` response codes of SPEC.md 1.5. */
+struct mm_master_info {
+	uint32_t master;   /* 0 = unknown */
+	uint64_t epoch;    /* this node's epoch */
+	uint64_t gen;      /* generation of the cached assignment, 0 = none */
+	bool am_master;
+	bool moving;       /* a move of gkey is under way through this node */
+	bool settled;      /* false: the node waits for its root's epoch */
+};
+void mm_master_info(const struct mm_node *node, const char *gkey,
+		    struct mm_master_info *info_r);
+
 /* The members of this node's connected component, ascending; returns the
  * count, writes at most max into sids. */
 size_t mm_node_component(struct mm_node *node, uint32_t *sids, size_t max);

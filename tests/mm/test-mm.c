@@ -818,12 +818,56 @@ static void test_forget_master_asks_the_root_again(void)
 	CU_ASSERT(mm_forget_master(s.node[3], G1, 3) == 0); /* master itself: ignored */
 	CU_ASSERT(mm_is_master(s.node[3], G1));
 	CU_ASSERT(mm_forget_master(s.node[3], "bad key", 3) == -1);
+	struct mm_master_info info;
+	mm_master_info(s.node[2], G1, &info);
+	CU_ASSERT(info.settled && info.master == 3 && !info.am_master && !info.moving);
+	CU_ASSERT(info.gen == 1);
+	CU_ASSERT_EQUAL(MM_EPOCH_ROOT(info.epoch), 1);
+	mm_master_info(s.node[3], G1, &info);
+	CU_ASSERT(info.am_master && info.master == 3);
+	mm_master_info(s.node[1], G2, &info);
+	CU_ASSERT(info.master == 0 && info.gen == 0);
 	/* Asking for a mastership already held answers at once. */
 	uint32_t gained = s.gained[3];
 	CU_ASSERT(mm_request_mastership(s.node[3], G1, s.now) == 0);
 	sim_drain(&s, 3);
 	CU_ASSERT_EQUAL(s.gained[3], gained + 1);
 	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+/* Many granules: every one gets exactly one master and every node agrees;
+ * ticks stay cheap once nothing is under way. */
+static void test_many_granules_each_get_one_master(void)
+{
+	enum { NG = 2000 };
+	struct sim s;
+	struct mm_settings set;
+	char key[32];
+
+	test_settings(&set);
+	sim_init(&s, 3, 29, true, &set);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	for (int k = 0; k < NG; k++) {
+		int i = 1 + k % 3;
+		snprintf(key, sizeof(key), "u:user%d", k);
+		CU_ASSERT(mm_request_master(s.node[i], key, (uint64_t)k, s.now) == 0);
+		sim_drain(&s, i);
+	}
+	/* 1 ms per delivered message: 2000 questions and answers take a while */
+	sim_run(&s, 20000);
+	int wrong = 0;
+	for (int k = 0; k < NG; k++) {
+		int i = 1 + k % 3;
+		snprintf(key, sizeof(key), "u:user%d", k);
+		const struct sim_answer *a = sim_answer(&s, i, (uint64_t)k);
+		int masters = 0;
+		for (int j = 1; j <= 3; j++)
+			masters += mm_is_master(s.node[j], key);
+		if (a == NULL || a->master != (uint32_t)i || masters != 1)
+			wrong++;
+	}
+	CU_ASSERT_EQUAL(wrong, 0);
 	sim_free(&s);
 }
 
@@ -1029,6 +1073,7 @@ static const struct test_case cluster_cases[] = {
 	{ "stale epoch messages are refused", test_stale_epoch_messages_are_refused },
 	{ "root waits for every DROPPED before answering", test_root_waits_for_every_dropped_before_answering },
 	{ "forget master asks the root again", test_forget_master_asks_the_root_again },
+	{ "many granules each get one master", test_many_granules_each_get_one_master },
 	{ "hysteresis prevents ping-pong", test_hysteresis_prevents_ping_pong },
 	{ "mastership follows writes", test_mastership_follows_writes },
 	{ "random runs keep one master per epoch", test_random_runs_keep_one_master_per_epoch },
