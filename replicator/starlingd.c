@@ -138,11 +138,13 @@ int main(int argc, char **argv)
 	n.loop = ev_default_loop(EVFLAG_AUTO);
 	struct repl_settings rset = { n.cfg->node_id, n.cfg->max_message_size };
 	n.repl = repl_local_create(n.loop, n.db, &rset);
+	/* Peers first: a bad secret or TLS file stops the node before it
+	 * serves anything. */
+	if (repl_peers_create(n.loop, n.cfg, NULL, NULL, &n.peers, &err) < 0)
+		fatalx("%s", err);
 	if (imap_server_create(n.loop, n.cfg, n.repl, &n.imap, &err) < 0)
 		fatalx("%s", err);
 	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
-		fatalx("%s", err);
-	if (repl_peers_create(n.loop, n.cfg, NULL, NULL, &n.peers, &err) < 0)
 		fatalx("%s", err);
 	n.started = clock_wall_s();
 	ev_signal_init(&n.sigterm, signal_cb, SIGTERM);

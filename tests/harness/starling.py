@@ -16,6 +16,14 @@ its own free ports (IMAP, optional IMAPS, replication), and a config file with
 cluster_secret_file.  Binaries come from $STARLINGD / $STARLING_CLI, else from
 $top_builddir (replicator/starlingd, cli/starling).
 
+With proxies=True every directed peer link goes through a LinkProxy
+(tests/harness/linkproxy.py): node i's `peer = j` line names the proxy
+(i, j), which forwards to node j's repl_listen, and c.cut(i, j),
+c.blackhole(i, j), c.restore(i, j) break and heal the link between nodes i
+and j.  With peer_tls=True a CA and one certificate per node are made with
+the openssl command, and every node gets tls_cert, tls_key and tls_ca, so
+peer links run mutual TLS.
+
 Under AddressSanitizer (make check), a node's output goes to its log file;
 sanitizer_report() finds a sanitizer's report in it, and tests count one as a
 failure.  Everything started is killed at exit (process groups), every wait
@@ -27,6 +35,8 @@ import signal
 import time
 
 from harness import proc
+from harness.certs import TestCA
+from harness.linkproxy import ProxyMesh
 
 SANITIZER_PATTERNS = re.compile(
     r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|"
@@ -74,6 +84,9 @@ class Node:
         self.imaps_port = proc.free_port() if cluster.tls else None
         self.repl_port = proc.free_port()
         self.extra = {}
+        self.tls_cert = self.tls_key = None
+        self.secret_file = None  # None: the cluster's
+        self.peer_ids = None     # None: every other node is a peer
         self.process = None
         self.starts = 0
         self.exit_codes = []
@@ -90,16 +103,22 @@ class Node:
             "log_level = %s" % c.log_level,
         ]
         if c.tls:
-            lines += ["imaps_listen = %s:%d" % (self.host, self.imaps_port),
-                      "tls_cert = %s" % c.tls_cert,
+            lines.append("imaps_listen = %s:%d" % (self.host, self.imaps_port))
+        if self.tls_cert:
+            lines += ["tls_cert = %s" % self.tls_cert,
+                      "tls_key = %s" % self.tls_key,
+                      "tls_ca = %s" % c.tls_ca]
+        elif c.tls:
+            lines += ["tls_cert = %s" % c.tls_cert,
                       "tls_key = %s" % c.tls_key]
         if len(c.nodes) > 1:
             lines += ["repl_listen = %s:%d" % (self.host, self.repl_port),
-                      "cluster_secret_file = %s" % c.secret_file]
+                      "cluster_secret_file = %s" % (self.secret_file or c.secret_file)]
             for other in c.nodes:
-                if other is not self:
+                if other is not self and (self.peer_ids is None or
+                                          other.node_id in self.peer_ids):
                     lines.append("peer = %d %s:%d" % (other.node_id, other.host,
-                                                      other.repl_port))
+                                                      c.peer_port(self, other)))
         for k, v in list(c.extra_config.items()) + list(self.extra.items()):
             if isinstance(v, (list, tuple)):
                 lines += ["%s = %s" % (k, x) for x in v]
@@ -215,6 +234,14 @@ class Node:
                                % (r.returncode, r.stderr.decode(errors="replace")))
         return json.loads(r.stdout.decode())
 
+    def peer_state(self, sid):
+        """This node's view of the link to node sid: "up", "down", ...
+        (from `starling status`), or None if the node cannot answer."""
+        try:
+            return self.status(timeout=10).get("peer.%d" % sid)
+        except Exception:  # noqa: BLE001 -- not running, CLI timeout, bad JSON
+            return None
+
     def dump(self, user, timeout=60):
         r = self.cli("dump", "-u", user, timeout=timeout)
         if r.returncode != 0:
@@ -228,7 +255,7 @@ class Cluster:
 
     def __init__(self, n=1, users=None, tls=False, extra_config=None,
                  log_level="info", build_dir=None, daemon=None, cli=None,
-                 base_dir=None):
+                 base_dir=None, proxies=False, peer_tls=False):
         found_daemon, found_cli = (None, None)
         if daemon is None or cli is None:
             found_daemon, found_cli = find_binaries(build_dir)
@@ -251,7 +278,7 @@ class Cluster:
         open(self.users_file, "a").close()
         for name, pw in (users or {}).items():
             self.add_user(name, pw)
-        self.tls_cert = self.tls_key = None
+        self.tls_cert = self.tls_key = self.tls_ca = None
         if tls:
             self.tls_cert, self.tls_key = proc.make_cert(self.dir)
         self.nodes = []
@@ -259,9 +286,21 @@ class Cluster:
             d = os.path.join(self.dir, "node%d" % (i + 1))
             os.makedirs(d)
             self.nodes.append(Node(self, i + 1, d))
+        if peer_tls:
+            self.ca = TestCA(os.path.join(self.dir, "ca"))
+            self.tls_ca = self.ca.cert
+            for node in self.nodes:
+                node.tls_cert, node.tls_key = self.ca.issue("node%d" % node.node_id)
+        self.mesh = None
+        if proxies and n > 1:
+            self.mesh = ProxyMesh()
+            for a in self.nodes:
+                for b in self.nodes:
+                    if a is not b:
+                        self.mesh.add(a.node_id, b.node_id, b.repl_port)
         for node in self.nodes:
             node.write_config()
-        proc.at_cleanup(self.stop_all)
+        proc.at_cleanup(self.close)
 
     def add_user(self, name, password):
         """Add a user to the shared users file (SHA512-CRYPT, like
@@ -281,6 +320,61 @@ class Cluster:
         for node in self.nodes:
             if node.running():
                 node.stop()
+
+    def close(self):
+        """Stop every node and every proxy."""
+        self.stop_all()
+        if self.mesh is not None:
+            self.mesh.close()
+            self.mesh = None
+
+    # -- peer links ------------------------------------------------------
+    def peer_port(self, node, other):
+        """The port node's `peer = OTHER` line names: other's repl_listen,
+        or the proxy (node, other) in front of it."""
+        if self.mesh is not None:
+            return self.mesh.port(node.node_id, other.node_id)
+        return other.repl_port
+
+    def cut(self, i, j):
+        """Reset the link between nodes i and j and refuse new ones."""
+        self.mesh.cut(i, j)
+
+    def blackhole(self, i, j):
+        """Make the link between nodes i and j silently lose everything."""
+        self.mesh.blackhole(i, j)
+
+    def restore(self, i, j):
+        self.mesh.restore(i, j)
+
+    def links_state(self, nodes=None):
+        """{(i, j): node i's state of its link to j} for the running nodes."""
+        nodes = nodes or self.running_nodes()
+        out = {}
+        for a in nodes:
+            try:
+                st = a.status(timeout=10)
+            except Exception:  # noqa: BLE001 -- a node that cannot answer
+                st = {}
+            for b in self.nodes:
+                if b is not a:
+                    out[(a.node_id, b.node_id)] = st.get("peer.%d" % b.node_id)
+        return out
+
+    def wait_links_up(self, timeout=30.0, nodes=None):
+        """Wait until every given (running) node reports its link to every
+        other given node up; returns the seconds it took."""
+        nodes = nodes or self.running_nodes()
+        ids = {n.node_id for n in nodes}
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while True:
+            st = self.links_state(nodes)
+            if all(v == "up" for (a, b), v in st.items() if b in ids):
+                return time.monotonic() - t0
+            if time.monotonic() >= deadline:
+                raise TimeoutError("links not up after %.0fs: %r" % (timeout, st))
+            time.sleep(0.1)
 
     def sanitizer_reports(self):
         """{node_id: report} for every node whose log has one."""
@@ -319,7 +413,7 @@ class Cluster:
         return self
 
     def __exit__(self, *exc):
-        self.stop_all()
+        self.close()
         return False
 
 

@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Peer links between real starlingd nodes on 127.0.0.1 (issue 6, links).
+
+Three nodes, every directed link through a LinkProxy
+(tests/harness/linkproxy.py), checked through `starling status --json`:
+all links come up, one TCP connection per pair (the lower SID connects);
+kill -9 of a node is noticed by the others and healed after a restart; a
+silent partition (proxy blackhole) is noticed by the keepalive on both ends
+within the dead timeout, a reset link at once, and both heal on restore; a
+node with the wrong cluster secret or a certificate from another CA never
+comes up and the logs say why; a peer with an unknown SID is refused; TLS
+between peers with certificates made now by openssl; a second connection
+from the same peer replaces the first; commands nobody handles get
+BAD [UNKNOWN-COMMAND].  A small Python peer speaks the handshake of SPEC.md
+2-3 by itself for the checks that need a misbehaving peer.
+
+Detection times are printed ("measured: ...").  The last line is
+"cluster-links: N passed, M failed".
+"""
+import hashlib
+import hmac
+import os
+import socket
+import struct
+import sys
+import time
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+
+from harness import proc  # noqa: E402
+from harness.certs import TestCA  # noqa: E402
+from harness.report import Report  # noqa: E402
+from harness.starling import Cluster  # noqa: E402
+
+R = Report("cluster-links")
+
+# repl-peer.h: ping after 1 s of silence, dead after 3 s.
+DEAD_TIMEOUT = 3.0
+# What a test accepts: the dead timeout, the timer tick, status polling and
+# a slow machine running sanitizers.
+DETECT_LIMIT = 6.0
+CLUSTERS = []
+
+
+def new_cluster(n=3, **kw):
+    c = Cluster(n=n, **kw)
+    CLUSTERS.append(c)
+    return c
+
+
+def finish_cluster(c):
+    """Stop the nodes (so LeakSanitizer runs) and check for reports."""
+    c.close()
+    reps = c.sanitizer_reports()
+    R.check("no sanitizer report in the node logs", not reps, reps)
+
+
+def wait_state(node, sid, pred, timeout):
+    """Poll node's state of peer sid until pred(state); returns (seconds,
+    state) or (None, last state) after timeout."""
+    t0 = time.monotonic()
+    state = None
+    while time.monotonic() - t0 < timeout:
+        state = node.peer_state(sid)
+        if pred(state):
+            return time.monotonic() - t0, state
+        time.sleep(0.05)
+    return None, state
+
+
+def wait_all(checks, timeout):
+    """checks: {label: (node, sid, pred)}.  Polls them all; returns
+    {label: seconds or None}."""
+    t0 = time.monotonic()
+    out = {k: None for k in checks}
+    while time.monotonic() - t0 < timeout and any(v is None for v in out.values()):
+        for label, (node, sid, pred) in checks.items():
+            if out[label] is None and pred(node.peer_state(sid)):
+                out[label] = time.monotonic() - t0
+        time.sleep(0.05)
+    return out
+
+
+def not_up(state):
+    return state is not None and state != "up"
+
+
+def is_up(state):
+    return state == "up"
+
+
+def count_lines(node, text):
+    return sum(1 for line in node.log_text().splitlines() if text in line)
+
+
+# ------------------------------------------------------------ a Python peer
+class PyPeer:
+    """The initiator side of SPEC.md 2.2-3 over plain TCP, written from the
+    SPEC alone: HELLO, then AUTH HMAC-SHA256 with a proof over both nonces
+    and SIDs."""
+
+    def __init__(self, port, sid, secret, timeout=10.0):
+        self.sid = sid
+        self.secret = secret
+        self.sock = socket.create_connection((proc.LOOPBACK, port), timeout=timeout)
+        self.rfile = self.sock.makefile("rb")
+        self.nonce = os.urandom(32)
+        self.send("* HELLO 1.0 %d %s (AUTH=HMAC-SHA256)" % (sid, self.nonce.hex()))
+        hello = self.readline().split()
+        if len(hello) < 6 or hello[:3] != ["*", "HELLO", "1.0"]:
+            raise RuntimeError("bad greeting %r" % hello)
+        self.peer_sid = int(hello[3])
+        self.peer_nonce = bytes.fromhex(hello[4])
+        self.tag = 1
+
+    def proof(self, label, secret=None):
+        msg = (b"STARLING-AUTH-1\x00" + label + b"\x00" + self.nonce + self.peer_nonce +
+               struct.pack(">II", self.sid, self.peer_sid))
+        return hmac.new(secret or self.secret, msg, hashlib.sha256).hexdigest()
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def readline(self):
+        line = self.rfile.readline(4096)
+        if not line:
+            raise EOFError("connection closed")
+        return line.decode("utf-8", "replace").rstrip("\r\n")
+
+    def auth(self, secret=None):
+        """Sends AUTH; returns the completion line.  Checks the acceptor's
+        proof when it is OK (raises if it is wrong)."""
+        self.send("C1 AUTH HMAC-SHA256 %s" % self.proof(b"initiator", secret))
+        reply = self.readline()
+        if reply.startswith("C1 OK [AUTH "):
+            theirs = reply.split()[3].rstrip("]")
+            if not hmac.compare_digest(theirs, self.proof(b"acceptor", secret)):
+                raise RuntimeError("acceptor proof wrong: %r" % reply)
+        self.tag = 2
+        return reply
+
+    def command(self, text):
+        """Sends "Cn text" and returns the lines up to the completion."""
+        tag = "C%d" % self.tag
+        self.tag += 1
+        self.send("%s %s" % (tag, text))
+        lines = []
+        while True:
+            line = self.readline()
+            lines.append(line)
+            if line.startswith(tag + " "):
+                return lines
+
+    def closed_within(self, timeout):
+        """True if the node closes the connection within timeout s (lines
+        sent before the close are skipped)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.rfile.readline(4096):
+                pass
+            return True
+        except (socket.timeout, OSError):
+            return False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def cluster_secret(c):
+    with open(c.secret_file, "rb") as f:
+        return f.read().rstrip(b"\n")
+
+
+# ------------------------------------------------------------ sections
+def t_links_come_up():
+    c = new_cluster(3, proxies=True)
+    c.start_all()
+    t = c.wait_links_up(timeout=30)
+    print("measured: all 6 link ends up %.2f s after the last node started" % t)
+    R.check("all links up within 30 s", True)
+    st = {n.node_id: n.status() for n in c.nodes}
+    for n in c.nodes:
+        s = st[n.node_id]
+        R.equal("node %d: peers" % n.node_id, s.get("peers"), 2)
+        R.equal("node %d: peers_up" % n.node_id, s.get("peers_up"), 2)
+        for other in c.nodes:
+            if other is n:
+                continue
+            k = "peer.%d" % other.node_id
+            R.equal("node %d: %s.role" % (n.node_id, k), s.get(k + ".role"),
+                    "connect" if n.node_id < other.node_id else "accept")
+            R.equal("node %d: %s.compress" % (n.node_id, k), s.get(k + ".compress"), "yes")
+            R.equal("node %d: %s.tls" % (n.node_id, k), s.get(k + ".tls"), "no")
+            R.check("node %d: %s.since_ms is a number" % (n.node_id, k),
+                    isinstance(s.get(k + ".since_ms"), int), s)
+    # One TCP connection per pair: only the lower SID's proxy carries one.
+    for (i, j), p in sorted(c.mesh.proxies.items()):
+        R.equal("connections through proxy %d->%d" % (i, j), p.connection_count(),
+                1 if i < j else 0)
+
+
+def t_kill_and_restart(c):
+    victim = c.nodes[2]
+    victim.kill()
+    res = wait_all({n.node_id: (n, 3, not_up) for n in c.nodes[:2]}, timeout=15)
+    for sid, t in res.items():
+        if t is not None:
+            print("measured: node %d reports peer 3 down %.2f s after kill -9" % (sid, t))
+        R.check("node %d reports killed peer 3 down within %.0f s" % (sid, DETECT_LIMIT),
+                t is not None and t < DETECT_LIMIT, t)
+    R.equal("link 1-2 stays up", c.nodes[0].peer_state(2), "up")
+    t0 = time.monotonic()
+    victim.start()
+    t = c.wait_links_up(timeout=30)
+    print("measured: links to the restarted node 3 up %.2f s after start "
+          "(%.2f s after its IMAP port opened)" % (time.monotonic() - t0, t))
+    R.check("restarted node links up again", True)
+    s = c.nodes[0].status()
+    R.equal("node 1 counts 2 link-ups of peer 3", s.get("peer.3.link_ups"), 2)
+
+
+def t_blackhole(c):
+    c.blackhole(1, 2)
+    res = wait_all({"node 1 end": (c.nodes[0], 2, not_up),
+                    "node 2 end": (c.nodes[1], 1, not_up)}, timeout=15)
+    for label, t in res.items():
+        if t is not None:
+            print("measured: silent partition 1-2: %s down after %.2f s" % (label, t))
+        R.check("blackholed link: %s down within %.0f s" % (label, DETECT_LIMIT),
+                t is not None and t < DETECT_LIMIT, t)
+        # Nothing closes a blackholed socket: only the keepalive can have
+        # noticed, so it cannot be much faster than dead timeout - ping.
+        R.check("blackholed link: %s noticed by keepalive, not by a close" % label,
+                t is not None and t >= DEAD_TIMEOUT - 1.5, t)
+    R.equal("link 1-3 unaffected", c.nodes[0].peer_state(3), "up")
+    R.equal("link 2-3 unaffected", c.nodes[1].peer_state(3), "up")
+    log1 = c.nodes[0].log_text()
+    R.check("node 1 log says the peer timed out", "peer 2: link down: peer timed out" in log1,
+            c.nodes[0].log_tail(10))
+    # While blackholed the link stays down (attempts hang, then time out).
+    time.sleep(2)
+    R.check("link stays down while blackholed", not_up(c.nodes[0].peer_state(2)))
+    c.restore(1, 2)
+    t = c.wait_links_up(timeout=30)
+    print("measured: link 1-2 up again %.2f s after restore" % t)
+    R.check("link 1-2 up again after restore", True)
+
+
+def t_cut(c):
+    c.cut(1, 3)
+    res = wait_all({"node 1 end": (c.nodes[0], 3, not_up),
+                    "node 3 end": (c.nodes[2], 1, not_up)}, timeout=15)
+    for label, t in res.items():
+        if t is not None:
+            print("measured: reset link 1-3: %s down after %.2f s" % (label, t))
+        R.check("cut link: %s down within 2 s" % label, t is not None and t < 2.0, t)
+    time.sleep(1)
+    R.check("link stays down while cut", not_up(c.nodes[0].peer_state(3)))
+    c.restore(1, 3)
+    t = c.wait_links_up(timeout=30)
+    print("measured: link 1-3 up again %.2f s after restore" % t)
+    R.check("link 1-3 up again after restore", True)
+    finish_cluster(c)
+
+
+def t_wrong_secret():
+    c = new_cluster(3)
+    bad = os.path.join(c.dir, "other.secret")
+    with open(bad, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    os.chmod(bad, 0o600)
+    c.nodes[2].secret_file = bad
+    c.start_all()
+    c.wait_links_up(timeout=30, nodes=c.nodes[:2])
+    ever_up = set()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5:
+        st = c.links_state()
+        ever_up |= {k for k, v in st.items() if v == "up" and 3 in k}
+        time.sleep(0.2)
+    R.check("node with the wrong secret never up with anyone", not ever_up, ever_up)
+    R.equal("nodes 1-2 still up", c.nodes[0].peer_state(2), "up")
+    n3 = c.nodes[2]
+    refused = count_lines(n3, "refused peer connection from 127.0.0.1")
+    R.check("node 3 logs the refusal: peer failed authentication",
+            count_lines(n3, "peer failed authentication") >= 1, n3.log_tail(10))
+    # Nodes 1 and 2 retry about every 5 s: the same reason is logged once.
+    R.equal("node 3 logs the repeated refusal once", refused, 1)
+    n1 = c.nodes[0]
+    R.check("node 1 logs why: authentication refused by peer",
+            count_lines(n1, "peer 3: authentication refused by peer") >= 1, n1.log_tail(10))
+    R.equal("node 1 logs the repeated failure once",
+            count_lines(n1, "peer 3: authentication refused by peer"), 1)
+    s = n1.status()
+    R.check("node 1 status gives the reason",
+            "authentication" in str(s.get("peer.3.reason")), s.get("peer.3.reason"))
+    finish_cluster(c)
+
+
+def t_secret_file_checks():
+    c = new_cluster(2)
+    n = c.nodes[0]
+    cases = [("missing", None, "No such file"),
+             ("empty", b"", "is empty"),
+             ("too short", b"short\n", "at least 32"),
+             ("world-readable", os.urandom(32).hex().encode(), "accessible by everyone")]
+    for name, content, want in cases:
+        path = os.path.join(c.dir, "secret-" + name.replace(" ", "-"))
+        if content is not None:
+            with open(path, "wb") as f:
+                f.write(content)
+            os.chmod(path, 0o644 if name == "world-readable" else 0o600)
+        n.secret_file = path
+        err = None
+        try:
+            n.start(timeout=15)
+        except RuntimeError as e:
+            err = str(e)
+        if err is None:
+            n.stop()
+        R.check("secret file %s: starlingd refuses to start" % name, err is not None)
+        R.check("secret file %s: the error says %r" % (name, want),
+                err is not None and want in err, (err or "")[-400:])
+    finish_cluster(c)
+
+
+def t_python_peer():
+    # Node 2 accepts from peer 1, which is never started: a Python peer
+    # speaks for SID 1, then for SIDs node 2 does not know.
+    c = new_cluster(2)
+    n2 = c.nodes[1]
+    n2.start()
+    secret = cluster_secret(c)
+
+    p = PyPeer(n2.repl_port, 77, secret)
+    R.equal("HELLO names the node", p.peer_sid, 2)
+    reply = p.auth()
+    R.check("unknown SID 77 with the right secret authenticates", reply.startswith("C1 OK"),
+            reply)
+    R.check("then node 2 closes the link", p.closed_within(5))
+    p.close()
+    R.check("node 2 logs the unknown SID",
+            count_lines(n2, "node 77 is not a configured peer") == 1, n2.log_tail(5))
+
+    p = PyPeer(n2.repl_port, 1, secret)
+    reply = p.auth(secret=b"x" * 64)
+    R.check("wrong secret: NO [AUTHFAILED]", reply.startswith("C1 NO [AUTHFAILED]"), reply)
+    R.check("wrong secret: closed", p.closed_within(5))
+    p.close()
+
+    p = PyPeer(n2.repl_port, 1, secret)
+    reply = p.auth()
+    R.check("SID 1 authenticates", reply.startswith("C1 OK [AUTH "), reply)
+    t, state = wait_state(n2, 1, is_up, 5)
+    R.check("node 2 reports peer 1 up", t is not None, state)
+    R.equal("PING answered", p.command("PING")[-1], "C2 OK PONG")
+    r = p.command("SAVE 1700000000+0100 0 0 0123456789abcdef0123456789abcdef ()")
+    R.check("SAVE (no handler yet): BAD [UNKNOWN-COMMAND]",
+            r[-1].startswith("C3 BAD [UNKNOWN-COMMAND]"), r)
+    r = p.command("FROBNICATE 1")
+    R.check("unknown command: BAD [UNKNOWN-COMMAND]",
+            r[-1].startswith("C4 BAD [UNKNOWN-COMMAND]"), r)
+    R.equal("link survives those answers", p.command("PING")[-1], "C5 OK PONG")
+
+    # SID 1 "restarts": the new connection replaces the old one.
+    q = PyPeer(n2.repl_port, 1, secret)
+    reply = q.auth()
+    R.check("second connection of SID 1 authenticates", reply.startswith("C1 OK"), reply)
+    R.check("the older connection is closed", p.closed_within(5))
+    p.close()
+    R.equal("the new one works", q.command("PING")[-1], "C2 OK PONG")
+    s = n2.status()
+    R.equal("node 2: peer 1 up", s.get("peer.1"), "up")
+    R.equal("node 2: peer 1 came up twice", s.get("peer.1.link_ups"), 2)
+    q.close()
+    t, state = wait_state(n2, 1, not_up, 5)
+    R.check("peer 1 down once the Python peer left", t is not None, state)
+    R.equal("status says down", state, "down")
+    finish_cluster(c)
+
+
+def t_tls():
+    c = new_cluster(3, peer_tls=True, proxies=True)
+    # Node 3 holds a certificate of another CA: nobody may accept it.
+    rogue = TestCA(os.path.join(c.dir, "rogue-ca"), name="Rogue CA")
+    c.nodes[2].tls_cert, c.nodes[2].tls_key = rogue.issue("node3")
+    c.start_all()
+    t = c.wait_links_up(timeout=30, nodes=c.nodes[:2])
+    print("measured: TLS link 1-2 up %.2f s after start" % t)
+    s = c.nodes[0].status()
+    R.equal("link 1-2 runs TLS", s.get("peer.2.tls"), "yes")
+    R.equal("link 1-2 compressed inside TLS", s.get("peer.2.compress"), "yes")
+    s2 = c.nodes[1].status()
+    R.equal("node 2 sees TLS too", s2.get("peer.1.tls"), "yes")
+    ever_up = set()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 4:
+        st = c.links_state()
+        ever_up |= {k for k, v in st.items() if v == "up" and 3 in k}
+        time.sleep(0.2)
+    R.check("node with a certificate of another CA never up", not ever_up, ever_up)
+    logs = c.nodes[0].log_text() + c.nodes[2].log_text()
+    R.check("the logs say the TLS handshake failed", "TLS handshake failed" in logs,
+            c.nodes[0].log_tail(5))
+    # Fix node 3's certificate: the links come up, over TLS.
+    c.nodes[2].stop()
+    c.nodes[2].tls_cert, c.nodes[2].tls_key = c.ca.issue("node3-new")
+    c.nodes[2].start()
+    t = c.wait_links_up(timeout=30)
+    print("measured: TLS links to node 3 up %.2f s after its restart" % t)
+    s3 = c.nodes[2].status()
+    R.check("node 3 links run TLS",
+            s3.get("peer.1.tls") == "yes" and s3.get("peer.2.tls") == "yes", s3)
+    # Keepalive works inside TLS too.
+    c.blackhole(2, 3)
+    res = wait_all({"node 2 end": (c.nodes[1], 3, not_up),
+                    "node 3 end": (c.nodes[2], 2, not_up)}, timeout=15)
+    for label, t in res.items():
+        if t is not None:
+            print("measured: TLS silent partition 2-3: %s down after %.2f s" % (label, t))
+        R.check("TLS blackholed link: %s down within %.0f s" % (label, DETECT_LIMIT),
+                t is not None and t < DETECT_LIMIT, t)
+    c.restore(2, 3)
+    c.wait_links_up(timeout=30)
+    R.check("TLS link 2-3 up again after restore", True)
+    finish_cluster(c)
+
+
+def main():
+    R.section("links come up", t_links_come_up)
+    c = CLUSTERS[0] if CLUSTERS else None
+    for name, func in (("kill -9 and restart", t_kill_and_restart),
+                       ("silent partition (blackhole)", t_blackhole),
+                       ("reset link (cut)", t_cut)):
+        if c is None or not c.nodes[0].running():
+            R.check("%s: cluster running" % name, False)
+            continue
+        R.section(name, func, c)
+    R.section("wrong cluster secret", t_wrong_secret)
+    R.section("secret file checks", t_secret_file_checks)
+    R.section("python peer: unknown SID, commands, replacement", t_python_peer)
+    R.section("TLS between peers", t_tls)
+    for cl in CLUSTERS:
+        cl.close()
+    return R.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

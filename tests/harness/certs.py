@@ -1,0 +1,38 @@
+"""A private CA and certificates signed by it, made at test time with the
+openssl command, for TLS between peers (mutual TLS against tls_ca).
+
+    ca = TestCA(directory)
+    cert, key = ca.issue("node1")
+    ca.cert   # the CA certificate, for tls_ca
+"""
+import os
+
+from harness import proc
+
+CURVE = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+class TestCA:
+    def __init__(self, directory, name="Starling test CA"):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.cert = os.path.join(directory, "ca.pem")
+        self.key = os.path.join(directory, "ca.key")
+        proc.run(["openssl", "req", "-x509"] + CURVE +
+                 ["-keyout", self.key, "-out", self.cert, "-days", "2",
+                  "-subj", "/CN=" + name], timeout=60, check=True)
+        os.chmod(self.key, 0o600)
+
+    def issue(self, cn):
+        """A certificate for cn signed by this CA: (cert_path, key_path)."""
+        key = os.path.join(self.dir, cn + ".key")
+        csr = os.path.join(self.dir, cn + ".csr")
+        cert = os.path.join(self.dir, cn + ".pem")
+        proc.run(["openssl", "req"] + CURVE +
+                 ["-keyout", key, "-out", csr, "-subj", "/CN=" + cn],
+                 timeout=60, check=True)
+        proc.run(["openssl", "x509", "-req", "-in", csr, "-CA", self.cert,
+                  "-CAkey", self.key, "-CAcreateserial", "-out", cert, "-days", "2"],
+                 timeout=60, check=True)
+        os.chmod(key, 0o600)
+        return cert, key
