@@ -1,0 +1,11 @@
+/* Runner of the replicator/ unit tests. */
+#include "tests/replicator/tests.h"
+
+int main(void)
+{
+	static const struct test_suite suites[] = {
+		{ "peer links", repl_peer_cases, repl_peer_suite_init, repl_peer_suite_cleanup },
+		{ NULL, NULL, NULL, NULL },
+	};
+	return test_run_suites("test-replicator", suites);
+}

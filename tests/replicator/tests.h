@@ -1,0 +1,7 @@
+#ifndef TESTS_REPLICATOR_TESTS_H
+#define TESTS_REPLICATOR_TESTS_H
+#include "tests/testutil.h"
+extern const struct test_case repl_peer_cases[];
+int repl_peer_suite_init(void);
+int repl_peer_suite_cleanup(void);
+#endif
