@@ -16,6 +16,21 @@
  * node.  Forwarding of messages to non-neighbours, flooding of link state,
  * retries and timeouts all happen inside, driven by those inputs.
  *
+ * Driving it from the network layer (one node, one loop):
+ *
+ *   node = mm_node_create(&set, clock_mono_ms());
+ *   link handshake done with peer P:   mm_link_up(node, P, now);
+ *   link closed / keepalive timeout:   mm_link_down(node, P, now);
+ *   a line L arrived from P:           if (mm_msg_parse(L, len, &m, &err) == 0)
+ *                                              mm_receive(node, P, &m, now);
+ *   every 100 ms or so:                mm_tick(node, now);
+ *   after each of these:               while (mm_next_output(node, &o))
+ *       MM_OUT_SEND:  mm_msg_write(&o.msg, &line) and send it to o.peer
+ *                     (a message to a peer whose link just died is lost:
+ *                     the protocol retries);
+ *       MM_OUT_EVENT: act on o.event (see enum mm_event_type).
+ *
+ * Messages from a peer must not be passed in before mm_link_up() for it.
  * mailbox-master/PROTOCOL.md specifies the messages, rules and invariants. */
 #ifndef MAILBOX_MASTER_MM_H
 #define MAILBOX_MASTER_MM_H
