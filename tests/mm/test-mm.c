@@ -14,6 +14,7 @@
 
 /* Failover figures, printed at the end. */
 static int64_t fig_root_ms = -1, fig_master_ms = -1, fig_heal_ms = -1;
+static int64_t fig_late_ms = -1, fig_late_master_ms = -1;
 static uint64_t fig_root_steps, fig_master_steps;
 
 static void test_settings(struct mm_settings *set)
@@ -478,6 +479,35 @@ static void test_kill_root_then_master_agree_again(void)
 	CU_ASSERT(m3 != 0 && m3 != m1 && m3 != 1);
 	fig_master_ms = (int64_t)(s.now - t0);
 	fig_master_steps = s.steps - steps0;
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
+/* The same, with the crash noticed by each peer on its own, later (as
+ * keepalive timeouts do): figures include that detection. */
+static void test_root_crash_detected_late_still_converges(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 5, 31, true, &set);
+	sim_watch(&s, G1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(sim_request(&s, 4, G1, 1, 5000) == 4);
+	uint64_t t0 = s.now;
+	sim_crash_late(&s, 1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 10000) >= 0);
+	uint32_t m = sim_ask_all(&s, 2, G1, 10000);
+	CU_ASSERT(m >= 2 && m <= 5);
+	fig_late_ms = (int64_t)(s.now - t0);
+	/* then the master, also noticed late */
+	t0 = s.now;
+	sim_crash_late(&s, (int)m);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 10000) >= 0);
+	uint32_t m2 = sim_ask_all(&s, m == 2 ? 3 : 2, G1, 10000);
+	CU_ASSERT(m2 >= 2 && m2 <= 5 && m2 != m);
+	fig_late_master_ms = (int64_t)(s.now - t0);
 	expect_no_violation(&s);
 	sim_free(&s);
 }
@@ -1042,10 +1072,13 @@ static void test_print_figures(void)
 	printf("\n  failover (5 nodes, 1 ms per delivery, tick %d ms, retry 200 ms):\n"
 	       "    root killed -> agreement on masters: %lld ms, %llu deliveries\n"
 	       "    master killed -> new master agreed:  %lld ms, %llu deliveries\n"
-	       "    partition healed -> one root, one master per granule: %lld ms\n",
+	       "    partition healed -> one root, one master per granule: %lld ms\n"
+	       "    with late detection (1/4 chance per peer per tick): root %lld ms, master %lld ms\n",
 	       SIM_TICK_MS, (long long)fig_root_ms, (unsigned long long)fig_root_steps,
 	       (long long)fig_master_ms, (unsigned long long)fig_master_steps,
-	       (long long)fig_heal_ms);
+	       (long long)fig_heal_ms, (long long)fig_late_ms, (long long)fig_late_master_ms);
+	CU_ASSERT(fig_late_ms >= 0 && fig_late_ms < 10000);
+	CU_ASSERT(fig_late_master_ms >= 0 && fig_late_master_ms < 10000);
 	CU_ASSERT(fig_root_ms >= 0 && fig_root_ms < 10000);
 	CU_ASSERT(fig_master_ms >= 0 && fig_master_ms < 10000);
 	CU_ASSERT(fig_heal_ms >= 0 && fig_heal_ms < 10000);
@@ -1066,6 +1099,7 @@ static const struct test_case cluster_cases[] = {
 	{ "three nodes agree on master", test_three_nodes_agree_on_master },
 	{ "five nodes agree on master", test_five_nodes_agree_on_master },
 	{ "kill root then master, agree again", test_kill_root_then_master_agree_again },
+	{ "root crash detected late still converges", test_root_crash_detected_late_still_converges },
 	{ "partial mesh routes through middle node", test_partial_mesh_routes_through_middle_node },
 	{ "line of five agrees and moves across hops", test_line_of_five_agrees_and_moves_across_hops },
 	{ "partition then heal: one root, one master", test_partition_then_heal_one_root_one_master },
