@@ -162,12 +162,15 @@ static struct peer *peer_find(const struct repl_peers *mgr, uint32_t sid)
 	return NULL;
 }
 
+/* since_ms counts from the last time the link went up or down: the
+ * connecting and authenticating states are steps of being down, and a peer
+ * that stays unreachable should show how long it has been down, not how
+ * long ago the last attempt began. */
 static void peer_set_state(struct peer *peer, enum repl_peer_state state)
 {
-	if (peer->state != state) {
-		peer->state = state;
+	if ((state == REPL_PEER_UP) != (peer->state == REPL_PEER_UP))
 		peer->since_ms = clock_mono_ms();
-	}
+	peer->state = state;
 }
 
 /* Records why the link to peer is not up; logs it at warn level unless it

@@ -100,9 +100,10 @@ void repl_peers_register(struct repl_peers *peers, const char *name,
 /* The configured peers, in configuration order: i in [0, count). */
 size_t repl_peers_count(const struct repl_peers *peers);
 uint32_t repl_peers_sid(const struct repl_peers *peers, size_t i);
-/* The state of peer sid, and since when it is in it (clock_mono_ms()).
- * An unknown sid is REPL_PEER_DOWN with *since_ms_r = 0.  since_ms_r may
- * be NULL. */
+/* The state of peer sid, and since when the link is up, or not up
+ * (clock_mono_ms() of the last change between UP and the other states;
+ * start-up counts as a change).  An unknown sid is REPL_PEER_DOWN with
+ * *since_ms_r = 0.  since_ms_r may be NULL. */
 enum repl_peer_state repl_peers_state(const struct repl_peers *peers, uint32_t sid,
 				      uint64_t *since_ms_r);
 /* The connection of an up peer, or NULL.  Valid until its link_down. */

@@ -214,6 +214,14 @@ def t_kill_and_restart(c):
         R.check("node %d reports killed peer 3 down within %.0f s" % (sid, DETECT_LIMIT),
                 t is not None and t < DETECT_LIMIT, t)
     R.equal("link 1-2 stays up", c.nodes[0].peer_state(2), "up")
+    # Retrying does not reset the clock: since_ms counts from the loss.
+    time.sleep(1.5)
+    s = c.nodes[0].status()
+    R.check("node 1: peer 3 not up while it is dead", s.get("peer.3") != "up", s.get("peer.3"))
+    R.check("node 1: peer.3.since_ms counts from the loss of the link (>= 1500)",
+            isinstance(s.get("peer.3.since_ms"), int) and s["peer.3.since_ms"] >= 1500,
+            s.get("peer.3.since_ms"))
+    R.check("node 1: peer.3.reason is given", bool(s.get("peer.3.reason")), s)
     t0 = time.monotonic()
     victim.start()
     t = c.wait_links_up(timeout=30)
