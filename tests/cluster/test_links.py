@@ -23,6 +23,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness import proc  # noqa: E402
 from harness.certs import TestCA  # noqa: E402
+from harness.linkproxy import LinkProxy  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -177,6 +179,91 @@ def cluster_secret(c):
 
 
 # ------------------------------------------------------------ sections
+def _echo_server():
+    """A thread echoing every connection on a free port; returns the port."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((proc.LOOPBACK, 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+
+    def serve_one(conn):
+        conn.settimeout(60)
+        try:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    break
+                conn.sendall(data)
+        except OSError:
+            pass
+        conn.close()
+
+    def accept_loop():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = srv.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+        srv.close()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+def _recv_within(sock, timeout):
+    """bytes received within timeout; b"" on EOF or reset; None if nothing."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(4096)
+    except socket.timeout:
+        return None
+    except OSError:
+        return b""
+
+
+def t_link_proxy():
+    port = _echo_server()
+    p = LinkProxy(port).start()
+    try:
+        a = socket.create_connection((proc.LOOPBACK, p.port), timeout=5)
+        a.sendall(b"hello")
+        R.equal("pass: bytes go through and back", _recv_within(a, 5), b"hello")
+        p.blackhole()
+        time.sleep(0.2)
+        a.sendall(b"held")
+        R.equal("blackhole: nothing comes back", _recv_within(a, 1.0), None)
+        b = socket.create_connection((proc.LOOPBACK, p.port), timeout=5)
+        b.sendall(b"new")
+        R.equal("blackhole: a new connection gets nothing either", _recv_within(b, 0.5), None)
+        p.restore()
+        R.equal("restore: the held bytes arrive (delayed, not lost)", _recv_within(a, 5),
+                b"held")
+        R.equal("restore: the waiting connection is served", _recv_within(b, 5), b"new")
+        p.cut()
+        R.equal("cut: existing connections are reset at once", _recv_within(a, 2), b"")
+        try:
+            c = socket.create_connection((proc.LOOPBACK, p.port), timeout=5)
+            got = _recv_within(c, 2)
+            c.close()
+        except ConnectionResetError:
+            got = b""  # the reset beat connect() back
+        R.equal("cut: a new connection is reset at once", got, b"")
+        for s in (a, b):
+            s.close()
+        p.restore()
+        d = socket.create_connection((proc.LOOPBACK, p.port), timeout=5)
+        d.sendall(b"again")
+        R.equal("restore after cut: new connections work", _recv_within(d, 5), b"again")
+        d.close()
+    finally:
+        p.close()
+
+
 def t_links_come_up():
     c = new_cluster(3, proxies=True)
     c.start_all()
@@ -440,6 +527,7 @@ def t_tls():
 
 
 def main():
+    R.section("link proxy (no nodes)", t_link_proxy)
     R.section("links come up", t_links_come_up)
     c = CLUSTERS[0] if CLUSTERS else None
     for name, func in (("kill -9 and restart", t_kill_and_restart),

@@ -155,7 +155,7 @@ class LinkProxy:
                     except OSError:
                         pass
                 elif fd == self.listener.fileno():
-                    self._accept(mode)
+                    self._accept()
                 elif fd in fdmap:
                     pair, side = fdmap[fd]
                     self._service(pair, side, ev)
@@ -174,7 +174,7 @@ class LinkProxy:
                 poller.register(sock, mask)
                 fdmap[sock.fileno()] = (p, "client" if sock is p.client else "server")
 
-    def _accept(self, mode):
+    def _accept(self):
         for _ in range(16):
             try:
                 client, _addr = self.listener.accept()
@@ -182,7 +182,12 @@ class LinkProxy:
                 return
             except OSError:
                 return
-            if mode != "pass":
+            # The mode now, not when the poll began: restore() may have
+            # come in between.  (One accepted just as blackhole() began
+            # becomes a pair that the blackhole then leaves unserved.)
+            with self._lock:
+                mode = self.mode
+            if mode == "cut":
                 self.refused += 1
                 _reset(client)
                 continue
