@@ -1,0 +1,37 @@
+/* Shared between the files of sync/: flag lists on the wire, and the limits
+ * of one sync. */
+#ifndef SYNC_SYNC_PRIVATE_H
+#define SYNC_SYNC_PRIVATE_H
+
+#include "sync/sync.h"
+
+#include "lib/buf.h"
+#include "protocol/protocol.h"
+#include "storage/storage.h"
+
+#define SYNC_DEFAULT_STEP_BUDGET 256
+/* UIDs per EXPUNGE or FETCH line, so lines stay far below the line limit. */
+#define SYNC_MAX_UIDS_PER_LINE 1000
+/* Mailboxes and subscriptions in one LIST answer. */
+#define SYNC_MAX_MAILBOXES 100000
+/* UID ranges in one uidset argument. */
+#define SYNC_MAX_RANGES 100000
+
+/* A message's flags as the sync carries them. */
+struct sync_flags {
+	uint32_t flags;
+	stor_string_list keywords; /* malloc()ed strings */
+};
+
+void sync_flags_free(struct sync_flags *f);
+/* Writes "(\Seen kw ...)". */
+void sync_wr_flags(struct proto_wr *w, uint32_t flags, const stor_string_list *keywords);
+/* Parses a flag list; -1 on anything that is not a list of valid flags. */
+int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r);
+/* True when two messages' flags and keywords are equal. */
+bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
+		      const stor_string_list *k2);
+/* Expands a parsed uidset into UIDs (at most max); -1 if larger or bad. */
+int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
+
+#endif

@@ -1,0 +1,1032 @@
+/* The answering end of a sync (SPEC.md 7, 8 and 10): LIST, MBOX, SELECT,
+ * mailbox CREATE/DELETE/RENAME/(UN)SUBSCRIBE, and SYNC-BEGIN ... SYNC-END
+ * with the client's SAVE, STORE and EXPUNGE, then FETCH of texts.
+ *
+ * Between SYNC-BEGIN and SYNC-END the client's changes are only collected
+ * (texts are written to the store at once, unreferenced); SYNC-END merges
+ * them with the server's own changes since the last common modseq and
+ * answers with the EXPUNGE, SAVE, FLAGS and UIDFIX lines that bring the
+ * client to the merged state (see sync_server_merge()). */
+#include "sync/sync-private.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/types.h>
+
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+struct srv_mbox_id {
+	uint32_t id;
+	struct guid guid;
+};
+
+/* A message the client sent with SAVE during a sync. */
+struct srv_save {
+	uint32_t uid;
+	uint64_t modseq;
+	struct guid guid;
+	struct sync_flags f;
+	int64_t date;
+	int tz;
+	/* Filled by the merge. */
+	enum { SAVE_APPEND, SAVE_RENUMBER, SAVE_MERGE, SAVE_DROP } action;
+	uint32_t new_uid;
+};
+
+/* A flag change the client sent with STORE during a sync. */
+struct srv_store {
+	uint32_t uid;
+	uint64_t modseq;
+	struct sync_flags f;
+};
+
+struct sync_server {
+	struct stor_db *db;
+	uint32_t peer;
+	struct sync_transport t;
+	struct proto_parser *parser;
+	struct buf out;
+
+	ARRAY(struct srv_mbox_id) ids;
+	bool selected;
+	struct guid sel;
+
+	bool in_sync;
+	uint64_t last_modseq, client_modseq;
+	uint32_t last_uidnext, client_uidnext;
+	ARRAY(struct srv_save) saves;
+	ARRAY(struct srv_store) stores;
+	stor_uid_list expunges;
+
+	unsigned examined;
+	char *error;
+};
+
+static void srv_flush(struct sync_server *s)
+{
+	if (s->out.len > 0)
+		s->t.send(s->t.ctx, s->out.data, s->out.len);
+	buf_reset(&s->out);
+}
+
+static void srv_reply(struct sync_server *s, const char *tag, const char *status,
+		      const char *code, const char *text)
+{
+	proto_wr_status(&s->out, tag, status, code, text);
+	srv_flush(s);
+}
+
+static int srv_fail(struct sync_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int srv_fail(struct sync_server *s, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[512];
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	free(s->error);
+	s->error = xstrdup(msg);
+	log_warnx("sync server (peer %u): %s", s->peer, msg);
+	return -1;
+}
+
+struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
+				       const struct sync_transport *t)
+{
+	struct sync_server *s = xcalloc(1, sizeof(*s));
+	s->db = db;
+	s->peer = peer_sid;
+	s->t = *t;
+	s->parser = proto_parser_create(NULL);
+	buf_init(&s->out);
+	return s;
+}
+
+static void srv_sync_reset(struct sync_server *s)
+{
+	for (size_t i = 0; i < s->saves.count; i++)
+		sync_flags_free(&s->saves.items[i].f);
+	for (size_t i = 0; i < s->stores.count; i++)
+		sync_flags_free(&s->stores.items[i].f);
+	ARRAY_FREE(&s->saves);
+	ARRAY_FREE(&s->stores);
+	ARRAY_FREE(&s->expunges);
+	s->in_sync = false;
+}
+
+void sync_server_destroy(struct sync_server **sp)
+{
+	struct sync_server *s = *sp;
+	if (s == NULL)
+		return;
+	*sp = NULL;
+	srv_sync_reset(s);
+	ARRAY_FREE(&s->ids);
+	proto_parser_destroy(&s->parser);
+	buf_free(&s->out);
+	free(s->error);
+	free(s);
+}
+
+unsigned sync_server_messages_examined(const struct sync_server *s)
+{
+	return s->examined;
+}
+
+const char *sync_server_error(const struct sync_server *s)
+{
+	return s->error;
+}
+
+/* ---- Mailbox list ---- */
+
+static int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	const char *user, *err;
+	size_t len;
+	stor_mailbox_array mbs;
+	stor_string_list subs;
+	struct proto_wr w;
+	if (cmd->arg_count != 1 || proto_arg_str(&cmd->args[0], &user, &len) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "LIST user");
+		return 0;
+	}
+	if (stor_mailbox_list(s->db, user, &mbs, &err) < 0)
+		return srv_fail(s, "LIST: %s", err);
+	if (stor_subscriptions(s->db, user, &subs, &err) < 0) {
+		stor_mailbox_list_free(&mbs);
+		return srv_fail(s, "LIST: %s", err);
+	}
+	proto_wr_init(&w, &s->out);
+	for (size_t i = 0; i < mbs.count; i++) {
+		const struct stor_mailbox *mb = &mbs.items[i];
+		struct guid digest;
+		memcpy(digest.b, mb->digest, sizeof(digest.b));
+		proto_wr_begin(&w, cmd->tag, "MAILBOX");
+		proto_wr_cstr(&w, mb->name);
+		proto_wr_guid(&w, &mb->guid);
+		proto_wr_u64(&w, mb->uidvalidity);
+		proto_wr_u64(&w, mb->uidnext);
+		proto_wr_u64(&w, mb->highestmodseq);
+		proto_wr_guid(&w, &digest);
+		if (mb->special_use[0] != '\0')
+			proto_wr_atom(&w, mb->special_use);
+		else
+			proto_wr_atom(&w, "NIL");
+		proto_wr_end(&w);
+	}
+	for (size_t i = 0; i < subs.count; i++) {
+		proto_wr_begin(&w, cmd->tag, "SUBSCRIBED");
+		proto_wr_cstr(&w, subs.items[i]);
+		proto_wr_end(&w);
+	}
+	stor_mailbox_list_free(&mbs);
+	stor_string_list_free(&subs);
+	srv_reply(s, cmd->tag, "OK", NULL, "listed");
+	return 0;
+}
+
+static int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	const char *user, *name, *err, *special = NULL;
+	size_t len;
+	struct guid guid;
+	uint32_t uidvalidity;
+	struct stor_mailbox mb;
+	if (cmd->arg_count < 4 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
+	    proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
+	    proto_arg_guid(&cmd->args[2], &guid) < 0 ||
+	    proto_arg_u32(&cmd->args[3], &uidvalidity) < 0 || uidvalidity == 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "CREATE user mailbox guid uidvalidity");
+		return 0;
+	}
+	if (cmd->arg_count == 6 && cmd->args[4].type == PROTO_ARG_ATOM &&
+	    strcasecmp(cmd->args[4].str, "SPECIAL-USE") == 0 &&
+	    cmd->args[5].type == PROTO_ARG_LIST && cmd->args[5].count == 1 &&
+	    cmd->args[5].list[0].type == PROTO_ARG_ATOM && cmd->args[5].list[0].len < 16)
+		special = cmd->args[5].list[0].str;
+	else if (cmd->arg_count != 4) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "bad CREATE option");
+		return 0;
+	}
+	int r = stor_mailbox_get(s->db, user, name, &mb, &err);
+	if (r < 0)
+		return srv_fail(s, "CREATE: %s", err);
+	if (r > 0) {
+		bool same = guid_cmp(&mb.guid, &guid) == 0;
+		char code[64], hex[GUID_HEX_SIZE];
+		guid_to_hex(&mb.guid, hex);
+		snprintf(code, sizeof(code), "ALREADYEXISTS %s", hex);
+		stor_mailbox_free(&mb);
+		if (same)
+			srv_reply(s, cmd->tag, "OK", NULL, "created");
+		else
+			srv_reply(s, cmd->tag, "NO", code, "name has another mailbox");
+		return 0;
+	}
+	struct stor_mailbox_create req = {
+		.user = user, .name = name, .guid = &guid, .uidvalidity = uidvalidity,
+		.special_use = special,
+	};
+	if (stor_mailbox_create(s->db, &req, NULL, &err) < 0) {
+		srv_reply(s, cmd->tag, "NO", NULL, err);
+		return 0;
+	}
+	srv_reply(s, cmd->tag, "OK", NULL, "created");
+	return 0;
+}
+
+static int cmd_delete(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	const char *user, *name, *err;
+	size_t len;
+	struct guid guid;
+	struct stor_mailbox mb;
+	if (cmd->arg_count != 3 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
+	    proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
+	    proto_arg_guid(&cmd->args[2], &guid) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "DELETE user mailbox guid");
+		return 0;
+	}
+	int r = stor_mailbox_get_by_guid(s->db, &guid, &mb, &err);
+	if (r < 0)
+		return srv_fail(s, "DELETE: %s", err);
+	if (r > 0) {
+		bool mine = strcmp(mb.user, user) == 0;
+		stor_mailbox_free(&mb);
+		if (!mine) {
+			srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "another user's mailbox");
+			return 0;
+		}
+		if (stor_mailbox_delete(s->db, &guid, &err) < 0)
+			return srv_fail(s, "DELETE: %s", err);
+	}
+	srv_reply(s, cmd->tag, "OK", NULL, "deleted");
+	return 0;
+}
+
+static int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	const char *user, *old, *new_name, *err;
+	size_t len;
+	struct guid guid;
+	struct stor_mailbox mb;
+	if (cmd->arg_count != 4 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
+	    proto_arg_str(&cmd->args[1], &old, &len) < 0 ||
+	    proto_arg_str(&cmd->args[2], &new_name, &len) < 0 ||
+	    proto_arg_guid(&cmd->args[3], &guid) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "RENAME user old new guid");
+		return 0;
+	}
+	int r = stor_mailbox_get(s->db, user, new_name, &mb, &err);
+	if (r < 0)
+		return srv_fail(s, "RENAME: %s", err);
+	if (r > 0) {
+		bool same = guid_cmp(&mb.guid, &guid) == 0;
+		char code[64], hex[GUID_HEX_SIZE];
+		guid_to_hex(&mb.guid, hex);
+		snprintf(code, sizeof(code), "ALREADYEXISTS %s", hex);
+		stor_mailbox_free(&mb);
+		if (same)
+			srv_reply(s, cmd->tag, "OK", NULL, "renamed");
+		else
+			srv_reply(s, cmd->tag, "NO", code, "new name has another mailbox");
+		return 0;
+	}
+	r = stor_mailbox_get_by_guid(s->db, &guid, &mb, &err);
+	if (r < 0)
+		return srv_fail(s, "RENAME: %s", err);
+	if (r == 0 || strcmp(mb.user, user) != 0) {
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "no such mailbox");
+		return 0;
+	}
+	stor_mailbox_free(&mb);
+	if (stor_mailbox_rename(s->db, &guid, new_name, &err) < 0) {
+		srv_reply(s, cmd->tag, "NO", NULL, err);
+		return 0;
+	}
+	srv_reply(s, cmd->tag, "OK", NULL, "renamed");
+	return 0;
+}
+
+static int cmd_subscribe(struct sync_server *s, const struct proto_cmd *cmd, bool subscribe)
+{
+	const char *user, *name, *err;
+	size_t len;
+	if (cmd->arg_count != 2 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
+	    proto_arg_str(&cmd->args[1], &name, &len) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SUBSCRIBE user mailbox");
+		return 0;
+	}
+	if (stor_subscribe(s->db, user, name, subscribe, &err) < 0) {
+		srv_reply(s, cmd->tag, "NO", NULL, err);
+		return 0;
+	}
+	srv_reply(s, cmd->tag, "OK", NULL, subscribe ? "subscribed" : "unsubscribed");
+	return 0;
+}
+
+/* ---- Mailbox binding ---- */
+
+static int cmd_mbox(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	const char *user, *name, *err;
+	size_t len;
+	uint32_t id, uidvalidity;
+	struct guid guid;
+	struct stor_mailbox mb;
+	if (cmd->arg_count != 5 || proto_arg_u32(&cmd->args[0], &id) < 0 || id == 0 ||
+	    proto_arg_str(&cmd->args[1], &user, &len) < 0 ||
+	    proto_arg_str(&cmd->args[2], &name, &len) < 0 ||
+	    proto_arg_u32(&cmd->args[3], &uidvalidity) < 0 ||
+	    proto_arg_guid(&cmd->args[4], &guid) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "MBOX id user mailbox uidvalidity guid");
+		return 0;
+	}
+	int r = stor_mailbox_get_by_guid(s->db, &guid, &mb, &err);
+	if (r < 0)
+		return srv_fail(s, "MBOX: %s", err);
+	if (r == 0 || strcmp(mb.user, user) != 0) {
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "no such mailbox");
+		return 0;
+	}
+	char code[256];
+	if (mb.uidvalidity != uidvalidity) {
+		snprintf(code, sizeof(code), "UIDVALIDITY %u", mb.uidvalidity);
+		stor_mailbox_free(&mb);
+		srv_reply(s, cmd->tag, "NO", code, "UIDVALIDITY differs");
+		return 0;
+	}
+	size_t i;
+	for (i = 0; i < s->ids.count && s->ids.items[i].id != id; i++)
+		;
+	if (i == s->ids.count) {
+		struct srv_mbox_id e = { .id = id, .guid = guid };
+		ARRAY_PUSH(&s->ids, e);
+	} else {
+		s->ids.items[i].guid = guid;
+	}
+	snprintf(code, sizeof(code), "UIDNEXT %u HIGHESTMODSEQ %" PRIu64, mb.uidnext,
+		 mb.highestmodseq);
+	stor_mailbox_free(&mb);
+	srv_reply(s, cmd->tag, "OK", code, "bound");
+	return 0;
+}
+
+static int cmd_select(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	uint32_t id;
+	if (cmd->arg_count != 1 || proto_arg_u32(&cmd->args[0], &id) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SELECT id");
+		return 0;
+	}
+	srv_sync_reset(s);
+	s->selected = false;
+	for (size_t i = 0; i < s->ids.count; i++) {
+		if (s->ids.items[i].id == id) {
+			s->selected = true;
+			s->sel = s->ids.items[i].guid;
+		}
+	}
+	if (s->selected)
+		srv_reply(s, cmd->tag, "OK", NULL, "selected");
+	else
+		srv_reply(s, cmd->tag, "NO", "NOMBOX", "unknown mailbox id");
+	return 0;
+}
+
+/* ---- The client's changes ---- */
+
+static int cmd_sync_begin(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	uint64_t lm, cm;
+	uint32_t lu, cu;
+	if (cmd->arg_count < 4 || cmd->arg_count > 5 ||
+	    proto_arg_u64(&cmd->args[0], INT64_MAX, &lm) < 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &cm) < 0 ||
+	    proto_arg_u32(&cmd->args[2], &lu) < 0 || lu == 0 ||
+	    proto_arg_u32(&cmd->args[3], &cu) < 0 || cu == 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SYNC-BEGIN lm cm lu cu");
+		return 0;
+	}
+	srv_sync_reset(s);
+	s->in_sync = true;
+	s->last_modseq = lm;
+	s->client_modseq = cm;
+	s->last_uidnext = lu;
+	s->client_uidnext = cu;
+	srv_reply(s, cmd->tag, "OK", NULL, "begin");
+	return 0;
+}
+
+static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	struct srv_save sv;
+	int64_t date;
+	int tz;
+	const char *err;
+	memset(&sv, 0, sizeof(sv));
+	if (cmd->arg_count != 6 || proto_arg_date(&cmd->args[0], &date, &tz) < 0 ||
+	    proto_arg_u32(&cmd->args[1], &sv.uid) < 0 || sv.uid == 0 ||
+	    proto_arg_u64(&cmd->args[2], INT64_MAX, &sv.modseq) < 0 ||
+	    proto_arg_guid(&cmd->args[3], &sv.guid) < 0 || guid_is_zero(&sv.guid) ||
+	    sync_arg_flags(&cmd->args[4], &sv.f) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
+		return 0;
+	}
+	sv.date = date;
+	sv.tz = tz;
+	const struct proto_arg *text = &cmd->args[5];
+	if (text->type == PROTO_ARG_ATOM && strcmp(text->str, "NIL") == 0) {
+		int r = stor_text_exists(s->db, &sv.guid, NULL, &err);
+		if (r < 0) {
+			sync_flags_free(&sv.f);
+			return srv_fail(s, "SAVE: %s", err);
+		}
+		if (r == 0) {
+			sync_flags_free(&sv.f);
+			srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "text unknown, send it");
+			return 0;
+		}
+	} else if (text->type == PROTO_ARG_LITERAL) {
+		struct stor_text_writer *tw = stor_text_begin(s->db, &sv.guid);
+		if (stor_text_write(tw, text->str, text->len, &err) < 0) {
+			stor_text_abort(&tw);
+			sync_flags_free(&sv.f);
+			srv_reply(s, cmd->tag, "NO", "TOOBIG", err);
+			return 0;
+		}
+		if (stor_text_finish(&tw, &err) < 0) {
+			sync_flags_free(&sv.f);
+			srv_reply(s, cmd->tag, "NO", NULL, err);
+			return 0;
+		}
+	} else {
+		sync_flags_free(&sv.f);
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE text must be a literal or NIL");
+		return 0;
+	}
+	ARRAY_PUSH(&s->saves, sv);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+}
+
+/* In a sync the client sends each changed message's whole state:
+ * STORE <uid> <modseq> <flags> (\*). */
+static int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	struct srv_store st;
+	memset(&st, 0, sizeof(st));
+	if (cmd->arg_count != 4 || cmd->args[0].type != PROTO_ARG_ATOM ||
+	    proto_arg_u32(&cmd->args[0], &st.uid) < 0 || st.uid == 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &st.modseq) < 0 ||
+	    cmd->args[3].type != PROTO_ARG_LIST || cmd->args[3].count != 1 ||
+	    cmd->args[3].list[0].type != PROTO_ARG_ATOM ||
+	    strcmp(cmd->args[3].list[0].str, "\\*") != 0 ||
+	    sync_arg_flags(&cmd->args[2], &st.f) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*)");
+		return 0;
+	}
+	ARRAY_PUSH(&s->stores, st);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+}
+
+static int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	stor_uid_list uids;
+	uint64_t modseq;
+	if (cmd->arg_count != 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0)
+		goto bad;
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0) {
+		ARRAY_FREE(&uids);
+		goto bad;
+	}
+	for (size_t i = 0; i < uids.count; i++)
+		ARRAY_PUSH(&s->expunges, uids.items[i]);
+	ARRAY_FREE(&uids);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+bad:
+	srv_reply(s, cmd->tag, "BAD", "ARGS", "EXPUNGE uidset modseq");
+	return 0;
+}
+
+/* ---- The merge ---- */
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int cmp_save(const void *a, const void *b)
+{
+	return cmp_u32(&((const struct srv_save *)a)->uid, &((const struct srv_save *)b)->uid);
+}
+
+static ssize_t find_msg(const stor_msg_list *l, uint32_t uid)
+{
+	size_t lo = 0, hi = l->count;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (l->items[mid].uid == uid)
+			return (ssize_t)mid;
+		if (l->items[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+static ssize_t find_tomb(const stor_tombstone_list *l, uint32_t uid)
+{
+	size_t lo = 0, hi = l->count;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (l->items[mid].uid == uid)
+			return (ssize_t)mid;
+		if (l->items[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+static bool uid_in(const stor_uid_list *l, uint32_t uid)
+{
+	/* l is sorted. */
+	return l->count > 0 && bsearch(&uid, l->items, l->count, sizeof(uint32_t), cmp_u32) != NULL;
+}
+
+static void uids_sort_unique(stor_uid_list *l)
+{
+	if (l->count == 0)
+		return;
+	qsort(l->items, l->count, sizeof(uint32_t), cmp_u32);
+	size_t n = 1;
+	for (size_t i = 1; i < l->count; i++) {
+		if (l->items[i] != l->items[n - 1])
+			l->items[n++] = l->items[i];
+	}
+	l->count = n;
+}
+
+static int set_flags(struct sync_server *s, uint32_t uid, uint32_t flags,
+		     const stor_string_list *kws, uint64_t modseq, const char **error_r)
+{
+	struct stor_store req = {
+		.op = STOR_FLAGS_REPLACE, .flags = flags,
+		.keywords = (const char *const *)kws->items, .keyword_count = kws->count,
+		.modseq = modseq,
+	};
+	return stor_msg_store(s->db, &s->sel, &uid, 1, &req, NULL, NULL, error_r);
+}
+
+static void wr_uid_lines(struct sync_server *s, const char *tag, const char *name,
+			 const stor_uid_list *uids, uint64_t modseq)
+{
+	struct proto_wr w;
+	proto_wr_init(&w, &s->out);
+	for (size_t i = 0; i < uids->count; i += SYNC_MAX_UIDS_PER_LINE) {
+		size_t n = uids->count - i;
+		if (n > SYNC_MAX_UIDS_PER_LINE)
+			n = SYNC_MAX_UIDS_PER_LINE;
+		proto_wr_begin(&w, tag, name);
+		proto_wr_uidset(&w, uids->items + i, n);
+		proto_wr_u64(&w, modseq);
+		proto_wr_end(&w);
+	}
+}
+
+/* Merges the client's held changes with ours and answers SYNC-END.
+ *
+ * L, M: the last common UIDNEXT and modseq; cu, cm and su, sm: the client's
+ * and our current ones.  N = max(cm, sm) + 1 is the modseq of everything the
+ * merge touches, on both sides, so that an IMAP client of either node that
+ * saw HIGHESTMODSEQ cm or sm learns every change (QRESYNC).  UIDs in
+ * [L, min(cu, su)) used on both sides for different messages are conflicts:
+ * our messages there, then the client's, move to new UIDs from max(cu, su). */
+static int sync_server_merge(struct sync_server *s, const char *tag)
+{
+	const char *err;
+	struct stor_mailbox mb;
+	stor_msg_list smsgs;
+	stor_tombstone_list stombs;
+	stor_uid_list sr = ARRAY_INIT, exp_client = ARRAY_INIT, flags_client = ARRAY_INIT,
+		      save_client = ARRAY_INIT, cexp_low = ARRAY_INIT;
+	bool *handled = NULL;
+	int ret = -1;
+
+	int r = stor_mailbox_get_by_guid(s->db, &s->sel, &mb, &err);
+	if (r <= 0)
+		return r < 0 ? srv_fail(s, "SYNC-END: %s", err) : (srv_reply(s, tag, "NO", "NONEXISTENT", "mailbox is gone"), 0);
+	uint64_t M = s->last_modseq, cm = s->client_modseq, sm = mb.highestmodseq;
+	uint32_t L = s->last_uidnext, cu = s->client_uidnext, su = mb.uidnext;
+	uint64_t base = cm > sm ? cm : sm;
+	uint64_t N = base + 1;
+	stor_mailbox_free(&mb);
+	if (stor_changes_since(s->db, &s->sel, M, &smsgs, &stombs, &err) < 0)
+		return srv_fail(s, "SYNC-END: %s", err);
+	s->examined += (unsigned)(smsgs.count + stombs.count);
+	handled = xcalloc(smsgs.count + 1, sizeof(bool));
+
+	if (s->saves.count > 0)
+		qsort(s->saves.items, s->saves.count, sizeof(struct srv_save), cmp_save);
+	uids_sort_unique(&s->expunges);
+	for (size_t i = 0; i < s->expunges.count; i++) {
+		if (s->expunges.items[i] < L)
+			ARRAY_PUSH(&cexp_low, s->expunges.items[i]);
+	}
+
+	/* Classify the client's new messages. */
+	for (size_t i = 0; i < s->saves.count; i++) {
+		struct srv_save *cs = &s->saves.items[i];
+		ssize_t si = find_msg(&smsgs, cs->uid);
+		struct stor_msg other;
+		bool have_other = false;
+		if (si < 0 && cs->uid < L) {
+			r = stor_msg_get(s->db, &s->sel, cs->uid, &other, &err);
+			if (r < 0)
+				goto storage_error;
+			have_other = r > 0;
+		}
+		const struct stor_msg *sme = si >= 0 ? &smsgs.items[si] : have_other ? &other : NULL;
+		ssize_t ti = find_tomb(&stombs, cs->uid);
+		cs->action = SAVE_APPEND;
+		if (sme != NULL) {
+			if (guid_cmp(&sme->guid, &cs->guid) == 0) {
+				cs->action = SAVE_MERGE;
+			} else {
+				ARRAY_PUSH(&sr, cs->uid);
+				cs->action = SAVE_RENUMBER;
+			}
+			if (si >= 0)
+				handled[si] = true;
+		} else if (ti >= 0) {
+			if (guid_cmp(&stombs.items[ti].guid, &cs->guid) == 0) {
+				/* We expunged it: the expunge wins. */
+				cs->action = SAVE_DROP;
+				ARRAY_PUSH(&exp_client, cs->uid);
+			} else {
+				cs->action = SAVE_RENUMBER;
+			}
+		} else {
+			uint32_t at;
+			r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, &err);
+			if (r < 0)
+				goto storage_error;
+			if (r > 0) {
+				/* The same message under another UID here: the
+				 * client drops its copy and takes ours. */
+				cs->action = SAVE_DROP;
+				ARRAY_PUSH(&exp_client, cs->uid);
+				ARRAY_PUSH(&save_client, at);
+				ssize_t oi = find_msg(&smsgs, at);
+				if (oi >= 0)
+					handled[oi] = true;
+			}
+		}
+		if (have_other)
+			stor_msg_free(&other);
+	}
+	/* The client's tombstones in the new range mark UIDs it used. */
+	for (size_t i = 0; i < s->expunges.count; i++) {
+		uint32_t u = s->expunges.items[i];
+		ssize_t si = u >= L ? find_msg(&smsgs, u) : -1;
+		if (si >= 0 && !handled[si]) {
+			ARRAY_PUSH(&sr, u);
+			handled[si] = true;
+		}
+	}
+	uids_sort_unique(&sr);
+
+	/* New UIDs: ours first, then the client's. */
+	uint32_t next = cu > su ? cu : su;
+	stor_uid_list sr_new = ARRAY_INIT;
+	for (size_t i = 0; i < sr.count; i++)
+		ARRAY_PUSH(&sr_new, next++);
+	for (size_t i = 0; i < s->saves.count; i++) {
+		if (s->saves.items[i].action == SAVE_RENUMBER)
+			s->saves.items[i].new_uid = next++;
+	}
+
+	bool touched = false;
+	for (size_t i = 0; i < sr.count; i++) {
+		if (stor_msg_renumber(s->db, &s->sel, sr.items[i], sr_new.items[i], N, &err) < 0) {
+			ARRAY_FREE(&sr_new);
+			goto storage_error;
+		}
+		ARRAY_PUSH(&save_client, sr_new.items[i]);
+		touched = true;
+	}
+	ARRAY_FREE(&sr_new);
+	if (cexp_low.count > 0) {
+		stor_uid_list done = ARRAY_INIT;
+		if (stor_msg_expunge(s->db, &s->sel, cexp_low.items, cexp_low.count, N, &done, &err) < 0)
+			goto storage_error;
+		if (done.count > 0)
+			touched = true;
+		ARRAY_FREE(&done);
+	}
+	for (size_t i = 0; i < s->saves.count; i++) {
+		struct srv_save *cs = &s->saves.items[i];
+		if (cs->action == SAVE_DROP)
+			continue;
+		if (cs->action == SAVE_MERGE) {
+			struct stor_msg cur;
+			r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, &err);
+			if (r < 0)
+				goto storage_error;
+			if (r == 0)
+				continue;
+			bool same = cur.modseq == cs->modseq &&
+				sync_flags_equal(cur.flags, &cur.keywords, cs->f.flags, &cs->f.keywords);
+			if (!same) {
+				bool client_wins = cs->modseq > cur.modseq;
+				r = client_wins ?
+					set_flags(s, cs->uid, cs->f.flags, &cs->f.keywords, N, &err) :
+					set_flags(s, cs->uid, cur.flags, &cur.keywords, N, &err);
+				ARRAY_PUSH(&flags_client, cs->uid);
+				touched = true;
+			}
+			stor_msg_free(&cur);
+			if (r < 0)
+				goto storage_error;
+			continue;
+		}
+		struct stor_append req = {
+			.uid = cs->action == SAVE_RENUMBER ? cs->new_uid : cs->uid,
+			.modseq = N, .guid = &cs->guid, .flags = cs->f.flags,
+			.keywords = (const char *const *)cs->f.keywords.items,
+			.keyword_count = cs->f.keywords.count,
+			.internaldate = cs->date, .internaldate_tz = cs->tz,
+		};
+		if (stor_msg_append(s->db, &s->sel, &req, NULL, NULL, &err) < 0)
+			goto storage_error;
+		if (cs->action == SAVE_APPEND)
+			ARRAY_PUSH(&flags_client, cs->uid);
+		touched = true;
+	}
+	for (size_t i = 0; i < s->stores.count; i++) {
+		struct srv_store *st = &s->stores.items[i];
+		struct stor_msg cur;
+		if (uid_in(&cexp_low, st->uid))
+			continue;
+		r = stor_msg_get(s->db, &s->sel, st->uid, &cur, &err);
+		if (r < 0)
+			goto storage_error;
+		if (r == 0)
+			continue; /* expunged here: the EXPUNGE line tells the client */
+		bool server_wins = cur.modseq > M && cur.modseq >= st->modseq;
+		r = server_wins ? set_flags(s, st->uid, cur.flags, &cur.keywords, N, &err) :
+			set_flags(s, st->uid, st->f.flags, &st->f.keywords, N, &err);
+		stor_msg_free(&cur);
+		if (r < 0)
+			goto storage_error;
+		ssize_t si = find_msg(&smsgs, st->uid);
+		if (si >= 0)
+			handled[si] = true;
+		ARRAY_PUSH(&flags_client, st->uid);
+		touched = true;
+	}
+	/* Our own changes the client has not seen. */
+	for (size_t i = 0; i < smsgs.count; i++) {
+		const struct stor_msg *m = &smsgs.items[i];
+		if (handled[i] || uid_in(&cexp_low, m->uid))
+			continue;
+		if (set_flags(s, m->uid, m->flags, &m->keywords, N, &err) < 0)
+			goto storage_error;
+		if (m->uid < L)
+			ARRAY_PUSH(&flags_client, m->uid);
+		else
+			ARRAY_PUSH(&save_client, m->uid);
+		touched = true;
+	}
+	for (size_t i = 0; i < stombs.count; i++) {
+		const struct stor_tombstone *t = &stombs.items[i];
+		if (t->uid < L && !uid_in(&cexp_low, t->uid))
+			ARRAY_PUSH(&exp_client, t->uid);
+	}
+	uids_sort_unique(&exp_client);
+	uids_sort_unique(&save_client);
+	uids_sort_unique(&flags_client);
+	if (exp_client.count > 0)
+		touched = true;
+	uint64_t final_modseq = touched ? N : base;
+	if (stor_mailbox_raise(s->db, &s->sel, next, final_modseq, &err) < 0)
+		goto storage_error;
+	if (stor_mailbox_get_by_guid(s->db, &s->sel, &mb, &err) <= 0)
+		goto storage_error;
+	uint32_t final_uidnext = mb.uidnext;
+	final_modseq = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+
+	/* The answer, in the SPEC's order. */
+	struct proto_wr w;
+	proto_wr_init(&w, &s->out);
+	wr_uid_lines(s, tag, "EXPUNGE", &exp_client, N);
+	srv_flush(s);
+	for (size_t i = 0; i < save_client.count; i++) {
+		struct stor_msg m;
+		r = stor_msg_get(s->db, &s->sel, save_client.items[i], &m, &err);
+		if (r < 0)
+			goto storage_error;
+		if (r == 0)
+			continue;
+		proto_wr_begin(&w, tag, "SAVE");
+		proto_wr_date(&w, m.internaldate, m.internaldate_tz);
+		proto_wr_u64(&w, m.uid);
+		proto_wr_u64(&w, m.modseq);
+		proto_wr_guid(&w, &m.guid);
+		sync_wr_flags(&w, m.flags, &m.keywords);
+		proto_wr_atom(&w, "NIL");
+		proto_wr_end(&w);
+		stor_msg_free(&m);
+		srv_flush(s);
+	}
+	for (size_t i = 0; i < flags_client.count; i++) {
+		struct stor_msg m;
+		r = stor_msg_get(s->db, &s->sel, flags_client.items[i], &m, &err);
+		if (r < 0)
+			goto storage_error;
+		if (r == 0)
+			continue;
+		proto_wr_begin(&w, tag, "FLAGS");
+		proto_wr_u64(&w, m.uid);
+		proto_wr_u64(&w, m.modseq);
+		sync_wr_flags(&w, m.flags, &m.keywords);
+		proto_wr_end(&w);
+		stor_msg_free(&m);
+		srv_flush(s);
+	}
+	stor_uid_list fix_old = ARRAY_INIT, fix_new = ARRAY_INIT;
+	for (size_t i = 0; i < s->saves.count; i++) {
+		if (s->saves.items[i].action == SAVE_RENUMBER) {
+			ARRAY_PUSH(&fix_old, s->saves.items[i].uid);
+			ARRAY_PUSH(&fix_new, s->saves.items[i].new_uid);
+		}
+	}
+	for (size_t i = 0; i < fix_old.count; i += SYNC_MAX_UIDS_PER_LINE) {
+		size_t n = fix_old.count - i;
+		if (n > SYNC_MAX_UIDS_PER_LINE)
+			n = SYNC_MAX_UIDS_PER_LINE;
+		proto_wr_begin(&w, tag, "UIDFIX");
+		proto_wr_uidset(&w, fix_old.items + i, n);
+		proto_wr_uidset(&w, fix_new.items + i, n);
+		proto_wr_end(&w);
+	}
+	ARRAY_FREE(&fix_old);
+	ARRAY_FREE(&fix_new);
+	char code[128];
+	snprintf(code, sizeof(code), "UIDNEXT %u HIGHESTMODSEQ %" PRIu64, final_uidnext,
+		 final_modseq);
+	srv_reply(s, tag, "OK", code, "synced");
+	ret = 0;
+	goto cleanup;
+storage_error:
+	ret = srv_fail(s, "SYNC-END: %s", err);
+cleanup:
+	free(handled);
+	stor_msg_list_free(&smsgs);
+	ARRAY_FREE(&stombs);
+	ARRAY_FREE(&sr);
+	ARRAY_FREE(&exp_client);
+	ARRAY_FREE(&flags_client);
+	ARRAY_FREE(&save_client);
+	ARRAY_FREE(&cexp_low);
+	srv_sync_reset(s);
+	return ret;
+}
+
+static int cmd_fetch(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	stor_uid_list uids, missing = ARRAY_INIT;
+	const char *err;
+	struct proto_wr w;
+	if (cmd->arg_count != 1 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "FETCH uidset");
+		return 0;
+	}
+	proto_wr_init(&w, &s->out);
+	struct buf text = BUF_INIT;
+	int ret = 0;
+	for (size_t i = 0; i < uids.count && ret == 0; i++) {
+		struct stor_msg m;
+		int r = stor_msg_get(s->db, &s->sel, uids.items[i], &m, &err);
+		if (r > 0) {
+			buf_reset(&text);
+			r = stor_text_read(s->db, &m.guid, 0, m.size, &text, &err);
+			if (r == 0) {
+				proto_wr_begin(&w, cmd->tag, "TEXT");
+				proto_wr_u64(&w, m.uid);
+				proto_wr_guid(&w, &m.guid);
+				proto_wr_literal(&w, text.data, text.len);
+				proto_wr_end(&w);
+				srv_flush(s);
+			} else {
+				/* A text lost here: reported missing, not fatal. */
+				ARRAY_PUSH(&missing, uids.items[i]);
+				r = 0;
+			}
+			stor_msg_free(&m);
+		} else if (r == 0) {
+			ARRAY_PUSH(&missing, uids.items[i]);
+		}
+		if (r < 0)
+			ret = srv_fail(s, "FETCH: %s", err);
+	}
+	buf_free(&text);
+	if (ret == 0) {
+		if (missing.count > 0) {
+			struct buf code = BUF_INIT;
+			struct proto_wr cw;
+			proto_wr_init(&cw, &code);
+			buf_append_str(&code, "MISSING ");
+			proto_wr_uidset(&cw, missing.items, missing.count);
+			buf_append_byte(&code, '\0');
+			srv_reply(s, cmd->tag, "OK", (const char *)code.data, "fetched");
+			buf_free(&code);
+		} else {
+			srv_reply(s, cmd->tag, "OK", NULL, "fetched");
+		}
+	}
+	ARRAY_FREE(&missing);
+	ARRAY_FREE(&uids);
+	return ret;
+}
+
+int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	if (proto_cmd_is_status(cmd) || strcmp(cmd->tag, "*") == 0)
+		return 0; /* nothing of ours is pending */
+	if (proto_cmd_is(cmd, "LIST"))
+		return cmd_list(s, cmd);
+	if (proto_cmd_is(cmd, "CREATE"))
+		return cmd_create(s, cmd);
+	if (proto_cmd_is(cmd, "DELETE"))
+		return cmd_delete(s, cmd);
+	if (proto_cmd_is(cmd, "RENAME"))
+		return cmd_rename(s, cmd);
+	if (proto_cmd_is(cmd, "SUBSCRIBE"))
+		return cmd_subscribe(s, cmd, true);
+	if (proto_cmd_is(cmd, "UNSUBSCRIBE"))
+		return cmd_subscribe(s, cmd, false);
+	if (proto_cmd_is(cmd, "MBOX"))
+		return cmd_mbox(s, cmd);
+	if (proto_cmd_is(cmd, "SELECT"))
+		return cmd_select(s, cmd);
+	if (!s->selected) {
+		srv_reply(s, cmd->tag, "BAD", "NOSELECT", "no mailbox selected");
+		return 0;
+	}
+	if (proto_cmd_is(cmd, "SYNC-BEGIN"))
+		return cmd_sync_begin(s, cmd);
+	if (proto_cmd_is(cmd, "FETCH"))
+		return cmd_fetch(s, cmd);
+	if (!s->in_sync) {
+		srv_reply(s, cmd->tag, "BAD", "PROTOCOL", "not in a sync");
+		return 0;
+	}
+	if (proto_cmd_is(cmd, "SAVE"))
+		return cmd_save(s, cmd);
+	if (proto_cmd_is(cmd, "STORE"))
+		return cmd_store(s, cmd);
+	if (proto_cmd_is(cmd, "EXPUNGE"))
+		return cmd_expunge(s, cmd);
+	if (proto_cmd_is(cmd, "SYNC-END"))
+		return sync_server_merge(s, cmd->tag);
+	srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");
+	return 0;
+}
+
+int sync_server_feed(struct sync_server *s, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	while (len > 0) {
+		size_t used;
+		const struct proto_cmd *cmd;
+		int r = proto_parser_parse(s->parser, p, len, &used, &cmd);
+		if (r < 0) {
+			const char *code, *text;
+			proto_parser_get_error(s->parser, &code, &text);
+			return srv_fail(s, "parse error: %s", text);
+		}
+		p += used;
+		len -= used;
+		if (r == 1 && sync_server_input(s, cmd) < 0)
+			return -1;
+	}
+	return 0;
+}

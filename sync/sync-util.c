@@ -1,0 +1,107 @@
+/* Flag lists and UID sets as the sync commands carry them. */
+#include "sync/sync-private.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lib/xalloc.h"
+
+void sync_flags_free(struct sync_flags *f)
+{
+	for (size_t i = 0; i < f->keywords.count; i++)
+		free(f->keywords.items[i]);
+	ARRAY_FREE(&f->keywords);
+	f->flags = 0;
+}
+
+void sync_wr_flags(struct proto_wr *w, uint32_t flags, const stor_string_list *keywords)
+{
+	proto_wr_list_begin(w);
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
+		if ((flags & bit) != 0)
+			proto_wr_atom(w, stor_flag_name((enum stor_flag)bit));
+	}
+	for (size_t i = 0; keywords != NULL && i < keywords->count; i++)
+		proto_wr_atom(w, keywords->items[i]);
+	proto_wr_list_end(w);
+}
+
+static int flag_from_name(const char *s, uint32_t *bit_r)
+{
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
+		if (strcasecmp(s, stor_flag_name((enum stor_flag)bit)) == 0) {
+			*bit_r = bit;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r)
+{
+	memset(f_r, 0, sizeof(*f_r));
+	if (a->type != PROTO_ARG_LIST || a->count > STOR_MAX_KEYWORDS + 5)
+		return -1;
+	for (size_t i = 0; i < a->count; i++) {
+		const struct proto_arg *e = &a->list[i];
+		uint32_t bit;
+		if (e->type != PROTO_ARG_ATOM)
+			goto fail;
+		if (e->str[0] == '\\') {
+			if (flag_from_name(e->str, &bit) < 0)
+				goto fail;
+			f_r->flags |= bit;
+			continue;
+		}
+		if (e->len > STOR_MAX_KEYWORD_LEN || f_r->keywords.count >= STOR_MAX_KEYWORDS)
+			goto fail;
+		ARRAY_PUSH(&f_r->keywords, xstrdup(e->str));
+	}
+	return 0;
+fail:
+	sync_flags_free(f_r);
+	return -1;
+}
+
+bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
+		      const stor_string_list *k2)
+{
+	if (f1 != f2 || k1->count != k2->count)
+		return false;
+	/* Keywords are sorted and unique in the store; compare as sets all
+	 * the same, since a peer's order is not ours. */
+	for (size_t i = 0; i < k1->count; i++) {
+		bool found = false;
+		for (size_t j = 0; j < k2->count && !found; j++)
+			found = strcasecmp(k1->items[i], k2->items[j]) == 0;
+		if (!found)
+			return false;
+	}
+	return true;
+}
+
+int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r)
+{
+	struct proto_uid_range *ranges;
+	size_t count;
+	uids_r->items = NULL;
+	uids_r->count = uids_r->cap = 0;
+	if (proto_arg_uidset(a, UINT32_MAX, SYNC_MAX_RANGES, &ranges, &count) < 0)
+		return -1;
+	size_t total = 0;
+	for (size_t i = 0; i < count; i++) {
+		total += (size_t)ranges[i].hi - ranges[i].lo + 1;
+		if (total > max) {
+			free(ranges);
+			return -1;
+		}
+	}
+	ARRAY_RESERVE(uids_r, total);
+	for (size_t i = 0; i < count; i++) {
+		for (uint64_t u = ranges[i].lo; u <= ranges[i].hi; u++)
+			uids_r->items[uids_r->count++] = (uint32_t)u;
+	}
+	free(ranges);
+	return 0;
+}

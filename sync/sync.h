@@ -1,0 +1,129 @@
+/* Mailbox synchronisation (SPEC.md section 10): brings one user's mail on two
+ * nodes to the same state after they were apart, without losing or
+ * duplicating a message and without ever letting one UID name two messages.
+ *
+ * A sync has two ends.  The client (the link's initiator, or the node where
+ * `starling resync` runs) drives it: it lists the server's mailboxes, merges
+ * the mailbox lists and subscriptions, then syncs every mailbox whose state
+ * differs with SYNC-BEGIN ... SYNC-END.  The server answers commands.  The
+ * client keeps, per peer and mailbox, the last seen state of the server's copy
+ * (stor_sync_state_*), and per peer and user the last common mailbox list
+ * (stor_meta "sync.list.<peer>.<user>").
+ *
+ * The engine knows nothing of sockets.  Both ends write whole protocol lines
+ * (exactly the SPEC's wire text, made with proto_wr_*) through a
+ * struct sync_transport, and are fed the peer's lines either parsed
+ * (sync_*_input, for a caller that already runs a proto_parser, such as a
+ * peer link) or as raw bytes in any split (sync_*_feed).  sync_pipe joins a
+ * client and a server in one process with no sockets (tests, local repair).
+ *
+ * The client never blocks: sync_client_step() does a bounded amount of work
+ * and says whether to call it again, to wait for the peer's lines, or that
+ * the sync finished.  The server does the work of one command per input call
+ * (SYNC-END merges one mailbox in one call). */
+#ifndef SYNC_SYNC_H
+#define SYNC_SYNC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct stor_db;
+struct proto_cmd;
+
+/* Where an end's output goes.  send() queues len bytes (one or more whole
+ * lines) for the peer; it must not call back into the engine. */
+struct sync_transport {
+	void (*send)(void *ctx, const void *data, size_t len);
+	void *ctx;
+};
+
+struct sync_settings {
+	uint32_t peer_sid;     /* key of the per-peer state (the server's SID) */
+	const char *user;      /* the user to sync, copied */
+	bool full;             /* compare every message of every mailbox */
+	unsigned step_budget;  /* messages handled per step; 0 = 256 */
+};
+
+/* What a sync did, for logs and `starling resync`.  Counts are from the
+ * client's point of view: "sent" went to the server, "fetched" came back. */
+struct sync_report {
+	unsigned mailboxes_checked;   /* mailboxes compared */
+	unsigned mailboxes_synced;    /* mailboxes that needed SYNC-BEGIN */
+	unsigned mailboxes_full;      /* of those, compared message by message */
+	unsigned mailboxes_created;   /* on either side */
+	unsigned mailboxes_renamed;
+	unsigned mailboxes_deleted;
+	unsigned subscriptions_changed;
+	unsigned messages_examined;   /* client messages and tombstones looked at */
+	unsigned messages_sent;       /* SAVEs the server took from us */
+	unsigned texts_sent;          /* of those, with their text */
+	unsigned messages_received;   /* SAVE lines applied here */
+	unsigned texts_fetched;       /* texts that came with FETCH */
+	unsigned messages_renumbered; /* UIDFIX here plus server-side renumbers */
+	unsigned messages_expunged;   /* expunged here or on the server */
+	unsigned flags_changed;       /* FLAGS lines applied here plus STOREs sent */
+};
+
+enum sync_step_result {
+	SYNC_STEP_AGAIN,  /* more work: call sync_client_step() again */
+	SYNC_STEP_WAIT,   /* waiting for the peer's lines */
+	SYNC_STEP_DONE,   /* finished: both sides hold the same state */
+	SYNC_STEP_ERROR,  /* failed: see sync_client_error(); destroy it */
+};
+
+struct sync_client;
+
+/* A sync of set->user against the peer set->peer_sid.  Nothing is sent
+ * until the first step. */
+struct sync_client *sync_client_create(struct stor_db *db, const struct sync_settings *set,
+				       const struct sync_transport *t);
+void sync_client_destroy(struct sync_client **cp);
+enum sync_step_result sync_client_step(struct sync_client *c);
+/* A line from the server (a data line or the completion of one of our
+ * commands).  Returns 0, or -1 when the line is wrong (the sync has then
+ * failed: the next step returns SYNC_STEP_ERROR). */
+int sync_client_input(struct sync_client *c, const struct proto_cmd *line);
+/* Raw bytes from the server, in any split. */
+int sync_client_feed(struct sync_client *c, const void *data, size_t len);
+const struct sync_report *sync_client_report(const struct sync_client *c);
+/* The reason of the failure (valid while c lives), or NULL. */
+const char *sync_client_error(const struct sync_client *c);
+
+struct sync_server;
+
+/* The answering end of syncs on one link from the peer peer_sid. */
+struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
+				       const struct sync_transport *t);
+void sync_server_destroy(struct sync_server **sp);
+/* Handles one command from the client and sends its answer.  Returns 0, or
+ * -1 when the link must close (the storage failed or the peer broke the
+ * protocol badly); bad arguments only get BAD and return 0. */
+int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd);
+/* Raw bytes from the client, in any split. */
+int sync_server_feed(struct sync_server *s, const void *data, size_t len);
+/* Messages the server looked at (for tests of the no-change cost). */
+unsigned sync_server_messages_examined(const struct sync_server *s);
+const char *sync_server_error(const struct sync_server *s);
+
+/* ---- In-memory transport ---- */
+
+struct sync_pipe;
+
+/* Joins a client and a server: bytes each end sends are fed to the other in
+ * pseudo-random splits of 1..max_chunk bytes (0 = everything at once),
+ * drawn from seed. */
+struct sync_pipe *sync_pipe_create(uint32_t seed, size_t max_chunk);
+void sync_pipe_destroy(struct sync_pipe **pp);
+/* The transports to give the client and the server. */
+const struct sync_transport *sync_pipe_client_transport(struct sync_pipe *p);
+const struct sync_transport *sync_pipe_server_transport(struct sync_pipe *p);
+/* Runs the client to the end, moving bytes both ways; at most max_steps
+ * steps.  Returns the last step result (SYNC_STEP_WAIT if the steps ran
+ * out or nothing moved while the client waited). */
+enum sync_step_result sync_pipe_run(struct sync_pipe *p, struct sync_client *c,
+				    struct sync_server *s, unsigned max_steps);
+/* Bytes carried so far in each direction. */
+void sync_pipe_bytes(const struct sync_pipe *p, uint64_t *to_server_r, uint64_t *to_client_r);
+
+#endif
