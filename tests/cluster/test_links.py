@@ -10,7 +10,8 @@ within the dead timeout, a reset link at once, and both heal on restore; a
 node with the wrong cluster secret or a certificate from another CA never
 comes up and the logs say why; a peer with an unknown SID is refused; TLS
 between peers with certificates made now by openssl; a second connection
-from the same peer replaces the first; commands nobody handles get
+from the same peer replaces the first; five nodes split 2|3 silently and
+healed; commands nobody handles get
 BAD [UNKNOWN-COMMAND].  A small Python peer speaks the handshake of SPEC.md
 2-3 by itself for the checks that need a misbehaving peer.
 
@@ -526,6 +527,47 @@ def t_tls():
     finish_cluster(c)
 
 
+def t_five_nodes_partition():
+    c = new_cluster(5, proxies=True)
+    c.start_all()
+    t = c.wait_links_up(timeout=40)
+    print("measured: 5 nodes, all 20 link ends up %.2f s after the last start" % t)
+    for (i, j), p in sorted(c.mesh.proxies.items()):
+        if p.connection_count() != (1 if i < j else 0):
+            R.check("one connection per pair (proxy %d->%d)" % (i, j), False,
+                    p.connection_count())
+            break
+    else:
+        R.check("one connection per pair among 5 nodes", True)
+    # Split {1, 2} from {3, 4, 5} silently.
+    for i in (1, 2):
+        for j in (3, 4, 5):
+            c.blackhole(i, j)
+    checks = {}
+    for i in (1, 2):
+        for j in (3, 4, 5):
+            checks["%d->%d" % (i, j)] = (c.nodes[i - 1], j, not_up)
+            checks["%d->%d" % (j, i)] = (c.nodes[j - 1], i, not_up)
+    res = wait_all(checks, timeout=15)
+    worst = max((v for v in res.values() if v is not None), default=None)
+    R.check("every cut link end down within %.0f s" % DETECT_LIMIT,
+            all(v is not None and v < DETECT_LIMIT for v in res.values()), res)
+    if worst is not None:
+        print("measured: partition {1,2}|{3,4,5}: slowest of 12 link ends down after %.2f s"
+              % worst)
+    st = c.links_state()
+    inside = [(a, b) for (a, b) in st if ({a, b} <= {1, 2} or {a, b} <= {3, 4, 5})]
+    R.check("links inside each side stay up", all(st[k] == "up" for k in inside),
+            {k: st[k] for k in inside})
+    for i in (1, 2):
+        for j in (3, 4, 5):
+            c.restore(i, j)
+    t = c.wait_links_up(timeout=40)
+    print("measured: partition healed, all links up %.2f s after restore" % t)
+    R.check("all links up after the partition heals", True)
+    finish_cluster(c)
+
+
 def main():
     R.section("link proxy (no nodes)", t_link_proxy)
     R.section("links come up", t_links_come_up)
@@ -541,6 +583,7 @@ def main():
     R.section("secret file checks", t_secret_file_checks)
     R.section("python peer: unknown SID, commands, replacement", t_python_peer)
     R.section("TLS between peers", t_tls)
+    R.section("five nodes: partition and heal", t_five_nodes_partition)
     for cl in CLUSTERS:
         cl.close()
     return R.summary()
