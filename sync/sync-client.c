@@ -141,6 +141,12 @@ struct sync_client {
 	uint64_t final_modseq;
 	size_t apply_pos;
 	unsigned apply_stage;
+	/* Found while applying SAVE lines at UIDs where we hold a tombstone:
+	 * our expunges of the same message, and conflicts moved to fresh UIDs
+	 * (old, new), both sent to the server in a second, short sync. */
+	stor_uid_list late_exp, late_old, late_new;
+	uint32_t late_next;
+	unsigned late_rounds;
 };
 
 static void cl_flush(struct sync_client *c)
@@ -236,6 +242,9 @@ static void answer_free(struct sync_client *c)
 	memset(&c->msgs, 0, sizeof(c->msgs));
 	ARRAY_FREE(&c->tombs);
 	ARRAY_FREE(&c->resend);
+	ARRAY_FREE(&c->late_exp);
+	ARRAY_FREE(&c->late_old);
+	ARRAY_FREE(&c->late_new);
 	if (c->have_cur)
 		stor_mailbox_free(&c->cur);
 	c->have_cur = false;
@@ -1018,6 +1027,78 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 	return cl_fail(c, "SYNC-END: unexpected data line %s", line->name);
 }
 
+static const struct stor_tombstone *tomb_by_uid(const stor_tombstone_list *l, uint32_t uid)
+{
+	size_t lo = 0, hi = l->count;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (l->items[mid].uid == uid)
+			return &l->items[mid];
+		if (l->items[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* The second, short sync after an answer that named UIDs we hold
+ * tombstones for: EXPUNGE of our expunged copies, UIDFIX of the server's
+ * messages that we had to place at fresh UIDs. */
+static int send_late(struct sync_client *c)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	struct proto_wr w;
+	int r = stor_mailbox_get_by_guid(c->db, &c->cur.guid, &mb, &err);
+	if (r <= 0)
+		return cl_fail(c, "mailbox vanished: %s", r < 0 ? err : "");
+	c->M = c->final_modseq;
+	c->L = c->final_uidnext;
+	c->cu = mb.uidnext;
+	c->cm = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	stor_uid_list exp = c->late_exp, fo = c->late_old, fn = c->late_new;
+	memset(&c->late_exp, 0, sizeof(c->late_exp));
+	memset(&c->late_old, 0, sizeof(c->late_old));
+	memset(&c->late_new, 0, sizeof(c->late_new));
+	for (size_t i = 0; i < c->saves.count; i++)
+		sync_flags_free(&c->saves.items[i].f);
+	for (size_t i = 0; i < c->flags.count; i++)
+		sync_flags_free(&c->flags.items[i].f);
+	c->saves.count = c->flags.count = 0;
+	c->exp_uids.count = c->fix_old.count = c->fix_new.count = 0;
+	c->tombs.count = 0;
+	c->resend.count = 0;
+	stor_msg_list_free(&c->msgs);
+	memset(&c->msgs, 0, sizeof(c->msgs));
+	cl_new_group(c);
+	cl_cmd_begin(c, &w, "SYNC-BEGIN", K_BEGIN, 0);
+	proto_wr_u64(&w, c->M);
+	proto_wr_u64(&w, c->cm);
+	proto_wr_u64(&w, c->L);
+	proto_wr_u64(&w, c->cu);
+	cl_cmd_end(c, &w);
+	for (size_t i = 0; i < exp.count; i += SYNC_MAX_UIDS_PER_LINE) {
+		size_t k = exp.count - i < SYNC_MAX_UIDS_PER_LINE ? exp.count - i : SYNC_MAX_UIDS_PER_LINE;
+		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
+		proto_wr_uidset(&w, exp.items + i, k);
+		proto_wr_u64(&w, 0);
+		cl_cmd_end(c, &w);
+	}
+	for (size_t i = 0; i < fo.count; i += SYNC_MAX_UIDS_PER_LINE) {
+		size_t k = fo.count - i < SYNC_MAX_UIDS_PER_LINE ? fo.count - i : SYNC_MAX_UIDS_PER_LINE;
+		cl_cmd_begin(c, &w, "UIDFIX", K_OTHER, 0);
+		proto_wr_uidset(&w, fo.items + i, k);
+		proto_wr_uidset(&w, fn.items + i, k);
+		cl_cmd_end(c, &w);
+	}
+	ARRAY_FREE(&exp);
+	ARRAY_FREE(&fo);
+	ARRAY_FREE(&fn);
+	return 0;
+}
+
 /* Applies the server's answer, up to budget operations per call; 1 when
  * done. */
 static int apply_some(struct sync_client *c)
@@ -1051,17 +1132,33 @@ static int apply_some(struct sync_client *c)
 		c->apply_pos = 0;
 	}
 	if (c->apply_stage == 2) {
+		if (c->apply_pos == 0)
+			c->late_next = c->final_uidnext;
 		for (; c->apply_pos < c->saves.count && n < c->budget; c->apply_pos++, n++) {
 			const struct cl_save *sv = &c->saves.items[c->apply_pos];
+			uint32_t uid = sv->uid;
+			const struct stor_tombstone *t = tomb_by_uid(&c->tombs, uid);
+			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0) {
+				/* We expunged this very message: the expunge wins. */
+				ARRAY_PUSH(&c->late_exp, uid);
+				continue;
+			}
+			if (t != NULL) {
+				/* The UID named another message here: it moves. */
+				uid = c->late_next++;
+				ARRAY_PUSH(&c->late_old, sv->uid);
+				ARRAY_PUSH(&c->late_new, uid);
+				c->report.messages_renumbered++;
+			}
 			struct stor_append req = {
-				.uid = sv->uid, .modseq = sv->modseq, .guid = &sv->guid,
+				.uid = uid, .modseq = sv->modseq, .guid = &sv->guid,
 				.flags = sv->f.flags,
 				.keywords = (const char *const *)sv->f.keywords.items,
 				.keyword_count = sv->f.keywords.count,
 				.internaldate = sv->date, .internaldate_tz = sv->tz,
 			};
 			if (stor_msg_append(c->db, mbg, &req, NULL, NULL, &err) < 0)
-				return cl_fail(c, "storing UID %u: %s", sv->uid, err);
+				return cl_fail(c, "storing UID %u: %s", uid, err);
 			c->report.messages_received++;
 		}
 		if (c->apply_pos < c->saves.count)
@@ -1087,6 +1184,8 @@ static int apply_some(struct sync_client *c)
 	}
 	if (stor_mailbox_raise(c->db, mbg, c->final_uidnext, c->final_modseq, &err) < 0)
 		return cl_fail(c, "%s", err);
+	if (c->late_exp.count > 0 || c->late_old.count > 0)
+		return 3;
 	struct stor_mailbox mb;
 	int r = stor_mailbox_get_by_guid(c->db, mbg, &mb, &err);
 	if (r <= 0)
@@ -1305,6 +1404,17 @@ enum sync_step_result sync_client_step(struct sync_client *c)
 			return SYNC_STEP_ERROR;
 		if (r == 0)
 			return SYNC_STEP_AGAIN;
+		if (r == 3) {
+			if (++c->late_rounds > 3) {
+				cl_fail(c, "mailbox %s does not converge", c->cur.name);
+				return SYNC_STEP_ERROR;
+			}
+			if (send_late(c) < 0)
+				return SYNC_STEP_ERROR;
+			c->phase = PH_SEND_WAIT;
+			return SYNC_STEP_WAIT;
+		}
+		c->late_rounds = 0;
 		if (r == 2) {
 			/* Changed meanwhile: sync this mailbox once more. */
 			if (++c->job_tries > 3) {

@@ -62,6 +62,7 @@ struct sync_server {
 	ARRAY(struct srv_save) saves;
 	ARRAY(struct srv_store) stores;
 	stor_uid_list expunges;
+	stor_uid_list fix_old, fix_new;
 
 	unsigned examined;
 	char *error;
@@ -116,6 +117,8 @@ static void srv_sync_reset(struct sync_server *s)
 	ARRAY_FREE(&s->saves);
 	ARRAY_FREE(&s->stores);
 	ARRAY_FREE(&s->expunges);
+	ARRAY_FREE(&s->fix_old);
+	ARRAY_FREE(&s->fix_new);
 	s->in_sync = false;
 }
 
@@ -521,6 +524,30 @@ bad:
 	return 0;
 }
 
+/* In a sync: UIDFIX <old-uidset> <new-uidset>, held until SYNC-END. */
+static int cmd_uidfix(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	stor_uid_list o, n;
+	if (cmd->arg_count != 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &o) < 0)
+		goto bad;
+	if (sync_arg_uids(&cmd->args[1], SYNC_MAX_UIDS_PER_LINE * 4, &n) < 0 || n.count != o.count) {
+		ARRAY_FREE(&o);
+		ARRAY_FREE(&n);
+		goto bad;
+	}
+	for (size_t i = 0; i < o.count; i++) {
+		ARRAY_PUSH(&s->fix_old, o.items[i]);
+		ARRAY_PUSH(&s->fix_new, n.items[i]);
+	}
+	ARRAY_FREE(&o);
+	ARRAY_FREE(&n);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+bad:
+	srv_reply(s, cmd->tag, "BAD", "ARGS", "UIDFIX old-uidset new-uidset");
+	return 0;
+}
+
 /* ---- The merge ---- */
 
 static int cmp_u32(const void *a, const void *b)
@@ -637,6 +664,15 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 	uint64_t base = cm > sm ? cm : sm;
 	uint64_t N = base + 1;
 	stor_mailbox_free(&mb);
+	for (size_t i = 0; i < s->fix_old.count; i++) {
+		if (stor_msg_renumber(s->db, &s->sel, s->fix_old.items[i], s->fix_new.items[i], N,
+				      &err) < 0) {
+			srv_sync_reset(s);
+			return srv_fail(s, "UIDFIX %u -> %u: %s", s->fix_old.items[i],
+					s->fix_new.items[i], err);
+		}
+	}
+	bool touched = s->fix_old.count > 0;
 	if (stor_changes_since(s->db, &s->sel, M, &smsgs, &stombs, &err) < 0)
 		return srv_fail(s, "SYNC-END: %s", err);
 	s->examined += (unsigned)(smsgs.count + stombs.count);
@@ -701,15 +737,12 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 		if (have_other)
 			stor_msg_free(&other);
 	}
-	/* The client's tombstones in the new range mark UIDs it used. */
-	for (size_t i = 0; i < s->expunges.count; i++) {
-		uint32_t u = s->expunges.items[i];
-		ssize_t si = u >= L ? find_msg(&smsgs, u) : -1;
-		if (si >= 0 && !handled[si]) {
-			ARRAY_PUSH(&sr, u);
-			handled[si] = true;
-		}
-	}
+	/* A client tombstone where we hold a message is not judged here: the
+	 * tombstone's GUID is not sent, and it often names our very message
+	 * (replicated after the last sync, expunged since).  Our message goes
+	 * to the client as a SAVE line; the client answers in a second sync
+	 * with EXPUNGE (same GUID: its expunge wins) or UIDFIX (another
+	 * message, moved to a fresh UID on both sides). */
 	uids_sort_unique(&sr);
 
 	/* New UIDs: ours first, then the client's. */
@@ -722,7 +755,6 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 			s->saves.items[i].new_uid = next++;
 	}
 
-	bool touched = false;
 	for (size_t i = 0; i < sr.count; i++) {
 		if (stor_msg_renumber(s->db, &s->sel, sr.items[i], sr_new.items[i], N, &err) < 0) {
 			ARRAY_FREE(&sr_new);
@@ -1005,6 +1037,8 @@ int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
 		return cmd_store(s, cmd);
 	if (proto_cmd_is(cmd, "EXPUNGE"))
 		return cmd_expunge(s, cmd);
+	if (proto_cmd_is(cmd, "UIDFIX"))
+		return cmd_uidfix(s, cmd);
 	if (proto_cmd_is(cmd, "SYNC-END"))
 		return sync_server_merge(s, cmd->tag);
 	srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");

@@ -319,6 +319,76 @@ static void test_sync_both_append_renumbers_conflicts(void)
 	node_close(&b);
 }
 
+/* SPEC.md 10.3's worked example, scaled down: common UIDs 1..3; the
+ * server then saved 4 and 5; the client saved 4..8 and expunged 5..7. */
+static void test_sync_spec_example_uids(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&a, &b, false, 23);
+	struct guid s4, s5, c4, c8;
+	CU_ASSERT_EQUAL(append(&b, &mb, "server 4\r\n", 0, &s4), 4);
+	CU_ASSERT_EQUAL(append(&b, &mb, "server 5\r\n", 0, &s5), 5);
+	CU_ASSERT_EQUAL(append(&a, &mb, "client 4\r\n", 0, &c4), 4);
+	for (uint32_t u = 5; u <= 7; u++)
+		CU_ASSERT_EQUAL(append(&a, &mb, "gone\r\n", 0, NULL), u);
+	CU_ASSERT_EQUAL(append(&a, &mb, "client 8\r\n", STOR_FLAG_SEEN, &c8), 8);
+	for (uint32_t u = 5; u <= 7; u++)
+		expunge(&a, &mb, u);
+	run_sync(&a, &b, false, 24);
+	CU_ASSERT(dumps_equal(&a, &b));
+	uint32_t uid;
+	/* 4 was used on both sides: the server's moves to 9, the client's to
+	 * 10 (UIDFIX).  The server's 5 meets the client's tombstone of another
+	 * message: the client places it at 11 and tells the server (UIDFIX in
+	 * a second sync).  The client's 8 keeps its UID. */
+	CU_ASSERT(has_guid(&a, &mb, &s4, &uid));
+	CU_ASSERT_EQUAL(uid, 9);
+	CU_ASSERT(has_guid(&b, &mb, &c4, &uid));
+	CU_ASSERT_EQUAL(uid, 10);
+	CU_ASSERT(has_guid(&a, &mb, &s5, &uid));
+	CU_ASSERT_EQUAL(uid, 11);
+	CU_ASSERT(has_guid(&b, &mb, &s5, &uid));
+	CU_ASSERT_EQUAL(uid, 11);
+	CU_ASSERT(has_guid(&b, &mb, &c8, &uid));
+	CU_ASSERT_EQUAL(uid, 8);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	CU_ASSERT_EQUAL(x.uidnext, 12);
+	stor_mailbox_free(&x);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* No common history (first sync, a full compare): UID 1 was used and
+ * expunged on the client, and names another message on the server. */
+static void test_sync_first_sync_moves_message_at_client_tombstone(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	struct guid y;
+	append(&a, &mb, "x\r\n", 0, NULL);
+	expunge(&a, &mb, 1);
+	append(&b, &mb, "y\r\n", 0, &y);
+	struct sync_run r = run_sync(&a, &b, false, 25);
+	CU_ASSERT(dumps_equal(&a, &b));
+	uint32_t ua, ub;
+	CU_ASSERT(has_guid(&a, &mb, &y, &ua));
+	CU_ASSERT(has_guid(&b, &mb, &y, &ub));
+	CU_ASSERT_EQUAL(ua, ub);
+	CU_ASSERT(ua > 1);
+	CU_ASSERT_EQUAL(r.report.messages_renumbered, 1);
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	node_close(&a);
+	node_close(&b);
+}
+
 static void test_sync_flag_conflict_higher_modseq_wins(void)
 {
 	struct node a, b;
@@ -554,6 +624,7 @@ static void test_sync_restored_backup_is_repaired(void)
 	node_open_dir(&b);
 	for (int i = 0; i < 5; i++)
 		append(&a, &mb, "late\r\n", STOR_FLAG_SEEN, NULL);
+	expunge(&a, &mb, 1);
 	run_sync(&a, &b, false, 102);
 	CU_ASSERT(dumps_equal(&a, &b));
 	stor_close(&b.db);
@@ -566,7 +637,10 @@ static void test_sync_restored_backup_is_repaired(void)
 	struct sync_run r = run_sync(&a, &b, false, 103);
 	CU_ASSERT(dumps_equal(&a, &b));
 	CU_ASSERT_EQUAL(r.report.mailboxes_full, 1);
-	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 10);
+	/* The restored copy still had message 1, which A expunged since: the
+	 * expunge wins, the message does not come back. */
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 9);
+	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 9);
 	check_mailbox(&b, &mb);
 	node_close(&a);
 	node_close(&b);
@@ -650,7 +724,7 @@ static void random_ops(struct node *n, const struct guid *mb, struct expect *e, 
 
 static void test_sync_random_operations_converge(void)
 {
-	for (uint32_t seed = 1; seed <= 6; seed++) {
+	for (uint32_t seed = 1; seed <= 24; seed++) {
 		struct node a, b;
 		struct expect e;
 		memset(&e, 0, sizeof(e));
@@ -658,12 +732,12 @@ static void test_sync_random_operations_converge(void)
 		node_open(&a, SID_A);
 		node_open(&b, SID_B);
 		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-		for (unsigned round = 0; round < 6; round++) {
+		for (unsigned round = 0; round < 8; round++) {
 			random_ops(&a, &mb, &e, rnd() % 12);
 			random_ops(&b, &mb, &e, rnd() % 12);
 			/* Either node may drive. */
 			bool a_drives = round % 2 == 0 || seed % 2 == 0;
-			run_sync(a_drives ? &a : &b, a_drives ? &b : &a, round == 5 && seed == 3,
+			run_sync(a_drives ? &a : &b, a_drives ? &b : &a, round == 5 && seed % 5 == 0,
 				 seed * 100 + round);
 			CU_ASSERT(dumps_equal(&a, &b));
 			CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), e.alive.count);
@@ -681,6 +755,9 @@ static void test_sync_random_operations_converge(void)
 static const struct test_case sync_cases[] = {
 	{ "empty to full copies everything", test_sync_empty_to_full_copies_everything },
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
+	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
+	{ "first sync: message at a client tombstone moves",
+	  test_sync_first_sync_moves_message_at_client_tombstone },
 	{ "flag conflict: higher modseq wins", test_sync_flag_conflict_higher_modseq_wins },
 	{ "expunge beats a flag change", test_sync_expunge_beats_flag_change },
 	{ "same name, different GUIDs: both kept",
