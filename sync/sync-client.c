@@ -1150,6 +1150,26 @@ static int apply_some(struct sync_client *c)
 				ARRAY_PUSH(&c->late_new, uid);
 				c->report.messages_renumbered++;
 			}
+			struct stor_msg have;
+			int hr = stor_msg_get(c->db, mbg, uid, &have, &err);
+			if (hr < 0)
+				return cl_fail(c, "%s", err);
+			if (hr > 0) {
+				bool same = guid_cmp(&have.guid, &sv->guid) == 0;
+				stor_msg_free(&have);
+				if (!same)
+					return cl_fail(c, "SAVE line for UID %u, which holds another "
+						       "message here", uid);
+				/* Already here: take the line's state and modseq. */
+				struct stor_store sreq = {
+					.op = STOR_FLAGS_REPLACE, .flags = sv->f.flags,
+					.keywords = (const char *const *)sv->f.keywords.items,
+					.keyword_count = sv->f.keywords.count, .modseq = sv->modseq,
+				};
+				if (stor_msg_store(c->db, mbg, &uid, 1, &sreq, NULL, NULL, &err) < 0)
+					return cl_fail(c, "FLAGS %u: %s", uid, err);
+				continue;
+			}
 			struct stor_append req = {
 				.uid = uid, .modseq = sv->modseq, .guid = &sv->guid,
 				.flags = sv->f.flags,
