@@ -47,6 +47,13 @@
 #define REFUSAL_SLOTS 16
 #define REFUSAL_LOG_INTERVAL_MS 60000
 #define REASON_MAX 200
+/* A peer given by host name is resolved again (blocking the loop, so
+ * rarely) only after this many failed attempts and this long since the
+ * last resolution.  Addresses are never resolved again. */
+#define RESOLVE_AFTER_FAILURES 3
+#define RESOLVE_INTERVAL_MS 30000
+/* Addresses of a name kept and tried in turn, one per attempt. */
+#define MAX_ADDRS 4
 
 struct link;
 
@@ -55,6 +62,11 @@ struct peer {
 	uint32_t sid;
 	const char *host;  /* borrowed from the config */
 	uint16_t port;
+	struct sockaddr_storage sa[MAX_ADDRS]; /* resolved addresses */
+	socklen_t sa_len[MAX_ADDRS];
+	unsigned n_sa, cur_sa; /* n_sa 0: not resolved yet */
+	bool numeric;      /* host is an address, not a name */
+	uint64_t resolved_ms;
 	bool we_connect;   /* our SID is the lower one */
 	enum repl_peer_state state;
 	uint64_t since_ms;
@@ -438,6 +450,7 @@ static struct link *link_create(struct repl_peers *mgr, int fd, struct peer *pee
 static void peer_connect_failed(struct peer *peer, const char *what, int err)
 {
 	struct repl_peers *mgr = peer->mgr;
+	peer->cur_sa++; /* the next address of a name, if it has several */
 	ev_io_stop(mgr->loop, &peer->connect_io);
 	if (peer->connect_fd >= 0) {
 		close(peer->connect_fd);
@@ -483,40 +496,67 @@ static void connect_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 	peer_connected(peer);
 }
 
-/* Starts a non-blocking connect to the peer's address. */
-static void peer_connect(struct peer *peer)
+/* Resolves the peer's host into peer->sa (a name may have several
+ * addresses, e.g. ::1 and 127.0.0.1 for localhost: the attempts go through
+ * them in turn).  Returns 0, or -1 with the reason recorded and the old
+ * addresses kept. */
+static int peer_resolve(struct peer *peer)
 {
-	struct repl_peers *mgr = peer->mgr;
 	struct addrinfo hints, *res = NULL;
 	char port[8];
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
+	hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;
 	snprintf(port, sizeof(port), "%u", peer->port);
 	int gai = getaddrinfo(peer->host, port, &hints, &res);
-	if (gai != 0 || res == NULL) {
-		peer_set_state(peer, REPL_PEER_CONNECTING);
+	peer->numeric = gai == 0;
+	if (gai != 0) {
+		hints.ai_flags = AI_NUMERICSERV;
+		gai = getaddrinfo(peer->host, port, &hints, &res);
+	}
+	peer->resolved_ms = clock_mono_ms();
+	unsigned n = 0;
+	for (struct addrinfo *ai = gai == 0 ? res : NULL; ai != NULL && n < MAX_ADDRS;
+	     ai = ai->ai_next) {
+		if (ai->ai_addrlen > sizeof(peer->sa[0]))
+			continue;
+		memcpy(&peer->sa[n], ai->ai_addr, ai->ai_addrlen);
+		peer->sa_len[n] = ai->ai_addrlen;
+		n++;
+	}
+	if (res != NULL)
+		freeaddrinfo(res);
+	if (n == 0) {
 		peer_failure(peer, "cannot resolve %s: %s", peer->host,
-			     gai != 0 ? gai_strerror(gai) : "no address");
-		if (res != NULL)
-			freeaddrinfo(res);
+			     gai != 0 ? gai_strerror(gai) : "no usable address");
+		return -1;
+	}
+	peer->n_sa = n;
+	peer->cur_sa = 0;
+	return 0;
+}
+
+/* Starts a non-blocking connect to the peer's address. */
+static void peer_connect(struct peer *peer)
+{
+	struct repl_peers *mgr = peer->mgr;
+	peer_set_state(peer, REPL_PEER_CONNECTING);
+	bool stale = !peer->numeric && peer->failures >= RESOLVE_AFTER_FAILURES &&
+		     clock_mono_ms() - peer->resolved_ms >= RESOLVE_INTERVAL_MS;
+	if ((peer->n_sa == 0 || stale) && peer_resolve(peer) < 0 && peer->n_sa == 0) {
 		peer_schedule_connect(peer);
 		return;
 	}
-	peer_set_state(peer, REPL_PEER_CONNECTING);
-	/* The first address only: a peer line names one node. */
-	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	unsigned k = peer->cur_sa % peer->n_sa;
+	int fd = socket(peer->sa[k].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		int err = errno;
-		freeaddrinfo(res);
-		peer_connect_failed(peer, "cannot create a socket for", err);
+		peer_connect_failed(peer, "cannot create a socket for", errno);
 		return;
 	}
 	peer->connect_fd = fd;
-	int r = connect(fd, res->ai_addr, res->ai_addrlen);
+	int r = connect(fd, (const struct sockaddr *)&peer->sa[k], peer->sa_len[k]);
 	int err = errno;
-	freeaddrinfo(res);
 	if (r == 0) {
 		peer_connected(peer);
 		return;
@@ -807,8 +847,12 @@ int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 		snprintf(peer->reason, sizeof(peer->reason), "%s",
 			 peer->we_connect ? "not connected yet" : "waiting for the peer to connect");
 		ev_timer_init(&peer->timer, peer_timer_cb, 0., 0.);
-		if (peer->we_connect)
+		if (peer->we_connect) {
+			/* Resolve now, at start-up, where blocking is harmless;
+			 * a failure is retried on each attempt. */
+			(void)peer_resolve(peer);
 			ev_timer_start(loop, &peer->timer); /* connect at once */
+		}
 	}
 	log_info("replication: listening on %s:%u, %zu peers%s", cfg->repl_listen.host,
 		 cfg->repl_listen.port, mgr->peer_count,

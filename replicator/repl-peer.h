@@ -18,7 +18,10 @@
  *
  * Everything runs on the caller's libev loop; nothing here blocks, except
  * that a peer configured by host name (not by address) is resolved with
- * getaddrinfo() at each connection attempt. */
+ * getaddrinfo() at start-up, and again, rarely, after repeated failures to
+ * connect.
+ *
+ * Callbacks and handlers must not destroy the manager. */
 #ifndef REPLICATOR_REPL_PEER_H
 #define REPLICATOR_REPL_PEER_H
 

@@ -104,13 +104,14 @@ static char *write_file(const char *name, const char *content, mode_t mode)
 	return path;
 }
 
-static struct config *make_config(uint32_t sid, uint16_t port, uint32_t peer_sid,
-				  uint16_t peer_port, const char *secret_path)
+static struct config *make_config_host(uint32_t sid, uint16_t port, uint32_t peer_sid,
+				       const char *peer_host, uint16_t peer_port,
+				       const char *secret_path)
 {
 	char *err = NULL;
 	char *text = xasprintf("node_id = %u\ndata_dir = %s/d%u\nrepl_listen = 127.0.0.1:%u\n"
-			       "peer = %u 127.0.0.1:%u\ncluster_secret_file = %s\n",
-			       sid, tmpdir, sid, port, peer_sid, peer_port, secret_path);
+			       "peer = %u %s:%u\ncluster_secret_file = %s\n",
+			       sid, tmpdir, sid, port, peer_sid, peer_host, peer_port, secret_path);
 	struct config *cfg = config_parse("test.conf", text, &err);
 	if (cfg == NULL)
 		fprintf(stderr, "config: %s\n", err);
@@ -118,6 +119,12 @@ static struct config *make_config(uint32_t sid, uint16_t port, uint32_t peer_sid
 	free(text);
 	CU_ASSERT_FATAL(cfg != NULL);
 	return cfg;
+}
+
+static struct config *make_config(uint32_t sid, uint16_t port, uint32_t peer_sid,
+				  uint16_t peer_port, const char *secret_path)
+{
+	return make_config_host(sid, port, peer_sid, "127.0.0.1", peer_port, secret_path);
 }
 
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -459,6 +466,21 @@ static void test_different_secrets_never_link(void)
 	free(other);
 }
 
+/* A peer given by name: localhost may resolve to ::1 first while the peer
+ * listens on 127.0.0.1 only; the attempts go through the addresses. */
+static void test_peer_by_host_name_links_up(void)
+{
+	struct pair p;
+	pair_init(&p);
+	uint16_t pb = p.a.cfg->peers.items[0].addr.port, pa = p.a.cfg->repl_listen.port;
+	config_free(&p.a.cfg);
+	p.a.cfg = make_config_host(1, pa, 2, "localhost", pb, p.secret);
+	side_start(&p, &p.b);
+	side_start(&p, &p.a);
+	CU_ASSERT_TRUE(run_until(p.loop, both_up, &p, 10.0));
+	pair_deinit(&p);
+}
+
 const struct test_case repl_peer_cases[] = {
 	{ "backoff starts at min and doubles", test_backoff_starts_at_min_and_doubles },
 	{ "backoff jitter stays between half and full", test_backoff_jitter_stays_between_half_and_full },
@@ -469,5 +491,6 @@ const struct test_case repl_peer_cases[] = {
 	  test_no_peers_needs_no_secret_and_listens_nowhere },
 	{ "two nodes link up and dispatch commands", test_two_nodes_link_up_and_dispatch_commands },
 	{ "different secrets never link", test_different_secrets_never_link },
+	{ "peer by host name links up", test_peer_by_host_name_links_up },
 	{ NULL, NULL },
 };
