@@ -946,6 +946,9 @@ static int on_text_line(struct sync_client *c, const struct proto_cmd *line)
 /* Data lines of the SYNC-END answer. */
 static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 {
+	if (c->exp_uids.count + c->saves.count + c->flags.count + c->fix_old.count >
+	    SYNC_MAX_ANSWER_ITEMS)
+		return cl_fail(c, "SYNC-END: answer too large");
 	if (proto_cmd_is(line, "EXPUNGE")) {
 		stor_uid_list uids;
 		uint64_t ms;

@@ -14,6 +14,9 @@
 #define SYNC_MAX_UIDS_PER_LINE 1000
 /* Mailboxes and subscriptions in one LIST answer. */
 #define SYNC_MAX_MAILBOXES 100000
+/* UIDs and messages in one SYNC-END answer (a hostile server cannot make
+ * the client hold more). */
+#define SYNC_MAX_ANSWER_ITEMS (16u * 1024 * 1024)
 /* UID ranges in one uidset argument. */
 #define SYNC_MAX_RANGES 100000
 
