@@ -434,6 +434,24 @@ static char *clash_name(const char *name, const struct guid *g)
 	return xasprintf("%s-%.8s", name, gh);
 }
 
+/* Whether name holds a mailbox other than g on the server (server_side)
+ * or here. */
+static bool name_taken(struct sync_client *c, const char *name, const struct guid *g,
+		       bool server_side)
+{
+	if (server_side) {
+		const struct cl_srv_mbox *s = srv_by_name(c, name);
+		return s != NULL && guid_cmp(&s->guid, g) != 0;
+	}
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get(c->db, c->user, name, &mb, &err) != 1)
+		return false;
+	bool other = guid_cmp(&mb.guid, g) != 0;
+	stor_mailbox_free(&mb);
+	return other;
+}
+
 static void send_create(struct sync_client *c, const char *name, const struct guid *g,
 			uint32_t uidvalidity, const char *special)
 {
@@ -452,6 +470,15 @@ static void send_create(struct sync_client *c, const char *name, const struct gu
 	cl_cmd_end(c, &w);
 	c->report.mailboxes_created++;
 	c->list_changed = true;
+	/* Known there from now on, for later name checks (its state is
+	 * unknown until the next LIST). */
+	struct cl_srv_mbox e;
+	memset(&e, 0, sizeof(e));
+	e.name = xstrdup(name);
+	e.guid = *g;
+	e.uidvalidity = uidvalidity;
+	e.hms = UINT64_MAX;
+	ARRAY_PUSH(&c->srv, e);
 }
 
 static void send_rename(struct sync_client *c, const char *old, const char *new_name,
@@ -466,6 +493,12 @@ static void send_rename(struct sync_client *c, const char *old, const char *new_
 	cl_cmd_end(c, &w);
 	c->report.mailboxes_renamed++;
 	c->list_changed = true;
+	for (size_t i = 0; i < c->srv.count; i++) {
+		if (guid_cmp(&c->srv.items[i].guid, g) == 0) {
+			free(c->srv.items[i].name);
+			c->srv.items[i].name = xstrdup(new_name);
+		}
+	}
 }
 
 static int local_create(struct sync_client *c, const struct cl_srv_mbox *s, const char *name)
@@ -547,14 +580,25 @@ static int list_merge(struct sync_client *c)
 		if (s != NULL) {
 			if (strcmp(s->name, mb->name) == 0)
 				continue;
-			if (l != NULL && strcmp(l->name, s->name) == 0) {
-				send_rename(c, s->name, mb->name, &mb->guid);
-			} else {
-				/* The peer renamed, or both did: the server's name wins. */
-				if (stor_mailbox_rename(c->db, &mb->guid, s->name, &err) < 0)
+			/* We renamed it if the server still has the remembered
+			 * name; else the peer did, or both did: the server's
+			 * name wins.  A target name held by another mailbox on
+			 * the target side makes it "<name>-<8 hex>" on both. */
+			bool ours = l != NULL && strcmp(l->name, s->name) == 0;
+			const char *target = ours ? mb->name : s->name;
+			char *nn = NULL;
+			if (name_taken(c, target, &mb->guid, ours)) {
+				nn = clash_name(target, &mb->guid);
+				target = nn;
+			}
+			if (strcmp(target, mb->name) != 0) {
+				if (stor_mailbox_rename(c->db, &mb->guid, target, &err) < 0)
 					ret = cl_fail(c, "renaming %s: %s", mb->name, err);
 				c->report.mailboxes_renamed++;
 			}
+			if (ret == 0 && strcmp(target, s->name) != 0)
+				send_rename(c, s->name, target, &mb->guid);
+			free(nn);
 			continue;
 		}
 		if (l != NULL && mb->uidnext == l->uidnext && mb->highestmodseq == l->hms) {
@@ -565,6 +609,16 @@ static int list_merge(struct sync_client *c)
 			continue;
 		}
 		/* New here, or deleted there but changed here since: (re)create. */
+		if (name_taken(c, mb->name, &mb->guid, true)) {
+			char *nn = clash_name(mb->name, &mb->guid);
+			if (stor_mailbox_rename(c->db, &mb->guid, nn, &err) < 0)
+				ret = cl_fail(c, "renaming %s: %s", mb->name, err);
+			else
+				send_create(c, nn, &mb->guid, mb->uidvalidity, mb->special_use);
+			c->report.mailboxes_renamed++;
+			free(nn);
+			continue;
+		}
 		send_create(c, mb->name, &mb->guid, mb->uidvalidity, mb->special_use);
 	}
 
@@ -586,6 +640,13 @@ static int list_merge(struct sync_client *c)
 			cl_cmd_end(c, &w);
 			c->report.mailboxes_deleted++;
 			c->list_changed = true;
+			continue;
+		}
+		if (name_taken(c, s->name, &s->guid, false)) {
+			char *nn = clash_name(s->name, &s->guid);
+			send_rename(c, s->name, nn, &s->guid);
+			ret = local_create(c, s, nn);
+			free(nn);
 			continue;
 		}
 		ret = local_create(c, s, s->name);

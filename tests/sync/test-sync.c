@@ -548,6 +548,35 @@ static void test_sync_rename_on_either_side_follows(void)
 	node_close(&b);
 }
 
+static void test_sync_rename_onto_a_name_created_on_the_other_side(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid x = mk_mailbox(&a, "X");
+	struct guid z = mk_mailbox(&a, "Z");
+	run_sync(&a, &b, false, 63);
+	const char *error;
+	/* A renames X to Y while B creates a new Y; B renames Z to W while A
+	 * creates a new W.  Nothing is lost, both sides agree. */
+	CU_ASSERT_EQUAL(stor_mailbox_rename(a.db, &x, "Y", &error), 0);
+	struct guid y = mk_mailbox(&b, "Y");
+	append(&b, &y, "in the new Y\r\n", 0, NULL);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(b.db, &z, "W", &error), 0);
+	struct guid w = mk_mailbox(&a, "W");
+	append(&a, &w, "in the new W\r\n", 0, NULL);
+	run_sync(&a, &b, false, 64);
+	CU_ASSERT(dumps_equal(&a, &b));
+	stor_mailbox_array list;
+	CU_ASSERT_EQUAL(stor_mailbox_list(a.db, USER, &list, &error), 0);
+	CU_ASSERT_EQUAL(list.count, 4);
+	stor_mailbox_list_free(&list);
+	struct sync_run r = run_sync(&a, &b, false, 65);
+	CU_ASSERT_EQUAL(r.report.mailboxes_renamed + r.report.mailboxes_created, 0);
+	node_close(&a);
+	node_close(&b);
+}
+
 static void test_sync_delete_on_either_side_follows(void)
 {
 	struct node a, b;
@@ -796,6 +825,64 @@ static void test_sync_random_operations_converge(void)
 	}
 }
 
+/* Random mailbox list changes on both sides between syncs: creates (some
+ * with the same name on both sides), renames, deletes, subscriptions, and
+ * messages in the mailboxes. */
+static void random_list_ops(struct node *n, unsigned ops)
+{
+	const char *error;
+	for (unsigned i = 0; i < ops; i++) {
+		stor_mailbox_array mbs;
+		CU_ASSERT_EQUAL_FATAL(stor_mailbox_list(n->db, USER, &mbs, &error), 0);
+		unsigned op = rnd() % 10;
+		char name[64];
+		snprintf(name, sizeof(name), "box%u", rnd() % 12);
+		if (op < 3 || mbs.count == 0) {
+			struct stor_mailbox tmp;
+			if (stor_mailbox_get(n->db, USER, name, &tmp, &error) == 1)
+				stor_mailbox_free(&tmp);
+			else
+				mk_mailbox(n, name);
+		} else if (op < 5) {
+			const struct stor_mailbox *m = &mbs.items[rnd() % mbs.count];
+			snprintf(name, sizeof(name), "box%u", rnd() % 12);
+			(void)stor_mailbox_rename(n->db, &m->guid, name, &error);
+		} else if (op < 6) {
+			const struct stor_mailbox *m = &mbs.items[rnd() % mbs.count];
+			CU_ASSERT_EQUAL(stor_mailbox_delete(n->db, &m->guid, &error), 0);
+		} else if (op < 8) {
+			CU_ASSERT_EQUAL(stor_subscribe(n->db, USER, name, rnd() % 2 == 0, &error), 0);
+		} else {
+			const struct stor_mailbox *m = &mbs.items[rnd() % mbs.count];
+			append(n, &m->guid, "list test\r\n", 0, NULL);
+		}
+		stor_mailbox_list_free(&mbs);
+	}
+}
+
+static void test_sync_random_mailbox_list_changes_converge(void)
+{
+	for (uint32_t seed = 1; seed <= 16; seed++) {
+		struct node a, b;
+		rnd_state = seed * 40503u + 7;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		for (unsigned round = 0; round < 6; round++) {
+			random_list_ops(&a, rnd() % 6);
+			random_list_ops(&b, rnd() % 6);
+			run_sync(&a, &b, false, seed * 1000 + round);
+			CU_ASSERT(dumps_equal(&a, &b));
+		}
+		/* And nothing left to do. */
+		struct sync_run r = run_sync(&a, &b, false, seed);
+		CU_ASSERT_EQUAL(r.report.mailboxes_synced, 0);
+		CU_ASSERT_EQUAL(r.report.mailboxes_created + r.report.mailboxes_deleted +
+				r.report.mailboxes_renamed + r.report.subscriptions_changed, 0);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
 /* Parses a byte stream as protocol lines and validates each command or
  * data line against protocol/'s command table; returns the line count. */
 static size_t validate_stream(const struct buf *b, const char *const *extra_names)
@@ -877,6 +964,8 @@ static const struct test_case sync_cases[] = {
 	{ "same name, different GUIDs: both kept",
 	  test_sync_same_name_different_guids_keeps_both },
 	{ "rename on either side follows", test_sync_rename_on_either_side_follows },
+	{ "rename onto a name created on the other side",
+	  test_sync_rename_onto_a_name_created_on_the_other_side },
 	{ "delete on either side follows", test_sync_delete_on_either_side_follows },
 	{ "delete loses to changes on the other side",
 	  test_sync_delete_loses_to_changes_on_the_other_side },
@@ -885,6 +974,8 @@ static const struct test_case sync_cases[] = {
 	{ "restored backup is repaired", test_sync_restored_backup_is_repaired },
 	{ "full option compares every message", test_sync_full_option_compares_every_message },
 	{ "random operations converge", test_sync_random_operations_converge },
+	{ "random mailbox list changes converge",
+	  test_sync_random_mailbox_list_changes_converge },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ NULL, NULL },
 };
