@@ -74,7 +74,8 @@ struct peer {
 	int connect_fd;    /* CONNECTING, else -1 */
 	ev_io connect_io;
 	ev_timer timer;
-	unsigned failures; /* consecutive, since the link was last up */
+	unsigned failures; /* consecutive, since a link was last up for long */
+	bool quiet;        /* the last link died right after coming up */
 	uint64_t link_ups;
 	char last_logged[REASON_MAX]; /* the last failure logged at warn */
 	char reason[REASON_MAX];      /* why the link is not up */
@@ -270,17 +271,31 @@ static void link_free(struct link *link)
 	free(link);
 }
 
-/* The link of an up peer is gone (closed or replaced): tell the layers. */
+/* The link of an up peer is gone (closed or replaced): tell the layers.
+ *
+ * A link that dies within REPL_PEER_STABLE_MS of coming up (the peer
+ * authenticates us, then refuses our SID, say) counts as a failed attempt:
+ * the backoff keeps growing, and from the second such loss in a row on,
+ * neither the ups nor the downs are logged above debug level (the reason
+ * can vary: a BYE, or a reset that overtook it). */
 static void peer_link_lost(struct peer *peer, const char *reason)
 {
 	struct repl_peers *mgr = peer->mgr;
 	bool was_up = peer->state == REPL_PEER_UP;
 	peer->link = NULL;
 	if (was_up) {
+		bool brief = clock_mono_ms() - peer->since_ms < REPL_PEER_STABLE_MS;
 		snprintf(peer->reason, sizeof(peer->reason), "%s", reason);
-		log_warnx("peer %u: link down: %s", peer->sid, reason);
-		/* A later identical failure is news after an up period. */
-		snprintf(peer->last_logged, sizeof(peer->last_logged), "%s", reason);
+		if (brief && peer->quiet) {
+			log_debug("peer %u: link down again: %s", peer->sid, reason);
+		} else {
+			log_warnx("peer %u: link down: %s%s", peer->sid, reason,
+				  brief ? " (right after it came up)" : "");
+			snprintf(peer->last_logged, sizeof(peer->last_logged), "%s", reason);
+		}
+		peer->quiet = brief;
+		if (!brief)
+			peer->failures = 0;
 	} else {
 		peer_failure(peer, "%s", reason);
 	}
@@ -298,14 +313,15 @@ static void peer_link_up(struct peer *peer, struct link *link)
 	struct repl_peers *mgr = peer->mgr;
 	peer->link = link;
 	link->peer = peer;
-	peer->failures = 0;
 	peer->link_ups++;
 	peer->reason[0] = '\0';
-	peer->last_logged[0] = '\0';
 	peer_set_state(peer, REPL_PEER_UP);
-	log_info("peer %u: link up (%s, %s%s)", peer->sid, link->addr,
-		 peer->we_connect ? "we connected" : "it connected",
-		 proto_conn_is_tls(link->conn) ? ", TLS" : "");
+	if (peer->quiet)
+		log_debug("peer %u: link up again (%s)", peer->sid, link->addr);
+	else
+		log_info("peer %u: link up (%s, %s%s)", peer->sid, link->addr,
+			 peer->we_connect ? "we connected" : "it connected",
+			 proto_conn_is_tls(link->conn) ? ", TLS" : "");
 	if (mgr->cb.link_up != NULL)
 		mgr->cb.link_up(mgr, peer->sid, link->conn, mgr->ctx);
 }

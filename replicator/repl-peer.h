@@ -44,6 +44,10 @@
  * MIN * 2^n ms, at most MAX, with jitter (repl_peer_backoff_ms()). */
 #define REPL_PEER_BACKOFF_MIN_MS 100u
 #define REPL_PEER_BACKOFF_MAX_MS 5000u
+/* A link must stay up this long for the backoff to start again from MIN:
+ * one closed right after authentication (the peer refused our SID) counts
+ * as a failure. */
+#define REPL_PEER_STABLE_MS 2000u
 /* Accepted connections that have not authenticated yet, at most. */
 #define REPL_PEER_MAX_UNAUTHENTICATED 32u
 /* The cluster secret: at most and at least this many bytes (SPEC.md 3). */
