@@ -972,13 +972,20 @@ static int send_fetch(struct sync_client *c)
 	return none ? 1 : 0;
 }
 
+static int cmp_cl_save(const void *a, const void *b)
+{
+	uint32_t x = ((const struct cl_save *)a)->uid, y = ((const struct cl_save *)b)->uid;
+	return x < y ? -1 : x > y;
+}
+
+/* c->saves is sorted by UID once the SYNC-END answer is complete. */
 static const struct cl_save *save_by_uid(const struct sync_client *c, uint32_t uid)
 {
-	for (size_t i = 0; i < c->saves.count; i++) {
-		if (c->saves.items[i].uid == uid)
-			return &c->saves.items[i];
-	}
-	return NULL;
+	struct cl_save key;
+	key.uid = uid;
+	if (c->saves.count == 0)
+		return NULL;
+	return bsearch(&key, c->saves.items, c->saves.count, sizeof(key), cmp_cl_save);
 }
 
 static int on_text_line(struct sync_client *c, const struct proto_cmd *line)
@@ -1427,6 +1434,9 @@ enum sync_step_result sync_client_step(struct sync_client *c)
 			c->phase = PH_END_WAIT;
 			return SYNC_STEP_WAIT;
 		case PH_END_WAIT:
+			if (c->saves.count > 0)
+				qsort(c->saves.items, c->saves.count, sizeof(struct cl_save),
+				      cmp_cl_save);
 			c->phase = PH_FETCH;
 			break;
 		case PH_FETCH_WAIT:
