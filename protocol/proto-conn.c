@@ -1275,8 +1275,8 @@ struct proto_conn *proto_conn_create(struct ev_loop *loop, int fd,
 	int r = set->tls == PROTO_TLS_IMPLICIT ? tls_start(conn) : send_hello(conn);
 	if (r < 0) {
 		*error_r = "cannot start the connection (TLS session or random numbers)";
+		conn->fd = -1; /* the caller keeps fd on failure, as above */
 		close_fd(conn);
-		conn->fd = -1;
 		conn_free(conn);
 		return NULL;
 	}

@@ -312,7 +312,8 @@ struct proto_conn_callbacks {
 
 /* Wraps a connected non-blocking socket; the connection owns and closes fd.
  * The greeting is sent at once.  Returns NULL with *error_r (static or
- * valid until the next call) if TLS setup fails. */
+ * valid until the next call) if TLS setup or the greeting fails; the caller
+ * then still owns fd and closes it. */
 struct proto_conn *proto_conn_create(struct ev_loop *loop, int fd,
 				     const struct proto_conn_settings *set,
 				     const struct proto_conn_callbacks *cb, void *ctx,
