@@ -17,7 +17,9 @@ static const char usage_text[] =
 	"  user list                     list the users of users_file\n"
 	"  deliver -u USER [-m MAILBOX]  deliver a message from stdin through the node\n"
 	"  dump -u USER                  print the canonical dump of a user's mail\n"
-	"  status [--json]               show the running node's state\n";
+	"  status [--json]               show the running node's state\n"
+	"  master show -u USER [-m MAILBOX]\n"
+	"                                show the master of a mailbox's granule\n";
 
 static const struct {
 	const char *name;
@@ -27,6 +29,7 @@ static const struct {
 	{ "deliver", cli_cmd_deliver },
 	{ "dump", cli_cmd_dump },
 	{ "status", cli_cmd_status },
+	{ "master", cli_cmd_master },
 };
 
 void cli_error(const char *fmt, ...)

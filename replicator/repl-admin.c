@@ -12,6 +12,8 @@
  *     DUMP <user>                       canonical dump (stor_dump_user)
  *     STATUS                            human-readable node status
  *     USERS                             users that have mailboxes, one a line
+ *     MASTER <user> [<mailbox>]         the master of the mailbox's granule
+ *                                       (default INBOX), SPEC.md 9
  *
  *   The server answers with zero or more chunks "DATA <n>\n" followed by n
  *   bytes, then exactly one final line "OK [text]\n" or "NO <text>\n", and
@@ -25,8 +27,14 @@
  *   malformed.
  *
  *   STATUS lines: "node_id: N", "imap: HOST:PORT", "sessions: N",
- *   "uptime_s: N" (later issues add more lines; parsers must ignore
- *   unknown ones).
+ *   "uptime_s: N", the peer lines, "root: SID", "epoch: COUNTER.ROOT"
+ *   (later issues add more lines; parsers must ignore unknown ones).
+ *
+ *   MASTER answers the lines "master: SID", "epoch: COUNTER.ROOT",
+ *   "root: SID", "granule: KEY" and "is_master: yes|no" (this node's own
+ *   view, at the moment of the answer), once the node knows the master.
+ *   Errors: "NO mailbox does not exist", "NO timeout" (no master known
+ *   within MASTER_TIMEOUT_MS, e.g. while the root waits for a member).
  *
  * The socket never blocks the loop: a request and its body arrive over as
  * many callbacks as needed, and replies are written as the socket accepts
@@ -53,6 +61,7 @@
 #define ADMIN_MAX_LINE 8192
 #define ADMIN_MAX_TOKENS 8
 #define ADMIN_TIMEOUT 120.0
+#define MASTER_TIMEOUT_MS 10000u
 
 struct admin_conn;
 
@@ -66,6 +75,8 @@ struct repl_admin {
 	int fd;
 	ev_io io;
 	struct admin_conn *conns;
+	const struct repl_admin_master_ops *master_ops;
+	void *master_ctx;
 };
 
 enum conn_state {
@@ -281,6 +292,62 @@ static void deliver_body_complete(struct admin_conn *c)
 	repl_user_ensure_defaults(c->admin->repl, c->user, deliver_defaults_done, c);
 }
 
+static void master_answered(void *ctx, const struct repl_mm_answer *ans)
+{
+	struct admin_conn *c = ctx;
+	c->state = CONN_REPLYING;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	if (!ans->ok) {
+		conn_reply(c, NULL, 0, "NO", ans->error);
+		return;
+	}
+	char epoch[32];
+	repl_mm_epoch_str(ans->epoch, epoch, sizeof(epoch));
+	struct buf out = BUF_INIT;
+	buf_appendf(&out, "master: %u\nepoch: %s\nroot: %u\ngranule: %s\nis_master: %s\n",
+		    ans->master, epoch, ans->root, ans->gkey, ans->am_master ? "yes" : "no");
+	conn_reply(c, out.data, out.len, "OK", "");
+	buf_free(&out);
+}
+
+static void master_request(struct admin_conn *c, const char *user, const char *mbname)
+{
+	struct repl_admin *a = c->admin;
+	if (a->master_ops == NULL) {
+		conn_reply(c, NULL, 0, "NO", "mailbox masters are not running");
+		return;
+	}
+	if (!passwd_user_name_valid(user)) {
+		conn_reply(c, NULL, 0, "NO", "bad request: user name");
+		return;
+	}
+	if (strcasecmp(mbname, "INBOX") == 0)
+		mbname = "INBOX";
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get(repl_db(a->repl), user, mbname, &mb, &err);
+	if (r <= 0) {
+		conn_reply(c, NULL, 0, "NO", r < 0 ? err : "mailbox does not exist");
+		return;
+	}
+	char gkey[MM_GKEY_MAX + 1];
+	r = a->master_ops->granule_key(a->master_ctx, user, &mb.guid, gkey, sizeof(gkey));
+	stor_mailbox_free(&mb);
+	if (r < 0) {
+		conn_reply(c, NULL, 0, "NO", "bad request: no granule key for this user");
+		return;
+	}
+	c->state = CONN_WAITING;
+	conn_update_io(c);
+	if (a->master_ops->request(a->master_ctx, gkey, MASTER_TIMEOUT_MS, master_answered, c) < 0) {
+		c->state = CONN_REQUEST;
+		conn_reply(c, NULL, 0, "NO", "bad request: invalid granule key");
+	}
+}
+
 static void handle_request(struct admin_conn *c, char *line)
 {
 	struct repl_admin *a = c->admin;
@@ -346,6 +413,10 @@ static void handle_request(struct admin_conn *c, char *line)
 		a->status_cb(a->status_ctx, &out);
 		conn_reply(c, out.data, out.len, "OK", "");
 		buf_free(&out);
+		return;
+	}
+	if (strcmp(tok[0], "MASTER") == 0 && (n == 2 || n == 3)) {
+		master_request(c, tok[1], n == 3 ? tok[2] : "INBOX");
 		return;
 	}
 	if (strcmp(tok[0], "USERS") == 0 && n == 1) {
@@ -521,6 +592,13 @@ int repl_admin_create(struct ev_loop *loop, const struct config *cfg, struct rep
 	ev_io_start(loop, &a->io);
 	*admin_r = a;
 	return 0;
+}
+
+void repl_admin_set_master(struct repl_admin *a, const struct repl_admin_master_ops *ops,
+			   void *ctx)
+{
+	a->master_ops = ops;
+	a->master_ctx = ctx;
 }
 
 void repl_admin_destroy(struct repl_admin **ap)

@@ -5,6 +5,7 @@
 
 #include "lib/buf.h"
 #include "lib/config.h"
+#include "replicator/repl-mm.h"
 #include "replicator/repl.h"
 
 struct ev_loop;
@@ -19,6 +20,19 @@ typedef void repl_admin_status_cb(void *ctx, struct buf *out);
 int repl_admin_create(struct ev_loop *loop, const struct config *cfg, struct repl *repl,
 		      repl_admin_status_cb *status_cb, void *status_ctx,
 		      struct repl_admin **admin_r, char **error_r);
+/* The backend of MASTER requests (a function table, so that the admin
+ * socket does not link the mailbox-master code into every user of it). */
+struct repl_admin_master_ops {
+	/* As repl_mm_granule_key() and repl_mm_request_master(). */
+	int (*granule_key)(void *ctx, const char *user, const struct guid *mailbox, char *out,
+			   size_t size);
+	int (*request)(void *ctx, const char *gkey, unsigned timeout_ms, repl_mm_answer_cb *cb,
+		       void *cb_ctx);
+};
+/* Enables MASTER requests; without it they are answered NO.  ops and ctx
+ * must outlive the admin, or be destroyed (failing their requests) first. */
+void repl_admin_set_master(struct repl_admin *admin, const struct repl_admin_master_ops *ops,
+			   void *ctx);
 /* Closes the socket and every connection, and removes the socket file. */
 void repl_admin_destroy(struct repl_admin **admin);
 

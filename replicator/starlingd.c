@@ -24,6 +24,7 @@
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-admin.h"
+#include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl.h"
 #include "storage/storage.h"
@@ -36,6 +37,7 @@ struct node {
 	struct imap_server *imap;
 	struct repl_admin *admin;
 	struct repl_peers *peers;
+	struct repl_mm *mm;
 	int64_t started;
 	ev_signal sigterm, sigint;
 	ev_signal sighup;
@@ -79,7 +81,26 @@ static void status_cb(void *ctx, struct buf *out)
 	buf_appendf(out, "uptime_s: %lld\n", (long long)(clock_wall_s() - n->started));
 	if (n->peers != NULL)
 		repl_peers_status(n->peers, out);
+	if (n->mm != NULL)
+		repl_mm_status(n->mm, out);
 }
+
+static int master_granule_key(void *ctx, const char *user, const struct guid *mailbox, char *out,
+			      size_t size)
+{
+	return repl_mm_granule_key(ctx, user, mailbox, out, size);
+}
+
+static int master_request(void *ctx, const char *gkey, unsigned timeout_ms,
+			  repl_mm_answer_cb *cb, void *cb_ctx)
+{
+	return repl_mm_request_master(ctx, gkey, timeout_ms, cb, cb_ctx);
+}
+
+static const struct repl_admin_master_ops master_ops = {
+	master_granule_key,
+	master_request,
+};
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -140,12 +161,15 @@ int main(int argc, char **argv)
 	n.repl = repl_local_create(n.loop, n.db, &rset);
 	/* Peers first: a bad secret or TLS file stops the node before it
 	 * serves anything. */
-	if (repl_peers_create(n.loop, n.cfg, NULL, NULL, &n.peers, &err) < 0)
+	n.mm = repl_mm_create(n.loop, n.cfg);
+	if (repl_peers_create(n.loop, n.cfg, repl_mm_peer_callbacks(), n.mm, &n.peers, &err) < 0)
 		fatalx("%s", err);
+	repl_mm_attach(n.mm, n.peers);
 	if (imap_server_create(n.loop, n.cfg, n.repl, &n.imap, &err) < 0)
 		fatalx("%s", err);
 	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
 		fatalx("%s", err);
+	repl_admin_set_master(n.admin, &master_ops, n.mm);
 	n.started = clock_wall_s();
 	ev_signal_init(&n.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&n.sigint, signal_cb, SIGINT);
@@ -161,6 +185,7 @@ int main(int argc, char **argv)
 
 	/* Finish what is in flight (clients get their answers), then close. */
 	repl_flush(n.repl);
+	repl_mm_destroy(&n.mm);
 	repl_peers_destroy(&n.peers);
 	repl_admin_destroy(&n.admin);
 	imap_server_destroy(&n.imap);

@@ -1,0 +1,445 @@
+/* Mailbox masters on a running node: see repl-mm.h.  This file is only
+ * plumbing: every decision is the state machine's (mailbox-master/). */
+#include "replicator/repl-mm.h"
+
+#include <ev.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "lib/clock.h"
+#include "lib/guid.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+struct mm_pending {
+	struct mm_pending *next;
+	uint64_t req_id;
+	uint64_t deadline;
+	repl_mm_answer_cb *cb;
+	void *ctx;
+	char gkey[MM_GKEY_MAX + 1];
+};
+
+struct repl_mm {
+	struct ev_loop *loop;
+	const struct config *cfg;
+	struct repl_peers *peers;
+	struct mm_node *node;
+	enum mm_granularity gran;
+	ev_timer tick;
+	/* Requests waiting for their REQUEST_DONE, oldest first. */
+	struct mm_pending *pending;
+	uint64_t next_req_id;
+	/* Answers to give from the loop (ready), not from inside the call. */
+	ev_idle idle;
+	bool draining;
+	struct buf line;
+	uint64_t sent, dropped_no_link, bad_in;
+};
+
+static uint64_t mm_now(void)
+{
+	return clock_mono_ms();
+}
+
+void repl_mm_epoch_str(uint64_t epoch, char *out, size_t size)
+{
+	snprintf(out, size, "%" PRIu64 ".%" PRIu32, (uint64_t)MM_EPOCH_COUNTER(epoch),
+		 MM_EPOCH_ROOT(epoch));
+}
+
+/* ---- sending ---- */
+
+static void ack_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+		   const struct proto_cmd *line, void *ctx)
+{
+	/* ctx is NULL on purpose: this may run after repl_mm_destroy(), when
+	 * the peer manager fails the commands still pending. */
+	if (kind == PROTO_REPLY_DONE && !proto_cmd_is(line, "OK"))
+		log_debug("mm: peer %u refused a message: %s %s", proto_conn_peer_sid(conn),
+			  line->name, line->text);
+	else if (kind == PROTO_REPLY_TIMEOUT)
+		log_debug("mm: peer %u did not acknowledge a message", proto_conn_peer_sid(conn));
+}
+
+/* Unescapes a quoted mm token ("...", with \" and \\) into out. */
+static void unquote(const char *s, size_t len, struct buf *out)
+{
+	buf_reset(out);
+	for (size_t i = 1; i + 1 < len; i++) {
+		if (s[i] == '\\' && i + 2 < len)
+			i++;
+		buf_append_byte(out, (unsigned char)s[i]);
+	}
+}
+
+/* Sends one message as `TAG MM <the mm line's arguments>`: mm's line is
+ * atoms and at most one quoted key without spaces, so splitting at spaces
+ * gives its arguments, which the protocol writer re-encodes. */
+static void mm_send(struct repl_mm *mm, uint32_t peer, const struct mm_msg *msg)
+{
+	struct proto_conn *conn = mm->peers != NULL ? repl_peers_conn(mm->peers, peer) : NULL;
+	if (conn == NULL) {
+		mm->dropped_no_link++;
+		return;
+	}
+	buf_reset(&mm->line);
+	mm_msg_write(msg, &mm->line);
+	const char *p = buf_cstr(&mm->line);
+	struct proto_wr *w = proto_conn_cmd_begin(conn, "MM");
+	struct buf tmp = BUF_INIT;
+	while (*p != '\0') {
+		const char *sp = strchr(p, ' ');
+		size_t len = sp != NULL ? (size_t)(sp - p) : strlen(p);
+		if (len > 1 && p[0] == '"') {
+			unquote(p, len, &tmp);
+			proto_wr_str(w, tmp.data, tmp.len);
+		} else {
+			proto_wr_str(w, p, len);
+		}
+		p += len;
+		while (*p == ' ')
+			p++;
+	}
+	buf_free(&tmp);
+	if (proto_conn_cmd_send(conn, REPL_MM_ACK_TIMEOUT_MS, ack_cb, NULL) != NULL)
+		mm->sent++;
+	else
+		mm->dropped_no_link++;
+}
+
+/* ---- events and requests ---- */
+
+static void answer_fill(struct repl_mm *mm, const char *gkey, uint32_t master,
+			struct repl_mm_answer *ans)
+{
+	bool settled;
+	memset(ans, 0, sizeof(*ans));
+	ans->ok = true;
+	ans->master = master;
+	ans->am_master = mm_is_master(mm->node, gkey);
+	mm_node_root(mm->node, &ans->root, &ans->epoch, &settled);
+	ans->gkey = gkey;
+}
+
+static struct mm_pending *pending_take(struct repl_mm *mm, uint64_t req_id)
+{
+	for (struct mm_pending **pp = &mm->pending; *pp != NULL; pp = &(*pp)->next) {
+		struct mm_pending *p = *pp;
+		if (p->req_id == req_id) {
+			*pp = p->next;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+static void handle_event(struct repl_mm *mm, const struct mm_event *ev)
+{
+	char epoch[32];
+	repl_mm_epoch_str(ev->epoch, epoch, sizeof(epoch));
+	switch (ev->type) {
+	case MM_EV_ROOT:
+		log_info("mm: root is now %u at epoch %s", ev->sid, epoch);
+		break;
+	case MM_EV_MASTER:
+		log_info("mm: master of %s is now %u (epoch %s)", ev->gkey, ev->sid, epoch);
+		break;
+	case MM_EV_MASTER_GAINED:
+		log_info("mm: this node is now master of %s (epoch %s)", ev->gkey, epoch);
+		break;
+	case MM_EV_MASTER_LOST:
+		log_info("mm: this node is no longer master of %s", ev->gkey);
+		break;
+	case MM_EV_MOVE_FAILED:
+		log_info("mm: move of %s failed (reason %d)", ev->gkey, (int)ev->reason);
+		break;
+	case MM_EV_REQUEST_DONE: {
+		struct mm_pending *p = pending_take(mm, ev->req_id);
+		if (p == NULL)
+			break; /* timed out already */
+		struct repl_mm_answer ans;
+		answer_fill(mm, p->gkey, ev->sid, &ans);
+		p->cb(p->ctx, &ans);
+		free(p);
+		break;
+	}
+	}
+}
+
+/* Drains the machine's outputs.  Sending may close a link, which feeds
+ * mm_link_down() and lands here again: the outer call keeps draining. */
+static void drain(struct repl_mm *mm)
+{
+	if (mm->draining)
+		return;
+	mm->draining = true;
+	struct mm_output *o = xmalloc(sizeof(*o));
+	while (mm_next_output(mm->node, o)) {
+		if (o->kind == MM_OUT_SEND)
+			mm_send(mm, o->peer, &o->msg);
+		else
+			handle_event(mm, &o->event);
+	}
+	free(o);
+	mm->draining = false;
+}
+
+static void expire_requests(struct repl_mm *mm, uint64_t now)
+{
+	struct mm_pending **pp = &mm->pending;
+	while (*pp != NULL) {
+		struct mm_pending *p = *pp;
+		if (p->deadline > now) {
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		struct repl_mm_answer ans;
+		memset(&ans, 0, sizeof(ans));
+		ans.error = "timeout";
+		ans.gkey = p->gkey;
+		log_info("mm: no master of %s known after the request timeout", p->gkey);
+		p->cb(p->ctx, &ans);
+		free(p);
+		/* The callback may not touch the list; restart to be safe. */
+		pp = &mm->pending;
+	}
+}
+
+static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct repl_mm *mm = w->data;
+	uint64_t now = mm_now();
+	mm_tick(mm->node, now);
+	drain(mm);
+	expire_requests(mm, now);
+}
+
+static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct repl_mm *mm = w->data;
+	ev_idle_stop(loop, w);
+	drain(mm);
+}
+
+int repl_mm_request_master(struct repl_mm *mm, const char *gkey, unsigned timeout_ms,
+			   repl_mm_answer_cb *cb, void *ctx)
+{
+	if (strlen(gkey) > MM_GKEY_MAX)
+		return -1;
+	uint64_t now = mm_now();
+	struct mm_pending *p = xcalloc(1, sizeof(*p));
+	p->req_id = ++mm->next_req_id;
+	p->deadline = now + timeout_ms;
+	p->cb = cb;
+	p->ctx = ctx;
+	strcpy(p->gkey, gkey);
+	struct mm_pending **pp = &mm->pending;
+	while (*pp != NULL)
+		pp = &(*pp)->next;
+	*pp = p;
+	if (mm_request_master(mm->node, gkey, p->req_id, now) < 0) {
+		*pp = NULL;
+		free(p);
+		return -1;
+	}
+	/* An answer known at once is given from the loop, as promised. */
+	ev_idle_start(mm->loop, &mm->idle);
+	return 0;
+}
+
+int repl_mm_granule_key(const struct repl_mm *mm, const char *user, const struct guid *mailbox,
+			char *out, size_t size)
+{
+	char hex[GUID_HEX_SIZE];
+	guid_to_hex(mailbox, hex);
+	return mm_granule_key(mm->gran, user, hex, out, size);
+}
+
+void repl_mm_status(struct repl_mm *mm, struct buf *out)
+{
+	uint32_t root;
+	uint64_t epoch;
+	bool settled;
+	char es[32];
+	mm_node_root(mm->node, &root, &epoch, &settled);
+	repl_mm_epoch_str(epoch, es, sizeof(es));
+	buf_appendf(out, "root: %u\n", root);
+	buf_appendf(out, "epoch: %s\n", es);
+	buf_appendf(out, "root_settled: %s\n", settled ? "yes" : "no");
+	buf_appendf(out, "root_serving: %s\n", mm_node_serving(mm->node) ? "yes" : "no");
+	uint32_t sids[MM_MAX_NODES];
+	size_t n = mm_node_component(mm->node, sids, MM_MAX_NODES);
+	buf_append_str(out, "mm_component: ");
+	for (size_t i = 0; i < n && i < MM_MAX_NODES; i++)
+		buf_appendf(out, "%s%u", i > 0 ? "," : "", sids[i]);
+	buf_append_str(out, "\n");
+}
+
+/* ---- links and incoming messages ---- */
+
+static void link_up_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn, void *ctx)
+{
+	struct repl_mm *mm = ctx;
+	if (mm->peers == NULL)
+		mm->peers = peers;
+	mm_link_up(mm->node, sid, mm_now());
+	drain(mm);
+}
+
+static void link_down_cb(struct repl_peers *peers, uint32_t sid, const char *reason, void *ctx)
+{
+	struct repl_mm *mm = ctx;
+	mm_link_down(mm->node, sid, mm_now());
+	drain(mm);
+}
+
+static const struct repl_peers_callbacks mm_peer_callbacks = {
+	.link_up = link_up_cb,
+	.link_down = link_down_cb,
+};
+
+const struct repl_peers_callbacks *repl_mm_peer_callbacks(void)
+{
+	return &mm_peer_callbacks;
+}
+
+/* mm-wire.c's atom characters: anything else goes back into quotes. */
+static bool mm_atom(const char *s, size_t len)
+{
+	if (len == 0)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c <= 0x20 || c >= 0x7f || strchr("(){}\"[]", c) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* Rebuilds mm's line from the command's arguments.  Returns 0 or -1. */
+static int rebuild_line(const struct proto_cmd *cmd, struct buf *out, const char **error_r)
+{
+	buf_reset(out);
+	if (cmd->arg_count == 0) {
+		*error_r = "no message";
+		return -1;
+	}
+	for (size_t i = 0; i < cmd->arg_count; i++) {
+		const struct proto_arg *a = &cmd->args[i];
+		if (a->type != PROTO_ARG_ATOM && a->type != PROTO_ARG_QUOTED) {
+			*error_r = "lists and literals are not part of MM messages";
+			return -1;
+		}
+		if (i > 0)
+			buf_append_byte(out, ' ');
+		if (mm_atom(a->str, a->len)) {
+			buf_append(out, a->str, a->len);
+		} else {
+			buf_append_byte(out, '"');
+			for (size_t j = 0; j < a->len; j++) {
+				if (a->str[j] == '"' || a->str[j] == '\\')
+					buf_append_byte(out, '\\');
+				buf_append_byte(out, (unsigned char)a->str[j]);
+			}
+			buf_append_byte(out, '"');
+		}
+		if (out->len >= MM_WIRE_MAX_LINE) {
+			*error_r = "message too long";
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void mm_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
+		   const struct proto_cmd *cmd, void *ctx)
+{
+	struct repl_mm *mm = ctx;
+	struct buf line = BUF_INIT;
+	const char *err;
+	struct mm_msg *msg = xmalloc(sizeof(*msg));
+	if (rebuild_line(cmd, &line, &err) < 0 ||
+	    mm_msg_parse((const char *)line.data, line.len, msg, &err) < 0) {
+		mm->bad_in++;
+		log_debug("mm: bad message from peer %u: %s", sid, err);
+		proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", err);
+	} else {
+		proto_conn_reply(conn, cmd->tag, "OK", NULL, NULL);
+		mm_receive(mm->node, sid, msg, mm_now());
+		drain(mm);
+	}
+	free(msg);
+	buf_free(&line);
+}
+
+void repl_mm_attach(struct repl_mm *mm, struct repl_peers *peers)
+{
+	mm->peers = peers;
+	repl_peers_register(peers, "MM", mm_cmd, mm);
+}
+
+/* ---- life cycle ---- */
+
+static enum mm_granularity gran_of(enum config_granularity g)
+{
+	switch (g) {
+	case CONFIG_GRAN_USER:
+		return MM_GRAN_USER;
+	case CONFIG_GRAN_DOMAIN:
+		return MM_GRAN_DOMAIN;
+	case CONFIG_GRAN_GLOBAL:
+		return MM_GRAN_GLOBAL;
+	case CONFIG_GRAN_MAILBOX:
+		break;
+	}
+	return MM_GRAN_MAILBOX;
+}
+
+struct repl_mm *repl_mm_create(struct ev_loop *loop, const struct config *cfg)
+{
+	struct mm_settings set;
+	mm_settings_default(&set, cfg->node_id);
+	struct repl_mm *mm = xcalloc(1, sizeof(*mm));
+	mm->loop = loop;
+	mm->cfg = cfg;
+	mm->gran = gran_of(cfg->master_granularity);
+	mm->node = mm_node_create(&set, mm_now());
+	if (mm->node == NULL)
+		fatalx("mm: node_id %u out of range", cfg->node_id);
+	buf_init(&mm->line);
+	ev_timer_init(&mm->tick, tick_cb, REPL_MM_TICK_MS / 1000.0, REPL_MM_TICK_MS / 1000.0);
+	mm->tick.data = mm;
+	ev_timer_start(loop, &mm->tick);
+	ev_idle_init(&mm->idle, idle_cb);
+	mm->idle.data = mm;
+	/* The first tick makes a lone node its own root. */
+	mm_tick(mm->node, mm_now());
+	drain(mm);
+	return mm;
+}
+
+void repl_mm_destroy(struct repl_mm **mmp)
+{
+	struct repl_mm *mm = *mmp;
+	if (mm == NULL)
+		return;
+	*mmp = NULL;
+	ev_timer_stop(mm->loop, &mm->tick);
+	ev_idle_stop(mm->loop, &mm->idle);
+	while (mm->pending != NULL) {
+		struct mm_pending *p = mm->pending;
+		mm->pending = p->next;
+		struct repl_mm_answer ans;
+		memset(&ans, 0, sizeof(ans));
+		ans.error = "shutting down";
+		ans.gkey = p->gkey;
+		p->cb(p->ctx, &ans);
+		free(p);
+	}
+	mm_node_destroy(&mm->node);
+	buf_free(&mm->line);
+	free(mm);
+}

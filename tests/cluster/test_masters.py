@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Mailbox masters between real starlingd nodes (issue 5, wiring).
+
+Nodes run the mailbox-master state machine over their peer links (SPEC.md
+9); `starling master show -u USER` asks each node for the master of the
+user's INBOX granule.  Checked here, with every directed link through a
+LinkProxy:
+
+  - three nodes agree on one root (the lowest SID) and one master;
+  - kill -9 of the root: the survivors agree on a new root and a master;
+  - restart: the node rejoins, root is the lowest SID again, one master;
+  - kill -9 of the master: the survivors agree on a new master;
+  - five nodes split 2|3 by cutting links: each side has its own root;
+    after the heal, one root and one master for everybody;
+  - on every poll of every node, no two nodes claim to be master of the
+    granule at the same epoch (each node's own `is_master` answer).
+
+The nodes run with master_granularity = user: mail is not replicated yet,
+so each node's INBOX has its own GUID and mailbox granules would differ
+from node to node.  The user is created with the CLI and gets one delivery
+on every node (which creates its mailboxes there).
+
+Failover times are printed ("measured: ...", from the kill to the moment
+every survivor's `master show` agrees, CLI polling included).  The last line
+is "test-masters: N passed, M failed".
+"""
+import os
+import sys
+import time
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+
+from harness.report import Report  # noqa: E402
+from harness.starling import Cluster  # noqa: E402
+
+R = Report("test-masters")
+USER = "alice@example.com"
+# What a failover may take: link failure detection (a killed node's sockets
+# reset at once; a silent peer takes the 3 s dead timeout), the epoch
+# change, and CLI polling on a slow machine running sanitizers.
+AGREE_LIMIT = 10.0
+CLUSTERS = []
+# (cluster number, granule, epoch) -> node ids that claimed mastership of
+# the granule at that epoch, over the whole run.
+CLAIMS = {}
+
+
+def new_cluster(n):
+    c = Cluster(n=n, proxies=True, extra_config={"master_granularity": "user"})
+    CLUSTERS.append(c)
+    return c
+
+
+def finish_cluster(c):
+    c.close()
+    reps = c.sanitizer_reports()
+    R.check("no sanitizer report in the node logs", not reps, reps)
+
+
+def master_show(node, user=USER, mailbox=None, timeout=30):
+    """The node's `master show` answer as a dict, or None (error)."""
+    if not node.running():
+        return None
+    args = ["master", "show", "-u", user] + (["-m", mailbox] if mailbox else [])
+    try:
+        r = node.cli(*args, timeout=timeout)
+    except Exception:  # noqa: BLE001 -- CLI timeout
+        return None
+    if r.returncode != 0:
+        return None
+    out = {}
+    for line in r.stdout.decode().splitlines():
+        k, sep, v = line.partition(": ")
+        if sep:
+            out[k] = v
+    return out
+
+
+def note_claims(cluster, answers):
+    """Records who claims mastership at which epoch; two different nodes at
+    one epoch of one cluster break the safety invariant."""
+    for node_id, a in answers.items():
+        if a and a.get("is_master") == "yes":
+            key = (CLUSTERS.index(cluster) + 1, a["granule"], a["epoch"])
+            CLAIMS.setdefault(key, set()).add(node_id)
+
+
+def poll(nodes):
+    answers = {n.node_id: master_show(n) for n in nodes}
+    if nodes:
+        note_claims(nodes[0].cluster, answers)
+    return answers
+
+
+def agreed(answers):
+    vals = list(answers.values())
+    if not vals or any(a is None for a in vals):
+        return False
+    first = vals[0]
+    return all(a["master"] == first["master"] and a["root"] == first["root"] and
+               a["epoch"] == first["epoch"] and a["granule"] == first["granule"]
+               for a in vals) and first["master"] != "0"
+
+
+def wait_agree(nodes, timeout=AGREE_LIMIT * 3, want_root=None):
+    """Polls every node's master show until all agree (and on want_root);
+    returns (seconds, answers), or (None, last answers)."""
+    t0 = time.monotonic()
+    answers = {}
+    while time.monotonic() - t0 < timeout:
+        answers = poll(nodes)
+        if agreed(answers) and (want_root is None or
+                                list(answers.values())[0]["root"] == str(want_root)):
+            return time.monotonic() - t0, answers
+        time.sleep(0.05)
+    return None, answers
+
+
+def one(answers, key):
+    return int(list(answers.values())[0][key])
+
+
+def setup_user(c):
+    r = c.nodes[0].cli("user", "add", USER, input=b"secret\n")
+    R.check("user created with the CLI", r.returncode == 0, r.stderr)
+    c.start_all()
+    for node in c.nodes:
+        node.deliver(USER, b"Subject: hi\r\n\r\nbody\r\n")
+
+
+def t_three_nodes():
+    c = new_cluster(3)
+    setup_user(c)
+    c.wait_links_up(timeout=40)
+    n1, n2, n3 = c.nodes
+    t, ans = wait_agree([n3, n1, n2], want_root=1)
+    R.check("3 nodes agree on master and root of INBOX", t is not None, ans)
+    if t is None:
+        finish_cluster(c)
+        return
+    R.equal("root is the lowest SID", one(ans, "root"), 1)
+    R.check("granule is the user key", list(ans.values())[0]["granule"] == "u:" + USER, ans)
+    claimants = [i for i, a in ans.items() if a["is_master"] == "yes"]
+    R.check("exactly the master says it is master",
+            claimants == [one(ans, "master")], ans)
+    st = n2.status()
+    R.check("status shows root and epoch",
+            st.get("root") == 1 and st.get("epoch") == ans[2]["epoch"], st)
+    r = n1.cli("master", "show", "-u", USER, "-m", "NoSuchBox")
+    R.check("master show of a missing mailbox fails with one line",
+            r.returncode != 0 and b"does not exist" in r.stderr and
+            len(r.stderr.splitlines()) == 1, r.stderr)
+
+    # kill -9 the root
+    n1.kill()
+    t0 = time.monotonic()
+    t, ans = wait_agree([n3, n2], want_root=2)
+    R.check("root killed: survivors agree on root 2 and a master", t is not None, ans)
+    if t is not None:
+        print("measured: root (node 1) killed -> 2 survivors agree on root and master "
+              "in %.2f s" % (time.monotonic() - t0))
+    # restart: rejoin
+    n1.start()
+    c.wait_links_up(timeout=40)
+    t, ans = wait_agree([n3, n1, n2], want_root=1)
+    R.check("restarted root rejoins: root 1, one master", t is not None, ans)
+    if t is None:
+        finish_cluster(c)
+        return
+    # kill -9 the master (node 3 asked first, so normally it is node 3)
+    m = one(ans, "master")
+    victim = c.nodes[m - 1]
+    rest = [n for n in c.nodes if n is not victim]
+    victim.kill()
+    t0 = time.monotonic()
+    t, ans2 = wait_agree(rest, want_root=min(n.node_id for n in rest))
+    R.check("master (node %d) killed: survivors agree on a new master" % m,
+            t is not None and one(ans2, "master") != m, ans2)
+    if t is not None:
+        print("measured: master (node %d) killed -> survivors agree on a new master "
+              "in %.2f s" % (m, time.monotonic() - t0))
+    victim.start()
+    c.wait_links_up(timeout=40)
+    t, ans = wait_agree(c.nodes, want_root=1)
+    R.check("restarted master rejoins: root 1, one master", t is not None, ans)
+    if t is not None:
+        claimants = [i for i, a in ans.items() if a["is_master"] == "yes"]
+        R.check("one node claims mastership after the rejoin", len(claimants) == 1, ans)
+    finish_cluster(c)
+
+
+def t_five_nodes_partition():
+    c = new_cluster(5)
+    setup_user(c)
+    c.wait_links_up(timeout=40)
+    t, ans = wait_agree(c.nodes, want_root=1)
+    R.check("5 nodes agree on root 1 and one master", t is not None, ans)
+    left, right = c.nodes[:2], c.nodes[2:]
+    for i in (1, 2):
+        for j in (3, 4, 5):
+            c.cut(i, j)
+    t0 = time.monotonic()
+    tl, al = wait_agree(left, want_root=1)
+    tr, ar = wait_agree(right, want_root=3)
+    R.check("side {1,2} agrees on root 1 and a master", tl is not None, al)
+    R.check("side {3,4,5} agrees on root 3 and a master", tr is not None, ar)
+    if tl is not None and tr is not None:
+        print("measured: 5 nodes cut 2|3 -> both sides agree on root and master in %.2f s"
+              % (time.monotonic() - t0))
+    for i in (1, 2):
+        for j in (3, 4, 5):
+            c.restore(i, j)
+    t0 = time.monotonic()
+    c.wait_links_up(timeout=40)
+    t, ans = wait_agree(c.nodes, want_root=1)
+    R.check("after the heal: one root (1) and one master for all 5", t is not None, ans)
+    if t is not None:
+        print("measured: partition healed -> all 5 agree on root and master %.2f s "
+              "after restore (links up included)" % (time.monotonic() - t0))
+        claimants = [i for i, a in ans.items() if a["is_master"] == "yes"]
+        R.check("one node claims mastership after the heal", len(claimants) == 1, ans)
+    finish_cluster(c)
+
+
+def main():
+    R.section("three nodes: agreement, kill root, kill master, rejoin", t_three_nodes)
+    R.section("five nodes: partition 2|3 and heal", t_five_nodes_partition)
+    for cl in CLUSTERS:
+        cl.close()
+    double = {k: v for k, v in CLAIMS.items() if len(v) > 1}
+    R.check("never two nodes claiming one granule at one epoch (%d epochs seen)"
+            % len(CLAIMS), not double, double)
+    return R.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
