@@ -12,6 +12,8 @@ LinkProxy:
   - kill -9 of the master: the survivors agree on a new master;
   - five nodes split 2|3 by cutting links: each side has its own root;
     after the heal, one root and one master for everybody;
+  - a silent master (SIGSTOP) is replaced after the keepalive's dead timeout;
+  - MM messages a peer cannot send legally are answered BAD and ignored;
   - on every poll of every node, no two nodes claim to be master of the
     granule at the same epoch (each node's own `is_master` answer).
 
@@ -185,9 +187,72 @@ def t_three_nodes():
     c.wait_links_up(timeout=40)
     t, ans = wait_agree(c.nodes, want_root=1)
     R.check("restarted master rejoins: root 1, one master", t is not None, ans)
-    if t is not None:
-        claimants = [i for i, a in ans.items() if a["is_master"] == "yes"]
-        R.check("one node claims mastership after the rejoin", len(claimants) == 1, ans)
+    if t is None:
+        finish_cluster(c)
+        return
+    claimants = [i for i, a in ans.items() if a["is_master"] == "yes"]
+    R.check("one node claims mastership after the rejoin", len(claimants) == 1, ans)
+
+    # A silent master (SIGSTOP): its links stay open, the keepalive notices.
+    m = one(ans, "master")
+    victim = c.nodes[m - 1]
+    rest = [n for n in c.nodes if n is not victim]
+    victim.pause()
+    t0 = time.monotonic()
+    try:
+        t, ans2 = wait_agree(rest, want_root=min(n.node_id for n in rest))
+        elapsed = time.monotonic() - t0
+        R.check("silent master (node %d, SIGSTOP) replaced within %.0f s"
+                % (m, AGREE_LIMIT), t is not None and elapsed < AGREE_LIMIT and
+                one(ans2, "master") != m, (elapsed, ans2))
+        if t is not None:
+            print("measured: master (node %d) stopped silently -> survivors agree on a new "
+                  "master in %.2f s (dead timeout 3 s)" % (m, elapsed))
+    finally:
+        victim.resume()
+    t, ans = wait_agree(c.nodes, want_root=1)
+    R.check("resumed node rejoins: root 1, one master", t is not None, ans)
+    finish_cluster(c)
+
+
+def t_hostile_messages():
+    """A Python peer (from test_links.py) speaks for SID 1 to node 2."""
+    from test_links import PyPeer, cluster_secret
+    c = new_cluster(2)
+    n2 = c.nodes[1]
+    n2.start()
+    p = PyPeer(n2.repl_port, 1, cluster_secret(c))
+    try:
+        reply = p.auth()
+        R.check("python peer authenticates as SID 1", reply.startswith("C1 OK"), reply)
+        seen = []
+        cases = [
+            ("MM garbage", "BAD"),
+            ("MM", "BAD"),
+            ("MM MASTER-WHO 1 2 32 0 u:x", "BAD"),          # epoch 0
+            ("MM MASTER-WHO 0 2 32 5 u:x", "BAD"),          # src 0
+            ("MM LINKS 1 1 4294967297 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,"
+             "21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,"
+             "47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65", "BAD"),  # 65 nbrs
+            ("MM (LINKS 1 1 1 2)", "BAD"),
+            ("MM MASTER-IS 1 2 32 4294967297 \"bad key\" 1 1", "BAD"),
+            ("MM LINKS 1 1 4294967297 2", "OK"),
+        ]
+        tag = 2
+        for line, want in cases:
+            r = p.command(line)
+            seen += r
+            R.check("%r answered %s" % (line[:40], want),
+                    r[-1].startswith("C%d %s" % (tag, want)), r[-1])
+            tag += 1
+        R.equal("link survives bad messages", p.command("PING")[-1], "C%d OK PONG" % tag)
+        R.check("node 2 sends its link state as MM LINKS commands",
+                any(" MM LINKS 2 " in x for x in seen), seen[:5])
+        R.check("node 2 still runs", n2.running())
+        st = n2.status()
+        R.check("node 2 still answers status with a root", "root" in st, st)
+    finally:
+        p.close()
     finish_cluster(c)
 
 
@@ -227,6 +292,7 @@ def t_five_nodes_partition():
 def main():
     R.section("three nodes: agreement, kill root, kill master, rejoin", t_three_nodes)
     R.section("five nodes: partition 2|3 and heal", t_five_nodes_partition)
+    R.section("hostile MM messages from a peer", t_hostile_messages)
     for cl in CLUSTERS:
         cl.close()
     double = {k: v for k, v in CLAIMS.items() if len(v) > 1}
