@@ -215,6 +215,31 @@ def t_three_nodes():
     finish_cluster(c)
 
 
+def t_single_node_mailbox_granule():
+    """One node, no peers, default granularity (mailbox): it is its own
+    root and master, and the key names the mailbox GUID."""
+    c = Cluster(n=1)
+    CLUSTERS.append(c)
+    r = c.nodes[0].cli("user", "add", USER, input=b"secret\n")
+    R.check("user created with the CLI", r.returncode == 0, r.stderr)
+    n1 = c.nodes[0]
+    n1.start()
+    n1.deliver(USER, b"Subject: hi\r\n\r\nbody\r\n")
+    a = master_show(n1)
+    R.check("lone node is master and root of its INBOX",
+            a is not None and a["master"] == "1" and a["root"] == "1" and
+            a["is_master"] == "yes", a)
+    b = master_show(n1, mailbox="Sent")
+    R.check("granule keys are per mailbox GUID",
+            a is not None and b is not None and a["granule"].startswith("m:" + USER + "/") and
+            len(a["granule"]) == len("m:" + USER + "/") + 32 and
+            a["granule"] != b["granule"], (a, b))
+    r = n1.cli("master", "show", "-u", USER, "-x")
+    R.check("bad arguments: exit 2 with usage", r.returncode == 2 and b"usage" in r.stderr,
+            r.stderr)
+    finish_cluster(c)
+
+
 def t_hostile_messages():
     """A Python peer (from test_links.py) speaks for SID 1 to node 2."""
     from test_links import PyPeer, cluster_secret
@@ -290,6 +315,7 @@ def t_five_nodes_partition():
 
 
 def main():
+    R.section("one node, mailbox granules", t_single_node_mailbox_granule)
     R.section("three nodes: agreement, kill root, kill master, rejoin", t_three_nodes)
     R.section("five nodes: partition 2|3 and heal", t_five_nodes_partition)
     R.section("hostile MM messages from a peer", t_hostile_messages)
