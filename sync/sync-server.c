@@ -798,18 +798,22 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 				goto storage_error;
 			continue;
 		}
+		/* A client message new here keeps its modseq when that is above
+		 * everything we had; else it gets N and the client is told. */
+		bool keep = cs->action == SAVE_APPEND && cs->modseq > sm;
 		struct stor_append req = {
 			.uid = cs->action == SAVE_RENUMBER ? cs->new_uid : cs->uid,
-			.modseq = N, .guid = &cs->guid, .flags = cs->f.flags,
+			.modseq = keep ? cs->modseq : N, .guid = &cs->guid, .flags = cs->f.flags,
 			.keywords = (const char *const *)cs->f.keywords.items,
 			.keyword_count = cs->f.keywords.count,
 			.internaldate = cs->date, .internaldate_tz = cs->tz,
 		};
 		if (stor_msg_append(s->db, &s->sel, &req, NULL, NULL, &err) < 0)
 			goto storage_error;
-		if (cs->action == SAVE_APPEND)
+		if (cs->action == SAVE_APPEND && !keep)
 			ARRAY_PUSH(&flags_client, cs->uid);
-		touched = true;
+		if (!keep)
+			touched = true;
 	}
 	for (size_t i = 0; i < s->stores.count; i++) {
 		struct srv_store *st = &s->stores.items[i];
@@ -821,41 +825,64 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 			goto storage_error;
 		if (r == 0)
 			continue; /* expunged here: the EXPUNGE line tells the client */
-		bool server_wins = cur.modseq > M && cur.modseq >= st->modseq;
-		r = server_wins ? set_flags(s, st->uid, cur.flags, &cur.keywords, N, &err) :
-			set_flags(s, st->uid, st->f.flags, &st->f.keywords, N, &err);
+		bool both = cur.modseq > M;
+		bool server_wins = both && cur.modseq >= st->modseq;
+		/* Changed on the client only: its modseq, when above all of
+		 * ours, is kept and the client needs no line. */
+		bool keep = !both && st->modseq > sm;
+		uint64_t ms = keep ? st->modseq : N;
+		r = server_wins ? set_flags(s, st->uid, cur.flags, &cur.keywords, ms, &err) :
+			set_flags(s, st->uid, st->f.flags, &st->f.keywords, ms, &err);
 		stor_msg_free(&cur);
 		if (r < 0)
 			goto storage_error;
 		ssize_t si = find_msg(&smsgs, st->uid);
 		if (si >= 0)
 			handled[si] = true;
-		ARRAY_PUSH(&flags_client, st->uid);
-		touched = true;
+		if (!keep) {
+			ARRAY_PUSH(&flags_client, st->uid);
+			touched = true;
+		}
 	}
 	/* Our own changes the client has not seen. */
 	for (size_t i = 0; i < smsgs.count; i++) {
 		const struct stor_msg *m = &smsgs.items[i];
 		if (handled[i] || uid_in(&cexp_low, m->uid))
 			continue;
-		if (set_flags(s, m->uid, m->flags, &m->keywords, N, &err) < 0)
-			goto storage_error;
+		/* Above everything the client had: its IMAP clients will see
+		 * it as it is, so the modseq stays (a catch-up sync rewrites
+		 * nothing here).  Else it is raised to N. */
+		if (m->modseq <= cm) {
+			if (set_flags(s, m->uid, m->flags, &m->keywords, N, &err) < 0)
+				goto storage_error;
+			touched = true;
+		}
 		if (m->uid < L)
 			ARRAY_PUSH(&flags_client, m->uid);
 		else
 			ARRAY_PUSH(&save_client, m->uid);
-		touched = true;
 	}
+	/* Expunges for the client: one modseq for all, the highest of our
+	 * tombstones if all are above cm, else N. */
+	bool exp_needs_n = exp_client.count > 0; /* drops of client copies */
+	uint64_t exp_modseq = 0;
 	for (size_t i = 0; i < stombs.count; i++) {
 		const struct stor_tombstone *t = &stombs.items[i];
-		if (t->uid < L && !uid_in(&cexp_low, t->uid))
+		if (t->uid < L && !uid_in(&cexp_low, t->uid)) {
 			ARRAY_PUSH(&exp_client, t->uid);
+			if (t->modseq <= cm)
+				exp_needs_n = true;
+			if (t->modseq > exp_modseq)
+				exp_modseq = t->modseq;
+		}
 	}
 	uids_sort_unique(&exp_client);
 	uids_sort_unique(&save_client);
 	uids_sort_unique(&flags_client);
-	if (exp_client.count > 0)
+	if (exp_needs_n) {
+		exp_modseq = N;
 		touched = true;
+	}
 	uint64_t final_modseq = touched ? N : base;
 	if (stor_mailbox_raise(s->db, &s->sel, next, final_modseq, &err) < 0)
 		goto storage_error;
@@ -868,7 +895,7 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 	/* The answer, in the SPEC's order. */
 	struct proto_wr w;
 	proto_wr_init(&w, &s->out);
-	wr_uid_lines(s, tag, "EXPUNGE", &exp_client, N);
+	wr_uid_lines(s, tag, "EXPUNGE", &exp_client, exp_modseq);
 	srv_flush(s);
 	for (size_t i = 0; i < save_client.count; i++) {
 		struct stor_msg m;
