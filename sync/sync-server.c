@@ -1046,6 +1046,16 @@ int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
 		return cmd_mbox(s, cmd);
 	if (proto_cmd_is(cmd, "SELECT"))
 		return cmd_select(s, cmd);
+	static const char *const selected_cmds[] = {
+		"SYNC-BEGIN", "FETCH", "SAVE", "STORE", "EXPUNGE", "UIDFIX", "SYNC-END", NULL
+	};
+	bool known = false;
+	for (size_t i = 0; selected_cmds[i] != NULL && !known; i++)
+		known = proto_cmd_is(cmd, selected_cmds[i]);
+	if (!known) {
+		srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");
+		return 0;
+	}
 	if (!s->selected) {
 		srv_reply(s, cmd->tag, "BAD", "NOSELECT", "no mailbox selected");
 		return 0;

@@ -953,6 +953,113 @@ static void test_sync_wire_lines_follow_the_command_table(void)
 	node_close(&b);
 }
 
+static void capture_send(void *ctx, const void *data, size_t len)
+{
+	buf_append(ctx, data, len);
+}
+
+static void test_sync_server_answers_bad_input_and_survives(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	append(&b, &mb, "x\r\n", 0, NULL);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	char hex[GUID_HEX_SIZE], line[512];
+	guid_to_hex(&mb, hex);
+	static const char *const bad[] = {
+		"C1 SAVE 1700000000+0000 1 1 00 () NIL\r\n",     /* no mailbox selected */
+		"C2 LIST\r\n",
+		"C3 MBOX 0 alice INBOX 1 zz\r\n",
+		"C4 SELECT 99\r\n",
+		"C5 FROB 1\r\n",
+		"C6 CREATE alice\r\n",
+		"C7 RENAME alice a b nothex\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		CU_ASSERT_EQUAL(sync_server_feed(sv, bad[i], strlen(bad[i])), 0);
+	buf_append_byte(&out, '\0');
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C1 BAD [NOSELECT]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C2 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C3 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C4 NO [NOMBOX]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C5 BAD [UNKNOWN-COMMAND]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C6 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C7 BAD [ARGS]"));
+	buf_reset(&out);
+	/* Commands of a sync outside one, and malformed ones inside. */
+	snprintf(line, sizeof(line), "C8 MBOX 1 %s INBOX %u %s\r\nC9 SELECT 1\r\n"
+		 "C10 SAVE 1700000000+0000 1 1 %s () NIL\r\nC11 SYNC-BEGIN 0 0 1 1\r\n"
+		 "C12 STORE 1 5 (\\Seen) ()\r\nC13 UIDFIX 1:2 5\r\nC14 EXPUNGE 0 0\r\n"
+		 "C15 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n",
+		 USER, 0u, hex, hex, hex);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	buf_append_byte(&out, '\0');
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C8 NO [UIDVALIDITY"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "C9 NO [NOMBOX]"));
+	buf_reset(&out);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	snprintf(line, sizeof(line), "C16 MBOX 1 %s INBOX %u %s\r\nC17 SELECT 1\r\n"
+		 "C18 SAVE 1700000000+0000 1 1 %s () NIL\r\nC19 SYNC-BEGIN 0 0 1 1\r\n"
+		 "C20 STORE 1 5 (\\Seen) ()\r\nC21 UIDFIX 1:2 5\r\nC22 EXPUNGE 0 0\r\n"
+		 "C23 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n",
+		 USER, x.uidvalidity, hex, hex, hex);
+	stor_mailbox_free(&x);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C16 OK [UIDNEXT 2 HIGHESTMODSEQ"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C17 OK"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C18 BAD [PROTOCOL]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C19 OK"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C20 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C21 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C22 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C23 BAD [ARGS]"));
+	/* A parse error is fatal for the link, not for the process. */
+	CU_ASSERT_EQUAL(sync_server_feed(sv, "C24 SAVE (((\r\n", 15), -1);
+	CU_ASSERT_PTR_NOT_NULL(sync_server_error(sv));
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
+/* A client fed a hostile answer fails with an error, changes nothing it
+ * cannot justify, and never crashes. */
+static void test_sync_client_refuses_a_broken_answer(void)
+{
+	struct node a;
+	struct buf out = BUF_INIT;
+	node_open(&a, SID_A);
+	mk_mailbox(&a, "INBOX");
+	static const char *const answers[] = {
+		"C1 MAILBOX INBOX nothex 1 1 0 00000000000000000000000000000000 NIL\r\n",
+		"C1 OK [UIDNEXT 5] done\r\nC1 OK again\r\n",
+		"X1 OK foreign\r\n",
+		"C1 TEXT 1 00000000000000000000000000000000 {3}\r\nabc\r\n",
+		"C1 OK {5}\r\n",
+	};
+	for (size_t i = 0; i < sizeof(answers) / sizeof(answers[0]); i++) {
+		struct sync_transport t = { capture_send, &out };
+		struct sync_settings set = { .peer_sid = SID_B, .user = USER };
+		struct sync_client *cl = sync_client_create(a.db, &set, &t);
+		CU_ASSERT_EQUAL(sync_client_step(cl), SYNC_STEP_WAIT);
+		int r = sync_client_feed(cl, answers[i], strlen(answers[i]));
+		enum sync_step_result res = SYNC_STEP_AGAIN;
+		for (int k = 0; k < 100 && res == SYNC_STEP_AGAIN; k++)
+			res = sync_client_step(cl);
+		CU_ASSERT(r < 0 || res == SYNC_STEP_ERROR || res == SYNC_STEP_WAIT);
+		if (i != 1 && i != 4)
+			CU_ASSERT(r < 0 && sync_client_error(cl) != NULL);
+		sync_client_destroy(&cl);
+		buf_reset(&out);
+	}
+	buf_free(&out);
+	node_close(&a);
+}
+
 static const struct test_case sync_cases[] = {
 	{ "empty to full copies everything", test_sync_empty_to_full_copies_everything },
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
@@ -976,6 +1083,9 @@ static const struct test_case sync_cases[] = {
 	{ "random operations converge", test_sync_random_operations_converge },
 	{ "random mailbox list changes converge",
 	  test_sync_random_mailbox_list_changes_converge },
+	{ "server answers bad input and survives",
+	  test_sync_server_answers_bad_input_and_survives },
+	{ "client refuses a broken answer", test_sync_client_refuses_a_broken_answer },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ NULL, NULL },
 };
