@@ -60,8 +60,11 @@ struct sync_report {
 	unsigned texts_sent;          /* of those, with their text */
 	unsigned messages_received;   /* SAVE lines applied here */
 	unsigned texts_fetched;       /* texts that came with FETCH */
-	unsigned messages_renumbered; /* UIDFIX here plus server-side renumbers */
-	unsigned messages_expunged;   /* expunged here or on the server */
+	unsigned messages_renumbered; /* our messages moved by UIDFIX, and the server's we
+				       * placed at fresh UIDs (the server's own moves
+				       * arrive as messages_received) */
+	unsigned messages_expunged;   /* expunged here (ours reach the server as
+				       * EXPUNGE: see messages_examined) */
 	unsigned flags_changed;       /* FLAGS lines applied here plus STOREs sent */
 };
 
