@@ -118,7 +118,6 @@ struct sync_client {
 	ARRAY(struct guid) jobs;
 	size_t job;
 	unsigned job_tries;
-	uint32_t next_mbox_id;
 	struct stor_mailbox cur;
 	bool have_cur;
 	bool cur_full;
@@ -822,7 +821,9 @@ static int mbox_start(struct sync_client *c)
 		c->report.mailboxes_full++;
 
 	struct proto_wr w;
-	uint32_t id = ++c->next_mbox_id;
+	/* One mailbox at a time: id 1 is rebound each time (SPEC.md 6.1), so
+	 * the server's id table stays one entry whatever the mailbox count. */
+	uint32_t id = 1;
 	cl_new_group(c);
 	cl_cmd_begin(c, &w, "MBOX", K_MBOX, 0);
 	proto_wr_u64(&w, id);
