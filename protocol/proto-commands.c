@@ -37,6 +37,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
 	{ "UIDFIX", "SS", PROTO_CMDF_SELECTED },
+	{ "LIST", "s", 0 },
 	{ "MASTER-WHO", "ss", PROTO_CMDF_FORWARD },
 	{ "MASTER-MOVE", "?i", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
 	{ "MASTER-IS", "ssinn", PROTO_CMDF_FORWARD },
@@ -45,6 +46,8 @@ static const struct proto_cmd_info commands[] = {
 	/* Data lines (answers carrying the command's tag). */
 	{ "FLAGS", "imf", PROTO_CMDF_DATA },
 	{ "TEXT", "igT", PROTO_CMDF_DATA },
+	{ "MAILBOX", "sgiimgs", PROTO_CMDF_DATA },
+	{ "SUBSCRIBED", "s", PROTO_CMDF_DATA },
 };
 
 const struct proto_cmd_info *proto_cmd_info_find(const char *name)
