@@ -19,7 +19,9 @@ static const char usage_text[] =
 	"  dump -u USER                  print the canonical dump of a user's mail\n"
 	"  status [--json]               show the running node's state\n"
 	"  master show -u USER [-m MAILBOX]\n"
-	"                                show the master of a mailbox's granule\n";
+	"                                show the master of a mailbox's granule\n"
+	"  resync -u USER [--peer SID] [--full]\n"
+	"                                sync a user with a peer (default: every up peer)\n";
 
 static const struct {
 	const char *name;
@@ -30,6 +32,7 @@ static const struct {
 	{ "dump", cli_cmd_dump },
 	{ "status", cli_cmd_status },
 	{ "master", cli_cmd_master },
+	{ "resync", cli_cmd_resync },
 };
 
 void cli_error(const char *fmt, ...)

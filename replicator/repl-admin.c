@@ -14,6 +14,8 @@
  *     USERS                             users that have mailboxes, one a line
  *     MASTER <user> [<mailbox>]         the master of the mailbox's granule
  *                                       (default INBOX), SPEC.md 9
+ *     RESYNC <user> [<peer>|0] [FULL]   sync the user with one peer (0 or
+ *                                       none: every up peer), SPEC.md 10
  *
  *   The server answers with zero or more chunks "DATA <n>\n" followed by n
  *   bytes, then exactly one final line "OK [text]\n" or "NO <text>\n", and
@@ -35,6 +37,11 @@
  *   view, at the moment of the answer), once the node knows the master.
  *   Errors: "NO mailbox does not exist", "NO timeout" (no master known
  *   within MASTER_TIMEOUT_MS, e.g. while the root waits for a member).
+ *
+ *   RESYNC answers the report of repl-sync ("peer: SID", "mailboxes_checked:
+ *   N", ..., "converged: yes|no" per peer), then "OK converged", or "NO
+ *   not converged: ...", "NO peer N is not connected", "NO resync with N
+ *   failed: ..." (after the report of the peers done so far).
  *
  * The socket never blocks the loop: a request and its body arrive over as
  * many callbacks as needed, and replies are written as the socket accepts
@@ -77,6 +84,8 @@ struct repl_admin {
 	struct admin_conn *conns;
 	const struct repl_admin_master_ops *master_ops;
 	void *master_ctx;
+	const struct repl_admin_resync_ops *resync_ops;
+	void *resync_ctx;
 };
 
 enum conn_state {
@@ -348,6 +357,65 @@ static void master_request(struct admin_conn *c, const char *user, const char *m
 	}
 }
 
+static void resync_done(void *ctx, bool converged, const char *report, size_t report_len,
+			const char *text)
+{
+	struct admin_conn *c = ctx;
+	c->state = CONN_REPLYING;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	conn_reply(c, report, report_len, converged ? "OK" : "NO", text);
+}
+
+static void resync_request(struct admin_conn *c, char **tok, int n)
+{
+	struct repl_admin *a = c->admin;
+	uint32_t peer = 0;
+	bool full = false;
+	int i = 2;
+	if (a->resync_ops == NULL) {
+		conn_reply(c, NULL, 0, "NO", "resync is not available");
+		return;
+	}
+	if (!passwd_user_name_valid(tok[1])) {
+		conn_reply(c, NULL, 0, "NO", "bad request: user name");
+		return;
+	}
+	if (i < n && strcmp(tok[i], "FULL") != 0) {
+		uint64_t v;
+		if (str_to_u64(tok[i], UINT32_MAX, &v) < 0) {
+			conn_reply(c, NULL, 0, "NO", "bad request: peer");
+			return;
+		}
+		peer = (uint32_t)v;
+		i++;
+	}
+	if (i < n && strcmp(tok[i], "FULL") == 0) {
+		full = true;
+		i++;
+	}
+	if (i != n) {
+		conn_reply(c, NULL, 0, "NO", "bad request: RESYNC user [peer] [FULL]");
+		return;
+	}
+	const char *err;
+	c->state = CONN_WAITING;
+	conn_update_io(c);
+	if (a->resync_ops->start(a->resync_ctx, tok[1], peer, full, resync_done, c, &err) < 0) {
+		c->state = CONN_REQUEST;
+		conn_reply(c, NULL, 0, "NO", err);
+	}
+}
+
+void repl_admin_set_resync(struct repl_admin *admin, const struct repl_admin_resync_ops *ops,
+			   void *ctx)
+{
+	admin->resync_ops = ops;
+	admin->resync_ctx = ctx;
+}
+
 static void handle_request(struct admin_conn *c, char *line)
 {
 	struct repl_admin *a = c->admin;
@@ -417,6 +485,10 @@ static void handle_request(struct admin_conn *c, char *line)
 	}
 	if (strcmp(tok[0], "MASTER") == 0 && (n == 2 || n == 3)) {
 		master_request(c, tok[1], n == 3 ? tok[2] : "INBOX");
+		return;
+	}
+	if (strcmp(tok[0], "RESYNC") == 0 && n >= 2 && n <= 4) {
+		resync_request(c, tok, n);
 		return;
 	}
 	if (strcmp(tok[0], "USERS") == 0 && n == 1) {

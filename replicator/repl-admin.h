@@ -6,6 +6,7 @@
 #include "lib/buf.h"
 #include "lib/config.h"
 #include "replicator/repl-mm.h"
+#include "replicator/repl-sync.h"
 #include "replicator/repl.h"
 
 struct ev_loop;
@@ -32,6 +33,15 @@ struct repl_admin_master_ops {
 /* Enables MASTER requests; without it they are answered NO.  ops and ctx
  * must outlive the admin, or be destroyed (failing their requests) first. */
 void repl_admin_set_master(struct repl_admin *admin, const struct repl_admin_master_ops *ops,
+			   void *ctx);
+/* The backend of RESYNC requests: as repl_sync_start(). */
+struct repl_admin_resync_ops {
+	int (*start)(void *ctx, const char *user, uint32_t peer, bool full, repl_sync_done_cb *cb,
+		     void *cb_ctx, const char **error_r);
+};
+/* Enables RESYNC requests; without it they are answered NO.  The backend
+ * must answer every started request before the admin is destroyed. */
+void repl_admin_set_resync(struct repl_admin *admin, const struct repl_admin_resync_ops *ops,
 			   void *ctx);
 /* Closes the socket and every connection, and removes the socket file. */
 void repl_admin_destroy(struct repl_admin **admin);

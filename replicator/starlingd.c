@@ -25,6 +25,7 @@
 #include "lib/xalloc.h"
 #include "replicator/repl-admin.h"
 #include "replicator/repl-mm.h"
+#include "replicator/repl-sync.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl.h"
 #include "storage/storage.h"
@@ -38,6 +39,7 @@ struct node {
 	struct repl_admin *admin;
 	struct repl_peers *peers;
 	struct repl_mm *mm;
+	struct repl_sync *sync;
 	int64_t started;
 	ev_signal sigterm, sigint;
 	ev_signal sighup;
@@ -102,6 +104,52 @@ static const struct repl_admin_master_ops master_ops = {
 	master_request,
 };
 
+static int resync_start(void *ctx, const char *user, uint32_t peer, bool full,
+			repl_sync_done_cb *cb, void *cb_ctx, const char **error_r)
+{
+	return repl_sync_start(ctx, user, peer, full, cb, cb_ctx, error_r);
+}
+
+static const struct repl_admin_resync_ops resync_ops = { resync_start };
+
+/* The link events go to the mailbox masters and to the sync. */
+static void link_up_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn, void *ctx)
+{
+	struct node *n = ctx;
+	repl_sync_link_up(n->sync, sid);
+	repl_mm_peer_callbacks()->link_up(peers, sid, conn, n->mm);
+}
+
+static void link_down_cb(struct repl_peers *peers, uint32_t sid, const char *reason, void *ctx)
+{
+	struct node *n = ctx;
+	repl_sync_link_down(n->sync, sid);
+	repl_mm_peer_callbacks()->link_down(peers, sid, reason, n->mm);
+}
+
+static void link_untagged_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
+			     const struct proto_cmd *line, void *ctx)
+{
+	struct node *n = ctx;
+	if (repl_mm_peer_callbacks()->untagged != NULL)
+		repl_mm_peer_callbacks()->untagged(peers, sid, conn, line, n->mm);
+}
+
+static void link_drained_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
+			    void *ctx)
+{
+	struct node *n = ctx;
+	if (repl_mm_peer_callbacks()->drained != NULL)
+		repl_mm_peer_callbacks()->drained(peers, sid, conn, n->mm);
+}
+
+static const struct repl_peers_callbacks link_callbacks = {
+	link_up_cb,
+	link_down_cb,
+	link_untagged_cb,
+	link_drained_cb,
+};
+
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	log_info("received signal %d, shutting down", w->signum);
@@ -162,14 +210,17 @@ int main(int argc, char **argv)
 	/* Peers first: a bad secret or TLS file stops the node before it
 	 * serves anything. */
 	n.mm = repl_mm_create(n.loop, n.cfg);
-	if (repl_peers_create(n.loop, n.cfg, repl_mm_peer_callbacks(), n.mm, &n.peers, &err) < 0)
+	n.sync = repl_sync_create(n.loop, n.repl);
+	if (repl_peers_create(n.loop, n.cfg, &link_callbacks, &n, &n.peers, &err) < 0)
 		fatalx("%s", err);
 	repl_mm_attach(n.mm, n.peers);
+	repl_sync_attach(n.sync, n.peers);
 	if (imap_server_create(n.loop, n.cfg, n.repl, &n.imap, &err) < 0)
 		fatalx("%s", err);
 	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
 		fatalx("%s", err);
 	repl_admin_set_master(n.admin, &master_ops, n.mm);
+	repl_admin_set_resync(n.admin, &resync_ops, n.sync);
 	n.started = clock_wall_s();
 	ev_signal_init(&n.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&n.sigint, signal_cb, SIGINT);
@@ -185,6 +236,7 @@ int main(int argc, char **argv)
 
 	/* Finish what is in flight (clients get their answers), then close. */
 	repl_flush(n.repl);
+	repl_sync_destroy(&n.sync);
 	repl_mm_destroy(&n.mm);
 	repl_peers_destroy(&n.peers);
 	repl_admin_destroy(&n.admin);

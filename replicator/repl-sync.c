@@ -1,0 +1,652 @@
+/* repl-sync: the sync engine (sync/) on the peer links; see repl-sync.h. */
+#include "replicator/repl-sync.h"
+
+#include <ev.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+#include "protocol/protocol.h"
+#include "replicator/repl-private.h"
+#include "storage/storage.h"
+#include "sync/sync.h"
+
+#define MAX_RUN_PEERS 64
+#define STEPS_PER_TURN 16
+/* MBOX ids remembered per link to name the selected mailbox (the client
+ * rebinds id 1 for every mailbox, so a few are plenty). */
+#define SRV_IDS 8
+
+static const char *const sync_commands[] = {
+	"LIST", "MBOX", "SELECT", "SYNC-BEGIN", "SYNC-END", "SAVE", "STORE", "EXPUNGE",
+	"UIDFIX", "FETCH", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
+};
+
+struct srv_id {
+	uint32_t id;
+	char user[256];
+	struct guid guid;
+	bool used;
+};
+
+/* The server end of one link. */
+struct srv_link {
+	struct srv_link *next;
+	uint32_t sid;
+	struct sync_server *server;
+	struct buf tx;
+	struct srv_id ids[SRV_IDS];
+	unsigned ids_next;
+	int selected; /* index into ids, or -1 */
+};
+
+struct run;
+
+/* A client command waiting for its answers on the link. */
+struct pcmd {
+	struct pcmd *prev, *next;
+	struct run *run; /* NULL once the client it belonged to is gone */
+	char tag[32];    /* the engine's tag */
+};
+
+struct run {
+	struct repl_sync *rs;
+	char *user;
+	bool full;
+	uint32_t peers[MAX_RUN_PEERS];
+	size_t npeers, cur;
+	bool verifying;
+	struct sync_client *client;
+	struct buf tx;
+	struct pcmd *pcmds;
+	char *failure; /* set by the link side, seen by the next step */
+	struct buf report;
+	struct sync_report first;
+	char *not_converged;
+	ev_idle idle;
+	ev_timer timer;
+	repl_sync_done_cb *cb;
+	void *ctx;
+};
+
+struct repl_sync {
+	struct ev_loop *loop;
+	struct repl *repl;
+	struct repl_peers *peers;
+	struct srv_link *links;
+	struct run *run;
+};
+
+/* ------------------------------------------------------------------ */
+/* Relaying whole lines */
+
+/* The length of the first complete line of d[0..len) (literals and final
+ * CRLF included), or 0 when it is not complete yet. */
+static size_t line_length(const unsigned char *d, size_t len)
+{
+	size_t pos = 0;
+	for (;;) {
+		const unsigned char *cr = NULL;
+		for (size_t i = pos; i + 1 < len; i++) {
+			if (d[i] == '\r' && d[i + 1] == '\n') {
+				cr = d + i;
+				break;
+			}
+		}
+		if (cr == NULL)
+			return 0;
+		size_t e = (size_t)(cr - d);
+		if (e > pos && d[e - 1] == '}') {
+			size_t b = e - 1;
+			while (b > pos && d[b - 1] >= '0' && d[b - 1] <= '9')
+				b--;
+			if (b > pos && d[b - 1] == '{' && b < e - 1) {
+				uint64_t n = 0;
+				for (size_t i = b; i < e - 1; i++)
+					n = n * 10 + (uint64_t)(d[i] - '0');
+				if (n > len) /* not all here yet (or absurd) */
+					return 0;
+				pos = e + 2 + (size_t)n;
+				if (pos > len)
+					return 0;
+				continue;
+			}
+		}
+		return e + 2;
+	}
+}
+
+/* Splits an engine line into tag, name and the rest (everything after the
+ * name up to the final CRLF).  Returns -1 for a line the engine cannot
+ * have written. */
+static int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
+		      char *name, size_t name_size, const unsigned char **rest_r, size_t *rest_len_r)
+{
+	size_t i = 0;
+	while (i < len && d[i] != ' ')
+		i++;
+	if (i == 0 || i >= tag_size || i >= len)
+		return -1;
+	memcpy(tag, d, i);
+	tag[i] = '\0';
+	size_t s = ++i;
+	while (i < len && d[i] != ' ' && d[i] != '\r')
+		i++;
+	if (i == s || i - s >= name_size || !proto_is_atom(d + s, i - s))
+		return -1;
+	memcpy(name, d + s, i - s);
+	name[i - s] = '\0';
+	*rest_r = d + i;
+	*rest_len_r = len - 2 - i;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Server end */
+
+static struct srv_link *srv_find(struct repl_sync *rs, uint32_t sid)
+{
+	for (struct srv_link *l = rs->links; l != NULL; l = l->next)
+		if (l->sid == sid)
+			return l;
+	return NULL;
+}
+
+static void srv_send(void *ctx, const void *data, size_t len)
+{
+	struct srv_link *l = ctx;
+	buf_append(&l->tx, data, len);
+}
+
+static struct srv_link *srv_get(struct repl_sync *rs, uint32_t sid)
+{
+	struct srv_link *l = srv_find(rs, sid);
+	if (l != NULL)
+		return l;
+	l = xcalloc(1, sizeof(*l));
+	l->sid = sid;
+	l->selected = -1;
+	struct sync_transport t = { srv_send, l };
+	l->server = sync_server_create(repl_db(rs->repl), sid, &t);
+	l->next = rs->links;
+	rs->links = l;
+	return l;
+}
+
+static void srv_free(struct repl_sync *rs, uint32_t sid)
+{
+	for (struct srv_link **lp = &rs->links; *lp != NULL; lp = &(*lp)->next) {
+		if ((*lp)->sid != sid)
+			continue;
+		struct srv_link *l = *lp;
+		*lp = l->next;
+		sync_server_destroy(&l->server);
+		buf_free(&l->tx);
+		free(l);
+		return;
+	}
+}
+
+/* Remembers MBOX bindings and the SELECT, so that the mailbox a message
+ * command changed can be named to the watchers. */
+static void srv_track(struct srv_link *l, const struct proto_cmd *cmd)
+{
+	uint32_t id;
+	if (proto_cmd_is(cmd, "MBOX") && cmd->arg_count >= 5 &&
+	    proto_arg_u32(&cmd->args[0], &id) == 0) {
+		const char *user;
+		size_t ulen;
+		struct guid g;
+		if (proto_arg_str(&cmd->args[1], &user, &ulen) < 0 || ulen >= sizeof(l->ids[0].user) ||
+		    proto_arg_guid(&cmd->args[4], &g) < 0)
+			return;
+		int slot = -1;
+		for (int i = 0; i < SRV_IDS; i++)
+			if (l->ids[i].used && l->ids[i].id == id)
+				slot = i;
+		if (slot < 0) {
+			slot = (int)(l->ids_next++ % SRV_IDS);
+			if (l->selected == slot)
+				l->selected = -1;
+		}
+		l->ids[slot].used = true;
+		l->ids[slot].id = id;
+		memcpy(l->ids[slot].user, user, ulen + 1);
+		l->ids[slot].guid = g;
+	} else if (proto_cmd_is(cmd, "SELECT") && cmd->arg_count >= 1) {
+		l->selected = -1;
+		if (proto_arg_u32(&cmd->args[0], &id) < 0)
+			return;
+		for (int i = 0; i < SRV_IDS; i++)
+			if (l->ids[i].used && l->ids[i].id == id)
+				l->selected = i;
+	}
+}
+
+/* The mailbox a command changed, for the watchers: the selected one for
+ * message commands, the named GUID for CREATE, DELETE and RENAME. */
+static bool srv_changed(const struct srv_link *l, const struct proto_cmd *cmd, char *user,
+			size_t user_size, struct guid *g_r)
+{
+	size_t gpos = 0;
+	if (proto_cmd_is(cmd, "CREATE") || proto_cmd_is(cmd, "DELETE"))
+		gpos = 2;
+	else if (proto_cmd_is(cmd, "RENAME"))
+		gpos = 3;
+	if (gpos != 0) {
+		const char *u;
+		size_t ulen;
+		if (cmd->arg_count <= gpos || proto_arg_str(&cmd->args[0], &u, &ulen) < 0 ||
+		    ulen >= user_size || proto_arg_guid(&cmd->args[gpos], g_r) < 0)
+			return false;
+		memcpy(user, u, ulen + 1);
+		return true;
+	}
+	if (l->selected < 0)
+		return false;
+	snprintf(user, user_size, "%s", l->ids[l->selected].user);
+	*g_r = l->ids[l->selected].guid;
+	return true;
+}
+
+static void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
+			const struct proto_cmd *cmd, void *ctx)
+{
+	struct repl_sync *rs = ctx;
+	(void)peers;
+	struct srv_link *l = srv_get(rs, sid);
+	srv_track(l, cmd);
+	int r = sync_server_input(l->server, cmd);
+	const char *err;
+	bool changed = stor_sync_pending(repl_db(rs->repl));
+	/* The answer says the change is done: make it durable first. */
+	if (changed && stor_sync(repl_db(rs->repl), &err) < 0) {
+		log_errorx("sync with %u: storing failed: %s", sid, err);
+		buf_reset(&l->tx);
+		proto_conn_bye(conn, "SERVERBUG", "storage failed");
+		return;
+	}
+	while (buf_avail(&l->tx) > 0) {
+		const unsigned char *d = buf_rptr(&l->tx);
+		size_t n = line_length(d, buf_avail(&l->tx));
+		char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
+		const unsigned char *rest;
+		size_t rest_len;
+		if (n == 0 || line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
+			log_errorx("sync with %u: the engine wrote a broken line", sid);
+			buf_reset(&l->tx);
+			break;
+		}
+		struct proto_wr *w = proto_conn_line_begin(conn, tag, name);
+		buf_append(w->out, rest, rest_len);
+		proto_conn_line_end(conn);
+		buf_consume(&l->tx, n);
+	}
+	buf_reset(&l->tx);
+	char user[256];
+	struct guid g;
+	if (changed && srv_changed(l, cmd, user, sizeof(user), &g))
+		repl_notify(rs->repl, user, &g);
+	if (r < 0) {
+		const char *why = sync_server_error(l->server);
+		log_warnx("sync with %u: closing the link: %s", sid, why != NULL ? why : "error");
+		proto_conn_bye(conn, "PROTOCOL", "sync failed");
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Client end */
+
+static void run_kick(struct run *run)
+{
+	ev_idle_start(run->rs->loop, &run->idle);
+}
+
+static void run_set_failure(struct run *run, const char *why)
+{
+	if (run->failure == NULL)
+		run->failure = xstrdup(why);
+	run_kick(run);
+}
+
+static void pcmd_unlink(struct pcmd *p)
+{
+	if (p->run == NULL)
+		return;
+	if (p->prev != NULL)
+		p->prev->next = p->next;
+	else
+		p->run->pcmds = p->next;
+	if (p->next != NULL)
+		p->next->prev = p->prev;
+	p->run = NULL;
+}
+
+static void pcmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+		    const struct proto_cmd *line, void *ctx)
+{
+	struct pcmd *p = ctx;
+	(void)conn;
+	struct run *run = p->run;
+	if (run != NULL && run->client != NULL && line != NULL) {
+		struct proto_cmd copy = *line;
+		copy.tag = p->tag;
+		(void)sync_client_input(run->client, &copy);
+		run_kick(run);
+	}
+	if (kind == PROTO_REPLY_DATA)
+		return;
+	if (run != NULL && (kind == PROTO_REPLY_TIMEOUT || kind == PROTO_REPLY_CLOSED))
+		run_set_failure(run, "the link went down");
+	pcmd_unlink(p);
+	free(p);
+}
+
+static void client_send(void *ctx, const void *data, size_t len)
+{
+	struct run *run = ctx;
+	buf_append(&run->tx, data, len);
+	struct proto_conn *conn = repl_peers_conn(run->rs->peers, run->peers[run->cur]);
+	while (buf_avail(&run->tx) > 0) {
+		const unsigned char *d = buf_rptr(&run->tx);
+		size_t n = line_length(d, buf_avail(&run->tx));
+		if (n == 0)
+			return; /* the rest comes with the next send */
+		char tag[32], name[PROTO_MAX_NAME + 1];
+		const unsigned char *rest;
+		size_t rest_len;
+		if (line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
+			buf_reset(&run->tx);
+			run_set_failure(run, "the engine wrote a broken line");
+			return;
+		}
+		if (conn == NULL) {
+			buf_reset(&run->tx);
+			run_set_failure(run, "the link went down");
+			return;
+		}
+		struct pcmd *p = xcalloc(1, sizeof(*p));
+		snprintf(p->tag, sizeof(p->tag), "%s", tag);
+		p->run = run;
+		p->next = run->pcmds;
+		if (p->next != NULL)
+			p->next->prev = p;
+		run->pcmds = p;
+		struct proto_wr *w = proto_conn_cmd_begin(conn, name);
+		buf_append(w->out, rest, rest_len);
+		buf_consume(&run->tx, n);
+		/* A dropped command calls pcmd_cb (CLOSED) before returning. */
+		(void)proto_conn_cmd_send(conn, 0, pcmd_cb, p);
+	}
+	buf_reset(&run->tx);
+}
+
+static void run_client_free(struct run *run)
+{
+	while (run->pcmds != NULL)
+		pcmd_unlink(run->pcmds);
+	if (run->client != NULL)
+		sync_client_destroy(&run->client);
+	buf_reset(&run->tx);
+	free(run->failure);
+	run->failure = NULL;
+}
+
+static void run_client_start(struct run *run)
+{
+	struct sync_settings set;
+	memset(&set, 0, sizeof(set));
+	set.peer_sid = run->peers[run->cur];
+	set.user = run->user;
+	set.full = run->full && !run->verifying;
+	struct sync_transport t = { client_send, run };
+	run->client = sync_client_create(repl_db(run->rs->repl), &set, &t);
+	run_kick(run);
+}
+
+static void run_finish(struct run *run, bool converged, const char *text)
+{
+	struct repl_sync *rs = run->rs;
+	ev_idle_stop(rs->loop, &run->idle);
+	ev_timer_stop(rs->loop, &run->timer);
+	run_client_free(run);
+	rs->run = NULL;
+	run->cb(run->ctx, converged, (const char *)run->report.data, run->report.len, text);
+	buf_free(&run->report);
+	buf_free(&run->tx);
+	free(run->not_converged);
+	free(run->user);
+	free(run);
+}
+
+static void report_append(struct buf *out, uint32_t peer, const struct sync_report *r)
+{
+	buf_appendf(out, "peer: %u\n", peer);
+	buf_appendf(out, "mailboxes_checked: %u\n", r->mailboxes_checked);
+	buf_appendf(out, "mailboxes_synced: %u\n", r->mailboxes_synced);
+	buf_appendf(out, "mailboxes_full: %u\n", r->mailboxes_full);
+	buf_appendf(out, "mailboxes_created: %u\n", r->mailboxes_created);
+	buf_appendf(out, "mailboxes_renamed: %u\n", r->mailboxes_renamed);
+	buf_appendf(out, "mailboxes_deleted: %u\n", r->mailboxes_deleted);
+	buf_appendf(out, "subscriptions_changed: %u\n", r->subscriptions_changed);
+	buf_appendf(out, "messages_examined: %u\n", r->messages_examined);
+	buf_appendf(out, "messages_sent: %u\n", r->messages_sent);
+	buf_appendf(out, "texts_sent: %u\n", r->texts_sent);
+	buf_appendf(out, "messages_received: %u\n", r->messages_received);
+	buf_appendf(out, "texts_fetched: %u\n", r->texts_fetched);
+	buf_appendf(out, "renumbered: %u\n", r->messages_renumbered);
+	buf_appendf(out, "expunged: %u\n", r->messages_expunged);
+	buf_appendf(out, "flags_changed: %u\n", r->flags_changed);
+}
+
+/* Tells the watchers about every mailbox of the user (the engine does not
+ * say which ones it changed; a watcher told of an unchanged mailbox finds
+ * nothing new). */
+static void run_notify_all(struct run *run)
+{
+	struct stor_db *db = repl_db(run->rs->repl);
+	const char *err;
+	if (stor_sync_pending(db) && stor_sync(db, &err) < 0) {
+		log_errorx("resync of %s: storing failed: %s", run->user, err);
+		return;
+	}
+	stor_mailbox_array list = ARRAY_INIT;
+	if (stor_mailbox_list(db, run->user, &list, &err) < 0) {
+		log_errorx("resync of %s: listing mailboxes: %s", run->user, err);
+		return;
+	}
+	for (size_t i = 0; i < list.count; i++)
+		repl_notify(run->rs->repl, run->user, &list.items[i].guid);
+	stor_mailbox_list_free(&list);
+}
+
+/* The client of the current peer finished. */
+static void run_client_done(struct run *run)
+{
+	uint32_t peer = run->peers[run->cur];
+	const struct sync_report *r = sync_client_report(run->client);
+	run_notify_all(run);
+	if (!run->verifying) {
+		run->first = *r;
+		report_append(&run->report, peer, r);
+		log_info("resync of %s with %u: %u mailboxes synced, %u messages sent, %u received",
+			 run->user, peer, r->mailboxes_synced, r->messages_sent, r->messages_received);
+		run_client_free(run);
+		/* Convergence check: a second, ordinary sync must find every
+		 * mailbox equal (UIDNEXT, HIGHESTMODSEQ, digest) and nothing
+		 * to merge in the mailbox lists. */
+		run->verifying = true;
+		run_client_start(run);
+		return;
+	}
+	bool equal = r->mailboxes_synced == 0 && r->mailboxes_created == 0 &&
+		     r->mailboxes_renamed == 0 && r->mailboxes_deleted == 0 &&
+		     r->subscriptions_changed == 0;
+	buf_appendf(&run->report, "converged: %s\n", equal ? "yes" : "no");
+	if (!equal && run->not_converged == NULL) {
+		char msg[160];
+		snprintf(msg, sizeof(msg),
+			 "not converged: peer %u: a second sync still changed %u mailboxes", peer,
+			 r->mailboxes_synced + r->mailboxes_created + r->mailboxes_renamed +
+				 r->mailboxes_deleted);
+		run->not_converged = xstrdup(msg);
+	}
+	run_client_free(run);
+	run->verifying = false;
+	run->cur++;
+	while (run->cur < run->npeers && repl_peers_conn(run->rs->peers, run->peers[run->cur]) == NULL) {
+		buf_appendf(&run->report, "peer: %u\nconverged: no\n", run->peers[run->cur]);
+		if (run->not_converged == NULL) {
+			char msg[96];
+			snprintf(msg, sizeof(msg), "peer %u is not connected", run->peers[run->cur]);
+			run->not_converged = xstrdup(msg);
+		}
+		run->cur++;
+	}
+	if (run->cur < run->npeers) {
+		run_client_start(run);
+		return;
+	}
+	run_finish(run, run->not_converged == NULL,
+		   run->not_converged != NULL ? run->not_converged : "converged");
+}
+
+static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct run *run = (struct run *)((char *)w - offsetof(struct run, idle));
+	(void)revents;
+	if (run->failure != NULL) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "resync with %u failed: %s", run->peers[run->cur],
+			 run->failure);
+		run_notify_all(run);
+		run_finish(run, false, msg);
+		return;
+	}
+	for (int i = 0; i < STEPS_PER_TURN; i++) {
+		switch (sync_client_step(run->client)) {
+		case SYNC_STEP_AGAIN:
+			if (run->failure != NULL)
+				return; /* next turn reports it */
+			continue;
+		case SYNC_STEP_WAIT:
+			ev_idle_stop(loop, w);
+			return;
+		case SYNC_STEP_DONE:
+			run_client_done(run);
+			return;
+		case SYNC_STEP_ERROR: {
+			const char *e = sync_client_error(run->client);
+			char msg[300];
+			snprintf(msg, sizeof(msg), "resync with %u failed: %s", run->peers[run->cur],
+				 e != NULL ? e : "unknown error");
+			log_warnx("resync of %s: %s", run->user, msg);
+			run_notify_all(run);
+			run_finish(run, false, msg);
+			return;
+		}
+		}
+	}
+}
+
+static void run_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct run *run = (struct run *)((char *)w - offsetof(struct run, timer));
+	(void)loop;
+	(void)revents;
+	run_finish(run, false, "resync timed out");
+}
+
+int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool full,
+		    repl_sync_done_cb *cb, void *ctx, const char **error_r)
+{
+	static char errbuf[96];
+	if (rs->run != NULL) {
+		*error_r = "a resync is already running on this node";
+		return -1;
+	}
+	if (rs->peers == NULL) {
+		*error_r = "no peer links";
+		return -1;
+	}
+	struct run *run = xcalloc(1, sizeof(*run));
+	if (peer != 0) {
+		if (repl_peers_conn(rs->peers, peer) == NULL) {
+			free(run);
+			snprintf(errbuf, sizeof(errbuf), "peer %u is not connected", peer);
+			*error_r = errbuf;
+			return -1;
+		}
+		run->peers[run->npeers++] = peer;
+	} else {
+		size_t n = repl_peers_count(rs->peers);
+		for (size_t i = 0; i < n && run->npeers < MAX_RUN_PEERS; i++) {
+			uint32_t sid = repl_peers_sid(rs->peers, i);
+			if (repl_peers_conn(rs->peers, sid) != NULL)
+				run->peers[run->npeers++] = sid;
+		}
+		if (run->npeers == 0) {
+			free(run);
+			*error_r = "no peer is connected";
+			return -1;
+		}
+	}
+	run->rs = rs;
+	run->user = xstrdup(user);
+	run->full = full;
+	run->cb = cb;
+	run->ctx = ctx;
+	ev_idle_init(&run->idle, run_idle_cb);
+	ev_timer_init(&run->timer, run_timer_cb, REPL_SYNC_TIMEOUT_MS / 1000.0, 0.);
+	ev_timer_start(rs->loop, &run->timer);
+	rs->run = run;
+	run_client_start(run);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
+{
+	struct repl_sync *rs = xcalloc(1, sizeof(*rs));
+	rs->loop = loop;
+	rs->repl = repl;
+	return rs;
+}
+
+void repl_sync_attach(struct repl_sync *rs, struct repl_peers *peers)
+{
+	rs->peers = peers;
+	for (size_t i = 0; i < sizeof(sync_commands) / sizeof(sync_commands[0]); i++)
+		repl_peers_register(peers, sync_commands[i], srv_command, rs);
+}
+
+void repl_sync_link_up(struct repl_sync *rs, uint32_t sid)
+{
+	/* A new link is a new conversation: forget the old one's selection. */
+	srv_free(rs, sid);
+}
+
+void repl_sync_link_down(struct repl_sync *rs, uint32_t sid)
+{
+	srv_free(rs, sid);
+	if (rs->run != NULL && rs->run->cur < rs->run->npeers && rs->run->peers[rs->run->cur] == sid)
+		run_set_failure(rs->run, "the link went down");
+}
+
+void repl_sync_destroy(struct repl_sync **rsp)
+{
+	struct repl_sync *rs = *rsp;
+	if (rs == NULL)
+		return;
+	*rsp = NULL;
+	if (rs->run != NULL)
+		run_finish(rs->run, false, "shutting down");
+	while (rs->links != NULL)
+		srv_free(rs, rs->links->sid);
+	free(rs);
+}

@@ -1,0 +1,61 @@
+/* Mailbox synchronisation over the real peer links: the engine of sync/
+ * (sync.h) carried on the protocol connections of repl-peer.
+ *
+ * The client end runs on the node where a resync was asked (the admin
+ * socket's RESYNC request, `starling resync`), toward one up peer or each up
+ * peer in turn; the server end answers on the peer, one sync_server per
+ * link, created on the first sync command and destroyed on link down.
+ *
+ * The engine writes whole tagged lines itself.  repl-sync relays them: a
+ * client line goes out as a command of the link (the connection picks the
+ * tag) and its answers come back to the engine under the
+ * engine's own tag; a server line goes out as a data or completion line of
+ * the peer's command.  Message texts (literals) are relayed byte for byte.
+ *
+ * Changes the engine applied are made durable (stor_sync) before a server
+ * answer leaves and before a resync reports, and the IMAP sessions watching
+ * the changed mailboxes are notified (repl_notify).
+ *
+ * One resync runs at a time on a node (a second one is refused). */
+#ifndef REPLICATOR_REPL_SYNC_H
+#define REPLICATOR_REPL_SYNC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "replicator/repl-peer.h"
+#include "replicator/repl.h"
+
+struct ev_loop;
+struct repl_sync;
+
+/* A whole resync gives up after this long. */
+#define REPL_SYNC_TIMEOUT_MS (10u * 60u * 1000u)
+
+/* The end of a resync: converged tells whether every peer ended equal;
+ * report is the "key: value" lines (one block per peer, starting with
+ * "peer: SID"); text is the one-line outcome ("converged", or why not).
+ * Called from the loop, never from inside repl_sync_start(), or from
+ * repl_sync_destroy() with converged false. */
+typedef void repl_sync_done_cb(void *ctx, bool converged, const char *report, size_t report_len,
+			       const char *text);
+
+struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl);
+/* Fails a running resync ("shutting down") and frees everything.  Call it
+ * before destroying the peer manager and the admin socket. */
+void repl_sync_destroy(struct repl_sync **rs);
+/* Registers the sync command handlers on peers. */
+void repl_sync_attach(struct repl_sync *rs, struct repl_peers *peers);
+/* To be called from the peer manager's link callbacks. */
+void repl_sync_link_up(struct repl_sync *rs, uint32_t sid);
+void repl_sync_link_down(struct repl_sync *rs, uint32_t sid);
+
+/* Starts a resync of user with peer (0 = every up peer, in turn); full
+ * compares every message.  Returns 0 (cb follows), or -1 with a one-line
+ * *error_r (static) when the peer is not connected, no peer is, or a
+ * resync is already running. */
+int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool full,
+		    repl_sync_done_cb *cb, void *ctx, const char **error_r);
+
+#endif
