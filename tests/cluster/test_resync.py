@@ -13,7 +13,9 @@ that node as client over the link to N.  Checked here:
   - a second resync sends and receives nothing;
   - an IMAP session in IDLE on the peer sees the new messages as EXISTS;
   - --full works and changes nothing on converged nodes;
-  - a resync toward a down peer exits non-zero with one line on stderr;
+  - a resync toward a down peer exits non-zero with one line on stderr, and
+    one toward a peer that stops answering (SIGSTOP) fails within the
+    link's dead timeout, then converges once the peer is back;
   - 3 nodes: rounds of resync 1->2, 1->3 until all three dumps are equal
     (at most 2 rounds).
 
@@ -198,6 +200,25 @@ def t_two_nodes():
             rep.get("messages_received") == "0" and rep.get("texts_sent") == "0" and
             rep.get("texts_fetched") == "0", rep)
     R.check("the dumps are unchanged by --full", n1.dump(USER) == d1 and n2.dump(USER) == d2)
+
+    # A peer that stops answering mid-resync (SIGSTOP): the link's dead
+    # timeout closes it and the resync fails with one line, in bounded time.
+    n1.deliver(USER, message(1, 99))
+    n2.pause()
+    try:
+        t0 = time.monotonic()
+        r, _ = resync(n1, peer=2, timeout=60)
+        dt = time.monotonic() - t0
+    finally:
+        n2.resume()
+    err = r.stderr.decode(errors="replace").strip().splitlines()
+    R.check("resync to a silent peer fails with one line (%.1f s)" % dt,
+            r.returncode != 0 and len(err) == 1 and dt < 30, (r.returncode, err))
+    c.wait_links_up(timeout=40)
+    r, rep = resync(n1, peer=2)
+    R.check("after the peer is back, resync converges",
+            r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
+    R.check("... and the dumps are identical", n1.dump(USER) == n2.dump(USER))
 
     n2.stop()
     r, _ = resync(n1, peer=2)
