@@ -528,6 +528,15 @@ static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		return;
 	}
 	for (int i = 0; i < STEPS_PER_TURN; i++) {
+		/* Bounded memory: a full sync queues texts faster than a link
+		 * carries them; wait for the link's drained event. */
+		struct proto_conn *conn = repl_peers_conn(run->rs->peers, run->peers[run->cur]);
+		if (conn != NULL && proto_conn_is_congested(conn)) {
+			log_debug("resync of %s: link to %u congested, waiting", run->user,
+				  run->peers[run->cur]);
+			ev_idle_stop(loop, w);
+			return;
+		}
 		switch (sync_client_step(run->client)) {
 		case SYNC_STEP_AGAIN:
 			if (run->failure != NULL)
@@ -629,6 +638,13 @@ void repl_sync_link_up(struct repl_sync *rs, uint32_t sid)
 {
 	/* A new link is a new conversation: forget the old one's selection. */
 	srv_free(rs, sid);
+}
+
+void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid)
+{
+	if (rs->run != NULL && rs->run->client != NULL && rs->run->cur < rs->run->npeers &&
+	    rs->run->peers[rs->run->cur] == sid)
+		run_kick(rs->run);
 }
 
 void repl_sync_link_down(struct repl_sync *rs, uint32_t sid)

@@ -12,6 +12,10 @@
  * engine's own tag; a server line goes out as a data or completion line of
  * the peer's command.  Message texts (literals) are relayed byte for byte.
  *
+ * The client stops stepping while the link's output is above its high-water
+ * mark and goes on when it drains (repl_sync_link_drained), so a full sync
+ * of a large mailbox does not queue all its texts in memory.
+ *
  * Changes the engine applied are made durable (stor_sync) before a server
  * answer leaves and before a resync reports, and the IMAP sessions watching
  * the changed mailboxes are notified (repl_notify).
@@ -50,6 +54,9 @@ void repl_sync_attach(struct repl_sync *rs, struct repl_peers *peers);
 /* To be called from the peer manager's link callbacks. */
 void repl_sync_link_up(struct repl_sync *rs, uint32_t sid);
 void repl_sync_link_down(struct repl_sync *rs, uint32_t sid);
+/* The link's output fell below its low-water mark: a resync that stopped
+ * because the link was congested goes on. */
+void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid);
 
 /* Starts a resync of user with peer (0 = every up peer, in turn); full
  * compares every message.  Returns 0 (cb follows), or -1 with a one-line
