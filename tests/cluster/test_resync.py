@@ -15,7 +15,8 @@ that node as client over the link to N.  Checked here:
   - --full works and changes nothing on converged nodes;
   - a resync toward a down peer exits non-zero with one line on stderr, and
     one toward a peer that stops answering (SIGSTOP) fails within the
-    link's dead timeout, then converges once the peer is back;
+    link's dead timeout (a second resync meanwhile is refused), then
+    converges once the peer is back;
   - 3 nodes: rounds of resync 1->2, 1->3 until all three dumps are equal
     (at most 2 rounds).
 
@@ -23,6 +24,7 @@ The last line is "test-resync: N passed, M failed".
 """
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -32,7 +34,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness.imapwire import Client  # noqa: E402
 from harness.report import Report  # noqa: E402
-from harness.starling import Cluster  # noqa: E402
+from harness.starling import Cluster, sanitizer_env  # noqa: E402
 
 R = Report("test-resync")
 USER = "alice@example.com"
@@ -205,15 +207,25 @@ def t_two_nodes():
     # timeout closes it and the resync fails with one line, in bounded time.
     n1.deliver(USER, message(1, 99))
     n2.pause()
+    first = None
     try:
         t0 = time.monotonic()
-        r, _ = resync(n1, peer=2, timeout=60)
+        first = subprocess.Popen([c.cli, "-c", n1.conf, "resync", "-u", USER, "--peer", "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=sanitizer_env())
+        time.sleep(0.5)
+        r2, _ = resync(n1, peer=3 if len(c.nodes) > 2 else 2, timeout=30)
+        out, errb = first.communicate(timeout=60)
         dt = time.monotonic() - t0
     finally:
+        if first is not None and first.poll() is None:
+            first.kill()
         n2.resume()
-    err = r.stderr.decode(errors="replace").strip().splitlines()
+    R.check("a second resync while one runs is refused",
+            r2.returncode != 0 and b"already running" in r2.stderr, r2.stderr)
+    err = errb.decode(errors="replace").strip().splitlines()
     R.check("resync to a silent peer fails with one line (%.1f s)" % dt,
-            r.returncode != 0 and len(err) == 1 and dt < 30, (r.returncode, err))
+            first.returncode != 0 and len(err) == 1 and dt < 30, (first.returncode, err))
     c.wait_links_up(timeout=40)
     r, rep = resync(n1, peer=2)
     R.check("after the peer is back, resync converges",
