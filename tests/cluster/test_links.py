@@ -11,8 +11,8 @@ node with the wrong cluster secret or a certificate from another CA never
 comes up and the logs say why; a peer with an unknown SID is refused; TLS
 between peers with certificates made now by openssl; a second connection
 from the same peer replaces the first; five nodes split 2|3 silently and
-healed; commands nobody handles get
-BAD [UNKNOWN-COMMAND].  A small Python peer speaks the handshake of SPEC.md
+healed; a SAVE with no mailbox selected gets BAD [NOSELECT] and commands
+nobody handles get BAD [UNKNOWN-COMMAND].  A small Python peer speaks the handshake of SPEC.md
 2-3 by itself for the checks that need a misbehaving peer.
 
 Detection times are printed ("measured: ...").  The last line is
@@ -486,8 +486,8 @@ def t_python_peer():
     R.check("node 2 reports peer 1 up", t is not None, state)
     R.equal("PING answered", p.command("PING")[-1], "C2 OK PONG")
     r = p.command("SAVE 1700000000+0100 0 0 0123456789abcdef0123456789abcdef ()")
-    R.check("SAVE (no handler yet): BAD [UNKNOWN-COMMAND]",
-            r[-1].startswith("C3 BAD [UNKNOWN-COMMAND]"), r)
+    R.check("SAVE without a selected mailbox: BAD [NOSELECT]",
+            r[-1].startswith("C3 BAD [NOSELECT]"), r)
     r = p.command("FROBNICATE 1")
     R.check("unknown command: BAD [UNKNOWN-COMMAND]",
             r[-1].startswith("C4 BAD [UNKNOWN-COMMAND]"), r)
