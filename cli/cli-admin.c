@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -168,4 +169,26 @@ out:
 	buf_free(&req);
 	buf_free(&in);
 	return res;
+}
+
+int cli_admin_print(const struct config *cfg, const char *what, const char *const *tokens,
+		    size_t token_count, int timeout_ms)
+{
+	struct buf out = BUF_INIT;
+	char *text = NULL;
+	enum cli_admin_result r = cli_admin_request(cfg, tokens, token_count, NULL, 0, &out, &text,
+						     timeout_ms);
+	if (r == CLI_ADMIN_OK || r == CLI_ADMIN_NO) {
+		fwrite(out.data ? (const void *)out.data : "", 1, out.len, stdout);
+		fflush(stdout);
+	}
+	if (r == CLI_ADMIN_UNREACHABLE)
+		cli_error("node not running (%s)", text);
+	else if (r == CLI_ADMIN_NO)
+		cli_error("%s: %s", what, text);
+	else if (r == CLI_ADMIN_FAILED)
+		cli_error("%s", text);
+	free(text);
+	buf_free(&out);
+	return r == CLI_ADMIN_OK ? 0 : 1;
 }

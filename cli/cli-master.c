@@ -45,29 +45,7 @@ int cli_cmd_master(const struct config *cfg, int argc, char **argv)
 		cli_error("empty mailbox name");
 		return 1;
 	}
-	struct buf out = BUF_INIT;
-	char *text = NULL;
 	const char *tokens[] = { "MASTER", user, mailbox };
-	int ret = 0;
 	/* The node answers within its own 10 s request timeout. */
-	switch (cli_admin_request(cfg, tokens, 3, NULL, 0, &out, &text, 30000)) {
-	case CLI_ADMIN_OK:
-		fwrite(out.data ? (const void *)out.data : "", 1, out.len, stdout);
-		break;
-	case CLI_ADMIN_UNREACHABLE:
-		cli_error("node not running (%s)", text);
-		ret = 1;
-		break;
-	case CLI_ADMIN_NO:
-		cli_error("master show: %s", text);
-		ret = 1;
-		break;
-	case CLI_ADMIN_FAILED:
-		cli_error("%s", text);
-		ret = 1;
-		break;
-	}
-	free(text);
-	buf_free(&out);
-	return ret;
+	return cli_admin_print(cfg, "master show", tokens, 3, 30000);
 }

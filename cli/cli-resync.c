@@ -48,30 +48,5 @@ int cli_cmd_resync(const struct config *cfg, int argc, char **argv)
 		return 2;
 	}
 	const char *tokens[] = { "RESYNC", user, peer, "FULL" };
-	struct buf out = BUF_INIT;
-	char *text = NULL;
-	int ret = 0;
-	switch (cli_admin_request(cfg, tokens, full ? 4 : 3, NULL, 0, &out, &text,
-				  RESYNC_WAIT_MS)) {
-	case CLI_ADMIN_OK:
-		fwrite(out.data ? (const void *)out.data : "", 1, out.len, stdout);
-		break;
-	case CLI_ADMIN_UNREACHABLE:
-		cli_error("node not running (%s)", text);
-		ret = 1;
-		break;
-	case CLI_ADMIN_NO:
-		fwrite(out.data ? (const void *)out.data : "", 1, out.len, stdout);
-		fflush(stdout);
-		cli_error("resync: %s", text);
-		ret = 1;
-		break;
-	case CLI_ADMIN_FAILED:
-		cli_error("%s", text);
-		ret = 1;
-		break;
-	}
-	free(text);
-	buf_free(&out);
-	return ret;
+	return cli_admin_print(cfg, "resync", tokens, full ? 4 : 3, RESYNC_WAIT_MS);
 }

@@ -40,6 +40,12 @@ enum cli_admin_result cli_admin_request(const struct config *cfg, const char *co
 					size_t token_count, const void *body, size_t body_len,
 					struct buf *data_r, char **text_r, int timeout_ms);
 
+/* Runs one request for a command that shows what the node sends: DATA goes
+ * to stdout (before a NO too, so a partial report is kept), any failure is
+ * one line on stderr starting with what.  Returns the exit status, 0 or 1. */
+int cli_admin_print(const struct config *cfg, const char *what, const char *const *tokens,
+		    size_t token_count, int timeout_ms);
+
 /* Path of the admin socket; the caller frees it. */
 char *cli_admin_socket_path(const struct config *cfg);
 
