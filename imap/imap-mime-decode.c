@@ -6,6 +6,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/str.h"
+
 static void put_utf8(struct buf *out, uint32_t cp)
 {
 	if (cp < 0x80) {
@@ -85,17 +87,6 @@ void mime_charset_to_utf8(enum mime_charset cs, const unsigned char *p, size_t l
 	}
 }
 
-static int hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 void mime_decode_qp(const unsigned char *p, size_t len, bool header, struct buf *out)
 {
 	for (size_t i = 0; i < len; i++) {
@@ -107,8 +98,8 @@ void mime_decode_qp(const unsigned char *p, size_t len, bool header, struct buf 
 			buf_append_byte(out, p[i]);
 			continue;
 		}
-		if (i + 2 < len && hexval(p[i + 1]) >= 0 && hexval(p[i + 2]) >= 0) {
-			buf_append_byte(out, (unsigned char)(hexval(p[i + 1]) * 16 + hexval(p[i + 2])));
+		if (i + 2 < len && hex_digit_value(p[i + 1]) >= 0 && hex_digit_value(p[i + 2]) >= 0) {
+			buf_append_byte(out, (unsigned char)(hex_digit_value(p[i + 1]) * 16 + hex_digit_value(p[i + 2])));
 			i += 2;
 			continue;
 		}

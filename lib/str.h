@@ -19,6 +19,8 @@ int str_to_u64_n(const char *s, size_t n, uint64_t max, uint64_t *v_r);
 
 /* Lowercase hex of n bytes into out, which holds 2n+1 bytes. */
 void hex_encode(const unsigned char *p, size_t n, char *out);
+/* The value of one hex digit (either case), or -1. */
+int hex_digit_value(int c);
 /* Parses exactly 2n hex digits of s into out.  Returns 0 or -1. */
 int hex_decode(const char *s, size_t slen, unsigned char *out, size_t n);
 

@@ -24,7 +24,7 @@ printf 'From: "A" <a@b>, g: c@d;\r\nSubject: =?utf-8?q?h=C3=A9?=\r\nDate: Mon, 2
 printf 'Content-Type: text/plain; name*0="a"; name*1*=utf-8%%27%%27%%C3%%A9\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n' >"$work/corpus/params"
 cd "$top"
 clang -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
-	tests/imap/test-mime-fuzz.c imap/imap-mime*.c lib/buf.c lib/xalloc.c lib/log.c \
+	tests/imap/test-mime-fuzz.c imap/imap-mime*.c lib/buf.c lib/str.c lib/xalloc.c lib/log.c \
 	-o "$work/fuzz-mime"
 "$work/fuzz-mime" -max_total_time="$seconds" -timeout=5 -max_len=4096 \
 	-rss_limit_mb=1024 -print_final_stats=1 "$work/corpus"

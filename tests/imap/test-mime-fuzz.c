@@ -2,7 +2,7 @@
  * function runs on the result without crashing, leaking or reading past the
  * text.  Not built by make (it needs clang); from the top of the tree:
  *   clang -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
- *     tests/imap/test-mime-fuzz.c imap/imap-mime*.c lib/buf.c lib/xalloc.c \
+ *     tests/imap/test-mime-fuzz.c imap/imap-mime*.c lib/buf.c lib/str.c lib/xalloc.c \
  *     lib/log.c -o /tmp/fuzz-mime
  *   /tmp/fuzz-mime -max_total_time=60 -timeout=5 -max_len=4096 CORPUS_DIR */
 #include <stddef.h>
