@@ -275,6 +275,13 @@ def main():
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--starling-only", action="store_true",
+                    help="diagnostics: stop after the Starling full sync")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="diagnostics: perf record node 1 (the answering peer) "
+                    "during the full sync into FILE")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the data dirs and logs (to look at a failure)")
     args = ap.parse_args()
     n = args.messages
     daemon = os.path.join(args.build, "replicator", "starlingd")
@@ -292,7 +299,8 @@ def main():
                                           capture_output=True, text=True).stdout.strip())
     sdir = tempfile.mkdtemp(prefix="syncbench-starling-", dir=args.bench_dir)
     ddir = tempfile.mkdtemp(prefix="syncbench-dovecot-", dir=args.bench_dir)
-    proc._tmpdirs.extend([sdir, ddir])
+    if not args.keep:
+        proc._tmpdirs.extend([sdir, ddir])
     c = Cluster(n=2, users={USER: PW, USER2: PW}, daemon=daemon, cli=cli, base_dir=sdir)
     d = Dovecot(users={USER: PW}, base_dir=ddir)
     src, dst = c.nodes
@@ -311,7 +319,22 @@ def main():
         if count != n:
             raise RuntimeError("node 1 holds %d messages, not %d" % (count, n))
         subprocess.run(["sync"], check=True)
-        dt, rep = resync_cli(dst, USER, src.node_id)
+        # The load can make a link time out (see link_drops); the resync
+        # needs it up.
+        waited = c.wait_links_up(timeout=120)
+        if waited > 0.5:
+            print("links were down after the load; up again after %.1f s" % waited)
+        perf = None
+        if args.perf:
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", "99", "--call-graph", "dwarf", "-o",
+                                     args.perf, "-p", str(src.process.pid)])
+            time.sleep(1)
+        try:
+            dt, rep = resync_cli(dst, USER, src.node_id)
+        finally:
+            if perf:
+                perf.send_signal(2)
+                perf.wait(timeout=60)
         res["starling"] = (dt, nbytes)
         boxes, count = imap_total(dst, USER)
         print("starling: resync on node 2 --peer 1: %.2f s; report: messages_received %s, "
@@ -323,6 +346,8 @@ def main():
         c.wait_dumps_equal(USER, timeout=300)
         print("starling: dumps of node 1 and node 2 identical", flush=True)
 
+        if args.starling_only:
+            return
         # ---- (b) doveadm backup -------------------------------------------
         mail = os.path.join(ddir, "mail", USER)
         t0 = time.monotonic()
@@ -394,9 +419,17 @@ def main():
                            min(sock_t), max(sock_t), checked)
     finally:
         c.stop_all()
+        for node in c.nodes:
+            drops = [l for l in node.log_text().splitlines() if "link down" in l
+                     and "shutting down" not in l]
+            for l in drops:
+                print("note: node %d log: %s" % (node.node_id, l))
         d.stop()
         for p in (sdir, ddir):
-            shutil.rmtree(p, ignore_errors=True)
+            if args.keep:
+                print("kept %s" % p)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
     st, sb = res["starling"]
     dt_, db = res["dovecot"]
