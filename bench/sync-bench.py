@@ -276,10 +276,11 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--starling-only", action="store_true",
-                    help="diagnostics: stop after the Starling full sync")
+                    help="diagnostics: skip doveadm")
     ap.add_argument("--perf", metavar="FILE",
                     help="diagnostics: perf record node 1 (the answering peer) "
-                    "during the full sync into FILE")
+                    "during the full sync into FILE, and both nodes during the "
+                    "no-change resyncs into FILE.nochange.SID")
     ap.add_argument("--keep", action="store_true",
                     help="keep the data dirs and logs (to look at a failure)")
     args = ap.parse_args()
@@ -346,35 +347,34 @@ def main():
         c.wait_dumps_equal(USER, timeout=300)
         print("starling: dumps of node 1 and node 2 identical", flush=True)
 
-        if args.starling_only:
-            return
-        # ---- (b) doveadm backup -------------------------------------------
-        mail = os.path.join(ddir, "mail", USER)
-        t0 = time.monotonic()
-        dbytes = load_maildir(mail, n, args.seed, d.uid, d.gid, args.conns)
-        doveadm(d, "index", "-u", USER, "INBOX")  # source indexed, as Starling's is
-        print("wrote %d Maildir files (%.1f MB with LF line ends) and indexed them in %.1f s"
-              % (n, dbytes / 1e6, time.monotonic() - t0), flush=True)
-        dest = os.path.join(ddir, "backup")
-        os.makedirs(dest)
-        os.chown(dest, d.uid, d.gid)
-        subprocess.run(["sync"], check=True)
-        t0 = time.monotonic()
-        doveadm(d, "backup", "-u", USER, "maildir:%s" % dest)
-        ddt = time.monotonic() - t0
-        out = doveadm(d, "-o", "mail_location=maildir:%s" % dest, "mailbox", "status",
-                      "-u", USER, "messages", "INBOX")
-        dcount = int(out.split("=")[1])
-        files = len(os.listdir(os.path.join(dest, "cur"))) + \
-            len(os.listdir(os.path.join(dest, "new")))
-        print("doveadm: backup -u %s maildir:DST: %.2f s; DST INBOX messages=%d, %d files"
-              % (USER, ddt, dcount, files), flush=True)
-        if dcount != n or files != n:
-            raise RuntimeError("doveadm backup left %d messages / %d files, not %d"
-                               % (dcount, files, n))
-        # The same messages: Starling moved CRLF text (nbytes), Dovecot LF
-        # files; MB/s is over the CRLF size (the IMAP size) for both.
-        res["dovecot"] = (ddt, nbytes)
+        if not args.starling_only:
+            # ---- (b) doveadm backup -------------------------------------------
+            mail = os.path.join(ddir, "mail", USER)
+            t0 = time.monotonic()
+            dbytes = load_maildir(mail, n, args.seed, d.uid, d.gid, args.conns)
+            doveadm(d, "index", "-u", USER, "INBOX")  # source indexed, as Starling's is
+            print("wrote %d Maildir files (%.1f MB with LF line ends) and indexed them in %.1f s"
+                  % (n, dbytes / 1e6, time.monotonic() - t0), flush=True)
+            dest = os.path.join(ddir, "backup")
+            os.makedirs(dest)
+            os.chown(dest, d.uid, d.gid)
+            subprocess.run(["sync"], check=True)
+            t0 = time.monotonic()
+            doveadm(d, "backup", "-u", USER, "maildir:%s" % dest)
+            ddt = time.monotonic() - t0
+            out = doveadm(d, "-o", "mail_location=maildir:%s" % dest, "mailbox", "status",
+                          "-u", USER, "messages", "INBOX")
+            dcount = int(out.split("=")[1])
+            files = len(os.listdir(os.path.join(dest, "cur"))) + \
+                len(os.listdir(os.path.join(dest, "new")))
+            print("doveadm: backup -u %s maildir:DST: %.2f s; DST INBOX messages=%d, %d files"
+                  % (USER, ddt, dcount, files), flush=True)
+            if dcount != n or files != n:
+                raise RuntimeError("doveadm backup left %d messages / %d files, not %d"
+                                   % (dcount, files, n))
+            # The same messages: Starling moved CRLF text (nbytes), Dovecot LF
+            # files; MB/s is over the CRLF size (the IMAP size) for both.
+            res["dovecot"] = (ddt, nbytes)
 
         # ---- (c) no-change resync with many mailboxes ---------------------
         cl = Client(src.host, src.imap_port, timeout=120)
@@ -400,6 +400,14 @@ def main():
               "(mailboxes_created %s, messages_received %s)"
               % (args.mailboxes, t1, rep.get("mailboxes_created"),
                  rep.get("messages_received")), flush=True)
+        perfs = []
+        if args.perf:
+            for node in c.nodes:
+                perfs.append(subprocess.Popen(
+                    ["perf", "record", "-q", "-F", "999", "--call-graph", "dwarf", "-o",
+                     "%s.nochange.%d" % (args.perf, node.node_id), "-p",
+                     str(node.process.pid)]))
+            time.sleep(1)
         cli_t, sock_t = [], []
         for _ in range(args.runs):
             dt, rep = resync_cli(dst, USER2, src.node_id)
@@ -414,14 +422,19 @@ def main():
             sock_t.append(time.monotonic() - t0)
             if not final.startswith("OK"):
                 raise RuntimeError("admin RESYNC: %s %s" % (final, data))
+        for p in perfs:
+            p.send_signal(2)
+            p.wait(timeout=60)
         checked = report_of(data).get("mailboxes_checked")
         res["nochange"] = (statistics.median(cli_t), statistics.median(sock_t),
                            min(sock_t), max(sock_t), checked)
     finally:
+        # Link drops while the bench ran (not those of the shutdown).
+        stop_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         c.stop_all()
         for node in c.nodes:
             drops = [l for l in node.log_text().splitlines() if "link down" in l
-                     and "shutting down" not in l]
+                     and l[:19] < stop_at]
             for l in drops:
                 print("note: node %d log: %s" % (node.node_id, l))
         d.stop()
@@ -432,7 +445,7 @@ def main():
                 shutil.rmtree(p, ignore_errors=True)
 
     st, sb = res["starling"]
-    dt_, db = res["dovecot"]
+    dt_, db = res.get("dovecot", (float("nan"), sb))
     mb = sb / 1e6
     print()
     print("%-26s %10s %10s %10s %10s" % ("full sync", "messages", "MB", "seconds", "MB/s"))
