@@ -430,11 +430,13 @@ def main():
                            min(sock_t), max(sock_t), checked)
     finally:
         # Link drops while the bench ran (not those of the shutdown).
-        stop_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        now = time.time()
+        stop_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + \
+            ".%03d" % int(now % 1 * 1000)
         c.stop_all()
         for node in c.nodes:
             drops = [l for l in node.log_text().splitlines() if "link down" in l
-                     and l[:19] < stop_at]
+                     and l[:23] < stop_at]
             for l in drops:
                 print("note: node %d log: %s" % (node.node_id, l))
         d.stop()
@@ -466,4 +468,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (RuntimeError, TimeoutError) as e:
+        raise SystemExit("sync-bench: FAILED: %s" % e)
