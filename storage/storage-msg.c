@@ -728,7 +728,16 @@ int stor_changes_since(struct stor_db *db, const struct guid *mailbox, uint64_t 
 	int ret = stor_mailbox_get_by_guid(db, mailbox, NULL, error_r);
 	if (ret <= 0)
 		return ret < 0 ? -1 : mailbox_missing(db, error_r);
-	ret = modseq_scan(db, STOR_KEY_MODSEQ, mailbox, since, &uids, error_r);
+	if (since == 0) {
+		/* Every message has a modseq above 0.  One scan of the message
+		 * records beats a point lookup per message, which reads a whole
+		 * table block each once the texts crowd out the cache: a full
+		 * sync of a large mailbox spent nearly all its time there. */
+		ARRAY_FREE(&msgs);
+		ret = stor_msg_list_range(db, mailbox, 1, UINT32_MAX, &msgs, error_r);
+	} else {
+		ret = modseq_scan(db, STOR_KEY_MODSEQ, mailbox, since, &uids, error_r);
+	}
 	if (ret == 0 && uids.count > 1)
 		qsort(uids.items, uids.count, sizeof(uint32_t), uid_cmp);
 	for (size_t i = 0; i < uids.count && ret == 0; i++) {
