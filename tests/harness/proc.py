@@ -22,16 +22,71 @@ _cleanups = []     # extra callables run at exit (before killing processes)
 _ports_given = set()
 
 
+_PORT_LOCK_DIR = os.path.join(tempfile.gettempdir(), "starling-test-ports")
+_port_locks = []   # lock files this process holds
+_PORT_LOCK_STALE_S = 3 * 3600
+
+
+def _port_range():
+    """Ports below the kernel's ephemeral range: an outgoing connection (a
+    peer link, a proxy, a client) never takes one of these as its local port
+    between the moment a test picks it and the moment a node binds it."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    top = min(low, 32768) - 1
+    return max(1024, top - 12000), top
+
+
+def _lock_port(port):
+    """Claims port among concurrently running test processes (make -j runs
+    several): an O_EXCL file per port, removed at exit, ignored when stale."""
+    os.makedirs(_PORT_LOCK_DIR, exist_ok=True)
+    path = os.path.join(_PORT_LOCK_DIR, str(port))
+    try:
+        if time.time() - os.stat(path).st_mtime > _PORT_LOCK_STALE_S:
+            os.unlink(path)
+    except OSError:
+        pass
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    _port_locks.append(path)
+    return True
+
+
+def _release_ports():
+    while _port_locks:
+        try:
+            os.unlink(_port_locks.pop())
+        except OSError:
+            pass
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nobody listens on now, never the same
-    one twice in this process (two nodes must not get one port)."""
-    for _ in range(200):
+    one twice in this process nor in another test process running at the
+    same time (two nodes must not get one port)."""
+    import random
+    low, high = _port_range()
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        port = rng.randint(low, high)
+        if port in _ports_given or not _lock_port(port):
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((LOOPBACK, 0))
-            port = s.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue  # in use by something else; keep the lock, skip it
+        _ports_given.add(port)
+        return port
     raise RuntimeError("no free port found")
 
 
@@ -172,6 +227,7 @@ def cleanup_all():
         for d in _tmpdirs:
             shutil.rmtree(d, ignore_errors=True)
     del _tmpdirs[:]
+    _release_ports()
 
 
 def _on_signal(signum, frame):
