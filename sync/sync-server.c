@@ -194,13 +194,37 @@ static int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 	return 0;
 }
 
+/* CREATE and RENAME onto a name that is already held: OK when the same
+ * mailbox holds it (a resent command), NO [ALREADYEXISTS guid] otherwise.
+ * Returns 1 when it answered, 0 when the name is free, -1 on a store error. */
+static int reply_if_name_taken(struct sync_server *s, const char *tag, const char *user,
+			       const char *name, const struct guid *guid, const char *ok_text,
+			       const char *no_text)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get(s->db, user, name, &mb, &err);
+	if (r < 0)
+		return srv_fail(s, "mailbox lookup: %s", err);
+	if (r == 0)
+		return 0;
+	char code[64], hex[GUID_HEX_SIZE];
+	guid_to_hex(&mb.guid, hex);
+	snprintf(code, sizeof(code), "ALREADYEXISTS %s", hex);
+	if (guid_cmp(&mb.guid, guid) == 0)
+		srv_reply(s, tag, "OK", NULL, ok_text);
+	else
+		srv_reply(s, tag, "NO", code, no_text);
+	stor_mailbox_free(&mb);
+	return 1;
+}
+
 static int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	const char *user, *name, *err, *special = NULL;
 	size_t len;
 	struct guid guid;
 	uint32_t uidvalidity;
-	struct stor_mailbox mb;
 	if (cmd->arg_count < 4 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
 	    proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
 	    proto_arg_guid(&cmd->args[2], &guid) < 0 ||
@@ -217,21 +241,10 @@ static int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "bad CREATE option");
 		return 0;
 	}
-	int r = stor_mailbox_get(s->db, user, name, &mb, &err);
-	if (r < 0)
-		return srv_fail(s, "CREATE: %s", err);
-	if (r > 0) {
-		bool same = guid_cmp(&mb.guid, &guid) == 0;
-		char code[64], hex[GUID_HEX_SIZE];
-		guid_to_hex(&mb.guid, hex);
-		snprintf(code, sizeof(code), "ALREADYEXISTS %s", hex);
-		stor_mailbox_free(&mb);
-		if (same)
-			srv_reply(s, cmd->tag, "OK", NULL, "created");
-		else
-			srv_reply(s, cmd->tag, "NO", code, "name has another mailbox");
-		return 0;
-	}
+	int r = reply_if_name_taken(s, cmd->tag, user, name, &guid, "created",
+				    "name has another mailbox");
+	if (r != 0)
+		return r < 0 ? -1 : 0;
 	struct stor_mailbox_create req = {
 		.user = user, .name = name, .guid = &guid, .uidvalidity = uidvalidity,
 		.special_use = special,
@@ -286,21 +299,10 @@ static int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "RENAME user old new guid");
 		return 0;
 	}
-	int r = stor_mailbox_get(s->db, user, new_name, &mb, &err);
-	if (r < 0)
-		return srv_fail(s, "RENAME: %s", err);
-	if (r > 0) {
-		bool same = guid_cmp(&mb.guid, &guid) == 0;
-		char code[64], hex[GUID_HEX_SIZE];
-		guid_to_hex(&mb.guid, hex);
-		snprintf(code, sizeof(code), "ALREADYEXISTS %s", hex);
-		stor_mailbox_free(&mb);
-		if (same)
-			srv_reply(s, cmd->tag, "OK", NULL, "renamed");
-		else
-			srv_reply(s, cmd->tag, "NO", code, "new name has another mailbox");
-		return 0;
-	}
+	int r = reply_if_name_taken(s, cmd->tag, user, new_name, &guid, "renamed",
+				    "new name has another mailbox");
+	if (r != 0)
+		return r < 0 ? -1 : 0;
 	r = stor_mailbox_get_by_guid(s->db, &guid, &mb, &err);
 	if (r < 0)
 		return srv_fail(s, "RENAME: %s", err);
