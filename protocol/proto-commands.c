@@ -24,15 +24,16 @@ static const struct proto_cmd_info commands[] = {
 	{ "LOGOUT", "", 0 },
 	{ "MBOX", "issig", 0 },
 	{ "SELECT", "i", 0 },
-	{ "CREATE", "ssgi", PROTO_CMDF_OPT_SPECIAL_USE | PROTO_CMDF_FORWARD },
-	{ "DELETE", "ssg", PROTO_CMDF_FORWARD },
-	{ "RENAME", "sssg", PROTO_CMDF_FORWARD },
-	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD },
-	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD },
-	{ "SAVE", "dumgfT", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
-	{ "COPY", "iigumdf", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
-	{ "EXPUNGE", "Sm", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
-	{ "STORE", "Smff", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE },
+	{ "CREATE", "ssgi", PROTO_CMDF_OPT_SPECIAL_USE | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "DELETE", "ssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "RENAME", "sssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "SAVE", "dumgfT", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "COPY", "iigumdf", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "EXPUNGE", "Sm", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "STORE", "Smff",
+	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE | PROTO_CMDF_OPT_ORIGIN },
 	{ "FETCH", "S", PROTO_CMDF_SELECTED },
 	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
@@ -165,7 +166,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 		i++;
 	}
 	size_t npos = i;
-	bool seen_via = false, seen_to = false, seen_opt = false;
+	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -189,6 +190,10 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			   (info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0) {
 			seen_opt = true;
 			ok = check_arg('f', val);
+		} else if (strcasecmp(key->str, "ORIGIN") == 0 && !seen_origin &&
+			   (info->flags & PROTO_CMDF_OPT_ORIGIN) != 0) {
+			seen_origin = true;
+			ok = check_arg('i', val);
 		} else {
 			return fail(errbuf, sizeof(errbuf), error_r, "%s: unknown or repeated option %zu",
 				    info->name, i + 1);
@@ -207,7 +212,8 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	return strcasecmp(key, "VIA") == 0 || strcasecmp(key, "TO") == 0 ||
 	       ((info->flags & PROTO_CMDF_OPT_UNCHANGEDSINCE) != 0 &&
 		strcasecmp(key, "UNCHANGEDSINCE") == 0) ||
-	       ((info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0 && strcasecmp(key, "SPECIAL-USE") == 0);
+	       ((info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0 && strcasecmp(key, "SPECIAL-USE") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "ORIGIN") == 0);
 }
 
 const struct proto_arg *proto_cmd_option(const struct proto_cmd *cmd, size_t npos, const char *key)

@@ -217,6 +217,7 @@ int proto_arg_uidset(const struct proto_arg *a, uint32_t star_value, size_t max_
 #define PROTO_CMDF_OPT_UNCHANGEDSINCE 0x04  /* accepts UNCHANGEDSINCE <modseq> */
 #define PROTO_CMDF_OPT_SPECIAL_USE 0x08     /* accepts SPECIAL-USE <flags> */
 #define PROTO_CMDF_DATA 0x10                /* a data line, not a command */
+#define PROTO_CMDF_OPT_ORIGIN 0x20          /* accepts ORIGIN <sid>: a change already applied there */
 
 struct proto_cmd_info {
 	const char *name;

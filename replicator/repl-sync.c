@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -73,12 +74,26 @@ struct run {
 	void *ctx;
 };
 
+/* A background resync waiting for its turn (repl_sync_enqueue). */
+struct queued {
+	struct queued *next;
+	char *user;
+	uint32_t peer;
+};
+
 struct repl_sync {
 	struct ev_loop *loop;
 	struct repl *repl;
 	struct repl_peers *peers;
 	struct srv_link *links;
 	struct run *run;
+	repl_sync_live_cb *live_cb;
+	void *live_ctx;
+	repl_sync_idle_cb *idle_cb;
+	void *idle_ctx;
+	struct queued *queue, **queue_tail;
+	size_t queue_len;
+	ev_timer queue_timer;
 };
 
 /* ------------------------------------------------------------------ */
@@ -253,6 +268,21 @@ static bool srv_changed(const struct srv_link *l, const struct proto_cmd *cmd, c
 	return true;
 }
 
+/* Live replication rather than a sync: a change its origin already made
+ * (option ORIGIN), or a message command outside SYNC-BEGIN ... SYNC-END
+ * (a request to this node as master). */
+static bool is_live(const struct srv_link *l, const struct proto_cmd *cmd)
+{
+	for (size_t i = 0; i + 1 < cmd->arg_count; i++) {
+		if (cmd->args[i].type == PROTO_ARG_ATOM && strcasecmp(cmd->args[i].str, "ORIGIN") == 0)
+			return true;
+	}
+	if (sync_server_in_sync(l->server))
+		return false;
+	return proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||
+	       proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY");
+}
+
 static void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
 			const struct proto_cmd *cmd, void *ctx)
 {
@@ -260,6 +290,12 @@ static void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_con
 	(void)peers;
 	struct srv_link *l = srv_get(rs, sid);
 	srv_track(l, cmd);
+	if (rs->live_cb != NULL && is_live(l, cmd)) {
+		struct guid g;
+		bool sel = sync_server_selected(l->server, &g);
+		rs->live_cb(rs->live_ctx, sid, conn, cmd, sel ? &g : NULL);
+		return;
+	}
 	int r = sync_server_input(l->server, cmd);
 	const char *err;
 	bool changed = stor_sync_pending(repl_db(rs->repl));
@@ -421,6 +457,14 @@ static void run_finish(struct run *run, bool converged, const char *text)
 	free(run->not_converged);
 	free(run->user);
 	free(run);
+	/* The next queued resync starts from the loop, not from inside a
+	 * callback chain that may be tearing things down. */
+	if (rs->queue != NULL && !ev_is_active(&rs->queue_timer)) {
+		ev_timer_set(&rs->queue_timer, 0., 0.);
+		ev_timer_start(rs->loop, &rs->queue_timer);
+	}
+	if (rs->idle_cb != NULL)
+		rs->idle_cb(rs->idle_ctx);
 }
 
 static void report_append(struct buf *out, uint32_t peer, const struct sync_report *r)
@@ -619,11 +663,96 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 
 /* ------------------------------------------------------------------ */
 
+/* ---- Background resyncs ---- */
+
+static void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
+			const char *text)
+{
+	char *user = ctx;
+	if (converged)
+		log_info("background resync of %s: %s", user, text);
+	else
+		log_warnx("background resync of %s: %s", user, text);
+	free(user);
+}
+
+static void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, queue_timer));
+	while (rs->run == NULL && rs->queue != NULL) {
+		struct queued *q = rs->queue;
+		rs->queue = q->next;
+		if (rs->queue == NULL)
+			rs->queue_tail = &rs->queue;
+		rs->queue_len--;
+		const char *err;
+		if (repl_sync_start(rs, q->user, q->peer, false, queued_done, q->user, &err) < 0) {
+			log_warnx("background resync of %s with %u not started: %s", q->user, q->peer,
+				  err);
+			free(q->user);
+		}
+		free(q);
+	}
+	/* A manual resync holds the node: try again later. */
+	if (rs->queue != NULL && rs->run == NULL) {
+		ev_timer_set(&rs->queue_timer, 1., 0.);
+		ev_timer_start(loop, &rs->queue_timer);
+	}
+}
+
+void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
+{
+	for (struct queued *q = rs->queue; q != NULL; q = q->next) {
+		if (q->peer == peer && strcmp(q->user, user) == 0)
+			return;
+	}
+	if (rs->queue_len >= REPL_SYNC_QUEUE_MAX) {
+		log_warnx("background resync queue full: %s with %u dropped (run starling resync)",
+			  user, peer);
+		return;
+	}
+	struct queued *q = xcalloc(1, sizeof(*q));
+	q->user = xstrdup(user);
+	q->peer = peer;
+	*rs->queue_tail = q;
+	rs->queue_tail = &q->next;
+	rs->queue_len++;
+	if (rs->run == NULL && !ev_is_active(&rs->queue_timer)) {
+		ev_timer_set(&rs->queue_timer, 0., 0.);
+		ev_timer_start(rs->loop, &rs->queue_timer);
+	}
+}
+
+size_t repl_sync_queued(const struct repl_sync *rs)
+{
+	return rs->queue_len;
+}
+
+bool repl_sync_busy_with(const struct repl_sync *rs, uint32_t sid)
+{
+	const struct run *run = rs->run;
+	return run != NULL && run->cur < run->npeers && run->peers[run->cur] == sid;
+}
+
+void repl_sync_set_live(struct repl_sync *rs, repl_sync_live_cb *cb, void *ctx)
+{
+	rs->live_cb = cb;
+	rs->live_ctx = ctx;
+}
+
+void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx)
+{
+	rs->idle_cb = cb;
+	rs->idle_ctx = ctx;
+}
+
 struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
 {
 	struct repl_sync *rs = xcalloc(1, sizeof(*rs));
 	rs->loop = loop;
 	rs->repl = repl;
+	rs->queue_tail = &rs->queue;
+	ev_timer_init(&rs->queue_timer, queue_timer_cb, 0., 0.);
 	return rs;
 }
 
@@ -660,8 +789,17 @@ void repl_sync_destroy(struct repl_sync **rsp)
 	if (rs == NULL)
 		return;
 	*rsp = NULL;
+	rs->idle_cb = NULL;
+	ev_timer_stop(rs->loop, &rs->queue_timer);
+	while (rs->queue != NULL) {
+		struct queued *q = rs->queue;
+		rs->queue = q->next;
+		free(q->user);
+		free(q);
+	}
 	if (rs->run != NULL)
 		run_finish(rs->run, false, "shutting down");
+	ev_timer_stop(rs->loop, &rs->queue_timer);
 	while (rs->links != NULL)
 		srv_free(rs, rs->links->sid);
 	free(rs);

@@ -65,4 +65,29 @@ void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid);
 int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool full,
 		    repl_sync_done_cb *cb, void *ctx, const char **error_r);
 
+/* ---- Used by the replicator (repl-cluster.c) ---- */
+
+/* Background resyncs waiting at most; more are dropped with a warning. */
+#define REPL_SYNC_QUEUE_MAX 4096u
+
+/* Queues a resync of user with peer (0 = every up peer) to run when no
+ * other resync runs; a pair already queued is not queued twice.  The
+ * outcome is logged. */
+void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer);
+size_t repl_sync_queued(const struct repl_sync *rs);
+/* True while a resync client talks to sid: its MBOX/SELECT own the
+ * direction toward sid, so live replication to sid waits. */
+bool repl_sync_busy_with(const struct repl_sync *rs, uint32_t sid);
+
+/* Live replication commands arriving on a link (a message command outside
+ * a sync, or any change carrying ORIGIN) go to cb instead of the sync
+ * server; selected is the mailbox selected in that direction, or NULL.
+ * cb answers on conn, now or later. */
+typedef void repl_sync_live_cb(void *ctx, uint32_t sid, struct proto_conn *conn,
+			       const struct proto_cmd *cmd, const struct guid *selected);
+void repl_sync_set_live(struct repl_sync *rs, repl_sync_live_cb *cb, void *ctx);
+/* Called after each resync ends (the links are free again). */
+typedef void repl_sync_idle_cb(void *ctx);
+void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx);
+
 #endif

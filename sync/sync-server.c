@@ -1028,6 +1028,18 @@ static int cmd_fetch(struct sync_server *s, const struct proto_cmd *cmd)
 	return ret;
 }
 
+bool sync_server_in_sync(const struct sync_server *s)
+{
+	return s->in_sync;
+}
+
+bool sync_server_selected(const struct sync_server *s, struct guid *guid_r)
+{
+	if (s->selected)
+		*guid_r = s->sel;
+	return s->selected;
+}
+
 int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	if (proto_cmd_is_status(cmd) || strcmp(cmd->tag, "*") == 0)

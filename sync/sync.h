@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/guid.h"
+
 struct stor_db;
 struct proto_cmd;
 
@@ -105,6 +107,11 @@ void sync_server_destroy(struct sync_server **sp);
 int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd);
 /* Raw bytes from the client, in any split. */
 int sync_server_feed(struct sync_server *s, const void *data, size_t len);
+/* Whether a SYNC-BEGIN ... SYNC-END is under way (message commands belong
+ * to the sync then, and are live replication otherwise). */
+bool sync_server_in_sync(const struct sync_server *s);
+/* The mailbox selected in this direction: true with *guid_r, or false. */
+bool sync_server_selected(const struct sync_server *s, struct guid *guid_r);
 /* Messages the server looked at (for tests of the no-change cost). */
 unsigned sync_server_messages_examined(const struct sync_server *s);
 const char *sync_server_error(const struct sync_server *s);
