@@ -11,8 +11,13 @@
  *   s  string                g  GUID (32 hex digits)
  *   d  date                  S  UID set
  *   f  flag list             T  message text: a literal, or NIL
- *   l  list of UID sets (SYNC-BEGIN's known UIDs) */
+ *   l  list of UID sets (SYNC-BEGIN's known UIDs)
+ *   M  a mailbox-master message (section 9.6): its name and fields, the
+ *      rest of the line, checked against mm_messages below; MM takes no
+ *      options, since it only ever travels one hop */
 #include "protocol/protocol.h"
+
+#include "lib/str.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +25,10 @@
 #include <strings.h>
 
 static const struct proto_cmd_info commands[] = {
+	/* Handshake (sections 2-4): proto-conn answers these itself. */
+	{ "STARTTLS", "", 0 },
+	{ "AUTH", "ss", 0 },
+	{ "COMPRESS", "s", 0 },
 	{ "PING", "", 0 },
 	{ "LOGOUT", "", 0 },
 	{ "MBOX", "issig", 0 },
@@ -39,17 +48,47 @@ static const struct proto_cmd_info commands[] = {
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
 	{ "UIDFIX", "SS", PROTO_CMDF_SELECTED },
 	{ "LIST", "s", 0 },
-	{ "MASTER-WHO", "ss", PROTO_CMDF_FORWARD },
-	{ "MASTER-MOVE", "?i", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD },
-	{ "MASTER-IS", "ssinn", PROTO_CMDF_FORWARD },
-	{ "ROOT", "in", PROTO_CMDF_FORWARD },
-	{ "DROPPED", "in", PROTO_CMDF_FORWARD },
+	{ "MM", "M", 0 },
 	/* Data lines (answers carrying the command's tag). */
 	{ "FLAGS", "imf", PROTO_CMDF_DATA },
 	{ "TEXT", "igT", PROTO_CMDF_DATA },
 	{ "MAILBOX", "sgiimgs", PROTO_CMDF_DATA },
 	{ "SUBSCRIBED", "s", PROTO_CMDF_DATA },
 };
+
+/* The messages of SPEC.md 9.6, after their name.  Letters as above, plus:
+ *   k  granule key: an atom or a quoted string of 1..400 bytes
+ *   L  SID list: "-", or nonzero SIDs joined by ","
+ *   o  SOFT or FORCE          r  REFUSED, LOOP or HOPS
+ * Names are matched exactly (mm_msg_parse() does).  Ranges that are
+ * meaning, not syntax (TTL at most 32, epochs with a root, generation
+ * above 0), are left to mm_msg_validate(). */
+static const struct {
+	const char *name;
+	const char *sig;
+} mm_messages[] = {
+	{ "LINKS", "innL" },
+	{ "ROOT-ANNOUNCE", "iiin" },
+	{ "DROPPED", "iiin" },
+	{ "STALE-EPOCH", "iiin" },
+	{ "MASTER-WHO", "iiink" },
+	{ "MASTER-IS", "iiinkin" },
+	{ "MASTER-MOVE", "iiinkiLou" },
+	{ "MASTER-RELEASE", "iiinkinL" },
+	{ "MASTER-MOVE-FAIL", "iiinkiur" },
+};
+
+#define MM_KEY_MAX 400
+
+size_t proto_cmd_info_count(void)
+{
+	return sizeof(commands) / sizeof(commands[0]);
+}
+
+const struct proto_cmd_info *proto_cmd_info_get(size_t i)
+{
+	return i < proto_cmd_info_count() ? &commands[i] : NULL;
+}
 
 const struct proto_cmd_info *proto_cmd_info_find(const char *name)
 {
@@ -127,6 +166,67 @@ static bool check_arg(char type, const struct proto_arg *a)
 	return false;
 }
 
+static bool atom_is(const struct proto_arg *a, const char *s)
+{
+	return a->type == PROTO_ARG_ATOM && strcmp(a->str, s) == 0;
+}
+
+static bool is_sid_list(const struct proto_arg *a)
+{
+	if (a->type != PROTO_ARG_ATOM)
+		return false;
+	if (strcmp(a->str, "-") == 0)
+		return true;
+	const char *p = a->str;
+	for (;;) {
+		const char *end = strchr(p, ',');
+		size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+		uint64_t v;
+		if (len == 0 || (len > 1 && p[0] == '0') || str_to_u64_n(p, len, UINT32_MAX, &v) < 0 ||
+		    v == 0)
+			return false;
+		if (end == NULL)
+			return true;
+		p = end + 1;
+	}
+}
+
+static bool check_mm_field(char type, const struct proto_arg *a)
+{
+	switch (type) {
+	case 'k':
+		return (a->type == PROTO_ARG_ATOM || a->type == PROTO_ARG_QUOTED) && a->len > 0 &&
+		       a->len <= MM_KEY_MAX;
+	case 'L':
+		return is_sid_list(a);
+	case 'o':
+		return atom_is(a, "SOFT") || atom_is(a, "FORCE");
+	case 'r':
+		return atom_is(a, "REFUSED") || atom_is(a, "LOOP") || atom_is(a, "HOPS");
+	}
+	return check_arg(type, a);
+}
+
+/* args are everything after "MM": a message name, then exactly its fields. */
+static bool check_mm(const struct proto_arg *args, size_t count)
+{
+	if (count == 0 || args[0].type != PROTO_ARG_ATOM)
+		return false;
+	for (size_t i = 0; i < sizeof(mm_messages) / sizeof(mm_messages[0]); i++) {
+		if (strcmp(mm_messages[i].name, args[0].str) != 0)
+			continue;
+		const char *sig = mm_messages[i].sig;
+		if (count - 1 != strlen(sig))
+			return false;
+		for (size_t j = 0; sig[j] != '\0'; j++) {
+			if (!check_mm_field(sig[j], &args[j + 1]))
+				return false;
+		}
+		return true;
+	}
+	return false;
+}
+
 static int fail(char *buf, size_t size, const char **error_r, const char *fmt, const char *name,
 		size_t n)
 {
@@ -154,6 +254,13 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 				break;
 			return fail(errbuf, sizeof(errbuf), error_r, "%s: argument %zu missing",
 				    info->name, i + 1);
+		}
+		if (*sig == 'M') {
+			if (!check_mm(&cmd->args[i], cmd->arg_count - i))
+				return fail(errbuf, sizeof(errbuf), error_r,
+					    "%s: not a mailbox-master message%.0zu", info->name, 0);
+			i = cmd->arg_count;
+			continue;
 		}
 		const struct proto_arg *a = &cmd->args[i];
 		/* An optional argument may be absent with options following. */

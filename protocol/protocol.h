@@ -227,6 +227,10 @@ struct proto_cmd_info {
 
 /* The entry of a command or data line name (case-insensitive), or NULL. */
 const struct proto_cmd_info *proto_cmd_info_find(const char *name);
+/* The table's rows in order, for tests and tools: i < proto_cmd_info_count(),
+ * else NULL. */
+size_t proto_cmd_info_count(void);
+const struct proto_cmd_info *proto_cmd_info_get(size_t i);
 /* Checks arguments and options of a command or data line against the
  * table.  Returns 0 with *npos_r = the number of positional arguments
  * (options follow them as KEY value pairs), or -1 with *error_r (static,

@@ -210,12 +210,21 @@ static void write_samples(struct buf *out, struct buf *expect)
 	proto_wr_status(out, "C5", "NO", "NOMBOX", "unknown mailbox id");
 	EXPECT("C5 NO [NOMBOX] |unknown mailbox id|");
 
-	proto_wr_begin(&w, "C6", "MASTER-MOVE");
+	proto_wr_begin(&w, "C6", "MM");
+	proto_wr_atom(&w, "MASTER-MOVE");
+	proto_wr_u64(&w, 2);
 	proto_wr_u64(&w, 3);
+	proto_wr_u64(&w, 32);
+	proto_wr_u64(&w, 17179869185ull);
+	proto_wr_cstr(&w, "m:alice smith/" GUID_A);
+	proto_wr_u64(&w, 2);
+	proto_wr_atom(&w, "2,4");
+	proto_wr_atom(&w, "SOFT");
+	proto_wr_u64(&w, 25);
 	proto_wr_end(&w);
-	EXPECT("C6 MASTER-MOVE 3");
-	proto_wr_status(out, "C6", "OK", "MASTER 3 EPOCH 7", "master moved");
-	EXPECT("C6 OK [MASTER 3 EPOCH 7] |master moved|");
+	EXPECT("C6 MM MASTER-MOVE 2 3 32 17179869185 \"m:alice smith/" GUID_A "\" 2 2,4 SOFT 25");
+	proto_wr_status(out, "C6", "OK", NULL, NULL);
+	EXPECT("C6 OK ||");
 
 	proto_wr_begin(&w, "C7", "SAVE");
 	proto_wr_date(&w, 1700000000, 60);
@@ -337,33 +346,46 @@ static void write_samples(struct buf *out, struct buf *expect)
 	proto_wr_end(&w);
 	EXPECT("C13 TEXT 46 " GUID_A " {0:}");
 
-	proto_wr_begin(&w, "C14", "MASTER-WHO");
-	proto_wr_cstr(&w, "alice");
-	proto_wr_cstr(&w, "INBOX");
-	proto_wr_end(&w);
-	EXPECT("C14 MASTER-WHO alice INBOX");
-	proto_wr_status(out, "C14", "NO", "NOTROOT 1 EPOCH 7", "ask the root");
-	EXPECT("C14 NO [NOTROOT 1 EPOCH 7] |ask the root|");
-
-	proto_wr_begin(&w, "S3", "MASTER-IS");
-	proto_wr_cstr(&w, "alice");
-	proto_wr_cstr(&w, "");
+	proto_wr_begin(&w, "C14", "MM");
+	proto_wr_atom(&w, "MASTER-WHO");
 	proto_wr_u64(&w, 2);
-	proto_wr_u64(&w, 7);
-	proto_wr_u64(&w, 0);
+	proto_wr_u64(&w, 1);
+	proto_wr_u64(&w, 31);
+	proto_wr_u64(&w, 30064771073ull);
+	proto_wr_cstr(&w, "u:alice");
 	proto_wr_end(&w);
-	EXPECT("S3 MASTER-IS alice \"\" 2 7 0");
+	EXPECT("C14 MM MASTER-WHO 2 1 31 30064771073 u:alice");
+	proto_wr_status(out, "C14", "BAD", "ARGS", "not a mailbox-master message");
+	EXPECT("C14 BAD [ARGS] |not a mailbox-master message|");
 
-	proto_wr_begin(&w, "S4", "ROOT");
+	proto_wr_begin(&w, "S3", "MM");
+	proto_wr_atom(&w, "MASTER-IS");
+	proto_wr_u64(&w, 1);
+	proto_wr_u64(&w, 2);
+	proto_wr_u64(&w, 32);
+	proto_wr_u64(&w, 30064771073ull);
+	proto_wr_cstr(&w, "u:alice");
+	proto_wr_u64(&w, 2);
+	proto_wr_u64(&w, 1);
+	proto_wr_end(&w);
+	EXPECT("S3 MM MASTER-IS 1 2 32 30064771073 u:alice 2 1");
+
+	proto_wr_begin(&w, "S4", "MM");
+	proto_wr_atom(&w, "LINKS");
 	proto_wr_u64(&w, 1);
 	proto_wr_u64(&w, 8);
+	proto_wr_u64(&w, 30064771073ull);
+	proto_wr_atom(&w, "2,3");
 	proto_wr_end(&w);
-	EXPECT("S4 ROOT 1 8");
-	proto_wr_begin(&w, "C15", "DROPPED");
+	EXPECT("S4 MM LINKS 1 8 30064771073 2,3");
+	proto_wr_begin(&w, "C15", "MM");
+	proto_wr_atom(&w, "DROPPED");
 	proto_wr_u64(&w, 2);
-	proto_wr_u64(&w, 8);
+	proto_wr_u64(&w, 1);
+	proto_wr_u64(&w, 32);
+	proto_wr_u64(&w, 30064771073ull);
 	proto_wr_end(&w);
-	EXPECT("C15 DROPPED 2 8");
+	EXPECT("C15 MM DROPPED 2 1 32 30064771073");
 
 	proto_wr_begin(&w, "C16", "CREATE");
 	proto_wr_cstr(&w, "alice");
@@ -788,7 +810,8 @@ static void test_malformed_arguments_fail_the_command_table(void)
 		"C1 STORE 1:5 1 (\\Seen) () UNCHANGEDSINCE\r\n",
 		"C1 CREATE alice x " GUID_A " 5 UNCHANGEDSINCE 5\r\n",
 		"C1 COPY 2 0 " GUID_A " 0 0 1700000000+0000 ()\r\n", /* source UID 0 */
-		"C1 MASTER-MOVE 0\r\n",
+		"C1 MM MASTER-MOVE 2 3 32 7 u:alice 2 - SOFT\r\n", /* rate missing */
+		"C1 MM ROOT 1 8\r\n",                             /* a draft, never sent */
 		"C1 SYNC-BEGIN 1 2 3 4 (1:*,x)\r\n",
 		"C1 NOSUCH 1\r\n",
 	};
@@ -805,15 +828,15 @@ static void test_malformed_arguments_fail_the_command_table(void)
 		}
 		proto_parser_destroy(&p);
 	}
-	/* The optional argument of MASTER-MOVE may be left out before options. */
-	const char *ok = "C1 MASTER-MOVE VIA (1)\r\n";
+	/* The optional argument of SYNC-BEGIN may be left out before options. */
+	const char *ok = "C1 SYNC-BEGIN 1 2 3 4 VIA (1)\r\n";
 	struct proto_parser *p = proto_parser_create(NULL);
 	size_t used, npos = 9;
 	const struct proto_cmd *cmd;
 	const char *error;
 	CU_ASSERT_EQUAL_FATAL(proto_parser_parse(p, (const unsigned char *)ok, strlen(ok), &used, &cmd), 1);
 	CU_ASSERT_EQUAL(proto_cmd_validate(cmd, &npos, &error), 0);
-	CU_ASSERT_EQUAL(npos, 0);
+	CU_ASSERT_EQUAL(npos, 4);
 	proto_parser_destroy(&p);
 }
 
