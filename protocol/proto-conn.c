@@ -810,11 +810,12 @@ static void on_net_input(struct proto_conn *conn, const unsigned char *data, siz
 		on_plain_input(conn, data, len);
 }
 
-static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
+/* Reads and handles what the socket holds, a bounded number of chunks.
+ * The caller holds a callback depth (enter()). */
+static void read_input(struct proto_conn *conn)
 {
-	struct proto_conn *conn = (struct proto_conn *)((char *)w - offsetof(struct proto_conn, rio));
+	struct ev_loop *loop = conn->loop;
 	unsigned char tmp[READ_CHUNK];
-	enter(conn);
 	for (int i = 0; i < MAX_READS_PER_EVENT; i++) {
 		ssize_t n = read(conn->fd, tmp, sizeof(tmp));
 		if (n < 0) {
@@ -837,6 +838,14 @@ static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (is_dead(conn) || conn->state == CS_CLOSING || conn->congested)
 			break;
 	}
+}
+
+static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct proto_conn *conn = (struct proto_conn *)((char *)w - offsetof(struct proto_conn, rio));
+	(void)loop;
+	enter(conn);
+	read_input(conn);
 	leave(conn);
 }
 
@@ -1203,6 +1212,20 @@ static void ping_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	conn->ping_outstanding = false;
 }
 
+/* Before a silent peer is declared dead: bytes may be waiting in the
+ * socket that the loop has not read yet, because this node was busy in a
+ * long callback and libev runs expired timers before the read watcher of
+ * the same wakeup.  Reads them first (when reading is on: a congested link
+ * reads nothing, on purpose).  True if the peer turned out to be alive. */
+static bool input_waiting_alive(struct proto_conn *conn)
+{
+	if (!conn->reading || conn->congested || conn->fd < 0)
+		return false;
+	ev_tstamp before = conn->last_rx;
+	read_input(conn);
+	return !is_dead(conn) && conn->last_rx != before;
+}
+
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct proto_conn *conn = (struct proto_conn *)((char *)w - offsetof(struct proto_conn, tick));
@@ -1214,7 +1237,8 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	} else if (!conn->authenticated) {
 		if (now - conn->created >= conn->set.handshake_timeout_ms / 1000.0)
 			conn_fail(conn, "handshake timed out");
-	} else if (now - conn->last_rx >= conn->set.dead_timeout_ms / 1000.0) {
+	} else if (now - conn->last_rx >= conn->set.dead_timeout_ms / 1000.0 &&
+		   !input_waiting_alive(conn)) {
 		conn_fail(conn, "peer timed out");
 	} else if (now - conn->last_rx >= conn->set.ping_interval_ms / 1000.0 &&
 		   !conn->ping_outstanding && !conn->hold_output) {

@@ -843,6 +843,36 @@ static void test_silent_peer_gets_ping_then_is_declared_dead(void)
 	ev_loop_destroy(loop);
 }
 
+/* A node stuck in a long callback wakes up with the keepalive timer expired
+ * and the peer's line waiting in the socket: the line proves the peer is
+ * alive, so the link stays up and the line is handled. */
+static void test_waiting_input_after_a_long_stall_keeps_the_link_up(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side b = { 0 };
+	struct raw r;
+	struct proto_conn_settings sb;
+	base_settings(&sb, 2, false);
+	sb.ping_interval_ms = 100;
+	sb.dead_timeout_ms = 400;
+	raw_open(loop, &r, &b, &sb);
+	raw_handshake(loop, &r, &b);
+	raw_send(&r, "C2 X-NOTE waiting\r\n");
+	/* The loop does not run for longer than the dead timeout. */
+	usleep(600 * 1000);
+	for (int i = 0; i < 5; i++)
+		ev_run(loop, EVRUN_NOWAIT);
+	CU_ASSERT_EQUAL(b.closed, 0);
+	CU_ASSERT_EQUAL(b.commands, 1);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b.received), "X-NOTE waiting\n");
+	/* Silence after that is still noticed. */
+	CU_ASSERT(run_until(loop, side_closed, &b, 5));
+	CU_ASSERT(strstr(b.reason, "timed out") != NULL);
+	raw_close(&r);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
 static void test_slow_reader_stops_reading_and_drains(void)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
@@ -921,6 +951,7 @@ const struct test_case proto_conn_cases[] = {
 	{ "literal over the message limit closes with TOOBIG", test_literal_over_the_message_limit_closes_with_toobig },
 	{ "unanswered COMPRESS closes the link", test_unanswered_compress_closes_the_link },
 	{ "silent peer gets PING then is declared dead", test_silent_peer_gets_ping_then_is_declared_dead },
+	{ "waiting input after a long stall keeps the link up", test_waiting_input_after_a_long_stall_keeps_the_link_up },
 	{ "slow reader stops reading and drains", test_slow_reader_stops_reading_and_drains },
 	{ "destroy inside a command callback is safe", test_destroy_inside_command_callback_is_safe },
 	{ NULL, NULL },
