@@ -17,7 +17,11 @@
 #include "sync/sync.h"
 
 #define MAX_RUN_PEERS 64
-#define STEPS_PER_TURN 16
+/* Work per loop turn of a sync end (client or server): steps until this
+ * much time has passed, so that the loop (keepalive, other links, IMAP)
+ * always runs soon again. */
+#define TURN_SECONDS 0.010
+#define MAX_STEPS_PER_TURN 4096
 /* MBOX ids remembered per link to name the selected mailbox (the client
  * rebinds id 1 for every mailbox, so a few are plenty). */
 #define SRV_IDS 8
@@ -34,12 +38,22 @@ struct srv_id {
 	bool used;
 };
 
-/* The server end of one link. */
+/* A mailbox whose IMAP watchers are told once the changes are durable. */
+struct srv_note {
+	char user[256];
+	struct guid guid;
+};
+
+/* The server end of one link.  Its answers wait in tx until the end of the
+ * loop iteration (srv_flush_all): one stor_sync makes the changes of every
+ * command of the iteration durable, then the answers leave. */
 struct srv_link {
 	struct srv_link *next;
 	uint32_t sid;
 	struct sync_server *server;
 	struct buf tx;
+	ARRAY(struct srv_note) notes;
+	bool closing; /* the engine failed: BYE once the answers are out */
 	struct srv_id ids[SRV_IDS];
 	unsigned ids_next;
 	int selected; /* index into ids, or -1 */
@@ -94,6 +108,8 @@ struct repl_sync {
 	struct queued *queue, **queue_tail;
 	size_t queue_len;
 	ev_timer queue_timer;
+	ev_prepare flush_w; /* answers of the sync servers leave here */
+	ev_idle srv_idle;   /* steps the sync servers with long answers */
 };
 
 /* ------------------------------------------------------------------ */
@@ -201,6 +217,7 @@ static void srv_free(struct repl_sync *rs, uint32_t sid)
 		*lp = l->next;
 		sync_server_destroy(&l->server);
 		buf_free(&l->tx);
+		ARRAY_FREE(&l->notes);
 		free(l);
 		return;
 	}
@@ -268,6 +285,18 @@ static bool srv_changed(const struct srv_link *l, const struct proto_cmd *cmd, c
 	return true;
 }
 
+/* The mailbox selected on the link (what a SYNC-END or FETCH step works
+ * on). */
+static bool srv_changed_selected(const struct srv_link *l, char *user, size_t user_size,
+				 struct guid *g_r)
+{
+	if (l->selected < 0)
+		return false;
+	snprintf(user, user_size, "%s", l->ids[l->selected].user);
+	*g_r = l->ids[l->selected].guid;
+	return true;
+}
+
 /* Live replication rather than a sync: a change its origin already made
  * (option ORIGIN), or a message command outside SYNC-BEGIN ... SYNC-END
  * (a request to this node as master). */
@@ -283,11 +312,161 @@ static bool is_live(const struct srv_link *l, const struct proto_cmd *cmd)
 	       proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY");
 }
 
+static void srv_note_add(struct srv_link *l, const char *user, const struct guid *g)
+{
+	for (size_t i = 0; i < l->notes.count; i++) {
+		if (guid_cmp(&l->notes.items[i].guid, g) == 0 &&
+		    strcmp(l->notes.items[i].user, user) == 0)
+			return;
+	}
+	struct srv_note n;
+	snprintf(n.user, sizeof(n.user), "%s", user);
+	n.guid = *g;
+	ARRAY_PUSH(&l->notes, n);
+}
+
+/* Relays the engine's lines in l->tx as lines of the link. */
+static void srv_relay(struct srv_link *l, struct proto_conn *conn)
+{
+	while (buf_avail(&l->tx) > 0) {
+		const unsigned char *d = buf_rptr(&l->tx);
+		size_t n = line_length(d, buf_avail(&l->tx));
+		char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
+		const unsigned char *rest;
+		size_t rest_len;
+		if (n == 0 || line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
+			log_errorx("sync with %u: the engine wrote a broken line", l->sid);
+			break;
+		}
+		struct proto_wr *w = proto_conn_line_begin(conn, tag, name);
+		buf_append(w->out, rest, rest_len);
+		proto_conn_line_end(conn);
+		buf_consume(&l->tx, n);
+	}
+	buf_reset(&l->tx);
+}
+
+static bool srv_has_output(const struct srv_link *l)
+{
+	return buf_avail(&l->tx) > 0 || l->notes.count > 0 || l->closing;
+}
+
+/* The end of a loop iteration: one stor_sync for every change the sync
+ * servers made in it, then their answers leave and the IMAP watchers of
+ * the changed mailboxes are told. */
+static void srv_flush_all(struct repl_sync *rs)
+{
+	struct stor_db *db = repl_db(rs->repl);
+	const char *err;
+	bool failed = false;
+	ev_prepare_stop(rs->loop, &rs->flush_w);
+	if (stor_sync_pending(db) && stor_sync(db, &err) < 0) {
+		log_errorx("sync: storing failed: %s", err);
+		failed = true;
+	}
+	for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
+		if (!srv_has_output(l))
+			continue;
+		struct proto_conn *conn = rs->peers != NULL ? repl_peers_conn(rs->peers, l->sid) : NULL;
+		if (conn == NULL || failed) {
+			buf_reset(&l->tx);
+			if (conn != NULL)
+				proto_conn_bye(conn, "SERVERBUG", "storage failed");
+		} else {
+			srv_relay(l, conn);
+			if (l->closing) {
+				const char *why = sync_server_error(l->server);
+				log_warnx("sync with %u: closing the link: %s", l->sid,
+					  why != NULL ? why : "error");
+				proto_conn_bye(conn, "PROTOCOL", "sync failed");
+			}
+		}
+		l->closing = false;
+		if (!failed) {
+			for (size_t i = 0; i < l->notes.count; i++)
+				repl_notify(rs->repl, l->notes.items[i].user, &l->notes.items[i].guid);
+		}
+		l->notes.count = 0;
+	}
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, flush_w));
+	(void)loop;
+	(void)revents;
+	srv_flush_all(rs);
+}
+
+static void srv_want_flush(struct repl_sync *rs)
+{
+	if (!ev_is_active(&rs->flush_w))
+		ev_prepare_start(rs->loop, &rs->flush_w);
+}
+
+/* Notes what the engine did for a command or a step: the mailbox it
+ * changed, and a failure that closes the link after the answers. */
+static void srv_after(struct repl_sync *rs, struct srv_link *l, const struct proto_cmd *cmd, int r)
+{
+	char user[256];
+	struct guid g;
+	if (stor_sync_pending(repl_db(rs->repl))) {
+		if (cmd != NULL ? srv_changed(l, cmd, user, sizeof(user), &g) :
+				  srv_changed_selected(l, user, sizeof(user), &g))
+			srv_note_add(l, user, &g);
+	}
+	if (r < 0)
+		l->closing = true;
+	if (srv_has_output(l) || stor_sync_pending(repl_db(rs->repl)))
+		srv_want_flush(rs);
+	if (r >= 0 && sync_server_busy(l->server) && !ev_is_active(&rs->srv_idle))
+		ev_idle_start(rs->loop, &rs->srv_idle);
+}
+
+/* Steps the sync servers that answer SYNC-END or FETCH in parts, each for
+ * a bounded time, while their links take output. */
+static void srv_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, srv_idle));
+	(void)revents;
+	bool more = false;
+	for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
+		if (!sync_server_busy(l->server) || l->closing)
+			continue;
+		struct proto_conn *conn = rs->peers != NULL ? repl_peers_conn(rs->peers, l->sid) : NULL;
+		if (conn == NULL)
+			continue;
+		ev_tstamp start = ev_time();
+		int r = 1;
+		for (int i = 0; i < MAX_STEPS_PER_TURN && r > 0; i++) {
+			r = sync_server_step(l->server);
+			/* The answers go to the link (durable first) once they
+			 * are worth a write, so that its high water, which
+			 * stops the steps, sees them. */
+			if (r < 0 || buf_avail(&l->tx) > REPL_SYNC_SERVER_OUT_MAX) {
+				srv_after(rs, l, NULL, r);
+				srv_flush_all(rs);
+			}
+			if (r < 0 || proto_conn_is_congested(conn) ||
+			    ev_time() - start > TURN_SECONDS)
+				break;
+		}
+		srv_after(rs, l, NULL, r);
+		/* The rest of the answers leave at the end of the iteration
+		 * (flush_w); a congested link calls repl_sync_link_drained. */
+		if (r > 0 && !proto_conn_is_congested(conn))
+			more = true;
+	}
+	if (!more)
+		ev_idle_stop(loop, w);
+}
+
 static void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
 			const struct proto_cmd *cmd, void *ctx)
 {
 	struct repl_sync *rs = ctx;
 	(void)peers;
+	(void)conn;
 	struct srv_link *l = srv_get(rs, sid);
 	srv_track(l, cmd);
 	if (rs->live_cb != NULL && is_live(l, cmd)) {
@@ -297,41 +476,7 @@ static void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_con
 		return;
 	}
 	int r = sync_server_input(l->server, cmd);
-	const char *err;
-	bool changed = stor_sync_pending(repl_db(rs->repl));
-	/* The answer says the change is done: make it durable first. */
-	if (changed && stor_sync(repl_db(rs->repl), &err) < 0) {
-		log_errorx("sync with %u: storing failed: %s", sid, err);
-		buf_reset(&l->tx);
-		proto_conn_bye(conn, "SERVERBUG", "storage failed");
-		return;
-	}
-	while (buf_avail(&l->tx) > 0) {
-		const unsigned char *d = buf_rptr(&l->tx);
-		size_t n = line_length(d, buf_avail(&l->tx));
-		char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
-		const unsigned char *rest;
-		size_t rest_len;
-		if (n == 0 || line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
-			log_errorx("sync with %u: the engine wrote a broken line", sid);
-			buf_reset(&l->tx);
-			break;
-		}
-		struct proto_wr *w = proto_conn_line_begin(conn, tag, name);
-		buf_append(w->out, rest, rest_len);
-		proto_conn_line_end(conn);
-		buf_consume(&l->tx, n);
-	}
-	buf_reset(&l->tx);
-	char user[256];
-	struct guid g;
-	if (changed && srv_changed(l, cmd, user, sizeof(user), &g))
-		repl_notify(rs->repl, user, &g);
-	if (r < 0) {
-		const char *why = sync_server_error(l->server);
-		log_warnx("sync with %u: closing the link: %s", sid, why != NULL ? why : "error");
-		proto_conn_bye(conn, "PROTOCOL", "sync failed");
-	}
+	srv_after(rs, l, cmd, r);
 }
 
 /* ------------------------------------------------------------------ */
@@ -571,7 +716,8 @@ static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		run_finish(run, false, msg);
 		return;
 	}
-	for (int i = 0; i < STEPS_PER_TURN; i++) {
+	ev_tstamp start = ev_time();
+	for (int i = 0; i < MAX_STEPS_PER_TURN && ev_time() - start < TURN_SECONDS; i++) {
 		/* Bounded memory: a full sync queues texts faster than a link
 		 * carries them; wait for the link's drained event. */
 		struct proto_conn *conn = repl_peers_conn(run->rs->peers, run->peers[run->cur]);
@@ -753,6 +899,8 @@ struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
 	rs->repl = repl;
 	rs->queue_tail = &rs->queue;
 	ev_timer_init(&rs->queue_timer, queue_timer_cb, 0., 0.);
+	ev_prepare_init(&rs->flush_w, flush_cb);
+	ev_idle_init(&rs->srv_idle, srv_idle_cb);
 	return rs;
 }
 
@@ -771,6 +919,9 @@ void repl_sync_link_up(struct repl_sync *rs, uint32_t sid)
 
 void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid)
 {
+	struct srv_link *l = srv_find(rs, sid);
+	if (l != NULL && sync_server_busy(l->server) && !ev_is_active(&rs->srv_idle))
+		ev_idle_start(rs->loop, &rs->srv_idle);
 	if (rs->run != NULL && rs->run->client != NULL && rs->run->cur < rs->run->npeers &&
 	    rs->run->peers[rs->run->cur] == sid)
 		run_kick(rs->run);
@@ -800,6 +951,8 @@ void repl_sync_destroy(struct repl_sync **rsp)
 	if (rs->run != NULL)
 		run_finish(rs->run, false, "shutting down");
 	ev_timer_stop(rs->loop, &rs->queue_timer);
+	ev_prepare_stop(rs->loop, &rs->flush_w);
+	ev_idle_stop(rs->loop, &rs->srv_idle);
 	while (rs->links != NULL)
 		srv_free(rs, rs->links->sid);
 	free(rs);

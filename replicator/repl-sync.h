@@ -34,6 +34,10 @@
 struct ev_loop;
 struct repl_sync;
 
+/* A sync server stepping a long answer hands it to the link every this
+ * many bytes (the link's high water then stops the steps). */
+#define REPL_SYNC_SERVER_OUT_MAX (2u * 1024 * 1024)
+
 /* A whole resync gives up after this long. */
 #define REPL_SYNC_TIMEOUT_MS (10u * 60u * 1000u)
 

@@ -138,6 +138,8 @@ struct sync_client {
 	stor_uid_list fix_old, fix_new;
 	uint32_t final_uidnext;
 	uint64_t final_modseq;
+	size_t fetch_pos;
+	stor_uid_list need; /* UIDs whose texts we lack */
 	size_t apply_pos;
 	unsigned apply_stage;
 	/* Found while applying SAVE lines at UIDs where we hold a tombstone:
@@ -241,6 +243,8 @@ static void answer_free(struct sync_client *c)
 	memset(&c->msgs, 0, sizeof(c->msgs));
 	ARRAY_FREE(&c->tombs);
 	ARRAY_FREE(&c->resend);
+	ARRAY_FREE(&c->need);
+	c->fetch_pos = 0;
 	ARRAY_FREE(&c->late_exp);
 	ARRAY_FREE(&c->late_old);
 	ARRAY_FREE(&c->late_new);
@@ -944,21 +948,28 @@ static void send_end(struct sync_client *c)
 	cl_cmd_end(c, &w);
 }
 
-/* FETCHes the texts of SAVE lines we don't hold; 1 if nothing to fetch. */
+/* Looks for the texts of up to budget SAVE lines; once all are looked at,
+ * FETCHes the ones we don't hold.  0 = call again, 1 = FETCH sent (or
+ * nothing to fetch), -1 error. */
 static int send_fetch(struct sync_client *c)
 {
-	stor_uid_list need = ARRAY_INIT;
 	const char *err;
-	cl_new_group(c);
-	for (size_t i = 0; i < c->saves.count; i++) {
-		int r = stor_text_exists(c->db, &c->saves.items[i].guid, NULL, &err);
-		if (r < 0) {
-			ARRAY_FREE(&need);
+	unsigned n = 0;
+	if (c->fetch_pos == 0)
+		c->need.count = 0;
+	for (; c->fetch_pos < c->saves.count && n < c->budget; c->fetch_pos++, n++) {
+		const struct cl_save *sv = &c->saves.items[c->fetch_pos];
+		int r = stor_text_exists(c->db, &sv->guid, NULL, &err);
+		if (r < 0)
 			return cl_fail(c, "%s", err);
-		}
 		if (r == 0)
-			ARRAY_PUSH(&need, c->saves.items[i].uid);
+			ARRAY_PUSH(&c->need, sv->uid);
 	}
+	if (c->fetch_pos < c->saves.count)
+		return 0;
+	c->fetch_pos = 0;
+	cl_new_group(c);
+	stor_uid_list need = c->need;
 	for (size_t i = 0; i < need.count; i += SYNC_MAX_UIDS_PER_LINE) {
 		struct proto_wr w;
 		size_t k = need.count - i;
@@ -968,9 +979,8 @@ static int send_fetch(struct sync_client *c)
 		proto_wr_uidset(&w, need.items + i, k);
 		cl_cmd_end(c, &w);
 	}
-	bool none = need.count == 0;
-	ARRAY_FREE(&need);
-	return none ? 1 : 0;
+	c->need.count = 0;
+	return 1;
 }
 
 static int cmp_cl_save(const void *a, const void *b)
@@ -1491,7 +1501,8 @@ enum sync_step_result sync_client_step(struct sync_client *c)
 		r = send_fetch(c);
 		if (r < 0)
 			return SYNC_STEP_ERROR;
-		c->phase = PH_FETCH_WAIT;
+		if (r > 0)
+			c->phase = PH_FETCH_WAIT;
 		return SYNC_STEP_AGAIN;
 	case PH_APPLY:
 		r = apply_some(c);

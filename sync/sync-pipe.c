@@ -104,8 +104,13 @@ enum sync_step_result sync_pipe_run(struct sync_pipe *p, struct sync_client *c,
 		res = sync_client_step(c);
 		if (res == SYNC_STEP_DONE || res == SYNC_STEP_ERROR)
 			return res;
-		bool moved = buf_avail(&p->to_server) > 0 || buf_avail(&p->to_client) > 0;
+		bool moved = buf_avail(&p->to_server) > 0 || buf_avail(&p->to_client) > 0 ||
+			     sync_server_busy(s);
 		if (pipe_deliver(p, &p->to_server, true, c, s) < 0)
+			return SYNC_STEP_ERROR;
+		/* One server step per round, so the client sees a long answer
+		 * arrive in parts, as over a link. */
+		if (sync_server_busy(s) && sync_server_step(s) < 0)
 			return SYNC_STEP_ERROR;
 		if (pipe_deliver(p, &p->to_client, false, c, s) < 0)
 			return SYNC_STEP_ERROR;

@@ -10,6 +10,11 @@
 #include "storage/storage.h"
 
 #define SYNC_DEFAULT_STEP_BUDGET 256
+/* Commands a busy server holds (bytes, beyond the first one): more is a
+ * peer that does not wait for answers, and the link closes. */
+#define SYNC_MAX_HELD_INPUT (16u * 1024 * 1024)
+/* Text bytes one server step sends for FETCH. */
+#define SYNC_FETCH_STEP_BYTES (1024u * 1024)
 /* UIDs per EXPUNGE or FETCH line, so lines stay far below the line limit. */
 #define SYNC_MAX_UIDS_PER_LINE 1000
 /* Mailboxes and subscriptions in one LIST answer. */
@@ -34,6 +39,10 @@ int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r);
 /* True when two messages' flags and keywords are equal. */
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 		      const stor_string_list *k2);
+/* Writes a parsed command line back in wire form, each argument in the
+ * form it came in (a command held while the server is busy is parsed again
+ * later).  Status lines are not written this way. */
+void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd);
 /* Expands a parsed uidset into UIDs (at most max); -1 if larger or bad. */
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
 

@@ -6,7 +6,7 @@
  * (texts are written to the store at once, unreferenced); SYNC-END merges
  * them with the server's own changes since the last common modseq and
  * answers with the EXPUNGE, SAVE, FLAGS and UIDFIX lines that bring the
- * client to the merged state (see sync_server_merge()). */
+ * client to the merged state, in bounded steps (see merge_step()). */
 #include "sync/sync-private.h"
 
 #include <inttypes.h>
@@ -45,6 +45,46 @@ struct srv_store {
 	struct sync_flags f;
 };
 
+enum merge_stage {
+	MS_FIX,      /* the client's UIDFIX lines, then our changes since M */
+	MS_CLASSIFY, /* the client's new messages: append, merge, move, drop */
+	MS_RENUMBER, /* our messages at conflicting UIDs move */
+	MS_EXPUNGE,  /* the client's expunges below L */
+	MS_SAVES,    /* the client's new messages, applied */
+	MS_STORES,   /* the client's flag changes, applied */
+	MS_OWN,      /* our changes the client has not seen */
+	MS_WR_SAVE,  /* answer: SAVE lines (EXPUNGE lines were written before) */
+	MS_WR_FLAGS, /* answer: FLAGS lines */
+	MS_WR_END,   /* answer: UIDFIX lines and the completion */
+};
+
+/* A SYNC-END under way (see merge_step()). */
+struct srv_merge {
+	enum merge_stage stage;
+	size_t pos;
+	char tag[PROTO_MAX_TAG + 1];
+	uint64_t M, cm, sm, base, N;
+	uint32_t L, cu, su, next;
+	bool touched;
+	stor_msg_list smsgs;        /* our changes since M, kept exact or marked dirty */
+	stor_tombstone_list stombs;
+	bool *handled, *dirty;      /* per smsgs item */
+	stor_uid_list sr, exp_client, flags_client, save_client, cexp_low;
+	uint64_t exp_modseq;
+	uint32_t final_uidnext;
+	uint64_t final_modseq;
+};
+
+/* A FETCH under way. */
+struct srv_fetch {
+	char tag[PROTO_MAX_TAG + 1];
+	stor_uid_list uids, missing;
+	size_t pos;
+	struct buf text;
+};
+
+enum srv_job { JOB_NONE, JOB_MERGE, JOB_FETCH };
+
 struct sync_server {
 	struct stor_db *db;
 	uint32_t peer;
@@ -63,6 +103,15 @@ struct sync_server {
 	ARRAY(struct srv_store) stores;
 	stor_uid_list expunges;
 	stor_uid_list fix_old, fix_new;
+
+	/* The command being answered in steps, and the commands that came
+	 * meanwhile (wire form, parsed again by held_parser). */
+	enum srv_job job;
+	struct srv_merge merge;
+	struct srv_fetch fetch;
+	unsigned budget;
+	struct buf held;
+	struct proto_parser *held_parser;
 
 	unsigned examined;
 	char *error;
@@ -104,9 +153,14 @@ struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
 	s->peer = peer_sid;
 	s->t = *t;
 	s->parser = proto_parser_create(NULL);
+	s->held_parser = proto_parser_create(NULL);
+	s->budget = SYNC_DEFAULT_STEP_BUDGET;
 	buf_init(&s->out);
+	buf_init(&s->held);
 	return s;
 }
+
+static void job_end(struct sync_server *s);
 
 static void srv_sync_reset(struct sync_server *s)
 {
@@ -128,9 +182,12 @@ void sync_server_destroy(struct sync_server **sp)
 	if (s == NULL)
 		return;
 	*sp = NULL;
+	job_end(s);
 	srv_sync_reset(s);
 	ARRAY_FREE(&s->ids);
 	proto_parser_destroy(&s->parser);
+	proto_parser_destroy(&s->held_parser);
+	buf_free(&s->held);
 	buf_free(&s->out);
 	free(s->error);
 	free(s);
@@ -639,7 +696,12 @@ static void wr_uid_lines(struct sync_server *s, const char *tag, const char *nam
 	}
 }
 
-/* Merges the client's held changes with ours and answers SYNC-END.
+/* ---- The merge, in steps ----
+ *
+ * SYNC-END starts a job that merges the client's held changes with ours and
+ * writes the answer; each sync_server_step() does at most s->budget
+ * messages of it, so that a mailbox of any size never holds the caller's
+ * event loop (or the link's keepalive) for long.
  *
  * L, M: the last common UIDNEXT and modseq; cu, cm and su, sm: the client's
  * and our current ones.  N = max(cm, sm) + 1 is the modseq of everything the
@@ -647,291 +709,331 @@ static void wr_uid_lines(struct sync_server *s, const char *tag, const char *nam
  * saw HIGHESTMODSEQ cm or sm learns every change (QRESYNC).  UIDs in
  * [L, min(cu, su)) used on both sides for different messages are conflicts:
  * our messages there, then the client's, move to new UIDs from max(cu, su). */
-static int sync_server_merge(struct sync_server *s, const char *tag)
+
+static void merge_free(struct srv_merge *m)
+{
+	free(m->handled);
+	free(m->dirty);
+	stor_msg_list_free(&m->smsgs);
+	ARRAY_FREE(&m->stombs);
+	ARRAY_FREE(&m->sr);
+	ARRAY_FREE(&m->exp_client);
+	ARRAY_FREE(&m->flags_client);
+	ARRAY_FREE(&m->save_client);
+	ARRAY_FREE(&m->cexp_low);
+	memset(m, 0, sizeof(*m));
+}
+
+static void job_end(struct sync_server *s)
+{
+	merge_free(&s->merge);
+	ARRAY_FREE(&s->fetch.uids);
+	ARRAY_FREE(&s->fetch.missing);
+	buf_free(&s->fetch.text);
+	memset(&s->fetch, 0, sizeof(s->fetch));
+	s->job = JOB_NONE;
+}
+
+/* Marks our scanned copy of uid as stale: the answer reads it again. */
+static void merge_mark_dirty(struct srv_merge *m, uint32_t uid)
+{
+	ssize_t i = find_msg(&m->smsgs, uid);
+	if (i >= 0)
+		m->dirty[i] = true;
+}
+
+/* SYNC-END: the first, cheap part of the merge.  Returns 0 (the job runs,
+ * or the answer was NO), -1 on a storage error. */
+static int merge_start(struct sync_server *s, const char *tag)
 {
 	const char *err;
 	struct stor_mailbox mb;
-	stor_msg_list smsgs;
-	stor_tombstone_list stombs;
-	stor_uid_list sr = ARRAY_INIT, exp_client = ARRAY_INIT, flags_client = ARRAY_INIT,
-		      save_client = ARRAY_INIT, cexp_low = ARRAY_INIT;
-	bool *handled = NULL;
-	int ret = -1;
-
+	struct srv_merge *m = &s->merge;
 	int r = stor_mailbox_get_by_guid(s->db, &s->sel, &mb, &err);
-	if (r <= 0)
-		return r < 0 ? srv_fail(s, "SYNC-END: %s", err) : (srv_reply(s, tag, "NO", "NONEXISTENT", "mailbox is gone"), 0);
-	uint64_t M = s->last_modseq, cm = s->client_modseq, sm = mb.highestmodseq;
-	uint32_t L = s->last_uidnext, cu = s->client_uidnext, su = mb.uidnext;
-	uint64_t base = cm > sm ? cm : sm;
-	uint64_t N = base + 1;
-	stor_mailbox_free(&mb);
-	for (size_t i = 0; i < s->fix_old.count; i++) {
-		if (stor_msg_renumber(s->db, &s->sel, s->fix_old.items[i], s->fix_new.items[i], N,
-				      &err) < 0) {
-			srv_sync_reset(s);
-			return srv_fail(s, "UIDFIX %u -> %u: %s", s->fix_old.items[i],
-					s->fix_new.items[i], err);
-		}
-	}
-	bool touched = s->fix_old.count > 0;
-	if (stor_changes_since(s->db, &s->sel, M, &smsgs, &stombs, &err) < 0)
+	if (r < 0)
 		return srv_fail(s, "SYNC-END: %s", err);
-	s->examined += (unsigned)(smsgs.count + stombs.count);
-	handled = xcalloc(smsgs.count + 1, sizeof(bool));
-
+	if (r == 0) {
+		srv_sync_reset(s);
+		srv_reply(s, tag, "NO", "NONEXISTENT", "mailbox is gone");
+		return 0;
+	}
+	memset(m, 0, sizeof(*m));
+	snprintf(m->tag, sizeof(m->tag), "%s", tag);
+	m->M = s->last_modseq;
+	m->cm = s->client_modseq;
+	m->sm = mb.highestmodseq;
+	m->L = s->last_uidnext;
+	m->cu = s->client_uidnext;
+	m->su = mb.uidnext;
+	m->base = m->cm > m->sm ? m->cm : m->sm;
+	m->N = m->base + 1;
+	stor_mailbox_free(&mb);
 	if (s->saves.count > 0)
 		qsort(s->saves.items, s->saves.count, sizeof(struct srv_save), cmp_save);
 	uids_sort_unique(&s->expunges);
 	for (size_t i = 0; i < s->expunges.count; i++) {
-		if (s->expunges.items[i] < L)
-			ARRAY_PUSH(&cexp_low, s->expunges.items[i]);
+		if (s->expunges.items[i] < m->L)
+			ARRAY_PUSH(&m->cexp_low, s->expunges.items[i]);
 	}
+	m->stage = MS_FIX;
+	s->job = JOB_MERGE;
+	return 0;
+}
 
-	/* Classify the client's new messages. */
-	for (size_t i = 0; i < s->saves.count; i++) {
-		struct srv_save *cs = &s->saves.items[i];
-		ssize_t si = find_msg(&smsgs, cs->uid);
-		struct stor_msg other;
-		bool have_other = false;
-		if (si < 0 && cs->uid < L) {
-			r = stor_msg_get(s->db, &s->sel, cs->uid, &other, &err);
-			if (r < 0)
-				goto storage_error;
-			have_other = r > 0;
-		}
-		const struct stor_msg *sme = si >= 0 ? &smsgs.items[si] : have_other ? &other : NULL;
-		ssize_t ti = find_tomb(&stombs, cs->uid);
-		cs->action = SAVE_APPEND;
-		if (sme != NULL) {
-			if (guid_cmp(&sme->guid, &cs->guid) == 0) {
-				cs->action = SAVE_MERGE;
-			} else {
-				ARRAY_PUSH(&sr, cs->uid);
-				cs->action = SAVE_RENUMBER;
-			}
-			if (si >= 0)
-				handled[si] = true;
-		} else if (ti >= 0) {
-			if (guid_cmp(&stombs.items[ti].guid, &cs->guid) == 0) {
-				/* We expunged it: the expunge wins. */
-				cs->action = SAVE_DROP;
-				ARRAY_PUSH(&exp_client, cs->uid);
-			} else {
-				cs->action = SAVE_RENUMBER;
-			}
+/* Classifies one of the client's new messages. */
+static int merge_classify(struct sync_server *s, struct srv_save *cs, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	ssize_t si = find_msg(&m->smsgs, cs->uid);
+	struct stor_msg other;
+	bool have_other = false;
+	int r;
+	if (si < 0 && cs->uid < m->L) {
+		r = stor_msg_get(s->db, &s->sel, cs->uid, &other, err);
+		if (r < 0)
+			return -1;
+		have_other = r > 0;
+	}
+	const struct stor_msg *sme = si >= 0 ? &m->smsgs.items[si] : have_other ? &other : NULL;
+	ssize_t ti = find_tomb(&m->stombs, cs->uid);
+	cs->action = SAVE_APPEND;
+	if (sme != NULL) {
+		if (guid_cmp(&sme->guid, &cs->guid) == 0) {
+			cs->action = SAVE_MERGE;
 		} else {
-			uint32_t at;
-			r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, &err);
-			if (r < 0)
-				goto storage_error;
-			if (r > 0) {
-				/* The same message under another UID here: the
-				 * client drops its copy and takes ours. */
-				cs->action = SAVE_DROP;
-				ARRAY_PUSH(&exp_client, cs->uid);
-				ARRAY_PUSH(&save_client, at);
-				ssize_t oi = find_msg(&smsgs, at);
-				if (oi >= 0)
-					handled[oi] = true;
-			}
+			ARRAY_PUSH(&m->sr, cs->uid);
+			cs->action = SAVE_RENUMBER;
 		}
-		if (have_other)
-			stor_msg_free(&other);
-	}
-	/* A client tombstone where we hold a message is not judged here: the
-	 * tombstone's GUID is not sent, and it often names our very message
-	 * (replicated after the last sync, expunged since).  Our message goes
-	 * to the client as a SAVE line; the client answers in a second sync
-	 * with EXPUNGE (same GUID: its expunge wins) or UIDFIX (another
-	 * message, moved to a fresh UID on both sides). */
-	uids_sort_unique(&sr);
-
-	/* New UIDs: ours first, then the client's. */
-	uint32_t next = cu > su ? cu : su;
-	stor_uid_list sr_new = ARRAY_INIT;
-	for (size_t i = 0; i < sr.count; i++)
-		ARRAY_PUSH(&sr_new, next++);
-	for (size_t i = 0; i < s->saves.count; i++) {
-		if (s->saves.items[i].action == SAVE_RENUMBER)
-			s->saves.items[i].new_uid = next++;
-	}
-
-	for (size_t i = 0; i < sr.count; i++) {
-		if (stor_msg_renumber(s->db, &s->sel, sr.items[i], sr_new.items[i], N, &err) < 0) {
-			ARRAY_FREE(&sr_new);
-			goto storage_error;
-		}
-		ARRAY_PUSH(&save_client, sr_new.items[i]);
-		touched = true;
-	}
-	ARRAY_FREE(&sr_new);
-	if (cexp_low.count > 0) {
-		stor_uid_list done = ARRAY_INIT;
-		if (stor_msg_expunge(s->db, &s->sel, cexp_low.items, cexp_low.count, N, &done, &err) < 0)
-			goto storage_error;
-		if (done.count > 0)
-			touched = true;
-		ARRAY_FREE(&done);
-	}
-	for (size_t i = 0; i < s->saves.count; i++) {
-		struct srv_save *cs = &s->saves.items[i];
-		if (cs->action == SAVE_DROP)
-			continue;
-		if (cs->action == SAVE_MERGE) {
-			struct stor_msg cur;
-			r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, &err);
-			if (r < 0)
-				goto storage_error;
-			if (r == 0)
-				continue;
-			bool same = cur.modseq == cs->modseq &&
-				sync_flags_equal(cur.flags, &cur.keywords, cs->f.flags, &cs->f.keywords);
-			if (!same) {
-				bool client_wins = cs->modseq > cur.modseq;
-				r = client_wins ?
-					set_flags(s, cs->uid, cs->f.flags, &cs->f.keywords, N, &err) :
-					set_flags(s, cs->uid, cur.flags, &cur.keywords, N, &err);
-				ARRAY_PUSH(&flags_client, cs->uid);
-				touched = true;
-			}
-			stor_msg_free(&cur);
-			if (r < 0)
-				goto storage_error;
-			continue;
-		}
-		/* A client message new here keeps its modseq when that is above
-		 * everything we had; else it gets N and the client is told. */
-		bool keep = cs->action == SAVE_APPEND && cs->modseq > sm;
-		struct stor_append req = {
-			.uid = cs->action == SAVE_RENUMBER ? cs->new_uid : cs->uid,
-			.modseq = keep ? cs->modseq : N, .guid = &cs->guid, .flags = cs->f.flags,
-			.keywords = (const char *const *)cs->f.keywords.items,
-			.keyword_count = cs->f.keywords.count,
-			.internaldate = cs->date, .internaldate_tz = cs->tz,
-		};
-		if (stor_msg_append(s->db, &s->sel, &req, NULL, NULL, &err) < 0)
-			goto storage_error;
-		if (cs->action == SAVE_APPEND && !keep)
-			ARRAY_PUSH(&flags_client, cs->uid);
-		if (!keep)
-			touched = true;
-	}
-	for (size_t i = 0; i < s->stores.count; i++) {
-		struct srv_store *st = &s->stores.items[i];
-		struct stor_msg cur;
-		if (uid_in(&cexp_low, st->uid))
-			continue;
-		r = stor_msg_get(s->db, &s->sel, st->uid, &cur, &err);
-		if (r < 0)
-			goto storage_error;
-		if (r == 0)
-			continue; /* expunged here: the EXPUNGE line tells the client */
-		bool both = cur.modseq > M;
-		bool server_wins = both && cur.modseq >= st->modseq;
-		/* Changed on the client only: its modseq, when above all of
-		 * ours, is kept and the client needs no line. */
-		bool keep = !both && st->modseq > sm;
-		uint64_t ms = keep ? st->modseq : N;
-		r = server_wins ? set_flags(s, st->uid, cur.flags, &cur.keywords, ms, &err) :
-			set_flags(s, st->uid, st->f.flags, &st->f.keywords, ms, &err);
-		stor_msg_free(&cur);
-		if (r < 0)
-			goto storage_error;
-		ssize_t si = find_msg(&smsgs, st->uid);
 		if (si >= 0)
-			handled[si] = true;
-		if (!keep) {
-			ARRAY_PUSH(&flags_client, st->uid);
-			touched = true;
+			m->handled[si] = true;
+	} else if (ti >= 0) {
+		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
+			/* We expunged it: the expunge wins. */
+			cs->action = SAVE_DROP;
+			ARRAY_PUSH(&m->exp_client, cs->uid);
+		} else {
+			cs->action = SAVE_RENUMBER;
+		}
+	} else {
+		uint32_t at;
+		r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
+		if (r < 0) {
+			if (have_other)
+				stor_msg_free(&other);
+			return -1;
+		}
+		if (r > 0) {
+			/* The same message under another UID here: the client
+			 * drops its copy and takes ours. */
+			cs->action = SAVE_DROP;
+			ARRAY_PUSH(&m->exp_client, cs->uid);
+			ARRAY_PUSH(&m->save_client, at);
+			ssize_t oi = find_msg(&m->smsgs, at);
+			if (oi >= 0)
+				m->handled[oi] = true;
 		}
 	}
-	/* Our own changes the client has not seen. */
-	for (size_t i = 0; i < smsgs.count; i++) {
-		const struct stor_msg *m = &smsgs.items[i];
-		if (handled[i] || uid_in(&cexp_low, m->uid))
-			continue;
-		/* Above everything the client had: its IMAP clients will see
-		 * it as it is, so the modseq stays (a catch-up sync rewrites
-		 * nothing here).  Else it is raised to N. */
-		if (m->modseq <= cm) {
-			if (set_flags(s, m->uid, m->flags, &m->keywords, N, &err) < 0)
-				goto storage_error;
-			touched = true;
-		}
-		if (m->uid < L)
-			ARRAY_PUSH(&flags_client, m->uid);
-		else
-			ARRAY_PUSH(&save_client, m->uid);
-	}
-	/* Expunges for the client: one modseq for all, the highest of our
-	 * tombstones if all are above cm, else N. */
-	bool exp_needs_n = exp_client.count > 0; /* drops of client copies */
-	uint64_t exp_modseq = 0;
-	for (size_t i = 0; i < stombs.count; i++) {
-		const struct stor_tombstone *t = &stombs.items[i];
-		if (t->uid < L && !uid_in(&cexp_low, t->uid)) {
-			ARRAY_PUSH(&exp_client, t->uid);
-			if (t->modseq <= cm)
-				exp_needs_n = true;
-			if (t->modseq > exp_modseq)
-				exp_modseq = t->modseq;
-		}
-	}
-	uids_sort_unique(&exp_client);
-	uids_sort_unique(&save_client);
-	uids_sort_unique(&flags_client);
-	if (exp_needs_n) {
-		exp_modseq = N;
-		touched = true;
-	}
-	uint64_t final_modseq = touched ? N : base;
-	if (stor_mailbox_raise(s->db, &s->sel, next, final_modseq, &err) < 0)
-		goto storage_error;
-	if (stor_mailbox_get_by_guid(s->db, &s->sel, &mb, &err) <= 0)
-		goto storage_error;
-	uint32_t final_uidnext = mb.uidnext;
-	final_modseq = mb.highestmodseq;
-	stor_mailbox_free(&mb);
+	if (have_other)
+		stor_msg_free(&other);
+	return 0;
+}
 
-	/* The answer, in the SPEC's order. */
+/* Applies one of the client's new messages as classified. */
+static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	int r;
+	if (cs->action == SAVE_DROP)
+		return 0;
+	if (cs->action == SAVE_MERGE) {
+		struct stor_msg cur;
+		r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, err);
+		if (r <= 0)
+			return r;
+		bool same = cur.modseq == cs->modseq &&
+			sync_flags_equal(cur.flags, &cur.keywords, cs->f.flags, &cs->f.keywords);
+		if (!same) {
+			bool client_wins = cs->modseq > cur.modseq;
+			r = client_wins ?
+				set_flags(s, cs->uid, cs->f.flags, &cs->f.keywords, m->N, err) :
+				set_flags(s, cs->uid, cur.flags, &cur.keywords, m->N, err);
+			ARRAY_PUSH(&m->flags_client, cs->uid);
+			merge_mark_dirty(m, cs->uid);
+			m->touched = true;
+		}
+		stor_msg_free(&cur);
+		return r < 0 ? -1 : 0;
+	}
+	/* A client message new here keeps its modseq when that is above
+	 * everything we had; else it gets N and the client is told. */
+	bool keep = cs->action == SAVE_APPEND && cs->modseq > m->sm;
+	struct stor_append req = {
+		.uid = cs->action == SAVE_RENUMBER ? cs->new_uid : cs->uid,
+		.modseq = keep ? cs->modseq : m->N, .guid = &cs->guid, .flags = cs->f.flags,
+		.keywords = (const char *const *)cs->f.keywords.items,
+		.keyword_count = cs->f.keywords.count,
+		.internaldate = cs->date, .internaldate_tz = cs->tz,
+	};
+	if (stor_msg_append(s->db, &s->sel, &req, NULL, NULL, err) < 0)
+		return -1;
+	if (cs->action == SAVE_APPEND && !keep)
+		ARRAY_PUSH(&m->flags_client, cs->uid);
+	if (!keep)
+		m->touched = true;
+	return 0;
+}
+
+/* Applies one of the client's flag changes. */
+static int merge_apply_store(struct sync_server *s, const struct srv_store *st, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	struct stor_msg cur;
+	if (uid_in(&m->cexp_low, st->uid))
+		return 0;
+	int r = stor_msg_get(s->db, &s->sel, st->uid, &cur, err);
+	if (r <= 0)
+		return r; /* expunged here: the EXPUNGE line tells the client */
+	bool both = cur.modseq > m->M;
+	bool server_wins = both && cur.modseq >= st->modseq;
+	/* Changed on the client only: its modseq, when above all of ours, is
+	 * kept and the client needs no line. */
+	bool keep = !both && st->modseq > m->sm;
+	uint64_t ms = keep ? st->modseq : m->N;
+	r = server_wins ? set_flags(s, st->uid, cur.flags, &cur.keywords, ms, err) :
+		set_flags(s, st->uid, st->f.flags, &st->f.keywords, ms, err);
+	stor_msg_free(&cur);
+	if (r < 0)
+		return -1;
+	ssize_t si = find_msg(&m->smsgs, st->uid);
+	if (si >= 0) {
+		m->handled[si] = true;
+		m->dirty[si] = true;
+	}
+	if (!keep) {
+		ARRAY_PUSH(&m->flags_client, st->uid);
+		m->touched = true;
+	}
+	return 0;
+}
+
+/* Our own change the client has not seen, smsgs[i]. */
+static int merge_own(struct sync_server *s, size_t i, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	struct stor_msg *msg = &m->smsgs.items[i];
+	if (m->handled[i] || uid_in(&m->cexp_low, msg->uid))
+		return 0;
+	/* Above everything the client had: its IMAP clients will see it as it
+	 * is, so the modseq stays (a catch-up sync rewrites nothing here).
+	 * Else it is raised to N. */
+	if (msg->modseq <= m->cm) {
+		if (set_flags(s, msg->uid, msg->flags, &msg->keywords, m->N, err) < 0)
+			return -1;
+		msg->modseq = m->N; /* our copy stays exact: same flags */
+		m->touched = true;
+	}
+	if (msg->uid < m->L)
+		ARRAY_PUSH(&m->flags_client, msg->uid);
+	else
+		ARRAY_PUSH(&m->save_client, msg->uid);
+	return 0;
+}
+
+/* Expunges for the client (one modseq for all: the highest of our
+ * tombstones if all are above cm, else N), then the new common state. */
+static int merge_final(struct sync_server *s, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	struct stor_mailbox mb;
+	bool exp_needs_n = m->exp_client.count > 0; /* drops of client copies */
+	for (size_t i = 0; i < m->stombs.count; i++) {
+		const struct stor_tombstone *t = &m->stombs.items[i];
+		if (t->uid < m->L && !uid_in(&m->cexp_low, t->uid)) {
+			ARRAY_PUSH(&m->exp_client, t->uid);
+			if (t->modseq <= m->cm)
+				exp_needs_n = true;
+			if (t->modseq > m->exp_modseq)
+				m->exp_modseq = t->modseq;
+		}
+	}
+	uids_sort_unique(&m->exp_client);
+	uids_sort_unique(&m->save_client);
+	uids_sort_unique(&m->flags_client);
+	if (exp_needs_n) {
+		m->exp_modseq = m->N;
+		m->touched = true;
+	}
+	uint64_t final_modseq = m->touched ? m->N : m->base;
+	if (stor_mailbox_raise(s->db, &s->sel, m->next, final_modseq, err) < 0)
+		return -1;
+	int r = stor_mailbox_get_by_guid(s->db, &s->sel, &mb, err);
+	if (r <= 0) {
+		if (r == 0)
+			*err = "the mailbox vanished";
+		return -1;
+	}
+	m->final_uidnext = mb.uidnext;
+	m->final_modseq = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	wr_uid_lines(s, m->tag, "EXPUNGE", &m->exp_client, m->exp_modseq);
+	return 0;
+}
+
+/* The message of an answer line: our scanned copy when it is still exact,
+ * else read again.  1 found (*msg_r points to *tmp or into smsgs; free
+ * *tmp when *free_r), 0 gone, -1 error. */
+static int merge_msg(struct sync_server *s, uint32_t uid, const struct stor_msg **msg_r,
+		     struct stor_msg *tmp, bool *free_r, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	ssize_t i = find_msg(&m->smsgs, uid);
+	*free_r = false;
+	if (i >= 0 && !m->dirty[i]) {
+		*msg_r = &m->smsgs.items[i];
+		return 1;
+	}
+	int r = stor_msg_get(s->db, &s->sel, uid, tmp, err);
+	if (r > 0) {
+		*msg_r = tmp;
+		*free_r = true;
+	}
+	return r;
+}
+
+static int merge_write_line(struct sync_server *s, uint32_t uid, bool save, const char **err)
+{
+	const struct stor_msg *msg;
+	struct stor_msg tmp;
+	bool need_free;
 	struct proto_wr w;
+	int r = merge_msg(s, uid, &msg, &tmp, &need_free, err);
+	if (r <= 0)
+		return r;
 	proto_wr_init(&w, &s->out);
-	wr_uid_lines(s, tag, "EXPUNGE", &exp_client, exp_modseq);
-	srv_flush(s);
-	for (size_t i = 0; i < save_client.count; i++) {
-		struct stor_msg m;
-		r = stor_msg_get(s->db, &s->sel, save_client.items[i], &m, &err);
-		if (r < 0)
-			goto storage_error;
-		if (r == 0)
-			continue;
-		proto_wr_begin(&w, tag, "SAVE");
-		proto_wr_date(&w, m.internaldate, m.internaldate_tz);
-		proto_wr_u64(&w, m.uid);
-		proto_wr_u64(&w, m.modseq);
-		proto_wr_guid(&w, &m.guid);
-		sync_wr_flags(&w, m.flags, &m.keywords);
+	if (save) {
+		proto_wr_begin(&w, s->merge.tag, "SAVE");
+		proto_wr_date(&w, msg->internaldate, msg->internaldate_tz);
+		proto_wr_u64(&w, msg->uid);
+		proto_wr_u64(&w, msg->modseq);
+		proto_wr_guid(&w, &msg->guid);
+		sync_wr_flags(&w, msg->flags, &msg->keywords);
 		proto_wr_atom(&w, "NIL");
-		proto_wr_end(&w);
-		stor_msg_free(&m);
-		srv_flush(s);
+	} else {
+		proto_wr_begin(&w, s->merge.tag, "FLAGS");
+		proto_wr_u64(&w, msg->uid);
+		proto_wr_u64(&w, msg->modseq);
+		sync_wr_flags(&w, msg->flags, &msg->keywords);
 	}
-	for (size_t i = 0; i < flags_client.count; i++) {
-		struct stor_msg m;
-		r = stor_msg_get(s->db, &s->sel, flags_client.items[i], &m, &err);
-		if (r < 0)
-			goto storage_error;
-		if (r == 0)
-			continue;
-		proto_wr_begin(&w, tag, "FLAGS");
-		proto_wr_u64(&w, m.uid);
-		proto_wr_u64(&w, m.modseq);
-		sync_wr_flags(&w, m.flags, &m.keywords);
-		proto_wr_end(&w);
-		stor_msg_free(&m);
-		srv_flush(s);
-	}
+	proto_wr_end(&w);
+	if (need_free)
+		stor_msg_free(&tmp);
+	return 0;
+}
+
+static void merge_write_end(struct sync_server *s)
+{
+	struct srv_merge *m = &s->merge;
+	struct proto_wr w;
 	stor_uid_list fix_old = ARRAY_INIT, fix_new = ARRAY_INIT;
 	for (size_t i = 0; i < s->saves.count; i++) {
 		if (s->saves.items[i].action == SAVE_RENUMBER) {
@@ -939,11 +1041,12 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 			ARRAY_PUSH(&fix_new, s->saves.items[i].new_uid);
 		}
 	}
+	proto_wr_init(&w, &s->out);
 	for (size_t i = 0; i < fix_old.count; i += SYNC_MAX_UIDS_PER_LINE) {
 		size_t n = fix_old.count - i;
 		if (n > SYNC_MAX_UIDS_PER_LINE)
 			n = SYNC_MAX_UIDS_PER_LINE;
-		proto_wr_begin(&w, tag, "UIDFIX");
+		proto_wr_begin(&w, m->tag, "UIDFIX");
 		proto_wr_uidset(&w, fix_old.items + i, n);
 		proto_wr_uidset(&w, fix_new.items + i, n);
 		proto_wr_end(&w);
@@ -951,81 +1054,248 @@ static int sync_server_merge(struct sync_server *s, const char *tag)
 	ARRAY_FREE(&fix_old);
 	ARRAY_FREE(&fix_new);
 	char code[128];
-	snprintf(code, sizeof(code), "UIDNEXT %u HIGHESTMODSEQ %" PRIu64, final_uidnext,
-		 final_modseq);
-	srv_reply(s, tag, "OK", code, "synced");
-	ret = 0;
-	goto cleanup;
-storage_error:
-	ret = srv_fail(s, "SYNC-END: %s", err);
-cleanup:
-	free(handled);
-	stor_msg_list_free(&smsgs);
-	ARRAY_FREE(&stombs);
-	ARRAY_FREE(&sr);
-	ARRAY_FREE(&exp_client);
-	ARRAY_FREE(&flags_client);
-	ARRAY_FREE(&save_client);
-	ARRAY_FREE(&cexp_low);
-	srv_sync_reset(s);
-	return ret;
+	snprintf(code, sizeof(code), "UIDNEXT %u HIGHESTMODSEQ %" PRIu64, m->final_uidnext,
+		 m->final_modseq);
+	proto_wr_status(&s->out, m->tag, "OK", code, "synced");
 }
+
+/* One step of the merge: at most s->budget messages.  Returns 0 (the job
+ * may have ended), or -1 on a storage error (the job is dropped). */
+static int merge_step(struct sync_server *s)
+{
+	struct srv_merge *m = &s->merge;
+	const char *err = NULL;
+	unsigned n = 0;
+	while (n < s->budget && s->job == JOB_MERGE) {
+		switch (m->stage) {
+		case MS_FIX:
+			if (m->pos < s->fix_old.count) {
+				if (stor_msg_renumber(s->db, &s->sel, s->fix_old.items[m->pos],
+						      s->fix_new.items[m->pos], m->N, &err) < 0) {
+					char what[64];
+					snprintf(what, sizeof(what), "UIDFIX %u -> %u",
+						 s->fix_old.items[m->pos], s->fix_new.items[m->pos]);
+					job_end(s);
+					srv_sync_reset(s);
+					return srv_fail(s, "%s: %s", what, err);
+				}
+				m->touched = true;
+				m->pos++;
+				n++;
+				break;
+			}
+			if (stor_changes_since(s->db, &s->sel, m->M, &m->smsgs, &m->stombs, &err) < 0)
+				goto storage_error;
+			s->examined += (unsigned)(m->smsgs.count + m->stombs.count);
+			m->handled = xcalloc(m->smsgs.count + 1, sizeof(bool));
+			m->dirty = xcalloc(m->smsgs.count + 1, sizeof(bool));
+			/* The scan costs about as much as a step's messages. */
+			n += s->budget / 2;
+			m->stage = MS_CLASSIFY;
+			m->pos = 0;
+			break;
+		case MS_CLASSIFY:
+			if (m->pos < s->saves.count) {
+				if (merge_classify(s, &s->saves.items[m->pos], &err) < 0)
+					goto storage_error;
+				m->pos++;
+				n++;
+				break;
+			}
+			/* A client tombstone where we hold a message is not
+			 * judged here: the tombstone's GUID is not sent, and it
+			 * often names our very message (replicated after the
+			 * last sync, expunged since).  Our message goes to the
+			 * client as a SAVE line; the client answers in a second
+			 * sync with EXPUNGE (same GUID: its expunge wins) or
+			 * UIDFIX (another message, moved to a fresh UID on both
+			 * sides).  New UIDs: ours first, then the client's. */
+			uids_sort_unique(&m->sr);
+			m->next = m->cu > m->su ? m->cu : m->su;
+			m->next += (uint32_t)m->sr.count;
+			for (size_t i = 0; i < s->saves.count; i++) {
+				if (s->saves.items[i].action == SAVE_RENUMBER)
+					s->saves.items[i].new_uid = m->next++;
+			}
+			m->stage = MS_RENUMBER;
+			m->pos = 0;
+			break;
+		case MS_RENUMBER:
+			if (m->pos < m->sr.count) {
+				uint32_t first = m->cu > m->su ? m->cu : m->su;
+				uint32_t nu = first + (uint32_t)m->pos;
+				if (stor_msg_renumber(s->db, &s->sel, m->sr.items[m->pos], nu, m->N,
+						      &err) < 0)
+					goto storage_error;
+				merge_mark_dirty(m, m->sr.items[m->pos]);
+				ARRAY_PUSH(&m->save_client, nu);
+				m->touched = true;
+				m->pos++;
+				n++;
+				break;
+			}
+			m->stage = MS_EXPUNGE;
+			m->pos = 0;
+			break;
+		case MS_EXPUNGE:
+			if (m->pos < m->cexp_low.count) {
+				size_t k = m->cexp_low.count - m->pos;
+				if (k > SYNC_MAX_UIDS_PER_LINE)
+					k = SYNC_MAX_UIDS_PER_LINE;
+				stor_uid_list done = ARRAY_INIT;
+				if (stor_msg_expunge(s->db, &s->sel, m->cexp_low.items + m->pos, k, m->N,
+						     &done, &err) < 0)
+					goto storage_error;
+				if (done.count > 0)
+					m->touched = true;
+				ARRAY_FREE(&done);
+				for (size_t i = 0; i < k; i++)
+					merge_mark_dirty(m, m->cexp_low.items[m->pos + i]);
+				m->pos += k;
+				n += (unsigned)(k / 8 + 1);
+				break;
+			}
+			m->stage = MS_SAVES;
+			m->pos = 0;
+			break;
+		case MS_SAVES:
+			if (m->pos < s->saves.count) {
+				if (merge_apply_save(s, &s->saves.items[m->pos], &err) < 0)
+					goto storage_error;
+				m->pos++;
+				n++;
+				break;
+			}
+			m->stage = MS_STORES;
+			m->pos = 0;
+			break;
+		case MS_STORES:
+			if (m->pos < s->stores.count) {
+				if (merge_apply_store(s, &s->stores.items[m->pos], &err) < 0)
+					goto storage_error;
+				m->pos++;
+				n++;
+				break;
+			}
+			m->stage = MS_OWN;
+			m->pos = 0;
+			break;
+		case MS_OWN:
+			if (m->pos < m->smsgs.count) {
+				if (merge_own(s, m->pos, &err) < 0)
+					goto storage_error;
+				m->pos++;
+				n++;
+				break;
+			}
+			if (merge_final(s, &err) < 0)
+				goto storage_error;
+			m->stage = MS_WR_SAVE;
+			m->pos = 0;
+			n++;
+			break;
+		case MS_WR_SAVE:
+		case MS_WR_FLAGS: {
+			bool save = m->stage == MS_WR_SAVE;
+			const stor_uid_list *l = save ? &m->save_client : &m->flags_client;
+			if (m->pos < l->count) {
+				if (merge_write_line(s, l->items[m->pos], save, &err) < 0)
+					goto storage_error;
+				m->pos++;
+				n++;
+				break;
+			}
+			m->stage = save ? MS_WR_FLAGS : MS_WR_END;
+			m->pos = 0;
+			break;
+		}
+		case MS_WR_END:
+			merge_write_end(s);
+			job_end(s);
+			srv_sync_reset(s);
+			break;
+		}
+	}
+	srv_flush(s);
+	return 0;
+storage_error:
+	srv_flush(s);
+	job_end(s);
+	srv_sync_reset(s);
+	return srv_fail(s, "SYNC-END: %s", err);
+}
+
+/* ---- FETCH, in steps ---- */
 
 static int cmd_fetch(struct sync_server *s, const struct proto_cmd *cmd)
 {
-	stor_uid_list uids, missing = ARRAY_INIT;
-	const char *err;
-	struct proto_wr w;
+	stor_uid_list uids;
 	if (cmd->arg_count != 1 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0) {
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "FETCH uidset");
 		return 0;
 	}
+	memset(&s->fetch, 0, sizeof(s->fetch));
+	snprintf(s->fetch.tag, sizeof(s->fetch.tag), "%s", cmd->tag);
+	s->fetch.uids = uids;
+	s->job = JOB_FETCH;
+	return 0;
+}
+
+/* Sends the texts of up to s->budget UIDs (and about
+ * SYNC_FETCH_STEP_BYTES), then the completion once all are sent. */
+static int fetch_step(struct sync_server *s)
+{
+	struct srv_fetch *f = &s->fetch;
+	const char *err;
+	struct proto_wr w;
+	size_t bytes = 0;
+	unsigned n = 0;
 	proto_wr_init(&w, &s->out);
-	struct buf text = BUF_INIT;
-	int ret = 0;
-	for (size_t i = 0; i < uids.count && ret == 0; i++) {
+	while (f->pos < f->uids.count && n < s->budget && bytes < SYNC_FETCH_STEP_BYTES) {
+		uint32_t uid = f->uids.items[f->pos++];
 		struct stor_msg m;
-		int r = stor_msg_get(s->db, &s->sel, uids.items[i], &m, &err);
-		if (r > 0) {
-			buf_reset(&text);
-			r = stor_text_read(s->db, &m.guid, 0, m.size, &text, &err);
-			if (r == 0) {
-				proto_wr_begin(&w, cmd->tag, "TEXT");
-				proto_wr_u64(&w, m.uid);
-				proto_wr_guid(&w, &m.guid);
-				proto_wr_literal(&w, text.data, text.len);
-				proto_wr_end(&w);
-				srv_flush(s);
-			} else {
-				/* A text lost here: reported missing, not fatal. */
-				ARRAY_PUSH(&missing, uids.items[i]);
-				r = 0;
-			}
-			stor_msg_free(&m);
-		} else if (r == 0) {
-			ARRAY_PUSH(&missing, uids.items[i]);
+		n++;
+		int r = stor_msg_get(s->db, &s->sel, uid, &m, &err);
+		if (r < 0) {
+			srv_flush(s);
+			job_end(s);
+			return srv_fail(s, "FETCH: %s", err);
 		}
-		if (r < 0)
-			ret = srv_fail(s, "FETCH: %s", err);
+		if (r == 0) {
+			ARRAY_PUSH(&f->missing, uid);
+			continue;
+		}
+		buf_reset(&f->text);
+		if (stor_text_read(s->db, &m.guid, 0, m.size, &f->text, &err) == 0) {
+			proto_wr_begin(&w, f->tag, "TEXT");
+			proto_wr_u64(&w, m.uid);
+			proto_wr_guid(&w, &m.guid);
+			proto_wr_literal(&w, f->text.data, f->text.len);
+			proto_wr_end(&w);
+			bytes += f->text.len;
+		} else {
+			/* A text lost here: reported missing, not fatal. */
+			ARRAY_PUSH(&f->missing, uid);
+		}
+		stor_msg_free(&m);
 	}
-	buf_free(&text);
-	if (ret == 0) {
-		if (missing.count > 0) {
+	if (f->pos == f->uids.count) {
+		if (f->missing.count > 0) {
 			struct buf code = BUF_INIT;
 			struct proto_wr cw;
 			proto_wr_init(&cw, &code);
 			buf_append_str(&code, "MISSING ");
-			proto_wr_uidset(&cw, missing.items, missing.count);
+			proto_wr_uidset(&cw, f->missing.items, f->missing.count);
 			buf_append_byte(&code, '\0');
-			srv_reply(s, cmd->tag, "OK", (const char *)code.data, "fetched");
+			proto_wr_status(&s->out, f->tag, "OK", (const char *)code.data, "fetched");
 			buf_free(&code);
 		} else {
-			srv_reply(s, cmd->tag, "OK", NULL, "fetched");
+			proto_wr_status(&s->out, f->tag, "OK", NULL, "fetched");
 		}
+		job_end(s);
 	}
-	ARRAY_FREE(&missing);
-	ARRAY_FREE(&uids);
-	return ret;
+	srv_flush(s);
+	return 0;
 }
 
 bool sync_server_in_sync(const struct sync_server *s)
@@ -1040,10 +1310,9 @@ bool sync_server_selected(const struct sync_server *s, struct guid *guid_r)
 	return s->selected;
 }
 
-int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
+/* Runs one command now (the server is idle). */
+static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 {
-	if (proto_cmd_is_status(cmd) || strcmp(cmd->tag, "*") == 0)
-		return 0; /* nothing of ours is pending */
 	if (proto_cmd_is(cmd, "LIST"))
 		return cmd_list(s, cmd);
 	if (proto_cmd_is(cmd, "CREATE"))
@@ -1091,8 +1360,64 @@ int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
 	if (proto_cmd_is(cmd, "UIDFIX"))
 		return cmd_uidfix(s, cmd);
 	if (proto_cmd_is(cmd, "SYNC-END"))
-		return sync_server_merge(s, cmd->tag);
+		return merge_start(s, cmd->tag);
 	srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");
+	return 0;
+}
+
+bool sync_server_busy(const struct sync_server *s)
+{
+	return s->job != JOB_NONE || buf_avail(&s->held) > 0;
+}
+
+void sync_server_set_budget(struct sync_server *s, unsigned budget)
+{
+	s->budget = budget != 0 ? budget : SYNC_DEFAULT_STEP_BUDGET;
+}
+
+int sync_server_step(struct sync_server *s)
+{
+	if (s->job == JOB_MERGE && merge_step(s) < 0)
+		return -1;
+	if (s->job == JOB_FETCH && fetch_step(s) < 0)
+		return -1;
+	/* Held commands, in order, until one starts a job again. */
+	while (s->job == JOB_NONE && buf_avail(&s->held) > 0) {
+		size_t used;
+		const struct proto_cmd *cmd;
+		int r = proto_parser_parse(s->held_parser, buf_rptr(&s->held), buf_avail(&s->held),
+					   &used, &cmd);
+		buf_consume(&s->held, used);
+		if (r < 0)
+			return srv_fail(s, "a held command does not parse again");
+		if (r == 0)
+			break; /* cannot happen: only whole lines are held */
+		if (srv_dispatch(s, cmd) < 0)
+			return -1;
+		if (s->job != JOB_NONE)
+			return 1;
+	}
+	if (buf_avail(&s->held) == 0)
+		buf_reset(&s->held);
+	return sync_server_busy(s) ? 1 : 0;
+}
+
+int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	if (proto_cmd_is_status(cmd) || strcmp(cmd->tag, "*") == 0)
+		return 0; /* nothing of ours is pending */
+	if (sync_server_busy(s)) {
+		/* Answers keep the order of the commands: this one waits. */
+		if (buf_avail(&s->held) > SYNC_MAX_HELD_INPUT)
+			return srv_fail(s, "the peer sends commands without waiting for answers");
+		sync_wr_cmd(&s->held, cmd);
+		return 0;
+	}
+	if (srv_dispatch(s, cmd) < 0)
+		return -1;
+	/* Small jobs end at once, as if answered in one call. */
+	if (s->job != JOB_NONE && sync_server_step(s) < 0)
+		return -1;
 	return 0;
 }
 

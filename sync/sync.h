@@ -17,10 +17,11 @@
  * peer link) or as raw bytes in any split (sync_*_feed).  sync_pipe joins a
  * client and a server in one process with no sockets (tests, local repair).
  *
- * The client never blocks: sync_client_step() does a bounded amount of work
- * and says whether to call it again, to wait for the peer's lines, or that
- * the sync finished.  The server does the work of one command per input call
- * (SYNC-END merges one mailbox in one call). */
+ * Neither end blocks: sync_client_step() does a bounded amount of work and
+ * says whether to call it again, to wait for the peer's lines, or that the
+ * sync finished; the server answers most commands in the input call, and
+ * SYNC-END (the merge of a mailbox of any size) and FETCH in bounded steps
+ * (sync_server_step()). */
 #ifndef SYNC_SYNC_H
 #define SYNC_SYNC_H
 
@@ -107,6 +108,17 @@ void sync_server_destroy(struct sync_server **sp);
 int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd);
 /* Raw bytes from the client, in any split. */
 int sync_server_feed(struct sync_server *s, const void *data, size_t len);
+/* SYNC-END and FETCH are answered in steps: sync_server_input() does the
+ * first step, and while sync_server_busy() the caller calls
+ * sync_server_step() again (from its loop, for example when the link's
+ * output has drained), each doing about the step budget's messages and
+ * sending what it made.  Commands that arrive while busy are held and run,
+ * in order, by later steps.  step returns 1 while busy, 0 when idle, -1
+ * when the link must close (as for input). */
+bool sync_server_busy(const struct sync_server *s);
+int sync_server_step(struct sync_server *s);
+/* Messages per step; 0 = the default (256). */
+void sync_server_set_budget(struct sync_server *s, unsigned budget);
 /* Whether a SYNC-BEGIN ... SYNC-END is under way (message commands belong
  * to the sync then, and are live replication otherwise). */
 bool sync_server_in_sync(const struct sync_server *s);

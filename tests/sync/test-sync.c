@@ -190,6 +190,8 @@ static struct sync_run run_sync(struct node *c, struct node *s, bool full, uint3
 	struct tap ts = { { tap_send, &ts }, sync_pipe_server_transport(p), tap_to_client };
 	struct sync_client *cl = sync_client_create(c->db, &set, &tc.t);
 	struct sync_server *sv = sync_server_create(s->db, c->sid, &ts.t);
+	/* Small steps: every merge stage and FETCH runs across several. */
+	sync_server_set_budget(sv, 1 + seed % 5);
 	enum sync_step_result r = sync_pipe_run(p, cl, sv, 1000000);
 	if (r != SYNC_STEP_DONE)
 		fprintf(stderr, "sync failed: %s / %s\n",
