@@ -20,5 +20,9 @@ void guid_to_hex(const struct guid *g, char out[GUID_HEX_SIZE]);
 int guid_from_hex(const char *s, struct guid *g);
 bool guid_is_zero(const struct guid *g);
 int guid_cmp(const struct guid *a, const struct guid *b);
+static inline bool guid_equal(const struct guid *a, const struct guid *b)
+{
+	return guid_cmp(a, b) == 0;
+}
 
 #endif

@@ -200,6 +200,18 @@ static int get_mailbox(struct local_op *op, const struct guid *g, struct stor_ma
 	return 0;
 }
 
+/* The mailbox's HIGHESTMODSEQ right after a change: the modseq a replica
+ * must reach to hold it. */
+static void note_modseq(struct local_op *op, const struct guid *mailbox)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(op->rl->repl.db, mailbox, &mb, &err) > 0) {
+		op->res.modseq = mb.highestmodseq;
+		stor_mailbox_free(&mb);
+	}
+}
+
 static void local_append(struct repl *r, const char *user, const struct guid *mailbox,
 			 const struct repl_append *req, repl_done_cb *cb, void *ctx)
 {
@@ -216,12 +228,13 @@ static void local_append(struct repl *r, const char *user, const struct guid *ma
 	stor_mailbox_free(&mb);
 	struct stor_append sa;
 	memset(&sa, 0, sizeof(sa));
+	sa.guid = req->guid;
 	sa.flags = req->flags;
 	sa.keywords = req->keywords;
 	sa.keyword_count = req->keyword_count;
 	sa.internaldate = req->internaldate;
 	sa.internaldate_tz = req->internaldate_tz;
-	sa.text = req->text != NULL ? req->text : "";
+	sa.text = req->text != NULL || req->guid != NULL ? req->text : "";
 	sa.text_len = req->text_len;
 	const char *err;
 	if (stor_msg_append(r->db, mailbox, &sa, &op->res.uid, &op->res.modseq, &err) < 0) {
@@ -245,6 +258,7 @@ static void local_store(struct repl *r, const char *user, const struct guid *mai
 	}
 	if (op->changed.count > 0)
 		op->notify[op->notify_count++] = *mailbox;
+	note_modseq(op, mailbox);
 	op_submit(op, true);
 }
 
@@ -285,6 +299,7 @@ static void local_copy(struct repl *r, const char *user, const struct guid *src,
 			goto fail;
 		op->notify[op->notify_count++] = *src;
 	}
+	note_modseq(op, dst);
 	op_submit(op, true);
 	return;
 fail:
@@ -305,11 +320,13 @@ static void local_expunge(struct repl *r, const char *user, const struct guid *m
 	}
 	if (op->expunged.count > 0)
 		op->notify[op->notify_count++] = *mailbox;
+	note_modseq(op, mailbox);
 	op_submit(op, true);
 }
 
 static void local_mailbox_create(struct repl *r, const char *user, const char *name,
-				 const char *special_use, repl_done_cb *cb, void *ctx)
+				 const char *special_use, const struct guid *guid,
+				 uint32_t uidvalidity, repl_done_cb *cb, void *ctx)
 {
 	struct repl_local *rl = (struct repl_local *)r;
 	struct local_op *op = op_new(rl, user, cb, ctx);
@@ -330,6 +347,8 @@ static void local_mailbox_create(struct repl *r, const char *user, const char *n
 	req.user = user;
 	req.name = name;
 	req.special_use = special_use;
+	req.guid = guid;
+	req.uidvalidity = uidvalidity;
 	if (stor_mailbox_create(r->db, &req, &op->mailbox, &err) < 0) {
 		op_fail(op, REPL_ERR_INTERNAL, err);
 		return;

@@ -250,6 +250,23 @@ int repl_mm_request_master(struct repl_mm *mm, const char *gkey, unsigned timeou
 	return 0;
 }
 
+bool repl_mm_is_master(struct repl_mm *mm, const char *gkey)
+{
+	return mm_is_master(mm->node, gkey);
+}
+
+void repl_mm_note_write(struct repl_mm *mm, const char *gkey)
+{
+	if (mm_note_write(mm->node, gkey, mm_now()) == 0)
+		drain(mm);
+}
+
+void repl_mm_forget_master(struct repl_mm *mm, const char *gkey, uint32_t stale_master)
+{
+	if (mm_forget_master(mm->node, gkey, stale_master) == 0)
+		drain(mm);
+}
+
 int repl_mm_granule_key(const struct repl_mm *mm, const char *user, const struct guid *mailbox,
 			char *out, size_t size)
 {

@@ -77,6 +77,16 @@ int repl_mm_granule_key(const struct repl_mm *mm, const char *user, const struct
 int repl_mm_request_master(struct repl_mm *mm, const char *gkey, unsigned timeout_ms,
 			   repl_mm_answer_cb *cb, void *ctx);
 
+/* True if this node is master of gkey at its current epoch (a forwarded
+ * change is served only then). */
+bool repl_mm_is_master(struct repl_mm *mm, const char *gkey);
+/* One write for gkey was made here, as master or forwarded: mastership
+ * follows the writes (mm_note_write()). */
+void repl_mm_note_write(struct repl_mm *mm, const char *gkey);
+/* stale_master turned out not to be the master of gkey: ask the root
+ * again next time. */
+void repl_mm_forget_master(struct repl_mm *mm, const char *gkey, uint32_t stale_master);
+
 /* Formats an epoch as humans see it: "counter.root" (out >= 32 bytes). */
 void repl_mm_epoch_str(uint64_t epoch, char *out, size_t size);
 

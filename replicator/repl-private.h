@@ -18,7 +18,8 @@ struct repl_vfuncs {
 	void (*expunge)(struct repl *r, const char *user, const struct guid *mailbox,
 			const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx);
 	void (*mailbox_create)(struct repl *r, const char *user, const char *name,
-			       const char *special_use, repl_done_cb *cb, void *ctx);
+			       const char *special_use, const struct guid *guid,
+			       uint32_t uidvalidity, repl_done_cb *cb, void *ctx);
 	void (*mailbox_delete)(struct repl *r, const char *user, const struct guid *mailbox,
 			       repl_done_cb *cb, void *ctx);
 	void (*mailbox_rename)(struct repl *r, const char *user, const struct guid *mailbox,

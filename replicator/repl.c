@@ -2,8 +2,10 @@
  * of the seam itself (so it works unchanged with any implementation). */
 #include "replicator/repl-private.h"
 
+#include <openssl/sha.h>
 #include <string.h>
 
+#include "lib/buf.h"
 #include "lib/xalloc.h"
 
 struct stor_db *repl_db(struct repl *r)
@@ -87,7 +89,14 @@ void repl_expunge(struct repl *r, const char *user, const struct guid *mailbox,
 void repl_mailbox_create(struct repl *r, const char *user, const char *name,
 			 const char *special_use, repl_done_cb *cb, void *ctx)
 {
-	r->v->mailbox_create(r, user, name, special_use, cb, ctx);
+	r->v->mailbox_create(r, user, name, special_use, NULL, 0, cb, ctx);
+}
+
+void repl_mailbox_create_as(struct repl *r, const char *user, const char *name,
+			    const char *special_use, const struct guid *guid, uint32_t uidvalidity,
+			    repl_done_cb *cb, void *ctx)
+{
+	r->v->mailbox_create(r, user, name, special_use, guid, uidvalidity, cb, ctx);
 }
 
 void repl_mailbox_delete(struct repl *r, const char *user, const struct guid *mailbox,
@@ -121,6 +130,26 @@ static const struct {
 	{ "Archive", "\\Archive" },
 };
 #define DEFAULT_MAILBOX_COUNT (sizeof(default_mailboxes) / sizeof(default_mailboxes[0]))
+
+/* Default mailboxes get the same GUID and UIDVALIDITY on every node,
+ * derived from the user and the name: a user who logs in on two nodes
+ * before either heard of the other's defaults ends with one INBOX, not two
+ * that a resync must tell apart. */
+static void default_identity(const char *user, const char *name, struct guid *g_r,
+			     uint32_t *uidvalidity_r)
+{
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	struct buf in;
+	buf_init(&in);
+	buf_append(&in, "starling default mailbox", 25);
+	buf_append(&in, user, strlen(user) + 1);
+	buf_append(&in, name, strlen(name) + 1);
+	SHA256(in.data, in.len, md);
+	buf_free(&in);
+	memcpy(g_r->b, md, GUID_SIZE);
+	uint32_t v = (uint32_t)md[16] << 24 | (uint32_t)md[17] << 16 | (uint32_t)md[18] << 8 | md[19];
+	*uidvalidity_r = (v & 0x7fffffffu) | 1u;
+}
 
 struct ensure_ctx {
 	repl_done_cb *cb;
@@ -175,8 +204,12 @@ void repl_user_ensure_defaults(struct repl *r, const char *user, repl_done_cb *c
 	}
 	e->left = DEFAULT_MAILBOX_COUNT * 2;
 	for (size_t i = 0; i < DEFAULT_MAILBOX_COUNT; i++) {
-		repl_mailbox_create(r, user, default_mailboxes[i].name,
-				    default_mailboxes[i].special_use, ensure_one_done, e);
+		struct guid g;
+		uint32_t uidvalidity;
+		default_identity(user, default_mailboxes[i].name, &g, &uidvalidity);
+		repl_mailbox_create_as(r, user, default_mailboxes[i].name,
+				       default_mailboxes[i].special_use, &g, uidvalidity,
+				       ensure_one_done, e);
 		repl_subscribe(r, user, default_mailboxes[i].name, true, ensure_one_done, e);
 	}
 }

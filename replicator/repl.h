@@ -46,7 +46,9 @@ struct repl_result {
 	const char *error_msg;        /* for humans, when error != REPL_OK */
 	uint32_t uidvalidity;         /* APPEND, COPY, MOVE: of the target */
 	uint32_t uid;                 /* APPEND: the new message's UID */
-	uint64_t modseq;              /* APPEND: its modseq */
+	/* APPEND: its modseq; STORE, EXPUNGE, COPY, MOVE: the mailbox's
+	 * HIGHESTMODSEQ right after the change (of the target for COPY). */
+	uint64_t modseq;
 	/* COPY/MOVE: source UIDs that were copied and their new UIDs (same
 	 * order); MOVE: source UIDs also expunged. */
 	const uint32_t *src_uids, *dst_uids;
@@ -100,6 +102,9 @@ void repl_watch_remove(struct repl *r, repl_watch_cb *cb, void *ctx);
  * until the callback fires; cb may not be NULL. ---- */
 
 struct repl_append {
+	/* NULL: a new GUID.  Given (a COPY keeping its global UID, or a
+	 * forwarded SAVE), text may be NULL to use the text stored for it. */
+	const struct guid *guid;
 	uint32_t flags;                /* enum stor_flag bits */
 	const char *const *keywords;
 	size_t keyword_count;
@@ -129,6 +134,10 @@ void repl_expunge(struct repl *r, const char *user, const struct guid *mailbox,
 /* special_use may be NULL. */
 void repl_mailbox_create(struct repl *r, const char *user, const char *name,
 			 const char *special_use, repl_done_cb *cb, void *ctx);
+/* The same with a given GUID and UIDVALIDITY (NULL and 0: new ones). */
+void repl_mailbox_create_as(struct repl *r, const char *user, const char *name,
+			    const char *special_use, const struct guid *guid, uint32_t uidvalidity,
+			    repl_done_cb *cb, void *ctx);
 void repl_mailbox_delete(struct repl *r, const char *user, const struct guid *mailbox,
 			 repl_done_cb *cb, void *ctx);
 void repl_mailbox_rename(struct repl *r, const char *user, const struct guid *mailbox,

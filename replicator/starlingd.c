@@ -24,6 +24,7 @@
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-admin.h"
+#include "replicator/repl-cluster.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-sync.h"
 #include "replicator/repl-peer.h"
@@ -40,6 +41,7 @@ struct node {
 	struct repl_peers *peers;
 	struct repl_mm *mm;
 	struct repl_sync *sync;
+	bool clustered;  /* peers configured: the replicating seam */
 	int64_t started;
 	ev_signal sigterm, sigint;
 	ev_signal sighup;
@@ -85,6 +87,8 @@ static void status_cb(void *ctx, struct buf *out)
 		repl_peers_status(n->peers, out);
 	if (n->mm != NULL)
 		repl_mm_status(n->mm, out);
+	if (n->clustered)
+		repl_cluster_status(n->repl, out);
 }
 
 static int master_granule_key(void *ctx, const char *user, const struct guid *mailbox, char *out,
@@ -118,11 +122,15 @@ static void link_up_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn
 	struct node *n = ctx;
 	repl_sync_link_up(n->sync, sid);
 	repl_mm_peer_callbacks()->link_up(peers, sid, conn, n->mm);
+	if (n->clustered)
+		repl_cluster_link_up(n->repl, sid, conn);
 }
 
 static void link_down_cb(struct repl_peers *peers, uint32_t sid, const char *reason, void *ctx)
 {
 	struct node *n = ctx;
+	if (n->clustered)
+		repl_cluster_link_down(n->repl, sid);
 	repl_sync_link_down(n->sync, sid);
 	repl_mm_peer_callbacks()->link_down(peers, sid, reason, n->mm);
 }
@@ -140,6 +148,8 @@ static void link_drained_cb(struct repl_peers *peers, uint32_t sid, struct proto
 {
 	struct node *n = ctx;
 	repl_sync_link_drained(n->sync, sid);
+	if (n->clustered)
+		repl_cluster_link_drained(n->repl, sid);
 	if (repl_mm_peer_callbacks()->drained != NULL)
 		repl_mm_peer_callbacks()->drained(peers, sid, conn, n->mm);
 }
@@ -207,7 +217,13 @@ int main(int argc, char **argv)
 		fatalx("%s", err);
 	n.loop = ev_default_loop(EVFLAG_AUTO);
 	struct repl_settings rset = { n.cfg->node_id, n.cfg->max_message_size };
-	n.repl = repl_local_create(n.loop, n.db, &rset);
+	/* With peers, changes go through the masters and are replicated;
+	 * alone, the node applies them itself. */
+	n.clustered = n.cfg->peers.count > 0;
+	if (n.clustered)
+		n.repl = repl_cluster_create(n.loop, n.db, &rset, n.cfg);
+	else
+		n.repl = repl_local_create(n.loop, n.db, &rset);
 	/* Peers first: a bad secret or TLS file stops the node before it
 	 * serves anything. */
 	n.mm = repl_mm_create(n.loop, n.cfg);
@@ -216,6 +232,8 @@ int main(int argc, char **argv)
 		fatalx("%s", err);
 	repl_mm_attach(n.mm, n.peers);
 	repl_sync_attach(n.sync, n.peers);
+	if (n.clustered)
+		repl_cluster_attach(n.repl, n.peers, n.mm, n.sync);
 	if (imap_server_create(n.loop, n.cfg, n.repl, &n.imap, &err) < 0)
 		fatalx("%s", err);
 	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
@@ -237,6 +255,8 @@ int main(int argc, char **argv)
 
 	/* Finish what is in flight (clients get their answers), then close. */
 	repl_flush(n.repl);
+	if (n.clustered)
+		repl_cluster_detach(n.repl);
 	repl_sync_destroy(&n.sync);
 	repl_mm_destroy(&n.mm);
 	repl_peers_destroy(&n.peers);

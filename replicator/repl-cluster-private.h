@@ -1,0 +1,239 @@
+/* Shared by the files of the replicating seam: repl-cluster.c (the changes
+ * IMAP and the admin socket make, as master, forwarded to the master, or
+ * autonomously), repl-stream.c (the persistent replication log and its
+ * streaming to each peer) and repl-replica.c (what arrives from peers:
+ * changes to apply, and requests to this node as master).
+ *
+ * Nothing outside replicator/ includes this. */
+#ifndef REPLICATOR_REPL_CLUSTER_PRIVATE_H
+#define REPLICATOR_REPL_CLUSTER_PRIVATE_H
+
+#include <ev.h>
+
+#include "lib/arr.h"
+#include "lib/config.h"
+#include "protocol/protocol.h"
+#include "replicator/repl-cluster.h"
+#include "replicator/repl-private.h"
+
+/* How long to wait for the mailbox-master machine to name a master before
+ * a change goes on autonomously. */
+#define CL_MASTER_TIMEOUT_MS 3000u
+/* How long a forwarded change may wait for the master's answer. */
+#define CL_FORWARD_TIMEOUT_MS 10000u
+/* Attempts to reach a master (it may move or fail meanwhile) before a
+ * change goes on autonomously. */
+#define CL_FORWARD_ATTEMPTS 3
+/* Replication commands to a peer wait this long for their answer before
+ * the link is considered broken. */
+#define CL_STREAM_TIMEOUT_MS 30000u
+/* Log entries read per pass of a peer's streamer. */
+#define CL_STREAM_BATCH 64
+/* Our mailbox ids on a link start here, far from the small ones the sync
+ * client picks, so the two never name different mailboxes with one id. */
+#define CL_ID_BASE 0x40000000u
+/* Mailbox ids per link before they are recycled. */
+#define CL_MAX_BINDINGS 4096u
+
+/* Replication log entry kinds (first byte of an entry). */
+enum cl_entry_kind {
+	CL_ENTRY_MAILBOX = 'M',    /* messages of a mailbox changed */
+	CL_ENTRY_CREATE = 'C',
+	CL_ENTRY_DELETE = 'D',
+	CL_ENTRY_RENAME = 'R',
+	CL_ENTRY_SUBSCRIBE = 'S',
+	CL_ENTRY_UNSUBSCRIBE = 'U',
+};
+
+/* A decoded log entry; strings point into the entry's buffer or are
+ * NUL-terminated copies owned by the entry. */
+struct cl_entry {
+	enum cl_entry_kind kind;
+	uint64_t wall_ms;          /* when it was logged */
+	char user[STOR_MAX_USER_LEN + 1];
+	struct guid guid;          /* the mailbox (not for (UN)SUBSCRIBE) */
+	char *name;                /* CREATE, DELETE, (UN)SUBSCRIBE; RENAME: old */
+	char *new_name;            /* RENAME */
+	uint32_t uidvalidity;      /* CREATE */
+	char special_use[16];      /* CREATE, or "" */
+};
+
+void cl_entry_free(struct cl_entry *e);
+/* Encodes e (without wall_ms, which is set to now) into out. */
+void cl_entry_encode(const struct cl_entry *e, struct buf *out);
+/* Decodes; -1 for a malformed entry (logged and skipped by callers). */
+int cl_entry_decode(const void *data, size_t len, struct cl_entry *e_r);
+
+/* A mailbox's id on the link to one peer, in our direction. */
+enum cl_bind_state {
+	CL_BIND_NONE,       /* not bound: send MBOX first */
+	CL_BIND_PENDING,    /* MBOX sent, no answer yet */
+	CL_BIND_BOUND,      /* the peer holds it */
+	CL_BIND_FAILED,     /* the peer lacks it or differs: a resync is queued */
+};
+
+struct cl_waiter;
+
+struct cl_bind {
+	struct guid guid;
+	uint32_t id;
+	enum cl_bind_state state;
+	/* From the MBOX answer. */
+	uint32_t peer_uidnext;
+	uint64_t peer_modseq;
+	/* Streaming: changes above sent_modseq are not sent yet.  Valid
+	 * once stream_ready; an answer to a MBOX the forwarder sent is not
+	 * fresh enough to start streaming from, so the streamer rebinds. */
+	bool stream_ready, stream_wants;
+	uint64_t sent_modseq;
+	/* Forwarded changes waiting for the binding. */
+	struct cl_fwd *waiting;
+};
+
+/* A peer as the replicator sees it. */
+struct cl_peer {
+	struct repl_cluster *cl;
+	uint32_t sid;
+	struct proto_conn *conn;       /* NULL while the link is down */
+	uint64_t link_gen;             /* counts link-ups: answers go to their own link */
+	ARRAY(struct cl_bind *) binds;
+	uint32_t next_id;
+	uint32_t selected_id;          /* last SELECT we sent; 0 none */
+	/* Streaming of the log. */
+	uint64_t cursor;               /* every entry <= cursor acknowledged */
+	uint64_t next_seq;             /* next entry to process */
+	bool blocked;                  /* waiting for a MBOX answer */
+	bool full_sync;                /* fell off the log: needs a full resync */
+	bool cursor_dirty;             /* cursor changed since last written */
+	/* Entries processed but not acknowledged yet, in order. */
+	ARRAY(struct cl_inflight) inflight;
+	/* Users whose changes were waiting when the link came up: resynced
+	 * once the backlog is through (both sides may have written). */
+	stor_string_list catchup_users;
+	uint64_t catchup_until;
+	/* Users written autonomously while this peer could not be asked. */
+	stor_string_list dirty_users;
+	/* Answers to this peer's requests that wait for durability/replicas. */
+	struct cl_reply *replies;
+};
+
+struct cl_inflight {
+	uint64_t seq;
+	unsigned outstanding;
+};
+
+/* An answer owed to a peer's command; conn is cleared when the link goes
+ * down before it is sent. */
+struct cl_reply {
+	struct cl_reply *next, *prev;
+	struct cl_peer *peer;
+	char tag[PROTO_MAX_TAG + 1];
+};
+
+/* A change made at this node that waits for replicas to hold it. */
+struct cl_waiter {
+	struct cl_waiter *next;
+	uint64_t seq;
+	bool durable;
+	void (*done)(struct cl_waiter *w);
+	void *ctx;
+};
+
+struct repl_cluster {
+	struct repl repl;
+	struct repl *local;            /* applies to storage, group commit */
+	struct ev_loop *loop;
+	const struct config *cfg;
+	struct repl_settings set;
+	struct repl_peers *peers;
+	struct repl_mm *mm;
+	struct repl_sync *sync;
+	ARRAY(struct cl_peer *) peer_list;
+	struct cl_waiter *waiters;
+	ev_prepare prepare;
+	ev_timer timer;
+	size_t in_flight;
+	uint64_t log_last;             /* highest seq appended */
+	uint64_t autonomous_changes;   /* for status */
+	uint64_t forwarded_changes;
+	bool destroying;
+};
+
+/* ---- repl-stream.c ---- */
+
+void cl_stream_init(struct repl_cluster *cl);
+void cl_stream_deinit(struct repl_cluster *cl);
+/* Appends an entry to the log; *seq_r gets its sequence number.  Returns
+ * 0 or -1 (logged). */
+int cl_log_append(struct repl_cluster *cl, const struct cl_entry *e, uint64_t *seq_r);
+/* Runs the streamers of every up peer (called before the loop blocks). */
+void cl_stream_pump_all(struct repl_cluster *cl);
+void cl_stream_link_up(struct cl_peer *p, struct proto_conn *conn);
+void cl_stream_link_down(struct cl_peer *p);
+/* Forgets SELECT state and failed bindings after a resync used the link. */
+void cl_stream_after_resync(struct cl_peer *p);
+struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid);
+/* Waiters: w completes (w->done) once w->durable and enough peers hold
+ * w->seq (seq 0: durability alone). */
+void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w);
+void cl_waiters_check(struct repl_cluster *cl);
+/* Replicas a change must reach now: sync_replicas, fewer when fewer peers
+ * are up and streaming. */
+unsigned cl_replicas_required(struct repl_cluster *cl);
+/* The mailbox's binding on p, created (CL_BIND_NONE) if missing. */
+struct cl_bind *cl_bind_get(struct cl_peer *p, const struct guid *mailbox);
+/* Sends MBOX for b (b->state becomes PENDING).  user/name/uidvalidity of
+ * the local mailbox. */
+void cl_bind_send(struct cl_peer *p, struct cl_bind *b, const struct stor_mailbox *mb,
+		  bool for_stream);
+/* Sends SELECT b->id unless it is the selected id already. */
+void cl_select(struct cl_peer *p, const struct cl_bind *b);
+/* Remembers a user to resync with peer p when it is next up, and queues
+ * it now when it is up. */
+void cl_mark_dirty(struct cl_peer *p, const char *user);
+void cl_stream_status(struct repl_cluster *cl, struct buf *out);
+
+/* ---- repl-cluster.c ---- */
+
+/* Called by repl-stream when a binding a forwarded change waits for is
+ * settled (bound or failed). */
+void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b);
+/* Fails forwarded changes pending on a link that went down (they retry). */
+void cl_fwd_link_down(struct cl_peer *p);
+
+/* Announces a change applied straight to storage once it is durable. */
+void cl_notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
+
+/* ---- repl-replica.c ---- */
+
+/* The live replication commands of a link (repl_sync_live_cb). */
+void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
+			const struct proto_cmd *cmd, const struct guid *selected);
+/* Drops answers owed on a link that went down. */
+void cl_replica_link_down(struct cl_peer *p);
+
+/* Master-side entry points shared by local changes and by forwarded
+ * requests (repl-cluster.c). */
+struct cl_append_req {
+	const char *user;
+	struct guid mailbox;
+	struct guid guid;           /* the message's */
+	uint32_t flags;
+	const char *const *keywords;
+	size_t keyword_count;
+	int64_t internaldate;
+	int32_t internaldate_tz;
+	const void *text;           /* NULL: the text stored for guid */
+	size_t text_len;
+};
+void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
+		      void *ctx);
+void cl_master_store(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
+		     const uint32_t *uids, size_t count, const struct stor_store *req,
+		     repl_done_cb *cb, void *ctx);
+void cl_master_expunge(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
+		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx);
+/* Whether this node is master of the mailbox's granule right now. */
+bool cl_is_master(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
+
+#endif

@@ -1,0 +1,1278 @@
+/* The replicating seam: where each change of IMAP and the admin socket goes.
+ *
+ * A message change (APPEND, STORE, EXPUNGE, and COPY/MOVE built from them)
+ * first learns the master of its granule from repl-mm, then:
+ *  - as master: logs the change (repl-stream.c streams it to every peer),
+ *    applies it through the single-node engine (repl-local.c: storage and
+ *    group commit) and completes once durable here and acknowledged by the
+ *    required replicas (cl_waiter);
+ *  - elsewhere: forwards it to the master on the link (SPEC.md 8), applies
+ *    the master's answer here (same UID, modseq, GUID) and completes once
+ *    that is durable; the master answered only after its own replicas;
+ *  - with no reachable master: applies it here with a local UID
+ *    (autonomously, seed goal 3), completes, and queues a resync of the
+ *    user with every peer: UIDFIX then settles UIDs both sides assigned.
+ * Mailbox-list changes are made here and streamed like the rest. */
+#include "replicator/repl-cluster-private.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "mailbox-master/mm.h"
+#include "replicator/repl-mm.h"
+#include "replicator/repl-peer.h"
+#include "replicator/repl-sync.h"
+#include "sync/sync-private.h"
+
+static struct repl_cluster *to_cl(struct repl *r)
+{
+	return (struct repl_cluster *)r;
+}
+
+/* ---- Results that outlive the callback they came from ---- */
+
+struct owned_result {
+	struct repl_result res;
+	char *error_msg;
+	stor_msg_list changed;
+	stor_uid_list failed, expunged, src_uids, dst_uids;
+	struct stor_mailbox mailbox;
+	bool have_mailbox;
+};
+
+static void msg_copy(struct stor_msg *dst, const struct stor_msg *src)
+{
+	*dst = *src;
+	memset(&dst->keywords, 0, sizeof(dst->keywords));
+	for (size_t i = 0; i < src->keywords.count; i++)
+		ARRAY_PUSH(&dst->keywords, xstrdup(src->keywords.items[i]));
+}
+
+static void uids_copy(stor_uid_list *dst, const uint32_t *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		ARRAY_PUSH(dst, src[i]);
+}
+
+static void owned_set(struct owned_result *o, const struct repl_result *res)
+{
+	o->res = *res;
+	if (res->error_msg != NULL)
+		o->error_msg = xstrdup(res->error_msg);
+	for (size_t i = 0; i < res->changed_count; i++) {
+		struct stor_msg m;
+		msg_copy(&m, &res->changed[i]);
+		ARRAY_PUSH(&o->changed, m);
+	}
+	uids_copy(&o->failed, res->failed, res->failed_count);
+	uids_copy(&o->expunged, res->expunged, res->expunged_count);
+	uids_copy(&o->src_uids, res->src_uids, res->uid_count);
+	uids_copy(&o->dst_uids, res->dst_uids, res->uid_count);
+	if (res->mailbox != NULL) {
+		o->mailbox = *res->mailbox;
+		o->mailbox.user = xstrdup(res->mailbox->user);
+		o->mailbox.name = xstrdup(res->mailbox->name);
+		o->have_mailbox = true;
+	}
+}
+
+/* Points the public result at the owned arrays. */
+static const struct repl_result *owned_get(struct owned_result *o)
+{
+	o->res.error_msg = o->error_msg;
+	o->res.changed = o->changed.items;
+	o->res.changed_count = o->changed.count;
+	o->res.failed = o->failed.items;
+	o->res.failed_count = o->failed.count;
+	o->res.expunged = o->expunged.items;
+	o->res.expunged_count = o->expunged.count;
+	o->res.src_uids = o->src_uids.items;
+	o->res.dst_uids = o->dst_uids.items;
+	o->res.uid_count = o->src_uids.count;
+	o->res.mailbox = o->have_mailbox ? &o->mailbox : NULL;
+	return &o->res;
+}
+
+static void owned_free(struct owned_result *o)
+{
+	free(o->error_msg);
+	stor_msg_list_free(&o->changed);
+	ARRAY_FREE(&o->failed);
+	ARRAY_FREE(&o->expunged);
+	ARRAY_FREE(&o->src_uids);
+	ARRAY_FREE(&o->dst_uids);
+	if (o->have_mailbox)
+		stor_mailbox_free(&o->mailbox);
+	memset(o, 0, sizeof(*o));
+}
+
+static void owned_error(struct owned_result *o, enum repl_error error, const char *msg)
+{
+	o->res.error = error;
+	free(o->error_msg);
+	o->error_msg = xstrdup(msg);
+}
+
+/* ---- Changes as master: log, apply, wait for replicas ---- */
+
+struct master_op {
+	struct repl_cluster *cl;
+	repl_done_cb *cb;
+	void *ctx;
+	struct cl_waiter waiter;
+	struct owned_result out;
+};
+
+static void master_op_done(struct cl_waiter *w)
+{
+	struct master_op *m = w->ctx;
+	m->cl->in_flight--;
+	m->cb(m->ctx, owned_get(&m->out));
+	owned_free(&m->out);
+	free(m);
+}
+
+static void master_local_done(void *ctx, const struct repl_result *res)
+{
+	struct master_op *m = ctx;
+	if (res->error != REPL_OK || m->waiter.seq == 0 || m->cl->destroying) {
+		m->cl->in_flight--;
+		m->cb(m->ctx, res);
+		free(m);
+		return;
+	}
+	owned_set(&m->out, res);
+	m->waiter.durable = true;
+	cl_waiter_add(m->cl, &m->waiter);
+	cl_waiters_check(m->cl);
+}
+
+/* Logs a change of mailbox's messages; the returned master_op completes
+ * the caller once the change is on the replicas. */
+static struct master_op *master_begin(struct repl_cluster *cl, const char *user,
+				      const struct guid *mailbox, repl_done_cb *cb, void *ctx)
+{
+	struct master_op *m = xcalloc(1, sizeof(*m));
+	m->cl = cl;
+	m->cb = cb;
+	m->ctx = ctx;
+	m->waiter.ctx = m;
+	m->waiter.done = master_op_done;
+	cl->in_flight++;
+	struct cl_entry e;
+	memset(&e, 0, sizeof(e));
+	e.kind = CL_ENTRY_MAILBOX;
+	snprintf(e.user, sizeof(e.user), "%s", user);
+	e.guid = *mailbox;
+	/* Without an entry nothing would stream it: the change then only
+	 * waits for durability here, and the periodic check finds it. */
+	if (cl_log_append(cl, &e, &m->waiter.seq) < 0)
+		m->waiter.seq = 0;
+	if (cl->mm != NULL) {
+		char gkey[MM_GKEY_MAX + 1];
+		if (repl_mm_granule_key(cl->mm, user, mailbox, gkey, sizeof(gkey)) == 0)
+			repl_mm_note_write(cl->mm, gkey);
+	}
+	return m;
+}
+
+void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
+		      void *ctx)
+{
+	struct master_op *m = master_begin(cl, req->user, &req->mailbox, cb, ctx);
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.guid = &req->guid;
+	a.flags = req->flags;
+	a.keywords = req->keywords;
+	a.keyword_count = req->keyword_count;
+	a.internaldate = req->internaldate;
+	a.internaldate_tz = req->internaldate_tz;
+	a.text = req->text;
+	a.text_len = req->text_len;
+	/* The request is the caller's and lives until cb; the local engine
+	 * reads it only during this call. */
+	repl_append(cl->local, req->user, &req->mailbox, &a, master_local_done, m);
+}
+
+void cl_master_store(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
+		     const uint32_t *uids, size_t count, const struct stor_store *req,
+		     repl_done_cb *cb, void *ctx)
+{
+	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
+	repl_store(cl->local, user, mailbox, uids, count, req, master_local_done, m);
+}
+
+void cl_master_expunge(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
+		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx)
+{
+	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
+	repl_expunge(cl->local, user, mailbox, uids, count, master_local_done, m);
+}
+
+bool cl_is_master(struct repl_cluster *cl, const char *user, const struct guid *mailbox)
+{
+	char gkey[MM_GKEY_MAX + 1];
+	if (cl->mm == NULL || repl_mm_granule_key(cl->mm, user, mailbox, gkey, sizeof(gkey)) < 0)
+		return false;
+	return repl_mm_is_master(cl->mm, gkey);
+}
+
+/* ---- A message change from this node's clients ---- */
+
+enum fwd_kind { FWD_APPEND, FWD_STORE, FWD_EXPUNGE };
+
+/* A change on its way: asking for the master, forwarded, or waiting for
+ * the local application of the master's answer. */
+struct cl_fwd {
+	struct cl_fwd *next;          /* in a binding's waiting list */
+	struct repl_cluster *cl;
+	enum fwd_kind kind;
+	char *user;
+	struct guid mailbox;
+	char gkey[MM_GKEY_MAX + 1];
+	repl_done_cb *cb;
+	void *ctx;
+	unsigned attempts;
+	uint32_t master;
+	struct cl_peer *peer;         /* while forwarded */
+	bool sent_nil;                /* APPEND sent its text as NIL */
+	bool send_text;               /* ... and the master asked for it */
+	struct buf text;              /* the stored text, then */
+	ev_timer retry;
+	/* APPEND */
+	struct cl_append_req app;
+	/* STORE / EXPUNGE: the caller's arrays, valid until cb */
+	const uint32_t *uids;
+	size_t count;
+	struct stor_store store;
+	/* The master's FLAGS lines (STORE). */
+	stor_msg_list flags_lines;
+	struct owned_result out;
+};
+
+static void fwd_start(struct cl_fwd *f);
+
+static void fwd_free(struct cl_fwd *f)
+{
+	ev_timer_stop(f->cl->loop, &f->retry);
+	stor_msg_list_free(&f->flags_lines);
+	owned_free(&f->out);
+	buf_free(&f->text);
+	free(f->user);
+	free(f);
+}
+
+static void fwd_finish(struct cl_fwd *f)
+{
+	f->cl->in_flight--;
+	f->cb(f->ctx, owned_get(&f->out));
+	fwd_free(f);
+}
+
+static void fwd_fail(struct cl_fwd *f, enum repl_error error, const char *msg)
+{
+	owned_error(&f->out, error, msg);
+	fwd_finish(f);
+}
+
+/* A finished inner change: its result is the caller's. */
+static void fwd_inner_done(void *ctx, const struct repl_result *res)
+{
+	struct cl_fwd *f = ctx;
+	f->cl->in_flight--;
+	f->cb(f->ctx, res);
+	fwd_free(f);
+}
+
+static void fwd_as_master(struct cl_fwd *f)
+{
+	struct repl_cluster *cl = f->cl;
+	switch (f->kind) {
+	case FWD_APPEND:
+		cl_master_append(cl, &f->app, fwd_inner_done, f);
+		break;
+	case FWD_STORE:
+		cl_master_store(cl, f->user, &f->mailbox, f->uids, f->count, &f->store,
+				fwd_inner_done, f);
+		break;
+	case FWD_EXPUNGE:
+		cl_master_expunge(cl, f->user, &f->mailbox, f->uids, f->count, fwd_inner_done, f);
+		break;
+	}
+}
+
+/* Seed goal 3: the master is out of reach, so this node goes on alone and
+ * the user is resynced with everyone later. */
+static void fwd_autonomous(struct cl_fwd *f, const char *why)
+{
+	struct repl_cluster *cl = f->cl;
+	log_info("replication: %s: master %u unreachable (%s): change made here, resync queued",
+		 f->user, f->master, why);
+	cl->autonomous_changes++;
+	for (size_t i = 0; i < cl->peer_list.count; i++)
+		cl_mark_dirty(cl->peer_list.items[i], f->user);
+	struct repl_append a;
+	switch (f->kind) {
+	case FWD_APPEND:
+		memset(&a, 0, sizeof(a));
+		a.guid = &f->app.guid;
+		a.flags = f->app.flags;
+		a.keywords = f->app.keywords;
+		a.keyword_count = f->app.keyword_count;
+		a.internaldate = f->app.internaldate;
+		a.internaldate_tz = f->app.internaldate_tz;
+		a.text = f->app.text;
+		a.text_len = f->app.text_len;
+		repl_append(cl->local, f->user, &f->mailbox, &a, fwd_inner_done, f);
+		break;
+	case FWD_STORE:
+		repl_store(cl->local, f->user, &f->mailbox, f->uids, f->count, &f->store,
+			   fwd_inner_done, f);
+		break;
+	case FWD_EXPUNGE:
+		repl_expunge(cl->local, f->user, &f->mailbox, f->uids, f->count, fwd_inner_done, f);
+		break;
+	}
+}
+
+static void fwd_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct cl_fwd *f = (struct cl_fwd *)((char *)w - offsetof(struct cl_fwd, retry));
+	fwd_start(f);
+}
+
+/* The master could not take it this time: ask again (it may have moved or
+ * failed over), a few times, then go on alone. */
+static void fwd_again(struct cl_fwd *f, const char *why)
+{
+	f->peer = NULL;
+	if (f->cl->mm != NULL && f->master != 0)
+		repl_mm_forget_master(f->cl->mm, f->gkey, f->master);
+	if (++f->attempts >= CL_FORWARD_ATTEMPTS || f->cl->destroying) {
+		fwd_autonomous(f, why);
+		return;
+	}
+	log_debug("replication: %s: forwarding to %u failed (%s), asking again", f->user, f->master,
+		  why);
+	ev_timer_set(&f->retry, 0.2 * f->attempts, 0.);
+	ev_timer_start(f->cl->loop, &f->retry);
+}
+
+/* ---- Applying the master's answer here ---- */
+
+struct applied_ctx {
+	struct cl_fwd *f;
+};
+
+static void fwd_local_durable(void *ctx, bool ok)
+{
+	struct cl_fwd *f = ctx;
+	/* The master and its replicas hold the change; a failure to make our
+	 * copy durable is for a resync to repair, not for the client. */
+	if (!ok)
+		log_errorx("replication: a change from the master is not durable here");
+	fwd_finish(f);
+}
+
+static void notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
+
+static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
+{
+	struct repl_cluster *cl = f->cl;
+	struct stor_db *db = cl->repl.db;
+	const struct proto_arg *a;
+	uint32_t uid = 0;
+	uint64_t modseq = 0;
+	const char *err;
+	if ((a = proto_code_value(line, "UID")) != NULL)
+		(void)proto_arg_u32(a, &uid);
+	if ((a = proto_code_value(line, "MODSEQ")) != NULL)
+		(void)proto_arg_u64(a, INT64_MAX, &modseq);
+	struct stor_mailbox mb;
+	if (uid == 0 || modseq == 0 || stor_mailbox_get_by_guid(db, &f->mailbox, &mb, &err) <= 0) {
+		fwd_fail(f, REPL_ERR_INTERNAL, "the master's answer was incomplete");
+		return;
+	}
+	f->out.res.uid = uid;
+	f->out.res.modseq = modseq;
+	f->out.res.uidvalidity = mb.uidvalidity;
+	uint32_t uidnext = mb.uidnext;
+	stor_mailbox_free(&mb);
+	struct stor_msg msg;
+	int have = stor_msg_get(db, &f->mailbox, uid, &msg, &err);
+	if (have > 0) {
+		if (!guid_equal(&msg.guid, &f->app.guid)) {
+			log_warnx("replication: %s: UID %u holds another message here: resync", f->user,
+				  uid);
+			cl_mark_dirty(f->peer, f->user);
+		}
+		stor_msg_free(&msg);
+	} else if (have == 0 && uid >= uidnext && !proto_code_has(line, "EXPUNGED")) {
+		struct stor_append sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.uid = uid;
+		sa.modseq = modseq;
+		sa.guid = &f->app.guid;
+		sa.flags = f->app.flags;
+		sa.keywords = f->app.keywords;
+		sa.keyword_count = f->app.keyword_count;
+		sa.internaldate = f->app.internaldate;
+		sa.internaldate_tz = f->app.internaldate_tz;
+		sa.text = f->app.text;
+		sa.text_len = f->app.text_len;
+		if (stor_msg_append(db, &f->mailbox, &sa, NULL, NULL, &err) < 0) {
+			log_warnx("replication: %s: cannot store the master's UID %u here (%s): resync",
+				  f->user, uid, err);
+			cl_mark_dirty(f->peer, f->user);
+		} else {
+			notify_later(cl, f->user, &f->mailbox);
+		}
+	}
+	/* else: the stream already brought it, or it was expunged since. */
+	stor_on_durable(db, fwd_local_durable, f);
+}
+
+static void fwd_apply_store(struct cl_fwd *f, const struct proto_cmd *line)
+{
+	struct repl_cluster *cl = f->cl;
+	struct stor_db *db = cl->repl.db;
+	const struct proto_arg *a;
+	const char *err;
+	uint64_t modseq = 0;
+	if ((a = proto_code_value(line, "MODSEQ")) != NULL)
+		(void)proto_arg_u64(a, INT64_MAX, &modseq);
+	f->out.res.modseq = modseq;
+	stor_uid_list modified = ARRAY_INIT;
+	/* A malformed set leaves it empty. */
+	if ((a = proto_code_value(line, "MODIFIED")) != NULL)
+		(void)sync_arg_uids(a, SYNC_MAX_UIDS_PER_LINE * 64, &modified);
+	bool changed_any = false;
+	for (size_t i = 0; i < f->flags_lines.count; i++) {
+		const struct stor_msg *m = &f->flags_lines.items[i];
+		struct stor_store st;
+		memset(&st, 0, sizeof(st));
+		st.op = STOR_FLAGS_REPLACE;
+		st.flags = m->flags;
+		st.keywords = (const char *const *)m->keywords.items;
+		st.keyword_count = m->keywords.count;
+		st.modseq = m->modseq;
+		stor_msg_list changed = ARRAY_INIT;
+		if (stor_msg_store(db, &f->mailbox, &m->uid, 1, &st, &changed, NULL, &err) < 0)
+			log_warnx("replication: %s: applying the master's flags: %s", f->user, err);
+		if (changed.count > 0)
+			changed_any = true;
+		stor_msg_list_free(&changed);
+		bool refused = false;
+		for (size_t j = 0; j < modified.count; j++)
+			refused = refused || modified.items[j] == m->uid;
+		if (refused)
+			continue;
+		struct stor_msg now;
+		if (stor_msg_get(db, &f->mailbox, m->uid, &now, &err) > 0)
+			ARRAY_PUSH(&f->out.changed, now);
+	}
+	for (size_t j = 0; j < modified.count; j++)
+		ARRAY_PUSH(&f->out.failed, modified.items[j]);
+	ARRAY_FREE(&modified);
+	if (changed_any)
+		notify_later(cl, f->user, &f->mailbox);
+	stor_on_durable(db, fwd_local_durable, f);
+}
+
+static void fwd_apply_expunge(struct cl_fwd *f, const struct proto_cmd *line)
+{
+	struct repl_cluster *cl = f->cl;
+	struct stor_db *db = cl->repl.db;
+	const struct proto_arg *a;
+	const char *err;
+	uint64_t modseq = 0;
+	if ((a = proto_code_value(line, "MODSEQ")) != NULL)
+		(void)proto_arg_u64(a, INT64_MAX, &modseq);
+	f->out.res.modseq = modseq;
+	if (modseq != 0 &&
+	    stor_msg_expunge(db, &f->mailbox, f->uids, f->count, modseq, &f->out.expunged, &err) < 0)
+		log_warnx("replication: %s: applying the master's expunge: %s", f->user, err);
+	if (f->out.expunged.count > 0)
+		notify_later(cl, f->user, &f->mailbox);
+	stor_on_durable(db, fwd_local_durable, f);
+}
+
+static void fwd_send(struct cl_fwd *f);
+static int fwd_load_text(struct cl_fwd *f, struct buf *text);
+
+static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+			 const struct proto_cmd *line, void *ctx)
+{
+	struct cl_fwd *f = ctx;
+	if (kind == PROTO_REPLY_DATA) {
+		/* STORE: FLAGS <uid> <modseq> <flags> */
+		struct stor_msg m;
+		struct sync_flags fl;
+		memset(&m, 0, sizeof(m));
+		if (f->kind == FWD_STORE && proto_cmd_is(line, "FLAGS") && line->arg_count == 3 &&
+		    proto_arg_u32(&line->args[0], &m.uid) == 0 &&
+		    proto_arg_u64(&line->args[1], INT64_MAX, &m.modseq) == 0 &&
+		    f->flags_lines.count < f->count + 16 &&
+		    sync_arg_flags(&line->args[2], &fl) == 0) {
+			m.flags = fl.flags;
+			m.keywords = fl.keywords;
+			ARRAY_PUSH(&f->flags_lines, m);
+		}
+		return;
+	}
+	if (kind != PROTO_REPLY_DONE) {
+		fwd_again(f, kind == PROTO_REPLY_TIMEOUT ? "no answer in time" : "the link closed");
+		return;
+	}
+	if (strcmp(line->name, "OK") == 0) {
+		f->cl->forwarded_changes++;
+		if (f->kind == FWD_APPEND)
+			fwd_apply_append(f, line);
+		else if (f->kind == FWD_STORE)
+			fwd_apply_store(f, line);
+		else
+			fwd_apply_expunge(f, line);
+		return;
+	}
+	const char *text = line->text != NULL ? line->text : "refused";
+	if (proto_code_has(line, "NONEXISTENT") && f->kind == FWD_APPEND && f->sent_nil &&
+	    !f->send_text && f->peer != NULL && f->peer->conn != NULL) {
+		/* The master lacks the text of this GUID: send it whole. */
+		f->send_text = true;
+		fwd_send(f);
+		return;
+	}
+	if (proto_code_has(line, "NOTMASTER") || proto_code_has(line, "TRYLATER") ||
+	    proto_code_has(line, "NONEXISTENT") || proto_code_has(line, "UIDVALIDITY")) {
+		fwd_again(f, text);
+		return;
+	}
+	if (proto_code_has(line, "TOOBIG")) {
+		fwd_fail(f, REPL_ERR_TOOBIG, text);
+		return;
+	}
+	fwd_fail(f, REPL_ERR_INVALID, text);
+}
+
+static void fwd_send(struct cl_fwd *f)
+{
+	struct cl_peer *p = f->peer;
+	struct proto_wr *w = NULL;
+	const struct cl_bind *b = cl_bind_get(p, &f->mailbox);
+	cl_select(p, b);
+	switch (f->kind) {
+	case FWD_APPEND:
+		w = proto_conn_cmd_begin(p->conn, "SAVE");
+		proto_wr_date(w, f->app.internaldate, f->app.internaldate_tz);
+		proto_wr_u64(w, 0);
+		proto_wr_u64(w, 0);
+		proto_wr_guid(w, &f->app.guid);
+		{
+			stor_string_list kw = { (char **)f->app.keywords, f->app.keyword_count,
+						f->app.keyword_count };
+			sync_wr_flags(w, f->app.flags, &kw);
+		}
+		if (f->app.text != NULL) {
+			proto_wr_literal(w, f->app.text, f->app.text_len);
+		} else if (!f->send_text) {
+			/* A copy: the master most likely holds the text. */
+			f->sent_nil = true;
+			proto_wr_atom(w, "NIL");
+		} else {
+			buf_reset(&f->text);
+			if (fwd_load_text(f, &f->text) < 0)
+				log_warnx("replication: %s: the text of a copied message is gone",
+					  f->user);
+			proto_wr_literal(w, f->text.data != NULL ? (const char *)f->text.data : "",
+					 f->text.len);
+		}
+		break;
+	case FWD_STORE: {
+		struct stor_mailbox mb;
+		const char *err;
+		uint64_t known = 0;
+		if (stor_mailbox_get_by_guid(f->cl->repl.db, &f->mailbox, &mb, &err) > 0) {
+			known = mb.highestmodseq;
+			stor_mailbox_free(&mb);
+		}
+		stor_string_list kw = { (char **)f->store.keywords, f->store.keyword_count,
+					f->store.keyword_count };
+		stor_string_list none = ARRAY_INIT;
+		w = proto_conn_cmd_begin(p->conn, "STORE");
+		proto_wr_uidset(w, f->uids, f->count);
+		proto_wr_u64(w, known);
+		if (f->store.op == STOR_FLAGS_REMOVE)
+			sync_wr_flags(w, 0, &none);
+		else
+			sync_wr_flags(w, f->store.flags, &kw);
+		if (f->store.op == STOR_FLAGS_REMOVE) {
+			sync_wr_flags(w, f->store.flags, &kw);
+		} else if (f->store.op == STOR_FLAGS_REPLACE) {
+			proto_wr_list_begin(w);
+			proto_wr_atom(w, "\\*");
+			proto_wr_list_end(w);
+		} else {
+			sync_wr_flags(w, 0, &none);
+		}
+		if (f->store.unchangedsince != 0) {
+			proto_wr_atom(w, "UNCHANGEDSINCE");
+			proto_wr_u64(w, f->store.unchangedsince);
+		}
+		break;
+	}
+	case FWD_EXPUNGE:
+		w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
+		proto_wr_uidset(w, f->uids, f->count);
+		proto_wr_u64(w, 0);
+		break;
+	}
+	(void)w;
+	proto_conn_cmd_send(p->conn, CL_FORWARD_TIMEOUT_MS, fwd_reply_cb, f);
+}
+
+/* The copy's text, when the master turned out not to hold it. */
+static int fwd_load_text(struct cl_fwd *f, struct buf *text)
+{
+	uint64_t size;
+	const char *err;
+	if (stor_text_exists(f->cl->repl.db, &f->app.guid, &size, &err) <= 0 ||
+	    stor_text_read(f->cl->repl.db, &f->app.guid, 0, size, text, &err) < 0)
+		return -1;
+	return 0;
+}
+
+void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b)
+{
+	struct cl_fwd *list = b->waiting;
+	b->waiting = NULL;
+	while (list != NULL) {
+		struct cl_fwd *f = list;
+		list = f->next;
+		f->next = NULL;
+		if (b->state == CL_BIND_BOUND && p->conn != NULL)
+			fwd_send(f);
+		else
+			fwd_again(f, "the master does not hold the mailbox");
+	}
+}
+
+void cl_fwd_link_down(struct cl_peer *p)
+{
+	for (size_t i = 0; i < p->binds.count; i++) {
+		struct cl_bind *b = p->binds.items[i];
+		struct cl_fwd *list = b->waiting;
+		b->waiting = NULL;
+		while (list != NULL) {
+			struct cl_fwd *f = list;
+			list = f->next;
+			f->next = NULL;
+			fwd_again(f, "the link went down");
+		}
+	}
+}
+
+static void fwd_to_peer(struct cl_fwd *f, struct cl_peer *p)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(f->cl->repl.db, &f->mailbox, &mb, &err) <= 0) {
+		fwd_fail(f, REPL_ERR_NOTFOUND, "mailbox does not exist");
+		return;
+	}
+	f->peer = p;
+	if (repl_mm_granule_key(f->cl->mm, f->user, &f->mailbox, f->gkey, sizeof(f->gkey)) == 0)
+		repl_mm_note_write(f->cl->mm, f->gkey);
+	struct cl_bind *b = cl_bind_get(p, &f->mailbox);
+	switch (b->state) {
+	case CL_BIND_BOUND:
+		fwd_send(f);
+		break;
+	case CL_BIND_NONE:
+	case CL_BIND_FAILED:
+		cl_bind_send(p, b, &mb, false);
+		/* fall through */
+	case CL_BIND_PENDING:
+		f->next = b->waiting;
+		b->waiting = f;
+		break;
+	}
+	stor_mailbox_free(&mb);
+}
+
+static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
+{
+	struct cl_fwd *f = ctx;
+	if (!ans->ok) {
+		f->master = 0;
+		fwd_autonomous(f, ans->error != NULL ? ans->error : "no master");
+		return;
+	}
+	f->master = ans->master;
+	if (ans->am_master) {
+		fwd_as_master(f);
+		return;
+	}
+	struct cl_peer *p = cl_peer_find(f->cl, ans->master);
+	if (p == NULL || p->conn == NULL || (f->cl->sync != NULL &&
+					       repl_sync_busy_with(f->cl->sync, p->sid) &&
+					       f->attempts + 1 < CL_FORWARD_ATTEMPTS)) {
+		fwd_again(f, p == NULL ? "unknown node" : "no link");
+		return;
+	}
+	fwd_to_peer(f, p);
+}
+
+static void fwd_start(struct cl_fwd *f)
+{
+	struct repl_cluster *cl = f->cl;
+	if (cl->mm == NULL ||
+	    repl_mm_granule_key(cl->mm, f->user, &f->mailbox, f->gkey, sizeof(f->gkey)) < 0 ||
+	    repl_mm_request_master(cl->mm, f->gkey, CL_MASTER_TIMEOUT_MS, fwd_master_known, f) < 0)
+		fwd_autonomous(f, "no master for this mailbox");
+}
+
+static struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const char *user,
+			      const struct guid *mailbox, repl_done_cb *cb, void *ctx)
+{
+	struct cl_fwd *f = xcalloc(1, sizeof(*f));
+	f->cl = cl;
+	f->kind = kind;
+	f->user = xstrdup(user);
+	f->mailbox = *mailbox;
+	f->cb = cb;
+	f->ctx = ctx;
+	ev_timer_init(&f->retry, fwd_retry_cb, 0., 0.);
+	cl->in_flight++;
+	return f;
+}
+
+/* ---- The seam ---- */
+
+static void cl_append(struct repl *r, const char *user, const struct guid *mailbox,
+		      const struct repl_append *req, repl_done_cb *cb, void *ctx)
+{
+	struct repl_cluster *cl = to_cl(r);
+	if (req->text_len > cl->set.max_message_size) {
+		/* Refused the same way everywhere: let the local engine say it. */
+		repl_append(cl->local, user, mailbox, req, cb, ctx);
+		return;
+	}
+	struct cl_fwd *f = fwd_new(cl, FWD_APPEND, user, mailbox, cb, ctx);
+	f->app.user = f->user;
+	f->app.mailbox = *mailbox;
+	if (req->guid != NULL)
+		f->app.guid = *req->guid;
+	else
+		guid_generate(&f->app.guid);
+	f->app.flags = req->flags;
+	f->app.keywords = req->keywords;
+	f->app.keyword_count = req->keyword_count;
+	f->app.internaldate = req->internaldate;
+	f->app.internaldate_tz = req->internaldate_tz;
+	f->app.text = req->text;
+	f->app.text_len = req->text_len;
+	fwd_start(f);
+}
+
+static void cl_store(struct repl *r, const char *user, const struct guid *mailbox,
+		     const uint32_t *uids, size_t count, const struct stor_store *req,
+		     repl_done_cb *cb, void *ctx)
+{
+	struct cl_fwd *f = fwd_new(to_cl(r), FWD_STORE, user, mailbox, cb, ctx);
+	f->uids = uids;
+	f->count = count;
+	f->store = *req;
+	fwd_start(f);
+}
+
+static void cl_expunge(struct repl *r, const char *user, const struct guid *mailbox,
+		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx)
+{
+	struct cl_fwd *f = fwd_new(to_cl(r), FWD_EXPUNGE, user, mailbox, cb, ctx);
+	f->uids = uids;
+	f->count = count;
+	fwd_start(f);
+}
+
+/* ---- COPY and MOVE: one APPEND per message (keeping its GUID), then an
+ * EXPUNGE of the sources for MOVE, each to its own master. ---- */
+
+struct copy_op {
+	struct repl_cluster *cl;
+	char *user;
+	struct guid src, dst;
+	bool move;
+	repl_done_cb *cb;
+	void *ctx;
+	size_t left;
+	struct copy_item {
+		uint32_t src_uid;
+		uint32_t dst_uid;
+		struct guid guid;
+		uint32_t flags;
+		stor_string_list keywords;
+		int64_t date;
+		int32_t tz;
+		struct buf text;     /* only for a copy that needs a new GUID */
+		bool ok;
+	} *items;
+	size_t count;
+	stor_uid_list moved;
+	struct owned_result out;
+};
+
+static void copy_free(struct copy_op *c)
+{
+	for (size_t i = 0; i < c->count; i++) {
+		stor_string_list_free(&c->items[i].keywords);
+		buf_free(&c->items[i].text);
+	}
+	free(c->items);
+	ARRAY_FREE(&c->moved);
+	owned_free(&c->out);
+	free(c->user);
+	free(c);
+}
+
+static void copy_finish(struct copy_op *c)
+{
+	c->cl->in_flight--;
+	c->cb(c->ctx, owned_get(&c->out));
+	copy_free(c);
+}
+
+static void copy_expunged(void *ctx, const struct repl_result *res)
+{
+	struct copy_op *c = ctx;
+	if (res->error != REPL_OK)
+		owned_error(&c->out, res->error, res->error_msg != NULL ? res->error_msg : "error");
+	uids_copy(&c->out.expunged, res->expunged, res->expunged_count);
+	copy_finish(c);
+}
+
+static void copy_item_done(void *ctx, const struct repl_result *res);
+
+struct copy_sub {
+	struct copy_op *c;
+	size_t i;
+};
+
+static void copy_all_saved(struct copy_op *c)
+{
+	for (size_t i = 0; i < c->count; i++) {
+		if (!c->items[i].ok)
+			continue;
+		ARRAY_PUSH(&c->out.src_uids, c->items[i].src_uid);
+		ARRAY_PUSH(&c->out.dst_uids, c->items[i].dst_uid);
+		if (c->move)
+			ARRAY_PUSH(&c->moved, c->items[i].src_uid);
+	}
+	if (c->move && c->moved.count > 0 && c->out.res.error == REPL_OK) {
+		repl_expunge(&c->cl->repl, c->user, &c->src, c->moved.items, c->moved.count,
+			     copy_expunged, c);
+		return;
+	}
+	copy_finish(c);
+}
+
+static void copy_item_done(void *ctx, const struct repl_result *res)
+{
+	struct copy_sub *s = ctx;
+	struct copy_op *c = s->c;
+	if (res->error == REPL_OK) {
+		c->items[s->i].ok = true;
+		c->items[s->i].dst_uid = res->uid;
+		c->out.res.uidvalidity = res->uidvalidity;
+		if (res->modseq > c->out.res.modseq)
+			c->out.res.modseq = res->modseq;
+	} else if (c->out.res.error == REPL_OK) {
+		owned_error(&c->out, res->error, res->error_msg != NULL ? res->error_msg : "error");
+	}
+	free(s);
+	if (--c->left == 0)
+		copy_all_saved(c);
+}
+
+static void copy_nothing_done(void *ctx, const struct repl_result *res)
+{
+	copy_all_saved(ctx);
+}
+
+static void cl_copy(struct repl *r, const char *user, const struct guid *src,
+		    const uint32_t *uids, size_t count, const struct guid *dst, bool move,
+		    repl_done_cb *cb, void *ctx)
+{
+	struct repl_cluster *cl = to_cl(r);
+	struct stor_db *db = r->db;
+	const char *err;
+	struct stor_mailbox mb;
+	int found = stor_mailbox_get_by_guid(db, src, &mb, &err);
+	if (found > 0) {
+		stor_mailbox_free(&mb);
+		found = stor_mailbox_get_by_guid(db, dst, &mb, &err);
+	}
+	if (found <= 0) {
+		/* The local engine gives the same refusal, from the loop. */
+		repl_copy(cl->local, user, src, uids, count, dst, move, cb, ctx);
+		return;
+	}
+	struct copy_op *c = xcalloc(1, sizeof(*c));
+	c->cl = cl;
+	c->user = xstrdup(user);
+	c->src = *src;
+	c->dst = *dst;
+	c->move = move;
+	c->cb = cb;
+	c->ctx = ctx;
+	c->out.res.uidvalidity = mb.uidvalidity;
+	stor_mailbox_free(&mb);
+	cl->in_flight++;
+	c->items = xcalloc(count > 0 ? count : 1, sizeof(*c->items));
+	bool same = guid_equal(src, dst);
+	for (size_t i = 0; i < count; i++) {
+		struct stor_msg m;
+		if (stor_msg_get(db, src, uids[i], &m, &err) <= 0)
+			continue;
+		struct copy_item *it = &c->items[c->count];
+		it->src_uid = uids[i];
+		it->guid = m.guid;
+		it->flags = m.flags;
+		it->keywords = m.keywords;
+		memset(&m.keywords, 0, sizeof(m.keywords));
+		it->date = m.internaldate;
+		it->tz = m.internaldate_tz;
+		buf_init(&it->text);
+		uint32_t other;
+		/* A GUID appears at most once in a mailbox (SPEC 6.4): a
+		 * second copy there is a new message with a new GUID. */
+		if (same || stor_msg_find_guid(db, dst, &m.guid, &other, &err) != 0) {
+			guid_generate(&it->guid);
+			if (stor_text_read(db, &m.guid, 0, m.size, &it->text, &err) < 0) {
+				stor_msg_free(&m);
+				continue;
+			}
+			if (it->text.data == NULL)
+				buf_append(&it->text, "", 0);
+		}
+		stor_msg_free(&m);
+		c->count++;
+	}
+	if (c->count == 0) {
+		/* Nothing to copy: still answer from the loop. */
+		cl->local->v->complete_later(cl->local, copy_nothing_done, c);
+		return;
+	}
+	c->left = c->count;
+	for (size_t i = 0; i < c->count; i++) {
+		struct copy_item *it = &c->items[i];
+		struct copy_sub *s = xcalloc(1, sizeof(*s));
+		s->c = c;
+		s->i = i;
+		struct repl_append a;
+		memset(&a, 0, sizeof(a));
+		a.guid = &it->guid;
+		a.flags = it->flags;
+		a.keywords = (const char *const *)it->keywords.items;
+		a.keyword_count = it->keywords.count;
+		a.internaldate = it->date;
+		a.internaldate_tz = it->tz;
+		if (it->text.data != NULL) {
+			a.text = it->text.data;
+			a.text_len = it->text.len;
+		}
+		cl_append(r, user, dst, &a, copy_item_done, s);
+	}
+}
+
+/* ---- Mailbox-list changes: made here, then streamed ---- */
+
+struct list_op {
+	struct repl_cluster *cl;
+	repl_done_cb *cb;
+	void *ctx;
+	struct cl_entry entry;
+	struct cl_waiter waiter;
+	struct owned_result out;
+};
+
+static void list_op_done(struct cl_waiter *w)
+{
+	struct list_op *l = w->ctx;
+	l->cl->in_flight--;
+	l->cb(l->ctx, owned_get(&l->out));
+	owned_free(&l->out);
+	cl_entry_free(&l->entry);
+	free(l);
+}
+
+static void list_local_done(void *ctx, const struct repl_result *res)
+{
+	struct list_op *l = ctx;
+	struct repl_cluster *cl = l->cl;
+	if (res->error != REPL_OK || cl->destroying) {
+		cl->in_flight--;
+		l->cb(l->ctx, res);
+		cl_entry_free(&l->entry);
+		free(l);
+		return;
+	}
+	owned_set(&l->out, res);
+	if (l->entry.kind == CL_ENTRY_CREATE && res->mailbox != NULL) {
+		l->entry.guid = res->mailbox->guid;
+		l->entry.uidvalidity = res->mailbox->uidvalidity;
+		snprintf(l->entry.special_use, sizeof(l->entry.special_use), "%s",
+			 res->mailbox->special_use);
+	}
+	/* Logged once made (the GUID of a CREATE is known only now); a crash
+	 * in between leaves it to the periodic check. */
+	if (cl_log_append(cl, &l->entry, &l->waiter.seq) < 0)
+		l->waiter.seq = 0;
+	l->waiter.durable = true;
+	cl_waiter_add(cl, &l->waiter);
+	cl_waiters_check(cl);
+}
+
+static struct list_op *list_op_new(struct repl_cluster *cl, enum cl_entry_kind kind,
+				   const char *user, repl_done_cb *cb, void *ctx)
+{
+	struct list_op *l = xcalloc(1, sizeof(*l));
+	l->cl = cl;
+	l->cb = cb;
+	l->ctx = ctx;
+	l->entry.kind = kind;
+	snprintf(l->entry.user, sizeof(l->entry.user), "%s", user);
+	l->waiter.ctx = l;
+	l->waiter.done = list_op_done;
+	cl->in_flight++;
+	return l;
+}
+
+static void cl_mailbox_create(struct repl *r, const char *user, const char *name,
+			      const char *special_use, const struct guid *guid,
+			      uint32_t uidvalidity, repl_done_cb *cb, void *ctx)
+{
+	struct repl_cluster *cl = to_cl(r);
+	struct list_op *l = list_op_new(cl, CL_ENTRY_CREATE, user, cb, ctx);
+	l->entry.name = xstrdup(name);
+	cl->local->v->mailbox_create(cl->local, user, name, special_use, guid, uidvalidity,
+				     list_local_done, l);
+}
+
+/* DELETE and RENAME name the mailbox by its current name too. */
+static char *mailbox_name(struct repl_cluster *cl, const struct guid *mailbox)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(cl->repl.db, mailbox, &mb, &err) <= 0)
+		return xstrdup("");
+	char *name = xstrdup(mb.name);
+	stor_mailbox_free(&mb);
+	return name;
+}
+
+static void cl_mailbox_delete(struct repl *r, const char *user, const struct guid *mailbox,
+			      repl_done_cb *cb, void *ctx)
+{
+	struct repl_cluster *cl = to_cl(r);
+	struct list_op *l = list_op_new(cl, CL_ENTRY_DELETE, user, cb, ctx);
+	l->entry.guid = *mailbox;
+	l->entry.name = mailbox_name(cl, mailbox);
+	repl_mailbox_delete(cl->local, user, mailbox, list_local_done, l);
+}
+
+static void cl_mailbox_rename(struct repl *r, const char *user, const struct guid *mailbox,
+			      const char *new_name, repl_done_cb *cb, void *ctx)
+{
+	struct repl_cluster *cl = to_cl(r);
+	struct list_op *l = list_op_new(cl, CL_ENTRY_RENAME, user, cb, ctx);
+	l->entry.guid = *mailbox;
+	l->entry.name = mailbox_name(cl, mailbox);
+	l->entry.new_name = xstrdup(new_name);
+	repl_mailbox_rename(cl->local, user, mailbox, new_name, list_local_done, l);
+}
+
+static void cl_subscribe(struct repl *r, const char *user, const char *name, bool subscribed,
+			 repl_done_cb *cb, void *ctx)
+{
+	struct repl_cluster *cl = to_cl(r);
+	struct list_op *l = list_op_new(cl, subscribed ? CL_ENTRY_SUBSCRIBE : CL_ENTRY_UNSUBSCRIBE,
+					user, cb, ctx);
+	l->entry.name = xstrdup(name);
+	repl_subscribe(cl->local, user, name, subscribed, list_local_done, l);
+}
+
+/* ---- Notifications ---- */
+
+/* Changes this file applies directly to storage (answers from the master)
+ * are announced once durable, like the local engine's. */
+struct notify_ctx {
+	struct repl_cluster *cl;
+	char *user;
+	struct guid mailbox;
+};
+
+static void notify_durable(void *ctx, bool ok)
+{
+	struct notify_ctx *n = ctx;
+	if (ok)
+		repl_notify(&n->cl->repl, n->user, &n->mailbox);
+	free(n->user);
+	free(n);
+}
+
+static void notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox)
+{
+	struct notify_ctx *n = xcalloc(1, sizeof(*n));
+	n->cl = cl;
+	n->user = xstrdup(user);
+	n->mailbox = *mailbox;
+	stor_on_durable(cl->repl.db, notify_durable, n);
+}
+
+void cl_notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox)
+{
+	notify_later(cl, user, mailbox);
+}
+
+/* The local engine's notifications are ours. */
+static void inner_watch(void *ctx, const char *user, const struct guid *mailbox)
+{
+	struct repl_cluster *cl = ctx;
+	repl_notify(&cl->repl, user, mailbox);
+}
+
+/* ---- The rest of the seam ---- */
+
+static void cl_complete_later(struct repl *r, repl_done_cb *cb, void *ctx)
+{
+	to_cl(r)->local->v->complete_later(to_cl(r)->local, cb, ctx);
+}
+
+static void cl_flush(struct repl *r)
+{
+	repl_flush(to_cl(r)->local);
+}
+
+static size_t cl_in_flight(struct repl *r)
+{
+	return to_cl(r)->in_flight;
+}
+
+static void cl_destroy(struct repl *r)
+{
+	struct repl_cluster *cl = to_cl(r);
+	cl->destroying = true;
+	/* Changes waiting for replicas are durable here: they complete now. */
+	for (struct cl_waiter *w = cl->waiters; w != NULL; w = w->next)
+		w->seq = 0;
+	cl_waiters_check(cl);
+	repl_flush(cl->local);
+	cl_stream_deinit(cl);
+	repl_watch_remove(cl->local, inner_watch, cl);
+	repl_destroy(&cl->local);
+	if (cl->in_flight > 0)
+		log_warnx("replication: %zu changes still in flight at shutdown", cl->in_flight);
+	ARRAY_FREE(&r->watchers);
+	free(cl);
+}
+
+static const struct repl_vfuncs cluster_vfuncs = {
+	.append = cl_append,
+	.store = cl_store,
+	.copy = cl_copy,
+	.expunge = cl_expunge,
+	.mailbox_create = cl_mailbox_create,
+	.mailbox_delete = cl_mailbox_delete,
+	.mailbox_rename = cl_mailbox_rename,
+	.subscribe = cl_subscribe,
+	.complete_later = cl_complete_later,
+	.flush = cl_flush,
+	.in_flight = cl_in_flight,
+	.destroy = cl_destroy,
+};
+
+struct repl *repl_cluster_create(struct ev_loop *loop, struct stor_db *db,
+				 const struct repl_settings *set, const struct config *cfg)
+{
+	struct repl_cluster *cl = xcalloc(1, sizeof(*cl));
+	cl->repl.v = &cluster_vfuncs;
+	cl->repl.db = db;
+	cl->loop = loop;
+	cl->cfg = cfg;
+	cl->set = *set;
+	if (cl->set.max_message_size == 0)
+		cl->set.max_message_size = 64ull * 1024 * 1024;
+	cl->local = repl_local_create(loop, db, set);
+	repl_watch_add(cl->local, inner_watch, cl);
+	cl_stream_init(cl);
+	return &cl->repl;
+}
+
+static void sync_idle(void *ctx)
+{
+	struct repl_cluster *cl = ctx;
+	for (size_t i = 0; i < cl->peer_list.count; i++)
+		cl_stream_after_resync(cl->peer_list.items[i]);
+}
+
+void repl_cluster_attach(struct repl *r, struct repl_peers *peers, struct repl_mm *mm,
+			 struct repl_sync *sync)
+{
+	struct repl_cluster *cl = to_cl(r);
+	cl->peers = peers;
+	cl->mm = mm;
+	cl->sync = sync;
+	repl_sync_set_live(sync, cl_replica_command, cl);
+	repl_sync_set_idle(sync, sync_idle, cl);
+}
+
+void repl_cluster_detach(struct repl *r)
+{
+	struct repl_cluster *cl = to_cl(r);
+	cl->destroying = true;
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		if (p->conn != NULL)
+			cl_stream_link_down(p);
+	}
+	cl->mm = NULL;
+	cl->sync = NULL;
+	cl->peers = NULL;
+	/* Changes waiting for replicas are durable here: they complete. */
+	for (struct cl_waiter *w = cl->waiters; w != NULL; w = w->next)
+		w->seq = 0;
+	cl_waiters_check(cl);
+}
+
+void repl_cluster_link_up(struct repl *r, uint32_t sid, struct proto_conn *conn)
+{
+	struct cl_peer *p = cl_peer_find(to_cl(r), sid);
+	if (p != NULL)
+		cl_stream_link_up(p, conn);
+}
+
+void repl_cluster_link_down(struct repl *r, uint32_t sid)
+{
+	struct cl_peer *p = cl_peer_find(to_cl(r), sid);
+	if (p == NULL)
+		return;
+	cl_replica_link_down(p);
+	cl_stream_link_down(p);
+}
+
+void repl_cluster_link_drained(struct repl *r, uint32_t sid)
+{
+	/* The prepare watcher resumes the streamer on the next turn. */
+	(void)r;
+	(void)sid;
+}
+
+void repl_cluster_status(struct repl *r, struct buf *out)
+{
+	cl_stream_status(to_cl(r), out);
+}

@@ -1,0 +1,642 @@
+/* What peers send this node outside a sync (SPEC.md 7.3 and 8):
+ *  - changes their origin already made (option ORIGIN): the master's
+ *    SAVE, STORE and EXPUNGE with UIDs and modseqs, and mailbox-list
+ *    changes.  Applied as given, idempotently; a change that does not fit
+ *    (a UID holding another message, or below UIDNEXT where a client may
+ *    have seen the gap) is refused with UIDCONFLICT and the origin queues a
+ *    resync.  Answered once durable here.
+ *  - requests to this node as master (SAVE with UID 0, STORE, EXPUNGE from
+ *    a node whose client asked): served like a local change when this node
+ *    is the master of the granule at its epoch, else refused NOTMASTER so
+ *    the sender asks the root again. */
+#include "replicator/repl-cluster-private.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "replicator/repl-mm.h"
+#include "sync/sync-private.h"
+
+/* An answer to send once the change is durable (or replicated). */
+struct answer {
+	struct repl_cluster *cl;
+	uint32_t sid;
+	uint64_t gen;
+	char tag[PROTO_MAX_TAG + 1];
+	char status[4];
+	char code[128];
+	char *text;
+	/* STORE as master */
+	stor_uid_list uids;
+	stor_string_list keywords;
+	struct stor_store store;
+	struct guid mailbox;
+	char *user;
+};
+
+static struct answer *answer_new(struct repl_cluster *cl, struct cl_peer *p,
+				 const struct proto_cmd *cmd)
+{
+	struct answer *a = xcalloc(1, sizeof(*a));
+	a->cl = cl;
+	a->sid = p->sid;
+	a->gen = p->link_gen;
+	snprintf(a->tag, sizeof(a->tag), "%s", cmd->tag);
+	return a;
+}
+
+static void answer_free(struct answer *a)
+{
+	ARRAY_FREE(&a->uids);
+	stor_string_list_free(&a->keywords);
+	free(a->text);
+	free(a->user);
+	free(a);
+}
+
+/* The link the command came on, if it is still the same one. */
+static struct proto_conn *answer_conn(const struct answer *a)
+{
+	struct cl_peer *p = cl_peer_find(a->cl, a->sid);
+	if (p == NULL || p->conn == NULL || p->link_gen != a->gen)
+		return NULL;
+	return p->conn;
+}
+
+static void answer_send(struct answer *a)
+{
+	struct proto_conn *conn = answer_conn(a);
+	if (conn != NULL)
+		proto_conn_reply(conn, a->tag, a->status, a->code[0] != '\0' ? a->code : NULL,
+				 a->text != NULL ? a->text : "done");
+	answer_free(a);
+}
+
+static void answer_durable(void *ctx, bool ok)
+{
+	struct answer *a = ctx;
+	if (!ok) {
+		snprintf(a->status, sizeof(a->status), "NO");
+		snprintf(a->code, sizeof(a->code), "SERVERBUG");
+		free(a->text);
+		a->text = xstrdup("could not make the change durable");
+	}
+	answer_send(a);
+}
+
+/* Answers after the next group commit: whatever this command wrote is
+ * durable then. */
+static void answer_later(struct answer *a, const char *status, const char *code,
+			 const char *text)
+{
+	snprintf(a->status, sizeof(a->status), "%s", status);
+	snprintf(a->code, sizeof(a->code), "%s", code != NULL ? code : "");
+	a->text = xstrdup(text);
+	stor_on_durable(a->cl->repl.db, answer_durable, a);
+}
+
+/* ---- Changes from their origin ---- */
+
+static void apply_save(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+		       const struct stor_mailbox *mb)
+{
+	struct stor_db *db = cl->repl.db;
+	int64_t date;
+	int tz;
+	uint32_t uid;
+	uint64_t modseq;
+	struct guid guid;
+	struct sync_flags fl;
+	const char *err;
+	char code[96];
+	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
+	    uid == 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq == 0 ||
+	    proto_arg_guid(&cmd->args[3], &guid) < 0 || guid_is_zero(&guid) ||
+	    sync_arg_flags(&cmd->args[4], &fl) < 0) {
+		answer_later(a, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
+		return;
+	}
+	snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, uid, modseq);
+	struct stor_msg have;
+	int r = stor_msg_get(db, &mb->guid, uid, &have, &err);
+	if (r > 0) {
+		bool same = guid_equal(&have.guid, &guid);
+		stor_msg_free(&have);
+		sync_flags_free(&fl);
+		if (same) {
+			answer_later(a, "OK", code, "already stored");
+		} else {
+			snprintf(code, sizeof(code), "UIDCONFLICT %u", uid);
+			answer_later(a, "NO", code, "the UID holds another message");
+		}
+		return;
+	}
+	if (r < 0 || uid < mb->uidnext) {
+		sync_flags_free(&fl);
+		snprintf(code, sizeof(code), "UIDCONFLICT %u", uid);
+		answer_later(a, r < 0 ? "NO" : "NO", r < 0 ? "SERVERBUG" : code,
+			     r < 0 ? err : "below UIDNEXT here: the mailboxes need a sync");
+		return;
+	}
+	const struct proto_arg *text = &cmd->args[5];
+	struct stor_append sa;
+	memset(&sa, 0, sizeof(sa));
+	if (text->type == PROTO_ARG_ATOM && strcasecmp(text->str, "NIL") == 0) {
+		if (stor_text_exists(db, &guid, NULL, &err) <= 0) {
+			sync_flags_free(&fl);
+			answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
+			return;
+		}
+	} else if (text->type == PROTO_ARG_LITERAL) {
+		sa.text = text->str;
+		sa.text_len = text->len;
+	} else {
+		sync_flags_free(&fl);
+		answer_later(a, "BAD", "ARGS", "SAVE text must be a literal or NIL");
+		return;
+	}
+	sa.uid = uid;
+	sa.modseq = modseq;
+	sa.guid = &guid;
+	sa.flags = fl.flags;
+	sa.keywords = (const char *const *)fl.keywords.items;
+	sa.keyword_count = fl.keywords.count;
+	sa.internaldate = date;
+	sa.internaldate_tz = tz;
+	if (stor_msg_append(db, &mb->guid, &sa, NULL, NULL, &err) < 0) {
+		bool big = strstr(err, "too large") != NULL;
+		answer_later(a, "NO", big ? "TOOBIG" : "SERVERBUG", err);
+	} else {
+		cl_notify_later(cl, mb->user, &mb->guid);
+		answer_later(a, "OK", code, "stored");
+	}
+	sync_flags_free(&fl);
+}
+
+static void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+			const struct stor_mailbox *mb)
+{
+	struct stor_db *db = cl->repl.db;
+	stor_uid_list uids;
+	uint64_t modseq;
+	struct sync_flags fl;
+	const char *err;
+	const struct proto_arg *rm = &cmd->args[3];
+	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &uids) < 0)
+		goto bad;
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0 ||
+	    rm->type != PROTO_ARG_LIST || rm->count != 1 || rm->list[0].type != PROTO_ARG_ATOM ||
+	    strcmp(rm->list[0].str, "\\*") != 0 || sync_arg_flags(&cmd->args[2], &fl) < 0) {
+		ARRAY_FREE(&uids);
+		goto bad;
+	}
+	struct stor_store st;
+	memset(&st, 0, sizeof(st));
+	st.op = STOR_FLAGS_REPLACE;
+	st.flags = fl.flags;
+	st.keywords = (const char *const *)fl.keywords.items;
+	st.keyword_count = fl.keywords.count;
+	st.modseq = modseq;
+	stor_msg_list changed = ARRAY_INIT;
+	char code[64];
+	snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
+	if (stor_msg_store(db, &mb->guid, uids.items, uids.count, &st, &changed, NULL, &err) < 0 ||
+	    stor_mailbox_raise(db, &mb->guid, 0, modseq, &err) < 0) {
+		answer_later(a, "NO", "SERVERBUG", err);
+	} else {
+		if (changed.count > 0)
+			cl_notify_later(cl, mb->user, &mb->guid);
+		answer_later(a, "OK", code, "stored");
+	}
+	stor_msg_list_free(&changed);
+	sync_flags_free(&fl);
+	ARRAY_FREE(&uids);
+	return;
+bad:
+	answer_later(a, "BAD", "ARGS", "from the master: STORE uidset modseq flags (\\*)");
+}
+
+static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+			  const struct stor_mailbox *mb)
+{
+	struct stor_db *db = cl->repl.db;
+	stor_uid_list uids, gone = ARRAY_INIT;
+	uint64_t modseq;
+	const char *err;
+	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &uids) < 0) {
+		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
+		return;
+	}
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0) {
+		ARRAY_FREE(&uids);
+		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
+		return;
+	}
+	uint32_t top = 0;
+	for (size_t i = 0; i < uids.count; i++)
+		if (uids.items[i] > top)
+			top = uids.items[i];
+	char code[64];
+	snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
+	/* UIDs we never held are above our UIDNEXT no longer: the master's
+	 * UIDNEXT is past them too. */
+	if (stor_msg_expunge(db, &mb->guid, uids.items, uids.count, modseq, &gone, &err) < 0 ||
+	    stor_mailbox_raise(db, &mb->guid, top < UINT32_MAX ? top + 1 : top, modseq, &err) < 0) {
+		answer_later(a, "NO", "SERVERBUG", err);
+	} else {
+		if (gone.count > 0)
+			cl_notify_later(cl, mb->user, &mb->guid);
+		answer_later(a, "OK", code, "expunged");
+	}
+	ARRAY_FREE(&gone);
+	ARRAY_FREE(&uids);
+}
+
+static int arg_cstr(const struct proto_arg *arg, const char **s_r, size_t max)
+{
+	size_t len;
+	if (proto_arg_str(arg, s_r, &len) < 0 || len == 0 || len > max ||
+	    memchr(*s_r, '\0', len) != NULL)
+		return -1;
+	return 0;
+}
+
+static void apply_list_change(struct repl_cluster *cl, struct answer *a,
+			      const struct proto_cmd *cmd, size_t npos)
+{
+	struct stor_db *db = cl->repl.db;
+	const char *user, *name, *new_name, *err;
+	struct guid guid;
+	struct stor_mailbox mb;
+	char code[96];
+	if (arg_cstr(&cmd->args[0], &user, STOR_MAX_USER_LEN) < 0 ||
+	    arg_cstr(&cmd->args[1], &name, STOR_MAX_MAILBOX_NAME_LEN) < 0) {
+		answer_later(a, "BAD", "ARGS", "bad user or mailbox name");
+		return;
+	}
+	if (proto_cmd_is(cmd, "SUBSCRIBE") || proto_cmd_is(cmd, "UNSUBSCRIBE")) {
+		bool on = proto_cmd_is(cmd, "SUBSCRIBE");
+		if (stor_subscribe(db, user, name, on, &err) < 0)
+			answer_later(a, "NO", "SERVERBUG", err);
+		else
+			answer_later(a, "OK", NULL, on ? "subscribed" : "unsubscribed");
+		return;
+	}
+	size_t gpos = proto_cmd_is(cmd, "RENAME") ? 3 : 2;
+	if (npos <= gpos || proto_arg_guid(&cmd->args[gpos], &guid) < 0) {
+		answer_later(a, "BAD", "ARGS", "bad mailbox GUID");
+		return;
+	}
+	int have = stor_mailbox_get_by_guid(db, &guid, &mb, &err);
+	if (have < 0) {
+		answer_later(a, "NO", "SERVERBUG", err);
+		return;
+	}
+	if (have > 0 && strcmp(mb.user, user) != 0) {
+		stor_mailbox_free(&mb);
+		answer_later(a, "NO", "ALREADYEXISTS", "the GUID belongs to another user");
+		return;
+	}
+	if (proto_cmd_is(cmd, "DELETE")) {
+		if (have > 0) {
+			stor_mailbox_free(&mb);
+			if (stor_mailbox_delete(db, &guid, &err) < 0) {
+				answer_later(a, "NO", "SERVERBUG", err);
+				return;
+			}
+			cl_notify_later(cl, user, &guid);
+		}
+		answer_later(a, "OK", NULL, "deleted");
+		return;
+	}
+	const char *target = name;
+	if (proto_cmd_is(cmd, "RENAME")) {
+		if (arg_cstr(&cmd->args[2], &new_name, STOR_MAX_MAILBOX_NAME_LEN) < 0) {
+			if (have > 0)
+				stor_mailbox_free(&mb);
+			answer_later(a, "BAD", "ARGS", "bad new name");
+			return;
+		}
+		target = new_name;
+		if (have == 0) {
+			answer_later(a, "NO", "NONEXISTENT", "no mailbox with that GUID");
+			return;
+		}
+	}
+	if (have > 0 && strcmp(mb.name, target) == 0) {
+		stor_mailbox_free(&mb);
+		answer_later(a, "OK", NULL, "already so");
+		return;
+	}
+	struct stor_mailbox other;
+	int taken = stor_mailbox_get(db, user, target, &other, &err);
+	if (taken != 0) {
+		if (have > 0)
+			stor_mailbox_free(&mb);
+		if (taken < 0) {
+			answer_later(a, "NO", "SERVERBUG", err);
+			return;
+		}
+		char hex[GUID_HEX_SIZE];
+		guid_to_hex(&other.guid, hex);
+		stor_mailbox_free(&other);
+		snprintf(code, sizeof(code), "ALREADYEXISTS %s", hex);
+		answer_later(a, "NO", code, "the name has another mailbox");
+		return;
+	}
+	int r;
+	if (proto_cmd_is(cmd, "RENAME")) {
+		r = stor_mailbox_rename(db, &guid, target, &err);
+		stor_mailbox_free(&mb);
+	} else if (have > 0) {
+		/* CREATE of a mailbox we hold under another name: renamed
+		 * meanwhile; a resync settles which name wins. */
+		stor_mailbox_free(&mb);
+		answer_later(a, "NO", "ALREADYEXISTS", "the GUID has another name here");
+		return;
+	} else {
+		uint32_t uidvalidity;
+		const struct proto_arg *su = proto_cmd_option(cmd, npos, "SPECIAL-USE");
+		struct stor_mailbox_create req;
+		memset(&req, 0, sizeof(req));
+		if (proto_arg_u32(&cmd->args[3], &uidvalidity) < 0 || uidvalidity == 0) {
+			answer_later(a, "BAD", "ARGS", "bad UIDVALIDITY");
+			return;
+		}
+		req.user = user;
+		req.name = name;
+		req.guid = &guid;
+		req.uidvalidity = uidvalidity;
+		if (su != NULL && su->type == PROTO_ARG_LIST && su->count == 1 &&
+		    su->list[0].type == PROTO_ARG_ATOM && su->list[0].len < 16)
+			req.special_use = su->list[0].str;
+		r = stor_mailbox_create(db, &req, NULL, &err);
+	}
+	if (r < 0) {
+		answer_later(a, "NO", "SERVERBUG", err);
+		return;
+	}
+	cl_notify_later(cl, user, &guid);
+	answer_later(a, "OK", NULL, "done");
+}
+
+/* ---- Requests to this node as master ---- */
+
+static void master_answer_cb(void *ctx, const struct repl_result *res)
+{
+	struct answer *a = ctx;
+	struct proto_conn *conn = answer_conn(a);
+	if (conn == NULL) {
+		answer_free(a);
+		return;
+	}
+	if (res->error != REPL_OK) {
+		const char *code = res->error == REPL_ERR_TOOBIG ? "TOOBIG" :
+				   res->error == REPL_ERR_NOTFOUND ? "NONEXISTENT" : "SERVERBUG";
+		proto_conn_reply(conn, a->tag, "NO", code,
+				 res->error_msg != NULL ? res->error_msg : "failed");
+		answer_free(a);
+		return;
+	}
+	char code[160];
+	const char *err;
+	if (a->status[0] == 'A') { /* APPEND */
+		snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, res->uid, res->modseq);
+	} else if (a->status[0] == 'S') { /* STORE */
+		for (size_t i = 0; i < res->changed_count; i++) {
+			const struct stor_msg *m = &res->changed[i];
+			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
+			proto_wr_u64(w, m->uid);
+			proto_wr_u64(w, m->modseq);
+			sync_wr_flags(w, m->flags, &m->keywords);
+			proto_conn_line_end(conn);
+		}
+		for (size_t i = 0; i < res->failed_count; i++) {
+			struct stor_msg m;
+			if (stor_msg_get(a->cl->repl.db, &a->mailbox, res->failed[i], &m, &err) <= 0)
+				continue;
+			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
+			proto_wr_u64(w, m.uid);
+			proto_wr_u64(w, m.modseq);
+			sync_wr_flags(w, m.flags, &m.keywords);
+			proto_conn_line_end(conn);
+			stor_msg_free(&m);
+		}
+		int n = snprintf(code, sizeof(code), "MODSEQ %" PRIu64, res->modseq);
+		if (res->failed_count > 0 && n > 0) {
+			/* The set can be long: written as its own line code. */
+			struct buf b;
+			struct proto_wr w;
+			buf_init(&b);
+			proto_wr_init(&w, &b);
+			proto_wr_uidset(&w, res->failed, res->failed_count);
+			char *full = xasprintf("%s MODIFIED %.*s", code, (int)b.len, (const char *)b.data);
+			proto_conn_reply(conn, a->tag, "OK", full, "stored");
+			free(full);
+			buf_free(&b);
+			answer_free(a);
+			return;
+		}
+	} else { /* EXPUNGE */
+		snprintf(code, sizeof(code), "MODSEQ %" PRIu64, res->modseq);
+	}
+	proto_conn_reply(conn, a->tag, "OK", code, "done");
+	answer_free(a);
+}
+
+static void serve_save(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+		       const struct stor_mailbox *mb)
+{
+	struct stor_db *db = cl->repl.db;
+	int64_t date;
+	int tz;
+	uint32_t uid;
+	uint64_t modseq;
+	struct sync_flags fl;
+	struct cl_append_req req;
+	const char *err;
+	memset(&req, 0, sizeof(req));
+	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
+	    uid != 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq != 0 ||
+	    proto_arg_guid(&cmd->args[3], &req.guid) < 0 || guid_is_zero(&req.guid) ||
+	    sync_arg_flags(&cmd->args[4], &fl) < 0) {
+		answer_later(a, "BAD", "ARGS", "SAVE date 0 0 guid flags text");
+		return;
+	}
+	/* A resent SAVE (the link dropped before our answer) is recognised
+	 * by its GUID (SPEC 6.4). */
+	uint32_t have_uid;
+	if (stor_msg_find_guid(db, &mb->guid, &req.guid, &have_uid, &err) > 0) {
+		struct stor_msg m;
+		char code[96];
+		sync_flags_free(&fl);
+		if (stor_msg_get(db, &mb->guid, have_uid, &m, &err) > 0) {
+			snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, have_uid, m.modseq);
+			stor_msg_free(&m);
+			answer_later(a, "OK", code, "already saved");
+			return;
+		}
+		answer_later(a, "NO", "SERVERBUG", err);
+		return;
+	}
+	const struct proto_arg *text = &cmd->args[5];
+	if (text->type == PROTO_ARG_ATOM && strcasecmp(text->str, "NIL") == 0) {
+		if (stor_text_exists(db, &req.guid, NULL, &err) <= 0) {
+			sync_flags_free(&fl);
+			answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
+			return;
+		}
+	} else if (text->type == PROTO_ARG_LITERAL) {
+		req.text = text->str;
+		req.text_len = text->len;
+	} else {
+		sync_flags_free(&fl);
+		answer_later(a, "BAD", "ARGS", "SAVE text must be a literal or NIL");
+		return;
+	}
+	req.user = mb->user;
+	req.mailbox = mb->guid;
+	req.flags = fl.flags;
+	req.keywords = (const char *const *)fl.keywords.items;
+	req.keyword_count = fl.keywords.count;
+	req.internaldate = date;
+	req.internaldate_tz = tz;
+	snprintf(a->status, sizeof(a->status), "A");
+	/* The local engine copies what it needs during the call. */
+	cl_master_append(cl, &req, master_answer_cb, a);
+	sync_flags_free(&fl);
+}
+
+static void serve_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+			size_t npos, const struct stor_mailbox *mb)
+{
+	struct sync_flags add, rm;
+	uint64_t known;
+	const struct proto_arg *rma = &cmd->args[3];
+	bool replace = rma->type == PROTO_ARG_LIST && rma->count == 1 &&
+		       rma->list[0].type == PROTO_ARG_ATOM && strcmp(rma->list[0].str, "\\*") == 0;
+	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &a->uids) < 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &known) < 0 ||
+	    sync_arg_flags(&cmd->args[2], &add) < 0) {
+		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
+		return;
+	}
+	memset(&rm, 0, sizeof(rm));
+	if (!replace && sync_arg_flags(rma, &rm) < 0) {
+		sync_flags_free(&add);
+		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
+		return;
+	}
+	bool has_add = add.flags != 0 || add.keywords.count > 0;
+	bool has_rm = rm.flags != 0 || rm.keywords.count > 0;
+	if (!replace && has_add && has_rm) {
+		sync_flags_free(&add);
+		sync_flags_free(&rm);
+		answer_later(a, "BAD", "ARGS", "add or remove flags, not both");
+		return;
+	}
+	struct sync_flags *use = has_rm ? &rm : &add;
+	a->store.op = replace ? STOR_FLAGS_REPLACE : has_rm ? STOR_FLAGS_REMOVE : STOR_FLAGS_ADD;
+	a->store.flags = use->flags;
+	a->keywords = use->keywords;
+	memset(&use->keywords, 0, sizeof(use->keywords));
+	a->store.keywords = (const char *const *)a->keywords.items;
+	a->store.keyword_count = a->keywords.count;
+	const struct proto_arg *us = proto_cmd_option(cmd, npos, "UNCHANGEDSINCE");
+	if (us != NULL)
+		(void)proto_arg_u64(us, INT64_MAX, &a->store.unchangedsince);
+	sync_flags_free(&add);
+	sync_flags_free(&rm);
+	a->mailbox = mb->guid;
+	a->user = xstrdup(mb->user);
+	snprintf(a->status, sizeof(a->status), "S");
+	cl_master_store(cl, a->user, &a->mailbox, a->uids.items, a->uids.count, &a->store,
+			master_answer_cb, a);
+}
+
+static void serve_expunge(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+			  const struct stor_mailbox *mb)
+{
+	uint64_t modseq;
+	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &a->uids) < 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq != 0) {
+		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset 0");
+		return;
+	}
+	a->mailbox = mb->guid;
+	a->user = xstrdup(mb->user);
+	snprintf(a->status, sizeof(a->status), "E");
+	cl_master_expunge(cl, a->user, &a->mailbox, a->uids.items, a->uids.count, master_answer_cb,
+			  a);
+}
+
+/* ---- Dispatch ---- */
+
+void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
+			const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct repl_cluster *cl = ctx;
+	struct cl_peer *p = cl_peer_find(cl, sid);
+	size_t npos;
+	const char *verr;
+	if (p == NULL || p->conn != conn) {
+		proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER", "link not ready");
+		return;
+	}
+	if (proto_cmd_validate(cmd, &npos, &verr) < 0) {
+		proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", verr);
+		return;
+	}
+	struct answer *a = answer_new(cl, p, cmd);
+	bool origin = proto_cmd_option(cmd, npos, "ORIGIN") != NULL;
+	if (proto_cmd_is(cmd, "CREATE") || proto_cmd_is(cmd, "DELETE") ||
+	    proto_cmd_is(cmd, "RENAME") || proto_cmd_is(cmd, "SUBSCRIBE") ||
+	    proto_cmd_is(cmd, "UNSUBSCRIBE")) {
+		apply_list_change(cl, a, cmd, npos);
+		return;
+	}
+	if (proto_cmd_is(cmd, "COPY")) {
+		answer_later(a, "NO", "UNKNOWN-COMMAND", "send SAVE with the GUID instead");
+		return;
+	}
+	if (selected == NULL) {
+		answer_later(a, "BAD", "NOSELECT", "no mailbox selected");
+		return;
+	}
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get_by_guid(cl->repl.db, selected, &mb, &err);
+	if (r <= 0) {
+		answer_later(a, "NO", r < 0 ? "SERVERBUG" : "NONEXISTENT",
+			     r < 0 ? err : "the selected mailbox is gone");
+		return;
+	}
+	if (origin) {
+		if (proto_cmd_is(cmd, "SAVE"))
+			apply_save(cl, a, cmd, &mb);
+		else if (proto_cmd_is(cmd, "STORE"))
+			apply_store(cl, a, cmd, &mb);
+		else
+			apply_expunge(cl, a, cmd, &mb);
+	} else if (!cl_is_master(cl, mb.user, &mb.guid)) {
+		answer_later(a, "NO", "NOTMASTER", "not the master of this mailbox");
+	} else if (proto_cmd_is(cmd, "SAVE")) {
+		serve_save(cl, a, cmd, &mb);
+	} else if (proto_cmd_is(cmd, "STORE")) {
+		serve_store(cl, a, cmd, npos, &mb);
+	} else {
+		serve_expunge(cl, a, cmd, &mb);
+	}
+	stor_mailbox_free(&mb);
+}
+
+void cl_replica_link_down(struct cl_peer *p)
+{
+	/* Answers carry the link generation and find no link to go to. */
+	(void)p;
+}

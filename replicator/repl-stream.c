@@ -1,0 +1,1000 @@
+/* The persistent replication log and its streaming to each peer.
+ *
+ * The log (stor_log_*) holds one small entry per change this node made as
+ * master or origin: "the messages of mailbox G changed", or a mailbox-list
+ * change (CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE) with its
+ * arguments.  Message entries carry no UIDs, flags or texts: the streamer
+ * of a peer derives what to send from the store, as the changes of the
+ * mailbox above the modseq the peer already has (stor_changes_since), in
+ * modseq order, as SAVE (new to the peer, with the text), STORE (whole
+ * flag state) and EXPUNGE commands with ORIGIN.  So entries can be
+ * written before the change they announce (a crash between the two leaves
+ * an entry that derives nothing), replaying an entry twice sends nothing
+ * new, and a backlog of a thousand changes to one mailbox collapses into
+ * one pass.  Sending in modseq order keeps what a replica holds a prefix of
+ * the master's history, so the replica's HIGHESTMODSEQ (told by MBOX when a
+ * link comes up) is exactly where to resume.
+ *
+ * Per peer, the cursor is the last entry whose commands were all answered;
+ * it is stored lazily (a lost update only resends).  A peer further behind
+ * than repl_log_max entries is marked for a full resync of every user and
+ * no longer holds the log back. */
+#include "replicator/repl-cluster-private.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "replicator/repl-mm.h"
+#include "replicator/repl-peer.h"
+#include "replicator/repl-sync.h"
+#include "sync/sync-private.h"
+
+/* ---- Entries ---- */
+
+static uint64_t wall_ms(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+void cl_entry_free(struct cl_entry *e)
+{
+	free(e->name);
+	free(e->new_name);
+	e->name = e->new_name = NULL;
+}
+
+static void put_str(struct buf *out, const char *s)
+{
+	size_t len = s != NULL ? strlen(s) : 0;
+	buf_append_be32(out, (uint32_t)len);
+	buf_append(out, s, len);
+}
+
+void cl_entry_encode(const struct cl_entry *e, struct buf *out)
+{
+	buf_append_byte(out, (unsigned char)e->kind);
+	buf_append_be64(out, wall_ms());
+	put_str(out, e->user);
+	buf_append(out, e->guid.b, GUID_SIZE);
+	put_str(out, e->name);
+	put_str(out, e->new_name);
+	buf_append_be32(out, e->uidvalidity);
+	put_str(out, e->special_use);
+}
+
+struct reader {
+	const unsigned char *p;
+	size_t left;
+	bool bad;
+};
+
+static const unsigned char *take(struct reader *r, size_t n)
+{
+	if (r->bad || r->left < n) {
+		r->bad = true;
+		return NULL;
+	}
+	const unsigned char *p = r->p;
+	r->p += n;
+	r->left -= n;
+	return p;
+}
+
+static uint32_t take_be32(struct reader *r)
+{
+	const unsigned char *p = take(r, 4);
+	return p == NULL ? 0 : (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t take_be64(struct reader *r)
+{
+	uint64_t hi = take_be32(r);
+	return hi << 32 | take_be32(r);
+}
+
+/* A string of at most max bytes, as a new NUL-terminated copy. */
+static char *take_str(struct reader *r, size_t max)
+{
+	uint32_t len = take_be32(r);
+	if (len > max) {
+		r->bad = true;
+		return NULL;
+	}
+	const unsigned char *p = take(r, len);
+	if (p == NULL || memchr(p, '\0', len) != NULL) {
+		r->bad = true;
+		return NULL;
+	}
+	char *s = xmalloc(len + 1);
+	memcpy(s, p, len);
+	s[len] = '\0';
+	return s;
+}
+
+int cl_entry_decode(const void *data, size_t len, struct cl_entry *e_r)
+{
+	struct reader r = { data, len, false };
+	memset(e_r, 0, sizeof(*e_r));
+	const unsigned char *k = take(&r, 1);
+	e_r->kind = k != NULL ? (enum cl_entry_kind)k[0] : 0;
+	e_r->wall_ms = take_be64(&r);
+	char *user = take_str(&r, STOR_MAX_USER_LEN);
+	if (user != NULL)
+		strcpy(e_r->user, user);
+	free(user);
+	const unsigned char *g = take(&r, GUID_SIZE);
+	if (g != NULL)
+		memcpy(e_r->guid.b, g, GUID_SIZE);
+	e_r->name = take_str(&r, STOR_MAX_MAILBOX_NAME_LEN);
+	e_r->new_name = take_str(&r, STOR_MAX_MAILBOX_NAME_LEN);
+	e_r->uidvalidity = take_be32(&r);
+	char *su = take_str(&r, sizeof(e_r->special_use) - 1);
+	if (su != NULL)
+		strcpy(e_r->special_use, su);
+	free(su);
+	switch (e_r->kind) {
+	case CL_ENTRY_MAILBOX: case CL_ENTRY_CREATE: case CL_ENTRY_DELETE:
+	case CL_ENTRY_RENAME: case CL_ENTRY_SUBSCRIBE: case CL_ENTRY_UNSUBSCRIBE:
+		break;
+	default:
+		r.bad = true;
+	}
+	if (r.bad || r.left != 0 || e_r->user[0] == '\0') {
+		cl_entry_free(e_r);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- Peers: persistent marks ---- */
+
+static void meta_name(char *out, size_t size, const char *what, uint32_t sid)
+{
+	snprintf(out, size, "repl.%s.%u", what, sid);
+}
+
+static void full_sync_store(struct cl_peer *p)
+{
+	char name[64];
+	const char *err;
+	meta_name(name, sizeof(name), "fullsync", p->sid);
+	if (stor_meta_set(p->cl->repl.db, name, p->full_sync ? "1" : "0", 1, &err) < 0)
+		log_errorx("replication: cannot store the full-sync mark of %u: %s", p->sid, err);
+}
+
+static void dirty_store(struct cl_peer *p)
+{
+	char name[64];
+	const char *err;
+	struct buf v;
+	buf_init(&v);
+	for (size_t i = 0; i < p->dirty_users.count; i++)
+		buf_appendf(&v, "%s\n", p->dirty_users.items[i]);
+	meta_name(name, sizeof(name), "dirty", p->sid);
+	if (stor_meta_set(p->cl->repl.db, name, v.data != NULL ? (const char *)v.data : "", v.len,
+			  &err) < 0)
+		log_errorx("replication: cannot store users to resync with %u: %s", p->sid, err);
+	buf_free(&v);
+}
+
+static bool list_has(const stor_string_list *l, const char *s)
+{
+	for (size_t i = 0; i < l->count; i++)
+		if (strcmp(l->items[i], s) == 0)
+			return true;
+	return false;
+}
+
+static void list_add(stor_string_list *l, const char *s)
+{
+	if (!list_has(l, s))
+		ARRAY_PUSH(l, xstrdup(s));
+}
+
+static void load_peer(struct cl_peer *p)
+{
+	struct stor_db *db = p->cl->repl.db;
+	const char *err;
+	char name[64];
+	struct buf v;
+	if (stor_log_cursor_get(db, p->sid, &p->cursor, &err) < 0) {
+		log_errorx("replication: cannot read the log cursor of %u: %s", p->sid, err);
+		p->cursor = 0;
+	}
+	buf_init(&v);
+	meta_name(name, sizeof(name), "fullsync", p->sid);
+	if (stor_meta_get(db, name, &v, &err) > 0)
+		p->full_sync = v.len == 1 && v.data[0] == '1';
+	buf_reset(&v);
+	meta_name(name, sizeof(name), "dirty", p->sid);
+	if (stor_meta_get(db, name, &v, &err) > 0) {
+		size_t start = 0;
+		for (size_t i = 0; i < v.len; i++) {
+			if (v.data[i] != '\n')
+				continue;
+			if (i > start && i - start <= STOR_MAX_USER_LEN) {
+				char *u = xmalloc(i - start + 1);
+				memcpy(u, v.data + start, i - start);
+				u[i - start] = '\0';
+				ARRAY_PUSH(&p->dirty_users, u);
+			}
+			start = i + 1;
+		}
+	}
+	buf_free(&v);
+	p->next_seq = p->cursor + 1;
+}
+
+struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid)
+{
+	for (size_t i = 0; i < cl->peer_list.count; i++)
+		if (cl->peer_list.items[i]->sid == sid)
+			return cl->peer_list.items[i];
+	return NULL;
+}
+
+void cl_mark_dirty(struct cl_peer *p, const char *user)
+{
+	if (p->conn != NULL && p->cl->sync != NULL) {
+		repl_sync_enqueue(p->cl->sync, user, p->sid);
+		return;
+	}
+	if (!list_has(&p->dirty_users, user)) {
+		list_add(&p->dirty_users, user);
+		dirty_store(p);
+	}
+}
+
+/* ---- Bindings ---- */
+
+static void binds_clear(struct cl_peer *p, bool keep_pending)
+{
+	size_t kept = 0;
+	for (size_t i = 0; i < p->binds.count; i++) {
+		struct cl_bind *b = p->binds.items[i];
+		if (keep_pending && (b->state == CL_BIND_PENDING || b->waiting != NULL)) {
+			p->binds.items[kept++] = b;
+			continue;
+		}
+		free(b);
+	}
+	p->binds.count = kept;
+}
+
+struct cl_bind *cl_bind_get(struct cl_peer *p, const struct guid *mailbox)
+{
+	for (size_t i = 0; i < p->binds.count; i++)
+		if (guid_equal(&p->binds.items[i]->guid, mailbox))
+			return p->binds.items[i];
+	if (p->binds.count >= CL_MAX_BINDINGS) {
+		/* Ids are cheap to rebind; forget the settled ones. */
+		binds_clear(p, true);
+		p->selected_id = 0;
+	}
+	struct cl_bind *b = xcalloc(1, sizeof(*b));
+	b->guid = *mailbox;
+	b->id = CL_ID_BASE + p->next_id++ % CL_ID_BASE;
+	ARRAY_PUSH(&p->binds, b);
+	return b;
+}
+
+struct bind_ctx {
+	struct cl_peer *p;
+	struct cl_bind *b;
+	char user[STOR_MAX_USER_LEN + 1];
+};
+
+static void bind_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+		    const struct proto_cmd *line, void *ctx)
+{
+	struct bind_ctx *bc = ctx;
+	if (kind == PROTO_REPLY_DATA)
+		return;
+	struct cl_peer *p = bc->p;
+	struct cl_bind *b = bc->b;
+	if (kind != PROTO_REPLY_DONE) {
+		/* The link is going down: link_down resets everything. */
+		free(bc);
+		return;
+	}
+	if (strcmp(line->name, "OK") == 0) {
+		const struct proto_arg *a;
+		b->state = CL_BIND_BOUND;
+		if ((a = proto_code_value(line, "UIDNEXT")) != NULL)
+			(void)proto_arg_u32(a, &b->peer_uidnext);
+		if ((a = proto_code_value(line, "HIGHESTMODSEQ")) != NULL)
+			(void)proto_arg_u64(a, INT64_MAX, &b->peer_modseq);
+		if (b->stream_wants) {
+			b->stream_wants = false;
+			struct stor_mailbox mb;
+			const char *err;
+			int r = stor_mailbox_get_by_guid(p->cl->repl.db, &b->guid, &mb, &err);
+			if (r > 0 && b->peer_modseq > mb.highestmodseq) {
+				/* The peer has changes we never made: two
+				 * masters wrote (a partition, a failover). */
+				log_info("replication: %s mailbox %s is ahead on %u: resync",
+					 bc->user, mb.name, p->sid);
+				b->state = CL_BIND_FAILED;
+				cl_mark_dirty(p, bc->user);
+			} else {
+				b->sent_modseq = b->peer_modseq;
+				b->stream_ready = true;
+			}
+			if (r > 0)
+				stor_mailbox_free(&mb);
+		}
+	} else {
+		log_info("replication: binding a mailbox of %s on %u: %s %s: resync", bc->user,
+			 p->sid, line->name, line->text != NULL ? line->text : "");
+		b->state = CL_BIND_FAILED;
+		cl_mark_dirty(p, bc->user);
+	}
+	p->blocked = false;
+	cl_fwd_bind_settled(p, b);
+	free(bc);
+}
+
+void cl_bind_send(struct cl_peer *p, struct cl_bind *b, const struct stor_mailbox *mb,
+		  bool for_stream)
+{
+	struct bind_ctx *bc = xcalloc(1, sizeof(*bc));
+	bc->p = p;
+	bc->b = b;
+	snprintf(bc->user, sizeof(bc->user), "%s", mb->user);
+	b->state = CL_BIND_PENDING;
+	b->stream_wants = for_stream;
+	b->stream_ready = false;
+	if (p->selected_id == b->id)
+		p->selected_id = 0; /* MBOX replaces the mapping (SPEC 6.1) */
+	struct proto_wr *w = proto_conn_cmd_begin(p->conn, "MBOX");
+	proto_wr_u64(w, b->id);
+	proto_wr_cstr(w, mb->user);
+	proto_wr_cstr(w, mb->name);
+	proto_wr_u64(w, mb->uidvalidity);
+	proto_wr_guid(w, &mb->guid);
+	proto_conn_cmd_send(p->conn, CL_STREAM_TIMEOUT_MS, bind_cb, bc);
+}
+
+static void select_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+		      const struct proto_cmd *line, void *ctx)
+{
+	struct cl_peer *p = ctx;
+	if (kind == PROTO_REPLY_DONE && strcmp(line->name, "OK") != 0) {
+		log_warnx("replication: SELECT refused by %u: %s", p->sid,
+			  line->text != NULL ? line->text : "");
+		p->selected_id = 0;
+	}
+}
+
+void cl_select(struct cl_peer *p, const struct cl_bind *b)
+{
+	if (p->selected_id == b->id)
+		return;
+	struct proto_wr *w = proto_conn_cmd_begin(p->conn, "SELECT");
+	proto_wr_u64(w, b->id);
+	proto_conn_cmd_send(p->conn, CL_STREAM_TIMEOUT_MS, select_cb, p);
+	p->selected_id = b->id;
+}
+
+/* ---- Acknowledgements ---- */
+
+static void advance(struct cl_peer *p)
+{
+	size_t n = 0;
+	while (n < p->inflight.count && p->inflight.items[n].outstanding == 0) {
+		p->cursor = p->inflight.items[n].seq;
+		n++;
+	}
+	if (n == 0)
+		return;
+	if (p->inflight.count > n)
+		memmove(p->inflight.items, p->inflight.items + n,
+			(p->inflight.count - n) * sizeof(p->inflight.items[0]));
+	p->inflight.count -= n;
+	p->cursor_dirty = true;
+	if (p->catchup_until != 0 && p->cursor >= p->catchup_until) {
+		/* The backlog is through: resync the users it touched, in
+		 * case the peer wrote the same mailboxes meanwhile. */
+		for (size_t i = 0; i < p->catchup_users.count; i++)
+			cl_mark_dirty(p, p->catchup_users.items[i]);
+		stor_string_list_free(&p->catchup_users);
+		p->catchup_until = 0;
+	}
+	cl_waiters_check(p->cl);
+}
+
+static struct cl_inflight *inflight_find(struct cl_peer *p, uint64_t seq)
+{
+	for (size_t i = 0; i < p->inflight.count; i++)
+		if (p->inflight.items[i].seq == seq)
+			return &p->inflight.items[i];
+	return NULL;
+}
+
+struct cmd_ctx {
+	struct cl_peer *p;
+	uint64_t seq;
+	char user[STOR_MAX_USER_LEN + 1];
+};
+
+static void stream_cmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+			  const struct proto_cmd *line, void *ctx)
+{
+	struct cmd_ctx *cc = ctx;
+	if (kind == PROTO_REPLY_DATA)
+		return;
+	struct cl_peer *p = cc->p;
+	if (kind == PROTO_REPLY_DONE) {
+		if (strcmp(line->name, "OK") != 0) {
+			/* A conflict (UIDCONFLICT, ALREADYEXISTS, ...): the
+			 * two copies differ; a resync settles it. */
+			log_info("replication: %u refused a change of %s: %s %s: resync", p->sid,
+				 cc->user, line->name, line->text != NULL ? line->text : "");
+			cl_mark_dirty(p, cc->user);
+		}
+		struct cl_inflight *f = inflight_find(p, cc->seq);
+		if (f != NULL && f->outstanding > 0)
+			f->outstanding--;
+		advance(p);
+	}
+	free(cc);
+}
+
+static void send_stream_cmd(struct cl_peer *p, uint64_t seq, const char *user)
+{
+	struct cmd_ctx *cc = xcalloc(1, sizeof(*cc));
+	cc->p = p;
+	cc->seq = seq;
+	snprintf(cc->user, sizeof(cc->user), "%s", user);
+	struct cl_inflight *f = inflight_find(p, seq);
+	if (f != NULL)
+		f->outstanding++;
+	proto_conn_cmd_send(p->conn, CL_STREAM_TIMEOUT_MS, stream_cmd_cb, cc);
+}
+
+static void wr_origin(struct cl_peer *p, struct proto_wr *w)
+{
+	proto_wr_atom(w, "ORIGIN");
+	proto_wr_u64(w, p->cl->cfg->node_id);
+}
+
+/* ---- Streaming one entry ---- */
+
+enum entry_result { ENTRY_DONE, ENTRY_BLOCKED, ENTRY_ERROR };
+
+static int cmp_by_modseq(const void *a, const void *b)
+{
+	const struct stor_msg *x = a, *y = b;
+	return x->modseq < y->modseq ? -1 : x->modseq > y->modseq;
+}
+
+static int cmp_tomb_modseq(const void *a, const void *b)
+{
+	const struct stor_tombstone *x = a, *y = b;
+	if (x->modseq != y->modseq)
+		return x->modseq < y->modseq ? -1 : 1;
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
+			  const stor_tombstone_list *tombs, size_t *ti, uint64_t upto)
+{
+	while (*ti < tombs->count && tombs->items[*ti].modseq <= upto) {
+		uint64_t m = tombs->items[*ti].modseq;
+		stor_uid_list uids = ARRAY_INIT;
+		while (*ti < tombs->count && tombs->items[*ti].modseq == m &&
+		       uids.count < SYNC_MAX_UIDS_PER_LINE) {
+			ARRAY_PUSH(&uids, tombs->items[*ti].uid);
+			(*ti)++;
+		}
+		struct proto_wr *w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
+		proto_wr_uidset(w, uids.items, uids.count);
+		proto_wr_u64(w, m);
+		wr_origin(p, w);
+		send_stream_cmd(p, seq, user);
+		ARRAY_FREE(&uids);
+	}
+}
+
+static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const struct cl_entry *e)
+{
+	struct stor_db *db = p->cl->repl.db;
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get_by_guid(db, &e->guid, &mb, &err);
+	if (r < 0) {
+		log_errorx("replication: %s", err);
+		return ENTRY_ERROR;
+	}
+	if (r == 0)
+		return ENTRY_DONE; /* deleted since: the DELETE entry follows */
+	struct cl_bind *b = cl_bind_get(p, &e->guid);
+	enum entry_result res = ENTRY_DONE;
+	if (b->state == CL_BIND_PENDING) {
+		res = ENTRY_BLOCKED;
+	} else if (b->state == CL_BIND_FAILED) {
+		res = ENTRY_DONE;
+	} else if (b->state == CL_BIND_NONE || !b->stream_ready) {
+		cl_bind_send(p, b, &mb, true);
+		res = ENTRY_BLOCKED;
+	} else if (mb.highestmodseq > b->sent_modseq) {
+		stor_msg_list msgs;
+		stor_tombstone_list tombs;
+		if (stor_changes_since(db, &e->guid, b->sent_modseq, &msgs, &tombs, &err) < 0) {
+			log_errorx("replication: %s", err);
+			stor_mailbox_free(&mb);
+			return ENTRY_ERROR;
+		}
+		if (msgs.count > 1)
+			qsort(msgs.items, msgs.count, sizeof(msgs.items[0]), cmp_by_modseq);
+		if (tombs.count > 1)
+			qsort(tombs.items, tombs.count, sizeof(tombs.items[0]), cmp_tomb_modseq);
+		cl_select(p, b);
+		size_t ti = 0;
+		struct buf text;
+		buf_init(&text);
+		for (size_t i = 0; i < msgs.count; i++) {
+			const struct stor_msg *m = &msgs.items[i];
+			send_expunges(p, seq, e->user, &tombs, &ti, m->modseq);
+			struct proto_wr *w;
+			if (m->uid >= b->peer_uidnext) {
+				buf_reset(&text);
+				if (stor_text_read(db, &m->guid, 0, m->size, &text, &err) < 0) {
+					log_errorx("replication: text of a message: %s", err);
+					continue;
+				}
+				w = proto_conn_cmd_begin(p->conn, "SAVE");
+				proto_wr_date(w, m->internaldate, m->internaldate_tz);
+				proto_wr_u64(w, m->uid);
+				proto_wr_u64(w, m->modseq);
+				proto_wr_guid(w, &m->guid);
+				sync_wr_flags(w, m->flags, &m->keywords);
+				proto_wr_literal(w, text.data != NULL ? (const char *)text.data : "",
+						 text.len);
+				b->peer_uidnext = m->uid + 1;
+			} else {
+				uint32_t uid = m->uid;
+				w = proto_conn_cmd_begin(p->conn, "STORE");
+				proto_wr_uidset(w, &uid, 1);
+				proto_wr_u64(w, m->modseq);
+				sync_wr_flags(w, m->flags, &m->keywords);
+				proto_wr_list_begin(w);
+				proto_wr_atom(w, "\\*");
+				proto_wr_list_end(w);
+			}
+			wr_origin(p, w);
+			send_stream_cmd(p, seq, e->user);
+		}
+		send_expunges(p, seq, e->user, &tombs, &ti, UINT64_MAX);
+		for (size_t i = 0; i < tombs.count; i++) {
+			if (tombs.items[i].uid >= b->peer_uidnext)
+				b->peer_uidnext = tombs.items[i].uid + 1;
+		}
+		buf_free(&text);
+		stor_msg_list_free(&msgs);
+		ARRAY_FREE(&tombs);
+		b->sent_modseq = mb.highestmodseq;
+	}
+	stor_mailbox_free(&mb);
+	return res;
+}
+
+static void stream_list_change(struct cl_peer *p, uint64_t seq, const struct cl_entry *e)
+{
+	struct proto_wr *w = NULL;
+	switch (e->kind) {
+	case CL_ENTRY_CREATE:
+		w = proto_conn_cmd_begin(p->conn, "CREATE");
+		proto_wr_cstr(w, e->user);
+		proto_wr_cstr(w, e->name);
+		proto_wr_guid(w, &e->guid);
+		proto_wr_u64(w, e->uidvalidity);
+		if (e->special_use[0] != '\0') {
+			proto_wr_atom(w, "SPECIAL-USE");
+			proto_wr_list_begin(w);
+			proto_wr_atom(w, e->special_use);
+			proto_wr_list_end(w);
+		}
+		break;
+	case CL_ENTRY_DELETE:
+		w = proto_conn_cmd_begin(p->conn, "DELETE");
+		proto_wr_cstr(w, e->user);
+		proto_wr_cstr(w, e->name);
+		proto_wr_guid(w, &e->guid);
+		/* Our id for it names nothing now. */
+		for (size_t i = 0; i < p->binds.count; i++) {
+			if (guid_equal(&p->binds.items[i]->guid, &e->guid) &&
+			    p->binds.items[i]->state != CL_BIND_PENDING)
+				p->binds.items[i]->state = CL_BIND_NONE;
+		}
+		break;
+	case CL_ENTRY_RENAME:
+		w = proto_conn_cmd_begin(p->conn, "RENAME");
+		proto_wr_cstr(w, e->user);
+		proto_wr_cstr(w, e->name);
+		proto_wr_cstr(w, e->new_name);
+		proto_wr_guid(w, &e->guid);
+		break;
+	case CL_ENTRY_SUBSCRIBE:
+	case CL_ENTRY_UNSUBSCRIBE:
+		w = proto_conn_cmd_begin(p->conn, e->kind == CL_ENTRY_SUBSCRIBE ? "SUBSCRIBE"
+										: "UNSUBSCRIBE");
+		proto_wr_cstr(w, e->user);
+		proto_wr_cstr(w, e->name);
+		break;
+	case CL_ENTRY_MAILBOX:
+		return;
+	}
+	wr_origin(p, w);
+	send_stream_cmd(p, seq, e->user);
+}
+
+static bool peer_can_stream(struct cl_peer *p)
+{
+	struct repl_cluster *cl = p->cl;
+	return p->conn != NULL && !p->blocked && !p->full_sync &&
+	       !(cl->sync != NULL && repl_sync_busy_with(cl->sync, p->sid)) &&
+	       !proto_conn_is_congested(p->conn);
+}
+
+static void stream_pump(struct cl_peer *p)
+{
+	struct repl_cluster *cl = p->cl;
+	while (peer_can_stream(p) && p->next_seq <= cl->log_last) {
+		stor_log_list list = ARRAY_INIT;
+		const char *err;
+		if (stor_log_read(cl->repl.db, p->next_seq - 1, CL_STREAM_BATCH, &list, &err) < 0) {
+			log_errorx("replication: reading the log: %s", err);
+			return;
+		}
+		if (list.count == 0 || list.items[0].seq != p->next_seq) {
+			/* Trimmed past what this peer had: it fell off. */
+			if (list.count == 0 || list.items[0].seq > p->next_seq) {
+				log_warnx("replication: peer %u is behind the log: full resync",
+					  p->sid);
+				p->full_sync = true;
+				full_sync_store(p);
+			}
+			stor_log_list_free(&list);
+			return;
+		}
+		for (size_t i = 0; i < list.count && peer_can_stream(p); i++) {
+			struct stor_log_entry *le = &list.items[i];
+			struct cl_entry e;
+			struct cl_inflight f = { le->seq, 0 };
+			ARRAY_PUSH(&p->inflight, f);
+			enum entry_result res = ENTRY_DONE;
+			if (cl_entry_decode(le->data.data, le->data.len, &e) < 0) {
+				log_errorx("replication: log entry %" PRIu64 " is malformed; skipped",
+					   le->seq);
+			} else {
+				if (e.kind == CL_ENTRY_MAILBOX)
+					res = stream_mailbox(p, le->seq, &e);
+				else
+					stream_list_change(p, le->seq, &e);
+				cl_entry_free(&e);
+			}
+			if (res == ENTRY_BLOCKED) {
+				/* Nothing was sent for it; it is redone once the
+				 * MBOX answer is in. */
+				p->inflight.count--;
+				p->blocked = true;
+				break;
+			}
+			p->next_seq = le->seq + 1;
+		}
+		stor_log_list_free(&list);
+		advance(p);
+	}
+}
+
+void cl_stream_pump_all(struct repl_cluster *cl)
+{
+	for (size_t i = 0; i < cl->peer_list.count; i++)
+		stream_pump(cl->peer_list.items[i]);
+}
+
+/* ---- The log ---- */
+
+static void check_bound(struct repl_cluster *cl)
+{
+	uint64_t max = cl->cfg->repl_log_max;
+	if (max == 0)
+		return;
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		if (p->full_sync || cl->log_last - p->cursor <= max)
+			continue;
+		log_warnx("replication: peer %u is %" PRIu64 " changes behind (repl_log_max %" PRIu64
+			  "): it will get a full resync", p->sid, cl->log_last - p->cursor, max);
+		p->full_sync = true;
+		full_sync_store(p);
+		p->inflight.count = 0;
+		p->cursor = cl->log_last;
+		p->next_seq = cl->log_last + 1;
+		p->cursor_dirty = true;
+	}
+}
+
+int cl_log_append(struct repl_cluster *cl, const struct cl_entry *e, uint64_t *seq_r)
+{
+	struct buf b;
+	const char *err;
+	buf_init(&b);
+	cl_entry_encode(e, &b);
+	int ret = stor_log_append(cl->repl.db, b.data, b.len, seq_r, &err);
+	buf_free(&b);
+	if (ret < 0) {
+		log_errorx("replication: cannot append to the log: %s", err);
+		return -1;
+	}
+	cl->log_last = *seq_r;
+	check_bound(cl);
+	return 0;
+}
+
+/* Writes changed cursors and trims what every peer has. */
+static void persist_and_trim(struct repl_cluster *cl)
+{
+	const char *err;
+	uint64_t low = cl->log_last;
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		if (p->cursor_dirty) {
+			if (stor_log_cursor_set(cl->repl.db, p->sid, p->cursor, &err) < 0)
+				log_errorx("replication: storing the cursor of %u: %s", p->sid, err);
+			p->cursor_dirty = false;
+		}
+		if (!p->full_sync && p->cursor < low)
+			low = p->cursor;
+	}
+	uint64_t first, last;
+	if (stor_log_bounds(cl->repl.db, &first, &last, &err) == 0 && low >= first &&
+	    stor_log_trim(cl->repl.db, low, &err) < 0)
+		log_errorx("replication: trimming the log: %s", err);
+}
+
+static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct repl_cluster *cl = (struct repl_cluster *)((char *)w -
+							   offsetof(struct repl_cluster, prepare));
+	cl_stream_pump_all(cl);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct repl_cluster *cl = (struct repl_cluster *)((char *)w -
+							   offsetof(struct repl_cluster, timer));
+	persist_and_trim(cl);
+	cl_stream_pump_all(cl);
+	cl_waiters_check(cl);
+}
+
+void cl_stream_init(struct repl_cluster *cl)
+{
+	const char *err;
+	uint64_t first;
+	if (stor_log_bounds(cl->repl.db, &first, &cl->log_last, &err) < 0)
+		log_errorx("replication: reading the log bounds: %s", err);
+	for (size_t i = 0; i < cl->cfg->peers.count; i++) {
+		struct cl_peer *p = xcalloc(1, sizeof(*p));
+		p->cl = cl;
+		p->sid = cl->cfg->peers.items[i].sid;
+		load_peer(p);
+		ARRAY_PUSH(&cl->peer_list, p);
+	}
+	ev_prepare_init(&cl->prepare, prepare_cb);
+	/* Before the group commit's prepare: the replicas' fsyncs then run
+	 * while ours does. */
+	ev_set_priority(&cl->prepare, EV_MAXPRI);
+	ev_prepare_start(cl->loop, &cl->prepare);
+	ev_timer_init(&cl->timer, timer_cb, 1., 1.);
+	ev_timer_start(cl->loop, &cl->timer);
+}
+
+void cl_stream_deinit(struct repl_cluster *cl)
+{
+	persist_and_trim(cl);
+	ev_prepare_stop(cl->loop, &cl->prepare);
+	ev_timer_stop(cl->loop, &cl->timer);
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		binds_clear(p, false);
+		ARRAY_FREE(&p->binds);
+		ARRAY_FREE(&p->inflight);
+		stor_string_list_free(&p->catchup_users);
+		stor_string_list_free(&p->dirty_users);
+		free(p);
+	}
+	ARRAY_FREE(&cl->peer_list);
+}
+
+/* ---- Links ---- */
+
+void cl_stream_link_up(struct cl_peer *p, struct proto_conn *conn)
+{
+	struct repl_cluster *cl = p->cl;
+	p->conn = conn;
+	p->link_gen++;
+	p->selected_id = 0;
+	p->blocked = false;
+	p->inflight.count = 0;
+	p->next_seq = p->cursor + 1;
+	binds_clear(p, false);
+	if (p->full_sync && cl->sync != NULL) {
+		stor_string_list users = ARRAY_INIT;
+		const char *err;
+		if (stor_user_list(cl->repl.db, &users, &err) == 0) {
+			log_info("replication: full resync of %zu users with %u", users.count, p->sid);
+			for (size_t i = 0; i < users.count; i++)
+				repl_sync_enqueue(cl->sync, users.items[i], p->sid);
+			p->full_sync = false;
+			full_sync_store(p);
+			p->cursor = cl->log_last;
+			p->next_seq = cl->log_last + 1;
+			p->cursor_dirty = true;
+		}
+		stor_string_list_free(&users);
+	}
+	/* Users with changes in the backlog get a resync once it is sent. */
+	stor_string_list_free(&p->catchup_users);
+	p->catchup_until = 0;
+	if (cl->log_last > p->cursor) {
+		stor_log_list list = ARRAY_INIT;
+		const char *err;
+		uint64_t after = p->cursor;
+		while (stor_log_read(cl->repl.db, after, 1024, &list, &err) == 0 && list.count > 0) {
+			for (size_t i = 0; i < list.count; i++) {
+				struct cl_entry e;
+				if (cl_entry_decode(list.items[i].data.data, list.items[i].data.len,
+						    &e) == 0) {
+					list_add(&p->catchup_users, e.user);
+					cl_entry_free(&e);
+				}
+				after = list.items[i].seq;
+			}
+			stor_log_list_free(&list);
+			if (p->catchup_users.count > 1000)
+				break; /* enough to know; the periodic check does the rest */
+		}
+		stor_log_list_free(&list);
+		p->catchup_until = cl->log_last;
+	}
+	for (size_t i = 0; i < p->dirty_users.count && cl->sync != NULL; i++)
+		repl_sync_enqueue(cl->sync, p->dirty_users.items[i], p->sid);
+	if (p->dirty_users.count > 0) {
+		stor_string_list_free(&p->dirty_users);
+		dirty_store(p);
+	}
+	cl_waiters_check(cl);
+}
+
+void cl_stream_link_down(struct cl_peer *p)
+{
+	p->conn = NULL;
+	p->blocked = false;
+	p->inflight.count = 0;
+	p->next_seq = p->cursor + 1;
+	p->selected_id = 0;
+	stor_string_list_free(&p->catchup_users);
+	p->catchup_until = 0;
+	cl_fwd_link_down(p);
+	binds_clear(p, false);
+	cl_waiters_check(p->cl);
+}
+
+void cl_stream_after_resync(struct cl_peer *p)
+{
+	/* The sync client selected its own mailboxes and may have changed
+	 * the peer's: bind afresh. */
+	p->selected_id = 0;
+	binds_clear(p, true);
+	for (size_t i = 0; i < p->binds.count; i++)
+		p->binds.items[i]->stream_ready = false;
+}
+
+/* ---- Waiting for replicas ---- */
+
+static bool peer_counts(struct repl_cluster *cl, const struct cl_peer *p)
+{
+	return p->conn != NULL && !p->full_sync &&
+	       !(cl->sync != NULL && repl_sync_busy_with(cl->sync, p->sid));
+}
+
+unsigned cl_replicas_required(struct repl_cluster *cl)
+{
+	unsigned avail = 0;
+	for (size_t i = 0; i < cl->peer_list.count; i++)
+		if (peer_counts(cl, cl->peer_list.items[i]))
+			avail++;
+	return cl->cfg->sync_replicas < avail ? cl->cfg->sync_replicas : avail;
+}
+
+void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w)
+{
+	struct cl_waiter **wp = &cl->waiters;
+	while (*wp != NULL)
+		wp = &(*wp)->next;
+	w->next = NULL;
+	*wp = w;
+}
+
+void cl_waiters_check(struct repl_cluster *cl)
+{
+	if (cl->waiters == NULL)
+		return;
+	unsigned required = cl_replicas_required(cl);
+	/* Done ones are taken out first: their callbacks may add waiters. */
+	struct cl_waiter *done = NULL, **done_tail = &done;
+	for (struct cl_waiter **wp = &cl->waiters; *wp != NULL;) {
+		struct cl_waiter *w = *wp;
+		unsigned have = 0;
+		if (w->durable && w->seq != 0 && required > 0) {
+			for (size_t i = 0; i < cl->peer_list.count; i++) {
+				const struct cl_peer *p = cl->peer_list.items[i];
+				if (p->conn != NULL && p->cursor >= w->seq)
+					have++;
+			}
+		}
+		if (w->durable && (w->seq == 0 || have >= required)) {
+			*wp = w->next;
+			w->next = NULL;
+			*done_tail = w;
+			done_tail = &w->next;
+		} else {
+			wp = &w->next;
+		}
+	}
+	while (done != NULL) {
+		struct cl_waiter *w = done;
+		done = w->next;
+		w->done(w);
+	}
+}
+
+/* ---- Status ---- */
+
+void cl_stream_status(struct repl_cluster *cl, struct buf *out)
+{
+	const char *err;
+	uint64_t first = 0, last = 0;
+	(void)stor_log_bounds(cl->repl.db, &first, &last, &err);
+	buf_appendf(out, "sync_replicas: %u\n", cl->cfg->sync_replicas);
+	buf_appendf(out, "replicas_available: %u\n", cl_replicas_required(cl));
+	buf_appendf(out, "repl_log_first: %" PRIu64 "\n", first);
+	buf_appendf(out, "repl_log_last: %" PRIu64 "\n", last);
+	buf_appendf(out, "forwarded_changes: %" PRIu64 "\n", cl->forwarded_changes);
+	buf_appendf(out, "autonomous_changes: %" PRIu64 "\n", cl->autonomous_changes);
+	if (cl->sync != NULL)
+		buf_appendf(out, "resyncs_queued: %zu\n", repl_sync_queued(cl->sync));
+	uint64_t now = wall_ms();
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		uint64_t backlog = p->full_sync || cl->log_last < p->cursor ? 0 :
+								   cl->log_last - p->cursor;
+		uint64_t lag = 0;
+		if (backlog > 0) {
+			stor_log_list list = ARRAY_INIT;
+			struct cl_entry e;
+			if (stor_log_read(cl->repl.db, p->cursor, 1, &list, &err) == 0 &&
+			    list.count > 0 &&
+			    cl_entry_decode(list.items[0].data.data, list.items[0].data.len, &e) == 0) {
+				lag = now > e.wall_ms ? now - e.wall_ms : 0;
+				cl_entry_free(&e);
+			}
+			stor_log_list_free(&list);
+		}
+		buf_appendf(out, "peer.%u.backlog: %" PRIu64 "\n", p->sid, backlog);
+		buf_appendf(out, "peer.%u.lag_ms: %" PRIu64 "\n", p->sid, lag);
+		buf_appendf(out, "peer.%u.full_sync: %s\n", p->sid, p->full_sync ? "yes" : "no");
+		buf_appendf(out, "peer.%u.resync_pending_users: %zu\n", p->sid,
+			    p->dirty_users.count);
+	}
+}
