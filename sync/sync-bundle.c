@@ -1,0 +1,1656 @@
+/* Change bundles (SPEC.md 11): export, verification and import.  See
+ * sync-bundle.h for the design; the file format and the verifier's checks,
+ * in their order, are the SPEC's. */
+#include "sync/sync-bundle.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <zlib.h>
+
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "lib/passwd.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+#include "sync/sync-private.h"
+
+#define BUNDLE_MAGIC "STARLING-BUNDLE "
+#define BUNDLE_MAX_HEADER 4096
+#define BUNDLE_TRAILER_LEN (15 + 64 + 2 + 22 + 64 + 2)
+#define BUNDLE_FUTURE_SLACK (24 * 3600)
+#define STATE_MAGIC "STARLING-BUNDLE-STATE 1"
+/* Exports remembered for the base check (SINCE). */
+#define BUNDLE_EXPORTS_KEPT 32
+/* UIDs in one EXPUNGE of a bundle. */
+#define BUNDLE_MAX_EXPUNGE_UIDS 1000000
+#define SECRET_MIN 32u
+#define SECRET_MAX 4096u
+
+static char *fmt_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt_error(const char *fmt, ...)
+{
+	va_list ap;
+	struct buf b = BUF_INIT;
+	va_start(ap, fmt);
+	buf_vappendf(&b, fmt, ap);
+	va_end(ap);
+	return (char *)buf_steal(&b, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Keys, digest and signature */
+
+static void hmac256(const unsigned char *key, size_t key_len, const void *msg, size_t len,
+		    unsigned char out[32])
+{
+	unsigned int out_len = 32;
+	if (HMAC(EVP_sha256(), key, (int)key_len, msg, len, out, &out_len) == NULL) {
+		/* Only an OpenSSL malfunction; a zero MAC never verifies. */
+		memset(out, 0, 32);
+	}
+}
+
+/* The key that signs: the cluster secret, or the user key derived from it. */
+static void signing_key(const struct sync_bundle_key *key, bool user_key, const char *user,
+			unsigned char *out, size_t *len_r, const unsigned char **key_r)
+{
+	if (!user_key) {
+		*key_r = key->secret;
+		*len_r = key->secret_len;
+		return;
+	}
+	struct buf msg = BUF_INIT;
+	buf_append(&msg, "STARLING-USER-KEY-1", 19);
+	buf_append_byte(&msg, 0);
+	buf_append_str(&msg, user);
+	hmac256(key->secret, key->secret_len, msg.data, msg.len, out);
+	buf_free(&msg);
+	*key_r = out;
+	*len_r = 32;
+}
+
+static void bundle_signature(const unsigned char *key, size_t key_len,
+			     const unsigned char digest[32], unsigned char out[32])
+{
+	unsigned char msg[18 + 32];
+	memcpy(msg, "STARLING-BUNDLE-1", 17);
+	msg[17] = 0;
+	memcpy(msg + 18, digest, 32);
+	hmac256(key, key_len, msg, sizeof(msg), out);
+}
+
+/* ------------------------------------------------------------------ */
+/* Writing: a deflater that the command stream is fed to as it is made */
+
+struct deflater {
+	z_stream z;
+	struct buf comp;
+	uint64_t raw_len;
+};
+
+static void deflater_init(struct deflater *d)
+{
+	memset(d, 0, sizeof(*d));
+	buf_init(&d->comp);
+	if (deflateInit(&d->z, Z_DEFAULT_COMPRESSION) != Z_OK)
+		abort(); /* only out of memory */
+}
+
+static void deflater_run(struct deflater *d, const void *data, size_t len, int flush)
+{
+	d->z.next_in = (Bytef *)(uintptr_t)data;
+	d->z.avail_in = (uInt)len;
+	d->raw_len += len;
+	for (;;) {
+		unsigned char *dst = buf_reserve(&d->comp, 65536);
+		d->z.next_out = dst;
+		d->z.avail_out = 65536;
+		int r = deflate(&d->z, flush);
+		buf_commit(&d->comp, 65536 - d->z.avail_out);
+		if (r == Z_STREAM_END || (flush == Z_NO_FLUSH && d->z.avail_in == 0 &&
+					  d->z.avail_out != 0))
+			break;
+		if (r != Z_OK && r != Z_BUF_ERROR)
+			abort();
+	}
+}
+
+/* Feeds what the buffer holds and empties it. */
+static void deflater_add(struct deflater *d, struct buf *b)
+{
+	size_t off = 0;
+	while (off < b->len) {
+		size_t n = b->len - off > (1u << 30) ? (1u << 30) : b->len - off;
+		deflater_run(d, b->data + off, n, Z_NO_FLUSH);
+		off += n;
+	}
+	buf_reset(b);
+}
+
+static void deflater_finish(struct deflater *d)
+{
+	deflater_run(d, "", 0, Z_FINISH);
+	deflateEnd(&d->z);
+}
+
+static void assemble(const struct sync_bundle_header *hdr, const struct sync_bundle_key *key,
+		     const struct buf *comp, uint64_t raw_len, struct buf *out,
+		     unsigned char digest_r[32])
+{
+	size_t start = out->len;
+	buf_appendf(out, "STARLING-BUNDLE 1.0\r\nUSER %s\r\nSOURCE %u\r\nCREATED %" PRId64 "\r\n",
+		    hdr->user, hdr->source, hdr->created);
+	if (hdr->since_digest == NULL) {
+		buf_append_str(out, "SINCE FULL\r\n");
+	} else {
+		char hex[65];
+		hex_encode(hdr->since_digest, 32, hex);
+		hex[64] = '\0';
+		buf_appendf(out, "SINCE %" PRId64 " %s\r\n", hdr->since_created, hex);
+	}
+	buf_appendf(out, "KEY %s\r\nBODY DEFLATE %zu %" PRIu64 "\r\nEND\r\n",
+		    key->user_key ? "USER" : "CLUSTER", comp->len, raw_len);
+	buf_append(out, comp->data, comp->len);
+
+	unsigned char digest[32], sig[32], kbuf[32];
+	const unsigned char *k;
+	size_t klen;
+	char hex[65];
+	SHA256(out->data + start, out->len - start, digest);
+	signing_key(key, key->user_key, hdr->user, kbuf, &klen, &k);
+	bundle_signature(k, klen, digest, sig);
+	hex_encode(digest, 32, hex);
+	hex[64] = '\0';
+	buf_appendf(out, "DIGEST SHA-256 %s\r\n", hex);
+	hex_encode(sig, 32, hex);
+	hex[64] = '\0';
+	buf_appendf(out, "SIGNATURE HMAC-SHA256 %s\r\n", hex);
+	if (digest_r != NULL)
+		memcpy(digest_r, digest, 32);
+}
+
+void sync_bundle_seal(const struct sync_bundle_header *hdr, const struct sync_bundle_key *key,
+		      const void *stream, size_t stream_len, struct buf *out,
+		      unsigned char digest_r[32])
+{
+	struct deflater d;
+	deflater_init(&d);
+	struct buf b = BUF_INIT;
+	buf_append(&b, stream, stream_len);
+	deflater_add(&d, &b);
+	buf_free(&b);
+	deflater_finish(&d);
+	assemble(hdr, key, &d.comp, d.raw_len, out, digest_r);
+	buf_free(&d.comp);
+}
+
+/* ------------------------------------------------------------------ */
+/* Small store metadata: the node's bundle counter, its recent exports,
+ * and per source and user the last import */
+
+static int meta_read(struct stor_db *db, const char *name, struct buf *v, char **error_r)
+{
+	const char *err;
+	int r = stor_meta_get(db, name, v, &err);
+	if (r < 0) {
+		*error_r = fmt_error("reading %s: %s", name, err);
+		return -1;
+	}
+	buf_append_byte(v, '\0');
+	v->len--;
+	return r;
+}
+
+static int meta_write(struct stor_db *db, const char *name, const struct buf *v, char **error_r)
+{
+	const char *err;
+	if (stor_meta_set(db, name, v->data != NULL ? (const void *)v->data : "", v->len,
+			  &err) < 0) {
+		*error_r = fmt_error("writing %s: %s", name, err);
+		return -1;
+	}
+	return 0;
+}
+
+/* The next value of the node's bundle counter (orders exports and imports). */
+static int counter_next(struct stor_db *db, uint64_t *v_r, char **error_r)
+{
+	struct buf v = BUF_INIT;
+	uint64_t n = 0;
+	int r = meta_read(db, "bundle.counter", &v, error_r);
+	if (r > 0 && str_to_u64((const char *)v.data, UINT64_MAX - 1, &n) < 0)
+		n = 0;
+	buf_reset(&v);
+	if (r >= 0) {
+		buf_appendf(&v, "%" PRIu64, n + 1);
+		r = meta_write(db, "bundle.counter", &v, error_r);
+	}
+	buf_free(&v);
+	*v_r = n + 1;
+	return r < 0 ? -1 : 0;
+}
+
+/* "bundle.exports.<user>": lines "<counter> <digest hex>", newest last. */
+static int exports_remember(struct stor_db *db, const char *user, const unsigned char digest[32],
+			    char **error_r)
+{
+	uint64_t ctr;
+	if (counter_next(db, &ctr, error_r) < 0)
+		return -1;
+	char *name = xasprintf("bundle.exports.%s", user);
+	struct buf v = BUF_INIT, nv = BUF_INIT;
+	int r = meta_read(db, name, &v, error_r);
+	if (r >= 0) {
+		size_t lines = 0;
+		for (size_t i = 0; i < v.len; i++)
+			lines += v.data[i] == '\n';
+		const char *p = (const char *)v.data;
+		for (; p != NULL && lines >= BUNDLE_EXPORTS_KEPT; lines--) {
+			p = strchr(p, '\n');
+			if (p != NULL)
+				p++;
+		}
+		if (p != NULL)
+			buf_append_str(&nv, p);
+		char hex[65];
+		hex_encode(digest, 32, hex);
+		hex[64] = '\0';
+		buf_appendf(&nv, "%" PRIu64 " %s\n", ctr, hex);
+		r = meta_write(db, name, &nv, error_r);
+	}
+	free(name);
+	buf_free(&v);
+	buf_free(&nv);
+	return r < 0 ? -1 : 0;
+}
+
+/* The counter at which the export with this digest was made: 1, 0 not
+ * among the recent exports, -1 error. */
+static int exports_find(struct stor_db *db, const char *user, const char *digest_hex,
+			uint64_t *ctr_r, char **error_r)
+{
+	char *name = xasprintf("bundle.exports.%s", user);
+	struct buf v = BUF_INIT;
+	int r = meta_read(db, name, &v, error_r);
+	free(name);
+	int found = 0;
+	if (r > 0) {
+		char *line;
+		size_t len;
+		buf_append_byte(&v, '\n');
+		while (found == 0 && (line = buf_getline(&v, &len)) != NULL) {
+			char *sp = strchr(line, ' ');
+			if (sp == NULL || strcmp(sp + 1, digest_hex) != 0)
+				continue;
+			*sp = '\0';
+			if (str_to_u64(line, UINT64_MAX, ctr_r) == 0)
+				found = 1;
+		}
+	}
+	buf_free(&v);
+	return r < 0 ? -1 : found;
+}
+
+#define IMPORTS_KEPT 32
+
+struct last_import {
+	uint64_t counter;
+	int64_t created;
+	char digest_hex[65];
+	/* The value as stored: the first line, then "D <digest hex>" lines
+	 * of earlier imports. */
+	struct buf raw;
+};
+
+/* "bundle.import.<source>.<user>": "<counter> <created> <digest hex>", then
+ * the digests of up to IMPORTS_KEPT earlier imports.  Free li_r->raw. */
+static int last_import_get(struct stor_db *db, uint32_t source, const char *user,
+			   struct last_import *li_r, char **error_r)
+{
+	char *name = xasprintf("bundle.import.%u.%s", source, user);
+	memset(li_r, 0, sizeof(*li_r));
+	buf_init(&li_r->raw);
+	int r = meta_read(db, name, &li_r->raw, error_r);
+	free(name);
+	if (r > 0) {
+		unsigned long long ctr;
+		long long created;
+		char hex[65];
+		if (sscanf((const char *)li_r->raw.data, "%llu %lld %64s", &ctr, &created, hex) == 3 &&
+		    strlen(hex) == 64) {
+			li_r->counter = ctr;
+			li_r->created = created;
+			memcpy(li_r->digest_hex, hex, 65);
+		} else {
+			r = 0;
+			buf_reset(&li_r->raw);
+		}
+	}
+	return r;
+}
+
+/* Whether the digest is the last import's or one of the earlier ones. */
+static bool last_import_has(const struct last_import *li, const char *digest_hex)
+{
+	const char *p = (const char *)li->raw.data;
+	if (p == NULL)
+		return false;
+	if (strcmp(li->digest_hex, digest_hex) == 0)
+		return true;
+	while ((p = strstr(p, "\nD ")) != NULL) {
+		p += 3;
+		if (strncmp(p, digest_hex, 64) == 0)
+			return true;
+	}
+	return false;
+}
+
+static int last_import_set(struct stor_db *db, uint32_t source, const char *user,
+			   int64_t created, const char *digest_hex, char **error_r)
+{
+	uint64_t ctr;
+	struct last_import li;
+	if (last_import_get(db, source, user, &li, error_r) < 0 ||
+	    counter_next(db, &ctr, error_r) < 0) {
+		buf_free(&li.raw);
+		return -1;
+	}
+	char *name = xasprintf("bundle.import.%u.%s", source, user);
+	struct buf v = BUF_INIT;
+	buf_appendf(&v, "%" PRIu64 " %" PRId64 " %s", ctr, created, digest_hex);
+	if (li.digest_hex[0] != '\0') {
+		buf_appendf(&v, "\nD %s", li.digest_hex);
+		const char *p = (const char *)li.raw.data;
+		for (unsigned kept = 1; kept < IMPORTS_KEPT && (p = strstr(p, "\nD ")) != NULL;
+		     kept++) {
+			buf_append(&v, p, 68);
+			p += 3;
+		}
+	}
+	int r = meta_write(db, name, &v, error_r);
+	free(name);
+	buf_free(&v);
+	buf_free(&li.raw);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* State files */
+
+typedef ARRAY(struct guid) guid_array;
+
+static int guid_qcmp(const void *a, const void *b)
+{
+	return guid_cmp(a, b);
+}
+
+static void guids_sort_unique(guid_array *g)
+{
+	if (g->count == 0)
+		return;
+	qsort(g->items, g->count, sizeof(g->items[0]), guid_qcmp);
+	size_t n = 1;
+	for (size_t i = 1; i < g->count; i++) {
+		if (guid_cmp(&g->items[i], &g->items[n - 1]) != 0)
+			g->items[n++] = g->items[i];
+	}
+	g->count = n;
+}
+
+static bool guids_have(const guid_array *g, const struct guid *x)
+{
+	return g->count > 0 &&
+	       bsearch(x, g->items, g->count, sizeof(g->items[0]), guid_qcmp) != NULL;
+}
+
+struct bundle_state {
+	int64_t base_created;
+	unsigned char base_digest[32];
+	guid_array texts;
+};
+
+/* Parses a state file written by an import (see write_state()). */
+static int state_parse(const void *data, size_t len, const char *user,
+		       struct bundle_state *st_r, char **error_r)
+{
+	memset(st_r, 0, sizeof(*st_r));
+	if (len > SYNC_BUNDLE_MAX_STATE_SIZE) {
+		*error_r = xstrdup("state file too large");
+		return -1;
+	}
+	struct buf b = BUF_INIT;
+	buf_append(&b, data, len);
+	char *line;
+	size_t llen;
+	int stage = 0; /* 0 magic, 1 USER, 2 PEER, 3 BASE, 4 TEXT..., 5 after END */
+	const char *bad = NULL;
+	while (bad == NULL && (line = buf_getline(&b, &llen)) != NULL) {
+		if (strlen(line) != llen)
+			bad = "NUL in a line";
+		else if (stage == 0)
+			bad = strcmp(line, STATE_MAGIC) == 0 ? (stage++, NULL) : "not a bundle state file";
+		else if (stage == 1) {
+			if (!str_has_prefix(line, "USER ") || strcmp(line + 5, user) != 0)
+				bad = "state file is for another user";
+			stage++;
+		} else if (stage == 2) {
+			uint64_t v;
+			if (!str_has_prefix(line, "PEER ") || str_to_u64(line + 5, UINT32_MAX, &v) < 0)
+				bad = "bad PEER line";
+			stage++;
+		} else if (stage == 3) {
+			char *sp = str_has_prefix(line, "BASE ") ? strchr(line + 5, ' ') : NULL;
+			uint64_t v;
+			if (sp == NULL || str_to_u64_n(line + 5, (size_t)(sp - line - 5), INT64_MAX,
+						       &v) < 0 || strlen(sp + 1) != 64 ||
+			    hex_decode(sp + 1, 64, st_r->base_digest, 32) < 0)
+				bad = "bad BASE line";
+			else
+				st_r->base_created = (int64_t)v;
+			stage++;
+		} else if (stage == 4 && strcmp(line, "END") == 0) {
+			stage++;
+		} else if (stage == 4) {
+			struct guid g;
+			if (!str_has_prefix(line, "TEXT ") || guid_from_hex(line + 5, &g) < 0 ||
+			    strlen(line + 5) != 32)
+				bad = "bad TEXT line";
+			else
+				ARRAY_PUSH(&st_r->texts, g);
+		} else {
+			bad = "data after END";
+		}
+	}
+	if (bad == NULL && (stage != 5 || buf_avail(&b) != 0))
+		bad = "truncated";
+	buf_free(&b);
+	if (bad != NULL) {
+		ARRAY_FREE(&st_r->texts);
+		*error_r = fmt_error("state file: %s", bad);
+		return -1;
+	}
+	guids_sort_unique(&st_r->texts);
+	return 0;
+}
+
+static void write_state(struct buf *out, const char *user, uint32_t peer, int64_t created,
+			const char *digest_hex, const guid_array *texts)
+{
+	buf_appendf(out, "%s\nUSER %s\nPEER %u\nBASE %" PRId64 " %s\n", STATE_MAGIC, user, peer,
+		    created, digest_hex);
+	for (size_t i = 0; i < texts->count; i++) {
+		char gh[GUID_HEX_SIZE];
+		guid_to_hex(&texts->items[i], gh);
+		buf_appendf(out, "TEXT %s\n", gh);
+	}
+	buf_append_str(out, "END\n");
+}
+
+/* ------------------------------------------------------------------ */
+/* Export */
+
+struct exporter {
+	struct stor_db *db;
+	const char *user;
+	struct buf line;
+	struct proto_wr w;
+	unsigned tag;
+	struct deflater d;
+	const guid_array *held;
+	struct sync_bundle_export_report rep;
+};
+
+static void ex_begin(struct exporter *e, const char *name)
+{
+	char tag[16];
+	snprintf(tag, sizeof(tag), "B%u", ++e->tag);
+	proto_wr_begin(&e->w, tag, name);
+}
+
+static void ex_end(struct exporter *e)
+{
+	proto_wr_end(&e->w);
+	if (e->line.len >= 65536)
+		deflater_add(&e->d, &e->line);
+}
+
+static int ex_message(struct exporter *e, const struct stor_msg *m, char **error_r)
+{
+	const char *err;
+	ex_begin(e, "SAVE");
+	proto_wr_date(&e->w, m->internaldate < 0 ? 0 : m->internaldate, m->internaldate_tz);
+	proto_wr_u64(&e->w, m->uid);
+	proto_wr_u64(&e->w, m->modseq);
+	proto_wr_guid(&e->w, &m->guid);
+	sync_wr_flags(&e->w, m->flags, &m->keywords);
+	if (e->held != NULL && guids_have(e->held, &m->guid)) {
+		proto_wr_atom(&e->w, "NIL");
+		e->rep.texts_left_out++;
+	} else {
+		struct buf text = BUF_INIT;
+		if (stor_text_read(e->db, &m->guid, 0, m->size, &text, &err) < 0) {
+			buf_free(&text);
+			*error_r = fmt_error("reading a message text: %s", err);
+			return -1;
+		}
+		proto_wr_literal(&e->w, text.data != NULL ? (const void *)text.data : "",
+				 text.len);
+		buf_free(&text);
+		e->rep.texts++;
+	}
+	ex_end(e);
+	e->rep.messages++;
+	return 0;
+}
+
+static int ex_mailbox(struct exporter *e, uint32_t id, const struct stor_mailbox *mb,
+		      char **error_r)
+{
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	const char *err;
+	if (stor_changes_since(e->db, &mb->guid, 0, &msgs, &tombs, &err) < 0) {
+		*error_r = fmt_error("mailbox %s: %s", mb->name, err);
+		return -1;
+	}
+	ex_begin(e, "MBOX");
+	proto_wr_u64(&e->w, id);
+	proto_wr_cstr(&e->w, e->user);
+	proto_wr_cstr(&e->w, mb->name);
+	proto_wr_u64(&e->w, mb->uidvalidity);
+	proto_wr_guid(&e->w, &mb->guid);
+	ex_end(e);
+	ex_begin(e, "SELECT");
+	proto_wr_u64(&e->w, id);
+	ex_end(e);
+	ex_begin(e, "SYNC-BEGIN");
+	proto_wr_u64(&e->w, 0);
+	proto_wr_u64(&e->w, mb->highestmodseq);
+	proto_wr_u64(&e->w, 1);
+	proto_wr_u64(&e->w, mb->uidnext);
+	ex_end(e);
+	int ret = 0;
+	for (size_t i = 0; i < msgs.count && ret == 0; i++)
+		ret = ex_message(e, &msgs.items[i], error_r);
+	/* A tombstone is the message as it was, then its expunge: SPEC
+	 * syntax that carries the tombstone's GUID. */
+	for (size_t i = 0; i < tombs.count && ret == 0; i++) {
+		const struct stor_tombstone *t = &tombs.items[i];
+		ex_begin(e, "SAVE");
+		proto_wr_date(&e->w, 0, 0);
+		proto_wr_u64(&e->w, t->uid);
+		proto_wr_u64(&e->w, t->modseq);
+		proto_wr_guid(&e->w, &t->guid);
+		sync_wr_flags(&e->w, 0, NULL);
+		proto_wr_atom(&e->w, "NIL");
+		ex_end(e);
+		ex_begin(e, "EXPUNGE");
+		proto_wr_uidset(&e->w, &t->uid, 1);
+		proto_wr_u64(&e->w, t->modseq);
+		ex_end(e);
+		e->rep.tombstones++;
+	}
+	if (ret == 0) {
+		ex_begin(e, "SYNC-END");
+		ex_end(e);
+	}
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	e->rep.mailboxes++;
+	return ret;
+}
+
+int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_settings *set,
+		       struct buf *out, struct sync_bundle_export_report *report_r,
+		       char **error_r)
+{
+	struct bundle_state st;
+	bool have_state = set->state != NULL;
+	const char *err;
+	*error_r = NULL;
+	if (!passwd_user_name_valid(set->user)) {
+		*error_r = fmt_error("invalid user name '%s'", set->user);
+		return -1;
+	}
+	if (set->source_sid == 0 || set->source_sid >= SYNC_BUNDLE_PEER_BASE) {
+		*error_r = xstrdup("the node id is out of the range of bundle sources");
+		return -1;
+	}
+	if (have_state && state_parse(set->state, set->state_len, set->user, &st, error_r) < 0)
+		return -1;
+
+	struct exporter e;
+	memset(&e, 0, sizeof(e));
+	e.db = db;
+	e.user = set->user;
+	e.held = have_state ? &st.texts : NULL;
+	buf_init(&e.line);
+	proto_wr_init(&e.w, &e.line);
+	deflater_init(&e.d);
+
+	stor_mailbox_array mbs;
+	stor_string_list subs;
+	int ret = 0;
+	if (stor_mailbox_list(db, set->user, &mbs, &err) < 0) {
+		*error_r = fmt_error("listing mailboxes: %s", err);
+		ret = -1;
+		memset(&mbs, 0, sizeof(mbs));
+	}
+	if (ret == 0 && mbs.count == 0) {
+		*error_r = fmt_error("user '%s' has no mailboxes here", set->user);
+		ret = -1;
+	}
+	if (ret == 0 && stor_subscriptions(db, set->user, &subs, &err) < 0) {
+		*error_r = fmt_error("listing subscriptions: %s", err);
+		ret = -1;
+	}
+	if (ret == 0) {
+		for (size_t i = 0; i < mbs.count; i++) {
+			const struct stor_mailbox *mb = &mbs.items[i];
+			ex_begin(&e, "CREATE");
+			proto_wr_cstr(&e.w, set->user);
+			proto_wr_cstr(&e.w, mb->name);
+			proto_wr_guid(&e.w, &mb->guid);
+			proto_wr_u64(&e.w, mb->uidvalidity);
+			if (mb->special_use[0] != '\0') {
+				proto_wr_atom(&e.w, "SPECIAL-USE");
+				proto_wr_list_begin(&e.w);
+				proto_wr_atom(&e.w, mb->special_use);
+				proto_wr_list_end(&e.w);
+			}
+			ex_end(&e);
+		}
+		for (size_t i = 0; i < subs.count; i++) {
+			ex_begin(&e, "SUBSCRIBE");
+			proto_wr_cstr(&e.w, set->user);
+			proto_wr_cstr(&e.w, subs.items[i]);
+			ex_end(&e);
+		}
+		stor_string_list_free(&subs);
+		for (size_t i = 0; i < mbs.count && ret == 0; i++)
+			ret = ex_mailbox(&e, (uint32_t)i + 1, &mbs.items[i], error_r);
+	}
+	stor_mailbox_list_free(&mbs);
+	deflater_add(&e.d, &e.line);
+	deflater_finish(&e.d);
+	if (ret == 0) {
+		struct sync_bundle_header hdr = {
+			.user = set->user,
+			.source = set->source_sid,
+			.created = set->created != 0 ? set->created : clock_wall_s(),
+			.since_created = have_state ? st.base_created : 0,
+			.since_digest = have_state ? st.base_digest : NULL,
+		};
+		unsigned char digest[32];
+		assemble(&hdr, &set->key, &e.d.comp, e.d.raw_len, out, digest);
+		ret = exports_remember(db, set->user, digest, error_r);
+		if (ret == 0 && stor_sync(db, &err) < 0) {
+			*error_r = fmt_error("storing the export record: %s", err);
+			ret = -1;
+		}
+	}
+	if (ret == 0 && report_r != NULL)
+		*report_r = e.rep;
+	buf_free(&e.line);
+	buf_free(&e.d.comp);
+	if (have_state)
+		ARRAY_FREE(&st.texts);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Verification (checks 1 to 7) */
+
+struct verified {
+	char user[STOR_MAX_USER_LEN + 1];
+	uint32_t source;
+	int64_t created;
+	bool since_full;
+	int64_t since_created;
+	char since_hex[65];
+	bool user_key;
+	uint64_t comp_len, raw_len;
+	size_t header_len;
+	char digest_hex[65];
+};
+
+/* Lowercase hex only, so that every bit of the trailer matters. */
+static int hex_decode_lower(const char *s, size_t slen, unsigned char *out, size_t n)
+{
+	for (size_t i = 0; i < slen; i++) {
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return -1;
+	}
+	return hex_decode(s, slen, out, n);
+}
+
+/* Splits "NAME rest" lines of the header; every line CRLF-terminated. */
+static int parse_header(const unsigned char *data, size_t len, struct verified *v,
+			char **error_r)
+{
+	size_t limit = len < BUNDLE_MAX_HEADER ? len : BUNDLE_MAX_HEADER;
+	size_t pos = 0;
+	unsigned seen = 0;
+	enum { H_USER = 1, H_SOURCE = 2, H_CREATED = 4, H_SINCE = 8, H_KEY = 16, H_BODY = 32 };
+	bool first = true;
+	for (;;) {
+		const unsigned char *eol = memchr(data + pos, '\n', limit - pos);
+		if (eol == NULL) {
+			*error_r = xstrdup(limit == BUNDLE_MAX_HEADER ?
+						   "bundle refused: header longer than 4096 octets" :
+						   "bundle refused: truncated header");
+			return -1;
+		}
+		size_t l = (size_t)(eol - (data + pos));
+		if (l == 0 || data[pos + l - 1] != '\r') {
+			*error_r = xstrdup("bundle refused: header line not ended by CRLF");
+			return -1;
+		}
+		char line[BUNDLE_MAX_HEADER + 1];
+		memcpy(line, data + pos, l - 1);
+		line[l - 1] = '\0';
+		pos += l + 1;
+		if (strlen(line) != l - 1) {
+			*error_r = xstrdup("bundle refused: NUL in the header");
+			return -1;
+		}
+		if (first) {
+			first = false;
+			if (!str_has_prefix(line, BUNDLE_MAGIC) ||
+			    !str_has_prefix(line + strlen(BUNDLE_MAGIC), "1.")) {
+				*error_r = xstrdup("bundle refused: not a Starling bundle of version 1.x");
+				return -1;
+			}
+			uint64_t minor;
+			if (str_to_u64(line + strlen(BUNDLE_MAGIC) + 2, UINT32_MAX, &minor) < 0) {
+				*error_r = xstrdup("bundle refused: bad version");
+				return -1;
+			}
+			continue;
+		}
+		if (strcmp(line, "END") == 0)
+			break;
+		char *sp = strchr(line, ' ');
+		const char *arg = sp != NULL ? sp + 1 : "";
+		if (sp != NULL)
+			*sp = '\0';
+		unsigned bit = 0;
+		bool ok = false;
+		uint64_t n;
+		if (strcmp(line, "USER") == 0) {
+			bit = H_USER;
+			ok = passwd_user_name_valid(arg) && strlen(arg) <= STOR_MAX_USER_LEN;
+			if (ok)
+				strcpy(v->user, arg);
+		} else if (strcmp(line, "SOURCE") == 0) {
+			bit = H_SOURCE;
+			ok = str_to_u64(arg, UINT32_MAX, &n) == 0 && n != 0;
+			v->source = (uint32_t)n;
+		} else if (strcmp(line, "CREATED") == 0) {
+			bit = H_CREATED;
+			ok = str_to_u64(arg, INT64_MAX, &n) == 0;
+			v->created = (int64_t)n;
+		} else if (strcmp(line, "SINCE") == 0) {
+			bit = H_SINCE;
+			const char *sp2 = strchr(arg, ' ');
+			if (strcmp(arg, "FULL") == 0) {
+				v->since_full = ok = true;
+			} else if (sp2 != NULL && str_to_u64_n(arg, (size_t)(sp2 - arg), INT64_MAX,
+								&n) == 0 && strlen(sp2 + 1) == 64) {
+				unsigned char tmp[32];
+				ok = hex_decode_lower(sp2 + 1, 64, tmp, 32) == 0;
+				v->since_created = (int64_t)n;
+				hex_encode(tmp, 32, v->since_hex);
+				v->since_hex[64] = '\0';
+			}
+		} else if (strcmp(line, "KEY") == 0) {
+			bit = H_KEY;
+			ok = strcmp(arg, "CLUSTER") == 0 || strcmp(arg, "USER") == 0;
+			v->user_key = strcmp(arg, "USER") == 0;
+		} else if (strcmp(line, "BODY") == 0) {
+			bit = H_BODY;
+			uint64_t c, r;
+			const char *a = arg, *s1;
+			if (str_has_prefix(a, "DEFLATE ") && (s1 = strchr(a + 8, ' ')) != NULL &&
+			    str_to_u64_n(a + 8, (size_t)(s1 - a - 8), UINT64_MAX, &c) == 0 &&
+			    str_to_u64(s1 + 1, UINT64_MAX, &r) == 0) {
+				v->comp_len = c;
+				v->raw_len = r;
+				ok = true;
+			}
+		} else {
+			*error_r = fmt_error("bundle refused: unknown header line '%.40s'", line);
+			return -1;
+		}
+		if ((seen & bit) != 0) {
+			*error_r = fmt_error("bundle refused: header line %s given twice", line);
+			return -1;
+		}
+		if (!ok) {
+			*error_r = fmt_error("bundle refused: bad %s header line", line);
+			return -1;
+		}
+		seen |= bit;
+	}
+	if (seen != (H_USER | H_SOURCE | H_CREATED | H_SINCE | H_KEY | H_BODY)) {
+		*error_r = xstrdup("bundle refused: a header line is missing");
+		return -1;
+	}
+	v->header_len = pos;
+	return 0;
+}
+
+static int verify(struct stor_db *db, const struct sync_bundle_import_settings *set,
+		  const unsigned char *data, size_t len, struct verified *v, char **error_r)
+{
+	uint64_t max = set->max_size != 0 ? set->max_size : SYNC_BUNDLE_MAX_SIZE;
+	memset(v, 0, sizeof(*v));
+	/* 1. */
+	if (len > max) {
+		*error_r = fmt_error("bundle refused: %zu octets, above the limit of %" PRIu64,
+				     len, max);
+		return -1;
+	}
+	/* 2, 3. */
+	if (parse_header(data, len, v, error_r) < 0)
+		return -1;
+	/* 4. */
+	if (v->comp_len > len || v->header_len + v->comp_len + BUNDLE_TRAILER_LEN != len) {
+		*error_r = xstrdup(v->header_len + v->comp_len + BUNDLE_TRAILER_LEN > len ?
+					   "bundle refused: truncated (shorter than its header says)" :
+					   "bundle refused: longer than its header says");
+		return -1;
+	}
+	/* 5. */
+	const char *tr = (const char *)data + v->header_len + v->comp_len;
+	unsigned char want[32], got[32], sig[32];
+	if (memcmp(tr, "DIGEST SHA-256 ", 15) != 0 || memcmp(tr + 79, "\r\n", 2) != 0 ||
+	    memcmp(tr + 81, "SIGNATURE HMAC-SHA256 ", 22) != 0 ||
+	    memcmp(tr + 167, "\r\n", 2) != 0 || hex_decode_lower(tr + 15, 64, want, 32) < 0 ||
+	    hex_decode_lower(tr + 103, 64, sig, 32) < 0) {
+		*error_r = xstrdup("bundle refused: malformed trailer");
+		return -1;
+	}
+	SHA256(data, v->header_len + v->comp_len, got);
+	if (!mem_equal_ct(want, got, 32)) {
+		*error_r = xstrdup("bundle refused: digest mismatch (damaged or tampered with)");
+		return -1;
+	}
+	hex_encode(got, 32, v->digest_hex);
+	v->digest_hex[64] = '\0';
+	/* 6. */
+	unsigned char kbuf[32], mac[32];
+	const unsigned char *k;
+	size_t klen;
+	signing_key(&set->key, v->user_key, v->user, kbuf, &klen, &k);
+	bundle_signature(k, klen, got, mac);
+	if (!mem_equal_ct(mac, sig, 32)) {
+		*error_r = xstrdup("bundle refused: bad signature (signed with another key)");
+		return -1;
+	}
+	/* 7. */
+	if (v->source == set->own_sid) {
+		*error_r = xstrdup("bundle refused: it was made by this node");
+		return -1;
+	}
+	if (v->source >= SYNC_BUNDLE_PEER_BASE) {
+		*error_r = xstrdup("bundle refused: SOURCE out of range");
+		return -1;
+	}
+	int64_t now = set->now != 0 ? set->now : clock_wall_s();
+	if (v->created > now + BUNDLE_FUTURE_SLACK) {
+		*error_r = xstrdup("bundle refused: CREATED is more than a day in the future");
+		return -1;
+	}
+	struct last_import li;
+	int r = last_import_get(db, v->source, v->user, &li, error_r);
+	if (r > 0 && last_import_has(&li, v->digest_hex)) {
+		*error_r = xstrdup("bundle refused: already imported (a replay)");
+		r = -1;
+	} else if (r > 0 && v->created < li.created) {
+		*error_r = fmt_error("bundle refused: older than the last bundle imported from "
+				     "node %u for %s (a replay)", v->source, v->user);
+		r = -1;
+	}
+	buf_free(&li.raw);
+	return r < 0 ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The body: inflated (check 8) and parsed (check 9) into the scratch store */
+
+struct srv_id {
+	uint32_t id;
+	struct guid guid;
+};
+
+/* A SAVE of the command stream, parsed. */
+struct ld_msg {
+	uint32_t uid;
+	uint64_t modseq;
+	struct guid guid;
+	struct sync_flags f;
+	int64_t date;
+	int tz;
+};
+
+struct loader {
+	struct stor_db *db, *scratch;
+	const struct verified *v;
+	uint64_t max_message_size;
+	struct proto_parser *parser;
+	unsigned next_tag;
+	ARRAY(struct srv_id) ids;
+	bool selected, in_sync;
+	struct guid sel;
+	uint32_t uidnext;
+	uint64_t hms;
+	stor_uid_list placeholders;
+	guid_array texts;
+	/* A SAVE with NIL held back until the next command says whether it
+	 * is a tombstone (see ld_tomb_hides_move()). */
+	struct ld_msg pending;
+	bool pending_active;
+	char *error;
+};
+
+static int ld_fail(struct loader *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int ld_fail(struct loader *l, const char *fmt, ...)
+{
+	if (l->error != NULL)
+		return -1;
+	va_list ap;
+	struct buf b = BUF_INIT;
+	buf_append_str(&b, "bundle refused: ");
+	va_start(ap, fmt);
+	buf_vappendf(&b, fmt, ap);
+	va_end(ap);
+	l->error = (char *)buf_steal(&b, NULL);
+	return -1;
+}
+
+static int ld_user(struct loader *l, const struct proto_arg *a)
+{
+	const char *s;
+	size_t len;
+	if (proto_arg_str(a, &s, &len) < 0 || strlen(s) != len || strcmp(s, l->v->user) != 0)
+		return ld_fail(l, "the command stream names another user than %s", l->v->user);
+	return 0;
+}
+
+static int ld_create(struct loader *l, const struct proto_cmd *cmd, size_t npos)
+{
+	const char *name, *err, *special = NULL;
+	size_t len;
+	struct guid g;
+	uint32_t uidvalidity;
+	if (ld_user(l, &cmd->args[0]) < 0)
+		return -1;
+	if (proto_arg_str(&cmd->args[1], &name, &len) < 0 || strlen(name) != len ||
+	    proto_arg_guid(&cmd->args[2], &g) < 0 || proto_arg_u32(&cmd->args[3], &uidvalidity) < 0)
+		return ld_fail(l, "bad CREATE");
+	if (cmd->arg_count != npos) {
+		const struct proto_arg *su = proto_cmd_option(cmd, npos, "SPECIAL-USE");
+		if (su == NULL || cmd->arg_count != npos + 2 || su->type != PROTO_ARG_LIST ||
+		    su->count != 1 || su->list[0].type != PROTO_ARG_ATOM || su->list[0].len >= 16)
+			return ld_fail(l, "bad CREATE option");
+		special = su->list[0].str;
+	}
+	struct stor_mailbox_create req = {
+		.user = l->v->user, .name = name, .guid = &g, .uidvalidity = uidvalidity,
+		.special_use = special,
+	};
+	if (stor_mailbox_create(l->scratch, &req, NULL, &err) < 0)
+		return ld_fail(l, "CREATE %.100s: %s", name, err);
+	return 0;
+}
+
+static int ld_mbox(struct loader *l, const struct proto_cmd *cmd)
+{
+	uint32_t id, uidvalidity;
+	const char *name, *err;
+	size_t len;
+	struct guid g;
+	struct stor_mailbox mb;
+	if (proto_arg_u32(&cmd->args[0], &id) < 0 || ld_user(l, &cmd->args[1]) < 0 ||
+	    proto_arg_str(&cmd->args[2], &name, &len) < 0 ||
+	    proto_arg_u32(&cmd->args[3], &uidvalidity) < 0 || proto_arg_guid(&cmd->args[4], &g) < 0)
+		return ld_fail(l, "bad MBOX");
+	int r = stor_mailbox_get_by_guid(l->scratch, &g, &mb, &err);
+	if (r < 0)
+		return ld_fail(l, "MBOX: %s", err);
+	bool ok = r > 0 && mb.uidvalidity == uidvalidity && strcmp(mb.name, name) == 0;
+	if (r > 0)
+		stor_mailbox_free(&mb);
+	if (!ok)
+		return ld_fail(l, "MBOX of a mailbox the bundle did not create");
+	for (size_t i = 0; i < l->ids.count; i++) {
+		if (l->ids.items[i].id == id)
+			return ld_fail(l, "MBOX id %u given twice", id);
+	}
+	if (l->ids.count >= SYNC_MAX_MAILBOXES)
+		return ld_fail(l, "too many mailboxes");
+	struct srv_id e = { id, g };
+	ARRAY_PUSH(&l->ids, e);
+	return 0;
+}
+
+static int ld_select(struct loader *l, const struct proto_cmd *cmd)
+{
+	uint32_t id;
+	if (proto_arg_u32(&cmd->args[0], &id) < 0)
+		return ld_fail(l, "bad SELECT");
+	for (size_t i = 0; i < l->ids.count; i++) {
+		if (l->ids.items[i].id == id) {
+			l->selected = true;
+			l->sel = l->ids.items[i].guid;
+			return 0;
+		}
+	}
+	return ld_fail(l, "SELECT of an unknown id");
+}
+
+static int ld_sync_begin(struct loader *l, const struct proto_cmd *cmd, size_t npos)
+{
+	uint64_t last_modseq, hms, last_uidnext, uidnext;
+	if (npos != 4 || cmd->arg_count != 4 ||
+	    proto_arg_u64(&cmd->args[0], INT64_MAX, &last_modseq) < 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &hms) < 0 ||
+	    proto_arg_u64(&cmd->args[2], UINT32_MAX, &last_uidnext) < 0 ||
+	    proto_arg_u64(&cmd->args[3], UINT32_MAX, &uidnext) < 0 || last_modseq != 0 ||
+	    last_uidnext != 1 || uidnext == 0)
+		return ld_fail(l, "bad SYNC-BEGIN (a bundle carries whole mailboxes)");
+	l->in_sync = true;
+	l->hms = hms;
+	l->uidnext = (uint32_t)uidnext;
+	ARRAY_FREE(&l->placeholders);
+	return 0;
+}
+
+/* Appends to the scratch store.  With text NULL (NIL in the bundle) the
+ * text comes from the scratch store or this node, else it is a
+ * placeholder that must not stay live (only a tombstone may lack it). */
+static int ld_append(struct loader *l, const struct ld_msg *m, const struct proto_arg *text_arg)
+{
+	const char *err;
+	struct buf text = BUF_INIT;
+	struct stor_append req = {
+		.uid = m->uid, .modseq = m->modseq, .guid = &m->guid, .flags = m->f.flags,
+		.keywords = (const char *const *)m->f.keywords.items,
+		.keyword_count = m->f.keywords.count,
+		.internaldate = m->date, .internaldate_tz = m->tz,
+	};
+	int ret = 0;
+	if (text_arg != NULL) {
+		req.text = text_arg->str;
+		req.text_len = text_arg->len;
+	} else {
+		uint64_t size;
+		int r = stor_text_exists(l->scratch, &m->guid, &size, &err);
+		if (r == 0) {
+			r = stor_text_exists(l->db, &m->guid, &size, &err);
+			if (r > 0 && size > l->max_message_size)
+				r = 0;
+			if (r > 0 && stor_text_read(l->db, &m->guid, 0, size, &text, &err) < 0)
+				r = -1;
+			if (r > 0) {
+				req.text = text.data != NULL ? (const void *)text.data : "";
+				req.text_len = text.len;
+			} else if (r == 0) {
+				req.text = "";
+				req.text_len = 0;
+				ARRAY_PUSH(&l->placeholders, m->uid);
+			}
+		}
+		if (r < 0)
+			ret = ld_fail(l, "reading a text: %s", err);
+	}
+	if (ret == 0 && stor_msg_append(l->scratch, &l->sel, &req, NULL, NULL, &err) < 0)
+		ret = ld_fail(l, "SAVE of UID %u: %s", m->uid, err);
+	buf_free(&text);
+	return ret;
+}
+
+/* Whether a tombstone (uid, g) of the bundle would hide a move from the
+ * merge: this node holds another message h at uid, which the bundle holds
+ * live at another UID (the other node moved it there, a UID conflict
+ * fixed).  Without the tombstone the merge sees h held elsewhere, drops
+ * ours and takes theirs; with it, it would renumber ours and keep h
+ * twice.  1 yes, 0 no, -1 error. */
+static int ld_tomb_hides_move(struct loader *l, uint32_t uid, const struct guid *g)
+{
+	struct stor_msg here;
+	const char *err;
+	uint32_t at;
+	int r = stor_msg_get(l->db, &l->sel, uid, &here, &err);
+	if (r <= 0)
+		return r < 0 ? ld_fail(l, "%s", err) : 0;
+	bool other = guid_cmp(&here.guid, g) != 0;
+	if (other)
+		r = stor_msg_find_guid(l->scratch, &l->sel, &here.guid, &at, &err);
+	stor_msg_free(&here);
+	if (!other)
+		return 0;
+	if (r < 0)
+		return ld_fail(l, "%s", err);
+	return r > 0 && at != uid;
+}
+
+static void ld_pending_clear(struct loader *l)
+{
+	if (l->pending_active)
+		sync_flags_free(&l->pending.f);
+	l->pending_active = false;
+}
+
+/* A held SAVE turned out to be a live message: append it now. */
+static int ld_pending_flush(struct loader *l)
+{
+	if (!l->pending_active)
+		return 0;
+	int r = ld_append(l, &l->pending, NULL);
+	ld_pending_clear(l);
+	return r;
+}
+
+static int ld_save(struct loader *l, const struct proto_cmd *cmd)
+{
+	struct ld_msg m;
+	uint64_t uid;
+	memset(&m, 0, sizeof(m));
+	if (proto_arg_date(&cmd->args[0], &m.date, &m.tz) < 0 ||
+	    proto_arg_u64(&cmd->args[1], UINT32_MAX, &uid) < 0 ||
+	    proto_arg_u64(&cmd->args[2], INT64_MAX, &m.modseq) < 0 ||
+	    proto_arg_guid(&cmd->args[3], &m.guid) < 0)
+		return ld_fail(l, "bad SAVE");
+	if (uid == 0 || uid >= l->uidnext || m.modseq == 0 || m.modseq > l->hms)
+		return ld_fail(l, "SAVE outside the mailbox's UIDNEXT or HIGHESTMODSEQ");
+	m.uid = (uint32_t)uid;
+	if (sync_arg_flags(&cmd->args[4], &m.f) < 0)
+		return ld_fail(l, "bad SAVE flags");
+	const struct proto_arg *t = &cmd->args[5];
+	if (t->type != PROTO_ARG_LITERAL) {
+		/* Maybe the first half of a tombstone: decided by the next
+		 * command. */
+		int r = ld_tomb_hides_move(l, m.uid, &m.guid);
+		if (r != 0) {
+			sync_flags_free(&m.f);
+			if (r < 0)
+				return -1;
+			l->pending = m;
+			l->pending_active = true;
+			return 0;
+		}
+	}
+	int ret = ld_append(l, &m, t->type == PROTO_ARG_LITERAL ? t : NULL);
+	sync_flags_free(&m.f);
+	return ret;
+}
+
+static int ld_expunge(struct loader *l, const struct proto_cmd *cmd)
+{
+	stor_uid_list uids;
+	uint64_t modseq;
+	const char *err;
+	if (sync_arg_uids(&cmd->args[0], BUNDLE_MAX_EXPUNGE_UIDS, &uids) < 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0)
+		return ld_fail(l, "bad EXPUNGE");
+	int ret = 0;
+	if (modseq == 0 || modseq > l->hms)
+		ret = ld_fail(l, "EXPUNGE outside the mailbox's HIGHESTMODSEQ");
+	for (size_t i = 0; i < uids.count && ret == 0; i++) {
+		if (uids.items[i] >= l->uidnext)
+			ret = ld_fail(l, "EXPUNGE outside the mailbox's UIDNEXT");
+	}
+	if (ret == 0 && stor_msg_expunge(l->scratch, &l->sel, uids.items, uids.count, modseq,
+					 NULL, &err) < 0)
+		ret = ld_fail(l, "EXPUNGE: %s", err);
+	ARRAY_FREE(&uids);
+	return ret;
+}
+
+/* Whether this node expunged the message (GUID g at uid) of the mailbox:
+ * then the expunge wins the merge and its text is never needed here. */
+static int ld_expunged_here(struct loader *l, uint32_t uid, const struct guid *g,
+			    stor_tombstone_list *tombs, bool *loaded)
+{
+	const char *err;
+	if (!*loaded) {
+		stor_msg_list msgs;
+		struct stor_mailbox mb;
+		int r = stor_mailbox_get_by_guid(l->db, &l->sel, &mb, &err);
+		if (r < 0)
+			return ld_fail(l, "%s", err);
+		*loaded = true;
+		if (r == 0)
+			return 0;
+		stor_mailbox_free(&mb);
+		if (stor_changes_since(l->db, &l->sel, 0, &msgs, tombs, &err) < 0)
+			return ld_fail(l, "%s", err);
+		stor_msg_list_free(&msgs);
+	}
+	for (size_t i = 0; i < tombs->count; i++) {
+		if (tombs->items[i].uid == uid && guid_cmp(&tombs->items[i].guid, g) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static int ld_sync_end(struct loader *l)
+{
+	const char *err;
+	struct stor_msg m;
+	stor_tombstone_list tombs = ARRAY_INIT;
+	bool loaded = false;
+	int ret = 0;
+	for (size_t i = 0; i < l->placeholders.count && ret == 0; i++) {
+		int r = stor_msg_get(l->scratch, &l->sel, l->placeholders.items[i], &m, &err);
+		if (r < 0)
+			ret = ld_fail(l, "%s", err);
+		if (r <= 0)
+			continue;
+		r = ld_expunged_here(l, m.uid, &m.guid, &tombs, &loaded);
+		if (r == 0) {
+			char gh[GUID_HEX_SIZE];
+			guid_to_hex(&m.guid, gh);
+			ret = ld_fail(l, "it leaves out the text of message %s, which this node "
+					 "does not hold (export it again without --since)", gh);
+		} else if (r < 0) {
+			ret = -1;
+		}
+		stor_msg_free(&m);
+	}
+	ARRAY_FREE(&tombs);
+	if (ret < 0)
+		return -1;
+	ARRAY_FREE(&l->placeholders);
+	if (stor_mailbox_raise(l->scratch, &l->sel, l->uidnext, l->hms, &err) < 0)
+		return ld_fail(l, "%s", err);
+	stor_msg_list msgs;
+	if (stor_msg_list_range(l->scratch, &l->sel, 1, UINT32_MAX, &msgs, &err) < 0)
+		return ld_fail(l, "%s", err);
+	for (size_t i = 0; i < msgs.count; i++)
+		ARRAY_PUSH(&l->texts, msgs.items[i].guid);
+	stor_msg_list_free(&msgs);
+	l->in_sync = false;
+	return 0;
+}
+
+static int ld_command(struct loader *l, const struct proto_cmd *cmd)
+{
+	size_t npos;
+	const char *err;
+	char tag[16];
+	snprintf(tag, sizeof(tag), "B%u", ++l->next_tag);
+	if (strcmp(cmd->tag, tag) != 0)
+		return ld_fail(l, "command tag %.32s where %s was due", cmd->tag, tag);
+	if (proto_cmd_is_status(cmd) || proto_cmd_validate(cmd, &npos, &err) < 0)
+		return ld_fail(l, "command %s: %s", tag, proto_cmd_is_status(cmd) ? "a status line" : err);
+	const char *n = cmd->name;
+	if (l->pending_active) {
+		/* "SAVE uid ... NIL" then "EXPUNGE uid": a tombstone left out. */
+		stor_uid_list uids;
+		bool tomb = false;
+		if (proto_cmd_is(cmd, "EXPUNGE") && cmd->arg_count == 2 &&
+		    sync_arg_uids(&cmd->args[0], 1, &uids) == 0) {
+			tomb = uids.count == 1 && uids.items[0] == l->pending.uid;
+			ARRAY_FREE(&uids);
+		}
+		if (tomb) {
+			ld_pending_clear(l);
+			return 0;
+		}
+		if (ld_pending_flush(l) < 0)
+			return -1;
+	}
+	bool sync_cmd = proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "EXPUNGE") ||
+			proto_cmd_is(cmd, "SYNC-END");
+	if (sync_cmd != l->in_sync)
+		return ld_fail(l, "%s %s outside SYNC-BEGIN ... SYNC-END", tag, n);
+	if (!proto_cmd_is(cmd, "CREATE") && cmd->arg_count != npos)
+		return ld_fail(l, "%s %s with options", tag, n);
+	if (proto_cmd_is(cmd, "CREATE"))
+		return ld_create(l, cmd, npos);
+	if (proto_cmd_is(cmd, "SUBSCRIBE")) {
+		const char *name;
+		size_t len;
+		if (ld_user(l, &cmd->args[0]) < 0 || proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
+		    strlen(name) != len || len > STOR_MAX_MAILBOX_NAME_LEN)
+			return ld_fail(l, "bad SUBSCRIBE");
+		if (stor_subscribe(l->scratch, l->v->user, name, true, &err) < 0)
+			return ld_fail(l, "SUBSCRIBE: %s", err);
+		return 0;
+	}
+	if (proto_cmd_is(cmd, "MBOX"))
+		return ld_mbox(l, cmd);
+	if (proto_cmd_is(cmd, "SELECT"))
+		return ld_select(l, cmd);
+	if (proto_cmd_is(cmd, "SYNC-BEGIN")) {
+		if (!l->selected)
+			return ld_fail(l, "SYNC-BEGIN without SELECT");
+		return ld_sync_begin(l, cmd, npos);
+	}
+	if (proto_cmd_is(cmd, "SAVE"))
+		return ld_save(l, cmd);
+	if (proto_cmd_is(cmd, "EXPUNGE"))
+		return ld_expunge(l, cmd);
+	if (proto_cmd_is(cmd, "SYNC-END"))
+		return ld_sync_end(l);
+	return ld_fail(l, "%s: %s has no place in a bundle", tag, n);
+}
+
+static int ld_feed(struct loader *l, const unsigned char *data, size_t len)
+{
+	while (len > 0) {
+		size_t used;
+		const struct proto_cmd *cmd;
+		int r = proto_parser_parse(l->parser, data, len, &used, &cmd);
+		if (r < 0) {
+			const char *code, *text;
+			proto_parser_get_error(l->parser, &code, &text);
+			return ld_fail(l, "command stream: %s", text);
+		}
+		data += used;
+		len -= used;
+		if (r > 0 && ld_command(l, cmd) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Inflates the body into the loader, never past the announced size. */
+static int ld_inflate(struct loader *l, const unsigned char *comp, uint64_t comp_len,
+		      uint64_t raw_len)
+{
+	z_stream z;
+	memset(&z, 0, sizeof(z));
+	if (inflateInit(&z) != Z_OK)
+		return ld_fail(l, "cannot start zlib");
+	unsigned char *out = xmalloc(65536);
+	uint64_t in_left = comp_len, produced = 0;
+	int ret = 0, zr = Z_OK;
+	const unsigned char *in = comp;
+	while (ret == 0 && zr != Z_STREAM_END) {
+		if (z.avail_in == 0 && in_left > 0) {
+			size_t n = in_left > (1u << 30) ? (1u << 30) : (size_t)in_left;
+			z.next_in = (Bytef *)(uintptr_t)in;
+			z.avail_in = (uInt)n;
+			in += n;
+			in_left -= n;
+		}
+		uint64_t room = raw_len - produced;
+		/* One octet more than announced is allowed out, to see an
+		 * overlong body. */
+		size_t cap = room >= 65535 ? 65536 : (size_t)room + 1;
+		z.next_out = out;
+		z.avail_out = (uInt)cap;
+		zr = inflate(&z, Z_NO_FLUSH);
+		size_t got = cap - z.avail_out;
+		if (zr != Z_OK && zr != Z_STREAM_END && !(zr == Z_BUF_ERROR && got > 0)) {
+			ret = ld_fail(l, "the body is not a valid zlib stream");
+			break;
+		}
+		if (got > room) {
+			ret = ld_fail(l, "the body inflates to more than %" PRIu64 " octets", raw_len);
+			break;
+		}
+		produced += got;
+		if (got > 0 && ld_feed(l, out, got) < 0)
+			ret = -1;
+		if (ret == 0 && zr != Z_STREAM_END && got == 0 && z.avail_in == 0 && in_left == 0)
+			ret = ld_fail(l, "the body's zlib stream is truncated");
+	}
+	if (ret == 0 && (produced != raw_len || z.avail_in != 0 || in_left != 0))
+		ret = ld_fail(l, "the body does not match its announced sizes");
+	inflateEnd(&z);
+	free(out);
+	if (ret == 0 && (l->in_sync || !proto_parser_is_idle(l->parser)))
+		ret = ld_fail(l, "the command stream ends in the middle of a mailbox");
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Import */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+static void rmtree(const char *path)
+{
+	nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void sync_bundle_import_result_free(struct sync_bundle_import_result *res)
+{
+	free(res->user);
+	res->user = NULL;
+	buf_free(&res->state);
+}
+
+/* Merges: the node's store as the client, the scratch copy as the server.
+ * A sync that fails is run again (at most MERGE_RUNS times in all), as the
+ * sync engine itself does for a mailbox that does not converge: what a run
+ * applied stays and the next run compares again.  One case needs it today:
+ * a message we drop because the other copy holds it under another UID has
+ * its text freed by the drop before the engine stores the other copy, which
+ * then fails; the next run FETCHes the text from the scratch copy. */
+#define MERGE_RUNS 3
+static int merge(struct stor_db *db, struct stor_db *scratch, const struct verified *v,
+		 uint32_t own_sid, struct sync_report *rep_r, char **error_r)
+{
+	struct sync_settings ss = {
+		.peer_sid = SYNC_BUNDLE_PEER_BASE + v->source,
+		.user = v->user,
+		.full = true,
+	};
+	int ret = -1;
+	memset(rep_r, 0, sizeof(*rep_r));
+	for (unsigned run = 0; run < MERGE_RUNS && ret < 0; run++) {
+		struct sync_pipe *p = sync_pipe_create(1, 0);
+		struct sync_client *c = sync_client_create(db, &ss, sync_pipe_client_transport(p));
+		struct sync_server *s = sync_server_create(scratch, own_sid,
+							   sync_pipe_server_transport(p));
+		enum sync_step_result r = sync_pipe_run(p, c, s, UINT32_MAX);
+		free(*error_r);
+		*error_r = NULL;
+		if (r == SYNC_STEP_DONE) {
+			ret = 0;
+		} else {
+			const char *e = sync_client_error(c);
+			if (e == NULL)
+				e = sync_server_error(s);
+			*error_r = fmt_error("merging the bundle failed: %s",
+					     e != NULL ? e : "the sync did not finish");
+			log_warnx("bundle from %u for %s: %s%s", v->source, v->user, *error_r,
+				  run + 1 < MERGE_RUNS ? "; running it again" : "");
+		}
+		const struct sync_report *cr = sync_client_report(c);
+		if (run == 0 || ret == 0) {
+			/* The first run's counts, and the last one's if it
+			 * finished: what a second run repeats is not counted. */
+			if (run == 0)
+				*rep_r = *cr;
+		}
+		sync_client_destroy(&c);
+		sync_server_destroy(&s);
+		sync_pipe_destroy(&p);
+	}
+	return ret;
+}
+
+int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_settings *set,
+		       const void *data, size_t len, struct sync_bundle_import_result *res_r,
+		       char **error_r)
+{
+	struct verified v;
+	const char *err;
+	memset(res_r, 0, sizeof(*res_r));
+	buf_init(&res_r->state);
+	*error_r = NULL;
+	if (verify(db, set, data, len, &v, error_r) < 0)
+		return -1;
+
+	/* The base check: a SINCE that names one of our exports made after
+	 * our last import from this source means the source had merged
+	 * everything we knew at that import, so the last common mailbox list
+	 * the sync engine kept for it is still true. */
+	bool base_known = false;
+	if (!v.since_full) {
+		uint64_t ctr;
+		struct last_import li;
+		int r1 = exports_find(db, v.user, v.since_hex, &ctr, error_r);
+		int r2 = r1 < 0 ? -1 : last_import_get(db, v.source, v.user, &li, error_r);
+		base_known = r1 > 0 && (r2 == 0 || ctr > li.counter);
+		if (r2 >= 0)
+			buf_free(&li.raw);
+		if (r1 < 0 || r2 < 0)
+			return -1;
+	}
+
+	char *tmpl = xasprintf("%s/bundle-scratch.XXXXXX", set->scratch_parent);
+	if (mkdtemp(tmpl) == NULL) {
+		*error_r = fmt_error("cannot make a scratch directory in %s: %s",
+				     set->scratch_parent, strerror(errno));
+		free(tmpl);
+		return -1;
+	}
+	struct stor_settings sset = { .dir = tmpl, .max_message_size = set->max_message_size };
+	struct stor_db *scratch = NULL;
+	char *oerr = NULL;
+	if (stor_open(&sset, &scratch, &oerr) < 0) {
+		*error_r = fmt_error("cannot open a scratch store: %s", oerr);
+		free(oerr);
+		rmtree(tmpl);
+		free(tmpl);
+		return -1;
+	}
+
+	struct loader l;
+	memset(&l, 0, sizeof(l));
+	l.db = db;
+	l.scratch = scratch;
+	l.v = &v;
+	l.max_message_size = set->max_message_size != 0 ? set->max_message_size :
+							  SYNC_BUNDLE_MAX_SIZE;
+	struct proto_parser_settings ps;
+	proto_parser_settings_default(&ps);
+	l.parser = proto_parser_create(&ps);
+	int ret = ld_inflate(&l, (const unsigned char *)data + v.header_len, v.comp_len,
+			     v.raw_len);
+	if (ret < 0) {
+		*error_r = l.error != NULL ? l.error : xstrdup("bundle refused");
+		l.error = NULL;
+	}
+	proto_parser_destroy(&l.parser);
+	ld_pending_clear(&l);
+	ARRAY_FREE(&l.ids);
+	ARRAY_FREE(&l.placeholders);
+
+	/* 10.  Everything checked: now the node's store changes. */
+	char *list_key = xasprintf("sync.list.%u.%s", SYNC_BUNDLE_PEER_BASE + v.source, v.user);
+	if (ret == 0 && !base_known && stor_meta_set(db, list_key, "", 0, &err) < 0) {
+		*error_r = fmt_error("%s", err);
+		ret = -1;
+	}
+	free(list_key);
+	if (ret == 0)
+		ret = merge(db, scratch, &v, set->own_sid, &res_r->report, error_r);
+	if (ret == 0)
+		ret = last_import_set(db, v.source, v.user, v.created, v.digest_hex, error_r);
+	if (ret == 0 && stor_sync(db, &err) < 0) {
+		*error_r = fmt_error("storing the merge: %s", err);
+		ret = -1;
+	}
+	if (ret == 0) {
+		guids_sort_unique(&l.texts);
+		write_state(&res_r->state, v.user, v.source, v.created, v.digest_hex, &l.texts);
+		res_r->user = xstrdup(v.user);
+		res_r->source = v.source;
+		res_r->base_known = base_known;
+	}
+	ARRAY_FREE(&l.texts);
+	free(l.error);
+	stor_close(&scratch);
+	rmtree(tmpl);
+	free(tmpl);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+
+int sync_bundle_read_secret(const char *path, unsigned char **secret_r, size_t *len_r,
+			    char **error_r)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		*error_r = fmt_error("cluster_secret_file %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || (st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
+		*error_r = fmt_error("cluster_secret_file %s is not a regular file readable by "
+				     "its owner only", path);
+		close(fd);
+		return -1;
+	}
+	unsigned char *buf = xmalloc(SECRET_MAX + 1);
+	size_t len = 0;
+	for (;;) {
+		ssize_t n = read(fd, buf + len, SECRET_MAX + 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n < 0) {
+				*error_r = fmt_error("cluster_secret_file %s: %s", path,
+						     strerror(errno));
+				goto fail;
+			}
+			break;
+		}
+		len += (size_t)n;
+		if (len > SECRET_MAX) {
+			*error_r = fmt_error("cluster_secret_file %s is too large", path);
+			goto fail;
+		}
+	}
+	close(fd);
+	fd = -1;
+	if (len > 0 && buf[len - 1] == '\n') {
+		len--;
+		if (len > 0 && buf[len - 1] == '\r')
+			len--;
+	}
+	if (len < SECRET_MIN) {
+		*error_r = fmt_error("cluster_secret_file %s holds %zu bytes, at least %u are needed",
+				     path, len, SECRET_MIN);
+		goto fail;
+	}
+	*secret_r = buf;
+	*len_r = len;
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return -1;
+}

@@ -1,0 +1,126 @@
+/* Change bundles (SPEC.md section 11): one user's mail carried between two
+ * nodes that never meet on a network, as a signed, compressed file.
+ *
+ * A bundle holds the exporter's copy of the user: every mailbox with its
+ * UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, every message (UID, GUID, modseq,
+ * flags, date) with its text unless the state given to the export says the
+ * other node holds it, every tombstone, and the subscriptions, written as
+ * the command stream a sync client would send to an empty server.
+ *
+ * Import verifies the whole file (size, header, length, digest, signature,
+ * source, replay) before it looks at the body, then loads the body into a
+ * scratch store (a copy of the exporter's user, made in a temporary
+ * directory; a malformed or hostile body fails there and the node's store
+ * is not touched), and finally runs the sync engine (sync.h) with the
+ * node's store as the client and the scratch copy as the server.  So a
+ * bundle merges by exactly the rules of a network sync (UID conflicts
+ * renumbered, flags and expunges by modseq, texts by GUID), and can only
+ * ever reach the one user the engine was asked to sync.  The import then
+ * returns the state file that the next export back should be given
+ * (--since): it names the imported bundle and the GUIDs whose texts the
+ * other node holds, so the bundle back leaves those texts out. */
+#ifndef SYNC_SYNC_BUNDLE_H
+#define SYNC_SYNC_BUNDLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/buf.h"
+#include "sync/sync.h"
+
+struct stor_db;
+
+/* Largest bundle file a verifier accepts by default (check 1). */
+#define SYNC_BUNDLE_MAX_SIZE (1024ull * 1024 * 1024)
+/* Largest state file (--since) an export reads. */
+#define SYNC_BUNDLE_MAX_STATE_SIZE (64u * 1024 * 1024)
+/* The per-peer sync state of a bundle source s is kept under peer key
+ * SYNC_BUNDLE_PEER_BASE + s, apart from a network peer with the same SID.
+ * Sources must be below it. */
+#define SYNC_BUNDLE_PEER_BASE 0x80000000u
+
+/* The key material: the cluster secret.  With user_key the bundle is
+ * signed with the user key derived from it (KEY USER). */
+struct sync_bundle_key {
+	const unsigned char *secret;
+	size_t secret_len;
+	bool user_key;
+};
+
+struct sync_bundle_export_settings {
+	const char *user;
+	uint32_t source_sid;          /* this node */
+	struct sync_bundle_key key;
+	/* The state file an import here wrote (--since), or NULL: texts of
+	 * the GUIDs it lists are left out. */
+	const void *state;
+	size_t state_len;
+	int64_t created;              /* 0: now */
+};
+
+/* What an export wrote. */
+struct sync_bundle_export_report {
+	unsigned mailboxes, messages, tombstones;
+	unsigned texts;               /* texts carried */
+	unsigned texts_left_out;      /* texts the state said the other node holds */
+};
+
+/* Writes the bundle of set->user into out (appended).  Remembers the
+ * bundle's digest in the store (stor_meta) so that an import of a bundle
+ * made on top of it knows its base.  Returns 0, or -1 with *error_r (caller
+ * frees). */
+int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_settings *set,
+		       struct buf *out, struct sync_bundle_export_report *report_r,
+		       char **error_r);
+
+struct sync_bundle_import_settings {
+	uint32_t own_sid;              /* this node: a bundle from it is refused */
+	struct sync_bundle_key key;    /* the cluster secret (user_key unused) */
+	/* A directory on which the scratch store is made (a fresh
+	 * subdirectory, removed afterwards). */
+	const char *scratch_parent;
+	uint64_t max_size;             /* 0: SYNC_BUNDLE_MAX_SIZE */
+	uint64_t max_message_size;     /* for the scratch store; 0: default */
+	int64_t now;                   /* 0: the clock */
+};
+
+struct sync_bundle_import_result {
+	char *user;                    /* the user the bundle was for */
+	uint32_t source;               /* its SOURCE */
+	bool base_known;               /* SINCE named one of our exports since
+					* our last import from source */
+	struct sync_report report;     /* the merge, as sync_client_report() */
+	struct buf state;              /* the state file to give the next export */
+};
+
+/* Verifies data (a whole bundle file) and, only if every check passes,
+ * merges it into db.  Returns 0, or -1 with *error_r (caller frees): when
+ * the bundle is refused nothing in db has changed.  res_r is filled on
+ * success; free it with sync_bundle_import_result_free() in both cases. */
+int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_settings *set,
+		       const void *data, size_t len, struct sync_bundle_import_result *res_r,
+		       char **error_r);
+void sync_bundle_import_result_free(struct sync_bundle_import_result *res);
+
+/* Wraps a command stream in the bundle format (header, zlib body, digest,
+ * signature).  since_digest NULL means SINCE FULL.  Used by the export and
+ * by tests and the fuzzer, which make bundles of their own. */
+struct sync_bundle_header {
+	const char *user;
+	uint32_t source;
+	int64_t created;
+	int64_t since_created;
+	const unsigned char *since_digest; /* 32 bytes, or NULL */
+};
+void sync_bundle_seal(const struct sync_bundle_header *hdr, const struct sync_bundle_key *key,
+		      const void *stream, size_t stream_len, struct buf *out,
+		      unsigned char digest_r[32]);
+
+/* Reads a cluster secret file (the rules of the peer links, SPEC.md 3: the
+ * bytes without one trailing LF or CRLF, not accessible by everyone, 16 to
+ * 4096 bytes).  Returns 0, or -1 with *error_r (caller frees). */
+int sync_bundle_read_secret(const char *path, unsigned char **secret_r, size_t *len_r,
+			    char **error_r);
+
+#endif

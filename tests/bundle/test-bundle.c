@@ -1,0 +1,655 @@
+/* Tests of change bundles (sync/sync-bundle.h, SPEC.md 11): two stores in
+ * one process that never sync directly, only through bundle files.  After a
+ * bundle each way their canonical dumps must be byte-identical; a bundle
+ * that is truncated, altered, signed with another key or made for another
+ * user must be refused and leave every user's dump unchanged. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/xalloc.h"
+#include "storage/storage.h"
+#include "sync/sync-bundle.h"
+#include "tests/testutil.h"
+
+#define USER "alice"
+#define OTHER "bob"
+#define SID_A 1
+#define SID_B 2
+
+static const unsigned char secret[] = "0123456789abcdef0123456789abcdef-cluster";
+static const unsigned char other_secret[] = "fedcba9876543210fedcba9876543210-another";
+
+struct node {
+	char *dir;
+	struct stor_db *db;
+	uint32_t sid;
+	struct buf state; /* the state file of its last import */
+};
+
+static void node_open(struct node *n, uint32_t sid)
+{
+	struct stor_settings set;
+	char *error = NULL;
+	memset(n, 0, sizeof(*n));
+	n->dir = test_mkdtemp();
+	n->sid = sid;
+	memset(&set, 0, sizeof(set));
+	set.dir = n->dir;
+	if (stor_open(&set, &n->db, &error) < 0) {
+		fprintf(stderr, "stor_open: %s\n", error);
+		free(error);
+	}
+	CU_ASSERT_PTR_NOT_NULL_FATAL(n->db);
+	buf_init(&n->state);
+}
+
+static void node_close(struct node *n)
+{
+	stor_close(&n->db);
+	test_rmtree(n->dir);
+	free(n->dir);
+	buf_free(&n->state);
+}
+
+static struct guid mk_mailbox(struct node *n, const char *user, const char *name,
+			      const char *special)
+{
+	struct stor_mailbox_create req;
+	struct stor_mailbox mb;
+	const char *error = NULL;
+	memset(&req, 0, sizeof(req));
+	req.user = user;
+	req.name = name;
+	req.special_use = special;
+	int r = stor_mailbox_create(n->db, &req, &mb, &error);
+	if (r < 0)
+		fprintf(stderr, "create %s: %s\n", name, error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	struct guid g = mb.guid;
+	stor_mailbox_free(&mb);
+	return g;
+}
+
+static uint32_t append(struct node *n, const struct guid *mb, const char *text, uint32_t flags)
+{
+	struct stor_append req;
+	struct guid g;
+	uint32_t uid = 0;
+	const char *error = NULL;
+	guid_generate(&g);
+	memset(&req, 0, sizeof(req));
+	req.guid = &g;
+	req.flags = flags;
+	req.internaldate = 1700000000;
+	req.internaldate_tz = 60;
+	req.text = text;
+	req.text_len = strlen(text);
+	int r = stor_msg_append(n->db, mb, &req, &uid, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "append: %s\n", error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	return uid;
+}
+
+static void set_flags(struct node *n, const struct guid *mb, uint32_t uid, uint32_t flags,
+		      const char *keyword)
+{
+	struct stor_store req;
+	const char *error;
+	const char *kw[1] = { keyword };
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_REPLACE;
+	req.flags = flags;
+	req.keywords = kw;
+	req.keyword_count = keyword != NULL ? 1 : 0;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
+}
+
+static void expunge(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge(n->db, mb, &uid, 1, 0, NULL, &error), 0);
+}
+
+static char *dump(struct node *n, const char *user)
+{
+	struct buf out = BUF_INIT;
+	const char *error;
+	int r = stor_dump_user(n->db, user, &out, &error);
+	if (r < 0)
+		fprintf(stderr, "dump: %s\n", error);
+	CU_ASSERT_EQUAL(r, 0);
+	buf_append_byte(&out, '\0');
+	return (char *)out.data;
+}
+
+static bool dumps_equal(struct node *a, struct node *b)
+{
+	char *da = dump(a, USER), *db = dump(b, USER);
+	bool eq = strcmp(da, db) == 0;
+	if (!eq)
+		fprintf(stderr, "\n--- dump of %u:\n%s--- dump of %u:\n%s", a->sid, da, b->sid, db);
+	free(da);
+	free(db);
+	return eq;
+}
+
+static struct sync_bundle_key cluster_key(void)
+{
+	struct sync_bundle_key k = { secret, sizeof(secret) - 1, false };
+	return k;
+}
+
+/* Exports USER from n (with its last import's state when since is true). */
+static void export_from(struct node *n, bool since, struct buf *out,
+			struct sync_bundle_export_report *rep_r)
+{
+	struct sync_bundle_export_settings set = {
+		.user = USER, .source_sid = n->sid, .key = cluster_key(),
+		.state = since ? (const void *)n->state.data : NULL,
+		.state_len = since ? n->state.len : 0,
+	};
+	struct sync_bundle_export_report rep;
+	char *error = NULL;
+	buf_reset(out);
+	int r = sync_bundle_export(n->db, &set, out, &rep, &error);
+	if (r < 0)
+		fprintf(stderr, "export: %s\n", error);
+	free(error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	if (rep_r != NULL)
+		*rep_r = rep;
+}
+
+static char *scratch_parent;
+
+/* Imports into n; returns 0, or -1 with the error (freed by the caller). */
+static int import_into(struct node *n, const void *data, size_t len,
+		       struct sync_bundle_import_result *res_r, char **error_r)
+{
+	struct sync_bundle_import_settings set = {
+		.own_sid = n->sid, .key = cluster_key(), .scratch_parent = scratch_parent,
+	};
+	struct sync_bundle_import_result res;
+	int r = sync_bundle_import(n->db, &set, data, len, &res, error_r);
+	if (r == 0) {
+		buf_reset(&n->state);
+		buf_append(&n->state, res.state.data, res.state.len);
+	}
+	if (res_r != NULL)
+		*res_r = res;
+	else
+		sync_bundle_import_result_free(&res);
+	return r;
+}
+
+static void import_ok(struct node *n, const struct buf *bundle,
+		      struct sync_bundle_import_result *res_r)
+{
+	char *error = NULL;
+	int r = import_into(n, bundle->data, bundle->len, res_r, &error);
+	if (r < 0)
+		fprintf(stderr, "import: %s\n", error);
+	free(error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+}
+
+/* Asserts the import is refused and changes neither user's dump; the error
+ * must contain want. */
+static void import_refused(struct node *n, const void *data, size_t len, const char *want)
+{
+	char *before = dump(n, USER), *before_o = dump(n, OTHER);
+	char *error = NULL;
+	int r = import_into(n, data, len, NULL, &error);
+	CU_ASSERT_EQUAL(r, -1);
+	CU_ASSERT_PTR_NOT_NULL(error);
+	if (error != NULL && want != NULL && strstr(error, want) == NULL) {
+		fprintf(stderr, "error '%s' lacks '%s'\n", error, want);
+		CU_FAIL("unexpected error text");
+	}
+	char *after = dump(n, USER), *after_o = dump(n, OTHER);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	CU_ASSERT_STRING_EQUAL(before_o, after_o);
+	free(error);
+	free(before);
+	free(after);
+	free(before_o);
+	free(after_o);
+}
+
+/* A varied user: INBOX with flags, a keyword, an expunge; Sent with
+ * SPECIAL-USE; subscriptions. */
+static void fill_user(struct node *n, struct guid *inbox_r)
+{
+	const char *error;
+	struct guid inbox = mk_mailbox(n, USER, "INBOX", NULL);
+	struct guid sent = mk_mailbox(n, USER, "Sent", "\\Sent");
+	uint32_t u1 = append(n, &inbox, "Subject: one\r\n\r\nfirst\r\n", STOR_FLAG_SEEN);
+	uint32_t u2 = append(n, &inbox, "Subject: two\r\n\r\nsecond\r\n", 0);
+	append(n, &inbox, "Subject: three\r\n\r\nthird\r\n", STOR_FLAG_FLAGGED);
+	append(n, &sent, "Subject: sent\r\n\r\nout\r\n", STOR_FLAG_SEEN);
+	set_flags(n, &inbox, u1, STOR_FLAG_SEEN | STOR_FLAG_ANSWERED, "$Work");
+	expunge(n, &inbox, u2);
+	CU_ASSERT_EQUAL_FATAL(stor_subscribe(n->db, USER, "INBOX", true, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_subscribe(n->db, USER, "Sent", true, &error), 0);
+	if (inbox_r != NULL)
+		*inbox_r = inbox;
+}
+
+static unsigned count_messages(struct node *n, const struct guid *mb)
+{
+	struct stor_mailbox m;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(n->db, mb, &m, &error), 1);
+	unsigned c = m.messages;
+	stor_mailbox_free(&m);
+	return c;
+}
+
+/* ---- Round trips ---- */
+
+static void test_bundle_full_export_fills_an_empty_node(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid inbox;
+	fill_user(&a, &inbox);
+	struct sync_bundle_export_report rep;
+	export_from(&a, false, &bundle, &rep);
+	CU_ASSERT_EQUAL(rep.mailboxes, 2);
+	CU_ASSERT_EQUAL(rep.messages, 3);
+	CU_ASSERT_EQUAL(rep.tombstones, 1);
+	CU_ASSERT_EQUAL(rep.texts, 3);
+	struct sync_bundle_import_result res;
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_STRING_EQUAL(res.user, USER);
+	CU_ASSERT_EQUAL(res.source, SID_A);
+	CU_ASSERT_EQUAL(res.report.mailboxes_created, 2);
+	CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(count_messages(&b, &inbox), 2);
+	/* The state names the import and the texts A holds. */
+	CU_ASSERT_PTR_NOT_NULL(strstr(buf_cstr(&res.state), "PEER 1\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(buf_cstr(&res.state), "TEXT "));
+	sync_bundle_import_result_free(&res);
+	/* The same bundle again is a replay. */
+	import_refused(&b, bundle.data, bundle.len, "replay");
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Both nodes change the same mailbox while apart (the same UIDs for
+ * different messages, flags, expunges, a new mailbox on each side); a
+ * bundle each way makes them equal, with every message present once. */
+static void test_bundle_both_directions_converge(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid inbox;
+	fill_user(&a, &inbox);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT_TRUE_FATAL(dumps_equal(&a, &b));
+	/* A knows nothing of B's import yet: bring it back first. */
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	CU_ASSERT_TRUE_FATAL(dumps_equal(&a, &b));
+
+	/* Apart. */
+	uint32_t a4 = append(&a, &inbox, "Subject: a4\r\n\r\nfrom a\r\n", 0);
+	append(&a, &inbox, "Subject: a5\r\n\r\nfrom a\r\n", 0);
+	set_flags(&a, &inbox, 1, STOR_FLAG_SEEN | STOR_FLAG_DELETED, NULL);
+	uint32_t b4 = append(&b, &inbox, "Subject: b4\r\n\r\nfrom b\r\n", STOR_FLAG_DRAFT);
+	CU_ASSERT_EQUAL(a4, b4); /* a UID conflict */
+	set_flags(&b, &inbox, 3, 0, "$Later");
+	expunge(&b, &inbox, 1); /* the expunge beats A's flag change */
+	mk_mailbox(&a, USER, "FromA", NULL);
+	struct guid fb = mk_mailbox(&b, USER, "FromB", NULL);
+	append(&b, &fb, "Subject: fb\r\n\r\nin FromB\r\n", 0);
+
+	struct sync_bundle_export_report rep;
+	export_from(&a, true, &bundle, &rep);
+	CU_ASSERT_TRUE(rep.texts_left_out >= 1); /* B holds message 3 */
+	struct sync_bundle_import_result res;
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_TRUE(res.base_known);
+	CU_ASSERT_TRUE(res.report.messages_renumbered + res.report.messages_received > 0);
+	sync_bundle_import_result_free(&res);
+	export_from(&b, true, &bundle, &rep);
+	CU_ASSERT_TRUE(rep.texts_left_out >= 2);
+	import_ok(&a, &bundle, NULL);
+	CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	/* 3 (flags by B), a4, a5, b4 renumbered; 1 expunged. */
+	CU_ASSERT_EQUAL(count_messages(&a, &inbox), 4);
+	CU_ASSERT_EQUAL(count_messages(&b, &inbox), 4);
+	struct stor_msg m;
+	const char *error;
+	CU_ASSERT_EQUAL(stor_msg_get(a.db, &inbox, 1, &m, &error), 0);
+
+	/* A deletes a mailbox: the next bundle carries the delete. */
+	struct stor_mailbox mb;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(a.db, USER, "FromB", &mb, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_delete(a.db, &mb.guid, &error), 0);
+	stor_mailbox_free(&mb);
+	export_from(&a, true, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT_EQUAL(stor_mailbox_get(b.db, USER, "FromB", &mb, &error), 0);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* An import the other node has not seen yet is no base for a delete: a
+ * bundle made without it cannot remove what the importer has. */
+static void test_bundle_stale_base_deletes_nothing(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT, stale = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	fill_user(&a, NULL);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	mk_mailbox(&b, USER, "OnlyB", NULL);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	/* B creates a mailbox, then imports a bundle A made on top of B's
+	 * last one: the base is known, and the new mailbox stays. */
+	export_from(&a, true, &stale, NULL);
+	mk_mailbox(&b, USER, "Later", NULL);
+	struct sync_bundle_import_result res;
+	import_ok(&b, &stale, &res);
+	CU_ASSERT_TRUE(res.base_known);
+	sync_bundle_import_result_free(&res);
+	struct stor_mailbox mb;
+	const char *error;
+	CU_ASSERT_EQUAL(stor_mailbox_get(b.db, USER, "Later", &mb, &error), 1);
+	stor_mailbox_free(&mb);
+	/* A, which never saw "Later", makes another bundle on the same old
+	 * base.  B's last common list holds "Later", but that list came from
+	 * an import A's bundle is not based on: "Later" must not be taken for
+	 * deleted by A. */
+	struct guid ai;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(a.db, USER, "INBOX", &mb, &error), 1);
+	ai = mb.guid;
+	stor_mailbox_free(&mb);
+	append(&a, &ai, "Subject: more\r\n\r\nmore\r\n", 0);
+	export_from(&a, true, &bundle, NULL);
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_FALSE(res.base_known);
+	sync_bundle_import_result_free(&res);
+	CU_ASSERT_EQUAL(stor_mailbox_get(b.db, USER, "Later", &mb, &error), 1);
+	stor_mailbox_free(&mb);
+	CU_ASSERT_EQUAL(stor_mailbox_get(b.db, USER, "OnlyB", &mb, &error), 1);
+	stor_mailbox_free(&mb);
+	/* The older bundle, imported after the newer one, is a replay. */
+	import_refused(&b, stale.data, stale.len, "bundle refused");
+	/* And a bundle each way still converges. */
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	buf_free(&bundle);
+	buf_free(&stale);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* ---- Refusals ---- */
+
+struct refusal_fixture {
+	struct node a, b;
+	struct buf bundle;
+};
+
+static void fixture_open(struct refusal_fixture *f)
+{
+	node_open(&f->a, SID_A);
+	node_open(&f->b, SID_B);
+	buf_init(&f->bundle);
+	fill_user(&f->a, NULL);
+	/* B has mail of its own, for both users, that must stay as it is. */
+	struct guid bi = mk_mailbox(&f->b, USER, "INBOX", NULL);
+	append(&f->b, &bi, "Subject: b\r\n\r\nb's own\r\n", 0);
+	struct guid oi = mk_mailbox(&f->b, OTHER, "INBOX", NULL);
+	append(&f->b, &oi, "Subject: bob\r\n\r\nbob's\r\n", 0);
+	export_from(&f->a, false, &f->bundle, NULL);
+}
+
+static void fixture_close(struct refusal_fixture *f)
+{
+	buf_free(&f->bundle);
+	node_close(&f->a);
+	node_close(&f->b);
+}
+
+static void test_bundle_truncated_is_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	size_t cuts[] = { 0, 1, 10, 60, f.bundle.len / 2, f.bundle.len - 170, f.bundle.len - 169,
+			  f.bundle.len - 90, f.bundle.len - 1 };
+	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++)
+		import_refused(&f.b, f.bundle.data, cuts[i], "bundle refused");
+	/* Longer than announced is refused too. */
+	buf_append(&f.bundle, "x", 1);
+	import_refused(&f.b, f.bundle.data, f.bundle.len, "longer");
+	fixture_close(&f);
+}
+
+static void test_bundle_any_bit_flip_is_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	char *before = dump(&f.b, USER);
+	unsigned char *copy = xmemdup(f.bundle.data, f.bundle.len);
+	for (size_t pos = 0; pos < f.bundle.len; pos++) {
+		copy[pos] ^= (unsigned char)(1u << (pos % 8));
+		char *error = NULL;
+		struct sync_bundle_import_settings set = {
+			.own_sid = SID_B, .key = cluster_key(), .scratch_parent = scratch_parent,
+		};
+		struct sync_bundle_import_result res;
+		int r = sync_bundle_import(f.b.db, &set, copy, f.bundle.len, &res, &error);
+		sync_bundle_import_result_free(&res);
+		if (r == 0)
+			fprintf(stderr, "flip at %zu accepted\n", pos);
+		CU_ASSERT_EQUAL(r, -1);
+		free(error);
+		copy[pos] ^= (unsigned char)(1u << (pos % 8));
+	}
+	char *after = dump(&f.b, USER);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	free(before);
+	free(after);
+	free(copy);
+	/* The untouched bundle still imports. */
+	import_ok(&f.b, &f.bundle, NULL);
+	fixture_close(&f);
+}
+
+static void test_bundle_signed_with_another_key_is_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	struct sync_bundle_export_settings set = {
+		.user = USER, .source_sid = SID_A,
+		.key = { other_secret, sizeof(other_secret) - 1, false },
+	};
+	char *error = NULL;
+	buf_reset(&f.bundle);
+	CU_ASSERT_EQUAL_FATAL(sync_bundle_export(f.a.db, &set, &f.bundle, NULL, &error), 0);
+	import_refused(&f.b, f.bundle.data, f.bundle.len, "another key");
+	/* A user key of another user does not sign for this one. */
+	unsigned char bob_key[32];
+	struct sync_bundle_key uk = { secret, sizeof(secret) - 1, true };
+	(void)bob_key;
+	struct sync_bundle_header hdr = { .user = OTHER, .source = SID_A, .created = 1700000000 };
+	struct buf bob_bundle = BUF_INIT;
+	sync_bundle_seal(&hdr, &uk, "", 0, &bob_bundle, NULL);
+	/* Swap the header's user: the signature no longer matches. */
+	struct buf forged = BUF_INIT;
+	const char *p = strstr(buf_cstr(&bob_bundle), "USER bob");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+	size_t off = (size_t)(p - (const char *)bob_bundle.data);
+	buf_append(&forged, bob_bundle.data, off);
+	buf_append_str(&forged, "USER alice");
+	buf_append(&forged, bob_bundle.data + off + 8, bob_bundle.len - off - 8);
+	import_refused(&f.b, forged.data, forged.len, "bundle refused");
+	buf_free(&forged);
+	buf_free(&bob_bundle);
+	fixture_close(&f);
+}
+
+/* A bundle for alice whose commands name bob: refused before anything is
+ * applied, for either user. */
+static void test_bundle_for_another_user_is_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	struct sync_bundle_key k = cluster_key();
+	struct sync_bundle_header hdr = { .user = USER, .source = SID_A, .created = 1700000000 };
+	const char *streams[] = {
+		"B1 CREATE bob INBOX 0123456789abcdef0123456789abcdef 7\r\n",
+		"B1 CREATE alice Work 0123456789abcdef0123456789abcdef 7\r\n"
+		"B2 SUBSCRIBE bob Work\r\n",
+		"B1 CREATE alice Work 0123456789abcdef0123456789abcdef 7\r\n"
+		"B2 MBOX 1 bob Work 7 0123456789abcdef0123456789abcdef\r\n",
+	};
+	for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
+		buf_reset(&f.bundle);
+		hdr.created++;
+		sync_bundle_seal(&hdr, &k, streams[i], strlen(streams[i]), &f.bundle, NULL);
+		import_refused(&f.b, f.bundle.data, f.bundle.len, "another user");
+	}
+	/* A KEY USER bundle signed with alice's key is accepted for alice. */
+	struct sync_bundle_key uk = { secret, sizeof(secret) - 1, true };
+	const char *ok = "B1 CREATE alice Work 0123456789abcdef0123456789abcdef 7\r\n";
+	buf_reset(&f.bundle);
+	hdr.created++;
+	sync_bundle_seal(&hdr, &uk, ok, strlen(ok), &f.bundle, NULL);
+	import_ok(&f.b, &f.bundle, NULL);
+	struct stor_mailbox mb;
+	const char *error;
+	CU_ASSERT_EQUAL(stor_mailbox_get(f.b.db, USER, "Work", &mb, &error), 1);
+	stor_mailbox_free(&mb);
+	fixture_close(&f);
+}
+
+static void test_bundle_bad_command_streams_are_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	struct sync_bundle_key k = cluster_key();
+	struct sync_bundle_header hdr = { .user = USER, .source = SID_A, .created = 1700000000 };
+	const char *g = "0123456789abcdef0123456789abcdef";
+	struct {
+		const char *stream, *want;
+	} cases[] = {
+		{ "B1 LIST alice\r\n", "no place" },
+		{ "B2 SUBSCRIBE alice x\r\n", "tag" },
+		{ "B1 SYNC-END\r\n", "outside" },
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		  "B4 SYNC-BEGIN 0 5 1 3\r\n", "middle" },
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		  "B4 SYNC-BEGIN 0 5 1 3\r\nB5 SAVE 1700000000+0000 9 1 %s () {1}\r\nx\r\n"
+		  "B6 SYNC-END\r\n", "UIDNEXT" },
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		  "B4 SYNC-BEGIN 0 5 1 3\r\nB5 SAVE 1700000000+0000 1 1 %s () NIL\r\n"
+		  "B6 SYNC-END\r\n", "does not hold" },
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		  "B4 SYNC-BEGIN 7 5 1 3\r\n", "whole mailboxes" },
+		{ "B1 CREATE alice W %s 7 ORIGIN 3\r\n", "option" },
+		{ "B1 CREATE alice W %s 7\r\nB2 CREATE alice W %s 7\r\n", "CREATE" },
+		{ "B1 SUBSCRIBE alice {5}\r\n", "command stream" },
+		{ "garbage", "command stream" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char stream[1024];
+		snprintf(stream, sizeof(stream), cases[i].stream, g, g, g);
+		buf_reset(&f.bundle);
+		hdr.created++;
+		sync_bundle_seal(&hdr, &k, stream, strlen(stream), &f.bundle, NULL);
+		import_refused(&f.b, f.bundle.data, f.bundle.len, cases[i].want);
+	}
+	fixture_close(&f);
+}
+
+static void test_bundle_own_and_future_bundles_are_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	import_refused(&f.a, f.bundle.data, f.bundle.len, "this node");
+	struct sync_bundle_key k = cluster_key();
+	struct sync_bundle_header hdr = { .user = USER, .source = SID_A,
+					  .created = 4000000000LL };
+	buf_reset(&f.bundle);
+	sync_bundle_seal(&hdr, &k, "", 0, &f.bundle, NULL);
+	import_refused(&f.b, f.bundle.data, f.bundle.len, "future");
+	fixture_close(&f);
+}
+
+static void test_bundle_state_of_another_user_is_refused(void)
+{
+	struct node a;
+	node_open(&a, SID_A);
+	fill_user(&a, NULL);
+	const char *state = "STARLING-BUNDLE-STATE 1\nUSER bob\nPEER 2\nBASE 1 "
+			    "0000000000000000000000000000000000000000000000000000000000000000\nEND\n";
+	struct sync_bundle_export_settings set = {
+		.user = USER, .source_sid = SID_A, .key = cluster_key(),
+		.state = state, .state_len = strlen(state),
+	};
+	struct buf out = BUF_INIT;
+	char *error = NULL;
+	CU_ASSERT_EQUAL(sync_bundle_export(a.db, &set, &out, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "another user") : NULL);
+	CU_ASSERT_EQUAL(out.len, 0);
+	free(error);
+	buf_free(&out);
+	node_close(&a);
+}
+
+static const struct test_case bundle_cases[] = {
+	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
+	{ "both directions converge", test_bundle_both_directions_converge },
+	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },
+	{ "truncated is refused", test_bundle_truncated_is_refused },
+	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
+	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },
+	{ "for another user is refused", test_bundle_for_another_user_is_refused },
+	{ "bad command streams are refused", test_bundle_bad_command_streams_are_refused },
+	{ "own and future bundles are refused", test_bundle_own_and_future_bundles_are_refused },
+	{ "state of another user is refused", test_bundle_state_of_another_user_is_refused },
+	{ NULL, NULL },
+};
+
+static int suite_init(void)
+{
+	scratch_parent = test_mkdtemp();
+	return 0;
+}
+
+static int suite_cleanup(void)
+{
+	test_rmtree(scratch_parent);
+	free(scratch_parent);
+	return 0;
+}
+
+static const struct test_suite suites[] = {
+	{ "bundle", bundle_cases, suite_init, suite_cleanup },
+	{ NULL, NULL, NULL, NULL },
+};
+
+int main(void)
+{
+	return test_run_suites("test-bundle", suites);
+}
