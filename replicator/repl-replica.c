@@ -588,6 +588,12 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER", "link not ready");
 		return;
 	}
+	bool message_cmd = proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||
+			   proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY");
+	if (message_cmd && selected == NULL) {
+		proto_conn_reply(conn, cmd->tag, "BAD", "NOSELECT", "no mailbox selected");
+		return;
+	}
 	if (proto_cmd_validate(cmd, &npos, &verr) < 0) {
 		proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", verr);
 		return;
