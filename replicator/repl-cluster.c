@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "mailbox-master/mm.h"
@@ -238,6 +239,7 @@ struct cl_fwd {
 	repl_done_cb *cb;
 	void *ctx;
 	unsigned attempts;
+	uint64_t busy_since;          /* clock_mono_ms() when a resync first held it */
 	uint32_t master;
 	struct cl_peer *peer;         /* while forwarded */
 	bool sent_nil;                /* APPEND sent its text as NIL */
@@ -718,10 +720,22 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 		return;
 	}
 	struct cl_peer *p = cl_peer_find(f->cl, ans->master);
-	if (p == NULL || p->conn == NULL || (f->cl->sync != NULL &&
-					       repl_sync_busy_with(f->cl->sync, p->sid) &&
-					       f->attempts + 1 < CL_FORWARD_ATTEMPTS)) {
+	if (p == NULL || p->conn == NULL) {
 		fwd_again(f, p == NULL ? "unknown node" : "no link");
+		return;
+	}
+	if (f->cl->sync != NULL && repl_sync_busy_with(f->cl->sync, p->sid)) {
+		/* A resync owns our direction of that link (its MBOX and
+		 * SELECT): wait for it, within the forwarding timeout. */
+		uint64_t now = clock_mono_ms();
+		if (f->busy_since == 0)
+			f->busy_since = now;
+		if (now - f->busy_since > CL_FORWARD_TIMEOUT_MS) {
+			fwd_autonomous(f, "a resync with the master takes too long");
+			return;
+		}
+		ev_timer_set(&f->retry, 0.1, 0.);
+		ev_timer_start(f->cl->loop, &f->retry);
 		return;
 	}
 	fwd_to_peer(f, p);
