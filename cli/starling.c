@@ -21,7 +21,12 @@ static const char usage_text[] =
 	"  master show -u USER [-m MAILBOX]\n"
 	"                                show the master of a mailbox's granule\n"
 	"  resync -u USER [--peer SID] [--full]\n"
-	"                                sync a user with a peer (default: every up peer)\n";
+	"                                sync a user with a peer (default: every up peer)\n"
+	"  bundle export -u USER [--since STATEFILE] -o FILE\n"
+	"                                write a user's change bundle for offline sync\n"
+	"  bundle import FILE [--state STATEFILE]\n"
+	"                                verify and merge a bundle; write the state for\n"
+	"                                the next export back (default FILE.state)\n";
 
 static const struct {
 	const char *name;
@@ -33,6 +38,7 @@ static const struct {
 	{ "status", cli_cmd_status },
 	{ "master", cli_cmd_master },
 	{ "resync", cli_cmd_resync },
+	{ "bundle", cli_cmd_bundle },
 };
 
 void cli_error(const char *fmt, ...)

@@ -16,6 +16,9 @@
  *                                       (default INBOX), SPEC.md 9
  *     RESYNC <user> [<peer>|0] [FULL]   sync the user with one peer (0 or
  *                                       none: every up peer), SPEC.md 10
+ *     BUNDLE-EXPORT <user> <size>       followed by <size> bytes of state file
+ *                                       (0: none, a full bundle), SPEC.md 11
+ *     BUNDLE-IMPORT <size>              followed by <size> bytes of bundle
  *
  *   The server answers with zero or more chunks "DATA <n>\n" followed by n
  *   bytes, then exactly one final line "OK [text]\n" or "NO <text>\n", and
@@ -37,6 +40,14 @@
  *   view, at the moment of the answer), once the node knows the master.
  *   Errors: "NO mailbox does not exist", "NO timeout" (no master known
  *   within MASTER_TIMEOUT_MS, e.g. while the root waits for a member).
+ *
+ *   BUNDLE-EXPORT answers the bundle file as DATA, then "OK mailboxes N
+ *   messages N tombstones N texts N left_out N".  BUNDLE-IMPORT verifies and
+ *   merges the bundle (sync/sync-bundle.h; the loop waits meanwhile), tells
+ *   the IMAP sessions, and answers the state file for the next export back
+ *   as DATA, then "OK user U source SID base known|unknown created N
+ *   received N renumbered N expunged N flags N", or "NO bundle refused:
+ *   ..." (nothing changed).  Both need cluster_secret_file.
  *
  *   RESYNC answers the report of repl-sync ("peer: SID", "mailboxes_checked:
  *   N", ..., "converged: yes|no" per peer), then "OK converged", or "NO
@@ -64,6 +75,8 @@
 #include "lib/passwd.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
+#include "replicator/repl-private.h"
+#include "sync/sync-bundle.h"
 
 #define ADMIN_MAX_LINE 8192
 #define ADMIN_MAX_TOKENS 8
@@ -103,7 +116,9 @@ struct admin_conn {
 	ev_timer timer;
 	enum conn_state state;
 	struct buf in, out;
-	/* DELIVER */
+	/* DELIVER, BUNDLE-EXPORT (body: the state file), BUNDLE-IMPORT (body:
+	 * the bundle) */
+	enum { BODY_DELIVER, BODY_BUNDLE_EXPORT, BODY_BUNDLE_IMPORT } body_kind;
 	char *user, *mailbox;
 	uint64_t body_size;
 	struct buf body;
@@ -293,9 +308,20 @@ static void deliver_defaults_done(void *ctx, const struct repl_result *res)
 	deliver_append(c);
 }
 
+static void bundle_export_run(struct admin_conn *c);
+static void bundle_import_run(struct admin_conn *c);
+
 static void deliver_body_complete(struct admin_conn *c)
 {
 	ev_timer_stop(c->admin->loop, &c->timer);
+	if (c->body_kind == BODY_BUNDLE_EXPORT) {
+		bundle_export_run(c);
+		return;
+	}
+	if (c->body_kind == BODY_BUNDLE_IMPORT) {
+		bundle_import_run(c);
+		return;
+	}
 	c->state = CONN_WAITING;
 	conn_update_io(c);
 	repl_user_ensure_defaults(c->admin->repl, c->user, deliver_defaults_done, c);
@@ -416,6 +442,116 @@ void repl_admin_set_resync(struct repl_admin *admin, const struct repl_admin_res
 	admin->resync_ctx = ctx;
 }
 
+/* ---- Change bundles (SPEC.md 11) ---- */
+
+static int bundle_secret(struct admin_conn *c, unsigned char **secret_r, size_t *len_r)
+{
+	const struct config *cfg = c->admin->cfg;
+	char *err = NULL;
+	if (cfg->cluster_secret_file == NULL) {
+		conn_reply(c, NULL, 0, "NO", "bundles are signed with the cluster secret: "
+					     "cluster_secret_file is not configured");
+		return -1;
+	}
+	if (sync_bundle_read_secret(cfg->cluster_secret_file, secret_r, len_r, &err) < 0) {
+		conn_reply(c, NULL, 0, "NO", err);
+		free(err);
+		return -1;
+	}
+	return 0;
+}
+
+static void bundle_export_run(struct admin_conn *c)
+{
+	const struct config *cfg = c->admin->cfg;
+	unsigned char *secret;
+	size_t secret_len;
+	if (bundle_secret(c, &secret, &secret_len) < 0)
+		return;
+	struct sync_bundle_export_settings set = {
+		.user = c->user,
+		.source_sid = cfg->node_id,
+		.key = { secret, secret_len, false },
+		.state = c->body_size > 0 ? (const void *)c->body.data : NULL,
+		.state_len = c->body.len,
+	};
+	struct sync_bundle_export_report rep;
+	struct buf out = BUF_INIT;
+	char *err = NULL;
+	if (sync_bundle_export(repl_db(c->admin->repl), &set, &out, &rep, &err) < 0) {
+		conn_reply(c, NULL, 0, "NO", err);
+	} else {
+		char text[160];
+		snprintf(text, sizeof(text), "mailboxes %u messages %u tombstones %u texts %u "
+			 "left_out %u", rep.mailboxes, rep.messages, rep.tombstones, rep.texts,
+			 rep.texts_left_out);
+		log_info("admin: bundle of %s exported (%zu bytes, %s)", c->user, out.len, text);
+		conn_reply(c, out.data, out.len, "OK", text);
+	}
+	free(err);
+	buf_free(&out);
+	free(secret);
+}
+
+static void bundle_import_run(struct admin_conn *c)
+{
+	const struct config *cfg = c->admin->cfg;
+	unsigned char *secret;
+	size_t secret_len;
+	if (bundle_secret(c, &secret, &secret_len) < 0)
+		return;
+	struct sync_bundle_import_settings set = {
+		.own_sid = cfg->node_id,
+		.key = { secret, secret_len, false },
+		.scratch_parent = cfg->data_dir,
+		.max_message_size = cfg->max_message_size,
+	};
+	struct sync_bundle_import_result res;
+	struct stor_db *db = repl_db(c->admin->repl);
+	char *err = NULL;
+	if (sync_bundle_import(db, &set, c->body.data != NULL ? (const void *)c->body.data : "",
+			       c->body.len, &res, &err) < 0) {
+		log_warnx("admin: bundle import: %s", err);
+		conn_reply(c, NULL, 0, "NO", err);
+	} else {
+		/* The merge does not say which mailboxes it changed: tell the
+		 * watchers of every mailbox of the user. */
+		stor_mailbox_array list = ARRAY_INIT;
+		const char *serr;
+		if (stor_mailbox_list(db, res.user, &list, &serr) == 0) {
+			for (size_t i = 0; i < list.count; i++)
+				repl_notify(c->admin->repl, res.user, &list.items[i].guid);
+			stor_mailbox_list_free(&list);
+		}
+		const struct sync_report *r = &res.report;
+		char text[256];
+		snprintf(text, sizeof(text), "user %s source %u base %s created %u received %u "
+			 "renumbered %u expunged %u flags %u", res.user, res.source,
+			 res.base_known ? "known" : "unknown", r->mailboxes_created,
+			 r->messages_received, r->messages_renumbered, r->messages_expunged,
+			 r->flags_changed);
+		log_info("admin: bundle imported: %s", text);
+		conn_reply(c, res.state.data, res.state.len, "OK", text);
+	}
+	sync_bundle_import_result_free(&res);
+	free(err);
+	free(secret);
+}
+
+/* Starts reading the body of a BUNDLE-* request (size checked by the
+ * caller). */
+static void bundle_body_begin(struct admin_conn *c, int kind, uint64_t size)
+{
+	c->body_kind = kind;
+	c->body_size = size;
+	c->state = CONN_BODY;
+	size_t take = buf_avail(&c->in) < size ? buf_avail(&c->in) : (size_t)size;
+	buf_append(&c->body, buf_rptr(&c->in), take);
+	buf_consume(&c->in, take);
+	if (c->body.len == c->body_size)
+		deliver_body_complete(c);
+}
+
 static void handle_request(struct admin_conn *c, char *line)
 {
 	struct repl_admin *a = c->admin;
@@ -489,6 +625,29 @@ static void handle_request(struct admin_conn *c, char *line)
 	}
 	if (strcmp(tok[0], "RESYNC") == 0 && n >= 2 && n <= 4) {
 		resync_request(c, tok, n);
+		return;
+	}
+	if (strcmp(tok[0], "BUNDLE-EXPORT") == 0 && n == 3) {
+		uint64_t size;
+		if (!passwd_user_name_valid(tok[1])) {
+			conn_reply(c, NULL, 0, "NO", "bad request: user name");
+			return;
+		}
+		if (str_to_u64(tok[2], SYNC_BUNDLE_MAX_STATE_SIZE, &size) < 0) {
+			conn_reply(c, NULL, 0, "NO", "bad request: state size (at most 64 MiB)");
+			return;
+		}
+		c->user = xstrdup(tok[1]);
+		bundle_body_begin(c, BODY_BUNDLE_EXPORT, size);
+		return;
+	}
+	if (strcmp(tok[0], "BUNDLE-IMPORT") == 0 && n == 2) {
+		uint64_t size;
+		if (str_to_u64(tok[1], SYNC_BUNDLE_MAX_SIZE, &size) < 0) {
+			conn_reply(c, NULL, 0, "NO", "bundle refused: larger than 1 GiB");
+			return;
+		}
+		bundle_body_begin(c, BODY_BUNDLE_IMPORT, size);
 		return;
 	}
 	if (strcmp(tok[0], "USERS") == 0 && n == 1) {

@@ -1,0 +1,335 @@
+/* `starling bundle export -u USER [--since STATEFILE] -o FILE` and
+ * `starling bundle import FILE [--state STATEFILE]`: change bundles for
+ * offline sync (SPEC.md 11, sync/sync-bundle.h).
+ *
+ * Export writes the user's copy on this node as a signed bundle to FILE
+ * (through a temporary file and a rename, so FILE is whole or absent);
+ * with --since, the state file an import here wrote, the texts the other
+ * node holds are left out.  Import verifies FILE completely, merges it,
+ * and writes the state for the next export back to STATEFILE (default
+ * FILE.state).  Both go through the running node's admin socket; when no
+ * node runs they open DATA_DIR/store themselves.  Exit 0 on success, else
+ * one line on stderr (a refused bundle changed nothing). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "lib/passwd.h"
+#include "lib/xalloc.h"
+#include "storage/storage.h"
+#include "sync/sync-bundle.h"
+
+static const char bundle_usage[] =
+	"usage: starling -c FILE bundle export -u USER [--since STATEFILE] -o FILE\n"
+	"       starling -c FILE bundle import FILE [--state STATEFILE]";
+
+/* An import of a large bundle may take a while. */
+#define BUNDLE_WAIT_MS (30 * 60 * 1000)
+
+/* Reads a whole file of at most max bytes. */
+static int read_file(const char *path, uint64_t max, struct buf *out)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		cli_error("%s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+		cli_error("%s: %s", path, S_ISREG(st.st_mode) ? "file too large" :
+								 "not a regular file");
+		close(fd);
+		return -1;
+	}
+	for (;;) {
+		unsigned char *dst = buf_reserve(out, 65536);
+		ssize_t n = read(fd, dst, 65536);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			cli_error("%s: %s", path, strerror(errno));
+			close(fd);
+			return -1;
+		}
+		if (n == 0)
+			break;
+		buf_commit(out, (size_t)n);
+		if (out->len > max) {
+			cli_error("%s: file too large", path);
+			close(fd);
+			return -1;
+		}
+	}
+	close(fd);
+	return 0;
+}
+
+/* Writes path.tmp, fsyncs it and renames it to path. */
+static int write_file(const char *path, const void *data, size_t len)
+{
+	char *tmp = xasprintf("%s.tmp", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int ret = fd < 0 ? -1 : 0;
+	const unsigned char *p = data;
+	while (ret == 0 && len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			ret = -1;
+		else {
+			p += n;
+			len -= (size_t)n;
+		}
+	}
+	if (ret == 0 && fsync(fd) < 0)
+		ret = -1;
+	if (fd >= 0 && close(fd) < 0)
+		ret = -1;
+	if (ret == 0 && rename(tmp, path) < 0)
+		ret = -1;
+	if (ret < 0) {
+		cli_error("writing %s: %s", path, strerror(errno));
+		unlink(tmp);
+	}
+	free(tmp);
+	return ret;
+}
+
+static int open_store(const struct config *cfg, struct stor_db **db_r)
+{
+	char *dir = xasprintf("%s/store", cfg->data_dir);
+	struct stor_settings set = { .dir = dir, .max_message_size = cfg->max_message_size };
+	char *err = NULL;
+	int r = stor_open(&set, db_r, &err);
+	free(dir);
+	if (r < 0) {
+		cli_error("%s", err);
+		free(err);
+	}
+	return r;
+}
+
+static int load_secret(const struct config *cfg, unsigned char **secret_r, size_t *len_r)
+{
+	char *err = NULL;
+	if (cfg->cluster_secret_file == NULL) {
+		cli_error("bundles are signed with the cluster secret: cluster_secret_file is "
+			  "not configured");
+		return -1;
+	}
+	if (sync_bundle_read_secret(cfg->cluster_secret_file, secret_r, len_r, &err) < 0) {
+		cli_error("%s", err);
+		free(err);
+		return -1;
+	}
+	return 0;
+}
+
+static int export_local(const struct config *cfg, const char *user, const struct buf *state,
+			struct buf *out, char **summary_r)
+{
+	unsigned char *secret;
+	size_t secret_len;
+	struct stor_db *db;
+	if (load_secret(cfg, &secret, &secret_len) < 0)
+		return -1;
+	if (open_store(cfg, &db) < 0) {
+		free(secret);
+		return -1;
+	}
+	struct sync_bundle_export_settings set = {
+		.user = user, .source_sid = cfg->node_id, .key = { secret, secret_len, false },
+		.state = state->len > 0 ? (const void *)state->data : NULL, .state_len = state->len,
+	};
+	struct sync_bundle_export_report rep;
+	char *err = NULL;
+	int r = sync_bundle_export(db, &set, out, &rep, &err);
+	if (r < 0)
+		cli_error("export failed: %s", err);
+	else
+		*summary_r = xasprintf("mailboxes %u messages %u tombstones %u texts %u left_out %u",
+				       rep.mailboxes, rep.messages, rep.tombstones, rep.texts,
+				       rep.texts_left_out);
+	free(err);
+	stor_close(&db);
+	free(secret);
+	return r;
+}
+
+static int cmd_export(const struct config *cfg, int argc, char **argv)
+{
+	const char *user = NULL, *since = NULL, *file = NULL;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "-u") == 0 && i + 1 < argc)
+			user = argv[++i];
+		else if (strcmp(argv[i], "--since") == 0 && i + 1 < argc)
+			since = argv[++i];
+		else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc)
+			file = argv[++i];
+		else
+			user = file = NULL, i = argc;
+	}
+	if (user == NULL || file == NULL) {
+		cli_error("%s", bundle_usage);
+		return 2;
+	}
+	if (!passwd_user_name_valid(user)) {
+		cli_error("invalid user name '%s'", user);
+		return 1;
+	}
+	struct buf state = BUF_INIT, out = BUF_INIT;
+	if (since != NULL && read_file(since, SYNC_BUNDLE_MAX_STATE_SIZE, &state) < 0) {
+		buf_free(&state);
+		return 1;
+	}
+	char size[32];
+	snprintf(size, sizeof(size), "%zu", state.len);
+	const char *tokens[] = { "BUNDLE-EXPORT", user, size };
+	char *text = NULL;
+	int ret = 1;
+	switch (cli_admin_request(cfg, tokens, 3, state.data, state.len, &out, &text,
+				  BUNDLE_WAIT_MS)) {
+	case CLI_ADMIN_OK:
+		ret = 0;
+		break;
+	case CLI_ADMIN_UNREACHABLE:
+		free(text);
+		text = NULL;
+		buf_reset(&out);
+		ret = export_local(cfg, user, &state, &out, &text) < 0 ? 1 : 0;
+		break;
+	case CLI_ADMIN_NO:
+		cli_error("export failed: %s", text);
+		break;
+	case CLI_ADMIN_FAILED:
+		cli_error("%s", text);
+		break;
+	}
+	if (ret == 0 && write_file(file, out.data != NULL ? (const void *)out.data : "",
+				   out.len) < 0)
+		ret = 1;
+	if (ret == 0)
+		printf("exported %s to %s: %zu bytes, %s\n", user, file, out.len, text);
+	free(text);
+	buf_free(&state);
+	buf_free(&out);
+	return ret;
+}
+
+static int import_local(const struct config *cfg, const struct buf *bundle, struct buf *state,
+			char **summary_r)
+{
+	unsigned char *secret;
+	size_t secret_len;
+	struct stor_db *db;
+	if (load_secret(cfg, &secret, &secret_len) < 0)
+		return -1;
+	if (open_store(cfg, &db) < 0) {
+		free(secret);
+		return -1;
+	}
+	struct sync_bundle_import_settings set = {
+		.own_sid = cfg->node_id, .key = { secret, secret_len, false },
+		.scratch_parent = cfg->data_dir, .max_message_size = cfg->max_message_size,
+	};
+	struct sync_bundle_import_result res;
+	char *err = NULL;
+	int r = sync_bundle_import(db, &set, bundle->data != NULL ? (const void *)bundle->data : "",
+				   bundle->len, &res, &err);
+	if (r < 0) {
+		cli_error("%s", err);
+	} else {
+		const struct sync_report *rep = &res.report;
+		buf_append(state, res.state.data, res.state.len);
+		*summary_r = xasprintf("user %s source %u base %s created %u received %u "
+				       "renumbered %u expunged %u flags %u", res.user, res.source,
+				       res.base_known ? "known" : "unknown", rep->mailboxes_created,
+				       rep->messages_received, rep->messages_renumbered,
+				       rep->messages_expunged, rep->flags_changed);
+	}
+	sync_bundle_import_result_free(&res);
+	free(err);
+	stor_close(&db);
+	free(secret);
+	return r;
+}
+
+static int cmd_import(const struct config *cfg, int argc, char **argv)
+{
+	const char *file = NULL, *state_path = NULL;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
+			state_path = argv[++i];
+		else if (argv[i][0] != '-' && file == NULL)
+			file = argv[i];
+		else
+			file = NULL, i = argc;
+	}
+	if (file == NULL) {
+		cli_error("%s", bundle_usage);
+		return 2;
+	}
+	struct buf bundle = BUF_INIT, state = BUF_INIT;
+	if (read_file(file, SYNC_BUNDLE_MAX_SIZE, &bundle) < 0) {
+		buf_free(&bundle);
+		return 1;
+	}
+	char size[32];
+	snprintf(size, sizeof(size), "%zu", bundle.len);
+	const char *tokens[] = { "BUNDLE-IMPORT", size };
+	char *text = NULL;
+	int ret = 1;
+	switch (cli_admin_request(cfg, tokens, 2, bundle.data, bundle.len, &state, &text,
+				  BUNDLE_WAIT_MS)) {
+	case CLI_ADMIN_OK:
+		ret = 0;
+		break;
+	case CLI_ADMIN_UNREACHABLE:
+		free(text);
+		text = NULL;
+		buf_reset(&state);
+		ret = import_local(cfg, &bundle, &state, &text) < 0 ? 1 : 0;
+		break;
+	case CLI_ADMIN_NO:
+		cli_error("%s", text);
+		break;
+	case CLI_ADMIN_FAILED:
+		cli_error("%s", text);
+		break;
+	}
+	char *default_state = xasprintf("%s.state", file);
+	if (state_path == NULL)
+		state_path = default_state;
+	if (ret == 0 && write_file(state_path, state.data != NULL ? (const void *)state.data : "",
+				   state.len) < 0) {
+		cli_error("the bundle was imported, but its state file could not be written: "
+			  "export the next bundle back without --since");
+		ret = 1;
+	}
+	if (ret == 0)
+		printf("imported %s: %s; state for the next export back: %s\n", file, text,
+		       state_path);
+	free(default_state);
+	free(text);
+	buf_free(&bundle);
+	buf_free(&state);
+	return ret;
+}
+
+int cli_cmd_bundle(const struct config *cfg, int argc, char **argv)
+{
+	if (argc >= 2 && strcmp(argv[1], "export") == 0)
+		return cmd_export(cfg, argc, argv);
+	if (argc >= 2 && strcmp(argv[1], "import") == 0)
+		return cmd_import(cfg, argc, argv);
+	cli_error("%s", bundle_usage);
+	return 2;
+}
