@@ -415,11 +415,59 @@ static bool guids_have(const guid_array *g, const struct guid *x)
 	       bsearch(x, g->items, g->count, sizeof(g->items[0]), guid_qcmp) != NULL;
 }
 
+/* A message whose state an import here took over unchanged from the bundle
+ * (same UID, GUID, flags and keywords): the merge may have given it a new
+ * modseq here and in the scratch copy, but not on the other node.  While it
+ * keeps that modseq here, the next export back writes the bundle's modseq
+ * for it, so that the other node's own later change of the message (whose
+ * modseq may be below ours) still wins over a state it already had. */
+struct adopt {
+	struct guid mailbox;
+	uint32_t uid;
+	uint64_t bundle_modseq, our_modseq;
+};
+typedef ARRAY(struct adopt) adopt_array;
+
+static int adopt_cmp(const void *a, const void *b)
+{
+	const struct adopt *x = a, *y = b;
+	int c = guid_cmp(&x->mailbox, &y->mailbox);
+	if (c != 0)
+		return c;
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
 struct bundle_state {
 	int64_t base_created;
 	unsigned char base_digest[32];
 	guid_array texts;
+	adopt_array adopts;
 };
+
+static void state_free(struct bundle_state *st)
+{
+	ARRAY_FREE(&st->texts);
+	ARRAY_FREE(&st->adopts);
+}
+
+/* "ADOPT <mailbox guid> <uid> <bundle modseq> <our modseq>" */
+static int adopt_parse(char *line, struct adopt *a_r)
+{
+	char *f[5], *save = NULL;
+	size_t n = 0;
+	for (char *t = strtok_r(line, " ", &save); t != NULL && n < 5; t = strtok_r(NULL, " ", &save))
+		f[n++] = t;
+	uint64_t uid, bm, om;
+	if (n != 5 || strcmp(f[0], "ADOPT") != 0 || strlen(f[1]) != 32 ||
+	    guid_from_hex(f[1], &a_r->mailbox) < 0 || str_to_u64(f[2], UINT32_MAX, &uid) < 0 ||
+	    uid == 0 || str_to_u64(f[3], INT64_MAX, &bm) < 0 ||
+	    str_to_u64(f[4], INT64_MAX, &om) < 0 || bm > om)
+		return -1;
+	a_r->uid = (uint32_t)uid;
+	a_r->bundle_modseq = bm;
+	a_r->our_modseq = om;
+	return 0;
+}
 
 /* Parses a state file written by an import (see write_state()). */
 static int state_parse(const void *data, size_t len, const char *user,
@@ -462,6 +510,12 @@ static int state_parse(const void *data, size_t len, const char *user,
 			stage++;
 		} else if (stage == 4 && strcmp(line, "END") == 0) {
 			stage++;
+		} else if (stage == 4 && str_has_prefix(line, "ADOPT ")) {
+			struct adopt a;
+			if (adopt_parse(line, &a) < 0)
+				bad = "bad ADOPT line";
+			else
+				ARRAY_PUSH(&st_r->adopts, a);
 		} else if (stage == 4) {
 			struct guid g;
 			if (!str_has_prefix(line, "TEXT ") || guid_from_hex(line + 5, &g) < 0 ||
@@ -477,16 +531,19 @@ static int state_parse(const void *data, size_t len, const char *user,
 		bad = "truncated";
 	buf_free(&b);
 	if (bad != NULL) {
-		ARRAY_FREE(&st_r->texts);
+		state_free(st_r);
 		*error_r = fmt_error("state file: %s", bad);
 		return -1;
 	}
 	guids_sort_unique(&st_r->texts);
+	if (st_r->adopts.count > 0)
+		qsort(st_r->adopts.items, st_r->adopts.count, sizeof(st_r->adopts.items[0]),
+		      adopt_cmp);
 	return 0;
 }
 
 static void write_state(struct buf *out, const char *user, uint32_t peer, int64_t created,
-			const char *digest_hex, const guid_array *texts)
+			const char *digest_hex, const guid_array *texts, const struct buf *adopts)
 {
 	buf_appendf(out, "%s\nUSER %s\nPEER %u\nBASE %" PRId64 " %s\n", STATE_MAGIC, user, peer,
 		    created, digest_hex);
@@ -495,6 +552,7 @@ static void write_state(struct buf *out, const char *user, uint32_t peer, int64_
 		guid_to_hex(&texts->items[i], gh);
 		buf_appendf(out, "TEXT %s\n", gh);
 	}
+	buf_append(out, adopts->data, adopts->len);
 	buf_append_str(out, "END\n");
 }
 
@@ -509,6 +567,7 @@ struct exporter {
 	unsigned tag;
 	struct deflater d;
 	const guid_array *held;
+	const adopt_array *adopts;
 	struct sync_bundle_export_report rep;
 };
 
@@ -526,13 +585,22 @@ static void ex_end(struct exporter *e)
 		deflater_add(&e->d, &e->line);
 }
 
-static int ex_message(struct exporter *e, const struct stor_msg *m, char **error_r)
+static int ex_message(struct exporter *e, const struct guid *mailbox, const struct stor_msg *m,
+		      char **error_r)
 {
 	const char *err;
+	uint64_t modseq = m->modseq;
+	if (e->adopts != NULL && e->adopts->count > 0) {
+		struct adopt key = { .mailbox = *mailbox, .uid = m->uid };
+		const struct adopt *a = bsearch(&key, e->adopts->items, e->adopts->count,
+						sizeof(key), adopt_cmp);
+		if (a != NULL && a->our_modseq == m->modseq)
+			modseq = a->bundle_modseq;
+	}
 	ex_begin(e, "SAVE");
 	proto_wr_date(&e->w, m->internaldate < 0 ? 0 : m->internaldate, m->internaldate_tz);
 	proto_wr_u64(&e->w, m->uid);
-	proto_wr_u64(&e->w, m->modseq);
+	proto_wr_u64(&e->w, modseq);
 	proto_wr_guid(&e->w, &m->guid);
 	sync_wr_flags(&e->w, m->flags, &m->keywords);
 	if (e->held != NULL && guids_have(e->held, &m->guid)) {
@@ -583,7 +651,7 @@ static int ex_mailbox(struct exporter *e, uint32_t id, const struct stor_mailbox
 	ex_end(e);
 	int ret = 0;
 	for (size_t i = 0; i < msgs.count && ret == 0; i++)
-		ret = ex_message(e, &msgs.items[i], error_r);
+		ret = ex_message(e, &mb->guid, &msgs.items[i], error_r);
 	/* A tombstone is the message as it was, then its expunge: SPEC
 	 * syntax that carries the tombstone's GUID. */
 	for (size_t i = 0; i < tombs.count && ret == 0; i++) {
@@ -636,6 +704,7 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 	e.db = db;
 	e.user = set->user;
 	e.held = have_state ? &st.texts : NULL;
+	e.adopts = have_state ? &st.adopts : NULL;
 	buf_init(&e.line);
 	proto_wr_init(&e.w, &e.line);
 	deflater_init(&e.d);
@@ -706,7 +775,7 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 	buf_free(&e.line);
 	buf_free(&e.d.comp);
 	if (have_state)
-		ARRAY_FREE(&st.texts);
+		state_free(&st);
 	return ret;
 }
 
@@ -946,6 +1015,11 @@ struct ld_msg {
 	int tz;
 };
 
+struct ld_snap {
+	struct guid mailbox;
+	stor_msg_list msgs;
+};
+
 struct loader {
 	struct stor_db *db, *scratch;
 	const struct verified *v;
@@ -963,6 +1037,9 @@ struct loader {
 	 * is a tombstone (see ld_tomb_hides_move()). */
 	struct ld_msg pending;
 	bool pending_active;
+	/* Every mailbox's messages as the bundle has them, for the ADOPT
+	 * lines of the state file. */
+	ARRAY(struct ld_snap) snaps;
 	char *error;
 };
 
@@ -1283,7 +1360,8 @@ static int ld_sync_end(struct loader *l)
 		return ld_fail(l, "%s", err);
 	for (size_t i = 0; i < msgs.count; i++)
 		ARRAY_PUSH(&l->texts, msgs.items[i].guid);
-	stor_msg_list_free(&msgs);
+	struct ld_snap snap = { l->sel, msgs };
+	ARRAY_PUSH(&l->snaps, snap);
 	l->in_sync = false;
 	return 0;
 }
@@ -1496,6 +1574,49 @@ static int merge(struct stor_db *db, struct stor_db *scratch, const struct verif
 	return ret;
 }
 
+/* ADOPT lines: messages we hold after the merge exactly as the bundle had
+ * them (see struct adopt). */
+static int adopts_write(struct stor_db *db, const struct loader *l, struct buf *out,
+			char **error_r)
+{
+	const char *err;
+	for (size_t i = 0; i < l->snaps.count; i++) {
+		const struct ld_snap *sn = &l->snaps.items[i];
+		stor_msg_list ours;
+		if (sn->msgs.count == 0)
+			continue;
+		if (stor_msg_list_range(db, &sn->mailbox, 1, UINT32_MAX, &ours, &err) < 0) {
+			*error_r = fmt_error("%s", err);
+			return -1;
+		}
+		char gh[GUID_HEX_SIZE];
+		guid_to_hex(&sn->mailbox, gh);
+		size_t j = 0;
+		for (size_t k = 0; k < sn->msgs.count; k++) {
+			const struct stor_msg *b = &sn->msgs.items[k];
+			while (j < ours.count && ours.items[j].uid < b->uid)
+				j++;
+			if (j == ours.count)
+				break;
+			const struct stor_msg *o = &ours.items[j];
+			if (o->uid == b->uid && guid_cmp(&o->guid, &b->guid) == 0 &&
+			    o->modseq >= b->modseq &&
+			    sync_flags_equal(o->flags, &o->keywords, b->flags, &b->keywords))
+				buf_appendf(out, "ADOPT %s %u %" PRIu64 " %" PRIu64 "\n", gh, b->uid,
+					    b->modseq, o->modseq);
+		}
+		stor_msg_list_free(&ours);
+	}
+	return 0;
+}
+
+static void ld_snaps_free(struct loader *l)
+{
+	for (size_t i = 0; i < l->snaps.count; i++)
+		stor_msg_list_free(&l->snaps.items[i].msgs);
+	ARRAY_FREE(&l->snaps);
+}
+
 int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_settings *set,
 		       const void *data, size_t len, struct sync_bundle_import_result *res_r,
 		       char **error_r)
@@ -1579,13 +1700,19 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 		*error_r = fmt_error("storing the merge: %s", err);
 		ret = -1;
 	}
+	struct buf adopts = BUF_INIT;
+	if (ret == 0)
+		ret = adopts_write(db, &l, &adopts, error_r);
 	if (ret == 0) {
 		guids_sort_unique(&l.texts);
-		write_state(&res_r->state, v.user, v.source, v.created, v.digest_hex, &l.texts);
+		write_state(&res_r->state, v.user, v.source, v.created, v.digest_hex, &l.texts,
+			    &adopts);
 		res_r->user = xstrdup(v.user);
 		res_r->source = v.source;
 		res_r->base_known = base_known;
 	}
+	buf_free(&adopts);
+	ld_snaps_free(&l);
 	ARRAY_FREE(&l.texts);
 	free(l.error);
 	stor_close(&scratch);

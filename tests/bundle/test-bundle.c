@@ -347,6 +347,75 @@ static void test_bundle_both_directions_converge(void)
 	node_close(&b);
 }
 
+/* An import stamps new modseqs on what it merged, here only: the other node
+ * never sees those.  A flag change the other node makes afterwards (with a
+ * modseq that may be below the stamps) must still win on the next round,
+ * in both directions. */
+static void test_bundle_later_flag_changes_win(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid inbox = mk_mailbox(&a, USER, "INBOX", NULL);
+	for (int i = 0; i < 4; i++)
+		append(&a, &inbox, "Subject: a\r\n\r\nfrom a\r\n", 0);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	/* Both append at the same UIDs while apart: conflicts, so both
+	 * imports renumber and stamp new modseqs. */
+	for (int i = 0; i < 3; i++) {
+		append(&a, &inbox, "Subject: a2\r\n\r\nfrom a\r\n", 0);
+		append(&b, &inbox, "Subject: b2\r\n\r\nfrom b\r\n", 0);
+	}
+	export_from(&a, true, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	CU_ASSERT_TRUE_FATAL(dumps_equal(&a, &b));
+	struct stor_mailbox mbx;
+	const char *merr;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(b.db, &inbox, &mbx, &merr), 1);
+	uint32_t top = mbx.uidnext - 1;
+	stor_mailbox_free(&mbx);
+	for (int round = 0; round < 3; round++) {
+		/* B changes a message after its export, A does nothing. */
+		uint32_t uid = top - (uint32_t)round;
+		char name[16];
+		const char *error;
+		set_flags(&b, &inbox, uid, STOR_FLAG_ANSWERED, "$Round");
+		snprintf(name, sizeof(name), "a%d", round);
+		CU_ASSERT_EQUAL_FATAL(stor_subscribe(a.db, USER, name, true, &error), 0);
+		export_from(&a, true, &bundle, NULL);
+		import_ok(&b, &bundle, NULL);
+		struct stor_msg m;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &inbox, uid, &m, &error), 1);
+		CU_ASSERT_EQUAL(m.flags, STOR_FLAG_ANSWERED);
+		stor_msg_free(&m);
+		export_from(&b, true, &bundle, NULL);
+		import_ok(&a, &bundle, NULL);
+		CU_ASSERT_TRUE(dumps_equal(&a, &b));
+		/* And the other way: A changes after its import (B's next
+		 * bundle must differ from its last one, or it is a replay). */
+		set_flags(&a, &inbox, uid, STOR_FLAG_SEEN, NULL);
+		snprintf(name, sizeof(name), "b%d", round);
+		CU_ASSERT_EQUAL_FATAL(stor_subscribe(b.db, USER, name, true, &error), 0);
+		export_from(&b, true, &bundle, NULL);
+		import_ok(&a, &bundle, NULL);
+		CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &inbox, uid, &m, &error), 1);
+		CU_ASSERT_EQUAL(m.flags, STOR_FLAG_SEEN);
+		stor_msg_free(&m);
+		export_from(&a, true, &bundle, NULL);
+		import_ok(&b, &bundle, NULL);
+		CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	}
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* An import the other node has not seen yet is no base for a delete: a
  * bundle made without it cannot remove what the importer has. */
 static void test_bundle_stale_base_deletes_nothing(void)
@@ -621,6 +690,7 @@ static const struct test_case bundle_cases[] = {
 	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },
+	{ "later flag changes win", test_bundle_later_flag_changes_win },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
 	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },
