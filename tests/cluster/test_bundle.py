@@ -19,7 +19,8 @@ node's admin socket).  Checked here:
     cluster secret, or is for alice but names bob inside (made here in
     Python from SPEC.md 11, signed with the right key) is refused: exit
     non-zero, one line on stderr, both users' dumps unchanged;
-  - the same bundle imported twice is refused as a replay.
+  - the same bundle imported twice is refused as a replay;
+  - with both nodes stopped, export and import open the stores themselves.
 
 The last line is "test-bundle: N passed, M failed".
 """
@@ -214,6 +215,7 @@ def t_converge():
             r.returncode != 0 and ok and b"replay" in r.stderr, r.stderr)
     R.check("the replay changed nothing", (n1.dump(USER), n1.dump(OTHER)) == before)
     t_refusals(c, b4)
+    t_stopped(c)
     c.close()
     reps = c.sanitizer_reports()
     R.check("no sanitizer report in the node logs", not reps, reps)
@@ -284,6 +286,26 @@ def t_refusals(c, good_path):
     r = n1.cli("bundle", "import", os.path.join(c.dir, "missing.bundle"))
     R.check("a missing file fails with one line", r.returncode != 0 and one_line(r.stderr)[0],
             r.stderr)
+
+
+def t_stopped(c):
+    """With no node running, the CLI opens the stores itself."""
+    n1, n2 = c.nodes
+    n1.deliver(USER, message(1, 60))
+    c.stop_all()
+    d2_before = n2.dump(USER)
+    p = os.path.join(c.dir, "offline1.bundle")
+    r = bundle_export(n1, p)
+    R.check("stopped nodes: export opens the store and exits 0", r.returncode == 0, r.stderr)
+    r = bundle_import(n2, p)
+    R.check("stopped nodes: import opens the store and exits 0", r.returncode == 0, r.stderr)
+    R.check("stopped nodes: the import changed node 2", n2.dump(USER) != d2_before)
+    p2 = os.path.join(c.dir, "offline2.bundle")
+    r = bundle_export(n2, p2, since=p + ".state")
+    r2 = bundle_import(n1, p2)
+    R.check("stopped nodes: the bundle back exits 0", r.returncode == 0 and r2.returncode == 0,
+            (r.stderr, r2.stderr))
+    R.check("stopped nodes: the dumps are identical", n1.dump(USER) == n2.dump(USER))
 
 
 def main():
