@@ -935,6 +935,13 @@ static int verify(struct stor_db *db, const struct sync_bundle_import_settings *
 	/* 2, 3. */
 	if (parse_header(data, len, v, error_r) < 0)
 		return -1;
+	/* A body may not announce more than four times the file limit: a
+	 * signed bundle still cannot make the scratch copy fill the disk. */
+	if (v->raw_len / 4 > max) {
+		*error_r = fmt_error("bundle refused: the body announces %" PRIu64 " uncompressed "
+				     "octets, more than 4 times the limit", v->raw_len);
+		return -1;
+	}
 	/* 4. */
 	if (v->comp_len > len || v->header_len + v->comp_len + BUNDLE_TRAILER_LEN != len) {
 		*error_r = xstrdup(v->header_len + v->comp_len + BUNDLE_TRAILER_LEN > len ?

@@ -507,6 +507,26 @@ static void test_bundle_truncated_is_refused(void)
 			  f.bundle.len - 90, f.bundle.len - 1 };
 	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++)
 		import_refused(&f.b, f.bundle.data, cuts[i], "bundle refused");
+	/* A body that announces more than 4 times the file limit. */
+	struct sync_bundle_import_settings small = {
+		.own_sid = SID_B, .key = cluster_key(), .scratch_parent = scratch_parent,
+		.max_size = 4096,
+	};
+	struct buf big = BUF_INIT;
+	struct sync_bundle_header hdr = { .user = USER, .source = SID_A, .created = 1700000000 };
+	struct sync_bundle_key k = cluster_key();
+	char *stream = xcalloc(1, 20000);
+	memset(stream, ' ', 19999);
+	sync_bundle_seal(&hdr, &k, stream, 19999, &big, NULL);
+	free(stream);
+	CU_ASSERT_TRUE(big.len < 4096);
+	struct sync_bundle_import_result res;
+	char *error = NULL;
+	CU_ASSERT_EQUAL(sync_bundle_import(f.b.db, &small, big.data, big.len, &res, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "4 times") : NULL);
+	sync_bundle_import_result_free(&res);
+	free(error);
+	buf_free(&big);
 	/* Longer than announced is refused too. */
 	buf_append(&f.bundle, "x", 1);
 	import_refused(&f.b, f.bundle.data, f.bundle.len, "longer");
