@@ -1120,10 +1120,9 @@ static int ld_mbox(struct loader *l, const struct proto_cmd *cmd)
 		stor_mailbox_free(&mb);
 	if (!ok)
 		return ld_fail(l, "MBOX of a mailbox the bundle did not create");
-	for (size_t i = 0; i < l->ids.count; i++) {
-		if (l->ids.items[i].id == id)
-			return ld_fail(l, "MBOX id %u given twice", id);
-	}
+	/* Ids are 1, 2, ... in order, so SELECT finds one by index. */
+	if (id != l->ids.count + 1)
+		return ld_fail(l, "MBOX id %u out of order", id);
 	if (l->ids.count >= SYNC_MAX_MAILBOXES)
 		return ld_fail(l, "too many mailboxes");
 	struct srv_id e = { id, g };
@@ -1136,14 +1135,11 @@ static int ld_select(struct loader *l, const struct proto_cmd *cmd)
 	uint32_t id;
 	if (proto_arg_u32(&cmd->args[0], &id) < 0)
 		return ld_fail(l, "bad SELECT");
-	for (size_t i = 0; i < l->ids.count; i++) {
-		if (l->ids.items[i].id == id) {
-			l->selected = true;
-			l->sel = l->ids.items[i].guid;
-			return 0;
-		}
-	}
-	return ld_fail(l, "SELECT of an unknown id");
+	if (id == 0 || id > l->ids.count)
+		return ld_fail(l, "SELECT of an unknown id");
+	l->selected = true;
+	l->sel = l->ids.items[id - 1].guid;
+	return 0;
 }
 
 static int ld_sync_begin(struct loader *l, const struct proto_cmd *cmd, size_t npos)
@@ -1325,11 +1321,17 @@ static int ld_expunged_here(struct loader *l, uint32_t uid, const struct guid *g
 			return ld_fail(l, "%s", err);
 		stor_msg_list_free(&msgs);
 	}
-	for (size_t i = 0; i < tombs->count; i++) {
-		if (tombs->items[i].uid == uid && guid_cmp(&tombs->items[i].guid, g) == 0)
-			return 1;
+	/* Tombstones come in UID order. */
+	size_t lo = 0, hi = tombs->count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (tombs->items[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-	return 0;
+	return lo < tombs->count && tombs->items[lo].uid == uid &&
+	       guid_cmp(&tombs->items[lo].guid, g) == 0;
 }
 
 static int ld_sync_end(struct loader *l)

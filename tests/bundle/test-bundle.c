@@ -657,6 +657,9 @@ static void test_bundle_bad_command_streams_are_refused(void)
 		  "B4 SYNC-BEGIN 7 5 1 3\r\n", "whole mailboxes" },
 		{ "B1 CREATE alice W %s 7 ORIGIN 3\r\n", "option" },
 		{ "B1 CREATE alice W %s 7\r\nB2 CREATE alice W %s 7\r\n", "CREATE" },
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 2 alice W 7 %s\r\n", "out of order" },
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 2\r\n",
+		  "unknown id" },
 		{ "B1 SUBSCRIBE alice {5}\r\n", "command stream" },
 		{ "garbage", "command stream" },
 	};
