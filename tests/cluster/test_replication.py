@@ -17,7 +17,8 @@ next ones.  Checked here:
     it catches up, nothing OK'd is lost;
   - kill -9 of the mailbox's master (`starling master show`) while clients
     APPEND on all nodes: after failover every OK'd APPEND is on the
-    survivors (and on the restarted node once it is back);
+    survivors exactly once and their dumps are equal, and so on all three
+    once the old master is back (twice, with two users);
   - concurrent conflicting STOREs on two nodes: every node ends with the
     same FLAGS and MODSEQ per message (CONDSTORE); STORE (UNCHANGEDSINCE
     stale) right after another node's change is refused with MODIFIED on
@@ -28,7 +29,13 @@ next ones.  Checked here:
     the master's link to a replica cut, the backlog grows; restored, it
     drains to 0 and the dumps become equal;
   - CREATE, RENAME, DELETE, SUBSCRIBE, UNSUBSCRIBE on one node appear on
-    the others (LIST, LSUB, dump).
+    the others (LIST, LSUB, dump);
+  - `starling deliver` on one node reaches every node; COPY and MOVE keep
+    the message's GUID on every node; EXPUNGE and MOVE made on one node show
+    as EXPUNGE in an IDLE session on another;
+  - the master cut off from both peers while clients write on both sides
+    (each side goes on by itself), then healed: every node ends with every
+    OK'd message exactly once, identical dumps and one master.
 
 Waits are bounded (CONVERGE seconds for replication to show, longer after a
 restart).  Figures are printed as "measured: ...".  The last line is
@@ -320,8 +327,13 @@ def check_oks_present(what, nodes, usr, oks, mailbox="INBOX", check_uids=True):
         R.check("%s: every one of the %d OK'd messages is on node %d" %
                 (what, len(oks), n.node_id), not missing,
                 "%d missing, e.g. %s" % (len(missing), missing[:5]))
-        R.check("%s: no message twice on node %d" % (what, n.node_id), not dup,
-                {m: have[m] for m in dup[:5]})
+        detail = None
+        if dup:
+            # What the node holds at those UIDs: same GUID twice, or two.
+            lines = msg_lines(n.dump(usr), mailbox)
+            detail = {m: [ln for ln in lines for u in have[m] if " uid=%d " % u in ln]
+                      for m in dup[:5]}
+        R.check("%s: no message twice on node %d" % (what, n.node_id), not dup, detail)
         if check_uids:
             wrong = [(m, u, have[m]) for m, u in oks.items()
                      if u is not None and m in have and have[m] != [u]]
@@ -352,7 +364,7 @@ def fetch_flags_modseq(node, usr, mailbox="INBOX"):
 # ---------------------------------------------------------------- sections
 def t_setup():
     global CLUSTER
-    users = {user(s): PASSWORD for s in range(1, 9)}
+    users = {user(s): PASSWORD for s in range(1, 12)}
     c = Cluster(n=3, users=users, proxies=True, extra_config={"sync_replicas": 1})
     CLUSTER = c
     c.start_all()
@@ -470,10 +482,10 @@ def t_kill_replica():
     check_oks_present("replica killed and restarted", c.nodes, usr, oks)
 
 
-def t_kill_master():
+def t_kill_master(section=4):
     c = CLUSTER
     ensure_all_up(c)
-    usr = user(4)
+    usr = user(section)
     prepare_user(c, usr)
     m = master_of(c.nodes[0], usr)
     R.check("node 1 names a master of INBOX", m is not None)
@@ -674,7 +686,7 @@ def t_idle_sees_remote_append():
                 (b_node.node_id, exists + 1, a_node.node_id, IDLE_BOUND),
                 ok and hit and delay <= IDLE_BOUND, (r, got, delay))
         if hit:
-            delays.append(max(0.0, delay))
+            delays.append(delay)
         try:
             b.send("DONE\r\n")
             b.wait_tagged(tag)
@@ -682,9 +694,10 @@ def t_idle_sees_remote_append():
         except Exception:  # noqa: BLE001
             b.close()
     if delays:
-        print("measured: IDLE EXISTS after a remote APPEND's OK: median %.1f ms, max %.1f ms "
-              "(%d samples, sanitizer build)" % (statistics.median(delays) * 1000,
-                                                 max(delays) * 1000, len(delays)))
+        print("measured: IDLE EXISTS minus the remote APPEND's OK: median %.1f ms, min %.1f ms, "
+              "max %.1f ms (%d samples, sanitizer build; negative: EXISTS came first)"
+              % (statistics.median(delays) * 1000, min(delays) * 1000, max(delays) * 1000,
+                 len(delays)))
 
 
 def t_status_backlog():
@@ -831,19 +844,138 @@ def t_mailbox_list():
                 re.search(r"^mailbox Work/2026 ", dump, re.M) is None, dump[:1500])
 
 
+def dump_msgs(dump):
+    """{mailbox: {uid: guid}} from a dump."""
+    out = {}
+    for ln in dump.splitlines():
+        m = re.match(r"msg (.*) uid=(\d+) guid=([0-9a-f]+) ", ln)
+        if m:
+            out.setdefault(m.group(1), {})[int(m.group(2))] = m.group(3)
+    return out
+
+
+def t_copy_move_expunge():
+    c = CLUSTER
+    ensure_all_up(c)
+    usr = user(9)
+    prepare_user(c, usr)
+    n1, n2, n3 = c.nodes
+    for i in range(3):
+        n3.deliver(usr, message("dlv", i))
+    ok, d = check_dumps_equal("3 messages by starling deliver on node 3", c.nodes, usr,
+                              pred=lambda x: len(msg_lines(x)) == 3)
+    before = dump_msgs(list(d.values())[0]).get("INBOX", {})
+    R.equal("starling deliver on node 3: INBOX holds UIDs 1-3 on every node",
+            sorted(before), [1, 2, 3])
+    # An IDLE session on node 1 watches INBOX while the others change it.
+    idler = login(n1, usr)
+    idler.command("SELECT INBOX")
+    tag = idler.next_tag()
+    idler.send("%s IDLE\r\n" % tag)
+    first = idler.read_response()
+    R.check("IDLE on node 1 answers with a continuation", first.startswith(b"+"), first)
+    s2 = login(n2, usr)
+    s2.command("SELECT INBOX")
+    r = s2.command("UID COPY 1 Archive")
+    s2.logout()
+    R.check("UID COPY on node 2 answers OK [COPYUID]", r.ok and r.code == "COPYUID", r)
+    s3 = login(n3, usr)
+    s3.command("SELECT INBOX")
+    r = s3.command("UID MOVE 2 Trash")
+    R.check("UID MOVE on node 3 answers OK", r.ok, r)
+    r1 = s3.command("UID STORE 3 +FLAGS.SILENT (\\Deleted)")
+    r2 = s3.command("UID EXPUNGE 3")
+    s3.logout()
+    R.check("UID STORE \\Deleted + UID EXPUNGE on node 3 answer OK", r1.ok and r2.ok, (r1, r2))
+    got = idler.read_untagged_until(
+        lambda g: sum(1 for x in g if re.match(rb"\* \d+ EXPUNGE", x)) >= 2, IDLE_BOUND)
+    R.check("IDLE on node 1 sees the MOVE and the EXPUNGE made on node 3 within %.0f s"
+            % IDLE_BOUND, sum(1 for x in got if re.match(rb"\* \d+ EXPUNGE", x)) >= 2, got)
+    try:
+        idler.send("DONE\r\n")
+        idler.wait_tagged(tag)
+        idler.logout()
+    except Exception:  # noqa: BLE001
+        idler.close()
+    ok, d = check_dumps_equal("COPY, MOVE, EXPUNGE", c.nodes, usr,
+                              pred=lambda x: len(msg_lines(x)) == 1)
+    if not ok:
+        return
+    after = dump_msgs(list(d.values())[0])
+    R.equal("INBOX keeps only UID 1 on every node", sorted(after.get("INBOX", {})), [1])
+    R.check("the copy in Archive keeps the message's GUID on every node",
+            list(after.get("Archive", {}).values()) == [before.get(1)], after.get("Archive"))
+    R.check("the message moved to Trash keeps its GUID on every node",
+            list(after.get("Trash", {}).values()) == [before.get(2)], after.get("Trash"))
+
+
+def t_isolated_master():
+    c = CLUSTER
+    ensure_all_up(c)
+    usr = user(10)
+    prepare_user(c, usr)
+    m = master_of(c.nodes[0], usr)
+    R.check("node 1 names a master of INBOX", m is not None)
+    if m is None:
+        return
+    master = c.nodes[m - 1]
+    others = [n for n in c.nodes if n is not master]
+    print("master of INBOX: %d; cutting it off from both peers" % m)
+    c.mesh.isolate(m)
+    apps = []
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            st = status_text(master) or {}
+            if all(st.get("peer.%d" % o.node_id) not in (None, "up") for o in others):
+                break
+            time.sleep(0.1)
+        apps = [Appender(n, usr, "iso%d" % n.node_id, 20) for n in c.nodes]
+        finished = run_appenders(apps, timeout=180)
+        R.check("writers on both sides of the partition finished", finished)
+        for a in apps:
+            R.check("every APPEND on node %d answered OK during the partition%s"
+                    % (a.node.node_id, " (the cut-off master)" if a.node is master else ""),
+                    len(a.oks) == a.count and not a.failures,
+                    "%d OK, failures %s" % (len(a.oks), a.failures[:3]))
+    finally:
+        c.mesh.restore_all()
+    oks = {}
+    for a in apps:
+        oks.update(a.oks)
+    c.wait_links_up(timeout=40)
+    ok, _ = check_dumps_equal("partition healed", c.nodes, usr, timeout=CATCH_UP,
+                              pred=lambda x: len(msg_lines(x)) >= len(oks))
+    if not ok:
+        print("logs:", node_logs_tail(c.nodes))
+    # Both sides gave UIDs on their own: the sync renumbers conflicts, so
+    # only presence exactly once is checked, not the APPENDUIDs.
+    check_oks_present("partition healed", c.nodes, usr, oks, check_uids=False)
+    views = {n.node_id: master_of(n, usr) for n in c.nodes}
+    R.check("after the heal every node names the same master", len(set(views.values())) == 1,
+            views)
+
+
 def main():
     R.section("setup: 3 nodes, sync_replicas = 1, links through proxies", t_setup)
+    # ONLY=word,word runs the sections whose name contains one of the words.
+    only = [w for w in os.environ.get("ONLY", "").split(",") if w]
     if CLUSTER is not None:
         for name, func in (
                 ("an APPEND on any node reaches every node", t_append_reaches_every_node),
                 ("3 clients APPEND on 3 nodes at once", t_concurrent_appends),
                 ("kill -9 of a replica under load, restart", t_kill_replica),
                 ("kill -9 of the master under load", t_kill_master),
+                # A second time: the race it looks for does not show every time.
+                ("kill -9 of the master under load, again", lambda: t_kill_master(11)),
                 ("conflicting STOREs, UNCHANGEDSINCE", t_conflicting_stores),
                 ("IDLE on one node sees an APPEND on another", t_idle_sees_remote_append),
                 ("status: peer state, backlog, lag; a cut link", t_status_backlog),
-                ("CREATE/RENAME/DELETE/SUBSCRIBE replicate", t_mailbox_list)):
-            R.section(name, func)
+                ("CREATE/RENAME/DELETE/SUBSCRIBE replicate", t_mailbox_list),
+                ("deliver, COPY, MOVE, EXPUNGE replicate", t_copy_move_expunge),
+                ("master cut off, both sides write, heal", t_isolated_master)):
+            if not only or any(w in name for w in only):
+                R.section(name, func)
         CLUSTER.close()
         reps = CLUSTER.sanitizer_reports()
         R.check("no sanitizer report in the node logs", not reps, reps)
