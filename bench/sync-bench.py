@@ -4,9 +4,11 @@
 On the same generated messages, in one run:
 
   (a) full sync: N messages (seeded, realistic headers and text bodies,
-      1-20 KB, mean about 4 KB) are APPENDed over IMAP to node 1 of a real
-      2-node starlingd cluster (untimed); then `starling resync -u USER
-      --peer 1` on node 2, which has nothing of the user, is timed.  Node 2
+      1-20 KB, mean about 4 KB) are APPENDed over IMAP to node 1 of a
+      2-node starlingd cluster while node 1 runs alone (untimed: with its
+      peer up, live replication would copy them during the load); then
+      both nodes run and `starling resync -u USER --peer 1` on node 2, which
+      has nothing of the user, is timed.  Node 2
       must then hold all N messages (counted over IMAP) and both nodes'
       `starling dump`s must be identical.
   (b) doveadm: the same N messages written as Maildir files into a private
@@ -279,8 +281,11 @@ def main():
                     help="diagnostics: skip doveadm")
     ap.add_argument("--perf", metavar="FILE",
                     help="diagnostics: perf record node 1 (the answering peer) "
-                    "during the full sync into FILE, and both nodes during the "
+                    "during the full sync into FILE and node 2 (the client) into "
+                    "FILE.client, and both nodes during the "
                     "no-change resyncs into FILE.nochange.SID")
+    ap.add_argument("--log-level", default="info",
+                    help="diagnostics: the nodes' log_level (debug shows the sync's phases)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the data dirs and logs (to look at a failure)")
     args = ap.parse_args()
@@ -302,38 +307,51 @@ def main():
     ddir = tempfile.mkdtemp(prefix="syncbench-dovecot-", dir=args.bench_dir)
     if not args.keep:
         proc._tmpdirs.extend([sdir, ddir])
-    c = Cluster(n=2, users={USER: PW, USER2: PW}, daemon=daemon, cli=cli, base_dir=sdir)
+    c = Cluster(n=2, users={USER: PW, USER2: PW}, daemon=daemon, cli=cli, base_dir=sdir,
+                log_level=args.log_level)
     d = Dovecot(users={USER: PW}, base_dir=ddir)
     src, dst = c.nodes
     res = {}
+    # The periodic check would start a background resync of its own.
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     try:
-        c.start_all()
-        c.wait_links_up(timeout=60)
         d.start()
 
         # ---- (a) Starling full sync ---------------------------------------
+        # Node 1 is loaded alone, without peers: live replication would
+        # copy every message to node 2 during the load.  Mail written
+        # without peers is in no replication log, so once both run, only
+        # the timed resync brings it to node 2, which starts empty.
+        src.peer_ids = set()
+        src.start()
         t0 = time.monotonic()
         nbytes = load_starling(src, n, args.seed, args.conns)
-        print("loaded %d messages (%.1f MB) into node 1 over IMAP in %.1f s"
+        print("loaded %d messages (%.1f MB) into node 1 (alone) over IMAP in %.1f s"
               % (n, nbytes / 1e6, time.monotonic() - t0), flush=True)
         boxes, count = imap_total(src, USER)
         if count != n:
             raise RuntimeError("node 1 holds %d messages, not %d" % (count, n))
+        src.stop()
+        src.peer_ids = None
+        c.start_all()
         subprocess.run(["sync"], check=True)
-        # The load can make a link time out (see link_drops); the resync
-        # needs it up.
-        waited = c.wait_links_up(timeout=120)
-        if waited > 0.5:
-            print("links were down after the load; up again after %.1f s" % waited)
-        perf = None
+        c.wait_links_up(timeout=120)
+        boxes, count = imap_total(dst, USER)
+        if count != 0:
+            raise RuntimeError("node 2 holds %d messages before the resync, not 0" % count)
+        perfs = []
         if args.perf:
-            perf = subprocess.Popen(["perf", "record", "-q", "-F", "99", "--call-graph", "dwarf", "-o",
-                                     args.perf, "-p", str(src.process.pid)])
+            # Flat profiles (no call graphs: cheap enough not to change
+            # the timing much) of the answering peer and of the client.
+            for node, suffix in ((src, ""), (dst, ".client")):
+                perfs.append(subprocess.Popen(
+                    ["perf", "record", "-q", "-F", "499", "-o", args.perf + suffix, "-p",
+                     str(node.process.pid)]))
             time.sleep(1)
         try:
             dt, rep = resync_cli(dst, USER, src.node_id)
         finally:
-            if perf:
+            for perf in perfs:
                 perf.send_signal(2)
                 perf.wait(timeout=60)
         res["starling"] = (dt, nbytes)

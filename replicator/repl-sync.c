@@ -17,6 +17,9 @@
 #include "sync/sync.h"
 
 #define MAX_RUN_PEERS 64
+/* A resync toward several peers syncs each again while another one brought
+ * changes, at most this many times per peer. */
+#define RUN_MAX_SYNCS_PER_PEER 3
 /* Work per loop turn of a sync end (client or server): steps until this
  * much time has passed, so that the loop (keepalive, other links, IMAP)
  * always runs soon again. */
@@ -82,8 +85,23 @@ struct run {
 	struct buf report;
 	struct sync_report first;
 	char *not_converged;
+	bool due[MAX_RUN_PEERS]; /* peers to sync (again) */
+	bool full_done[MAX_RUN_PEERS];
+	unsigned syncs;          /* syncs done (verifications not counted) */
 	ev_idle idle;
 	ev_timer timer;
+	repl_sync_done_cb *cb;
+	void *ctx;
+};
+
+struct chk;
+struct chk_job;
+
+/* An asked resync waiting for a background one to end. */
+struct waiting {
+	char *user;
+	uint32_t peer;
+	bool full;
 	repl_sync_done_cb *cb;
 	void *ctx;
 };
@@ -105,11 +123,22 @@ struct repl_sync {
 	void *live_ctx;
 	repl_sync_idle_cb *idle_cb;
 	void *idle_ctx;
+	struct waiting *waiting;
 	struct queued *queue, **queue_tail;
 	size_t queue_len;
 	ev_timer queue_timer;
 	ev_prepare flush_w; /* answers of the sync servers leave here */
 	ev_idle srv_idle;   /* steps the sync servers with long answers */
+
+	/* The periodic check (see check_timer_cb()). */
+	ev_timer check_timer;
+	double check_interval;
+	ARRAY(struct chk_job) check_jobs; /* this round's (peer, user) pairs */
+	size_t check_pos;
+	struct chk *chks;                 /* LISTs waiting for answers */
+	unsigned chk_inflight;
+	stor_string_list suspects_prev, suspects_cur; /* "sid user" that differed */
+	unsigned long check_rounds, check_compared, check_differed;
 };
 
 /* ------------------------------------------------------------------ */
@@ -583,7 +612,10 @@ static void run_client_start(struct run *run)
 	memset(&set, 0, sizeof(set));
 	set.peer_sid = run->peers[run->cur];
 	set.user = run->user;
-	set.full = run->full && !run->verifying;
+	/* --full compares every message once per peer; later syncs of the
+	 * run (verifications, repeats) trust the state the full one left. */
+	set.full = run->full && !run->verifying && !run->full_done[run->cur];
+	run->full_done[run->cur] = run->full_done[run->cur] || set.full;
 	struct sync_transport t = { client_send, run };
 	run->client = sync_client_create(repl_db(run->rs->repl), &set, &t);
 	run_kick(run);
@@ -604,7 +636,7 @@ static void run_finish(struct run *run, bool converged, const char *text)
 	free(run);
 	/* The next queued resync starts from the loop, not from inside a
 	 * callback chain that may be tearing things down. */
-	if (rs->queue != NULL && !ev_is_active(&rs->queue_timer)) {
+	if ((rs->queue != NULL || rs->waiting != NULL) && !ev_is_active(&rs->queue_timer)) {
 		ev_timer_set(&rs->queue_timer, 0., 0.);
 		ev_timer_start(rs->loop, &rs->queue_timer);
 	}
@@ -624,6 +656,7 @@ static void report_append(struct buf *out, uint32_t peer, const struct sync_repo
 	buf_appendf(out, "subscriptions_changed: %u\n", r->subscriptions_changed);
 	buf_appendf(out, "messages_examined: %u\n", r->messages_examined);
 	buf_appendf(out, "messages_sent: %u\n", r->messages_sent);
+	buf_appendf(out, "messages_present: %u\n", r->messages_present);
 	buf_appendf(out, "texts_sent: %u\n", r->texts_sent);
 	buf_appendf(out, "messages_received: %u\n", r->messages_received);
 	buf_appendf(out, "texts_fetched: %u\n", r->texts_fetched);
@@ -653,28 +686,43 @@ static void run_notify_all(struct run *run)
 	stor_mailbox_list_free(&list);
 }
 
+static void run_next_peer(struct run *run);
+
+/* Whether a sync found anything to do: a mailbox to sync or a change of
+ * the mailbox lists.  A sync that found nothing compared every mailbox
+ * (UIDNEXT, HIGHESTMODSEQ, digest) and the lists, and found them equal. */
+static bool report_changed(const struct sync_report *r)
+{
+	return r->mailboxes_synced != 0 || r->mailboxes_created != 0 ||
+	       r->mailboxes_renamed != 0 || r->mailboxes_deleted != 0 ||
+	       r->subscriptions_changed != 0;
+}
+
 /* The client of the current peer finished. */
 static void run_client_done(struct run *run)
 {
 	uint32_t peer = run->peers[run->cur];
 	const struct sync_report *r = sync_client_report(run->client);
-	run_notify_all(run);
+	bool changed = report_changed(r);
+	if (changed)
+		run_notify_all(run);
 	if (!run->verifying) {
 		run->first = *r;
 		report_append(&run->report, peer, r);
 		log_info("resync of %s with %u: %u mailboxes synced, %u messages sent, %u received",
 			 run->user, peer, r->mailboxes_synced, r->messages_sent, r->messages_received);
-		run_client_free(run);
-		/* Convergence check: a second, ordinary sync must find every
-		 * mailbox equal (UIDNEXT, HIGHESTMODSEQ, digest) and nothing
-		 * to merge in the mailbox lists. */
-		run->verifying = true;
-		run_client_start(run);
-		return;
+		if (changed) {
+			run_client_free(run);
+			/* Convergence check: a second, ordinary sync must find
+			 * every mailbox equal and nothing to merge in the
+			 * mailbox lists.  A first sync that found nothing to do
+			 * is that check already. */
+			run->verifying = true;
+			run_client_start(run);
+			return;
+		}
 	}
-	bool equal = r->mailboxes_synced == 0 && r->mailboxes_created == 0 &&
-		     r->mailboxes_renamed == 0 && r->mailboxes_deleted == 0 &&
-		     r->subscriptions_changed == 0;
+	bool equal = !changed;
 	buf_appendf(&run->report, "converged: %s\n", equal ? "yes" : "no");
 	if (!equal && run->not_converged == NULL) {
 		char msg[160];
@@ -686,20 +734,47 @@ static void run_client_done(struct run *run)
 	}
 	run_client_free(run);
 	run->verifying = false;
-	run->cur++;
-	while (run->cur < run->npeers && repl_peers_conn(run->rs->peers, run->peers[run->cur]) == NULL) {
-		buf_appendf(&run->report, "peer: %u\nconverged: no\n", run->peers[run->cur]);
-		if (run->not_converged == NULL) {
-			char msg[96];
-			snprintf(msg, sizeof(msg), "peer %u is not connected", run->peers[run->cur]);
-			run->not_converged = xstrdup(msg);
-		}
-		run->cur++;
+	run->syncs++;
+	/* What this sync brought here may be new to the peers synced before:
+	 * they are due again (SPEC.md 10.6), so one resync toward every peer
+	 * leaves all of them equal, not only each pair. */
+	run->due[run->cur] = false;
+	if (report_changed(&run->first)) {
+		for (size_t i = 0; i < run->npeers; i++)
+			if (i != run->cur)
+				run->due[i] = true;
 	}
-	if (run->cur < run->npeers) {
+	run_next_peer(run);
+}
+
+/* Starts the sync with the next peer that is due, in turn after the
+ * current one, or finishes the run. */
+static void run_next_peer(struct run *run)
+{
+	for (size_t k = 1; k <= run->npeers; k++) {
+		size_t i = (run->cur + k) % run->npeers;
+		if (!run->due[i])
+			continue;
+		if (run->syncs >= RUN_MAX_SYNCS_PER_PEER * run->npeers) {
+			if (run->not_converged == NULL)
+				run->not_converged = xstrdup("not converged: the peers kept changing");
+			break;
+		}
+		run->cur = i;
+		if (repl_peers_conn(run->rs->peers, run->peers[i]) == NULL) {
+			run->due[i] = false;
+			buf_appendf(&run->report, "peer: %u\nconverged: no\n", run->peers[i]);
+			if (run->not_converged == NULL) {
+				char msg[96];
+				snprintf(msg, sizeof(msg), "peer %u is not connected", run->peers[i]);
+				run->not_converged = xstrdup(msg);
+			}
+			continue;
+		}
 		run_client_start(run);
 		return;
 	}
+	run->cur = run->npeers; /* busy with nobody */
 	run_finish(run, run->not_converged == NULL,
 		   run->not_converged != NULL ? run->not_converged : "converged");
 }
@@ -760,17 +835,37 @@ static void run_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	run_finish(run, false, "resync timed out");
 }
 
+static void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
+			const char *text);
+
 int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool full,
 		    repl_sync_done_cb *cb, void *ctx, const char **error_r)
 {
 	static char errbuf[96];
-	if (rs->run != NULL) {
-		*error_r = "a resync is already running on this node";
-		return -1;
-	}
 	if (rs->peers == NULL) {
 		*error_r = "no peer links";
 		return -1;
+	}
+	if (rs->run != NULL) {
+		/* A background resync (the periodic check's, or one queued by
+		 * replication) is waited for; another asked one is refused. */
+		if (rs->run->cb != queued_done || rs->waiting != NULL) {
+			*error_r = "a resync is already running on this node";
+			return -1;
+		}
+		if (peer != 0 && repl_peers_conn(rs->peers, peer) == NULL) {
+			snprintf(errbuf, sizeof(errbuf), "peer %u is not connected", peer);
+			*error_r = errbuf;
+			return -1;
+		}
+		struct waiting *wt = xcalloc(1, sizeof(*wt));
+		wt->user = xstrdup(user);
+		wt->peer = peer;
+		wt->full = full;
+		wt->cb = cb;
+		wt->ctx = ctx;
+		rs->waiting = wt;
+		return 0;
 	}
 	struct run *run = xcalloc(1, sizeof(*run));
 	if (peer != 0) {
@@ -794,6 +889,8 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 			return -1;
 		}
 	}
+	for (size_t i = 0; i < run->npeers; i++)
+		run->due[i] = true;
 	run->rs = rs;
 	run->user = xstrdup(user);
 	run->full = full;
@@ -825,6 +922,15 @@ static void queued_done(void *ctx, bool converged, const char *report, size_t re
 static void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, queue_timer));
+	if (rs->run == NULL && rs->waiting != NULL) {
+		struct waiting *wt = rs->waiting;
+		const char *err;
+		rs->waiting = NULL;
+		if (repl_sync_start(rs, wt->user, wt->peer, wt->full, wt->cb, wt->ctx, &err) < 0)
+			wt->cb(wt->ctx, false, "", 0, err);
+		free(wt->user);
+		free(wt);
+	}
 	while (rs->run == NULL && rs->queue != NULL) {
 		struct queued *q = rs->queue;
 		rs->queue = q->next;
@@ -880,6 +986,337 @@ bool repl_sync_busy_with(const struct repl_sync *rs, uint32_t sid)
 	return run != NULL && run->cur < run->npeers && run->peers[run->cur] == sid;
 }
 
+bool repl_sync_holds(const struct repl_sync *rs, const char *user, const struct guid *mailbox)
+{
+	if (rs->run != NULL && strcmp(rs->run->user, user) == 0)
+		return true;
+	if (mailbox == NULL)
+		return false;
+	for (const struct srv_link *l = rs->links; l != NULL; l = l->next) {
+		struct guid g;
+		if ((sync_server_in_sync(l->server) || sync_server_busy(l->server)) &&
+		    sync_server_selected(l->server, &g) && guid_equal(&g, mailbox))
+			return true;
+	}
+	return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* The periodic check (issue 7: "a sync starts by itself ... on a cheap
+ * periodic check").  Every check interval, for each up peer and each user
+ * with mail here, LIST (SPEC.md 7.4) asks the peer for its mailboxes'
+ * UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and digest, which are compared with
+ * ours: the cost grows with the number of mailboxes, never of messages.  A
+ * user that differs is resynced (repl_sync_enqueue) when it differed at the
+ * previous round too (a change on its way by live replication differs for
+ * a moment only), at once when the peer lacks the user entirely or when a
+ * digest differs with equal UIDNEXT and HIGHESTMODSEQ (a divergence that
+ * modseqs cannot explain: logged, and the sync compares that mailbox
+ * message by message, SPEC.md 10.1).  Of the two ends of a link, the one
+ * that initiated it (the lower SID) acts on differences; the other only on
+ * a user the peer lacks, which the first cannot list. */
+
+/* Mailboxes and subscriptions in one LIST answer (as the sync client). */
+#define CHECK_MAX_MAILBOXES 100000
+
+struct chk_mbox {
+	struct guid guid;
+	uint32_t uidvalidity, uidnext;
+	uint64_t hms;
+	unsigned char digest[16];
+};
+
+/* One LIST of a round. */
+struct chk {
+	struct chk *prev, *next;
+	struct repl_sync *rs; /* NULL once repl-sync is gone */
+	uint32_t sid;
+	char *user;
+	bool initiator;       /* we initiated the link (we have the lower SID) */
+	bool bad;             /* the answer was malformed or too large */
+	ARRAY(struct chk_mbox) mbs;
+	stor_string_list subs;
+};
+
+struct chk_job {
+	uint32_t sid;
+	char *user;
+};
+
+static double check_interval_default(void)
+{
+	const char *e = getenv("STARLING_SYNC_CHECK_INTERVAL");
+	if (e == NULL || *e == '\0')
+		return REPL_SYNC_CHECK_INTERVAL;
+	char *end;
+	double v = strtod(e, &end);
+	if (*end != '\0' || !(v >= 0) || v > 86400) {
+		log_warnx("STARLING_SYNC_CHECK_INTERVAL=%s is not a number of seconds in "
+			  "[0, 86400]; using %u", e, REPL_SYNC_CHECK_INTERVAL);
+		return REPL_SYNC_CHECK_INTERVAL;
+	}
+	if (v > 0 && v < 0.05)
+		v = 0.05;
+	return v;
+}
+
+static void chk_free(struct chk *k)
+{
+	free(k->user);
+	ARRAY_FREE(&k->mbs);
+	stor_string_list_free(&k->subs);
+	free(k);
+}
+
+static void chk_unlink(struct chk *k)
+{
+	struct repl_sync *rs = k->rs;
+	if (rs == NULL)
+		return;
+	if (k->prev != NULL)
+		k->prev->next = k->next;
+	else
+		rs->chks = k->next;
+	if (k->next != NULL)
+		k->next->prev = k->prev;
+	rs->chk_inflight--;
+	k->rs = NULL;
+}
+
+static int cmp_chk_mbox(const void *a, const void *b)
+{
+	return guid_cmp(&((const struct chk_mbox *)a)->guid, &((const struct chk_mbox *)b)->guid);
+}
+
+static int cmp_stor_mbox(const void *a, const void *b)
+{
+	return guid_cmp(&((const struct stor_mailbox *)a)->guid,
+			&((const struct stor_mailbox *)b)->guid);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char *suspect_key(uint32_t sid, const char *user)
+{
+	return xasprintf("%u %s", sid, user);
+}
+
+static bool strlist_has(const stor_string_list *l, const char *s)
+{
+	for (size_t i = 0; i < l->count; i++)
+		if (strcmp(l->items[i], s) == 0)
+			return true;
+	return false;
+}
+
+/* Compares the peer's answer with our copy of the user; queues a resync
+ * when they differ (see above).  Returns whether they differ. */
+static bool chk_compare(struct repl_sync *rs, struct chk *k)
+{
+	struct stor_db *db = repl_db(rs->repl);
+	stor_mailbox_array mine = ARRAY_INIT;
+	stor_string_list subs = ARRAY_INIT;
+	const char *err;
+	if (stor_mailbox_list(db, k->user, &mine, &err) < 0 ||
+	    stor_subscriptions(db, k->user, &subs, &err) < 0) {
+		log_errorx("sync check of %s: %s", k->user, err);
+		stor_mailbox_list_free(&mine);
+		return false;
+	}
+	if (mine.count > 1)
+		qsort(mine.items, mine.count, sizeof(mine.items[0]), cmp_stor_mbox);
+	if (k->mbs.count > 1)
+		qsort(k->mbs.items, k->mbs.count, sizeof(k->mbs.items[0]), cmp_chk_mbox);
+	bool differ = mine.count != k->mbs.count, unexplained = false;
+	for (size_t i = 0; i < mine.count && i < k->mbs.count; i++) {
+		const struct stor_mailbox *a = &mine.items[i];
+		const struct chk_mbox *b = &k->mbs.items[i];
+		if (guid_cmp(&a->guid, &b->guid) != 0) {
+			differ = true;
+			break;
+		}
+		bool same_state = a->uidvalidity == b->uidvalidity && a->uidnext == b->uidnext &&
+				  a->highestmodseq == b->hms;
+		bool same_digest = memcmp(a->digest, b->digest, sizeof(b->digest)) == 0;
+		if (same_state && !same_digest) {
+			log_warnx("sync check: mailbox %s of %s differs from peer %u with equal "
+				  "UIDNEXT %u and HIGHESTMODSEQ %llu (digests differ, which modseqs "
+				  "cannot explain); its sync compares every message",
+				  a->name, k->user, k->sid, a->uidnext,
+				  (unsigned long long)a->highestmodseq);
+			unexplained = true;
+		}
+		if (!same_state || !same_digest)
+			differ = true;
+	}
+	if (!differ) {
+		if (subs.count > 1)
+			qsort(subs.items, subs.count, sizeof(char *), cmp_str);
+		if (k->subs.count > 1)
+			qsort(k->subs.items, k->subs.count, sizeof(char *), cmp_str);
+		differ = subs.count != k->subs.count;
+		for (size_t i = 0; !differ && i < subs.count; i++)
+			differ = strcmp(subs.items[i], k->subs.items[i]) != 0;
+	}
+	bool peer_lacks = k->mbs.count == 0 && mine.count > 0;
+	stor_mailbox_list_free(&mine);
+	stor_string_list_free(&subs);
+	rs->check_compared++;
+	if (!differ)
+		return false;
+	rs->check_differed++;
+	if (!k->initiator && !peer_lacks)
+		return true; /* the other end checks this pair */
+	char *key = suspect_key(k->sid, k->user);
+	if (unexplained || peer_lacks || strlist_has(&rs->suspects_prev, key)) {
+		log_info("sync check: %s differs on peer %u: resync queued", k->user, k->sid);
+		repl_sync_enqueue(rs, k->user, k->sid);
+		free(key);
+	} else {
+		ARRAY_PUSH(&rs->suspects_cur, key);
+	}
+	return true;
+}
+
+static void chk_pump(struct repl_sync *rs);
+
+static void chk_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+		   const struct proto_cmd *line, void *ctx)
+{
+	struct chk *k = ctx;
+	(void)conn;
+	if (kind == PROTO_REPLY_DATA) {
+		if (k->rs == NULL || k->bad)
+			return;
+		const char *s;
+		size_t len;
+		if (k->mbs.count + k->subs.count >= CHECK_MAX_MAILBOXES) {
+			k->bad = true;
+			return;
+		}
+		if (proto_cmd_is(line, "SUBSCRIBED") && line->arg_count == 1 &&
+		    proto_arg_str(&line->args[0], &s, &len) == 0) {
+			ARRAY_PUSH(&k->subs, xstrdup(s));
+			return;
+		}
+		struct chk_mbox m;
+		struct guid digest;
+		uint64_t v;
+		if (!proto_cmd_is(line, "MAILBOX") || line->arg_count != 7 ||
+		    proto_arg_guid(&line->args[1], &m.guid) < 0 ||
+		    proto_arg_u32(&line->args[2], &m.uidvalidity) < 0 ||
+		    proto_arg_u32(&line->args[3], &m.uidnext) < 0 ||
+		    proto_arg_u64(&line->args[4], INT64_MAX, &v) < 0 ||
+		    proto_arg_guid(&line->args[5], &digest) < 0) {
+			k->bad = true;
+			return;
+		}
+		m.hms = v;
+		memcpy(m.digest, digest.b, sizeof(m.digest));
+		ARRAY_PUSH(&k->mbs, m);
+		return;
+	}
+	struct repl_sync *rs = k->rs;
+	if (rs != NULL && kind == PROTO_REPLY_DONE && proto_cmd_is(line, "OK") && !k->bad)
+		chk_compare(rs, k);
+	chk_unlink(k);
+	chk_free(k);
+	if (rs != NULL)
+		chk_pump(rs);
+}
+
+static void chk_round_end(struct repl_sync *rs)
+{
+	for (size_t i = 0; i < rs->check_jobs.count; i++)
+		free(rs->check_jobs.items[i].user);
+	rs->check_jobs.count = 0;
+	rs->check_pos = 0;
+	stor_string_list_free(&rs->suspects_prev);
+	rs->suspects_prev = rs->suspects_cur;
+	memset(&rs->suspects_cur, 0, sizeof(rs->suspects_cur));
+	rs->check_rounds++;
+}
+
+/* Sends the round's LISTs, a bounded number at a time. */
+static void chk_pump(struct repl_sync *rs)
+{
+	while (rs->chk_inflight < REPL_SYNC_CHECK_INFLIGHT && rs->check_pos < rs->check_jobs.count) {
+		struct chk_job *j = &rs->check_jobs.items[rs->check_pos++];
+		struct proto_conn *conn = rs->peers != NULL ? repl_peers_conn(rs->peers, j->sid) : NULL;
+		if (conn == NULL || !proto_conn_is_ready(conn))
+			continue;
+		struct chk *k = xcalloc(1, sizeof(*k));
+		k->rs = rs;
+		k->sid = j->sid;
+		k->user = xstrdup(j->user);
+		k->next = rs->chks;
+		if (k->next != NULL)
+			k->next->prev = k;
+		rs->chks = k;
+		rs->chk_inflight++;
+		struct proto_wr *w = proto_conn_cmd_begin(conn, "LIST");
+		proto_wr_cstr(w, j->user);
+		/* A dropped command calls chk_cb (CLOSED) before returning. */
+		const char *tag = proto_conn_cmd_send(conn, REPL_SYNC_CHECK_TIMEOUT_MS, chk_cb, k);
+		if (tag != NULL)
+			k->initiator = tag[0] == 'C';
+	}
+	if (rs->check_pos >= rs->check_jobs.count && rs->chk_inflight == 0 &&
+	    rs->check_jobs.count > 0)
+		chk_round_end(rs);
+}
+
+static void check_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, check_timer));
+	(void)loop;
+	(void)revents;
+	/* A round still running, or a resync running (it compares anyway). */
+	if (rs->check_jobs.count > 0 || rs->run != NULL || rs->peers == NULL)
+		return;
+	stor_string_list users = ARRAY_INIT;
+	const char *err;
+	if (stor_user_list(repl_db(rs->repl), &users, &err) < 0) {
+		log_errorx("sync check: listing users: %s", err);
+		return;
+	}
+	size_t n = repl_peers_count(rs->peers);
+	for (size_t p = 0; p < n; p++) {
+		uint32_t sid = repl_peers_sid(rs->peers, p);
+		if (repl_peers_conn(rs->peers, sid) == NULL)
+			continue;
+		for (size_t i = 0; i < users.count; i++) {
+			struct chk_job j = { sid, xstrdup(users.items[i]) };
+			ARRAY_PUSH(&rs->check_jobs, j);
+		}
+	}
+	stor_string_list_free(&users);
+	if (rs->check_jobs.count == 0) {
+		/* Nothing to compare: what was suspect is not any more. */
+		stor_string_list_free(&rs->suspects_prev);
+		memset(&rs->suspects_prev, 0, sizeof(rs->suspects_prev));
+		return;
+	}
+	chk_pump(rs);
+}
+
+static void check_stop(struct repl_sync *rs)
+{
+	ev_timer_stop(rs->loop, &rs->check_timer);
+	while (rs->chks != NULL) {
+		struct chk *k = rs->chks;
+		chk_unlink(k); /* its callback comes later and frees it */
+	}
+	for (size_t i = 0; i < rs->check_jobs.count; i++)
+		free(rs->check_jobs.items[i].user);
+	ARRAY_FREE(&rs->check_jobs);
+	stor_string_list_free(&rs->suspects_prev);
+	stor_string_list_free(&rs->suspects_cur);
+}
+
 void repl_sync_set_live(struct repl_sync *rs, repl_sync_live_cb *cb, void *ctx)
 {
 	rs->live_cb = cb;
@@ -901,6 +1338,10 @@ struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
 	ev_timer_init(&rs->queue_timer, queue_timer_cb, 0., 0.);
 	ev_prepare_init(&rs->flush_w, flush_cb);
 	ev_idle_init(&rs->srv_idle, srv_idle_cb);
+	rs->check_interval = check_interval_default();
+	ev_timer_init(&rs->check_timer, check_timer_cb, rs->check_interval, rs->check_interval);
+	if (rs->check_interval > 0)
+		ev_timer_start(loop, &rs->check_timer);
 	return rs;
 }
 
@@ -948,11 +1389,19 @@ void repl_sync_destroy(struct repl_sync **rsp)
 		free(q->user);
 		free(q);
 	}
+	if (rs->waiting != NULL) {
+		struct waiting *wt = rs->waiting;
+		rs->waiting = NULL;
+		wt->cb(wt->ctx, false, "", 0, "shutting down");
+		free(wt->user);
+		free(wt);
+	}
 	if (rs->run != NULL)
 		run_finish(rs->run, false, "shutting down");
 	ev_timer_stop(rs->loop, &rs->queue_timer);
 	ev_prepare_stop(rs->loop, &rs->flush_w);
 	ev_idle_stop(rs->loop, &rs->srv_idle);
+	check_stop(rs);
 	while (rs->links != NULL)
 		srv_free(rs, rs->links->sid);
 	free(rs);

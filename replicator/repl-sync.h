@@ -20,7 +20,8 @@
  * answer leaves and before a resync reports, and the IMAP sessions watching
  * the changed mailboxes are notified (repl_notify).
  *
- * One resync runs at a time on a node (a second one is refused). */
+ * One resync runs at a time on a node: an asked one waits for a
+ * background one, a second asked one is refused. */
 #ifndef REPLICATOR_REPL_SYNC_H
 #define REPLICATOR_REPL_SYNC_H
 
@@ -62,12 +63,24 @@ void repl_sync_link_down(struct repl_sync *rs, uint32_t sid);
  * because the link was congested goes on. */
 void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid);
 
-/* Starts a resync of user with peer (0 = every up peer, in turn); full
- * compares every message.  Returns 0 (cb follows), or -1 with a one-line
- * *error_r (static) when the peer is not connected, no peer is, or a
- * resync is already running. */
+/* Starts a resync of user with peer (0 = every up peer, in turn, each
+ * again while another brought changes, until all are equal); full compares
+ * every message.  While a background resync runs, the asked one waits for
+ * it.  Returns 0 (cb follows), or -1 with a one-line *error_r (static) when
+ * the peer is not connected, no peer is, or an asked resync is already
+ * running or waiting. */
 int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool full,
 		    repl_sync_done_cb *cb, void *ctx, const char **error_r);
+
+/* The periodic check: every REPL_SYNC_CHECK_INTERVAL seconds each up peer's
+ * LIST of each user (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and digest per
+ * mailbox, and the subscriptions) is compared with ours, and users that
+ * differ get a background resync (see repl-sync.c).  The environment
+ * variable STARLING_SYNC_CHECK_INTERVAL (seconds, decimals allowed; 0 turns
+ * the check off) overrides the interval, for tests and benchmarks. */
+#define REPL_SYNC_CHECK_INTERVAL 60u
+#define REPL_SYNC_CHECK_INFLIGHT 16u     /* LISTs outstanding at a time */
+#define REPL_SYNC_CHECK_TIMEOUT_MS 30000u
 
 /* ---- Used by the replicator (repl-cluster.c) ---- */
 
@@ -82,6 +95,13 @@ size_t repl_sync_queued(const struct repl_sync *rs);
 /* True while a resync client talks to sid: its MBOX/SELECT own the
  * direction toward sid, so live replication to sid waits. */
 bool repl_sync_busy_with(const struct repl_sync *rs, uint32_t sid);
+
+/* True while a resync on this node works on the user's mail: a client run
+ * for the user (any mailbox), or a server merging mailbox (between
+ * SYNC-BEGIN and the end of its answer).  Live changes to it wait: the
+ * engine compares snapshots and must not see them move.  mailbox may be
+ * NULL (only a client run counts then). */
+bool repl_sync_holds(const struct repl_sync *rs, const char *user, const struct guid *mailbox);
 
 /* Live replication commands arriving on a link (a message command outside
  * a sync, or any change carrying ORIGIN) go to cb instead of the sync

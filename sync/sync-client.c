@@ -87,6 +87,12 @@ struct cl_save {
 	int tz;
 };
 
+/* One FETCH command of texts: its first UID, and whether it completed. */
+struct cl_chunk {
+	uint32_t lo;
+	bool done;
+};
+
 struct cl_flags {
 	uint32_t uid;
 	uint64_t modseq;
@@ -111,6 +117,8 @@ struct sync_client {
 	size_t outstanding;
 
 	ARRAY(struct cl_srv_mbox) srv;
+	/* Indexes into srv sorted by GUID and by name (lookups in O(log n)). */
+	ARRAY(uint32_t) srv_by_guid_ix, srv_by_name_ix;
 	stor_string_list srv_subs;
 	bool list_changed;
 
@@ -140,6 +148,8 @@ struct sync_client {
 	uint64_t final_modseq;
 	size_t fetch_pos;
 	stor_uid_list need; /* UIDs whose texts we lack */
+	ARRAY(struct cl_chunk) chunks; /* the FETCH commands, in UID order */
+	uint32_t apply_below;          /* SAVE lines at or above wait for texts */
 	size_t apply_pos;
 	unsigned apply_stage;
 	/* Found while applying SAVE lines at UIDs where we hold a tombstone:
@@ -224,6 +234,8 @@ static void srv_list_free(struct sync_client *c)
 	for (size_t i = 0; i < c->srv.count; i++)
 		free(c->srv.items[i].name);
 	ARRAY_FREE(&c->srv);
+	ARRAY_FREE(&c->srv_by_guid_ix);
+	ARRAY_FREE(&c->srv_by_name_ix);
 	stor_string_list_free(&c->srv_subs);
 	memset(&c->srv_subs, 0, sizeof(c->srv_subs));
 }
@@ -244,6 +256,7 @@ static void answer_free(struct sync_client *c)
 	ARRAY_FREE(&c->tombs);
 	ARRAY_FREE(&c->resend);
 	ARRAY_FREE(&c->need);
+	ARRAY_FREE(&c->chunks);
 	c->fetch_pos = 0;
 	ARRAY_FREE(&c->late_exp);
 	ARRAY_FREE(&c->late_old);
@@ -312,6 +325,12 @@ static char *hex_to_str(const char *hex, size_t len)
 	return s;
 }
 
+static int cmp_last_guid(const void *a, const void *b)
+{
+	return guid_cmp(&((const struct cl_last_mbox *)a)->guid,
+			&((const struct cl_last_mbox *)b)->guid);
+}
+
 /* Lines "M guid uidnext hms hexname" and "S hexname". */
 static int last_list_read(struct sync_client *c, cl_last_list *l_r, stor_string_list *subs_r)
 {
@@ -350,6 +369,8 @@ static int last_list_read(struct sync_client *c, cl_last_list *l_r, stor_string_
 		}
 	}
 	buf_free(&v);
+	if (l_r->count > 1)
+		qsort(l_r->items, l_r->count, sizeof(struct cl_last_mbox), cmp_last_guid);
 	return 0;
 }
 
@@ -393,40 +414,169 @@ static int last_list_write(struct sync_client *c)
 
 /* ---- Mailbox list merge ---- */
 
+/* The server's mailboxes are looked up through two sorted index arrays;
+ * the other lists of the merge are sorted once and searched with bsearch,
+ * so a merge of n mailboxes costs O(n log n) comparisons. */
+typedef ARRAY(uint32_t) srv_index;
+typedef int srv_key_cmp(const struct sync_client *c, uint32_t i, const void *key);
+
+static int srv_key_guid(const struct sync_client *c, uint32_t i, const void *key)
+{
+	return guid_cmp(&c->srv.items[i].guid, key);
+}
+
+static int srv_key_name(const struct sync_client *c, uint32_t i, const void *key)
+{
+	return strcmp(c->srv.items[i].name, key);
+}
+
+static size_t srv_lower(const struct sync_client *c, const srv_index *ix, srv_key_cmp *cmp,
+			const void *key)
+{
+	size_t lo = 0, hi = ix->count;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (cmp(c, ix->items[mid], key) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static const struct cl_srv_mbox *srv_find(const struct sync_client *c, const srv_index *ix,
+					  srv_key_cmp *cmp, const void *key)
+{
+	size_t p = srv_lower(c, ix, cmp, key);
+	if (p < ix->count && cmp(c, ix->items[p], key) == 0)
+		return &c->srv.items[ix->items[p]];
+	return NULL;
+}
+
+static void srv_index_insert(struct sync_client *c, srv_index *ix, srv_key_cmp *cmp,
+			     const void *key, uint32_t i)
+{
+	size_t p = srv_lower(c, ix, cmp, key);
+	ARRAY_PUSH(ix, i);
+	memmove(ix->items + p + 1, ix->items + p, (ix->count - 1 - p) * sizeof(uint32_t));
+	ix->items[p] = i;
+}
+
+static void srv_index_remove(struct sync_client *c, srv_index *ix, srv_key_cmp *cmp,
+			     const void *key, uint32_t i)
+{
+	for (size_t p = srv_lower(c, ix, cmp, key); p < ix->count; p++) {
+		if (ix->items[p] == i) {
+			memmove(ix->items + p, ix->items + p + 1, (ix->count - 1 - p) * sizeof(uint32_t));
+			ix->count--;
+			return;
+		}
+		if (cmp(c, ix->items[p], key) != 0)
+			return;
+	}
+}
+
+static int ix_cmp_guid(const void *a, const void *b, void *ctx)
+{
+	const struct sync_client *c = ctx;
+	return guid_cmp(&c->srv.items[*(const uint32_t *)a].guid,
+			&c->srv.items[*(const uint32_t *)b].guid);
+}
+
+static int ix_cmp_name(const void *a, const void *b, void *ctx)
+{
+	const struct sync_client *c = ctx;
+	return strcmp(c->srv.items[*(const uint32_t *)a].name,
+		      c->srv.items[*(const uint32_t *)b].name);
+}
+
+/* After a LIST answer: sorts both indexes. */
+static void srv_index_build(struct sync_client *c)
+{
+	c->srv_by_guid_ix.count = c->srv_by_name_ix.count = 0;
+	for (uint32_t i = 0; i < c->srv.count; i++) {
+		ARRAY_PUSH(&c->srv_by_guid_ix, i);
+		ARRAY_PUSH(&c->srv_by_name_ix, i);
+	}
+	if (c->srv.count > 1) {
+		qsort_r(c->srv_by_guid_ix.items, c->srv.count, sizeof(uint32_t), ix_cmp_guid, c);
+		qsort_r(c->srv_by_name_ix.items, c->srv.count, sizeof(uint32_t), ix_cmp_name, c);
+	}
+}
+
+/* Adds a server mailbox (taking name) to the list and the indexes. */
+static void srv_add(struct sync_client *c, struct cl_srv_mbox *e)
+{
+	uint32_t i = (uint32_t)c->srv.count;
+	ARRAY_PUSH(&c->srv, *e);
+	srv_index_insert(c, (srv_index *)&c->srv_by_guid_ix, srv_key_guid, &e->guid, i);
+	srv_index_insert(c, (srv_index *)&c->srv_by_name_ix, srv_key_name, e->name, i);
+}
+
+/* Renames the server's mailbox g in our copy of its list. */
+static void srv_set_name(struct sync_client *c, const struct guid *g, const char *new_name)
+{
+	const struct cl_srv_mbox *s = srv_find(c, (const srv_index *)&c->srv_by_guid_ix,
+					       srv_key_guid, g);
+	if (s == NULL)
+		return;
+	uint32_t i = (uint32_t)(s - c->srv.items);
+	char *old = c->srv.items[i].name;
+	srv_index_remove(c, (srv_index *)&c->srv_by_name_ix, srv_key_name, old, i);
+	c->srv.items[i].name = xstrdup(new_name);
+	free(old);
+	srv_index_insert(c, (srv_index *)&c->srv_by_name_ix, srv_key_name,
+			 c->srv.items[i].name, i);
+}
+
 static const struct cl_srv_mbox *srv_by_guid(const struct sync_client *c, const struct guid *g)
 {
-	for (size_t i = 0; i < c->srv.count; i++) {
-		if (guid_cmp(&c->srv.items[i].guid, g) == 0)
-			return &c->srv.items[i];
-	}
-	return NULL;
+	return srv_find(c, (const srv_index *)&c->srv_by_guid_ix, srv_key_guid, g);
 }
 
 static const struct cl_srv_mbox *srv_by_name(const struct sync_client *c, const char *name)
 {
-	for (size_t i = 0; i < c->srv.count; i++) {
-		if (strcmp(c->srv.items[i].name, name) == 0)
-			return &c->srv.items[i];
-	}
-	return NULL;
+	return srv_find(c, (const srv_index *)&c->srv_by_name_ix, srv_key_name, name);
 }
 
+/* l is sorted by GUID (last_list_read). */
 static const struct cl_last_mbox *last_by_guid(const cl_last_list *l, const struct guid *g)
 {
-	for (size_t i = 0; i < l->count; i++) {
-		if (guid_cmp(&l->items[i].guid, g) == 0)
-			return &l->items[i];
-	}
-	return NULL;
+	struct cl_last_mbox key;
+	if (l->count == 0)
+		return NULL;
+	key.guid = *g;
+	return bsearch(&key, l->items, l->count, sizeof(key), cmp_last_guid);
 }
 
+static int cmp_strp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void str_list_sort(stor_string_list *l)
+{
+	if (l->count > 1)
+		qsort(l->items, l->count, sizeof(char *), cmp_strp);
+}
+
+/* l is sorted (str_list_sort). */
 static bool str_in(const stor_string_list *l, const char *s)
 {
-	for (size_t i = 0; i < l->count; i++) {
-		if (strcmp(l->items[i], s) == 0)
-			return true;
-	}
-	return false;
+	return l->count > 0 && bsearch(&s, l->items, l->count, sizeof(char *), cmp_strp) != NULL;
+}
+
+typedef ARRAY(struct guid) guid_list;
+
+static int cmp_guid_v(const void *a, const void *b)
+{
+	return guid_cmp(a, b);
+}
+
+/* l is sorted. */
+static bool mb_by_guid(const guid_list *l, const struct guid *g)
+{
+	return l->count > 0 && bsearch(g, l->items, l->count, sizeof(*g), cmp_guid_v) != NULL;
 }
 
 /* The name a mailbox that lost a name clash gets: "<name>-<8 hex of its GUID>". */
@@ -481,7 +631,7 @@ static void send_create(struct sync_client *c, const char *name, const struct gu
 	e.guid = *g;
 	e.uidvalidity = uidvalidity;
 	e.hms = UINT64_MAX;
-	ARRAY_PUSH(&c->srv, e);
+	srv_add(c, &e);
 }
 
 static void send_rename(struct sync_client *c, const char *old, const char *new_name,
@@ -496,12 +646,7 @@ static void send_rename(struct sync_client *c, const char *old, const char *new_
 	cl_cmd_end(c, &w);
 	c->report.mailboxes_renamed++;
 	c->list_changed = true;
-	for (size_t i = 0; i < c->srv.count; i++) {
-		if (guid_cmp(&c->srv.items[i].guid, g) == 0) {
-			free(c->srv.items[i].name);
-			c->srv.items[i].name = xstrdup(new_name);
-		}
-	}
+	srv_set_name(c, g, new_name);
 }
 
 static int local_create(struct sync_client *c, const struct cl_srv_mbox *s, const char *name)
@@ -534,6 +679,13 @@ static int list_merge(struct sync_client *c)
 	}
 	cl_new_group(c);
 	c->list_changed = false;
+	guid_list by_guid = ARRAY_INIT;
+	for (size_t i = 0; i < mbs.count; i++)
+		ARRAY_PUSH(&by_guid, mbs.items[i].guid);
+	if (by_guid.count > 1)
+		qsort(by_guid.items, by_guid.count, sizeof(struct guid), cmp_guid_v);
+	str_list_sort(&last_subs);
+	str_list_sort(&c->srv_subs);
 
 	/* 1. Name clashes: a mailbox new on each side under the same name.
 	 * The lower GUID keeps the name. */
@@ -544,13 +696,8 @@ static int list_merge(struct sync_client *c)
 		const struct cl_srv_mbox *s = srv_by_name(c, mb->name);
 		if (s == NULL)
 			continue;
-		bool s_is_new_there = true;
-		for (size_t j = 0; j < mbs.count; j++) {
-			if (guid_cmp(&mbs.items[j].guid, &s->guid) == 0)
-				s_is_new_there = false;
-		}
-		if (!s_is_new_there)
-			continue;
+		if (mb_by_guid(&by_guid, &s->guid))
+			continue; /* not new there: we have it too, under another name */
 		if (guid_cmp(&mb->guid, &s->guid) > 0) {
 			char *nn = clash_name(mb->name, &mb->guid);
 			log_info("sync %s: mailbox %s exists on both sides with different GUIDs; "
@@ -566,12 +713,13 @@ static int list_merge(struct sync_client *c)
 				free(nn);
 		} else {
 			char *nn = clash_name(s->name, &s->guid);
+			char *old = xstrdup(s->name);
+			struct guid sg = s->guid;
 			log_info("sync %s: mailbox %s exists on both sides with different GUIDs; "
-				 "the peer's becomes %s", c->user, s->name, nn);
-			send_rename(c, s->name, nn, &s->guid);
-			struct cl_srv_mbox *sm = (struct cl_srv_mbox *)s;
-			free(sm->name);
-			sm->name = nn;
+				 "the peer's becomes %s", c->user, old, nn);
+			send_rename(c, old, nn, &sg);
+			free(old);
+			free(nn);
 		}
 	}
 
@@ -628,10 +776,7 @@ static int list_merge(struct sync_client *c)
 	/* 3. Mailboxes only the server has. */
 	for (size_t i = 0; i < c->srv.count && ret == 0; i++) {
 		const struct cl_srv_mbox *s = &c->srv.items[i];
-		bool here = false;
-		for (size_t j = 0; j < mbs.count && !here; j++)
-			here = guid_cmp(&mbs.items[j].guid, &s->guid) == 0;
-		if (here)
+		if (mb_by_guid(&by_guid, &s->guid))
 			continue;
 		const struct cl_last_mbox *l = last_by_guid(&last, &s->guid);
 		if (l != NULL && s->uidnext == l->uidnext && s->hms == l->hms) {
@@ -659,6 +804,7 @@ static int list_merge(struct sync_client *c)
 	if (ret == 0 && stor_subscriptions(c->db, c->user, &subs, &err) < 0)
 		ret = cl_fail(c, "%s", err);
 	else if (ret == 0) {
+		str_list_sort(&subs);
 		for (size_t i = 0; i < subs.count && ret == 0; i++) {
 			const char *n = subs.items[i];
 			if (str_in(&c->srv_subs, n))
@@ -693,6 +839,7 @@ static int list_merge(struct sync_client *c)
 		stor_string_list_free(&subs);
 	}
 	stor_mailbox_list_free(&mbs);
+	ARRAY_FREE(&by_guid);
 	last_list_free(&last, &last_subs);
 	return ret;
 }
@@ -788,16 +935,21 @@ static int mbox_start(struct sync_client *c)
 	}
 	bool digest_eq = memcmp(s->digest, c->cur.digest, sizeof(s->digest)) == 0;
 	bool full = c->full;
+	if (!full && !digest_eq && c->cur.uidnext == s->uidnext &&
+	    c->cur.highestmodseq == s->hms) {
+		/* Equal UIDNEXT and HIGHESTMODSEQ, different messages or
+		 * flags: nothing the modseqs say can be trusted. */
+		log_warnx("sync %s with %u: mailbox %s: digests differ with equal UIDNEXT and "
+			  "HIGHESTMODSEQ; comparing every message", c->user, c->peer, c->cur.name);
+		full = true;
+	}
 	if (r > 0 && !full) {
 		bool unchanged = c->cur.uidnext == st.uidnext && s->uidnext == st.uidnext &&
 			c->cur.highestmodseq == st.highestmodseq && s->hms == st.highestmodseq;
 		if (unchanged && digest_eq)
 			return 0;
-		if (unchanged && !digest_eq) {
-			log_warnx("sync %s with %u: mailbox %s: digests differ with equal modseqs; "
-				  "comparing every message", c->user, c->peer, c->cur.name);
-			full = true;
-		} else if (c->cur.uidnext < st.uidnext || s->uidnext < st.uidnext ||
+		/* (Unchanged with different digests was caught above.) */
+		if (c->cur.uidnext < st.uidnext || s->uidnext < st.uidnext ||
 			   c->cur.highestmodseq < st.highestmodseq || s->hms < st.highestmodseq) {
 			log_warnx("sync %s with %u: mailbox %s went back in time (restored?); "
 				  "comparing every message", c->user, c->peer, c->cur.name);
@@ -975,12 +1127,27 @@ static int send_fetch(struct sync_client *c)
 		size_t k = need.count - i;
 		if (k > SYNC_MAX_UIDS_PER_LINE)
 			k = SYNC_MAX_UIDS_PER_LINE;
-		cl_cmd_begin(c, &w, "FETCH", K_FETCH, 0);
+		/* need is in UID order: the messages below this chunk's first
+		 * UID can be stored once the chunks before it completed. */
+		struct cl_chunk ch = { need.items[i], false };
+		cl_cmd_begin(c, &w, "FETCH", K_FETCH, c->chunks.count);
+		ARRAY_PUSH(&c->chunks, ch);
 		proto_wr_uidset(&w, need.items + i, k);
 		cl_cmd_end(c, &w);
 	}
 	c->need.count = 0;
 	return 1;
+}
+
+/* The UID below which every message of the answer has its text here: the
+ * first UID of the first FETCH chunk not completed yet. */
+static uint32_t fetched_below(const struct sync_client *c)
+{
+	for (size_t i = 0; i < c->chunks.count; i++) {
+		if (!c->chunks.items[i].done)
+			return c->chunks.items[i].lo;
+	}
+	return UINT32_MAX;
 }
 
 static int cmp_cl_save(const void *a, const void *b)
@@ -1219,6 +1386,8 @@ static int apply_some(struct sync_client *c)
 		for (; c->apply_pos < c->saves.count && n < c->budget; c->apply_pos++, n++) {
 			const struct cl_save *sv = &c->saves.items[c->apply_pos];
 			uint32_t uid = sv->uid;
+			if (uid >= c->apply_below)
+				return 0; /* its text is still on its way */
 			const struct stor_tombstone *t = tomb_by_uid(&c->tombs, uid);
 			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0) {
 				/* We expunged this very message: the expunge wins. */
@@ -1263,7 +1432,7 @@ static int apply_some(struct sync_client *c)
 				return cl_fail(c, "storing UID %u: %s", uid, err);
 			c->report.messages_received++;
 		}
-		if (c->apply_pos < c->saves.count)
+		if (c->apply_pos < c->saves.count || c->apply_below != UINT32_MAX)
 			return 0;
 		c->apply_stage = 3;
 		c->apply_pos = 0;
@@ -1338,6 +1507,10 @@ int sync_client_input(struct sync_client *c, const struct proto_cmd *line)
 	bool ok = proto_cmd_is(line, "OK");
 	switch (p->kind) {
 	case K_SAVE:
+		if (ok && proto_code_has(line, "PRESENT")) {
+			c->report.messages_present++;
+			return 0;
+		}
 		if (ok) {
 			c->report.messages_sent++;
 			return 0;
@@ -1363,6 +1536,8 @@ int sync_client_input(struct sync_client *c, const struct proto_cmd *line)
 	case K_FETCH:
 		if (!ok || proto_code_has(line, "MISSING"))
 			return cl_fail(c, "FETCH: the peer lacks texts it announced (%s)", line->text);
+		if (p->idx < c->chunks.count)
+			c->chunks.items[p->idx].done = true;
 		return 0;
 	case K_LISTOP:
 		if (!ok)
@@ -1413,10 +1588,21 @@ enum sync_step_result sync_client_step(struct sync_client *c)
 	case PH_RESEND_WAIT:
 	case PH_END_WAIT:
 	case PH_FETCH_WAIT:
+		if (c->outstanding > 0 && c->phase == PH_FETCH_WAIT) {
+			/* Store the messages whose texts arrived while the rest
+			 * come. */
+			size_t stage = c->apply_stage, pos = c->apply_pos;
+			c->apply_below = fetched_below(c);
+			if (apply_some(c) < 0)
+				return SYNC_STEP_ERROR;
+			if (stage != c->apply_stage || pos != c->apply_pos)
+				return SYNC_STEP_AGAIN;
+		}
 		if (c->outstanding > 0)
 			return SYNC_STEP_WAIT;
 		switch (c->phase) {
 		case PH_LIST_WAIT:
+			srv_index_build(c);
 			c->phase = PH_LIST_MERGE;
 			break;
 		case PH_LISTOPS_WAIT:
@@ -1428,9 +1614,12 @@ enum sync_step_result sync_client_step(struct sync_client *c)
 			c->phase = PH_PLAN;
 			break;
 		case PH_RELIST_WAIT:
+			srv_index_build(c);
 			c->phase = PH_PLAN;
 			break;
 		case PH_MBOX_WAIT:
+			log_debug("sync %s with %u: mailbox %s: %s sync", c->user, c->peer,
+				  c->cur.name, c->cur_full ? "full" : "incremental");
 			if (send_begin(c) < 0)
 				return SYNC_STEP_ERROR;
 			c->phase = PH_SEND;
@@ -1445,14 +1634,22 @@ enum sync_step_result sync_client_step(struct sync_client *c)
 			c->phase = PH_END_WAIT;
 			return SYNC_STEP_WAIT;
 		case PH_END_WAIT:
+			log_debug("sync %s with %u: mailbox %s: answer in: %zu expunged, %zu saved, "
+				  "%zu flags, %zu moved", c->user, c->peer, c->cur.name,
+				  c->exp_uids.count, c->saves.count, c->flags.count, c->fix_old.count);
 			if (c->saves.count > 0)
 				qsort(c->saves.items, c->saves.count, sizeof(struct cl_save),
 				      cmp_cl_save);
+			c->apply_stage = 0;
+			c->apply_pos = 0;
+			c->apply_below = 0; /* nothing stored before the FETCHes go */
+			c->chunks.count = 0;
 			c->phase = PH_FETCH;
 			break;
 		case PH_FETCH_WAIT:
-			c->apply_stage = 0;
-			c->apply_pos = 0;
+			log_debug("sync %s with %u: mailbox %s: %u texts fetched so far; applying",
+				  c->user, c->peer, c->cur.name, c->report.texts_fetched);
+			c->apply_below = UINT32_MAX;
 			c->phase = PH_APPLY;
 			break;
 		default:

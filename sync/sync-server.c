@@ -85,6 +85,14 @@ struct srv_fetch {
 
 enum srv_job { JOB_NONE, JOB_MERGE, JOB_FETCH };
 
+/* A message of the last SYNC-END answer: the client FETCHes the texts of
+ * its SAVE lines next, and this saves a lookup per text. */
+struct srv_text_ref {
+	uint32_t uid;
+	struct guid guid;
+	uint64_t size;
+};
+
 struct sync_server {
 	struct stor_db *db;
 	uint32_t peer;
@@ -112,6 +120,7 @@ struct sync_server {
 	unsigned budget;
 	struct buf held;
 	struct proto_parser *held_parser;
+	ARRAY(struct srv_text_ref) text_refs; /* sorted by UID; of s->sel */
 
 	unsigned examined;
 	char *error;
@@ -188,6 +197,7 @@ void sync_server_destroy(struct sync_server **sp)
 	proto_parser_destroy(&s->parser);
 	proto_parser_destroy(&s->held_parser);
 	buf_free(&s->held);
+	ARRAY_FREE(&s->text_refs);
 	buf_free(&s->out);
 	free(s->error);
 	free(s);
@@ -452,6 +462,7 @@ static int cmd_select(struct sync_server *s, const struct proto_cmd *cmd)
 		return 0;
 	}
 	srv_sync_reset(s);
+	s->text_refs.count = 0;
 	s->selected = false;
 	for (size_t i = 0; i < s->ids.count; i++) {
 		if (s->ids.items[i].id == id) {
@@ -481,6 +492,7 @@ static int cmd_sync_begin(struct sync_server *s, const struct proto_cmd *cmd)
 		return 0;
 	}
 	srv_sync_reset(s);
+	s->text_refs.count = 0;
 	s->in_sync = true;
 	s->last_modseq = lm;
 	s->client_modseq = cm;
@@ -496,6 +508,7 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 	int64_t date;
 	int tz;
 	const char *err;
+	bool present = false;
 	memset(&sv, 0, sizeof(sv));
 	if (cmd->arg_count != 6 || proto_arg_date(&cmd->args[0], &date, &tz) < 0 ||
 	    proto_arg_u32(&cmd->args[1], &sv.uid) < 0 || sv.uid == 0 ||
@@ -519,6 +532,19 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 			srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "text unknown, send it");
 			return 0;
 		}
+		/* This very message at this UID already (a full compare of
+		 * equal copies): OK [PRESENT], so the client counts honestly
+		 * what moved. */
+		struct stor_msg have;
+		r = stor_msg_get(s->db, &s->sel, sv.uid, &have, &err);
+		if (r < 0) {
+			sync_flags_free(&sv.f);
+			return srv_fail(s, "SAVE: %s", err);
+		}
+		if (r > 0) {
+			present = guid_cmp(&have.guid, &sv.guid) == 0;
+			stor_msg_free(&have);
+		}
 	} else if (text->type == PROTO_ARG_LITERAL) {
 		struct stor_text_writer *tw = stor_text_begin(s->db, &sv.guid);
 		if (stor_text_write(tw, text->str, text->len, &err) < 0) {
@@ -538,7 +564,7 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 		return 0;
 	}
 	ARRAY_PUSH(&s->saves, sv);
-	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	srv_reply(s, cmd->tag, "OK", present ? "PRESENT" : NULL, "held");
 	return 0;
 }
 
@@ -1211,6 +1237,14 @@ static int merge_step(struct sync_server *s)
 		}
 		case MS_WR_END:
 			merge_write_end(s);
+			s->text_refs.count = 0;
+			for (size_t i = 0; i < m->smsgs.count; i++) {
+				if (m->dirty[i])
+					continue; /* moved or expunged since the scan */
+				struct srv_text_ref ref = { m->smsgs.items[i].uid, m->smsgs.items[i].guid,
+							    m->smsgs.items[i].size };
+				ARRAY_PUSH(&s->text_refs, ref);
+			}
 			job_end(s);
 			srv_sync_reset(s);
 			break;
@@ -1241,6 +1275,21 @@ static int cmd_fetch(struct sync_server *s, const struct proto_cmd *cmd)
 	return 0;
 }
 
+static struct srv_text_ref *text_ref_find(struct sync_server *s, uint32_t uid)
+{
+	size_t lo = 0, hi = s->text_refs.count;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (s->text_refs.items[mid].uid == uid)
+			return &s->text_refs.items[mid];
+		if (s->text_refs.items[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
 /* Sends the texts of up to s->budget UIDs (and about
  * SYNC_FETCH_STEP_BYTES), then the completion once all are sent. */
 static int fetch_step(struct sync_server *s)
@@ -1255,6 +1304,21 @@ static int fetch_step(struct sync_server *s)
 		uint32_t uid = f->uids.items[f->pos++];
 		struct stor_msg m;
 		n++;
+		const struct srv_text_ref *ref = text_ref_find(s, uid);
+		if (ref != NULL) {
+			buf_reset(&f->text);
+			if (stor_text_read(s->db, &ref->guid, 0, ref->size, &f->text, &err) == 0) {
+				proto_wr_begin(&w, f->tag, "TEXT");
+				proto_wr_u64(&w, uid);
+				proto_wr_guid(&w, &ref->guid);
+				proto_wr_literal(&w, f->text.data, f->text.len);
+				proto_wr_end(&w);
+				bytes += f->text.len;
+			} else {
+				ARRAY_PUSH(&f->missing, uid);
+			}
+			continue;
+		}
 		int r = stor_msg_get(s->db, &s->sel, uid, &m, &err);
 		if (r < 0) {
 			srv_flush(s);

@@ -59,7 +59,9 @@ struct sync_report {
 	unsigned mailboxes_deleted;
 	unsigned subscriptions_changed;
 	unsigned messages_examined;   /* client messages and tombstones looked at */
-	unsigned messages_sent;       /* SAVEs the server took from us */
+	unsigned messages_sent;       /* SAVEs the server took from us (new there) */
+	unsigned messages_present;    /* SAVEs of a full compare the server held
+				       * already at that UID (nothing moved) */
 	unsigned texts_sent;          /* of those, with their text */
 	unsigned messages_received;   /* SAVE lines applied here */
 	unsigned texts_fetched;       /* texts that came with FETCH */

@@ -742,6 +742,18 @@ static void test_sync_full_option_compares_every_message(void)
 	CU_ASSERT(dumps_equal(&a, &b));
 	CU_ASSERT_EQUAL(r.report.mailboxes_full, 1);
 	CU_ASSERT(r.report.messages_examined >= 6);
+	/* The five the peer held at the same UIDs are counted as present, not
+	 * as sent. */
+	CU_ASSERT_EQUAL(r.report.messages_present, 5);
+	/* --full on equal copies: every message compared, nothing moves. */
+	r = run_sync(&a, &b, true, 113);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(r.report.mailboxes_full, 1);
+	CU_ASSERT_EQUAL(r.report.messages_present, 5);
+	CU_ASSERT_EQUAL(r.report.messages_sent, 0);
+	CU_ASSERT_EQUAL(r.report.texts_sent, 0);
+	CU_ASSERT_EQUAL(r.report.messages_received, 0);
+	CU_ASSERT_EQUAL(r.report.texts_fetched, 0);
 	node_close(&a);
 	node_close(&b);
 }
