@@ -315,13 +315,14 @@ def main():
         rank = {u: i + 1 for i, u in enumerate(uids)}
         all_lags = []
         for idx, _st, seen in idle:
-            lags, early, missing = [], 0, 0
+            lags, signed, early, missing = [], [], 0, 0
             for t_ok, uid in oks:
                 t_seen = next((t for t, cnt in seen if cnt >= rank[uid]), None)
                 if t_seen is None:
                     missing += 1
                     continue
                 lag = t_seen - t_ok
+                signed.append(lag * 1000)
                 if lag < 0:
                     early += 1
                 lags.append(max(0.0, lag) * 1000)
@@ -330,6 +331,8 @@ def main():
                   "%d seen before the OK; %d never seen" % (idx + 1, len(oks), pct(lags, 50),
                                                             pct(lags, 99), max(lags or [0]),
                                                             early, missing), flush=True)
+            print("   signed (EXISTS time - OK time): p1 %.2f ms, p50 %.2f ms, p90 %.2f ms"
+                  % (pct(signed, 1), pct(signed, 50), pct(signed, 90)), flush=True)
             if missing:
                 ok = False
     finally:
