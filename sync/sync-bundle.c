@@ -392,32 +392,6 @@ static int last_import_set(struct stor_db *db, uint32_t source, const char *user
 /* ------------------------------------------------------------------ */
 /* State files */
 
-typedef ARRAY(struct guid) guid_array;
-
-static int guid_qcmp(const void *a, const void *b)
-{
-	return guid_cmp(a, b);
-}
-
-static void guids_sort_unique(guid_array *g)
-{
-	if (g->count == 0)
-		return;
-	qsort(g->items, g->count, sizeof(g->items[0]), guid_qcmp);
-	size_t n = 1;
-	for (size_t i = 1; i < g->count; i++) {
-		if (guid_cmp(&g->items[i], &g->items[n - 1]) != 0)
-			g->items[n++] = g->items[i];
-	}
-	g->count = n;
-}
-
-static bool guids_have(const guid_array *g, const struct guid *x)
-{
-	return g->count > 0 &&
-	       bsearch(x, g->items, g->count, sizeof(g->items[0]), guid_qcmp) != NULL;
-}
-
 /* A message whose state an import here took over unchanged from the bundle
  * (same UID, GUID, flags and keywords): the merge may have given it a new
  * modseq here and in the scratch copy, but not on the other node.  While it
@@ -440,10 +414,28 @@ static int adopt_cmp(const void *a, const void *b)
 	return x->uid < y->uid ? -1 : x->uid > y->uid;
 }
 
+/* A message whose text the other node holds: the GUID it had at that UID
+ * of that mailbox in the bundle imported here. */
+struct held {
+	struct guid mailbox;
+	uint32_t uid;
+	struct guid guid;
+};
+typedef ARRAY(struct held) held_array;
+
+static int held_cmp(const void *a, const void *b)
+{
+	const struct held *x = a, *y = b;
+	int c = guid_cmp(&x->mailbox, &y->mailbox);
+	if (c != 0)
+		return c;
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
 struct bundle_state {
 	int64_t base_created;
 	unsigned char base_digest[32];
-	guid_array texts;
+	held_array texts;
 	adopt_array adopts;
 };
 
@@ -520,12 +512,23 @@ static int state_parse(const void *data, size_t len, const char *user,
 			else
 				ARRAY_PUSH(&st_r->adopts, a);
 		} else if (stage == 4) {
-			struct guid g;
-			if (!str_has_prefix(line, "TEXT ") || guid_from_hex(line + 5, &g) < 0 ||
-			    strlen(line + 5) != 32)
+			/* "TEXT <mailbox guid> <uid> <guid>" */
+			struct held h;
+			uint64_t uid;
+			char *f1 = line + 5, *f2 = strchr(f1, ' '), *f3 = f2 ? strchr(f2 + 1, ' ') : NULL;
+			if (!str_has_prefix(line, "TEXT ") || f2 == NULL || f3 == NULL ||
+			    f2 - f1 != 32 || strlen(f3 + 1) != 32)
 				bad = "bad TEXT line";
-			else
-				ARRAY_PUSH(&st_r->texts, g);
+			else {
+				*f2 = *f3 = '\0';
+				if (guid_from_hex(f1, &h.mailbox) < 0 ||
+				    str_to_u64(f2 + 1, UINT32_MAX, &uid) < 0 || uid == 0 ||
+				    guid_from_hex(f3 + 1, &h.guid) < 0)
+					bad = "bad TEXT line";
+				h.uid = (uint32_t)uid;
+				if (bad == NULL)
+					ARRAY_PUSH(&st_r->texts, h);
+			}
 		} else {
 			bad = "data after END";
 		}
@@ -538,7 +541,9 @@ static int state_parse(const void *data, size_t len, const char *user,
 		*error_r = fmt_error("state file: %s", bad);
 		return -1;
 	}
-	guids_sort_unique(&st_r->texts);
+	if (st_r->texts.count > 0)
+		qsort(st_r->texts.items, st_r->texts.count, sizeof(st_r->texts.items[0]),
+		      held_cmp);
 	if (st_r->adopts.count > 0)
 		qsort(st_r->adopts.items, st_r->adopts.count, sizeof(st_r->adopts.items[0]),
 		      adopt_cmp);
@@ -546,15 +551,11 @@ static int state_parse(const void *data, size_t len, const char *user,
 }
 
 static void write_state(struct buf *out, const char *user, uint32_t peer, int64_t created,
-			const char *digest_hex, const guid_array *texts, const struct buf *adopts)
+			const char *digest_hex, const struct buf *texts, const struct buf *adopts)
 {
 	buf_appendf(out, "%s\nUSER %s\nPEER %u\nBASE %" PRId64 " %s\n", STATE_MAGIC, user, peer,
 		    created, digest_hex);
-	for (size_t i = 0; i < texts->count; i++) {
-		char gh[GUID_HEX_SIZE];
-		guid_to_hex(&texts->items[i], gh);
-		buf_appendf(out, "TEXT %s\n", gh);
-	}
+	buf_append(out, texts->data, texts->len);
 	buf_append(out, adopts->data, adopts->len);
 	buf_append_str(out, "END\n");
 }
@@ -569,7 +570,7 @@ struct exporter {
 	struct proto_wr w;
 	unsigned tag;
 	struct deflater d;
-	const guid_array *held;
+	const held_array *held;
 	const adopt_array *adopts;
 	struct sync_bundle_export_report rep;
 };
@@ -606,7 +607,10 @@ static int ex_message(struct exporter *e, const struct guid *mailbox, const stru
 	proto_wr_u64(&e->w, modseq);
 	proto_wr_guid(&e->w, &m->guid);
 	sync_wr_flags(&e->w, m->flags, &m->keywords);
-	if (e->held != NULL && guids_have(e->held, &m->guid)) {
+	struct held key = { .mailbox = *mailbox, .uid = m->uid };
+	const struct held *h = e->held == NULL || e->held->count == 0 ? NULL :
+			       bsearch(&key, e->held->items, e->held->count, sizeof(key), held_cmp);
+	if (h != NULL && guid_cmp(&h->guid, &m->guid) == 0) {
 		proto_wr_atom(&e->w, "NIL");
 		e->rep.texts_left_out++;
 	} else {
@@ -1042,7 +1046,6 @@ struct loader {
 	uint32_t uidnext;
 	uint64_t hms;
 	stor_uid_list placeholders;
-	guid_array texts;
 	/* A SAVE with NIL held back until the next command says whether it
 	 * is a tombstone (see ld_tomb_hides_move()). */
 	struct ld_msg pending;
@@ -1370,8 +1373,6 @@ static int ld_sync_end(struct loader *l)
 	stor_msg_list msgs;
 	if (stor_msg_list_range(l->scratch, &l->sel, 1, UINT32_MAX, &msgs, &err) < 0)
 		return ld_fail(l, "%s", err);
-	for (size_t i = 0; i < msgs.count; i++)
-		ARRAY_PUSH(&l->texts, msgs.items[i].guid);
 	struct ld_snap snap = { l->sel, msgs };
 	ARRAY_PUSH(&l->snaps, snap);
 	l->in_sync = false;
@@ -1588,8 +1589,8 @@ static int merge(struct stor_db *db, struct stor_db *scratch, const struct verif
 
 /* ADOPT lines: messages we hold after the merge exactly as the bundle had
  * them (see struct adopt). */
-static int adopts_write(struct stor_db *db, const struct loader *l, struct buf *out,
-			char **error_r)
+static int adopts_write(struct stor_db *db, const struct loader *l, struct buf *texts,
+			struct buf *out, char **error_r)
 {
 	const char *err;
 	for (size_t i = 0; i < l->snaps.count; i++) {
@@ -1597,6 +1598,13 @@ static int adopts_write(struct stor_db *db, const struct loader *l, struct buf *
 		stor_msg_list ours;
 		if (sn->msgs.count == 0)
 			continue;
+		char mh[GUID_HEX_SIZE];
+		guid_to_hex(&sn->mailbox, mh);
+		for (size_t k = 0; k < sn->msgs.count; k++) {
+			char th[GUID_HEX_SIZE];
+			guid_to_hex(&sn->msgs.items[k].guid, th);
+			buf_appendf(texts, "TEXT %s %u %s\n", mh, sn->msgs.items[k].uid, th);
+		}
 		if (stor_msg_list_range(db, &sn->mailbox, 1, UINT32_MAX, &ours, &err) < 0) {
 			*error_r = fmt_error("%s", err);
 			return -1;
@@ -1712,20 +1720,19 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 		*error_r = fmt_error("storing the merge: %s", err);
 		ret = -1;
 	}
-	struct buf adopts = BUF_INIT;
+	struct buf adopts = BUF_INIT, texts = BUF_INIT;
 	if (ret == 0)
-		ret = adopts_write(db, &l, &adopts, error_r);
+		ret = adopts_write(db, &l, &texts, &adopts, error_r);
 	if (ret == 0) {
-		guids_sort_unique(&l.texts);
-		write_state(&res_r->state, v.user, v.source, v.created, v.digest_hex, &l.texts,
+		write_state(&res_r->state, v.user, v.source, v.created, v.digest_hex, &texts,
 			    &adopts);
 		res_r->user = xstrdup(v.user);
 		res_r->source = v.source;
 		res_r->base_known = base_known;
 	}
 	buf_free(&adopts);
+	buf_free(&texts);
 	ld_snaps_free(&l);
-	ARRAY_FREE(&l.texts);
 	free(l.error);
 	stor_close(&scratch);
 	rmtree(tmpl);

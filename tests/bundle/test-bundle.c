@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/xalloc.h"
 #include "storage/storage.h"
@@ -141,12 +142,19 @@ static struct sync_bundle_key cluster_key(void)
 	return k;
 }
 
+/* Every export gets its own CREATED (from now on, one second apart), so
+ * that two exports of the same content are two bundles, not a replay. */
+static int64_t next_created;
+
 /* Exports USER from n (with its last import's state when since is true). */
 static void export_from(struct node *n, bool since, struct buf *out,
 			struct sync_bundle_export_report *rep_r)
 {
+	if (next_created == 0)
+		next_created = (int64_t)time(NULL);
 	struct sync_bundle_export_settings set = {
 		.user = USER, .source_sid = n->sid, .key = cluster_key(),
+		.created = next_created++,
 		.state = since ? (const void *)n->state.data : NULL,
 		.state_len = since ? n->state.len : 0,
 	};
@@ -414,6 +422,122 @@ static void test_bundle_later_flag_changes_win(void)
 	buf_free(&bundle);
 	node_close(&a);
 	node_close(&b);
+}
+
+/* Random changes on both nodes between exchanges (appends, flag changes,
+ * expunges, a second mailbox): after a bundle each way the dumps are equal
+ * and no GUID is held twice in a mailbox. */
+static uint32_t rnd_state;
+
+static uint32_t rnd(void)
+{
+	rnd_state ^= rnd_state << 13;
+	rnd_state ^= rnd_state >> 17;
+	rnd_state ^= rnd_state << 5;
+	return rnd_state;
+}
+
+static void random_changes(struct node *n, const struct guid *mbs, size_t nmbs)
+{
+	const char *error;
+	unsigned count = 1 + rnd() % 6;
+	for (unsigned i = 0; i < count; i++) {
+		const struct guid *mb = &mbs[rnd() % nmbs];
+		struct stor_mailbox m;
+		CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(n->db, mb, &m, &error), 1);
+		uint32_t uidnext = m.uidnext;
+		stor_mailbox_free(&m);
+		uint32_t uid = uidnext > 1 ? 1 + rnd() % (uidnext - 1) : 0;
+		switch (rnd() % 4) {
+		case 0:
+		case 1: {
+			char text[64];
+			snprintf(text, sizeof(text), "Subject: %u\r\n\r\n%u\r\n", rnd(), n->sid);
+			append(n, mb, text, rnd() % 2 != 0 ? STOR_FLAG_SEEN : 0);
+			break;
+		}
+		case 2:
+			if (uid != 0) {
+				struct stor_store req;
+				memset(&req, 0, sizeof(req));
+				req.op = STOR_FLAGS_REPLACE;
+				req.flags = rnd() & STOR_FLAGS_ALL;
+				CU_ASSERT_EQUAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL,
+							       &error), 0);
+			}
+			break;
+		default:
+			if (uid != 0)
+				CU_ASSERT_EQUAL(stor_msg_expunge(n->db, mb, &uid, 1, 0, NULL, &error),
+						0);
+			break;
+		}
+	}
+}
+
+static void check_no_duplicates(struct node *n, const struct guid *mbs, size_t nmbs)
+{
+	for (size_t i = 0; i < nmbs; i++) {
+		stor_msg_list list;
+		const char *error;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(n->db, &mbs[i], 1, UINT32_MAX, &list,
+							  &error), 0);
+		for (size_t j = 0; j < list.count; j++) {
+			for (size_t k = j + 1; k < list.count; k++)
+				CU_ASSERT_NOT_EQUAL(guid_cmp(&list.items[j].guid,
+							     &list.items[k].guid), 0);
+		}
+		CU_ASSERT_EQUAL(stor_mailbox_check(n->db, &mbs[i], &error), 0);
+		stor_msg_list_free(&list);
+	}
+}
+
+static void test_bundle_random_changes_converge(void)
+{
+	for (uint32_t seed = 1; seed <= 40; seed++) {
+		struct node a, b;
+		struct buf bundle = BUF_INIT;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		rnd_state = seed * 2654435761u;
+		struct guid mbs[2];
+		mbs[0] = mk_mailbox(&a, USER, "INBOX", NULL);
+		mbs[1] = mk_mailbox(&a, USER, "Work", NULL);
+		append(&a, &mbs[0], "Subject: first\r\n\r\nx\r\n", 0);
+		export_from(&a, false, &bundle, NULL);
+		import_ok(&b, &bundle, NULL);
+		export_from(&b, true, &bundle, NULL);
+		import_ok(&a, &bundle, NULL);
+		for (int round = 0; round < 6; round++) {
+			random_changes(&a, mbs, 2);
+			random_changes(&b, mbs, 2);
+			/* Who starts alternates. */
+			struct node *x = round % 2 == 0 ? &a : &b, *y = round % 2 == 0 ? &b : &a;
+			export_from(x, true, &bundle, NULL);
+			import_ok(y, &bundle, NULL);
+			/* Sometimes the first side changes again before the
+			 * bundle back arrives. */
+			if (rnd() % 2 == 0)
+				random_changes(x, mbs, 2);
+			export_from(y, true, &bundle, NULL);
+			import_ok(x, &bundle, NULL);
+			if (!dumps_equal(&a, &b)) {
+				/* The changes made meanwhile need one more
+				 * bundle; then it must be equal. */
+				export_from(x, true, &bundle, NULL);
+				import_ok(y, &bundle, NULL);
+			}
+			bool eq = dumps_equal(&a, &b);
+			if (!eq)
+				fprintf(stderr, "seed %u round %d: not converged\n", seed, round);
+			CU_ASSERT_TRUE(eq);
+			check_no_duplicates(&a, mbs, 2);
+			check_no_duplicates(&b, mbs, 2);
+		}
+		buf_free(&bundle);
+		node_close(&a);
+		node_close(&b);
+	}
 }
 
 /* An import the other node has not seen yet is no base for a delete: a
@@ -714,6 +838,7 @@ static const struct test_case bundle_cases[] = {
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },
 	{ "later flag changes win", test_bundle_later_flag_changes_win },
+	{ "random changes converge", test_bundle_random_changes_converge },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
 	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },
