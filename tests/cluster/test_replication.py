@@ -19,6 +19,10 @@ next ones.  Checked here:
     APPEND on all nodes: after failover every OK'd APPEND is on the
     survivors exactly once and their dumps are equal, and so on all three
     once the old master is back (twice, with two users);
+  - the master's links go silent (blackhole) while clients on the other
+    nodes APPEND through it: after the heal every OK'd message is on every
+    node exactly once (a forwarded APPEND whose answer was lost is not
+    stored twice);
   - concurrent conflicting STOREs on two nodes: every node ends with the
     same FLAGS and MODSEQ per message (CONDSTORE); STORE (UNCHANGEDSINCE
     stale) right after another node's change is refused with MODIFIED on
@@ -364,7 +368,7 @@ def fetch_flags_modseq(node, usr, mailbox="INBOX"):
 # ---------------------------------------------------------------- sections
 def t_setup():
     global CLUSTER
-    users = {user(s): PASSWORD for s in range(1, 12)}
+    users = {user(s): PASSWORD for s in range(1, 13)}
     c = Cluster(n=3, users=users, proxies=True, extra_config={"sync_replicas": 1})
     CLUSTER = c
     c.start_all()
@@ -956,6 +960,54 @@ def t_isolated_master():
             views)
 
 
+def t_master_goes_silent():
+    """The master's links silently lose everything (blackhole) while
+    clients on the other nodes APPEND through it: forwarded APPENDs whose
+    answer is lost must not end up twice once the links heal."""
+    c = CLUSTER
+    ensure_all_up(c)
+    usr = user(12)
+    prepare_user(c, usr)
+    m = master_of(c.nodes[0], usr)
+    R.check("node 1 names a master of INBOX", m is not None)
+    if m is None:
+        return
+    others = [n for n in c.nodes if n.node_id != m]
+    print("master of INBOX: %d; its links go silent under load" % m)
+    apps = [Appender(n, usr, "sil%d" % n.node_id, 60, pause=0.05) for n in others]
+    for a in apps:
+        a.start()
+    try:
+        deadline = time.monotonic() + 30
+        while min(a.done_count for a in apps) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        c.mesh.isolate(m, mode="blackhole")
+        t_cut = time.monotonic()
+        time.sleep(6.0)  # past the 3 s dead timeout, while the writers go on
+    finally:
+        c.mesh.restore_all()
+    for a in apps:
+        a.join(240)
+    for a in apps:
+        if a.is_alive():
+            a.stop()
+            a.join(20)
+    oks = {}
+    for a in apps:
+        oks.update(a.oks)
+        after = [t for t in a.ok_times if t > t_cut]
+        R.check("writer on node %d gets OKs while the master is silent" % a.node.node_id,
+                bool(after), a.failures[:3])
+        print("node %d: %d OK, %d failed %s" % (a.node.node_id, len(a.oks), len(a.failures),
+                                               a.failures[:3]))
+    c.wait_links_up(timeout=40)
+    ok, _ = check_dumps_equal("silent master healed", c.nodes, usr, timeout=CATCH_UP,
+                              pred=lambda x: len(msg_lines(x)) >= len(oks))
+    if not ok:
+        print("logs:", node_logs_tail(c.nodes))
+    check_oks_present("silent master healed", c.nodes, usr, oks, check_uids=False)
+
+
 def main():
     R.section("setup: 3 nodes, sync_replicas = 1, links through proxies", t_setup)
     # ONLY=word,word runs the sections whose name contains one of the words.
@@ -973,7 +1025,8 @@ def main():
                 ("status: peer state, backlog, lag; a cut link", t_status_backlog),
                 ("CREATE/RENAME/DELETE/SUBSCRIBE replicate", t_mailbox_list),
                 ("deliver, COPY, MOVE, EXPUNGE replicate", t_copy_move_expunge),
-                ("master cut off, both sides write, heal", t_isolated_master)):
+                ("master cut off, both sides write, heal", t_isolated_master),
+                ("master's links go silent under forwarded load", t_master_goes_silent)):
             if not only or any(w in name for w in only):
                 R.section(name, func)
         CLUSTER.close()
