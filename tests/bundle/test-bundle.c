@@ -425,7 +425,8 @@ static void test_bundle_later_flag_changes_win(void)
 }
 
 /* Random changes on both nodes between exchanges (appends, flag changes,
- * expunges, a second mailbox): after a bundle each way the dumps are equal
+ * expunges, mailboxes created, renamed and deleted): after a bundle each way
+ * the dumps are equal
  * and no GUID is held twice in a mailbox. */
 static uint32_t rnd_state;
 
@@ -448,7 +449,30 @@ static void random_changes(struct node *n, const struct guid *mbs, size_t nmbs)
 		uint32_t uidnext = m.uidnext;
 		stor_mailbox_free(&m);
 		uint32_t uid = uidnext > 1 ? 1 + rnd() % (uidnext - 1) : 0;
-		switch (rnd() % 4) {
+		switch (rnd() % 5) {
+		case 4: {
+			/* Mailbox list changes beside INBOX and Work: create,
+			 * rename or delete an X mailbox. */
+			stor_mailbox_array list;
+			CU_ASSERT_EQUAL_FATAL(stor_mailbox_list(n->db, USER, &list, &error), 0);
+			const struct stor_mailbox *x = NULL;
+			for (size_t j = 0; j < list.count && x == NULL; j++) {
+				if (list.items[j].name[0] == 'X')
+					x = &list.items[j];
+			}
+			char name[32];
+			snprintf(name, sizeof(name), "X%u", rnd() % 1000);
+			if (x == NULL || rnd() % 3 == 0) {
+				struct stor_mailbox_create req = { .user = USER, .name = name };
+				(void)stor_mailbox_create(n->db, &req, NULL, &error);
+			} else if (rnd() % 2 == 0) {
+				(void)stor_mailbox_rename(n->db, &x->guid, name, &error);
+			} else {
+				CU_ASSERT_EQUAL(stor_mailbox_delete(n->db, &x->guid, &error), 0);
+			}
+			stor_mailbox_list_free(&list);
+			break;
+		}
 		case 0:
 		case 1: {
 			char text[64];
