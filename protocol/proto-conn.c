@@ -76,6 +76,10 @@ struct proto_conn {
 	int cb_depth;
 	char my_prefix, peer_prefix;
 	ev_tstamp created, last_rx, closing_since;
+	/* Last write that made progress while the link was congested: we read
+	 * nothing then (back-pressure), so the peer taking our output is the
+	 * sign that it lives. */
+	ev_tstamp last_drain;
 	bool ping_outstanding;
 
 	struct proto_parser *parser;
@@ -394,6 +398,8 @@ static void pump_output(struct proto_conn *conn)
 			return;
 		}
 		buf_consume(&conn->out_net, (size_t)n);
+		if (conn->congested && n > 0)
+			conn->last_drain = ev_now(conn->loop);
 	}
 	if (buf_avail(&conn->out_net) == 0 &&
 	    (conn->out_plain.len == 0 || conn->hold_output ||
@@ -1238,6 +1244,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		if (now - conn->created >= conn->set.handshake_timeout_ms / 1000.0)
 			conn_fail(conn, "handshake timed out");
 	} else if (now - conn->last_rx >= conn->set.dead_timeout_ms / 1000.0 &&
+		   now - conn->last_drain >= conn->set.dead_timeout_ms / 1000.0 &&
 		   !input_waiting_alive(conn)) {
 		conn_fail(conn, "peer timed out");
 	} else if (now - conn->last_rx >= conn->set.ping_interval_ms / 1000.0 &&

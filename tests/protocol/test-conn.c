@@ -873,6 +873,50 @@ static void test_waiting_input_after_a_long_stall_keeps_the_link_up(void)
 	ev_loop_destroy(loop);
 }
 
+/* A congested link reads nothing (back-pressure), so a peer that is slowly
+ * taking a long output sends nothing we see: its reading keeps the link up.
+ * Once it stops reading, the link is declared dead. */
+static void test_slow_but_reading_peer_stays_up_while_congested(void)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct side b = { 0 };
+	struct raw r;
+	struct proto_conn_settings sb;
+	base_settings(&sb, 2, false);
+	sb.ping_interval_ms = 100;
+	sb.dead_timeout_ms = 400;
+	sb.out_high_water = 256 * 1024;
+	sb.out_low_water = 64 * 1024;
+	raw_open(loop, &r, &b, &sb);
+	raw_handshake(loop, &r, &b);
+	static char chunk[64 * 1024];
+	memset(chunk, 'x', sizeof(chunk));
+	for (int i = 0; i < 160; i++) {
+		struct proto_wr *w = proto_conn_line_begin(b.conn, "*", "X-DATA");
+		proto_wr_literal(w, chunk, sizeof(chunk));
+		proto_conn_line_end(b.conn);
+	}
+	/* About 1.2 s of slow reading, 3 dead timeouts: 8 KB every 10 ms. */
+	char tmp[8192];
+	size_t got = 0;
+	for (int i = 0; i < 120 && b.closed == 0; i++) {
+		ssize_t n = read(r.fd, tmp, sizeof(tmp));
+		if (n > 0)
+			got += (size_t)n;
+		ev_run(loop, EVRUN_NOWAIT);
+		usleep(10 * 1000);
+	}
+	CU_ASSERT_EQUAL_FATAL(b.closed, 0);
+	CU_ASSERT(got > 512 * 1024);
+	CU_ASSERT(proto_conn_is_congested(b.conn));
+	/* It stops reading: dead once the socket buffers are full. */
+	CU_ASSERT(run_until(loop, side_closed, &b, 10));
+	CU_ASSERT(strstr(b.reason, "timed out") != NULL);
+	raw_close(&r);
+	side_free(&b);
+	ev_loop_destroy(loop);
+}
+
 static void test_slow_reader_stops_reading_and_drains(void)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
@@ -952,6 +996,7 @@ const struct test_case proto_conn_cases[] = {
 	{ "unanswered COMPRESS closes the link", test_unanswered_compress_closes_the_link },
 	{ "silent peer gets PING then is declared dead", test_silent_peer_gets_ping_then_is_declared_dead },
 	{ "waiting input after a long stall keeps the link up", test_waiting_input_after_a_long_stall_keeps_the_link_up },
+	{ "slow but reading peer stays up while congested", test_slow_but_reading_peer_stays_up_while_congested },
 	{ "slow reader stops reading and drains", test_slow_reader_stops_reading_and_drains },
 	{ "destroy inside a command callback is safe", test_destroy_inside_command_callback_is_safe },
 	{ NULL, NULL },

@@ -1039,6 +1039,139 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 	node_close(&b);
 }
 
+
+static size_t count_lines(const char *s, const char *needle)
+{
+	size_t n = 0;
+	for (const char *p = strstr(s, needle); p != NULL; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
+/* SYNC-END of a large mailbox is answered in bounded steps: the input call
+ * and each step send at most about the budget's SAVE lines, and commands
+ * that arrive meanwhile are answered after the SYNC-END, in order. */
+static void test_sync_server_answers_sync_end_in_bounded_steps(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	for (int i = 0; i < 300; i++)
+		append(&b, &mb, "Subject: s\r\n\r\nx\r\n", 0, NULL);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 16);
+	char hex[GUID_HEX_SIZE], line[512];
+	guid_to_hex(&mb, hex);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN 0 0 1 1\r\nC4 SYNC-END\r\n", USER, x.uidvalidity, hex);
+	stor_mailbox_free(&x);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	CU_ASSERT(sync_server_busy(sv));
+	buf_append_byte(&out, '\0');
+	CU_ASSERT_PTR_NULL(strstr((const char *)out.data, "C4 OK"));
+	CU_ASSERT(count_lines((const char *)out.data, "C4 SAVE ") <= 16);
+	/* Commands while busy wait, and keep their order. */
+	snprintf(line, sizeof(line), "C5 LIST %s\r\nC6 FETCH 1:3\r\n", USER);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	buf_reset(&out);
+	unsigned steps = 0;
+	size_t max_saves = 0;
+	while (sync_server_busy(sv) && steps < 10000) {
+		size_t before = out.len;
+		CU_ASSERT(sync_server_step(sv) >= 0);
+		buf_append_byte(&out, '\0');
+		size_t saves = count_lines((const char *)out.data + before, "C4 SAVE ");
+		out.len--;
+		if (saves > max_saves)
+			max_saves = saves;
+		steps++;
+	}
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	CU_ASSERT(steps >= 300 / 16);
+	CU_ASSERT(max_saves <= 16);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	const char *end = strstr(o, "C4 OK [UIDNEXT 301 ");
+	const char *list = strstr(o, "C5 OK");
+	const char *fetch = strstr(o, "C6 OK");
+	CU_ASSERT_PTR_NOT_NULL(end);
+	CU_ASSERT_PTR_NOT_NULL(list);
+	CU_ASSERT_PTR_NOT_NULL(fetch);
+	CU_ASSERT(end != NULL && list != NULL && fetch != NULL && end < list && list < fetch);
+	CU_ASSERT_EQUAL(count_lines(o, "C6 TEXT "), 3);
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
+/* Copies with equal UIDNEXT and HIGHESTMODSEQ but different digests are
+ * compared message by message, whatever the remembered state says. */
+static void test_sync_equal_modseqs_different_digests_compare_every_message(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	for (int i = 0; i < 4; i++)
+		append(&a, &mb, "m\r\n", 0, NULL);
+	run_sync(&a, &b, false, 121);
+	/* The same number of changes on each side, different ones. */
+	set_flags(&a, &mb, 1, STOR_FLAG_FLAGGED);
+	set_flags(&b, &mb, 2, STOR_FLAG_SEEN);
+	struct stor_mailbox xa = get_mailbox(&a, "INBOX"), xb = get_mailbox(&b, "INBOX");
+	CU_ASSERT_EQUAL(xa.uidnext, xb.uidnext);
+	CU_ASSERT_EQUAL(xa.highestmodseq, xb.highestmodseq);
+	CU_ASSERT(memcmp(xa.digest, xb.digest, sizeof(xa.digest)) != 0);
+	stor_mailbox_free(&xa);
+	stor_mailbox_free(&xb);
+	struct sync_run r = run_sync(&a, &b, false, 122);
+	CU_ASSERT_EQUAL(r.report.mailboxes_full, 1);
+	CU_ASSERT(dumps_equal(&a, &b));
+	check_modseqs_equal(&a, &b, &mb);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Many mailboxes on each side, some with the same names: the list merge
+ * (indexed lookups) keeps every one, and a second sync finds nothing. */
+static void test_sync_many_mailboxes_merge_and_converge(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	char name[64];
+	for (int i = 0; i < 600; i++) {
+		snprintf(name, sizeof(name), "a%04d", i);
+		mk_mailbox(&a, name);
+		snprintf(name, sizeof(name), "b%04d", i);
+		mk_mailbox(&b, name);
+	}
+	for (int i = 0; i < 50; i++) {
+		snprintf(name, sizeof(name), "same%02d", i);
+		mk_mailbox(&a, name);
+		mk_mailbox(&b, name);
+	}
+	struct sync_run r = run_sync(&a, &b, false, 131);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT(r.report.mailboxes_created >= 1200);
+	CU_ASSERT_EQUAL(r.report.mailboxes_renamed, 50);
+	stor_mailbox_array l;
+	const char *error;
+	CU_ASSERT_EQUAL(stor_mailbox_list(a.db, USER, &l, &error), 0);
+	CU_ASSERT_EQUAL(l.count, 1300);
+	stor_mailbox_list_free(&l);
+	r = run_sync(&a, &b, false, 132);
+	CU_ASSERT_EQUAL(r.report.mailboxes_synced, 0);
+	CU_ASSERT_EQUAL(r.report.mailboxes_created, 0);
+	CU_ASSERT_EQUAL(r.report.mailboxes_renamed, 0);
+	CU_ASSERT_EQUAL(r.server_examined, 0);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* A client fed a hostile answer fails with an error, changes nothing it
  * cannot justify, and never crashes. */
 static void test_sync_client_refuses_a_broken_answer(void)
@@ -1099,6 +1232,11 @@ static const struct test_case sync_cases[] = {
 	{ "server answers bad input and survives",
 	  test_sync_server_answers_bad_input_and_survives },
 	{ "client refuses a broken answer", test_sync_client_refuses_a_broken_answer },
+	{ "server answers SYNC-END in bounded steps, holding later commands in order",
+	  test_sync_server_answers_sync_end_in_bounded_steps },
+	{ "equal modseqs, different digests: every message compared",
+	  test_sync_equal_modseqs_different_digests_compare_every_message },
+	{ "many mailboxes merge and converge", test_sync_many_mailboxes_merge_and_converge },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ NULL, NULL },
 };

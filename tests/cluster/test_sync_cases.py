@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Resync cases of issue 7 with real starlingd nodes (SPEC.md 10).
+
+Live replication copies what a node writes while its peers are up, so the
+nodes here come apart by writing while they run without peers (what a node
+writes alone is in no replication log; only a sync brings it over):
+
+  - a node whose data dir was deleted restarts empty, and one `starling
+    resync` restores everything (dumps identical);
+  - a client that cached UIDs on one side of a partition (both sides
+    APPENDing, EXPUNGE and STORE in the same mailbox) reconnects with
+    QRESYNC after the resync: it is told the changes (VANISHED for what went
+    away, FETCH for what is new or changed) and no UID it cached names
+    another message now; UIDVALIDITY is unchanged;
+  - the periodic check (STARLING_SYNC_CHECK_INTERVAL) finds nodes that
+    differ and resyncs them by itself, and leaves equal nodes alone;
+  - a mailbox of 20,000 messages resyncs to an empty node over a real link
+    without the link dropping.
+
+The last line is "test-sync-cases: N passed, M failed".
+"""
+import os
+import re
+import sys
+import time
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+
+from harness.imapwire import Client  # noqa: E402
+from harness.report import Report  # noqa: E402
+from harness.starling import Cluster  # noqa: E402
+
+R = Report("test-sync-cases")
+USER = "carol@example.com"
+PASSWORD = "secret"
+CLUSTERS = []
+LARGE = int(os.environ.get("SYNC_LARGE_MESSAGES", "20000"))
+
+
+def new_cluster(n, check_interval="0"):
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = check_interval
+    c = Cluster(n=n, users={USER: PASSWORD})
+    CLUSTERS.append(c)
+    c.start_all()
+    c.wait_links_up(timeout=40)
+    return c
+
+
+def finish_cluster(c):
+    c.close()
+    reps = c.sanitizer_reports()
+    R.check("no sanitizer report in the node logs", not reps, reps)
+
+
+def alone(c, node, work):
+    """Runs work(node) while node runs without peers, then back in the
+    cluster."""
+    if node.running():
+        node.stop()
+    node.peer_ids = set()
+    node.start()
+    try:
+        work(node)
+    finally:
+        node.stop()
+        node.peer_ids = None
+        node.start()
+    c.wait_links_up(timeout=40)
+
+
+def message(tag, i, pad=0):
+    return ("From: %s@example.com\r\nSubject: %s message %d\r\n"
+            "Message-ID: <%s.%d@example.com>\r\n\r\nbody %s/%d\r\n%s"
+            % (tag, tag, i, tag, i, tag, i, "x" * pad)).encode()
+
+
+def resync(node, peer=None, full=False, timeout=300):
+    args = ["resync", "-u", USER]
+    if peer is not None:
+        args += ["--peer", str(peer)]
+    if full:
+        args.append("--full")
+    r = node.cli(*args, timeout=timeout)
+    report = {}
+    for line in r.stdout.decode(errors="replace").splitlines():
+        k, sep, v = line.partition(": ")
+        if sep and k != "peer":
+            report[k] = v
+    return r, report
+
+
+def login(node):
+    a = Client(node.host, node.imap_port, timeout=120)
+    a.login(USER, PASSWORD)
+    return a
+
+
+def append_many(node, msgs, mailbox="INBOX"):
+    """APPENDs msgs over one IMAP session, pipelined (LITERAL+)."""
+    a = login(node)
+    tags = []
+    for m in msgs:
+        t = a.next_tag()
+        a.send(b"%s APPEND %s {%d+}\r\n%s\r\n" % (t.encode(), mailbox.encode(), len(m), m))
+        tags.append(t)
+    ok = all(a.wait_tagged(t).ok for t in tags)
+    a.command("LOGOUT")
+    return ok
+
+
+def uid_msgids(a):
+    """{uid: Message-ID} of the selected mailbox."""
+    r = a.command("UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    out = {}
+    for _, items in r.fetches():
+        hdr = b""
+        for k, v in items.items():
+            if k.startswith("BODY[") and isinstance(v, bytes):
+                hdr = v
+        m = re.search(rb"<([^>]+)>", hdr)
+        out[items["UID"]] = m.group(1).decode() if m else None
+    return out
+
+
+def link_drops(node, since):
+    """Lines of node's log after offset since that say a link went down."""
+    with open(node.log, "rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return [ln for ln in text.splitlines() if "link down" in ln or "timed out" in ln]
+
+
+def log_size(node):
+    return os.path.getsize(node.log)
+
+
+def t_wiped_node():
+    c = new_cluster(2)
+    n1, n2 = c.nodes
+    # Mail written with both up (live replication), and mail written on
+    # node 1 alone.
+    R.check("5 messages appended with both nodes up",
+            append_many(n1, [message("both", i) for i in range(5)]))
+    c.wait_dumps_equal(USER, timeout=60)
+    ok = []
+    alone(c, n1, lambda nd: ok.append(append_many(nd, [message("alone", i) for i in range(7)])))
+    R.check("7 more appended on node 1 alone", ok == [True])
+    a = login(n1)
+    a.command("CREATE Projects")
+    a.command("SUBSCRIBE Projects")
+    r = a.command("APPEND Projects (\\Flagged) {%d+}\r\n%s" % (
+        len(message("proj", 0)), message("proj", 0).decode()))
+    R.check("APPEND to a new mailbox on node 1", r.ok, r)
+    a.command("LOGOUT")
+    before = n1.dump(USER)
+    n2.stop()
+    import shutil
+    shutil.rmtree(n2.data_dir)
+    n2.start()
+    c.wait_links_up(timeout=40)
+    R.check("node 2 restarted with an empty data dir differs from node 1",
+            n2.dump(USER) != before)
+    r, rep = resync(n2, peer=1)
+    R.check("resync on the wiped node exits 0 and converged",
+            r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
+    R.check("it received every message (13)", int(rep.get("messages_received", "0")) >= 13,
+            rep)
+    d1, d2 = n1.dump(USER), n2.dump(USER)
+    R.check("the wiped node's dump is identical to the other's", d1 == d2 and d1 == before,
+            (d1[:1500], d2[:1500]))
+    finish_cluster(c)
+
+
+def t_qresync_after_partition():
+    c = new_cluster(2)
+    n1, n2 = c.nodes
+    R.check("10 messages appended with both nodes up",
+            append_many(n1, [message("base", i) for i in range(10)]))
+    c.wait_dumps_equal(USER, timeout=60)
+    cached = {}
+
+    def side1(nd):
+        a = login(nd)
+        a.command("SELECT INBOX")
+        a.command("UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+        a.command("EXPUNGE")
+        a.command("UID STORE 3 +FLAGS.SILENT (\\Flagged)")
+        a.command("LOGOUT")
+        append_many(nd, [message("n1", i) for i in range(3)])
+
+    def side2(nd):
+        append_many(nd, [message("n2", i) for i in range(2)])
+        a = login(nd)
+        a.command("ENABLE QRESYNC")
+        r = a.command("SELECT INBOX")
+        cached["uidvalidity"] = int(r.codes().get("UIDVALIDITY", b"0"))
+        cached["modseq"] = int(r.codes().get("HIGHESTMODSEQ", b"0"))
+        a.command("UID STORE 5 +FLAGS.SILENT (\\Seen)")
+        cached["uids"] = uid_msgids(a)
+        a.command("LOGOUT")
+
+    alone(c, n1, side1)
+    alone(c, n2, side2)
+    R.check("the client on node 2 cached 12 UIDs (10 + its 2 new)",
+            len(cached.get("uids", {})) == 12, cached.get("uids"))
+    r, rep = resync(n1, peer=2)
+    R.check("resync after the partition exits 0 and converged",
+            r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
+    R.check("UIDs used on both sides were renumbered", int(rep.get("renumbered", "0")) >= 1,
+            rep)
+    R.check("dumps identical after the resync", n1.dump(USER) == n2.dump(USER))
+
+    a = login(n2)
+    a.command("ENABLE QRESYNC")
+    known = ",".join(str(u) for u in sorted(cached["uids"]))
+    r = a.command("SELECT INBOX (QRESYNC (%d %d %s))"
+                  % (cached["uidvalidity"], cached["modseq"], known))
+    R.check("SELECT with QRESYNC answers OK", r.ok, r)
+    R.equal("UIDVALIDITY unchanged by the resync",
+            int(r.codes().get("UIDVALIDITY", b"0")), cached["uidvalidity"])
+    vanished = set()
+    for _, uids in r.vanished():
+        vanished.update(uids)
+    told = {items["UID"] for _, items in r.fetches() if "UID" in items}
+    now = uid_msgids(a)
+    a.command("LOGOUT")
+    wrong = {u: (m, now.get(u)) for u, m in cached["uids"].items()
+             if u in now and now[u] != m}
+    R.check("no cached UID names another message after the resync", not wrong, wrong)
+    gone = {u for u in cached["uids"] if u not in now}
+    R.check("every cached UID that went away is reported VANISHED", gone <= vanished,
+            (gone, vanished))
+    new = {u for u, m in now.items() if m not in cached["uids"].values()}
+    R.check("every message the client has not seen is reported (FETCH)", new <= told,
+            (new, told))
+    R.check("node 1's 3 and node 2's 2 partition messages are all there",
+            sum(1 for m in now.values() if m and (m.startswith("n1.") or m.startswith("n2.")))
+            == 5, now)
+    R.check("the message expunged on node 1 is gone on node 2",
+            "base.1@example.com" not in now.values(), now)
+    finish_cluster(c)
+
+
+def t_periodic_check():
+    c = new_cluster(2, check_interval="0.5")
+    n1, n2 = c.nodes
+    ok = []
+    alone(c, n2, lambda nd: ok.append(append_many(nd, [message("p", i) for i in range(4)])))
+    R.check("4 messages appended on node 2 alone", ok == [True])
+    t0 = time.monotonic()
+    equal = False
+    while time.monotonic() - t0 < 30 and not equal:
+        equal = n1.dump(USER) == n2.dump(USER)
+        time.sleep(0.3)
+    print("measured: the periodic check (0.5 s) brought the nodes together after %.1f s"
+          % (time.monotonic() - t0))
+    R.check("without any resync asked, the nodes converge within 30 s", equal)
+    logs = n1.log_text() + n2.log_text()
+    R.check("the log says the check queued the resync", "sync check: " in logs and
+            "resync queued" in logs, logs[-2000:])
+    # Equal nodes: the checks keep running and queue nothing.
+    marks = [log_size(n) for n in c.nodes]
+    time.sleep(3)
+    quiet = True
+    for n, m in zip(c.nodes, marks):
+        with open(n.log, "rb") as f:
+            f.seek(m)
+            quiet = quiet and b"resync queued" not in f.read()
+    R.check("equal nodes: 3 s of checks queue no resync", quiet)
+    finish_cluster(c)
+
+
+def t_large_mailbox():
+    c = new_cluster(2)
+    n1, n2 = c.nodes
+    ok = []
+    t0 = time.monotonic()
+    alone(c, n1, lambda nd: ok.append(append_many(
+        nd, [message("big", i, pad=200 + (i * 37) % 1500) for i in range(LARGE)])))
+    print("measured: %d messages appended on node 1 alone in %.1f s"
+          % (LARGE, time.monotonic() - t0))
+    R.check("%d messages appended on node 1 alone" % LARGE, ok == [True])
+    marks = [log_size(n) for n in c.nodes]
+    t0 = time.monotonic()
+    r, rep = resync(n2, peer=1, timeout=600)
+    dt = time.monotonic() - t0
+    print("measured: resync of %d messages to node 2 took %.1f s" % (LARGE, dt))
+    R.check("resync of the large mailbox exits 0 and converged",
+            r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
+    R.equal("it received every message", rep.get("messages_received"), str(LARGE))
+    drops = [d for n, m in zip(c.nodes, marks) for d in link_drops(n, m)]
+    R.check("no link went down during the resync", not drops, drops)
+    if drops or r.returncode != 0:
+        for n, m in zip(c.nodes, marks):
+            with open(n.log, "rb") as f:
+                f.seek(m)
+                print("--- node %d log during the resync:\n%s"
+                      % (n.node_id, f.read().decode(errors="replace")[-4000:]))
+    R.check("dumps identical", n1.dump(USER) == n2.dump(USER))
+    finish_cluster(c)
+
+
+def main():
+    only = sys.argv[1:]
+    for name, func in (("a wiped node is restored by one resync", t_wiped_node),
+                       ("QRESYNC client after a partition and resync", t_qresync_after_partition),
+                       ("the periodic check", t_periodic_check),
+                       ("a %d-message mailbox over a real link" % LARGE, t_large_mailbox)):
+        if not only or func.__name__ in only:
+            R.section(name, func)
+    for cl in CLUSTERS:
+        cl.close()
+    return R.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
