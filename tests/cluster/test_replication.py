@@ -23,6 +23,9 @@ next ones.  Checked here:
     nodes APPEND through it: after the heal every OK'd message is on every
     node exactly once (a forwarded APPEND whose answer was lost is not
     stored twice);
+  - a 4 MB APPEND on a node that is not the master reaches every node
+    intact; EXPUNGEs on one node racing STOREs of the same messages on
+    another end with the messages expunged and equal flags and modseqs.
   - concurrent conflicting STOREs on two nodes: every node ends with the
     same FLAGS and MODSEQ per message (CONDSTORE); STORE (UNCHANGEDSINCE
     stale) right after another node's change is refused with MODIFIED on
@@ -368,7 +371,7 @@ def fetch_flags_modseq(node, usr, mailbox="INBOX"):
 # ---------------------------------------------------------------- sections
 def t_setup():
     global CLUSTER
-    users = {user(s): PASSWORD for s in range(1, 13)}
+    users = {user(s): PASSWORD for s in range(1, 15)}
     c = Cluster(n=3, users=users, proxies=True, extra_config={"sync_replicas": 1})
     CLUSTER = c
     c.start_all()
@@ -1008,6 +1011,88 @@ def t_master_goes_silent():
     check_oks_present("silent master healed", c.nodes, usr, oks, check_uids=False)
 
 
+def t_large_message():
+    """A 4 MB APPEND on a node that is not the master travels to the master
+    and to every replica intact (same size and SHA-256 in every dump)."""
+    c = CLUSTER
+    ensure_all_up(c)
+    usr = user(13)
+    prepare_user(c, usr)
+    m = master_of(c.nodes[0], usr)
+    node = [n for n in c.nodes if n.node_id != m][-1]
+    data = message("big", 1, size=4 * 1024 * 1024)
+    cl = login(node, usr, timeout=120)
+    ok, uid, r = append(cl, "INBOX", data)
+    cl.logout()
+    R.check("a %d-byte APPEND on node %d (master %s) answers OK" % (len(data), node.node_id, m),
+            ok, r)
+    ok, d = check_dumps_equal("4 MB message", c.nodes, usr, timeout=CATCH_UP,
+                              pred=lambda x: len(msg_lines(x)) == 1)
+    if ok:
+        import hashlib
+        line = msg_lines(list(d.values())[0])[0]
+        R.check("every node holds it with its size and SHA-256",
+                " size=%d " % len(data) in line and
+                " sha256=%s" % hashlib.sha256(data).hexdigest() in line, line)
+
+
+def t_expunge_beats_store():
+    """An EXPUNGE on one node and STOREs of the same messages on another at
+    the same time: the messages end expunged everywhere (the master orders
+    both; an expunge always wins) and all nodes agree."""
+    c = CLUSTER
+    ensure_all_up(c)
+    usr = user(14)
+    prepare_user(c, usr)
+    cl = login(c.nodes[0], usr)
+    for i in range(20):
+        append(cl, "INBOX", message("xs", i))
+    cl.logout()
+    check_dumps_equal("20 messages", c.nodes, usr, pred=lambda x: len(msg_lines(x)) == 20)
+    errors = []
+
+    def expunger():
+        try:
+            s2 = login(c.nodes[1], usr)
+            s2.command("SELECT INBOX")
+            for u in range(1, 21, 2):
+                r1 = s2.command("UID STORE %d +FLAGS.SILENT (\\Deleted)" % u)
+                r2 = s2.command("UID EXPUNGE %d" % u)
+                if not (r1.ok and r2.ok):
+                    errors.append((r1.line, r2.line))
+            s2.logout()
+        except Exception as e:  # noqa: BLE001
+            errors.append(str(e))
+
+    def storer():
+        try:
+            s3 = login(c.nodes[2], usr)
+            s3.command("SELECT INBOX")
+            for k in range(10):
+                r = s3.command("UID STORE 1:20 %sFLAGS ($K%d)" % ("+-"[k % 2], k // 2))
+                if not r.ok:
+                    errors.append(r.line)
+            s3.logout()
+        except Exception as e:  # noqa: BLE001
+            errors.append(str(e))
+
+    th = [threading.Thread(target=expunger, daemon=True),
+          threading.Thread(target=storer, daemon=True)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(120)
+    R.check("EXPUNGEs on node 2 and STOREs on node 3 all answered OK", not errors, errors[:3])
+    ok, d = check_dumps_equal("EXPUNGE against STORE", c.nodes, usr)
+    if ok:
+        uids = sorted(dump_msgs(list(d.values())[0]).get("INBOX", {}))
+        R.equal("exactly the even UIDs remain on every node", uids, list(range(2, 21, 2)))
+    views = {n.node_id: fetch_flags_modseq(n, usr) for n in c.nodes}
+    vals = list(views.values())
+    R.check("every node has the same FLAGS and MODSEQ per remaining message",
+            all(v == vals[0] for v in vals), views)
+
+
 def main():
     R.section("setup: 3 nodes, sync_replicas = 1, links through proxies", t_setup)
     # ONLY=word,word runs the sections whose name contains one of the words.
@@ -1026,7 +1111,9 @@ def main():
                 ("CREATE/RENAME/DELETE/SUBSCRIBE replicate", t_mailbox_list),
                 ("deliver, COPY, MOVE, EXPUNGE replicate", t_copy_move_expunge),
                 ("master cut off, both sides write, heal", t_isolated_master),
-                ("master's links go silent under forwarded load", t_master_goes_silent)):
+                ("master's links go silent under forwarded load", t_master_goes_silent),
+                ("a 4 MB message APPENDed on a replica", t_large_message),
+                ("EXPUNGE on one node against STORE on another", t_expunge_beats_store)):
             if not only or any(w in name for w in only):
                 R.section(name, func)
         CLUSTER.close()
