@@ -17,8 +17,10 @@
  * renumbered, flags and expunges by modseq, texts by GUID), and can only
  * ever reach the one user the engine was asked to sync.  The import then
  * returns the state file that the next export back should be given
- * (--since): it names the imported bundle and the GUIDs whose texts the
- * other node holds, so the bundle back leaves those texts out. */
+ * (--since): it names the imported bundle (the base), the messages whose
+ * texts the other node holds (the bundle back leaves those texts out), and
+ * the messages the merge took over unchanged (the bundle back gives them
+ * the other node's modseqs, SPEC.md 11.3). */
 #ifndef SYNC_SYNC_BUNDLE_H
 #define SYNC_SYNC_BUNDLE_H
 
@@ -118,7 +120,7 @@ void sync_bundle_seal(const struct sync_bundle_header *hdr, const struct sync_bu
 		      unsigned char digest_r[32]);
 
 /* Reads a cluster secret file (the rules of the peer links, SPEC.md 3: the
- * bytes without one trailing LF or CRLF, not accessible by everyone, 16 to
+ * bytes without one trailing LF or CRLF, not accessible by everyone, 32 to
  * 4096 bytes).  Returns 0, or -1 with *error_r (caller frees). */
 int sync_bundle_read_secret(const char *path, unsigned char **secret_r, size_t *len_r,
 			    char **error_r);
