@@ -99,6 +99,7 @@ struct repl_admin {
 	void *master_ctx;
 	const struct repl_admin_resync_ops *resync_ops;
 	void *resync_ctx;
+	bool importing;  /* a BUNDLE-IMPORT runs (one at a time) */
 };
 
 enum conn_state {
@@ -125,6 +126,10 @@ struct admin_conn {
 	struct guid mailbox_guid;
 	struct repl_append req;
 	bool dead;        /* closed while a change was in flight */
+	/* BUNDLE-IMPORT in steps from an idle watcher, so the node goes on
+	 * serving meanwhile. */
+	struct sync_bundle_import *imp;
+	ev_idle idle;
 };
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
@@ -493,11 +498,83 @@ static void bundle_export_run(struct admin_conn *c)
 	free(secret);
 }
 
+/* Ends the import of c (done or failed) and answers, unless c is dead. */
+static void bundle_import_end(struct admin_conn *c, int r, char *err)
+{
+	struct repl_admin *a = c->admin;
+	ev_idle_stop(a->loop, &c->idle);
+	a->importing = false;
+	struct sync_bundle_import_result res;
+	memset(&res, 0, sizeof(res));
+	if (r == 0)
+		sync_bundle_import_take_result(c->imp, &res);
+	sync_bundle_import_destroy(&c->imp);
+	if (c->dead) {
+		sync_bundle_import_result_free(&res);
+		free(err);
+		conn_free(c);
+		return;
+	}
+	c->state = CONN_REPLYING;
+	if (r < 0) {
+		log_warnx("admin: bundle import: %s", err);
+		conn_reply(c, NULL, 0, "NO", err);
+	} else {
+		/* The merge does not say which mailboxes it changed: tell the
+		 * watchers of every mailbox of the user. */
+		struct stor_db *db = repl_db(a->repl);
+		stor_mailbox_array list = ARRAY_INIT;
+		const char *serr;
+		if (stor_mailbox_list(db, res.user, &list, &serr) == 0) {
+			for (size_t i = 0; i < list.count; i++)
+				repl_notify(a->repl, res.user, &list.items[i].guid);
+			stor_mailbox_list_free(&list);
+		}
+		const struct sync_report *rp = &res.report;
+		char text[256];
+		snprintf(text, sizeof(text), "user %s source %u base %s created %u received %u "
+			 "renumbered %u expunged %u flags %u", res.user, res.source,
+			 res.base_known ? "known" : "unknown", rp->mailboxes_created,
+			 rp->messages_received, rp->messages_renumbered, rp->messages_expunged,
+			 rp->flags_changed);
+		log_info("admin: bundle imported: %s", text);
+		conn_reply(c, res.state.data, res.state.len, "OK", text);
+	}
+	sync_bundle_import_result_free(&res);
+	free(err);
+}
+
+/* Steps the import for at most about 10 ms per loop iteration. */
+static void bundle_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct admin_conn *c = (struct admin_conn *)((char *)w - offsetof(struct admin_conn, idle));
+	(void)loop;
+	(void)revents;
+	if (c->dead) {
+		bundle_import_end(c, -1, NULL);
+		return;
+	}
+	uint64_t start = clock_mono_ms();
+	char *err = NULL;
+	int r;
+	do {
+		r = sync_bundle_import_step(c->imp, &err);
+	} while (r > 0 && clock_mono_ms() - start < 10);
+	if (r > 0)
+		return;
+	bundle_import_end(c, r, err);
+}
+
 static void bundle_import_run(struct admin_conn *c)
 {
-	const struct config *cfg = c->admin->cfg;
+	struct repl_admin *a = c->admin;
+	const struct config *cfg = a->cfg;
 	unsigned char *secret;
 	size_t secret_len;
+	if (a->importing) {
+		conn_reply(c, NULL, 0, "NO", "another bundle import is running");
+		return;
+	}
 	if (bundle_secret(c, &secret, &secret_len) < 0)
 		return;
 	struct sync_bundle_import_settings set = {
@@ -506,36 +583,22 @@ static void bundle_import_run(struct admin_conn *c)
 		.scratch_parent = cfg->data_dir,
 		.max_message_size = cfg->max_message_size,
 	};
-	struct sync_bundle_import_result res;
-	struct stor_db *db = repl_db(c->admin->repl);
 	char *err = NULL;
-	if (sync_bundle_import(db, &set, c->body.data != NULL ? (const void *)c->body.data : "",
-			       c->body.len, &res, &err) < 0) {
+	c->imp = sync_bundle_import_begin(repl_db(a->repl), &set,
+					  c->body.data != NULL ? (const void *)c->body.data : "",
+					  c->body.len, &err);
+	free(secret);
+	if (c->imp == NULL) {
 		log_warnx("admin: bundle import: %s", err);
 		conn_reply(c, NULL, 0, "NO", err);
-	} else {
-		/* The merge does not say which mailboxes it changed: tell the
-		 * watchers of every mailbox of the user. */
-		stor_mailbox_array list = ARRAY_INIT;
-		const char *serr;
-		if (stor_mailbox_list(db, res.user, &list, &serr) == 0) {
-			for (size_t i = 0; i < list.count; i++)
-				repl_notify(c->admin->repl, res.user, &list.items[i].guid);
-			stor_mailbox_list_free(&list);
-		}
-		const struct sync_report *r = &res.report;
-		char text[256];
-		snprintf(text, sizeof(text), "user %s source %u base %s created %u received %u "
-			 "renumbered %u expunged %u flags %u", res.user, res.source,
-			 res.base_known ? "known" : "unknown", r->mailboxes_created,
-			 r->messages_received, r->messages_renumbered, r->messages_expunged,
-			 r->flags_changed);
-		log_info("admin: bundle imported: %s", text);
-		conn_reply(c, res.state.data, res.state.len, "OK", text);
+		free(err);
+		return;
 	}
-	sync_bundle_import_result_free(&res);
-	free(err);
-	free(secret);
+	a->importing = true;
+	c->state = CONN_WAITING;
+	conn_update_io(c);
+	ev_idle_init(&c->idle, bundle_idle_cb);
+	ev_idle_start(a->loop, &c->idle);
 }
 
 /* Starts reading the body of a BUNDLE-* request (size checked by the
@@ -852,6 +915,15 @@ void repl_admin_destroy(struct repl_admin **ap)
 			ev_timer_stop(a->loop, &c->timer);
 			close(c->fd);
 			c->fd = -1;
+		}
+		if (c->imp != NULL) {
+			/* A bundle import stops here (what it merged stays). */
+			ev_idle_stop(a->loop, &c->idle);
+			sync_bundle_import_destroy(&c->imp);
+			a->importing = false;
+			c->admin = NULL;
+			conn_free(c);
+			continue;
 		}
 		if (c->state == CONN_WAITING) {
 			/* The seam was flushed before us; a late completion would

@@ -1461,55 +1461,75 @@ static int ld_feed(struct loader *l, const unsigned char *data, size_t len)
 	return 0;
 }
 
-/* Inflates the body into the loader, never past the announced size. */
-static int ld_inflate(struct loader *l, const unsigned char *comp, uint64_t comp_len,
-		      uint64_t raw_len)
-{
+/* The inflater, kept across steps. */
+struct inflater {
 	z_stream z;
-	memset(&z, 0, sizeof(z));
-	if (inflateInit(&z) != Z_OK)
-		return ld_fail(l, "cannot start zlib");
-	unsigned char *out = xmalloc(65536);
-	uint64_t in_left = comp_len, produced = 0;
-	int ret = 0, zr = Z_OK;
-	const unsigned char *in = comp;
-	while (ret == 0 && zr != Z_STREAM_END) {
-		if (z.avail_in == 0 && in_left > 0) {
-			size_t n = in_left > (1u << 30) ? (1u << 30) : (size_t)in_left;
-			z.next_in = (Bytef *)(uintptr_t)in;
-			z.avail_in = (uInt)n;
-			in += n;
-			in_left -= n;
+	bool started;
+	const unsigned char *in;
+	uint64_t in_left, produced, raw_len;
+	unsigned char *out;
+};
+
+/* Inflates about budget octets into the loader, never past the announced
+ * size: 1 more to do, 0 the body is done, -1 refused (l->error). */
+static int ld_inflate_step(struct loader *l, struct inflater *f, size_t budget)
+{
+	int zr = Z_OK;
+	size_t done = 0;
+	if (!f->started) {
+		if (inflateInit(&f->z) != Z_OK)
+			return ld_fail(l, "cannot start zlib");
+		f->started = true;
+		f->out = xmalloc(65536);
+	}
+	while (done < budget) {
+		if (f->z.avail_in == 0 && f->in_left > 0) {
+			size_t n = f->in_left > (1u << 30) ? (1u << 30) : (size_t)f->in_left;
+			f->z.next_in = (Bytef *)(uintptr_t)f->in;
+			f->z.avail_in = (uInt)n;
+			f->in += n;
+			f->in_left -= n;
 		}
-		uint64_t room = raw_len - produced;
+		uint64_t room = f->raw_len - f->produced;
 		/* One octet more than announced is allowed out, to see an
 		 * overlong body. */
 		size_t cap = room >= 65535 ? 65536 : (size_t)room + 1;
-		z.next_out = out;
-		z.avail_out = (uInt)cap;
-		zr = inflate(&z, Z_NO_FLUSH);
-		size_t got = cap - z.avail_out;
-		if (zr != Z_OK && zr != Z_STREAM_END && !(zr == Z_BUF_ERROR && got > 0)) {
-			ret = ld_fail(l, "the body is not a valid zlib stream");
+		f->z.next_out = f->out;
+		f->z.avail_out = (uInt)cap;
+		zr = inflate(&f->z, Z_NO_FLUSH);
+		size_t got = cap - f->z.avail_out;
+		if (zr != Z_OK && zr != Z_STREAM_END && !(zr == Z_BUF_ERROR && got > 0))
+			return ld_fail(l, "the body is not a valid zlib stream");
+		if (got > room)
+			return ld_fail(l, "the body inflates to more than %" PRIu64 " octets",
+				       f->raw_len);
+		f->produced += got;
+		done += got + 1;
+		if (got > 0 && ld_feed(l, f->out, got) < 0)
+			return -1;
+		if (zr == Z_STREAM_END)
 			break;
-		}
-		if (got > room) {
-			ret = ld_fail(l, "the body inflates to more than %" PRIu64 " octets", raw_len);
-			break;
-		}
-		produced += got;
-		if (got > 0 && ld_feed(l, out, got) < 0)
-			ret = -1;
-		if (ret == 0 && zr != Z_STREAM_END && got == 0 && z.avail_in == 0 && in_left == 0)
-			ret = ld_fail(l, "the body's zlib stream is truncated");
+		if (got == 0 && f->z.avail_in == 0 && f->in_left == 0)
+			return ld_fail(l, "the body's zlib stream is truncated");
 	}
-	if (ret == 0 && (produced != raw_len || z.avail_in != 0 || in_left != 0))
-		ret = ld_fail(l, "the body does not match its announced sizes");
-	inflateEnd(&z);
-	free(out);
-	if (ret == 0 && (l->in_sync || !proto_parser_is_idle(l->parser)))
-		ret = ld_fail(l, "the command stream ends in the middle of a mailbox");
-	return ret;
+	if (zr != Z_STREAM_END)
+		return 1;
+	if (f->produced != f->raw_len || f->z.avail_in != 0 || f->in_left != 0)
+		return ld_fail(l, "the body does not match its announced sizes");
+	if (ld_pending_flush(l) < 0)
+		return -1;
+	if (l->in_sync || !proto_parser_is_idle(l->parser))
+		return ld_fail(l, "the command stream ends in the middle of a mailbox");
+	return 0;
+}
+
+static void inflater_free(struct inflater *f)
+{
+	if (f->started)
+		inflateEnd(&f->z);
+	f->started = false;
+	free(f->out);
+	f->out = NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1536,59 +1556,8 @@ void sync_bundle_import_result_free(struct sync_bundle_import_result *res)
 	buf_free(&res->state);
 }
 
-/* Merges: the node's store as the client, the scratch copy as the server.
- * A sync that fails is run again (at most MERGE_RUNS times in all), as the
- * sync engine itself does for a mailbox that does not converge: what a run
- * applied stays and the next run compares again.  One case needs it today:
- * a message we drop because the other copy holds it under another UID has
- * its text freed by the drop before the engine stores the other copy, which
- * then fails; the next run FETCHes the text from the scratch copy. */
-#define MERGE_RUNS 3
-static int merge(struct stor_db *db, struct stor_db *scratch, const struct verified *v,
-		 uint32_t own_sid, struct sync_report *rep_r, char **error_r)
-{
-	struct sync_settings ss = {
-		.peer_sid = SYNC_BUNDLE_PEER_BASE + v->source,
-		.user = v->user,
-		.full = true,
-	};
-	int ret = -1;
-	memset(rep_r, 0, sizeof(*rep_r));
-	for (unsigned run = 0; run < MERGE_RUNS && ret < 0; run++) {
-		struct sync_pipe *p = sync_pipe_create(1, 0);
-		struct sync_client *c = sync_client_create(db, &ss, sync_pipe_client_transport(p));
-		struct sync_server *s = sync_server_create(scratch, own_sid,
-							   sync_pipe_server_transport(p));
-		enum sync_step_result r = sync_pipe_run(p, c, s, UINT32_MAX);
-		free(*error_r);
-		*error_r = NULL;
-		if (r == SYNC_STEP_DONE) {
-			ret = 0;
-		} else {
-			const char *e = sync_client_error(c);
-			if (e == NULL)
-				e = sync_server_error(s);
-			*error_r = fmt_error("merging the bundle failed: %s",
-					     e != NULL ? e : "the sync did not finish");
-			log_warnx("bundle from %u for %s: %s%s", v->source, v->user, *error_r,
-				  run + 1 < MERGE_RUNS ? "; running it again" : "");
-		}
-		const struct sync_report *cr = sync_client_report(c);
-		if (run == 0 || ret == 0) {
-			/* The first run's counts, and the last one's if it
-			 * finished: what a second run repeats is not counted. */
-			if (run == 0)
-				*rep_r = *cr;
-		}
-		sync_client_destroy(&c);
-		sync_server_destroy(&s);
-		sync_pipe_destroy(&p);
-	}
-	return ret;
-}
-
 /* ADOPT lines: messages we hold after the merge exactly as the bundle had
- * them (see struct adopt). */
+ * them (see struct adopt); and the TEXT lines. */
 static int adopts_write(struct stor_db *db, const struct loader *l, struct buf *texts,
 			struct buf *out, char **error_r)
 {
@@ -1609,8 +1578,6 @@ static int adopts_write(struct stor_db *db, const struct loader *l, struct buf *
 			*error_r = fmt_error("%s", err);
 			return -1;
 		}
-		char gh[GUID_HEX_SIZE];
-		guid_to_hex(&sn->mailbox, gh);
 		size_t j = 0;
 		for (size_t k = 0; k < sn->msgs.count; k++) {
 			const struct stor_msg *b = &sn->msgs.items[k];
@@ -1622,7 +1589,7 @@ static int adopts_write(struct stor_db *db, const struct loader *l, struct buf *
 			if (o->uid == b->uid && guid_cmp(&o->guid, &b->guid) == 0 &&
 			    o->modseq >= b->modseq &&
 			    sync_flags_equal(o->flags, &o->keywords, b->flags, &b->keywords))
-				buf_appendf(out, "ADOPT %s %u %" PRIu64 " %" PRIu64 "\n", gh, b->uid,
+				buf_appendf(out, "ADOPT %s %u %" PRIu64 " %" PRIu64 "\n", mh, b->uid,
 					    b->modseq, o->modseq);
 		}
 		stor_msg_list_free(&ours);
@@ -1637,17 +1604,139 @@ static void ld_snaps_free(struct loader *l)
 	ARRAY_FREE(&l->snaps);
 }
 
-int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_settings *set,
-		       const void *data, size_t len, struct sync_bundle_import_result *res_r,
-		       char **error_r)
+/* The merge runs a sync client (the node's store) against a sync server
+ * (the scratch copy) joined by two buffers, a bounded number of rounds per
+ * step.  A sync that fails is run again (at most MERGE_RUNS times in all),
+ * as the sync engine itself does for a mailbox that does not converge:
+ * what a run applied stays and the next run compares again.  One case needs
+ * it today: a message we drop because the other copy holds it under another
+ * UID has its text freed by the drop before the engine stores the other
+ * copy, which then fails; the next run FETCHes the text from the scratch
+ * copy. */
+#define MERGE_RUNS 3
+#define MERGE_ROUNDS_PER_STEP 4
+#define LOAD_OCTETS_PER_STEP (1024 * 1024)
+
+struct sync_bundle_import {
+	struct stor_db *db, *scratch;
+	uint32_t own_sid;
+	struct verified v;
+	bool base_known;
+	char *scratch_dir;
+	struct loader l;
+	struct inflater f;
+	enum { IMP_LOAD, IMP_MERGE, IMP_DONE, IMP_FAILED } phase;
+	/* The merge. */
+	struct buf to_server, to_client;
+	struct sync_transport ct, st;
+	struct sync_client *c;
+	struct sync_server *s;
+	unsigned run;
+	struct sync_report report;
+	struct sync_bundle_import_result res;
+};
+
+static void imp_to_server(void *ctx, const void *data, size_t len)
+{
+	struct sync_bundle_import *imp = ctx;
+	buf_append(&imp->to_server, data, len);
+}
+
+static void imp_to_client(void *ctx, const void *data, size_t len)
+{
+	struct sync_bundle_import *imp = ctx;
+	buf_append(&imp->to_client, data, len);
+}
+
+static void merge_end_run(struct sync_bundle_import *imp)
+{
+	sync_client_destroy(&imp->c);
+	sync_server_destroy(&imp->s);
+	buf_reset(&imp->to_server);
+	buf_reset(&imp->to_client);
+}
+
+static void merge_start_run(struct sync_bundle_import *imp)
+{
+	struct sync_settings ss = {
+		.peer_sid = SYNC_BUNDLE_PEER_BASE + imp->v.source,
+		.user = imp->v.user,
+		.full = true,
+	};
+	imp->c = sync_client_create(imp->db, &ss, &imp->ct);
+	imp->s = sync_server_create(imp->scratch, imp->own_sid, &imp->st);
+}
+
+/* Hands what one end sent to the other (which may answer meanwhile, into
+ * the other buffer). */
+static int merge_deliver(struct sync_bundle_import *imp, bool to_server)
+{
+	struct buf *b = to_server ? &imp->to_server : &imp->to_client;
+	if (b->len == 0)
+		return 0;
+	struct buf tmp = *b;
+	buf_init(b);
+	int r = to_server ? sync_server_feed(imp->s, tmp.data, tmp.len) :
+			    sync_client_feed(imp->c, tmp.data, tmp.len);
+	buf_free(&tmp);
+	return r;
+}
+
+/* 1 more to do, 0 merged, -1 failed for good (*error_r). */
+static int merge_step(struct sync_bundle_import *imp, char **error_r)
+{
+	const char *why = NULL;
+	for (unsigned i = 0; i < MERGE_ROUNDS_PER_STEP && why == NULL; i++) {
+		enum sync_step_result r = sync_client_step(imp->c);
+		if (imp->run == 0)
+			imp->report = *sync_client_report(imp->c);
+		if (r == SYNC_STEP_DONE) {
+			merge_end_run(imp);
+			return 0;
+		}
+		if (r == SYNC_STEP_ERROR) {
+			why = "";
+			break;
+		}
+		bool moved = imp->to_server.len > 0 || imp->to_client.len > 0 ||
+			     sync_server_busy(imp->s);
+		if (merge_deliver(imp, true) < 0 ||
+		    (sync_server_busy(imp->s) && sync_server_step(imp->s) < 0) ||
+		    merge_deliver(imp, false) < 0)
+			why = "";
+		else if (r == SYNC_STEP_WAIT && !moved)
+			why = "the sync did not finish";
+	}
+	if (why == NULL)
+		return 1;
+	const char *e = sync_client_error(imp->c);
+	if (e == NULL)
+		e = sync_server_error(imp->s);
+	if (e == NULL)
+		e = why[0] != '\0' ? why : "the sync failed";
+	free(*error_r);
+	*error_r = fmt_error("merging the bundle failed: %s", e);
+	bool again = imp->run + 1 < MERGE_RUNS;
+	log_warnx("bundle from %u for %s: %s%s", imp->v.source, imp->v.user, *error_r,
+		  again ? "; running it again" : "");
+	merge_end_run(imp);
+	if (!again)
+		return -1;
+	free(*error_r);
+	*error_r = NULL;
+	imp->run++;
+	merge_start_run(imp);
+	return 1;
+}
+
+struct sync_bundle_import *sync_bundle_import_begin(struct stor_db *db,
+						    const struct sync_bundle_import_settings *set,
+						    const void *data, size_t len, char **error_r)
 {
 	struct verified v;
-	const char *err;
-	memset(res_r, 0, sizeof(*res_r));
-	buf_init(&res_r->state);
 	*error_r = NULL;
 	if (verify(db, set, data, len, &v, error_r) < 0)
-		return -1;
+		return NULL;
 
 	/* The base check: a SINCE that names one of our exports made after
 	 * our last import from this source means the source had merged
@@ -1663,7 +1752,7 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 		if (r2 >= 0)
 			buf_free(&li.raw);
 		if (r1 < 0 || r2 < 0)
-			return -1;
+			return NULL;
 	}
 
 	char *tmpl = xasprintf("%s/bundle-scratch.XXXXXX", set->scratch_parent);
@@ -1671,7 +1760,7 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 		*error_r = fmt_error("cannot make a scratch directory in %s: %s",
 				     set->scratch_parent, strerror(errno));
 		free(tmpl);
-		return -1;
+		return NULL;
 	}
 	struct stor_settings sset = { .dir = tmpl, .max_message_size = set->max_message_size };
 	struct stor_db *scratch = NULL;
@@ -1681,63 +1770,165 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 		free(oerr);
 		rmtree(tmpl);
 		free(tmpl);
-		return -1;
+		return NULL;
 	}
 
-	struct loader l;
-	memset(&l, 0, sizeof(l));
-	l.db = db;
-	l.scratch = scratch;
-	l.v = &v;
-	l.max_message_size = set->max_message_size != 0 ? set->max_message_size :
-							  SYNC_BUNDLE_MAX_SIZE;
+	struct sync_bundle_import *imp = xcalloc(1, sizeof(*imp));
+	imp->db = db;
+	imp->scratch = scratch;
+	imp->own_sid = set->own_sid;
+	imp->v = v;
+	imp->base_known = base_known;
+	imp->scratch_dir = tmpl;
+	imp->l.db = db;
+	imp->l.scratch = scratch;
+	imp->l.v = &imp->v;
+	imp->l.max_message_size = set->max_message_size != 0 ? set->max_message_size :
+							       SYNC_BUNDLE_MAX_SIZE;
 	struct proto_parser_settings ps;
 	proto_parser_settings_default(&ps);
-	l.parser = proto_parser_create(&ps);
-	int ret = ld_inflate(&l, (const unsigned char *)data + v.header_len, v.comp_len,
-			     v.raw_len);
-	if (ret < 0) {
-		*error_r = l.error != NULL ? l.error : xstrdup("bundle refused");
-		l.error = NULL;
-	}
-	proto_parser_destroy(&l.parser);
-	ld_pending_clear(&l);
-	ARRAY_FREE(&l.ids);
-	ARRAY_FREE(&l.placeholders);
+	imp->l.parser = proto_parser_create(&ps);
+	imp->f.in = (const unsigned char *)data + v.header_len;
+	imp->f.in_left = v.comp_len;
+	imp->f.raw_len = v.raw_len;
+	imp->phase = IMP_LOAD;
+	buf_init(&imp->to_server);
+	buf_init(&imp->to_client);
+	imp->ct.send = imp_to_server;
+	imp->ct.ctx = imp;
+	imp->st.send = imp_to_client;
+	imp->st.ctx = imp;
+	buf_init(&imp->res.state);
+	return imp;
+}
 
-	/* 10.  Everything checked: now the node's store changes. */
-	char *list_key = xasprintf("sync.list.%u.%s", SYNC_BUNDLE_PEER_BASE + v.source, v.user);
-	if (ret == 0 && !base_known && stor_meta_set(db, list_key, "", 0, &err) < 0) {
-		*error_r = fmt_error("%s", err);
-		ret = -1;
-	}
-	free(list_key);
-	if (ret == 0)
-		ret = merge(db, scratch, &v, set->own_sid, &res_r->report, error_r);
-	if (ret == 0)
-		ret = last_import_set(db, v.source, v.user, v.created, v.digest_hex, error_r);
-	if (ret == 0 && stor_sync(db, &err) < 0) {
+static int imp_fail(struct sync_bundle_import *imp)
+{
+	imp->phase = IMP_FAILED;
+	return -1;
+}
+
+/* Records the import and makes the state file. */
+static int imp_finish(struct sync_bundle_import *imp, char **error_r)
+{
+	const char *err;
+	const struct verified *v = &imp->v;
+	if (last_import_set(imp->db, v->source, v->user, v->created, v->digest_hex, error_r) < 0)
+		return -1;
+	if (stor_sync(imp->db, &err) < 0) {
 		*error_r = fmt_error("storing the merge: %s", err);
-		ret = -1;
+		return -1;
 	}
 	struct buf adopts = BUF_INIT, texts = BUF_INIT;
-	if (ret == 0)
-		ret = adopts_write(db, &l, &texts, &adopts, error_r);
+	int ret = adopts_write(imp->db, &imp->l, &texts, &adopts, error_r);
 	if (ret == 0) {
-		write_state(&res_r->state, v.user, v.source, v.created, v.digest_hex, &texts,
+		write_state(&imp->res.state, v->user, v->source, v->created, v->digest_hex, &texts,
 			    &adopts);
-		res_r->user = xstrdup(v.user);
-		res_r->source = v.source;
-		res_r->base_known = base_known;
+		imp->res.user = xstrdup(v->user);
+		imp->res.source = v->source;
+		imp->res.base_known = imp->base_known;
+		imp->res.report = imp->report;
 	}
 	buf_free(&adopts);
 	buf_free(&texts);
-	ld_snaps_free(&l);
-	free(l.error);
-	stor_close(&scratch);
-	rmtree(tmpl);
-	free(tmpl);
 	return ret;
+}
+
+int sync_bundle_import_step(struct sync_bundle_import *imp, char **error_r)
+{
+	const char *err;
+	*error_r = NULL;
+	if (imp->phase == IMP_DONE)
+		return 0;
+	if (imp->phase == IMP_FAILED) {
+		*error_r = xstrdup("the import failed already");
+		return -1;
+	}
+	if (imp->phase == IMP_LOAD) {
+		int r = ld_inflate_step(&imp->l, &imp->f, LOAD_OCTETS_PER_STEP);
+		if (r < 0) {
+			*error_r = imp->l.error != NULL ? imp->l.error : xstrdup("bundle refused");
+			imp->l.error = NULL;
+			return imp_fail(imp);
+		}
+		if (r > 0)
+			return 1;
+		inflater_free(&imp->f);
+		proto_parser_destroy(&imp->l.parser);
+		/* 10.  Everything checked: from here on the node's store
+		 * changes. */
+		if (!imp->base_known) {
+			char *key = xasprintf("sync.list.%u.%s", SYNC_BUNDLE_PEER_BASE + imp->v.source,
+					      imp->v.user);
+			int mr = stor_meta_set(imp->db, key, "", 0, &err);
+			free(key);
+			if (mr < 0) {
+				*error_r = fmt_error("%s", err);
+				return imp_fail(imp);
+			}
+		}
+		imp->phase = IMP_MERGE;
+		merge_start_run(imp);
+		return 1;
+	}
+	int r = merge_step(imp, error_r);
+	if (r < 0)
+		return imp_fail(imp);
+	if (r > 0)
+		return 1;
+	if (imp_finish(imp, error_r) < 0)
+		return imp_fail(imp);
+	imp->phase = IMP_DONE;
+	return 0;
+}
+
+void sync_bundle_import_take_result(struct sync_bundle_import *imp,
+				    struct sync_bundle_import_result *res_r)
+{
+	*res_r = imp->res;
+	memset(&imp->res, 0, sizeof(imp->res));
+	buf_init(&imp->res.state);
+}
+
+void sync_bundle_import_destroy(struct sync_bundle_import **impp)
+{
+	struct sync_bundle_import *imp = *impp;
+	if (imp == NULL)
+		return;
+	*impp = NULL;
+	merge_end_run(imp);
+	buf_free(&imp->to_server);
+	buf_free(&imp->to_client);
+	inflater_free(&imp->f);
+	proto_parser_destroy(&imp->l.parser);
+	ld_pending_clear(&imp->l);
+	ARRAY_FREE(&imp->l.ids);
+	ARRAY_FREE(&imp->l.placeholders);
+	ld_snaps_free(&imp->l);
+	free(imp->l.error);
+	sync_bundle_import_result_free(&imp->res);
+	stor_close(&imp->scratch);
+	rmtree(imp->scratch_dir);
+	free(imp->scratch_dir);
+	free(imp);
+}
+
+int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_settings *set,
+		       const void *data, size_t len, struct sync_bundle_import_result *res_r,
+		       char **error_r)
+{
+	memset(res_r, 0, sizeof(*res_r));
+	buf_init(&res_r->state);
+	struct sync_bundle_import *imp = sync_bundle_import_begin(db, set, data, len, error_r);
+	if (imp == NULL)
+		return -1;
+	int r;
+	while ((r = sync_bundle_import_step(imp, error_r)) > 0)
+		;
+	if (r == 0)
+		sync_bundle_import_take_result(imp, res_r);
+	sync_bundle_import_destroy(&imp);
+	return r;
 }
 
 /* ------------------------------------------------------------------ */

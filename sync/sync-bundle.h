@@ -105,6 +105,26 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 		       char **error_r);
 void sync_bundle_import_result_free(struct sync_bundle_import_result *res);
 
+/* The same import in bounded steps, for an event loop (a running node
+ * goes on serving while it imports).  begin() runs checks 1 to 7 (the
+ * whole file is hashed: about 2 s per GiB) and returns NULL with *error_r
+ * when the bundle is refused; data must stay valid until destroy() (set
+ * and the key need not).  step() loads about 1 MiB of the body into the scratch
+ * copy, or does a few rounds of the merge, and returns 1 (call again), 0
+ * (done: take the result) or -1 (*error_r, caller frees; refused without
+ * any change while the body is being loaded).  destroy() at any point
+ * stops the import (a merge stopped midway leaves what it applied, as a
+ * sync that breaks off) and removes the scratch copy. */
+struct sync_bundle_import;
+struct sync_bundle_import *sync_bundle_import_begin(struct stor_db *db,
+						    const struct sync_bundle_import_settings *set,
+						    const void *data, size_t len, char **error_r);
+int sync_bundle_import_step(struct sync_bundle_import *imp, char **error_r);
+/* After step() returned 0; free res_r with sync_bundle_import_result_free(). */
+void sync_bundle_import_take_result(struct sync_bundle_import *imp,
+				    struct sync_bundle_import_result *res_r);
+void sync_bundle_import_destroy(struct sync_bundle_import **imp);
+
 /* Wraps a command stream in the bundle format (header, zlib body, digest,
  * signature).  since_digest NULL means SINCE FULL.  Used by the export and
  * by tests and the fuzzer, which make bundles of their own. */

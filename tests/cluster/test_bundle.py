@@ -21,6 +21,8 @@ node's admin socket).  Checked here:
     Python from SPEC.md 11, signed with the right key) is refused: exit
     non-zero, one line on stderr, both users' dumps unchanged;
   - the same bundle imported twice is refused as a replay;
+  - a bundle of 4,000 messages imports in steps: the node answers IMAP
+    within 1 s throughout;
   - with both nodes stopped, export and import open the stores themselves.
 
 The last line is "test-bundle: N passed, M failed".
@@ -218,6 +220,7 @@ def t_converge():
             r.returncode != 0 and ok and b"replay" in r.stderr, r.stderr)
     R.check("the replay changed nothing", (n1.dump(USER), n1.dump(OTHER)) == before)
     t_refusals(c, b4)
+    t_busy(c)
     t_stopped(c)
     c.close()
     reps = c.sanitizer_reports()
@@ -289,6 +292,56 @@ def t_refusals(c, good_path):
     r = n1.cli("bundle", "import", os.path.join(c.dir, "missing.bundle"))
     R.check("a missing file fails with one line", r.returncode != 0 and one_line(r.stderr)[0],
             r.stderr)
+
+
+def t_busy(c):
+    """A large import runs in steps: the node answers IMAP meanwhile."""
+    import threading
+    n1 = c.nodes[0]
+    with open(c.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\r\n")
+    count = 4000
+    mbox = "0123456789abcdef0123456789abcd%02x" % 0xee
+    parts = [b"B1 CREATE %s Big %s 7\r\n" % (USER.encode(), mbox.encode()),
+             b"B2 MBOX 1 %s Big 7 %s\r\n" % (USER.encode(), mbox.encode()),
+             b"B3 SELECT 1\r\n",
+             b"B4 SYNC-BEGIN 0 %d 1 %d\r\n" % (count, count + 1)]
+    for i in range(count):
+        text = (b"Subject: big %d\r\n\r\n" % i) + os.urandom(600).hex().encode() + b"\r\n"
+        parts.append(b"B%d SAVE 1700000000+0000 %d %d %032x () {%d}\r\n%s\r\n"
+                     % (5 + i, i + 1, i + 1, 0xb16 << 64 | i, len(text), text))
+    parts.append(b"B%d SYNC-END\r\n" % (5 + count))
+    data = seal(secret, USER, 2, int(time.time()) + 5, b"".join(parts))
+    path = os.path.join(c.dir, "big.bundle")
+    with open(path, "wb") as f:
+        f.write(data)
+    a = Client(n1.host, n1.imap_port)
+    a.login(USER, PASSWORD)
+    worst = [0.0]
+    done = threading.Event()
+
+    def ping():
+        while not done.is_set():
+            t = time.monotonic()
+            a.command("NOOP")
+            worst[0] = max(worst[0], time.monotonic() - t)
+            time.sleep(0.02)
+    th = threading.Thread(target=ping)
+    th.start()
+    t0 = time.monotonic()
+    r = bundle_import(n1, path)
+    took = time.monotonic() - t0
+    done.set()
+    th.join()
+    a.command("LOGOUT")
+    print("measured: import of %d messages (%d bytes) took %.2f s; slowest IMAP NOOP "
+          "meanwhile %.3f s" % (count, len(data), took, worst[0]))
+    R.check("a bundle of %d messages imports" % count, r.returncode == 0, r.stderr)
+    R.check("the node answered IMAP within 1 s throughout the import", worst[0] < 1.0,
+            worst[0])
+    d = n1.dump(USER)
+    R.check("all %d messages arrived" % count, d.count("\nmsg Big ") == count,
+            d.count("\nmsg Big "))
 
 
 def t_stopped(c):
