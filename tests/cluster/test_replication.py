@@ -25,13 +25,15 @@ next ones.  Checked here:
     stored twice);
   - a 4 MB APPEND on a node that is not the master reaches every node
     intact; EXPUNGEs on one node racing STOREs of the same messages on
-    another end with the messages expunged and equal flags and modseqs.
+    another end with the messages expunged and equal flags and modseqs;
+  - sync_replicas = 1: with both replicas stopped (SIGSTOP) an APPEND on the
+    master is not answered; it is as soon as one replica runs again.
   - concurrent conflicting STOREs on two nodes: every node ends with the
     same FLAGS and MODSEQ per message (CONDSTORE); STORE (UNCHANGEDSINCE
     stale) right after another node's change is refused with MODIFIED on
     every node, master or not;
   - IDLE on node B sees * n EXISTS for an APPEND on node A within 5 s
-    (the delays are printed);
+    (the delays are printed), and * n FETCH (FLAGS ...) for a STORE;
   - `starling status` shows peer.N, peer.N.backlog and peer.N.lag_ms; with
     the master's link to a replica cut, the backlog grows; restored, it
     drains to 0 and the dumps become equal;
@@ -371,7 +373,7 @@ def fetch_flags_modseq(node, usr, mailbox="INBOX"):
 # ---------------------------------------------------------------- sections
 def t_setup():
     global CLUSTER
-    users = {user(s): PASSWORD for s in range(1, 15)}
+    users = {user(s): PASSWORD for s in range(1, 17)}
     c = Cluster(n=3, users=users, proxies=True, extra_config={"sync_replicas": 1})
     CLUSTER = c
     c.start_all()
@@ -1093,6 +1095,104 @@ def t_expunge_beats_store():
             all(v == vals[0] for v in vals), views)
 
 
+def t_sync_replicas_waits():
+    """sync_replicas = 1: an APPEND on the master is not answered while both
+    replicas are stopped (SIGSTOP, links still up), and is answered as soon
+    as one of them runs again, well before a link could be declared dead."""
+    c = CLUSTER
+    ensure_all_up(c)
+    usr = user(15)
+    prepare_user(c, usr)
+    m = master_of(c.nodes[0], usr)
+    if m is None:
+        R.check("node 1 names a master of INBOX", False)
+        return
+    master = c.nodes[m - 1]
+    replicas = [n for n in c.nodes if n is not master]
+    cl = login(master, usr)
+    ok, _, r = append(cl, "INBOX", message("sr", 0))
+    R.check("an APPEND on the master with both replicas running answers OK", ok, r)
+    done = {}
+
+    def appender():
+        try:
+            done["r"] = append(cl, "INBOX", message("sr", 1))
+        except Exception as e:  # noqa: BLE001
+            done["r"] = (False, None, str(e))
+        done["t"] = time.monotonic()
+
+    for n in replicas:
+        n.pause()
+    t_resume = None
+    try:
+        th = threading.Thread(target=appender, daemon=True)
+        t0 = time.monotonic()
+        th.start()
+        th.join(1.0)
+        early = "t" in done
+        R.check("with both replicas stopped the APPEND is not answered within 1 s",
+                not early, done.get("r"))
+        replicas[0].resume()
+        t_resume = time.monotonic()
+        th.join(10)
+    finally:
+        for n in replicas:
+            n.resume()
+    cl.logout()
+    if "t" in done and t_resume is not None and not early:
+        R.check("the APPEND is answered OK within 1 s of one replica running again",
+                done["r"][0] and done["t"] - t_resume < 1.0,
+                (done["r"], done["t"] - t_resume))
+        print("measured: APPEND answered %.0f ms after the replica's SIGCONT (%.2f s after it "
+              "was sent)" % ((done["t"] - t_resume) * 1000, done["t"] - t0))
+    else:
+        R.check("the APPEND is answered after one replica runs again", False, done)
+    c.wait_links_up(timeout=40)
+    check_dumps_equal("sync_replicas waits", c.nodes, usr,
+                      pred=lambda x: len(msg_lines(x)) == 2)
+
+
+def t_idle_sees_remote_flags():
+    """A STORE on one node shows as an untagged FETCH (FLAGS ...) in IDLE
+    sessions on the other two nodes."""
+    c = CLUSTER
+    ensure_all_up(c)
+    usr = user(16)
+    prepare_user(c, usr)
+    cl = login(c.nodes[0], usr)
+    append(cl, "INBOX", message("fl", 0))
+    cl.logout()
+    check_dumps_equal("a message for flags", c.nodes, usr, pred=lambda x: len(msg_lines(x)) == 1)
+    writer = c.nodes[1]
+    idlers = []
+    for n in (c.nodes[0], c.nodes[2]):
+        s_ = login(n, usr)
+        s_.command("SELECT INBOX")
+        tag = s_.next_tag()
+        s_.send("%s IDLE\r\n" % tag)
+        first = s_.read_response()
+        R.check("IDLE on node %d answers with a continuation" % n.node_id,
+                first.startswith(b"+"), first)
+        idlers.append((n, s_, tag))
+    w = login(writer, usr)
+    w.command("SELECT INBOX")
+    r = w.command("UID STORE 1 +FLAGS (\\Flagged $Seen-On-%d)" % writer.node_id)
+    w.logout()
+    R.check("STORE on node %d answers OK" % writer.node_id, r.ok, r)
+    for n, s_, tag in idlers:
+        got = s_.read_untagged_until(
+            lambda g: any(b"FETCH" in x and b"\\Flagged" in x for x in g), IDLE_BOUND)
+        R.check("IDLE on node %d sees * 1 FETCH (FLAGS (... \\Flagged ...)) for the STORE on "
+                "node %d within %.0f s" % (n.node_id, writer.node_id, IDLE_BOUND),
+                any(re.match(rb"\* 1 FETCH \(.*FLAGS \([^)]*\\Flagged", x) for x in got), got)
+        try:
+            s_.send("DONE\r\n")
+            s_.wait_tagged(tag)
+            s_.logout()
+        except Exception:  # noqa: BLE001
+            s_.close()
+
+
 def main():
     R.section("setup: 3 nodes, sync_replicas = 1, links through proxies", t_setup)
     # ONLY=word,word runs the sections whose name contains one of the words.
@@ -1107,13 +1207,15 @@ def main():
                 ("kill -9 of the master under load, again", lambda: t_kill_master(11)),
                 ("conflicting STOREs, UNCHANGEDSINCE", t_conflicting_stores),
                 ("IDLE on one node sees an APPEND on another", t_idle_sees_remote_append),
+                ("IDLE on two nodes sees a STORE on the third", t_idle_sees_remote_flags),
                 ("status: peer state, backlog, lag; a cut link", t_status_backlog),
                 ("CREATE/RENAME/DELETE/SUBSCRIBE replicate", t_mailbox_list),
                 ("deliver, COPY, MOVE, EXPUNGE replicate", t_copy_move_expunge),
                 ("master cut off, both sides write, heal", t_isolated_master),
                 ("master's links go silent under forwarded load", t_master_goes_silent),
                 ("a 4 MB message APPENDed on a replica", t_large_message),
-                ("EXPUNGE on one node against STORE on another", t_expunge_beats_store)):
+                ("EXPUNGE on one node against STORE on another", t_expunge_beats_store),
+                ("sync_replicas = 1 waits for a replica", t_sync_replicas_waits)):
             if not only or any(w in name for w in only):
                 R.section(name, func)
         CLUSTER.close()
