@@ -40,9 +40,11 @@ static const struct proto_cmd_info commands[] = {
 	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "SAVE", "dumgfT", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "COPY", "iigumdf", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
-	{ "EXPUNGE", "Sm", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "EXPUNGE", "Sm",
+	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_GUIDS },
 	{ "STORE", "Smff",
-	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE | PROTO_CMDF_OPT_ORIGIN },
+	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE | PROTO_CMDF_OPT_ORIGIN |
+		  PROTO_CMDF_OPT_GUIDS },
 	{ "FETCH", "S", PROTO_CMDF_SELECTED },
 	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
@@ -274,6 +276,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	}
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
+	bool seen_guids = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -301,6 +304,12 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			   (info->flags & PROTO_CMDF_OPT_ORIGIN) != 0) {
 			seen_origin = true;
 			ok = check_arg('i', val);
+		} else if (strcasecmp(key->str, "GUIDS") == 0 && !seen_guids &&
+			   (info->flags & PROTO_CMDF_OPT_GUIDS) != 0) {
+			seen_guids = true;
+			ok = val->type == PROTO_ARG_LIST && val->count > 0;
+			for (size_t j = 0; ok && j < val->count; j++)
+				ok = check_arg('g', &val->list[j]);
 		} else {
 			return fail(errbuf, sizeof(errbuf), error_r, "%s: unknown or repeated option %zu",
 				    info->name, i + 1);
@@ -320,7 +329,8 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_UNCHANGEDSINCE) != 0 &&
 		strcasecmp(key, "UNCHANGEDSINCE") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0 && strcasecmp(key, "SPECIAL-USE") == 0) ||
-	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "ORIGIN") == 0);
+	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "ORIGIN") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0);
 }
 
 const struct proto_arg *proto_cmd_option(const struct proto_cmd *cmd, size_t npos, const char *key)

@@ -218,6 +218,7 @@ int proto_arg_uidset(const struct proto_arg *a, uint32_t star_value, size_t max_
 #define PROTO_CMDF_OPT_SPECIAL_USE 0x08     /* accepts SPECIAL-USE <flags> */
 #define PROTO_CMDF_DATA 0x10                /* a data line, not a command */
 #define PROTO_CMDF_OPT_ORIGIN 0x20          /* accepts ORIGIN <sid>: a change already applied there */
+#define PROTO_CMDF_OPT_GUIDS 0x40           /* accepts GUIDS (<guid> ...): the UIDs' messages */
 
 struct proto_cmd_info {
 	const char *name;

@@ -24,9 +24,16 @@
 /* Attempts to reach a master (it may move or fail meanwhile) before a
  * change goes on autonomously. */
 #define CL_FORWARD_ATTEMPTS 3
+/* A change to a mailbox a resync here holds is tried again this often. */
+#define CL_HELD_RETRY_S 0.05
 /* Replication commands to a peer wait this long for their answer before
  * the link is considered broken. */
 #define CL_STREAM_TIMEOUT_MS 30000u
+/* After a peer said TRYLATER (a resync holds the mailbox there), streaming
+ * to it starts again this much later. */
+#define CL_STREAM_RETRY_MS 100u
+/* UIDs per replicated EXPUNGE line (each with its GUID). */
+#define CL_EXPUNGE_BATCH 500
 /* Log entries read per pass of a peer's streamer. */
 #define CL_STREAM_BATCH 64
 /* Our mailbox ids on a link start here, far from the small ones the sync
@@ -105,6 +112,8 @@ struct cl_peer {
 	bool blocked;                  /* waiting for a MBOX answer */
 	bool full_sync;                /* fell off the log: needs a full resync */
 	bool cursor_dirty;             /* cursor changed since last written */
+	uint64_t stream_gen;           /* bumped when streaming starts over */
+	uint64_t retry_at;             /* clock_mono_ms(): not before, after TRYLATER */
 	/* Entries processed but not acknowledged yet, in order. */
 	ARRAY(struct cl_inflight) inflight;
 	/* Users whose changes were waiting when the link came up: resynced
@@ -156,6 +165,7 @@ struct repl_cluster {
 	uint64_t log_last;             /* highest seq appended */
 	uint64_t autonomous_changes;   /* for status */
 	uint64_t forwarded_changes;
+	bool own_notify;               /* announcing a change made through us */
 	bool destroying;
 };
 

@@ -342,6 +342,23 @@ static void fwd_autonomous(struct cl_fwd *f, const char *why)
 	}
 }
 
+/* The master is there but cannot take it now (a resync, a move): ask
+ * again shortly, within the forwarding timeout, without using up an
+ * attempt. */
+static void fwd_wait(struct cl_fwd *f, const char *why)
+{
+	uint64_t now = clock_mono_ms();
+	f->peer = NULL;
+	if (f->busy_since == 0)
+		f->busy_since = now;
+	if (now - f->busy_since > CL_FORWARD_TIMEOUT_MS || f->cl->destroying) {
+		fwd_autonomous(f, why);
+		return;
+	}
+	ev_timer_set(&f->retry, 0.1, 0.);
+	ev_timer_start(f->cl->loop, &f->retry);
+}
+
 static void fwd_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct cl_fwd *f = (struct cl_fwd *)((char *)w - offsetof(struct cl_fwd, retry));
@@ -549,7 +566,11 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		fwd_send(f);
 		return;
 	}
-	if (proto_code_has(line, "NOTMASTER") || proto_code_has(line, "TRYLATER") ||
+	if (proto_code_has(line, "TRYLATER")) {
+		fwd_wait(f, text);
+		return;
+	}
+	if (proto_code_has(line, "NOTMASTER") ||
 	    proto_code_has(line, "NONEXISTENT") || proto_code_has(line, "UIDVALIDITY")) {
 		fwd_again(f, text);
 		return;
@@ -726,16 +747,8 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 	}
 	if (f->cl->sync != NULL && repl_sync_busy_with(f->cl->sync, p->sid)) {
 		/* A resync owns our direction of that link (its MBOX and
-		 * SELECT): wait for it, within the forwarding timeout. */
-		uint64_t now = clock_mono_ms();
-		if (f->busy_since == 0)
-			f->busy_since = now;
-		if (now - f->busy_since > CL_FORWARD_TIMEOUT_MS) {
-			fwd_autonomous(f, "a resync with the master takes too long");
-			return;
-		}
-		ev_timer_set(&f->retry, 0.1, 0.);
-		ev_timer_start(f->cl->loop, &f->retry);
+		 * SELECT): wait for it. */
+		fwd_wait(f, "a resync with the master takes too long");
 		return;
 	}
 	fwd_to_peer(f, p);
@@ -744,6 +757,13 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 static void fwd_start(struct cl_fwd *f)
 {
 	struct repl_cluster *cl = f->cl;
+	if (cl->sync != NULL && !cl->destroying && repl_sync_holds(cl->sync, f->user, &f->mailbox)) {
+		/* A resync here compares snapshots of this mailbox: the
+		 * change waits for it (the resync is bounded in time). */
+		ev_timer_set(&f->retry, CL_HELD_RETRY_S, 0.);
+		ev_timer_start(cl->loop, &f->retry);
+		return;
+	}
 	if (cl->mm == NULL ||
 	    repl_mm_granule_key(cl->mm, f->user, &f->mailbox, f->gkey, sizeof(f->gkey)) < 0 ||
 	    repl_mm_request_master(cl->mm, f->gkey, CL_MASTER_TIMEOUT_MS, fwd_master_known, f) < 0)
@@ -1133,8 +1153,11 @@ struct notify_ctx {
 static void notify_durable(void *ctx, bool ok)
 {
 	struct notify_ctx *n = ctx;
-	if (ok)
+	if (ok) {
+		n->cl->own_notify = true;
 		repl_notify(&n->cl->repl, n->user, &n->mailbox);
+		n->cl->own_notify = false;
+	}
 	free(n->user);
 	free(n);
 }
@@ -1157,7 +1180,31 @@ void cl_notify_later(struct repl_cluster *cl, const char *user, const struct gui
 static void inner_watch(void *ctx, const char *user, const struct guid *mailbox)
 {
 	struct repl_cluster *cl = ctx;
+	cl->own_notify = true;
 	repl_notify(&cl->repl, user, mailbox);
+	cl->own_notify = false;
+}
+
+/* Changes that reach the store another way (a resync, a bundle) are
+ * announced by their own code; if this node is the mailbox's master, the
+ * other nodes must get them too: log them like our own. */
+static void foreign_watch(void *ctx, const char *user, const struct guid *mailbox)
+{
+	struct repl_cluster *cl = ctx;
+	if (cl->own_notify || cl->destroying || !cl_is_master(cl, user, mailbox))
+		return;
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(cl->repl.db, mailbox, &mb, &err) <= 0)
+		return;
+	stor_mailbox_free(&mb);
+	struct cl_entry e;
+	uint64_t seq;
+	memset(&e, 0, sizeof(e));
+	e.kind = CL_ENTRY_MAILBOX;
+	snprintf(e.user, sizeof(e.user), "%s", user);
+	e.guid = *mailbox;
+	(void)cl_log_append(cl, &e, &seq);
 }
 
 /* ---- The rest of the seam ---- */
@@ -1223,6 +1270,7 @@ struct repl *repl_cluster_create(struct ev_loop *loop, struct stor_db *db,
 		cl->set.max_message_size = 64ull * 1024 * 1024;
 	cl->local = repl_local_create(loop, db, set);
 	repl_watch_add(cl->local, inner_watch, cl);
+	repl_watch_add(&cl->repl, foreign_watch, cl);
 	cl_stream_init(cl);
 	return &cl->repl;
 }

@@ -20,6 +20,7 @@
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-mm.h"
+#include "replicator/repl-sync.h"
 #include "sync/sync-private.h"
 
 /* An answer to send once the change is durable (or replicated). */
@@ -102,6 +103,40 @@ static void answer_later(struct answer *a, const char *status, const char *code,
 
 /* ---- Changes from their origin ---- */
 
+/* GUIDS (g ...) of a replicated STORE or EXPUNGE names the message of each
+ * UID (in the uidset's order); UIDs that hold another message here are
+ * dropped from uids: the copies differ there and a resync decides.
+ * Returns 0, or -1 when the list does not match the UIDs. */
+static int keep_same_messages(struct stor_db *db, const struct guid *mailbox,
+			      const struct proto_arg *guids, stor_uid_list *uids, bool *differ_r)
+{
+	if (guids == NULL)
+		return 0;
+	if (guids->type != PROTO_ARG_LIST || guids->count != uids->count)
+		return -1;
+	size_t kept = 0;
+	const char *err;
+	for (size_t i = 0; i < uids->count; i++) {
+		struct guid g;
+		struct stor_msg m;
+		if (proto_arg_guid(&guids->list[i], &g) < 0)
+			return -1;
+		int r = stor_msg_get(db, mailbox, uids->items[i], &m, &err);
+		if (r > 0) {
+			bool same = guid_equal(&m.guid, &g);
+			stor_msg_free(&m);
+			if (!same) {
+				*differ_r = true;
+				continue;
+			}
+		}
+		uids->items[kept++] = uids->items[i];
+	}
+	uids->count = kept;
+	return 0;
+}
+
+
 static void apply_save(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 		       const struct stor_mailbox *mb)
 {
@@ -179,8 +214,9 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 }
 
 static void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
-			const struct stor_mailbox *mb)
+			size_t npos, const struct stor_mailbox *mb)
 {
+	bool differ = false;
 	struct stor_db *db = cl->repl.db;
 	stor_uid_list uids;
 	uint64_t modseq;
@@ -191,7 +227,10 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 		goto bad;
 	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0 ||
 	    rm->type != PROTO_ARG_LIST || rm->count != 1 || rm->list[0].type != PROTO_ARG_ATOM ||
-	    strcmp(rm->list[0].str, "\\*") != 0 || sync_arg_flags(&cmd->args[2], &fl) < 0) {
+	    strcmp(rm->list[0].str, "\\*") != 0 ||
+	    keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
+			       &differ) < 0 ||
+	    sync_arg_flags(&cmd->args[2], &fl) < 0) {
 		ARRAY_FREE(&uids);
 		goto bad;
 	}
@@ -208,6 +247,8 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 	if (stor_msg_store(db, &mb->guid, uids.items, uids.count, &st, &changed, NULL, &err) < 0 ||
 	    stor_mailbox_raise(db, &mb->guid, 0, modseq, &err) < 0) {
 		answer_later(a, "NO", "SERVERBUG", err);
+	} else if (differ) {
+		answer_later(a, "NO", "GUIDMISMATCH", "a UID holds another message here");
 	} else {
 		if (changed.count > 0)
 			cl_notify_later(cl, mb->user, &mb->guid);
@@ -222,8 +263,9 @@ bad:
 }
 
 static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
-			  const struct stor_mailbox *mb)
+			  size_t npos, const struct stor_mailbox *mb)
 {
+	bool differ = false;
 	struct stor_db *db = cl->repl.db;
 	stor_uid_list uids, gone = ARRAY_INIT;
 	uint64_t modseq;
@@ -241,6 +283,15 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 	for (size_t i = 0; i < uids.count; i++)
 		if (uids.items[i] > top)
 			top = uids.items[i];
+	if (keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
+			       &differ) < 0) {
+		ARRAY_FREE(&uids);
+		answer_later(a, "BAD", "ARGS", "GUIDS does not match the UIDs");
+		return;
+	}
+	for (size_t i = 0; i < uids.count; i++)
+		if (uids.items[i] > top)
+			top = uids.items[i];
 	char code[64];
 	snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
 	/* UIDs we never held are above our UIDNEXT no longer: the master's
@@ -251,7 +302,10 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 	} else {
 		if (gone.count > 0)
 			cl_notify_later(cl, mb->user, &mb->guid);
-		answer_later(a, "OK", code, "expunged");
+		if (differ)
+			answer_later(a, "NO", "GUIDMISMATCH", "a UID holds another message here");
+		else
+			answer_later(a, "OK", code, "expunged");
 	}
 	ARRAY_FREE(&gone);
 	ARRAY_FREE(&uids);
@@ -603,6 +657,13 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 	if (proto_cmd_is(cmd, "CREATE") || proto_cmd_is(cmd, "DELETE") ||
 	    proto_cmd_is(cmd, "RENAME") || proto_cmd_is(cmd, "SUBSCRIBE") ||
 	    proto_cmd_is(cmd, "UNSUBSCRIBE")) {
+		const char *user;
+		size_t ulen;
+		if (cl->sync != NULL && proto_arg_str(&cmd->args[0], &user, &ulen) == 0 &&
+		    repl_sync_holds(cl->sync, user, NULL)) {
+			answer_later(a, "NO", "TRYLATER", "a resync of this user is running");
+			return;
+		}
 		apply_list_change(cl, a, cmd, npos);
 		return;
 	}
@@ -622,13 +683,17 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 			     r < 0 ? err : "the selected mailbox is gone");
 		return;
 	}
-	if (origin) {
+	if (cl->sync != NULL && repl_sync_holds(cl->sync, mb.user, &mb.guid)) {
+		/* The resync compares snapshots of this mailbox: the
+		 * change comes again once it is done. */
+		answer_later(a, "NO", "TRYLATER", "a resync of this mailbox is running");
+	} else if (origin) {
 		if (proto_cmd_is(cmd, "SAVE"))
 			apply_save(cl, a, cmd, &mb);
 		else if (proto_cmd_is(cmd, "STORE"))
-			apply_store(cl, a, cmd, &mb);
+			apply_store(cl, a, cmd, npos, &mb);
 		else
-			apply_expunge(cl, a, cmd, &mb);
+			apply_expunge(cl, a, cmd, npos, &mb);
 	} else if (!cl_is_master(cl, mb.user, &mb.guid)) {
 		answer_later(a, "NO", "NOTMASTER", "not the master of this mailbox");
 	} else if (proto_cmd_is(cmd, "SAVE")) {

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-mm.h"
@@ -421,8 +422,23 @@ static struct cl_inflight *inflight_find(struct cl_peer *p, uint64_t seq)
 struct cmd_ctx {
 	struct cl_peer *p;
 	uint64_t seq;
+	uint64_t gen;
 	char user[STOR_MAX_USER_LEN + 1];
 };
+
+/* The peer could not take a change now (a resync holds the mailbox there):
+ * start again from the first unacknowledged entry a little later, with
+ * fresh bindings, so nothing is skipped and the order is kept.  Answers to
+ * what was sent before belong to the old generation and are ignored. */
+static void stream_rewind(struct cl_peer *p)
+{
+	p->stream_gen++;
+	p->inflight.count = 0;
+	p->next_seq = p->cursor + 1;
+	p->blocked = false;
+	binds_clear(p, true);
+	p->retry_at = clock_mono_ms() + CL_STREAM_RETRY_MS;
+}
 
 static void stream_cmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			  const struct proto_cmd *line, void *ctx)
@@ -431,6 +447,15 @@ static void stream_cmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	if (kind == PROTO_REPLY_DATA)
 		return;
 	struct cl_peer *p = cc->p;
+	if (cc->gen != p->stream_gen || p->conn == NULL) {
+		free(cc);
+		return;
+	}
+	if (kind == PROTO_REPLY_DONE && proto_code_has(line, "TRYLATER")) {
+		stream_rewind(p);
+		free(cc);
+		return;
+	}
 	if (kind == PROTO_REPLY_DONE) {
 		if (strcmp(line->name, "OK") != 0) {
 			/* A conflict (UIDCONFLICT, ALREADYEXISTS, ...): the
@@ -452,6 +477,7 @@ static void send_stream_cmd(struct cl_peer *p, uint64_t seq, const char *user)
 	struct cmd_ctx *cc = xcalloc(1, sizeof(*cc));
 	cc->p = p;
 	cc->seq = seq;
+	cc->gen = p->stream_gen;
 	snprintf(cc->user, sizeof(cc->user), "%s", user);
 	struct cl_inflight *f = inflight_find(p, seq);
 	if (f != NULL)
@@ -483,14 +509,19 @@ static int cmp_tomb_modseq(const void *a, const void *b)
 	return x->uid < y->uid ? -1 : x->uid > y->uid;
 }
 
+/* The tombstones up to modseq upto, as EXPUNGE lines of one modseq each.
+ * GUIDS names the message each UID held: a replica whose UID holds another
+ * message (the two copies were apart, and a resync renumbered one side)
+ * keeps it. */
 static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
 			  const stor_tombstone_list *tombs, size_t *ti, uint64_t upto)
 {
 	while (*ti < tombs->count && tombs->items[*ti].modseq <= upto) {
 		uint64_t m = tombs->items[*ti].modseq;
+		size_t start = *ti;
 		stor_uid_list uids = ARRAY_INIT;
 		while (*ti < tombs->count && tombs->items[*ti].modseq == m &&
-		       uids.count < SYNC_MAX_UIDS_PER_LINE) {
+		       uids.count < CL_EXPUNGE_BATCH) {
 			ARRAY_PUSH(&uids, tombs->items[*ti].uid);
 			(*ti)++;
 		}
@@ -498,6 +529,12 @@ static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
 		proto_wr_uidset(w, uids.items, uids.count);
 		proto_wr_u64(w, m);
 		wr_origin(p, w);
+		/* The uidset lists UIDs in ascending order, as tombs are. */
+		proto_wr_atom(w, "GUIDS");
+		proto_wr_list_begin(w);
+		for (size_t i = start; i < *ti; i++)
+			proto_wr_guid(w, &tombs->items[i].guid);
+		proto_wr_list_end(w);
 		send_stream_cmd(p, seq, user);
 		ARRAY_FREE(&uids);
 	}
@@ -568,6 +605,13 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 				proto_wr_list_begin(w);
 				proto_wr_atom(w, "\\*");
 				proto_wr_list_end(w);
+				wr_origin(p, w);
+				proto_wr_atom(w, "GUIDS");
+				proto_wr_list_begin(w);
+				proto_wr_guid(w, &m->guid);
+				proto_wr_list_end(w);
+				send_stream_cmd(p, seq, e->user);
+				continue;
 			}
 			wr_origin(p, w);
 			send_stream_cmd(p, seq, e->user);
@@ -641,7 +685,8 @@ static bool peer_can_stream(struct cl_peer *p)
 	struct repl_cluster *cl = p->cl;
 	return p->conn != NULL && !p->blocked && !p->full_sync &&
 	       !(cl->sync != NULL && repl_sync_busy_with(cl->sync, p->sid)) &&
-	       !proto_conn_is_congested(p->conn);
+	       !proto_conn_is_congested(p->conn) &&
+	       (p->retry_at == 0 || clock_mono_ms() >= p->retry_at);
 }
 
 static void stream_pump(struct cl_peer *p)
@@ -823,6 +868,8 @@ void cl_stream_link_up(struct cl_peer *p, struct proto_conn *conn)
 	struct repl_cluster *cl = p->cl;
 	p->conn = conn;
 	p->link_gen++;
+	p->stream_gen++;
+	p->retry_at = 0;
 	p->selected_id = 0;
 	p->blocked = false;
 	p->inflight.count = 0;

@@ -109,12 +109,18 @@ struct waiting {
 /* A background resync waiting for its turn (repl_sync_enqueue). */
 struct queued {
 	struct queued *next;
+	struct repl_sync *rs;
 	char *user;
 	uint32_t peer;
+	unsigned attempts;  /* runs that did not converge so far */
+	ev_timer retry;     /* a failed one is queued again after it */
 };
 
 struct repl_sync {
 	struct ev_loop *loop;
+	/* Background resyncs waiting to be tried again (queued.retry). */
+	struct queued *retry_list;
+	bool destroying;
 	struct repl *repl;
 	struct repl_peers *peers;
 	struct srv_link *links;
@@ -490,6 +496,32 @@ static void srv_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		ev_idle_stop(loop, w);
 }
 
+/* Two resyncs of one user crossing between two nodes (each the client of
+ * the other) would merge the same mailboxes twice at once.  A node whose
+ * own run works on the user refuses the peer's (TRYLATER); the refused
+ * run fails and a background one is tried again after a random delay. */
+static bool refuse_crossing(struct repl_sync *rs, struct srv_link *l, struct proto_conn *conn,
+			    const struct proto_cmd *cmd)
+{
+	if (rs->run == NULL)
+		return false;
+	const char *user = NULL;
+	size_t ulen = 0;
+	if (proto_cmd_is(cmd, "LIST") && cmd->arg_count >= 1) {
+		if (proto_arg_str(&cmd->args[0], &user, &ulen) < 0)
+			return false;
+	} else if (proto_cmd_is(cmd, "SYNC-BEGIN") && l->selected >= 0) {
+		user = l->ids[l->selected].user;
+		ulen = strlen(user);
+	} else {
+		return false;
+	}
+	if (strlen(rs->run->user) != ulen || memcmp(rs->run->user, user, ulen) != 0)
+		return false;
+	proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER", "a resync of this user runs here");
+	return true;
+}
+
 static void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
 			const struct proto_cmd *cmd, void *ctx)
 {
@@ -504,6 +536,8 @@ static void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_con
 		rs->live_cb(rs->live_ctx, sid, conn, cmd, sel ? &g : NULL);
 		return;
 	}
+	if (refuse_crossing(rs, l, conn, cmd))
+		return;
 	int r = sync_server_input(l->server, cmd);
 	srv_after(rs, l, cmd, r);
 }
@@ -908,15 +942,42 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 
 /* ---- Background resyncs ---- */
 
+static void queue_push(struct repl_sync *rs, struct queued *q);
+
+static void queued_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct queued *q = (struct queued *)((char *)w - offsetof(struct queued, retry));
+	for (struct queued **qp = &q->rs->retry_list; *qp != NULL; qp = &(*qp)->next) {
+		if (*qp == q) {
+			*qp = q->next;
+			break;
+		}
+	}
+	queue_push(q->rs, q);
+}
+
 static void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 			const char *text)
 {
-	char *user = ctx;
+	struct queued *q = ctx;
 	if (converged)
-		log_info("background resync of %s: %s", user, text);
+		log_info("background resync of %s: %s", q->user, text);
 	else
-		log_warnx("background resync of %s: %s", user, text);
-	free(user);
+		log_warnx("background resync of %s: %s", q->user, text);
+	/* Two nodes that resync the same user toward each other refuse each
+	 * other (TRYLATER); they try again after different random delays.
+	 * Not when shutting down (the run is failed from the destructor). */
+	if (!converged && q->attempts + 1 < REPL_SYNC_RETRIES && !q->rs->destroying) {
+		q->attempts++;
+		double delay = 0.2 * q->attempts + (double)(random() % 1000) / 1000.0;
+		ev_timer_init(&q->retry, queued_retry_cb, delay, 0.);
+		ev_timer_start(q->rs->loop, &q->retry);
+		q->next = q->rs->retry_list;
+		q->rs->retry_list = q;
+		return;
+	}
+	free(q->user);
+	free(q);
 }
 
 static void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -938,12 +999,13 @@ static void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			rs->queue_tail = &rs->queue;
 		rs->queue_len--;
 		const char *err;
-		if (repl_sync_start(rs, q->user, q->peer, false, queued_done, q->user, &err) < 0) {
+		q->next = NULL;
+		if (repl_sync_start(rs, q->user, q->peer, false, queued_done, q, &err) < 0) {
 			log_warnx("background resync of %s with %u not started: %s", q->user, q->peer,
 				  err);
 			free(q->user);
+			free(q);
 		}
-		free(q);
 	}
 	/* A manual resync holds the node: try again later. */
 	if (rs->queue != NULL && rs->run == NULL) {
@@ -964,8 +1026,15 @@ void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
 		return;
 	}
 	struct queued *q = xcalloc(1, sizeof(*q));
+	q->rs = rs;
 	q->user = xstrdup(user);
 	q->peer = peer;
+	queue_push(rs, q);
+}
+
+static void queue_push(struct repl_sync *rs, struct queued *q)
+{
+	q->next = NULL;
 	*rs->queue_tail = q;
 	rs->queue_tail = &q->next;
 	rs->queue_len++;
@@ -1381,8 +1450,16 @@ void repl_sync_destroy(struct repl_sync **rsp)
 	if (rs == NULL)
 		return;
 	*rsp = NULL;
+	rs->destroying = true;
 	rs->idle_cb = NULL;
 	ev_timer_stop(rs->loop, &rs->queue_timer);
+	while (rs->retry_list != NULL) {
+		struct queued *q = rs->retry_list;
+		rs->retry_list = q->next;
+		ev_timer_stop(rs->loop, &q->retry);
+		free(q->user);
+		free(q);
+	}
 	while (rs->queue != NULL) {
 		struct queued *q = rs->queue;
 		rs->queue = q->next;

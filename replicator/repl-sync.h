@@ -86,6 +86,9 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 
 /* Background resyncs waiting at most; more are dropped with a warning. */
 #define REPL_SYNC_QUEUE_MAX 4096u
+/* Runs of one background resync before it is given up (logged; the
+ * periodic check finds what is left). */
+#define REPL_SYNC_RETRIES 6u
 
 /* Queues a resync of user with peer (0 = every up peer) to run when no
  * other resync runs; a pair already queued is not queued twice.  The

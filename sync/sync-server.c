@@ -823,9 +823,34 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	const struct stor_msg *sme = si >= 0 ? &m->smsgs.items[si] : have_other ? &other : NULL;
 	ssize_t ti = find_tomb(&m->stombs, cs->uid);
 	cs->action = SAVE_APPEND;
+	/* Where the UID holds something else here, the client's message may
+	 * still be here under another UID: a third node's sync renumbered it
+	 * already.  Then the client takes our copy instead of a second one. */
+	uint32_t elsewhere = 0;
+	if ((sme != NULL && guid_cmp(&sme->guid, &cs->guid) != 0) ||
+	    (sme == NULL && ti >= 0 && guid_cmp(&m->stombs.items[ti].guid, &cs->guid) != 0)) {
+		r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &elsewhere, err);
+		if (r < 0) {
+			if (have_other)
+				stor_msg_free(&other);
+			return -1;
+		}
+		if (r == 0 || elsewhere == cs->uid)
+			elsewhere = 0;
+	}
 	if (sme != NULL) {
 		if (guid_cmp(&sme->guid, &cs->guid) == 0) {
 			cs->action = SAVE_MERGE;
+		} else if (elsewhere != 0) {
+			/* Ours at this UID still moves (the client saw the UID
+			 * name its own message); the client's copy goes. */
+			ARRAY_PUSH(&m->sr, cs->uid);
+			cs->action = SAVE_DROP;
+			ARRAY_PUSH(&m->exp_client, cs->uid);
+			ARRAY_PUSH(&m->save_client, elsewhere);
+			ssize_t oi = find_msg(&m->smsgs, elsewhere);
+			if (oi >= 0)
+				m->handled[oi] = true;
 		} else {
 			ARRAY_PUSH(&m->sr, cs->uid);
 			cs->action = SAVE_RENUMBER;
@@ -837,6 +862,13 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			/* We expunged it: the expunge wins. */
 			cs->action = SAVE_DROP;
 			ARRAY_PUSH(&m->exp_client, cs->uid);
+		} else if (elsewhere != 0) {
+			cs->action = SAVE_DROP;
+			ARRAY_PUSH(&m->exp_client, cs->uid);
+			ARRAY_PUSH(&m->save_client, elsewhere);
+			ssize_t oi = find_msg(&m->smsgs, elsewhere);
+			if (oi >= 0)
+				m->handled[oi] = true;
 		} else {
 			cs->action = SAVE_RENUMBER;
 		}
