@@ -71,8 +71,9 @@ static int read_file(const char *path, uint64_t max, struct buf *out)
 	return 0;
 }
 
-/* Writes path.tmp, fsyncs it and renames it to path. */
-static int write_file(const char *path, const void *data, size_t len)
+/* Writes path.tmp, fsyncs it and renames it to path.  On failure *error_r
+ * says why (caller frees). */
+static int write_file(const char *path, const void *data, size_t len, char **error_r)
 {
 	char *tmp = xasprintf("%s.tmp", path);
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -96,7 +97,7 @@ static int write_file(const char *path, const void *data, size_t len)
 	if (ret == 0 && rename(tmp, path) < 0)
 		ret = -1;
 	if (ret < 0) {
-		cli_error("writing %s: %s", path, strerror(errno));
+		*error_r = xasprintf("writing %s: %s", path, strerror(errno));
 		unlink(tmp);
 	}
 	free(tmp);
@@ -213,9 +214,13 @@ static int cmd_export(const struct config *cfg, int argc, char **argv)
 		cli_error("%s", text);
 		break;
 	}
+	char *werr = NULL;
 	if (ret == 0 && write_file(file, out.data != NULL ? (const void *)out.data : "",
-				   out.len) < 0)
+				   out.len, &werr) < 0) {
+		cli_error("%s", werr);
+		free(werr);
 		ret = 1;
+	}
 	if (ret == 0)
 		printf("exported %s to %s: %zu bytes, %s\n", user, file, out.len, text);
 	free(text);
@@ -308,10 +313,12 @@ static int cmd_import(const struct config *cfg, int argc, char **argv)
 	char *default_state = xasprintf("%s.state", file);
 	if (state_path == NULL)
 		state_path = default_state;
+	char *werr = NULL;
 	if (ret == 0 && write_file(state_path, state.data != NULL ? (const void *)state.data : "",
-				   state.len) < 0) {
-		cli_error("the bundle was imported, but its state file could not be written: "
-			  "export the next bundle back without --since");
+				   state.len, &werr) < 0) {
+		cli_error("the bundle was imported, but its state file was not written (%s): "
+			  "export the next bundle back without --since", werr);
+		free(werr);
 		ret = 1;
 	}
 	if (ret == 0)
