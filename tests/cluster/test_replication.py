@@ -27,7 +27,7 @@ next ones.  Checked here:
     intact; EXPUNGEs on one node racing STOREs of the same messages on
     another end with the messages expunged and equal flags and modseqs;
   - sync_replicas = 1: with both replicas stopped (SIGSTOP) an APPEND on the
-    master is not answered; it is as soon as one replica runs again.
+    master is not answered; it is as soon as one replica runs again;
   - concurrent conflicting STOREs on two nodes: every node ends with the
     same FLAGS and MODSEQ per message (CONDSTORE); STORE (UNCHANGEDSINCE
     stale) right after another node's change is refused with MODIFIED on
@@ -46,9 +46,10 @@ next ones.  Checked here:
     (each side goes on by itself), then healed: every node ends with every
     OK'd message exactly once, identical dumps and one master.
 
-Waits are bounded (CONVERGE seconds for replication to show, longer after a
-restart).  Figures are printed as "measured: ...".  The last line is
-"test-replication: N passed, M failed".
+Waits are bounded (CONVERGE seconds for replication to show, CATCH_UP after
+a restart or a heal).  Figures are printed as "measured: ...".  ONLY=word,...
+runs only the sections whose names contain one of the words.  The last line
+is "test-replication: N passed, M failed".
 """
 import os
 import re
