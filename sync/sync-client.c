@@ -141,6 +141,10 @@ struct sync_client {
 	/* The server's answer. */
 	stor_uid_list exp_uids;
 	uint64_t exp_modseq;
+	/* Of exp_uids, those whose message the answer saves again under
+	 * another UID: expunged after the SAVE lines, or the text they share
+	 * would be freed first. */
+	stor_uid_list exp_after;
 	ARRAY(struct cl_save) saves;
 	ARRAY(struct cl_flags) flags;
 	stor_uid_list fix_old, fix_new;
@@ -150,6 +154,7 @@ struct sync_client {
 	stor_uid_list need; /* UIDs whose texts we lack */
 	ARRAY(struct cl_chunk) chunks; /* the FETCH commands, in UID order */
 	uint32_t apply_below;          /* SAVE lines at or above wait for texts */
+	bool apply_diverged;           /* a SAVE line was not applied: sync again */
 	size_t apply_pos;
 	unsigned apply_stage;
 	/* Found while applying SAVE lines at UIDs where we hold a tombstone:
@@ -249,6 +254,7 @@ static void answer_free(struct sync_client *c)
 	ARRAY_FREE(&c->saves);
 	ARRAY_FREE(&c->flags);
 	ARRAY_FREE(&c->exp_uids);
+	ARRAY_FREE(&c->exp_after);
 	ARRAY_FREE(&c->fix_old);
 	ARRAY_FREE(&c->fix_new);
 	stor_msg_list_free(&c->msgs);
@@ -1317,6 +1323,7 @@ static int send_late(struct sync_client *c)
 		sync_flags_free(&c->flags.items[i].f);
 	c->saves.count = c->flags.count = 0;
 	c->exp_uids.count = c->fix_old.count = c->fix_new.count = 0;
+	c->exp_after.count = 0;
 	c->tombs.count = 0;
 	c->resend.count = 0;
 	stor_msg_list_free(&c->msgs);
@@ -1357,12 +1364,40 @@ static int apply_some(struct sync_client *c)
 	const struct guid *mbg = &c->cur.guid;
 	if (c->apply_stage == 0) {
 		if (c->exp_uids.count > 0) {
-			stor_uid_list done = ARRAY_INIT;
-			if (stor_msg_expunge(c->db, mbg, c->exp_uids.items, c->exp_uids.count,
-					     c->exp_modseq, &done, &err) < 0)
+			stor_uid_list now = ARRAY_INIT, done = ARRAY_INIT;
+			struct guid *saved = NULL;
+			c->exp_after.count = 0;
+			if (c->saves.count > 0) {
+				saved = xmalloc(c->saves.count * sizeof(*saved));
+				for (size_t j = 0; j < c->saves.count; j++)
+					saved[j] = c->saves.items[j].guid;
+				qsort(saved, c->saves.count, sizeof(*saved), cmp_guid_v);
+			}
+			for (size_t i = 0; i < c->exp_uids.count; i++) {
+				struct stor_msg m;
+				bool again = false;
+				if (saved != NULL &&
+				    stor_msg_get(c->db, mbg, c->exp_uids.items[i], &m, &err) > 0) {
+					again = bsearch(&m.guid, saved, c->saves.count, sizeof(*saved),
+							cmp_guid_v) != NULL;
+					stor_msg_free(&m);
+				}
+				if (again)
+					ARRAY_PUSH(&c->exp_after, c->exp_uids.items[i]);
+				else
+					ARRAY_PUSH(&now, c->exp_uids.items[i]);
+			}
+			if (now.count > 0 &&
+			    stor_msg_expunge(c->db, mbg, now.items, now.count, c->exp_modseq, &done,
+					     &err) < 0) {
+				ARRAY_FREE(&now);
+				free(saved);
 				return cl_fail(c, "%s", err);
+			}
 			c->report.messages_expunged += (unsigned)done.count;
 			ARRAY_FREE(&done);
+			ARRAY_FREE(&now);
+			free(saved);
 		}
 		c->apply_stage = 1;
 		c->apply_pos = 0;
@@ -1405,6 +1440,20 @@ static int apply_some(struct sync_client *c)
 			int hr = stor_msg_get(c->db, mbg, uid, &have, &err);
 			if (hr < 0)
 				return cl_fail(c, "%s", err);
+			if (hr == 0) {
+				/* Replication may have brought this very message to
+				 * another UID since the answer: not twice.  The
+				 * state differs from the answer's then, and the
+				 * mailbox is synced again (apply_some returns 2). */
+				uint32_t at;
+				int fr = stor_msg_find_guid(c->db, mbg, &sv->guid, &at, &err);
+				if (fr < 0)
+					return cl_fail(c, "%s", err);
+				if (fr > 0) {
+					c->apply_diverged = true;
+					continue;
+				}
+			}
 			if (hr > 0) {
 				bool same = guid_cmp(&have.guid, &sv->guid) == 0;
 				stor_msg_free(&have);
@@ -1434,6 +1483,15 @@ static int apply_some(struct sync_client *c)
 		}
 		if (c->apply_pos < c->saves.count || c->apply_below != UINT32_MAX)
 			return 0;
+		if (c->exp_after.count > 0) {
+			stor_uid_list done = ARRAY_INIT;
+			if (stor_msg_expunge(c->db, mbg, c->exp_after.items, c->exp_after.count,
+					     c->exp_modseq, &done, &err) < 0)
+				return cl_fail(c, "%s", err);
+			c->report.messages_expunged += (unsigned)done.count;
+			ARRAY_FREE(&done);
+			c->exp_after.count = 0;
+		}
 		c->apply_stage = 3;
 		c->apply_pos = 0;
 	}
@@ -1461,7 +1519,9 @@ static int apply_some(struct sync_client *c)
 	int r = stor_mailbox_get_by_guid(c->db, mbg, &mb, &err);
 	if (r <= 0)
 		return cl_fail(c, "mailbox vanished: %s", r < 0 ? err : "");
-	bool converged = mb.uidnext == c->final_uidnext && mb.highestmodseq == c->final_modseq;
+	bool converged = mb.uidnext == c->final_uidnext && mb.highestmodseq == c->final_modseq &&
+			 !c->apply_diverged;
+	c->apply_diverged = false;
 	struct stor_sync_state st = {
 		.uidvalidity = mb.uidvalidity, .uidnext = c->final_uidnext,
 		.highestmodseq = c->final_modseq,

@@ -922,6 +922,35 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 		stor_msg_free(&cur);
 		return r < 0 ? -1 : 0;
 	}
+	/* The merge runs in steps: replication or another sync may have
+	 * brought this message, or another one to its UID, since it was
+	 * classified.  Judged again here, in the step that appends, so the
+	 * GUID never lands twice and a UID never names two messages. */
+	uint32_t at;
+	r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
+	if (r < 0)
+		return -1;
+	if (r > 0) {
+		cs->action = SAVE_DROP;
+		ARRAY_PUSH(&m->exp_client, cs->uid);
+		ARRAY_PUSH(&m->save_client, at);
+		merge_mark_dirty(m, at);
+		ssize_t oi = find_msg(&m->smsgs, at);
+		if (oi >= 0)
+			m->handled[oi] = true;
+		return 0;
+	}
+	if (cs->action == SAVE_APPEND) {
+		struct stor_msg other;
+		r = stor_msg_get(s->db, &s->sel, cs->uid, &other, err);
+		if (r < 0)
+			return -1;
+		if (r > 0) {
+			stor_msg_free(&other);
+			cs->action = SAVE_RENUMBER;
+			cs->new_uid = m->next++;
+		}
+	}
 	/* A client message new here keeps its modseq when that is above
 	 * everything we had; else it gets N and the client is told. */
 	bool keep = cs->action == SAVE_APPEND && cs->modseq > m->sm;
