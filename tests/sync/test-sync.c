@@ -1172,6 +1172,65 @@ static void test_sync_many_mailboxes_merge_and_converge(void)
 	node_close(&b);
 }
 
+
+/* The merge runs in steps: a GUID that replication brings between the
+ * step that classified the client's copy and the one that would append it
+ * is not stored twice; the client is told to drop its copy and take ours. */
+static void test_sync_message_arriving_during_a_stepwise_merge_is_not_doubled(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	append(&b, &mb, "Subject: old\r\n\r\nx\r\n", 0, NULL);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	struct guid g;
+	guid_generate(&g);
+	char hex[GUID_HEX_SIZE], ghex[GUID_HEX_SIZE], line[1024];
+	guid_to_hex(&mb, hex);
+	guid_to_hex(&g, ghex);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t hms = x.highestmodseq;
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 2 6\r\n"
+		 "C4 SAVE 1700000000+0000 5 %llu %s () {5}\r\nhello\r\nC5 SYNC-END\r\n",
+		 USER, x.uidvalidity, hex, (unsigned long long)hms, (unsigned long long)hms + 1,
+		 (unsigned long long)hms + 1, ghex);
+	stor_mailbox_free(&x);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	CU_ASSERT(sync_server_busy(sv));
+	/* Replication brings the same message, at another UID. */
+	struct stor_append req;
+	const char *error;
+	uint32_t uid = 0;
+	memset(&req, 0, sizeof(req));
+	req.guid = &g;
+	req.uid = 7;
+	req.internaldate = 1700000000;
+	CU_ASSERT_EQUAL(stor_msg_append(b.db, &mb, &req, &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL(uid, 7);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 2);
+	uint32_t at = 0;
+	CU_ASSERT(has_guid(&b, &mb, &g, &at));
+	CU_ASSERT_EQUAL(at, 7);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C5 EXPUNGE 5 "));
+	char want[128];
+	snprintf(want, sizeof(want), " 7 ");
+	const char *save = strstr(o, "C5 SAVE ");
+	CU_ASSERT(save != NULL && strstr(save, ghex) != NULL && strstr(save, want) != NULL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C5 OK [UIDNEXT 8 "));
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
 /* A client fed a hostile answer fails with an error, changes nothing it
  * cannot justify, and never crashes. */
 static void test_sync_client_refuses_a_broken_answer(void)
@@ -1237,6 +1296,8 @@ static const struct test_case sync_cases[] = {
 	{ "equal modseqs, different digests: every message compared",
 	  test_sync_equal_modseqs_different_digests_compare_every_message },
 	{ "many mailboxes merge and converge", test_sync_many_mailboxes_merge_and_converge },
+	{ "a message arriving during a stepwise merge is not doubled",
+	  test_sync_message_arriving_during_a_stepwise_merge_is_not_doubled },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ NULL, NULL },
 };
