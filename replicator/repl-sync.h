@@ -12,13 +12,19 @@
  * engine's own tag; a server line goes out as a data or completion line of
  * the peer's command.  Message texts (literals) are relayed byte for byte.
  *
- * The client stops stepping while the link's output is above its high-water
- * mark and goes on when it drains (repl_sync_link_drained), so a full sync
- * of a large mailbox does not queue all its texts in memory.
+ * Both ends work in bounded turns (about 10 ms) from idle watchers: the
+ * client steps its engine, and a server with a long answer (SYNC-END of a
+ * large mailbox, FETCH of texts) is stepped while its link takes output.
+ * Either stops while the link's output is above its high-water mark and
+ * goes on when it drains (repl_sync_link_drained), so a full sync of a
+ * large mailbox neither queues all its texts in memory nor holds the loop
+ * (the keepalive, other links, IMAP) for long.
  *
- * Changes the engine applied are made durable (stor_sync) before a server
- * answer leaves and before a resync reports, and the IMAP sessions watching
- * the changed mailboxes are notified (repl_notify).
+ * Changes the server end applied are made durable by one stor_sync at the
+ * end of the loop iteration (an ev_prepare watcher), before the answers of
+ * all the commands of that iteration leave; a resync makes its own changes
+ * durable before it reports.  The IMAP sessions watching the changed
+ * mailboxes are notified (repl_notify).
  *
  * One resync runs at a time on a node: an asked one waits for a
  * background one, a second asked one is refused. */
