@@ -1186,18 +1186,32 @@ static void inner_watch(void *ctx, const char *user, const struct guid *mailbox)
 }
 
 /* Changes that reach the store another way (a resync, a bundle) are
- * announced by their own code; if this node is the mailbox's master, the
- * other nodes must get them too: log them like our own. */
+ * announced by their own code.  Two syncs between different pairs of nodes
+ * may have put one message at two UIDs: every node keeps the highest
+ * (stor_msg_dedupe), so all end alike.  And if this node is the mailbox's
+ * master, the other nodes must get the changes too: they are logged like
+ * our own. */
 static void foreign_watch(void *ctx, const char *user, const struct guid *mailbox)
 {
 	struct repl_cluster *cl = ctx;
-	if (cl->own_notify || cl->destroying || !cl_is_master(cl, user, mailbox))
+	if (cl->own_notify || cl->destroying)
 		return;
 	struct stor_mailbox mb;
 	const char *err;
 	if (stor_mailbox_get_by_guid(cl->repl.db, mailbox, &mb, &err) <= 0)
 		return;
 	stor_mailbox_free(&mb);
+	stor_uid_list gone = ARRAY_INIT;
+	if (stor_msg_dedupe(cl->repl.db, mailbox, &gone, &err) < 0)
+		log_errorx("replication: %s: removing doubled messages: %s", user, err);
+	else if (gone.count > 0) {
+		log_info("replication: %s: %zu messages were at two UIDs; the higher ones kept",
+			 user, gone.count);
+		notify_later(cl, user, mailbox);
+	}
+	ARRAY_FREE(&gone);
+	if (!cl_is_master(cl, user, mailbox))
+		return;
 	struct cl_entry e;
 	uint64_t seq;
 	memset(&e, 0, sizeof(e));

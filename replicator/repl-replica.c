@@ -203,10 +203,18 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	sa.keyword_count = fl.keywords.count;
 	sa.internaldate = date;
 	sa.internaldate_tz = tz;
+	uint32_t elsewhere;
+	int dup = stor_msg_find_guid(db, &mb->guid, &guid, &elsewhere, &err);
 	if (stor_msg_append(db, &mb->guid, &sa, NULL, NULL, &err) < 0) {
 		bool big = strstr(err, "too large") != NULL;
 		answer_later(a, "NO", big ? "TOOBIG" : "SERVERBUG", err);
 	} else {
+		/* The message was here under another UID (a resync moved it
+		 * on one side): one of the two goes, the higher UID stays,
+		 * as every node decides (stor_msg_dedupe). */
+		if (dup > 0 && elsewhere != uid &&
+		    stor_msg_dedupe(db, &mb->guid, NULL, &err) < 0)
+			log_errorx("replication: removing a doubled message: %s", err);
 		cl_notify_later(cl, mb->user, &mb->guid);
 		answer_later(a, "OK", code, "stored");
 	}

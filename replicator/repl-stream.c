@@ -244,7 +244,10 @@ struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid)
 void cl_mark_dirty(struct cl_peer *p, const char *user)
 {
 	if (p->conn != NULL && p->cl->sync != NULL) {
-		repl_sync_enqueue(p->cl->sync, user, p->sid);
+		/* With every up peer, not only p: a resync toward all of them
+		 * syncs a peer again when a later one brought changes, so
+		 * three nodes that were apart end alike in one run. */
+		repl_sync_enqueue(p->cl->sync, user, 0);
 		return;
 	}
 	if (!list_has(&p->dirty_users, user)) {
@@ -915,7 +918,7 @@ void cl_stream_link_up(struct cl_peer *p, struct proto_conn *conn)
 		p->catchup_until = cl->log_last;
 	}
 	for (size_t i = 0; i < p->dirty_users.count && cl->sync != NULL; i++)
-		repl_sync_enqueue(cl->sync, p->dirty_users.items[i], p->sid);
+		repl_sync_enqueue(cl->sync, p->dirty_users.items[i], 0);
 	if (p->dirty_users.count > 0) {
 		stor_string_list_free(&p->dirty_users);
 		dirty_store(p);

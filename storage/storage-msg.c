@@ -447,6 +447,45 @@ int stor_msg_find_guid(struct stor_db *db, const struct guid *mailbox, const str
 	return ret;
 }
 
+int stor_msg_dedupe(struct stor_db *db, const struct guid *mailbox, stor_uid_list *expunged_r,
+		    const char **error_r)
+{
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_uid_list lower = ARRAY_INIT;
+	stor_key_init(&prefix, STOR_KEY_GUID);
+	stor_key_guid(&prefix, mailbox);
+	/* The index is sorted by (GUID, UID): within a run of one GUID every
+	 * entry but the last names a lower UID. */
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	unsigned char prev[GUID_SIZE];
+	uint32_t prev_uid = 0;
+	bool have_prev = false;
+	int ret = 0;
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		if (klen != prefix.len + GUID_SIZE + 4) {
+			ret = stor_err_corrupt(db, error_r, "GUID index");
+			break;
+		}
+		const unsigned char *g = key + prefix.len;
+		uint32_t uid = stor_be32(g + GUID_SIZE);
+		if (have_prev && memcmp(prev, g, GUID_SIZE) == 0)
+			ARRAY_PUSH(&lower, prev_uid);
+		memcpy(prev, g, GUID_SIZE);
+		prev_uid = uid;
+		have_prev = true;
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	if (ret == 0 && lower.count > 0)
+		ret = stor_msg_expunge(db, mailbox, lower.items, lower.count, 0, expunged_r,
+				       error_r);
+	ARRAY_FREE(&lower);
+	return ret;
+}
+
 static bool keywords_equal(const stor_string_list *a, const stor_string_list *b)
 {
 	if (a->count != b->count)

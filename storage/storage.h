@@ -267,6 +267,14 @@ int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint3
 		     size_t uid_count, uint64_t modseq, stor_uid_list *expunged_r,
 		     const char **error_r);
 
+/* A GUID names one message per mailbox (SPEC.md 6.4).  Where two nodes'
+ * syncs put one message at two UIDs, every node keeps the highest and
+ * expunges the others (one new modseq), so they all end alike whatever the
+ * order of the syncs.  The UIDs expunged are appended to *expunged_r (may
+ * be NULL).  Costs one scan of the mailbox's GUID index. */
+int stor_msg_dedupe(struct stor_db *db, const struct guid *mailbox, stor_uid_list *expunged_r,
+		    const char **error_r);
+
 /* UIDFIX: moves the message at old_uid to new_uid (which must be unused and
  * is raised above UIDNEXT if needed), with a new modseq, leaving a
  * tombstone at old_uid so a QRESYNC client learns the old UID vanished. */

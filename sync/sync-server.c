@@ -49,8 +49,8 @@ enum merge_stage {
 	MS_FIX,      /* the client's UIDFIX lines, then our changes since M */
 	MS_CLASSIFY, /* the client's new messages: append, merge, move, drop */
 	MS_RENUMBER, /* our messages at conflicting UIDs move */
-	MS_EXPUNGE,  /* the client's expunges below L */
 	MS_SAVES,    /* the client's new messages, applied */
+	MS_EXPUNGE,  /* the client's expunges below L */
 	MS_STORES,   /* the client's flag changes, applied */
 	MS_OWN,      /* our changes the client has not seen */
 	MS_WR_SAVE,  /* answer: SAVE lines (EXPUNGE lines were written before) */
@@ -835,7 +835,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 				stor_msg_free(&other);
 			return -1;
 		}
-		if (r == 0 || elsewhere == cs->uid)
+		if (r == 0 || elsewhere == cs->uid || uid_in(&m->cexp_low, elsewhere))
 			elsewhere = 0;
 	}
 	if (sme != NULL) {
@@ -880,9 +880,11 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 				stor_msg_free(&other);
 			return -1;
 		}
-		if (r > 0) {
+		if (r > 0 && !uid_in(&m->cexp_low, at)) {
 			/* The same message under another UID here: the client
-			 * drops its copy and takes ours. */
+			 * drops its copy and takes ours.  (Not when the client
+			 * expunged ours: it moved the message, a resync with a
+			 * third node renumbered it; its new UID stands.) */
 			cs->action = SAVE_DROP;
 			ARRAY_PUSH(&m->exp_client, cs->uid);
 			ARRAY_PUSH(&m->save_client, at);
@@ -930,7 +932,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
 	if (r < 0)
 		return -1;
-	if (r > 0) {
+	if (r > 0 && !uid_in(&m->cexp_low, at)) {
 		cs->action = SAVE_DROP;
 		ARRAY_PUSH(&m->exp_client, cs->uid);
 		ARRAY_PUSH(&m->save_client, at);
@@ -1221,7 +1223,10 @@ static int merge_step(struct sync_server *s)
 				n++;
 				break;
 			}
-			m->stage = MS_EXPUNGE;
+			/* The client's new messages before its expunges: a message
+			 * it moved to a new UID keeps the text its old UID holds
+			 * here (SAVE ... NIL). */
+			m->stage = MS_SAVES;
 			m->pos = 0;
 			break;
 		case MS_EXPUNGE:
@@ -1242,7 +1247,7 @@ static int merge_step(struct sync_server *s)
 				n += (unsigned)(k / 8 + 1);
 				break;
 			}
-			m->stage = MS_SAVES;
+			m->stage = MS_STORES;
 			m->pos = 0;
 			break;
 		case MS_SAVES:
@@ -1253,7 +1258,7 @@ static int merge_step(struct sync_server *s)
 				n++;
 				break;
 			}
-			m->stage = MS_STORES;
+			m->stage = MS_EXPUNGE;
 			m->pos = 0;
 			break;
 		case MS_STORES:

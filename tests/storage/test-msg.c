@@ -678,6 +678,46 @@ static void test_dump_is_canonical_text(void)
 	tstore_close(&t);
 }
 
+static void test_dedupe_keeps_the_highest_uid_of_a_guid(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	struct stor_msg msg;
+	struct guid twice, once;
+	stor_uid_list gone = ARRAY_INIT;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	guid_generate(&twice);
+	guid_generate(&once);
+	/* As two syncs between different nodes can leave it: one message at
+	 * UIDs 5 and 9, another one alone at 7. */
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 5, 10, &twice, 0, NULL, 0, "x", NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 7, 11, &once, 0, NULL, 0, "y", NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 9, 12, &twice, 0, NULL, 0, NULL, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_dedupe(t.db, &g, &gone, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(gone.count, 1);
+	CU_ASSERT_EQUAL(gone.items[0], 5);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 5, &msg, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 9, &msg, &error), 1);
+	CU_ASSERT(guid_cmp(&msg.guid, &twice) == 0);
+	stor_msg_free(&msg);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 7, &msg, &error), 1);
+	stor_msg_free(&msg);
+	/* The text is still there for the one kept. */
+	struct buf text;
+	buf_init(&text);
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &twice, 0, 10, &text, &error), 0);
+	CU_ASSERT_EQUAL(text.len, 1);
+	buf_free(&text);
+	CU_ASSERT_EQUAL(stor_mailbox_check(t.db, &g, &error), 0);
+	/* Nothing more to do the second time. */
+	ARRAY_FREE(&gone);
+	CU_ASSERT_EQUAL(stor_msg_dedupe(t.db, &g, &gone, &error), 0);
+	CU_ASSERT_EQUAL(gone.count, 0);
+	ARRAY_FREE(&gone);
+	tstore_close(&t);
+}
+
 static void test_flag_names(void)
 {
 	CU_ASSERT_STRING_EQUAL(stor_flag_name(STOR_FLAG_SEEN), "\\Seen");
@@ -689,6 +729,7 @@ static void test_flag_names(void)
 }
 
 const struct test_case storage_msg_cases[] = {
+	{ "dedupe keeps the highest UID of a GUID", test_dedupe_keeps_the_highest_uid_of_a_guid },
 	{ "append assigns UIDs and modseqs", test_append_assigns_uids_and_modseqs },
 	{ "append to a missing mailbox fails", test_append_to_missing_mailbox_fails },
 	{ "replica append is idempotent", test_replica_append_is_idempotent },

@@ -1265,9 +1265,57 @@ static void test_sync_client_refuses_a_broken_answer(void)
 	node_close(&a);
 }
 
+/* Three nodes: A apart from B and C (C a replica of B); both sides append
+ * to one mailbox.  A then syncs with B, C and B again, as a resync toward
+ * every peer does after a partition.  The second sync renumbers B's
+ * messages again on A and C (C never saw B's renumbering), so A's third
+ * sync expunges B's copies at their first new UIDs: those messages must
+ * not be lost, nor kept twice, and the three nodes end alike. */
+static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
+{
+	struct node a, b, c;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	node_open(&c, 3);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	struct stor_mailbox m = get_mailbox(&a, "INBOX");
+	struct stor_mailbox_create req = {
+		.user = USER, .name = "INBOX", .guid = &mb, .uidvalidity = m.uidvalidity,
+	};
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(c.db, &req, NULL, &error), 0);
+	stor_mailbox_free(&m);
+	for (int i = 0; i < 10; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&b, &a, false, 31);
+	run_sync(&c, &a, false, 32);
+	for (int i = 0; i < 5; i++)
+		append(&a, &mb, "side a\r\n", 0, NULL);
+	for (int i = 0; i < 10; i++)
+		append(&b, &mb, "side b\r\n", STOR_FLAG_SEEN, NULL);
+	run_sync(&c, &b, false, 33);
+	CU_ASSERT(dumps_equal(&b, &c));
+	run_sync(&a, &b, false, 34);
+	run_sync(&a, &c, false, 35);
+	run_sync(&a, &b, false, 36);
+	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 25);
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 25);
+	CU_ASSERT_EQUAL(count_unique(&c, "INBOX"), 25);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT(dumps_equal(&a, &c));
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	check_mailbox(&c, &mb);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
 static const struct test_case sync_cases[] = {
 	{ "empty to full copies everything", test_sync_empty_to_full_copies_everything },
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
+	{ "three nodes after a partition: nothing lost, nothing twice",
+	  test_sync_three_nodes_after_a_partition_lose_nothing },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
 	{ "first sync: message at a client tombstone moves",
 	  test_sync_first_sync_moves_message_at_client_tombstone },
