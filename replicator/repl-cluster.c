@@ -181,10 +181,40 @@ static struct master_op *master_begin(struct repl_cluster *cl, const char *user,
 	return m;
 }
 
+/* A message the mailbox already holds (a SAVE forwarded again after the
+ * old master died having streamed it here): its existing UID is the answer. */
+static void master_existing_done(void *ctx, const struct repl_result *res)
+{
+	struct master_op *m = ctx;
+	struct repl_result out = *res;
+	out.uid = m->out.res.uid;
+	out.modseq = m->out.res.modseq;
+	out.uidvalidity = m->out.res.uidvalidity;
+	master_local_done(m, &out);
+}
+
 void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
 		      void *ctx)
 {
 	struct master_op *m = master_begin(cl, req->user, &req->mailbox, cb, ctx);
+	uint32_t have;
+	const char *err;
+	struct stor_msg msg;
+	struct stor_mailbox mb;
+	if (stor_msg_find_guid(cl->repl.db, &req->mailbox, &req->guid, &have, &err) > 0 &&
+	    stor_msg_get(cl->repl.db, &req->mailbox, have, &msg, &err) > 0) {
+		/* A GUID is in a mailbox once (SPEC 6.4).  The logged entry
+		 * streams it to whoever lacks it; the answer waits for that. */
+		m->out.res.uid = have;
+		m->out.res.modseq = msg.modseq;
+		stor_msg_free(&msg);
+		if (stor_mailbox_get_by_guid(cl->repl.db, &req->mailbox, &mb, &err) > 0) {
+			m->out.res.uidvalidity = mb.uidvalidity;
+			stor_mailbox_free(&mb);
+		}
+		cl->local->v->complete_later(cl->local, master_existing_done, m);
+		return;
+	}
 	struct repl_append a;
 	memset(&a, 0, sizeof(a));
 	a.guid = &req->guid;
