@@ -1326,6 +1326,45 @@ static void sync_idle(void *ctx)
 		cl_stream_after_resync(cl->peer_list.items[i]);
 }
 
+/* A new master cannot know what the old one streamed to whom before it
+ * died or let go: replicas may each lack a different change whose modseq
+ * is below what they report, which streaming (it resumes above a peer's
+ * HIGHESTMODSEQ) would never send.  A resync of the granule's user with
+ * every peer settles it; when nothing differs it costs one LIST per peer.
+ * Domain and global granules name no user: the periodic check covers them. */
+static void mastership_gained(void *ctx, const char *gkey)
+{
+	struct repl_cluster *cl = ctx;
+	char user[STOR_MAX_USER_LEN + 1];
+	const char *start, *end;
+	if (cl->sync == NULL || cl->destroying)
+		return;
+	if (strncmp(gkey, "m:", 2) == 0) {
+		start = gkey + 2;
+		end = strrchr(start, '/');
+	} else if (strncmp(gkey, "u:", 2) == 0) {
+		start = gkey + 2;
+		end = start + strlen(start);
+	} else {
+		return;
+	}
+	if (end == NULL || end == start || (size_t)(end - start) >= sizeof(user))
+		return;
+	memcpy(user, start, (size_t)(end - start));
+	user[end - start] = '\0';
+	/* Only a user this node holds mail of: a fresh mailbox has no past. */
+	stor_mailbox_array list = ARRAY_INIT;
+	const char *err;
+	bool any = false;
+	if (stor_mailbox_list(cl->repl.db, user, &list, &err) == 0) {
+		for (size_t i = 0; i < list.count && !any; i++)
+			any = list.items[i].highestmodseq > 0;
+		stor_mailbox_list_free(&list);
+	}
+	if (any && repl_peers_up_count(cl->peers) > 0)
+		repl_sync_enqueue(cl->sync, user, 0);
+}
+
 void repl_cluster_attach(struct repl *r, struct repl_peers *peers, struct repl_mm *mm,
 			 struct repl_sync *sync)
 {
@@ -1333,6 +1372,7 @@ void repl_cluster_attach(struct repl *r, struct repl_peers *peers, struct repl_m
 	cl->peers = peers;
 	cl->mm = mm;
 	cl->sync = sync;
+	repl_mm_set_gained(mm, mastership_gained, cl);
 	repl_sync_set_live(sync, cl_replica_command, cl);
 	repl_sync_set_idle(sync, sync_idle, cl);
 }

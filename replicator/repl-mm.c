@@ -36,6 +36,8 @@ struct repl_mm {
 	bool draining;
 	struct buf line;
 	uint64_t sent, dropped_no_link, bad_in;
+	repl_mm_gained_cb *gained_cb;
+	void *gained_ctx;
 };
 
 static uint64_t mm_now(void)
@@ -148,6 +150,8 @@ static void handle_event(struct repl_mm *mm, const struct mm_event *ev)
 		break;
 	case MM_EV_MASTER_GAINED:
 		log_info("mm: this node is now master of %s (epoch %s)", ev->gkey, epoch);
+		if (mm->gained_cb != NULL)
+			mm->gained_cb(mm->gained_ctx, ev->gkey);
 		break;
 	case MM_EV_MASTER_LOST:
 		log_info("mm: this node is no longer master of %s", ev->gkey);
@@ -248,6 +252,12 @@ int repl_mm_request_master(struct repl_mm *mm, const char *gkey, unsigned timeou
 	/* An answer known at once is given from the loop, as promised. */
 	ev_idle_start(mm->loop, &mm->idle);
 	return 0;
+}
+
+void repl_mm_set_gained(struct repl_mm *mm, repl_mm_gained_cb *cb, void *ctx)
+{
+	mm->gained_cb = cb;
+	mm->gained_ctx = ctx;
 }
 
 bool repl_mm_is_master(struct repl_mm *mm, const char *gkey)

@@ -77,6 +77,11 @@ int repl_mm_granule_key(const struct repl_mm *mm, const char *user, const struct
 int repl_mm_request_master(struct repl_mm *mm, const char *gkey, unsigned timeout_ms,
 			   repl_mm_answer_cb *cb, void *ctx);
 
+/* Called when this node becomes master of a granule (a first assignment, a
+ * move, or a failover), from the loop. */
+typedef void repl_mm_gained_cb(void *ctx, const char *gkey);
+void repl_mm_set_gained(struct repl_mm *mm, repl_mm_gained_cb *cb, void *ctx);
+
 /* True if this node is master of gkey at its current epoch (a forwarded
  * change is served only then). */
 bool repl_mm_is_master(struct repl_mm *mm, const char *gkey);
