@@ -414,10 +414,6 @@ static void fwd_again(struct cl_fwd *f, const char *why)
 
 /* ---- Applying the master's answer here ---- */
 
-struct applied_ctx {
-	struct cl_fwd *f;
-};
-
 static void fwd_local_durable(void *ctx, bool ok)
 {
 	struct cl_fwd *f = ctx;
@@ -430,18 +426,26 @@ static void fwd_local_durable(void *ctx, bool ok)
 
 static void notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
 
+/* The MODSEQ of a completion's response code, or 0. */
+static uint64_t code_modseq(const struct proto_cmd *line)
+{
+	uint64_t modseq = 0;
+	const struct proto_arg *a = proto_code_value(line, "MODSEQ");
+	if (a != NULL)
+		(void)proto_arg_u64(a, INT64_MAX, &modseq);
+	return modseq;
+}
+
 static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 {
 	struct repl_cluster *cl = f->cl;
 	struct stor_db *db = cl->repl.db;
 	const struct proto_arg *a;
 	uint32_t uid = 0;
-	uint64_t modseq = 0;
+	uint64_t modseq = code_modseq(line);
 	const char *err;
 	if ((a = proto_code_value(line, "UID")) != NULL)
 		(void)proto_arg_u32(a, &uid);
-	if ((a = proto_code_value(line, "MODSEQ")) != NULL)
-		(void)proto_arg_u64(a, INT64_MAX, &modseq);
 	struct stor_mailbox mb;
 	if (uid == 0 || modseq == 0 || stor_mailbox_get_by_guid(db, &f->mailbox, &mb, &err) <= 0) {
 		fwd_fail(f, REPL_ERR_INTERNAL, "the master's answer was incomplete");
@@ -492,10 +496,7 @@ static void fwd_apply_store(struct cl_fwd *f, const struct proto_cmd *line)
 	struct stor_db *db = cl->repl.db;
 	const struct proto_arg *a;
 	const char *err;
-	uint64_t modseq = 0;
-	if ((a = proto_code_value(line, "MODSEQ")) != NULL)
-		(void)proto_arg_u64(a, INT64_MAX, &modseq);
-	f->out.res.modseq = modseq;
+	f->out.res.modseq = code_modseq(line);
 	stor_uid_list modified = ARRAY_INIT;
 	/* A malformed set leaves it empty. */
 	if ((a = proto_code_value(line, "MODIFIED")) != NULL)
@@ -537,11 +538,8 @@ static void fwd_apply_expunge(struct cl_fwd *f, const struct proto_cmd *line)
 {
 	struct repl_cluster *cl = f->cl;
 	struct stor_db *db = cl->repl.db;
-	const struct proto_arg *a;
 	const char *err;
-	uint64_t modseq = 0;
-	if ((a = proto_code_value(line, "MODSEQ")) != NULL)
-		(void)proto_arg_u64(a, INT64_MAX, &modseq);
+	uint64_t modseq = code_modseq(line);
 	f->out.res.modseq = modseq;
 	if (modseq != 0 &&
 	    stor_msg_expunge(db, &f->mailbox, f->uids, f->count, modseq, &f->out.expunged, &err) < 0)

@@ -137,6 +137,30 @@ static int keep_same_messages(struct stor_db *db, const struct guid *mailbox,
 }
 
 
+/* The text argument of a SAVE: a literal (*text_r set), or NIL for a text
+ * this node holds under guid (*text_r NULL).  Otherwise answers a and
+ * returns -1. */
+static int save_text(struct stor_db *db, struct answer *a, const struct proto_arg *text,
+		     const struct guid *guid, const void **text_r, size_t *len_r)
+{
+	const char *err;
+	*text_r = NULL;
+	*len_r = 0;
+	if (text->type == PROTO_ARG_ATOM && strcasecmp(text->str, "NIL") == 0) {
+		if (stor_text_exists(db, guid, NULL, &err) > 0)
+			return 0;
+		answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
+		return -1;
+	}
+	if (text->type == PROTO_ARG_LITERAL) {
+		*text_r = text->str;
+		*len_r = text->len;
+		return 0;
+	}
+	answer_later(a, "BAD", "ARGS", "SAVE text must be a literal or NIL");
+	return -1;
+}
+
 static void apply_save(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 		       const struct stor_mailbox *mb)
 {
@@ -178,21 +202,10 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 			     r < 0 ? err : "below UIDNEXT here: the mailboxes need a sync");
 		return;
 	}
-	const struct proto_arg *text = &cmd->args[5];
 	struct stor_append sa;
 	memset(&sa, 0, sizeof(sa));
-	if (text->type == PROTO_ARG_ATOM && strcasecmp(text->str, "NIL") == 0) {
-		if (stor_text_exists(db, &guid, NULL, &err) <= 0) {
-			sync_flags_free(&fl);
-			answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
-			return;
-		}
-	} else if (text->type == PROTO_ARG_LITERAL) {
-		sa.text = text->str;
-		sa.text_len = text->len;
-	} else {
+	if (save_text(db, a, &cmd->args[5], &guid, &sa.text, &sa.text_len) < 0) {
 		sync_flags_free(&fl);
-		answer_later(a, "BAD", "ARGS", "SAVE text must be a literal or NIL");
 		return;
 	}
 	sa.uid = uid;
@@ -546,19 +559,8 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 		answer_later(a, "NO", "SERVERBUG", err);
 		return;
 	}
-	const struct proto_arg *text = &cmd->args[5];
-	if (text->type == PROTO_ARG_ATOM && strcasecmp(text->str, "NIL") == 0) {
-		if (stor_text_exists(db, &req.guid, NULL, &err) <= 0) {
-			sync_flags_free(&fl);
-			answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
-			return;
-		}
-	} else if (text->type == PROTO_ARG_LITERAL) {
-		req.text = text->str;
-		req.text_len = text->len;
-	} else {
+	if (save_text(db, a, &cmd->args[5], &req.guid, &req.text, &req.text_len) < 0) {
 		sync_flags_free(&fl);
-		answer_later(a, "BAD", "ARGS", "SAVE text must be a literal or NIL");
 		return;
 	}
 	req.user = mb->user;
