@@ -76,10 +76,13 @@ struct proto_conn {
 	int cb_depth;
 	char my_prefix, peer_prefix;
 	ev_tstamp created, last_rx, closing_since;
-	/* Last write that made progress while the link was congested: we read
-	 * nothing then (back-pressure), so the peer taking our output is the
-	 * sign that it lives. */
+	/* Last write that made progress after the socket had been full: the
+	 * peer is reading what we send.  With a long output (a peer busy
+	 * reading it, a congested link that reads nothing on purpose) its
+	 * answers to PING wait behind it, so this is the sign that it lives.
+	 * write_blocked is set by EAGAIN and cleared when all is written. */
 	ev_tstamp last_drain;
+	bool write_blocked;
 	bool ping_outstanding;
 
 	struct proto_parser *parser;
@@ -390,17 +393,21 @@ static void pump_output(struct proto_conn *conn)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				conn->write_blocked = true;
 				break;
+			}
 			char reason[128];
 			snprintf(reason, sizeof(reason), "write failed: %s", strerror(errno));
 			conn_fail(conn, reason);
 			return;
 		}
 		buf_consume(&conn->out_net, (size_t)n);
-		if (conn->congested && n > 0)
+		if (conn->write_blocked && n > 0)
 			conn->last_drain = ev_now(conn->loop);
 	}
+	if (buf_avail(&conn->out_net) == 0)
+		conn->write_blocked = false;
 	if (buf_avail(&conn->out_net) == 0 &&
 	    (conn->out_plain.len == 0 || conn->hold_output ||
 	     (conn->tls_active && !conn->tls_done))) {

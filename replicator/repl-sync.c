@@ -24,6 +24,7 @@
  * much time has passed, so that the loop (keepalive, other links, IMAP)
  * always runs soon again. */
 #define TURN_SECONDS 0.010
+#define RUN_SYNC_INTERVAL 0.25
 #define MAX_STEPS_PER_TURN 4096
 /* MBOX ids remembered per link to name the selected mailbox (the client
  * rebinds id 1 for every mailbox, so a few are plenty). */
@@ -90,6 +91,7 @@ struct run {
 	unsigned syncs;          /* syncs done (verifications not counted) */
 	ev_idle idle;
 	ev_timer timer;
+	ev_timer sync_timer; /* makes what the run stored durable, bit by bit */
 	repl_sync_done_cb *cb;
 	void *ctx;
 };
@@ -500,9 +502,36 @@ static void srv_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
  * the other) would merge the same mailboxes twice at once.  A node whose
  * own run works on the user refuses the peer's (TRYLATER); the refused
  * run fails and a background one is tried again after a random delay. */
+/* Whether a server link other than l is merging a mailbox of user (or
+ * mailbox itself, when given). */
+static bool other_server_busy(const struct repl_sync *rs, const struct srv_link *l,
+			      const char *user, const struct guid *mailbox)
+{
+	for (const struct srv_link *o = rs->links; o != NULL; o = o->next) {
+		struct guid g;
+		if (o == l || o->selected < 0 ||
+		    !(sync_server_in_sync(o->server) || sync_server_busy(o->server)) ||
+		    !sync_server_selected(o->server, &g))
+			continue;
+		if (mailbox != NULL ? guid_equal(&g, mailbox) :
+				      strcmp(o->ids[o->selected].user, user) == 0)
+			return true;
+	}
+	return false;
+}
+
 static bool refuse_crossing(struct repl_sync *rs, struct srv_link *l, struct proto_conn *conn,
 			    const struct proto_cmd *cmd)
 {
+	/* Two peers merging one mailbox here at once would each work on a
+	 * snapshot the other changes. */
+	struct guid sel;
+	if (proto_cmd_is(cmd, "SYNC-BEGIN") && sync_server_selected(l->server, &sel) &&
+	    other_server_busy(rs, l, NULL, &sel)) {
+		proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER",
+				 "another node resyncs this mailbox here");
+		return true;
+	}
 	if (rs->run == NULL)
 		return false;
 	const char *user = NULL;
@@ -660,6 +689,7 @@ static void run_finish(struct run *run, bool converged, const char *text)
 	struct repl_sync *rs = run->rs;
 	ev_idle_stop(rs->loop, &run->idle);
 	ev_timer_stop(rs->loop, &run->timer);
+	ev_timer_stop(rs->loop, &run->sync_timer);
 	run_client_free(run);
 	rs->run = NULL;
 	run->cb(run->ctx, converged, (const char *)run->report.data, run->report.len, text);
@@ -861,6 +891,29 @@ static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	}
 }
 
+/* A full sync stores hundreds of MB: made durable every
+ * RUN_SYNC_INTERVAL, each fsync has little to write, where one at the end
+ * could hold the loop (and the link's keepalive) for seconds. */
+static void run_sync_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct run *run = (struct run *)((char *)w - offsetof(struct run, sync_timer));
+	struct stor_db *db = repl_db(run->rs->repl);
+	const char *err;
+	(void)revents;
+	if (!stor_sync_pending(db))
+		return;
+	ev_tstamp t0 = ev_time();
+	if (stor_sync(db, &err) < 0) {
+		log_errorx("resync of %s: storing failed: %s", run->user, err);
+		run_set_failure(run, "storing failed");
+	}
+	ev_tstamp dt = ev_time() - t0;
+	/* A long fsync holds the whole loop (links' keepalive included). */
+	if (dt > 1.0)
+		log_warnx("resync of %s: making changes durable took %.1f s", run->user, dt);
+	ev_now_update(loop);
+}
+
 static void run_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct run *run = (struct run *)((char *)w - offsetof(struct run, timer));
@@ -933,6 +986,8 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 	ev_idle_init(&run->idle, run_idle_cb);
 	ev_timer_init(&run->timer, run_timer_cb, REPL_SYNC_TIMEOUT_MS / 1000.0, 0.);
 	ev_timer_start(rs->loop, &run->timer);
+	ev_timer_init(&run->sync_timer, run_sync_timer_cb, RUN_SYNC_INTERVAL, RUN_SYNC_INTERVAL);
+	ev_timer_start(rs->loop, &run->sync_timer);
 	rs->run = run;
 	run_client_start(run);
 	return 0;
@@ -994,6 +1049,11 @@ static void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 	while (rs->run == NULL && rs->queue != NULL) {
 		struct queued *q = rs->queue;
+		if (other_server_busy(rs, NULL, q->user, NULL)) {
+			/* A peer's resync of this user is being merged here:
+			 * ours would work on a moving snapshot.  Later. */
+			break;
+		}
 		rs->queue = q->next;
 		if (rs->queue == NULL)
 			rs->queue_tail = &rs->queue;
@@ -1007,9 +1067,10 @@ static void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			free(q);
 		}
 	}
-	/* A manual resync holds the node: try again later. */
+	/* A manual resync holds the node, or a peer's resync of the user
+	 * is being merged here: try again shortly. */
 	if (rs->queue != NULL && rs->run == NULL) {
-		ev_timer_set(&rs->queue_timer, 1., 0.);
+		ev_timer_set(&rs->queue_timer, 0.2, 0.);
 		ev_timer_start(loop, &rs->queue_timer);
 	}
 }

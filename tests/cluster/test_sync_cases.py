@@ -41,7 +41,8 @@ LARGE = int(os.environ.get("SYNC_LARGE_MESSAGES", "20000"))
 
 def new_cluster(n, check_interval="0"):
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = check_interval
-    c = Cluster(n=n, users={USER: PASSWORD})
+    c = Cluster(n=n, users={USER: PASSWORD},
+                log_level=os.environ.get("SYNC_CASES_LOG_LEVEL", "info"))
     CLUSTERS.append(c)
     c.start_all()
     c.wait_links_up(timeout=40)
