@@ -682,6 +682,24 @@ static bool uid_in(const stor_uid_list *l, uint32_t uid)
 	return l->count > 0 && bsearch(&uid, l->items, l->count, sizeof(uint32_t), cmp_u32) != NULL;
 }
 
+static void uids_sort_unique(stor_uid_list *l);
+
+/* Whether the client expunged uid, which holds here a message the client
+ * has under another UID: the client moved it (a sync with a third node
+ * renumbered it), whatever L says (a first sync has L = 1).  Then its new
+ * UID stands, and our copy at uid goes with the client's other expunges. */
+static bool client_moved_from(struct sync_server *s, uint32_t uid)
+{
+	struct srv_merge *m = &s->merge;
+	if (!uid_in(&s->expunges, uid))
+		return false;
+	if (!uid_in(&m->cexp_low, uid)) {
+		ARRAY_PUSH(&m->cexp_low, uid);
+		uids_sort_unique(&m->cexp_low);
+	}
+	return true;
+}
+
 static void uids_sort_unique(stor_uid_list *l)
 {
 	if (l->count == 0)
@@ -835,7 +853,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 				stor_msg_free(&other);
 			return -1;
 		}
-		if (r == 0 || elsewhere == cs->uid || uid_in(&m->cexp_low, elsewhere))
+		if (r == 0 || elsewhere == cs->uid || client_moved_from(s, elsewhere))
 			elsewhere = 0;
 	}
 	if (sme != NULL) {
@@ -880,11 +898,10 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 				stor_msg_free(&other);
 			return -1;
 		}
-		if (r > 0 && !uid_in(&m->cexp_low, at)) {
+		if (r > 0 && !client_moved_from(s, at)) {
 			/* The same message under another UID here: the client
 			 * drops its copy and takes ours.  (Not when the client
-			 * expunged ours: it moved the message, a resync with a
-			 * third node renumbered it; its new UID stands.) */
+			 * expunged ours: it moved the message.) */
 			cs->action = SAVE_DROP;
 			ARRAY_PUSH(&m->exp_client, cs->uid);
 			ARRAY_PUSH(&m->save_client, at);
@@ -932,7 +949,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
 	if (r < 0)
 		return -1;
-	if (r > 0 && !uid_in(&m->cexp_low, at)) {
+	if (r > 0 && !client_moved_from(s, at)) {
 		cs->action = SAVE_DROP;
 		ARRAY_PUSH(&m->exp_client, cs->uid);
 		ARRAY_PUSH(&m->save_client, at);

@@ -1311,11 +1311,66 @@ static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 	node_close(&c);
 }
 
+/* The same after a partition with flags and expunges on both sides, where
+ * the node that was cut off syncs first and the other side's nodes have no
+ * common sync state yet (their copies came by replication): a first sync
+ * (L = 1) must still see that the client moved a message away from the UID
+ * the server holds it at, not drop the moved copy and then expunge the old
+ * one (that lost every renumbered message). */
+static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(void)
+{
+	struct node a, b, c;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	node_open(&c, 3);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	struct stor_mailbox m = get_mailbox(&a, "INBOX");
+	struct stor_mailbox_create req = {
+		.user = USER, .name = "INBOX", .guid = &mb, .uidvalidity = m.uidvalidity,
+	};
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(c.db, &req, NULL, &error), 0);
+	stor_mailbox_free(&m);
+	for (int i = 0; i < 5; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&b, &a, false, 41);
+	run_sync(&c, &a, false, 42);
+	/* Apart: A (B its replica) and C each flag everything, expunge one
+	 * message and append; A also gets later mail. */
+	for (uint32_t uid = 1; uid <= 5; uid++) {
+		set_flags(&a, &mb, uid, STOR_FLAG_ANSWERED);
+		set_flags(&c, &mb, uid, STOR_FLAG_DRAFT);
+	}
+	expunge(&a, &mb, 2);
+	expunge(&c, &mb, 3);
+	for (int i = 0; i < 8; i++) {
+		append(&a, &mb, "side a\r\n", STOR_FLAG_FLAGGED, NULL);
+		append(&c, &mb, "side c\r\n", STOR_FLAG_SEEN, NULL);
+	}
+	for (int i = 0; i < 10; i++)
+		append(&a, &mb, "later\r\n", 0, NULL);
+	run_sync(&b, &a, false, 43);
+	/* The heal: C with A, then A with B for the first time as client. */
+	run_sync(&c, &a, false, 44);
+	run_sync(&a, &b, false, 45);
+	run_sync(&a, &c, false, 46);
+	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 3 + 16 + 10);
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 3 + 16 + 10);
+	CU_ASSERT_EQUAL(count_unique(&c, "INBOX"), 3 + 16 + 10);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT(dumps_equal(&a, &c));
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
 static const struct test_case sync_cases[] = {
 	{ "empty to full copies everything", test_sync_empty_to_full_copies_everything },
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
 	{ "three nodes after a partition: nothing lost, nothing twice",
 	  test_sync_three_nodes_after_a_partition_lose_nothing },
+	{ "a first sync after a third node renumbered: nothing lost",
+	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
 	{ "first sync: message at a client tombstone moves",
 	  test_sync_first_sync_moves_message_at_client_tombstone },
