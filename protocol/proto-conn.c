@@ -82,6 +82,7 @@ struct proto_conn {
 	 * answers to PING wait behind it, so this is the sign that it lives.
 	 * write_blocked is set by EAGAIN and cleared when all is written. */
 	ev_tstamp last_drain;
+	uint64_t drains;  /* times last_drain was set */
 	bool write_blocked;
 	bool ping_outstanding;
 
@@ -403,8 +404,10 @@ static void pump_output(struct proto_conn *conn)
 			return;
 		}
 		buf_consume(&conn->out_net, (size_t)n);
-		if (conn->write_blocked && n > 0)
+		if (conn->write_blocked && n > 0) {
 			conn->last_drain = ev_now(conn->loop);
+			conn->drains++;
+		}
 	}
 	if (buf_avail(&conn->out_net) == 0)
 		conn->write_blocked = false;
@@ -1239,6 +1242,18 @@ static bool input_waiting_alive(struct proto_conn *conn)
 	return !is_dead(conn) && conn->last_rx != before;
 }
 
+/* The same for output: the peer may have taken bytes since the socket was
+ * full, and the write watcher of this wakeup has not run yet (expired
+ * timers run first).  Tries to write; true if the socket took bytes. */
+static bool output_taken_alive(struct proto_conn *conn)
+{
+	if (conn->fd < 0 || !conn->write_blocked || buf_avail(&conn->out_net) == 0)
+		return false;
+	uint64_t before = conn->drains;
+	pump_output(conn);
+	return !is_dead(conn) && conn->drains != before;
+}
+
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct proto_conn *conn = (struct proto_conn *)((char *)w - offsetof(struct proto_conn, tick));
@@ -1252,7 +1267,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			conn_fail(conn, "handshake timed out");
 	} else if (now - conn->last_rx >= conn->set.dead_timeout_ms / 1000.0 &&
 		   now - conn->last_drain >= conn->set.dead_timeout_ms / 1000.0 &&
-		   !input_waiting_alive(conn)) {
+		   !input_waiting_alive(conn) && !output_taken_alive(conn)) {
 		conn_fail(conn, "peer timed out");
 	} else if (now - conn->last_rx >= conn->set.ping_interval_ms / 1000.0 &&
 		   !conn->ping_outstanding && !conn->hold_output) {
