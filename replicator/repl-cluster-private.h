@@ -122,21 +122,11 @@ struct cl_peer {
 	uint64_t catchup_until;
 	/* Users written autonomously while this peer could not be asked. */
 	stor_string_list dirty_users;
-	/* Answers to this peer's requests that wait for durability/replicas. */
-	struct cl_reply *replies;
 };
 
 struct cl_inflight {
 	uint64_t seq;
 	unsigned outstanding;
-};
-
-/* An answer owed to a peer's command; conn is cleared when the link goes
- * down before it is sent. */
-struct cl_reply {
-	struct cl_reply *next, *prev;
-	struct cl_peer *peer;
-	char tag[PROTO_MAX_TAG + 1];
 };
 
 /* A change made at this node that waits for replicas to hold it. */
@@ -219,8 +209,6 @@ void cl_notify_later(struct repl_cluster *cl, const char *user, const struct gui
 /* The live replication commands of a link (repl_sync_live_cb). */
 void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 			const struct proto_cmd *cmd, const struct guid *selected);
-/* Drops answers owed on a link that went down. */
-void cl_replica_link_down(struct cl_peer *p);
 
 /* Master-side entry points shared by local changes and by forwarded
  * requests (repl-cluster.c). */

@@ -181,6 +181,20 @@ static struct master_op *master_begin(struct repl_cluster *cl, const char *user,
 	return m;
 }
 
+/* The local engine's form of an APPEND request (pointers borrowed). */
+static void append_from_req(const struct cl_append_req *req, struct repl_append *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->guid = &req->guid;
+	a->flags = req->flags;
+	a->keywords = req->keywords;
+	a->keyword_count = req->keyword_count;
+	a->internaldate = req->internaldate;
+	a->internaldate_tz = req->internaldate_tz;
+	a->text = req->text;
+	a->text_len = req->text_len;
+}
+
 /* A message the mailbox already holds (a SAVE forwarded again after the
  * old master died having streamed it here): its existing UID is the answer. */
 static void master_existing_done(void *ctx, const struct repl_result *res)
@@ -216,15 +230,7 @@ void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, 
 		return;
 	}
 	struct repl_append a;
-	memset(&a, 0, sizeof(a));
-	a.guid = &req->guid;
-	a.flags = req->flags;
-	a.keywords = req->keywords;
-	a.keyword_count = req->keyword_count;
-	a.internaldate = req->internaldate;
-	a.internaldate_tz = req->internaldate_tz;
-	a.text = req->text;
-	a.text_len = req->text_len;
+	append_from_req(req, &a);
 	/* The request is the caller's and lives until cb; the local engine
 	 * reads it only during this call. */
 	repl_append(cl->local, req->user, &req->mailbox, &a, master_local_done, m);
@@ -351,15 +357,7 @@ static void fwd_autonomous(struct cl_fwd *f, const char *why)
 	struct repl_append a;
 	switch (f->kind) {
 	case FWD_APPEND:
-		memset(&a, 0, sizeof(a));
-		a.guid = &f->app.guid;
-		a.flags = f->app.flags;
-		a.keywords = f->app.keywords;
-		a.keyword_count = f->app.keyword_count;
-		a.internaldate = f->app.internaldate;
-		a.internaldate_tz = f->app.internaldate_tz;
-		a.text = f->app.text;
-		a.text_len = f->app.text_len;
+		append_from_req(&f->app, &a);
 		repl_append(cl->local, f->user, &f->mailbox, &a, fwd_inner_done, f);
 		break;
 	case FWD_STORE:
@@ -1405,15 +1403,7 @@ void repl_cluster_link_down(struct repl *r, uint32_t sid)
 	struct cl_peer *p = cl_peer_find(to_cl(r), sid);
 	if (p == NULL)
 		return;
-	cl_replica_link_down(p);
 	cl_stream_link_down(p);
-}
-
-void repl_cluster_link_drained(struct repl *r, uint32_t sid)
-{
-	/* The prepare watcher resumes the streamer on the next turn. */
-	(void)r;
-	(void)sid;
 }
 
 void repl_cluster_status(struct repl *r, struct buf *out)

@@ -715,9 +715,3 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 	}
 	stor_mailbox_free(&mb);
 }
-
-void cl_replica_link_down(struct cl_peer *p)
-{
-	/* Answers carry the link generation and find no link to go to. */
-	(void)p;
-}

@@ -148,8 +148,6 @@ static void link_drained_cb(struct repl_peers *peers, uint32_t sid, struct proto
 {
 	struct node *n = ctx;
 	repl_sync_link_drained(n->sync, sid);
-	if (n->clustered)
-		repl_cluster_link_drained(n->repl, sid);
 	if (repl_mm_peer_callbacks()->drained != NULL)
 		repl_mm_peer_callbacks()->drained(peers, sid, conn, n->mm);
 }

@@ -824,6 +824,17 @@ static int merge_start(struct sync_server *s, const char *tag)
 	return 0;
 }
 
+/* The client drops its copy of cs and takes ours at `at` (the same GUID). */
+static void take_ours(struct srv_merge *m, struct srv_save *cs, uint32_t at)
+{
+	cs->action = SAVE_DROP;
+	ARRAY_PUSH(&m->exp_client, cs->uid);
+	ARRAY_PUSH(&m->save_client, at);
+	ssize_t oi = find_msg(&m->smsgs, at);
+	if (oi >= 0)
+		m->handled[oi] = true;
+}
+
 /* Classifies one of the client's new messages. */
 static int merge_classify(struct sync_server *s, struct srv_save *cs, const char **err)
 {
@@ -863,12 +874,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			/* Ours at this UID still moves (the client saw the UID
 			 * name its own message); the client's copy goes. */
 			ARRAY_PUSH(&m->sr, cs->uid);
-			cs->action = SAVE_DROP;
-			ARRAY_PUSH(&m->exp_client, cs->uid);
-			ARRAY_PUSH(&m->save_client, elsewhere);
-			ssize_t oi = find_msg(&m->smsgs, elsewhere);
-			if (oi >= 0)
-				m->handled[oi] = true;
+			take_ours(m, cs, elsewhere);
 		} else {
 			ARRAY_PUSH(&m->sr, cs->uid);
 			cs->action = SAVE_RENUMBER;
@@ -881,12 +887,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			cs->action = SAVE_DROP;
 			ARRAY_PUSH(&m->exp_client, cs->uid);
 		} else if (elsewhere != 0) {
-			cs->action = SAVE_DROP;
-			ARRAY_PUSH(&m->exp_client, cs->uid);
-			ARRAY_PUSH(&m->save_client, elsewhere);
-			ssize_t oi = find_msg(&m->smsgs, elsewhere);
-			if (oi >= 0)
-				m->handled[oi] = true;
+			take_ours(m, cs, elsewhere);
 		} else {
 			cs->action = SAVE_RENUMBER;
 		}
@@ -902,12 +903,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			/* The same message under another UID here: the client
 			 * drops its copy and takes ours.  (Not when the client
 			 * expunged ours: it moved the message.) */
-			cs->action = SAVE_DROP;
-			ARRAY_PUSH(&m->exp_client, cs->uid);
-			ARRAY_PUSH(&m->save_client, at);
-			ssize_t oi = find_msg(&m->smsgs, at);
-			if (oi >= 0)
-				m->handled[oi] = true;
+			take_ours(m, cs, at);
 		}
 	}
 	if (have_other)
@@ -950,13 +946,8 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	if (r < 0)
 		return -1;
 	if (r > 0 && !client_moved_from(s, at)) {
-		cs->action = SAVE_DROP;
-		ARRAY_PUSH(&m->exp_client, cs->uid);
-		ARRAY_PUSH(&m->save_client, at);
+		take_ours(m, cs, at);
 		merge_mark_dirty(m, at);
-		ssize_t oi = find_msg(&m->smsgs, at);
-		if (oi >= 0)
-			m->handled[oi] = true;
 		return 0;
 	}
 	if (cs->action == SAVE_APPEND) {

@@ -1265,6 +1265,19 @@ static void test_sync_client_refuses_a_broken_answer(void)
 	node_close(&a);
 }
 
+/* Creates on c the mailbox name of a with its GUID and UIDVALIDITY, as a
+ * replicated CREATE would. */
+static void mk_third_copy(struct node *a, struct node *c, const char *name)
+{
+	struct stor_mailbox m = get_mailbox(a, name);
+	struct stor_mailbox_create req = {
+		.user = USER, .name = name, .guid = &m.guid, .uidvalidity = m.uidvalidity,
+	};
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(c->db, &req, NULL, &error), 0);
+	stor_mailbox_free(&m);
+}
+
 /* Three nodes: A apart from B and C (C a replica of B); both sides append
  * to one mailbox.  A then syncs with B, C and B again, as a resync toward
  * every peer does after a partition.  The second sync renumbers B's
@@ -1278,13 +1291,7 @@ static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 	node_open(&b, SID_B);
 	node_open(&c, 3);
 	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	struct stor_mailbox m = get_mailbox(&a, "INBOX");
-	struct stor_mailbox_create req = {
-		.user = USER, .name = "INBOX", .guid = &mb, .uidvalidity = m.uidvalidity,
-	};
-	const char *error;
-	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(c.db, &req, NULL, &error), 0);
-	stor_mailbox_free(&m);
+	mk_third_copy(&a, &c, "INBOX");
 	for (int i = 0; i < 10; i++)
 		append(&a, &mb, "common\r\n", 0, NULL);
 	run_sync(&b, &a, false, 31);
@@ -1324,13 +1331,7 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 	node_open(&b, SID_B);
 	node_open(&c, 3);
 	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	struct stor_mailbox m = get_mailbox(&a, "INBOX");
-	struct stor_mailbox_create req = {
-		.user = USER, .name = "INBOX", .guid = &mb, .uidvalidity = m.uidvalidity,
-	};
-	const char *error;
-	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(c.db, &req, NULL, &error), 0);
-	stor_mailbox_free(&m);
+	mk_third_copy(&a, &c, "INBOX");
 	for (int i = 0; i < 5; i++)
 		append(&a, &mb, "common\r\n", 0, NULL);
 	run_sync(&b, &a, false, 41);
