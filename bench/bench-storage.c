@@ -2,7 +2,7 @@
  * durably with group commit, compared with the machine's raw synced-write
  * rate measured in the same run on the same filesystem.
  *
- *   bench-storage [-d DIR] [-t SECONDS] [-r ROUNDS] [-s SIZE]
+ *   bench-storage [-d DIR] [-t SECONDS] [-r ROUNDS] [-s SIZE] [-b BATCH]
  *
  * For each batch size B in 1, 8, 64: append B messages (store-assigned UIDs,
  * 4 KiB texts) then one stor_sync(), repeated for SECONDS (default 1), in a
@@ -52,7 +52,7 @@ static double median(const double *v, int n)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: bench-storage [-d DIR] [-t SECONDS] [-r ROUNDS] [-s MESSAGE_SIZE]\n");
+	fprintf(stderr, "usage: bench-storage [-d DIR] [-t SECONDS] [-r ROUNDS] [-s MESSAGE_SIZE] [-b ONLY_BATCH]\n");
 	exit(2);
 }
 
@@ -117,6 +117,7 @@ static double store_rate(const char *dir, unsigned batch, size_t size, double se
 	a.internaldate = 1700000000;
 	uint64_t start = clock_mono_us(), end = start + (uint64_t)(secs * 1e6), now;
 	unsigned long n = 0;
+	uint64_t sync_us = 0;
 	do {
 		for (unsigned i = 0; i < batch; i++) {
 			/* Distinct texts, as real mail would be. */
@@ -127,12 +128,17 @@ static double store_rate(const char *dir, unsigned batch, size_t size, double se
 			}
 			n++;
 		}
-		if (stor_sync(db, &error) < 0) {
+		uint64_t t0 = clock_mono_us();
+		int sret = stor_sync(db, &error);
+		sync_us += clock_mono_us() - t0;
+		if (sret < 0) {
 			fprintf(stderr, "sync: %s\n", error);
 			exit(1);
 		}
 		now = clock_mono_us();
 	} while (now < end);
+	printf("  batch %2u: %.1f us per message, %.1f of them in stor_sync()\n", batch,
+	       (now - start) / (double)n, sync_us / (double)n);
 	stor_mailbox_free(&mb);
 	stor_close(&db);
 	rmtree(path);
@@ -147,13 +153,15 @@ int main(int argc, char **argv)
 	double secs = 1;
 	int rounds = 5;
 	size_t size = 4096;
+	unsigned only = 0;
 	int c;
-	while ((c = getopt(argc, argv, "d:t:r:s:")) != -1) {
+	while ((c = getopt(argc, argv, "d:t:r:s:b:")) != -1) {
 		switch (c) {
 		case 'd': dir = optarg; break;
 		case 't': secs = atof(optarg); break;
 		case 'r': rounds = atoi(optarg); break;
 		case 's': size = (size_t)strtoul(optarg, NULL, 10); break;
+		case 'b': only = (unsigned)strtoul(optarg, NULL, 10); break;
 		default: usage();
 		}
 	}
@@ -179,7 +187,8 @@ int main(int argc, char **argv)
 	for (int r = 0; r < rounds; r++) {
 		raw[r] = raw_rate(dir, size, secs);
 		for (int i = 0; i < 3; i++)
-			rates[i][r] = store_rate(dir, batches[i], size, secs);
+			rates[i][r] = only == 0 || only == batches[i] ?
+				store_rate(dir, batches[i], size, secs) : 0;
 		printf("round %d: raw %.0f/s, batch 1 %.0f/s, batch 8 %.0f/s, batch 64 %.0f/s\n",
 		       r + 1, raw[r], rates[0][r], rates[1][r], rates[2][r]);
 	}

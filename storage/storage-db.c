@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 
 #include "lib/config.h"
+#include "lib/log.h"
 #include "lib/xalloc.h"
 
 /* ---- Keys ---- */
@@ -453,25 +454,17 @@ int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size
 	return 1;
 }
 
-static int db_write_opts(struct stor_db *db, leveldb_writebatch_t *wb,
-			 const leveldb_writeoptions_t *wopts, const char **error_r)
-{
-	if (db->fail_countdown > 0 && --db->fail_countdown == 0)
-		return stor_err(db, error_r, "%s: write failed: IO error: injected failure (test)",
-				db->dir);
-	char *lerr = NULL;
-	leveldb_write(db->ldb, wopts, wb, &lerr);
-	if (lerr != NULL)
-		return stor_err_leveldb(db, error_r, "write", lerr);
-	return 0;
-}
-
 int stor_db_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
 {
-	/* Whatever LevelDB did with a failed batch, a sync is due before
-	 * anything is acknowledged. */
+	/* Whatever happened to a failed batch, a sync is due before anything
+	 * is acknowledged. */
 	db->dirty = true;
-	return db_write_opts(db, wb, db->wopts, error_r);
+	if (db->fail_countdown > 0 && --db->fail_countdown == 0) {
+		stor_jnl_live_discard(db);
+		return stor_err(db, error_r, "%s: write failed: IO error: injected failure (test)",
+				db->dir);
+	}
+	return stor_jnl_write(db, wb, error_r);
 }
 
 leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *start)
@@ -531,6 +524,11 @@ void stor_txn_free(struct stor_txn *txn)
 		free(txn->mailboxes.items[i]);
 	}
 	ARRAY_FREE(&txn->mailboxes);
+	for (size_t i = 0; i < txn->texts.count; i++) {
+		if (txn->texts.items[i].ext.count > 0)
+			stor_jnl_unpin(txn->db, &txn->texts.items[i].ext.items[0]);
+		ARRAY_FREE(&txn->texts.items[i].ext);
+	}
 	ARRAY_FREE(&txn->texts);
 	if (txn->wb != NULL)
 		leveldb_writebatch_destroy(txn->wb);
@@ -576,11 +574,14 @@ void stor_txn_text_ref(struct stor_txn *txn, const struct guid *guid, int64_t de
 }
 
 void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,
-			   const struct stor_text_rec *rec)
+			   const struct stor_text_rec *rec, stor_extent_list *ext)
 {
 	struct stor_txn_text *t = txn_text(txn, guid);
 	t->created = true;
 	t->rec = *rec;
+	ARRAY_FREE(&t->ext);
+	t->ext = *ext;
+	memset(ext, 0, sizeof(*ext));
 }
 
 static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const char **error_r)
@@ -613,13 +614,22 @@ static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const c
 	stor_key_init(&k, STOR_KEY_ORPHAN);
 	stor_key_guid(&k, &t->guid);
 	if (rc == 0 && !t->created) {
-		stor_text_delete_batch(txn->wb, &t->guid, rec.size);
 		stor_batch_del(txn->wb, &k);
-		return 0;
+		return stor_text_delete_batch(db, txn->wb, &t->guid, error_r);
 	}
 	if (rc > 0)
 		stor_batch_del(txn->wb, &k);
-	/* rc == 0 for a created text: it stays an orphan, collected on open. */
+	else
+		stor_batch_put(txn->wb, &k, "", 0); /* created unreferenced: collected on open */
+	if (t->created) {
+		struct buf e = BUF_INIT;
+		stor_extents_encode(t->ext.items, t->ext.count, &e);
+		stor_key_init(&k, STOR_KEY_EXTENTS);
+		stor_key_guid(&k, &t->guid);
+		stor_batch_put(txn->wb, &k, e.data, e.len);
+		buf_free(&e);
+		stor_jnl_live(db, t->ext.items, t->ext.count, 1);
+	}
 	rec.refcount = (uint32_t)rc;
 	struct buf v = BUF_INIT;
 	stor_text_rec_encode(&rec, &v);
@@ -651,6 +661,8 @@ int stor_txn_commit(struct stor_txn *txn, const char **error_r)
 	buf_free(&v);
 	if (ret == 0)
 		ret = stor_db_write(db, txn->wb, error_r);
+	else
+		stor_jnl_live_discard(db);
 	stor_txn_free(txn);
 	return ret;
 }
@@ -677,6 +689,7 @@ static int mkdir_p(const char *dir)
 
 static void db_free(struct stor_db *db)
 {
+	stor_jnl_close(db);
 	if (db->ldb != NULL)
 		leveldb_close(db->ldb);
 	if (db->opts != NULL)
@@ -689,8 +702,6 @@ static void db_free(struct stor_db *db)
 		leveldb_writeoptions_destroy(db->wopts);
 	if (db->wopts_sync != NULL)
 		leveldb_writeoptions_destroy(db->wopts_sync);
-	if (db->dir_fd >= 0)
-		close(db->dir_fd);
 	ARRAY_FREE(&db->durable);
 	free(db->error);
 	free(db->dir);
@@ -708,7 +719,6 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 		return -1;
 	}
 	struct stor_db *db = xcalloc(1, sizeof(*db));
-	db->dir_fd = -1;
 	db->dir = xstrdup(set->dir);
 	db->max_message_size = set->max_message_size != 0 ? set->max_message_size :
 		CONFIG_DEFAULT_MAX_MESSAGE_SIZE;
@@ -722,9 +732,9 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	/* Mail texts make this a write-heavy store of large values: a bigger
 	 * memtable and bigger table files mean fewer level-0 files and less
 	 * compaction per message (LevelDB's defaults are 4 MiB and 2 MiB). */
-	leveldb_options_set_write_buffer_size(db->opts, 64 * 1024 * 1024);
+	leveldb_options_set_write_buffer_size(db->opts, 8 * 1024 * 1024);
 	leveldb_options_set_max_file_size(db->opts, 32 * 1024 * 1024);
-	leveldb_options_set_block_size(db->opts, 64 * 1024);
+	leveldb_options_set_block_size(db->opts, 16 * 1024);
 	db->ropts = leveldb_readoptions_create();
 	leveldb_readoptions_set_verify_checksums(db->ropts, 1);
 	db->wopts = leveldb_writeoptions_create();
@@ -748,17 +758,9 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 		db_free(db);
 		return -1;
 	}
-	db->dir_fd = open(db->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (db->dir_fd < 0) {
-		*error_r = xasprintf("%s: cannot open directory: %s", db->dir, strerror(errno));
-		db_free(db);
-		return -1;
-	}
-	/* The first sync scans and syncs the directory (recovery may have
-	 * made a new log). */
-	db->dirty = true;
 	const char *error;
-	if (stor_text_gc(db, &error) < 0 || stor_sync(db, &error) < 0) {
+	if (stor_jnl_open(db, set->journal_segment_size, &error) < 0 ||
+	    stor_text_gc(db, &error) < 0 || stor_sync(db, &error) < 0) {
 		*error_r = xstrdup(error);
 		db_free(db);
 		return -1;
@@ -775,47 +777,21 @@ void stor_close(struct stor_db **_db)
 	if (db == NULL)
 		return;
 	*_db = NULL;
-	if (db->dirty || db->durable.count > 0) {
-		const char *error;
+	const char *error;
+	if (db->dirty || db->durable.count > 0)
 		(void)stor_sync(db, &error);
-	}
+	/* A clean close leaves nothing to replay. */
+	if (stor_jnl_checkpoint(db, &error) < 0)
+		log_warnx("%s", error);
 	db_free(db);
 }
 
-/* LevelDB syncs only its current log file.  When it switches to a new log
- * (the memtable filled up), the old log still holds writes made without
- * sync, and neither the old file's data nor the new file's directory entry
- * has been synced.  A process kill cannot lose them (the kernel has them),
- * but a power failure could, so on seeing a new log file we sync the older
- * ones that still exist and the directory.
- *
- * Scanning the directory at every sync would cost more as the store grows,
- * so we scan only when the directory's times changed since the last scan.
- * Times are coarse (a clock tick), so equal times prove nothing changed
- * only if the last scan began well after the time it saw. */
-#define DIR_TIME_GRANULE_NS (100 * 1000000LL)
-
-static bool timespec_eq(const struct timespec *a, const struct timespec *b)
+/* LevelDB syncs only its current log file.  When it switched to a new log
+ * (the memtable filled up), the old one may still hold writes made without
+ * sync, and the new file's directory entry is not synced.  A checkpoint
+ * claims all of LevelDB's state durable, so it syncs those too. */
+static int sync_older_logs(struct stor_db *db, const char **error_r)
 {
-	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
-}
-
-static int64_t timespec_ns(const struct timespec *t)
-{
-	return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
-}
-
-static int sync_rotated_logs(struct stor_db *db, const char **error_r)
-{
-	struct stat st;
-	struct timespec now;
-	if (fstat(db->dir_fd, &st) < 0)
-		return stor_err(db, error_r, "%s: fstat failed: %s", db->dir, strerror(errno));
-	if (db->dir_scan_valid && timespec_eq(&st.st_mtim, &db->dir_mtime) &&
-	    timespec_eq(&st.st_ctim, &db->dir_ctime))
-		return 0;
-	clock_gettime(CLOCK_REALTIME, &now);
-
 	DIR *d = opendir(db->dir);
 	if (d == NULL)
 		return stor_err(db, error_r, "%s: opendir failed: %s", db->dir, strerror(errno));
@@ -833,49 +809,52 @@ static int sync_rotated_logs(struct stor_db *db, const char **error_r)
 	}
 	closedir(d);
 	int ret = 0;
-	if (newest != db->newest_log_file) {
-		for (size_t i = 0; i < logs.count && ret == 0; i++) {
-			if (logs.items[i] == newest)
-				continue;
-			char path[4096];
-			snprintf(path, sizeof(path), "%s/%06llu.log", db->dir,
-				 (unsigned long long)logs.items[i]);
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0)
-				continue; /* compacted meanwhile: its data is in synced tables */
-			if (fdatasync(fd) < 0)
-				ret = stor_err(db, error_r, "%s: fdatasync failed: %s", path,
-					       strerror(errno));
-			close(fd);
-		}
-		if (ret == 0 && fsync(db->dir_fd) < 0)
-			ret = stor_err(db, error_r, "%s: fsync failed: %s", db->dir, strerror(errno));
-		if (ret == 0)
-			db->newest_log_file = newest;
+	for (size_t i = 0; i < logs.count && ret == 0; i++) {
+		if (logs.items[i] == newest)
+			continue;
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/%06llu.log", db->dir,
+			 (unsigned long long)logs.items[i]);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue; /* compacted meanwhile: its data is in synced tables */
+		if (fdatasync(fd) < 0)
+			ret = stor_err(db, error_r, "%s: fdatasync failed: %s", path, strerror(errno));
+		close(fd);
 	}
 	ARRAY_FREE(&logs);
 	if (ret == 0) {
-		db->dir_mtime = st.st_mtim;
-		db->dir_ctime = st.st_ctim;
-		int64_t latest = timespec_ns(&st.st_mtim) > timespec_ns(&st.st_ctim) ?
-			timespec_ns(&st.st_mtim) : timespec_ns(&st.st_ctim);
-		db->dir_scan_valid = timespec_ns(&now) - latest > DIR_TIME_GRANULE_NS;
+		int dfd = open(db->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 || fsync(dfd) < 0)
+			ret = stor_err(db, error_r, "%s: fsync failed: %s", db->dir, strerror(errno));
+		if (dfd >= 0)
+			close(dfd);
 	}
 	return ret;
 }
+
+int stor_db_write_synced(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+{
+	char *lerr = NULL;
+	leveldb_write(db->ldb, db->wopts_sync, wb, &lerr);
+	if (lerr != NULL)
+		return stor_err_leveldb(db, error_r, "write", lerr);
+	return sync_older_logs(db, error_r);
+}
+
+/* Moving texts out of mostly dead journal segments happens after syncs, a
+ * little at a time, so no single call stalls the node for long. */
+#define COMPACT_STEP (1024 * 1024)
 
 int stor_sync(struct stor_db *db, const char **error_r)
 {
 	int ret = 0;
 	if (db->dirty) {
-		/* An empty batch written with sync=true appends an empty record
-		 * to LevelDB's log and fsyncs it, which makes every earlier
-		 * record durable too. */
-		leveldb_writebatch_t *wb = leveldb_writebatch_create();
-		ret = db_write_opts(db, wb, db->wopts_sync, error_r);
-		leveldb_writebatch_destroy(wb);
-		if (ret == 0)
-			ret = sync_rotated_logs(db, error_r);
+		if (db->fail_countdown > 0 && --db->fail_countdown == 0)
+			ret = stor_err(db, error_r, "%s: sync failed: IO error: injected failure "
+				       "(test)", db->dir);
+		else
+			ret = stor_jnl_sync(db, error_r);
 		if (ret == 0)
 			db->dirty = false;
 	}
@@ -887,6 +866,11 @@ int stor_sync(struct stor_db *db, const char **error_r)
 	for (size_t i = 0; i < count; i++)
 		cbs[i].cb(cbs[i].ctx, ret == 0);
 	free(cbs);
+	if (ret == 0 && stor_jnl_compact_due(db)) {
+		const char *error;
+		if (stor_jnl_compact(db, COMPACT_STEP, &error) < 0)
+			log_warnx("journal compaction: %s", error);
+	}
 	return ret;
 }
 
@@ -954,4 +938,12 @@ int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const vo
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n)
 {
 	db->fail_countdown = n;
+}
+
+void stor_test_abandon(struct stor_db **_db)
+{
+	struct stor_db *db = *_db;
+	*_db = NULL;
+	ARRAY_FREE(&db->durable);
+	db_free(db);
 }

@@ -14,10 +14,12 @@
  *   'T' mbguid uid32                tombstone: msgguid, modseq
  *   'R' mbguid modseq64 uid32       modseq index of tombstones (empty value)
  *   'S' msgguid                     text record: refcount, size, SHA-256
- *   'C' msgguid chunk32             text chunk (STOR_TEXT_CHUNK bytes, the
+ *   'E' msgguid                     where the text's chunks are in the
+ *                                   journal (STOR_TEXT_CHUNK bytes each, the
  *                                   last one shorter)
  *   'O' msgguid                     text written but not yet referenced:
  *                                   garbage collected on open
+ *   'V' seg32                       live text bytes in a journal segment
  *   'L' seq64                       replication log entry
  *   'P' peer32                      peer's log cursor: seq64
  *   'Y' mbguid peer32               peer's sync state of a mailbox
@@ -35,6 +37,7 @@
 #include "storage/storage.h"
 
 #define STOR_TEXT_CHUNK (256 * 1024)
+#define STOR_SEGMENT_DEFAULT (64 * 1024 * 1024)
 
 #define STOR_KEY_MAILBOX 'B'
 #define STOR_KEY_NAME 'N'
@@ -45,7 +48,8 @@
 #define STOR_KEY_TOMB 'T'
 #define STOR_KEY_TOMB_MODSEQ 'R'
 #define STOR_KEY_TEXT 'S'
-#define STOR_KEY_CHUNK 'C'
+#define STOR_KEY_EXTENTS 'E'
+#define STOR_KEY_LIVE 'V'
 #define STOR_KEY_ORPHAN 'O'
 #define STOR_KEY_LOG 'L'
 #define STOR_KEY_CURSOR 'P'
@@ -70,10 +74,7 @@ struct stor_db {
 	char *error;                 /* last error message */
 	bool dirty;                  /* writes since the last stor_sync() */
 	ARRAY(struct stor_durable) durable;
-	uint64_t newest_log_file;    /* LevelDB's newest NNNNNN.log we synced */
-	int dir_fd;                  /* for noticing new log files cheaply */
-	struct timespec dir_mtime, dir_ctime; /* as of the last directory scan */
-	bool dir_scan_valid;         /* the times above prove nothing changed */
+	struct stor_journal *jnl;
 };
 
 /* ---- Keys ---- */
@@ -124,6 +125,15 @@ int stor_mailbox_decode(const void *p, size_t len, struct stor_mailbox *mb_r);
 void stor_msg_encode(const struct stor_msg *msg, struct buf *out);
 int stor_msg_decode(uint32_t uid, const void *p, size_t len, struct stor_msg *msg_r);
 
+/* Where one chunk of a text is: the journal record at off in segment seg,
+ * holding len text bytes. */
+struct stor_extent {
+	uint32_t seg;
+	uint64_t off;
+	uint32_t len;
+};
+typedef ARRAY(struct stor_extent) stor_extent_list;
+
 struct stor_text_rec {
 	uint32_t refcount;
 	uint64_t size;
@@ -149,8 +159,12 @@ int stor_err_corrupt(struct stor_db *db, const char **error_r, const char *what)
 /* 1 found (*val_r malloc()ed, NUL-terminated), 0 not found, -1 error. */
 int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size_t *len_r,
 		const char **error_r);
-/* One LevelDB write of the batch, not synced; honours fail_nth_write. */
+/* Journals the batch and applies it to LevelDB; durable at the next
+ * stor_sync().  Honours fail_nth_write. */
 int stor_db_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r);
+/* A LevelDB write with sync, bypassing the journal (the journal's own
+ * checkpoints); also syncs LevelDB's older log files. */
+int stor_db_write_synced(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r);
 leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *start);
 /* True while the iterator is valid and its key starts with the prefix. */
 bool stor_iter_in(leveldb_iterator_t *it, const struct stor_key *prefix, const unsigned char **key_r,
@@ -174,6 +188,7 @@ struct stor_txn_text {
 	int64_t delta;
 	bool created;               /* record made in this transaction */
 	struct stor_text_rec rec;   /* when created */
+	stor_extent_list ext;       /* when created */
 };
 struct stor_txn {
 	struct stor_db *db;
@@ -191,23 +206,64 @@ int stor_txn_mailbox(struct stor_txn *txn, const struct guid *guid, struct stor_
 		     const char **error_r);
 void stor_txn_text_ref(struct stor_txn *txn, const struct guid *guid, int64_t delta);
 /* Records a text created in this transaction (with refcount 0; add
- * references with stor_txn_text_ref()). */
+ * references with stor_txn_text_ref()); takes over the extents. */
 void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,
-			   const struct stor_text_rec *rec);
+			   const struct stor_text_rec *rec, stor_extent_list *ext);
 
 /* ---- Texts ---- */
 
 /* Reads the text record: 1, 0, -1. */
 int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
 		      const char **error_r);
-/* Adds deletes of the text's record and chunks to the batch. */
-void stor_text_delete_batch(leveldb_writebatch_t *wb, const struct guid *guid, uint64_t size);
-/* Writes a whole text given in memory: small ones into txn's batch, big ones
- * in chunk batches first.  The text record is created with refcount 0. */
+/* Adds deletes of the text's records to the batch and frees its chunks. */
+int stor_text_delete_batch(struct stor_db *db, leveldb_writebatch_t *wb,
+			   const struct guid *guid, const char **error_r);
+/* Writes a whole text given in memory into the journal; txn's batch makes
+ * it part of the store.  The text record is created with refcount 0. */
 int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *guid,
 		  const void *text, size_t len, const char **error_r);
 /* Frees texts left unreferenced by a crash (the 'O' markers). */
 int stor_text_gc(struct stor_db *db, const char **error_r);
+
+/* ---- Journal (storage-journal.c) ---- */
+
+struct stor_journal;
+/* Opens the journal of an open LevelDB (segments of segment_max bytes, 0 for
+ * the default), replays what the last checkpoint lacks, and checkpoints. */
+int stor_jnl_open(struct stor_db *db, uint64_t segment_max, const char **error_r);
+void stor_jnl_close(struct stor_db *db);
+/* Adds text chunk idx of the text guid; it is written at the latest with the
+ * next batch.  Chunk 0 pins its segment against deletion until
+ * stor_jnl_unpin() with its extent (once the text's records are written, or
+ * the text abandoned). */
+int stor_jnl_add_text(struct stor_db *db, const struct guid *guid, uint32_t idx,
+		      const void *data, size_t len, struct stor_extent *ext_r,
+		      const char **error_r);
+void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first);
+/* Writes the batch to the journal, then to LevelDB (not synced). */
+int stor_jnl_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r);
+/* Syncs LevelDB and records the journal position it holds (then deletes
+ * segments nobody needs), so that the next open replays nothing before. */
+int stor_jnl_checkpoint(struct stor_db *db, const char **error_r);
+/* Makes everything written so far durable. */
+int stor_jnl_sync(struct stor_db *db, const char **error_r);
+/* Appends bytes [from, from+len) of a chunk, checking the record. */
+int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
+		  const struct stor_extent *ext, uint64_t from, uint64_t len, struct buf *out,
+		  const char **error_r);
+/* Notes that the next batch written makes (sign 1) or frees (-1) a text
+ * stored in these chunks; discard undoes the notes of a batch not written. */
+void stor_jnl_live(struct stor_db *db, const struct stor_extent *ext, size_t n, int sign);
+void stor_jnl_live_discard(struct stor_db *db);
+/* Moves live texts out of a mostly dead segment, about budget bytes per
+ * call, so that the segment can be deleted. */
+bool stor_jnl_compact_due(struct stor_db *db);
+int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r);
+
+void stor_extents_encode(const struct stor_extent *e, size_t n, struct buf *out);
+/* The chunks of a stored text: 1, 0 (no such text), -1. */
+int stor_text_extents_get(struct stor_db *db, const struct guid *guid, stor_extent_list *list_r,
+			  const char **error_r);
 
 /* ---- Keywords ---- */
 
@@ -223,5 +279,8 @@ int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const vo
 		      size_t vlen, const char **error_r);
 /* Sets fail_nth_write on an open store. */
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n);
+/* Frees the handle like a killed process would leave it: no sync, no
+ * checkpoint. */
+void stor_test_abandon(struct stor_db **db);
 
 #endif

@@ -1,13 +1,15 @@
-/* Message texts: stored once per node under the message GUID, in chunks of
- * STOR_TEXT_CHUNK bytes, with a record holding the reference count (how
- * many messages share it), the size and the SHA-256.
+/* Message texts: stored once per node under the message GUID.  The bytes
+ * are in the journal (storage-journal.c), in chunk records of at most
+ * STOR_TEXT_CHUNK bytes; LevelDB holds a record with the reference count
+ * (how many messages share it), the size and the SHA-256 ('S'), and where
+ * the chunks are ('E').
  *
- * A text too big for one batch is written chunk by chunk in batches of its
- * own, before the batch of the message that references it.  The first of
- * those batches also writes an 'O' (orphan) marker, which the referencing
- * batch deletes; a crash in between leaves the marker, and the next open
- * frees the text.  So the open-time collection only visits texts that were
- * being written, never the whole store. */
+ * A streamed text (stor_text_begin) gets its records with refcount 0 and an
+ * 'O' (orphan) marker, which the batch of the first message referencing it
+ * deletes; a crash in between leaves the marker, and the next open frees the
+ * text.  So the open-time collection only visits texts that were being
+ * written, never the whole store.  Chunks that never got their records (a
+ * crash mid-stream) are simply dead journal bytes. */
 #include "storage/storage-private.h"
 
 #include <stdlib.h>
@@ -22,18 +24,11 @@ struct stor_text_writer {
 	struct guid guid;
 	EVP_MD_CTX *sha;
 	struct buf chunk;
-	uint32_t chunks_written;
+	stor_extent_list ext;   /* chunks written so far */
 	uint64_t size;
 	bool skip;      /* the store already holds this text */
 	bool failed;
 };
-
-static void chunk_key(struct stor_key *k, const struct guid *guid, uint32_t n)
-{
-	stor_key_init(k, STOR_KEY_CHUNK);
-	stor_key_guid(k, guid);
-	stor_key_u32(k, n);
-}
 
 static void text_key(struct stor_key *k, char prefix, const struct guid *guid)
 {
@@ -56,21 +51,67 @@ int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_t
 	return ret < 0 ? stor_err_corrupt(db, error_r, "text") : 1;
 }
 
-static uint32_t chunk_count(uint64_t size)
+void stor_extents_encode(const struct stor_extent *e, size_t n, struct buf *out)
 {
-	return (uint32_t)((size + STOR_TEXT_CHUNK - 1) / STOR_TEXT_CHUNK);
+	stor_put_u32(out, (uint32_t)n);
+	for (size_t i = 0; i < n; i++) {
+		stor_put_u32(out, e[i].seg);
+		stor_put_u64(out, e[i].off);
+		stor_put_u32(out, e[i].len);
+	}
 }
 
-void stor_text_delete_batch(leveldb_writebatch_t *wb, const struct guid *guid, uint64_t size)
+int stor_text_extents_get(struct stor_db *db, const struct guid *guid, stor_extent_list *list_r,
+			  const char **error_r)
 {
 	struct stor_key k;
-	uint32_t n = chunk_count(size);
-	for (uint32_t i = 0; i < n; i++) {
-		chunk_key(&k, guid, i);
-		stor_batch_del(wb, &k);
+	char *v;
+	size_t len;
+	text_key(&k, STOR_KEY_EXTENTS, guid);
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret <= 0)
+		return ret;
+	struct stor_dec d;
+	stor_dec_init(&d, v, len);
+	uint32_t n = stor_get_u32(&d);
+	/* Each extent takes 16 bytes: a count that doesn't fit is damage. */
+	if (!d.bad && n <= (len - 4) / 16) {
+		ARRAY_RESERVE(list_r, n);
+		for (uint32_t i = 0; i < n; i++) {
+			struct stor_extent e;
+			e.seg = stor_get_u32(&d);
+			e.off = stor_get_u64(&d);
+			e.len = stor_get_u32(&d);
+			if (e.len == 0 || e.len > STOR_TEXT_CHUNK)
+				d.bad = true;
+			ARRAY_PUSH(list_r, e);
+		}
+	} else {
+		d.bad = true;
 	}
+	free(v);
+	if (!stor_dec_end(&d)) {
+		list_r->count = 0;
+		return stor_err_corrupt(db, error_r, "text chunk list");
+	}
+	return 1;
+}
+
+int stor_text_delete_batch(struct stor_db *db, leveldb_writebatch_t *wb,
+			   const struct guid *guid, const char **error_r)
+{
+	struct stor_key k;
+	stor_extent_list ext = ARRAY_INIT;
+	int ret = stor_text_extents_get(db, guid, &ext, error_r);
+	if (ret < 0)
+		return -1;
+	stor_jnl_live(db, ext.items, ext.count, -1);
+	ARRAY_FREE(&ext);
+	text_key(&k, STOR_KEY_EXTENTS, guid);
+	stor_batch_del(wb, &k);
 	text_key(&k, STOR_KEY_TEXT, guid);
 	stor_batch_del(wb, &k);
+	return 0;
 }
 
 static EVP_MD_CTX *sha_new(void)
@@ -95,36 +136,25 @@ int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *g
 		  const void *text, size_t len, const char **error_r)
 {
 	struct stor_text_rec rec;
-	struct stor_key k;
+	stor_extent_list ext = ARRAY_INIT;
 	const unsigned char *p = text;
-	uint32_t n = chunk_count(len);
-	/* Big texts: every chunk but the last in batches of their own, so no
-	 * single batch (and LevelDB log record) holds more than one chunk of
-	 * text. */
-	for (uint32_t i = 0; i + 1 < n; i++) {
-		leveldb_writebatch_t *wb = leveldb_writebatch_create();
-		if (i == 0) {
-			text_key(&k, STOR_KEY_ORPHAN, guid);
-			stor_batch_put(wb, &k, "", 0);
-		}
-		chunk_key(&k, guid, i);
-		stor_batch_put(wb, &k, p + (size_t)i * STOR_TEXT_CHUNK, STOR_TEXT_CHUNK);
-		int ret = stor_db_write(db, wb, error_r);
-		leveldb_writebatch_destroy(wb);
-		if (ret < 0)
+	for (size_t off = 0; off < len; off += STOR_TEXT_CHUNK) {
+		size_t n = len - off < STOR_TEXT_CHUNK ? len - off : STOR_TEXT_CHUNK;
+		struct stor_extent e;
+		if (stor_jnl_add_text(db, guid, (uint32_t)ext.count, p + off, n, &e, error_r) < 0) {
+			if (ext.count > 0)
+				stor_jnl_unpin(db, &ext.items[0]);
+			ARRAY_FREE(&ext);
 			return -1;
-	}
-	if (n > 0) {
-		size_t off = (size_t)(n - 1) * STOR_TEXT_CHUNK;
-		chunk_key(&k, guid, n - 1);
-		stor_batch_put(txn->wb, &k, p + off, len - off);
+		}
+		ARRAY_PUSH(&ext, e);
 	}
 	EVP_MD_CTX *sha = sha_new();
 	EVP_DigestUpdate(sha, text, len);
 	sha_finish(sha, rec.sha256);
 	rec.refcount = 0;
 	rec.size = len;
-	stor_txn_text_created(txn, guid, &rec);
+	stor_txn_text_created(txn, guid, &rec, &ext);
 	return 0;
 }
 
@@ -147,19 +177,11 @@ struct stor_text_writer *stor_text_begin(struct stor_db *db, const struct guid *
 
 static int writer_flush_chunk(struct stor_text_writer *w, const char **error_r)
 {
-	struct stor_key k;
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
-	if (w->chunks_written == 0) {
-		text_key(&k, STOR_KEY_ORPHAN, &w->guid);
-		stor_batch_put(wb, &k, "", 0);
-	}
-	chunk_key(&k, &w->guid, w->chunks_written);
-	stor_batch_put(wb, &k, w->chunk.data, w->chunk.len);
-	int ret = stor_db_write(w->db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
-	if (ret < 0)
+	struct stor_extent e;
+	if (stor_jnl_add_text(w->db, &w->guid, (uint32_t)w->ext.count, w->chunk.data,
+			      w->chunk.len, &e, error_r) < 0)
 		return -1;
-	w->chunks_written++;
+	ARRAY_PUSH(&w->ext, e);
 	buf_reset(&w->chunk);
 	return 0;
 }
@@ -192,13 +214,9 @@ int stor_text_write(struct stor_text_writer *w, const void *data, size_t len,
 		buf_append(&w->chunk, p, n);
 		p += n;
 		len -= n;
-		/* Keep a full chunk until more data proves it isn't the last,
-		 * so the last chunk always goes with the text record. */
-		if (w->chunk.len == STOR_TEXT_CHUNK && len > 0) {
-			if (writer_flush_chunk(w, error_r) < 0) {
-				w->failed = true;
-				return -1;
-			}
+		if (w->chunk.len == STOR_TEXT_CHUNK && writer_flush_chunk(w, error_r) < 0) {
+			w->failed = true;
+			return -1;
 		}
 	}
 	return 0;
@@ -211,29 +229,10 @@ static void writer_free(struct stor_text_writer **_w)
 	if (w->sha != NULL)
 		EVP_MD_CTX_free(w->sha);
 	buf_free(&w->chunk);
+	if (w->ext.count > 0)
+		stor_jnl_unpin(w->db, &w->ext.items[0]);
+	ARRAY_FREE(&w->ext);
 	free(w);
-}
-
-/* Deletes the chunks this writer wrote (best effort: on failure the orphan
- * marker makes the next open collect them). */
-static void writer_discard(struct stor_text_writer *w)
-{
-	struct stor_key k;
-	if (w->skip || w->chunks_written == 0)
-		return;
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
-	for (uint32_t i = 0; i < w->chunks_written; i++) {
-		chunk_key(&k, &w->guid, i);
-		stor_batch_del(wb, &k);
-	}
-	text_key(&k, STOR_KEY_ORPHAN, &w->guid);
-	stor_batch_del(wb, &k);
-	char *saved = w->db->error != NULL ? xstrdup(w->db->error) : NULL;
-	(void)stor_db_write(w->db, wb, NULL);
-	leveldb_writebatch_destroy(wb);
-	/* Keep the error that made us discard. */
-	free(w->db->error);
-	w->db->error = saved;
 }
 
 int stor_text_finish(struct stor_text_writer **_w, const char **error_r)
@@ -242,30 +241,32 @@ int stor_text_finish(struct stor_text_writer **_w, const char **error_r)
 	struct stor_key k;
 	int ret = 0;
 	if (w->failed) {
-		writer_discard(w);
 		ret = writer_error(w, error_r);
 	} else if (!w->skip) {
-		struct stor_text_rec rec;
-		leveldb_writebatch_t *wb = leveldb_writebatch_create();
-		text_key(&k, STOR_KEY_ORPHAN, &w->guid);
-		stor_batch_put(wb, &k, "", 0);
-		if (w->chunk.len > 0) {
-			chunk_key(&k, &w->guid, w->chunks_written);
-			stor_batch_put(wb, &k, w->chunk.data, w->chunk.len);
+		if (w->chunk.len > 0)
+			ret = writer_flush_chunk(w, error_r);
+		if (ret == 0) {
+			struct stor_text_rec rec;
+			leveldb_writebatch_t *wb = leveldb_writebatch_create();
+			text_key(&k, STOR_KEY_ORPHAN, &w->guid);
+			stor_batch_put(wb, &k, "", 0);
+			rec.refcount = 0;
+			rec.size = w->size;
+			sha_finish(w->sha, rec.sha256);
+			w->sha = NULL;
+			struct buf v = BUF_INIT;
+			stor_text_rec_encode(&rec, &v);
+			text_key(&k, STOR_KEY_TEXT, &w->guid);
+			stor_batch_put(wb, &k, v.data, v.len);
+			buf_reset(&v);
+			stor_extents_encode(w->ext.items, w->ext.count, &v);
+			text_key(&k, STOR_KEY_EXTENTS, &w->guid);
+			stor_batch_put(wb, &k, v.data, v.len);
+			buf_free(&v);
+			stor_jnl_live(w->db, w->ext.items, w->ext.count, 1);
+			ret = stor_db_write(w->db, wb, error_r);
+			leveldb_writebatch_destroy(wb);
 		}
-		rec.refcount = 0;
-		rec.size = w->size;
-		sha_finish(w->sha, rec.sha256);
-		w->sha = NULL;
-		struct buf v = BUF_INIT;
-		stor_text_rec_encode(&rec, &v);
-		text_key(&k, STOR_KEY_TEXT, &w->guid);
-		stor_batch_put(wb, &k, v.data, v.len);
-		buf_free(&v);
-		ret = stor_db_write(w->db, wb, error_r);
-		leveldb_writebatch_destroy(wb);
-		if (ret < 0)
-			writer_discard(w);
 	}
 	writer_free(_w);
 	return ret;
@@ -273,10 +274,9 @@ int stor_text_finish(struct stor_text_writer **_w, const char **error_r)
 
 void stor_text_abort(struct stor_text_writer **_w)
 {
-	if (*_w == NULL)
-		return;
-	writer_discard(*_w);
-	writer_free(_w);
+	/* Chunks already in the journal were never referenced: dead bytes. */
+	if (*_w != NULL)
+		writer_free(_w);
 }
 
 int stor_text_exists(struct stor_db *db, const struct guid *guid, uint64_t *size_r,
@@ -293,7 +293,6 @@ int stor_text_read(struct stor_db *db, const struct guid *guid, uint64_t offset,
 		   struct buf *out, const char **error_r)
 {
 	struct stor_text_rec rec;
-	struct stor_key k;
 	int ret = stor_text_rec_get(db, guid, &rec, error_r);
 	if (ret <= 0)
 		return ret < 0 ? -1 : stor_err(db, error_r, "message text is not in the store");
@@ -301,29 +300,29 @@ int stor_text_read(struct stor_db *db, const struct guid *guid, uint64_t offset,
 		return 0;
 	if (len > rec.size - offset)
 		len = rec.size - offset;
-	uint64_t end = offset + len;
-	for (uint32_t i = (uint32_t)(offset / STOR_TEXT_CHUNK); (uint64_t)i * STOR_TEXT_CHUNK < end;
-	     i++) {
-		uint64_t cstart = (uint64_t)i * STOR_TEXT_CHUNK;
-		uint64_t expect = rec.size - cstart < STOR_TEXT_CHUNK ? rec.size - cstart :
-			STOR_TEXT_CHUNK;
-		char *v;
-		size_t vlen;
-		chunk_key(&k, guid, i);
-		ret = stor_db_get(db, &k, &v, &vlen, error_r);
-		if (ret < 0)
-			return -1;
-		if (ret == 0 || vlen != expect) {
-			if (ret > 0)
-				free(v);
-			return stor_err_corrupt(db, error_r, "text chunk");
+	stor_extent_list ext = ARRAY_INIT;
+	ret = stor_text_extents_get(db, guid, &ext, error_r);
+	if (ret == 0)
+		ret = stor_err_corrupt(db, error_r, "text chunk list");
+	else if (ret > 0)
+		ret = 0;
+	uint64_t end = offset + len, pos = 0, total = 0;
+	for (size_t i = 0; i < ext.count; i++)
+		total += ext.items[i].len;
+	if (ret == 0 && total != rec.size)
+		ret = stor_err_corrupt(db, error_r, "text chunk list");
+	for (size_t i = 0; i < ext.count && ret == 0 && pos < end; i++) {
+		uint64_t clen = ext.items[i].len;
+		if (pos + clen > offset) {
+			uint64_t from = offset > pos ? offset - pos : 0;
+			uint64_t to = end - pos < clen ? end - pos : clen;
+			ret = stor_jnl_read(db, guid, (uint32_t)i, &ext.items[i], from, to - from,
+					    out, error_r);
 		}
-		uint64_t from = offset > cstart ? offset - cstart : 0;
-		uint64_t to = end - cstart < vlen ? end - cstart : vlen;
-		buf_append(out, v + from, (size_t)(to - from));
-		free(v);
+		pos += clen;
 	}
-	return 0;
+	ARRAY_FREE(&ext);
+	return ret;
 }
 
 int stor_text_gc(struct stor_db *db, const char **error_r)
@@ -348,21 +347,8 @@ int stor_text_gc(struct stor_db *db, const char **error_r)
 			break;
 		}
 		leveldb_writebatch_t *wb = leveldb_writebatch_create();
-		if (r == 0 || rec.refcount == 0) {
-			/* Never referenced: delete every chunk there is. */
-			struct stor_key cp;
-			text_key(&cp, STOR_KEY_CHUNK, &guid);
-			leveldb_iterator_t *cit = stor_iter_seek(db, &cp);
-			const unsigned char *ck;
-			size_t cklen;
-			while (stor_iter_in(cit, &cp, &ck, &cklen)) {
-				leveldb_writebatch_delete(wb, (const char *)ck, cklen);
-				leveldb_iter_next(cit);
-			}
-			ret = stor_iter_end(db, cit, error_r);
-			text_key(&k, STOR_KEY_TEXT, &guid);
-			stor_batch_del(wb, &k);
-		}
+		if (r > 0 && rec.refcount == 0)
+			ret = stor_text_delete_batch(db, wb, &guid, error_r);
 		text_key(&k, STOR_KEY_ORPHAN, &guid);
 		stor_batch_del(wb, &k);
 		if (ret == 0)

@@ -5,13 +5,14 @@
  * per-peer cursors and per-peer, per-mailbox sync state.
  *
  * Durability and group commit.  Every mutation below is one atomic LevelDB
- * write batch.  It is visible to reads on this handle as soon as the call
+ * write batch, written first to the store's journal (which also holds the
+ * message texts).  It is visible to reads on this handle as soon as the call
  * returns, but it is durable only after the next stor_sync().  Callers must
  * not acknowledge a change (IMAP OK, protocol reply) before that.  An event
  * loop calls stor_sync() once per turn, so all mutations of a turn share one
- * fsync; stor_on_durable() queues work to run after it.  Because LevelDB's
- * log is append-only, syncing it makes every earlier write durable, and a
- * kill -9 at any moment leaves only whole batches.
+ * fsync; stor_on_durable() queues work to run after it.  Because the journal
+ * is append-only, syncing it makes every earlier write durable, and a kill -9
+ * at any moment leaves only whole batches (opening replays the journal).
  *
  * Errors: functions return 0 on success and -1 on error with a message in
  * *error_r that stays valid until the next call on the same handle.  Lookups
@@ -55,6 +56,9 @@ struct stor_settings {
 	/* Test hook: when > 0, the Nth LevelDB write from now fails with an
 	 * injected I/O error, to exercise error paths. */
 	unsigned fail_nth_write;
+	/* Size at which the journal starts a new segment file; 0 for the
+	 * default (64 MiB).  Tests make it small to exercise rotation. */
+	uint64_t journal_segment_size;
 };
 
 /* Opens (creating if needed) the store.  Fails with a clear message when

@@ -10,7 +10,8 @@
  *     counts, unseen, digest recomputed, UIDNEXT above every UID,
  *     HIGHESTMODSEQ at least every modseq, indexes, tombstones);
  *   - every message's text is there with the right bytes.
- * The store carries over from round to round. */
+ * The store carries over from round to round, with small journal segments so
+ * that the kills also hit segment switches, deletions and compaction. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -79,6 +80,9 @@ static struct stor_db *open_store(void)
 	char *err = NULL;
 	memset(&set, 0, sizeof(set));
 	set.dir = dir;
+	/* Small journal segments, so that kills also land in segment
+	 * switches, checkpoints, deletions and compaction. */
+	set.journal_segment_size = 256 * 1024;
 	if (stor_open(&set, &db, &err) < 0) {
 		fprintf(stderr, "stor_open: %s\n", err);
 		free(err);

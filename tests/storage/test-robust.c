@@ -118,7 +118,8 @@ static int damage_tables(const char *dir, const unsigned char *pattern, size_t p
 		return 0;
 	while ((de = readdir(d)) != NULL) {
 		size_t n = strlen(de->d_name);
-		if (n < 4 || strcmp(de->d_name + n - 4, ".ldb") != 0)
+		if (n < 4 || (strcmp(de->d_name + n - 4, ".ldb") != 0 &&
+			      strcmp(de->d_name + n - 4, ".jnl") != 0))
 			continue;
 		char *path = xasprintf("%s/%s", dir, de->d_name);
 		FILE *f = fopen(path, "r+b");
@@ -145,7 +146,7 @@ static int damage_tables(const char *dir, const unsigned char *pattern, size_t p
 	return damaged;
 }
 
-static void test_checksum_mismatch_in_table_is_reported_as_corruption(void)
+static void test_damaged_text_is_reported_as_corruption(void)
 {
 	struct tstore t;
 	struct stor_settings set;
@@ -163,10 +164,12 @@ static void test_checksum_mismatch_in_table_is_reported_as_corruption(void)
 	app.text_len = sizeof(text);
 	CU_ASSERT_EQUAL_FATAL(stor_msg_append(t.db, &g, &app, NULL, NULL, &error), 0);
 	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
-	/* Reopening moves the log into a table file. */
+	/* The text is in the journal, not in LevelDB's tables. */
 	tstore_reopen(&t);
 	stor_close(&t.db);
-	CU_ASSERT_FATAL(damage_tables(t.dir, text, 4096) > 0);
+	char *jdir = xasprintf("%s/journal", t.dir);
+	CU_ASSERT_FATAL(damage_tables(jdir, text, 4096) > 0);
+	free(jdir);
 	memset(&set, 0, sizeof(set));
 	set.dir = t.dir;
 	if (stor_open(&set, &t.db, &err) < 0) {
@@ -217,12 +220,12 @@ static void test_failed_write_leaves_store_consistent(void)
 	CU_ASSERT_EQUAL(stor_mailbox_rename(t.db, &g, "New", &error), -1);
 	stor_test_fail_nth_write(t.db, 1);
 	CU_ASSERT_EQUAL(stor_mailbox_delete(t.db, &g, &error), -1);
-	/* A big text: the second chunk batch fails. */
+	/* A big text (several journal chunks): its batch fails. */
 	size_t n = 3 * STOR_TEXT_CHUNK;
 	unsigned char *big = xcalloc(1, n);
 	app.text = big;
 	app.text_len = n;
-	stor_test_fail_nth_write(t.db, 2);
+	stor_test_fail_nth_write(t.db, 1);
 	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &app, NULL, NULL, &error), -1);
 	free(big);
 
@@ -320,7 +323,7 @@ const struct test_case storage_robust_cases[] = {
 	{ "corrupt message record is a clear error", test_corrupt_message_record_is_a_clear_error },
 	{ "corrupt mailbox record is a clear error", test_corrupt_mailbox_record_is_a_clear_error },
 	{ "corrupt LevelDB files fail open clearly", test_corrupt_leveldb_file_fails_open_clearly },
-	{ "checksum mismatch in a table is reported as corruption", test_checksum_mismatch_in_table_is_reported_as_corruption },
+	{ "damaged text in the journal is reported as corruption", test_damaged_text_is_reported_as_corruption },
 	{ "failed write leaves the store consistent", test_failed_write_leaves_store_consistent },
 	{ "fail_nth_write setting fails exactly the Nth write", test_open_fail_nth_write_setting },
 	{ "second open of the same dir fails clearly", test_second_open_of_same_dir_fails_clearly },

@@ -10,6 +10,7 @@ extern const struct test_case storage_msg_cases[];
 extern const struct test_case storage_text_cases[];
 extern const struct test_case storage_log_cases[];
 extern const struct test_case storage_robust_cases[];
+extern const struct test_case storage_journal_cases[];
 
 /* A fresh store in a new temporary directory. */
 struct tstore {

@@ -1,0 +1,1107 @@
+/* The journal: the store's write-ahead log and the home of message texts.
+ *
+ * Why: a synced LevelDB write costs an fsync of LevelDB's log, and mail
+ * texts written into LevelDB are copied again and again by its compactions
+ * (and checksummed each time).  So texts live here instead, in append-only
+ * segment files under <store>/journal, and LevelDB keeps only where they
+ * are.  Every LevelDB batch is first written here as a record, then applied
+ * to LevelDB without sync; stor_sync() is one fdatasync of the current
+ * segment, which makes both the texts and the index changes of a whole
+ * group commit durable.
+ *
+ * Records: crc32 u32 | length u32 | type u8 | payload, the CRC (zlib's)
+ * covering length, type and payload.  'T' is a text chunk (message GUID,
+ * chunk number, bytes), 'B' a LevelDB batch (ops: u8 put/del, u32 key
+ * length, key, and for puts u32 value length, value).
+ *
+ * Checkpoints: now and then (a new segment, an open that replayed) LevelDB
+ * itself is synced and the journal position it then holds is stored in it
+ * ('I' "journal").  Opening replays the batches after the checkpoint (they
+ * may or may not have reached LevelDB; re-applying whole batches in order
+ * ends in the same state), and cuts a torn record off the last segment: it
+ * was never acknowledged.
+ *
+ * Space: the store keeps the live text bytes of each segment ('V' keys,
+ * written in the batch that makes or frees a text).  A segment wholly
+ * before the checkpoint with no live bytes is deleted; one that is mostly
+ * dead has its live texts moved to the current segment (stor_jnl_compact). */
+#include "storage/storage-private.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#define JNL_HDR 9
+#define JNL_TEXT_HDR (GUID_SIZE + 4)
+#define JNL_REC_TEXT 'T'
+#define JNL_REC_BATCH 'B'
+#define JNL_OP_PUT 1
+#define JNL_OP_DEL 2
+/* Records may be big (a batch deleting a mailbox of a million messages),
+ * but never bigger than this, and never bigger than what is left of the
+ * file they are read from. */
+#define JNL_MAX_RECORD (1024U * 1024 * 1024)
+/* Pending records are written when this much has gathered. */
+#define JNL_FLUSH_AT (1024 * 1024)
+#define JNL_READ_FDS 16
+
+struct jnl_live {
+	uint32_t seg;
+	uint64_t bytes;
+};
+
+typedef ARRAY(struct jnl_live) jnl_live_array;
+typedef ARRAY(uint32_t) seg_array;
+
+struct jnl_read_fd {
+	uint32_t seg;
+	int fd;
+};
+
+struct stor_journal {
+	char *dir;
+	int dir_fd;
+	uint32_t seg;               /* the segment being written */
+	int fd;
+	uint64_t end;               /* bytes of it written */
+	bool unsynced;              /* written since the last fdatasync */
+	bool broken;                /* a failed write left an unknown state */
+	struct buf pending;         /* records not yet written */
+	uint64_t segment_max;
+	uint32_t ckpt_seg;
+	uint64_t ckpt_off;
+	jnl_live_array live;        /* by segment, only non-zero */
+	jnl_live_array live_delta;  /* of the batch being built */
+	struct jnl_read_fd rfd[JNL_READ_FDS];
+	unsigned rfd_next;
+	seg_array pins;             /* first segments of texts not yet stored */
+	uint32_t compact_seg;       /* being compacted, 0 none */
+	uint64_t compact_off, compact_size;
+	bool compact_check;         /* look for a segment to compact */
+};
+
+static const char ckpt_name[] = "journal";
+static const char format_name[] = "format";
+#define STORE_FORMAT 2
+
+/* ---- Small helpers ---- */
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)v;
+	p[1] = (unsigned char)(v >> 8);
+	p[2] = (unsigned char)(v >> 16);
+	p[3] = (unsigned char)(v >> 24);
+}
+
+static uint32_t get_le32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint32_t rec_crc(const unsigned char *hdr_tail, const void *payload, size_t len)
+{
+	uLong c = crc32(0L, Z_NULL, 0);
+	c = crc32(c, hdr_tail, 5);
+	const unsigned char *p = payload;
+	/* zlib takes uInt lengths. */
+	while (len > 0) {
+		uInt n = len > (1U << 30) ? (1U << 30) : (uInt)len;
+		c = crc32(c, p, n);
+		p += n;
+		len -= n;
+	}
+	return (uint32_t)c;
+}
+
+static char *seg_path(const struct stor_journal *j, uint32_t seg)
+{
+	return xasprintf("%s/%010u.jnl", j->dir, seg);
+}
+
+static int jnl_err_errno(struct stor_db *db, const char **error_r, const char *what,
+			 const char *path)
+{
+	return stor_err(db, error_r, "%s: %s failed: %s", path, what, strerror(errno));
+}
+
+static int pread_all(int fd, void *data, size_t len, uint64_t off)
+{
+	unsigned char *p = data;
+	while (len > 0) {
+		ssize_t n = pread(fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0) {
+			errno = 0;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Appends a record header for a payload of len bytes, whose CRC is
+ * computed over the payload that the caller appends right after. */
+static void pending_record(struct stor_journal *j, char type, const void *payload, size_t len,
+			   const void *payload2, size_t len2)
+{
+	unsigned char hdr[JNL_HDR];
+	put_le32(hdr + 4, (uint32_t)(len + len2));
+	hdr[8] = (unsigned char)type;
+	uLong c = crc32(0L, Z_NULL, 0);
+	c = crc32(c, hdr + 4, 5);
+	c = crc32(c, payload, (uInt)len);
+	if (len2 > 0)
+		c = crc32(c, payload2, (uInt)len2);
+	put_le32(hdr, (uint32_t)c);
+	buf_append(&j->pending, hdr, sizeof(hdr));
+	buf_append(&j->pending, payload, len);
+	if (len2 > 0)
+		buf_append(&j->pending, payload2, len2);
+}
+
+
+/* ---- Live bytes per segment ---- */
+
+
+static uint64_t *live_slot(jnl_live_array *a, uint32_t seg, bool create)
+{
+	for (size_t i = 0; i < a->count; i++) {
+		if (a->items[i].seg == seg)
+			return &a->items[i].bytes;
+	}
+	if (!create)
+		return NULL;
+	struct jnl_live l = { seg, 0 };
+	ARRAY_PUSH(a, l);
+	return &a->items[a->count - 1].bytes;
+}
+
+static uint64_t live_bytes(struct stor_journal *j, uint32_t seg)
+{
+	uint64_t *b = live_slot(&j->live, seg, false);
+	return b != NULL ? *b : 0;
+}
+
+/* The bytes a text record of len text bytes takes in its segment. */
+static uint64_t text_record_size(uint32_t len)
+{
+	return JNL_HDR + JNL_TEXT_HDR + (uint64_t)len;
+}
+
+void stor_jnl_live(struct stor_db *db, const struct stor_extent *ext, size_t n, int sign)
+{
+	struct stor_journal *j = db->jnl;
+	for (size_t i = 0; i < n; i++) {
+		/* Kept as two's complement: a batch may free more of a segment
+		 * than it adds, and the sum is checked when it is applied. */
+		uint64_t *d = live_slot(&j->live_delta, ext[i].seg, true);
+		uint64_t size = text_record_size(ext[i].len);
+		*d += sign > 0 ? size : (uint64_t)0 - size;
+	}
+}
+
+void stor_jnl_live_discard(struct stor_db *db)
+{
+	db->jnl->live_delta.count = 0;
+}
+
+static void live_key(struct stor_key *k, uint32_t seg)
+{
+	stor_key_init(k, STOR_KEY_LIVE);
+	stor_key_u32(k, seg);
+}
+
+/* Puts the new absolute live counts into the batch. */
+static int live_to_batch(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	for (size_t i = 0; i < j->live_delta.count; i++) {
+		struct jnl_live *d = &j->live_delta.items[i];
+		uint64_t now = live_bytes(j, d->seg), next = now + d->bytes;
+		/* Wrapped past zero or beyond any file: the accounting is wrong,
+		 * which only a damaged store explains. */
+		if ((int64_t)d->bytes < 0 ? next > now : next < now) {
+			stor_jnl_live_discard(db);
+			return stor_err(db, error_r, "%s: store is corrupted: live bytes of journal "
+					"segment %u", db->dir, d->seg);
+		}
+		struct stor_key k;
+		live_key(&k, d->seg);
+		if (next == 0) {
+			stor_batch_del(wb, &k);
+		} else {
+			unsigned char v[8];
+			for (int b = 0; b < 8; b++)
+				v[b] = (unsigned char)(next >> (56 - 8 * b));
+			stor_batch_put(wb, &k, v, sizeof(v));
+		}
+		d->bytes = next; /* now the absolute value, applied on success */
+	}
+	return 0;
+}
+
+static void live_commit(struct stor_journal *j)
+{
+	for (size_t i = 0; i < j->live_delta.count; i++) {
+		uint64_t *b = live_slot(&j->live, j->live_delta.items[i].seg, true);
+		*b = j->live_delta.items[i].bytes;
+	}
+	j->live_delta.count = 0;
+}
+
+static int live_load(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_key_init(&prefix, STOR_KEY_LIVE);
+	j->live.count = 0;
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		size_t vlen;
+		const unsigned char *v = (const unsigned char *)leveldb_iter_value(it, &vlen);
+		if (klen != 5 || vlen != 8) {
+			ret = stor_err_corrupt(db, error_r, "journal live bytes");
+			break;
+		}
+		struct jnl_live l = { stor_be32(key + 1), stor_be64(v) };
+		ARRAY_PUSH(&j->live, l);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	return ret;
+}
+
+/* ---- Segments ---- */
+
+static void rfd_forget(struct stor_journal *j, uint32_t seg)
+{
+	for (unsigned i = 0; i < JNL_READ_FDS; i++) {
+		if (j->rfd[i].fd >= 0 && j->rfd[i].seg == seg) {
+			close(j->rfd[i].fd);
+			j->rfd[i].fd = -1;
+		}
+	}
+}
+
+static int seg_read_fd(struct stor_db *db, uint32_t seg, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (seg == j->seg)
+		return j->fd;
+	for (unsigned i = 0; i < JNL_READ_FDS; i++) {
+		if (j->rfd[i].fd >= 0 && j->rfd[i].seg == seg)
+			return j->rfd[i].fd;
+	}
+	char *path = seg_path(j, seg);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		stor_err(db, error_r, "%s: store is corrupted: cannot open journal segment: %s",
+			 path, strerror(errno));
+		free(path);
+		return -1;
+	}
+	free(path);
+	struct jnl_read_fd *slot = &j->rfd[j->rfd_next++ % JNL_READ_FDS];
+	if (slot->fd >= 0)
+		close(slot->fd);
+	slot->seg = seg;
+	slot->fd = fd;
+	return fd;
+}
+
+/* The segment numbers present, sorted. */
+static int list_segments(struct stor_db *db, seg_array *segs, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	DIR *d = opendir(j->dir);
+	if (d == NULL)
+		return jnl_err_errno(db, error_r, "opendir", j->dir);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		char *end;
+		if (strlen(de->d_name) != 14 || strcmp(de->d_name + 10, ".jnl") != 0)
+			continue;
+		unsigned long n = strtoul(de->d_name, &end, 10);
+		if (end != de->d_name + 10 || n == 0 || n > UINT32_MAX)
+			continue;
+		ARRAY_PUSH(segs, (uint32_t)n);
+	}
+	closedir(d);
+	/* Few files: insertion sort. */
+	for (size_t i = 1; i < segs->count; i++) {
+		uint32_t v = segs->items[i];
+		size_t k = i;
+		for (; k > 0 && segs->items[k - 1] > v; k--)
+			segs->items[k] = segs->items[k - 1];
+		segs->items[k] = v;
+	}
+	return 0;
+}
+
+static int open_write_segment(struct stor_db *db, uint32_t seg, bool create,
+			      const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	char *path = seg_path(j, seg);
+	int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0), 0600);
+	if (fd < 0) {
+		jnl_err_errno(db, error_r, "open", path);
+		free(path);
+		return -1;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		jnl_err_errno(db, error_r, "fstat", path);
+		close(fd);
+		free(path);
+		return -1;
+	}
+	free(path);
+	if (create && fsync(j->dir_fd) < 0) {
+		close(fd);
+		return jnl_err_errno(db, error_r, "fsync", j->dir);
+	}
+	if (j->fd >= 0)
+		close(j->fd);
+	rfd_forget(j, seg);
+	j->fd = fd;
+	j->seg = seg;
+	j->end = (uint64_t)st.st_size;
+	j->unsynced = false;
+	return 0;
+}
+
+static int flush_pending(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (j->pending.len == 0)
+		return 0;
+	const unsigned char *p = j->pending.data;
+	size_t left = j->pending.len;
+	uint64_t off = j->end;
+	while (left > 0) {
+		ssize_t n = pwrite(j->fd, p, left, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int err = n < 0 ? errno : ENOSPC;
+			/* Cut the partial record off, or later records would sit
+			 * behind a torn one and be dropped at the next open. */
+			if (ftruncate(j->fd, (off_t)j->end) < 0)
+				j->broken = true;
+			buf_reset(&j->pending);
+			errno = err;
+			char *path = seg_path(j, j->seg);
+			jnl_err_errno(db, error_r, "write", path);
+			free(path);
+			return -1;
+		}
+		p += n;
+		left -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	j->end = off;
+	j->unsynced = true;
+	buf_reset(&j->pending);
+	return 0;
+}
+
+static int sync_segment(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (flush_pending(db, error_r) < 0)
+		return -1;
+	if (!j->unsynced)
+		return 0;
+	if (fdatasync(j->fd) < 0) {
+		/* After a failed fdatasync the kernel may have dropped the
+		 * dirty pages: nothing written since the last good one can be
+		 * trusted to be on disk. */
+		j->broken = true;
+		char *path = seg_path(j, j->seg);
+		jnl_err_errno(db, error_r, "fdatasync", path);
+		free(path);
+		return -1;
+	}
+	j->unsynced = false;
+	return 0;
+}
+
+static int check_usable(struct stor_db *db, const char **error_r)
+{
+	if (!db->jnl->broken)
+		return 0;
+	return stor_err(db, error_r, "%s: a write to the store failed earlier; "
+			"restart the node to recover the store", db->dir);
+}
+
+/* Deletes segments before the checkpoint that hold no live text. */
+static void delete_dead_segments(struct stor_db *db)
+{
+	struct stor_journal *j = db->jnl;
+	seg_array segs = ARRAY_INIT;
+	const char *error;
+	if (list_segments(db, &segs, &error) < 0) {
+		log_warnx("%s", error);
+		return;
+	}
+	/* A text being written is not live yet, but its chunks are needed. */
+	uint32_t below = j->ckpt_seg;
+	for (size_t i = 0; i < j->pins.count; i++) {
+		if (j->pins.items[i] < below)
+			below = j->pins.items[i];
+	}
+	bool deleted = false;
+	for (size_t i = 0; i < segs.count; i++) {
+		uint32_t s = segs.items[i];
+		if (s >= below || live_bytes(j, s) != 0)
+			continue;
+		rfd_forget(j, s);
+		char *path = seg_path(j, s);
+		if (unlink(path) < 0)
+			log_warnx("%s: cannot delete journal segment: %s", path, strerror(errno));
+		else
+			deleted = true;
+		free(path);
+	}
+	ARRAY_FREE(&segs);
+	if (deleted)
+		(void)fsync(j->dir_fd);
+}
+
+/* Makes LevelDB's state durable as of the journal's current end, so that
+ * opening replays only what comes after. */
+int stor_jnl_checkpoint(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (check_usable(db, error_r) < 0 || sync_segment(db, error_r) < 0)
+		return -1;
+	unsigned char v[12];
+	for (int b = 0; b < 4; b++)
+		v[b] = (unsigned char)(j->seg >> (24 - 8 * b));
+	for (int b = 0; b < 8; b++)
+		v[4 + b] = (unsigned char)(j->end >> (56 - 8 * b));
+	struct stor_key k;
+	stor_key_init(&k, STOR_KEY_INTERNAL);
+	stor_key_bytes(&k, ckpt_name, sizeof(ckpt_name) - 1);
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	stor_batch_put(wb, &k, v, sizeof(v));
+	int ret = stor_db_write_synced(db, wb, error_r);
+	leveldb_writebatch_destroy(wb);
+	if (ret < 0)
+		return -1;
+	j->ckpt_seg = j->seg;
+	j->ckpt_off = j->end;
+	delete_dead_segments(db);
+	j->compact_check = true;
+	return 0;
+}
+
+static int rotate(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (sync_segment(db, error_r) < 0)
+		return -1;
+	if (j->seg == UINT32_MAX)
+		return stor_err(db, error_r, "%s: journal segment numbers exhausted", j->dir);
+	if (open_write_segment(db, j->seg + 1, true, error_r) < 0)
+		return -1;
+	return stor_jnl_checkpoint(db, error_r);
+}
+
+/* Starts a new segment first when a record of len bytes would overflow
+ * this one (a record bigger than a segment gets a segment of its own). */
+static int reserve(struct stor_db *db, size_t len, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	uint64_t used = j->end + j->pending.len;
+	if (used == 0 || used + JNL_HDR + len <= j->segment_max)
+		return 0;
+	return rotate(db, error_r);
+}
+
+/* ---- Writing ---- */
+
+int stor_jnl_add_text(struct stor_db *db, const struct guid *guid, uint32_t idx,
+		      const void *data, size_t len, struct stor_extent *ext_r,
+		      const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (check_usable(db, error_r) < 0)
+		return -1;
+	if (len > STOR_TEXT_CHUNK)
+		return stor_err(db, error_r, "text chunk too big");
+	if (reserve(db, JNL_TEXT_HDR + len, error_r) < 0)
+		return -1;
+	unsigned char th[JNL_TEXT_HDR];
+	memcpy(th, guid->b, GUID_SIZE);
+	put_le32(th + GUID_SIZE, idx);
+	ext_r->seg = j->seg;
+	ext_r->off = j->end + j->pending.len;
+	ext_r->len = (uint32_t)len;
+	if (idx == 0)
+		ARRAY_PUSH(&j->pins, j->seg);
+	pending_record(j, JNL_REC_TEXT, th, sizeof(th), data, len);
+	if (j->pending.len >= JNL_FLUSH_AT)
+		return flush_pending(db, error_r);
+	return 0;
+}
+
+void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first)
+{
+	struct stor_journal *j = db->jnl;
+	for (size_t i = 0; i < j->pins.count; i++) {
+		if (j->pins.items[i] == first->seg) {
+			j->pins.items[i] = j->pins.items[--j->pins.count];
+			return;
+		}
+	}
+}
+
+static void ser_put(void *ctx, const char *k, size_t klen, const char *v, size_t vlen)
+{
+	struct buf *out = ctx;
+	unsigned char h[5];
+	h[0] = JNL_OP_PUT;
+	put_le32(h + 1, (uint32_t)klen);
+	buf_append(out, h, 5);
+	buf_append(out, k, klen);
+	put_le32(h, (uint32_t)vlen);
+	buf_append(out, h, 4);
+	buf_append(out, v, vlen);
+}
+
+static void ser_del(void *ctx, const char *k, size_t klen)
+{
+	struct buf *out = ctx;
+	unsigned char h[5];
+	h[0] = JNL_OP_DEL;
+	put_le32(h + 1, (uint32_t)klen);
+	buf_append(out, h, 5);
+	buf_append(out, k, klen);
+}
+
+int stor_jnl_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (check_usable(db, error_r) < 0 || live_to_batch(db, wb, error_r) < 0) {
+		stor_jnl_live_discard(db);
+		return -1;
+	}
+	struct buf ser = BUF_INIT;
+	leveldb_writebatch_iterate(wb, &ser, ser_put, ser_del);
+	if (ser.len > JNL_MAX_RECORD) {
+		buf_free(&ser);
+		stor_jnl_live_discard(db);
+		return stor_err(db, error_r, "change too big for one write (%zu bytes)", ser.len);
+	}
+	int ret = reserve(db, ser.len, error_r);
+	if (ret == 0) {
+		pending_record(j, JNL_REC_BATCH, ser.data, ser.len, NULL, 0);
+		ret = flush_pending(db, error_r);
+	}
+	buf_free(&ser);
+	if (ret < 0) {
+		stor_jnl_live_discard(db);
+		return -1;
+	}
+	char *lerr = NULL;
+	leveldb_write(db->ldb, db->wopts, wb, &lerr);
+	if (lerr != NULL) {
+		/* The journal holds a change LevelDB refused: only a replay at
+		 * the next open can make the two agree again. */
+		j->broken = true;
+		stor_jnl_live_discard(db);
+		return stor_err_leveldb(db, error_r, "write", lerr);
+	}
+	live_commit(j);
+	return 0;
+}
+
+int stor_jnl_sync(struct stor_db *db, const char **error_r)
+{
+	if (check_usable(db, error_r) < 0)
+		return -1;
+	return sync_segment(db, error_r);
+}
+
+/* ---- Reading ---- */
+
+int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
+		  const struct stor_extent *ext, uint64_t from, uint64_t len, struct buf *out,
+		  const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	char hex[GUID_HEX_SIZE];
+	if (ext->seg == j->seg && ext->off + text_record_size(ext->len) > j->end &&
+	    flush_pending(db, error_r) < 0)
+		return -1;
+	int fd = seg_read_fd(db, ext->seg, error_r);
+	if (fd < 0)
+		return -1;
+	size_t total = (size_t)text_record_size(ext->len);
+	unsigned char *rec = xmalloc(total);
+	int ret = 0;
+	if (pread_all(fd, rec, total, ext->off) < 0) {
+		ret = -1;
+	} else {
+		uint32_t crc = get_le32(rec);
+		uint32_t plen = get_le32(rec + 4);
+		if (plen != JNL_TEXT_HDR + ext->len || rec[8] != JNL_REC_TEXT ||
+		    rec_crc(rec + 4, rec + JNL_HDR, plen) != crc ||
+		    memcmp(rec + JNL_HDR, guid->b, GUID_SIZE) != 0 ||
+		    get_le32(rec + JNL_HDR + GUID_SIZE) != idx)
+			ret = -1;
+	}
+	if (ret < 0) {
+		guid_to_hex(guid, hex);
+		stor_err(db, error_r, "%s: store is corrupted: text %s chunk %u in journal "
+			 "segment %u at %llu is damaged or missing", db->dir, hex, idx, ext->seg,
+			 (unsigned long long)ext->off);
+	} else if (from < ext->len) {
+		uint64_t n = ext->len - from < len ? ext->len - from : len;
+		buf_append(out, rec + JNL_HDR + JNL_TEXT_HDR + from, (size_t)n);
+	}
+	free(rec);
+	return ret;
+}
+
+/* ---- Compaction ---- */
+
+static bool extent_eq(const struct stor_extent *a, uint32_t seg, uint64_t off)
+{
+	return a->seg == seg && a->off == off;
+}
+
+/* Rewrites one text into the current segment and points its record there. */
+static int move_text(struct stor_db *db, const struct guid *guid, const stor_extent_list *old,
+		     const char **error_r)
+{
+	struct buf text = BUF_INIT;
+	stor_extent_list moved = ARRAY_INIT;
+	int ret = 0;
+	for (size_t i = 0; i < old->count && ret == 0; i++) {
+		buf_reset(&text);
+		ret = stor_jnl_read(db, guid, (uint32_t)i, &old->items[i], 0, old->items[i].len,
+				    &text, error_r);
+		struct stor_extent e;
+		if (ret == 0)
+			ret = stor_jnl_add_text(db, guid, (uint32_t)i, text.data, text.len, &e,
+						error_r);
+		if (ret == 0)
+			ARRAY_PUSH(&moved, e);
+	}
+	buf_free(&text);
+	if (ret == 0) {
+		leveldb_writebatch_t *wb = leveldb_writebatch_create();
+		struct stor_key k;
+		struct buf v = BUF_INIT;
+		stor_extents_encode(moved.items, moved.count, &v);
+		stor_key_init(&k, STOR_KEY_EXTENTS);
+		stor_key_guid(&k, guid);
+		stor_batch_put(wb, &k, v.data, v.len);
+		buf_free(&v);
+		stor_jnl_live(db, old->items, old->count, -1);
+		stor_jnl_live(db, moved.items, moved.count, 1);
+		ret = stor_db_write(db, wb, error_r);
+		leveldb_writebatch_destroy(wb);
+	}
+	if (moved.count > 0)
+		stor_jnl_unpin(db, &moved.items[0]);
+	ARRAY_FREE(&moved);
+	return ret;
+}
+
+/* Picks a segment worth compacting: not the current one, more than half
+ * of it dead. */
+static void compact_pick(struct stor_db *db)
+{
+	struct stor_journal *j = db->jnl;
+	seg_array segs = ARRAY_INIT;
+	const char *error;
+	j->compact_check = false;
+	if (list_segments(db, &segs, &error) < 0) {
+		log_warnx("%s", error);
+		return;
+	}
+	for (size_t i = 0; i < segs.count && j->compact_seg == 0; i++) {
+		uint32_t s = segs.items[i];
+		uint64_t live = live_bytes(j, s);
+		if (s >= j->seg || live == 0)
+			continue;
+		char *path = seg_path(j, s);
+		struct stat st;
+		if (stat(path, &st) == 0 && live < (uint64_t)st.st_size / 2) {
+			j->compact_seg = s;
+			j->compact_off = 0;
+			j->compact_size = (uint64_t)st.st_size;
+		}
+		free(path);
+	}
+	ARRAY_FREE(&segs);
+}
+
+bool stor_jnl_compact_due(struct stor_db *db)
+{
+	return db->jnl->compact_seg != 0 || db->jnl->compact_check;
+}
+
+int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (j->compact_seg == 0 && j->compact_check)
+		compact_pick(db);
+	if (j->compact_seg == 0)
+		return 0;
+	uint32_t s = j->compact_seg;
+	int fd = seg_read_fd(db, s, error_r);
+	if (fd < 0) {
+		j->compact_seg = 0;
+		return -1;
+	}
+	uint64_t done = 0;
+	int ret = 0;
+	while (ret == 0 && done < budget && j->compact_off + JNL_HDR <= j->compact_size) {
+		unsigned char h[JNL_HDR + JNL_TEXT_HDR];
+		uint64_t off = j->compact_off;
+		size_t want = j->compact_size - off < sizeof(h) ? (size_t)(j->compact_size - off) :
+			sizeof(h);
+		if (pread_all(fd, h, want, off) < 0)
+			break;
+		uint32_t plen = get_le32(h + 4);
+		if (plen > j->compact_size - off - JNL_HDR)
+			break; /* a segment never ends in a torn record; stop anyway */
+		j->compact_off = off + JNL_HDR + plen;
+		if (h[8] != JNL_REC_TEXT || plen < JNL_TEXT_HDR || want < sizeof(h))
+			continue;
+		struct guid guid;
+		memcpy(guid.b, h + JNL_HDR, GUID_SIZE);
+		uint32_t idx = get_le32(h + JNL_HDR + GUID_SIZE);
+		stor_extent_list ext = ARRAY_INIT;
+		int r = stor_text_extents_get(db, &guid, &ext, error_r);
+		if (r < 0)
+			ret = -1;
+		else if (r > 0 && idx < ext.count && extent_eq(&ext.items[idx], s, off)) {
+			for (size_t i = 0; i < ext.count; i++)
+				done += ext.items[i].len;
+			ret = move_text(db, &guid, &ext, error_r);
+		}
+		ARRAY_FREE(&ext);
+	}
+	if (ret == 0 && j->compact_off + JNL_HDR > j->compact_size) {
+		/* Its texts now live elsewhere: the next checkpoint deletes it. */
+		j->compact_seg = 0;
+		j->compact_check = true;
+	}
+	return ret;
+}
+
+/* ---- Open and replay ---- */
+
+static int apply_batch(struct stor_db *db, const unsigned char *p, size_t len,
+		       const char **error_r)
+{
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	size_t pos = 0;
+	int ret = 0;
+	while (pos < len) {
+		if (len - pos < 5 || (p[pos] != JNL_OP_PUT && p[pos] != JNL_OP_DEL)) {
+			ret = -1;
+			break;
+		}
+		uint8_t op = p[pos];
+		uint32_t klen = get_le32(p + pos + 1);
+		pos += 5;
+		if (klen > len - pos) {
+			ret = -1;
+			break;
+		}
+		const unsigned char *key = p + pos;
+		pos += klen;
+		if (op == JNL_OP_DEL) {
+			leveldb_writebatch_delete(wb, (const char *)key, klen);
+			continue;
+		}
+		if (len - pos < 4) {
+			ret = -1;
+			break;
+		}
+		uint32_t vlen = get_le32(p + pos);
+		pos += 4;
+		if (vlen > len - pos) {
+			ret = -1;
+			break;
+		}
+		leveldb_writebatch_put(wb, (const char *)key, klen, (const char *)p + pos, vlen);
+		pos += vlen;
+	}
+	if (ret < 0) {
+		stor_err(db, error_r, "%s: store is corrupted: a journal record does not decode",
+			 db->dir);
+	} else {
+		char *lerr = NULL;
+		leveldb_write(db->ldb, db->wopts, wb, &lerr);
+		if (lerr != NULL)
+			ret = stor_err_leveldb(db, error_r, "write", lerr);
+	}
+	leveldb_writebatch_destroy(wb);
+	return ret;
+}
+
+/* Cuts the segment at off.  Without a record of how far the last sync got,
+ * a torn write and damage in the unsynced tail look alike, so the bytes cut
+ * are kept beside the segment for the administrator. */
+static int cut_tail(struct stor_db *db, int fd, const char *path, uint64_t off, uint64_t size,
+		    const char **error_r)
+{
+	char *cut = xasprintf("%s.cut-%llu", path, (unsigned long long)off);
+	int out = open(cut, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int ret = 0;
+	if (out < 0) {
+		ret = jnl_err_errno(db, error_r, "open", cut);
+	} else {
+		unsigned char tmp[65536];
+		for (uint64_t pos = off; pos < size && ret == 0;) {
+			size_t n = size - pos < sizeof(tmp) ? (size_t)(size - pos) : sizeof(tmp);
+			if (pread_all(fd, tmp, n, pos) < 0 || pwrite(out, tmp, n, (off_t)(pos - off)) != (ssize_t)n)
+				ret = jnl_err_errno(db, error_r, "copy", cut);
+			pos += n;
+		}
+		if (ret == 0 && fsync(out) < 0)
+			ret = jnl_err_errno(db, error_r, "fsync", cut);
+		close(out);
+	}
+	if (ret == 0) {
+		log_warnx("%s: cut off %llu bytes of a write that never completed (kept in %s)",
+			  path, (unsigned long long)(size - off), cut);
+		if (ftruncate(fd, (off_t)off) < 0 || fdatasync(fd) < 0)
+			ret = jnl_err_errno(db, error_r, "truncate", path);
+	}
+	free(cut);
+	return ret;
+}
+
+/* Replays the batches of one segment from start.  A record that is cut
+ * short or fails its CRC ends the last segment (the write it belonged to
+ * was never acknowledged: cut it off); anywhere else it is corruption. */
+static int replay_segment(struct stor_db *db, uint32_t seg, uint64_t start, bool last,
+			  unsigned *applied, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	char *path = seg_path(j, seg);
+	int ret = 0;
+	int fd = open(path, (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		ret = stor_err(db, error_r, "%s: cannot open journal segment: %s", path,
+			       strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		free(path);
+		return ret;
+	}
+	uint64_t size = (uint64_t)st.st_size, off = start;
+	struct buf payload = BUF_INIT;
+	bool torn = false;
+	if (off > size)
+		torn = true; /* checkpoint past the end: cannot happen unless damaged */
+	while (!torn && ret == 0 && off < size) {
+		unsigned char h[JNL_HDR];
+		if (size - off < JNL_HDR || pread_all(fd, h, JNL_HDR, off) < 0) {
+			torn = true;
+			break;
+		}
+		uint32_t plen = get_le32(h + 4);
+		if (plen > JNL_MAX_RECORD || plen > size - off - JNL_HDR) {
+			torn = true;
+			break;
+		}
+		buf_reset(&payload);
+		unsigned char *p = buf_reserve(&payload, plen + 1);
+		if (pread_all(fd, p, plen, off + JNL_HDR) < 0 ||
+		    rec_crc(h + 4, p, plen) != get_le32(h)) {
+			torn = true;
+			break;
+		}
+		if (h[8] == JNL_REC_BATCH) {
+			ret = apply_batch(db, p, plen, error_r);
+			(*applied)++;
+		} else if (h[8] != JNL_REC_TEXT || plen < JNL_TEXT_HDR) {
+			ret = stor_err(db, error_r, "%s: store is corrupted: unknown journal record "
+				       "at %llu", path, (unsigned long long)off);
+		}
+		off += JNL_HDR + plen;
+	}
+	buf_free(&payload);
+	if (ret == 0 && torn) {
+		if (!last || off < start) {
+			ret = stor_err(db, error_r, "%s: store is corrupted: damaged journal record "
+				       "at %llu", path, (unsigned long long)off);
+		} else {
+			ret = cut_tail(db, fd, path, off, size, error_r);
+		}
+	}
+	close(fd);
+	free(path);
+	return ret;
+}
+
+static int internal_get(struct stor_db *db, const char *name, char **v_r, size_t *len_r,
+			const char **error_r)
+{
+	struct stor_key k;
+	stor_key_init(&k, STOR_KEY_INTERNAL);
+	stor_key_bytes(&k, name, strlen(name));
+	return stor_db_get(db, &k, v_r, len_r, error_r);
+}
+
+/* A new store gets the format mark; a store without one was made before
+ * the journal existed and cannot be read. */
+static int check_format(struct stor_db *db, const char **error_r)
+{
+	char *v;
+	size_t len;
+	int ret = internal_get(db, format_name, &v, &len, error_r);
+	if (ret < 0)
+		return -1;
+	if (ret > 0) {
+		bool ok = len == 1 && (unsigned char)v[0] == STORE_FORMAT;
+		unsigned fmt = len == 1 ? (unsigned char)v[0] : 0;
+		free(v);
+		if (!ok)
+			return stor_err(db, error_r, "%s: store format %u is not supported "
+					"(this Starling reads format %d)", db->dir, fmt,
+					STORE_FORMAT);
+		return 0;
+	}
+	leveldb_iterator_t *it = leveldb_create_iterator(db->ldb, db->ropts);
+	leveldb_iter_seek_to_first(it);
+	bool empty = !leveldb_iter_valid(it);
+	if (stor_iter_end(db, it, error_r) < 0)
+		return -1;
+	if (!empty)
+		return stor_err(db, error_r, "%s: store was made by an older Starling without a "
+				"journal; move it away and let the node resync", db->dir);
+	struct stor_key k;
+	unsigned char f = STORE_FORMAT;
+	stor_key_init(&k, STOR_KEY_INTERNAL);
+	stor_key_bytes(&k, format_name, sizeof(format_name) - 1);
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	stor_batch_put(wb, &k, &f, 1);
+	ret = stor_db_write_synced(db, wb, error_r);
+	leveldb_writebatch_destroy(wb);
+	return ret;
+}
+
+int stor_jnl_open(struct stor_db *db, uint64_t segment_max, const char **error_r)
+{
+	struct stor_journal *j = xcalloc(1, sizeof(*j));
+	db->jnl = j;
+	j->fd = -1;
+	j->dir_fd = -1;
+	for (unsigned i = 0; i < JNL_READ_FDS; i++)
+		j->rfd[i].fd = -1;
+	j->segment_max = segment_max != 0 ? segment_max : STOR_SEGMENT_DEFAULT;
+	j->dir = xasprintf("%s/journal", db->dir);
+	if (check_format(db, error_r) < 0)
+		return -1;
+	if (mkdir(j->dir, 0700) < 0 && errno != EEXIST)
+		return jnl_err_errno(db, error_r, "mkdir", j->dir);
+	j->dir_fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (j->dir_fd < 0)
+		return jnl_err_errno(db, error_r, "open", j->dir);
+
+	char *v;
+	size_t len;
+	int ret = internal_get(db, ckpt_name, &v, &len, error_r);
+	if (ret < 0)
+		return -1;
+	if (ret > 0) {
+		if (len != 12) {
+			free(v);
+			return stor_err_corrupt(db, error_r, "journal checkpoint");
+		}
+		j->ckpt_seg = stor_be32((unsigned char *)v);
+		j->ckpt_off = stor_be64((unsigned char *)v + 4);
+		free(v);
+	}
+	seg_array segs = ARRAY_INIT;
+	if (list_segments(db, &segs, error_r) < 0)
+		return -1;
+	uint32_t first = j->ckpt_seg != 0 ? j->ckpt_seg : 1;
+	unsigned applied = 0;
+	uint32_t expect = first;
+	for (size_t i = 0; i < segs.count && ret >= 0; i++) {
+		uint32_t s = segs.items[i];
+		if (s < first)
+			continue;
+		if (s != expect) {
+			ret = stor_err(db, error_r, "%s: store is corrupted: journal segment %u is "
+				       "missing", j->dir, expect);
+			break;
+		}
+		expect++;
+		ret = replay_segment(db, s, s == j->ckpt_seg ? j->ckpt_off : 0,
+				     i + 1 == segs.count, &applied, error_r);
+	}
+	ARRAY_FREE(&segs);
+	if (ret < 0)
+		return -1;
+	if (expect == first && j->ckpt_seg != 0 && j->ckpt_off != 0)
+		return stor_err(db, error_r, "%s: store is corrupted: journal segment %u is missing",
+				j->dir, first);
+	/* expect is one past the last segment replayed (or first when none). */
+	if (expect == first) {
+		if (open_write_segment(db, first, true, error_r) < 0)
+			return -1;
+	} else if (open_write_segment(db, expect - 1, false, error_r) < 0) {
+		return -1;
+	}
+	if (live_load(db, error_r) < 0)
+		return -1;
+	if (applied > 0)
+		log_info("%s: replayed %u changes from the journal", db->dir, applied);
+	j->compact_check = true;
+	return stor_jnl_checkpoint(db, error_r);
+}
+
+void stor_jnl_close(struct stor_db *db)
+{
+	struct stor_journal *j = db->jnl;
+	if (j == NULL)
+		return;
+	db->jnl = NULL;
+	for (unsigned i = 0; i < JNL_READ_FDS; i++) {
+		if (j->rfd[i].fd >= 0)
+			close(j->rfd[i].fd);
+	}
+	if (j->fd >= 0)
+		close(j->fd);
+	if (j->dir_fd >= 0)
+		close(j->dir_fd);
+	buf_free(&j->pending);
+	ARRAY_FREE(&j->live);
+	ARRAY_FREE(&j->live_delta);
+	ARRAY_FREE(&j->pins);
+	free(j->dir);
+	free(j);
+}

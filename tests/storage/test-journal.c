@@ -1,0 +1,444 @@
+/* Tests of the journal (storage-journal.c): replay after a crash, a torn
+ * last record, segments deleted and compacted as mail is expunged, and
+ * stores it cannot read. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <leveldb/c.h>
+
+#include "lib/xalloc.h"
+#include "storage/storage-private.h"
+#include "tests/storage/tests.h"
+
+#define SMALL_SEGMENT (64 * 1024)
+
+static struct stor_db *open_dir(const char *dir, uint64_t segment)
+{
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *error = NULL;
+	memset(&set, 0, sizeof(set));
+	set.dir = dir;
+	set.journal_segment_size = segment;
+	if (stor_open(&set, &db, &error) < 0) {
+		fprintf(stderr, "stor_open: %s\n", error);
+		free(error);
+	}
+	return db;
+}
+
+static char *dump(struct stor_db *db)
+{
+	struct buf out = BUF_INIT;
+	const char *error;
+	CU_ASSERT_EQUAL(stor_dump_user(db, "alice", &out, &error), 0);
+	buf_append_byte(&out, '\0');
+	return (char *)buf_steal(&out, NULL);
+}
+
+/* Segment files and their total size. */
+static unsigned count_segments(const char *dir, uint64_t *bytes_r, unsigned *cut_r)
+{
+	char *jdir = xasprintf("%s/journal", dir);
+	DIR *d = opendir(jdir);
+	unsigned n = 0, cut = 0;
+	uint64_t bytes = 0;
+	struct dirent *de;
+	while (d != NULL && (de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name);
+		if (strstr(de->d_name, ".cut-") != NULL) {
+			cut++;
+			continue;
+		}
+		if (len < 4 || strcmp(de->d_name + len - 4, ".jnl") != 0)
+			continue;
+		char *path = xasprintf("%s/%s", jdir, de->d_name);
+		struct stat st;
+		if (stat(path, &st) == 0)
+			bytes += (uint64_t)st.st_size;
+		free(path);
+		n++;
+	}
+	if (d != NULL)
+		closedir(d);
+	free(jdir);
+	if (bytes_r != NULL)
+		*bytes_r = bytes;
+	if (cut_r != NULL)
+		*cut_r = cut;
+	return n;
+}
+
+static char *last_segment_path(const char *dir)
+{
+	char *jdir = xasprintf("%s/journal", dir);
+	DIR *d = opendir(jdir);
+	char best[256] = "";
+	struct dirent *de;
+	while (d != NULL && (de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name);
+		if (len == 14 && strcmp(de->d_name + 10, ".jnl") == 0 && strcmp(de->d_name, best) > 0)
+			snprintf(best, sizeof(best), "%s", de->d_name);
+	}
+	if (d != NULL)
+		closedir(d);
+	char *path = xasprintf("%s/%s", jdir, best);
+	free(jdir);
+	return path;
+}
+
+static void text_of(unsigned i, char *buf, size_t size)
+{
+	/* 4 KiB-ish texts that differ from message to message. */
+	size_t n = (size_t)snprintf(buf, size, "Subject: message %u\r\n\r\n", i);
+	while (n + 1 < size) {
+		buf[n] = (char)('a' + (i + n) % 26);
+		n++;
+	}
+	buf[n] = '\0';
+}
+
+static void check_text(struct stor_db *db, const struct guid *mb, uint32_t uid, unsigned i)
+{
+	struct stor_msg msg;
+	const char *error = NULL;
+	char want[4000];
+	text_of(i, want, sizeof(want));
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(db, mb, uid, &msg, &error), 1);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(db, &msg.guid, 0, msg.size, &out, &error), 0);
+	CU_ASSERT(out.len == strlen(want) && memcmp(out.data, want, out.len) == 0);
+	buf_free(&out);
+	stor_msg_free(&msg);
+}
+
+/* Copies the regular files of from (LevelDB's, not the journal directory)
+ * into to, after deleting the regular files there. */
+static void copy_files(const char *from, const char *to)
+{
+	DIR *d = opendir(to);
+	struct dirent *de;
+	while (d != NULL && (de = readdir(d)) != NULL) {
+		char *path = xasprintf("%s/%s", to, de->d_name);
+		struct stat st;
+		if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
+			unlink(path);
+		free(path);
+	}
+	if (d != NULL)
+		closedir(d);
+	d = opendir(from);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+	while ((de = readdir(d)) != NULL) {
+		char *src = xasprintf("%s/%s", from, de->d_name);
+		char *dst = xasprintf("%s/%s", to, de->d_name);
+		struct stat st;
+		if (lstat(src, &st) == 0 && S_ISREG(st.st_mode)) {
+			FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+			CU_ASSERT(in != NULL && out != NULL);
+			char tmp[65536];
+			size_t n;
+			while (in != NULL && out != NULL && (n = fread(tmp, 1, sizeof(tmp), in)) > 0)
+				CU_ASSERT_EQUAL(fwrite(tmp, 1, n, out), n);
+			if (in != NULL)
+				fclose(in);
+			if (out != NULL)
+				fclose(out);
+		}
+		free(src);
+		free(dst);
+	}
+	closedir(d);
+}
+
+static void test_changes_only_in_journal_are_replayed(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	char text[4000];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	for (unsigned i = 1; i <= 3; i++) {
+		text_of(i, text, sizeof(text));
+		tappend(t.db, &g, 0, text, 0);
+	}
+	stor_close(&t.db);
+	char *saved = test_mkdtemp();
+	copy_files(t.dir, saved);
+	t.db = open_dir(t.dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	for (unsigned i = 4; i <= 5; i++) {
+		text_of(i, text, sizeof(text));
+		tappend(t.db, &g, 0, text, 0);
+	}
+	struct stor_store req;
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_FLAGGED;
+	uint32_t uid = 2;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error), 0);
+	uid = 1;
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &uid, 1, 0, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	char *before = dump(t.db);
+	stor_test_abandon(&t.db);
+	/* LevelDB loses everything since the checkpoint; the journal has it. */
+	copy_files(saved, t.dir);
+	test_rmtree(saved);
+	free(saved);
+
+	t.db = open_dir(t.dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	char *after = dump(t.db);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	struct stor_mailbox mb;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mb, &error), 1);
+	CU_ASSERT_EQUAL(mb.messages, 4);
+	CU_ASSERT_EQUAL(mb.uidnext, 6);
+	stor_mailbox_free(&mb);
+	struct stor_msg msg;
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 1, &msg, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 2, &msg, &error), 1);
+	CU_ASSERT(msg.flags & STOR_FLAG_FLAGGED);
+	stor_msg_free(&msg);
+	for (unsigned i = 2; i <= 5; i++)
+		check_text(t.db, &g, i, i);
+	tcheck(t.db, &g);
+	free(before);
+	free(after);
+	tstore_close(&t);
+}
+
+static void test_replaying_what_leveldb_has_changes_nothing(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	char text[4000];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	for (unsigned i = 1; i <= 20; i++) {
+		text_of(i, text, sizeof(text));
+		tappend(t.db, &g, 0, text, i % 2 ? STOR_FLAG_SEEN : 0);
+	}
+	uint32_t uids[] = { 3, 7 };
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, uids, 2, 0, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	char *before = dump(t.db);
+	/* A crash: no checkpoint, so opening replays batches LevelDB has. */
+	stor_test_abandon(&t.db);
+	t.db = open_dir(t.dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	char *after = dump(t.db);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	tcheck(t.db, &g);
+	free(before);
+	free(after);
+	tstore_close(&t);
+}
+
+static void test_torn_last_record_is_cut_and_kept_aside(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	char text[4000];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	for (unsigned i = 1; i <= 4; i++) {
+		text_of(i, text, sizeof(text));
+		tappend(t.db, &g, 0, text, 0);
+	}
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	char *before = dump(t.db);
+	stor_test_abandon(&t.db);
+	/* Half a record: a header announcing more bytes than follow. */
+	char *seg = last_segment_path(t.dir);
+	struct stat st;
+	CU_ASSERT_EQUAL_FATAL(stat(seg, &st), 0);
+	int fd = open(seg, O_WRONLY | O_APPEND);
+	CU_ASSERT_FATAL(fd >= 0);
+	unsigned char torn[40] = { 0x12, 0x34, 0x56, 0x78, 0x00, 0x10, 0x00, 0x00, 'B' };
+	CU_ASSERT_EQUAL(write(fd, torn, sizeof(torn)), (ssize_t)sizeof(torn));
+	close(fd);
+
+	t.db = open_dir(t.dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	char *after = dump(t.db);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	struct stat st2;
+	CU_ASSERT_EQUAL(stat(seg, &st2), 0);
+	CU_ASSERT_EQUAL(st2.st_size, st.st_size);
+	unsigned cut = 0;
+	count_segments(t.dir, NULL, &cut);
+	CU_ASSERT_EQUAL(cut, 1);
+	/* Writing goes on after the cut, and survives the next open. */
+	text_of(5, text, sizeof(text));
+	tappend(t.db, &g, 0, text, 0);
+	tstore_reopen(&t);
+	check_text(t.db, &g, 5, 5);
+	tcheck(t.db, &g);
+	free(before);
+	free(after);
+	free(seg);
+	tstore_close(&t);
+}
+
+/* Appends count messages numbered from first; returns nothing, asserts. */
+static void append_many(struct stor_db *db, const struct guid *g, unsigned first, unsigned count)
+{
+	char text[4000];
+	const char *error = NULL;
+	for (unsigned i = first; i < first + count; i++) {
+		text_of(i, text, sizeof(text));
+		tappend(db, g, 0, text, 0);
+		if (i % 8 == 0)
+			CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
+	}
+	CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
+}
+
+static void test_segments_of_expunged_mail_are_deleted(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	t.dir = test_mkdtemp();
+	t.db = open_dir(t.dir, SMALL_SEGMENT);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	append_many(t.db, &g, 1, 100);
+	unsigned full = count_segments(t.dir, NULL, NULL);
+	CU_ASSERT(full >= 6);
+	uint32_t uids[90];
+	for (unsigned i = 0; i < 90; i++)
+		uids[i] = i + 1;
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, uids, 90, 0, NULL, &error), 0);
+	/* New mail fills new segments; the old ones go at the checkpoints. */
+	append_many(t.db, &g, 101, 40);
+	for (unsigned i = 0; i < 50; i++)
+		CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	append_many(t.db, &g, 141, 20);
+	uint64_t bytes = 0;
+	unsigned now = count_segments(t.dir, &bytes, NULL);
+	/* 70 messages of about 4 KiB left: about 280 KiB in 64 KiB segments. */
+	CU_ASSERT(bytes < 480 * 1024);
+	CU_ASSERT(now < full + 6);
+	for (unsigned i = 91; i <= 160; i++)
+		check_text(t.db, &g, i, i);
+	stor_close(&t.db);
+	t.db = open_dir(t.dir, SMALL_SEGMENT);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	for (unsigned i = 91; i <= 160; i++)
+		check_text(t.db, &g, i, i);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_mostly_dead_segments_are_compacted(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	t.dir = test_mkdtemp();
+	t.db = open_dir(t.dir, SMALL_SEGMENT);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	append_many(t.db, &g, 1, 120);
+	uint64_t full_bytes = 0;
+	count_segments(t.dir, &full_bytes, NULL);
+	/* Three of every four go: every segment keeps a few live texts, so
+	 * only moving them frees space. */
+	uint32_t uids[90];
+	unsigned n = 0;
+	for (unsigned i = 1; i <= 120; i++) {
+		if (i % 4 != 0)
+			uids[n++] = i;
+	}
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, uids, n, 0, NULL, &error), 0);
+	for (unsigned round = 0; round < 6; round++) {
+		append_many(t.db, &g, 1000 + round * 20, 20);
+		for (unsigned i = 0; i < 20; i++)
+			CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	}
+	/* 30 old texts and 120 new: about 600 KiB, not the 960 KiB written. */
+	uint64_t bytes = 0;
+	count_segments(t.dir, &bytes, NULL);
+	CU_ASSERT(bytes < full_bytes + 200 * 1024);
+	for (unsigned i = 4; i <= 120; i += 4)
+		check_text(t.db, &g, i, i);
+	stor_close(&t.db);
+	t.db = open_dir(t.dir, SMALL_SEGMENT);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	for (unsigned i = 4; i <= 120; i += 4)
+		check_text(t.db, &g, i, i);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+static void test_store_without_journal_is_refused_clearly(void)
+{
+	char *dir = test_mkdtemp();
+	leveldb_options_t *o = leveldb_options_create();
+	leveldb_options_set_create_if_missing(o, 1);
+	char *lerr = NULL;
+	leveldb_t *l = leveldb_open(o, dir, &lerr);
+	CU_ASSERT_PTR_NULL_FATAL(lerr);
+	leveldb_writeoptions_t *wo = leveldb_writeoptions_create();
+	leveldb_put(l, wo, "Bxxxx", 5, "old", 3, &lerr);
+	CU_ASSERT_PTR_NULL(lerr);
+	leveldb_writeoptions_destroy(wo);
+	leveldb_close(l);
+	leveldb_options_destroy(o);
+
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *error = NULL;
+	memset(&set, 0, sizeof(set));
+	set.dir = dir;
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "older Starling") : NULL);
+	free(error);
+	test_rmtree(dir);
+	free(dir);
+}
+
+static void test_missing_journal_segment_fails_open_clearly(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "hello", 0);
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	stor_close(&t.db);
+	char *seg = last_segment_path(t.dir);
+	CU_ASSERT_EQUAL(unlink(seg), 0);
+	free(seg);
+	struct stor_settings set;
+	char *err = NULL;
+	memset(&set, 0, sizeof(set));
+	set.dir = t.dir;
+	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "missing") : NULL);
+	free(err);
+	t.db = NULL;
+	test_rmtree(t.dir);
+	free(t.dir);
+}
+
+const struct test_case storage_journal_cases[] = {
+	{ "changes only in the journal are replayed on open",
+	  test_changes_only_in_journal_are_replayed },
+	{ "replaying what LevelDB already has changes nothing",
+	  test_replaying_what_leveldb_has_changes_nothing },
+	{ "a torn last record is cut off and kept aside", test_torn_last_record_is_cut_and_kept_aside },
+	{ "segments of expunged mail are deleted", test_segments_of_expunged_mail_are_deleted },
+	{ "mostly dead segments are compacted", test_mostly_dead_segments_are_compacted },
+	{ "a store without a journal is refused clearly",
+	  test_store_without_journal_is_refused_clearly },
+	{ "a missing journal segment fails open clearly",
+	  test_missing_journal_segment_fails_open_clearly },
+	{ NULL, NULL },
+};
