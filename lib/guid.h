@@ -12,7 +12,8 @@ struct guid {
 };
 
 /* Fills g from OpenSSL's RAND_bytes; ends the process if the random
- * generator fails, since duplicate GUIDs would silently merge mail. */
+ * generator fails, since duplicate GUIDs would silently merge mail.  For the
+ * main thread only (it keeps a pool of random bytes). */
 void guid_generate(struct guid *g);
 /* Lowercase hex, 32 digits plus NUL. */
 void guid_to_hex(const struct guid *g, char out[GUID_HEX_SIZE]);

@@ -3,11 +3,13 @@
  * A change is applied to storage at once (one atomic batch, visible to
  * reads) and completed only after it is durable.  Group commit: an
  * ev_prepare watcher, which libev runs once per loop turn just before it
- * would block, calls stor_sync() while anything is pending; all changes of
- * that turn share its fsync, and stor_sync() then runs their durable
- * callbacks, which answer the clients and notify watchers.  Refused changes
- * (nothing written) complete from the same watcher, so no callback ever runs
- * inside the call that submitted it. */
+ * would block, starts a sync (stor_sync_start) while anything is pending;
+ * all changes of that turn share its fsync, which runs in storage's helper
+ * thread while the loop serves other clients.  When it is done, an io
+ * watcher on stor_sync_fd() runs their durable callbacks, which answer the
+ * clients and notify watchers; changes made meanwhile wait for the next
+ * sync.  Refused changes (nothing written) complete from the prepare
+ * watcher, so no callback ever runs inside the call that submitted it. */
 #include "replicator/repl-private.h"
 
 #include <ev.h>
@@ -24,6 +26,7 @@ struct repl_local {
 	struct repl_settings set;
 	ev_prepare prepare;
 	ev_idle idle;
+	ev_io sync_io;              /* storage's sync thread is done */
 	/* Refused or no-op changes to complete at the next prepare. */
 	struct local_op *immediate_head, **immediate_tail;
 	size_t in_flight;
@@ -150,19 +153,30 @@ static void run_immediates(struct repl_local *rl)
 	}
 }
 
-static void group_commit(struct repl_local *rl)
+/* With wait set (shutdown, flush), syncs in this call; otherwise starts
+ * the sync and lets sync_io_cb finish it. */
+static void group_commit(struct repl_local *rl, bool wait)
 {
+	struct stor_db *db = rl->repl.db;
 	/* Callbacks may submit more changes (pipelined commands); a few rounds
 	 * per turn, then the idle watcher brings us back. */
 	for (int round = 0; round < 4; round++) {
 		run_immediates(rl);
-		if (!stor_sync_pending(rl->repl.db))
+		if (!stor_sync_pending(db))
 			break;
-		const char *err;
-		if (stor_sync(rl->repl.db, &err) < 0)
-			log_errorx("group commit failed: %s", err);
+		if (wait || !ev_is_active(&rl->sync_io)) {
+			const char *err;
+			if (stor_sync(db, &err) < 0)
+				log_errorx("group commit failed: %s", err);
+			continue;
+		}
+		if (stor_sync_busy(db) || stor_sync_start(db) > 0)
+			break;
+		/* Nothing needed syncing: the callbacks ran, maybe adding more. */
 	}
-	if (rl->immediate_head == NULL && !stor_sync_pending(rl->repl.db))
+	/* While a sync is in flight the loop may block: its end wakes us. */
+	if (rl->immediate_head == NULL &&
+	    (!stor_sync_pending(rl->repl.db) || stor_sync_busy(rl->repl.db)))
 		ev_idle_stop(rl->loop, &rl->idle);
 	else
 		arm(rl);
@@ -171,7 +185,15 @@ static void group_commit(struct repl_local *rl)
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct repl_local *rl = (struct repl_local *)((char *)w - offsetof(struct repl_local, prepare));
-	group_commit(rl);
+	group_commit(rl, false);
+}
+
+static void sync_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct repl_local *rl = (struct repl_local *)((char *)w - offsetof(struct repl_local, sync_io));
+	/* The callbacks' own changes are started by the prepare watcher,
+	 * which runs before the loop blocks again. */
+	stor_sync_finish(rl->repl.db);
 }
 
 static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
@@ -423,7 +445,7 @@ static void local_complete_later(struct repl *r, repl_done_cb *cb, void *ctx)
 
 static void local_flush(struct repl *r)
 {
-	group_commit((struct repl_local *)r);
+	group_commit((struct repl_local *)r, true);
 }
 
 static size_t local_in_flight(struct repl *r)
@@ -436,11 +458,12 @@ static void local_destroy(struct repl *r)
 	struct repl_local *rl = (struct repl_local *)r;
 	rl->destroying = true;
 	for (int i = 0; i < 8 && rl->in_flight > 0; i++)
-		group_commit(rl);
+		group_commit(rl, true);
 	if (rl->in_flight > 0)
 		log_warnx("repl: %zu changes still in flight at shutdown", rl->in_flight);
 	ev_prepare_stop(rl->loop, &rl->prepare);
 	ev_idle_stop(rl->loop, &rl->idle);
+	ev_io_stop(rl->loop, &rl->sync_io);
 	ARRAY_FREE(&r->watchers);
 	free(rl);
 }
@@ -474,5 +497,12 @@ struct repl *repl_local_create(struct ev_loop *loop, struct stor_db *db,
 	ev_prepare_init(&rl->prepare, prepare_cb);
 	ev_prepare_start(loop, &rl->prepare);
 	ev_idle_init(&rl->idle, idle_cb);
+	/* Without the helper thread, syncs block the loop as before. */
+	int fd = stor_sync_fd(db);
+	ev_io_init(&rl->sync_io, sync_io_cb, fd >= 0 ? fd : 0, EV_READ);
+	if (fd >= 0)
+		ev_io_start(loop, &rl->sync_io);
+	else
+		log_warnx("repl: fsyncs will block the event loop (no sync thread)");
 	return &rl->repl;
 }

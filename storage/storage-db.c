@@ -454,7 +454,7 @@ int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size
 	return 1;
 }
 
-int stor_db_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+int stor_db_write(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	/* Whatever happened to a failed batch, a sync is due before anything
 	 * is acknowledged. */
@@ -498,23 +498,13 @@ int stor_iter_end(struct stor_db *db, leveldb_iterator_t *it, const char **error
 	return 0;
 }
 
-void stor_batch_put(leveldb_writebatch_t *wb, const struct stor_key *k, const void *v, size_t vlen)
-{
-	leveldb_writebatch_put(wb, (const char *)k->b, k->len, v, vlen);
-}
-
-void stor_batch_del(leveldb_writebatch_t *wb, const struct stor_key *k)
-{
-	leveldb_writebatch_delete(wb, (const char *)k->b, k->len);
-}
-
 /* ---- Transactions ---- */
 
 void stor_txn_begin(struct stor_db *db, struct stor_txn *txn)
 {
 	memset(txn, 0, sizeof(*txn));
 	txn->db = db;
-	txn->wb = leveldb_writebatch_create();
+	txn->wb = stor_batch_new();
 }
 
 void stor_txn_free(struct stor_txn *txn)
@@ -531,7 +521,7 @@ void stor_txn_free(struct stor_txn *txn)
 	}
 	ARRAY_FREE(&txn->texts);
 	if (txn->wb != NULL)
-		leveldb_writebatch_destroy(txn->wb);
+		stor_batch_free(txn->wb);
 	txn->wb = NULL;
 }
 
@@ -617,9 +607,11 @@ static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const c
 		stor_batch_del(txn->wb, &k);
 		return stor_text_delete_batch(db, txn->wb, &t->guid, error_r);
 	}
-	if (rc > 0)
+	/* A text made here has no marker yet; a streamed one loses its marker
+	 * with its first reference. */
+	if (rc > 0 && !t->created)
 		stor_batch_del(txn->wb, &k);
-	else
+	else if (rc == 0)
 		stor_batch_put(txn->wb, &k, "", 0); /* created unreferenced: collected on open */
 	if (t->created) {
 		struct buf e = BUF_INIT;
@@ -703,6 +695,7 @@ static void db_free(struct stor_db *db)
 	if (db->wopts_sync != NULL)
 		leveldb_writeoptions_destroy(db->wopts_sync);
 	ARRAY_FREE(&db->durable);
+	ARRAY_FREE(&db->durable_in_flight);
 	free(db->error);
 	free(db->dir);
 	free(db);
@@ -729,12 +722,11 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	db->filter = leveldb_filterpolicy_create_bloom(10);
 	leveldb_options_set_filter_policy(db->opts, db->filter);
 	leveldb_options_set_compression(db->opts, leveldb_no_compression);
-	/* Mail texts make this a write-heavy store of large values: a bigger
-	 * memtable and bigger table files mean fewer level-0 files and less
-	 * compaction per message (LevelDB's defaults are 4 MiB and 2 MiB). */
-	leveldb_options_set_write_buffer_size(db->opts, 8 * 1024 * 1024);
-	leveldb_options_set_max_file_size(db->opts, 32 * 1024 * 1024);
-	leveldb_options_set_block_size(db->opts, 16 * 1024);
+	/* Texts live in the journal: LevelDB holds small records only, and a
+	 * small memtable keeps its skiplist shallow (inserts are the main cost
+	 * of an append); tables of 8 MiB keep the file count modest. */
+	leveldb_options_set_write_buffer_size(db->opts, 4 * 1024 * 1024);
+	leveldb_options_set_max_file_size(db->opts, 8 * 1024 * 1024);
 	db->ropts = leveldb_readoptions_create();
 	leveldb_readoptions_set_verify_checksums(db->ropts, 1);
 	db->wopts = leveldb_writeoptions_create();
@@ -760,7 +752,8 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	}
 	const char *error;
 	if (stor_jnl_open(db, set->journal_segment_size, &error) < 0 ||
-	    stor_text_gc(db, &error) < 0 || stor_sync(db, &error) < 0) {
+	    stor_jnl_repair_ahead(db, &error) < 0 || stor_text_gc(db, &error) < 0 ||
+	    stor_sync(db, &error) < 0) {
 		*error_r = xstrdup(error);
 		db_free(db);
 		return -1;
@@ -778,7 +771,7 @@ void stor_close(struct stor_db **_db)
 		return;
 	*_db = NULL;
 	const char *error;
-	if (db->dirty || db->durable.count > 0)
+	if (stor_sync_pending(db))
 		(void)stor_sync(db, &error);
 	/* A clean close leaves nothing to replay. */
 	if (stor_jnl_checkpoint(db, &error) < 0)
@@ -833,10 +826,10 @@ static int sync_older_logs(struct stor_db *db, const char **error_r)
 	return ret;
 }
 
-int stor_db_write_synced(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+int stor_db_write_synced(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	char *lerr = NULL;
-	leveldb_write(db->ldb, db->wopts_sync, wb, &lerr);
+	leveldb_write(db->ldb, db->wopts_sync, wb->wb, &lerr);
 	if (lerr != NULL)
 		return stor_err_leveldb(db, error_r, "write", lerr);
 	return sync_older_logs(db, error_r);
@@ -846,8 +839,54 @@ int stor_db_write_synced(struct stor_db *db, leveldb_writebatch_t *wb, const cha
  * little at a time, so no single call stalls the node for long. */
 #define COMPACT_STEP (1024 * 1024)
 
+/* Runs the callbacks of one sync (taken out of the list first: they may
+ * queue new ones), then a step of journal compaction. */
+static void run_durable(struct stor_db *db, struct stor_durable *cbs, size_t count, bool ok)
+{
+	for (size_t i = 0; i < count; i++)
+		cbs[i].cb(cbs[i].ctx, ok);
+	free(cbs);
+	if (ok && stor_jnl_compact_due(db)) {
+		const char *error;
+		if (stor_jnl_compact(db, COMPACT_STEP, &error) < 0)
+			log_warnx("journal compaction: %s", error);
+	}
+}
+
+static void take_durable(struct stor_db *db, struct stor_durable **cbs_r, size_t *count_r)
+{
+	*cbs_r = db->durable.items;
+	*count_r = db->durable.count;
+	db->durable.items = NULL;
+	db->durable.count = db->durable.cap = 0;
+}
+
+/* Completes the sync in flight, waiting for it if wait is set.  Returns
+ * true when none is in flight any more. */
+static bool finish_in_flight(struct stor_db *db, bool wait)
+{
+	if (!stor_jnl_sync_busy(db) && db->durable_in_flight.count == 0)
+		return true;
+	const char *error;
+	int r = wait ? (stor_jnl_sync_wait(db, &error) < 0 ? -1 : 1) :
+		stor_jnl_sync_poll(db, &error);
+	if (r == 0)
+		return false;
+	if (r < 0) {
+		log_errorx("%s", error);
+		db->dirty = true;
+	}
+	struct stor_durable *cbs = db->durable_in_flight.items;
+	size_t count = db->durable_in_flight.count;
+	db->durable_in_flight.items = NULL;
+	db->durable_in_flight.count = db->durable_in_flight.cap = 0;
+	run_durable(db, cbs, count, r > 0);
+	return true;
+}
+
 int stor_sync(struct stor_db *db, const char **error_r)
 {
+	(void)finish_in_flight(db, true);
 	int ret = 0;
 	if (db->dirty) {
 		if (db->fail_countdown > 0 && --db->fail_countdown == 0)
@@ -858,20 +897,55 @@ int stor_sync(struct stor_db *db, const char **error_r)
 		if (ret == 0)
 			db->dirty = false;
 	}
-	/* Callbacks may queue new ones: those wait for the next sync. */
-	struct stor_durable *cbs = db->durable.items;
-	size_t count = db->durable.count;
-	db->durable.items = NULL;
-	db->durable.count = db->durable.cap = 0;
-	for (size_t i = 0; i < count; i++)
-		cbs[i].cb(cbs[i].ctx, ret == 0);
-	free(cbs);
-	if (ret == 0 && stor_jnl_compact_due(db)) {
-		const char *error;
-		if (stor_jnl_compact(db, COMPACT_STEP, &error) < 0)
-			log_warnx("journal compaction: %s", error);
-	}
+	struct stor_durable *cbs;
+	size_t count;
+	take_durable(db, &cbs, &count);
+	run_durable(db, cbs, count, ret == 0);
 	return ret;
+}
+
+int stor_sync_start(struct stor_db *db)
+{
+	if (!finish_in_flight(db, false))
+		return 0;
+	int r = 0;
+	const char *error;
+	if (db->dirty) {
+		r = stor_jnl_sync_start(db, &error);
+		if (r < 0)
+			log_errorx("group commit failed: %s", error);
+		/* Also after a failure: the journal refuses everything now, and
+		 * retrying at every loop turn would only spin. */
+		db->dirty = false;
+	}
+	struct stor_durable *cbs;
+	size_t count;
+	take_durable(db, &cbs, &count);
+	if (r > 0) {
+		/* They complete when the thread is done. */
+		db->durable_in_flight.items = cbs;
+		db->durable_in_flight.count = db->durable_in_flight.cap = count;
+		return 1;
+	}
+	/* Nothing was left to sync (or it failed): complete now. */
+	run_durable(db, cbs, count, r == 0);
+	return r < 0 ? -1 : 0;
+}
+
+void stor_sync_finish(struct stor_db *db)
+{
+	stor_jnl_sync_drain(db);
+	(void)finish_in_flight(db, false);
+}
+
+bool stor_sync_busy(struct stor_db *db)
+{
+	return stor_jnl_sync_busy(db);
+}
+
+int stor_sync_fd(struct stor_db *db)
+{
+	return stor_jnl_sync_fd(db);
 }
 
 void stor_on_durable(struct stor_db *db, stor_durable_cb *cb, void *ctx)
@@ -882,7 +956,8 @@ void stor_on_durable(struct stor_db *db, stor_durable_cb *cb, void *ctx)
 
 bool stor_sync_pending(struct stor_db *db)
 {
-	return db->dirty || db->durable.count > 0;
+	return db->dirty || db->durable.count > 0 || db->durable_in_flight.count > 0 ||
+		stor_jnl_sync_busy(db);
 }
 
 /* ---- Meta ---- */
@@ -916,10 +991,10 @@ int stor_meta_set(struct stor_db *db, const char *name, const void *value, size_
 		return stor_err(db, error_r, "meta value too large");
 	stor_key_init(&k, STOR_KEY_META);
 	stor_key_bytes(&k, name, n);
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	stor_batch_put(wb, &k, value, len);
 	int ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	return ret;
 }
 
@@ -928,10 +1003,10 @@ int stor_meta_set(struct stor_db *db, const char *name, const void *value, size_
 int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const void *val,
 		      size_t vlen, const char **error_r)
 {
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
-	leveldb_writebatch_put(wb, key, klen, val, vlen);
+	struct stor_batch *wb = stor_batch_new();
+	stor_batch_put_raw(wb, key, klen, val, vlen);
 	int ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	return ret;
 }
 
@@ -945,5 +1020,6 @@ void stor_test_abandon(struct stor_db **_db)
 	struct stor_db *db = *_db;
 	*_db = NULL;
 	ARRAY_FREE(&db->durable);
+	ARRAY_FREE(&db->durable_in_flight);
 	db_free(db);
 }

@@ -30,8 +30,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -56,6 +58,10 @@
 struct jnl_live {
 	uint32_t seg;
 	uint64_t bytes;
+	/* The end of the furthest text record made in the segment: after a
+	 * power failure LevelDB may hold batches whose records the journal
+	 * lost, and this is how opening notices (repair_ahead). */
+	uint64_t high;
 };
 
 typedef ARRAY(struct jnl_live) jnl_live_array;
@@ -64,6 +70,19 @@ typedef ARRAY(uint32_t) seg_array;
 struct jnl_read_fd {
 	uint32_t seg;
 	int fd;
+};
+
+/* The helper thread that runs fdatasync() off the event loop.  One sync
+ * at a time; the fields under mu are shared with the thread. */
+struct jnl_syncer {
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int event_fd;               /* readable when a sync finished */
+	int fd;                     /* to sync */
+	bool requested, done, quit;
+	int result;                 /* errno of the finished sync, 0 ok */
+	bool in_flight;             /* main thread: started, not collected */
 };
 
 struct stor_journal {
@@ -86,6 +105,8 @@ struct stor_journal {
 	uint32_t compact_seg;       /* being compacted, 0 none */
 	uint64_t compact_off, compact_size;
 	bool compact_check;         /* look for a segment to compact */
+	bool ahead;                 /* LevelDB holds texts the journal lost */
+	struct jnl_syncer *syncer;  /* started by the first stor_jnl_sync_start */
 };
 
 static const char ckpt_name[] = "journal";
@@ -178,23 +199,23 @@ static void pending_record(struct stor_journal *j, char type, const void *payloa
 /* ---- Live bytes per segment ---- */
 
 
-static uint64_t *live_slot(jnl_live_array *a, uint32_t seg, bool create)
+static struct jnl_live *live_slot(jnl_live_array *a, uint32_t seg, bool create)
 {
 	for (size_t i = 0; i < a->count; i++) {
 		if (a->items[i].seg == seg)
-			return &a->items[i].bytes;
+			return &a->items[i];
 	}
 	if (!create)
 		return NULL;
-	struct jnl_live l = { seg, 0 };
+	struct jnl_live l = { seg, 0, 0 };
 	ARRAY_PUSH(a, l);
-	return &a->items[a->count - 1].bytes;
+	return &a->items[a->count - 1];
 }
 
 static uint64_t live_bytes(struct stor_journal *j, uint32_t seg)
 {
-	uint64_t *b = live_slot(&j->live, seg, false);
-	return b != NULL ? *b : 0;
+	struct jnl_live *l = live_slot(&j->live, seg, false);
+	return l != NULL ? l->bytes : 0;
 }
 
 /* The bytes a text record of len text bytes takes in its segment. */
@@ -209,9 +230,11 @@ void stor_jnl_live(struct stor_db *db, const struct stor_extent *ext, size_t n, 
 	for (size_t i = 0; i < n; i++) {
 		/* Kept as two's complement: a batch may free more of a segment
 		 * than it adds, and the sum is checked when it is applied. */
-		uint64_t *d = live_slot(&j->live_delta, ext[i].seg, true);
+		struct jnl_live *d = live_slot(&j->live_delta, ext[i].seg, true);
 		uint64_t size = text_record_size(ext[i].len);
-		*d += sign > 0 ? size : (uint64_t)0 - size;
+		d->bytes += sign > 0 ? size : (uint64_t)0 - size;
+		if (sign > 0 && ext[i].off + size > d->high)
+			d->high = ext[i].off + size;
 	}
 }
 
@@ -227,12 +250,14 @@ static void live_key(struct stor_key *k, uint32_t seg)
 }
 
 /* Puts the new absolute live counts into the batch. */
-static int live_to_batch(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+static int live_to_batch(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
 	for (size_t i = 0; i < j->live_delta.count; i++) {
 		struct jnl_live *d = &j->live_delta.items[i];
-		uint64_t now = live_bytes(j, d->seg), next = now + d->bytes;
+		struct jnl_live *cur = live_slot(&j->live, d->seg, false);
+		uint64_t now = cur != NULL ? cur->bytes : 0, next = now + d->bytes;
+		uint64_t high = cur != NULL && cur->high > d->high ? cur->high : d->high;
 		/* Wrapped past zero or beyond any file: the accounting is wrong,
 		 * which only a damaged store explains. */
 		if ((int64_t)d->bytes < 0 ? next > now : next < now) {
@@ -244,13 +269,18 @@ static int live_to_batch(struct stor_db *db, leveldb_writebatch_t *wb, const cha
 		live_key(&k, d->seg);
 		if (next == 0) {
 			stor_batch_del(wb, &k);
+			high = 0;
 		} else {
-			unsigned char v[8];
-			for (int b = 0; b < 8; b++)
+			unsigned char v[16];
+			for (int b = 0; b < 8; b++) {
 				v[b] = (unsigned char)(next >> (56 - 8 * b));
+				v[8 + b] = (unsigned char)(high >> (56 - 8 * b));
+			}
 			stor_batch_put(wb, &k, v, sizeof(v));
 		}
-		d->bytes = next; /* now the absolute value, applied on success */
+		/* Now the absolute values, applied on success. */
+		d->bytes = next;
+		d->high = high;
 	}
 	return 0;
 }
@@ -258,8 +288,9 @@ static int live_to_batch(struct stor_db *db, leveldb_writebatch_t *wb, const cha
 static void live_commit(struct stor_journal *j)
 {
 	for (size_t i = 0; i < j->live_delta.count; i++) {
-		uint64_t *b = live_slot(&j->live, j->live_delta.items[i].seg, true);
-		*b = j->live_delta.items[i].bytes;
+		struct jnl_live *l = live_slot(&j->live, j->live_delta.items[i].seg, true);
+		l->bytes = j->live_delta.items[i].bytes;
+		l->high = j->live_delta.items[i].high;
 	}
 	j->live_delta.count = 0;
 }
@@ -277,11 +308,11 @@ static int live_load(struct stor_db *db, const char **error_r)
 	while (stor_iter_in(it, &prefix, &key, &klen)) {
 		size_t vlen;
 		const unsigned char *v = (const unsigned char *)leveldb_iter_value(it, &vlen);
-		if (klen != 5 || vlen != 8) {
+		if (klen != 5 || vlen != 16) {
 			ret = stor_err_corrupt(db, error_r, "journal live bytes");
 			break;
 		}
-		struct jnl_live l = { stor_be32(key + 1), stor_be64(v) };
+		struct jnl_live l = { stor_be32(key + 1), stor_be64(v), stor_be64(v + 8) };
 		ARRAY_PUSH(&j->live, l);
 		leveldb_iter_next(it);
 	}
@@ -425,10 +456,13 @@ static int flush_pending(struct stor_db *db, const char **error_r)
 	return 0;
 }
 
+static int async_wait(struct stor_db *db, const char **error_r);
+
 static int sync_segment(struct stor_db *db, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
-	if (flush_pending(db, error_r) < 0)
+	/* Never two syncs, and never a segment switch under the thread. */
+	if (async_wait(db, error_r) < 0 || flush_pending(db, error_r) < 0)
 		return -1;
 	if (!j->unsynced)
 		return 0;
@@ -503,10 +537,10 @@ int stor_jnl_checkpoint(struct stor_db *db, const char **error_r)
 	struct stor_key k;
 	stor_key_init(&k, STOR_KEY_INTERNAL);
 	stor_key_bytes(&k, ckpt_name, sizeof(ckpt_name) - 1);
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	stor_batch_put(wb, &k, v, sizeof(v));
 	int ret = stor_db_write_synced(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	if (ret < 0)
 		return -1;
 	j->ckpt_seg = j->seg;
@@ -577,55 +611,83 @@ void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first)
 	}
 }
 
-static void ser_put(void *ctx, const char *k, size_t klen, const char *v, size_t vlen)
+/* ---- Batches ---- */
+
+struct stor_batch *stor_batch_new(void)
 {
-	struct buf *out = ctx;
-	unsigned char h[5];
-	h[0] = JNL_OP_PUT;
-	put_le32(h + 1, (uint32_t)klen);
-	buf_append(out, h, 5);
-	buf_append(out, k, klen);
-	put_le32(h, (uint32_t)vlen);
-	buf_append(out, h, 4);
-	buf_append(out, v, vlen);
+	struct stor_batch *b = xcalloc(1, sizeof(*b));
+	b->wb = leveldb_writebatch_create();
+	/* Most batches (a message's keys) fit without growing. */
+	buf_reserve(&b->ser, 1024);
+	return b;
 }
 
-static void ser_del(void *ctx, const char *k, size_t klen)
+void stor_batch_free(struct stor_batch *b)
 {
-	struct buf *out = ctx;
-	unsigned char h[5];
-	h[0] = JNL_OP_DEL;
-	put_le32(h + 1, (uint32_t)klen);
-	buf_append(out, h, 5);
-	buf_append(out, k, klen);
+	if (b == NULL)
+		return;
+	leveldb_writebatch_destroy(b->wb);
+	buf_free(&b->ser);
+	free(b);
 }
 
-int stor_jnl_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r)
+void stor_batch_put_raw(struct stor_batch *b, const void *k, size_t klen, const void *v,
+			size_t vlen)
+{
+	leveldb_writebatch_put(b->wb, k, klen, v, vlen);
+	unsigned char *p = buf_reserve(&b->ser, 9 + klen + vlen);
+	p[0] = JNL_OP_PUT;
+	put_le32(p + 1, (uint32_t)klen);
+	memcpy(p + 5, k, klen);
+	put_le32(p + 5 + klen, (uint32_t)vlen);
+	if (vlen > 0)
+		memcpy(p + 9 + klen, v, vlen);
+	buf_commit(&b->ser, 9 + klen + vlen);
+}
+
+void stor_batch_del_raw(struct stor_batch *b, const void *k, size_t klen)
+{
+	leveldb_writebatch_delete(b->wb, k, klen);
+	unsigned char *p = buf_reserve(&b->ser, 5 + klen);
+	p[0] = JNL_OP_DEL;
+	put_le32(p + 1, (uint32_t)klen);
+	memcpy(p + 5, k, klen);
+	buf_commit(&b->ser, 5 + klen);
+}
+
+void stor_batch_put(struct stor_batch *b, const struct stor_key *k, const void *v, size_t vlen)
+{
+	stor_batch_put_raw(b, k->b, k->len, v, vlen);
+}
+
+void stor_batch_del(struct stor_batch *b, const struct stor_key *k)
+{
+	stor_batch_del_raw(b, k->b, k->len);
+}
+
+int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
 	if (check_usable(db, error_r) < 0 || live_to_batch(db, wb, error_r) < 0) {
 		stor_jnl_live_discard(db);
 		return -1;
 	}
-	struct buf ser = BUF_INIT;
-	leveldb_writebatch_iterate(wb, &ser, ser_put, ser_del);
-	if (ser.len > JNL_MAX_RECORD) {
-		buf_free(&ser);
+	const struct buf *ser = &wb->ser;
+	if (ser->len > JNL_MAX_RECORD) {
 		stor_jnl_live_discard(db);
-		return stor_err(db, error_r, "change too big for one write (%zu bytes)", ser.len);
+		return stor_err(db, error_r, "change too big for one write (%zu bytes)", ser->len);
 	}
-	int ret = reserve(db, ser.len, error_r);
+	int ret = reserve(db, ser->len, error_r);
 	if (ret == 0) {
-		pending_record(j, JNL_REC_BATCH, ser.data, ser.len, NULL, 0);
+		pending_record(j, JNL_REC_BATCH, ser->data, ser->len, NULL, 0);
 		ret = flush_pending(db, error_r);
 	}
-	buf_free(&ser);
 	if (ret < 0) {
 		stor_jnl_live_discard(db);
 		return -1;
 	}
 	char *lerr = NULL;
-	leveldb_write(db->ldb, db->wopts, wb, &lerr);
+	leveldb_write(db->ldb, db->wopts, wb->wb, &lerr);
 	if (lerr != NULL) {
 		/* The journal holds a change LevelDB refused: only a replay at
 		 * the next open can make the two agree again. */
@@ -685,6 +747,176 @@ int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
 	return ret;
 }
 
+/* ---- Syncing off the event loop ---- */
+
+static void *syncer_main(void *arg)
+{
+	struct jnl_syncer *sy = arg;
+	pthread_mutex_lock(&sy->mu);
+	for (;;) {
+		while (!sy->requested && !sy->quit)
+			pthread_cond_wait(&sy->cv, &sy->mu);
+		if (sy->quit)
+			break;
+		int fd = sy->fd;
+		pthread_mutex_unlock(&sy->mu);
+		int r = fdatasync(fd);
+		int err = r < 0 ? errno : 0;
+		pthread_mutex_lock(&sy->mu);
+		sy->requested = false;
+		sy->done = true;
+		sy->result = err;
+		pthread_cond_broadcast(&sy->cv);
+		uint64_t one = 1;
+		/* Only fails when the counter would overflow: it is read after
+		 * every sync, so never. */
+		(void)!write(sy->event_fd, &one, sizeof(one));
+	}
+	pthread_mutex_unlock(&sy->mu);
+	return NULL;
+}
+
+static int syncer_start(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (j->syncer != NULL)
+		return 0;
+	struct jnl_syncer *sy = xcalloc(1, sizeof(*sy));
+	sy->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (sy->event_fd < 0) {
+		free(sy);
+		return stor_err(db, error_r, "eventfd failed: %s", strerror(errno));
+	}
+	pthread_mutex_init(&sy->mu, NULL);
+	pthread_cond_init(&sy->cv, NULL);
+	int e = pthread_create(&sy->thread, NULL, syncer_main, sy);
+	if (e != 0) {
+		close(sy->event_fd);
+		pthread_mutex_destroy(&sy->mu);
+		pthread_cond_destroy(&sy->cv);
+		free(sy);
+		return stor_err(db, error_r, "cannot start the sync thread: %s", strerror(e));
+	}
+	j->syncer = sy;
+	return 0;
+}
+
+static void syncer_stop(struct stor_journal *j)
+{
+	struct jnl_syncer *sy = j->syncer;
+	if (sy == NULL)
+		return;
+	j->syncer = NULL;
+	pthread_mutex_lock(&sy->mu);
+	sy->quit = true;
+	pthread_cond_broadcast(&sy->cv);
+	pthread_mutex_unlock(&sy->mu);
+	pthread_join(sy->thread, NULL);
+	close(sy->event_fd);
+	pthread_mutex_destroy(&sy->mu);
+	pthread_cond_destroy(&sy->cv);
+	free(sy);
+}
+
+/* Takes the result of the finished sync (the caller holds mu). */
+static int async_collect(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	struct jnl_syncer *sy = j->syncer;
+	sy->done = false;
+	sy->in_flight = false;
+	if (sy->result == 0)
+		return 0;
+	/* After a failed fdatasync the kernel may have dropped the dirty
+	 * pages: nothing written since the last good one can be trusted. */
+	j->broken = true;
+	char *path = seg_path(j, j->seg);
+	errno = sy->result;
+	jnl_err_errno(db, error_r, "fdatasync", path);
+	free(path);
+	return -1;
+}
+
+static int async_wait(struct stor_db *db, const char **error_r)
+{
+	struct jnl_syncer *sy = db->jnl->syncer;
+	if (sy == NULL || !sy->in_flight)
+		return 0;
+	pthread_mutex_lock(&sy->mu);
+	while (!sy->done)
+		pthread_cond_wait(&sy->cv, &sy->mu);
+	int ret = async_collect(db, error_r);
+	pthread_mutex_unlock(&sy->mu);
+	return ret;
+}
+
+int stor_jnl_sync_wait(struct stor_db *db, const char **error_r)
+{
+	return async_wait(db, error_r);
+}
+
+int stor_jnl_sync_start(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (check_usable(db, error_r) < 0 || syncer_start(db, error_r) < 0)
+		return -1;
+	struct jnl_syncer *sy = j->syncer;
+	if (sy->in_flight)
+		return 0;
+	if (flush_pending(db, error_r) < 0)
+		return -1;
+	if (!j->unsynced)
+		return 0;
+	/* Writes from now on are not covered by this sync. */
+	j->unsynced = false;
+	pthread_mutex_lock(&sy->mu);
+	sy->fd = j->fd;
+	sy->requested = true;
+	sy->in_flight = true;
+	pthread_cond_broadcast(&sy->cv);
+	pthread_mutex_unlock(&sy->mu);
+	return 1;
+}
+
+bool stor_jnl_sync_busy(struct stor_db *db)
+{
+	return db->jnl->syncer != NULL && db->jnl->syncer->in_flight;
+}
+
+int stor_jnl_sync_fd(struct stor_db *db)
+{
+	const char *error;
+	if (syncer_start(db, &error) < 0)
+		return -1;
+	return db->jnl->syncer->event_fd;
+}
+
+void stor_jnl_sync_drain(struct stor_db *db)
+{
+	struct jnl_syncer *sy = db->jnl->syncer;
+	uint64_t n;
+	/* A sync collected by a waiting caller left its signal behind: an
+	 * event loop would see the fd readable forever. */
+	if (sy != NULL)
+		(void)!read(sy->event_fd, &n, sizeof(n));
+}
+
+int stor_jnl_sync_poll(struct stor_db *db, const char **error_r)
+{
+	struct jnl_syncer *sy = db->jnl->syncer;
+	if (sy == NULL)
+		return 1;
+	stor_jnl_sync_drain(db);
+	if (!sy->in_flight)
+		return 1;
+	pthread_mutex_lock(&sy->mu);
+	int ret = 0;
+	if (sy->done)
+		ret = async_collect(db, error_r) < 0 ? -1 : 1;
+	pthread_mutex_unlock(&sy->mu);
+	return ret;
+}
+
 /* ---- Compaction ---- */
 
 static bool extent_eq(const struct stor_extent *a, uint32_t seg, uint64_t off)
@@ -712,7 +944,7 @@ static int move_text(struct stor_db *db, const struct guid *guid, const stor_ext
 	}
 	buf_free(&text);
 	if (ret == 0) {
-		leveldb_writebatch_t *wb = leveldb_writebatch_create();
+		struct stor_batch *wb = stor_batch_new();
 		struct stor_key k;
 		struct buf v = BUF_INIT;
 		stor_extents_encode(moved.items, moved.count, &v);
@@ -723,7 +955,7 @@ static int move_text(struct stor_db *db, const struct guid *guid, const stor_ext
 		stor_jnl_live(db, old->items, old->count, -1);
 		stor_jnl_live(db, moved.items, moved.count, 1);
 		ret = stor_db_write(db, wb, error_r);
-		leveldb_writebatch_destroy(wb);
+		stor_batch_free(wb);
 	}
 	if (moved.count > 0)
 		stor_jnl_unpin(db, &moved.items[0]);
@@ -812,6 +1044,157 @@ int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r)
 		j->compact_seg = 0;
 		j->compact_check = true;
 	}
+	return ret;
+}
+
+/* ---- Repair after a power failure ---- */
+
+/* Whether a chunk's record lies beyond what the journal holds. */
+static bool extent_lost(const struct stor_journal *j, const struct stor_extent *e)
+{
+	return e->seg > j->seg || (e->seg == j->seg && e->off + text_record_size(e->len) > j->end);
+}
+
+typedef ARRAY(struct guid) guid_array;
+
+static bool guid_in(const guid_array *a, const struct guid *g)
+{
+	for (size_t i = 0; i < a->count; i++) {
+		if (guid_cmp(&a->items[i], g) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* The texts whose chunks the journal lost. */
+static int find_lost_texts(struct stor_db *db, guid_array *lost, const char **error_r)
+{
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_key_init(&prefix, STOR_KEY_EXTENTS);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
+		struct guid g;
+		stor_extent_list ext = ARRAY_INIT;
+		if (klen != 1 + GUID_SIZE) {
+			ret = stor_err_corrupt(db, error_r, "text chunk list key");
+			break;
+		}
+		memcpy(g.b, key + 1, GUID_SIZE);
+		if (stor_text_extents_get(db, &g, &ext, error_r) < 0)
+			ret = -1;
+		for (size_t i = 0; ret == 0 && i < ext.count; i++) {
+			if (extent_lost(db->jnl, &ext.items[i])) {
+				ARRAY_PUSH(lost, g);
+				break;
+			}
+		}
+		ARRAY_FREE(&ext);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	return ret;
+}
+
+struct lost_msg {
+	struct guid mailbox;
+	uint32_t uid;
+};
+typedef ARRAY(struct lost_msg) lost_msg_array;
+
+static int find_lost_messages(struct stor_db *db, const guid_array *lost,
+			      lost_msg_array *msgs, const char **error_r)
+{
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_key_init(&prefix, STOR_KEY_GUID);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		struct guid g;
+		if (klen != 1 + 2 * GUID_SIZE + 4) {
+			ret = stor_err_corrupt(db, error_r, "GUID index");
+			break;
+		}
+		memcpy(g.b, key + 1 + GUID_SIZE, GUID_SIZE);
+		if (guid_in(lost, &g)) {
+			struct lost_msg m;
+			memcpy(m.mailbox.b, key + 1, GUID_SIZE);
+			m.uid = stor_be32(key + 1 + 2 * GUID_SIZE);
+			ARRAY_PUSH(msgs, m);
+		}
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	return ret;
+}
+
+int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	if (!j->ahead)
+		return 0;
+	guid_array lost = ARRAY_INIT;
+	lost_msg_array msgs = ARRAY_INIT;
+	int ret = find_lost_texts(db, &lost, error_r);
+	if (ret == 0 && lost.count > 0)
+		ret = find_lost_messages(db, &lost, &msgs, error_r);
+	/* Their appends never completed (a completed one was synced, and the
+	 * journal keeps what was synced): they go as expunged, so that every
+	 * node and client sees them leave. */
+	for (size_t i = 0; ret == 0 && i < msgs.count; i++)
+		ret = stor_msg_expunge(db, &msgs.items[i].mailbox, &msgs.items[i].uid, 1, 0, NULL,
+				       error_r);
+	/* Texts nothing referenced (streamed, never appended). */
+	for (size_t i = 0; ret == 0 && i < lost.count; i++) {
+		struct stor_text_rec rec;
+		int r = stor_text_rec_get(db, &lost.items[i], &rec, error_r);
+		if (r < 0) {
+			ret = -1;
+		} else if (r > 0) {
+			struct stor_batch *wb = stor_batch_new();
+			struct stor_key k;
+			stor_key_init(&k, STOR_KEY_ORPHAN);
+			stor_key_guid(&k, &lost.items[i]);
+			stor_batch_del(wb, &k);
+			ret = stor_text_delete_batch(db, wb, &lost.items[i], error_r);
+			if (ret == 0)
+				ret = stor_db_write(db, wb, error_r);
+			stor_batch_free(wb);
+		}
+	}
+	/* The marks now match the journal: the next open finds nothing. */
+	for (size_t i = 0; ret == 0 && i < j->live.count; i++) {
+		struct jnl_live *l = &j->live.items[i];
+		if (l->bytes == 0 || l->high <= j->end || l->seg != j->seg)
+			continue;
+		unsigned char v[16];
+		for (int b = 0; b < 8; b++) {
+			v[b] = (unsigned char)(l->bytes >> (56 - 8 * b));
+			v[8 + b] = (unsigned char)(j->end >> (56 - 8 * b));
+		}
+		struct stor_key k;
+		live_key(&k, l->seg);
+		struct stor_batch *wb = stor_batch_new();
+		stor_batch_put(wb, &k, v, sizeof(v));
+		ret = stor_db_write(db, wb, error_r);
+		stor_batch_free(wb);
+		if (ret == 0)
+			l->high = j->end;
+	}
+	if (ret == 0) {
+		log_warnx("%s: the journal lost writes that LevelDB kept (a power failure?): "
+			  "%zu messages whose append never completed were removed, %zu texts freed",
+			  db->dir, msgs.count, lost.count);
+		j->ahead = false;
+	}
+	ARRAY_FREE(&lost);
+	ARRAY_FREE(&msgs);
 	return ret;
 }
 
@@ -1005,10 +1388,10 @@ static int check_format(struct stor_db *db, const char **error_r)
 	unsigned char f = STORE_FORMAT;
 	stor_key_init(&k, STOR_KEY_INTERNAL);
 	stor_key_bytes(&k, format_name, sizeof(format_name) - 1);
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	stor_batch_put(wb, &k, &f, 1);
 	ret = stor_db_write_synced(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	return ret;
 }
 
@@ -1078,6 +1461,11 @@ int stor_jnl_open(struct stor_db *db, uint64_t segment_max, const char **error_r
 	}
 	if (live_load(db, error_r) < 0)
 		return -1;
+	for (size_t i = 0; i < j->live.count; i++) {
+		const struct jnl_live *l = &j->live.items[i];
+		if (l->bytes > 0 && (l->seg > j->seg || (l->seg == j->seg && l->high > j->end)))
+			j->ahead = true;
+	}
 	if (applied > 0)
 		log_info("%s: replayed %u changes from the journal", db->dir, applied);
 	j->compact_check = true;
@@ -1089,6 +1477,7 @@ void stor_jnl_close(struct stor_db *db)
 	struct stor_journal *j = db->jnl;
 	if (j == NULL)
 		return;
+	syncer_stop(j);
 	db->jnl = NULL;
 	for (unsigned i = 0; i < JNL_READ_FDS; i++) {
 		if (j->rfd[i].fd >= 0)

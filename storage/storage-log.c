@@ -40,7 +40,7 @@ static int get_u64_value(struct stor_db *db, const struct stor_key *k, const cha
 	return 1;
 }
 
-static void put_u64_value(leveldb_writebatch_t *wb, const struct stor_key *k, uint64_t v)
+static void put_u64_value(struct stor_batch *wb, const struct stor_key *k, uint64_t v)
 {
 	unsigned char b[8];
 	for (int i = 0; i < 8; i++)
@@ -58,12 +58,12 @@ int stor_log_append(struct stor_db *db, const void *entry, size_t len, uint64_t 
 	last_seq_key(&k);
 	if (get_u64_value(db, &k, "log sequence", &last, error_r) < 0)
 		return -1;
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	put_u64_value(wb, &k, last + 1);
 	log_key(&k, last + 1);
 	stor_batch_put(wb, &k, entry, len);
 	int ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	if (ret == 0 && seq_r != NULL)
 		*seq_r = last + 1;
 	return ret;
@@ -155,19 +155,19 @@ int stor_log_trim(struct stor_db *db, uint64_t upto, const char **error_r)
 	size_t klen;
 	stor_key_init(&prefix, STOR_KEY_LOG);
 	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	bool any = false;
 	while (stor_iter_in(it, &prefix, &key, &klen)) {
 		if (klen == 9 && stor_be64(key + 1) > upto)
 			break;
-		leveldb_writebatch_delete(wb, (const char *)key, klen);
+		stor_batch_del_raw(wb, key, klen);
 		any = true;
 		leveldb_iter_next(it);
 	}
 	int ret = stor_iter_end(db, it, error_r);
 	if (ret == 0 && any)
 		ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	return ret;
 }
 
@@ -188,10 +188,10 @@ int stor_log_cursor_set(struct stor_db *db, uint32_t peer, uint64_t seq, const c
 {
 	struct stor_key k;
 	cursor_key(&k, peer);
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	put_u64_value(wb, &k, seq);
 	int ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	return ret;
 }
 
@@ -235,10 +235,10 @@ int stor_sync_state_set(struct stor_db *db, uint32_t peer, const struct guid *ma
 	stor_put_u32(&v, st->uidvalidity);
 	stor_put_u32(&v, st->uidnext);
 	stor_put_u64(&v, st->highestmodseq);
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	stor_batch_put(wb, &k, v.data, v.len);
 	buf_free(&v);
 	int ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	return ret;
 }

@@ -124,7 +124,7 @@ int stor_mailbox_get(struct stor_db *db, const char *user, const char *name,
 /* UIDVALIDITY: the current time, but strictly above any chosen before in
  * this store, so two mailboxes created in the same second differ. */
 static int next_uidvalidity(struct stor_db *db, uint32_t given, uint32_t *uv_r,
-			    leveldb_writebatch_t *wb, const char **error_r)
+			    struct stor_batch *wb, const char **error_r)
 {
 	struct stor_key k;
 	char *v;
@@ -191,9 +191,9 @@ int stor_mailbox_create(struct stor_db *db, const struct stor_mailbox_create *re
 	} else {
 		guid_generate(&mb.guid);
 	}
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	if (next_uidvalidity(db, req->uidvalidity, &mb.uidvalidity, wb, error_r) < 0) {
-		leveldb_writebatch_destroy(wb);
+		stor_batch_free(wb);
 		return -1;
 	}
 	mb.user = xstrdup(req->user);
@@ -210,7 +210,7 @@ int stor_mailbox_create(struct stor_db *db, const struct stor_mailbox_create *re
 	key_user_name(&k, STOR_KEY_NAME, mb.user, mb.name);
 	stor_batch_put(wb, &k, mb.guid.b, GUID_SIZE);
 	ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	if (ret == 0 && mb_r != NULL)
 		*mb_r = mb;
 	else
@@ -220,7 +220,7 @@ int stor_mailbox_create(struct stor_db *db, const struct stor_mailbox_create *re
 
 /* Adds deletes of every key under prefix to the batch; calls fn (if not
  * NULL) for each. */
-static int delete_prefix(struct stor_db *db, leveldb_writebatch_t *wb, const struct stor_key *prefix,
+static int delete_prefix(struct stor_db *db, struct stor_batch *wb, const struct stor_key *prefix,
 			 int (*fn)(void *ctx, const unsigned char *key, size_t klen,
 				   const char *val, size_t vlen),
 			 void *ctx, const char **error_r)
@@ -235,7 +235,7 @@ static int delete_prefix(struct stor_db *db, leveldb_writebatch_t *wb, const str
 			const char *val = leveldb_iter_value(it, &vlen);
 			ret = fn(ctx, key, klen, val, vlen);
 		}
-		leveldb_writebatch_delete(wb, (const char *)key, klen);
+		stor_batch_del_raw(wb, key, klen);
 		leveldb_iter_next(it);
 	}
 	if (stor_iter_end(db, it, error_r) < 0)
@@ -423,13 +423,13 @@ int stor_subscribe(struct stor_db *db, const char *user, const char *name, bool 
 	if (validate_user(db, user, error_r) < 0 || validate_name(db, name, error_r) < 0)
 		return -1;
 	key_user_name(&k, STOR_KEY_SUBSCRIPTION, user, name);
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	struct stor_batch *wb = stor_batch_new();
 	if (subscribed)
 		stor_batch_put(wb, &k, "", 0);
 	else
 		stor_batch_del(wb, &k);
 	int ret = stor_db_write(db, wb, error_r);
-	leveldb_writebatch_destroy(wb);
+	stor_batch_free(wb);
 	return ret;
 }
 

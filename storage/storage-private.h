@@ -74,6 +74,7 @@ struct stor_db {
 	char *error;                 /* last error message */
 	bool dirty;                  /* writes since the last stor_sync() */
 	ARRAY(struct stor_durable) durable;
+	ARRAY(struct stor_durable) durable_in_flight; /* wait for the sync in flight */
 	struct stor_journal *jnl;
 };
 
@@ -147,6 +148,8 @@ void stor_msg_hash(const struct stor_msg *msg, unsigned char out[16]);
 
 /* ---- Database access ---- */
 
+struct stor_batch;
+
 /* Formats an error into db->error and points *error_r (may be NULL) at it.
  * Returns -1. */
 int stor_err(struct stor_db *db, const char **error_r, const char *fmt, ...)
@@ -161,10 +164,10 @@ int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size
 		const char **error_r);
 /* Journals the batch and applies it to LevelDB; durable at the next
  * stor_sync().  Honours fail_nth_write. */
-int stor_db_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r);
+int stor_db_write(struct stor_db *db, struct stor_batch *wb, const char **error_r);
 /* A LevelDB write with sync, bypassing the journal (the journal's own
  * checkpoints); also syncs LevelDB's older log files. */
-int stor_db_write_synced(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r);
+int stor_db_write_synced(struct stor_db *db, struct stor_batch *wb, const char **error_r);
 leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *start);
 /* True while the iterator is valid and its key starts with the prefix. */
 bool stor_iter_in(leveldb_iterator_t *it, const struct stor_key *prefix, const unsigned char **key_r,
@@ -172,8 +175,19 @@ bool stor_iter_in(leveldb_iterator_t *it, const struct stor_key *prefix, const u
 /* Destroys the iterator; returns -1 if it ended on an error. */
 int stor_iter_end(struct stor_db *db, leveldb_iterator_t *it, const char **error_r);
 
-void stor_batch_put(leveldb_writebatch_t *wb, const struct stor_key *k, const void *v, size_t vlen);
-void stor_batch_del(leveldb_writebatch_t *wb, const struct stor_key *k);
+/* A write batch: LevelDB's, and the same operations serialized for the
+ * journal as they are added (storage-journal.c). */
+struct stor_batch {
+	leveldb_writebatch_t *wb;
+	struct buf ser;
+};
+struct stor_batch *stor_batch_new(void);
+void stor_batch_free(struct stor_batch *b);
+void stor_batch_put(struct stor_batch *b, const struct stor_key *k, const void *v, size_t vlen);
+void stor_batch_del(struct stor_batch *b, const struct stor_key *k);
+void stor_batch_put_raw(struct stor_batch *b, const void *k, size_t klen, const void *v,
+			size_t vlen);
+void stor_batch_del_raw(struct stor_batch *b, const void *k, size_t klen);
 
 /* ---- Write transactions ----
  * A transaction gathers one call's changes into one batch.  Mailbox records
@@ -192,7 +206,7 @@ struct stor_txn_text {
 };
 struct stor_txn {
 	struct stor_db *db;
-	leveldb_writebatch_t *wb;
+	struct stor_batch *wb;
 	ARRAY(struct stor_txn_mailbox *) mailboxes;
 	ARRAY(struct stor_txn_text) texts;
 };
@@ -216,7 +230,7 @@ void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,
 int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
 		      const char **error_r);
 /* Adds deletes of the text's records to the batch and frees its chunks. */
-int stor_text_delete_batch(struct stor_db *db, leveldb_writebatch_t *wb,
+int stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb,
 			   const struct guid *guid, const char **error_r);
 /* Writes a whole text given in memory into the journal; txn's batch makes
  * it part of the store.  The text record is created with refcount 0. */
@@ -232,6 +246,10 @@ struct stor_journal;
  * the default), replays what the last checkpoint lacks, and checkpoints. */
 int stor_jnl_open(struct stor_db *db, uint64_t segment_max, const char **error_r);
 void stor_jnl_close(struct stor_db *db);
+/* After stor_jnl_open: when LevelDB holds texts beyond the journal's end
+ * (after a power failure its unsynced writes may survive where the
+ * journal's did not), removes the messages whose appends never completed. */
+int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r);
 /* Adds text chunk idx of the text guid; it is written at the latest with the
  * next batch.  Chunk 0 pins its segment against deletion until
  * stor_jnl_unpin() with its extent (once the text's records are written, or
@@ -241,12 +259,23 @@ int stor_jnl_add_text(struct stor_db *db, const struct guid *guid, uint32_t idx,
 		      const char **error_r);
 void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first);
 /* Writes the batch to the journal, then to LevelDB (not synced). */
-int stor_jnl_write(struct stor_db *db, leveldb_writebatch_t *wb, const char **error_r);
+int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error_r);
 /* Syncs LevelDB and records the journal position it holds (then deletes
  * segments nobody needs), so that the next open replays nothing before. */
 int stor_jnl_checkpoint(struct stor_db *db, const char **error_r);
 /* Makes everything written so far durable. */
 int stor_jnl_sync(struct stor_db *db, const char **error_r);
+/* The same in the helper thread: 1 started, 0 nothing to sync or one in
+ * flight already, -1 error.  poll: 1 done (or none in flight), 0 still
+ * running, -1 it failed.  fd: readable when one finishes. */
+int stor_jnl_sync_start(struct stor_db *db, const char **error_r);
+bool stor_jnl_sync_busy(struct stor_db *db);
+int stor_jnl_sync_poll(struct stor_db *db, const char **error_r);
+int stor_jnl_sync_fd(struct stor_db *db);
+/* Clears the fd's readiness. */
+void stor_jnl_sync_drain(struct stor_db *db);
+/* Waits for the sync in flight, if any: 0 or -1 (it failed). */
+int stor_jnl_sync_wait(struct stor_db *db, const char **error_r);
 /* Appends bytes [from, from+len) of a chunk, checking the record. */
 int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
 		  const struct stor_extent *ext, uint64_t from, uint64_t len, struct buf *out,

@@ -97,7 +97,7 @@ int stor_text_extents_get(struct stor_db *db, const struct guid *guid, stor_exte
 	return 1;
 }
 
-int stor_text_delete_batch(struct stor_db *db, leveldb_writebatch_t *wb,
+int stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb,
 			   const struct guid *guid, const char **error_r)
 {
 	struct stor_key k;
@@ -247,7 +247,7 @@ int stor_text_finish(struct stor_text_writer **_w, const char **error_r)
 			ret = writer_flush_chunk(w, error_r);
 		if (ret == 0) {
 			struct stor_text_rec rec;
-			leveldb_writebatch_t *wb = leveldb_writebatch_create();
+			struct stor_batch *wb = stor_batch_new();
 			text_key(&k, STOR_KEY_ORPHAN, &w->guid);
 			stor_batch_put(wb, &k, "", 0);
 			rec.refcount = 0;
@@ -265,7 +265,7 @@ int stor_text_finish(struct stor_text_writer **_w, const char **error_r)
 			buf_free(&v);
 			stor_jnl_live(w->db, w->ext.items, w->ext.count, 1);
 			ret = stor_db_write(w->db, wb, error_r);
-			leveldb_writebatch_destroy(wb);
+			stor_batch_free(wb);
 		}
 	}
 	writer_free(_w);
@@ -346,14 +346,14 @@ int stor_text_gc(struct stor_db *db, const char **error_r)
 			ret = -1;
 			break;
 		}
-		leveldb_writebatch_t *wb = leveldb_writebatch_create();
+		struct stor_batch *wb = stor_batch_new();
 		if (r > 0 && rec.refcount == 0)
 			ret = stor_text_delete_batch(db, wb, &guid, error_r);
 		text_key(&k, STOR_KEY_ORPHAN, &guid);
 		stor_batch_del(wb, &k);
 		if (ret == 0)
 			ret = stor_db_write(db, wb, error_r);
-		leveldb_writebatch_destroy(wb);
+		stor_batch_free(wb);
 		leveldb_iter_next(it);
 	}
 	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)

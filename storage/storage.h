@@ -75,8 +75,26 @@ const char *stor_last_error(struct stor_db *db);
 int stor_sync(struct stor_db *db, const char **error_r);
 typedef void stor_durable_cb(void *ctx, bool ok);
 void stor_on_durable(struct stor_db *db, stor_durable_cb *cb, void *ctx);
-/* True when there are mutations or callbacks waiting for stor_sync(). */
+/* True when there are mutations or callbacks waiting for stor_sync(), or a
+ * sync in flight. */
 bool stor_sync_pending(struct stor_db *db);
+
+/* Group commit off the event loop.  stor_sync_start() writes out what is
+ * buffered and starts the fsync in a helper thread, taking along the
+ * callbacks queued so far; the loop goes on, and mutations and callbacks
+ * made meanwhile wait for the next sync.  When stor_sync_fd() turns
+ * readable, stor_sync_finish() runs the callbacks (ok=false if the fsync
+ * failed, after which every write fails until the node restarts).  One sync
+ * is in flight at a time: stor_sync_start() returns 0 and does nothing while
+ * stor_sync_busy().  When there is nothing to sync it runs the callbacks at
+ * once and returns 0; 1 when it started a sync; -1 when it failed (the
+ * callbacks ran with ok=false).  stor_sync() first waits for a sync in
+ * flight and runs its callbacks. */
+int stor_sync_start(struct stor_db *db);
+void stor_sync_finish(struct stor_db *db);
+bool stor_sync_busy(struct stor_db *db);
+/* -1 when the helper thread cannot be started. */
+int stor_sync_fd(struct stor_db *db);
 
 /* ---- Mailboxes ---- */
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/config.h"
 #include "lib/xalloc.h"
@@ -166,10 +167,14 @@ static void done_cb(void *ctx, const struct repl_result *res)
 	d->uid = res->uid;
 }
 
+/* Bounded: 5 s (the fsync runs in storage's helper thread). */
 static void run_until(struct node *n, const int *calls, int want)
 {
-	for (int i = 0; i < 1000 && *calls < want; i++)
+	for (int i = 0; i < 5000 && *calls < want; i++) {
 		ev_run(n->loop, EVRUN_ONCE | EVRUN_NOWAIT);
+		if (*calls < want)
+			usleep(1000);
+	}
 }
 
 static void status_value(struct repl *r, const char *key, char *out, size_t size)
