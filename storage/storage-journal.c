@@ -1305,8 +1305,15 @@ static int replay_segment(struct stor_db *db, uint32_t seg, uint64_t start, bool
 	uint64_t size = (uint64_t)st.st_size, off = start;
 	struct buf payload = BUF_INIT;
 	bool torn = false;
-	if (off > size)
-		torn = true; /* checkpoint past the end: cannot happen unless damaged */
+	if (off > size) {
+		/* What the checkpoint saw synced is gone. */
+		close(fd);
+		ret = stor_err(db, error_r, "%s: store is corrupted: journal segment is shorter "
+			       "(%llu bytes) than its checkpoint (%llu)", path,
+			       (unsigned long long)size, (unsigned long long)start);
+		free(path);
+		return ret;
+	}
 	while (!torn && ret == 0 && off < size) {
 		unsigned char h[JNL_HDR];
 		if (size - off < JNL_HDR || pread_all(fd, h, JNL_HDR, off) < 0) {
@@ -1336,7 +1343,7 @@ static int replay_segment(struct stor_db *db, uint32_t seg, uint64_t start, bool
 	}
 	buf_free(&payload);
 	if (ret == 0 && torn) {
-		if (!last || off < start) {
+		if (!last) {
 			ret = stor_err(db, error_r, "%s: store is corrupted: damaged journal record "
 				       "at %llu", path, (unsigned long long)off);
 		} else {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <leveldb/c.h>
+#include <zlib.h>
 
 #include "lib/xalloc.h"
 #include "storage/storage-private.h"
@@ -155,6 +156,19 @@ static void copy_files(const char *from, const char *to)
 		free(dst);
 	}
 	closedir(d);
+}
+
+static void check_text_bytes(struct stor_db *db, const struct guid *mb, uint32_t uid,
+			     const char *want)
+{
+	struct stor_msg msg;
+	const char *error = NULL;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(db, mb, uid, &msg, &error), 1);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(db, &msg.guid, 0, msg.size, &out, &error), 0);
+	CU_ASSERT(out.len == strlen(want) && memcmp(out.data, want, out.len) == 0);
+	buf_free(&out);
+	stor_msg_free(&msg);
 }
 
 static void test_changes_only_in_journal_are_replayed(void)
@@ -430,6 +444,78 @@ static void test_texts_the_journal_lost_are_removed_with_their_messages(void)
 	tstore_close(&t);
 }
 
+/* Appends a record with a correct CRC (as the journal frames them) to the
+ * file. */
+static void append_record(const char *path, unsigned char type, const void *payload, uint32_t len)
+{
+	unsigned char hdr[9];
+	hdr[4] = (unsigned char)len;
+	hdr[5] = (unsigned char)(len >> 8);
+	hdr[6] = (unsigned char)(len >> 16);
+	hdr[7] = (unsigned char)(len >> 24);
+	hdr[8] = type;
+	uLong c = crc32(0L, Z_NULL, 0);
+	c = crc32(c, hdr + 4, 5);
+	c = crc32(c, payload, len);
+	for (int i = 0; i < 4; i++)
+		hdr[i] = (unsigned char)(c >> (8 * i));
+	FILE *f = fopen(path, "ab");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	CU_ASSERT_EQUAL(fwrite(hdr, 1, sizeof(hdr), f), sizeof(hdr));
+	CU_ASSERT_EQUAL(fwrite(payload, 1, len, f), len);
+	fclose(f);
+}
+
+static void test_well_framed_garbage_in_the_journal_fails_open_clearly(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "hello", 0);
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	stor_test_abandon(&t.db);
+	char *seg = last_segment_path(t.dir);
+	struct stat st;
+	CU_ASSERT_EQUAL_FATAL(stat(seg, &st), 0);
+	/* A batch whose operations run past its end: the CRC is right, so it
+	 * is not a torn write but damage (or a hostile file). */
+	unsigned char bad[] = { 1, 0xff, 0xff, 0xff, 0x7f, 'x' };
+	append_record(seg, 'B', bad, sizeof(bad));
+	struct stor_settings set;
+	char *err = NULL;
+	memset(&set, 0, sizeof(set));
+	set.dir = t.dir;
+	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "corrupted") : NULL);
+	free(err);
+	t.db = NULL;
+	/* An unknown record type is refused the same way. */
+	CU_ASSERT_EQUAL(truncate(seg, st.st_size), 0);
+	append_record(seg, 'Z', bad, sizeof(bad));
+	err = NULL;
+	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "corrupted") : NULL);
+	free(err);
+	t.db = NULL;
+	/* Without the damage it opens; closed, it is checkpointed at its end.
+	 * A segment shorter than its checkpoint lost synced data. */
+	CU_ASSERT_EQUAL(truncate(seg, st.st_size), 0);
+	t.db = open_dir(t.dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	check_text_bytes(t.db, &g, 1, "hello");
+	stor_close(&t.db);
+	CU_ASSERT_EQUAL(truncate(seg, st.st_size - 10), 0);
+	err = NULL;
+	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "corrupted") : NULL);
+	free(err);
+	t.db = NULL;
+	free(seg);
+	test_rmtree(t.dir);
+	free(t.dir);
+}
+
 static void test_store_without_journal_is_refused_clearly(void)
 {
 	char *dir = test_mkdtemp();
@@ -564,6 +650,8 @@ const struct test_case storage_journal_cases[] = {
 	{ "mostly dead segments are compacted", test_mostly_dead_segments_are_compacted },
 	{ "texts the journal lost are removed with their messages",
 	  test_texts_the_journal_lost_are_removed_with_their_messages },
+	{ "well-framed garbage in the journal fails open clearly",
+	  test_well_framed_garbage_in_the_journal_fails_open_clearly },
 	{ "a store without a journal is refused clearly",
 	  test_store_without_journal_is_refused_clearly },
 	{ "a missing journal segment fails open clearly",
