@@ -518,10 +518,17 @@ def t_tls():
     c.start_all()
     t = c.wait_links_up(timeout=30, nodes=c.nodes[:2])
     print("measured: TLS link 1-2 up %.2f s after start" % t)
-    s = c.nodes[0].status()
+    # Both ends' views at a moment the link is up at both (a link may
+    # still be replaced right after it came up, while the nodes start).
+    s, s2 = {}, {}
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 15:
+        s, s2 = c.nodes[0].status(), c.nodes[1].status()
+        if s.get("peer.2") == "up" and s2.get("peer.1") == "up":
+            break
+        time.sleep(0.2)
     R.equal("link 1-2 runs TLS", s.get("peer.2.tls"), "yes")
     R.equal("link 1-2 compressed inside TLS", s.get("peer.2.compress"), "yes")
-    s2 = c.nodes[1].status()
     R.equal("node 2 sees TLS too", s2.get("peer.1.tls"), "yes")
     ever_up = set()
     t0 = time.monotonic()
