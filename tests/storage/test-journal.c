@@ -105,6 +105,21 @@ static void text_of(unsigned i, char *buf, size_t size)
 	buf[n] = '\0';
 }
 
+/* Appends messages first..first+count-1 (texts by text_of), syncing now
+ * and then and at the end. */
+static void append_many(struct stor_db *db, const struct guid *g, unsigned first, unsigned count)
+{
+	char text[4000];
+	const char *error = NULL;
+	for (unsigned i = first; i < first + count; i++) {
+		text_of(i, text, sizeof(text));
+		tappend(db, g, 0, text, 0);
+		if (i % 8 == 0)
+			CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
+	}
+	CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
+}
+
 static void check_text(struct stor_db *db, const struct guid *mb, uint32_t uid, unsigned i)
 {
 	struct stor_msg msg;
@@ -158,6 +173,31 @@ static void copy_files(const char *from, const char *to)
 	closedir(d);
 }
 
+/* Asserts that opening dir fails with a message containing what. */
+static void expect_open_fails(const char *dir, const char *what)
+{
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *err = NULL;
+	memset(&set, 0, sizeof(set));
+	set.dir = dir;
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), -1);
+	CU_ASSERT_PTR_NULL(db);
+	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, what) : NULL);
+	free(err);
+}
+
+/* A store with one message "hello" in alice's INBOX, synced. */
+static struct guid store_with_hello(struct tstore *t)
+{
+	const char *error = NULL;
+	tstore_open(t);
+	struct guid g = tmailbox(t->db, "alice", "INBOX");
+	tappend(t->db, &g, 0, "hello", 0);
+	CU_ASSERT_EQUAL(stor_sync(t->db, &error), 0);
+	return g;
+}
+
 static void check_text_bytes(struct stor_db *db, const struct guid *mb, uint32_t uid,
 			     const char *want)
 {
@@ -175,22 +215,15 @@ static void test_changes_only_in_journal_are_replayed(void)
 {
 	struct tstore t;
 	const char *error = NULL;
-	char text[4000];
 	tstore_open(&t);
 	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	for (unsigned i = 1; i <= 3; i++) {
-		text_of(i, text, sizeof(text));
-		tappend(t.db, &g, 0, text, 0);
-	}
+	append_many(t.db, &g, 1, 3);
 	stor_close(&t.db);
 	char *saved = test_mkdtemp();
 	copy_files(t.dir, saved);
 	t.db = open_dir(t.dir, 0);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
-	for (unsigned i = 4; i <= 5; i++) {
-		text_of(i, text, sizeof(text));
-		tappend(t.db, &g, 0, text, 0);
-	}
+	append_many(t.db, &g, 4, 2);
 	struct stor_store req;
 	memset(&req, 0, sizeof(req));
 	req.op = STOR_FLAGS_ADD;
@@ -263,10 +296,7 @@ static void test_torn_last_record_is_cut_and_kept_aside(void)
 	char text[4000];
 	tstore_open(&t);
 	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	for (unsigned i = 1; i <= 4; i++) {
-		text_of(i, text, sizeof(text));
-		tappend(t.db, &g, 0, text, 0);
-	}
+	append_many(t.db, &g, 1, 4);
 	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
 	char *before = dump(t.db);
 	stor_test_abandon(&t.db);
@@ -302,29 +332,30 @@ static void test_torn_last_record_is_cut_and_kept_aside(void)
 	tstore_close(&t);
 }
 
-/* Appends count messages numbered from first; returns nothing, asserts. */
-static void append_many(struct stor_db *db, const struct guid *g, unsigned first, unsigned count)
+/* A store with SMALL_SEGMENT segments holding count messages (1..count)
+ * in alice's INBOX. */
+static struct guid small_segment_store(struct tstore *t, unsigned count)
 {
-	char text[4000];
-	const char *error = NULL;
-	for (unsigned i = first; i < first + count; i++) {
-		text_of(i, text, sizeof(text));
-		tappend(db, g, 0, text, 0);
-		if (i % 8 == 0)
-			CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
-	}
-	CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
+	t->dir = test_mkdtemp();
+	t->db = open_dir(t->dir, SMALL_SEGMENT);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t->db);
+	struct guid g = tmailbox(t->db, "alice", "INBOX");
+	append_many(t->db, &g, 1, count);
+	return g;
+}
+
+static void small_segment_reopen(struct tstore *t)
+{
+	stor_close(&t->db);
+	t->db = open_dir(t->dir, SMALL_SEGMENT);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t->db);
 }
 
 static void test_segments_of_expunged_mail_are_deleted(void)
 {
 	struct tstore t;
 	const char *error = NULL;
-	t.dir = test_mkdtemp();
-	t.db = open_dir(t.dir, SMALL_SEGMENT);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
-	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	append_many(t.db, &g, 1, 100);
+	struct guid g = small_segment_store(&t, 100);
 	unsigned full = count_segments(t.dir, NULL, NULL);
 	CU_ASSERT(full >= 6);
 	uint32_t uids[90];
@@ -343,9 +374,7 @@ static void test_segments_of_expunged_mail_are_deleted(void)
 	CU_ASSERT(now < full + 6);
 	for (unsigned i = 91; i <= 160; i++)
 		check_text(t.db, &g, i, i);
-	stor_close(&t.db);
-	t.db = open_dir(t.dir, SMALL_SEGMENT);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	small_segment_reopen(&t);
 	for (unsigned i = 91; i <= 160; i++)
 		check_text(t.db, &g, i, i);
 	tcheck(t.db, &g);
@@ -356,11 +385,7 @@ static void test_mostly_dead_segments_are_compacted(void)
 {
 	struct tstore t;
 	const char *error = NULL;
-	t.dir = test_mkdtemp();
-	t.db = open_dir(t.dir, SMALL_SEGMENT);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
-	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	append_many(t.db, &g, 1, 120);
+	struct guid g = small_segment_store(&t, 120);
 	uint64_t full_bytes = 0;
 	count_segments(t.dir, &full_bytes, NULL);
 	/* Three of every four go: every segment keeps a few live texts, so
@@ -383,9 +408,7 @@ static void test_mostly_dead_segments_are_compacted(void)
 	CU_ASSERT(bytes < full_bytes + 200 * 1024);
 	for (unsigned i = 4; i <= 120; i += 4)
 		check_text(t.db, &g, i, i);
-	stor_close(&t.db);
-	t.db = open_dir(t.dir, SMALL_SEGMENT);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	small_segment_reopen(&t);
 	for (unsigned i = 4; i <= 120; i += 4)
 		check_text(t.db, &g, i, i);
 	tcheck(t.db, &g);
@@ -396,23 +419,16 @@ static void test_texts_the_journal_lost_are_removed_with_their_messages(void)
 {
 	struct tstore t;
 	const char *error = NULL;
-	char text[4000];
 	tstore_open(&t);
 	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	for (unsigned i = 1; i <= 3; i++) {
-		text_of(i, text, sizeof(text));
-		tappend(t.db, &g, 0, text, 0);
-	}
+	append_many(t.db, &g, 1, 3);
 	stor_close(&t.db);
 	char *seg = last_segment_path(t.dir);
 	struct stat st;
 	CU_ASSERT_EQUAL_FATAL(stat(seg, &st), 0);
 	t.db = open_dir(t.dir, 0);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
-	for (unsigned i = 4; i <= 5; i++) {
-		text_of(i, text, sizeof(text));
-		tappend(t.db, &g, 0, text, 0);
-	}
+	append_many(t.db, &g, 4, 2);
 	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
 	stor_test_abandon(&t.db);
 	/* A power failure: LevelDB's unsynced writes reached the disk, the
@@ -469,11 +485,7 @@ static void append_record(const char *path, unsigned char type, const void *payl
 static void test_well_framed_garbage_in_the_journal_fails_open_clearly(void)
 {
 	struct tstore t;
-	const char *error = NULL;
-	tstore_open(&t);
-	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	tappend(t.db, &g, 0, "hello", 0);
-	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	struct guid g = store_with_hello(&t);
 	stor_test_abandon(&t.db);
 	char *seg = last_segment_path(t.dir);
 	struct stat st;
@@ -482,22 +494,11 @@ static void test_well_framed_garbage_in_the_journal_fails_open_clearly(void)
 	 * is not a torn write but damage (or a hostile file). */
 	unsigned char bad[] = { 1, 0xff, 0xff, 0xff, 0x7f, 'x' };
 	append_record(seg, 'B', bad, sizeof(bad));
-	struct stor_settings set;
-	char *err = NULL;
-	memset(&set, 0, sizeof(set));
-	set.dir = t.dir;
-	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
-	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "corrupted") : NULL);
-	free(err);
-	t.db = NULL;
+	expect_open_fails(t.dir, "corrupted");
 	/* An unknown record type is refused the same way. */
 	CU_ASSERT_EQUAL(truncate(seg, st.st_size), 0);
 	append_record(seg, 'Z', bad, sizeof(bad));
-	err = NULL;
-	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
-	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "corrupted") : NULL);
-	free(err);
-	t.db = NULL;
+	expect_open_fails(t.dir, "corrupted");
 	/* Without the damage it opens; closed, it is checkpointed at its end.
 	 * A segment shorter than its checkpoint lost synced data. */
 	CU_ASSERT_EQUAL(truncate(seg, st.st_size), 0);
@@ -506,14 +507,9 @@ static void test_well_framed_garbage_in_the_journal_fails_open_clearly(void)
 	check_text_bytes(t.db, &g, 1, "hello");
 	stor_close(&t.db);
 	CU_ASSERT_EQUAL(truncate(seg, st.st_size - 10), 0);
-	err = NULL;
-	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
-	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "corrupted") : NULL);
-	free(err);
-	t.db = NULL;
+	expect_open_fails(t.dir, "corrupted");
 	free(seg);
-	test_rmtree(t.dir);
-	free(t.dir);
+	tstore_close(&t);
 }
 
 static void test_store_without_journal_is_refused_clearly(void)
@@ -531,14 +527,7 @@ static void test_store_without_journal_is_refused_clearly(void)
 	leveldb_close(l);
 	leveldb_options_destroy(o);
 
-	struct stor_settings set;
-	struct stor_db *db = NULL;
-	char *error = NULL;
-	memset(&set, 0, sizeof(set));
-	set.dir = dir;
-	CU_ASSERT_EQUAL(stor_open(&set, &db, &error), -1);
-	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "older Starling") : NULL);
-	free(error);
+	expect_open_fails(dir, "older Starling");
 	test_rmtree(dir);
 	free(dir);
 }
@@ -546,25 +535,13 @@ static void test_store_without_journal_is_refused_clearly(void)
 static void test_missing_journal_segment_fails_open_clearly(void)
 {
 	struct tstore t;
-	const char *error = NULL;
-	tstore_open(&t);
-	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	tappend(t.db, &g, 0, "hello", 0);
-	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	store_with_hello(&t);
 	stor_close(&t.db);
 	char *seg = last_segment_path(t.dir);
 	CU_ASSERT_EQUAL(unlink(seg), 0);
 	free(seg);
-	struct stor_settings set;
-	char *err = NULL;
-	memset(&set, 0, sizeof(set));
-	set.dir = t.dir;
-	CU_ASSERT_EQUAL(stor_open(&set, &t.db, &err), -1);
-	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "missing") : NULL);
-	free(err);
-	t.db = NULL;
-	test_rmtree(t.dir);
-	free(t.dir);
+	expect_open_fails(t.dir, "missing");
+	tstore_close(&t);
 }
 
 struct durable_log {
