@@ -893,15 +893,24 @@ static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 
 /* A full sync stores hundreds of MB: made durable every
  * RUN_SYNC_INTERVAL, each fsync has little to write, where one at the end
- * could hold the loop (and the link's keepalive) for seconds. */
+ * could hold the loop (and the link's keepalive) for seconds.  The fsync
+ * runs in storage's helper thread (repl-local's watcher completes it); the
+ * end of the run waits for durability with stor_sync(). */
 static void run_sync_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct run *run = (struct run *)((char *)w - offsetof(struct run, sync_timer));
 	struct stor_db *db = repl_db(run->rs->repl);
 	const char *err;
 	(void)revents;
-	if (!stor_sync_pending(db))
+	if (!stor_sync_pending(db) || stor_sync_busy(db))
 		return;
+	if (stor_sync_fd(db) >= 0) {
+		if (stor_sync_start(db) < 0) {
+			log_errorx("resync of %s: storing failed", run->user);
+			run_set_failure(run, "storing failed");
+		}
+		return;
+	}
 	ev_tstamp t0 = ev_time();
 	if (stor_sync(db, &err) < 0) {
 		log_errorx("resync of %s: storing failed: %s", run->user, err);
