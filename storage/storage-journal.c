@@ -863,7 +863,11 @@ static int async_wait(struct stor_db *db, const char **error_r)
 
 int stor_jnl_sync_wait(struct stor_db *db, const char **error_r)
 {
-	return async_wait(db, error_r);
+	if (async_wait(db, error_r) < 0)
+		return -1;
+	/* The sync may have been collected (and failed) by a segment switch
+	 * meanwhile: its changes are not durable then. */
+	return check_usable(db, error_r);
 }
 
 int stor_jnl_sync_start(struct stor_db *db, const char **error_r)
@@ -919,7 +923,7 @@ int stor_jnl_sync_poll(struct stor_db *db, const char **error_r)
 		return 1;
 	stor_jnl_sync_drain(db);
 	if (!sy->in_flight)
-		return 1;
+		return check_usable(db, error_r) < 0 ? -1 : 1;
 	pthread_mutex_lock(&sy->mu);
 	int ret = 0;
 	if (sy->done)
