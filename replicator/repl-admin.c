@@ -32,7 +32,8 @@
  *   malformed.
  *
  *   STATUS lines: "node_id: N", "imap: HOST:PORT", "sessions: N",
- *   "uptime_s: N", the peer lines, "root: SID", "epoch: COUNTER.ROOT"
+ *   "uptime_s: N", the store's lines (stor_status), the peer lines,
+ *   "root: SID", "epoch: COUNTER.ROOT"
  *   (later issues add more lines; parsers must ignore unknown ones).
  *
  *   MASTER answers the lines "master: SID", "epoch: COUNTER.ROOT",

@@ -83,6 +83,7 @@ static void status_cb(void *ctx, struct buf *out)
 			    n->cfg->imaps_listen.port);
 	buf_appendf(out, "sessions: %u\n", n->imap != NULL ? imap_server_session_count(n->imap) : 0);
 	buf_appendf(out, "uptime_s: %lld\n", (long long)(clock_wall_s() - n->started));
+	stor_status(n->db, out);
 	if (n->peers != NULL)
 		repl_peers_status(n->peers, out);
 	if (n->mm != NULL)

@@ -932,6 +932,32 @@ int stor_jnl_sync_poll(struct stor_db *db, const char **error_r)
 	return ret;
 }
 
+/* ---- Status ---- */
+
+void stor_status(struct stor_db *db, struct buf *out)
+{
+	struct stor_journal *j = db->jnl;
+	seg_array segs = ARRAY_INIT;
+	const char *error;
+	uint64_t bytes = 0, live = 0;
+	if (list_segments(db, &segs, &error) < 0)
+		ARRAY_FREE(&segs);
+	for (size_t i = 0; i < segs.count; i++) {
+		char *path = seg_path(j, segs.items[i]);
+		struct stat st;
+		if (stat(path, &st) == 0)
+			bytes += (uint64_t)st.st_size;
+		free(path);
+	}
+	for (size_t i = 0; i < j->live.count; i++)
+		live += j->live.items[i].bytes;
+	buf_appendf(out, "store.journal_segments: %zu\n", segs.count);
+	buf_appendf(out, "store.journal_bytes: %llu\n", (unsigned long long)bytes);
+	buf_appendf(out, "store.text_bytes_live: %llu\n", (unsigned long long)live);
+	buf_appendf(out, "store.compacting: %s\n", j->compact_seg != 0 ? "yes" : "no");
+	ARRAY_FREE(&segs);
+}
+
 /* ---- Compaction ---- */
 
 static bool extent_eq(const struct stor_extent *a, uint32_t seg, uint64_t off)

@@ -96,6 +96,12 @@ bool stor_sync_busy(struct stor_db *db);
 /* -1 when the helper thread cannot be started. */
 int stor_sync_fd(struct stor_db *db);
 
+/* Status lines for `starling status`: "store.journal_segments: N",
+ * "store.journal_bytes: N" (on disk), "store.text_bytes_live: N" (what the
+ * texts still referenced take; the rest is reclaimed by deleting and
+ * compacting segments), "store.compacting: yes|no". */
+void stor_status(struct stor_db *db, struct buf *out);
+
 /* ---- Mailboxes ---- */
 
 struct stor_mailbox {

@@ -92,6 +92,8 @@ with tempfile.TemporaryDirectory(prefix="starling-cli-") as tmp:
                 break
             time.sleep(0.1)
         check("status of a running node names it", rc == 0 and "node_id: 1" in out, out + err)
+        check("status shows the store's journal", "store.journal_segments: 1" in out and
+              "store.compacting: no" in out, out)
         rc, out, err = run(["-c", conf, "status", "--json"])
         check("status --json is one JSON object", rc == 0 and out.startswith("{") and '"node_id":1' in out, out)
         msg = b"From: a@example.com\r\nSubject: cli test\r\n\r\nhello\r\n"

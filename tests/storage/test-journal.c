@@ -369,6 +369,20 @@ static void test_segments_of_expunged_mail_are_deleted(void)
 	append_many(t.db, &g, 141, 20);
 	uint64_t bytes = 0;
 	unsigned now = count_segments(t.dir, &bytes, NULL);
+	/* The status lines say the same. */
+	struct buf st = BUF_INIT;
+	stor_status(t.db, &st);
+	char want[128];
+	snprintf(want, sizeof(want), "store.journal_segments: %u\nstore.journal_bytes: %llu\n",
+		 now, (unsigned long long)bytes);
+	CU_ASSERT_PTR_NOT_NULL(strstr(buf_cstr(&st), want));
+	unsigned long long live = 0;
+	const char *lp = strstr(buf_cstr(&st), "store.text_bytes_live: ");
+	CU_ASSERT_FATAL(lp != NULL);
+	live = strtoull(lp + strlen("store.text_bytes_live: "), NULL, 10);
+	/* 70 texts of about 4 KiB each are live. */
+	CU_ASSERT(live > 70 * 3900 && live < 70 * 4200 && live <= bytes);
+	buf_free(&st);
 	/* 70 messages of about 4 KiB left: about 280 KiB in 64 KiB segments. */
 	CU_ASSERT(bytes < 480 * 1024);
 	CU_ASSERT(now < full + 6);
