@@ -288,15 +288,23 @@ void stor_mailbox_list_free(stor_mailbox_array *list)
 	ARRAY_FREE(list);
 }
 
-void stor_text_rec_encode(const struct stor_text_rec *t, struct buf *out)
+void stor_text_rec_encode(const struct stor_text_rec *t, const struct stor_extent *ext, size_t n,
+			  struct buf *out)
 {
 	stor_put_u8(out, TEXT_REC_VERSION);
 	stor_put_u32(out, t->refcount);
 	stor_put_u64(out, t->size);
 	stor_put_bytes(out, t->sha256, sizeof(t->sha256));
+	stor_put_u32(out, (uint32_t)n);
+	for (size_t i = 0; i < n; i++) {
+		stor_put_u32(out, ext[i].seg);
+		stor_put_u64(out, ext[i].off);
+		stor_put_u32(out, ext[i].len);
+	}
 }
 
-int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r)
+int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r,
+			 stor_extent_list *ext_r)
 {
 	struct stor_dec d;
 	stor_dec_init(&d, p, len);
@@ -305,7 +313,34 @@ int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r)
 	t_r->refcount = stor_get_u32(&d);
 	t_r->size = stor_get_u64(&d);
 	stor_get_bytes(&d, t_r->sha256, sizeof(t_r->sha256));
-	return stor_dec_end(&d) ? 0 : -1;
+	uint32_t n = stor_get_u32(&d);
+	/* Each chunk takes 16 bytes: a count that doesn't fit is damage. */
+	if (d.bad || n > (len - d.pos) / 16)
+		return -1;
+	uint64_t total = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		struct stor_extent e;
+		e.seg = stor_get_u32(&d);
+		e.off = stor_get_u64(&d);
+		e.len = stor_get_u32(&d);
+		if (e.len == 0 || e.len > STOR_TEXT_CHUNK)
+			return -1;
+		total += e.len;
+		if (ext_r != NULL)
+			ARRAY_PUSH(ext_r, e);
+	}
+	return stor_dec_end(&d) && total == t_r->size ? 0 : -1;
+}
+
+const EVP_MD *stor_sha256(void)
+{
+	/* EVP_sha256() makes every EVP_DigestInit_ex() look the algorithm up
+	 * again (OpenSSL 3); a store hashes twice per message.  Fetched once,
+	 * kept for the life of the process. */
+	static EVP_MD *md;
+	if (md == NULL && (md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
+		abort();
+	return md;
 }
 
 void stor_msg_hash(const struct stor_msg *msg, unsigned char out[16])
@@ -319,7 +354,7 @@ void stor_msg_hash(const struct stor_msg *msg, unsigned char out[16])
 	head[20] = f >> 24; head[21] = f >> 16; head[22] = f >> 8; head[23] = f;
 
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, stor_sha256(), NULL) != 1)
 		abort();
 	EVP_DigestUpdate(ctx, head, sizeof(head));
 	for (size_t i = 0; i < msg->keywords.count; i++) {
@@ -583,10 +618,11 @@ static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const c
 
 	if (t->delta == 0 && !t->created)
 		return 0;
+	stor_extent_list old = ARRAY_INIT;
 	if (t->created) {
 		rec = t->rec;
 	} else {
-		int ret = stor_text_rec_get(db, &t->guid, &rec, error_r);
+		int ret = stor_text_get(db, &t->guid, &rec, &old, error_r);
 		if (ret < 0)
 			return -1;
 		if (ret == 0) {
@@ -597,6 +633,7 @@ static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const c
 	}
 	int64_t rc = (int64_t)rec.refcount + t->delta;
 	if (rc < 0 || rc > UINT32_MAX) {
+		ARRAY_FREE(&old);
 		guid_to_hex(&t->guid, hex);
 		return stor_err(db, error_r, "%s: store is corrupted: bad reference count of text %s",
 				db->dir, hex);
@@ -605,7 +642,12 @@ static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const c
 	stor_key_guid(&k, &t->guid);
 	if (rc == 0 && !t->created) {
 		stor_batch_del(txn->wb, &k);
-		return stor_text_delete_batch(db, txn->wb, &t->guid, error_r);
+		stor_key_init(&k, STOR_KEY_TEXT);
+		stor_key_guid(&k, &t->guid);
+		stor_batch_del(txn->wb, &k);
+		stor_jnl_live(db, old.items, old.count, -1);
+		ARRAY_FREE(&old);
+		return 0;
 	}
 	/* A text made here has no marker yet; a streamed one loses its marker
 	 * with its first reference. */
@@ -613,22 +655,17 @@ static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const c
 		stor_batch_del(txn->wb, &k);
 	else if (rc == 0)
 		stor_batch_put(txn->wb, &k, "", 0); /* created unreferenced: collected on open */
-	if (t->created) {
-		struct buf e = BUF_INIT;
-		stor_extents_encode(t->ext.items, t->ext.count, &e);
-		stor_key_init(&k, STOR_KEY_EXTENTS);
-		stor_key_guid(&k, &t->guid);
-		stor_batch_put(txn->wb, &k, e.data, e.len);
-		buf_free(&e);
+	if (t->created)
 		stor_jnl_live(db, t->ext.items, t->ext.count, 1);
-	}
+	const stor_extent_list *ext = t->created ? &t->ext : &old;
 	rec.refcount = (uint32_t)rc;
 	struct buf v = BUF_INIT;
-	stor_text_rec_encode(&rec, &v);
+	stor_text_rec_encode(&rec, ext->items, ext->count, &v);
 	stor_key_init(&k, STOR_KEY_TEXT);
 	stor_key_guid(&k, &t->guid);
 	stor_batch_put(txn->wb, &k, v.data, v.len);
 	buf_free(&v);
+	ARRAY_FREE(&old);
 	return 0;
 }
 

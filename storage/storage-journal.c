@@ -966,8 +966,8 @@ static bool extent_eq(const struct stor_extent *a, uint32_t seg, uint64_t off)
 }
 
 /* Rewrites one text into the current segment and points its record there. */
-static int move_text(struct stor_db *db, const struct guid *guid, const stor_extent_list *old,
-		     const char **error_r)
+static int move_text(struct stor_db *db, const struct guid *guid, const struct stor_text_rec *rec,
+		     const stor_extent_list *old, const char **error_r)
 {
 	struct buf text = BUF_INIT;
 	stor_extent_list moved = ARRAY_INIT;
@@ -988,8 +988,8 @@ static int move_text(struct stor_db *db, const struct guid *guid, const stor_ext
 		struct stor_batch *wb = stor_batch_new();
 		struct stor_key k;
 		struct buf v = BUF_INIT;
-		stor_extents_encode(moved.items, moved.count, &v);
-		stor_key_init(&k, STOR_KEY_EXTENTS);
+		stor_text_rec_encode(rec, moved.items, moved.count, &v);
+		stor_key_init(&k, STOR_KEY_TEXT);
 		stor_key_guid(&k, guid);
 		stor_batch_put(wb, &k, v.data, v.len);
 		buf_free(&v);
@@ -1070,13 +1070,14 @@ int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r)
 		memcpy(guid.b, h + JNL_HDR, GUID_SIZE);
 		uint32_t idx = get_le32(h + JNL_HDR + GUID_SIZE);
 		stor_extent_list ext = ARRAY_INIT;
-		int r = stor_text_extents_get(db, &guid, &ext, error_r);
+		struct stor_text_rec rec;
+		int r = stor_text_get(db, &guid, &rec, &ext, error_r);
 		if (r < 0)
 			ret = -1;
 		else if (r > 0 && idx < ext.count && extent_eq(&ext.items[idx], s, off)) {
 			for (size_t i = 0; i < ext.count; i++)
 				done += ext.items[i].len;
-			ret = move_text(db, &guid, &ext, error_r);
+			ret = move_text(db, &guid, &rec, &ext, error_r);
 		}
 		ARRAY_FREE(&ext);
 	}
@@ -1113,19 +1114,21 @@ static int find_lost_texts(struct stor_db *db, guid_array *lost, const char **er
 	struct stor_key prefix;
 	const unsigned char *key;
 	size_t klen;
-	stor_key_init(&prefix, STOR_KEY_EXTENTS);
+	stor_key_init(&prefix, STOR_KEY_TEXT);
 	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
 	int ret = 0;
 	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
 		struct guid g;
+		struct stor_text_rec rec;
 		stor_extent_list ext = ARRAY_INIT;
-		if (klen != 1 + GUID_SIZE) {
-			ret = stor_err_corrupt(db, error_r, "text chunk list key");
+		size_t vlen;
+		const char *v = leveldb_iter_value(it, &vlen);
+		if (klen != 1 + GUID_SIZE || stor_text_rec_decode(v, vlen, &rec, &ext) < 0) {
+			ARRAY_FREE(&ext);
+			ret = stor_err_corrupt(db, error_r, "text");
 			break;
 		}
 		memcpy(g.b, key + 1, GUID_SIZE);
-		if (stor_text_extents_get(db, &g, &ext, error_r) < 0)
-			ret = -1;
 		for (size_t i = 0; ret == 0 && i < ext.count; i++) {
 			if (extent_lost(db->jnl, &ext.items[i])) {
 				ARRAY_PUSH(lost, g);

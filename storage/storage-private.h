@@ -13,10 +13,10 @@
  *   'G' mbguid msgguid uid32        GUID index of messages (empty value)
  *   'T' mbguid uid32                tombstone: msgguid, modseq
  *   'R' mbguid modseq64 uid32       modseq index of tombstones (empty value)
- *   'S' msgguid                     text record: refcount, size, SHA-256
- *   'E' msgguid                     where the text's chunks are in the
- *                                   journal (STOR_TEXT_CHUNK bytes each, the
- *                                   last one shorter)
+ *   'S' msgguid                     text record: refcount, size, SHA-256,
+ *                                   and where its chunks are in the journal
+ *                                   (STOR_TEXT_CHUNK bytes each, the last
+ *                                   one shorter)
  *   'O' msgguid                     text written but not yet referenced:
  *                                   garbage collected on open
  *   'V' seg32                       live text bytes in a journal segment
@@ -48,7 +48,6 @@
 #define STOR_KEY_TOMB 'T'
 #define STOR_KEY_TOMB_MODSEQ 'R'
 #define STOR_KEY_TEXT 'S'
-#define STOR_KEY_EXTENTS 'E'
 #define STOR_KEY_LIVE 'V'
 #define STOR_KEY_ORPHAN 'O'
 #define STOR_KEY_LOG 'L'
@@ -140,8 +139,15 @@ struct stor_text_rec {
 	uint64_t size;
 	unsigned char sha256[32];
 };
-void stor_text_rec_encode(const struct stor_text_rec *t, struct buf *out);
-int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r);
+void stor_text_rec_encode(const struct stor_text_rec *t, const struct stor_extent *ext, size_t n,
+			  struct buf *out);
+/* Appends the chunks to ext_r unless NULL; checks they add up to the size. */
+int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r,
+			 stor_extent_list *ext_r);
+
+/* SHA-256 for EVP_DigestInit_ex(), looked up once (main thread only). */
+typedef struct evp_md_st EVP_MD;
+const EVP_MD *stor_sha256(void);
 
 /* The 16-byte digest contribution of one message. */
 void stor_msg_hash(const struct stor_msg *msg, unsigned char out[16]);
@@ -226,6 +232,9 @@ void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,
 
 /* ---- Texts ---- */
 
+/* Reads the text record, and its chunks into ext_r (may be NULL): 1, 0, -1. */
+int stor_text_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
+		  stor_extent_list *ext_r, const char **error_r);
 /* Reads the text record: 1, 0, -1. */
 int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
 		      const char **error_r);
@@ -289,7 +298,6 @@ void stor_jnl_live_discard(struct stor_db *db);
 bool stor_jnl_compact_due(struct stor_db *db);
 int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r);
 
-void stor_extents_encode(const struct stor_extent *e, size_t n, struct buf *out);
 /* The chunks of a stored text: 1, 0 (no such text), -1. */
 int stor_text_extents_get(struct stor_db *db, const struct guid *guid, stor_extent_list *list_r,
 			  const char **error_r);

@@ -36,8 +36,8 @@ static void text_key(struct stor_key *k, char prefix, const struct guid *guid)
 	stor_key_guid(k, guid);
 }
 
-int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
-		      const char **error_r)
+int stor_text_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
+		  stor_extent_list *ext_r, const char **error_r)
 {
 	struct stor_key k;
 	char *v;
@@ -46,55 +46,27 @@ int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_t
 	int ret = stor_db_get(db, &k, &v, &len, error_r);
 	if (ret <= 0)
 		return ret;
-	ret = stor_text_rec_decode(v, len, rec_r);
+	ret = stor_text_rec_decode(v, len, rec_r, ext_r);
 	free(v);
-	return ret < 0 ? stor_err_corrupt(db, error_r, "text") : 1;
+	if (ret < 0) {
+		if (ext_r != NULL)
+			ext_r->count = 0;
+		return stor_err_corrupt(db, error_r, "text");
+	}
+	return 1;
 }
 
-void stor_extents_encode(const struct stor_extent *e, size_t n, struct buf *out)
+int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
+		      const char **error_r)
 {
-	stor_put_u32(out, (uint32_t)n);
-	for (size_t i = 0; i < n; i++) {
-		stor_put_u32(out, e[i].seg);
-		stor_put_u64(out, e[i].off);
-		stor_put_u32(out, e[i].len);
-	}
+	return stor_text_get(db, guid, rec_r, NULL, error_r);
 }
 
 int stor_text_extents_get(struct stor_db *db, const struct guid *guid, stor_extent_list *list_r,
 			  const char **error_r)
 {
-	struct stor_key k;
-	char *v;
-	size_t len;
-	text_key(&k, STOR_KEY_EXTENTS, guid);
-	int ret = stor_db_get(db, &k, &v, &len, error_r);
-	if (ret <= 0)
-		return ret;
-	struct stor_dec d;
-	stor_dec_init(&d, v, len);
-	uint32_t n = stor_get_u32(&d);
-	/* Each extent takes 16 bytes: a count that doesn't fit is damage. */
-	if (!d.bad && n <= (len - 4) / 16) {
-		ARRAY_RESERVE(list_r, n);
-		for (uint32_t i = 0; i < n; i++) {
-			struct stor_extent e;
-			e.seg = stor_get_u32(&d);
-			e.off = stor_get_u64(&d);
-			e.len = stor_get_u32(&d);
-			if (e.len == 0 || e.len > STOR_TEXT_CHUNK)
-				d.bad = true;
-			ARRAY_PUSH(list_r, e);
-		}
-	} else {
-		d.bad = true;
-	}
-	free(v);
-	if (!stor_dec_end(&d)) {
-		list_r->count = 0;
-		return stor_err_corrupt(db, error_r, "text chunk list");
-	}
-	return 1;
+	struct stor_text_rec rec;
+	return stor_text_get(db, guid, &rec, list_r, error_r);
 }
 
 int stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb,
@@ -107,8 +79,6 @@ int stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb,
 		return -1;
 	stor_jnl_live(db, ext.items, ext.count, -1);
 	ARRAY_FREE(&ext);
-	text_key(&k, STOR_KEY_EXTENTS, guid);
-	stor_batch_del(wb, &k);
 	text_key(&k, STOR_KEY_TEXT, guid);
 	stor_batch_del(wb, &k);
 	return 0;
@@ -117,7 +87,7 @@ int stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb,
 static EVP_MD_CTX *sha_new(void)
 {
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, stor_sha256(), NULL) != 1)
 		abort();
 	return ctx;
 }
@@ -255,12 +225,8 @@ int stor_text_finish(struct stor_text_writer **_w, const char **error_r)
 			sha_finish(w->sha, rec.sha256);
 			w->sha = NULL;
 			struct buf v = BUF_INIT;
-			stor_text_rec_encode(&rec, &v);
+			stor_text_rec_encode(&rec, w->ext.items, w->ext.count, &v);
 			text_key(&k, STOR_KEY_TEXT, &w->guid);
-			stor_batch_put(wb, &k, v.data, v.len);
-			buf_reset(&v);
-			stor_extents_encode(w->ext.items, w->ext.count, &v);
-			text_key(&k, STOR_KEY_EXTENTS, &w->guid);
 			stor_batch_put(wb, &k, v.data, v.len);
 			buf_free(&v);
 			stor_jnl_live(w->db, w->ext.items, w->ext.count, 1);
@@ -293,25 +259,16 @@ int stor_text_read(struct stor_db *db, const struct guid *guid, uint64_t offset,
 		   struct buf *out, const char **error_r)
 {
 	struct stor_text_rec rec;
-	int ret = stor_text_rec_get(db, guid, &rec, error_r);
+	stor_extent_list ext = ARRAY_INIT;
+	int ret = stor_text_get(db, guid, &rec, &ext, error_r);
 	if (ret <= 0)
 		return ret < 0 ? -1 : stor_err(db, error_r, "message text is not in the store");
-	if (offset >= rec.size || len == 0)
-		return 0;
-	if (len > rec.size - offset)
+	ret = 0;
+	if (offset < rec.size && len > rec.size - offset)
 		len = rec.size - offset;
-	stor_extent_list ext = ARRAY_INIT;
-	ret = stor_text_extents_get(db, guid, &ext, error_r);
-	if (ret == 0)
-		ret = stor_err_corrupt(db, error_r, "text chunk list");
-	else if (ret > 0)
-		ret = 0;
-	uint64_t end = offset + len, pos = 0, total = 0;
-	for (size_t i = 0; i < ext.count; i++)
-		total += ext.items[i].len;
-	if (ret == 0 && total != rec.size)
-		ret = stor_err_corrupt(db, error_r, "text chunk list");
-	for (size_t i = 0; i < ext.count && ret == 0 && pos < end; i++) {
+	/* The decoder checked that the chunks add up to the size. */
+	uint64_t end = offset + len, pos = 0;
+	for (size_t i = 0; i < ext.count && ret == 0 && pos < end && offset < rec.size; i++) {
 		uint64_t clen = ext.items[i].len;
 		if (pos + clen > offset) {
 			uint64_t from = offset > pos ? offset - pos : 0;

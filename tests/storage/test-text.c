@@ -100,12 +100,12 @@ static void test_streamed_text_is_referenced_by_append_without_text(void)
 	tstore_close(&t);
 }
 
-static bool extents_exist(struct stor_db *db, const struct guid *g)
+static bool text_record_exists(struct stor_db *db, const struct guid *g)
 {
 	struct stor_key k;
 	char *v;
 	const char *error;
-	stor_key_init(&k, STOR_KEY_EXTENTS);
+	stor_key_init(&k, STOR_KEY_TEXT);
 	stor_key_guid(&k, g);
 	int ret = stor_db_get(db, &k, &v, NULL, &error);
 	if (ret > 0)
@@ -133,11 +133,11 @@ static void test_unreferenced_streamed_text_is_collected_on_open(void)
 	stor_key_guid(&k, &partial);
 	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, "", 0, &error), 0);
 	CU_ASSERT_EQUAL(stor_text_exists(t.db, &done, NULL, &error), 1);
-	CU_ASSERT(extents_exist(t.db, &done));
+	CU_ASSERT(text_record_exists(t.db, &done));
 	tstore_reopen(&t);
 	CU_ASSERT_EQUAL(stor_text_exists(t.db, &done, NULL, &error), 0);
 	CU_ASSERT_EQUAL(stor_text_exists(t.db, &partial, NULL, &error), 0);
-	CU_ASSERT(!extents_exist(t.db, &done));
+	CU_ASSERT(!text_record_exists(t.db, &done));
 	char *v;
 	CU_ASSERT_EQUAL(stor_db_get(t.db, &k, &v, NULL, &error), 0);
 	free(text);
@@ -157,7 +157,7 @@ static void test_text_abort_leaves_no_text(void)
 	CU_ASSERT_EQUAL(stor_text_write(w, text, STOR_TEXT_CHUNK * 2, &error), 0);
 	stor_text_abort(&w);
 	CU_ASSERT_PTR_NULL(w);
-	CU_ASSERT(!extents_exist(t.db, &mg));
+	CU_ASSERT(!text_record_exists(t.db, &mg));
 	CU_ASSERT_EQUAL(stor_text_exists(t.db, &mg, NULL, &error), 0);
 	tstore_reopen(&t);
 	CU_ASSERT_EQUAL(stor_text_exists(t.db, &mg, NULL, &error), 0);
