@@ -9,8 +9,8 @@
  * segment, which makes both the texts and the index changes of a whole
  * group commit durable.
  *
- * Records: crc32 u32 | length u32 | type u8 | payload, the CRC (zlib's)
- * covering length, type and payload.  'T' is a text chunk (message GUID,
+ * Records: crc u32 | length u32 | type u8 | payload, the CRC (CRC-32C,
+ * lib/crc32c.h) covering length, type and payload.  'T' is a text chunk (message GUID,
  * chunk number, bytes), 'B' a LevelDB batch (ops: u8 put/del, u32 key
  * length, key, and for puts u32 value length, value).
  *
@@ -47,8 +47,8 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
+#include "lib/crc32c.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -141,17 +141,7 @@ static uint32_t get_le32(const unsigned char *p)
 
 static uint32_t rec_crc(const unsigned char *hdr_tail, const void *payload, size_t len)
 {
-	uLong c = crc32(0L, Z_NULL, 0);
-	c = crc32(c, hdr_tail, 5);
-	const unsigned char *p = payload;
-	/* zlib takes uInt lengths. */
-	while (len > 0) {
-		uInt n = len > (1U << 30) ? (1U << 30) : (uInt)len;
-		c = crc32(c, p, n);
-		p += n;
-		len -= n;
-	}
-	return (uint32_t)c;
+	return crc32c(crc32c(0, hdr_tail, 5), payload, len);
 }
 
 static char *seg_path(const struct stor_journal *j, uint32_t seg)
@@ -194,12 +184,10 @@ static void pending_record(struct stor_journal *j, char type, const void *payloa
 	unsigned char hdr[JNL_HDR];
 	put_le32(hdr + 4, (uint32_t)(len + len2));
 	hdr[8] = (unsigned char)type;
-	uLong c = crc32(0L, Z_NULL, 0);
-	c = crc32(c, hdr + 4, 5);
-	c = crc32(c, payload, (uInt)len);
+	uint32_t c = crc32c(crc32c(0, hdr + 4, 5), payload, len);
 	if (len2 > 0)
-		c = crc32(c, payload2, (uInt)len2);
-	put_le32(hdr, (uint32_t)c);
+		c = crc32c(c, payload2, len2);
+	put_le32(hdr, c);
 	buf_append(&j->pending, hdr, sizeof(hdr));
 	buf_append(&j->pending, payload, len);
 	if (len2 > 0)

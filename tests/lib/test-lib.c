@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "lib/buf.h"
+#include "lib/crc32c.h"
 #include "lib/guid.h"
 #include "lib/str.h"
 #include "tests/lib/tests.h"
@@ -143,7 +144,33 @@ static void test_str_trim_and_prefix(void)
 	CU_ASSERT_FALSE(str_has_prefix("INB", "INBOX"));
 }
 
+static void test_crc32c_known_values_and_both_ways_agree(void)
+{
+	/* The check value of CRC-32C, and RFC 3720's 32 zero bytes. */
+	CU_ASSERT_EQUAL(crc32c(0, "123456789", 9), 0xe3069283u);
+	CU_ASSERT_EQUAL(crc32c_portable(0, "123456789", 9), 0xe3069283u);
+	unsigned char zeros[32] = { 0 };
+	CU_ASSERT_EQUAL(crc32c(0, zeros, sizeof(zeros)), 0x8a9136aau);
+	CU_ASSERT_EQUAL(crc32c(0, "", 0), 0);
+	/* Every length and alignment, in one piece and in two. */
+	unsigned char buf[300];
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (unsigned char)(i * 131 + 7);
+	bool same = true;
+	for (size_t off = 0; off < 9 && same; off++) {
+		for (size_t len = 0; off + len <= sizeof(buf) && same; len += 7) {
+			uint32_t a = crc32c(0, buf + off, len);
+			same = a == crc32c_portable(0, buf + off, len) &&
+			       a == crc32c(crc32c(0, buf + off, len / 3), buf + off + len / 3,
+					   len - len / 3);
+		}
+	}
+	CU_ASSERT_TRUE(same);
+}
+
 const struct test_case lib_str_cases[] = {
+	{ "crc32c: known values, and the fast and portable ways agree",
+	  test_crc32c_known_values_and_both_ways_agree },
 	{ "str_to_u64 rejects junk and overflow", test_str_to_u64_rejects_junk_and_overflow },
 	{ "hex round trip", test_hex_round_trip },
 	{ "guid generate is random and round trips", test_guid_generate_is_random_and_round_trips },

@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include <leveldb/c.h>
-#include <zlib.h>
 
+#include "lib/crc32c.h"
 #include "lib/xalloc.h"
 #include "storage/storage-private.h"
 #include "tests/storage/tests.h"
@@ -484,9 +484,7 @@ static void append_record(const char *path, unsigned char type, const void *payl
 	hdr[6] = (unsigned char)(len >> 16);
 	hdr[7] = (unsigned char)(len >> 24);
 	hdr[8] = type;
-	uLong c = crc32(0L, Z_NULL, 0);
-	c = crc32(c, hdr + 4, 5);
-	c = crc32(c, payload, len);
+	uint32_t c = crc32c(crc32c(0, hdr + 4, 5), payload, len);
 	for (int i = 0; i < 4; i++)
 		hdr[i] = (unsigned char)(c >> (8 * i));
 	FILE *f = fopen(path, "ab");
