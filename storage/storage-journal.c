@@ -1533,3 +1533,62 @@ void stor_jnl_close(struct stor_db *db)
 	free(j->dir);
 	free(j);
 }
+
+/* ---- Test hooks ---- */
+
+int stor_test_check_journal(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	jnl_live_array want = ARRAY_INIT;
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	stor_key_init(&prefix, STOR_KEY_TEXT);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
+		struct stor_text_rec rec;
+		stor_extent_list ext = ARRAY_INIT;
+		size_t vlen;
+		const char *v = leveldb_iter_value(it, &vlen);
+		if (stor_text_rec_decode(v, vlen, &rec, &ext) < 0)
+			ret = stor_err_corrupt(db, error_r, "text");
+		for (size_t i = 0; ret == 0 && i < ext.count; i++) {
+			if (extent_lost(j, &ext.items[i]))
+				ret = stor_err(db, error_r, "text chunk beyond the journal's end");
+			live_slot(&want, ext.items[i].seg, true)->bytes +=
+				text_record_size(ext.items[i].len);
+		}
+		ARRAY_FREE(&ext);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	/* In memory and in LevelDB, every segment's live bytes are what the
+	 * texts add up to. */
+	jnl_live_array stored = j->live;
+	memset(&j->live, 0, sizeof(j->live));
+	if (ret == 0)
+		ret = live_load(db, error_r);
+	for (int pass = 0; ret == 0 && pass < 2; pass++) {
+		const jnl_live_array *have = pass == 0 ? &stored : &j->live;
+		for (size_t i = 0; ret == 0 && i < want.count; i++) {
+			struct jnl_live *h = live_slot((jnl_live_array *)have, want.items[i].seg, false);
+			if (h == NULL || h->bytes != want.items[i].bytes)
+				ret = stor_err(db, error_r, "segment %u: %s live bytes %llu, texts %llu",
+					       want.items[i].seg, pass == 0 ? "memory's" : "stored",
+					       (unsigned long long)(h != NULL ? h->bytes : 0),
+					       (unsigned long long)want.items[i].bytes);
+		}
+		for (size_t i = 0; ret == 0 && i < have->count; i++) {
+			struct jnl_live *w = live_slot(&want, have->items[i].seg, false);
+			if (have->items[i].bytes != 0 && w == NULL)
+				ret = stor_err(db, error_r, "segment %u: live bytes without texts",
+					       have->items[i].seg);
+		}
+	}
+	ARRAY_FREE(&j->live);
+	j->live = stored;
+	ARRAY_FREE(&want);
+	return ret;
+}

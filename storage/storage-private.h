@@ -316,6 +316,10 @@ int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const vo
 		      size_t vlen, const char **error_r);
 /* Sets fail_nth_write on an open store. */
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n);
+/* Checks the journal's accounting against the texts: every chunk within
+ * the journal, and each segment's live bytes (in memory and stored) the sum
+ * of its texts' records.  0 or -1 with a message. */
+int stor_test_check_journal(struct stor_db *db, const char **error_r);
 /* Frees the handle like a killed process would leave it: no sync, no
  * checkpoint. */
 void stor_test_abandon(struct stor_db **db);

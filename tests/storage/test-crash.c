@@ -24,6 +24,7 @@
 
 #include "lib/clock.h"
 #include "lib/xalloc.h"
+#include "storage/storage-private.h"
 #include "storage/storage.h"
 #include "tests/testutil.h"
 
@@ -281,6 +282,11 @@ static void check_round(struct model *acked, const struct rec *pending, size_t n
 	int ret = stor_mailbox_check(db, &mailbox_guid, &error);
 	if (ret < 0)
 		fprintf(stderr, "round %u: %s\n", round, error);
+	CU_ASSERT_EQUAL(ret, 0);
+	/* The journal's space accounting survived the kill too. */
+	ret = stor_test_check_journal(db, &error);
+	if (ret < 0)
+		fprintf(stderr, "round %u: journal: %s\n", round, error);
 	CU_ASSERT_EQUAL(ret, 0);
 
 	struct model cand = { 0, ARRAY_INIT, ARRAY_INIT };

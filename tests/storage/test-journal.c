@@ -257,6 +257,7 @@ static void test_changes_only_in_journal_are_replayed(void)
 	for (unsigned i = 2; i <= 5; i++)
 		check_text(t.db, &g, i, i);
 	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
 	free(before);
 	free(after);
 	tstore_close(&t);
@@ -284,6 +285,7 @@ static void test_replaying_what_leveldb_has_changes_nothing(void)
 	char *after = dump(t.db);
 	CU_ASSERT_STRING_EQUAL(before, after);
 	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
 	free(before);
 	free(after);
 	tstore_close(&t);
@@ -326,6 +328,7 @@ static void test_torn_last_record_is_cut_and_kept_aside(void)
 	tstore_reopen(&t);
 	check_text(t.db, &g, 5, 5);
 	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
 	free(before);
 	free(after);
 	free(seg);
@@ -392,6 +395,7 @@ static void test_segments_of_expunged_mail_are_deleted(void)
 	for (unsigned i = 91; i <= 160; i++)
 		check_text(t.db, &g, i, i);
 	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
 	tstore_close(&t);
 }
 
@@ -426,6 +430,7 @@ static void test_mostly_dead_segments_are_compacted(void)
 	for (unsigned i = 4; i <= 120; i += 4)
 		check_text(t.db, &g, i, i);
 	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
 	tstore_close(&t);
 }
 
@@ -461,6 +466,7 @@ static void test_texts_the_journal_lost_are_removed_with_their_messages(void)
 	for (unsigned i = 1; i <= 3; i++)
 		check_text(t.db, &g, i, i);
 	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
 	char *before = dump(t.db);
 	/* Repaired once: the next open changes nothing. */
 	stor_close(&t.db);
