@@ -813,7 +813,7 @@ void stor_close(struct stor_db **_db)
 	if (stor_sync_pending(db))
 		(void)stor_sync(db, &error);
 	/* A clean close leaves nothing to replay. */
-	if (stor_jnl_checkpoint(db, &error) < 0)
+	if (stor_jnl_checkpoint(db, true, &error) < 0)
 		log_warnx("%s", error);
 	db_free(db);
 }

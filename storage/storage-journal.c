@@ -69,10 +69,6 @@
 struct jnl_live {
 	uint32_t seg;
 	uint64_t bytes;
-	/* The end of the furthest text record made in the segment: after a
-	 * power failure LevelDB may hold batches whose records the journal
-	 * lost, and this is how opening notices (repair_ahead). */
-	uint64_t high;
 };
 
 typedef ARRAY(struct jnl_live) jnl_live_array;
@@ -122,6 +118,7 @@ struct stor_journal {
 
 static const char ckpt_name[] = "journal";
 static const char format_name[] = "format";
+static const char running_name[] = "running";
 #define STORE_FORMAT 2
 
 /* ---- Small helpers ---- */
@@ -206,7 +203,7 @@ static struct jnl_live *live_slot(jnl_live_array *a, uint32_t seg, bool create)
 	}
 	if (!create)
 		return NULL;
-	struct jnl_live l = { seg, 0, 0 };
+	struct jnl_live l = { seg, 0 };
 	ARRAY_PUSH(a, l);
 	return &a->items[a->count - 1];
 }
@@ -232,8 +229,6 @@ void stor_jnl_live(struct stor_db *db, const struct stor_extent *ext, size_t n, 
 		struct jnl_live *d = live_slot(&j->live_delta, ext[i].seg, true);
 		uint64_t size = text_record_size(ext[i].len);
 		d->bytes += sign > 0 ? size : (uint64_t)0 - size;
-		if (sign > 0 && ext[i].off + size > d->high)
-			d->high = ext[i].off + size;
 	}
 }
 
@@ -248,52 +243,28 @@ static void live_key(struct stor_key *k, uint32_t seg)
 	stor_key_u32(k, seg);
 }
 
-/* Puts the new absolute live counts into the batch. */
-static int live_to_batch(struct stor_db *db, struct stor_batch *wb, const char **error_r)
+/* Applies the notes of a batch that was written. */
+static void live_commit(struct stor_db *db)
 {
 	struct stor_journal *j = db->jnl;
 	for (size_t i = 0; i < j->live_delta.count; i++) {
-		struct jnl_live *d = &j->live_delta.items[i];
-		struct jnl_live *cur = live_slot(&j->live, d->seg, false);
-		uint64_t now = cur != NULL ? cur->bytes : 0, next = now + d->bytes;
-		uint64_t high = cur != NULL && cur->high > d->high ? cur->high : d->high;
-		/* Wrapped past zero or beyond any file: the accounting is wrong,
-		 * which only a damaged store explains. */
-		if ((int64_t)d->bytes < 0 ? next > now : next < now) {
-			stor_jnl_live_discard(db);
-			return stor_err(db, error_r, "%s: store is corrupted: live bytes of journal "
-					"segment %u", db->dir, d->seg);
+		const struct jnl_live *d = &j->live_delta.items[i];
+		struct jnl_live *l = live_slot(&j->live, d->seg, true);
+		uint64_t next = l->bytes + d->bytes;
+		/* Wrapped past zero: only a bug or a damaged store explains it;
+		 * the segment then looks dead, so say so loudly. */
+		if ((int64_t)d->bytes < 0 && next > l->bytes) {
+			log_errorx("%s: journal segment %u: live bytes below zero", db->dir, d->seg);
+			next = 0;
 		}
-		struct stor_key k;
-		live_key(&k, d->seg);
-		if (next == 0) {
-			stor_batch_del(wb, &k);
-			high = 0;
-		} else {
-			unsigned char v[16];
-			for (int b = 0; b < 8; b++) {
-				v[b] = (unsigned char)(next >> (56 - 8 * b));
-				v[8 + b] = (unsigned char)(high >> (56 - 8 * b));
-			}
-			stor_batch_put(wb, &k, v, sizeof(v));
-		}
-		/* Now the absolute values, applied on success. */
-		d->bytes = next;
-		d->high = high;
-	}
-	return 0;
-}
-
-static void live_commit(struct stor_journal *j)
-{
-	for (size_t i = 0; i < j->live_delta.count; i++) {
-		struct jnl_live *l = live_slot(&j->live, j->live_delta.items[i].seg, true);
-		l->bytes = j->live_delta.items[i].bytes;
-		l->high = j->live_delta.items[i].high;
+		l->bytes = next;
 	}
 	j->live_delta.count = 0;
 }
 
+/* Live bytes are stored only at checkpoints (a write per change would cost
+ * every append a LevelDB insert): exact after a clean close, rebuilt from
+ * the texts after any other stop (live_rebuild). */
 static int live_load(struct stor_db *db, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
@@ -307,17 +278,46 @@ static int live_load(struct stor_db *db, const char **error_r)
 	while (stor_iter_in(it, &prefix, &key, &klen)) {
 		size_t vlen;
 		const unsigned char *v = (const unsigned char *)leveldb_iter_value(it, &vlen);
-		if (klen != 5 || vlen != 16) {
+		if (klen != 5 || vlen != 8) {
 			ret = stor_err_corrupt(db, error_r, "journal live bytes");
 			break;
 		}
-		struct jnl_live l = { stor_be32(key + 1), stor_be64(v), stor_be64(v + 8) };
+		struct jnl_live l = { stor_be32(key + 1), stor_be64(v) };
 		ARRAY_PUSH(&j->live, l);
 		leveldb_iter_next(it);
 	}
 	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
 		ret = -1;
 	return ret;
+}
+
+/* Puts every segment's live bytes into a checkpoint's batch, deleting the
+ * stored ones of segments that have none now. */
+static int live_to_checkpoint(struct stor_db *db, struct stor_batch *wb, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	struct stor_key prefix, k;
+	const unsigned char *key;
+	size_t klen;
+	stor_key_init(&prefix, STOR_KEY_LIVE);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		if (klen == 5 && live_bytes(j, stor_be32(key + 1)) == 0)
+			stor_batch_del_raw(wb, key, klen);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, error_r) < 0)
+		return -1;
+	for (size_t i = 0; i < j->live.count; i++) {
+		if (j->live.items[i].bytes == 0)
+			continue;
+		unsigned char v[8];
+		for (int b = 0; b < 8; b++)
+			v[b] = (unsigned char)(j->live.items[i].bytes >> (56 - 8 * b));
+		live_key(&k, j->live.items[i].seg);
+		stor_batch_put(wb, &k, v, sizeof(v));
+	}
+	return 0;
 }
 
 /* ---- Segments ---- */
@@ -523,7 +523,7 @@ static void delete_dead_segments(struct stor_db *db)
 
 /* Makes LevelDB's state durable as of the journal's current end, so that
  * opening replays only what comes after. */
-int stor_jnl_checkpoint(struct stor_db *db, const char **error_r)
+int stor_jnl_checkpoint(struct stor_db *db, bool closing, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
 	if (check_usable(db, error_r) < 0 || sync_segment(db, error_r) < 0)
@@ -534,11 +534,21 @@ int stor_jnl_checkpoint(struct stor_db *db, const char **error_r)
 	for (int b = 0; b < 8; b++)
 		v[4 + b] = (unsigned char)(j->end >> (56 - 8 * b));
 	struct stor_key k;
+	struct stor_batch *wb = stor_batch_new();
+	int ret = live_to_checkpoint(db, wb, error_r);
 	stor_key_init(&k, STOR_KEY_INTERNAL);
 	stor_key_bytes(&k, ckpt_name, sizeof(ckpt_name) - 1);
-	struct stor_batch *wb = stor_batch_new();
 	stor_batch_put(wb, &k, v, sizeof(v));
-	int ret = stor_db_write_synced(db, wb, error_r);
+	/* Cleared only by a clean close: its absence tells the next open that
+	 * the live bytes stored here are exact. */
+	stor_key_init(&k, STOR_KEY_INTERNAL);
+	stor_key_bytes(&k, running_name, sizeof(running_name) - 1);
+	if (closing)
+		stor_batch_del(wb, &k);
+	else
+		stor_batch_put(wb, &k, "", 0);
+	if (ret == 0)
+		ret = stor_db_write_synced(db, wb, error_r);
 	stor_batch_free(wb);
 	if (ret < 0)
 		return -1;
@@ -558,7 +568,7 @@ static int rotate(struct stor_db *db, const char **error_r)
 		return stor_err(db, error_r, "%s: journal segment numbers exhausted", j->dir);
 	if (open_write_segment(db, j->seg + 1, true, error_r) < 0)
 		return -1;
-	return stor_jnl_checkpoint(db, error_r);
+	return stor_jnl_checkpoint(db, false, error_r);
 }
 
 /* Starts a new segment first when a record of len bytes would overflow
@@ -667,7 +677,7 @@ void stor_batch_del(struct stor_batch *b, const struct stor_key *k)
 int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
-	if (check_usable(db, error_r) < 0 || live_to_batch(db, wb, error_r) < 0) {
+	if (check_usable(db, error_r) < 0) {
 		stor_jnl_live_discard(db);
 		return -1;
 	}
@@ -694,7 +704,7 @@ int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error
 		stor_jnl_live_discard(db);
 		return stor_err_leveldb(db, error_r, "write", lerr);
 	}
-	live_commit(j);
+	live_commit(db);
 	return 0;
 }
 
@@ -1200,25 +1210,6 @@ int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
 			stor_batch_free(wb);
 		}
 	}
-	/* The marks now match the journal: the next open finds nothing. */
-	for (size_t i = 0; ret == 0 && i < j->live.count; i++) {
-		struct jnl_live *l = &j->live.items[i];
-		if (l->bytes == 0 || l->high <= j->end || l->seg != j->seg)
-			continue;
-		unsigned char v[16];
-		for (int b = 0; b < 8; b++) {
-			v[b] = (unsigned char)(l->bytes >> (56 - 8 * b));
-			v[8 + b] = (unsigned char)(j->end >> (56 - 8 * b));
-		}
-		struct stor_key k;
-		live_key(&k, l->seg);
-		struct stor_batch *wb = stor_batch_new();
-		stor_batch_put(wb, &k, v, sizeof(v));
-		ret = stor_db_write(db, wb, error_r);
-		stor_batch_free(wb);
-		if (ret == 0)
-			l->high = j->end;
-	}
 	if (ret == 0) {
 		log_warnx("%s: the journal lost writes that LevelDB kept (a power failure?): "
 			  "%zu messages whose append never completed were removed, %zu texts freed",
@@ -1227,6 +1218,39 @@ int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
 	}
 	ARRAY_FREE(&lost);
 	ARRAY_FREE(&msgs);
+	return ret;
+}
+
+/* Recomputes every segment's live bytes from the texts, and notes when a
+ * text lies beyond the journal's end (repair_ahead). */
+static int live_rebuild(struct stor_db *db, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	struct stor_key prefix;
+	const unsigned char *key;
+	size_t klen;
+	j->live.count = 0;
+	stor_key_init(&prefix, STOR_KEY_TEXT);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
+		struct stor_text_rec rec;
+		stor_extent_list ext = ARRAY_INIT;
+		size_t vlen;
+		const char *v = leveldb_iter_value(it, &vlen);
+		if (stor_text_rec_decode(v, vlen, &rec, &ext) < 0)
+			ret = stor_err_corrupt(db, error_r, "text");
+		for (size_t i = 0; ret == 0 && i < ext.count; i++) {
+			live_slot(&j->live, ext.items[i].seg, true)->bytes +=
+				text_record_size(ext.items[i].len);
+			if (extent_lost(j, &ext.items[i]))
+				j->ahead = true;
+		}
+		ARRAY_FREE(&ext);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
 	return ret;
 }
 
@@ -1498,17 +1522,23 @@ int stor_jnl_open(struct stor_db *db, uint64_t segment_max, const char **error_r
 	} else if (open_write_segment(db, expect - 1, false, error_r) < 0) {
 		return -1;
 	}
-	if (live_load(db, error_r) < 0)
+	ret = internal_get(db, running_name, &v, &len, error_r);
+	if (ret < 0)
 		return -1;
-	for (size_t i = 0; i < j->live.count; i++) {
-		const struct jnl_live *l = &j->live.items[i];
-		if (l->bytes > 0 && (l->seg > j->seg || (l->seg == j->seg && l->high > j->end)))
-			j->ahead = true;
+	if (ret > 0)
+		free(v);
+	if (ret > 0 || applied > 0) {
+		/* The last run did not close: rebuild what is stored only at
+		 * checkpoints, and look for texts the journal lost. */
+		if (live_rebuild(db, error_r) < 0)
+			return -1;
+	} else if (live_load(db, error_r) < 0) {
+		return -1;
 	}
 	if (applied > 0)
 		log_info("%s: replayed %u changes from the journal", db->dir, applied);
 	j->compact_check = true;
-	return stor_jnl_checkpoint(db, error_r);
+	return stor_jnl_checkpoint(db, false, error_r);
 }
 
 void stor_jnl_close(struct stor_db *db)
@@ -1564,31 +1594,20 @@ int stor_test_check_journal(struct stor_db *db, const char **error_r)
 	}
 	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
 		ret = -1;
-	/* In memory and in LevelDB, every segment's live bytes are what the
-	 * texts add up to. */
-	jnl_live_array stored = j->live;
-	memset(&j->live, 0, sizeof(j->live));
-	if (ret == 0)
-		ret = live_load(db, error_r);
-	for (int pass = 0; ret == 0 && pass < 2; pass++) {
-		const jnl_live_array *have = pass == 0 ? &stored : &j->live;
-		for (size_t i = 0; ret == 0 && i < want.count; i++) {
-			struct jnl_live *h = live_slot((jnl_live_array *)have, want.items[i].seg, false);
-			if (h == NULL || h->bytes != want.items[i].bytes)
-				ret = stor_err(db, error_r, "segment %u: %s live bytes %llu, texts %llu",
-					       want.items[i].seg, pass == 0 ? "memory's" : "stored",
-					       (unsigned long long)(h != NULL ? h->bytes : 0),
-					       (unsigned long long)want.items[i].bytes);
-		}
-		for (size_t i = 0; ret == 0 && i < have->count; i++) {
-			struct jnl_live *w = live_slot(&want, have->items[i].seg, false);
-			if (have->items[i].bytes != 0 && w == NULL)
-				ret = stor_err(db, error_r, "segment %u: live bytes without texts",
-					       have->items[i].seg);
-		}
+	/* Every segment's live bytes are what its texts add up to (after a
+	 * clean open they were loaded from the last checkpoint). */
+	for (size_t i = 0; ret == 0 && i < want.count; i++) {
+		if (live_bytes(j, want.items[i].seg) != want.items[i].bytes)
+			ret = stor_err(db, error_r, "segment %u: live bytes %llu, texts %llu",
+				       want.items[i].seg,
+				       (unsigned long long)live_bytes(j, want.items[i].seg),
+				       (unsigned long long)want.items[i].bytes);
 	}
-	ARRAY_FREE(&j->live);
-	j->live = stored;
+	for (size_t i = 0; ret == 0 && i < j->live.count; i++) {
+		if (j->live.items[i].bytes != 0 && live_slot(&want, j->live.items[i].seg, false) == NULL)
+			ret = stor_err(db, error_r, "segment %u: live bytes without texts",
+				       j->live.items[i].seg);
+	}
 	ARRAY_FREE(&want);
 	return ret;
 }

@@ -269,9 +269,11 @@ int stor_jnl_add_text(struct stor_db *db, const struct guid *guid, uint32_t idx,
 void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first);
 /* Writes the batch to the journal, then to LevelDB (not synced). */
 int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error_r);
-/* Syncs LevelDB and records the journal position it holds (then deletes
- * segments nobody needs), so that the next open replays nothing before. */
-int stor_jnl_checkpoint(struct stor_db *db, const char **error_r);
+/* Syncs LevelDB and records the journal position it holds and the live
+ * bytes of the segments (then deletes segments nobody needs), so that the
+ * next open replays nothing before.  closing: the last one of a clean
+ * close. */
+int stor_jnl_checkpoint(struct stor_db *db, bool closing, const char **error_r);
 /* Makes everything written so far durable. */
 int stor_jnl_sync(struct stor_db *db, const char **error_r);
 /* The same in the helper thread: 1 started, 0 nothing to sync or one in
@@ -317,8 +319,8 @@ int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const vo
 /* Sets fail_nth_write on an open store. */
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n);
 /* Checks the journal's accounting against the texts: every chunk within
- * the journal, and each segment's live bytes (in memory and stored) the sum
- * of its texts' records.  0 or -1 with a message. */
+ * the journal, and each segment's live bytes the sum of its texts'
+ * records.  0 or -1 with a message. */
 int stor_test_check_journal(struct stor_db *db, const char **error_r);
 /* Frees the handle like a killed process would leave it: no sync, no
  * checkpoint. */
