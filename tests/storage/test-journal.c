@@ -562,6 +562,52 @@ static void test_missing_journal_segment_fails_open_clearly(void)
 	tstore_close(&t);
 }
 
+static uint32_t mailbox_messages(struct stor_db *db, const struct guid *g)
+{
+	struct stor_mailbox mb;
+	const char *error = NULL;
+	if (stor_mailbox_get_by_guid(db, g, &mb, &error) != 1)
+		return UINT32_MAX;
+	uint32_t n = mb.messages;
+	stor_mailbox_free(&mb);
+	return n;
+}
+
+static void test_mailbox_records_read_back_right_after_each_write(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid a = tmailbox(t.db, "alice", "A");
+	struct guid b = tmailbox(t.db, "alice", "B");
+	/* Alternating writes and reads of two mailboxes. */
+	for (unsigned i = 1; i <= 6; i++) {
+		tappend(t.db, i % 2 ? &a : &b, 0, "x", 0);
+		CU_ASSERT_EQUAL(mailbox_messages(t.db, &a), (i + 1) / 2);
+		CU_ASSERT_EQUAL(mailbox_messages(t.db, &b), i / 2);
+	}
+	/* A write that fails leaves the record as it was. */
+	struct stor_append app;
+	memset(&app, 0, sizeof(app));
+	app.text = "y";
+	app.text_len = 1;
+	stor_test_fail_nth_write(t.db, 1);
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &a, &app, NULL, NULL, &error), -1);
+	CU_ASSERT_EQUAL(mailbox_messages(t.db, &a), 3);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(t.db, &a, "A2", &error), 0);
+	struct stor_mailbox mb;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &a, &mb, &error), 1);
+	CU_ASSERT_STRING_EQUAL(mb.name, "A2");
+	stor_mailbox_free(&mb);
+	CU_ASSERT_EQUAL(stor_mailbox_delete(t.db, &b, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_get_by_guid(t.db, &b, &mb, &error), 0);
+	tcheck(t.db, &a);
+	tstore_reopen(&t);
+	CU_ASSERT_EQUAL(mailbox_messages(t.db, &a), 3);
+	CU_ASSERT_EQUAL(stor_mailbox_get_by_guid(t.db, &b, &mb, &error), 0);
+	tstore_close(&t);
+}
+
 struct durable_log {
 	unsigned n;
 	bool ok[8];
@@ -635,6 +681,8 @@ static void test_sync_in_helper_thread(void)
 }
 
 const struct test_case storage_journal_cases[] = {
+	{ "mailbox records read back right after each write",
+	  test_mailbox_records_read_back_right_after_each_write },
 	{ "sync in the helper thread completes callbacks in order", test_sync_in_helper_thread },
 	{ "changes only in the journal are replayed on open",
 	  test_changes_only_in_journal_are_replayed },
