@@ -21,15 +21,16 @@
  * ends in the same state), and cuts a torn record off the last segment: it
  * was never acknowledged.
  *
- * Space: the store keeps the live text bytes of each segment ('V' keys,
- * written in the batch that makes or frees a text).  A segment wholly
+ * Space: the journal counts the live text bytes of each segment in memory,
+ * stores them at checkpoints ('V' keys) and, when the last run did not
+ * close cleanly, rebuilds them from the texts at open.  A segment wholly
  * before the checkpoint with no live bytes is deleted; one that is mostly
  * dead has its live texts moved to the current segment (stor_jnl_compact).
  *
  * Power failure: LevelDB's unsynced writes may survive where the journal's
- * did not.  'V' also keeps the end of the furthest text of each segment;
- * one beyond the journal's end makes opening expunge the messages whose
- * appends never completed (repair_ahead).
+ * did not.  A text found beyond the journal's end by that rebuild makes
+ * opening expunge the messages whose appends never completed
+ * (repair_ahead).
  *
  * Syncing off the event loop: a helper thread runs the fdatasync of a
  * group commit (stor_jnl_sync_start), signalling an eventfd when done.
