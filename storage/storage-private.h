@@ -19,7 +19,8 @@
  *                                   one shorter)
  *   'O' msgguid                     text written but not yet referenced:
  *                                   garbage collected on open
- *   'V' seg32                       live text bytes in a journal segment
+ *   'V' seg32                       live text bytes in a journal segment, as
+ *                                   of the last checkpoint
  *   'L' seq64                       replication log entry
  *   'P' peer32                      peer's log cursor: seq64
  *   'Y' mbguid peer32               peer's sync state of a mailbox
