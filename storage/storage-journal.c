@@ -1107,8 +1107,11 @@ static bool guid_in(const guid_array *a, const struct guid *g)
 	return false;
 }
 
-/* The texts whose chunks the journal lost. */
-static int find_lost_texts(struct stor_db *db, guid_array *lost, const char **error_r)
+/* One pass over the texts: adds up their records per segment into sums
+ * (unless NULL) and collects into lost the texts with a chunk beyond the
+ * journal's end. */
+static int scan_texts(struct stor_db *db, jnl_live_array *sums, guid_array *lost,
+		      const char **error_r)
 {
 	struct stor_key prefix;
 	const unsigned char *key;
@@ -1117,22 +1120,23 @@ static int find_lost_texts(struct stor_db *db, guid_array *lost, const char **er
 	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
 	int ret = 0;
 	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
-		struct guid g;
 		struct stor_text_rec rec;
 		stor_extent_list ext = ARRAY_INIT;
 		size_t vlen;
 		const char *v = leveldb_iter_value(it, &vlen);
-		if (klen != 1 + GUID_SIZE || stor_text_rec_decode(v, vlen, &rec, &ext) < 0) {
-			ARRAY_FREE(&ext);
+		if (klen != 1 + GUID_SIZE || stor_text_rec_decode(v, vlen, &rec, &ext) < 0)
 			ret = stor_err_corrupt(db, error_r, "text");
-			break;
-		}
-		memcpy(g.b, key + 1, GUID_SIZE);
+		bool is_lost = false;
 		for (size_t i = 0; ret == 0 && i < ext.count; i++) {
-			if (extent_lost(db->jnl, &ext.items[i])) {
-				ARRAY_PUSH(lost, g);
-				break;
-			}
+			if (sums != NULL)
+				live_slot(sums, ext.items[i].seg, true)->bytes +=
+					text_record_size(ext.items[i].len);
+			is_lost = is_lost || extent_lost(db->jnl, &ext.items[i]);
+		}
+		if (is_lost) {
+			struct guid g;
+			memcpy(g.b, key + 1, GUID_SIZE);
+			ARRAY_PUSH(lost, g);
 		}
 		ARRAY_FREE(&ext);
 		leveldb_iter_next(it);
@@ -1184,7 +1188,7 @@ int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
 		return 0;
 	guid_array lost = ARRAY_INIT;
 	lost_msg_array msgs = ARRAY_INIT;
-	int ret = find_lost_texts(db, &lost, error_r);
+	int ret = scan_texts(db, NULL, &lost, error_r);
 	if (ret == 0 && lost.count > 0)
 		ret = find_lost_messages(db, &lost, &msgs, error_r);
 	/* Their appends never completed (a completed one was synced, and the
@@ -1226,32 +1230,11 @@ int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
  * text lies beyond the journal's end (repair_ahead). */
 static int live_rebuild(struct stor_db *db, const char **error_r)
 {
-	struct stor_journal *j = db->jnl;
-	struct stor_key prefix;
-	const unsigned char *key;
-	size_t klen;
-	j->live.count = 0;
-	stor_key_init(&prefix, STOR_KEY_TEXT);
-	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
-	int ret = 0;
-	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
-		struct stor_text_rec rec;
-		stor_extent_list ext = ARRAY_INIT;
-		size_t vlen;
-		const char *v = leveldb_iter_value(it, &vlen);
-		if (stor_text_rec_decode(v, vlen, &rec, &ext) < 0)
-			ret = stor_err_corrupt(db, error_r, "text");
-		for (size_t i = 0; ret == 0 && i < ext.count; i++) {
-			live_slot(&j->live, ext.items[i].seg, true)->bytes +=
-				text_record_size(ext.items[i].len);
-			if (extent_lost(j, &ext.items[i]))
-				j->ahead = true;
-		}
-		ARRAY_FREE(&ext);
-		leveldb_iter_next(it);
-	}
-	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
-		ret = -1;
+	guid_array lost = ARRAY_INIT;
+	db->jnl->live.count = 0;
+	int ret = scan_texts(db, &db->jnl->live, &lost, error_r);
+	db->jnl->ahead = lost.count > 0;
+	ARRAY_FREE(&lost);
 	return ret;
 }
 
@@ -1571,30 +1554,11 @@ int stor_test_check_journal(struct stor_db *db, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
 	jnl_live_array want = ARRAY_INIT;
-	struct stor_key prefix;
-	const unsigned char *key;
-	size_t klen;
-	stor_key_init(&prefix, STOR_KEY_TEXT);
-	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
-	int ret = 0;
-	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
-		struct stor_text_rec rec;
-		stor_extent_list ext = ARRAY_INIT;
-		size_t vlen;
-		const char *v = leveldb_iter_value(it, &vlen);
-		if (stor_text_rec_decode(v, vlen, &rec, &ext) < 0)
-			ret = stor_err_corrupt(db, error_r, "text");
-		for (size_t i = 0; ret == 0 && i < ext.count; i++) {
-			if (extent_lost(j, &ext.items[i]))
-				ret = stor_err(db, error_r, "text chunk beyond the journal's end");
-			live_slot(&want, ext.items[i].seg, true)->bytes +=
-				text_record_size(ext.items[i].len);
-		}
-		ARRAY_FREE(&ext);
-		leveldb_iter_next(it);
-	}
-	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
-		ret = -1;
+	guid_array lost = ARRAY_INIT;
+	int ret = scan_texts(db, &want, &lost, error_r);
+	if (ret == 0 && lost.count > 0)
+		ret = stor_err(db, error_r, "text chunk beyond the journal's end");
+	ARRAY_FREE(&lost);
 	/* Every segment's live bytes are what its texts add up to (after a
 	 * clean open they were loaded from the last checkpoint). */
 	for (size_t i = 0; ret == 0 && i < want.count; i++) {

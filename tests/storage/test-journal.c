@@ -94,6 +94,18 @@ static char *last_segment_path(const char *dir)
 	return path;
 }
 
+/* The mailbox agrees with its messages, and the journal's accounting with
+ * the texts. */
+static void check_all(struct stor_db *db, const struct guid *g)
+{
+	const char *error = NULL;
+	tcheck(db, g);
+	int ret = stor_test_check_journal(db, &error);
+	if (ret < 0)
+		fprintf(stderr, "journal: %s\n", error);
+	CU_ASSERT_EQUAL(ret, 0);
+}
+
 static void text_of(unsigned i, char *buf, size_t size)
 {
 	/* 4 KiB-ish texts that differ from message to message. */
@@ -256,8 +268,7 @@ static void test_changes_only_in_journal_are_replayed(void)
 	stor_msg_free(&msg);
 	for (unsigned i = 2; i <= 5; i++)
 		check_text(t.db, &g, i, i);
-	tcheck(t.db, &g);
-	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
+	check_all(t.db, &g);
 	free(before);
 	free(after);
 	tstore_close(&t);
@@ -284,8 +295,7 @@ static void test_replaying_what_leveldb_has_changes_nothing(void)
 	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
 	char *after = dump(t.db);
 	CU_ASSERT_STRING_EQUAL(before, after);
-	tcheck(t.db, &g);
-	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
+	check_all(t.db, &g);
 	free(before);
 	free(after);
 	tstore_close(&t);
@@ -327,8 +337,7 @@ static void test_torn_last_record_is_cut_and_kept_aside(void)
 	tappend(t.db, &g, 0, text, 0);
 	tstore_reopen(&t);
 	check_text(t.db, &g, 5, 5);
-	tcheck(t.db, &g);
-	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
+	check_all(t.db, &g);
 	free(before);
 	free(after);
 	free(seg);
@@ -394,8 +403,7 @@ static void test_segments_of_expunged_mail_are_deleted(void)
 	small_segment_reopen(&t);
 	for (unsigned i = 91; i <= 160; i++)
 		check_text(t.db, &g, i, i);
-	tcheck(t.db, &g);
-	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
+	check_all(t.db, &g);
 	tstore_close(&t);
 }
 
@@ -429,8 +437,7 @@ static void test_mostly_dead_segments_are_compacted(void)
 	small_segment_reopen(&t);
 	for (unsigned i = 4; i <= 120; i += 4)
 		check_text(t.db, &g, i, i);
-	tcheck(t.db, &g);
-	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
+	check_all(t.db, &g);
 	tstore_close(&t);
 }
 
@@ -465,8 +472,7 @@ static void test_texts_the_journal_lost_are_removed_with_their_messages(void)
 	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 5, &msg, &error), 0);
 	for (unsigned i = 1; i <= 3; i++)
 		check_text(t.db, &g, i, i);
-	tcheck(t.db, &g);
-	CU_ASSERT_EQUAL(stor_test_check_journal(t.db, &error), 0);
+	check_all(t.db, &g);
 	char *before = dump(t.db);
 	/* Repaired once: the next open changes nothing. */
 	stor_close(&t.db);
