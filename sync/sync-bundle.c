@@ -1004,7 +1004,8 @@ static int verify(struct stor_db *db, const struct sync_bundle_import_settings *
 		r = -1;
 	} else if (r > 0 && v->created < li.created) {
 		*error_r = fmt_error("bundle refused: older than the last bundle imported from "
-				     "node %u for %s (a replay)", v->source, v->user);
+				     "node %u for %s (a replay, or that node's clock went back)",
+				     v->source, v->user);
 		r = -1;
 	}
 	buf_free(&li.raw);

@@ -780,6 +780,28 @@ static void test_bundle_for_another_user_is_refused(void)
 	fixture_close(&f);
 }
 
+/* A bundle dated before the last one imported from its node is refused,
+ * and the message names both reasons it can have. */
+static void test_bundle_older_than_the_last_one_is_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	struct sync_bundle_key k = cluster_key();
+	struct sync_bundle_header hdr = { .user = USER, .source = SID_A, .created = 1700000100 };
+	const char *newer = "B1 CREATE alice Newer 0123456789abcdef0123456789abcdef 7\r\n";
+	const char *older = "B1 CREATE alice Older 0123456789abcdef0123456789abcde0 7\r\n";
+	buf_reset(&f.bundle);
+	sync_bundle_seal(&hdr, &k, newer, strlen(newer), &f.bundle, NULL);
+	import_ok(&f.b, &f.bundle, NULL);
+	hdr.created = 1700000050;
+	buf_reset(&f.bundle);
+	sync_bundle_seal(&hdr, &k, older, strlen(older), &f.bundle, NULL);
+	import_refused(&f.b, f.bundle.data, f.bundle.len,
+		       "older than the last bundle imported from node 1 for " USER
+		       " (a replay, or that node's clock went back)");
+	fixture_close(&f);
+}
+
 static void test_bundle_bad_command_streams_are_refused(void)
 {
 	struct refusal_fixture f;
@@ -867,6 +889,8 @@ static const struct test_case bundle_cases[] = {
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
 	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },
 	{ "for another user is refused", test_bundle_for_another_user_is_refused },
+	{ "older than the last one from its node is refused",
+	  test_bundle_older_than_the_last_one_is_refused },
 	{ "bad command streams are refused", test_bundle_bad_command_streams_are_refused },
 	{ "own and future bundles are refused", test_bundle_own_and_future_bundles_are_refused },
 	{ "state of another user is refused", test_bundle_state_of_another_user_is_refused },
