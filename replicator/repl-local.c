@@ -175,8 +175,7 @@ static void group_commit(struct repl_local *rl, bool wait)
 		/* Nothing needed syncing: the callbacks ran, maybe adding more. */
 	}
 	/* While a sync is in flight the loop may block: its end wakes us. */
-	if (rl->immediate_head == NULL &&
-	    (!stor_sync_pending(rl->repl.db) || stor_sync_busy(rl->repl.db)))
+	if (rl->immediate_head == NULL && (!stor_sync_pending(db) || stor_sync_busy(db)))
 		ev_idle_stop(rl->loop, &rl->idle);
 	else
 		arm(rl);

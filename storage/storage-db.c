@@ -638,17 +638,13 @@ static int txn_apply_text(struct stor_txn *txn, struct stor_txn_text *t, const c
 		return stor_err(db, error_r, "%s: store is corrupted: bad reference count of text %s",
 				db->dir, hex);
 	}
-	stor_key_init(&k, STOR_KEY_ORPHAN);
-	stor_key_guid(&k, &t->guid);
 	if (rc == 0 && !t->created) {
-		stor_batch_del(txn->wb, &k);
-		stor_key_init(&k, STOR_KEY_TEXT);
-		stor_key_guid(&k, &t->guid);
-		stor_batch_del(txn->wb, &k);
-		stor_jnl_live(db, old.items, old.count, -1);
+		stor_text_delete_batch(db, txn->wb, &t->guid, &old);
 		ARRAY_FREE(&old);
 		return 0;
 	}
+	stor_key_init(&k, STOR_KEY_ORPHAN);
+	stor_key_guid(&k, &t->guid);
 	/* A text made here has no marker yet; a streamed one loses its marker
 	 * with its first reference. */
 	if (rc > 0 && !t->created)

@@ -74,6 +74,7 @@ struct jnl_live {
 
 typedef ARRAY(struct jnl_live) jnl_live_array;
 typedef ARRAY(uint32_t) seg_array;
+typedef ARRAY(struct guid) guid_array;
 
 struct jnl_read_fd {
 	uint32_t seg;
@@ -113,7 +114,7 @@ struct stor_journal {
 	uint32_t compact_seg;       /* being compacted, 0 none */
 	uint64_t compact_off, compact_size;
 	bool compact_check;         /* look for a segment to compact */
-	bool ahead;                 /* LevelDB holds texts the journal lost */
+	guid_array lost;            /* texts LevelDB holds that the journal lost */
 	struct jnl_syncer *syncer;  /* started by the first stor_jnl_sync_start */
 };
 
@@ -121,6 +122,12 @@ static const char ckpt_name[] = "journal";
 static const char format_name[] = "format";
 static const char running_name[] = "running";
 #define STORE_FORMAT 2
+
+static void internal_key(struct stor_key *k, const char *name)
+{
+	stor_key_init(k, STOR_KEY_INTERNAL);
+	stor_key_bytes(k, name, strlen(name));
+}
 
 /* ---- Small helpers ---- */
 
@@ -174,8 +181,8 @@ static int pread_all(int fd, void *data, size_t len, uint64_t off)
 	return 0;
 }
 
-/* Appends a record header for a payload of len bytes, whose CRC is
- * computed over the payload that the caller appends right after. */
+/* Appends a record whose payload is payload then payload2 (len2 may be
+ * 0) to the pending writes. */
 static void pending_record(struct stor_journal *j, char type, const void *payload, size_t len,
 			   const void *payload2, size_t len2)
 {
@@ -192,9 +199,7 @@ static void pending_record(struct stor_journal *j, char type, const void *payloa
 		buf_append(&j->pending, payload2, len2);
 }
 
-
 /* ---- Live bytes per segment ---- */
-
 
 static struct jnl_live *live_slot(jnl_live_array *a, uint32_t seg, bool create)
 {
@@ -309,15 +314,16 @@ static int live_to_checkpoint(struct stor_db *db, struct stor_batch *wb, const c
 	}
 	if (stor_iter_end(db, it, error_r) < 0)
 		return -1;
+	struct buf v = BUF_INIT;
 	for (size_t i = 0; i < j->live.count; i++) {
 		if (j->live.items[i].bytes == 0)
 			continue;
-		unsigned char v[8];
-		for (int b = 0; b < 8; b++)
-			v[b] = (unsigned char)(j->live.items[i].bytes >> (56 - 8 * b));
+		buf_reset(&v);
+		stor_put_u64(&v, j->live.items[i].bytes);
 		live_key(&k, j->live.items[i].seg);
-		stor_batch_put(wb, &k, v, sizeof(v));
+		stor_batch_put(wb, &k, v.data, v.len);
 	}
+	buf_free(&v);
 	return 0;
 }
 
@@ -456,6 +462,19 @@ static int flush_pending(struct stor_db *db, const char **error_r)
 	return 0;
 }
 
+/* After a failed fdatasync the kernel may have dropped the dirty pages:
+ * nothing written since the last good one can be trusted to be on disk. */
+static int sync_failed(struct stor_db *db, int err, const char **error_r)
+{
+	struct stor_journal *j = db->jnl;
+	j->broken = true;
+	char *path = seg_path(j, j->seg);
+	errno = err;
+	jnl_err_errno(db, error_r, "fdatasync", path);
+	free(path);
+	return -1;
+}
+
 static int async_wait(struct stor_db *db, const char **error_r);
 
 static int sync_segment(struct stor_db *db, const char **error_r)
@@ -466,16 +485,8 @@ static int sync_segment(struct stor_db *db, const char **error_r)
 		return -1;
 	if (!j->unsynced)
 		return 0;
-	if (fdatasync(j->fd) < 0) {
-		/* After a failed fdatasync the kernel may have dropped the
-		 * dirty pages: nothing written since the last good one can be
-		 * trusted to be on disk. */
-		j->broken = true;
-		char *path = seg_path(j, j->seg);
-		jnl_err_errno(db, error_r, "fdatasync", path);
-		free(path);
-		return -1;
-	}
+	if (fdatasync(j->fd) < 0)
+		return sync_failed(db, errno, error_r);
 	j->unsynced = false;
 	return 0;
 }
@@ -510,6 +521,8 @@ static void delete_dead_segments(struct stor_db *db)
 		if (s >= below || live_bytes(j, s) != 0)
 			continue;
 		rfd_forget(j, s);
+		if (s == j->compact_seg)
+			j->compact_seg = 0;
 		char *path = seg_path(j, s);
 		if (unlink(path) < 0)
 			log_warnx("%s: cannot delete journal segment: %s", path, strerror(errno));
@@ -529,21 +542,18 @@ int stor_jnl_checkpoint(struct stor_db *db, bool closing, const char **error_r)
 	struct stor_journal *j = db->jnl;
 	if (check_usable(db, error_r) < 0 || sync_segment(db, error_r) < 0)
 		return -1;
-	unsigned char v[12];
-	for (int b = 0; b < 4; b++)
-		v[b] = (unsigned char)(j->seg >> (24 - 8 * b));
-	for (int b = 0; b < 8; b++)
-		v[4 + b] = (unsigned char)(j->end >> (56 - 8 * b));
+	struct buf v = BUF_INIT;
+	stor_put_u32(&v, j->seg);
+	stor_put_u64(&v, j->end);
 	struct stor_key k;
 	struct stor_batch *wb = stor_batch_new();
 	int ret = live_to_checkpoint(db, wb, error_r);
-	stor_key_init(&k, STOR_KEY_INTERNAL);
-	stor_key_bytes(&k, ckpt_name, sizeof(ckpt_name) - 1);
-	stor_batch_put(wb, &k, v, sizeof(v));
+	internal_key(&k, ckpt_name);
+	stor_batch_put(wb, &k, v.data, v.len);
+	buf_free(&v);
 	/* Cleared only by a clean close: its absence tells the next open that
 	 * the live bytes stored here are exact. */
-	stor_key_init(&k, STOR_KEY_INTERNAL);
-	stor_key_bytes(&k, running_name, sizeof(running_name) - 1);
+	internal_key(&k, running_name);
 	if (closing)
 		stor_batch_del(wb, &k);
 	else
@@ -835,16 +845,7 @@ static int async_collect(struct stor_db *db, const char **error_r)
 	struct jnl_syncer *sy = j->syncer;
 	sy->done = false;
 	sy->in_flight = false;
-	if (sy->result == 0)
-		return 0;
-	/* After a failed fdatasync the kernel may have dropped the dirty
-	 * pages: nothing written since the last good one can be trusted. */
-	j->broken = true;
-	char *path = seg_path(j, j->seg);
-	errno = sy->result;
-	jnl_err_errno(db, error_r, "fdatasync", path);
-	free(path);
-	return -1;
+	return sy->result == 0 ? 0 : sync_failed(db, sy->result, error_r);
 }
 
 static int async_wait(struct stor_db *db, const char **error_r)
@@ -1057,11 +1058,16 @@ int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r)
 		uint64_t off = j->compact_off;
 		size_t want = j->compact_size - off < sizeof(h) ? (size_t)(j->compact_size - off) :
 			sizeof(h);
-		if (pread_all(fd, h, want, off) < 0)
-			break;
-		uint32_t plen = get_le32(h + 4);
-		if (plen > j->compact_size - off - JNL_HDR)
-			break; /* a segment never ends in a torn record; stop anyway */
+		uint32_t plen = 0;
+		if (pread_all(fd, h, want, off) < 0 ||
+		    (plen = get_le32(h + 4)) > j->compact_size - off - JNL_HDR) {
+			/* A segment never ends in a torn record: give this one up
+			 * rather than try it again at every sync. */
+			log_warnx("journal segment %u: unreadable record at %llu; not compacting it",
+				  s, (unsigned long long)off);
+			j->compact_seg = 0;
+			return 0;
+		}
 		j->compact_off = off + JNL_HDR + plen;
 		if (h[8] != JNL_REC_TEXT || plen < JNL_TEXT_HDR || want < sizeof(h))
 			continue;
@@ -1095,8 +1101,6 @@ static bool extent_lost(const struct stor_journal *j, const struct stor_extent *
 {
 	return e->seg > j->seg || (e->seg == j->seg && e->off + text_record_size(e->len) > j->end);
 }
-
-typedef ARRAY(struct guid) guid_array;
 
 static bool guid_in(const guid_array *a, const struct guid *g)
 {
@@ -1184,13 +1188,10 @@ static int find_lost_messages(struct stor_db *db, const guid_array *lost,
 int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
-	if (!j->ahead)
+	if (j->lost.count == 0)
 		return 0;
-	guid_array lost = ARRAY_INIT;
 	lost_msg_array msgs = ARRAY_INIT;
-	int ret = scan_texts(db, NULL, &lost, error_r);
-	if (ret == 0 && lost.count > 0)
-		ret = find_lost_messages(db, &lost, &msgs, error_r);
+	int ret = find_lost_messages(db, &j->lost, &msgs, error_r);
 	/* Their appends never completed (a completed one was synced, and the
 	 * journal keeps what was synced): they go as expunged, so that every
 	 * node and client sees them leave. */
@@ -1198,44 +1199,37 @@ int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
 		ret = stor_msg_expunge(db, &msgs.items[i].mailbox, &msgs.items[i].uid, 1, 0, NULL,
 				       error_r);
 	/* Texts nothing referenced (streamed, never appended). */
-	for (size_t i = 0; ret == 0 && i < lost.count; i++) {
+	for (size_t i = 0; ret == 0 && i < j->lost.count; i++) {
 		struct stor_text_rec rec;
-		int r = stor_text_rec_get(db, &lost.items[i], &rec, error_r);
+		stor_extent_list ext = ARRAY_INIT;
+		int r = stor_text_get(db, &j->lost.items[i], &rec, &ext, error_r);
 		if (r < 0) {
 			ret = -1;
 		} else if (r > 0) {
 			struct stor_batch *wb = stor_batch_new();
-			struct stor_key k;
-			stor_key_init(&k, STOR_KEY_ORPHAN);
-			stor_key_guid(&k, &lost.items[i]);
-			stor_batch_del(wb, &k);
-			ret = stor_text_delete_batch(db, wb, &lost.items[i], error_r);
-			if (ret == 0)
-				ret = stor_db_write(db, wb, error_r);
+			stor_text_delete_batch(db, wb, &j->lost.items[i], &ext);
+			ret = stor_db_write(db, wb, error_r);
 			stor_batch_free(wb);
 		}
+		ARRAY_FREE(&ext);
 	}
 	if (ret == 0) {
 		log_warnx("%s: the journal lost writes that LevelDB kept (a power failure?): "
 			  "%zu messages whose append never completed were removed, %zu texts freed",
-			  db->dir, msgs.count, lost.count);
-		j->ahead = false;
+			  db->dir, msgs.count, j->lost.count);
+		ARRAY_FREE(&j->lost);
 	}
-	ARRAY_FREE(&lost);
 	ARRAY_FREE(&msgs);
 	return ret;
 }
 
-/* Recomputes every segment's live bytes from the texts, and notes when a
- * text lies beyond the journal's end (repair_ahead). */
+/* Recomputes every segment's live bytes from the texts, and notes the
+ * texts that lie beyond the journal's end (repair_ahead). */
 static int live_rebuild(struct stor_db *db, const char **error_r)
 {
-	guid_array lost = ARRAY_INIT;
 	db->jnl->live.count = 0;
-	int ret = scan_texts(db, &db->jnl->live, &lost, error_r);
-	db->jnl->ahead = lost.count > 0;
-	ARRAY_FREE(&lost);
-	return ret;
+	db->jnl->lost.count = 0;
+	return scan_texts(db, &db->jnl->live, &db->jnl->lost, error_r);
 }
 
 /* ---- Open and replay ---- */
@@ -1399,8 +1393,7 @@ static int internal_get(struct stor_db *db, const char *name, char **v_r, size_t
 			const char **error_r)
 {
 	struct stor_key k;
-	stor_key_init(&k, STOR_KEY_INTERNAL);
-	stor_key_bytes(&k, name, strlen(name));
+	internal_key(&k, name);
 	return stor_db_get(db, &k, v_r, len_r, error_r);
 }
 
@@ -1433,8 +1426,7 @@ static int check_format(struct stor_db *db, const char **error_r)
 				"journal; move it away and let the node resync", db->dir);
 	struct stor_key k;
 	unsigned char f = STORE_FORMAT;
-	stor_key_init(&k, STOR_KEY_INTERNAL);
-	stor_key_bytes(&k, format_name, sizeof(format_name) - 1);
+	internal_key(&k, format_name);
 	struct stor_batch *wb = stor_batch_new();
 	stor_batch_put(wb, &k, &f, 1);
 	ret = stor_db_write_synced(db, wb, error_r);
@@ -1544,6 +1536,7 @@ void stor_jnl_close(struct stor_db *db)
 	ARRAY_FREE(&j->live);
 	ARRAY_FREE(&j->live_delta);
 	ARRAY_FREE(&j->pins);
+	ARRAY_FREE(&j->lost);
 	free(j->dir);
 	free(j);
 }

@@ -239,9 +239,10 @@ int stor_text_get(struct stor_db *db, const struct guid *guid, struct stor_text_
 /* Reads the text record: 1, 0, -1. */
 int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_text_rec *rec_r,
 		      const char **error_r);
-/* Adds deletes of the text's records to the batch and frees its chunks. */
-int stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb,
-			   const struct guid *guid, const char **error_r);
+/* Adds the deletion of the text (its record, chunks ext, and any orphan
+ * marker) to the batch. */
+void stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb, const struct guid *guid,
+			    const stor_extent_list *ext);
 /* Writes a whole text given in memory into the journal; txn's batch makes
  * it part of the store.  The text record is created with refcount 0. */
 int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *guid,
@@ -301,9 +302,6 @@ void stor_jnl_live_discard(struct stor_db *db);
 bool stor_jnl_compact_due(struct stor_db *db);
 int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r);
 
-/* The chunks of a stored text: 1, 0 (no such text), -1. */
-int stor_text_extents_get(struct stor_db *db, const struct guid *guid, stor_extent_list *list_r,
-			  const char **error_r);
 
 /* ---- Keywords ---- */
 

@@ -62,26 +62,15 @@ int stor_text_rec_get(struct stor_db *db, const struct guid *guid, struct stor_t
 	return stor_text_get(db, guid, rec_r, NULL, error_r);
 }
 
-int stor_text_extents_get(struct stor_db *db, const struct guid *guid, stor_extent_list *list_r,
-			  const char **error_r)
-{
-	struct stor_text_rec rec;
-	return stor_text_get(db, guid, &rec, list_r, error_r);
-}
-
-int stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb,
-			   const struct guid *guid, const char **error_r)
+void stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb, const struct guid *guid,
+			    const stor_extent_list *ext)
 {
 	struct stor_key k;
-	stor_extent_list ext = ARRAY_INIT;
-	int ret = stor_text_extents_get(db, guid, &ext, error_r);
-	if (ret < 0)
-		return -1;
-	stor_jnl_live(db, ext.items, ext.count, -1);
-	ARRAY_FREE(&ext);
+	stor_jnl_live(db, ext->items, ext->count, -1);
 	text_key(&k, STOR_KEY_TEXT, guid);
 	stor_batch_del(wb, &k);
-	return 0;
+	text_key(&k, STOR_KEY_ORPHAN, guid);
+	stor_batch_del(wb, &k);
 }
 
 static EVP_MD_CTX *sha_new(void)
@@ -293,23 +282,26 @@ int stor_text_gc(struct stor_db *db, const char **error_r)
 	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
 		struct guid guid;
 		struct stor_text_rec rec;
+		stor_extent_list ext = ARRAY_INIT;
 		if (klen != 1 + GUID_SIZE) {
 			ret = stor_err_corrupt(db, error_r, "orphan text marker");
 			break;
 		}
 		memcpy(guid.b, key + 1, GUID_SIZE);
-		int r = stor_text_rec_get(db, &guid, &rec, error_r);
+		int r = stor_text_get(db, &guid, &rec, &ext, error_r);
 		if (r < 0) {
 			ret = -1;
 			break;
 		}
 		struct stor_batch *wb = stor_batch_new();
-		if (r > 0 && rec.refcount == 0)
-			ret = stor_text_delete_batch(db, wb, &guid, error_r);
-		text_key(&k, STOR_KEY_ORPHAN, &guid);
-		stor_batch_del(wb, &k);
-		if (ret == 0)
-			ret = stor_db_write(db, wb, error_r);
+		if (r > 0 && rec.refcount == 0) {
+			stor_text_delete_batch(db, wb, &guid, &ext);
+		} else {
+			text_key(&k, STOR_KEY_ORPHAN, &guid);
+			stor_batch_del(wb, &k);
+		}
+		ARRAY_FREE(&ext);
+		ret = stor_db_write(db, wb, error_r);
 		stor_batch_free(wb);
 		leveldb_iter_next(it);
 	}

@@ -132,18 +132,25 @@ static void append_many(struct stor_db *db, const struct guid *g, unsigned first
 	CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
 }
 
-static void check_text(struct stor_db *db, const struct guid *mb, uint32_t uid, unsigned i)
+static void check_text_bytes(struct stor_db *db, const struct guid *mb, uint32_t uid,
+			     const char *want)
 {
 	struct stor_msg msg;
 	const char *error = NULL;
-	char want[4000];
-	text_of(i, want, sizeof(want));
 	CU_ASSERT_EQUAL_FATAL(stor_msg_get(db, mb, uid, &msg, &error), 1);
 	struct buf out = BUF_INIT;
 	CU_ASSERT_EQUAL(stor_text_read(db, &msg.guid, 0, msg.size, &out, &error), 0);
 	CU_ASSERT(out.len == strlen(want) && memcmp(out.data, want, out.len) == 0);
 	buf_free(&out);
 	stor_msg_free(&msg);
+}
+
+/* The text of message uid is text_of(i). */
+static void check_text(struct stor_db *db, const struct guid *mb, uint32_t uid, unsigned i)
+{
+	char want[4000];
+	text_of(i, want, sizeof(want));
+	check_text_bytes(db, mb, uid, want);
 }
 
 /* Copies the regular files of from (LevelDB's, not the journal directory)
@@ -210,27 +217,22 @@ static struct guid store_with_hello(struct tstore *t)
 	return g;
 }
 
-static void check_text_bytes(struct stor_db *db, const struct guid *mb, uint32_t uid,
-			     const char *want)
+
+/* A store with messages 1-3 in alice's INBOX, closed cleanly. */
+static struct guid closed_store_with_three(struct tstore *t)
 {
-	struct stor_msg msg;
-	const char *error = NULL;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_get(db, mb, uid, &msg, &error), 1);
-	struct buf out = BUF_INIT;
-	CU_ASSERT_EQUAL(stor_text_read(db, &msg.guid, 0, msg.size, &out, &error), 0);
-	CU_ASSERT(out.len == strlen(want) && memcmp(out.data, want, out.len) == 0);
-	buf_free(&out);
-	stor_msg_free(&msg);
+	tstore_open(t);
+	struct guid g = tmailbox(t->db, "alice", "INBOX");
+	append_many(t->db, &g, 1, 3);
+	stor_close(&t->db);
+	return g;
 }
 
 static void test_changes_only_in_journal_are_replayed(void)
 {
 	struct tstore t;
 	const char *error = NULL;
-	tstore_open(&t);
-	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	append_many(t.db, &g, 1, 3);
-	stor_close(&t.db);
+	struct guid g = closed_store_with_three(&t);
 	char *saved = test_mkdtemp();
 	copy_files(t.dir, saved);
 	t.db = open_dir(t.dir, 0);
@@ -445,10 +447,7 @@ static void test_texts_the_journal_lost_are_removed_with_their_messages(void)
 {
 	struct tstore t;
 	const char *error = NULL;
-	tstore_open(&t);
-	struct guid g = tmailbox(t.db, "alice", "INBOX");
-	append_many(t.db, &g, 1, 3);
-	stor_close(&t.db);
+	struct guid g = closed_store_with_three(&t);
 	char *seg = last_segment_path(t.dir);
 	struct stat st;
 	CU_ASSERT_EQUAL_FATAL(stat(seg, &st), 0);

@@ -1278,6 +1278,28 @@ static void mk_third_copy(struct node *a, struct node *c, const char *name)
 	stor_mailbox_free(&m);
 }
 
+/* Nodes A, B and a third one (SID 3) sharing INBOX, made on A. */
+static struct guid three_nodes_open(struct node *a, struct node *b, struct node *c)
+{
+	node_open(a, SID_A);
+	node_open(b, SID_B);
+	node_open(c, 3);
+	struct guid mb = mk_shared_mailbox(a, b, "INBOX");
+	mk_third_copy(a, c, "INBOX");
+	return mb;
+}
+
+/* Each node holds want distinct messages in INBOX, and all three dump
+ * alike. */
+static void three_nodes_end_alike(struct node *a, struct node *b, struct node *c, size_t want)
+{
+	CU_ASSERT_EQUAL(count_unique(a, "INBOX"), want);
+	CU_ASSERT_EQUAL(count_unique(b, "INBOX"), want);
+	CU_ASSERT_EQUAL(count_unique(c, "INBOX"), want);
+	CU_ASSERT(dumps_equal(a, b));
+	CU_ASSERT(dumps_equal(a, c));
+}
+
 /* Three nodes: A apart from B and C (C a replica of B); both sides append
  * to one mailbox.  A then syncs with B, C and B again, as a resync toward
  * every peer does after a partition.  The second sync renumbers B's
@@ -1287,11 +1309,7 @@ static void mk_third_copy(struct node *a, struct node *c, const char *name)
 static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 {
 	struct node a, b, c;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	node_open(&c, 3);
-	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	mk_third_copy(&a, &c, "INBOX");
+	struct guid mb = three_nodes_open(&a, &b, &c);
 	for (int i = 0; i < 10; i++)
 		append(&a, &mb, "common\r\n", 0, NULL);
 	run_sync(&b, &a, false, 31);
@@ -1305,11 +1323,7 @@ static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 	run_sync(&a, &b, false, 34);
 	run_sync(&a, &c, false, 35);
 	run_sync(&a, &b, false, 36);
-	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 25);
-	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 25);
-	CU_ASSERT_EQUAL(count_unique(&c, "INBOX"), 25);
-	CU_ASSERT(dumps_equal(&a, &b));
-	CU_ASSERT(dumps_equal(&a, &c));
+	three_nodes_end_alike(&a, &b, &c, 25);
 	check_mailbox(&a, &mb);
 	check_mailbox(&b, &mb);
 	check_mailbox(&c, &mb);
@@ -1327,11 +1341,7 @@ static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(void)
 {
 	struct node a, b, c;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	node_open(&c, 3);
-	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	mk_third_copy(&a, &c, "INBOX");
+	struct guid mb = three_nodes_open(&a, &b, &c);
 	for (int i = 0; i < 5; i++)
 		append(&a, &mb, "common\r\n", 0, NULL);
 	run_sync(&b, &a, false, 41);
@@ -1355,11 +1365,7 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 	run_sync(&c, &a, false, 44);
 	run_sync(&a, &b, false, 45);
 	run_sync(&a, &c, false, 46);
-	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 3 + 16 + 10);
-	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 3 + 16 + 10);
-	CU_ASSERT_EQUAL(count_unique(&c, "INBOX"), 3 + 16 + 10);
-	CU_ASSERT(dumps_equal(&a, &b));
-	CU_ASSERT(dumps_equal(&a, &c));
+	three_nodes_end_alike(&a, &b, &c, 3 + 16 + 10);
 	node_close(&a);
 	node_close(&b);
 	node_close(&c);
