@@ -471,8 +471,21 @@ const char *stor_last_error(struct stor_db *db)
 int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size_t *len_r,
 		const char **error_r)
 {
-	char *lerr = NULL;
+	const void *staged;
 	size_t len = 0;
+	int ret = stor_stage_get(db, k, &staged, &len);
+	if (ret >= 0) {
+		if (ret == 0)
+			return 0;
+		char *copy = xmalloc(len + 1);
+		memcpy(copy, staged, len);
+		copy[len] = '\0';
+		*val_r = copy;
+		if (len_r != NULL)
+			*len_r = len;
+		return 1;
+	}
+	char *lerr = NULL;
 	char *v = leveldb_get(db->ldb, db->ropts, (const char *)k->b, k->len, &len, &lerr);
 	if (lerr != NULL)
 		return stor_err_leveldb(db, error_r, "read", lerr);
@@ -499,11 +512,20 @@ int stor_db_write(struct stor_db *db, struct stor_batch *wb, const char **error_
 		return stor_err(db, error_r, "%s: write failed: IO error: injected failure (test)",
 				db->dir);
 	}
-	return stor_jnl_write(db, wb, error_r);
+	if (stor_jnl_usable(db, error_r) < 0) {
+		stor_jnl_live_discard(db);
+		return -1;
+	}
+	return stor_stage_add(db, wb, error_r);
 }
 
 leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *start)
 {
+	const char *error;
+	/* On failure the store refuses every change from now on; this read
+	 * goes on with what LevelDB holds. */
+	if (stor_stage_flush(db, &error) < 0)
+		log_errorx("%s", error);
 	leveldb_iterator_t *it = leveldb_create_iterator(db->ldb, db->ropts);
 	leveldb_iter_seek(it, (const char *)start->b, start->len);
 	return it;
@@ -714,6 +736,7 @@ static int mkdir_p(const char *dir)
 
 static void db_free(struct stor_db *db)
 {
+	stor_stage_free(db);
 	stor_jnl_close(db);
 	if (db->ldb != NULL)
 		leveldb_close(db->ldb);
@@ -864,7 +887,9 @@ static int sync_older_logs(struct stor_db *db, const char **error_r)
 int stor_db_write_synced(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	char *lerr = NULL;
-	leveldb_write(db->ldb, db->wopts_sync, wb->wb, &lerr);
+	leveldb_writebatch_t *lwb = stor_batch_ldb(wb);
+	leveldb_write(db->ldb, db->wopts_sync, lwb, &lerr);
+	leveldb_writebatch_destroy(lwb);
 	if (lerr != NULL)
 		return stor_err_leveldb(db, error_r, "write", lerr);
 	return sync_older_logs(db, error_r);
@@ -941,10 +966,15 @@ int stor_sync(struct stor_db *db, const char **error_r)
 
 int stor_sync_start(struct stor_db *db)
 {
-	if (!finish_in_flight(db, false))
-		return 0;
-	int r = 0;
 	const char *error;
+	if (!finish_in_flight(db, false)) {
+		/* Write what is staged now, while the disk works: the next sync
+		 * then starts as soon as this one ends. */
+		if (stor_stage_flush(db, &error) < 0)
+			log_errorx("%s", error);
+		return 0;
+	}
+	int r = 0;
 	if (db->dirty) {
 		r = stor_jnl_sync_start(db, &error);
 		if (r < 0)

@@ -7,7 +7,8 @@
  * are.  Every LevelDB batch is first written here as a record, then applied
  * to LevelDB without sync; stor_sync() is one fdatasync of the current
  * segment, which makes both the texts and the index changes of a whole
- * group commit durable.
+ * group commit durable.  The batches of one group commit reach this file
+ * as one record (storage-stage.c gathers them).
  *
  * Records: crc u32 | length u32 | type u8 | payload, the CRC (CRC-32C,
  * lib/crc32c.h) covering length, type and payload.  'T' is a text chunk (message GUID,
@@ -62,7 +63,6 @@
 /* Records may be big (a batch deleting a mailbox of a million messages),
  * but never bigger than this, and never bigger than what is left of the
  * file they are read from. */
-#define JNL_MAX_RECORD (1024U * 1024 * 1024)
 /* Pending records are written when this much has gathered. */
 #define JNL_FLUSH_AT (1024 * 1024)
 #define JNL_READ_FDS 16
@@ -108,6 +108,7 @@ struct stor_journal {
 	uint64_t ckpt_off;
 	jnl_live_array live;        /* by segment, only non-zero */
 	jnl_live_array live_delta;  /* of the batch being built */
+	jnl_live_array live_staged; /* of the staged batches (storage-stage.c) */
 	struct jnl_read_fd rfd[JNL_READ_FDS];
 	unsigned rfd_next;
 	seg_array pins;             /* first segments of texts not yet stored */
@@ -243,18 +244,28 @@ void stor_jnl_live_discard(struct stor_db *db)
 	db->jnl->live_delta.count = 0;
 }
 
+void stor_jnl_live_stage(struct stor_db *db)
+{
+	struct stor_journal *j = db->jnl;
+	for (size_t i = 0; i < j->live_delta.count; i++) {
+		const struct jnl_live *d = &j->live_delta.items[i];
+		live_slot(&j->live_staged, d->seg, true)->bytes += d->bytes;
+	}
+	j->live_delta.count = 0;
+}
+
 static void live_key(struct stor_key *k, uint32_t seg)
 {
 	stor_key_init(k, STOR_KEY_LIVE);
 	stor_key_u32(k, seg);
 }
 
-/* Applies the notes of a batch that was written. */
+/* Applies the notes of the staged batches once they are written. */
 static void live_commit(struct stor_db *db)
 {
 	struct stor_journal *j = db->jnl;
-	for (size_t i = 0; i < j->live_delta.count; i++) {
-		const struct jnl_live *d = &j->live_delta.items[i];
+	for (size_t i = 0; i < j->live_staged.count; i++) {
+		const struct jnl_live *d = &j->live_staged.items[i];
 		struct jnl_live *l = live_slot(&j->live, d->seg, true);
 		uint64_t next = l->bytes + d->bytes;
 		/* Wrapped past zero: only a bug or a damaged store explains it;
@@ -265,7 +276,7 @@ static void live_commit(struct stor_db *db)
 		}
 		l->bytes = next;
 	}
-	j->live_delta.count = 0;
+	j->live_staged.count = 0;
 }
 
 /* Live bytes are stored only at checkpoints (a write per change would cost
@@ -518,7 +529,8 @@ static void delete_dead_segments(struct stor_db *db)
 	bool deleted = false;
 	for (size_t i = 0; i < segs.count; i++) {
 		uint32_t s = segs.items[i];
-		if (s >= below || live_bytes(j, s) != 0)
+		/* Staged batches may still make a text there live. */
+		if (s >= below || live_bytes(j, s) != 0 || live_slot(&j->live_staged, s, false) != NULL)
 			continue;
 		rfd_forget(j, s);
 		if (s == j->compact_seg)
@@ -540,7 +552,8 @@ static void delete_dead_segments(struct stor_db *db)
 int stor_jnl_checkpoint(struct stor_db *db, bool closing, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
-	if (check_usable(db, error_r) < 0 || sync_segment(db, error_r) < 0)
+	if (check_usable(db, error_r) < 0 || stor_stage_flush(db, error_r) < 0 ||
+	    sync_segment(db, error_r) < 0)
 		return -1;
 	struct buf v = BUF_INIT;
 	stor_put_u32(&v, j->seg);
@@ -636,7 +649,6 @@ void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first)
 struct stor_batch *stor_batch_new(void)
 {
 	struct stor_batch *b = xcalloc(1, sizeof(*b));
-	b->wb = leveldb_writebatch_create();
 	/* Most batches (a message's keys) fit without growing. */
 	buf_reserve(&b->ser, 1024);
 	return b;
@@ -646,7 +658,6 @@ void stor_batch_free(struct stor_batch *b)
 {
 	if (b == NULL)
 		return;
-	leveldb_writebatch_destroy(b->wb);
 	buf_free(&b->ser);
 	free(b);
 }
@@ -654,7 +665,6 @@ void stor_batch_free(struct stor_batch *b)
 void stor_batch_put_raw(struct stor_batch *b, const void *k, size_t klen, const void *v,
 			size_t vlen)
 {
-	leveldb_writebatch_put(b->wb, k, klen, v, vlen);
 	unsigned char *p = buf_reserve(&b->ser, 9 + klen + vlen);
 	p[0] = JNL_OP_PUT;
 	put_le32(p + 1, (uint32_t)klen);
@@ -667,7 +677,6 @@ void stor_batch_put_raw(struct stor_batch *b, const void *k, size_t klen, const 
 
 void stor_batch_del_raw(struct stor_batch *b, const void *k, size_t klen)
 {
-	leveldb_writebatch_delete(b->wb, k, klen);
 	unsigned char *p = buf_reserve(&b->ser, 5 + klen);
 	p[0] = JNL_OP_DEL;
 	put_le32(p + 1, (uint32_t)klen);
@@ -685,35 +694,103 @@ void stor_batch_del(struct stor_batch *b, const struct stor_key *k)
 	stor_batch_del_raw(b, k->b, k->len);
 }
 
-int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error_r)
+/* The operations of our own batches, which are well formed. */
+uint32_t stor_batch_op_klen(const unsigned char *op)
+{
+	return get_le32(op + 1);
+}
+
+size_t stor_batch_op_size(const unsigned char *op)
+{
+	size_t klen = get_le32(op + 1);
+	return op[0] == JNL_OP_DEL ? 5 + klen : 9 + klen + get_le32(op + 5 + klen);
+}
+
+bool stor_batch_op_value(const unsigned char *op, const void **val_r, size_t *len_r)
+{
+	if (op[0] == JNL_OP_DEL)
+		return false;
+	size_t klen = get_le32(op + 1);
+	*len_r = get_le32(op + 5 + klen);
+	*val_r = op + 9 + klen;
+	return true;
+}
+
+/* LevelDB's batch of serialized operations (from a batch, or a journal
+ * record); NULL when they do not decode. */
+static leveldb_writebatch_t *ldb_batch(const unsigned char *p, size_t len)
+{
+	leveldb_writebatch_t *wb = leveldb_writebatch_create();
+	size_t pos = 0;
+	while (pos < len) {
+		if (len - pos < 5 || (p[pos] != JNL_OP_PUT && p[pos] != JNL_OP_DEL))
+			break;
+		uint8_t op = p[pos];
+		uint32_t klen = get_le32(p + pos + 1);
+		pos += 5;
+		if (klen > len - pos)
+			break;
+		const char *key = (const char *)p + pos;
+		pos += klen;
+		if (op == JNL_OP_DEL) {
+			leveldb_writebatch_delete(wb, key, klen);
+			continue;
+		}
+		if (len - pos < 4)
+			break;
+		uint32_t vlen = get_le32(p + pos);
+		pos += 4;
+		if (vlen > len - pos)
+			break;
+		leveldb_writebatch_put(wb, key, klen, (const char *)p + pos, vlen);
+		pos += vlen;
+	}
+	if (pos != len) {
+		leveldb_writebatch_destroy(wb);
+		return NULL;
+	}
+	return wb;
+}
+
+leveldb_writebatch_t *stor_batch_ldb(const struct stor_batch *b)
+{
+	leveldb_writebatch_t *wb = ldb_batch((const unsigned char *)b->ser.data, b->ser.len);
+	if (wb == NULL)
+		abort(); /* built by stor_batch_put/del: only a bug gets here */
+	return wb;
+}
+
+int stor_jnl_usable(struct stor_db *db, const char **error_r)
+{
+	return check_usable(db, error_r);
+}
+
+int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
-	if (check_usable(db, error_r) < 0) {
-		stor_jnl_live_discard(db);
+	if (check_usable(db, error_r) < 0)
 		return -1;
-	}
 	const struct buf *ser = &wb->ser;
-	if (ser->len > JNL_MAX_RECORD) {
-		stor_jnl_live_discard(db);
-		return stor_err(db, error_r, "change too big for one write (%zu bytes)", ser->len);
-	}
 	int ret = reserve(db, ser->len, error_r);
 	if (ret == 0) {
 		pending_record(j, JNL_REC_BATCH, ser->data, ser->len, NULL, 0);
 		ret = flush_pending(db, error_r);
 	}
-	if (ret < 0) {
-		stor_jnl_live_discard(db);
-		return -1;
+	if (ret == 0) {
+		char *lerr = NULL;
+		leveldb_writebatch_t *lwb = stor_batch_ldb(wb);
+		leveldb_write(db->ldb, db->wopts, lwb, &lerr);
+		leveldb_writebatch_destroy(lwb);
+		if (lerr != NULL)
+			ret = stor_err_leveldb(db, error_r, "write", lerr);
 	}
-	char *lerr = NULL;
-	leveldb_write(db->ldb, db->wopts, wb->wb, &lerr);
-	if (lerr != NULL) {
-		/* The journal holds a change LevelDB refused: only a replay at
-		 * the next open can make the two agree again. */
+	if (ret < 0) {
+		/* Changes reads have seen are lost, or the journal holds a
+		 * change LevelDB refused: only reopening (and replaying) makes
+		 * the store and its readers agree again. */
 		j->broken = true;
-		stor_jnl_live_discard(db);
-		return stor_err_leveldb(db, error_r, "write", lerr);
+		j->live_staged.count = 0;
+		return -1;
 	}
 	live_commit(db);
 	return 0;
@@ -721,7 +798,7 @@ int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error
 
 int stor_jnl_sync(struct stor_db *db, const char **error_r)
 {
-	if (check_usable(db, error_r) < 0)
+	if (check_usable(db, error_r) < 0 || stor_stage_flush(db, error_r) < 0)
 		return -1;
 	return sync_segment(db, error_r);
 }
@@ -878,7 +955,7 @@ int stor_jnl_sync_start(struct stor_db *db, const char **error_r)
 	struct jnl_syncer *sy = j->syncer;
 	if (sy->in_flight)
 		return 0;
-	if (flush_pending(db, error_r) < 0)
+	if (stor_stage_flush(db, error_r) < 0 || flush_pending(db, error_r) < 0)
 		return -1;
 	if (!j->unsynced)
 		return 0;
@@ -1237,51 +1314,16 @@ static int live_rebuild(struct stor_db *db, const char **error_r)
 static int apply_batch(struct stor_db *db, const unsigned char *p, size_t len,
 		       const char **error_r)
 {
-	leveldb_writebatch_t *wb = leveldb_writebatch_create();
-	size_t pos = 0;
-	int ret = 0;
-	while (pos < len) {
-		if (len - pos < 5 || (p[pos] != JNL_OP_PUT && p[pos] != JNL_OP_DEL)) {
-			ret = -1;
-			break;
-		}
-		uint8_t op = p[pos];
-		uint32_t klen = get_le32(p + pos + 1);
-		pos += 5;
-		if (klen > len - pos) {
-			ret = -1;
-			break;
-		}
-		const unsigned char *key = p + pos;
-		pos += klen;
-		if (op == JNL_OP_DEL) {
-			leveldb_writebatch_delete(wb, (const char *)key, klen);
-			continue;
-		}
-		if (len - pos < 4) {
-			ret = -1;
-			break;
-		}
-		uint32_t vlen = get_le32(p + pos);
-		pos += 4;
-		if (vlen > len - pos) {
-			ret = -1;
-			break;
-		}
-		leveldb_writebatch_put(wb, (const char *)key, klen, (const char *)p + pos, vlen);
-		pos += vlen;
-	}
-	if (ret < 0) {
-		stor_err(db, error_r, "%s: store is corrupted: a journal record does not decode",
-			 db->dir);
-	} else {
-		char *lerr = NULL;
-		leveldb_write(db->ldb, db->wopts, wb, &lerr);
-		if (lerr != NULL)
-			ret = stor_err_leveldb(db, error_r, "write", lerr);
-	}
+	leveldb_writebatch_t *wb = ldb_batch(p, len);
+	if (wb == NULL)
+		return stor_err(db, error_r, "%s: store is corrupted: a journal record does not decode",
+				db->dir);
+	char *lerr = NULL;
+	leveldb_write(db->ldb, db->wopts, wb, &lerr);
 	leveldb_writebatch_destroy(wb);
-	return ret;
+	if (lerr != NULL)
+		return stor_err_leveldb(db, error_r, "write", lerr);
+	return 0;
 }
 
 /* Cuts the segment at off.  Without a record of how far the last sync got,
@@ -1355,7 +1397,7 @@ static int replay_segment(struct stor_db *db, uint32_t seg, uint64_t start, bool
 			break;
 		}
 		uint32_t plen = get_le32(h + 4);
-		if (plen > JNL_MAX_RECORD || plen > size - off - JNL_HDR) {
+		if (plen > STOR_BATCH_MAX || plen > size - off - JNL_HDR) {
 			torn = true;
 			break;
 		}
@@ -1535,6 +1577,7 @@ void stor_jnl_close(struct stor_db *db)
 	buf_free(&j->pending);
 	ARRAY_FREE(&j->live);
 	ARRAY_FREE(&j->live_delta);
+	ARRAY_FREE(&j->live_staged);
 	ARRAY_FREE(&j->pins);
 	ARRAY_FREE(&j->lost);
 	free(j->dir);

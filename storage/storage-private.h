@@ -39,6 +39,8 @@
 
 #define STOR_TEXT_CHUNK (256 * 1024)
 #define STOR_SEGMENT_DEFAULT (64 * 1024 * 1024)
+/* The largest batch (and journal record). */
+#define STOR_BATCH_MAX (1024U * 1024 * 1024)
 
 #define STOR_KEY_MAILBOX 'B'
 #define STOR_KEY_NAME 'N'
@@ -76,6 +78,7 @@ struct stor_db {
 	ARRAY(struct stor_durable) durable;
 	ARRAY(struct stor_durable) durable_in_flight; /* wait for the sync in flight */
 	struct stor_journal *jnl;
+	struct stor_stage *stage;    /* storage-stage.c */
 };
 
 /* ---- Keys ---- */
@@ -182,10 +185,9 @@ bool stor_iter_in(leveldb_iterator_t *it, const struct stor_key *prefix, const u
 /* Destroys the iterator; returns -1 if it ended on an error. */
 int stor_iter_end(struct stor_db *db, leveldb_iterator_t *it, const char **error_r);
 
-/* A write batch: LevelDB's, and the same operations serialized for the
- * journal as they are added (storage-journal.c). */
+/* A write batch: its operations serialized as the journal stores them
+ * (storage-journal.c). */
 struct stor_batch {
-	leveldb_writebatch_t *wb;
 	struct buf ser;
 };
 struct stor_batch *stor_batch_new(void);
@@ -195,6 +197,26 @@ void stor_batch_del(struct stor_batch *b, const struct stor_key *k);
 void stor_batch_put_raw(struct stor_batch *b, const void *k, size_t klen, const void *v,
 			size_t vlen);
 void stor_batch_del_raw(struct stor_batch *b, const void *k, size_t klen);
+/* The operation at op: its key's length, its size, its value (false for a
+ * deletion). */
+uint32_t stor_batch_op_klen(const unsigned char *op);
+size_t stor_batch_op_size(const unsigned char *op);
+bool stor_batch_op_value(const unsigned char *op, const void **val_r, size_t *len_r);
+/* The batch as LevelDB's (to be destroyed by the caller). */
+leveldb_writebatch_t *stor_batch_ldb(const struct stor_batch *b);
+
+/* ---- Staged writes (storage-stage.c) ---- */
+
+/* Stages a batch (and the journal's live-byte notes of it): written with
+ * the others at the next sync or iterator, or once too many are staged. */
+int stor_stage_add(struct stor_db *db, const struct stor_batch *wb, const char **error_r);
+/* A staged value of key k: 1 put (*val_r points into the stage until the
+ * next write), 0 deleted, -1 not staged. */
+int stor_stage_get(struct stor_db *db, const struct stor_key *k, const void **val_r,
+		   size_t *len_r);
+/* Writes everything staged to the journal and LevelDB. */
+int stor_stage_flush(struct stor_db *db, const char **error_r);
+void stor_stage_free(struct stor_db *db);
 
 /* ---- Write transactions ----
  * A transaction gathers one call's changes into one batch.  Mailbox records
@@ -269,8 +291,12 @@ int stor_jnl_add_text(struct stor_db *db, const struct guid *guid, uint32_t idx,
 		      const void *data, size_t len, struct stor_extent *ext_r,
 		      const char **error_r);
 void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first);
-/* Writes the batch to the journal, then to LevelDB (not synced). */
-int stor_jnl_write(struct stor_db *db, struct stor_batch *wb, const char **error_r);
+/* 0, or -1 when a failed write has made the store unusable until reopened. */
+int stor_jnl_usable(struct stor_db *db, const char **error_r);
+/* Writes the staged batch to the journal, then to LevelDB (not synced),
+ * and applies the live-byte notes staged with it.  A failure leaves the
+ * store unusable: readers have seen those changes. */
+int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char **error_r);
 /* Syncs LevelDB and records the journal position it holds and the live
  * bytes of the segments (then deletes segments nobody needs), so that the
  * next open replays nothing before.  closing: the last one of a clean
@@ -297,6 +323,8 @@ int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
  * stored in these chunks; discard undoes the notes of a batch not written. */
 void stor_jnl_live(struct stor_db *db, const struct stor_extent *ext, size_t n, int sign);
 void stor_jnl_live_discard(struct stor_db *db);
+/* Moves the notes of a batch into those of the staged ones. */
+void stor_jnl_live_stage(struct stor_db *db);
 /* Moves live texts out of a mostly dead segment, about budget bytes per
  * call, so that the segment can be deleted. */
 bool stor_jnl_compact_due(struct stor_db *db);

@@ -613,6 +613,151 @@ static void test_mailbox_records_read_back_right_after_each_write(void)
 	tstore_close(&t);
 }
 
+/* The records of a segment from offset off on: how many of each type, and
+ * the payload of the last batch ('B'). */
+struct seg_records {
+	unsigned texts, batches;
+	unsigned char *last_batch;
+	size_t last_batch_len;
+};
+
+static void read_records(const char *path, long off, struct seg_records *r)
+{
+	memset(r, 0, sizeof(*r));
+	FILE *f = fopen(path, "rb");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	CU_ASSERT_EQUAL_FATAL(fseek(f, off, SEEK_SET), 0);
+	unsigned char hdr[9];
+	while (fread(hdr, 1, sizeof(hdr), f) == sizeof(hdr)) {
+		size_t len = (size_t)hdr[4] | (size_t)hdr[5] << 8 | (size_t)hdr[6] << 16 |
+			(size_t)hdr[7] << 24;
+		unsigned char *payload = xmalloc(len + 1);
+		CU_ASSERT_EQUAL_FATAL(fread(payload, 1, len, f), len);
+		if (hdr[8] == 'T') {
+			r->texts++;
+			free(payload);
+		} else {
+			CU_ASSERT_EQUAL(hdr[8], 'B');
+			r->batches++;
+			free(r->last_batch);
+			r->last_batch = payload;
+			r->last_batch_len = len;
+		}
+	}
+	fclose(f);
+}
+
+static unsigned count_bytes(const unsigned char *p, size_t len, const void *needle, size_t n)
+{
+	unsigned count = 0;
+	for (size_t i = 0; i + n <= len; i++) {
+		if (memcmp(p + i, needle, n) == 0)
+			count++;
+	}
+	return count;
+}
+
+static void test_staged_changes_are_read_back_and_lost_together(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	char text[4000];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	append_many(t.db, &g, 1, 2);
+	char *before = dump(t.db);
+	char *seg = last_segment_path(t.dir);
+	struct stat st0, st;
+	CU_ASSERT_EQUAL_FATAL(stat(seg, &st0), 0);
+
+	/* Changes of one event-loop turn, not yet synced: every read sees
+	 * them, and nothing reached the journal yet. */
+	for (unsigned i = 3; i <= 12; i++) {
+		text_of(i, text, sizeof(text));
+		CU_ASSERT_EQUAL(tappend(t.db, &g, 0, text, 0), i);
+		CU_ASSERT_EQUAL(mailbox_messages(t.db, &g), i);
+	}
+	uint32_t uid = 1;
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &uid, 1, 0, NULL, &error), 0);
+	struct stor_msg msg;
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 1, &msg, &error), 0);
+	CU_ASSERT_EQUAL(stor_meta_set(t.db, "k", "v1", 2, &error), 0);
+	CU_ASSERT_EQUAL(stor_meta_set(t.db, "k", "v2", 2, &error), 0);
+	struct buf v = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_meta_get(t.db, "k", &v, &error), 1);
+	CU_ASSERT(v.len == 2 && memcmp(v.data, "v2", 2) == 0);
+	buf_free(&v);
+	CU_ASSERT_EQUAL(stat(seg, &st), 0);
+	CU_ASSERT_EQUAL(st.st_size, st0.st_size);
+	/* Texts read back before they are written (the read writes them). */
+	check_text(t.db, &g, 12, 12);
+
+	/* Killed before the sync (and before anything wrote the changes out):
+	 * the journal and LevelDB lose the same changes. */
+	stor_test_abandon(&t.db);
+	t.db = open_dir(t.dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	char *after = dump(t.db);
+	CU_ASSERT_STRING_EQUAL(after, before);
+	check_all(t.db, &g);
+
+	/* An iterator sees a mailbox made in the same turn (it writes the
+	 * stage out first). */
+	tmailbox(t.db, "alice", "Later");
+	stor_mailbox_array mbs;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_list(t.db, "alice", &mbs, &error), 0);
+	CU_ASSERT_EQUAL(mbs.count, 2);
+	stor_mailbox_list_free(&mbs);
+	free(before);
+	free(after);
+	free(seg);
+	tstore_close(&t);
+}
+
+static void test_a_group_commit_is_one_journal_write(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	char text[4000];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	char *seg = last_segment_path(t.dir);
+	struct stat st0;
+	CU_ASSERT_EQUAL_FATAL(stat(seg, &st0), 0);
+	for (unsigned i = 1; i <= 64; i++) {
+		text_of(i, text, sizeof(text));
+		tappend(t.db, &g, 0, text, 0);
+	}
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	/* 64 texts and one batch, in which the mailbox record (rewritten by
+	 * every append) appears once. */
+	struct seg_records r;
+	read_records(seg, (long)st0.st_size, &r);
+	CU_ASSERT_EQUAL(r.texts, 64);
+	CU_ASSERT_EQUAL(r.batches, 1);
+	unsigned char key[1 + GUID_SIZE];
+	key[0] = STOR_KEY_MAILBOX;
+	memcpy(key + 1, g.b, GUID_SIZE);
+	/* The key's length comes before it: u32 little-endian 17. */
+	unsigned char framed[4 + sizeof(key)] = { sizeof(key), 0, 0, 0 };
+	memcpy(framed + 4, key, sizeof(key));
+	CU_ASSERT_EQUAL(count_bytes(r.last_batch, r.last_batch_len, framed, sizeof(framed)), 1);
+	free(r.last_batch);
+	/* And it replays into the same store. */
+	char *before = dump(t.db);
+	stor_test_abandon(&t.db);
+	t.db = open_dir(t.dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
+	char *after = dump(t.db);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	check_all(t.db, &g);
+	free(before);
+	free(after);
+	free(seg);
+	tstore_close(&t);
+}
+
 struct durable_log {
 	unsigned n;
 	bool ok[8];
@@ -689,6 +834,9 @@ const struct test_case storage_journal_cases[] = {
 	{ "mailbox records read back right after each write",
 	  test_mailbox_records_read_back_right_after_each_write },
 	{ "sync in the helper thread completes callbacks in order", test_sync_in_helper_thread },
+	{ "staged changes are read back, and lost together by a kill",
+	  test_staged_changes_are_read_back_and_lost_together },
+	{ "a group commit is one journal write", test_a_group_commit_is_one_journal_write },
 	{ "changes only in the journal are replayed on open",
 	  test_changes_only_in_journal_are_replayed },
 	{ "replaying what LevelDB already has changes nothing",
