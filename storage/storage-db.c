@@ -165,7 +165,9 @@ bool stor_dec_end(struct stor_dec *d)
 
 #define MAILBOX_REC_VERSION 1
 #define MSG_REC_VERSION 1
-#define TEXT_REC_VERSION 1
+/* Version 1 also held the text's SHA-256 (hashing every append cost more
+ * than anything else in it; the dump now hashes what it reads). */
+#define TEXT_REC_VERSION 2
 
 void stor_mailbox_encode(const struct stor_mailbox *mb, struct buf *out)
 {
@@ -294,7 +296,6 @@ void stor_text_rec_encode(const struct stor_text_rec *t, const struct stor_exten
 	stor_put_u8(out, TEXT_REC_VERSION);
 	stor_put_u32(out, t->refcount);
 	stor_put_u64(out, t->size);
-	stor_put_bytes(out, t->sha256, sizeof(t->sha256));
 	stor_put_u32(out, (uint32_t)n);
 	for (size_t i = 0; i < n; i++) {
 		stor_put_u32(out, ext[i].seg);
@@ -308,11 +309,15 @@ int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r,
 {
 	struct stor_dec d;
 	stor_dec_init(&d, p, len);
-	if (stor_get_u8(&d) != TEXT_REC_VERSION)
+	uint8_t version = stor_get_u8(&d);
+	if (version != 1 && version != TEXT_REC_VERSION)
 		return -1;
 	t_r->refcount = stor_get_u32(&d);
 	t_r->size = stor_get_u64(&d);
-	stor_get_bytes(&d, t_r->sha256, sizeof(t_r->sha256));
+	if (version == 1) {
+		unsigned char sha256[32];
+		stor_get_bytes(&d, sha256, sizeof(sha256));
+	}
 	uint32_t n = stor_get_u32(&d);
 	/* Each chunk takes 16 bytes: a count that doesn't fit is damage. */
 	if (d.bad || n > (len - d.pos) / 16)
@@ -751,7 +756,9 @@ static void db_free(struct stor_db *db)
 	if (db->wopts_sync != NULL)
 		leveldb_writeoptions_destroy(db->wopts_sync);
 	ARRAY_FREE(&db->durable);
-	ARRAY_FREE(&db->durable_in_flight);
+	for (size_t i = 0; i < db->in_flight.count; i++)
+		free(db->in_flight.items[i].cbs);
+	ARRAY_FREE(&db->in_flight);
 	free(db->error);
 	free(db->dir);
 	free(db);
@@ -921,26 +928,26 @@ static void take_durable(struct stor_db *db, struct stor_durable **cbs_r, size_t
 	db->durable.count = db->durable.cap = 0;
 }
 
-/* Completes the sync in flight, waiting for it if wait is set.  Returns
- * true when none is in flight any more. */
+/* Completes the syncs in flight that are done, oldest first, waiting for
+ * them if wait is set.  Returns true when none is in flight any more. */
 static bool finish_in_flight(struct stor_db *db, bool wait)
 {
-	if (!stor_jnl_sync_busy(db) && db->durable_in_flight.count == 0)
-		return true;
-	const char *error;
-	int r = wait ? (stor_jnl_sync_wait(db, &error) < 0 ? -1 : 1) :
-		stor_jnl_sync_poll(db, &error);
-	if (r == 0)
-		return false;
-	if (r < 0) {
-		log_errorx("%s", error);
-		db->dirty = true;
+	while (db->in_flight.count > 0) {
+		struct stor_in_flight f = db->in_flight.items[0];
+		const char *error;
+		int r = wait ? (stor_jnl_sync_wait(db, f.seq, &error) < 0 ? -1 : 1) :
+			stor_jnl_sync_poll(db, f.seq, &error);
+		if (r == 0)
+			return false;
+		if (r < 0) {
+			log_errorx("%s", error);
+			db->dirty = true;
+		}
+		db->in_flight.count--;
+		memmove(db->in_flight.items, db->in_flight.items + 1,
+			db->in_flight.count * sizeof(f));
+		run_durable(db, f.cbs, f.count, r > 0);
 	}
-	struct stor_durable *cbs = db->durable_in_flight.items;
-	size_t count = db->durable_in_flight.count;
-	db->durable_in_flight.items = NULL;
-	db->durable_in_flight.count = db->durable_in_flight.cap = 0;
-	run_durable(db, cbs, count, r > 0);
 	return true;
 }
 
@@ -967,33 +974,40 @@ int stor_sync(struct stor_db *db, const char **error_r)
 int stor_sync_start(struct stor_db *db)
 {
 	const char *error;
-	if (!finish_in_flight(db, false)) {
-		/* Write what is staged now, while the disk works: the next sync
-		 * then starts as soon as this one ends. */
-		if (stor_stage_flush(db, &error) < 0)
-			log_errorx("%s", error);
-		return 0;
-	}
+	(void)finish_in_flight(db, false);
 	int r = 0;
+	uint64_t seq = 0;
 	if (db->dirty) {
-		r = stor_jnl_sync_start(db, &error);
+		r = stor_jnl_sync_start(db, &seq, &error);
+		if (r == 2)
+			return 0; /* both threads busy: the next turn starts it */
 		if (r < 0)
 			log_errorx("group commit failed: %s", error);
 		/* Also after a failure: the journal refuses everything now, and
 		 * retrying at every loop turn would only spin. */
 		db->dirty = false;
 	}
-	struct stor_durable *cbs;
-	size_t count;
-	take_durable(db, &cbs, &count);
+	struct stor_in_flight f = { seq, NULL, 0 };
+	take_durable(db, &f.cbs, &f.count);
 	if (r > 0) {
 		/* They complete when the thread is done. */
-		db->durable_in_flight.items = cbs;
-		db->durable_in_flight.count = db->durable_in_flight.cap = count;
+		ARRAY_PUSH(&db->in_flight, f);
 		return 1;
 	}
-	/* Nothing was left to sync (or it failed): complete now. */
-	run_durable(db, cbs, count, r == 0);
+	/* Nothing was left to sync (or it failed): complete now, unless an
+	 * earlier sync still has to end first. */
+	if (r == 0 && db->in_flight.count > 0) {
+		struct stor_in_flight *last = &db->in_flight.items[db->in_flight.count - 1];
+		if (f.count > 0) {
+			last->cbs = xreallocarray(last->cbs, last->count + f.count,
+						  sizeof(*f.cbs));
+			memcpy(last->cbs + last->count, f.cbs, f.count * sizeof(*f.cbs));
+			last->count += f.count;
+		}
+		free(f.cbs);
+		return 0;
+	}
+	run_durable(db, f.cbs, f.count, r == 0);
 	return r < 0 ? -1 : 0;
 }
 
@@ -1021,7 +1035,7 @@ void stor_on_durable(struct stor_db *db, stor_durable_cb *cb, void *ctx)
 
 bool stor_sync_pending(struct stor_db *db)
 {
-	return db->dirty || db->durable.count > 0 || db->durable_in_flight.count > 0 ||
+	return db->dirty || db->durable.count > 0 || db->in_flight.count > 0 ||
 		stor_jnl_sync_busy(db);
 }
 
@@ -1084,7 +1098,5 @@ void stor_test_abandon(struct stor_db **_db)
 {
 	struct stor_db *db = *_db;
 	*_db = NULL;
-	ARRAY_FREE(&db->durable);
-	ARRAY_FREE(&db->durable_in_flight);
 	db_free(db);
 }

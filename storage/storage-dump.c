@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "lib/str.h"
 #include "lib/xalloc.h"
 
@@ -19,6 +21,34 @@ static void dump_flags(struct buf *out, uint32_t flags)
 		buf_append_str(out, stor_flag_name((enum stor_flag)bit));
 		first = false;
 	}
+}
+
+/* The SHA-256 of a text as the store holds it now, read a piece at a time
+ * (a text can be as big as max_message_size). */
+static int text_sha256(struct stor_db *db, const struct guid *guid, uint64_t size,
+		       unsigned char out[32], const char **error_r)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, stor_sha256(), NULL) != 1)
+		abort();
+	struct buf piece = BUF_INIT;
+	int ret = 0;
+	for (uint64_t off = 0; off < size && ret == 0; off += piece.len) {
+		uint64_t n = size - off < 1024 * 1024 ? size - off : 1024 * 1024;
+		buf_reset(&piece);
+		ret = stor_text_read(db, guid, off, n, &piece, error_r);
+		if (ret == 0 && piece.len != n)
+			ret = stor_err(db, error_r, "%s: store is corrupted: a text is shorter than "
+				       "its record", db->dir);
+		if (ret == 0)
+			EVP_DigestUpdate(ctx, piece.data, piece.len);
+	}
+	unsigned len = 0;
+	if (ret == 0 && (EVP_DigestFinal_ex(ctx, out, &len) != 1 || len != 32))
+		abort();
+	EVP_MD_CTX_free(ctx);
+	buf_free(&piece);
+	return ret;
 }
 
 static int dump_mailbox_msgs(struct stor_db *db, const struct stor_mailbox *mb, struct buf *out,
@@ -38,8 +68,13 @@ static int dump_mailbox_msgs(struct stor_db *db, const struct stor_mailbox *mb, 
 						    "message in %s is missing", db->dir, mb->name);
 			break;
 		}
+		unsigned char md[32];
+		if (text_sha256(db, &m->guid, rec.size, md, error_r) < 0) {
+			ret = -1;
+			break;
+		}
 		guid_to_hex(&m->guid, hex);
-		hex_encode(rec.sha256, sizeof(rec.sha256), sha);
+		hex_encode(md, sizeof(md), sha);
 		buf_appendf(out, "msg %s uid=%u guid=%s flags=", mb->name, m->uid, hex);
 		dump_flags(out, m->flags);
 		buf_append_str(out, " keywords=");

@@ -81,17 +81,36 @@ struct jnl_read_fd {
 	int fd;
 };
 
-/* The helper thread that runs fdatasync() off the event loop.  One sync
- * at a time; the fields under mu are shared with the thread. */
-struct jnl_syncer {
+/* Helper threads that run fdatasync() off the event loop, two syncs at
+ * most in flight: a group commit that comes while one runs starts its own
+ * at once instead of waiting for it to end (two concurrent fdatasyncs get
+ * more done than two in a row).  Each thread syncs through its own
+ * descriptor of the segment, opened before anything was written to it:
+ * the kernel reports a writeback error once per open file, so one sync
+ * cannot swallow an error the other must see.  Syncs are collected in the
+ * order they started; a failed one breaks the journal, so no later one
+ * counts as durable either.  Fields under mu are shared with the threads. */
+#define JNL_SYNCERS 2
+
+struct jnl_syncer;
+struct jnl_sync_slot {
+	struct jnl_syncer *sy;
 	pthread_t thread;
+	int fd;                     /* to sync */
+	bool requested, done;
+	int result;                 /* errno of the finished sync, 0 ok */
+};
+
+struct jnl_syncer {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	int event_fd;               /* readable when a sync finished */
-	int fd;                     /* to sync */
-	bool requested, done, quit;
-	int result;                 /* errno of the finished sync, 0 ok */
-	bool in_flight;             /* main thread: started, not collected */
+	bool quit;
+	struct jnl_sync_slot slot[JNL_SYNCERS];
+	unsigned threads;           /* started */
+	/* Main thread only: syncs collected..next-1 are in flight, sync n
+	 * in slot n % JNL_SYNCERS. */
+	uint64_t next, collected;
 };
 
 struct stor_journal {
@@ -99,6 +118,7 @@ struct stor_journal {
 	int dir_fd;
 	uint32_t seg;               /* the segment being written */
 	int fd;
+	int sync_fd[JNL_SYNCERS];   /* the same segment, one per sync thread */
 	uint64_t end;               /* bytes of it written */
 	bool unsynced;              /* written since the last fdatasync */
 	bool broken;                /* a failed write left an unknown state */
@@ -423,13 +443,32 @@ static int open_write_segment(struct stor_db *db, uint32_t seg, bool create,
 		free(path);
 		return -1;
 	}
+	int sync_fd[JNL_SYNCERS];
+	for (unsigned i = 0; i < JNL_SYNCERS; i++) {
+		sync_fd[i] = open(path, O_RDONLY | O_CLOEXEC);
+		if (sync_fd[i] < 0) {
+			jnl_err_errno(db, error_r, "open", path);
+			while (i > 0)
+				close(sync_fd[--i]);
+			close(fd);
+			free(path);
+			return -1;
+		}
+	}
 	free(path);
 	if (create && fsync(j->dir_fd) < 0) {
 		close(fd);
+		for (unsigned i = 0; i < JNL_SYNCERS; i++)
+			close(sync_fd[i]);
 		return jnl_err_errno(db, error_r, "fsync", j->dir);
 	}
 	if (j->fd >= 0)
 		close(j->fd);
+	for (unsigned i = 0; i < JNL_SYNCERS; i++) {
+		if (j->sync_fd[i] >= 0)
+			close(j->sync_fd[i]);
+		j->sync_fd[i] = sync_fd[i];
+	}
 	rfd_forget(j, seg);
 	j->fd = fd;
 	j->seg = seg;
@@ -848,21 +887,22 @@ int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
 
 static void *syncer_main(void *arg)
 {
-	struct jnl_syncer *sy = arg;
+	struct jnl_sync_slot *slot = arg;
+	struct jnl_syncer *sy = slot->sy;
 	pthread_mutex_lock(&sy->mu);
 	for (;;) {
-		while (!sy->requested && !sy->quit)
+		while (!slot->requested && !sy->quit)
 			pthread_cond_wait(&sy->cv, &sy->mu);
 		if (sy->quit)
 			break;
-		int fd = sy->fd;
+		int fd = slot->fd;
 		pthread_mutex_unlock(&sy->mu);
 		int r = fdatasync(fd);
 		int err = r < 0 ? errno : 0;
 		pthread_mutex_lock(&sy->mu);
-		sy->requested = false;
-		sy->done = true;
-		sy->result = err;
+		slot->requested = false;
+		slot->done = true;
+		slot->result = err;
 		pthread_cond_broadcast(&sy->cv);
 		uint64_t one = 1;
 		/* Only fails when the counter would overflow: it is read after
@@ -871,6 +911,20 @@ static void *syncer_main(void *arg)
 	}
 	pthread_mutex_unlock(&sy->mu);
 	return NULL;
+}
+
+static void syncer_free(struct jnl_syncer *sy)
+{
+	pthread_mutex_lock(&sy->mu);
+	sy->quit = true;
+	pthread_cond_broadcast(&sy->cv);
+	pthread_mutex_unlock(&sy->mu);
+	for (unsigned i = 0; i < sy->threads; i++)
+		pthread_join(sy->slot[i].thread, NULL);
+	close(sy->event_fd);
+	pthread_mutex_destroy(&sy->mu);
+	pthread_cond_destroy(&sy->cv);
+	free(sy);
 }
 
 static int syncer_start(struct stor_db *db, const char **error_r)
@@ -886,13 +940,14 @@ static int syncer_start(struct stor_db *db, const char **error_r)
 	}
 	pthread_mutex_init(&sy->mu, NULL);
 	pthread_cond_init(&sy->cv, NULL);
-	int e = pthread_create(&sy->thread, NULL, syncer_main, sy);
-	if (e != 0) {
-		close(sy->event_fd);
-		pthread_mutex_destroy(&sy->mu);
-		pthread_cond_destroy(&sy->cv);
-		free(sy);
-		return stor_err(db, error_r, "cannot start the sync thread: %s", strerror(e));
+	for (unsigned i = 0; i < JNL_SYNCERS; i++) {
+		sy->slot[i].sy = sy;
+		int e = pthread_create(&sy->slot[i].thread, NULL, syncer_main, &sy->slot[i]);
+		if (e != 0) {
+			syncer_free(sy);
+			return stor_err(db, error_r, "cannot start a sync thread: %s", strerror(e));
+		}
+		sy->threads++;
 	}
 	j->syncer = sy;
 	return 0;
@@ -900,79 +955,99 @@ static int syncer_start(struct stor_db *db, const char **error_r)
 
 static void syncer_stop(struct stor_journal *j)
 {
-	struct jnl_syncer *sy = j->syncer;
-	if (sy == NULL)
-		return;
+	if (j->syncer != NULL)
+		syncer_free(j->syncer);
 	j->syncer = NULL;
-	pthread_mutex_lock(&sy->mu);
-	sy->quit = true;
-	pthread_cond_broadcast(&sy->cv);
-	pthread_mutex_unlock(&sy->mu);
-	pthread_join(sy->thread, NULL);
-	close(sy->event_fd);
-	pthread_mutex_destroy(&sy->mu);
-	pthread_cond_destroy(&sy->cv);
-	free(sy);
 }
 
-/* Takes the result of the finished sync (the caller holds mu). */
-static int async_collect(struct stor_db *db, const char **error_r)
+static bool syncer_busy(const struct jnl_syncer *sy)
 {
-	struct stor_journal *j = db->jnl;
-	struct jnl_syncer *sy = j->syncer;
-	sy->done = false;
-	sy->in_flight = false;
-	return sy->result == 0 ? 0 : sync_failed(db, sy->result, error_r);
+	return sy != NULL && sy->collected != sy->next;
 }
 
+/* Collects the oldest sync in flight, waiting for it if wait is set (the
+ * caller holds mu): 1 collected, 0 not done yet, -1 it failed. */
+static int collect_oldest(struct stor_db *db, bool wait, const char **error_r)
+{
+	struct jnl_syncer *sy = db->jnl->syncer;
+	struct jnl_sync_slot *slot = &sy->slot[sy->collected % JNL_SYNCERS];
+	while (wait && !slot->done)
+		pthread_cond_wait(&sy->cv, &sy->mu);
+	if (!slot->done)
+		return 0;
+	slot->done = false;
+	sy->collected++;
+	return slot->result == 0 ? 1 : sync_failed(db, slot->result, error_r);
+}
+
+/* Collects syncs in order up to and including sync seq: 1 done (and every
+ * sync so far succeeded), 0 still running, -1 failed. */
+static int collect_until(struct stor_db *db, uint64_t seq, bool wait, const char **error_r)
+{
+	struct jnl_syncer *sy = db->jnl->syncer;
+	int ret = 1;
+	if (sy != NULL && seq >= sy->collected && seq < sy->next) {
+		pthread_mutex_lock(&sy->mu);
+		while (ret > 0 && sy->collected <= seq)
+			ret = collect_oldest(db, wait, error_r);
+		pthread_mutex_unlock(&sy->mu);
+	}
+	if (ret == 0)
+		return 0;
+	/* Collected now or earlier (a segment switch waits for every sync):
+	 * a failure of this one or of any before it broke the journal. */
+	return check_usable(db, ret < 0 ? NULL : error_r) < 0 ? -1 : 1;
+}
+
+/* Waits for every sync in flight: 0, or -1 when one failed. */
 static int async_wait(struct stor_db *db, const char **error_r)
 {
 	struct jnl_syncer *sy = db->jnl->syncer;
-	if (sy == NULL || !sy->in_flight)
+	if (!syncer_busy(sy))
 		return 0;
-	pthread_mutex_lock(&sy->mu);
-	while (!sy->done)
-		pthread_cond_wait(&sy->cv, &sy->mu);
-	int ret = async_collect(db, error_r);
-	pthread_mutex_unlock(&sy->mu);
-	return ret;
+	return collect_until(db, sy->next - 1, true, error_r) < 0 ? -1 : 0;
 }
 
-int stor_jnl_sync_wait(struct stor_db *db, const char **error_r)
+int stor_jnl_sync_wait(struct stor_db *db, uint64_t seq, const char **error_r)
 {
-	if (async_wait(db, error_r) < 0)
-		return -1;
-	/* The sync may have been collected (and failed) by a segment switch
-	 * meanwhile: its changes are not durable then. */
-	return check_usable(db, error_r);
+	return collect_until(db, seq, true, error_r) < 0 ? -1 : 0;
 }
 
-int stor_jnl_sync_start(struct stor_db *db, const char **error_r)
+int stor_jnl_sync_poll(struct stor_db *db, uint64_t seq, const char **error_r)
+{
+	stor_jnl_sync_drain(db);
+	return collect_until(db, seq, false, error_r);
+}
+
+int stor_jnl_sync_start(struct stor_db *db, uint64_t *seq_r, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
 	if (check_usable(db, error_r) < 0 || syncer_start(db, error_r) < 0)
 		return -1;
-	struct jnl_syncer *sy = j->syncer;
-	if (sy->in_flight)
-		return 0;
+	/* Written out at once even when no thread is free: the sync that
+	 * comes next then waits only for the disk. */
 	if (stor_stage_flush(db, error_r) < 0 || flush_pending(db, error_r) < 0)
 		return -1;
+	struct jnl_syncer *sy = j->syncer;
 	if (!j->unsynced)
 		return 0;
+	if (sy->next - sy->collected == JNL_SYNCERS)
+		return 2;
 	/* Writes from now on are not covered by this sync. */
 	j->unsynced = false;
+	unsigned i = (unsigned)(sy->next % JNL_SYNCERS);
 	pthread_mutex_lock(&sy->mu);
-	sy->fd = j->fd;
-	sy->requested = true;
-	sy->in_flight = true;
+	sy->slot[i].fd = j->sync_fd[i];
+	sy->slot[i].requested = true;
 	pthread_cond_broadcast(&sy->cv);
 	pthread_mutex_unlock(&sy->mu);
+	*seq_r = sy->next++;
 	return 1;
 }
 
 bool stor_jnl_sync_busy(struct stor_db *db)
 {
-	return db->jnl->syncer != NULL && db->jnl->syncer->in_flight;
+	return syncer_busy(db->jnl->syncer);
 }
 
 int stor_jnl_sync_fd(struct stor_db *db)
@@ -991,22 +1066,6 @@ void stor_jnl_sync_drain(struct stor_db *db)
 	 * event loop would see the fd readable forever. */
 	if (sy != NULL)
 		(void)!read(sy->event_fd, &n, sizeof(n));
-}
-
-int stor_jnl_sync_poll(struct stor_db *db, const char **error_r)
-{
-	struct jnl_syncer *sy = db->jnl->syncer;
-	if (sy == NULL)
-		return 1;
-	stor_jnl_sync_drain(db);
-	if (!sy->in_flight)
-		return check_usable(db, error_r) < 0 ? -1 : 1;
-	pthread_mutex_lock(&sy->mu);
-	int ret = 0;
-	if (sy->done)
-		ret = async_collect(db, error_r) < 0 ? -1 : 1;
-	pthread_mutex_unlock(&sy->mu);
-	return ret;
 }
 
 /* ---- Status ---- */
@@ -1481,6 +1540,8 @@ int stor_jnl_open(struct stor_db *db, uint64_t segment_max, const char **error_r
 	struct stor_journal *j = xcalloc(1, sizeof(*j));
 	db->jnl = j;
 	j->fd = -1;
+	for (unsigned i = 0; i < JNL_SYNCERS; i++)
+		j->sync_fd[i] = -1;
 	j->dir_fd = -1;
 	for (unsigned i = 0; i < JNL_READ_FDS; i++)
 		j->rfd[i].fd = -1;
@@ -1572,6 +1633,10 @@ void stor_jnl_close(struct stor_db *db)
 	}
 	if (j->fd >= 0)
 		close(j->fd);
+	for (unsigned i = 0; i < JNL_SYNCERS; i++) {
+		if (j->sync_fd[i] >= 0)
+			close(j->sync_fd[i]);
+	}
 	if (j->dir_fd >= 0)
 		close(j->dir_fd);
 	buf_free(&j->pending);

@@ -64,6 +64,12 @@ struct stor_durable {
 	void *ctx;
 };
 
+struct stor_in_flight {
+	uint64_t seq;
+	struct stor_durable *cbs;
+	size_t count;
+};
+
 struct stor_db {
 	char *dir;
 	leveldb_t *ldb;
@@ -76,7 +82,9 @@ struct stor_db {
 	char *error;                 /* last error message */
 	bool dirty;                  /* writes since the last stor_sync() */
 	ARRAY(struct stor_durable) durable;
-	ARRAY(struct stor_durable) durable_in_flight; /* wait for the sync in flight */
+	/* The syncs in flight, oldest first, with the callbacks each one
+	 * completes. */
+	ARRAY(struct stor_in_flight) in_flight;
 	struct stor_journal *jnl;
 	struct stor_stage *stage;    /* storage-stage.c */
 };
@@ -141,7 +149,6 @@ typedef ARRAY(struct stor_extent) stor_extent_list;
 struct stor_text_rec {
 	uint32_t refcount;
 	uint64_t size;
-	unsigned char sha256[32];
 };
 void stor_text_rec_encode(const struct stor_text_rec *t, const struct stor_extent *ext, size_t n,
 			  struct buf *out);
@@ -304,17 +311,19 @@ int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char 
 int stor_jnl_checkpoint(struct stor_db *db, bool closing, const char **error_r);
 /* Makes everything written so far durable. */
 int stor_jnl_sync(struct stor_db *db, const char **error_r);
-/* The same in the helper thread: 1 started, 0 nothing to sync or one in
- * flight already, -1 error.  poll: 1 done (or none in flight), 0 still
- * running, -1 it failed.  fd: readable when one finishes. */
-int stor_jnl_sync_start(struct stor_db *db, const char **error_r);
+/* The same in a helper thread (two may run at once): writes everything
+ * out, then 1 started (*seq_r numbers it), 0 nothing to sync, 2 both
+ * threads busy (start it later), -1 error.  poll: whether sync seq and
+ * every one before it are done: 1 durable, 0 still running, -1 failed.
+ * wait: the same, waiting: 0 or -1.  busy: a sync is in flight.  fd:
+ * readable when one finishes. */
+int stor_jnl_sync_start(struct stor_db *db, uint64_t *seq_r, const char **error_r);
 bool stor_jnl_sync_busy(struct stor_db *db);
-int stor_jnl_sync_poll(struct stor_db *db, const char **error_r);
+int stor_jnl_sync_poll(struct stor_db *db, uint64_t seq, const char **error_r);
+int stor_jnl_sync_wait(struct stor_db *db, uint64_t seq, const char **error_r);
 int stor_jnl_sync_fd(struct stor_db *db);
 /* Clears the fd's readiness. */
 void stor_jnl_sync_drain(struct stor_db *db);
-/* Waits for the sync in flight, if any: 0 or -1 (it failed). */
-int stor_jnl_sync_wait(struct stor_db *db, const char **error_r);
 /* Appends bytes [from, from+len) of a chunk, checking the record. */
 int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
 		  const struct stor_extent *ext, uint64_t from, uint64_t len, struct buf *out,

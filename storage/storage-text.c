@@ -1,8 +1,7 @@
 /* Message texts: stored once per node under the message GUID.  The bytes
  * are in the journal (storage-journal.c), in chunk records of at most
- * STOR_TEXT_CHUNK bytes; LevelDB holds a record with the reference count
- * (how many messages share it), the size and the SHA-256 ('S'), and where
- * the chunks are ('E').
+ * STOR_TEXT_CHUNK bytes; LevelDB holds a record ('S') with the reference
+ * count (how many messages share it), the size, and where the chunks are.
  *
  * A streamed text (stor_text_begin) gets its records with refcount 0 and an
  * 'O' (orphan) marker, which the batch of the first message referencing it
@@ -15,14 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #include "lib/xalloc.h"
 
 struct stor_text_writer {
 	struct stor_db *db;
 	struct guid guid;
-	EVP_MD_CTX *sha;
 	struct buf chunk;
 	stor_extent_list ext;   /* chunks written so far */
 	uint64_t size;
@@ -73,24 +69,6 @@ void stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb, const str
 	stor_batch_del(wb, &k);
 }
 
-static EVP_MD_CTX *sha_new(void)
-{
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	if (ctx == NULL || EVP_DigestInit_ex(ctx, stor_sha256(), NULL) != 1)
-		abort();
-	return ctx;
-}
-
-static void sha_finish(EVP_MD_CTX *ctx, unsigned char out[32])
-{
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned len = 0;
-	if (EVP_DigestFinal_ex(ctx, md, &len) != 1 || len != 32)
-		abort();
-	memcpy(out, md, 32);
-	EVP_MD_CTX_free(ctx);
-}
-
 int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *guid,
 		  const void *text, size_t len, const char **error_r)
 {
@@ -108,9 +86,6 @@ int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *g
 		}
 		ARRAY_PUSH(&ext, e);
 	}
-	EVP_MD_CTX *sha = sha_new();
-	EVP_DigestUpdate(sha, text, len);
-	sha_finish(sha, rec.sha256);
 	rec.refcount = 0;
 	rec.size = len;
 	stor_txn_text_created(txn, guid, &rec, &ext);
@@ -129,8 +104,6 @@ struct stor_text_writer *stor_text_begin(struct stor_db *db, const struct guid *
 		w->skip = true;
 	else if (ret < 0)
 		w->failed = true; /* reported by write/finish via db->error */
-	else
-		w->sha = sha_new();
 	return w;
 }
 
@@ -165,7 +138,6 @@ int stor_text_write(struct stor_text_writer *w, const void *data, size_t len,
 				(unsigned long long)w->db->max_message_size);
 	}
 	const unsigned char *p = data;
-	EVP_DigestUpdate(w->sha, data, len);
 	w->size += len;
 	while (len > 0) {
 		size_t room = STOR_TEXT_CHUNK - w->chunk.len;
@@ -185,8 +157,6 @@ static void writer_free(struct stor_text_writer **_w)
 {
 	struct stor_text_writer *w = *_w;
 	*_w = NULL;
-	if (w->sha != NULL)
-		EVP_MD_CTX_free(w->sha);
 	buf_free(&w->chunk);
 	if (w->ext.count > 0)
 		stor_jnl_unpin(w->db, &w->ext.items[0]);
@@ -211,8 +181,6 @@ int stor_text_finish(struct stor_text_writer **_w, const char **error_r)
 			stor_batch_put(wb, &k, "", 0);
 			rec.refcount = 0;
 			rec.size = w->size;
-			sha_finish(w->sha, rec.sha256);
-			w->sha = NULL;
 			struct buf v = BUF_INIT;
 			stor_text_rec_encode(&rec, w->ext.items, w->ext.count, &v);
 			text_key(&k, STOR_KEY_TEXT, &w->guid);

@@ -777,6 +777,74 @@ static bool wait_sync_fd(struct stor_db *db)
 	return poll(&p, 1, 10000) == 1;
 }
 
+/* Callbacks that note the order they ran in. */
+struct ordered_cb {
+	unsigned *next;
+	unsigned ran;   /* 1 + position, 0 not yet */
+	bool ok;
+};
+
+static void ordered_durable(void *ctx, bool ok)
+{
+	struct ordered_cb *c = ctx;
+	c->ran = ++*c->next;
+	c->ok = ok;
+}
+
+/* Runs the loop's part until at least n callbacks ran (bounded). */
+static void finish_until(struct stor_db *db, const unsigned *ran, unsigned n)
+{
+	for (int i = 0; i < 100 && *ran < n; i++) {
+		if (!wait_sync_fd(db))
+			break;
+		stor_sync_finish(db);
+	}
+	CU_ASSERT(*ran >= n);
+}
+
+static void test_two_syncs_in_flight_complete_in_order(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	unsigned ran = 0;
+	struct ordered_cb cb[3];
+	for (unsigned i = 0; i < 3; i++)
+		cb[i] = (struct ordered_cb){ &ran, 0, false };
+	tstore_open(&t);
+	CU_ASSERT_FATAL(stor_sync_fd(t.db) >= 0);
+	/* Each change gets its own sync while a thread is free; the third
+	 * waits for one to end. */
+	static const char *const names[] = { "a", "b", "c" };
+	for (unsigned i = 0; i < 3; i++) {
+		CU_ASSERT_EQUAL(stor_meta_set(t.db, names[i], "1", 1, &error), 0);
+		stor_on_durable(t.db, ordered_durable, &cb[i]);
+		int started = stor_sync_start(t.db);
+		/* Two threads: the third finds both busy, unless the first
+		 * already ended (then it starts too). */
+		CU_ASSERT(i < 2 ? started == 1 : started == 0 || started == 1);
+	}
+	CU_ASSERT_TRUE(stor_sync_busy(t.db));
+	finish_until(t.db, &ran, 2);
+	if (cb[2].ran == 0) {
+		/* Started now that a thread is free. */
+		for (int i = 0; i < 100 && cb[2].ran == 0; i++) {
+			if (stor_sync_start(t.db) == 0 && stor_sync_busy(t.db) && wait_sync_fd(t.db))
+				stor_sync_finish(t.db);
+		}
+		finish_until(t.db, &ran, 3);
+	}
+	for (unsigned i = 0; i < 3; i++) {
+		CU_ASSERT_EQUAL(cb[i].ran, i + 1);
+		CU_ASSERT_TRUE(cb[i].ok);
+	}
+	CU_ASSERT_FALSE(stor_sync_pending(t.db));
+	tstore_reopen(&t);
+	struct buf v = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_meta_get(t.db, "c", &v, &error), 1);
+	buf_free(&v);
+	tstore_close(&t);
+}
+
 static void test_sync_in_helper_thread(void)
 {
 	struct tstore t;
@@ -789,15 +857,15 @@ static void test_sync_in_helper_thread(void)
 	stor_on_durable(t.db, durable_cb, &l);
 	CU_ASSERT_EQUAL(stor_sync_start(t.db), 1);
 	CU_ASSERT_TRUE(stor_sync_busy(t.db));
-	/* A change made while the sync runs waits for the next one. */
-	CU_ASSERT_EQUAL(stor_meta_set(t.db, "b", "2", 1, &error), 0);
-	stor_on_durable(t.db, durable_cb, &l);
-	CU_ASSERT_EQUAL(stor_sync_start(t.db), 0);
 	CU_ASSERT_EQUAL(l.n, 0);
 	CU_ASSERT_FATAL(wait_sync_fd(t.db));
 	stor_sync_finish(t.db);
 	CU_ASSERT_EQUAL(l.n, 1);
 	CU_ASSERT_TRUE(l.ok[0]);
+	/* A change made after it waits for the next one. */
+	CU_ASSERT_EQUAL(stor_meta_set(t.db, "b", "2", 1, &error), 0);
+	stor_on_durable(t.db, durable_cb, &l);
+	CU_ASSERT_EQUAL(l.n, 1);
 	CU_ASSERT_TRUE(stor_sync_pending(t.db));
 	CU_ASSERT_EQUAL(stor_sync_start(t.db), 1);
 	CU_ASSERT_FATAL(wait_sync_fd(t.db));
@@ -834,6 +902,7 @@ const struct test_case storage_journal_cases[] = {
 	{ "mailbox records read back right after each write",
 	  test_mailbox_records_read_back_right_after_each_write },
 	{ "sync in the helper thread completes callbacks in order", test_sync_in_helper_thread },
+	{ "two syncs in flight complete in order", test_two_syncs_in_flight_complete_in_order },
 	{ "staged changes are read back, and lost together by a kill",
 	  test_staged_changes_are_read_back_and_lost_together },
 	{ "a group commit is one journal write", test_a_group_commit_is_one_journal_write },

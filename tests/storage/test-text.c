@@ -265,6 +265,56 @@ static void test_default_limit_is_64_mib(void)
 	tstore_close(&t);
 }
 
+static void test_text_records_of_version_1_still_read(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "abc", 0);
+	struct stor_msg msg;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	struct stor_text_rec rec;
+	stor_extent_list ext = ARRAY_INIT;
+	CU_ASSERT_EQUAL_FATAL(stor_text_get(t.db, &msg.guid, &rec, &ext, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(ext.count, 1);
+	/* Version 1 (before the hash left the record): version, refcount,
+	 * size, SHA-256, chunk count, chunks. */
+	struct buf v = BUF_INIT;
+	stor_put_u8(&v, 1);
+	stor_put_u32(&v, rec.refcount);
+	stor_put_u64(&v, rec.size);
+	stor_put_bytes(&v, "0123456789abcdef0123456789abcdef", 32);
+	stor_put_u32(&v, 1);
+	stor_put_u32(&v, ext.items[0].seg);
+	stor_put_u64(&v, ext.items[0].off);
+	stor_put_u32(&v, ext.items[0].len);
+	unsigned char key[1 + GUID_SIZE];
+	key[0] = STOR_KEY_TEXT;
+	memcpy(key + 1, msg.guid.b, GUID_SIZE);
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, key, sizeof(key), v.data, v.len, &error), 0);
+	buf_free(&v);
+	tstore_reopen(&t);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, 0, 3, &out, &error), 0);
+	CU_ASSERT(out.len == 3 && memcmp(out.data, "abc", 3) == 0);
+	buf_reset(&out);
+	/* The dump hashes the text itself. */
+	CU_ASSERT_EQUAL(stor_dump_user(t.db, "alice", &out, &error), 0);
+	buf_append_byte(&out, '\0');
+	CU_ASSERT_PTR_NOT_NULL(strstr((char *)out.data, "sha256=ba7816bf8f01cfea414140de5dae2223b00361"
+				      "a396177a9cb410ff61f20015ad"));
+	buf_free(&out);
+	/* A second reference rewrites it in the current version. */
+	CU_ASSERT_EQUAL(stor_msg_copy(t.db, &g, 1, &g, 0, 0, NULL, NULL, &error), 0);
+	tcheck(t.db, &g);
+	CU_ASSERT_EQUAL(stor_text_get(t.db, &msg.guid, &rec, NULL, &error), 1);
+	CU_ASSERT_EQUAL(rec.refcount, 2);
+	ARRAY_FREE(&ext);
+	stor_msg_free(&msg);
+	tstore_close(&t);
+}
+
 const struct test_case storage_text_cases[] = {
 	{ "big text in memory roundtrips across chunks", test_big_text_in_memory_roundtrips_across_chunks },
 	{ "streamed text is referenced by an append without text", test_streamed_text_is_referenced_by_append_without_text },
@@ -273,5 +323,7 @@ const struct test_case storage_text_cases[] = {
 	{ "message size limit just under and over", test_message_size_limit_just_under_and_over },
 	{ "default limit is 64 MiB", test_default_limit_is_64_mib },
 	{ "largest message (64 MiB) roundtrips streamed", test_largest_message_roundtrips_streamed },
+	{ "text records of version 1 (with a SHA-256) still read",
+	  test_text_records_of_version_1_still_read },
 	{ NULL, NULL },
 };
