@@ -9,8 +9,9 @@
  * a fresh store; ROUNDS (default 5) rounds, reporting medians.  Two ways:
  * synchronous (stor_sync() after each batch) and pipelined (what starlingd
  * does: stor_sync_start() after each batch, the fsync in one of storage's
- * two helper threads while the next batch is appended, waiting only when
- * both are busy).  Only messages reported durable count.  The raw rate is a loop of write(4 KiB) + fdatasync() appending to one file in
+ * helper threads while the next batch is appended, waiting only when all
+ * are busy).  Only messages reported durable count.  The raw rate is a
+ * loop of write(4 KiB) + fdatasync() appending to one file in
  * DIR, which is what one synced message costs at best.  The goals (issue 2):
  * batch 64 at least 20x the raw rate, batch 1 at least 80% of it. */
 #include <errno.h>

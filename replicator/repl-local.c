@@ -170,8 +170,8 @@ static void group_commit(struct repl_local *rl, bool wait)
 				log_errorx("group commit failed: %s", err);
 			continue;
 		}
-		/* A second sync may start while one runs (storage runs two at
-		 * once); with both busy, the end of one wakes us. */
+		/* Another sync may start while one runs (storage runs a few at
+		 * once); with all busy, the end of one wakes us. */
 		if (stor_sync_start(db) > 0 || stor_sync_busy(db))
 			break;
 		/* Nothing needed syncing: the callbacks ran, maybe adding more. */

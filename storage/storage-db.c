@@ -980,7 +980,7 @@ int stor_sync_start(struct stor_db *db)
 	if (db->dirty) {
 		r = stor_jnl_sync_start(db, &seq, &error);
 		if (r == 2)
-			return 0; /* both threads busy: the next turn starts it */
+			return 0; /* every thread busy: a later turn starts it */
 		if (r < 0)
 			log_errorx("group commit failed: %s", error);
 		/* Also after a failure: the journal refuses everything now, and

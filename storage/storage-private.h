@@ -39,6 +39,8 @@
 
 #define STOR_TEXT_CHUNK (256 * 1024)
 #define STOR_SEGMENT_DEFAULT (64 * 1024 * 1024)
+/* Syncs in flight at most (storage-journal.c). */
+#define STOR_SYNC_THREADS 4
 /* The largest batch (and journal record). */
 #define STOR_BATCH_MAX (1024U * 1024 * 1024)
 
@@ -311,9 +313,9 @@ int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char 
 int stor_jnl_checkpoint(struct stor_db *db, bool closing, const char **error_r);
 /* Makes everything written so far durable. */
 int stor_jnl_sync(struct stor_db *db, const char **error_r);
-/* The same in a helper thread (two may run at once): writes everything
- * out, then 1 started (*seq_r numbers it), 0 nothing to sync, 2 both
- * threads busy (start it later), -1 error.  poll: whether sync seq and
+/* The same in a helper thread (STOR_SYNC_THREADS may run at once): writes
+ * everything out, then 1 started (*seq_r numbers it), 0 nothing to sync,
+ * 2 every thread busy (start it later), -1 error.  poll: whether sync seq and
  * every one before it are done: 1 durable, 0 still running, -1 failed.
  * wait: the same, waiting: 0 or -1.  busy: a sync is in flight.  fd:
  * readable when one finishes. */

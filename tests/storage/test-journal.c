@@ -791,56 +791,43 @@ static void ordered_durable(void *ctx, bool ok)
 	c->ok = ok;
 }
 
-/* Runs the loop's part until at least n callbacks ran (bounded). */
-static void finish_until(struct stor_db *db, const unsigned *ran, unsigned n)
+static void test_syncs_in_flight_complete_in_order(void)
 {
-	for (int i = 0; i < 100 && *ran < n; i++) {
-		if (!wait_sync_fd(db))
-			break;
-		stor_sync_finish(db);
-	}
-	CU_ASSERT(*ran >= n);
-}
-
-static void test_two_syncs_in_flight_complete_in_order(void)
-{
+	enum { N = STOR_SYNC_THREADS + 1 };
 	struct tstore t;
 	const char *error = NULL;
 	unsigned ran = 0;
-	struct ordered_cb cb[3];
-	for (unsigned i = 0; i < 3; i++)
+	struct ordered_cb cb[N];
+	for (unsigned i = 0; i < N; i++)
 		cb[i] = (struct ordered_cb){ &ran, 0, false };
 	tstore_open(&t);
 	CU_ASSERT_FATAL(stor_sync_fd(t.db) >= 0);
-	/* Each change gets its own sync while a thread is free; the third
-	 * waits for one to end. */
-	static const char *const names[] = { "a", "b", "c" };
-	for (unsigned i = 0; i < 3; i++) {
-		CU_ASSERT_EQUAL(stor_meta_set(t.db, names[i], "1", 1, &error), 0);
+	/* Each change gets its own sync while a thread is free; the last
+	 * one finds them all busy, unless the first already ended. */
+	for (unsigned i = 0; i < N; i++) {
+		char name[8];
+		snprintf(name, sizeof(name), "k%u", i);
+		CU_ASSERT_EQUAL(stor_meta_set(t.db, name, "1", 1, &error), 0);
 		stor_on_durable(t.db, ordered_durable, &cb[i]);
 		int started = stor_sync_start(t.db);
-		/* Two threads: the third finds both busy, unless the first
-		 * already ended (then it starts too). */
-		CU_ASSERT(i < 2 ? started == 1 : started == 0 || started == 1);
+		CU_ASSERT(i < N - 1 ? started == 1 : started == 0 || started == 1);
 	}
 	CU_ASSERT_TRUE(stor_sync_busy(t.db));
-	finish_until(t.db, &ran, 2);
-	if (cb[2].ran == 0) {
-		/* Started now that a thread is free. */
-		for (int i = 0; i < 100 && cb[2].ran == 0; i++) {
-			if (stor_sync_start(t.db) == 0 && stor_sync_busy(t.db) && wait_sync_fd(t.db))
-				stor_sync_finish(t.db);
-		}
-		finish_until(t.db, &ran, 3);
+	/* The loop's part: start what waits, finish what ended. */
+	for (int i = 0; i < 200 && ran < N; i++) {
+		if (stor_sync_start(t.db) == 0 && stor_sync_busy(t.db) && wait_sync_fd(t.db))
+			stor_sync_finish(t.db);
 	}
-	for (unsigned i = 0; i < 3; i++) {
+	for (unsigned i = 0; i < N; i++) {
 		CU_ASSERT_EQUAL(cb[i].ran, i + 1);
 		CU_ASSERT_TRUE(cb[i].ok);
 	}
 	CU_ASSERT_FALSE(stor_sync_pending(t.db));
 	tstore_reopen(&t);
 	struct buf v = BUF_INIT;
-	CU_ASSERT_EQUAL(stor_meta_get(t.db, "c", &v, &error), 1);
+	char name[8];
+	snprintf(name, sizeof(name), "k%u", N - 1);
+	CU_ASSERT_EQUAL(stor_meta_get(t.db, name, &v, &error), 1);
 	buf_free(&v);
 	tstore_close(&t);
 }
@@ -902,7 +889,8 @@ const struct test_case storage_journal_cases[] = {
 	{ "mailbox records read back right after each write",
 	  test_mailbox_records_read_back_right_after_each_write },
 	{ "sync in the helper thread completes callbacks in order", test_sync_in_helper_thread },
-	{ "two syncs in flight complete in order", test_two_syncs_in_flight_complete_in_order },
+	{ "syncs in flight complete in the order they started",
+	  test_syncs_in_flight_complete_in_order },
 	{ "staged changes are read back, and lost together by a kill",
 	  test_staged_changes_are_read_back_and_lost_together },
 	{ "a group commit is one journal write", test_a_group_commit_is_one_journal_write },
