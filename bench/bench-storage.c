@@ -12,8 +12,9 @@
  * helper threads while the next batch is appended, waiting only when all
  * are busy).  Only messages reported durable count.  The raw rate is a
  * loop of write(4 KiB) + fdatasync() appending to one file in
- * DIR, which is what one synced message costs at best.  The goals (issue 2):
- * batch 64 at least 20x the raw rate, batch 1 at least 80% of it. */
+ * DIR, which is what one synced message costs at best.  The goals (issue 2),
+ * judged on the pipelined figures: batch 64 at least 20x the raw rate,
+ * batch 1 at least 80% of it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -257,17 +258,26 @@ int main(int argc, char **argv)
 	printf("raw synced writes (write %zu B + fdatasync), median: %.0f/s\n", size, raw_med);
 	for (int m = 0; m < 2; m++) {
 		for (int i = 0; i < 3; i++) {
+			/* Each round's store rate over the same round's raw rate:
+			 * the spread shows how much the disk drifted. */
+			double lo = 0, hi = 0;
+			for (int r = 0; r < rounds; r++) {
+				double x = rates[m][i][r] / raw[r];
+				lo = r == 0 || x < lo ? x : lo;
+				hi = r == 0 || x > hi ? x : hi;
+			}
 			med[m][i] = median(rates[m][i], rounds);
-			printf("%-11s batch %2u, median: %8.0f messages/s  (%.2fx raw)\n", modes[m],
-			       batches[i], med[m][i], med[m][i] / raw_med);
+			printf("%-11s batch %2u, median: %8.0f messages/s  (%.2fx raw; rounds %.2f-%.2fx)\n",
+			       modes[m], batches[i], med[m][i], med[m][i] / raw_med, lo, hi);
 		}
 	}
-	for (int m = 0; m < 2; m++) {
-		printf("%s: goal batch 64 >= 20x raw: %s (%.1fx); goal batch 1 >= 0.8x raw: %s "
-		       "(%.2fx)\n", modes[m], med[m][2] >= 20 * raw_med ? "met" : "NOT met",
-		       med[m][2] / raw_med, med[m][0] >= 0.8 * raw_med ? "met" : "NOT met",
-		       med[m][0] / raw_med);
-	}
+	/* starlingd commits pipelined; stor_sync() after every batch is what
+	 * it does only at shutdown and at the end of a resync. */
+	printf("goal batch 64 >= 20x raw (pipelined): %s (%.1fx); goal batch 1 >= 0.8x raw "
+	       "(pipelined): %s (%.2fx); synchronous for reference: %.1fx, %.2fx\n",
+	       med[1][2] >= 20 * raw_med ? "met" : "NOT met", med[1][2] / raw_med,
+	       med[1][0] >= 0.8 * raw_med ? "met" : "NOT met", med[1][0] / raw_med,
+	       med[0][2] / raw_med, med[0][0] / raw_med);
 	if (tmp != NULL) {
 		rmtree(tmp);
 		free(tmp);
