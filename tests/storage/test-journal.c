@@ -106,6 +106,19 @@ static void check_all(struct stor_db *db, const struct guid *g)
 	CU_ASSERT_EQUAL(ret, 0);
 }
 
+/* Kills the store (no sync, no checkpoint), reopens it, and checks that
+ * it dumps as want and is consistent. */
+static void kill_reopen_expect(struct tstore *t, const struct guid *g, const char *want)
+{
+	stor_test_abandon(&t->db);
+	t->db = open_dir(t->dir, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t->db);
+	char *after = dump(t->db);
+	CU_ASSERT_STRING_EQUAL(after, want);
+	check_all(t->db, g);
+	free(after);
+}
+
 static void text_of(unsigned i, char *buf, size_t size)
 {
 	/* 4 KiB-ish texts that differ from message to message. */
@@ -292,14 +305,8 @@ static void test_replaying_what_leveldb_has_changes_nothing(void)
 	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
 	char *before = dump(t.db);
 	/* A crash: no checkpoint, so opening replays batches LevelDB has. */
-	stor_test_abandon(&t.db);
-	t.db = open_dir(t.dir, 0);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
-	char *after = dump(t.db);
-	CU_ASSERT_STRING_EQUAL(before, after);
-	check_all(t.db, &g);
+	kill_reopen_expect(&t, &g, before);
 	free(before);
-	free(after);
 	tstore_close(&t);
 }
 
@@ -694,12 +701,7 @@ static void test_staged_changes_are_read_back_and_lost_together(void)
 
 	/* Killed before the sync (and before anything wrote the changes out):
 	 * the journal and LevelDB lose the same changes. */
-	stor_test_abandon(&t.db);
-	t.db = open_dir(t.dir, 0);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
-	char *after = dump(t.db);
-	CU_ASSERT_STRING_EQUAL(after, before);
-	check_all(t.db, &g);
+	kill_reopen_expect(&t, &g, before);
 
 	/* An iterator sees a mailbox made in the same turn (it writes the
 	 * stage out first). */
@@ -709,7 +711,6 @@ static void test_staged_changes_are_read_back_and_lost_together(void)
 	CU_ASSERT_EQUAL(mbs.count, 2);
 	stor_mailbox_list_free(&mbs);
 	free(before);
-	free(after);
 	free(seg);
 	tstore_close(&t);
 }
@@ -746,14 +747,8 @@ static void test_a_group_commit_is_one_journal_write(void)
 	free(r.last_batch);
 	/* And it replays into the same store. */
 	char *before = dump(t.db);
-	stor_test_abandon(&t.db);
-	t.db = open_dir(t.dir, 0);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(t.db);
-	char *after = dump(t.db);
-	CU_ASSERT_STRING_EQUAL(before, after);
-	check_all(t.db, &g);
+	kill_reopen_expect(&t, &g, before);
 	free(before);
-	free(after);
 	free(seg);
 	tstore_close(&t);
 }
