@@ -4,9 +4,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -715,6 +717,48 @@ static void test_staged_changes_are_read_back_and_lost_together(void)
 	tstore_close(&t);
 }
 
+static void test_a_failed_journal_write_stops_the_store_until_reopened(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	char text[4000];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	append_many(t.db, &g, 1, 3);
+	char *before = dump(t.db);
+	char *seg = last_segment_path(t.dir);
+	struct stat st;
+	CU_ASSERT_EQUAL_FATAL(stat(seg, &st), 0);
+	/* Files may not grow past a little more than the segment now: the
+	 * next text does not fit (the disk is full, as far as we know). */
+	struct rlimit old, lim;
+	CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_FSIZE, &old), 0);
+	void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+	lim = old;
+	lim.rlim_cur = (rlim_t)st.st_size + 1000;
+	CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	text_of(4, text, sizeof(text));
+	tappend(t.db, &g, 0, text, 0);
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), -1);
+	CU_ASSERT_EQUAL(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, old_handler);
+	/* Readers saw a change that is lost: the store refuses more until it
+	 * is reopened, which brings back what was synced. */
+	struct stor_append app;
+	memset(&app, 0, sizeof(app));
+	app.text = "x";
+	app.text_len = 1;
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &app, NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "restart the node"));
+	kill_reopen_expect(&t, &g, before);
+	tappend(t.db, &g, 0, text, 0);
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	check_text(t.db, &g, 4, 4);
+	free(before);
+	free(seg);
+	tstore_close(&t);
+}
+
 static void test_a_group_commit_is_one_journal_write(void)
 {
 	struct tstore t;
@@ -889,6 +933,8 @@ const struct test_case storage_journal_cases[] = {
 	{ "staged changes are read back, and lost together by a kill",
 	  test_staged_changes_are_read_back_and_lost_together },
 	{ "a group commit is one journal write", test_a_group_commit_is_one_journal_write },
+	{ "a failed journal write stops the store until it is reopened",
+	  test_a_failed_journal_write_stops_the_store_until_reopened },
 	{ "changes only in the journal are replayed on open",
 	  test_changes_only_in_journal_are_replayed },
 	{ "replaying what LevelDB already has changes nothing",
