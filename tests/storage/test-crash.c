@@ -1,7 +1,9 @@
 /* Crash test of storage/: a child process appends, changes flags and
  * expunges in a loop, in group-commit batches, and reports through a pipe
- * each operation it is about to do ("intent") and, after stor_sync()
- * returned, that everything so far is acknowledged ("ack").  The parent
+ * each operation it is about to do ("intent") and, once the batch is
+ * durable, how many operations are acknowledged ("ack").  Every other
+ * round the child commits as starlingd does: syncs started in storage's
+ * helper threads, several in flight, acknowledged by their callbacks.  The parent
  * kills it with SIGKILL at a random moment, reopens the store and checks:
  *   - the store equals the state after every acknowledged operation plus a
  *     prefix of the unacknowledged ones (so nothing acknowledged is lost
@@ -29,7 +31,9 @@
 #include "tests/testutil.h"
 
 #define ROUNDS 24
-#define MAX_PENDING 8
+#define MAX_BATCH 8
+/* Intents not yet acknowledged: with syncs in flight, several batches. */
+#define MAX_PENDING (MAX_BATCH * (STOR_SYNC_THREADS + 2))
 #define BIG_TEXT (300 * 1024) /* more than one text chunk */
 
 enum rec_type { REC_INTENT = 1, REC_ACK = 2 };
@@ -38,7 +42,7 @@ enum op_type { OP_APPEND = 1, OP_STORE_ADD, OP_STORE_REMOVE, OP_EXPUNGE };
 struct rec {
 	uint8_t type;
 	uint8_t op;
-	uint32_t uid;      /* store/expunge */
+	uint32_t uid;      /* store/expunge; ack: intents acknowledged so far */
 	uint32_t flags;    /* append/store */
 	struct guid guid;  /* append */
 };
@@ -99,7 +103,34 @@ static void write_rec(int fd, const struct rec *r)
 		_exit(3);
 }
 
-static void child_main(int fd, unsigned seed)
+static int ack_fd;
+
+static void report_ack(uint32_t count)
+{
+	struct rec ack;
+	memset(&ack, 0, sizeof(ack));
+	ack.type = REC_ACK;
+	ack.uid = count;
+	write_rec(ack_fd, &ack);
+}
+
+static void durable_ack(void *ctx, bool ok)
+{
+	if (!ok)
+		_exit(2);
+	report_ack((uint32_t)(uintptr_t)ctx);
+}
+
+/* Waits (bounded) for a sync in flight to end, and completes it. */
+static void wait_sync(struct stor_db *db)
+{
+	struct pollfd p = { .fd = stor_sync_fd(db), .events = POLLIN };
+	if (poll(&p, 1, 10000) != 1)
+		_exit(2);
+	stor_sync_finish(db);
+}
+
+static void child_main(int fd, unsigned seed, bool async)
 {
 	const char *error;
 	struct stor_db *db = open_store();
@@ -113,8 +144,12 @@ static void child_main(int fd, unsigned seed)
 	srand(seed);
 	unsigned char *text = xmalloc(BIG_TEXT);
 	uint64_t deadline = clock_mono_ms() + 5000;
+	uint32_t intents = 0;
+	ack_fd = fd;
+	if (async && stor_sync_fd(db) < 0)
+		_exit(2);
 	for (unsigned iter = 0; iter < 100000 && clock_mono_ms() < deadline; iter++) {
-		int batch = 1 + rand() % MAX_PENDING;
+		int batch = 1 + rand() % MAX_BATCH;
 		for (int i = 0; i < batch; i++) {
 			struct rec r;
 			memset(&r, 0, sizeof(r));
@@ -128,6 +163,7 @@ static void child_main(int fd, unsigned seed)
 						      STOR_FLAG_DELETED);
 			guid_generate(&r.guid);
 			write_rec(fd, &r);
+			intents++;
 			int ret = 0;
 			if (r.op == OP_APPEND) {
 				struct stor_append a;
@@ -156,14 +192,22 @@ static void child_main(int fd, unsigned seed)
 				_exit(2);
 			}
 		}
+		if (async) {
+			stor_on_durable(db, durable_ack, (void *)(uintptr_t)intents);
+			int started = stor_sync_start(db);
+			for (int w = 0; started == 0 && stor_sync_busy(db) && w < 100; w++) {
+				wait_sync(db);
+				started = stor_sync_start(db);
+			}
+			if (started < 0)
+				_exit(2);
+			continue;
+		}
 		if (stor_sync(db, &error) < 0) {
 			fprintf(stderr, "child: sync: %s\n", error);
 			_exit(2);
 		}
-		struct rec ack;
-		memset(&ack, 0, sizeof(ack));
-		ack.type = REC_ACK;
-		write_rec(fd, &ack);
+		report_ack(intents);
 	}
 	/* Ran out of time before the parent's kill: wait for it. */
 	pause();
@@ -365,7 +409,7 @@ static void test_kill_9_keeps_every_acknowledged_change(void)
 		CU_ASSERT_FATAL(pid >= 0);
 		if (pid == 0) {
 			close(fds[0]);
-			child_main(fds[1], seed + round * 7919);
+			child_main(fds[1], seed + round * 7919, round % 2 == 1);
 		}
 		close(fds[1]);
 		/* Let it run 20..170 ms; the first rounds also include the
@@ -381,18 +425,26 @@ static void test_kill_9_keeps_every_acknowledged_change(void)
 		 * the rest stay pending. */
 		struct rec pending[MAX_PENDING];
 		size_t npending = 0;
+		uint32_t seen = 0, done = 0; /* intents reported, acknowledged */
 		struct rec r;
 		ssize_t n;
 		while ((n = read(fds[0], &r, sizeof(r))) == (ssize_t)sizeof(r)) {
 			if (r.type == REC_INTENT) {
 				CU_ASSERT_FATAL(npending < MAX_PENDING);
 				pending[npending++] = r;
-			} else {
-				for (size_t i = 0; i < npending; i++)
-					model_apply(&acked, &pending[i]);
-				total_acked += npending;
-				npending = 0;
+				seen++;
+				continue;
 			}
+			/* Acknowledgements come in order and cover a prefix of
+			 * the intents. */
+			CU_ASSERT_FATAL(r.uid >= done && r.uid <= seen);
+			size_t k = r.uid - done;
+			for (size_t i = 0; i < k; i++)
+				model_apply(&acked, &pending[i]);
+			memmove(pending, pending + k, (npending - k) * sizeof(pending[0]));
+			npending -= k;
+			total_acked += (unsigned)k;
+			done = r.uid;
 		}
 		CU_ASSERT_EQUAL(n, 0);
 		close(fds[0]);
