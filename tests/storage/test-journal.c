@@ -924,6 +924,126 @@ static void test_sync_in_helper_thread(void)
 	tstore_close(&t);
 }
 
+/* A model of keys under one prefix: values, or absent (len < 0). */
+#define RND_KEYS 40
+
+struct rnd_model {
+	long len[RND_KEYS];
+	unsigned char *val[RND_KEYS];
+};
+
+static void rnd_key(struct stor_key *k, unsigned i)
+{
+	stor_key_init(k, 'Z'); /* a prefix the store itself never uses */
+	stor_key_u32(k, i);
+}
+
+static void rnd_fill(unsigned char *p, size_t n, unsigned seed)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (unsigned char)(seed * 31 + i * 7);
+}
+
+/* Every key reads back as the model says, one by one and by iterating. */
+static void rnd_check(struct stor_db *db, const struct rnd_model *m)
+{
+	const char *error = NULL;
+	for (unsigned i = 0; i < RND_KEYS; i++) {
+		struct stor_key k;
+		char *v = NULL;
+		size_t len = 0;
+		rnd_key(&k, i);
+		int ret = stor_db_get(db, &k, &v, &len, &error);
+		CU_ASSERT_EQUAL(ret, m->len[i] >= 0 ? 1 : 0);
+		if (ret == 1 && m->len[i] >= 0)
+			CU_ASSERT(len == (size_t)m->len[i] && memcmp(v, m->val[i], len) == 0);
+		free(v);
+	}
+	struct stor_key prefix;
+	stor_key_init(&prefix, 'Z');
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	const unsigned char *key;
+	size_t klen;
+	unsigned next = 0;
+	while (stor_iter_in(it, &prefix, &key, &klen)) {
+		CU_ASSERT_EQUAL_FATAL(klen, 5);
+		unsigned i = stor_be32(key + 1);
+		while (next < i)
+			CU_ASSERT(m->len[next++] < 0);
+		size_t vlen;
+		const char *v = leveldb_iter_value(it, &vlen);
+		CU_ASSERT(i < RND_KEYS && m->len[i] >= 0 && vlen == (size_t)m->len[i] &&
+			  memcmp(v, m->val[i], vlen) == 0);
+		next = i + 1;
+		leveldb_iter_next(it);
+	}
+	while (next < RND_KEYS)
+		CU_ASSERT(m->len[next++] < 0);
+	CU_ASSERT_EQUAL(stor_iter_end(db, it, &error), 0);
+}
+
+static void test_staged_reads_agree_with_leveldb_under_random_writes(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	struct rnd_model m;
+	for (unsigned i = 0; i < RND_KEYS; i++) {
+		m.len[i] = -1;
+		m.val[i] = NULL;
+	}
+	tstore_open(&t);
+	CU_ASSERT_FATAL(stor_sync_fd(t.db) >= 0);
+	unsigned seed = 12345;
+	for (unsigned step = 0; step < 4000; step++) {
+		seed = seed * 1103515245u + 12345u;
+		unsigned r = (seed >> 8) % 1000, i = (seed >> 20) % RND_KEYS;
+		struct stor_key k;
+		rnd_key(&k, i);
+		if (r < 450) {
+			/* Mostly small values; now and then one past the stage's
+			 * bound, which writes the stage out. */
+			size_t n = r < 3 ? 1200 * 1024 : (seed >> 4) % 3000;
+			free(m.val[i]);
+			m.val[i] = xmalloc(n + 1);
+			rnd_fill(m.val[i], n, step);
+			m.len[i] = (long)n;
+			struct stor_batch *wb = stor_batch_new();
+			stor_batch_put(wb, &k, m.val[i], n);
+			CU_ASSERT_EQUAL(stor_db_write(t.db, wb, &error), 0);
+			stor_batch_free(wb);
+		} else if (r < 700) {
+			m.len[i] = -1;
+			struct stor_batch *wb = stor_batch_new();
+			stor_batch_del(wb, &k);
+			CU_ASSERT_EQUAL(stor_db_write(t.db, wb, &error), 0);
+			stor_batch_free(wb);
+		} else if (r < 960) {
+			char *v = NULL;
+			size_t len = 0;
+			int ret = stor_db_get(t.db, &k, &v, &len, &error);
+			CU_ASSERT_EQUAL(ret, m.len[i] >= 0 ? 1 : 0);
+			if (ret == 1 && m.len[i] >= 0)
+				CU_ASSERT(len == (size_t)m.len[i] && memcmp(v, m.val[i], len) == 0);
+			free(v);
+		} else if (r < 975) {
+			rnd_check(t.db, &m);
+		} else if (r < 985) {
+			CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+		} else {
+			/* As the loop does: a sync started, finished later. */
+			if (stor_sync_start(t.db) == 0 && stor_sync_busy(t.db) &&
+			    wait_sync_fd(t.db))
+				stor_sync_finish(t.db);
+		}
+	}
+	rnd_check(t.db, &m);
+	tstore_reopen(&t);
+	rnd_check(t.db, &m);
+	for (unsigned i = 0; i < RND_KEYS; i++)
+		free(m.val[i]);
+	tstore_close(&t);
+}
+
 const struct test_case storage_journal_cases[] = {
 	{ "mailbox records read back right after each write",
 	  test_mailbox_records_read_back_right_after_each_write },
@@ -933,6 +1053,8 @@ const struct test_case storage_journal_cases[] = {
 	{ "staged changes are read back, and lost together by a kill",
 	  test_staged_changes_are_read_back_and_lost_together },
 	{ "a group commit is one journal write", test_a_group_commit_is_one_journal_write },
+	{ "staged reads agree with LevelDB under random writes",
+	  test_staged_reads_agree_with_leveldb_under_random_writes },
 	{ "a failed journal write stops the store until it is reopened",
 	  test_a_failed_journal_write_stops_the_store_until_reopened },
 	{ "changes only in the journal are replayed on open",
