@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lib/log.h"
 #include "lib/xalloc.h"
 
 /* Written out once this many bytes of changes are staged, so that memory
