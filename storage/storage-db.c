@@ -529,7 +529,7 @@ leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *st
 	const char *error;
 	/* On failure the store refuses every change from now on; this read
 	 * goes on with what LevelDB holds. */
-	if (stor_stage_flush(db, true, &error) < 0)
+	if (stor_stage_flush(db, &error) < 0)
 		log_errorx("%s", error);
 	leveldb_iterator_t *it = leveldb_create_iterator(db->ldb, db->ropts);
 	leveldb_iter_seek(it, (const char *)start->b, start->len);

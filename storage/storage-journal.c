@@ -8,7 +8,7 @@
  * to LevelDB without sync; stor_sync() is one fdatasync of the current
  * segment, which makes both the texts and the index changes of a whole
  * group commit durable.  The batches of one group commit reach this file
- * as one record, and LevelDB from a thread of storage-stage.c's.
+ * as one record (storage-stage.c gathers them).
  *
  * Records: crc u32 | length u32 | type u8 | payload, the CRC (CRC-32C,
  * lib/crc32c.h) covering length, type and payload.  'T' is a text chunk (message GUID,
@@ -591,7 +591,7 @@ static void delete_dead_segments(struct stor_db *db)
 int stor_jnl_checkpoint(struct stor_db *db, bool closing, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
-	if (check_usable(db, error_r) < 0 || stor_stage_flush(db, true, error_r) < 0 ||
+	if (check_usable(db, error_r) < 0 || stor_stage_flush(db, error_r) < 0 ||
 	    sync_segment(db, error_r) < 0)
 		return -1;
 	struct buf v = BUF_INIT;
@@ -804,11 +804,6 @@ int stor_jnl_usable(struct stor_db *db, const char **error_r)
 	return check_usable(db, error_r);
 }
 
-void stor_jnl_set_broken(struct stor_db *db)
-{
-	db->jnl->broken = true;
-}
-
 int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	struct stor_journal *j = db->jnl;
@@ -820,9 +815,18 @@ int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char 
 		pending_record(j, JNL_REC_BATCH, ser->data, ser->len, NULL, 0);
 		ret = flush_pending(db, error_r);
 	}
+	if (ret == 0) {
+		char *lerr = NULL;
+		leveldb_writebatch_t *lwb = stor_batch_ldb(wb);
+		leveldb_write(db->ldb, db->wopts, lwb, &lerr);
+		leveldb_writebatch_destroy(lwb);
+		if (lerr != NULL)
+			ret = stor_err_leveldb(db, error_r, "write", lerr);
+	}
 	if (ret < 0) {
-		/* Changes reads have seen are lost: only reopening makes the
-		 * store and its readers agree again. */
+		/* Changes reads have seen are lost, or the journal holds a
+		 * change LevelDB refused: only reopening (and replaying) makes
+		 * the store and its readers agree again. */
 		j->broken = true;
 		j->live_staged.count = 0;
 		return -1;
@@ -833,7 +837,7 @@ int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char 
 
 int stor_jnl_sync(struct stor_db *db, const char **error_r)
 {
-	if (check_usable(db, error_r) < 0 || stor_stage_flush(db, false, error_r) < 0)
+	if (check_usable(db, error_r) < 0 || stor_stage_flush(db, error_r) < 0)
 		return -1;
 	return sync_segment(db, error_r);
 }
@@ -1022,7 +1026,7 @@ int stor_jnl_sync_start(struct stor_db *db, uint64_t *seq_r, const char **error_
 		return -1;
 	/* Written out at once even when no thread is free: the sync that
 	 * comes next then waits only for the disk. */
-	if (stor_stage_flush(db, false, error_r) < 0 || flush_pending(db, error_r) < 0)
+	if (stor_stage_flush(db, error_r) < 0 || flush_pending(db, error_r) < 0)
 		return -1;
 	struct jnl_syncer *sy = j->syncer;
 	if (!j->unsynced)

@@ -223,10 +223,8 @@ int stor_stage_add(struct stor_db *db, const struct stor_batch *wb, const char *
  * next write), 0 deleted, -1 not staged. */
 int stor_stage_get(struct stor_db *db, const struct stor_key *k, const void **val_r,
 		   size_t *len_r);
-/* Writes everything staged to the journal, and hands it to the thread
- * that applies it to LevelDB; with applied set, waits until LevelDB holds
- * everything written (iterators and checkpoints need that). */
-int stor_stage_flush(struct stor_db *db, bool applied, const char **error_r);
+/* Writes everything staged to the journal and LevelDB. */
+int stor_stage_flush(struct stor_db *db, const char **error_r);
 void stor_stage_free(struct stor_db *db);
 
 /* ---- Write transactions ----
@@ -304,12 +302,10 @@ int stor_jnl_add_text(struct stor_db *db, const struct guid *guid, uint32_t idx,
 void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first);
 /* 0, or -1 when a failed write has made the store unusable until reopened. */
 int stor_jnl_usable(struct stor_db *db, const char **error_r);
-/* Writes the staged batch to the journal (LevelDB gets it from
- * storage-stage.c), and applies the live-byte notes staged with it.  A
- * failure leaves the store unusable: readers have seen those changes. */
+/* Writes the staged batch to the journal, then to LevelDB (not synced),
+ * and applies the live-byte notes staged with it.  A failure leaves the
+ * store unusable: readers have seen those changes. */
 int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char **error_r);
-/* Makes the store refuse changes until reopened. */
-void stor_jnl_set_broken(struct stor_db *db);
 /* Syncs LevelDB and records the journal position it holds and the live
  * bytes of the segments (then deletes segments nobody needs), so that the
  * next open replays nothing before.  closing: the last one of a clean
