@@ -340,7 +340,7 @@ int stor_text_rec_decode(const void *p, size_t len, struct stor_text_rec *t_r,
 const EVP_MD *stor_sha256(void)
 {
 	/* EVP_sha256() makes every EVP_DigestInit_ex() look the algorithm up
-	 * again (OpenSSL 3); a store hashes twice per message.  Fetched once,
+	 * again (OpenSSL 3); every change to a message hashes it.  Fetched once,
 	 * kept for the life of the process. */
 	static EVP_MD *md;
 	if (md == NULL && (md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
@@ -476,35 +476,31 @@ const char *stor_last_error(struct stor_db *db)
 int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size_t *len_r,
 		const char **error_r)
 {
-	const void *staged;
+	const void *found;
 	size_t len = 0;
-	int ret = stor_stage_get(db, k, &staged, &len);
-	if (ret >= 0) {
-		if (ret == 0)
-			return 0;
+	char *v = NULL;
+	int ret = stor_stage_get(db, k, &found, &len);
+	if (ret < 0) {
+		char *lerr = NULL;
+		v = leveldb_get(db->ldb, db->ropts, (const char *)k->b, k->len, &len, &lerr);
+		if (lerr != NULL)
+			return stor_err_leveldb(db, error_r, "read", lerr);
+		found = v;
+		ret = v != NULL;
+	}
+	if (ret > 0) {
+		/* Copy into our allocator's memory, NUL-terminated for
+		 * convenience. */
 		char *copy = xmalloc(len + 1);
-		memcpy(copy, staged, len);
+		memcpy(copy, found, len);
 		copy[len] = '\0';
 		*val_r = copy;
 		if (len_r != NULL)
 			*len_r = len;
-		return 1;
 	}
-	char *lerr = NULL;
-	char *v = leveldb_get(db->ldb, db->ropts, (const char *)k->b, k->len, &len, &lerr);
-	if (lerr != NULL)
-		return stor_err_leveldb(db, error_r, "read", lerr);
-	if (v == NULL)
-		return 0;
-	/* Copy into our allocator's memory, NUL-terminated for convenience. */
-	char *copy = xmalloc(len + 1);
-	memcpy(copy, v, len);
-	copy[len] = '\0';
-	leveldb_free(v);
-	*val_r = copy;
-	if (len_r != NULL)
-		*len_r = len;
-	return 1;
+	if (v != NULL)
+		leveldb_free(v);
+	return ret;
 }
 
 int stor_db_write(struct stor_db *db, struct stor_batch *wb, const char **error_r)
