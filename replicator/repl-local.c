@@ -204,7 +204,7 @@ static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 
 static enum repl_error classify(struct stor_db *db, const char *err)
 {
-	if (err != NULL && strstr(err, "too large") != NULL)
+	if (err != NULL && stor_last_error_kind(db) == STOR_ERROR_TOOBIG)
 		return REPL_ERR_TOOBIG;
 	return REPL_ERR_INTERNAL;
 }

@@ -219,7 +219,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	uint32_t elsewhere;
 	int dup = stor_msg_find_guid(db, &mb->guid, &guid, &elsewhere, &err);
 	if (stor_msg_append(db, &mb->guid, &sa, NULL, NULL, &err) < 0) {
-		bool big = strstr(err, "too large") != NULL;
+		bool big = stor_last_error_kind(db) == STOR_ERROR_TOOBIG;
 		answer_later(a, "NO", big ? "TOOBIG" : "SERVERBUG", err);
 	} else {
 		/* The message was here under another UID (a resync moved it

@@ -435,26 +435,45 @@ const char *stor_flag_name(enum stor_flag flag)
 
 /* ---- Errors ---- */
 
-int stor_err(struct stor_db *db, const char **error_r, const char *fmt, ...)
+static int verr(struct stor_db *db, enum stor_error kind, const char **error_r,
+		const char *fmt, va_list ap)
 {
-	va_list ap;
 	char *msg;
-	va_start(ap, fmt);
 	if (vasprintf(&msg, fmt, ap) < 0)
 		msg = xstrdup("out of memory formatting an error");
-	va_end(ap);
 	free(db->error);
 	db->error = msg;
+	db->error_kind = kind;
 	if (error_r != NULL)
 		*error_r = db->error;
 	return -1;
+}
+
+int stor_err(struct stor_db *db, const char **error_r, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int ret = verr(db, STOR_ERROR_INTERNAL, error_r, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+int stor_err_kind(struct stor_db *db, enum stor_error kind, const char **error_r,
+		  const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int ret = verr(db, kind, error_r, fmt, ap);
+	va_end(ap);
+	return ret;
 }
 
 int stor_err_leveldb(struct stor_db *db, const char **error_r, const char *what, char *lerr)
 {
 	int ret;
 	if (strncmp(lerr, "Corruption", 10) == 0)
-		ret = stor_err(db, error_r, "%s: store is corrupted (%s): %s", db->dir, what, lerr);
+		ret = stor_err_kind(db, STOR_ERROR_CORRUPT, error_r,
+				    "%s: store is corrupted (%s): %s", db->dir, what, lerr);
 	else
 		ret = stor_err(db, error_r, "%s: %s failed: %s", db->dir, what, lerr);
 	leveldb_free(lerr);
@@ -463,12 +482,18 @@ int stor_err_leveldb(struct stor_db *db, const char **error_r, const char *what,
 
 int stor_err_corrupt(struct stor_db *db, const char **error_r, const char *what)
 {
-	return stor_err(db, error_r, "%s: store is corrupted: invalid %s record", db->dir, what);
+	return stor_err_kind(db, STOR_ERROR_CORRUPT, error_r,
+			     "%s: store is corrupted: invalid %s record", db->dir, what);
 }
 
 const char *stor_last_error(struct stor_db *db)
 {
 	return db->error != NULL ? db->error : "no error";
+}
+
+enum stor_error stor_last_error_kind(struct stor_db *db)
+{
+	return db->error_kind;
 }
 
 /* ---- Database access ---- */

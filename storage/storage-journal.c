@@ -177,7 +177,9 @@ static char *seg_path(const struct stor_journal *j, uint32_t seg)
 static int jnl_err_errno(struct stor_db *db, const char **error_r, const char *what,
 			 const char *path)
 {
-	return stor_err(db, error_r, "%s: %s failed: %s", path, what, strerror(errno));
+	enum stor_error kind = errno == ENOSPC || errno == EDQUOT ? STOR_ERROR_NOSPACE :
+								    STOR_ERROR_INTERNAL;
+	return stor_err_kind(db, kind, error_r, "%s: %s failed: %s", path, what, strerror(errno));
 }
 
 static int pread_all(int fd, void *data, size_t len, uint64_t off)
@@ -545,8 +547,9 @@ static int check_usable(struct stor_db *db, const char **error_r)
 {
 	if (!db->jnl->broken)
 		return 0;
-	return stor_err(db, error_r, "%s: a write to the store failed earlier; "
-			"restart the node to recover the store", db->dir);
+	return stor_err_kind(db, STOR_ERROR_BROKEN, error_r,
+			     "%s: a write to the store failed earlier; "
+			     "restart the node to recover the store", db->dir);
 }
 
 /* Deletes segments before the checkpoint that hold no live text. */

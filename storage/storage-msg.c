@@ -280,8 +280,9 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 		size = rec.size;
 	} else if (a->text != NULL) {
 		if (a->text_len > db->max_message_size)
-			return stor_err(db, error_r, "message too large (%zu bytes, limit %llu)",
-					a->text_len, (unsigned long long)db->max_message_size);
+			return stor_err_kind(db, STOR_ERROR_TOOBIG, error_r,
+					     "message too large (%zu bytes, limit %llu)", a->text_len,
+					     (unsigned long long)db->max_message_size);
 		if (stor_text_put(db, txn, &a->guid, a->text, a->text_len, error_r) < 0)
 			return -1;
 		size = a->text_len;
@@ -323,8 +324,9 @@ int stor_msg_append(struct stor_db *db, const struct guid *mailbox,
 	struct stor_txn txn;
 	memset(&a, 0, sizeof(a));
 	if (req->text != NULL && req->text_len > db->max_message_size)
-		return stor_err(db, error_r, "message too large (%zu bytes, limit %llu)",
-				req->text_len, (unsigned long long)db->max_message_size);
+		return stor_err_kind(db, STOR_ERROR_TOOBIG, error_r,
+				     "message too large (%zu bytes, limit %llu)", req->text_len,
+				     (unsigned long long)db->max_message_size);
 	if (req->guid != NULL && guid_is_zero(req->guid))
 		return stor_err(db, error_r, "message GUID is zero");
 	if (stor_keywords_normalize(db, req->keywords, req->keyword_count, &a.keywords,

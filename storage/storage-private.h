@@ -82,6 +82,7 @@ struct stor_db {
 	uint64_t max_message_size;
 	unsigned fail_countdown;     /* fail_nth_write */
 	char *error;                 /* last error message */
+	enum stor_error error_kind;  /* and its kind */
 	bool dirty;                  /* writes since the last stor_sync() */
 	ARRAY(struct stor_durable) durable;
 	/* The syncs in flight, oldest first, with the callbacks each one
@@ -173,6 +174,9 @@ struct stor_batch;
  * Returns -1. */
 int stor_err(struct stor_db *db, const char **error_r, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/* The same with a kind other than STOR_ERROR_INTERNAL. */
+int stor_err_kind(struct stor_db *db, enum stor_error kind, const char **error_r,
+		  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* Reports a LevelDB error string (and frees it). */
 int stor_err_leveldb(struct stor_db *db, const char **error_r, const char *what, char *lerr);
 /* Reports a record that does not decode. */

@@ -134,8 +134,9 @@ int stor_text_write(struct stor_text_writer *w, const void *data, size_t len,
 		return 0;
 	if (len > w->db->max_message_size || w->size + len > w->db->max_message_size) {
 		w->failed = true;
-		return stor_err(w->db, error_r, "message too large (limit %llu bytes)",
-				(unsigned long long)w->db->max_message_size);
+		return stor_err_kind(w->db, STOR_ERROR_TOOBIG, error_r,
+				     "message too large (limit %llu bytes)",
+				     (unsigned long long)w->db->max_message_size);
 	}
 	const unsigned char *p = data;
 	w->size += len;

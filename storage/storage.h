@@ -69,6 +69,19 @@ void stor_close(struct stor_db **db);
 /* The last error message on this handle. */
 const char *stor_last_error(struct stor_db *db);
 
+/* What kind of failure the last error on a handle was, for callers that
+ * act on it: the answer they give (a NO code) and whether trying again
+ * later can help. */
+enum stor_error {
+	STOR_ERROR_NONE = 0,
+	STOR_ERROR_INTERNAL,  /* anything not below: an I/O or LevelDB error, a bad request */
+	STOR_ERROR_TOOBIG,    /* a message over max_message_size */
+	STOR_ERROR_NOSPACE,   /* the disk or quota is full */
+	STOR_ERROR_BROKEN,    /* a write failed earlier: nothing changes until a restart */
+	STOR_ERROR_CORRUPT,   /* a stored record does not decode */
+};
+enum stor_error stor_last_error_kind(struct stor_db *db);
+
 /* Makes every mutation so far durable (one fsync for all of them), then runs
  * the callbacks queued by stor_on_durable() in order, with ok=false if the
  * sync failed.  Returns 0 or -1. */

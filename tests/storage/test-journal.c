@@ -740,6 +740,7 @@ static void test_a_failed_journal_write_stops_the_store_until_reopened(void)
 	text_of(4, text, sizeof(text));
 	tappend(t.db, &g, 0, text, 0);
 	CU_ASSERT_EQUAL(stor_sync(t.db, &error), -1);
+	CU_ASSERT_EQUAL(stor_last_error_kind(t.db), STOR_ERROR_INTERNAL);
 	CU_ASSERT_EQUAL(setrlimit(RLIMIT_FSIZE, &old), 0);
 	signal(SIGXFSZ, old_handler);
 	/* Readers saw a change that is lost: the store refuses more until it
@@ -750,6 +751,7 @@ static void test_a_failed_journal_write_stops_the_store_until_reopened(void)
 	app.text_len = 1;
 	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &app, NULL, NULL, &error), -1);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "restart the node"));
+	CU_ASSERT_EQUAL(stor_last_error_kind(t.db), STOR_ERROR_BROKEN);
 	kill_reopen_expect(&t, &g, before);
 	tappend(t.db, &g, 0, text, 0);
 	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);

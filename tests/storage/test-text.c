@@ -186,6 +186,7 @@ static void test_message_size_limit_just_under_and_over(void)
 	req.text_len = limit + 1;
 	CU_ASSERT_EQUAL(stor_msg_append(db, &g, &req, NULL, NULL, &error), -1);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "message too large"));
+	CU_ASSERT_EQUAL(stor_last_error_kind(db), STOR_ERROR_TOOBIG);
 	req.text_len = limit;
 	CU_ASSERT_EQUAL(stor_msg_append(db, &g, &req, NULL, NULL, &error), 0);
 
@@ -195,6 +196,7 @@ static void test_message_size_limit_just_under_and_over(void)
 	CU_ASSERT_EQUAL(stor_text_write(w, text, limit, &error), 0);
 	CU_ASSERT_EQUAL(stor_text_write(w, text, 1, &error), -1);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "message too large"));
+	CU_ASSERT_EQUAL(stor_last_error_kind(db), STOR_ERROR_TOOBIG);
 	CU_ASSERT_EQUAL(stor_text_finish(&w, &error), -1);
 	CU_ASSERT_EQUAL(stor_text_exists(db, &mg, NULL, &error), 0);
 	tcheck(db, &g);
