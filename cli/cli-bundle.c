@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "lib/buf.h"
+#include "lib/file.h"
 #include "lib/passwd.h"
 #include "lib/xalloc.h"
 #include "storage/storage.h"
@@ -30,79 +32,6 @@ static const char bundle_usage[] =
 
 /* An import of a large bundle may take a while. */
 #define BUNDLE_WAIT_MS (30 * 60 * 1000)
-
-/* Reads a whole file of at most max bytes. */
-static int read_file(const char *path, uint64_t max, struct buf *out)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		cli_error("%s: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
-		cli_error("%s: %s", path, S_ISREG(st.st_mode) ? "file too large" :
-								 "not a regular file");
-		close(fd);
-		return -1;
-	}
-	for (;;) {
-		unsigned char *dst = buf_reserve(out, 65536);
-		ssize_t n = read(fd, dst, 65536);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			cli_error("%s: %s", path, strerror(errno));
-			close(fd);
-			return -1;
-		}
-		if (n == 0)
-			break;
-		buf_commit(out, (size_t)n);
-		if (out->len > max) {
-			cli_error("%s: file too large", path);
-			close(fd);
-			return -1;
-		}
-	}
-	close(fd);
-	return 0;
-}
-
-/* Writes path.tmp, fsyncs it and renames it to path.  On failure *error_r
- * says why (caller frees). */
-static int write_file(const char *path, const void *data, size_t len, char **error_r)
-{
-	char *tmp = xasprintf("%s.tmp", path);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	int ret = fd < 0 ? -1 : 0;
-	const unsigned char *p = data;
-	while (ret == 0 && len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			ret = -1;
-		else {
-			p += n;
-			len -= (size_t)n;
-		}
-	}
-	if (ret == 0 && fsync(fd) < 0)
-		ret = -1;
-	if (fd >= 0 && close(fd) < 0)
-		ret = -1;
-	if (ret == 0 && rename(tmp, path) < 0)
-		ret = -1;
-	if (ret < 0) {
-		*error_r = xasprintf("writing %s: %s", path, strerror(errno));
-		unlink(tmp);
-	}
-	free(tmp);
-	return ret;
-}
 
 static int open_store(const struct config *cfg, struct stor_db **db_r)
 {
@@ -126,7 +55,8 @@ static int load_secret(const struct config *cfg, unsigned char **secret_r, size_
 			  "not configured");
 		return -1;
 	}
-	if (sync_bundle_read_secret(cfg->cluster_secret_file, secret_r, len_r, &err) < 0) {
+	if (file_read_secret("cluster_secret_file", cfg->cluster_secret_file, CONFIG_SECRET_MIN,
+			     CONFIG_SECRET_MAX, secret_r, len_r, &err) < 0) {
 		cli_error("%s", err);
 		free(err);
 		return -1;
@@ -187,7 +117,10 @@ static int cmd_export(const struct config *cfg, int argc, char **argv)
 		return 1;
 	}
 	struct buf state = BUF_INIT, out = BUF_INIT;
-	if (since != NULL && read_file(since, SYNC_BUNDLE_MAX_STATE_SIZE, &state) < 0) {
+	char *rerr = NULL;
+	if (since != NULL && file_read(since, SYNC_BUNDLE_MAX_STATE_SIZE, &state, &rerr) < 0) {
+		cli_error("%s", rerr);
+		free(rerr);
 		buf_free(&state);
 		return 1;
 	}
@@ -215,8 +148,8 @@ static int cmd_export(const struct config *cfg, int argc, char **argv)
 		break;
 	}
 	char *werr = NULL;
-	if (ret == 0 && write_file(file, out.data != NULL ? (const void *)out.data : "",
-				   out.len, &werr) < 0) {
+	if (ret == 0 && file_write_atomic(file, out.data != NULL ? (const void *)out.data : "",
+					  out.len, 0600, &werr) < 0) {
 		cli_error("%s", werr);
 		free(werr);
 		ret = 1;
@@ -283,7 +216,10 @@ static int cmd_import(const struct config *cfg, int argc, char **argv)
 		return 2;
 	}
 	struct buf bundle = BUF_INIT, state = BUF_INIT;
-	if (read_file(file, SYNC_BUNDLE_MAX_SIZE, &bundle) < 0) {
+	char *rerr = NULL;
+	if (file_read(file, SYNC_BUNDLE_MAX_SIZE, &bundle, &rerr) < 0) {
+		cli_error("%s", rerr);
+		free(rerr);
 		buf_free(&bundle);
 		return 1;
 	}
@@ -314,8 +250,8 @@ static int cmd_import(const struct config *cfg, int argc, char **argv)
 	if (state_path == NULL)
 		state_path = default_state;
 	char *werr = NULL;
-	if (ret == 0 && write_file(state_path, state.data != NULL ? (const void *)state.data : "",
-				   state.len, &werr) < 0) {
+	if (ret == 0 && file_write_atomic(state_path, state.data != NULL ? (const void *)state.data : "",
+					  state.len, 0600, &werr) < 0) {
 		cli_error("the bundle was imported, but its state file was not written (%s): "
 			  "export the next bundle back without --since", werr);
 		free(werr);

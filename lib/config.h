@@ -58,6 +58,9 @@ struct config {
 };
 
 #define CONFIG_DEFAULT_MAX_MESSAGE_SIZE (64ull * 1024 * 1024)
+/* Bytes a cluster_secret_file must hold (one trailing newline aside). */
+#define CONFIG_SECRET_MIN 32u
+#define CONFIG_SECRET_MAX 4096u
 #define CONFIG_DEFAULT_REPL_LOG_MAX 100000ull
 #define CONFIG_MAX_PEERS 64
 

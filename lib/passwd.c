@@ -7,8 +7,6 @@
 
 #include <crypt.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +15,7 @@
 #include <unistd.h>
 
 #include "lib/buf.h"
+#include "lib/file.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
 
@@ -40,32 +39,6 @@ bool passwd_user_name_valid(const char *user)
 			return false;
 	}
 	return true;
-}
-
-static int read_file(const char *path, struct buf *out, char **error_r)
-{
-	FILE *f = fopen(path, "r");
-	if (f == NULL) {
-		*error_r = xasprintf("%s: %s", path, strerror(errno));
-		return -1;
-	}
-	char chunk[8192];
-	size_t n;
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-		buf_append(out, chunk, n);
-		if (out->len > PASSWD_MAX_FILE_SIZE) {
-			fclose(f);
-			*error_r = xasprintf("%s: file too large", path);
-			return -1;
-		}
-	}
-	bool failed = ferror(f);
-	fclose(f);
-	if (failed) {
-		*error_r = xasprintf("%s: read error", path);
-		return -1;
-	}
-	return 0;
 }
 
 /* Calls cb(ctx, lineno, user, hash) for each non-comment line.  user and
@@ -198,7 +171,7 @@ int passwd_verify(const char *path, const char *user, const char *password, char
 		return 0;
 	}
 	struct buf text = BUF_INIT;
-	if (read_file(path, &text, error_r) < 0) {
+	if (file_read(path, PASSWD_MAX_FILE_SIZE, &text, error_r) < 0) {
 		buf_free(&text);
 		return -1;
 	}
@@ -251,7 +224,7 @@ int passwd_list(const char *path, void (*cb)(void *ctx, const char *user), void 
 		char **error_r)
 {
 	struct buf text = BUF_INIT;
-	if (read_file(path, &text, error_r) < 0) {
+	if (file_read(path, PASSWD_MAX_FILE_SIZE, &text, error_r) < 0) {
 		buf_free(&text);
 		return -1;
 	}
@@ -259,53 +232,6 @@ int passwd_list(const char *path, void (*cb)(void *ctx, const char *user), void 
 	int ret = parse_lines(path, buf_cstr(&text), list_cb, &l, error_r);
 	buf_free(&text);
 	return ret;
-}
-
-/* Writes data to path through a synced temporary file and rename, so a
- * crash leaves either the old or the new file, never a torn one. */
-static int write_atomic(const char *path, const struct buf *data, mode_t mode, char **error_r)
-{
-	char *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode);
-	if (fd < 0) {
-		*error_r = xasprintf("%s: %s", tmp, strerror(errno));
-		free(tmp);
-		return -1;
-	}
-	size_t off = 0;
-	while (off < data->len) {
-		ssize_t n = write(fd, data->data + off, data->len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			goto fail;
-		off += (size_t)n;
-	}
-	if (fsync(fd) < 0)
-		goto fail;
-	if (close(fd) < 0) {
-		fd = -1;
-		goto fail;
-	}
-	fd = -1;
-	if (rename(tmp, path) < 0)
-		goto fail;
-	char *dircopy = xstrdup(path);
-	int dfd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY);
-	free(dircopy);
-	if (dfd >= 0) {
-		fsync(dfd);
-		close(dfd);
-	}
-	free(tmp);
-	return 0;
-fail:
-	*error_r = xasprintf("%s: %s", path, strerror(errno));
-	if (fd >= 0)
-		close(fd);
-	unlink(tmp);
-	free(tmp);
-	return -1;
 }
 
 int passwd_set(const char *path, const char *user, const char *hashed, char **error_r)
@@ -323,7 +249,7 @@ int passwd_set(const char *path, const char *user, const char *hashed, char **er
 	struct stat st;
 	if (stat(path, &st) == 0) {
 		mode = st.st_mode & 0777;
-		if (read_file(path, &old, error_r) < 0) {
+		if (file_read(path, PASSWD_MAX_FILE_SIZE, &old, error_r) < 0) {
 			buf_free(&old);
 			return -1;
 		}
@@ -349,7 +275,8 @@ int passwd_set(const char *path, const char *user, const char *hashed, char **er
 	}
 	if (!replaced)
 		buf_appendf(&out, "%s:%s\n", user, hashed);
-	int ret = write_atomic(path, &out, mode, error_r);
+	int ret = file_write_atomic(path, out.data != NULL ? (const void *)out.data : "", out.len, mode,
+				    error_r);
 	buf_free(&old);
 	buf_free(&out);
 	return ret;

@@ -72,6 +72,7 @@
 
 #include "lib/buf.h"
 #include "lib/clock.h"
+#include "lib/file.h"
 #include "lib/log.h"
 #include "lib/passwd.h"
 #include "lib/str.h"
@@ -459,7 +460,8 @@ static int bundle_secret(struct admin_conn *c, unsigned char **secret_r, size_t 
 					     "cluster_secret_file is not configured");
 		return -1;
 	}
-	if (sync_bundle_read_secret(cfg->cluster_secret_file, secret_r, len_r, &err) < 0) {
+	if (file_read_secret("cluster_secret_file", cfg->cluster_secret_file, CONFIG_SECRET_MIN,
+			     CONFIG_SECRET_MAX, secret_r, len_r, &err) < 0) {
 		conn_reply(c, NULL, 0, "NO", err);
 		free(err);
 		return -1;

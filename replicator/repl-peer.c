@@ -38,6 +38,7 @@
 
 #include "lib/arr.h"
 #include "lib/clock.h"
+#include "lib/file.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -699,80 +700,6 @@ static int listen_on(const struct config_addr *addr, int *fd_r, char **error_r)
 /* ------------------------------------------------------------------ */
 /* Set-up */
 
-/* Reads the cluster secret: the file's bytes without one trailing LF or
- * CRLF.  The file must not be readable or writable by everyone. */
-static int read_secret(const char *path, unsigned char **secret_r, size_t *len_r,
-		       char **error_r)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0) {
-		*error_r = xasprintf("cluster_secret_file %s: %s", path, strerror(errno));
-		return -1;
-	}
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		*error_r = xasprintf("cluster_secret_file %s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		*error_r = xasprintf("cluster_secret_file %s is not a regular file", path);
-		close(fd);
-		return -1;
-	}
-	if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
-		*error_r = xasprintf("cluster_secret_file %s is accessible by everyone "
-				     "(run chmod 600 on it)", path);
-		close(fd);
-		return -1;
-	}
-	unsigned char *buf = xmalloc(REPL_PEER_SECRET_MAX + 1);
-	size_t len = 0;
-	for (;;) {
-		ssize_t n = read(fd, buf + len, REPL_PEER_SECRET_MAX + 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			*error_r = xasprintf("cluster_secret_file %s: %s", path, strerror(errno));
-			goto fail;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len > REPL_PEER_SECRET_MAX) {
-			*error_r = xasprintf("cluster_secret_file %s is larger than %u bytes", path,
-					     REPL_PEER_SECRET_MAX);
-			goto fail;
-		}
-	}
-	close(fd);
-	fd = -1;
-	if (len > 0 && buf[len - 1] == '\n') {
-		len--;
-		if (len > 0 && buf[len - 1] == '\r')
-			len--;
-	}
-	if (len == 0) {
-		*error_r = xasprintf("cluster_secret_file %s is empty", path);
-		goto fail;
-	}
-	if (len < REPL_PEER_SECRET_MIN) {
-		*error_r = xasprintf("cluster_secret_file %s holds %zu bytes, at least %u are "
-				     "needed (e.g. openssl rand -hex 32)", path, len,
-				     REPL_PEER_SECRET_MIN);
-		goto fail;
-	}
-	*secret_r = buf;
-	*len_r = len;
-	return 0;
-fail:
-	if (fd >= 0)
-		close(fd);
-	OPENSSL_cleanse(buf, REPL_PEER_SECRET_MAX + 1);
-	free(buf);
-	return -1;
-}
-
 /* TLS on peer links needs all three files, readable. */
 static int tls_check(const struct config *cfg, bool *tls_r, char **error_r)
 {
@@ -820,7 +747,8 @@ int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 		*error_r = xstrdup("peers are configured but cluster_secret_file is missing");
 		goto fail;
 	}
-	if (read_secret(cfg->cluster_secret_file, &mgr->secret, &mgr->secret_len, error_r) < 0 ||
+	if (file_read_secret("cluster_secret_file", cfg->cluster_secret_file, CONFIG_SECRET_MIN,
+			     CONFIG_SECRET_MAX, &mgr->secret, &mgr->secret_len, error_r) < 0 ||
 	    tls_check(cfg, &tls, error_r) < 0 ||
 	    listen_on(&cfg->repl_listen, &mgr->listen_fd, error_r) < 0)
 		goto fail;

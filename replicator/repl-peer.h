@@ -50,9 +50,6 @@
 #define REPL_PEER_STABLE_MS 2000u
 /* Accepted connections that have not authenticated yet, at most. */
 #define REPL_PEER_MAX_UNAUTHENTICATED 32u
-/* The cluster secret: at most and at least this many bytes (SPEC.md 3). */
-#define REPL_PEER_SECRET_MAX 4096u
-#define REPL_PEER_SECRET_MIN 32u
 
 enum repl_peer_state {
 	REPL_PEER_DOWN,           /* no link: waiting to reconnect, or for the peer */

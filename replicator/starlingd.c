@@ -21,6 +21,7 @@
 #include "imap/imap-server.h"
 #include "lib/clock.h"
 #include "lib/config.h"
+#include "lib/file.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-admin.h"
@@ -51,25 +52,6 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: starlingd -c FILE [-f]\n");
 	exit(2);
-}
-
-/* mkdir -p with mode 0700 for what it creates. */
-static int mkdirs(const char *path)
-{
-	char *p = xstrdup(path);
-	for (char *s = p + 1; *s != '\0'; s++) {
-		if (*s != '/')
-			continue;
-		*s = '\0';
-		if (mkdir(p, 0700) < 0 && errno != EEXIST) {
-			free(p);
-			return -1;
-		}
-		*s = '/';
-	}
-	int r = mkdir(p, 0700) < 0 && errno != EEXIST ? -1 : 0;
-	free(p);
-	return r;
 }
 
 static void status_cb(void *ctx, struct buf *out)
@@ -205,7 +187,7 @@ int main(int argc, char **argv)
 		fatalx("%s: users_file is not set", conf);
 	if (n.cfg->imap_listen.host == NULL && n.cfg->imaps_listen.host == NULL)
 		fatalx("%s: neither imap_listen nor imaps_listen is set", conf);
-	if (mkdirs(n.cfg->data_dir) < 0)
+	if (file_mkdir_p(n.cfg->data_dir, 0700) < 0)
 		fatal("cannot create %s", n.cfg->data_dir);
 	char *store_dir = xasprintf("%s/store", n.cfg->data_dir);
 	struct stor_settings sset;

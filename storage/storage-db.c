@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 
 #include "lib/config.h"
+#include "lib/file.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -742,24 +743,6 @@ int stor_txn_commit(struct stor_txn *txn, const char **error_r)
 
 /* ---- Open, close, sync ---- */
 
-static int mkdir_p(const char *dir)
-{
-	char *path = xstrdup(dir);
-	for (char *p = path + 1; *p != '\0'; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-			free(path);
-			return -1;
-		}
-		*p = '/';
-	}
-	int ret = mkdir(path, 0700) < 0 && errno != EEXIST ? -1 : 0;
-	free(path);
-	return ret;
-}
-
 static void db_free(struct stor_db *db)
 {
 	stor_stage_free(db);
@@ -791,7 +774,7 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 		*error_r = xstrdup("store directory not set");
 		return -1;
 	}
-	if (mkdir_p(set->dir) < 0) {
+	if (file_mkdir_p(set->dir, 0700) < 0) {
 		*error_r = xasprintf("%s: cannot create directory: %s", set->dir, strerror(errno));
 		return -1;
 	}

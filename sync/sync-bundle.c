@@ -35,8 +35,6 @@
 #define BUNDLE_EXPORTS_KEPT 32
 /* UIDs in one EXPUNGE of a bundle. */
 #define BUNDLE_MAX_EXPUNGE_UIDS 1000000
-#define SECRET_MIN 32u
-#define SECRET_MAX 4096u
 
 static char *fmt_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *fmt_error(const char *fmt, ...)
@@ -388,8 +386,6 @@ static int last_import_set(struct stor_db *db, uint32_t source, const char *user
 	buf_free(&li.raw);
 	return r;
 }
-
-/* ------------------------------------------------------------------ */
 /* State files */
 
 /* A message whose state an import here took over unchanged from the bundle
@@ -1930,65 +1926,4 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 		sync_bundle_import_take_result(imp, res_r);
 	sync_bundle_import_destroy(&imp);
 	return r;
-}
-
-/* ------------------------------------------------------------------ */
-
-int sync_bundle_read_secret(const char *path, unsigned char **secret_r, size_t *len_r,
-			    char **error_r)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		*error_r = fmt_error("cluster_secret_file %s: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	if (!S_ISREG(st.st_mode) || (st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
-		*error_r = fmt_error("cluster_secret_file %s is not a regular file readable by "
-				     "its owner only", path);
-		close(fd);
-		return -1;
-	}
-	unsigned char *buf = xmalloc(SECRET_MAX + 1);
-	size_t len = 0;
-	for (;;) {
-		ssize_t n = read(fd, buf + len, SECRET_MAX + 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			if (n < 0) {
-				*error_r = fmt_error("cluster_secret_file %s: %s", path,
-						     strerror(errno));
-				goto fail;
-			}
-			break;
-		}
-		len += (size_t)n;
-		if (len > SECRET_MAX) {
-			*error_r = fmt_error("cluster_secret_file %s is too large", path);
-			goto fail;
-		}
-	}
-	close(fd);
-	fd = -1;
-	if (len > 0 && buf[len - 1] == '\n') {
-		len--;
-		if (len > 0 && buf[len - 1] == '\r')
-			len--;
-	}
-	if (len < SECRET_MIN) {
-		*error_r = fmt_error("cluster_secret_file %s holds %zu bytes, at least %u are needed",
-				     path, len, SECRET_MIN);
-		goto fail;
-	}
-	*secret_r = buf;
-	*len_r = len;
-	return 0;
-fail:
-	if (fd >= 0)
-		close(fd);
-	free(buf);
-	return -1;
 }

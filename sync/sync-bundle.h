@@ -139,10 +139,4 @@ void sync_bundle_seal(const struct sync_bundle_header *hdr, const struct sync_bu
 		      const void *stream, size_t stream_len, struct buf *out,
 		      unsigned char digest_r[32]);
 
-/* Reads a cluster secret file (the rules of the peer links, SPEC.md 3: the
- * bytes without one trailing LF or CRLF, not accessible by everyone, 32 to
- * 4096 bytes).  Returns 0, or -1 with *error_r (caller frees). */
-int sync_bundle_read_secret(const char *path, unsigned char **secret_r, size_t *len_r,
-			    char **error_r);
-
 #endif
