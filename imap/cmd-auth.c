@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/base64.h"
 #include "lib/log.h"
 #include "lib/passwd.h"
 #include "lib/xalloc.h"
@@ -199,51 +200,6 @@ bool imap_cmd_login(struct imap_cmd *cmd)
 	if (user == NULL || pass == NULL)
 		return imap_cmd_done(cmd, "BAD", "Invalid user name or password");
 	return do_login(cmd, user, pass);
-}
-
-static int b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-/* Decodes base64 into out (which holds at least len bytes).  Returns the
- * decoded length or -1. */
-static long base64_decode(const char *in, size_t len, unsigned char *out)
-{
-	if (len % 4 != 0)
-		return -1;
-	size_t o = 0;
-	for (size_t i = 0; i < len; i += 4) {
-		int v[4];
-		int pad = 0;
-		for (int k = 0; k < 4; k++) {
-			unsigned char ch = (unsigned char)in[i + k];
-			if (ch == '=' && i + 4 == len && k >= 2) {
-				v[k] = 0;
-				pad++;
-			} else if (pad > 0 || (v[k] = b64val(ch)) < 0) {
-				return -1;
-			}
-		}
-		uint32_t n = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-			     (uint32_t)v[3];
-		out[o++] = (unsigned char)(n >> 16);
-		if (pad < 2)
-			out[o++] = (unsigned char)(n >> 8);
-		if (pad < 1)
-			out[o++] = (unsigned char)n;
-	}
-	return (long)o;
 }
 
 /* Handles a SASL PLAIN response (base64). */

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/file.h"
 #include "lib/str.h"
@@ -112,14 +113,9 @@ static bool verify_digest(const char *password, const char *b64, const EVP_MD *m
 	if (b64len == 0 || b64len % 4 != 0 || b64len > 1024)
 		return false;
 	unsigned char raw[1024];
-	int rawlen = EVP_DecodeBlock(raw, (const unsigned char *)b64, (int)b64len);
+	long rawlen = base64_decode(b64, b64len, raw);
 	if (rawlen < 0)
 		return false;
-	/* EVP_DecodeBlock counts padding bytes as data. */
-	if (b64[b64len - 1] == '=')
-		rawlen--;
-	if (b64[b64len - 2] == '=')
-		rawlen--;
 	int mdlen = EVP_MD_size(md);
 	if (rawlen < mdlen || (!salted && rawlen != mdlen))
 		return false;

@@ -1,6 +1,7 @@
 /* Unit tests of lib/: buffers, strings, GUIDs. */
 #include <string.h>
 
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/crc32c.h"
 #include "lib/guid.h"
@@ -168,7 +169,32 @@ static void test_crc32c_known_values_and_both_ways_agree(void)
 	CU_ASSERT_TRUE(same);
 }
 
+static void test_base64_strict(void)
+{
+	static const struct {
+		const char *in, *out; /* out NULL: refused */
+	} cases[] = {
+		{ "", "" },         { "QUJD", "ABC" },   { "QUI=", "AB" },  { "QQ==", "A" },
+		{ "AGFsaWNlAHNlY3JldA==", "\0alice\0secret" }, { "+/+/", "\xfb\xff\xbf" },
+		{ "Q===", NULL },   { "QQ=A", NULL },    { "A=BC", NULL },  { " QUJ", NULL },
+		{ "QU JD", NULL },  { "QUJD\n", NULL }, { "QUJ", NULL },   { "QUJ*", NULL },
+		{ "QUJD====", NULL },
+	};
+	static const size_t out_len[] = { 0, 3, 2, 1, 13, 3 };
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		unsigned char out[32];
+		long n = base64_decode(cases[i].in, strlen(cases[i].in), out);
+		if (cases[i].out == NULL) {
+			CU_ASSERT_EQUAL(n, -1);
+		} else {
+			CU_ASSERT_EQUAL(n, (long)out_len[i]);
+			CU_ASSERT_TRUE(n >= 0 && memcmp(out, cases[i].out, (size_t)n) == 0);
+		}
+	}
+}
+
 const struct test_case lib_str_cases[] = {
+	{ "base64: strict decoding", test_base64_strict },
 	{ "crc32c: known values, and the fast and portable ways agree",
 	  test_crc32c_known_values_and_both_ways_agree },
 	{ "str_to_u64 rejects junk and overflow", test_str_to_u64_rejects_junk_and_overflow },
