@@ -49,9 +49,11 @@ static int read_fd(int fd, const char *what, const char *path, size_t max, struc
 			*error_r = xasprintf("%s%s: %s", what, path, strerror(errno));
 			return -1;
 		}
+		/* Committing even nothing keeps the text NUL-terminated:
+		 * buf_reserve() left garbage there. */
+		buf_commit(out, (size_t)n);
 		if (n == 0)
 			return 0;
-		buf_commit(out, (size_t)n);
 		if (out->len - start > max) {
 			*error_r = xasprintf("%s%s is larger than %zu bytes", what, path, max);
 			return -1;

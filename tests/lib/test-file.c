@@ -43,6 +43,17 @@ static void test_read_is_bounded(void)
 	CU_ASSERT_EQUAL(file_read(path, 9, &b, &err), -1);
 	CU_ASSERT_TRUE(says(err, path, "larger than 9 bytes"));
 	err = NULL;
+	/* An empty file is an empty string. */
+	struct buf e = BUF_INIT;
+	put(path, "", 0600);
+	CU_ASSERT_EQUAL(file_read(path, 9, &e, &err), 0);
+	CU_ASSERT_EQUAL(e.len, 0);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&e), "");
+	buf_free(&e);
+	put(path, "0123456789", 0600);
+	CU_ASSERT_EQUAL(file_read(path, 9, &b, &err), -1);
+	CU_ASSERT_TRUE(says(err, path, "larger than 9 bytes"));
+	err = NULL;
 	CU_ASSERT_EQUAL(file_read(dir, 100, &b, &err), -1);
 	CU_ASSERT_TRUE(says(err, dir, "not a regular file"));
 	err = NULL;
