@@ -34,6 +34,9 @@
 #define CL_STREAM_RETRY_MS 100u
 /* UIDs per replicated EXPUNGE line (each with its GUID). */
 #define CL_EXPUNGE_BATCH 500
+/* UIDs per forwarded STORE or EXPUNGE (each with its GUID, within the
+ * line length and argument count of SPEC 5.2). */
+#define CL_FORWARD_BATCH 500
 /* Log entries read per pass of a peer's streamer. */
 #define CL_STREAM_BATCH 64
 /* Our mailbox ids on a link start here, far from the small ones the sync

@@ -287,6 +287,18 @@ struct cl_fwd {
 	/* STORE / EXPUNGE: the caller's arrays, valid until cb */
 	const uint32_t *uids;
 	size_t count;
+	/* ... and, forwarded, those of them that exist here, ascending, with
+	 * the GUID each named when the client asked (GUIDS, SPEC 8.6): after
+	 * a partition one UID may name different messages here and at the
+	 * master, and neither side may touch a message the client did not
+	 * mean. */
+	stor_uid_list named_uids;
+	ARRAY(struct guid) named_guids;
+	/* They go CL_FORWARD_BATCH at a time (GUIDS must fit a line); the
+	 * batches before sent_upto are done at the master. */
+	size_t sent_upto, batch_end;
+	stor_uid_list modified;       /* STORE: refused by UNCHANGEDSINCE */
+	uint64_t master_modseq;       /* from the last batch's answer */
 	struct stor_store store;
 	/* The master's FLAGS lines (STORE). */
 	stor_msg_list flags_lines;
@@ -299,6 +311,9 @@ static void fwd_free(struct cl_fwd *f)
 {
 	ev_timer_stop(f->cl->loop, &f->retry);
 	stor_msg_list_free(&f->flags_lines);
+	ARRAY_FREE(&f->named_uids);
+	ARRAY_FREE(&f->named_guids);
+	ARRAY_FREE(&f->modified);
 	owned_free(&f->out);
 	buf_free(&f->text);
 	free(f->user);
@@ -488,20 +503,82 @@ static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 	stor_on_durable(db, fwd_local_durable, f);
 }
 
-static void fwd_apply_store(struct cl_fwd *f, const struct proto_cmd *line)
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Fills named_uids and named_guids from this node's copy. */
+static void fwd_name_messages(struct cl_fwd *f)
+{
+	stor_uid_list sorted = ARRAY_INIT;
+	uids_copy(&sorted, f->uids, f->count);
+	if (sorted.count > 1)
+		qsort(sorted.items, sorted.count, sizeof(sorted.items[0]), cmp_u32);
+	for (size_t i = 0; i < sorted.count; i++) {
+		struct stor_msg m;
+		const char *err;
+		if ((i > 0 && sorted.items[i] == sorted.items[i - 1]) ||
+		    stor_msg_get(f->cl->repl.db, &f->mailbox, sorted.items[i], &m, &err) <= 0)
+			continue;
+		ARRAY_PUSH(&f->named_uids, m.uid);
+		ARRAY_PUSH(&f->named_guids, m.guid);
+		stor_msg_free(&m);
+	}
+	ARRAY_FREE(&sorted);
+}
+
+/* Whether uid names here the message the change named. */
+static bool fwd_still_named(struct cl_fwd *f, uint32_t uid)
+{
+	const uint32_t *hit = bsearch(&uid, f->named_uids.items, f->named_uids.count,
+				      sizeof(uid), cmp_u32);
+	struct stor_msg m;
+	const char *err;
+	if (hit == NULL || stor_msg_get(f->cl->repl.db, &f->mailbox, uid, &m, &err) <= 0)
+		return false;
+	bool same = guid_equal(&m.guid, &f->named_guids.items[hit - f->named_uids.items]);
+	stor_msg_free(&m);
+	if (!same) {
+		log_warnx("replication: %s: UID %u here is no longer the message the change named: "
+			  "resync", f->user, uid);
+		if (f->peer != NULL)
+			cl_mark_dirty(f->peer, f->user);
+	}
+	return same;
+}
+
+/* One batch of a STORE or EXPUNGE was done at the master: keep what its
+ * answer says; 1 when more batches are to go. */
+static bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line)
+{
+	const struct proto_arg *a;
+	f->master_modseq = code_modseq(line);
+	if (f->kind == FWD_STORE && (a = proto_code_value(line, "MODIFIED")) != NULL) {
+		/* A malformed set adds nothing. */
+		stor_uid_list set;
+		if (sync_arg_uids(a, CL_FORWARD_BATCH, &set) == 0) {
+			uids_copy(&f->modified, set.items, set.count);
+			ARRAY_FREE(&set);
+		}
+	}
+	f->sent_upto = f->batch_end;
+	return f->sent_upto < f->named_uids.count;
+}
+
+static void fwd_apply_store(struct cl_fwd *f)
 {
 	struct repl_cluster *cl = f->cl;
 	struct stor_db *db = cl->repl.db;
-	const struct proto_arg *a;
 	const char *err;
-	f->out.res.modseq = code_modseq(line);
-	stor_uid_list modified = ARRAY_INIT;
-	/* A malformed set leaves it empty. */
-	if ((a = proto_code_value(line, "MODIFIED")) != NULL)
-		(void)sync_arg_uids(a, SYNC_MAX_UIDS_PER_LINE * 64, &modified);
+	f->out.res.modseq = f->master_modseq;
+	stor_uid_list modified = f->modified;
 	bool changed_any = false;
 	for (size_t i = 0; i < f->flags_lines.count; i++) {
 		const struct stor_msg *m = &f->flags_lines.items[i];
+		if (!fwd_still_named(f, m->uid))
+			continue;
 		struct stor_store st;
 		memset(&st, 0, sizeof(st));
 		st.op = STOR_FLAGS_REPLACE;
@@ -526,22 +603,27 @@ static void fwd_apply_store(struct cl_fwd *f, const struct proto_cmd *line)
 	}
 	for (size_t j = 0; j < modified.count; j++)
 		ARRAY_PUSH(&f->out.failed, modified.items[j]);
-	ARRAY_FREE(&modified);
 	if (changed_any)
 		notify_later(cl, f->user, &f->mailbox);
 	stor_on_durable(db, fwd_local_durable, f);
 }
 
-static void fwd_apply_expunge(struct cl_fwd *f, const struct proto_cmd *line)
+static void fwd_apply_expunge(struct cl_fwd *f)
 {
 	struct repl_cluster *cl = f->cl;
 	struct stor_db *db = cl->repl.db;
 	const char *err;
-	uint64_t modseq = code_modseq(line);
+	uint64_t modseq = f->master_modseq;
 	f->out.res.modseq = modseq;
-	if (modseq != 0 &&
-	    stor_msg_expunge(db, &f->mailbox, f->uids, f->count, modseq, &f->out.expunged, &err) < 0)
+	stor_uid_list still = ARRAY_INIT;
+	for (size_t i = 0; i < f->named_uids.count; i++)
+		if (fwd_still_named(f, f->named_uids.items[i]))
+			ARRAY_PUSH(&still, f->named_uids.items[i]);
+	if (modseq != 0 && still.count > 0 &&
+	    stor_msg_expunge(db, &f->mailbox, still.items, still.count, modseq, &f->out.expunged,
+			     &err) < 0)
 		log_warnx("replication: %s: applying the master's expunge: %s", f->user, err);
+	ARRAY_FREE(&still);
 	if (f->out.expunged.count > 0)
 		notify_later(cl, f->user, &f->mailbox);
 	stor_on_durable(db, fwd_local_durable, f);
@@ -562,7 +644,7 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		if (f->kind == FWD_STORE && proto_cmd_is(line, "FLAGS") && line->arg_count == 3 &&
 		    proto_arg_u32(&line->args[0], &m.uid) == 0 &&
 		    proto_arg_u64(&line->args[1], INT64_MAX, &m.modseq) == 0 &&
-		    f->flags_lines.count < f->count + 16 &&
+		    f->flags_lines.count < f->named_uids.count + 16 &&
 		    sync_arg_flags(&line->args[2], &fl) == 0) {
 			m.flags = fl.flags;
 			m.keywords = fl.keywords;
@@ -575,13 +657,17 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		return;
 	}
 	if (strcmp(line->name, "OK") == 0) {
+		if (f->kind != FWD_APPEND && fwd_batch_done(f, line)) {
+			fwd_send(f);
+			return;
+		}
 		f->cl->forwarded_changes++;
 		if (f->kind == FWD_APPEND)
 			fwd_apply_append(f, line);
 		else if (f->kind == FWD_STORE)
-			fwd_apply_store(f, line);
+			fwd_apply_store(f);
 		else
-			fwd_apply_expunge(f, line);
+			fwd_apply_expunge(f);
 		return;
 	}
 	const char *text = line->text != NULL ? line->text : "refused";
@@ -605,7 +691,35 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		fwd_fail(f, REPL_ERR_TOOBIG, text);
 		return;
 	}
+	if (proto_code_has(line, "GUIDMISMATCH")) {
+		/* The master holds other messages under some of these UIDs:
+		 * nothing was changed there, and a resync renumbers them. */
+		log_warnx("replication: %s: the master holds other messages under these UIDs: "
+			  "resync", f->user);
+		if (f->peer != NULL)
+			cl_mark_dirty(f->peer, f->user);
+		fwd_fail(f, REPL_ERR_INVALID, "the message differs on the mailbox's master; "
+					      "try again once the nodes have resynced");
+		return;
+	}
 	fwd_fail(f, REPL_ERR_INVALID, text);
+}
+
+/* The UIDs of the next batch of a STORE or EXPUNGE. */
+static void fwd_wr_batch_uids(struct cl_fwd *f, struct proto_wr *w)
+{
+	size_t n = f->named_uids.count - f->sent_upto;
+	f->batch_end = f->sent_upto + (n < CL_FORWARD_BATCH ? n : CL_FORWARD_BATCH);
+	proto_wr_uidset(w, f->named_uids.items + f->sent_upto, f->batch_end - f->sent_upto);
+}
+
+static void fwd_wr_batch_guids(struct cl_fwd *f, struct proto_wr *w)
+{
+	proto_wr_atom(w, "GUIDS");
+	proto_wr_list_begin(w);
+	for (size_t i = f->sent_upto; i < f->batch_end; i++)
+		proto_wr_guid(w, &f->named_guids.items[i]);
+	proto_wr_list_end(w);
 }
 
 static void fwd_send(struct cl_fwd *f)
@@ -653,7 +767,7 @@ static void fwd_send(struct cl_fwd *f)
 					f->store.keyword_count };
 		stor_string_list none = ARRAY_INIT;
 		w = proto_conn_cmd_begin(p->conn, "STORE");
-		proto_wr_uidset(w, f->uids, f->count);
+		fwd_wr_batch_uids(f, w);
 		proto_wr_u64(w, known);
 		if (f->store.op == STOR_FLAGS_REMOVE)
 			sync_wr_flags(w, 0, &none);
@@ -672,12 +786,14 @@ static void fwd_send(struct cl_fwd *f)
 			proto_wr_atom(w, "UNCHANGEDSINCE");
 			proto_wr_u64(w, f->store.unchangedsince);
 		}
+		fwd_wr_batch_guids(f, w);
 		break;
 	}
 	case FWD_EXPUNGE:
 		w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
-		proto_wr_uidset(w, f->uids, f->count);
+		fwd_wr_batch_uids(f, w);
 		proto_wr_u64(w, 0);
+		fwd_wr_batch_guids(f, w);
 		break;
 	}
 	(void)w;
@@ -753,6 +869,19 @@ static void fwd_to_peer(struct cl_fwd *f, struct cl_peer *p)
 	stor_mailbox_free(&mb);
 }
 
+static void fwd_nothing(struct cl_fwd *f)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(f->cl->repl.db, &f->mailbox, &mb, &err) <= 0) {
+		fwd_fail(f, REPL_ERR_NOTFOUND, "mailbox does not exist");
+		return;
+	}
+	f->out.res.modseq = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	stor_on_durable(f->cl->repl.db, fwd_local_durable, f);
+}
+
 static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 {
 	struct cl_fwd *f = ctx;
@@ -764,6 +893,12 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 	f->master = ans->master;
 	if (ans->am_master) {
 		fwd_as_master(f);
+		return;
+	}
+	if (f->kind != FWD_APPEND && f->named_uids.count == 0) {
+		/* None of the UIDs exists here: nothing the client can have
+		 * meant is at the master either. */
+		fwd_nothing(f);
 		return;
 	}
 	struct cl_peer *p = cl_peer_find(f->cl, ans->master);
@@ -847,6 +982,7 @@ static void cl_store(struct repl *r, const char *user, const struct guid *mailbo
 	f->uids = uids;
 	f->count = count;
 	f->store = *req;
+	fwd_name_messages(f);
 	fwd_start(f);
 }
 
@@ -856,6 +992,7 @@ static void cl_expunge(struct repl *r, const char *user, const struct guid *mail
 	struct cl_fwd *f = fwd_new(to_cl(r), FWD_EXPUNGE, user, mailbox, cb, ctx);
 	f->uids = uids;
 	f->count = count;
+	fwd_name_messages(f);
 	fwd_start(f);
 }
 

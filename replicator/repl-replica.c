@@ -462,6 +462,49 @@ static void apply_list_change(struct repl_cluster *cl, struct answer *a,
 
 /* ---- Requests to this node as master ---- */
 
+/* GUIDS (g ...) of a forwarded STORE or EXPUNGE names the message the
+ * asking node's client meant under each UID.  Where this node holds
+ * another message under one of them (the two copies were written apart
+ * and are not resynced yet), nothing is changed: answers the request and
+ * returns -1.  A UID this node does not hold is left to the change, which
+ * skips it. */
+static int check_named(struct repl_cluster *cl, struct answer *a, const struct stor_mailbox *mb,
+		       const struct proto_arg *guids)
+{
+	if (guids == NULL)
+		return 0;
+	if (guids->type != PROTO_ARG_LIST || guids->count != a->uids.count) {
+		answer_later(a, "BAD", "ARGS", "GUIDS does not match the UIDs");
+		return -1;
+	}
+	const char *err;
+	for (size_t i = 0; i < a->uids.count; i++) {
+		struct guid g;
+		struct stor_msg m;
+		if (proto_arg_guid(&guids->list[i], &g) < 0) {
+			answer_later(a, "BAD", "ARGS", "GUIDS does not match the UIDs");
+			return -1;
+		}
+		int r = stor_msg_get(cl->repl.db, &mb->guid, a->uids.items[i], &m, &err);
+		if (r < 0) {
+			answer_later(a, "NO", "SERVERBUG", err);
+			return -1;
+		}
+		if (r == 0)
+			continue;
+		bool same = guid_equal(&m.guid, &g);
+		stor_msg_free(&m);
+		if (!same) {
+			char text[96];
+			snprintf(text, sizeof(text), "UID %u holds another message on the master",
+				 a->uids.items[i]);
+			answer_later(a, "NO", "GUIDMISMATCH", text);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static void master_answer_cb(void *ctx, const struct repl_result *res)
 {
 	struct answer *a = ctx;
@@ -616,6 +659,8 @@ static void serve_store(struct repl_cluster *cl, struct answer *a, const struct 
 		(void)proto_arg_u64(us, INT64_MAX, &a->store.unchangedsince);
 	sync_flags_free(&add);
 	sync_flags_free(&rm);
+	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
+		return;
 	a->mailbox = mb->guid;
 	a->user = xstrdup(mb->user);
 	snprintf(a->status, sizeof(a->status), "S");
@@ -624,7 +669,7 @@ static void serve_store(struct repl_cluster *cl, struct answer *a, const struct 
 }
 
 static void serve_expunge(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
-			  const struct stor_mailbox *mb)
+			  size_t npos, const struct stor_mailbox *mb)
 {
 	uint64_t modseq;
 	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &a->uids) < 0 ||
@@ -632,6 +677,8 @@ static void serve_expunge(struct repl_cluster *cl, struct answer *a, const struc
 		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset 0");
 		return;
 	}
+	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
+		return;
 	a->mailbox = mb->guid;
 	a->user = xstrdup(mb->user);
 	snprintf(a->status, sizeof(a->status), "E");
@@ -711,7 +758,7 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 	} else if (proto_cmd_is(cmd, "STORE")) {
 		serve_store(cl, a, cmd, npos, &mb);
 	} else {
-		serve_expunge(cl, a, cmd, &mb);
+		serve_expunge(cl, a, cmd, npos, &mb);
 	}
 	stor_mailbox_free(&mb);
 }

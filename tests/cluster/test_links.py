@@ -18,11 +18,8 @@ nobody handles get BAD [UNKNOWN-COMMAND].  A small Python peer speaks the handsh
 Detection times are printed ("measured: ...").  The last line is
 "cluster-links: N passed, M failed".
 """
-import hashlib
-import hmac
 import os
 import socket
-import struct
 import sys
 import threading
 import time
@@ -34,6 +31,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 from harness import proc  # noqa: E402
 from harness.certs import TestCA  # noqa: E402
 from harness.linkproxy import LinkProxy  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -96,82 +94,6 @@ def is_up(state):
 
 def count_lines(node, text):
     return sum(1 for line in node.log_text().splitlines() if text in line)
-
-
-# ------------------------------------------------------------ a Python peer
-class PyPeer:
-    """The initiator side of SPEC.md 2.2-3 over plain TCP, written from the
-    SPEC alone: HELLO, then AUTH HMAC-SHA256 with a proof over both nonces
-    and SIDs."""
-
-    def __init__(self, port, sid, secret, timeout=10.0):
-        self.sid = sid
-        self.secret = secret
-        self.sock = socket.create_connection((proc.LOOPBACK, port), timeout=timeout)
-        self.rfile = self.sock.makefile("rb")
-        self.nonce = os.urandom(32)
-        self.send("* HELLO 1.0 %d %s (AUTH=HMAC-SHA256)" % (sid, self.nonce.hex()))
-        hello = self.readline().split()
-        if len(hello) < 6 or hello[:3] != ["*", "HELLO", "1.0"]:
-            raise RuntimeError("bad greeting %r" % hello)
-        self.peer_sid = int(hello[3])
-        self.peer_nonce = bytes.fromhex(hello[4])
-        self.tag = 1
-
-    def proof(self, label, secret=None):
-        msg = (b"STARLING-AUTH-1\x00" + label + b"\x00" + self.nonce + self.peer_nonce +
-               struct.pack(">II", self.sid, self.peer_sid))
-        return hmac.new(secret or self.secret, msg, hashlib.sha256).hexdigest()
-
-    def send(self, line):
-        self.sock.sendall(line.encode() + b"\r\n")
-
-    def readline(self):
-        line = self.rfile.readline(4096)
-        if not line:
-            raise EOFError("connection closed")
-        return line.decode("utf-8", "replace").rstrip("\r\n")
-
-    def auth(self, secret=None):
-        """Sends AUTH; returns the completion line.  Checks the acceptor's
-        proof when it is OK (raises if it is wrong)."""
-        self.send("C1 AUTH HMAC-SHA256 %s" % self.proof(b"initiator", secret))
-        reply = self.readline()
-        if reply.startswith("C1 OK [AUTH "):
-            theirs = reply.split()[3].rstrip("]")
-            if not hmac.compare_digest(theirs, self.proof(b"acceptor", secret)):
-                raise RuntimeError("acceptor proof wrong: %r" % reply)
-        self.tag = 2
-        return reply
-
-    def command(self, text):
-        """Sends "Cn text" and returns the lines up to the completion."""
-        tag = "C%d" % self.tag
-        self.tag += 1
-        self.send("%s %s" % (tag, text))
-        lines = []
-        while True:
-            line = self.readline()
-            lines.append(line)
-            if line.startswith(tag + " "):
-                return lines
-
-    def closed_within(self, timeout):
-        """True if the node closes the connection within timeout s (lines
-        sent before the close are skipped)."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.rfile.readline(4096):
-                pass
-            return True
-        except (socket.timeout, OSError):
-            return False
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def cluster_secret(c):

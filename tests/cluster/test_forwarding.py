@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Forwarded STORE and EXPUNGE name their messages by GUID (SPEC.md 8.6).
+
+After a partition, one UID can name different messages on two nodes until
+their resync.  A change a client made on one node is forwarded to the
+mailbox's master by UID; without the GUIDs, the master would change or
+expunge whatever message it holds under that UID, and its tombstone would
+then win every sync.  Here node 2 is master of the mailbox (it is alone in
+its component: the Python peer playing node 1 never floods a link list, so
+no edge to it counts and node 2 stays root) and the Python peer, as node 1,
+forwards STOREs and EXPUNGEs to it, with right and wrong GUIDs.
+
+The last line is "cluster-forwarding: N passed, M failed".
+"""
+import os
+import re
+import sys
+import time
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+
+from harness import imapwire  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
+from harness.report import Report  # noqa: E402
+from harness.starling import Cluster  # noqa: E402
+
+R = Report("cluster-forwarding")
+WRONG = "00112233445566778899aabbccddeeff"
+
+
+def parse_dump(text):
+    """{"mailbox": {name: (guid, uidvalidity)}, "msg": {(name, uid): (guid, flags)}}"""
+    out = {"mailbox": {}, "msg": {}}
+    for line in text.splitlines():
+        m = re.match(r"mailbox (\S+) guid=(\w+) uidvalidity=(\d+)", line)
+        if m:
+            out["mailbox"][m.group(1)] = (m.group(2), int(m.group(3)))
+        m = re.match(r"msg (\S+) uid=(\d+) guid=(\w+) flags=(\S*)", line)
+        if m:
+            out["msg"][(m.group(1), int(m.group(2)))] = (m.group(3), m.group(4))
+    return out
+
+
+def command(p, text, timeout=20.0):
+    """p.command(text), again while the node answers NO [TRYLATER]: the
+    node resyncs the user with the peer now and then (the peer has not
+    acknowledged its log), and holds the mailbox meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = p.command(text)
+        if r[-1].split()[1:3] != ["NO", "[TRYLATER]"] or time.monotonic() > deadline:
+            return r
+        p.pump(0.2)
+
+
+def t_master_checks_guids(c):
+    n2 = c.nodes[1]
+    imap = imapwire.Client(n2.host, n2.imap_port)
+    R.equal("login", imap.login("alice", "pw").status, "OK")
+    for i in range(3):
+        r = imap.command("APPEND INBOX", imapwire.Literal(
+            "Subject: m%d\r\n\r\nbody %d\r\n" % (i, i)))
+        R.equal("APPEND %d" % i, r.status, "OK")
+    d = parse_dump(n2.dump("alice"))
+    guid, uidvalidity = d["mailbox"]["INBOX"]
+    g1 = d["msg"][("INBOX", 1)][0]
+    g2 = d["msg"][("INBOX", 2)][0]
+
+    with open(c.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\n")
+    p = PyPeer(n2.repl_port, 1, secret)
+    R.check("the peer authenticates", p.auth().startswith("C1 OK"))
+    r = command(p, "MBOX 7 alice INBOX %d %s" % (uidvalidity, guid))
+    R.check("MBOX binds INBOX", r[-1].split()[1] == "OK", r)
+    r = command(p, "SELECT 7")
+    R.check("SELECT", r[-1].split()[1] == "OK", r)
+
+    r = command(p, "STORE 1 0 (\\Flagged) () GUIDS (%s)" % WRONG)
+    R.check("STORE naming another message: NO [GUIDMISMATCH]",
+            r[-1].split()[1:3] == ["NO", "[GUIDMISMATCH]"], r)
+    r = command(p, "STORE 1:2 0 (\\Flagged) () GUIDS (%s %s)" % (g1, WRONG))
+    R.check("STORE with one UID naming another message: NO [GUIDMISMATCH]",
+            r[-1].split()[1:3] == ["NO", "[GUIDMISMATCH]"], r)
+    d = parse_dump(n2.dump("alice"))
+    R.equal("neither message was flagged", [d["msg"][("INBOX", u)][1] for u in (1, 2)],
+            ["", ""])
+
+    r = command(p, "EXPUNGE 2 0 GUIDS (%s)" % WRONG)
+    R.check("EXPUNGE naming another message: NO [GUIDMISMATCH]",
+            r[-1].split()[1:3] == ["NO", "[GUIDMISMATCH]"], r)
+    d = parse_dump(n2.dump("alice"))
+    R.check("UID 2 is still there", ("INBOX", 2) in d["msg"], d["msg"].keys())
+
+    r = command(p, "STORE 1 0 (\\Flagged) () GUIDS (%s)" % g1)
+    R.check("STORE naming the right message: OK", r[-1].split()[1] == "OK", r)
+    R.check("... with a FLAGS line for it", any(" FLAGS 1 " in x for x in r), r)
+    r = command(p, "STORE 1:2 0 (\\Seen) () GUIDS (%s)" % g1)
+    R.check("GUIDS of another length: BAD", r[-1].split()[1] == "BAD", r)
+    r = command(p, "EXPUNGE 2 0 GUIDS (%s)" % g2)
+    R.check("EXPUNGE naming the right message: OK", r[-1].split()[1] == "OK", r)
+    # Without GUIDS (a node of an earlier build), UIDs alone still work.
+    r = command(p, "STORE 3 0 (\\Answered) ()")
+    R.check("STORE without GUIDS: OK", r[-1].split()[1] == "OK", r)
+    d = parse_dump(n2.dump("alice"))
+    R.equal("UID 1 flagged", d["msg"][("INBOX", 1)][1], "\\Flagged")
+    R.check("UID 2 expunged", ("INBOX", 2) not in d["msg"], d["msg"].keys())
+    R.equal("UID 3 answered", d["msg"][("INBOX", 3)][1], "\\Answered")
+    p.close()
+    imap.close()
+
+
+def t_batches(c):
+    """A STORE and an EXPUNGE of more messages than one forwarded request
+    carries (500) go as several, and every message is changed once."""
+    n1, n2 = c.nodes
+    a = imapwire.Client(n1.host, n1.imap_port)
+    R.equal("login on node 1", a.login("alice", "pw").status, "OK")
+    total = 1100
+    ok = 0
+    for i in range(total):
+        r = a.command("APPEND INBOX", imapwire.Literal("Subject: b%d\r\n\r\n%d\r\n" % (i, i)))
+        ok += r.status == "OK"
+    R.equal("%d APPENDs on node 1 (the master)" % total, ok, total)
+    c.wait_dumps_equal("alice", timeout=120)
+    b = imapwire.Client(n2.host, n2.imap_port)
+    R.equal("login on node 2", b.login("alice", "pw").status, "OK")
+    R.equal("SELECT on node 2", b.command("SELECT INBOX").status, "OK")
+    r = b.command("UID STORE 1:* +FLAGS.SILENT (\\Seen)")
+    R.equal("UID STORE of all on node 2, forwarded", r.status, "OK")
+    d = parse_dump(c.wait_dumps_equal("alice", timeout=60))
+    seen = sum(1 for (mb, _), (_, fl) in d["msg"].items() if "\\Seen" in fl)
+    R.equal("every message seen on both nodes", seen, total)
+    r = b.command("UID STORE 1:* +FLAGS.SILENT (\\Deleted)")
+    R.equal("UID STORE \\Deleted of all", r.status, "OK")
+    r = b.command("EXPUNGE")
+    R.equal("EXPUNGE on node 2, forwarded", r.status, "OK")
+    R.equal("one EXPUNGE response per message", sum(1 for u in r.untagged
+                                                    if u.endswith(b" EXPUNGE")), total)
+    d = parse_dump(c.wait_dumps_equal("alice", timeout=60))
+    R.equal("no message left on either node", len(d["msg"]), 0)
+    a.close()
+    b.close()
+
+
+def main():
+    # No periodic resync: nothing but this test's commands changes node 2.
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
+    c = Cluster(n=2, users={"alice": "pw"}, extra_config={"sync_replicas": 0})
+    try:
+        c.nodes[1].start()
+        R.section("the master checks the GUIDs of forwarded changes", t_master_checks_guids, c)
+        reports = c.sanitizer_reports()
+        R.check("no sanitizer reports", not reports, reports)
+    finally:
+        c.close()
+    c = Cluster(n=2, users={"alice": "pw"})
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=30)
+        R.section("changes to many messages are forwarded in batches", t_batches, c)
+        reports = c.sanitizer_reports()
+        R.check("no sanitizer reports", not reports, reports)
+    finally:
+        c.close()
+    return R.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""A replication peer written in Python from SPEC.md alone, for tests that
+need a node to misbehave or to be played exactly: the initiator side of
+the handshake (2.2-3), commands with tags of its own, and answers to the
+commands the real node sends meanwhile.
+
+    p = PyPeer(node.repl_port, sid, secret)
+    p.auth()
+    lines = p.command("PING")       # every line up to the completion
+
+While it waits for its own answer (command, pump), the peer answers what
+the node sends it: PING with OK PONG, MM with OK (after handing the message
+to on_mm, which may send MM messages of its own), and anything else with
+NO [TRYLATER], so the node keeps the link and retries later.  Every wait is
+bounded by the socket timeout.
+"""
+import hashlib
+import hmac
+import os
+import socket
+import struct
+import time
+
+from harness import proc
+
+class PyPeer:
+    """The initiator side of SPEC.md 2.2-3 over plain TCP, written from the
+    SPEC alone: HELLO, then AUTH HMAC-SHA256 with a proof over both nonces
+    and SIDs."""
+
+    def __init__(self, port, sid, secret, timeout=10.0):
+        self.sid = sid
+        self.secret = secret
+        self.sock = socket.create_connection((proc.LOOPBACK, port), timeout=timeout)
+        self.timeout = timeout
+        self.inbuf = bytearray()
+        self.nonce = os.urandom(32)
+        self.send("* HELLO 1.0 %d %s (AUTH=HMAC-SHA256)" % (sid, self.nonce.hex()))
+        hello = self.readline().split()
+        if len(hello) < 6 or hello[:3] != ["*", "HELLO", "1.0"]:
+            raise RuntimeError("bad greeting %r" % hello)
+        self.peer_sid = int(hello[3])
+        self.peer_nonce = bytes.fromhex(hello[4])
+        self.tag = 1
+        self.on_mm = None      # called as on_mm(peer, message) for each MM
+        self.mm_seen = []
+
+    def proof(self, label, secret=None):
+        msg = (b"STARLING-AUTH-1\x00" + label + b"\x00" + self.nonce + self.peer_nonce +
+               struct.pack(">II", self.sid, self.peer_sid))
+        return hmac.new(secret or self.secret, msg, hashlib.sha256).hexdigest()
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def readline(self, timeout=None):
+        """One line; socket.timeout after timeout s (default: the
+        connection's), leaving what was read for the next call."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.inbuf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no line within the timeout")
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("connection closed")
+            self.inbuf += data
+            if len(self.inbuf) > 1 << 20:
+                raise RuntimeError("line longer than 1 MiB")
+        i = self.inbuf.index(b"\n")
+        line = bytes(self.inbuf[:i])
+        del self.inbuf[:i + 1]
+        return line.decode("utf-8", "replace").rstrip("\r")
+
+    def auth(self, secret=None):
+        """Sends AUTH; returns the completion line.  Checks the acceptor's
+        proof when it is OK (raises if it is wrong)."""
+        self.send("C1 AUTH HMAC-SHA256 %s" % self.proof(b"initiator", secret))
+        reply = self.readline()
+        if reply.startswith("C1 OK [AUTH "):
+            theirs = reply.split()[3].rstrip("]")
+            if not hmac.compare_digest(theirs, self.proof(b"acceptor", secret)):
+                raise RuntimeError("acceptor proof wrong: %r" % reply)
+        self.tag = 2
+        return reply
+
+    def command(self, text):
+        """Sends "Cn text" and returns its lines up to the completion;
+        commands from the node in between are answered (serve)."""
+        tag = "C%d" % self.tag
+        self.tag += 1
+        self.send("%s %s" % (tag, text))
+        lines = []
+        while True:
+            line = self.readline()
+            if line.startswith(tag + " "):
+                lines.append(line)
+                if self._completes(line[len(tag) + 1:]):
+                    return lines
+            elif not self.serve(line):
+                lines.append(line)
+
+    @staticmethod
+    def _completes(rest):
+        return rest.split(" ", 1)[0] in ("OK", "NO", "BAD")
+
+    def serve(self, line):
+        """Answers a command the node sent; False for a line that is not
+        one (an untagged line)."""
+        parts = line.split(" ", 2)
+        if len(parts) < 2 or parts[0] == "*":
+            return False
+        tag, name = parts[0], parts[1].upper()
+        if name == "PING":
+            self.send("%s OK PONG" % tag)
+        elif name == "MM":
+            self.send("%s OK" % tag)
+            self.mm_seen.append(parts[2] if len(parts) > 2 else "")
+            if self.on_mm is not None:
+                self.on_mm(self, parts[2] if len(parts) > 2 else "")
+        else:
+            self.send("%s NO [TRYLATER] a test peer" % tag)
+        return True
+
+    def pump(self, seconds):
+        """Answers the node's commands for a while."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                line = self.readline(timeout=max(0.01, end - time.monotonic()))
+            except socket.timeout:
+                break
+            self.serve(line)
+
+    def mm(self, message):
+        """Sends one MM message (SPEC 9.6); the node answers OK at once."""
+        return self.command("MM " + message)
+
+    def closed_within(self, timeout):
+        """True if the node closes the connection within timeout s (lines
+        sent before the close are skipped)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self.readline(timeout=deadline - time.monotonic())
+        except EOFError:
+            return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True  # a reset is a close too
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
