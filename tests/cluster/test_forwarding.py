@@ -15,6 +15,7 @@ The last line is "cluster-forwarding: N passed, M failed".
 import os
 import re
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -111,6 +112,95 @@ def t_master_checks_guids(c):
     imap.close()
 
 
+def t_forwarder_names_messages(c):
+    """Node 2 forwards its client's STORE and EXPUNGE to the Python peer,
+    which plays root and master: the requests carry GUIDS, a GUIDMISMATCH
+    answer fails the client's command and changes nothing here."""
+    n2 = c.nodes[1]
+    imap = imapwire.Client(n2.host, n2.imap_port)
+    R.equal("login", imap.login("alice", "pw").status, "OK")
+    for i in range(2):
+        r = imap.command("APPEND INBOX", imapwire.Literal("Subject: f%d\r\n\r\n%d\r\n" % (i, i)))
+        R.equal("APPEND %d while node 2 is alone" % i, r.status, "OK")
+    d = parse_dump(n2.dump("alice"))
+    g1 = d["msg"][("INBOX", 1)][0]
+    st = imap.command("STATUS INBOX (UIDNEXT HIGHESTMODSEQ)")
+    m = re.search(rb"UIDNEXT (\d+) HIGHESTMODSEQ (\d+)", b" ".join(st.untagged))
+    uidnext, modseq = int(m.group(1)), int(m.group(2))
+
+    with open(c.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\n")
+    p = PyPeer(n2.repl_port, 1, secret)
+    R.check("the peer authenticates", p.auth().startswith("C1 OK"))
+    R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15), p.mm_seen[-5:])
+
+    got = []          # (name, rest) of the forwarded requests
+    # None: refuse with GUIDMISMATCH; else the flags (STORE) the master
+    # answers with, at the next modseq.
+    answers = {"STORE": None, "EXPUNGE": None}
+    nextmod = [modseq]
+
+    def mbox(peer, tag, rest):
+        peer.send("%s OK [UIDNEXT %d HIGHESTMODSEQ %d] bound" % (tag, uidnext, modseq))
+
+    def select(peer, tag, rest):
+        peer.send("%s OK selected" % tag)
+
+    def change(name):
+        def handler(peer, tag, rest):
+            got.append((name, rest))
+            if answers[name] is None:
+                peer.send("%s NO [GUIDMISMATCH] UID 1 holds another message here" % tag)
+                return
+            nextmod[0] += 1
+            if name == "STORE":
+                peer.send("%s FLAGS 1 %d (%s)" % (tag, nextmod[0], answers[name]))
+            peer.send("%s OK [MODSEQ %d] done" % (tag, nextmod[0]))
+        return handler
+
+    p.handlers.update({"MBOX": mbox, "SELECT": select, "STORE": change("STORE"),
+                       "EXPUNGE": change("EXPUNGE")})
+    R.equal("SELECT on node 2", imap.command("SELECT INBOX").status, "OK")
+
+    def client(cmd):
+        """Runs an IMAP command on node 2 while the peer answers as root
+        and master; returns its response."""
+        out = []
+        t = threading.Thread(target=lambda: out.append(imap.command(cmd)))
+        t.start()
+        p.grant_masters(lambda key: 1, 30, until=lambda: not t.is_alive())
+        t.join(5)
+        return out[0] if out else None
+
+    r = client("UID STORE 1 +FLAGS (\\Flagged)")
+    R.check("the STORE reached the master with the message's GUID",
+            got and got[-1][0] == "STORE" and ("GUIDS (%s)" % g1) in got[-1][1], got)
+    R.equal("GUIDMISMATCH from the master: the client gets NO", r and r.status, "NO")
+    d = parse_dump(n2.dump("alice"))
+    R.equal("nothing changed here", d["msg"][("INBOX", 1)][1], "")
+    R.check("node 2 logs the mismatch and queues a resync",
+            "the master holds other messages under these UIDs" in n2.log_text(),
+            n2.log_tail(10))
+
+    answers["STORE"] = "\\Flagged"
+    r = client("UID STORE 1 +FLAGS (\\Flagged)")
+    R.equal("the master's OK: the client gets OK", r and r.status, "OK")
+    d = parse_dump(n2.dump("alice"))
+    R.equal("the master's flags are applied here", d["msg"][("INBOX", 1)][1], "\\Flagged")
+    answers["STORE"] = "\\Flagged \\Deleted"
+    r = client("UID STORE 1 +FLAGS (\\Deleted)")
+    R.equal("STORE \\Deleted: OK", r and r.status, "OK")
+
+    r = client("UID EXPUNGE 1")
+    R.check("the EXPUNGE reached the master with the message's GUID",
+            got[-1][0] == "EXPUNGE" and ("GUIDS (%s)" % g1) in got[-1][1], got[-1:])
+    R.equal("GUIDMISMATCH: the client's EXPUNGE gets NO", r and r.status, "NO")
+    d = parse_dump(n2.dump("alice"))
+    R.check("UID 1 is still here", ("INBOX", 1) in d["msg"], d["msg"].keys())
+    p.close()
+    imap.close()
+
+
 def t_batches(c):
     """A STORE and an EXPUNGE of more messages than one forwarded request
     carries (500) go as several, and every message is changed once."""
@@ -151,6 +241,14 @@ def main():
     try:
         c.nodes[1].start()
         R.section("the master checks the GUIDs of forwarded changes", t_master_checks_guids, c)
+        reports = c.sanitizer_reports()
+        R.check("no sanitizer reports", not reports, reports)
+    finally:
+        c.close()
+    c = Cluster(n=2, users={"alice": "pw"}, extra_config={"sync_replicas": 0})
+    try:
+        c.nodes[1].start()
+        R.section("the forwarder names its messages", t_forwarder_names_messages, c)
         reports = c.sanitizer_reports()
         R.check("no sanitizer reports", not reports, reports)
     finally:

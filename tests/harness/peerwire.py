@@ -43,6 +43,13 @@ class PyPeer:
         self.tag = 1
         self.on_mm = None      # called as on_mm(peer, message) for each MM
         self.mm_seen = []
+        # name -> handler(peer, tag, rest): answers a command of the node
+        # (it must send the completion); unhandled ones get TRYLATER.
+        self.handlers = {}
+        self.epoch = 0
+        self.mm_version = 0
+        self.gens = {}
+        self.mm_done = 0       # MM messages grant_masters() has looked at
 
     def proof(self, label, secret=None):
         msg = (b"STARLING-AUTH-1\x00" + label + b"\x00" + self.nonce + self.peer_nonce +
@@ -118,6 +125,8 @@ class PyPeer:
             self.mm_seen.append(parts[2] if len(parts) > 2 else "")
             if self.on_mm is not None:
                 self.on_mm(self, parts[2] if len(parts) > 2 else "")
+        elif name in self.handlers:
+            self.handlers[name](self, tag, parts[2] if len(parts) > 2 else "")
         else:
             self.send("%s NO [TRYLATER] a test peer" % tag)
         return True
@@ -155,3 +164,55 @@ class PyPeer:
             self.sock.close()
         except OSError:
             pass
+
+    # -- playing the root of a component {self.sid, member} (SPEC 9.3-9.5) --
+    def _epochs_seen(self):
+        """The epochs in what the node sent."""
+        out = []
+        for msg in self.mm_seen:
+            f = msg.split()
+            if len(f) >= 4 and f[0] == "LINKS":
+                out.append(int(f[3]))
+            elif len(f) >= 5 and f[0] in ("STALE-EPOCH", "DROPPED", "MASTER-WHO"):
+                out.append(int(f[4]))
+        return out
+
+    def play_root(self, member, timeout=10.0):
+        """Links to member as its root: floods LINKS, mints epochs above the
+        member's and announces them until it answers DROPPED.  True then."""
+        deadline = time.monotonic() + timeout
+        announced = 0.0
+        while time.monotonic() < deadline:
+            # Mint above any other epoch the member holds (its own
+            # placeholder, or an older one of ours).
+            others = [e for e in self._epochs_seen() if e != self.epoch]
+            counter = max([e >> 32 for e in others] or [0])
+            if self.epoch == 0 or counter >= self.epoch >> 32:
+                self.epoch = ((counter + 1) << 32) | self.sid
+                self.mm_version += 1
+                self.mm("LINKS %d %d %d %d" % (self.sid, self.mm_version, self.epoch, member))
+                announced = 0.0
+            if any(m.split()[:2] == ["DROPPED", str(member)] and
+                   m.split()[4] == str(self.epoch) for m in self.mm_seen
+                   if len(m.split()) >= 5):
+                return True
+            if time.monotonic() - announced > 0.5:
+                self.mm("ROOT-ANNOUNCE %d %d 32 %d" % (self.sid, member, self.epoch))
+                announced = time.monotonic()
+            self.pump(0.05)
+        return False
+
+    def grant_masters(self, master_of, seconds, until=None):
+        """For a while (or until until() is true), answers MASTER-WHO as the
+        root: master_of(key) names the master."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (until is not None and until()):
+            while self.mm_done < len(self.mm_seen):
+                f = self.mm_seen[self.mm_done].split()
+                self.mm_done += 1
+                if len(f) >= 6 and f[0] == "MASTER-WHO" and int(f[4]) == self.epoch:
+                    key = f[5]
+                    self.gens[key] = self.gens.get(key, 0) + 1
+                    self.mm("MASTER-IS %d %s 32 %d %s %d %d" % (
+                        self.sid, f[1], self.epoch, key, master_of(key), self.gens[key]))
+            self.pump(0.05)
