@@ -568,6 +568,184 @@ static void test_peer_values_past_the_bounds_are_refused(void)
 	free(dir);
 }
 
+/* ---- COPY whose source is expunged while it is forwarded ---- */
+
+static void bnode_start(struct bnode *n, struct ev_loop *loop, const char *dir, uint32_t sid,
+			uint16_t port, uint32_t peer, uint16_t peer_port, const char *secret)
+{
+	char *err = NULL;
+	memset(n, 0, sizeof(*n));
+	n->loop = loop;
+	char *text = xasprintf("node_id = %u\ndata_dir = %s/n%u\nrepl_listen = 127.0.0.1:%u\n"
+			       "peer = %u 127.0.0.1:%u\ncluster_secret_file = %s\n",
+			       sid, dir, sid, port, peer, peer_port, secret);
+	n->cfg = config_parse("n.conf", text, &err);
+	free(text);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(n->cfg);
+	char *store = xasprintf("%s/store%u", dir, sid);
+	struct stor_settings set;
+	memset(&set, 0, sizeof(set));
+	set.dir = store;
+	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n->db, &err), 0);
+	free(store);
+	struct repl_settings rs = { sid, 0 };
+	n->repl = repl_cluster_create(loop, n->db, &rs, n->cfg);
+	n->mm = repl_mm_create(loop, n->cfg);
+	n->sync = repl_sync_create(loop, n->repl);
+	CU_ASSERT_EQUAL_FATAL(repl_peers_create(loop, n->cfg, &b_callbacks, n, &n->peers, &err), 0);
+	repl_mm_attach(n->mm, n->peers);
+	repl_sync_attach(n->sync, n->peers);
+	repl_cluster_attach(n->repl, n->peers, n->mm, n->sync);
+}
+
+static void bnode_stop(struct bnode *n)
+{
+	const char *serr;
+	repl_cluster_detach(n->repl);
+	repl_sync_destroy(&n->sync);
+	repl_mm_destroy(&n->mm);
+	repl_peers_destroy(&n->peers);
+	repl_destroy(&n->repl);
+	CU_ASSERT_EQUAL(stor_sync(n->db, &serr), 0);
+	stor_close(&n->db);
+	config_free(&n->cfg);
+}
+
+struct copy_done {
+	bool done;
+	enum repl_error error;
+	size_t copied;
+	uint32_t uid;
+};
+
+static void copy_done_cb(void *ctx, const struct repl_result *res)
+{
+	struct copy_done *d = ctx;
+	d->done = true;
+	d->error = res->error;
+	d->copied = res->uid_count;
+	d->uid = res->uid;
+}
+
+static struct stor_mailbox mailbox_on(struct stor_db *db, const char *name)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(db, "bob", name, &mb, &err), 1);
+	return mb;
+}
+
+/* Node 1 copies a message to a mailbox whose master, node 2, lacks its
+ * text; before node 2's NO [NONEXISTENT] comes back, the source is expunged
+ * here and its text goes.  The copy of that message is skipped (as a COPY
+ * of an expunged UID), and no message with an empty text appears on the
+ * master or here. */
+static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+
+	/* D on both nodes, mastered by node 2 (the first to write to it). */
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	const char *err;
+	for (int i = 0; i < 500; i++) {
+		struct stor_mailbox x;
+		if (stor_mailbox_get(n1.db, "bob", "D", &x, &err) > 0) {
+			stor_mailbox_free(&x);
+			break;
+		}
+		ev_run(loop, EVRUN_ONCE);
+	}
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	/* Node 1 writes to D once: it learns the master and binds D there. */
+	a.text = "Subject: on 1\r\n\r\nfrom node 1\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	CU_ASSERT_EQUAL(on2.messages, 2);
+	stor_mailbox_free(&on2);
+
+	/* S only on node 1, so node 2 has never seen its message's text. */
+	struct stor_mailbox_create req = { .user = "bob", .name = "S" };
+	struct stor_mailbox smb;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(n1.db, &req, &smb, &err), 0);
+	struct guid g;
+	guid_generate(&g);
+	struct stor_append sa = { .guid = &g, .text = "Subject: s\r\n\r\nthe source\r\n" };
+	sa.text_len = strlen(sa.text);
+	uint32_t suid;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &smb.guid, &sa, &suid, NULL, &err), 0);
+
+	memset(&d, 0, sizeof(d));
+	repl_copy(n1.repl, "bob", &smb.guid, &suid, 1, &dmb.guid, false, copy_done_cb, &d);
+	/* The source goes (an expunge from elsewhere), and its text with it,
+	 * before node 2 has answered the forwarded SAVE. */
+	CU_ASSERT_FALSE(d.done);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge(n1.db, &smb.guid, &suid, 1, 0, NULL, &err), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(n1.db, &g, NULL, &err), 0);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	CU_ASSERT_EQUAL(d.copied, 0);
+	/* Let anything still in flight land. */
+	for (int i = 0; i < 50; i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+
+	struct stor_db *dbs[] = { n1.db, n2.db };
+	for (size_t k = 0; k < 2; k++) {
+		stor_msg_list msgs;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(dbs[k], &dmb.guid, 1, UINT32_MAX, &msgs, &err),
+				      0);
+		CU_ASSERT_EQUAL(msgs.count, 2);
+		for (size_t i = 0; i < msgs.count; i++) {
+			CU_ASSERT(msgs.items[i].size > 0);
+			CU_ASSERT_FALSE(guid_equal(&msgs.items[i].guid, &g));
+		}
+		stor_msg_list_free(&msgs);
+		CU_ASSERT_EQUAL(stor_text_exists(dbs[k], &g, NULL, &err), 0);
+	}
+	stor_mailbox_free(&dmb);
+	stor_mailbox_free(&smb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 const struct test_case repl_cluster_cases[] = {
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
 	{ "a truncated log entry is refused at every length", test_entry_every_truncation_is_refused },
@@ -576,5 +754,7 @@ const struct test_case repl_cluster_cases[] = {
 	  test_alone_changes_are_made_here_and_resync_remembered },
 	{ "a peer's UIDs and modseqs past the bounds are refused, the mailbox unchanged",
 	  test_peer_values_past_the_bounds_are_refused },
+	{ "a COPY whose source is expunged meanwhile sends no empty text",
+	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
 	{ NULL, NULL },
 };
