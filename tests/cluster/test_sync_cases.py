@@ -28,6 +28,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
+from harness import proc  # noqa: E402
 from harness.imapwire import Client  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
@@ -137,6 +138,15 @@ def log_size(node):
     return os.path.getsize(node.log)
 
 
+def quiescent(node, peer):
+    """True when node has no background resync queued and none pending for
+    peer (one that is running is not counted: an asked resync waits for
+    it)."""
+    st = node.status()
+    return (int(st.get("resyncs_queued", 0)) == 0 and
+            int(st.get("peer.%d.resync_pending_users" % peer, 0)) == 0)
+
+
 def t_wiped_node():
     c = new_cluster(2)
     n1, n2 = c.nodes
@@ -155,14 +165,29 @@ def t_wiped_node():
         len(message("proj", 0)), message("proj", 0).decode()))
     R.check("APPEND to a new mailbox on node 1", r.ok, r)
     a.command("LOGOUT")
+    # Settle before the wipe.  Writing to Projects made node 1 its master,
+    # which queues a background resync with node 2; stopped in the middle
+    # of it, node 2 would stay pending on node 1, which would resync it by
+    # itself as soon as it is back, before the resync this case is about
+    # (and the check that node 2 differs would race it).  An asked resync
+    # waits for a running background one: once none is queued and an asked
+    # one converged, nothing is left to start when node 2 returns.
+    proc.wait_for(lambda: quiescent(n1, 2) and quiescent(n2, 1), 60,
+                  what="no resync queued on either node")
+    r, rep = resync(n1, peer=2)
+    R.check("nodes settled before the wipe (resync from node 1 converged)",
+            r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
+    proc.wait_for(lambda: quiescent(n1, 2), 60, what="no resync queued on node 1")
     before = n1.dump(USER)
     n2.stop()
     import shutil
     shutil.rmtree(n2.data_dir)
+    # Read while node 2 is stopped: what it starts with, not what a sync
+    # may have brought by the time a running node answers.
+    R.check("node 2's wiped store differs from node 1 (read before it starts)",
+            n2.dump(USER) != before)
     n2.start()
     c.wait_links_up(timeout=40)
-    R.check("node 2 restarted with an empty data dir differs from node 1",
-            n2.dump(USER) != before)
     r, rep = resync(n2, peer=1)
     R.check("resync on the wiped node exits 0 and converged",
             r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
