@@ -421,6 +421,16 @@ static void apply_list_change(struct repl_cluster *cl, struct answer *a,
 			answer_later(a, "NO", "NONEXISTENT", "no mailbox with that GUID");
 			return;
 		}
+		if (strcmp(mb.name, target) != 0 && strcmp(mb.name, name) != 0) {
+			/* Renamed here too since the origin renamed it: applied
+			 * as given, the two renames would cross and leave the
+			 * mailbox under each other's name.  Refused; the origin
+			 * resyncs and the list merge keeps one name (SPEC 10.5). */
+			stor_mailbox_free(&mb);
+			answer_later(a, "NO", "NONEXISTENT",
+				     "the mailbox has another name here (renamed meanwhile)");
+			return;
+		}
 	}
 	if (have > 0 && strcmp(mb.name, target) == 0) {
 		stor_mailbox_free(&mb);
