@@ -727,6 +727,18 @@ static void fwd_send(struct cl_fwd *f)
 	struct cl_peer *p = f->peer;
 	struct proto_wr *w = NULL;
 	const struct cl_bind *b = cl_bind_get(p, &f->mailbox);
+	if (f->kind == FWD_APPEND && f->app.text == NULL && f->send_text) {
+		/* A copy whose text the master lacks.  The source may have been
+		 * expunged since the COPY began, taking the text with it: then
+		 * the copy of this message is refused, as a COPY of an expunged
+		 * UID is (copy_item_done skips it), never sent with an empty or
+		 * made-up text. */
+		buf_reset(&f->text);
+		if (fwd_load_text(f, &f->text) < 0) {
+			fwd_fail(f, REPL_ERR_NOTFOUND, "the copied message was expunged meanwhile");
+			return;
+		}
+	}
 	cl_select(p, b);
 	switch (f->kind) {
 	case FWD_APPEND:
@@ -747,10 +759,6 @@ static void fwd_send(struct cl_fwd *f)
 			f->sent_nil = true;
 			proto_wr_atom(w, "NIL");
 		} else {
-			buf_reset(&f->text);
-			if (fwd_load_text(f, &f->text) < 0)
-				log_warnx("replication: %s: the text of a copied message is gone",
-					  f->user);
 			proto_wr_literal(w, f->text.data != NULL ? (const char *)f->text.data : "",
 					 f->text.len);
 		}
@@ -1081,12 +1089,17 @@ static void copy_item_done(void *ctx, const struct repl_result *res)
 {
 	struct copy_sub *s = ctx;
 	struct copy_op *c = s->c;
+	const char *err;
 	if (res->error == REPL_OK) {
 		c->items[s->i].ok = true;
 		c->items[s->i].dst_uid = res->uid;
 		c->out.res.uidvalidity = res->uidvalidity;
 		if (res->modseq > c->out.res.modseq)
 			c->out.res.modseq = res->modseq;
+	} else if (res->error == REPL_ERR_NOTFOUND &&
+		   stor_msg_get(c->cl->repl.db, &c->src, c->items[s->i].src_uid, NULL, &err) == 0) {
+		/* Its source was expunged meanwhile: skipped, as a UID that
+		 * was gone before the COPY began. */
 	} else if (c->out.res.error == REPL_OK) {
 		owned_error(&c->out, res->error, res->error_msg != NULL ? res->error_msg : "error");
 	}

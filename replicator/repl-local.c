@@ -206,6 +206,8 @@ static enum repl_error classify(struct stor_db *db, const char *err)
 {
 	if (err != NULL && stor_last_error_kind(db) == STOR_ERROR_TOOBIG)
 		return REPL_ERR_TOOBIG;
+	if (err != NULL && strstr(err, "has run out of") != NULL)
+		return REPL_ERR_LIMIT;
 	return REPL_ERR_INTERNAL;
 }
 
@@ -276,7 +278,7 @@ static void local_store(struct repl *r, const char *user, const struct guid *mai
 	struct local_op *op = op_new(rl, user, cb, ctx);
 	const char *err;
 	if (stor_msg_store(r->db, mailbox, uids, count, req, &op->changed, &op->failed, &err) < 0) {
-		op_fail(op, REPL_ERR_INTERNAL, err);
+		op_fail(op, classify(r->db, err), err);
 		return;
 	}
 	if (op->changed.count > 0)
@@ -328,7 +330,7 @@ static void local_copy(struct repl *r, const char *user, const struct guid *src,
 fail:
 	/* Copies made so far stay (they are whole messages); report the
 	 * failure so the client retries. */
-	op_fail(op, REPL_ERR_INTERNAL, err);
+	op_fail(op, classify(rl->repl.db, err), err);
 }
 
 static void local_expunge(struct repl *r, const char *user, const struct guid *mailbox,
@@ -338,7 +340,7 @@ static void local_expunge(struct repl *r, const char *user, const struct guid *m
 	struct local_op *op = op_new(rl, user, cb, ctx);
 	const char *err;
 	if (count > 0 && stor_msg_expunge(r->db, mailbox, uids, count, 0, &op->expunged, &err) < 0) {
-		op_fail(op, REPL_ERR_INTERNAL, err);
+		op_fail(op, classify(r->db, err), err);
 		return;
 	}
 	if (op->expunged.count > 0)

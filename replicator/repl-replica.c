@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "lib/log.h"
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-sync.h"
@@ -180,6 +181,13 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		answer_later(a, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
 		return;
 	}
+	/* A value past lib/mail-limits.h would leave the mailbox unable to
+	 * take mail or to sync: refused before anything changes. */
+	if (!mail_uid_valid(uid) || !mail_modseq_valid(modseq)) {
+		sync_flags_free(&fl);
+		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return;
+	}
 	snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, uid, modseq);
 	struct stor_msg have;
 	int r = stor_msg_get(db, &mb->guid, uid, &have, &err);
@@ -255,6 +263,12 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 		ARRAY_FREE(&uids);
 		goto bad;
 	}
+	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
+		sync_flags_free(&fl);
+		ARRAY_FREE(&uids);
+		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return;
+	}
 	struct stor_store st;
 	memset(&st, 0, sizeof(st));
 	st.op = STOR_FLAGS_REPLACE;
@@ -300,6 +314,11 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
 		return;
 	}
+	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
+		ARRAY_FREE(&uids);
+		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return;
+	}
 	uint32_t top = 0;
 	for (size_t i = 0; i < uids.count; i++)
 		if (uids.items[i] > top)
@@ -318,7 +337,7 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 	/* UIDs we never held are above our UIDNEXT no longer: the master's
 	 * UIDNEXT is past them too. */
 	if (stor_msg_expunge(db, &mb->guid, uids.items, uids.count, modseq, &gone, &err) < 0 ||
-	    stor_mailbox_raise(db, &mb->guid, top < UINT32_MAX ? top + 1 : top, modseq, &err) < 0) {
+	    stor_mailbox_raise(db, &mb->guid, top + 1, modseq, &err) < 0) {
 		answer_later(a, "NO", "SERVERBUG", err);
 	} else {
 		if (gone.count > 0)
@@ -400,6 +419,16 @@ static void apply_list_change(struct repl_cluster *cl, struct answer *a,
 		target = new_name;
 		if (have == 0) {
 			answer_later(a, "NO", "NONEXISTENT", "no mailbox with that GUID");
+			return;
+		}
+		if (strcmp(mb.name, target) != 0 && strcmp(mb.name, name) != 0) {
+			/* Renamed here too since the origin renamed it: applied
+			 * as given, the two renames would cross and leave the
+			 * mailbox under each other's name.  Refused; the origin
+			 * resyncs and the list merge keeps one name (SPEC 10.5). */
+			stor_mailbox_free(&mb);
+			answer_later(a, "NO", "NONEXISTENT",
+				     "the mailbox has another name here (renamed meanwhile)");
 			return;
 		}
 	}
@@ -515,6 +544,7 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 	}
 	if (res->error != REPL_OK) {
 		const char *code = res->error == REPL_ERR_TOOBIG ? "TOOBIG" :
+				   res->error == REPL_ERR_LIMIT ? "LIMIT" :
 				   res->error == REPL_ERR_NOTFOUND ? "NONEXISTENT" : "SERVERBUG";
 		proto_conn_reply(conn, a->tag, "NO", code,
 				 res->error_msg != NULL ? res->error_msg : "failed");

@@ -1144,7 +1144,7 @@ bool repl_sync_holds(const struct repl_sync *rs, const char *user, const struct 
 /* The periodic check (issue 7: "a sync starts by itself ... on a cheap
  * periodic check").  Every check interval, for each up peer and each user
  * with mail here, LIST (SPEC.md 7.4) asks the peer for its mailboxes'
- * UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and digest, which are compared with
+ * names, UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and digest, which are compared with
  * ours: the cost grows with the number of mailboxes, never of messages.  A
  * user that differs is resynced (repl_sync_enqueue) when it differed at the
  * previous round too (a change on its way by live replication differs for
@@ -1160,6 +1160,7 @@ bool repl_sync_holds(const struct repl_sync *rs, const char *user, const struct 
 
 struct chk_mbox {
 	struct guid guid;
+	char *name;
 	uint32_t uidvalidity, uidnext;
 	uint64_t hms;
 	unsigned char digest[16];
@@ -1202,6 +1203,8 @@ static double check_interval_default(void)
 static void chk_free(struct chk *k)
 {
 	free(k->user);
+	for (size_t i = 0; i < k->mbs.count; i++)
+		free(k->mbs.items[i].name);
 	ARRAY_FREE(&k->mbs);
 	stor_string_list_free(&k->subs);
 	free(k);
@@ -1279,6 +1282,9 @@ static bool chk_compare(struct repl_sync *rs, struct chk *k)
 		}
 		bool same_state = a->uidvalidity == b->uidvalidity && a->uidnext == b->uidnext &&
 				  a->highestmodseq == b->hms;
+		/* Names too: two renames that crossed leave equal mailboxes
+		 * under different names, which only a resync settles. */
+		bool same_name = strcmp(a->name, b->name) == 0;
 		bool same_digest = memcmp(a->digest, b->digest, sizeof(b->digest)) == 0;
 		if (same_state && !same_digest) {
 			log_warnx("sync check: mailbox %s of %s differs from peer %u with equal "
@@ -1288,7 +1294,7 @@ static bool chk_compare(struct repl_sync *rs, struct chk *k)
 				  (unsigned long long)a->highestmodseq);
 			unexplained = true;
 		}
-		if (!same_state || !same_digest)
+		if (!same_state || !same_digest || !same_name)
 			differ = true;
 	}
 	if (!differ) {
@@ -1345,6 +1351,7 @@ static void chk_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		struct guid digest;
 		uint64_t v;
 		if (!proto_cmd_is(line, "MAILBOX") || line->arg_count != 7 ||
+		    proto_arg_str(&line->args[0], &s, &len) < 0 ||
 		    proto_arg_guid(&line->args[1], &m.guid) < 0 ||
 		    proto_arg_u32(&line->args[2], &m.uidvalidity) < 0 ||
 		    proto_arg_u32(&line->args[3], &m.uidnext) < 0 ||
@@ -1355,6 +1362,7 @@ static void chk_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		}
 		m.hms = v;
 		memcpy(m.digest, digest.b, sizeof(m.digest));
+		m.name = xstrdup(s);
 		ARRAY_PUSH(&k->mbs, m);
 		return;
 	}

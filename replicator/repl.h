@@ -37,6 +37,7 @@ enum repl_error {
 	REPL_ERR_TOOBIG,    /* message over max_message_size */
 	REPL_ERR_INVALID,   /* the request itself is not acceptable */
 	REPL_ERR_INTERNAL,  /* storage or durability failure */
+	REPL_ERR_LIMIT,     /* the mailbox has used every UID or modseq (lib/mail-limits.h) */
 };
 
 /* What a completed change reports.  Every pointer is borrowed and valid only

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "lib/clock.h"
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 
 static int validate_user(struct stor_db *db, const char *user, const char **error_r)
@@ -461,6 +462,9 @@ int stor_mailbox_raise(struct stor_db *db, const struct guid *mailbox, uint32_t 
 {
 	struct stor_txn txn;
 	struct stor_txn_mailbox *tm;
+	if (uidnext > MAIL_UIDNEXT_MAX || !mail_modseq_valid(highestmodseq))
+		return stor_err(db, error_r, "UIDNEXT %u or HIGHESTMODSEQ %llu is out of range",
+				uidnext, (unsigned long long)highestmodseq);
 	stor_txn_begin(db, &txn);
 	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
 	if (ret <= 0) {

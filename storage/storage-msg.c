@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 
 static void msg_key(struct stor_key *k, const struct guid *mailbox, uint32_t uid)
@@ -187,8 +188,21 @@ static int mailbox_missing(struct stor_db *db, const char **error_r)
 	return stor_err(db, error_r, "mailbox does not exist");
 }
 
+/* A call that changes messages refuses a given modseq out of range, and
+ * one to assign when the mailbox has used them all, before it changes
+ * anything: the store never holds a modseq past MAIL_MODSEQ_MAX. */
+static int modseq_room(struct stor_db *db, const struct stor_mailbox *mb, uint64_t given,
+		       const char **error_r)
+{
+	if (!mail_modseq_valid(given))
+		return stor_err(db, error_r, "modseq %llu is out of range", (unsigned long long)given);
+	if (given == 0 && mb->highestmodseq >= MAIL_MODSEQ_MAX)
+		return stor_err(db, error_r, "mailbox has run out of modseqs");
+	return 0;
+}
+
 /* The next modseq of a call: the given one, or one above the mailbox's
- * highest, assigned once per call. */
+ * highest, assigned once per call (modseq_room() checked it first). */
 static uint64_t call_modseq(struct stor_mailbox *mb, uint64_t given, uint64_t *assigned)
 {
 	if (given != 0) {
@@ -232,9 +246,11 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 
 	uint32_t uid = a->uid;
 	if (uid == 0) {
-		if (mb->uidnext == UINT32_MAX)
+		if (mb->uidnext > MAIL_UID_ASSIGN_MAX)
 			return stor_err(db, error_r, "mailbox has run out of UIDs");
 		uid = mb->uidnext;
+	} else if (!mail_uid_valid(uid)) {
+		return stor_err(db, error_r, "UID %u is out of range", uid);
 	} else {
 		ret = stor_msg_get(db, mailbox, uid, &existing, error_r);
 		if (ret < 0)
@@ -269,6 +285,8 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 		}
 	}
 
+	if (modseq_room(db, mb, a->modseq, error_r) < 0)
+		return -1;
 	struct stor_text_rec rec;
 	ret = a->guid_generated ? 0 : stor_text_rec_get(db, &a->guid, &rec, error_r);
 	if (ret < 0)
@@ -307,7 +325,7 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 	msg_put(txn, mailbox, &msg);
 	mailbox_account(mb, &msg, 1);
 	if (uid >= mb->uidnext)
-		mb->uidnext = uid == UINT32_MAX ? UINT32_MAX : uid + 1;
+		mb->uidnext = uid + 1;
 	tm->dirty = true;
 	if (uid_r != NULL)
 		*uid_r = uid;
@@ -556,7 +574,9 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		ret = -1;
 		goto cleanup;
 	}
-	ret = 0;
+	ret = modseq_room(db, &tm->mb, req->modseq, error_r);
+	if (ret < 0)
+		goto cleanup;
 	uint64_t assigned = 0;
 	uint32_t rflags = req->flags & STOR_FLAGS_ALL;
 	for (size_t i = 0; i < nuids; i++) {
@@ -644,6 +664,10 @@ int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint3
 		stor_txn_free(&txn);
 		return ret < 0 ? -1 : mailbox_missing(db, error_r);
 	}
+	if (modseq_room(db, &tm->mb, modseq, error_r) < 0) {
+		stor_txn_free(&txn);
+		return -1;
+	}
 	ret = 0;
 	uint64_t assigned = 0;
 	size_t nuids;
@@ -691,11 +715,17 @@ int stor_msg_renumber(struct stor_db *db, const struct guid *mailbox, uint32_t o
 	struct stor_tombstone tomb;
 	if (new_uid == 0 || new_uid == old_uid)
 		return stor_err(db, error_r, "invalid new UID");
+	if (!mail_uid_valid(new_uid))
+		return stor_err(db, error_r, "UID %u is out of range", new_uid);
 	stor_txn_begin(db, &txn);
 	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
 	if (ret <= 0) {
 		stor_txn_free(&txn);
 		return ret < 0 ? -1 : mailbox_missing(db, error_r);
+	}
+	if (modseq_room(db, &tm->mb, modseq, error_r) < 0) {
+		stor_txn_free(&txn);
+		return -1;
 	}
 	ret = stor_msg_get(db, mailbox, old_uid, &msg, error_r);
 	if (ret <= 0) {
@@ -721,7 +751,7 @@ int stor_msg_renumber(struct stor_db *db, const struct guid *mailbox, uint32_t o
 	msg_put(&txn, mailbox, &msg);
 	mailbox_account(mb, &msg, 1);
 	if (new_uid >= mb->uidnext)
-		mb->uidnext = new_uid == UINT32_MAX ? UINT32_MAX : new_uid + 1;
+		mb->uidnext = new_uid + 1;
 	tm->dirty = true;
 	stor_msg_free(&msg);
 	return stor_txn_commit(&txn, error_r);

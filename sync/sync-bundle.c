@@ -1155,6 +1155,10 @@ static int ld_sync_begin(struct loader *l, const struct proto_cmd *cmd, size_t n
 	    proto_arg_u64(&cmd->args[3], UINT32_MAX, &uidnext) < 0 || last_modseq != 0 ||
 	    last_uidnext != 1 || uidnext == 0)
 		return ld_fail(l, "bad SYNC-BEGIN (a bundle carries whole mailboxes)");
+	/* Every SAVE and EXPUNGE that follows stays below these two, so this
+	 * bounds all of the mailbox's UIDs and modseqs. */
+	if (!mail_uidnext_valid(uidnext) || !mail_modseq_valid(hms))
+		return ld_fail(l, "SYNC-BEGIN with %s", MAIL_LIMITS_TEXT);
 	l->in_sync = true;
 	l->hms = hms;
 	l->uidnext = (uint32_t)uidnext;

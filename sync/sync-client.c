@@ -886,6 +886,8 @@ static int on_list_line(struct sync_client *c, const struct proto_cmd *line)
 	    proto_arg_guid(&line->args[5], &digest) < 0 ||
 	    line->args[6].type != PROTO_ARG_ATOM || line->args[6].len >= sizeof(m.special))
 		return cl_fail(c, "LIST: bad MAILBOX line");
+	if (!mail_uidnext_valid(m.uidnext) || !mail_modseq_valid(v))
+		return cl_fail(c, "LIST: MAILBOX line with %s", MAIL_LIMITS_TEXT);
 	m.hms = v;
 	memcpy(m.digest, digest.b, sizeof(m.digest));
 	if (strcmp(line->args[6].str, "NIL") != 0)
@@ -1211,6 +1213,12 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 			ARRAY_FREE(&uids);
 			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
 		}
+		/* Values past the bounds fail the sync before anything of
+		 * the answer is applied. */
+		if (!mail_modseq_valid(ms) || !mail_uids_valid(uids.items, uids.count)) {
+			ARRAY_FREE(&uids);
+			return cl_fail(c, "SYNC-END: EXPUNGE line with %s", MAIL_LIMITS_TEXT);
+		}
 		for (size_t i = 0; i < uids.count; i++)
 			ARRAY_PUSH(&c->exp_uids, uids.items[i]);
 		ARRAY_FREE(&uids);
@@ -1229,6 +1237,10 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 		    proto_arg_guid(&line->args[3], &sv.guid) < 0 || guid_is_zero(&sv.guid) ||
 		    sync_arg_flags(&line->args[4], &sv.f) < 0)
 			return cl_fail(c, "SYNC-END: bad SAVE line");
+		if (!mail_uid_valid(sv.uid) || !mail_modseq_valid(sv.modseq)) {
+			sync_flags_free(&sv.f);
+			return cl_fail(c, "SYNC-END: SAVE line with %s", MAIL_LIMITS_TEXT);
+		}
 		sv.date = date;
 		sv.tz = tz;
 		const struct proto_arg *text = &line->args[5];
@@ -1257,6 +1269,10 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 		    proto_arg_u64(&line->args[1], INT64_MAX, &fl.modseq) < 0 ||
 		    sync_arg_flags(&line->args[2], &fl.f) < 0)
 			return cl_fail(c, "SYNC-END: bad FLAGS line");
+		if (!mail_uid_valid(fl.uid) || !mail_modseq_valid(fl.modseq)) {
+			sync_flags_free(&fl.f);
+			return cl_fail(c, "SYNC-END: FLAGS line with %s", MAIL_LIMITS_TEXT);
+		}
 		ARRAY_PUSH(&c->flags, fl);
 		return 0;
 	}
@@ -1270,6 +1286,11 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 			ARRAY_FREE(&o);
 			ARRAY_FREE(&n);
 			return cl_fail(c, "SYNC-END: bad UIDFIX line");
+		}
+		if (!mail_uids_valid(o.items, o.count) || !mail_uids_valid(n.items, n.count)) {
+			ARRAY_FREE(&o);
+			ARRAY_FREE(&n);
+			return cl_fail(c, "SYNC-END: UIDFIX line with %s", MAIL_LIMITS_TEXT);
 		}
 		for (size_t i = 0; i < o.count; i++) {
 			ARRAY_PUSH(&c->fix_old, o.items[i]);
@@ -1431,6 +1452,8 @@ static int apply_some(struct sync_client *c)
 			}
 			if (t != NULL) {
 				/* The UID named another message here: it moves. */
+				if (!mail_uid_valid(c->late_next))
+					return cl_fail(c, "no UIDs left to renumber UID %u to", uid);
 				uid = c->late_next++;
 				ARRAY_PUSH(&c->late_old, sv->uid);
 				ARRAY_PUSH(&c->late_new, uid);
@@ -1590,6 +1613,8 @@ int sync_client_input(struct sync_client *c, const struct proto_cmd *line)
 			if (a == NULL || b == NULL || proto_arg_u32(a, &c->final_uidnext) < 0 ||
 			    proto_arg_u64(b, INT64_MAX, &ms) < 0)
 				return cl_fail(c, "SYNC-END: OK without UIDNEXT and HIGHESTMODSEQ");
+			if (!mail_uidnext_valid(c->final_uidnext) || !mail_modseq_valid(ms))
+				return cl_fail(c, "SYNC-END: OK with %s", MAIL_LIMITS_TEXT);
 			c->final_modseq = ms;
 		}
 		return 0;

@@ -6,6 +6,7 @@
 #include "sync/sync.h"
 
 #include "lib/buf.h"
+#include "lib/mail-limits.h"
 #include "protocol/protocol.h"
 #include "storage/storage.h"
 

@@ -491,6 +491,11 @@ static int cmd_sync_begin(struct sync_server *s, const struct proto_cmd *cmd)
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "SYNC-BEGIN lm cm lu cu");
 		return 0;
 	}
+	if (!mail_modseq_valid(lm) || !mail_modseq_valid(cm) || !mail_uidnext_valid(lu) ||
+	    !mail_uidnext_valid(cu)) {
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
 	srv_sync_reset(s);
 	s->text_refs.count = 0;
 	s->in_sync = true;
@@ -516,6 +521,11 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 	    proto_arg_guid(&cmd->args[3], &sv.guid) < 0 || guid_is_zero(&sv.guid) ||
 	    sync_arg_flags(&cmd->args[4], &sv.f) < 0) {
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
+		return 0;
+	}
+	if (!mail_uid_valid(sv.uid) || !mail_modseq_valid(sv.modseq)) {
+		sync_flags_free(&sv.f);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
 	sv.date = date;
@@ -584,6 +594,11 @@ static int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*)");
 		return 0;
 	}
+	if (!mail_uid_valid(st.uid) || !mail_modseq_valid(st.modseq)) {
+		sync_flags_free(&st.f);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
 	ARRAY_PUSH(&s->stores, st);
 	srv_reply(s, cmd->tag, "OK", NULL, "held");
 	return 0;
@@ -598,6 +613,11 @@ static int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
 	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0) {
 		ARRAY_FREE(&uids);
 		goto bad;
+	}
+	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
+		ARRAY_FREE(&uids);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
 	}
 	for (size_t i = 0; i < uids.count; i++)
 		ARRAY_PUSH(&s->expunges, uids.items[i]);
@@ -619,6 +639,12 @@ static int cmd_uidfix(struct sync_server *s, const struct proto_cmd *cmd)
 		ARRAY_FREE(&o);
 		ARRAY_FREE(&n);
 		goto bad;
+	}
+	if (!mail_uids_valid(o.items, o.count) || !mail_uids_valid(n.items, n.count)) {
+		ARRAY_FREE(&o);
+		ARRAY_FREE(&n);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
 	}
 	for (size_t i = 0; i < o.count; i++) {
 		ARRAY_PUSH(&s->fix_old, o.items[i]);
@@ -812,6 +838,12 @@ static int merge_start(struct sync_server *s, const char *tag)
 	m->base = m->cm > m->sm ? m->cm : m->sm;
 	m->N = m->base + 1;
 	stor_mailbox_free(&mb);
+	if (!mail_modseq_valid(m->N)) {
+		/* The merge would need a modseq past the bound. */
+		srv_sync_reset(s);
+		srv_reply(s, tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
 	if (s->saves.count > 0)
 		qsort(s->saves.items, s->saves.count, sizeof(struct srv_save), cmp_save);
 	uids_sort_unique(&s->expunges);
@@ -911,7 +943,8 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	return 0;
 }
 
-/* Applies one of the client's new messages as classified. */
+/* Applies one of the client's new messages as classified.  -2: no UID
+ * is left to renumber it to. */
 static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const char **err)
 {
 	struct srv_merge *m = &s->merge;
@@ -957,6 +990,8 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 			return -1;
 		if (r > 0) {
 			stor_msg_free(&other);
+			if (!mail_uid_valid(m->next))
+				return -2;
 			cs->action = SAVE_RENUMBER;
 			cs->new_uid = m->next++;
 		}
@@ -1208,6 +1243,16 @@ static int merge_step(struct sync_server *s)
 			 * UIDFIX (another message, moved to a fresh UID on both
 			 * sides).  New UIDs: ours first, then the client's. */
 			uids_sort_unique(&m->sr);
+			uint64_t next = m->cu > m->su ? m->cu : m->su;
+			next += m->sr.count;
+			for (size_t i = 0; i < s->saves.count; i++) {
+				if (s->saves.items[i].action == SAVE_RENUMBER)
+					next++;
+			}
+			/* Refused before this merge renumbers anything: the
+			 * UIDs that conflicts move to must all be in bounds. */
+			if (!mail_uidnext_valid(next))
+				goto out_of_uids;
 			m->next = m->cu > m->su ? m->cu : m->su;
 			m->next += (uint32_t)m->sr.count;
 			for (size_t i = 0; i < s->saves.count; i++) {
@@ -1260,7 +1305,10 @@ static int merge_step(struct sync_server *s)
 			break;
 		case MS_SAVES:
 			if (m->pos < s->saves.count) {
-				if (merge_apply_save(s, &s->saves.items[m->pos], &err) < 0)
+				int r = merge_apply_save(s, &s->saves.items[m->pos], &err);
+				if (r == -2)
+					goto out_of_uids;
+				if (r < 0)
 					goto storage_error;
 				m->pos++;
 				n++;
@@ -1326,6 +1374,17 @@ static int merge_step(struct sync_server *s)
 	}
 	srv_flush(s);
 	return 0;
+out_of_uids: {
+	/* Conflicts need fresh UIDs past the bound: refused, as any value
+	 * past it.  The client's UIDFIXes applied so far stay, as after any
+	 * failed sync (SPEC 10.6). */
+	char tag[PROTO_MAX_TAG + 1];
+	snprintf(tag, sizeof(tag), "%s", m->tag);
+	job_end(s);
+	srv_sync_reset(s);
+	srv_reply(s, tag, "NO", "LIMIT", "no UIDs left to renumber conflicting messages to");
+	return 0;
+}
 storage_error:
 	srv_flush(s);
 	job_end(s);

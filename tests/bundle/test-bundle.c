@@ -844,6 +844,66 @@ static void test_bundle_bad_command_streams_are_refused(void)
 	fixture_close(&f);
 }
 
+/* A bundle whose mailbox announces a UIDNEXT or HIGHESTMODSEQ past the
+ * bounds of SPEC 5.2 (and so carries such a UID or modseq) is refused, one
+ * line saying why, the importer's dump unchanged; a good bundle still
+ * imports afterwards and the mailbox takes mail. */
+static void test_bundle_uids_and_modseqs_past_the_bounds_are_refused(void)
+{
+	struct refusal_fixture f;
+	fixture_open(&f);
+	struct sync_bundle_key k = cluster_key();
+	struct sync_bundle_header hdr = { .user = USER, .source = SID_A, .created = 1700000000 };
+	const char *g = "0123456789abcdef0123456789abcdef";
+	const char *m = "00112233445566778899aabbccddeeff";
+	static const char *const streams[] = {
+		/* UID 4294967294, the last below the announced UIDNEXT. */
+		"B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		"B4 SYNC-BEGIN 0 5 1 4294967295\r\nB5 SAVE 1700000000+0000 4294967294 1 %s () {1}\r\nx\r\n"
+		"B6 SYNC-END\r\n",
+		/* A UIDNEXT of 2^32-1 alone leaves no UID for new mail. */
+		"B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		"B4 SYNC-BEGIN 0 5 1 4294967295\r\nB5 SAVE 1700000000+0000 1 1 %s () {1}\r\nx\r\n"
+		"B6 SYNC-END\r\n",
+		/* One past the last UID. */
+		"B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		"B4 SYNC-BEGIN 0 5 1 2147483649\r\nB5 SAVE 1700000000+0000 2147483648 1 %s () {1}\r\nx\r\n"
+		"B6 SYNC-END\r\n",
+		/* A modseq near INT64_MAX. */
+		"B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		"B4 SYNC-BEGIN 0 9223372036854775806 1 3\r\n"
+		"B5 SAVE 1700000000+0000 1 9223372036854775806 %s () {1}\r\nx\r\nB6 SYNC-END\r\n",
+		/* One past the last modseq. */
+		"B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		"B4 SYNC-BEGIN 0 4611686018427387904 1 3\r\n"
+		"B5 SAVE 1700000000+0000 1 4611686018427387904 %s () {1}\r\nx\r\nB6 SYNC-END\r\n",
+	};
+	for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
+		char stream[1024];
+		snprintf(stream, sizeof(stream), streams[i], g, g, m);
+		buf_reset(&f.bundle);
+		hdr.created++;
+		sync_bundle_seal(&hdr, &k, stream, strlen(stream), &f.bundle, NULL);
+		import_refused(&f.b, f.bundle.data, f.bundle.len, "limits of SPEC 5.2");
+	}
+	/* The same mailbox within the bounds imports, and takes mail. */
+	char stream[1024];
+	snprintf(stream, sizeof(stream),
+		 "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		 "B4 SYNC-BEGIN 0 5 1 3\r\nB5 SAVE 1700000000+0000 2 5 %s () {1}\r\nx\r\n"
+		 "B6 SYNC-END\r\n", g, g, m);
+	buf_reset(&f.bundle);
+	hdr.created++;
+	sync_bundle_seal(&hdr, &k, stream, strlen(stream), &f.bundle, NULL);
+	import_ok(&f.b, &f.bundle, NULL);
+	struct stor_mailbox mb;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(f.b.db, USER, "W", &mb, &error), 1);
+	CU_ASSERT_EQUAL(append(&f.b, &mb.guid, "Subject: w\r\n\r\nw\r\n", 0), 3);
+	stor_mailbox_free(&mb);
+	fixture_close(&f);
+}
+
 static void test_bundle_own_and_future_bundles_are_refused(void)
 {
 	struct refusal_fixture f;
@@ -892,6 +952,8 @@ static const struct test_case bundle_cases[] = {
 	{ "older than the last one from its node is refused",
 	  test_bundle_older_than_the_last_one_is_refused },
 	{ "bad command streams are refused", test_bundle_bad_command_streams_are_refused },
+	{ "UIDs and modseqs past the bounds are refused",
+	  test_bundle_uids_and_modseqs_past_the_bounds_are_refused },
 	{ "own and future bundles are refused", test_bundle_own_and_future_bundles_are_refused },
 	{ "state of another user is refused", test_bundle_state_of_another_user_is_refused },
 	{ NULL, NULL },

@@ -28,6 +28,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
+from harness import proc  # noqa: E402
 from harness.imapwire import Client  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
@@ -39,9 +40,9 @@ CLUSTERS = []
 LARGE = int(os.environ.get("SYNC_LARGE_MESSAGES", "20000"))
 
 
-def new_cluster(n, check_interval="0"):
+def new_cluster(n, check_interval="0", proxies=False):
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = check_interval
-    c = Cluster(n=n, users={USER: PASSWORD},
+    c = Cluster(n=n, users={USER: PASSWORD}, proxies=proxies,
                 log_level=os.environ.get("SYNC_CASES_LOG_LEVEL", "info"))
     CLUSTERS.append(c)
     c.start_all()
@@ -137,6 +138,15 @@ def log_size(node):
     return os.path.getsize(node.log)
 
 
+def quiescent(node, peer):
+    """True when node has no background resync queued and none pending for
+    peer (one that is running is not counted: an asked resync waits for
+    it)."""
+    st = node.status()
+    return (int(st.get("resyncs_queued", 0)) == 0 and
+            int(st.get("peer.%d.resync_pending_users" % peer, 0)) == 0)
+
+
 def t_wiped_node():
     c = new_cluster(2)
     n1, n2 = c.nodes
@@ -155,14 +165,29 @@ def t_wiped_node():
         len(message("proj", 0)), message("proj", 0).decode()))
     R.check("APPEND to a new mailbox on node 1", r.ok, r)
     a.command("LOGOUT")
+    # Settle before the wipe.  Writing to Projects made node 1 its master,
+    # which queues a background resync with node 2; stopped in the middle
+    # of it, node 2 would stay pending on node 1, which would resync it by
+    # itself as soon as it is back, before the resync this case is about
+    # (and the check that node 2 differs would race it).  An asked resync
+    # waits for a running background one: once none is queued and an asked
+    # one converged, nothing is left to start when node 2 returns.
+    proc.wait_for(lambda: quiescent(n1, 2) and quiescent(n2, 1), 60,
+                  what="no resync queued on either node")
+    r, rep = resync(n1, peer=2)
+    R.check("nodes settled before the wipe (resync from node 1 converged)",
+            r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
+    proc.wait_for(lambda: quiescent(n1, 2), 60, what="no resync queued on node 1")
     before = n1.dump(USER)
     n2.stop()
     import shutil
     shutil.rmtree(n2.data_dir)
+    # Read while node 2 is stopped: what it starts with, not what a sync
+    # may have brought by the time a running node answers.
+    R.check("node 2's wiped store differs from node 1 (read before it starts)",
+            n2.dump(USER) != before)
     n2.start()
     c.wait_links_up(timeout=40)
-    R.check("node 2 restarted with an empty data dir differs from node 1",
-            n2.dump(USER) != before)
     r, rep = resync(n2, peer=1)
     R.check("resync on the wiped node exits 0 and converged",
             r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
@@ -171,6 +196,57 @@ def t_wiped_node():
     d1, d2 = n1.dump(USER), n2.dump(USER)
     R.check("the wiped node's dump is identical to the other's", d1 == d2 and d1 == before,
             (d1[:1500], d2[:1500]))
+    finish_cluster(c)
+
+
+def mailbox_names(node):
+    return sorted(re.findall(r"^mailbox (\S+) guid=", node.dump(USER), re.M))
+
+
+def t_concurrent_renames():
+    # The periodic check is off: only what replication itself does may
+    # bring the two names together.
+    c = new_cluster(2, proxies=True)
+    n1, n2 = c.nodes
+    a = login(n1)
+    r = a.command("CREATE Shared")
+    R.check("CREATE Shared", r.ok, r)
+    for i in range(3):
+        m = message("ren", i)
+        a.command("APPEND Shared {%d+}\r\n%s" % (len(m), m.decode()))
+    a.command("LOGOUT")
+    c.wait_dumps_equal(USER, timeout=60)
+    # Each node renames the mailbox while the link holds every byte back
+    # (for well under the 3 s dead timeout), so both renames are made
+    # before either node hears of the other's: they cross on the link.
+    c.blackhole(1, 2)
+    a1, a2 = login(n1), login(n2)
+    t1, t2 = a1.next_tag(), a2.next_tag()
+    a1.send(b"%s RENAME Shared Left\r\n" % t1.encode())
+    a2.send(b"%s RENAME Shared Right\r\n" % t2.encode())
+    proc.wait_for(lambda: "Left" in mailbox_names(n1) and "Right" in mailbox_names(n2), 10,
+                  what="both renames made locally")
+    c.restore(1, 2)
+    r1, r2 = a1.wait_tagged(t1), a2.wait_tagged(t2)
+    R.check("both RENAMEs answered OK", r1.ok and r2.ok, (r1, r2))
+    a1.command("LOGOUT")
+    a2.command("LOGOUT")
+    deadline = time.monotonic() + 30
+    names = (None, None)
+    while time.monotonic() < deadline:
+        names = (mailbox_names(n1), mailbox_names(n2))
+        if names[0] == names[1] and "Shared" not in names[0]:
+            break
+        time.sleep(0.2)
+    R.check("both nodes end with the mailbox under the same name", names[0] == names[1], names)
+    R.check("that name is one of the two renames",
+            ("Left" in names[0]) != ("Right" in names[0]) and "Shared" not in names[0], names)
+    try:
+        d = c.wait_dumps_equal(USER, timeout=30)
+        R.check("dumps identical, its 3 messages there once",
+                len(re.findall(r"^msg (Left|Right) ", d, re.M)) == 3, d[:1500])
+    except TimeoutError as e:
+        R.check("dumps identical", False, str(e))
     finish_cluster(c)
 
 
@@ -270,6 +346,34 @@ def t_periodic_check():
             f.seek(m)
             quiet = quiet and b"resync queued" not in f.read()
     R.check("equal nodes: 3 s of checks queue no resync", quiet)
+    # A rename made alone changes no UIDNEXT, HIGHESTMODSEQ or digest:
+    # only the names differ, and the check must see that too.
+    a = login(n1)
+    R.check("CREATE Notes", a.command("CREATE Notes").ok)
+    a.command("LOGOUT")
+    c.wait_dumps_equal(USER, timeout=30)
+    renamed = []
+    alone(c, n2, lambda nd: renamed.append(login(nd).command("RENAME Notes Memo").ok))
+    R.check("Notes renamed Memo on node 2 alone", renamed == [True])
+    marks = [log_size(n) for n in c.nodes]
+    t0 = time.monotonic()
+    names = (None, None)
+    while time.monotonic() - t0 < 30:
+        names = (mailbox_names(n1), mailbox_names(n2))
+        if names[0] == names[1]:
+            break
+        time.sleep(0.3)
+    print("measured: the periodic check brought a renamed mailbox together after %.1f s"
+          % (time.monotonic() - t0))
+    R.check("the rename reaches node 1 within 30 s", names[0] == names[1] and
+            "Memo" in names[0] and "Notes" not in names[0], names)
+    later = b""
+    for n, m in zip(c.nodes, marks):
+        with open(n.log, "rb") as f:
+            f.seek(m)
+            later += f.read()
+    R.check("the check found the names differing and queued the resync",
+            b"sync check: " in later and b"resync queued" in later, later[-2000:])
     finish_cluster(c)
 
 
@@ -306,6 +410,7 @@ def t_large_mailbox():
 def main():
     only = sys.argv[1:]
     for name, func in (("a wiped node is restored by one resync", t_wiped_node),
+                       ("two concurrent RENAMEs end under one name", t_concurrent_renames),
                        ("QRESYNC client after a partition and resync", t_qresync_after_partition),
                        ("the periodic check", t_periodic_check),
                        ("a %d-message mailbox over a real link" % LARGE, t_large_mailbox)):

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl.h"
 #include "tests/imap/tests-imap.h"
@@ -236,6 +237,43 @@ static void test_seam_default_mailboxes_once(void)
 	teardown(&f);
 }
 
+/* A mailbox whose UIDs for new mail ran out (SPEC 5.2) refuses APPEND and
+ * COPY with [LIMIT], changing nothing: UIDNEXT never wraps or sticks. */
+static void test_seam_append_at_the_top_of_the_uids_is_refused(void)
+{
+	struct fixture f;
+	setup(&f);
+	const char *err;
+	struct guid mb = make_mailbox(&f, "INBOX");
+	struct guid full = make_mailbox(&f, "Full");
+	struct done d[4];
+	memset(d, 0, sizeof(d));
+	struct repl_append req = { .text = "Subject: x\r\n\r\nbody\r\n", .text_len = 20 };
+	repl_append(f.repl, "alice", &mb, &req, on_done, &d[0]);
+	run_until(&f, &d[0], 1);
+	CU_ASSERT_EQUAL(d[0].error, REPL_OK);
+	/* The last UID a new message may get is taken... */
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_raise(f.db, &full, MAIL_UID_ASSIGN_MAX, 0, &err), 0);
+	repl_append(f.repl, "alice", &full, &req, on_done, &d[1]);
+	run_until(&f, &d[1], 1);
+	CU_ASSERT_EQUAL(d[1].error, REPL_OK);
+	CU_ASSERT_EQUAL(d[1].uid, MAIL_UID_ASSIGN_MAX);
+	/* ...so the next APPEND and COPY are refused. */
+	repl_append(f.repl, "alice", &full, &req, on_done, &d[2]);
+	uint32_t one = 1;
+	repl_copy(f.repl, "alice", &mb, &one, 1, &full, false, on_done, &d[3]);
+	run_until(&f, &d[2], 2);
+	CU_ASSERT_EQUAL(d[2].error, REPL_ERR_LIMIT);
+	CU_ASSERT_EQUAL(d[3].error, REPL_ERR_LIMIT);
+	struct stor_mailbox m;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(f.db, &full, &m, &err), 1);
+	CU_ASSERT_EQUAL(m.uidnext, MAIL_UID_ASSIGN_MAX + 1);
+	CU_ASSERT_EQUAL(m.messages, 1);
+	stor_mailbox_free(&m);
+	CU_ASSERT_EQUAL(stor_mailbox_check(f.db, &full, &err), 0);
+	teardown(&f);
+}
+
 const struct test_case imap_seam_cases[] = {
 	{ "appends of one turn complete together after one sync",
 	  test_seam_appends_of_one_turn_complete_together_after_sync },
@@ -243,5 +281,7 @@ const struct test_case imap_seam_cases[] = {
 	{ "store, copy, move and expunge report results",
 	  test_seam_store_copy_move_expunge_report_results },
 	{ "default mailboxes are created once", test_seam_default_mailboxes_once },
+	{ "APPEND and COPY at the top of the UIDs are refused",
+	  test_seam_append_at_the_top_of_the_uids_is_refused },
 	{ NULL, NULL },
 };

@@ -6,15 +6,22 @@
 #include "tests/replicator/tests.h"
 
 #include <ev.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "lib/config.h"
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-cluster-private.h"
 #include "replicator/repl-cluster.h"
+#include "replicator/repl-mm.h"
+#include "replicator/repl-peer.h"
+#include "replicator/repl-sync.h"
 
 /* ---- Entry codec ---- */
 
@@ -255,11 +262,499 @@ static void test_alone_changes_are_made_here_and_resync_remembered(void)
 	free(secret);
 }
 
+/* ---- A peer sending values past the bounds ---- */
+
+/* Node 2 is wired as starlingd wires it (masters, sync, peers, cluster);
+ * "peer 1" is a bare peer manager that sends what a test tells it. */
+struct bnode {
+	struct ev_loop *loop;
+	struct stor_db *db;
+	struct config *cfg;
+	struct repl *repl;
+	struct repl_mm *mm;
+	struct repl_sync *sync;
+	struct repl_peers *peers;
+};
+
+static void b_link_up(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn, void *ctx)
+{
+	struct bnode *n = ctx;
+	repl_sync_link_up(n->sync, sid);
+	repl_mm_peer_callbacks()->link_up(peers, sid, conn, n->mm);
+	repl_cluster_link_up(n->repl, sid, conn);
+}
+
+static void b_link_down(struct repl_peers *peers, uint32_t sid, const char *reason, void *ctx)
+{
+	struct bnode *n = ctx;
+	repl_cluster_link_down(n->repl, sid);
+	repl_sync_link_down(n->sync, sid);
+	repl_mm_peer_callbacks()->link_down(peers, sid, reason, n->mm);
+}
+
+static const struct repl_peers_callbacks b_callbacks = { .link_up = b_link_up,
+							 .link_down = b_link_down };
+
+static uint16_t free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	CU_ASSERT_FATAL(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	CU_ASSERT_FATAL(getsockname(fd, (struct sockaddr *)&sin, &len) == 0);
+	close(fd);
+	return ntohs(sin.sin_port);
+}
+
+struct answer_rec {
+	bool done;
+	char line[256];
+};
+
+static void rec_cb(struct proto_conn *conn, enum proto_reply_kind kind, const struct proto_cmd *line,
+		   void *ctx)
+{
+	struct answer_rec *r = ctx;
+	if (kind == PROTO_REPLY_DATA)
+		return;
+	r->done = true;
+	if (kind != PROTO_REPLY_DONE || line == NULL) {
+		snprintf(r->line, sizeof(r->line), "(no answer)");
+		return;
+	}
+	size_t off = (size_t)snprintf(r->line, sizeof(r->line), "%s [", line->name);
+	for (size_t i = 0; line->has_code && i < line->arg_count && off < sizeof(r->line); i++)
+		off += (size_t)snprintf(r->line + off, sizeof(r->line) - off, "%s%s", i > 0 ? " " : "",
+					line->args[i].str);
+	if (off < sizeof(r->line))
+		snprintf(r->line + off, sizeof(r->line) - off, "] %s", line->text ? line->text : "");
+}
+
+static void tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+}
+
+/* Runs the loop until *flag or 10 s. */
+static bool loop_until(struct ev_loop *loop, const bool *flag)
+{
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	ev_now_update(loop);
+	ev_tstamp end = ev_now(loop) + 10.0;
+	while (!*flag && ev_now(loop) < end)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	return *flag;
+}
+
+struct cmd_arg {
+	char kind; /* a atom, u number, g guid, l literal, f flag list (atoms, space separated) */
+	const char *s;
+	uint64_t u;
+	const struct guid *g;
+};
+
+/* Sends name with args from peer 1 and returns the completion, e.g.
+ * "NO [LIMIT] ...". */
+static const char *peer_send(struct ev_loop *loop, struct repl_peers *p1, const char *name,
+			     const struct cmd_arg *args, size_t n, struct answer_rec *rec)
+{
+	struct proto_conn *conn = repl_peers_conn(p1, 2);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(conn);
+	struct proto_wr *w = proto_conn_cmd_begin(conn, name);
+	for (size_t i = 0; i < n; i++) {
+		switch (args[i].kind) {
+		case 'a': proto_wr_atom(w, args[i].s); break;
+		case 'u': proto_wr_u64(w, args[i].u); break;
+		case 'g': proto_wr_guid(w, args[i].g); break;
+		case 'l': proto_wr_literal(w, args[i].s, strlen(args[i].s)); break;
+		case 'f':
+			proto_wr_list_begin(w);
+			if (args[i].s[0] != '\0')
+				proto_wr_atom(w, args[i].s);
+			proto_wr_list_end(w);
+			break;
+		}
+	}
+	memset(rec, 0, sizeof(*rec));
+	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, rec));
+	CU_ASSERT_TRUE(loop_until(loop, &rec->done));
+	return rec->line;
+}
+
+static bool p1_up(void *arg)
+{
+	return repl_peers_conn(arg, 2) != NULL;
+}
+
+static char *user_dump(struct stor_db *db)
+{
+	struct buf b = BUF_INIT;
+	const char *err;
+	CU_ASSERT_EQUAL(stor_dump_user(db, "bob", &b, &err), 0);
+	buf_append_byte(&b, '\0');
+	return (char *)b.data;
+}
+
+/* A peer's SAVE, STORE and EXPUNGE (as changes of their origin) carrying a
+ * UID or modseq past SPEC 5.2's bounds are refused NO [LIMIT], the mailbox
+ * is left as it was, and it takes the peer's next honest change and new
+ * mail. */
+static void test_peer_values_past_the_bounds_are_refused(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	uint16_t p1port = free_port(), p2port = free_port();
+	char *err = NULL;
+	char *t1 = xasprintf("node_id = 1\ndata_dir = %s/d1\nrepl_listen = 127.0.0.1:%u\n"
+			     "peer = 2 127.0.0.1:%u\ncluster_secret_file = %s\n",
+			     dir, p1port, p2port, secret);
+	char *t2 = xasprintf("node_id = 2\ndata_dir = %s\nrepl_listen = 127.0.0.1:%u\n"
+			     "peer = 1 127.0.0.1:%u\ncluster_secret_file = %s\n",
+			     dir, p2port, p1port, secret);
+	struct config *c1 = config_parse("1.conf", t1, &err);
+	struct bnode n;
+	memset(&n, 0, sizeof(n));
+	n.cfg = config_parse("2.conf", t2, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(n.cfg);
+
+	char *store = xasprintf("%s/store", dir);
+	struct stor_settings set;
+	memset(&set, 0, sizeof(set));
+	set.dir = store;
+	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n.db, &err), 0);
+	const char *serr;
+	struct stor_mailbox_create req = { .user = "bob", .name = "INBOX" };
+	struct stor_mailbox mb;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(n.db, &req, &mb, &serr), 0);
+	struct guid g1;
+	guid_generate(&g1);
+	struct stor_append app = { .guid = &g1, .text = "Subject: 1\r\n\r\none\r\n" };
+	app.text_len = strlen(app.text);
+	uint32_t uid1;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n.db, &mb.guid, &app, &uid1, NULL, &serr), 0);
+	CU_ASSERT_EQUAL(uid1, 1);
+
+	n.loop = ev_loop_new(EVFLAG_AUTO);
+	struct repl_settings rs = { 2, 0 };
+	n.repl = repl_cluster_create(n.loop, n.db, &rs, n.cfg);
+	n.mm = repl_mm_create(n.loop, n.cfg);
+	n.sync = repl_sync_create(n.loop, n.repl);
+	CU_ASSERT_EQUAL_FATAL(repl_peers_create(n.loop, n.cfg, &b_callbacks, &n, &n.peers, &err), 0);
+	repl_mm_attach(n.mm, n.peers);
+	repl_sync_attach(n.sync, n.peers);
+	repl_cluster_attach(n.repl, n.peers, n.mm, n.sync);
+	struct repl_peers *p1 = NULL;
+	CU_ASSERT_EQUAL_FATAL(repl_peers_create(n.loop, c1, NULL, NULL, &p1, &err), 0);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(n.loop, &t);
+	for (int i = 0; i < 1000 && !p1_up(p1); i++)
+		ev_run(n.loop, EVRUN_ONCE);
+	ev_timer_stop(n.loop, &t);
+	CU_ASSERT_TRUE_FATAL(p1_up(p1));
+
+	struct answer_rec rec;
+	const char *a;
+	struct cmd_arg mbox[] = { { 'u', NULL, 1, NULL }, { 'a', "bob", 0, NULL },
+				  { 'a', "INBOX", 0, NULL }, { 'u', NULL, mb.uidvalidity, NULL },
+				  { 'g', NULL, 0, &mb.guid } };
+	a = peer_send(n.loop, p1, "MBOX", mbox, 5, &rec);
+	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK [UIDNEXT 2 HIGHESTMODSEQ"));
+	struct cmd_arg sel[] = { { 'u', NULL, 1, NULL } };
+	a = peer_send(n.loop, p1, "SELECT", sel, 1, &rec);
+	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK"));
+	char *before = user_dump(n.db);
+
+	struct guid g2;
+	guid_generate(&g2);
+	static const struct {
+		uint64_t uid, modseq;
+	} saves[] = {
+		{ 4294967295u, 5 },
+		{ (uint64_t)MAIL_UID_MAX + 1, 5 },
+		{ 2, 9223372036854775806ull },
+		{ 2, MAIL_MODSEQ_MAX + 1 },
+	};
+	for (size_t i = 0; i < sizeof(saves) / sizeof(saves[0]); i++) {
+		struct cmd_arg save[] = {
+			{ 'a', "1700000000+0000", 0, NULL }, { 'u', NULL, saves[i].uid, NULL },
+			{ 'u', NULL, saves[i].modseq, NULL }, { 'g', NULL, 0, &g2 },
+			{ 'f', "", 0, NULL }, { 'l', "Subject: 2\r\n\r\ntwo\r\n", 0, NULL },
+			{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+		};
+		a = peer_send(n.loop, p1, "SAVE", save, 8, &rec);
+		if (strncmp(a, "NO [LIMIT]", 10) != 0)
+			fprintf(stderr, "SAVE %zu: %s\n", i, a);
+		CU_ASSERT_EQUAL(strncmp(a, "NO [LIMIT]", 10), 0);
+	}
+	static const struct {
+		const char *uids;
+		uint64_t modseq;
+	} changes[] = {
+		{ "1,4294967295", 9 },
+		{ "2147483648", 9 },
+		{ "1", 9223372036854775806ull },
+		{ "1", MAIL_MODSEQ_MAX + 1 },
+	};
+	for (size_t i = 0; i < sizeof(changes) / sizeof(changes[0]); i++) {
+		struct cmd_arg st[] = {
+			{ 'a', changes[i].uids, 0, NULL }, { 'u', NULL, changes[i].modseq, NULL },
+			{ 'f', "\\Seen", 0, NULL }, { 'f', "\\*", 0, NULL },
+			{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+		};
+		a = peer_send(n.loop, p1, "STORE", st, 6, &rec);
+		if (strncmp(a, "NO [LIMIT]", 10) != 0)
+			fprintf(stderr, "STORE %zu: %s\n", i, a);
+		CU_ASSERT_EQUAL(strncmp(a, "NO [LIMIT]", 10), 0);
+		struct cmd_arg exp[] = {
+			{ 'a', changes[i].uids, 0, NULL }, { 'u', NULL, changes[i].modseq, NULL },
+			{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+		};
+		a = peer_send(n.loop, p1, "EXPUNGE", exp, 4, &rec);
+		if (strncmp(a, "NO [LIMIT]", 10) != 0)
+			fprintf(stderr, "EXPUNGE %zu: %s\n", i, a);
+		CU_ASSERT_EQUAL(strncmp(a, "NO [LIMIT]", 10), 0);
+	}
+	char *after = user_dump(n.db);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	free(before);
+	free(after);
+
+	/* The peer's next honest change is taken, and so is new mail. */
+	struct cmd_arg save[] = {
+		{ 'a', "1700000000+0000", 0, NULL }, { 'u', NULL, 2, NULL },
+		{ 'u', NULL, 5, NULL }, { 'g', NULL, 0, &g2 },
+		{ 'f', "", 0, NULL }, { 'l', "Subject: 2\r\n\r\ntwo\r\n", 0, NULL },
+		{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+	};
+	a = peer_send(n.loop, p1, "SAVE", save, 8, &rec);
+	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK [UID 2 MODSEQ 5"));
+	struct guid g3;
+	guid_generate(&g3);
+	app.guid = &g3;
+	uint32_t uid3 = 0;
+	CU_ASSERT_EQUAL(stor_msg_append(n.db, &mb.guid, &app, &uid3, NULL, &serr), 0);
+	CU_ASSERT_EQUAL(uid3, 3);
+	CU_ASSERT_EQUAL(stor_mailbox_check(n.db, &mb.guid, &serr), 0);
+
+	repl_peers_destroy(&p1);
+	repl_cluster_detach(n.repl);
+	repl_sync_destroy(&n.sync);
+	repl_mm_destroy(&n.mm);
+	repl_peers_destroy(&n.peers);
+	repl_destroy(&n.repl);
+	CU_ASSERT_EQUAL(stor_sync(n.db, &serr), 0);
+	stor_close(&n.db);
+	ev_loop_destroy(n.loop);
+	config_free(&n.cfg);
+	config_free(&c1);
+	stor_mailbox_free(&mb);
+	free(t1);
+	free(t2);
+	free(store);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
+/* ---- COPY whose source is expunged while it is forwarded ---- */
+
+static void bnode_start(struct bnode *n, struct ev_loop *loop, const char *dir, uint32_t sid,
+			uint16_t port, uint32_t peer, uint16_t peer_port, const char *secret)
+{
+	char *err = NULL;
+	memset(n, 0, sizeof(*n));
+	n->loop = loop;
+	char *text = xasprintf("node_id = %u\ndata_dir = %s/n%u\nrepl_listen = 127.0.0.1:%u\n"
+			       "peer = %u 127.0.0.1:%u\ncluster_secret_file = %s\n",
+			       sid, dir, sid, port, peer, peer_port, secret);
+	n->cfg = config_parse("n.conf", text, &err);
+	free(text);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(n->cfg);
+	char *store = xasprintf("%s/store%u", dir, sid);
+	struct stor_settings set;
+	memset(&set, 0, sizeof(set));
+	set.dir = store;
+	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n->db, &err), 0);
+	free(store);
+	struct repl_settings rs = { sid, 0 };
+	n->repl = repl_cluster_create(loop, n->db, &rs, n->cfg);
+	n->mm = repl_mm_create(loop, n->cfg);
+	n->sync = repl_sync_create(loop, n->repl);
+	CU_ASSERT_EQUAL_FATAL(repl_peers_create(loop, n->cfg, &b_callbacks, n, &n->peers, &err), 0);
+	repl_mm_attach(n->mm, n->peers);
+	repl_sync_attach(n->sync, n->peers);
+	repl_cluster_attach(n->repl, n->peers, n->mm, n->sync);
+}
+
+static void bnode_stop(struct bnode *n)
+{
+	const char *serr;
+	repl_cluster_detach(n->repl);
+	repl_sync_destroy(&n->sync);
+	repl_mm_destroy(&n->mm);
+	repl_peers_destroy(&n->peers);
+	repl_destroy(&n->repl);
+	CU_ASSERT_EQUAL(stor_sync(n->db, &serr), 0);
+	stor_close(&n->db);
+	config_free(&n->cfg);
+}
+
+struct copy_done {
+	bool done;
+	enum repl_error error;
+	size_t copied;
+	uint32_t uid;
+};
+
+static void copy_done_cb(void *ctx, const struct repl_result *res)
+{
+	struct copy_done *d = ctx;
+	d->done = true;
+	d->error = res->error;
+	d->copied = res->uid_count;
+	d->uid = res->uid;
+}
+
+static struct stor_mailbox mailbox_on(struct stor_db *db, const char *name)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(db, "bob", name, &mb, &err), 1);
+	return mb;
+}
+
+/* Node 1 copies a message to a mailbox whose master, node 2, lacks its
+ * text; before node 2's NO [NONEXISTENT] comes back, the source is expunged
+ * here and its text goes.  The copy of that message is skipped (as a COPY
+ * of an expunged UID), and no message with an empty text appears on the
+ * master or here. */
+static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+
+	/* D on both nodes, mastered by node 2 (the first to write to it). */
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	const char *err;
+	for (int i = 0; i < 500; i++) {
+		struct stor_mailbox x;
+		if (stor_mailbox_get(n1.db, "bob", "D", &x, &err) > 0) {
+			stor_mailbox_free(&x);
+			break;
+		}
+		ev_run(loop, EVRUN_ONCE);
+	}
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	/* Node 1 writes to D once: it learns the master and binds D there. */
+	a.text = "Subject: on 1\r\n\r\nfrom node 1\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	CU_ASSERT_EQUAL(on2.messages, 2);
+	stor_mailbox_free(&on2);
+
+	/* S only on node 1, so node 2 has never seen its message's text. */
+	struct stor_mailbox_create req = { .user = "bob", .name = "S" };
+	struct stor_mailbox smb;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(n1.db, &req, &smb, &err), 0);
+	struct guid g;
+	guid_generate(&g);
+	struct stor_append sa = { .guid = &g, .text = "Subject: s\r\n\r\nthe source\r\n" };
+	sa.text_len = strlen(sa.text);
+	uint32_t suid;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &smb.guid, &sa, &suid, NULL, &err), 0);
+
+	memset(&d, 0, sizeof(d));
+	repl_copy(n1.repl, "bob", &smb.guid, &suid, 1, &dmb.guid, false, copy_done_cb, &d);
+	/* The source goes (an expunge from elsewhere), and its text with it,
+	 * before node 2 has answered the forwarded SAVE. */
+	CU_ASSERT_FALSE(d.done);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge(n1.db, &smb.guid, &suid, 1, 0, NULL, &err), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(n1.db, &g, NULL, &err), 0);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	CU_ASSERT_EQUAL(d.copied, 0);
+	/* Let anything still in flight land. */
+	for (int i = 0; i < 50; i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+
+	struct stor_db *dbs[] = { n1.db, n2.db };
+	for (size_t k = 0; k < 2; k++) {
+		stor_msg_list msgs;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(dbs[k], &dmb.guid, 1, UINT32_MAX, &msgs, &err),
+				      0);
+		CU_ASSERT_EQUAL(msgs.count, 2);
+		for (size_t i = 0; i < msgs.count; i++) {
+			CU_ASSERT(msgs.items[i].size > 0);
+			CU_ASSERT_FALSE(guid_equal(&msgs.items[i].guid, &g));
+		}
+		stor_msg_list_free(&msgs);
+		CU_ASSERT_EQUAL(stor_text_exists(dbs[k], &g, NULL, &err), 0);
+	}
+	stor_mailbox_free(&dmb);
+	stor_mailbox_free(&smb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 const struct test_case repl_cluster_cases[] = {
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
 	{ "a truncated log entry is refused at every length", test_entry_every_truncation_is_refused },
 	{ "a damaged log entry is refused", test_entry_damage_is_refused },
 	{ "alone: changes are made here and the resync is remembered across a restart",
 	  test_alone_changes_are_made_here_and_resync_remembered },
+	{ "a peer's UIDs and modseqs past the bounds are refused, the mailbox unchanged",
+	  test_peer_values_past_the_bounds_are_refused },
+	{ "a COPY whose source is expunged meanwhile sends no empty text",
+	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
 	{ NULL, NULL },
 };

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "protocol/protocol.h"
 #include "storage/storage.h"
@@ -1371,6 +1372,253 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 	node_close(&c);
 }
 
+/* ---- Bounds of UIDs and modseqs (SPEC 5.2) ---- */
+
+/* A client sending UIDs, UIDNEXTs or modseqs past the bounds gets NO
+ * [LIMIT] for each, the server's mailbox is left as it was, and it still
+ * takes mail and syncs with an honest client afterwards. */
+static void test_sync_server_refuses_values_past_the_bounds(void)
+{
+	struct node a, b;
+	struct buf out = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	append(&b, &mb, "Subject: b\r\n\r\nb\r\n", 0, NULL);
+	char *before = dump(&b);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	char hex[GUID_HEX_SIZE], g2[GUID_HEX_SIZE], line[2048];
+	guid_to_hex(&mb, hex);
+	struct guid other;
+	guid_generate(&other);
+	guid_to_hex(&other, g2);
+	snprintf(line, sizeof(line),
+		 "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN 0 1 1 4294967295\r\n"
+		 "C4 SYNC-BEGIN 0 9223372036854775806 1 2\r\n"
+		 "C5 SYNC-BEGIN 4611686018427387904 1 1 2\r\n"
+		 "C6 SYNC-BEGIN 0 1 2147483649 2\r\n"
+		 "C7 SYNC-BEGIN 0 1 1 2\r\n"
+		 "C8 SAVE 1700000000+0000 4294967295 1 %s () {3}\r\nabc\r\n"
+		 "C9 SAVE 1700000000+0000 2147483648 1 %s () {3}\r\nabc\r\n"
+		 "C10 SAVE 1700000000+0000 2 9223372036854775806 %s () {3}\r\nabc\r\n"
+		 "C11 STORE 4294967295 5 (\\Seen) (\\*)\r\n"
+		 "C12 STORE 1 9223372036854775806 (\\Seen) (\\*)\r\n"
+		 "C13 EXPUNGE 1,4294967295 5\r\n"
+		 "C14 EXPUNGE 1 4611686018427387904\r\n"
+		 "C15 UIDFIX 1 4294967295\r\n"
+		 "C16 SYNC-END\r\n",
+		 USER, x.uidvalidity, hex, g2, g2, g2);
+	stor_mailbox_free(&x);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	for (int i = 0; i < 100 && sync_server_busy(sv); i++)
+		sync_server_step(sv);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	static const char *const refused[] = {
+		"C3 NO [LIMIT]", "C4 NO [LIMIT]", "C5 NO [LIMIT]", "C6 NO [LIMIT]",
+		"C8 NO [LIMIT]", "C9 NO [LIMIT]", "C10 NO [LIMIT]", "C11 NO [LIMIT]",
+		"C12 NO [LIMIT]", "C13 NO [LIMIT]", "C14 NO [LIMIT]", "C15 NO [LIMIT]",
+	};
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		if (strstr(o, refused[i]) == NULL) {
+			fprintf(stderr, "missing '%s' in:\n%s", refused[i], o);
+			CU_FAIL("a value past the bounds was not refused");
+		}
+	}
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C7 OK"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C16 OK [UIDNEXT 2 HIGHESTMODSEQ"));
+	CU_ASSERT_PTR_NULL(sync_server_error(sv));
+	sync_server_destroy(&sv);
+	char *after = dump(&b);
+	CU_ASSERT_STRING_EQUAL(before, after);
+	free(before);
+	free(after);
+	check_mailbox(&b, &mb);
+	/* Still takes mail, and syncs both ways with an honest peer. */
+	CU_ASSERT_EQUAL(append(&b, &mb, "Subject: b2\r\n\r\nb2\r\n", 0, NULL), 2);
+	append(&a, &mb, "Subject: a\r\n\r\na\r\n", 0, NULL);
+	run_sync(&a, &b, false, 11);
+	CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 3);
+	buf_free(&out);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The server's answer rewritten on its way: every key's number replaced. */
+struct rewrite {
+	struct sync_transport t;
+	const struct sync_transport *inner;
+	const char *key;    /* e.g. "UIDNEXT " */
+	const char *value;  /* the digits put in place of the key's number */
+	unsigned done;
+};
+
+static void rewrite_send(void *ctx, const void *data, size_t len)
+{
+	struct rewrite *rw = ctx;
+	struct buf b = BUF_INIT;
+	const char *p = data, *end = p + len;
+	size_t klen = strlen(rw->key);
+	while (p < end) {
+		const char *k = NULL;
+		for (const char *q = p; q + klen <= end; q++) {
+			if (memcmp(q, rw->key, klen) == 0) {
+				k = q;
+				break;
+			}
+		}
+		if (k == NULL) {
+			buf_append(&b, p, (size_t)(end - p));
+			break;
+		}
+		buf_append(&b, p, (size_t)(k - p) + klen);
+		p = k + klen;
+		if (p < end && *p >= '0' && *p <= '9') {
+			while (p < end && *p >= '0' && *p <= '9')
+				p++;
+			buf_append(&b, rw->value, strlen(rw->value));
+			rw->done++;
+		}
+	}
+	rw->inner->send(rw->inner->ctx, b.data, b.len);
+	buf_free(&b);
+}
+
+/* Syncs c against s with the server's answers rewritten; returns the
+ * result (the sync is expected to fail). */
+static enum sync_step_result run_sync_rewritten(struct node *c, struct node *s, const char *key,
+						const char *value, unsigned *rewritten_r)
+{
+	struct sync_settings set = { .peer_sid = s->sid, .user = USER, .step_budget = 7 };
+	struct sync_pipe *p = sync_pipe_create(5, 1 + 5 % 97);
+	struct rewrite rw = { { rewrite_send, &rw }, sync_pipe_server_transport(p), key, value, 0 };
+	struct sync_client *cl = sync_client_create(c->db, &set, sync_pipe_client_transport(p));
+	struct sync_server *sv = sync_server_create(s->db, c->sid, &rw.t);
+	enum sync_step_result r = sync_pipe_run(p, cl, sv, 1000000);
+	if (r == SYNC_STEP_ERROR)
+		CU_ASSERT_PTR_NOT_NULL(strstr(sync_client_error(cl), "limits of SPEC 5.2"));
+	sync_client_destroy(&cl);
+	sync_server_destroy(&sv);
+	sync_pipe_destroy(&p);
+	*rewritten_r = rw.done;
+	return r;
+}
+
+/* A server answering with a UIDNEXT, HIGHESTMODSEQ, UID or modseq past the
+ * bounds: the client fails the sync and applies nothing of it; its mailbox
+ * still takes mail and syncs afterwards. */
+static void test_sync_client_refuses_values_past_the_bounds(void)
+{
+	static const struct {
+		const char *key, *value;
+	} cases[] = {
+		{ "UIDNEXT ", "4294967295" },
+		{ "HIGHESTMODSEQ ", "9223372036854775806" },
+		{ "SAVE 1700000000+0000 ", "4294967295" },
+		{ "FLAGS ", "4294967295" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		uint32_t u = append(&a, &mb, "Subject: a\r\n\r\na\r\n", 0, NULL);
+		run_sync(&a, &b, false, 3);
+		/* Something for each kind of answer line: a new message and a
+		 * flag change on the server. */
+		append(&b, &mb, "Subject: b\r\n\r\nb\r\n", 0, NULL);
+		set_flags(&b, &mb, u, STOR_FLAG_SEEN);
+		char *before = dump(&a);
+		unsigned rewritten = 0;
+		enum sync_step_result r =
+			run_sync_rewritten(&a, &b, cases[i].key, cases[i].value, &rewritten);
+		CU_ASSERT(rewritten > 0);
+		CU_ASSERT_EQUAL(r, SYNC_STEP_ERROR);
+		char *after = dump(&a);
+		if (strcmp(before, after) != 0)
+			fprintf(stderr, "case %zu: the client changed:\n%s---\n%s", i, before, after);
+		CU_ASSERT_STRING_EQUAL(before, after);
+		free(before);
+		free(after);
+		check_mailbox(&a, &mb);
+		CU_ASSERT_EQUAL(append(&a, &mb, "Subject: a2\r\n\r\na2\r\n", 0, NULL), 2);
+		run_sync(&a, &b, false, 7);
+		CU_ASSERT_TRUE(dumps_equal(&a, &b));
+		CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 3);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
+/* Conflicts at the last UIDs new messages get are renumbered into the room
+ * above them, and the mailbox then refuses new mail; a conflict at the very
+ * last UID cannot be renumbered and the sync is refused, changing nothing
+ * (no UID wraps around). */
+static void test_sync_renumbering_at_the_top_stays_in_bounds(void)
+{
+	struct node a, b;
+	const char *err;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_raise(a.db, &mb, MAIL_UID_ASSIGN_MAX, 0, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_raise(b.db, &mb, MAIL_UID_ASSIGN_MAX, 0, &err), 0);
+	CU_ASSERT_EQUAL(append(&a, &mb, "Subject: a\r\n\r\na\r\n", 0, NULL), MAIL_UID_ASSIGN_MAX);
+	CU_ASSERT_EQUAL(append(&b, &mb, "Subject: b\r\n\r\nb\r\n", 0, NULL), MAIL_UID_ASSIGN_MAX);
+	run_sync(&a, &b, false, 4);
+	CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 2);
+	struct stor_mailbox x = get_mailbox(&a, "INBOX");
+	CU_ASSERT_EQUAL(x.uidnext, MAIL_UID_ASSIGN_MAX + 3);
+	stor_mailbox_free(&x);
+	/* No UID left for new mail. */
+	struct guid g;
+	guid_generate(&g);
+	struct stor_append req = { .guid = &g, .text = "x\r\n", .text_len = 3 };
+	CU_ASSERT_EQUAL(stor_msg_append(a.db, &mb, &req, NULL, NULL, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "run out of UIDs"));
+
+	/* Two messages at the very last UID: nowhere to move one to. */
+	struct guid mb2 = mk_shared_mailbox(&a, &b, "Top");
+	struct guid ga, gb;
+	guid_generate(&ga);
+	guid_generate(&gb);
+	struct stor_append top = { .uid = MAIL_UID_MAX, .guid = &ga, .text = "a\r\n", .text_len = 3 };
+	CU_ASSERT_EQUAL(stor_msg_append(a.db, &mb2, &top, NULL, NULL, &err), 0);
+	top.guid = &gb;
+	top.text = "b\r\n";
+	CU_ASSERT_EQUAL(stor_msg_append(b.db, &mb2, &top, NULL, NULL, &err), 0);
+	/* And past it, storage refuses. */
+	top.uid = MAIL_UID_MAX + 1;
+	CU_ASSERT_EQUAL(stor_msg_append(b.db, &mb2, &top, NULL, NULL, &err), -1);
+	char *da = dump(&a), *db = dump(&b);
+	struct sync_settings set = { .peer_sid = SID_B, .user = USER, .step_budget = 7 };
+	struct sync_pipe *p = sync_pipe_create(9, 13);
+	struct sync_client *cl = sync_client_create(a.db, &set, sync_pipe_client_transport(p));
+	struct sync_server *sv = sync_server_create(b.db, SID_A, sync_pipe_server_transport(p));
+	CU_ASSERT_EQUAL(sync_pipe_run(p, cl, sv, 1000000), SYNC_STEP_ERROR);
+	CU_ASSERT_PTR_NOT_NULL(strstr(sync_client_error(cl), "no UIDs left"));
+	CU_ASSERT_PTR_NULL(sync_server_error(sv));
+	sync_client_destroy(&cl);
+	sync_server_destroy(&sv);
+	sync_pipe_destroy(&p);
+	char *da2 = dump(&a), *db2 = dump(&b);
+	CU_ASSERT_STRING_EQUAL(da, da2);
+	CU_ASSERT_STRING_EQUAL(db, db2);
+	free(da);
+	free(db);
+	free(da2);
+	free(db2);
+	check_mailbox(&a, &mb2);
+	check_mailbox(&b, &mb2);
+	node_close(&a);
+	node_close(&b);
+}
+
 static const struct test_case sync_cases[] = {
 	{ "empty to full copies everything", test_sync_empty_to_full_copies_everything },
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
@@ -1409,6 +1657,12 @@ static const struct test_case sync_cases[] = {
 	{ "a message arriving during a stepwise merge is not doubled",
 	  test_sync_message_arriving_during_a_stepwise_merge_is_not_doubled },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
+	{ "server refuses UIDs and modseqs past the bounds, the mailbox unchanged",
+	  test_sync_server_refuses_values_past_the_bounds },
+	{ "client refuses UIDs and modseqs past the bounds, the mailbox unchanged",
+	  test_sync_client_refuses_values_past_the_bounds },
+	{ "renumbering at the top of the UIDs stays in bounds",
+	  test_sync_renumbering_at_the_top_stays_in_bounds },
 	{ NULL, NULL },
 };
 
