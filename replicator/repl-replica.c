@@ -404,9 +404,25 @@ static void apply_list_change(struct repl_cluster *cl, struct answer *a,
 				return;
 			}
 			cl_notify_later(cl, user, &guid);
+		} else if (stor_mailbox_tomb_add(db, user, &guid, name, &err) < 0) {
+			/* Not here (yet): its tombstone keeps a CREATE another
+			 * node replays later from bringing it back. */
+			answer_later(a, "NO", "SERVERBUG", err);
+			return;
 		}
 		answer_later(a, "OK", NULL, "deleted");
 		return;
+	}
+	if (proto_cmd_is(cmd, "CREATE") && have == 0) {
+		int gone = stor_mailbox_tomb_get(db, user, &guid, &err);
+		if (gone != 0) {
+			/* Deleted here after it was created: a CREATE that comes
+			 * now was overtaken (replayed from an older log); the
+			 * resync the origin queues on NO settles it. */
+			answer_later(a, "NO", gone < 0 ? "SERVERBUG" : "NONEXISTENT",
+				     gone < 0 ? err : "the mailbox was deleted here");
+			return;
+		}
 	}
 	const char *target = name;
 	if (proto_cmd_is(cmd, "RENAME")) {

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/clock.h"
 #include "lib/mail-limits.h"
@@ -43,6 +44,27 @@ static void key_user_name(struct stor_key *k, char prefix, const char *user, con
 	stor_key_bytes(k, user, strlen(user) + 1);
 	if (name != NULL)
 		stor_key_bytes(k, name, strlen(name));
+}
+
+static void tomb_key(struct stor_key *k, const char *user, const struct guid *guid)
+{
+	key_user_name(k, STOR_KEY_MAILBOX_TOMB, user, NULL);
+	if (guid != NULL)
+		stor_key_guid(k, guid);
+}
+
+static void tomb_put(struct stor_batch *wb, const char *user, const struct guid *guid,
+		     const char *name)
+{
+	struct stor_key k;
+	struct buf v = BUF_INIT;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	buf_append_be64(&v, (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+	buf_append_str(&v, name);
+	tomb_key(&k, user, guid);
+	stor_batch_put(wb, &k, v.data, v.len);
+	buf_free(&v);
 }
 
 static void mailbox_key(struct stor_key *k, const struct guid *guid)
@@ -210,6 +232,8 @@ int stor_mailbox_create(struct stor_db *db, const struct stor_mailbox_create *re
 	buf_free(&v);
 	key_user_name(&k, STOR_KEY_NAME, mb.user, mb.name);
 	stor_batch_put(wb, &k, mb.guid.b, GUID_SIZE);
+	tomb_key(&k, mb.user, &mb.guid);
+	stor_batch_del(wb, &k);
 	ret = stor_db_write(db, wb, error_r);
 	stor_batch_free(wb);
 	if (ret == 0 && mb_r != NULL)
@@ -305,6 +329,7 @@ int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char 
 	stor_batch_del(txn.wb, &k);
 	mailbox_key(&k, guid);
 	stor_batch_del(txn.wb, &k);
+	tomb_put(txn.wb, tm->mb.user, guid, tm->mb.name);
 	/* The record is gone: don't let commit write it back. */
 	tm->dirty = false;
 	return stor_txn_commit(&txn, error_r);
@@ -423,19 +448,24 @@ int stor_subscribe(struct stor_db *db, const char *user, const char *name, bool 
 	struct stor_key k;
 	if (validate_user(db, user, error_r) < 0 || validate_name(db, name, error_r) < 0)
 		return -1;
+	struct stor_key gone;
 	key_user_name(&k, STOR_KEY_SUBSCRIPTION, user, name);
+	key_user_name(&gone, STOR_KEY_UNSUBSCRIBED, user, name);
 	struct stor_batch *wb = stor_batch_new();
-	if (subscribed)
+	if (subscribed) {
 		stor_batch_put(wb, &k, "", 0);
-	else
+		stor_batch_del(wb, &gone);
+	} else {
 		stor_batch_del(wb, &k);
+		stor_batch_put(wb, &gone, "", 0);
+	}
 	int ret = stor_db_write(db, wb, error_r);
 	stor_batch_free(wb);
 	return ret;
 }
 
-int stor_subscriptions(struct stor_db *db, const char *user, stor_string_list *names_r,
-		       const char **error_r)
+static int list_names(struct stor_db *db, char kind, const char *user, stor_string_list *names_r,
+		      const char **error_r)
 {
 	struct stor_key prefix;
 	const unsigned char *key;
@@ -443,7 +473,7 @@ int stor_subscriptions(struct stor_db *db, const char *user, stor_string_list *n
 	stor_string_list names = ARRAY_INIT;
 	if (validate_user(db, user, error_r) < 0)
 		return -1;
-	key_user_name(&prefix, STOR_KEY_SUBSCRIPTION, user, NULL);
+	key_user_name(&prefix, kind, user, NULL);
 	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
 	while (stor_iter_in(it, &prefix, &key, &klen)) {
 		ARRAY_PUSH(&names, xstrndup((const char *)key + prefix.len, klen - prefix.len));
@@ -455,6 +485,88 @@ int stor_subscriptions(struct stor_db *db, const char *user, stor_string_list *n
 	}
 	*names_r = names;
 	return 0;
+}
+
+int stor_subscriptions(struct stor_db *db, const char *user, stor_string_list *names_r,
+		       const char **error_r)
+{
+	return list_names(db, STOR_KEY_SUBSCRIPTION, user, names_r, error_r);
+}
+
+int stor_unsubscribed(struct stor_db *db, const char *user, stor_string_list *names_r,
+		      const char **error_r)
+{
+	return list_names(db, STOR_KEY_UNSUBSCRIBED, user, names_r, error_r);
+}
+
+int stor_mailbox_tomb_add(struct stor_db *db, const char *user, const struct guid *guid,
+			  const char *name, const char **error_r)
+{
+	if (validate_user(db, user, error_r) < 0 || validate_name(db, name, error_r) < 0)
+		return -1;
+	int ret = stor_mailbox_get_by_guid(db, guid, NULL, error_r);
+	if (ret != 0)
+		return ret < 0 ? -1 : stor_err(db, error_r, "the mailbox exists");
+	struct stor_batch *wb = stor_batch_new();
+	tomb_put(wb, user, guid, name);
+	ret = stor_db_write(db, wb, error_r);
+	stor_batch_free(wb);
+	return ret;
+}
+
+int stor_mailbox_tomb_get(struct stor_db *db, const char *user, const struct guid *guid,
+			  const char **error_r)
+{
+	struct stor_key k;
+	char *v = NULL;
+	size_t len;
+	if (validate_user(db, user, error_r) < 0)
+		return -1;
+	tomb_key(&k, user, guid);
+	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	free(v);
+	return ret;
+}
+
+int stor_mailbox_tombs(struct stor_db *db, const char *user, stor_mailbox_tomb_list *list_r,
+		       const char **error_r)
+{
+	struct stor_key prefix;
+	const unsigned char *key, *val;
+	size_t klen, vlen;
+	stor_mailbox_tomb_list list = ARRAY_INIT;
+	if (validate_user(db, user, error_r) < 0)
+		return -1;
+	tomb_key(&prefix, user, NULL);
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	int ret = 0;
+	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
+		val = (const unsigned char *)leveldb_iter_value(it, &vlen);
+		if (klen != prefix.len + GUID_SIZE || vlen < 8 ||
+		    vlen - 8 > STOR_MAX_MAILBOX_NAME_LEN) {
+			ret = stor_err_corrupt(db, error_r, "mailbox tombstone");
+			break;
+		}
+		struct stor_mailbox_tomb t;
+		memcpy(t.guid.b, key + prefix.len, GUID_SIZE);
+		t.deleted_ms = (int64_t)stor_be64(val);
+		t.name = xstrndup((const char *)val + 8, vlen - 8);
+		ARRAY_PUSH(&list, t);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0 || ret < 0) {
+		stor_mailbox_tomb_list_free(&list);
+		return -1;
+	}
+	*list_r = list;
+	return 0;
+}
+
+void stor_mailbox_tomb_list_free(stor_mailbox_tomb_list *list)
+{
+	for (size_t i = 0; i < list->count; i++)
+		free(list->items[i].name);
+	ARRAY_FREE(list);
 }
 
 int stor_mailbox_raise(struct stor_db *db, const struct guid *mailbox, uint32_t uidnext,

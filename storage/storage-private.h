@@ -8,6 +8,8 @@
  *   'B' mbguid                      mailbox record
  *   'N' user \0 name                -> mailbox guid (names sort per user)
  *   'W' user \0 name                subscription (empty value)
+ *   'D' user \0 mbguid              mailbox tombstone: deleted_ms64, name
+ *   'X' user \0 name                unsubscribed (empty value; tombstone of 'W')
  *   'U' mbguid uid32                message record
  *   'Q' mbguid modseq64 uid32       modseq index of messages (empty value)
  *   'G' mbguid msgguid uid32        GUID index of messages (empty value)
@@ -47,6 +49,8 @@
 #define STOR_KEY_MAILBOX 'B'
 #define STOR_KEY_NAME 'N'
 #define STOR_KEY_SUBSCRIPTION 'W'
+#define STOR_KEY_MAILBOX_TOMB 'D'
+#define STOR_KEY_UNSUBSCRIBED 'X'
 #define STOR_KEY_MSG 'U'
 #define STOR_KEY_MODSEQ 'Q'
 #define STOR_KEY_GUID 'G'

@@ -154,9 +154,35 @@ int stor_mailbox_get(struct stor_db *db, const char *user, const char *name,
 		     struct stor_mailbox *mb_r, const char **error_r);
 int stor_mailbox_get_by_guid(struct stor_db *db, const struct guid *guid,
 			     struct stor_mailbox *mb_r, const char **error_r);
-/* Deletes the mailbox with all its messages, tombstones and sync state.
- * Message texts lose a reference and are freed when the last one goes. */
+/* Deletes the mailbox with all its messages, tombstones and sync state,
+ * leaving a mailbox tombstone (below).  Message texts lose a reference and
+ * are freed when the last one goes. */
 int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char **error_r);
+
+/* Mailbox tombstones: a deleted mailbox leaves (user, GUID, name, when),
+ * so that a sync tells "deleted there" from "never there" or "lost there"
+ * (a node whose store was wiped or restored): only the first deletes the
+ * other side's copy, and a CREATE replayed after the DELETE is refused.  A
+ * mailbox created again with the GUID takes its tombstone away.  They are
+ * kept until then: a few dozen bytes per deleted mailbox. */
+struct stor_mailbox_tomb {
+	struct guid guid;
+	char *name;            /* the name it had */
+	int64_t deleted_ms;    /* wall clock of the delete, for people */
+};
+typedef ARRAY(struct stor_mailbox_tomb) stor_mailbox_tomb_list;
+/* Records a tombstone for a mailbox this node does not hold (a DELETE that
+ * arrived before or without the CREATE).  A held mailbox is not touched:
+ * -1 then. */
+int stor_mailbox_tomb_add(struct stor_db *db, const char *user, const struct guid *guid,
+			  const char *name, const char **error_r);
+/* 1 when the user's mailbox GUID has a tombstone, 0 not, -1 error. */
+int stor_mailbox_tomb_get(struct stor_db *db, const char *user, const struct guid *guid,
+			  const char **error_r);
+/* The user's tombstones, sorted by GUID. */
+int stor_mailbox_tombs(struct stor_db *db, const char *user, stor_mailbox_tomb_list *list_r,
+		       const char **error_r);
+void stor_mailbox_tomb_list_free(stor_mailbox_tomb_list *list);
 /* Renames; the GUID, UIDVALIDITY and messages stay.  Fails if new_name
  * exists. */
 int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
@@ -174,12 +200,17 @@ typedef ARRAY(char *) stor_string_list;
 int stor_user_list(struct stor_db *db, stor_string_list *users_r, const char **error_r);
 void stor_string_list_free(stor_string_list *list);
 
-/* Subscriptions are by name and may name a mailbox that doesn't exist. */
+/* Subscriptions are by name and may name a mailbox that doesn't exist.
+ * Unsubscribing leaves a tombstone of the name (as deleting a mailbox
+ * does, and for the same reason), subscribing again takes it away. */
 int stor_subscribe(struct stor_db *db, const char *user, const char *name, bool subscribed,
 		   const char **error_r);
 /* Sorted names. */
 int stor_subscriptions(struct stor_db *db, const char *user, stor_string_list *names_r,
 		       const char **error_r);
+/* Sorted names unsubscribed (and not subscribed again since). */
+int stor_unsubscribed(struct stor_db *db, const char *user, stor_string_list *names_r,
+		      const char **error_r);
 
 /* ---- Messages ---- */
 

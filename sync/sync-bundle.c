@@ -728,6 +728,14 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 		*error_r = fmt_error("listing subscriptions: %s", err);
 		ret = -1;
 	}
+	stor_mailbox_tomb_list tombs = ARRAY_INIT;
+	stor_string_list unsubs = ARRAY_INIT;
+	if (ret == 0 && (stor_mailbox_tombs(db, set->user, &tombs, &err) < 0 ||
+			 stor_unsubscribed(db, set->user, &unsubs, &err) < 0)) {
+		*error_r = fmt_error("listing deleted mailboxes: %s", err);
+		stor_string_list_free(&subs);
+		ret = -1;
+	}
 	if (ret == 0) {
 		for (size_t i = 0; i < mbs.count; i++) {
 			const struct stor_mailbox *mb = &mbs.items[i];
@@ -751,10 +759,27 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 			ex_end(&e);
 		}
 		stor_string_list_free(&subs);
+		/* Deleted mailboxes, so the importer tells them from ones this
+		 * node never had (SPEC 10.5). */
+		for (size_t i = 0; i < tombs.count; i++) {
+			ex_begin(&e, "DELETE");
+			proto_wr_cstr(&e.w, set->user);
+			proto_wr_cstr(&e.w, tombs.items[i].name);
+			proto_wr_guid(&e.w, &tombs.items[i].guid);
+			ex_end(&e);
+		}
+		for (size_t i = 0; i < unsubs.count; i++) {
+			ex_begin(&e, "UNSUBSCRIBE");
+			proto_wr_cstr(&e.w, set->user);
+			proto_wr_cstr(&e.w, unsubs.items[i]);
+			ex_end(&e);
+		}
 		for (size_t i = 0; i < mbs.count && ret == 0; i++)
 			ret = ex_mailbox(&e, (uint32_t)i + 1, &mbs.items[i], error_r);
 	}
 	stor_mailbox_list_free(&mbs);
+	stor_mailbox_tomb_list_free(&tombs);
+	stor_string_list_free(&unsubs);
 	deflater_add(&e.d, &e.line);
 	deflater_finish(&e.d);
 	if (ret == 0) {
@@ -1415,14 +1440,28 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 		return ld_fail(l, "%s %s with options", tag, n);
 	if (proto_cmd_is(cmd, "CREATE"))
 		return ld_create(l, cmd, npos);
-	if (proto_cmd_is(cmd, "SUBSCRIBE")) {
+	if (proto_cmd_is(cmd, "SUBSCRIBE") || proto_cmd_is(cmd, "UNSUBSCRIBE")) {
 		const char *name;
 		size_t len;
+		bool on = proto_cmd_is(cmd, "SUBSCRIBE");
 		if (ld_user(l, &cmd->args[0]) < 0 || proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
 		    strlen(name) != len || len > STOR_MAX_MAILBOX_NAME_LEN)
-			return ld_fail(l, "bad SUBSCRIBE");
-		if (stor_subscribe(l->scratch, l->v->user, name, true, &err) < 0)
-			return ld_fail(l, "SUBSCRIBE: %s", err);
+			return ld_fail(l, "bad %s", on ? "SUBSCRIBE" : "UNSUBSCRIBE");
+		if (stor_subscribe(l->scratch, l->v->user, name, on, &err) < 0)
+			return ld_fail(l, "%s: %s", on ? "SUBSCRIBE" : "UNSUBSCRIBE", err);
+		return 0;
+	}
+	if (proto_cmd_is(cmd, "DELETE")) {
+		const char *name;
+		size_t len;
+		struct guid g;
+		if (ld_user(l, &cmd->args[0]) < 0 || proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
+		    strlen(name) != len || len > STOR_MAX_MAILBOX_NAME_LEN ||
+		    proto_arg_guid(&cmd->args[2], &g) < 0)
+			return ld_fail(l, "bad DELETE");
+		/* A mailbox the bundle also creates is refused here. */
+		if (stor_mailbox_tomb_add(l->scratch, l->v->user, &g, name, &err) < 0)
+			return ld_fail(l, "DELETE: %s", err);
 		return 0;
 	}
 	if (proto_cmd_is(cmd, "MBOX"))

@@ -120,6 +120,10 @@ struct sync_client {
 	/* Indexes into srv sorted by GUID and by name (lookups in O(log n)). */
 	ARRAY(uint32_t) srv_by_guid_ix, srv_by_name_ix;
 	stor_string_list srv_subs;
+	/* The server's mailbox tombstones (DELETED lines), sorted, and the
+	 * names it unsubscribed (UNSUBSCRIBED lines). */
+	ARRAY(struct guid) srv_deleted;
+	stor_string_list srv_unsubs;
 	bool list_changed;
 
 	/* Mailboxes to look at, by GUID, and the current one. */
@@ -243,6 +247,9 @@ static void srv_list_free(struct sync_client *c)
 	ARRAY_FREE(&c->srv_by_name_ix);
 	stor_string_list_free(&c->srv_subs);
 	memset(&c->srv_subs, 0, sizeof(c->srv_subs));
+	ARRAY_FREE(&c->srv_deleted);
+	stor_string_list_free(&c->srv_unsubs);
+	memset(&c->srv_unsubs, 0, sizeof(c->srv_unsubs));
 }
 
 static void answer_free(struct sync_client *c)
@@ -690,6 +697,11 @@ static int list_merge(struct sync_client *c)
 		ARRAY_PUSH(&by_guid, mbs.items[i].guid);
 	if (by_guid.count > 1)
 		qsort(by_guid.items, by_guid.count, sizeof(struct guid), cmp_guid_v);
+	guid_list srv_deleted = ARRAY_INIT;
+	for (size_t i = 0; i < c->srv_deleted.count; i++)
+		ARRAY_PUSH(&srv_deleted, c->srv_deleted.items[i]);
+	if (srv_deleted.count > 1)
+		qsort(srv_deleted.items, srv_deleted.count, sizeof(struct guid), cmp_guid_v);
 	str_list_sort(&last_subs);
 	str_list_sort(&c->srv_subs);
 
@@ -758,14 +770,18 @@ static int list_merge(struct sync_client *c)
 			free(nn);
 			continue;
 		}
-		if (l != NULL && mb->uidnext == l->uidnext && mb->highestmodseq == l->hms) {
-			/* Deleted on the peer and unchanged here since. */
+		if (l != NULL && mb->uidnext == l->uidnext && mb->highestmodseq == l->hms &&
+		    mb_by_guid(&srv_deleted, &mb->guid)) {
+			/* Deleted on the peer and unchanged here since.  Without
+			 * the peer's tombstone it never had it or lost it (its
+			 * store was wiped or restored): it gets it back. */
 			if (stor_mailbox_delete(c->db, &mb->guid, &err) < 0)
 				ret = cl_fail(c, "deleting %s: %s", mb->name, err);
 			c->report.mailboxes_deleted++;
 			continue;
 		}
-		/* New here, or deleted there but changed here since: (re)create. */
+		/* New here, lost there, or deleted there but changed here since:
+		 * (re)create. */
 		if (name_taken(c, mb->name, &mb->guid, true)) {
 			char *nn = clash_name(mb->name, &mb->guid);
 			if (stor_mailbox_rename(c->db, &mb->guid, nn, &err) < 0)
@@ -785,7 +801,12 @@ static int list_merge(struct sync_client *c)
 		if (mb_by_guid(&by_guid, &s->guid))
 			continue;
 		const struct cl_last_mbox *l = last_by_guid(&last, &s->guid);
-		if (l != NULL && s->uidnext == l->uidnext && s->hms == l->hms) {
+		int gone = l == NULL ? 0 : stor_mailbox_tomb_get(c->db, c->user, &s->guid, &err);
+		if (gone < 0) {
+			ret = cl_fail(c, "%s", err);
+			break;
+		}
+		if (gone > 0 && s->uidnext == l->uidnext && s->hms == l->hms) {
 			struct proto_wr w;
 			cl_cmd_begin(c, &w, "DELETE", K_LISTOP, 0);
 			proto_wr_cstr(&w, c->user);
@@ -806,8 +827,13 @@ static int list_merge(struct sync_client *c)
 		ret = local_create(c, s, s->name);
 	}
 
-	/* 4. Subscriptions: a three-way merge with the last common set. */
-	if (ret == 0 && stor_subscriptions(c->db, c->user, &subs, &err) < 0)
+	/* 4. Subscriptions: a three-way merge with the last common set; as
+	 * for mailboxes, a name goes only where the other side unsubscribed
+	 * it (its tombstone), not where it is merely missing. */
+	stor_string_list unsubs = ARRAY_INIT;
+	str_list_sort(&c->srv_unsubs);
+	if (ret == 0 && (stor_subscriptions(c->db, c->user, &subs, &err) < 0 ||
+			 stor_unsubscribed(c->db, c->user, &unsubs, &err) < 0))
 		ret = cl_fail(c, "%s", err);
 	else if (ret == 0) {
 		str_list_sort(&subs);
@@ -815,7 +841,7 @@ static int list_merge(struct sync_client *c)
 			const char *n = subs.items[i];
 			if (str_in(&c->srv_subs, n))
 				continue;
-			if (str_in(&last_subs, n)) {
+			if (str_in(&last_subs, n) && str_in(&c->srv_unsubs, n)) {
 				if (stor_subscribe(c->db, c->user, n, false, &err) < 0)
 					ret = cl_fail(c, "%s", err);
 			} else {
@@ -831,7 +857,7 @@ static int list_merge(struct sync_client *c)
 			const char *n = c->srv_subs.items[i];
 			if (str_in(&subs, n))
 				continue;
-			if (str_in(&last_subs, n)) {
+			if (str_in(&last_subs, n) && str_in(&unsubs, n)) {
 				struct proto_wr w;
 				cl_cmd_begin(c, &w, "UNSUBSCRIBE", K_LISTOP, 0);
 				proto_wr_cstr(&w, c->user);
@@ -844,8 +870,10 @@ static int list_merge(struct sync_client *c)
 		}
 		stor_string_list_free(&subs);
 	}
+	stor_string_list_free(&unsubs);
 	stor_mailbox_list_free(&mbs);
 	ARRAY_FREE(&by_guid);
+	ARRAY_FREE(&srv_deleted);
 	last_list_free(&last, &last_subs);
 	return ret;
 }
@@ -873,6 +901,22 @@ static int on_list_line(struct sync_client *c, const struct proto_cmd *line)
 		    len > STOR_MAX_MAILBOX_NAME_LEN)
 			return cl_fail(c, "LIST: bad SUBSCRIBED line");
 		ARRAY_PUSH(&c->srv_subs, xstrdup(s));
+		return 0;
+	}
+	if (proto_cmd_is(line, "UNSUBSCRIBED")) {
+		if (line->arg_count != 1 || proto_arg_str(&line->args[0], &s, &len) < 0 ||
+		    len > STOR_MAX_MAILBOX_NAME_LEN || c->srv_unsubs.count >= SYNC_MAX_MAILBOXES)
+			return cl_fail(c, "LIST: bad UNSUBSCRIBED line");
+		ARRAY_PUSH(&c->srv_unsubs, xstrdup(s));
+		return 0;
+	}
+	if (proto_cmd_is(line, "DELETED")) {
+		struct guid g;
+		if (line->arg_count != 1 || proto_arg_guid(&line->args[0], &g) < 0)
+			return cl_fail(c, "LIST: bad DELETED line");
+		if (c->srv_deleted.count >= SYNC_MAX_MAILBOXES)
+			return cl_fail(c, "LIST: too many DELETED lines");
+		ARRAY_PUSH(&c->srv_deleted, g);
 		return 0;
 	}
 	struct guid digest;

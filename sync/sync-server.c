@@ -232,6 +232,19 @@ static int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 		stor_mailbox_list_free(&mbs);
 		return srv_fail(s, "LIST: %s", err);
 	}
+	stor_mailbox_tomb_list tombs;
+	stor_string_list unsubs;
+	if (stor_mailbox_tombs(s->db, user, &tombs, &err) < 0) {
+		stor_mailbox_list_free(&mbs);
+		stor_string_list_free(&subs);
+		return srv_fail(s, "LIST: %s", err);
+	}
+	if (stor_unsubscribed(s->db, user, &unsubs, &err) < 0) {
+		stor_mailbox_list_free(&mbs);
+		stor_string_list_free(&subs);
+		stor_mailbox_tomb_list_free(&tombs);
+		return srv_fail(s, "LIST: %s", err);
+	}
 	proto_wr_init(&w, &s->out);
 	for (size_t i = 0; i < mbs.count; i++) {
 		const struct stor_mailbox *mb = &mbs.items[i];
@@ -255,8 +268,20 @@ static int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 		proto_wr_cstr(&w, subs.items[i]);
 		proto_wr_end(&w);
 	}
+	for (size_t i = 0; i < tombs.count; i++) {
+		proto_wr_begin(&w, cmd->tag, "DELETED");
+		proto_wr_guid(&w, &tombs.items[i].guid);
+		proto_wr_end(&w);
+	}
+	for (size_t i = 0; i < unsubs.count; i++) {
+		proto_wr_begin(&w, cmd->tag, "UNSUBSCRIBED");
+		proto_wr_cstr(&w, unsubs.items[i]);
+		proto_wr_end(&w);
+	}
 	stor_mailbox_list_free(&mbs);
 	stor_string_list_free(&subs);
+	stor_mailbox_tomb_list_free(&tombs);
+	stor_string_list_free(&unsubs);
 	srv_reply(s, cmd->tag, "OK", NULL, "listed");
 	return 0;
 }
@@ -348,6 +373,10 @@ static int cmd_delete(struct sync_server *s, const struct proto_cmd *cmd)
 		}
 		if (stor_mailbox_delete(s->db, &guid, &err) < 0)
 			return srv_fail(s, "DELETE: %s", err);
+	} else if (stor_mailbox_tomb_add(s->db, user, &guid, name, &err) < 0) {
+		/* Not here: remembered as deleted all the same, so a CREATE
+		 * replayed later by a third node does not bring it back. */
+		return srv_fail(s, "DELETE: %s", err);
 	}
 	srv_reply(s, cmd->tag, "OK", NULL, "deleted");
 	return 0;

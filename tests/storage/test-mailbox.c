@@ -212,6 +212,47 @@ static void test_mailbox_delete_removes_messages_and_state(void)
 	tstore_close(&t);
 }
 
+static void test_mailbox_tombstones(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	stor_mailbox_tomb_list tl;
+	tstore_open(&t);
+	struct guid g1 = tmailbox(t.db, "alice", "Box");
+	struct guid g2, g3;
+	guid_generate(&g2);
+	guid_generate(&g3);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_delete(t.db, &g1, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, &error), 1);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "bob", &g1, &error), 0);
+	/* A delete of a mailbox never held here is remembered too. */
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_add(t.db, "alice", &g2, "Gone", &error), 0);
+	/* ... but a held one is not touched that way. */
+	struct guid held = tmailbox(t.db, "alice", "Held");
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_add(t.db, "alice", &held, "Held", &error), -1);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &held, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_add(t.db, "bob", &g3, "Other", &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_tombs(t.db, "alice", &tl, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(tl.count, 2);
+	bool first = guid_cmp(&g1, &g2) < 0;
+	CU_ASSERT(guid_equal(&tl.items[0].guid, first ? &g1 : &g2));
+	CU_ASSERT_STRING_EQUAL(tl.items[first ? 0 : 1].name, "Box");
+	CU_ASSERT_STRING_EQUAL(tl.items[first ? 1 : 0].name, "Gone");
+	CU_ASSERT(tl.items[0].deleted_ms > 1600000000000LL);
+	stor_mailbox_tomb_list_free(&tl);
+	/* Created again: the tombstone goes, the other user's stays. */
+	struct stor_mailbox_create req;
+	memset(&req, 0, sizeof(req));
+	req.user = "alice";
+	req.name = "Box";
+	req.guid = &g1;
+	CU_ASSERT_EQUAL(stor_mailbox_create(t.db, &req, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "bob", &g3, &error), 1);
+	tstore_close(&t);
+}
+
 static void test_subscriptions_sorted_and_independent_of_mailboxes(void)
 {
 	struct tstore t;
@@ -261,6 +302,7 @@ const struct test_case storage_mailbox_cases[] = {
 	{ "list is sorted by name per user", test_mailbox_list_sorted_by_name_per_user },
 	{ "rename keeps GUID and messages", test_mailbox_rename_keeps_guid_and_messages },
 	{ "delete removes messages and sync state", test_mailbox_delete_removes_messages_and_state },
+	{ "deletes leave mailbox tombstones; a create takes its own away", test_mailbox_tombstones },
 	{ "subscriptions sorted, independent of mailboxes", test_subscriptions_sorted_and_independent_of_mailboxes },
 	{ "raise only raises UIDNEXT and HIGHESTMODSEQ", test_mailbox_raise_only_raises },
 	{ NULL, NULL },

@@ -721,6 +721,94 @@ static void test_sync_restored_backup_is_repaired(void)
 	node_close(&b);
 }
 
+/* A server whose store was wiped (or restored from before a mailbox
+ * existed) lacks mailboxes the last common list names, but never deleted
+ * them: the client must give them back, not delete its own copies. */
+static void test_sync_wiped_server_gets_everything_back(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid g1 = mk_mailbox(&a, "INBOX");
+	struct guid g2 = mk_mailbox(&a, "Projects");
+	for (int i = 0; i < 3; i++) {
+		append(&a, &g1, "inbox mail\r\n", 0, NULL);
+		append(&a, &g2, "project mail\r\n", STOR_FLAG_SEEN, NULL);
+	}
+	const char *error;
+	CU_ASSERT_EQUAL(stor_subscribe(a.db, USER, "Projects", true, &error), 0);
+	run_sync(&a, &b, false, 111);
+	CU_ASSERT(dumps_equal(&a, &b));
+	char *before = dump(&a);
+	/* B's store is lost and B starts afresh. */
+	stor_close(&b.db);
+	test_rmtree(b.dir);
+	node_open_dir(&b);
+	struct sync_run r = run_sync(&a, &b, false, 112);
+	CU_ASSERT_EQUAL(r.report.mailboxes_deleted, 0);
+	char *after = dump(&a);
+	CU_ASSERT_STRING_EQUAL(after, before);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(count_unique(&b, "Projects"), 3);
+	free(before);
+	free(after);
+	/* A mailbox deleted since on B (a tombstone there) still goes, and so
+	 * does a subscription B dropped. */
+	CU_ASSERT_EQUAL(stor_subscribe(b.db, USER, "Projects", false, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_delete(b.db, &g2, &error), 0);
+	r = run_sync(&a, &b, false, 113);
+	CU_ASSERT_EQUAL(r.report.mailboxes_deleted, 1);
+	CU_ASSERT_EQUAL(r.report.subscriptions_changed, 1);
+	char *d = dump(&a);
+	CU_ASSERT_PTR_NULL(strstr(d, "subscribed Projects"));
+	free(d);
+	CU_ASSERT(dumps_equal(&a, &b));
+	struct stor_mailbox mb;
+	CU_ASSERT_EQUAL(stor_mailbox_get_by_guid(a.db, &g2, &mb, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(a.db, USER, &g2, &error), 1);
+	/* Created again with its GUID (a change beat the delete elsewhere):
+	 * the tombstone goes. */
+	struct stor_mailbox_create req = { .user = USER, .name = "Projects", .guid = &g2 };
+	CU_ASSERT_EQUAL(stor_mailbox_create(a.db, &req, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(a.db, USER, &g2, &error), 0);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The server restored from a backup taken before a mailbox existed: the
+ * mailbox comes back to it, and the client keeps its copy. */
+static void test_sync_server_restored_from_backup_gets_newer_mailboxes(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid g1 = mk_mailbox(&a, "INBOX");
+	append(&a, &g1, "inbox mail\r\n", 0, NULL);
+	run_sync(&a, &b, false, 114);
+	char *backup = xasprintf("%s.bak", b.dir);
+	stor_close(&b.db);
+	copy_dir(b.dir, backup);
+	node_open_dir(&b);
+	struct guid g2 = mk_mailbox(&a, "Later");
+	append(&a, &g2, "later mail\r\n", 0, NULL);
+	run_sync(&a, &b, false, 115);
+	CU_ASSERT(dumps_equal(&a, &b));
+	stor_close(&b.db);
+	copy_dir(backup, b.dir);
+	test_rmtree(backup);
+	free(backup);
+	node_open_dir(&b);
+	const char *error;
+	CU_ASSERT_EQUAL(stor_mailbox_get(b.db, USER, "Later", NULL, &error), 0);
+	struct sync_run r = run_sync(&a, &b, false, 116);
+	CU_ASSERT_EQUAL(r.report.mailboxes_deleted, 0);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(count_unique(&a, "Later"), 1);
+	CU_ASSERT_EQUAL(count_unique(&b, "Later"), 1);
+	node_close(&a);
+	node_close(&b);
+}
+
 static void test_sync_full_option_compares_every_message(void)
 {
 	struct node a, b;
@@ -1642,6 +1730,10 @@ static const struct test_case sync_cases[] = {
 	{ "subscriptions merge three-way", test_sync_subscriptions_merge_three_way },
 	{ "no-change resync examines no message", test_sync_no_change_resync_examines_no_message },
 	{ "restored backup is repaired", test_sync_restored_backup_is_repaired },
+	{ "a wiped server gets every mailbox back, nothing deleted",
+	  test_sync_wiped_server_gets_everything_back },
+	{ "a server restored from an old backup gets newer mailboxes back",
+	  test_sync_server_restored_from_backup_gets_newer_mailboxes },
 	{ "full option compares every message", test_sync_full_option_compares_every_message },
 	{ "random operations converge", test_sync_random_operations_converge },
 	{ "random mailbox list changes converge",
