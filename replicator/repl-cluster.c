@@ -691,6 +691,10 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		fwd_fail(f, REPL_ERR_TOOBIG, text);
 		return;
 	}
+	if (proto_code_has(line, "LIMIT")) {
+		fwd_fail(f, REPL_ERR_LIMIT, text);
+		return;
+	}
 	if (proto_code_has(line, "GUIDMISMATCH")) {
 		/* The master holds other messages under some of these UIDs:
 		 * nothing was changed there, and a resync renumbers them. */
