@@ -116,8 +116,9 @@ struct iconv_slot {
 static _Thread_local struct iconv_slot iconv_cache[ICONV_CACHE_SIZE];
 static _Thread_local uint64_t iconv_clock;
 
-/* A descriptor from UTF-8 to name in its initial state, or (iconv_t)-1 if
- * iconv does not know name.  The least recently used one makes room. */
+/* A descriptor converting from name to UTF-8, in its initial state, or
+ * (iconv_t)-1 if iconv does not know name.  The least recently used one
+ * makes room. */
 static iconv_t iconv_get(const char *name)
 {
 	struct iconv_slot *victim = &iconv_cache[0];
@@ -142,19 +143,23 @@ static iconv_t iconv_get(const char *name)
 	return cd;
 }
 
-/* An invalid sequence becomes U+FFFD and the
- * conversion goes on after it; an incomplete one at the end becomes U+FFFD.
- * Every turn of the loop consumes input or stops, and the output is bounded. */
+/* An invalid sequence becomes U+FFFD and the conversion goes on after it;
+ * an incomplete one at the end becomes U+FFFD.  Every turn of the loop
+ * consumes input or stops, and the output is bounded. */
 static void iconv_to_utf8(iconv_t cd, size_t unit, const unsigned char *p, size_t len,
 			  struct buf *out)
 {
 	char *in = (char *)(uintptr_t)p; /* iconv() does not write through it */
 	size_t inleft = len;
-	size_t limit = out->len + len * CHARSET_MAX_GROWTH + 64;
+	/* with a U+FFFD after the last turn (3) and the final flush (32), this
+	 * stays within the 64 bytes imap_mime_charset_to_utf8() allows beyond
+	 * 8 times the input */
+	size_t limit = out->len + len * CHARSET_MAX_GROWTH + 16;
 	while (inleft > 0) {
+		size_t left = out->len < limit ? limit - out->len : 0;
 		size_t room = inleft * 2 + 64;
-		if (room > limit - out->len)
-			room = limit - out->len;
+		if (room > left)
+			room = left;
 		if (room < 16)
 			break; /* the output bound: the rest is not converted */
 		char *o = (char *)buf_reserve(out, room);
@@ -178,11 +183,11 @@ static void iconv_to_utf8(iconv_t cd, size_t unit, const unsigned char *p, size_
 		inleft -= skip;
 	}
 	/* a stateful decoder may still hold a character */
-	char *o = (char *)buf_reserve(out, 64);
-	size_t oleft = 64;
+	char *o = (char *)buf_reserve(out, 32);
+	size_t oleft = 32;
 	if (iconv(cd, NULL, NULL, &o, &oleft) == (size_t)-1)
-		oleft = 64;
-	buf_commit(out, 64 - oleft);
+		oleft = 32;
+	buf_commit(out, 32 - oleft);
 }
 
 int imap_mime_charset_to_utf8(const char *charset, size_t charset_len, const unsigned char *p,
