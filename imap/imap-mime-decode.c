@@ -1,90 +1,230 @@
 /* Decoding for SEARCH: quoted-printable and base64 bodies, RFC 2047 encoded
- * words, a few single-byte charsets to UTF-8, and case folding for
- * case-insensitive substring search.  See imap-mime.h. */
+ * words, charsets to UTF-8 (iconv(3)), and RFC 5051 case folding
+ * (libunistring) for case-insensitive substring search.  See imap-mime.h. */
 #include "imap/imap-mime-private.h"
 
+#include <errno.h>
+#include <iconv.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unicase.h>
+#include <uninorm.h>
+#include <unistr.h>
 
 #include "lib/str.h"
 
-static void put_utf8(struct buf *out, uint32_t cp)
+/* Charset names longer than this are not charsets (the longest glibc
+ * knows is about 30 characters). */
+#define CHARSET_NAME_MAX 64
+/* Converted text is at most this many times the input plus a little: the
+ * worst real case is 3 bytes of U+FFFD per invalid input byte, or a byte
+ * that maps to two characters. */
+#define CHARSET_MAX_GROWTH 8
+
+static void put_utf8(struct buf *out, ucs4_t c)
 {
-	if (cp < 0x80) {
-		buf_append_byte(out, (unsigned char)cp);
-	} else if (cp < 0x800) {
-		buf_append_byte(out, (unsigned char)(0xc0 | (cp >> 6)));
-		buf_append_byte(out, (unsigned char)(0x80 | (cp & 0x3f)));
-	} else if (cp < 0x10000) {
-		buf_append_byte(out, (unsigned char)(0xe0 | (cp >> 12)));
-		buf_append_byte(out, (unsigned char)(0x80 | ((cp >> 6) & 0x3f)));
-		buf_append_byte(out, (unsigned char)(0x80 | (cp & 0x3f)));
-	} else {
-		buf_append_byte(out, (unsigned char)(0xf0 | (cp >> 18)));
-		buf_append_byte(out, (unsigned char)(0x80 | ((cp >> 12) & 0x3f)));
-		buf_append_byte(out, (unsigned char)(0x80 | ((cp >> 6) & 0x3f)));
-		buf_append_byte(out, (unsigned char)(0x80 | (cp & 0x3f)));
-	}
+	uint8_t *d = buf_reserve(out, 6);
+	int n = u8_uctomb(d, c, 6);
+	buf_commit(out, n > 0 ? (size_t)n : 0);
 }
 
-enum mime_charset mime_charset_lookup(const char *name, size_t len)
+static void put_replacement(struct buf *out)
 {
-	static const struct {
-		const char *name;
-		enum mime_charset cs;
-	} names[] = {
-		{ "utf-8", MIME_CHARSET_UTF8 }, { "utf8", MIME_CHARSET_UTF8 },
-		{ "us-ascii", MIME_CHARSET_UTF8 }, { "ascii", MIME_CHARSET_UTF8 },
-		{ "iso-8859-1", MIME_CHARSET_LATIN1 }, { "iso8859-1", MIME_CHARSET_LATIN1 },
-		{ "iso_8859-1", MIME_CHARSET_LATIN1 }, { "latin1", MIME_CHARSET_LATIN1 },
-		{ "l1", MIME_CHARSET_LATIN1 }, { "iso-8859-15", MIME_CHARSET_LATIN9 },
-		{ "iso8859-15", MIME_CHARSET_LATIN9 }, { "latin9", MIME_CHARSET_LATIN9 },
-		{ "windows-1252", MIME_CHARSET_CP1252 }, { "cp1252", MIME_CHARSET_CP1252 },
-	};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		if (strlen(names[i].name) == len && strncasecmp(names[i].name, name, len) == 0)
-			return names[i].cs;
-	}
-	return MIME_CHARSET_UNKNOWN;
+	buf_append(out, "\xef\xbf\xbd", 3); /* U+FFFD */
 }
 
-static const uint16_t cp1252_high[32] = {
-	0x20ac, 0x0081, 0x201a, 0x0192, 0x201e, 0x2026, 0x2020, 0x2021,
-	0x02c6, 0x2030, 0x0160, 0x2039, 0x0152, 0x008d, 0x017d, 0x008f,
-	0x0090, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014,
-	0x02dc, 0x2122, 0x0161, 0x203a, 0x0153, 0x009d, 0x017e, 0x0178,
+/* Labels found in mail that glibc does not know, and the charset they
+ * stand for. */
+static const struct {
+	const char *label, *name;
+} charset_aliases[] = {
+	{ "ks_c_5601-1987", "CP949" },  /* Outlook's label for Korean */
+	{ "x-sjis", "SHIFT_JIS" },
+	{ "x-gbk", "GBK" },
+	{ "iso-8859-8-i", "ISO-8859-8" }, /* Hebrew in logical order: same bytes */
+	{ "iso-8859-6-i", "ISO-8859-6" },
+	{ "unicode-1-1-utf-7", "UTF-7" },
 };
 
-static uint32_t latin9_cp(unsigned char c)
+enum charset_kind {
+	CHARSET_COPY,    /* UTF-8 or US-ASCII: the bytes are already what we compare */
+	CHARSET_ICONV,   /* name holds what to give iconv_open() */
+	CHARSET_UNKNOWN, /* not a name iconv may be asked about */
+};
+
+/* Normalises a charset label (a MIME parameter or an IMAP argument) into
+ * name.  Only names made of the characters charset names use reach
+ * iconv_open(): glibc gives "" the locale's charset and reads "//" and ","
+ * as conversion options. */
+static enum charset_kind charset_resolve(const char *s, size_t len, char name[CHARSET_NAME_MAX])
 {
-	switch (c) {
-	case 0xa4: return 0x20ac;
-	case 0xa6: return 0x0160;
-	case 0xa8: return 0x0161;
-	case 0xb4: return 0x017d;
-	case 0xb8: return 0x017e;
-	case 0xbc: return 0x0152;
-	case 0xbd: return 0x0153;
-	case 0xbe: return 0x0178;
-	default: return c;
+	while (len > 0 && (*s == ' ' || *s == '\t'))
+		s++, len--;
+	while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+		len--;
+	if (len == 0 || len >= CHARSET_NAME_MAX)
+		return CHARSET_UNKNOWN;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_' || c == '.' || c == ':' || c == '+' || c == '(' || c == ')'))
+			return CHARSET_UNKNOWN;
 	}
+	static const char *const copy[] = { "utf-8", "utf8", "us-ascii", "ascii" };
+	for (size_t i = 0; i < sizeof(copy) / sizeof(copy[0]); i++)
+		if (strlen(copy[i]) == len && strncasecmp(copy[i], s, len) == 0)
+			return CHARSET_COPY;
+	/* upper case, so that each charset has one entry in the cache */
+	for (size_t i = 0; i < len; i++)
+		name[i] = s[i] >= 'a' && s[i] <= 'z' ? (char)(s[i] - 32) : s[i];
+	name[len] = '\0';
+	for (size_t i = 0; i < sizeof(charset_aliases) / sizeof(charset_aliases[0]); i++) {
+		if (strcasecmp(charset_aliases[i].label, name) == 0) {
+			snprintf(name, CHARSET_NAME_MAX, "%s", charset_aliases[i].name);
+			break;
+		}
+	}
+	return CHARSET_ICONV;
 }
 
-void mime_charset_to_utf8(enum mime_charset cs, const unsigned char *p, size_t len,
+/* How many bytes to skip past an invalid sequence: one code unit, so that
+ * a bad character in UTF-16 or UTF-32 text does not misalign the rest. */
+static size_t charset_unit(const char *name)
+{
+	if (strncasecmp(name, "UTF-16", 6) == 0 || strncasecmp(name, "UTF16", 5) == 0 ||
+	    strncasecmp(name, "UCS-2", 5) == 0 || strncasecmp(name, "UCS2", 4) == 0 ||
+	    strcasecmp(name, "UNICODE") == 0)
+		return 2;
+	if (strncasecmp(name, "UTF-32", 6) == 0 || strncasecmp(name, "UTF32", 5) == 0 ||
+	    strncasecmp(name, "UCS-4", 5) == 0 || strncasecmp(name, "UCS4", 4) == 0)
+		return 4;
+	return 1;
+}
+
+/* Descriptors stay open, a few per thread: glibc unloads a converter's
+ * module soon after its last descriptor is closed, and a SEARCH over mail
+ * in alternating charsets then spent most of its time loading modules. */
+#define ICONV_CACHE_SIZE 8
+
+struct iconv_slot {
+	char name[CHARSET_NAME_MAX]; /* "" for a free slot */
+	iconv_t cd;
+	uint64_t used;
+};
+
+static _Thread_local struct iconv_slot iconv_cache[ICONV_CACHE_SIZE];
+static _Thread_local uint64_t iconv_clock;
+
+/* A descriptor converting from name to UTF-8, in its initial state, or
+ * (iconv_t)-1 if iconv does not know name.  The least recently used one
+ * makes room. */
+static iconv_t iconv_get(const char *name)
+{
+	struct iconv_slot *victim = &iconv_cache[0];
+	for (size_t i = 0; i < ICONV_CACHE_SIZE; i++) {
+		struct iconv_slot *slot = &iconv_cache[i];
+		if (slot->name[0] != '\0' && strcmp(slot->name, name) == 0) {
+			slot->used = ++iconv_clock;
+			(void)iconv(slot->cd, NULL, NULL, NULL, NULL);
+			return slot->cd;
+		}
+		if (slot->used < victim->used)
+			victim = slot;
+	}
+	iconv_t cd = iconv_open("UTF-8", name);
+	if (cd == (iconv_t)-1)
+		return cd;
+	if (victim->name[0] != '\0')
+		iconv_close(victim->cd);
+	snprintf(victim->name, sizeof(victim->name), "%s", name);
+	victim->cd = cd;
+	victim->used = ++iconv_clock;
+	return cd;
+}
+
+/* An invalid sequence becomes U+FFFD and the conversion goes on after it;
+ * an incomplete one at the end becomes U+FFFD.  Every turn of the loop
+ * consumes input or stops, and the output is bounded. */
+static void iconv_to_utf8(iconv_t cd, size_t unit, const unsigned char *p, size_t len,
 			  struct buf *out)
 {
-	if (cs == MIME_CHARSET_UTF8 || cs == MIME_CHARSET_UNKNOWN) {
+	char *in = (char *)(uintptr_t)p; /* iconv() does not write through it */
+	size_t inleft = len;
+	/* with a U+FFFD after the last turn (3) and the final flush (32), this
+	 * stays within the 64 bytes imap_mime_charset_to_utf8() allows beyond
+	 * 8 times the input */
+	size_t limit = out->len + len * CHARSET_MAX_GROWTH + 16;
+	while (inleft > 0) {
+		size_t left = out->len < limit ? limit - out->len : 0;
+		size_t room = inleft * 2 + 64;
+		if (room > left)
+			room = left;
+		if (room < 16)
+			break; /* the output bound: the rest is not converted */
+		char *o = (char *)buf_reserve(out, room);
+		size_t oleft = room;
+		const char *in_before = in;
+		size_t r = iconv(cd, &in, &inleft, &o, &oleft);
+		int err = errno;
+		buf_commit(out, room - oleft);
+		if (r != (size_t)-1)
+			break;
+		if (err == E2BIG) {
+			if (in == in_before && oleft == room)
+				break; /* no progress with 16+ bytes of room: give up */
+			continue;
+		}
+		put_replacement(out);
+		if (err != EILSEQ)
+			break; /* EINVAL: the input ends inside a character */
+		size_t skip = unit < inleft ? unit : inleft;
+		in += skip;
+		inleft -= skip;
+	}
+	/* a stateful decoder may still hold a character */
+	char *o = (char *)buf_reserve(out, 32);
+	size_t oleft = 32;
+	if (iconv(cd, NULL, NULL, &o, &oleft) == (size_t)-1)
+		oleft = 32;
+	buf_commit(out, 32 - oleft);
+}
+
+int imap_mime_charset_to_utf8(const char *charset, size_t charset_len, const unsigned char *p,
+			      size_t len, struct buf *out)
+{
+	char name[CHARSET_NAME_MAX];
+	iconv_t cd = (iconv_t)-1;
+	switch (charset_resolve(charset, charset_len, name)) {
+	case CHARSET_COPY:
 		buf_append(out, p, len);
-		return;
+		return 0;
+	case CHARSET_ICONV:
+		cd = iconv_get(name);
+		break;
+	case CHARSET_UNKNOWN:
+		break;
 	}
-	for (size_t i = 0; i < len; i++) {
-		uint32_t cp = p[i];
-		if (cs == MIME_CHARSET_CP1252 && cp >= 0x80 && cp < 0xa0)
-			cp = cp1252_high[cp - 0x80];
-		else if (cs == MIME_CHARSET_LATIN9)
-			cp = latin9_cp(p[i]);
-		put_utf8(out, cp);
+	if (cd == (iconv_t)-1) {
+		buf_append(out, p, len);
+		return -1;
 	}
+	iconv_to_utf8(cd, charset_unit(name), p, len, out);
+	return 0;
+}
+
+bool imap_mime_charset_known(const char *charset, size_t charset_len)
+{
+	char name[CHARSET_NAME_MAX];
+	switch (charset_resolve(charset, charset_len, name)) {
+	case CHARSET_COPY:
+		return true;
+	case CHARSET_ICONV:
+		return iconv_get(name) != (iconv_t)-1;
+	case CHARSET_UNKNOWN:
+		break;
+	}
+	return false;
 }
 
 void mime_decode_qp(const unsigned char *p, size_t len, bool header, struct buf *out)
@@ -158,70 +298,32 @@ void mime_decode_base64(const unsigned char *p, size_t len, struct buf *out)
 
 /* ---- case folding ---- */
 
-static uint32_t fold_cp(uint32_t c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c + 32;
-	if (c < 0xc0)
-		return c;
-	if (c <= 0xde && c != 0xd7)
-		return c + 32;
-	if (c >= 0x100 && c <= 0x137)
-		return c | 1;
-	if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e))
-		return (c & 1) ? c + 1 : c;
-	if (c >= 0x14a && c <= 0x177)
-		return c | 1;
-	if (c == 0x178)
-		return 0xff;
-	if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2)
-		return c + 32;
-	if (c >= 0x410 && c <= 0x42f)
-		return c + 32;
-	if (c >= 0x400 && c <= 0x40f)
-		return c + 80;
-	return c;
-}
+/* Decompositions nest at most four deep in Unicode 14; a bound all the same. */
+#define FOLD_MAX_DEPTH 8
 
-/* Decodes one UTF-8 sequence at p; returns its length, or 0 if invalid. */
-static size_t utf8_decode(const unsigned char *p, size_t len, uint32_t *cp_r)
+/* RFC 5051 (i;unicode-casemap), step 2 for one character: its titlecase
+ * mapping, and if that has a decomposition (canonical or compatibility),
+ * each character of it treated the same way.  So "e" + U+0301 and U+00E9
+ * both give "E" + U+0301, U+0131 (dotless i) gives "I", U+FB01 gives "FI". */
+static void fold_char(struct buf *out, ucs4_t c, unsigned depth)
 {
-	unsigned char c = p[0];
-	size_t n;
-	uint32_t cp;
-	if (c < 0x80) {
-		*cp_r = c;
-		return 1;
-	} else if (c >= 0xc2 && c <= 0xdf) {
-		n = 2;
-		cp = c & 0x1f;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		n = 3;
-		cp = c & 0x0f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		n = 4;
-		cp = c & 0x07;
-	} else {
-		return 0;
+	ucs4_t d[UC_DECOMPOSITION_MAX_LENGTH];
+	int tag;
+	c = uc_totitle(c);
+	int n = depth < FOLD_MAX_DEPTH ? uc_decomposition(c, &tag, d) : -1;
+	if (n <= 0) {
+		put_utf8(out, c);
+		return;
 	}
-	if (len < n)
-		return 0;
-	for (size_t i = 1; i < n; i++) {
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (p[i] & 0x3f);
-	}
-	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-		return 0;
-	*cp_r = cp;
-	return n;
+	for (int i = 0; i < n; i++)
+		fold_char(out, d[i], depth + 1);
 }
 
 void mime_fold_utf8(const unsigned char *p, size_t len, struct buf *out)
 {
 	size_t i = 0;
 	while (i < len) {
-		/* ASCII runs, the common case, are folded without decoding */
+		/* ASCII runs, the common case, are titlecased without decoding */
 		size_t run = 0;
 		while (i + run < len && p[i + run] < 0x80)
 			run++;
@@ -229,31 +331,37 @@ void mime_fold_utf8(const unsigned char *p, size_t len, struct buf *out)
 			unsigned char *d = buf_reserve(out, run);
 			for (size_t k = 0; k < run; k++) {
 				unsigned char c = p[i + k];
-				d[k] = c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+				d[k] = c >= 'a' && c <= 'z' ? (unsigned char)(c - 32) : c;
 			}
 			buf_commit(out, run);
 			i += run;
 			continue;
 		}
-		uint32_t cp;
-		size_t n = utf8_decode(p + i, len - i, &cp);
-		if (n == 0) {
-			buf_append_byte(out, p[i++]); /* invalid byte: compare as is */
+		ucs4_t c;
+		int n = u8_mbtoucr(&c, p + i, len - i);
+		if (n <= 0) {
+			/* not UTF-8: RFC 5051 compares such bytes as they are */
+			buf_append_byte(out, p[i++]);
 			continue;
 		}
-		if (n == 1 || fold_cp(cp) != cp)
-			put_utf8(out, fold_cp(cp));
-		else
-			buf_append(out, p + i, n);
-		i += n;
+		fold_char(out, c, 0);
+		i += (size_t)n;
 	}
 }
 
 /* ---- RFC 2047 ---- */
 
-/* Decodes "=?charset?enc?text?=" at s (no whitespace inside), converting
- * to UTF-8.  Returns its length, or 0 if s does not start a valid one. */
-static size_t decode_encoded_word(const unsigned char *s, size_t n, struct buf *out)
+struct encoded_word {
+	const char *charset; /* without an RFC 2231 "*lang" suffix */
+	size_t charset_len;
+	bool base64;
+	const unsigned char *text;
+	size_t text_len;
+};
+
+/* Parses "=?charset?enc?text?=" at s (no whitespace inside).  Returns its
+ * length, or 0 if s does not start a valid one. */
+static size_t parse_encoded_word(const unsigned char *s, size_t n, struct encoded_word *ew)
 {
 	if (n < 8 || s[0] != '=' || s[1] != '?')
 		return 0;
@@ -279,50 +387,78 @@ static size_t decode_encoded_word(const unsigned char *s, size_t n, struct buf *
 	}
 	if (t + 1 >= n)
 		return 0;
-	struct buf raw = BUF_INIT;
-	if (enc == 'B' || enc == 'b')
-		mime_decode_base64(s + t_start, t - t_start, &raw);
-	else
-		mime_decode_qp(s + t_start, t - t_start, true, &raw);
-	mime_charset_to_utf8(mime_charset_lookup((const char *)s + cs_start, cs_len), raw.data,
-			     raw.len, out);
-	buf_free(&raw);
+	ew->charset = (const char *)s + cs_start;
+	ew->charset_len = cs_len;
+	ew->base64 = enc == 'B' || enc == 'b';
+	ew->text = s + t_start;
+	ew->text_len = t - t_start;
 	return t + 2;
+}
+
+/* Bytes of adjacent encoded words in one charset, converted together:
+ * mailers split multibyte characters across words. */
+struct ew_run {
+	struct buf raw;
+	const char *charset;
+	size_t charset_len;
+};
+
+static void ew_run_flush(struct ew_run *run, struct buf *out)
+{
+	if (run->charset == NULL)
+		return;
+	(void)imap_mime_charset_to_utf8(run->charset, run->charset_len, run->raw.data, run->raw.len,
+					out);
+	buf_reset(&run->raw);
+	run->charset = NULL;
+}
+
+static void ew_run_add(struct ew_run *run, const struct encoded_word *ew, struct buf *out)
+{
+	if (run->charset != NULL &&
+	    (run->charset_len != ew->charset_len ||
+	     strncasecmp(run->charset, ew->charset, ew->charset_len) != 0))
+		ew_run_flush(run, out);
+	run->charset = ew->charset;
+	run->charset_len = ew->charset_len;
+	if (ew->base64)
+		mime_decode_base64(ew->text, ew->text_len, &run->raw);
+	else
+		mime_decode_qp(ew->text, ew->text_len, true, &run->raw);
 }
 
 void imap_mime_decode_header(const unsigned char *value, size_t len, struct buf *out)
 {
 	struct buf u = BUF_INIT;
+	struct ew_run run = { BUF_INIT, NULL, 0 };
+	struct encoded_word ew;
 	mime_unfold(value, len, &u);
 	const unsigned char *s = u.data;
 	size_t n = u.len, i = 0;
-	bool prev_ew = false;
 	while (i < n) {
-		size_t ew = decode_encoded_word(s + i, n - i, out);
-		if (ew > 0) {
-			i += ew;
-			prev_ew = true;
+		size_t ew_len = parse_encoded_word(s + i, n - i, &ew);
+		if (ew_len > 0) {
+			ew_run_add(&run, &ew, out);
+			i += ew_len;
 			continue;
 		}
-		if (prev_ew && (s[i] == ' ' || s[i] == '\t')) {
+		if (run.charset != NULL && (s[i] == ' ' || s[i] == '\t')) {
 			/* whitespace between two encoded words is dropped */
 			size_t j = i;
 			while (j < n && (s[j] == ' ' || s[j] == '\t'))
 				j++;
-			struct buf probe = BUF_INIT;
-			bool next_ew = j < n && decode_encoded_word(s + j, n - j, &probe) > 0;
-			buf_free(&probe);
-			if (!next_ew)
-				buf_append(out, s + i, j - i);
-			i = j;
-			prev_ew = next_ew;
-			continue;
+			if (j < n && parse_encoded_word(s + j, n - j, &ew) > 0) {
+				i = j;
+				continue;
+			}
 		}
+		ew_run_flush(&run, out);
 		buf_append_byte(out, s[i++]);
-		prev_ew = false;
 	}
+	ew_run_flush(&run, out);
 	if (out->data == NULL)
 		buf_append_str(out, "");
+	buf_free(&run.raw);
 	buf_free(&u);
 }
 
@@ -389,8 +525,9 @@ bool imap_mime_body_contains(const struct imap_mime *m, const char *needle)
 			buf_append(&dec, body, len);
 		}
 		const char *cs = mime_param_get(&p->params, "CHARSET");
-		enum mime_charset c = cs == NULL ? MIME_CHARSET_UTF8 : mime_charset_lookup(cs, strlen(cs));
-		mime_charset_to_utf8(c, dec.data, dec.len, &utf8);
+		if (cs == NULL)
+			cs = "us-ascii";
+		(void)imap_mime_charset_to_utf8(cs, strlen(cs), dec.data, dec.len, &utf8);
 		mime_fold_utf8(utf8.data, utf8.len, &folded);
 		found = folded_contains(&folded, &fneedle);
 	}

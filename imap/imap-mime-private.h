@@ -82,20 +82,12 @@ const char *mime_param_get(const mime_param_array *params, const char *name);
 struct mime_part *mime_part_child(const struct imap_mime *m, const struct mime_part *part,
 				  unsigned n);
 
-/* Charset conversion and decoding (imap-mime-decode.c). */
-enum mime_charset {
-	MIME_CHARSET_UTF8, /* also us-ascii: bytes are copied */
-	MIME_CHARSET_LATIN1,
-	MIME_CHARSET_LATIN9,
-	MIME_CHARSET_CP1252,
-	MIME_CHARSET_UNKNOWN, /* bytes are copied */
-};
-enum mime_charset mime_charset_lookup(const char *name, size_t len);
-void mime_charset_to_utf8(enum mime_charset cs, const unsigned char *p, size_t len,
-			  struct buf *out);
+/* Decoding (imap-mime-decode.c). */
 void mime_decode_qp(const unsigned char *p, size_t len, bool header, struct buf *out);
 void mime_decode_base64(const unsigned char *p, size_t len, struct buf *out);
-/* Appends a case-folded copy of UTF-8 text for substring comparison. */
+/* Appends the RFC 5051 (i;unicode-casemap) form of UTF-8 text, which
+ * substring comparison works on: titlecased and decomposed; bytes that are
+ * not UTF-8 are copied. */
 void mime_fold_utf8(const unsigned char *p, size_t len, struct buf *out);
 
 /* IMAP string output (imap-mime-struct.c). */

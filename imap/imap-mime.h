@@ -114,19 +114,33 @@ int imap_mime_section_partial(const struct imap_mime *m, const char *part,
 /* For SEARCH HEADER/FROM/SUBJECT/...: does header field `field`
  * (case-insensitive) of the top-level message contain needle?  The value is
  * unfolded and RFC 2047 decoded to UTF-8 first; the comparison is
- * case-insensitive (ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic
- * letters).  field NULL matches the value of any header field (names are
- * not searched).  An empty needle matches when the field exists.  needle is
- * UTF-8 and NUL-terminated. */
+ * case-insensitive as RFC 5051 (i;unicode-casemap) defines it: both sides
+ * are titlecased and fully decomposed, so precomposed and decomposed
+ * letters match, as do final and medial sigma, dotless i and I (but not
+ * sharp s and "SS").  field NULL matches the value of any header field
+ * (names are not searched).  An empty needle matches when the field
+ * exists.  needle is UTF-8 and NUL-terminated. */
 bool imap_mime_header_contains(const struct imap_mime *m, const char *field, const char *needle);
 
 /* For SEARCH BODY: does the decoded body of any text part (type TEXT, including
  * parts that default to text/plain and those of attached messages) contain
  * needle, case-insensitively as above?  Bodies are quoted-printable or base64
- * decoded and converted from us-ascii, utf-8, iso-8859-1, iso-8859-15 or
- * windows-1252 to UTF-8; other charsets are searched as raw bytes.  An empty
+ * decoded and converted to UTF-8 from their charset parameter as
+ * imap_mime_charset_to_utf8() does (us-ascii when there is none).  An empty
  * needle always matches. */
 bool imap_mime_body_contains(const struct imap_mime *m, const char *needle);
+
+/* Appends text in charset (a MIME or IMAP label such as "koi8-r",
+ * "ISO-2022-JP", "windows-1251"; any that glibc's iconv(3) knows, and a few
+ * aliases mailers use) converted to UTF-8.  UTF-8 and US-ASCII text is
+ * copied as it is.  Invalid or truncated sequences become U+FFFD and the
+ * conversion goes on; the output is at most 8 times the input plus 64 bytes.
+ * Returns 0, or -1 if the charset is unknown: the bytes are then appended
+ * unchanged.  Keeps up to 8 iconv descriptors open per calling thread. */
+int imap_mime_charset_to_utf8(const char *charset, size_t charset_len, const unsigned char *p,
+			      size_t len, struct buf *out);
+/* Whether imap_mime_charset_to_utf8() converts from charset. */
+bool imap_mime_charset_known(const char *charset, size_t charset_len);
 
 /* The top-level Date: header as UTC epoch seconds and the zone offset it
  * was written in (minutes east of UTC).  Returns 1 if there is a Date:
@@ -143,8 +157,9 @@ int imap_mime_date(const struct imap_mime *m, int64_t *t_r, int32_t *tz_minutes_
 int imap_mime_parse_date(const char *s, size_t len, int64_t *t_r, int32_t *tz_minutes_r);
 
 /* Appends the RFC 2047 decoded, unfolded form of a header value to out as
- * UTF-8 (charsets as for imap_mime_body_contains; encoded words in unknown
- * charsets are decoded to their raw bytes).  Exposed for tests and for
+ * UTF-8 (charsets as for imap_mime_charset_to_utf8(); encoded words in
+ * unknown charsets are decoded to their raw bytes; adjacent words in one
+ * charset are converted together, as mailers split characters across them).  Exposed for tests and for
  * callers that display or sort by decoded values. */
 void imap_mime_decode_header(const unsigned char *value, size_t len, struct buf *out);
 

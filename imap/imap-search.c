@@ -91,6 +91,8 @@ struct parse_state {
 	struct imap_search *s;
 	const char *error;
 	enum imap_search_error kind;
+	const char *charset; /* of the string arguments */
+	size_t charset_len;
 };
 
 static struct key *key_new(struct parse_state *ps, enum key_type type)
@@ -118,6 +120,16 @@ static const struct imap_arg *next_arg(struct parse_state *ps)
 		return NULL;
 	}
 	return &ps->args[ps->pos++];
+}
+
+/* Sets the string a text key looks for, converted from the SEARCH CHARSET
+ * to UTF-8 (what the message side is converted to). */
+static void set_needle(struct parse_state *ps, struct key *k, const char *s, size_t len)
+{
+	struct buf b = BUF_INIT;
+	(void)imap_mime_charset_to_utf8(ps->charset, ps->charset_len, (const unsigned char *)s, len,
+					&b);
+	k->str2 = (char *)buf_steal(&b, &k->str2_len);
 }
 
 static const char *next_string(struct parse_state *ps, size_t *len_r)
@@ -282,8 +294,7 @@ static struct key *parse_key(struct parse_state *ps, unsigned depth)
 			if (s == NULL || (k = key_new(ps, K_HEADER)) == NULL)
 				return NULL;
 			k->str = xstrdup(header_keys[i].field);
-			k->str2 = xmemdup(s, len + 1);
-			k->str2_len = len;
+			set_needle(ps, k, s, len);
 			ps->s->needs_text = true;
 			return k;
 		}
@@ -311,8 +322,7 @@ static struct key *parse_key(struct parse_state *ps, unsigned depth)
 			return NULL;
 		}
 		k->str = xstrdup(field);
-		k->str2 = xmemdup(s, len + 1);
-		k->str2_len = len;
+		set_needle(ps, k, s, len);
 		ps->s->needs_text = true;
 		return k;
 	}
@@ -321,8 +331,7 @@ static struct key *parse_key(struct parse_state *ps, unsigned depth)
 		const char *s = next_string(ps, &len);
 		if (s == NULL || (k = key_new(ps, strcasecmp(name, "BODY") == 0 ? K_BODY : K_TEXT)) == NULL)
 			return NULL;
-		k->str2 = xmemdup(s, len + 1);
-		k->str2_len = len;
+		set_needle(ps, k, s, len);
 		ps->s->needs_text = true;
 		return k;
 	}
@@ -404,13 +413,16 @@ int imap_search_parse(const struct imap_arg *args, size_t count, struct imap_sea
 {
 	*kind_r = IMAP_SEARCH_BAD;
 	size_t start = 0;
+	const char *charset = "UTF-8";
+	size_t charset_len = 5;
 	if (count >= 2 && imap_arg_atom_eq(&args[0], "CHARSET")) {
-		if (args[1].type == IMAP_ARG_LIST ||
-		    (strcasecmp(args[1].str, "UTF-8") != 0 && strcasecmp(args[1].str, "US-ASCII") != 0)) {
+		if (args[1].type == IMAP_ARG_LIST || !imap_mime_charset_known(args[1].str, args[1].len)) {
 			*kind_r = IMAP_SEARCH_BADCHARSET;
 			*error_r = "Unsupported charset";
 			return -1;
 		}
+		charset = args[1].str;
+		charset_len = args[1].len;
 		start = 2;
 	}
 	if (start >= count) {
@@ -421,6 +433,8 @@ int imap_search_parse(const struct imap_arg *args, size_t count, struct imap_sea
 	struct parse_state ps;
 	memset(&ps, 0, sizeof(ps));
 	ps.s = s;
+	ps.charset = charset;
+	ps.charset_len = charset_len;
 	s->root = parse_and(&ps, args + start, count - start, 0);
 	if (s->root == NULL) {
 		*error_r = ps.error != NULL ? ps.error : "Invalid search";
@@ -569,9 +583,11 @@ static bool match_key(const struct key *k, struct imap_search_msg *m)
 			return false;
 		if (imap_search_contains(m->text, m->text_len, k->str2, k->str2_len))
 			return true;
-		/* Also decoded headers and bodies (encoded words, base64). */
+		/* Also decoded headers and bodies (encoded words, charsets,
+		 * base64), compared as RFC 5051 says. */
 		struct imap_mime *mime = get_mime(m);
-		return mime != NULL && imap_mime_body_contains(mime, k->str2);
+		return mime != NULL && (imap_mime_header_contains(mime, NULL, k->str2) ||
+					imap_mime_body_contains(mime, k->str2));
 	}
 	case K_BEFORE:
 	case K_ON:

@@ -8,8 +8,10 @@
  * UNKEYWORD, FROM TO CC BCC SUBJECT HEADER BODY TEXT, BEFORE ON SINCE,
  * SENTBEFORE SENTON SENTSINCE, LARGER SMALLER, NOT, OR, parenthesised lists,
  * MODSEQ (with the optional entry name and type), and a leading CHARSET
- * (UTF-8 or US-ASCII).  String matching is a case-insensitive substring
- * match (ASCII case folding). */
+ * (any charset imap_mime_charset_known() accepts: the string arguments are
+ * converted from it to UTF-8 when parsed).  String matching is a
+ * case-insensitive substring match of the decoded message text (RFC 5051
+ * i;unicode-casemap, see imap_mime_header_contains()). */
 #ifndef IMAP_IMAP_SEARCH_H
 #define IMAP_IMAP_SEARCH_H
 

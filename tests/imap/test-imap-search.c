@@ -203,7 +203,23 @@ static void test_search_charsets(void)
 	enum imap_search_error kind;
 	CU_ASSERT_EQUAL(run("CHARSET UTF-8 FROM alice", NULL), 1);
 	CU_ASSERT_EQUAL(run("CHARSET us-ascii ALL", NULL), 7);
-	CU_ASSERT_EQUAL(run("CHARSET KOI8-R ALL", &kind), -1);
+	CU_ASSERT_EQUAL(run("CHARSET KOI8-R ALL", NULL), 7);
+	/* the strings are converted to UTF-8: "café" in Latin-1 and in
+	 * windows-1252 finds the UTF-8 encoded word of message 2 */
+	CU_ASSERT_EQUAL(run("CHARSET ISO-8859-1 SUBJECT {4+}\r\nCAF\xc9", NULL), 2);
+	CU_ASSERT_EQUAL(run("CHARSET \"windows-1252\" HEADER Subject \"caf\xe9 plans\"", NULL), 2);
+	CU_ASSERT_EQUAL(run("CHARSET ISO-8859-1 SUBJECT caf\xe9s", NULL), 0);
+	/* TEXT also looks at decoded header values, not only at raw bytes */
+	CU_ASSERT_EQUAL(run("CHARSET windows-1252 TEXT {10+}\r\nCAF\xc9 PLANS", NULL), 2);
+	CU_ASSERT_EQUAL(run("TEXT \"CAF\xc3\x89 PLANS\"", NULL), 2);
+	kind = IMAP_SEARCH_BAD;
+	CU_ASSERT_EQUAL(run("CHARSET x-unknown ALL", &kind), -1);
+	CU_ASSERT_EQUAL(kind, IMAP_SEARCH_BADCHARSET);
+	kind = IMAP_SEARCH_BAD;
+	CU_ASSERT_EQUAL(run("CHARSET \"\" ALL", &kind), -1);
+	CU_ASSERT_EQUAL(kind, IMAP_SEARCH_BADCHARSET);
+	kind = IMAP_SEARCH_BAD;
+	CU_ASSERT_EQUAL(run("CHARSET (UTF-8) ALL", &kind), -1);
 	CU_ASSERT_EQUAL(kind, IMAP_SEARCH_BADCHARSET);
 }
 

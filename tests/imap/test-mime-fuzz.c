@@ -3,7 +3,7 @@
  * text.  Not built by make (it needs clang); from the top of the tree:
  *   clang -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
  *     tests/imap/test-mime-fuzz.c imap/imap-mime*.c lib/buf.c lib/str.c lib/xalloc.c \
- *     lib/log.c -o /tmp/fuzz-mime
+ *     lib/log.c -lunistring -o /tmp/fuzz-mime
  *   /tmp/fuzz-mime -max_total_time=60 -timeout=5 -max_len=4096 CORPUS_DIR */
 #include <stddef.h>
 #include <stdint.h>
@@ -43,6 +43,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	(void)imap_mime_parse_date((const char *)text, size, &t, &tz);
 	buf_reset(&out);
 	imap_mime_decode_header(text, size, &out);
+	/* the input as text in a charset picked by its first byte, among
+	 * stateful, multibyte and wide ones: conversion ends, and within the
+	 * documented bound */
+	static const char *const charsets[] = {
+		"ISO-2022-JP", "ISO-2022-JP-3", "ISO-2022-KR", "ISO-2022-CN-EXT", "UTF-7",
+		"UTF-16", "UTF-32", "Shift_JIS", "GB18030", "BIG5-HKSCS", "EUC-JP", "EUC-TW",
+		"UTF-8", "x-unknown",
+	};
+	const char *cs = charsets[size > 0 ? text[0] % (sizeof(charsets) / sizeof(charsets[0])) : 0];
+	buf_reset(&out);
+	(void)imap_mime_charset_to_utf8(cs, strlen(cs), text, size, &out);
+	if (out.len > size * 8 + 64)
+		abort();
+	/* and its start as a charset name */
+	(void)imap_mime_charset_known((const char *)text, size < 80 ? size : 80);
 	buf_free(&out);
 	imap_mime_free(&m);
 	free(text);

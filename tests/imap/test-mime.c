@@ -792,6 +792,204 @@ static void test_body_search_decodes_qp_base64_and_charsets(void)
 	imap_mime_free(&m);
 }
 
+/* Bodies in charsets other than the four the old tables knew: each found by
+ * a UTF-8 needle in another case. */
+static void test_body_search_converts_charsets_iconv_knows(void)
+{
+	struct imap_mime *m = parse_str(
+		"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+		"--b\r\n"
+		"Content-Type: text/plain; charset=koi8-r\r\n\r\n"
+		/* "Привет, мир! Встреча в пятницу" */
+		"\xf0\xd2\xc9\xd7\xc5\xd4, \xcd\xc9\xd2! \xf7\xd3\xd4\xd2\xc5\xde\xc1 \xd7 \xd0\xd1\xd4\xce\xc9\xc3\xd5" "\r\n"
+		"--b\r\n"
+		"Content-Type: text/plain; charset=\"ISO-2022-JP\"\r\n\r\n"
+		/* "会議は金曜日です" */
+		"\x1b$B2q5D$O6bMKF|$G$9\x1b(B" "\r\n"
+		"--b\r\n"
+		"Content-Type: text/plain; charset=Shift_JIS\r\n"
+		"Content-Transfer-Encoding: 8bit\r\n\r\n"
+		/* "東京タワーで会いましょう" */
+		"\x93\x8c\x8b\x9e\x83^\x83\x8f\x81[\x82\xc5\x89\xef\x82\xa2\x82\xdc\x82\xb5\x82\xe5\x82\xa4" "\r\n"
+		"--b\r\n"
+		"Content-Type: text/html; charset=gb2312\r\n\r\n"
+		/* "明天开会" */
+		"<p>" "\xc3\xf7\xcc\xec\xbf\xaa\xbb\xe1" "</p>\r\n"
+		"--b\r\n"
+		"Content-Type: text/plain; charset=utf-16\r\n"
+		"Content-Transfer-Encoding: base64\r\n\r\n"
+		/* "Grüße aus Köln" with a byte order mark */
+		"//5HAHIA/ADfAGUAIABhAHUAcwAgAEsA9gBsAG4A\r\n"
+		"--b--\r\n");
+	/* "ВСТРЕЧА В ПЯТНИЦУ" */
+	CU_ASSERT(imap_mime_body_contains(m, "\xd0\x92\xd0\xa1\xd0\xa2\xd0\xa0\xd0\x95\xd0\xa7\xd0\x90 \xd0\x92 \xd0\x9f\xd0\xaf\xd0\xa2\xd0\x9d\xd0\x98\xd0\xa6\xd0\xa3"));
+	/* "金曜日" */
+	CU_ASSERT(imap_mime_body_contains(m, "\xe9\x87\x91\xe6\x9b\x9c\xe6\x97\xa5"));
+	/* "タワーで" */
+	CU_ASSERT(imap_mime_body_contains(m, "\xe3\x82\xbf\xe3\x83\xaf\xe3\x83\xbc\xe3\x81\xa7"));
+	/* "开会" */
+	CU_ASSERT(imap_mime_body_contains(m, "\xe5\xbc\x80\xe4\xbc\x9a"));
+	/* "GRÜßE AUS KÖLN" */
+	CU_ASSERT(imap_mime_body_contains(m, "GR\xc3\x9c\xc3\x9f" "E AUS K\xc3\x96LN"));
+	CU_ASSERT(!imap_mime_body_contains(m, "\x1b$B"));
+	imap_mime_free(&m);
+}
+
+static void test_encoded_words_in_charsets_iconv_knows(void)
+{
+	struct imap_mime *m = parse_str("Subject: =?windows-1251?B?zvL3uPIg5+Ag6uLg8PLg6w==?=\r\n"
+					"From: =?GB2312?B?sbG+?= =?GB2312?B?qbu2063E4w==?= <x@example.cn>\r\n"
+					"\r\nbody\r\n");
+	/* "ОТЧЁТ ЗА" */
+	CU_ASSERT(imap_mime_header_contains(m, "subject", "\xd0\x9e\xd0\xa2\xd0\xa7\xd0\x81\xd0\xa2 \xd0\x97\xd0\x90"));
+	/* "北京欢迎你": the second character is split across the two words */
+	CU_ASSERT(imap_mime_header_contains(m, "from", "\xe5\x8c\x97\xe4\xba\xac\xe6\xac\xa2\xe8\xbf\x8e\xe4\xbd\xa0"));
+	imap_mime_free(&m);
+
+	struct {
+		const char *in, *out;
+	} cases[] = {
+		{ "=?koi8-r?q?=F0=D2=C9=D7=C5=D4?=", "\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82" },
+		{ "=?ISO-2022-JP?B?GyRCRnxLXDhsGyhC?=", "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e" },
+		/* unknown charset: the decoded bytes as they are */
+		{ "=?x-unknown?q?=F0=D2?=", "\xf0\xd2" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct buf out = BUF_INIT;
+		imap_mime_decode_header((const unsigned char *)cases[i].in, strlen(cases[i].in), &out);
+		assert_buf_eq(&out, cases[i].out, cases[i].in);
+		buf_free(&out);
+	}
+}
+
+/* Invalid sequences become U+FFFD and the text after them is still
+ * converted; output stays bounded. */
+static void test_invalid_bytes_do_not_stop_conversion(void)
+{
+	struct imap_mime *m = parse_str(
+		"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+		"--b\r\n"
+		"Content-Type: text/plain; charset=shift_jis\r\n\r\n"
+		/* a lead byte with a bad trail byte, and bytes Shift_JIS never uses */
+		"bad \x81\x20\xff\xfe\xa0 then " "\x93\x8c\x8b\x9e" " later\r\n"
+		"--b\r\n"
+		"Content-Type: text/plain; charset=iso-2022-jp\r\n\r\n"
+		"\x1b$Z bogus escape, then \x1b$B2q5D\x1b(B meeting\r\n"
+		"--b--\r\n");
+	/* "東京 LATER", "会議 MEETING" */
+	CU_ASSERT(imap_mime_body_contains(m, "\xe6\x9d\xb1\xe4\xba\xac LATER"));
+	CU_ASSERT(imap_mime_body_contains(m, "\xe4\xbc\x9a\xe8\xad\xb0 MEETING"));
+	CU_ASSERT(imap_mime_body_contains(m, "BAD \xef\xbf\xbd"));
+	imap_mime_free(&m);
+
+	static const struct {
+		const char *charset, *in;
+		size_t in_len;
+		const char *out;
+	} cases[] = {
+		/* an unpaired surrogate costs one code unit, not the alignment */
+		{ "UTF-16LE", "h\0i\0\x00\xdct\0h\0e\0r\0e\0", 16, "hi\xef\xbf\xbdthere" },
+		/* input ending inside a character */
+		{ "EUC-JP", "abc\xa4", 4, "abc\xef\xbf\xbd" },
+		{ "euc-jp", "\xa4\xa2\xff" "x", 4, "\xe3\x81\x82\xef\xbf\xbdx" },
+		/* a label mailers use that glibc does not know */
+		{ "ks_c_5601-1987", "\xc7\xd1", 2, "\xed\x95\x9c" },
+		{ " KOI8-R ", "\xf0", 1, "\xd0\x9f" },
+		/* UTF-8 and US-ASCII are compared as they are, like before */
+		{ "utf-8", "\xff" "a", 2, "\xff" "a" },
+		{ "US-ASCII", "\xe9", 1, "\xe9" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct buf out = BUF_INIT;
+		CU_ASSERT_EQUAL(imap_mime_charset_to_utf8(cases[i].charset, strlen(cases[i].charset),
+							  (const unsigned char *)cases[i].in,
+							  cases[i].in_len, &out), 0);
+		assert_buf_eq(&out, cases[i].out, cases[i].charset);
+		buf_free(&out);
+	}
+
+	/* 64 KiB of bytes invalid in Shift_JIS: every one becomes U+FFFD */
+	size_t n = 65536;
+	unsigned char *junk = malloc(n);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(junk);
+	memset(junk, 0xff, n);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(imap_mime_charset_to_utf8("Shift_JIS", 9, junk, n, &out), 0);
+	CU_ASSERT_EQUAL(out.len, 3 * n);
+	free(junk);
+	buf_free(&out);
+}
+
+/* Names iconv does not know, or that glibc would read as something else
+ * ("" is the locale's charset, "//" adds options), leave the bytes as they
+ * are and SEARCH CHARSET refuses them. */
+static void test_unknown_charsets_keep_the_bytes(void)
+{
+	static const char *const names[] = {
+		"x-unknown", "", "   ", "UTF-8//IGNORE", "koi8-r,utf-8", "../../tmp/x",
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		struct buf out = BUF_INIT;
+		CU_ASSERT_EQUAL(imap_mime_charset_to_utf8(names[i], strlen(names[i]),
+							  (const unsigned char *)"\xf0x", 2, &out), -1);
+		assert_buf_eq(&out, "\xf0x", names[i]);
+		CU_ASSERT_FALSE(imap_mime_charset_known(names[i], strlen(names[i])));
+		buf_free(&out);
+	}
+	CU_ASSERT_TRUE(imap_mime_charset_known("UTF-8", 5));
+	CU_ASSERT_TRUE(imap_mime_charset_known("windows-1251", 12));
+	CU_ASSERT_TRUE(imap_mime_charset_known("GB18030", 7));
+	/* a body in an unknown charset is still searched as bytes */
+	struct imap_mime *m = parse_str("Content-Type: text/plain; charset=x-unknown\r\n\r\n"
+					"caf\xe9 au lait\r\n");
+	CU_ASSERT(imap_mime_body_contains(m, "CAF\xe9 AU"));
+	imap_mime_free(&m);
+}
+
+/* RFC 5051 i;unicode-casemap: titlecase, then full decomposition. */
+static void test_case_folding_is_rfc5051_unicode_casemap(void)
+{
+	struct imap_mime *m = parse_str(
+		"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+		/* Turkish: "kırmızı İstanbul" */
+		"k\xc4\xb1rm\xc4\xb1z\xc4\xb1 \xc4\xb0stanbul\r\n"
+		/* Greek with a final sigma: "ΟΔΟΣ" */
+		"\xce\x9f\xce\x94\xce\x9f\xce\xa3\r\n"
+		/* German: "Straße" */
+		"Stra\xc3\x9f" "e\r\n"
+		/* Armenian "Բարեւ", Georgian Asomtavruli "Ⴀ" */
+		"\xd4\xb2\xd5\xa1\xd6\x80\xd5\xa5\xd6\x82 \xe1\x82\xa0\r\n"
+		/* "café" precomposed, "résumé" decomposed, "ﬁle" with a ligature */
+		"caf\xc3\xa9 re\xcc\x81sume\xcc\x81 \xef\xac\x81le\r\n");
+	/* dotless i is I in titlecase: "KIRMIZI" and "kirmizi" */
+	CU_ASSERT(imap_mime_body_contains(m, "KIRMIZI"));
+	CU_ASSERT(imap_mime_body_contains(m, "kirmizi"));
+	/* dotted capital I decomposes to I + U+0307: "i̇stanbul" */
+	CU_ASSERT(imap_mime_body_contains(m, "i\xcc\x87stanbul"));
+	CU_ASSERT(!imap_mime_body_contains(m, "ISTANBUL"));
+	/* "οδος" with a final sigma, and "ΟΔΟσ" */
+	CU_ASSERT(imap_mime_body_contains(m, "\xce\xbf\xce\xb4\xce\xbf\xcf\x82"));
+	CU_ASSERT(imap_mime_body_contains(m, "\xce\x9f\xce\x94\xce\x9f\xcf\x83"));
+	/* sharp s has no titlecase form of its own: "STRAßE" matches, "STRASSE" not */
+	CU_ASSERT(imap_mime_body_contains(m, "STRA\xc3\x9f" "E"));
+	CU_ASSERT(!imap_mime_body_contains(m, "STRASSE"));
+	/* "բԱՐԵՒ", Nuskhuri "ⴀ" */
+	CU_ASSERT(imap_mime_body_contains(m, "\xd5\xa2\xd4\xb1\xd5\x90\xd4\xb5\xd5\x92"));
+	CU_ASSERT(imap_mime_body_contains(m, "\xe2\xb4\x80"));
+	/* precomposed and decomposed forms match each other, in any case */
+	CU_ASSERT(imap_mime_body_contains(m, "CAFE\xcc\x81"));
+	CU_ASSERT(imap_mime_body_contains(m, "R\xc3\x89SUM\xc3\x89"));
+	CU_ASSERT(imap_mime_body_contains(m, "FILE"));
+	CU_ASSERT(!imap_mime_body_contains(m, "CAF\xc3\xa8"));
+	imap_mime_free(&m);
+
+	/* the same folding applies to decoded header values */
+	m = parse_str("Subject: =?utf-8?q?=CE=9F=CE=94=CE=9F=CE=A3_k=C4=B1rm=C4=B1z=C4=B1?=\r\n\r\nx\r\n");
+	CU_ASSERT(imap_mime_header_contains(m, "subject", "\xce\xbf\xce\xb4\xce\xbf\xcf\x82 KIRMIZI"));
+	imap_mime_free(&m);
+}
+
 /* ---- dates ---- */
 
 static void test_parse_date_accepts_real_world_forms(void)
@@ -965,6 +1163,11 @@ static const struct test_case search_cases[] = {
 	{ "decode_header_joins_adjacent_encoded_words", test_decode_header_joins_adjacent_encoded_words },
 	{ "header_search_decodes_and_ignores_case", test_header_search_decodes_and_ignores_case },
 	{ "body_search_decodes_qp_base64_and_charsets", test_body_search_decodes_qp_base64_and_charsets },
+	{ "body_search_converts_charsets_iconv_knows", test_body_search_converts_charsets_iconv_knows },
+	{ "encoded_words_in_charsets_iconv_knows", test_encoded_words_in_charsets_iconv_knows },
+	{ "invalid_bytes_do_not_stop_conversion", test_invalid_bytes_do_not_stop_conversion },
+	{ "unknown_charsets_keep_the_bytes", test_unknown_charsets_keep_the_bytes },
+	{ "case_folding_is_rfc5051_unicode_casemap", test_case_folding_is_rfc5051_unicode_casemap },
 	{ NULL, NULL },
 };
 

@@ -839,8 +839,19 @@ def t_search():
       label="CHARSET UTF-8 BODY with a literal matches 8-bit UTF-8 text")
     s(("SUBJECT", Literal("Gr\u00fc\u00dfe".encode())), [4], charset="UTF-8",
       label="CHARSET UTF-8 SUBJECT matches a MIME encoded-word (what clients expect)")
+    s(("BODY", Literal("K\u00d6LN".encode("iso-8859-1"))), [4], charset="ISO-8859-1",
+      label="CHARSET ISO-8859-1 BODY with a Latin-1 literal finds UTF-8 text")
+    s(("SUBJECT", Literal("gr\u00fc\u00dfe".encode("iso-8859-1"))), [4], charset="ISO-8859-1",
+      label="CHARSET ISO-8859-1 SUBJECT finds a UTF-8 encoded word")
+    s(("TEXT", Literal("\u0413\u0440\u044e\u0441\u0441".encode("koi8-r"))), [], charset="KOI8-R",
+      label="CHARSET KOI8-R is accepted (no message holds the text)")
+    s(("TEXT", Literal("GR\u00dc\u00dfE".encode("windows-1252"))), [4], charset='"windows-1252"',
+      label="CHARSET as a quoted string (windows-1252) with TEXT")
     r = c.command("SEARCH CHARSET X-NO-SUCH-CHARSET BODY x")
     R.check("SEARCH with an unknown charset -> NO [BADCHARSET]",
+            r.status == "NO" and r.code == "BADCHARSET", r)
+    r = c.command("SEARCH CHARSET x-unknown ALL")
+    R.check("SEARCH CHARSET x-unknown -> NO [BADCHARSET]",
             r.status == "NO" and r.code == "BADCHARSET", r)
     r = c.command("SEARCH FROBNICATE")
     R.equal("SEARCH with an unknown key -> BAD", r.status, "BAD")
