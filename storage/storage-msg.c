@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/xalloc.h"
 
@@ -201,6 +202,97 @@ static uint64_t call_modseq(struct stor_mailbox *mb, uint64_t given, uint64_t *a
 	return *assigned;
 }
 
+/* ---- Flag stamps (storage.h struct stor_stamp) ---- */
+
+static struct stor_stamp *stamp_find(stor_stamp_list *l, const char *name)
+{
+	for (size_t i = 0; i < l->count; i++) {
+		if (strcasecmp(l->items[i].name, name) == 0)
+			return &l->items[i];
+	}
+	return NULL;
+}
+
+static void stamp_set(stor_stamp_list *l, const char *name, uint64_t modseq, int64_t time_ms)
+{
+	struct stor_stamp *st = stamp_find(l, name);
+	if (st != NULL) {
+		st->modseq = modseq;
+		st->time_ms = time_ms;
+		return;
+	}
+	struct stor_stamp n = { xstrdup(name), modseq, time_ms };
+	ARRAY_PUSH(l, n);
+}
+
+static bool kw_held(const stor_string_list *kws, const char *name)
+{
+	for (size_t i = 0; i < kws->count; i++) {
+		if (strcasecmp(kws->items[i], name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool is_system_flag(const char *name)
+{
+	return name[0] == '\\';
+}
+
+/* Keeps the list within STOR_MAX_STAMPS: the oldest stamps of keywords the
+ * message no longer holds go first (set flags always keep theirs). */
+static void stamps_bound(struct stor_msg *msg)
+{
+	while (msg->stamps.count > STOR_MAX_STAMPS) {
+		size_t victim = SIZE_MAX;
+		for (size_t i = 0; i < msg->stamps.count; i++) {
+			const struct stor_stamp *st = &msg->stamps.items[i];
+			if (is_system_flag(st->name) || kw_held(&msg->keywords, st->name))
+				continue;
+			if (victim == SIZE_MAX || st->modseq < msg->stamps.items[victim].modseq)
+				victim = i;
+		}
+		if (victim == SIZE_MAX)
+			return;
+		free(msg->stamps.items[victim].name);
+		msg->stamps.items[victim] = msg->stamps.items[msg->stamps.count - 1];
+		msg->stamps.count--;
+	}
+}
+
+/* Stamps every flag whose value differs between (oflags, okw) and msg's
+ * with (msg->modseq, time); then gives the flags named in given their
+ * time (a merge's decision), keeping the modseq of those that did not
+ * change.  given's own modseqs are the sender's and are not kept. */
+static void stamps_update(struct stor_msg *msg, uint32_t oflags, const stor_string_list *okw,
+			  int64_t time_ms, const struct stor_stamp *given, size_t given_count)
+{
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
+		if (((oflags ^ msg->flags) & bit) != 0)
+			stamp_set(&msg->stamps, stor_flag_name((enum stor_flag)bit), msg->modseq,
+				  time_ms);
+	}
+	for (size_t i = 0; i < okw->count; i++) {
+		if (!kw_held(&msg->keywords, okw->items[i]))
+			stamp_set(&msg->stamps, okw->items[i], msg->modseq, time_ms);
+	}
+	for (size_t i = 0; i < msg->keywords.count; i++) {
+		if (!kw_held(okw, msg->keywords.items[i]))
+			stamp_set(&msg->stamps, msg->keywords.items[i], msg->modseq, time_ms);
+	}
+	for (size_t i = 0; i < given_count; i++) {
+		const char *name = given[i].name;
+		if (strcmp(name, STOR_STAMP_ALL) == 0)
+			continue;
+		struct stor_stamp *st = stamp_find(&msg->stamps, name);
+		if (st != NULL)
+			st->time_ms = given[i].time_ms;
+		else
+			stamp_set(&msg->stamps, name, msg->modseq, given[i].time_ms);
+	}
+	stamps_bound(msg);
+}
+
 struct append_args {
 	uint32_t uid;
 	uint64_t modseq;
@@ -212,6 +304,9 @@ struct append_args {
 	int32_t internaldate_tz;
 	const void *text;
 	size_t text_len;
+	bool stamps_given;
+	const struct stor_stamp *stamps;
+	size_t stamp_count;
 };
 
 /* Adds a message to txn.  Returns 1 when added, 0 when it was already
@@ -303,8 +398,19 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 	msg.internaldate = a->internaldate;
 	msg.internaldate_tz = a->internaldate_tz;
 	msg.size = size;
+	if (a->stamps_given) {
+		/* The sender's view of when each flag changed; here they all
+		 * changed with this message. */
+		for (size_t i = 0; i < a->stamp_count; i++)
+			stamp_set(&msg.stamps, a->stamps[i].name, msg.modseq, a->stamps[i].time_ms);
+		stamps_bound(&msg);
+	} else {
+		stor_string_list none = ARRAY_INIT;
+		stamps_update(&msg, 0, &none, stor_now_ms(), NULL, 0);
+	}
 	msg_put(txn, mailbox, &msg);
 	mailbox_account(mb, &msg, 1);
+	stor_stamp_list_free(&msg.stamps);
 	if (uid >= mb->uidnext)
 		mb->uidnext = uid == UINT32_MAX ? UINT32_MAX : uid + 1;
 	tm->dirty = true;
@@ -343,6 +449,22 @@ int stor_msg_append(struct stor_db *db, const struct guid *mailbox,
 	a.internaldate_tz = req->internaldate_tz;
 	a.text = req->text;
 	a.text_len = req->text_len;
+	if (req->stamps_given) {
+		if (req->stamp_count > STOR_MAX_STAMPS) {
+			stor_string_list_free(&a.keywords);
+			return stor_err(db, error_r, "too many flag stamps");
+		}
+		for (size_t i = 0; i < req->stamp_count; i++) {
+			size_t n = strlen(req->stamps[i].name);
+			if (n == 0 || n > STOR_MAX_KEYWORD_LEN || req->stamps[i].time_ms < 0) {
+				stor_string_list_free(&a.keywords);
+				return stor_err(db, error_r, "invalid flag stamp");
+			}
+		}
+		a.stamps_given = true;
+		a.stamps = req->stamps;
+		a.stamp_count = req->stamp_count;
+	}
 
 	stor_txn_begin(db, &txn);
 	int ret = append_txn(&txn, mailbox, &a, uid_r, modseq_r, error_r);
@@ -557,6 +679,7 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 	ret = 0;
 	uint64_t assigned = 0;
 	uint32_t rflags = req->flags & STOR_FLAGS_ALL;
+	int64_t now_ms = stor_now_ms();
 	for (size_t i = 0; i < nuids; i++) {
 		struct stor_msg msg;
 		int r = stor_msg_get(db, mailbox, sorted[i], &msg, error_r);
@@ -599,10 +722,14 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		}
 		msg_del(&txn, mailbox, &msg);
 		mailbox_account(&tm->mb, &msg, -1);
-		stor_string_list_free(&msg.keywords);
+		uint32_t oflags = msg.flags;
+		stor_string_list okw = msg.keywords;
 		msg.keywords = nkw;
 		msg.flags = nflags;
 		msg.modseq = call_modseq(&tm->mb, req->modseq, &assigned);
+		stamps_update(&msg, oflags, &okw, req->time_ms != 0 ? req->time_ms : now_ms,
+			      req->stamps, req->stamp_count);
+		stor_string_list_free(&okw);
 		msg_put(&txn, mailbox, &msg);
 		mailbox_account(&tm->mb, &msg, 1);
 		tm->dirty = true;
