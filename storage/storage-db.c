@@ -453,7 +453,7 @@ static bool keyword_char_ok(unsigned char c)
 	return c > 0x20 && c < 0x7f && strchr("(){%*\"\\]", c) == NULL;
 }
 
-static int kw_cmp(const void *a, const void *b)
+int stor_kw_cmp(const void *a, const void *b)
 {
 	return strcasecmp(*(char *const *)a, *(char *const *)b);
 }
@@ -488,7 +488,7 @@ int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t co
 		ARRAY_PUSH(&list, xstrdup(kw[i]));
 	}
 	if (list.count > 1)
-		qsort(list.items, list.count, sizeof(list.items[0]), kw_cmp);
+		qsort(list.items, list.count, sizeof(list.items[0]), stor_kw_cmp);
 	*out = list;
 	return 0;
 }

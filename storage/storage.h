@@ -317,11 +317,18 @@ struct stor_store {
 	 * changed and their UIDs are added to *failed_r. */
 	uint64_t unchangedsince;
 	/* Every flag whose value changes gets the stamp (the new modseq, the
-	 * time), time 0 meaning now.  Flags named in stamps (a merge's
-	 * decision) take that stamp's time, also when their value stays. */
+	 * time); time 0 is a change made here: now, but after the flag's
+	 * previous change.  Flags named in stamps (a merge's decision, a
+	 * peer's change) take that stamp's time, also when their value stays
+	 * (if they have a stamp). */
 	int64_t time_ms;
 	const struct stor_stamp *stamps;
 	size_t stamp_count;
+	/* A replica applying a peer's whole state (REPLACE) that may cross
+	 * changes made here while the two were apart: a flag whose value
+	 * differs keeps its value here when its stamp's time is later than
+	 * the one stamps give it (the later change wins, SPEC.md 8.6). */
+	bool keep_later_local;
 };
 
 /* Changes flags of the messages with the given UIDs (missing UIDs are
