@@ -889,6 +889,81 @@ static void test_append_with_given_stamps(void)
 	tstore_close(&t);
 }
 
+
+/* A replica applying a whole state with the master's stamps: flags it
+ * changed later itself keep their value (and stamp), the others take the
+ * master's value and time; without keep_later_local the state is taken
+ * whole.  A change made here is stamped after the flag's previous change,
+ * even one from a clock far ahead. */
+static void test_replica_store_keeps_later_local_changes(void)
+{
+	struct tstore t;
+	uint64_t ms;
+	int64_t tm;
+	struct stor_msg msg;
+	const char *error;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t u = tappend(t.db, &g, 0, "replica", 0);
+	/* Here, while apart: \Seen at 5000, $Mine at 5000. */
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_SEEN, "$Mine", 0, 5000);
+	/* The master's state: \Flagged (4000) and $Theirs (6000), neither
+	 * \Seen (stamped 3000) nor $Mine (never). */
+	struct stor_stamp st[] = {
+		{ "\\Flagged", 9, 4000 }, { "$Theirs", 9, 6000 }, { "\\Seen", 3, 3000 },
+	};
+	const char *kws[] = { "$Theirs" };
+	struct stor_store req;
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_REPLACE;
+	req.flags = STOR_FLAG_FLAGGED;
+	req.keywords = kws;
+	req.keyword_count = 1;
+	req.modseq = 20;
+	req.stamps = st;
+	req.stamp_count = 3;
+	req.keep_later_local = true;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+	CU_ASSERT_EQUAL(msg.modseq, 20);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 2);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "$Mine");
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[1], "$Theirs");
+	stor_msg_stamp(&msg, "\\Seen", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, 5000);
+	CU_ASSERT_EQUAL(ms, 2);
+	stor_msg_stamp(&msg, "\\Flagged", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, 4000);
+	CU_ASSERT_EQUAL(ms, 20);
+	stor_msg_stamp(&msg, "$theirs", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, 6000);
+	stor_msg_free(&msg);
+	/* A later master change of \Seen (time 7000) is taken. */
+	st[2].time_ms = 7000;
+	req.modseq = 21;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_FLAGGED);
+	stor_msg_free(&msg);
+	/* Without keep_later_local: the whole state, $Mine goes too. */
+	req.keep_later_local = false;
+	req.modseq = 22;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 1);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "$Theirs");
+	stor_msg_free(&msg);
+	/* A clock far ahead stamped \Flagged; a change here comes after it. */
+	int64_t ahead = stor_now_ms() + 3600 * 1000;
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, NULL, 0, ahead);
+	store_one(t.db, &g, u, STOR_FLAGS_REMOVE, STOR_FLAG_DRAFT, NULL, 0, 0);
+	stamp_of(t.db, &g, u, "\\Draft", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, ahead + 1);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
 const struct test_case storage_msg_cases[] = {
 	{ "dedupe keeps the highest UID of a GUID", test_dedupe_keeps_the_highest_uid_of_a_guid },
 	{ "append assigns UIDs and modseqs", test_append_assigns_uids_and_modseqs },
@@ -911,5 +986,6 @@ const struct test_case storage_msg_cases[] = {
 	{ "store stamps the flags it changes", test_store_stamps_the_flags_it_changes },
 	{ "flag stamps are bounded", test_stamps_are_bounded },
 	{ "append with a peer's stamps", test_append_with_given_stamps },
+	{ "a replica keeps the flags it changed later", test_replica_store_keeps_later_local_changes },
 	{ NULL, NULL },
 };
