@@ -237,8 +237,12 @@ void stor_msg_encode(const struct stor_msg *msg, struct buf *out)
 	stor_put_u64(out, msg->size);
 	stor_put_u32(out, (uint32_t)msg->stamps.count);
 	for (size_t i = 0; i < msg->stamps.count; i++) {
+		/* A flag cannot have changed after its message: a modseq given
+		 * lower than before (a hostile peer's UIDFIX) must not make
+		 * the record unreadable. */
+		uint64_t ms = msg->stamps.items[i].modseq;
 		stor_put_str(out, msg->stamps.items[i].name);
-		stor_put_u64(out, msg->stamps.items[i].modseq);
+		stor_put_u64(out, ms > msg->modseq ? msg->modseq : ms);
 		stor_put_u64(out, (uint64_t)msg->stamps.items[i].time_ms);
 	}
 }

@@ -6,6 +6,7 @@
  * (UIDNEXT, HIGHESTMODSEQ, counts, digest) change in one batch. */
 #include "storage/storage-private.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -271,7 +272,7 @@ static void stamp_change(struct stor_msg *msg, const char *name, int64_t time_ms
 		uint64_t ms;
 		int64_t prev;
 		stor_msg_stamp(msg, name, &ms, &prev);
-		time_ms = prev >= now_ms ? prev + 1 : now_ms;
+		time_ms = prev < now_ms ? now_ms : prev < INT64_MAX ? prev + 1 : INT64_MAX;
 	}
 	stamp_set(&msg->stamps, name, msg->modseq, time_ms);
 }

@@ -1,6 +1,7 @@
 /* Unit tests of storage/ messages: append (master and replica), copy,
  * flag changes with CONDSTORE, expunge tombstones, renumbering, changes
  * since a modseq, digests and the canonical dump. */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -960,6 +961,17 @@ static void test_replica_store_keeps_later_local_changes(void)
 	store_one(t.db, &g, u, STOR_FLAGS_REMOVE, STOR_FLAG_DRAFT, NULL, 0, 0);
 	stamp_of(t.db, &g, u, "\\Draft", &ms, &tm);
 	CU_ASSERT_EQUAL(tm, ahead + 1);
+	/* A peer's time at the very end of the range: no overflow. */
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, NULL, 0, INT64_MAX);
+	store_one(t.db, &g, u, STOR_FLAGS_REMOVE, STOR_FLAG_DRAFT, NULL, 0, 0);
+	stamp_of(t.db, &g, u, "\\Draft", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, INT64_MAX);
+	/* A renumbering to a lower modseq (a peer's UIDFIX) leaves the
+	 * record readable. */
+	const char *err2;
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, u, u + 10, 1, &err2), 0);
+	stamp_of(t.db, &g, u + 10, "\\Draft", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 1);
 	tcheck(t.db, &g);
 	tstore_close(&t);
 }
