@@ -10,7 +10,10 @@ proxy, through IMAP and `starling dump` only:
   - keywords: one side adds $A and removes $Old, the other adds $B; all
     three changes hold everywhere;
   - the same flag changed both ways: node 1 sets \\Seen, node 2 clears it
-    later; the later change (the clear) wins everywhere.
+    later; the later change (the clear) wins everywhere;
+  - the same as the first through the sync engine alone: node 1 runs
+    without peers (what it writes is in no replication log), and the
+    periodic check brings the sides together after it rejoins.
 
 Every wait is bounded (HEAL seconds after the links are back).  The last
 line is "test-flag-merge: N passed, M failed".
@@ -30,7 +33,7 @@ from harness.starling import Cluster  # noqa: E402
 
 R = Report("test-flag-merge")
 PASSWORD = "secret"
-USERS = ["fm%d@example.com" % i for i in range(1, 4)]
+USERS = ["fm%d@example.com" % i for i in range(1, 5)]
 # After the heal: link catch-up, then the resync it queues (or the
 # periodic check, run every CHECK seconds here).
 HEAL = 90.0
@@ -161,8 +164,7 @@ def heal(c):
 def t_setup():
     global CLUSTER
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = CHECK
-    c = Cluster(n=3, users={u: PASSWORD for u in USERS}, proxies=True,
-                extra_config={"sync_replicas": 1})
+    c = Cluster(n=3, users={u: PASSWORD for u in USERS}, proxies=True)
     CLUSTER = c
     c.start_all()
     t = c.wait_links_up(timeout=40)
@@ -246,6 +248,36 @@ def t_later_change_wins():
             "keywords too, within %.0f s" % HEAL, t is not None, views)
 
 
+def t_through_resync():
+    c = CLUSTER
+    usr = USERS[3]
+    if not prepare(c, usr, 6):
+        return
+    n1 = c.nodes[0]
+    n1.stop()
+    n1.peer_ids = set()
+    n1.start()
+    try:
+        r = store(n1, usr, "+FLAGS (\\Seen)")
+        R.check("node 1 alone: STORE +FLAGS (\\Seen) OK", r.ok, r)
+        r = store(c.nodes[1], usr, "+FLAGS (\\Flagged)")
+        R.check("node 2: STORE +FLAGS (\\Flagged) OK", r.ok, r)
+    finally:
+        n1.stop()
+        n1.peer_ids = None
+        n1.start()
+    c.wait_links_up(timeout=40)
+    t, views = wait_until(lambda: converged(c.nodes, usr,
+                                            lambda u, f: f == ["\\Flagged", "\\Seen"]), HEAL)
+    R.check("after node 1 rejoins every node has \\Seen and \\Flagged on all six, within "
+            "%.0f s" % HEAL, t is not None, views)
+    if t is not None:
+        print("measured: resync path converged %.2f s after the links were back" % t)
+    log = n1.log_text() + c.nodes[1].log_text() + c.nodes[2].log_text()
+    R.check("a resync of the user ran (the nodes' logs say so)",
+            re.search(r"resync of %s" % re.escape(usr), log) is not None)
+
+
 def main():
     R.section("setup: 3 nodes behind link proxies", t_setup)
     if CLUSTER is not None:
@@ -253,6 +285,8 @@ def main():
         R.section("partition: keywords added and removed on both sides", t_keywords)
         R.section("partition: the same flag set on one side, cleared later on the other",
                   t_later_change_wins)
+        R.section("node 1 alone sets \\Seen, node 2 \\Flagged, the periodic check merges",
+                  t_through_resync)
         CLUSTER.close()
         reps = CLUSTER.sanitizer_reports()
         R.check("no sanitizer report in the node logs", not reps, reps)
