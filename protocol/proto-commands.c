@@ -38,13 +38,14 @@ static const struct proto_cmd_info commands[] = {
 	{ "RENAME", "sssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
-	{ "SAVE", "dumgfT", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "SAVE", "dumgfT",
+	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_STAMPS },
 	{ "COPY", "iigumdf", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "EXPUNGE", "Sm",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_GUIDS },
 	{ "STORE", "Smff",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE | PROTO_CMDF_OPT_ORIGIN |
-		  PROTO_CMDF_OPT_GUIDS },
+		  PROTO_CMDF_OPT_GUIDS | PROTO_CMDF_OPT_STAMPS },
 	{ "FETCH", "S", PROTO_CMDF_SELECTED },
 	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
@@ -52,7 +53,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "LIST", "s", 0 },
 	{ "MM", "M", 0 },
 	/* Data lines (answers carrying the command's tag). */
-	{ "FLAGS", "imf", PROTO_CMDF_DATA },
+	{ "FLAGS", "imf", PROTO_CMDF_DATA | PROTO_CMDF_OPT_STAMPS },
 	{ "TEXT", "igT", PROTO_CMDF_DATA },
 	{ "MAILBOX", "sgiimgs", PROTO_CMDF_DATA },
 	{ "SUBSCRIBED", "s", PROTO_CMDF_DATA },
@@ -276,7 +277,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	}
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
-	bool seen_guids = false;
+	bool seen_guids = false, seen_stamps = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -310,6 +311,14 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			ok = val->type == PROTO_ARG_LIST && val->count > 0;
 			for (size_t j = 0; ok && j < val->count; j++)
 				ok = check_arg('g', &val->list[j]);
+		} else if (strcasecmp(key->str, "STAMPS") == 0 && !seen_stamps &&
+			   (info->flags & PROTO_CMDF_OPT_STAMPS) != 0) {
+			seen_stamps = true;
+			ok = val->type == PROTO_ARG_LIST && val->count % 3 == 0 &&
+			     val->count <= 3 * PROTO_MAX_STAMPS;
+			for (size_t j = 0; ok && j < val->count; j += 3)
+				ok = val->list[j].type == PROTO_ARG_ATOM &&
+				     check_arg('m', &val->list[j + 1]) && check_arg('m', &val->list[j + 2]);
 		} else {
 			return fail(errbuf, sizeof(errbuf), error_r, "%s: unknown or repeated option %zu",
 				    info->name, i + 1);
@@ -330,7 +339,8 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 		strcasecmp(key, "UNCHANGEDSINCE") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0 && strcasecmp(key, "SPECIAL-USE") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "ORIGIN") == 0) ||
-	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0);
+	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0);
 }
 
 const struct proto_arg *proto_cmd_option(const struct proto_cmd *cmd, size_t npos, const char *key)

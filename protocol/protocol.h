@@ -219,6 +219,8 @@ int proto_arg_uidset(const struct proto_arg *a, uint32_t star_value, size_t max_
 #define PROTO_CMDF_DATA 0x10                /* a data line, not a command */
 #define PROTO_CMDF_OPT_ORIGIN 0x20          /* accepts ORIGIN <sid>: a change already applied there */
 #define PROTO_CMDF_OPT_GUIDS 0x40           /* accepts GUIDS (<guid> ...): the UIDs' messages */
+#define PROTO_CMDF_OPT_STAMPS 0x80          /* accepts STAMPS (<flag> <modseq> <ms> ...): SPEC 10.3 */
+#define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
 
 struct proto_cmd_info {
 	const char *name;

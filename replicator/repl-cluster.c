@@ -51,6 +51,12 @@ static void msg_copy(struct stor_msg *dst, const struct stor_msg *src)
 	memset(&dst->keywords, 0, sizeof(dst->keywords));
 	for (size_t i = 0; i < src->keywords.count; i++)
 		ARRAY_PUSH(&dst->keywords, xstrdup(src->keywords.items[i]));
+	memset(&dst->stamps, 0, sizeof(dst->stamps));
+	for (size_t i = 0; i < src->stamps.count; i++) {
+		struct stor_stamp st = src->stamps.items[i];
+		st.name = xstrdup(st.name);
+		ARRAY_PUSH(&dst->stamps, st);
+	}
 }
 
 static void uids_copy(stor_uid_list *dst, const uint32_t *src, size_t n)

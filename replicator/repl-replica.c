@@ -224,6 +224,17 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	sa.keyword_count = fl.keywords.count;
 	sa.internaldate = date;
 	sa.internaldate_tz = tz;
+	/* The master's flag stamps (SPEC 10.2): its times, not ours. */
+	stor_stamp_list stamps = ARRAY_INIT;
+	const struct proto_arg *sta = proto_cmd_option(cmd, 6, "STAMPS");
+	if (sta != NULL && sync_arg_stamps(sta, &stamps) < 0) {
+		sync_flags_free(&fl);
+		answer_later(a, "BAD", "ARGS", "malformed STAMPS");
+		return;
+	}
+	sa.stamps_given = sta != NULL;
+	sa.stamps = stamps.items;
+	sa.stamp_count = stamps.count;
 	uint32_t elsewhere;
 	int dup = stor_msg_find_guid(db, &mb->guid, &guid, &elsewhere, &err);
 	if (stor_msg_append(db, &mb->guid, &sa, NULL, NULL, &err) < 0) {
@@ -239,6 +250,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		cl_notify_later(cl, mb->user, &mb->guid);
 		answer_later(a, "OK", code, "stored");
 	}
+	stor_stamp_list_free(&stamps);
 	sync_flags_free(&fl);
 }
 
@@ -276,6 +288,19 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 	st.keywords = (const char *const *)fl.keywords.items;
 	st.keyword_count = fl.keywords.count;
 	st.modseq = modseq;
+	/* With the master's stamps, a flag changed here later than the
+	 * master's change (both sides wrote while apart) keeps its value: the
+	 * resync that follows a catch-up decides it alike on both (SPEC 8.6). */
+	stor_stamp_list stamps = ARRAY_INIT;
+	const struct proto_arg *sta = proto_cmd_option(cmd, npos, "STAMPS");
+	if (sta != NULL && sync_arg_stamps(sta, &stamps) < 0) {
+		sync_flags_free(&fl);
+		ARRAY_FREE(&uids);
+		goto bad;
+	}
+	st.stamps = stamps.items;
+	st.stamp_count = stamps.count;
+	st.keep_later_local = sta != NULL;
 	stor_msg_list changed = ARRAY_INIT;
 	char code[64];
 	snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
@@ -290,6 +315,7 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 		answer_later(a, "OK", code, "stored");
 	}
 	stor_msg_list_free(&changed);
+	stor_stamp_list_free(&stamps);
 	sync_flags_free(&fl);
 	ARRAY_FREE(&uids);
 	return;

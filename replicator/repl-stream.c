@@ -598,6 +598,7 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 				sync_wr_flags(w, m->flags, &m->keywords);
 				proto_wr_literal(w, text.data != NULL ? (const char *)text.data : "",
 						 text.len);
+				sync_wr_stamps(w, &m->stamps);
 				b->peer_uidnext = m->uid + 1;
 			} else {
 				uint32_t uid = m->uid;
@@ -608,6 +609,7 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 				proto_wr_list_begin(w);
 				proto_wr_atom(w, "\\*");
 				proto_wr_list_end(w);
+				sync_wr_stamps(w, &m->stamps);
 				wr_origin(p, w);
 				proto_wr_atom(w, "GUIDS");
 				proto_wr_list_begin(w);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -165,7 +166,9 @@ bool stor_dec_end(struct stor_dec *d)
 /* ---- Records ---- */
 
 #define MAILBOX_REC_VERSION 1
-#define MSG_REC_VERSION 1
+/* Version 2 added the flags' stamps; a version 1 record reads as all its
+ * flags stamped at its modseq (STOR_STAMP_ALL). */
+#define MSG_REC_VERSION 2
 /* Version 1 also held the text's SHA-256 (hashing every append cost more
  * than anything else in it; the dump now hashes what it reads). */
 #define TEXT_REC_VERSION 2
@@ -233,6 +236,16 @@ void stor_msg_encode(const struct stor_msg *msg, struct buf *out)
 	stor_put_u64(out, (uint64_t)msg->internaldate);
 	stor_put_u32(out, (uint32_t)msg->internaldate_tz);
 	stor_put_u64(out, msg->size);
+	stor_put_u32(out, (uint32_t)msg->stamps.count);
+	for (size_t i = 0; i < msg->stamps.count; i++) {
+		/* A flag cannot have changed after its message: a modseq given
+		 * lower than before (a hostile peer's UIDFIX) must not make
+		 * the record unreadable. */
+		uint64_t ms = msg->stamps.items[i].modseq;
+		stor_put_str(out, msg->stamps.items[i].name);
+		stor_put_u64(out, ms > msg->modseq ? msg->modseq : ms);
+		stor_put_u64(out, (uint64_t)msg->stamps.items[i].time_ms);
+	}
 }
 
 int stor_msg_decode(uint32_t uid, const void *p, size_t len, struct stor_msg *msg_r)
@@ -241,7 +254,8 @@ int stor_msg_decode(uint32_t uid, const void *p, size_t len, struct stor_msg *ms
 	memset(msg_r, 0, sizeof(*msg_r));
 	msg_r->uid = uid;
 	stor_dec_init(&d, p, len);
-	if (stor_get_u8(&d) != MSG_REC_VERSION)
+	uint8_t version = stor_get_u8(&d);
+	if (version != 1 && version != MSG_REC_VERSION)
 		return -1;
 	stor_get_bytes(&d, msg_r->guid.b, GUID_SIZE);
 	msg_r->modseq = stor_get_u64(&d);
@@ -257,6 +271,25 @@ int stor_msg_decode(uint32_t uid, const void *p, size_t len, struct stor_msg *ms
 	msg_r->internaldate = (int64_t)stor_get_u64(&d);
 	msg_r->internaldate_tz = (int32_t)stor_get_u32(&d);
 	msg_r->size = stor_get_u64(&d);
+	if (version == 1) {
+		struct stor_stamp st = { xstrdup(STOR_STAMP_ALL), msg_r->modseq, 0 };
+		ARRAY_PUSH(&msg_r->stamps, st);
+	} else {
+		uint32_t n = stor_get_u32(&d);
+		if (n > STOR_MAX_STAMPS)
+			d.bad = true;
+		for (uint32_t i = 0; i < n && !d.bad; i++) {
+			struct stor_stamp st;
+			st.name = stor_get_str(&d, STOR_MAX_KEYWORD_LEN);
+			st.modseq = stor_get_u64(&d);
+			st.time_ms = (int64_t)stor_get_u64(&d);
+			if (st.name == NULL)
+				break;
+			ARRAY_PUSH(&msg_r->stamps, st);
+			if (st.modseq > msg_r->modseq || st.time_ms < 0)
+				d.bad = true;
+		}
+	}
 	if (!stor_dec_end(&d) || (msg_r->flags & ~STOR_FLAGS_ALL) != 0 || uid == 0 ||
 	    msg_r->modseq == 0) {
 		stor_msg_free(msg_r);
@@ -272,9 +305,52 @@ void stor_string_list_free(stor_string_list *list)
 	ARRAY_FREE(list);
 }
 
+void stor_stamp_list_free(stor_stamp_list *list)
+{
+	for (size_t i = 0; i < list->count; i++)
+		free(list->items[i].name);
+	ARRAY_FREE(list);
+}
+
 void stor_msg_free(struct stor_msg *msg)
 {
 	stor_string_list_free(&msg->keywords);
+	stor_stamp_list_free(&msg->stamps);
+}
+
+void stor_msg_stamp(const struct stor_msg *msg, const char *name, uint64_t *modseq_r,
+		    int64_t *time_r)
+{
+	stor_stamps_lookup(&msg->stamps, name, modseq_r, time_r);
+}
+
+void stor_stamps_lookup(const stor_stamp_list *list, const char *name, uint64_t *modseq_r,
+			int64_t *time_r)
+{
+	const struct stor_stamp *all = NULL;
+	*modseq_r = 0;
+	*time_r = 0;
+	for (size_t i = 0; i < list->count; i++) {
+		const struct stor_stamp *st = &list->items[i];
+		if (strcasecmp(st->name, name) == 0) {
+			*modseq_r = st->modseq;
+			*time_r = st->time_ms;
+			return;
+		}
+		if (strcmp(st->name, STOR_STAMP_ALL) == 0)
+			all = st;
+	}
+	if (all != NULL) {
+		*modseq_r = all->modseq;
+		*time_r = all->time_ms;
+	}
+}
+
+int64_t stor_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 void stor_msg_list_free(stor_msg_list *list)
@@ -382,7 +458,7 @@ static bool keyword_char_ok(unsigned char c)
 	return c > 0x20 && c < 0x7f && strchr("(){%*\"\\]", c) == NULL;
 }
 
-static int kw_cmp(const void *a, const void *b)
+int stor_kw_cmp(const void *a, const void *b)
 {
 	return strcasecmp(*(char *const *)a, *(char *const *)b);
 }
@@ -417,7 +493,7 @@ int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t co
 		ARRAY_PUSH(&list, xstrdup(kw[i]));
 	}
 	if (list.count > 1)
-		qsort(list.items, list.count, sizeof(list.items[0]), kw_cmp);
+		qsort(list.items, list.count, sizeof(list.items[0]), stor_kw_cmp);
 	*out = list;
 	return 0;
 }

@@ -6,8 +6,10 @@
  * (UIDNEXT, HIGHESTMODSEQ, counts, digest) change in one batch. */
 #include "storage/storage-private.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
@@ -215,6 +217,139 @@ static uint64_t call_modseq(struct stor_mailbox *mb, uint64_t given, uint64_t *a
 	return *assigned;
 }
 
+/* ---- Flag stamps (storage.h struct stor_stamp) ---- */
+
+static struct stor_stamp *stamp_find(stor_stamp_list *l, const char *name)
+{
+	for (size_t i = 0; i < l->count; i++) {
+		if (strcasecmp(l->items[i].name, name) == 0)
+			return &l->items[i];
+	}
+	return NULL;
+}
+
+static void stamp_set(stor_stamp_list *l, const char *name, uint64_t modseq, int64_t time_ms)
+{
+	struct stor_stamp *st = stamp_find(l, name);
+	if (st != NULL) {
+		st->modseq = modseq;
+		st->time_ms = time_ms;
+		return;
+	}
+	struct stor_stamp n = { xstrdup(name), modseq, time_ms };
+	ARRAY_PUSH(l, n);
+}
+
+static bool kw_held(const stor_string_list *kws, const char *name)
+{
+	for (size_t i = 0; i < kws->count; i++) {
+		if (strcasecmp(kws->items[i], name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool is_system_flag(const char *name)
+{
+	return name[0] == '\\';
+}
+
+/* Keeps the list within STOR_MAX_STAMPS: the oldest stamps of keywords the
+ * message no longer holds go first (set flags always keep theirs). */
+static void stamps_bound(struct stor_msg *msg)
+{
+	while (msg->stamps.count > STOR_MAX_STAMPS) {
+		size_t victim = SIZE_MAX;
+		for (size_t i = 0; i < msg->stamps.count; i++) {
+			const struct stor_stamp *st = &msg->stamps.items[i];
+			if (is_system_flag(st->name) || kw_held(&msg->keywords, st->name))
+				continue;
+			if (victim == SIZE_MAX || st->modseq < msg->stamps.items[victim].modseq)
+				victim = i;
+		}
+		if (victim == SIZE_MAX)
+			return;
+		free(msg->stamps.items[victim].name);
+		msg->stamps.items[victim] = msg->stamps.items[msg->stamps.count - 1];
+		msg->stamps.count--;
+	}
+}
+
+/* One flag changed here now: its stamp gets the change's modseq and time.
+ * time_ms 0 is a change made on this node: the wall clock, but always
+ * after the flag's previous change, so that a change made after another
+ * one (seen here) is later even when the node that made the earlier one
+ * had a clock ahead of ours; only changes made apart compare by clocks. */
+static void stamp_change(struct stor_msg *msg, const char *name, int64_t time_ms, int64_t now_ms)
+{
+	if (time_ms == 0) {
+		uint64_t ms;
+		int64_t prev;
+		stor_msg_stamp(msg, name, &ms, &prev);
+		time_ms = prev < now_ms ? now_ms : prev < INT64_MAX ? prev + 1 : INT64_MAX;
+	}
+	stamp_set(&msg->stamps, name, msg->modseq, time_ms);
+}
+
+static bool given_names(const struct stor_stamp *given, size_t count, const char *name)
+{
+	for (size_t i = 0; i < count; i++) {
+		if (strcasecmp(given[i].name, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Stamps every flag whose value differs between (oflags, okw) and msg's
+ * with (msg->modseq, time_ms or now); then gives the flags named in given
+ * their time (a merge's decision, or the change a peer sends), keeping the
+ * modseq of those that did not change.  given's own modseqs are the
+ * sender's and are not kept. */
+static void stamps_update(struct stor_msg *msg, uint32_t oflags, const stor_string_list *okw,
+			  int64_t time_ms, int64_t now_ms, const struct stor_stamp *given,
+			  size_t given_count)
+{
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
+		const char *name = stor_flag_name((enum stor_flag)bit);
+		if (((oflags ^ msg->flags) & bit) != 0 && !given_names(given, given_count, name))
+			stamp_change(msg, name, time_ms, now_ms);
+	}
+	for (size_t i = 0; i < okw->count; i++) {
+		if (!kw_held(&msg->keywords, okw->items[i]) &&
+		    !given_names(given, given_count, okw->items[i]))
+			stamp_change(msg, okw->items[i], time_ms, now_ms);
+	}
+	for (size_t i = 0; i < msg->keywords.count; i++) {
+		if (!kw_held(okw, msg->keywords.items[i]) &&
+		    !given_names(given, given_count, msg->keywords.items[i]))
+			stamp_change(msg, msg->keywords.items[i], time_ms, now_ms);
+	}
+	for (size_t i = 0; i < given_count; i++) {
+		const char *name = given[i].name;
+		if (strcmp(name, STOR_STAMP_ALL) == 0)
+			continue;
+		bool changed;
+		uint32_t bit = 0;
+		for (uint32_t b = 1; b <= STOR_FLAG_DRAFT; b <<= 1) {
+			if (strcasecmp(name, stor_flag_name((enum stor_flag)b)) == 0)
+				bit = b;
+		}
+		if (bit != 0)
+			changed = ((oflags ^ msg->flags) & bit) != 0;
+		else
+			changed = kw_held(okw, name) != kw_held(&msg->keywords, name);
+		if (changed) {
+			stamp_set(&msg->stamps, name, msg->modseq, given[i].time_ms);
+			continue;
+		}
+		/* The same value here: only the time of the change kept. */
+		struct stor_stamp *st = stamp_find(&msg->stamps, name);
+		if (st != NULL)
+			st->time_ms = given[i].time_ms;
+	}
+	stamps_bound(msg);
+}
+
 struct append_args {
 	uint32_t uid;
 	uint64_t modseq;
@@ -226,6 +361,9 @@ struct append_args {
 	int32_t internaldate_tz;
 	const void *text;
 	size_t text_len;
+	bool stamps_given;
+	const struct stor_stamp *stamps;
+	size_t stamp_count;
 };
 
 /* Adds a message to txn.  Returns 1 when added, 0 when it was already
@@ -322,8 +460,19 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 	msg.internaldate = a->internaldate;
 	msg.internaldate_tz = a->internaldate_tz;
 	msg.size = size;
+	if (a->stamps_given) {
+		/* The sender's view of when each flag changed; here they all
+		 * changed with this message. */
+		for (size_t i = 0; i < a->stamp_count; i++)
+			stamp_set(&msg.stamps, a->stamps[i].name, msg.modseq, a->stamps[i].time_ms);
+		stamps_bound(&msg);
+	} else {
+		stor_string_list none = ARRAY_INIT;
+		stamps_update(&msg, 0, &none, 0, stor_now_ms(), NULL, 0);
+	}
 	msg_put(txn, mailbox, &msg);
 	mailbox_account(mb, &msg, 1);
+	stor_stamp_list_free(&msg.stamps);
 	if (uid >= mb->uidnext)
 		mb->uidnext = uid + 1;
 	tm->dirty = true;
@@ -363,6 +512,22 @@ int stor_msg_append(struct stor_db *db, const struct guid *mailbox,
 	a.internaldate_tz = req->internaldate_tz;
 	a.text = req->text;
 	a.text_len = req->text_len;
+	if (req->stamps_given) {
+		if (req->stamp_count > STOR_MAX_STAMPS) {
+			stor_string_list_free(&a.keywords);
+			return stor_err(db, error_r, "too many flag stamps");
+		}
+		for (size_t i = 0; i < req->stamp_count; i++) {
+			size_t n = strlen(req->stamps[i].name);
+			if (n == 0 || n > STOR_MAX_KEYWORD_LEN || req->stamps[i].time_ms < 0) {
+				stor_string_list_free(&a.keywords);
+				return stor_err(db, error_r, "invalid flag stamp");
+			}
+		}
+		a.stamps_given = true;
+		a.stamps = req->stamps;
+		a.stamp_count = req->stamp_count;
+	}
 
 	stor_txn_begin(db, &txn);
 	int ret = append_txn(&txn, mailbox, &a, uid_r, modseq_r, error_r);
@@ -549,6 +714,76 @@ static int keywords_apply(struct stor_db *db, const stor_string_list *cur, enum 
 	return ret;
 }
 
+typedef ARRAY(struct stor_stamp) stamp_refs; /* names borrowed */
+
+static void given_drop(stamp_refs *given, const char *name)
+{
+	for (size_t i = 0; i < given->count; i++) {
+		if (strcasecmp(given->items[i].name, name) == 0) {
+			given->items[i] = given->items[given->count - 1];
+			given->count--;
+			return;
+		}
+	}
+}
+
+static bool local_is_later(const struct stor_msg *msg, const stamp_refs *given, const char *name)
+{
+	uint64_t lm;
+	int64_t lt;
+	stor_msg_stamp(msg, name, &lm, &lt);
+	const struct stor_stamp *all = NULL;
+	int64_t gt = 0;
+	bool found = false;
+	for (size_t i = 0; i < given->count && !found; i++) {
+		if (strcasecmp(given->items[i].name, name) == 0) {
+			gt = given->items[i].time_ms;
+			found = true;
+		} else if (strcmp(given->items[i].name, STOR_STAMP_ALL) == 0) {
+			all = &given->items[i];
+		}
+	}
+	if (!found && all != NULL)
+		gt = all->time_ms;
+	return lt > gt;
+}
+
+/* A replica applying a peer's whole flag state (storage.h
+ * keep_later_local): a flag whose value here differs and whose change here
+ * is later than the peer's keeps its value and stamp. */
+static void keep_later_local(const struct stor_msg *msg, uint32_t *nflags, stor_string_list *nkw,
+			     stamp_refs *given)
+{
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
+		const char *name = stor_flag_name((enum stor_flag)bit);
+		if (((msg->flags ^ *nflags) & bit) != 0 && local_is_later(msg, given, name)) {
+			*nflags = (*nflags & ~bit) | (msg->flags & bit);
+			given_drop(given, name);
+		}
+	}
+	for (size_t i = 0; i < nkw->count;) {
+		if (!kw_held(&msg->keywords, nkw->items[i]) &&
+		    local_is_later(msg, given, nkw->items[i])) {
+			given_drop(given, nkw->items[i]);
+			free(nkw->items[i]);
+			nkw->items[i] = nkw->items[nkw->count - 1];
+			nkw->count--;
+			continue;
+		}
+		i++;
+	}
+	for (size_t i = 0; i < msg->keywords.count; i++) {
+		const char *kw = msg->keywords.items[i];
+		if (!kw_held(nkw, kw) && local_is_later(msg, given, kw) &&
+		    nkw->count < STOR_MAX_KEYWORDS) {
+			given_drop(given, kw);
+			ARRAY_PUSH(nkw, xstrdup(kw));
+		}
+	}
+	if (nkw->count > 1)
+		qsort(nkw->items, nkw->count, sizeof(nkw->items[0]), stor_kw_cmp);
+}
+
 int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
 		   size_t uid_count, const struct stor_store *req, stor_msg_list *changed_r,
 		   stor_uid_list *failed_r, const char **error_r)
@@ -579,6 +814,7 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		goto cleanup;
 	uint64_t assigned = 0;
 	uint32_t rflags = req->flags & STOR_FLAGS_ALL;
+	int64_t now_ms = stor_now_ms();
 	for (size_t i = 0; i < nuids; i++) {
 		struct stor_msg msg;
 		int r = stor_msg_get(db, mailbox, sorted[i], &msg, error_r);
@@ -610,21 +846,32 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 			ret = -1;
 			goto cleanup;
 		}
+		/* The given stamps, less those of flags kept as they are here. */
+		stamp_refs given = ARRAY_INIT;
+		for (size_t g = 0; g < req->stamp_count; g++)
+			ARRAY_PUSH(&given, req->stamps[g]);
+		if (req->keep_later_local)
+			keep_later_local(&msg, &nflags, &nkw, &given);
 		/* A master's change that changes nothing keeps the modseq
 		 * (RFC 7162); a replica still adopts the master's newer
 		 * modseq, so that modseqs converge. */
 		if (nflags == msg.flags && keywords_equal(&nkw, &msg.keywords) &&
 		    req->modseq == 0) {
+			ARRAY_FREE(&given);
 			stor_string_list_free(&nkw);
 			stor_msg_free(&msg);
 			continue;
 		}
 		msg_del(&txn, mailbox, &msg);
 		mailbox_account(&tm->mb, &msg, -1);
-		stor_string_list_free(&msg.keywords);
+		uint32_t oflags = msg.flags;
+		stor_string_list okw = msg.keywords;
 		msg.keywords = nkw;
 		msg.flags = nflags;
 		msg.modseq = call_modseq(&tm->mb, req->modseq, &assigned);
+		stamps_update(&msg, oflags, &okw, req->time_ms, now_ms, given.items, given.count);
+		ARRAY_FREE(&given);
+		stor_string_list_free(&okw);
 		msg_put(&txn, mailbox, &msg);
 		mailbox_account(&tm->mb, &msg, 1);
 		tm->dirty = true;

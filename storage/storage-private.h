@@ -169,6 +169,8 @@ const EVP_MD *stor_sha256(void);
 
 /* The 16-byte digest contribution of one message. */
 void stor_msg_hash(const struct stor_msg *msg, unsigned char out[16]);
+/* qsort() order of a message's keywords (char * items). */
+int stor_kw_cmp(const void *a, const void *b);
 
 /* ---- Database access ---- */
 

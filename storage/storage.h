@@ -214,6 +214,28 @@ int stor_unsubscribed(struct stor_db *db, const char *user, stor_string_list *na
 
 /* ---- Messages ---- */
 
+/* When one flag of a message last changed (SPEC.md 10.3 "Flags"): the
+ * modseq of that change on this node, and the wall-clock time in ms of the
+ * change a user made (carried between nodes, so that every node decides a
+ * conflict alike).  A sync's three-way merge takes a flag whose stamp is
+ * above the last common modseq as changed on that side since.  The name is
+ * a system flag ("\\Seen"), a keyword (also one removed since: its removal
+ * is a change too), or "\\*": every flag without a stamp of its own (a
+ * record written before stamps existed counts all its flags as changed at
+ * its modseq then, with time 0).  A flag with no stamp and no "\\*" never
+ * changed. */
+struct stor_stamp {
+	char *name;
+	uint64_t modseq;
+	int64_t time_ms;
+};
+typedef ARRAY(struct stor_stamp) stor_stamp_list;
+#define STOR_STAMP_ALL "\\*"
+/* Per message: the system flags, every keyword it may hold, as many
+ * removed keywords, and "\\*".  Beyond that the oldest stamps of removed
+ * keywords are forgotten. */
+#define STOR_MAX_STAMPS (5 + 2 * STOR_MAX_KEYWORDS + 1)
+
 struct stor_msg {
 	uint32_t uid;
 	struct guid guid;        /* global UID: kept across COPY and by replicas */
@@ -223,9 +245,20 @@ struct stor_msg {
 	int64_t internaldate;    /* seconds since the epoch */
 	int32_t internaldate_tz; /* minutes east of UTC, for display */
 	uint64_t size;           /* bytes of text */
+	stor_stamp_list stamps;  /* owned; not part of the digest or the dump */
 };
 
 void stor_msg_free(struct stor_msg *msg);
+/* The stamp of one flag (case-insensitive name): its own, else "\\*", else
+ * modseq 0 and time 0. */
+void stor_msg_stamp(const struct stor_msg *msg, const char *name, uint64_t *modseq_r,
+		    int64_t *time_r);
+void stor_stamp_list_free(stor_stamp_list *list);
+/* The same for a bare list of stamps. */
+void stor_stamps_lookup(const stor_stamp_list *list, const char *name, uint64_t *modseq_r,
+			int64_t *time_r);
+/* The wall clock in ms, for stamps. */
+int64_t stor_now_ms(void);
 typedef ARRAY(struct stor_msg) stor_msg_list;
 void stor_msg_list_free(stor_msg_list *list);
 
@@ -244,6 +277,12 @@ struct stor_append {
 	 * same GUID), which is how COPY shares it. */
 	const void *text;
 	size_t text_len;
+	/* The flags' stamps as another node sent them (a sync or a bundle):
+	 * kept with their times, and with the new message's modseq.  Without
+	 * them every flag and keyword set gets (the modseq, now). */
+	bool stamps_given;
+	const struct stor_stamp *stamps;
+	size_t stamp_count;
 };
 
 /* Appends a message.  Idempotent for replicas: if the mailbox already has a
@@ -321,6 +360,19 @@ struct stor_store {
 	/* CONDSTORE: when nonzero, messages whose modseq is above this are not
 	 * changed and their UIDs are added to *failed_r. */
 	uint64_t unchangedsince;
+	/* Every flag whose value changes gets the stamp (the new modseq, the
+	 * time); time 0 is a change made here: now, but after the flag's
+	 * previous change.  Flags named in stamps (a merge's decision, a
+	 * peer's change) take that stamp's time, also when their value stays
+	 * (if they have a stamp). */
+	int64_t time_ms;
+	const struct stor_stamp *stamps;
+	size_t stamp_count;
+	/* A replica applying a peer's whole state (REPLACE) that may cross
+	 * changes made here while the two were apart: a flag whose value
+	 * differs keeps its value here when its stamp's time is later than
+	 * the one stamps give it (the later change wins, SPEC.md 8.6). */
+	bool keep_later_local;
 };
 
 /* Changes flags of the messages with the given UIDs (missing UIDs are

@@ -621,6 +621,9 @@ static int ex_message(struct exporter *e, const struct guid *mailbox, const stru
 		buf_free(&text);
 		e->rep.texts++;
 	}
+	/* When each flag changed, so that the importer's merge decides a
+	 * flag both nodes changed by the later change (SPEC.md 10.3). */
+	sync_wr_stamps(&e->w, &m->stamps);
 	ex_end(e);
 	e->rep.messages++;
 	return 0;
@@ -1047,6 +1050,7 @@ struct ld_msg {
 	uint64_t modseq;
 	struct guid guid;
 	struct sync_flags f;
+	stor_stamp_list stamps;  /* as the bundle has them, or legacy */
 	int64_t date;
 	int tz;
 };
@@ -1203,6 +1207,7 @@ static int ld_append(struct loader *l, const struct ld_msg *m, const struct prot
 		.keywords = (const char *const *)m->f.keywords.items,
 		.keyword_count = m->f.keywords.count,
 		.internaldate = m->date, .internaldate_tz = m->tz,
+		.stamps_given = true, .stamps = m->stamps.items, .stamp_count = m->stamps.count,
 	};
 	int ret = 0;
 	if (text_arg != NULL) {
@@ -1262,8 +1267,10 @@ static int ld_tomb_hides_move(struct loader *l, uint32_t uid, const struct guid 
 
 static void ld_pending_clear(struct loader *l)
 {
-	if (l->pending_active)
+	if (l->pending_active) {
 		sync_flags_free(&l->pending.f);
+		stor_stamp_list_free(&l->pending.stamps);
+	}
 	l->pending_active = false;
 }
 
@@ -1290,17 +1297,27 @@ static int ld_save(struct loader *l, const struct proto_cmd *cmd)
 	if (uid == 0 || uid >= l->uidnext || m.modseq == 0 || m.modseq > l->hms)
 		return ld_fail(l, "SAVE outside the mailbox's UIDNEXT or HIGHESTMODSEQ");
 	m.uid = (uint32_t)uid;
-	if (sync_arg_flags(&cmd->args[4], &m.f) < 0)
+	bool stamped;
+	if (sync_cmd_stamps(cmd, 6, &stamped, &m.stamps) < 0)
+		return ld_fail(l, "bad SAVE stamps");
+	if (!stamped)
+		sync_stamps_legacy(m.modseq, &m.stamps);
+	if (sync_arg_flags(&cmd->args[4], &m.f) < 0) {
+		stor_stamp_list_free(&m.stamps);
 		return ld_fail(l, "bad SAVE flags");
+	}
 	const struct proto_arg *t = &cmd->args[5];
 	if (t->type != PROTO_ARG_LITERAL) {
 		/* Maybe the first half of a tombstone: decided by the next
 		 * command. */
 		int r = ld_tomb_hides_move(l, m.uid, &m.guid);
 		if (r != 0) {
-			sync_flags_free(&m.f);
-			if (r < 0)
+			if (r < 0) {
+				sync_flags_free(&m.f);
+				stor_stamp_list_free(&m.stamps);
 				return -1;
+			}
+			/* Held with its flags: it may turn out to be live. */
 			l->pending = m;
 			l->pending_active = true;
 			return 0;
@@ -1308,6 +1325,7 @@ static int ld_save(struct loader *l, const struct proto_cmd *cmd)
 	}
 	int ret = ld_append(l, &m, t->type == PROTO_ARG_LITERAL ? t : NULL);
 	sync_flags_free(&m.f);
+	stor_stamp_list_free(&m.stamps);
 	return ret;
 }
 
@@ -1436,7 +1454,9 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 			proto_cmd_is(cmd, "SYNC-END");
 	if (sync_cmd != l->in_sync)
 		return ld_fail(l, "%s %s outside SYNC-BEGIN ... SYNC-END", tag, n);
-	if (!proto_cmd_is(cmd, "CREATE") && cmd->arg_count != npos)
+	bool stamps_opt = proto_cmd_is(cmd, "SAVE") && cmd->arg_count == npos + 2 &&
+			  proto_cmd_option(cmd, npos, "STAMPS") != NULL;
+	if (!proto_cmd_is(cmd, "CREATE") && cmd->arg_count != npos && !stamps_opt)
 		return ld_fail(l, "%s %s with options", tag, n);
 	if (proto_cmd_is(cmd, "CREATE"))
 		return ld_create(l, cmd, npos);

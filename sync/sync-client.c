@@ -83,6 +83,8 @@ struct cl_save {
 	uint64_t modseq;
 	struct guid guid;
 	struct sync_flags f;
+	bool stamped;
+	stor_stamp_list stamps;
 	int64_t date;
 	int tz;
 };
@@ -97,6 +99,7 @@ struct cl_flags {
 	uint32_t uid;
 	uint64_t modseq;
 	struct sync_flags f;
+	stor_stamp_list stamps;
 };
 
 struct sync_client {
@@ -254,10 +257,14 @@ static void srv_list_free(struct sync_client *c)
 
 static void answer_free(struct sync_client *c)
 {
-	for (size_t i = 0; i < c->saves.count; i++)
+	for (size_t i = 0; i < c->saves.count; i++) {
 		sync_flags_free(&c->saves.items[i].f);
-	for (size_t i = 0; i < c->flags.count; i++)
+		stor_stamp_list_free(&c->saves.items[i].stamps);
+	}
+	for (size_t i = 0; i < c->flags.count; i++) {
 		sync_flags_free(&c->flags.items[i].f);
+		stor_stamp_list_free(&c->flags.items[i].stamps);
+	}
 	ARRAY_FREE(&c->saves);
 	ARRAY_FREE(&c->flags);
 	ARRAY_FREE(&c->exp_uids);
@@ -1079,6 +1086,7 @@ static int send_some(struct sync_client *c)
 			proto_wr_guid(&w, &m->guid);
 			sync_wr_flags(&w, m->flags, &m->keywords);
 			proto_wr_atom(&w, "NIL");
+			sync_wr_stamps(&w, &m->stamps);
 		} else {
 			cl_cmd_begin(c, &w, "STORE", K_OTHER, 0);
 			proto_wr_u64(&w, m->uid);
@@ -1087,6 +1095,7 @@ static int send_some(struct sync_client *c)
 			proto_wr_list_begin(&w);
 			proto_wr_atom(&w, "\\*");
 			proto_wr_list_end(&w);
+			sync_wr_stamps(&w, &m->stamps);
 			c->report.flags_changed++;
 		}
 		cl_cmd_end(c, &w);
@@ -1134,6 +1143,7 @@ static int resend_some(struct sync_client *c)
 		proto_wr_guid(&w, &m->guid);
 		sync_wr_flags(&w, m->flags, &m->keywords);
 		proto_wr_literal(&w, text.data, text.len);
+		sync_wr_stamps(&w, &m->stamps);
 		cl_cmd_end(c, &w);
 		c->report.texts_sent++;
 		bytes += text.len;
@@ -1275,14 +1285,19 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 		int tz;
 		const char *err;
 		memset(&sv, 0, sizeof(sv));
-		if (line->arg_count != 6 || proto_arg_date(&line->args[0], &date, &tz) < 0 ||
+		if (line->arg_count < 6 || proto_arg_date(&line->args[0], &date, &tz) < 0 ||
 		    proto_arg_u32(&line->args[1], &sv.uid) < 0 || sv.uid == 0 ||
 		    proto_arg_u64(&line->args[2], INT64_MAX, &sv.modseq) < 0 ||
 		    proto_arg_guid(&line->args[3], &sv.guid) < 0 || guid_is_zero(&sv.guid) ||
-		    sync_arg_flags(&line->args[4], &sv.f) < 0)
+		    sync_cmd_stamps(line, 6, &sv.stamped, &sv.stamps) < 0)
 			return cl_fail(c, "SYNC-END: bad SAVE line");
+		if (sync_arg_flags(&line->args[4], &sv.f) < 0) {
+			stor_stamp_list_free(&sv.stamps);
+			return cl_fail(c, "SYNC-END: bad SAVE line");
+		}
 		if (!mail_uid_valid(sv.uid) || !mail_modseq_valid(sv.modseq)) {
 			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
 			return cl_fail(c, "SYNC-END: SAVE line with %s", MAIL_LIMITS_TEXT);
 		}
 		sv.date = date;
@@ -1293,14 +1308,17 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 			if (stor_text_write(tw, text->str, text->len, &err) < 0) {
 				stor_text_abort(&tw);
 				sync_flags_free(&sv.f);
+				stor_stamp_list_free(&sv.stamps);
 				return cl_fail(c, "%s", err);
 			}
 			if (stor_text_finish(&tw, &err) < 0) {
 				sync_flags_free(&sv.f);
+				stor_stamp_list_free(&sv.stamps);
 				return cl_fail(c, "%s", err);
 			}
 		} else if (text->type != PROTO_ARG_ATOM || strcmp(text->str, "NIL") != 0) {
 			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
 			return cl_fail(c, "SYNC-END: bad SAVE text");
 		}
 		ARRAY_PUSH(&c->saves, sv);
@@ -1309,12 +1327,18 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 	if (proto_cmd_is(line, "FLAGS")) {
 		struct cl_flags fl;
 		memset(&fl, 0, sizeof(fl));
-		if (line->arg_count != 3 || proto_arg_u32(&line->args[0], &fl.uid) < 0 ||
+		bool stamped;
+		if (line->arg_count < 3 || proto_arg_u32(&line->args[0], &fl.uid) < 0 ||
 		    proto_arg_u64(&line->args[1], INT64_MAX, &fl.modseq) < 0 ||
-		    sync_arg_flags(&line->args[2], &fl.f) < 0)
+		    sync_cmd_stamps(line, 3, &stamped, &fl.stamps) < 0)
 			return cl_fail(c, "SYNC-END: bad FLAGS line");
+		if (sync_arg_flags(&line->args[2], &fl.f) < 0) {
+			stor_stamp_list_free(&fl.stamps);
+			return cl_fail(c, "SYNC-END: bad FLAGS line");
+		}
 		if (!mail_uid_valid(fl.uid) || !mail_modseq_valid(fl.modseq)) {
 			sync_flags_free(&fl.f);
+			stor_stamp_list_free(&fl.stamps);
 			return cl_fail(c, "SYNC-END: FLAGS line with %s", MAIL_LIMITS_TEXT);
 		}
 		ARRAY_PUSH(&c->flags, fl);
@@ -1382,10 +1406,14 @@ static int send_late(struct sync_client *c)
 	memset(&c->late_exp, 0, sizeof(c->late_exp));
 	memset(&c->late_old, 0, sizeof(c->late_old));
 	memset(&c->late_new, 0, sizeof(c->late_new));
-	for (size_t i = 0; i < c->saves.count; i++)
+	for (size_t i = 0; i < c->saves.count; i++) {
 		sync_flags_free(&c->saves.items[i].f);
-	for (size_t i = 0; i < c->flags.count; i++)
+		stor_stamp_list_free(&c->saves.items[i].stamps);
+	}
+	for (size_t i = 0; i < c->flags.count; i++) {
 		sync_flags_free(&c->flags.items[i].f);
+		stor_stamp_list_free(&c->flags.items[i].stamps);
+	}
 	c->saves.count = c->flags.count = 0;
 	c->exp_uids.count = c->fix_old.count = c->fix_new.count = 0;
 	c->exp_after.count = 0;
@@ -1532,6 +1560,7 @@ static int apply_some(struct sync_client *c)
 					.op = STOR_FLAGS_REPLACE, .flags = sv->f.flags,
 					.keywords = (const char *const *)sv->f.keywords.items,
 					.keyword_count = sv->f.keywords.count, .modseq = sv->modseq,
+					.stamps = sv->stamps.items, .stamp_count = sv->stamps.count,
 				};
 				if (stor_msg_store(c->db, mbg, &uid, 1, &sreq, NULL, NULL, &err) < 0)
 					return cl_fail(c, "FLAGS %u: %s", uid, err);
@@ -1543,6 +1572,8 @@ static int apply_some(struct sync_client *c)
 				.keywords = (const char *const *)sv->f.keywords.items,
 				.keyword_count = sv->f.keywords.count,
 				.internaldate = sv->date, .internaldate_tz = sv->tz,
+				.stamps_given = sv->stamped, .stamps = sv->stamps.items,
+				.stamp_count = sv->stamps.count,
 			};
 			if (stor_msg_append(c->db, mbg, &req, NULL, NULL, &err) < 0)
 				return cl_fail(c, "storing UID %u: %s", uid, err);
@@ -1569,6 +1600,7 @@ static int apply_some(struct sync_client *c)
 				.op = STOR_FLAGS_REPLACE, .flags = fl->f.flags,
 				.keywords = (const char *const *)fl->f.keywords.items,
 				.keyword_count = fl->f.keywords.count, .modseq = fl->modseq,
+				.stamps = fl->stamps.items, .stamp_count = fl->stamps.count,
 			};
 			if (stor_msg_store(c->db, mbg, &fl->uid, 1, &req, NULL, NULL, &err) < 0)
 				return cl_fail(c, "FLAGS %u: %s", fl->uid, err);

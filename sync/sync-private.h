@@ -40,6 +40,19 @@ int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r);
 /* True when two messages' flags and keywords are equal. */
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 		      const stor_string_list *k2);
+/* Writes " STAMPS (<name> <modseq> <time-ms> ...)" (nothing for an empty
+ * list): SPEC.md 10.3 "Flags". */
+void sync_wr_stamps(struct proto_wr *w, const stor_stamp_list *stamps);
+/* Parses the STAMPS value: triplets, at most STOR_MAX_STAMPS, names a system
+ * flag, "\*" or a keyword, each once; -1 otherwise. */
+int sync_arg_stamps(const struct proto_arg *a, stor_stamp_list *out);
+/* The optional trailing "STAMPS (...)" after npos arguments: 0 with
+ * *given_r, or -1 when something else or something malformed follows. */
+int sync_cmd_stamps(const struct proto_cmd *cmd, size_t npos, bool *given_r,
+		    stor_stamp_list *out);
+/* The stamps of a message a peer sent without any (SPEC 1.0): every flag
+ * changed at its modseq, time 0. */
+void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out);
 /* Writes a parsed command line back in wire form, each argument in the
  * form it came in (a command held while the server is busy is parsed again
  * later).  Status lines are not written this way. */

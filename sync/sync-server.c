@@ -31,6 +31,7 @@ struct srv_save {
 	uint64_t modseq;
 	struct guid guid;
 	struct sync_flags f;
+	stor_stamp_list stamps; /* as sent, or legacy (sync_stamps_legacy()) */
 	int64_t date;
 	int tz;
 	/* Filled by the merge. */
@@ -43,6 +44,7 @@ struct srv_store {
 	uint32_t uid;
 	uint64_t modseq;
 	struct sync_flags f;
+	stor_stamp_list stamps;
 };
 
 enum merge_stage {
@@ -173,10 +175,14 @@ static void job_end(struct sync_server *s);
 
 static void srv_sync_reset(struct sync_server *s)
 {
-	for (size_t i = 0; i < s->saves.count; i++)
+	for (size_t i = 0; i < s->saves.count; i++) {
 		sync_flags_free(&s->saves.items[i].f);
-	for (size_t i = 0; i < s->stores.count; i++)
+		stor_stamp_list_free(&s->saves.items[i].stamps);
+	}
+	for (size_t i = 0; i < s->stores.count; i++) {
 		sync_flags_free(&s->stores.items[i].f);
+		stor_stamp_list_free(&s->stores.items[i].stamps);
+	}
 	ARRAY_FREE(&s->saves);
 	ARRAY_FREE(&s->stores);
 	ARRAY_FREE(&s->expunges);
@@ -543,17 +549,26 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 	int tz;
 	const char *err;
 	bool present = false;
+	bool stamped;
 	memset(&sv, 0, sizeof(sv));
-	if (cmd->arg_count != 6 || proto_arg_date(&cmd->args[0], &date, &tz) < 0 ||
+	if (cmd->arg_count < 6 || proto_arg_date(&cmd->args[0], &date, &tz) < 0 ||
 	    proto_arg_u32(&cmd->args[1], &sv.uid) < 0 || sv.uid == 0 ||
 	    proto_arg_u64(&cmd->args[2], INT64_MAX, &sv.modseq) < 0 ||
 	    proto_arg_guid(&cmd->args[3], &sv.guid) < 0 || guid_is_zero(&sv.guid) ||
-	    sync_arg_flags(&cmd->args[4], &sv.f) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
+	    sync_cmd_stamps(cmd, 6, &stamped, &sv.stamps) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text [STAMPS]");
 		return 0;
 	}
+	if (sync_arg_flags(&cmd->args[4], &sv.f) < 0) {
+		stor_stamp_list_free(&sv.stamps);
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text [STAMPS]");
+		return 0;
+	}
+	if (!stamped)
+		sync_stamps_legacy(sv.modseq, &sv.stamps);
 	if (!mail_uid_valid(sv.uid) || !mail_modseq_valid(sv.modseq)) {
 		sync_flags_free(&sv.f);
+		stor_stamp_list_free(&sv.stamps);
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
@@ -564,10 +579,12 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 		int r = stor_text_exists(s->db, &sv.guid, NULL, &err);
 		if (r < 0) {
 			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
 			return srv_fail(s, "SAVE: %s", err);
 		}
 		if (r == 0) {
 			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
 			srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "text unknown, send it");
 			return 0;
 		}
@@ -578,6 +595,7 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 		r = stor_msg_get(s->db, &s->sel, sv.uid, &have, &err);
 		if (r < 0) {
 			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
 			return srv_fail(s, "SAVE: %s", err);
 		}
 		if (r > 0) {
@@ -589,16 +607,19 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 		if (stor_text_write(tw, text->str, text->len, &err) < 0) {
 			stor_text_abort(&tw);
 			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
 			srv_reply(s, cmd->tag, "NO", "TOOBIG", err);
 			return 0;
 		}
 		if (stor_text_finish(&tw, &err) < 0) {
 			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
 			srv_reply(s, cmd->tag, "NO", NULL, err);
 			return 0;
 		}
 	} else {
 		sync_flags_free(&sv.f);
+		stor_stamp_list_free(&sv.stamps);
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE text must be a literal or NIL");
 		return 0;
 	}
@@ -612,19 +633,28 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 static int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	struct srv_store st;
+	bool stamped;
 	memset(&st, 0, sizeof(st));
-	if (cmd->arg_count != 4 || cmd->args[0].type != PROTO_ARG_ATOM ||
+	if (cmd->arg_count < 4 || cmd->args[0].type != PROTO_ARG_ATOM ||
 	    proto_arg_u32(&cmd->args[0], &st.uid) < 0 || st.uid == 0 ||
 	    proto_arg_u64(&cmd->args[1], INT64_MAX, &st.modseq) < 0 ||
 	    cmd->args[3].type != PROTO_ARG_LIST || cmd->args[3].count != 1 ||
 	    cmd->args[3].list[0].type != PROTO_ARG_ATOM ||
 	    strcmp(cmd->args[3].list[0].str, "\\*") != 0 ||
-	    sync_arg_flags(&cmd->args[2], &st.f) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*)");
+	    sync_cmd_stamps(cmd, 4, &stamped, &st.stamps) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
 		return 0;
 	}
+	if (sync_arg_flags(&cmd->args[2], &st.f) < 0) {
+		stor_stamp_list_free(&st.stamps);
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
+		return 0;
+	}
+	if (!stamped)
+		sync_stamps_legacy(st.modseq, &st.stamps);
 	if (!mail_uid_valid(st.uid) || !mail_modseq_valid(st.modseq)) {
 		sync_flags_free(&st.f);
+		stor_stamp_list_free(&st.stamps);
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
@@ -768,15 +798,120 @@ static void uids_sort_unique(stor_uid_list *l)
 	l->count = n;
 }
 
+/* Sets a message's whole flag state; flags named in stamps (may be NULL)
+ * take those stamps' times (the user's change they come from). */
 static int set_flags(struct sync_server *s, uint32_t uid, uint32_t flags,
-		     const stor_string_list *kws, uint64_t modseq, const char **error_r)
+		     const stor_string_list *kws, const stor_stamp_list *stamps, uint64_t modseq,
+		     const char **error_r)
 {
 	struct stor_store req = {
 		.op = STOR_FLAGS_REPLACE, .flags = flags,
 		.keywords = (const char *const *)kws->items, .keyword_count = kws->count,
 		.modseq = modseq,
+		.stamps = stamps != NULL ? stamps->items : NULL,
+		.stamp_count = stamps != NULL ? stamps->count : 0,
 	};
 	return stor_msg_store(s->db, &s->sel, &uid, 1, &req, NULL, NULL, error_r);
+}
+
+/* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ----
+ *
+ * A message changed on both sides since M: per flag (each system flag and
+ * every keyword either side holds or has a stamp for), a side changed it
+ * when its stamp is above M.  Changed on one side: that side's value.
+ * Changed on both (or, for copies that disagree, on neither) to different
+ * values: the later change wins by its time, then by its modseq, and on a
+ * full tie the flag is set.  Nothing depends on which side is the client,
+ * so every pair of nodes decides alike. */
+struct flag_merge {
+	uint32_t flags;
+	stor_string_list keywords;
+	stor_stamp_list times;  /* the decided flags with the time of the change kept */
+};
+
+static void flag_merge_free(struct flag_merge *fm)
+{
+	stor_string_list_free(&fm->keywords);
+	stor_stamp_list_free(&fm->times);
+}
+
+static bool kw_in(const stor_string_list *l, const char *name)
+{
+	for (size_t i = 0; i < l->count; i++) {
+		if (strcasecmp(l->items[i], name) == 0)
+			return true;
+	}
+	return false;
+}
+
+typedef ARRAY(const char *) name_list;
+
+static void name_add(name_list *names, const char *name)
+{
+	if (strcmp(name, STOR_STAMP_ALL) == 0)
+		return;
+	for (size_t i = 0; i < names->count; i++) {
+		if (strcasecmp(names->items[i], name) == 0)
+			return;
+	}
+	ARRAY_PUSH(names, name);
+}
+
+static void flag_merge_run(const struct stor_msg *cur, uint32_t cflags, const stor_string_list *ckws,
+			   const stor_stamp_list *cstamps, uint64_t M, struct flag_merge *fm_r)
+{
+	name_list names = ARRAY_INIT;
+	memset(fm_r, 0, sizeof(*fm_r));
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1)
+		name_add(&names, stor_flag_name((enum stor_flag)bit));
+	for (size_t i = 0; i < cur->keywords.count; i++)
+		name_add(&names, cur->keywords.items[i]);
+	for (size_t i = 0; i < ckws->count; i++)
+		name_add(&names, ckws->items[i]);
+	for (size_t i = 0; i < cur->stamps.count; i++)
+		name_add(&names, cur->stamps.items[i].name);
+	for (size_t i = 0; i < cstamps->count; i++)
+		name_add(&names, cstamps->items[i].name);
+	for (size_t i = 0; i < names.count; i++) {
+		const char *name = names.items[i];
+		uint32_t bit = 0;
+		for (uint32_t b = 1; b <= STOR_FLAG_DRAFT && bit == 0; b <<= 1) {
+			if (strcasecmp(name, stor_flag_name((enum stor_flag)b)) == 0)
+				bit = b;
+		}
+		bool sv = bit != 0 ? (cur->flags & bit) != 0 : kw_in(&cur->keywords, name);
+		bool cv = bit != 0 ? (cflags & bit) != 0 : kw_in(ckws, name);
+		uint64_t sm, cm;
+		int64_t st, ct;
+		stor_msg_stamp(cur, name, &sm, &st);
+		stor_stamps_lookup(cstamps, name, &cm, &ct);
+		bool sch = sm > M, cch = cm > M;
+		bool val;
+		int64_t t;
+		if (sv == cv) {
+			val = sv;
+			if (!sch && !cch)
+				goto decided;
+			t = !cch ? st : !sch ? ct : st > ct ? st : ct;
+		} else if (sch != cch) {
+			val = sch ? sv : cv;
+			t = sch ? st : ct;
+		} else {
+			bool client_later = ct != st ? ct > st : cm != sm ? cm > sm : cv;
+			val = client_later ? cv : sv;
+			t = client_later ? ct : st;
+		}
+		struct stor_stamp ts = { xstrdup(name), 0, t };
+		ARRAY_PUSH(&fm_r->times, ts);
+	decided:
+		if (!val)
+			continue;
+		if (bit != 0)
+			fm_r->flags |= bit;
+		else
+			ARRAY_PUSH(&fm_r->keywords, xstrdup(name));
+	}
+	ARRAY_FREE(&names);
 }
 
 static void wr_uid_lines(struct sync_server *s, const char *tag, const char *name,
@@ -988,10 +1123,12 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 		bool same = cur.modseq == cs->modseq &&
 			sync_flags_equal(cur.flags, &cur.keywords, cs->f.flags, &cs->f.keywords);
 		if (!same) {
-			bool client_wins = cs->modseq > cur.modseq;
-			r = client_wins ?
-				set_flags(s, cs->uid, cs->f.flags, &cs->f.keywords, m->N, err) :
-				set_flags(s, cs->uid, cur.flags, &cur.keywords, m->N, err);
+			/* One message on both sides, new since M on one of them
+			 * at least: its flags merge flag by flag. */
+			struct flag_merge fm;
+			flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
+			r = set_flags(s, cs->uid, fm.flags, &fm.keywords, &fm.times, m->N, err);
+			flag_merge_free(&fm);
 			ARRAY_PUSH(&m->flags_client, cs->uid);
 			merge_mark_dirty(m, cs->uid);
 			m->touched = true;
@@ -1034,6 +1171,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 		.keywords = (const char *const *)cs->f.keywords.items,
 		.keyword_count = cs->f.keywords.count,
 		.internaldate = cs->date, .internaldate_tz = cs->tz,
+		.stamps_given = true, .stamps = cs->stamps.items, .stamp_count = cs->stamps.count,
 	};
 	if (stor_msg_append(s->db, &s->sel, &req, NULL, NULL, err) < 0)
 		return -1;
@@ -1055,13 +1193,18 @@ static int merge_apply_store(struct sync_server *s, const struct srv_store *st, 
 	if (r <= 0)
 		return r; /* expunged here: the EXPUNGE line tells the client */
 	bool both = cur.modseq > m->M;
-	bool server_wins = both && cur.modseq >= st->modseq;
 	/* Changed on the client only: its modseq, when above all of ours, is
 	 * kept and the client needs no line. */
 	bool keep = !both && st->modseq > m->sm;
 	uint64_t ms = keep ? st->modseq : m->N;
-	r = server_wins ? set_flags(s, st->uid, cur.flags, &cur.keywords, ms, err) :
-		set_flags(s, st->uid, st->f.flags, &st->f.keywords, ms, err);
+	if (both) {
+		struct flag_merge fm;
+		flag_merge_run(&cur, st->f.flags, &st->f.keywords, &st->stamps, m->M, &fm);
+		r = set_flags(s, st->uid, fm.flags, &fm.keywords, &fm.times, ms, err);
+		flag_merge_free(&fm);
+	} else {
+		r = set_flags(s, st->uid, st->f.flags, &st->f.keywords, &st->stamps, ms, err);
+	}
 	stor_msg_free(&cur);
 	if (r < 0)
 		return -1;
@@ -1088,7 +1231,7 @@ static int merge_own(struct sync_server *s, size_t i, const char **err)
 	 * is, so the modseq stays (a catch-up sync rewrites nothing here).
 	 * Else it is raised to N. */
 	if (msg->modseq <= m->cm) {
-		if (set_flags(s, msg->uid, msg->flags, &msg->keywords, m->N, err) < 0)
+		if (set_flags(s, msg->uid, msg->flags, &msg->keywords, NULL, m->N, err) < 0)
 			return -1;
 		msg->modseq = m->N; /* our copy stays exact: same flags */
 		m->touched = true;
@@ -1185,6 +1328,7 @@ static int merge_write_line(struct sync_server *s, uint32_t uid, bool save, cons
 		proto_wr_u64(&w, msg->modseq);
 		sync_wr_flags(&w, msg->flags, &msg->keywords);
 	}
+	sync_wr_stamps(&w, &msg->stamps);
 	proto_wr_end(&w);
 	if (need_free)
 		stor_msg_free(&tmp);

@@ -146,3 +146,76 @@ void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd)
 	}
 	buf_append(out, "\r\n", 2);
 }
+
+void sync_wr_stamps(struct proto_wr *w, const stor_stamp_list *stamps)
+{
+	if (stamps->count == 0)
+		return;
+	proto_wr_atom(w, "STAMPS");
+	proto_wr_list_begin(w);
+	for (size_t i = 0; i < stamps->count; i++) {
+		proto_wr_atom(w, stamps->items[i].name);
+		proto_wr_u64(w, stamps->items[i].modseq);
+		proto_wr_u64(w, (uint64_t)stamps->items[i].time_ms);
+	}
+	proto_wr_list_end(w);
+}
+
+int sync_arg_stamps(const struct proto_arg *a, stor_stamp_list *out)
+{
+	stor_stamp_list l = ARRAY_INIT;
+	if (a->type != PROTO_ARG_LIST || a->count % 3 != 0 || a->count / 3 > STOR_MAX_STAMPS)
+		return -1;
+	for (size_t i = 0; i < a->count; i += 3) {
+		const struct proto_arg *n = &a->list[i];
+		struct stor_stamp st;
+		uint64_t ms, t;
+		uint32_t bit;
+		if (n->type != PROTO_ARG_ATOM || n->len == 0 || n->len > STOR_MAX_KEYWORD_LEN ||
+		    proto_arg_u64(&a->list[i + 1], INT64_MAX, &ms) < 0 ||
+		    proto_arg_u64(&a->list[i + 2], INT64_MAX, &t) < 0)
+			goto fail;
+		const char *name = n->str;
+		if (name[0] == '\\') {
+			if (flag_from_name(name, &bit) == 0)
+				name = stor_flag_name((enum stor_flag)bit);
+			else if (strcmp(name, STOR_STAMP_ALL) != 0)
+				goto fail;
+		}
+		for (size_t j = 0; j < l.count; j++) {
+			if (strcasecmp(l.items[j].name, name) == 0)
+				goto fail;
+		}
+		st.name = xstrdup(name);
+		st.modseq = ms;
+		st.time_ms = (int64_t)t;
+		ARRAY_PUSH(&l, st);
+	}
+	*out = l;
+	return 0;
+fail:
+	stor_stamp_list_free(&l);
+	return -1;
+}
+
+int sync_cmd_stamps(const struct proto_cmd *cmd, size_t npos, bool *given_r,
+		    stor_stamp_list *out)
+{
+	*given_r = false;
+	memset(out, 0, sizeof(*out));
+	if (cmd->arg_count == npos)
+		return 0;
+	if (cmd->arg_count != npos + 2 || cmd->args[npos].type != PROTO_ARG_ATOM ||
+	    strcasecmp(cmd->args[npos].str, "STAMPS") != 0 ||
+	    sync_arg_stamps(&cmd->args[npos + 1], out) < 0)
+		return -1;
+	*given_r = true;
+	return 0;
+}
+
+void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out)
+{
+	struct stor_stamp st = { xstrdup(STOR_STAMP_ALL), modseq, 0 };
+	memset(out, 0, sizeof(*out));
+	ARRAY_PUSH(out, st);
+}

@@ -1,6 +1,7 @@
 /* Unit tests of storage/ messages: append (master and replica), copy,
  * flag changes with CONDSTORE, expunge tombstones, renumbering, changes
  * since a modseq, digests and the canonical dump. */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -728,6 +729,253 @@ static void test_flag_names(void)
 	CU_ASSERT_PTR_NULL(stor_flag_name((enum stor_flag)0x40));
 }
 
+
+/* ---- Flag stamps (storage.h struct stor_stamp) ---- */
+
+static void stamp_of(struct stor_db *db, const struct guid *mb, uint32_t uid, const char *name,
+		     uint64_t *modseq_r, int64_t *time_r)
+{
+	struct stor_msg msg;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(db, mb, uid, &msg, &error), 1);
+	stor_msg_stamp(&msg, name, modseq_r, time_r);
+	stor_msg_free(&msg);
+}
+
+static void store_one(struct stor_db *db, const struct guid *mb, uint32_t uid, enum stor_flag_op op,
+		      uint32_t flags, const char *kw, uint64_t modseq, int64_t time_ms)
+{
+	struct stor_store req;
+	const char *error;
+	const char *kws[1] = { kw };
+	memset(&req, 0, sizeof(req));
+	req.op = op;
+	req.flags = flags;
+	req.keywords = kws;
+	req.keyword_count = kw != NULL ? 1 : 0;
+	req.modseq = modseq;
+	req.time_ms = time_ms;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
+}
+
+/* Each flag whose value changes gets (the change's modseq, its time);
+ * flags that stay keep theirs; a removed keyword keeps a stamp; stamps
+ * survive a reopen, a renumbering and a replica's whole-state STORE. */
+static void test_store_stamps_the_flags_it_changes(void)
+{
+	struct tstore t;
+	uint64_t ms;
+	int64_t tm;
+	const char *error;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t u = tappend(t.db, &g, 0, "stamps", STOR_FLAG_SEEN);
+	stamp_of(t.db, &g, u, "\\Seen", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 1);
+	CU_ASSERT(tm > 0);
+	stamp_of(t.db, &g, u, "\\Flagged", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 0); /* never changed */
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, "$Work", 0, 1000);
+	store_one(t.db, &g, u, STOR_FLAGS_REMOVE, 0, "$work", 0, 2000);
+	stamp_of(t.db, &g, u, "\\Flagged", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	CU_ASSERT_EQUAL(tm, 1000);
+	stamp_of(t.db, &g, u, "$WORK", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 3);
+	CU_ASSERT_EQUAL(tm, 2000);
+	stamp_of(t.db, &g, u, "\\Seen", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 1);
+	/* A replica's whole state (modseq given): only \Seen changes. */
+	store_one(t.db, &g, u, STOR_FLAGS_REPLACE, STOR_FLAG_FLAGGED, NULL, 10, 3000);
+	stamp_of(t.db, &g, u, "\\Seen", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 10);
+	CU_ASSERT_EQUAL(tm, 3000);
+	stamp_of(t.db, &g, u, "\\Flagged", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, u, 7, 0, &error), 0);
+	tstore_reopen(&t);
+	stamp_of(t.db, &g, 7, "\\Flagged", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	CU_ASSERT_EQUAL(tm, 1000);
+	stamp_of(t.db, &g, 7, "$work", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 3);
+	/* A copy is a new message: its flags changed with it. */
+	struct guid g2 = tmailbox(t.db, "alice", "Archive");
+	uint32_t cu;
+	uint64_t cms;
+	CU_ASSERT_EQUAL(stor_msg_copy(t.db, &g, 7, &g2, 0, 0, &cu, &cms, &error), 0);
+	stamp_of(t.db, &g2, cu, "\\Flagged", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, cms);
+	stamp_of(t.db, &g2, cu, "$work", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 0);
+	tcheck(t.db, &g);
+	tcheck(t.db, &g2);
+	tstore_close(&t);
+}
+
+/* Keywords set and removed again and again: the stamps stay bounded, the
+ * oldest removed keywords' stamps go first, set flags keep theirs. */
+static void test_stamps_are_bounded(void)
+{
+	struct tstore t;
+	uint64_t ms;
+	int64_t tm;
+	struct stor_msg msg;
+	const char *error;
+	char kw[32];
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t u = tappend(t.db, &g, 0, "bounded", 0);
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, "$keep", 0, 0);
+	for (int i = 0; i < 3 * STOR_MAX_STAMPS; i++) {
+		snprintf(kw, sizeof(kw), "k%d", i);
+		store_one(t.db, &g, u, STOR_FLAGS_ADD, 0, kw, 0, 0);
+		store_one(t.db, &g, u, STOR_FLAGS_REMOVE, 0, kw, 0, 0);
+	}
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT(msg.stamps.count <= STOR_MAX_STAMPS);
+	stor_msg_stamp(&msg, "$keep", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	stor_msg_stamp(&msg, "\\Draft", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	snprintf(kw, sizeof(kw), "k%d", 3 * STOR_MAX_STAMPS - 1);
+	stor_msg_stamp(&msg, kw, &ms, &tm);
+	CU_ASSERT_EQUAL(ms, msg.modseq);
+	stor_msg_stamp(&msg, "k0", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 0);
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+/* An append with a peer's stamps keeps their times at its own modseq; bad
+ * ones are refused before anything is written. */
+static void test_append_with_given_stamps(void)
+{
+	struct tstore t;
+	uint64_t ms, got;
+	int64_t tm;
+	const char *error;
+	uint32_t uid;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	struct stor_stamp st[2] = { { "\\Seen", 99, 1234 }, { STOR_STAMP_ALL, 50, 0 } };
+	struct stor_append req;
+	memset(&req, 0, sizeof(req));
+	req.flags = STOR_FLAG_SEEN;
+	req.text = "given";
+	req.text_len = 5;
+	req.stamps_given = true;
+	req.stamps = st;
+	req.stamp_count = 2;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(t.db, &g, &req, &uid, &got, &error), 0);
+	stamp_of(t.db, &g, uid, "\\seen", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, got);
+	CU_ASSERT_EQUAL(tm, 1234);
+	stamp_of(t.db, &g, uid, "$other", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, got);
+	CU_ASSERT_EQUAL(tm, 0);
+	st[0].time_ms = -1;
+	req.text = "bad";
+	req.text_len = 3;
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &req, &uid, NULL, &error), -1);
+	st[0].time_ms = 1;
+	req.stamp_count = STOR_MAX_STAMPS + 1;
+	CU_ASSERT_EQUAL(stor_msg_append(t.db, &g, &req, &uid, NULL, &error), -1);
+	struct stor_mailbox mbx;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(t.db, &g, &mbx, &error), 1);
+	CU_ASSERT_EQUAL(mbx.messages, 1);
+	stor_mailbox_free(&mbx);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+
+/* A replica applying a whole state with the master's stamps: flags it
+ * changed later itself keep their value (and stamp), the others take the
+ * master's value and time; without keep_later_local the state is taken
+ * whole.  A change made here is stamped after the flag's previous change,
+ * even one from a clock far ahead. */
+static void test_replica_store_keeps_later_local_changes(void)
+{
+	struct tstore t;
+	uint64_t ms;
+	int64_t tm;
+	struct stor_msg msg;
+	const char *error;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t u = tappend(t.db, &g, 0, "replica", 0);
+	/* Here, while apart: \Seen at 5000, $Mine at 5000. */
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_SEEN, "$Mine", 0, 5000);
+	/* The master's state: \Flagged (4000) and $Theirs (6000), neither
+	 * \Seen (stamped 3000) nor $Mine (never). */
+	struct stor_stamp st[] = {
+		{ "\\Flagged", 9, 4000 }, { "$Theirs", 9, 6000 }, { "\\Seen", 3, 3000 },
+	};
+	const char *kws[] = { "$Theirs" };
+	struct stor_store req;
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_REPLACE;
+	req.flags = STOR_FLAG_FLAGGED;
+	req.keywords = kws;
+	req.keyword_count = 1;
+	req.modseq = 20;
+	req.stamps = st;
+	req.stamp_count = 3;
+	req.keep_later_local = true;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+	CU_ASSERT_EQUAL(msg.modseq, 20);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 2);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "$Mine");
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[1], "$Theirs");
+	stor_msg_stamp(&msg, "\\Seen", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, 5000);
+	CU_ASSERT_EQUAL(ms, 2);
+	stor_msg_stamp(&msg, "\\Flagged", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, 4000);
+	CU_ASSERT_EQUAL(ms, 20);
+	stor_msg_stamp(&msg, "$theirs", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, 6000);
+	stor_msg_free(&msg);
+	/* A later master change of \Seen (time 7000) is taken. */
+	st[2].time_ms = 7000;
+	req.modseq = 21;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_FLAGGED);
+	stor_msg_free(&msg);
+	/* Without keep_later_local: the whole state, $Mine goes too. */
+	req.keep_later_local = false;
+	req.modseq = 22;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 1);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "$Theirs");
+	stor_msg_free(&msg);
+	/* A clock far ahead stamped \Flagged; a change here comes after it. */
+	int64_t ahead = stor_now_ms() + 3600 * 1000;
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, NULL, 0, ahead);
+	store_one(t.db, &g, u, STOR_FLAGS_REMOVE, STOR_FLAG_DRAFT, NULL, 0, 0);
+	stamp_of(t.db, &g, u, "\\Draft", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, ahead + 1);
+	/* A peer's time at the very end of the range: no overflow. */
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, NULL, 0, INT64_MAX);
+	store_one(t.db, &g, u, STOR_FLAGS_REMOVE, STOR_FLAG_DRAFT, NULL, 0, 0);
+	stamp_of(t.db, &g, u, "\\Draft", &ms, &tm);
+	CU_ASSERT_EQUAL(tm, INT64_MAX);
+	/* A renumbering to a lower modseq (a peer's UIDFIX) leaves the
+	 * record readable. */
+	const char *err2;
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, u, u + 10, 1, &err2), 0);
+	stamp_of(t.db, &g, u + 10, "\\Draft", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 1);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
 const struct test_case storage_msg_cases[] = {
 	{ "dedupe keeps the highest UID of a GUID", test_dedupe_keeps_the_highest_uid_of_a_guid },
 	{ "append assigns UIDs and modseqs", test_append_assigns_uids_and_modseqs },
@@ -747,5 +995,9 @@ const struct test_case storage_msg_cases[] = {
 	{ "digest equal for the same state reached in different orders", test_digest_equal_for_same_state_reached_in_different_orders },
 	{ "dump is canonical text", test_dump_is_canonical_text },
 	{ "flag names", test_flag_names },
+	{ "store stamps the flags it changes", test_store_stamps_the_flags_it_changes },
+	{ "flag stamps are bounded", test_stamps_are_bounded },
+	{ "append with a peer's stamps", test_append_with_given_stamps },
+	{ "a replica keeps the flags it changed later", test_replica_store_keeps_later_local_changes },
 	{ NULL, NULL },
 };

@@ -6,9 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "protocol/protocol.h"
+#include "storage/storage-private.h"
 #include "storage/storage.h"
 #include "sync/sync.h"
 #include "tests/testutil.h"
@@ -435,7 +438,7 @@ static void test_sync_first_sync_moves_message_at_client_tombstone(void)
 	node_close(&b);
 }
 
-static void test_sync_flag_conflict_higher_modseq_wins(void)
+static void test_sync_flag_changes_merge_per_flag(void)
 {
 	struct node a, b;
 	node_open(&a, SID_A);
@@ -444,8 +447,9 @@ static void test_sync_flag_conflict_higher_modseq_wins(void)
 	uint32_t u1 = append(&a, &mb, "one\r\n", 0, NULL);
 	uint32_t u2 = append(&a, &mb, "two\r\n", 0, NULL);
 	run_sync(&a, &b, false, 31);
-	/* Message 1: A changes once, B twice (B's modseq is higher: B wins).
-	 * Message 2: A changes three times (A wins). */
+	/* Message 1: A sets \Seen, B \Flagged then \Answered: different
+	 * flags, all kept.  Message 2: A sets \Seen, then \Draft, then only
+	 * \Deleted (A changed \Seen and \Draft back), B sets \Answered. */
 	set_flags(&a, &mb, u1, STOR_FLAG_SEEN);
 	set_flags(&b, &mb, u1, STOR_FLAG_FLAGGED);
 	set_flags(&b, &mb, u1, STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED);
@@ -458,15 +462,16 @@ static void test_sync_flag_conflict_higher_modseq_wins(void)
 	struct stor_msg m;
 	const char *error;
 	CU_ASSERT_EQUAL(stor_msg_get(a.db, &mb, u1, &m, &error), 1);
-	CU_ASSERT_EQUAL(m.flags, STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED);
+	CU_ASSERT_EQUAL(m.flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED);
 	uint64_t ma = m.modseq;
 	stor_msg_free(&m);
 	CU_ASSERT_EQUAL(stor_msg_get(b.db, &mb, u1, &m, &error), 1);
 	CU_ASSERT_EQUAL(m.modseq, ma);
 	stor_msg_free(&m);
 	CU_ASSERT_EQUAL(stor_msg_get(b.db, &mb, u2, &m, &error), 1);
-	CU_ASSERT_EQUAL(m.flags, STOR_FLAG_DELETED);
+	CU_ASSERT_EQUAL(m.flags, STOR_FLAG_DELETED | STOR_FLAG_ANSWERED);
 	stor_msg_free(&m);
+	check_modseqs_equal(&a, &b, &mb);
 	struct stor_mailbox xa = get_mailbox(&a, "INBOX"), xb = get_mailbox(&b, "INBOX");
 	CU_ASSERT_EQUAL(xa.highestmodseq, xb.highestmodseq);
 	stor_mailbox_free(&xa);
@@ -1460,6 +1465,411 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 	node_close(&c);
 }
 
+
+/* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ---- */
+
+static void store_kw(struct node *n, const struct guid *mb, uint32_t uid, enum stor_flag_op op,
+		     uint32_t flags, const char *kw)
+{
+	struct stor_store req;
+	const char *error;
+	const char *kws[1] = { kw };
+	memset(&req, 0, sizeof(req));
+	req.op = op;
+	req.flags = flags;
+	req.keywords = kws;
+	req.keyword_count = kw != NULL ? 1 : 0;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
+}
+
+static struct stor_msg get_msg(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m;
+	const char *error;
+	memset(&m, 0, sizeof(m));
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	return m;
+}
+
+static uint32_t flags_of(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m = get_msg(n, mb, uid);
+	uint32_t f = m.flags;
+	stor_msg_free(&m);
+	return f;
+}
+
+/* "kw1 kw2" of a message's keywords, sorted as stored. */
+static char *keywords_of(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m = get_msg(n, mb, uid);
+	struct buf b = BUF_INIT;
+	for (size_t i = 0; i < m.keywords.count; i++) {
+		if (i > 0)
+			buf_append_byte(&b, ' ');
+		buf_append(&b, m.keywords.items[i], strlen(m.keywords.items[i]));
+	}
+	buf_append_byte(&b, '\0');
+	stor_msg_free(&m);
+	return (char *)b.data;
+}
+
+/* Waits until the wall clock has moved on by a few ms, so that two changes
+ * made on either side of it have different times. */
+static void clock_step(void)
+{
+	struct timespec ts = { 0, 3 * 1000 * 1000 };
+	nanosleep(&ts, NULL);
+}
+
+/* The issue's partition: six messages, \Seen set on one side, \Flagged on
+ * the other; both kept whichever side drives the sync and whichever side
+ * has the higher modseqs. */
+static void test_sync_flag_merge_disjoint_flags_kept(void)
+{
+	for (int variant = 0; variant < 4; variant++) {
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		uint32_t uids[6];
+		for (int i = 0; i < 6; i++)
+			uids[i] = append(&a, &mb, i % 2 ? "odd\r\n" : "even\r\n", 0, NULL);
+		/* variant bit 0: B drives the syncs (each direction keeps its
+		 * own last common state). */
+		struct node *cl = (variant & 1) != 0 ? &b : &a, *sv = (variant & 1) != 0 ? &a : &b;
+		run_sync(cl, sv, false, 60 + (uint32_t)variant);
+		/* variant bit 1: B's modseqs end higher (it changes twice). */
+		for (int i = 0; i < 6; i++) {
+			set_flags(&a, &mb, uids[i], STOR_FLAG_SEEN);
+			set_flags(&b, &mb, uids[i], STOR_FLAG_FLAGGED);
+			if ((variant & 2) != 0)
+				set_flags(&b, &mb, uids[i], STOR_FLAG_FLAGGED);
+			if ((variant & 2) != 0)
+				store_kw(&b, &mb, uids[i], STOR_FLAGS_ADD, 0, "$x");
+			if ((variant & 2) != 0)
+				store_kw(&b, &mb, uids[i], STOR_FLAGS_REMOVE, 0, "$x");
+		}
+		run_sync(cl, sv, false, 70 + (uint32_t)variant);
+		for (int i = 0; i < 6; i++) {
+			CU_ASSERT_EQUAL(flags_of(&a, &mb, uids[i]), STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+			CU_ASSERT_EQUAL(flags_of(&b, &mb, uids[i]), STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+		}
+		CU_ASSERT(dumps_equal(&a, &b));
+		check_modseqs_equal(&a, &b, &mb);
+		check_mailbox(&a, &mb);
+		check_mailbox(&b, &mb);
+		/* Nothing left to do. */
+		struct sync_run r = run_sync(cl, sv, false, 80 + (uint32_t)variant);
+		if (r.report.mailboxes_synced != 0)
+			fprintf(stderr, "variant %d: synced %u full %u flags %u recv %u\n", variant,
+				r.report.mailboxes_synced, r.report.mailboxes_full, r.report.flags_changed,
+				r.report.messages_received);
+		CU_ASSERT_EQUAL(r.report.mailboxes_synced, 0);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
+/* One side sets \Seen, the other clears it (after setting it): the later
+ * change wins, whichever it is, whichever side has the higher modseq and
+ * whichever drives the sync.  The early side always ends with the higher
+ * modseq, so the old rule (higher modseq wins) decides every case for it. */
+static void test_sync_flag_merge_later_change_wins(void)
+{
+	for (int variant = 0; variant < 4; variant++) {
+		bool later_sets = (variant & 1) != 0;
+		bool early_is_client = (variant & 2) != 0;
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		uint32_t u = append(&a, &mb, "msg\r\n", 0, NULL);
+		uint32_t other = append(&a, &mb, "other\r\n", 0, NULL);
+		run_sync(&a, &b, false, 90 + (uint32_t)variant);
+		struct node *early = &a, *later = &b;
+		/* The early side's modseq ends higher: extra changes first. */
+		for (int i = 0; i < 4; i++)
+			set_flags(early, &mb, other, i % 2 ? STOR_FLAG_DRAFT : 0);
+		if (later_sets) {
+			set_flags(early, &mb, u, STOR_FLAG_SEEN);
+			set_flags(early, &mb, u, 0);
+			clock_step();
+			set_flags(later, &mb, u, STOR_FLAG_SEEN);
+		} else {
+			set_flags(early, &mb, u, STOR_FLAG_SEEN);
+			clock_step();
+			set_flags(later, &mb, u, STOR_FLAG_SEEN);
+			set_flags(later, &mb, u, 0);
+		}
+		struct stor_msg me = get_msg(early, &mb, u), ml = get_msg(later, &mb, u);
+		CU_ASSERT(me.modseq > ml.modseq);
+		stor_msg_free(&me);
+		stor_msg_free(&ml);
+		if (early_is_client)
+			run_sync(early, later, false, 100 + (uint32_t)variant);
+		else
+			run_sync(later, early, false, 100 + (uint32_t)variant);
+		uint32_t want = later_sets ? STOR_FLAG_SEEN : 0;
+		CU_ASSERT_EQUAL(flags_of(&a, &mb, u), want);
+		CU_ASSERT_EQUAL(flags_of(&b, &mb, u), want);
+		CU_ASSERT(dumps_equal(&a, &b));
+		check_modseqs_equal(&a, &b, &mb);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
+/* Keywords: A removes $A and adds $C, B removes $B and adds $D. */
+static void test_sync_flag_merge_keywords(void)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		uint32_t u = append(&a, &mb, "kw\r\n", 0, NULL);
+		store_kw(&a, &mb, u, STOR_FLAGS_ADD, 0, "$A");
+		store_kw(&a, &mb, u, STOR_FLAGS_ADD, 0, "$B");
+		run_sync(&a, &b, false, 110 + (uint32_t)variant);
+		char *k = keywords_of(&b, &mb, u);
+		CU_ASSERT_STRING_EQUAL(k, "$A $B");
+		free(k);
+		store_kw(&a, &mb, u, STOR_FLAGS_REMOVE, 0, "$A");
+		store_kw(&a, &mb, u, STOR_FLAGS_ADD, STOR_FLAG_SEEN, "$C");
+		store_kw(&b, &mb, u, STOR_FLAGS_REMOVE, 0, "$B");
+		store_kw(&b, &mb, u, STOR_FLAGS_ADD, 0, "$D");
+		if (variant == 0)
+			run_sync(&a, &b, false, 120);
+		else
+			run_sync(&b, &a, false, 121);
+		k = keywords_of(&a, &mb, u);
+		CU_ASSERT_STRING_EQUAL(k, "$C $D");
+		free(k);
+		k = keywords_of(&b, &mb, u);
+		CU_ASSERT_STRING_EQUAL(k, "$C $D");
+		free(k);
+		CU_ASSERT_EQUAL(flags_of(&b, &mb, u), STOR_FLAG_SEEN);
+		CU_ASSERT(dumps_equal(&a, &b));
+		check_modseqs_equal(&a, &b, &mb);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
+/* Only one side changed flags: the other takes them as they are (and a
+ * catch-up keeps the changing side's modseqs). */
+static void test_sync_flag_merge_one_side_only(void)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		uint32_t u = append(&a, &mb, "one\r\n", STOR_FLAG_SEEN, NULL);
+		store_kw(&a, &mb, u, STOR_FLAGS_ADD, 0, "$Old");
+		run_sync(&a, &b, false, 130 + (uint32_t)variant);
+		if (variant == 1)
+			run_sync(&b, &a, false, 135); /* B's own last common state */
+		store_kw(&a, &mb, u, STOR_FLAGS_REPLACE, STOR_FLAG_FLAGGED, "$New");
+		struct stor_msg before = get_msg(&a, &mb, u);
+		if (variant == 0)
+			run_sync(&a, &b, false, 140);
+		else
+			run_sync(&b, &a, false, 141);
+		CU_ASSERT_EQUAL(flags_of(&b, &mb, u), STOR_FLAG_FLAGGED);
+		char *k = keywords_of(&b, &mb, u);
+		CU_ASSERT_STRING_EQUAL(k, "$New");
+		free(k);
+		struct stor_msg after = get_msg(&a, &mb, u);
+		if (after.modseq != before.modseq)
+			fprintf(stderr, "variant %d: modseq %llu -> %llu\n", variant,
+				(unsigned long long)before.modseq, (unsigned long long)after.modseq);
+		CU_ASSERT_EQUAL(after.modseq, before.modseq);
+		stor_msg_free(&before);
+		stor_msg_free(&after);
+		CU_ASSERT(dumps_equal(&a, &b));
+		check_modseqs_equal(&a, &b, &mb);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
+/* Writes a message's record as a node before stamps wrote it (version 1). */
+static void rewrite_as_v1(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m = get_msg(n, mb, uid);
+	struct buf v = BUF_INIT;
+	struct stor_key k;
+	const char *error;
+	stor_put_u8(&v, 1);
+	stor_put_bytes(&v, m.guid.b, GUID_SIZE);
+	stor_put_u64(&v, m.modseq);
+	stor_put_u32(&v, m.flags);
+	stor_put_u32(&v, (uint32_t)m.keywords.count);
+	for (size_t i = 0; i < m.keywords.count; i++)
+		stor_put_str(&v, m.keywords.items[i]);
+	stor_put_u64(&v, (uint64_t)m.internaldate);
+	stor_put_u32(&v, (uint32_t)m.internaldate_tz);
+	stor_put_u64(&v, m.size);
+	stor_key_init(&k, STOR_KEY_MSG);
+	stor_key_guid(&k, mb);
+	stor_key_u32(&k, uid);
+	struct stor_batch *wb = stor_batch_new();
+	stor_batch_put(wb, &k, v.data, v.len);
+	CU_ASSERT_EQUAL(stor_db_write(n->db, wb, &error), 0);
+	stor_batch_free(wb);
+	buf_free(&v);
+	stor_msg_free(&m);
+	/* It reads back as every flag changed at its modseq, at time 0. */
+	struct stor_msg r = get_msg(n, mb, uid);
+	uint64_t ms;
+	int64_t t;
+	stor_msg_stamp(&r, "\\Seen", &ms, &t);
+	CU_ASSERT_EQUAL(ms, r.modseq);
+	CU_ASSERT_EQUAL(t, 0);
+	stor_msg_stamp(&r, "$anything", &ms, &t);
+	CU_ASSERT_EQUAL(ms, r.modseq);
+	stor_msg_free(&r);
+}
+
+/* Records written before stamps: both sides changed the message, the one
+ * with the higher modseq wins as a whole, as before. */
+static void test_sync_flag_merge_old_records(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	uint32_t u1 = append(&a, &mb, "one\r\n", 0, NULL);
+	uint32_t u2 = append(&a, &mb, "two\r\n", 0, NULL);
+	run_sync(&a, &b, false, 150);
+	set_flags(&a, &mb, u1, STOR_FLAG_SEEN);
+	set_flags(&b, &mb, u1, STOR_FLAG_FLAGGED);
+	set_flags(&b, &mb, u1, STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED);
+	store_kw(&a, &mb, u2, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, "$a");
+	store_kw(&a, &mb, u2, STOR_FLAGS_ADD, 0, "$b");
+	store_kw(&a, &mb, u2, STOR_FLAGS_ADD, 0, "$c");
+	store_kw(&b, &mb, u2, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+	rewrite_as_v1(&a, &mb, u1);
+	rewrite_as_v1(&b, &mb, u1);
+	rewrite_as_v1(&a, &mb, u2);
+	rewrite_as_v1(&b, &mb, u2);
+	check_mailbox(&a, &mb);
+	run_sync(&a, &b, false, 151);
+	CU_ASSERT_EQUAL(flags_of(&a, &mb, u1), STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED);
+	CU_ASSERT_EQUAL(flags_of(&b, &mb, u2), STOR_FLAG_DRAFT);
+	char *k = keywords_of(&b, &mb, u2);
+	CU_ASSERT_STRING_EQUAL(k, "$a $b $c");
+	free(k);
+	CU_ASSERT(dumps_equal(&a, &b));
+	check_modseqs_equal(&a, &b, &mb);
+	/* The records were written again in the current format, and a later
+	 * change merges per flag. */
+	set_flags(&a, &mb, u1, STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED | STOR_FLAG_SEEN);
+	set_flags(&b, &mb, u1, STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED | STOR_FLAG_DELETED);
+	run_sync(&b, &a, false, 152);
+	CU_ASSERT_EQUAL(flags_of(&a, &mb, u1), STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED |
+		       STOR_FLAG_SEEN | STOR_FLAG_DELETED);
+	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A change carried by one sync keeps its time: node C cleared \Seen after
+ * A set it, A's change reaches B by a sync, and C's later clear still wins
+ * against B (applying the sync's answer does not make A's change look
+ * new). */
+static void test_sync_flag_merge_three_nodes(void)
+{
+	struct node a, b, c;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	node_open(&c, 3);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	uint32_t u = append(&a, &mb, "three\r\n", 0, NULL);
+	run_sync(&a, &b, false, 160);
+	run_sync(&c, &a, false, 161);
+	CU_ASSERT(dumps_equal(&a, &c));
+	set_flags(&a, &mb, u, STOR_FLAG_SEEN);
+	clock_step();
+	set_flags(&c, &mb, u, STOR_FLAG_SEEN);
+	set_flags(&c, &mb, u, 0);
+	clock_step();
+	/* B drives: A's change reaches B as a FLAGS line of the answer. */
+	run_sync(&b, &a, false, 162);
+	CU_ASSERT_EQUAL(flags_of(&b, &mb, u), STOR_FLAG_SEEN);
+	run_sync(&c, &b, false, 163);
+	CU_ASSERT_EQUAL(flags_of(&b, &mb, u), 0);
+	CU_ASSERT_EQUAL(flags_of(&c, &mb, u), 0);
+	run_sync(&a, &b, false, 164);
+	CU_ASSERT_EQUAL(flags_of(&a, &mb, u), 0);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT(dumps_equal(&b, &c));
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+/* STAMPS come from a peer: malformed ones get BAD, nothing is held. */
+static void test_sync_flag_merge_bad_stamps(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	uint32_t u = append(&b, &mb, "x\r\n", 0, NULL);
+	struct stor_mailbox m = get_mailbox(&b, "INBOX");
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	char hex[GUID_HEX_SIZE + 1], line[2048];
+	guid_to_hex(&mb, hex);
+	hex[GUID_HEX_SIZE] = '\0';
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu %u %u\r\n"
+		 "C4 STORE %u 99 (\\Seen) (\\*) STAMPS (\\Seen 5)\r\n"
+		 "C5 STORE %u 99 (\\Seen) (\\*) STAMPS (\\Bogus 5 5)\r\n"
+		 "C6 STORE %u 99 (\\Seen) (\\*) STAMPS (\\Seen 5 5 \\seen 6 6)\r\n"
+		 "C7 STORE %u 99 (\\Seen) (\\*) STAMPS (\\Seen 5 -1)\r\n"
+		 "C8 STORE %u 99 (\\Seen) (\\*) STAMPS (\\Seen 5 5) EXTRA\r\n"
+		 "C9 STORE %u 99 (\\Seen) (\\*) NOTSTAMPS (\\Seen 5 5)\r\n"
+		 "C10 STORE %u 99 (\\Seen) (\\*) STAMPS (\\Seen 5 9223372036854775808)\r\n",
+		 USER, m.uidvalidity, hex, (unsigned long long)m.highestmodseq,
+		 (unsigned long long)m.highestmodseq, m.uidnext, m.uidnext, u, u, u, u, u, u, u);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	/* Too many triplets. */
+	struct buf big = BUF_INIT;
+	char head[64];
+	snprintf(head, sizeof(head), "C11 STORE %u 99 (\\Seen) (\\*) STAMPS (", u);
+	buf_append(&big, head, strlen(head));
+	for (int i = 0; i < STOR_MAX_STAMPS + 1; i++) {
+		char e[32];
+		snprintf(e, sizeof(e), "%sk%d 1 1", i > 0 ? " " : "", i);
+		buf_append(&big, e, strlen(e));
+	}
+	buf_append(&big, ")\r\nC12 SYNC-END\r\n", 17);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, big.data, big.len), 0);
+	for (int i = 0; i < 100 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	buf_free(&big);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	for (int i = 4; i <= 11; i++) {
+		char want[32];
+		snprintf(want, sizeof(want), "C%d BAD [ARGS]", i);
+		if (strstr(o, want) == NULL)
+			fprintf(stderr, "missing %s in:\n%s\n", want, o);
+		CU_ASSERT_PTR_NOT_NULL(strstr(o, want));
+	}
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C12 OK"));
+	/* Nothing of the refused STOREs was applied. */
+	CU_ASSERT_EQUAL(flags_of(&b, &mb, u), 0);
+	sync_server_destroy(&sv);
+	stor_mailbox_free(&m);
+	buf_free(&out);
+	node_close(&b);
+}
+
 /* ---- Bounds of UIDs and modseqs (SPEC 5.2) ---- */
 
 /* A client sending UIDs, UIDNEXTs or modseqs past the bounds gets NO
@@ -1717,7 +2127,16 @@ static const struct test_case sync_cases[] = {
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
 	{ "first sync: message at a client tombstone moves",
 	  test_sync_first_sync_moves_message_at_client_tombstone },
-	{ "flag conflict: higher modseq wins", test_sync_flag_conflict_higher_modseq_wins },
+	{ "flag changes on both sides merge flag by flag", test_sync_flag_changes_merge_per_flag },
+	{ "partition: \\Seen on one side, \\Flagged on the other, both kept",
+	  test_sync_flag_merge_disjoint_flags_kept },
+	{ "same flag changed both ways: the later change wins", test_sync_flag_merge_later_change_wins },
+	{ "keywords added and removed on both sides merge", test_sync_flag_merge_keywords },
+	{ "a side that changed no flag takes the other's", test_sync_flag_merge_one_side_only },
+	{ "records without stamps merge as before (higher modseq)",
+	  test_sync_flag_merge_old_records },
+	{ "stamps survive a second sync and a third node", test_sync_flag_merge_three_nodes },
+	{ "malformed STAMPS are refused", test_sync_flag_merge_bad_stamps },
 	{ "expunge beats a flag change", test_sync_expunge_beats_flag_change },
 	{ "same name, different GUIDs: both kept",
 	  test_sync_same_name_different_guids_keeps_both },
