@@ -148,6 +148,11 @@ def t_forwarder_names_messages(c):
 
     def change(name):
         def handler(peer, tag, rest):
+            if " ORIGIN " in rest:
+                # Node 2 streaming what it holds to us (it was master
+                # before us): not a request; taken as it is.
+                peer.send("%s OK [MODSEQ %d] done" % (tag, nextmod[0]))
+                return
             got.append((name, rest))
             if answers[name] is None:
                 peer.send("%s NO [GUIDMISMATCH] UID 1 holds another message here" % tag)
