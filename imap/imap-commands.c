@@ -160,6 +160,8 @@ const char *imap_repl_error_code(enum repl_error e)
 		return "[CANNOT] ";
 	case REPL_ERR_INTERNAL:
 		return "[SERVERBUG] ";
+	case REPL_ERR_UNAVAILABLE:
+		return "[UNAVAILABLE] ";
 	}
 	return "";
 }

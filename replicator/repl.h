@@ -37,6 +37,11 @@ enum repl_error {
 	REPL_ERR_TOOBIG,    /* message over max_message_size */
 	REPL_ERR_INVALID,   /* the request itself is not acceptable */
 	REPL_ERR_INTERNAL,  /* storage or durability failure */
+	/* Fewer than sync_replicas healthy replicas (degraded_writes =
+	 * refuse): refused before it was made, or made here but not
+	 * acknowledged by enough replicas in time (it stays and replicates
+	 * later). */
+	REPL_ERR_UNAVAILABLE,
 };
 
 /* What a completed change reports.  Every pointer is borrowed and valid only
