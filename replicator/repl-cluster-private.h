@@ -41,7 +41,7 @@
 #define CL_ACK_WAIT_MS 5000u
 /* Under-replicated changes remembered one by one; past this many only the
  * highest is kept, with a count. */
-#define CL_UNDER_MAX (1u << 20)
+#define CL_UNDER_MAX 65536u
 /* A user whose changes a peer lacks is resynced with it again after this
  * long at first, doubling up to CL_UNHELD_RETRY_MAX_S. */
 #define CL_UNHELD_RETRY_S 2u
@@ -130,13 +130,9 @@ struct cl_peer {
 	uint32_t selected_id;          /* last SELECT we sent; 0 none */
 	/* Streaming of the log. */
 	uint64_t cursor;               /* every entry <= cursor answered */
-	/* What counts for waiters (SPEC.md 8.6): every entry <= held was
-	 * answered OK with the change durable on the peer, or a resync of
-	 * its user with the peer settled it.  held <= cursor; it stops before
-	 * the first entry of an unheld user. */
-	uint64_t held;
+	/* What counts for waiters (SPEC.md 8.6, repl-stream.c): entries
+	 * <= cursor, except those of unheld users from their first on. */
 	ARRAY(struct cl_unheld) unheld;   /* sorted by user */
-	uint64_t unheld_min;           /* lowest first of unheld, or UINT64_MAX */
 	uint64_t unheld_retry_at;      /* clock_mono_ms(): resync unheld users again */
 	unsigned unheld_backoff_s;
 	uint64_t sync_start_seq;       /* log_last when our resync client with it started */
@@ -163,12 +159,19 @@ struct cl_inflight {
 	unsigned outstanding;
 };
 
+/* A change answered while fewer than sync_replicas peers held it. */
+struct cl_under {
+	uint64_t seq;
+	char *user;
+};
+
 /* A change made at this node that waits for replicas to hold it. */
 struct cl_waiter {
 	struct cl_waiter *next;
 	uint64_t seq;
 	bool durable;
 	uint64_t since_ms;             /* clock_mono_ms() when it became durable here */
+	char user[STOR_MAX_USER_LEN + 1];   /* whose change */
 	/* Set before done(): fewer than sync_replicas replicas held it
 	 * (degraded_writes = refuse: the client gets NO [UNAVAILABLE]). */
 	bool under, unavailable;
@@ -194,7 +197,7 @@ struct repl_cluster {
 	/* Changes answered while fewer than sync_replicas replicas held them,
 	 * ascending log seqs; past CL_UNDER_MAX only under_more (a count) and
 	 * under_more_upto (the highest). */
-	ARRAY(uint64_t) under;
+	ARRAY(struct cl_under) under;
 	uint64_t under_more, under_more_upto;
 	uint64_t autonomous_changes;   /* for status */
 	uint64_t forwarded_changes;
@@ -220,6 +223,8 @@ struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid);
  * w->seq (seq 0: durability alone). */
 void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w);
 void cl_waiters_check(struct repl_cluster *cl);
+/* Forgets the under-replicated changes enough peers hold now. */
+void cl_under_check(struct repl_cluster *cl);
 /* Healthy replicas now (SPEC.md 8.6): linked, not marked for a full
  * resync, no storage failure answered on this link, acknowledgements
  * flowing (nothing unanswered for longer than CL_ACK_WAIT_MS). */

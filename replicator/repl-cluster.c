@@ -203,6 +203,7 @@ static struct master_op *master_begin(struct repl_cluster *cl, const char *user,
 	m->ctx = ctx;
 	m->waiter.ctx = m;
 	m->waiter.done = master_op_done;
+	snprintf(m->waiter.user, sizeof(m->waiter.user), "%s", user);
 	cl->in_flight++;
 	struct cl_entry e;
 	memset(&e, 0, sizeof(e));
@@ -1176,6 +1177,7 @@ static struct list_op *list_op_new(struct repl_cluster *cl, enum cl_entry_kind k
 	snprintf(l->entry.user, sizeof(l->entry.user), "%s", user);
 	l->waiter.ctx = l;
 	l->waiter.done = list_op_done;
+	snprintf(l->waiter.user, sizeof(l->waiter.user), "%s", user);
 	cl->in_flight++;
 	return l;
 }
@@ -1342,6 +1344,8 @@ static void cl_destroy(struct repl *r)
 	cl_waiters_check(cl);
 	repl_flush(cl->local);
 	cl_stream_deinit(cl);
+	for (size_t i = 0; i < cl->under.count; i++)
+		free(cl->under.items[i].user);
 	ARRAY_FREE(&cl->under);
 	repl_watch_remove(cl->local, inner_watch, cl);
 	repl_destroy(&cl->local);

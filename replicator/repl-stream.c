@@ -25,14 +25,16 @@
  * held: the peer may have refused it (a conflict, a full disk).  The
  * stream goes on past a refusal (the user gets a resync, which settles
  * it), and what the peer really holds is tracked apart, for the waiters:
- * held stops before the first entry of each "unheld" user (one whose
- * change the peer refused, or every user when it fell off the log) until
- * a resync of that user with that peer, started after the refusal, finds
- * both sides equal.  That is per user rather than per change because a
- * resync settles a user as a whole, and it keeps held a single position
- * that waiters compare with their entry.  A waiter completes once
- * sync_replicas peers hold its entry; with fewer healthy peers it
- * completes degraded (accept: OK, counted in under_replicated until
+ * a peer holds entry S of user U when S <= cursor (every command up to S
+ * answered) and U is not "unheld" there from an entry <= S on.  A user is
+ * unheld from the first entry the peer refused (NO, BAD, a failed
+ * binding), or from the cursor on for every user when the peer fell off
+ * the log, until a resync of U with the peer, started after that, finds
+ * both sides equal.  Per user, because each entry is one user's and a
+ * resync settles a user as a whole: one user's conflict does not hold
+ * back the acknowledgement of the others' changes.  A waiter completes
+ * once sync_replicas peers hold its entry; when fewer healthy peers can,
+ * it completes degraded (accept: OK, counted in under_replicated until
  * enough peers hold it; refuse: NO [UNAVAILABLE], the change stays). */
 #include "replicator/repl-cluster-private.h"
 
@@ -246,10 +248,6 @@ static void load_peer(struct cl_peer *p)
 	}
 	buf_free(&v);
 	p->next_seq = p->cursor + 1;
-	/* What the peer held before a restart is not known; the cursor is
-	 * the best guess (counts of under-replicated changes start over). */
-	p->held = p->cursor;
-	p->unheld_min = UINT64_MAX;
 }
 
 struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid)
@@ -276,17 +274,6 @@ void cl_mark_dirty(struct cl_peer *p, const char *user)
 }
 
 /* ---- What a peer holds ---- */
-
-static void held_update(struct cl_peer *p)
-{
-	uint64_t h = p->cursor;
-	if (p->unheld_min != UINT64_MAX && p->unheld_min - 1 < h)
-		h = p->unheld_min - 1;
-	/* It never moves back: every unheld first is above the cursor of
-	 * its time, and the cursor only grows. */
-	if (h > p->held)
-		p->held = h;
-}
 
 static size_t unheld_find(const struct cl_peer *p, const char *user, bool *found_r)
 {
@@ -330,8 +317,20 @@ static void unheld_add(struct cl_peer *p, const char *user, uint64_t first, uint
 			p->unheld_retry_at = clock_mono_ms() + CL_UNHELD_RETRY_S * 1000u;
 		}
 	}
-	if (first < p->unheld_min)
-		p->unheld_min = first;
+}
+
+/* Whether the peer holds entry seq of user durably.  Once true it stays
+ * true: the cursor only grows, and a user becomes unheld only from an
+ * entry above the cursor of the time. */
+static bool peer_holds(const struct cl_peer *p, const char *user, uint64_t seq)
+{
+	if (seq > p->cursor)
+		return false;
+	if (p->unheld.count == 0)
+		return true;
+	bool found;
+	size_t i = unheld_find(p, user, &found);
+	return !found || p->unheld.items[i].first > seq;
 }
 
 static void unheld_clear(struct cl_peer *p)
@@ -339,7 +338,6 @@ static void unheld_clear(struct cl_peer *p)
 	for (size_t i = 0; i < p->unheld.count; i++)
 		free(p->unheld.items[i].user);
 	ARRAY_FREE(&p->unheld);
-	p->unheld_min = UINT64_MAX;
 }
 
 /* Every user's entries past the cursor: the peer fell off the log. */
@@ -375,14 +373,10 @@ void cl_stream_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev,
 	p->unheld.count--;
 	memmove(p->unheld.items + i, p->unheld.items + i + 1,
 		(p->unheld.count - i) * sizeof(p->unheld.items[0]));
-	p->unheld_min = UINT64_MAX;
-	for (size_t j = 0; j < p->unheld.count; j++)
-		if (p->unheld.items[j].first < p->unheld_min)
-			p->unheld_min = p->unheld.items[j].first;
 	/* The resync wrote what the peer had refused: its store takes
 	 * changes again. */
 	p->store_failed = false;
-	held_update(p);
+	cl_under_check(cl);
 	cl_waiters_check(cl);
 }
 
@@ -534,7 +528,6 @@ static void advance(struct cl_peer *p)
 	p->inflight.count -= n;
 	p->cursor_dirty = true;
 	p->progress_ms = clock_mono_ms();
-	held_update(p);
 	if (p->catchup_until != 0 && p->cursor >= p->catchup_until) {
 		/* The backlog is through: resync the users it touched, in
 		 * case the peer wrote the same mailboxes meanwhile. */
@@ -1025,6 +1018,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	persist_and_trim(cl);
 	cl_stream_pump_all(cl);
 	unheld_retry(cl);
+	cl_under_check(cl);
 	cl_waiters_check(cl);
 }
 
@@ -1203,14 +1197,20 @@ void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w)
 	*wp = w;
 }
 
-/* Peers that hold entry seq. */
-static unsigned holders(const struct repl_cluster *cl, uint64_t seq)
+/* Peers that hold entry seq of user. */
+static unsigned holders(const struct repl_cluster *cl, const char *user, uint64_t seq)
 {
 	unsigned have = 0;
 	for (size_t i = 0; i < cl->peer_list.count; i++)
-		if (cl->peer_list.items[i]->held >= seq)
+		if (peer_holds(cl->peer_list.items[i], user, seq))
 			have++;
 	return have;
+}
+
+/* Whether the peer holds everything up to seq, of every user. */
+static bool peer_holds_all(const struct cl_peer *p, uint64_t seq)
+{
+	return seq <= p->cursor && p->unheld.count == 0;
 }
 
 static uint64_t under_count(const struct repl_cluster *cl)
@@ -1218,47 +1218,49 @@ static uint64_t under_count(const struct repl_cluster *cl)
 	return cl->under.count + cl->under_more;
 }
 
-static void under_add(struct repl_cluster *cl, uint64_t seq)
+static void under_add(struct repl_cluster *cl, const char *user, uint64_t seq)
 {
 	if (under_count(cl) == 0)
 		log_warnx("replication: a change is held by fewer than sync_replicas (%u) replicas: "
 			  "counted in under_replicated until they hold it (degraded_writes = %s)",
 			  cl->cfg->sync_replicas, config_degraded_writes_name(cl->cfg->degraded_writes));
 	if (cl->under.count >= CL_UNDER_MAX || cl->under_more > 0) {
+		/* Too many to remember one by one: counted, and settled
+		 * together once enough peers hold everything up to the
+		 * highest. */
 		cl->under_more++;
 		if (seq > cl->under_more_upto)
 			cl->under_more_upto = seq;
 		return;
 	}
-	size_t i = cl->under.count;
-	ARRAY_PUSH(&cl->under, seq);
-	while (i > 0 && cl->under.items[i - 1] > seq) {
-		cl->under.items[i] = cl->under.items[i - 1];
-		i--;
-	}
-	cl->under.items[i] = seq;
+	struct cl_under u = { seq, xstrdup(user) };
+	ARRAY_PUSH(&cl->under, u);
 }
 
-/* Drops the changes enough peers hold now.  Since every held position only
- * grows, they are a prefix of the sorted list. */
-static void under_check(struct repl_cluster *cl)
+void cl_under_check(struct repl_cluster *cl)
 {
 	uint64_t before = under_count(cl);
 	if (before == 0)
 		return;
 	unsigned required = cl->cfg->sync_replicas;
-	size_t n = 0;
-	while (n < cl->under.count && holders(cl, cl->under.items[n]) >= required)
-		n++;
-	if (n > 0) {
-		memmove(cl->under.items, cl->under.items + n,
-			(cl->under.count - n) * sizeof(cl->under.items[0]));
-		cl->under.count -= n;
+	size_t kept = 0;
+	for (size_t i = 0; i < cl->under.count; i++) {
+		struct cl_under *u = &cl->under.items[i];
+		if (holders(cl, u->user, u->seq) >= required)
+			free(u->user);
+		else
+			cl->under.items[kept++] = *u;
 	}
-	if (cl->under.count == 0 && cl->under_more > 0 &&
-	    holders(cl, cl->under_more_upto) >= required) {
-		cl->under_more = 0;
-		cl->under_more_upto = 0;
+	cl->under.count = kept;
+	if (cl->under_more > 0) {
+		unsigned have = 0;
+		for (size_t i = 0; i < cl->peer_list.count; i++)
+			if (peer_holds_all(cl->peer_list.items[i], cl->under_more_upto))
+				have++;
+		if (have >= required) {
+			cl->under_more = 0;
+			cl->under_more_upto = 0;
+		}
 	}
 	if (under_count(cl) == 0)
 		log_warnx("replication: every change is on sync_replicas (%u) replicas again "
@@ -1272,12 +1274,12 @@ static int waiter_settle(struct repl_cluster *cl, struct cl_waiter *w, uint64_t 
 	unsigned required = cl->cfg->sync_replicas;
 	if (w->seq == 0 || required == 0)
 		return 1;
-	unsigned have = holders(cl, w->seq), could = 0;
+	unsigned have = holders(cl, w->user, w->seq), could = 0;
 	if (have >= required)
 		return 1;
 	for (size_t i = 0; i < cl->peer_list.count; i++) {
 		const struct cl_peer *p = cl->peer_list.items[i];
-		if (p->held < w->seq && peer_healthy(cl, p, now))
+		if (!peer_holds(p, w->user, w->seq) && peer_healthy(cl, p, now))
 			could++;
 	}
 	bool refuse = cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE;
@@ -1294,7 +1296,6 @@ static int waiter_settle(struct repl_cluster *cl, struct cl_waiter *w, uint64_t 
 
 void cl_waiters_check(struct repl_cluster *cl)
 {
-	under_check(cl);
 	if (cl->waiters == NULL)
 		return;
 	uint64_t now = clock_mono_ms();
@@ -1308,7 +1309,7 @@ void cl_waiters_check(struct repl_cluster *cl)
 			*done_tail = w;
 			done_tail = &w->next;
 			if (w->under)
-				under_add(cl, w->seq);
+				under_add(cl, w->user, w->seq);
 		} else {
 			wp = &w->next;
 		}
@@ -1381,9 +1382,10 @@ void cl_stream_status(struct repl_cluster *cl, struct buf *out)
 		buf_appendf(out, "peer.%u.resync_pending_users: %zu\n", p->sid,
 			    p->dirty_users.count);
 		/* Of the under-replicated changes, those this peer lacks. */
-		uint64_t lacks = p->held < cl->under_more_upto ? cl->under_more : 0;
-		for (size_t j = cl->under.count; j > 0 && cl->under.items[j - 1] > p->held; j--)
-			lacks++;
+		uint64_t lacks = peer_holds_all(p, cl->under_more_upto) ? 0 : cl->under_more;
+		for (size_t j = 0; j < cl->under.count; j++)
+			if (!peer_holds(p, cl->under.items[j].user, cl->under.items[j].seq))
+				lacks++;
 		buf_appendf(out, "peer.%u.under_replicated: %" PRIu64 "\n", p->sid, lacks);
 		buf_appendf(out, "peer.%u.healthy: %s\n", p->sid,
 			    peer_healthy(cl, p, mono) ? "yes" : "no");
