@@ -363,9 +363,11 @@ def t_log_bound_congested():
         n2.resume()
         for t in threads:
             t.join(60)
-        for line in n1.log_text().splitlines():
-            if "changes behind" in line:
-                print("node 1: " + line)
+        behind = [line for line in n1.log_text().splitlines()
+                  if "peer 2 is" in line and "changes behind" in line]
+        R.check("node 2 went past repl_log_max while linked", behind)
+        for line in behind:
+            print("node 1: " + line)
         early = [i for i, r in results.items() if r[0] == "OK" and r[2] < resumed]
         R.check("no APPEND OK'd while the only replica was stopped", not early, early)
         R.equal("every APPEND answered OK once it is back",
