@@ -18,6 +18,9 @@ node 2 is the only replica of node 1 (the master):
     and under_replicated goes back to 0;
   - refuse with every replica down: IMAP APPEND gets NO [UNAVAILABLE],
     `starling deliver` exits 75, and nothing was stored;
+  - refuse, forwarded: sync_replicas = 2 and node 3 down, an APPEND (and a
+    deliver) on node 2 is forwarded to node 1, which refuses it: node 2
+    answers NO [UNAVAILABLE] (exit 75), nothing stored anywhere;
   - repl_log_max = 30 (well above the entries a new user's default
     mailboxes make) and node 2 stopped for 1.5 s (linked, only slow) while
     40 APPENDs arrive: none is OK'd before node 2 is back, node 2 is
@@ -324,6 +327,29 @@ def t_refuse_all_down():
         finish(c, "refuse, every replica down")
 
 
+def t_refuse_forwarded():
+    """sync_replicas = 2 with node 3 down: node 1 (master) has one healthy
+    replica, node 2, which forwards its client's APPEND there."""
+    c = cluster({"degraded_writes": "refuse", "sync_replicas": "2"})
+    n1, n2, n3 = c.nodes
+    try:
+        start_with_master_1(c)
+        n3.stop()
+        before = subjects(n1)
+        m = login(n2)
+        typ, text = append(m, "refused-forwarded")
+        R.check("APPEND on node 2, forwarded: NO [UNAVAILABLE] from the master",
+                typ == "NO" and "[UNAVAILABLE]" in text and "sync_replicas" in text,
+                "%s %s" % (typ, text))
+        m.logout()
+        r = n2.cli("deliver", "-u", USER, input=message("refused-forwarded-lda"), timeout=60)
+        R.equal("starling deliver on node 2 exits 75", r.returncode, 75)
+        R.equal("nothing was stored on the master", subjects(n1), before)
+        R.equal("...nor on node 2", subjects(n2), before)
+    finally:
+        finish(c, "refuse, forwarded")
+
+
 # ---- repl_log_max and a slow, linked peer ---------------------------------
 
 BURST = 40
@@ -398,6 +424,7 @@ def main():
                  ("full disk, accept", lambda: t_full_disk("accept")),
                  ("resync of another user", t_resync_other_user),
                  ("refuse, every replica down", t_refuse_all_down),
+                 ("refuse, forwarded to the master", t_refuse_forwarded),
                  ("log bound, slow linked peer", t_log_bound_congested)]
     for name, func in scenarios:
         if only is None or only == name:
