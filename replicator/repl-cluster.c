@@ -4,14 +4,17 @@
  * first learns the master of its granule from repl-mm, then:
  *  - as master: logs the change (repl-stream.c streams it to every peer),
  *    applies it through the single-node engine (repl-local.c: storage and
- *    group commit) and completes once durable here and acknowledged by the
- *    required replicas (cl_waiter);
+ *    group commit) and completes once durable here and held by
+ *    sync_replicas replicas, or degraded as degraded_writes says (cl_waiter,
+ *    SPEC.md 8.6); with refuse and too few healthy replicas it is refused
+ *    before it is made;
  *  - elsewhere: forwards it to the master on the link (SPEC.md 8), applies
  *    the master's answer here (same UID, modseq, GUID) and completes once
  *    that is durable; the master answered only after its own replicas;
  *  - with no reachable master: applies it here with a local UID
  *    (autonomously, seed goal 3), completes, and queues a resync of the
- *    user with every peer: UIDFIX then settles UIDs both sides assigned.
+ *    user with every peer: UIDFIX then settles UIDs both sides assigned
+ *    (degraded_writes = refuse: refused instead).
  * Mailbox-list changes are made here and streamed like the rest. */
 #include "replicator/repl-cluster-private.h"
 
@@ -391,8 +394,6 @@ static void fwd_as_master(struct cl_fwd *f)
 	}
 }
 
-/* Seed goal 3: the master is out of reach, so this node goes on alone and
- * the user is resynced with everyone later. */
 static void fwd_refused_cb(void *ctx, const struct repl_result *unused)
 {
 	(void)unused;
@@ -401,6 +402,9 @@ static void fwd_refused_cb(void *ctx, const struct repl_result *unused)
 		 "was changed");
 }
 
+/* Seed goal 3: the master is out of reach, so this node goes on alone and
+ * the user is resynced with everyone later -- unless degraded_writes =
+ * refuse, which answers NO [UNAVAILABLE] instead. */
 static void fwd_autonomous(struct cl_fwd *f, const char *why)
 {
 	struct repl_cluster *cl = f->cl;
