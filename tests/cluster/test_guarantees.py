@@ -12,10 +12,10 @@ node 2 is the only replica of node 1 (the master):
     `peer.2.under_replicated` count them, one warn line starts the episode;
     node 2 restarted with space gets every message and the count goes
     back to 0 (one warn line ends the episode);
-  - a background resync of user A with node 2 (node 2 stopped meanwhile):
-    an APPEND of user B is not answered OK on node 1's durability alone
-    (refuse: NO [UNAVAILABLE]); once node 2 is back, B's message reaches it
-    and under_replicated goes back to 0;
+  - a resync of user A with node 2 (node 2 stopped meanwhile): an APPEND
+    of user B is not answered OK on node 1's durability alone (refuse:
+    NO [UNAVAILABLE]; accept: OK, counted in under_replicated); once node 2
+    is back, B's message reaches it and under_replicated goes back to 0;
   - refuse with every replica down: IMAP APPEND gets NO [UNAVAILABLE],
     `starling deliver` exits 75, and nothing was stored;
   - refuse, forwarded: sync_replicas = 2 and node 3 down, an APPEND (and a
@@ -264,9 +264,9 @@ def t_full_disk(mode):
 
 # ---- a background resync of another user ----------------------------------
 
-def t_resync_other_user():
+def t_resync_other_user(mode):
     a, b = "anna@example.com", "bert@example.com"
-    c = cluster({"degraded_writes": "refuse"}, users=(a, b))
+    c = cluster({"degraded_writes": mode}, users=(a, b))
     n1, n2, n3 = c.nodes
     try:
         start_with_master_1(c, users=(a, b))
@@ -288,9 +288,20 @@ def t_resync_other_user():
             t0 = time.monotonic()
             typ, text = append(mb, "b-during-resync")
             took = time.monotonic() - t0
-            R.check("B's APPEND is not OK'd without a replica (NO [UNAVAILABLE])",
-                    typ == "NO" and "[UNAVAILABLE]" in text, "%s %s after %.1f s"
-                    % (typ, text, took))
+            if mode == "refuse":
+                R.check("B's APPEND is not OK'd without a replica (NO [UNAVAILABLE])",
+                        typ == "NO" and "[UNAVAILABLE]" in text, "%s %s after %.1f s"
+                        % (typ, text, took))
+            else:
+                R.check("B's APPEND is OK'd (accept)", typ == "OK", "%s %s" % (typ, text))
+                # Node 2 is stopped: the OK cannot claim it holds the change.
+                st = n1.status()
+                R.check("...and counted as under-replicated, for node 2 too",
+                        (st.get("under_replicated") or 0) >= 1 and
+                        (st.get("peer.2.under_replicated") or 0) >= 1,
+                        "under_replicated %s, peer.2 %s after %.1f s" % (
+                            st.get("under_replicated"), st.get("peer.2.under_replicated"),
+                            took))
         finally:
             n2.resume()
             try:
@@ -428,7 +439,8 @@ def main():
     only = os.environ.get("GUARANTEES_ONLY")
     scenarios = [("full disk, refuse", lambda: t_full_disk("refuse")),
                  ("full disk, accept", lambda: t_full_disk("accept")),
-                 ("resync of another user", t_resync_other_user),
+                 ("resync of another user, refuse", lambda: t_resync_other_user("refuse")),
+                 ("resync of another user, accept", lambda: t_resync_other_user("accept")),
                  ("refuse, every replica down", t_refuse_all_down),
                  ("refuse, forwarded to the master", t_refuse_forwarded),
                  ("log bound, slow linked peer", t_log_bound_congested)]
