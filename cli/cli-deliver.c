@@ -76,7 +76,9 @@ int cli_cmd_deliver(const struct config *cfg, int argc, char **argv)
 		break;
 	case CLI_ADMIN_NO:
 		cli_error("delivery refused: %s", text);
-		ret = strstr(text, "unknown user") != NULL ? EX_NOUSER_ : EX_DATAERR_;
+		/* Too few replicas could take it: the MTA should try again. */
+		ret = strstr(text, "[UNAVAILABLE]") != NULL ? EX_TEMPFAIL_ :
+		      strstr(text, "unknown user") != NULL ? EX_NOUSER_ : EX_DATAERR_;
 		break;
 	case CLI_ADMIN_UNREACHABLE:
 		cli_error("node not running (%s)", text);

@@ -162,6 +162,8 @@ const char *imap_repl_error_code(enum repl_error e)
 		return "[SERVERBUG] ";
 	case REPL_ERR_LIMIT:
 		return "[LIMIT] ";
+	case REPL_ERR_UNAVAILABLE:
+		return "[UNAVAILABLE] ";
 	}
 	return "";
 }

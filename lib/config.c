@@ -193,6 +193,22 @@ static char *k_repl_log_max(struct config *c, const char *v)
 	return NULL;
 }
 
+const char *config_degraded_writes_name(enum config_degraded_writes d)
+{
+	return d == CONFIG_DEGRADED_REFUSE ? "refuse" : "accept";
+}
+
+static char *k_degraded(struct config *c, const char *v)
+{
+	if (strcmp(v, "accept") == 0)
+		c->degraded_writes = CONFIG_DEGRADED_ACCEPT;
+	else if (strcmp(v, "refuse") == 0)
+		c->degraded_writes = CONFIG_DEGRADED_REFUSE;
+	else
+		return xasprintf("degraded_writes must be accept or refuse, not '%s'", v);
+	return NULL;
+}
+
 static const struct key_def keys[] = {
 	{ "node_id", k_node_id, false },
 	{ "data_dir", k_data_dir, false },
@@ -211,6 +227,7 @@ static const struct key_def keys[] = {
 	{ "max_message_size", k_max_msg, false },
 	{ "plaintext_auth", k_plaintext, false },
 	{ "repl_log_max", k_repl_log_max, false },
+	{ "degraded_writes", k_degraded, false },
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -383,4 +400,50 @@ void config_free(struct config **cp)
 	free(c->tls_key);
 	free(c->tls_ca);
 	free(c);
+}
+
+static void print_addr(FILE *out, const char *key, const struct config_addr *a)
+{
+	if (a->host == NULL)
+		return;
+	if (strchr(a->host, ':') != NULL)
+		fprintf(out, "%s = [%s]:%u\n", key, a->host, a->port);
+	else
+		fprintf(out, "%s = %s:%u\n", key, a->host, a->port);
+}
+
+static void print_str(FILE *out, const char *key, const char *v)
+{
+	if (v != NULL)
+		fprintf(out, "%s = %s\n", key, v);
+}
+
+void config_print(const struct config *c, FILE *out)
+{
+	static const char *const levels[] = { "error", "warn", "info", "debug" };
+	static const char *const plaintext[] = { "loopback", "yes", "no" };
+	fprintf(out, "node_id = %u\n", c->node_id);
+	print_str(out, "data_dir", c->data_dir);
+	print_addr(out, "imap_listen", &c->imap_listen);
+	print_addr(out, "imaps_listen", &c->imaps_listen);
+	print_addr(out, "repl_listen", &c->repl_listen);
+	for (size_t i = 0; i < c->peers.count; i++) {
+		const struct config_addr *a = &c->peers.items[i].addr;
+		fprintf(out, strchr(a->host, ':') != NULL ? "peer = %u [%s]:%u\n" : "peer = %u %s:%u\n",
+			c->peers.items[i].sid, a->host, a->port);
+	}
+	print_str(out, "cluster_secret_file", c->cluster_secret_file);
+	print_str(out, "users_file", c->users_file);
+	fprintf(out, "sync_replicas = %u\n", c->sync_replicas);
+	fprintf(out, "degraded_writes = %s\n", config_degraded_writes_name(c->degraded_writes));
+	fprintf(out, "master_granularity = %s\n", config_granularity_name(c->master_granularity));
+	print_str(out, "tls_cert", c->tls_cert);
+	print_str(out, "tls_key", c->tls_key);
+	print_str(out, "tls_ca", c->tls_ca);
+	if ((unsigned)c->log_level < sizeof(levels) / sizeof(levels[0]))
+		fprintf(out, "log_level = %s\n", levels[c->log_level]);
+	fprintf(out, "max_message_size = %llu\n", (unsigned long long)c->max_message_size);
+	if ((unsigned)c->plaintext_auth < sizeof(plaintext) / sizeof(plaintext[0]))
+		fprintf(out, "plaintext_auth = %s\n", plaintext[c->plaintext_auth]);
+	fprintf(out, "repl_log_max = %llu\n", (unsigned long long)c->repl_log_max);
 }

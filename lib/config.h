@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "lib/arr.h"
 #include "lib/log.h"
@@ -27,6 +28,13 @@ enum config_granularity {
 	CONFIG_GRAN_USER,
 	CONFIG_GRAN_DOMAIN,
 	CONFIG_GRAN_GLOBAL,
+};
+
+/* What a change gets when fewer than sync_replicas healthy replicas can
+ * hold it (README "degraded_writes", SPEC.md 8.6). */
+enum config_degraded_writes {
+	CONFIG_DEGRADED_ACCEPT,    /* OK, counted as under-replicated until held */
+	CONFIG_DEGRADED_REFUSE,    /* NO [UNAVAILABLE] */
 };
 
 enum config_plaintext_auth {
@@ -55,6 +63,7 @@ struct config {
 	/* Replication log entries kept per peer before it is marked for a
 	 * full sync instead. */
 	uint64_t repl_log_max;
+	enum config_degraded_writes degraded_writes;
 };
 
 #define CONFIG_DEFAULT_MAX_MESSAGE_SIZE (64ull * 1024 * 1024)
@@ -74,5 +83,9 @@ void config_free(struct config **cfg);
 /* Parses "HOST:PORT" or "[V6ADDR]:PORT".  Returns 0 or -1. */
 int config_parse_addr(const char *s, struct config_addr *addr_r);
 const char *config_granularity_name(enum config_granularity g);
+const char *config_degraded_writes_name(enum config_degraded_writes d);
+/* The effective configuration as `key = value` lines (`starlingd -n`):
+ * every key, defaults included. */
+void config_print(const struct config *c, FILE *out);
 
 #endif

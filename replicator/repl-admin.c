@@ -63,6 +63,7 @@
 #include <errno.h>
 #include <ev.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -269,6 +270,13 @@ static void deliver_appended(void *ctx, const struct repl_result *res)
 	}
 	if (res->error != REPL_OK) {
 		log_warnx("admin: deliver to %s/%s failed: %s", c->user, c->mailbox, res->error_msg);
+		if (res->error == REPL_ERR_UNAVAILABLE) {
+			/* starling deliver maps it to a temporary failure. */
+			char *text = xasprintf("[UNAVAILABLE] %s", res->error_msg);
+			conn_reply(c, NULL, 0, "NO", text);
+			free(text);
+			return;
+		}
 		conn_reply(c, NULL, 0, "NO", res->error == REPL_ERR_TOOBIG ? "message too large" :
 					     res->error_msg);
 		return;

@@ -15,6 +15,7 @@
 #include "protocol/protocol.h"
 #include "replicator/repl-cluster.h"
 #include "replicator/repl-private.h"
+#include "replicator/repl-sync.h"
 
 /* How long to wait for the mailbox-master machine to name a master before
  * a change goes on autonomously. */
@@ -37,6 +38,17 @@
 /* UIDs per forwarded STORE or EXPUNGE (each with its GUID, within the
  * line length and argument count of SPEC 5.2). */
 #define CL_FORWARD_BATCH 500
+/* How long a change waits for replicas to acknowledge it, and how long a
+ * peer may leave log entries unacknowledged before it no longer counts as
+ * healthy (SPEC.md 8.6). */
+#define CL_ACK_WAIT_MS 5000u
+/* Under-replicated changes remembered one by one; past this many only the
+ * highest is kept, with a count. */
+#define CL_UNDER_MAX 65536u
+/* A user whose changes a peer lacks is resynced with it again after this
+ * long at first, doubling up to CL_UNHELD_RETRY_MAX_S. */
+#define CL_UNHELD_RETRY_S 2u
+#define CL_UNHELD_RETRY_MAX_S 64u
 /* Log entries read per pass of a peer's streamer. */
 #define CL_STREAM_BATCH 64
 /* Our mailbox ids on a link start here, far from the small ones the sync
@@ -100,6 +112,16 @@ struct cl_bind {
 	struct cl_fwd *waiting;
 };
 
+/* A user some of whose changes a peer does not hold durably: it refused
+ * one (NO, BAD, a failed binding), or it fell off the log.  The peer holds
+ * nothing of the log from first on until a resync of the user with it that
+ * started once the log reached need found both sides equal. */
+struct cl_unheld {
+	char *user;
+	uint64_t first;
+	uint64_t need;
+};
+
 /* A peer as the replicator sees it. */
 struct cl_peer {
 	struct repl_cluster *cl;
@@ -110,7 +132,15 @@ struct cl_peer {
 	uint32_t next_id;
 	uint32_t selected_id;          /* last SELECT we sent; 0 none */
 	/* Streaming of the log. */
-	uint64_t cursor;               /* every entry <= cursor acknowledged */
+	uint64_t cursor;               /* every entry <= cursor answered */
+	/* What counts for waiters (SPEC.md 8.6, repl-stream.c): entries
+	 * <= cursor, except those of unheld users from their first on. */
+	ARRAY(struct cl_unheld) unheld;   /* sorted by user */
+	uint64_t unheld_retry_at;      /* clock_mono_ms(): resync unheld users again */
+	unsigned unheld_backoff_s;
+	uint64_t sync_start_seq;       /* log_last when our resync client with it started */
+	bool store_failed;             /* answered a storage failure on this link */
+	uint64_t progress_ms;          /* clock_mono_ms() of the last answered entry */
 	uint64_t next_seq;             /* next entry to process */
 	bool blocked;                  /* waiting for a MBOX answer */
 	bool full_sync;                /* fell off the log: needs a full resync */
@@ -132,11 +162,22 @@ struct cl_inflight {
 	unsigned outstanding;
 };
 
+/* A change answered while fewer than sync_replicas peers held it. */
+struct cl_under {
+	uint64_t seq;
+	char *user;
+};
+
 /* A change made at this node that waits for replicas to hold it. */
 struct cl_waiter {
 	struct cl_waiter *next;
 	uint64_t seq;
 	bool durable;
+	uint64_t since_ms;             /* clock_mono_ms() when it became durable here */
+	char user[STOR_MAX_USER_LEN + 1];   /* whose change */
+	/* Set before done(): fewer than sync_replicas replicas held it
+	 * (degraded_writes = refuse: the client gets NO [UNAVAILABLE]). */
+	bool under, unavailable;
 	void (*done)(struct cl_waiter *w);
 	void *ctx;
 };
@@ -156,6 +197,11 @@ struct repl_cluster {
 	ev_timer timer;
 	size_t in_flight;
 	uint64_t log_last;             /* highest seq appended */
+	/* Changes answered while fewer than sync_replicas replicas held them,
+	 * ascending log seqs; past CL_UNDER_MAX only under_more (a count) and
+	 * under_more_upto (the highest). */
+	ARRAY(struct cl_under) under;
+	uint64_t under_more, under_more_upto;
 	uint64_t autonomous_changes;   /* for status */
 	uint64_t forwarded_changes;
 	bool own_notify;               /* announcing a change made through us */
@@ -180,9 +226,18 @@ struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid);
  * w->seq (seq 0: durability alone). */
 void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w);
 void cl_waiters_check(struct repl_cluster *cl);
-/* Replicas a change must reach now: sync_replicas, fewer when fewer peers
- * are up and streaming. */
-unsigned cl_replicas_required(struct repl_cluster *cl);
+/* Forgets the under-replicated changes enough peers hold now. */
+void cl_under_check(struct repl_cluster *cl);
+/* Healthy replicas now (SPEC.md 8.6): linked, not marked for a full
+ * resync, no storage failure answered on this link, acknowledgements
+ * flowing (nothing unanswered for longer than CL_ACK_WAIT_MS). */
+unsigned cl_replicas_healthy(struct repl_cluster *cl);
+/* degraded_writes = refuse and too few healthy replicas: a new change must
+ * be refused before it is made. */
+bool cl_must_refuse(struct repl_cluster *cl);
+/* A resync of user with sid started, or found both sides equal. */
+void cl_stream_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev, const char *user,
+			  uint32_t sid);
 /* The mailbox's binding on p, created (CL_BIND_NONE) if missing. */
 struct cl_bind *cl_bind_get(struct cl_peer *p, const struct guid *mailbox);
 /* Sends MBOX for b (b->state becomes PENDING).  user/name/uidvalidity of

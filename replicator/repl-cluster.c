@@ -4,14 +4,17 @@
  * first learns the master of its granule from repl-mm, then:
  *  - as master: logs the change (repl-stream.c streams it to every peer),
  *    applies it through the single-node engine (repl-local.c: storage and
- *    group commit) and completes once durable here and acknowledged by the
- *    required replicas (cl_waiter);
+ *    group commit) and completes once durable here and held by
+ *    sync_replicas replicas, or degraded as degraded_writes says (cl_waiter,
+ *    SPEC.md 8.6); with refuse and too few healthy replicas it is refused
+ *    before it is made;
  *  - elsewhere: forwards it to the master on the link (SPEC.md 8), applies
  *    the master's answer here (same UID, modseq, GUID) and completes once
  *    that is durable; the master answered only after its own replicas;
  *  - with no reachable master: applies it here with a local UID
  *    (autonomously, seed goal 3), completes, and queues a resync of the
- *    user with every peer: UIDFIX then settles UIDs both sides assigned.
+ *    user with every peer: UIDFIX then settles UIDs both sides assigned
+ *    (degraded_writes = refuse: refused instead).
  * Mailbox-list changes are made here and streamed like the rest. */
 #include "replicator/repl-cluster-private.h"
 
@@ -138,6 +141,11 @@ static void master_op_done(struct cl_waiter *w)
 {
 	struct master_op *m = w->ctx;
 	m->cl->in_flight--;
+	if (w->unavailable)
+		owned_error(&m->out, REPL_ERR_UNAVAILABLE,
+			    "stored here, but fewer than sync_replicas replicas acknowledged it in "
+			    "time; it is replicated when they can take it (a retried APPEND may "
+			    "store the message twice)");
 	m->cb(m->ctx, owned_get(&m->out));
 	owned_free(&m->out);
 	free(m);
@@ -158,6 +166,41 @@ static void master_local_done(void *ctx, const struct repl_result *res)
 	cl_waiters_check(m->cl);
 }
 
+/* degraded_writes = refuse with too few healthy replicas: the change is
+ * refused before anything is made, answered from the loop. */
+struct refusal {
+	struct repl_cluster *cl;
+	repl_done_cb *cb;
+	void *ctx;
+};
+
+static void refusal_done(void *ctx, const struct repl_result *unused)
+{
+	struct refusal *r = ctx;
+	struct repl_result res;
+	(void)unused;
+	memset(&res, 0, sizeof(res));
+	res.error = REPL_ERR_UNAVAILABLE;
+	res.error_msg = "fewer than sync_replicas replicas can take changes now "
+			"(degraded_writes = refuse); nothing was changed";
+	r->cl->in_flight--;
+	r->cb(r->ctx, &res);
+	free(r);
+}
+
+static bool refused_now(struct repl_cluster *cl, repl_done_cb *cb, void *ctx)
+{
+	if (!cl_must_refuse(cl))
+		return false;
+	struct refusal *r = xcalloc(1, sizeof(*r));
+	r->cl = cl;
+	r->cb = cb;
+	r->ctx = ctx;
+	cl->in_flight++;
+	cl->local->v->complete_later(cl->local, refusal_done, r);
+	return true;
+}
+
 /* Logs a change of mailbox's messages; the returned master_op completes
  * the caller once the change is on the replicas. */
 static struct master_op *master_begin(struct repl_cluster *cl, const char *user,
@@ -169,6 +212,7 @@ static struct master_op *master_begin(struct repl_cluster *cl, const char *user,
 	m->ctx = ctx;
 	m->waiter.ctx = m;
 	m->waiter.done = master_op_done;
+	snprintf(m->waiter.user, sizeof(m->waiter.user), "%s", user);
 	cl->in_flight++;
 	struct cl_entry e;
 	memset(&e, 0, sizeof(e));
@@ -216,6 +260,8 @@ static void master_existing_done(void *ctx, const struct repl_result *res)
 void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
 		      void *ctx)
 {
+	if (refused_now(cl, cb, ctx))
+		return;
 	struct master_op *m = master_begin(cl, req->user, &req->mailbox, cb, ctx);
 	uint32_t have;
 	const char *err;
@@ -246,6 +292,8 @@ void cl_master_store(struct repl_cluster *cl, const char *user, const struct gui
 		     const uint32_t *uids, size_t count, const struct stor_store *req,
 		     repl_done_cb *cb, void *ctx)
 {
+	if (refused_now(cl, cb, ctx))
+		return;
 	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
 	repl_store(cl->local, user, mailbox, uids, count, req, master_local_done, m);
 }
@@ -253,6 +301,8 @@ void cl_master_store(struct repl_cluster *cl, const char *user, const struct gui
 void cl_master_expunge(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
 		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx)
 {
+	if (refused_now(cl, cb, ctx))
+		return;
 	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
 	repl_expunge(cl->local, user, mailbox, uids, count, master_local_done, m);
 }
@@ -365,11 +415,29 @@ static void fwd_as_master(struct cl_fwd *f)
 	}
 }
 
+static void fwd_refused_cb(void *ctx, const struct repl_result *unused)
+{
+	(void)unused;
+	fwd_fail(ctx, REPL_ERR_UNAVAILABLE,
+		 "the mailbox's master cannot be reached (degraded_writes = refuse); nothing "
+		 "was changed");
+}
+
 /* Seed goal 3: the master is out of reach, so this node goes on alone and
- * the user is resynced with everyone later. */
+ * the user is resynced with everyone later -- unless degraded_writes =
+ * refuse, which answers NO [UNAVAILABLE] instead. */
 static void fwd_autonomous(struct cl_fwd *f, const char *why)
 {
 	struct repl_cluster *cl = f->cl;
+	if (cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE && cl->cfg->sync_replicas > 0 &&
+	    !cl->destroying) {
+		/* A change made here alone would be on no replica until a
+		 * resync. */
+		log_info("replication: %s: master %u unreachable (%s): change refused", f->user,
+			 f->master, why);
+		cl->local->v->complete_later(cl->local, fwd_refused_cb, f);
+		return;
+	}
 	log_info("replication: %s: master %u unreachable (%s): change made here, resync queued",
 		 f->user, f->master, why);
 	cl->autonomous_changes++;
@@ -710,6 +778,11 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			cl_mark_dirty(f->peer, f->user);
 		fwd_fail(f, REPL_ERR_INVALID, "the message differs on the mailbox's master; "
 					      "try again once the nodes have resynced");
+		return;
+	}
+	if (proto_code_has(line, "UNAVAILABLE")) {
+		/* The master has too few replicas (degraded_writes = refuse). */
+		fwd_fail(f, REPL_ERR_UNAVAILABLE, text);
 		return;
 	}
 	fwd_fail(f, REPL_ERR_INVALID, text);
@@ -1268,6 +1341,7 @@ static struct list_op *list_op_new(struct repl_cluster *cl, enum cl_entry_kind k
 	snprintf(l->entry.user, sizeof(l->entry.user), "%s", user);
 	l->waiter.ctx = l;
 	l->waiter.done = list_op_done;
+	snprintf(l->waiter.user, sizeof(l->waiter.user), "%s", user);
 	cl->in_flight++;
 	return l;
 }
@@ -1434,6 +1508,9 @@ static void cl_destroy(struct repl *r)
 	cl_waiters_check(cl);
 	repl_flush(cl->local);
 	cl_stream_deinit(cl);
+	for (size_t i = 0; i < cl->under.count; i++)
+		free(cl->under.items[i].user);
+	ARRAY_FREE(&cl->under);
 	repl_watch_remove(cl->local, inner_watch, cl);
 	repl_destroy(&cl->local);
 	if (cl->in_flight > 0)
@@ -1473,6 +1550,12 @@ struct repl *repl_cluster_create(struct ev_loop *loop, struct stor_db *db,
 	repl_watch_add(&cl->repl, foreign_watch, cl);
 	cl_stream_init(cl);
 	return &cl->repl;
+}
+
+static void sync_peer_event(void *ctx, enum repl_sync_peer_event ev, const char *user,
+			    uint32_t sid)
+{
+	cl_stream_sync_event(ctx, ev, user, sid);
 }
 
 static void sync_idle(void *ctx)
@@ -1531,6 +1614,7 @@ void repl_cluster_attach(struct repl *r, struct repl_peers *peers, struct repl_m
 	repl_mm_set_gained(mm, mastership_gained, cl);
 	repl_sync_set_live(sync, cl_replica_command, cl);
 	repl_sync_set_idle(sync, sync_idle, cl);
+	repl_sync_set_peer_watch(sync, sync_peer_event, cl);
 }
 
 void repl_cluster_detach(struct repl *r)

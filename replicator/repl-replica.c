@@ -587,7 +587,8 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 	if (res->error != REPL_OK) {
 		const char *code = res->error == REPL_ERR_TOOBIG ? "TOOBIG" :
 				   res->error == REPL_ERR_LIMIT ? "LIMIT" :
-				   res->error == REPL_ERR_NOTFOUND ? "NONEXISTENT" : "SERVERBUG";
+				   res->error == REPL_ERR_NOTFOUND ? "NONEXISTENT" :
+				   res->error == REPL_ERR_UNAVAILABLE ? "UNAVAILABLE" : "SERVERBUG";
 		proto_conn_reply(conn, a->tag, "NO", code,
 				 res->error_msg != NULL ? res->error_msg : "failed");
 		answer_free(a);

@@ -17,8 +17,25 @@
  *
  * Per peer, the cursor is the last entry whose commands were all answered;
  * it is stored lazily (a lost update only resends).  A peer further behind
- * than repl_log_max entries is marked for a full resync of every user and
- * no longer holds the log back. */
+ * than repl_log_max entries gets a full resync of every user instead and
+ * no longer holds the log back: at once when it is linked (streaming goes
+ * on with the new entries), when it comes back otherwise.
+ *
+ * Acknowledgements (SPEC.md 8.6).  An answered entry is not necessarily
+ * held: the peer may have refused it (a conflict, a full disk).  The
+ * stream goes on past a refusal (the user gets a resync, which settles
+ * it), and what the peer really holds is tracked apart, for the waiters:
+ * a peer holds entry S of user U when S <= cursor (every command up to S
+ * answered) and U is not "unheld" there from an entry <= S on.  A user is
+ * unheld from the first entry the peer refused (NO, BAD, a failed
+ * binding), or from the cursor on for every user when the peer fell off
+ * the log, until a resync of U with the peer, started after that, finds
+ * both sides equal.  Per user, because each entry is one user's and a
+ * resync settles a user as a whole: one user's conflict does not hold
+ * back the acknowledgement of the others' changes.  A waiter completes
+ * once sync_replicas peers hold its entry; when fewer healthy peers can,
+ * it completes degraded (accept: OK, counted in under_replicated until
+ * enough peers hold it; refuse: NO [UNAVAILABLE], the change stays). */
 #include "replicator/repl-cluster-private.h"
 
 #include <inttypes.h>
@@ -256,6 +273,113 @@ void cl_mark_dirty(struct cl_peer *p, const char *user)
 	}
 }
 
+/* ---- What a peer holds ---- */
+
+static size_t unheld_find(const struct cl_peer *p, const char *user, bool *found_r)
+{
+	size_t lo = 0, hi = p->unheld.count;
+	*found_r = false;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(p->unheld.items[mid].user, user);
+		if (c == 0) {
+			*found_r = true;
+			return mid;
+		}
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* The peer may lack the user's entries from first on; a resync started
+ * once the log reached need settles it. */
+static void unheld_add(struct cl_peer *p, const char *user, uint64_t first, uint64_t need)
+{
+	bool found;
+	size_t i = unheld_find(p, user, &found);
+	if (found) {
+		struct cl_unheld *u = &p->unheld.items[i];
+		if (first < u->first)
+			u->first = first;
+		if (need > u->need)
+			u->need = need;
+	} else {
+		struct cl_unheld u = { xstrdup(user), first, need };
+		ARRAY_PUSH(&p->unheld, u);
+		memmove(p->unheld.items + i + 1, p->unheld.items + i,
+			(p->unheld.count - 1 - i) * sizeof(u));
+		p->unheld.items[i] = u;
+		if (p->unheld.count == 1) {
+			p->unheld_backoff_s = CL_UNHELD_RETRY_S;
+			p->unheld_retry_at = clock_mono_ms() + CL_UNHELD_RETRY_S * 1000u;
+		}
+	}
+}
+
+/* Whether the peer holds entry seq of user durably.  Once true it stays
+ * true: the cursor only grows, and a user becomes unheld only from an
+ * entry above the cursor of the time. */
+static bool peer_holds(const struct cl_peer *p, const char *user, uint64_t seq)
+{
+	if (seq > p->cursor)
+		return false;
+	if (p->unheld.count == 0)
+		return true;
+	bool found;
+	size_t i = unheld_find(p, user, &found);
+	return !found || p->unheld.items[i].first > seq;
+}
+
+static void unheld_clear(struct cl_peer *p)
+{
+	for (size_t i = 0; i < p->unheld.count; i++)
+		free(p->unheld.items[i].user);
+	ARRAY_FREE(&p->unheld);
+}
+
+/* Every user's entries past the cursor: the peer fell off the log. */
+static void unheld_all(struct cl_peer *p)
+{
+	struct repl_cluster *cl = p->cl;
+	stor_string_list users = ARRAY_INIT;
+	const char *err;
+	if (stor_user_list(cl->repl.db, &users, &err) < 0) {
+		log_errorx("replication: listing users: %s", err);
+		return;
+	}
+	for (size_t i = 0; i < users.count; i++)
+		unheld_add(p, users.items[i], p->cursor + 1, cl->log_last);
+	stor_string_list_free(&users);
+}
+
+void cl_stream_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev, const char *user,
+			  uint32_t sid)
+{
+	struct cl_peer *p = cl_peer_find(cl, sid);
+	if (p == NULL)
+		return;
+	if (ev == REPL_SYNC_PEER_START) {
+		p->sync_start_seq = cl->log_last;
+		return;
+	}
+	bool found;
+	size_t i = unheld_find(p, user, &found);
+	if (!found || p->unheld.items[i].need > p->sync_start_seq)
+		return;
+	free(p->unheld.items[i].user);
+	p->unheld.count--;
+	memmove(p->unheld.items + i, p->unheld.items + i + 1,
+		(p->unheld.count - i) * sizeof(p->unheld.items[0]));
+	/* The resync wrote what the peer had refused: its store takes
+	 * changes again. */
+	p->store_failed = false;
+	cl_under_check(cl);
+	cl_waiters_check(cl);
+}
+
 /* ---- Bindings ---- */
 
 static void binds_clear(struct cl_peer *p, bool keep_pending)
@@ -403,6 +527,7 @@ static void advance(struct cl_peer *p)
 			(p->inflight.count - n) * sizeof(p->inflight.items[0]));
 	p->inflight.count -= n;
 	p->cursor_dirty = true;
+	p->progress_ms = clock_mono_ms();
 	if (p->catchup_until != 0 && p->cursor >= p->catchup_until) {
 		/* The backlog is through: resync the users it touched, in
 		 * case the peer wrote the same mailboxes meanwhile. */
@@ -461,10 +586,23 @@ static void stream_cmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	}
 	if (kind == PROTO_REPLY_DONE) {
 		if (strcmp(line->name, "OK") != 0) {
-			/* A conflict (UIDCONFLICT, ALREADYEXISTS, ...): the
-			 * two copies differ; a resync settles it. */
-			log_info("replication: %u refused a change of %s: %s %s: resync", p->sid,
-				 cc->user, line->name, line->text != NULL ? line->text : "");
+			/* A conflict (UIDCONFLICT, ALREADYEXISTS, ...) or a
+			 * store that could not take it: the two copies differ;
+			 * a resync settles it.  Until then the peer does not
+			 * hold the user's changes from this entry on. */
+			bool store = proto_code_has(line, "SERVERBUG");
+			if (store && !p->store_failed)
+				log_warnx("replication: %u could not store a change of %s (%s): it "
+					  "no longer counts as a replica until its link comes back "
+					  "or a resync succeeds", p->sid, cc->user,
+					  line->text != NULL ? line->text : "");
+			else
+				log_info("replication: %u refused a change of %s: %s %s: resync",
+					 p->sid, cc->user, line->name,
+					 line->text != NULL ? line->text : "");
+			if (store)
+				p->store_failed = true;
+			unheld_add(p, cc->user, cc->seq, cc->seq);
 			cl_mark_dirty(p, cc->user);
 		}
 		struct cl_inflight *f = inflight_find(p, cc->seq);
@@ -496,7 +634,9 @@ static void wr_origin(struct cl_peer *p, struct proto_wr *w)
 
 /* ---- Streaming one entry ---- */
 
-enum entry_result { ENTRY_DONE, ENTRY_BLOCKED, ENTRY_ERROR };
+/* ENTRY_REFUSED: done, but the peer does not hold it (a failed binding, a
+ * local error): a resync of the user settles it. */
+enum entry_result { ENTRY_DONE, ENTRY_BLOCKED, ENTRY_ERROR, ENTRY_REFUSED };
 
 static int cmp_by_modseq(const void *a, const void *b)
 {
@@ -560,7 +700,7 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 	if (b->state == CL_BIND_PENDING) {
 		res = ENTRY_BLOCKED;
 	} else if (b->state == CL_BIND_FAILED) {
-		res = ENTRY_DONE;
+		res = ENTRY_REFUSED;
 	} else if (b->state == CL_BIND_NONE || !b->stream_ready) {
 		cl_bind_send(p, b, &mb, true);
 		res = ENTRY_BLOCKED;
@@ -709,6 +849,7 @@ static void stream_pump(struct cl_peer *p)
 			if (list.count == 0 || list.items[0].seq > p->next_seq) {
 				log_warnx("replication: peer %u is behind the log: full resync",
 					  p->sid);
+				unheld_all(p);
 				p->full_sync = true;
 				full_sync_store(p);
 			}
@@ -729,6 +870,11 @@ static void stream_pump(struct cl_peer *p)
 					res = stream_mailbox(p, le->seq, &e);
 				else
 					stream_list_change(p, le->seq, &e);
+				if (res == ENTRY_REFUSED || res == ENTRY_ERROR) {
+					unheld_add(p, e.user, le->seq, le->seq);
+					if (res == ENTRY_ERROR)
+						cl_mark_dirty(p, e.user);
+				}
 				cl_entry_free(&e);
 			}
 			if (res == ENTRY_BLOCKED) {
@@ -753,6 +899,29 @@ void cl_stream_pump_all(struct repl_cluster *cl)
 
 /* ---- The log ---- */
 
+/* Every user gets a resync with a linked peer: it fell off the log. */
+static void resync_all_now(struct cl_peer *p)
+{
+	struct repl_cluster *cl = p->cl;
+	stor_string_list users = ARRAY_INIT;
+	const char *err;
+	if (stor_user_list(cl->repl.db, &users, &err) < 0) {
+		log_errorx("replication: listing users: %s", err);
+		return;
+	}
+	log_info("replication: full resync of %zu users with %u", users.count, p->sid);
+	for (size_t i = 0; i < users.count; i++)
+		repl_sync_enqueue(cl->sync, users.items[i], p->sid);
+	stor_string_list_free(&users);
+}
+
+/* A peer further behind than repl_log_max no longer holds the log back: a
+ * resync of every user replaces the entries it lacks.  Those entries stay
+ * unheld for the waiters until each user's resync is done.  A linked peer
+ * is only slow: it is resynced at once and streaming goes on with the new
+ * entries (marking it full_sync would stop streaming to it until its link
+ * went down and up).  One that is away is marked, and resynced when it is
+ * back. */
 static void check_bound(struct repl_cluster *cl)
 {
 	uint64_t max = cl->cfg->repl_log_max;
@@ -762,14 +931,31 @@ static void check_bound(struct repl_cluster *cl)
 		struct cl_peer *p = cl->peer_list.items[i];
 		if (p->full_sync || cl->log_last - p->cursor <= max)
 			continue;
+		bool linked = p->conn != NULL && cl->sync != NULL;
 		log_warnx("replication: peer %u is %" PRIu64 " changes behind (repl_log_max %" PRIu64
-			  "): it will get a full resync", p->sid, cl->log_last - p->cursor, max);
-		p->full_sync = true;
-		full_sync_store(p);
+			  "): it %s a full resync", p->sid, cl->log_last - p->cursor, max,
+			  linked ? "gets" : "will get");
+		unheld_all(p);
+		if (linked) {
+			resync_all_now(p);
+			/* Answers to what was sent belong to the old generation. */
+			p->stream_gen++;
+			p->blocked = false;
+			binds_clear(p, true);
+			for (size_t j = 0; j < p->binds.count; j++)
+				p->binds.items[j]->stream_ready = false;
+			p->selected_id = 0;
+			p->progress_ms = clock_mono_ms();
+		} else {
+			p->full_sync = true;
+			full_sync_store(p);
+		}
 		p->inflight.count = 0;
 		p->cursor = cl->log_last;
 		p->next_seq = cl->log_last + 1;
 		p->cursor_dirty = true;
+		stor_string_list_free(&p->catchup_users);
+		p->catchup_until = 0;
 	}
 }
 
@@ -784,6 +970,13 @@ int cl_log_append(struct repl_cluster *cl, const struct cl_entry *e, uint64_t *s
 	if (ret < 0) {
 		log_errorx("replication: cannot append to the log: %s", err);
 		return -1;
+	}
+	/* A peer that had nothing to acknowledge starts its wait now. */
+	uint64_t now = clock_mono_ms();
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		if (p->cursor >= cl->log_last)
+			p->progress_ms = now;
 	}
 	cl->log_last = *seq_r;
 	check_bound(cl);
@@ -811,6 +1004,8 @@ static void persist_and_trim(struct repl_cluster *cl)
 		log_errorx("replication: trimming the log: %s", err);
 }
 
+static void unheld_retry(struct repl_cluster *cl);
+
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct repl_cluster *cl = (struct repl_cluster *)((char *)w -
@@ -824,6 +1019,8 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 							   offsetof(struct repl_cluster, timer));
 	persist_and_trim(cl);
 	cl_stream_pump_all(cl);
+	unheld_retry(cl);
+	cl_under_check(cl);
 	cl_waiters_check(cl);
 }
 
@@ -861,6 +1058,7 @@ void cl_stream_deinit(struct repl_cluster *cl)
 		ARRAY_FREE(&p->inflight);
 		stor_string_list_free(&p->catchup_users);
 		stor_string_list_free(&p->dirty_users);
+		unheld_clear(p);
 		free(p);
 	}
 	ARRAY_FREE(&cl->peer_list);
@@ -879,10 +1077,16 @@ void cl_stream_link_up(struct cl_peer *p, struct proto_conn *conn)
 	p->blocked = false;
 	p->inflight.count = 0;
 	p->next_seq = p->cursor + 1;
+	p->progress_ms = clock_mono_ms();
+	/* A new link, maybe a restarted node: its store is tried again. */
+	p->store_failed = false;
+	bool did_full = false;
 	binds_clear(p, false);
 	if (p->full_sync && cl->sync != NULL) {
 		stor_string_list users = ARRAY_INIT;
 		const char *err;
+		unheld_all(p);
+		did_full = true;
 		if (stor_user_list(cl->repl.db, &users, &err) == 0) {
 			log_info("replication: full resync of %zu users with %u", users.count, p->sid);
 			for (size_t i = 0; i < users.count; i++)
@@ -921,6 +1125,11 @@ void cl_stream_link_up(struct cl_peer *p, struct proto_conn *conn)
 	}
 	for (size_t i = 0; i < p->dirty_users.count && cl->sync != NULL; i++)
 		repl_sync_enqueue(cl->sync, p->dirty_users.items[i], 0);
+	/* Users whose changes it refused or missed: a resync settles them. */
+	for (size_t i = 0; i < p->unheld.count && cl->sync != NULL && !did_full; i++)
+		repl_sync_enqueue(cl->sync, p->unheld.items[i].user, p->sid);
+	p->unheld_backoff_s = CL_UNHELD_RETRY_S;
+	p->unheld_retry_at = clock_mono_ms() + CL_UNHELD_RETRY_S * 1000u;
 	if (p->dirty_users.count > 0) {
 		stor_string_list_free(&p->dirty_users);
 		dirty_store(p);
@@ -954,19 +1163,30 @@ void cl_stream_after_resync(struct cl_peer *p)
 
 /* ---- Waiting for replicas ---- */
 
-static bool peer_counts(struct repl_cluster *cl, const struct cl_peer *p)
+static bool peer_healthy(const struct repl_cluster *cl, const struct cl_peer *p, uint64_t now)
 {
-	return p->conn != NULL && !p->full_sync &&
-	       !(cl->sync != NULL && repl_sync_busy_with(cl->sync, p->sid));
+	if (p->conn == NULL || p->full_sync || p->store_failed)
+		return false;
+	/* Acknowledgements flowing: nothing waits for it longer than
+	 * CL_ACK_WAIT_MS (a resync of another user with it pauses streaming
+	 * and counts here once it takes that long). */
+	return p->cursor >= cl->log_last || now - p->progress_ms <= CL_ACK_WAIT_MS;
 }
 
-unsigned cl_replicas_required(struct repl_cluster *cl)
+unsigned cl_replicas_healthy(struct repl_cluster *cl)
 {
-	unsigned avail = 0;
+	uint64_t now = clock_mono_ms();
+	unsigned n = 0;
 	for (size_t i = 0; i < cl->peer_list.count; i++)
-		if (peer_counts(cl, cl->peer_list.items[i]))
-			avail++;
-	return cl->cfg->sync_replicas < avail ? cl->cfg->sync_replicas : avail;
+		if (peer_healthy(cl, cl->peer_list.items[i], now))
+			n++;
+	return n;
+}
+
+bool cl_must_refuse(struct repl_cluster *cl)
+{
+	return cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE && cl->cfg->sync_replicas > 0 &&
+	       cl_replicas_healthy(cl) < cl->cfg->sync_replicas;
 }
 
 void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w)
@@ -975,31 +1195,123 @@ void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w)
 	while (*wp != NULL)
 		wp = &(*wp)->next;
 	w->next = NULL;
+	w->since_ms = clock_mono_ms();
 	*wp = w;
+}
+
+/* Peers that hold entry seq of user. */
+static unsigned holders(const struct repl_cluster *cl, const char *user, uint64_t seq)
+{
+	unsigned have = 0;
+	for (size_t i = 0; i < cl->peer_list.count; i++)
+		if (peer_holds(cl->peer_list.items[i], user, seq))
+			have++;
+	return have;
+}
+
+/* Whether the peer holds everything up to seq, of every user. */
+static bool peer_holds_all(const struct cl_peer *p, uint64_t seq)
+{
+	return seq <= p->cursor && p->unheld.count == 0;
+}
+
+static uint64_t under_count(const struct repl_cluster *cl)
+{
+	return cl->under.count + cl->under_more;
+}
+
+static void under_add(struct repl_cluster *cl, const char *user, uint64_t seq)
+{
+	if (under_count(cl) == 0)
+		log_warnx("replication: a change is held by fewer than sync_replicas (%u) replicas: "
+			  "counted in under_replicated until they hold it (degraded_writes = %s)",
+			  cl->cfg->sync_replicas, config_degraded_writes_name(cl->cfg->degraded_writes));
+	if (cl->under.count >= CL_UNDER_MAX || cl->under_more > 0) {
+		/* Too many to remember one by one: counted, and settled
+		 * together once enough peers hold everything up to the
+		 * highest. */
+		cl->under_more++;
+		if (seq > cl->under_more_upto)
+			cl->under_more_upto = seq;
+		return;
+	}
+	struct cl_under u = { seq, xstrdup(user) };
+	ARRAY_PUSH(&cl->under, u);
+}
+
+void cl_under_check(struct repl_cluster *cl)
+{
+	uint64_t before = under_count(cl);
+	if (before == 0)
+		return;
+	unsigned required = cl->cfg->sync_replicas;
+	size_t kept = 0;
+	for (size_t i = 0; i < cl->under.count; i++) {
+		struct cl_under *u = &cl->under.items[i];
+		if (holders(cl, u->user, u->seq) >= required)
+			free(u->user);
+		else
+			cl->under.items[kept++] = *u;
+	}
+	cl->under.count = kept;
+	if (cl->under_more > 0) {
+		unsigned have = 0;
+		for (size_t i = 0; i < cl->peer_list.count; i++)
+			if (peer_holds_all(cl->peer_list.items[i], cl->under_more_upto))
+				have++;
+		if (have >= required) {
+			cl->under_more = 0;
+			cl->under_more_upto = 0;
+		}
+	}
+	if (under_count(cl) == 0)
+		log_warnx("replication: every change is on sync_replicas (%u) replicas again "
+			  "(%" PRIu64 " were under-replicated)", required, before);
+}
+
+/* The waiter's fate now: 1 complete, 0 wait.  Sets w->under and
+ * w->unavailable when it completes without enough replicas. */
+static int waiter_settle(struct repl_cluster *cl, struct cl_waiter *w, uint64_t now)
+{
+	unsigned required = cl->cfg->sync_replicas;
+	if (w->seq == 0 || required == 0)
+		return 1;
+	unsigned have = holders(cl, w->user, w->seq), could = 0;
+	if (have >= required)
+		return 1;
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		const struct cl_peer *p = cl->peer_list.items[i];
+		if (!peer_holds(p, w->user, w->seq) && peer_healthy(cl, p, now))
+			could++;
+	}
+	bool refuse = cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE;
+	/* accept waits for every healthy replica that may still answer, even
+	 * when they cannot make up sync_replicas; refuse gives up as soon as
+	 * they cannot.  Both wait at most CL_ACK_WAIT_MS. */
+	bool hopeless = refuse ? have + could < required : could == 0;
+	if (!hopeless && now - w->since_ms <= CL_ACK_WAIT_MS)
+		return 0;
+	w->under = true;
+	w->unavailable = refuse;
+	return 1;
 }
 
 void cl_waiters_check(struct repl_cluster *cl)
 {
 	if (cl->waiters == NULL)
 		return;
-	unsigned required = cl_replicas_required(cl);
+	uint64_t now = clock_mono_ms();
 	/* Done ones are taken out first: their callbacks may add waiters. */
 	struct cl_waiter *done = NULL, **done_tail = &done;
 	for (struct cl_waiter **wp = &cl->waiters; *wp != NULL;) {
 		struct cl_waiter *w = *wp;
-		unsigned have = 0;
-		if (w->durable && w->seq != 0 && required > 0) {
-			for (size_t i = 0; i < cl->peer_list.count; i++) {
-				const struct cl_peer *p = cl->peer_list.items[i];
-				if (p->conn != NULL && p->cursor >= w->seq)
-					have++;
-			}
-		}
-		if (w->durable && (w->seq == 0 || have >= required)) {
+		if (w->durable && waiter_settle(cl, w, now)) {
 			*wp = w->next;
 			w->next = NULL;
 			*done_tail = w;
 			done_tail = &w->next;
+			if (w->under)
+				under_add(cl, w->user, w->seq);
 		} else {
 			wp = &w->next;
 		}
@@ -1011,6 +1323,26 @@ void cl_waiters_check(struct repl_cluster *cl)
 	}
 }
 
+/* Users a peer lacks are resynced with it again now and then (a resync
+ * may have failed, or found nothing while the peer's answer was lost). */
+static void unheld_retry(struct repl_cluster *cl)
+{
+	if (cl->sync == NULL || repl_sync_queued(cl->sync) > 0)
+		return;
+	uint64_t now = clock_mono_ms();
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		if (p->conn == NULL || p->full_sync || p->unheld.count == 0 ||
+		    now < p->unheld_retry_at || repl_sync_busy_with(cl->sync, p->sid))
+			continue;
+		for (size_t j = 0; j < p->unheld.count; j++)
+			repl_sync_enqueue(cl->sync, p->unheld.items[j].user, p->sid);
+		p->unheld_retry_at = now + p->unheld_backoff_s * 1000u;
+		if (p->unheld_backoff_s < CL_UNHELD_RETRY_MAX_S)
+			p->unheld_backoff_s *= 2;
+	}
+}
+
 /* ---- Status ---- */
 
 void cl_stream_status(struct repl_cluster *cl, struct buf *out)
@@ -1019,14 +1351,17 @@ void cl_stream_status(struct repl_cluster *cl, struct buf *out)
 	uint64_t first = 0, last = 0;
 	(void)stor_log_bounds(cl->repl.db, &first, &last, &err);
 	buf_appendf(out, "sync_replicas: %u\n", cl->cfg->sync_replicas);
-	buf_appendf(out, "replicas_available: %u\n", cl_replicas_required(cl));
+	buf_appendf(out, "degraded_writes: %s\n",
+		    config_degraded_writes_name(cl->cfg->degraded_writes));
+	buf_appendf(out, "replicas_available: %u\n", cl_replicas_healthy(cl));
+	buf_appendf(out, "under_replicated: %" PRIu64 "\n", under_count(cl));
 	buf_appendf(out, "repl_log_first: %" PRIu64 "\n", first);
 	buf_appendf(out, "repl_log_last: %" PRIu64 "\n", last);
 	buf_appendf(out, "forwarded_changes: %" PRIu64 "\n", cl->forwarded_changes);
 	buf_appendf(out, "autonomous_changes: %" PRIu64 "\n", cl->autonomous_changes);
 	if (cl->sync != NULL)
 		buf_appendf(out, "resyncs_queued: %zu\n", repl_sync_queued(cl->sync));
-	uint64_t now = wall_ms();
+	uint64_t now = wall_ms(), mono = clock_mono_ms();
 	for (size_t i = 0; i < cl->peer_list.count; i++) {
 		struct cl_peer *p = cl->peer_list.items[i];
 		uint64_t backlog = p->full_sync || cl->log_last < p->cursor ? 0 :
@@ -1048,5 +1383,17 @@ void cl_stream_status(struct repl_cluster *cl, struct buf *out)
 		buf_appendf(out, "peer.%u.full_sync: %s\n", p->sid, p->full_sync ? "yes" : "no");
 		buf_appendf(out, "peer.%u.resync_pending_users: %zu\n", p->sid,
 			    p->dirty_users.count);
+		/* Of the under-replicated changes, those this peer lacks. */
+		uint64_t lacks = peer_holds_all(p, cl->under_more_upto) ? 0 : cl->under_more;
+		for (size_t j = 0; j < cl->under.count; j++)
+			if (!peer_holds(p, cl->under.items[j].user, cl->under.items[j].seq))
+				lacks++;
+		buf_appendf(out, "peer.%u.under_replicated: %" PRIu64 "\n", p->sid, lacks);
+		buf_appendf(out, "peer.%u.healthy: %s\n", p->sid,
+			    peer_healthy(cl, p, mono) ? "yes" : "no");
+		buf_appendf(out, "peer.%u.resyncing: %s\n", p->sid,
+			    cl->sync != NULL && repl_sync_busy_with(cl->sync, p->sid) ? "yes" : "no");
+		buf_appendf(out, "peer.%u.store_failed: %s\n", p->sid, p->store_failed ? "yes" : "no");
+		buf_appendf(out, "peer.%u.unheld_users: %zu\n", p->sid, p->unheld.count);
 	}
 }

@@ -129,6 +129,8 @@ struct repl_sync {
 	struct run *run;
 	repl_sync_live_cb *live_cb;
 	void *live_ctx;
+	repl_sync_peer_cb *peer_cb;
+	void *peer_ctx;
 	repl_sync_idle_cb *idle_cb;
 	void *idle_ctx;
 	struct waiting *waiting;
@@ -680,6 +682,8 @@ static void run_client_start(struct run *run)
 	set.full = run->full && !run->verifying && !run->full_done[run->cur];
 	run->full_done[run->cur] = run->full_done[run->cur] || set.full;
 	struct sync_transport t = { client_send, run };
+	if (run->rs->peer_cb != NULL)
+		run->rs->peer_cb(run->rs->peer_ctx, REPL_SYNC_PEER_START, run->user, set.peer_sid);
 	run->client = sync_client_create(repl_db(run->rs->repl), &set, &t);
 	run_kick(run);
 }
@@ -788,6 +792,8 @@ static void run_client_done(struct run *run)
 	}
 	bool equal = !changed;
 	buf_appendf(&run->report, "converged: %s\n", equal ? "yes" : "no");
+	if (equal && run->rs->peer_cb != NULL)
+		run->rs->peer_cb(run->rs->peer_ctx, REPL_SYNC_PEER_EQUAL, run->user, peer);
 	if (!equal && run->not_converged == NULL) {
 		char msg[160];
 		snprintf(msg, sizeof(msg),
@@ -1468,6 +1474,12 @@ void repl_sync_set_live(struct repl_sync *rs, repl_sync_live_cb *cb, void *ctx)
 {
 	rs->live_cb = cb;
 	rs->live_ctx = ctx;
+}
+
+void repl_sync_set_peer_watch(struct repl_sync *rs, repl_sync_peer_cb *cb, void *ctx)
+{
+	rs->peer_cb = cb;
+	rs->peer_ctx = ctx;
 }
 
 void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx)

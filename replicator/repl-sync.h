@@ -119,6 +119,15 @@ bool repl_sync_holds(const struct repl_sync *rs, const char *user, const struct 
 typedef void repl_sync_live_cb(void *ctx, uint32_t sid, struct proto_conn *conn,
 			       const struct proto_cmd *cmd, const struct guid *selected);
 void repl_sync_set_live(struct repl_sync *rs, repl_sync_live_cb *cb, void *ctx);
+/* The sync of one user with one peer: REPL_SYNC_PEER_START when a sync
+ * client starts (a first one or a verification), REPL_SYNC_PEER_EQUAL when
+ * one ended finding every mailbox and the mailbox list equal on both sides
+ * (so the peer holds, durably, every change of the user this node had when
+ * that client started: live changes of the user wait during the run). */
+enum repl_sync_peer_event { REPL_SYNC_PEER_START, REPL_SYNC_PEER_EQUAL };
+typedef void repl_sync_peer_cb(void *ctx, enum repl_sync_peer_event ev, const char *user,
+			       uint32_t sid);
+void repl_sync_set_peer_watch(struct repl_sync *rs, repl_sync_peer_cb *cb, void *ctx);
 /* Called after each resync ends (the links are free again). */
 typedef void repl_sync_idle_cb(void *ctx);
 void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx);

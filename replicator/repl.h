@@ -38,6 +38,11 @@ enum repl_error {
 	REPL_ERR_INVALID,   /* the request itself is not acceptable */
 	REPL_ERR_INTERNAL,  /* storage or durability failure */
 	REPL_ERR_LIMIT,     /* the mailbox has used every UID or modseq (lib/mail-limits.h) */
+	/* Fewer than sync_replicas healthy replicas (degraded_writes =
+	 * refuse): refused before it was made, or made here but not
+	 * acknowledged by enough replicas in time (it stays and replicates
+	 * later). */
+	REPL_ERR_UNAVAILABLE,
 };
 
 /* What a completed change reports.  Every pointer is borrowed and valid only

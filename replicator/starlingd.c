@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <ev.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +51,7 @@ struct node {
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: starlingd -c FILE [-f]\n");
+	fprintf(stderr, "usage: starlingd -c FILE [-f] [-n]\n");
 	exit(2);
 }
 
@@ -157,12 +158,16 @@ int main(int argc, char **argv)
 {
 	const char *conf = NULL;
 	int opt;
-	while ((opt = getopt(argc, argv, "c:fh")) != -1) {
+	bool print_only = false;
+	while ((opt = getopt(argc, argv, "c:fhn")) != -1) {
 		switch (opt) {
 		case 'c':
 			conf = optarg;
 			break;
 		case 'f':
+			break;
+		case 'n':
+			print_only = true;
 			break;
 		default:
 			usage();
@@ -178,6 +183,11 @@ int main(int argc, char **argv)
 	n.cfg = config_load(conf, &err);
 	if (n.cfg == NULL)
 		fatalx("%s", err);
+	if (print_only) {
+		config_print(n.cfg, stdout);
+		config_free(&n.cfg);
+		return 0;
+	}
 	char ident[32];
 	snprintf(ident, sizeof(ident), "starlingd[%u]", n.cfg->node_id);
 	log_init(ident, n.cfg->log_level);

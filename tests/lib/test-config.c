@@ -22,7 +22,8 @@ static const char *full =
 	"tls_key = /k.pem\n"
 	"tls_ca = /ca.pem\n"
 	"log_level = debug\n"
-	"max_message_size = 32M\n";
+	"max_message_size = 32M\n"
+	"degraded_writes = refuse\n";
 
 static void test_config_full_file_parses_every_key(void)
 {
@@ -43,6 +44,7 @@ static void test_config_full_file_parses_every_key(void)
 	CU_ASSERT_EQUAL(c->log_level, LOG_LEVEL_DEBUG);
 	CU_ASSERT_EQUAL(c->max_message_size, 32u * 1024 * 1024);
 	CU_ASSERT_STRING_EQUAL(c->tls_ca, "/ca.pem");
+	CU_ASSERT_EQUAL(c->degraded_writes, CONFIG_DEGRADED_REFUSE);
 	config_free(&c);
 	CU_ASSERT_PTR_NULL(c);
 }
@@ -75,6 +77,10 @@ static void test_config_errors_name_file_and_line(void)
 	expect_error("log_level = loud\n",
 		     "t.conf:1: log_level must be error, warn, info or debug, not 'loud'");
 	expect_error("data_dir =\n", "t.conf:1: empty value for 'data_dir'");
+	expect_error("degraded_writes = maybe\n",
+		     "t.conf:1: degraded_writes must be accept or refuse, not 'maybe'");
+	expect_error("degraded_writes = accept\ndegraded_writes = refuse\n",
+		     "t.conf:2: 'degraded_writes' given twice");
 }
 
 static void test_config_missing_required_keys(void)
@@ -99,7 +105,38 @@ static void test_config_lone_node_defaults(void)
 	CU_ASSERT_EQUAL(c->log_level, LOG_LEVEL_INFO);
 	CU_ASSERT_EQUAL(c->max_message_size, CONFIG_DEFAULT_MAX_MESSAGE_SIZE);
 	CU_ASSERT_PTR_NULL(c->imap_listen.host);
+	CU_ASSERT_EQUAL(c->degraded_writes, CONFIG_DEGRADED_ACCEPT);
 	config_free(&c);
+}
+
+/* starlingd -n: every key with its effective value, parsed back alike. */
+static void test_config_print_round_trips(void)
+{
+	char *err = NULL;
+	struct config *c = config_parse("t.conf", full, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	config_print(c, f);
+	fclose(f);
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "degraded_writes = refuse\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "sync_replicas = 2\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "repl_log_max = 100000\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "imaps_listen = [::1]:1993\n"));
+	struct config *back = config_parse("p.conf", text, &err);
+	if (back == NULL)
+		fprintf(stderr, "\n  %s\n", err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(back);
+	CU_ASSERT_EQUAL(back->degraded_writes, CONFIG_DEGRADED_REFUSE);
+	CU_ASSERT_EQUAL(back->sync_replicas, 2);
+	CU_ASSERT_EQUAL(back->peers.count, 2);
+	CU_ASSERT_EQUAL(back->max_message_size, c->max_message_size);
+	CU_ASSERT_EQUAL(back->log_level, LOG_LEVEL_DEBUG);
+	config_free(&back);
+	config_free(&c);
+	free(text);
 }
 
 static void test_config_load_missing_file(void)
@@ -117,5 +154,6 @@ const struct test_case lib_config_cases[] = {
 	{ "missing required keys", test_config_missing_required_keys },
 	{ "lone node defaults", test_config_lone_node_defaults },
 	{ "load of a missing file", test_config_load_missing_file },
+	{ "print round-trips (starlingd -n)", test_config_print_round_trips },
 	{ NULL, NULL },
 };

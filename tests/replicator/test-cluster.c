@@ -262,6 +262,116 @@ static void test_alone_changes_are_made_here_and_resync_remembered(void)
 	free(secret);
 }
 
+/* A node whose replicas are all away (SPEC.md 8.6): with degraded_writes =
+ * refuse a message change is refused before it is made, as master and
+ * instead of going autonomous; with accept it is made, answered OK and
+ * counted as under-replicated.  Mailbox-list changes follow accept. */
+static void write_conf(struct node *n, const char *mode)
+{
+	char *secret = xasprintf("%s/secret", n->dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	f = fopen(n->conf, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fprintf(f, "node_id = 1\ndata_dir = %s\nrepl_listen = 127.0.0.1:1\n"
+		   "peer = 2 127.0.0.1:2\npeer = 3 127.0.0.1:3\ncluster_secret_file = %s\n"
+		   "sync_replicas = 1\ndegraded_writes = %s\n", n->dir, secret, mode);
+	fclose(f);
+	free(secret);
+}
+
+static uint32_t message_count(struct node *n, const struct guid *mailbox)
+{
+	stor_msg_list msgs = ARRAY_INIT;
+	const char *err;
+	CU_ASSERT_EQUAL(stor_msg_list_range(n->db, mailbox, 1, UINT32_MAX, &msgs, &err), 0);
+	uint32_t count = (uint32_t)msgs.count;
+	stor_msg_list_free(&msgs);
+	return count;
+}
+
+static void degraded_case(const char *mode)
+{
+	bool refuse = strcmp(mode, "refuse") == 0;
+	struct node n;
+	memset(&n, 0, sizeof(n));
+	n.dir = test_mkdtemp();
+	n.conf = xasprintf("%s/node.conf", n.dir);
+	write_conf(&n, mode);
+	node_open(&n);
+	char v[64];
+	status_value(n.repl, "degraded_writes", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, mode);
+	status_value(n.repl, "replicas_available", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, "0");
+
+	struct done d = { 0, REPL_OK, 0 };
+	repl_mailbox_create(n.repl, "bob", "INBOX", NULL, done_cb, &d);
+	run_until(&n, &d.calls, 1);
+	CU_ASSERT_EQUAL_FATAL(d.calls, 1);
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	/* Held by no replica: counted, for the total and for each peer. */
+	status_value(n.repl, "under_replicated", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, "1");
+	status_value(n.repl, "peer.2.under_replicated", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, "1");
+	struct stor_mailbox mb;
+	const char *err;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(n.db, "bob", "INBOX", &mb, &err), 1);
+
+	/* As master. */
+	struct cl_append_req req;
+	memset(&req, 0, sizeof(req));
+	req.user = "bob";
+	req.mailbox = mb.guid;
+	guid_generate(&req.guid);
+	req.text = "Subject: degraded\r\n\r\nhi\r\n";
+	req.text_len = strlen(req.text);
+	d.calls = 0;
+	cl_master_append((struct repl_cluster *)n.repl, &req, done_cb, &d);
+	CU_ASSERT_EQUAL(d.calls, 0); /* never from inside the call */
+	run_until(&n, &d.calls, 1);
+	CU_ASSERT_EQUAL_FATAL(d.calls, 1);
+	CU_ASSERT_EQUAL(d.error, refuse ? REPL_ERR_UNAVAILABLE : REPL_OK);
+	CU_ASSERT_EQUAL(message_count(&n, &mb.guid), refuse ? 0 : 1);
+
+	/* No master to ask: refuse does not go on alone. */
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = "Subject: alone\r\n\r\nhi\r\n";
+	a.text_len = strlen(a.text);
+	d.calls = 0;
+	repl_append(n.repl, "bob", &mb.guid, &a, done_cb, &d);
+	CU_ASSERT_EQUAL(d.calls, 0);
+	run_until(&n, &d.calls, 1);
+	CU_ASSERT_EQUAL_FATAL(d.calls, 1);
+	CU_ASSERT_EQUAL(d.error, refuse ? REPL_ERR_UNAVAILABLE : REPL_OK);
+	CU_ASSERT_EQUAL(message_count(&n, &mb.guid), refuse ? 0 : 2);
+	status_value(n.repl, "autonomous_changes", v, sizeof(v));
+	CU_ASSERT_STRING_EQUAL(v, refuse ? "0" : "1");
+	status_value(n.repl, "under_replicated", v, sizeof(v));
+	/* The autonomous change has no log entry: the resync queued for it
+	 * settles it (resync_pending_users), not this count. */
+	CU_ASSERT_STRING_EQUAL(v, refuse ? "1" : "2");
+	stor_mailbox_free(&mb);
+	node_close(&n);
+	test_rmtree(n.dir);
+	free(n.dir);
+	free(n.conf);
+}
+
+static void test_degraded_refuse(void)
+{
+	degraded_case("refuse");
+}
+
+static void test_degraded_accept(void)
+{
+	degraded_case("accept");
+}
+
 /* ---- A peer sending values past the bounds ---- */
 
 /* Node 2 is wired as starlingd wires it (masters, sync, peers, cluster);
@@ -748,6 +858,9 @@ static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
 
 const struct test_case repl_cluster_cases[] = {
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
+	{ "degraded_writes = refuse: refused before made, as master and alone",
+	  test_degraded_refuse },
+	{ "degraded_writes = accept: OK, counted as under-replicated", test_degraded_accept },
 	{ "a truncated log entry is refused at every length", test_entry_every_truncation_is_refused },
 	{ "a damaged log entry is refused", test_entry_damage_is_refused },
 	{ "alone: changes are made here and the resync is remembered across a restart",
