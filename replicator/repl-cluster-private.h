@@ -193,6 +193,7 @@ struct repl_cluster {
 	struct repl_sync *sync;
 	ARRAY(struct cl_peer *) peer_list;
 	struct cl_waiter *waiters;
+	struct cl_fwd *fwds;           /* every live forward (repl-cluster.c) */
 	ev_prepare prepare;
 	ev_timer timer;
 	size_t in_flight;

@@ -323,6 +323,7 @@ enum fwd_kind { FWD_APPEND, FWD_STORE, FWD_EXPUNGE };
  * the local application of the master's answer. */
 struct cl_fwd {
 	struct cl_fwd *next;          /* in a binding's waiting list */
+	struct cl_fwd *live_prev, *live_next; /* every forward not yet freed */
 	struct repl_cluster *cl;
 	enum fwd_kind kind;
 	char *user;
@@ -365,6 +366,12 @@ static void fwd_start(struct cl_fwd *f);
 
 static void fwd_free(struct cl_fwd *f)
 {
+	if (f->live_prev != NULL)
+		f->live_prev->live_next = f->live_next;
+	else
+		f->cl->fwds = f->live_next;
+	if (f->live_next != NULL)
+		f->live_next->live_prev = f->live_prev;
 	ev_timer_stop(f->cl->loop, &f->retry);
 	stor_msg_list_free(&f->flags_lines);
 	ARRAY_FREE(&f->named_uids);
@@ -1033,6 +1040,10 @@ static struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const
 	f->cb = cb;
 	f->ctx = ctx;
 	ev_timer_init(&f->retry, fwd_retry_cb, 0., 0.);
+	f->live_next = cl->fwds;
+	if (cl->fwds != NULL)
+		cl->fwds->live_prev = f;
+	cl->fwds = f;
 	cl->in_flight++;
 	return f;
 }
@@ -1513,6 +1524,13 @@ static void cl_destroy(struct repl *r)
 	ARRAY_FREE(&cl->under);
 	repl_watch_remove(cl->local, inner_watch, cl);
 	repl_destroy(&cl->local);
+	/* Whoever asked is gone by now (starlingd flushed before it closed the
+	 * IMAP server): no callback, only memory. */
+	while (cl->fwds != NULL) {
+		log_warnx("replication: %s: a change was still being forwarded at shutdown",
+			  cl->fwds->user);
+		fwd_free(cl->fwds);
+	}
 	if (cl->in_flight > 0)
 		log_warnx("replication: %zu changes still in flight at shutdown", cl->in_flight);
 	ARRAY_FREE(&r->watchers);
@@ -1633,6 +1651,18 @@ void repl_cluster_detach(struct repl *r)
 	for (struct cl_waiter *w = cl->waiters; w != NULL; w = w->next)
 		w->seq = 0;
 	cl_waiters_check(cl);
+	/* Forwards that wait for a timer (held by a resync, waiting out a
+	 * TRYLATER, or before another attempt) will not see it fire: they go
+	 * on alone now, as with no master.  The others end when the peer
+	 * links and the master machine close; starlingd flushes after that,
+	 * so every client is answered before the IMAP server goes. */
+	for (struct cl_fwd *f = cl->fwds, *next; f != NULL; f = next) {
+		next = f->live_next;
+		if (ev_is_active(&f->retry)) {
+			ev_timer_stop(cl->loop, &f->retry);
+			fwd_autonomous(f, "shutting down");
+		}
+	}
 }
 
 void repl_cluster_link_up(struct repl *r, uint32_t sid, struct proto_conn *conn)

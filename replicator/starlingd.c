@@ -251,6 +251,10 @@ int main(int argc, char **argv)
 	repl_sync_destroy(&n.sync);
 	repl_mm_destroy(&n.mm);
 	repl_peers_destroy(&n.peers);
+	/* Closing the links and the master machine ended the forwards still
+	 * waiting on them (as with no master); their clients are answered
+	 * now, before the IMAP server and the admin socket go. */
+	repl_flush(n.repl);
 	repl_admin_destroy(&n.admin);
 	imap_server_destroy(&n.imap);
 	repl_destroy(&n.repl);

@@ -206,6 +206,33 @@ def t_forwarder_names_messages(c):
     imap.close()
 
 
+def t_shutdown_with_forwards_in_flight(c):
+    """SIGTERM while a client's change is forwarded to a master that does
+    not answer (stopped): the node answers the client, frees the change
+    and exits cleanly (no leak or use after free under the sanitizers)."""
+    n1, n2 = c.nodes
+    a = imapwire.Client(n1.host, n1.imap_port)
+    R.equal("login on node 1", a.login("alice", "pw").status, "OK")
+    r = a.command("APPEND INBOX", imapwire.Literal("Subject: s\r\n\r\ns\r\n"))
+    R.equal("APPEND on node 1 (the master)", r.status, "OK")
+    c.wait_dumps_equal("alice", timeout=60)
+    b = imapwire.Client(n2.host, n2.imap_port)
+    R.equal("login on node 2", b.login("alice", "pw").status, "OK")
+    R.equal("SELECT on node 2", b.command("SELECT INBOX").status, "OK")
+    n1.pause()
+    try:
+        b.send_command(b.next_tag(), ["UID STORE 1 +FLAGS (\\Seen)"])
+        time.sleep(0.5)   # forwarded, waiting for the stopped master
+        code = n2.stop()
+    finally:
+        n1.resume()
+    R.equal("node 2 exits 0 on SIGTERM with a forward in flight", code, 0)
+    reports = c.sanitizer_reports()
+    R.check("and leaves no sanitizer report", not reports, reports)
+    a.close()
+    b.close()
+
+
 def t_batches(c):
     """A STORE and an EXPUNGE of more messages than one forwarded request
     carries (500) go as several, and every message is changed once."""
@@ -256,6 +283,13 @@ def main():
         R.section("the forwarder names its messages", t_forwarder_names_messages, c)
         reports = c.sanitizer_reports()
         R.check("no sanitizer reports", not reports, reports)
+    finally:
+        c.close()
+    c = Cluster(n=2, users={"alice": "pw"})
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=30)
+        R.section("shutdown with a forward in flight", t_shutdown_with_forwards_in_flight, c)
     finally:
         c.close()
     c = Cluster(n=2, users={"alice": "pw"})
