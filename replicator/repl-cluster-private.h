@@ -178,6 +178,9 @@ struct cl_waiter {
 	/* Set before done(): fewer than sync_replicas replicas held it
 	 * (degraded_writes = refuse: the client gets NO [UNAVAILABLE]). */
 	bool under, unavailable;
+	/* A mailbox-list change: it follows accept whatever degraded_writes
+	 * says (SPEC 8.6), so it also waits as accept does. */
+	bool list_change;
 	void (*done)(struct cl_waiter *w);
 	void *ctx;
 };

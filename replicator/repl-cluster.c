@@ -1352,6 +1352,7 @@ static struct list_op *list_op_new(struct repl_cluster *cl, enum cl_entry_kind k
 	snprintf(l->entry.user, sizeof(l->entry.user), "%s", user);
 	l->waiter.ctx = l;
 	l->waiter.done = list_op_done;
+	l->waiter.list_change = true;
 	snprintf(l->waiter.user, sizeof(l->waiter.user), "%s", user);
 	cl->in_flight++;
 	return l;

@@ -1284,7 +1284,7 @@ static int waiter_settle(struct repl_cluster *cl, struct cl_waiter *w, uint64_t 
 		if (!peer_holds(p, w->user, w->seq) && peer_healthy(cl, p, now))
 			could++;
 	}
-	bool refuse = cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE;
+	bool refuse = cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE && !w->list_change;
 	/* accept waits for every healthy replica that may still answer, even
 	 * when they cannot make up sync_replicas; refuse gives up as soon as
 	 * they cannot.  Both wait at most CL_ACK_WAIT_MS. */

@@ -367,6 +367,33 @@ def t_refuse_forwarded():
         finish(c, "refuse, forwarded")
 
 
+def t_refuse_list_change_waits():
+    """refuse, sync_replicas = 2, node 3 down: a CREATE (a list change,
+    which follows accept) still waits for node 2, the healthy replica that
+    can take it, instead of completing at once because two cannot."""
+    c = cluster({"degraded_writes": "refuse", "sync_replicas": "2"})
+    n1, n2, n3 = c.nodes
+    try:
+        start_with_master_1(c)
+        n3.stop()
+        m = login(n1)
+        n2.pause()
+        wake = threading.Timer(1.5, n2.resume)
+        t0 = time.monotonic()
+        wake.start()
+        try:
+            typ, data = m.create("Waited")
+            took = time.monotonic() - t0
+        finally:
+            wake.join()
+        R.check("CREATE answered OK", typ == "OK", data)
+        R.check("it waited for node 2 (paused 1.5 s) rather than answer at once",
+                took >= 1.0, "answered after %.2f s" % took)
+        m.logout()
+    finally:
+        finish(c, "refuse, a list change waits as accept does")
+
+
 # ---- repl_log_max and a slow, linked peer ---------------------------------
 
 BURST = 40
@@ -443,6 +470,7 @@ def main():
                  ("resync of another user, accept", lambda: t_resync_other_user("accept")),
                  ("refuse, every replica down", t_refuse_all_down),
                  ("refuse, forwarded to the master", t_refuse_forwarded),
+                 ("refuse, a list change waits as accept does", t_refuse_list_change_waits),
                  ("log bound, slow linked peer", t_log_bound_congested)]
     for name, func in scenarios:
         if only is None or only == name:
