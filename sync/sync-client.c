@@ -141,7 +141,6 @@ struct sync_client {
 
 	stor_msg_list msgs;
 	stor_tombstone_list tombs;
-	sync_guid_set tomb_guids;   /* of tombs */
 	size_t send_pos;
 	stor_uid_list resend;  /* indexes into msgs */
 	size_t resend_pos;
@@ -275,7 +274,6 @@ static void answer_free(struct sync_client *c)
 	stor_msg_list_free(&c->msgs);
 	memset(&c->msgs, 0, sizeof(c->msgs));
 	ARRAY_FREE(&c->tombs);
-	ARRAY_FREE(&c->tomb_guids);
 	ARRAY_FREE(&c->resend);
 	ARRAY_FREE(&c->need);
 	ARRAY_FREE(&c->chunks);
@@ -1060,7 +1058,6 @@ static int send_begin(struct sync_client *c)
 	const char *err;
 	if (stor_changes_since(c->db, &c->cur.guid, c->M, &c->msgs, &c->tombs, &err) < 0)
 		return cl_fail(c, "%s", err);
-	sync_guid_set_of_tombs(&c->tombs, &c->tomb_guids);
 	c->report.messages_examined += (unsigned)(c->msgs.count + c->tombs.count);
 	cl_new_group(c);
 	struct proto_wr w;
@@ -1421,7 +1418,6 @@ static int send_late(struct sync_client *c)
 	c->exp_uids.count = c->fix_old.count = c->fix_new.count = 0;
 	c->exp_after.count = 0;
 	c->tombs.count = 0;
-	c->tomb_guids.count = 0;
 	c->resend.count = 0;
 	stor_msg_list_free(&c->msgs);
 	memset(&c->msgs, 0, sizeof(c->msgs));
@@ -1525,20 +1521,6 @@ static int apply_some(struct sync_client *c)
 				/* We expunged this very message: the expunge wins. */
 				ARRAY_PUSH(&c->late_exp, uid);
 				continue;
-			}
-			if (sync_guid_set_has(&c->tomb_guids, &sv->guid)) {
-				/* We expunged it since M under another UID (a sync
-				 * with a third node renumbered it on one side): the
-				 * expunge wins too, unless it is still here alive
-				 * (moved here, not expunged). */
-				uint32_t at;
-				int fr = stor_msg_find_guid(c->db, mbg, &sv->guid, &at, &err);
-				if (fr < 0)
-					return cl_fail(c, "%s", err);
-				if (fr == 0) {
-					ARRAY_PUSH(&c->late_exp, uid);
-					continue;
-				}
 			}
 			if (t != NULL) {
 				/* The UID named another message here: it moves. */

@@ -60,11 +60,4 @@ void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd);
 /* Expands a parsed uidset into UIDs (at most max); -1 if larger or bad. */
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
 
-/* The GUIDs of a list of tombstones, sorted: a message one side expunged
- * may come back from the other under another UID (renumbered by a sync
- * with a third node), and the expunge must win there too (SPEC 10.3). */
-typedef ARRAY(struct guid) sync_guid_set;
-void sync_guid_set_of_tombs(const stor_tombstone_list *tombs, sync_guid_set *out);
-bool sync_guid_set_has(const sync_guid_set *set, const struct guid *g);
-
 #endif

@@ -70,7 +70,6 @@ struct srv_merge {
 	bool touched;
 	stor_msg_list smsgs;        /* our changes since M, kept exact or marked dirty */
 	stor_tombstone_list stombs;
-	sync_guid_set stomb_guids;  /* of stombs */
 	bool *handled, *dirty;      /* per smsgs item */
 	stor_uid_list sr, exp_client, flags_client, save_client, cexp_low;
 	uint64_t exp_modseq;
@@ -951,7 +950,6 @@ static void merge_free(struct srv_merge *m)
 	free(m->dirty);
 	stor_msg_list_free(&m->smsgs);
 	ARRAY_FREE(&m->stombs);
-	ARRAY_FREE(&m->stomb_guids);
 	ARRAY_FREE(&m->sr);
 	ARRAY_FREE(&m->exp_client);
 	ARRAY_FREE(&m->flags_client);
@@ -1102,12 +1100,6 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			 * drops its copy and takes ours.  (Not when the client
 			 * expunged ours: it moved the message.) */
 			take_ours(m, cs, at);
-		} else if (r == 0 && sync_guid_set_has(&m->stomb_guids, &cs->guid)) {
-			/* We expunged it since M under another UID (a sync with
-			 * a third node had renumbered it on one side): the
-			 * expunge wins here too. */
-			cs->action = SAVE_DROP;
-			ARRAY_PUSH(&m->exp_client, cs->uid);
 		}
 	}
 	if (have_other)
@@ -1399,7 +1391,6 @@ static int merge_step(struct sync_server *s)
 			}
 			if (stor_changes_since(s->db, &s->sel, m->M, &m->smsgs, &m->stombs, &err) < 0)
 				goto storage_error;
-			sync_guid_set_of_tombs(&m->stombs, &m->stomb_guids);
 			s->examined += (unsigned)(m->smsgs.count + m->stombs.count);
 			m->handled = xcalloc(m->smsgs.count + 1, sizeof(bool));
 			m->dirty = xcalloc(m->smsgs.count + 1, sizeof(bool));

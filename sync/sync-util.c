@@ -219,23 +219,3 @@ void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out)
 	memset(out, 0, sizeof(*out));
 	ARRAY_PUSH(out, st);
 }
-
-static int cmp_guid(const void *a, const void *b)
-{
-	return guid_cmp(a, b);
-}
-
-void sync_guid_set_of_tombs(const stor_tombstone_list *tombs, sync_guid_set *out)
-{
-	out->count = 0;
-	for (size_t i = 0; i < tombs->count; i++)
-		ARRAY_PUSH(out, tombs->items[i].guid);
-	if (out->count > 1)
-		qsort(out->items, out->count, sizeof(out->items[0]), cmp_guid);
-}
-
-bool sync_guid_set_has(const sync_guid_set *set, const struct guid *g)
-{
-	return set->count > 0 &&
-	       bsearch(g, set->items, set->count, sizeof(set->items[0]), cmp_guid) != NULL;
-}

@@ -504,49 +504,6 @@ static void test_sync_expunge_beats_flag_change(void)
 	node_close(&b);
 }
 
-/* One side expunged a message that the other side meanwhile holds under
- * another UID (a sync with a third node renumbered it there): the expunge
- * still wins, whichever side is the client. */
-static void expunge_beats_renumbered_copy(bool renumbered_on_server)
-{
-	struct node a, b;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	struct guid g;
-	uint32_t u = append(&a, &mb, "renumbered elsewhere\r\n", 0, &g);
-	append(&a, &mb, "stays\r\n", 0, NULL);
-	run_sync(&a, &b, false, 121);
-	struct node *moved = renumbered_on_server ? &b : &a;
-	struct node *expunger = renumbered_on_server ? &a : &b;
-	struct stor_mailbox m;
-	const char *error;
-	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(moved->db, &mb, &m, &error), 1);
-	uint32_t to = m.uidnext + 5;
-	stor_mailbox_free(&m);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(moved->db, &mb, u, to, 0, &error), 0);
-	expunge(expunger, &mb, u);
-	run_sync(&a, &b, false, 122);
-	CU_ASSERT(dumps_equal(&a, &b));
-	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 1);
-	CU_ASSERT(!has_guid(&a, &mb, &g, NULL));
-	CU_ASSERT(!has_guid(&b, &mb, &g, NULL));
-	check_mailbox(&a, &mb);
-	check_mailbox(&b, &mb);
-	node_close(&a);
-	node_close(&b);
-}
-
-static void test_sync_expunge_beats_copy_renumbered_on_server(void)
-{
-	expunge_beats_renumbered_copy(true);
-}
-
-static void test_sync_expunge_beats_copy_renumbered_on_client(void)
-{
-	expunge_beats_renumbered_copy(false);
-}
-
 static void test_sync_same_name_different_guids_keeps_both(void)
 {
 	struct node a, b;
@@ -2192,10 +2149,6 @@ static const struct test_case sync_cases[] = {
 	{ "subscriptions merge three-way", test_sync_subscriptions_merge_three_way },
 	{ "no-change resync examines no message", test_sync_no_change_resync_examines_no_message },
 	{ "restored backup is repaired", test_sync_restored_backup_is_repaired },
-	{ "an expunge beats a copy the server holds under another UID",
-	  test_sync_expunge_beats_copy_renumbered_on_server },
-	{ "an expunge beats a copy the client holds under another UID",
-	  test_sync_expunge_beats_copy_renumbered_on_client },
 	{ "a wiped server gets every mailbox back, nothing deleted",
 	  test_sync_wiped_server_gets_everything_back },
 	{ "a server restored from an old backup gets newer mailboxes back",
