@@ -1,9 +1,9 @@
 /* SELECT and EXAMINE (with the CONDSTORE and QRESYNC parameters of RFC
  * 7162), CLOSE, UNSELECT, CHECK.
  *
- * \Recent is not tracked: RECENT is always 0 and no message has \Recent
- * (RFC 3501 allows a server that cannot track it to report none; RFC 9051
- * dropped it). */
+ * \Recent (RFC 3501 2.3.2) is session state kept per node in memory: see
+ * struct imap_recent_table; SELECT takes the recent messages, EXAMINE only
+ * shows them. */
 #include "imap/imap-commands.h"
 
 #include <string.h>
@@ -103,7 +103,7 @@ static void qresync_report(struct imap_client *c, const struct qresync_params *q
 	imap_seqset known = ARRAY_INIT;
 	bool have_known = false;
 	if (q->known_uids != NULL && imap_seqset_parse(q->known_uids, &known) == 0) {
-		imap_seqset_resolve(&known, UINT32_MAX - 1);
+		imap_seqset_resolve(&known, UINT32_MAX);
 		have_known = true;
 	}
 	stor_uid_list vanished = ARRAY_INIT;
@@ -134,7 +134,7 @@ static void qresync_report(struct imap_client *c, const struct qresync_params *q
 			continue;
 		buf_reset(&line);
 		buf_appendf(&line, "* %u FETCH (UID %u FLAGS ", seq, m->uid);
-		imap_append_flags(&line, m->flags, &m->keywords);
+		imap_append_flags(&line, m->flags, &m->keywords, imap_sel_is_recent(sel, m->uid));
 		buf_appendf(&line, " MODSEQ (%llu))\r\n", (unsigned long long)m->modseq);
 		imap_client_write(c, line.data, line.len);
 	}
@@ -181,7 +181,8 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 	else
 		imap_client_printf(c, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen "
 				      "\\Draft \\*)] Flags permitted\r\n");
-	imap_client_printf(c, "* %zu EXISTS\r\n* 0 RECENT\r\n", c->sel->uids.count);
+	imap_client_printf(c, "* %zu EXISTS\r\n* %zu RECENT\r\n", c->sel->uids.count,
+			   c->sel->recent.count);
 	if (first_unseen != 0)
 		imap_client_printf(c, "* OK [UNSEEN %u] First unseen\r\n", first_unseen);
 	imap_client_printf(c, "* OK [UIDVALIDITY %u] UIDs valid\r\n", mb.uidvalidity);
