@@ -366,6 +366,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 	}
 	/* An empty text leaves text.data NULL; nobody wants to see that. */
 	const unsigned char *text_data = text.data != NULL ? text.data : (const unsigned char *)"";
+	imap_sel_announce_keywords(c, &m.keywords);
 	struct buf out = BUF_INIT;
 	buf_appendf(&out, "* %u FETCH (", seq);
 	bool first = true;

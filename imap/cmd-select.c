@@ -132,6 +132,7 @@ static void qresync_report(struct imap_client *c, const struct qresync_params *q
 		uint32_t seq = imap_sel_seq(sel, m->uid);
 		if (seq == 0)
 			continue;
+		imap_sel_announce_keywords(c, &m->keywords);
 		buf_reset(&line);
 		buf_appendf(&line, "* %u FETCH (UID %u FLAGS ", seq, m->uid);
 		imap_append_flags(&line, m->flags, &m->keywords, imap_sel_is_recent(sel, m->uid));
@@ -175,12 +176,7 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 		stor_mailbox_free(&mb);
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 	}
-	imap_client_printf(c, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n");
-	if (readonly)
-		imap_client_printf(c, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
-	else
-		imap_client_printf(c, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen "
-				      "\\Draft \\*)] Flags permitted\r\n");
+	imap_sel_send_flags(c);
 	imap_client_printf(c, "* %zu EXISTS\r\n* %zu RECENT\r\n", c->sel->uids.count,
 			   c->sel->recent.count);
 	if (first_unseen != 0)

@@ -87,6 +87,7 @@ struct imap_selected {
 	stor_uid_list pending_expunges; /* expunged, not yet reported */
 	ARRAY(struct imap_own_change) own;  /* changes this session reported itself */
 	stor_uid_list recent;       /* ascending: the UIDs \Recent in this session */
+	stor_string_list keywords;  /* announced in FLAGS to this session */
 };
 
 struct imap_cmd;
@@ -207,6 +208,12 @@ void imap_sel_own_change(struct imap_selected *sel, uint32_t uid, uint64_t modse
 /* Resolves a sequence set or UID set argument to ascending UIDs that are in
  * the session's map.  Returns 0, or -1 for a bad set. */
 int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_uid_list *uids_r);
+/* Sends the untagged FLAGS and PERMANENTFLAGS with the keywords announced
+ * so far. */
+void imap_sel_send_flags(struct imap_client *c);
+/* Before a FETCH shows keywords: announces those the session has not been
+ * told of in FLAGS (RFC 3501 7.2.6; clients reject unannounced ones). */
+void imap_sel_announce_keywords(struct imap_client *c, const stor_string_list *keywords);
 /* Whether uid is \Recent in this session. */
 bool imap_sel_is_recent(const struct imap_selected *sel, uint32_t uid);
 /* The lowest UID of mailbox no session on this node has seen (1 if none). */

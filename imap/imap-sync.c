@@ -15,6 +15,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -126,6 +127,60 @@ static size_t recent_take(struct imap_client *c, const uint32_t *uids, size_t n)
 	return taken;
 }
 
+static bool keyword_known(const struct imap_selected *sel, const char *kw)
+{
+	for (size_t i = 0; i < sel->keywords.count; i++)
+		if (strcasecmp(sel->keywords.items[i], kw) == 0)
+			return true;
+	return false;
+}
+
+/* Returns whether kw was new. */
+static bool keyword_add(struct imap_selected *sel, const char *kw)
+{
+	if (keyword_known(sel, kw))
+		return false;
+	ARRAY_PUSH(&sel->keywords, xstrdup(kw));
+	return true;
+}
+
+void imap_sel_send_flags(struct imap_client *c)
+{
+	struct imap_selected *sel = c->sel;
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft");
+	for (size_t i = 0; i < sel->keywords.count; i++) {
+		buf_append_byte(&line, ' ');
+		buf_append_str(&line, sel->keywords.items[i]);
+	}
+	buf_append_str(&line, ")\r\n");
+	if (sel->readonly) {
+		buf_append_str(&line, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+	} else {
+		buf_append_str(&line, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen "
+				      "\\Draft");
+		for (size_t i = 0; i < sel->keywords.count; i++) {
+			buf_append_byte(&line, ' ');
+			buf_append_str(&line, sel->keywords.items[i]);
+		}
+		buf_append_str(&line, " \\*)] Flags permitted\r\n");
+	}
+	imap_client_write(c, line.data, line.len);
+	buf_free(&line);
+}
+
+void imap_sel_announce_keywords(struct imap_client *c, const stor_string_list *keywords)
+{
+	struct imap_selected *sel = c->sel;
+	if (sel == NULL || keywords == NULL)
+		return;
+	bool added = false;
+	for (size_t i = 0; i < keywords->count; i++)
+		added |= keyword_add(sel, keywords->items[i]);
+	if (added)
+		imap_sel_send_flags(c);
+}
+
 uint32_t imap_sel_seq(const struct imap_selected *sel, uint32_t uid)
 {
 	size_t lo = 0, hi = sel->uids.count;
@@ -174,6 +229,8 @@ int imap_sel_open(struct imap_client *c, const struct stor_mailbox *mb, bool rea
 		ARRAY_PUSH(&sel->uids, list.items[i].uid);
 		if (*first_unseen_r == 0 && (list.items[i].flags & STOR_FLAG_SEEN) == 0)
 			*first_unseen_r = (uint32_t)i + 1;
+		for (size_t k = 0; k < list.items[i].keywords.count; k++)
+			(void)keyword_add(sel, list.items[i].keywords.items[k]);
 	}
 	stor_msg_list_free(&list);
 	c->sel = sel;
@@ -193,6 +250,7 @@ void imap_sel_close(struct imap_client *c)
 	ARRAY_FREE(&sel->pending_expunges);
 	ARRAY_FREE(&sel->own);
 	ARRAY_FREE(&sel->recent);
+	stor_string_list_free(&sel->keywords);
 	free(sel->name);
 	free(sel);
 	c->sel = NULL;
@@ -324,6 +382,7 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 			}
 			if (is_own(sel, m->uid, m->modseq) || uid_in(&sel->pending_expunges, m->uid))
 				continue;
+			imap_sel_announce_keywords(c, &m->keywords);
 			buf_reset(&line);
 			buf_appendf(&line, "* %u FETCH (UID %u FLAGS ", seq, m->uid);
 			imap_append_flags(&line, m->flags, &m->keywords, imap_sel_is_recent(sel, m->uid));

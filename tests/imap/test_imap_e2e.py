@@ -1773,7 +1773,8 @@ def t_keyword_flags():
 
     R.equal("STORE of a new keyword: the storing session gets * FLAGS before the FETCH",
             flags_before_fetch(r, "$NewKeyword1"), True)
-    R.check("...and PERMANENTFLAGS", b"PERMANENTFLAGS" in r.codes(), r.untagged)
+    R.check("...and PERMANENTFLAGS with it",
+            "$NewKeyword1" in r.codes().get("PERMANENTFLAGS", b"").decode(), r.untagged)
     r = a.command("NOOP")
     R.equal("another session gets * FLAGS with the keyword before the FETCH",
             flags_before_fetch(r, "$NewKeyword1"), True)
@@ -1811,6 +1812,7 @@ SECTIONS = [
     ("rename inbox and logout", t_rename_inbox_and_logout),
     ("imaptest defects", t_imaptest_defects),
     ("recent", t_recent),
+    ("keyword flags", t_keyword_flags),
 ]
 
 
