@@ -1787,6 +1787,32 @@ def t_keyword_flags():
     c.logout()
 
 
+def t_unselect_children():
+    """UNSELECT (RFC 3691) and CHILDREN (RFC 3348), advertised in CAPABILITY,
+    which the other sections do not use."""
+    c = connect()
+    caps = set(bytes(x).upper() for t in c.command("CAPABILITY").find("CAPABILITY")
+               for x in t[1:])
+    R.check("CAPABILITY lists UNSELECT and CHILDREN", {b"UNSELECT", b"CHILDREN"} <= caps, caps)
+    c.command("CREATE Unsel")
+    append(c, "Unsel", simple_message("unsel one"))
+    c.command("SELECT Unsel")
+    c.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    r = c.command("UNSELECT")
+    R.check("UNSELECT -> OK without an EXPUNGE", r.ok and not r.expunges(), r)
+    R.equal("...the mailbox is no longer selected", c.command("FETCH 1 (FLAGS)").status, "BAD")
+    _, st = status_of(c, "Unsel", "(MESSAGES)")
+    R.equal("...and the \\Deleted message is still there", st.get("MESSAGES"), 1)
+    d = delim_of(c)
+    c.command("CREATE " + quote("Kids" + d + "one"))
+    c.command("CREATE Nokids")
+    names = list_names(c.command('LIST "" "%"'))
+    R.check("LIST: \\HasChildren on a parent, \\HasNoChildren on a leaf",
+            "\\haschildren" in names.get("Kids", set()) and
+            "\\hasnochildren" in names.get("Nokids", set()), names)
+    c.logout()
+
+
 SECTIONS = [
     ("capability and login", t_capability_and_login),
     ("namespace, list, special-use", t_namespace_list_special_use),
@@ -1813,6 +1839,7 @@ SECTIONS = [
     ("imaptest defects", t_imaptest_defects),
     ("recent", t_recent),
     ("keyword flags", t_keyword_flags),
+    ("unselect, children", t_unselect_children),
 ]
 
 
