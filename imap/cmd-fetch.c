@@ -366,6 +366,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 	}
 	/* An empty text leaves text.data NULL; nobody wants to see that. */
 	const unsigned char *text_data = text.data != NULL ? text.data : (const unsigned char *)"";
+	imap_sel_announce_keywords(c, &m.keywords);
 	struct buf out = BUF_INIT;
 	buf_appendf(&out, "* %u FETCH (", seq);
 	bool first = true;
@@ -386,7 +387,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 		case F_FLAGS:
 			SEP();
 			buf_append_str(&out, "FLAGS ");
-			imap_append_flags(&out, m.flags, &m.keywords);
+			imap_append_flags(&out, m.flags, &m.keywords, imap_sel_is_recent(c->sel, uid));
 			break;
 		case F_INTERNALDATE:
 			SEP();
@@ -505,7 +506,7 @@ static void send_vanished(struct imap_cmd *cmd, struct fetch_ctx *fc)
 	/* The UID set as sent, resolved against UIDs ever used. */
 	imap_seqset set = ARRAY_INIT;
 	if (imap_seqset_parse(cmd->args[0].str, &set) == 0) {
-		imap_seqset_resolve(&set, UINT32_MAX - 1);
+		imap_seqset_resolve(&set, UINT32_MAX);
 		stor_uid_list gone = ARRAY_INIT;
 		for (size_t i = 0; i < tombs.count; i++) {
 			uint32_t u = tombs.items[i].uid;

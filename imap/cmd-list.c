@@ -97,6 +97,16 @@ static bool has_children(const stor_mailbox_array *mbs, const char *name)
 	return false;
 }
 
+static bool has_subscribed_child(const list_entries *e, const char *name)
+{
+	size_t n = strlen(name);
+	for (size_t i = 0; i < e->count; i++)
+		if (e->items[i].subscribed && strncmp(e->items[i].name, name, n) == 0 &&
+		    e->items[i].name[n] == '/')
+			return true;
+	return false;
+}
+
 static bool do_list(struct imap_cmd *cmd, bool lsub)
 {
 	struct imap_client *c = cmd->client;
@@ -201,12 +211,19 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 	struct buf line = BUF_INIT;
 	for (size_t i = 0; i < entries.count; i++) {
 		const struct list_entry *e = &entries.items[i];
-		bool match = false;
-		for (size_t k = 0; k < npats && !match; k++)
+		bool match = false, pct = false;
+		for (size_t k = 0; k < npats && !match; k++) {
 			match = pattern_match(patterns[k], e->name);
+			pct = match && strchr(patterns[k], '%') != NULL;
+		}
 		if (!match)
 			continue;
-		if ((lsub || sel_subscribed) && !e->subscribed)
+		/* LSUB with '%': an unsubscribed parent of a subscribed name
+		 * is listed with \Noselect (RFC 3501 6.3.9), so that a client
+		 * can walk down to the subscribed name. */
+		bool lsub_parent = lsub && !e->subscribed && pct &&
+				   has_subscribed_child(&entries, e->name);
+		if ((lsub || sel_subscribed) && !e->subscribed && !lsub_parent)
 			continue;
 		if (sel_special && e->special_use == NULL)
 			continue;
@@ -215,7 +232,7 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 		size_t attr_start = line.len;
 #define ATTR(s) do { if (line.len > attr_start) buf_append_byte(&line, ' '); \
 		     buf_append_str(&line, s); } while (0)
-		if (!e->exists)
+		if (!e->exists || lsub_parent)
 			ATTR(extended && !lsub ? "\\NonExistent" : "\\Noselect");
 		if (ret_subscribed && e->subscribed && !lsub)
 			ATTR("\\Subscribed");

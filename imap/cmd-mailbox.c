@@ -362,6 +362,24 @@ bool imap_cmd_namespace(struct imap_cmd *cmd)
 	return imap_cmd_done(cmd, "OK", "Namespace completed");
 }
 
+/* Messages no session on this node has been told about (\Recent for the
+ * next session to select the mailbox). */
+static uint32_t status_recent(struct imap_client *c, const struct stor_mailbox *mb)
+{
+	uint32_t first = imap_recent_first(c->server, &mb->guid);
+	if (first <= 1)
+		return mb->messages;
+	if (first >= mb->uidnext)
+		return 0;
+	stor_msg_list msgs = ARRAY_INIT;
+	const char *err;
+	uint32_t n = 0;
+	if (stor_msg_list_range(c->server->db, &mb->guid, first, UINT32_MAX, &msgs, &err) == 0)
+		n = (uint32_t)msgs.count;
+	stor_msg_list_free(&msgs);
+	return n;
+}
+
 bool imap_cmd_status(struct imap_cmd *cmd)
 {
 	struct imap_client *c = cmd->client;
@@ -397,7 +415,7 @@ bool imap_cmd_status(struct imap_cmd *cmd)
 		if (imap_arg_atom_eq(&items[i], "MESSAGES"))
 			buf_appendf(&line, "MESSAGES %u", mb.messages);
 		else if (imap_arg_atom_eq(&items[i], "RECENT"))
-			buf_append_str(&line, "RECENT 0");
+			buf_appendf(&line, "RECENT %u", status_recent(c, &mb));
 		else if (imap_arg_atom_eq(&items[i], "UIDNEXT"))
 			buf_appendf(&line, "UIDNEXT %u", mb.uidnext);
 		else if (imap_arg_atom_eq(&items[i], "UIDVALIDITY"))

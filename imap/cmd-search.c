@@ -89,6 +89,7 @@ static bool search_step(struct imap_cmd *cmd)
 		sm.internaldate_tz = m->internaldate_tz;
 		sm.size = m->size;
 		sm.modseq = m->modseq;
+		sm.recent = imap_sel_is_recent(c->sel, m->uid);
 		sm.load_text = load_text;
 		sm.load_ctx = sc;
 		sc->text_guid = m->guid;

@@ -1,9 +1,9 @@
 /* SELECT and EXAMINE (with the CONDSTORE and QRESYNC parameters of RFC
  * 7162), CLOSE, UNSELECT, CHECK.
  *
- * \Recent is not tracked: RECENT is always 0 and no message has \Recent
- * (RFC 3501 allows a server that cannot track it to report none; RFC 9051
- * dropped it). */
+ * \Recent (RFC 3501 2.3.2) is session state kept per node in memory: see
+ * struct imap_recent_table; SELECT takes the recent messages, EXAMINE only
+ * shows them. */
 #include "imap/imap-commands.h"
 
 #include <string.h>
@@ -103,7 +103,7 @@ static void qresync_report(struct imap_client *c, const struct qresync_params *q
 	imap_seqset known = ARRAY_INIT;
 	bool have_known = false;
 	if (q->known_uids != NULL && imap_seqset_parse(q->known_uids, &known) == 0) {
-		imap_seqset_resolve(&known, UINT32_MAX - 1);
+		imap_seqset_resolve(&known, UINT32_MAX);
 		have_known = true;
 	}
 	stor_uid_list vanished = ARRAY_INIT;
@@ -132,9 +132,10 @@ static void qresync_report(struct imap_client *c, const struct qresync_params *q
 		uint32_t seq = imap_sel_seq(sel, m->uid);
 		if (seq == 0)
 			continue;
+		imap_sel_announce_keywords(c, &m->keywords);
 		buf_reset(&line);
 		buf_appendf(&line, "* %u FETCH (UID %u FLAGS ", seq, m->uid);
-		imap_append_flags(&line, m->flags, &m->keywords);
+		imap_append_flags(&line, m->flags, &m->keywords, imap_sel_is_recent(sel, m->uid));
 		buf_appendf(&line, " MODSEQ (%llu))\r\n", (unsigned long long)m->modseq);
 		imap_client_write(c, line.data, line.len);
 	}
@@ -175,13 +176,9 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 		stor_mailbox_free(&mb);
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 	}
-	imap_client_printf(c, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n");
-	if (readonly)
-		imap_client_printf(c, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
-	else
-		imap_client_printf(c, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen "
-				      "\\Draft \\*)] Flags permitted\r\n");
-	imap_client_printf(c, "* %zu EXISTS\r\n* 0 RECENT\r\n", c->sel->uids.count);
+	imap_sel_send_flags(c);
+	imap_client_printf(c, "* %zu EXISTS\r\n* %zu RECENT\r\n", c->sel->uids.count,
+			   c->sel->recent.count);
 	if (first_unseen != 0)
 		imap_client_printf(c, "* OK [UNSEEN %u] First unseen\r\n", first_unseen);
 	imap_client_printf(c, "* OK [UIDVALIDITY %u] UIDs valid\r\n", mb.uidvalidity);

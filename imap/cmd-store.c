@@ -31,9 +31,11 @@ static void store_ctx_free(void *p)
 static void send_fetch(struct imap_cmd *cmd, uint32_t seq, const struct stor_msg *m)
 {
 	struct imap_client *c = cmd->client;
+	imap_sel_announce_keywords(c, &m->keywords);
 	struct buf line = BUF_INIT;
 	buf_appendf(&line, "* %u FETCH (UID %u FLAGS ", seq, m->uid);
-	imap_append_flags(&line, m->flags, &m->keywords);
+	imap_append_flags(&line, m->flags, &m->keywords,
+			  c->sel != NULL && imap_sel_is_recent(c->sel, m->uid));
 	if (c->condstore)
 		buf_appendf(&line, " MODSEQ (%llu)", (unsigned long long)m->modseq);
 	buf_append_str(&line, ")\r\n");

@@ -25,12 +25,14 @@
 #include "lib/str.h"
 #include "lib/xalloc.h"
 
+/* An ID at RFC 2971's limits must fit before login: 30 pairs of 30-octet
+ * names and 1024-octet values, quoted with every octet escaped (about 62 KB
+ * of line), or sent as literals (about 32 KB in all). */
 static const struct imap_parser_limits limits_preauth = {
-	.max_line = 8192,
+	.max_line = 65536,
 	.max_literal = 8192,
-	.max_total = 16384,
-	/* ID with a dozen field pairs must fit. */
-	.max_args = 64,
+	.max_total = 98304,
+	.max_args = 80,
 	.max_depth = 2,
 };
 

@@ -471,9 +471,19 @@ static bool folded_contains(const struct buf *hay, const struct buf *needle)
 	return hay->len >= needle->len && memmem(hay->data, hay->len, needle->data, needle->len) != NULL;
 }
 
+static bool is_address_field(const char *field)
+{
+	static const char *const names[] = { "from", "to", "cc", "bcc", "sender", "reply-to" };
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (strcasecmp(field, names[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
 bool imap_mime_header_contains(const struct imap_mime *m, const char *field, const char *needle)
 {
-	struct buf fneedle = BUF_INIT, dec = BUF_INIT, folded = BUF_INIT;
+	struct buf fneedle = BUF_INIT, dec = BUF_INIT, folded = BUF_INIT, plain = BUF_INIT;
 	struct mime_hdr_iter it;
 	struct mime_field f;
 	bool found = false;
@@ -493,10 +503,23 @@ bool imap_mime_header_contains(const struct imap_mime *m, const char *field, con
 		imap_mime_decode_header(f.value, f.value_len, &dec);
 		mime_fold_utf8(dec.data, dec.len, &folded);
 		found = folded_contains(&folded, &fneedle);
+		if (!found && field != NULL && is_address_field(field)) {
+			/* The address as parsed too: "<user (c)@ (c) example.org>"
+			 * holds user@example.org, which no substring of the text
+			 * does (RFC 3501 6.4.4 matches the field's contents). */
+			buf_reset(&plain);
+			buf_reset(&dec);
+			buf_reset(&folded);
+			mime_address_text(f.value, f.value_len, &plain);
+			imap_mime_decode_header(plain.data, plain.len, &dec);
+			mime_fold_utf8(dec.data, dec.len, &folded);
+			found = folded_contains(&folded, &fneedle);
+		}
 	}
 	buf_free(&fneedle);
 	buf_free(&dec);
 	buf_free(&folded);
+	buf_free(&plain);
 	return found;
 }
 

@@ -93,6 +93,9 @@ void mime_fold_utf8(const unsigned char *p, size_t len, struct buf *out);
 /* IMAP string output (imap-mime-struct.c). */
 void mime_append_nstring(struct buf *out, const char *s);
 void mime_append_string_n(struct buf *out, const unsigned char *p, size_t len);
+/* An address list as plain "name <local@domain>, " text, comments and
+ * folding removed, for SEARCH FROM/TO/CC/BCC. */
+void mime_address_text(const unsigned char *value, size_t len, struct buf *out);
 void mime_envelope_part(const struct imap_mime *m, const struct mime_part *part, struct buf *out);
 
 #endif

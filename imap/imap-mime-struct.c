@@ -271,6 +271,7 @@ static enum addr_tok addr_next(struct addr_lexer *lx)
 struct addr_out {
 	struct buf *out;
 	size_t count;
+	bool plain; /* "name <local@domain>, " for SEARCH, not ENVELOPE form */
 };
 
 static void emit_field(struct buf *out, const struct buf *b, bool nil_if_empty)
@@ -288,6 +289,20 @@ static void emit_address(struct addr_out *ao, const struct buf *name, const stru
 		return;
 	ao->count++;
 	struct buf *out = ao->out;
+	if (ao->plain) {
+		if (name != NULL && name->len > 0) {
+			buf_append(out, name->data, name->len);
+			buf_append_byte(out, ' ');
+		}
+		buf_append_byte(out, '<');
+		buf_append(out, local->data, local->len);
+		if (domain->len > 0) {
+			buf_append_byte(out, '@');
+			buf_append(out, domain->data, domain->len);
+		}
+		buf_append_str(out, ">, ");
+		return;
+	}
 	static const struct buf missing_mailbox = { (unsigned char *)"MISSING_MAILBOX", 15, 0, 0 };
 	static const struct buf missing_domain = { (unsigned char *)"MISSING_DOMAIN", 14, 0, 0 };
 	buf_append_byte(out, '(');
@@ -306,6 +321,15 @@ static void emit_group(struct addr_out *ao, const struct buf *name)
 	if (ao->count >= MIME_MAX_ADDRESSES)
 		return;
 	ao->count++;
+	if (ao->plain) {
+		if (name != NULL) {
+			buf_append(ao->out, name->data, name->len);
+			buf_append_str(ao->out, ": ");
+		} else {
+			buf_append_str(ao->out, "; ");
+		}
+		return;
+	}
 	buf_append_str(ao->out, "(NIL NIL ");
 	if (name != NULL)
 		mime_append_string_n(ao->out, name->data, name->len);
@@ -365,12 +389,12 @@ static enum addr_tok read_domain(struct addr_lexer *lx, struct buf *domain, stru
 
 /* Parses an address list, appending 1*address to out.  Returns the number
  * of addresses and group markers appended. */
-static size_t parse_address_list(const unsigned char *v, size_t len, struct buf *out)
+static size_t parse_address_list(const unsigned char *v, size_t len, struct buf *out, bool plain)
 {
 	struct addr_lexer lx = { v, v + len, BUF_INIT, 0, false };
 	struct buf phrase = BUF_INIT, local = BUF_INIT, domain = BUF_INIT, route = BUF_INIT;
 	struct buf comment = BUF_INIT;
-	struct addr_out ao = { out, 0 };
+	struct addr_out ao = { out, 0, plain };
 	bool in_group = false, after_dot = false, pending = false;
 	enum addr_tok t;
 
@@ -523,7 +547,7 @@ static void append_addr_header(const struct imap_mime *m, const struct mime_part
 	struct buf list = BUF_INIT;
 	size_t count = 0;
 	if (mime_hdr_find(m, msg, name, &f))
-		count = parse_address_list(f.value, f.value_len, &list);
+		count = parse_address_list(f.value, f.value_len, &list, false);
 	if (count > 0) {
 		buf_append_byte(out, '(');
 		buf_append(out, list.data, list.len);
@@ -534,6 +558,11 @@ static void append_addr_header(const struct imap_mime *m, const struct mime_part
 		buf_append_str(out, "NIL");
 	}
 	buf_free(&list);
+}
+
+void mime_address_text(const unsigned char *value, size_t len, struct buf *out)
+{
+	(void)parse_address_list(value, len, out, true);
 }
 
 void mime_envelope_part(const struct imap_mime *m, const struct mime_part *msg, struct buf *out)

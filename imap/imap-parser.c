@@ -443,7 +443,7 @@ static int parse_atom(struct imap_parser *p, struct imap_arg *arg)
 {
 	const unsigned char *d = p->cmd.data;
 	size_t end = p->cmd.len, start = p->pos, j = p->pos;
-	bool bracket = false;
+	bool bracket = false, no_close = false;
 	while (j < end) {
 		unsigned char c = d[j];
 		if (bracket) {
@@ -454,10 +454,20 @@ static int parse_atom(struct imap_parser *p, struct imap_arg *arg)
 			j++;
 			continue;
 		}
-		if (c == '[') {
-			bracket = true;
-			j++;
-			continue;
+		if (c == '[' && !no_close) {
+			/* A section ("BODY[HEADER.FIELDS (A B)]") may hold spaces
+			 * and parentheses up to its ']'.  Without a ']' on the
+			 * line, '[' is an ordinary ATOM-CHAR (RFC 3501 9: only
+			 * atom-specials end an atom), as in a mailbox name. */
+			size_t k = j + 1;
+			while (k < end && d[k] != ']' && d[k] != '\n' && d[k] != '\0')
+				k++;
+			if (k < end && d[k] == ']') {
+				bracket = true;
+				j++;
+				continue;
+			}
+			no_close = true;
 		}
 		if (is_atom_end(c))
 			break;

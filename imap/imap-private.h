@@ -33,6 +33,20 @@ struct imap_client;
 
 typedef ARRAY(const char *) imap_str_array;
 
+/* \Recent (RFC 3501 2.3.2) on this node: per mailbox, the lowest UID that no
+ * session has been told about yet.  Session state: kept in memory only, not
+ * replicated; a mailbox not in the table has told nobody anything (so after
+ * a restart the first session to select it sees all its messages recent). */
+struct imap_recent_entry {
+	struct guid guid;
+	uint32_t first_unclaimed; /* 0: empty slot */
+};
+
+struct imap_recent_table {
+	struct imap_recent_entry *slots;
+	size_t cap, used; /* cap a power of two, used <= cap / 2 */
+};
+
 struct imap_server {
 	struct ev_loop *loop;
 	const struct config *cfg;
@@ -47,6 +61,7 @@ struct imap_server {
 	unsigned client_count;
 	uint64_t next_id;
 	bool stopping;
+	struct imap_recent_table recent;
 };
 
 enum imap_client_state {
@@ -71,6 +86,8 @@ struct imap_selected {
 	uint64_t modseq;            /* changes up to here were reported */
 	stor_uid_list pending_expunges; /* expunged, not yet reported */
 	ARRAY(struct imap_own_change) own;  /* changes this session reported itself */
+	stor_uid_list recent;       /* ascending: the UIDs \Recent in this session */
+	stor_string_list keywords;  /* announced in FLAGS to this session */
 };
 
 struct imap_cmd;
@@ -191,6 +208,17 @@ void imap_sel_own_change(struct imap_selected *sel, uint32_t uid, uint64_t modse
 /* Resolves a sequence set or UID set argument to ascending UIDs that are in
  * the session's map.  Returns 0, or -1 for a bad set. */
 int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_uid_list *uids_r);
+/* Sends the untagged FLAGS and PERMANENTFLAGS with the keywords announced
+ * so far. */
+void imap_sel_send_flags(struct imap_client *c);
+/* Before a FETCH shows keywords: announces those the session has not been
+ * told of in FLAGS (RFC 3501 7.2.6; clients reject unannounced ones). */
+void imap_sel_announce_keywords(struct imap_client *c, const stor_string_list *keywords);
+/* Whether uid is \Recent in this session. */
+bool imap_sel_is_recent(const struct imap_selected *sel, uint32_t uid);
+/* The lowest UID of mailbox no session on this node has seen (1 if none). */
+uint32_t imap_recent_first(struct imap_server *srv, const struct guid *mailbox);
+void imap_recent_free(struct imap_server *srv);
 /* Watcher for repl changes (registered by the server). */
 void imap_sync_notify(void *ctx, const char *user, const struct guid *mailbox);
 
@@ -199,7 +227,9 @@ void imap_sync_notify(void *ctx, const char *user, const struct guid *mailbox);
 void imap_append_astring(struct buf *out, const char *s, size_t len);
 /* Quoted or literal (never an atom), or NIL for NULL. */
 void imap_append_nstring(struct buf *out, const char *s, size_t len);
-void imap_append_flags(struct buf *out, uint32_t flags, const stor_string_list *keywords);
+/* The flag list; recent adds \Recent (a session flag, never stored). */
+void imap_append_flags(struct buf *out, uint32_t flags, const stor_string_list *keywords,
+		       bool recent);
 /* "dd-Mon-yyyy hh:mm:ss +zzzz" in quotes. */
 void imap_append_internaldate(struct buf *out, int64_t t, int32_t tz_min);
 /* Parses an IMAP date-time ("dd-Mon-yyyy hh:mm:ss +zzzz"). */

@@ -25,7 +25,7 @@ enum key_type {
 	K_UIDSET,
 	K_FLAGS_SET,     /* all of flags set */
 	K_FLAGS_UNSET,   /* all of flags unset */
-	K_NEW,           /* recent and unseen: nothing is recent */
+	K_NEW,           /* recent and unseen */
 	K_RECENT,
 	K_OLD,
 	K_KEYWORD,
@@ -562,10 +562,11 @@ static bool match_key(const struct key *k, struct imap_search_msg *m)
 	case K_FLAGS_UNSET:
 		return (m->flags & k->flags) == 0;
 	case K_NEW:
+		return m->recent && (m->flags & STOR_FLAG_SEEN) == 0;
 	case K_RECENT:
-		return false;
+		return m->recent;
 	case K_OLD:
-		return true;
+		return !m->recent;
 	case K_KEYWORD:
 		return has_keyword(m->keywords, k->str);
 	case K_UNKEYWORD:

@@ -4,7 +4,7 @@
  * it can be tested on in-memory messages.
  *
  * Keys: ALL, sequence sets, UID sets, ANSWERED DELETED DRAFT FLAGGED SEEN
- * and their UN* forms, NEW OLD RECENT (no message is \Recent), KEYWORD
+ * and their UN* forms, NEW OLD RECENT (the session's \Recent), KEYWORD
  * UNKEYWORD, FROM TO CC BCC SUBJECT HEADER BODY TEXT, BEFORE ON SINCE,
  * SENTBEFORE SENTON SENTSINCE, LARGER SMALLER, NOT, OR, parenthesised lists,
  * MODSEQ (with the optional entry name and type), and a leading CHARSET
@@ -34,6 +34,7 @@ struct imap_search_msg {
 	int32_t internaldate_tz;
 	uint64_t size;
 	uint64_t modseq;
+	bool recent; /* \Recent in the searching session */
 	/* Loads the text on first need: returns 0 with *text_r and *len_r valid
 	 * until the message is done, or -1 (the key then does not match). */
 	int (*load_text)(void *ctx, const char **text_r, size_t *len_r);

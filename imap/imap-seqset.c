@@ -6,7 +6,7 @@
 
 #include "lib/buf.h"
 
-static int parse_number(const char **sp, uint32_t *n_r)
+static int parse_number(const char **sp, uint64_t *n_r)
 {
 	const char *s = *sp;
 	if (*s == '*') {
@@ -19,11 +19,11 @@ static int parse_number(const char **sp, uint32_t *n_r)
 	uint64_t v = 0;
 	while (isdigit((unsigned char)*s)) {
 		v = v * 10 + (uint64_t)(*s - '0');
-		if (v >= IMAP_SEQ_STAR)
+		if (v > UINT32_MAX)
 			return -1;
 		s++;
 	}
-	*n_r = (uint32_t)v;
+	*n_r = v;
 	*sp = s;
 	return 0;
 }
@@ -73,7 +73,7 @@ void imap_seqset_resolve(imap_seqset *set, uint32_t star)
 		if (r.hi == IMAP_SEQ_STAR)
 			r.hi = star;
 		if (r.lo > r.hi) {
-			uint32_t t = r.lo;
+			uint64_t t = r.lo;
 			r.lo = r.hi;
 			r.hi = t;
 		}

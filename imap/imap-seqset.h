@@ -14,11 +14,13 @@
 
 #include "lib/arr.h"
 
-/* '*' inside a parsed range. */
-#define IMAP_SEQ_STAR UINT32_MAX
+/* '*' inside a parsed range: outside the 32-bit numbers, since 4294967295
+ * is itself a valid UID in a set (RFC 3501 nz-number, uniqueid). */
+#define IMAP_SEQ_STAR UINT64_MAX
 
 struct imap_seq_range {
-	uint32_t lo, hi; /* lo <= hi after resolving; either may be IMAP_SEQ_STAR before */
+	/* lo <= hi <= UINT32_MAX after resolving; either may be IMAP_SEQ_STAR before */
+	uint64_t lo, hi;
 };
 
 typedef ARRAY(struct imap_seq_range) imap_seqset;

@@ -195,6 +195,7 @@ void imap_server_destroy(struct imap_server **srvp)
 	*srvp = NULL;
 	srv->stopping = true;
 	repl_watch_remove(srv->repl, imap_sync_notify, srv);
+	imap_recent_free(srv);
 	for (int i = 0; i < 2; i++) {
 		if (srv->listen_fd[i] < 0)
 			continue;

@@ -15,9 +15,171 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/log.h"
 #include "lib/xalloc.h"
+
+/* ---- \Recent: see struct imap_recent_table ---- */
+
+static struct imap_recent_entry *recent_slot(struct imap_recent_table *t, const struct guid *g)
+{
+	/* GUIDs are random: their first bytes are a good enough hash. */
+	size_t h;
+	memcpy(&h, g->b, sizeof(h));
+	for (size_t i = h & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+		struct imap_recent_entry *e = &t->slots[i];
+		if (e->first_unclaimed == 0 || memcmp(e->guid.b, g->b, GUID_SIZE) == 0)
+			return e;
+	}
+}
+
+uint32_t imap_recent_first(struct imap_server *srv, const struct guid *mailbox)
+{
+	struct imap_recent_table *t = &srv->recent;
+	if (t->cap == 0)
+		return 1;
+	const struct imap_recent_entry *e = recent_slot(t, mailbox);
+	return e->first_unclaimed == 0 ? 1 : e->first_unclaimed;
+}
+
+/* Everything below uid has been told to a session. */
+static void recent_claim(struct imap_server *srv, const struct guid *mailbox, uint32_t uid)
+{
+	struct imap_recent_table *t = &srv->recent;
+	if (t->used + 1 > t->cap / 2) {
+		struct imap_recent_table n = { NULL, t->cap == 0 ? 64 : t->cap * 2, 0 };
+		n.slots = xcalloc(n.cap, sizeof(*n.slots));
+		for (size_t i = 0; i < t->cap; i++) {
+			if (t->slots[i].first_unclaimed != 0) {
+				*recent_slot(&n, &t->slots[i].guid) = t->slots[i];
+				n.used++;
+			}
+		}
+		free(t->slots);
+		*t = n;
+	}
+	struct imap_recent_entry *e = recent_slot(t, mailbox);
+	if (e->first_unclaimed == 0) {
+		e->guid = *mailbox;
+		e->first_unclaimed = 1;
+		t->used++;
+	}
+	if (uid > e->first_unclaimed)
+		e->first_unclaimed = uid;
+}
+
+void imap_recent_free(struct imap_server *srv)
+{
+	free(srv->recent.slots);
+	memset(&srv->recent, 0, sizeof(srv->recent));
+}
+
+static bool uid_list_has(const stor_uid_list *l, uint32_t uid)
+{
+	size_t lo = 0, hi = l->count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (l->items[mid] < uid)
+			lo = mid + 1;
+		else if (l->items[mid] > uid)
+			hi = mid;
+		else
+			return true;
+	}
+	return false;
+}
+
+bool imap_sel_is_recent(const struct imap_selected *sel, uint32_t uid)
+{
+	return sel->recent.count > 0 && uid_list_has(&sel->recent, uid);
+}
+
+/* New UIDs (ascending) appear in the session: those no session on this
+ * node has seen are \Recent here, and a read-write session takes them
+ * (EXAMINE must not, RFC 3501 6.3.2).  Returns how many were recent. */
+static size_t recent_take(struct imap_client *c, const uint32_t *uids, size_t n)
+{
+	struct imap_selected *sel = c->sel;
+	uint32_t first = imap_recent_first(c->server, &sel->guid), top = 0;
+	size_t taken = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (uids[i] < first)
+			continue;
+		if (sel->recent.count == 0 || uids[i] > sel->recent.items[sel->recent.count - 1]) {
+			ARRAY_PUSH(&sel->recent, uids[i]);
+		} else if (!uid_list_has(&sel->recent, uids[i])) {
+			size_t at = 0;
+			while (at < sel->recent.count && sel->recent.items[at] < uids[i])
+				at++;
+			ARRAY_RESERVE(&sel->recent, 1);
+			memmove(&sel->recent.items[at + 1], &sel->recent.items[at],
+				(sel->recent.count - at) * sizeof(uint32_t));
+			sel->recent.items[at] = uids[i];
+			sel->recent.count++;
+		}
+		taken++;
+		if (uids[i] > top)
+			top = uids[i];
+	}
+	if (!sel->readonly && top != 0 && top < UINT32_MAX)
+		recent_claim(c->server, &sel->guid, top + 1);
+	return taken;
+}
+
+static bool keyword_known(const struct imap_selected *sel, const char *kw)
+{
+	for (size_t i = 0; i < sel->keywords.count; i++)
+		if (strcasecmp(sel->keywords.items[i], kw) == 0)
+			return true;
+	return false;
+}
+
+/* Returns whether kw was new. */
+static bool keyword_add(struct imap_selected *sel, const char *kw)
+{
+	if (keyword_known(sel, kw))
+		return false;
+	ARRAY_PUSH(&sel->keywords, xstrdup(kw));
+	return true;
+}
+
+void imap_sel_send_flags(struct imap_client *c)
+{
+	struct imap_selected *sel = c->sel;
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft");
+	for (size_t i = 0; i < sel->keywords.count; i++) {
+		buf_append_byte(&line, ' ');
+		buf_append_str(&line, sel->keywords.items[i]);
+	}
+	buf_append_str(&line, ")\r\n");
+	if (sel->readonly) {
+		buf_append_str(&line, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+	} else {
+		buf_append_str(&line, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen "
+				      "\\Draft");
+		for (size_t i = 0; i < sel->keywords.count; i++) {
+			buf_append_byte(&line, ' ');
+			buf_append_str(&line, sel->keywords.items[i]);
+		}
+		buf_append_str(&line, " \\*)] Flags permitted\r\n");
+	}
+	imap_client_write(c, line.data, line.len);
+	buf_free(&line);
+}
+
+void imap_sel_announce_keywords(struct imap_client *c, const stor_string_list *keywords)
+{
+	struct imap_selected *sel = c->sel;
+	if (sel == NULL || keywords == NULL)
+		return;
+	bool added = false;
+	for (size_t i = 0; i < keywords->count; i++)
+		added |= keyword_add(sel, keywords->items[i]);
+	if (added)
+		imap_sel_send_flags(c);
+}
 
 uint32_t imap_sel_seq(const struct imap_selected *sel, uint32_t uid)
 {
@@ -67,10 +229,15 @@ int imap_sel_open(struct imap_client *c, const struct stor_mailbox *mb, bool rea
 		ARRAY_PUSH(&sel->uids, list.items[i].uid);
 		if (*first_unseen_r == 0 && (list.items[i].flags & STOR_FLAG_SEEN) == 0)
 			*first_unseen_r = (uint32_t)i + 1;
+		for (size_t k = 0; k < list.items[i].keywords.count; k++)
+			(void)keyword_add(sel, list.items[i].keywords.items[k]);
 	}
 	stor_msg_list_free(&list);
 	c->sel = sel;
 	c->state = IMAP_STATE_SELECTED;
+	(void)recent_take(c, sel->uids.items, sel->uids.count);
+	if (!readonly && mb->uidnext > 1)
+		recent_claim(c->server, &sel->guid, mb->uidnext);
 	return 0;
 }
 
@@ -82,6 +249,8 @@ void imap_sel_close(struct imap_client *c)
 	ARRAY_FREE(&sel->uids);
 	ARRAY_FREE(&sel->pending_expunges);
 	ARRAY_FREE(&sel->own);
+	ARRAY_FREE(&sel->recent);
+	stor_string_list_free(&sel->keywords);
 	free(sel->name);
 	free(sel);
 	c->sel = NULL;
@@ -125,6 +294,14 @@ static void map_remove(struct imap_selected *sel, uint32_t uid)
 	memmove(&sel->uids.items[seq - 1], &sel->uids.items[seq],
 		(sel->uids.count - seq) * sizeof(uint32_t));
 	sel->uids.count--;
+	for (size_t i = 0; i < sel->recent.count; i++) {
+		if (sel->recent.items[i] == uid) {
+			memmove(&sel->recent.items[i], &sel->recent.items[i + 1],
+				(sel->recent.count - i - 1) * sizeof(uint32_t));
+			sel->recent.count--;
+			break;
+		}
+	}
 }
 
 static void send_expunges(struct imap_client *c)
@@ -205,9 +382,10 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 			}
 			if (is_own(sel, m->uid, m->modseq) || uid_in(&sel->pending_expunges, m->uid))
 				continue;
+			imap_sel_announce_keywords(c, &m->keywords);
 			buf_reset(&line);
 			buf_appendf(&line, "* %u FETCH (UID %u FLAGS ", seq, m->uid);
-			imap_append_flags(&line, m->flags, &m->keywords);
+			imap_append_flags(&line, m->flags, &m->keywords, imap_sel_is_recent(sel, m->uid));
 			if (c->condstore)
 				buf_appendf(&line, " MODSEQ (%llu)", (unsigned long long)m->modseq);
 			buf_append_str(&line, ")\r\n");
@@ -227,8 +405,15 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 				sel->uids.count++;
 			}
 		}
+		if (fresh.count > 0) {
+			qsort(fresh.items, fresh.count, sizeof(uint32_t), uid_cmp);
+			(void)recent_take(c, fresh.items, fresh.count);
+		}
 		if (sel->uids.count != old_count || fresh.count > 0)
 			imap_client_printf(c, "* %zu EXISTS\r\n", sel->uids.count);
+		/* RFC 3501 7.3.2: the RECENT count goes with the new EXISTS. */
+		if (fresh.count > 0)
+			imap_client_printf(c, "* %zu RECENT\r\n", sel->recent.count);
 		ARRAY_FREE(&fresh);
 		stor_msg_list_free(&msgs);
 		ARRAY_FREE(&tombs);
@@ -255,6 +440,17 @@ int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_
 				ARRAY_PUSH(uids_r, sel->uids.items[k]);
 		}
 	} else {
+		/* A sequence number above EXISTS, or '*' in an empty mailbox,
+		 * is an error (RFC 3501 6.4.8 / RFC 9051 6.4.9: the server
+		 * responds BAD), not an empty match as for UIDs. */
+		for (size_t i = 0; i < ranges.count; i++) {
+			uint64_t lo = ranges.items[i].lo, hi = ranges.items[i].hi;
+			if ((lo != IMAP_SEQ_STAR && lo > n) || (hi != IMAP_SEQ_STAR && hi > n) ||
+			    n == 0) {
+				ARRAY_FREE(&ranges);
+				return -1;
+			}
+		}
 		imap_seqset_resolve(&ranges, (uint32_t)n);
 		for (size_t i = 0; i < ranges.count; i++) {
 			for (uint64_t s = ranges.items[i].lo; s <= ranges.items[i].hi && s <= n; s++)

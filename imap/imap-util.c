@@ -79,10 +79,15 @@ static const struct {
 	{ STOR_FLAG_DRAFT, "\\Draft" },
 };
 
-void imap_append_flags(struct buf *out, uint32_t flags, const stor_string_list *keywords)
+void imap_append_flags(struct buf *out, uint32_t flags, const stor_string_list *keywords,
+		       bool recent)
 {
 	bool first = true;
 	buf_append_byte(out, '(');
+	if (recent) {
+		buf_append_str(out, "\\Recent");
+		first = false;
+	}
 	for (size_t i = 0; i < sizeof(flag_names) / sizeof(flag_names[0]); i++) {
 		if ((flags & flag_names[i].bit) == 0)
 			continue;

@@ -64,7 +64,7 @@ static void test_seqset_overlapping_ranges_merge(void)
 static void test_seqset_rejects_malformed(void)
 {
 	static const char *const bad[] = {
-		"", "0", "1:", ":1", ",1", "1,", "1,,2", "a", "1:0", "01", "1:2:3", "4294967295",
+		"", "0", "1:", ":1", ",1", "1,", "1,,2", "a", "1:0", "01", "1:2:3", "4294967296",
 		"99999999999", "1 2", "*:",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -74,6 +74,27 @@ static void test_seqset_rejects_malformed(void)
 	}
 	imap_seqset s = ARRAY_INIT;
 	CU_ASSERT_EQUAL(imap_seqset_parse("4294967294", &s), 0);
+	ARRAY_FREE(&s);
+}
+
+/* 4294967295 is a valid number in a set (RFC 3501 nz-number, imaptest's
+ * "UID SEARCH UID 1:4294967295"), and is not '*'. */
+static void test_seqset_highest_uid_is_not_star(void)
+{
+	imap_seqset s = ARRAY_INIT;
+	CU_ASSERT_EQUAL_FATAL(imap_seqset_parse("1:4294967295", &s), 0);
+	imap_seqset_resolve(&s, 10);
+	CU_ASSERT_EQUAL_FATAL(s.count, 1);
+	CU_ASSERT_EQUAL(s.items[0].lo, 1);
+	CU_ASSERT_EQUAL(s.items[0].hi, 4294967295u);
+	CU_ASSERT_TRUE(imap_seqset_contains(&s, 11));
+	CU_ASSERT_TRUE(imap_seqset_contains(&s, 4294967295u));
+	ARRAY_FREE(&s);
+	CU_ASSERT_EQUAL_FATAL(imap_seqset_parse("4294967295:*", &s), 0);
+	imap_seqset_resolve(&s, 3);
+	CU_ASSERT_EQUAL_FATAL(s.count, 1);
+	CU_ASSERT_EQUAL(s.items[0].lo, 3);
+	CU_ASSERT_EQUAL(s.items[0].hi, 4294967295u);
 	ARRAY_FREE(&s);
 }
 
@@ -92,6 +113,7 @@ const struct test_case imap_seqset_cases[] = {
 	{ "star in an empty mailbox matches nothing", test_seqset_star_in_empty_mailbox_matches_nothing },
 	{ "overlapping ranges merge", test_seqset_overlapping_ranges_merge },
 	{ "malformed sets are rejected", test_seqset_rejects_malformed },
+	{ "4294967295 is a number, not star", test_seqset_highest_uid_is_not_star },
 	{ "format compacts runs", test_seqset_format_compacts_runs },
 	{ NULL, NULL },
 };

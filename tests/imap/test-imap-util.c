@@ -35,8 +35,11 @@ static void test_util_flags(void)
 	struct buf b = BUF_INIT;
 	char *kw[] = { "$Work" };
 	stor_string_list list = { kw, 1, 1 };
-	imap_append_flags(&b, STOR_FLAG_SEEN | STOR_FLAG_DELETED, &list);
+	imap_append_flags(&b, STOR_FLAG_SEEN | STOR_FLAG_DELETED, &list, false);
 	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "(\\Deleted \\Seen $Work)");
+	buf_reset(&b);
+	imap_append_flags(&b, 0, NULL, true);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "(\\Recent)");
 	buf_free(&b);
 }
 

@@ -26,7 +26,7 @@ import threading
 import time
 
 from imapcommon import parse_args, start_target, finish, Report
-from harness.imapwire import Client, Literal, parse, quote, expand_set
+from harness.imapwire import Client, Literal, parse, quote, expand_set, fetch_items
 
 USER, PASSWORD = "alice", "s3cret pass"
 USER2, PASSWORD2 = "bob", "b0b-Pw!"
@@ -1611,6 +1611,208 @@ def t_edge_cases():
     c.logout()
 
 
+def t_imaptest_defects():
+    """The defects Dovecot's imaptest found (issue 15), one check or more each."""
+    c = connect()
+    # 1. '[' is an ATOM-CHAR: a mailbox name atom may hold it (RFC 3501 9)
+    odd = "!#$&'+,-.0123456789:;<=>?@^_`|[}"
+    r = c.command("SELECT " + odd)
+    R.equal("SELECT of imaptest's atom holding '[' (no such mailbox; '&' not valid "
+            "modified UTF-7) -> NO, not BAD", r.status, "NO")
+    R.equal("...and the connection stays open", c.command("NOOP").status, "OK")
+    r = c.command("CREATE Br[ack}et")
+    R.equal("CREATE Br[ack}et (an atom) -> OK", r.status, "OK")
+    R.equal("SELECT Br[ack}et -> OK", c.command("SELECT Br[ack}et").status, "OK")
+    r = c.command('LIST "" Br[ack}et')
+    R.equal("...LIST shows the name as created", list(list_names(r)), ["Br[ack}et"])
+    r = c.command("FETCH 1 BODY[HEADER")
+    R.equal("an unclosed '[' in a FETCH item -> BAD", r.status, "BAD")
+    for i in range(3):
+        c.command("XYZZY%d" % i)
+    R.equal("three BADs in a row do not close the connection",
+            c.command("NOOP").status, "OK")
+    c.command("CLOSE")
+    # 4. ID with RFC 2971's limits: 30 pairs, names 30 octets, values 1024 octets
+    pairs = " ".join('"%s" "%s"' % (("f%02d" % i).ljust(30, "x"), "v" * 1024)
+                     for i in range(30))
+    r = c.command("ID (%s)" % pairs)
+    R.check("ID with 30 pairs, 30-octet names, 1024-octet values -> * ID, OK",
+            r.ok and bool(r.find("ID")), r)
+    R.equal("...and the connection stays open", c.command("NOOP").status, "OK")
+    pre = connect(login=False)
+    r = pre.command("ID (%s)" % pairs)
+    R.check("...the same ID before login -> * ID, OK", r.ok and bool(r.find("ID")), r)
+    R.equal("...then LOGIN on that connection -> OK", pre.login(USER, PASSWORD).status, "OK")
+    pre.logout()
+    # 5. 4294967295 is a valid UID in a set
+    c.command("CREATE Defects")
+    frm = 'From: "User From" <user-from@domain.org>'
+    append(c, "Defects", simple_message("defects one", frm=frm.split(": ", 1)[1]))
+    append(c, "Defects", simple_message("defects two"))
+    append(c, "Defects", simple_message("defects three",
+                                        frm="<user-from (comment)@ (comment) domain.org>",
+                                        to="groupname: groupuser1@domain.org;"))
+    c.command("SELECT Defects")
+    r = c.command("UID SEARCH UID 1:4294967295")
+    R.check("UID SEARCH UID 1:4294967295 -> OK with all messages",
+            r.ok and len(r.search()[0]) == 3, r)
+    r = c.command("UID FETCH 4294967295 (FLAGS)")
+    R.equal("UID FETCH 4294967295 -> OK", r.status, "OK")
+    R.equal("...and the connection stays open", c.command("NOOP").status, "OK")
+    # 6. SEARCH FROM matches the address part as a substring
+    for key, want in (("FROM user-from@domain.org", [1, 3]), ("FROM ser-fro", [1, 3]),
+                      ("FROM domain.org", [1, 3]), ('FROM "User From"', [1]),
+                      ("FROM alice@example.org", [2]), ("FROM nobody@domain.org", []),
+                      ("TO groupname", [3]),
+                      ("TO groupuser1@domain.org", [3])):
+        r = c.command("SEARCH " + key)
+        R.equal("SEARCH %s" % key, (r.status, r.search()[0]), ("OK", want))
+    # 8. a sequence number above EXISTS is an error
+    r = c.command("FETCH 4 (FLAGS)")
+    R.equal("FETCH 4 with EXISTS 3 -> BAD", r.status, "BAD")
+    r = c.command("FETCH 1:4 (FLAGS)")
+    R.equal("FETCH 1:4 with EXISTS 3 -> BAD", r.status, "BAD")
+    R.equal("FETCH 1:* with EXISTS 3 -> OK", c.command("FETCH 1:* (FLAGS)").status, "OK")
+    R.equal("UID FETCH 1:99 -> OK (UIDs need not exist)",
+            c.command("UID FETCH 1:99 (FLAGS)").status, "OK")
+    R.equal("STORE 4 with EXISTS 3 -> BAD",
+            c.command("STORE 4 +FLAGS (\\Seen)").status, "BAD")
+    R.equal("...and the connection stays open", c.command("NOOP").status, "OK")
+    c.command("CLOSE")
+    # 7. LSUB returns an unsubscribed parent of a subscribed child as \Noselect
+    d = delim_of(c)
+    parent, child = "LsubP" + d + "mid", "LsubP" + d + "mid" + d + "leaf"
+    c.command("CREATE " + quote(child))
+    c.command("SUBSCRIBE " + quote(child))
+    c.command("UNSUBSCRIBE " + quote(parent))
+    r = c.command('LSUB "" ' + quote("LsubP" + d + "%"))
+    got = [(set(bytes(f).lower() for f in t[1]), t[3]) for t in r.find("LSUB")]
+    got = [(f, n.decode() if isinstance(n, bytes) else n) for f, n in got]
+    R.check('LSUB "" LsubP/%% -> the unsubscribed parent with \\Noselect',
+            r.ok and any(n == parent and b"\\noselect" in f for f, n in got), r.untagged)
+    r = c.command('LSUB "" ' + quote("LsubP" + d + "*"))
+    got = [(set(bytes(f).lower() for f in t[1]), t[3]) for t in r.find("LSUB")]
+    R.check('LSUB "" LsubP/* -> the subscribed child without \\Noselect',
+            any(n.decode() == child and b"\\noselect" not in f for f, n in got), r.untagged)
+    c.logout()
+
+
+def t_recent():
+    """\\Recent per RFC 3501 2.3.2: one session sees a new message as recent."""
+    c = connect()
+    c.command("CREATE Rec")
+    append(c, "Rec", simple_message("rec one"))
+    append(c, "Rec", simple_message("rec two"))
+    _, st = status_of(c, "Rec", "(MESSAGES RECENT)")
+    R.equal("STATUS RECENT counts messages nobody has selected yet", st.get("RECENT"), 2)
+    r = c.command("EXAMINE Rec")
+    R.equal("EXAMINE reports them recent", r.number("RECENT"), 2)
+    c.command("CLOSE")
+    a, b = connect(), connect()
+    r = a.command("SELECT Rec")
+    R.equal("...EXAMINE does not take \\Recent away: SELECT -> * 2 RECENT",
+            r.number("RECENT"), 2)
+    r = a.command("FETCH 1:* (FLAGS)")
+    R.check("FETCH FLAGS shows \\Recent to that session",
+            all("\\recent" in flagset(f["FLAGS"]) for _, f in r.fetches()) and
+            len(r.fetches()) == 2, r.untagged)
+    R.equal("SEARCH RECENT", a.command("SEARCH RECENT").search()[0], [1, 2])
+    R.equal("SEARCH NEW (recent and unseen)", a.command("SEARCH NEW").search()[0], [1, 2])
+    R.equal("SEARCH OLD", a.command("SEARCH OLD").search()[0], [])
+    r = b.command("SELECT Rec")
+    R.equal("a second session's SELECT -> * 0 RECENT", r.number("RECENT"), 0)
+    R.equal("...and SEARCH RECENT finds nothing there", b.command("SEARCH RECENT").search()[0], [])
+    R.equal("...SEARCH OLD finds both", b.command("SEARCH OLD").search()[0], [1, 2])
+    _, st = status_of(c, "Rec", "(RECENT)")
+    R.equal("STATUS RECENT once a session has taken them -> 0 (as imaptest's select)",
+            st.get("RECENT"), 0)
+    append(c, "Rec", simple_message("rec three"))
+    ra, rb = a.command("NOOP"), b.command("NOOP")
+    R.check("a message that arrives is recent to exactly one selecting session",
+            sorted([ra.number("RECENT") or 0, rb.number("RECENT") or 0]) in ([0, 3], [2, 3]) and
+            (ra.number("EXISTS"), rb.number("EXISTS")) == (3, 3), (ra.untagged, rb.untagged))
+    r = a.command("STORE 1 +FLAGS (\\Seen)")
+    R.equal("SEARCH NEW after \\Seen on 1", a.command("SEARCH NEW").search()[0],
+            [2, 3] if (ra.number("RECENT") or 0) == 3 else [2])
+    c.command("SELECT Rec")
+    r = c.command("COPY 1:2 Rec")
+    R.check("COPY into the selected mailbox -> * 5 EXISTS, * 2 RECENT",
+            r.ok and (r.number("EXISTS"), r.number("RECENT")) == (5, 2), r.untagged)
+    r = a.command("NOOP")
+    R.check("...the copies are not recent to a session that learns of them later",
+            r.number("EXISTS") == 5 and a.command("SEARCH RECENT").search()[0] ==
+            ([1, 2, 3] if (ra.number("RECENT") or 0) == 3 else [1, 2]), r.untagged)
+    c.command("CLOSE")
+    a.logout()
+    b.logout()
+    c.logout()
+
+
+def t_keyword_flags():
+    """A keyword's first use is announced with FLAGS (imaptest's "Keyword used
+    without being in FLAGS")."""
+    c = connect()
+    a, b = connect(), connect()
+    c.command("CREATE Kw")
+    append(c, "Kw", simple_message("kw one"))
+    a.command("SELECT Kw")
+    b.command("SELECT Kw")
+    r = b.command("STORE 1 +FLAGS ($NewKeyword1)")
+
+    def flags_before_fetch(resp, kw):
+        seen_flags = False
+        for u in resp.untagged:
+            toks = parse(u[2:])
+            if toks and toks[0].upper() == b"FLAGS" and kw.lower() in flagset(toks[1]):
+                seen_flags = True
+            if len(toks) > 2 and toks[1].upper() == b"FETCH":
+                f = fetch_items(toks[2]).get("FLAGS")
+                if f is not None and kw.lower() in flagset(f):
+                    return seen_flags
+        return None
+
+    R.equal("STORE of a new keyword: the storing session gets * FLAGS before the FETCH",
+            flags_before_fetch(r, "$NewKeyword1"), True)
+    R.check("...and PERMANENTFLAGS with it",
+            "$NewKeyword1" in r.codes().get("PERMANENTFLAGS", b"").decode(), r.untagged)
+    r = a.command("NOOP")
+    R.equal("another session gets * FLAGS with the keyword before the FETCH",
+            flags_before_fetch(r, "$NewKeyword1"), True)
+    r = a.command("SELECT Kw")
+    fl = r.find("FLAGS")
+    R.check("SELECT lists the keyword in FLAGS",
+            fl and "$newkeyword1" in flagset(fl[0][1]), r.untagged)
+    a.logout()
+    b.logout()
+    c.logout()
+
+
+def t_unselect_children():
+    """UNSELECT (RFC 3691) and CHILDREN (RFC 3348), advertised in CAPABILITY,
+    which the other sections do not use."""
+    c = connect()
+    caps = set(bytes(x).upper() for t in c.command("CAPABILITY").find("CAPABILITY")
+               for x in t[1:])
+    R.check("CAPABILITY lists UNSELECT and CHILDREN", {b"UNSELECT", b"CHILDREN"} <= caps, caps)
+    c.command("CREATE Unsel")
+    append(c, "Unsel", simple_message("unsel one"))
+    c.command("SELECT Unsel")
+    c.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    r = c.command("UNSELECT")
+    R.check("UNSELECT -> OK without an EXPUNGE", r.ok and not r.expunges(), r)
+    R.equal("...the mailbox is no longer selected", c.command("FETCH 1 (FLAGS)").status, "BAD")
+    _, st = status_of(c, "Unsel", "(MESSAGES)")
+    R.equal("...and the \\Deleted message is still there", st.get("MESSAGES"), 1)
+    d = delim_of(c)
+    c.command("CREATE " + quote("Kids" + d + "one"))
+    c.command("CREATE Nokids")
+    names = list_names(c.command('LIST "" "%"'))
+    R.check("LIST: \\HasChildren on a parent, \\HasNoChildren on a leaf",
+            "\\haschildren" in names.get("Kids", set()) and
+            "\\hasnochildren" in names.get("Nokids", set()), names)
+    c.logout()
+
+
 SECTIONS = [
     ("capability and login", t_capability_and_login),
     ("namespace, list, special-use", t_namespace_list_special_use),
@@ -1634,6 +1836,10 @@ SECTIONS = [
     ("logging", t_logging),
     ("plaintext_auth no", t_plaintext_auth_no),
     ("rename inbox and logout", t_rename_inbox_and_logout),
+    ("imaptest defects", t_imaptest_defects),
+    ("recent", t_recent),
+    ("keyword flags", t_keyword_flags),
+    ("unselect, children", t_unselect_children),
 ]
 
 
