@@ -90,6 +90,20 @@ uint32_t mm_topo_next_hop(const struct mm_node *node, uint32_t dst)
 	return 0;
 }
 
+uint32_t mm_next_hop(const struct mm_node *node, uint32_t dst)
+{
+	if (dst == node->sid)
+		return 0;
+	return mm_topo_next_hop(node, dst);
+}
+
+bool mm_linked(struct mm_node *node, uint32_t a, uint32_t b)
+{
+	uint32_t na, nb;
+	const uint32_t *la = claimed(node, a, &na), *lb = claimed(node, b, &nb);
+	return mm_sids_contains(la, na, b) && mm_sids_contains(lb, nb, a);
+}
+
 size_t mm_node_component(struct mm_node *node, uint32_t *sids, size_t max)
 {
 	for (uint32_t i = 0; i < node->n_comp && i < max; i++)

@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Routing through a partial mesh (issue 13 item 3, SPEC.md 6.3 and 8.6).
+
+Three real nodes, every directed link through a LinkProxy, and the link
+1-3 cut while node 2 stays linked to both (the seed's A-B-C case).  Node 1
+is master of the user's INBOX (the user's first APPEND is made there).
+Checked, with the link 1-3 still cut:
+
+  - APPENDs and STOREs on node 3 are forwarded to node 1 through node 2
+    (`TO 1`): each is answered OK promptly, node 3 makes none of them
+    autonomously (`autonomous_changes` stays 0) and counts them in
+    `forwarded_changes`, node 2 counts the commands it relayed
+    (`relayed_commands`), and every OK'd message is on node 1 within a few
+    seconds with the UID its APPENDUID named;
+  - node 1's own changes reach node 3 (which gets no stream from node 1)
+    within a bounded time, through node 2;
+  - `starling dump` is byte-identical on the three nodes within a bounded
+    time.
+
+Then, with a Python peer playing node 1 against node 2 alone: a command
+whose VIA already holds node 2 is refused `NO [LOOP]`, one whose VIA holds
+8 SIDs `NO [HOPLIMIT]`, one `TO` a node with no route `NO [TRYLATER]`, and
+none of them changes anything.
+
+Times are printed as "measured: ...".  The last line is
+"cluster-routing: N passed, M failed".
+"""
+import os
+import re
+import sys
+import time
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+
+from harness.imapwire import Client, Literal, quote  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
+from harness.report import Report  # noqa: E402
+from harness.starling import Cluster  # noqa: E402
+
+R = Report("cluster-routing")
+PASSWORD = "secret"
+USER = "route@example.com"
+# A forwarded change is answered within this (the direct case takes a few
+# ms; going autonomous takes three master look-ups, about 0.6 s or more).
+ANSWER_BOUND = 2.0
+# How long a change may take to show on a node, CLI polling and sanitizers
+# included.
+SHOW_BOUND = 5.0
+CONVERGE = 20.0
+
+
+def message(tag, i):
+    return ("From: t@example.com\r\nSubject: %s %d\r\nMessage-ID: <%s.%d@test>\r\n\r\n"
+            "body %s %d\r\n" % (tag, i, tag, i, tag, i)).encode()
+
+
+def login(node):
+    c = Client(node.host, node.imap_port, timeout=30)
+    r = c.login(USER, PASSWORD)
+    if not r.ok:
+        raise RuntimeError("login on node %d: %r" % (node.node_id, r))
+    return c
+
+
+def append(c, data):
+    r = c.command("APPEND", quote("INBOX"), Literal(data, plus=True))
+    uid = None
+    if r.ok and r.code == "APPENDUID" and r.code_args:
+        parts = r.code_args.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            uid = int(parts[1])
+    return r.ok, uid, r
+
+
+def status(node):
+    try:
+        r = node.cli("status", timeout=15)
+    except Exception:  # noqa: BLE001 -- CLI timeout
+        return {}
+    out = {}
+    for line in r.stdout.decode(errors="replace").splitlines():
+        k, sep, v = line.partition(": ")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def counter(node, key):
+    v = status(node).get(key, "")
+    return int(v) if v.isdigit() else None
+
+
+def msgs(node):
+    """{uid: (guid, flags)} of INBOX from `starling dump`."""
+    out = {}
+    for line in node.dump(USER).splitlines():
+        m = re.match(r"msg INBOX uid=(\d+) guid=(\w+) flags=(\S*)", line)
+        if m:
+            out[int(m.group(1))] = (m.group(2), m.group(3))
+    return out
+
+
+def wait_for(pred, timeout):
+    """Seconds until pred() is true, or None after timeout."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if pred():
+                return time.monotonic() - t0
+        except RuntimeError:
+            pass
+        if time.monotonic() - t0 >= timeout:
+            return None
+        time.sleep(0.1)
+
+
+def master_of(node, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = node.cli("master", "show", "-u", USER, "-m", "INBOX", timeout=20)
+        m = re.search(rb"^master: (\d+)$", r.stdout, re.M)
+        if r.returncode == 0 and m and int(m.group(1)) != 0:
+            return int(m.group(1))
+        time.sleep(0.2)
+    return None
+
+
+def t_partial_mesh(c):
+    n1, n2, n3 = c.nodes
+    cl1 = login(n1)
+    ok, uid, r = append(cl1, message("first", 0))
+    R.check("the first APPEND, on node 1", ok and uid is not None, r)
+    R.equal("node 1 is master of INBOX", master_of(n1), 1)
+
+    c.cut(1, 3)
+    t = wait_for(lambda: n1.peer_state(3) != "up" and n3.peer_state(1) != "up", 15)
+    R.check("nodes 1 and 3 see their link down", t is not None)
+    # Node 3 still reaches node 1 (through node 2) in the link state.
+    t = wait_for(lambda: status(n3).get("mm_component") == "1,2,3" and
+                 status(n3).get("root") == "1", 15)
+    R.check("node 3's component is still 1,2,3 with root 1", t is not None, status(n3))
+
+    fwd0 = counter(n3, "forwarded_changes")
+    cl3 = login(n3)
+    uids, times = {}, []
+    for i in range(10):
+        t0 = time.monotonic()
+        ok, uid, r = append(cl3, message("three", i))
+        times.append(time.monotonic() - t0)
+        R.check("APPEND %d on node 3 answers OK with APPENDUID" % i, ok and uid is not None, r)
+        if ok and uid is not None:
+            uids[uid] = i
+    print("measured: APPEND on node 3 through node 2: max %.3f s, mean %.3f s"
+          % (max(times), sum(times) / len(times)))
+    R.check("every APPEND answered within %.1f s" % ANSWER_BOUND, max(times) < ANSWER_BOUND,
+            times)
+    R.equal("node 3 made no change autonomously", counter(n3, "autonomous_changes"), 0)
+    fwd1 = counter(n3, "forwarded_changes")
+    R.check("node 3 forwarded the 10 APPENDs", fwd0 is not None and fwd1 is not None and
+            fwd1 - fwd0 >= 10, (fwd0, fwd1))
+    R.check("node 2 relayed them", (counter(n2, "relayed_commands") or 0) >= 10,
+            status(n2).get("relayed_commands"))
+    t = wait_for(lambda: set(uids) <= set(msgs(n1)), SHOW_BOUND)
+    R.check("every OK'd APPEND of node 3 is on node 1 within %.0f s, at its UID" % SHOW_BOUND,
+            t is not None, (sorted(uids), sorted(msgs(n1))))
+    if t is not None:
+        print("measured: node 3's APPENDs on node 1 %.2f s after the last OK" % t)
+    mine = msgs(n3)
+    R.check("node 3 holds them at the same UIDs with the same GUIDs",
+            all(mine.get(u, ("", ""))[0] == msgs(n1).get(u, ("?", ""))[0] for u in uids))
+
+    # STORE on node 3, forwarded the same way.
+    r = cl3.command("SELECT INBOX")
+    R.check("SELECT on node 3", r.ok, r)
+    some = sorted(uids)[:3]
+    t0 = time.monotonic()
+    r = cl3.command("UID STORE %s +FLAGS (\\Flagged)" % ",".join(map(str, some)))
+    took = time.monotonic() - t0
+    R.check("UID STORE on node 3 answers OK within %.1f s" % ANSWER_BOUND,
+            r.ok and took < ANSWER_BOUND, (r, took))
+    R.equal("... not autonomously", counter(n3, "autonomous_changes"), 0)
+    t = wait_for(lambda: all("\\Flagged" in msgs(n1).get(u, ("", ""))[1] for u in some),
+                 SHOW_BOUND)
+    R.check("the flags are on node 1 within %.0f s" % SHOW_BOUND, t is not None,
+            {u: msgs(n1).get(u) for u in some})
+    r = cl3.command("UID STORE %d +FLAGS (\\Deleted)" % some[0])
+    R.check("STORE \\Deleted on node 3", r.ok, r)
+    r = cl3.command("UID EXPUNGE %d" % some[0])
+    R.check("UID EXPUNGE on node 3", r.ok, r)
+    R.equal("... not autonomously", counter(n3, "autonomous_changes"), 0)
+    t = wait_for(lambda: some[0] not in msgs(n1), SHOW_BOUND)
+    R.check("the expunge is on node 1 within %.0f s" % SHOW_BOUND, t is not None)
+
+    # Node 1's own changes reach node 3, which has no link to it.
+    t0 = time.monotonic()
+    ok1, uid1, r = append(cl1, message("one", 1))
+    R.check("APPEND on node 1", ok1 and uid1 is not None, r)
+    r = cl1.command("SELECT INBOX")
+    r = cl1.command("UID STORE %d +FLAGS (\\Seen)" % some[1])
+    R.check("STORE on node 1", r.ok, r)
+    t = wait_for(lambda: uid1 in msgs(n3) and "\\Seen" in msgs(n3).get(some[1], ("", ""))[1],
+                 CONVERGE / 2)
+    R.check("node 1's APPEND and STORE reach node 3 within %.0f s, link 1-3 cut"
+            % (CONVERGE / 2), t is not None, sorted(msgs(n3)))
+    if t is not None:
+        print("measured: node 1's changes on node 3 after %.2f s (link 1-3 cut)"
+              % (time.monotonic() - t0))
+    t0 = time.monotonic()
+    t = wait_for(lambda: len({n.dump(USER) for n in c.nodes}) == 1, CONVERGE)
+    R.check("dumps identical on nodes 1, 2, 3 within %.0f s, link 1-3 cut" % CONVERGE,
+            t is not None)
+    if t is not None:
+        print("measured: dumps equal %.2f s after the last change (link 1-3 cut)"
+              % (time.monotonic() - t0))
+    R.check("the link 1-3 was cut all along", n1.peer_state(3) != "up")
+    for cl in (cl1, cl3):
+        cl.logout()
+    c.restore(1, 3)
+
+
+def t_loop_and_hops(c):
+    """A Python peer as node 1 against node 2 alone (node 2 is master)."""
+    n2 = c.nodes[1]
+    cl = login(n2)
+    ok, uid, r = append(cl, message("loop", 0))
+    R.check("APPEND on node 2", ok and uid == 1, r)
+    cl.logout()
+    dump = n2.dump(USER)
+    m = re.search(r"mailbox INBOX guid=(\w+) uidvalidity=(\d+)", dump)
+    g = re.search(r"msg INBOX uid=1 guid=(\w+)", dump)
+    with open(c.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\n")
+    p = PyPeer(n2.repl_port, 1, secret)
+    R.check("the peer authenticates", p.auth().startswith("C1 OK"))
+    r = p.command("MBOX 7 %s INBOX %s %s" % (USER, m.group(2), m.group(1)))
+    R.check("MBOX binds INBOX", r[-1].split()[1] == "OK", r)
+    r = p.command("SELECT 7")
+    R.check("SELECT", r[-1].split()[1] == "OK", r)
+    store = "STORE 1 0 (\\Flagged) () GUIDS (%s)" % g.group(1)
+    r = p.command(store + " TO 3 VIA (1 2)")
+    R.check("VIA holding node 2: NO [LOOP]", r[-1].split()[1:3] == ["NO", "[LOOP]"], r)
+    r = p.command(store + " TO 3 VIA (1 4 5 6 7 8 9 10)")
+    R.check("VIA holding 8 SIDs: NO [HOPLIMIT]", r[-1].split()[1:3] == ["NO", "[HOPLIMIT]"], r)
+    r = p.command(store + " TO 3")
+    R.check("TO a node with no route: NO [TRYLATER] no route",
+            r[-1].split()[1:3] == ["NO", "[TRYLATER]"] and "no route" in r[-1], r)
+    flags = re.search(r"msg INBOX uid=1 guid=\w+ flags=(\S*)", n2.dump(USER)).group(1)
+    R.equal("none of them changed the message", flags, "")
+    p.close()
+
+
+def main():
+    c = Cluster(n=3, users={USER: PASSWORD}, proxies=True,
+                extra_config={"sync_replicas": 1})
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=40)
+        R.section("A-B-C: link 1-3 cut, node 1 master, changes on node 3", t_partial_mesh, c)
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report in the node logs", not reps, reps)
+    finally:
+        c.close()
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
+    c = Cluster(n=3, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
+    try:
+        c.nodes[1].start()
+        R.section("LOOP, HOPLIMIT and no route at a relay", t_loop_and_hops, c)
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report in the node logs", not reps, reps)
+    finally:
+        c.close()
+    return R.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
