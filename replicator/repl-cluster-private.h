@@ -298,6 +298,12 @@ void cl_relay_deinit(struct repl_cluster *cl);
 void cl_relay_origin(struct repl_cluster *cl, struct cl_peer *from, const struct proto_cmd *cmd,
 		     size_t npos, uint32_t origin, const char *user, const struct stor_mailbox *mb);
 
+/* A resync with peer from changed this node's copy of user: the peers of
+ * this node that have no link to from cannot sync with it directly, so
+ * the user is resynced with them now (a node holding changes its master
+ * lacks gets them there within seconds of a route existing). */
+void cl_relay_sync_changed(struct repl_cluster *cl, const char *user, uint32_t from);
+
 /* ---- repl-replica.c ---- */
 
 /* The live replication commands of a link (repl_sync_live_cb). */

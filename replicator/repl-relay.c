@@ -447,3 +447,16 @@ void cl_relay_origin(struct repl_cluster *cl, struct cl_peer *from, const struct
 		}
 	}
 }
+
+void cl_relay_sync_changed(struct repl_cluster *cl, const char *user, uint32_t from)
+{
+	if (cl->mm == NULL || cl->sync == NULL || cl->destroying)
+		return;
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		/* A resync that changes nothing ends this: each one that
+		 * changes something moves the user's state one hop on. */
+		if (p->sid != from && p->conn != NULL && !repl_mm_linked(cl->mm, from, p->sid))
+			repl_sync_enqueue(cl->sync, user, p->sid);
+	}
+}

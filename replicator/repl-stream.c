@@ -365,6 +365,10 @@ void cl_stream_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev,
 		p->sync_start_seq = cl->log_last;
 		return;
 	}
+	if (ev == REPL_SYNC_PEER_CHANGED) {
+		cl_relay_sync_changed(cl, user, sid);
+		return;
+	}
 	bool found;
 	size_t i = unheld_find(p, user, &found);
 	if (!found || p->unheld.items[i].need > p->sync_start_seq)

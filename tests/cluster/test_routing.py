@@ -15,7 +15,11 @@ Checked, with the link 1-3 still cut:
   - node 1's own changes reach node 3 (which gets no stream from node 1)
     within a bounded time, through node 2;
   - `starling dump` is byte-identical on the three nodes within a bounded
-    time.
+    time;
+  - node 3 cut off from both writes by itself; once its link to node 2
+    alone comes back, its changes are on node 1 within seconds (a resync
+    that changed node 2 is passed on to the peers of node 2 that have no
+    link to node 3), and the dumps become identical, link 1-3 still cut.
 
 Then, with a Python peer playing node 1 against node 2 alone: a command
 whose VIA already holds node 2 is refused `NO [LOOP]`, one whose VIA holds
@@ -220,6 +224,42 @@ def t_partial_mesh(c):
     c.restore(1, 3)
 
 
+def t_route_returns(c):
+    """Node 3 alone writes (as the master of its own part); when only its
+    link to node 2 comes back, its changes reach node 1 within seconds."""
+    n1, n2, n3 = c.nodes
+    t = wait_for(lambda: all(v == "up" for v in c.links_state().values()), 30)
+    R.check("all links up again", t is not None, c.links_state())
+    c.cut(1, 3)
+    c.cut(2, 3)
+    t = wait_for(lambda: status(n3).get("mm_component") == "3", 15)
+    R.check("node 3 is alone", t is not None, status(n3).get("mm_component"))
+    before = {g for g, _ in msgs(n3).values()}
+    cl3 = login(n3)
+    for i in range(3):
+        ok, uid, r = append(cl3, message("alone", i))
+        R.check("APPEND %d on node 3 alone" % i, ok, r)
+    cl3.logout()
+    new = {g for g, _ in msgs(n3).values()} - before
+    R.equal("three new messages on node 3", len(new), 3)
+    c.restore(2, 3)
+    t0 = time.monotonic()
+    t = wait_for(lambda: n3.peer_state(2) == "up", 15)
+    R.check("the link 2-3 is back", t is not None)
+    bound = 15.0
+    t = wait_for(lambda: new <= {g for g, _ in msgs(n1).values()}, bound)
+    R.check("node 3's changes reach node 1 within %.0f s of a route existing (1-3 cut)"
+            % bound, t is not None, (len(new), len(new & {g for g, _ in msgs(n1).values()})))
+    if t is not None:
+        print("measured: node 3's autonomous changes on node 1 %.2f s after the link 2-3 "
+              "came back" % (time.monotonic() - t0))
+    t = wait_for(lambda: len({n.dump(USER) for n in c.nodes}) == 1, CONVERGE)
+    R.check("dumps identical on nodes 1, 2, 3 within %.0f s, link 1-3 cut" % CONVERGE,
+            t is not None)
+    R.check("the link 1-3 was cut all along", n1.peer_state(3) != "up")
+    c.restore(1, 3)
+
+
 def t_loop_and_hops(c):
     """A Python peer as node 1 against node 2 alone (node 2 is master)."""
     n2 = c.nodes[1]
@@ -258,6 +298,7 @@ def main():
         c.start_all()
         c.wait_links_up(timeout=40)
         R.section("A-B-C: link 1-3 cut, node 1 master, changes on node 3", t_partial_mesh, c)
+        R.section("node 3's own changes reach node 1 through node 2", t_route_returns, c)
         c.close()
         reps = c.sanitizer_reports()
         R.check("no sanitizer report in the node logs", not reps, reps)
