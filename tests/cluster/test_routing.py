@@ -21,6 +21,11 @@ Checked, with the link 1-3 still cut:
     that changed node 2 is passed on to the peers of node 2 that have no
     link to node 3), and the dumps become identical, link 1-3 still cut.
 
+Two nodes with the periodic check every 15 s: node 2 writes alone, then
+node 1 restarts once node 2 is back; the difference node 1's first check
+finds is resynced 3 s later (the confirming round), not a whole interval
+later (about 18 s after node 1's start instead of 30).
+
 Then, with a Python peer playing node 1 against node 2 alone: a command
 whose VIA already holds node 2 is refused `NO [LOOP]`, one whose VIA holds
 8 SIDs `NO [HOPLIMIT]`, one `TO` a node with no route `NO [TRYLATER]`, and
@@ -251,13 +256,51 @@ def t_route_returns(c):
     R.check("node 3's changes reach node 1 within %.0f s of a route existing (1-3 cut)"
             % bound, t is not None, (len(new), len(new & {g for g, _ in msgs(n1).values()})))
     if t is not None:
-        print("measured: node 3's autonomous changes on node 1 %.2f s after the link 2-3 "
+        print("measured: node 3's own changes on node 1 %.2f s after the link 2-3 "
               "came back" % (time.monotonic() - t0))
     t = wait_for(lambda: len({n.dump(USER) for n in c.nodes}) == 1, CONVERGE)
     R.check("dumps identical on nodes 1, 2, 3 within %.0f s, link 1-3 cut" % CONVERGE,
             t is not None)
     R.check("the link 1-3 was cut all along", n1.peer_state(3) != "up")
     c.restore(1, 3)
+
+
+def t_check_confirms_soon(c, interval):
+    """Node 2 writes alone; node 1 restarts after node 2 is back, so its
+    first periodic check comes one interval later: the difference it finds
+    is confirmed, and resynced, 3 s after that, not one interval later."""
+    n1, n2 = c.nodes[0], c.nodes[1]
+    cl = login(n1)
+    ok, uid, r = append(cl, message("base", 0))
+    cl.logout()
+    R.check("an APPEND on node 1", ok, r)
+    t = wait_for(lambda: n1.dump(USER) == n2.dump(USER), 15)
+    R.check("... on node 2 too", t is not None)
+    n2.stop()
+    n2.peer_ids = set()
+    n2.start()
+    cl = login(n2)
+    for i in range(3):
+        ok, uid, r = append(cl, message("alone2", i))
+        R.check("APPEND %d on node 2 alone" % i, ok, r)
+    cl.logout()
+    n2.stop()
+    n1.stop()
+    n2.peer_ids = None
+    n2.start()
+    n1.start()
+    t0 = time.monotonic()
+    c.wait_links_up(timeout=30)
+    R.check("nodes 1 and 2 differ after the restart", n1.dump(USER) != n2.dump(USER))
+    bound = interval + 9.0
+    t = wait_for(lambda: n1.dump(USER) == n2.dump(USER), bound + interval)
+    took = time.monotonic() - t0
+    print("measured: periodic check every %.0f s: nodes equal %.1f s after node 1 started"
+          % (interval, took))
+    R.check("the first check's difference is resynced within %.0f s of node 1's start "
+            "(one interval and the 3 s confirmation), not two intervals" % bound,
+            t is not None and took < bound, took)
+    R.check("by the periodic check", "sync check: " in n1.log_text())
 
 
 def t_loop_and_hops(c):
@@ -299,6 +342,18 @@ def main():
         c.wait_links_up(timeout=40)
         R.section("A-B-C: link 1-3 cut, node 1 master, changes on node 3", t_partial_mesh, c)
         R.section("node 3's own changes reach node 1 through node 2", t_route_returns, c)
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report in the node logs", not reps, reps)
+    finally:
+        c.close()
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "15"
+    c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=40)
+        R.section("the periodic check confirms a difference within seconds",
+                  t_check_confirms_soon, c, 15.0)
         c.close()
         reps = c.sanitizer_reports()
         R.check("no sanitizer report in the node logs", not reps, reps)
