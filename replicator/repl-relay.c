@@ -395,6 +395,10 @@ void cl_relay_link_down(struct cl_peer *p)
 		while (list != NULL) {
 			struct cl_relay *r = list;
 			list = r->next;
+			if (r->from_sid == 0 && !p->cl->destroying)
+				/* A change passed on that never left: the peer
+				 * gets the user by a resync when it is back. */
+				cl_mark_dirty(p, r->user);
 			relay_answer(r, "NO", "TRYLATER", "the link toward the master went down");
 		}
 	}
