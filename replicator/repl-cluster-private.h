@@ -290,9 +290,10 @@ void cl_relay_bind_settled(struct cl_peer *p, struct cl_bind *b);
 void cl_relay_link_down(struct cl_peer *p);
 /* Frees the relays still waiting for a binding (shutdown). */
 void cl_relay_deinit(struct repl_cluster *cl);
-/* A change with ORIGIN arrived from peer from: when from is its origin,
- * it is passed on, unchanged, to the up peers of this node that have no
- * link to the origin (they get no stream from it; SPEC.md 8.6, "Partial
+/* A change with ORIGIN arrived from peer from: it is passed on, unchanged,
+ * to the up peers of this node whose parent this node is in the
+ * breadth-first tree of the link state rooted at the origin (peers with no
+ * link to the origin get no stream from it; SPEC.md 8.6, "Partial
  * meshes").  mb is the selected mailbox of a message change, NULL for a
  * mailbox-list change.  What a peer refuses is left to a resync. */
 void cl_relay_origin(struct repl_cluster *cl, struct cl_peer *from, const struct proto_cmd *cmd,

@@ -275,6 +275,11 @@ bool repl_mm_linked(struct repl_mm *mm, uint32_t a, uint32_t b)
 	return mm_linked(mm->node, a, b);
 }
 
+uint32_t repl_mm_tree_parent(struct repl_mm *mm, uint32_t root, uint32_t v)
+{
+	return mm_tree_parent(mm->node, root, v);
+}
+
 void repl_mm_note_write(struct repl_mm *mm, const char *gkey)
 {
 	if (mm_note_write(mm->node, gkey, mm_now()) == 0)

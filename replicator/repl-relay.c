@@ -8,9 +8,9 @@
  * with the answer, the outgoing command's timeout, or a link going down
  * (the asker then retries; SAVE is idempotent by GUID, SPEC.md 6.4).
  *
- * Also here: changes streamed from their origin (ORIGIN) are passed on to
- * the peers of this node that have no link to the origin, which would
- * otherwise get them only from a resync (cl_relay_origin). */
+ * Also here: live changes with ORIGIN are passed on along the breadth-first
+ * tree rooted at their origin to the peers the origin cannot stream to,
+ * which would otherwise get them only from a resync (cl_relay_origin). */
 #include "replicator/repl-cluster-private.h"
 
 #include <inttypes.h>
@@ -423,16 +423,22 @@ void cl_relay_deinit(struct repl_cluster *cl)
 void cl_relay_origin(struct repl_cluster *cl, struct cl_peer *from, const struct proto_cmd *cmd,
 		     size_t npos, uint32_t origin, const char *user, const struct stor_mailbox *mb)
 {
-	/* Only what comes straight from its origin is passed on, one hop: no
-	 * command is passed on twice, so none can loop, and a peer that gets
-	 * one twice (from two such nodes, or later from the origin itself)
-	 * applies it once (8.6: the same UID and GUID again is OK, a STORE or
-	 * EXPUNGE at a modseq it holds changes nothing). */
-	if (cl->mm == NULL || cl->destroying || origin != from->sid)
+	/* Changes spread along the breadth-first tree of the link state rooted
+	 * at their origin: this node passes one on to each peer whose parent
+	 * in that tree it is.  The origin streams to its neighbours itself;
+	 * each hop goes one level further from the origin, so nothing loops,
+	 * and nodes that agree on the link state pass each change to each
+	 * node once.  A node that gets one twice anyway (the link state was
+	 * changing, or the origin's link came back) applies it once (8.6: the
+	 * same UID and GUID again is OK, a STORE or EXPUNGE at a modseq it
+	 * holds changes nothing). */
+	uint32_t me = cl->cfg->node_id;
+	if (cl->mm == NULL || cl->destroying || origin == me)
 		return;
 	for (size_t i = 0; i < cl->peer_list.count; i++) {
 		struct cl_peer *p = cl->peer_list.items[i];
-		if (p == from || p->conn == NULL || repl_mm_linked(cl->mm, origin, p->sid))
+		if (p == from || p->sid == origin || p->conn == NULL ||
+		    repl_mm_tree_parent(cl->mm, origin, p->sid) != me)
 			continue;
 		if (cl->relay_count >= CL_RELAY_MAX ||
 		    (cl->sync != NULL && repl_sync_busy_with(cl->sync, p->sid))) {

@@ -21,6 +21,12 @@ Checked, with the link 1-3 still cut:
     that changed node 2 is passed on to the peers of node 2 that have no
     link to node 3), and the dumps become identical, link 1-3 still cut.
 
+Four nodes in a chain 1-2-3-4 (links 1-3, 1-4 and 2-4 cut): APPENDs on
+node 4 reach node 1 through 3 and 2 (never autonomously), node 1's APPEND
+reaches node 4 (each node passes a change on to the peers it is the parent
+of in the breadth-first tree rooted at the change's origin), and the four
+dumps become identical.
+
 Two nodes with the periodic check every 15 s: node 2 writes alone, then
 node 1 restarts once node 2 is back; the difference node 1's first check
 finds is resynced 3 s later (the confirming round), not a whole interval
@@ -209,8 +215,9 @@ def t_partial_mesh(c):
     r = cl1.command("SELECT INBOX")
     r = cl1.command("UID STORE %d +FLAGS (\\Seen)" % some[1])
     R.check("STORE on node 1", r.ok, r)
-    t = wait_for(lambda: uid1 in msgs(n3) and "\\Seen" in msgs(n3).get(some[1], ("", ""))[1],
-                 CONVERGE / 2)
+    g1 = msgs(n1).get(uid1, ("?", ""))[0]
+    t = wait_for(lambda: msgs(n3).get(uid1, ("", ""))[0] == g1 and
+                 "\\Seen" in msgs(n3).get(some[1], ("", ""))[1], CONVERGE / 2)
     R.check("node 1's APPEND and STORE reach node 3 within %.0f s, link 1-3 cut"
             % (CONVERGE / 2), t is not None, sorted(msgs(n3)))
     if t is not None:
@@ -263,6 +270,49 @@ def t_route_returns(c):
             t is not None)
     R.check("the link 1-3 was cut all along", n1.peer_state(3) != "up")
     c.restore(1, 3)
+
+
+def t_chain(c):
+    """Four nodes in a chain 1-2-3-4 (links 1-3, 1-4, 2-4 cut)."""
+    n1, n4 = c.nodes[0], c.nodes[3]
+    cl1 = login(n1)
+    ok, uid, r = append(cl1, message("chain", 0))
+    R.check("the first APPEND, on node 1", ok, r)
+    R.equal("node 1 is master of INBOX", master_of(n1), 1)
+    for i, j in ((1, 3), (1, 4), (2, 4)):
+        c.cut(i, j)
+    t = wait_for(lambda: status(n4).get("mm_component") == "1,2,3,4" and
+                 n4.peer_state(1) != "up" and n4.peer_state(2) != "up" and
+                 n1.peer_state(3) != "up", 15)
+    R.check("node 4 reaches node 1 only through 3 and 2", t is not None, status(n4))
+    fwd0 = counter(n4, "forwarded_changes") or 0
+    cl4 = login(n4)
+    guids = set()
+    for i in range(3):
+        t0 = time.monotonic()
+        ok, uid, r = append(cl4, message("four", i))
+        took = time.monotonic() - t0
+        R.check("APPEND %d on node 4 answers OK within %.1f s" % (i, ANSWER_BOUND),
+                ok and took < ANSWER_BOUND, (r, took))
+    cl4.logout()
+    R.equal("node 4 made no change autonomously", counter(n4, "autonomous_changes"), 0)
+    R.check("... it forwarded them", (counter(n4, "forwarded_changes") or 0) - fwd0 >= 3)
+    guids = {g for g, _ in msgs(n4).values()}
+    t = wait_for(lambda: guids <= {g for g, _ in msgs(n1).values()}, SHOW_BOUND)
+    R.check("node 4's APPENDs are on node 1 within %.0f s" % SHOW_BOUND, t is not None)
+    t0 = time.monotonic()
+    ok, uid1, r = append(cl1, message("chain", 1))
+    cl1.logout()
+    R.check("an APPEND on node 1", ok and uid1 is not None, r)
+    g1 = msgs(n1).get(uid1, ("?", ""))[0]
+    t = wait_for(lambda: msgs(n4).get(uid1, ("", ""))[0] == g1, SHOW_BOUND)
+    R.check("node 1's APPEND reaches node 4 (three hops) within %.0f s" % SHOW_BOUND,
+            t is not None, sorted(msgs(n4)))
+    if t is not None:
+        print("measured: chain 1-2-3-4: node 1's APPEND on node 4 after %.2f s"
+              % (time.monotonic() - t0))
+    t = wait_for(lambda: len({n.dump(USER) for n in c.nodes}) == 1, CONVERGE)
+    R.check("dumps identical on the four nodes within %.0f s" % CONVERGE, t is not None)
 
 
 def t_check_confirms_soon(c, interval):
@@ -342,6 +392,17 @@ def main():
         c.wait_links_up(timeout=40)
         R.section("A-B-C: link 1-3 cut, node 1 master, changes on node 3", t_partial_mesh, c)
         R.section("node 3's own changes reach node 1 through node 2", t_route_returns, c)
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report in the node logs", not reps, reps)
+    finally:
+        c.close()
+    c = Cluster(n=4, users={USER: PASSWORD}, proxies=True,
+                extra_config={"sync_replicas": 1})
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=40)
+        R.section("a chain of four nodes", t_chain, c)
         c.close()
         reps = c.sanitizer_reports()
         R.check("no sanitizer report in the node logs", not reps, reps)
