@@ -12,8 +12,8 @@ Checked, with the link 1-3 still cut:
     `forwarded_changes`, node 2 counts the commands it relayed
     (`relayed_commands`), and every OK'd message is on node 1 within a few
     seconds with the UID its APPENDUID named;
-  - node 1's own changes reach node 3 (which gets no stream from node 1)
-    within a bounded time, through node 2;
+  - node 1's own changes (APPEND, STORE, CREATE) reach node 3, which gets
+    no stream from node 1, within a bounded time, through node 2;
   - `starling dump` is byte-identical on the three nodes within a bounded
     time;
   - node 3 cut off from both writes by itself; once its link to node 2
@@ -223,6 +223,12 @@ def t_partial_mesh(c):
     if t is not None:
         print("measured: node 1's changes on node 3 after %.2f s (link 1-3 cut)"
               % (time.monotonic() - t0))
+    # A mailbox-list change made on node 1 travels the same way.
+    r = cl1.command("CREATE Routed")
+    R.check("CREATE on node 1", r.ok, r)
+    t = wait_for(lambda: "mailbox Routed " in n3.dump(USER), SHOW_BOUND)
+    R.check("node 1's CREATE reaches node 3 within %.0f s, link 1-3 cut" % SHOW_BOUND,
+            t is not None)
     t0 = time.monotonic()
     t = wait_for(lambda: len({n.dump(USER) for n in c.nodes}) == 1, CONVERGE)
     R.check("dumps identical on nodes 1, 2, 3 within %.0f s, link 1-3 cut" % CONVERGE,
