@@ -90,6 +90,64 @@ uint32_t mm_topo_next_hop(const struct mm_node *node, uint32_t dst)
 	return 0;
 }
 
+uint32_t mm_next_hop(const struct mm_node *node, uint32_t dst)
+{
+	if (dst == node->sid)
+		return 0;
+	return mm_topo_next_hop(node, dst);
+}
+
+bool mm_linked(struct mm_node *node, uint32_t a, uint32_t b)
+{
+	uint32_t na, nb;
+	const uint32_t *la = claimed(node, a, &na), *lb = claimed(node, b, &nb);
+	return mm_sids_contains(la, na, b) && mm_sids_contains(lb, nb, a);
+}
+
+uint32_t mm_tree_parent(struct mm_node *node, uint32_t root, uint32_t v)
+{
+	uint32_t queue[MM_MAX_NODES], level[MM_MAX_NODES];
+	uint32_t head = 0, tail = 0;
+	queue[tail] = root;
+	level[tail++] = 0;
+	while (head < tail) {
+		uint32_t u = queue[head], ulevel = level[head];
+		head++;
+		uint32_t n_u;
+		const uint32_t *nu = claimed(node, u, &n_u);
+		for (uint32_t i = 0; i < n_u; i++) {
+			uint32_t w = nu[i], n_w;
+			if (mm_sids_contains(queue, tail, w) || tail >= MM_MAX_NODES)
+				continue;
+			const uint32_t *nw = claimed(node, w, &n_w);
+			if (!mm_sids_contains(nw, n_w, u))
+				continue;
+			queue[tail] = w;
+			level[tail++] = ulevel + 1;
+		}
+	}
+	uint32_t vlevel = 0;
+	bool found = false;
+	for (uint32_t i = 0; i < tail; i++) {
+		if (queue[i] == v) {
+			vlevel = level[i];
+			found = true;
+		}
+	}
+	if (!found || vlevel == 0)
+		return 0;
+	/* The lowest SID one level up with an edge to v: every node with the
+	 * same link state picks the same one. */
+	uint32_t best = 0;
+	for (uint32_t i = 0; i < tail; i++) {
+		if (level[i] != vlevel - 1 || (best != 0 && queue[i] >= best))
+			continue;
+		if (mm_linked(node, queue[i], v))
+			best = queue[i];
+	}
+	return best;
+}
+
 size_t mm_node_component(struct mm_node *node, uint32_t *sids, size_t max)
 {
 	for (uint32_t i = 0; i < node->n_comp && i < max; i++)

@@ -271,6 +271,18 @@ void mm_master_info(const struct mm_node *node, const char *gkey,
  * count, writes at most max into sids. */
 size_t mm_node_component(struct mm_node *node, uint32_t *sids, size_t max);
 
+/* The neighbour of this node on the breadth-first path to dst, from the
+ * link state (the hop routed MM messages take); 0 when dst is this node or
+ * not in its component.  The replicator routes forwarded changes with it. */
+uint32_t mm_next_hop(const struct mm_node *node, uint32_t dst);
+/* True when the link state has the edge a-b (both list each other). */
+bool mm_linked(struct mm_node *node, uint32_t a, uint32_t b);
+/* The parent of v in the breadth-first tree of the link state rooted at
+ * root: the lowest SID one hop nearer to root with an edge to v; 0 when v
+ * is root or not reachable from it.  Nodes with the same link state agree
+ * on it, so a change spread along this tree reaches each node once. */
+uint32_t mm_tree_parent(struct mm_node *node, uint32_t root, uint32_t v);
+
 struct mm_stats {
 	uint64_t msgs_in, msgs_out, forwarded, dropped_no_route, dropped_ttl,
 		 dropped_invalid, refused_stale, epochs_minted, moves_done,

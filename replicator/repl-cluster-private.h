@@ -95,6 +95,7 @@ enum cl_bind_state {
 };
 
 struct cl_waiter;
+struct cl_relay;
 
 struct cl_bind {
 	struct guid guid;
@@ -110,6 +111,8 @@ struct cl_bind {
 	uint64_t sent_modseq;
 	/* Forwarded changes waiting for the binding. */
 	struct cl_fwd *waiting;
+	/* Commands relayed toward another node waiting for it (repl-relay.c). */
+	struct cl_relay *relays;
 };
 
 /* A user some of whose changes a peer does not hold durably: it refused
@@ -208,6 +211,11 @@ struct repl_cluster {
 	uint64_t under_more, under_more_upto;
 	uint64_t autonomous_changes;   /* for status */
 	uint64_t forwarded_changes;
+	/* Commands this node relays between two peers (SPEC.md 6.3 TO). */
+	struct cl_relay *relay_list;
+	size_t relay_count;
+	uint64_t relayed_commands;
+	uint64_t relayed_changes;
 	bool own_notify;               /* announcing a change made through us */
 	bool destroying;
 };
@@ -265,6 +273,41 @@ void cl_fwd_link_down(struct cl_peer *p);
 
 /* Announces a change applied straight to storage once it is durable. */
 void cl_notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
+
+/* ---- repl-relay.c ---- */
+
+/* Relayed commands in flight at once; more are answered TRYLATER. */
+#define CL_RELAY_MAX 256u
+/* SIDs a VIA may hold before a relay refuses with HOPLIMIT (SPEC.md 6.3). */
+#define CL_RELAY_MAX_HOPS 8u
+
+/* A message command from peer `from` with `TO` another node: re-issued
+ * toward that node and its answer relayed back.  Returns false when the
+ * command is for this node (no TO, or TO this node); true when it was
+ * handled (relayed, or refused with LOOP, HOPLIMIT or TRYLATER). */
+bool cl_relay_command(struct repl_cluster *cl, struct cl_peer *from, const struct proto_cmd *cmd,
+		      size_t npos, const struct guid *selected);
+/* The binding relays on p wait for is settled. */
+void cl_relay_bind_settled(struct cl_peer *p, struct cl_bind *b);
+/* p's link went down: relays waiting to go out on it are answered
+ * TRYLATER (those already sent get PROTO_REPLY_CLOSED). */
+void cl_relay_link_down(struct cl_peer *p);
+/* Frees the relays still waiting for a binding (shutdown). */
+void cl_relay_deinit(struct repl_cluster *cl);
+/* A change with ORIGIN arrived from peer from: it is passed on, unchanged,
+ * to the up peers of this node whose parent this node is in the
+ * breadth-first tree of the link state rooted at the origin (peers with no
+ * link to the origin get no stream from it; SPEC.md 8.6, "Partial
+ * meshes").  mb is the selected mailbox of a message change, NULL for a
+ * mailbox-list change.  What a peer refuses is left to a resync. */
+void cl_relay_origin(struct repl_cluster *cl, struct cl_peer *from, const struct proto_cmd *cmd,
+		     size_t npos, uint32_t origin, const char *user, const struct stor_mailbox *mb);
+
+/* A resync with peer from changed this node's copy of user: the peers of
+ * this node that have no link to from cannot sync with it directly, so
+ * the user is resynced with them now (a node holding changes its master
+ * lacks gets them there within seconds of a route existing). */
+void cl_relay_sync_changed(struct repl_cluster *cl, const char *user, uint32_t from);
 
 /* ---- repl-replica.c ---- */
 

@@ -334,6 +334,7 @@ struct cl_fwd {
 	unsigned attempts;
 	uint64_t busy_since;          /* clock_mono_ms() when a resync first held it */
 	uint32_t master;
+	uint32_t to;                  /* the master, when peer only relays (6.3 TO) */
 	struct cl_peer *peer;         /* while forwarded */
 	bool sent_nil;                /* APPEND sent its text as NIL */
 	bool send_text;               /* ... and the master asked for it */
@@ -894,7 +895,10 @@ static void fwd_send(struct cl_fwd *f)
 		fwd_wr_batch_guids(f, w);
 		break;
 	}
-	(void)w;
+	if (f->to != 0) {
+		proto_wr_atom(w, "TO");
+		proto_wr_u64(w, f->to);
+	}
 	proto_conn_cmd_send(p->conn, CL_FORWARD_TIMEOUT_MS, fwd_reply_cb, f);
 }
 
@@ -911,6 +915,7 @@ static int fwd_load_text(struct cl_fwd *f, struct buf *text)
 
 void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b)
 {
+	cl_relay_bind_settled(p, b);
 	struct cl_fwd *list = b->waiting;
 	b->waiting = NULL;
 	while (list != NULL) {
@@ -926,6 +931,7 @@ void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b)
 
 void cl_fwd_link_down(struct cl_peer *p)
 {
+	cl_relay_link_down(p);
 	for (size_t i = 0; i < p->binds.count; i++) {
 		struct cl_bind *b = p->binds.items[i];
 		struct cl_fwd *list = b->waiting;
@@ -1000,9 +1006,19 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 		return;
 	}
 	struct cl_peer *p = cl_peer_find(f->cl, ans->master);
+	f->to = 0;
 	if (p == NULL || p->conn == NULL) {
-		fwd_again(f, p == NULL ? "unknown node" : "no link");
-		return;
+		/* No direct link: through the peer on the breadth-first path
+		 * of the link state, with TO naming the master (SPEC.md 6.3).
+		 * Alone only when no route exists. */
+		uint32_t hop = f->cl->mm != NULL ? repl_mm_next_hop(f->cl->mm, ans->master) : 0;
+		struct cl_peer *h = hop != 0 && hop != ans->master ? cl_peer_find(f->cl, hop) : NULL;
+		if (h == NULL || h->conn == NULL) {
+			fwd_again(f, p == NULL && h == NULL ? "no route" : "no link");
+			return;
+		}
+		p = h;
+		f->to = ans->master;
 	}
 	if (f->cl->sync != NULL && repl_sync_busy_with(f->cl->sync, p->sid)) {
 		/* A resync owns our direction of that link (its MBOX and
@@ -1519,6 +1535,7 @@ static void cl_destroy(struct repl *r)
 		w->seq = 0;
 	cl_waiters_check(cl);
 	repl_flush(cl->local);
+	cl_relay_deinit(cl);
 	cl_stream_deinit(cl);
 	for (size_t i = 0; i < cl->under.count; i++)
 		free(cl->under.items[i].user);

@@ -265,6 +265,21 @@ bool repl_mm_is_master(struct repl_mm *mm, const char *gkey)
 	return mm_is_master(mm->node, gkey);
 }
 
+uint32_t repl_mm_next_hop(struct repl_mm *mm, uint32_t sid)
+{
+	return mm_next_hop(mm->node, sid);
+}
+
+bool repl_mm_linked(struct repl_mm *mm, uint32_t a, uint32_t b)
+{
+	return mm_linked(mm->node, a, b);
+}
+
+uint32_t repl_mm_tree_parent(struct repl_mm *mm, uint32_t root, uint32_t v)
+{
+	return mm_tree_parent(mm->node, root, v);
+}
+
 void repl_mm_note_write(struct repl_mm *mm, const char *gkey)
 {
 	if (mm_note_write(mm->node, gkey, mm_now()) == 0)

@@ -92,6 +92,15 @@ void repl_mm_note_write(struct repl_mm *mm, const char *gkey);
  * again next time. */
 void repl_mm_forget_master(struct repl_mm *mm, const char *gkey, uint32_t stale_master);
 
+/* The direct peer through which sid is reached (the first hop of the
+ * breadth-first path of the link state, SPEC.md 9.3): sid itself when
+ * directly linked, 0 when sid is this node or unreachable. */
+uint32_t repl_mm_next_hop(struct repl_mm *mm, uint32_t sid);
+/* True when the link state says a and b have a link up between them. */
+bool repl_mm_linked(struct repl_mm *mm, uint32_t a, uint32_t b);
+/* The parent of v in the breadth-first tree rooted at root (mm_tree_parent()). */
+uint32_t repl_mm_tree_parent(struct repl_mm *mm, uint32_t root, uint32_t v);
+
 /* Formats an epoch as humans see it: "counter.root" (out >= 32 bytes). */
 void repl_mm_epoch_str(uint64_t epoch, char *out, size_t size);
 

@@ -782,8 +782,14 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", verr);
 		return;
 	}
+	if (cl_relay_command(cl, p, cmd, npos, selected))
+		return;
 	struct answer *a = answer_new(cl, p, cmd);
-	bool origin = proto_cmd_option(cmd, npos, "ORIGIN") != NULL;
+	const struct proto_arg *origin_arg = proto_cmd_option(cmd, npos, "ORIGIN");
+	bool origin = origin_arg != NULL;
+	uint32_t origin_sid = 0;
+	if (origin)
+		(void)proto_arg_u32(origin_arg, &origin_sid);
 	if (proto_cmd_is(cmd, "CREATE") || proto_cmd_is(cmd, "DELETE") ||
 	    proto_cmd_is(cmd, "RENAME") || proto_cmd_is(cmd, "SUBSCRIBE") ||
 	    proto_cmd_is(cmd, "UNSUBSCRIBE")) {
@@ -794,6 +800,8 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 			answer_later(a, "NO", "TRYLATER", "a resync of this user is running");
 			return;
 		}
+		if (origin && proto_arg_str(&cmd->args[0], &user, &ulen) == 0)
+			cl_relay_origin(cl, p, cmd, npos, origin_sid, user, NULL);
 		apply_list_change(cl, a, cmd, npos);
 		return;
 	}
@@ -818,6 +826,7 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		 * change comes again once it is done. */
 		answer_later(a, "NO", "TRYLATER", "a resync of this mailbox is running");
 	} else if (origin) {
+		cl_relay_origin(cl, p, cmd, npos, origin_sid, mb.user, &mb);
 		if (proto_cmd_is(cmd, "SAVE"))
 			apply_save(cl, a, cmd, &mb);
 		else if (proto_cmd_is(cmd, "STORE"))

@@ -365,6 +365,10 @@ void cl_stream_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev,
 		p->sync_start_seq = cl->log_last;
 		return;
 	}
+	if (ev == REPL_SYNC_PEER_CHANGED) {
+		cl_relay_sync_changed(cl, user, sid);
+		return;
+	}
 	bool found;
 	size_t i = unheld_find(p, user, &found);
 	if (!found || p->unheld.items[i].need > p->sync_start_seq)
@@ -387,7 +391,8 @@ static void binds_clear(struct cl_peer *p, bool keep_pending)
 	size_t kept = 0;
 	for (size_t i = 0; i < p->binds.count; i++) {
 		struct cl_bind *b = p->binds.items[i];
-		if (keep_pending && (b->state == CL_BIND_PENDING || b->waiting != NULL)) {
+		if (keep_pending &&
+		    (b->state == CL_BIND_PENDING || b->waiting != NULL || b->relays != NULL)) {
 			p->binds.items[kept++] = b;
 			continue;
 		}
@@ -1358,6 +1363,8 @@ void cl_stream_status(struct repl_cluster *cl, struct buf *out)
 	buf_appendf(out, "repl_log_first: %" PRIu64 "\n", first);
 	buf_appendf(out, "repl_log_last: %" PRIu64 "\n", last);
 	buf_appendf(out, "forwarded_changes: %" PRIu64 "\n", cl->forwarded_changes);
+	buf_appendf(out, "relayed_commands: %" PRIu64 "\n", cl->relayed_commands);
+	buf_appendf(out, "relayed_changes: %" PRIu64 "\n", cl->relayed_changes);
 	buf_appendf(out, "autonomous_changes: %" PRIu64 "\n", cl->autonomous_changes);
 	if (cl->sync != NULL)
 		buf_appendf(out, "resyncs_queued: %zu\n", repl_sync_queued(cl->sync));

@@ -422,8 +422,14 @@ static void srv_flush_all(struct repl_sync *rs)
 		}
 		l->closing = false;
 		if (!failed) {
-			for (size_t i = 0; i < l->notes.count; i++)
+			for (size_t i = 0; i < l->notes.count; i++) {
 				repl_notify(rs->repl, l->notes.items[i].user, &l->notes.items[i].guid);
+				if (rs->peer_cb != NULL &&
+				    (i == 0 || strcmp(l->notes.items[i - 1].user,
+						      l->notes.items[i].user) != 0))
+					rs->peer_cb(rs->peer_ctx, REPL_SYNC_PEER_CHANGED,
+						    l->notes.items[i].user, l->sid);
+			}
 		}
 		l->notes.count = 0;
 	}
@@ -774,6 +780,11 @@ static void run_client_done(struct run *run)
 	bool changed = report_changed(r);
 	if (changed)
 		run_notify_all(run);
+	if (changed && r->messages_received + r->messages_expunged + r->flags_changed +
+			       r->mailboxes_created + r->mailboxes_renamed + r->mailboxes_deleted +
+			       r->subscriptions_changed > 0 &&
+	    run->rs->peer_cb != NULL)
+		run->rs->peer_cb(run->rs->peer_ctx, REPL_SYNC_PEER_CHANGED, run->user, peer);
 	if (!run->verifying) {
 		run->first = *r;
 		report_append(&run->report, peer, r);
@@ -1396,6 +1407,13 @@ static void chk_round_end(struct repl_sync *rs)
 	rs->suspects_prev = rs->suspects_cur;
 	memset(&rs->suspects_cur, 0, sizeof(rs->suspects_cur));
 	rs->check_rounds++;
+	if (rs->suspects_prev.count > 0 && rs->check_interval > REPL_SYNC_CHECK_CONFIRM_S) {
+		/* A difference live replication does not explain a moment later
+		 * is acted on within seconds, not a whole interval later. */
+		ev_timer_stop(rs->loop, &rs->check_timer);
+		ev_timer_set(&rs->check_timer, REPL_SYNC_CHECK_CONFIRM_S, rs->check_interval);
+		ev_timer_start(rs->loop, &rs->check_timer);
+	}
 }
 
 /* Sends the round's LISTs, a bounded number at a time. */

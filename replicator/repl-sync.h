@@ -85,6 +85,9 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
  * variable STARLING_SYNC_CHECK_INTERVAL (seconds, decimals allowed; 0 turns
  * the check off) overrides the interval, for tests and benchmarks. */
 #define REPL_SYNC_CHECK_INTERVAL 60u
+/* A round that found users differing is followed by the confirming round
+ * this soon (when the interval is longer), not a whole interval later. */
+#define REPL_SYNC_CHECK_CONFIRM_S 3u
 #define REPL_SYNC_CHECK_INFLIGHT 16u     /* LISTs outstanding at a time */
 #define REPL_SYNC_CHECK_TIMEOUT_MS 30000u
 
@@ -124,7 +127,10 @@ void repl_sync_set_live(struct repl_sync *rs, repl_sync_live_cb *cb, void *ctx);
  * one ended finding every mailbox and the mailbox list equal on both sides
  * (so the peer holds, durably, every change of the user this node had when
  * that client started: live changes of the user wait during the run). */
-enum repl_sync_peer_event { REPL_SYNC_PEER_START, REPL_SYNC_PEER_EQUAL };
+/* REPL_SYNC_PEER_CHANGED when a sync with the peer (this node's client or
+ * its server end) changed this node's copy of the user: changes the peer
+ * held reached this node, and may be due to others. */
+enum repl_sync_peer_event { REPL_SYNC_PEER_START, REPL_SYNC_PEER_EQUAL, REPL_SYNC_PEER_CHANGED };
 typedef void repl_sync_peer_cb(void *ctx, enum repl_sync_peer_event ev, const char *user,
 			       uint32_t sid);
 void repl_sync_set_peer_watch(struct repl_sync *rs, repl_sync_peer_cb *cb, void *ctx);

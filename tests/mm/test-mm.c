@@ -548,6 +548,48 @@ static void test_partial_mesh_routes_through_middle_node(void)
 	sim_free(&s);
 }
 
+/* The queries the replicator routes with: next hops, edges, and the
+ * breadth-first tree rooted at a node, on which every node agrees. */
+static void test_next_hop_links_and_tree_parents(void)
+{
+	struct sim s;
+	struct mm_settings set;
+
+	test_settings(&set);
+	sim_init(&s, 5, 5, false, &set);
+	sim_wire(&s, 1, 2, true); /* a diamond 1-2-4, 1-3-4, and 5 alone */
+	sim_wire(&s, 1, 3, true);
+	sim_wire(&s, 2, 4, true);
+	sim_wire(&s, 3, 4, true);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	uint32_t hop = mm_next_hop(s.node[1], 4);
+	CU_ASSERT(hop == 2 || hop == 3);
+	CU_ASSERT_EQUAL(mm_next_hop(s.node[1], 2), 2);
+	CU_ASSERT_EQUAL(mm_next_hop(s.node[1], 1), 0);
+	CU_ASSERT_EQUAL(mm_next_hop(s.node[1], 5), 0);
+	CU_ASSERT(mm_linked(s.node[1], 2, 4));
+	CU_ASSERT(mm_linked(s.node[4], 4, 3));
+	CU_ASSERT(!mm_linked(s.node[1], 1, 4));
+	CU_ASSERT(!mm_linked(s.node[1], 2, 3));
+	for (int i = 1; i <= 4; i++) {
+		CU_ASSERT_EQUAL(mm_tree_parent(s.node[i], 1, 4), 2);
+		CU_ASSERT_EQUAL(mm_tree_parent(s.node[i], 1, 3), 1);
+		CU_ASSERT_EQUAL(mm_tree_parent(s.node[i], 4, 1), 2);
+		CU_ASSERT_EQUAL(mm_tree_parent(s.node[i], 2, 3), 1);
+		CU_ASSERT_EQUAL(mm_tree_parent(s.node[i], 1, 1), 0);
+		CU_ASSERT_EQUAL(mm_tree_parent(s.node[i], 1, 5), 0);
+	}
+	/* The edge 2-4 goes: 4 hangs from 3 now. */
+	sim_wire(&s, 2, 4, false);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	sim_run(&s, 500);
+	CU_ASSERT_EQUAL(mm_next_hop(s.node[1], 4), 3);
+	for (int i = 1; i <= 4; i++)
+		CU_ASSERT_EQUAL(mm_tree_parent(s.node[i], 1, 4), 3);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
 /* A line 1-2-3-4-5: everything crosses up to four hops. */
 static void test_line_of_five_agrees_and_moves_across_hops(void)
 {
@@ -1103,6 +1145,7 @@ static const struct test_case cluster_cases[] = {
 	{ "kill root then master, agree again", test_kill_root_then_master_agree_again },
 	{ "root crash detected late still converges", test_root_crash_detected_late_still_converges },
 	{ "partial mesh routes through middle node", test_partial_mesh_routes_through_middle_node },
+	{ "next hops, links and tree parents", test_next_hop_links_and_tree_parents },
 	{ "line of five agrees and moves across hops", test_line_of_five_agrees_and_moves_across_hops },
 	{ "partition then heal: one root, one master", test_partition_then_heal_one_root_one_master },
 	{ "concurrent moves hold and release requests in order", test_concurrent_moves_hold_and_release_requests_in_order },
