@@ -171,6 +171,7 @@ class Model:
         self.flag_changes = {}  # (msgid, flag) -> [(t0, t1 or INF, value, event)]
         self.by_msgid = {}      # msgid -> [event seq]
         self._build()
+        self.judged = {"messages": 0, "flags": 0}
 
     def _touch(self, msgid, ev):
         self.by_msgid.setdefault(msgid, []).append(ev["seq"])
@@ -258,6 +259,8 @@ def check_all(runner, nodes, states, snapshots_result):
         removals = model.removals.get(msgid, [])
         maybe_removed = bool(removals)
         acked_removed = any(acked for _e, acked in removals)
+        if ev["status"] == "OK" and not maybe_removed or acked_removed:
+            model.judged["messages"] += 1
         for node in nodes:
             boxes = states[node.node_id][0]
             count = sum(1 for m, _f in boxes.get(mb, {}).get("msgs", {}).values() if m == msgid)
@@ -290,6 +293,7 @@ def check_all(runner, nodes, states, snapshots_result):
             want, by = model.expected_flag(msgid, flag)
             if want is None:
                 continue
+            model.judged["flags"] += 1
             for node in nodes:
                 msgs = states[node.node_id][0].get(mb, {}).get("msgs", {})
                 for uid, (m, flags) in msgs.items():
@@ -395,7 +399,30 @@ def check_all(runner, nodes, states, snapshots_result):
                                         "there" if present else "gone")))
 
     out += snapshots_result
-    return out, model
+    return merge_nodes(out), model
+
+
+def merge_nodes(violations):
+    """One violation per fact: the same finding on several nodes is one
+    violation naming them all."""
+    import re
+    merged, order = {}, []
+    for v in violations:
+        m = re.match(r"node (\d+)(.*)", v.text, re.S)
+        key = (v.invariant, m.group(2) if m else v.text)
+        if key in merged:
+            if m:
+                merged[key][1].append(m.group(1))
+            continue
+        merged[key] = (v, [m.group(1)] if m else None)
+        order.append(key)
+    out = []
+    for key in order:
+        v, nodes = merged[key]
+        if nodes and len(nodes) > 1:
+            v.text = "nodes %s%s" % (",".join(nodes), key[1])
+        out.append(v)
+    return out
 
 
 def history_excerpt(model, v, limit=25):

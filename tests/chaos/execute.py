@@ -503,6 +503,7 @@ class Faults(threading.Thread):
             c.mesh.set_latency(ev["a"], ev["b"], 0)
         elif k == "diskfull":
             self.runner.free_disk(ev["node"])
+            note = self.runner.restart_if_store_failed(ev["node"])
         self.log("heal", ev, note)
 
 
@@ -596,6 +597,22 @@ class Runner:
             self.crashes.append("node %d did not restart: %s" % (node_id, str(e)[:2000]))
             return "restart failed"
 
+    def restart_if_store_failed(self, node_id):
+        """After a full disk the store refuses every change until the node
+        restarts, and says so in its log: do what its operator would."""
+        node = self.cluster.nodes[node_id - 1]
+        text = node.log_text()
+        since = text.rfind("--- start %d at" % node.starts)
+        failed = any(node.data_dir in line and "restart the node" in line
+                     for line in text[max(0, since):].splitlines())
+        if node.running() and failed:
+            code = node.stop()
+            if code not in (0, None):
+                self.crashes.append("node %d exited with %s on SIGTERM after its store "
+                                    "failed; log tail:\n%s" % (node_id, code, node.log_tail(30)))
+            return "store failed: " + self.start_node(node_id)
+        return ""
+
     def check_alive(self, where):
         """A node that should run and does not has crashed."""
         for node in self.cluster.nodes:
@@ -668,6 +685,7 @@ class Runner:
         self.paused.clear()
         for nid in list(self.fillers):
             self.free_disk(nid)
+            self.restart_if_store_failed(nid)
         c.mesh.restore_all()
         c.mesh.clear_latency()
         for nid in list(self.killed):

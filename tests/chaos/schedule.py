@@ -134,11 +134,11 @@ def make_schedule(seed, nodes=3, duration=30.0, faults=FAULT_CLASSES,
         ops.append(op)
         t += rng.expovariate(1.0 / 2.5)
 
-    sched["faults"] = _fault_plan(rng, nodes, duration, faults)
+    sched["faults"] = _fault_plan(rng, nodes, duration, faults, sched["diskfull_node"])
     return sched
 
 
-def _fault_plan(rng, nodes, duration, faults):
+def _fault_plan(rng, nodes, duration, faults, diskfull_node):
     """Fault episodes as inject/heal events.  At most one node is down
     (killed or paused) at a time and at most two faults overlap, so the
     cluster keeps a majority of working nodes most of the time while
@@ -160,6 +160,9 @@ def _fault_plan(rng, nodes, duration, faults):
         down_now = any(a[1] in ("kill", "pause") for a in active)
         ok = len(active) < 2 and not (kind in ("kill", "pause") and down_now)
         free = [n for n in ids if n not in busy]
+        if ok and kind == "diskfull":
+            # Only the node whose data_dir is the small tmpfs can fill up.
+            free = [n for n in free if n == diskfull_node]
         if ok and kind in NODE_FAULTS:
             ok = bool(free)
         if ok and kind not in NODE_FAULTS:
