@@ -18,6 +18,7 @@ import threading
 import time
 
 from harness.imapwire import Client, Literal, ProtocolError, parse, expand_set
+from harness import proc
 from harness.starling import Cluster
 
 from schedule import JUDGED_FLAGS, MAILBOXES, COPIES
@@ -547,6 +548,9 @@ class Runner:
         if r.returncode != 0:
             raise RuntimeError("mount tmpfs on %s: %s" % (node.data_dir, r.stderr.decode()))
         self.mounts.append(node.data_dir)
+        # Unmounted by close(), and also when the campaign is killed
+        # (the harness runs its cleanups on SIGTERM/SIGINT and at exit).
+        proc.at_cleanup(self.unmount_all)
 
     def fill_disk(self, node_id):
         """Leave about 100 KB free on the node's tmpfs data_dir."""
@@ -577,6 +581,9 @@ class Runner:
                 pass
 
     def unmount_all(self):
+        if self.mounts:
+            # The nodes first: a live one keeps the mount busy.
+            self.cluster.stop_all()
         for m in self.mounts:
             subprocess.run(["umount", m], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=30)
