@@ -8,11 +8,10 @@ it makes every judgement that it could change undecided rather than wrong.
 """
 import time
 
-from harness.imapwire import Client, ProtocolError
+from harness.imapwire import Client, ProtocolError, expand_set, parse
 
-from execute import (USER, PASSWORD, IMAP_TIMEOUT, FETCH_ITEMS, parse_untagged,
-                     tagged_code)
-from schedule import JUDGED_FLAGS, MAILBOXES, COPIES
+from execute import USER, PASSWORD, IMAP_TIMEOUT, FETCH_ITEMS, parse_untagged
+from schedule import JUDGED_FLAGS, COPIES
 
 INF = float("inf")
 
@@ -99,14 +98,12 @@ def read_state(node):
         names = []
         for u in r.untagged:
             if u.startswith(b"* LIST"):
-                from harness.imapwire import parse
                 toks = parse(u[2:])
                 names.append(bytes(toks[-1]).decode())
         r = c.command('LSUB "" "*"')
         subs = set()
         for u in r.untagged:
             if u.startswith(b"* LSUB"):
-                from harness.imapwire import parse
                 subs.add(bytes(parse(u[2:])[-1]).decode())
         boxes = {}
         for name in names:
@@ -216,7 +213,6 @@ class Model:
     def _store(self, ev, targets, ok):
         modified = set()
         if ev.get("code") == "MODIFIED":
-            from harness.imapwire import expand_set
             modified = set(expand_set(ev["code_args"]))
         fetched = {f["uid"] for f in ev.get("fetch", ())}
         for uid, m in targets.items():

@@ -10,7 +10,6 @@ the schedule's.
 """
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,7 +20,7 @@ from harness.imapwire import Client, Literal, ProtocolError, parse, expand_set
 from harness import proc
 from harness.starling import Cluster
 
-from schedule import JUDGED_FLAGS, MAILBOXES, COPIES
+from schedule import MAILBOXES, COPIES
 
 USER = "chaos"
 PASSWORD = "chaos-pw"
