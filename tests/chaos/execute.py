@@ -461,8 +461,9 @@ class Faults(threading.Thread):
         k = ev["kind"]
         self.injected += 1
         if k == "kill":
-            c.nodes[ev["node"] - 1].kill()
-            self.runner.killed.add(ev["node"])
+            with self.runner.node_lock:
+                self.runner.killed.add(ev["node"])
+                c.nodes[ev["node"] - 1].kill()
         elif k == "pause":
             node = c.nodes[ev["node"] - 1]
             if node.running():
@@ -488,7 +489,6 @@ class Faults(threading.Thread):
         note = ""
         if k == "kill":
             note = self.runner.start_node(ev["node"])
-            self.runner.killed.discard(ev["node"])
         elif k == "pause":
             if ev["node"] in self.runner.paused:
                 c.nodes[ev["node"] - 1].resume()
@@ -516,7 +516,11 @@ class Runner:
         self.keep = keep
         self.errors = []
         self.snapshots = []
-        self.killed = set()
+        self.killed = set()     # nodes down on purpose (not crashed)
+        # Held while a node is stopped or started on purpose, and while
+        # check_alive looks: a node between its SIGTERM and its restart is
+        # not a crash.
+        self.node_lock = threading.RLock()
         self.paused = set()
         self.crashes = []
         self.mounts = []
@@ -594,14 +598,17 @@ class Runner:
     # -- nodes ---------------------------------------------------------------
     def start_node(self, node_id):
         node = self.cluster.nodes[node_id - 1]
-        if node.running():
-            return "already running"
-        try:
-            node.start(timeout=60)
-            return "restarted"
-        except (RuntimeError, TimeoutError) as e:
-            self.crashes.append("node %d did not restart: %s" % (node_id, str(e)[:2000]))
-            return "restart failed"
+        with self.node_lock:
+            if node.running():
+                self.killed.discard(node_id)
+                return "already running"
+            try:
+                node.start(timeout=60)
+                self.killed.discard(node_id)
+                return "restarted"
+            except (RuntimeError, TimeoutError) as e:
+                self.crashes.append("node %d did not restart: %s" % (node_id, str(e)[:2000]))
+                return "restart failed"
 
     def restart_if_store_failed(self, node_id):
         """After a full disk the store refuses every change until the node
@@ -612,7 +619,9 @@ class Runner:
         failed = any(node.data_dir in line and "restart the node" in line
                      for line in text[max(0, since):].splitlines())
         if node.running() and failed:
-            code = node.stop()
+            with self.node_lock:
+                self.killed.add(node_id)
+                code = node.stop()
             if code not in (0, None):
                 self.crashes.append("node %d exited with %s on SIGTERM after its store "
                                     "failed; log tail:\n%s" % (node_id, code, node.log_tail(30)))
@@ -621,6 +630,10 @@ class Runner:
 
     def check_alive(self, where):
         """A node that should run and does not has crashed."""
+        with self.node_lock:
+            self._check_alive(where)
+
+    def _check_alive(self, where):
         for node in self.cluster.nodes:
             if node.node_id in self.killed or node.process is None:
                 continue
