@@ -233,11 +233,10 @@ class Session(threading.Thread):
                 self.drop()
                 if not self.node.running() or not self.connect():
                     continue   # node down: this operation is not sent
-            if self.selected is None:
-                if not self.select("INBOX", None, opno):
+            try:
+                if self.selected is None and not self.select("INBOX", None, opno):
                     self.drop()
                     continue
-            try:
                 self.execute(opno, op)
                 self.executed += 1
             except (OSError, EOFError, socket.timeout, ProtocolError) as e:
