@@ -8,6 +8,11 @@
     p.restore()    # forward again
     p.close()
 
+    p.set_latency(0.2)       # every byte waits 0.2 s before it is forwarded
+    p.hold("to_server")      # one direction only: bytes from the connecting
+                             # node wait unread, the other way still flows
+    p.restore()              # also ends holds (latency stays until set to 0)
+
 Modes:
   pass       bytes flow both ways, new connections are forwarded.
   cut        existing connections are reset at once; new ones are accepted
@@ -17,15 +22,21 @@ Modes:
              backlog, as across a network that silently lost every packet.
              restore() lets whatever is still alive flow again.
 
+Latency (set_latency) and one-way holds (hold) combine with pass mode; they
+let a fault campaign (tests/chaos) slow a link or break it in one direction
+only, as a half-broken route does.  Delayed bytes keep their order.
+
 One thread per proxy, stdlib only, 127.0.0.1 only.  Every wait is bounded:
 the thread wakes at least every 50 ms, connecting to the target gives up
 after 2 s, and close() joins the thread with a timeout.
 """
+import collections
 import errno
 import select
 import socket
 import struct
 import threading
+import time
 
 LOOPBACK = "127.0.0.1"
 CHUNK = 65536
@@ -44,6 +55,13 @@ class _Pair:
         self.to_client = bytearray()
         self.client_eof = False
         self.server_eof = False
+        # (due time, bytes) waiting for the proxy's latency, per direction.
+        self.delayed_to_server = collections.deque()
+        self.delayed_to_client = collections.deque()
+
+    def delayed_bytes(self, side):
+        q = self.delayed_to_server if side == "client" else self.delayed_to_client
+        return sum(len(d) for _, d in q)
 
     def close(self, reset=False):
         for s in (self.client, self.server):
@@ -76,6 +94,8 @@ class LinkProxy:
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
         self.mode = "pass"
+        self.latency = 0.0      # seconds every forwarded byte waits
+        self.held = set()       # "to_server" / "to_client": not read
         self.pairs = []
         self.accepted = 0       # connections accepted in pass mode
         self.refused = 0        # connections reset in cut mode
@@ -105,7 +125,25 @@ class LinkProxy:
         self._set_mode("blackhole")
 
     def restore(self):
+        with self._lock:
+            self.held = set()
         self._set_mode("pass")
+
+    def set_latency(self, seconds):
+        """Delay every byte forwarded from now on by seconds (0: none)."""
+        with self._lock:
+            self.latency = max(0.0, float(seconds))
+        self._set_mode(self.mode)
+
+    def hold(self, direction):
+        """Stop forwarding one direction ("to_server": bytes the connecting
+        node sends; "to_client": bytes it receives) while the other flows.
+        The held bytes wait unread, as in blackhole mode; restore() ends it."""
+        if direction not in ("to_server", "to_client"):
+            raise ValueError("hold: direction is to_server or to_client")
+        with self._lock:
+            self.held.add(direction)
+        self._set_mode(self.mode)
 
     def connection_count(self):
         with self._lock:
@@ -141,11 +179,16 @@ class LinkProxy:
             fdmap = {}
             if mode in ("pass", "cut"):
                 poller.register(self.listener, select.POLLIN)
+            timeout = POLL_MS
             if mode == "pass":
+                now = time.monotonic()
                 for p in list(self.pairs):
+                    due = self._release_delayed(p, now)
+                    if due is not None:
+                        timeout = max(1, min(timeout, int((due - now) * 1000) + 1))
                     self._register(poller, fdmap, p)
             try:
-                events = poller.poll(POLL_MS)
+                events = poller.poll(timeout)
             except InterruptedError:
                 continue
             for fd, ev in events:
@@ -161,12 +204,29 @@ class LinkProxy:
                     self._service(pair, side, ev)
             self._reap()
 
+    @staticmethod
+    def _release_delayed(p, now):
+        """Move delayed bytes that are due into the output buffers; returns
+        the next due time, or None."""
+        nxt = None
+        for q, out in ((p.delayed_to_server, p.to_server),
+                       (p.delayed_to_client, p.to_client)):
+            while q and q[0][0] <= now:
+                out += q.popleft()[1]
+            if q and (nxt is None or q[0][0] < nxt):
+                nxt = q[0][0]
+        return nxt
+
     def _register(self, poller, fdmap, p):
-        for sock, inbuf_other, outbuf, eof in (
-                (p.client, p.to_server, p.to_client, p.client_eof),
-                (p.server, p.to_client, p.to_server, p.server_eof)):
+        with self._lock:
+            held = set(self.held)
+        for sock, inbuf_other, outbuf, eof, direction in (
+                (p.client, p.to_server, p.to_client, p.client_eof, "to_server"),
+                (p.server, p.to_client, p.to_server, p.server_eof, "to_client")):
             mask = 0
-            if not eof and len(inbuf_other) < MAX_BUFFERED:
+            side = "client" if sock is p.client else "server"
+            waiting = len(inbuf_other) + p.delayed_bytes(side)
+            if not eof and waiting < MAX_BUFFERED and direction not in held:
                 mask |= select.POLLIN
             if outbuf:
                 mask |= select.POLLOUT
@@ -216,7 +276,15 @@ class LinkProxy:
             except OSError:
                 data = b""
             if data is not None:
-                if data:
+                q = p.delayed_to_server if side == "client" else p.delayed_to_client
+                if data and (self.latency > 0 or q):
+                    # Behind bytes still delayed even when latency just
+                    # went to 0: order is kept.
+                    due = time.monotonic() + self.latency
+                    if q and q[-1][0] > due:
+                        due = q[-1][0]
+                    q.append((due, data))
+                elif data:
                     other_buf += data
                 elif side == "client":
                     p.client_eof = True
@@ -241,8 +309,8 @@ class LinkProxy:
         with self._lock:
             keep = []
             for p in self.pairs:
-                done = ((p.client_eof and not p.to_server) or
-                        (p.server_eof and not p.to_client))
+                done = ((p.client_eof and not p.to_server and not p.delayed_to_server) or
+                        (p.server_eof and not p.to_client and not p.delayed_to_client))
                 if done:
                     p.close()
                 else:
@@ -290,6 +358,26 @@ class ProxyMesh:
     def restore_all(self):
         for p in self.proxies.values():
             p.restore()
+
+    def set_latency(self, i, j, seconds):
+        """Delay both directions of the link between i and j."""
+        for p in self._both(i, j):
+            p.set_latency(seconds)
+
+    def hold(self, src, dst):
+        """Break the link between src and dst in one direction only: bytes
+        from src to dst wait unread, bytes from dst to src flow.  Proxy
+        (src, dst) carries src's connection (src is its client), proxy
+        (dst, src) dst's (src is its server); whichever is in use, only the
+        src -> dst bytes stop."""
+        if (src, dst) in self.proxies:
+            self.proxies[(src, dst)].hold("to_server")
+        if (dst, src) in self.proxies:
+            self.proxies[(dst, src)].hold("to_client")
+
+    def clear_latency(self):
+        for p in self.proxies.values():
+            p.set_latency(0)
 
     def close(self):
         for p in self.proxies.values():
