@@ -86,7 +86,10 @@ def parse_untagged(lines):
                 continue
             f = {"uid": int(items["UID"])}
             if "FLAGS" in items:
-                f["flags"] = sorted(x.decode() for x in items["FLAGS"])
+                # \Recent is the session's own (RFC 3501 2.3.2), never
+                # stored or replicated: no invariant looks at it.
+                f["flags"] = sorted(x.decode() for x in items["FLAGS"]
+                                    if x.decode().lower() != "\\recent")
             if "MODSEQ" in items:
                 f["modseq"] = int(items["MODSEQ"][0])
             if HDR_KEY in items:
