@@ -440,7 +440,7 @@ static void apply_list_change(struct repl_cluster *cl, struct answer *a,
 		return;
 	}
 	if (proto_cmd_is(cmd, "CREATE") && have == 0) {
-		int gone = stor_mailbox_tomb_get(db, user, &guid, &err);
+		int gone = stor_mailbox_tomb_get(db, user, &guid, NULL, NULL, &err);
 		if (gone != 0) {
 			/* Deleted here after it was created: a CREATE that comes
 			 * now was overtaken (replayed from an older log); the

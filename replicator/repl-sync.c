@@ -1366,8 +1366,8 @@ static void chk_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		}
 		/* Tombstones say what a sync may delete, not what the user
 		 * sees: two copies can differ there and still be equal. */
-		if ((proto_cmd_is(line, "DELETED") || proto_cmd_is(line, "UNSUBSCRIBED")) &&
-		    line->arg_count == 1)
+		if ((proto_cmd_is(line, "DELETED") && (line->arg_count == 1 || line->arg_count == 3)) ||
+		    (proto_cmd_is(line, "UNSUBSCRIBED") && line->arg_count == 1))
 			return;
 		struct chk_mbox m;
 		struct guid digest;

@@ -53,14 +53,20 @@ static void tomb_key(struct stor_key *k, const char *user, const struct guid *gu
 		stor_key_guid(k, guid);
 }
 
+/* The value: deleted_ms64, uidnext32, highestmodseq64 (0 and 0: not known
+ * here), name. */
+#define TOMB_FIXED 20
+
 static void tomb_put(struct stor_batch *wb, const char *user, const struct guid *guid,
-		     const char *name)
+		     const char *name, uint32_t uidnext, uint64_t highestmodseq)
 {
 	struct stor_key k;
 	struct buf v = BUF_INIT;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	buf_append_be64(&v, (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+	buf_append_be32(&v, uidnext);
+	buf_append_be64(&v, highestmodseq);
 	buf_append_str(&v, name);
 	tomb_key(&k, user, guid);
 	stor_batch_put(wb, &k, v.data, v.len);
@@ -329,7 +335,7 @@ int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char 
 	stor_batch_del(txn.wb, &k);
 	mailbox_key(&k, guid);
 	stor_batch_del(txn.wb, &k);
-	tomb_put(txn.wb, tm->mb.user, guid, tm->mb.name);
+	tomb_put(txn.wb, tm->mb.user, guid, tm->mb.name, tm->mb.uidnext, tm->mb.highestmodseq);
 	/* The record is gone: don't let commit write it back. */
 	tm->dirty = false;
 	return stor_txn_commit(&txn, error_r);
@@ -508,14 +514,14 @@ int stor_mailbox_tomb_add(struct stor_db *db, const char *user, const struct gui
 	if (ret != 0)
 		return ret < 0 ? -1 : stor_err(db, error_r, "the mailbox exists");
 	struct stor_batch *wb = stor_batch_new();
-	tomb_put(wb, user, guid, name);
+	tomb_put(wb, user, guid, name, 0, 0);
 	ret = stor_db_write(db, wb, error_r);
 	stor_batch_free(wb);
 	return ret;
 }
 
 int stor_mailbox_tomb_get(struct stor_db *db, const char *user, const struct guid *guid,
-			  const char **error_r)
+			  uint32_t *uidnext_r, uint64_t *highestmodseq_r, const char **error_r)
 {
 	struct stor_key k;
 	char *v = NULL;
@@ -524,6 +530,12 @@ int stor_mailbox_tomb_get(struct stor_db *db, const char *user, const struct gui
 		return -1;
 	tomb_key(&k, user, guid);
 	int ret = stor_db_get(db, &k, &v, &len, error_r);
+	if (ret > 0 && len < TOMB_FIXED)
+		ret = stor_err_corrupt(db, error_r, "mailbox tombstone");
+	if (ret > 0 && uidnext_r != NULL)
+		*uidnext_r = stor_be32((const unsigned char *)v + 8);
+	if (ret > 0 && highestmodseq_r != NULL)
+		*highestmodseq_r = stor_be64((const unsigned char *)v + 12);
 	free(v);
 	return ret;
 }
@@ -542,15 +554,17 @@ int stor_mailbox_tombs(struct stor_db *db, const char *user, stor_mailbox_tomb_l
 	int ret = 0;
 	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
 		val = (const unsigned char *)leveldb_iter_value(it, &vlen);
-		if (klen != prefix.len + GUID_SIZE || vlen < 8 ||
-		    vlen - 8 > STOR_MAX_MAILBOX_NAME_LEN) {
+		if (klen != prefix.len + GUID_SIZE || vlen < TOMB_FIXED ||
+		    vlen - TOMB_FIXED > STOR_MAX_MAILBOX_NAME_LEN) {
 			ret = stor_err_corrupt(db, error_r, "mailbox tombstone");
 			break;
 		}
 		struct stor_mailbox_tomb t;
 		memcpy(t.guid.b, key + prefix.len, GUID_SIZE);
 		t.deleted_ms = (int64_t)stor_be64(val);
-		t.name = xstrndup((const char *)val + 8, vlen - 8);
+		t.uidnext = stor_be32(val + 8);
+		t.highestmodseq = stor_be64(val + 12);
+		t.name = xstrndup((const char *)val + TOMB_FIXED, vlen - TOMB_FIXED);
 		ARRAY_PUSH(&list, t);
 		leveldb_iter_next(it);
 	}

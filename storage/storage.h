@@ -169,6 +169,11 @@ struct stor_mailbox_tomb {
 	struct guid guid;
 	char *name;            /* the name it had */
 	int64_t deleted_ms;    /* wall clock of the delete, for people */
+	/* What the deleted mailbox held: a copy elsewhere with nothing beyond
+	 * them goes too, one with more was changed since and comes back.  0
+	 * and 0 for a delete of a mailbox this node did not hold. */
+	uint32_t uidnext;
+	uint64_t highestmodseq;
 };
 typedef ARRAY(struct stor_mailbox_tomb) stor_mailbox_tomb_list;
 /* Records a tombstone for a mailbox this node does not hold (a DELETE that
@@ -176,9 +181,10 @@ typedef ARRAY(struct stor_mailbox_tomb) stor_mailbox_tomb_list;
  * -1 then. */
 int stor_mailbox_tomb_add(struct stor_db *db, const char *user, const struct guid *guid,
 			  const char *name, const char **error_r);
-/* 1 when the user's mailbox GUID has a tombstone, 0 not, -1 error. */
+/* 1 when the user's mailbox GUID has a tombstone (with its UIDNEXT and
+ * HIGHESTMODSEQ in the pointers that are not NULL), 0 not, -1 error. */
 int stor_mailbox_tomb_get(struct stor_db *db, const char *user, const struct guid *guid,
-			  const char **error_r);
+			  uint32_t *uidnext_r, uint64_t *highestmodseq_r, const char **error_r);
 /* The user's tombstones, sorted by GUID. */
 int stor_mailbox_tombs(struct stor_db *db, const char *user, stor_mailbox_tomb_list *list_r,
 		       const char **error_r);

@@ -61,6 +61,12 @@ struct cl_pending {
 	bool done;
 };
 
+struct cl_srv_tomb {
+	struct guid guid;
+	uint32_t uidnext;       /* what the deleted mailbox held; 0: not known */
+	uint64_t hms;
+};
+
 struct cl_srv_mbox {
 	char *name;
 	struct guid guid;
@@ -123,9 +129,9 @@ struct sync_client {
 	/* Indexes into srv sorted by GUID and by name (lookups in O(log n)). */
 	ARRAY(uint32_t) srv_by_guid_ix, srv_by_name_ix;
 	stor_string_list srv_subs;
-	/* The server's mailbox tombstones (DELETED lines), sorted, and the
-	 * names it unsubscribed (UNSUBSCRIBED lines). */
-	ARRAY(struct guid) srv_deleted;
+	/* The server's mailbox tombstones (DELETED lines), and the names it
+	 * unsubscribed (UNSUBSCRIBED lines). */
+	ARRAY(struct cl_srv_tomb) srv_deleted;
 	stor_string_list srv_unsubs;
 	bool list_changed;
 
@@ -683,6 +689,19 @@ static int local_create(struct sync_client *c, const struct cl_srv_mbox *s, cons
 }
 
 /* Merges the mailbox lists and subscriptions (SPEC.md 10.5). */
+/* Whether a copy (uidnext, hms) of a mailbox the other side deleted goes
+ * too.  The tombstone keeps what the deleted mailbox held: the delete wins
+ * over a copy with nothing beyond that, and a change beats a delete.  A
+ * tombstone that does not know it (the delete of a mailbox that side never
+ * held) is judged against the last common list: unchanged since, it goes. */
+static bool delete_wins(uint32_t uidnext, uint64_t hms, uint32_t tomb_uidnext, uint64_t tomb_hms,
+			const struct cl_last_mbox *l)
+{
+	if (tomb_uidnext != 0)
+		return uidnext <= tomb_uidnext && hms <= tomb_hms;
+	return l != NULL && uidnext == l->uidnext && hms == l->hms;
+}
+
 static int list_merge(struct sync_client *c)
 {
 	stor_mailbox_array mbs;
@@ -704,11 +723,9 @@ static int list_merge(struct sync_client *c)
 		ARRAY_PUSH(&by_guid, mbs.items[i].guid);
 	if (by_guid.count > 1)
 		qsort(by_guid.items, by_guid.count, sizeof(struct guid), cmp_guid_v);
-	guid_list srv_deleted = ARRAY_INIT;
-	for (size_t i = 0; i < c->srv_deleted.count; i++)
-		ARRAY_PUSH(&srv_deleted, c->srv_deleted.items[i]);
-	if (srv_deleted.count > 1)
-		qsort(srv_deleted.items, srv_deleted.count, sizeof(struct guid), cmp_guid_v);
+	if (c->srv_deleted.count > 1)
+		qsort(c->srv_deleted.items, c->srv_deleted.count, sizeof(c->srv_deleted.items[0]),
+		      cmp_guid_v);
 	str_list_sort(&last_subs);
 	str_list_sort(&c->srv_subs);
 
@@ -777,11 +794,15 @@ static int list_merge(struct sync_client *c)
 			free(nn);
 			continue;
 		}
-		if (l != NULL && mb->uidnext == l->uidnext && mb->highestmodseq == l->hms &&
-		    mb_by_guid(&srv_deleted, &mb->guid)) {
-			/* Deleted on the peer and unchanged here since.  Without
-			 * the peer's tombstone it never had it or lost it (its
-			 * store was wiped or restored): it gets it back. */
+		const struct cl_srv_tomb *st =
+			c->srv_deleted.count == 0 ? NULL :
+			bsearch(&mb->guid, c->srv_deleted.items, c->srv_deleted.count,
+				sizeof(c->srv_deleted.items[0]), cmp_guid_v);
+		if (st != NULL && delete_wins(mb->uidnext, mb->highestmodseq, st->uidnext, st->hms, l)) {
+			/* Deleted on the peer, and nothing here is newer than
+			 * what it deleted.  Without the peer's tombstone it
+			 * never had it or lost it (its store was wiped or
+			 * restored): it gets it back. */
 			if (stor_mailbox_delete(c->db, &mb->guid, &err) < 0)
 				ret = cl_fail(c, "deleting %s: %s", mb->name, err);
 			c->report.mailboxes_deleted++;
@@ -808,12 +829,14 @@ static int list_merge(struct sync_client *c)
 		if (mb_by_guid(&by_guid, &s->guid))
 			continue;
 		const struct cl_last_mbox *l = last_by_guid(&last, &s->guid);
-		int gone = l == NULL ? 0 : stor_mailbox_tomb_get(c->db, c->user, &s->guid, &err);
+		uint32_t tu = 0;
+		uint64_t th = 0;
+		int gone = stor_mailbox_tomb_get(c->db, c->user, &s->guid, &tu, &th, &err);
 		if (gone < 0) {
 			ret = cl_fail(c, "%s", err);
 			break;
 		}
-		if (gone > 0 && s->uidnext == l->uidnext && s->hms == l->hms) {
+		if (gone > 0 && delete_wins(s->uidnext, s->hms, tu, th, l)) {
 			struct proto_wr w;
 			cl_cmd_begin(c, &w, "DELETE", K_LISTOP, 0);
 			proto_wr_cstr(&w, c->user);
@@ -880,7 +903,6 @@ static int list_merge(struct sync_client *c)
 	stor_string_list_free(&unsubs);
 	stor_mailbox_list_free(&mbs);
 	ARRAY_FREE(&by_guid);
-	ARRAY_FREE(&srv_deleted);
 	last_list_free(&last, &last_subs);
 	return ret;
 }
@@ -918,12 +940,20 @@ static int on_list_line(struct sync_client *c, const struct proto_cmd *line)
 		return 0;
 	}
 	if (proto_cmd_is(line, "DELETED")) {
-		struct guid g;
-		if (line->arg_count != 1 || proto_arg_guid(&line->args[0], &g) < 0)
+		struct cl_srv_tomb t;
+		uint64_t v = 0;
+		memset(&t, 0, sizeof(t));
+		if ((line->arg_count != 1 && line->arg_count != 3) ||
+		    proto_arg_guid(&line->args[0], &t.guid) < 0 ||
+		    (line->arg_count == 3 &&
+		     (proto_arg_u32(&line->args[1], &t.uidnext) < 0 ||
+		      proto_arg_u64(&line->args[2], INT64_MAX, &v) < 0 ||
+		      !mail_modseq_valid(v) || t.uidnext > MAIL_UIDNEXT_MAX)))
 			return cl_fail(c, "LIST: bad DELETED line");
+		t.hms = v;
 		if (c->srv_deleted.count >= SYNC_MAX_MAILBOXES)
 			return cl_fail(c, "LIST: too many DELETED lines");
-		ARRAY_PUSH(&c->srv_deleted, g);
+		ARRAY_PUSH(&c->srv_deleted, t);
 		return 0;
 	}
 	struct guid digest;

@@ -277,6 +277,8 @@ static int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 	for (size_t i = 0; i < tombs.count; i++) {
 		proto_wr_begin(&w, cmd->tag, "DELETED");
 		proto_wr_guid(&w, &tombs.items[i].guid);
+		proto_wr_u64(&w, tombs.items[i].uidnext);
+		proto_wr_u64(&w, tombs.items[i].highestmodseq);
 		proto_wr_end(&w);
 	}
 	for (size_t i = 0; i < unsubs.count; i++) {

@@ -222,16 +222,16 @@ static void test_mailbox_tombstones(void)
 	struct guid g2, g3;
 	guid_generate(&g2);
 	guid_generate(&g3);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, NULL, NULL, &error), 0);
 	CU_ASSERT_EQUAL(stor_mailbox_delete(t.db, &g1, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, &error), 1);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "bob", &g1, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, NULL, NULL, &error), 1);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "bob", &g1, NULL, NULL, &error), 0);
 	/* A delete of a mailbox never held here is remembered too. */
 	CU_ASSERT_EQUAL(stor_mailbox_tomb_add(t.db, "alice", &g2, "Gone", &error), 0);
 	/* ... but a held one is not touched that way. */
 	struct guid held = tmailbox(t.db, "alice", "Held");
 	CU_ASSERT_EQUAL(stor_mailbox_tomb_add(t.db, "alice", &held, "Held", &error), -1);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &held, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &held, NULL, NULL, &error), 0);
 	CU_ASSERT_EQUAL(stor_mailbox_tomb_add(t.db, "bob", &g3, "Other", &error), 0);
 	CU_ASSERT_EQUAL_FATAL(stor_mailbox_tombs(t.db, "alice", &tl, &error), 0);
 	CU_ASSERT_EQUAL_FATAL(tl.count, 2);
@@ -248,8 +248,8 @@ static void test_mailbox_tombstones(void)
 	req.name = "Box";
 	req.guid = &g1;
 	CU_ASSERT_EQUAL(stor_mailbox_create(t.db, &req, NULL, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "bob", &g3, &error), 1);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "alice", &g1, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(t.db, "bob", &g3, NULL, NULL, &error), 1);
 	tstore_close(&t);
 }
 

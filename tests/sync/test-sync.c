@@ -770,14 +770,49 @@ static void test_sync_wiped_server_gets_everything_back(void)
 	CU_ASSERT(dumps_equal(&a, &b));
 	struct stor_mailbox mb;
 	CU_ASSERT_EQUAL(stor_mailbox_get_by_guid(a.db, &g2, &mb, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(a.db, USER, &g2, &error), 1);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(a.db, USER, &g2, NULL, NULL, &error), 1);
 	/* Created again with its GUID (a change beat the delete elsewhere):
 	 * the tombstone goes. */
 	struct stor_mailbox_create req = { .user = USER, .name = "Projects", .guid = &g2 };
 	CU_ASSERT_EQUAL(stor_mailbox_create(a.db, &req, NULL, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(a.db, USER, &g2, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_tomb_get(a.db, USER, &g2, NULL, NULL, &error), 0);
 	node_close(&a);
 	node_close(&b);
+}
+
+/* A mailbox both nodes got by live replication (so it is in no last common
+ * list) and one of them then deleted: the sync deletes the other copy
+ * (the tombstone says it held nothing newer), unless that copy changed
+ * after the delete, which then brings it back on both. */
+static void delete_of_a_replicated_mailbox(bool changed_after)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	mk_mailbox(&a, "INBOX");
+	run_sync(&a, &b, false, 131);
+	struct guid g = mk_shared_mailbox(&a, &b, "Scratch");
+	const char *error;
+	CU_ASSERT_EQUAL(stor_mailbox_delete(b.db, &g, &error), 0);
+	if (changed_after)
+		append(&a, &g, "written after the delete\r\n", 0, NULL);
+	struct sync_run r = run_sync(&a, &b, false, 132);
+	CU_ASSERT(dumps_equal(&a, &b));
+	int held = stor_mailbox_get_by_guid(a.db, &g, NULL, &error);
+	CU_ASSERT_EQUAL(held, changed_after ? 1 : 0);
+	CU_ASSERT_EQUAL(r.report.mailboxes_deleted, changed_after ? 0 : 1);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_sync_delete_of_a_replicated_mailbox_wins(void)
+{
+	delete_of_a_replicated_mailbox(false);
+}
+
+static void test_sync_change_after_the_delete_of_a_replicated_mailbox_wins(void)
+{
+	delete_of_a_replicated_mailbox(true);
 }
 
 /* The server restored from a backup taken before a mailbox existed: the
@@ -2149,6 +2184,10 @@ static const struct test_case sync_cases[] = {
 	{ "subscriptions merge three-way", test_sync_subscriptions_merge_three_way },
 	{ "no-change resync examines no message", test_sync_no_change_resync_examines_no_message },
 	{ "restored backup is repaired", test_sync_restored_backup_is_repaired },
+	{ "the delete of a mailbox both got by replication goes through a sync",
+	  test_sync_delete_of_a_replicated_mailbox_wins },
+	{ "... unless the other copy changed after it",
+	  test_sync_change_after_the_delete_of_a_replicated_mailbox_wins },
 	{ "a wiped server gets every mailbox back, nothing deleted",
 	  test_sync_wiped_server_gets_everything_back },
 	{ "a server restored from an old backup gets newer mailboxes back",
