@@ -13,37 +13,30 @@
 #include "lib/buf.h"
 #include "protocol/protocol.h"
 
+/* Every accessor on every argument, nested ones included. */
+static void probe(const struct proto_arg *a)
+{
+	uint64_t v;
+	struct guid g;
+	int64_t secs;
+	int tz;
+	(void)proto_arg_u64(a, UINT64_MAX, &v);
+	(void)proto_arg_guid(a, &g);
+	(void)proto_arg_date(a, &secs, &tz);
+	struct proto_uid_range *r;
+	size_t count;
+	if (proto_arg_uidset(a, 100, 64, &r, &count) == 0)
+		free(r);
+	if (a->type == PROTO_ARG_LIST)
+		for (size_t i = 0; i < a->count; i++)
+			probe(&a->list[i]);
+}
+
 static void write_args(struct proto_wr *w, const struct proto_arg *args, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		const struct proto_arg *a = &args[i];
-		uint64_t v;
-		struct guid g;
-		int64_t secs;
-		int tz;
-		(void)proto_arg_u64(a, UINT64_MAX, &v);
-		(void)proto_arg_guid(a, &g);
-		(void)proto_arg_date(a, &secs, &tz);
-		struct proto_uid_range *r;
-		size_t count;
-		if (proto_arg_uidset(a, 100, 64, &r, &count) == 0)
-			free(r);
-		switch (a->type) {
-		case PROTO_ARG_ATOM:
-			proto_wr_atom(w, a->str);
-			break;
-		case PROTO_ARG_QUOTED:
-			proto_wr_str(w, a->str, a->len);
-			break;
-		case PROTO_ARG_LITERAL:
-			proto_wr_literal(w, a->str, a->len);
-			break;
-		case PROTO_ARG_LIST:
-			proto_wr_list_begin(w);
-			write_args(w, a->list, a->count);
-			proto_wr_list_end(w);
-			break;
-		}
+		probe(&args[i]);
+		proto_wr_arg(w, &args[i]);
 	}
 }
 

@@ -188,3 +188,24 @@ void proto_wr_status(struct buf *out, const char *tag, const char *status,
 	}
 	buf_append(out, "\r\n", 2);
 }
+
+void proto_wr_arg(struct proto_wr *w, const struct proto_arg *a)
+{
+	switch (a->type) {
+	case PROTO_ARG_ATOM:
+		proto_wr_atom(w, a->str);
+		break;
+	case PROTO_ARG_QUOTED:
+		proto_wr_str(w, a->str, a->len);
+		break;
+	case PROTO_ARG_LITERAL:
+		proto_wr_literal(w, a->str, a->len);
+		break;
+	case PROTO_ARG_LIST:
+		proto_wr_list_begin(w);
+		for (size_t i = 0; i < a->count; i++)
+			proto_wr_arg(w, &a->list[i]);
+		proto_wr_list_end(w);
+		break;
+	}
+}

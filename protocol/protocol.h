@@ -164,6 +164,9 @@ void proto_wr_date(struct proto_wr *w, int64_t secs, int tz_minutes);
 void proto_wr_uidset(struct proto_wr *w, const uint32_t *uids, size_t n);
 void proto_wr_list_begin(struct proto_wr *w);
 void proto_wr_list_end(struct proto_wr *w);
+/* A parsed argument written back (a command passed on to another node):
+ * atoms stay atoms, literals literals, lists lists. */
+void proto_wr_arg(struct proto_wr *w, const struct proto_arg *a);
 /* Ends the line with CRLF. */
 void proto_wr_end(struct proto_wr *w);
 /* A whole status line: "TAG STATUS [CODE] TEXT".  code may be NULL; it is

@@ -81,27 +81,6 @@ static void arg_free(struct proto_arg *a)
 	}
 }
 
-static void arg_write(struct proto_wr *w, const struct proto_arg *a)
-{
-	switch (a->type) {
-	case PROTO_ARG_ATOM:
-		proto_wr_atom(w, a->str);
-		break;
-	case PROTO_ARG_QUOTED:
-		proto_wr_str(w, a->str, a->len);
-		break;
-	case PROTO_ARG_LITERAL:
-		proto_wr_literal(w, a->str, a->len);
-		break;
-	case PROTO_ARG_LIST:
-		proto_wr_list_begin(w);
-		for (size_t i = 0; i < a->count; i++)
-			arg_write(w, &a->list[i]);
-		proto_wr_list_end(w);
-		break;
-	}
-}
-
 static void relay_free(struct cl_relay *r)
 {
 	struct repl_cluster *cl = r->cl;
@@ -164,7 +143,7 @@ static void relay_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		if (asker != NULL) {
 			struct proto_wr *w = proto_conn_line_begin(asker, r->tag, line->name);
 			for (size_t i = 0; i < line->arg_count; i++)
-				arg_write(w, &line->args[i]);
+				proto_wr_arg(w, &line->args[i]);
 			proto_conn_line_end(asker);
 		}
 		return;
@@ -187,7 +166,7 @@ static void relay_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	buf_init(&code);
 	proto_wr_init(&w, &code);
 	for (size_t i = 0; line->has_code && i < line->arg_count; i++)
-		arg_write(&w, &line->args[i]);
+		proto_wr_arg(&w, &line->args[i]);
 	buf_append_byte(&code, '\0');
 	const char *c = (const char *)code.data;
 	const char *status = proto_cmd_is(line, "OK") ? "OK" : proto_cmd_is(line, "NO") ? "NO" : "BAD";
@@ -210,7 +189,7 @@ static void relay_send(struct cl_relay *r, struct cl_peer *out, const struct cl_
 		cl_select(out, b);
 	struct proto_wr *w = proto_conn_cmd_begin(out->conn, r->name);
 	for (size_t i = 0; i < r->arg_count; i++)
-		arg_write(w, &r->args[i]);
+		proto_wr_arg(w, &r->args[i]);
 	if (r->n_via > 0) {
 		proto_wr_atom(w, "VIA");
 		proto_wr_list_begin(w);
