@@ -114,7 +114,11 @@ def read_state(node):
             r = c.command("UID FETCH 1:* " + FETCH_ITEMS)
             msgs = {}
             for f in parse_untagged(r.untagged)["fetch"]:
-                msgs[f["uid"]] = (f.get("msgid"), tuple(f.get("flags", ())))
+                # A change made meanwhile may add an unsolicited FETCH
+                # (FLAGS only) for a UID: it updates the flags, not the
+                # Message-ID the answer gave.
+                old_msgid = msgs.get(f["uid"], (None, ()))[0]
+                msgs[f["uid"]] = (f.get("msgid") or old_msgid, tuple(f.get("flags", ())))
             boxes[name] = {"uidvalidity": sel["uidvalidity"], "msgs": msgs}
         return boxes, subs
     finally:
