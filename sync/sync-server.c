@@ -1109,6 +1109,28 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	return 0;
 }
 
+/* A message that both copies hold with the same flags, at different
+ * modseqs or the same: one change that reached both sides (replication,
+ * or a sync with a third node), not a conflict.  No IMAP client of either
+ * side has anything to learn, so the merge's N is not spent on it: both
+ * copies take the higher modseq with its stamps.  Spending N here made
+ * every pair of three nodes differ from the third again, and resyncs after
+ * a heal went round until their bound. */
+static int take_higher_modseq(struct sync_server *s, const struct stor_msg *cur, uint32_t cflags,
+			      const stor_string_list *ckws, const stor_stamp_list *cstamps,
+			      uint64_t cmodseq, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	if (cmodseq > cur->modseq) {
+		if (set_flags(s, cur->uid, cflags, ckws, cstamps, cmodseq, err) < 0)
+			return -1;
+		merge_mark_dirty(m, cur->uid);
+	} else if (cmodseq < cur->modseq) {
+		ARRAY_PUSH(&m->flags_client, cur->uid);
+	}
+	return 0;
+}
+
 /* Applies one of the client's new messages as classified.  -2: no UID
  * is left to renumber it to. */
 static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const char **err)
@@ -1122,9 +1144,10 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 		r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, err);
 		if (r <= 0)
 			return r;
-		bool same = cur.modseq == cs->modseq &&
-			sync_flags_equal(cur.flags, &cur.keywords, cs->f.flags, &cs->f.keywords);
-		if (!same) {
+		if (sync_flags_equal(cur.flags, &cur.keywords, cs->f.flags, &cs->f.keywords)) {
+			r = take_higher_modseq(s, &cur, cs->f.flags, &cs->f.keywords, &cs->stamps,
+					       cs->modseq, err);
+		} else {
 			/* One message on both sides, new since M on one of them
 			 * at least: its flags merge flag by flag. */
 			struct flag_merge fm;
@@ -1195,6 +1218,17 @@ static int merge_apply_store(struct sync_server *s, const struct srv_store *st, 
 	if (r <= 0)
 		return r; /* expunged here: the EXPUNGE line tells the client */
 	bool both = cur.modseq > m->M;
+	if (both && sync_flags_equal(cur.flags, &cur.keywords, st->f.flags, &st->f.keywords)) {
+		r = take_higher_modseq(s, &cur, st->f.flags, &st->f.keywords, &st->stamps,
+				       st->modseq, err);
+		stor_msg_free(&cur);
+		ssize_t hi = find_msg(&m->smsgs, st->uid);
+		if (hi >= 0) {
+			m->handled[hi] = true;
+			m->dirty[hi] = true;
+		}
+		return r;
+	}
 	/* Changed on the client only: its modseq, when above all of ours, is
 	 * kept and the client needs no line. */
 	bool keep = !both && st->modseq > m->sm;

@@ -1461,6 +1461,61 @@ static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 	node_close(&c);
 }
 
+/* Applies A's current state of uid to n as a replica applies the master's
+ * streamed STORE: the same flags, modseq and stamps. */
+static void replicate_flags(struct node *a, struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(a->db, mb, uid, &m, &error), 1);
+	struct stor_store req = {
+		.op = STOR_FLAGS_REPLACE, .flags = m.flags,
+		.keywords = (const char *const *)m.keywords.items, .keyword_count = m.keywords.count,
+		.modseq = m.modseq, .stamps = m.stamps.items, .stamp_count = m.stamps.count,
+	};
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
+	stor_msg_free(&m);
+}
+
+/* A flag change that reached every node by replication (same flags, same
+ * modseq everywhere) is not a conflict: syncs that meet it because
+ * something else in the mailbox differs leave its modseq alone.  Giving it
+ * the merge's fresh modseq N made each pair of three nodes differ from the
+ * third again, so resyncs after a heal went round for as long as they were
+ * allowed to, and IMAP sessions saw the message change every time. */
+static void test_sync_replicated_flag_change_is_not_merged_again(void)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	uint32_t u1 = append(&a, &mb, "one\r\n", 0, NULL);
+	append(&a, &mb, "two\r\n", 0, NULL);
+	run_sync(&b, &a, false, 51);
+	run_sync(&c, &a, false, 52);
+	run_sync(&b, &c, false, 53);
+	set_flags(&a, &mb, u1, STOR_FLAG_SEEN);
+	replicate_flags(&a, &b, &mb, u1);
+	replicate_flags(&a, &c, &mb, u1);
+	/* Something else differs, so every pair syncs the mailbox. */
+	append(&a, &mb, "three\r\n", 0, NULL);
+	struct node *pairs[][2] = { { &b, &a }, { &c, &b }, { &a, &c } };
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 3; i++) {
+			struct sync_run r = run_sync(pairs[i][0], pairs[i][1], false,
+						     (uint32_t)(60 + 3 * round + i));
+			/* The first round carries "three"; after it nothing
+			 * is left to do. */
+			if (round > 0)
+				CU_ASSERT_EQUAL(r.report.mailboxes_synced, 0);
+		}
+	}
+	three_nodes_end_alike(&a, &b, &c, 3);
+	check_modseqs_equal(&a, &b, &mb);
+	check_modseqs_equal(&a, &c, &mb);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
 /* The same after a partition with flags and expunges on both sides, where
  * the node that was cut off syncs first and the other side's nodes have no
  * common sync state yet (their copies came by replication): a first sync
@@ -2157,6 +2212,8 @@ static const struct test_case sync_cases[] = {
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
 	{ "three nodes after a partition: nothing lost, nothing twice",
 	  test_sync_three_nodes_after_a_partition_lose_nothing },
+	{ "a replicated flag change is not merged again (three nodes converge)",
+	  test_sync_replicated_flag_change_is_not_merged_again },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
