@@ -88,6 +88,10 @@ struct imap_selected {
 	ARRAY(struct imap_own_change) own;  /* changes this session reported itself */
 	stor_uid_list recent;       /* ascending: the UIDs \Recent in this session */
 	stor_string_list keywords;  /* announced in FLAGS to this session */
+	/* SEARCHRES (RFC 5182): the result saved by SEARCH RETURN (SAVE), as
+	 * ascending UIDs, so that expunged messages drop out by themselves
+	 * (a UID not in the map no longer resolves).  Empty on SELECT. */
+	stor_uid_list saved;
 };
 
 struct imap_cmd;
@@ -206,8 +210,14 @@ uint32_t imap_sel_seq(const struct imap_selected *sel, uint32_t uid);
 /* Remember that this session reported (uid, modseq) itself. */
 void imap_sel_own_change(struct imap_selected *sel, uint32_t uid, uint64_t modseq);
 /* Resolves a sequence set or UID set argument to ascending UIDs that are in
- * the session's map.  Returns 0, or -1 for a bad set. */
+ * the session's map; "$" is the saved result (RFC 5182) in both forms.
+ * Returns 0, or -1 for a bad set. */
 int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_uid_list *uids_r);
+/* A CONDSTORE-enabling command (RFC 7162 3.1): the first one in a
+ * selected mailbox also sends OK [HIGHESTMODSEQ n]. */
+void imap_enable_condstore(struct imap_client *c);
+/* Replaces the saved result (RFC 5182) with uids[0..n) (ascending). */
+void imap_sel_save_result(struct imap_selected *sel, const uint32_t *uids, size_t n);
 /* Sends the untagged FLAGS and PERMANENTFLAGS with the keywords announced
  * so far. */
 void imap_sel_send_flags(struct imap_client *c);

@@ -250,6 +250,7 @@ void imap_sel_close(struct imap_client *c)
 	ARRAY_FREE(&sel->pending_expunges);
 	ARRAY_FREE(&sel->own);
 	ARRAY_FREE(&sel->recent);
+	ARRAY_FREE(&sel->saved);
 	stor_string_list_free(&sel->keywords);
 	free(sel->name);
 	free(sel);
@@ -424,8 +425,35 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 	sel->own.count = 0;
 }
 
+void imap_enable_condstore(struct imap_client *c)
+{
+	if (c->condstore)
+		return;
+	c->condstore = true;
+	/* What the session was told up to: later changes still arrive. */
+	if (c->sel != NULL)
+		imap_client_printf(c, "* OK [HIGHESTMODSEQ %llu] Highest\r\n",
+				   (unsigned long long)c->sel->modseq);
+}
+
+void imap_sel_save_result(struct imap_selected *sel, const uint32_t *uids, size_t n)
+{
+	sel->saved.count = 0;
+	ARRAY_RESERVE(&sel->saved, n);
+	for (size_t i = 0; i < n; i++)
+		ARRAY_PUSH(&sel->saved, uids[i]);
+}
+
 int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_uid_list *uids_r)
 {
+	if (strcmp(set, "$") == 0) {
+		/* Saved UIDs still in the map; an empty result is not an
+		 * error (RFC 5182 2.1). */
+		for (size_t i = 0; i < sel->saved.count; i++)
+			if (imap_sel_seq(sel, sel->saved.items[i]) != 0)
+				ARRAY_PUSH(uids_r, sel->saved.items[i]);
+		return 0;
+	}
 	imap_seqset ranges = ARRAY_INIT;
 	if (imap_seqset_parse(set, &ranges) < 0) {
 		ARRAY_FREE(&ranges);
