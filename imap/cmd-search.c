@@ -107,6 +107,14 @@ static bool search_finish(struct imap_cmd *cmd)
 					    sc->matches.count);
 		if (sc->ret.opts & IMAP_ESEARCH_SAVE)
 			save_result(c->sel, sc);
+		if ((sc->ret.opts & IMAP_ESEARCH_UPDATE) &&
+		    imap_search_update_add(c->sel, cmd->tag, cmd->uid, &sc->search,
+					   sc->match_uids.items, sc->match_uids.count) < 0) {
+			/* RFC 5267 4.3.1: the search itself still succeeds. */
+			buf_append_str(&line, "* NO [NOUPDATE ");
+			imap_append_nstring(&line, cmd->tag, strlen(cmd->tag));
+			buf_append_str(&line, "] Too many search contexts\r\n");
+		}
 	} else {
 		buf_append_str(&line, "* SEARCH");
 		for (size_t i = 0; i < sc->matches.count; i++)

@@ -63,8 +63,10 @@ int imap_esearch_parse_return(const struct imap_arg *args, size_t count,
 			*error_r = "Unknown RETURN option";
 			return -1;
 		}
-		if (ret->opts & names[k].bit) {
-			*error_r = "RETURN option given twice";
+		/* A repeated option adds nothing (and Dovecot accepts it);
+		 * a second PARTIAL range would be ambiguous. */
+		if ((ret->opts & names[k].bit) && names[k].bit == IMAP_ESEARCH_PARTIAL) {
+			*error_r = "PARTIAL given twice";
 			return -1;
 		}
 		ret->opts |= names[k].bit;
@@ -140,7 +142,9 @@ void imap_esearch_format(struct buf *out, const char *tag, bool uid,
 	 * returned. */
 	bool only_minmax = (ret->opts & (IMAP_ESEARCH_ALL | IMAP_ESEARCH_COUNT |
 					 IMAP_ESEARCH_PARTIAL)) == 0;
-	if (modseqs != NULL && count > 0) {
+	bool any = (ret->opts & (IMAP_ESEARCH_MIN | IMAP_ESEARCH_MAX | IMAP_ESEARCH_ALL |
+				 IMAP_ESEARCH_COUNT | IMAP_ESEARCH_PARTIAL)) != 0;
+	if (modseqs != NULL && count > 0 && any) {
 		if (!only_minmax)
 			for (size_t i = 0; i < count; i++)
 				if (modseqs[i] > modseq)

@@ -30,7 +30,7 @@ struct imap_esearch_return {
 
 /* Parses an optional "RETURN (opts)" at the start of args.  Returns how many
  * arguments it took (0 without RETURN, 2 with it), or -1 with *error_r
- * (static text) for a malformed or unknown option, or one given twice. */
+ * (static text) for a malformed or unknown option, or PARTIAL twice. */
 int imap_esearch_parse_return(const struct imap_arg *args, size_t count,
 			      struct imap_esearch_return *ret, const char **error_r);
 

@@ -77,6 +77,10 @@ struct imap_own_change {
 	uint64_t modseq;
 };
 
+/* CONTEXT=SEARCH contexts kept per selected mailbox (imap-search-update.c). */
+struct imap_search_update;
+#define IMAP_SEARCH_UPDATES_MAX 10
+
 struct imap_selected {
 	struct guid guid;
 	char *name;
@@ -92,6 +96,7 @@ struct imap_selected {
 	 * ascending UIDs, so that expunged messages drop out by themselves
 	 * (a UID not in the map no longer resolves).  Empty on SELECT. */
 	stor_uid_list saved;
+	ARRAY(struct imap_search_update *) updates; /* SEARCH RETURN (UPDATE) */
 };
 
 struct imap_cmd;
@@ -231,6 +236,23 @@ uint32_t imap_recent_first(struct imap_server *srv, const struct guid *mailbox);
 void imap_recent_free(struct imap_server *srv);
 /* Watcher for repl changes (registered by the server). */
 void imap_sync_notify(void *ctx, const char *user, const struct guid *mailbox);
+
+/* ---- imap-search-update.c: CONTEXT=SEARCH (RFC 5267) ---- */
+struct imap_search;
+/* Keeps a context for tag (replacing one of the same tag) with the search
+ * program (taken: *search becomes NULL) and its current result (ascending
+ * UIDs).  Returns 0, or -1 when the session has too many contexts. */
+int imap_search_update_add(struct imap_selected *sel, const char *tag, bool uid,
+			   struct imap_search **search, const uint32_t *uids, size_t n);
+/* Returns 0, or -1 if no context has that tag. */
+int imap_search_update_cancel(struct imap_selected *sel, const char *tag);
+/* The messages in msgs changed or are new (and are in the map): sends
+ * ADDTO/REMOVEFROM for each context whose result they change. */
+void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msgs);
+/* uids (ascending) are about to be expunged from the session's view:
+ * sends REMOVEFROM while their sequence numbers are still valid. */
+void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uids);
+void imap_search_updates_free(struct imap_selected *sel);
 
 /* ---- imap-util.c ---- */
 /* Appends s as an atom-safe string, a quoted string or a literal. */

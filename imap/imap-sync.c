@@ -251,6 +251,7 @@ void imap_sel_close(struct imap_client *c)
 	ARRAY_FREE(&sel->own);
 	ARRAY_FREE(&sel->recent);
 	ARRAY_FREE(&sel->saved);
+	imap_search_updates_free(sel);
 	stor_string_list_free(&sel->keywords);
 	free(sel->name);
 	free(sel);
@@ -311,6 +312,7 @@ static void send_expunges(struct imap_client *c)
 	if (sel->pending_expunges.count == 0)
 		return;
 	qsort(sel->pending_expunges.items, sel->pending_expunges.count, sizeof(uint32_t), uid_cmp);
+	imap_search_updates_expunge(c, &sel->pending_expunges);
 	if (c->qresync) {
 		struct buf line = BUF_INIT;
 		buf_append_str(&line, "* VANISHED ");
@@ -415,6 +417,7 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 		/* RFC 3501 7.3.2: the RECENT count goes with the new EXISTS. */
 		if (fresh.count > 0)
 			imap_client_printf(c, "* %zu RECENT\r\n", sel->recent.count);
+		imap_search_updates_changed(c, &msgs);
 		ARRAY_FREE(&fresh);
 		stor_msg_list_free(&msgs);
 		ARRAY_FREE(&tombs);
