@@ -132,7 +132,15 @@ def t_esearch():
     # MODSEQ (RFC 7162 3.1.5 with RFC 4731)
     c.command("STORE 3 +FLAGS (\\Flagged)")
     c.command("STORE 1 +FLAGS (\\Flagged)")
-    ms = {s: int(f["MODSEQ"][0]) for s, f in c.command("FETCH 1:3 (MODSEQ)").fetches()}
+    r = c.command("FETCH 1:3 (MODSEQ)")
+    hms = r.codes().get("HIGHESTMODSEQ")
+    ms = {s: int(f["MODSEQ"][0]) for s, f in r.fetches()}
+    # RFC 7162 3.1: the first CONDSTORE-enabling command in a selected
+    # mailbox reports HIGHESTMODSEQ (imaptest's esearch-condstore).
+    R.check("the first FETCH MODSEQ sends * OK [HIGHESTMODSEQ n], n >= every modseq",
+            hms is not None and int(hms) >= max(ms.values()), r.untagged)
+    R.check("...only the first", "HIGHESTMODSEQ" not in
+            c.command("FETCH 1 (MODSEQ)").codes(), None)
     r = c.command("SEARCH RETURN (MIN) 1:3 MODSEQ 1", tag="m1")
     R.equal("MIN with MODSEQ: the min's modseq", one(r, "m1"),
             (False, {"MIN": b"1", "MODSEQ": str(ms[1]).encode()}))
@@ -310,12 +318,14 @@ def t_context_bounded():
     r2 = c.command("SEARCH RETURN (UPDATE) SEEN", tag="big2")
     R.check("two contexts created", r1.ok and r2.ok, (r1, r2))
     r = c.command("STORE 1:* +FLAGS.SILENT (\\Seen)")
-    R.check("STORE 1:* -> NO [NOUPDATE \"big1\"] for the BODY context",
-            r.ok and b'"big1"' in r.codes().get("NOUPDATE", b""), r.untagged[-3:])
+    # The bound is ours (Dovecot follows every change).
+    if T.kind == "starling":
+        R.check("STORE 1:* -> NO [NOUPDATE \"big1\"] for the BODY context",
+                r.ok and b'"big1"' in r.codes().get("NOUPDATE", b""), r.untagged[-3:])
+        R.equal("CANCELUPDATE of the ended context -> BAD",
+                c.command('CANCELUPDATE "big1"').status, "BAD")
     R.equal("...the SEEN context gets ADDTO 1:%d" % n,
-            [e[2].get("ADDTO") for e in esearch(r) if e[0] == "big2"], [[b"1", b"1:%d" % n]])
-    R.equal("CANCELUPDATE of the ended context -> BAD", c.command('CANCELUPDATE "big1"').status,
-            "BAD")
+            [e[2].get("ADDTO")[1] for e in esearch(r) if e[0] == "big2"], [b"1:%d" % n])
     c.logout()
 
 
