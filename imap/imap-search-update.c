@@ -266,14 +266,17 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 		}
 		if (added.count > 0) {
 			qsort(added.items, added.count, sizeof(uint32_t), uid_cmp);
-			for (size_t i = 0; i < added.count; i++) {
-				size_t at = lower_bound(&u->result, added.items[i]);
-				ARRAY_RESERVE(&u->result, 1);
-				memmove(&u->result.items[at + 1], &u->result.items[at],
-					(u->result.count - at) * sizeof(uint32_t));
-				u->result.items[at] = added.items[i];
-				u->result.count++;
+			/* One merge from the back: linear however many were
+			 * added (STORE 1:* on a large mailbox). */
+			size_t old = u->result.count, total = old + added.count;
+			ARRAY_RESERVE(&u->result, added.count);
+			for (size_t i = old, j = added.count, w = total; j > 0;) {
+				if (i > 0 && u->result.items[i - 1] > added.items[j - 1])
+					u->result.items[--w] = u->result.items[--i];
+				else
+					u->result.items[--w] = added.items[--j];
 			}
+			u->result.count = total;
 			send_change(c, u, "ADDTO", lower_bound(&u->result, added.items[0]) + 1, &added);
 		}
 	}
