@@ -32,7 +32,14 @@ bool imap_cmd_expunge(struct imap_cmd *cmd)
 	ec->mailbox = c->sel->guid;
 	imap_seqset set = ARRAY_INIT;
 	if (cmd->uid) {
-		if (imap_seqset_parse(cmd->args[0].str, &set) < 0) {
+		if (strcmp(cmd->args[0].str, "$") == 0) {
+			/* The saved search result (RFC 5182). */
+			for (size_t i = 0; i < c->sel->saved.count; i++) {
+				struct imap_seq_range r = { c->sel->saved.items[i],
+							    c->sel->saved.items[i] };
+				ARRAY_PUSH(&set, r);
+			}
+		} else if (imap_seqset_parse(cmd->args[0].str, &set) < 0) {
 			ARRAY_FREE(&set);
 			return imap_cmd_done(cmd, "BAD", "Invalid UID set");
 		}

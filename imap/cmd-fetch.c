@@ -541,7 +541,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	if (parse_items(fc, &cmd->args[1]) < 0)
 		return imap_cmd_done(cmd, "BAD", "Invalid FETCH item");
 	if (fc->enables_condstore)
-		c->condstore = true;
+		imap_enable_condstore(c);
 	if (cmd->count == 3) {
 		const struct imap_arg *mods = &cmd->args[2];
 		if (mods->type != IMAP_ARG_LIST)
@@ -553,7 +553,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 			    str_to_u64(mods->list[i + 1].str, UINT64_MAX, &fc->changedsince) == 0) {
 				i++;
 				fc->has_changedsince = true;
-				c->condstore = true;
+				imap_enable_condstore(c);
 			} else if (imap_arg_atom_eq(a, "VANISHED") && cmd->uid && c->qresync) {
 				fc->vanished = true;
 			} else {

@@ -2,12 +2,16 @@
  * evaluated over the session's messages in bounded steps per loop turn,
  * loading a message's text only when a key needs it.  With a MODSEQ key the
  * reply ends with (MODSEQ n), the highest modseq among the matches (RFC
- * 7162 3.1.5). */
+ * 7162 3.1.5).  With RETURN (...) the reply is an ESEARCH response
+ * (imap-esearch.c, RFC 4731/5267) and SAVE keeps the result for "$" (RFC
+ * 5182). */
 #include "imap/imap-commands.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "imap/imap-esearch.h"
 #include "imap/imap-search.h"
 #include "lib/xalloc.h"
 
@@ -18,8 +22,11 @@ struct search_ctx {
 	struct imap_search *search;
 	stor_msg_list msgs;   /* all of the mailbox, UID order */
 	size_t next;
-	stor_uid_list matches;
+	stor_uid_list matches;    /* sequence numbers or UIDs, as answered */
+	stor_uid_list match_uids; /* the same messages' UIDs, for SAVE */
+	ARRAY(uint64_t) match_modseqs;
 	uint64_t max_modseq;
+	struct imap_esearch_return ret;
 	struct guid mailbox;
 	struct stor_db *db;
 	struct buf text;
@@ -33,6 +40,8 @@ static void search_ctx_free(void *p)
 	imap_search_free(&sc->search);
 	stor_msg_list_free(&sc->msgs);
 	ARRAY_FREE(&sc->matches);
+	ARRAY_FREE(&sc->match_uids);
+	ARRAY_FREE(&sc->match_modseqs);
 	buf_free(&sc->text);
 	free(sc);
 }
@@ -51,17 +60,69 @@ static int load_text(void *ctx, const char **text_r, size_t *len_r)
 	return 0;
 }
 
+static void save_result(struct imap_selected *sel, const struct search_ctx *sc)
+{
+	size_t n = sc->matches.count;
+	bool *keep = xcalloc(n > 0 ? n : 1, sizeof(bool));
+	imap_esearch_save_select(&sc->ret, sc->matches.items, n, keep);
+	stor_uid_list uids = ARRAY_INIT;
+	for (size_t i = 0; i < n; i++)
+		if (keep[i])
+			ARRAY_PUSH(&uids, sc->match_uids.items[i]);
+	imap_sel_save_result(sel, uids.items, uids.count);
+	ARRAY_FREE(&uids);
+	free(keep);
+}
+
+/* RFC 5182 2.1: a SEARCH with SAVE that fails leaves "$" empty, so later
+ * commands using it cannot act on a stale result. */
+static bool search_fail(struct imap_cmd *cmd, bool save, const char *status, const char *text)
+{
+	if (save && cmd->client->sel != NULL)
+		imap_sel_save_result(cmd->client->sel, NULL, 0);
+	return imap_cmd_done_str(cmd, status, text);
+}
+
+/* Whether a RETURN list that could not be parsed still names SAVE. */
+static bool return_names_save(const struct imap_arg *args, size_t count)
+{
+	if (count < 2 || !imap_arg_atom_eq(&args[0], "RETURN") || args[1].type != IMAP_ARG_LIST)
+		return false;
+	for (size_t i = 0; i < args[1].count; i++)
+		if (imap_arg_atom_eq(&args[1].list[i], "SAVE"))
+			return true;
+	return false;
+}
+
 static bool search_finish(struct imap_cmd *cmd)
 {
 	struct imap_client *c = cmd->client;
 	struct search_ctx *sc = cmd->ctx;
 	struct buf line = BUF_INIT;
-	buf_append_str(&line, "* SEARCH");
-	for (size_t i = 0; i < sc->matches.count; i++)
-		buf_appendf(&line, " %u", sc->matches.items[i]);
-	if (imap_search_uses_modseq(sc->search) && sc->matches.count > 0)
-		buf_appendf(&line, " (MODSEQ %llu)", (unsigned long long)sc->max_modseq);
-	buf_append_str(&line, "\r\n");
+	if (sc->ret.given) {
+		if (imap_esearch_wants_reply(&sc->ret))
+			imap_esearch_format(&line, cmd->tag, cmd->uid, &sc->ret, sc->matches.items,
+					    imap_search_uses_modseq(sc->search) ?
+						    sc->match_modseqs.items : NULL,
+					    sc->matches.count);
+		if (sc->ret.opts & IMAP_ESEARCH_SAVE)
+			save_result(c->sel, sc);
+		if ((sc->ret.opts & IMAP_ESEARCH_UPDATE) &&
+		    imap_search_update_add(c->sel, cmd->tag, cmd->uid, &sc->search,
+					   sc->match_uids.items, sc->match_uids.count) < 0) {
+			/* RFC 5267 4.3.1: the search itself still succeeds. */
+			buf_append_str(&line, "* NO [NOUPDATE ");
+			imap_append_nstring(&line, cmd->tag, strlen(cmd->tag));
+			buf_append_str(&line, "] Too many search contexts\r\n");
+		}
+	} else {
+		buf_append_str(&line, "* SEARCH");
+		for (size_t i = 0; i < sc->matches.count; i++)
+			buf_appendf(&line, " %u", sc->matches.items[i]);
+		if (imap_search_uses_modseq(sc->search) && sc->matches.count > 0)
+			buf_appendf(&line, " (MODSEQ %llu)", (unsigned long long)sc->max_modseq);
+		buf_append_str(&line, "\r\n");
+	}
 	imap_client_write(c, line.data, line.len);
 	buf_free(&line);
 	return imap_cmd_done(cmd, "OK", "SEARCH completed");
@@ -96,6 +157,8 @@ static bool search_step(struct imap_cmd *cmd)
 		sc->text_size = m->size;
 		if (imap_search_match(sc->search, &sm)) {
 			ARRAY_PUSH(&sc->matches, cmd->uid ? m->uid : seq);
+			ARRAY_PUSH(&sc->match_uids, m->uid);
+			ARRAY_PUSH(&sc->match_modseqs, m->modseq);
 			if (m->modseq > sc->max_modseq)
 				sc->max_modseq = m->modseq;
 		}
@@ -117,23 +180,34 @@ bool imap_cmd_search(struct imap_cmd *cmd)
 	cmd->ctx_free = search_ctx_free;
 	const struct imap_arg *args = cmd->args;
 	size_t count = cmd->count;
-	if (count >= 2 && imap_arg_atom_eq(&args[0], "RETURN"))
-		return imap_cmd_done(cmd, "BAD", "ESEARCH is not supported");
-	enum imap_search_error kind;
 	const char *err;
+	int used = imap_esearch_parse_return(args, count, &sc->ret, &err);
+	if (used < 0)
+		return search_fail(cmd, return_names_save(args, count), "BAD", err);
+	bool save = (sc->ret.opts & IMAP_ESEARCH_SAVE) != 0;
+	args += used;
+	count -= (size_t)used;
+	enum imap_search_error kind;
 	if (imap_search_parse(args, count, &sc->search, &kind, &err) < 0) {
-		if (kind == IMAP_SEARCH_BADCHARSET)
-			return imap_cmd_done(cmd, "NO", "[BADCHARSET (UTF-8 US-ASCII)] %s", err);
-		return imap_cmd_done(cmd, "BAD", "%s", err);
+		if (kind == IMAP_SEARCH_BADCHARSET) {
+			char text[256];
+			snprintf(text, sizeof(text), "[BADCHARSET (UTF-8 US-ASCII)] %s", err);
+			return search_fail(cmd, save, "NO", text);
+		}
+		return search_fail(cmd, save, "BAD", err);
 	}
 	if (imap_search_uses_modseq(sc->search))
-		c->condstore = true;
+		imap_enable_condstore(c);
 	struct imap_selected *sel = c->sel;
 	uint32_t n = (uint32_t)sel->uids.count;
 	imap_search_resolve(sc->search, n, n > 0 ? sel->uids.items[n - 1] : 0);
+	imap_search_resolve_saved(sc->search, sel->saved.items, sel->saved.count);
 	sc->mailbox = sel->guid;
 	sc->db = c->server->db;
-	if (stor_msg_list_range(sc->db, &sc->mailbox, 1, UINT32_MAX, &sc->msgs, &err) < 0)
-		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	if (stor_msg_list_range(sc->db, &sc->mailbox, 1, UINT32_MAX, &sc->msgs, &err) < 0) {
+		char text[512];
+		snprintf(text, sizeof(text), "[SERVERBUG] %s", err);
+		return search_fail(cmd, save, "NO", text);
+	}
 	return search_step(cmd);
 }

@@ -136,7 +136,7 @@ bool imap_cmd_store(struct imap_cmd *cmd)
 		 * here has a modseq. */
 		sc->req.unchangedsince = v;
 		sc->unchanged_zero = v == 0;
-		c->condstore = true;
+		imap_enable_condstore(c);
 		i++;
 	}
 	if (i + 1 >= n || args[i].type != IMAP_ARG_ATOM)

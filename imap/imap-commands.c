@@ -56,6 +56,7 @@ static const struct {
 	{ "UNSELECT", imap_cmd_unselect, CMD_SELECTED, 0 },
 	{ "EXPUNGE", imap_cmd_expunge, CMD_SELECTED, CMD_F_UID },
 	{ "SEARCH", imap_cmd_search, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
+	{ "CANCELUPDATE", imap_cmd_cancelupdate, CMD_SELECTED, 0 },
 	{ "FETCH", imap_cmd_fetch, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 	{ "STORE", imap_cmd_store, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 	{ "COPY", imap_cmd_copy, CMD_SELECTED, CMD_F_UID },
@@ -66,6 +67,7 @@ void imap_capabilities(struct imap_client *c, struct buf *out)
 {
 	buf_append_str(out, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS "
 			    "UNSELECT CHILDREN MOVE CONDSTORE QRESYNC SPECIAL-USE");
+	buf_append_str(out, " ESEARCH SEARCHRES CONTEXT=SEARCH");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");

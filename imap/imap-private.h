@@ -77,6 +77,10 @@ struct imap_own_change {
 	uint64_t modseq;
 };
 
+/* CONTEXT=SEARCH contexts kept per selected mailbox (imap-search-update.c). */
+struct imap_search_update;
+#define IMAP_SEARCH_UPDATES_MAX 10
+
 struct imap_selected {
 	struct guid guid;
 	char *name;
@@ -88,6 +92,11 @@ struct imap_selected {
 	ARRAY(struct imap_own_change) own;  /* changes this session reported itself */
 	stor_uid_list recent;       /* ascending: the UIDs \Recent in this session */
 	stor_string_list keywords;  /* announced in FLAGS to this session */
+	/* SEARCHRES (RFC 5182): the result saved by SEARCH RETURN (SAVE), as
+	 * ascending UIDs, so that expunged messages drop out by themselves
+	 * (a UID not in the map no longer resolves).  Empty on SELECT. */
+	stor_uid_list saved;
+	ARRAY(struct imap_search_update *) updates; /* SEARCH RETURN (UPDATE) */
 };
 
 struct imap_cmd;
@@ -206,8 +215,14 @@ uint32_t imap_sel_seq(const struct imap_selected *sel, uint32_t uid);
 /* Remember that this session reported (uid, modseq) itself. */
 void imap_sel_own_change(struct imap_selected *sel, uint32_t uid, uint64_t modseq);
 /* Resolves a sequence set or UID set argument to ascending UIDs that are in
- * the session's map.  Returns 0, or -1 for a bad set. */
+ * the session's map; "$" is the saved result (RFC 5182) in both forms.
+ * Returns 0, or -1 for a bad set. */
 int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_uid_list *uids_r);
+/* A CONDSTORE-enabling command (RFC 7162 3.1): the first one in a
+ * selected mailbox also sends OK [HIGHESTMODSEQ n]. */
+void imap_enable_condstore(struct imap_client *c);
+/* Replaces the saved result (RFC 5182) with uids[0..n) (ascending). */
+void imap_sel_save_result(struct imap_selected *sel, const uint32_t *uids, size_t n);
 /* Sends the untagged FLAGS and PERMANENTFLAGS with the keywords announced
  * so far. */
 void imap_sel_send_flags(struct imap_client *c);
@@ -221,6 +236,23 @@ uint32_t imap_recent_first(struct imap_server *srv, const struct guid *mailbox);
 void imap_recent_free(struct imap_server *srv);
 /* Watcher for repl changes (registered by the server). */
 void imap_sync_notify(void *ctx, const char *user, const struct guid *mailbox);
+
+/* ---- imap-search-update.c: CONTEXT=SEARCH (RFC 5267) ---- */
+struct imap_search;
+/* Keeps a context for tag (replacing one of the same tag) with the search
+ * program (taken: *search becomes NULL) and its current result (ascending
+ * UIDs).  Returns 0, or -1 when the session has too many contexts. */
+int imap_search_update_add(struct imap_selected *sel, const char *tag, bool uid,
+			   struct imap_search **search, const uint32_t *uids, size_t n);
+/* Returns 0, or -1 if no context has that tag. */
+int imap_search_update_cancel(struct imap_selected *sel, const char *tag);
+/* The messages in msgs changed or are new (and are in the map): sends
+ * ADDTO/REMOVEFROM for each context whose result they change. */
+void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msgs);
+/* uids (ascending) are about to be expunged from the session's view:
+ * sends REMOVEFROM while their sequence numbers are still valid. */
+void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uids);
+void imap_search_updates_free(struct imap_selected *sel);
 
 /* ---- imap-util.c ---- */
 /* Appends s as an atom-safe string, a quoted string or a literal. */

@@ -23,6 +23,7 @@ enum key_type {
 	K_NOT,
 	K_SEQSET,
 	K_UIDSET,
+	K_SAVED,         /* "$" (RFC 5182): set from the saved UIDs when resolved */
 	K_FLAGS_SET,     /* all of flags set */
 	K_FLAGS_UNSET,   /* all of flags unset */
 	K_NEW,           /* recent and unseen */
@@ -60,6 +61,7 @@ struct imap_search {
 	struct key *root;
 	bool needs_text;
 	bool uses_modseq;
+	bool uses_saved;
 	size_t keys;
 };
 
@@ -270,7 +272,11 @@ static struct key *parse_key(struct parse_state *ps, unsigned depth)
 	}
 	const char *name = a->str;
 	struct key *k;
-	if (is_seqset_atom(a) || strcmp(name, "$") == 0) {
+	if (strcmp(name, "$") == 0) {
+		ps->s->uses_saved = true;
+		return key_new(ps, K_SAVED);
+	}
+	if (is_seqset_atom(a)) {
 		if ((k = key_new(ps, K_SEQSET)) == NULL)
 			return NULL;
 		if (imap_seqset_parse(name, &k->set) < 0) {
@@ -355,6 +361,10 @@ static struct key *parse_key(struct parse_state *ps, unsigned depth)
 		const struct imap_arg *s = next_arg(ps);
 		if (s == NULL)
 			return NULL;
+		if (s->type == IMAP_ARG_ATOM && strcmp(s->str, "$") == 0) {
+			ps->s->uses_saved = true;
+			return key_new(ps, K_SAVED);
+		}
 		if (!is_seqset_atom(s)) {
 			ps->error = "Invalid UID set";
 			return NULL;
@@ -460,6 +470,33 @@ void imap_search_resolve(struct imap_search *search, uint32_t max_seq, uint32_t 
 	resolve_key(search->root, max_seq, max_uid);
 }
 
+static void resolve_saved_key(struct key *k, const uint32_t *uids, size_t n)
+{
+	if (k->type == K_SAVED) {
+		k->type = K_UIDSET;
+		for (size_t i = 0; i < n; i++) {
+			if (k->set.count > 0 && k->set.items[k->set.count - 1].hi + 1 == uids[i]) {
+				k->set.items[k->set.count - 1].hi = uids[i];
+			} else {
+				struct imap_seq_range r = { uids[i], uids[i] };
+				ARRAY_PUSH(&k->set, r);
+			}
+		}
+	}
+	for (size_t i = 0; i < k->child_count; i++)
+		resolve_saved_key(k->children[i], uids, n);
+}
+
+void imap_search_resolve_saved(struct imap_search *search, const uint32_t *uids, size_t n)
+{
+	resolve_saved_key(search->root, uids, n);
+}
+
+bool imap_search_uses_saved(const struct imap_search *search)
+{
+	return search->uses_saved;
+}
+
 bool imap_search_needs_text(const struct imap_search *search)
 {
 	return search->needs_text;
@@ -557,6 +594,8 @@ static bool match_key(const struct key *k, struct imap_search_msg *m)
 		return imap_seqset_contains(&k->set, m->seq);
 	case K_UIDSET:
 		return imap_seqset_contains(&k->set, m->uid);
+	case K_SAVED:
+		return false; /* never resolved: no saved result */
 	case K_FLAGS_SET:
 		return (m->flags & k->flags) == k->flags;
 	case K_FLAGS_UNSET:

@@ -5,7 +5,7 @@
  *
  * Keys: ALL, sequence sets, UID sets, ANSWERED DELETED DRAFT FLAGGED SEEN
  * and their UN* forms, NEW OLD RECENT (the session's \Recent), KEYWORD
- * UNKEYWORD, FROM TO CC BCC SUBJECT HEADER BODY TEXT, BEFORE ON SINCE,
+ * UNKEYWORD, "$" (the saved result, RFC 5182), FROM TO CC BCC SUBJECT HEADER BODY TEXT, BEFORE ON SINCE,
  * SENTBEFORE SENTON SENTSINCE, LARGER SMALLER, NOT, OR, parenthesised lists,
  * MODSEQ (with the optional entry name and type), and a leading CHARSET
  * (any charset imap_mime_charset_known() accepts: the string arguments are
@@ -59,6 +59,11 @@ void imap_search_free(struct imap_search **search);
 
 /* Resolves '*' in sequence and UID sets (call before matching). */
 void imap_search_resolve(struct imap_search *search, uint32_t max_seq, uint32_t max_uid);
+/* Turns "$" keys into the saved result uids[0..n) (ascending UIDs; RFC
+ * 5182).  "$" matches nothing if this is not called. */
+void imap_search_resolve_saved(struct imap_search *search, const uint32_t *uids, size_t n);
+/* Whether "$" was used. */
+bool imap_search_uses_saved(const struct imap_search *search);
 /* Whether any key needs the message text (header, body, sent date). */
 bool imap_search_needs_text(const struct imap_search *search);
 /* Whether a MODSEQ key was used (the reply then carries (MODSEQ n)). */

@@ -250,6 +250,8 @@ void imap_sel_close(struct imap_client *c)
 	ARRAY_FREE(&sel->pending_expunges);
 	ARRAY_FREE(&sel->own);
 	ARRAY_FREE(&sel->recent);
+	ARRAY_FREE(&sel->saved);
+	imap_search_updates_free(sel);
 	stor_string_list_free(&sel->keywords);
 	free(sel->name);
 	free(sel);
@@ -310,6 +312,7 @@ static void send_expunges(struct imap_client *c)
 	if (sel->pending_expunges.count == 0)
 		return;
 	qsort(sel->pending_expunges.items, sel->pending_expunges.count, sizeof(uint32_t), uid_cmp);
+	imap_search_updates_expunge(c, &sel->pending_expunges);
 	if (c->qresync) {
 		struct buf line = BUF_INIT;
 		buf_append_str(&line, "* VANISHED ");
@@ -414,6 +417,7 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 		/* RFC 3501 7.3.2: the RECENT count goes with the new EXISTS. */
 		if (fresh.count > 0)
 			imap_client_printf(c, "* %zu RECENT\r\n", sel->recent.count);
+		imap_search_updates_changed(c, &msgs);
 		ARRAY_FREE(&fresh);
 		stor_msg_list_free(&msgs);
 		ARRAY_FREE(&tombs);
@@ -424,8 +428,35 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 	sel->own.count = 0;
 }
 
+void imap_enable_condstore(struct imap_client *c)
+{
+	if (c->condstore)
+		return;
+	c->condstore = true;
+	/* What the session was told up to: later changes still arrive. */
+	if (c->sel != NULL)
+		imap_client_printf(c, "* OK [HIGHESTMODSEQ %llu] Highest\r\n",
+				   (unsigned long long)c->sel->modseq);
+}
+
+void imap_sel_save_result(struct imap_selected *sel, const uint32_t *uids, size_t n)
+{
+	sel->saved.count = 0;
+	ARRAY_RESERVE(&sel->saved, n);
+	for (size_t i = 0; i < n; i++)
+		ARRAY_PUSH(&sel->saved, uids[i]);
+}
+
 int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_uid_list *uids_r)
 {
+	if (strcmp(set, "$") == 0) {
+		/* Saved UIDs still in the map; an empty result is not an
+		 * error (RFC 5182 2.1). */
+		for (size_t i = 0; i < sel->saved.count; i++)
+			if (imap_sel_seq(sel, sel->saved.items[i]) != 0)
+				ARRAY_PUSH(uids_r, sel->saved.items[i]);
+		return 0;
+	}
 	imap_seqset ranges = ARRAY_INIT;
 	if (imap_seqset_parse(set, &ranges) < 0) {
 		ARRAY_FREE(&ranges);

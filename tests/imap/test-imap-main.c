@@ -7,6 +7,7 @@ int main(void)
 		{ "imap-parser", imap_parser_cases, NULL, NULL },
 		{ "imap-seqset", imap_seqset_cases, NULL, NULL },
 		{ "imap-search", imap_search_cases, NULL, NULL },
+		{ "imap-esearch", imap_esearch_cases, NULL, NULL },
 		{ "imap-util", imap_util_cases, NULL, NULL },
 		{ "repl-local seam", imap_seam_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },

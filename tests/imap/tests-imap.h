@@ -4,6 +4,7 @@
 extern const struct test_case imap_parser_cases[];
 extern const struct test_case imap_seqset_cases[];
 extern const struct test_case imap_search_cases[];
+extern const struct test_case imap_esearch_cases[];
 extern const struct test_case imap_util_cases[];
 extern const struct test_case imap_seam_cases[];
 #endif
