@@ -1174,6 +1174,27 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 		merge_mark_dirty(m, at);
 		return 0;
 	}
+	/* The client moved the message from `at` (a sync with a third node
+	 * renumbered it): its copy lands here and ours at `at` goes with the
+	 * client's expunges.  Ours may hold flag changes the client never saw
+	 * (made here since the move): they merge flag by flag into the copy
+	 * that stays, which the client then takes. */
+	struct flag_merge fm;
+	bool merged = false;
+	if (r > 0) {
+		struct stor_msg ours;
+		r = stor_msg_get(s->db, &s->sel, at, &ours, err);
+		if (r < 0)
+			return -1;
+		if (r > 0) {
+			flag_merge_run(&ours, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
+			merged = !sync_flags_equal(fm.flags, &fm.keywords, cs->f.flags,
+						   &cs->f.keywords);
+			if (!merged)
+				flag_merge_free(&fm);
+			stor_msg_free(&ours);
+		}
+	}
 	if (cs->action == SAVE_APPEND) {
 		struct stor_msg other;
 		r = stor_msg_get(s->db, &s->sel, cs->uid, &other, err);
@@ -1189,7 +1210,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	}
 	/* A client message new here keeps its modseq when that is above
 	 * everything we had; else it gets N and the client is told. */
-	bool keep = cs->action == SAVE_APPEND && cs->modseq > m->sm;
+	bool keep = cs->action == SAVE_APPEND && cs->modseq > m->sm && !merged;
 	struct stor_append req = {
 		.uid = cs->action == SAVE_RENUMBER ? cs->new_uid : cs->uid,
 		.modseq = keep ? cs->modseq : m->N, .guid = &cs->guid, .flags = cs->f.flags,
@@ -1198,7 +1219,17 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 		.internaldate = cs->date, .internaldate_tz = cs->tz,
 		.stamps_given = true, .stamps = cs->stamps.items, .stamp_count = cs->stamps.count,
 	};
-	if (stor_msg_append(s->db, &s->sel, &req, NULL, NULL, err) < 0)
+	if (merged) {
+		req.flags = fm.flags;
+		req.keywords = (const char *const *)fm.keywords.items;
+		req.keyword_count = fm.keywords.count;
+		req.stamps = fm.times.items;
+		req.stamp_count = fm.times.count;
+	}
+	r = stor_msg_append(s->db, &s->sel, &req, NULL, NULL, err);
+	if (merged)
+		flag_merge_free(&fm);
+	if (r < 0)
 		return -1;
 	if (cs->action == SAVE_APPEND && !keep)
 		ARRAY_PUSH(&m->flags_client, cs->uid);

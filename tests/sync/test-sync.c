@@ -1516,6 +1516,86 @@ static void test_sync_replicated_flag_change_is_not_merged_again(void)
 	node_close(&c);
 }
 
+/* n takes A's message at uid as a replica takes the master's SAVE: same
+ * UID, GUID, flags and modseq, no sync. */
+static void replicate_append(struct node *a, struct node *n, const struct guid *mb, uint32_t uid,
+			     const char *text)
+{
+	struct stor_msg m;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(a->db, mb, uid, &m, &error), 1);
+	struct stor_append req = {
+		.uid = uid, .modseq = m.modseq, .guid = &m.guid, .flags = m.flags,
+		.internaldate = m.internaldate, .text = text, .text_len = strlen(text),
+	};
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n->db, mb, &req, NULL, NULL, &error), 0);
+	stor_msg_free(&m);
+}
+
+static uint32_t flags_of_guid(struct node *n, const struct guid *mb, const struct guid *g)
+{
+	uint32_t uid = 0, flags = 0;
+	struct stor_msg m;
+	const char *error;
+	CU_ASSERT_FATAL(has_guid(n, mb, g, &uid));
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	flags = m.flags;
+	stor_msg_free(&m);
+	return flags;
+}
+
+/* A flag change made on one node (A) to a message X that a sync between
+ * two other nodes meanwhile moved to another UID (B's X and C's own
+ * message collided at one UID).  When C then syncs with A, C's copy of X
+ * stands at its new UID and A's copy at the old UID goes with C's expunge
+ * of that UID: A's change must merge into the copy that stays.  It was
+ * lost (found by the fault campaign: partition seed 2, flag-holds). */
+static void moved_message_keeps_flag_change(bool known_to_both)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	uint32_t u1 = append(&a, &mb, "one\r\n", 0, NULL);
+	run_sync(&b, &a, false, 71);
+	/* C had every message by replication, never by a sync with A. */
+	replicate_append(&a, &c, &mb, u1, "one\r\n");
+	struct guid gx;
+	uint32_t ux = append(&a, &mb, "x\r\n", STOR_FLAG_SEEN, &gx);
+	if (known_to_both)
+		run_sync(&b, &a, false, 73);
+	else
+		replicate_append(&a, &b, &mb, ux, "x\r\n");
+	/* C, apart, used the same UID for another message. */
+	uint32_t uz = append(&c, &mb, "z\r\n", 0, NULL);
+	CU_ASSERT_EQUAL(uz, ux);
+	/* A flags X; B and C meet, and X moves on B. */
+	set_flags(&a, &mb, ux, STOR_FLAG_SEEN | STOR_FLAG_ANSWERED);
+	run_sync(&c, &b, false, 74);
+	uint32_t moved = 0;
+	CU_ASSERT(has_guid(&b, &mb, &gx, &moved));
+	CU_ASSERT_NOT_EQUAL(moved, ux);
+	/* A syncs with B, then with C. */
+	run_sync(&c, &a, false, 75);
+	run_sync(&a, &b, false, 76);
+	run_sync(&c, &a, false, 77);
+	CU_ASSERT_EQUAL(flags_of_guid(&a, &mb, &gx), STOR_FLAG_SEEN | STOR_FLAG_ANSWERED);
+	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &gx), STOR_FLAG_SEEN | STOR_FLAG_ANSWERED);
+	CU_ASSERT_EQUAL(flags_of_guid(&c, &mb, &gx), STOR_FLAG_SEEN | STOR_FLAG_ANSWERED);
+	three_nodes_end_alike(&a, &b, &c, 3);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_moved_message_keeps_flag_change_new(void)
+{
+	moved_message_keeps_flag_change(false);
+}
+
+static void test_sync_moved_message_keeps_flag_change_known(void)
+{
+	moved_message_keeps_flag_change(true);
+}
+
 /* The same after a partition with flags and expunges on both sides, where
  * the node that was cut off syncs first and the other side's nodes have no
  * common sync state yet (their copies came by replication): a first sync
@@ -2214,6 +2294,10 @@ static const struct test_case sync_cases[] = {
 	  test_sync_three_nodes_after_a_partition_lose_nothing },
 	{ "a replicated flag change is not merged again (three nodes converge)",
 	  test_sync_replicated_flag_change_is_not_merged_again },
+	{ "a flag change follows a message another sync moved (X replicated)",
+	  test_sync_moved_message_keeps_flag_change_new },
+	{ "a flag change follows a message another sync moved (X synced)",
+	  test_sync_moved_message_keeps_flag_change_known },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
