@@ -64,7 +64,7 @@ static const struct {
 
 void imap_capabilities(struct imap_client *c, struct buf *out)
 {
-	buf_append_str(out, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS "
+	buf_append_str(out, "IMAP4rev1 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS "
 			    "UNSELECT CHILDREN MOVE CONDSTORE QRESYNC SPECIAL-USE");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
