@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end checks of IMAP extensions against one real server.
 
-LITERAL- (RFC 7888), LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819):
+LITERAL- (RFC 7888), LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819),
+MULTIAPPEND (RFC 3502) and CATENATE (RFC 4469):
 each advertised capability is exercised over the wire, including hostile
 input (oversized literals, too many patterns, unknown options) that must
 be answered with a clear NO/BAD and never crash the server.
@@ -11,16 +12,21 @@ $top_builddir); `--dovecot` runs the same checks against a private Dovecot.
 The last line is "imap-ext: N passed, M failed"; exit 0 only if nothing
 failed.
 """
+import os
 import socket
+import subprocess
 import sys
 
-from imapcommon import parse_args, start_target, finish, Report
+from imapcommon import parse_args, start_target, finish, Report, Target
+from harness.starling import Cluster
 from harness.imapwire import Client, Literal, parse, quote
 
 USER, PASSWORD = "alice", "s3cret pass"
 
 R = Report("imap-ext")
 T = None  # the Target
+ARGS = None
+MAX_MESSAGE_SIZE = 4 << 20
 
 
 def connect(login=True):
@@ -181,17 +187,219 @@ def t_list_extended():
     c.logout()
 
 
+# ------------------------------------------------------------ MULTIAPPEND
+def fetch_bodies(c, box):
+    r = c.command("EXAMINE", quote(box))
+    if not r.ok:
+        return None
+    r = c.command("FETCH 1:* (UID FLAGS BODY.PEEK[])")
+    out = []
+    for seq, items in r.fetches():
+        out.append((items.get("UID"), items.get("BODY[]")))
+    return out
+
+
+def stor_raise_tool():
+    build = os.environ.get("top_builddir") or ARGS.build
+    return os.path.join(build, "tests", "imap", "stor-raise") if build else None
+
+
+def t_multiappend():
+    c = connect()
+    cp = caps(c)
+    R.check("CAPABILITY has MULTIAPPEND", "MULTIAPPEND" in cp, cp)
+    c.command("CREATE", "ma")
+    r = c.command("APPEND", "ma", "(\\Seen)", Literal(msg("m1")),
+                  '"14-Jul-2024 10:00:00 +0200"', Literal(msg("m2")),
+                  "(\\Flagged $Work)", '"15-Jul-2024 10:00:00 +0000"', Literal(msg("m3")))
+    R.check("MULTIAPPEND of 3 messages: OK", r.ok, r)
+    R.check("MULTIAPPEND: APPENDUID lists the three UIDs in order",
+            r.code == "APPENDUID" and r.code_args.split(b" ")[1] == b"1:3", r.line)
+    got = fetch_bodies(c, "ma")
+    R.check("MULTIAPPEND: three messages, texts in order",
+            [b for _, b in got or []] == [msg("m1"), msg("m2"), msg("m3")], got)
+    r = c.command("FETCH 1:3 (FLAGS INTERNALDATE)")
+    f = dict(r.fetches())
+    R.check("MULTIAPPEND: each message has its own flags",
+            b"\\Seen" in f.get(1, {}).get("FLAGS", []) and
+            b"\\Flagged" in f.get(3, {}).get("FLAGS", []) and
+            b"$Work" in f.get(3, {}).get("FLAGS", []) and
+            b"\\Seen" not in f.get(2, {}).get("FLAGS", [b"\\Seen"]), f)
+    R.check("MULTIAPPEND: each message has its own date",
+            f.get(2, {}).get("INTERNALDATE") == b"14-Jul-2024 10:00:00 +0200" and
+            f.get(3, {}).get("INTERNALDATE") == b"15-Jul-2024 10:00:00 +0000", f)
+    c.command("UNSELECT")
+
+    # A bad second message: nothing is appended.
+    r = c.command("APPEND", "ma", Literal(msg("x1")), '"not a date"', Literal(msg("x2")))
+    R.check("MULTIAPPEND with a bad date in message 2: BAD", r.status == "BAD", r)
+    r = c.command("APPEND", "ma", Literal(msg("x1")), "(\\Bogus)", Literal(msg("x2")))
+    R.check("MULTIAPPEND with a bad flag in message 2: BAD", r.status == "BAD", r)
+    r = c.command("APPEND", "ma", Literal(msg("x1")), "(\\Seen)")
+    R.check("MULTIAPPEND ending in flags without a message: BAD", r.status == "BAD", r)
+    R.check("after the refused MULTIAPPENDs the mailbox still has 3",
+            len(fetch_bodies(c, "ma") or []) == 3)
+    c.command("UNSELECT")
+    r = c.command("APPEND", "nosuchbox", Literal(msg("x1")), Literal(msg("x2")))
+    R.check("MULTIAPPEND to a missing mailbox: NO [TRYCREATE]",
+            r.status == "NO" and r.code == "TRYCREATE", r)
+    # Over the message-count bound.
+    parts = []
+    for i in range(1001):
+        parts.append(Literal(b"Subject: n\r\n\r\nx\r\n", plus=True))
+    r = c.command("APPEND", "ma", *parts)
+    R.check("MULTIAPPEND of 1001 messages: NO [LIMIT], nothing appended",
+            r.status == "NO" and r.code == "LIMIT" and
+            len(fetch_bodies(c, "ma") or []) == 3, r)
+    c.command("UNSELECT")
+    c.command("CREATE", "full")
+    c.logout()
+
+    # All or nothing when the seam refuses the second message: the first,
+    # already made, is expunged again before the tagged NO.
+    tool = stor_raise_tool()
+    if T.kind != "starling":
+        return
+    R.check("the stor-raise test tool is built (make -C tests imap/stor-raise)",
+            tool is not None and os.path.exists(tool), tool)
+    if tool is None or not os.path.exists(tool):
+        return
+    T.stop()
+    p = subprocess.run([tool, os.path.join(T.node.data_dir, "store"), USER, "full"],
+                       capture_output=True, timeout=60)
+    R.check("stor-raise ran", p.returncode == 0, p.stderr)
+    T.node.start()
+    c = connect()
+    r = c.command("APPEND", "full", Literal(msg("f1")), Literal(msg("f2")))
+    R.check("MULTIAPPEND whose 2nd message is refused: NO [LIMIT]",
+            r.status == "NO" and r.code == "LIMIT", r)
+    r = c.command("STATUS full (MESSAGES)")
+    st = statuses(r)
+    R.check("... and the 1st message was removed again (0 messages)",
+            st.get("full", {}).get("MESSAGES") == 0, r.untagged)
+    r = c.command("APPEND", "full", Literal(msg("f3")))
+    R.check("the UID the removed message took is not reused: NO [LIMIT]",
+            r.status == "NO" and r.code == "LIMIT", r)
+    c.logout()
+
+
+# ------------------------------------------------------------ CATENATE
+def t_catenate():
+    c = connect()
+    cp = caps(c)
+    R.check("CAPABILITY has CATENATE", "CATENATE" in cp, cp)
+    c.command("CREATE", quote("cat src"))
+    c.command("CREATE", "cat/dst")
+    multi = (b"From: a@example.org\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+             b"--XX\r\nContent-Type: text/plain\r\n\r\npart one\r\n"
+             b"--XX\r\nContent-Type: text/plain\r\n\r\npart two\r\n--XX--\r\n")
+    r = c.command("APPEND", quote("cat src"), Literal(multi))
+    R.check("APPEND the source message", r.ok, r)
+    r = c.command("STATUS", quote("cat src"), "(UIDVALIDITY)")
+    uidv = statuses(r).get("cat src", {}).get("UIDVALIDITY")
+    base = "/cat%20src;UIDVALIDITY=" + str(uidv) + "/;UID=1"
+    hdr = multi.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(URL", quote(base + "/;SECTION=HEADER"),
+                  "TEXT", Literal(b"new body\r\n"), ")")
+    R.check("CATENATE URL (header) + TEXT: OK with APPENDUID",
+            r.ok and r.code == "APPENDUID", r)
+    r = c.command("APPEND", "cat/dst", "(\\Seen)", "CATENATE",
+                  "(TEXT", Literal(b"Subject: two\r\n\r\n"),
+                  "URL", quote("/cat%20src/;uid=1/;section=2"),
+                  "URL", quote("/cat%20src/;UID=1/;SECTION=1/;PARTIAL=0.4"), ")")
+    R.check("CATENATE TEXT + part 2 + partial of part 1: OK", r.ok, r)
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(URL", quote("/cat%20src/;UID=1"), ")",
+                  Literal(msg("plain")))
+    R.check("CATENATE then a literal in one MULTIAPPEND: OK", r.ok, r)
+    got = [b for _, b in fetch_bodies(c, "cat/dst") or []]
+    R.check("the catenated texts are right",
+            got == [hdr + b"new body\r\n", b"Subject: two\r\n\r\npart twopart", multi,
+                    msg("plain")], got)
+    c.command("UNSELECT")
+
+    def no_badurl(url):
+        r = c.command("APPEND", "cat/dst", "CATENATE", "(TEXT", Literal(b"a: b\r\n\r\n"),
+                      "URL", quote(url), ")")
+        R.check("BADURL: %s" % url[:70], r.status == "NO" and r.code == "BADURL", r)
+    no_badurl("/cat%20src;UIDVALIDITY=" + str((uidv or 0) + 1) + "/;UID=1")
+    no_badurl("/cat%20src/;UID=99")
+    no_badurl("/nosuch/;UID=1")
+    no_badurl("/cat%20src/;UID=1/;SECTION=9")
+    no_badurl("/cat%20src/;UID=1/;SECTION=HEADER.FIELDS%20(From)")
+    no_badurl("imap://alice@localhost/cat%20src/;UID=1")
+    no_badurl("/cat%2/;UID=1")
+    no_badurl("/cat%00src/;UID=1")
+    no_badurl("/cat%20src/;UID=4294967296")
+    c.command("CREATE", "other")
+    c.logout()
+    c = connect()
+    got = fetch_bodies(c, "cat/dst")
+    R.check("after the refused CATENATEs cat/dst still has its 4 messages",
+            len(got or []) == 4, got)
+    c.command("UNSELECT")
+    r = c.command("APPEND", "nosuch", "CATENATE", "(URL", quote("/bad;UIDVALIDITY=1/;UID=1"), ")")
+    R.check("CATENATE into a missing mailbox: NO [TRYCREATE] even with a bad URL",
+            r.status == "NO" and r.code == "TRYCREATE", r)
+    r = c.command("APPEND", "cat/dst", "CATENATE", "()")
+    R.check("CATENATE (): BAD", r.status == "BAD", r)
+    c.command("NOOP")
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(TEXT)")
+    R.check("CATENATE (TEXT): BAD", r.status == "BAD", r)
+    c.command("NOOP")
+    r = c.command("APPEND", "cat/dst", "CATENATE", '(TEXT "quoted")')
+    R.check("CATENATE TEXT with a quoted string: BAD", r.status == "BAD", r)
+    c.command("NOOP")
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(BOGUS", Literal(b"x"), ")")
+    R.check("CATENATE with an unknown part: BAD", r.status == "BAD", r)
+    c.command("NOOP")
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(" + " ".join(
+        ["URL " + quote("/cat%20src/;UID=1")] * 65) + ")")
+    R.check("CATENATE with 65 URLs: NO [LIMIT]", r.status == "NO" and r.code == "LIMIT", r)
+    # Built up past max_message_size from URLs: NO [TOOBIG], never a crash.
+    big = b"Subject: big\r\n\r\n" + b"y" * (1 << 20)
+    c.command("APPEND", quote("cat src"), Literal(big))
+    n = 5
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(" + " ".join(
+        ["URL " + quote("/cat%20src/;UID=2")] * n) + ")")
+    R.check("CATENATE of %d x 1 MB: NO [TOOBIG] (over max_message_size 4 MB)" % n,
+            r.status == "NO" and r.code == "TOOBIG", r)
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(" + " ".join(
+        ["URL " + quote("/cat%20src/;UID=2")] * 3) + ")")
+    R.check("CATENATE of 3 x 1 MB: OK", r.ok, r)
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(" + " ".join(
+        ["URL " + quote("/cat%20src/;UID=2")] * 3) + ")",
+        "CATENATE", "(" + " ".join(["URL " + quote("/cat%20src/;UID=2")] * 3) + ")")
+    R.check("MULTIAPPEND of 2 x 3 MB catenated: NO [TOOBIG] (over one command's worth)",
+            r.status == "NO" and r.code == "TOOBIG", r)
+    c.command("EXPUNGE")
+    R.check("the session survives", c.command("NOOP").ok)
+    R.check("cat/dst has 5 messages", len(fetch_bodies(c, "cat/dst") or []) == 5)
+    c.logout()
+
+
 SECTIONS = [
     ("literal-minus", t_literal_minus),
     ("list-extended", t_list_extended),
+    ("multiappend", t_multiappend),
+    ("catenate", t_catenate),
 ]
 
 
 def main():
-    global T
+    global T, ARGS
     args = parse_args(__doc__.splitlines()[0])
+    ARGS = args
     try:
-        T = start_target(args, {USER: PASSWORD}, tls=False)
+        if args.dovecot:
+            T = start_target(args, {USER: PASSWORD}, tls=False)
+        else:
+            # A small max_message_size, so that the size bounds are cheap
+            # to reach.
+            cl = Cluster(n=1, users={USER: PASSWORD}, tls=False, build_dir=args.build,
+                         extra_config={"max_message_size": str(MAX_MESSAGE_SIZE)})
+            cl.start_all()
+            T = Target("starling", cl, cl.nodes[0])
     except Exception as e:  # noqa: BLE001
         R.check("server starts", False, "%s: %s" % (type(e).__name__, e))
         return R.summary()
