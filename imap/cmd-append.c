@@ -1,5 +1,5 @@
-/* APPEND with MULTIAPPEND (RFC 3502) and CATENATE (RFC 4469); APPENDUID
- * (UIDPLUS).  Literals stay in the parser's buffer until the command ends;
+/* APPEND with MULTIAPPEND (RFC 3502), CATENATE (RFC 4469) and literal8
+ * messages (BINARY, RFC 3516); APPENDUID (UIDPLUS).  Literals stay in the parser's buffer until the command ends;
  * catenated texts are built here.
  *
  * MULTIAPPEND is all-or-nothing.  The seam has no batch append, and the
@@ -538,6 +538,17 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 			      (args[i].type == IMAP_ARG_STRING && i == n - 1))) {
 			m->req.text = args[i].str;
 			m->req.text_len = args[i].len;
+			/* RFC 3516 4.2: binary content sent as a literal8 is
+			 * stored base64-encoded, so that BODY[] never has to
+			 * carry a NUL; BINARY[] undoes it. */
+			if (args[i].literal8 && memchr(args[i].str, '\0', args[i].len) != NULL &&
+			    imap_mime_binary_to_base64((const unsigned char *)args[i].str,
+						       args[i].len, &m->built) > 0) {
+				m->req.text = m->built.data;
+				m->req.text_len = m->built.len;
+			} else {
+				buf_reset(&m->built);
+			}
 			i++;
 		} else if (i + 1 < n && imap_arg_atom_eq(&args[i], "CATENATE") &&
 			   args[i + 1].type == IMAP_ARG_LIST) {

@@ -68,6 +68,7 @@ void imap_capabilities(struct imap_client *c, struct buf *out)
 			    "UNSELECT CHILDREN MOVE CONDSTORE QRESYNC SPECIAL-USE");
 	buf_append_str(out, " LIST-EXTENDED LIST-STATUS");
 	buf_append_str(out, " MULTIAPPEND CATENATE");
+	buf_append_str(out, " BINARY");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");

@@ -2,7 +2,7 @@
 """End-to-end checks of IMAP extensions against one real server.
 
 LITERAL- (RFC 7888), LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819),
-MULTIAPPEND (RFC 3502) and CATENATE (RFC 4469):
+MULTIAPPEND (RFC 3502), CATENATE (RFC 4469) and BINARY (RFC 3516):
 each advertised capability is exercised over the wire, including hostile
 input (oversized literals, too many patterns, unknown options) that must
 be answered with a clear NO/BAD and never crash the server.
@@ -378,11 +378,125 @@ def t_catenate():
     c.logout()
 
 
+# ------------------------------------------------------------ BINARY
+BIN_DATA = bytes(range(256)) + b"\x00\x00end"
+QP_BODY = (b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\nfoo\t \t= \r\n=62\r\n"
+           b"foo = \t\r\nbar\r\nsoft=3Dx=\r\n")
+QP_DECODED = b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\nsoft=x"
+
+
+def binary_message():
+    import base64
+    b64 = base64.encodebytes(BIN_DATA).replace(b"\n", b"\r\n")
+    return (b"From: a@example.org\r\nSubject: bin\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n"
+            b"--BB\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 +
+            b"--BB\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+            b"\r\n" + QP_BODY +
+            b"--BB\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n"
+            b"begin 644 x\r\n--BB\r\nContent-Type: text/plain\r\n\r\nplain text\r\n--BB--\r\n")
+
+
+def raw_fetch(c, what):
+    """Untagged responses of a FETCH as raw bytes, and the tagged status."""
+    r = c.command("FETCH", "1", what)
+    return r, b"\r\n".join(r.untagged)
+
+
+def t_binary():
+    c = connect()
+    cp = caps(c)
+    R.check("CAPABILITY has BINARY", "BINARY" in cp, cp)
+    c.command("CREATE", "bin")
+    m = binary_message()
+    R.check("APPEND the test message", c.command("APPEND", "bin", Literal(m)).ok)
+    R.check("SELECT", c.command("SELECT", "bin").ok)
+    r = c.command("FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])")
+    f = dict(r.fetches()).get(1, {})
+    R.check("BINARY[1]: the base64 part decoded", f.get("BINARY[1]") == BIN_DATA, r)
+    R.check("BINARY.SIZE[1]: its decoded size", int(f.get("BINARY.SIZE[1]", -1)) == len(BIN_DATA),
+            f.get("BINARY.SIZE[1]"))
+    r, raw = raw_fetch(c, "(BINARY.PEEK[1])")
+    R.check("a part holding NUL is sent as a literal8 ~{n}",
+            b"BINARY[1] ~{%d}" % len(BIN_DATA) in raw, raw[:80])
+    r = c.command("FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2])")
+    f = dict(r.fetches()).get(1, {})
+    R.check("BINARY[2]: quoted-printable decoded (soft breaks, =XX, trailing blanks)",
+            f.get("BINARY[2]") == QP_DECODED, f.get("BINARY[2]"))
+    R.check("BINARY.SIZE[2]", int(f.get("BINARY.SIZE[2]", -1)) == len(QP_DECODED), f)
+    r, raw = raw_fetch(c, "(BINARY.PEEK[2])")
+    R.check("text without NUL is an ordinary literal", b"BINARY[2] {" in raw, raw[:60])
+    r = c.command("FETCH 1 (BINARY.PEEK[1]<250.100>)")
+    f = dict(r.fetches()).get(1, {})
+    R.check("BINARY[1]<250.100>: a range of the decoded octets",
+            f.get("BINARY[1]<250>") == BIN_DATA[250:350], f)
+    r = c.command("FETCH 1 (BINARY.PEEK[4] BINARY.PEEK[] BINARY.SIZE[])")
+    f = dict(r.fetches()).get(1, {})
+    R.check("BINARY[4]: a part without an encoding as it is",
+            f.get("BINARY[4]") == b"plain text", f.get("BINARY[4]"))
+    R.check("BINARY[]: the whole message as stored", f.get("BINARY[]") == m)
+    R.check("BINARY.SIZE[]", int(f.get("BINARY.SIZE[]", -1)) == len(m))
+    r = c.command("FETCH 1 (BINARY.PEEK[9])")
+    R.check("BINARY of a part that does not exist: NIL",
+            r.ok and dict(r.fetches()).get(1, {}).get("BINARY[9]", 1) is None, r)
+    r = c.command("FETCH 1 (BINARY.PEEK[3])")
+    R.check("an encoding we cannot undo: NO [UNKNOWN-CTE]",
+            r.status == "NO" and r.code == "UNKNOWN-CTE", r)
+    r = c.command("FETCH 1 (BINARY.SIZE[3])")
+    R.check("BINARY.SIZE of it: NO [UNKNOWN-CTE] too",
+            r.status == "NO" and r.code == "UNKNOWN-CTE", r)
+    r = c.command("FETCH 1 (FLAGS)")
+    R.check("BINARY.PEEK and BINARY.SIZE leave \\Seen alone",
+            b"\\Seen" not in dict(r.fetches()).get(1, {}).get("FLAGS", [b"\\Seen"]), r)
+    r = c.command("FETCH 1 (BINARY[4])")
+    R.check("BINARY[4] sets \\Seen",
+            b"\\Seen" in dict(r.fetches()).get(1, {}).get("FLAGS", []), r)
+    for bad in ("BINARY[1.HEADER]", "BINARY[0]", "BINARY[1.]", "BINARY[.1]", "BINARY[1",
+                "BINARY.SIZE[1]<0.1>", "BINARY[1]<0.0>", "BINARY[a]",
+                "BINARY[" + ".".join(["1"] * 17) + "]"):
+        r = c.command("FETCH 1 (%s)" % bad)
+        R.check("BAD: FETCH %s" % bad[:40], r.status == "BAD", r)
+        c.command("NOOP")
+    c.command("UNSELECT")
+
+    # APPEND of binary content in a literal8: stored so that BODY[] carries
+    # no NUL, and BINARY[] gives the octets back.
+    payload = b"\x00\x01\x02 -\xff\x00\r\n\x00"
+    msg8 = (b"From: a@example.org\r\nSubject: lit8\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n"
+            b"\r\n" + payload)
+    tag = c.next_tag()
+    c.send(b"%s APPEND bin ~{%d+}\r\n" % (tag.encode(), len(msg8)) + msg8 + b"\r\n")
+    r = c.wait_tagged(tag)
+    R.check("APPEND of a literal8 ~{n+} with NUL octets: OK", r.ok, r)
+    c.command("SELECT", "bin")
+    r, raw = raw_fetch(c, "(BODY.PEEK[] BODY.PEEK[1])")
+    f = dict(r.fetches()).get(1, {})
+    R.check("... BODY[] holds no NUL", r.ok and b"\x00" not in raw, raw[:200])
+    r = c.command("FETCH 2 (BINARY.PEEK[1] BINARY.SIZE[1])")
+    f = dict(r.fetches()).get(2, {})
+    R.check("... BINARY[1] gives the octets back", f.get("BINARY[1]") == payload, f)
+    R.check("... BINARY.SIZE[1]", int(f.get("BINARY.SIZE[1]", -1)) == len(payload), f)
+    r = c.command("FETCH 2 (BODY.PEEK[HEADER.FIELDS (Subject)])")
+    R.check("... the other header fields are kept",
+            b"Subject: lit8" in b"".join(r.untagged), r.untagged)
+    tag = c.next_tag()
+    c.send(b"%s APPEND bin ~{10+}\r\nSubject: x" % tag.encode() + b"\r\n")
+    r = c.wait_tagged(tag)
+    R.check("APPEND of a literal8 without NUL: OK, stored as sent", r.ok, r)
+    r = c.command("NOOP")
+    r = c.command("FETCH 3 (BODY.PEEK[])")
+    R.check("... as sent", dict(r.fetches()).get(3, {}).get("BODY[]") == b"Subject: x", r)
+    c.logout()
+
+
 SECTIONS = [
     ("literal-minus", t_literal_minus),
     ("list-extended", t_list_extended),
     ("multiappend", t_multiappend),
     ("catenate", t_catenate),
+    ("binary", t_binary),
 ]
 
 
