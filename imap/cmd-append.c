@@ -31,6 +31,9 @@
 #define CATENATE_MAX_PARTS 256
 #define CATENATE_MAX_URLS 64       /* per command: each reads a stored text */
 #define CATENATE_MAX_URL 2048
+/* Stored text the URLs of one command may read, in max_message_size units:
+ * each URL reads its whole source message. */
+#define CATENATE_READ_FACTOR 4
 
 struct append_msg {
 	struct repl_append req;
@@ -270,9 +273,11 @@ static int parse_url_section(const char *sec, char **part_r, enum imap_section_k
 	return 0;
 }
 
-/* Appends the bytes the URL names to out.  Returns 0, or -1 if the URL is
- * not one we resolve (BADURL). */
-static int url_fetch(struct imap_client *c, const char *url, struct buf *out, const char **err_r)
+/* Appends the bytes the URL names to out, adding the size of the stored
+ * text it read to *read.  Returns 0, or -1 if the URL is not one we
+ * resolve (BADURL), or -2 when *read would pass read_max (nothing read). */
+static int url_fetch(struct imap_client *c, const char *url, struct buf *out, uint64_t *read,
+		     uint64_t read_max, const char **err_r)
 {
 	struct stor_db *db = c->server->db;
 	*err_r = NULL;
@@ -364,6 +369,12 @@ static int url_fetch(struct imap_client *c, const char *url, struct buf *out, co
 			*err_r = err;
 		goto out;
 	}
+	if (m.size > read_max || *read > read_max - m.size) {
+		stor_msg_free(&m);
+		ret = -2;
+		goto out;
+	}
+	*read += m.size;
 	r = stor_text_read(db, &m.guid, 0, m.size, &text, &err);
 	stor_msg_free(&m);
 	if (r < 0) {
@@ -395,7 +406,7 @@ static bool is_message_start(const struct imap_arg *a, const struct imap_arg *ne
 /* Builds the text of CATENATE (parts) into m->built.  Returns 0, or -1
  * after answering the command. */
 static int catenate(struct imap_cmd *cmd, struct append_msg *m, const struct imap_arg *list,
-		    uint64_t *total, unsigned *urls)
+		    uint64_t *total, unsigned *urls, uint64_t *read)
 {
 	struct imap_client *c = cmd->client;
 	uint64_t max = c->server->cfg->max_message_size;
@@ -432,7 +443,14 @@ static int catenate(struct imap_cmd *cmd, struct append_msg *m, const struct ima
 				return -1;
 			}
 			const char *err;
-			if (url_fetch(c, url, &m->built, &err) < 0) {
+			int ur = url_fetch(c, url, &m->built, read, CATENATE_READ_FACTOR * max,
+					   &err);
+			if (ur == -2) {
+				imap_cmd_done(cmd, "NO", "[LIMIT] CATENATE URLs read over %llu octets",
+					      (unsigned long long)(CATENATE_READ_FACTOR * max));
+				return -1;
+			}
+			if (ur < 0) {
 				if (err != NULL) {
 					imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 				} else {
@@ -504,6 +522,7 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 	ac->msgs = xcalloc(nmsgs ? nmsgs : 1, sizeof(*ac->msgs));
 	uint64_t total = 0;
 	unsigned urls = 0;
+	uint64_t read = 0;
 	size_t i = 1;
 	bool bad = false;
 	const char *bad_msg = "APPEND takes a mailbox, flags, a date and a message";
@@ -554,7 +573,7 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 			   args[i + 1].type == IMAP_ARG_LIST) {
 			if (r == 0)
 				break;  /* [TRYCREATE] below, before any URL */
-			if (catenate(cmd, m, &args[i + 1], &total, &urls) < 0) {
+			if (catenate(cmd, m, &args[i + 1], &total, &urls, &read) < 0) {
 				stor_mailbox_free(&mb);
 				return true;
 			}

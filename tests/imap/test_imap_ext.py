@@ -372,9 +372,18 @@ def t_catenate():
         "CATENATE", "(" + " ".join(["URL " + quote("/cat%20src/;UID=2")] * 3) + ")")
     R.check("MULTIAPPEND of 2 x 3 MB catenated: NO [TOOBIG] (over one command's worth)",
             r.status == "NO" and r.code == "TOOBIG", r)
+    # Each URL reads its whole source message: 17 reads of a 1 MB message
+    # pass the bound of 4 x max_message_size even though they add 17 octets.
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(" + " ".join(
+        ["URL " + quote("/cat%20src/;UID=2/;PARTIAL=0.1")] * 17) + ")")
+    R.check("CATENATE reading 17 x 1 MB for 17 octets: NO [LIMIT]",
+            r.status == "NO" and r.code == "LIMIT", r)
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(" + " ".join(
+        ["URL " + quote("/cat%20src/;UID=2/;PARTIAL=0.1")] * 15) + ")")
+    R.check("CATENATE reading 15 x 1 MB: OK", r.ok, r)
     c.command("EXPUNGE")
     R.check("the session survives", c.command("NOOP").ok)
-    R.check("cat/dst has 5 messages", len(fetch_bodies(c, "cat/dst") or []) == 5)
+    R.check("cat/dst has 6 messages", len(fetch_bodies(c, "cat/dst") or []) == 6)
     c.logout()
 
 
