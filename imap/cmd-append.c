@@ -45,8 +45,14 @@ struct append_msg {
 	uint32_t uid, uidvalidity;
 };
 
+struct append_done_ctx;
+
 struct append_ctx {
 	struct guid mailbox;
+	/* The seam call in flight.  At shutdown the session can be freed
+	 * while it is (after the seam's last flush): the completion then
+	 * finds it cancelled and touches nothing else. */
+	struct append_done_ctx *inflight;
 	struct append_msg *msgs;
 	size_t count;
 	size_t next;               /* the message to submit next */
@@ -55,9 +61,17 @@ struct append_ctx {
 	stor_uid_list rollback;
 };
 
+struct append_done_ctx {
+	struct imap_cmd *cmd;
+	size_t index;
+	bool cancelled;
+};
+
 static void append_ctx_free(void *p)
 {
 	struct append_ctx *ac = p;
+	if (ac->inflight != NULL)
+		ac->inflight->cancelled = true;
 	for (size_t i = 0; i < ac->count; i++) {
 		ARRAY_FREE(&ac->msgs[i].keywords);
 		buf_free(&ac->msgs[i].built);
@@ -82,9 +96,32 @@ static void append_fail(struct imap_cmd *cmd)
 		      ac->error_msg != NULL ? ac->error_msg : "APPEND failed");
 }
 
+/* Starts a seam call for cmd: the context its completion gets. */
+static struct append_done_ctx *inflight_new(struct imap_cmd *cmd, size_t index)
+{
+	struct append_ctx *ac = cmd->ctx;
+	struct append_done_ctx *dc = xcalloc(1, sizeof(*dc));
+	dc->cmd = cmd;
+	dc->index = index;
+	ac->inflight = dc;
+	return dc;
+}
+
+/* Ends a seam call: its command, or NULL if that is gone. */
+static struct imap_cmd *inflight_end(struct append_done_ctx *dc)
+{
+	struct imap_cmd *cmd = dc->cancelled ? NULL : dc->cmd;
+	if (cmd != NULL)
+		((struct append_ctx *)cmd->ctx)->inflight = NULL;
+	free(dc);
+	return cmd;
+}
+
 static void rollback_done(void *ctx, const struct repl_result *res)
 {
-	struct imap_cmd *cmd = ctx;
+	struct imap_cmd *cmd = inflight_end(ctx);
+	if (cmd == NULL)
+		return;
 	struct append_ctx *ac = cmd->ctx;
 	cmd->waiting = false;
 	if (res->error != REPL_OK) {
@@ -101,11 +138,6 @@ static void rollback_done(void *ctx, const struct repl_result *res)
 
 static void submit_next(struct imap_cmd *cmd);
 
-struct append_done_ctx {
-	struct imap_cmd *cmd;
-	size_t index;
-};
-
 static void all_done(struct imap_cmd *cmd)
 {
 	struct imap_client *c = cmd->client;
@@ -121,7 +153,7 @@ static void all_done(struct imap_cmd *cmd)
 		}
 		qsort(ac->rollback.items, ac->rollback.count, sizeof(uint32_t), uid_cmp);
 		repl_expunge(c->server->repl, c->user, &ac->mailbox, ac->rollback.items,
-			     ac->rollback.count, rollback_done, cmd);
+			     ac->rollback.count, rollback_done, inflight_new(cmd, 0));
 		return;
 	}
 	cmd->waiting = false;
@@ -139,10 +171,12 @@ static void all_done(struct imap_cmd *cmd)
 static void append_done(void *ctx, const struct repl_result *res)
 {
 	struct append_done_ctx *dc = ctx;
-	struct imap_cmd *cmd = dc->cmd;
+	size_t index = dc->index;
+	struct imap_cmd *cmd = inflight_end(dc);
+	if (cmd == NULL)
+		return;
 	struct append_ctx *ac = cmd->ctx;
-	struct append_msg *m = &ac->msgs[dc->index];
-	free(dc);
+	struct append_msg *m = &ac->msgs[index];
 	m->done = true;
 	m->error = res->error;
 	if (res->error != REPL_OK) {
@@ -164,11 +198,9 @@ static void submit_next(struct imap_cmd *cmd)
 {
 	struct imap_client *c = cmd->client;
 	struct append_ctx *ac = cmd->ctx;
-	struct append_done_ctx *dc = xcalloc(1, sizeof(*dc));
-	dc->cmd = cmd;
-	dc->index = ac->next++;
-	repl_append(c->server->repl, c->user, &ac->mailbox, &ac->msgs[dc->index].req, append_done,
-		    dc);
+	size_t index = ac->next++;
+	repl_append(c->server->repl, c->user, &ac->mailbox, &ac->msgs[index].req, append_done,
+		    inflight_new(cmd, index));
 }
 
 /* ---- CATENATE URLs (RFC 4469 5, a subset of RFC 5092): the user's own

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from imapcommon import parse_args, start_target, finish, Report, Target
 from harness.starling import Cluster
@@ -509,12 +510,46 @@ def t_binary():
     c.logout()
 
 
+# ------------------------------------------------------------ shutdown
+def t_shutdown_mid_multiappend():
+    """SIGTERM while a long MULTIAPPEND is being appended one message after
+    the other: starlingd exits 0 and its sanitizers report nothing (no
+    completion may reach a freed session)."""
+    if T.kind != "starling":
+        return
+    c = connect()
+    c.command("CREATE", "sd")
+    parts = [Literal(msg("sd%d" % i), plus=True) for i in range(1000)]
+    tag = c.next_tag()
+    c.send_command(tag, ["APPEND", "sd"] + parts)
+    # Stop once the server is in the middle of the appends.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        c2 = connect()
+        r = c2.command("STATUS sd (MESSAGES)")
+        c2.close()
+        if (statuses(r).get("sd", {}).get("MESSAGES") or 0) >= 50:
+            break
+    code = T.stop()
+    R.equal("starlingd exits 0 on SIGTERM mid-MULTIAPPEND", code, 0)
+    rep = T.sanitizer_report()
+    R.check("no sanitizer report", rep is None, rep)
+    c.close()
+    T.node.start()
+    c = connect()
+    r = c.command("STATUS sd (MESSAGES)")
+    n = statuses(r).get("sd", {}).get("MESSAGES")
+    R.check("after the restart the mailbox is readable (%s messages)" % n, n is not None, r)
+    c.logout()
+
+
 SECTIONS = [
     ("literal-minus", t_literal_minus),
     ("list-extended", t_list_extended),
     ("multiappend", t_multiappend),
     ("catenate", t_catenate),
     ("binary", t_binary),
+    ("shutdown mid-multiappend", t_shutdown_mid_multiappend),
 ]
 
 
