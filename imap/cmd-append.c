@@ -163,9 +163,13 @@ static void all_done(struct imap_cmd *cmd)
 	struct buf set = BUF_INIT;
 	imap_seqset_format(uids, ac->count, &set);
 	free(uids);
-	imap_cmd_done(cmd, "OK", "[APPENDUID %u %.*s] APPEND completed", ac->msgs[0].uidvalidity,
-		      (int)set.len, (const char *)set.data);
+	/* Not imap_cmd_done(): its 1 KB text would cut a long UID set (the
+	 * UIDs of 1,000 messages interleaved with another session's). */
+	char *text = xasprintf("[APPENDUID %u %.*s] APPEND completed", ac->msgs[0].uidvalidity,
+			       (int)set.len, (const char *)set.data);
 	buf_free(&set);
+	imap_cmd_done_str(cmd, "OK", text);
+	free(text);
 }
 
 static void append_done(void *ctx, const struct repl_result *res)
