@@ -490,11 +490,21 @@ static int catenate(struct imap_cmd *cmd, struct append_msg *m, const struct ima
 				if (err != NULL) {
 					imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 				} else {
+					/* RFC 4469's url-resp-text: the URL as
+					 * text, any octet but NUL, CR, LF and ']'
+					 * (those percent-encoded here); whole, as
+					 * imap_cmd_done() would cut it at 1 KB. */
 					struct buf q = BUF_INIT;
-					imap_append_astring(&q, url, strlen(url));
-					imap_cmd_done(cmd, "NO", "[BADURL %.*s] Unusable URL",
-						      (int)(q.len < 900 ? q.len : 900),
-						      (const char *)q.data);
+					buf_append_str(&q, "[BADURL ");
+					for (const char *u = url; *u != '\0'; u++) {
+						if (*u == ']' || *u == '\r' || *u == '\n')
+							buf_appendf(&q, "%%%02X", (unsigned char)*u);
+						else
+							buf_append_byte(&q, (unsigned char)*u);
+					}
+					buf_append_str(&q, "] Unusable URL");
+					buf_append_byte(&q, '\0');
+					imap_cmd_done_str(cmd, "NO", (const char *)q.data);
 					buf_free(&q);
 				}
 				return -1;

@@ -381,6 +381,14 @@ def t_catenate():
     no_badurl("/cat%2/;UID=1")
     no_badurl("/cat%00src/;UID=1")
     no_badurl("/cat%20src/;UID=4294967296")
+    long_url = "/" + "x" * 1500 + "/;UID=1"
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(URL", quote(long_url), ")")
+    R.check("BADURL with a 1.5 KB URL names it whole",
+            r.status == "NO" and r.code == "BADURL" and
+            r.code_args == long_url.encode(), r.line[-60:])
+    r = c.command("APPEND", "cat/dst", "CATENATE", "(URL", quote("/a]b/;UID=1"), ")")
+    R.check("BADURL text never holds ']' (percent-encoded)",
+            r.status == "NO" and r.code == "BADURL" and r.code_args == b"/a%5Db/;UID=1", r.line)
     c.command("CREATE", "other")
     c.logout()
     c = connect()
