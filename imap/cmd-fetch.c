@@ -2,6 +2,7 @@
  *
  * Items: FLAGS UID INTERNALDATE RFC822.SIZE RFC822 RFC822.HEADER RFC822.TEXT
  * ENVELOPE BODY BODYSTRUCTURE BODY[section]<partial> BODY.PEEK[...] MODSEQ,
+ * BINARY[part]<partial>, BINARY.PEEK[...] and BINARY.SIZE[part] (RFC 3516),
  * the macros ALL FAST FULL, and CONDSTORE/QRESYNC's (CHANGEDSINCE n
  * [VANISHED]) modifier.
  *
@@ -37,6 +38,8 @@ enum fetch_kind {
 	F_BODYSTRUCTURE,
 	F_MODSEQ,
 	F_SECTION,        /* BODY[...], BODY.PEEK[...], RFC822, RFC822.HEADER/TEXT */
+	F_BINARY,         /* BINARY[...], BINARY.PEEK[...] */
+	F_BINARY_SIZE,    /* BINARY.SIZE[...] */
 };
 
 struct fetch_item {
@@ -87,7 +90,8 @@ static struct fetch_item *add_item(struct fetch_ctx *fc, enum fetch_kind kind)
 	if (fc->item_count == FETCH_MAX_ITEMS)
 		return NULL;
 	for (size_t i = 0; i < fc->item_count; i++)
-		if (fc->items[i].kind == kind && kind != F_SECTION)
+		if (fc->items[i].kind == kind && kind != F_SECTION && kind != F_BINARY &&
+		    kind != F_BINARY_SIZE)
 			return &fc->items[i];
 	struct fetch_item *it = &fc->items[fc->item_count++];
 	memset(it, 0, sizeof(*it));
@@ -239,6 +243,60 @@ static int parse_body_section(struct fetch_ctx *fc, const char *atom)
 	return r;
 }
 
+/* Parses "BINARY[part]<o.l>", "BINARY.PEEK[part]<o.l>" or
+ * "BINARY.SIZE[part]" (RFC 3516: the section is a part number or empty). */
+static int parse_binary_section(struct fetch_ctx *fc, const char *atom)
+{
+	bool size = strncasecmp(atom, "BINARY.SIZE[", 12) == 0;
+	bool peek = strncasecmp(atom, "BINARY.PEEK[", 12) == 0;
+	const char *open = strchr(atom, '[');
+	const char *close = strchr(open, ']');
+	if (close == NULL)
+		return -1;
+	size_t n = (size_t)(close - open - 1);
+	unsigned levels = 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = open[1 + i];
+		bool first = i == 0 || open[i] == '.';
+		if (ch == '.') {
+			if (first || i + 1 == n)
+				return -1;
+			continue;
+		}
+		if (!isdigit((unsigned char)ch) || (first && ch == '0'))
+			return -1;
+		if (first && ++levels > FETCH_MAX_PART_LEVELS)
+			return -1;
+	}
+	struct fetch_item *it = add_item(fc, size ? F_BINARY_SIZE : F_BINARY);
+	if (it == NULL)
+		return -1;
+	it->peek = peek || size;
+	it->part = xstrndup(open + 1, n);
+	const char *rest = close + 1;
+	if (*rest == '<' && !size) {
+		uint64_t o, l;
+		const char *dot = strchr(rest, '.');
+		const char *gt = strchr(rest, '>');
+		if (dot == NULL || gt == NULL || dot > gt || gt[1] != '\0' ||
+		    str_to_u64_n(rest + 1, (size_t)(dot - rest - 1), UINT32_MAX, &o) < 0 ||
+		    str_to_u64_n(dot + 1, (size_t)(gt - dot - 1), UINT32_MAX, &l) < 0 || l == 0)
+			return -1;
+		it->partial = true;
+		it->offset = o;
+		it->length = l;
+		it->label = xasprintf("BINARY[%s]<%llu>", it->part, (unsigned long long)o);
+	} else if (*rest != '\0') {
+		return -1;
+	} else {
+		it->label = xasprintf("%s[%s]", size ? "BINARY.SIZE" : "BINARY", it->part);
+	}
+	if (!it->peek)
+		fc->sets_seen = true;
+	fc->need_text = true;
+	return 0;
+}
+
 static int parse_item(struct fetch_ctx *fc, const struct imap_arg *arg)
 {
 	if (arg->type != IMAP_ARG_ATOM)
@@ -247,6 +305,9 @@ static int parse_item(struct fetch_ctx *fc, const struct imap_arg *arg)
 	struct fetch_item *it;
 	if (strncasecmp(s, "BODY[", 5) == 0 || strncasecmp(s, "BODY.PEEK[", 10) == 0)
 		return parse_body_section(fc, s);
+	if (strncasecmp(s, "BINARY[", 7) == 0 || strncasecmp(s, "BINARY.PEEK[", 12) == 0 ||
+	    strncasecmp(s, "BINARY.SIZE[", 12) == 0)
+		return parse_binary_section(fc, s);
 	if (strcasecmp(s, "FLAGS") == 0)
 		return add_item(fc, F_FLAGS) ? 0 : -1;
 	if (strcasecmp(s, "UID") == 0)
@@ -319,7 +380,8 @@ static int parse_items(struct fetch_ctx *fc, const struct imap_arg *arg)
 	return 0;
 }
 
-/* Appends "{n}\r\n" and the bytes [offset, offset+length) of data. */
+/* Appends "{n}\r\n" and the bytes [offset, offset+length) of data; a
+ * literal8 "~{n}" when they hold a NUL (RFC 3516 4.1, BINARY only). */
 static void append_literal_range(struct buf *out, const unsigned char *data, size_t len,
 				 const struct fetch_item *it)
 {
@@ -330,12 +392,14 @@ static void append_literal_range(struct buf *out, const unsigned char *data, siz
 		if (n > it->length)
 			n = (size_t)it->length;
 	}
-	buf_appendf(out, "{%zu}\r\n", n);
+	bool lit8 = it->kind == F_BINARY && memchr(data + start, '\0', n) != NULL;
+	buf_appendf(out, "%s{%zu}\r\n", lit8 ? "~" : "", n);
 	buf_append(out, data + start, n);
 }
 
 /* Writes one message's FETCH response into the client's output.  Returns
- * 0, or -1 on a storage error (*error_r). */
+ * 0, -1 on a storage error (*error_r), or -2 (nothing written) when a BINARY
+ * item names a part whose transfer encoding we cannot undo. */
 static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, const char **error_r)
 {
 	struct imap_client *c = cmd->client;
@@ -369,7 +433,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 	imap_sel_announce_keywords(c, &m.keywords);
 	struct buf out = BUF_INIT;
 	buf_appendf(&out, "* %u FETCH (", seq);
-	bool first = true;
+	bool first = true, unknown_cte = false;
 #define SEP() do { if (!first) buf_append_byte(&out, ' '); first = false; } while (0)
 	if (cmd->uid) {
 		SEP();
@@ -435,7 +499,34 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 				buf_free(&sec);
 			}
 			break;
+		case F_BINARY:
+		case F_BINARY_SIZE: {
+			if (mime == NULL)
+				mime = imap_mime_parse(text_data, text.len);
+			struct buf bin = BUF_INIT;
+			int br = imap_mime_binary(mime, it->part, &bin);
+			if (br == -2) {
+				/* RFC 3516 4.3: the whole FETCH fails. */
+				buf_free(&bin);
+				unknown_cte = true;
+				break;
+			}
+			SEP();
+			buf_append_str(&out, it->label);
+			buf_append_byte(&out, ' ');
+			if (it->kind == F_BINARY_SIZE)
+				buf_appendf(&out, "%zu", bin.len);
+			else if (br < 0)
+				buf_append_str(&out, "NIL");
+			else
+				append_literal_range(&out, bin.data != NULL ? bin.data :
+							   (const unsigned char *)"", bin.len, it);
+			buf_free(&bin);
+			break;
 		}
+		}
+		if (unknown_cte)
+			break;
 	}
 	if (fc->has_changedsince) {
 		bool has_modseq = false;
@@ -448,11 +539,16 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 	}
 #undef SEP
 	buf_append_str(&out, ")\r\n");
-	imap_client_write(c, out.data, out.len);
+	if (!unknown_cte)
+		imap_client_write(c, out.data, out.len);
 	buf_free(&out);
 	imap_mime_free(&mime);
 	buf_free(&text);
 	stor_msg_free(&m);
+	if (unknown_cte) {
+		*error_r = "Unknown Content-Transfer-Encoding";
+		return -2;
+	}
 	return 0;
 }
 
@@ -464,7 +560,10 @@ static bool fetch_step(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "NO", "Mailbox closed");
 	for (unsigned n = 0; n < FETCH_MSGS_PER_STEP && fc->next < fc->uids.count; n++) {
 		const char *err;
-		if (fetch_one(cmd, fc, fc->uids.items[fc->next++], &err) < 0)
+		int r = fetch_one(cmd, fc, fc->uids.items[fc->next++], &err);
+		if (r == -2)
+			return imap_cmd_done(cmd, "NO", "[UNKNOWN-CTE] %s", err);
+		if (r < 0)
 			return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 		if (imap_client_out_pending(c) >= IMAP_OUT_HIGHWATER)
 			break;

@@ -1,10 +1,11 @@
 /* LIST and LSUB: patterns with '*' and '%', hierarchy separator '/',
- * \HasChildren/\HasNoChildren, SPECIAL-USE attributes (RFC 6154), and the
- * basics of LIST-EXTENDED (RFC 5258): selection options SUBSCRIBED and
- * SPECIAL-USE, return options SUBSCRIBED, CHILDREN and SPECIAL-USE, and
- * several patterns in parentheses.  Parents that exist only as the prefix of
- * another mailbox are listed as \Noselect (\NonExistent for LIST-EXTENDED
- * selections). */
+ * \HasChildren/\HasNoChildren, SPECIAL-USE attributes (RFC 6154),
+ * LIST-EXTENDED (RFC 5258: selection options SUBSCRIBED, REMOTE,
+ * RECURSIVEMATCH and SPECIAL-USE, return options SUBSCRIBED, CHILDREN and
+ * SPECIAL-USE, several patterns in parentheses, CHILDINFO) and LIST-STATUS
+ * (RFC 5819: RETURN (STATUS (...))).  Parents that exist only as the prefix
+ * of another mailbox are listed as \Noselect (\NonExistent in the extended
+ * form). */
 #include "imap/imap-commands.h"
 
 #include <stdlib.h>
@@ -60,6 +61,7 @@ struct list_entry {
 	bool exists;
 	bool subscribed;
 	const char *special_use;
+	const struct stor_mailbox *mb; /* in the listing's array; NULL if none */
 };
 
 static int entry_cmp(const void *a, const void *b)
@@ -83,7 +85,7 @@ static struct list_entry *add_entry(list_entries *e, const char *name)
 	struct list_entry *x = find_entry(e, name);
 	if (x != NULL)
 		return x;
-	struct list_entry ne = { xstrdup(name), false, false, NULL };
+	struct list_entry ne = { xstrdup(name), false, false, NULL, NULL };
 	ARRAY_PUSH(e, ne);
 	return &e->items[e->count - 1];
 }
@@ -107,13 +109,45 @@ static bool has_subscribed_child(const list_entries *e, const char *name)
 	return false;
 }
 
+/* Whether a mailbox meets the LIST-EXTENDED selection criteria. */
+static bool meets_selection(const struct list_entry *e, bool sel_subscribed, bool sel_special)
+{
+	if (sel_subscribed && !e->subscribed)
+		return false;
+	if (sel_special && (!e->exists || e->special_use == NULL))
+		return false;
+	return true;
+}
+
+/* RFC 5258 3.5: with RECURSIVEMATCH, a matching mailbox that does not meet
+ * the selection is returned (with CHILDINFO) when a descendant meets it;
+ * only when that descendant is not returned itself, as the RFC recommends,
+ * so that CHILDINFO tells the client something the list does not.  entries
+ * are sorted, so the descendants of entry i follow it. */
+static bool childinfo_wanted(const list_entries *e, const bool *matched, size_t i,
+			     bool sel_subscribed, bool sel_special)
+{
+	const char *name = e->items[i].name;
+	size_t n = strlen(name);
+	for (size_t k = 0; k < e->count; k++) {
+		const struct list_entry *d = &e->items[k];
+		if (strncmp(d->name, name, n) != 0 || d->name[n] != '/')
+			continue;
+		if (!matched[k] && meets_selection(d, sel_subscribed, sel_special))
+			return true;
+	}
+	return false;
+}
+
 static bool do_list(struct imap_cmd *cmd, bool lsub)
 {
 	struct imap_client *c = cmd->client;
 	const struct imap_arg *args = cmd->args;
 	size_t count = cmd->count;
-	bool sel_subscribed = false, sel_special = false;
+	bool sel_subscribed = false, sel_special = false, sel_recursive = false;
 	bool ret_subscribed = false, ret_children = true, ret_special = true, extended = false;
+	const struct imap_arg *status_items = NULL;
+	size_t status_count = 0;
 	if (!lsub && count > 0 && args[0].type == IMAP_ARG_LIST) {
 		extended = true;
 		for (size_t i = 0; i < args[0].count; i++) {
@@ -121,25 +155,41 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 				sel_subscribed = true;
 			else if (imap_arg_atom_eq(&args[0].list[i], "SPECIAL-USE"))
 				sel_special = true;
-			else if (!imap_arg_atom_eq(&args[0].list[i], "REMOTE") &&
-				 !imap_arg_atom_eq(&args[0].list[i], "RECURSIVEMATCH"))
+			else if (imap_arg_atom_eq(&args[0].list[i], "RECURSIVEMATCH"))
+				sel_recursive = true;
+			else if (!imap_arg_atom_eq(&args[0].list[i], "REMOTE"))
 				return imap_cmd_done(cmd, "BAD", "Unknown LIST selection option");
 		}
+		/* RFC 5258 3: RECURSIVEMATCH alone (or with only REMOTE)
+		 * selects nothing to recurse on. */
+		if (sel_recursive && !sel_subscribed && !sel_special)
+			return imap_cmd_done(cmd, "BAD",
+					     "RECURSIVEMATCH needs another selection option");
 		args++;
 		count--;
 	}
 	if (!lsub && count == 4 && imap_arg_atom_eq(&args[2], "RETURN") &&
 	    args[3].type == IMAP_ARG_LIST) {
 		extended = true;
+		const struct imap_arg *ro = args[3].list;
 		for (size_t i = 0; i < args[3].count; i++) {
-			if (imap_arg_atom_eq(&args[3].list[i], "SUBSCRIBED"))
+			if (imap_arg_atom_eq(&ro[i], "SUBSCRIBED")) {
 				ret_subscribed = true;
-			else if (imap_arg_atom_eq(&args[3].list[i], "CHILDREN"))
+			} else if (imap_arg_atom_eq(&ro[i], "CHILDREN")) {
 				ret_children = true;
-			else if (imap_arg_atom_eq(&args[3].list[i], "SPECIAL-USE"))
+			} else if (imap_arg_atom_eq(&ro[i], "SPECIAL-USE")) {
 				ret_special = true;
-			else
+			} else if (imap_arg_atom_eq(&ro[i], "STATUS") && i + 1 < args[3].count &&
+				   ro[i + 1].type == IMAP_ARG_LIST && ro[i + 1].count > 0 &&
+				   status_items == NULL) {
+				i++;
+				if (!imap_status_items_valid(ro[i].list, ro[i].count))
+					return imap_cmd_done(cmd, "BAD", "Unknown STATUS item");
+				status_items = ro[i].list;
+				status_count = ro[i].count;
+			} else {
 				return imap_cmd_done(cmd, "BAD", "Unknown LIST return option");
+			}
 		}
 		count -= 2;
 	}
@@ -184,6 +234,7 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 		struct list_entry *e = add_entry(&entries, mbs.items[i].name);
 		e->exists = true;
 		e->special_use = mbs.items[i].special_use[0] != '\0' ? mbs.items[i].special_use : NULL;
+		e->mb = &mbs.items[i];
 	}
 	for (size_t i = 0; i < subs.count; i++) {
 		struct list_entry *e = find_entry(&entries, subs.items[i]);
@@ -208,25 +259,34 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 	char **patterns = xcalloc(npats, sizeof(char *));
 	for (size_t i = 0; i < npats; i++)
 		patterns[i] = make_pattern(ref, pats[i].str);
+	bool *matched = xcalloc(entries.count ? entries.count : 1, sizeof(bool));
+	bool *pct = xcalloc(entries.count ? entries.count : 1, sizeof(bool));
+	for (size_t i = 0; i < entries.count; i++) {
+		for (size_t k = 0; k < npats && !matched[i]; k++) {
+			matched[i] = pattern_match(patterns[k], entries.items[i].name);
+			pct[i] = matched[i] && strchr(patterns[k], '%') != NULL;
+		}
+	}
 	struct buf line = BUF_INIT;
 	for (size_t i = 0; i < entries.count; i++) {
 		const struct list_entry *e = &entries.items[i];
-		bool match = false, pct = false;
-		for (size_t k = 0; k < npats && !match; k++) {
-			match = pattern_match(patterns[k], e->name);
-			pct = match && strchr(patterns[k], '%') != NULL;
-		}
-		if (!match)
+		if (!matched[i])
 			continue;
 		/* LSUB with '%': an unsubscribed parent of a subscribed name
 		 * is listed with \Noselect (RFC 3501 6.3.9), so that a client
 		 * can walk down to the subscribed name. */
-		bool lsub_parent = lsub && !e->subscribed && pct &&
+		bool lsub_parent = lsub && !e->subscribed && pct[i] &&
 				   has_subscribed_child(&entries, e->name);
-		if ((lsub || sel_subscribed) && !e->subscribed && !lsub_parent)
+		if (lsub && !e->subscribed && !lsub_parent)
 			continue;
-		if (sel_special && e->special_use == NULL)
-			continue;
+		bool childinfo = false;
+		if (!lsub && !meets_selection(e, sel_subscribed, sel_special)) {
+			/* CHILDINFO is defined for SUBSCRIBED only. */
+			if (!sel_recursive || !sel_subscribed ||
+			    !childinfo_wanted(&entries, matched, i, sel_subscribed, sel_special))
+				continue;
+			childinfo = true;
+		}
 		buf_reset(&line);
 		buf_appendf(&line, "* %s (", lsub ? "LSUB" : "LIST");
 		size_t attr_start = line.len;
@@ -243,10 +303,18 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 #undef ATTR
 		buf_append_str(&line, ") \"/\" ");
 		imap_append_astring(&line, e->name, strlen(e->name));
+		if (childinfo)
+			buf_append_str(&line, " (\"CHILDINFO\" (\"SUBSCRIBED\"))");
 		buf_append_str(&line, "\r\n");
 		imap_client_write(c, line.data, line.len);
+		/* RFC 5819: STATUS follows the LIST line of each selectable
+		 * mailbox, from the listing's own snapshot. */
+		if (status_items != NULL && e->mb != NULL)
+			imap_status_write(c, e->mb, status_items, status_count);
 	}
 	buf_free(&line);
+	free(matched);
+	free(pct);
 	for (size_t i = 0; i < npats; i++)
 		free(patterns[i]);
 	free(patterns);

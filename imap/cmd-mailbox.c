@@ -380,6 +380,47 @@ static uint32_t status_recent(struct imap_client *c, const struct stor_mailbox *
 	return n;
 }
 
+bool imap_status_items_valid(const struct imap_arg *items, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!imap_arg_atom_eq(&items[i], "MESSAGES") && !imap_arg_atom_eq(&items[i], "RECENT") &&
+		    !imap_arg_atom_eq(&items[i], "UIDNEXT") &&
+		    !imap_arg_atom_eq(&items[i], "UIDVALIDITY") &&
+		    !imap_arg_atom_eq(&items[i], "UNSEEN") &&
+		    !imap_arg_atom_eq(&items[i], "HIGHESTMODSEQ"))
+			return false;
+	}
+	return true;
+}
+
+void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
+		       const struct imap_arg *items, size_t n)
+{
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "* STATUS ");
+	imap_append_astring(&line, mb->name, strlen(mb->name));
+	buf_append_str(&line, " (");
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			buf_append_byte(&line, ' ');
+		if (imap_arg_atom_eq(&items[i], "MESSAGES"))
+			buf_appendf(&line, "MESSAGES %u", mb->messages);
+		else if (imap_arg_atom_eq(&items[i], "RECENT"))
+			buf_appendf(&line, "RECENT %u", status_recent(c, mb));
+		else if (imap_arg_atom_eq(&items[i], "UIDNEXT"))
+			buf_appendf(&line, "UIDNEXT %u", mb->uidnext);
+		else if (imap_arg_atom_eq(&items[i], "UIDVALIDITY"))
+			buf_appendf(&line, "UIDVALIDITY %u", mb->uidvalidity);
+		else if (imap_arg_atom_eq(&items[i], "UNSEEN"))
+			buf_appendf(&line, "UNSEEN %u", mb->unseen);
+		else
+			buf_appendf(&line, "HIGHESTMODSEQ %llu", (unsigned long long)mb->highestmodseq);
+	}
+	buf_append_str(&line, ")\r\n");
+	imap_client_write(c, line.data, line.len);
+	buf_free(&line);
+}
+
 bool imap_cmd_status(struct imap_cmd *cmd)
 {
 	struct imap_client *c = cmd->client;
@@ -387,14 +428,8 @@ bool imap_cmd_status(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "BAD", "STATUS takes a mailbox and a list of items");
 	const struct imap_arg *items = cmd->args[1].list;
 	size_t n = cmd->args[1].count;
-	for (size_t i = 0; i < n; i++) {
-		if (!imap_arg_atom_eq(&items[i], "MESSAGES") && !imap_arg_atom_eq(&items[i], "RECENT") &&
-		    !imap_arg_atom_eq(&items[i], "UIDNEXT") &&
-		    !imap_arg_atom_eq(&items[i], "UIDVALIDITY") &&
-		    !imap_arg_atom_eq(&items[i], "UNSEEN") &&
-		    !imap_arg_atom_eq(&items[i], "HIGHESTMODSEQ"))
-			return imap_cmd_done(cmd, "BAD", "Unknown STATUS item");
-	}
+	if (!imap_status_items_valid(items, n))
+		return imap_cmd_done(cmd, "BAD", "Unknown STATUS item");
 	char *name = mailbox_arg(cmd, &cmd->args[0], false);
 	if (name == NULL)
 		return true;
@@ -405,29 +440,7 @@ bool imap_cmd_status(struct imap_cmd *cmd)
 	if (r <= 0)
 		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
 					       "[NONEXISTENT] Mailbox does not exist");
-	struct buf line = BUF_INIT;
-	buf_append_str(&line, "* STATUS ");
-	imap_append_astring(&line, mb.name, strlen(mb.name));
-	buf_append_str(&line, " (");
-	for (size_t i = 0; i < n; i++) {
-		if (i > 0)
-			buf_append_byte(&line, ' ');
-		if (imap_arg_atom_eq(&items[i], "MESSAGES"))
-			buf_appendf(&line, "MESSAGES %u", mb.messages);
-		else if (imap_arg_atom_eq(&items[i], "RECENT"))
-			buf_appendf(&line, "RECENT %u", status_recent(c, &mb));
-		else if (imap_arg_atom_eq(&items[i], "UIDNEXT"))
-			buf_appendf(&line, "UIDNEXT %u", mb.uidnext);
-		else if (imap_arg_atom_eq(&items[i], "UIDVALIDITY"))
-			buf_appendf(&line, "UIDVALIDITY %u", mb.uidvalidity);
-		else if (imap_arg_atom_eq(&items[i], "UNSEEN"))
-			buf_appendf(&line, "UNSEEN %u", mb.unseen);
-		else
-			buf_appendf(&line, "HIGHESTMODSEQ %llu", (unsigned long long)mb.highestmodseq);
-	}
-	buf_append_str(&line, ")\r\n");
-	imap_client_write(c, line.data, line.len);
-	buf_free(&line);
+	imap_status_write(c, &mb, items, n);
 	stor_mailbox_free(&mb);
 	return imap_cmd_done(cmd, "OK", "STATUS completed");
 }

@@ -506,7 +506,13 @@ static void process_input(struct imap_client *c)
 		case IMAP_PARSE_FATAL:
 			log_info("imap[%016llx]: %s: %s", (unsigned long long)c->id, c->peer,
 				 imap_parser_error(c->parser));
-			imap_client_printf(c, "* BYE %s\r\n", imap_parser_error(c->parser));
+			/* RFC 7888 4: a non-synchronizing literal we cannot take
+			 * gets a tagged BAD [TOOBIG]; its octets are already on
+			 * the way and cannot be told apart from commands, so the
+			 * connection closes after it. */
+			imap_client_printf(c, "%s BAD [TOOBIG] %s\r\n* BYE %s\r\n",
+					   imap_parser_tag(c->parser), imap_parser_error(c->parser),
+					   imap_parser_error(c->parser));
 			imap_client_close_after_output(c);
 			buf_reset(&c->in);
 			return;

@@ -83,6 +83,8 @@ struct mime_part *mime_part_child(const struct imap_mime *m, const struct mime_p
 				  unsigned n);
 
 /* Decoding (imap-mime-decode.c). */
+/* A dotted part number (RFC 3501 6.4.5) to its part; NULL if none. */
+const struct mime_part *mime_resolve_part(const struct imap_mime *m, const char *spec);
 void mime_decode_qp(const unsigned char *p, size_t len, bool header, struct buf *out);
 void mime_decode_base64(const unsigned char *p, size_t len, struct buf *out);
 /* Appends the RFC 5051 (i;unicode-casemap) form of UTF-8 text, which

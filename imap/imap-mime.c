@@ -801,6 +801,11 @@ static const struct mime_part *resolve_part(const struct imap_mime *m, const cha
 	return cur;
 }
 
+const struct mime_part *mime_resolve_part(const struct imap_mime *m, const char *spec)
+{
+	return resolve_part(m, spec);
+}
+
 static const char *header_eol(const struct imap_mime *m, const struct mime_part *part)
 {
 	const unsigned char *lf = memchr(m->text + part->hdr_start, '\n',

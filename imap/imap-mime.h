@@ -111,6 +111,20 @@ int imap_mime_section_partial(const struct imap_mime *m, const char *part,
 			      size_t field_count, uint64_t offset, uint64_t count,
 			      struct buf *out, uint64_t *full_size_r);
 
+/* BINARY[part] (RFC 3516): appends the part's body with its
+ * Content-Transfer-Encoding undone (base64, quoted-printable; 7bit, 8bit
+ * and binary as they are).  part "" is the whole message as stored; a
+ * multipart or message/rfc822 part is given as BODY[part] gives it.
+ * Returns 0, -1 if the part does not exist, -2 if its encoding is one we
+ * do not know (UNKNOWN-CTE); out is unchanged on failure. */
+int imap_mime_binary(const struct imap_mime *m, const char *part, struct buf *out);
+
+/* For APPEND of a literal8 (RFC 3516 4.2): copies text to out with every
+ * leaf part whose body holds a NUL octet re-encoded as base64 (its
+ * Content-Transfer-Encoding field replaced), so that BODY[...] never has to
+ * send a NUL.  Returns the number of parts re-encoded. */
+size_t imap_mime_binary_to_base64(const unsigned char *text, size_t len, struct buf *out);
+
 /* For SEARCH HEADER/FROM/SUBJECT/...: does header field `field`
  * (case-insensitive) of the top-level message contain needle?  The value is
  * unfolded and RFC 2047 decoded to UTF-8 first; the comparison is

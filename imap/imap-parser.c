@@ -539,6 +539,12 @@ static int parse_list(struct imap_parser *p, unsigned depth, bool closing,
 		} else if (c == '{') {
 			if (parse_literal(p, &arg) < 0)
 				goto out;
+		} else if (c == '~' && p->pos + 1 < end && d[p->pos + 1] == '{') {
+			/* Framing found the {N} at the line's end already. */
+			p->pos++;
+			if (parse_literal(p, &arg) < 0)
+				goto out;
+			arg.literal8 = true;
 		} else {
 			if (parse_atom(p, &arg) < 0)
 				goto out;

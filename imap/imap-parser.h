@@ -9,7 +9,8 @@
  *
  * Tokens: atoms (which may contain a bracketed section, so that
  * `BODY[HEADER.FIELDS (From)]<0.10>` is one atom), quoted strings, literals
- * ({N} synchronizing, {N+} non-synchronizing) and parenthesised lists.  The
+ * ({N} synchronizing, {N+} non-synchronizing, either one as a literal8
+ * ~{N} of RFC 3516) and parenthesised lists.  The
  * command name is uppercased; everything else is kept as sent. */
 #ifndef IMAP_IMAP_PARSER_H
 #define IMAP_IMAP_PARSER_H
@@ -31,6 +32,8 @@ struct imap_arg {
 	 * contain NULs; len is authoritative). */
 	const char *str;
 	size_t len;
+	/* LITERAL: sent as a literal8, ~{N} (RFC 3516: may hold any octet). */
+	bool literal8;
 	/* LIST: the elements. */
 	const struct imap_arg *list;
 	size_t count;

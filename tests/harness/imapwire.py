@@ -91,6 +91,8 @@ def _parse_list(data, pos, closer):
                     buf += ch
                     pos += 1
             out.append(Str(bytes(buf)))
+        elif c == b"~" and data[pos + 1:pos + 2] == b"{":
+            pos += 1  # a literal8 (RFC 3516): read as a literal
         elif c == b"{":
             end = data.index(b"}", pos)
             size = int(data[pos + 1:end].rstrip(b"+"))

@@ -101,6 +101,34 @@ static void test_parser_literal_plus_needs_no_continuation(void)
 	imap_parser_destroy(&p);
 }
 
+static void test_parser_literal8(void)
+{
+	struct imap_parser *p = imap_parser_create(&big);
+	size_t used;
+	CU_ASSERT_EQUAL(feed_str(p, "a6 APPEND INBOX ~{3}\r\n", &used), IMAP_PARSE_CONTINUE);
+	CU_ASSERT_EQUAL(imap_parser_feed(p, (const unsigned char *)"\0x\0 {2+}\r\nab ~{1+}\r\n\0\r\n",
+					 23, &used), IMAP_PARSE_DONE);
+	const struct imap_command *c = imap_parser_command(p);
+	CU_ASSERT_EQUAL_FATAL(c->count, 4);
+	CU_ASSERT_EQUAL(c->args[1].type, IMAP_ARG_LITERAL);
+	CU_ASSERT(c->args[1].literal8);
+	CU_ASSERT_EQUAL(c->args[1].len, 3);
+	CU_ASSERT(memcmp(c->args[1].str, "\0x\0", 3) == 0);
+	CU_ASSERT(!c->args[2].literal8);
+	CU_ASSERT_STRING_EQUAL(c->args[2].str, "ab");
+	CU_ASSERT(c->args[3].literal8);
+	CU_ASSERT_EQUAL(c->args[3].len, 1);
+	imap_parser_destroy(&p);
+	/* '~' not followed by a literal is an atom character. */
+	p = imap_parser_create(&big);
+	CU_ASSERT_EQUAL(feed_str(p, "a7 LOGIN ~user x\r\n", NULL), IMAP_PARSE_DONE);
+	c = imap_parser_command(p);
+	CU_ASSERT_EQUAL_FATAL(c->count, 2);
+	CU_ASSERT_STRING_EQUAL(c->args[0].str, "~user");
+	CU_ASSERT(!c->args[0].literal8);
+	imap_parser_destroy(&p);
+}
+
 static void test_parser_zero_length_literal(void)
 {
 	struct imap_parser *p = imap_parser_create(&big);
@@ -285,6 +313,7 @@ const struct test_case imap_parser_cases[] = {
 	{ "synchronizing literal asks for continuation", test_parser_sync_literal_asks_for_continuation },
 	{ "LITERAL+ needs no continuation", test_parser_literal_plus_needs_no_continuation },
 	{ "zero-length literal", test_parser_zero_length_literal },
+	{ "literal8 ~{N}", test_parser_literal8 },
 	{ "FETCH section is one atom", test_parser_fetch_section_is_one_atom },
 	{ "pipelined commands stop after each", test_parser_pipelined_commands_stop_after_each },
 	{ "line limit just under and over", test_parser_line_limit_just_under_and_over },

@@ -34,6 +34,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			(void)imap_mime_section(m, parts[i], (enum imap_section_kind)k, fields, 2, &out);
 		}
 	}
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		buf_reset(&out);
+		(void)imap_mime_binary(m, parts[i], &out);
+	}
+	buf_reset(&out);
+	(void)imap_mime_binary_to_base64(text, size, &out);
 	(void)imap_mime_header_contains(m, NULL, "a");
 	(void)imap_mime_header_contains(m, "subject", "");
 	(void)imap_mime_body_contains(m, "\xc3\xa9t\xc3\xa9");

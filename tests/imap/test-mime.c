@@ -1104,9 +1104,81 @@ static void test_garbage_input_never_crashes(void)
 		CU_ASSERT(out.len > 0);
 		(void)imap_mime_header_contains(m, NULL, "x");
 		(void)imap_mime_body_contains(m, "x");
+		static const char *const parts[] = { "", "1", "2", "1.1" };
+		for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+			buf_reset(&out);
+			(void)imap_mime_binary(m, parts[i], &out);
+		}
+		buf_reset(&out);
+		(void)imap_mime_binary_to_base64((const unsigned char *)tricky, n, &out);
 		buf_free(&out);
 		imap_mime_free(&m);
 	}
+}
+
+static void test_binary_undoes_transfer_encodings(void)
+{
+	static const char msg[] =
+		"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+		"--b\r\nContent-Transfer-Encoding: BASE64\r\n\r\n AGF\r\n iAP8=\r\n"
+		"--b\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+		"a=3Db  \r\nc= \r\nd=\r\n"
+		"--b\r\nContent-Transfer-Encoding: x-unknown\r\n\r\nzz\r\n"
+		"--b\r\nContent-Transfer-Encoding: 8bit\r\n\r\nr=3D\r\n--b--\r\n";
+	struct imap_mime *m = imap_mime_parse((const unsigned char *)msg, sizeof(msg) - 1);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "1", &out), 0);
+	CU_ASSERT(out.len == 5 && memcmp(out.data, "\0ab\0\xff", 5) == 0);
+	buf_reset(&out);
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "2", &out), 0);
+	/* trailing blanks dropped, "= " at a line end is a soft break */
+	CU_ASSERT(out.len == 7 && memcmp(out.data, "a=b\r\ncd", 7) == 0);
+	buf_reset(&out);
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "3", &out), -2);
+	CU_ASSERT_EQUAL(out.len, 0);
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "4", &out), 0);
+	CU_ASSERT(out.len == 4 && memcmp(out.data, "r=3D", 4) == 0);
+	buf_reset(&out);
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "5", &out), -1);
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "1.1", &out), -1);
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "", &out), 0);
+	CU_ASSERT_EQUAL(out.len, sizeof(msg) - 1);
+	buf_free(&out);
+	imap_mime_free(&m);
+}
+
+static void test_binary_to_base64_reencodes_parts_with_nul(void)
+{
+	static const char msg[] =
+		"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+		"--b\r\nContent-Type: application/x\r\nContent-Transfer-Encoding: binary\r\n"
+		"X-Keep: 1\r\n\r\n\0\x01\xff\0\r\n"
+		"--b\r\nContent-Type: text/plain\r\n\r\nno nul here\r\n--b--\r\n";
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(imap_mime_binary_to_base64((const unsigned char *)msg, sizeof(msg) - 1,
+						   &out), 1);
+	CU_ASSERT_PTR_NULL(memchr(out.data, '\0', out.len));
+	struct imap_mime *m = imap_mime_parse(out.data, out.len);
+	struct buf part = BUF_INIT;
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "1", &part), 0);
+	CU_ASSERT(part.len == 4 && memcmp(part.data, "\0\x01\xff\0", 4) == 0);
+	buf_reset(&part);
+	CU_ASSERT_EQUAL(imap_mime_section(m, "1", IMAP_SECTION_MIME, NULL, 0, &part), 0);
+	buf_append_byte(&part, '\0');
+	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)part.data, "X-Keep: 1\r\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)part.data, "Content-Transfer-Encoding: base64"));
+	CU_ASSERT_PTR_NULL(strstr((const char *)part.data, "binary"));
+	buf_reset(&part);
+	CU_ASSERT_EQUAL(imap_mime_binary(m, "2", &part), 0);
+	CU_ASSERT(part.len == 11 && memcmp(part.data, "no nul here", 11) == 0);
+	buf_free(&part);
+	imap_mime_free(&m);
+	/* Nothing to do: the text is copied as it is. */
+	buf_reset(&out);
+	CU_ASSERT_EQUAL(imap_mime_binary_to_base64((const unsigned char *)"a: b\r\n\r\nc", 9,
+						   &out), 0);
+	CU_ASSERT(out.len == 9 && memcmp(out.data, "a: b\r\n\r\nc", 9) == 0);
+	buf_free(&out);
 }
 
 static const struct test_case mime_cases[] = {
@@ -1171,6 +1243,13 @@ static const struct test_case search_cases[] = {
 	{ NULL, NULL },
 };
 
+static const struct test_case binary_cases[] = {
+	{ "binary_undoes_transfer_encodings", test_binary_undoes_transfer_encodings },
+	{ "binary_to_base64_reencodes_parts_with_nul",
+	  test_binary_to_base64_reencodes_parts_with_nul },
+	{ NULL, NULL },
+};
+
 static const struct test_case date_cases[] = {
 	{ "parse_date_accepts_real_world_forms", test_parse_date_accepts_real_world_forms },
 	{ "parse_date_rejects_invalid_dates", test_parse_date_rejects_invalid_dates },
@@ -1191,6 +1270,7 @@ int main(void)
 		{ "mime-section", section_cases, NULL, NULL },
 		{ "mime-search", search_cases, NULL, NULL },
 		{ "mime-date", date_cases, NULL, NULL },
+		{ "mime-binary", binary_cases, NULL, NULL },
 		{ "mime-hostile", hostile_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
