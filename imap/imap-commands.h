@@ -56,6 +56,8 @@ bool imap_cmd_expunge(struct imap_cmd *cmd);
 
 /* cmd-search.c */
 bool imap_cmd_search(struct imap_cmd *cmd);
+/* cmd-thread.c */
+bool imap_cmd_thread(struct imap_cmd *cmd);
 
 /* cmd-idle.c */
 bool imap_cmd_idle(struct imap_cmd *cmd);

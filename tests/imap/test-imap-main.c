@@ -9,6 +9,7 @@ int main(void)
 		{ "imap-search", imap_search_cases, NULL, NULL },
 		{ "imap-util", imap_util_cases, NULL, NULL },
 		{ "repl-local seam", imap_seam_cases, NULL, NULL },
+		{ "imap-thread", imap_thread_cases, NULL, NULL },
 		{ "imap-sortkeys", imap_sortkeys_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
