@@ -266,14 +266,20 @@ static int id_node(struct tctx *t, const char *id)
 
 /* Whether making child a child of parent would close a loop.  A node
  * nothing links to is nobody's ancestor, which keeps a long chain of
- * replies (each one new and childless when linked) linear. */
+ * replies (each one new and childless when linked) linear.  Otherwise the
+ * walk up from parent is bounded: past IMAP_THREAD_MAX_DEPTH ancestors the
+ * link is refused as if it looped, so messages crafted to arrive after
+ * their replies at the bottom of a deep chain cost O(n * bound), not
+ * O(n^2). */
 static bool would_loop(const struct tctx *t, int parent, int child)
 {
 	if (t->nodes.items[child].links == 0)
 		return parent == child;
-	for (int x = parent; x >= 0; x = t->nodes.items[x].parent)
-		if (x == child)
+	unsigned steps = 0;
+	for (int x = parent; x >= 0; x = t->nodes.items[x].parent) {
+		if (x == child || ++steps > IMAP_THREAD_MAX_DEPTH)
 			return true;
+	}
 	return false;
 }
 

@@ -17,8 +17,8 @@
  *
  * Ties in sent date are broken by the order of the input (ascending
  * sequence numbers).  The work is O(n log n) apart from the loop checks of
- * step 1, which walk ancestor chains; nothing recurses, so a hostile chain
- * of references cannot exhaust the stack. */
+ * step 1, which walk at most IMAP_THREAD_MAX_DEPTH ancestors; nothing
+ * recurses, so a hostile chain of references cannot exhaust the stack. */
 #ifndef IMAP_IMAP_THREAD_H
 #define IMAP_IMAP_THREAD_H
 
@@ -31,6 +31,9 @@
 /* References kept per message: a longer References field keeps its first
  * ID (the thread's root) and the last ones (the nearest ancestors). */
 #define IMAP_THREAD_MAX_REFS 500
+/* Ancestors step 1 walks to rule out a loop before it refuses a link of a
+ * message that already has replies (see would_loop() in imap-thread.c). */
+#define IMAP_THREAD_MAX_DEPTH 1000
 /* Longest message ID kept; longer ones are treated as absent. */
 #define IMAP_THREAD_MAX_ID_LEN 998
 

@@ -244,6 +244,52 @@ static void test_loops_and_deep_chains(void)
 	free(m);
 }
 
+/* Messages that arrive after their replies, each at the bottom of an
+ * ever deeper chain: the loop check would walk the whole chain each time.
+ * Past IMAP_THREAD_MAX_DEPTH ancestors the link is refused, so the chain
+ * breaks into several threads (and the work stays linear). */
+static void test_loop_check_is_bounded(void)
+{
+	enum { K = 2500 };
+	struct imap_thread_msg *m = calloc(2 * K, sizeof(*m));
+	char id[32], ref[32];
+	/* First the replies: message K + i replies to <i>. */
+	for (size_t i = 0; i < K; i++) {
+		snprintf(id, sizeof(id), "<r%zu@x>", i);
+		snprintf(ref, sizeof(ref), "<%zu@x>", i);
+		m[i].id = (uint32_t)(K + i + 1);
+		m[i].date = (int64_t)(K + i);
+		imap_thread_msg_set_ids(&m[i], id, strlen(id), ref, strlen(ref), NULL, 0);
+	}
+	/* Then <i>, each replying to <i - 1>. */
+	for (size_t i = 0; i < K; i++) {
+		snprintf(id, sizeof(id), "<%zu@x>", i);
+		snprintf(ref, sizeof(ref), "<%zu@x>", i - 1);
+		m[K + i].id = (uint32_t)(i + 1);
+		m[K + i].date = (int64_t)i;
+		imap_thread_msg_set_ids(&m[K + i], id, strlen(id), i > 0 ? ref : NULL, strlen(ref),
+					NULL, 0);
+	}
+	struct buf out = BUF_INIT;
+	imap_thread_build(IMAP_THREAD_REFS, m, 2 * K, &out);
+	const char *s = buf_cstr(&out);
+	CU_ASSERT_TRUE(each_once(s, 2 * K));
+	/* Top-level threads: one per IMAP_THREAD_MAX_DEPTH + 1 links. */
+	size_t threads = 0;
+	long depth = 0;
+	for (const char *p = s; *p != '\0'; p++) {
+		if (*p == '(' && depth++ == 0)
+			threads++;
+		else if (*p == ')')
+			depth--;
+	}
+	CU_ASSERT_EQUAL(threads, (K + IMAP_THREAD_MAX_DEPTH) / (IMAP_THREAD_MAX_DEPTH + 1));
+	buf_free(&out);
+	for (size_t i = 0; i < 2 * K; i++)
+		imap_thread_msg_free(&m[i]);
+	free(m);
+}
+
 static void test_random_inputs_keep_every_message_once(void)
 {
 	static const char *const ids[] = { "<1@x>", "<2@x>", "<3@x>", "<4@x>", "<5@x>", "<6@x>" };
@@ -361,6 +407,7 @@ const struct test_case imap_thread_cases[] = {
 	{ "REFS orders threads by their newest message", test_refs_orders_threads_by_newest_message },
 	{ "ORDEREDSUBJECT", test_orderedsubject },
 	{ "loops and a 100000-message chain", test_loops_and_deep_chains },
+	{ "the loop check is bounded", test_loop_check_is_bounded },
 	{ "random inputs keep every message exactly once", test_random_inputs_keep_every_message_once },
 	{ "message ID extraction", test_message_id_extraction },
 	{ "header field lookup", test_header_get },
