@@ -134,7 +134,9 @@ static bool thread_finish(struct imap_cmd *cmd)
 {
 	struct thread_ctx *tc = cmd->ctx;
 	struct buf line = BUF_INIT;
-	buf_append_str(&line, "* THREAD ");
+	/* thread-data = "THREAD" [SP 1*thread-list]: no space without
+	 * threads. */
+	buf_append_str(&line, tc->matches.count > 0 ? "* THREAD " : "* THREAD");
 	imap_thread_build(tc->alg, tc->matches.items, tc->matches.count, &line);
 	buf_append_str(&line, "\r\n");
 	imap_client_write(cmd->client, line.data, line.len);
