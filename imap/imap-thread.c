@@ -188,6 +188,7 @@ struct tnode {
 	int first_child, next;
 	size_t child_count;
 	size_t links;  /* step 1: how many nodes have this one as parent */
+	int dummy_root; /* the root dummy this node replaced, or -1 */
 	int64_t key;   /* sort date */
 	size_t order;  /* tie-break: input position */
 };
@@ -246,7 +247,8 @@ struct tctx {
 
 static int new_node(struct tctx *t, int msg)
 {
-	struct tnode n = { .msg = msg, .parent = -1, .first_child = -1, .next = -1 };
+	struct tnode n = { .msg = msg, .parent = -1, .first_child = -1, .next = -1,
+			   .dummy_root = -1 };
 	n.order = msg >= 0 ? (size_t)msg : SIZE_MAX;
 	ARRAY_PUSH(&t->nodes, n);
 	return (int)t->nodes.count - 1;
@@ -414,6 +416,7 @@ static void build_and_prune(struct tctx *t)
 			ARRAY_PUSH(&t->roots, x);
 		else if (cnt == 1) {
 			t->nodes.items[head].parent = -1;
+			t->nodes.items[head].dummy_root = x;
 			ARRAY_PUSH(&t->roots, head);
 		}
 	}
@@ -560,9 +563,20 @@ static void group_by_subject(struct tctx *t)
 	idtable_free(&subj);
 }
 
-/* REFS orders threads by their newest message. */
+/* REFS orders threads by their newest message.  Ties go as Dovecot's:
+ * threads under a missing message (a dummy, even one replaced by its only
+ * child) first, in the order their IDs were first seen, then the others
+ * by their root's sequence number. */
 static void key_newest(struct tctx *t, int root, int_array *stack)
 {
+	struct tnode *nr = &t->nodes.items[root];
+	if (nr->msg < 0)
+		nr->order = (size_t)root;
+	else if (nr->dummy_root >= 0)
+		nr->order = (size_t)nr->dummy_root;
+	else
+		nr->order = t->nodes.count + (size_t)nr->msg;
+
 	int64_t newest = INT64_MIN;
 	stack->count = 0;
 	ARRAY_PUSH(stack, root);

@@ -13,7 +13,8 @@
  *  - REFS (draft-ietf-morg-inthread, as Dovecot implements it): the same
  *    tree as REFERENCES without the subject grouping of step 5, and the
  *    threads ordered by the sent date of the newest message in each thread,
- *    so the thread that got the latest reply comes last.
+ *    so the thread that got the latest reply comes last; on equal dates,
+ *    threads under a missing message come first (Dovecot's order).
  *
  * Ties in sent date are broken by the order of the input (ascending
  * sequence numbers).  The work is O(n log n) apart from the loop checks of

@@ -151,6 +151,23 @@ static void test_refs_orders_threads_by_newest_message(void)
 	CHECK_THREAD(IMAP_THREAD_REFS, m, "(2)(1 (4)(3))");
 }
 
+/* REFS breaks ties in the newest date as Dovecot does: threads under a
+ * missing message first, in the order those IDs were first seen, then the
+ * others by sequence number (checked against Dovecot 2.3 on random
+ * mailboxes). */
+static void test_refs_tie_break(void)
+{
+	static const struct tmsg m[] = {
+		{ 100, "<a@b>", NULL, NULL, NULL, false },
+		{ 100, "<b@b>", "<missing1@b>", NULL, NULL, false },
+		{ 100, "<c@b>", "<missing0@b>", NULL, NULL, false },
+		{ 100, "<d@b>", NULL, NULL, NULL, false },
+		{ 100, "<e@b>", "<missing0@b>", NULL, NULL, false },
+	};
+	CHECK_THREAD(IMAP_THREAD_REFS, m, "(2)((3)(5))(1)(4)");
+	CHECK_THREAD(IMAP_THREAD_REFERENCES, m, "(1)(2)((3)(5))(4)");
+}
+
 static void test_orderedsubject(void)
 {
 	/* imaptest thread-orderedsubject2: dates decide the parent and the
@@ -440,6 +457,7 @@ const struct test_case imap_thread_cases[] = {
 	{ "dummy pruning", test_refs_dummies },
 	{ "REFERENCES groups roots by base subject", test_refs_subject_grouping },
 	{ "REFS orders threads by their newest message", test_refs_orders_threads_by_newest_message },
+	{ "REFS breaks date ties as Dovecot does", test_refs_tie_break },
 	{ "ORDEREDSUBJECT", test_orderedsubject },
 	{ "loops and a 100000-message chain", test_loops_and_deep_chains },
 	{ "the loop check is bounded", test_loop_check_is_bounded },
