@@ -21,6 +21,11 @@
 
 #define THREAD_STEP 100
 #define THREAD_HEADER_READ 65536
+/* Bytes of message IDs one THREAD keeps.  Past it each further message
+ * keeps only its parent's ID (the last reference), so a mailbox of
+ * crafted References fields cannot make a THREAD hold its headers' worth
+ * of memory. */
+#define THREAD_ID_BUDGET (64u * 1024 * 1024)
 
 struct thread_ctx {
 	enum imap_thread_alg alg;
@@ -34,6 +39,7 @@ struct thread_ctx {
 	struct buf text;
 	struct guid text_guid;
 	uint64_t text_size;
+	size_t id_bytes;
 };
 
 static void thread_ctx_free(void *p)
@@ -114,8 +120,12 @@ static void add_match(struct thread_ctx *tc, const struct stor_msg *m, uint32_t 
 		const char *pmid = field(tc, "Message-ID", &mid, &mid_len);
 		const char *prefs = field(tc, "References", &refs, &refs_len);
 		const char *pirt = field(tc, "In-Reply-To", &irt, &irt_len);
-		if (tc->alg != IMAP_THREAD_ORDEREDSUBJECT)
+		if (tc->alg != IMAP_THREAD_ORDEREDSUBJECT) {
 			imap_thread_msg_set_ids(&tm, pmid, mid_len, prefs, refs_len, pirt, irt_len);
+			if (tc->id_bytes > THREAD_ID_BUDGET)
+				imap_thread_msg_keep_parent(&tm);
+			tc->id_bytes += imap_thread_msg_id_bytes(&tm);
+		}
 		tm.date = imap_sent_date_value(field(tc, "Date", &v, &len), m->internaldate);
 		if (tc->alg != IMAP_THREAD_REFS) {
 			char *base = imap_base_subject(field(tc, "Subject", &v, &len), &tm.reply_or_fwd);

@@ -129,6 +129,24 @@ void imap_thread_msg_set_ids(struct imap_thread_msg *m, const char *message_id, 
 	}
 }
 
+void imap_thread_msg_keep_parent(struct imap_thread_msg *m)
+{
+	if (m->ref_count < 2)
+		return;
+	for (size_t i = 0; i + 1 < m->ref_count; i++)
+		free(m->refs[i]);
+	m->refs[0] = m->refs[m->ref_count - 1];
+	m->ref_count = 1;
+}
+
+size_t imap_thread_msg_id_bytes(const struct imap_thread_msg *m)
+{
+	size_t n = m->message_id != NULL ? strlen(m->message_id) + 1 : 0;
+	for (size_t i = 0; i < m->ref_count; i++)
+		n += strlen(m->refs[i]) + 1;
+	return n;
+}
+
 void imap_thread_msg_free(struct imap_thread_msg *m)
 {
 	free(m->message_id);

@@ -64,6 +64,11 @@ struct imap_thread_msg {
 void imap_thread_msg_set_ids(struct imap_thread_msg *m, const char *message_id, size_t mid_len,
 			     const char *references, size_t ref_len, const char *in_reply_to,
 			     size_t irt_len);
+/* Drops all references but the last (the parent), for callers that bound
+ * the memory a THREAD holds. */
+void imap_thread_msg_keep_parent(struct imap_thread_msg *m);
+/* Bytes the message's IDs take (message_id and refs, NULs included). */
+size_t imap_thread_msg_id_bytes(const struct imap_thread_msg *m);
 /* Frees what the message owns (message_id, refs, base_subject). */
 void imap_thread_msg_free(struct imap_thread_msg *m);
 

@@ -374,6 +374,15 @@ static void test_message_id_extraction(void)
 	CU_ASSERT_STRING_EQUAL(m.refs[IMAP_THREAD_MAX_REFS - 1], "1999@z");
 	CU_ASSERT_STRING_EQUAL(m.refs[1], "1501@z");
 	buf_free(&many);
+	/* Under a memory budget only the parent is kept. */
+	imap_thread_msg_set_ids(&m, "<m@z>", 5, "<a@z> <b@z> <c@z>", 17, NULL, 0);
+	CU_ASSERT_EQUAL(imap_thread_msg_id_bytes(&m), 4 * 4);
+	imap_thread_msg_keep_parent(&m);
+	CU_ASSERT_EQUAL_FATAL(m.ref_count, 1);
+	CU_ASSERT_STRING_EQUAL(m.refs[0], "c@z");
+	CU_ASSERT_EQUAL(imap_thread_msg_id_bytes(&m), 2 * 4);
+	imap_thread_msg_keep_parent(&m);
+	CU_ASSERT_EQUAL(m.ref_count, 1);
 	/* An unclosed bracket ends the scan without an ID. */
 	imap_thread_msg_set_ids(&m, "<open", 5, "<x@y> <unclosed", 15, NULL, 0);
 	CU_ASSERT_PTR_NULL(m.message_id);
