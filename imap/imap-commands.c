@@ -61,6 +61,7 @@ static const struct {
 	{ "STORE", imap_cmd_store, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 	{ "COPY", imap_cmd_copy, CMD_SELECTED, CMD_F_UID },
 	{ "MOVE", imap_cmd_move, CMD_SELECTED, CMD_F_UID },
+	{ "THREAD", imap_cmd_thread, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 };
 
 void imap_capabilities(struct imap_client *c, struct buf *out)
@@ -71,6 +72,7 @@ void imap_capabilities(struct imap_client *c, struct buf *out)
 	buf_append_str(out, " LIST-EXTENDED LIST-STATUS");
 	buf_append_str(out, " MULTIAPPEND CATENATE");
 	buf_append_str(out, " BINARY");
+	buf_append_str(out, " THREAD=REFS THREAD=REFERENCES THREAD=ORDEREDSUBJECT");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");

@@ -64,6 +64,9 @@ bool imap_cmd_search(struct imap_cmd *cmd);
 /* imap-search-update.c */
 bool imap_cmd_cancelupdate(struct imap_cmd *cmd);
 
+/* cmd-thread.c */
+bool imap_cmd_thread(struct imap_cmd *cmd);
+
 /* cmd-idle.c */
 bool imap_cmd_idle(struct imap_cmd *cmd);
 

@@ -1,6 +1,6 @@
 /* Internals shared by the imap-mime*.c files: the part tree, header field
- * iteration and RFC 2045 value lexing.  Nothing outside imap-mime*.c
- * includes this. */
+ * iteration and RFC 2045 value lexing.  Nothing outside the MIME layer
+ * (imap-mime*.c and imap-sortkeys.c, see mime.am) includes this. */
 #ifndef IMAP_IMAP_MIME_PRIVATE_H
 #define IMAP_IMAP_MIME_PRIVATE_H
 

@@ -10,6 +10,8 @@ int main(void)
 		{ "imap-esearch", imap_esearch_cases, NULL, NULL },
 		{ "imap-util", imap_util_cases, NULL, NULL },
 		{ "repl-local seam", imap_seam_cases, NULL, NULL },
+		{ "imap-thread", imap_thread_cases, NULL, NULL },
+		{ "imap-sortkeys", imap_sortkeys_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 	return test_run_suites("test-imap", suites);

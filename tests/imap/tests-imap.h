@@ -7,4 +7,6 @@ extern const struct test_case imap_search_cases[];
 extern const struct test_case imap_esearch_cases[];
 extern const struct test_case imap_util_cases[];
 extern const struct test_case imap_seam_cases[];
+extern const struct test_case imap_thread_cases[];
+extern const struct test_case imap_sortkeys_cases[];
 #endif

@@ -1,0 +1,234 @@
+/* THREAD and UID THREAD (RFC 5256; REFS from draft-ietf-morg-inthread).
+ *
+ *   THREAD <algorithm> <charset> <search criteria>
+ *
+ * The criteria are SEARCH's (imap-search.c, the charset given to it as
+ * SEARCH's CHARSET).  One pass over the mailbox, in bounded steps per loop
+ * turn, evaluates them and reads each match's thread keys from its header
+ * (Message-ID, References, In-Reply-To, Subject, Date); imap-thread.c then
+ * builds the reply.  Keys are read from the stored text on each request:
+ * only the first THREAD_HEADER_READ bytes unless the header goes on past
+ * them. */
+#include "imap/imap-commands.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "imap/imap-search.h"
+#include "imap/imap-sortkeys.h"
+#include "imap/imap-thread.h"
+#include "lib/xalloc.h"
+
+#define THREAD_STEP 100
+#define THREAD_HEADER_READ 65536
+/* Bytes of message IDs one THREAD keeps.  Past it each further message
+ * keeps only its parent's ID (the last reference), so a mailbox of
+ * crafted References fields cannot make a THREAD hold its headers' worth
+ * of memory. */
+#define THREAD_ID_BUDGET (64u * 1024 * 1024)
+
+struct thread_ctx {
+	enum imap_thread_alg alg;
+	struct imap_search *search;
+	struct imap_arg *search_args;
+	stor_msg_list msgs; /* all of the mailbox, UID order */
+	size_t next;
+	ARRAY(struct imap_thread_msg) matches;
+	struct stor_db *db;
+	struct guid mailbox;
+	struct buf text;
+	struct guid text_guid;
+	uint64_t text_size;
+	size_t id_bytes;
+};
+
+static void thread_ctx_free(void *p)
+{
+	struct thread_ctx *tc = p;
+	imap_search_free(&tc->search);
+	free(tc->search_args);
+	stor_msg_list_free(&tc->msgs);
+	for (size_t i = 0; i < tc->matches.count; i++)
+		imap_thread_msg_free(&tc->matches.items[i]);
+	ARRAY_FREE(&tc->matches);
+	buf_free(&tc->text);
+	free(tc);
+}
+
+static int load_text(void *ctx, const char **text_r, size_t *len_r)
+{
+	struct thread_ctx *tc = ctx;
+	const char *err;
+	buf_reset(&tc->text);
+	if (stor_text_read(tc->db, &tc->text_guid, 0, tc->text_size, &tc->text, &err) < 0)
+		return -1;
+	*text_r = tc->text.data != NULL ? (const char *)tc->text.data : "";
+	*len_r = tc->text.len;
+	return 0;
+}
+
+static bool header_complete(const struct buf *b)
+{
+	const unsigned char *p = b->data;
+	for (size_t i = 0; i + 1 < b->len; i++) {
+		if (p[i] != '\n')
+			continue;
+		if (p[i + 1] == '\n' || (p[i + 1] == '\r' && i + 2 < b->len && p[i + 2] == '\n'))
+			return true;
+	}
+	return false;
+}
+
+/* Reads the header of the current message into tc->text (unless the
+ * search already loaded the whole text).  Returns false if unreadable. */
+static bool load_header(struct thread_ctx *tc, bool have_text)
+{
+	if (have_text)
+		return true;
+	const char *err;
+	uint64_t len = tc->text_size < THREAD_HEADER_READ ? tc->text_size : THREAD_HEADER_READ;
+	buf_reset(&tc->text);
+	if (stor_text_read(tc->db, &tc->text_guid, 0, len, &tc->text, &err) < 0)
+		return false;
+	if (len < tc->text_size && !header_complete(&tc->text)) {
+		buf_reset(&tc->text);
+		if (stor_text_read(tc->db, &tc->text_guid, 0, tc->text_size, &tc->text, &err) < 0)
+			return false;
+	}
+	return true;
+}
+
+static const char *field(const struct thread_ctx *tc, const char *name, struct buf *v, size_t *len_r)
+{
+	buf_reset(v);
+	const char *text = tc->text.data != NULL ? (const char *)tc->text.data : "";
+	if (!imap_thread_header_get(text, tc->text.len, name, v))
+		return NULL;
+	*len_r = v->len;
+	return buf_cstr(v);
+}
+
+static void add_match(struct thread_ctx *tc, const struct stor_msg *m, uint32_t id, bool readable)
+{
+	struct imap_thread_msg tm;
+	memset(&tm, 0, sizeof(tm));
+	tm.id = id;
+	tm.date = m->internaldate;
+	if (readable) {
+		struct buf mid = BUF_INIT, refs = BUF_INIT, irt = BUF_INIT, v = BUF_INIT;
+		size_t mid_len = 0, refs_len = 0, irt_len = 0, len = 0;
+		const char *pmid = field(tc, "Message-ID", &mid, &mid_len);
+		const char *prefs = field(tc, "References", &refs, &refs_len);
+		const char *pirt = field(tc, "In-Reply-To", &irt, &irt_len);
+		if (tc->alg != IMAP_THREAD_ORDEREDSUBJECT) {
+			imap_thread_msg_set_ids(&tm, pmid, mid_len, prefs, refs_len, pirt, irt_len);
+			if (tc->id_bytes > THREAD_ID_BUDGET)
+				imap_thread_msg_keep_parent(&tm);
+			tc->id_bytes += imap_thread_msg_id_bytes(&tm);
+		}
+		tm.date = imap_sent_date_value(field(tc, "Date", &v, &len), m->internaldate);
+		if (tc->alg != IMAP_THREAD_REFS) {
+			char *base = imap_base_subject(field(tc, "Subject", &v, &len), &tm.reply_or_fwd);
+			tm.base_subject = imap_sortkey_fold(base);
+			free(base);
+		}
+		buf_free(&mid);
+		buf_free(&refs);
+		buf_free(&irt);
+		buf_free(&v);
+	}
+	ARRAY_PUSH(&tc->matches, tm);
+}
+
+static bool thread_finish(struct imap_cmd *cmd)
+{
+	struct thread_ctx *tc = cmd->ctx;
+	struct buf line = BUF_INIT;
+	/* thread-data = "THREAD" [SP 1*thread-list]: no space without
+	 * threads. */
+	buf_append_str(&line, tc->matches.count > 0 ? "* THREAD " : "* THREAD");
+	imap_thread_build(tc->alg, tc->matches.items, tc->matches.count, &line);
+	buf_append_str(&line, "\r\n");
+	imap_client_write(cmd->client, line.data, line.len);
+	buf_free(&line);
+	return imap_cmd_done(cmd, "OK", "THREAD completed");
+}
+
+static bool thread_step(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	struct thread_ctx *tc = cmd->ctx;
+	if (c->sel == NULL)
+		return imap_cmd_done(cmd, "NO", "Mailbox closed");
+	for (size_t n = 0; n < THREAD_STEP && tc->next < tc->msgs.count; n++) {
+		const struct stor_msg *m = &tc->msgs.items[tc->next++];
+		uint32_t seq = imap_sel_seq(c->sel, m->uid);
+		if (seq == 0)
+			continue;
+		struct imap_search_msg sm;
+		memset(&sm, 0, sizeof(sm));
+		sm.seq = seq;
+		sm.uid = m->uid;
+		sm.flags = m->flags;
+		sm.keywords = &m->keywords;
+		sm.internaldate = m->internaldate;
+		sm.internaldate_tz = m->internaldate_tz;
+		sm.size = m->size;
+		sm.modseq = m->modseq;
+		sm.recent = imap_sel_is_recent(c->sel, m->uid);
+		sm.load_text = load_text;
+		sm.load_ctx = tc;
+		tc->text_guid = m->guid;
+		tc->text_size = m->size;
+		if (imap_search_match(tc->search, &sm)) {
+			bool readable = load_header(tc, sm.text_loaded && !sm.text_failed);
+			add_match(tc, m, cmd->uid ? m->uid : seq, readable);
+		}
+		imap_search_msg_done(&sm);
+	}
+	if (tc->next < tc->msgs.count) {
+		cmd->cont = thread_step;
+		imap_client_kick(c);
+		return false;
+	}
+	return thread_finish(cmd);
+}
+
+bool imap_cmd_thread(struct imap_cmd *cmd)
+{
+	struct imap_client *c = cmd->client;
+	const struct imap_arg *args = cmd->args;
+	size_t count = cmd->count;
+	if (count < 3 || args[0].type != IMAP_ARG_ATOM || args[1].type == IMAP_ARG_LIST)
+		return imap_cmd_done(cmd, "BAD", "THREAD needs an algorithm, a charset and search criteria");
+	enum imap_thread_alg alg;
+	if (!imap_thread_alg_parse(args[0].str, args[0].len, &alg))
+		return imap_cmd_done(cmd, "BAD", "Unknown threading algorithm");
+	struct thread_ctx *tc = xcalloc(1, sizeof(*tc));
+	cmd->ctx = tc;
+	cmd->ctx_free = thread_ctx_free;
+	tc->alg = alg;
+	/* The charset is SEARCH's CHARSET argument. */
+	tc->search_args = xcalloc(count, sizeof(*tc->search_args));
+	tc->search_args[0].type = IMAP_ARG_ATOM;
+	tc->search_args[0].str = "CHARSET";
+	tc->search_args[0].len = 7;
+	memcpy(&tc->search_args[1], &args[1], (count - 1) * sizeof(*args));
+	enum imap_search_error kind;
+	const char *err;
+	if (imap_search_parse(tc->search_args, count, &tc->search, &kind, &err) < 0) {
+		if (kind == IMAP_SEARCH_BADCHARSET)
+			return imap_cmd_done(cmd, "NO", "[BADCHARSET (UTF-8 US-ASCII)] %s", err);
+		return imap_cmd_done(cmd, "BAD", "%s", err);
+	}
+	if (imap_search_uses_modseq(tc->search))
+		c->condstore = true;
+	struct imap_selected *sel = c->sel;
+	uint32_t n = (uint32_t)sel->uids.count;
+	imap_search_resolve(tc->search, n, n > 0 ? sel->uids.items[n - 1] : 0);
+	tc->mailbox = sel->guid;
+	tc->db = c->server->db;
+	if (stor_msg_list_range(tc->db, &tc->mailbox, 1, UINT32_MAX, &tc->msgs, &err) < 0)
+		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	return thread_step(cmd);
+}

@@ -1,0 +1,188 @@
+/* Sort and thread keys: see imap-sortkeys.h. */
+#include "imap/imap-sortkeys.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "imap/imap-mime-private.h"
+#include "lib/buf.h"
+#include "lib/xalloc.h"
+
+/* Working view of the subject: [s + start, s + end). */
+struct subj {
+	const char *s;
+	size_t start, end;
+};
+
+static bool subj_prefix(const struct subj *j, size_t pos, const char *word)
+{
+	size_t n = strlen(word);
+	return j->end - pos >= n && strncasecmp(j->s + pos, word, n) == 0;
+}
+
+/* subj-blob = "[" *BLOBCHAR "]" *WSP at pos; returns the position after it,
+ * or 0 when there is none (a blob is never empty, so 0 is unambiguous). */
+static size_t blob_end(const struct subj *j, size_t pos)
+{
+	if (pos >= j->end || j->s[pos] != '[')
+		return 0;
+	size_t p = pos + 1;
+	while (p < j->end && j->s[p] != '[' && j->s[p] != ']')
+		p++;
+	if (p >= j->end || j->s[p] != ']')
+		return 0;
+	p++;
+	while (p < j->end && j->s[p] == ' ')
+		p++;
+	return p;
+}
+
+/* subj-refwd = ("re" / ("fw" ["d"])) *WSP [subj-blob] ":" at pos; returns
+ * the position after it, or 0. */
+static size_t refwd_end(const struct subj *j, size_t pos)
+{
+	size_t p;
+	if (subj_prefix(j, pos, "re"))
+		p = pos + 2;
+	else if (subj_prefix(j, pos, "fwd"))
+		p = pos + 3;
+	else if (subj_prefix(j, pos, "fw"))
+		p = pos + 2;
+	else
+		return 0;
+	while (p < j->end && j->s[p] == ' ')
+		p++;
+	size_t b = blob_end(j, p);
+	if (b != 0)
+		p = b;
+	if (p >= j->end || j->s[p] != ':')
+		return 0;
+	return p + 1;
+}
+
+/* Step 2: removes trailing "(fwd)" and WSP. */
+static void strip_trailers(struct subj *j, bool *reply)
+{
+	for (;;) {
+		if (j->end > j->start && j->s[j->end - 1] == ' ') {
+			j->end--;
+		} else if (j->end - j->start >= 5 &&
+			   strncasecmp(j->s + j->end - 5, "(fwd)", 5) == 0) {
+			j->end -= 5;
+			*reply = true;
+		} else {
+			return;
+		}
+	}
+}
+
+/* Steps 3 to 5: removes leaders and blobs until none is left. */
+static void strip_leaders(struct subj *j, bool *reply)
+{
+	bool changed = true;
+	while (changed) {
+		changed = false;
+		/* step 3: subj-leader = (*subj-blob subj-refwd) / WSP */
+		for (;;) {
+			if (j->start < j->end && j->s[j->start] == ' ') {
+				j->start++;
+				changed = true;
+				continue;
+			}
+			size_t p = j->start, b;
+			while ((b = blob_end(j, p)) != 0)
+				p = b;
+			size_t r = refwd_end(j, p);
+			if (r == 0)
+				break;
+			j->start = r;
+			*reply = true;
+			changed = true;
+		}
+		/* step 4: a leading blob goes if something is left after it */
+		size_t b = blob_end(j, j->start);
+		if (b != 0 && b < j->end) {
+			j->start = b;
+			changed = true;
+		}
+	}
+}
+
+char *imap_base_subject(const char *header_value, bool *was_reply_or_fwd)
+{
+	bool reply = false;
+	struct buf dec = BUF_INIT, norm = BUF_INIT;
+	if (header_value != NULL)
+		imap_mime_decode_header((const unsigned char *)header_value, strlen(header_value),
+					&dec);
+	/* step 1: tabs, line ends and runs of whitespace become one space;
+	 * NULs (which decoding may produce) would cut the C string short and
+	 * are dropped */
+	bool space = false;
+	for (size_t i = 0; i < dec.len; i++) {
+		unsigned char c = dec.data[i];
+		if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+			space = true;
+			continue;
+		}
+		if (c == '\0')
+			continue;
+		if (space)
+			buf_append_byte(&norm, ' ');
+		space = false;
+		buf_append_byte(&norm, c);
+	}
+	if (space)
+		buf_append_byte(&norm, ' ');
+	buf_free(&dec);
+
+	struct subj j = { norm.data != NULL ? (const char *)norm.data : "", 0, norm.len };
+	for (;;) {
+		strip_trailers(&j, &reply);
+		strip_leaders(&j, &reply);
+		/* step 6: "[fwd:" ... "]" wrapping, then again from step 2 */
+		if (j.end - j.start >= 6 && subj_prefix(&j, j.start, "[fwd:") &&
+		    j.s[j.end - 1] == ']') {
+			j.start += 5;
+			j.end--;
+			reply = true;
+			continue;
+		}
+		break;
+	}
+	char *res = xmalloc(j.end - j.start + 1);
+	memcpy(res, j.s + j.start, j.end - j.start);
+	res[j.end - j.start] = '\0';
+	buf_free(&norm);
+	if (was_reply_or_fwd != NULL)
+		*was_reply_or_fwd = reply;
+	return res;
+}
+
+char *imap_sortkey_fold(const char *utf8)
+{
+	struct buf b = BUF_INIT;
+	mime_fold_utf8((const unsigned char *)utf8, strlen(utf8), &b);
+	char *res = xstrdup(buf_cstr(&b));
+	buf_free(&b);
+	return res;
+}
+
+int64_t imap_sent_date(const struct imap_mime *m, int64_t internaldate)
+{
+	int64_t t;
+	int32_t tz;
+	if (m != NULL && imap_mime_date(m, &t, &tz) == 1)
+		return t;
+	return internaldate;
+}
+
+int64_t imap_sent_date_value(const char *date_value, int64_t internaldate)
+{
+	int64_t t;
+	int32_t tz;
+	if (date_value != NULL && imap_mime_parse_date(date_value, strlen(date_value), &t, &tz) == 1)
+		return t;
+	return internaldate;
+}
