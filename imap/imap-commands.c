@@ -60,12 +60,14 @@ static const struct {
 	{ "STORE", imap_cmd_store, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 	{ "COPY", imap_cmd_copy, CMD_SELECTED, CMD_F_UID },
 	{ "MOVE", imap_cmd_move, CMD_SELECTED, CMD_F_UID },
+	{ "SORT", imap_cmd_sort, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 };
 
 void imap_capabilities(struct imap_client *c, struct buf *out)
 {
 	buf_append_str(out, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS "
 			    "UNSELECT CHILDREN MOVE CONDSTORE QRESYNC SPECIAL-USE");
+	buf_append_str(out, " SORT SORT=DISPLAY ESORT");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");

@@ -57,6 +57,9 @@ bool imap_cmd_expunge(struct imap_cmd *cmd);
 /* cmd-search.c */
 bool imap_cmd_search(struct imap_cmd *cmd);
 
+/* cmd-sort.c */
+bool imap_cmd_sort(struct imap_cmd *cmd);
+
 /* cmd-idle.c */
 bool imap_cmd_idle(struct imap_cmd *cmd);
 

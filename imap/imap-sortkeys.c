@@ -186,3 +186,66 @@ int64_t imap_sent_date_value(const char *date_value, int64_t internaldate)
 		return t;
 	return internaldate;
 }
+
+/* The unfolded raw value of the first field called name, or NULL. */
+static char *header_value(const struct imap_mime *m, const char *name)
+{
+	struct mime_field f;
+	if (m == NULL || !mime_hdr_find(m, &m->parts.items[0], name, &f))
+		return NULL;
+	struct buf v = BUF_INIT;
+	mime_unfold(f.value, f.value_len, &v);
+	char *res = xstrdup(buf_cstr(&v));
+	buf_free(&v);
+	return res;
+}
+
+char *imap_sortkey_subject(const struct imap_mime *m)
+{
+	char *value = header_value(m, "subject");
+	char *base = imap_base_subject(value, NULL);
+	char *key = imap_sortkey_fold(base);
+	free(value);
+	free(base);
+	return key;
+}
+
+char *imap_sortkey_address(const struct imap_mime *m, const char *field, bool display)
+{
+	struct mime_field f;
+	if (m == NULL || !mime_hdr_find(m, &m->parts.items[0], field, &f))
+		return xstrdup("");
+	struct mime_first_addr first;
+	memset(&first, 0, sizeof(first));
+	buf_init(&first.name);
+	buf_init(&first.mailbox);
+	buf_init(&first.host);
+	struct buf text = BUF_INIT;
+	if (mime_first_address(f.value, f.value_len, &first)) {
+		if (!display) {
+			buf_append(&text, first.mailbox.data, first.mailbox.len);
+		} else {
+			if (first.name.len > 0)
+				imap_mime_decode_header(first.name.data, first.name.len, &text);
+			if (text.len == 0) {
+				buf_append(&text, first.mailbox.data, first.mailbox.len);
+				if (first.host.len > 0) {
+					buf_append_byte(&text, '@');
+					buf_append(&text, first.host.data, first.host.len);
+				}
+			}
+		}
+	}
+	/* NULs would end the key early and make unequal keys equal: dropped */
+	struct buf clean = BUF_INIT;
+	for (size_t i = 0; i < text.len; i++)
+		if (text.data[i] != '\0')
+			buf_append_byte(&clean, text.data[i]);
+	char *key = imap_sortkey_fold(buf_cstr(&clean));
+	buf_free(&clean);
+	buf_free(&text);
+	buf_free(&first.name);
+	buf_free(&first.mailbox);
+	buf_free(&first.host);
+	return key;
+}

@@ -36,4 +36,17 @@ int64_t imap_sent_date(const struct imap_mime *m, int64_t internaldate);
 /* The same from a raw Date: header value (NULL when there is none). */
 int64_t imap_sent_date_value(const char *date_value, int64_t internaldate);
 
+/* Comparison keys of the top-level message (m may be NULL: every key is
+ * then ""); malloc'd, folded as imap_sortkey_fold() does.
+ *
+ * SUBJECT: the base subject of the first Subject: header. */
+char *imap_sortkey_subject(const struct imap_mime *m);
+/* FROM, TO, CC (display false): the mailbox (local part) of the first entry
+ * of the address field, as ENVELOPE lists it (a group's start counts, its
+ * name being the mailbox).  DISPLAYFROM, DISPLAYTO (RFC 5957, display
+ * true): that entry's display name, RFC 2047 decoded, or when it has none,
+ * "mailbox@host" ("mailbox" without a host).  "" when there is no such
+ * field or entry. */
+char *imap_sortkey_address(const struct imap_mime *m, const char *field, bool display);
+
 #endif
