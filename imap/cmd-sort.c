@@ -72,6 +72,60 @@ static int load_text(void *ctx, const char **text_r, size_t *len_r)
 	return 0;
 }
 
+/* The sort keys need the header only: reads the text in growing chunks
+ * until the blank line that ends the header (or the end of the text), so a
+ * SORT over large messages does not read their bodies. */
+#define SORT_HEADER_CHUNK 8192
+
+/* The length of the header with its blank line, looking for the blank
+ * line from byte `from` on; 0 if it is not in [0, len). */
+static size_t header_end(const unsigned char *p, size_t len, size_t from)
+{
+	if (from == 0 && len >= 1 && p[0] == '\n')
+		return 1;
+	if (from == 0 && len >= 2 && p[0] == '\r' && p[1] == '\n')
+		return 2;
+	for (size_t i = from; i + 1 < len; i++) {
+		if (p[i] != '\n')
+			continue;
+		if (p[i + 1] == '\n')
+			return i + 2;
+		if (p[i + 1] == '\r' && i + 2 < len && p[i + 2] == '\n')
+			return i + 3;
+	}
+	return 0;
+}
+
+static int load_header(struct sort_ctx *sc, const char **text_r, size_t *len_r)
+{
+	const char *err;
+	buf_reset(&sc->text);
+	uint64_t want = SORT_HEADER_CHUNK;
+	size_t scanned = 0, end = 0;
+	for (;;) {
+		uint64_t have = sc->text.len;
+		if (want > sc->text_size)
+			want = sc->text_size;
+		if (want > have &&
+		    stor_text_read(sc->db, &sc->text_guid, have, want - have, &sc->text, &err) < 0)
+			return -1;
+		/* from just before the new bytes: the blank line may straddle
+		 * two reads */
+		end = header_end(sc->text.data, sc->text.len, scanned >= 2 ? scanned - 2 : 0);
+		if (end > 0)
+			break;
+		scanned = sc->text.len;
+		if (sc->text.len >= sc->text_size || sc->text.len == have) {
+			end = sc->text.len; /* all of the text is header */
+			break;
+		}
+		want *= 2;
+	}
+	*text_r = sc->text.data != NULL ? (const char *)sc->text.data : "";
+	*len_r = end;
+	return 0;
+}
+
 /* "nz-number:nz-number" (either order), no '*'. */
 static int parse_partial(const struct imap_arg *a, uint32_t *lo_r, uint32_t *hi_r)
 {
@@ -230,7 +284,7 @@ static bool sort_step(struct imap_cmd *cmd)
 				/* the text and parse SEARCH may have made already */
 				if (!sm.text_loaded) {
 					sm.text_loaded = true;
-					sm.text_failed = load_text(sc, &sm.text, &sm.text_len) < 0;
+					sm.text_failed = load_header(sc, &sm.text, &sm.text_len) < 0;
 				}
 				if (!sm.text_failed && sm.mime == NULL)
 					sm.mime = imap_mime_parse((const unsigned char *)sm.text,

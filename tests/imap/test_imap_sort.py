@@ -303,12 +303,51 @@ def t_large():
     c.logout()
 
 
+def t_long_headers():
+    """The keys come from the header only, read in chunks: headers of every
+    length around the first chunk (8 KiB), one of 40 KiB, a message that is
+    all header, and large bodies.  The Subject is the last field, so a
+    header cut short would lose it."""
+    c = connect()
+    c.command("CREATE Hdr")
+    subjects = []
+    i = 0
+    for hlen in list(range(8180, 8200)) + [40000, 16385]:
+        subj = "s%02d" % (40 - i)
+        subjects.append(subj)
+        tail = "Subject: %s\r\n" % subj
+        head = "From: a@b.c\r\n"
+        need = hlen - len(head) - len(tail)
+        while need >= 89:
+            head += "X-Pad: " + "p" * 70 + "\r\n"
+            need -= 79
+        head += "X-F: " + "f" * (need - 7) + "\r\n"
+        assert len(head + tail) == hlen
+        body = ("line of body text %d\r\n" % i) * (3000 if i % 3 == 0 else 2)
+        append(c, "Hdr", (head + tail + "\r\n" + body).encode())
+        i += 1
+    subjects.append("s00")
+    append(c, "Hdr", b"From: a@b.c\r\nSubject: s00")  # all header, no blank line
+    c.command("SELECT Hdr")
+    n = len(subjects)
+    r = c.command("SORT (SUBJECT) UTF-8 ALL")
+    want = sorted(range(1, n + 1), key=lambda k: (subjects[k - 1], k))
+    R.check("SORT (SUBJECT) with headers around the chunk size", r.ok and sort_nums(r) == want,
+            (r, sort_nums(r), want))
+    r = c.command("SORT (REVERSE SUBJECT) UTF-8 BODY \"line of body\"")
+    want = sorted(range(1, n), key=lambda k: subjects[k - 1], reverse=True)
+    R.check("SORT (REVERSE SUBJECT) where the search reads the bodies",
+            r.ok and sort_nums(r) == want, (r, sort_nums(r), want))
+    c.logout()
+
+
 SECTIONS = [
     ("capability", t_capability),
     ("every key", t_keys),
     ("errors", t_errors),
     ("esort", t_esort),
     ("600 messages", t_large),
+    ("long headers", t_long_headers),
 ]
 
 
