@@ -197,7 +197,32 @@ static void test_sort_address_keys(void)
 	check_addr("From:\r\n\r\n", "from", true, "");
 	/* an encoded NUL does not end the key */
 	check_addr("From: =?us-ascii?q?a=00b?= <x@y>\r\n\r\n", "from", true, "AB");
-	char *k = imap_sortkey_address(NULL, "from", true);
+	/* keys are cut to a bound */
+	size_t big = 100000;
+	char *text = malloc(big + 64);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+	strcpy(text, "From: ");
+	memset(text + 6, 'n', big);
+	strcpy(text + 6 + big, " <x@y>\r\nSubject: ");
+	size_t hl = strlen(text);
+	char *text2 = malloc(hl + big + 8);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(text2);
+	memcpy(text2, text, hl);
+	memset(text2 + hl, 's', big);
+	strcpy(text2 + hl + big, "\r\n\r\n");
+	struct imap_mime *m = imap_mime_parse((const unsigned char *)text2, strlen(text2));
+	char *k = imap_sortkey_address(m, "from", true);
+	CU_ASSERT_EQUAL(strlen(k), IMAP_SORTKEY_MAX);
+	CU_ASSERT_EQUAL(k[0], 'N');
+	free(k);
+	k = imap_sortkey_subject(m);
+	CU_ASSERT_EQUAL(strlen(k), IMAP_SORTKEY_MAX);
+	CU_ASSERT_EQUAL(k[IMAP_SORTKEY_MAX - 1], 'S');
+	free(k);
+	imap_mime_free(&m);
+	free(text);
+	free(text2);
+	k = imap_sortkey_address(NULL, "from", true);
 	CU_ASSERT_STRING_EQUAL(k, "");
 	free(k);
 	k = imap_sortkey_subject(NULL);
