@@ -341,6 +341,63 @@ def t_long_headers():
     c.logout()
 
 
+def t_concurrent_changes():
+    """SORTs in one session while another expunges and appends in the same
+    mailbox: every answer names distinct messages of the session's view, and
+    once the changes are reported SORT sees exactly the mailbox."""
+    import threading
+    a = connect()
+    r = a.command("SELECT Big")
+    count = r.number("EXISTS")
+    R.check("Big has messages", count is not None and count > 100, r)
+    errors = []
+
+    def writer():
+        try:
+            b = connect()
+            b.command("SELECT Big")
+            for k in range(20):
+                b.command("STORE %d +FLAGS (\\Deleted)" % (1 + (k * 13) % 50))
+                b.command("EXPUNGE")
+                append(b, "Big", crlf("Subject: late %d\n\nbody\n" % k))
+            b.logout()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    th = threading.Thread(target=writer)
+    th.start()
+    bad = []
+    rounds = 0
+    while th.is_alive() or rounds < 3:
+        r = a.command("SORT (SUBJECT) UTF-8 ALL")
+        nums = sort_nums(r) or []
+        if not r.ok or len(set(nums)) != len(nums) or any(x < 1 or x > count for x in nums):
+            bad.append((r, count, nums[:10]))
+        # the view moves by what this response reported, after the SORT
+        for toks in r.find("EXPUNGE"):
+            count -= 1
+        if r.number("EXISTS") is not None:
+            count = r.number("EXISTS")
+        rounds += 1
+        if rounds > 500:
+            break
+    th.join(60)
+    R.check("the writer ran without errors", not errors, errors)
+    R.check("%d SORTs during changes named distinct messages of the view" % rounds, not bad,
+            bad[:3])
+    r = a.command("NOOP")
+    for toks in r.find("EXPUNGE"):
+        count -= 1
+    if r.number("EXISTS") is not None:
+        count = r.number("EXISTS")
+    r = a.command("SORT (ARRIVAL) UTF-8 ALL")
+    R.equal("after the changes SORT (ARRIVAL) is every message in order", sort_nums(r),
+            list(range(1, count + 1)))
+    r = a.command("SEARCH SUBJECT late")
+    R.equal("the 20 appended messages are there", len(r.search()[0]), 20)
+    a.logout()
+
+
 SECTIONS = [
     ("capability", t_capability),
     ("every key", t_keys),
@@ -348,6 +405,7 @@ SECTIONS = [
     ("esort", t_esort),
     ("600 messages", t_large),
     ("long headers", t_long_headers),
+    ("concurrent changes", t_concurrent_changes),
 ]
 
 
