@@ -62,6 +62,7 @@ static const struct {
 	{ "COPY", imap_cmd_copy, CMD_SELECTED, CMD_F_UID },
 	{ "MOVE", imap_cmd_move, CMD_SELECTED, CMD_F_UID },
 	{ "THREAD", imap_cmd_thread, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
+	{ "SORT", imap_cmd_sort, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 };
 
 void imap_capabilities(struct imap_client *c, struct buf *out)
@@ -73,6 +74,7 @@ void imap_capabilities(struct imap_client *c, struct buf *out)
 	buf_append_str(out, " MULTIAPPEND CATENATE");
 	buf_append_str(out, " BINARY");
 	buf_append_str(out, " THREAD=REFS THREAD=REFERENCES THREAD=ORDEREDSUBJECT");
+	buf_append_str(out, " SORT SORT=DISPLAY ESORT");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");

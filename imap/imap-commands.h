@@ -67,6 +67,9 @@ bool imap_cmd_cancelupdate(struct imap_cmd *cmd);
 /* cmd-thread.c */
 bool imap_cmd_thread(struct imap_cmd *cmd);
 
+/* cmd-sort.c */
+bool imap_cmd_sort(struct imap_cmd *cmd);
+
 /* cmd-idle.c */
 bool imap_cmd_idle(struct imap_cmd *cmd);
 

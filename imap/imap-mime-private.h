@@ -98,6 +98,16 @@ void mime_append_string_n(struct buf *out, const unsigned char *p, size_t len);
 /* An address list as plain "name <local@domain>, " text, comments and
  * folding removed, for SEARCH FROM/TO/CC/BCC. */
 void mime_address_text(const unsigned char *value, size_t len, struct buf *out);
+/* The first entry of an address list as ENVELOPE shows it, for SORT (see
+ * imap-sortkeys.c): a group start is an entry whose mailbox is the group's
+ * name.  Appends to the caller's (initialised) buffers; name is raw (RFC
+ * 2047 words not decoded), a comment when there is no phrase.  Returns
+ * whether there was an entry. */
+struct mime_first_addr {
+	struct buf name, mailbox, host;
+	bool found;
+};
+bool mime_first_address(const unsigned char *value, size_t len, struct mime_first_addr *first);
 void mime_envelope_part(const struct imap_mime *m, const struct mime_part *part, struct buf *out);
 
 #endif

@@ -272,7 +272,28 @@ struct addr_out {
 	struct buf *out;
 	size_t count;
 	bool plain; /* "name <local@domain>, " for SEARCH, not ENVELOPE form */
+	struct mime_first_addr *first; /* or: keep only the first entry, for SORT */
 };
+
+/* Keeps the first entry of the list as ENVELOPE would show it: a group
+ * start is (NIL NIL "group" NIL), so its name becomes the mailbox. */
+static bool capture_first(struct addr_out *ao, const struct buf *name, const struct buf *local,
+			  const struct buf *domain)
+{
+	if (ao->first == NULL)
+		return false;
+	if (!ao->first->found) {
+		ao->first->found = true;
+		if (name != NULL)
+			buf_append(&ao->first->name, name->data, name->len);
+		if (local != NULL)
+			buf_append(&ao->first->mailbox, local->data, local->len);
+		if (domain != NULL)
+			buf_append(&ao->first->host, domain->data, domain->len);
+	}
+	ao->count++;
+	return true;
+}
 
 static void emit_field(struct buf *out, const struct buf *b, bool nil_if_empty)
 {
@@ -285,7 +306,7 @@ static void emit_field(struct buf *out, const struct buf *b, bool nil_if_empty)
 static void emit_address(struct addr_out *ao, const struct buf *name, const struct buf *route,
 			 const struct buf *local, const struct buf *domain)
 {
-	if (ao->count >= MIME_MAX_ADDRESSES)
+	if (ao->count >= MIME_MAX_ADDRESSES || capture_first(ao, name, local, domain))
 		return;
 	ao->count++;
 	struct buf *out = ao->out;
@@ -320,6 +341,12 @@ static void emit_group(struct addr_out *ao, const struct buf *name)
 {
 	if (ao->count >= MIME_MAX_ADDRESSES)
 		return;
+	if (ao->first != NULL) {
+		/* a group end marker is not an entry clients sort by */
+		if (name != NULL)
+			(void)capture_first(ao, NULL, name, NULL);
+		return;
+	}
 	ao->count++;
 	if (ao->plain) {
 		if (name != NULL) {
@@ -389,12 +416,13 @@ static enum addr_tok read_domain(struct addr_lexer *lx, struct buf *domain, stru
 
 /* Parses an address list, appending 1*address to out.  Returns the number
  * of addresses and group markers appended. */
-static size_t parse_address_list(const unsigned char *v, size_t len, struct buf *out, bool plain)
+static size_t parse_address_list(const unsigned char *v, size_t len, struct buf *out, bool plain,
+				 struct mime_first_addr *first)
 {
 	struct addr_lexer lx = { v, v + len, BUF_INIT, 0, false };
 	struct buf phrase = BUF_INIT, local = BUF_INIT, domain = BUF_INIT, route = BUF_INIT;
 	struct buf comment = BUF_INIT;
-	struct addr_out ao = { out, 0, plain };
+	struct addr_out ao = { out, 0, plain, first };
 	bool in_group = false, after_dot = false, pending = false;
 	enum addr_tok t;
 
@@ -547,7 +575,7 @@ static void append_addr_header(const struct imap_mime *m, const struct mime_part
 	struct buf list = BUF_INIT;
 	size_t count = 0;
 	if (mime_hdr_find(m, msg, name, &f))
-		count = parse_address_list(f.value, f.value_len, &list, false);
+		count = parse_address_list(f.value, f.value_len, &list, false, NULL);
 	if (count > 0) {
 		buf_append_byte(out, '(');
 		buf_append(out, list.data, list.len);
@@ -562,7 +590,14 @@ static void append_addr_header(const struct imap_mime *m, const struct mime_part
 
 void mime_address_text(const unsigned char *value, size_t len, struct buf *out)
 {
-	(void)parse_address_list(value, len, out, true);
+	(void)parse_address_list(value, len, out, true, NULL);
+}
+
+bool mime_first_address(const unsigned char *value, size_t len, struct mime_first_addr *first)
+{
+	first->found = false;
+	(void)parse_address_list(value, len, NULL, false, first);
+	return first->found;
 }
 
 void mime_envelope_part(const struct imap_mime *m, const struct mime_part *msg, struct buf *out)

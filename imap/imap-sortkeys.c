@@ -77,35 +77,35 @@ static void strip_trailers(struct subj *j, bool *reply)
 	}
 }
 
-/* Steps 3 to 5: removes leaders and blobs until none is left. */
+/* Steps 3 to 5: removes leaders and blobs until none is left.  Step 4
+ * removes one leading blob at a time and step 3 then scans the blobs that
+ * follow again; done literally that is quadratic in the number of blobs.
+ * When no leader follows a run of blobs, the repetition of steps 3 and 4
+ * removes the whole run, except its last blob when nothing follows it, so
+ * that is done at once: each byte is scanned a bounded number of times. */
 static void strip_leaders(struct subj *j, bool *reply)
 {
-	bool changed = true;
-	while (changed) {
-		changed = false;
+	for (;;) {
 		/* step 3: subj-leader = (*subj-blob subj-refwd) / WSP */
-		for (;;) {
-			if (j->start < j->end && j->s[j->start] == ' ') {
-				j->start++;
-				changed = true;
-				continue;
-			}
-			size_t p = j->start, b;
-			while ((b = blob_end(j, p)) != 0)
-				p = b;
-			size_t r = refwd_end(j, p);
-			if (r == 0)
-				break;
+		if (j->start < j->end && j->s[j->start] == ' ') {
+			j->start++;
+			continue;
+		}
+		size_t p = j->start, last = j->start, b;
+		while ((b = blob_end(j, p)) != 0) {
+			last = p;
+			p = b;
+		}
+		size_t r = refwd_end(j, p);
+		if (r != 0) {
 			j->start = r;
 			*reply = true;
-			changed = true;
+			continue;
 		}
-		/* step 4: a leading blob goes if something is left after it */
-		size_t b = blob_end(j, j->start);
-		if (b != 0 && b < j->end) {
-			j->start = b;
-			changed = true;
-		}
+		/* step 4, repeated: p starts no blob and no leader */
+		if (p != j->start)
+			j->start = p < j->end ? p : last;
+		return;
 	}
 }
 
@@ -185,4 +185,74 @@ int64_t imap_sent_date_value(const char *date_value, int64_t internaldate)
 	if (date_value != NULL && imap_mime_parse_date(date_value, strlen(date_value), &t, &tz) == 1)
 		return t;
 	return internaldate;
+}
+
+/* The unfolded raw value of the first field called name, or NULL. */
+static char *header_value(const struct imap_mime *m, const char *name)
+{
+	struct mime_field f;
+	if (m == NULL || !mime_hdr_find(m, &m->parts.items[0], name, &f))
+		return NULL;
+	struct buf v = BUF_INIT;
+	mime_unfold(f.value, f.value_len, &v);
+	char *res = xstrdup(buf_cstr(&v));
+	buf_free(&v);
+	return res;
+}
+
+static char *cut_key(char *key)
+{
+	if (strlen(key) > IMAP_SORTKEY_MAX)
+		key[IMAP_SORTKEY_MAX] = '\0';
+	return key;
+}
+
+char *imap_sortkey_subject(const struct imap_mime *m)
+{
+	char *value = header_value(m, "subject");
+	char *base = imap_base_subject(value, NULL);
+	char *key = imap_sortkey_fold(base);
+	free(value);
+	free(base);
+	return cut_key(key);
+}
+
+char *imap_sortkey_address(const struct imap_mime *m, const char *field, bool display)
+{
+	struct mime_field f;
+	if (m == NULL || !mime_hdr_find(m, &m->parts.items[0], field, &f))
+		return xstrdup("");
+	struct mime_first_addr first;
+	memset(&first, 0, sizeof(first));
+	buf_init(&first.name);
+	buf_init(&first.mailbox);
+	buf_init(&first.host);
+	struct buf text = BUF_INIT;
+	if (mime_first_address(f.value, f.value_len, &first)) {
+		if (!display) {
+			buf_append(&text, first.mailbox.data, first.mailbox.len);
+		} else {
+			if (first.name.len > 0)
+				imap_mime_decode_header(first.name.data, first.name.len, &text);
+			if (text.len == 0) {
+				buf_append(&text, first.mailbox.data, first.mailbox.len);
+				if (first.host.len > 0) {
+					buf_append_byte(&text, '@');
+					buf_append(&text, first.host.data, first.host.len);
+				}
+			}
+		}
+	}
+	/* NULs would end the key early and make unequal keys equal: dropped */
+	struct buf clean = BUF_INIT;
+	for (size_t i = 0; i < text.len; i++)
+		if (text.data[i] != '\0')
+			buf_append_byte(&clean, text.data[i]);
+	char *key = cut_key(imap_sortkey_fold(buf_cstr(&clean)));
+	buf_free(&clean);
+	buf_free(&text);
+	buf_free(&first.name);
+	buf_free(&first.mailbox);
+	buf_free(&first.host);
+	return key;
 }

@@ -14,6 +14,8 @@
 
 struct imap_mime;
 
+#define IMAP_SORTKEY_MAX 512
+
 /* The base subject (RFC 5256 section 2.1) of a raw Subject: header value
  * (NUL-terminated, folding and RFC 2047 encoded words as received; NULL for
  * a message without a Subject).  The value is decoded to UTF-8, whitespace
@@ -35,5 +37,20 @@ char *imap_sortkey_fold(const char *utf8);
 int64_t imap_sent_date(const struct imap_mime *m, int64_t internaldate);
 /* The same from a raw Date: header value (NULL when there is none). */
 int64_t imap_sent_date_value(const char *date_value, int64_t internaldate);
+
+/* Comparison keys of the top-level message (m may be NULL: every key is
+ * then ""); malloc'd, folded as imap_sortkey_fold() does, and cut to
+ * IMAP_SORTKEY_MAX bytes so that a SORT over hostile messages holds a
+ * bounded amount per message (keys that share that prefix tie).
+ *
+ * SUBJECT: the base subject of the first Subject: header. */
+char *imap_sortkey_subject(const struct imap_mime *m);
+/* FROM, TO, CC (display false): the mailbox (local part) of the first entry
+ * of the address field, as ENVELOPE lists it (a group's start counts, its
+ * name being the mailbox).  DISPLAYFROM, DISPLAYTO (RFC 5957, display
+ * true): that entry's display name, RFC 2047 decoded, or when it has none,
+ * "mailbox@host" ("mailbox" without a host).  "" when there is no such
+ * field or entry. */
+char *imap_sortkey_address(const struct imap_mime *m, const char *field, bool display);
 
 #endif

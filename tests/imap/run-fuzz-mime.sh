@@ -23,9 +23,11 @@ printf 'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: te
 printf 'From: "A" <a@b>, g: c@d;\r\nSubject: =?utf-8?q?h=C3=A9?=\r\nDate: Mon, 2 Jan 2006 15:04:05 -0700\r\n\r\nbody\r\n' >"$work/corpus/envelope"
 printf 'Content-Type: text/plain; name*0="a"; name*1*=utf-8%%27%%27%%C3%%A9\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n' >"$work/corpus/params"
 printf 'Subject: =?GB2312?B?sbG+?= =?GB2312?B?qbu2063E4w==?=\r\nContent-Type: text/plain; charset=iso-2022-jp\r\n\r\n\033$B2q5D\033(B x\r\n' >"$work/corpus/charsets"
+printf 'Subject: Re: [a] Fwd: [fwd: re[2]: x (fwd)]\r\nTo: g: a@b;\r\n\r\n' >"$work/corpus/subjects"
 cd "$top"
 clang -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
-	tests/imap/test-mime-fuzz.c imap/imap-mime*.c lib/buf.c lib/str.c lib/xalloc.c lib/log.c \
+	tests/imap/test-mime-fuzz.c imap/imap-mime*.c imap/imap-sortkeys.c lib/buf.c lib/str.c \
+	lib/xalloc.c lib/log.c \
 	-lunistring -o "$work/fuzz-mime"
 "$work/fuzz-mime" -max_total_time="$seconds" -timeout=5 -max_len=4096 \
 	-rss_limit_mb=1024 -print_final_stats=1 "$work/corpus"

@@ -2,6 +2,7 @@
  * comparison form, and sent dates. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "imap/imap-mime.h"
 #include "imap/imap-sortkeys.h"
@@ -114,11 +115,68 @@ static void test_sent_date(void)
 	CU_ASSERT_EQUAL(imap_sent_date_value(NULL, 4), 4);
 }
 
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A hostile Subject: must not cost quadratic time (a mailbox of such
+ * messages would hold the server's loop for minutes per SORT). */
+static void test_base_subject_hostile(void)
+{
+	size_t n = 100000;
+	char *s = malloc(3 * n + 16);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	/* 100000 blobs: step 4 removes all but the last */
+	for (size_t i = 0; i < n; i++)
+		memcpy(s + 3 * i, "[a]", 3);
+	s[3 * n] = '\0';
+	double t0 = now();
+	char *b = imap_base_subject(s, NULL);
+	double t1 = now() - t0;
+	CU_ASSERT_STRING_EQUAL(b, "[a]");
+	free(b);
+	/* blobs followed by text: all go */
+	strcpy(s + 3 * n, "x");
+	t0 = now();
+	b = imap_base_subject(s, NULL);
+	double t2 = now() - t0;
+	CU_ASSERT_STRING_EQUAL(b, "x");
+	free(b);
+	/* 50000 nested [fwd: ] wrappings */
+	size_t d = 50000, k = 0;
+	char *w = malloc(7 * d + 8);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+	for (size_t i = 0; i < d; i++, k += 5)
+		memcpy(w + k, "[fwd:", 5);
+	w[k++] = 'y';
+	for (size_t i = 0; i < d; i++)
+		w[k++] = ']';
+	w[k] = '\0';
+	t0 = now();
+	bool reply = false;
+	b = imap_base_subject(w, &reply);
+	double t3 = now() - t0;
+	CU_ASSERT_STRING_EQUAL(b, "y");
+	CU_ASSERT_TRUE(reply);
+	free(b);
+	if (t1 > 2 || t2 > 2 || t3 > 2)
+		fprintf(stderr, "base subject of hostile subjects: %.2f s, %.2f s, %.2f s\n", t1, t2,
+			t3);
+	/* linear work takes milliseconds even under ASan on a busy machine */
+	CU_ASSERT_TRUE(t1 < 2 && t2 < 2 && t3 < 2);
+	free(s);
+	free(w);
+}
+
 const struct test_case imap_sortkeys_cases[] = {
 	{ "base subject: re/fw/fwd leaders", test_base_subject_leaders },
 	{ "base subject: blobs and [fwd: ] wrapping", test_base_subject_blobs_and_wrapping },
 	{ "base subject: whitespace and RFC 2047", test_base_subject_whitespace_and_encoding },
 	{ "sort key folding", test_sortkey_fold },
 	{ "sent date", test_sent_date },
+	{ "base subject: hostile subjects take linear time", test_base_subject_hostile },
 	{ NULL, NULL },
 };

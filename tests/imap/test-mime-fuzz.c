@@ -2,8 +2,8 @@
  * function runs on the result without crashing, leaking or reading past the
  * text.  Not built by make (it needs clang); from the top of the tree:
  *   clang -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
- *     tests/imap/test-mime-fuzz.c imap/imap-mime*.c lib/buf.c lib/str.c lib/xalloc.c \
- *     lib/log.c -lunistring -o /tmp/fuzz-mime
+ *     tests/imap/test-mime-fuzz.c imap/imap-mime*.c imap/imap-sortkeys.c lib/buf.c lib/str.c \
+ *     lib/xalloc.c lib/log.c -lunistring -o /tmp/fuzz-mime
  *   /tmp/fuzz-mime -max_total_time=60 -timeout=5 -max_len=4096 CORPUS_DIR */
 #include <stddef.h>
 #include <stdint.h>
@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "imap/imap-mime.h"
+#include "imap/imap-sortkeys.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -64,6 +65,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	/* and its start as a charset name */
 	(void)imap_mime_charset_known((const char *)text, size < 80 ? size : 80);
+	/* sort keys of the message, bounded; the input as a Subject value */
+	char *keys[] = {
+		imap_sortkey_subject(m), imap_sortkey_address(m, "from", false),
+		imap_sortkey_address(m, "to", true), imap_sortkey_address(m, "cc", false),
+	};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		if (strlen(keys[i]) > IMAP_SORTKEY_MAX)
+			abort();
+		free(keys[i]);
+	}
+	(void)imap_sent_date(m, 0);
+	char *str = malloc(size + 1);
+	memcpy(str, text, size);
+	str[size] = '\0';
+	bool reply;
+	free(imap_base_subject(str, &reply));
+	free(str);
 	buf_free(&out);
 	imap_mime_free(&m);
 	free(text);

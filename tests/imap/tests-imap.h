@@ -9,4 +9,5 @@ extern const struct test_case imap_util_cases[];
 extern const struct test_case imap_seam_cases[];
 extern const struct test_case imap_thread_cases[];
 extern const struct test_case imap_sortkeys_cases[];
+extern const struct test_case imap_sort_cases[];
 #endif
