@@ -202,18 +202,7 @@ static bool matches(struct imap_client *c, const struct imap_search_update *u,
 		    const struct stor_msg *m, uint32_t seq, struct eval_ctx *ec)
 {
 	struct imap_search_msg sm;
-	memset(&sm, 0, sizeof(sm));
-	sm.seq = seq;
-	sm.uid = m->uid;
-	sm.flags = m->flags;
-	sm.keywords = &m->keywords;
-	sm.internaldate = m->internaldate;
-	sm.internaldate_tz = m->internaldate_tz;
-	sm.size = m->size;
-	sm.modseq = m->modseq;
-	sm.recent = imap_sel_is_recent(c->sel, m->uid);
-	sm.load_text = load_text;
-	sm.load_ctx = ec;
+	imap_search_msg_init(&sm, m, seq, imap_sel_is_recent(c->sel, m->uid), load_text, ec);
 	ec->guid = m->guid;
 	ec->size = m->size;
 	bool r = imap_search_match(u->search, &sm);

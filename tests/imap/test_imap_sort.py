@@ -265,6 +265,37 @@ def t_esort():
     c.logout()
 
 
+def search_nums(c, prog):
+    r = c.command("SEARCH " + prog)
+    found = r.find("SEARCH")
+    if not r.ok or not found:
+        return None
+    return [int(t) for t in found[0][1:] if not isinstance(t, list)]
+
+
+def t_esort_save():
+    """SORT RETURN (SAVE) keeps the result for "$" (RFC 5182, RFC 5267)."""
+    c = connect()
+    c.command("SELECT Sort")
+    r = c.command("SORT RETURN (SAVE) (REVERSE ARRIVAL) UTF-8 UNSEEN")
+    R.check("SORT RETURN (SAVE) alone answers no ESEARCH",
+            r.ok and esearch(r) is None and sort_nums(r) is None, r)
+    R.equal("the saved SORT result is the set of matches", search_nums(c, "$"), [2, 3, 4, 5])
+    r = c.command("SORT RETURN (SAVE MIN) (REVERSE ARRIVAL) UTF-8 ALL")
+    e = esearch(r)
+    R.check("SORT RETURN (SAVE MIN) answers MIN", r.ok and e is not None and e[2] == {"MIN": b"5"},
+            (r, e))
+    R.equal("SAVE with MIN keeps the first in sort order", search_nums(c, "$"), [5])
+    r = c.command("SORT RETURN (MAX SAVE) (REVERSE ARRIVAL) UTF-8 ALL")
+    R.equal("SAVE with MAX keeps the last in sort order", search_nums(c, "$"), [2])
+    r = c.command("SORT (ARRIVAL) UTF-8 OR $ 1")
+    R.check("SORT with $ in its program", r.ok and sort_nums(r) == [2, 1], (r, sort_nums(r)))
+    r = c.command("SORT RETURN (SAVE BOGUS) (ARRIVAL) UTF-8 ALL")
+    R.check("SORT RETURN (SAVE BOGUS) is BAD", r.status == "BAD", r)
+    R.equal("a failed SORT with SAVE empties $", search_nums(c, "$"), [])
+    c.logout()
+
+
 def t_large():
     """600 messages: several steps of the server's loop, checked against the
     order computed here."""
@@ -403,6 +434,7 @@ SECTIONS = [
     ("every key", t_keys),
     ("errors", t_errors),
     ("esort", t_esort),
+    ("esort save", t_esort_save),
     ("600 messages", t_large),
     ("long headers", t_long_headers),
     ("concurrent changes", t_concurrent_changes),
