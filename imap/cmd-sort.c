@@ -1,6 +1,7 @@
 /* SORT and UID SORT (RFC 5256), with SORT=DISPLAY's criteria (RFC 5957) and
  * ESORT's return options (RFC 5267: MIN, MAX, COUNT, ALL, and PARTIAL) and
- * SEARCHRES's SAVE (RFC 5182), parsed and answered by imap-esearch.c.
+ * SEARCHRES's SAVE (RFC 5182), parsed and answered by imap-esearch.c, and
+ * CONTEXT=SORT's UPDATE, kept up to date by imap-search-update.c.
  *
  * The search program is SEARCH's (imap-search.c), run the same way in
  * bounded steps per loop turn; each match gets the sort keys its criteria
@@ -154,6 +155,18 @@ static bool sort_finish(struct imap_cmd *cmd)
 			imap_sel_save_result(c->sel, save, nsave);
 			free(save);
 		}
+		/* CONTEXT=SORT: the context takes the entries, keys and all */
+		if (sc->ret.opts & IMAP_ESEARCH_UPDATE) {
+			if (imap_search_update_add_sorted(c->sel, cmd->tag, cmd->uid, &sc->search,
+							  &sc->prog, sc->entries.items, n) == 0) {
+				sc->entries.count = 0;
+			} else {
+				/* RFC 5267 4.3.1: the sort itself still succeeds. */
+				buf_append_str(&line, "* NO [NOUPDATE ");
+				imap_append_nstring(&line, cmd->tag, strlen(cmd->tag));
+				buf_append_str(&line, "] Too many search contexts\r\n");
+			}
+		}
 	} else {
 		buf_append_str(&line, "* SORT");
 		for (size_t i = 0; i < n; i++)
@@ -233,8 +246,6 @@ bool imap_cmd_sort(struct imap_cmd *cmd)
 	if (used < 0)
 		return sort_fail(cmd, imap_esearch_names_save(args, count), "BAD", err);
 	bool save = (sc->ret.opts & IMAP_ESEARCH_SAVE) != 0;
-	if (sc->ret.opts & IMAP_ESEARCH_UPDATE)
-		return sort_fail(cmd, save, "BAD", "UPDATE is not supported with SORT");
 	sc->ret.sorted = true;
 	size_t i = (size_t)used;
 	if (i >= count || imap_sort_program_parse(&args[i], &sc->prog, &err) < 0)

@@ -74,7 +74,7 @@ void imap_capabilities(struct imap_client *c, struct buf *out)
 	buf_append_str(out, " MULTIAPPEND CATENATE");
 	buf_append_str(out, " BINARY");
 	buf_append_str(out, " THREAD=REFS THREAD=REFERENCES THREAD=ORDEREDSUBJECT");
-	buf_append_str(out, " SORT SORT=DISPLAY ESORT");
+	buf_append_str(out, " SORT SORT=DISPLAY ESORT CONTEXT=SORT");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");

@@ -244,6 +244,14 @@ struct imap_search;
  * UIDs).  Returns 0, or -1 when the session has too many contexts. */
 int imap_search_update_add(struct imap_selected *sel, const char *tag, bool uid,
 			   struct imap_search **search, const uint32_t *uids, size_t n);
+/* The same for SORT RETURN (UPDATE) (CONTEXT=SORT): entries[0..n) in sort
+ * order are taken (their strings; the caller frees only the array) when it
+ * returns 0; ADDTO/REMOVEFROM then give positions in the sort order. */
+struct imap_sort_program;
+struct imap_sort_entry;
+int imap_search_update_add_sorted(struct imap_selected *sel, const char *tag, bool uid,
+				  struct imap_search **search, const struct imap_sort_program *prog,
+				  struct imap_sort_entry *entries, size_t n);
 /* Returns 0, or -1 if no context has that tag. */
 int imap_search_update_cancel(struct imap_selected *sel, const char *tag);
 /* The messages in msgs changed or are new (and are in the map): sends
