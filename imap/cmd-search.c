@@ -157,6 +157,12 @@ bool imap_cmd_search(struct imap_cmd *cmd)
 	int used = imap_esearch_parse_return(args, count, &sc->ret, &err);
 	if (used < 0)
 		return search_fail(cmd, imap_esearch_names_save(args, count), "BAD", err);
+	/* RFC 9051 6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH; no
+	 * RETURN is RETURN (ALL). */
+	if (c->rev2 && !sc->ret.given) {
+		sc->ret.given = true;
+		sc->ret.opts = IMAP_ESEARCH_ALL;
+	}
 	bool save = (sc->ret.opts & IMAP_ESEARCH_SAVE) != 0;
 	args += used;
 	count -= (size_t)used;

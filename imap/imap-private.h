@@ -148,6 +148,7 @@ struct imap_client {
 	char *idle_tag;
 	char *auth_tag;
 	bool condstore, qresync;
+	bool rev2;                   /* ENABLE IMAP4rev2 (RFC 9051) */
 	struct imap_selected *sel;
 	unsigned logins_failed;
 };
@@ -263,6 +264,15 @@ void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uid
 void imap_search_updates_free(struct imap_selected *sel);
 
 /* ---- imap-util.c ---- */
+/* A mailbox name argument as imap_mailbox_name() makes it, from UTF-8 for
+ * an IMAP4rev2 client (names are stored in modified UTF-7). */
+char *imap_client_mailbox_name(const struct imap_client *c, const char *name, size_t len,
+			       const char **error_r);
+/* The session's form of a stored mailbox name (malloc'd): UTF-8 for an
+ * IMAP4rev2 client, else as stored. */
+char *imap_client_mailbox_display(const struct imap_client *c, const char *name);
+/* Appends a stored mailbox name in the session's form. */
+void imap_append_mailbox(const struct imap_client *c, struct buf *out, const char *name);
 /* Appends s as an atom-safe string, a quoted string or a literal. */
 void imap_append_astring(struct buf *out, const char *s, size_t len);
 /* Quoted or literal (never an atom), or NIL for NULL. */
