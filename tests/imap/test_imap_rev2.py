@@ -14,7 +14,7 @@ failed.
 """
 import sys
 
-from imapcommon import parse_args, start_target, finish, Report
+from imapcommon import Report, run_sections
 from harness.imapwire import Client, Literal, expand_set, parse, quote
 
 USER, PASSWORD = "alice", "s3cret pass"
@@ -112,6 +112,20 @@ def t_recent():
     R.check("rev1 SELECT still sends RECENT and [UNSEEN n]",
             r.number("RECENT") is not None and "UNSEEN" in r.codes() and not list_names(r),
             r.untagged)
+    old.command("CREATE Rec")
+    old.command("SELECT Rec")
+    append(c, "Rec", message("r1"))
+    old.command("NOOP")
+    r = old.command("FETCH 1 (FLAGS)")
+    had = [f["FLAGS"] for _, f in r.fetches()]
+    r = old.command("ENABLE IMAP4rev2")
+    r2 = old.command("FETCH 1 (FLAGS)")
+    now = [f["FLAGS"] for _, f in r2.fetches()]
+    R.check("ENABLE IMAP4rev2 in a selected mailbox: \\Recent is gone",
+            r.ok and had and b"\\Recent" in had[0] and now and b"\\Recent" not in now[0],
+            (had, now))
+    old.logout()
+    old = connect()
     r = c.command("STATUS Rev2 (RECENT)")
     R.equal("rev2 STATUS (RECENT) is BAD", r.status, "BAD")
     r = c.command("STATUS Rev2 (MESSAGES RECENT)")
@@ -298,24 +312,10 @@ SECTIONS = [
 ]
 
 
-def main():
+def set_target(t):
     global T
-    args = parse_args(__doc__.splitlines()[0])
-    try:
-        T = start_target(args, {USER: PASSWORD}, tls=False)
-    except Exception as e:  # noqa: BLE001
-        R.check("server starts", False, "%s: %s" % (type(e).__name__, e))
-        return R.summary()
-    print("target: %s on 127.0.0.1:%d" % (T.kind, T.port), flush=True)
-    for name, func in SECTIONS:
-        if args.only and args.only not in name:
-            continue
-        if not T.alive():
-            R.check("%s: server alive before the section" % name, False, T.log_tail())
-            continue
-        R.section(name, func)
-    return finish(R, T)
+    T = t
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_sections(R, SECTIONS, __doc__.splitlines()[0], {USER: PASSWORD}, set_target))
