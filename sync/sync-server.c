@@ -37,6 +37,7 @@ struct srv_save {
 	/* Filled by the merge. */
 	enum { SAVE_APPEND, SAVE_RENUMBER, SAVE_MERGE, SAVE_DROP } action;
 	uint32_t new_uid;
+	uint32_t drop_into; /* SAVE_DROP of a copy we hold at this UID: flags merge there */
 };
 
 /* A flag change the client sent with STORE during a sync. */
@@ -1026,6 +1027,7 @@ static int merge_start(struct sync_server *s, const char *tag)
 static void take_ours(struct srv_merge *m, struct srv_save *cs, uint32_t at)
 {
 	cs->action = SAVE_DROP;
+	cs->drop_into = at;
 	ARRAY_PUSH(&m->exp_client, cs->uid);
 	ARRAY_PUSH(&m->save_client, at);
 	ssize_t oi = find_msg(&m->smsgs, at);
@@ -1080,7 +1082,23 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 		if (si >= 0)
 			m->handled[si] = true;
 	} else if (ti >= 0) {
+		uint32_t moved_to = 0;
 		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
+			/* Our tombstone of this very message: we moved it
+			 * (a UID conflict with a third node) when it lives on
+			 * at another UID here, else we expunged it. */
+			r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &moved_to, err);
+			if (r < 0) {
+				if (have_other)
+					stor_msg_free(&other);
+				return -1;
+			}
+			if (r == 0 || moved_to == cs->uid || client_moved_from(s, moved_to))
+				moved_to = 0;
+		}
+		if (moved_to != 0) {
+			take_ours(m, cs, moved_to);
+		} else if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
 			/* We expunged it: the expunge wins. */
 			cs->action = SAVE_DROP;
 			ARRAY_PUSH(&m->exp_client, cs->uid);
@@ -1107,6 +1125,31 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	if (have_other)
 		stor_msg_free(&other);
 	return 0;
+}
+
+/* The client drops its copy of a message we hold at another UID `at` (a
+ * sync with a third node moved ours there) and takes ours: the flag
+ * changes on its copy are still the user's, so they merge flag by flag
+ * into ours first (SPEC.md 10.3 "Flags").  Taking ours as it was lost
+ * every change made on the client's side since the move. */
+static int merge_flags_into(struct sync_server *s, uint32_t at, const struct srv_save *cs,
+			    const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	struct stor_msg cur;
+	int r = stor_msg_get(s->db, &s->sel, at, &cur, err);
+	if (r <= 0)
+		return r;
+	struct flag_merge fm;
+	flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
+	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords)) {
+		r = set_flags(s, at, fm.flags, &fm.keywords, &fm.times, m->N, err);
+		merge_mark_dirty(m, at);
+		m->touched = true;
+	}
+	flag_merge_free(&fm);
+	stor_msg_free(&cur);
+	return r < 0 ? -1 : 0;
 }
 
 /* A message that both copies hold with the same flags, at different
@@ -1138,7 +1181,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	struct srv_merge *m = &s->merge;
 	int r;
 	if (cs->action == SAVE_DROP)
-		return 0;
+		return cs->drop_into == 0 ? 0 : merge_flags_into(s, cs->drop_into, cs, err);
 	if (cs->action == SAVE_MERGE) {
 		struct stor_msg cur;
 		r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, err);
@@ -1172,7 +1215,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	if (r > 0 && !client_moved_from(s, at)) {
 		take_ours(m, cs, at);
 		merge_mark_dirty(m, at);
-		return 0;
+		return merge_flags_into(s, at, cs, err);
 	}
 	/* The client moved the message from `at` (a sync with a third node
 	 * renumbered it): its copy lands here and ours at `at` goes with the

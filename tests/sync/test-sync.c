@@ -1596,6 +1596,65 @@ static void test_sync_moved_message_keeps_flag_change_known(void)
 	moved_message_keeps_flag_change(true);
 }
 
+/* The other way round: B's message X at UID u reached C by replication and
+ * C flagged it; A, apart, used u for its own message Y.  A and B sync (X
+ * and Y move on both), then C, still holding X at u with its change,
+ * syncs with one of them as the client: the server holds Y (or its
+ * tombstone) at u and X elsewhere, so C drops its copy and takes the
+ * server's; C's flag change must merge into it, not be dropped with the
+ * copy (found by the fault campaign: seed 7200, flag-holds). */
+static void flagged_copy_taken_from_server(bool b_saw_the_change, bool c_syncs_with_a)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	uint32_t u1 = append(&b, &mb, "one\r\n", 0, NULL);
+	run_sync(&a, &b, false, 81);
+	replicate_append(&b, &c, &mb, u1, "one\r\n");
+	struct guid gx;
+	uint32_t ux = append(&b, &mb, "x\r\n", STOR_FLAG_ANSWERED, &gx);
+	replicate_append(&b, &c, &mb, ux, "x\r\n");
+	set_flags(&c, &mb, ux, STOR_FLAG_ANSWERED | STOR_FLAG_DRAFT);
+	if (b_saw_the_change)
+		replicate_flags(&c, &b, &mb, ux);
+	uint32_t uy = append(&a, &mb, "y\r\n", 0, NULL);
+	CU_ASSERT_EQUAL(uy, ux);
+	run_sync(&a, &b, false, 82);
+	uint32_t moved = 0;
+	CU_ASSERT(has_guid(&b, &mb, &gx, &moved));
+	CU_ASSERT_NOT_EQUAL(moved, ux);
+	run_sync(&c, c_syncs_with_a ? &a : &b, false, 83);
+	run_sync(&c, c_syncs_with_a ? &b : &a, false, 84);
+	run_sync(&a, &b, false, 85);
+	uint32_t want = STOR_FLAG_ANSWERED | STOR_FLAG_DRAFT;
+	CU_ASSERT_EQUAL(flags_of_guid(&a, &mb, &gx), want);
+	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &gx), want);
+	CU_ASSERT_EQUAL(flags_of_guid(&c, &mb, &gx), want);
+	three_nodes_end_alike(&a, &b, &c, 3);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_flagged_copy_taken_from_server_1(void)
+{
+	flagged_copy_taken_from_server(false, false);
+}
+
+static void test_sync_flagged_copy_taken_from_server_2(void)
+{
+	flagged_copy_taken_from_server(false, true);
+}
+
+static void test_sync_flagged_copy_taken_from_server_3(void)
+{
+	flagged_copy_taken_from_server(true, false);
+}
+
+static void test_sync_flagged_copy_taken_from_server_4(void)
+{
+	flagged_copy_taken_from_server(true, true);
+}
+
 /* The same after a partition with flags and expunges on both sides, where
  * the node that was cut off syncs first and the other side's nodes have no
  * common sync state yet (their copies came by replication): a first sync
@@ -2298,6 +2357,14 @@ static const struct test_case sync_cases[] = {
 	  test_sync_moved_message_keeps_flag_change_new },
 	{ "a flag change follows a message another sync moved (X synced)",
 	  test_sync_moved_message_keeps_flag_change_known },
+	{ "a flagged copy the client drops merges into the server's (B unaware, C-B)",
+	  test_sync_flagged_copy_taken_from_server_1 },
+	{ "a flagged copy the client drops merges into the server's (B unaware, C-A)",
+	  test_sync_flagged_copy_taken_from_server_2 },
+	{ "a flagged copy the client drops merges into the server's (B aware, C-B)",
+	  test_sync_flagged_copy_taken_from_server_3 },
+	{ "a flagged copy the client drops merges into the server's (B aware, C-A)",
+	  test_sync_flagged_copy_taken_from_server_4 },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
