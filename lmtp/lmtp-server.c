@@ -202,18 +202,26 @@ static void conn_update_io(struct lmtp_conn *c)
 /* ---- users ---- */
 
 struct user_find {
-	const char *full;   /* user@domain, or NULL */
-	const char *plain;  /* user */
-	bool found_full, found_plain;
+	const char *want[2];  /* user@domain (or NULL), user */
+	/* The file's spelling of each: an exact match, else the first one
+	 * equal but for case (MTAs change the case of addresses). */
+	char *found[2];
+	bool exact[2];
 };
 
 static void user_find_cb(void *ctx, const char *name)
 {
 	struct user_find *f = ctx;
-	if (f->full != NULL && strcmp(name, f->full) == 0)
-		f->found_full = true;
-	if (strcmp(name, f->plain) == 0)
-		f->found_plain = true;
+	for (int i = 0; i < 2; i++) {
+		if (f->want[i] == NULL || f->exact[i] || strcasecmp(name, f->want[i]) != 0)
+			continue;
+		bool exact = strcmp(name, f->want[i]) == 0;
+		if (f->found[i] != NULL && !exact)
+			continue;
+		free(f->found[i]);
+		f->found[i] = xstrdup(name);
+		f->exact[i] = exact;
+	}
 }
 
 /* The user a recipient names: "user@domain" when the users file has that
@@ -223,21 +231,24 @@ static int user_lookup(const struct config *cfg, const char *user, const char *d
 		       char **name_r)
 {
 	char *full = domain[0] != '\0' ? xasprintf("%s@%s", user, domain) : NULL;
-	struct user_find f = { full, user, false, false };
+	struct user_find f = { { full, user }, { NULL, NULL }, { false, false } };
 	char *err = NULL;
 	int r = 0;
 	if (passwd_list(cfg->users_file, user_find_cb, &f, &err) < 0) {
 		log_errorx("lmtp: %s", err);
 		free(err);
 		r = -1;
-	} else if (f.found_full && passwd_user_name_valid(full)) {
-		*name_r = full;
-		full = NULL;
-		r = 1;
-	} else if (f.found_plain && passwd_user_name_valid(user)) {
-		*name_r = xstrdup(user);
-		r = 1;
+	} else {
+		for (int i = 0; i < 2 && r == 0; i++) {
+			if (f.found[i] != NULL && passwd_user_name_valid(f.found[i])) {
+				*name_r = f.found[i];
+				f.found[i] = NULL;
+				r = 1;
+			}
+		}
 	}
+	free(f.found[0]);
+	free(f.found[1]);
 	free(full);
 	return r;
 }

@@ -187,7 +187,13 @@ def single_node(c, node, addr):
     R.equal("bob@any.domain (users file names bob): 250",
             cl.cmd("RCPT TO:<bob+x@any.domain>")[0], 250)
     R.equal("bad address syntax: 501", cl.cmd("RCPT TO:alice")[0], 501)
+    R.equal("Alice+Work@EXAMPLE.com (other case): 250",
+            cl.cmd("RCPT TO:<Alice+Work@EXAMPLE.com>")[0], 250)
+    R.equal("DATA", cl.cmd("DATA")[0], 354)
+    cl.send(dot_stuff(message("any-case")))
+    R.equal("...250 for both recipients", [cl.reply()[0], cl.reply()[0]], [250, 250])
     cl.close()
+    R.check("...the other-case one in alice's Work", "any-case" in subjects(node, ALICE, "Work"))
 
     # -- limits --------------------------------------------------------------------
     cl = Client(addr)
