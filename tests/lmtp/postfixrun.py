@@ -12,6 +12,7 @@ POSTFIX = "/usr/sbin/postfix"
 MASTER_CF = """\
 # written by tests/lmtp/postfixrun.py: no chroot, loopback only
 {smtp_addr} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
 cleanup   unix  n - n - 0 cleanup
 qmgr      unix  n - n 300 1 qmgr
 rewrite   unix  - - n - - trivial-rewrite
@@ -117,6 +118,24 @@ class Postfix:
         deadline = time.monotonic() + 20
         while os.path.exists(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+    def postconf(self, setting):
+        r = subprocess.run(["/usr/sbin/postconf", "-c", self.conf, "-e", setting],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError("postconf %s: %s" % (setting, r.stdout.decode(errors="replace")))
+
+    def reload(self):
+        r = self._run("reload")
+        if r.returncode != 0:
+            raise RuntimeError("postfix reload: %s" % r.stdout.decode(errors="replace"))
+
+    def flush(self):
+        """Every queued message tried again now (postqueue -f)."""
+        r = subprocess.run(["/usr/sbin/postqueue", "-c", self.conf, "-f"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError("postqueue -f: %s" % r.stdout.decode(errors="replace"))
 
     def log_text(self):
         try:
