@@ -21,7 +21,8 @@ lmtp_detail_mailbox = yes:
 Three nodes, sync_replicas = 1, degraded_writes = refuse, node 1 master of
 the user's INBOX, nodes 2 and 3 stopped: each recipient gets 451 4.3.0 after
 DATA and nothing is stored; with node 2 back, the same delivery gets 250 and
-node 2 holds it.
+node 2 holds it.  SIGTERM to a node while a delivery waits for its paused
+replicas (degraded_writes = refuse): a clean stop, no 250.
 
 The last line is "test-lmtp: N passed, M failed".
 """
@@ -311,9 +312,53 @@ def t_refuse():
         R.check("no sanitizer report", not reps, reps)
 
 
+def t_stop_in_flight():
+    """SIGTERM while a delivery waits for its replicas (both paused, refuse):
+    the node stops cleanly, and the LMTP client never gets a 250 for it.
+    (With accept, a 250 is right: the copy is durable here and counted as
+    under-replicated, as an APPEND's OK is.)"""
+    c = Cluster(n=3, users={ALICE: PASSWORD},
+                extra_config={"sync_replicas": "2", "degraded_writes": "refuse"})
+    n1, n2, n3 = c.nodes
+    port = proc.free_port()
+    n1.extra["lmtp_listen"] = "127.0.0.1:%d" % port
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=40)
+        rep = deliver((n1.host, port), "s@example.com", [ALICE], message("before"))
+        R.equal("all nodes up: 250", [x[0] for x in rep], [250])
+        c.wait_dumps_equal(ALICE, timeout=40)
+        n2.pause()
+        n3.pause()
+        cl = Client((n1.host, port))
+        lhlo(cl)
+        cl.cmd("MAIL FROM:<s@example.com>")
+        cl.cmd("RCPT TO:<%s>" % ALICE)
+        cl.cmd("DATA")
+        cl.send(dot_stuff(message("in-flight")))
+        time.sleep(0.5)
+        code = n1.stop()
+        R.equal("starlingd exits 0 on SIGTERM with a delivery in flight", code, 0)
+        got = None
+        try:
+            got = cl.reply()
+        except Exception:  # noqa: BLE001 -- a closed connection is an answer too
+            pass
+        print("reply after SIGTERM: %r" % (got,), flush=True)
+        R.check("...and the client got no 250 for it", got is None or got[0] != 250, got)
+        cl.close()
+        n2.resume()
+        n3.resume()
+    finally:
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report", not reps, reps)
+
+
 def main():
     R.section("one node", t_single)
     R.section("refuse with no replica up", t_refuse)
+    R.section("SIGTERM with a delivery in flight", t_stop_in_flight)
     return R.summary()
 
 
