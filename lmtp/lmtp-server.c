@@ -80,6 +80,7 @@ struct lmtp_server {
 	ev_timer accept_retry;
 	char *socket_path;  /* unlinked at the end */
 	char hostname[256];
+	double idle_timeout;
 	struct lmtp_conn *conns;
 	unsigned conn_count;
 };
@@ -637,7 +638,7 @@ static void conn_create(struct lmtp_server *srv, int fd, const char *peer)
 	ev_io_init(&c->rio, read_cb, fd, EV_READ);
 	ev_io_init(&c->wio, write_cb, fd, EV_WRITE);
 	ev_init(&c->idle, idle_cb);
-	c->idle.repeat = LMTP_IDLE_TIMEOUT;
+	c->idle.repeat = srv->idle_timeout;
 	c->rio.data = c->wio.data = c->idle.data = c;
 	c->next = srv->conns;
 	if (srv->conns != NULL)
@@ -771,6 +772,7 @@ int lmtp_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 	srv->cfg = cfg;
 	srv->repl = repl;
 	srv->listen_fd = fd;
+	srv->idle_timeout = LMTP_IDLE_TIMEOUT;
 	if (cfg->lmtp_socket != NULL)
 		srv->socket_path = xstrdup(cfg->lmtp_socket);
 	if (gethostname(srv->hostname, sizeof(srv->hostname) - 1) < 0 || srv->hostname[0] == '\0')
@@ -782,6 +784,11 @@ int lmtp_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 	ev_io_start(loop, &srv->listen_io);
 	*srv_r = srv;
 	return 0;
+}
+
+void lmtp_server_set_idle_timeout(struct lmtp_server *srv, double seconds)
+{
+	srv->idle_timeout = seconds;
 }
 
 void lmtp_server_destroy(struct lmtp_server **srvp)

@@ -25,6 +25,9 @@ struct lmtp_server;
  * and nothing happens.  Returns 0, or -1 with *error_r (caller frees). */
 int lmtp_server_create(struct ev_loop *loop, const struct config *cfg, struct repl *repl,
 		       struct lmtp_server **srv_r, char **error_r);
+/* Seconds without input before a connection is closed (default
+ * LMTP_IDLE_TIMEOUT); for tests.  Applies to connections accepted later. */
+void lmtp_server_set_idle_timeout(struct lmtp_server *srv, double seconds);
 /* Closes the listener and every connection.  A delivery still in flight
  * finishes (or fails) in the seam, which must outlive this call and is
  * expected to have been flushed first, as for the IMAP server. */

@@ -5,7 +5,7 @@
 #include "lib/buf.h"
 #include "lib/config.h"
 #include "lmtp/lmtp-parse.h"
-#include "tests/testutil.h"
+#include "tests/lmtp/tests-lmtp.h"
 
 static void test_cmd(void)
 {
@@ -230,6 +230,7 @@ int main(void)
 {
 	static const struct test_suite suites[] = {
 		{ "lmtp", parse_cases, NULL, NULL },
+		{ "lmtp server", lmtp_server_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 	return test_run_suites("test-lmtp", suites);
