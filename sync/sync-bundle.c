@@ -511,19 +511,22 @@ static int state_parse(const void *data, size_t len, const char *user,
 			/* "TEXT <mailbox guid> <uid> <guid>" */
 			struct held h;
 			uint64_t uid;
-			char *f1 = line + 5, *f2 = strchr(f1, ' '), *f3 = f2 ? strchr(f2 + 1, ' ') : NULL;
-			if (!str_has_prefix(line, "TEXT ") || f2 == NULL || f3 == NULL ||
-			    f2 - f1 != 32 || strlen(f3 + 1) != 32)
+			/* The prefix first: a line shorter than it has no f1. */
+			bool prefix = str_has_prefix(line, "TEXT ");
+			char *f1 = prefix ? line + 5 : NULL, *f2 = prefix ? strchr(f1, ' ') : NULL;
+			char *f3 = f2 ? strchr(f2 + 1, ' ') : NULL;
+			if (f2 == NULL || f3 == NULL || f2 - f1 != 32 || strlen(f3 + 1) != 32)
 				bad = "bad TEXT line";
 			else {
 				*f2 = *f3 = '\0';
 				if (guid_from_hex(f1, &h.mailbox) < 0 ||
 				    str_to_u64(f2 + 1, UINT32_MAX, &uid) < 0 || uid == 0 ||
-				    guid_from_hex(f3 + 1, &h.guid) < 0)
+				    guid_from_hex(f3 + 1, &h.guid) < 0) {
 					bad = "bad TEXT line";
-				h.uid = (uint32_t)uid;
-				if (bad == NULL)
+				} else {
+					h.uid = (uint32_t)uid;
 					ARRAY_PUSH(&st_r->texts, h);
+				}
 			}
 		} else {
 			bad = "data after END";

@@ -939,6 +939,32 @@ static void test_bundle_state_of_another_user_is_refused(void)
 	node_close(&a);
 }
 
+/* A short line where TEXT lines go: refused, and nothing is read past the
+ * line (the parser once looked 5 bytes in before checking the prefix). */
+static void test_bundle_state_short_text_line_is_refused(void)
+{
+	struct node a;
+	node_open(&a, SID_A);
+	fill_user(&a, NULL);
+	static const char head[] = "STARLING-BUNDLE-STATE 1\nUSER " USER "\nPEER 2\nBASE 1 "
+		"0000000000000000000000000000000000000000000000000000000000000000\nT\n";
+	/* An exactly sized copy, so a read past it is one past the allocation. */
+	size_t len = strlen(head);
+	char *state = malloc(len);
+	memcpy(state, head, len);
+	struct sync_bundle_export_settings set = {
+		.user = USER, .source_sid = SID_A, .key = cluster_key(),
+		.state = state, .state_len = len,
+	};
+	struct buf out = BUF_INIT;
+	char *error = NULL;
+	CU_ASSERT_EQUAL(sync_bundle_export(a.db, &set, &out, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "bad TEXT line") : NULL);
+	free(error);
+	free(state);
+	buf_free(&out);
+	node_close(&a);
+}
 
 /* Both nodes change flags of the same messages between two exchanges:
  * different flags are all kept, one flag changed both ways takes the later
@@ -1025,6 +1051,7 @@ static const struct test_case bundle_cases[] = {
 	  test_bundle_uids_and_modseqs_past_the_bounds_are_refused },
 	{ "own and future bundles are refused", test_bundle_own_and_future_bundles_are_refused },
 	{ "state of another user is refused", test_bundle_state_of_another_user_is_refused },
+	{ "state with a short TEXT line is refused", test_bundle_state_short_text_line_is_refused },
 	{ NULL, NULL },
 };
 
