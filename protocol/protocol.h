@@ -211,6 +211,56 @@ int proto_arg_uidset(const struct proto_arg *a, uint32_t star_value, size_t max_
 		     struct proto_uid_range **ranges_r, size_t *count_r);
 
 /* ------------------------------------------------------------------ */
+/* Flag lists and UID sets of the replication commands (SPEC.md 8, 10). */
+
+/* The system flags a flag list may hold, as bits (\Recent is never
+ * replicated).  Storage uses the same bits. */
+#define PROTO_FLAG_SEEN 0x01
+#define PROTO_FLAG_ANSWERED 0x02
+#define PROTO_FLAG_FLAGGED 0x04
+#define PROTO_FLAG_DELETED 0x08
+#define PROTO_FLAG_DRAFT 0x10
+#define PROTO_FLAGS_ALL 0x1f
+#define PROTO_MAX_KEYWORDS 64      /* keywords in one flag list */
+#define PROTO_MAX_KEYWORD_LEN 128  /* bytes of one keyword */
+/* UIDs a sync writes in one EXPUNGE or FETCH line, so that lines stay far
+ * below the line limit. */
+#define PROTO_MAX_UIDS_PER_LINE 1000
+/* UIDs in one live change (a STORE or EXPUNGE forwarded or streamed): a
+ * larger one is split by its sender. */
+#define PROTO_MAX_CHANGE_UIDS (PROTO_MAX_UIDS_PER_LINE * 64)
+/* UID ranges in one uidset argument. */
+#define PROTO_MAX_RANGES 100000
+
+/* "\Seen" for PROTO_FLAG_SEEN and so on; NULL for anything but one bit
+ * of PROTO_FLAGS_ALL. */
+const char *proto_flag_name(uint32_t bit);
+/* The bit of a system flag's name (case-insensitive); -1 if it is none. */
+int proto_flag_from_name(const char *name, uint32_t *bit_r);
+
+/* A parsed flag list: system flag bits and keywords (malloc()ed strings;
+ * items/count/cap as lib/arr.h's ARRAY). */
+struct proto_flags {
+	uint32_t flags;
+	struct {
+		char **items;
+		size_t count, cap;
+	} keywords;
+};
+void proto_flags_free(struct proto_flags *f);
+/* Writes "(\Seen kw ...)": system flags first, in bit order. */
+void proto_wr_flags(struct proto_wr *w, uint32_t flags, const char *const *keywords,
+		    size_t keyword_count);
+/* Parses a flag list: atoms only, system flags by name, at most
+ * PROTO_MAX_KEYWORDS keywords of at most PROTO_MAX_KEYWORD_LEN bytes; -1
+ * on anything else (*f_r is then empty). */
+int proto_arg_flags(const struct proto_arg *a, struct proto_flags *f_r);
+/* Expands a UID set ("1:5,7") into UIDs, in the order given: *uids_r is
+ * malloc()ed, at most max of them; -1 if more or malformed.  '*' stands for
+ * 4294967295 (the codec knows no mailbox). */
+int proto_arg_uids(const struct proto_arg *a, size_t max, uint32_t **uids_r, size_t *count_r);
+
+/* ------------------------------------------------------------------ */
 /* The command table of SPEC.md section 12 (syntax only, no meaning). */
 
 #define PROTO_MAX_HOPS 8 /* SIDs in a VIA option */

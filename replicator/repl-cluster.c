@@ -30,7 +30,6 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
-#include "sync/sync-private.h"
 
 static struct repl_cluster *to_cl(struct repl *r)
 {
@@ -639,10 +638,11 @@ static bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line)
 	f->master_modseq = code_modseq(line);
 	if (f->kind == FWD_STORE && (a = proto_code_value(line, "MODIFIED")) != NULL) {
 		/* A malformed set adds nothing. */
-		stor_uid_list set;
-		if (sync_arg_uids(a, CL_FORWARD_BATCH, &set) == 0) {
-			uids_copy(&f->modified, set.items, set.count);
-			ARRAY_FREE(&set);
+		uint32_t *set;
+		size_t n;
+		if (proto_arg_uids(a, CL_FORWARD_BATCH, &set, &n) == 0) {
+			uids_copy(&f->modified, set, n);
+			free(set);
 		}
 	}
 	f->sent_upto = f->batch_end;
@@ -721,15 +721,17 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	if (kind == PROTO_REPLY_DATA) {
 		/* STORE: FLAGS <uid> <modseq> <flags> */
 		struct stor_msg m;
-		struct sync_flags fl;
+		struct proto_flags fl;
 		memset(&m, 0, sizeof(m));
 		if (f->kind == FWD_STORE && proto_cmd_is(line, "FLAGS") && line->arg_count == 3 &&
 		    proto_arg_u32(&line->args[0], &m.uid) == 0 &&
 		    proto_arg_u64(&line->args[1], INT64_MAX, &m.modseq) == 0 &&
 		    f->flags_lines.count < f->named_uids.count + 16 &&
-		    sync_arg_flags(&line->args[2], &fl) == 0) {
+		    proto_arg_flags(&line->args[2], &fl) == 0) {
 			m.flags = fl.flags;
-			m.keywords = fl.keywords;
+			m.keywords.items = fl.keywords.items;
+			m.keywords.count = fl.keywords.count;
+			m.keywords.cap = fl.keywords.cap;
 			ARRAY_PUSH(&f->flags_lines, m);
 		}
 		return;
@@ -838,11 +840,7 @@ static void fwd_send(struct cl_fwd *f)
 		proto_wr_u64(w, 0);
 		proto_wr_u64(w, 0);
 		proto_wr_guid(w, &f->app.guid);
-		{
-			stor_string_list kw = { (char **)f->app.keywords, f->app.keyword_count,
-						f->app.keyword_count };
-			sync_wr_flags(w, f->app.flags, &kw);
-		}
+		proto_wr_flags(w, f->app.flags, f->app.keywords, f->app.keyword_count);
 		if (f->app.text != NULL) {
 			proto_wr_literal(w, f->app.text, f->app.text_len);
 		} else if (!f->send_text) {
@@ -862,24 +860,21 @@ static void fwd_send(struct cl_fwd *f)
 			known = mb.highestmodseq;
 			stor_mailbox_free(&mb);
 		}
-		stor_string_list kw = { (char **)f->store.keywords, f->store.keyword_count,
-					f->store.keyword_count };
-		stor_string_list none = ARRAY_INIT;
 		w = proto_conn_cmd_begin(p->conn, "STORE");
 		fwd_wr_batch_uids(f, w);
 		proto_wr_u64(w, known);
 		if (f->store.op == STOR_FLAGS_REMOVE)
-			sync_wr_flags(w, 0, &none);
+			proto_wr_flags(w, 0, NULL, 0);
 		else
-			sync_wr_flags(w, f->store.flags, &kw);
+			proto_wr_flags(w, f->store.flags, f->store.keywords, f->store.keyword_count);
 		if (f->store.op == STOR_FLAGS_REMOVE) {
-			sync_wr_flags(w, f->store.flags, &kw);
+			proto_wr_flags(w, f->store.flags, f->store.keywords, f->store.keyword_count);
 		} else if (f->store.op == STOR_FLAGS_REPLACE) {
 			proto_wr_list_begin(w);
 			proto_wr_atom(w, "\\*");
 			proto_wr_list_end(w);
 		} else {
-			sync_wr_flags(w, 0, &none);
+			proto_wr_flags(w, 0, NULL, 0);
 		}
 		if (f->store.unchangedsince != 0) {
 			proto_wr_atom(w, "UNCHANGEDSINCE");

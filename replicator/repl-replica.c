@@ -171,20 +171,20 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	uint32_t uid;
 	uint64_t modseq;
 	struct guid guid;
-	struct sync_flags fl;
+	struct proto_flags fl;
 	const char *err;
 	char code[96];
 	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
 	    uid == 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq == 0 ||
 	    proto_arg_guid(&cmd->args[3], &guid) < 0 || guid_is_zero(&guid) ||
-	    sync_arg_flags(&cmd->args[4], &fl) < 0) {
+	    proto_arg_flags(&cmd->args[4], &fl) < 0) {
 		answer_later(a, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
 		return;
 	}
 	/* A value past lib/mail-limits.h would leave the mailbox unable to
 	 * take mail or to sync: refused before anything changes. */
 	if (!mail_uid_valid(uid) || !mail_modseq_valid(modseq)) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
 	}
@@ -194,7 +194,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	if (r > 0) {
 		bool same = guid_equal(&have.guid, &guid);
 		stor_msg_free(&have);
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		if (same) {
 			answer_later(a, "OK", code, "already stored");
 		} else {
@@ -204,7 +204,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		return;
 	}
 	if (r < 0 || uid < mb->uidnext) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		snprintf(code, sizeof(code), "UIDCONFLICT %u", uid);
 		answer_later(a, r < 0 ? "NO" : "NO", r < 0 ? "SERVERBUG" : code,
 			     r < 0 ? err : "below UIDNEXT here: the mailboxes need a sync");
@@ -213,7 +213,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	struct stor_append sa;
 	memset(&sa, 0, sizeof(sa));
 	if (save_text(db, a, &cmd->args[5], &guid, &sa.text, &sa.text_len) < 0) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		return;
 	}
 	sa.uid = uid;
@@ -228,7 +228,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	stor_stamp_list stamps = ARRAY_INIT;
 	const struct proto_arg *sta = proto_cmd_option(cmd, 6, "STAMPS");
 	if (sta != NULL && sync_arg_stamps(sta, &stamps) < 0) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		answer_later(a, "BAD", "ARGS", "malformed STAMPS");
 		return;
 	}
@@ -251,7 +251,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		answer_later(a, "OK", code, "stored");
 	}
 	stor_stamp_list_free(&stamps);
-	sync_flags_free(&fl);
+	proto_flags_free(&fl);
 }
 
 static void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
@@ -259,24 +259,24 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 {
 	bool differ = false;
 	struct stor_db *db = cl->repl.db;
-	stor_uid_list uids;
+	stor_uid_list uids = ARRAY_INIT;
 	uint64_t modseq;
-	struct sync_flags fl;
+	struct proto_flags fl;
 	const char *err;
 	const struct proto_arg *rm = &cmd->args[3];
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &uids) < 0)
+	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &uids.items, &uids.count) < 0)
 		goto bad;
 	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0 ||
 	    rm->type != PROTO_ARG_LIST || rm->count != 1 || rm->list[0].type != PROTO_ARG_ATOM ||
 	    strcmp(rm->list[0].str, "\\*") != 0 ||
 	    keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
 			       &differ) < 0 ||
-	    sync_arg_flags(&cmd->args[2], &fl) < 0) {
+	    proto_arg_flags(&cmd->args[2], &fl) < 0) {
 		ARRAY_FREE(&uids);
 		goto bad;
 	}
 	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		ARRAY_FREE(&uids);
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
@@ -294,7 +294,7 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 	stor_stamp_list stamps = ARRAY_INIT;
 	const struct proto_arg *sta = proto_cmd_option(cmd, npos, "STAMPS");
 	if (sta != NULL && sync_arg_stamps(sta, &stamps) < 0) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		ARRAY_FREE(&uids);
 		goto bad;
 	}
@@ -316,7 +316,7 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 	}
 	stor_msg_list_free(&changed);
 	stor_stamp_list_free(&stamps);
-	sync_flags_free(&fl);
+	proto_flags_free(&fl);
 	ARRAY_FREE(&uids);
 	return;
 bad:
@@ -328,10 +328,10 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 {
 	bool differ = false;
 	struct stor_db *db = cl->repl.db;
-	stor_uid_list uids, gone = ARRAY_INIT;
+	stor_uid_list uids = ARRAY_INIT, gone = ARRAY_INIT;
 	uint64_t modseq;
 	const char *err;
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &uids) < 0) {
+	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &uids.items, &uids.count) < 0) {
 		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
 		return;
 	}
@@ -604,7 +604,8 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
 			proto_wr_u64(w, m->uid);
 			proto_wr_u64(w, m->modseq);
-			sync_wr_flags(w, m->flags, &m->keywords);
+			proto_wr_flags(w, m->flags, (const char *const *)m->keywords.items,
+				       m->keywords.count);
 			proto_conn_line_end(conn);
 		}
 		for (size_t i = 0; i < res->failed_count; i++) {
@@ -614,7 +615,8 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
 			proto_wr_u64(w, m.uid);
 			proto_wr_u64(w, m.modseq);
-			sync_wr_flags(w, m.flags, &m.keywords);
+			proto_wr_flags(w, m.flags, (const char *const *)m.keywords.items,
+				       m.keywords.count);
 			proto_conn_line_end(conn);
 			stor_msg_free(&m);
 		}
@@ -648,14 +650,14 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 	int tz;
 	uint32_t uid;
 	uint64_t modseq;
-	struct sync_flags fl;
+	struct proto_flags fl;
 	struct cl_append_req req;
 	const char *err;
 	memset(&req, 0, sizeof(req));
 	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
 	    uid != 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq != 0 ||
 	    proto_arg_guid(&cmd->args[3], &req.guid) < 0 || guid_is_zero(&req.guid) ||
-	    sync_arg_flags(&cmd->args[4], &fl) < 0) {
+	    proto_arg_flags(&cmd->args[4], &fl) < 0) {
 		answer_later(a, "BAD", "ARGS", "SAVE date 0 0 guid flags text");
 		return;
 	}
@@ -665,7 +667,7 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 	if (stor_msg_find_guid(db, &mb->guid, &req.guid, &have_uid, &err) > 0) {
 		struct stor_msg m;
 		char code[96];
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		if (stor_msg_get(db, &mb->guid, have_uid, &m, &err) > 0) {
 			snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, have_uid, m.modseq);
 			stor_msg_free(&m);
@@ -676,7 +678,7 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 		return;
 	}
 	if (save_text(db, a, &cmd->args[5], &req.guid, &req.text, &req.text_len) < 0) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		return;
 	}
 	req.user = mb->user;
@@ -689,49 +691,52 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 	snprintf(a->status, sizeof(a->status), "A");
 	/* The local engine copies what it needs during the call. */
 	cl_master_append(cl, &req, master_answer_cb, a);
-	sync_flags_free(&fl);
+	proto_flags_free(&fl);
 }
 
 static void serve_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 			size_t npos, const struct stor_mailbox *mb)
 {
-	struct sync_flags add, rm;
+	struct proto_flags add, rm;
 	uint64_t known;
 	const struct proto_arg *rma = &cmd->args[3];
 	bool replace = rma->type == PROTO_ARG_LIST && rma->count == 1 &&
 		       rma->list[0].type == PROTO_ARG_ATOM && strcmp(rma->list[0].str, "\\*") == 0;
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &a->uids) < 0 ||
+	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &a->uids.items,
+			   &a->uids.count) < 0 ||
 	    proto_arg_u64(&cmd->args[1], INT64_MAX, &known) < 0 ||
-	    sync_arg_flags(&cmd->args[2], &add) < 0) {
+	    proto_arg_flags(&cmd->args[2], &add) < 0) {
 		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
 		return;
 	}
 	memset(&rm, 0, sizeof(rm));
-	if (!replace && sync_arg_flags(rma, &rm) < 0) {
-		sync_flags_free(&add);
+	if (!replace && proto_arg_flags(rma, &rm) < 0) {
+		proto_flags_free(&add);
 		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
 		return;
 	}
 	bool has_add = add.flags != 0 || add.keywords.count > 0;
 	bool has_rm = rm.flags != 0 || rm.keywords.count > 0;
 	if (!replace && has_add && has_rm) {
-		sync_flags_free(&add);
-		sync_flags_free(&rm);
+		proto_flags_free(&add);
+		proto_flags_free(&rm);
 		answer_later(a, "BAD", "ARGS", "add or remove flags, not both");
 		return;
 	}
-	struct sync_flags *use = has_rm ? &rm : &add;
+	struct proto_flags *use = has_rm ? &rm : &add;
 	a->store.op = replace ? STOR_FLAGS_REPLACE : has_rm ? STOR_FLAGS_REMOVE : STOR_FLAGS_ADD;
 	a->store.flags = use->flags;
-	a->keywords = use->keywords;
+	a->keywords.items = use->keywords.items;
+	a->keywords.count = use->keywords.count;
+	a->keywords.cap = use->keywords.cap;
 	memset(&use->keywords, 0, sizeof(use->keywords));
 	a->store.keywords = (const char *const *)a->keywords.items;
 	a->store.keyword_count = a->keywords.count;
 	const struct proto_arg *us = proto_cmd_option(cmd, npos, "UNCHANGEDSINCE");
 	if (us != NULL)
 		(void)proto_arg_u64(us, INT64_MAX, &a->store.unchangedsince);
-	sync_flags_free(&add);
-	sync_flags_free(&rm);
+	proto_flags_free(&add);
+	proto_flags_free(&rm);
 	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
 		return;
 	a->mailbox = mb->guid;
@@ -745,7 +750,8 @@ static void serve_expunge(struct repl_cluster *cl, struct answer *a, const struc
 			  size_t npos, const struct stor_mailbox *mb)
 {
 	uint64_t modseq;
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &a->uids) < 0 ||
+	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &a->uids.items,
+			   &a->uids.count) < 0 ||
 	    proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq != 0) {
 		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset 0");
 		return;

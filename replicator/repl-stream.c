@@ -740,7 +740,8 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 				proto_wr_u64(w, m->uid);
 				proto_wr_u64(w, m->modseq);
 				proto_wr_guid(w, &m->guid);
-				sync_wr_flags(w, m->flags, &m->keywords);
+				proto_wr_flags(w, m->flags, (const char *const *)m->keywords.items,
+					       m->keywords.count);
 				proto_wr_literal(w, text.data != NULL ? (const char *)text.data : "",
 						 text.len);
 				sync_wr_stamps(w, &m->stamps);
@@ -750,7 +751,8 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 				w = proto_conn_cmd_begin(p->conn, "STORE");
 				proto_wr_uidset(w, &uid, 1);
 				proto_wr_u64(w, m->modseq);
-				sync_wr_flags(w, m->flags, &m->keywords);
+				proto_wr_flags(w, m->flags, (const char *const *)m->keywords.items,
+					       m->keywords.count);
 				proto_wr_list_begin(w);
 				proto_wr_atom(w, "\\*");
 				proto_wr_list_end(w);

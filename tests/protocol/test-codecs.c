@@ -1,0 +1,235 @@
+/* Unit tests of the typed codecs of the replication commands
+ * (protocol/proto-flags.c and friends): what the writer produces reads back
+ * to the same values, and every bound and malformed input is refused. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/buf.h"
+#include "protocol/protocol.h"
+#include "tests/protocol/tests.h"
+
+/* Parses one whole line; the parser stays alive so that the line's
+ * arguments stay valid until the caller destroys it. */
+static const struct proto_cmd *parse_line(struct proto_parser **pp, const void *line, size_t len)
+{
+	size_t used;
+	const struct proto_cmd *cmd = NULL;
+	*pp = proto_parser_create(NULL);
+	int r = proto_parser_parse(*pp, line, len, &used, &cmd);
+	CU_ASSERT_EQUAL(r, 1);
+	CU_ASSERT_EQUAL(used, len);
+	if (r != 1) {
+		fprintf(stderr, "\ndoes not parse: %.*s", (int)len, (const char *)line);
+		return NULL;
+	}
+	return cmd;
+}
+
+static const struct proto_cmd *parse_str(struct proto_parser **pp, const char *line)
+{
+	return parse_line(pp, line, strlen(line));
+}
+
+/* The first argument of "C1 X <arg>". */
+static int flags_of(const char *arg, struct proto_flags *f_r)
+{
+	char line[16384];
+	struct proto_parser *p;
+	snprintf(line, sizeof(line), "C1 X %s\r\n", arg);
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	int r = cmd == NULL || cmd->arg_count != 1 ? -2 : proto_arg_flags(&cmd->args[0], f_r);
+	proto_parser_destroy(&p);
+	return r;
+}
+
+static int uids_of(const char *arg, size_t max, uint32_t **uids_r, size_t *count_r)
+{
+	char line[512];
+	struct proto_parser *p;
+	snprintf(line, sizeof(line), "C1 X %s\r\n", arg);
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	int r = cmd == NULL || cmd->arg_count != 1 ? -2 :
+		proto_arg_uids(&cmd->args[0], max, uids_r, count_r);
+	proto_parser_destroy(&p);
+	return r;
+}
+
+static void test_flags_round_trip(void)
+{
+	const char *kw[] = { "$Label1", "work", "$Junk" };
+	struct buf out;
+	struct proto_wr w;
+	buf_init(&out);
+	proto_wr_init(&w, &out);
+	proto_wr_begin(&w, "C1", "X");
+	proto_wr_flags(&w, PROTO_FLAG_DRAFT | PROTO_FLAG_SEEN | PROTO_FLAG_DELETED, kw, 3);
+	proto_wr_end(&w);
+	CU_ASSERT_EQUAL(out.len, strlen("C1 X (\\Seen \\Deleted \\Draft $Label1 work $Junk)\r\n"));
+	CU_ASSERT(memcmp(out.data, "C1 X (\\Seen \\Deleted \\Draft $Label1 work $Junk)\r\n", out.len) ==
+		  0);
+
+	struct proto_parser *p;
+	const struct proto_cmd *cmd = parse_line(&p, out.data, out.len);
+	struct proto_flags f;
+	CU_ASSERT_FATAL(cmd != NULL);
+	CU_ASSERT_EQUAL_FATAL(proto_arg_flags(&cmd->args[0], &f), 0);
+	CU_ASSERT_EQUAL(f.flags, PROTO_FLAG_DRAFT | PROTO_FLAG_SEEN | PROTO_FLAG_DELETED);
+	CU_ASSERT_EQUAL_FATAL(f.keywords.count, 3);
+	for (size_t i = 0; i < 3; i++)
+		CU_ASSERT_STRING_EQUAL(f.keywords.items[i], kw[i]);
+	proto_flags_free(&f);
+	CU_ASSERT_EQUAL(f.keywords.count, 0);
+	proto_parser_destroy(&p);
+
+	/* Every system flag, and none at all. */
+	buf_reset(&out);
+	proto_wr_begin(&w, "C1", "X");
+	proto_wr_flags(&w, PROTO_FLAGS_ALL, NULL, 0);
+	proto_wr_flags(&w, 0, NULL, 0);
+	proto_wr_end(&w);
+	CU_ASSERT_EQUAL(out.len,
+			strlen("C1 X (\\Seen \\Answered \\Flagged \\Deleted \\Draft) ()\r\n"));
+	CU_ASSERT(memcmp(out.data, "C1 X (\\Seen \\Answered \\Flagged \\Deleted \\Draft) ()\r\n",
+			 out.len) == 0);
+	buf_free(&out);
+
+	/* Names of system flags are case-insensitive, a repeat is harmless. */
+	CU_ASSERT_EQUAL_FATAL(flags_of("(\\seen \\SEEN \\fLaGgEd)", &f), 0);
+	CU_ASSERT_EQUAL(f.flags, PROTO_FLAG_SEEN | PROTO_FLAG_FLAGGED);
+	CU_ASSERT_EQUAL(f.keywords.count, 0);
+	proto_flags_free(&f);
+
+	for (uint32_t bit = 1; bit <= PROTO_FLAG_DRAFT; bit <<= 1) {
+		uint32_t back = 0;
+		CU_ASSERT_PTR_NOT_NULL_FATAL(proto_flag_name(bit));
+		CU_ASSERT_EQUAL(proto_flag_from_name(proto_flag_name(bit), &back), 0);
+		CU_ASSERT_EQUAL(back, bit);
+	}
+	CU_ASSERT_PTR_NULL(proto_flag_name(0));
+	CU_ASSERT_PTR_NULL(proto_flag_name(PROTO_FLAG_DRAFT << 1));
+	CU_ASSERT_PTR_NULL(proto_flag_name(PROTO_FLAG_SEEN | PROTO_FLAG_DRAFT));
+}
+
+static void test_flags_bounds_and_hostile_input(void)
+{
+	struct proto_flags f;
+	char big[16384];
+	size_t n;
+
+	/* Exactly PROTO_MAX_KEYWORDS keywords of the longest length pass... */
+	n = 0;
+	big[n++] = '(';
+	for (int i = 0; i < PROTO_MAX_KEYWORDS; i++) {
+		n += (size_t)snprintf(big + n, sizeof(big) - n, "%s%0*d", i > 0 ? " " : "",
+				      PROTO_MAX_KEYWORD_LEN, i);
+	}
+	snprintf(big + n, sizeof(big) - n, " \\Seen)");
+	CU_ASSERT_EQUAL_FATAL(flags_of(big, &f), 0);
+	CU_ASSERT_EQUAL(f.keywords.count, PROTO_MAX_KEYWORDS);
+	CU_ASSERT_EQUAL(strlen(f.keywords.items[0]), PROTO_MAX_KEYWORD_LEN);
+	CU_ASSERT_EQUAL(f.flags, PROTO_FLAG_SEEN);
+	proto_flags_free(&f);
+	/* ... one more keyword does not. */
+	snprintf(big + n, sizeof(big) - n, " x)");
+	CU_ASSERT_EQUAL(flags_of(big, &f), -1);
+	CU_ASSERT_EQUAL(f.keywords.count, 0);
+	CU_ASSERT_EQUAL(f.flags, 0);
+
+	/* A keyword one byte too long. */
+	char kw[PROTO_MAX_KEYWORD_LEN + 8];
+	memset(kw, 'k', sizeof(kw));
+	kw[0] = '(';
+	kw[PROTO_MAX_KEYWORD_LEN + 2] = ')';
+	kw[PROTO_MAX_KEYWORD_LEN + 3] = '\0';
+	CU_ASSERT_EQUAL(flags_of(kw, &f), -1);
+	kw[PROTO_MAX_KEYWORD_LEN + 1] = ')';
+	kw[PROTO_MAX_KEYWORD_LEN + 2] = '\0';
+	CU_ASSERT_EQUAL_FATAL(flags_of(kw, &f), 0);
+	proto_flags_free(&f);
+
+	static const char *const bad[] = {
+		"\\Seen",                  /* not a list */
+		"Seen",
+		"(\\Recent)",              /* never replicated */
+		"(\\Unknown)",
+		"(\\*)",                   /* only STORE's removed list may say it */
+		"(\\)",
+		"(\"quoted\")",            /* keywords are atoms */
+		"((\\Seen))",              /* nested */
+		"({3}\r\nabc)",            /* a literal */
+		"(\\Seen NIL \\Flagged {1}\r\nx)",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memset(&f, 0xa5, sizeof(f));
+		int r = flags_of(bad[i], &f);
+		CU_ASSERT_EQUAL(r, -1);
+		if (r != -1)
+			fprintf(stderr, "\naccepted: %s\n", bad[i]);
+		/* A refusal leaves nothing to free. */
+		CU_ASSERT_EQUAL(f.keywords.count, 0);
+		CU_ASSERT_PTR_NULL(f.keywords.items);
+	}
+	/* "(\\Seen NIL)": NIL is an atom, so a keyword: what the wire said. */
+	CU_ASSERT_EQUAL_FATAL(flags_of("(\\Seen NIL)", &f), 0);
+	CU_ASSERT_EQUAL(f.keywords.count, 1);
+	proto_flags_free(&f);
+}
+
+static void test_uids_expand_and_refuse(void)
+{
+	uint32_t *u;
+	size_t n;
+	CU_ASSERT_EQUAL_FATAL(uids_of("7,1:3,5", 10, &u, &n), 0);
+	CU_ASSERT_EQUAL_FATAL(n, 5);
+	CU_ASSERT_EQUAL(u[0], 7);
+	CU_ASSERT_EQUAL(u[1], 1);
+	CU_ASSERT_EQUAL(u[3], 3);
+	CU_ASSERT_EQUAL(u[4], 5);
+	free(u);
+	/* A reversed range is the same range. */
+	CU_ASSERT_EQUAL_FATAL(uids_of("3:1", 3, &u, &n), 0);
+	CU_ASSERT_EQUAL(n, 3);
+	CU_ASSERT_EQUAL(u[0], 1);
+	free(u);
+	/* The highest UID the wire carries. */
+	CU_ASSERT_EQUAL_FATAL(uids_of("4294967295", 1, &u, &n), 0);
+	CU_ASSERT_EQUAL(n, 1);
+	CU_ASSERT_EQUAL(u[0], UINT32_MAX);
+	free(u);
+	/* Exactly max UIDs pass, max + 1 do not, even when split. */
+	CU_ASSERT_EQUAL_FATAL(uids_of("1:64000", PROTO_MAX_CHANGE_UIDS, &u, &n), 0);
+	CU_ASSERT_EQUAL(n, PROTO_MAX_CHANGE_UIDS);
+	free(u);
+	u = (uint32_t *)&n; /* must be reset on failure */
+	CU_ASSERT_EQUAL(uids_of("1:64000,64001", PROTO_MAX_CHANGE_UIDS, &u, &n), -1);
+	CU_ASSERT_PTR_NULL(u);
+	CU_ASSERT_EQUAL(n, 0);
+	/* A huge range is refused by counting, not by expanding it. */
+	CU_ASSERT_EQUAL(uids_of("1:4294967295", PROTO_MAX_CHANGE_UIDS, &u, &n), -1);
+	/* '*' is the highest UID the wire carries: the codec knows no mailbox. */
+	CU_ASSERT_EQUAL_FATAL(uids_of("*", 1, &u, &n), 0);
+	CU_ASSERT_EQUAL(n, 1);
+	CU_ASSERT_EQUAL(u[0], UINT32_MAX);
+	free(u);
+	CU_ASSERT_EQUAL(uids_of("1:*", PROTO_MAX_CHANGE_UIDS, &u, &n), -1);
+	static const char *const bad[] = {
+		"0", "0:3", "1,", ",1", "1,,2", "1:", ":1", "a", "-1", "01",
+		"4294967296", "1:2:3", "(1)", "\"1\"",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int r = uids_of(bad[i], 100, &u, &n);
+		CU_ASSERT_EQUAL(r, -1);
+		if (r != -1)
+			fprintf(stderr, "\naccepted: %s\n", bad[i]);
+	}
+	CU_ASSERT_EQUAL(PROTO_MAX_CHANGE_UIDS, 64000);
+}
+
+const struct test_case proto_codec_cases[] = {
+	{ "flag lists round trip", test_flags_round_trip },
+	{ "flag lists: every bound and hostile input refused",
+	  test_flags_bounds_and_hostile_input },
+	{ "UID sets expand within max and refuse bad ones", test_uids_expand_and_refuse },
+	{ NULL, NULL },
+};
