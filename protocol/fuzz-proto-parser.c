@@ -27,6 +27,12 @@ static void probe(const struct proto_arg *a)
 	size_t count;
 	if (proto_arg_uidset(a, 100, 64, &r, &count) == 0)
 		free(r);
+	uint32_t *uids;
+	if (proto_arg_uids(a, 1000, &uids, &count) == 0)
+		free(uids);
+	struct proto_flags f;
+	if (proto_arg_flags(a, &f) == 0)
+		proto_flags_free(&f);
 	if (a->type == PROTO_ARG_LIST)
 		for (size_t i = 0; i < a->count; i++)
 			probe(&a->list[i]);
@@ -60,6 +66,45 @@ static void reparse(const struct proto_cmd *cmd, const struct proto_parser_setti
 		abort();
 	proto_parser_destroy(&p);
 	buf_free(&b);
+}
+
+/* A SAVE the codec reads is written back by it to a line that reads back
+ * to the same values. */
+static void save_round_trip(const struct proto_cmd *cmd)
+{
+	for (int rule = PROTO_SAVE_ASSIGN; rule <= PROTO_SAVE_GIVEN; rule++) {
+		struct proto_save s, again;
+		const char *error;
+		if (proto_read_save(cmd, (enum proto_save_rule)rule, &s, &error) != PROTO_CODEC_OK)
+			continue;
+		struct buf b = BUF_INIT;
+		struct proto_wr w;
+		proto_wr_init(&w, &b);
+		proto_wr_begin(&w, "C1", "SAVE");
+		proto_wr_save(&w, &s);
+		proto_wr_end(&w);
+		struct proto_parser *p = proto_parser_create(NULL);
+		size_t used;
+		const struct proto_cmd *line;
+		if (proto_parser_parse(p, b.data, b.len, &used, &line) != 1 || used != b.len ||
+		    proto_read_save(line, (enum proto_save_rule)rule, &again, &error) !=
+			    PROTO_CODEC_OK)
+			abort();
+		if (again.date != s.date || again.tz != s.tz || again.uid != s.uid ||
+		    again.modseq != s.modseq || !guid_equal(&again.guid, &s.guid) ||
+		    again.f.flags != s.f.flags || again.f.keywords.count != s.f.keywords.count ||
+		    (again.text == NULL) != (s.text == NULL) || again.text_len != s.text_len ||
+		    (s.text != NULL && memcmp(again.text, s.text, s.text_len) != 0))
+			abort();
+		for (size_t i = 0; i < s.f.keywords.count; i++) {
+			if (strcmp(again.f.keywords.items[i], s.f.keywords.items[i]) != 0)
+				abort();
+		}
+		proto_save_free(&again);
+		proto_parser_destroy(&p);
+		buf_free(&b);
+		proto_save_free(&s);
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -97,6 +142,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				if (proto_cmd_validate(cmd, &npos, &error) == 0 && npos > cmd->arg_count)
 					abort();
 				reparse(cmd, &set);
+				save_round_trip(cmd);
 			}
 			else if (pos != end)
 				abort();

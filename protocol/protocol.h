@@ -261,6 +261,53 @@ int proto_arg_flags(const struct proto_arg *a, struct proto_flags *f_r);
 int proto_arg_uids(const struct proto_arg *a, size_t max, uint32_t **uids_r, size_t *count_r);
 
 /* ------------------------------------------------------------------ */
+/* Typed codecs of the message commands (SPEC.md 8).  A reader takes a
+ * parsed line (name and options are the caller's: proto_cmd_validate(),
+ * proto_cmd_option()) and returns one of these; error_r gets a static
+ * text for the answer. */
+
+enum proto_codec_result {
+	PROTO_CODEC_OK = 0,
+	PROTO_CODEC_BAD = -1,   /* malformed: BAD [ARGS] */
+	PROTO_CODEC_LIMIT = -2, /* a UID or modseq past lib/mail-limits.h: NO [LIMIT] */
+};
+
+/* SAVE <date> <uid> <modseq> <guid> <flags> <text> (SPEC.md 8.1). */
+struct proto_save {
+	int64_t date;
+	int tz;             /* minutes east of UTC */
+	uint32_t uid;
+	uint64_t modseq;
+	struct guid guid;   /* never zero */
+	struct proto_flags f;
+	/* The text: a literal's bytes, or NULL for NIL (a text the receiver
+	 * may hold already).  Read: text_arg is that literal argument, for
+	 * proto_parser_steal_literal(). */
+	const void *text;
+	size_t text_len;
+	const struct proto_arg *text_arg;
+};
+
+enum proto_save_rule {
+	/* A request to the master: UID 0 and modseq 0, the master assigns
+	 * them (8.1, 6.2). */
+	PROTO_SAVE_ASSIGN,
+	/* Replication, a sync, a bundle: both given, neither 0, both within
+	 * lib/mail-limits.h. */
+	PROTO_SAVE_GIVEN,
+};
+
+/* Reads the six arguments of a SAVE (options after them are left to the
+ * caller).  On PROTO_CODEC_OK the caller frees *s_r with proto_save_free();
+ * on anything else there is nothing to free. */
+int proto_read_save(const struct proto_cmd *cmd, enum proto_save_rule rule,
+		    struct proto_save *s_r, const char **error_r);
+void proto_save_free(struct proto_save *s);
+/* Writes the six arguments after the caller's "TAG SAVE" (options, such as
+ * STAMPS, follow). */
+void proto_wr_save(struct proto_wr *w, const struct proto_save *s);
+
+/* ------------------------------------------------------------------ */
 /* The command table of SPEC.md section 12 (syntax only, no meaning). */
 
 #define PROTO_MAX_HOPS 8 /* SIDs in a VIA option */

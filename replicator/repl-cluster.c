@@ -834,24 +834,28 @@ static void fwd_send(struct cl_fwd *f)
 	}
 	cl_select(p, b);
 	switch (f->kind) {
-	case FWD_APPEND:
-		w = proto_conn_cmd_begin(p->conn, "SAVE");
-		proto_wr_date(w, f->app.internaldate, f->app.internaldate_tz);
-		proto_wr_u64(w, 0);
-		proto_wr_u64(w, 0);
-		proto_wr_guid(w, &f->app.guid);
-		proto_wr_flags(w, f->app.flags, f->app.keywords, f->app.keyword_count);
+	case FWD_APPEND: {
+		/* uid and modseq 0: the master assigns them. */
+		struct proto_save sv = {
+			.date = f->app.internaldate, .tz = f->app.internaldate_tz,
+			.guid = f->app.guid,
+			.f = { f->app.flags, { (char **)f->app.keywords, f->app.keyword_count,
+					       f->app.keyword_count } },
+		};
 		if (f->app.text != NULL) {
-			proto_wr_literal(w, f->app.text, f->app.text_len);
+			sv.text = f->app.text;
+			sv.text_len = f->app.text_len;
 		} else if (!f->send_text) {
 			/* A copy: the master most likely holds the text. */
 			f->sent_nil = true;
-			proto_wr_atom(w, "NIL");
 		} else {
-			proto_wr_literal(w, f->text.data != NULL ? (const char *)f->text.data : "",
-					 f->text.len);
+			sv.text = f->text.data != NULL ? (const char *)f->text.data : "";
+			sv.text_len = f->text.len;
 		}
+		w = proto_conn_cmd_begin(p->conn, "SAVE");
+		proto_wr_save(w, &sv);
 		break;
+	}
 	case FWD_STORE: {
 		struct stor_mailbox mb;
 		const char *err;

@@ -141,24 +141,15 @@ static int keep_same_messages(struct stor_db *db, const struct guid *mailbox,
 /* The text argument of a SAVE: a literal (*text_r set), or NIL for a text
  * this node holds under guid (*text_r NULL).  Otherwise answers a and
  * returns -1. */
-static int save_text(struct stor_db *db, struct answer *a, const struct proto_arg *text,
-		     const struct guid *guid, const void **text_r, size_t *len_r)
+static int save_text(struct stor_db *db, struct answer *a, const struct proto_save *sv,
+		     const void **text_r, size_t *len_r)
 {
 	const char *err;
-	*text_r = NULL;
-	*len_r = 0;
-	if (text->type == PROTO_ARG_ATOM && strcasecmp(text->str, "NIL") == 0) {
-		if (stor_text_exists(db, guid, NULL, &err) > 0)
-			return 0;
-		answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
-		return -1;
-	}
-	if (text->type == PROTO_ARG_LITERAL) {
-		*text_r = text->str;
-		*len_r = text->len;
+	*text_r = sv->text;
+	*len_r = sv->text_len;
+	if (sv->text != NULL || stor_text_exists(db, &sv->guid, NULL, &err) > 0)
 		return 0;
-	}
-	answer_later(a, "BAD", "ARGS", "SAVE text must be a literal or NIL");
+	answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
 	return -1;
 }
 
@@ -166,28 +157,24 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		       const struct stor_mailbox *mb)
 {
 	struct stor_db *db = cl->repl.db;
-	int64_t date;
-	int tz;
-	uint32_t uid;
-	uint64_t modseq;
-	struct guid guid;
-	struct proto_flags fl;
+	struct proto_save sv;
 	const char *err;
 	char code[96];
-	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
-	    uid == 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq == 0 ||
-	    proto_arg_guid(&cmd->args[3], &guid) < 0 || guid_is_zero(&guid) ||
-	    proto_arg_flags(&cmd->args[4], &fl) < 0) {
-		answer_later(a, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
-		return;
-	}
 	/* A value past lib/mail-limits.h would leave the mailbox unable to
 	 * take mail or to sync: refused before anything changes. */
-	if (!mail_uid_valid(uid) || !mail_modseq_valid(modseq)) {
-		proto_flags_free(&fl);
+	int cr = proto_read_save(cmd, PROTO_SAVE_GIVEN, &sv, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
 	}
+	if (cr < 0) {
+		answer_later(a, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
+		return;
+	}
+	uint32_t uid = sv.uid;
+	uint64_t modseq = sv.modseq;
+	struct guid guid = sv.guid;
+	struct proto_flags fl = sv.f;
 	snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, uid, modseq);
 	struct stor_msg have;
 	int r = stor_msg_get(db, &mb->guid, uid, &have, &err);
@@ -212,7 +199,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	}
 	struct stor_append sa;
 	memset(&sa, 0, sizeof(sa));
-	if (save_text(db, a, &cmd->args[5], &guid, &sa.text, &sa.text_len) < 0) {
+	if (save_text(db, a, &sv, &sa.text, &sa.text_len) < 0) {
 		proto_flags_free(&fl);
 		return;
 	}
@@ -222,8 +209,8 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	sa.flags = fl.flags;
 	sa.keywords = (const char *const *)fl.keywords.items;
 	sa.keyword_count = fl.keywords.count;
-	sa.internaldate = date;
-	sa.internaldate_tz = tz;
+	sa.internaldate = sv.date;
+	sa.internaldate_tz = sv.tz;
 	/* The master's flag stamps (SPEC 10.2): its times, not ours. */
 	stor_stamp_list stamps = ARRAY_INIT;
 	const struct proto_arg *sta = proto_cmd_option(cmd, 6, "STAMPS");
@@ -646,21 +633,16 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 		       const struct stor_mailbox *mb)
 {
 	struct stor_db *db = cl->repl.db;
-	int64_t date;
-	int tz;
-	uint32_t uid;
-	uint64_t modseq;
-	struct proto_flags fl;
+	struct proto_save sv;
 	struct cl_append_req req;
 	const char *err;
 	memset(&req, 0, sizeof(req));
-	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
-	    uid != 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq != 0 ||
-	    proto_arg_guid(&cmd->args[3], &req.guid) < 0 || guid_is_zero(&req.guid) ||
-	    proto_arg_flags(&cmd->args[4], &fl) < 0) {
+	if (proto_read_save(cmd, PROTO_SAVE_ASSIGN, &sv, &err) < 0) {
 		answer_later(a, "BAD", "ARGS", "SAVE date 0 0 guid flags text");
 		return;
 	}
+	struct proto_flags fl = sv.f;
+	req.guid = sv.guid;
 	/* A resent SAVE (the link dropped before our answer) is recognised
 	 * by its GUID (SPEC 6.4). */
 	uint32_t have_uid;
@@ -677,7 +659,7 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 		answer_later(a, "NO", "SERVERBUG", err);
 		return;
 	}
-	if (save_text(db, a, &cmd->args[5], &req.guid, &req.text, &req.text_len) < 0) {
+	if (save_text(db, a, &sv, &req.text, &req.text_len) < 0) {
 		proto_flags_free(&fl);
 		return;
 	}
@@ -686,8 +668,8 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 	req.flags = fl.flags;
 	req.keywords = (const char *const *)fl.keywords.items;
 	req.keyword_count = fl.keywords.count;
-	req.internaldate = date;
-	req.internaldate_tz = tz;
+	req.internaldate = sv.date;
+	req.internaldate_tz = sv.tz;
 	snprintf(a->status, sizeof(a->status), "A");
 	/* The local engine copies what it needs during the call. */
 	cl_master_append(cl, &req, master_answer_cb, a);

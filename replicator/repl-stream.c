@@ -735,15 +735,16 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 					log_errorx("replication: text of a message: %s", err);
 					continue;
 				}
+				struct proto_save sv = {
+					.date = m->internaldate, .tz = m->internaldate_tz,
+					.uid = m->uid, .modseq = m->modseq, .guid = m->guid,
+					.f = { m->flags, { m->keywords.items, m->keywords.count,
+							   m->keywords.cap } },
+					.text = text.data != NULL ? (const char *)text.data : "",
+					.text_len = text.len,
+				};
 				w = proto_conn_cmd_begin(p->conn, "SAVE");
-				proto_wr_date(w, m->internaldate, m->internaldate_tz);
-				proto_wr_u64(w, m->uid);
-				proto_wr_u64(w, m->modseq);
-				proto_wr_guid(w, &m->guid);
-				proto_wr_flags(w, m->flags, (const char *const *)m->keywords.items,
-					       m->keywords.count);
-				proto_wr_literal(w, text.data != NULL ? (const char *)text.data : "",
-						 text.len);
+				proto_wr_save(w, &sv);
 				sync_wr_stamps(w, &m->stamps);
 				b->peer_uidnext = m->uid + 1;
 			} else {

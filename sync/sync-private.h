@@ -36,6 +36,9 @@ void sync_flags_free(struct sync_flags *f);
 void sync_wr_flags(struct proto_wr *w, uint32_t flags, const stor_string_list *keywords);
 /* proto_arg_flags() into storage's list type. */
 int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r);
+/* Moves a parsed flag list (a decoded command's) into *f_r; *pf is left
+ * empty. */
+void sync_flags_take(struct sync_flags *f_r, struct proto_flags *pf);
 /* True when two messages' flags and keywords are equal. */
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 		      const stor_string_list *k2);

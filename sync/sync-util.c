@@ -30,16 +30,22 @@ void sync_wr_flags(struct proto_wr *w, uint32_t flags, const stor_string_list *k
 		       keywords == NULL ? 0 : keywords->count);
 }
 
+void sync_flags_take(struct sync_flags *f_r, struct proto_flags *pf)
+{
+	f_r->flags = pf->flags;
+	f_r->keywords.items = pf->keywords.items;
+	f_r->keywords.count = pf->keywords.count;
+	f_r->keywords.cap = pf->keywords.cap;
+	memset(pf, 0, sizeof(*pf));
+}
+
 int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r)
 {
 	struct proto_flags pf;
 	memset(f_r, 0, sizeof(*f_r));
 	if (proto_arg_flags(a, &pf) < 0)
 		return -1;
-	f_r->flags = pf.flags;
-	f_r->keywords.items = pf.keywords.items;
-	f_r->keywords.count = pf.keywords.count;
-	f_r->keywords.cap = pf.keywords.cap;
+	sync_flags_take(f_r, &pf);
 	return 0;
 }
 

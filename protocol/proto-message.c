@@ -1,0 +1,74 @@
+/* Typed codecs of the message commands (SPEC.md 8): each command's
+ * arguments read into one struct, with the rules every receiver applies
+ * (UID 0 only in a request, a GUID is never zero, values within
+ * lib/mail-limits.h), and written back from it. */
+#include "protocol/protocol.h"
+
+#include <string.h>
+
+#include "lib/mail-limits.h"
+
+static int bad(const char **error_r, const char *text)
+{
+	*error_r = text;
+	return PROTO_CODEC_BAD;
+}
+
+int proto_read_save(const struct proto_cmd *cmd, enum proto_save_rule rule,
+		    struct proto_save *s_r, const char **error_r)
+{
+	uint64_t uid;
+	memset(s_r, 0, sizeof(*s_r));
+	if (cmd->arg_count < 6)
+		return bad(error_r, "too few arguments");
+	if (proto_arg_date(&cmd->args[0], &s_r->date, &s_r->tz) < 0)
+		return bad(error_r, "bad date");
+	if (proto_arg_u64(&cmd->args[1], UINT32_MAX, &uid) < 0 ||
+	    proto_arg_u64(&cmd->args[2], INT64_MAX, &s_r->modseq) < 0)
+		return bad(error_r, "bad UID or modseq");
+	s_r->uid = (uint32_t)uid;
+	if (rule == PROTO_SAVE_ASSIGN && (s_r->uid != 0 || s_r->modseq != 0))
+		return bad(error_r, "a request to the master carries UID 0 and modseq 0");
+	if (rule == PROTO_SAVE_GIVEN && (s_r->uid == 0 || s_r->modseq == 0))
+		return bad(error_r, "UID 0 or modseq 0 where both must be given");
+	if (proto_arg_guid(&cmd->args[3], &s_r->guid) < 0 || guid_is_zero(&s_r->guid))
+		return bad(error_r, "bad or zero GUID");
+	const struct proto_arg *t = &cmd->args[5];
+	if (t->type == PROTO_ARG_LITERAL) {
+		s_r->text_arg = t;
+		s_r->text = t->str;
+		s_r->text_len = t->len;
+	} else if (t->type != PROTO_ARG_ATOM || strcmp(t->str, "NIL") != 0) {
+		return bad(error_r, "the text is neither a literal nor NIL");
+	}
+	if (proto_arg_flags(&cmd->args[4], &s_r->f) < 0)
+		return bad(error_r, "bad flag list");
+	/* A value past the limits would leave the mailbox unable to take
+	 * mail or to sync: the caller refuses it before anything changes. */
+	if (rule == PROTO_SAVE_GIVEN &&
+	    (!mail_uid_valid(s_r->uid) || !mail_modseq_valid(s_r->modseq))) {
+		proto_flags_free(&s_r->f);
+		*error_r = MAIL_LIMITS_TEXT;
+		return PROTO_CODEC_LIMIT;
+	}
+	return PROTO_CODEC_OK;
+}
+
+void proto_save_free(struct proto_save *s)
+{
+	proto_flags_free(&s->f);
+}
+
+void proto_wr_save(struct proto_wr *w, const struct proto_save *s)
+{
+	proto_wr_date(w, s->date, s->tz);
+	proto_wr_u64(w, s->uid);
+	proto_wr_u64(w, s->modseq);
+	proto_wr_guid(w, &s->guid);
+	proto_wr_flags(w, s->f.flags, (const char *const *)s->f.keywords.items,
+		       s->f.keywords.count);
+	if (s->text != NULL)
+		proto_wr_literal(w, s->text, s->text_len);
+	else
+		proto_wr_atom(w, "NIL");
+}
