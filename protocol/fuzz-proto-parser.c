@@ -107,6 +107,41 @@ static void save_round_trip(const struct proto_cmd *cmd)
 	}
 }
 
+/* Likewise for a STORE. */
+static void store_round_trip(const struct proto_cmd *cmd)
+{
+	for (int rule = PROTO_STORE_REQUEST; rule <= PROTO_STORE_GIVEN; rule++) {
+		struct proto_store s, again;
+		const char *error;
+		if (proto_read_store(cmd, (enum proto_store_rule)rule, 1000, &s, &error) !=
+		    PROTO_CODEC_OK)
+			continue;
+		struct buf b = BUF_INIT;
+		struct proto_wr w;
+		proto_wr_init(&w, &b);
+		proto_wr_begin(&w, "C1", "STORE");
+		proto_wr_store(&w, &s);
+		proto_wr_end(&w);
+		struct proto_parser *p = proto_parser_create(NULL);
+		size_t used;
+		const struct proto_cmd *line;
+		if (proto_parser_parse(p, b.data, b.len, &used, &line) != 1 || used != b.len ||
+		    proto_read_store(line, (enum proto_store_rule)rule, 1000, &again, &error) !=
+			    PROTO_CODEC_OK)
+			abort();
+		/* The writer sorts and merges the set. */
+		if (again.modseq != s.modseq || again.replace != s.replace ||
+		    again.add.flags != s.add.flags || again.rm.flags != s.rm.flags ||
+		    again.add.keywords.count != s.add.keywords.count ||
+		    again.rm.keywords.count != s.rm.keywords.count || again.uid_count > s.uid_count)
+			abort();
+		proto_store_free(&again);
+		proto_parser_destroy(&p);
+		buf_free(&b);
+		proto_store_free(&s);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -143,6 +178,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					abort();
 				reparse(cmd, &set);
 				save_round_trip(cmd);
+				store_round_trip(cmd);
 			}
 			else if (pos != end)
 				abort();

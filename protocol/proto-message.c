@@ -4,6 +4,7 @@
  * lib/mail-limits.h), and written back from it. */
 #include "protocol/protocol.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "lib/mail-limits.h"
@@ -71,4 +72,71 @@ void proto_wr_save(struct proto_wr *w, const struct proto_save *s)
 		proto_wr_literal(w, s->text, s->text_len);
 	else
 		proto_wr_atom(w, "NIL");
+}
+
+/* The removed-flags list "(\*)": replace by the added list. */
+static bool is_replace(const struct proto_arg *a)
+{
+	return a->type == PROTO_ARG_LIST && a->count == 1 && a->list[0].type == PROTO_ARG_ATOM &&
+	       strcmp(a->list[0].str, "\\*") == 0;
+}
+
+int proto_read_store(const struct proto_cmd *cmd, enum proto_store_rule rule, size_t max_uids,
+		     struct proto_store *s_r, const char **error_r)
+{
+	memset(s_r, 0, sizeof(*s_r));
+	if (cmd->arg_count < 4)
+		return bad(error_r, "too few arguments");
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &s_r->modseq) < 0)
+		return bad(error_r, "bad modseq");
+	if (rule == PROTO_STORE_GIVEN && s_r->modseq == 0)
+		return bad(error_r, "modseq 0 where the change's is given");
+	s_r->replace = is_replace(&cmd->args[3]);
+	if (rule == PROTO_STORE_GIVEN && !s_r->replace)
+		return bad(error_r, "the removed list of a change is (\\*)");
+	if (proto_arg_uids(&cmd->args[0], max_uids, &s_r->uids, &s_r->uid_count) < 0)
+		return bad(error_r, "bad UID set, or too many UIDs");
+	if (proto_arg_flags(&cmd->args[2], &s_r->add) < 0 ||
+	    (!s_r->replace && proto_arg_flags(&cmd->args[3], &s_r->rm) < 0)) {
+		proto_store_free(s_r);
+		return bad(error_r, "bad flag list");
+	}
+	bool has_add = s_r->add.flags != 0 || s_r->add.keywords.count > 0;
+	bool has_rm = s_r->rm.flags != 0 || s_r->rm.keywords.count > 0;
+	if (has_add && has_rm) {
+		proto_store_free(s_r);
+		return bad(error_r, "add or remove flags, not both");
+	}
+	if (rule == PROTO_STORE_GIVEN && (!mail_modseq_valid(s_r->modseq) ||
+					  !mail_uids_valid(s_r->uids, s_r->uid_count))) {
+		proto_store_free(s_r);
+		*error_r = MAIL_LIMITS_TEXT;
+		return PROTO_CODEC_LIMIT;
+	}
+	return PROTO_CODEC_OK;
+}
+
+void proto_store_free(struct proto_store *s)
+{
+	free(s->uids);
+	s->uids = NULL;
+	s->uid_count = 0;
+	proto_flags_free(&s->add);
+	proto_flags_free(&s->rm);
+}
+
+void proto_wr_store(struct proto_wr *w, const struct proto_store *s)
+{
+	proto_wr_uidset(w, s->uids, s->uid_count);
+	proto_wr_u64(w, s->modseq);
+	proto_wr_flags(w, s->add.flags, (const char *const *)s->add.keywords.items,
+		       s->add.keywords.count);
+	if (s->replace) {
+		proto_wr_list_begin(w);
+		proto_wr_atom(w, "\\*");
+		proto_wr_list_end(w);
+	} else {
+		proto_wr_flags(w, s->rm.flags, (const char *const *)s->rm.keywords.items,
+			       s->rm.keywords.count);
+	}
 }

@@ -307,6 +307,36 @@ void proto_save_free(struct proto_save *s);
  * STAMPS, follow). */
 void proto_wr_save(struct proto_wr *w, const struct proto_save *s);
 
+/* STORE <uidset> <modseq> <added-flags> <removed-flags> (SPEC.md 8.4, 8.6,
+ * 10.2).  The removed list "(\\*)" means "replace by the added list": it
+ * reads as replace set, the new flags in add and rm empty. */
+struct proto_store {
+	uint32_t *uids;     /* read: malloc()ed, in the set's order */
+	size_t uid_count;
+	/* A request: the highest modseq the sender knew; a change: its
+	 * modseq. */
+	uint64_t modseq;
+	struct proto_flags add, rm; /* never both non-empty */
+	bool replace;
+};
+
+enum proto_store_rule {
+	/* A request to the master (8.4): add, remove or replace. */
+	PROTO_STORE_REQUEST,
+	/* A change made (replication 8.6, a sync 10.2): replace, modseq not 0,
+	 * UIDs and modseq within lib/mail-limits.h. */
+	PROTO_STORE_GIVEN,
+};
+
+/* Reads the four arguments of a STORE, at most max_uids UIDs (options are
+ * the caller's).  On PROTO_CODEC_OK the caller frees *s_r with
+ * proto_store_free(); otherwise there is nothing to free. */
+int proto_read_store(const struct proto_cmd *cmd, enum proto_store_rule rule, size_t max_uids,
+		     struct proto_store *s_r, const char **error_r);
+void proto_store_free(struct proto_store *s);
+/* Writes the four arguments after the caller's "TAG STORE". */
+void proto_wr_store(struct proto_wr *w, const struct proto_store *s);
+
 /* ------------------------------------------------------------------ */
 /* The command table of SPEC.md section 12 (syntax only, no meaning). */
 

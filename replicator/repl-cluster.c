@@ -799,10 +799,16 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 }
 
 /* The UIDs of the next batch of a STORE or EXPUNGE. */
-static void fwd_wr_batch_uids(struct cl_fwd *f, struct proto_wr *w)
+/* The next batch of UIDs: named_uids[sent_upto .. batch_end). */
+static void fwd_batch(struct cl_fwd *f)
 {
 	size_t n = f->named_uids.count - f->sent_upto;
 	f->batch_end = f->sent_upto + (n < CL_FORWARD_BATCH ? n : CL_FORWARD_BATCH);
+}
+
+static void fwd_wr_batch_uids(struct cl_fwd *f, struct proto_wr *w)
+{
+	fwd_batch(f);
 	proto_wr_uidset(w, f->named_uids.items + f->sent_upto, f->batch_end - f->sent_upto);
 }
 
@@ -864,22 +870,20 @@ static void fwd_send(struct cl_fwd *f)
 			known = mb.highestmodseq;
 			stor_mailbox_free(&mb);
 		}
-		w = proto_conn_cmd_begin(p->conn, "STORE");
-		fwd_wr_batch_uids(f, w);
-		proto_wr_u64(w, known);
+		struct proto_flags fl = { f->store.flags, { (char **)f->store.keywords,
+							    f->store.keyword_count,
+							    f->store.keyword_count } };
+		struct proto_store st = { .modseq = known,
+					  .replace = f->store.op == STOR_FLAGS_REPLACE };
 		if (f->store.op == STOR_FLAGS_REMOVE)
-			proto_wr_flags(w, 0, NULL, 0);
+			st.rm = fl;
 		else
-			proto_wr_flags(w, f->store.flags, f->store.keywords, f->store.keyword_count);
-		if (f->store.op == STOR_FLAGS_REMOVE) {
-			proto_wr_flags(w, f->store.flags, f->store.keywords, f->store.keyword_count);
-		} else if (f->store.op == STOR_FLAGS_REPLACE) {
-			proto_wr_list_begin(w);
-			proto_wr_atom(w, "\\*");
-			proto_wr_list_end(w);
-		} else {
-			proto_wr_flags(w, 0, NULL, 0);
-		}
+			st.add = fl;
+		fwd_batch(f);
+		st.uids = f->named_uids.items + f->sent_upto;
+		st.uid_count = f->batch_end - f->sent_upto;
+		w = proto_conn_cmd_begin(p->conn, "STORE");
+		proto_wr_store(w, &st);
 		if (f->store.unchangedsince != 0) {
 			proto_wr_atom(w, "UNCHANGEDSINCE");
 			proto_wr_u64(w, f->store.unchangedsince);

@@ -246,27 +246,23 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 {
 	bool differ = false;
 	struct stor_db *db = cl->repl.db;
-	stor_uid_list uids = ARRAY_INIT;
-	uint64_t modseq;
-	struct proto_flags fl;
+	struct proto_store ps;
 	const char *err;
-	const struct proto_arg *rm = &cmd->args[3];
-	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &uids.items, &uids.count) < 0)
-		goto bad;
-	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0 ||
-	    rm->type != PROTO_ARG_LIST || rm->count != 1 || rm->list[0].type != PROTO_ARG_ATOM ||
-	    strcmp(rm->list[0].str, "\\*") != 0 ||
-	    keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
-			       &differ) < 0 ||
-	    proto_arg_flags(&cmd->args[2], &fl) < 0) {
-		ARRAY_FREE(&uids);
-		goto bad;
-	}
-	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
-		proto_flags_free(&fl);
-		ARRAY_FREE(&uids);
+	int cr = proto_read_store(cmd, PROTO_STORE_GIVEN, PROTO_MAX_CHANGE_UIDS, &ps, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
+	}
+	if (cr < 0)
+		goto bad;
+	stor_uid_list uids = { ps.uids, ps.uid_count, ps.uid_count };
+	uint64_t modseq = ps.modseq;
+	struct proto_flags fl = ps.add;
+	if (keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
+			       &differ) < 0) {
+		proto_flags_free(&fl);
+		ARRAY_FREE(&uids);
+		goto bad;
 	}
 	struct stor_store st;
 	memset(&st, 0, sizeof(st));
@@ -679,32 +675,17 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 static void serve_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 			size_t npos, const struct stor_mailbox *mb)
 {
-	struct proto_flags add, rm;
-	uint64_t known;
-	const struct proto_arg *rma = &cmd->args[3];
-	bool replace = rma->type == PROTO_ARG_LIST && rma->count == 1 &&
-		       rma->list[0].type == PROTO_ARG_ATOM && strcmp(rma->list[0].str, "\\*") == 0;
-	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &a->uids.items,
-			   &a->uids.count) < 0 ||
-	    proto_arg_u64(&cmd->args[1], INT64_MAX, &known) < 0 ||
-	    proto_arg_flags(&cmd->args[2], &add) < 0) {
-		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
+	struct proto_store ps;
+	const char *err;
+	if (proto_read_store(cmd, PROTO_STORE_REQUEST, PROTO_MAX_CHANGE_UIDS, &ps, &err) < 0) {
+		answer_later(a, "BAD", "ARGS", err);
 		return;
 	}
-	memset(&rm, 0, sizeof(rm));
-	if (!replace && proto_arg_flags(rma, &rm) < 0) {
-		proto_flags_free(&add);
-		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
-		return;
-	}
-	bool has_add = add.flags != 0 || add.keywords.count > 0;
+	a->uids.items = ps.uids;
+	a->uids.count = a->uids.cap = ps.uid_count;
+	bool replace = ps.replace;
+	struct proto_flags add = ps.add, rm = ps.rm;
 	bool has_rm = rm.flags != 0 || rm.keywords.count > 0;
-	if (!replace && has_add && has_rm) {
-		proto_flags_free(&add);
-		proto_flags_free(&rm);
-		answer_later(a, "BAD", "ARGS", "add or remove flags, not both");
-		return;
-	}
 	struct proto_flags *use = has_rm ? &rm : &add;
 	a->store.op = replace ? STOR_FLAGS_REPLACE : has_rm ? STOR_FLAGS_REMOVE : STOR_FLAGS_ADD;
 	a->store.flags = use->flags;

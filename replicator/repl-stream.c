@@ -749,14 +749,14 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 				b->peer_uidnext = m->uid + 1;
 			} else {
 				uint32_t uid = m->uid;
+				struct proto_store st = {
+					.uids = &uid, .uid_count = 1, .modseq = m->modseq,
+					.add = { m->flags, { m->keywords.items, m->keywords.count,
+							     m->keywords.cap } },
+					.replace = true,
+				};
 				w = proto_conn_cmd_begin(p->conn, "STORE");
-				proto_wr_uidset(w, &uid, 1);
-				proto_wr_u64(w, m->modseq);
-				proto_wr_flags(w, m->flags, (const char *const *)m->keywords.items,
-					       m->keywords.count);
-				proto_wr_list_begin(w);
-				proto_wr_atom(w, "\\*");
-				proto_wr_list_end(w);
+				proto_wr_store(w, &st);
 				sync_wr_stamps(w, &m->stamps);
 				wr_origin(p, w);
 				proto_wr_atom(w, "GUIDS");

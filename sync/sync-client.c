@@ -1119,13 +1119,15 @@ static int send_some(struct sync_client *c)
 			proto_wr_save(&w, &sv);
 			sync_wr_stamps(&w, &m->stamps);
 		} else {
+			uint32_t uid = m->uid;
+			struct proto_store st = {
+				.uids = &uid, .uid_count = 1, .modseq = m->modseq,
+				.add = { m->flags, { m->keywords.items, m->keywords.count,
+						     m->keywords.cap } },
+				.replace = true,
+			};
 			cl_cmd_begin(c, &w, "STORE", K_OTHER, 0);
-			proto_wr_u64(&w, m->uid);
-			proto_wr_u64(&w, m->modseq);
-			sync_wr_flags(&w, m->flags, &m->keywords);
-			proto_wr_list_begin(&w);
-			proto_wr_atom(&w, "\\*");
-			proto_wr_list_end(&w);
+			proto_wr_store(&w, &st);
 			sync_wr_stamps(&w, &m->stamps);
 			c->report.flags_changed++;
 		}

@@ -625,31 +625,29 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 static int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	struct srv_store st;
-	bool stamped;
+	bool stamped = false;
+	struct proto_store ps;
+	const char *err;
 	memset(&st, 0, sizeof(st));
-	if (cmd->arg_count < 4 || cmd->args[0].type != PROTO_ARG_ATOM ||
-	    proto_arg_u32(&cmd->args[0], &st.uid) < 0 || st.uid == 0 ||
-	    proto_arg_u64(&cmd->args[1], INT64_MAX, &st.modseq) < 0 ||
-	    cmd->args[3].type != PROTO_ARG_LIST || cmd->args[3].count != 1 ||
-	    cmd->args[3].list[0].type != PROTO_ARG_ATOM ||
-	    strcmp(cmd->args[3].list[0].str, "\\*") != 0 ||
-	    sync_cmd_stamps(cmd, 4, &stamped, &st.stamps) < 0) {
+	/* One message per STORE in a sync. */
+	int cr = proto_read_store(cmd, PROTO_STORE_GIVEN, 1, &ps, &err);
+	if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(cmd, 4, &stamped, &st.stamps) < 0) {
+		if (cr == PROTO_CODEC_OK)
+			proto_store_free(&ps);
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
 		return 0;
 	}
-	if (sync_arg_flags(&cmd->args[2], &st.f) < 0) {
-		stor_stamp_list_free(&st.stamps);
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
-		return 0;
-	}
-	if (!stamped)
-		sync_stamps_legacy(st.modseq, &st.stamps);
-	if (!mail_uid_valid(st.uid) || !mail_modseq_valid(st.modseq)) {
-		sync_flags_free(&st.f);
+	if (cr == PROTO_CODEC_LIMIT) {
 		stor_stamp_list_free(&st.stamps);
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
+	st.uid = ps.uids[0];
+	st.modseq = ps.modseq;
+	sync_flags_take(&st.f, &ps.add);
+	proto_store_free(&ps);
+	if (!stamped)
+		sync_stamps_legacy(st.modseq, &st.stamps);
 	ARRAY_PUSH(&s->stores, st);
 	srv_reply(s, cmd->tag, "OK", NULL, "held");
 	return 0;
