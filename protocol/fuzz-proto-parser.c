@@ -142,6 +142,36 @@ static void store_round_trip(const struct proto_cmd *cmd)
 	}
 }
 
+/* And for an EXPUNGE. */
+static void expunge_round_trip(const struct proto_cmd *cmd)
+{
+	for (int rule = PROTO_EXPUNGE_REQUEST; rule <= PROTO_EXPUNGE_GIVEN; rule++) {
+		struct proto_expunge e, again;
+		const char *error;
+		if (proto_read_expunge(cmd, (enum proto_expunge_rule)rule, 1000, &e, &error) !=
+		    PROTO_CODEC_OK)
+			continue;
+		struct buf b = BUF_INIT;
+		struct proto_wr w;
+		proto_wr_init(&w, &b);
+		proto_wr_begin(&w, "C1", "EXPUNGE");
+		proto_wr_expunge(&w, &e);
+		proto_wr_end(&w);
+		struct proto_parser *p = proto_parser_create(NULL);
+		size_t used;
+		const struct proto_cmd *line;
+		if (proto_parser_parse(p, b.data, b.len, &used, &line) != 1 || used != b.len ||
+		    proto_read_expunge(line, (enum proto_expunge_rule)rule, 1000, &again, &error) !=
+			    PROTO_CODEC_OK ||
+		    again.modseq != e.modseq || again.uid_count > e.uid_count)
+			abort();
+		proto_expunge_free(&again);
+		proto_parser_destroy(&p);
+		buf_free(&b);
+		proto_expunge_free(&e);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -179,6 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				reparse(cmd, &set);
 				save_round_trip(cmd);
 				store_round_trip(cmd);
+				expunge_round_trip(cmd);
 			}
 			else if (pos != end)
 				abort();

@@ -140,3 +140,39 @@ void proto_wr_store(struct proto_wr *w, const struct proto_store *s)
 			       s->rm.keywords.count);
 	}
 }
+
+int proto_read_expunge(const struct proto_cmd *cmd, enum proto_expunge_rule rule,
+		       size_t max_uids, struct proto_expunge *e_r, const char **error_r)
+{
+	memset(e_r, 0, sizeof(*e_r));
+	if (cmd->arg_count < 2)
+		return bad(error_r, "too few arguments");
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &e_r->modseq) < 0)
+		return bad(error_r, "bad modseq");
+	if (rule == PROTO_EXPUNGE_REQUEST && e_r->modseq != 0)
+		return bad(error_r, "a request to the master carries modseq 0");
+	if (rule == PROTO_EXPUNGE_GIVEN && e_r->modseq == 0)
+		return bad(error_r, "modseq 0 where the change's is given");
+	if (proto_arg_uids(&cmd->args[0], max_uids, &e_r->uids, &e_r->uid_count) < 0)
+		return bad(error_r, "bad UID set, or too many UIDs");
+	if (rule == PROTO_EXPUNGE_GIVEN && (!mail_modseq_valid(e_r->modseq) ||
+					    !mail_uids_valid(e_r->uids, e_r->uid_count))) {
+		proto_expunge_free(e_r);
+		*error_r = MAIL_LIMITS_TEXT;
+		return PROTO_CODEC_LIMIT;
+	}
+	return PROTO_CODEC_OK;
+}
+
+void proto_expunge_free(struct proto_expunge *e)
+{
+	free(e->uids);
+	e->uids = NULL;
+	e->uid_count = 0;
+}
+
+void proto_wr_expunge(struct proto_wr *w, const struct proto_expunge *e)
+{
+	proto_wr_uidset(w, e->uids, e->uid_count);
+	proto_wr_u64(w, e->modseq);
+}

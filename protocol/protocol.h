@@ -337,6 +337,30 @@ void proto_store_free(struct proto_store *s);
 /* Writes the four arguments after the caller's "TAG STORE". */
 void proto_wr_store(struct proto_wr *w, const struct proto_store *s);
 
+/* EXPUNGE <uidset> <modseq> (SPEC.md 8.3, 8.6, 10). */
+struct proto_expunge {
+	uint32_t *uids; /* read: malloc()ed, in the set's order */
+	size_t uid_count;
+	uint64_t modseq;
+};
+
+enum proto_expunge_rule {
+	/* A request to the master: modseq 0, the master assigns one. */
+	PROTO_EXPUNGE_REQUEST,
+	/* An expunge made (replication, a bundle): modseq not 0, UIDs and
+	 * modseq within lib/mail-limits.h. */
+	PROTO_EXPUNGE_GIVEN,
+};
+
+/* Reads the two arguments of an EXPUNGE, at most max_uids UIDs (options
+ * are the caller's).  On PROTO_CODEC_OK the caller frees *e_r with
+ * proto_expunge_free(); otherwise there is nothing to free. */
+int proto_read_expunge(const struct proto_cmd *cmd, enum proto_expunge_rule rule,
+		       size_t max_uids, struct proto_expunge *e_r, const char **error_r);
+void proto_expunge_free(struct proto_expunge *e);
+/* Writes the two arguments after the caller's "TAG EXPUNGE". */
+void proto_wr_expunge(struct proto_wr *w, const struct proto_expunge *e);
+
 /* ------------------------------------------------------------------ */
 /* The command table of SPEC.md section 12 (syntax only, no meaning). */
 

@@ -806,12 +806,6 @@ static void fwd_batch(struct cl_fwd *f)
 	f->batch_end = f->sent_upto + (n < CL_FORWARD_BATCH ? n : CL_FORWARD_BATCH);
 }
 
-static void fwd_wr_batch_uids(struct cl_fwd *f, struct proto_wr *w)
-{
-	fwd_batch(f);
-	proto_wr_uidset(w, f->named_uids.items + f->sent_upto, f->batch_end - f->sent_upto);
-}
-
 static void fwd_wr_batch_guids(struct cl_fwd *f, struct proto_wr *w)
 {
 	proto_wr_atom(w, "GUIDS");
@@ -891,12 +885,17 @@ static void fwd_send(struct cl_fwd *f)
 		fwd_wr_batch_guids(f, w);
 		break;
 	}
-	case FWD_EXPUNGE:
+	case FWD_EXPUNGE: {
+		/* modseq 0: the master assigns one. */
+		struct proto_expunge ex = { .modseq = 0 };
+		fwd_batch(f);
+		ex.uids = f->named_uids.items + f->sent_upto;
+		ex.uid_count = f->batch_end - f->sent_upto;
 		w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
-		fwd_wr_batch_uids(f, w);
-		proto_wr_u64(w, 0);
+		proto_wr_expunge(w, &ex);
 		fwd_wr_batch_guids(f, w);
 		break;
+	}
 	}
 	if (f->to != 0) {
 		proto_wr_atom(w, "TO");

@@ -311,23 +311,20 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 {
 	bool differ = false;
 	struct stor_db *db = cl->repl.db;
-	stor_uid_list uids = ARRAY_INIT, gone = ARRAY_INIT;
-	uint64_t modseq;
+	stor_uid_list gone = ARRAY_INIT;
+	struct proto_expunge pe;
 	const char *err;
-	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &uids.items, &uids.count) < 0) {
-		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
-		return;
-	}
-	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0) {
-		ARRAY_FREE(&uids);
-		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
-		return;
-	}
-	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
-		ARRAY_FREE(&uids);
+	int cr = proto_read_expunge(cmd, PROTO_EXPUNGE_GIVEN, PROTO_MAX_CHANGE_UIDS, &pe, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
 	}
+	if (cr < 0) {
+		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
+		return;
+	}
+	stor_uid_list uids = { pe.uids, pe.uid_count, pe.uid_count };
+	uint64_t modseq = pe.modseq;
 	uint32_t top = 0;
 	for (size_t i = 0; i < uids.count; i++)
 		if (uids.items[i] > top)
@@ -712,13 +709,14 @@ static void serve_store(struct repl_cluster *cl, struct answer *a, const struct 
 static void serve_expunge(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 			  size_t npos, const struct stor_mailbox *mb)
 {
-	uint64_t modseq;
-	if (proto_arg_uids(&cmd->args[0], PROTO_MAX_CHANGE_UIDS, &a->uids.items,
-			   &a->uids.count) < 0 ||
-	    proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq != 0) {
+	struct proto_expunge pe;
+	const char *err;
+	if (proto_read_expunge(cmd, PROTO_EXPUNGE_REQUEST, PROTO_MAX_CHANGE_UIDS, &pe, &err) < 0) {
 		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset 0");
 		return;
 	}
+	a->uids.items = pe.uids;
+	a->uids.count = a->uids.cap = pe.uid_count;
 	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
 		return;
 	a->mailbox = mb->guid;

@@ -673,9 +673,9 @@ static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
 			ARRAY_PUSH(&uids, tombs->items[*ti].uid);
 			(*ti)++;
 		}
+		struct proto_expunge ex = { uids.items, uids.count, m };
 		struct proto_wr *w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
-		proto_wr_uidset(w, uids.items, uids.count);
-		proto_wr_u64(w, m);
+		proto_wr_expunge(w, &ex);
 		wr_origin(p, w);
 		/* The uidset lists UIDs in ascending order, as tombs are. */
 		proto_wr_atom(w, "GUIDS");

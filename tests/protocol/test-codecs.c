@@ -570,6 +570,73 @@ static void test_store_bounds_and_hostile_input(void)
 	proto_store_free(&s);
 }
 
+static int expunge_of(const char *line, enum proto_expunge_rule rule, size_t max,
+		      struct proto_expunge *e_r)
+{
+	struct proto_parser *p;
+	const char *err = NULL;
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	int r = cmd == NULL ? -99 : proto_read_expunge(cmd, rule, max, e_r, &err);
+	if (r != PROTO_CODEC_OK) {
+		CU_ASSERT(err != NULL && err[0] != '\0');
+		CU_ASSERT_PTR_NULL(e_r->uids);
+	}
+	proto_parser_destroy(&p);
+	return r;
+}
+
+static void test_expunge_round_trip_and_bounds(void)
+{
+	uint32_t uids[] = { 7, 1, 2, 3, 4, 5 };
+	const enum proto_expunge_rule given = PROTO_EXPUNGE_GIVEN, req = PROTO_EXPUNGE_REQUEST;
+	for (int assign = 0; assign < 2; assign++) {
+		struct proto_expunge o = { uids, 6, assign ? 0 : 1236 };
+		struct buf b;
+		struct proto_wr w;
+		buf_init(&b);
+		proto_wr_init(&w, &b);
+		proto_wr_begin(&w, "C9", "EXPUNGE");
+		proto_wr_expunge(&w, &o);
+		proto_wr_end(&w);
+		const char *want = assign ? "C9 EXPUNGE 1:5,7 0\r\n" : "C9 EXPUNGE 1:5,7 1236\r\n";
+		CU_ASSERT(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0);
+		struct proto_expunge in;
+		enum proto_expunge_rule rule = assign ? req : given;
+		CU_ASSERT_EQUAL_FATAL(expunge_of(want, rule, 6, &in), PROTO_CODEC_OK);
+		CU_ASSERT_EQUAL_FATAL(in.uid_count, 6);
+		CU_ASSERT_EQUAL(in.uids[0], 1);
+		CU_ASSERT_EQUAL(in.uids[5], 7);
+		CU_ASSERT_EQUAL(in.modseq, o.modseq);
+		proto_expunge_free(&in);
+		CU_ASSERT_EQUAL(expunge_of(want, rule, 5, &in), PROTO_CODEC_BAD);
+		CU_ASSERT_EQUAL(expunge_of(want, assign ? given : req, 6, &in), PROTO_CODEC_BAD);
+		buf_free(&b);
+	}
+	struct proto_expunge e;
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 2147483647 4611686018427387903\r\n", given, 1, &e),
+			PROTO_CODEC_OK);
+	proto_expunge_free(&e);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1,2147483648 5\r\n", given, 2, &e),
+			PROTO_CODEC_LIMIT);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1 4611686018427387904\r\n", given, 1, &e),
+			PROTO_CODEC_LIMIT);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 4294967295 0\r\n", req, 1, &e), PROTO_CODEC_OK);
+	proto_expunge_free(&e);
+	static const char *const bad[] = {
+		"C1 EXPUNGE 1\r\n", "C1 EXPUNGE 0 5\r\n", "C1 EXPUNGE 1: 5\r\n",
+		"C1 EXPUNGE (1) 5\r\n",
+		"C1 EXPUNGE 1 -1\r\n", "C1 EXPUNGE 1 9223372036854775808\r\n", "C1 EXPUNGE 1 0\r\n",
+		"C1 EXPUNGE 1:4294967295 5\r\n", "C1 EXPUNGE \"1\" 5\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int r = expunge_of(bad[i], given, PROTO_MAX_CHANGE_UIDS, &e);
+		CU_ASSERT_EQUAL(r, PROTO_CODEC_BAD);
+		if (r != PROTO_CODEC_BAD)
+			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, bad[i]);
+	}
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1 5\r\n", req, 1, &e), PROTO_CODEC_BAD);
+}
+
 const struct test_case proto_codec_cases[] = {
 	{ "flag lists round trip", test_flags_round_trip },
 	{ "flag lists: every bound and hostile input refused",
@@ -579,5 +646,7 @@ const struct test_case proto_codec_cases[] = {
 	{ "SAVE: every bound and hostile input refused", test_save_bounds_and_hostile_input },
 	{ "STORE round trips: add, remove, replace, a change", test_store_round_trip },
 	{ "STORE: every bound and hostile input refused", test_store_bounds_and_hostile_input },
+	{ "EXPUNGE round trips, refuses every bound and hostile input",
+	  test_expunge_round_trip_and_bounds },
 	{ NULL, NULL },
 };
