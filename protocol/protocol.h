@@ -11,9 +11,13 @@
  *     DEFLATE compression, tags with completion callbacks and timeouts,
  *     keepalive and back-pressure.
  *
- * protocol/ knows nothing of storage or of replication policy: it never
- * interprets SAVE, STORE or any other replication command, it only carries
- * them.  Both ends of a link run the same code; a link has an initiator (who
+ * Beside them, typed codecs read and write the arguments of the message
+ * commands (flag lists, UID sets, SAVE, STORE, EXPUNGE) with the rules of
+ * their syntax and the bounds of lib/mail-limits.h, so that every component
+ * reads them alike.  protocol/ knows nothing of storage or of replication
+ * policy: what a command does is the receiver's business.
+ *
+ * Both ends of a link run the same code; a link has an initiator (who
  * connected) and an acceptor, and the two differ only in who starts TLS and
  * who authenticates first. */
 #ifndef PROTOCOL_PROTOCOL_H
