@@ -210,6 +210,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				save_round_trip(cmd);
 				store_round_trip(cmd);
 				expunge_round_trip(cmd);
+				struct proto_flags_line fl;
+				if (proto_read_flags_line(cmd, &fl, &error) == PROTO_CODEC_OK)
+					proto_flags_free(&fl.f);
 			}
 			else if (pos != end)
 				abort();

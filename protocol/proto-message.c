@@ -176,3 +176,30 @@ void proto_wr_expunge(struct proto_wr *w, const struct proto_expunge *e)
 	proto_wr_uidset(w, e->uids, e->uid_count);
 	proto_wr_u64(w, e->modseq);
 }
+
+int proto_read_flags_line(const struct proto_cmd *cmd, struct proto_flags_line *l_r,
+			  const char **error_r)
+{
+	memset(l_r, 0, sizeof(*l_r));
+	if (cmd->arg_count < 3)
+		return bad(error_r, "too few arguments");
+	if (proto_arg_u32(&cmd->args[0], &l_r->uid) < 0 || l_r->uid == 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &l_r->modseq) < 0 || l_r->modseq == 0)
+		return bad(error_r, "bad UID or modseq");
+	if (proto_arg_flags(&cmd->args[2], &l_r->f) < 0)
+		return bad(error_r, "bad flag list");
+	if (!mail_uid_valid(l_r->uid) || !mail_modseq_valid(l_r->modseq)) {
+		proto_flags_free(&l_r->f);
+		*error_r = MAIL_LIMITS_TEXT;
+		return PROTO_CODEC_LIMIT;
+	}
+	return PROTO_CODEC_OK;
+}
+
+void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l)
+{
+	proto_wr_u64(w, l->uid);
+	proto_wr_u64(w, l->modseq);
+	proto_wr_flags(w, l->f.flags, (const char *const *)l->f.keywords.items,
+		       l->f.keywords.count);
+}

@@ -12,9 +12,9 @@
  *     keepalive and back-pressure.
  *
  * Beside them, typed codecs read and write the arguments of the message
- * commands (flag lists, UID sets, SAVE, STORE, EXPUNGE) with the rules of
- * their syntax and the bounds of lib/mail-limits.h, so that every component
- * reads them alike.  protocol/ knows nothing of storage or of replication
+ * commands (flag lists, UID sets, SAVE, STORE, EXPUNGE, FLAGS) with the
+ * rules of their syntax and the bounds of lib/mail-limits.h, so that every
+ * component reads them alike.  protocol/ knows nothing of storage or of replication
  * policy: what a command does is the receiver's business.
  *
  * Both ends of a link run the same code; a link has an initiator (who
@@ -364,6 +364,24 @@ int proto_read_expunge(const struct proto_cmd *cmd, enum proto_expunge_rule rule
 void proto_expunge_free(struct proto_expunge *e);
 /* Writes the two arguments after the caller's "TAG EXPUNGE". */
 void proto_wr_expunge(struct proto_wr *w, const struct proto_expunge *e);
+
+/* The data line FLAGS <uid> <modseq> <flags>: a message's whole flag
+ * state, as a master answers a STORE (8.4) and a sync server a SYNC-END
+ * (10.3).  The UID names a message and the modseq is the message's: neither
+ * is 0, both within lib/mail-limits.h. */
+struct proto_flags_line {
+	uint32_t uid;
+	uint64_t modseq;
+	struct proto_flags f;
+};
+
+/* Reads the three arguments (options, such as STAMPS, are the caller's).
+ * On PROTO_CODEC_OK the caller frees l_r->f with proto_flags_free();
+ * otherwise there is nothing to free. */
+int proto_read_flags_line(const struct proto_cmd *cmd, struct proto_flags_line *l_r,
+			  const char **error_r);
+/* Writes the three arguments after the caller's "TAG FLAGS". */
+void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 
 /* ------------------------------------------------------------------ */
 /* The command table of SPEC.md section 12 (syntax only, no meaning). */

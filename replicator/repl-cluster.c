@@ -721,17 +721,18 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	if (kind == PROTO_REPLY_DATA) {
 		/* STORE: FLAGS <uid> <modseq> <flags> */
 		struct stor_msg m;
-		struct proto_flags fl;
+		struct proto_flags_line fl;
+		const char *err;
 		memset(&m, 0, sizeof(m));
 		if (f->kind == FWD_STORE && proto_cmd_is(line, "FLAGS") && line->arg_count == 3 &&
-		    proto_arg_u32(&line->args[0], &m.uid) == 0 &&
-		    proto_arg_u64(&line->args[1], INT64_MAX, &m.modseq) == 0 &&
 		    f->flags_lines.count < f->named_uids.count + 16 &&
-		    proto_arg_flags(&line->args[2], &fl) == 0) {
-			m.flags = fl.flags;
-			m.keywords.items = fl.keywords.items;
-			m.keywords.count = fl.keywords.count;
-			m.keywords.cap = fl.keywords.cap;
+		    proto_read_flags_line(line, &fl, &err) == PROTO_CODEC_OK) {
+			m.uid = fl.uid;
+			m.modseq = fl.modseq;
+			m.flags = fl.f.flags;
+			m.keywords.items = fl.f.keywords.items;
+			m.keywords.count = fl.f.keywords.count;
+			m.keywords.cap = fl.f.keywords.cap;
 			ARRAY_PUSH(&f->flags_lines, m);
 		}
 		return;

@@ -581,22 +581,25 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 	} else if (a->status[0] == 'S') { /* STORE */
 		for (size_t i = 0; i < res->changed_count; i++) {
 			const struct stor_msg *m = &res->changed[i];
+			struct proto_flags_line fl = {
+				m->uid, m->modseq,
+				{ m->flags,
+				  { m->keywords.items, m->keywords.count, m->keywords.cap } },
+			};
 			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
-			proto_wr_u64(w, m->uid);
-			proto_wr_u64(w, m->modseq);
-			proto_wr_flags(w, m->flags, (const char *const *)m->keywords.items,
-				       m->keywords.count);
+			proto_wr_flags_line(w, &fl);
 			proto_conn_line_end(conn);
 		}
 		for (size_t i = 0; i < res->failed_count; i++) {
 			struct stor_msg m;
 			if (stor_msg_get(a->cl->repl.db, &a->mailbox, res->failed[i], &m, &err) <= 0)
 				continue;
+			struct proto_flags_line fl = {
+				m.uid, m.modseq,
+				{ m.flags, { m.keywords.items, m.keywords.count, m.keywords.cap } },
+			};
 			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
-			proto_wr_u64(w, m.uid);
-			proto_wr_u64(w, m.modseq);
-			proto_wr_flags(w, m.flags, (const char *const *)m.keywords.items,
-				       m.keywords.count);
+			proto_wr_flags_line(w, &fl);
 			proto_conn_line_end(conn);
 			stor_msg_free(&m);
 		}

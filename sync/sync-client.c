@@ -1354,21 +1354,23 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 	}
 	if (proto_cmd_is(line, "FLAGS")) {
 		struct cl_flags fl;
+		struct proto_flags_line pl;
+		const char *err;
 		memset(&fl, 0, sizeof(fl));
 		bool stamped;
-		if (line->arg_count < 3 || proto_arg_u32(&line->args[0], &fl.uid) < 0 ||
-		    proto_arg_u64(&line->args[1], INT64_MAX, &fl.modseq) < 0 ||
-		    sync_cmd_stamps(line, 3, &stamped, &fl.stamps) < 0)
-			return cl_fail(c, "SYNC-END: bad FLAGS line");
-		if (sync_arg_flags(&line->args[2], &fl.f) < 0) {
-			stor_stamp_list_free(&fl.stamps);
+		int cr = proto_read_flags_line(line, &pl, &err);
+		if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(line, 3, &stamped, &fl.stamps) < 0) {
+			if (cr == PROTO_CODEC_OK)
+				proto_flags_free(&pl.f);
 			return cl_fail(c, "SYNC-END: bad FLAGS line");
 		}
-		if (!mail_uid_valid(fl.uid) || !mail_modseq_valid(fl.modseq)) {
-			sync_flags_free(&fl.f);
+		if (cr == PROTO_CODEC_LIMIT) {
 			stor_stamp_list_free(&fl.stamps);
 			return cl_fail(c, "SYNC-END: FLAGS line with %s", MAIL_LIMITS_TEXT);
 		}
+		fl.uid = pl.uid;
+		fl.modseq = pl.modseq;
+		sync_flags_take(&fl.f, &pl.f);
 		ARRAY_PUSH(&c->flags, fl);
 		return 0;
 	}

@@ -1314,10 +1314,13 @@ static int merge_write_line(struct sync_server *s, uint32_t uid, bool save, cons
 		proto_wr_begin(&w, s->merge.tag, "SAVE");
 		proto_wr_save(&w, &sv);
 	} else {
+		struct proto_flags_line fl = {
+			msg->uid, msg->modseq,
+			{ msg->flags,
+			  { msg->keywords.items, msg->keywords.count, msg->keywords.cap } },
+		};
 		proto_wr_begin(&w, s->merge.tag, "FLAGS");
-		proto_wr_u64(&w, msg->uid);
-		proto_wr_u64(&w, msg->modseq);
-		sync_wr_flags(&w, msg->flags, &msg->keywords);
+		proto_wr_flags_line(&w, &fl);
 	}
 	sync_wr_stamps(&w, &msg->stamps);
 	proto_wr_end(&w);

@@ -637,6 +637,64 @@ static void test_expunge_round_trip_and_bounds(void)
 	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1 5\r\n", req, 1, &e), PROTO_CODEC_BAD);
 }
 
+static int flags_line_of(const char *line, struct proto_flags_line *l_r)
+{
+	struct proto_parser *p;
+	const char *err = NULL;
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	int r = cmd == NULL ? -99 : proto_read_flags_line(cmd, l_r, &err);
+	if (r != PROTO_CODEC_OK) {
+		CU_ASSERT(err != NULL && err[0] != '\0');
+		CU_ASSERT_PTR_NULL(l_r->f.keywords.items);
+	}
+	proto_parser_destroy(&p);
+	return r;
+}
+
+static void test_flags_line_round_trip_and_bounds(void)
+{
+	static const char *const kw[] = { "$Label1" };
+	struct proto_flags_line o = { 3, 1240, { PROTO_FLAG_SEEN | PROTO_FLAG_ANSWERED,
+						 { (char **)kw, 1, 1 } } };
+	struct buf b;
+	struct proto_wr w;
+	buf_init(&b);
+	proto_wr_init(&w, &b);
+	proto_wr_begin(&w, "C10", "FLAGS");
+	proto_wr_flags_line(&w, &o);
+	proto_wr_end(&w);
+	const char *want = "C10 FLAGS 3 1240 (\\Seen \\Answered $Label1)\r\n";
+	CU_ASSERT(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0);
+	buf_free(&b);
+	struct proto_flags_line l;
+	CU_ASSERT_EQUAL_FATAL(flags_line_of(want, &l), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL(l.uid, 3);
+	CU_ASSERT_EQUAL(l.modseq, 1240);
+	CU_ASSERT_EQUAL(l.f.flags, PROTO_FLAG_SEEN | PROTO_FLAG_ANSWERED);
+	CU_ASSERT_EQUAL_FATAL(l.f.keywords.count, 1);
+	CU_ASSERT_STRING_EQUAL(l.f.keywords.items[0], "$Label1");
+	proto_flags_free(&l.f);
+	/* Options after the three arguments are the caller's. */
+	CU_ASSERT_EQUAL(flags_line_of("C1 FLAGS 2147483647 4611686018427387903 () STAMPS ()\r\n",
+				      &l), PROTO_CODEC_OK);
+	proto_flags_free(&l.f);
+	CU_ASSERT_EQUAL(flags_line_of("C1 FLAGS 2147483648 5 (\\Seen)\r\n", &l), PROTO_CODEC_LIMIT);
+	CU_ASSERT_EQUAL(flags_line_of("C1 FLAGS 1 4611686018427387904 ($a)\r\n", &l),
+			PROTO_CODEC_LIMIT);
+	static const char *const bad[] = {
+		"C1 FLAGS 1 5\r\n", "C1 FLAGS 0 5 ()\r\n", "C1 FLAGS 1 0 ()\r\n",
+		"C1 FLAGS 4294967296 5 ()\r\n", "C1 FLAGS 1:2 5 ()\r\n", "C1 FLAGS 1 5 \\Seen\r\n",
+		"C1 FLAGS 1 5 (\\Recent)\r\n", "C1 FLAGS 1 9223372036854775808 ()\r\n",
+		"C1 FLAGS \"1\" 5 ()\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int r = flags_line_of(bad[i], &l);
+		CU_ASSERT_EQUAL(r, PROTO_CODEC_BAD);
+		if (r != PROTO_CODEC_BAD)
+			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, bad[i]);
+	}
+}
+
 const struct test_case proto_codec_cases[] = {
 	{ "flag lists round trip", test_flags_round_trip },
 	{ "flag lists: every bound and hostile input refused",
@@ -648,5 +706,7 @@ const struct test_case proto_codec_cases[] = {
 	{ "STORE: every bound and hostile input refused", test_store_bounds_and_hostile_input },
 	{ "EXPUNGE round trips, refuses every bound and hostile input",
 	  test_expunge_round_trip_and_bounds },
+	{ "FLAGS data line round trips, refuses every bound and hostile input",
+	  test_flags_line_round_trip_and_bounds },
 	{ NULL, NULL },
 };
