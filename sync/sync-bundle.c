@@ -597,11 +597,10 @@ static int ex_message(struct exporter *e, const struct guid *mailbox, const stru
 		if (a != NULL && a->our_modseq == m->modseq)
 			modseq = a->bundle_modseq;
 	}
-	struct proto_save sv = {
-		.date = m->internaldate < 0 ? 0 : m->internaldate, .tz = m->internaldate_tz,
-		.uid = m->uid, .modseq = modseq, .guid = m->guid,
-		.f = { m->flags, { m->keywords.items, m->keywords.count, m->keywords.cap } },
-	};
+	struct proto_save sv;
+	sync_save_of_msg(&sv, m);
+	sv.date = m->internaldate < 0 ? 0 : m->internaldate;
+	sv.modseq = modseq;
 	struct buf text = BUF_INIT;
 	struct held key = { .mailbox = *mailbox, .uid = m->uid };
 	const struct held *h = e->held == NULL || e->held->count == 0 ? NULL :

@@ -1109,12 +1109,8 @@ static int send_some(struct sync_client *c)
 	while (c->send_pos < c->msgs.count && n < c->budget) {
 		const struct stor_msg *m = &c->msgs.items[c->send_pos];
 		if (m->uid >= c->L) {
-			struct proto_save sv = {
-				.date = m->internaldate, .tz = m->internaldate_tz,
-				.uid = m->uid, .modseq = m->modseq, .guid = m->guid,
-				.f = { m->flags, { m->keywords.items, m->keywords.count,
-						   m->keywords.cap } },
-			};
+			struct proto_save sv;
+			sync_save_of_msg(&sv, m);
 			cl_cmd_begin(c, &w, "SAVE", K_SAVE, c->send_pos);
 			proto_wr_save(&w, &sv);
 			sync_wr_stamps(&w, &m->stamps);
@@ -1169,13 +1165,10 @@ static int resend_some(struct sync_client *c)
 			buf_free(&text);
 			return cl_fail(c, "reading the text of UID %u: %s", m->uid, err);
 		}
-		struct proto_save sv = {
-			.date = m->internaldate, .tz = m->internaldate_tz,
-			.uid = m->uid, .modseq = m->modseq, .guid = m->guid,
-			.f = { m->flags, { m->keywords.items, m->keywords.count, m->keywords.cap } },
-			.text = text.data != NULL ? (const void *)text.data : "",
-			.text_len = text.len,
-		};
+		struct proto_save sv;
+		sync_save_of_msg(&sv, m);
+		sv.text = text.data != NULL ? (const void *)text.data : "";
+		sv.text_len = text.len;
 		cl_cmd_begin(c, &w, "SAVE", K_SAVE, c->resend.items[c->resend_pos]);
 		proto_wr_save(&w, &sv);
 		sync_wr_stamps(&w, &m->stamps);

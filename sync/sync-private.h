@@ -39,6 +39,9 @@ int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r);
 /* Moves a parsed flag list (a decoded command's) into *f_r; *pf is left
  * empty. */
 void sync_flags_take(struct sync_flags *f_r, struct proto_flags *pf);
+/* A stored message as a SAVE to write: its keywords borrowed, the text NIL
+ * until the caller sets one. */
+void sync_save_of_msg(struct proto_save *sv_r, const struct stor_msg *m);
 /* True when two messages' flags and keywords are equal. */
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 		      const stor_string_list *k2);

@@ -1305,12 +1305,8 @@ static int merge_write_line(struct sync_server *s, uint32_t uid, bool save, cons
 		return r;
 	proto_wr_init(&w, &s->out);
 	if (save) {
-		struct proto_save sv = {
-			.date = msg->internaldate, .tz = msg->internaldate_tz,
-			.uid = msg->uid, .modseq = msg->modseq, .guid = msg->guid,
-			.f = { msg->flags,
-			       { msg->keywords.items, msg->keywords.count, msg->keywords.cap } },
-		};
+		struct proto_save sv;
+		sync_save_of_msg(&sv, msg);
 		proto_wr_begin(&w, s->merge.tag, "SAVE");
 		proto_wr_save(&w, &sv);
 	} else {

@@ -49,6 +49,20 @@ int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r)
 	return 0;
 }
 
+void sync_save_of_msg(struct proto_save *sv_r, const struct stor_msg *m)
+{
+	memset(sv_r, 0, sizeof(*sv_r));
+	sv_r->date = m->internaldate;
+	sv_r->tz = m->internaldate_tz;
+	sv_r->uid = m->uid;
+	sv_r->modseq = m->modseq;
+	sv_r->guid = m->guid;
+	sv_r->f.flags = m->flags;
+	sv_r->f.keywords.items = m->keywords.items;
+	sv_r->f.keywords.count = m->keywords.count;
+	sv_r->f.keywords.cap = m->keywords.cap;
+}
+
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 		      const stor_string_list *k2)
 {
