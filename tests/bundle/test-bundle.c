@@ -825,6 +825,11 @@ static void test_bundle_bad_command_streams_are_refused(void)
 		  "B6 SYNC-END\r\n", "does not hold" },
 		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
 		  "B4 SYNC-BEGIN 7 5 1 3\r\n", "whole mailboxes" },
+		/* A message must have a GUID (SPEC 8.1). */
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		  "B4 SYNC-BEGIN 0 5 1 3\r\n"
+		  "B5 SAVE 1700000000+0000 1 1 00000000000000000000000000000000 () {1}\r\nx\r\n"
+		  "B6 SYNC-END\r\n", "GUID" },
 		{ "B1 CREATE alice W %s 7 ORIGIN 3\r\n", "option" },
 		{ "B1 CREATE alice W %s 7\r\nB2 CREATE alice W %s 7\r\n", "CREATE" },
 		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 2 alice W 7 %s\r\n", "out of order" },

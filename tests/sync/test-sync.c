@@ -1146,8 +1146,10 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 	snprintf(line, sizeof(line), "C16 MBOX 1 %s INBOX %u %s\r\nC17 SELECT 1\r\n"
 		 "C18 SAVE 1700000000+0000 1 1 %s () NIL\r\nC19 SYNC-BEGIN 0 0 1 1\r\n"
 		 "C20 STORE 1 5 (\\Seen) ()\r\nC21 UIDFIX 1:2 5\r\nC22 EXPUNGE 0 0\r\n"
-		 "C23 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n",
-		 USER, x.uidvalidity, hex, hex, hex);
+		 "C23 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n"
+		 "C25 SAVE 1700000000+0000 2 0 %s () {1}\r\nx\r\n"
+		 "C26 STORE 1 0 (\\Seen) (\\*)\r\n",
+		 USER, x.uidvalidity, hex, hex, hex, hex);
 	stor_mailbox_free(&x);
 	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
 	buf_append_byte(&out, '\0');
@@ -1160,6 +1162,10 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C21 BAD [ARGS]"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C22 BAD [ARGS]"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C23 BAD [ARGS]"));
+	/* Modseq 0 means "assign one", which only a master does for a request
+	 * (SPEC 8.1): a sync's SAVE gives both. */
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C25 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C26 BAD [ARGS]"));
 	/* A parse error is fatal for the link, not for the process. */
 	CU_ASSERT_EQUAL(sync_server_feed(sv, "C24 SAVE (((\r\n", 15), -1);
 	CU_ASSERT_PTR_NOT_NULL(sync_server_error(sv));
