@@ -271,7 +271,7 @@ def t_two_nodes():
     R.check("... with one line on stderr", len(err) == 1, err)
     r, _ = resync(n1, peer=9)
     R.check("resync to an unknown peer exits non-zero",
-            r.returncode != 0 and b"not connected" in r.stderr, r.stderr)
+            r.returncode != 0 and b"not configured" in r.stderr, r.stderr)
     r = n1.cli("resync", "-u", USER, "--peer", "x")
     R.check("resync with a bad peer id is a usage error (2)", r.returncode == 2, r.stderr)
     finish_cluster(c)
