@@ -107,6 +107,22 @@ static void set_flags(struct node *n, const struct guid *mb, uint32_t uid, uint3
 	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
 }
 
+/* +FLAGS / -FLAGS: names only the flags given (a replacing STORE names,
+ * and so changes, every system flag: SPEC.md 10.2). */
+static void store_op(struct node *n, const struct guid *mb, uint32_t uid, enum stor_flag_op op,
+		     uint32_t flags, const char *keyword)
+{
+	struct stor_store req;
+	const char *error;
+	const char *kw[1] = { keyword };
+	memset(&req, 0, sizeof(req));
+	req.op = op;
+	req.flags = flags;
+	req.keywords = kw;
+	req.keyword_count = keyword != NULL ? 1 : 0;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
+}
+
 static void expunge(struct node *n, const struct guid *mb, uint32_t uid)
 {
 	const char *error;
@@ -963,27 +979,16 @@ static void test_bundle_flag_changes_on_both_sides_merge(void)
 		/* u1: \Seen on A, \Flagged and $B on B.  u2: A sets \Seen,
 		 * then B sets it and clears it later; A changes u2 again (a
 		 * keyword) so that its modseq is the higher. */
-		set_flags(&a, &inbox, u1, STOR_FLAG_SEEN, NULL);
-		set_flags(&b, &inbox, u1, STOR_FLAG_FLAGGED, "$B");
-		set_flags(&a, &inbox, u2, STOR_FLAG_SEEN, NULL);
+		store_op(&a, &inbox, u1, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+		store_op(&b, &inbox, u1, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, "$B");
+		store_op(&a, &inbox, u2, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
 		struct timespec ts = { 0, 3 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
-		set_flags(&b, &inbox, u2, STOR_FLAG_SEEN, NULL);
-		set_flags(&b, &inbox, u2, 0, NULL);
-		set_flags(&a, &inbox, u2, STOR_FLAG_SEEN, NULL); /* no change */
-		for (int i = 0; i < 3; i++) {
-			const char *k = i % 2 == 0 ? "$k" : NULL;
-			uint32_t fl = STOR_FLAG_SEEN;
-			struct stor_store req;
-			const char *kw[1] = { k };
-			memset(&req, 0, sizeof(req));
-			req.op = STOR_FLAGS_REPLACE;
-			req.flags = fl;
-			req.keywords = kw;
-			req.keyword_count = k != NULL ? 1 : 0;
-			CU_ASSERT_EQUAL_FATAL(stor_msg_store(a.db, &inbox, &u2, 1, &req, NULL, NULL,
-							     &error), 0);
-		}
+		store_op(&b, &inbox, u2, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+		store_op(&b, &inbox, u2, STOR_FLAGS_REMOVE, STOR_FLAG_SEEN, NULL);
+		for (int i = 0; i < 3; i++)
+			store_op(&a, &inbox, u2, i % 2 == 0 ? STOR_FLAGS_ADD : STOR_FLAGS_REMOVE, 0,
+				 "$k");
 		/* A's last state of u2: \Seen $k; its \Seen change is older
 		 * than B's clear. */
 		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
