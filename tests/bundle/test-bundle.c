@@ -1012,12 +1012,55 @@ static void test_bundle_flag_changes_on_both_sides_merge(void)
 	}
 }
 
+/* A STORE that changes no value is still the user's change of the flags
+ * it names (SPEC.md 10.2), through bundles too: A sets $k2, later B, where
+ * $k2 was never set, clears it; after the exchange it is clear on both,
+ * whichever node imports first. */
+static void test_bundle_noop_clear_later_wins(void)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		struct node a, b;
+		struct buf bundle = BUF_INIT;
+		const char *error;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid inbox = mk_mailbox(&a, USER, "INBOX", NULL);
+		uint32_t u = append(&a, &inbox, "Subject: k2\r\n\r\nk2\r\n", 0);
+		export_from(&a, false, &bundle, NULL);
+		import_ok(&b, &bundle, NULL);
+		export_from(&b, true, &bundle, NULL);
+		import_ok(&a, &bundle, NULL);
+		CU_ASSERT_TRUE_FATAL(dumps_equal(&a, &b));
+		store_op(&a, &inbox, u, STOR_FLAGS_ADD, 0, "$k2");
+		struct timespec ts = { 0, 3 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+		store_op(&b, &inbox, u, STOR_FLAGS_REMOVE, 0, "$k2");
+		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
+		export_from(first, true, &bundle, NULL);
+		import_ok(second, &bundle, NULL);
+		export_from(second, true, &bundle, NULL);
+		import_ok(first, &bundle, NULL);
+		CU_ASSERT_TRUE(dumps_equal(&a, &b));
+		struct stor_msg m;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &inbox, u, &m, &error), 1);
+		CU_ASSERT_EQUAL(m.keywords.count, 0);
+		stor_msg_free(&m);
+		CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &inbox, u, &m, &error), 1);
+		CU_ASSERT_EQUAL(m.keywords.count, 0);
+		stor_msg_free(&m);
+		buf_free(&bundle);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
 static const struct test_case bundle_cases[] = {
 	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },
 	{ "later flag changes win", test_bundle_later_flag_changes_win },
 	{ "flag changes on both sides merge", test_bundle_flag_changes_on_both_sides_merge },
+	{ "a later STORE that changes no value wins (flag-holds)", test_bundle_noop_clear_later_wins },
 	{ "random changes converge", test_bundle_random_changes_converge },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
