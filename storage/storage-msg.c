@@ -342,10 +342,57 @@ static void stamps_update(struct stor_msg *msg, uint32_t oflags, const stor_stri
 			stamp_set(&msg->stamps, name, msg->modseq, given[i].time_ms);
 			continue;
 		}
-		/* The same value here: only the time of the change kept. */
+		/* The same value here.  A later time is a user's action this
+		 * copy has not seen (a STORE that changed no value, SPEC.md
+		 * 10.2): it counts as a change of this modseq, so a sync with a
+		 * third node still sees it.  Otherwise only the time is kept. */
+		uint64_t lm;
+		int64_t lt;
+		stor_msg_stamp(msg, name, &lm, &lt);
 		struct stor_stamp *st = stamp_find(&msg->stamps, name);
-		if (st != NULL)
+		if (given[i].time_ms > lt)
+			stamp_set(&msg->stamps, name, msg->modseq, given[i].time_ms);
+		else if (st != NULL)
 			st->time_ms = given[i].time_ms;
+	}
+	stamps_bound(msg);
+}
+
+/* A user's STORE acts on every flag it names, also on those whose value
+ * stays (SPEC.md 10.2): +FLAGS/-FLAGS the listed ones, FLAGS every system
+ * flag and every keyword of the old or the new set.  Each gets this
+ * change's stamp unless the value change just gave it one. */
+static bool store_names_flags(const struct stor_store *req, const stor_string_list *req_kw)
+{
+	return req->op == STOR_FLAGS_REPLACE || (req->flags & STOR_FLAGS_ALL) != 0 ||
+	       req_kw->count > 0;
+}
+
+static void stamp_named(struct stor_msg *msg, const struct stor_store *req,
+			const stor_string_list *req_kw, const stor_string_list *okw,
+			int64_t now_ms)
+{
+	uint32_t bits = req->op == STOR_FLAGS_REPLACE ? STOR_FLAGS_ALL : req->flags;
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
+		if ((bits & bit) == 0)
+			continue;
+		const char *name = stor_flag_name((enum stor_flag)bit);
+		uint64_t ms;
+		int64_t t;
+		stor_msg_stamp(msg, name, &ms, &t);
+		if (ms != msg->modseq)
+			stamp_change(msg, name, req->time_ms, now_ms);
+	}
+	const stor_string_list *lists[2] = { req_kw, req->op == STOR_FLAGS_REPLACE ? okw : NULL };
+	for (size_t l = 0; l < 2; l++) {
+		for (size_t i = 0; lists[l] != NULL && i < lists[l]->count; i++) {
+			const char *name = lists[l]->items[i];
+			uint64_t ms;
+			int64_t t;
+			stor_msg_stamp(msg, name, &ms, &t);
+			if (ms != msg->modseq)
+				stamp_change(msg, name, req->time_ms, now_ms);
+		}
 	}
 	stamps_bound(msg);
 }
@@ -814,6 +861,7 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		goto cleanup;
 	uint64_t assigned = 0;
 	uint32_t rflags = req->flags & STOR_FLAGS_ALL;
+	bool names_flags = store_names_flags(req, &req_kw);
 	int64_t now_ms = stor_now_ms();
 	for (size_t i = 0; i < nuids; i++) {
 		struct stor_msg msg;
@@ -852,11 +900,14 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 			ARRAY_PUSH(&given, req->stamps[g]);
 		if (req->keep_later_local)
 			keep_later_local(&msg, &nflags, &nkw, &given);
-		/* A master's change that changes nothing keeps the modseq
-		 * (RFC 7162); a replica still adopts the master's newer
-		 * modseq, so that modseqs converge. */
+		/* A change made here (modseq 0) that names no flag changes
+		 * nothing and keeps the modseq; one that names a flag is a
+		 * change of that flag even when its value stays (SPEC.md
+		 * 10.2): it needs a modseq so that replication and syncs see
+		 * it.  A replica adopts the master's newer modseq anyway, so
+		 * that modseqs converge. */
 		if (nflags == msg.flags && keywords_equal(&nkw, &msg.keywords) &&
-		    req->modseq == 0) {
+		    req->modseq == 0 && !names_flags) {
 			ARRAY_FREE(&given);
 			stor_string_list_free(&nkw);
 			stor_msg_free(&msg);
@@ -870,6 +921,8 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		msg.flags = nflags;
 		msg.modseq = call_modseq(&tm->mb, req->modseq, &assigned);
 		stamps_update(&msg, oflags, &okw, req->time_ms, now_ms, given.items, given.count);
+		if (req->modseq == 0 && names_flags)
+			stamp_named(&msg, req, &req_kw, &okw, now_ms);
 		ARRAY_FREE(&given);
 		stor_string_list_free(&okw);
 		msg_put(&txn, mailbox, &msg);

@@ -368,8 +368,11 @@ struct stor_store {
 	uint64_t unchangedsince;
 	/* Every flag whose value changes gets the stamp (the new modseq, the
 	 * time); time 0 is a change made here: now, but after the flag's
-	 * previous change.  Flags named in stamps (a merge's decision, a
-	 * peer's change) take that stamp's time, also when their value stays
+	 * previous change.  A change made here (modseq 0) stamps every flag
+	 * it names, also those whose value stays (SPEC.md 10.2).  Flags named
+	 * in stamps (a merge's decision, a peer's change) take that stamp's
+	 * time, also when their value stays: a later time than this copy's
+	 * with the new modseq (a change it had not seen), else the time only
 	 * (if they have a stamp). */
 	int64_t time_ms;
 	const struct stor_stamp *stamps;
@@ -383,7 +386,8 @@ struct stor_store {
 
 /* Changes flags of the messages with the given UIDs (missing UIDs are
  * skipped).  Each changed message gets the new modseq; a message whose
- * flags would not change keeps its modseq.  Changed messages are appended
+ * flags would not change keeps its modseq, unless the change is made here
+ * (modseq 0) and names a flag: that is a change of the named flags.  Changed messages are appended
  * to *changed_r (may be NULL) with their new state; UIDs refused by
  * UNCHANGEDSINCE to *failed_r (may be NULL). */
 typedef ARRAY(uint32_t) stor_uid_list;

@@ -107,6 +107,22 @@ static void set_flags(struct node *n, const struct guid *mb, uint32_t uid, uint3
 	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
 }
 
+/* +FLAGS / -FLAGS: names only the flags given (a replacing STORE names,
+ * and so changes, every system flag: SPEC.md 10.2). */
+static void store_op(struct node *n, const struct guid *mb, uint32_t uid, enum stor_flag_op op,
+		     uint32_t flags, const char *keyword)
+{
+	struct stor_store req;
+	const char *error;
+	const char *kw[1] = { keyword };
+	memset(&req, 0, sizeof(req));
+	req.op = op;
+	req.flags = flags;
+	req.keywords = kw;
+	req.keyword_count = keyword != NULL ? 1 : 0;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
+}
+
 static void expunge(struct node *n, const struct guid *mb, uint32_t uid)
 {
 	const char *error;
@@ -994,27 +1010,16 @@ static void test_bundle_flag_changes_on_both_sides_merge(void)
 		/* u1: \Seen on A, \Flagged and $B on B.  u2: A sets \Seen,
 		 * then B sets it and clears it later; A changes u2 again (a
 		 * keyword) so that its modseq is the higher. */
-		set_flags(&a, &inbox, u1, STOR_FLAG_SEEN, NULL);
-		set_flags(&b, &inbox, u1, STOR_FLAG_FLAGGED, "$B");
-		set_flags(&a, &inbox, u2, STOR_FLAG_SEEN, NULL);
+		store_op(&a, &inbox, u1, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+		store_op(&b, &inbox, u1, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, "$B");
+		store_op(&a, &inbox, u2, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
 		struct timespec ts = { 0, 3 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
-		set_flags(&b, &inbox, u2, STOR_FLAG_SEEN, NULL);
-		set_flags(&b, &inbox, u2, 0, NULL);
-		set_flags(&a, &inbox, u2, STOR_FLAG_SEEN, NULL); /* no change */
-		for (int i = 0; i < 3; i++) {
-			const char *k = i % 2 == 0 ? "$k" : NULL;
-			uint32_t fl = STOR_FLAG_SEEN;
-			struct stor_store req;
-			const char *kw[1] = { k };
-			memset(&req, 0, sizeof(req));
-			req.op = STOR_FLAGS_REPLACE;
-			req.flags = fl;
-			req.keywords = kw;
-			req.keyword_count = k != NULL ? 1 : 0;
-			CU_ASSERT_EQUAL_FATAL(stor_msg_store(a.db, &inbox, &u2, 1, &req, NULL, NULL,
-							     &error), 0);
-		}
+		store_op(&b, &inbox, u2, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+		store_op(&b, &inbox, u2, STOR_FLAGS_REMOVE, STOR_FLAG_SEEN, NULL);
+		for (int i = 0; i < 3; i++)
+			store_op(&a, &inbox, u2, i % 2 == 0 ? STOR_FLAGS_ADD : STOR_FLAGS_REMOVE, 0,
+				 "$k");
 		/* A's last state of u2: \Seen $k; its \Seen change is older
 		 * than B's clear. */
 		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
@@ -1038,12 +1043,55 @@ static void test_bundle_flag_changes_on_both_sides_merge(void)
 	}
 }
 
+/* A STORE that changes no value is still the user's change of the flags
+ * it names (SPEC.md 10.2), through bundles too: A sets $k2, later B, where
+ * $k2 was never set, clears it; after the exchange it is clear on both,
+ * whichever node imports first. */
+static void test_bundle_noop_clear_later_wins(void)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		struct node a, b;
+		struct buf bundle = BUF_INIT;
+		const char *error;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid inbox = mk_mailbox(&a, USER, "INBOX", NULL);
+		uint32_t u = append(&a, &inbox, "Subject: k2\r\n\r\nk2\r\n", 0);
+		export_from(&a, false, &bundle, NULL);
+		import_ok(&b, &bundle, NULL);
+		export_from(&b, true, &bundle, NULL);
+		import_ok(&a, &bundle, NULL);
+		CU_ASSERT_TRUE_FATAL(dumps_equal(&a, &b));
+		store_op(&a, &inbox, u, STOR_FLAGS_ADD, 0, "$k2");
+		struct timespec ts = { 0, 3 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+		store_op(&b, &inbox, u, STOR_FLAGS_REMOVE, 0, "$k2");
+		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
+		export_from(first, true, &bundle, NULL);
+		import_ok(second, &bundle, NULL);
+		export_from(second, true, &bundle, NULL);
+		import_ok(first, &bundle, NULL);
+		CU_ASSERT_TRUE(dumps_equal(&a, &b));
+		struct stor_msg m;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &inbox, u, &m, &error), 1);
+		CU_ASSERT_EQUAL(m.keywords.count, 0);
+		stor_msg_free(&m);
+		CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &inbox, u, &m, &error), 1);
+		CU_ASSERT_EQUAL(m.keywords.count, 0);
+		stor_msg_free(&m);
+		buf_free(&bundle);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
 static const struct test_case bundle_cases[] = {
 	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },
 	{ "later flag changes win", test_bundle_later_flag_changes_win },
 	{ "flag changes on both sides merge", test_bundle_flag_changes_on_both_sides_merge },
+	{ "a later STORE that changes no value wins (flag-holds)", test_bundle_noop_clear_later_wins },
 	{ "random changes converge", test_bundle_random_changes_converge },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },

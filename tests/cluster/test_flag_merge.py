@@ -11,6 +11,10 @@ proxy, through IMAP and `starling dump` only:
     three changes hold everywhere;
   - the same flag changed both ways: node 1 sets \\Seen, node 2 clears it
     later; the later change (the clear) wins everywhere;
+  - a STORE that changes no value still counts (the fault campaign's
+    flag-holds, partition seed 1): node 3 sets $k2, later node 1, where
+    $k2 was never set, does -FLAGS ($k2 \\Answered); the later clear
+    wins everywhere;
   - the same as the first through the sync engine alone: node 1 runs
     without peers (what it writes is in no replication log), and the
     periodic check brings the sides together after it rejoins.
@@ -33,7 +37,7 @@ from harness.starling import Cluster  # noqa: E402
 
 R = Report("test-flag-merge")
 PASSWORD = "secret"
-USERS = ["fm%d@example.com" % i for i in range(1, 5)]
+USERS = ["fm%d@example.com" % i for i in range(1, 6)]
 # After the heal: link catch-up, then the resync it queues (or the
 # periodic check, run every CHECK seconds here).
 HEAL = 90.0
@@ -248,6 +252,29 @@ def t_later_change_wins():
             "keywords too, within %.0f s" % HEAL, t is not None, views)
 
 
+def t_noop_clear_later():
+    c = CLUSTER
+    usr = USERS[4]
+    if not prepare(c, usr, 2):
+        return
+    R.check("node 1 is cut from nodes 2 and 3", partition(c))
+    try:
+        r = store(c.nodes[2], usr, "+FLAGS ($k2)")
+        R.check("node 3: +FLAGS ($k2) OK", r.ok, r)
+        time.sleep(0.05)
+        # Changes no value on node 1 ($k2 was never set there): still
+        # the user's later action on $k2 and \Answered.
+        r = store(c.nodes[0], usr, "-FLAGS ($k2 \\Answered)")
+        R.check("node 1: -FLAGS ($k2 \\Answered) OK", r.ok, r)
+    finally:
+        heal(c)
+    t, views = wait_until(lambda: converged(c.nodes, usr, lambda u, f: f == []), HEAL)
+    R.check("after the heal node 1's later no-op clear of $k2 holds everywhere, within "
+            "%.0f s" % HEAL, t is not None, views)
+    if t is not None:
+        print("measured: no-op clear converged %.2f s after the links were back" % t)
+
+
 def t_through_resync():
     c = CLUSTER
     usr = USERS[3]
@@ -285,6 +312,8 @@ def main():
         R.section("partition: keywords added and removed on both sides", t_keywords)
         R.section("partition: the same flag set on one side, cleared later on the other",
                   t_later_change_wins)
+        R.section("partition: $k2 set on node 3, a no-op clear later on node 1",
+                  t_noop_clear_later)
         R.section("node 1 alone sets \\Seen, node 2 \\Flagged, the periodic check merges",
                   t_through_resync)
         CLUSTER.close()

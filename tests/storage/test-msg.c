@@ -259,28 +259,30 @@ static void test_store_changes_flags_and_bumps_modseq(void)
 	CU_ASSERT_EQUAL(mb.highestmodseq, 4);
 	stor_mailbox_free(&mb);
 
-	/* Adding what is there (keyword in other case) changes nothing and
-	 * keeps the modseq. */
+	/* Adding what is there (keyword in other case) changes no value but
+	 * is a change of the flags it names (SPEC.md 10.2): a new modseq. */
 	req.keywords = kwl;
 	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, uids, 1, &req, &changed, NULL, &error), 0);
-	CU_ASSERT_EQUAL(changed.count, 0);
+	CU_ASSERT_EQUAL(changed.count, 1);
 	stor_msg_list_free(&changed);
 	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
-	CU_ASSERT_EQUAL(msg.modseq, 4);
+	CU_ASSERT_EQUAL(msg.modseq, 5);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
 	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 1);
 	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "Work");
 	stor_msg_free(&msg);
 
-	/* Remove, case-insensitively; missing UID 99 is skipped. */
+	/* Remove, case-insensitively; missing UID 99 is skipped (3, which
+	 * holds neither, still counts: the STORE named its flags). */
 	req.op = STOR_FLAGS_REMOVE;
 	req.flags = STOR_FLAG_SEEN;
 	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, uids, 4, &req, &changed, NULL, &error), 0);
-	CU_ASSERT_EQUAL(changed.count, 2);
+	CU_ASSERT_EQUAL(changed.count, 3);
 	stor_msg_list_free(&changed);
 	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
 	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_FLAGGED);
 	CU_ASSERT_EQUAL(msg.keywords.count, 0);
-	CU_ASSERT_EQUAL(msg.modseq, 5);
+	CU_ASSERT_EQUAL(msg.modseq, 6);
 	stor_msg_free(&msg);
 
 	/* Replace. */
@@ -345,7 +347,8 @@ static void test_store_with_older_replica_modseq_is_ignored(void)
 	CU_ASSERT_EQUAL(msg.modseq, 10);
 	stor_msg_free(&msg);
 	/* A newer master modseq that changes no flag is still adopted, so
-	 * modseqs converge; a master-side no-op keeps the modseq. */
+	 * modseqs converge; a master-side STORE that names no flag keeps the
+	 * modseq. */
 	stor_msg_list changed = ARRAY_INIT;
 	req.op = STOR_FLAGS_ADD;
 	req.modseq = 12;
@@ -354,6 +357,7 @@ static void test_store_with_older_replica_modseq_is_ignored(void)
 	CU_ASSERT_EQUAL(changed.items[0].modseq, 12);
 	stor_msg_list_free(&changed);
 	req.modseq = 0;
+	req.flags = 0;
 	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, &changed, NULL, &error), 0);
 	CU_ASSERT_EQUAL(changed.count, 0);
 	stor_msg_list_free(&changed);
@@ -976,6 +980,98 @@ static void test_replica_store_keeps_later_local_changes(void)
 	tstore_close(&t);
 }
 
+/* A user's STORE acts on every flag it names, also on those whose value
+ * stays (SPEC.md 10.2): each gets this change's stamp (its modseq, now),
+ * and the message a new modseq, so that replication and syncs carry it: a
+ * later "-FLAGS ($k)" on a copy where $k is already clear must still beat
+ * an earlier "+FLAGS ($k)" made elsewhere (the fault campaign's
+ * flag-holds, partition seed 1).  A replica applying a peer's later time
+ * for a flag whose value stays takes it with its own modseq. */
+static void test_store_stamps_the_flags_it_names(void)
+{
+	struct tstore t;
+	uint64_t ms;
+	int64_t tm;
+	struct stor_msg msg;
+	stor_msg_list changed = ARRAY_INIT;
+	const char *error;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	uint32_t u = tappend(t.db, &g, 0, "named", STOR_FLAG_SEEN); /* modseq 1 */
+	/* -FLAGS ($k2 \Answered): neither is set. */
+	const char *k2[] = { "$k2" };
+	struct stor_store req;
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_REMOVE;
+	req.flags = STOR_FLAG_ANSWERED;
+	req.keywords = k2;
+	req.keyword_count = 1;
+	req.time_ms = 5000;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u, 1, &req, &changed, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(changed.count, 1);
+	CU_ASSERT_EQUAL(changed.items[0].modseq, 2);
+	stor_msg_list_free(&changed);
+	stamp_of(t.db, &g, u, "$K2", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	CU_ASSERT_EQUAL(tm, 5000);
+	stamp_of(t.db, &g, u, "\\Answered", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	CU_ASSERT_EQUAL(tm, 5000);
+	stamp_of(t.db, &g, u, "\\Seen", &ms, &tm); /* not named */
+	CU_ASSERT_EQUAL(ms, 1);
+	/* +FLAGS (\Seen): already set, named. */
+	store_one(t.db, &g, u, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL, 0, 6000);
+	stamp_of(t.db, &g, u, "\\Seen", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 3);
+	CU_ASSERT_EQUAL(tm, 6000);
+	/* FLAGS ($New): every system flag, the old and the new keywords. */
+	const char *knew[] = { "$New" };
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_REPLACE;
+	req.keywords = knew;
+	req.keyword_count = 1;
+	req.time_ms = 7000;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	const char *all[] = { "\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "$New" };
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		stamp_of(t.db, &g, u, all[i], &ms, &tm);
+		CU_ASSERT_EQUAL(ms, 4);
+		CU_ASSERT_EQUAL(tm, 7000);
+	}
+	/* $k2, no longer named, keeps its stamp. */
+	stamp_of(t.db, &g, u, "$k2", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 2);
+	/* A STORE that names no flag changes nothing and keeps the modseq. */
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u, 1, &req, &changed, NULL, &error), 0);
+	CU_ASSERT_EQUAL(changed.count, 0);
+	stor_msg_list_free(&changed);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, u, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.modseq, 4);
+	stor_msg_free(&msg);
+	/* A replica applying the master's whole state: $k2 stays clear, but
+	 * the master's later time for it counts as a change at the replica's
+	 * new modseq; an earlier time changes no modseq. */
+	struct stor_stamp st[] = { { "$k2", 40, 9000 }, { "$New", 40, 100 } };
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_REPLACE;
+	req.keywords = knew;
+	req.keyword_count = 1;
+	req.modseq = 10;
+	req.stamps = st;
+	req.stamp_count = 2;
+	req.keep_later_local = true;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u, 1, &req, NULL, NULL, &error), 0);
+	stamp_of(t.db, &g, u, "$k2", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 10);
+	CU_ASSERT_EQUAL(tm, 9000);
+	stamp_of(t.db, &g, u, "$New", &ms, &tm);
+	CU_ASSERT_EQUAL(ms, 4);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
 const struct test_case storage_msg_cases[] = {
 	{ "dedupe keeps the highest UID of a GUID", test_dedupe_keeps_the_highest_uid_of_a_guid },
 	{ "append assigns UIDs and modseqs", test_append_assigns_uids_and_modseqs },
@@ -996,6 +1092,7 @@ const struct test_case storage_msg_cases[] = {
 	{ "dump is canonical text", test_dump_is_canonical_text },
 	{ "flag names", test_flag_names },
 	{ "store stamps the flags it changes", test_store_stamps_the_flags_it_changes },
+	{ "store stamps the flags it names, also unchanged ones", test_store_stamps_the_flags_it_names },
 	{ "flag stamps are bounded", test_stamps_are_bounded },
 	{ "append with a peer's stamps", test_append_with_given_stamps },
 	{ "a replica keeps the flags it changed later", test_replica_store_keeps_later_local_changes },

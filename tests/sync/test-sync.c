@@ -121,6 +121,20 @@ static void set_flags(struct node *n, const struct guid *mb, uint32_t uid, uint3
 	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
 }
 
+static void store_kw(struct node *n, const struct guid *mb, uint32_t uid, enum stor_flag_op op,
+		     uint32_t flags, const char *kw)
+{
+	struct stor_store req;
+	const char *error;
+	const char *kws[1] = { kw };
+	memset(&req, 0, sizeof(req));
+	req.op = op;
+	req.flags = flags;
+	req.keywords = kws;
+	req.keyword_count = kw != NULL ? 1 : 0;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
+}
+
 static void expunge(struct node *n, const struct guid *mb, uint32_t uid)
 {
 	const char *error;
@@ -450,13 +464,17 @@ static void test_sync_flag_changes_merge_per_flag(void)
 	/* Message 1: A sets \Seen, B \Flagged then \Answered: different
 	 * flags, all kept.  Message 2: A sets \Seen, then \Draft, then only
 	 * \Deleted (A changed \Seen and \Draft back), B sets \Answered. */
-	set_flags(&a, &mb, u1, STOR_FLAG_SEEN);
-	set_flags(&b, &mb, u1, STOR_FLAG_FLAGGED);
-	set_flags(&b, &mb, u1, STOR_FLAG_FLAGGED | STOR_FLAG_ANSWERED);
-	set_flags(&a, &mb, u2, STOR_FLAG_SEEN);
-	set_flags(&a, &mb, u2, STOR_FLAG_DRAFT);
-	set_flags(&a, &mb, u2, STOR_FLAG_DELETED);
-	set_flags(&b, &mb, u2, STOR_FLAG_ANSWERED);
+	/* +FLAGS and -FLAGS: a replacing STORE would name (and so change,
+	 * SPEC.md 10.2) every system flag. */
+	store_kw(&a, &mb, u1, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+	store_kw(&b, &mb, u1, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
+	store_kw(&b, &mb, u1, STOR_FLAGS_ADD, STOR_FLAG_ANSWERED, NULL);
+	store_kw(&a, &mb, u2, STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+	store_kw(&a, &mb, u2, STOR_FLAGS_REMOVE, STOR_FLAG_SEEN, NULL);
+	store_kw(&a, &mb, u2, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, NULL);
+	store_kw(&a, &mb, u2, STOR_FLAGS_REMOVE, STOR_FLAG_DRAFT, NULL);
+	store_kw(&a, &mb, u2, STOR_FLAGS_ADD, STOR_FLAG_DELETED, NULL);
+	store_kw(&b, &mb, u2, STOR_FLAGS_ADD, STOR_FLAG_ANSWERED, NULL);
 	run_sync(&a, &b, false, 32);
 	CU_ASSERT(dumps_equal(&a, &b));
 	struct stor_msg m;
@@ -1703,20 +1721,6 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 
 /* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ---- */
 
-static void store_kw(struct node *n, const struct guid *mb, uint32_t uid, enum stor_flag_op op,
-		     uint32_t flags, const char *kw)
-{
-	struct stor_store req;
-	const char *error;
-	const char *kws[1] = { kw };
-	memset(&req, 0, sizeof(req));
-	req.op = op;
-	req.flags = flags;
-	req.keywords = kws;
-	req.keyword_count = kw != NULL ? 1 : 0;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_store(n->db, mb, &uid, 1, &req, NULL, NULL, &error), 0);
-}
-
 static struct stor_msg get_msg(struct node *n, const struct guid *mb, uint32_t uid)
 {
 	struct stor_msg m;
@@ -1776,10 +1780,10 @@ static void test_sync_flag_merge_disjoint_flags_kept(void)
 		run_sync(cl, sv, false, 60 + (uint32_t)variant);
 		/* variant bit 1: B's modseqs end higher (it changes twice). */
 		for (int i = 0; i < 6; i++) {
-			set_flags(&a, &mb, uids[i], STOR_FLAG_SEEN);
-			set_flags(&b, &mb, uids[i], STOR_FLAG_FLAGGED);
+			store_kw(&a, &mb, uids[i], STOR_FLAGS_ADD, STOR_FLAG_SEEN, NULL);
+			store_kw(&b, &mb, uids[i], STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
 			if ((variant & 2) != 0)
-				set_flags(&b, &mb, uids[i], STOR_FLAG_FLAGGED);
+				store_kw(&b, &mb, uids[i], STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
 			if ((variant & 2) != 0)
 				store_kw(&b, &mb, uids[i], STOR_FLAGS_ADD, 0, "$x");
 			if ((variant & 2) != 0)
@@ -1885,6 +1889,54 @@ static void test_sync_flag_merge_keywords(void)
 		CU_ASSERT_STRING_EQUAL(k, "$C $D");
 		free(k);
 		CU_ASSERT_EQUAL(flags_of(&b, &mb, u), STOR_FLAG_SEEN);
+		CU_ASSERT(dumps_equal(&a, &b));
+		check_modseqs_equal(&a, &b, &mb);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
+/* A STORE that changes no value is still the user's action on the flags
+ * it names (SPEC.md 10.2): A sets $k2; later, B, where $k2 was never set,
+ * does -FLAGS ($k2).  After a sync $k2 is clear on both (it stayed set:
+ * the fault campaign's flag-holds, partition seed 1).  In the other order
+ * (B's no-op clear first, A's set later) it is set on both.  Either side
+ * drives the sync; the side that set $k2 has the higher modseq. */
+static void test_sync_flag_merge_noop_store_counts(void)
+{
+	for (int variant = 0; variant < 4; variant++) {
+		bool clear_later = (variant & 1) == 0;
+		bool a_is_client = (variant & 2) == 0;
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		uint32_t u = append(&a, &mb, "noop\r\n", 0, NULL);
+		uint32_t other = append(&a, &mb, "other\r\n", 0, NULL);
+		run_sync(&a, &b, false, 130 + (uint32_t)variant);
+		for (int i = 0; i < 3; i++)
+			set_flags(&a, &mb, other, i % 2 ? STOR_FLAG_DRAFT : 0);
+		if (clear_later) {
+			store_kw(&a, &mb, u, STOR_FLAGS_ADD, 0, "$k2");
+			clock_step();
+			store_kw(&b, &mb, u, STOR_FLAGS_REMOVE, STOR_FLAG_ANSWERED, "$k2");
+		} else {
+			store_kw(&b, &mb, u, STOR_FLAGS_REMOVE, STOR_FLAG_ANSWERED, "$k2");
+			clock_step();
+			store_kw(&a, &mb, u, STOR_FLAGS_ADD, 0, "$k2");
+		}
+		if (a_is_client)
+			run_sync(&a, &b, false, 140 + (uint32_t)variant);
+		else
+			run_sync(&b, &a, false, 140 + (uint32_t)variant);
+		const char *want = clear_later ? "" : "$k2";
+		char *k = keywords_of(&a, &mb, u);
+		CU_ASSERT_STRING_EQUAL(k, want);
+		free(k);
+		k = keywords_of(&b, &mb, u);
+		CU_ASSERT_STRING_EQUAL(k, want);
+		free(k);
+		CU_ASSERT_EQUAL(flags_of(&a, &mb, u), 0);
 		CU_ASSERT(dumps_equal(&a, &b));
 		check_modseqs_equal(&a, &b, &mb);
 		node_close(&a);
@@ -2382,6 +2434,8 @@ static const struct test_case sync_cases[] = {
 	{ "same flag changed both ways: the later change wins", test_sync_flag_merge_later_change_wins },
 	{ "keywords added and removed on both sides merge", test_sync_flag_merge_keywords },
 	{ "a side that changed no flag takes the other's", test_sync_flag_merge_one_side_only },
+	{ "a later STORE that changes no value still wins (flag-holds)",
+	  test_sync_flag_merge_noop_store_counts },
 	{ "records without stamps merge as before (higher modseq)",
 	  test_sync_flag_merge_old_records },
 	{ "stamps survive a second sync and a third node", test_sync_flag_merge_three_nodes },
