@@ -277,7 +277,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	}
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
-	bool seen_guids = false, seen_stamps = false;
+	bool seen_guids = false, seen_stamps = false, seen_epoch = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -305,6 +305,12 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			   (info->flags & PROTO_CMDF_OPT_ORIGIN) != 0) {
 			seen_origin = true;
 			ok = check_arg('i', val);
+		} else if (strcasecmp(key->str, "EPOCH") == 0 && !seen_epoch &&
+			   (info->flags & PROTO_CMDF_OPT_ORIGIN) != 0) {
+			/* The sender's mastership epoch (SPEC 6.3): wherever ORIGIN
+			 * may be, so on forwarded requests and streamed changes. */
+			seen_epoch = true;
+			ok = check_arg('n', val) && strcmp(val->str, "0") != 0;
 		} else if (strcasecmp(key->str, "GUIDS") == 0 && !seen_guids &&
 			   (info->flags & PROTO_CMDF_OPT_GUIDS) != 0) {
 			seen_guids = true;
@@ -339,6 +345,7 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 		strcasecmp(key, "UNCHANGEDSINCE") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_SPECIAL_USE) != 0 && strcasecmp(key, "SPECIAL-USE") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "ORIGIN") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "EPOCH") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0);
 }

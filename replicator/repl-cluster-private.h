@@ -218,7 +218,48 @@ struct repl_cluster {
 	uint64_t relayed_changes;
 	bool own_notify;               /* announcing a change made through us */
 	bool destroying;
+	/* Users this node is new master of and still catching up
+	 * (repl-handover.c). */
+	ARRAY(struct cl_catchup) catchups;
 };
+
+/* ---- repl-handover.c: safe handovers (SPEC.md 9.8) ---- */
+
+/* A new master serves no write of the user for at most this long while
+ * it catches up (below CL_FORWARD_TIMEOUT_MS: a forwarder answered
+ * TRYLATER meanwhile gets served, not sent autonomous). */
+#define CL_CATCHUP_MAX_MS 8000u
+#define CL_CATCHUP_MAX 4096u
+
+/* Why a request or a change with ORIGIN was refused: status "NO" or
+ * "BAD", the response code and a text. */
+struct cl_refusal {
+	const char *status;
+	char code[96];
+	char text[128];
+};
+
+/* This node became master of a granule of user: the user's writes wait
+ * until a resync with every up peer, started now, found them equal. */
+void cl_handover_gained(struct repl_cluster *cl, const char *user);
+/* True while this node, as new master, still catches up with user. */
+bool cl_handover_waiting(struct repl_cluster *cl, const char *user);
+void cl_handover_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev,
+			    const char *user, uint32_t sid);
+void cl_handover_link_down(struct repl_cluster *cl, uint32_t sid);
+size_t cl_handover_count(const struct repl_cluster *cl);
+void cl_handover_free(struct repl_cluster *cl);
+/* Writes `EPOCH <epoch>` (0: this node's current epoch). */
+void cl_handover_wr_epoch(struct repl_cluster *cl, struct proto_wr *w, uint64_t epoch);
+/* A request to this node as master (no ORIGIN): its EPOCH, when given,
+ * must be ours, and we must not be catching up.  0, or -1 with *r. */
+int cl_handover_check_forward(struct repl_cluster *cl, const struct proto_cmd *cmd, size_t npos,
+			      const char *user, struct cl_refusal *r);
+/* A message change with ORIGIN: it must carry our epoch, and origin must
+ * not contradict the master this node knows for the granule. */
+int cl_handover_check_origin(struct repl_cluster *cl, const struct proto_cmd *cmd, size_t npos,
+			     uint32_t origin, const char *user, const struct guid *mailbox,
+			     struct cl_refusal *r);
 
 /* ---- repl-stream.c ---- */
 

@@ -333,6 +333,7 @@ struct cl_fwd {
 	unsigned attempts;
 	uint64_t busy_since;          /* clock_mono_ms() when a resync first held it */
 	uint32_t master;
+	uint64_t epoch;               /* ours when the master was named (SPEC 6.3 EPOCH) */
 	uint32_t to;                  /* the master, when peer only relays (6.3 TO) */
 	struct cl_peer *peer;         /* while forwarded */
 	bool sent_nil;                /* APPEND sent its text as NIL */
@@ -767,6 +768,14 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		fwd_wait(f, text);
 		return;
 	}
+	if (proto_code_has(line, "STALE")) {
+		/* The master has moved on to a newer epoch: ask again once
+		 * this node adopted it (the root's STALE-EPOCH brings it). */
+		if (f->cl->mm != NULL && f->master != 0)
+			repl_mm_forget_master(f->cl->mm, f->gkey, f->master);
+		fwd_wait(f, text);
+		return;
+	}
 	if (proto_code_has(line, "NOTMASTER") ||
 	    proto_code_has(line, "NONEXISTENT") || proto_code_has(line, "UIDVALIDITY")) {
 		fwd_again(f, text);
@@ -902,6 +911,7 @@ static void fwd_send(struct cl_fwd *f)
 		proto_wr_atom(w, "TO");
 		proto_wr_u64(w, f->to);
 	}
+	cl_handover_wr_epoch(f->cl, w, f->epoch);
 	proto_conn_cmd_send(p->conn, CL_FORWARD_TIMEOUT_MS, fwd_reply_cb, f);
 }
 
@@ -998,7 +1008,14 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 		return;
 	}
 	f->master = ans->master;
+	f->epoch = ans->epoch;
 	if (ans->am_master) {
+		if (cl_handover_waiting(f->cl, f->user)) {
+			/* New master here, still catching up (bounded). */
+			ev_timer_set(&f->retry, CL_HELD_RETRY_S, 0.);
+			ev_timer_start(f->cl->loop, &f->retry);
+			return;
+		}
 		fwd_as_master(f);
 		return;
 	}
@@ -1543,6 +1560,7 @@ static void cl_destroy(struct repl *r)
 	for (size_t i = 0; i < cl->under.count; i++)
 		free(cl->under.items[i].user);
 	ARRAY_FREE(&cl->under);
+	cl_handover_free(cl);
 	repl_watch_remove(cl->local, inner_watch, cl);
 	repl_destroy(&cl->local);
 	/* Whoever asked is gone by now (starlingd flushed before it closed the
@@ -1595,6 +1613,7 @@ static void sync_peer_event(void *ctx, enum repl_sync_peer_event ev, const char 
 			    uint32_t sid)
 {
 	cl_stream_sync_event(ctx, ev, user, sid);
+	cl_handover_sync_event(ctx, ev, user, sid);
 }
 
 static void sync_idle(void *ctx)
@@ -1607,9 +1626,11 @@ static void sync_idle(void *ctx)
 /* A new master cannot know what the old one streamed to whom before it
  * died or let go: replicas may each lack a different change whose modseq
  * is below what they report, which streaming (it resumes above a peer's
- * HIGHESTMODSEQ) would never send.  A resync of the granule's user with
- * every peer settles it; when nothing differs it costs one LIST per peer.
- * Domain and global granules name no user: the periodic check covers them. */
+ * HIGHESTMODSEQ) would never send, or hold one this node lacks.  A resync
+ * of the granule's user with every peer settles it, and the user's writes
+ * wait for it (repl-handover.c); when nothing differs it costs one LIST
+ * per peer.  Domain and global granules name no user: the periodic check
+ * covers them. */
 static void mastership_gained(void *ctx, const char *gkey)
 {
 	struct repl_cluster *cl = ctx;
@@ -1630,17 +1651,9 @@ static void mastership_gained(void *ctx, const char *gkey)
 		return;
 	memcpy(user, start, (size_t)(end - start));
 	user[end - start] = '\0';
-	/* Only a user this node holds mail of: a fresh mailbox has no past. */
-	stor_mailbox_array list = ARRAY_INIT;
-	const char *err;
-	bool any = false;
-	if (stor_mailbox_list(cl->repl.db, user, &list, &err) == 0) {
-		for (size_t i = 0; i < list.count && !any; i++)
-			any = list.items[i].highestmodseq > 0;
-		stor_mailbox_list_free(&list);
-	}
-	if (any && repl_peers_up_count(cl->peers) > 0)
-		repl_sync_enqueue(cl->sync, user, 0);
+	/* Even a user with no mail here: a replica may hold messages of a
+	 * mailbox this node has empty, whose UIDs it must not hand out again. */
+	cl_handover_gained(cl, user);
 }
 
 void repl_cluster_attach(struct repl *r, struct repl_peers *peers, struct repl_mm *mm,
@@ -1699,9 +1712,11 @@ void repl_cluster_link_down(struct repl *r, uint32_t sid)
 	if (p == NULL)
 		return;
 	cl_stream_link_down(p);
+	cl_handover_link_down(to_cl(r), sid);
 }
 
 void repl_cluster_status(struct repl *r, struct buf *out)
 {
 	cl_stream_status(to_cl(r), out);
+	buf_appendf(out, "masters_catching_up: %zu\n", cl_handover_count(to_cl(r)));
 }

@@ -18,6 +18,8 @@ struct mm_pending {
 	uint64_t deadline;
 	repl_mm_answer_cb *cb;
 	void *ctx;
+	bool deferred;        /* not yet given to the machine (start-up hold) */
+	unsigned timeout_ms;  /* ... and its whole timeout starts when it is */
 	char gkey[MM_GKEY_MAX + 1];
 };
 
@@ -38,6 +40,12 @@ struct repl_mm {
 	uint64_t sent, dropped_no_link, bad_in;
 	repl_mm_gained_cb *gained_cb;
 	void *gained_ctx;
+	/* Start-up hold: until every configured peer is linked both ways in
+	 * the link state (or the deadline passes), this node asks the
+	 * machine for no master, so it cannot make itself root and master
+	 * of its mailboxes before it knows the cluster (SPEC.md 9.4). */
+	bool start_held;
+	uint64_t start_hold_until;
 };
 
 static uint64_t mm_now(void)
@@ -195,7 +203,7 @@ static void expire_requests(struct repl_mm *mm, uint64_t now)
 	struct mm_pending **pp = &mm->pending;
 	while (*pp != NULL) {
 		struct mm_pending *p = *pp;
-		if (p->deadline > now) {
+		if (p->deferred || p->deadline > now) {
 			pp = &p->next;
 			continue;
 		}
@@ -212,12 +220,44 @@ static void expire_requests(struct repl_mm *mm, uint64_t now)
 	}
 }
 
+/* The start-up hold ends once every configured peer lists this node and
+ * this node lists it (so the root computed is the cluster's, not this
+ * node alone) and the node is settled, or at the deadline (peers that are
+ * down stay down: the node goes on with the ones it has).  Requests that
+ * waited are given to the machine then, in order. */
+static void start_hold_check(struct repl_mm *mm, uint64_t now)
+{
+	if (!mm->start_held)
+		return;
+	uint32_t self = mm_node_sid(mm->node);
+	bool all = true;
+	for (size_t i = 0; i < mm->cfg->peers.count && all; i++)
+		all = mm_linked(mm->node, self, mm->cfg->peers.items[i].sid);
+	uint32_t root;
+	uint64_t epoch;
+	bool settled;
+	mm_node_root(mm->node, &root, &epoch, &settled);
+	if (!(all && settled) && now < mm->start_hold_until)
+		return;
+	mm->start_held = false;
+	log_info("mm: start-up hold over (%s)", all && settled ? "all peers linked" : "deadline");
+	for (struct mm_pending *p = mm->pending; p != NULL; p = p->next) {
+		if (!p->deferred)
+			continue;
+		p->deferred = false;
+		p->deadline = now + p->timeout_ms;
+		(void)mm_request_master(mm->node, p->gkey, p->req_id, now);
+	}
+	drain(mm);
+}
+
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct repl_mm *mm = w->data;
 	uint64_t now = mm_now();
 	mm_tick(mm->node, now);
 	drain(mm);
+	start_hold_check(mm, now);
 	expire_requests(mm, now);
 }
 
@@ -226,6 +266,18 @@ static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	struct repl_mm *mm = w->data;
 	ev_idle_stop(loop, w);
 	drain(mm);
+}
+
+/* What mm_request_master() would refuse, checked for a deferred request. */
+static bool gkey_plausible(const char *gkey)
+{
+	if (*gkey == '\0')
+		return false;
+	for (const char *c = gkey; *c != '\0'; c++) {
+		if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
+			return false;
+	}
+	return true;
 }
 
 int repl_mm_request_master(struct repl_mm *mm, const char *gkey, unsigned timeout_ms,
@@ -244,6 +296,16 @@ int repl_mm_request_master(struct repl_mm *mm, const char *gkey, unsigned timeou
 	while (*pp != NULL)
 		pp = &(*pp)->next;
 	*pp = p;
+	if (mm->start_held) {
+		if (!gkey_plausible(gkey)) {
+			*pp = NULL;
+			free(p);
+			return -1;
+		}
+		p->deferred = true;
+		p->timeout_ms = timeout_ms;
+		return 0;
+	}
 	if (mm_request_master(mm->node, gkey, p->req_id, now) < 0) {
 		*pp = NULL;
 		free(p);
@@ -262,7 +324,26 @@ void repl_mm_set_gained(struct repl_mm *mm, repl_mm_gained_cb *cb, void *ctx)
 
 bool repl_mm_is_master(struct repl_mm *mm, const char *gkey)
 {
-	return mm_is_master(mm->node, gkey);
+	return !mm->start_held && mm_is_master(mm->node, gkey);
+}
+
+uint64_t repl_mm_epoch(struct repl_mm *mm, bool *settled_r)
+{
+	uint32_t root;
+	uint64_t epoch;
+	bool settled;
+	mm_node_root(mm->node, &root, &epoch, &settled);
+	if (settled_r != NULL)
+		*settled_r = settled;
+	return epoch;
+}
+
+uint32_t repl_mm_cached_master(struct repl_mm *mm, const char *gkey)
+{
+	uint32_t master = 0;
+	if (mm_cached_master(mm->node, gkey, &master) != 1)
+		return 0;
+	return master;
 }
 
 uint32_t repl_mm_next_hop(struct repl_mm *mm, uint32_t sid)
@@ -457,6 +538,8 @@ struct repl_mm *repl_mm_create(struct ev_loop *loop, const struct config *cfg)
 	ev_timer_start(loop, &mm->tick);
 	ev_idle_init(&mm->idle, idle_cb);
 	mm->idle.data = mm;
+	mm->start_held = cfg->peers.count > 0;
+	mm->start_hold_until = mm_now() + REPL_MM_START_HOLD_MS;
 	/* The first tick makes a lone node its own root. */
 	mm_tick(mm->node, mm_now());
 	drain(mm);

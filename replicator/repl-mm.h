@@ -34,6 +34,14 @@ struct repl_mm;
 
 /* How often the state machine is ticked. */
 #define REPL_MM_TICK_MS 50u
+/* A node with peers asks for no master for at most this long after it
+ * started, until its links to every configured peer are up and settled
+ * (a restarted node must not be master of its mailboxes before it knows
+ * the cluster).  The lower SID of a pair connects (repl-peer.h), so a
+ * restarted node waits for its peers' next attempt: at most
+ * REPL_PEER_BACKOFF_MAX_MS, plus the handshake.  A request held meanwhile
+ * gets its whole timeout from the end of the hold. */
+#define REPL_MM_START_HOLD_MS (REPL_PEER_BACKOFF_MAX_MS + 1000u)
 /* How long a peer has to acknowledge an MM command (the answer carries no
  * meaning; a missing one is only logged at debug level). */
 #define REPL_MM_ACK_TIMEOUT_MS 10000u
@@ -85,6 +93,12 @@ void repl_mm_set_gained(struct repl_mm *mm, repl_mm_gained_cb *cb, void *ctx);
 /* True if this node is master of gkey at its current epoch (a forwarded
  * change is served only then). */
 bool repl_mm_is_master(struct repl_mm *mm, const char *gkey);
+/* This node's epoch; *settled_r (may be NULL) tells whether it was minted
+ * by the root this node computes (if not, the node serves and accepts no
+ * change as or from a master). */
+uint64_t repl_mm_epoch(struct repl_mm *mm, bool *settled_r);
+/* The master of gkey this node has cached at its epoch, 0 when unknown. */
+uint32_t repl_mm_cached_master(struct repl_mm *mm, const char *gkey);
 /* One write for gkey was made here, as master or forwarded: mastership
  * follows the writes (mm_note_write()). */
 void repl_mm_note_write(struct repl_mm *mm, const char *gkey);

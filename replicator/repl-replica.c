@@ -784,6 +784,7 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		return;
 	}
 	struct stor_mailbox mb;
+	struct cl_refusal refusal;
 	const char *err;
 	int r = stor_mailbox_get_by_guid(cl->repl.db, selected, &mb, &err);
 	if (r <= 0) {
@@ -795,6 +796,13 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		/* The resync compares snapshots of this mailbox: the
 		 * change comes again once it is done. */
 		answer_later(a, "NO", "TRYLATER", "a resync of this mailbox is running");
+	} else if (origin && cl_handover_check_origin(cl, cmd, npos, origin_sid, mb.user, &mb.guid,
+						      &refusal) < 0) {
+		/* Not its master's at our epoch: a resync settles it (any NO
+		 * makes the sender queue one), nothing is passed on. */
+		log_info("replication: %s: change from %u refused: %s %s", mb.user, origin_sid,
+			 refusal.code, refusal.text);
+		answer_later(a, refusal.status, refusal.code, refusal.text);
 	} else if (origin) {
 		cl_relay_origin(cl, p, cmd, npos, origin_sid, mb.user, &mb);
 		if (proto_cmd_is(cmd, "SAVE"))
@@ -805,6 +813,8 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 			apply_expunge(cl, a, cmd, npos, &mb);
 	} else if (!cl_is_master(cl, mb.user, &mb.guid)) {
 		answer_later(a, "NO", "NOTMASTER", "not the master of this mailbox");
+	} else if (cl_handover_check_forward(cl, cmd, npos, mb.user, &refusal) < 0) {
+		answer_later(a, refusal.status, refusal.code, refusal.text);
 	} else if (proto_cmd_is(cmd, "SAVE")) {
 		serve_save(cl, a, cmd, &mb);
 	} else if (proto_cmd_is(cmd, "STORE")) {

@@ -635,6 +635,8 @@ static void wr_origin(struct cl_peer *p, struct proto_wr *w)
 {
 	proto_wr_atom(w, "ORIGIN");
 	proto_wr_u64(w, p->cl->cfg->node_id);
+	/* Replicas take it only at the epoch they are in (SPEC.md 9.8). */
+	cl_handover_wr_epoch(p->cl, w, 0);
 }
 
 /* ---- Streaming one entry ---- */

@@ -276,6 +276,16 @@ def t_resync_other_user(mode):
         m.logout()
         c.wait_dumps_equal(a, timeout=40, nodes=[n1, n2])
         n3.stop()
+        # Node 3 leaving starts a new epoch, which drops every mastership:
+        # node 1 takes B's INBOX again and catches up with node 2 (SPEC.md
+        # 9.8) now, so that B's APPEND below is made at once, not after
+        # node 2 was found dead.
+        R.check("node 1 sees node 3 gone", wait_for(lambda: n1.peer_state(3) != "up", 20))
+        R.check("node 1 is master of B's INBOX again",
+                wait_for(lambda: master_of(n1, b) == 1, 20))
+        R.check("... and has caught up with node 2",
+                wait_for(lambda: status(n1, "masters_catching_up") == 0, 20),
+                status(n1, "masters_catching_up"))
         mb = login(n1, b)
         # Node 2 hangs (its links stay open for the 3 s dead timeout) while
         # node 1 resyncs user A with it: streaming to node 2 pauses.

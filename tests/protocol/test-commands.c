@@ -58,16 +58,20 @@ static const struct row_case row_cases[] = {
 	  LINES("C8 COPY 2 15 " G " 16 100 1700000000+0000 \\Flagged\r\n",
 		"C8 COPY 2 15 " G " 16 100\r\n") },
 	{ "EXPUNGE", LINES("C9 EXPUNGE 1:5,7 120 ORIGIN 3\r\n",
-			   "C9 EXPUNGE 4,9 120 ORIGIN 3 GUIDS (" G " " G ")\r\n"),
+			   "C9 EXPUNGE 4,9 120 ORIGIN 3 GUIDS (" G " " G ")\r\n",
+			   "C9 EXPUNGE 4 120 ORIGIN 3 EPOCH 17179869185 GUIDS (" G ")\r\n"),
 	  LINES("C9 EXPUNGE 1:5,7 -1\r\n", "C9 EXPUNGE 0:5 120\r\n",
+		"C9 EXPUNGE 4 120 EPOCH 0\r\n", "C9 EXPUNGE 4 120 EPOCH 1 EPOCH 2\r\n",
 		"C9 EXPUNGE 4 120 GUIDS (0123)\r\n", "C9 EXPUNGE 4 120 GUIDS ()\r\n") },
 	{ "STORE", LINES("C10 STORE 1:5,7 1233 (\\Seen) ($Junk) UNCHANGEDSINCE 1200 ORIGIN 2\r\n",
-			 "C10 STORE 4 1233 (\\Seen) (\\*) ORIGIN 2 GUIDS (" G ")\r\n"),
+			 "C10 STORE 4 1233 (\\Seen) (\\*) ORIGIN 2 GUIDS (" G ")\r\n",
+			 "C10 STORE 4 0 (\\Seen) () GUIDS (" G ") EPOCH 18446744073709551615\r\n"),
 	  LINES("C10 STORE 1 1233 (\\Seen) ($Junk) SPECIAL-USE (\\Seen)\r\n",
 		"C10 STORE 1 1233 (\\Seen)\r\n",
-		"C10 STORE 1 1233 (\\Seen) () GUIDS " G "\r\n") },
+		"C10 STORE 1 1233 (\\Seen) () GUIDS " G "\r\n",
+		"C10 STORE 1 0 (\\Seen) () EPOCH x\r\n") },
 	{ "FETCH", LINES("C13 FETCH 46,48\r\n"),
-	  LINES("C13 FETCH 46 ORIGIN 2\r\n", "C13 FETCH (46)\r\n") },
+	  LINES("C13 FETCH 46 ORIGIN 2\r\n", "C13 FETCH (46)\r\n", "C13 FETCH 46 EPOCH 5\r\n") },
 	{ "SYNC-BEGIN", LINES("C11 SYNC-BEGIN 1200 1300 40 45 (1:44 50)\r\n",
 			      "C11 SYNC-BEGIN 1200 1300 40 45\r\n"),
 	  LINES("C11 SYNC-BEGIN 1200 1300 0 45\r\n", "C11 SYNC-BEGIN 1200 1300 40 45 (x)\r\n") },
@@ -240,6 +244,7 @@ static void test_origin_is_an_option_of_exactly_the_changes(void)
 		for (size_t i = 0; i < sizeof(changes) / sizeof(changes[0]); i++)
 			is_change = is_change || strcmp(changes[i], info->name) == 0;
 		CU_ASSERT_EQUAL(proto_cmd_is_option(info, "ORIGIN"), is_change);
+		CU_ASSERT_EQUAL(proto_cmd_is_option(info, "EPOCH"), is_change);
 		CU_ASSERT_EQUAL((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0, is_change);
 		if (is_change)
 			with_origin++;

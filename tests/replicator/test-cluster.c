@@ -585,6 +585,8 @@ static void test_peer_values_past_the_bounds_are_refused(void)
 	a = peer_send(n.loop, p1, "SELECT", sel, 1, &rec);
 	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK"));
 	char *before = user_dump(n.db);
+	/* Changes with ORIGIN carry the epoch they were made at (SPEC 9.8). */
+	uint64_t ep = repl_mm_epoch(n.mm, NULL);
 
 	struct guid g2;
 	guid_generate(&g2);
@@ -602,8 +604,9 @@ static void test_peer_values_past_the_bounds_are_refused(void)
 			{ 'u', NULL, saves[i].modseq, NULL }, { 'g', NULL, 0, &g2 },
 			{ 'f', "", 0, NULL }, { 'l', "Subject: 2\r\n\r\ntwo\r\n", 0, NULL },
 			{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+			{ 'a', "EPOCH", 0, NULL }, { 'u', NULL, ep, NULL },
 		};
-		a = peer_send(n.loop, p1, "SAVE", save, 8, &rec);
+		a = peer_send(n.loop, p1, "SAVE", save, 10, &rec);
 		if (strncmp(a, "NO [LIMIT]", 10) != 0)
 			fprintf(stderr, "SAVE %zu: %s\n", i, a);
 		CU_ASSERT_EQUAL(strncmp(a, "NO [LIMIT]", 10), 0);
@@ -622,16 +625,18 @@ static void test_peer_values_past_the_bounds_are_refused(void)
 			{ 'a', changes[i].uids, 0, NULL }, { 'u', NULL, changes[i].modseq, NULL },
 			{ 'f', "\\Seen", 0, NULL }, { 'f', "\\*", 0, NULL },
 			{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+			{ 'a', "EPOCH", 0, NULL }, { 'u', NULL, ep, NULL },
 		};
-		a = peer_send(n.loop, p1, "STORE", st, 6, &rec);
+		a = peer_send(n.loop, p1, "STORE", st, 8, &rec);
 		if (strncmp(a, "NO [LIMIT]", 10) != 0)
 			fprintf(stderr, "STORE %zu: %s\n", i, a);
 		CU_ASSERT_EQUAL(strncmp(a, "NO [LIMIT]", 10), 0);
 		struct cmd_arg exp[] = {
 			{ 'a', changes[i].uids, 0, NULL }, { 'u', NULL, changes[i].modseq, NULL },
 			{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+			{ 'a', "EPOCH", 0, NULL }, { 'u', NULL, ep, NULL },
 		};
-		a = peer_send(n.loop, p1, "EXPUNGE", exp, 4, &rec);
+		a = peer_send(n.loop, p1, "EXPUNGE", exp, 6, &rec);
 		if (strncmp(a, "NO [LIMIT]", 10) != 0)
 			fprintf(stderr, "EXPUNGE %zu: %s\n", i, a);
 		CU_ASSERT_EQUAL(strncmp(a, "NO [LIMIT]", 10), 0);
@@ -647,8 +652,9 @@ static void test_peer_values_past_the_bounds_are_refused(void)
 		{ 'u', NULL, 5, NULL }, { 'g', NULL, 0, &g2 },
 		{ 'f', "", 0, NULL }, { 'l', "Subject: 2\r\n\r\ntwo\r\n", 0, NULL },
 		{ 'a', "ORIGIN", 0, NULL }, { 'u', NULL, 1, NULL },
+		{ 'a', "EPOCH", 0, NULL }, { 'u', NULL, ep, NULL },
 	};
-	a = peer_send(n.loop, p1, "SAVE", save, 8, &rec);
+	a = peer_send(n.loop, p1, "SAVE", save, 10, &rec);
 	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK [UID 2 MODSEQ 5"));
 	struct guid g3;
 	guid_generate(&g3);
