@@ -18,6 +18,8 @@
 #define SYNC_FETCH_STEP_BYTES (1024u * 1024)
 /* UIDs per EXPUNGE or FETCH line, so lines stay far below the line limit. */
 #define SYNC_MAX_UIDS_PER_LINE 1000
+/* UIDs per EXPUNGE line that carries GUIDS (one GUID each, 33 bytes). */
+#define SYNC_MAX_USER_UIDS_PER_LINE 200
 /* Mailboxes and subscriptions in one LIST answer. */
 #define SYNC_MAX_MAILBOXES 100000
 /* UIDs and messages in one SYNC-END answer (a hostile server cannot make
@@ -57,6 +59,15 @@ void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out);
  * form it came in (a command held while the server is busy is parsed again
  * later).  Status lines are not written this way. */
 void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd);
+/* A user's expunges (SPEC.md 10.2): writes " GUIDS (<guid> ...)", one GUID
+ * per UID of the line's uidset, in ascending UID order. */
+void sync_wr_user_guids(struct proto_wr *w, const struct guid *guids, size_t n);
+/* The optional trailing "GUIDS (...)" of an EXPUNGE line after npos
+ * arguments, for the line's UIDs (ascending, each once, else -1): 0 with
+ * *given_r and the GUIDs in *guids_r (malloc()ed, uid_count of them), or -1
+ * when something else or something malformed follows. */
+int sync_cmd_user_guids(const struct proto_cmd *cmd, size_t npos, const stor_uid_list *uids,
+			bool *given_r, struct guid **guids_r);
 /* Expands a parsed uidset into UIDs (at most max); -1 if larger or bad. */
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
 

@@ -213,6 +213,46 @@ int sync_cmd_stamps(const struct proto_cmd *cmd, size_t npos, bool *given_r,
 	return 0;
 }
 
+void sync_wr_user_guids(struct proto_wr *w, const struct guid *guids, size_t n)
+{
+	proto_wr_atom(w, "GUIDS");
+	proto_wr_list_begin(w);
+	for (size_t i = 0; i < n; i++)
+		proto_wr_guid(w, &guids[i]);
+	proto_wr_list_end(w);
+}
+
+int sync_cmd_user_guids(const struct proto_cmd *cmd, size_t npos, const stor_uid_list *uids,
+			bool *given_r, struct guid **guids_r)
+{
+	*given_r = false;
+	*guids_r = NULL;
+	if (cmd->arg_count == npos)
+		return 0;
+	if (cmd->arg_count != npos + 2 || cmd->args[npos].type != PROTO_ARG_ATOM ||
+	    strcasecmp(cmd->args[npos].str, "GUIDS") != 0)
+		return -1;
+	const struct proto_arg *l = &cmd->args[npos + 1];
+	if (l->type != PROTO_ARG_LIST || l->count != uids->count || l->count == 0)
+		return -1;
+	/* The n-th GUID names the n-th UID: only a set in ascending order
+	 * makes that unambiguous. */
+	for (size_t i = 1; i < uids->count; i++) {
+		if (uids->items[i] <= uids->items[i - 1])
+			return -1;
+	}
+	struct guid *g = xmalloc(l->count * sizeof(*g));
+	for (size_t i = 0; i < l->count; i++) {
+		if (proto_arg_guid(&l->list[i], &g[i]) < 0) {
+			free(g);
+			return -1;
+		}
+	}
+	*given_r = true;
+	*guids_r = g;
+	return 0;
+}
+
 void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out)
 {
 	struct stor_stamp st = { xstrdup(STOR_STAMP_ALL), modseq, 0 };
