@@ -155,7 +155,7 @@ struct sync_client {
 	stor_uid_list exp_uids;
 	/* Of exp_uids, those the answer names as a user's expunges (GUIDS):
 	 * our tombstones of them say so (SPEC 10.3). */
-	stor_uid_list exp_user;
+	sync_uexp_list exp_user;
 	uint64_t exp_modseq;
 	/* Of exp_uids, those whose message the answer saves again under
 	 * another UID: expunged after the SAVE lines, or the text they share
@@ -228,12 +228,6 @@ static void cl_cmd_end(struct sync_client *c, struct proto_wr *w)
 	cl_flush(c);
 }
 
-static int cmp_u32_v(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* EXPUNGE <uidset> 0 lines: the engine's tombstones (uids), then a user's
  * (uuids, with their GUIDs: GUIDS).  Both sets ascending. */
 static void cl_wr_expunges(struct sync_client *c, const stor_uid_list *uids,
@@ -262,28 +256,12 @@ static void cl_wr_expunges(struct sync_client *c, const stor_uid_list *uids,
 }
 
 /* Expunges as the answer says: a user's expunge where it named the UID
- * with GUIDS, else the engine's. */
+ * and its message with GUIDS, else the engine's. */
 static int cl_expunge(struct sync_client *c, const stor_uid_list *uids, stor_uid_list *done,
 		      const char **err)
 {
-	stor_uid_list user = ARRAY_INIT, engine = ARRAY_INIT;
-	for (size_t i = 0; i < uids->count; i++) {
-		uint32_t u = uids->items[i];
-		bool is_user = c->exp_user.count > 0 &&
-			bsearch(&u, c->exp_user.items, c->exp_user.count, sizeof(uint32_t),
-				cmp_u32_v) != NULL;
-		ARRAY_PUSH(is_user ? &user : &engine, u);
-	}
-	int r = 0;
-	if (user.count > 0)
-		r = stor_msg_expunge_kind(c->db, &c->cur.guid, user.items, user.count,
-					  c->exp_modseq, true, done, err);
-	if (r == 0 && engine.count > 0)
-		r = stor_msg_expunge_kind(c->db, &c->cur.guid, engine.items, engine.count,
-					  c->exp_modseq, false, done, err);
-	ARRAY_FREE(&user);
-	ARRAY_FREE(&engine);
-	return r;
+	return sync_expunge(c->db, &c->cur.guid, uids->items, uids->count, &c->exp_user,
+			    c->exp_modseq, done, err);
 }
 
 /* Starts a new group of commands: answers to older tags are ignored. */
@@ -1371,18 +1349,21 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 			ARRAY_FREE(&uids);
 			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
 		}
-		free(guids);
 		/* Values past the bounds fail the sync before anything of
 		 * the answer is applied. */
 		if (!mail_modseq_valid(ms) || !mail_uids_valid(uids.items, uids.count)) {
 			ARRAY_FREE(&uids);
+			free(guids);
 			return cl_fail(c, "SYNC-END: EXPUNGE line with %s", MAIL_LIMITS_TEXT);
 		}
 		for (size_t i = 0; i < uids.count; i++) {
 			ARRAY_PUSH(&c->exp_uids, uids.items[i]);
-			if (user)
-				ARRAY_PUSH(&c->exp_user, uids.items[i]);
+			if (user) {
+				struct sync_uexp x = { uids.items[i], guids[i] };
+				ARRAY_PUSH(&c->exp_user, x);
+			}
 		}
+		free(guids);
 		ARRAY_FREE(&uids);
 		c->exp_modseq = ms;
 		return 0;
@@ -1589,9 +1570,7 @@ static int apply_some(struct sync_client *c)
 				else
 					ARRAY_PUSH(&now, c->exp_uids.items[i]);
 			}
-			if (c->exp_user.count > 1)
-				qsort(c->exp_user.items, c->exp_user.count, sizeof(uint32_t),
-				      cmp_u32_v);
+			sync_uexp_sort(&c->exp_user);
 			if (now.count > 0 && cl_expunge(c, &now, &done, &err) < 0) {
 				ARRAY_FREE(&now);
 				free(saved);

@@ -41,12 +41,6 @@ struct srv_save {
 
 typedef ARRAY(struct guid) srv_guid_list;
 
-/* A user's expunge (a tombstone sent or answered with GUIDS, SPEC 10.2). */
-struct srv_uexp {
-	uint32_t uid;
-	struct guid guid;
-};
-typedef ARRAY(struct srv_uexp) srv_uexp_list;
 
 /* A flag change the client sent with STORE during a sync. */
 struct srv_store {
@@ -83,7 +77,7 @@ struct srv_merge {
 	stor_uid_list sr, exp_client, flags_client, save_client, cexp_low;
 	/* The client's copies and our tombstones the client learns as a
 	 * user's expunges (EXPUNGE ... GUIDS), and what finds them. */
-	srv_uexp_list uexp_client;
+	sync_uexp_list uexp_client;
 	srv_guid_list utombs;     /* GUIDs of our user tombstones since M, sorted */
 	srv_guid_list save_guids; /* GUIDs of the client's SAVEs, sorted */
 	uint64_t exp_modseq;
@@ -126,9 +120,9 @@ struct sync_server {
 	ARRAY(struct srv_save) saves;
 	ARRAY(struct srv_store) stores;
 	stor_uid_list expunges;
-	/* Those of the client's expunges that a user made (GUIDS): UIDs and
-	 * GUIDs, each sorted at SYNC-END. */
-	stor_uid_list uexp_uids;
+	/* Those of the client's expunges that a user made (GUIDS): by UID, and
+	 * their GUIDs, each sorted at SYNC-END. */
+	sync_uexp_list uexp;
 	srv_guid_list uexp_guids;
 	stor_uid_list fix_old, fix_new;
 
@@ -204,7 +198,7 @@ static void srv_sync_reset(struct sync_server *s)
 	ARRAY_FREE(&s->saves);
 	ARRAY_FREE(&s->stores);
 	ARRAY_FREE(&s->expunges);
-	ARRAY_FREE(&s->uexp_uids);
+	ARRAY_FREE(&s->uexp);
 	ARRAY_FREE(&s->uexp_guids);
 	ARRAY_FREE(&s->fix_old);
 	ARRAY_FREE(&s->fix_new);
@@ -707,7 +701,8 @@ static int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
 	for (size_t i = 0; i < uids.count; i++) {
 		ARRAY_PUSH(&s->expunges, uids.items[i]);
 		if (user) {
-			ARRAY_PUSH(&s->uexp_uids, uids.items[i]);
+			struct sync_uexp x = { uids.items[i], guids[i] };
+			ARRAY_PUSH(&s->uexp, x);
 			ARRAY_PUSH(&s->uexp_guids, guids[i]);
 		}
 	}
@@ -820,7 +815,7 @@ static void guids_sort(srv_guid_list *l)
 
 static void uexp_push(struct srv_merge *m, uint32_t uid, const struct guid *g)
 {
-	struct srv_uexp u = { uid, *g };
+	struct sync_uexp u = { uid, *g };
 	ARRAY_PUSH(&m->uexp_client, u);
 }
 
@@ -986,7 +981,7 @@ static void wr_uid_lines(struct sync_server *s, const char *tag, const char *nam
 }
 
 /* EXPUNGE lines of a user's expunges: UIDs ascending, one GUID each. */
-static void wr_uexp_lines(struct sync_server *s, const char *tag, const struct srv_uexp *u,
+static void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uexp *u,
 			  size_t count, uint64_t modseq)
 {
 	struct proto_wr w;
@@ -1007,39 +1002,6 @@ static void wr_uexp_lines(struct sync_server *s, const char *tag, const struct s
 		sync_wr_user_guids(&w, guids, n);
 		proto_wr_end(&w);
 	}
-}
-
-static int cmp_uexp(const void *a, const void *b)
-{
-	return cmp_u32(&((const struct srv_uexp *)a)->uid, &((const struct srv_uexp *)b)->uid);
-}
-
-static void uexp_sort_unique(srv_uexp_list *l)
-{
-	if (l->count == 0)
-		return;
-	qsort(l->items, l->count, sizeof(l->items[0]), cmp_uexp);
-	size_t n = 1;
-	for (size_t i = 1; i < l->count; i++) {
-		if (l->items[i].uid != l->items[n - 1].uid)
-			l->items[n++] = l->items[i];
-	}
-	l->count = n;
-}
-
-static ssize_t find_uexp(const srv_uexp_list *l, uint32_t uid)
-{
-	size_t lo = 0, hi = l->count;
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-		if (l->items[mid].uid == uid)
-			return (ssize_t)mid;
-		if (l->items[mid].uid < uid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return -1;
 }
 
 /* ---- The merge, in steps ----
@@ -1126,7 +1088,7 @@ static int merge_start(struct sync_server *s, const char *tag)
 	if (s->saves.count > 0)
 		qsort(s->saves.items, s->saves.count, sizeof(struct srv_save), cmp_save);
 	uids_sort_unique(&s->expunges);
-	uids_sort_unique(&s->uexp_uids);
+	sync_uexp_sort(&s->uexp);
 	guids_sort(&s->uexp_guids);
 	for (size_t i = 0; i < s->saves.count; i++)
 		ARRAY_PUSH(&m->save_guids, s->saves.items[i].guid);
@@ -1431,11 +1393,11 @@ static int merge_final(struct sync_server *s, const char **err)
 		}
 	}
 	uids_sort_unique(&m->exp_client);
-	uexp_sort_unique(&m->uexp_client);
+	sync_uexp_sort(&m->uexp_client);
 	/* A UID named both ways is a user's expunge. */
 	size_t keep = 0;
 	for (size_t i = 0; i < m->exp_client.count; i++) {
-		if (find_uexp(&m->uexp_client, m->exp_client.items[i]) < 0)
+		if (sync_uexp_find(&m->uexp_client, m->exp_client.items[i]) == NULL)
 			m->exp_client.items[keep++] = m->exp_client.items[i];
 	}
 	m->exp_client.count = keep;
@@ -1644,28 +1606,15 @@ static int merge_step(struct sync_server *s)
 				size_t k = m->cexp_low.count - m->pos;
 				if (k > SYNC_MAX_UIDS_PER_LINE)
 					k = SYNC_MAX_UIDS_PER_LINE;
-				stor_uid_list done = ARRAY_INIT, user = ARRAY_INIT, engine = ARRAY_INIT;
-				for (size_t i = 0; i < k; i++) {
-					uint32_t u = m->cexp_low.items[m->pos + i];
-					if (uid_in(&s->uexp_uids, u))
-						ARRAY_PUSH(&user, u);
-					else
-						ARRAY_PUSH(&engine, u);
+				stor_uid_list done = ARRAY_INIT;
+				if (sync_expunge(s->db, &s->sel, m->cexp_low.items + m->pos, k, &s->uexp,
+						 m->N, &done, &err) < 0) {
+					ARRAY_FREE(&done);
+					goto storage_error;
 				}
-				int er = 0;
-				if (user.count > 0)
-					er = stor_msg_expunge_kind(s->db, &s->sel, user.items, user.count,
-								   m->N, true, &done, &err);
-				if (er == 0 && engine.count > 0)
-					er = stor_msg_expunge_kind(s->db, &s->sel, engine.items,
-								   engine.count, m->N, false, &done, &err);
-				ARRAY_FREE(&user);
-				ARRAY_FREE(&engine);
 				if (done.count > 0)
 					m->touched = true;
 				ARRAY_FREE(&done);
-				if (er < 0)
-					goto storage_error;
 				for (size_t i = 0; i < k; i++)
 					merge_mark_dirty(m, m->cexp_low.items[m->pos + i]);
 				m->pos += k;

@@ -1638,6 +1638,59 @@ static void test_sync_tombstone_provenance_travels(void)
 }
 
 
+/* The tombstone at uid on n: 1 a user's, 0 the engine's, -1 none. */
+static int tomb_kind(struct node *n, const struct guid *mb, uint32_t uid, struct guid *guid_r)
+{
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	const char *error;
+	int kind = -1;
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(n->db, mb, 0, &msgs, &tombs, &error), 0);
+	for (size_t i = 0; i < tombs.count; i++) {
+		if (tombs.items[i].uid == uid) {
+			kind = tombs.items[i].user ? 1 : 0;
+			if (guid_r != NULL)
+				*guid_r = tombs.items[i].guid;
+		}
+	}
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	return kind;
+}
+
+/* A user's tombstone names its message: where the UID holds another
+ * message on the other side (the client moved that one away, SPEC 10.3),
+ * the expunge there is the engine's, or the other message would be taken
+ * for one the user expunged and lose its copies everywhere. */
+static void test_sync_user_tombstone_of_another_message_stays_engine(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	struct guid g1, g2;
+	uint32_t u1 = append(&a, &mb, "message one\r\n", 0, &g1);
+	expunge(&a, &mb, u1);
+	guid_generate(&g2);
+	replicate_append(&a, &mb, u1 + 1, &g2, "message two\r\n");
+	replicate_append(&b, &mb, u1, &g2, "message two\r\n");
+	run_sync(&a, &b, false, 81);
+	uint32_t at = 0;
+	CU_ASSERT(has_guid(&a, &mb, &g2, &at));
+	CU_ASSERT_EQUAL(at, u1 + 1);
+	CU_ASSERT(has_guid(&b, &mb, &g2, &at));
+	CU_ASSERT_EQUAL(at, u1 + 1);
+	struct guid tg;
+	CU_ASSERT_EQUAL(tomb_kind(&a, &mb, u1, &tg), 1);
+	CU_ASSERT_EQUAL(guid_cmp(&tg, &g1), 0);
+	CU_ASSERT_EQUAL(tomb_kind(&b, &mb, u1, &tg), 0);
+	CU_ASSERT_EQUAL(guid_cmp(&tg, &g2), 0);
+	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+}
+
+
 /* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ---- */
 
 static void store_kw(struct node *n, const struct guid *mb, uint32_t uid, enum stor_flag_op op,
@@ -2303,6 +2356,8 @@ static const struct test_case sync_cases[] = {
 	{ "a renumbering's tombstone removes no copy", test_sync_renumber_tombstone_removes_nothing },
 	{ "tombstones say who expunged, and a sync carries it",
 	  test_sync_tombstone_provenance_travels },
+	{ "a user's tombstone of another message is the engine's here",
+	  test_sync_user_tombstone_of_another_message_stays_engine },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
 	{ "first sync: message at a client tombstone moves",
 	  test_sync_first_sync_moves_message_at_client_tombstone },
