@@ -42,7 +42,8 @@ static const struct proto_cmd_info commands[] = {
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_STAMPS },
 	{ "COPY", "iigumdf", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "EXPUNGE", "Sm",
-	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_GUIDS },
+	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_GUIDS |
+		  PROTO_CMDF_OPT_BY },
 	{ "STORE", "Smff",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE | PROTO_CMDF_OPT_ORIGIN |
 		  PROTO_CMDF_OPT_GUIDS | PROTO_CMDF_OPT_STAMPS },
@@ -277,7 +278,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	}
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
-	bool seen_guids = false, seen_stamps = false, seen_epoch = false;
+	bool seen_guids = false, seen_stamps = false, seen_epoch = false, seen_by = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -317,6 +318,10 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			ok = val->type == PROTO_ARG_LIST && val->count > 0;
 			for (size_t j = 0; ok && j < val->count; j++)
 				ok = check_arg('g', &val->list[j]);
+		} else if (strcasecmp(key->str, "BY") == 0 && !seen_by &&
+			   (info->flags & PROTO_CMDF_OPT_BY) != 0) {
+			seen_by = true;
+			ok = val->type == PROTO_ARG_ATOM && strcasecmp(val->str, "USER") == 0;
 		} else if (strcasecmp(key->str, "STAMPS") == 0 && !seen_stamps &&
 			   (info->flags & PROTO_CMDF_OPT_STAMPS) != 0) {
 			seen_stamps = true;
@@ -347,6 +352,7 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "ORIGIN") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "EPOCH") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_BY) != 0 && strcasecmp(key, "BY") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0);
 }
 

@@ -396,6 +396,7 @@ void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 #define PROTO_CMDF_OPT_ORIGIN 0x20          /* accepts ORIGIN <sid>: a change already applied there */
 #define PROTO_CMDF_OPT_GUIDS 0x40           /* accepts GUIDS (<guid> ...): the UIDs' messages */
 #define PROTO_CMDF_OPT_STAMPS 0x80          /* accepts STAMPS (<flag> <modseq> <ms> ...): SPEC 10.3 */
+#define PROTO_CMDF_OPT_BY 0x100             /* accepts BY USER: a user's expunge (SPEC 8.6) */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
 
 struct proto_cmd_info {

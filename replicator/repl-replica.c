@@ -341,8 +341,13 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 	char code[64];
 	snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
 	/* UIDs we never held are above our UIDNEXT no longer: the master's
-	 * UIDNEXT is past them too. */
-	if (stor_msg_expunge(db, &mb->guid, uids.items, uids.count, modseq, &gone, &err) < 0 ||
+	 * UIDNEXT is past them too.  A user's expunge says BY USER; without it
+	 * (a sync on the master dropped a copy, or a master that does not say)
+	 * the engine's, so such a copy is never taken here for one a user
+	 * expunged (SPEC.md 10.3, "A user's expunge"). */
+	bool by_user = proto_cmd_option(cmd, npos, "BY") != NULL;
+	if (stor_msg_expunge_kind(db, &mb->guid, uids.items, uids.count, modseq, by_user, &gone,
+				  &err) < 0 ||
 	    stor_mailbox_raise(db, &mb->guid, top + 1, modseq, &err) < 0) {
 		answer_later(a, "NO", "SERVERBUG", err);
 	} else {

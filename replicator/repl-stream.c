@@ -662,16 +662,18 @@ static int cmp_tomb_modseq(const void *a, const void *b)
 /* The tombstones up to modseq upto, as EXPUNGE lines of one modseq each.
  * GUIDS names the message each UID held: a replica whose UID holds another
  * message (the two copies were apart, and a resync renumbered one side)
- * keeps it. */
+ * keeps it.  BY USER marks a user's expunges, which a replica keeps as
+ * such (SPEC.md 10.3, "A user's expunge"); the others are a sync's. */
 static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
 			  const stor_tombstone_list *tombs, size_t *ti, uint64_t upto)
 {
 	while (*ti < tombs->count && tombs->items[*ti].modseq <= upto) {
 		uint64_t m = tombs->items[*ti].modseq;
+		bool by_user = tombs->items[*ti].user;
 		size_t start = *ti;
 		stor_uid_list uids = ARRAY_INIT;
 		while (*ti < tombs->count && tombs->items[*ti].modseq == m &&
-		       uids.count < CL_EXPUNGE_BATCH) {
+		       tombs->items[*ti].user == by_user && uids.count < CL_EXPUNGE_BATCH) {
 			ARRAY_PUSH(&uids, tombs->items[*ti].uid);
 			(*ti)++;
 		}
@@ -685,6 +687,10 @@ static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
 		for (size_t i = start; i < *ti; i++)
 			proto_wr_guid(w, &tombs->items[i].guid);
 		proto_wr_list_end(w);
+		if (by_user) {
+			proto_wr_atom(w, "BY");
+			proto_wr_atom(w, "USER");
+		}
 		send_stream_cmd(p, seq, user);
 		ARRAY_FREE(&uids);
 	}

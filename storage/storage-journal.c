@@ -1335,8 +1335,8 @@ int stor_jnl_repair_ahead(struct stor_db *db, const char **error_r)
 	 * journal keeps what was synced): they go as expunged, so that every
 	 * node and client sees them leave. */
 	for (size_t i = 0; ret == 0 && i < msgs.count; i++)
-		ret = stor_msg_expunge(db, &msgs.items[i].mailbox, &msgs.items[i].uid, 1, 0, NULL,
-				       error_r);
+		ret = stor_msg_expunge_kind(db, &msgs.items[i].mailbox, &msgs.items[i].uid, 1, 0,
+					    false, NULL, error_r);
 	/* Texts nothing referenced (streamed, never appended). */
 	for (size_t i = 0; ret == 0 && i < j->lost.count; i++) {
 		struct stor_text_rec rec;

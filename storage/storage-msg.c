@@ -102,10 +102,11 @@ static void tomb_put(struct stor_txn *txn, const struct guid *mailbox,
 		     const struct stor_tombstone *t)
 {
 	struct stor_key k;
-	unsigned char v[GUID_SIZE + 8];
+	unsigned char v[GUID_SIZE + 9];
 	memcpy(v, t->guid.b, GUID_SIZE);
 	for (int i = 0; i < 8; i++)
 		v[GUID_SIZE + i] = (unsigned char)(t->modseq >> (56 - 8 * i));
+	v[GUID_SIZE + 8] = t->user ? 1 : 0;
 	tomb_key(&k, mailbox, t->uid);
 	stor_batch_put(txn->wb, &k, v, sizeof(v));
 	modseq_key(&k, STOR_KEY_TOMB_MODSEQ, mailbox, t->modseq, t->uid);
@@ -114,11 +115,17 @@ static void tomb_put(struct stor_txn *txn, const struct guid *mailbox,
 
 static int tomb_decode(uint32_t uid, const char *v, size_t len, struct stor_tombstone *t_r)
 {
-	if (len != GUID_SIZE + 8)
+	/* A record without the provenance byte comes from a store written
+	 * before it existed: counted as the engine's, so an old tombstone
+	 * never removes a copy under another UID (SPEC.md 10.3). */
+	if (len != GUID_SIZE + 8 && len != GUID_SIZE + 9)
+		return -1;
+	if (len == GUID_SIZE + 9 && (unsigned char)v[GUID_SIZE + 8] > 1)
 		return -1;
 	t_r->uid = uid;
 	memcpy(t_r->guid.b, v, GUID_SIZE);
 	t_r->modseq = stor_be64((const unsigned char *)v + GUID_SIZE);
+	t_r->user = len == GUID_SIZE + 9 && v[GUID_SIZE + 8] == 1;
 	return t_r->modseq == 0 ? -1 : 0;
 }
 
@@ -712,8 +719,8 @@ int stor_msg_dedupe(struct stor_db *db, const struct guid *mailbox, stor_uid_lis
 	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
 		ret = -1;
 	if (ret == 0 && lower.count > 0)
-		ret = stor_msg_expunge(db, mailbox, lower.items, lower.count, 0, expunged_r,
-				       error_r);
+		ret = stor_msg_expunge_kind(db, mailbox, lower.items, lower.count, 0, false,
+					    expunged_r, error_r);
 	ARRAY_FREE(&lower);
 	return ret;
 }
@@ -955,6 +962,14 @@ int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint3
 		     size_t uid_count, uint64_t modseq, stor_uid_list *expunged_r,
 		     const char **error_r)
 {
+	return stor_msg_expunge_kind(db, mailbox, uids, uid_count, modseq, true, expunged_r,
+				     error_r);
+}
+
+int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
+			  size_t uid_count, uint64_t modseq, bool user,
+			  stor_uid_list *expunged_r, const char **error_r)
+{
 	struct stor_txn txn;
 	struct stor_txn_mailbox *tm;
 	stor_uid_list done = ARRAY_INIT;
@@ -986,7 +1001,7 @@ int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint3
 		stor_txn_text_ref(&txn, &msg.guid, -1);
 		struct stor_tombstone t = {
 			.uid = msg.uid, .guid = msg.guid,
-			.modseq = call_modseq(&tm->mb, modseq, &assigned),
+			.modseq = call_modseq(&tm->mb, modseq, &assigned), .user = user,
 		};
 		tomb_put(&txn, mailbox, &t);
 		tm->dirty = true;

@@ -13,7 +13,8 @@
  *   'U' mbguid uid32                message record
  *   'Q' mbguid modseq64 uid32       modseq index of messages (empty value)
  *   'G' mbguid msgguid uid32        GUID index of messages (empty value)
- *   'T' mbguid uid32                tombstone: msgguid, modseq
+ *   'T' mbguid uid32                tombstone: msgguid, modseq, user8 (1: a user's
+ *                                   expunge, 0: the engine's; absent in old stores: 0)
  *   'R' mbguid modseq64 uid32       modseq index of tombstones (empty value)
  *   'S' msgguid                     text record: refcount, size, SHA-256,
  *                                   and where its chunks are in the journal

@@ -396,10 +396,19 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		   stor_uid_list *failed_r, const char **error_r);
 
 /* Expunges messages (missing UIDs are skipped), leaving tombstones of (UID,
- * GUID, modseq).  modseq 0: assign one new modseq for the whole call. */
+ * GUID, modseq).  modseq 0: assign one new modseq for the whole call.  The
+ * tombstones are a user's expunge (an IMAP EXPUNGE or MOVE, here or on the
+ * master). */
 int stor_msg_expunge(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
 		     size_t uid_count, uint64_t modseq, stor_uid_list *expunged_r,
 		     const char **error_r);
+/* The same, saying whether a user expunged the messages (true) or the
+ * engine dropped copies it keeps elsewhere (false: a sync that keeps the
+ * other side's copy, dedupe, repair).  Only a user's tombstone removes the
+ * GUID's copies under other UIDs in a sync (SPEC.md 10.3). */
+int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids,
+			  size_t uid_count, uint64_t modseq, bool user,
+			  stor_uid_list *expunged_r, const char **error_r);
 
 /* A GUID names one message per mailbox (SPEC.md 6.4).  Where two nodes'
  * syncs put one message at two UIDs, every node keeps the highest and
@@ -419,6 +428,8 @@ struct stor_tombstone {
 	uint32_t uid;
 	struct guid guid;
 	uint64_t modseq;
+	/* A user expunged it (not the engine moving or dropping a copy). */
+	bool user;
 };
 typedef ARRAY(struct stor_tombstone) stor_tombstone_list;
 

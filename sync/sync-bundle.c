@@ -671,6 +671,8 @@ static int ex_mailbox(struct exporter *e, uint32_t id, const struct stor_mailbox
 		ex_begin(e, "EXPUNGE");
 		proto_wr_uidset(&e->w, &t->uid, 1);
 		proto_wr_u64(&e->w, t->modseq);
+		if (t->user)
+			sync_wr_user_guids(&e->w, &t->guid, 1);
 		ex_end(e);
 		e->rep.tombstones++;
 	}
@@ -1337,9 +1339,15 @@ static int ld_expunge(struct loader *l, const struct proto_cmd *cmd)
 	stor_uid_list uids;
 	uint64_t modseq;
 	const char *err;
-	if (sync_arg_uids(&cmd->args[0], BUNDLE_MAX_EXPUNGE_UIDS, &uids) < 0 ||
-	    proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0)
+	bool user;
+	struct guid *guids;
+	if (sync_arg_uids(&cmd->args[0], BUNDLE_MAX_EXPUNGE_UIDS, &uids) < 0)
 		return ld_fail(l, "bad EXPUNGE");
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 ||
+	    sync_cmd_user_guids(cmd, 2, &uids, &user, &guids) < 0) {
+		ARRAY_FREE(&uids);
+		return ld_fail(l, "bad EXPUNGE");
+	}
 	int ret = 0;
 	if (modseq == 0 || modseq > l->hms)
 		ret = ld_fail(l, "EXPUNGE outside the mailbox's HIGHESTMODSEQ");
@@ -1347,9 +1355,22 @@ static int ld_expunge(struct loader *l, const struct proto_cmd *cmd)
 		if (uids.items[i] >= l->uidnext)
 			ret = ld_fail(l, "EXPUNGE outside the mailbox's UIDNEXT");
 	}
-	if (ret == 0 && stor_msg_expunge(l->scratch, &l->sel, uids.items, uids.count, modseq,
-					 NULL, &err) < 0)
+	/* GUIDS: a user's expunge (SPEC 11.2), of the message GUIDS names. */
+	for (size_t i = 0; user && i < uids.count && ret == 0; i++) {
+		struct stor_msg m;
+		int r = stor_msg_get(l->scratch, &l->sel, uids.items[i], &m, &err);
+		if (r < 0)
+			ret = ld_fail(l, "%s", err);
+		else if (r > 0 && guid_cmp(&m.guid, &guids[i]) != 0)
+			ret = ld_fail(l, "EXPUNGE GUIDS names another message than UID %u holds",
+				      uids.items[i]);
+		if (r > 0)
+			stor_msg_free(&m);
+	}
+	if (ret == 0 && stor_msg_expunge_kind(l->scratch, &l->sel, uids.items, uids.count, modseq,
+					      user, NULL, &err) < 0)
 		ret = ld_fail(l, "EXPUNGE: %s", err);
+	free(guids);
 	ARRAY_FREE(&uids);
 	return ret;
 }
@@ -1441,7 +1462,7 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 		/* "SAVE uid ... NIL" then "EXPUNGE uid": a tombstone left out. */
 		stor_uid_list uids;
 		bool tomb = false;
-		if (proto_cmd_is(cmd, "EXPUNGE") && cmd->arg_count == 2 &&
+		if (proto_cmd_is(cmd, "EXPUNGE") && (cmd->arg_count == 2 || cmd->arg_count == 4) &&
 		    sync_arg_uids(&cmd->args[0], 1, &uids) == 0) {
 			tomb = uids.count == 1 && uids.items[0] == l->pending.uid;
 			ARRAY_FREE(&uids);
@@ -1459,7 +1480,9 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 		return ld_fail(l, "%s %s outside SYNC-BEGIN ... SYNC-END", tag, n);
 	bool stamps_opt = proto_cmd_is(cmd, "SAVE") && cmd->arg_count == npos + 2 &&
 			  proto_cmd_option(cmd, npos, "STAMPS") != NULL;
-	if (!proto_cmd_is(cmd, "CREATE") && cmd->arg_count != npos && !stamps_opt)
+	bool guids_opt = proto_cmd_is(cmd, "EXPUNGE") && cmd->arg_count == npos + 2 &&
+			 proto_cmd_option(cmd, npos, "GUIDS") != NULL;
+	if (!proto_cmd_is(cmd, "CREATE") && cmd->arg_count != npos && !stamps_opt && !guids_opt)
 		return ld_fail(l, "%s %s with options", tag, n);
 	if (proto_cmd_is(cmd, "CREATE"))
 		return ld_create(l, cmd, npos);

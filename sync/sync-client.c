@@ -153,6 +153,9 @@ struct sync_client {
 
 	/* The server's answer. */
 	stor_uid_list exp_uids;
+	/* Of exp_uids, those the answer names as a user's expunges (GUIDS):
+	 * our tombstones of them say so (SPEC 10.3). */
+	sync_uexp_list exp_user;
 	uint64_t exp_modseq;
 	/* Of exp_uids, those whose message the answer saves again under
 	 * another UID: expunged after the SAVE lines, or the text they share
@@ -174,6 +177,9 @@ struct sync_client {
 	 * our expunges of the same message, and conflicts moved to fresh UIDs
 	 * (old, new), both sent to the server in a second, short sync. */
 	stor_uid_list late_exp, late_old, late_new;
+	/* Like late_exp, for a user's expunges: UIDs, GUIDs (sent with GUIDS). */
+	stor_uid_list late_uexp;
+	ARRAY(struct guid) late_uexp_g;
 	uint32_t late_next;
 	unsigned late_rounds;
 };
@@ -220,6 +226,42 @@ static void cl_cmd_end(struct sync_client *c, struct proto_wr *w)
 {
 	proto_wr_end(w);
 	cl_flush(c);
+}
+
+/* EXPUNGE <uidset> 0 lines: the engine's tombstones (uids), then a user's
+ * (uuids, with their GUIDs: GUIDS).  Both sets ascending. */
+static void cl_wr_expunges(struct sync_client *c, const stor_uid_list *uids,
+			   const stor_uid_list *uuids, const struct guid *guids)
+{
+	struct proto_wr w;
+	for (size_t i = 0; i < uids->count; i += SYNC_MAX_UIDS_PER_LINE) {
+		size_t k = uids->count - i;
+		if (k > SYNC_MAX_UIDS_PER_LINE)
+			k = SYNC_MAX_UIDS_PER_LINE;
+		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
+		proto_wr_uidset(&w, uids->items + i, k);
+		proto_wr_u64(&w, 0);
+		cl_cmd_end(c, &w);
+	}
+	for (size_t i = 0; i < uuids->count; i += SYNC_MAX_USER_UIDS_PER_LINE) {
+		size_t k = uuids->count - i;
+		if (k > SYNC_MAX_USER_UIDS_PER_LINE)
+			k = SYNC_MAX_USER_UIDS_PER_LINE;
+		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
+		proto_wr_uidset(&w, uuids->items + i, k);
+		proto_wr_u64(&w, 0);
+		sync_wr_user_guids(&w, guids + i, k);
+		cl_cmd_end(c, &w);
+	}
+}
+
+/* Expunges as the answer says: a user's expunge where it named the UID
+ * and its message with GUIDS, else the engine's. */
+static int cl_expunge(struct sync_client *c, const stor_uid_list *uids, stor_uid_list *done,
+		      const char **err)
+{
+	return sync_expunge(c->db, &c->cur.guid, uids->items, uids->count, &c->exp_user,
+			    c->exp_modseq, done, err);
 }
 
 /* Starts a new group of commands: answers to older tags are ignored. */
@@ -274,6 +316,7 @@ static void answer_free(struct sync_client *c)
 	ARRAY_FREE(&c->saves);
 	ARRAY_FREE(&c->flags);
 	ARRAY_FREE(&c->exp_uids);
+	ARRAY_FREE(&c->exp_user);
 	ARRAY_FREE(&c->exp_after);
 	ARRAY_FREE(&c->fix_old);
 	ARRAY_FREE(&c->fix_new);
@@ -285,6 +328,8 @@ static void answer_free(struct sync_client *c)
 	ARRAY_FREE(&c->chunks);
 	c->fetch_pos = 0;
 	ARRAY_FREE(&c->late_exp);
+	ARRAY_FREE(&c->late_uexp);
+	ARRAY_FREE(&c->late_uexp_g);
 	ARRAY_FREE(&c->late_old);
 	ARRAY_FREE(&c->late_new);
 	if (c->have_cur)
@@ -1134,19 +1179,23 @@ static int send_some(struct sync_client *c)
 	if (c->send_pos < c->msgs.count)
 		return 0;
 	if (c->tombs.count > 0) {
-		stor_uid_list uids = ARRAY_INIT;
-		for (size_t i = 0; i < c->tombs.count; i++)
-			ARRAY_PUSH(&uids, c->tombs.items[i].uid);
-		for (size_t i = 0; i < uids.count; i += SYNC_MAX_UIDS_PER_LINE) {
-			size_t k = uids.count - i;
-			if (k > SYNC_MAX_UIDS_PER_LINE)
-				k = SYNC_MAX_UIDS_PER_LINE;
-			cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
-			proto_wr_uidset(&w, uids.items + i, k);
-			proto_wr_u64(&w, 0);
-			cl_cmd_end(c, &w);
+		/* A user's expunges go with their GUIDs: the server drops its
+		 * copies of those GUIDs under other UIDs too (SPEC 10.3). */
+		stor_uid_list uids = ARRAY_INIT, uuids = ARRAY_INIT;
+		ARRAY(struct guid) ug = ARRAY_INIT;
+		for (size_t i = 0; i < c->tombs.count; i++) {
+			const struct stor_tombstone *t = &c->tombs.items[i];
+			if (t->user) {
+				ARRAY_PUSH(&uuids, t->uid);
+				ARRAY_PUSH(&ug, t->guid);
+			} else {
+				ARRAY_PUSH(&uids, t->uid);
+			}
 		}
+		cl_wr_expunges(c, &uids, &uuids, ug.items);
 		ARRAY_FREE(&uids);
+		ARRAY_FREE(&uuids);
+		ARRAY_FREE(&ug);
 	}
 	return 1;
 }
@@ -1288,10 +1337,13 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 	if (proto_cmd_is(line, "EXPUNGE")) {
 		stor_uid_list uids;
 		uint64_t ms;
-		if (line->arg_count != 2 ||
+		bool user;
+		struct guid *guids;
+		if (line->arg_count < 2 ||
 		    sync_arg_uids(&line->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0)
 			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
-		if (proto_arg_u64(&line->args[1], INT64_MAX, &ms) < 0) {
+		if (proto_arg_u64(&line->args[1], INT64_MAX, &ms) < 0 ||
+		    sync_cmd_user_guids(line, 2, &uids, &user, &guids) < 0) {
 			ARRAY_FREE(&uids);
 			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
 		}
@@ -1299,10 +1351,17 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 		 * the answer is applied. */
 		if (!mail_modseq_valid(ms) || !mail_uids_valid(uids.items, uids.count)) {
 			ARRAY_FREE(&uids);
+			free(guids);
 			return cl_fail(c, "SYNC-END: EXPUNGE line with %s", MAIL_LIMITS_TEXT);
 		}
-		for (size_t i = 0; i < uids.count; i++)
+		for (size_t i = 0; i < uids.count; i++) {
 			ARRAY_PUSH(&c->exp_uids, uids.items[i]);
+			if (user) {
+				struct sync_uexp x = { uids.items[i], guids[i] };
+				ARRAY_PUSH(&c->exp_user, x);
+			}
+		}
+		free(guids);
 		ARRAY_FREE(&uids);
 		c->exp_modseq = ms;
 		return 0;
@@ -1426,7 +1485,11 @@ static int send_late(struct sync_client *c)
 	c->cm = mb.highestmodseq;
 	stor_mailbox_free(&mb);
 	stor_uid_list exp = c->late_exp, fo = c->late_old, fn = c->late_new;
+	stor_uid_list uexp = c->late_uexp;
+	struct guid *uexp_g = c->late_uexp_g.items;
 	memset(&c->late_exp, 0, sizeof(c->late_exp));
+	memset(&c->late_uexp, 0, sizeof(c->late_uexp));
+	memset(&c->late_uexp_g, 0, sizeof(c->late_uexp_g));
 	memset(&c->late_old, 0, sizeof(c->late_old));
 	memset(&c->late_new, 0, sizeof(c->late_new));
 	for (size_t i = 0; i < c->saves.count; i++) {
@@ -1439,6 +1502,7 @@ static int send_late(struct sync_client *c)
 	}
 	c->saves.count = c->flags.count = 0;
 	c->exp_uids.count = c->fix_old.count = c->fix_new.count = 0;
+	c->exp_user.count = 0;
 	c->exp_after.count = 0;
 	c->tombs.count = 0;
 	c->resend.count = 0;
@@ -1451,13 +1515,7 @@ static int send_late(struct sync_client *c)
 	proto_wr_u64(&w, c->L);
 	proto_wr_u64(&w, c->cu);
 	cl_cmd_end(c, &w);
-	for (size_t i = 0; i < exp.count; i += SYNC_MAX_UIDS_PER_LINE) {
-		size_t k = exp.count - i < SYNC_MAX_UIDS_PER_LINE ? exp.count - i : SYNC_MAX_UIDS_PER_LINE;
-		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
-		proto_wr_uidset(&w, exp.items + i, k);
-		proto_wr_u64(&w, 0);
-		cl_cmd_end(c, &w);
-	}
+	cl_wr_expunges(c, &exp, &uexp, uexp_g);
 	for (size_t i = 0; i < fo.count; i += SYNC_MAX_UIDS_PER_LINE) {
 		size_t k = fo.count - i < SYNC_MAX_UIDS_PER_LINE ? fo.count - i : SYNC_MAX_UIDS_PER_LINE;
 		cl_cmd_begin(c, &w, "UIDFIX", K_OTHER, 0);
@@ -1466,6 +1524,8 @@ static int send_late(struct sync_client *c)
 		cl_cmd_end(c, &w);
 	}
 	ARRAY_FREE(&exp);
+	ARRAY_FREE(&uexp);
+	free(uexp_g);
 	ARRAY_FREE(&fo);
 	ARRAY_FREE(&fn);
 	return 0;
@@ -1503,9 +1563,8 @@ static int apply_some(struct sync_client *c)
 				else
 					ARRAY_PUSH(&now, c->exp_uids.items[i]);
 			}
-			if (now.count > 0 &&
-			    stor_msg_expunge(c->db, mbg, now.items, now.count, c->exp_modseq, &done,
-					     &err) < 0) {
+			sync_uexp_sort(&c->exp_user);
+			if (now.count > 0 && cl_expunge(c, &now, &done, &err) < 0) {
 				ARRAY_FREE(&now);
 				free(saved);
 				return cl_fail(c, "%s", err);
@@ -1542,7 +1601,12 @@ static int apply_some(struct sync_client *c)
 			const struct stor_tombstone *t = tomb_by_uid(&c->tombs, uid);
 			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0) {
 				/* We expunged this very message: the expunge wins. */
-				ARRAY_PUSH(&c->late_exp, uid);
+				if (t->user) {
+					ARRAY_PUSH(&c->late_uexp, uid);
+					ARRAY_PUSH(&c->late_uexp_g, t->guid);
+				} else {
+					ARRAY_PUSH(&c->late_exp, uid);
+				}
 				continue;
 			}
 			if (t != NULL) {
@@ -1606,8 +1670,7 @@ static int apply_some(struct sync_client *c)
 			return 0;
 		if (c->exp_after.count > 0) {
 			stor_uid_list done = ARRAY_INIT;
-			if (stor_msg_expunge(c->db, mbg, c->exp_after.items, c->exp_after.count,
-					     c->exp_modseq, &done, &err) < 0)
+			if (cl_expunge(c, &c->exp_after, &done, &err) < 0)
 				return cl_fail(c, "%s", err);
 			c->report.messages_expunged += (unsigned)done.count;
 			ARRAY_FREE(&done);
@@ -1635,7 +1698,7 @@ static int apply_some(struct sync_client *c)
 	}
 	if (stor_mailbox_raise(c->db, mbg, c->final_uidnext, c->final_modseq, &err) < 0)
 		return cl_fail(c, "%s", err);
-	if (c->late_exp.count > 0 || c->late_old.count > 0)
+	if (c->late_exp.count > 0 || c->late_uexp.count > 0 || c->late_old.count > 0)
 		return 3;
 	struct stor_mailbox mb;
 	int r = stor_mailbox_get_by_guid(c->db, mbg, &mb, &err);

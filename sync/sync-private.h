@@ -18,6 +18,8 @@
 #define SYNC_FETCH_STEP_BYTES (1024u * 1024)
 /* UIDs per EXPUNGE or FETCH line (the wire's limit, protocol.h). */
 #define SYNC_MAX_UIDS_PER_LINE PROTO_MAX_UIDS_PER_LINE
+/* UIDs per EXPUNGE line that carries GUIDS (one GUID each, 33 bytes). */
+#define SYNC_MAX_USER_UIDS_PER_LINE 200
 /* Mailboxes and subscriptions in one LIST answer. */
 #define SYNC_MAX_MAILBOXES 100000
 /* UIDs and messages in one SYNC-END answer (a hostile server cannot make
@@ -62,6 +64,32 @@ void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out);
  * form it came in (a command held while the server is busy is parsed again
  * later).  Status lines are not written this way. */
 void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd);
+/* A user's expunge of the message guid at uid (EXPUNGE ... GUIDS). */
+struct sync_uexp {
+	uint32_t uid;
+	struct guid guid;
+};
+typedef ARRAY(struct sync_uexp) sync_uexp_list;
+/* Sorts by UID, keeping the first of equal UIDs. */
+void sync_uexp_sort(sync_uexp_list *l);
+/* The entry for uid in a sorted list, or NULL. */
+const struct sync_uexp *sync_uexp_find(const sync_uexp_list *l, uint32_t uid);
+/* Expunges uids from the mailbox with one modseq: as a user's expunge
+ * where user (sorted) names the UID with the GUID the UID holds here, else
+ * as the engine's (a UID that holds another message than the sender's
+ * tombstone named must not pass a user's expunge on to that message's
+ * copies under other UIDs).  The UIDs expunged go to *done (may be NULL). */
+int sync_expunge(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids, size_t count,
+		 const sync_uexp_list *user, uint64_t modseq, stor_uid_list *done, const char **err);
+/* A user's expunges (SPEC.md 10.2): writes " GUIDS (<guid> ...)", one GUID
+ * per UID of the line's uidset, in ascending UID order. */
+void sync_wr_user_guids(struct proto_wr *w, const struct guid *guids, size_t n);
+/* The optional trailing "GUIDS (...)" of an EXPUNGE line after npos
+ * arguments, for the line's UIDs (ascending, each once, else -1): 0 with
+ * *given_r and the GUIDs in *guids_r (malloc()ed, uid_count of them), or -1
+ * when something else or something malformed follows. */
+int sync_cmd_user_guids(const struct proto_cmd *cmd, size_t npos, const stor_uid_list *uids,
+			bool *given_r, struct guid **guids_r);
 /* proto_arg_uids() into storage's list type. */
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
 

@@ -40,6 +40,9 @@ struct srv_save {
 	uint32_t drop_into; /* SAVE_DROP of a copy we hold at this UID: flags merge there */
 };
 
+typedef ARRAY(struct guid) srv_guid_list;
+
+
 /* A flag change the client sent with STORE during a sync. */
 struct srv_store {
 	uint32_t uid;
@@ -73,6 +76,11 @@ struct srv_merge {
 	stor_tombstone_list stombs;
 	bool *handled, *dirty;      /* per smsgs item */
 	stor_uid_list sr, exp_client, flags_client, save_client, cexp_low;
+	/* The client's copies and our tombstones the client learns as a
+	 * user's expunges (EXPUNGE ... GUIDS), and what finds them. */
+	sync_uexp_list uexp_client;
+	srv_guid_list utombs;     /* GUIDs of our user tombstones since M, sorted */
+	srv_guid_list save_guids; /* GUIDs of the client's SAVEs, sorted */
 	uint64_t exp_modseq;
 	uint32_t final_uidnext;
 	uint64_t final_modseq;
@@ -113,6 +121,10 @@ struct sync_server {
 	ARRAY(struct srv_save) saves;
 	ARRAY(struct srv_store) stores;
 	stor_uid_list expunges;
+	/* Those of the client's expunges that a user made (GUIDS): by UID, and
+	 * their GUIDs, each sorted at SYNC-END. */
+	sync_uexp_list uexp;
+	srv_guid_list uexp_guids;
 	stor_uid_list fix_old, fix_new;
 
 	/* The command being answered in steps, and the commands that came
@@ -187,6 +199,8 @@ static void srv_sync_reset(struct sync_server *s)
 	ARRAY_FREE(&s->saves);
 	ARRAY_FREE(&s->stores);
 	ARRAY_FREE(&s->expunges);
+	ARRAY_FREE(&s->uexp);
+	ARRAY_FREE(&s->uexp_guids);
 	ARRAY_FREE(&s->fix_old);
 	ARRAY_FREE(&s->fix_new);
 	s->in_sync = false;
@@ -658,24 +672,35 @@ static int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	stor_uid_list uids;
 	uint64_t modseq;
-	if (cmd->arg_count != 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0)
+	bool user;
+	struct guid *guids;
+	if (cmd->arg_count < 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0)
 		goto bad;
-	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0) {
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 ||
+	    sync_cmd_user_guids(cmd, 2, &uids, &user, &guids) < 0) {
 		ARRAY_FREE(&uids);
 		goto bad;
 	}
 	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
 		ARRAY_FREE(&uids);
+		free(guids);
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
-	for (size_t i = 0; i < uids.count; i++)
+	for (size_t i = 0; i < uids.count; i++) {
 		ARRAY_PUSH(&s->expunges, uids.items[i]);
+		if (user) {
+			struct sync_uexp x = { uids.items[i], guids[i] };
+			ARRAY_PUSH(&s->uexp, x);
+			ARRAY_PUSH(&s->uexp_guids, guids[i]);
+		}
+	}
 	ARRAY_FREE(&uids);
+	free(guids);
 	srv_reply(s, cmd->tag, "OK", NULL, "held");
 	return 0;
 bad:
-	srv_reply(s, cmd->tag, "BAD", "ARGS", "EXPUNGE uidset modseq");
+	srv_reply(s, cmd->tag, "BAD", "ARGS", "EXPUNGE uidset modseq [GUIDS (guid ...)]");
 	return 0;
 }
 
@@ -759,6 +784,29 @@ static bool uid_in(const stor_uid_list *l, uint32_t uid)
 }
 
 static void uids_sort_unique(stor_uid_list *l);
+
+static int cmp_guid_v(const void *a, const void *b)
+{
+	return guid_cmp(a, b);
+}
+
+static bool guid_in(const srv_guid_list *l, const struct guid *g)
+{
+	/* l is sorted. */
+	return l->count > 0 && bsearch(g, l->items, l->count, sizeof(*g), cmp_guid_v) != NULL;
+}
+
+static void guids_sort(srv_guid_list *l)
+{
+	if (l->count > 1)
+		qsort(l->items, l->count, sizeof(l->items[0]), cmp_guid_v);
+}
+
+static void uexp_push(struct srv_merge *m, uint32_t uid, const struct guid *g)
+{
+	struct sync_uexp u = { uid, *g };
+	ARRAY_PUSH(&m->uexp_client, u);
+}
 
 /* Whether the client expunged uid, which holds here a message the client
  * has under another UID: the client moved it (a sync with a third node
@@ -921,6 +969,30 @@ static void wr_uid_lines(struct sync_server *s, const char *tag, const char *nam
 	}
 }
 
+/* EXPUNGE lines of a user's expunges: UIDs ascending, one GUID each. */
+static void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uexp *u,
+			  size_t count, uint64_t modseq)
+{
+	struct proto_wr w;
+	proto_wr_init(&w, &s->out);
+	for (size_t i = 0; i < count; i += SYNC_MAX_USER_UIDS_PER_LINE) {
+		size_t n = count - i;
+		if (n > SYNC_MAX_USER_UIDS_PER_LINE)
+			n = SYNC_MAX_USER_UIDS_PER_LINE;
+		uint32_t uids[SYNC_MAX_USER_UIDS_PER_LINE];
+		struct guid guids[SYNC_MAX_USER_UIDS_PER_LINE];
+		for (size_t j = 0; j < n; j++) {
+			uids[j] = u[i + j].uid;
+			guids[j] = u[i + j].guid;
+		}
+		proto_wr_begin(&w, tag, "EXPUNGE");
+		proto_wr_uidset(&w, uids, n);
+		proto_wr_u64(&w, modseq);
+		sync_wr_user_guids(&w, guids, n);
+		proto_wr_end(&w);
+	}
+}
+
 /* ---- The merge, in steps ----
  *
  * SYNC-END starts a job that merges the client's held changes with ours and
@@ -946,6 +1018,9 @@ static void merge_free(struct srv_merge *m)
 	ARRAY_FREE(&m->flags_client);
 	ARRAY_FREE(&m->save_client);
 	ARRAY_FREE(&m->cexp_low);
+	ARRAY_FREE(&m->uexp_client);
+	ARRAY_FREE(&m->utombs);
+	ARRAY_FREE(&m->save_guids);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -1002,6 +1077,11 @@ static int merge_start(struct sync_server *s, const char *tag)
 	if (s->saves.count > 0)
 		qsort(s->saves.items, s->saves.count, sizeof(struct srv_save), cmp_save);
 	uids_sort_unique(&s->expunges);
+	sync_uexp_sort(&s->uexp);
+	guids_sort(&s->uexp_guids);
+	for (size_t i = 0; i < s->saves.count; i++)
+		ARRAY_PUSH(&m->save_guids, s->saves.items[i].guid);
+	guids_sort(&m->save_guids);
 	for (size_t i = 0; i < s->expunges.count; i++) {
 		if (s->expunges.items[i] < m->L)
 			ARRAY_PUSH(&m->cexp_low, s->expunges.items[i]);
@@ -1055,6 +1135,34 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 		if (r == 0 || elsewhere == cs->uid || client_moved_from(s, elsewhere))
 			elsewhere = 0;
 	}
+	/* A user here expunged this GUID since the last sync, under any UID,
+	 * and no copy of it is left here: the client's copy is one that the
+	 * expunge missed (a sync with a third node renumbered it), and goes
+	 * as a user's expunge (SPEC 10.3, "A user's expunge"). */
+	bool same_here = (sme != NULL && guid_cmp(&sme->guid, &cs->guid) == 0) ||
+			 (sme == NULL && ti >= 0 && guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0);
+	if (!same_here && guid_in(&m->utombs, &cs->guid)) {
+		uint32_t at;
+		r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
+		if (r < 0) {
+			if (have_other)
+				stor_msg_free(&other);
+			return -1;
+		}
+		if (r == 0) {
+			cs->action = SAVE_DROP;
+			uexp_push(m, cs->uid, &cs->guid);
+			if (sme != NULL) {
+				/* Ours at this UID still moves, as below. */
+				ARRAY_PUSH(&m->sr, cs->uid);
+				if (si >= 0)
+					m->handled[si] = true;
+			}
+			if (have_other)
+				stor_msg_free(&other);
+			return 0;
+		}
+	}
 	if (sme != NULL) {
 		if (guid_cmp(&sme->guid, &cs->guid) == 0) {
 			cs->action = SAVE_MERGE;
@@ -1089,7 +1197,10 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 		} else if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
 			/* We expunged it: the expunge wins. */
 			cs->action = SAVE_DROP;
-			ARRAY_PUSH(&m->exp_client, cs->uid);
+			if (m->stombs.items[ti].user)
+				uexp_push(m, cs->uid, &cs->guid);
+			else
+				ARRAY_PUSH(&m->exp_client, cs->uid);
 		} else if (elsewhere != 0) {
 			take_ours(m, cs, elsewhere);
 		} else {
@@ -1325,6 +1436,21 @@ static int merge_own(struct sync_server *s, size_t i, const char **err)
 	struct stor_msg *msg = &m->smsgs.items[i];
 	if (m->handled[i] || uid_in(&m->cexp_low, msg->uid))
 		return 0;
+	/* A user on the client expunged this GUID since the last sync (under
+	 * any UID) and the client holds no copy it changed since: ours is one
+	 * the expunge missed, and goes here too. */
+	if (guid_in(&s->uexp_guids, &msg->guid) && !guid_in(&m->save_guids, &msg->guid)) {
+		stor_uid_list done = ARRAY_INIT;
+		uint32_t uid = msg->uid;
+		struct guid g = msg->guid;
+		if (stor_msg_expunge_kind(s->db, &s->sel, &uid, 1, m->N, true, &done, err) < 0)
+			return -1;
+		ARRAY_FREE(&done);
+		m->dirty[i] = true;
+		m->touched = true;
+		uexp_push(m, uid, &g);
+		return 0;
+	}
 	/* Above everything the client had: its IMAP clients will see it as it
 	 * is, so the modseq stays (a catch-up sync rewrites nothing here).
 	 * Else it is raised to N. */
@@ -1347,11 +1473,15 @@ static int merge_final(struct sync_server *s, const char **err)
 {
 	struct srv_merge *m = &s->merge;
 	struct stor_mailbox mb;
-	bool exp_needs_n = m->exp_client.count > 0; /* drops of client copies */
+	/* drops of client copies */
+	bool exp_needs_n = m->exp_client.count > 0 || m->uexp_client.count > 0;
 	for (size_t i = 0; i < m->stombs.count; i++) {
 		const struct stor_tombstone *t = &m->stombs.items[i];
 		if (t->uid < m->L && !uid_in(&m->cexp_low, t->uid)) {
-			ARRAY_PUSH(&m->exp_client, t->uid);
+			if (t->user)
+				uexp_push(m, t->uid, &t->guid);
+			else
+				ARRAY_PUSH(&m->exp_client, t->uid);
 			if (t->modseq <= m->cm)
 				exp_needs_n = true;
 			if (t->modseq > m->exp_modseq)
@@ -1359,6 +1489,14 @@ static int merge_final(struct sync_server *s, const char **err)
 		}
 	}
 	uids_sort_unique(&m->exp_client);
+	sync_uexp_sort(&m->uexp_client);
+	/* A UID named both ways is a user's expunge. */
+	size_t keep = 0;
+	for (size_t i = 0; i < m->exp_client.count; i++) {
+		if (sync_uexp_find(&m->uexp_client, m->exp_client.items[i]) == NULL)
+			m->exp_client.items[keep++] = m->exp_client.items[i];
+	}
+	m->exp_client.count = keep;
 	uids_sort_unique(&m->save_client);
 	uids_sort_unique(&m->flags_client);
 	if (exp_needs_n) {
@@ -1378,6 +1516,7 @@ static int merge_final(struct sync_server *s, const char **err)
 	m->final_modseq = mb.highestmodseq;
 	stor_mailbox_free(&mb);
 	wr_uid_lines(s, m->tag, "EXPUNGE", &m->exp_client, m->exp_modseq);
+	wr_uexp_lines(s, m->tag, m->uexp_client.items, m->uexp_client.count, m->exp_modseq);
 	return 0;
 }
 
@@ -1490,6 +1629,11 @@ static int merge_step(struct sync_server *s)
 			if (stor_changes_since(s->db, &s->sel, m->M, &m->smsgs, &m->stombs, &err) < 0)
 				goto storage_error;
 			s->examined += (unsigned)(m->smsgs.count + m->stombs.count);
+			for (size_t i = 0; i < m->stombs.count; i++) {
+				if (m->stombs.items[i].user)
+					ARRAY_PUSH(&m->utombs, m->stombs.items[i].guid);
+			}
+			guids_sort(&m->utombs);
 			m->handled = xcalloc(m->smsgs.count + 1, sizeof(bool));
 			m->dirty = xcalloc(m->smsgs.count + 1, sizeof(bool));
 			/* The scan costs about as much as a step's messages. */
@@ -1559,9 +1703,11 @@ static int merge_step(struct sync_server *s)
 				if (k > SYNC_MAX_UIDS_PER_LINE)
 					k = SYNC_MAX_UIDS_PER_LINE;
 				stor_uid_list done = ARRAY_INIT;
-				if (stor_msg_expunge(s->db, &s->sel, m->cexp_low.items + m->pos, k, m->N,
-						     &done, &err) < 0)
+				if (sync_expunge(s->db, &s->sel, m->cexp_low.items + m->pos, k, &s->uexp,
+						 m->N, &done, &err) < 0) {
+					ARRAY_FREE(&done);
 					goto storage_error;
+				}
 				if (done.count > 0)
 					m->touched = true;
 				ARRAY_FREE(&done);

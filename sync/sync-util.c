@@ -197,6 +197,103 @@ int sync_cmd_stamps(const struct proto_cmd *cmd, size_t npos, bool *given_r,
 	return 0;
 }
 
+static int uexp_cmp(const void *a, const void *b)
+{
+	uint32_t x = ((const struct sync_uexp *)a)->uid, y = ((const struct sync_uexp *)b)->uid;
+	return x < y ? -1 : x > y;
+}
+
+void sync_uexp_sort(sync_uexp_list *l)
+{
+	if (l->count == 0)
+		return;
+	/* Stable for equal UIDs is not needed: one tombstone per UID. */
+	qsort(l->items, l->count, sizeof(l->items[0]), uexp_cmp);
+	size_t n = 1;
+	for (size_t i = 1; i < l->count; i++) {
+		if (l->items[i].uid != l->items[n - 1].uid)
+			l->items[n++] = l->items[i];
+	}
+	l->count = n;
+}
+
+const struct sync_uexp *sync_uexp_find(const sync_uexp_list *l, uint32_t uid)
+{
+	struct sync_uexp key = { .uid = uid };
+	if (l->count == 0)
+		return NULL;
+	return bsearch(&key, l->items, l->count, sizeof(l->items[0]), uexp_cmp);
+}
+
+int sync_expunge(struct stor_db *db, const struct guid *mailbox, const uint32_t *uids, size_t count,
+		 const sync_uexp_list *user, uint64_t modseq, stor_uid_list *done, const char **err)
+{
+	stor_uid_list u = ARRAY_INIT, e = ARRAY_INIT;
+	int r = 0;
+	for (size_t i = 0; i < count && r == 0; i++) {
+		const struct sync_uexp *x = sync_uexp_find(user, uids[i]);
+		bool is_user = false;
+		if (x != NULL) {
+			struct stor_msg m;
+			r = stor_msg_get(db, mailbox, uids[i], &m, err);
+			if (r > 0) {
+				is_user = guid_cmp(&m.guid, &x->guid) == 0;
+				stor_msg_free(&m);
+			}
+			if (r > 0)
+				r = 0;
+		}
+		ARRAY_PUSH(is_user ? &u : &e, uids[i]);
+	}
+	if (r == 0 && u.count > 0)
+		r = stor_msg_expunge_kind(db, mailbox, u.items, u.count, modseq, true, done, err);
+	if (r == 0 && e.count > 0)
+		r = stor_msg_expunge_kind(db, mailbox, e.items, e.count, modseq, false, done, err);
+	ARRAY_FREE(&u);
+	ARRAY_FREE(&e);
+	return r;
+}
+
+void sync_wr_user_guids(struct proto_wr *w, const struct guid *guids, size_t n)
+{
+	proto_wr_atom(w, "GUIDS");
+	proto_wr_list_begin(w);
+	for (size_t i = 0; i < n; i++)
+		proto_wr_guid(w, &guids[i]);
+	proto_wr_list_end(w);
+}
+
+int sync_cmd_user_guids(const struct proto_cmd *cmd, size_t npos, const stor_uid_list *uids,
+			bool *given_r, struct guid **guids_r)
+{
+	*given_r = false;
+	*guids_r = NULL;
+	if (cmd->arg_count == npos)
+		return 0;
+	if (cmd->arg_count != npos + 2 || cmd->args[npos].type != PROTO_ARG_ATOM ||
+	    strcasecmp(cmd->args[npos].str, "GUIDS") != 0)
+		return -1;
+	const struct proto_arg *l = &cmd->args[npos + 1];
+	if (l->type != PROTO_ARG_LIST || l->count != uids->count || l->count == 0)
+		return -1;
+	/* The n-th GUID names the n-th UID: only a set in ascending order
+	 * makes that unambiguous. */
+	for (size_t i = 1; i < uids->count; i++) {
+		if (uids->items[i] <= uids->items[i - 1])
+			return -1;
+	}
+	struct guid *g = xmalloc(l->count * sizeof(*g));
+	for (size_t i = 0; i < l->count; i++) {
+		if (proto_arg_guid(&l->list[i], &g[i]) < 0) {
+			free(g);
+			return -1;
+		}
+	}
+	*given_r = true;
+	*guids_r = g;
+	return 0;
+}
+
 void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out)
 {
 	struct stor_stamp st = { xstrdup(STOR_STAMP_ALL), modseq, 0 };

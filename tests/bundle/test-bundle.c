@@ -532,6 +532,70 @@ static void check_no_duplicates(struct node *n, const struct guid *mbs, size_t n
 	}
 }
 
+static bool holds_guid(struct node *n, const struct guid *mb, const struct guid *g)
+{
+	const char *error;
+	uint32_t uid;
+	int r = stor_msg_find_guid(n->db, mb, g, &uid, &error);
+	CU_ASSERT(r >= 0);
+	return r > 0;
+}
+
+/* A user's expunge travels by bundle as one (EXPUNGE ... GUIDS): A's user
+ * expunges X while B holds X under another UID (a sync with a third node
+ * renumbered it).  Whichever node imports first, X stays expunged on both,
+ * and importing again changes nothing. */
+static void bundle_acked_expunge_after_renumber(bool a_first)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&a, USER, "INBOX", NULL);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
+	uint32_t xu = append(&a, &mb, "Subject: x\r\n\r\nx\r\n", STOR_FLAG_FLAGGED);
+	struct stor_msg xm;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &mb, xu, &xm, &error), 1);
+	struct guid x = xm.guid;
+	stor_msg_free(&xm);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	CU_ASSERT_FATAL(holds_guid(&b, &mb, &x));
+	expunge(&a, &mb, xu);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(b.db, &mb, xu, xu + 5, 0, &error), 0);
+	struct node *first = a_first ? &b : &a, *second = a_first ? &a : &b;
+	/* first imports second's bundle, then the other way, twice. */
+	for (int round = 0; round < 2; round++) {
+		export_from(second, true, &bundle, NULL);
+		import_ok(first, &bundle, NULL);
+		CU_ASSERT(!holds_guid(first, &mb, &x));
+		export_from(first, true, &bundle, NULL);
+		import_ok(second, &bundle, NULL);
+		CU_ASSERT(!holds_guid(&a, &mb, &x));
+		CU_ASSERT(!holds_guid(&b, &mb, &x));
+	}
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(stor_mailbox_check(a.db, &mb, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_bundle_acked_expunge_after_renumber_expunger_exports(void)
+{
+	bundle_acked_expunge_after_renumber(true);
+}
+
+static void test_bundle_acked_expunge_after_renumber_holder_exports(void)
+{
+	bundle_acked_expunge_after_renumber(false);
+}
+
 static void test_bundle_random_changes_converge(void)
 {
 	for (uint32_t seed = 1; seed <= 8; seed++) {
@@ -1093,6 +1157,10 @@ static const struct test_case bundle_cases[] = {
 	{ "flag changes on both sides merge", test_bundle_flag_changes_on_both_sides_merge },
 	{ "a later STORE that changes no value wins (flag-holds)", test_bundle_noop_clear_later_wins },
 	{ "random changes converge", test_bundle_random_changes_converge },
+	{ "an acknowledged expunge holds against a renumbered copy (expunger exports)",
+	  test_bundle_acked_expunge_after_renumber_expunger_exports },
+	{ "an acknowledged expunge holds against a renumbered copy (holder exports)",
+	  test_bundle_acked_expunge_after_renumber_holder_exports },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
 	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },

@@ -211,7 +211,11 @@ class Model:
                 if ok and cu:
                     c[0] += 1
                 if kind == "move":
-                    moved = ok and any(uid in uids for _e, uids in ev.get("vanished", ()))
+                    # Moved only when the answer says where to (COPYUID): an
+                    # OK "No messages moved" may still report the UID vanished,
+                    # when a sync renumbered the message meanwhile.
+                    moved = ok and bool(cu) and any(uid in uids
+                                                    for _e, uids in ev.get("vanished", ()))
                     self.removals.setdefault(m, []).append((ev, moved))
 
     def _store(self, ev, targets, ok):

@@ -99,6 +99,13 @@ def t_appends():
     unsure = dict(gone, status="BROKEN", vanished=[])
     expect("an EXPUNGE without OK: either way is fine", [a, mark, unsure],
            {1: state([]), 2: full}, [])
+    mv = ev("s2", 4, 5, "move", "UID MOVE 1 Copies", targets={1: "<m1>"},
+            vanished=[(False, [1])], copyuid=[9, "1", "4"])
+    expect("an acknowledged MOVE, message back on one node", [a, mv],
+           {1: state([]), 2: full}, ["acked-expunge-holds", "copies"])
+    renumbered = dict(mv, copyuid=None)
+    expect("a MOVE that moved nothing while a sync renumbered the message", [a, renumbered],
+           {1: full, 2: full}, [])
 
 
 def t_flags():

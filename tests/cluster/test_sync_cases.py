@@ -15,7 +15,11 @@ writes alone is in no replication log; only a sync brings it over):
   - the periodic check (STARLING_SYNC_CHECK_INTERVAL) finds nodes that
     differ and resyncs them by itself, and leaves equal nodes alone;
   - a mailbox of 20,000 messages resyncs to an empty node over a real link
-    without the link dropping.
+    without the link dropping;
+  - an EXPUNGE a client was told about on a node that was alone holds after
+    the heal although the two other nodes' sync renumbered the message
+    (SPEC.md 10.3 "A user's expunge"; the fault campaign's
+    acked-expunge-holds).
 
 The last line is "test-sync-cases: N passed, M failed".
 """
@@ -320,6 +324,90 @@ def t_qresync_after_partition():
     finish_cluster(c)
 
 
+def msgids_on(node, mailbox="INBOX"):
+    a = login(node)
+    a.command("SELECT %s" % mailbox)
+    ids = uid_msgids(a)
+    a.command("LOGOUT")
+    return ids
+
+
+def start_alone(node):
+    node.stop()
+    node.peer_ids = set()
+    node.start()
+
+
+def start_linked(node, peers=None):
+    node.stop()
+    node.peer_ids = peers
+    node.start()
+
+
+def t_acked_expunge_after_renumber():
+    c = new_cluster(3)
+    n1, n2, n3 = c.nodes
+    R.check("3 messages appended with all nodes up",
+            append_many(n1, [message("base", i) for i in range(3)]))
+    c.wait_dumps_equal(USER, timeout=60)
+    # X reaches nodes 1 and 2 by replication; node 3 is down.
+    n3.stop()
+    R.check("X appended on node 1", append_many(n1, [message("x", 0)]))
+    for _ in range(200):
+        if "x.0@example.com" in msgids_on(n2).values():
+            break
+        time.sleep(0.05)
+    x_uid = [u for u, m in msgids_on(n2).items() if m == "x.0@example.com"]
+    R.check("X replicated to node 2", len(x_uid) == 1, x_uid)
+    # Node 3, alone, saves another message at X's UID.
+    n1.stop()
+    n2.stop()
+    start_alone(n3)
+    R.check("Y appended on node 3 alone", append_many(n3, [message("y", 0)]))
+    y_uid = [u for u, m in msgids_on(n3).items() if m == "y.0@example.com"]
+    R.check("Y took X's UID there", y_uid == x_uid, (x_uid, y_uid))
+    n3.stop()
+    # Node 1, alone, expunges X: the client is told.
+    start_alone(n1)
+    a = login(n1)
+    a.command("SELECT INBOX")
+    uid = [u for u, m in uid_msgids(a).items() if m == "x.0@example.com"]
+    a.command("UID STORE %d +FLAGS.SILENT (\\Deleted)" % uid[0])
+    r = a.command("UID EXPUNGE %d" % uid[0])
+    R.check("UID EXPUNGE of X on node 1: OK", r.ok, r)
+    a.command("LOGOUT")
+    n1.stop()
+    # Nodes 2 and 3 meet without node 1: their sync renumbers X.
+    start_linked(n2, {3})
+    start_linked(n3, {2})
+    c.wait_links_up(timeout=40, nodes=[n2, n3])
+    r, rep = resync(n2, peer=3)
+    R.check("the resync of nodes 2 and 3 converged", rep.get("converged") == "yes",
+            (r.stdout, r.stderr))
+    moved = [u for u, m in msgids_on(n2).items() if m == "x.0@example.com"]
+    R.check("X now lives under another UID on node 2", len(moved) == 1 and moved != x_uid,
+            (x_uid, moved))
+    # The heal.
+    start_linked(n2, None)
+    start_linked(n3, None)
+    start_linked(n1, None)
+    c.wait_links_up(timeout=40)
+    for node in (n1, n2, n3):
+        r, rep = resync(node)
+        R.check("the resync from node %d converged" % node.node_id,
+                rep.get("converged") == "yes", (r.stdout, r.stderr))
+    c.wait_dumps_equal(USER, timeout=60)
+    for node in (n1, n2, n3):
+        ids = msgids_on(node)
+        R.check("X stays expunged on node %d" % node.node_id,
+                "x.0@example.com" not in ids.values(), ids)
+        R.check("Y and the 3 others are on node %d" % node.node_id,
+                sorted(m for m in ids.values()) ==
+                ["base.0@example.com", "base.1@example.com", "base.2@example.com",
+                 "y.0@example.com"], ids)
+    finish_cluster(c)
+
+
 def t_periodic_check():
     c = new_cluster(2, check_interval="0.5")
     n1, n2 = c.nodes
@@ -418,6 +506,8 @@ def main():
                        ("two concurrent RENAMEs end under one name", t_concurrent_renames),
                        ("QRESYNC client after a partition and resync", t_qresync_after_partition),
                        ("the periodic check", t_periodic_check),
+                       ("an acknowledged EXPUNGE holds against a renumbered copy",
+                        t_acked_expunge_after_renumber),
                        ("a %d-message mailbox over a real link" % LARGE, t_large_mailbox)):
         if not only or func.__name__ in only:
             R.section(name, func)

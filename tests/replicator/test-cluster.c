@@ -862,6 +862,94 @@ static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
 	free(dir);
 }
 
+/* The tombstone at uid on db: 1 a user's, 0 the engine's, -1 none. */
+static int tomb_kind(struct stor_db *db, const struct guid *mb, uint32_t uid)
+{
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	const char *err;
+	int kind = -1;
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(db, mb, 0, &msgs, &tombs, &err), 0);
+	for (size_t i = 0; i < tombs.count; i++) {
+		if (tombs.items[i].uid == uid)
+			kind = tombs.items[i].user ? 1 : 0;
+	}
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	return kind;
+}
+
+/* The master streams a user's expunge with BY USER and a sync's (here a
+ * renumbering's tombstone) without: the replica keeps each kind, so a copy
+ * the master's engine dropped is never taken there for one a user
+ * expunged, and a user's expunge still removes renumbered copies in the
+ * replica's later syncs (SPEC.md 8.6, 10.3). */
+static void test_replica_keeps_who_expunged(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	const char *err;
+	for (int k = 0; k < 3; k++) {
+		struct repl_append a;
+		memset(&a, 0, sizeof(a));
+		a.text = k == 0 ? "Subject: 1\r\n\r\none\r\n" : k == 1 ? "Subject: 2\r\n\r\ntwo\r\n"
+								: "Subject: 3\r\n\r\nthree\r\n";
+		a.text_len = strlen(a.text);
+		memset(&d, 0, sizeof(d));
+		repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	}
+	/* A sync on the master moved message 2 (the engine's tombstone at
+	 * 2); then a user expunges message 1, which streams both. */
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n2.db, &dmb.guid, 2, 10, 0, &err), 0);
+	uint32_t one = 1;
+	memset(&d, 0, sizeof(d));
+	repl_expunge(n2.repl, "bob", &dmb.guid, &one, 1, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	for (int i = 0; i < 1000 && (tomb_kind(n1.db, &dmb.guid, 1) < 0 ||
+				     tomb_kind(n1.db, &dmb.guid, 2) < 0);
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	CU_ASSERT_EQUAL(tomb_kind(n2.db, &dmb.guid, 1), 1);
+	CU_ASSERT_EQUAL(tomb_kind(n2.db, &dmb.guid, 2), 0);
+	CU_ASSERT_EQUAL(tomb_kind(n1.db, &dmb.guid, 1), 1);
+	CU_ASSERT_EQUAL(tomb_kind(n1.db, &dmb.guid, 2), 0);
+	stor_mailbox_free(&dmb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 const struct test_case repl_cluster_cases[] = {
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
 	{ "degraded_writes = refuse: refused before made, as master and alone",
@@ -875,5 +963,6 @@ const struct test_case repl_cluster_cases[] = {
 	  test_peer_values_past_the_bounds_are_refused },
 	{ "a COPY whose source is expunged meanwhile sends no empty text",
 	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
+	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
 	{ NULL, NULL },
 };

@@ -319,9 +319,66 @@ static void test_open_creates_missing_parent_dirs(void)
 	free(dir);
 }
 
+/* The kind of the tombstone at uid (1 a user's, 0 the engine's), -1 none,
+ * -2 when reading fails. */
+static int tomb_kind(struct stor_db *db, const struct guid *mb, uint32_t uid)
+{
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	const char *error;
+	if (stor_changes_since(db, mb, 0, &msgs, &tombs, &error) < 0)
+		return -2;
+	int kind = -1;
+	for (size_t i = 0; i < tombs.count; i++) {
+		if (tombs.items[i].uid == uid)
+			kind = tombs.items[i].user ? 1 : 0;
+	}
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	return kind;
+}
+
+/* A tombstone records who expunged (a byte after the GUID and modseq); a
+ * record of an older store, without it, reads as the engine's, and a value
+ * other than 0 or 1 is corruption. */
+static void test_tombstone_kind_and_old_records(void)
+{
+	struct tstore t;
+	struct stor_key k;
+	const char *error = NULL;
+	char *v;
+	size_t len;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "one", 0);
+	tappend(t.db, &g, 0, "two", 0);
+	uint32_t one = 1;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge(t.db, &g, &one, 1, 0, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(t.db, &g, 2, 7, 0, &error), 0);
+	CU_ASSERT_EQUAL(tomb_kind(t.db, &g, 1), 1);
+	CU_ASSERT_EQUAL(tomb_kind(t.db, &g, 2), 0);
+	stor_key_init(&k, STOR_KEY_TOMB);
+	stor_key_guid(&k, &g);
+	stor_key_u32(&k, 1);
+	CU_ASSERT_EQUAL_FATAL(stor_db_get(t.db, &k, &v, &len, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(len, GUID_SIZE + 9);
+	CU_ASSERT_EQUAL(v[GUID_SIZE + 8], 1);
+	/* As an older store wrote it: GUID and modseq only. */
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, v, GUID_SIZE + 8, &error), 0);
+	CU_ASSERT_EQUAL(tomb_kind(t.db, &g, 1), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_check(t.db, &g, &error), 0);
+	v[GUID_SIZE + 8] = 2;
+	CU_ASSERT_EQUAL(stor_test_raw_put(t.db, k.b, k.len, v, GUID_SIZE + 9, &error), 0);
+	CU_ASSERT_EQUAL(tomb_kind(t.db, &g, 1), -2);
+	free(v);
+	tstore_close(&t);
+}
+
 const struct test_case storage_robust_cases[] = {
 	{ "corrupt message record is a clear error", test_corrupt_message_record_is_a_clear_error },
 	{ "corrupt mailbox record is a clear error", test_corrupt_mailbox_record_is_a_clear_error },
+	{ "tombstones say who expunged; old records are the engine's",
+	  test_tombstone_kind_and_old_records },
 	{ "corrupt LevelDB files fail open clearly", test_corrupt_leveldb_file_fails_open_clearly },
 	{ "damaged text in the journal is reported as corruption", test_damaged_text_is_reported_as_corruption },
 	{ "failed write leaves the store consistent", test_failed_write_leaves_store_consistent },

@@ -1719,6 +1719,196 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 }
 
 
+/* A replicated SAVE (8.6): the message at the master's UID, same GUID. */
+static void replicate_append(struct node *n, const struct guid *mb, uint32_t uid,
+			     const struct guid *g, const char *text)
+{
+	struct stor_append req;
+	const char *error = NULL;
+	memset(&req, 0, sizeof(req));
+	req.uid = uid;
+	req.guid = g;
+	req.internaldate = 1700000000;
+	req.text = text;
+	req.text_len = strlen(text);
+	int r = stor_msg_append(n->db, mb, &req, NULL, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "replicated append: %s\n", error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+}
+
+/* The fault campaign's acked-expunge-holds (partition seeds 200, 201, 1,
+ * 2): X reaches A and B by live replication; apart, a user expunges X on
+ * A, while a sync of B with C (which used X's UID for another message)
+ * renumbers X on B and C.  After the heal X must stay expunged everywhere,
+ * whichever side of each sync is the client: the tombstone B keeps at X's
+ * old UID is the engine's (the renumbering), A's is the user's, and A's
+ * names a UID that no longer holds X on B. */
+static void acked_expunge_after_renumber(bool a_is_client)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&b, &a, false, 51);
+	run_sync(&c, &a, false, 52);
+	struct guid x, y;
+	uint32_t xu = append(&a, &mb, "message x\r\n", STOR_FLAG_FLAGGED, &x);
+	replicate_append(&b, &mb, xu, &x, "message x\r\n");
+	uint32_t yu = append(&c, &mb, "message y\r\n", 0, &y);
+	CU_ASSERT_EQUAL_FATAL(xu, yu);
+	/* Apart: the user expunges X on A (the client was told OK). */
+	expunge(&a, &mb, xu);
+	run_sync(&c, &b, false, 53);
+	uint32_t moved = 0;
+	CU_ASSERT_FATAL(has_guid(&b, &mb, &x, &moved));
+	CU_ASSERT_NOT_EQUAL(moved, xu); /* the scenario: X lives elsewhere on B */
+	/* The heal. */
+	if (a_is_client)
+		run_sync(&a, &b, false, 54);
+	else
+		run_sync(&b, &a, false, 54);
+	CU_ASSERT(!has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT(!has_guid(&b, &mb, &x, NULL));
+	run_sync(&c, &a, false, 55);
+	run_sync(&b, &c, false, 56);
+	run_sync(&a, &b, false, 57);
+	CU_ASSERT(!has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT(!has_guid(&b, &mb, &x, NULL));
+	CU_ASSERT(!has_guid(&c, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&a, &mb, &y, NULL));
+	three_nodes_end_alike(&a, &b, &c, 3 + 1);
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	check_mailbox(&c, &mb);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_acked_expunge_after_renumber_client_expunged(void)
+{
+	acked_expunge_after_renumber(true);
+}
+
+static void test_sync_acked_expunge_after_renumber_server_expunged(void)
+{
+	acked_expunge_after_renumber(false);
+}
+
+/* Only a user's tombstone removes copies under other UIDs: the engine's
+ * tombstone of a renumbered message (the UID it left) never takes the
+ * message at its new UID away, in either direction. */
+static void test_sync_renumber_tombstone_removes_nothing(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	struct guid x;
+	uint32_t xu = append(&a, &mb, "message x\r\n", 0, &x);
+	replicate_append(&b, &mb, xu, &x, "message x\r\n");
+	const char *error;
+	/* A moves X (as a sync with a third node would): an engine
+	 * tombstone at its old UID; B still holds X there. */
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, xu, xu + 5, 0, &error), 0);
+	run_sync(&b, &a, false, 61);
+	CU_ASSERT(has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&b, &mb, &x, NULL));
+	CU_ASSERT(dumps_equal(&a, &b));
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Tombstones say who expunged: an IMAP expunge the user's, a renumbering
+ * the engine's, and a sync carries the user's on to the other side. */
+static void test_sync_tombstone_provenance_travels(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	for (int i = 0; i < 4; i++)
+		append(&a, &mb, "m\r\n", 0, NULL);
+	run_sync(&b, &a, false, 71);
+	const char *error;
+	expunge(&a, &mb, 1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, 2, 9, 0, &error), 0);
+	run_sync(&b, &a, false, 72);
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(b.db, &mb, 0, &msgs, &tombs, &error), 0);
+	bool user1 = false, engine2 = false;
+	for (size_t i = 0; i < tombs.count; i++) {
+		if (tombs.items[i].uid == 1)
+			user1 = tombs.items[i].user;
+		if (tombs.items[i].uid == 2)
+			engine2 = !tombs.items[i].user;
+	}
+	CU_ASSERT(user1);
+	CU_ASSERT(engine2);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	node_close(&a);
+	node_close(&b);
+}
+
+
+/* The tombstone at uid on n: 1 a user's, 0 the engine's, -1 none. */
+static int tomb_kind(struct node *n, const struct guid *mb, uint32_t uid, struct guid *guid_r)
+{
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	const char *error;
+	int kind = -1;
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(n->db, mb, 0, &msgs, &tombs, &error), 0);
+	for (size_t i = 0; i < tombs.count; i++) {
+		if (tombs.items[i].uid == uid) {
+			kind = tombs.items[i].user ? 1 : 0;
+			if (guid_r != NULL)
+				*guid_r = tombs.items[i].guid;
+		}
+	}
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	return kind;
+}
+
+/* A user's tombstone names its message: where the UID holds another
+ * message on the other side (the client moved that one away, SPEC 10.3),
+ * the expunge there is the engine's, or the other message would be taken
+ * for one the user expunged and lose its copies everywhere. */
+static void test_sync_user_tombstone_of_another_message_stays_engine(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	struct guid g1, g2;
+	uint32_t u1 = append(&a, &mb, "message one\r\n", 0, &g1);
+	expunge(&a, &mb, u1);
+	guid_generate(&g2);
+	replicate_append(&a, &mb, u1 + 1, &g2, "message two\r\n");
+	replicate_append(&b, &mb, u1, &g2, "message two\r\n");
+	run_sync(&a, &b, false, 81);
+	uint32_t at = 0;
+	CU_ASSERT(has_guid(&a, &mb, &g2, &at));
+	CU_ASSERT_EQUAL(at, u1 + 1);
+	CU_ASSERT(has_guid(&b, &mb, &g2, &at));
+	CU_ASSERT_EQUAL(at, u1 + 1);
+	struct guid tg;
+	CU_ASSERT_EQUAL(tomb_kind(&a, &mb, u1, &tg), 1);
+	CU_ASSERT_EQUAL(guid_cmp(&tg, &g1), 0);
+	CU_ASSERT_EQUAL(tomb_kind(&b, &mb, u1, &tg), 0);
+	CU_ASSERT_EQUAL(guid_cmp(&tg, &g2), 0);
+	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+}
+
+
 /* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ---- */
 
 static struct stor_msg get_msg(struct node *n, const struct guid *mb, uint32_t uid)
@@ -2425,6 +2615,15 @@ static const struct test_case sync_cases[] = {
 	  test_sync_flagged_copy_taken_from_server_4 },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
+	{ "an acknowledged expunge holds against a renumbered copy (client expunged)",
+	  test_sync_acked_expunge_after_renumber_client_expunged },
+	{ "an acknowledged expunge holds against a renumbered copy (server expunged)",
+	  test_sync_acked_expunge_after_renumber_server_expunged },
+	{ "a renumbering's tombstone removes no copy", test_sync_renumber_tombstone_removes_nothing },
+	{ "tombstones say who expunged, and a sync carries it",
+	  test_sync_tombstone_provenance_travels },
+	{ "a user's tombstone of another message is the engine's here",
+	  test_sync_user_tombstone_of_another_message_stays_engine },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
 	{ "first sync: message at a client tombstone moves",
 	  test_sync_first_sync_moves_message_at_client_tombstone },
