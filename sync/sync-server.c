@@ -1179,10 +1179,11 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			m->handled[si] = true;
 	} else if (ti >= 0) {
 		uint32_t moved_to = 0;
-		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
-			/* Our tombstone of this very message: we moved it
-			 * (a UID conflict with a third node) when it lives on
-			 * at another UID here, else we expunged it. */
+		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0 &&
+		    !m->stombs.items[ti].user) {
+			/* Our engine's tombstone of this very message: we
+			 * moved it (a UID conflict with a third node) when it
+			 * lives on at another UID here. */
 			r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &moved_to, err);
 			if (r < 0) {
 				if (have_other)

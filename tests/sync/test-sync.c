@@ -1720,8 +1720,8 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 
 
 /* A replicated SAVE (8.6): the message at the master's UID, same GUID. */
-static void replicate_append(struct node *n, const struct guid *mb, uint32_t uid,
-			     const struct guid *g, const char *text)
+static void replicate_save(struct node *n, const struct guid *mb, uint32_t uid,
+			   const struct guid *g, const char *text)
 {
 	struct stor_append req;
 	const char *error = NULL;
@@ -1754,7 +1754,7 @@ static void acked_expunge_after_renumber(bool a_is_client)
 	run_sync(&c, &a, false, 52);
 	struct guid x, y;
 	uint32_t xu = append(&a, &mb, "message x\r\n", STOR_FLAG_FLAGGED, &x);
-	replicate_append(&b, &mb, xu, &x, "message x\r\n");
+	replicate_save(&b, &mb, xu, &x, "message x\r\n");
 	uint32_t yu = append(&c, &mb, "message y\r\n", 0, &y);
 	CU_ASSERT_EQUAL_FATAL(xu, yu);
 	/* Apart: the user expunges X on A (the client was told OK). */
@@ -1807,7 +1807,7 @@ static void test_sync_renumber_tombstone_removes_nothing(void)
 	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
 	struct guid x;
 	uint32_t xu = append(&a, &mb, "message x\r\n", 0, &x);
-	replicate_append(&b, &mb, xu, &x, "message x\r\n");
+	replicate_save(&b, &mb, xu, &x, "message x\r\n");
 	const char *error;
 	/* A moves X (as a sync with a third node would): an engine
 	 * tombstone at its old UID; B still holds X there. */
@@ -1890,8 +1890,8 @@ static void test_sync_user_tombstone_of_another_message_stays_engine(void)
 	uint32_t u1 = append(&a, &mb, "message one\r\n", 0, &g1);
 	expunge(&a, &mb, u1);
 	guid_generate(&g2);
-	replicate_append(&a, &mb, u1 + 1, &g2, "message two\r\n");
-	replicate_append(&b, &mb, u1, &g2, "message two\r\n");
+	replicate_save(&a, &mb, u1 + 1, &g2, "message two\r\n");
+	replicate_save(&b, &mb, u1, &g2, "message two\r\n");
 	run_sync(&a, &b, false, 81);
 	uint32_t at = 0;
 	CU_ASSERT(has_guid(&a, &mb, &g2, &at));
