@@ -289,18 +289,73 @@ int imap_derived_load(struct stor_db *db, const struct guid *text_guid, uint64_t
 	}
 	if (text_read_r != NULL && text_r != NULL)
 		*text_read_r = true;
-	imap_derived_build(text->data != NULL ? text->data + start : NULL, text->len - start, &rec);
+	size_t len = text->len - start;
+	imap_derived_build(text->data != NULL ? text->data + start : NULL, len, &rec);
 	buf_free(&own);
 	imap_derived_stats.built++;
 	/* The record's size is bounded by the limits above, far below
 	 * STOR_DERIVED_MAX; a store that cannot keep it only costs speed. */
 	const char *err;
 	(void)stor_derived_put(db, text_guid, rec.data, rec.len, &err);
-	r = imap_derived_decode(rec.data, rec.len, text->len - start, d_r);
+	r = imap_derived_decode(rec.data, rec.len, len, d_r);
 	buf_free(&rec);
 	if (r < 0) {
 		*error_r = "derived record does not decode";
 		return -1;
 	}
 	return 0;
+}
+
+int imap_derived_load_header(struct stor_db *db, const struct guid *text_guid, uint64_t text_size,
+			     struct buf *out, const char **error_r)
+{
+	struct imap_derived d;
+	bool text_read;
+	size_t start = out->len;
+	if (imap_derived_load(db, text_guid, text_size, &d, out, &text_read, error_r) < 0)
+		return -1;
+	int ret = 0;
+	if ((d.have & IMAP_DERIVED_HEADER) != 0) {
+		out->len = start;
+		buf_append(out, d.header, d.header_len);
+	} else if (!text_read) {
+		ret = stor_text_read(db, text_guid, 0, text_size, out, error_r);
+	}
+	imap_derived_free(&d);
+	return ret;
+}
+
+void imap_derived_sort_fill(struct imap_sort_entry *e, const struct imap_sort_program *prog,
+			    const struct imap_derived *d)
+{
+	e->date = e->arrival;
+	for (size_t i = 0; i < prog->count; i++) {
+		enum imap_sort_key key = prog->crit[i].key;
+		if (key == IMAP_SORT_DATE)
+			e->date = d->has_sort_date ? d->sort_date : e->arrival;
+		else if (e->str[key] == NULL && d->sortkey[key] != NULL)
+			e->str[key] = xstrdup(d->sortkey[key]);
+	}
+}
+
+bool imap_derived_thread_fill(struct imap_thread_msg *tm, const struct imap_derived *d,
+			      bool ids, bool subject, int64_t internaldate)
+{
+	if ((d->have & IMAP_DERIVED_THREAD) == 0)
+		return false;
+	tm->date = d->has_thread_date ? d->thread_date : internaldate;
+	if (ids) {
+		tm->message_id = d->message_id != NULL ? xstrdup(d->message_id) : NULL;
+		if (d->ref_count > 0) {
+			tm->refs = xreallocarray(NULL, d->ref_count, sizeof(char *));
+			for (size_t i = 0; i < d->ref_count; i++)
+				tm->refs[i] = xstrdup(d->refs[i]);
+			tm->ref_count = d->ref_count;
+		}
+	}
+	if (subject) {
+		tm->base_subject = xstrdup(d->thread_subject != NULL ? d->thread_subject : "");
+		tm->reply_or_fwd = d->reply_or_fwd;
+	}
+	return true;
 }

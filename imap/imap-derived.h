@@ -79,6 +79,24 @@ int imap_derived_load(struct stor_db *db, const struct guid *text_guid, uint64_t
 		      struct imap_derived *d_r, struct buf *text_r, bool *text_read_r,
 		      const char **error_r);
 
+/* For SEARCH keys that need only the header: appends the text's header
+ * block to out (from the record when it holds it, else the whole text,
+ * which answers the same).  Returns 0 or -1 (*error_r). */
+int imap_derived_load_header(struct stor_db *db, const struct guid *text_guid, uint64_t text_size,
+			     struct buf *out, const char **error_r);
+
+/* SORT: sets the keys prog needs as imap_sort_entry_fill() would from the
+ * parsed text (e->arrival set by the caller). */
+void imap_derived_sort_fill(struct imap_sort_entry *e, const struct imap_sort_program *prog,
+			    const struct imap_derived *d);
+
+/* THREAD: sets tm's date, and its IDs (ids) and base subject (subject) as
+ * cmd-thread.c would read them from the header.  Returns false (tm
+ * untouched) if the record does not hold them. */
+struct imap_thread_msg;
+bool imap_derived_thread_fill(struct imap_thread_msg *tm, const struct imap_derived *d,
+			      bool ids, bool subject, int64_t internaldate);
+
 /* Counters for tests and benchmarks: records built, and served as stored. */
 struct imap_derived_stats {
 	uint64_t built, hits;
