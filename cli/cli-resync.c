@@ -18,6 +18,13 @@ static const char resync_usage[] = "usage: starling -c FILE resync -u USER [--pe
 /* The node gives up on a resync after 10 minutes; wait a little longer. */
 #define RESYNC_WAIT_MS (11 * 60 * 1000)
 
+static void user_find_cb(void *ctx, const char *name)
+{
+	const char **want = ctx;
+	if (*want != NULL && strcmp(name, *want) == 0)
+		*want = NULL;
+}
+
 int cli_cmd_resync(const struct config *cfg, int argc, char **argv)
 {
 	const char *user = NULL, *peer = "0";
@@ -46,6 +53,28 @@ int cli_cmd_resync(const struct config *cfg, int argc, char **argv)
 	if (str_to_u64(peer, UINT32_MAX, &sid) < 0) {
 		cli_error("invalid peer '%s': a node id is a number", peer);
 		return 2;
+	}
+	/* A user nobody knows has nothing to compare: "converged: yes" would
+	 * hide a typo.  So would "not connected" for a peer that is not in
+	 * the file at all. */
+	const char *want = user;
+	char *err = NULL;
+	if (cfg->users_file != NULL && passwd_list(cfg->users_file, user_find_cb, &want, &err) < 0) {
+		cli_error("%s", err);
+		free(err);
+		return 1;
+	}
+	if (want != NULL) {
+		cli_error("unknown user '%s' (not in users_file)", user);
+		return 1;
+	}
+	bool configured = sid == 0;
+	for (size_t i = 0; i < cfg->peers.count && !configured; i++)
+		configured = cfg->peers.items[i].sid == sid;
+	if (!configured) {
+		cli_error("peer %s is not configured (no 'peer = %s ...' line in %s)", peer, peer,
+			  cfg->path);
+		return 1;
 	}
 	const char *tokens[] = { "RESYNC", user, peer, "FULL" };
 	return cli_admin_print(cfg, "resync", tokens, full ? 4 : 3, RESYNC_WAIT_MS);

@@ -543,7 +543,7 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 	/* The mailbox first: RFC 4469 5 wants [TRYCREATE] even when a URL is
 	 * bad too. */
 	const char *err;
-	char *name = imap_mailbox_name(args[0].str, args[0].len, &err);
+	char *name = imap_client_mailbox_name(c, args[0].str, args[0].len, &err);
 	if (name == NULL)
 		return imap_cmd_done(cmd, "NO", "%s", err);
 	struct stor_mailbox mb;

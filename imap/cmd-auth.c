@@ -73,6 +73,13 @@ bool imap_cmd_enable(struct imap_cmd *cmd)
 			c->qresync = true;
 			c->condstore = true;
 			buf_append_str(&line, " QRESYNC");
+		} else if (strcasecmp(cmd->args[i].str, "IMAP4rev2") == 0 && !c->rev2) {
+			/* RFC 9051: from now on, IMAP4rev2's rules
+			 * (imap-util.c, cmd-select.c, imap-sync.c ...) */
+			c->rev2 = true;
+			if (c->sel != NULL)
+				c->sel->recent.count = 0;
+			buf_append_str(&line, " IMAP4rev2");
 		}
 	}
 	buf_append_str(&line, "\r\n");

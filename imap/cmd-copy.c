@@ -65,7 +65,7 @@ static bool do_copy(struct imap_cmd *cmd, bool move)
 	if (imap_sel_resolve(c->sel, cmd->args[0].str, cmd->uid, &cc->uids) < 0)
 		return imap_cmd_done(cmd, "BAD", "Invalid sequence set");
 	const char *err;
-	char *name = imap_mailbox_name(cmd->args[1].str, cmd->args[1].len, &err);
+	char *name = imap_client_mailbox_name(cmd->client, cmd->args[1].str, cmd->args[1].len, &err);
 	if (name == NULL)
 		return imap_cmd_done(cmd, "NO", "%s", err);
 	struct stor_mailbox mb;

@@ -183,7 +183,7 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 				   ro[i + 1].type == IMAP_ARG_LIST && ro[i + 1].count > 0 &&
 				   status_items == NULL) {
 				i++;
-				if (!imap_status_items_valid(ro[i].list, ro[i].count))
+				if (!imap_status_items_valid(c, ro[i].list, ro[i].count))
 					return imap_cmd_done(cmd, "BAD", "Unknown STATUS item");
 				status_items = ro[i].list;
 				status_count = ro[i].count;
@@ -259,11 +259,16 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 	char **patterns = xcalloc(npats, sizeof(char *));
 	for (size_t i = 0; i < npats; i++)
 		patterns[i] = make_pattern(ref, pats[i].str);
+	/* IMAP4rev2 patterns and names are UTF-8 (RFC 9051 6.3.9): match and
+	 * show the names in the session's form. */
+	char **disp = xcalloc(entries.count ? entries.count : 1, sizeof(char *));
+	for (size_t i = 0; i < entries.count; i++)
+		disp[i] = imap_client_mailbox_display(c, entries.items[i].name);
 	bool *matched = xcalloc(entries.count ? entries.count : 1, sizeof(bool));
 	bool *pct = xcalloc(entries.count ? entries.count : 1, sizeof(bool));
 	for (size_t i = 0; i < entries.count; i++) {
 		for (size_t k = 0; k < npats && !matched[i]; k++) {
-			matched[i] = pattern_match(patterns[k], entries.items[i].name);
+			matched[i] = pattern_match(patterns[k], disp[i]);
 			pct[i] = matched[i] && strchr(patterns[k], '%') != NULL;
 		}
 	}
@@ -302,7 +307,7 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 			ATTR(e->special_use);
 #undef ATTR
 		buf_append_str(&line, ") \"/\" ");
-		imap_append_astring(&line, e->name, strlen(e->name));
+		imap_append_astring(&line, disp[i], strlen(disp[i]));
 		if (childinfo)
 			buf_append_str(&line, " (\"CHILDINFO\" (\"SUBSCRIBED\"))");
 		buf_append_str(&line, "\r\n");
@@ -318,8 +323,11 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 	for (size_t i = 0; i < npats; i++)
 		free(patterns[i]);
 	free(patterns);
-	for (size_t i = 0; i < entries.count; i++)
+	for (size_t i = 0; i < entries.count; i++) {
 		free(entries.items[i].name);
+		free(disp[i]);
+	}
+	free(disp);
 	ARRAY_FREE(&entries);
 	stor_mailbox_list_free(&mbs);
 	stor_string_list_free(&subs);

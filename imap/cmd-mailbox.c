@@ -21,7 +21,7 @@ static char *mailbox_arg(struct imap_cmd *cmd, const struct imap_arg *arg, bool 
 	size_t len = arg->len;
 	if (strip_sep && len > 1 && arg->str[len - 1] == '/')
 		len--;
-	char *name = imap_mailbox_name(arg->str, len, &err);
+	char *name = imap_client_mailbox_name(cmd->client, arg->str, len, &err);
 	if (name == NULL)
 		imap_cmd_done(cmd, "NO", "[CANNOT] %s", err);
 	return name;
@@ -380,13 +380,34 @@ static uint32_t status_recent(struct imap_client *c, const struct stor_mailbox *
 	return n;
 }
 
-bool imap_status_items_valid(const struct imap_arg *items, size_t n)
+/* STATUS SIZE (RFC 8438, the total of the messages' RFC822.SIZE) and
+ * DELETED (RFC 9051, messages with \Deleted): one pass over the mailbox. */
+static void status_size_deleted(struct imap_client *c, const struct stor_mailbox *mb,
+				uint64_t *size_r, uint32_t *deleted_r)
+{
+	stor_msg_list msgs = ARRAY_INIT;
+	const char *err;
+	if (stor_msg_list_range(c->server->db, &mb->guid, 1, UINT32_MAX, &msgs, &err) == 0) {
+		for (size_t i = 0; i < msgs.count; i++) {
+			*size_r += msgs.items[i].size;
+			if (msgs.items[i].flags & STOR_FLAG_DELETED)
+				(*deleted_r)++;
+		}
+	}
+	stor_msg_list_free(&msgs);
+}
+
+bool imap_status_items_valid(const struct imap_client *c, const struct imap_arg *items, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
+		/* IMAP4rev2 has no RECENT (RFC 9051 6.3.11) */
+		if (c->rev2 && imap_arg_atom_eq(&items[i], "RECENT"))
+			return false;
 		if (!imap_arg_atom_eq(&items[i], "MESSAGES") && !imap_arg_atom_eq(&items[i], "RECENT") &&
 		    !imap_arg_atom_eq(&items[i], "UIDNEXT") &&
 		    !imap_arg_atom_eq(&items[i], "UIDVALIDITY") &&
-		    !imap_arg_atom_eq(&items[i], "UNSEEN") &&
+		    !imap_arg_atom_eq(&items[i], "UNSEEN") && !imap_arg_atom_eq(&items[i], "SIZE") &&
+		    !imap_arg_atom_eq(&items[i], "DELETED") &&
 		    !imap_arg_atom_eq(&items[i], "HIGHESTMODSEQ"))
 			return false;
 	}
@@ -398,8 +419,15 @@ void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
 {
 	struct buf line = BUF_INIT;
 	buf_append_str(&line, "* STATUS ");
-	imap_append_astring(&line, mb->name, strlen(mb->name));
+	imap_append_mailbox(c, &line, mb->name);
 	buf_append_str(&line, " (");
+	uint64_t size = 0;
+	uint32_t deleted = 0;
+	for (size_t i = 0; i < n; i++)
+		if (imap_arg_atom_eq(&items[i], "SIZE") || imap_arg_atom_eq(&items[i], "DELETED")) {
+			status_size_deleted(c, mb, &size, &deleted);
+			break;
+		}
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0)
 			buf_append_byte(&line, ' ');
@@ -413,6 +441,10 @@ void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
 			buf_appendf(&line, "UIDVALIDITY %u", mb->uidvalidity);
 		else if (imap_arg_atom_eq(&items[i], "UNSEEN"))
 			buf_appendf(&line, "UNSEEN %u", mb->unseen);
+		else if (imap_arg_atom_eq(&items[i], "SIZE"))
+			buf_appendf(&line, "SIZE %llu", (unsigned long long)size);
+		else if (imap_arg_atom_eq(&items[i], "DELETED"))
+			buf_appendf(&line, "DELETED %u", deleted);
 		else
 			buf_appendf(&line, "HIGHESTMODSEQ %llu", (unsigned long long)mb->highestmodseq);
 	}
@@ -428,7 +460,7 @@ bool imap_cmd_status(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "BAD", "STATUS takes a mailbox and a list of items");
 	const struct imap_arg *items = cmd->args[1].list;
 	size_t n = cmd->args[1].count;
-	if (!imap_status_items_valid(items, n))
+	if (!imap_status_items_valid(c, items, n))
 		return imap_cmd_done(cmd, "BAD", "Unknown STATUS item");
 	char *name = mailbox_arg(cmd, &cmd->args[0], false);
 	if (name == NULL)

@@ -65,16 +65,11 @@ static int load_text(void *ctx, const char **text_r, size_t *len_r)
 
 static void save_result(struct imap_selected *sel, const struct search_ctx *sc)
 {
-	size_t n = sc->matches.count;
-	bool *keep = xcalloc(n > 0 ? n : 1, sizeof(bool));
-	imap_esearch_save_select(&sc->ret, sc->matches.items, n, keep);
-	stor_uid_list uids = ARRAY_INIT;
-	for (size_t i = 0; i < n; i++)
-		if (keep[i])
-			ARRAY_PUSH(&uids, sc->match_uids.items[i]);
-	imap_sel_save_result(sel, uids.items, uids.count);
-	ARRAY_FREE(&uids);
-	free(keep);
+	size_t n;
+	uint32_t *uids = imap_esearch_save_uids(&sc->ret, sc->matches.items, sc->match_uids.items,
+						sc->matches.count, &n);
+	imap_sel_save_result(sel, uids, n);
+	free(uids);
 }
 
 /* RFC 5182 2.1: a SEARCH with SAVE that fails leaves "$" empty, so later
@@ -84,17 +79,6 @@ static bool search_fail(struct imap_cmd *cmd, bool save, const char *status, con
 	if (save && cmd->client->sel != NULL)
 		imap_sel_save_result(cmd->client->sel, NULL, 0);
 	return imap_cmd_done_str(cmd, status, text);
-}
-
-/* Whether a RETURN list that could not be parsed still names SAVE. */
-static bool return_names_save(const struct imap_arg *args, size_t count)
-{
-	if (count < 2 || !imap_arg_atom_eq(&args[0], "RETURN") || args[1].type != IMAP_ARG_LIST)
-		return false;
-	for (size_t i = 0; i < args[1].count; i++)
-		if (imap_arg_atom_eq(&args[1].list[i], "SAVE"))
-			return true;
-	return false;
 }
 
 static bool search_finish(struct imap_cmd *cmd)
@@ -144,18 +128,7 @@ static bool search_step(struct imap_cmd *cmd)
 		if (seq == 0)
 			continue;
 		struct imap_search_msg sm;
-		memset(&sm, 0, sizeof(sm));
-		sm.seq = seq;
-		sm.uid = m->uid;
-		sm.flags = m->flags;
-		sm.keywords = &m->keywords;
-		sm.internaldate = m->internaldate;
-		sm.internaldate_tz = m->internaldate_tz;
-		sm.size = m->size;
-		sm.modseq = m->modseq;
-		sm.recent = imap_sel_is_recent(c->sel, m->uid);
-		sm.load_text = load_text;
-		sm.load_ctx = sc;
+		imap_search_msg_init(&sm, m, seq, imap_sel_is_recent(c->sel, m->uid), load_text, sc);
 		sc->text_guid = m->guid;
 		sc->text_size = m->size;
 		if (imap_search_match(sc->search, &sm)) {
@@ -186,7 +159,13 @@ bool imap_cmd_search(struct imap_cmd *cmd)
 	const char *err;
 	int used = imap_esearch_parse_return(args, count, &sc->ret, &err);
 	if (used < 0)
-		return search_fail(cmd, return_names_save(args, count), "BAD", err);
+		return search_fail(cmd, imap_esearch_names_save(args, count), "BAD", err);
+	/* RFC 9051 6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH; no
+	 * RETURN is RETURN (ALL). */
+	if (c->rev2 && !sc->ret.given) {
+		sc->ret.given = true;
+		sc->ret.opts = IMAP_ESEARCH_ALL;
+	}
 	bool save = (sc->ret.opts & IMAP_ESEARCH_SAVE) != 0;
 	args += used;
 	count -= (size_t)used;

@@ -157,11 +157,11 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 	bool had_selection = c->sel != NULL;
 	/* A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1). */
 	imap_sel_close(c);
-	if (had_selection && c->qresync)
+	if (had_selection && (c->qresync || c->rev2))
 		imap_client_printf(c, "* OK [CLOSED] Previous mailbox closed\r\n");
 	if (cmd->count == 2 && parse_select_params(cmd, &cmd->args[1], &q, &err) < 0)
 		return imap_cmd_done(cmd, "BAD", "%s", err);
-	char *name = imap_mailbox_name(cmd->args[0].str, cmd->args[0].len, &err);
+	char *name = imap_client_mailbox_name(c, cmd->args[0].str, cmd->args[0].len, &err);
 	if (name == NULL)
 		return imap_cmd_done(cmd, "NO", "%s", err);
 	struct stor_mailbox mb;
@@ -177,10 +177,21 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 	}
 	imap_sel_send_flags(c);
-	imap_client_printf(c, "* %zu EXISTS\r\n* %zu RECENT\r\n", c->sel->uids.count,
-			   c->sel->recent.count);
-	if (first_unseen != 0)
+	imap_client_printf(c, "* %zu EXISTS\r\n", c->sel->uids.count);
+	/* RFC 9051 removed RECENT and [UNSEEN n]; it wants the mailbox's
+	 * LIST response instead (6.3.2), with its name as the server has it. */
+	if (!c->rev2)
+		imap_client_printf(c, "* %zu RECENT\r\n", c->sel->recent.count);
+	if (first_unseen != 0 && !c->rev2)
 		imap_client_printf(c, "* OK [UNSEEN %u] First unseen\r\n", first_unseen);
+	if (c->rev2) {
+		struct buf line = BUF_INIT;
+		buf_append_str(&line, "* LIST () \"/\" ");
+		imap_append_mailbox(c, &line, mb.name);
+		buf_append_str(&line, "\r\n");
+		imap_client_write(c, line.data, line.len);
+		buf_free(&line);
+	}
 	imap_client_printf(c, "* OK [UIDVALIDITY %u] UIDs valid\r\n", mb.uidvalidity);
 	imap_client_printf(c, "* OK [UIDNEXT %u] Predicted next UID\r\n", mb.uidnext);
 	imap_client_printf(c, "* OK [HIGHESTMODSEQ %llu] Highest\r\n",

@@ -195,18 +195,7 @@ static bool thread_step(struct imap_cmd *cmd)
 		if (seq == 0)
 			continue;
 		struct imap_search_msg sm;
-		memset(&sm, 0, sizeof(sm));
-		sm.seq = seq;
-		sm.uid = m->uid;
-		sm.flags = m->flags;
-		sm.keywords = &m->keywords;
-		sm.internaldate = m->internaldate;
-		sm.internaldate_tz = m->internaldate_tz;
-		sm.size = m->size;
-		sm.modseq = m->modseq;
-		sm.recent = imap_sel_is_recent(c->sel, m->uid);
-		sm.load_text = load_text;
-		sm.load_ctx = tc;
+		imap_search_msg_init(&sm, m, seq, imap_sel_is_recent(c->sel, m->uid), load_text, tc);
 		tc->text_guid = m->guid;
 		tc->text_size = m->size;
 		if (imap_search_match(tc->search, &sm) &&

@@ -278,8 +278,16 @@ static int client_read(struct imap_client *c)
 					c->tls_want_write = true;
 					return 0;
 				}
-				if (e != SSL_ERROR_ZERO_RETURN)
+				/* A client that just closes its socket without a TLS
+				 * close_notify (most do) is not an error worth info. */
+				if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_error()) ==
+							  SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+					log_debug("imap[%016llx]: %s: closed without TLS close_notify",
+						  (unsigned long long)c->id, c->peer);
+					ERR_clear_error();
+				} else if (e != SSL_ERROR_ZERO_RETURN) {
 					log_tls_error(c, "read");
+				}
 				return -1;
 			}
 		} else {

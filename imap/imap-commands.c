@@ -67,14 +67,15 @@ static const struct {
 
 void imap_capabilities(struct imap_client *c, struct buf *out)
 {
-	buf_append_str(out, "IMAP4rev1 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS "
+	buf_append_str(out, "IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS "
 			    "UNSELECT CHILDREN MOVE CONDSTORE QRESYNC SPECIAL-USE");
 	buf_append_str(out, " ESEARCH SEARCHRES CONTEXT=SEARCH");
 	buf_append_str(out, " LIST-EXTENDED LIST-STATUS");
 	buf_append_str(out, " MULTIAPPEND CATENATE");
 	buf_append_str(out, " BINARY");
+	buf_append_str(out, " STATUS=SIZE");
 	buf_append_str(out, " THREAD=REFS THREAD=REFERENCES THREAD=ORDEREDSUBJECT");
-	buf_append_str(out, " SORT SORT=DISPLAY ESORT");
+	buf_append_str(out, " SORT SORT=DISPLAY ESORT CONTEXT=SORT");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");

@@ -28,7 +28,7 @@ bool imap_cmd_namespace(struct imap_cmd *cmd);
 bool imap_cmd_status(struct imap_cmd *cmd);
 /* STATUS items shared with LIST-STATUS (RFC 5819): whether every item is
  * one we know, and the untagged STATUS line for mb. */
-bool imap_status_items_valid(const struct imap_arg *items, size_t n);
+bool imap_status_items_valid(const struct imap_client *c, const struct imap_arg *items, size_t n);
 void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
 		       const struct imap_arg *items, size_t n);
 

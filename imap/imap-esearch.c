@@ -1,6 +1,7 @@
 /* ESEARCH result options and responses: see imap-esearch.h. */
 #include "imap/imap-esearch.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -8,6 +9,7 @@
 #include "imap/imap-seqset.h"
 #include "lib/buf.h"
 #include "lib/str.h"
+#include "lib/xalloc.h"
 
 static int parse_partial(const struct imap_arg *a, struct imap_esearch_return *ret)
 {
@@ -94,6 +96,35 @@ bool imap_esearch_wants_reply(const struct imap_esearch_return *ret)
 	return ret->given && ret->opts != IMAP_ESEARCH_SAVE;
 }
 
+bool imap_esearch_names_save(const struct imap_arg *args, size_t count)
+{
+	if (count < 2 || !imap_arg_atom_eq(&args[0], "RETURN") || args[1].type != IMAP_ARG_LIST)
+		return false;
+	for (size_t i = 0; i < args[1].count; i++)
+		if (imap_arg_atom_eq(&args[1].list[i], "SAVE"))
+			return true;
+	return false;
+}
+
+/* Indexes of the MIN and MAX message of a non-empty result. */
+static void min_max(const struct imap_esearch_return *ret, const uint32_t *nums, size_t count,
+		    size_t *imin_r, size_t *imax_r)
+{
+	size_t imin = 0, imax = 0;
+	if (ret->sorted) {
+		imax = count - 1;
+	} else {
+		for (size_t i = 1; i < count; i++) {
+			if (nums[i] < nums[imin])
+				imin = i;
+			if (nums[i] > nums[imax])
+				imax = i;
+		}
+	}
+	*imin_r = imin;
+	*imax_r = imax;
+}
+
 void imap_esearch_format(struct buf *out, const char *tag, bool uid,
 			 const struct imap_esearch_return *ret, const uint32_t *nums,
 			 const uint64_t *modseqs, size_t count)
@@ -104,12 +135,8 @@ void imap_esearch_format(struct buf *out, const char *tag, bool uid,
 	if (uid)
 		buf_append_str(out, " UID");
 	size_t imin = 0, imax = 0;
-	for (size_t i = 1; i < count; i++) {
-		if (nums[i] < nums[imin])
-			imin = i;
-		if (nums[i] > nums[imax])
-			imax = i;
-	}
+	if (count > 0)
+		min_max(ret, nums, count, &imin, &imax);
 	uint64_t modseq = 0;
 	if (count > 0 && (ret->opts & IMAP_ESEARCH_MIN)) {
 		buf_appendf(out, " MIN %u", nums[imin]);
@@ -169,15 +196,34 @@ void imap_esearch_save_select(const struct imap_esearch_return *ret, const uint3
 	}
 	if (!minmax_only || count == 0)
 		return;
-	size_t imin = 0, imax = 0;
-	for (size_t i = 1; i < count; i++) {
-		if (nums[i] < nums[imin])
-			imin = i;
-		if (nums[i] > nums[imax])
-			imax = i;
-	}
+	size_t imin, imax;
+	min_max(ret, nums, count, &imin, &imax);
 	if (o & IMAP_ESEARCH_MIN)
 		keep[imin] = true;
 	if (o & IMAP_ESEARCH_MAX)
 		keep[imax] = true;
+}
+
+static int uid_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+uint32_t *imap_esearch_save_uids(const struct imap_esearch_return *ret, const uint32_t *nums,
+				 const uint32_t *uids, size_t count, size_t *n_r)
+{
+	bool *keep = xcalloc(count > 0 ? count : 1, sizeof(bool));
+	uint32_t *out = xreallocarray(NULL, count > 0 ? count : 1, sizeof(*out));
+	imap_esearch_save_select(ret, nums, count, keep);
+	size_t n = 0;
+	for (size_t i = 0; i < count; i++)
+		if (keep[i])
+			out[n++] = uids[i];
+	free(keep);
+	/* a SORT result is in sort order; the saved result is a set */
+	if (ret->sorted)
+		qsort(out, n, sizeof(*out), uid_cmp);
+	*n_r = n;
+	return out;
 }

@@ -26,6 +26,10 @@ struct imap_esearch_return {
 	unsigned opts;     /* IMAP_ESEARCH_*; RETURN () is ALL (RFC 4731 3.1) */
 	/* PARTIAL lo:hi, 1-based positions in the result, lo <= hi */
 	uint32_t partial_lo, partial_hi;
+	/* Set by the caller for SORT: the result is in sort order, so MIN and
+	 * MAX are its first and last message (RFC 5267 3.1), not the lowest
+	 * and highest number. */
+	bool sorted;
 };
 
 /* Parses an optional "RETURN (opts)" at the start of args.  Returns how many
@@ -37,6 +41,10 @@ int imap_esearch_parse_return(const struct imap_arg *args, size_t count,
 /* Whether to answer with an ESEARCH response: not without RETURN, and not
  * for SAVE alone (RFC 5182 2.4).  UPDATE alone answers with the tag only. */
 bool imap_esearch_wants_reply(const struct imap_esearch_return *ret);
+
+/* Whether an unparsable RETURN list still names SAVE: the command then
+ * empties the saved result (RFC 5182 2.1). */
+bool imap_esearch_names_save(const struct imap_arg *args, size_t count);
 
 /* Appends "* ESEARCH (TAG "tag") [UID] ..." with CRLF for the result
  * nums[0..count) in result order (ascending for SEARCH, sort order for
@@ -52,5 +60,11 @@ void imap_esearch_format(struct buf *out, const char *tag, bool uid,
  * partial range, else all.  Sets keep[i] for each chosen index. */
 void imap_esearch_save_select(const struct imap_esearch_return *ret, const uint32_t *nums,
 			      size_t count, bool *keep);
+
+/* What SAVE keeps as the saved result: the UIDs (uids[i] is the UID of
+ * nums[i]) imap_esearch_save_select() chooses, ascending, in a new array
+ * (*n_r of them; free it). */
+uint32_t *imap_esearch_save_uids(const struct imap_esearch_return *ret, const uint32_t *nums,
+				 const uint32_t *uids, size_t count, size_t *n_r);
 
 #endif

@@ -148,6 +148,7 @@ struct imap_client {
 	char *idle_tag;
 	char *auth_tag;
 	bool condstore, qresync;
+	bool rev2;                   /* ENABLE IMAP4rev2 (RFC 9051) */
 	struct imap_selected *sel;
 	unsigned logins_failed;
 };
@@ -244,6 +245,14 @@ struct imap_search;
  * UIDs).  Returns 0, or -1 when the session has too many contexts. */
 int imap_search_update_add(struct imap_selected *sel, const char *tag, bool uid,
 			   struct imap_search **search, const uint32_t *uids, size_t n);
+/* The same for SORT RETURN (UPDATE) (CONTEXT=SORT): entries[0..n) in sort
+ * order are taken (their strings; the caller frees only the array) when it
+ * returns 0; ADDTO/REMOVEFROM then give positions in the sort order. */
+struct imap_sort_program;
+struct imap_sort_entry;
+int imap_search_update_add_sorted(struct imap_selected *sel, const char *tag, bool uid,
+				  struct imap_search **search, const struct imap_sort_program *prog,
+				  struct imap_sort_entry *entries, size_t n);
 /* Returns 0, or -1 if no context has that tag. */
 int imap_search_update_cancel(struct imap_selected *sel, const char *tag);
 /* The messages in msgs changed or are new (and are in the map): sends
@@ -255,6 +264,15 @@ void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uid
 void imap_search_updates_free(struct imap_selected *sel);
 
 /* ---- imap-util.c ---- */
+/* A mailbox name argument as imap_mailbox_name() makes it, from UTF-8 for
+ * an IMAP4rev2 client (names are stored in modified UTF-7). */
+char *imap_client_mailbox_name(const struct imap_client *c, const char *name, size_t len,
+			       const char **error_r);
+/* The session's form of a stored mailbox name (malloc'd): UTF-8 for an
+ * IMAP4rev2 client, else as stored. */
+char *imap_client_mailbox_display(const struct imap_client *c, const char *name);
+/* Appends a stored mailbox name in the session's form. */
+void imap_append_mailbox(const struct imap_client *c, struct buf *out, const char *name);
 /* Appends s as an atom-safe string, a quoted string or a literal. */
 void imap_append_astring(struct buf *out, const char *s, size_t len);
 /* Quoted or literal (never an atom), or NIL for NULL. */

@@ -20,7 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "imap/imap-mime.h"
 #include "imap/imap-search.h"
+#include "imap/imap-sort.h"
 #include "lib/xalloc.h"
 
 #define IMAP_SEARCH_UPDATE_TEXT_MAX 1000
@@ -30,6 +32,12 @@ struct imap_search_update {
 	bool uid;
 	struct imap_search *search;
 	stor_uid_list result; /* ascending UIDs */
+	/* CONTEXT=SORT: the result in sort order with each message's keys.
+	 * An entry's seq is its UID: sequence numbers shift with expunges,
+	 * UIDs keep the same relative order, so the tie-break stays right. */
+	bool sorted;
+	struct imap_sort_program prog;
+	ARRAY(struct imap_sort_entry) order;
 };
 
 static void update_free(struct imap_search_update *u)
@@ -37,6 +45,9 @@ static void update_free(struct imap_search_update *u)
 	free(u->tag);
 	imap_search_free(&u->search);
 	ARRAY_FREE(&u->result);
+	for (size_t i = 0; i < u->order.count; i++)
+		imap_sort_entry_free(&u->order.items[i]);
+	ARRAY_FREE(&u->order);
 	free(u);
 }
 
@@ -61,6 +72,31 @@ static void remove_at(struct imap_selected *sel, size_t i)
 	memmove(&sel->updates.items[i], &sel->updates.items[i + 1],
 		(sel->updates.count - i - 1) * sizeof(sel->updates.items[0]));
 	sel->updates.count--;
+}
+
+static int uid_cmp(const void *a, const void *b);
+
+int imap_search_update_add_sorted(struct imap_selected *sel, const char *tag, bool uid,
+				  struct imap_search **search, const struct imap_sort_program *prog,
+				  struct imap_sort_entry *entries, size_t n)
+{
+	uint32_t *uids = xreallocarray(NULL, n > 0 ? n : 1, sizeof(*uids));
+	for (size_t i = 0; i < n; i++)
+		uids[i] = entries[i].uid;
+	qsort(uids, n, sizeof(*uids), uid_cmp);
+	int r = imap_search_update_add(sel, tag, uid, search, uids, n);
+	free(uids);
+	if (r < 0)
+		return -1;
+	struct imap_search_update *u = sel->updates.items[sel->updates.count - 1];
+	u->sorted = true;
+	u->prog = *prog;
+	ARRAY_RESERVE(&u->order, n);
+	for (size_t i = 0; i < n; i++) {
+		entries[i].seq = entries[i].uid;
+		ARRAY_PUSH(&u->order, entries[i]);
+	}
+	return 0;
 }
 
 int imap_search_update_add(struct imap_selected *sel, const char *tag, bool uid,
@@ -143,6 +179,89 @@ static void send_change(struct imap_client *c, const struct imap_search_update *
 	ARRAY_FREE(&nums);
 }
 
+/* Sends one ADDTO or REMOVEFROM "(pos set)" for order[from..to): messages
+ * at consecutive positions from from+1, listed in sort order. */
+static void send_sorted_run(struct imap_client *c, const struct imap_search_update *u,
+			    const char *what, size_t from, size_t to)
+{
+	stor_uid_list nums = ARRAY_INIT;
+	for (size_t i = from; i < to; i++) {
+		uint32_t id = u->order.items[i].uid;
+		ARRAY_PUSH(&nums, u->uid ? id : imap_sel_seq(c->sel, id));
+	}
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "* ESEARCH (TAG ");
+	imap_append_nstring(&line, u->tag, strlen(u->tag));
+	buf_appendf(&line, ")%s %s (%zu ", u->uid ? " UID" : "", what, from + 1);
+	imap_seqset_format(nums.items, nums.count, &line);
+	buf_append_str(&line, ")\r\n");
+	imap_client_write(c, line.data, line.len);
+	buf_free(&line);
+	ARRAY_FREE(&nums);
+}
+
+/* Drops the messages gone (ascending UIDs) from a sorted context with
+ * REMOVEFROM for each run of consecutive positions, the last run first, so
+ * that each position holds when the client applies them in order. */
+static void sorted_remove(struct imap_client *c, struct imap_search_update *u,
+			  const stor_uid_list *gone)
+{
+	size_t n = u->order.count;
+	for (size_t i = n; i > 0;) {
+		if (!has(gone, u->order.items[i - 1].uid)) {
+			i--;
+			continue;
+		}
+		size_t end = i;
+		while (i > 0 && has(gone, u->order.items[i - 1].uid))
+			i--;
+		send_sorted_run(c, u, "REMOVEFROM", i, end);
+	}
+	size_t w = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (has(gone, u->order.items[i].uid))
+			imap_sort_entry_free(&u->order.items[i]);
+		else
+			u->order.items[w++] = u->order.items[i];
+	}
+	u->order.count = w;
+}
+
+/* Merges the new entries (taken; any order) into a sorted context and
+ * sends ADDTO for each run of consecutive new positions, the first run
+ * first: a run's position counts the runs before it and none after. */
+static void sorted_add(struct imap_client *c, struct imap_search_update *u,
+		       struct imap_sort_entry *add, size_t k)
+{
+	imap_sort_entries(&u->prog, add, k);
+	size_t old = u->order.count, total = old + k;
+	struct imap_sort_entry *merged = xreallocarray(NULL, total, sizeof(*merged));
+	bool *is_new = xcalloc(total, sizeof(bool));
+	for (size_t i = 0, j = 0, w = 0; w < total; w++) {
+		if (j < k && (i == old ||
+			      imap_sort_compare(&u->prog, &add[j], &u->order.items[i]) < 0)) {
+			is_new[w] = true;
+			merged[w] = add[j++];
+		} else {
+			merged[w] = u->order.items[i++];
+		}
+	}
+	ARRAY_FREE(&u->order);
+	u->order.items = merged;
+	u->order.count = u->order.cap = total;
+	for (size_t i = 0; i < total;) {
+		if (!is_new[i]) {
+			i++;
+			continue;
+		}
+		size_t start = i;
+		while (i < total && is_new[i])
+			i++;
+		send_sorted_run(c, u, "ADDTO", start, i);
+	}
+	free(is_new);
+}
+
 void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uids)
 {
 	struct imap_selected *sel = c->sel;
@@ -158,9 +277,14 @@ void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uid
 				ARRAY_PUSH(&gone, uids->items[i]);
 			}
 		}
+		if (gone.count > 0 && u->sorted) {
+			qsort(gone.items, gone.count, sizeof(uint32_t), uid_cmp);
+			sorted_remove(c, u, &gone);
+		}
 		if (gone.count > 0) {
 			qsort(gone.items, gone.count, sizeof(uint32_t), uid_cmp);
-			send_change(c, u, "REMOVEFROM", pos, &gone);
+			if (!u->sorted)
+				send_change(c, u, "REMOVEFROM", pos, &gone);
 			size_t w = 0;
 			for (size_t i = 0; i < u->result.count; i++)
 				if (!has(&gone, u->result.items[i]))
@@ -202,23 +326,37 @@ static bool matches(struct imap_client *c, const struct imap_search_update *u,
 		    const struct stor_msg *m, uint32_t seq, struct eval_ctx *ec)
 {
 	struct imap_search_msg sm;
-	memset(&sm, 0, sizeof(sm));
-	sm.seq = seq;
-	sm.uid = m->uid;
-	sm.flags = m->flags;
-	sm.keywords = &m->keywords;
-	sm.internaldate = m->internaldate;
-	sm.internaldate_tz = m->internaldate_tz;
-	sm.size = m->size;
-	sm.modseq = m->modseq;
-	sm.recent = imap_sel_is_recent(c->sel, m->uid);
-	sm.load_text = load_text;
-	sm.load_ctx = ec;
+	imap_search_msg_init(&sm, m, seq, imap_sel_is_recent(c->sel, m->uid), load_text, ec);
 	ec->guid = m->guid;
 	ec->size = m->size;
 	bool r = imap_search_match(u->search, &sm);
 	imap_search_msg_done(&sm);
 	return r;
+}
+
+/* The sort keys of m for a sorted context (from its header when the
+ * program needs text; keys of an unreadable text are empty). */
+static struct imap_sort_entry sort_entry(const struct imap_search_update *u,
+					 const struct stor_msg *m, struct eval_ctx *ec)
+{
+	struct imap_sort_entry e;
+	memset(&e, 0, sizeof(e));
+	e.seq = e.uid = m->uid;
+	e.size = m->size;
+	e.arrival = m->internaldate;
+	e.modseq = m->modseq;
+	struct imap_mime *mime = NULL;
+	if (imap_sort_program_needs_text(&u->prog)) {
+		const char *text;
+		size_t len;
+		ec->guid = m->guid;
+		ec->size = m->size;
+		if (load_text(ec, &text, &len) == 0)
+			mime = imap_mime_parse((const unsigned char *)text, len);
+	}
+	imap_sort_entry_fill(&e, &u->prog, mime);
+	imap_mime_free(&mime);
+	return e;
 }
 
 void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msgs)
@@ -228,9 +366,12 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 		return;
 	struct eval_ctx ec = { c->server->db, BUF_INIT, { { 0 } }, 0 };
 	stor_uid_list added = ARRAY_INIT, removed = ARRAY_INIT;
+	ARRAY(struct imap_sort_entry) new_entries = ARRAY_INIT;
 	for (size_t k = 0; k < sel->updates.count; k++) {
 		struct imap_search_update *u = sel->updates.items[k];
-		if (imap_search_needs_text(u->search) && msgs->count > IMAP_SEARCH_UPDATE_TEXT_MAX) {
+		bool texts = imap_search_needs_text(u->search) ||
+			     (u->sorted && imap_sort_program_needs_text(&u->prog));
+		if (texts && msgs->count > IMAP_SEARCH_UPDATE_TEXT_MAX) {
 			struct buf line = BUF_INIT;
 			buf_append_str(&line, "* NO [NOUPDATE ");
 			imap_append_nstring(&line, u->tag, strlen(u->tag));
@@ -240,7 +381,7 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 			remove_at(sel, k--);
 			continue;
 		}
-		added.count = removed.count = 0;
+		added.count = removed.count = new_entries.count = 0;
 		for (size_t i = 0; i < msgs->count; i++) {
 			const struct stor_msg *m = &msgs->items[i];
 			uint32_t seq = imap_sel_seq(sel, m->uid);
@@ -249,15 +390,20 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 			if (seq == 0 || has_pending(sel, m->uid))
 				continue;
 			bool now = matches(c, u, m, seq, &ec), was = has(&u->result, m->uid);
-			if (now && !was)
+			if (now && !was) {
 				ARRAY_PUSH(&added, m->uid);
-			else if (!now && was)
+				if (u->sorted)
+					ARRAY_PUSH(&new_entries, sort_entry(u, m, &ec));
+			} else if (!now && was)
 				ARRAY_PUSH(&removed, m->uid);
 		}
 		if (removed.count > 0) {
 			qsort(removed.items, removed.count, sizeof(uint32_t), uid_cmp);
-			send_change(c, u, "REMOVEFROM", lower_bound(&u->result, removed.items[0]) + 1,
-				    &removed);
+			if (u->sorted)
+				sorted_remove(c, u, &removed);
+			else
+				send_change(c, u, "REMOVEFROM",
+					    lower_bound(&u->result, removed.items[0]) + 1, &removed);
 			size_t w = 0;
 			for (size_t i = 0; i < u->result.count; i++)
 				if (!has(&removed, u->result.items[i]))
@@ -277,9 +423,14 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 					u->result.items[--w] = added.items[--j];
 			}
 			u->result.count = total;
-			send_change(c, u, "ADDTO", lower_bound(&u->result, added.items[0]) + 1, &added);
+			if (u->sorted)
+				sorted_add(c, u, new_entries.items, new_entries.count);
+			else
+				send_change(c, u, "ADDTO", lower_bound(&u->result, added.items[0]) + 1,
+					    &added);
 		}
 	}
+	ARRAY_FREE(&new_entries);
 	ARRAY_FREE(&added);
 	ARRAY_FREE(&removed);
 	buf_free(&ec.text);

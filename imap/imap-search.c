@@ -676,3 +676,21 @@ void imap_search_msg_done(struct imap_search_msg *msg)
 	msg->text_len = 0;
 	msg->text_loaded = msg->text_failed = false;
 }
+
+void imap_search_msg_init(struct imap_search_msg *sm, const struct stor_msg *m, uint32_t seq,
+			  bool recent, int (*load)(void *ctx, const char **text_r, size_t *len_r),
+			  void *load_ctx)
+{
+	memset(sm, 0, sizeof(*sm));
+	sm->seq = seq;
+	sm->uid = m->uid;
+	sm->flags = m->flags;
+	sm->keywords = &m->keywords;
+	sm->internaldate = m->internaldate;
+	sm->internaldate_tz = m->internaldate_tz;
+	sm->size = m->size;
+	sm->modseq = m->modseq;
+	sm->recent = recent;
+	sm->load_text = load;
+	sm->load_ctx = load_ctx;
+}

@@ -46,6 +46,12 @@ struct imap_search_msg {
 	struct imap_mime *mime;
 };
 
+/* Fills *sm for the stored message m at sequence number seq (zeroing the
+ * evaluation state); the text loads through load_text(load_ctx). */
+void imap_search_msg_init(struct imap_search_msg *sm, const struct stor_msg *m, uint32_t seq,
+			  bool recent, int (*load)(void *ctx, const char **text_r, size_t *len_r),
+			  void *load_ctx);
+
 enum imap_search_error {
 	IMAP_SEARCH_BAD,         /* syntax: reply BAD */
 	IMAP_SEARCH_BADCHARSET,  /* reply NO [BADCHARSET (UTF-8 US-ASCII)] */

@@ -41,8 +41,8 @@ void imap_seqset_resolve(imap_seqset *set, uint32_t star);
 /* Whether n is in a resolved set (binary search). */
 bool imap_seqset_contains(const imap_seqset *set, uint32_t n);
 
-/* Appends the compact form of sorted, unique numbers ("1:3,7") to out; the
- * numbers need not be contiguous.  Returns out. */
+/* Appends numbers in the given order as a sequence-set, each ascending run
+ * written "a:b" ("1:3,7"; ESORT's "5,3:4,2,1" keeps the sort order). */
 struct buf;
 void imap_seqset_format(const uint32_t *nums, size_t count, struct buf *out);
 

@@ -181,19 +181,3 @@ void imap_sort_entries(const struct imap_sort_program *prog, struct imap_sort_en
 		memcpy(entries, src, count * sizeof(*entries));
 	free(tmp);
 }
-
-void imap_sort_append_set(struct buf *out, const uint32_t *nums, size_t count)
-{
-	for (size_t i = 0; i < count;) {
-		size_t j = i;
-		while (j + 1 < count && nums[j + 1] == nums[j] + 1 && nums[j] != UINT32_MAX)
-			j++;
-		if (i > 0)
-			buf_append_byte(out, ',');
-		if (j > i)
-			buf_appendf(out, "%u:%u", nums[i], nums[j]);
-		else
-			buf_appendf(out, "%u", nums[i]);
-		i = j + 1;
-	}
-}

@@ -51,6 +51,7 @@ struct imap_sort_entry {
 	uint32_t seq, uid;
 	uint64_t size;
 	int64_t arrival;
+	uint64_t modseq;                     /* for ESORT's MODSEQ */
 	int64_t date;                        /* sent date, UTC */
 	char *str[IMAP_SORT_KEY_COUNT];      /* string keys the program uses */
 };
@@ -68,9 +69,5 @@ int imap_sort_compare(const struct imap_sort_program *prog, const struct imap_so
 /* Sorts entries in place (a merge sort: O(n log n) for any input). */
 void imap_sort_entries(const struct imap_sort_program *prog, struct imap_sort_entry *entries,
 		       size_t count);
-
-/* Appends numbers in the given order as a sequence-set, ascending runs
- * written "a:b" (ESORT's ALL and PARTIAL keep the sort order). */
-void imap_sort_append_set(struct buf *out, const uint32_t *nums, size_t count);
 
 #endif

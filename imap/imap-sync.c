@@ -101,6 +101,9 @@ bool imap_sel_is_recent(const struct imap_selected *sel, uint32_t uid)
 static size_t recent_take(struct imap_client *c, const uint32_t *uids, size_t n)
 {
 	struct imap_selected *sel = c->sel;
+	/* IMAP4rev2 has no \Recent (RFC 9051 E) */
+	if (c->rev2)
+		return 0;
 	uint32_t first = imap_recent_first(c->server, &sel->guid), top = 0;
 	size_t taken = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -415,7 +418,7 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 		if (sel->uids.count != old_count || fresh.count > 0)
 			imap_client_printf(c, "* %zu EXISTS\r\n", sel->uids.count);
 		/* RFC 3501 7.3.2: the RECENT count goes with the new EXISTS. */
-		if (fresh.count > 0)
+		if (fresh.count > 0 && !c->rev2)
 			imap_client_printf(c, "* %zu RECENT\r\n", sel->recent.count);
 		imap_search_updates_changed(c, &msgs);
 		ARRAY_FREE(&fresh);

@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "imap/imap-mutf7.h"
 #include "lib/xalloc.h"
 #include <stdlib.h>
 
@@ -318,6 +319,35 @@ char *imap_mailbox_name(const char *name, size_t len, const char **error_r)
 	if (strncasecmp(r, "INBOX", 5) == 0 && (r[5] == '\0' || r[5] == '/'))
 		memcpy(r, "INBOX", 5);
 	return r;
+}
+
+char *imap_client_mailbox_name(const struct imap_client *c, const char *name, size_t len,
+			       const char **error_r)
+{
+	if (!c->rev2)
+		return imap_mailbox_name(name, len, error_r);
+	char *m = imap_utf8_to_mutf7(name, len);
+	if (m == NULL) {
+		*error_r = "Mailbox name is not valid UTF-8";
+		return NULL;
+	}
+	char *r = imap_mailbox_name(m, strlen(m), error_r);
+	free(m);
+	return r;
+}
+
+char *imap_client_mailbox_display(const struct imap_client *c, const char *name)
+{
+	char *u = c->rev2 ? imap_mutf7_to_utf8(name, strlen(name)) : NULL;
+	/* a stored name that is not valid modified UTF-7 is shown as is */
+	return u != NULL ? u : xstrdup(name);
+}
+
+void imap_append_mailbox(const struct imap_client *c, struct buf *out, const char *name)
+{
+	char *d = imap_client_mailbox_display(c, name);
+	imap_append_astring(out, d, strlen(d));
+	free(d);
 }
 
 const char *imap_arg_cstr(const struct imap_arg *arg)

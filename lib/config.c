@@ -209,6 +209,28 @@ static char *k_degraded(struct config *c, const char *v)
 	return NULL;
 }
 
+static char *k_lmtp(struct config *c, const char *v)
+{
+	if (v[0] == '/') {
+		/* sun_path holds 108 bytes with its NUL. */
+		if (strlen(v) >= 108)
+			return xasprintf("lmtp_listen socket path too long: '%s'", v);
+		return dup_path(&c->lmtp_socket, v);
+	}
+	return parse_addr_key(&c->lmtp_listen, v);
+}
+
+static char *k_lmtp_detail(struct config *c, const char *v)
+{
+	if (strcmp(v, "yes") == 0)
+		c->lmtp_detail_mailbox = true;
+	else if (strcmp(v, "no") == 0)
+		c->lmtp_detail_mailbox = false;
+	else
+		return xasprintf("lmtp_detail_mailbox must be yes or no, not '%s'", v);
+	return NULL;
+}
+
 static const struct key_def keys[] = {
 	{ "node_id", k_node_id, false },
 	{ "data_dir", k_data_dir, false },
@@ -228,6 +250,8 @@ static const struct key_def keys[] = {
 	{ "plaintext_auth", k_plaintext, false },
 	{ "repl_log_max", k_repl_log_max, false },
 	{ "degraded_writes", k_degraded, false },
+	{ "lmtp_listen", k_lmtp, false },
+	{ "lmtp_detail_mailbox", k_lmtp_detail, false },
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -399,6 +423,8 @@ void config_free(struct config **cp)
 	free(c->tls_cert);
 	free(c->tls_key);
 	free(c->tls_ca);
+	addr_free(&c->lmtp_listen);
+	free(c->lmtp_socket);
 	free(c);
 }
 
@@ -446,4 +472,7 @@ void config_print(const struct config *c, FILE *out)
 	if ((unsigned)c->plaintext_auth < sizeof(plaintext) / sizeof(plaintext[0]))
 		fprintf(out, "plaintext_auth = %s\n", plaintext[c->plaintext_auth]);
 	fprintf(out, "repl_log_max = %llu\n", (unsigned long long)c->repl_log_max);
+	print_addr(out, "lmtp_listen", &c->lmtp_listen);
+	print_str(out, "lmtp_listen", c->lmtp_socket);
+	fprintf(out, "lmtp_detail_mailbox = %s\n", c->lmtp_detail_mailbox ? "yes" : "no");
 }

@@ -64,6 +64,13 @@ struct config {
 	 * full sync instead. */
 	uint64_t repl_log_max;
 	enum config_degraded_writes degraded_writes;
+	/* LMTP (lmtp/): TCP address, or a UNIX socket path (the value
+	 * starts with '/'); both unset when LMTP is off. */
+	struct config_addr lmtp_listen;
+	char *lmtp_socket;
+	/* user+detail@domain delivers to the mailbox named detail when the
+	 * user has one (otherwise INBOX). */
+	bool lmtp_detail_mailbox;
 };
 
 #define CONFIG_DEFAULT_MAX_MESSAGE_SIZE (64ull * 1024 * 1024)

@@ -11,9 +11,13 @@
  *     DEFLATE compression, tags with completion callbacks and timeouts,
  *     keepalive and back-pressure.
  *
- * protocol/ knows nothing of storage or of replication policy: it never
- * interprets SAVE, STORE or any other replication command, it only carries
- * them.  Both ends of a link run the same code; a link has an initiator (who
+ * Beside them, typed codecs read and write the arguments of the message
+ * commands (flag lists, UID sets, SAVE, STORE, EXPUNGE, FLAGS) with the
+ * rules of their syntax and the bounds of lib/mail-limits.h, so that every
+ * component reads them alike.  protocol/ knows nothing of storage or of replication
+ * policy: what a command does is the receiver's business.
+ *
+ * Both ends of a link run the same code; a link has an initiator (who
  * connected) and an acceptor, and the two differ only in who starts TLS and
  * who authenticates first. */
 #ifndef PROTOCOL_PROTOCOL_H
@@ -209,6 +213,175 @@ struct proto_uid_range {
  * ranges. */
 int proto_arg_uidset(const struct proto_arg *a, uint32_t star_value, size_t max_ranges,
 		     struct proto_uid_range **ranges_r, size_t *count_r);
+
+/* ------------------------------------------------------------------ */
+/* Flag lists and UID sets of the replication commands (SPEC.md 8, 10). */
+
+/* The system flags a flag list may hold, as bits (\Recent is never
+ * replicated).  Storage uses the same bits. */
+#define PROTO_FLAG_SEEN 0x01
+#define PROTO_FLAG_ANSWERED 0x02
+#define PROTO_FLAG_FLAGGED 0x04
+#define PROTO_FLAG_DELETED 0x08
+#define PROTO_FLAG_DRAFT 0x10
+#define PROTO_FLAGS_ALL 0x1f
+#define PROTO_MAX_KEYWORDS 64      /* keywords in one flag list */
+#define PROTO_MAX_KEYWORD_LEN 128  /* bytes of one keyword */
+/* UIDs a sync writes in one EXPUNGE or FETCH line, so that lines stay far
+ * below the line limit. */
+#define PROTO_MAX_UIDS_PER_LINE 1000
+/* UIDs in one live change (a STORE or EXPUNGE forwarded or streamed): a
+ * larger one is split by its sender. */
+#define PROTO_MAX_CHANGE_UIDS (PROTO_MAX_UIDS_PER_LINE * 64)
+/* UID ranges in one uidset argument. */
+#define PROTO_MAX_RANGES 100000
+
+/* "\Seen" for PROTO_FLAG_SEEN and so on; NULL for anything but one bit
+ * of PROTO_FLAGS_ALL. */
+const char *proto_flag_name(uint32_t bit);
+/* The bit of a system flag's name (case-insensitive); -1 if it is none. */
+int proto_flag_from_name(const char *name, uint32_t *bit_r);
+
+/* A parsed flag list: system flag bits and keywords (malloc()ed strings;
+ * items/count/cap as lib/arr.h's ARRAY). */
+struct proto_flags {
+	uint32_t flags;
+	struct {
+		char **items;
+		size_t count, cap;
+	} keywords;
+};
+void proto_flags_free(struct proto_flags *f);
+/* Writes "(\Seen kw ...)": system flags first, in bit order. */
+void proto_wr_flags(struct proto_wr *w, uint32_t flags, const char *const *keywords,
+		    size_t keyword_count);
+/* Parses a flag list: atoms only, system flags by name, at most
+ * PROTO_MAX_KEYWORDS keywords of at most PROTO_MAX_KEYWORD_LEN bytes; -1
+ * on anything else (*f_r is then empty). */
+int proto_arg_flags(const struct proto_arg *a, struct proto_flags *f_r);
+/* Expands a UID set ("1:5,7") into UIDs, in the order given: *uids_r is
+ * malloc()ed, at most max of them; -1 if more or malformed.  '*' stands for
+ * 4294967295 (the codec knows no mailbox). */
+int proto_arg_uids(const struct proto_arg *a, size_t max, uint32_t **uids_r, size_t *count_r);
+
+/* ------------------------------------------------------------------ */
+/* Typed codecs of the message commands (SPEC.md 8).  A reader takes a
+ * parsed line (name and options are the caller's: proto_cmd_validate(),
+ * proto_cmd_option()) and returns one of these; error_r gets a static
+ * text for the answer. */
+
+enum proto_codec_result {
+	PROTO_CODEC_OK = 0,
+	PROTO_CODEC_BAD = -1,   /* malformed: BAD [ARGS] */
+	PROTO_CODEC_LIMIT = -2, /* a UID or modseq past lib/mail-limits.h: NO [LIMIT] */
+};
+
+/* SAVE <date> <uid> <modseq> <guid> <flags> <text> (SPEC.md 8.1). */
+struct proto_save {
+	int64_t date;
+	int tz;             /* minutes east of UTC */
+	uint32_t uid;
+	uint64_t modseq;
+	struct guid guid;   /* never zero */
+	struct proto_flags f;
+	/* The text: a literal's bytes, or NULL for NIL (a text the receiver
+	 * may hold already).  Read: text_arg is that literal argument, for
+	 * proto_parser_steal_literal(). */
+	const void *text;
+	size_t text_len;
+	const struct proto_arg *text_arg;
+};
+
+enum proto_save_rule {
+	/* A request to the master: UID 0 and modseq 0, the master assigns
+	 * them (8.1, 6.2). */
+	PROTO_SAVE_ASSIGN,
+	/* Replication, a sync, a bundle: both given, neither 0, both within
+	 * lib/mail-limits.h. */
+	PROTO_SAVE_GIVEN,
+};
+
+/* Reads the six arguments of a SAVE (options after them are left to the
+ * caller).  On PROTO_CODEC_OK the caller frees *s_r with proto_save_free();
+ * on anything else there is nothing to free. */
+int proto_read_save(const struct proto_cmd *cmd, enum proto_save_rule rule,
+		    struct proto_save *s_r, const char **error_r);
+void proto_save_free(struct proto_save *s);
+/* Writes the six arguments after the caller's "TAG SAVE" (options, such as
+ * STAMPS, follow). */
+void proto_wr_save(struct proto_wr *w, const struct proto_save *s);
+
+/* STORE <uidset> <modseq> <added-flags> <removed-flags> (SPEC.md 8.4, 8.6,
+ * 10.2).  The removed list "(\\*)" means "replace by the added list": it
+ * reads as replace set, the new flags in add and rm empty. */
+struct proto_store {
+	uint32_t *uids;     /* read: malloc()ed, in the set's order */
+	size_t uid_count;
+	/* A request: the highest modseq the sender knew; a change: its
+	 * modseq. */
+	uint64_t modseq;
+	struct proto_flags add, rm; /* never both non-empty */
+	bool replace;
+};
+
+enum proto_store_rule {
+	/* A request to the master (8.4): add, remove or replace. */
+	PROTO_STORE_REQUEST,
+	/* A change made (replication 8.6, a sync 10.2): replace, modseq not 0,
+	 * UIDs and modseq within lib/mail-limits.h. */
+	PROTO_STORE_GIVEN,
+};
+
+/* Reads the four arguments of a STORE, at most max_uids UIDs (options are
+ * the caller's).  On PROTO_CODEC_OK the caller frees *s_r with
+ * proto_store_free(); otherwise there is nothing to free. */
+int proto_read_store(const struct proto_cmd *cmd, enum proto_store_rule rule, size_t max_uids,
+		     struct proto_store *s_r, const char **error_r);
+void proto_store_free(struct proto_store *s);
+/* Writes the four arguments after the caller's "TAG STORE". */
+void proto_wr_store(struct proto_wr *w, const struct proto_store *s);
+
+/* EXPUNGE <uidset> <modseq> (SPEC.md 8.3, 8.6, 10). */
+struct proto_expunge {
+	uint32_t *uids; /* read: malloc()ed, in the set's order */
+	size_t uid_count;
+	uint64_t modseq;
+};
+
+enum proto_expunge_rule {
+	/* A request to the master: modseq 0, the master assigns one. */
+	PROTO_EXPUNGE_REQUEST,
+	/* An expunge made (replication, a bundle): modseq not 0, UIDs and
+	 * modseq within lib/mail-limits.h. */
+	PROTO_EXPUNGE_GIVEN,
+};
+
+/* Reads the two arguments of an EXPUNGE, at most max_uids UIDs (options
+ * are the caller's).  On PROTO_CODEC_OK the caller frees *e_r with
+ * proto_expunge_free(); otherwise there is nothing to free. */
+int proto_read_expunge(const struct proto_cmd *cmd, enum proto_expunge_rule rule,
+		       size_t max_uids, struct proto_expunge *e_r, const char **error_r);
+void proto_expunge_free(struct proto_expunge *e);
+/* Writes the two arguments after the caller's "TAG EXPUNGE". */
+void proto_wr_expunge(struct proto_wr *w, const struct proto_expunge *e);
+
+/* The data line FLAGS <uid> <modseq> <flags>: a message's whole flag
+ * state, as a master answers a STORE (8.4) and a sync server a SYNC-END
+ * (10.3).  The UID names a message and the modseq is the message's: neither
+ * is 0, both within lib/mail-limits.h. */
+struct proto_flags_line {
+	uint32_t uid;
+	uint64_t modseq;
+	struct proto_flags f;
+};
+
+/* Reads the three arguments (options, such as STAMPS, are the caller's).
+ * On PROTO_CODEC_OK the caller frees l_r->f with proto_flags_free();
+ * otherwise there is nothing to free. */
+int proto_read_flags_line(const struct proto_cmd *cmd, struct proto_flags_line *l_r,
+			  const char **error_r);
+/* Writes the three arguments after the caller's "TAG FLAGS". */
+void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 
 /* ------------------------------------------------------------------ */
 /* The command table of SPEC.md section 12 (syntax only, no meaning). */

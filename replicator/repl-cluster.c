@@ -30,7 +30,6 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
-#include "sync/sync-private.h"
 
 static struct repl_cluster *to_cl(struct repl *r)
 {
@@ -639,10 +638,11 @@ static bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line)
 	f->master_modseq = code_modseq(line);
 	if (f->kind == FWD_STORE && (a = proto_code_value(line, "MODIFIED")) != NULL) {
 		/* A malformed set adds nothing. */
-		stor_uid_list set;
-		if (sync_arg_uids(a, CL_FORWARD_BATCH, &set) == 0) {
-			uids_copy(&f->modified, set.items, set.count);
-			ARRAY_FREE(&set);
+		uint32_t *set;
+		size_t n;
+		if (proto_arg_uids(a, CL_FORWARD_BATCH, &set, &n) == 0) {
+			uids_copy(&f->modified, set, n);
+			free(set);
 		}
 	}
 	f->sent_upto = f->batch_end;
@@ -721,15 +721,18 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	if (kind == PROTO_REPLY_DATA) {
 		/* STORE: FLAGS <uid> <modseq> <flags> */
 		struct stor_msg m;
-		struct sync_flags fl;
+		struct proto_flags_line fl;
+		const char *err;
 		memset(&m, 0, sizeof(m));
 		if (f->kind == FWD_STORE && proto_cmd_is(line, "FLAGS") && line->arg_count == 3 &&
-		    proto_arg_u32(&line->args[0], &m.uid) == 0 &&
-		    proto_arg_u64(&line->args[1], INT64_MAX, &m.modseq) == 0 &&
 		    f->flags_lines.count < f->named_uids.count + 16 &&
-		    sync_arg_flags(&line->args[2], &fl) == 0) {
-			m.flags = fl.flags;
-			m.keywords = fl.keywords;
+		    proto_read_flags_line(line, &fl, &err) == PROTO_CODEC_OK) {
+			m.uid = fl.uid;
+			m.modseq = fl.modseq;
+			m.flags = fl.f.flags;
+			m.keywords.items = fl.f.keywords.items;
+			m.keywords.count = fl.f.keywords.count;
+			m.keywords.cap = fl.f.keywords.cap;
 			ARRAY_PUSH(&f->flags_lines, m);
 		}
 		return;
@@ -797,11 +800,11 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 }
 
 /* The UIDs of the next batch of a STORE or EXPUNGE. */
-static void fwd_wr_batch_uids(struct cl_fwd *f, struct proto_wr *w)
+/* The next batch of UIDs: named_uids[sent_upto .. batch_end). */
+static void fwd_batch(struct cl_fwd *f)
 {
 	size_t n = f->named_uids.count - f->sent_upto;
 	f->batch_end = f->sent_upto + (n < CL_FORWARD_BATCH ? n : CL_FORWARD_BATCH);
-	proto_wr_uidset(w, f->named_uids.items + f->sent_upto, f->batch_end - f->sent_upto);
 }
 
 static void fwd_wr_batch_guids(struct cl_fwd *f, struct proto_wr *w)
@@ -832,28 +835,28 @@ static void fwd_send(struct cl_fwd *f)
 	}
 	cl_select(p, b);
 	switch (f->kind) {
-	case FWD_APPEND:
-		w = proto_conn_cmd_begin(p->conn, "SAVE");
-		proto_wr_date(w, f->app.internaldate, f->app.internaldate_tz);
-		proto_wr_u64(w, 0);
-		proto_wr_u64(w, 0);
-		proto_wr_guid(w, &f->app.guid);
-		{
-			stor_string_list kw = { (char **)f->app.keywords, f->app.keyword_count,
-						f->app.keyword_count };
-			sync_wr_flags(w, f->app.flags, &kw);
-		}
+	case FWD_APPEND: {
+		/* uid and modseq 0: the master assigns them. */
+		struct proto_save sv = {
+			.date = f->app.internaldate, .tz = f->app.internaldate_tz,
+			.guid = f->app.guid,
+			.f = { f->app.flags, { (char **)f->app.keywords, f->app.keyword_count,
+					       f->app.keyword_count } },
+		};
 		if (f->app.text != NULL) {
-			proto_wr_literal(w, f->app.text, f->app.text_len);
+			sv.text = f->app.text;
+			sv.text_len = f->app.text_len;
 		} else if (!f->send_text) {
 			/* A copy: the master most likely holds the text. */
 			f->sent_nil = true;
-			proto_wr_atom(w, "NIL");
 		} else {
-			proto_wr_literal(w, f->text.data != NULL ? (const char *)f->text.data : "",
-					 f->text.len);
+			sv.text = f->text.data != NULL ? (const char *)f->text.data : "";
+			sv.text_len = f->text.len;
 		}
+		w = proto_conn_cmd_begin(p->conn, "SAVE");
+		proto_wr_save(w, &sv);
 		break;
+	}
 	case FWD_STORE: {
 		struct stor_mailbox mb;
 		const char *err;
@@ -862,25 +865,20 @@ static void fwd_send(struct cl_fwd *f)
 			known = mb.highestmodseq;
 			stor_mailbox_free(&mb);
 		}
-		stor_string_list kw = { (char **)f->store.keywords, f->store.keyword_count,
-					f->store.keyword_count };
-		stor_string_list none = ARRAY_INIT;
-		w = proto_conn_cmd_begin(p->conn, "STORE");
-		fwd_wr_batch_uids(f, w);
-		proto_wr_u64(w, known);
+		struct proto_flags fl = { f->store.flags, { (char **)f->store.keywords,
+							    f->store.keyword_count,
+							    f->store.keyword_count } };
+		struct proto_store st = { .modseq = known,
+					  .replace = f->store.op == STOR_FLAGS_REPLACE };
 		if (f->store.op == STOR_FLAGS_REMOVE)
-			sync_wr_flags(w, 0, &none);
+			st.rm = fl;
 		else
-			sync_wr_flags(w, f->store.flags, &kw);
-		if (f->store.op == STOR_FLAGS_REMOVE) {
-			sync_wr_flags(w, f->store.flags, &kw);
-		} else if (f->store.op == STOR_FLAGS_REPLACE) {
-			proto_wr_list_begin(w);
-			proto_wr_atom(w, "\\*");
-			proto_wr_list_end(w);
-		} else {
-			sync_wr_flags(w, 0, &none);
-		}
+			st.add = fl;
+		fwd_batch(f);
+		st.uids = f->named_uids.items + f->sent_upto;
+		st.uid_count = f->batch_end - f->sent_upto;
+		w = proto_conn_cmd_begin(p->conn, "STORE");
+		proto_wr_store(w, &st);
 		if (f->store.unchangedsince != 0) {
 			proto_wr_atom(w, "UNCHANGEDSINCE");
 			proto_wr_u64(w, f->store.unchangedsince);
@@ -888,12 +886,17 @@ static void fwd_send(struct cl_fwd *f)
 		fwd_wr_batch_guids(f, w);
 		break;
 	}
-	case FWD_EXPUNGE:
+	case FWD_EXPUNGE: {
+		/* modseq 0: the master assigns one. */
+		struct proto_expunge ex = { .modseq = 0 };
+		fwd_batch(f);
+		ex.uids = f->named_uids.items + f->sent_upto;
+		ex.uid_count = f->batch_end - f->sent_upto;
 		w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
-		fwd_wr_batch_uids(f, w);
-		proto_wr_u64(w, 0);
+		proto_wr_expunge(w, &ex);
 		fwd_wr_batch_guids(f, w);
 		break;
+	}
 	}
 	if (f->to != 0) {
 		proto_wr_atom(w, "TO");

@@ -141,24 +141,15 @@ static int keep_same_messages(struct stor_db *db, const struct guid *mailbox,
 /* The text argument of a SAVE: a literal (*text_r set), or NIL for a text
  * this node holds under guid (*text_r NULL).  Otherwise answers a and
  * returns -1. */
-static int save_text(struct stor_db *db, struct answer *a, const struct proto_arg *text,
-		     const struct guid *guid, const void **text_r, size_t *len_r)
+static int save_text(struct stor_db *db, struct answer *a, const struct proto_save *sv,
+		     const void **text_r, size_t *len_r)
 {
 	const char *err;
-	*text_r = NULL;
-	*len_r = 0;
-	if (text->type == PROTO_ARG_ATOM && strcasecmp(text->str, "NIL") == 0) {
-		if (stor_text_exists(db, guid, NULL, &err) > 0)
-			return 0;
-		answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
-		return -1;
-	}
-	if (text->type == PROTO_ARG_LITERAL) {
-		*text_r = text->str;
-		*len_r = text->len;
+	*text_r = sv->text;
+	*len_r = sv->text_len;
+	if (sv->text != NULL || stor_text_exists(db, &sv->guid, NULL, &err) > 0)
 		return 0;
-	}
-	answer_later(a, "BAD", "ARGS", "SAVE text must be a literal or NIL");
+	answer_later(a, "NO", "NONEXISTENT", "text unknown here, send it");
 	return -1;
 }
 
@@ -166,35 +157,31 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		       const struct stor_mailbox *mb)
 {
 	struct stor_db *db = cl->repl.db;
-	int64_t date;
-	int tz;
-	uint32_t uid;
-	uint64_t modseq;
-	struct guid guid;
-	struct sync_flags fl;
+	struct proto_save sv;
 	const char *err;
 	char code[96];
-	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
-	    uid == 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq == 0 ||
-	    proto_arg_guid(&cmd->args[3], &guid) < 0 || guid_is_zero(&guid) ||
-	    sync_arg_flags(&cmd->args[4], &fl) < 0) {
-		answer_later(a, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
-		return;
-	}
 	/* A value past lib/mail-limits.h would leave the mailbox unable to
 	 * take mail or to sync: refused before anything changes. */
-	if (!mail_uid_valid(uid) || !mail_modseq_valid(modseq)) {
-		sync_flags_free(&fl);
+	int cr = proto_read_save(cmd, PROTO_SAVE_GIVEN, &sv, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
 	}
+	if (cr < 0) {
+		answer_later(a, "BAD", "ARGS", "SAVE date uid modseq guid flags text");
+		return;
+	}
+	uint32_t uid = sv.uid;
+	uint64_t modseq = sv.modseq;
+	struct guid guid = sv.guid;
+	struct proto_flags fl = sv.f;
 	snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, uid, modseq);
 	struct stor_msg have;
 	int r = stor_msg_get(db, &mb->guid, uid, &have, &err);
 	if (r > 0) {
 		bool same = guid_equal(&have.guid, &guid);
 		stor_msg_free(&have);
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		if (same) {
 			answer_later(a, "OK", code, "already stored");
 		} else {
@@ -204,7 +191,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		return;
 	}
 	if (r < 0 || uid < mb->uidnext) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		snprintf(code, sizeof(code), "UIDCONFLICT %u", uid);
 		answer_later(a, r < 0 ? "NO" : "NO", r < 0 ? "SERVERBUG" : code,
 			     r < 0 ? err : "below UIDNEXT here: the mailboxes need a sync");
@@ -212,8 +199,8 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	}
 	struct stor_append sa;
 	memset(&sa, 0, sizeof(sa));
-	if (save_text(db, a, &cmd->args[5], &guid, &sa.text, &sa.text_len) < 0) {
-		sync_flags_free(&fl);
+	if (save_text(db, a, &sv, &sa.text, &sa.text_len) < 0) {
+		proto_flags_free(&fl);
 		return;
 	}
 	sa.uid = uid;
@@ -222,13 +209,13 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 	sa.flags = fl.flags;
 	sa.keywords = (const char *const *)fl.keywords.items;
 	sa.keyword_count = fl.keywords.count;
-	sa.internaldate = date;
-	sa.internaldate_tz = tz;
+	sa.internaldate = sv.date;
+	sa.internaldate_tz = sv.tz;
 	/* The master's flag stamps (SPEC 10.2): its times, not ours. */
 	stor_stamp_list stamps = ARRAY_INIT;
 	const struct proto_arg *sta = proto_cmd_option(cmd, 6, "STAMPS");
 	if (sta != NULL && sync_arg_stamps(sta, &stamps) < 0) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		answer_later(a, "BAD", "ARGS", "malformed STAMPS");
 		return;
 	}
@@ -251,7 +238,7 @@ static void apply_save(struct repl_cluster *cl, struct answer *a, const struct p
 		answer_later(a, "OK", code, "stored");
 	}
 	stor_stamp_list_free(&stamps);
-	sync_flags_free(&fl);
+	proto_flags_free(&fl);
 }
 
 static void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
@@ -259,27 +246,23 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 {
 	bool differ = false;
 	struct stor_db *db = cl->repl.db;
-	stor_uid_list uids;
-	uint64_t modseq;
-	struct sync_flags fl;
+	struct proto_store ps;
 	const char *err;
-	const struct proto_arg *rm = &cmd->args[3];
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &uids) < 0)
-		goto bad;
-	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0 ||
-	    rm->type != PROTO_ARG_LIST || rm->count != 1 || rm->list[0].type != PROTO_ARG_ATOM ||
-	    strcmp(rm->list[0].str, "\\*") != 0 ||
-	    keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
-			       &differ) < 0 ||
-	    sync_arg_flags(&cmd->args[2], &fl) < 0) {
-		ARRAY_FREE(&uids);
-		goto bad;
-	}
-	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
-		sync_flags_free(&fl);
-		ARRAY_FREE(&uids);
+	int cr = proto_read_store(cmd, PROTO_STORE_GIVEN, PROTO_MAX_CHANGE_UIDS, &ps, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
+	}
+	if (cr < 0)
+		goto bad;
+	stor_uid_list uids = { ps.uids, ps.uid_count, ps.uid_count };
+	uint64_t modseq = ps.modseq;
+	struct proto_flags fl = ps.add;
+	if (keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
+			       &differ) < 0) {
+		proto_flags_free(&fl);
+		ARRAY_FREE(&uids);
+		goto bad;
 	}
 	struct stor_store st;
 	memset(&st, 0, sizeof(st));
@@ -294,7 +277,7 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 	stor_stamp_list stamps = ARRAY_INIT;
 	const struct proto_arg *sta = proto_cmd_option(cmd, npos, "STAMPS");
 	if (sta != NULL && sync_arg_stamps(sta, &stamps) < 0) {
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		ARRAY_FREE(&uids);
 		goto bad;
 	}
@@ -316,7 +299,7 @@ static void apply_store(struct repl_cluster *cl, struct answer *a, const struct 
 	}
 	stor_msg_list_free(&changed);
 	stor_stamp_list_free(&stamps);
-	sync_flags_free(&fl);
+	proto_flags_free(&fl);
 	ARRAY_FREE(&uids);
 	return;
 bad:
@@ -328,23 +311,20 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 {
 	bool differ = false;
 	struct stor_db *db = cl->repl.db;
-	stor_uid_list uids, gone = ARRAY_INIT;
-	uint64_t modseq;
+	stor_uid_list gone = ARRAY_INIT;
+	struct proto_expunge pe;
 	const char *err;
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &uids) < 0) {
-		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
-		return;
-	}
-	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq == 0) {
-		ARRAY_FREE(&uids);
-		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
-		return;
-	}
-	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
-		ARRAY_FREE(&uids);
+	int cr = proto_read_expunge(cmd, PROTO_EXPUNGE_GIVEN, PROTO_MAX_CHANGE_UIDS, &pe, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		answer_later(a, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return;
 	}
+	if (cr < 0) {
+		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset modseq");
+		return;
+	}
+	stor_uid_list uids = { pe.uids, pe.uid_count, pe.uid_count };
+	uint64_t modseq = pe.modseq;
 	uint32_t top = 0;
 	for (size_t i = 0; i < uids.count; i++)
 		if (uids.items[i] > top)
@@ -601,20 +581,25 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 	} else if (a->status[0] == 'S') { /* STORE */
 		for (size_t i = 0; i < res->changed_count; i++) {
 			const struct stor_msg *m = &res->changed[i];
+			struct proto_flags_line fl = {
+				m->uid, m->modseq,
+				{ m->flags,
+				  { m->keywords.items, m->keywords.count, m->keywords.cap } },
+			};
 			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
-			proto_wr_u64(w, m->uid);
-			proto_wr_u64(w, m->modseq);
-			sync_wr_flags(w, m->flags, &m->keywords);
+			proto_wr_flags_line(w, &fl);
 			proto_conn_line_end(conn);
 		}
 		for (size_t i = 0; i < res->failed_count; i++) {
 			struct stor_msg m;
 			if (stor_msg_get(a->cl->repl.db, &a->mailbox, res->failed[i], &m, &err) <= 0)
 				continue;
+			struct proto_flags_line fl = {
+				m.uid, m.modseq,
+				{ m.flags, { m.keywords.items, m.keywords.count, m.keywords.cap } },
+			};
 			struct proto_wr *w = proto_conn_line_begin(conn, a->tag, "FLAGS");
-			proto_wr_u64(w, m.uid);
-			proto_wr_u64(w, m.modseq);
-			sync_wr_flags(w, m.flags, &m.keywords);
+			proto_wr_flags_line(w, &fl);
 			proto_conn_line_end(conn);
 			stor_msg_free(&m);
 		}
@@ -644,28 +629,23 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 		       const struct stor_mailbox *mb)
 {
 	struct stor_db *db = cl->repl.db;
-	int64_t date;
-	int tz;
-	uint32_t uid;
-	uint64_t modseq;
-	struct sync_flags fl;
+	struct proto_save sv;
 	struct cl_append_req req;
 	const char *err;
 	memset(&req, 0, sizeof(req));
-	if (proto_arg_date(&cmd->args[0], &date, &tz) < 0 || proto_arg_u32(&cmd->args[1], &uid) < 0 ||
-	    uid != 0 || proto_arg_u64(&cmd->args[2], INT64_MAX, &modseq) < 0 || modseq != 0 ||
-	    proto_arg_guid(&cmd->args[3], &req.guid) < 0 || guid_is_zero(&req.guid) ||
-	    sync_arg_flags(&cmd->args[4], &fl) < 0) {
+	if (proto_read_save(cmd, PROTO_SAVE_ASSIGN, &sv, &err) < 0) {
 		answer_later(a, "BAD", "ARGS", "SAVE date 0 0 guid flags text");
 		return;
 	}
+	struct proto_flags fl = sv.f;
+	req.guid = sv.guid;
 	/* A resent SAVE (the link dropped before our answer) is recognised
 	 * by its GUID (SPEC 6.4). */
 	uint32_t have_uid;
 	if (stor_msg_find_guid(db, &mb->guid, &req.guid, &have_uid, &err) > 0) {
 		struct stor_msg m;
 		char code[96];
-		sync_flags_free(&fl);
+		proto_flags_free(&fl);
 		if (stor_msg_get(db, &mb->guid, have_uid, &m, &err) > 0) {
 			snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, have_uid, m.modseq);
 			stor_msg_free(&m);
@@ -675,8 +655,8 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 		answer_later(a, "NO", "SERVERBUG", err);
 		return;
 	}
-	if (save_text(db, a, &cmd->args[5], &req.guid, &req.text, &req.text_len) < 0) {
-		sync_flags_free(&fl);
+	if (save_text(db, a, &sv, &req.text, &req.text_len) < 0) {
+		proto_flags_free(&fl);
 		return;
 	}
 	req.user = mb->user;
@@ -684,54 +664,42 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 	req.flags = fl.flags;
 	req.keywords = (const char *const *)fl.keywords.items;
 	req.keyword_count = fl.keywords.count;
-	req.internaldate = date;
-	req.internaldate_tz = tz;
+	req.internaldate = sv.date;
+	req.internaldate_tz = sv.tz;
 	snprintf(a->status, sizeof(a->status), "A");
 	/* The local engine copies what it needs during the call. */
 	cl_master_append(cl, &req, master_answer_cb, a);
-	sync_flags_free(&fl);
+	proto_flags_free(&fl);
 }
 
 static void serve_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 			size_t npos, const struct stor_mailbox *mb)
 {
-	struct sync_flags add, rm;
-	uint64_t known;
-	const struct proto_arg *rma = &cmd->args[3];
-	bool replace = rma->type == PROTO_ARG_LIST && rma->count == 1 &&
-		       rma->list[0].type == PROTO_ARG_ATOM && strcmp(rma->list[0].str, "\\*") == 0;
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &a->uids) < 0 ||
-	    proto_arg_u64(&cmd->args[1], INT64_MAX, &known) < 0 ||
-	    sync_arg_flags(&cmd->args[2], &add) < 0) {
-		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
+	struct proto_store ps;
+	const char *err;
+	if (proto_read_store(cmd, PROTO_STORE_REQUEST, PROTO_MAX_CHANGE_UIDS, &ps, &err) < 0) {
+		answer_later(a, "BAD", "ARGS", err);
 		return;
 	}
-	memset(&rm, 0, sizeof(rm));
-	if (!replace && sync_arg_flags(rma, &rm) < 0) {
-		sync_flags_free(&add);
-		answer_later(a, "BAD", "ARGS", "STORE uidset modseq added removed");
-		return;
-	}
-	bool has_add = add.flags != 0 || add.keywords.count > 0;
+	a->uids.items = ps.uids;
+	a->uids.count = a->uids.cap = ps.uid_count;
+	bool replace = ps.replace;
+	struct proto_flags add = ps.add, rm = ps.rm;
 	bool has_rm = rm.flags != 0 || rm.keywords.count > 0;
-	if (!replace && has_add && has_rm) {
-		sync_flags_free(&add);
-		sync_flags_free(&rm);
-		answer_later(a, "BAD", "ARGS", "add or remove flags, not both");
-		return;
-	}
-	struct sync_flags *use = has_rm ? &rm : &add;
+	struct proto_flags *use = has_rm ? &rm : &add;
 	a->store.op = replace ? STOR_FLAGS_REPLACE : has_rm ? STOR_FLAGS_REMOVE : STOR_FLAGS_ADD;
 	a->store.flags = use->flags;
-	a->keywords = use->keywords;
+	a->keywords.items = use->keywords.items;
+	a->keywords.count = use->keywords.count;
+	a->keywords.cap = use->keywords.cap;
 	memset(&use->keywords, 0, sizeof(use->keywords));
 	a->store.keywords = (const char *const *)a->keywords.items;
 	a->store.keyword_count = a->keywords.count;
 	const struct proto_arg *us = proto_cmd_option(cmd, npos, "UNCHANGEDSINCE");
 	if (us != NULL)
 		(void)proto_arg_u64(us, INT64_MAX, &a->store.unchangedsince);
-	sync_flags_free(&add);
-	sync_flags_free(&rm);
+	proto_flags_free(&add);
+	proto_flags_free(&rm);
 	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
 		return;
 	a->mailbox = mb->guid;
@@ -744,12 +712,14 @@ static void serve_store(struct repl_cluster *cl, struct answer *a, const struct 
 static void serve_expunge(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 			  size_t npos, const struct stor_mailbox *mb)
 {
-	uint64_t modseq;
-	if (sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 64, &a->uids) < 0 ||
-	    proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 || modseq != 0) {
+	struct proto_expunge pe;
+	const char *err;
+	if (proto_read_expunge(cmd, PROTO_EXPUNGE_REQUEST, PROTO_MAX_CHANGE_UIDS, &pe, &err) < 0) {
 		answer_later(a, "BAD", "ARGS", "EXPUNGE uidset 0");
 		return;
 	}
+	a->uids.items = pe.uids;
+	a->uids.count = a->uids.cap = pe.uid_count;
 	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
 		return;
 	a->mailbox = mb->guid;

@@ -673,9 +673,9 @@ static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
 			ARRAY_PUSH(&uids, tombs->items[*ti].uid);
 			(*ti)++;
 		}
+		struct proto_expunge ex = { uids.items, uids.count, m };
 		struct proto_wr *w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
-		proto_wr_uidset(w, uids.items, uids.count);
-		proto_wr_u64(w, m);
+		proto_wr_expunge(w, &ex);
 		wr_origin(p, w);
 		/* The uidset lists UIDs in ascending order, as tombs are. */
 		proto_wr_atom(w, "GUIDS");
@@ -735,25 +735,28 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 					log_errorx("replication: text of a message: %s", err);
 					continue;
 				}
+				struct proto_save sv = {
+					.date = m->internaldate, .tz = m->internaldate_tz,
+					.uid = m->uid, .modseq = m->modseq, .guid = m->guid,
+					.f = { m->flags, { m->keywords.items, m->keywords.count,
+							   m->keywords.cap } },
+					.text = text.data != NULL ? (const char *)text.data : "",
+					.text_len = text.len,
+				};
 				w = proto_conn_cmd_begin(p->conn, "SAVE");
-				proto_wr_date(w, m->internaldate, m->internaldate_tz);
-				proto_wr_u64(w, m->uid);
-				proto_wr_u64(w, m->modseq);
-				proto_wr_guid(w, &m->guid);
-				sync_wr_flags(w, m->flags, &m->keywords);
-				proto_wr_literal(w, text.data != NULL ? (const char *)text.data : "",
-						 text.len);
+				proto_wr_save(w, &sv);
 				sync_wr_stamps(w, &m->stamps);
 				b->peer_uidnext = m->uid + 1;
 			} else {
 				uint32_t uid = m->uid;
+				struct proto_store st = {
+					.uids = &uid, .uid_count = 1, .modseq = m->modseq,
+					.add = { m->flags, { m->keywords.items, m->keywords.count,
+							     m->keywords.cap } },
+					.replace = true,
+				};
 				w = proto_conn_cmd_begin(p->conn, "STORE");
-				proto_wr_uidset(w, &uid, 1);
-				proto_wr_u64(w, m->modseq);
-				sync_wr_flags(w, m->flags, &m->keywords);
-				proto_wr_list_begin(w);
-				proto_wr_atom(w, "\\*");
-				proto_wr_list_end(w);
+				proto_wr_store(w, &st);
 				sync_wr_stamps(w, &m->stamps);
 				wr_origin(p, w);
 				proto_wr_atom(w, "GUIDS");

@@ -25,6 +25,7 @@
 #include "lib/file.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
+#include "lmtp/lmtp-server.h"
 #include "replicator/repl-admin.h"
 #include "replicator/repl-cluster.h"
 #include "replicator/repl-mm.h"
@@ -39,6 +40,7 @@ struct node {
 	struct stor_db *db;
 	struct repl *repl;
 	struct imap_server *imap;
+	struct lmtp_server *lmtp;  /* NULL without lmtp_listen */
 	struct repl_admin *admin;
 	struct repl_peers *peers;
 	struct repl_mm *mm;
@@ -227,6 +229,8 @@ int main(int argc, char **argv)
 		repl_cluster_attach(n.repl, n.peers, n.mm, n.sync);
 	if (imap_server_create(n.loop, n.cfg, n.repl, &n.imap, &err) < 0)
 		fatalx("%s", err);
+	if (lmtp_server_create(n.loop, n.cfg, n.repl, &n.lmtp, &err) < 0)
+		fatalx("%s", err);
 	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
 		fatalx("%s", err);
 	repl_admin_set_master(n.admin, &master_ops, n.mm);
@@ -257,6 +261,7 @@ int main(int argc, char **argv)
 	repl_flush(n.repl);
 	repl_admin_destroy(&n.admin);
 	imap_server_destroy(&n.imap);
+	lmtp_server_destroy(&n.lmtp);
 	repl_destroy(&n.repl);
 	const char *serr;
 	if (stor_sync(n.db, &serr) < 0)

@@ -511,19 +511,22 @@ static int state_parse(const void *data, size_t len, const char *user,
 			/* "TEXT <mailbox guid> <uid> <guid>" */
 			struct held h;
 			uint64_t uid;
-			char *f1 = line + 5, *f2 = strchr(f1, ' '), *f3 = f2 ? strchr(f2 + 1, ' ') : NULL;
-			if (!str_has_prefix(line, "TEXT ") || f2 == NULL || f3 == NULL ||
-			    f2 - f1 != 32 || strlen(f3 + 1) != 32)
+			/* The prefix first: a line shorter than it has no f1. */
+			bool prefix = str_has_prefix(line, "TEXT ");
+			char *f1 = prefix ? line + 5 : NULL, *f2 = prefix ? strchr(f1, ' ') : NULL;
+			char *f3 = f2 ? strchr(f2 + 1, ' ') : NULL;
+			if (f2 == NULL || f3 == NULL || f2 - f1 != 32 || strlen(f3 + 1) != 32)
 				bad = "bad TEXT line";
 			else {
 				*f2 = *f3 = '\0';
 				if (guid_from_hex(f1, &h.mailbox) < 0 ||
 				    str_to_u64(f2 + 1, UINT32_MAX, &uid) < 0 || uid == 0 ||
-				    guid_from_hex(f3 + 1, &h.guid) < 0)
+				    guid_from_hex(f3 + 1, &h.guid) < 0) {
 					bad = "bad TEXT line";
-				h.uid = (uint32_t)uid;
-				if (bad == NULL)
+				} else {
+					h.uid = (uint32_t)uid;
 					ARRAY_PUSH(&st_r->texts, h);
+				}
 			}
 		} else {
 			bad = "data after END";
@@ -597,30 +600,29 @@ static int ex_message(struct exporter *e, const struct guid *mailbox, const stru
 		if (a != NULL && a->our_modseq == m->modseq)
 			modseq = a->bundle_modseq;
 	}
-	ex_begin(e, "SAVE");
-	proto_wr_date(&e->w, m->internaldate < 0 ? 0 : m->internaldate, m->internaldate_tz);
-	proto_wr_u64(&e->w, m->uid);
-	proto_wr_u64(&e->w, modseq);
-	proto_wr_guid(&e->w, &m->guid);
-	sync_wr_flags(&e->w, m->flags, &m->keywords);
+	struct proto_save sv;
+	sync_save_of_msg(&sv, m);
+	sv.date = m->internaldate < 0 ? 0 : m->internaldate;
+	sv.modseq = modseq;
+	struct buf text = BUF_INIT;
 	struct held key = { .mailbox = *mailbox, .uid = m->uid };
 	const struct held *h = e->held == NULL || e->held->count == 0 ? NULL :
 			       bsearch(&key, e->held->items, e->held->count, sizeof(key), held_cmp);
 	if (h != NULL && guid_cmp(&h->guid, &m->guid) == 0) {
-		proto_wr_atom(&e->w, "NIL");
 		e->rep.texts_left_out++;
 	} else {
-		struct buf text = BUF_INIT;
 		if (stor_text_read(e->db, &m->guid, 0, m->size, &text, &err) < 0) {
 			buf_free(&text);
 			*error_r = fmt_error("reading a message text: %s", err);
 			return -1;
 		}
-		proto_wr_literal(&e->w, text.data != NULL ? (const void *)text.data : "",
-				 text.len);
-		buf_free(&text);
+		sv.text = text.data != NULL ? (const void *)text.data : "";
+		sv.text_len = text.len;
 		e->rep.texts++;
 	}
+	ex_begin(e, "SAVE");
+	proto_wr_save(&e->w, &sv);
+	buf_free(&text);
 	/* When each flag changed, so that the importer's merge decides a
 	 * flag both nodes changed by the later change (SPEC.md 10.3). */
 	sync_wr_stamps(&e->w, &m->stamps);
@@ -662,13 +664,9 @@ static int ex_mailbox(struct exporter *e, uint32_t id, const struct stor_mailbox
 	 * syntax that carries the tombstone's GUID. */
 	for (size_t i = 0; i < tombs.count && ret == 0; i++) {
 		const struct stor_tombstone *t = &tombs.items[i];
+		struct proto_save sv = { .uid = t->uid, .modseq = t->modseq, .guid = t->guid };
 		ex_begin(e, "SAVE");
-		proto_wr_date(&e->w, 0, 0);
-		proto_wr_u64(&e->w, t->uid);
-		proto_wr_u64(&e->w, t->modseq);
-		proto_wr_guid(&e->w, &t->guid);
-		sync_wr_flags(&e->w, 0, NULL);
-		proto_wr_atom(&e->w, "NIL");
+		proto_wr_save(&e->w, &sv);
 		ex_end(e);
 		ex_begin(e, "EXPUNGE");
 		proto_wr_uidset(&e->w, &t->uid, 1);
@@ -1287,27 +1285,32 @@ static int ld_pending_flush(struct loader *l)
 static int ld_save(struct loader *l, const struct proto_cmd *cmd)
 {
 	struct ld_msg m;
-	uint64_t uid;
+	struct proto_save ps;
+	const char *err;
 	memset(&m, 0, sizeof(m));
-	if (proto_arg_date(&cmd->args[0], &m.date, &m.tz) < 0 ||
-	    proto_arg_u64(&cmd->args[1], UINT32_MAX, &uid) < 0 ||
-	    proto_arg_u64(&cmd->args[2], INT64_MAX, &m.modseq) < 0 ||
-	    proto_arg_guid(&cmd->args[3], &m.guid) < 0)
-		return ld_fail(l, "bad SAVE");
-	if (uid == 0 || uid >= l->uidnext || m.modseq == 0 || m.modseq > l->hms)
+	int cr = proto_read_save(cmd, PROTO_SAVE_GIVEN, &ps, &err);
+	if (cr == PROTO_CODEC_BAD)
+		return ld_fail(l, "bad SAVE: %s", err);
+	if (cr == PROTO_CODEC_LIMIT || ps.uid >= l->uidnext || ps.modseq > l->hms) {
+		if (cr == PROTO_CODEC_OK)
+			proto_save_free(&ps);
 		return ld_fail(l, "SAVE outside the mailbox's UIDNEXT or HIGHESTMODSEQ");
-	m.uid = (uint32_t)uid;
+	}
+	m.uid = ps.uid;
+	m.modseq = ps.modseq;
+	m.guid = ps.guid;
+	m.date = ps.date;
+	m.tz = ps.tz;
 	bool stamped;
-	if (sync_cmd_stamps(cmd, 6, &stamped, &m.stamps) < 0)
+	if (sync_cmd_stamps(cmd, 6, &stamped, &m.stamps) < 0) {
+		proto_save_free(&ps);
 		return ld_fail(l, "bad SAVE stamps");
+	}
 	if (!stamped)
 		sync_stamps_legacy(m.modseq, &m.stamps);
-	if (sync_arg_flags(&cmd->args[4], &m.f) < 0) {
-		stor_stamp_list_free(&m.stamps);
-		return ld_fail(l, "bad SAVE flags");
-	}
-	const struct proto_arg *t = &cmd->args[5];
-	if (t->type != PROTO_ARG_LITERAL) {
+	sync_flags_take(&m.f, &ps.f);
+	const struct proto_arg *t = ps.text_arg;
+	if (t == NULL) {
 		/* Maybe the first half of a tombstone: decided by the next
 		 * command. */
 		int r = ld_tomb_hides_move(l, m.uid, &m.guid);
@@ -1323,7 +1326,7 @@ static int ld_save(struct loader *l, const struct proto_cmd *cmd)
 			return 0;
 		}
 	}
-	int ret = ld_append(l, &m, t->type == PROTO_ARG_LITERAL ? t : NULL);
+	int ret = ld_append(l, &m, t);
 	sync_flags_free(&m.f);
 	stor_stamp_list_free(&m.stamps);
 	return ret;

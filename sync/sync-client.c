@@ -1109,22 +1109,21 @@ static int send_some(struct sync_client *c)
 	while (c->send_pos < c->msgs.count && n < c->budget) {
 		const struct stor_msg *m = &c->msgs.items[c->send_pos];
 		if (m->uid >= c->L) {
+			struct proto_save sv;
+			sync_save_of_msg(&sv, m);
 			cl_cmd_begin(c, &w, "SAVE", K_SAVE, c->send_pos);
-			proto_wr_date(&w, m->internaldate, m->internaldate_tz);
-			proto_wr_u64(&w, m->uid);
-			proto_wr_u64(&w, m->modseq);
-			proto_wr_guid(&w, &m->guid);
-			sync_wr_flags(&w, m->flags, &m->keywords);
-			proto_wr_atom(&w, "NIL");
+			proto_wr_save(&w, &sv);
 			sync_wr_stamps(&w, &m->stamps);
 		} else {
+			uint32_t uid = m->uid;
+			struct proto_store st = {
+				.uids = &uid, .uid_count = 1, .modseq = m->modseq,
+				.add = { m->flags, { m->keywords.items, m->keywords.count,
+						     m->keywords.cap } },
+				.replace = true,
+			};
 			cl_cmd_begin(c, &w, "STORE", K_OTHER, 0);
-			proto_wr_u64(&w, m->uid);
-			proto_wr_u64(&w, m->modseq);
-			sync_wr_flags(&w, m->flags, &m->keywords);
-			proto_wr_list_begin(&w);
-			proto_wr_atom(&w, "\\*");
-			proto_wr_list_end(&w);
+			proto_wr_store(&w, &st);
 			sync_wr_stamps(&w, &m->stamps);
 			c->report.flags_changed++;
 		}
@@ -1166,13 +1165,12 @@ static int resend_some(struct sync_client *c)
 			buf_free(&text);
 			return cl_fail(c, "reading the text of UID %u: %s", m->uid, err);
 		}
+		struct proto_save sv;
+		sync_save_of_msg(&sv, m);
+		sv.text = text.data != NULL ? (const void *)text.data : "";
+		sv.text_len = text.len;
 		cl_cmd_begin(c, &w, "SAVE", K_SAVE, c->resend.items[c->resend_pos]);
-		proto_wr_date(&w, m->internaldate, m->internaldate_tz);
-		proto_wr_u64(&w, m->uid);
-		proto_wr_u64(&w, m->modseq);
-		proto_wr_guid(&w, &m->guid);
-		sync_wr_flags(&w, m->flags, &m->keywords);
-		proto_wr_literal(&w, text.data, text.len);
+		proto_wr_save(&w, &sv);
 		sync_wr_stamps(&w, &m->stamps);
 		cl_cmd_end(c, &w);
 		c->report.texts_sent++;
@@ -1311,31 +1309,28 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 	}
 	if (proto_cmd_is(line, "SAVE")) {
 		struct cl_save sv;
-		int64_t date;
-		int tz;
+		struct proto_save ps;
 		const char *err;
 		memset(&sv, 0, sizeof(sv));
-		if (line->arg_count < 6 || proto_arg_date(&line->args[0], &date, &tz) < 0 ||
-		    proto_arg_u32(&line->args[1], &sv.uid) < 0 || sv.uid == 0 ||
-		    proto_arg_u64(&line->args[2], INT64_MAX, &sv.modseq) < 0 ||
-		    proto_arg_guid(&line->args[3], &sv.guid) < 0 || guid_is_zero(&sv.guid) ||
-		    sync_cmd_stamps(line, 6, &sv.stamped, &sv.stamps) < 0)
-			return cl_fail(c, "SYNC-END: bad SAVE line");
-		if (sync_arg_flags(&line->args[4], &sv.f) < 0) {
-			stor_stamp_list_free(&sv.stamps);
+		int cr = proto_read_save(line, PROTO_SAVE_GIVEN, &ps, &err);
+		if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(line, 6, &sv.stamped, &sv.stamps) < 0) {
+			if (cr == PROTO_CODEC_OK)
+				proto_save_free(&ps);
 			return cl_fail(c, "SYNC-END: bad SAVE line");
 		}
-		if (!mail_uid_valid(sv.uid) || !mail_modseq_valid(sv.modseq)) {
-			sync_flags_free(&sv.f);
+		if (cr == PROTO_CODEC_LIMIT) {
 			stor_stamp_list_free(&sv.stamps);
 			return cl_fail(c, "SYNC-END: SAVE line with %s", MAIL_LIMITS_TEXT);
 		}
-		sv.date = date;
-		sv.tz = tz;
-		const struct proto_arg *text = &line->args[5];
-		if (text->type == PROTO_ARG_LITERAL) {
+		sv.uid = ps.uid;
+		sv.modseq = ps.modseq;
+		sv.guid = ps.guid;
+		sync_flags_take(&sv.f, &ps.f);
+		sv.date = ps.date;
+		sv.tz = ps.tz;
+		if (ps.text != NULL) {
 			struct stor_text_writer *tw = stor_text_begin(c->db, &sv.guid);
-			if (stor_text_write(tw, text->str, text->len, &err) < 0) {
+			if (stor_text_write(tw, ps.text, ps.text_len, &err) < 0) {
 				stor_text_abort(&tw);
 				sync_flags_free(&sv.f);
 				stor_stamp_list_free(&sv.stamps);
@@ -1346,31 +1341,29 @@ static int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 				stor_stamp_list_free(&sv.stamps);
 				return cl_fail(c, "%s", err);
 			}
-		} else if (text->type != PROTO_ARG_ATOM || strcmp(text->str, "NIL") != 0) {
-			sync_flags_free(&sv.f);
-			stor_stamp_list_free(&sv.stamps);
-			return cl_fail(c, "SYNC-END: bad SAVE text");
 		}
 		ARRAY_PUSH(&c->saves, sv);
 		return 0;
 	}
 	if (proto_cmd_is(line, "FLAGS")) {
 		struct cl_flags fl;
+		struct proto_flags_line pl;
+		const char *err;
 		memset(&fl, 0, sizeof(fl));
 		bool stamped;
-		if (line->arg_count < 3 || proto_arg_u32(&line->args[0], &fl.uid) < 0 ||
-		    proto_arg_u64(&line->args[1], INT64_MAX, &fl.modseq) < 0 ||
-		    sync_cmd_stamps(line, 3, &stamped, &fl.stamps) < 0)
-			return cl_fail(c, "SYNC-END: bad FLAGS line");
-		if (sync_arg_flags(&line->args[2], &fl.f) < 0) {
-			stor_stamp_list_free(&fl.stamps);
+		int cr = proto_read_flags_line(line, &pl, &err);
+		if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(line, 3, &stamped, &fl.stamps) < 0) {
+			if (cr == PROTO_CODEC_OK)
+				proto_flags_free(&pl.f);
 			return cl_fail(c, "SYNC-END: bad FLAGS line");
 		}
-		if (!mail_uid_valid(fl.uid) || !mail_modseq_valid(fl.modseq)) {
-			sync_flags_free(&fl.f);
+		if (cr == PROTO_CODEC_LIMIT) {
 			stor_stamp_list_free(&fl.stamps);
 			return cl_fail(c, "SYNC-END: FLAGS line with %s", MAIL_LIMITS_TEXT);
 		}
+		fl.uid = pl.uid;
+		fl.modseq = pl.modseq;
+		sync_flags_take(&fl.f, &pl.f);
 		ARRAY_PUSH(&c->flags, fl);
 		return 0;
 	}

@@ -16,27 +16,32 @@
 #define SYNC_MAX_HELD_INPUT (16u * 1024 * 1024)
 /* Text bytes one server step sends for FETCH. */
 #define SYNC_FETCH_STEP_BYTES (1024u * 1024)
-/* UIDs per EXPUNGE or FETCH line, so lines stay far below the line limit. */
-#define SYNC_MAX_UIDS_PER_LINE 1000
+/* UIDs per EXPUNGE or FETCH line (the wire's limit, protocol.h). */
+#define SYNC_MAX_UIDS_PER_LINE PROTO_MAX_UIDS_PER_LINE
 /* Mailboxes and subscriptions in one LIST answer. */
 #define SYNC_MAX_MAILBOXES 100000
 /* UIDs and messages in one SYNC-END answer (a hostile server cannot make
  * the client hold more). */
 #define SYNC_MAX_ANSWER_ITEMS (16u * 1024 * 1024)
-/* UID ranges in one uidset argument. */
-#define SYNC_MAX_RANGES 100000
 
-/* A message's flags as the sync carries them. */
+/* A message's flags as the sync carries them (proto_arg_flags() read into
+ * storage's list type). */
 struct sync_flags {
 	uint32_t flags;
 	stor_string_list keywords; /* malloc()ed strings */
 };
 
 void sync_flags_free(struct sync_flags *f);
-/* Writes "(\Seen kw ...)". */
+/* proto_wr_flags() of a storage keyword list (NULL: none). */
 void sync_wr_flags(struct proto_wr *w, uint32_t flags, const stor_string_list *keywords);
-/* Parses a flag list; -1 on anything that is not a list of valid flags. */
+/* proto_arg_flags() into storage's list type. */
 int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r);
+/* Moves a parsed flag list (a decoded command's) into *f_r; *pf is left
+ * empty. */
+void sync_flags_take(struct sync_flags *f_r, struct proto_flags *pf);
+/* A stored message as a SAVE to write: its keywords borrowed, the text NIL
+ * until the caller sets one. */
+void sync_save_of_msg(struct proto_save *sv_r, const struct stor_msg *m);
 /* True when two messages' flags and keywords are equal. */
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 		      const stor_string_list *k2);
@@ -57,7 +62,7 @@ void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out);
  * form it came in (a command held while the server is busy is parsed again
  * later).  Status lines are not written this way. */
 void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd);
-/* Expands a parsed uidset into UIDs (at most max); -1 if larger or bad. */
+/* proto_arg_uids() into storage's list type. */
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
 
 #endif

@@ -37,6 +37,7 @@ struct srv_save {
 	/* Filled by the merge. */
 	enum { SAVE_APPEND, SAVE_RENUMBER, SAVE_MERGE, SAVE_DROP } action;
 	uint32_t new_uid;
+	uint32_t drop_into; /* SAVE_DROP of a copy we hold at this UID: flags merge there */
 };
 
 /* A flag change the client sent with STORE during a sync. */
@@ -547,37 +548,32 @@ static int cmd_sync_begin(struct sync_server *s, const struct proto_cmd *cmd)
 static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	struct srv_save sv;
-	int64_t date;
-	int tz;
+	struct proto_save ps;
 	const char *err;
 	bool present = false;
-	bool stamped;
+	bool stamped = false;
 	memset(&sv, 0, sizeof(sv));
-	if (cmd->arg_count < 6 || proto_arg_date(&cmd->args[0], &date, &tz) < 0 ||
-	    proto_arg_u32(&cmd->args[1], &sv.uid) < 0 || sv.uid == 0 ||
-	    proto_arg_u64(&cmd->args[2], INT64_MAX, &sv.modseq) < 0 ||
-	    proto_arg_guid(&cmd->args[3], &sv.guid) < 0 || guid_is_zero(&sv.guid) ||
-	    sync_cmd_stamps(cmd, 6, &stamped, &sv.stamps) < 0) {
+	int cr = proto_read_save(cmd, PROTO_SAVE_GIVEN, &ps, &err);
+	if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(cmd, 6, &stamped, &sv.stamps) < 0) {
+		if (cr == PROTO_CODEC_OK)
+			proto_save_free(&ps);
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text [STAMPS]");
 		return 0;
 	}
-	if (sync_arg_flags(&cmd->args[4], &sv.f) < 0) {
-		stor_stamp_list_free(&sv.stamps);
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text [STAMPS]");
-		return 0;
-	}
-	if (!stamped)
-		sync_stamps_legacy(sv.modseq, &sv.stamps);
-	if (!mail_uid_valid(sv.uid) || !mail_modseq_valid(sv.modseq)) {
-		sync_flags_free(&sv.f);
+	if (cr == PROTO_CODEC_LIMIT) {
 		stor_stamp_list_free(&sv.stamps);
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
-	sv.date = date;
-	sv.tz = tz;
-	const struct proto_arg *text = &cmd->args[5];
-	if (text->type == PROTO_ARG_ATOM && strcmp(text->str, "NIL") == 0) {
+	sv.uid = ps.uid;
+	sv.modseq = ps.modseq;
+	sv.guid = ps.guid;
+	sync_flags_take(&sv.f, &ps.f);
+	if (!stamped)
+		sync_stamps_legacy(sv.modseq, &sv.stamps);
+	sv.date = ps.date;
+	sv.tz = ps.tz;
+	if (ps.text == NULL) {
 		int r = stor_text_exists(s->db, &sv.guid, NULL, &err);
 		if (r < 0) {
 			sync_flags_free(&sv.f);
@@ -604,9 +600,9 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 			present = guid_cmp(&have.guid, &sv.guid) == 0;
 			stor_msg_free(&have);
 		}
-	} else if (text->type == PROTO_ARG_LITERAL) {
+	} else {
 		struct stor_text_writer *tw = stor_text_begin(s->db, &sv.guid);
-		if (stor_text_write(tw, text->str, text->len, &err) < 0) {
+		if (stor_text_write(tw, ps.text, ps.text_len, &err) < 0) {
 			stor_text_abort(&tw);
 			sync_flags_free(&sv.f);
 			stor_stamp_list_free(&sv.stamps);
@@ -619,11 +615,6 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 			srv_reply(s, cmd->tag, "NO", NULL, err);
 			return 0;
 		}
-	} else {
-		sync_flags_free(&sv.f);
-		stor_stamp_list_free(&sv.stamps);
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE text must be a literal or NIL");
-		return 0;
 	}
 	ARRAY_PUSH(&s->saves, sv);
 	srv_reply(s, cmd->tag, "OK", present ? "PRESENT" : NULL, "held");
@@ -635,31 +626,29 @@ static int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 static int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	struct srv_store st;
-	bool stamped;
+	bool stamped = false;
+	struct proto_store ps;
+	const char *err;
 	memset(&st, 0, sizeof(st));
-	if (cmd->arg_count < 4 || cmd->args[0].type != PROTO_ARG_ATOM ||
-	    proto_arg_u32(&cmd->args[0], &st.uid) < 0 || st.uid == 0 ||
-	    proto_arg_u64(&cmd->args[1], INT64_MAX, &st.modseq) < 0 ||
-	    cmd->args[3].type != PROTO_ARG_LIST || cmd->args[3].count != 1 ||
-	    cmd->args[3].list[0].type != PROTO_ARG_ATOM ||
-	    strcmp(cmd->args[3].list[0].str, "\\*") != 0 ||
-	    sync_cmd_stamps(cmd, 4, &stamped, &st.stamps) < 0) {
+	/* One message per STORE in a sync. */
+	int cr = proto_read_store(cmd, PROTO_STORE_GIVEN, 1, &ps, &err);
+	if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(cmd, 4, &stamped, &st.stamps) < 0) {
+		if (cr == PROTO_CODEC_OK)
+			proto_store_free(&ps);
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
 		return 0;
 	}
-	if (sync_arg_flags(&cmd->args[2], &st.f) < 0) {
-		stor_stamp_list_free(&st.stamps);
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
-		return 0;
-	}
-	if (!stamped)
-		sync_stamps_legacy(st.modseq, &st.stamps);
-	if (!mail_uid_valid(st.uid) || !mail_modseq_valid(st.modseq)) {
-		sync_flags_free(&st.f);
+	if (cr == PROTO_CODEC_LIMIT) {
 		stor_stamp_list_free(&st.stamps);
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
+	st.uid = ps.uids[0];
+	st.modseq = ps.modseq;
+	sync_flags_take(&st.f, &ps.add);
+	proto_store_free(&ps);
+	if (!stamped)
+		sync_stamps_legacy(st.modseq, &st.stamps);
 	ARRAY_PUSH(&s->stores, st);
 	srv_reply(s, cmd->tag, "OK", NULL, "held");
 	return 0;
@@ -1026,6 +1015,7 @@ static int merge_start(struct sync_server *s, const char *tag)
 static void take_ours(struct srv_merge *m, struct srv_save *cs, uint32_t at)
 {
 	cs->action = SAVE_DROP;
+	cs->drop_into = at;
 	ARRAY_PUSH(&m->exp_client, cs->uid);
 	ARRAY_PUSH(&m->save_client, at);
 	ssize_t oi = find_msg(&m->smsgs, at);
@@ -1080,7 +1070,23 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 		if (si >= 0)
 			m->handled[si] = true;
 	} else if (ti >= 0) {
+		uint32_t moved_to = 0;
 		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
+			/* Our tombstone of this very message: we moved it
+			 * (a UID conflict with a third node) when it lives on
+			 * at another UID here, else we expunged it. */
+			r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &moved_to, err);
+			if (r < 0) {
+				if (have_other)
+					stor_msg_free(&other);
+				return -1;
+			}
+			if (r == 0 || moved_to == cs->uid || client_moved_from(s, moved_to))
+				moved_to = 0;
+		}
+		if (moved_to != 0) {
+			take_ours(m, cs, moved_to);
+		} else if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
 			/* We expunged it: the expunge wins. */
 			cs->action = SAVE_DROP;
 			ARRAY_PUSH(&m->exp_client, cs->uid);
@@ -1107,6 +1113,31 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	if (have_other)
 		stor_msg_free(&other);
 	return 0;
+}
+
+/* The client drops its copy of a message we hold at another UID `at` (a
+ * sync with a third node moved ours there) and takes ours: the flag
+ * changes on its copy are still the user's, so they merge flag by flag
+ * into ours first (SPEC.md 10.3 "Flags").  Taking ours as it was lost
+ * every change made on the client's side since the move. */
+static int merge_flags_into(struct sync_server *s, uint32_t at, const struct srv_save *cs,
+			    const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	struct stor_msg cur;
+	int r = stor_msg_get(s->db, &s->sel, at, &cur, err);
+	if (r <= 0)
+		return r;
+	struct flag_merge fm;
+	flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
+	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords)) {
+		r = set_flags(s, at, fm.flags, &fm.keywords, &fm.times, m->N, err);
+		merge_mark_dirty(m, at);
+		m->touched = true;
+	}
+	flag_merge_free(&fm);
+	stor_msg_free(&cur);
+	return r < 0 ? -1 : 0;
 }
 
 /* A message that both copies hold with the same flags, at different
@@ -1138,7 +1169,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	struct srv_merge *m = &s->merge;
 	int r;
 	if (cs->action == SAVE_DROP)
-		return 0;
+		return cs->drop_into == 0 ? 0 : merge_flags_into(s, cs->drop_into, cs, err);
 	if (cs->action == SAVE_MERGE) {
 		struct stor_msg cur;
 		r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, err);
@@ -1172,7 +1203,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	if (r > 0 && !client_moved_from(s, at)) {
 		take_ours(m, cs, at);
 		merge_mark_dirty(m, at);
-		return 0;
+		return merge_flags_into(s, at, cs, err);
 	}
 	/* The client moved the message from `at` (a sync with a third node
 	 * renumbered it): its copy lands here and ours at `at` goes with the
@@ -1382,18 +1413,18 @@ static int merge_write_line(struct sync_server *s, uint32_t uid, bool save, cons
 		return r;
 	proto_wr_init(&w, &s->out);
 	if (save) {
+		struct proto_save sv;
+		sync_save_of_msg(&sv, msg);
 		proto_wr_begin(&w, s->merge.tag, "SAVE");
-		proto_wr_date(&w, msg->internaldate, msg->internaldate_tz);
-		proto_wr_u64(&w, msg->uid);
-		proto_wr_u64(&w, msg->modseq);
-		proto_wr_guid(&w, &msg->guid);
-		sync_wr_flags(&w, msg->flags, &msg->keywords);
-		proto_wr_atom(&w, "NIL");
+		proto_wr_save(&w, &sv);
 	} else {
+		struct proto_flags_line fl = {
+			msg->uid, msg->modseq,
+			{ msg->flags,
+			  { msg->keywords.items, msg->keywords.count, msg->keywords.cap } },
+		};
 		proto_wr_begin(&w, s->merge.tag, "FLAGS");
-		proto_wr_u64(&w, msg->uid);
-		proto_wr_u64(&w, msg->modseq);
-		sync_wr_flags(&w, msg->flags, &msg->keywords);
+		proto_wr_flags_line(&w, &fl);
 	}
 	sync_wr_stamps(&w, &msg->stamps);
 	proto_wr_end(&w);

@@ -7,61 +7,60 @@
 
 #include "lib/xalloc.h"
 
+/* Storage keeps the bits and limits of the wire's flag lists, so a list
+ * read from a peer fits the store as it is. */
+_Static_assert(PROTO_FLAG_SEEN == STOR_FLAG_SEEN && PROTO_FLAG_ANSWERED == STOR_FLAG_ANSWERED &&
+		       PROTO_FLAG_FLAGGED == STOR_FLAG_FLAGGED &&
+		       PROTO_FLAG_DELETED == STOR_FLAG_DELETED &&
+		       PROTO_FLAG_DRAFT == STOR_FLAG_DRAFT && PROTO_FLAGS_ALL == STOR_FLAGS_ALL,
+	       "flag bits differ between protocol and storage");
+_Static_assert(PROTO_MAX_KEYWORDS == STOR_MAX_KEYWORDS &&
+		       PROTO_MAX_KEYWORD_LEN == STOR_MAX_KEYWORD_LEN,
+	       "keyword limits differ between protocol and storage");
+
 void sync_flags_free(struct sync_flags *f)
 {
-	for (size_t i = 0; i < f->keywords.count; i++)
-		free(f->keywords.items[i]);
-	ARRAY_FREE(&f->keywords);
+	stor_string_list_free(&f->keywords);
 	f->flags = 0;
 }
 
 void sync_wr_flags(struct proto_wr *w, uint32_t flags, const stor_string_list *keywords)
 {
-	proto_wr_list_begin(w);
-	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
-		if ((flags & bit) != 0)
-			proto_wr_atom(w, stor_flag_name((enum stor_flag)bit));
-	}
-	for (size_t i = 0; keywords != NULL && i < keywords->count; i++)
-		proto_wr_atom(w, keywords->items[i]);
-	proto_wr_list_end(w);
+	proto_wr_flags(w, flags, keywords == NULL ? NULL : (const char *const *)keywords->items,
+		       keywords == NULL ? 0 : keywords->count);
 }
 
-static int flag_from_name(const char *s, uint32_t *bit_r)
+void sync_flags_take(struct sync_flags *f_r, struct proto_flags *pf)
 {
-	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
-		if (strcasecmp(s, stor_flag_name((enum stor_flag)bit)) == 0) {
-			*bit_r = bit;
-			return 0;
-		}
-	}
-	return -1;
+	f_r->flags = pf->flags;
+	f_r->keywords.items = pf->keywords.items;
+	f_r->keywords.count = pf->keywords.count;
+	f_r->keywords.cap = pf->keywords.cap;
+	memset(pf, 0, sizeof(*pf));
 }
 
 int sync_arg_flags(const struct proto_arg *a, struct sync_flags *f_r)
 {
+	struct proto_flags pf;
 	memset(f_r, 0, sizeof(*f_r));
-	if (a->type != PROTO_ARG_LIST || a->count > STOR_MAX_KEYWORDS + 5)
+	if (proto_arg_flags(a, &pf) < 0)
 		return -1;
-	for (size_t i = 0; i < a->count; i++) {
-		const struct proto_arg *e = &a->list[i];
-		uint32_t bit;
-		if (e->type != PROTO_ARG_ATOM)
-			goto fail;
-		if (e->str[0] == '\\') {
-			if (flag_from_name(e->str, &bit) < 0)
-				goto fail;
-			f_r->flags |= bit;
-			continue;
-		}
-		if (e->len > STOR_MAX_KEYWORD_LEN || f_r->keywords.count >= STOR_MAX_KEYWORDS)
-			goto fail;
-		ARRAY_PUSH(&f_r->keywords, xstrdup(e->str));
-	}
+	sync_flags_take(f_r, &pf);
 	return 0;
-fail:
-	sync_flags_free(f_r);
-	return -1;
+}
+
+void sync_save_of_msg(struct proto_save *sv_r, const struct stor_msg *m)
+{
+	memset(sv_r, 0, sizeof(*sv_r));
+	sv_r->date = m->internaldate;
+	sv_r->tz = m->internaldate_tz;
+	sv_r->uid = m->uid;
+	sv_r->modseq = m->modseq;
+	sv_r->guid = m->guid;
+	sv_r->f.flags = m->flags;
+	sv_r->f.keywords.items = m->keywords.items;
+	sv_r->f.keywords.count = m->keywords.count;
+	sv_r->f.keywords.cap = m->keywords.cap;
 }
 
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
@@ -83,26 +82,11 @@ bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r)
 {
-	struct proto_uid_range *ranges;
-	size_t count;
-	uids_r->items = NULL;
-	uids_r->count = uids_r->cap = 0;
-	if (proto_arg_uidset(a, UINT32_MAX, SYNC_MAX_RANGES, &ranges, &count) < 0)
+	if (proto_arg_uids(a, max, &uids_r->items, &uids_r->count) < 0) {
+		uids_r->cap = 0;
 		return -1;
-	size_t total = 0;
-	for (size_t i = 0; i < count; i++) {
-		total += (size_t)ranges[i].hi - ranges[i].lo + 1;
-		if (total > max) {
-			free(ranges);
-			return -1;
-		}
 	}
-	ARRAY_RESERVE(uids_r, total);
-	for (size_t i = 0; i < count; i++) {
-		for (uint64_t u = ranges[i].lo; u <= ranges[i].hi; u++)
-			uids_r->items[uids_r->count++] = (uint32_t)u;
-	}
-	free(ranges);
+	uids_r->cap = uids_r->count;
 	return 0;
 }
 
@@ -177,7 +161,7 @@ int sync_arg_stamps(const struct proto_arg *a, stor_stamp_list *out)
 			goto fail;
 		const char *name = n->str;
 		if (name[0] == '\\') {
-			if (flag_from_name(name, &bit) == 0)
+			if (proto_flag_from_name(name, &bit) == 0)
 				name = stor_flag_name((enum stor_flag)bit);
 			else if (strcmp(name, STOR_STAMP_ALL) != 0)
 				goto fail;

@@ -825,6 +825,11 @@ static void test_bundle_bad_command_streams_are_refused(void)
 		  "B6 SYNC-END\r\n", "does not hold" },
 		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
 		  "B4 SYNC-BEGIN 7 5 1 3\r\n", "whole mailboxes" },
+		/* A message must have a GUID (SPEC 8.1). */
+		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 1 alice W 7 %s\r\nB3 SELECT 1\r\n"
+		  "B4 SYNC-BEGIN 0 5 1 3\r\n"
+		  "B5 SAVE 1700000000+0000 1 1 00000000000000000000000000000000 () {1}\r\nx\r\n"
+		  "B6 SYNC-END\r\n", "GUID" },
 		{ "B1 CREATE alice W %s 7 ORIGIN 3\r\n", "option" },
 		{ "B1 CREATE alice W %s 7\r\nB2 CREATE alice W %s 7\r\n", "CREATE" },
 		{ "B1 CREATE alice W %s 7\r\nB2 MBOX 2 alice W 7 %s\r\n", "out of order" },
@@ -939,6 +944,32 @@ static void test_bundle_state_of_another_user_is_refused(void)
 	node_close(&a);
 }
 
+/* A short line where TEXT lines go: refused, and nothing is read past the
+ * line (the parser once looked 5 bytes in before checking the prefix). */
+static void test_bundle_state_short_text_line_is_refused(void)
+{
+	struct node a;
+	node_open(&a, SID_A);
+	fill_user(&a, NULL);
+	static const char head[] = "STARLING-BUNDLE-STATE 1\nUSER " USER "\nPEER 2\nBASE 1 "
+		"0000000000000000000000000000000000000000000000000000000000000000\nT\n";
+	/* An exactly sized copy, so a read past it is one past the allocation. */
+	size_t len = strlen(head);
+	char *state = malloc(len);
+	memcpy(state, head, len);
+	struct sync_bundle_export_settings set = {
+		.user = USER, .source_sid = SID_A, .key = cluster_key(),
+		.state = state, .state_len = len,
+	};
+	struct buf out = BUF_INIT;
+	char *error = NULL;
+	CU_ASSERT_EQUAL(sync_bundle_export(a.db, &set, &out, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "bad TEXT line") : NULL);
+	free(error);
+	free(state);
+	buf_free(&out);
+	node_close(&a);
+}
 
 /* Both nodes change flags of the same messages between two exchanges:
  * different flags are all kept, one flag changed both ways takes the later
@@ -1025,6 +1056,7 @@ static const struct test_case bundle_cases[] = {
 	  test_bundle_uids_and_modseqs_past_the_bounds_are_refused },
 	{ "own and future bundles are refused", test_bundle_own_and_future_bundles_are_refused },
 	{ "state of another user is refused", test_bundle_state_of_another_user_is_refused },
+	{ "state with a short TEXT line is refused", test_bundle_state_short_text_line_is_refused },
 	{ NULL, NULL },
 };
 

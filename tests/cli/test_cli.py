@@ -103,6 +103,16 @@ with tempfile.TemporaryDirectory(prefix="starling-cli-") as tmp:
         check("deliver into a missing mailbox is refused", rc != 0 and "does not exist" in err, f"{rc} {err}")
         rc, out, err = run(["-c", conf, "deliver", "-u", "nobody"], msg)
         check("deliver to an unknown user exits 67", rc == 67, f"{rc} {err}")
+        check("...and into a missing mailbox exits 65 (EX_DATAERR, as the README says)",
+              run(["-c", conf, "deliver", "-u", "alice", "-m", "NoSuchBox"], msg)[0] == 65)
+        rc, out, err = run(["-c", conf, "resync", "-u", "nobody"])
+        check("resync of an unknown user fails with one line saying so",
+              rc == 1 and err.count("\n") == 1 and "unknown user 'nobody'" in err,
+              f"{rc} {out!r} {err}")
+        rc, out, err = run(["-c", conf, "resync", "-u", "alice", "--peer", "9"])
+        check("resync with a peer not in the file says it is not configured",
+              rc == 1 and err.count("\n") == 1 and "peer 9 is not configured" in err,
+              f"{rc} {out!r} {err}")
         rc, online, err = run(["-c", conf, "dump", "-u", "alice"])
         check("online dump shows the delivered message", rc == 0 and "msg INBOX uid=1 " in online, online + err)
     finally:

@@ -107,4 +107,26 @@ def finish(report, target):
     return report.summary()
 
 
-__all__ = ["Report", "Target", "parse_args", "start_target", "finish", "proc"]
+def run_sections(report, sections, description, users, set_target):
+    """The usual main(): start the target (set_target(t) hands it to the
+    script), run each (name, func) section while the server is alive, then
+    finish.  Returns the exit status."""
+    args = parse_args(description)
+    try:
+        target = start_target(args, users, tls=False)
+    except Exception as e:  # noqa: BLE001
+        report.check("server starts", False, "%s: %s" % (type(e).__name__, e))
+        return report.summary()
+    set_target(target)
+    print("target: %s on 127.0.0.1:%d" % (target.kind, target.port), flush=True)
+    for name, func in sections:
+        if args.only and args.only not in name:
+            continue
+        if not target.alive():
+            report.check("%s: server alive before the section" % name, False, target.log_tail())
+            continue
+        report.section(name, func)
+    return finish(report, target)
+
+
+__all__ = ["Report", "Target", "parse_args", "start_target", "finish", "proc", "run_sections"]

@@ -127,6 +127,31 @@ static void test_format(void)
 		     "* ESEARCH (TAG \"A1\") MIN 2 MAX 9 ALL 9,2:3,7\r\n");
 }
 
+/* A SORT result (ret.sorted): MIN and MAX are its first and last message
+ * (RFC 5267 3.1), and so is what SAVE keeps of them. */
+static void test_format_sorted(void)
+{
+	static const uint32_t sorted[] = { 9, 2, 3, 7 };
+	static const uint64_t ms[] = { 10, 90, 20, 30 };
+	struct imap_esearch_return ret;
+	CU_ASSERT_EQUAL_FATAL(parse_return("RETURN (MIN MAX ALL SAVE) ALL", &ret), 2);
+	ret.sorted = true;
+	struct buf b = BUF_INIT;
+	imap_esearch_format(&b, "S1", true, &ret, sorted, NULL, 4);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "* ESEARCH (TAG \"S1\") UID MIN 9 MAX 7 ALL 9,2:3,7\r\n");
+	buf_reset(&b);
+	CU_ASSERT_EQUAL_FATAL(parse_return("RETURN (MIN) ALL", &ret), 2);
+	ret.sorted = true;
+	imap_esearch_format(&b, "S2", false, &ret, sorted, ms, 4);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "* ESEARCH (TAG \"S2\") MIN 9 MODSEQ 10\r\n");
+	buf_free(&b);
+	bool keep[4];
+	CU_ASSERT_EQUAL_FATAL(parse_return("RETURN (SAVE MAX) ALL", &ret), 2);
+	ret.sorted = true;
+	imap_esearch_save_select(&ret, sorted, 4, keep);
+	CU_ASSERT(!keep[0] && !keep[1] && !keep[2] && keep[3]);
+}
+
 static void check_save(const char *opts, const char *want)
 {
 	static const uint32_t nums[] = { 2, 3, 4, 7, 9 };
@@ -190,6 +215,7 @@ const struct test_case imap_esearch_cases[] = {
 	{ "RETURN options", test_return_options },
 	{ "malformed RETURN options are rejected", test_return_rejects },
 	{ "ESEARCH response per option", test_format },
+	{ "ESEARCH response for a SORT result", test_format_sorted },
 	{ "what SAVE keeps", test_save_select },
 	{ "$ matches the saved result", test_saved_key },
 	{ NULL, NULL },

@@ -6,6 +6,7 @@
 
 #include "imap/imap-mime.h"
 #include "imap/imap-parser.h"
+#include "imap/imap-seqset.h"
 #include "imap/imap-sort.h"
 #include "imap/imap-sortkeys.h"
 #include "tests/imap/tests-imap.h"
@@ -233,7 +234,7 @@ static void test_sort_address_keys(void)
 static void check_set(const uint32_t *nums, size_t n, const char *want)
 {
 	struct buf b = BUF_INIT;
-	imap_sort_append_set(&b, nums, n);
+	imap_seqset_format(nums, n, &b);
 	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), want);
 	buf_free(&b);
 }

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "imap/imap-mutf7.h"
 #include "imap/imap-private.h"
 #include "tests/imap/tests-imap.h"
 
@@ -82,10 +83,64 @@ static void test_util_astring_quoting(void)
 	buf_free(&b);
 }
 
+static void check_mutf7(const char *m, const char *u)
+{
+	char *got = imap_mutf7_to_utf8(m, strlen(m));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(got);
+	CU_ASSERT_STRING_EQUAL(got, u);
+	free(got);
+	got = imap_utf8_to_mutf7(u, strlen(u));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(got);
+	CU_ASSERT_STRING_EQUAL(got, m);
+	free(got);
+}
+
+/* Modified UTF-7 <-> UTF-8 (RFC 3501 5.1.3, RFC 9051 5.1): round trips,
+ * and what is not valid either way. */
+static void test_util_mutf7(void)
+{
+	check_mutf7("INBOX", "INBOX");
+	check_mutf7("~peter/mail/&U,BTFw-/&ZeVnLIqe-", "~peter/mail/\xe5\x8f\xb0\xe5\x8c\x97/"
+		    "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e");
+	check_mutf7("A&-B", "A&B");
+	check_mutf7("Entw&APw-rfe/&AMQ-rger", "Entw\xc3\xbcrfe/\xc3\x84rger");
+	check_mutf7("&2D3eAA-", "\xf0\x9f\x98\x80"); /* U+1F600: a surrogate pair */
+	check_mutf7("&AMQAxA-", "\xc3\x84\xc3\x84");
+	static const char *const bad_m[] = {
+		"&",        /* no end */
+		"&AMQ",     /* no '-' */
+		"&AGE-",    /* encodes 'a' */
+		"&AMR-",    /* leftover bits not zero */
+		"&2AA-",    /* a lone high surrogate */
+		"&3AA-",    /* a lone low surrogate */
+		"&AM!-",    /* not base64 */
+		"a\x80" "b", /* 8-bit */
+	};
+	for (size_t i = 0; i < sizeof(bad_m) / sizeof(bad_m[0]); i++) {
+		char *r = imap_mutf7_to_utf8(bad_m[i], strlen(bad_m[i]));
+		CU_ASSERT_PTR_NULL(r);
+		free(r);
+	}
+	static const char *const bad_u[] = {
+		"a\xe4" "b",       /* latin-1 */
+		"\xc0\xaf",        /* overlong */
+		"\xed\xa0\x80",    /* a surrogate */
+		"\xf4\x90\x80\x80", /* above U+10FFFF */
+		"x\x01y",          /* a control character */
+		"\xe6\x97",        /* truncated */
+	};
+	for (size_t i = 0; i < sizeof(bad_u) / sizeof(bad_u[0]); i++) {
+		char *r = imap_utf8_to_mutf7(bad_u[i], strlen(bad_u[i]));
+		CU_ASSERT_PTR_NULL(r);
+		free(r);
+	}
+}
+
 const struct test_case imap_util_cases[] = {
 	{ "date-time round trip and bad dates", test_util_datetime_roundtrip },
 	{ "flags and keywords", test_util_flags },
 	{ "mailbox names", test_util_mailbox_names },
 	{ "astring quoting", test_util_astring_quoting },
+	{ "modified UTF-7 and UTF-8", test_util_mutf7 },
 	{ NULL, NULL },
 };

@@ -126,7 +126,7 @@ def t_capability():
     r = c.command("CAPABILITY")
     caps = r.find("CAPABILITY")[0][1:] if r.find("CAPABILITY") else []
     caps = [x.decode().upper() for x in caps]
-    for cap in ("SORT", "SORT=DISPLAY", "ESORT"):
+    for cap in ("SORT", "SORT=DISPLAY", "ESORT", "CONTEXT=SORT"):
         R.check("%s advertised" % cap, cap in caps, caps)
     r = c.command("SORT (SUBJECT) UTF-8 ALL")
     R.equal("SORT without a selected mailbox is BAD", r.status, "BAD")
@@ -262,6 +262,161 @@ def t_esort():
             if isinstance(p, list):
                 got = b"(" + b" ".join(b"NIL" if x is None else x for x in p) + b")"
         R.equal("ESORT %s" % opts, got, want)
+    c.logout()
+
+
+def search_nums(c, prog):
+    r = c.command("SEARCH " + prog)
+    found = r.find("SEARCH")
+    if not r.ok or not found:
+        return None
+    return [int(t) for t in found[0][1:] if not isinstance(t, list)]
+
+
+def t_esort_save():
+    """SORT RETURN (SAVE) keeps the result for "$" (RFC 5182, RFC 5267)."""
+    c = connect()
+    c.command("SELECT Sort")
+    r = c.command("SORT RETURN (SAVE) (REVERSE ARRIVAL) UTF-8 UNSEEN")
+    R.check("SORT RETURN (SAVE) alone answers no ESEARCH",
+            r.ok and esearch(r) is None and sort_nums(r) is None, r)
+    R.equal("the saved SORT result is the set of matches", search_nums(c, "$"), [2, 3, 4, 5])
+    r = c.command("SORT RETURN (SAVE MIN) (REVERSE ARRIVAL) UTF-8 ALL")
+    e = esearch(r)
+    R.check("SORT RETURN (SAVE MIN) answers MIN", r.ok and e is not None and e[2] == {"MIN": b"5"},
+            (r, e))
+    R.equal("SAVE with MIN keeps the first in sort order", search_nums(c, "$"), [5])
+    r = c.command("SORT RETURN (MAX SAVE) (REVERSE ARRIVAL) UTF-8 ALL")
+    R.equal("SAVE with MAX keeps the last in sort order", search_nums(c, "$"), [2])
+    r = c.command("SORT (ARRIVAL) UTF-8 OR $ 1")
+    R.check("SORT with $ in its program", r.ok and sort_nums(r) == [2, 1], (r, sort_nums(r)))
+    r = c.command("SORT RETURN (SAVE BOGUS) (ARRIVAL) UTF-8 ALL")
+    R.check("SORT RETURN (SAVE BOGUS) is BAD", r.status == "BAD", r)
+    R.equal("a failed SORT with SAVE empties $", search_nums(c, "$"), [])
+    c.logout()
+
+
+def seqset_in_order(v):
+    """A sequence-set as written, ranges expanded in place ("5,3:4" ->
+    [5, 3, 4])."""
+    out = []
+    for part in v.decode().split(","):
+        a, _, b = part.partition(":")
+        lo, hi = int(a), int(b or a)
+        out.extend(range(lo, hi + 1) if lo <= hi else range(lo, hi - 1, -1))
+    return out
+
+
+def context_updates(r, tag):
+    """[(kind, position, [nums])] of the ADDTO/REMOVEFROM for tag, in the
+    order sent; one entry per (position set) pair."""
+    out = []
+    for u in r.untagged:
+        toks = parse(u[2:])
+        if not toks or not isinstance(toks[0], bytes) or toks[0].upper() != b"ESEARCH":
+            continue
+        if not (len(toks) > 1 and isinstance(toks[1], list) and toks[1][1].decode() == tag):
+            continue
+        for i in range(2, len(toks) - 1):
+            if isinstance(toks[i], bytes) and toks[i].upper() in (b"ADDTO", b"REMOVEFROM"):
+                pairs = toks[i + 1]
+                for k in range(0, len(pairs) - 1, 2):
+                    out.append((toks[i].decode().upper(), int(pairs[k]),
+                                seqset_in_order(pairs[k + 1])))
+    return out
+
+
+def plain(subject):
+    return crlf("From: a@example.org\nSubject: %s\n\nbody\n" % subject)
+
+
+def t_context_sort():
+    """CONTEXT=SORT (RFC 5267 4.3): ADDTO/REMOVEFROM with positions in the
+    sort order, for this session's and another session's changes."""
+    c, other = connect(), connect()
+    c.command("CREATE CtxSort")
+    for subj in ("b", "d", "f"):
+        append(c, "CtxSort", plain(subj))
+    c.command("SELECT CtxSort")
+    other.command("SELECT CtxSort")
+    r = c.command("SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNSEEN", tag="s1")
+    e = esearch(r)
+    R.check("SORT RETURN (UPDATE ALL) answers the result now",
+            r.ok and e is not None and e[0] == "s1" and e[2] == {"ALL": b"1:3"}, (r, e))
+    append(other, "CtxSort", plain("c"))
+    r = c.command("NOOP")
+    R.equal("another session's APPEND -> ADDTO at its sorted position",
+            context_updates(r, "s1"), [("ADDTO", 2, [4])])
+    r = c.command("APPEND", "CtxSort", Literal(plain("a")))
+    R.equal("own APPEND -> ADDTO (1 5)", context_updates(r, "s1"), [("ADDTO", 1, [5])])
+    append(other, "CtxSort", plain("e"))
+    append(other, "CtxSort", plain("g"))
+    append(other, "CtxSort", plain("ca"))
+    r = c.command("NOOP")
+    # a b c ca d e f g: ca (8) at 4, e (6) at 6, g (7) at 8
+    R.equal("three new messages -> one ADDTO per run of positions, in order",
+            context_updates(r, "s1"), [("ADDTO", 4, [8]), ("ADDTO", 6, [6]), ("ADDTO", 8, [7])])
+    r = c.command("STORE 2 +FLAGS.SILENT (\\Seen)")
+    R.equal("STORE that ends a match -> REMOVEFROM (position seq)",
+            context_updates(r, "s1"), [("REMOVEFROM", 5, [2])])
+    r = c.command("STORE 2 -FLAGS.SILENT (\\Seen)")
+    R.equal("...and ADDTO when it matches again", context_updates(r, "s1"), [("ADDTO", 5, [2])])
+    other.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.command("EXPUNGE")
+    r = c.command("NOOP")
+    kinds = []
+    for u in r.untagged:
+        toks = parse(u[2:])
+        if toks and toks[0].upper() == b"ESEARCH":
+            kinds.append(context_updates(r, "s1")[0] if context_updates(r, "s1") else None)
+        elif len(toks) > 1 and toks[1].upper() == b"EXPUNGE":
+            kinds.append(("EXPUNGE", int(toks[0])))
+    R.equal("expunge -> REMOVEFROM (2 1) before * 1 EXPUNGE", kinds,
+            [("REMOVEFROM", 2, [1]), ("EXPUNGE", 1)])
+    r = c.command('CANCELUPDATE "s1"')
+    R.check("CANCELUPDATE of a SORT context", r.ok, r)
+    append(other, "CtxSort", plain("aa"))
+    r = c.command("NOOP")
+    R.check("no ADDTO after CANCELUPDATE", r.ok and not context_updates(r, "s1"), r.untagged)
+    # A UID context with REVERSE, followed through random changes: the
+    # updates applied in order give what a new SORT answers.
+    r = c.command("UID SORT RETURN (UPDATE ALL) (REVERSE SUBJECT) UTF-8 UNSEEN", tag="s2")
+    e = esearch(r)
+    model = seqset_in_order(e[2]["ALL"]) if e and "ALL" in e[2] else []
+    import random
+    rnd = random.Random(5267)
+    bad, applied = [], 0
+    for rounds in range(40):
+        op = rnd.randrange(4)
+        n = len(other.command("UID SEARCH ALL").find("SEARCH")[0]) - 1
+        if op == 0 or n < 3:
+            for _ in range(rnd.randrange(1, 4)):
+                append(other, "CtxSort", plain("%c%d" % (rnd.choice("abcdefgh"), rnd.randrange(9))))
+        elif op == 1:
+            other.command("STORE %d +FLAGS.SILENT (\\Seen)" % rnd.randrange(1, n + 1))
+        elif op == 2:
+            other.command("STORE %d:%d -FLAGS.SILENT (\\Seen)" % (1, n))
+        else:
+            other.command("STORE %d +FLAGS.SILENT (\\Deleted)" % rnd.randrange(1, n + 1))
+            other.command("EXPUNGE")
+        r = c.command("NOOP")
+        for kind, pos, ids in context_updates(r, "s2"):
+            applied += 1
+            if kind == "ADDTO":
+                model[pos - 1:pos - 1] = ids
+            else:
+                if model[pos - 1:pos - 1 + len(ids)] != ids:
+                    bad.append((rounds, kind, pos, ids, list(model)))
+                model = [x for x in model if x not in ids]
+        want = sort_nums(c.command("UID SORT (REVERSE SUBJECT) UTF-8 UNSEEN"))
+        if model != want:
+            bad.append((rounds, "model", list(model), want))
+            model = list(want)
+    R.check("40 rounds of changes: the updates applied in order give the new SORT result",
+            not bad, bad[:3])
+    R.check("...through many updates (%d)" % applied, applied >= 30, applied)
+    c.command('CANCELUPDATE "s2"')
+    other.logout()
     c.logout()
 
 
@@ -403,6 +558,8 @@ SECTIONS = [
     ("every key", t_keys),
     ("errors", t_errors),
     ("esort", t_esort),
+    ("esort save", t_esort_save),
+    ("context sort", t_context_sort),
     ("600 messages", t_large),
     ("long headers", t_long_headers),
     ("concurrent changes", t_concurrent_changes),

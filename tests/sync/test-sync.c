@@ -1146,8 +1146,10 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 	snprintf(line, sizeof(line), "C16 MBOX 1 %s INBOX %u %s\r\nC17 SELECT 1\r\n"
 		 "C18 SAVE 1700000000+0000 1 1 %s () NIL\r\nC19 SYNC-BEGIN 0 0 1 1\r\n"
 		 "C20 STORE 1 5 (\\Seen) ()\r\nC21 UIDFIX 1:2 5\r\nC22 EXPUNGE 0 0\r\n"
-		 "C23 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n",
-		 USER, x.uidvalidity, hex, hex, hex);
+		 "C23 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n"
+		 "C25 SAVE 1700000000+0000 2 0 %s () {1}\r\nx\r\n"
+		 "C26 STORE 1 0 (\\Seen) (\\*)\r\n",
+		 USER, x.uidvalidity, hex, hex, hex, hex);
 	stor_mailbox_free(&x);
 	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
 	buf_append_byte(&out, '\0');
@@ -1160,6 +1162,10 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C21 BAD [ARGS]"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C22 BAD [ARGS]"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C23 BAD [ARGS]"));
+	/* Modseq 0 means "assign one", which only a master does for a request
+	 * (SPEC 8.1): a sync's SAVE gives both. */
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C25 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C26 BAD [ARGS]"));
 	/* A parse error is fatal for the link, not for the process. */
 	CU_ASSERT_EQUAL(sync_server_feed(sv, "C24 SAVE (((\r\n", 15), -1);
 	CU_ASSERT_PTR_NOT_NULL(sync_server_error(sv));
@@ -1594,6 +1600,65 @@ static void test_sync_moved_message_keeps_flag_change_new(void)
 static void test_sync_moved_message_keeps_flag_change_known(void)
 {
 	moved_message_keeps_flag_change(true);
+}
+
+/* The other way round: B's message X at UID u reached C by replication and
+ * C flagged it; A, apart, used u for its own message Y.  A and B sync (X
+ * and Y move on both), then C, still holding X at u with its change,
+ * syncs with one of them as the client: the server holds Y (or its
+ * tombstone) at u and X elsewhere, so C drops its copy and takes the
+ * server's; C's flag change must merge into it, not be dropped with the
+ * copy (found by the fault campaign: seed 7200, flag-holds). */
+static void flagged_copy_taken_from_server(bool b_saw_the_change, bool c_syncs_with_a)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	uint32_t u1 = append(&b, &mb, "one\r\n", 0, NULL);
+	run_sync(&a, &b, false, 81);
+	replicate_append(&b, &c, &mb, u1, "one\r\n");
+	struct guid gx;
+	uint32_t ux = append(&b, &mb, "x\r\n", STOR_FLAG_ANSWERED, &gx);
+	replicate_append(&b, &c, &mb, ux, "x\r\n");
+	set_flags(&c, &mb, ux, STOR_FLAG_ANSWERED | STOR_FLAG_DRAFT);
+	if (b_saw_the_change)
+		replicate_flags(&c, &b, &mb, ux);
+	uint32_t uy = append(&a, &mb, "y\r\n", 0, NULL);
+	CU_ASSERT_EQUAL(uy, ux);
+	run_sync(&a, &b, false, 82);
+	uint32_t moved = 0;
+	CU_ASSERT(has_guid(&b, &mb, &gx, &moved));
+	CU_ASSERT_NOT_EQUAL(moved, ux);
+	run_sync(&c, c_syncs_with_a ? &a : &b, false, 83);
+	run_sync(&c, c_syncs_with_a ? &b : &a, false, 84);
+	run_sync(&a, &b, false, 85);
+	uint32_t want = STOR_FLAG_ANSWERED | STOR_FLAG_DRAFT;
+	CU_ASSERT_EQUAL(flags_of_guid(&a, &mb, &gx), want);
+	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &gx), want);
+	CU_ASSERT_EQUAL(flags_of_guid(&c, &mb, &gx), want);
+	three_nodes_end_alike(&a, &b, &c, 3);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_flagged_copy_taken_from_server_1(void)
+{
+	flagged_copy_taken_from_server(false, false);
+}
+
+static void test_sync_flagged_copy_taken_from_server_2(void)
+{
+	flagged_copy_taken_from_server(false, true);
+}
+
+static void test_sync_flagged_copy_taken_from_server_3(void)
+{
+	flagged_copy_taken_from_server(true, false);
+}
+
+static void test_sync_flagged_copy_taken_from_server_4(void)
+{
+	flagged_copy_taken_from_server(true, true);
 }
 
 /* The same after a partition with flags and expunges on both sides, where
@@ -2298,6 +2363,14 @@ static const struct test_case sync_cases[] = {
 	  test_sync_moved_message_keeps_flag_change_new },
 	{ "a flag change follows a message another sync moved (X synced)",
 	  test_sync_moved_message_keeps_flag_change_known },
+	{ "a flagged copy the client drops merges into the server's (B unaware, C-B)",
+	  test_sync_flagged_copy_taken_from_server_1 },
+	{ "a flagged copy the client drops merges into the server's (B unaware, C-A)",
+	  test_sync_flagged_copy_taken_from_server_2 },
+	{ "a flagged copy the client drops merges into the server's (B aware, C-B)",
+	  test_sync_flagged_copy_taken_from_server_3 },
+	{ "a flagged copy the client drops merges into the server's (B aware, C-A)",
+	  test_sync_flagged_copy_taken_from_server_4 },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
