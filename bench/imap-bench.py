@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """IMAP benchmark against any server: host, port, user, password.
 
-Three phases, each with N concurrent clients (separate processes, so the
+Four phases, each with N concurrent clients (separate processes, so the
 Python GIL doesn't serialise them), each client on its own connection:
 
   append  N clients x M messages of realistic sizes (a seeded mix of short
@@ -10,6 +10,8 @@ Python GIL doesn't serialise them), each client on its own connection:
   fetch   every body of that mailbox fetched --fetch-rounds times (UID FETCH a:b
           (BODY.PEEK[]) in chunks, the UID range split between the
           clients): msgs/s and MB/s.
+  list    the same with what a client fetches to list a mailbox (ENVELOPE,
+          BODYSTRUCTURE and some header fields, LIST_ITEMS): msgs/s.
   mix     a mail-client-like mix of UID STORE +/-FLAGS, UID COPY, UID
           EXPUNGE of a \\Deleted message and UID SEARCH (flag, header and
           date keys), each client on its own messages: ops/s.
@@ -113,7 +115,14 @@ def w_append(a, idx, barrier, q):
         q.put((idx, "error", 0, 0, 0, 0, "%s: %s" % (type(e).__name__, e)))
 
 
-def w_fetch(a, idx, barrier, q, uid_lo, uid_hi):
+# What a mail client fetches to list a mailbox (Thunderbird, Roundcube):
+# the envelope, the structure and a few header fields.
+LIST_ITEMS = ("(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE "
+              "BODY.PEEK[HEADER.FIELDS (From To Cc Subject Date Message-ID References "
+              "In-Reply-To Content-Type)])")
+
+
+def w_fetch(a, idx, barrier, q, uid_lo, uid_hi, items="(BODY.PEEK[])"):
     try:
         c = connect(a)
         r = c.command("EXAMINE", quote(a.mailbox))
@@ -126,7 +135,7 @@ def w_fetch(a, idx, barrier, q, uid_lo, uid_hi):
                   for lo in range(uid_lo, uid_hi + 1, a.fetch_chunk)]
         for _ in range(a.fetch_rounds):
             for lo, hi in chunks:
-                r = c.command("UID FETCH %d:%d (BODY.PEEK[])" % (lo, hi))
+                r = c.command("UID FETCH %d:%d %s" % (lo, hi, items))
                 if not r.ok:
                     raise RuntimeError("FETCH failed: %r" % r)
                 for u in r.untagged:
@@ -211,7 +220,7 @@ def run_phase(name, target, argsets, timeout):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="IMAP benchmark (APPEND, FETCH, client mix)")
+    ap = argparse.ArgumentParser(description="IMAP benchmark (APPEND, FETCH, listing, client mix)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--user", required=True)
@@ -266,6 +275,15 @@ def main():
     out["fetch_mb_s"] = fb / dt / 1e6
     print("%sfetch: %d bodies (%.1f MB) by %d clients in %.2fs: %.1f msgs/s, %.2f MB/s"
           % (label, fn, fb / 1e6, k, dt, fn / dt, fb / dt / 1e6), flush=True)
+
+    res, dt = run_phase("list", w_fetch,
+                        [(a, s[0], s[-1], LIST_ITEMS) for s in slices if s], 1800)
+    ln = sum(r[4] for r in res)
+    if ln != n * a.fetch_rounds:
+        raise SystemExit("listed %d messages, expected %d" % (ln, n * a.fetch_rounds))
+    out["list_msgs_s"] = ln / dt
+    print("%slist: %d messages (ENVELOPE BODYSTRUCTURE HEADER.FIELDS) by %d clients in %.2fs: "
+          "%.1f msgs/s" % (label, ln, k, dt, ln / dt), flush=True)
 
     if not all(per_client_uids):
         per_client_uids = [s for s in slices]

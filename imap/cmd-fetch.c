@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "imap/imap-derived.h"
 #include "imap/imap-mime.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
@@ -397,6 +398,34 @@ static void append_literal_range(struct buf *out, const unsigned char *data, siz
 	buf_append(out, data + start, n);
 }
 
+/* The part of a derived record (imap-derived.h) that answers the item, or
+ * 0 if it needs the text itself. */
+static unsigned derived_have(const struct fetch_item *it)
+{
+	switch (it->kind) {
+	case F_ENVELOPE:
+		return IMAP_DERIVED_ENVELOPE;
+	case F_BODY:
+		return IMAP_DERIVED_BODY;
+	case F_BODYSTRUCTURE:
+		return IMAP_DERIVED_BODYSTRUCTURE;
+	case F_SECTION:
+		if (it->part[0] == '\0' && (it->skind == IMAP_SECTION_HEADER ||
+					    it->skind == IMAP_SECTION_HEADER_FIELDS ||
+					    it->skind == IMAP_SECTION_HEADER_FIELDS_NOT))
+			return IMAP_DERIVED_HEADER;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static bool item_needs_text(const struct fetch_item *it)
+{
+	return it->kind == F_SECTION || it->kind == F_BINARY || it->kind == F_BINARY_SIZE ||
+	       derived_have(it) != 0;
+}
+
 /* Writes one message's FETCH response into the client's output.  Returns
  * 0, -1 on a storage error (*error_r), or -2 (nothing written) when a BINARY
  * item names a part whose transfer encoding we cannot undo. */
@@ -420,9 +449,34 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 		return 0;
 	}
 	struct buf text = BUF_INIT;
-	struct imap_mime *mime = NULL;
-	if (fc->need_text) {
+	struct imap_mime *mime = NULL, *hmime = NULL;
+	/* ENVELOPE, BODY[STRUCTURE] and the top-level header come from the
+	 * text's derived record (imap-derived.h); the text is read only for
+	 * what the record does not hold. */
+	struct imap_derived d;
+	bool want_derived = false, need_text = false, text_read = false;
+	memset(&d, 0, sizeof(d));
+	for (size_t i = 0; i < fc->item_count; i++) {
+		if (derived_have(&fc->items[i]) != 0)
+			want_derived = true;
+		else if (item_needs_text(&fc->items[i]))
+			need_text = true;
+	}
+	if (want_derived) {
+		if (imap_derived_load(db, &m.guid, m.size, &d, &text, &text_read, error_r) < 0) {
+			stor_msg_free(&m);
+			buf_free(&text);
+			return -1;
+		}
+		for (size_t i = 0; i < fc->item_count; i++) {
+			unsigned have = derived_have(&fc->items[i]);
+			if (have != 0 && (d.have & have) == 0)
+				need_text = true;
+		}
+	}
+	if (need_text && !text_read) {
 		if (stor_text_read(db, &m.guid, 0, m.size, &text, error_r) < 0) {
+			imap_derived_free(&d);
 			stor_msg_free(&m);
 			buf_free(&text);
 			return -1;
@@ -469,6 +523,20 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 		case F_ENVELOPE:
 		case F_BODY:
 		case F_BODYSTRUCTURE:
+			if ((d.have & derived_have(it)) != 0) {
+				SEP();
+				if (it->kind == F_ENVELOPE) {
+					buf_append_str(&out, "ENVELOPE ");
+					buf_append(&out, d.envelope, d.envelope_len);
+				} else if (it->kind == F_BODY) {
+					buf_append_str(&out, "BODY ");
+					buf_append(&out, d.body, d.body_len);
+				} else {
+					buf_append_str(&out, "BODYSTRUCTURE ");
+					buf_append(&out, d.bodystructure, d.bodystructure_len);
+				}
+				break;
+			}
 			if (mime == NULL)
 				mime = imap_mime_parse(text_data, text.len);
 			SEP();
@@ -486,6 +554,22 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 			buf_append_byte(&out, ' ');
 			if (it->part[0] == '\0' && it->skind == IMAP_SECTION_ALL) {
 				append_literal_range(&out, text_data, text.len, it);
+			} else if ((d.have & derived_have(it)) != 0 && it->skind == IMAP_SECTION_HEADER) {
+				append_literal_range(&out, d.header != NULL ? d.header : (const unsigned char *)"",
+						     d.header_len, it);
+			} else if ((d.have & derived_have(it)) != 0) {
+				/* HEADER.FIELDS[.NOT] of the top level: the header
+				 * alone has the same fields as the whole text. */
+				if (hmime == NULL)
+					hmime = imap_mime_parse(d.header, d.header_len);
+				struct buf sec = BUF_INIT;
+				if (imap_mime_section(hmime, "", it->skind,
+						      (const char *const *)it->fields, it->field_count,
+						      &sec) < 0)
+					buf_append_str(&out, "\"\"");
+				else
+					append_literal_range(&out, sec.data != NULL ? sec.data : (const unsigned char *)"", sec.len, it);
+				buf_free(&sec);
 			} else {
 				if (mime == NULL)
 					mime = imap_mime_parse(text_data, text.len);
@@ -543,6 +627,8 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 		imap_client_write(c, out.data, out.len);
 	buf_free(&out);
 	imap_mime_free(&mime);
+	imap_mime_free(&hmime);
+	imap_derived_free(&d);
 	buf_free(&text);
 	stor_msg_free(&m);
 	if (unknown_cte) {

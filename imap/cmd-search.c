@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "imap/imap-derived.h"
 #include "imap/imap-esearch.h"
 #include "imap/imap-search.h"
 #include "lib/xalloc.h"
@@ -51,7 +52,9 @@ static int load_text(void *ctx, const char **text_r, size_t *len_r)
 	struct search_ctx *sc = ctx;
 	const char *err;
 	buf_reset(&sc->text);
-	if (stor_text_read(sc->db, &sc->text_guid, 0, sc->text_size, &sc->text, &err) < 0)
+	if (!imap_search_needs_body(sc->search) ?
+		    imap_derived_load_header(sc->db, &sc->text_guid, sc->text_size, &sc->text, &err) < 0 :
+		    stor_text_read(sc->db, &sc->text_guid, 0, sc->text_size, &sc->text, &err) < 0)
 		return -1;
 	*text_r = (const char *)sc->text.data;
 	*len_r = sc->text.len;

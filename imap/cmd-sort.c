@@ -5,7 +5,8 @@
  *
  * The search program is SEARCH's (imap-search.c), run the same way in
  * bounded steps per loop turn; each match gets the sort keys its criteria
- * need (imap-sort.c, from the keys of imap-sortkeys.c), and when all
+ * need (from the text's derived record, imap-derived.h, which holds the
+ * keys of imap-sortkeys.c), and when all
  * messages are seen the entries are sorted and reported.  ESORT's MIN and
  * MAX are the first and last message in the sort order, ALL and PARTIAL
  * keep that order. */
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "imap/imap-derived.h"
 #include "imap/imap-esearch.h"
 #include "imap/imap-mime.h"
 #include "imap/imap-search.h"
@@ -57,64 +59,12 @@ static int load_text(void *ctx, const char **text_r, size_t *len_r)
 	struct sort_ctx *sc = ctx;
 	const char *err;
 	buf_reset(&sc->text);
-	if (stor_text_read(sc->db, &sc->text_guid, 0, sc->text_size, &sc->text, &err) < 0)
+	if (!imap_search_needs_body(sc->search) ?
+		    imap_derived_load_header(sc->db, &sc->text_guid, sc->text_size, &sc->text, &err) < 0 :
+		    stor_text_read(sc->db, &sc->text_guid, 0, sc->text_size, &sc->text, &err) < 0)
 		return -1;
 	*text_r = sc->text.data != NULL ? (const char *)sc->text.data : "";
 	*len_r = sc->text.len;
-	return 0;
-}
-
-/* The sort keys need the header only: reads the text in growing chunks
- * until the blank line that ends the header (or the end of the text), so a
- * SORT over large messages does not read their bodies. */
-#define SORT_HEADER_CHUNK 8192
-
-/* The length of the header with its blank line, looking for the blank
- * line from byte `from` on; 0 if it is not in [0, len). */
-static size_t header_end(const unsigned char *p, size_t len, size_t from)
-{
-	if (from == 0 && len >= 1 && p[0] == '\n')
-		return 1;
-	if (from == 0 && len >= 2 && p[0] == '\r' && p[1] == '\n')
-		return 2;
-	for (size_t i = from; i + 1 < len; i++) {
-		if (p[i] != '\n')
-			continue;
-		if (p[i + 1] == '\n')
-			return i + 2;
-		if (p[i + 1] == '\r' && i + 2 < len && p[i + 2] == '\n')
-			return i + 3;
-	}
-	return 0;
-}
-
-static int load_header(struct sort_ctx *sc, const char **text_r, size_t *len_r)
-{
-	const char *err;
-	buf_reset(&sc->text);
-	uint64_t want = SORT_HEADER_CHUNK;
-	size_t scanned = 0, end = 0;
-	for (;;) {
-		uint64_t have = sc->text.len;
-		if (want > sc->text_size)
-			want = sc->text_size;
-		if (want > have &&
-		    stor_text_read(sc->db, &sc->text_guid, have, want - have, &sc->text, &err) < 0)
-			return -1;
-		/* from just before the new bytes: the blank line may straddle
-		 * two reads */
-		end = header_end(sc->text.data, sc->text.len, scanned >= 2 ? scanned - 2 : 0);
-		if (end > 0)
-			break;
-		scanned = sc->text.len;
-		if (sc->text.len >= sc->text_size || sc->text.len == have) {
-			end = sc->text.len; /* all of the text is header */
-			break;
-		}
-		want *= 2;
-	}
-	*text_r = sc->text.data != NULL ? (const char *)sc->text.data : "";
-	*len_r = end;
 	return 0;
 }
 
@@ -209,17 +159,17 @@ static bool sort_step(struct imap_cmd *cmd)
 			e.size = m->size;
 			e.arrival = m->internaldate;
 			e.modseq = m->modseq;
-			if (keys_need_text) {
-				/* the text and parse SEARCH may have made already */
-				if (!sm.text_loaded) {
-					sm.text_loaded = true;
-					sm.text_failed = load_header(sc, &sm.text, &sm.text_len) < 0;
-				}
-				if (!sm.text_failed && sm.mime == NULL)
-					sm.mime = imap_mime_parse((const unsigned char *)sm.text,
-								  sm.text_len);
+			/* The keys come from the text's derived record; an
+			 * unreadable text sorts with empty keys. */
+			struct imap_derived d;
+			const char *err;
+			if (keys_need_text &&
+			    imap_derived_load(sc->db, &m->guid, m->size, &d, NULL, NULL, &err) == 0) {
+				imap_derived_sort_fill(&e, &sc->prog, &d);
+				imap_derived_free(&d);
+			} else {
+				imap_sort_entry_fill(&e, &sc->prog, NULL);
 			}
-			imap_sort_entry_fill(&e, &sc->prog, sm.mime);
 			ARRAY_PUSH(&sc->entries, e);
 		}
 		imap_search_msg_done(&sm);

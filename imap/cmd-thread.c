@@ -6,14 +6,16 @@
  * SEARCH's CHARSET).  One pass over the mailbox, in bounded steps per loop
  * turn, evaluates them and reads each match's thread keys from its header
  * (Message-ID, References, In-Reply-To, Subject, Date); imap-thread.c then
- * builds the reply.  Keys are read from the stored text on each request:
- * only the first THREAD_HEADER_READ bytes unless the header goes on past
- * them. */
+ * builds the reply.  Keys come from the text's derived record
+ * (imap-derived.h); when it does not hold them (a text too hostile to
+ * keep them for), they are read from the stored text: only the first
+ * THREAD_HEADER_READ bytes unless the header goes on past them. */
 #include "imap/imap-commands.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "imap/imap-derived.h"
 #include "imap/imap-search.h"
 #include "imap/imap-sortkeys.h"
 #include "imap/imap-thread.h"
@@ -60,7 +62,9 @@ static int load_text(void *ctx, const char **text_r, size_t *len_r)
 	struct thread_ctx *tc = ctx;
 	const char *err;
 	buf_reset(&tc->text);
-	if (stor_text_read(tc->db, &tc->text_guid, 0, tc->text_size, &tc->text, &err) < 0)
+	if (!imap_search_needs_body(tc->search) ?
+		    imap_derived_load_header(tc->db, &tc->text_guid, tc->text_size, &tc->text, &err) < 0 :
+		    stor_text_read(tc->db, &tc->text_guid, 0, tc->text_size, &tc->text, &err) < 0)
 		return -1;
 	*text_r = tc->text.data != NULL ? (const char *)tc->text.data : "";
 	*len_r = tc->text.len;
@@ -140,6 +144,31 @@ static void add_match(struct thread_ctx *tc, const struct stor_msg *m, uint32_t 
 	ARRAY_PUSH(&tc->matches, tm);
 }
 
+/* Adds the match from the text's derived record; false if it does not
+ * hold the keys. */
+static bool add_match_derived(struct thread_ctx *tc, const struct stor_msg *m, uint32_t id)
+{
+	struct imap_derived d;
+	const char *err;
+	if (imap_derived_load(tc->db, &m->guid, m->size, &d, NULL, NULL, &err) < 0)
+		return false;
+	struct imap_thread_msg tm;
+	memset(&tm, 0, sizeof(tm));
+	tm.id = id;
+	bool ok = imap_derived_thread_fill(&tm, &d, tc->alg != IMAP_THREAD_ORDEREDSUBJECT,
+					   tc->alg != IMAP_THREAD_REFS, m->internaldate);
+	imap_derived_free(&d);
+	if (!ok)
+		return false;
+	if (tc->alg != IMAP_THREAD_ORDEREDSUBJECT) {
+		if (tc->id_bytes > THREAD_ID_BUDGET)
+			imap_thread_msg_keep_parent(&tm);
+		tc->id_bytes += imap_thread_msg_id_bytes(&tm);
+	}
+	ARRAY_PUSH(&tc->matches, tm);
+	return true;
+}
+
 static bool thread_finish(struct imap_cmd *cmd)
 {
 	struct thread_ctx *tc = cmd->ctx;
@@ -169,7 +198,12 @@ static bool thread_step(struct imap_cmd *cmd)
 		imap_search_msg_init(&sm, m, seq, imap_sel_is_recent(c->sel, m->uid), load_text, tc);
 		tc->text_guid = m->guid;
 		tc->text_size = m->size;
-		if (imap_search_match(tc->search, &sm)) {
+		if (imap_search_match(tc->search, &sm) &&
+		    !add_match_derived(tc, m, cmd->uid ? m->uid : seq)) {
+			/* text unreadable, or keys too big for the record: the
+			 * header's fields as they are.  A header the search
+			 * loaded may be the derived header block: the same
+			 * fields. */
 			bool readable = load_header(tc, sm.text_loaded && !sm.text_failed);
 			add_match(tc, m, cmd->uid ? m->uid : seq, readable);
 		}

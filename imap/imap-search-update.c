@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "imap/imap-mime.h"
+#include "imap/imap-derived.h"
 #include "imap/imap-search.h"
 #include "imap/imap-sort.h"
 #include "lib/xalloc.h"
@@ -300,6 +300,7 @@ struct eval_ctx {
 	struct buf text;
 	struct guid guid;
 	uint64_t size;
+	bool header_only;       /* the search needs no BODY or TEXT */
 };
 
 static int load_text(void *ctx, const char **text_r, size_t *len_r)
@@ -307,7 +308,9 @@ static int load_text(void *ctx, const char **text_r, size_t *len_r)
 	struct eval_ctx *ec = ctx;
 	const char *err;
 	buf_reset(&ec->text);
-	if (stor_text_read(ec->db, &ec->guid, 0, ec->size, &ec->text, &err) < 0)
+	if (ec->header_only ?
+		    imap_derived_load_header(ec->db, &ec->guid, ec->size, &ec->text, &err) < 0 :
+		    stor_text_read(ec->db, &ec->guid, 0, ec->size, &ec->text, &err) < 0)
 		return -1;
 	*text_r = ec->text.data != NULL ? (const char *)ec->text.data : "";
 	*len_r = ec->text.len;
@@ -329,13 +332,14 @@ static bool matches(struct imap_client *c, const struct imap_search_update *u,
 	imap_search_msg_init(&sm, m, seq, imap_sel_is_recent(c->sel, m->uid), load_text, ec);
 	ec->guid = m->guid;
 	ec->size = m->size;
+	ec->header_only = !imap_search_needs_body(u->search);
 	bool r = imap_search_match(u->search, &sm);
 	imap_search_msg_done(&sm);
 	return r;
 }
 
-/* The sort keys of m for a sorted context (from its header when the
- * program needs text; keys of an unreadable text are empty). */
+/* The sort keys of m for a sorted context (from its text's derived record
+ * when the program needs text; keys of an unreadable text are empty). */
 static struct imap_sort_entry sort_entry(const struct imap_search_update *u,
 					 const struct stor_msg *m, struct eval_ctx *ec)
 {
@@ -345,17 +349,15 @@ static struct imap_sort_entry sort_entry(const struct imap_search_update *u,
 	e.size = m->size;
 	e.arrival = m->internaldate;
 	e.modseq = m->modseq;
-	struct imap_mime *mime = NULL;
-	if (imap_sort_program_needs_text(&u->prog)) {
-		const char *text;
-		size_t len;
-		ec->guid = m->guid;
-		ec->size = m->size;
-		if (load_text(ec, &text, &len) == 0)
-			mime = imap_mime_parse((const unsigned char *)text, len);
+	struct imap_derived d;
+	const char *err;
+	if (imap_sort_program_needs_text(&u->prog) &&
+	    imap_derived_load(ec->db, &m->guid, m->size, &d, NULL, NULL, &err) == 0) {
+		imap_derived_sort_fill(&e, &u->prog, &d);
+		imap_derived_free(&d);
+	} else {
+		imap_sort_entry_fill(&e, &u->prog, NULL);
 	}
-	imap_sort_entry_fill(&e, &u->prog, mime);
-	imap_mime_free(&mime);
 	return e;
 }
 
@@ -364,7 +366,7 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 	struct imap_selected *sel = c->sel;
 	if (sel->updates.count == 0 || msgs->count == 0)
 		return;
-	struct eval_ctx ec = { c->server->db, BUF_INIT, { { 0 } }, 0 };
+	struct eval_ctx ec = { c->server->db, BUF_INIT, { { 0 } }, 0, false };
 	stor_uid_list added = ARRAY_INIT, removed = ARRAY_INIT;
 	ARRAY(struct imap_sort_entry) new_entries = ARRAY_INIT;
 	for (size_t k = 0; k < sel->updates.count; k++) {

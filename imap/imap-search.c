@@ -60,6 +60,7 @@ struct key {
 struct imap_search {
 	struct key *root;
 	bool needs_text;
+	bool needs_body;        /* BODY or TEXT: more than the header */
 	bool uses_modseq;
 	bool uses_saved;
 	size_t keys;
@@ -339,6 +340,7 @@ static struct key *parse_key(struct parse_state *ps, unsigned depth)
 			return NULL;
 		set_needle(ps, k, s, len);
 		ps->s->needs_text = true;
+		ps->s->needs_body = true;
 		return k;
 	}
 	if (strcasecmp(name, "KEYWORD") == 0 || strcasecmp(name, "UNKEYWORD") == 0) {
@@ -500,6 +502,11 @@ bool imap_search_uses_saved(const struct imap_search *search)
 bool imap_search_needs_text(const struct imap_search *search)
 {
 	return search->needs_text;
+}
+
+bool imap_search_needs_body(const struct imap_search *search)
+{
+	return search->needs_body;
 }
 
 bool imap_search_uses_modseq(const struct imap_search *search)

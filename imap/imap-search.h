@@ -72,6 +72,9 @@ void imap_search_resolve_saved(struct imap_search *search, const uint32_t *uids,
 bool imap_search_uses_saved(const struct imap_search *search);
 /* Whether any key needs the message text (header, body, sent date). */
 bool imap_search_needs_text(const struct imap_search *search);
+/* Whether a key needs more of the text than its header (BODY, TEXT): if
+ * not, load_text may give the header alone. */
+bool imap_search_needs_body(const struct imap_search *search);
 /* Whether a MODSEQ key was used (the reply then carries (MODSEQ n)). */
 bool imap_search_uses_modseq(const struct imap_search *search);
 

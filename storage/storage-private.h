@@ -22,6 +22,8 @@
  *                                   one shorter)
  *   'O' msgguid                     text written but not yet referenced:
  *                                   garbage collected on open
+ *   'H' msgguid                     derived data of the text (opaque to
+ *                                   storage; storage-derived.c), unjournaled
  *   'V' seg32                       live text bytes in a journal segment, as
  *                                   of the last checkpoint
  *   'L' seq64                       replication log entry
@@ -60,6 +62,7 @@
 #define STOR_KEY_TEXT 'S'
 #define STOR_KEY_LIVE 'V'
 #define STOR_KEY_ORPHAN 'O'
+#define STOR_KEY_DERIVED 'H'
 #define STOR_KEY_LOG 'L'
 #define STOR_KEY_CURSOR 'P'
 #define STOR_KEY_SYNCSTATE 'Y'
@@ -289,6 +292,8 @@ void stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb, const str
  * it part of the store.  The text record is created with refcount 0. */
 int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *guid,
 		  const void *text, size_t len, const char **error_r);
+/* Adds the deletion of a text's derived record to the batch. */
+void stor_derived_delete_batch(struct stor_batch *wb, const struct guid *text_guid);
 /* Frees texts left unreferenced by a crash (the 'O' markers). */
 int stor_text_gc(struct stor_db *db, const char **error_r);
 

@@ -67,6 +67,7 @@ void stor_text_delete_batch(struct stor_db *db, struct stor_batch *wb, const str
 	stor_batch_del(wb, &k);
 	text_key(&k, STOR_KEY_ORPHAN, guid);
 	stor_batch_del(wb, &k);
+	stor_derived_delete_batch(wb, guid);
 }
 
 int stor_text_put(struct stor_db *db, struct stor_txn *txn, const struct guid *guid,

@@ -328,6 +328,18 @@ int stor_text_exists(struct stor_db *db, const struct guid *guid, uint64_t *size
 int stor_text_read(struct stor_db *db, const struct guid *guid, uint64_t offset, uint64_t len,
 		   struct buf *out, const char **error_r);
 
+/* Derived data of a text (storage-derived.c): one opaque record of at most
+ * STOR_DERIVED_MAX bytes per text GUID, which the caller computes from the
+ * text and versions itself.  A cache: not journaled, synced or replicated,
+ * possibly lost in a crash, deleted with its text.  get appends the record
+ * to out: 1, 0 (none), -1.  put stores it if the text is in the store: 1,
+ * 0 (no such text: nothing written), -1. */
+#define STOR_DERIVED_MAX (256 * 1024)
+int stor_derived_get(struct stor_db *db, const struct guid *text_guid, struct buf *out,
+		     const char **error_r);
+int stor_derived_put(struct stor_db *db, const struct guid *text_guid, const void *data,
+		     size_t len, const char **error_r);
+
 /* Copies a message from one mailbox to another, sharing the text and
  * keeping the GUID.  uid/modseq as for append (0: assign).  flags and
  * keywords are the source's. */

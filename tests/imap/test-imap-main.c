@@ -13,6 +13,7 @@ int main(void)
 		{ "imap-thread", imap_thread_cases, NULL, NULL },
 		{ "imap-sortkeys", imap_sortkeys_cases, NULL, NULL },
 		{ "imap-sort", imap_sort_cases, NULL, NULL },
+		{ "imap-derived", imap_derived_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 	return test_run_suites("test-imap", suites);

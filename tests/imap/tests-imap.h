@@ -10,4 +10,5 @@ extern const struct test_case imap_seam_cases[];
 extern const struct test_case imap_thread_cases[];
 extern const struct test_case imap_sortkeys_cases[];
 extern const struct test_case imap_sort_cases[];
+extern const struct test_case imap_derived_cases[];
 #endif
