@@ -182,6 +182,7 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 	 * LIST response instead (6.3.2), with its name as the server has it. */
 	if (!c->rev2)
 		imap_client_printf(c, "* %zu RECENT\r\n", c->sel->recent.count);
+	c->sel->recent_reported = c->sel->recent.count;
 	if (first_unseen != 0 && !c->rev2)
 		imap_client_printf(c, "* OK [UNSEEN %u] First unseen\r\n", first_unseen);
 	if (c->rev2) {

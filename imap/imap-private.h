@@ -91,6 +91,7 @@ struct imap_selected {
 	stor_uid_list pending_expunges; /* expunged, not yet reported */
 	ARRAY(struct imap_own_change) own;  /* changes this session reported itself */
 	stor_uid_list recent;       /* ascending: the UIDs \Recent in this session */
+	size_t recent_reported;     /* the count in the last RECENT response sent */
 	stor_string_list keywords;  /* announced in FLAGS to this session */
 	/* SEARCHRES (RFC 5182): the result saved by SEARCH RETURN (SAVE), as
 	 * ascending UIDs, so that expunged messages drop out by themselves

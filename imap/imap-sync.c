@@ -338,6 +338,21 @@ static void send_expunges(struct imap_client *c)
 	sel->pending_expunges.count = 0;
 }
 
+/* A client counts recent messages by the last RECENT response alone
+ * (RFC 3501 7.3.2 gives no other way), so once expunges take recent
+ * messages out of the session, the new count must be sent too: else the
+ * client goes on counting them, and the sum over the sessions of a
+ * mailbox exceeds its size (imaptest's checkpoint says "Total RECENT
+ * count larger than current message count"). */
+static void report_recent(struct imap_client *c, bool always)
+{
+	struct imap_selected *sel = c->sel;
+	if (c->rev2 || (!always && sel->recent.count == sel->recent_reported))
+		return;
+	imap_client_printf(c, "* %zu RECENT\r\n", sel->recent.count);
+	sel->recent_reported = sel->recent.count;
+}
+
 void imap_sync(struct imap_client *c, bool allow_expunge)
 {
 	struct imap_selected *sel = c->sel;
@@ -418,8 +433,10 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 		if (sel->uids.count != old_count || fresh.count > 0)
 			imap_client_printf(c, "* %zu EXISTS\r\n", sel->uids.count);
 		/* RFC 3501 7.3.2: the RECENT count goes with the new EXISTS. */
-		if (fresh.count > 0 && !c->rev2)
-			imap_client_printf(c, "* %zu RECENT\r\n", sel->recent.count);
+		if (fresh.count > 0)
+			report_recent(c, true);
+		else if (allow_expunge)
+			report_recent(c, false);
 		imap_search_updates_changed(c, &msgs);
 		ARRAY_FREE(&fresh);
 		stor_msg_list_free(&msgs);
@@ -427,6 +444,7 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 		sel->modseq = highest;
 	} else if (allow_expunge) {
 		send_expunges(c);
+		report_recent(c, false);
 	}
 	sel->own.count = 0;
 }

@@ -1748,6 +1748,98 @@ def t_recent():
     c.logout()
 
 
+class RecentView:
+    """A session as a client like imaptest sees it: EXISTS from EXISTS and
+    EXPUNGE, and the recent count from the last RECENT response, the only
+    count RFC 3501 7.3.2 gives a client."""
+
+    def __init__(self, c):
+        self.c, self.exists, self.recent = c, 0, 0
+
+    def command(self, *parts):
+        r = self.c.command(*parts)
+        for u in r.untagged:
+            toks = parse(u[2:])
+            if len(toks) >= 2 and isinstance(toks[0], bytes) and toks[0].isdigit():
+                word = bytes(toks[1]).upper()
+                if word == b"EXISTS":
+                    self.exists = int(toks[0])
+                elif word == b"EXPUNGE":
+                    self.exists -= 1
+                elif word == b"RECENT":
+                    self.recent = int(toks[0])
+        return r
+
+    def recent_uids(self):
+        r = self.command("FETCH 1:* (UID FLAGS)") if self.exists else None
+        if r is None:
+            return set()
+        return {f["UID"] for _, f in r.fetches() if "\\recent" in flagset(f.get("FLAGS"))}
+
+
+def t_recent_expunge():
+    """\\Recent with expunges: three sessions, new messages appended by a
+    fourth and expunged by any of them.  A message is recent in exactly one
+    session (RFC 3501 2.3.2), and each session's RECENT count follows its
+    recent messages out when they are expunged, so the counts add up to
+    EXISTS (imaptest's checkpoint: "Total RECENT count larger than current
+    message count")."""
+    import random
+    rnd = random.Random(1515)
+    c = connect()
+    c.command("CREATE RecX")
+    views = []
+    for _ in range(3):
+        v = RecentView(connect())
+        r = v.command("SELECT RecX")
+        R.check("SELECT RecX", r.ok, r)
+        views.append(v)
+    ok_sum = ok_once = ok_count = True
+    detail = []
+    n = 0
+    for rnd_i in range(12):
+        for _ in range(rnd.randint(1, 4)):
+            n += 1
+            append(c, "RecX", simple_message("recx %d" % n))
+        for v in rnd.sample(views, len(views)):
+            v.command("NOOP")
+        if rnd_i % 2 == 1:
+            # one session expunges a random half of the mailbox
+            e = rnd.choice(views)
+            if e.exists:
+                seqs = sorted(rnd.sample(range(1, e.exists + 1), (e.exists + 1) // 2))
+                e.command("STORE %s +FLAGS.SILENT (\\Deleted)" % ",".join(map(str, seqs)))
+                e.command("EXPUNGE")
+            for v in views:
+                v.command("NOOP")
+        exists = views[0].exists
+        owners = {}
+        for i, v in enumerate(views):
+            uids = v.recent_uids()
+            if v.recent != len(uids):
+                ok_count = False
+                detail.append("round %d: session %d told RECENT %d, has %d \\Recent"
+                              % (rnd_i, i, v.recent, len(uids)))
+            for u in uids:
+                owners.setdefault(u, []).append(i)
+        total = sum(v.recent for v in views)
+        if total != exists or any(v.exists != exists for v in views):
+            ok_sum = False
+            detail.append("round %d: RECENT %r sum %d, EXISTS %r"
+                          % (rnd_i, [v.recent for v in views], total,
+                             [v.exists for v in views]))
+        if len(owners) != exists or any(len(o) != 1 for o in owners.values()):
+            ok_once = False
+            detail.append("round %d: \\Recent owners %r, EXISTS %d" % (rnd_i, owners, exists))
+    R.check("each session's last RECENT count is its number of \\Recent messages", ok_count, detail)
+    R.check("sum of RECENT over the sessions == EXISTS after every round", ok_sum, detail)
+    R.check("every message is \\Recent in exactly one session", ok_once, detail)
+    for v in views:
+        v.c.logout()
+    c.command("DELETE RecX")
+    c.logout()
+
+
 def t_keyword_flags():
     """A keyword's first use is announced with FLAGS (imaptest's "Keyword used
     without being in FLAGS")."""
@@ -1838,6 +1930,7 @@ SECTIONS = [
     ("rename inbox and logout", t_rename_inbox_and_logout),
     ("imaptest defects", t_imaptest_defects),
     ("recent", t_recent),
+    ("recent with expunges", t_recent_expunge),
     ("keyword flags", t_keyword_flags),
     ("unselect, children", t_unselect_children),
 ]
