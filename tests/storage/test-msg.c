@@ -723,6 +723,47 @@ static void test_dedupe_keeps_the_highest_uid_of_a_guid(void)
 	tstore_close(&t);
 }
 
+/* A user changed flags of the message at the lower UID after the two
+ * syncs that left it twice: dedupe keeps the highest UID, and the kept copy
+ * takes each flag's latest change among the copies, so the change is not
+ * expunged with the copy (found by the fault campaign, flag-holds). */
+static void test_dedupe_keeps_flag_changes_of_the_copies(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	struct stor_msg msg;
+	struct guid twice;
+	stor_uid_list gone = ARRAY_INIT;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	guid_generate(&twice);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 5, 10, &twice, STOR_FLAG_FLAGGED, NULL, 0, "x", NULL,
+				    NULL, &error), 0);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 9, 12, &twice, STOR_FLAG_FLAGGED, NULL, 0, NULL, NULL,
+				    NULL, &error), 0);
+	/* At UID 5: \Seen set and \Flagged cleared; at UID 9, later still:
+	 * $urgent set.  Every change holds on the copy kept. */
+	uint32_t u5 = 5, u9 = 9;
+	const char *seen_kw[] = { "$urgent" };
+	struct stor_store add = { .op = STOR_FLAGS_ADD, .flags = STOR_FLAG_SEEN };
+	struct stor_store rm = { .op = STOR_FLAGS_REMOVE, .flags = STOR_FLAG_FLAGGED };
+	struct stor_store kw = { .op = STOR_FLAGS_ADD, .keywords = seen_kw, .keyword_count = 1 };
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u5, 1, &add, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u5, 1, &rm, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u9, 1, &kw, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_dedupe(t.db, &g, &gone, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(gone.count, 1);
+	CU_ASSERT_EQUAL(gone.items[0], 5);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 9, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, STOR_FLAG_SEEN);
+	CU_ASSERT_EQUAL_FATAL(msg.keywords.count, 1);
+	CU_ASSERT_STRING_EQUAL(msg.keywords.items[0], "$urgent");
+	stor_msg_free(&msg);
+	CU_ASSERT_EQUAL(stor_mailbox_check(t.db, &g, &error), 0);
+	ARRAY_FREE(&gone);
+	tstore_close(&t);
+}
+
 static void test_flag_names(void)
 {
 	CU_ASSERT_STRING_EQUAL(stor_flag_name(STOR_FLAG_SEEN), "\\Seen");
@@ -1074,6 +1115,8 @@ static void test_store_stamps_the_flags_it_names(void)
 
 const struct test_case storage_msg_cases[] = {
 	{ "dedupe keeps the highest UID of a GUID", test_dedupe_keeps_the_highest_uid_of_a_guid },
+	{ "dedupe keeps flag changes made on the copies it expunges",
+	  test_dedupe_keeps_flag_changes_of_the_copies },
 	{ "append assigns UIDs and modseqs", test_append_assigns_uids_and_modseqs },
 	{ "append to a missing mailbox fails", test_append_to_missing_mailbox_fails },
 	{ "replica append is idempotent", test_replica_append_is_idempotent },
