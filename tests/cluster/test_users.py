@@ -19,11 +19,13 @@ generate for every node) holding one user, "filer".  Checked here:
   - users_file users log in everywhere; `user del`, `user passwd` and
     `user add` of one are refused with a message naming users_file;
   - `user list` shows users_file and cluster users, not deleted ones;
-    `starling deliver` accepts a cluster user; invalid names are refused.
+    `starling deliver`, `starling resync` and LMTP (RCPT) accept a cluster
+    user; invalid names are refused.
 
 The last line is "test-users: N passed, M failed".
 """
 import os
+import socket
 import sys
 import time
 
@@ -31,6 +33,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
+from harness import proc  # noqa: E402
 from harness.imapwire import Client  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
@@ -161,6 +164,34 @@ def t_users_file(c):
     R.equal("starling deliver accepts a cluster user", r.returncode, 0)
     rc, _, err = user_cmd(n1, "add", "bad/name", password="x")
     R.check("an invalid user name is refused", rc != 0, err)
+    r = n3.cli("resync", "-u", "dave")
+    R.equal("starling resync knows a cluster user", r.returncode, 0)
+    R.equal("LMTP accepts a cluster user as recipient", lmtp_rcpt(n1, "dave@example.com"), 250)
+    R.equal("LMTP refuses a deleted user", lmtp_rcpt(n1, "erin@example.com") // 100, 5)
+
+
+def lmtp_rcpt(node, rcpt):
+    """The reply code of RCPT TO:<rcpt> in an LMTP session with node."""
+    s = socket.create_connection((node.host, node.lmtp_port), timeout=20)
+    f = s.makefile("rb")
+    try:
+        def reply():
+            while True:
+                line = f.readline()
+                if not line or line[3:4] != b"-":
+                    return int(line[:3]) if line else 0
+        reply()
+        s.sendall(b"LHLO test.example\r\n")
+        reply()
+        s.sendall(b"MAIL FROM:<sender@example.net>\r\n")
+        reply()
+        s.sendall(b"RCPT TO:<%s>\r\n" % rcpt.encode())
+        code = reply()
+        s.sendall(b"QUIT\r\n")
+        return code
+    finally:
+        f.close()
+        s.close()
 
 
 def own_users_files(c):
@@ -184,6 +215,10 @@ def own_users_files(c):
 def main():
     c = Cluster(n=3, users={"filer": "file-pw"})
     own_users_files(c)
+    n1 = c.nodes[0]
+    n1.lmtp_port = proc.free_port()
+    n1.extra["lmtp_listen"] = "127.0.0.1:%d" % n1.lmtp_port
+    n1.write_config()
     try:
         c.start_all()
         c.wait_links_up(timeout=30)
