@@ -20,7 +20,11 @@ generate for every node) holding one user, "filer".  Checked here:
     `user add` of one are refused with a message naming users_file;
   - `user list` shows users_file and cluster users, not deleted ones;
     `starling deliver`, `starling resync` and LMTP (RCPT) accept a cluster
-    user; invalid names are refused.
+    user; invalid names are refused;
+  - a peer's malformed USER-PUT (name, scheme, length, ':', origin 0, stamp)
+    is refused with BAD and changes nothing; an older record is ignored, a
+    replayed older add does not revive a deleted user; USER-LIST shows
+    tombstones.
 
 The last line is "test-users: N passed, M failed".
 """
@@ -35,6 +39,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness import proc  # noqa: E402
 from harness.imapwire import Client  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -194,6 +199,48 @@ def lmtp_rcpt(node, rcpt):
         s.close()
 
 
+def t_hostile_peer(c):
+    """Node 2 alone, node 1 played by a Python peer: malformed records are
+    refused with BAD and change nothing; valid ones merge by time."""
+    n2 = c.nodes[1]
+    with open(c.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\n")
+    p = PyPeer(n2.repl_port, 1, secret)
+    R.check("the peer authenticates", p.auth().startswith("C1 OK"))
+    now = int(time.time() * 1000)
+    bad = [
+        'USER-PUT bad/name %d 1 "{PLAIN}x"' % now,
+        'USER-PUT zed %d 1 "{MD4}abcd"' % now,
+        'USER-PUT zed %d 1 "{PLAIN}%s"' % (now, "x" * 600),
+        'USER-PUT zed %d 1 "{PLAIN}a:b"' % now,
+        'USER-PUT zed %d 0 "{PLAIN}x"' % now,
+        'USER-PUT zed soon 1 "{PLAIN}x"',
+        'USER-PUT zed %d 1' % now,
+        'USER-PUT "" %d 1 -' % now,
+        'USER-PUT %s %d 1 -' % ("a" * 256, now),
+    ]
+    for line in bad:
+        r = p.command(line)
+        R.check("refused with BAD: %s" % line[:60], r[-1].split()[1] == "BAD", r)
+    R.equal("nothing was stored", can_login(n2, "zed", "x"), False)
+    r = p.command('USER-PUT zed %d 1 "{PLAIN}zpw"' % now)
+    R.check("a valid USER-PUT: OK", r[-1].split()[1] == "OK", r)
+    R.equal("zed logs in on node 2", can_login(n2, "zed", "zpw"), True)
+    r = p.command('USER-PUT zed %d 1 "{PLAIN}older"' % (now - 1000))
+    R.check("an older one: OK, held already", r[-1].split()[1] == "OK", r)
+    R.equal("and ignored", (can_login(n2, "zed", "zpw"), can_login(n2, "zed", "older")),
+            (True, False))
+    r = p.command("USER-PUT zed %d 1 -" % (now + 1))
+    R.check("a newer delete: OK", r[-1].split()[1] == "OK", r)
+    R.equal("zed is refused", can_login(n2, "zed", "zpw"), False)
+    r = p.command('USER-PUT zed %d 1 "{PLAIN}zpw"' % now)
+    R.equal("a replayed older add does not revive him", can_login(n2, "zed", "zpw"), False)
+    r = p.command("USER-LIST")
+    R.check("USER-LIST shows the tombstone",
+            "%s USER-ENTRY zed %d 1 -" % (r[-1].split()[0], now + 1) in r, r)
+    p.close()
+
+
 def own_users_files(c):
     """Give each node its own copy of the users file, as separate machines
     have: a user added on one node must reach the others by replication,
@@ -225,6 +272,16 @@ def main():
         R.section("add, passwd, del on three nodes", t_add_passwd_del, c)
         R.section("a node away during changes", t_node_away, c)
         R.section("users_file users are read-only", t_users_file, c)
+        reports = c.sanitizer_reports()
+        R.check("no sanitizer reports", not reports, reports)
+    finally:
+        c.close()
+    # A first login creates the default mailboxes; with replicas to wait
+    # for, it would wait for the Python peer, which does not take them.
+    c = Cluster(n=2, extra_config={"sync_replicas": 0})
+    try:
+        c.nodes[1].start()
+        R.section("a hostile peer", t_hostile_peer, c)
         reports = c.sanitizer_reports()
         R.check("no sanitizer reports", not reports, reports)
     finally:
