@@ -199,8 +199,9 @@ static int parse_record(const struct proto_cmd *cmd, struct stor_cuser *r, const
 	return 0;
 }
 
-/* Applies r when newer; 1 applied, 0 not, -1 error (logged). */
-static int apply(struct repl_users *u, const struct stor_cuser *r)
+/* Applies r when newer; 1 applied, 0 not, -1 error (logged).  A pull
+ * logs one line for all it applied, not one per user. */
+static int apply(struct repl_users *u, const struct stor_cuser *r, bool quiet)
 {
 	struct stor_cuser old;
 	const char *err;
@@ -223,7 +224,7 @@ static int apply(struct repl_users *u, const struct stor_cuser *r)
 	}
 	if (applied && had == 0)
 		u->count++;
-	if (applied)
+	if (applied && !quiet)
 		log_info("users: %s %s (from node %u)", r->hash != NULL ? "set" : "deleted", r->name,
 			 r->origin);
 	return applied ? 1 : 0;
@@ -240,7 +241,7 @@ static void put_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *c
 		proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", why);
 		return;
 	}
-	int a = apply(u, &r);
+	int a = apply(u, &r, false);
 	if (a < 0 || (a > 0 && sync_now(u) < 0)) {
 		proto_conn_reply(conn, cmd->tag, "NO", "SERVERBUG", "cannot store the user");
 	} else {
@@ -303,7 +304,7 @@ static void pull_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			pl->bad = true;
 			return;
 		}
-		if (apply(u, &r) > 0)
+		if (apply(u, &r, true) > 0)
 			ARRAY_PUSH(&pl->applied, r);
 		else
 			stor_cuser_free(&r);
@@ -312,6 +313,8 @@ static void pull_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	if (kind != PROTO_REPLY_DONE || !proto_cmd_is(line, "OK"))
 		log_info("users: pulling the user table of %u failed", pl->sid);
 	/* What was applied is kept either way: every record is whole. */
+	if (pl->applied.count > 0)
+		log_info("users: %zu newer records from node %u", pl->applied.count, pl->sid);
 	if (pl->applied.count > 0 && sync_now(u) == 0) {
 		for (size_t i = 0; i < pl->applied.count; i++)
 			send_put(u, &pl->applied.items[i], pl->sid, NULL);
@@ -463,7 +466,7 @@ void repl_users_admin(struct repl_users *u, char **tok, int n, repl_users_done_c
 		r.stamp = old_stamp + 1;
 	strcpy(r.name, name);
 	r.hash = del ? NULL : xstrdup(tok[2]);
-	if (apply(u, &r) <= 0 || sync_now(u) < 0) {
+	if (apply(u, &r, false) <= 0 || sync_now(u) < 0) {
 		cb(ctx, false, NULL, 0, "cannot store the user (see the node's log)");
 		stor_cuser_free(&r);
 		return;
