@@ -21,6 +21,9 @@ generate for every node) holding one user, "filer".  Checked here:
   - `user list` shows users_file and cluster users, not deleted ones;
     `starling deliver`, `starling resync` and LMTP (RCPT) accept a cluster
     user; invalid names are refused;
+  - nodes 1 and 3 linked only to node 2: an add on node 1 lets the user
+    log in on node 3, and a delete on node 3 refuses it on node 1, within
+    5 s (node 2 passes each change on);
   - a peer's malformed USER-PUT (name, scheme, length, ':', origin 0, stamp)
     is refused with BAD and changes nothing; an older record is ignored, a
     replayed older add does not revive a deleted user; USER-LIST shows
@@ -241,6 +244,23 @@ def t_hostile_peer(c):
     p.close()
 
 
+def t_partial_mesh(c):
+    """Nodes 1 and 3 both linked to node 2 only: a change on node 1 reaches
+    node 3 through node 2's passing it on."""
+    n1, n2, n3 = c.nodes
+    rc, _, err = user_cmd(n1, "add", "frank", password="frank-pw")
+    R.equal("user add on node 1 exits 0", rc, 0)
+    R.check("it counts only node 2 as a peer", "of 1 peers" in err or err == "", err)
+    waited = wait_login(n3, "frank", "frank-pw", True, 5.0)
+    R.check("node 3, not linked to node 1, lets frank log in within 5 s", waited is not None)
+    if waited is not None:
+        print("measured: the add reached node 3 over node 2 within %.2f s" % waited)
+    rc, _, err = user_cmd(n3, "del", "frank")
+    R.equal("user del on node 3 exits 0", rc, 0)
+    waited = wait_login(n1, "frank", "frank-pw", False, 5.0)
+    R.check("node 1 refuses frank within 5 s", waited is not None)
+
+
 def own_users_files(c):
     """Give each node its own copy of the users file, as separate machines
     have: a user added on one node must reach the others by replication,
@@ -272,6 +292,23 @@ def main():
         R.section("add, passwd, del on three nodes", t_add_passwd_del, c)
         R.section("a node away during changes", t_node_away, c)
         R.section("users_file users are read-only", t_users_file, c)
+        reports = c.sanitizer_reports()
+        R.check("no sanitizer reports", not reports, reports)
+    finally:
+        c.close()
+    c = Cluster(n=3)
+    try:
+        c.nodes[0].peer_ids = [2]
+        c.nodes[2].peer_ids = [2]
+        for node in c.nodes:
+            node.write_config()
+        c.start_all()
+        deadline = time.monotonic() + 30
+        while not (c.nodes[0].peer_state(2) == "up" and c.nodes[2].peer_state(2) == "up"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("links 1-2 and 3-2 not up after 30 s")
+            time.sleep(0.1)
+        R.section("a partial mesh", t_partial_mesh, c)
         reports = c.sanitizer_reports()
         R.check("no sanitizer reports", not reports, reports)
     finally:
