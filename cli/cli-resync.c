@@ -65,7 +65,27 @@ int cli_cmd_resync(const struct config *cfg, int argc, char **argv)
 		return 1;
 	}
 	if (want != NULL) {
-		cli_error("unknown user '%s' (not in users_file)", user);
+		/* Or one of the cluster's users: the node knows them. */
+		const char *tokens[] = { "USER-LIST" };
+		struct buf names = BUF_INIT;
+		char *text = NULL;
+		if (cli_admin_request(cfg, tokens, 1, NULL, 0, &names, &text, 30000) ==
+		    CLI_ADMIN_OK) {
+			buf_append_byte(&names, '\0');
+			for (char *line = (char *)names.data, *nl; line != NULL && want != NULL;
+			     line = nl != NULL ? nl + 1 : NULL) {
+				nl = strchr(line, '\n');
+				if (nl != NULL)
+					*nl = '\0';
+				if (strcmp(line, user) == 0)
+					want = NULL;
+			}
+		}
+		free(text);
+		buf_free(&names);
+	}
+	if (want != NULL) {
+		cli_error("unknown user '%s' (not in users_file nor the cluster's users)", user);
 		return 1;
 	}
 	bool configured = sid == 0;

@@ -13,8 +13,10 @@
 static const char usage_text[] =
 	"usage: starling -c FILE COMMAND [ARGS]\n"
 	"commands:\n"
-	"  user add NAME                 add or change a user (password on stdin)\n"
-	"  user list                     list the users of users_file\n"
+	"  user add NAME                 add a user on every node (password on stdin)\n"
+	"  user passwd NAME              change a user's password (stdin) on every node\n"
+	"  user del NAME                 delete a user on every node\n"
+	"  user list                     list the users (users_file and the cluster's)\n"
 	"  deliver -u USER [-m MAILBOX]  deliver a message from stdin through the node\n"
 	"  dump -u USER                  print the canonical dump of a user's mail\n"
 	"  status [--json]               show the running node's state\n"

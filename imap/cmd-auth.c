@@ -16,6 +16,7 @@
 #include "lib/base64.h"
 #include "lib/log.h"
 #include "lib/passwd.h"
+#include "storage/storage-users.h"
 #include "lib/xalloc.h"
 
 #define IMAP_MAX_LOGIN_FAILURES 3
@@ -192,9 +193,21 @@ static bool do_login(struct imap_cmd *cmd, const char *user, const char *pass)
 		cmd->ctx_free = login_ctx_free;
 	}
 	lc->user = xstrdup(user);
+	/* The cluster's user table is read here, on the loop, at each login:
+	 * a user deleted or given a new password on any node is refused as
+	 * soon as the change reached this node (SPEC.md 7.5). */
+	struct stor_cuser cu;
+	const char *serr;
+	int cr = stor_cuser_get(c->server->db, user, &cu, &serr);
+	if (cr < 0) {
+		log_errorx("imap[%016llx]: user table: %s", (unsigned long long)c->id, serr);
+		return imap_cmd_done(cmd, "NO", "[UNAVAILABLE] Authentication is unavailable");
+	}
 	cmd->waiting = true;
 	imap_passwd_check(c->server->passwd_worker, c->server->cfg->users_file, user, pass,
-			  login_checked, cmd);
+			  cr > 0 ? cu.hash : NULL, login_checked, cmd);
+	if (cr > 0)
+		stor_cuser_free(&cu);
 	return false;
 }
 

@@ -19,6 +19,7 @@
 struct imap_passwd_job {
 	struct imap_passwd_job *next;
 	char *path, *user, *password;
+	char *other_hash; /* the cluster's record, checked when the file lacks the user */
 	int result;
 	char *error;
 	imap_passwd_cb *cb;
@@ -42,6 +43,7 @@ static void job_free(struct imap_passwd_job *job)
 	free(job->password);
 	free(job->user);
 	free(job->path);
+	free(job->other_hash);
 	free(job->error);
 	free(job);
 }
@@ -61,7 +63,8 @@ static void *worker_main(void *arg)
 			w->todo_tail = &w->todo_head;
 		pthread_mutex_unlock(&w->lock);
 
-		job->result = passwd_verify(job->path, job->user, job->password, &job->error);
+		job->result = passwd_verify_with(job->path, job->user, job->password,
+						 job->other_hash, &job->error);
 
 		pthread_mutex_lock(&w->lock);
 		job->next = NULL;
@@ -135,10 +138,11 @@ void imap_passwd_worker_destroy(struct imap_passwd_worker **wp)
 }
 
 void imap_passwd_check(struct imap_passwd_worker *w, const char *path, const char *user,
-		       const char *password, imap_passwd_cb *cb, void *ctx)
+		       const char *password, const char *other_hash, imap_passwd_cb *cb, void *ctx)
 {
 	struct imap_passwd_job *job = xcalloc(1, sizeof(*job));
-	job->path = xstrdup(path);
+	job->path = path != NULL ? xstrdup(path) : NULL;
+	job->other_hash = other_hash != NULL ? xstrdup(other_hash) : NULL;
 	job->user = xstrdup(user);
 	job->password = xstrdup(password);
 	job->cb = cb;

@@ -197,7 +197,7 @@ struct imap_passwd_worker *imap_passwd_worker_create(struct ev_loop *loop);
 void imap_passwd_worker_destroy(struct imap_passwd_worker **w);
 /* Queues a check; cb runs later on the loop (never inside this call). */
 void imap_passwd_check(struct imap_passwd_worker *w, const char *path, const char *user,
-		       const char *password, imap_passwd_cb *cb, void *ctx);
+		       const char *password, const char *other_hash, imap_passwd_cb *cb, void *ctx);
 
 /* ---- imap-commands.c ---- */
 void imap_commands_dispatch(struct imap_client *c, const struct imap_command *pc);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -162,10 +163,16 @@ static bool verify_hash(const char *password, const char *stored)
 
 int passwd_verify(const char *path, const char *user, const char *password, char **error_r)
 {
-	if (strlen(password) > PASSWD_MAX_PASSWORD_LEN || !passwd_user_name_valid(user)) {
-		verify_crypt(password, dummy_hash);
+	return passwd_verify_with(path, user, password, NULL, error_r);
+}
+
+/* The user's hash in the file (caller frees), or NULL: 0, or -1 when the
+ * file cannot be read or parsed.  No file configured is an empty file. */
+static int file_find(const char *path, const char *user, char **hash_r, char **error_r)
+{
+	*hash_r = NULL;
+	if (path == NULL)
 		return 0;
-	}
 	struct buf text = BUF_INIT;
 	if (file_read(path, PASSWD_MAX_FILE_SIZE, &text, error_r) < 0) {
 		buf_free(&text);
@@ -176,6 +183,58 @@ int passwd_verify(const char *path, const char *user, const char *password, char
 	buf_free(&text);
 	if (ret < 0)
 		return -1;
+	*hash_r = f.hash;
+	return 0;
+}
+
+int passwd_file_has(const char *path, const char *user, bool *found_r, char **error_r)
+{
+	char *hash;
+	*found_r = false;
+	if (file_find(path, user, &hash, error_r) < 0)
+		return -1;
+	*found_r = hash != NULL;
+	free(hash);
+	return 0;
+}
+
+bool passwd_hash_valid(const char *hashed)
+{
+	static const char *const schemes[] = {
+		"SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT", "BLF-CRYPT", "CRYPT", "DES-CRYPT",
+		"SHA512", "SHA256", "SSHA512", "SSHA256", "PLAIN", "CLEARTEXT",
+	};
+	size_t len = strlen(hashed);
+	if (len < 3 || len > PASSWD_MAX_HASH_LEN || hashed[0] != '{')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)hashed[i];
+		if (c <= 0x20 || c >= 0x7f || c == ':')
+			return false;
+	}
+	const char *close = strchr(hashed, '}');
+	if (close == NULL || close[1] == '\0')
+		return false;
+	size_t slen = (size_t)(close - hashed - 1);
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+		if (strlen(schemes[i]) == slen && strncasecmp(hashed + 1, schemes[i], slen) == 0)
+			return true;
+	}
+	return false;
+}
+
+int passwd_verify_with(const char *path, const char *user, const char *password,
+		       const char *other_hash, char **error_r)
+{
+	if (strlen(password) > PASSWD_MAX_PASSWORD_LEN || !passwd_user_name_valid(user)) {
+		verify_crypt(password, dummy_hash);
+		return 0;
+	}
+	struct find_ctx f = { user, NULL };
+	if (file_find(path, user, &f.hash, error_r) < 0)
+		return -1;
+	if (f.hash == NULL && other_hash != NULL)
+		f.hash = xstrdup(other_hash);
 	if (f.hash == NULL) {
 		verify_crypt(password, dummy_hash);
 		return 0;

@@ -12,12 +12,26 @@
 
 #define PASSWD_MAX_USER_LEN 255
 #define PASSWD_MAX_PASSWORD_LEN 1024
+#define PASSWD_MAX_HASH_LEN 512
 
 /* Checks user/password against the file.  Returns 1 when they match, 0 when
  * the user is unknown or the password wrong (the same answer, and about the
  * same time, for both), -1 when the file cannot be read or a line is
  * malformed (*error_r, caller frees). */
 int passwd_verify(const char *path, const char *user, const char *password, char **error_r);
+
+/* As passwd_verify(), but a user the file (path; NULL: no file) does not
+ * name is checked against other_hash (NULL: unknown user).  The file wins:
+ * a name it holds is never checked against other_hash. */
+int passwd_verify_with(const char *path, const char *user, const char *password,
+		       const char *other_hash, char **error_r);
+
+/* *found_r: whether the file (NULL: none) has a line for user. */
+int passwd_file_has(const char *path, const char *user, bool *found_r, char **error_r);
+
+/* True for "{SCHEME}hash" of a scheme verified here, at most
+ * PASSWD_MAX_HASH_LEN printable bytes without ':' or spaces. */
+bool passwd_hash_valid(const char *hashed);
 
 /* Hashes password as {SHA512-CRYPT}$6$... with a random salt; the caller
  * frees the result. */

@@ -22,6 +22,7 @@
 #include "lib/config.h"
 #include "lib/log.h"
 #include "lib/passwd.h"
+#include "storage/storage-users.h"
 #include "lib/xalloc.h"
 #include "lmtp/lmtp-parse.h"
 #include "replicator/repl.h"
@@ -228,8 +229,8 @@ static void user_find_cb(void *ctx, const char *name)
 /* The user a recipient names: "user@domain" when the users file has that
  * name, else "user" (the domain ignored) when it has that.  1 with
  * *name_r (caller frees), 0 unknown, -1 the file cannot be read. */
-static int user_lookup(const struct config *cfg, const char *user, const char *domain,
-		       char **name_r)
+static int user_lookup(const struct config *cfg, struct stor_db *db, const char *user,
+		       const char *domain, char **name_r)
 {
 	char *full = domain[0] != '\0' ? xasprintf("%s@%s", user, domain) : NULL;
 	struct user_find f = { { full, user }, { NULL, NULL }, { false, false } };
@@ -245,6 +246,22 @@ static int user_lookup(const struct config *cfg, const char *user, const char *d
 				*name_r = f.found[i];
 				f.found[i] = NULL;
 				r = 1;
+			}
+			/* Then the cluster's users (SPEC.md 7.5), by exact name. */
+			if (r == 0 && f.want[i] != NULL && f.found[i] == NULL) {
+				struct stor_cuser cu;
+				const char *serr;
+				int cr = stor_cuser_get(db, f.want[i], &cu, &serr);
+				if (cr < 0) {
+					log_errorx("lmtp: user table: %s", serr);
+					r = -1;
+				} else if (cr > 0) {
+					if (cu.hash != NULL) {
+						*name_r = xstrdup(f.want[i]);
+						r = 1;
+					}
+					stor_cuser_free(&cu);
+				}
 			}
 		}
 	}
@@ -447,7 +464,7 @@ static void cmd_rcpt(struct lmtp_conn *c, const char *args)
 		return;
 	}
 	char *name = NULL;
-	int r = user_lookup(c->srv->cfg, user, domain, &name);
+	int r = user_lookup(c->srv->cfg, repl_db(c->srv->repl), user, domain, &name);
 	if (r < 0) {
 		reply(c, "451 4.3.0 <%s> cannot read the users file", addr);
 		return;

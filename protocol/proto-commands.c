@@ -53,11 +53,14 @@ static const struct proto_cmd_info commands[] = {
 	{ "UIDFIX", "SS", PROTO_CMDF_SELECTED },
 	{ "LIST", "s", 0 },
 	{ "MM", "M", 0 },
+	{ "USER-PUT", "snis", 0 },
+	{ "USER-LIST", "", 0 },
 	/* Data lines (answers carrying the command's tag). */
 	{ "FLAGS", "imf", PROTO_CMDF_DATA | PROTO_CMDF_OPT_STAMPS },
 	{ "TEXT", "igT", PROTO_CMDF_DATA },
 	{ "MAILBOX", "sgiimgs", PROTO_CMDF_DATA },
 	{ "SUBSCRIBED", "s", PROTO_CMDF_DATA },
+	{ "USER-ENTRY", "snis", PROTO_CMDF_DATA },
 };
 
 /* The messages of SPEC.md 9.6, after their name.  Letters as above, plus:

@@ -12,6 +12,13 @@
  *     DUMP <user>                       canonical dump (stor_dump_user)
  *     STATUS                            human-readable node status
  *     USERS                             users that have mailboxes, one a line
+ *     USER-ADD <name> <hash>            the cluster's users (SPEC.md 7.5): add,
+ *     USER-PASSWD <name> <hash>         change the password hash of, delete;
+ *     USER-DEL <name>                   "OK replicated to N of M peers[; not yet
+ *                                       on: SID (why) ...]" once every up peer
+ *                                       answered (at most 5 s), or "NO why"
+ *     USER-LIST                         users that can log in (users_file and
+ *                                       the table), sorted, one a line
  *     MASTER <user> [<mailbox>]         the master of the mailbox's granule
  *                                       (default INBOX), SPEC.md 9
  *     RESYNC <user> [<peer>|0] [FULL]   sync the user with one peer (0 or
@@ -76,6 +83,8 @@
 #include "lib/file.h"
 #include "lib/log.h"
 #include "lib/passwd.h"
+#include "replicator/repl-users.h"
+#include "storage/storage-users.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-private.h"
@@ -103,6 +112,7 @@ struct repl_admin {
 	const struct repl_admin_resync_ops *resync_ops;
 	void *resync_ctx;
 	bool importing;  /* a BUNDLE-IMPORT runs (one at a time) */
+	struct repl_users *users;
 };
 
 enum conn_state {
@@ -398,6 +408,34 @@ static void master_request(struct admin_conn *c, const char *user, const char *m
 	}
 }
 
+static void users_done(void *ctx, bool ok, const void *data, size_t len, const char *text)
+{
+	struct admin_conn *c = ctx;
+	c->state = CONN_REPLYING;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	conn_reply(c, data, len, ok ? "OK" : "NO", text);
+}
+
+static void users_request(struct admin_conn *c, char **tok, int n)
+{
+	struct repl_admin *a = c->admin;
+	if (a->users == NULL) {
+		conn_reply(c, NULL, 0, "NO", "the user table is not available");
+		return;
+	}
+	c->state = CONN_WAITING;
+	conn_update_io(c);
+	repl_users_admin(a->users, tok, n, users_done, c);
+}
+
+void repl_admin_set_users(struct repl_admin *admin, struct repl_users *users)
+{
+	admin->users = users;
+}
+
 static void resync_done(void *ctx, bool converged, const char *report, size_t report_len,
 			const char *text)
 {
@@ -658,6 +696,16 @@ static void handle_request(struct admin_conn *c, char *line)
 			free(perr);
 			return;
 		}
+		struct stor_cuser cu;
+		int cr = f.found ? 0 : stor_cuser_get(db, tok[1], &cu, &err);
+		if (cr < 0) {
+			conn_reply(c, NULL, 0, "NO", err);
+			return;
+		}
+		if (cr > 0) {
+			f.found = cu.hash != NULL;
+			stor_cuser_free(&cu);
+		}
 		if (!f.found) {
 			conn_reply(c, NULL, 0, "NO", "unknown user");
 			return;
@@ -722,6 +770,10 @@ static void handle_request(struct admin_conn *c, char *line)
 			return;
 		}
 		bundle_body_begin(c, BODY_BUNDLE_IMPORT, size);
+		return;
+	}
+	if (strncmp(tok[0], "USER-", 5) == 0) {
+		users_request(c, tok, n);
 		return;
 	}
 	if (strcmp(tok[0], "USERS") == 0 && n == 1) {

@@ -44,6 +44,10 @@ struct repl_admin_resync_ops {
 void repl_admin_set_resync(struct repl_admin *admin, const struct repl_admin_resync_ops *ops,
 			   void *ctx);
 /* Closes the socket and every connection, and removes the socket file. */
+/* The backend of USER-* requests; users must outlive the admin, or fail
+ * its requests (repl_users_destroy()) first. */
+struct repl_users;
+void repl_admin_set_users(struct repl_admin *admin, struct repl_users *users);
 void repl_admin_destroy(struct repl_admin **admin);
 
 #endif

@@ -31,6 +31,7 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-sync.h"
 #include "replicator/repl-peer.h"
+#include "replicator/repl-users.h"
 #include "replicator/repl.h"
 #include "storage/storage.h"
 
@@ -45,6 +46,7 @@ struct node {
 	struct repl_peers *peers;
 	struct repl_mm *mm;
 	struct repl_sync *sync;
+	struct repl_users *users;
 	bool clustered;  /* peers configured: the replicating seam */
 	int64_t started;
 	ev_signal sigterm, sigint;
@@ -107,6 +109,7 @@ static void link_up_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn
 {
 	struct node *n = ctx;
 	repl_sync_link_up(n->sync, sid);
+	repl_users_link_up(n->users, sid, conn);
 	repl_mm_peer_callbacks()->link_up(peers, sid, conn, n->mm);
 	if (n->clustered)
 		repl_cluster_link_up(n->repl, sid, conn);
@@ -221,10 +224,12 @@ int main(int argc, char **argv)
 	 * serves anything. */
 	n.mm = repl_mm_create(n.loop, n.cfg);
 	n.sync = repl_sync_create(n.loop, n.repl);
+	n.users = repl_users_create(n.loop, n.cfg, n.db);
 	if (repl_peers_create(n.loop, n.cfg, &link_callbacks, &n, &n.peers, &err) < 0)
 		fatalx("%s", err);
 	repl_mm_attach(n.mm, n.peers);
 	repl_sync_attach(n.sync, n.peers);
+	repl_users_attach(n.users, n.peers);
 	if (n.clustered)
 		repl_cluster_attach(n.repl, n.peers, n.mm, n.sync);
 	if (imap_server_create(n.loop, n.cfg, n.repl, &n.imap, &err) < 0)
@@ -235,6 +240,7 @@ int main(int argc, char **argv)
 		fatalx("%s", err);
 	repl_admin_set_master(n.admin, &master_ops, n.mm);
 	repl_admin_set_resync(n.admin, &resync_ops, n.sync);
+	repl_admin_set_users(n.admin, n.users);
 	n.started = clock_wall_s();
 	ev_signal_init(&n.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&n.sigint, signal_cb, SIGINT);
@@ -255,6 +261,7 @@ int main(int argc, char **argv)
 	repl_sync_destroy(&n.sync);
 	repl_mm_destroy(&n.mm);
 	repl_peers_destroy(&n.peers);
+	repl_users_destroy(&n.users);
 	/* Closing the links and the master machine ended the forwards still
 	 * waiting on them (as with no master); their clients are answered
 	 * now, before the IMAP server and the admin socket go. */

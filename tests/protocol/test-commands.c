@@ -114,6 +114,13 @@ static const struct row_case row_cases[] = {
 	  LINES("C3 MAILBOX INBOX " G " 1700000001 42 1234 NIL\r\n",
 		"C3 MAILBOX INBOX " G " 1700000001 42 1234 " G " (\\Sent)\r\n") },
 	{ "SUBSCRIBED", LINES("C3 SUBSCRIBED Archive\r\n"), LINES("C3 SUBSCRIBED\r\n") },
+	{ "USER-PUT", LINES("C21 USER-PUT alice 1700000000123 2 \"{SHA512-CRYPT}$6$s$h\"\r\n",
+			    "C22 USER-PUT bob 1700000000124 3 -\r\n"),
+	  LINES("C21 USER-PUT alice 1700000000123 0 -\r\n", "C21 USER-PUT alice 1 2\r\n",
+		"C21 USER-PUT alice 1 2 - ORIGIN 2\r\n") },
+	{ "USER-LIST", LINES("C23 USER-LIST\r\n"), LINES("C23 USER-LIST alice\r\n") },
+	{ "USER-ENTRY", LINES("C23 USER-ENTRY alice 1700000000123 2 \"{SHA512-CRYPT}$6$s$h\"\r\n"),
+	  LINES("C23 USER-ENTRY alice x 2 -\r\n") },
 };
 
 #define N_ROW_CASES (sizeof(row_cases) / sizeof(row_cases[0]))

@@ -96,6 +96,7 @@ int main(void)
 		{ "storage-msg", storage_msg_cases, NULL, NULL },
 		{ "storage-text", storage_text_cases, NULL, NULL },
 		{ "storage-log", storage_log_cases, NULL, NULL },
+		{ "storage-users", storage_users_cases, NULL, NULL },
 		{ "storage-robust", storage_robust_cases, NULL, NULL },
 		{ "storage-journal", storage_journal_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
