@@ -1,13 +1,14 @@
 /* starlingd: one Starling node in one process.
  *
- *   starlingd -c FILE [-f]
+ *   starlingd -c FILE [-f] [-n] | --help | --version
  *
  * Reads the configuration, opens the store in data_dir (creating it),
  * serves IMAP on imap_listen (and imaps_listen), and the admin socket
- * DATA_DIR/admin.sock, all on one libev loop.  starlingd never forks: -f
- * (foreground) is accepted for compatibility, and scripts may simply run it
- * in the background with '&'.  SIGTERM and SIGINT shut it down in order:
- * stop accepting, finish and sync pending changes, close the store. */
+ * DATA_DIR/admin.sock, all on one libev loop.  starlingd never forks, so
+ * a service manager (systemd Type=simple) or '&' runs it; -f (foreground)
+ * changes nothing and is kept so existing scripts and units that pass it
+ * keep working.  SIGTERM and SIGINT shut it down in order: stop accepting,
+ * finish and sync pending changes, close the store. */
 #include <errno.h>
 #include <ev.h>
 #include <signal.h>
@@ -51,9 +52,19 @@ struct node {
 	ev_signal sighup;
 };
 
+static const char usage_text[] =
+	"usage: starlingd -c FILE [-f] [-n]\n"
+	"       starlingd --help | --version\n"
+	"  -c FILE    the configuration file (required)\n"
+	"  -n         print the effective configuration, defaults included, and exit\n"
+	"  -f         stay in the foreground; starlingd never forks, so this changes\n"
+	"             nothing and is accepted for scripts and units that pass it\n"
+	"  -h, --help print this help and exit\n"
+	"  --version  print the version and exit\n";
+
 static void usage(void)
 {
-	fprintf(stderr, "usage: starlingd -c FILE [-f] [-n]\n");
+	fputs(usage_text, stderr);
 	exit(2);
 }
 
@@ -161,6 +172,16 @@ int main(int argc, char **argv)
 	const char *conf = NULL;
 	int opt;
 	bool print_only = false;
+	/* Long options by hand: getopt_long is a GNU extension and these two
+	 * only make sense alone. */
+	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+		fputs(usage_text, stdout);
+		return 0;
+	}
+	if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+		printf("starlingd %s\n", PACKAGE_VERSION);
+		return 0;
+	}
 	while ((opt = getopt(argc, argv, "c:fhn")) != -1) {
 		switch (opt) {
 		case 'c':
@@ -171,6 +192,9 @@ int main(int argc, char **argv)
 		case 'n':
 			print_only = true;
 			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return 0;
 		default:
 			usage();
 		}
