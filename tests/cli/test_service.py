@@ -3,6 +3,7 @@
 `starlingd --help/--version/-f`, `starling --version`, and `make install`
 putting starlingd in $(sbindir) and starling in $(bindir)."""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,62 @@ with tempfile.TemporaryDirectory(prefix="starling-svc-") as tmp:
     if binp:
         rc, out, err = run([binp[0], "--version"])
         check("the installed starling runs", rc == 0 and out == f"starling {version}\n", f"{rc} {out!r}")
+
+    # contrib/: the unit and the example config are installed with the docs.
+    units = [os.path.join(r, f) for r, d, fs in os.walk(dest) for f in fs if f == "starlingd.service"]
+    examples = [os.path.join(r, f) for r, d, fs in os.walk(dest) for f in fs
+                if f == "starling.conf.example"]
+    check("the systemd unit is installed", len(units) == 1, repr(units))
+    check("the example config is installed", len(examples) == 1, repr(examples))
+    if units and sbin:
+        with open(units[0]) as f:
+            unit = f.read()
+        real_sbin = sbin[0][len(dest):]
+        check("the unit starts the installed starlingd", f"ExecStart={real_sbin} -c " in unit, unit)
+        check("the unit is Type=simple (starlingd neither forks nor notifies)",
+              "\nType=simple\n" in unit, unit)
+        if shutil.which("systemd-analyze"):
+            # verify wants ExecStart's binary to exist: point it at the staged one.
+            staged = os.path.join(tmp, "starlingd.service")
+            with open(staged, "w") as f:
+                f.write(unit.replace(real_sbin, sbin[0]))
+            p = subprocess.run(["systemd-analyze", "verify", staged], capture_output=True, timeout=60)
+            err = p.stderr.decode(errors="replace")
+            check("systemd-analyze verify accepts the unit, no warning", p.returncode == 0 and
+                  "starlingd.service" not in err, err)
+    if examples:
+        with open(examples[0]) as f:
+            example = f.read()
+        ex = os.path.join(tmp, "example.conf")
+        with open(ex, "w") as f:
+            f.write(example)
+        rc, out, err = run([STARLINGD, "-c", ex, "-n"])
+        check("the example config is valid as shipped", rc == 0, f"{rc} {err}")
+        # Every commented-out key, switched on, must be valid too and,
+        # together, give every key starlingd -n knows.
+        full = os.path.join(tmp, "full.conf")
+        with open(full, "w") as f:
+            for line in example.splitlines():
+                if line.startswith("#") and " = " in line and " " not in line[1:].split("=")[0].strip():
+                    line = line[1:]
+                f.write(line + "\n")
+        rc, out, err = run([STARLINGD, "-c", full, "-n"])
+        check("the example with every key switched on is valid", rc == 0, f"{rc} {err}")
+        printed = {l.split(" = ")[0] for l in out.splitlines() if " = " in l}
+        with open(full) as f:
+            given = {l.split("=")[0].strip() for l in f if "=" in l and not l.startswith("#")}
+        check("the example names every key starlingd -n prints", printed <= given and len(printed) > 10,
+              repr(printed - given))
+        top_srcdir = os.environ.get("top_srcdir", os.path.join(os.path.dirname(__file__), "..", ".."))
+        with open(os.path.join(top_srcdir, "README.md")) as f:
+            readme = f.read()
+        table = set()
+        for l in readme.split("## Configuring a node", 1)[1].split("\n## ", 1)[0].splitlines():
+            if l.startswith("| `"):
+                for k in l.split("|")[1].split(","):
+                    table.add(k.strip().strip("`"))
+        check("the example names every key of README's table", table and table <= given,
+              repr(table - given))
 
 print(f"test_service: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
