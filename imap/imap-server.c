@@ -136,6 +136,19 @@ static SSL_CTX *tls_context(const struct config *cfg, char **error_r)
 	return ctx;
 }
 
+int imap_server_reload_tls(struct imap_server *srv, char **error_r)
+{
+	if (srv->ssl_ctx == NULL)
+		return 0;
+	SSL_CTX *ctx = tls_context(srv->cfg, error_r);
+	if (ctx == NULL)
+		return -1;
+	/* Sessions hold their own reference to the old context. */
+	SSL_CTX_free(srv->ssl_ctx);
+	srv->ssl_ctx = ctx;
+	return 0;
+}
+
 int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct repl *repl,
 		       struct imap_server **srv_r, char **error_r)
 {

@@ -20,6 +20,11 @@ int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 		       struct imap_server **srv_r, char **error_r);
 /* Sends BYE to every session and closes everything. */
 void imap_server_destroy(struct imap_server **srv);
+/* SIGHUP: new TLS sessions use the certificate and key now named by the
+ * config (sessions already up keep theirs).  With TLS off, nothing to do.
+ * Returns 0, or -1 with a one-line *error_r (caller frees) and the old
+ * certificate still in use. */
+int imap_server_reload_tls(struct imap_server *srv, char **error_r);
 /* Open sessions. */
 unsigned imap_server_session_count(const struct imap_server *srv);
 

@@ -265,6 +265,9 @@ int cl_handover_check_origin(struct repl_cluster *cl, const struct proto_cmd *cm
 
 void cl_stream_init(struct repl_cluster *cl);
 void cl_stream_deinit(struct repl_cluster *cl);
+/* SIGHUP: replication state for peers new in cl->cfg (a removed peer's
+ * stays, its link down, until the node restarts). */
+void cl_stream_peers_changed(struct repl_cluster *cl);
 /* Appends an entry to the log; *seq_r gets its sequence number.  Returns
  * 0 or -1 (logged). */
 int cl_log_append(struct repl_cluster *cl, const struct cl_entry *e, uint64_t *seq_r);

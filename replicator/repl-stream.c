@@ -1062,6 +1062,25 @@ void cl_stream_init(struct repl_cluster *cl)
 	ev_timer_start(cl->loop, &cl->timer);
 }
 
+void cl_stream_peers_changed(struct repl_cluster *cl)
+{
+	for (size_t i = 0; i < cl->cfg->peers.count; i++) {
+		uint32_t sid = cl->cfg->peers.items[i].sid;
+		if (cl_peer_find(cl, sid) != NULL)
+			continue;
+		struct cl_peer *p = xcalloc(1, sizeof(*p));
+		p->cl = cl;
+		p->sid = sid;
+		load_peer(p);
+		/* This node knows nothing of what the new peer holds (its log
+		 * cursor, if any, is from before it was removed): every user
+		 * is resynced with it when its link comes up. */
+		p->full_sync = true;
+		full_sync_store(p);
+		ARRAY_PUSH(&cl->peer_list, p);
+	}
+}
+
 void cl_stream_deinit(struct repl_cluster *cl)
 {
 	persist_and_trim(cl);

@@ -102,6 +102,7 @@ with tempfile.TemporaryDirectory(prefix="starling-svc-") as tmp:
         check("the unit starts the installed starlingd", f"ExecStart={real_sbin} -c " in unit, unit)
         check("the unit is Type=simple (starlingd neither forks nor notifies)",
               "\nType=simple\n" in unit, unit)
+        check("the unit reloads with SIGHUP", "\nExecReload=/bin/kill -HUP $MAINPID\n" in unit, unit)
         if shutil.which("systemd-analyze"):
             # verify wants ExecStart's binary to exist: point it at the staged one.
             staged = os.path.join(tmp, "starlingd.service")
