@@ -235,6 +235,23 @@ void imap_server_destroy(struct imap_server **srvp)
 	free(srv);
 }
 
+const uint64_t imap_latency_bounds_us[IMAP_LATENCY_BUCKETS] = {
+	500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000, 10000000,
+};
+
+void imap_latency_add(struct imap_latency *l, uint64_t us)
+{
+	for (size_t i = 0; i < IMAP_LATENCY_BUCKETS; i++)
+		l->le[i] += us <= imap_latency_bounds_us[i];
+	l->count++;
+	l->sum_us += us;
+}
+
+const struct imap_latency *imap_server_latency(const struct imap_server *srv)
+{
+	return &srv->latency;
+}
+
 unsigned imap_server_session_count(const struct imap_server *srv)
 {
 	return srv->client_count;

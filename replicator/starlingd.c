@@ -30,6 +30,7 @@
 #include "lmtp/lmtp-server.h"
 #include "replicator/repl-admin.h"
 #include "replicator/repl-cluster.h"
+#include "replicator/repl-metrics.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-sync.h"
 #include "replicator/repl-peer.h"
@@ -44,6 +45,7 @@ struct node {
 	struct imap_server *imap;
 	struct lmtp_server *lmtp;  /* NULL without lmtp_listen */
 	struct repl_admin *admin;
+	struct repl_metrics *metrics; /* NULL without metrics_listen */
 	struct repl_peers *peers;
 	struct repl_mm *mm;
 	struct repl_sync *sync;
@@ -89,8 +91,32 @@ static void status_cb(void *ctx, struct buf *out)
 		repl_peers_status(n->peers, out);
 	if (n->mm != NULL)
 		repl_mm_status(n->mm, out);
+	if (n->sync != NULL)
+		repl_sync_status(n->sync, out);
 	if (n->clustered)
 		repl_cluster_status(n->repl, out);
+}
+
+/* GET /metrics: what status shows, and the IMAP latency histogram. */
+static void metrics_cb(void *ctx, struct buf *out)
+{
+	struct node *n = ctx;
+	struct buf st = BUF_INIT;
+	status_cb(n, &st);
+	repl_metrics_from_status(buf_cstr(&st), out);
+	buf_free(&st);
+	if (n->imap == NULL)
+		return;
+	const struct imap_latency *l = imap_server_latency(n->imap);
+	const char *name = "starling_imap_command_duration_seconds";
+	buf_appendf(out, "# HELP %s IMAP command time from dispatch to the tagged reply (IDLE not counted)\n"
+		    "# TYPE %s histogram\n", name, name);
+	for (size_t i = 0; i < IMAP_LATENCY_BUCKETS; i++)
+		buf_appendf(out, "%s_bucket{le=\"%g\"} %llu\n", name,
+			    (double)imap_latency_bounds_us[i] / 1e6, (unsigned long long)l->le[i]);
+	buf_appendf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)l->count);
+	buf_appendf(out, "%s_sum %.6f\n", name, (double)l->sum_us / 1e6);
+	buf_appendf(out, "%s_count %llu\n", name, (unsigned long long)l->count);
 }
 
 static int master_granule_key(void *ctx, const char *user, const struct guid *mailbox, char *out,
@@ -206,6 +232,7 @@ static void restart_only_changes(const struct config *cur, const struct config *
 		{ "lmtp_listen", addr_same(&cur->lmtp_listen, &next->lmtp_listen) &&
 				 str_same(cur->lmtp_socket, next->lmtp_socket) },
 		{ "lmtp_detail_mailbox", cur->lmtp_detail_mailbox == next->lmtp_detail_mailbox },
+		{ "metrics_listen", addr_same(&cur->metrics_listen, &next->metrics_listen) },
 		/* TLS switched on or off, and peers where there were none (or
 		 * none left), change what runs, not only what it uses. */
 		{ "tls_cert/tls_key (on/off)", (cur->tls_cert == NULL) == (next->tls_cert == NULL) },
@@ -373,6 +400,8 @@ int main(int argc, char **argv)
 		fatalx("%s", err);
 	if (repl_admin_create(n.loop, n.cfg, n.repl, status_cb, &n, &n.admin, &err) < 0)
 		fatalx("%s", err);
+	if (repl_metrics_create(n.loop, &n.cfg->metrics_listen, metrics_cb, &n, &n.metrics, &err) < 0)
+		fatalx("%s", err);
 	repl_admin_set_master(n.admin, &master_ops, n.mm);
 	repl_admin_set_resync(n.admin, &resync_ops, n.sync);
 	n.started = clock_wall_s();
@@ -400,6 +429,7 @@ int main(int argc, char **argv)
 	 * waiting on them (as with no master); their clients are answered
 	 * now, before the IMAP server and the admin socket go. */
 	repl_flush(n.repl);
+	repl_metrics_destroy(&n.metrics);
 	repl_admin_destroy(&n.admin);
 	imap_server_destroy(&n.imap);
 	lmtp_server_destroy(&n.lmtp);
