@@ -11,7 +11,10 @@ sessions opened before stay usable, the new user logs in, new IMAPS
 connections get the new certificate.  A bad file on SIGHUP keeps the
 running configuration and logs FILE:LINE: message; a key that only a
 restart applies is named in one warn line and kept; a removed peer's link
-is closed.  Last line: "test-reload: N passed, M failed"."""
+is closed.  Then TLS between peers: node 3 of a 3-node cluster holds a
+certificate of another CA, so its links never come up; a good certificate
+at a new path and SIGHUP to node 3 alone bring them up.
+Last line: "test-reload: N passed, M failed"."""
 import os
 import re
 import signal
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 from harness import proc  # noqa: E402
 from harness.imapwire import Client  # noqa: E402
 from harness.report import Report  # noqa: E402
+from harness.certs import TestCA  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
 R = Report("test-reload")
@@ -85,7 +89,42 @@ def dump(node, user):
         return "ERROR %s" % e
 
 
+def peer_tls():
+    cl = Cluster(3, users={ALICE: PW}, peer_tls=True)
+    n1, n2, n3 = cl.nodes
+    rogue = TestCA(os.path.join(cl.dir, "rogue-ca"), name="Rogue CA")
+    n3.tls_cert, n3.tls_key = rogue.issue("node3")
+    try:
+        cl.start_all()
+        cl.wait_links_up(nodes=[n1, n2])
+        ever_up = set()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:
+            ever_up |= {k for k, v in cl.links_state().items() if v == "up" and 3 in k}
+            time.sleep(0.2)
+        R.check("node 3 with another CA's certificate: its links stay down", not ever_up, ever_up)
+        n3.tls_cert, n3.tls_key = cl.ca.issue("node3-new")
+        n3.write_config()
+        hup(n3)
+        try:
+            took = cl.wait_links_up(timeout=20)
+        except TimeoutError as e:
+            took = None
+            print(e)
+        R.check("a good certificate and SIGHUP to node 3 alone: its links come up", took is not None)
+        if took is not None:
+            print("measured: node 3's TLS links up %.1f s after its SIGHUP" % took)
+        st = n3.status()
+        R.equal("... over TLS", (st.get("peer.1.tls"), st.get("peer.2.tls")), ("yes", "yes"))
+        R.equal("... node 3 was not restarted", n3.starts, 1)
+    finally:
+        cl.close()
+    reps = cl.sanitizer_reports()
+    R.check("no sanitizer report in the node logs (peer TLS)", not reps, reps)
+
+
 def main():
+    R.section("TLS between peers: a new certificate by SIGHUP", peer_tls)
     cl = Cluster(3, users={ALICE: PW}, tls=True)
     n1, n2, n3 = cl.nodes
     n1.peer_ids, n2.peer_ids = {2}, {1}
