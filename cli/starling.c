@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "config.h"
 
 static const char usage_text[] =
 	"usage: starling -c FILE COMMAND [ARGS]\n"
+	"       starling --help | --version\n"
 	"commands:\n"
 	"  user add NAME                 add a user on every node (password on stdin)\n"
 	"  user passwd NAME              change a user's password (stdin) on every node\n"
@@ -66,6 +68,9 @@ int main(int argc, char **argv)
 			i += 2;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			fputs(usage_text, stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--version") == 0) {
+			printf("starling %s\n", PACKAGE_VERSION);
 			return 0;
 		} else {
 			cli_error("unknown option '%s' (try --help)", argv[i]);

@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
@@ -580,6 +581,8 @@ bool imap_cmd_done_str(struct imap_cmd *cmd, const char *status, const char *tex
 		imap_client_printf(c, "%s %s %s\r\n", cmd->tag, status, text);
 		c->bad_in_a_row = 0;
 	}
+	if (cmd->started_us != 0)
+		imap_latency_add(&c->server->latency, clock_mono_us() - cmd->started_us);
 	c->cmd = NULL;
 	cmd_free(cmd);
 	imap_parser_reset(c->parser);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -117,6 +118,8 @@ void imap_commands_dispatch(struct imap_client *c, const struct imap_command *pc
 	cmd->uid = uid;
 	cmd->args = args;
 	cmd->count = count;
+	/* IDLE lasts as long as the client wants: not a latency. */
+	cmd->started_us = strcmp(cmd->name, "IDLE") != 0 ? clock_mono_us() : 0;
 	c->cmd = cmd;
 	if (i == sizeof(commands) / sizeof(commands[0])) {
 		imap_cmd_done(cmd, "BAD", "Unknown command");

@@ -62,6 +62,7 @@ struct imap_server {
 	uint64_t next_id;
 	bool stopping;
 	struct imap_recent_table recent;
+	struct imap_latency latency; /* for metrics_listen */
 };
 
 enum imap_client_state {
@@ -119,6 +120,7 @@ struct imap_cmd {
 	void (*ctx_free)(void *ctx);
 	bool waiting;                /* a repl change is in flight */
 	bool no_expunge;             /* FETCH/STORE/SEARCH by sequence number */
+	uint64_t started_us;         /* clock_mono_us() at dispatch; 0: not timed */
 };
 
 struct imap_client {

@@ -136,6 +136,19 @@ static SSL_CTX *tls_context(const struct config *cfg, char **error_r)
 	return ctx;
 }
 
+int imap_server_reload_tls(struct imap_server *srv, char **error_r)
+{
+	if (srv->ssl_ctx == NULL)
+		return 0;
+	SSL_CTX *ctx = tls_context(srv->cfg, error_r);
+	if (ctx == NULL)
+		return -1;
+	/* Sessions hold their own reference to the old context. */
+	SSL_CTX_free(srv->ssl_ctx);
+	srv->ssl_ctx = ctx;
+	return 0;
+}
+
 int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct repl *repl,
 		       struct imap_server **srv_r, char **error_r)
 {
@@ -220,6 +233,23 @@ void imap_server_destroy(struct imap_server **srvp)
 	if (srv->ssl_ctx != NULL)
 		SSL_CTX_free(srv->ssl_ctx);
 	free(srv);
+}
+
+const uint64_t imap_latency_bounds_us[IMAP_LATENCY_BUCKETS] = {
+	500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000, 10000000,
+};
+
+void imap_latency_add(struct imap_latency *l, uint64_t us)
+{
+	for (size_t i = 0; i < IMAP_LATENCY_BUCKETS; i++)
+		l->le[i] += us <= imap_latency_bounds_us[i];
+	l->count++;
+	l->sum_us += us;
+}
+
+const struct imap_latency *imap_server_latency(const struct imap_server *srv)
+{
+	return &srv->latency;
 }
 
 unsigned imap_server_session_count(const struct imap_server *srv)

@@ -8,6 +8,7 @@
 #define IMAP_IMAP_SERVER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct ev_loop;
 struct config;
@@ -20,7 +21,24 @@ int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 		       struct imap_server **srv_r, char **error_r);
 /* Sends BYE to every session and closes everything. */
 void imap_server_destroy(struct imap_server **srv);
+/* SIGHUP: new TLS sessions use the certificate and key now named by the
+ * config (sessions already up keep theirs).  With TLS off, nothing to do.
+ * Returns 0, or -1 with a one-line *error_r (caller frees) and the old
+ * certificate still in use. */
+int imap_server_reload_tls(struct imap_server *srv, char **error_r);
 /* Open sessions. */
 unsigned imap_server_session_count(const struct imap_server *srv);
+
+/* Command latency, from dispatch to the tagged reply (IDLE not counted):
+ * counts per upper bound of imap_latency_bounds_us (cumulative, as
+ * Prometheus wants them), and over all. */
+#define IMAP_LATENCY_BUCKETS 10
+extern const uint64_t imap_latency_bounds_us[IMAP_LATENCY_BUCKETS];
+struct imap_latency {
+	uint64_t le[IMAP_LATENCY_BUCKETS]; /* commands that took <= bound */
+	uint64_t count, sum_us;
+};
+void imap_latency_add(struct imap_latency *l, uint64_t us);
+const struct imap_latency *imap_server_latency(const struct imap_server *srv);
 
 #endif

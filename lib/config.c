@@ -231,6 +231,11 @@ static char *k_lmtp_detail(struct config *c, const char *v)
 	return NULL;
 }
 
+static char *k_metrics(struct config *c, const char *v)
+{
+	return parse_addr_key(&c->metrics_listen, v);
+}
+
 static const struct key_def keys[] = {
 	{ "node_id", k_node_id, false },
 	{ "data_dir", k_data_dir, false },
@@ -252,6 +257,7 @@ static const struct key_def keys[] = {
 	{ "degraded_writes", k_degraded, false },
 	{ "lmtp_listen", k_lmtp, false },
 	{ "lmtp_detail_mailbox", k_lmtp_detail, false },
+	{ "metrics_listen", k_metrics, false },
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -425,6 +431,7 @@ void config_free(struct config **cp)
 	free(c->tls_ca);
 	addr_free(&c->lmtp_listen);
 	free(c->lmtp_socket);
+	addr_free(&c->metrics_listen);
 	free(c);
 }
 
@@ -475,4 +482,5 @@ void config_print(const struct config *c, FILE *out)
 	print_addr(out, "lmtp_listen", &c->lmtp_listen);
 	print_str(out, "lmtp_listen", c->lmtp_socket);
 	fprintf(out, "lmtp_detail_mailbox = %s\n", c->lmtp_detail_mailbox ? "yes" : "no");
+	print_addr(out, "metrics_listen", &c->metrics_listen);
 }

@@ -71,6 +71,8 @@ struct config {
 	/* user+detail@domain delivers to the mailbox named detail when the
 	 * user has one (otherwise INBOX). */
 	bool lmtp_detail_mailbox;
+	/* Prometheus text metrics over HTTP at /metrics; host NULL: off. */
+	struct config_addr metrics_listen;
 };
 
 #define CONFIG_DEFAULT_MAX_MESSAGE_SIZE (64ull * 1024 * 1024)

@@ -147,6 +147,7 @@ struct cl_peer {
 	uint64_t next_seq;             /* next entry to process */
 	bool blocked;                  /* waiting for a MBOX answer */
 	bool full_sync;                /* fell off the log: needs a full resync */
+	bool removed;                  /* no longer configured (SIGHUP): not in status */
 	bool cursor_dirty;             /* cursor changed since last written */
 	uint64_t stream_gen;           /* bumped when streaming starts over */
 	uint64_t retry_at;             /* clock_mono_ms(): not before, after TRYLATER */
@@ -265,6 +266,10 @@ int cl_handover_check_origin(struct repl_cluster *cl, const struct proto_cmd *cm
 
 void cl_stream_init(struct repl_cluster *cl);
 void cl_stream_deinit(struct repl_cluster *cl);
+/* SIGHUP: replication state for peers new in cl->cfg; a removed peer's
+ * stays until the node restarts, marked for a full resync (so the log is
+ * not kept for it) and left out of the status. */
+void cl_stream_peers_changed(struct repl_cluster *cl);
 /* Appends an entry to the log; *seq_r gets its sequence number.  Returns
  * 0 or -1 (logged). */
 int cl_log_append(struct repl_cluster *cl, const struct cl_entry *e, uint64_t *seq_r);

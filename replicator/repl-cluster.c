@@ -1715,6 +1715,11 @@ void repl_cluster_link_down(struct repl *r, uint32_t sid)
 	cl_handover_link_down(to_cl(r), sid);
 }
 
+void repl_cluster_peers_changed(struct repl *r)
+{
+	cl_stream_peers_changed(to_cl(r));
+}
+
 void repl_cluster_status(struct repl *r, struct buf *out)
 {
 	cl_stream_status(to_cl(r), out);

@@ -47,6 +47,8 @@ void repl_cluster_detach(struct repl *r);
 /* To be called from the peer manager's link callbacks. */
 void repl_cluster_link_up(struct repl *r, uint32_t sid, struct proto_conn *conn);
 void repl_cluster_link_down(struct repl *r, uint32_t sid);
+/* After SIGHUP changed cfg's peers: replicate to the new ones too. */
+void repl_cluster_peers_changed(struct repl *r);
 /* Appends the STATUS lines of replication (README lists them). */
 void repl_cluster_status(struct repl *r, struct buf *out);
 

@@ -114,7 +114,9 @@ struct repl_peers {
 	int listen_fd;
 	ev_io listen_io;
 	ev_timer accept_pause;
-	struct peer *peers;
+	/* One allocation per peer: its watchers must not move when SIGHUP
+	 * adds or removes peers (repl_peers_reload()). */
+	struct peer **peers;
 	size_t peer_count;
 	struct link *links;
 	size_t anonymous_count;
@@ -170,8 +172,8 @@ static uint32_t peers_random(struct repl_peers *mgr)
 static struct peer *peer_find(const struct repl_peers *mgr, uint32_t sid)
 {
 	for (size_t i = 0; i < mgr->peer_count; i++) {
-		if (mgr->peers[i].sid == sid)
-			return &mgr->peers[i];
+		if (mgr->peers[i]->sid == sid)
+			return mgr->peers[i];
 	}
 	return NULL;
 }
@@ -721,6 +723,39 @@ static int tls_check(const struct config *cfg, bool *tls_r, char **error_r)
 	return 0;
 }
 
+static struct peer *peer_new(struct repl_peers *mgr, const struct config_peer *cp)
+{
+	struct peer *peer = xcalloc(1, sizeof(*peer));
+	peer->mgr = mgr;
+	peer->sid = cp->sid;
+	peer->host = cp->addr.host;
+	peer->port = cp->addr.port;
+	peer->we_connect = mgr->cfg->node_id < cp->sid;
+	peer->state = REPL_PEER_DOWN;
+	peer->since_ms = clock_mono_ms();
+	peer->connect_fd = -1;
+	snprintf(peer->reason, sizeof(peer->reason), "%s",
+		 peer->we_connect ? "not connected yet" : "waiting for the peer to connect");
+	ev_timer_init(&peer->timer, peer_timer_cb, 0., 0.);
+	if (peer->we_connect) {
+		/* Resolve now, at start-up (or reload), where blocking is
+		 * harmless; a failure is retried on each attempt. */
+		(void)peer_resolve(peer);
+		ev_timer_start(mgr->loop, &peer->timer); /* connect at once */
+	}
+	return peer;
+}
+
+/* Stops peer's watchers and frees it; its links must be gone already. */
+static void peer_free(struct repl_peers *mgr, struct peer *peer)
+{
+	ev_timer_stop(mgr->loop, &peer->timer);
+	ev_io_stop(mgr->loop, &peer->connect_io);
+	if (peer->connect_fd >= 0)
+		close(peer->connect_fd);
+	free(peer);
+}
+
 int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 		      const struct repl_peers_callbacks *cb, void *ctx,
 		      struct repl_peers **peers_r, char **error_r)
@@ -776,28 +811,8 @@ int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 
 	mgr->peer_count = cfg->peers.count;
 	mgr->peers = xcalloc(mgr->peer_count, sizeof(*mgr->peers));
-	uint64_t now = clock_mono_ms();
-	for (size_t i = 0; i < mgr->peer_count; i++) {
-		struct peer *peer = &mgr->peers[i];
-		const struct config_peer *cp = &cfg->peers.items[i];
-		peer->mgr = mgr;
-		peer->sid = cp->sid;
-		peer->host = cp->addr.host;
-		peer->port = cp->addr.port;
-		peer->we_connect = cfg->node_id < cp->sid;
-		peer->state = REPL_PEER_DOWN;
-		peer->since_ms = now;
-		peer->connect_fd = -1;
-		snprintf(peer->reason, sizeof(peer->reason), "%s",
-			 peer->we_connect ? "not connected yet" : "waiting for the peer to connect");
-		ev_timer_init(&peer->timer, peer_timer_cb, 0., 0.);
-		if (peer->we_connect) {
-			/* Resolve now, at start-up, where blocking is harmless;
-			 * a failure is retried on each attempt. */
-			(void)peer_resolve(peer);
-			ev_timer_start(loop, &peer->timer); /* connect at once */
-		}
-	}
+	for (size_t i = 0; i < mgr->peer_count; i++)
+		mgr->peers[i] = peer_new(mgr, &cfg->peers.items[i]);
 	log_info("replication: listening on %s:%u, %zu peers%s", cfg->repl_listen.host,
 		 cfg->repl_listen.port, mgr->peer_count,
 		 tls ? ", TLS" : cfg->tls_cert != NULL ? " (no tls_ca: links not encrypted)" : "");
@@ -819,13 +834,8 @@ void repl_peers_destroy(struct repl_peers **peersp)
 		proto_conn_destroy(&link->conn);
 		link_free(link);
 	}
-	for (size_t i = 0; i < mgr->peer_count; i++) {
-		struct peer *peer = &mgr->peers[i];
-		ev_timer_stop(mgr->loop, &peer->timer);
-		ev_io_stop(mgr->loop, &peer->connect_io);
-		if (peer->connect_fd >= 0)
-			close(peer->connect_fd);
-	}
+	for (size_t i = 0; i < mgr->peer_count; i++)
+		peer_free(mgr, mgr->peers[i]);
 	free(mgr->peers);
 	ev_timer_stop(mgr->loop, &mgr->accept_pause);
 	if (mgr->listen_fd >= 0) {
@@ -838,6 +848,74 @@ void repl_peers_destroy(struct repl_peers **peersp)
 	}
 	ARRAY_FREE(&mgr->handlers);
 	free(mgr);
+}
+
+/* ------------------------------------------------------------------ */
+/* Reload (SIGHUP) */
+
+/* peer is no longer configured: close its links, tell the layers it is
+ * down, forget it. */
+static void peer_remove(struct repl_peers *mgr, size_t i)
+{
+	struct peer *peer = mgr->peers[i];
+	bool was_up = peer->state == REPL_PEER_UP;
+	mgr->peers[i] = mgr->peers[--mgr->peer_count];
+	struct link *link = mgr->links;
+	while (link != NULL) {
+		struct link *next = link->next;
+		if (link->peer == peer) {
+			proto_conn_destroy(&link->conn);
+			link_free(link);
+		}
+		link = next;
+	}
+	peer->link = NULL;
+	log_info("peer %u: removed from the configuration%s", peer->sid,
+		 was_up ? ", link closed" : "");
+	if (was_up && mgr->cb.link_down != NULL)
+		mgr->cb.link_down(mgr, peer->sid, "removed from the configuration", mgr->ctx);
+	peer_free(mgr, peer);
+}
+
+void repl_peers_reload(struct repl_peers *mgr, const struct config *cfg)
+{
+	mgr->cfg = cfg;
+	if (mgr->listen_fd < 0)
+		return; /* started without peers: nothing runs to reload */
+	/* New links use the new TLS files; up links keep their session. */
+	mgr->conn_set.tls_cert = cfg->tls_cert;
+	mgr->conn_set.tls_key = cfg->tls_key;
+	mgr->conn_set.tls_ca = cfg->tls_ca;
+	for (size_t i = mgr->peer_count; i-- > 0;) {
+		bool kept = false;
+		for (size_t j = 0; j < cfg->peers.count && !kept; j++)
+			kept = cfg->peers.items[j].sid == mgr->peers[i]->sid;
+		if (!kept)
+			peer_remove(mgr, i);
+	}
+	for (size_t j = 0; j < cfg->peers.count; j++) {
+		const struct config_peer *cp = &cfg->peers.items[j];
+		struct peer *peer = peer_find(mgr, cp->sid);
+		if (peer == NULL) {
+			mgr->peers = xreallocarray(mgr->peers, mgr->peer_count + 1, sizeof(*mgr->peers));
+			mgr->peers[mgr->peer_count++] = peer_new(mgr, cp);
+			log_info("peer %u: added (%s:%u)", cp->sid, cp->addr.host, cp->addr.port);
+			continue;
+		}
+		bool moved = strcmp(peer->host, cp->addr.host) != 0 || peer->port != cp->addr.port;
+		/* The old config's strings go away: borrow the new ones. */
+		peer->host = cp->addr.host;
+		peer->port = cp->addr.port;
+		if (moved) {
+			/* An up link stays; the next connection goes to the
+			 * new address. */
+			peer->n_sa = 0;
+			peer->cur_sa = 0;
+			if (peer->we_connect)
+				(void)peer_resolve(peer);
+			log_info("peer %u: address now %s:%u", cp->sid, cp->addr.host, cp->addr.port);
+		}
+	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -869,7 +947,7 @@ size_t repl_peers_count(const struct repl_peers *mgr)
 
 uint32_t repl_peers_sid(const struct repl_peers *mgr, size_t i)
 {
-	return i < mgr->peer_count ? mgr->peers[i].sid : 0;
+	return i < mgr->peer_count ? mgr->peers[i]->sid : 0;
 }
 
 enum repl_peer_state repl_peers_state(const struct repl_peers *mgr, uint32_t sid,
@@ -893,7 +971,7 @@ size_t repl_peers_up_count(const struct repl_peers *mgr)
 {
 	size_t n = 0;
 	for (size_t i = 0; i < mgr->peer_count; i++)
-		n += mgr->peers[i].state == REPL_PEER_UP;
+		n += mgr->peers[i]->state == REPL_PEER_UP;
 	return n;
 }
 
@@ -903,7 +981,7 @@ void repl_peers_status(const struct repl_peers *mgr, struct buf *out)
 	buf_appendf(out, "peers: %zu\n", mgr->peer_count);
 	buf_appendf(out, "peers_up: %zu\n", repl_peers_up_count(mgr));
 	for (size_t i = 0; i < mgr->peer_count; i++) {
-		const struct peer *p = &mgr->peers[i];
+		const struct peer *p = mgr->peers[i];
 		bool up = p->state == REPL_PEER_UP && p->link != NULL;
 		buf_appendf(out, "peer.%u: %s\n", p->sid, repl_peer_state_name(p->state));
 		buf_appendf(out, "peer.%u.since_ms: %llu\n", p->sid,

@@ -93,6 +93,14 @@ typedef void repl_peer_cmd_handler(struct repl_peers *peers, uint32_t sid,
 int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 		      const struct repl_peers_callbacks *cb, void *ctx,
 		      struct repl_peers **peers_r, char **error_r);
+/* SIGHUP: cfg (which must outlive the manager, like the first one) is now
+ * the configuration.  Peers no longer in it have their links closed
+ * (link_down is called for an up one); new peers get links as at start;
+ * a peer whose address changed keeps an up link and is reached at the new
+ * address next time; new links use cfg's TLS files.  The listener, the
+ * secret and whether TLS is on stay as they were.  Does nothing on a
+ * manager created without peers. */
+void repl_peers_reload(struct repl_peers *mgr, const struct config *cfg);
 /* Closes every link without calling link_down, and the listener. */
 void repl_peers_destroy(struct repl_peers **peers);
 

@@ -1062,6 +1062,38 @@ void cl_stream_init(struct repl_cluster *cl)
 	ev_timer_start(cl->loop, &cl->timer);
 }
 
+void cl_stream_peers_changed(struct repl_cluster *cl)
+{
+	for (size_t i = 0; i < cl->peer_list.count; i++) {
+		struct cl_peer *p = cl->peer_list.items[i];
+		bool configured = false;
+		for (size_t j = 0; j < cl->cfg->peers.count && !configured; j++)
+			configured = cl->cfg->peers.items[j].sid == p->sid;
+		if (!configured && !p->removed) {
+			p->removed = true;
+			p->full_sync = true;
+			full_sync_store(p);
+		}
+		/* Back again: full_sync is still set, the resync follows. */
+		p->removed = !configured;
+	}
+	for (size_t i = 0; i < cl->cfg->peers.count; i++) {
+		uint32_t sid = cl->cfg->peers.items[i].sid;
+		if (cl_peer_find(cl, sid) != NULL)
+			continue;
+		struct cl_peer *p = xcalloc(1, sizeof(*p));
+		p->cl = cl;
+		p->sid = sid;
+		load_peer(p);
+		/* This node knows nothing of what the new peer holds (its log
+		 * cursor, if any, is from before it was removed): every user
+		 * is resynced with it when its link comes up. */
+		p->full_sync = true;
+		full_sync_store(p);
+		ARRAY_PUSH(&cl->peer_list, p);
+	}
+}
+
 void cl_stream_deinit(struct repl_cluster *cl)
 {
 	persist_and_trim(cl);
@@ -1382,6 +1414,8 @@ void cl_stream_status(struct repl_cluster *cl, struct buf *out)
 	uint64_t now = wall_ms(), mono = clock_mono_ms();
 	for (size_t i = 0; i < cl->peer_list.count; i++) {
 		struct cl_peer *p = cl->peer_list.items[i];
+		if (p->removed)
+			continue;
 		uint64_t backlog = p->full_sync || cl->log_last < p->cursor ? 0 :
 								   cl->log_last - p->cursor;
 		uint64_t lag = 0;

@@ -2,6 +2,7 @@
 #include "replicator/repl-sync.h"
 
 #include <ev.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +150,7 @@ struct repl_sync {
 	unsigned chk_inflight;
 	stor_string_list suspects_prev, suspects_cur; /* "sid user" that differed */
 	unsigned long check_rounds, check_compared, check_differed;
+	uint64_t syncs_run, uids_renumbered; /* since start, for status/metrics */
 };
 
 /* ------------------------------------------------------------------ */
@@ -778,6 +780,8 @@ static void run_client_done(struct run *run)
 	uint32_t peer = run->peers[run->cur];
 	const struct sync_report *r = sync_client_report(run->client);
 	bool changed = report_changed(r);
+	run->rs->syncs_run++;
+	run->rs->uids_renumbered += r->messages_renumbered;
 	if (changed)
 		run_notify_all(run);
 	if (changed && r->messages_received + r->messages_expunged + r->flags_changed +
@@ -1134,6 +1138,12 @@ static void queue_push(struct repl_sync *rs, struct queued *q)
 size_t repl_sync_queued(const struct repl_sync *rs)
 {
 	return rs->queue_len;
+}
+
+void repl_sync_status(const struct repl_sync *rs, struct buf *out)
+{
+	buf_appendf(out, "syncs_run: %" PRIu64 "\n", rs->syncs_run);
+	buf_appendf(out, "uids_renumbered: %" PRIu64 "\n", rs->uids_renumbered);
 }
 
 bool repl_sync_busy_with(const struct repl_sync *rs, uint32_t sid)

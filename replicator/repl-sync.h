@@ -104,6 +104,10 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
  * outcome is logged. */
 void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer);
 size_t repl_sync_queued(const struct repl_sync *rs);
+/* Appends "syncs_run: N" (user syncs with a peer this node ran, checks
+ * included) and "uids_renumbered: N" (messages those syncs gave new UIDs,
+ * UIDFIX) since start. */
+void repl_sync_status(const struct repl_sync *rs, struct buf *out);
 /* True while a resync client talks to sid: its MBOX/SELECT own the
  * direction toward sid, so live replication to sid waits. */
 bool repl_sync_busy_with(const struct repl_sync *rs, uint32_t sid);

@@ -23,7 +23,8 @@ static const char *full =
 	"tls_ca = /ca.pem\n"
 	"log_level = debug\n"
 	"max_message_size = 32M\n"
-	"degraded_writes = refuse\n";
+	"degraded_writes = refuse\n"
+	"metrics_listen = 127.0.0.1:9143\n";
 
 static void test_config_full_file_parses_every_key(void)
 {
@@ -45,6 +46,8 @@ static void test_config_full_file_parses_every_key(void)
 	CU_ASSERT_EQUAL(c->max_message_size, 32u * 1024 * 1024);
 	CU_ASSERT_STRING_EQUAL(c->tls_ca, "/ca.pem");
 	CU_ASSERT_EQUAL(c->degraded_writes, CONFIG_DEGRADED_REFUSE);
+	CU_ASSERT_STRING_EQUAL(c->metrics_listen.host, "127.0.0.1");
+	CU_ASSERT_EQUAL(c->metrics_listen.port, 9143);
 	config_free(&c);
 	CU_ASSERT_PTR_NULL(c);
 }
@@ -79,6 +82,8 @@ static void test_config_errors_name_file_and_line(void)
 	expect_error("data_dir =\n", "t.conf:1: empty value for 'data_dir'");
 	expect_error("degraded_writes = maybe\n",
 		     "t.conf:1: degraded_writes must be accept or refuse, not 'maybe'");
+	expect_error("metrics_listen = 9143\n",
+		     "t.conf:1: bad address '9143' (expected HOST:PORT)");
 	expect_error("degraded_writes = accept\ndegraded_writes = refuse\n",
 		     "t.conf:2: 'degraded_writes' given twice");
 }
@@ -125,6 +130,7 @@ static void test_config_print_round_trips(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "sync_replicas = 2\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "repl_log_max = 100000\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "imaps_listen = [::1]:1993\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "metrics_listen = 127.0.0.1:9143\n"));
 	struct config *back = config_parse("p.conf", text, &err);
 	if (back == NULL)
 		fprintf(stderr, "\n  %s\n", err);

@@ -5,4 +5,5 @@ extern const struct test_case repl_peer_cases[];
 int repl_peer_suite_init(void);
 int repl_peer_suite_cleanup(void);
 extern const struct test_case repl_cluster_cases[];
+extern const struct test_case repl_metrics_cases[];
 #endif
