@@ -103,6 +103,8 @@ with tempfile.TemporaryDirectory(prefix="starling-svc-") as tmp:
         check("the unit is Type=simple (starlingd neither forks nor notifies)",
               "\nType=simple\n" in unit, unit)
         check("the unit reloads with SIGHUP", "\nExecReload=/bin/kill -HUP $MAINPID\n" in unit, unit)
+        check("systemd-analyze is there (scripts/install-deps installs systemd)",
+              shutil.which("systemd-analyze") is not None)
         if shutil.which("systemd-analyze"):
             # verify wants ExecStart's binary to exist: point it at the staged one.
             staged = os.path.join(tmp, "starlingd.service")
