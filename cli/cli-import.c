@@ -338,9 +338,18 @@ static int read_uidlist(struct im_mailbox *mb, const char *user, char **error_r)
 		if (mb->uidvalidity == 0)
 			mb->uidvalidity = 1;
 	}
-	if (ret == 0 && !have_guid)
-		derive("starling maildir mailbox", user, strlen(user), mb->name, strlen(mb->name),
+	if (ret == 0) {
+		/* Mailbox GUIDs are unique in a store across users: the same
+		 * Maildir imported for two users must make two mailboxes, so
+		 * the user is part of it, with Dovecot's mailbox GUID when
+		 * the uidlist has one (it survives a rename in Dovecot). */
+		char hex[GUID_HEX_SIZE];
+		if (have_guid)
+			guid_to_hex(&mb->guid, hex);
+		const char *id = have_guid ? hex : mb->name;
+		derive("starling maildir mailbox", user, strlen(user), id, strlen(id),
 		       mb->uidvalidity, &mb->guid);
+	}
 	free(path);
 	buf_free(&b);
 	return ret;

@@ -17,7 +17,8 @@ Dovecot's next UID).  Then:
     file:line, exit 1, nothing imported;
   - a file above max_message_size: one line naming it;
   - a user whose INBOX exists with another UIDVALIDITY: refused, nothing
-    imported.
+    imported;
+  - with no node running, the import opens the store itself.
 The last line is "test-import-maildir: N passed, M failed"."""
 import imaplib
 import os
@@ -202,7 +203,7 @@ def t_all():
     body = message(5001)
     want["alice"]["INBOX"] = (uv, un + 1, msgs + [(un, (), idate(1700000000), len(body), body)])
 
-    c = Cluster(n=2, users={u: PASSWORD for u in ("alice", "bob", "carol", "dave", "erin")},
+    c = Cluster(n=2, users={u: PASSWORD for u in ("alice", "bob", "carol", "dave", "erin", "frank")},
                 extra_config={"max_message_size": 1048576})
     c.start_all()
     c.wait_links_up()
@@ -305,6 +306,13 @@ def t_all():
     ok, lines = one_line_error(r, "INBOX", "UIDVALIDITY", "nothing was imported")
     R.check("an existing INBOX with another UIDVALIDITY is refused", ok, lines)
     R.check("the refused import changed nothing", n1.dump("dave") == before)
+    # No node running: the store is opened directly.
+    c.stop_all()
+    r = run_import(n1, "frank", alice_md)
+    R.check("with no node running, the import opens the store and exits 0", r.returncode == 0,
+            r.stderr)
+    n1.start()
+    compare(want["alice"], snapshot(n1.host, n1.imap_port, "frank", names), "offline")
     c.close()
     reports = c.sanitizer_reports() if hasattr(c, "sanitizer_reports") else []
     R.check("no sanitizer reports from the nodes", not reports, reports)
