@@ -57,6 +57,12 @@ static const char import_usage[] =
  * below SYNC_BUNDLE_MAX_SIZE whatever the batch size. */
 #define BATCH_MAX_BYTES (128ull * 1024 * 1024)
 #define MAILBOX_NAME_MAX 255
+/* Dovecot's modseqs live in its binary index, which this does not read.
+ * They count changes from 1, so every imported mailbox's HIGHESTMODSEQ is
+ * raised to at least this: a CONDSTORE/QRESYNC client's cached modseq from
+ * Dovecot stays below every later change here (it then refetches flags
+ * once, never bodies). */
+#define IMPORT_MIN_MODSEQ (UINT64_C(1) << 32)
 
 struct im_msg {
 	uint32_t uid;
@@ -756,7 +762,7 @@ static int import_batch(struct importer *im, struct im_mailbox *mb, const bool *
 	}
 	buf_free(&raw);
 	buf_free(&text);
-	if (ret == 0 && stor_mailbox_raise(db, &mb->guid, mb->nextuid, 0, &e) < 0) {
+	if (ret == 0 && stor_mailbox_raise(db, &mb->guid, mb->nextuid, IMPORT_MIN_MODSEQ, &e) < 0) {
 		cli_error("mailbox '%s': %s", mb->name, e);
 		ret = -1;
 	}

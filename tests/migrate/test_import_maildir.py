@@ -83,7 +83,9 @@ def snapshot(host, port, user, names):
                 msgs.append((uid, flags, imaplib.Internaldate2tuple(
                     ('INTERNALDATE "%s"' % date).encode()), size, item[1]))
         msgs.sort()
-        out[name] = (uv, un, msgs)
+        typ, st = m.status(quote(name), "(HIGHESTMODSEQ)")
+        hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", st[0]).group(1))
+        out[name] = (uv, un, msgs, hms)
     m.logout()
     return out
 
@@ -145,6 +147,9 @@ def compare(want, got, what):
             continue
         ok &= R.equal("%s: %s UIDVALIDITY" % (what, name), g[0], w[0])
         ok &= R.equal("%s: %s UIDNEXT" % (what, name), g[1], w[1])
+        # A QRESYNC client's cached HIGHESTMODSEQ must stay below later changes.
+        ok &= R.check("%s: %s HIGHESTMODSEQ at least Dovecot's" % (what, name), g[3] >= w[3],
+                      (g[3], w[3]))
         ok &= R.equal("%s: %s UIDs" % (what, name), [x[0] for x in g[2]], [x[0] for x in w[2]])
         ok &= R.check("%s: %s flags and keywords" % (what, name),
                       [x[1] for x in g[2]] == [x[1] for x in w[2]],
@@ -199,9 +204,10 @@ def t_all():
             [x[0] for x in want["alice"]["INBOX"][2]][:6])
     # The dropped file gets Dovecot's next UID, with the file's mtime.
     drop_new_file(alice_md, 1)
-    uv, un, msgs = want["alice"]["INBOX"]
+    uv, un, msgs, hms = want["alice"]["INBOX"]
     body = message(5001)
-    want["alice"]["INBOX"] = (uv, un + 1, msgs + [(un, (), idate(1700000000), len(body), body)])
+    want["alice"]["INBOX"] = (uv, un + 1, msgs + [(un, (), idate(1700000000), len(body), body)],
+                              hms)
 
     c = Cluster(n=2, users={u: PASSWORD for u in ("alice", "bob", "carol", "dave", "erin", "frank")},
                 extra_config={"max_message_size": 1048576})
