@@ -311,14 +311,16 @@ static int read_uidlist(struct im_mailbox *mb, const char *user, char **error_r)
 			ret = -1;
 			break;
 		}
-		if (uid <= last_uid || uid >= mb->nextuid) {
-			*error_r = file_line_error(path, line,
-						   uid <= last_uid ? "UIDs not ascending"
-								   : "UID not below the header's next UID");
+		if (uid <= last_uid) {
+			*error_r = file_line_error(path, line, "UIDs not ascending");
 			ret = -1;
 			break;
 		}
 		last_uid = uid;
+		/* Dovecot appends lines without rewriting the header, whose
+		 * next UID is then behind: the file's is past its last UID. */
+		if (uid >= mb->nextuid)
+			mb->nextuid = uid + 1;
 		size_t flen = strlen(fname);
 		if (flen == 0 || flen > NAME_MAX || strchr(fname, '/') != NULL || fname[0] == '.') {
 			*error_r = file_line_error(path, line, "bad file name");
