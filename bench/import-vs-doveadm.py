@@ -61,6 +61,11 @@ def main():
         sys.exit("starling import failed: %s" % r.stderr.decode(errors="replace"))
     print("measured: starling import maildir (2 nodes, peers resynced): %.1f s, %.0f msg/s"
           % (ts, N / ts))
+    t = time.time()
+    r = subprocess.run([c.cli, "-c", n1.conf, "import", "maildir", "-u", "src", md],
+                       capture_output=True, env=sanitizer_env())
+    print("measured: the same import again (everything there, skipped): %.1f s (exit %d)"
+          % (time.time() - t, r.returncode))
     c.close()
 
     t = time.time()

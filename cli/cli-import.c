@@ -86,6 +86,10 @@ struct im_mailbox {
 
 struct existing {
 	struct buf dump;
+	/* The dump's "msg " lines (past "msg "), sorted, so a resumed
+	 * import of many messages finds each in log time. */
+	const char **msgs;
+	size_t nmsgs;
 };
 
 static char *file_line_error(const char *path, unsigned line, const char *why)
@@ -526,6 +530,38 @@ static uint32_t field_u32(const char *line, const char *key)
 	return (uint32_t)strtoul(p + strlen(key), NULL, 10);
 }
 
+/* Orders dump lines up to their end of line. */
+static int line_cmp(const void *a, const void *b)
+{
+	const unsigned char *x = *(const unsigned char *const *)a;
+	const unsigned char *y = *(const unsigned char *const *)b;
+	while (*x == *y && *x != '\n' && *x != '\0')
+		x++, y++;
+	unsigned cx = *x == '\n' ? 0 : *x, cy = *y == '\n' ? 0 : *y;
+	return cx < cy ? -1 : cx > cy;
+}
+
+static int prefix_cmp(const void *key, const void *elem)
+{
+	const char *k = key, *l = *(const char *const *)elem;
+	size_t n = strlen(k);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ck = (unsigned char)k[i];
+		unsigned char cl = l[i] == '\n' ? 0 : (unsigned char)l[i];
+		if (ck != cl)
+			return ck < cl ? -1 : 1;
+		if (cl == 0)
+			break;
+	}
+	return 0;
+}
+
+static bool existing_has_msg(const struct existing *ex, const char *key)
+{
+	return ex->nmsgs > 0 &&
+	       bsearch(key, ex->msgs, ex->nmsgs, sizeof(*ex->msgs), prefix_cmp) != NULL;
+}
+
 static int load_existing(const struct config *cfg, const char *user, struct existing *ex)
 {
 	const char *tokens[] = { "DUMP", user };
@@ -563,6 +599,21 @@ static int load_existing(const struct config *cfg, const char *user, struct exis
 	free(text);
 	buf_append_byte(&ex->dump, '\0');
 	ex->dump.len--;
+	size_t cap = 0;
+	const char *p = (const char *)ex->dump.data, *end = p + ex->dump.len;
+	while (ret == 0 && p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		if (strncmp(p, "msg ", 4) == 0) {
+			if (ex->nmsgs == cap) {
+				cap = cap == 0 ? 256 : cap * 2;
+				ex->msgs = xreallocarray(ex->msgs, cap, sizeof(*ex->msgs));
+			}
+			ex->msgs[ex->nmsgs++] = p + 4;
+		}
+		p = nl != NULL ? nl + 1 : end;
+	}
+	if (ex->nmsgs > 0)
+		qsort(ex->msgs, ex->nmsgs, sizeof(*ex->msgs), line_cmp);
 	return ret;
 }
 
@@ -826,9 +877,9 @@ static int import_mailbox(struct importer *im, struct im_mailbox *mb, const stru
 			derive("starling maildir message", mb->guid.b, GUID_SIZE, id, strlen(id),
 			       m->uid, &g);
 			guid_to_hex(&g, hex);
-			char *after = xasprintf(" uid=%u guid=%s ", m->uid, hex);
-			skip[i] = dump_find(ex, "msg ", mb->name, after) != NULL;
-			free(after);
+			char *key = xasprintf("%s uid=%u guid=%s ", mb->name, m->uid, hex);
+			skip[i] = existing_has_msg(ex, key);
+			free(key);
 		}
 	}
 	for (size_t i = 0; i < mb->count; i++)
@@ -1055,7 +1106,7 @@ static int cmd_maildir(const struct config *cfg, int argc, char **argv)
 		}
 		im.total += mbs[i].count;
 	}
-	struct existing ex = { BUF_INIT };
+	struct existing ex = { BUF_INIT, NULL, 0 };
 	if (ret == 0 && load_existing(cfg, user, &ex) < 0)
 		ret = 1;
 	/* A mailbox the user has with another UIDVALIDITY cannot keep
@@ -1094,6 +1145,7 @@ static int cmd_maildir(const struct config *cfg, int argc, char **argv)
 		       (double)im.bytes / (1024.0 * 1024.0), t);
 	}
 	buf_free(&ex.dump);
+	free(ex.msgs);
 	for (size_t i = 0; i < nmbs; i++)
 		mailbox_free(&mbs[i]);
 	free(mbs);
