@@ -72,6 +72,14 @@ struct im_msg {
 	char *gfield;    /* uidlist G value, or NULL */
 	uint32_t flags;
 	unsigned kwbits; /* letters a-z */
+	uint64_t size;   /* bytes, as the source tells it */
+	/* From an IMAP server: keywords, date and (for one batch) text. */
+	char **kws;
+	size_t nkw;
+	bool have_date;
+	int64_t date;
+	int32_t tz;
+	struct buf text;
 };
 
 struct im_mailbox {
@@ -138,6 +146,10 @@ static void mailbox_free(struct im_mailbox *mb)
 		free(mb->msgs[i].file);
 		free(mb->msgs[i].base);
 		free(mb->msgs[i].gfield);
+		for (size_t k = 0; k < mb->msgs[i].nkw; k++)
+			free(mb->msgs[i].kws[k]);
+		free(mb->msgs[i].kws);
+		buf_free(&mb->msgs[i].text);
 	}
 	free(mb->msgs);
 	for (int i = 0; i < 26; i++)
@@ -441,6 +453,7 @@ static int scan_files(struct im_mailbox *mb, uint64_t max_size, char **error_r)
 			free(fpath);
 			if (ret < 0)
 				break;
+			uint64_t fsize = (uint64_t)st.st_size;
 			char *base = xstrndup(de->d_name, strcspn(de->d_name, ":"));
 			struct im_msg key = { .base = base };
 			struct im_msg *m = listed == 0 ? NULL :
@@ -464,6 +477,7 @@ static int scan_files(struct im_mailbox *mb, uint64_t max_size, char **error_r)
 			}
 			m->dir = xstrdup(dirs[d]);
 			m->file = xstrdup(de->d_name);
+			m->size = fsize;
 			parse_info(m, de->d_name);
 		}
 		closedir(dir);
@@ -651,6 +665,10 @@ struct importer {
 	size_t nsubs;
 	bool subs_sent;
 	bool through_node;      /* merged by a running node: resync its peers */
+	/* IMAP: fetches the texts of msgs [from, to) not skipped. */
+	int (*fetch)(struct importer *im, struct im_mailbox *mb, const bool *skip, size_t from,
+		     size_t to);
+	void *fetch_ctx;
 	size_t total, done, skipped;
 	uint64_t bytes;
 	struct timespec start;
@@ -714,6 +732,42 @@ static int merge_bundle(struct importer *im, const struct buf *bundle)
 	return ret;
 }
 
+static void msg_guid(const struct im_mailbox *mb, const struct im_msg *m, struct guid *g_r)
+{
+	const char *id = m->gfield != NULL ? m->gfield : m->base;
+	derive("starling maildir message", mb->guid.b, GUID_SIZE, id, strlen(id), m->uid, g_r);
+}
+
+static int append_one(struct importer *im, struct stor_db *db, const struct im_mailbox *mb,
+		      const struct im_msg *m, const struct buf *text, int64_t mtime,
+		      const char *what)
+{
+	struct guid g;
+	const char *e;
+	msg_guid(mb, m, &g);
+	const char *kws[STOR_MAX_KEYWORDS];
+	size_t nkw = 0;
+	for (int k = 0; k < 26; k++) {
+		if ((m->kwbits & (1u << k)) && mb->keywords[k] != NULL && nkw < STOR_MAX_KEYWORDS)
+			kws[nkw++] = mb->keywords[k];
+	}
+	for (size_t k = 0; k < m->nkw && nkw < STOR_MAX_KEYWORDS; k++)
+		kws[nkw++] = m->kws[k];
+	struct stor_append ap = {
+		.uid = m->uid, .guid = &g, .flags = m->flags, .keywords = kws,
+		.keyword_count = nkw, .internaldate = m->have_date ? m->date : mtime,
+		.internaldate_tz = m->have_date ? m->tz : 0,
+		.text = text->data != NULL ? (const void *)text->data : "",
+		.text_len = text->len,
+	};
+	if (stor_msg_append(db, &mb->guid, &ap, NULL, NULL, &e) < 0) {
+		cli_error("%s: %s", what, e);
+		return -1;
+	}
+	im->bytes += text->len;
+	return 0;
+}
+
 /* Imports msgs [from, to) of mb (to == from: only the mailbox itself). */
 static int import_batch(struct importer *im, struct im_mailbox *mb, const bool *skip,
 			size_t from, size_t to)
@@ -753,8 +807,21 @@ static int import_batch(struct importer *im, struct im_mailbox *mb, const bool *
 		const struct im_msg *m = &mb->msgs[i];
 		if (skip[i])
 			continue;
-		char *fpath = xasprintf("%s/%s/%s", mb->path, m->dir, m->file);
 		struct stat st;
+		memset(&st, 0, sizeof(st));
+		if (m->file == NULL) {
+			if (m->text.len > im->cfg->max_message_size) {
+				cli_error("mailbox '%s' UID %u: %zu bytes, above max_message_size "
+					  "(%llu)", mb->name, m->uid, m->text.len,
+					  (unsigned long long)im->cfg->max_message_size);
+				ret = -1;
+				break;
+			}
+			/* As the server sent it: an IMAP text is CRLF already. */
+			ret = append_one(im, db, mb, m, &m->text, 0, mb->name);
+			continue;
+		}
+		char *fpath = xasprintf("%s/%s/%s", mb->path, m->dir, m->file);
 		buf_reset(&raw);
 		int fd = open(fpath, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0 || fstat(fd, &st) < 0) {
@@ -787,30 +854,8 @@ static int import_batch(struct importer *im, struct im_mailbox *mb, const bool *
 				ret = -1;
 			}
 		}
-		if (ret == 0) {
-			struct guid g;
-			const char *id = m->gfield != NULL ? m->gfield : m->base;
-			derive("starling maildir message", mb->guid.b, GUID_SIZE, id, strlen(id),
-			       m->uid, &g);
-			const char *kws[26];
-			size_t nkw = 0;
-			for (int k = 0; k < 26; k++) {
-				if ((m->kwbits & (1u << k)) && mb->keywords[k] != NULL)
-					kws[nkw++] = mb->keywords[k];
-			}
-			struct stor_append ap = {
-				.uid = m->uid, .guid = &g, .flags = m->flags, .keywords = kws,
-				.keyword_count = nkw, .internaldate = (int64_t)st.st_mtime,
-				.text = text.data != NULL ? (const void *)text.data : "",
-				.text_len = text.len,
-			};
-			if (stor_msg_append(db, &mb->guid, &ap, NULL, NULL, &e) < 0) {
-				cli_error("%s: %s", fpath, e);
-				ret = -1;
-			} else {
-				im->bytes += text.len;
-			}
-		}
+		if (ret == 0)
+			ret = append_one(im, db, mb, m, &text, (int64_t)st.st_mtime, fpath);
 		free(fpath);
 	}
 	buf_free(&raw);
@@ -873,9 +918,7 @@ static int import_mailbox(struct importer *im, struct im_mailbox *mb, const stru
 		for (size_t i = 0; i < mb->count; i++) {
 			struct guid g;
 			const struct im_msg *m = &mb->msgs[i];
-			const char *id = m->gfield != NULL ? m->gfield : m->base;
-			derive("starling maildir message", mb->guid.b, GUID_SIZE, id, strlen(id),
-			       m->uid, &g);
+			msg_guid(mb, m, &g);
 			guid_to_hex(&g, hex);
 			char *key = xasprintf("%s uid=%u guid=%s ", mb->name, m->uid, hex);
 			skip[i] = existing_has_msg(ex, key);
@@ -897,18 +940,17 @@ static int import_mailbox(struct importer *im, struct im_mailbox *mb, const stru
 		uint64_t bytes = 0;
 		while (to < mb->count && n < batch && bytes < BATCH_MAX_BYTES) {
 			if (!skip[to]) {
-				struct stat st;
-				char *p = xasprintf("%s/%s/%s", mb->path, mb->msgs[to].dir,
-						    mb->msgs[to].file);
-				if (stat(p, &st) == 0)
-					bytes += (uint64_t)st.st_size;
-				free(p);
+				bytes += mb->msgs[to].size;
 				n++;
 			}
 			to++;
 		}
-		if (n > 0 || need_mailbox)
+		if (n > 0 && im->fetch != NULL)
+			ret = im->fetch(im, mb, skip, from, to);
+		if (ret == 0 && (n > 0 || need_mailbox))
 			ret = import_batch(im, mb, skip, from, to);
+		for (size_t i = from; i < to; i++)
+			buf_free(&mb->msgs[i].text);
 		need_mailbox = false;
 		if (ret == 0)
 			resync_peers(im);
