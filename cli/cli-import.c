@@ -25,6 +25,10 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +48,10 @@
 #include "sync/sync-bundle.h"
 
 static const char import_usage[] =
-	"usage: starling -c FILE import maildir -u USER [--batch N] PATH";
+	"usage: starling -c FILE import maildir -u USER [--batch N] PATH\n"
+	"       starling -c FILE import imap -u USER --host HOST [--port PORT] --user LOGIN "
+	"[--batch N]\n"
+	"       (the password on stdin)";
 
 /* Bundles from an import carry this SOURCE: a node id no cluster is
  * expected to use, so the merge state of imports is kept apart from any
@@ -80,6 +87,7 @@ struct im_msg {
 	int64_t date;
 	int32_t tz;
 	struct buf text;
+	bool have_text;
 };
 
 struct im_mailbox {
@@ -954,6 +962,8 @@ static int import_mailbox(struct importer *im, struct im_mailbox *mb, const stru
 		need_mailbox = false;
 		if (ret == 0)
 			resync_peers(im);
+		if (ret < 0)
+			break;
 		im->done += n;
 		from = to;
 		double t = elapsed(im);
@@ -1053,6 +1063,57 @@ static int read_subscriptions(const char *root, struct importer *im)
 	return ret;
 }
 
+/* The common part of every source: checks the user's mailboxes, then
+ * imports mailbox after mailbox.  Returns the exit status. */
+static int run_import(struct importer *im, struct im_mailbox *mbs, size_t nmbs,
+		      const char *source, size_t batch)
+{
+	const struct config *cfg = im->cfg;
+	const char *user = im->user;
+	int ret = 0;
+	struct existing ex = { BUF_INIT, NULL, 0 };
+	if (ret == 0 && load_existing(cfg, user, &ex) < 0)
+		ret = 1;
+	/* A mailbox the user has with another UIDVALIDITY cannot keep
+	 * the source's UIDs; refuse before anything is merged. */
+	for (size_t i = 0; ret == 0 && i < nmbs; i++) {
+		const char *line = dump_find(&ex, "mailbox ", mbs[i].name, " guid=");
+		if (line == NULL)
+			continue;
+		uint32_t v = field_u32(line, " uidvalidity=");
+		if (v != mbs[i].uidvalidity) {
+			cli_error("mailbox '%s' of %s exists here with UIDVALIDITY %u, the source's is "
+				  "%u: its UIDs cannot be kept.  Import before the user logs in or "
+				  "gets mail here, or delete (or rename) the mailbox here first; "
+				  "nothing was imported", mbs[i].name, user, v, mbs[i].uidvalidity);
+			ret = 1;
+		}
+		char hex[GUID_HEX_SIZE];
+		const char *g = strstr(line, "guid=");
+		if (ret == 0 && g != NULL && (size_t)(strcspn(g + 5, " \n")) == 32) {
+			memcpy(hex, g + 5, 32);
+			hex[32] = '\0';
+			/* Merge into that very mailbox. */
+			(void)guid_from_hex(hex, &mbs[i].guid);
+		}
+	}
+	if (ret == 0)
+		fprintf(stderr, "import: %s: %zu mailboxes, %zu messages\n", source, nmbs, im->total);
+	for (size_t i = 0; ret == 0 && i < nmbs; i++) {
+		if (import_mailbox(im, &mbs[i], &ex, batch) < 0)
+			ret = 1;
+	}
+	if (ret == 0) {
+		double t = elapsed(im);
+		printf("imported %s into %s: %zu mailboxes, %zu messages (%zu were there "
+		       "already), %.1f MiB in %.1f s\n", source, user, nmbs, im->done, im->skipped,
+		       (double)im->bytes / (1024.0 * 1024.0), t);
+	}
+	buf_free(&ex.dump);
+	free(ex.msgs);
+	return ret;
+}
+
 static int cmd_maildir(const struct config *cfg, int argc, char **argv)
 {
 	const char *user = NULL, *root = NULL;
@@ -1148,46 +1209,850 @@ static int cmd_maildir(const struct config *cfg, int argc, char **argv)
 		}
 		im.total += mbs[i].count;
 	}
-	struct existing ex = { BUF_INIT, NULL, 0 };
-	if (ret == 0 && load_existing(cfg, user, &ex) < 0)
-		ret = 1;
-	/* A mailbox the user has with another UIDVALIDITY cannot keep
-	 * Dovecot's UIDs; refuse before anything is merged. */
-	for (size_t i = 0; ret == 0 && i < nmbs; i++) {
-		const char *line = dump_find(&ex, "mailbox ", mbs[i].name, " guid=");
-		if (line == NULL)
+	if (ret == 0)
+		ret = run_import(&im, mbs, nmbs, root, batch);
+	for (size_t i = 0; i < nmbs; i++)
+		mailbox_free(&mbs[i]);
+	free(mbs);
+	for (size_t i = 0; i < im.nsubs; i++)
+		free(im.subs[i]);
+	free(im.subs);
+	free(im.secret);
+	return ret;
+}
+
+/* ---- From an IMAP server ---- */
+
+/* A line of a response (without its literals) and a response as a whole
+ * are bounded, so a hostile server cannot make the tool grow without end. */
+#define IMC_LINE_MAX (1024u * 1024)
+#define IMC_TIMEOUT_S 120
+
+struct imc {
+	int fd;
+	const char *host;
+	struct buf in;
+	unsigned tag;
+	uint64_t max_literal;
+	char *selected;        /* the mailbox EXAMINEd, or NULL */
+	uint32_t selected_uidvalidity;
+};
+
+/* Reads one whole response (its literals inline) into out.  0, or -1 with
+ * a message printed. */
+static int imc_fill(struct imc *c)
+{
+	unsigned char *p = buf_reserve(&c->in, 65536);
+	ssize_t n = read(c->fd, p, 65536);
+	if (n <= 0) {
+		cli_error("%s: %s", c->host, n == 0 ? "the server closed the connection" :
+			  errno == EAGAIN || errno == EWOULDBLOCK ? "the server did not answer "
+			  "in time" : strerror(errno));
+		return -1;
+	}
+	buf_commit(&c->in, (size_t)n);
+	return 0;
+}
+
+static int imc_read(struct imc *c, struct buf *out)
+{
+	buf_reset(out);
+	size_t line_bytes = 0;
+	for (;;) {
+		const unsigned char *start = buf_rptr(&c->in);
+		const unsigned char *nl = buf_avail(&c->in) == 0 ? NULL :
+					  memchr(start, '\n', buf_avail(&c->in));
+		if (nl == NULL) {
+			if (buf_avail(&c->in) + line_bytes > IMC_LINE_MAX) {
+				cli_error("%s: a response line longer than %u bytes", c->host,
+					  IMC_LINE_MAX);
+				return -1;
+			}
+			buf_compact(&c->in);
+			if (imc_fill(c) < 0)
+				return -1;
 			continue;
-		uint32_t v = field_u32(line, " uidvalidity=");
-		if (v != mbs[i].uidvalidity) {
-			cli_error("mailbox '%s' of %s exists here with UIDVALIDITY %u, Dovecot's is "
-				  "%u: its UIDs cannot be kept.  Import before the user logs in or "
-				  "gets mail here, or delete (or rename) the mailbox here first; "
-				  "nothing was imported", mbs[i].name, user, v, mbs[i].uidvalidity);
-			ret = 1;
 		}
-		char hex[GUID_HEX_SIZE];
-		const char *g = strstr(line, "guid=");
-		if (ret == 0 && g != NULL && (size_t)(strcspn(g + 5, " \n")) == 32) {
-			memcpy(hex, g + 5, 32);
-			hex[32] = '\0';
-			/* Merge into that very mailbox. */
-			(void)guid_from_hex(hex, &mbs[i].guid);
+		size_t len = (size_t)(nl - start) + 1;
+		line_bytes += len;
+		if (line_bytes > IMC_LINE_MAX) {
+			cli_error("%s: a response longer than %u bytes besides its literals", c->host,
+				  IMC_LINE_MAX);
+			return -1;
+		}
+		buf_append(out, start, len);
+		buf_consume(&c->in, len);
+		/* A literal announced at the end of the line: "{n}\r\n". */
+		size_t ol = out->len;
+		const char *o = (const char *)out->data;
+		if (ol >= 4 && o[ol - 2] == '\r' && o[ol - 3] == '}') {
+			size_t k = ol - 4;
+			uint64_t v = 0, mul = 1;
+			bool digits = false;
+			while (k > 0 && o[k] >= '0' && o[k] <= '9' && mul <= 1000000000000ull) {
+				v += (uint64_t)(o[k] - '0') * mul;
+				mul *= 10;
+				digits = true;
+				k--;
+			}
+			if (digits && o[k] == '{') {
+				if (v > c->max_literal) {
+					cli_error("%s: a literal of %llu bytes, above max_message_size",
+						  c->host, (unsigned long long)v);
+					return -1;
+				}
+				while (buf_avail(&c->in) < v) {
+					buf_compact(&c->in);
+					if (imc_fill(c) < 0)
+						return -1;
+				}
+				buf_append(out, buf_rptr(&c->in), (size_t)v);
+				buf_consume(&c->in, (size_t)v);
+				continue;
+			}
+		}
+		buf_append_byte(out, '\0');
+		out->len--;
+		return 0;
+	}
+}
+
+static int imc_send(struct imc *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int imc_send(struct imc *c, const char *fmt, ...)
+{
+	struct buf b = BUF_INIT;
+	va_list ap;
+	va_start(ap, fmt);
+	buf_appendf(&b, "s%u ", ++c->tag);
+	buf_vappendf(&b, fmt, ap);
+	va_end(ap);
+	buf_append(&b, "\r\n", 2);
+	size_t off = 0;
+	while (off < b.len) {
+		ssize_t n = write(c->fd, b.data + off, b.len - off);
+		if (n <= 0) {
+			cli_error("%s: %s", c->host, n == 0 ? "write failed" : strerror(errno));
+			buf_free(&b);
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	buf_free(&b);
+	return 0;
+}
+
+/* Whether resp is the tagged answer to the last command: 1 OK, 0 not
+ * tagged, -1 NO/BAD (printed). */
+static int imc_tagged(struct imc *c, const struct buf *resp, const char *what)
+{
+	char tag[32];
+	int n = snprintf(tag, sizeof(tag), "s%u ", c->tag);
+	if (resp->len < (size_t)n || memcmp(resp->data, tag, (size_t)n) != 0)
+		return 0;
+	const char *rest = (const char *)resp->data + n;
+	if (strncasecmp(rest, "OK", 2) == 0)
+		return 1;
+	size_t l = strcspn(rest, "\r\n");
+	cli_error("%s: %s: %.*s", c->host, what, (int)(l > 200 ? 200 : l), rest);
+	return -1;
+}
+
+/* Token reader over one response. */
+struct imt {
+	const unsigned char *p, *end;
+};
+enum imt_kind { IMT_END, IMT_ERR, IMT_ATOM, IMT_STRING, IMT_NIL, IMT_LPAREN, IMT_RPAREN };
+
+static enum imt_kind imt_next(struct imt *t, struct buf *val)
+{
+	buf_reset(val);
+	while (t->p < t->end && *t->p == ' ')
+		t->p++;
+	if (t->p >= t->end || *t->p == '\r' || *t->p == '\n')
+		return IMT_END;
+	unsigned char ch = *t->p;
+	if (ch == '(') {
+		t->p++;
+		return IMT_LPAREN;
+	}
+	if (ch == ')') {
+		t->p++;
+		return IMT_RPAREN;
+	}
+	if (ch == '"') {
+		t->p++;
+		while (t->p < t->end && *t->p != '"') {
+			if (*t->p == '\\' && t->p + 1 < t->end)
+				t->p++;
+			if (*t->p == '\r' || *t->p == '\n')
+				return IMT_ERR;
+			buf_append_byte(val, *t->p++);
+		}
+		if (t->p >= t->end)
+			return IMT_ERR;
+		t->p++;
+		buf_append_byte(val, '\0');
+		val->len--;
+		return IMT_STRING;
+	}
+	if (ch == '{') {
+		const unsigned char *q = t->p + 1;
+		uint64_t v = 0;
+		while (q < t->end && *q >= '0' && *q <= '9' && v < (1ull << 40))
+			v = v * 10 + (uint64_t)(*q++ - '0');
+		if (q < t->end && *q == '+')
+			q++;
+		if (q + 3 > t->end || q[0] != '}' || q[1] != '\r' || q[2] != '\n' ||
+		    v > (uint64_t)(t->end - (q + 3)))
+			return IMT_ERR;
+		buf_append(val, q + 3, (size_t)v);
+		t->p = q + 3 + v;
+		buf_append_byte(val, '\0');
+		val->len--;
+		return IMT_STRING;
+	}
+	/* An atom, with the brackets of BODY[] and [UIDVALIDITY n]. */
+	int depth = 0;
+	while (t->p < t->end) {
+		ch = *t->p;
+		if (ch == '[')
+			depth++;
+		else if (ch == ']')
+			depth--;
+		else if (depth <= 0 && (ch == ' ' || ch == '(' || ch == ')' || ch == '\r' ||
+					ch == '\n'))
+			break;
+		else if (ch == '\r' || ch == '\n' || ch == '"' || ch == '{')
+			break;
+		buf_append_byte(val, ch);
+		t->p++;
+	}
+	buf_append_byte(val, '\0');
+	val->len--;
+	if (val->len == 0)
+		return IMT_ERR;
+	return strcasecmp((const char *)val->data, "NIL") == 0 ? IMT_NIL : IMT_ATOM;
+}
+
+/* Skips one value (after its first token k). */
+static int imt_skip(struct imt *t, enum imt_kind k, struct buf *tmp)
+{
+	if (k == IMT_LPAREN) {
+		for (int depth = 1, guard = 0; depth > 0; guard++) {
+			if (guard > 100000)
+				return -1;
+			k = imt_next(t, tmp);
+			if (k == IMT_END || k == IMT_ERR)
+				return -1;
+			depth += k == IMT_LPAREN ? 1 : k == IMT_RPAREN ? -1 : 0;
+		}
+		return 0;
+	}
+	return k == IMT_ATOM || k == IMT_STRING || k == IMT_NIL ? 0 : -1;
+}
+
+static int parse_u32_str(const struct buf *v, uint32_t *r)
+{
+	return parse_u32((const char *)v->data, v->len, r);
+}
+
+/* "dd-Mon-yyyy hh:mm:ss +zzzz". */
+static int parse_idate(const char *s, int64_t *t_r, int32_t *tz_r)
+{
+	static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+	struct tm tm;
+	memset(&tm, 0, sizeof(tm));
+	char mon[4];
+	int d, y, hh, mm, ss, consumed = 0;
+	char sign;
+	int zone;
+	if (*s == ' ')
+		s++;
+	if (sscanf(s, "%2d-%3c-%4d %2d:%2d:%2d %c%4d%n", &d, mon, &y, &hh, &mm, &ss, &sign,
+		   &zone, &consumed) != 8 || s[consumed] != '\0' || (sign != '+' && sign != '-'))
+		return -1;
+	mon[3] = '\0';
+	const char *m = strstr(months, mon);
+	if (m == NULL || (m - months) % 3 != 0 || d < 1 || d > 31 || y < 1900 || y > 9999 ||
+	    hh > 23 || mm > 59 || ss > 60 || zone > 2359 || zone % 100 > 59)
+		return -1;
+	tm.tm_mday = d;
+	tm.tm_mon = (int)((m - months) / 3);
+	tm.tm_year = y - 1900;
+	tm.tm_hour = hh;
+	tm.tm_min = mm;
+	tm.tm_sec = ss;
+	int32_t tz = (zone / 100) * 60 + zone % 100;
+	if (sign == '-')
+		tz = -tz;
+	*t_r = (int64_t)timegm(&tm) - (int64_t)tz * 60;
+	*tz_r = tz;
+	return 0;
+}
+
+static void add_keyword(struct im_msg *m, const char *kw)
+{
+	if (m->nkw >= STOR_MAX_KEYWORDS || strlen(kw) > 128)
+		return;
+	for (const char *p = kw; *p != '\0'; p++) {
+		if (!is_atom_char((unsigned char)*p))
+			return;
+	}
+	m->kws = xreallocarray(m->kws, m->nkw + 1, sizeof(char *));
+	m->kws[m->nkw++] = xstrdup(kw);
+}
+
+/* One "* n FETCH (...)" into the fields it names.  uid_r gets its UID (0
+ * when none); with m NULL only the UID is read; text_r (may be NULL) gets
+ * BODY[]. */
+static int parse_fetch(const struct buf *resp, uint32_t *uid_r, struct im_msg *m,
+		       struct buf *text_r, bool *have_text_r)
+{
+	struct imt t = { resp->data, resp->data + resp->len };
+	struct buf v = BUF_INIT, tmp = BUF_INIT;
+	int ret = -1;
+	*uid_r = 0;
+	if (have_text_r != NULL)
+		*have_text_r = false;
+	if (imt_next(&t, &v) != IMT_ATOM || strcmp((char *)v.data, "*") != 0 ||
+	    imt_next(&t, &v) != IMT_ATOM || imt_next(&t, &v) != IMT_ATOM ||
+	    strcasecmp((char *)v.data, "FETCH") != 0 || imt_next(&t, &v) != IMT_LPAREN)
+		goto out;
+	for (int guard = 0; guard < 64; guard++) {
+		enum imt_kind k = imt_next(&t, &v);
+		if (k == IMT_RPAREN) {
+			ret = 0;
+			break;
+		}
+		if (k != IMT_ATOM)
+			goto out;
+		char name[64];
+		snprintf(name, sizeof(name), "%s", (char *)v.data);
+		k = imt_next(&t, &v);
+		if (strcasecmp(name, "UID") == 0) {
+			if (k != IMT_ATOM || parse_u32_str(&v, uid_r) < 0 || *uid_r == 0 ||
+			    *uid_r > MAIL_UID_MAX)
+				goto out;
+		} else if (strcasecmp(name, "FLAGS") == 0 && m != NULL) {
+			if (k != IMT_LPAREN)
+				goto out;
+			for (int g2 = 0;; g2++) {
+				k = imt_next(&t, &v);
+				if (k == IMT_RPAREN)
+					break;
+				if (k != IMT_ATOM || g2 > 1000)
+					goto out;
+				const char *f = (const char *)v.data;
+				if (strcasecmp(f, "\\Seen") == 0)
+					m->flags |= STOR_FLAG_SEEN;
+				else if (strcasecmp(f, "\\Answered") == 0)
+					m->flags |= STOR_FLAG_ANSWERED;
+				else if (strcasecmp(f, "\\Flagged") == 0)
+					m->flags |= STOR_FLAG_FLAGGED;
+				else if (strcasecmp(f, "\\Deleted") == 0)
+					m->flags |= STOR_FLAG_DELETED;
+				else if (strcasecmp(f, "\\Draft") == 0)
+					m->flags |= STOR_FLAG_DRAFT;
+				else if (f[0] != '\\')
+					add_keyword(m, f);
+			}
+		} else if (strcasecmp(name, "INTERNALDATE") == 0 && m != NULL) {
+			if (k != IMT_STRING ||
+			    parse_idate((const char *)v.data, &m->date, &m->tz) < 0)
+				goto out;
+			m->have_date = true;
+		} else if (strcasecmp(name, "RFC822.SIZE") == 0 && m != NULL) {
+			uint32_t sz;
+			if (k != IMT_ATOM || parse_u32_str(&v, &sz) < 0)
+				goto out;
+			m->size = sz;
+		} else if (strcasecmp(name, "BODY[]") == 0 && text_r != NULL) {
+			if (k != IMT_STRING)
+				goto out;
+			buf_reset(text_r);
+			buf_append(text_r, v.data != NULL ? (const void *)v.data : "", v.len);
+			*have_text_r = true;
+		} else if (imt_skip(&t, k, &tmp) < 0) {
+			goto out;
 		}
 	}
-	if (ret == 0)
-		fprintf(stderr, "import: %s: %zu mailboxes, %zu messages\n", root, nmbs, im.total);
-	for (size_t i = 0; ret == 0 && i < nmbs; i++) {
-		if (import_mailbox(&im, &mbs[i], &ex, batch) < 0)
-			ret = 1;
+out:
+	buf_free(&v);
+	buf_free(&tmp);
+	return ret;
+}
+
+static int imc_examine(struct imc *c, struct im_mailbox *mb, const char *remote,
+		       uint32_t *exists_r, uint32_t *uidnext_r)
+{
+	struct buf resp = BUF_INIT;
+	struct buf q = BUF_INIT;
+	buf_append_byte(&q, '"');
+	for (const char *p = remote; *p != '\0'; p++) {
+		if (*p == '"' || *p == '\\')
+			buf_append_byte(&q, '\\');
+		buf_append_byte(&q, (unsigned char)*p);
+	}
+	buf_append_byte(&q, '"');
+	int ret = imc_send(c, "EXAMINE %.*s", (int)q.len, (const char *)q.data);
+	uint32_t uv = 0, un = 0, ex = 0;
+	while (ret == 0) {
+		if (imc_read(c, &resp) < 0) {
+			ret = -1;
+			break;
+		}
+		int r = imc_tagged(c, &resp, "EXAMINE");
+		if (r != 0) {
+			ret = r < 0 ? -1 : 0;
+			break;
+		}
+		const char *l = (const char *)resp.data;
+		const char *x;
+		if ((x = strstr(l, "[UIDVALIDITY ")) != NULL)
+			uv = (uint32_t)strtoul(x + 13, NULL, 10);
+		if ((x = strstr(l, "[UIDNEXT ")) != NULL)
+			un = (uint32_t)strtoul(x + 9, NULL, 10);
+		if (strncmp(l, "* ", 2) == 0 && (x = strstr(l, " EXISTS")) != NULL)
+			ex = (uint32_t)strtoul(l + 2, NULL, 10);
+	}
+	buf_free(&resp);
+	buf_free(&q);
+	if (ret == 0 && uv == 0) {
+		cli_error("%s: mailbox '%s' has no UIDVALIDITY", c->host, remote);
+		ret = -1;
+	}
+	if (ret == 0 && mb->uidvalidity != 0 && uv != mb->uidvalidity) {
+		cli_error("%s: the UIDVALIDITY of '%s' changed during the import: run it again",
+			  c->host, remote);
+		ret = -1;
 	}
 	if (ret == 0) {
-		double t = elapsed(&im);
-		printf("imported %s into %s: %zu mailboxes, %zu messages (%zu were there "
-		       "already), %.1f MiB in %.1f s\n", root, user, nmbs, im.done, im.skipped,
-		       (double)im.bytes / (1024.0 * 1024.0), t);
+		mb->uidvalidity = uv;
+		free(c->selected);
+		c->selected = xstrdup(remote);
+		if (exists_r != NULL)
+			*exists_r = ex;
+		if (uidnext_r != NULL)
+			*uidnext_r = un > MAIL_UIDNEXT_MAX ? MAIL_UIDNEXT_MAX : un;
 	}
-	buf_free(&ex.dump);
-	free(ex.msgs);
+	return ret;
+}
+
+static int uid_cmp_key(const void *key, const void *elem)
+{
+	uint32_t k = *(const uint32_t *)key, u = ((const struct im_msg *)elem)->uid;
+	return k < u ? -1 : k > u;
+}
+
+/* Reads a mailbox's messages (no texts yet). */
+static int imc_scan(struct imc *c, struct im_mailbox *mb)
+{
+	uint32_t exists = 0, uidnext = 0;
+	if (imc_examine(c, mb, mb->path, &exists, &uidnext) < 0)
+		return -1;
+	mb->nextuid = uidnext > 0 ? uidnext : 1;
+	if (exists == 0)
+		return 0;
+	if (imc_send(c, "UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)") < 0)
+		return -1;
+	struct buf resp = BUF_INIT;
+	int ret = 0;
+	for (;;) {
+		if (imc_read(c, &resp) < 0) {
+			ret = -1;
+			break;
+		}
+		int r = imc_tagged(c, &resp, "UID FETCH");
+		if (r != 0) {
+			ret = r < 0 ? -1 : 0;
+			break;
+		}
+		if (strstr((const char *)resp.data, " FETCH ") == NULL)
+			continue;
+		struct im_msg tmp;
+		memset(&tmp, 0, sizeof(tmp));
+		uint32_t uid;
+		if (parse_fetch(&resp, &uid, &tmp, NULL, NULL) < 0 || uid == 0 || !tmp.have_date) {
+			cli_error("%s: mailbox '%s': a FETCH response without a valid UID, FLAGS "
+				  "or INTERNALDATE", c->host, mb->path);
+			for (size_t k = 0; k < tmp.nkw; k++)
+				free(tmp.kws[k]);
+			free(tmp.kws);
+			ret = -1;
+			break;
+		}
+		if (mb->count >= (size_t)exists + 100000) {
+			cli_error("%s: mailbox '%s': more FETCH responses than messages", c->host,
+				  mb->path);
+			for (size_t k = 0; k < tmp.nkw; k++)
+				free(tmp.kws[k]);
+			free(tmp.kws);
+			ret = -1;
+			break;
+		}
+		tmp.uid = uid;
+		tmp.base = xstrdup("imap");
+		*msg_add(mb) = tmp;
+	}
+	buf_free(&resp);
+	if (ret == 0 && mb->count > 0) {
+		qsort(mb->msgs, mb->count, sizeof(*mb->msgs), msg_uid_cmp);
+		/* One message per UID (a server may repeat one). */
+		size_t w = 1;
+		for (size_t i = 1; i < mb->count; i++) {
+			if (mb->msgs[i].uid != mb->msgs[w - 1].uid) {
+				mb->msgs[w++] = mb->msgs[i];
+			} else {
+				free(mb->msgs[i].base);
+				for (size_t k = 0; k < mb->msgs[i].nkw; k++)
+					free(mb->msgs[i].kws[k]);
+				free(mb->msgs[i].kws);
+			}
+		}
+		mb->count = w;
+		if (mb->msgs[w - 1].uid >= mb->nextuid)
+			mb->nextuid = mb->msgs[w - 1].uid + 1;
+	}
+	for (size_t i = 0; ret == 0 && i < mb->count; i++) {
+		if (mb->msgs[i].size > c->max_literal) {
+			cli_error("%s: mailbox '%s' UID %u: %llu bytes, above max_message_size (%llu)",
+				  c->host, mb->path, mb->msgs[i].uid,
+				  (unsigned long long)mb->msgs[i].size,
+				  (unsigned long long)c->max_literal);
+			ret = -1;
+		}
+	}
+	return ret;
+}
+
+static int imc_fetch_texts(struct importer *im, struct im_mailbox *mb, const bool *skip,
+			   size_t from, size_t to)
+{
+	struct imc *c = im->fetch_ctx;
+	if ((c->selected == NULL || strcmp(c->selected, mb->path) != 0) &&
+	    imc_examine(c, mb, mb->path, NULL, NULL) < 0)
+		return -1;
+	struct buf set = BUF_INIT, resp = BUF_INIT, text = BUF_INIT;
+	for (size_t i = from; i < to; i++) {
+		if (!skip[i])
+			buf_appendf(&set, "%s%u", set.len > 0 ? "," : "", mb->msgs[i].uid);
+	}
+	int ret = imc_send(c, "UID FETCH %s (UID BODY.PEEK[])", (const char *)buf_cstr(&set));
+	while (ret == 0) {
+		if (imc_read(c, &resp) < 0) {
+			ret = -1;
+			break;
+		}
+		int r = imc_tagged(c, &resp, "UID FETCH");
+		if (r != 0) {
+			ret = r < 0 ? -1 : 0;
+			break;
+		}
+		if (strstr((const char *)resp.data, " FETCH ") == NULL)
+			continue;
+		uint32_t uid;
+		bool have = false;
+		if (parse_fetch(&resp, &uid, NULL, &text, &have) < 0) {
+			cli_error("%s: mailbox '%s': a malformed FETCH response", c->host, mb->path);
+			ret = -1;
+			break;
+		}
+		struct im_msg *m = uid == 0 || !have ? NULL :
+			bsearch(&uid, mb->msgs + from, to - from, sizeof(*mb->msgs), uid_cmp_key);
+		if (m != NULL) {
+			buf_reset(&m->text);
+			buf_append(&m->text, text.data != NULL ? (const void *)text.data : "",
+				   text.len);
+			m->have_text = true;
+		}
+	}
+	for (size_t i = from; ret == 0 && i < to; i++) {
+		if (!skip[i] && !mb->msgs[i].have_text) {
+			cli_error("%s: mailbox '%s': UID %u was not sent (expunged meanwhile?): "
+				  "run the import again", c->host, mb->path, mb->msgs[i].uid);
+			ret = -1;
+		}
+	}
+	buf_free(&set);
+	buf_free(&resp);
+	buf_free(&text);
+	return ret;
+}
+
+static char *read_password(void)
+{
+	char line[1024];
+	if (fgets(line, sizeof(line), stdin) == NULL)
+		return NULL;
+	line[strcspn(line, "\r\n")] = '\0';
+	return line[0] == '\0' ? NULL : xstrdup(line);
+}
+
+static void quote_into(struct buf *b, const char *s)
+{
+	buf_append_byte(b, '"');
+	for (; *s != '\0'; s++) {
+		if (*s == '"' || *s == '\\')
+			buf_append_byte(b, '\\');
+		buf_append_byte(b, (unsigned char)*s);
+	}
+	buf_append_byte(b, '"');
+}
+
+/* LIST or LSUB: the names, converted to Starling's '/' hierarchy. */
+static int imc_list(struct imc *c, const char *cmd, struct im_mailbox **mbs, size_t *nmbs,
+		    struct importer *im)
+{
+	if (imc_send(c, "%s \"\" \"*\"", cmd) < 0)
+		return -1;
+	struct buf resp = BUF_INIT, v = BUF_INIT;
+	int ret = 0;
+	for (;;) {
+		if (imc_read(c, &resp) < 0) {
+			ret = -1;
+			break;
+		}
+		int r = imc_tagged(c, &resp, cmd);
+		if (r != 0) {
+			ret = r < 0 ? -1 : 0;
+			break;
+		}
+		struct imt t = { resp.data, resp.data + resp.len };
+		if (imt_next(&t, &v) != IMT_ATOM || strcmp((char *)v.data, "*") != 0 ||
+		    imt_next(&t, &v) != IMT_ATOM || strcasecmp((char *)v.data, cmd) != 0)
+			continue;
+		bool noselect = false;
+		if (imt_next(&t, &v) != IMT_LPAREN) {
+			ret = -1;
+		}
+		for (int g = 0; ret == 0; g++) {
+			enum imt_kind k = imt_next(&t, &v);
+			if (k == IMT_RPAREN)
+				break;
+			if (k != IMT_ATOM || g > 100) {
+				ret = -1;
+				break;
+			}
+			if (strcasecmp((char *)v.data, "\\Noselect") == 0 ||
+			    strcasecmp((char *)v.data, "\\NonExistent") == 0)
+				noselect = true;
+		}
+		char delim = 0;
+		enum imt_kind k = ret == 0 ? imt_next(&t, &v) : IMT_ERR;
+		if (k == IMT_STRING && v.len == 1)
+			delim = (char)v.data[0];
+		else if (k != IMT_NIL)
+			ret = -1;
+		if (ret == 0 && (k = imt_next(&t, &v)) != IMT_STRING && k != IMT_ATOM)
+			ret = -1;
+		if (ret < 0) {
+			cli_error("%s: a malformed %s response", c->host, cmd);
+			break;
+		}
+		const char *remote = (const char *)v.data;
+		if (v.len == 0 || v.len > MAILBOX_NAME_MAX || strlen(remote) != v.len) {
+			cli_error("%s: a mailbox name Starling cannot hold", c->host);
+			ret = -1;
+			break;
+		}
+		char *name = xstrdup(remote);
+		bool ok = true;
+		for (char *p = name; *p != '\0'; p++) {
+			if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+				ok = false;
+			else if (delim != '/' && *p == '/')
+				ok = false;
+			else if (delim != 0 && *p == delim)
+				*p = '/';
+		}
+		if (strncasecmp(name, "INBOX", 5) == 0 && (name[5] == '\0' || name[5] == '/'))
+			memcpy(name, "INBOX", 5);
+		if (ok && (name[0] == '/' || name[strlen(name) - 1] == '/' || strstr(name, "//")))
+			ok = false;
+		if (!ok) {
+			cli_error("%s: mailbox '%s': a name Starling cannot hold (rename it on the "
+				  "server first)", c->host, remote);
+			free(name);
+			ret = -1;
+			break;
+		}
+		if (mbs != NULL && !noselect) {
+			add_mailbox(mbs, nmbs, name, remote);
+		} else if (mbs == NULL) {
+			im->subs = xreallocarray(im->subs, im->nsubs + 1, sizeof(char *));
+			im->subs[im->nsubs++] = xstrdup(name);
+		}
+		free(name);
+		if (mbs != NULL && *nmbs > 100000) {
+			cli_error("%s: more than 100000 mailboxes", c->host);
+			ret = -1;
+			break;
+		}
+	}
+	buf_free(&resp);
+	buf_free(&v);
+	return ret;
+}
+
+static int imc_connect(const char *host, const char *port)
+{
+	struct addrinfo hints, *res = NULL;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	int r = getaddrinfo(host, port, &hints, &res);
+	if (r != 0) {
+		cli_error("%s: %s", host, gai_strerror(r));
+		return -1;
+	}
+	int fd = -1;
+	for (struct addrinfo *a = res; a != NULL && fd < 0; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd < 0)
+			continue;
+		struct timeval tv = { .tv_sec = IMC_TIMEOUT_S };
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		cli_error("%s port %s: cannot connect: %s", host, port, strerror(errno));
+	return fd;
+}
+
+static int cmd_imap(const struct config *cfg, int argc, char **argv)
+{
+	const char *user = NULL, *host = NULL, *port = "143", *ruser = NULL;
+	size_t batch = 1000;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "-u") == 0 && i + 1 < argc) {
+			user = argv[++i];
+		} else if (strcmp(argv[i], "--host") == 0 && i + 1 < argc) {
+			host = argv[++i];
+		} else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
+			port = argv[++i];
+		} else if (strcmp(argv[i], "--user") == 0 && i + 1 < argc) {
+			ruser = argv[++i];
+		} else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
+			uint32_t v;
+			if (parse_u32(argv[i + 1], strlen(argv[i + 1]), &v) < 0 || v == 0 ||
+			    v > 1000000) {
+				cli_error("--batch: a number from 1 to 1000000");
+				return 2;
+			}
+			batch = v;
+			i++;
+		} else {
+			user = NULL;
+			break;
+		}
+	}
+	if (user == NULL || host == NULL || ruser == NULL) {
+		cli_error("%s", import_usage);
+		return 2;
+	}
+	if (!passwd_user_name_valid(user)) {
+		cli_error("invalid user name '%s'", user);
+		return 1;
+	}
+	if (strpbrk(ruser, "\r\n") != NULL) {
+		cli_error("invalid --user");
+		return 2;
+	}
+	char *password = read_password();
+	if (password == NULL) {
+		cli_error("no password on stdin");
+		return 1;
+	}
+	struct importer im = { .cfg = cfg, .user = user };
+	clock_gettime(CLOCK_MONOTONIC, &im.start);
+	char *err = NULL;
+	if (cfg->cluster_secret_file == NULL) {
+		cli_error("an import is merged as a change bundle, signed with the cluster "
+			  "secret: cluster_secret_file is not configured");
+		free(password);
+		return 1;
+	}
+	if (file_read_secret("cluster_secret_file", cfg->cluster_secret_file, CONFIG_SECRET_MIN,
+			     CONFIG_SECRET_MAX, &im.secret, &im.secret_len, &err) < 0) {
+		cli_error("%s", err);
+		free(err);
+		free(password);
+		return 1;
+	}
+	struct imc c = { .fd = -1, .host = host, .max_literal = cfg->max_message_size };
+	struct buf resp = BUF_INIT;
+	struct im_mailbox *mbs = NULL;
+	size_t nmbs = 0;
+	int ret = 0;
+	c.fd = imc_connect(host, port);
+	if (c.fd < 0 || imc_read(&c, &resp) < 0) {
+		ret = 1;
+	} else if (strncmp((const char *)resp.data, "* OK", 4) != 0) {
+		cli_error("%s: no IMAP greeting", host);
+		ret = 1;
+	}
+	if (ret == 0) {
+		struct buf login = BUF_INIT;
+		quote_into(&login, ruser);
+		buf_append_byte(&login, ' ');
+		quote_into(&login, password);
+		if (imc_send(&c, "LOGIN %s", buf_cstr(&login)) < 0)
+			ret = 1;
+		while (ret == 0) {
+			if (imc_read(&c, &resp) < 0) {
+				ret = 1;
+				break;
+			}
+			int r = imc_tagged(&c, &resp, "LOGIN");
+			if (r != 0) {
+				ret = r < 0 ? 1 : 0;
+				break;
+			}
+		}
+		buf_free(&login);
+	}
+	memset(password, 0, strlen(password));
+	free(password);
+	if (ret == 0 && (imc_list(&c, "LIST", &mbs, &nmbs, &im) < 0 ||
+			 imc_list(&c, "LSUB", NULL, NULL, &im) < 0))
+		ret = 1;
+	if (nmbs > 1)
+		qsort(mbs, nmbs, sizeof(*mbs), name_cmp);
+	for (size_t i = 0; ret == 0 && i < nmbs; i++) {
+		if (i > 0 && strcmp(mbs[i].name, mbs[i - 1].name) == 0) {
+			cli_error("%s: two mailboxes named '%s'", host, mbs[i].name);
+			ret = 1;
+			break;
+		}
+		if (imc_scan(&c, &mbs[i]) < 0) {
+			ret = 1;
+			break;
+		}
+		char *id = xasprintf("%s\n%s", host, mbs[i].name);
+		derive("starling imap mailbox", user, strlen(user), id, strlen(id),
+		       mbs[i].uidvalidity, &mbs[i].guid);
+		free(id);
+		im.total += mbs[i].count;
+	}
+	char *source = xasprintf("%s:%s", host, port);
+	im.fetch = imc_fetch_texts;
+	im.fetch_ctx = &c;
+	if (ret == 0)
+		ret = run_import(&im, mbs, nmbs, source, batch);
+	if (c.fd >= 0) {
+		/* After an error the stream may be anywhere in a response. */
+		if (ret == 0 && imc_send(&c, "LOGOUT") == 0)
+			(void)imc_read(&c, &resp);
+		close(c.fd);
+	}
+	free(source);
+	free(c.selected);
+	buf_free(&c.in);
+	buf_free(&resp);
 	for (size_t i = 0; i < nmbs; i++)
 		mailbox_free(&mbs[i]);
 	free(mbs);
@@ -1202,6 +2067,8 @@ int cli_cmd_import(const struct config *cfg, int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "maildir") == 0)
 		return cmd_maildir(cfg, argc, argv);
+	if (argc >= 2 && strcmp(argv[1], "imap") == 0)
+		return cmd_imap(cfg, argc, argv);
 	cli_error("%s", import_usage);
 	return 2;
 }

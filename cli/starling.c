@@ -29,7 +29,10 @@ static const char usage_text[] =
 	"                                the next export back (default FILE.state)\n"
 	"  import maildir -u USER [--batch N] PATH\n"
 	"                                import a Dovecot Maildir keeping UIDVALIDITY,\n"
-	"                                UIDs, flags and keywords (resumable)\n";
+	"                                UIDs, flags and keywords (resumable)\n"
+	"  import imap -u USER --host H [--port P] --user LOGIN [--batch N]\n"
+	"                                import from an IMAP server (password on stdin;\n"
+	"                                plain TCP), keeping UIDs of new mailboxes\n";
 
 static const struct {
 	const char *name;

@@ -189,6 +189,78 @@ def one_line_error(r, *needles):
             all(n in lines[0] for n in needles)), lines
 
 
+def fake_imap(script):
+    """A one-connection IMAP server on loopback answering with script(tag,
+    command) -> bytes; returns its port."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(30)
+
+    def run():
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        conn.settimeout(30)
+        f = conn.makefile("rb")
+        conn.sendall(b"* OK fake\r\n")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                tag, cmd = line.decode().rstrip("\r\n").split(" ", 1)
+                conn.sendall(script(tag, cmd))
+        except OSError:
+            pass
+        conn.close()
+        srv.close()
+    threading.Thread(target=run, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+def t_hostile_imap(c, n1):
+    def base(tag, cmd, fetch):
+        if cmd.startswith("LOGIN"):
+            return b"%s OK\r\n" % tag.encode()
+        if cmd.startswith("LIST"):
+            return b'* LIST () "/" INBOX\r\n%s OK\r\n' % tag.encode()
+        if cmd.startswith("LSUB"):
+            return b"%s OK\r\n" % tag.encode()
+        if cmd.startswith("EXAMINE"):
+            return (b"* 1 EXISTS\r\n* OK [UIDVALIDITY 5] x\r\n* OK [UIDNEXT 3] x\r\n"
+                    b"%s OK\r\n" % tag.encode())
+        if cmd.startswith("UID FETCH 1:*"):
+            return fetch + b"%s OK\r\n" % tag.encode()
+        if cmd.startswith("UID FETCH"):
+            return (b"* 1 FETCH (UID 2 BODY[] {2000000}\r\n" + b"x" * 2000000 + b")\r\n"
+                    b"%s OK\r\n" % tag.encode())
+        return b"%s OK\r\n" % tag.encode()
+    cases = [
+        (b"* 1 FETCH (UID 0 FLAGS () INTERNALDATE \"01-Jan-2020 00:00:00 +0000\" "
+         b"RFC822.SIZE 5)\r\n", "without a valid UID"),
+        (b"* 1 FETCH (UID 2 FLAGS (\\Seen INTERNALDATE \"x\")\r\n", "without a valid UID"),
+        (b"* 1 FETCH (UID 2 FLAGS () INTERNALDATE \"01-Jan-2020 00:00:00 +0000\" "
+         b"RFC822.SIZE 5)\r\n", "max_message_size"),
+        (b"* 1 FETCH (UID 2 FLAGS () INTERNALDATE \"01-Jan-2020 00:00:00 +0000\" "
+         b"RFC822.SIZE 5000000)\r\n", "max_message_size"),
+        (b"* 1 FETCH (UID 2 BODY[] {99999999999}\r\n", "literal"),
+    ]
+    for fetch, why in cases:
+        port = fake_imap(lambda tag, cmd, fetch=fetch: base(tag, cmd, fetch))
+        r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "ivan", "--host",
+                            "127.0.0.1", "--port", str(port), "--user", "x"], input=b"pw\n",
+                           capture_output=True, timeout=120, env=sanitizer_env())
+        lines = r.stderr.decode(errors="replace").strip().splitlines()
+        R.check("hostile IMAP server %r: exit 1, the error names it" % fetch[:40],
+                r.returncode == 1 and lines and why in lines[-1] and
+                not any("runtime error" in x or "Sanitizer" in x for x in lines), lines)
+    R.check("hostile IMAP servers: nothing imported for ivan", "msg " not in n1.dump("ivan"))
+
+
 def t_all():
     d = Dovecot(users={"alice": PASSWORD, "bob": PASSWORD}).start()
     fill_dovecot(d, "alice", 30)
@@ -211,7 +283,7 @@ def t_all():
     want["alice"]["INBOX"] = (uv, un + 1, msgs + [(un, (), idate(1700000000), len(body), body)],
                               hms)
 
-    c = Cluster(n=2, users={u: PASSWORD for u in ("alice", "bob", "carol", "dave", "erin", "frank", "gina")},
+    c = Cluster(n=2, users={u: PASSWORD for u in ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank", "ivan")},
                 extra_config={"max_message_size": 1048576})
     c.start_all()
     c.wait_links_up()
@@ -328,6 +400,32 @@ def t_all():
     R.check("gina: node 2 converges", wait_equal(c, "gina"))
     compare({"INBOX": want["alice"]["INBOX"]},
             snapshot(n2.host, n2.imap_port, "gina", ["INBOX"]), "lagging header")
+
+    # From the same Dovecot over IMAP (it now also sees the dropped file,
+    # and gives it the UID the Maildir import gave it).
+    d.start()
+    r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "hank", "--host", d.host,
+                        "--port", str(d.imap_port), "--user", "alice", "--batch", "7"],
+                       input=(PASSWORD + "\n").encode(), capture_output=True, timeout=300,
+                       env=sanitizer_env())
+    R.check("import imap exits 0", r.returncode == 0, r.stderr)
+    R.check("import imap: progress lines", b"import: INBOX: " in r.stderr, r.stderr)
+    R.check("hank: node 2 converges", wait_equal(c, "hank"))
+    compare(want["alice"], snapshot(n2.host, n2.imap_port, "hank", names), "imap")
+    r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "hank", "--host", d.host,
+                        "--port", str(d.imap_port), "--user", "alice"],
+                       input=(PASSWORD + "\n").encode(), capture_output=True, timeout=300,
+                       env=sanitizer_env())
+    R.check("import imap again: everything was there",
+            r.returncode == 0 and re.search(rb" 0 messages \(\d+ were there already\)", r.stdout),
+            (r.stdout, r.stderr))
+    r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "hank", "--host", d.host,
+                        "--port", str(d.imap_port), "--user", "alice"],
+                       input=b"wrong\n", capture_output=True, timeout=300, env=sanitizer_env())
+    ok, lines = one_line_error(r, "LOGIN")
+    R.check("import imap with a wrong password: one line", ok, lines)
+    d.stop()
+    t_hostile_imap(c, n1)
 
     # No node running: the store is opened directly.
     c.stop_all()
