@@ -2,7 +2,8 @@
 """Time `starling import maildir` of an N-message Dovecot Maildir (1-20 KB
 messages, indexed by a private Dovecot so it has a dovecot-uidlist) into a
 two-node cluster, against `doveadm import` and `doveadm backup -R` (dsync)
-of the same Maildir into another user of that Dovecot.
+of the same Maildir into another user of that Dovecot, and `starling import
+imap` of it from that Dovecot.
 
     top_builddir=BUILD MESSAGES=10000 bench/import-vs-doveadm.py
 
@@ -49,7 +50,7 @@ def main():
                     "INBOX"], check=True, capture_output=True)
     print("measured: Maildir of %d messages, %.1f MB" % (N, total / 1e6))
 
-    c = Cluster(n=2, users={"src": PASSWORD})
+    c = Cluster(n=2, users={"src": PASSWORD, "src2": PASSWORD})
     c.start_all()
     c.wait_links_up()
     n1 = c.nodes[0]
@@ -66,6 +67,14 @@ def main():
                        capture_output=True, env=sanitizer_env())
     print("measured: the same import again (everything there, skipped): %.1f s (exit %d)"
           % (time.time() - t, r.returncode))
+    t = time.time()
+    r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "src2", "--host", d.host,
+                        "--port", str(d.imap_port), "--user", "src"],
+                       input=(PASSWORD + "\n").encode(), capture_output=True,
+                       env=sanitizer_env())
+    ti = time.time() - t
+    print("measured: starling import imap from the Dovecot (2 nodes): %.1f s, %.0f msg/s "
+          "(exit %d)" % (ti, N / ti, r.returncode))
     c.close()
 
     t = time.time()
