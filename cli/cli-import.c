@@ -641,11 +641,12 @@ static int load_existing(const struct config *cfg, const char *user, struct exis
 
 /* ---- Batches ---- */
 
-static void rm_tree(const char *path);
+/* The scratch store is removed best effort: a leftover only costs disk. */
 static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st, (void)flag, (void)ftw;
-	return remove(p) < 0 ? 0 : 0;
+	(void)remove(p);
+	return 0;
 }
 static void rm_tree(const char *path)
 {
