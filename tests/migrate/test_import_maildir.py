@@ -412,13 +412,18 @@ def t_all():
     R.check("import imap: progress lines", b"import: INBOX: " in r.stderr, r.stderr)
     R.check("hank: node 2 converges", wait_equal(c, "hank"))
     compare(want["alice"], snapshot(n2.host, n2.imap_port, "hank", names), "imap")
-    r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "hank", "--host", d.host,
-                        "--port", str(d.imap_port), "--user", "alice"],
-                       input=(PASSWORD + "\n").encode(), capture_output=True, timeout=300,
-                       env=sanitizer_env())
-    R.check("import imap again: everything was there",
-            r.returncode == 0 and re.search(rb" 0 messages \(\d+ were there already\)", r.stdout),
-            (r.stdout, r.stderr))
+    # Again, several times within a second or two: a run with nothing to
+    # do sends nothing (an identical bundle in the same second was once
+    # refused as a replay).
+    for i in range(3):
+        r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "hank", "--host",
+                            d.host, "--port", str(d.imap_port), "--user", "alice"],
+                           input=(PASSWORD + "\n").encode(), capture_output=True, timeout=300,
+                           env=sanitizer_env())
+        R.check("import imap again (%d): everything was there" % i,
+                r.returncode == 0 and
+                re.search(rb" 0 messages \(\d+ were there already\)", r.stdout),
+                (r.stdout, r.stderr))
     r = subprocess.run([c.cli, "-c", n1.conf, "import", "imap", "-u", "hank", "--host", d.host,
                         "--port", str(d.imap_port), "--user", "alice"],
                        input=b"wrong\n", capture_output=True, timeout=300, env=sanitizer_env())
