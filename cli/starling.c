@@ -30,7 +30,13 @@ static const char usage_text[] =
 	"                                write a user's change bundle for offline sync\n"
 	"  bundle import FILE [--state STATEFILE]\n"
 	"                                verify and merge a bundle; write the state for\n"
-	"                                the next export back (default FILE.state)\n";
+	"                                the next export back (default FILE.state)\n"
+	"  import maildir -u USER [--batch N] PATH\n"
+	"                                import a Dovecot Maildir keeping UIDVALIDITY,\n"
+	"                                UIDs, flags and keywords (resumable)\n"
+	"  import imap -u USER --host H [--port P] --user LOGIN [--batch N]\n"
+	"                                import from an IMAP server (password on stdin;\n"
+	"                                plain TCP), keeping UIDs of new mailboxes\n";
 
 static const struct {
 	const char *name;
@@ -43,6 +49,7 @@ static const struct {
 	{ "master", cli_cmd_master },
 	{ "resync", cli_cmd_resync },
 	{ "bundle", cli_cmd_bundle },
+	{ "import", cli_cmd_import },
 };
 
 void cli_error(const char *fmt, ...)
