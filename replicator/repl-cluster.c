@@ -528,6 +528,25 @@ static void fwd_autonomous(struct cl_fwd *f, const char *why)
 	struct repl_append a;
 	switch (f->kind) {
 	case FWD_APPEND:
+		if (f->app.req.sid != 0) {
+			/* A copy made here alone: the other side of a partition
+			 * may copy the same message into this mailbox too, and
+			 * the resync merges a GUID into one message, so this one
+			 * gets its own.  If the master did make the copy sent to
+			 * it (its answer lost), that is a message more, never an
+			 * acknowledged copy fewer. */
+			if (f->app.text == NULL) {
+				buf_reset(&f->text);
+				if (fwd_load_text(f, &f->text) < 0) {
+					fwd_fail(f, REPL_ERR_NOTFOUND,
+						 "the copied message was expunged meanwhile");
+					return;
+				}
+				f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
+				f->app.text_len = f->text.len;
+			}
+			guid_generate(&f->app.guid);
+		}
 		append_from_req(&f->app, &a);
 		repl_append(cl->local, f->user, &f->mailbox, &a, fwd_inner_done, f);
 		break;
