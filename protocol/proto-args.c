@@ -45,6 +45,20 @@ int proto_arg_u32(const struct proto_arg *a, uint32_t *v_r)
 	return 0;
 }
 
+int proto_arg_req(const struct proto_arg *a, uint32_t *sid_r, uint64_t *n_r)
+{
+	if (a->type != PROTO_ARG_ATOM || a->len > PROTO_MAX_REQ_LEN)
+		return -1;
+	const char *dot = memchr(a->str, '.', a->len);
+	uint64_t sid;
+	if (dot == NULL || parse_num(a->str, (size_t)(dot - a->str), UINT32_MAX, &sid) < 0 ||
+	    sid == 0 ||
+	    parse_num(dot + 1, a->len - (size_t)(dot + 1 - a->str), UINT64_MAX, n_r) < 0)
+		return -1;
+	*sid_r = (uint32_t)sid;
+	return 0;
+}
+
 int proto_arg_guid(const struct proto_arg *a, struct guid *g_r)
 {
 	if (a->type != PROTO_ARG_ATOM || a->len != GUID_SIZE * 2)

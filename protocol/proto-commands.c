@@ -39,8 +39,10 @@ static const struct proto_cmd_info commands[] = {
 	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "SAVE", "dumgfT",
-	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_STAMPS },
-	{ "COPY", "iigumdf", PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_STAMPS |
+		  PROTO_CMDF_OPT_REQ },
+	{ "COPY", "iigumdf",
+	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_REQ },
 	{ "EXPUNGE", "Sm",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_GUIDS |
 		  PROTO_CMDF_OPT_BY },
@@ -282,6 +284,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
 	bool seen_guids = false, seen_stamps = false, seen_epoch = false, seen_by = false;
+	bool seen_req = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -325,6 +328,12 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			   (info->flags & PROTO_CMDF_OPT_BY) != 0) {
 			seen_by = true;
 			ok = val->type == PROTO_ARG_ATOM && strcasecmp(val->str, "USER") == 0;
+		} else if (strcasecmp(key->str, "REQ") == 0 && !seen_req &&
+			   (info->flags & PROTO_CMDF_OPT_REQ) != 0) {
+			uint32_t sid;
+			uint64_t n;
+			seen_req = true;
+			ok = proto_arg_req(val, &sid, &n) == 0;
 		} else if (strcasecmp(key->str, "STAMPS") == 0 && !seen_stamps &&
 			   (info->flags & PROTO_CMDF_OPT_STAMPS) != 0) {
 			seen_stamps = true;
@@ -356,6 +365,7 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_ORIGIN) != 0 && strcasecmp(key, "EPOCH") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_BY) != 0 && strcasecmp(key, "BY") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_REQ) != 0 && strcasecmp(key, "REQ") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0);
 }
 

@@ -190,6 +190,9 @@ bool proto_is_atom(const void *s, size_t len);
 int proto_arg_str(const struct proto_arg *a, const char **s_r, size_t *len_r);
 /* Decimal without sign or leading zeros (except "0"), at most max. */
 int proto_arg_u64(const struct proto_arg *a, uint64_t max, uint64_t *v_r);
+/* A REQ value (SPEC 6.3): an atom "<sid>.<n>", sid a nonzero 32-bit and n a
+ * 64-bit decimal number, at most PROTO_MAX_REQ_LEN characters. */
+int proto_arg_req(const struct proto_arg *a, uint32_t *sid_r, uint64_t *n_r);
 int proto_arg_u32(const struct proto_arg *a, uint32_t *v_r);
 /* Exactly 32 hex digits. */
 int proto_arg_guid(const struct proto_arg *a, struct guid *g_r);
@@ -397,6 +400,8 @@ void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 #define PROTO_CMDF_OPT_GUIDS 0x40           /* accepts GUIDS (<guid> ...): the UIDs' messages */
 #define PROTO_CMDF_OPT_STAMPS 0x80          /* accepts STAMPS (<flag> <modseq> <ms> ...): SPEC 10.3 */
 #define PROTO_CMDF_OPT_BY 0x100             /* accepts BY USER: a user's expunge (SPEC 8.6) */
+#define PROTO_CMDF_OPT_REQ 0x200            /* accepts REQ <sid>.<n>: a request's identity (SPEC 6.4) */
+#define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
 
 struct proto_cmd_info {

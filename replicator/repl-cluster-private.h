@@ -222,6 +222,11 @@ struct repl_cluster {
 	/* Users this node is new master of and still catching up
 	 * (repl-handover.c). */
 	ARRAY(struct cl_catchup) catchups;
+	/* SAVEs with REQ this node made as master, the last CL_REQ_MAX
+	 * (a ring): a resent request gets the message it made (SPEC 6.4). */
+	struct cl_req_made *reqs;
+	size_t req_next;
+	uint64_t req_counter;          /* the n of this node's next REQ */
 };
 
 /* ---- repl-handover.c: safe handovers (SPEC.md 9.8) ---- */
@@ -363,6 +368,19 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 
 /* Master-side entry points shared by local changes and by forwarded
  * requests (repl-cluster.c). */
+/* A request's identity (SPEC 6.3 REQ): the node that took the IMAP
+ * command and its number there; sid 0 is none (an older peer). */
+struct cl_req_id {
+	uint32_t sid;
+	uint64_t n;
+};
+#define CL_REQ_MAX 4096u
+struct cl_req_made {
+	struct guid mailbox;
+	struct cl_req_id id;
+	struct guid guid;              /* the message the request made */
+};
+
 struct cl_append_req {
 	const char *user;
 	struct guid mailbox;
@@ -374,6 +392,7 @@ struct cl_append_req {
 	int32_t internaldate_tz;
 	const void *text;           /* NULL: the text stored for guid */
 	size_t text_len;
+	struct cl_req_id req;       /* a copy's request identity, or sid 0 */
 };
 void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
 		      void *ctx);

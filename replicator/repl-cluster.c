@@ -256,6 +256,43 @@ static void master_existing_done(void *ctx, const struct repl_result *res)
 	master_local_done(m, &out);
 }
 
+/* A copy whose text is gone here: NONEXISTENT makes the sender send it. */
+static void master_no_text_done(void *ctx, const struct repl_result *res)
+{
+	struct repl_result out = *res;
+	out.error = REPL_ERR_NOTFOUND;
+	out.error_msg = "the copied message's text is not here";
+	master_local_done(ctx, &out);
+}
+
+static const struct cl_req_made *req_made_find(const struct repl_cluster *cl,
+						const struct guid *mailbox,
+						const struct cl_req_id *id)
+{
+	if (cl->reqs == NULL)
+		return NULL;
+	for (size_t i = 0; i < CL_REQ_MAX; i++) {
+		const struct cl_req_made *r = &cl->reqs[i];
+		if (r->id.sid == id->sid && r->id.n == id->n && guid_equal(&r->mailbox, mailbox))
+			return r;
+	}
+	return NULL;
+}
+
+/* Kept in memory only: a request resent to a new master after a
+ * failover or a restart is not recognised (SPEC 6.4 says what then). */
+static void req_made_add(struct repl_cluster *cl, const struct guid *mailbox,
+			 const struct cl_req_id *id, const struct guid *guid)
+{
+	if (cl->reqs == NULL)
+		cl->reqs = xcalloc(CL_REQ_MAX, sizeof(*cl->reqs));
+	struct cl_req_made *r = &cl->reqs[cl->req_next];
+	r->mailbox = *mailbox;
+	r->id = *id;
+	r->guid = *guid;
+	cl->req_next = (cl->req_next + 1) % CL_REQ_MAX;
+}
+
 void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
 		      void *ctx)
 {
@@ -266,6 +303,41 @@ void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, 
 	const char *err;
 	struct stor_msg msg;
 	struct stor_mailbox mb;
+	struct cl_append_req fresh;
+	struct buf text;
+	buf_init(&text);
+	if (req->req.sid != 0) {
+		/* Two COPYs of one message into one mailbox are two messages,
+		 * but one COPY resent is one (SPEC 6.4): a GUID the mailbox
+		 * holds is this request's only if this request made it. */
+		const struct cl_req_made *made = req_made_find(cl, &req->mailbox, &req->req);
+		if (made != NULL && !guid_equal(&made->guid, &req->guid)) {
+			fresh = *req;
+			fresh.guid = made->guid;
+			req = &fresh;
+		} else if (made == NULL &&
+			   stor_msg_find_guid(cl->repl.db, &req->mailbox, &req->guid, &have, &err) > 0) {
+			fresh = *req;
+			guid_generate(&fresh.guid);
+			if (fresh.text == NULL) {
+				/* The new GUID has no text yet: the copy gets its
+				 * own, as a COPY into its own mailbox does. */
+				uint64_t size;
+				if (stor_text_exists(cl->repl.db, &req->guid, &size, &err) <= 0 ||
+				    stor_text_read(cl->repl.db, &req->guid, 0, size, &text, &err) < 0) {
+					buf_free(&text);
+					cl->local->v->complete_later(cl->local, master_no_text_done, m);
+					return;
+				}
+				fresh.text = text.data != NULL ? (const void *)text.data : "";
+				fresh.text_len = text.len;
+			}
+			req = &fresh;
+			req_made_add(cl, &req->mailbox, &req->req, &fresh.guid);
+		} else if (made == NULL) {
+			req_made_add(cl, &req->mailbox, &req->req, &req->guid);
+		}
+	}
 	if (stor_msg_find_guid(cl->repl.db, &req->mailbox, &req->guid, &have, &err) > 0 &&
 	    stor_msg_get(cl->repl.db, &req->mailbox, have, &msg, &err) > 0) {
 		/* A GUID is in a mailbox once (SPEC 6.4).  The logged entry
@@ -283,8 +355,9 @@ void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, 
 	struct repl_append a;
 	append_from_req(req, &a);
 	/* The request is the caller's and lives until cb; the local engine
-	 * reads it only during this call. */
+	 * reads it (and the text read here) only during this call. */
 	repl_append(cl->local, req->user, &req->mailbox, &a, master_local_done, m);
+	buf_free(&text);
 }
 
 void cl_master_store(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
@@ -364,6 +437,7 @@ struct cl_fwd {
 };
 
 static void fwd_start(struct cl_fwd *f);
+static int fwd_load_text(struct cl_fwd *f, struct buf *text);
 
 static void fwd_free(struct cl_fwd *f)
 {
@@ -454,6 +528,25 @@ static void fwd_autonomous(struct cl_fwd *f, const char *why)
 	struct repl_append a;
 	switch (f->kind) {
 	case FWD_APPEND:
+		if (f->app.req.sid != 0) {
+			/* A copy made here alone: the other side of a partition
+			 * may copy the same message into this mailbox too, and
+			 * the resync merges a GUID into one message, so this one
+			 * gets its own.  If the master did make the copy sent to
+			 * it (its answer lost), that is a message more, never an
+			 * acknowledged copy fewer. */
+			if (f->app.text == NULL) {
+				buf_reset(&f->text);
+				if (fwd_load_text(f, &f->text) < 0) {
+					fwd_fail(f, REPL_ERR_NOTFOUND,
+						 "the copied message was expunged meanwhile");
+					return;
+				}
+				f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
+				f->app.text_len = f->text.len;
+			}
+			guid_generate(&f->app.guid);
+		}
 		append_from_req(&f->app, &a);
 		repl_append(cl->local, f->user, &f->mailbox, &a, fwd_inner_done, f);
 		break;
@@ -551,6 +644,25 @@ static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 	f->out.res.uidvalidity = mb.uidvalidity;
 	uint32_t uidnext = mb.uidnext;
 	stor_mailbox_free(&mb);
+	struct guid made;
+	if ((a = proto_code_value(line, "GUID")) != NULL && proto_arg_guid(a, &made) == 0 &&
+	    !guid_equal(&made, &f->app.guid)) {
+		/* The master made another copy of the message (SPEC 6.4, REQ):
+		 * a new GUID, whose text here is the copied one's. */
+		if (f->app.text == NULL) {
+			buf_reset(&f->text);
+			if (fwd_load_text(f, &f->text) < 0) {
+				log_warnx("replication: %s: the copied text is gone here: resync",
+					  f->user);
+				cl_mark_dirty(f->peer, f->user);
+				stor_on_durable(db, fwd_local_durable, f);
+				return;
+			}
+			f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
+			f->app.text_len = f->text.len;
+		}
+		f->app.guid = made;
+	}
 	struct stor_msg msg;
 	int have = stor_msg_get(db, &f->mailbox, uid, &msg, &err);
 	if (have > 0) {
@@ -713,7 +825,6 @@ static void fwd_apply_expunge(struct cl_fwd *f)
 }
 
 static void fwd_send(struct cl_fwd *f);
-static int fwd_load_text(struct cl_fwd *f, struct buf *text);
 
 static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			 const struct proto_cmd *line, void *ctx)
@@ -907,6 +1018,12 @@ static void fwd_send(struct cl_fwd *f)
 		break;
 	}
 	}
+	if (f->kind == FWD_APPEND && f->app.req.sid != 0) {
+		char id[PROTO_MAX_REQ_LEN + 1];
+		snprintf(id, sizeof(id), "%" PRIu32 ".%" PRIu64, f->app.req.sid, f->app.req.n);
+		proto_wr_atom(w, "REQ");
+		proto_wr_atom(w, id);
+	}
 	if (f->to != 0) {
 		proto_wr_atom(w, "TO");
 		proto_wr_u64(w, f->to);
@@ -1098,10 +1215,18 @@ static void cl_append(struct repl *r, const char *user, const struct guid *mailb
 	struct cl_fwd *f = fwd_new(cl, FWD_APPEND, user, mailbox, cb, ctx);
 	f->app.user = f->user;
 	f->app.mailbox = *mailbox;
-	if (req->guid != NULL)
+	if (req->guid != NULL) {
 		f->app.guid = *req->guid;
-	else
+		/* A copy: its identity, kept by every retry of it (SPEC 6.4).
+		 * Numbered from the wall clock in microseconds, so a restarted
+		 * node does not reuse its earlier numbers. */
+		if (cl->req_counter == 0)
+			cl->req_counter = (uint64_t)clock_wall_s() * 1000000u + clock_mono_us() % 1000000u;
+		f->app.req.sid = cl->cfg->node_id;
+		f->app.req.n = cl->req_counter++;
+	} else {
 		guid_generate(&f->app.guid);
+	}
 	f->app.flags = req->flags;
 	f->app.keywords = req->keywords;
 	f->app.keyword_count = req->keyword_count;
@@ -1561,6 +1686,7 @@ static void cl_destroy(struct repl *r)
 		free(cl->under.items[i].user);
 	ARRAY_FREE(&cl->under);
 	cl_handover_free(cl);
+	free(cl->reqs);
 	repl_watch_remove(cl->local, inner_watch, cl);
 	repl_destroy(&cl->local);
 	/* Whoever asked is gone by now (starlingd flushed before it closed the

@@ -39,6 +39,10 @@ struct answer {
 	struct stor_store store;
 	struct guid mailbox;
 	char *user;
+	/* SAVE with REQ: the GUID asked for; the answer names the one made
+	 * when the master gave the copy another (SPEC 6.4). */
+	struct guid save_guid;
+	bool save_req;
 };
 
 static struct answer *answer_new(struct repl_cluster *cl, struct cl_peer *p,
@@ -583,6 +587,16 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 	const char *err;
 	if (a->status[0] == 'A') { /* APPEND */
 		snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, res->uid, res->modseq);
+		struct stor_msg m;
+		if (a->save_req && stor_msg_get(a->cl->repl.db, &a->mailbox, res->uid, &m, &err) > 0) {
+			if (!guid_equal(&m.guid, &a->save_guid)) {
+				char hex[GUID_HEX_SIZE];
+				guid_to_hex(&m.guid, hex);
+				size_t len = strlen(code);
+				snprintf(code + len, sizeof(code) - len, " GUID %s", hex);
+			}
+			stor_msg_free(&m);
+		}
 	} else if (a->status[0] == 'S') { /* STORE */
 		for (size_t i = 0; i < res->changed_count; i++) {
 			const struct stor_msg *m = &res->changed[i];
@@ -631,7 +645,7 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 }
 
 static void serve_save(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
-		       const struct stor_mailbox *mb)
+		       size_t npos, const struct stor_mailbox *mb)
 {
 	struct stor_db *db = cl->repl.db;
 	struct proto_save sv;
@@ -644,10 +658,18 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 	}
 	struct proto_flags fl = sv.f;
 	req.guid = sv.guid;
+	const struct proto_arg *rq = proto_cmd_option(cmd, npos, "REQ");
+	if (rq != NULL && proto_arg_req(rq, &req.req.sid, &req.req.n) < 0) {
+		/* The parser checked it already. */
+		proto_flags_free(&fl);
+		answer_later(a, "BAD", "ARGS", "REQ <sid>.<n>");
+		return;
+	}
 	/* A resent SAVE (the link dropped before our answer) is recognised
-	 * by its GUID (SPEC 6.4). */
+	 * by its GUID (SPEC 6.4); with REQ, cl_master_append() tells a
+	 * resent copy from another copy. */
 	uint32_t have_uid;
-	if (stor_msg_find_guid(db, &mb->guid, &req.guid, &have_uid, &err) > 0) {
+	if (rq == NULL && stor_msg_find_guid(db, &mb->guid, &req.guid, &have_uid, &err) > 0) {
 		struct stor_msg m;
 		char code[96];
 		proto_flags_free(&fl);
@@ -672,6 +694,9 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 	req.internaldate = sv.date;
 	req.internaldate_tz = sv.tz;
 	snprintf(a->status, sizeof(a->status), "A");
+	a->mailbox = mb->guid;
+	a->save_guid = req.guid;
+	a->save_req = req.req.sid != 0;
 	/* The local engine copies what it needs during the call. */
 	cl_master_append(cl, &req, master_answer_cb, a);
 	proto_flags_free(&fl);
@@ -821,7 +846,7 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 	} else if (cl_handover_check_forward(cl, cmd, npos, mb.user, &refusal) < 0) {
 		answer_later(a, refusal.status, refusal.code, refusal.text);
 	} else if (proto_cmd_is(cmd, "SAVE")) {
-		serve_save(cl, a, cmd, &mb);
+		serve_save(cl, a, cmd, npos, &mb);
 	} else if (proto_cmd_is(cmd, "STORE")) {
 		serve_store(cl, a, cmd, npos, &mb);
 	} else {
