@@ -193,7 +193,7 @@ bool imap_cmd_thread(struct imap_cmd *cmd)
 	cmd->ctx_free = thread_ctx_free;
 	tc->alg = alg;
 	const char *status;
-	char text[512];
+	char text[1024]; /* imap_cmd_done()'s size */
 	if (imap_search_run_parse(&tc->run, &args[1], count - 1, true, &status, text, sizeof(text)) <
 	    0)
 		return imap_cmd_done_str(cmd, status, text);
