@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness import imapwire  # noqa: E402
+from harness.proc import poll as wait_for  # noqa: E402
 from harness.peerwire import PyPeer  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
@@ -80,15 +81,6 @@ def parse_dump(text):
         if m:
             out["msg"][(m.group(1), int(m.group(2)))] = (m.group(3), m.group(4))
     return out
-
-
-def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
 
 
 def master_show(node, timeout=30):
@@ -181,9 +173,7 @@ def t_failover_catches_up():
         m3.close()
     finally:
         os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 # ---- a restarted node knows the cluster before it is master ---------------
@@ -209,9 +199,7 @@ def t_restart_waits_for_cluster():
                     ans.get("epoch", "").endswith(".1"), ans)
             c.wait_links_up(timeout=40)
     finally:
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 # ---- epochs on forwarded requests and on changes with ORIGIN ---------------
@@ -312,9 +300,7 @@ def t_epochs_checked():
         p.close()
     finally:
         os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 def t_origin_is_the_master():
@@ -353,9 +339,7 @@ def t_origin_is_the_master():
         p.close()
     finally:
         os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 def main():
