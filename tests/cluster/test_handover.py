@@ -249,17 +249,24 @@ def flags_of(n2, uid):
     return parse_dump(n2.dump(USER))["msg"].get(("INBOX", uid), (None, None))[1]
 
 
+def start_node2(c, prefix, check):
+    """Starts node 2 of c alone (node 1 is to be the Python peer) and
+    APPENDs three messages, prefix0..2, to its INBOX; returns node 2."""
+    n2 = c.nodes[1]
+    n2.start()
+    m = login(n2)
+    for i in range(3):
+        typ, _, text = appenduid(m, "%s%d" % (prefix, i))
+        R.check(check % i, typ == "OK", text)
+    m.logout()
+    return n2
+
+
 def t_epochs_checked():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
     try:
-        n2 = c.nodes[1]
-        n2.start()
-        m = login(n2)
-        for i in range(3):
-            typ, _, text = appenduid(m, "m%d" % i)
-            R.check("APPEND %d on node 2 (alone: its master)" % i, typ == "OK", text)
-        m.logout()
+        n2 = start_node2(c, "m", "APPEND %d on node 2 (alone: its master)")
         # The start-up hold is over by now (node 1 never came): node 2 is
         # master of INBOX at its own epoch.
         ep = epoch_of(n2)
@@ -307,13 +314,7 @@ def t_origin_is_the_master():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
     try:
-        n2 = c.nodes[1]
-        n2.start()
-        m = login(n2)
-        for i in range(3):
-            typ, _, text = appenduid(m, "o%d" % i)
-            R.check("APPEND %d on node 2" % i, typ == "OK", text)
-        m.logout()
+        n2 = start_node2(c, "o", "APPEND %d on node 2")
         p = peer_for(c, n2)
         R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15),
                 p.mm_seen[-5:])
