@@ -35,15 +35,6 @@ static void search_ctx_free(void *p)
 	free(sc);
 }
 
-/* RFC 5182 2.1: a SEARCH with SAVE that fails leaves "$" empty, so later
- * commands using it cannot act on a stale result. */
-static bool search_fail(struct imap_cmd *cmd, bool save, const char *status, const char *text)
-{
-	if (save && cmd->client->sel != NULL)
-		imap_sel_save_result(cmd->client->sel, NULL, 0);
-	return imap_cmd_done_str(cmd, status, text);
-}
-
 static int search_update(struct imap_cmd *cmd)
 {
 	struct search_ctx *sc = cmd->ctx;
@@ -90,7 +81,8 @@ bool imap_cmd_search(struct imap_cmd *cmd)
 	const char *err;
 	int used = imap_esearch_parse_return(args, count, &sc->ret, &err);
 	if (used < 0)
-		return search_fail(cmd, imap_esearch_names_save(args, count), "BAD", err);
+		return imap_search_run_fail(cmd, imap_esearch_names_save(args, count), "BAD",
+					    err);
 	/* RFC 9051 6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH; no
 	 * RETURN is RETURN (ALL). */
 	if (c->rev2 && !sc->ret.given) {
@@ -102,11 +94,11 @@ bool imap_cmd_search(struct imap_cmd *cmd)
 	char text[512];
 	if (imap_search_run_parse(&sc->run, args + used, count - (size_t)used, false, &status, text,
 				  sizeof(text)) < 0)
-		return search_fail(cmd, save, status, text);
+		return imap_search_run_fail(cmd, save, status, text);
 	if (imap_search_uses_modseq(sc->run.search))
 		imap_enable_condstore(c);
 	if (imap_search_run_start(&sc->run, c, text, sizeof(text)) < 0)
-		return search_fail(cmd, save, "NO", text);
+		return imap_search_run_fail(cmd, save, "NO", text);
 	imap_search_resolve_saved(sc->run.search, c->sel->saved.items, c->sel->saved.count);
 	return search_step(cmd);
 }

@@ -41,14 +41,6 @@ static void sort_ctx_free(void *p)
 	free(sc);
 }
 
-/* RFC 5182 2.1: a failing command with SAVE leaves "$" empty. */
-static bool sort_fail(struct imap_cmd *cmd, bool save, const char *status, const char *text)
-{
-	if (save && cmd->client->sel != NULL)
-		imap_sel_save_result(cmd->client->sel, NULL, 0);
-	return imap_cmd_done_str(cmd, status, text);
-}
-
 /* CONTEXT=SORT: the context takes the entries, keys and all */
 static int sort_update(struct imap_cmd *cmd)
 {
@@ -129,25 +121,27 @@ bool imap_cmd_sort(struct imap_cmd *cmd)
 	char text[512];
 	int used = imap_esearch_parse_return(args, count, &sc->ret, &err);
 	if (used < 0)
-		return sort_fail(cmd, imap_esearch_names_save(args, count), "BAD", err);
+		return imap_search_run_fail(cmd, imap_esearch_names_save(args, count), "BAD",
+					    err);
 	bool save = (sc->ret.opts & IMAP_ESEARCH_SAVE) != 0;
 	sc->ret.sorted = true;
 	size_t i = (size_t)used;
 	if (i >= count || imap_sort_program_parse(&args[i], &sc->prog, &err) < 0)
-		return sort_fail(cmd, save, "BAD", i >= count ? "Missing sort criteria" : err);
+		return imap_search_run_fail(cmd, save, "BAD",
+					    i >= count ? "Missing sort criteria" : err);
 	i++;
 	if (i >= count || args[i].type == IMAP_ARG_LIST)
-		return sort_fail(cmd, save, "BAD", "Missing charset");
+		return imap_search_run_fail(cmd, save, "BAD", "Missing charset");
 	if (count - i < 2)
-		return sort_fail(cmd, save, "BAD", "Missing search keys");
+		return imap_search_run_fail(cmd, save, "BAD", "Missing search keys");
 	const char *status;
 	if (imap_search_run_parse(&sc->run, &args[i], count - i, true, &status, text, sizeof(text)) <
 	    0)
-		return sort_fail(cmd, save, status, text);
+		return imap_search_run_fail(cmd, save, status, text);
 	if (imap_search_uses_modseq(sc->run.search))
 		c->condstore = true;
 	if (imap_search_run_start(&sc->run, c, text, sizeof(text)) < 0)
-		return sort_fail(cmd, save, "NO", text);
+		return imap_search_run_fail(cmd, save, "NO", text);
 	imap_search_resolve_saved(sc->run.search, c->sel->saved.items, c->sel->saved.count);
 	return sort_step(cmd);
 }

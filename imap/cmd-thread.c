@@ -64,14 +64,15 @@ static bool load_header(struct thread_ctx *tc, bool have_text)
 {
 	if (have_text)
 		return true;
+	struct imap_search_run *r = &tc->run;
 	const char *err;
-	uint64_t len = tc->run.text_size < THREAD_HEADER_READ ? tc->run.text_size : THREAD_HEADER_READ;
-	buf_reset(&tc->run.text);
-	if (stor_text_read(tc->run.db, &tc->run.text_guid, 0, len, &tc->run.text, &err) < 0)
+	uint64_t len = r->text_size < THREAD_HEADER_READ ? r->text_size : THREAD_HEADER_READ;
+	buf_reset(&r->text);
+	if (stor_text_read(r->db, &r->text_guid, 0, len, &r->text, &err) < 0)
 		return false;
-	if (len < tc->run.text_size && !header_complete(&tc->run.text)) {
-		buf_reset(&tc->run.text);
-		if (stor_text_read(tc->run.db, &tc->run.text_guid, 0, tc->run.text_size, &tc->run.text, &err) < 0)
+	if (len < r->text_size && !header_complete(&r->text)) {
+		buf_reset(&r->text);
+		if (stor_text_read(r->db, &r->text_guid, 0, r->text_size, &r->text, &err) < 0)
 			return false;
 	}
 	return true;

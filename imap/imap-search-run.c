@@ -17,6 +17,14 @@ void imap_search_run_free(struct imap_search_run *r)
 	buf_free(&r->text);
 }
 
+bool imap_search_run_fail(struct imap_cmd *cmd, bool save, const char *status,
+			  const char *text)
+{
+	if (save && cmd->client->sel != NULL)
+		imap_sel_save_result(cmd->client->sel, NULL, 0);
+	return imap_cmd_done_str(cmd, status, text);
+}
+
 int imap_search_run_parse(struct imap_search_run *r, const struct imap_arg *args, size_t count,
 			  bool bare_charset, const char **status_r, char *text, size_t size)
 {

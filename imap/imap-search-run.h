@@ -26,6 +26,12 @@ struct imap_search_run {
 
 void imap_search_run_free(struct imap_search_run *r);
 
+/* Ends the command with status and text.  RFC 5182 2.1: a command with
+ * SAVE that fails leaves "$" empty, so later commands using it cannot act
+ * on a stale result. */
+bool imap_search_run_fail(struct imap_cmd *cmd, bool save, const char *status,
+			  const char *text);
+
 /* Parses the criteria args[0..count).  With bare_charset, args[0] is a
  * charset that the command requires (SORT, THREAD), else the criteria are
  * SEARCH's (an optional leading "CHARSET x").  Returns 0, or -1 with
