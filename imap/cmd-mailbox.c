@@ -114,6 +114,22 @@ bool imap_cmd_create(struct imap_cmd *cmd)
 	return false;
 }
 
+/* Looks up the user's mailbox name (freed here): true with *mb_r, or
+ * false after replying NO. */
+static bool mailbox_get(struct imap_cmd *cmd, char *name, struct stor_mailbox *mb_r)
+{
+	struct imap_client *c = cmd->client;
+	const char *err;
+	int r = stor_mailbox_get(c->server->db, c->user, name, mb_r, &err);
+	free(name);
+	if (r <= 0) {
+		imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+					       "[NONEXISTENT] Mailbox does not exist");
+		return false;
+	}
+	return true;
+}
+
 bool imap_cmd_delete(struct imap_cmd *cmd)
 {
 	struct imap_client *c = cmd->client;
@@ -127,12 +143,8 @@ bool imap_cmd_delete(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "NO", "[CANNOT] INBOX cannot be deleted");
 	}
 	struct stor_mailbox mb;
-	const char *err;
-	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
-	free(name);
-	if (r <= 0)
-		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
-					       "[NONEXISTENT] Mailbox does not exist");
+	if (!mailbox_get(cmd, name, &mb))
+		return true;
 	if (c->sel != NULL && guid_cmp(&c->sel->guid, &mb.guid) == 0)
 		imap_sel_close(c);
 	struct guid *g = xmemdup(&mb.guid, sizeof(mb.guid));
@@ -466,12 +478,8 @@ bool imap_cmd_status(struct imap_cmd *cmd)
 	if (name == NULL)
 		return true;
 	struct stor_mailbox mb;
-	const char *err;
-	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
-	free(name);
-	if (r <= 0)
-		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
-					       "[NONEXISTENT] Mailbox does not exist");
+	if (!mailbox_get(cmd, name, &mb))
+		return true;
 	imap_status_write(c, &mb, items, n);
 	stor_mailbox_free(&mb);
 	return imap_cmd_done(cmd, "OK", "STATUS completed");

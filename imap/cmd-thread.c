@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "imap/imap-derived.h"
-#include "imap/imap-search.h"
+#include "imap/imap-search-run.h"
 #include "imap/imap-sortkeys.h"
 #include "imap/imap-thread.h"
 #include "lib/xalloc.h"
@@ -31,44 +31,19 @@
 
 struct thread_ctx {
 	enum imap_thread_alg alg;
-	struct imap_search *search;
-	struct imap_arg *search_args;
-	stor_msg_list msgs; /* all of the mailbox, UID order */
-	size_t next;
+	struct imap_search_run run;
 	ARRAY(struct imap_thread_msg) matches;
-	struct stor_db *db;
-	struct guid mailbox;
-	struct buf text;
-	struct guid text_guid;
-	uint64_t text_size;
 	size_t id_bytes;
 };
 
 static void thread_ctx_free(void *p)
 {
 	struct thread_ctx *tc = p;
-	imap_search_free(&tc->search);
-	free(tc->search_args);
-	stor_msg_list_free(&tc->msgs);
+	imap_search_run_free(&tc->run);
 	for (size_t i = 0; i < tc->matches.count; i++)
 		imap_thread_msg_free(&tc->matches.items[i]);
 	ARRAY_FREE(&tc->matches);
-	buf_free(&tc->text);
 	free(tc);
-}
-
-static int load_text(void *ctx, const char **text_r, size_t *len_r)
-{
-	struct thread_ctx *tc = ctx;
-	const char *err;
-	buf_reset(&tc->text);
-	if (!imap_search_needs_body(tc->search) ?
-		    imap_derived_load_header(tc->db, &tc->text_guid, tc->text_size, &tc->text, &err) < 0 :
-		    stor_text_read(tc->db, &tc->text_guid, 0, tc->text_size, &tc->text, &err) < 0)
-		return -1;
-	*text_r = tc->text.data != NULL ? (const char *)tc->text.data : "";
-	*len_r = tc->text.len;
-	return 0;
 }
 
 static bool header_complete(const struct buf *b)
@@ -83,20 +58,21 @@ static bool header_complete(const struct buf *b)
 	return false;
 }
 
-/* Reads the header of the current message into tc->text (unless the
+/* Reads the header of the current message into tc->run.text (unless the
  * search already loaded the whole text).  Returns false if unreadable. */
 static bool load_header(struct thread_ctx *tc, bool have_text)
 {
 	if (have_text)
 		return true;
+	struct imap_search_run *r = &tc->run;
 	const char *err;
-	uint64_t len = tc->text_size < THREAD_HEADER_READ ? tc->text_size : THREAD_HEADER_READ;
-	buf_reset(&tc->text);
-	if (stor_text_read(tc->db, &tc->text_guid, 0, len, &tc->text, &err) < 0)
+	uint64_t len = r->text_size < THREAD_HEADER_READ ? r->text_size : THREAD_HEADER_READ;
+	buf_reset(&r->text);
+	if (stor_text_read(r->db, &r->text_guid, 0, len, &r->text, &err) < 0)
 		return false;
-	if (len < tc->text_size && !header_complete(&tc->text)) {
-		buf_reset(&tc->text);
-		if (stor_text_read(tc->db, &tc->text_guid, 0, tc->text_size, &tc->text, &err) < 0)
+	if (len < r->text_size && !header_complete(&r->text)) {
+		buf_reset(&r->text);
+		if (stor_text_read(r->db, &r->text_guid, 0, r->text_size, &r->text, &err) < 0)
 			return false;
 	}
 	return true;
@@ -105,8 +81,8 @@ static bool load_header(struct thread_ctx *tc, bool have_text)
 static const char *field(const struct thread_ctx *tc, const char *name, struct buf *v, size_t *len_r)
 {
 	buf_reset(v);
-	const char *text = tc->text.data != NULL ? (const char *)tc->text.data : "";
-	if (!imap_thread_header_get(text, tc->text.len, name, v))
+	const char *text = tc->run.text.data != NULL ? (const char *)tc->run.text.data : "";
+	if (!imap_thread_header_get(text, tc->run.text.len, name, v))
 		return NULL;
 	*len_r = v->len;
 	return buf_cstr(v);
@@ -150,7 +126,7 @@ static bool add_match_derived(struct thread_ctx *tc, const struct stor_msg *m, u
 {
 	struct imap_derived d;
 	const char *err;
-	if (imap_derived_load(tc->db, &m->guid, m->size, &d, NULL, NULL, &err) < 0)
+	if (imap_derived_load(tc->run.db, &m->guid, m->size, &d, NULL, NULL, &err) < 0)
 		return false;
 	struct imap_thread_msg tm;
 	memset(&tm, 0, sizeof(tm));
@@ -183,38 +159,24 @@ static bool thread_finish(struct imap_cmd *cmd)
 	return imap_cmd_done(cmd, "OK", "THREAD completed");
 }
 
+static void thread_match(struct imap_cmd *cmd, const struct stor_msg *m, uint32_t seq,
+			 const struct imap_search_msg *sm)
+{
+	struct thread_ctx *tc = cmd->ctx;
+	if (!add_match_derived(tc, m, cmd->uid ? m->uid : seq)) {
+		/* text unreadable, or keys too big for the record: the
+		 * header's fields as they are.  A header the search loaded
+		 * may be the derived header block: the same fields. */
+		bool readable = load_header(tc, sm->text_loaded && !sm->text_failed);
+		add_match(tc, m, cmd->uid ? m->uid : seq, readable);
+	}
+}
+
 static bool thread_step(struct imap_cmd *cmd)
 {
-	struct imap_client *c = cmd->client;
 	struct thread_ctx *tc = cmd->ctx;
-	if (c->sel == NULL)
-		return imap_cmd_done(cmd, "NO", "Mailbox closed");
-	for (size_t n = 0; n < THREAD_STEP && tc->next < tc->msgs.count; n++) {
-		const struct stor_msg *m = &tc->msgs.items[tc->next++];
-		uint32_t seq = imap_sel_seq(c->sel, m->uid);
-		if (seq == 0)
-			continue;
-		struct imap_search_msg sm;
-		imap_search_msg_init(&sm, m, seq, imap_sel_is_recent(c->sel, m->uid), load_text, tc);
-		tc->text_guid = m->guid;
-		tc->text_size = m->size;
-		if (imap_search_match(tc->search, &sm) &&
-		    !add_match_derived(tc, m, cmd->uid ? m->uid : seq)) {
-			/* text unreadable, or keys too big for the record: the
-			 * header's fields as they are.  A header the search
-			 * loaded may be the derived header block: the same
-			 * fields. */
-			bool readable = load_header(tc, sm.text_loaded && !sm.text_failed);
-			add_match(tc, m, cmd->uid ? m->uid : seq, readable);
-		}
-		imap_search_msg_done(&sm);
-	}
-	if (tc->next < tc->msgs.count) {
-		cmd->cont = thread_step;
-		imap_client_kick(c);
-		return false;
-	}
-	return thread_finish(cmd);
+	return imap_search_run_step(cmd, &tc->run, THREAD_STEP, thread_match, thread_step,
+				    thread_finish);
 }
 
 bool imap_cmd_thread(struct imap_cmd *cmd)
@@ -231,27 +193,14 @@ bool imap_cmd_thread(struct imap_cmd *cmd)
 	cmd->ctx = tc;
 	cmd->ctx_free = thread_ctx_free;
 	tc->alg = alg;
-	/* The charset is SEARCH's CHARSET argument. */
-	tc->search_args = xcalloc(count, sizeof(*tc->search_args));
-	tc->search_args[0].type = IMAP_ARG_ATOM;
-	tc->search_args[0].str = "CHARSET";
-	tc->search_args[0].len = 7;
-	memcpy(&tc->search_args[1], &args[1], (count - 1) * sizeof(*args));
-	enum imap_search_error kind;
-	const char *err;
-	if (imap_search_parse(tc->search_args, count, &tc->search, &kind, &err) < 0) {
-		if (kind == IMAP_SEARCH_BADCHARSET)
-			return imap_cmd_done(cmd, "NO", "[BADCHARSET (UTF-8 US-ASCII)] %s", err);
-		return imap_cmd_done(cmd, "BAD", "%s", err);
-	}
-	if (imap_search_uses_modseq(tc->search))
+	const char *status;
+	char text[1024]; /* imap_cmd_done()'s size */
+	if (imap_search_run_parse(&tc->run, &args[1], count - 1, true, &status, text, sizeof(text)) <
+	    0)
+		return imap_cmd_done_str(cmd, status, text);
+	if (imap_search_uses_modseq(tc->run.search))
 		c->condstore = true;
-	struct imap_selected *sel = c->sel;
-	uint32_t n = (uint32_t)sel->uids.count;
-	imap_search_resolve(tc->search, n, n > 0 ? sel->uids.items[n - 1] : 0);
-	tc->mailbox = sel->guid;
-	tc->db = c->server->db;
-	if (stor_msg_list_range(tc->db, &tc->mailbox, 1, UINT32_MAX, &tc->msgs, &err) < 0)
-		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	if (imap_search_run_start(&tc->run, c, text, sizeof(text)) < 0)
+		return imap_cmd_done_str(cmd, "NO", text);
 	return thread_step(cmd);
 }

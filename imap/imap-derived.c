@@ -39,26 +39,6 @@ static void put_cstr(struct buf *out, const char *s)
 	put_str(out, s, s != NULL ? strlen(s) : 0);
 }
 
-static char *sort_key(const struct imap_mime *m, enum imap_sort_key key)
-{
-	switch (key) {
-	case IMAP_SORT_SUBJECT:
-		return imap_sortkey_subject(m);
-	case IMAP_SORT_FROM:
-		return imap_sortkey_address(m, "from", false);
-	case IMAP_SORT_TO:
-		return imap_sortkey_address(m, "to", false);
-	case IMAP_SORT_CC:
-		return imap_sortkey_address(m, "cc", false);
-	case IMAP_SORT_DISPLAYFROM:
-		return imap_sortkey_address(m, "from", true);
-	case IMAP_SORT_DISPLAYTO:
-		return imap_sortkey_address(m, "to", true);
-	default:
-		return xstrdup("");
-	}
-}
-
 /* A header field's unfolded value as cmd-thread.c reads it, or NULL. */
 static const char *thread_field(const unsigned char *text, size_t len, const char *name,
 				struct buf *v)
@@ -120,7 +100,7 @@ void imap_derived_build(const unsigned char *text, size_t len, struct buf *out)
 	buf_append_byte(out, has_sort_date);
 	buf_append_be64(out, has_sort_date ? (uint64_t)t : 0);
 	for (size_t i = 0; i < STRING_KEY_COUNT; i++) {
-		char *k = sort_key(m, string_keys[i]);
+		char *k = imap_sort_string_key(string_keys[i], m);
 		put_cstr(out, k);
 		free(k);
 	}

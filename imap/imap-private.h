@@ -267,6 +267,11 @@ void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uid
 void imap_search_updates_free(struct imap_selected *sel);
 
 /* ---- imap-util.c ---- */
+/* Index of the first UID >= uid in the ascending list l (l->count when
+ * there is none). */
+size_t imap_uid_lower_bound(const stor_uid_list *l, uint32_t uid);
+/* Whether the ascending list l holds uid. */
+bool imap_uid_list_has(const stor_uid_list *l, uint32_t uid);
 /* A mailbox name argument as imap_mailbox_name() makes it, from UTF-8 for
  * an IMAP4rev2 client (names are stored in modified UTF-7). */
 char *imap_client_mailbox_name(const struct imap_client *c, const char *name, size_t len,

@@ -129,26 +129,6 @@ int imap_search_update_cancel(struct imap_selected *sel, const char *tag)
 	return 0;
 }
 
-/* Index of the first UID >= uid in an ascending list. */
-static size_t lower_bound(const stor_uid_list *l, uint32_t uid)
-{
-	size_t lo = 0, hi = l->count;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (l->items[mid] < uid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-static bool has(const stor_uid_list *l, uint32_t uid)
-{
-	size_t i = lower_bound(l, uid);
-	return i < l->count && l->items[i] == uid;
-}
-
 static int uid_cmp(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -208,18 +188,18 @@ static void sorted_remove(struct imap_client *c, struct imap_search_update *u,
 {
 	size_t n = u->order.count;
 	for (size_t i = n; i > 0;) {
-		if (!has(gone, u->order.items[i - 1].uid)) {
+		if (!imap_uid_list_has(gone, u->order.items[i - 1].uid)) {
 			i--;
 			continue;
 		}
 		size_t end = i;
-		while (i > 0 && has(gone, u->order.items[i - 1].uid))
+		while (i > 0 && imap_uid_list_has(gone, u->order.items[i - 1].uid))
 			i--;
 		send_sorted_run(c, u, "REMOVEFROM", i, end);
 	}
 	size_t w = 0;
 	for (size_t i = 0; i < n; i++) {
-		if (has(gone, u->order.items[i].uid))
+		if (imap_uid_list_has(gone, u->order.items[i].uid))
 			imap_sort_entry_free(&u->order.items[i]);
 		else
 			u->order.items[w++] = u->order.items[i];
@@ -270,7 +250,7 @@ void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uid
 		stor_uid_list gone = ARRAY_INIT;
 		size_t pos = 0;
 		for (size_t i = 0; i < uids->count; i++) {
-			size_t at = lower_bound(&u->result, uids->items[i]);
+			size_t at = imap_uid_lower_bound(&u->result, uids->items[i]);
 			if (at < u->result.count && u->result.items[at] == uids->items[i]) {
 				if (gone.count == 0 || at + 1 < pos)
 					pos = at + 1;
@@ -287,7 +267,7 @@ void imap_search_updates_expunge(struct imap_client *c, const stor_uid_list *uid
 				send_change(c, u, "REMOVEFROM", pos, &gone);
 			size_t w = 0;
 			for (size_t i = 0; i < u->result.count; i++)
-				if (!has(&gone, u->result.items[i]))
+				if (!imap_uid_list_has(&gone, u->result.items[i]))
 					u->result.items[w++] = u->result.items[i];
 			u->result.count = w;
 		}
@@ -391,7 +371,8 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 			 * expunge path removes it. */
 			if (seq == 0 || has_pending(sel, m->uid))
 				continue;
-			bool now = matches(c, u, m, seq, &ec), was = has(&u->result, m->uid);
+			bool now = matches(c, u, m, seq, &ec);
+			bool was = imap_uid_list_has(&u->result, m->uid);
 			if (now && !was) {
 				ARRAY_PUSH(&added, m->uid);
 				if (u->sorted)
@@ -405,10 +386,10 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 				sorted_remove(c, u, &removed);
 			else
 				send_change(c, u, "REMOVEFROM",
-					    lower_bound(&u->result, removed.items[0]) + 1, &removed);
+					    imap_uid_lower_bound(&u->result, removed.items[0]) + 1, &removed);
 			size_t w = 0;
 			for (size_t i = 0; i < u->result.count; i++)
-				if (!has(&removed, u->result.items[i]))
+				if (!imap_uid_list_has(&removed, u->result.items[i]))
 					u->result.items[w++] = u->result.items[i];
 			u->result.count = w;
 		}
@@ -428,8 +409,8 @@ void imap_search_updates_changed(struct imap_client *c, const stor_msg_list *msg
 			if (u->sorted)
 				sorted_add(c, u, new_entries.items, new_entries.count);
 			else
-				send_change(c, u, "ADDTO", lower_bound(&u->result, added.items[0]) + 1,
-					    &added);
+				send_change(c, u, "ADDTO",
+					    imap_uid_lower_bound(&u->result, added.items[0]) + 1, &added);
 		}
 	}
 	ARRAY_FREE(&new_entries);

@@ -13,40 +13,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lib/listen.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
-
-static int listen_on(const struct config_addr *addr, char **error_r)
-{
-	struct addrinfo hints, *res = NULL;
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	char port[8];
-	snprintf(port, sizeof(port), "%u", addr->port);
-	int r = getaddrinfo(addr->host, port, &hints, &res);
-	if (r != 0) {
-		*error_r = xasprintf("%s:%u: %s", addr->host, addr->port, gai_strerror(r));
-		return -1;
-	}
-	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		*error_r = xasprintf("socket: %s", strerror(errno));
-		freeaddrinfo(res);
-		return -1;
-	}
-	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
-		*error_r = xasprintf("%s:%u: %s", addr->host, addr->port, strerror(errno));
-		close(fd);
-		freeaddrinfo(res);
-		return -1;
-	}
-	freeaddrinfo(res);
-	return fd;
-}
 
 static void describe_peer(const struct sockaddr_storage *ss, char *out, size_t outlen,
 			  bool *loopback_r)
@@ -90,12 +59,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	 * sessions. */
 	for (int n = 0; n < 32; n++) {
 		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = listen_accept(w->fd, &ss);
+		if (fd == LISTEN_DRAINED)
+			return;
 		if (fd < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
-			    errno == ECONNABORTED)
-				return;
 			/* EMFILE and friends: stop accepting for a moment instead of
 			 * spinning on a listener that stays readable. */
 			log_warn("imap: accept");
@@ -170,12 +137,12 @@ int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 		goto fail;
 	}
 	if (cfg->imap_listen.host != NULL) {
-		srv->listen_fd[0] = listen_on(&cfg->imap_listen, error_r);
+		srv->listen_fd[0] = listen_tcp(&cfg->imap_listen, error_r);
 		if (srv->listen_fd[0] < 0)
 			goto fail;
 	}
 	if (cfg->imaps_listen.host != NULL) {
-		srv->listen_fd[1] = listen_on(&cfg->imaps_listen, error_r);
+		srv->listen_fd[1] = listen_tcp(&cfg->imaps_listen, error_r);
 		if (srv->listen_fd[1] < 0)
 			goto fail;
 	}

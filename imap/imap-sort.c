@@ -79,7 +79,7 @@ bool imap_sort_program_needs_text(const struct imap_sort_program *prog)
 	return false;
 }
 
-static char *string_key(enum imap_sort_key key, const struct imap_mime *m)
+char *imap_sort_string_key(enum imap_sort_key key, const struct imap_mime *m)
 {
 	switch (key) {
 	case IMAP_SORT_SUBJECT:
@@ -108,7 +108,7 @@ void imap_sort_entry_fill(struct imap_sort_entry *e, const struct imap_sort_prog
 		if (key == IMAP_SORT_DATE)
 			e->date = imap_sent_date(m, e->arrival);
 		else if (e->str[key] == NULL)
-			e->str[key] = string_key(key, m);
+			e->str[key] = imap_sort_string_key(key, m);
 	}
 }
 

@@ -56,6 +56,11 @@ struct imap_sort_entry {
 	char *str[IMAP_SORT_KEY_COUNT];      /* string keys the program uses */
 };
 
+/* A string key's value for m (newly allocated; NULL m reads as an empty
+ * message), or NULL for a key that is not a string (ARRIVAL, DATE, SIZE).
+ * The one computation both SORT and the derived record use, so that a key
+ * read from the record sorts like one computed from the text. */
+char *imap_sort_string_key(enum imap_sort_key key, const struct imap_mime *m);
 /* Computes the keys prog needs from the parsed message (NULL when the text
  * could not be read: strings are then "" and the date is the arrival). */
 void imap_sort_entry_fill(struct imap_sort_entry *e, const struct imap_sort_program *prog,

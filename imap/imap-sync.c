@@ -75,24 +75,9 @@ void imap_recent_free(struct imap_server *srv)
 	memset(&srv->recent, 0, sizeof(srv->recent));
 }
 
-static bool uid_list_has(const stor_uid_list *l, uint32_t uid)
-{
-	size_t lo = 0, hi = l->count;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (l->items[mid] < uid)
-			lo = mid + 1;
-		else if (l->items[mid] > uid)
-			hi = mid;
-		else
-			return true;
-	}
-	return false;
-}
-
 bool imap_sel_is_recent(const struct imap_selected *sel, uint32_t uid)
 {
-	return sel->recent.count > 0 && uid_list_has(&sel->recent, uid);
+	return sel->recent.count > 0 && imap_uid_list_has(&sel->recent, uid);
 }
 
 /* New UIDs (ascending) appear in the session: those no session on this
@@ -111,7 +96,7 @@ static size_t recent_take(struct imap_client *c, const uint32_t *uids, size_t n)
 			continue;
 		if (sel->recent.count == 0 || uids[i] > sel->recent.items[sel->recent.count - 1]) {
 			ARRAY_PUSH(&sel->recent, uids[i]);
-		} else if (!uid_list_has(&sel->recent, uids[i])) {
+		} else if (!imap_uid_list_has(&sel->recent, uids[i])) {
 			size_t at = 0;
 			while (at < sel->recent.count && sel->recent.items[at] < uids[i])
 				at++;
@@ -186,31 +171,8 @@ void imap_sel_announce_keywords(struct imap_client *c, const stor_string_list *k
 
 uint32_t imap_sel_seq(const struct imap_selected *sel, uint32_t uid)
 {
-	size_t lo = 0, hi = sel->uids.count;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (sel->uids.items[mid] < uid)
-			lo = mid + 1;
-		else if (sel->uids.items[mid] > uid)
-			hi = mid;
-		else
-			return (uint32_t)mid + 1;
-	}
-	return 0;
-}
-
-/* Index of the first UID >= uid in the map. */
-static size_t lower_bound(const struct imap_selected *sel, uint32_t uid)
-{
-	size_t lo = 0, hi = sel->uids.count;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (sel->uids.items[mid] < uid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
+	size_t i = imap_uid_lower_bound(&sel->uids, uid);
+	return i < sel->uids.count && sel->uids.items[i] == uid ? (uint32_t)i + 1 : 0;
 }
 
 int imap_sel_open(struct imap_client *c, const struct stor_mailbox *mb, bool readonly,
@@ -418,7 +380,7 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 			if (sel->uids.count == 0 || uid > sel->uids.items[sel->uids.count - 1]) {
 				ARRAY_PUSH(&sel->uids, uid);
 			} else {
-				size_t at = lower_bound(sel, uid);
+				size_t at = imap_uid_lower_bound(&sel->uids, uid);
 				ARRAY_RESERVE(&sel->uids, 1);
 				memmove(&sel->uids.items[at + 1], &sel->uids.items[at],
 					(sel->uids.count - at) * sizeof(uint32_t));
@@ -487,7 +449,7 @@ int imap_sel_resolve(struct imap_selected *sel, const char *set, bool uid, stor_
 	if (uid) {
 		imap_seqset_resolve(&ranges, n > 0 ? sel->uids.items[n - 1] : 0);
 		for (size_t i = 0; i < ranges.count; i++) {
-			for (size_t k = lower_bound(sel, ranges.items[i].lo);
+			for (size_t k = imap_uid_lower_bound(&sel->uids, ranges.items[i].lo);
 			     k < n && sel->uids.items[k] <= ranges.items[i].hi; k++)
 				ARRAY_PUSH(uids_r, sel->uids.items[k]);
 		}

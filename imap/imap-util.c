@@ -12,6 +12,25 @@
 #include "lib/xalloc.h"
 #include <stdlib.h>
 
+size_t imap_uid_lower_bound(const stor_uid_list *l, uint32_t uid)
+{
+	size_t lo = 0, hi = l->count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (l->items[mid] < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+bool imap_uid_list_has(const stor_uid_list *l, uint32_t uid)
+{
+	size_t i = imap_uid_lower_bound(l, uid);
+	return i < l->count && l->items[i] == uid;
+}
+
 static bool atom_safe(const char *s, size_t len)
 {
 	if (len == 0 || len > 256)

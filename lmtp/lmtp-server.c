@@ -20,6 +20,7 @@
 #include "lib/buf.h"
 #include "lib/clock.h"
 #include "lib/config.h"
+#include "lib/listen.h"
 #include "lib/log.h"
 #include "lib/passwd.h"
 #include "storage/storage-users.h"
@@ -679,12 +680,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	struct lmtp_server *srv = w->data;
 	for (int n = 0; n < 32; n++) {
 		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = listen_accept(w->fd, &ss);
+		if (fd == LISTEN_DRAINED)
+			return;
 		if (fd < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
-			    errno == ECONNABORTED)
-				return;
 			/* EMFILE and friends: pause instead of spinning. */
 			log_warn("lmtp: accept");
 			ev_io_stop(loop, &srv->listen_io);
@@ -697,7 +696,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 			int one = 1;
 			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 			char host[64], port[16];
-			if (getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port,
+			if (getnameinfo((struct sockaddr *)&ss, sizeof(ss), host, sizeof(host), port,
 					sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
 				snprintf(peer, sizeof(peer), "%s:%s", host, port);
 		}
@@ -705,37 +704,15 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	}
 }
 
-static int listen_tcp(const struct config_addr *addr, char **error_r)
+/* The shared listener, with lmtp_listen named in its error. */
+static int listen_lmtp_tcp(const struct config_addr *addr, char **error_r)
 {
-	struct addrinfo hints, *res = NULL;
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	char port[8];
-	snprintf(port, sizeof(port), "%u", addr->port);
-	int r = getaddrinfo(addr->host, port, &hints, &res);
-	if (r != 0) {
-		*error_r = xasprintf("lmtp_listen %s:%u: %s", addr->host, addr->port,
-				     gai_strerror(r));
-		return -1;
-	}
-	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	char *err;
+	int fd = listen_tcp(addr, &err);
 	if (fd < 0) {
-		*error_r = xasprintf("lmtp_listen: socket: %s", strerror(errno));
-		freeaddrinfo(res);
-		return -1;
+		*error_r = xasprintf("lmtp_listen %s", err);
+		free(err);
 	}
-	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
-		*error_r = xasprintf("lmtp_listen %s:%u: %s", addr->host, addr->port,
-				     strerror(errno));
-		close(fd);
-		freeaddrinfo(res);
-		return -1;
-	}
-	freeaddrinfo(res);
 	return fd;
 }
 
@@ -781,7 +758,7 @@ int lmtp_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 		return -1;
 	}
 	int fd = cfg->lmtp_socket != NULL ? listen_unix(cfg->lmtp_socket, error_r) :
-					    listen_tcp(&cfg->lmtp_listen, error_r);
+					    listen_lmtp_tcp(&cfg->lmtp_listen, error_r);
 	if (fd < 0)
 		return -1;
 	struct lmtp_server *srv = xcalloc(1, sizeof(*srv));

@@ -228,31 +228,32 @@ static void cl_cmd_end(struct sync_client *c, struct proto_wr *w)
 	cl_flush(c);
 }
 
+/* uids in EXPUNGE lines of per_line UIDs at most, each with its UIDs'
+ * GUIDS when guids is given. */
+static void cl_wr_expunge_lines(struct sync_client *c, const stor_uid_list *uids,
+				size_t per_line, const struct guid *guids)
+{
+	struct proto_wr w;
+	for (size_t i = 0; i < uids->count; i += per_line) {
+		size_t k = uids->count - i;
+		if (k > per_line)
+			k = per_line;
+		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
+		proto_wr_uidset(&w, uids->items + i, k);
+		proto_wr_u64(&w, 0);
+		if (guids != NULL)
+			sync_wr_user_guids(&w, guids + i, k);
+		cl_cmd_end(c, &w);
+	}
+}
+
 /* EXPUNGE <uidset> 0 lines: the engine's tombstones (uids), then a user's
  * (uuids, with their GUIDs: GUIDS).  Both sets ascending. */
 static void cl_wr_expunges(struct sync_client *c, const stor_uid_list *uids,
 			   const stor_uid_list *uuids, const struct guid *guids)
 {
-	struct proto_wr w;
-	for (size_t i = 0; i < uids->count; i += SYNC_MAX_UIDS_PER_LINE) {
-		size_t k = uids->count - i;
-		if (k > SYNC_MAX_UIDS_PER_LINE)
-			k = SYNC_MAX_UIDS_PER_LINE;
-		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
-		proto_wr_uidset(&w, uids->items + i, k);
-		proto_wr_u64(&w, 0);
-		cl_cmd_end(c, &w);
-	}
-	for (size_t i = 0; i < uuids->count; i += SYNC_MAX_USER_UIDS_PER_LINE) {
-		size_t k = uuids->count - i;
-		if (k > SYNC_MAX_USER_UIDS_PER_LINE)
-			k = SYNC_MAX_USER_UIDS_PER_LINE;
-		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
-		proto_wr_uidset(&w, uuids->items + i, k);
-		proto_wr_u64(&w, 0);
-		sync_wr_user_guids(&w, guids + i, k);
-		cl_cmd_end(c, &w);
-	}
+	cl_wr_expunge_lines(c, uids, SYNC_MAX_UIDS_PER_LINE, NULL);
+	cl_wr_expunge_lines(c, uuids, SYNC_MAX_USER_UIDS_PER_LINE, guids);
 }
 
 /* Expunges as the answer says: a user's expunge where it named the UID

@@ -824,6 +824,20 @@ static bool client_moved_from(struct sync_server *s, uint32_t uid)
 	return true;
 }
 
+/* The UID other than cs's at which this node holds cs's message, unless
+ * the client moved it from there: *uid_r, or 0 when there is none.
+ * Returns 0, or -1 with *err. */
+static int held_elsewhere(struct sync_server *s, const struct srv_save *cs, uint32_t *uid_r,
+			  const char **err)
+{
+	int r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, uid_r, err);
+	if (r < 0)
+		return -1;
+	if (r == 0 || *uid_r == cs->uid || client_moved_from(s, *uid_r))
+		*uid_r = 0;
+	return 0;
+}
+
 static void uids_sort_unique(stor_uid_list *l)
 {
 	if (l->count == 0)
@@ -1126,14 +1140,11 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	uint32_t elsewhere = 0;
 	if ((sme != NULL && guid_cmp(&sme->guid, &cs->guid) != 0) ||
 	    (sme == NULL && ti >= 0 && guid_cmp(&m->stombs.items[ti].guid, &cs->guid) != 0)) {
-		r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &elsewhere, err);
-		if (r < 0) {
+		if (held_elsewhere(s, cs, &elsewhere, err) < 0) {
 			if (have_other)
 				stor_msg_free(&other);
 			return -1;
 		}
-		if (r == 0 || elsewhere == cs->uid || client_moved_from(s, elsewhere))
-			elsewhere = 0;
 	}
 	/* A user here expunged this GUID since the last sync, under any UID,
 	 * and no copy of it is left here: the client's copy is one that the
@@ -1184,14 +1195,11 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			/* Our engine's tombstone of this very message: we
 			 * moved it (a UID conflict with a third node) when it
 			 * lives on at another UID here. */
-			r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &moved_to, err);
-			if (r < 0) {
+			if (held_elsewhere(s, cs, &moved_to, err) < 0) {
 				if (have_other)
 					stor_msg_free(&other);
 				return -1;
 			}
-			if (r == 0 || moved_to == cs->uid || client_moved_from(s, moved_to))
-				moved_to = 0;
 		}
 		if (moved_to != 0) {
 			take_ours(m, cs, moved_to);

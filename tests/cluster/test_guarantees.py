@@ -44,6 +44,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
+from harness.proc import poll  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -94,12 +95,7 @@ def status(node, key):
 
 
 def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.25)
-    return pred()
+    return poll(pred, timeout, interval=0.25)
 
 
 def master_of(node, user=USER):
@@ -131,9 +127,7 @@ def start_with_master_1(c, users=(USER,)):
 
 
 def finish(c, what):
-    c.close()
-    reps = c.sanitizer_reports()
-    R.check("no sanitizer report", not reps, reps)
+    c.close_checked(R)
 
 
 # ---- full disk ------------------------------------------------------------

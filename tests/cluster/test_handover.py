@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness import imapwire  # noqa: E402
+from harness.proc import poll as wait_for  # noqa: E402
 from harness.peerwire import PyPeer  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
@@ -80,15 +81,6 @@ def parse_dump(text):
         if m:
             out["msg"][(m.group(1), int(m.group(2)))] = (m.group(3), m.group(4))
     return out
-
-
-def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
 
 
 def master_show(node, timeout=30):
@@ -181,9 +173,7 @@ def t_failover_catches_up():
         m3.close()
     finally:
         os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 # ---- a restarted node knows the cluster before it is master ---------------
@@ -209,9 +199,7 @@ def t_restart_waits_for_cluster():
                     ans.get("epoch", "").endswith(".1"), ans)
             c.wait_links_up(timeout=40)
     finally:
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 # ---- epochs on forwarded requests and on changes with ORIGIN ---------------
@@ -261,17 +249,24 @@ def flags_of(n2, uid):
     return parse_dump(n2.dump(USER))["msg"].get(("INBOX", uid), (None, None))[1]
 
 
+def start_node2(c, prefix, check):
+    """Starts node 2 of c alone (node 1 is to be the Python peer) and
+    APPENDs three messages, prefix0..2, to its INBOX; returns node 2."""
+    n2 = c.nodes[1]
+    n2.start()
+    m = login(n2)
+    for i in range(3):
+        typ, _, text = appenduid(m, "%s%d" % (prefix, i))
+        R.check(check % i, typ == "OK", text)
+    m.logout()
+    return n2
+
+
 def t_epochs_checked():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
     try:
-        n2 = c.nodes[1]
-        n2.start()
-        m = login(n2)
-        for i in range(3):
-            typ, _, text = appenduid(m, "m%d" % i)
-            R.check("APPEND %d on node 2 (alone: its master)" % i, typ == "OK", text)
-        m.logout()
+        n2 = start_node2(c, "m", "APPEND %d on node 2 (alone: its master)")
         # The start-up hold is over by now (node 1 never came): node 2 is
         # master of INBOX at its own epoch.
         ep = epoch_of(n2)
@@ -312,22 +307,14 @@ def t_epochs_checked():
         p.close()
     finally:
         os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 def t_origin_is_the_master():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
     try:
-        n2 = c.nodes[1]
-        n2.start()
-        m = login(n2)
-        for i in range(3):
-            typ, _, text = appenduid(m, "o%d" % i)
-            R.check("APPEND %d on node 2" % i, typ == "OK", text)
-        m.logout()
+        n2 = start_node2(c, "o", "APPEND %d on node 2")
         p = peer_for(c, n2)
         R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15),
                 p.mm_seen[-5:])
@@ -353,9 +340,7 @@ def t_origin_is_the_master():
         p.close()
     finally:
         os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
-        c.close()
-        reps = c.sanitizer_reports()
-        R.check("no sanitizer report", not reps, reps)
+        c.close_checked(R)
 
 
 def main():

@@ -110,6 +110,17 @@ def wait_for(pred, timeout, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def poll(pred, timeout, interval=0.1):
+    """Whether pred() becomes true within timeout s (asked once more at the
+    end): for a wait whose failure is a test's finding, not an error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
 def mkdtemp(prefix):
     """A temp dir removed at exit unless KEEP_TEST_DIRS is set."""
     d = tempfile.mkdtemp(prefix=prefix)

@@ -385,6 +385,13 @@ class Cluster:
                 out[node.node_id] = r
         return out
 
+    def close_checked(self, report):
+        """Stops every node, then checks (in report) that no node's log has
+        a sanitizer report: the end of every cluster scenario."""
+        self.close()
+        reps = self.sanitizer_reports()
+        report.check("no sanitizer report", not reps, reps)
+
     def running_nodes(self):
         return [n for n in self.nodes if n.running()]
 

@@ -107,13 +107,14 @@ def finish(report, target):
     return report.summary()
 
 
-def run_sections(report, sections, description, users, set_target):
-    """The usual main(): start the target (set_target(t) hands it to the
-    script), run each (name, func) section while the server is alive, then
-    finish.  Returns the exit status."""
+def run_sections(report, sections, description, users, set_target, tls=False, start=None):
+    """The usual main(): start the target (start(args) when the script needs
+    its own server setup, else start_target with users and tls;
+    set_target(t) hands it to the script), run each (name, func) section
+    while the server is alive, then finish.  Returns the exit status."""
     args = parse_args(description)
     try:
-        target = start_target(args, users, tls=False)
+        target = start(args) if start is not None else start_target(args, users, tls=tls)
     except Exception as e:  # noqa: BLE001
         report.check("server starts", False, "%s: %s" % (type(e).__name__, e))
         return report.summary()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from imapcommon import parse_args, start_target, finish, Report, Target
+from imapcommon import start_target, Report, Target, run_sections
 from harness.starling import Cluster
 from harness.imapwire import Client, Literal, expand_set, parse, quote
 
@@ -610,33 +610,23 @@ SECTIONS = [
 ]
 
 
-def main():
-    global T, ARGS
-    args = parse_args(__doc__.splitlines()[0])
+def start(args):
+    global ARGS
     ARGS = args
-    try:
-        if args.dovecot:
-            T = start_target(args, {USER: PASSWORD}, tls=False)
-        else:
-            # A small max_message_size, so that the size bounds are cheap
-            # to reach.
-            cl = Cluster(n=1, users={USER: PASSWORD}, tls=False, build_dir=args.build,
-                         extra_config={"max_message_size": str(MAX_MESSAGE_SIZE)})
-            cl.start_all()
-            T = Target("starling", cl, cl.nodes[0])
-    except Exception as e:  # noqa: BLE001
-        R.check("server starts", False, "%s: %s" % (type(e).__name__, e))
-        return R.summary()
-    print("target: %s on 127.0.0.1:%d" % (T.kind, T.port), flush=True)
-    for name, func in SECTIONS:
-        if args.only and args.only not in name:
-            continue
-        if not T.alive():
-            R.check("%s: server alive before the section" % name, False, T.log_tail())
-            continue
-        R.section(name, func)
-    return finish(R, T)
+    if args.dovecot:
+        return start_target(args, {USER: PASSWORD}, tls=False)
+    # A small max_message_size, so that the size bounds are cheap to reach.
+    cl = Cluster(n=1, users={USER: PASSWORD}, tls=False, build_dir=args.build,
+                 extra_config={"max_message_size": str(MAX_MESSAGE_SIZE)})
+    cl.start_all()
+    return Target("starling", cl, cl.nodes[0])
+
+
+def set_target(t):
+    global T
+    T = t
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_sections(R, SECTIONS, __doc__.splitlines()[0], {USER: PASSWORD}, set_target,
+                          start=start))

@@ -12,7 +12,7 @@ which validates the test itself.  The last line is
 """
 import sys
 
-from imapcommon import parse_args, start_target, finish, Report
+from imapcommon import Report, run_sections
 from harness.imapwire import Client, Literal, parse, quote
 
 USER, PASSWORD = "alice", "s3cret pass"
@@ -566,24 +566,10 @@ SECTIONS = [
 ]
 
 
-def main():
+def set_target(t):
     global T
-    args = parse_args(__doc__.splitlines()[0])
-    try:
-        T = start_target(args, {USER: PASSWORD}, tls=False)
-    except Exception as e:  # noqa: BLE001
-        R.check("server starts", False, "%s: %s" % (type(e).__name__, e))
-        return R.summary()
-    print("target: %s on 127.0.0.1:%d" % (T.kind, T.port), flush=True)
-    for name, func in SECTIONS:
-        if args.only and args.only not in name:
-            continue
-        if not T.alive():
-            R.check("%s: server alive before the section" % name, False, T.log_tail())
-            continue
-        R.section(name, func)
-    return finish(R, T)
+    T = t
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_sections(R, SECTIONS, __doc__.splitlines()[0], {USER: PASSWORD}, set_target))

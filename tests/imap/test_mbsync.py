@@ -20,7 +20,7 @@ import re
 import sys
 import time
 
-from imapcommon import parse_args, start_target, finish, Report, proc
+from imapcommon import Report, run_sections, proc
 
 USER, PASSWORD = "mbuser", "mbsync-pw-1"
 R = Report("imap-mbsync")
@@ -216,18 +216,11 @@ Sync All
             sorted(srv2), sorted(k for k in srv if k != "<mbsync-3@test>"))
 
 
-def main():
+def set_target(t):
     global T
-    args = parse_args(__doc__.splitlines()[0])
-    try:
-        T = start_target(args, {USER: PASSWORD}, tls=False)
-    except Exception as e:  # noqa: BLE001
-        R.check("server starts", False, "%s: %s" % (type(e).__name__, e))
-        return R.summary()
-    print("target: %s on 127.0.0.1:%d" % (T.kind, T.port), flush=True)
-    R.section("mbsync round trip", scenario)
-    return finish(R, T)
+    T = t
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_sections(R, [("mbsync round trip", scenario)], __doc__.splitlines()[0],
+                          {USER: PASSWORD}, set_target))

@@ -8,6 +8,7 @@ int main(void)
 		{ "config", lib_config_cases, NULL, NULL },
 		{ "passwd", lib_passwd_cases, NULL, NULL },
 		{ "file", lib_file_cases, NULL, NULL },
+		{ "listen", lib_listen_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 	return test_run_suites("test-lib", suites);

@@ -1,0 +1,53 @@
+#include "lib/listen.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lib/xalloc.h"
+
+int listen_tcp(const struct config_addr *addr, char **error_r)
+{
+	struct addrinfo hints, *res = NULL;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	char port[8];
+	snprintf(port, sizeof(port), "%u", addr->port);
+	int r = getaddrinfo(addr->host, port, &hints, &res);
+	if (r != 0) {
+		*error_r = xasprintf("%s:%u: %s", addr->host, addr->port, gai_strerror(r));
+		return -1;
+	}
+	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*error_r = xasprintf("socket: %s", strerror(errno));
+		freeaddrinfo(res);
+		return -1;
+	}
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+		*error_r = xasprintf("%s:%u: %s", addr->host, addr->port, strerror(errno));
+		close(fd);
+		freeaddrinfo(res);
+		return -1;
+	}
+	freeaddrinfo(res);
+	return fd;
+}
+
+int listen_accept(int fd, struct sockaddr_storage *ss)
+{
+	socklen_t sl = sizeof(*ss);
+	int cfd = accept4(fd, (struct sockaddr *)ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (cfd >= 0)
+		return cfd;
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
+		return LISTEN_DRAINED;
+	return LISTEN_PAUSE;
+}
