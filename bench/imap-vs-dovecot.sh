@@ -12,7 +12,9 @@
 # must not be tmpfs or fsync means nothing), CLIENTS (8), MESSAGES (100 per
 # client), MIX_OPS (200 per client), FETCH_ROUNDS (10), ROUNDS (3: the servers
 # take turns, each figure is the median), FETCH_CHUNK (50 messages per UID
-# FETCH), PIPELINE (1: FETCH commands a fetch client keeps in flight).
+# FETCH), PIPELINE (1: FETCH commands a fetch client keeps in flight),
+# HARNESS_READER=1 (fetch clients read with the tests' imapwire reader, as
+# before 2026-12-07: it costs the clients more CPU than the server).
 # Each phase also reports the server's CPU (its process tree, Dovecot's
 # short-lived imap processes included) and the clients' CPU per message.
 # Goals of issue 15: APPEND >= 5x Dovecot, FETCH (bodies and listing) and the
@@ -47,6 +49,7 @@ bench = [sys.executable, "-B", os.path.join(top, "bench", "imap-bench.py"),
          "--clients", os.environ["CLIENTS"], "--messages", os.environ["MESSAGES"],
          "--mix-ops", os.environ["MIX_OPS"], "--fetch-rounds", os.environ["FETCH_ROUNDS"],
          "--fetch-chunk", os.environ["FETCH_CHUNK"], "--pipeline", os.environ["PIPELINE"],
+         ] + (["--harness-reader"] if os.environ.get("HARNESS_READER") == "1" else []) + [
          "--user", user, "--password", pw, "--host", "127.0.0.1"]
 print("machine: %s, %d cores; data in %s (%s)" % (
     subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip(),

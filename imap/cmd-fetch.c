@@ -460,17 +460,74 @@ static bool item_needs_text(const struct fetch_item *it)
 	       derived_have(it) != 0;
 }
 
+/* The message records of the next UIDs of a step, read with one LevelDB
+ * iterator pass (a seek, then nexts) instead of a lookup each.  Only
+ * within one step: between steps other sessions may change or expunge
+ * them, and then the text a record names may be gone. */
+#define FETCH_BATCH 16
+
+struct msg_batch {
+	stor_msg_list list;
+	uint32_t first, last;  /* the UID range looked up; last 0: none */
+};
+
+/* Reads the records of fc->uids[i...] (up to FETCH_BATCH of them) when
+ * they are dense enough that the pass visits few other messages. */
+static int batch_fill(struct stor_db *db, const struct fetch_ctx *fc, size_t i,
+		      struct msg_batch *b, const char **error_r)
+{
+	stor_msg_list_free(&b->list);
+	b->first = b->last = 0;
+	size_t n = fc->uids.count - i < FETCH_BATCH ? fc->uids.count - i : FETCH_BATCH;
+	if (n < 2)
+		return 0;
+	uint32_t first = fc->uids.items[i], last = fc->uids.items[i + n - 1];
+	if (last - first >= 2 * n)
+		return 0;
+	if (stor_msg_list_range(db, &fc->mailbox, first, last, &b->list, error_r) < 0)
+		return -1;
+	b->first = first;
+	b->last = last;
+	return 0;
+}
+
+/* 1 and the record (now the caller's), 0 when the batch's range holds no
+ * such message (expunged), -1 when uid is outside the range. */
+static int batch_take(struct msg_batch *b, uint32_t uid, struct stor_msg *m_r)
+{
+	if (b == NULL || b->last == 0 || uid < b->first || uid > b->last)
+		return -1;
+	size_t lo = 0, hi = b->list.count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (b->list.items[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == b->list.count || b->list.items[lo].uid != uid)
+		return 0;
+	*m_r = b->list.items[lo];
+	/* Moved out: what stays is freed as empty. */
+	memset(&b->list.items[lo].keywords, 0, sizeof(b->list.items[lo].keywords));
+	memset(&b->list.items[lo].stamps, 0, sizeof(b->list.items[lo].stamps));
+	return 1;
+}
+
 /* Writes one message's FETCH response into the client's output.  Returns
  * 0, -1 on a storage error (*error_r), or -2 (nothing written) when a BINARY
  * item names a part whose transfer encoding we cannot undo. */
-static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, const char **error_r)
+static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid,
+		     struct msg_batch *mb, const char **error_r)
 {
 	struct imap_client *c = cmd->client;
 	struct stor_db *db = c->server->db;
 	if (c->dead)
 		return 0;  /* its output would go nowhere */
 	struct stor_msg m;
-	int r = stor_msg_get(db, &fc->mailbox, uid, &m, error_r);
+	int r = batch_take(mb, uid, &m);
+	if (r < 0)
+		r = stor_msg_get(db, &fc->mailbox, uid, &m, error_r);
 	if (r < 0)
 		return -1;
 	if (r == 0)
@@ -698,9 +755,18 @@ static bool fetch_step(struct imap_cmd *cmd)
 	struct fetch_ctx *fc = cmd->ctx;
 	if (c->sel == NULL)
 		return imap_cmd_done(cmd, "NO", "Mailbox closed");
+	struct msg_batch mb = { ARRAY_INIT, 0, 0 };
 	for (unsigned n = 0; n < FETCH_MSGS_PER_STEP && fc->next < fc->uids.count; n++) {
 		const char *err;
-		int r = fetch_one(cmd, fc, fc->uids.items[fc->next++], &err);
+		uint32_t uid = fc->uids.items[fc->next];
+		int r = 0;
+		if (uid > mb.last)
+			r = batch_fill(c->server->db, fc, fc->next, &mb, &err);
+		fc->next++;
+		if (r == 0)
+			r = fetch_one(cmd, fc, uid, &mb, &err);
+		if (r < 0)
+			stor_msg_list_free(&mb.list);
 		if (r == -2)
 			return imap_cmd_done(cmd, "NO", "[UNKNOWN-CTE] %s", err);
 		if (r < 0)
@@ -708,6 +774,7 @@ static bool fetch_step(struct imap_cmd *cmd)
 		if (imap_client_out_pending(c) >= IMAP_OUT_HIGHWATER)
 			break;
 	}
+	stor_msg_list_free(&mb.list);
 	if (fc->next < fc->uids.count) {
 		cmd->cont = fetch_step;
 		imap_client_kick(c);

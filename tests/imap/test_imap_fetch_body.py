@@ -174,10 +174,54 @@ def t_expunged_while_sent():
     a.logout()
 
 
+def t_records_in_batches():
+    """The records of a step's UIDs are read in batches: gaps (expunged
+    UIDs) inside a batch, sparse sets, and per-message flags and sizes must
+    each come from their own message."""
+    c = connect()
+    c.command("CREATE", quote("gaps"))
+    texts = {}
+    for u in range(1, 61):
+        t = big_message(300 + u, 200 + 97 * u)
+        texts[u] = t
+        append(c, "gaps", t)
+    r = c.command("SELECT", quote("gaps"))
+    R.check("select", r.ok, r)
+    c.command("UID STORE 1:60 +FLAGS.SILENT (\\Flagged)")
+    gone = [u for u in range(1, 61) if u % 3 == 0 or 20 <= u <= 33]
+    for u in range(1, 61):
+        if u % 4 == 0:
+            c.command("UID STORE %d -FLAGS.SILENT (\\Flagged)" % u)
+    c.command("UID STORE %s +FLAGS.SILENT (\\Deleted)" % ",".join(map(str, gone)))
+    r = c.command("EXPUNGE")
+    R.check("expunge", r.ok, r)
+    live = [u for u in range(1, 61) if u not in gone]
+
+    def check(what, uidset, want):
+        r = c.command("UID FETCH %s (UID FLAGS RFC822.SIZE BODY.PEEK[])" % uidset)
+        got = fetch_map(r)
+        bad = [u for u in want
+               if u not in got or got[u].get("BODY[]") != texts[u]
+               or got[u].get("RFC822.SIZE") != len(texts[u])
+               or (b"\\Flagged" in got[u].get("FLAGS", [])) != (u % 4 != 0)]
+        R.check(what, r.ok and sorted(got) == want and not bad,
+                (r.status, sorted(got), bad))
+
+    check("a range with gaps", "1:60", live)
+    check("a sparse set", "1,17,59", [1, 17, 59])
+    check("a set of single UIDs and ranges", "2,4:8,34:40,58:*",
+          [u for u in live if u == 2 or 4 <= u <= 8 or 34 <= u <= 40 or u >= 58])
+    r = c.command("FETCH 1:* (UID FLAGS)")
+    got = fetch_map(r)
+    R.check("by sequence number", r.ok and sorted(got) == live, sorted(got))
+    c.logout()
+
+
 SECTIONS = [
     ("whole texts and partials at chunk boundaries", t_whole_and_partial),
     ("many large texts in one FETCH", t_many_large_texts),
     ("texts expunged while being sent", t_expunged_while_sent),
+    ("message records read in batches", t_records_in_batches),
 ]
 
 
