@@ -905,16 +905,25 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	if (fc->vanished)
 		send_vanished(cmd, fc);
 	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0) {
-		/* Which messages lack \Seen: they get it (and FLAGS) first. */
+		/* Which messages lack \Seen: they get it (and FLAGS) first.  The
+		 * records are read in batches as the responses' are. */
+		struct msg_batch mb = { ARRAY_INIT, 0, 0 };
 		for (size_t i = 0; i < fc->uids.count; i++) {
 			struct stor_msg m;
 			const char *err;
-			if (stor_msg_get(c->server->db, &fc->mailbox, fc->uids.items[i], &m, &err) != 1)
+			uint32_t uid = fc->uids.items[i];
+			if (uid > mb.last && batch_fill(c->server->db, fc, i, &mb, &err) < 0)
+				mb.first = mb.last = 0;  /* one by one, as below */
+			int r = batch_take(&mb, uid, &m);
+			if (r < 0)
+				r = stor_msg_get(c->server->db, &fc->mailbox, uid, &m, &err);
+			if (r != 1)
 				continue;
 			if ((m.flags & STOR_FLAG_SEEN) == 0)
 				ARRAY_PUSH(&fc->unseen, m.uid);
 			stor_msg_free(&m);
 		}
+		stor_msg_list_free(&mb.list);
 		if (fc->unseen.count > 0) {
 			add_item(fc, F_FLAGS);
 			fc->seen_req.op = STOR_FLAGS_ADD;

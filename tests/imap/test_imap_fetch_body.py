@@ -214,6 +214,23 @@ def t_records_in_batches():
     r = c.command("FETCH 1:* (UID FLAGS)")
     got = fetch_map(r)
     R.check("by sequence number", r.ok and sorted(got) == live, sorted(got))
+    # A non-PEEK fetch sets \Seen on exactly the messages it names (their
+    # records read in batches first, to find those lacking it).
+    want = [u for u in live if u >= 34]  # dense enough to be read in batches
+    c.command("UID STORE 50:60 +FLAGS.SILENT (\\Seen)")
+    c.command("UID STORE 59 -FLAGS.SILENT (\\Seen)")
+    r = c.command("UID FETCH %s (BODY[])" % ",".join(map(str, want)))
+    got = fetch_map(r)
+    # RFC 3501 6.4.5: FLAGS come with the messages whose flags changed.
+    R.check("BODY[] sends each text and sets \\Seen", r.ok and sorted(got) == want and
+            all(got[u].get("BODY[]") == texts[u] and
+                (b"\\Seen" in got[u].get("FLAGS", []) or (u >= 50 and u != 59 and
+                                                         "FLAGS" not in got[u]))
+                for u in want), (r.status, sorted(got)))
+    r = c.command("UID SEARCH SEEN")
+    seen = r.search()[0] if r.ok else None
+    R.equal("\\Seen on exactly those (and the ones set before)",
+            seen and sorted(seen), sorted(set(want) | {u for u in live if 50 <= u <= 60}))
     c.logout()
 
 
