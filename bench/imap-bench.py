@@ -122,19 +122,94 @@ LIST_ITEMS = ("(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE "
               "In-Reply-To Content-Type)])")
 
 
+class ResponseCounter:
+    """Reads responses off a client's socket without building them: one
+    buffer filled with recv_into, literals skipped by size (a literal that
+    has not arrived yet is received and dropped).  The harness's reader
+    re-slices its buffer on every line and literal, which costs the client
+    more CPU than the server spends sending: 8 such clients on a 2-core
+    machine then measure mostly themselves.  Same work for any server: it
+    counts the FETCH responses and their bytes."""
+
+    def __init__(self, sock, pending=b""):
+        self.sock = sock
+        self.buf = bytearray(max(1 << 22, 2 * len(pending)))
+        self.buf[0:len(pending)] = pending
+        self.mv = memoryview(self.buf)
+        self.pos, self.end = 0, len(pending)
+
+    def _recv(self):
+        if self.end == len(self.buf):
+            # Only a line longer than the free half: grow.
+            self.mv.release()
+            self.buf.extend(bytes(len(self.buf)))
+            self.mv = memoryview(self.buf)
+        k = self.sock.recv_into(self.mv[self.end:])
+        if not k:
+            raise EOFError("server closed the connection")
+        self.end += k
+
+    def response(self):
+        """(first bytes, length with CRLF) of the next response, literals
+        included."""
+        if self.pos > len(self.buf) >> 1:
+            n = self.end - self.pos
+            self.buf[0:n] = self.buf[self.pos:self.end]
+            self.pos, self.end = 0, n
+        head, total = None, 0
+        scan = line_start = self.pos
+        while True:
+            i = self.buf.find(b"\r\n", scan, self.end)
+            while i < 0:
+                scan = max(scan, self.end - 1)
+                self._recv()
+                i = self.buf.find(b"\r\n", scan, self.end)
+            if head is None:
+                head = bytes(self.buf[line_start:min(line_start + 40, i)])
+            total += i + 2 - line_start
+            scan = i + 2
+            if i > line_start and self.buf[i - 1] == 0x7d:  # "}"
+                lb = self.buf.rfind(b"{", line_start, i)
+                if lb >= 0:
+                    n = int(self.buf[lb + 1:i - 1].rstrip(b"+"))
+                    total += n
+                    if self.end - scan >= n:
+                        scan += n
+                    else:
+                        n -= self.end - scan
+                        while True:
+                            k = self.sock.recv_into(self.mv)
+                            if not k:
+                                raise EOFError("server closed the connection")
+                            if k > n:
+                                break
+                            n -= k
+                        scan, self.end = n, k
+                    line_start = scan
+                    continue
+            self.pos = scan
+            return head, total
+
+
 def w_fetch(a, idx, barrier, q, uid_lo, uid_hi, items="(BODY.PEEK[])"):
     try:
         c = connect(a)
         r = c.command("EXAMINE", quote(a.mailbox))
         if not r.ok:
             raise RuntimeError("EXAMINE failed: %r" % r)
+        rd = ResponseCounter(c.sock, c.buf) if not a.harness_reader else None
+        if rd is not None:
+            c.buf = b""
         barrier.wait(timeout=120)
         t0 = time.monotonic()
         count, nbytes = 0, 0
         chunks = [(lo, min(uid_hi, lo + a.fetch_chunk - 1))
                   for lo in range(uid_lo, uid_hi + 1, a.fetch_chunk)]
-        for _ in range(a.fetch_rounds):
-            for lo, hi in chunks:
+        cmds = [(lo, hi) for _ in range(a.fetch_rounds) for lo, hi in chunks]
+        sent = done = 0
+        if rd is None:
+            # The harness's reader, one command at a time (as before PIPELINE).
+            for lo, hi in cmds:
                 r = c.command("UID FETCH %d:%d %s" % (lo, hi, items))
                 if not r.ok:
                     raise RuntimeError("FETCH failed: %r" % r)
@@ -142,7 +217,28 @@ def w_fetch(a, idx, barrier, q, uid_lo, uid_hi, items="(BODY.PEEK[])"):
                     if b" FETCH " in u[:40]:
                         count += 1
                         nbytes += len(u)
+            done = len(cmds)
+        while done < len(cmds):
+            # Keep up to --pipeline commands in flight (RFC 3501 5.5: FETCHes
+            # may be pipelined).
+            while sent < len(cmds) and sent - done < a.pipeline:
+                lo, hi = cmds[sent]
+                c.sock.sendall(b"f%d UID FETCH %d:%d %s\r\n" % (sent, lo, hi, items.encode()))
+                sent += 1
+            tag = b"f%d " % done
+            while True:
+                head, n = rd.response()
+                if head.startswith(tag):
+                    if not head[len(tag):].startswith(b"OK"):
+                        raise RuntimeError("FETCH failed: %r" % head)
+                    break
+                if head.startswith(b"* ") and b" FETCH " in head:
+                    count += 1
+                    nbytes += n - 2
+            done += 1
         t1 = time.monotonic()
+        if rd is not None:
+            c.buf = bytes(rd.buf[rd.pos:rd.end])
         c.logout()
         q.put((idx, "ok", t0, t1, count, nbytes, None))
     except Exception as e:  # noqa: BLE001
@@ -190,8 +286,50 @@ def w_mix(a, idx, barrier, q, uids):
         q.put((idx, "error", 0, 0, 0, 0, "%s: %s" % (type(e).__name__, e)))
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid):
+    """CPU seconds (user+system) of process pid and all its descendants,
+    including those that exited and were reaped (cutime/cstime of their
+    parent): Dovecot's per-connection imap processes come and go within a
+    phase.  None when pid is not given or /proc cannot tell."""
+    if not pid:
+        return None
+    stats = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        f = st[st.rindex(")") + 2:].split()
+        # fields from 3 on: state ppid ... utime(14) stime(15) cutime(16) cstime(17)
+        stats[int(d)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
+    if pid not in stats:
+        return None
+    kids = {}
+    for p, (pp, _, _) in stats.items():
+        kids.setdefault(pp, []).append(p)
+    total, todo = stats[pid][2], [pid]
+    while todo:
+        p = todo.pop()
+        total += stats[p][1]
+        todo.extend(kids.get(p, []))
+    return total / CLK_TCK
+
+
+def client_cpu():
+    """CPU seconds of this process and its reaped children (the workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run_phase(name, target, argsets, timeout):
     n = len(argsets)
+    srv0, cli0 = tree_cpu(SERVER_PID), client_cpu()
     barrier = mp.Barrier(n)
     q = mp.Queue()
     procs = [mp.Process(target=target, args=args[:1] + (i, barrier, q) + args[1:])
@@ -216,7 +354,26 @@ def run_phase(name, target, argsets, timeout):
         raise RuntimeError("%s: %d client(s) failed: %s" % (name, len(errs), errs[:3]))
     start = min(r[2] for r in results)
     end = max(r[3] for r in results)
+    srv1, cli1 = tree_cpu(SERVER_PID), client_cpu()
+    PHASE_CPU[name] = (None if srv0 is None or srv1 is None else srv1 - srv0, cli1 - cli0)
     return results, end - start
+
+
+SERVER_PID = None
+PHASE_CPU = {}
+
+
+def cpu_note(out, phase, units, label):
+    """Adds the server's and the clients' CPU per unit of work of a phase:
+    whether a ratio measures the server or the clients' share of the
+    machine."""
+    srv, cli = PHASE_CPU.get(phase, (None, None))
+    if srv is not None:
+        out[phase + "_srv_us"] = srv * 1e6 / units
+    out[phase + "_cli_us"] = cli * 1e6 / units
+    return "%s%s cpu: server %s us, clients %.0f us per %s" % (
+        label, phase, "?" if srv is None else "%.0f" % (srv * 1e6 / units),
+        cli * 1e6 / units, "op" if phase == "mix" else "msg")
 
 
 def main():
@@ -235,7 +392,15 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the benchmark mailboxes")
     ap.add_argument("--label", default="", help="name printed with the figures")
+    ap.add_argument("--server-pid", type=int, default=0,
+                    help="the server's (master) process: report its CPU per phase")
+    ap.add_argument("--pipeline", type=int, default=1,
+                    help="FETCH commands a fetch client keeps in flight (1: one at a time)")
+    ap.add_argument("--harness-reader", action="store_true",
+                    help="fetch clients read with tests/harness/imapwire.py (costlier)")
     a = ap.parse_args()
+    global SERVER_PID
+    SERVER_PID = a.server_pid or None
     if not (1 <= a.clients <= 500 and 1 <= a.messages <= 100000):
         ap.error("clients must be 1..500 and messages 1..100000")
 
@@ -255,6 +420,7 @@ def main():
     out["avg_size"] = nb / n
     print("%sappend: %d msgs (avg %.1f KB) by %d clients in %.2fs: %.1f msgs/s, %.2f MB/s"
           % (label, n, nb / n / 1024, a.clients, dt, n / dt, nb / dt / 1e6), flush=True)
+    print(cpu_note(out, "append", n, label), flush=True)
     per_client_uids = [r[6] for r in sorted(res)]
 
     r = c.command("EXAMINE", quote(a.mailbox))
@@ -275,6 +441,7 @@ def main():
     out["fetch_mb_s"] = fb / dt / 1e6
     print("%sfetch: %d bodies (%.1f MB) by %d clients in %.2fs: %.1f msgs/s, %.2f MB/s"
           % (label, fn, fb / 1e6, k, dt, fn / dt, fb / dt / 1e6), flush=True)
+    print(cpu_note(out, "fetch", fn, label), flush=True)
 
     res, dt = run_phase("list", w_fetch,
                         [(a, s[0], s[-1], LIST_ITEMS) for s in slices if s], 1800)
@@ -284,6 +451,7 @@ def main():
     out["list_msgs_s"] = ln / dt
     print("%slist: %d messages (ENVELOPE BODYSTRUCTURE HEADER.FIELDS) by %d clients in %.2fs: "
           "%.1f msgs/s" % (label, ln, k, dt, ln / dt), flush=True)
+    print(cpu_note(out, "list", ln, label), flush=True)
 
     if not all(per_client_uids):
         per_client_uids = [s for s in slices]
@@ -292,6 +460,7 @@ def main():
     out["mix_ops_s"] = ops / dt
     print("%smix: %d ops (STORE/COPY/EXPUNGE/SEARCH) by %d clients in %.2fs: %.1f ops/s"
           % (label, ops, k, dt, ops / dt), flush=True)
+    print(cpu_note(out, "mix", ops, label), flush=True)
 
     if not a.keep:
         c.command("DELETE", quote(a.mailbox))

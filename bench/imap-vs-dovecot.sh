@@ -11,7 +11,12 @@
 # ./build), BENCH_DIR (where both servers keep their data; default /var/tmp,
 # must not be tmpfs or fsync means nothing), CLIENTS (8), MESSAGES (100 per
 # client), MIX_OPS (200 per client), FETCH_ROUNDS (10), ROUNDS (3: the servers
-# take turns, each figure is the median).
+# take turns, each figure is the median), FETCH_CHUNK (50 messages per UID
+# FETCH), PIPELINE (1: FETCH commands a fetch client keeps in flight),
+# HARNESS_READER=1 (fetch clients read with the tests' imapwire reader, as
+# before 2026-12-07: it costs the clients more CPU than the server).
+# Each phase also reports the server's CPU (its process tree, Dovecot's
+# short-lived imap processes included) and the clients' CPU per message.
 # Goals of issue 15: APPEND >= 5x Dovecot, FETCH (bodies and listing) and the
 # mix >= 2x.
 set -euo pipefail
@@ -26,7 +31,7 @@ fs=$(stat -f -c %T "$BENCH_DIR")
 
 export STARLINGD BENCH_DIR TOP="$top"
 export CLIENTS=${CLIENTS:-8} MESSAGES=${MESSAGES:-100} MIX_OPS=${MIX_OPS:-200} FETCH_ROUNDS=${FETCH_ROUNDS:-10}
-export ROUNDS=${ROUNDS:-3}
+export ROUNDS=${ROUNDS:-3} FETCH_CHUNK=${FETCH_CHUNK:-50} PIPELINE=${PIPELINE:-1}
 exec python3 -B - <<'EOF'
 import json, os, subprocess, sys, tempfile
 top = os.environ["TOP"]
@@ -43,6 +48,8 @@ proc._tmpdirs.extend([sdir, ddir])
 bench = [sys.executable, "-B", os.path.join(top, "bench", "imap-bench.py"),
          "--clients", os.environ["CLIENTS"], "--messages", os.environ["MESSAGES"],
          "--mix-ops", os.environ["MIX_OPS"], "--fetch-rounds", os.environ["FETCH_ROUNDS"],
+         "--fetch-chunk", os.environ["FETCH_CHUNK"], "--pipeline", os.environ["PIPELINE"],
+         ] + (["--harness-reader"] if os.environ.get("HARNESS_READER") == "1" else []) + [
          "--user", user, "--password", pw, "--host", "127.0.0.1"]
 print("machine: %s, %d cores; data in %s (%s)" % (
     subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip(),
@@ -54,8 +61,8 @@ print("load: %s clients x %s APPENDs, fetch x%s, %s mix ops per client, %s round
     os.environ["MIX_OPS"], os.environ["ROUNDS"]))
 
 results = {"starling": [], "dovecot": []}
-def run(label, port):
-    r = subprocess.run(bench + ["--port", str(port), "--label", label],
+def run(label, port, pid):
+    r = subprocess.run(bench + ["--port", str(port), "--label", label, "--server-pid", str(pid)],
                        capture_output=True, text=True, timeout=3600)
     sys.stdout.write("".join(l + "\n" for l in r.stdout.splitlines()
                              if not l.startswith("RESULT ")))
@@ -78,8 +85,8 @@ try:
     d.start()
     for i in range(int(os.environ["ROUNDS"])):
         print("-- round %d" % (i + 1), flush=True)
-        run("starling", c.nodes[0].imap_port)
-        run("dovecot", d.imap_port)
+        run("starling", c.nodes[0].imap_port, c.nodes[0].process.pid)
+        run("dovecot", d.imap_port, d.process.pid)
 finally:
     c.stop_all()
     d.stop()
@@ -107,5 +114,11 @@ for key, name in (("append_msgs_s", "APPEND msgs/s"), ("append_mb_s", "APPEND MB
     if goal is not None and ratio < goal:
         ok = False
     print("%-22s %12.1f %12.1f %7.2fx%s" % (name, s[key], v[key], ratio, mark))
+for key, name in (("fetch_srv_us", "FETCH server us/msg"), ("fetch_cli_us", "FETCH client us/msg"),
+                  ("list_srv_us", "list server us/msg"), ("list_cli_us", "list client us/msg"),
+                  ("mix_srv_us", "mix server us/op"), ("mix_cli_us", "mix client us/op")):
+    if all(key in r for r in results["starling"] + results["dovecot"]):
+        sv, dv = median("starling", key), median("dovecot", key)
+        print("%-22s %12.0f %12.0f %7.2fx" % (name, sv, dv, dv / sv if sv else float("inf")))
 print("goals %s" % ("met" if ok else "not met"))
 EOF

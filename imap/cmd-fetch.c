@@ -420,21 +420,114 @@ static unsigned derived_have(const struct fetch_item *it)
 	}
 }
 
+/* BODY[], BODY.PEEK[], RFC822 and their partials: the text itself, which
+ * can go from the journal straight into the output. */
+static bool item_whole_text(const struct fetch_item *it)
+{
+	return it->kind == F_SECTION && it->part[0] == '\0' && it->skind == IMAP_SECTION_ALL;
+}
+
+/* Appends "{n}\r\n" and the bytes [offset, offset+length) of the text
+ * read straight from the store into out. */
+static int stream_literal_range(struct stor_db *db, const struct stor_msg *m, struct buf *out,
+				const struct fetch_item *it, const char **error_r)
+{
+	uint64_t start = 0, n = m->size;
+	if (it->partial) {
+		start = it->offset < m->size ? it->offset : m->size;
+		n = m->size - start;
+		if (n > it->length)
+			n = it->length;
+	}
+	buf_appendf(out, "{%llu}\r\n", (unsigned long long)n);
+	if (n == 0)
+		return 0;
+	size_t before = buf_avail(out);
+	if (stor_text_read(db, &m->guid, start, n, out, error_r) < 0)
+		return -1;
+	if (buf_avail(out) - before != n) {
+		/* The literal's length was announced from the message record:
+		 * a text of another size must not desynchronise the stream. */
+		*error_r = "message text is shorter than its record says";
+		return -1;
+	}
+	return 0;
+}
+
 static bool item_needs_text(const struct fetch_item *it)
 {
 	return it->kind == F_SECTION || it->kind == F_BINARY || it->kind == F_BINARY_SIZE ||
 	       derived_have(it) != 0;
 }
 
+/* The message records of the next UIDs of a step, read with one LevelDB
+ * iterator pass (a seek, then nexts) instead of a lookup each.  Only
+ * within one step: between steps other sessions may change or expunge
+ * them, and then the text a record names may be gone. */
+#define FETCH_BATCH 16
+
+struct msg_batch {
+	stor_msg_list list;
+	uint32_t first, last;  /* the UID range looked up; last 0: none */
+};
+
+/* Reads the records of fc->uids[i...] (up to FETCH_BATCH of them) when
+ * they are dense enough that the pass visits few other messages. */
+static int batch_fill(struct stor_db *db, const struct fetch_ctx *fc, size_t i,
+		      struct msg_batch *b, const char **error_r)
+{
+	stor_msg_list_free(&b->list);
+	b->first = b->last = 0;
+	size_t n = fc->uids.count - i < FETCH_BATCH ? fc->uids.count - i : FETCH_BATCH;
+	if (n < 2)
+		return 0;
+	uint32_t first = fc->uids.items[i], last = fc->uids.items[i + n - 1];
+	if (last - first >= 2 * n)
+		return 0;
+	if (stor_msg_list_range(db, &fc->mailbox, first, last, &b->list, error_r) < 0)
+		return -1;
+	b->first = first;
+	b->last = last;
+	return 0;
+}
+
+/* 1 and the record (now the caller's), 0 when the batch's range holds no
+ * such message (expunged), -1 when uid is outside the range. */
+static int batch_take(struct msg_batch *b, uint32_t uid, struct stor_msg *m_r)
+{
+	if (b == NULL || b->last == 0 || uid < b->first || uid > b->last)
+		return -1;
+	size_t lo = 0, hi = b->list.count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (b->list.items[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == b->list.count || b->list.items[lo].uid != uid)
+		return 0;
+	*m_r = b->list.items[lo];
+	/* Moved out: what stays is freed as empty. */
+	memset(&b->list.items[lo].keywords, 0, sizeof(b->list.items[lo].keywords));
+	memset(&b->list.items[lo].stamps, 0, sizeof(b->list.items[lo].stamps));
+	return 1;
+}
+
 /* Writes one message's FETCH response into the client's output.  Returns
  * 0, -1 on a storage error (*error_r), or -2 (nothing written) when a BINARY
  * item names a part whose transfer encoding we cannot undo. */
-static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, const char **error_r)
+static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid,
+		     struct msg_batch *mb, const char **error_r)
 {
 	struct imap_client *c = cmd->client;
 	struct stor_db *db = c->server->db;
+	if (c->dead)
+		return 0;  /* its output would go nowhere */
 	struct stor_msg m;
-	int r = stor_msg_get(db, &fc->mailbox, uid, &m, error_r);
+	int r = batch_take(mb, uid, &m);
+	if (r < 0)
+		r = stor_msg_get(db, &fc->mailbox, uid, &m, error_r);
 	if (r < 0)
 		return -1;
 	if (r == 0)
@@ -455,13 +548,20 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 	 * what the record does not hold. */
 	struct imap_derived d;
 	bool want_derived = false, need_text = false, text_read = false;
+	unsigned whole = 0;
 	memset(&d, 0, sizeof(d));
 	for (size_t i = 0; i < fc->item_count; i++) {
 		if (derived_have(&fc->items[i]) != 0)
 			want_derived = true;
+		else if (item_whole_text(&fc->items[i]))
+			whole++;
 		else if (item_needs_text(&fc->items[i]))
 			need_text = true;
 	}
+	/* One whole-text item alone streams from the journal into the output;
+	 * with anything else that needs the text it is read once for all. */
+	if (whole > 1 || (whole == 1 && need_text))
+		need_text = true;
 	if (want_derived) {
 		if (imap_derived_load(db, &m.guid, m.size, &d, &text, &text_read, error_r) < 0) {
 			stor_msg_free(&m);
@@ -485,13 +585,18 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 	/* An empty text leaves text.data NULL; nobody wants to see that. */
 	const unsigned char *text_data = text.data != NULL ? text.data : (const unsigned char *)"";
 	imap_sel_announce_keywords(c, &m.keywords);
-	struct buf out = BUF_INIT;
-	buf_appendf(&out, "* %u FETCH (", seq);
+	/* The response is written straight into the connection's output (no
+	 * copy of a literal in between); mark is where it starts, to take it
+	 * back if the FETCH fails half-way. */
+	struct buf *outp = &c->out;
+	size_t mark = buf_avail(outp);
+	bool failed = false;
+	buf_appendf(outp, "* %u FETCH (", seq);
 	bool first = true, unknown_cte = false;
-#define SEP() do { if (!first) buf_append_byte(&out, ' '); first = false; } while (0)
+#define SEP() do { if (!first) buf_append_byte(outp, ' '); first = false; } while (0)
 	if (cmd->uid) {
 		SEP();
-		buf_appendf(&out, "UID %u", uid);
+		buf_appendf(outp, "UID %u", uid);
 	}
 	for (size_t i = 0; i < fc->item_count; i++) {
 		struct fetch_item *it = &fc->items[i];
@@ -499,26 +604,26 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 		case F_UID:
 			if (!cmd->uid) {
 				SEP();
-				buf_appendf(&out, "UID %u", uid);
+				buf_appendf(outp, "UID %u", uid);
 			}
 			break;
 		case F_FLAGS:
 			SEP();
-			buf_append_str(&out, "FLAGS ");
-			imap_append_flags(&out, m.flags, &m.keywords, imap_sel_is_recent(c->sel, uid));
+			buf_append_str(outp, "FLAGS ");
+			imap_append_flags(outp, m.flags, &m.keywords, imap_sel_is_recent(c->sel, uid));
 			break;
 		case F_INTERNALDATE:
 			SEP();
-			buf_append_str(&out, "INTERNALDATE ");
-			imap_append_internaldate(&out, m.internaldate, m.internaldate_tz);
+			buf_append_str(outp, "INTERNALDATE ");
+			imap_append_internaldate(outp, m.internaldate, m.internaldate_tz);
 			break;
 		case F_SIZE:
 			SEP();
-			buf_appendf(&out, "RFC822.SIZE %llu", (unsigned long long)m.size);
+			buf_appendf(outp, "RFC822.SIZE %llu", (unsigned long long)m.size);
 			break;
 		case F_MODSEQ:
 			SEP();
-			buf_appendf(&out, "MODSEQ (%llu)", (unsigned long long)m.modseq);
+			buf_appendf(outp, "MODSEQ (%llu)", (unsigned long long)m.modseq);
 			break;
 		case F_ENVELOPE:
 		case F_BODY:
@@ -526,14 +631,14 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 			if ((d.have & derived_have(it)) != 0) {
 				SEP();
 				if (it->kind == F_ENVELOPE) {
-					buf_append_str(&out, "ENVELOPE ");
-					buf_append(&out, d.envelope, d.envelope_len);
+					buf_append_str(outp, "ENVELOPE ");
+					buf_append(outp, d.envelope, d.envelope_len);
 				} else if (it->kind == F_BODY) {
-					buf_append_str(&out, "BODY ");
-					buf_append(&out, d.body, d.body_len);
+					buf_append_str(outp, "BODY ");
+					buf_append(outp, d.body, d.body_len);
 				} else {
-					buf_append_str(&out, "BODYSTRUCTURE ");
-					buf_append(&out, d.bodystructure, d.bodystructure_len);
+					buf_append_str(outp, "BODYSTRUCTURE ");
+					buf_append(outp, d.bodystructure, d.bodystructure_len);
 				}
 				break;
 			}
@@ -541,21 +646,24 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 				mime = imap_mime_parse(text_data, text.len);
 			SEP();
 			if (it->kind == F_ENVELOPE) {
-				buf_append_str(&out, "ENVELOPE ");
-				imap_mime_envelope(mime, &out);
+				buf_append_str(outp, "ENVELOPE ");
+				imap_mime_envelope(mime, outp);
 			} else {
-				buf_append_str(&out, it->kind == F_BODY ? "BODY " : "BODYSTRUCTURE ");
-				imap_mime_bodystructure(mime, it->kind == F_BODYSTRUCTURE, &out);
+				buf_append_str(outp, it->kind == F_BODY ? "BODY " : "BODYSTRUCTURE ");
+				imap_mime_bodystructure(mime, it->kind == F_BODYSTRUCTURE, outp);
 			}
 			break;
 		case F_SECTION:
 			SEP();
-			buf_append_str(&out, it->label);
-			buf_append_byte(&out, ' ');
-			if (it->part[0] == '\0' && it->skind == IMAP_SECTION_ALL) {
-				append_literal_range(&out, text_data, text.len, it);
+			buf_append_str(outp, it->label);
+			buf_append_byte(outp, ' ');
+			if (item_whole_text(it) && !need_text && !text_read) {
+				if (stream_literal_range(db, &m, outp, it, error_r) < 0)
+					failed = true;
+			} else if (item_whole_text(it)) {
+				append_literal_range(outp, text_data, text.len, it);
 			} else if ((d.have & derived_have(it)) != 0 && it->skind == IMAP_SECTION_HEADER) {
-				append_literal_range(&out, d.header != NULL ? d.header : (const unsigned char *)"",
+				append_literal_range(outp, d.header != NULL ? d.header : (const unsigned char *)"",
 						     d.header_len, it);
 			} else if ((d.have & derived_have(it)) != 0) {
 				/* HEADER.FIELDS[.NOT] of the top level: the header
@@ -566,9 +674,9 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 				if (imap_mime_section(hmime, "", it->skind,
 						      (const char *const *)it->fields, it->field_count,
 						      &sec) < 0)
-					buf_append_str(&out, "\"\"");
+					buf_append_str(outp, "\"\"");
 				else
-					append_literal_range(&out, sec.data != NULL ? sec.data : (const unsigned char *)"", sec.len, it);
+					append_literal_range(outp, sec.data != NULL ? sec.data : (const unsigned char *)"", sec.len, it);
 				buf_free(&sec);
 			} else {
 				if (mime == NULL)
@@ -577,9 +685,9 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 				if (imap_mime_section(mime, it->part, it->skind,
 						      (const char *const *)it->fields, it->field_count,
 						      &sec) < 0)
-					buf_append_str(&out, "\"\"");
+					buf_append_str(outp, "\"\"");
 				else
-					append_literal_range(&out, sec.data != NULL ? sec.data : (const unsigned char *)"", sec.len, it);
+					append_literal_range(outp, sec.data != NULL ? sec.data : (const unsigned char *)"", sec.len, it);
 				buf_free(&sec);
 			}
 			break;
@@ -596,20 +704,20 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 				break;
 			}
 			SEP();
-			buf_append_str(&out, it->label);
-			buf_append_byte(&out, ' ');
+			buf_append_str(outp, it->label);
+			buf_append_byte(outp, ' ');
 			if (it->kind == F_BINARY_SIZE)
-				buf_appendf(&out, "%zu", bin.len);
+				buf_appendf(outp, "%zu", bin.len);
 			else if (br < 0)
-				buf_append_str(&out, "NIL");
+				buf_append_str(outp, "NIL");
 			else
-				append_literal_range(&out, bin.data != NULL ? bin.data :
+				append_literal_range(outp, bin.data != NULL ? bin.data :
 							   (const unsigned char *)"", bin.len, it);
 			buf_free(&bin);
 			break;
 		}
 		}
-		if (unknown_cte)
+		if (unknown_cte || failed)
 			break;
 	}
 	if (fc->has_changedsince) {
@@ -618,19 +726,22 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid, c
 			has_modseq |= fc->items[i].kind == F_MODSEQ;
 		if (!has_modseq) {
 			SEP();
-			buf_appendf(&out, "MODSEQ (%llu)", (unsigned long long)m.modseq);
+			buf_appendf(outp, "MODSEQ (%llu)", (unsigned long long)m.modseq);
 		}
 	}
 #undef SEP
-	buf_append_str(&out, ")\r\n");
-	if (!unknown_cte)
-		imap_client_write(c, out.data, out.len);
-	buf_free(&out);
+	buf_append_str(outp, ")\r\n");
+	if (unknown_cte || failed)
+		buf_truncate(outp, mark);
+	/* Nothing more to append: this only wakes the writer. */
+	imap_client_write(c, NULL, 0);
 	imap_mime_free(&mime);
 	imap_mime_free(&hmime);
 	imap_derived_free(&d);
 	buf_free(&text);
 	stor_msg_free(&m);
+	if (failed)
+		return -1;
 	if (unknown_cte) {
 		*error_r = "Unknown Content-Transfer-Encoding";
 		return -2;
@@ -644,9 +755,18 @@ static bool fetch_step(struct imap_cmd *cmd)
 	struct fetch_ctx *fc = cmd->ctx;
 	if (c->sel == NULL)
 		return imap_cmd_done(cmd, "NO", "Mailbox closed");
+	struct msg_batch mb = { ARRAY_INIT, 0, 0 };
 	for (unsigned n = 0; n < FETCH_MSGS_PER_STEP && fc->next < fc->uids.count; n++) {
 		const char *err;
-		int r = fetch_one(cmd, fc, fc->uids.items[fc->next++], &err);
+		uint32_t uid = fc->uids.items[fc->next];
+		int r = 0;
+		if (uid > mb.last)
+			r = batch_fill(c->server->db, fc, fc->next, &mb, &err);
+		fc->next++;
+		if (r == 0)
+			r = fetch_one(cmd, fc, uid, &mb, &err);
+		if (r < 0)
+			stor_msg_list_free(&mb.list);
 		if (r == -2)
 			return imap_cmd_done(cmd, "NO", "[UNKNOWN-CTE] %s", err);
 		if (r < 0)
@@ -654,6 +774,7 @@ static bool fetch_step(struct imap_cmd *cmd)
 		if (imap_client_out_pending(c) >= IMAP_OUT_HIGHWATER)
 			break;
 	}
+	stor_msg_list_free(&mb.list);
 	if (fc->next < fc->uids.count) {
 		cmd->cont = fetch_step;
 		imap_client_kick(c);
@@ -784,16 +905,25 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	if (fc->vanished)
 		send_vanished(cmd, fc);
 	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0) {
-		/* Which messages lack \Seen: they get it (and FLAGS) first. */
+		/* Which messages lack \Seen: they get it (and FLAGS) first.  The
+		 * records are read in batches as the responses' are. */
+		struct msg_batch mb = { ARRAY_INIT, 0, 0 };
 		for (size_t i = 0; i < fc->uids.count; i++) {
 			struct stor_msg m;
 			const char *err;
-			if (stor_msg_get(c->server->db, &fc->mailbox, fc->uids.items[i], &m, &err) != 1)
+			uint32_t uid = fc->uids.items[i];
+			if (uid > mb.last && batch_fill(c->server->db, fc, i, &mb, &err) < 0)
+				mb.first = mb.last = 0;  /* one by one, as below */
+			int r = batch_take(&mb, uid, &m);
+			if (r < 0)
+				r = stor_msg_get(c->server->db, &fc->mailbox, uid, &m, &err);
+			if (r != 1)
 				continue;
 			if ((m.flags & STOR_FLAG_SEEN) == 0)
 				ARRAY_PUSH(&fc->unseen, m.uid);
 			stor_msg_free(&m);
 		}
+		stor_msg_list_free(&mb.list);
 		if (fc->unseen.count > 0) {
 			add_item(fc, F_FLAGS);
 			fc->seen_req.op = STOR_FLAGS_ADD;

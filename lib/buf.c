@@ -119,6 +119,14 @@ void buf_consume(struct buf *b, size_t n)
 		buf_reset(b);
 }
 
+void buf_truncate(struct buf *b, size_t avail)
+{
+	if (avail >= buf_avail(b))
+		return;
+	b->len = b->rpos + avail;
+	b->data[b->len] = '\0';
+}
+
 void buf_compact(struct buf *b)
 {
 	if (b->rpos == 0)

@@ -47,6 +47,9 @@ static inline size_t buf_avail(const struct buf *b) { return b->len - b->rpos; }
 static inline const unsigned char *buf_rptr(const struct buf *b) { return b->data + b->rpos; }
 /* Marks n unread bytes as consumed; compacts when everything was read. */
 void buf_consume(struct buf *b, size_t n);
+/* Drops the unread bytes past the first avail (a writer taking back what
+ * it appended since buf_avail() was avail). */
+void buf_truncate(struct buf *b, size_t avail);
 /* Moves unread bytes to the front, reclaiming consumed space. */
 void buf_compact(struct buf *b);
 

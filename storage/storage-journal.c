@@ -48,6 +48,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lib/crc32c.h"
@@ -847,6 +848,35 @@ int stor_jnl_sync(struct stor_db *db, const char **error_r)
 
 /* ---- Reading ---- */
 
+/* pread_all for a vector: the record's header and its text land in
+ * different buffers. */
+static int preadv_all(int fd, struct iovec *iov, int cnt, uint64_t off)
+{
+	while (cnt > 0) {
+		ssize_t n = preadv(fd, iov, cnt, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0) {
+			errno = 0;
+			return -1;
+		}
+		off += (uint64_t)n;
+		while (cnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			iov->iov_base = (unsigned char *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	return 0;
+}
+
 int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
 		  const struct stor_extent *ext, uint64_t from, uint64_t len, struct buf *out,
 		  const char **error_r)
@@ -859,18 +889,28 @@ int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
 	int fd = seg_read_fd(db, ext->seg, error_r);
 	if (fd < 0)
 		return -1;
-	size_t total = (size_t)text_record_size(ext->len);
-	unsigned char *rec = xmalloc(total);
+	/* The chunk's bytes go straight to the end of out (a FETCH reads into
+	 * the connection's output buffer): no copy of the text in between.
+	 * The whole chunk is read, as its CRC covers it all; a partial read
+	 * then keeps only its range.  Nothing is committed to out unless the
+	 * record checks out. */
+	unsigned char hdr[JNL_HDR + JNL_TEXT_HDR];
+	unsigned char *dst = buf_reserve(out, ext->len);
+	struct iovec iov[2] = {
+		{ .iov_base = hdr, .iov_len = sizeof(hdr) },
+		{ .iov_base = dst, .iov_len = ext->len },
+	};
 	int ret = 0;
-	if (pread_all(fd, rec, total, ext->off) < 0) {
+	if (preadv_all(fd, iov, ext->len > 0 ? 2 : 1, ext->off) < 0) {
 		ret = -1;
 	} else {
-		uint32_t crc = get_le32(rec);
-		uint32_t plen = get_le32(rec + 4);
-		if (plen != JNL_TEXT_HDR + ext->len || rec[8] != JNL_REC_TEXT ||
-		    rec_crc(rec + 4, rec + JNL_HDR, plen) != crc ||
-		    memcmp(rec + JNL_HDR, guid->b, GUID_SIZE) != 0 ||
-		    get_le32(rec + JNL_HDR + GUID_SIZE) != idx)
+		uint32_t crc = get_le32(hdr);
+		uint32_t plen = get_le32(hdr + 4);
+		if (plen != JNL_TEXT_HDR + ext->len || hdr[8] != JNL_REC_TEXT ||
+		    crc32c(crc32c(crc32c(0, hdr + 4, 5), hdr + JNL_HDR, JNL_TEXT_HDR), dst,
+			   ext->len) != crc ||
+		    memcmp(hdr + JNL_HDR, guid->b, GUID_SIZE) != 0 ||
+		    get_le32(hdr + JNL_HDR + GUID_SIZE) != idx)
 			ret = -1;
 	}
 	if (ret < 0) {
@@ -880,9 +920,10 @@ int stor_jnl_read(struct stor_db *db, const struct guid *guid, uint32_t idx,
 			 (unsigned long long)ext->off);
 	} else if (from < ext->len) {
 		uint64_t n = ext->len - from < len ? ext->len - from : len;
-		buf_append(out, rec + JNL_HDR + JNL_TEXT_HDR + from, (size_t)n);
+		if (from > 0)
+			memmove(dst, dst + from, (size_t)n);
+		buf_commit(out, (size_t)n);
 	}
-	free(rec);
 	return ret;
 }
 

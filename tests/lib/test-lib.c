@@ -1,4 +1,5 @@
 /* Unit tests of lib/: buffers, strings, GUIDs. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "lib/base64.h"
@@ -167,6 +168,22 @@ static void test_crc32c_known_values_and_both_ways_agree(void)
 		}
 	}
 	CU_ASSERT_TRUE(same);
+	/* Long buffers take three interleaved runs (stretches of 8 KiB and
+	 * 256 bytes): lengths around their multiples, at every alignment. */
+	size_t big = 3 * 8192 * 2 + 3 * 256 * 2 + 64;
+	unsigned char *b = malloc(big + 8);
+	for (size_t i = 0; i < big + 8; i++)
+		b[i] = (unsigned char)(i * 2654435761u >> 13);
+	const size_t lens[] = { 767, 768, 769, 3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1,
+				3 * 8192 + 3 * 256 + 5, 6 * 8192 + 8, big };
+	same = true;
+	for (size_t off = 0; off < 8; off++)
+		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++)
+			same &= crc32c(0, b + off, lens[k]) == crc32c_portable(0, b + off, lens[k]) &&
+				crc32c(0x12345678u, b + off, lens[k]) ==
+					crc32c_portable(0x12345678u, b + off, lens[k]);
+	CU_ASSERT_TRUE(same);
+	free(b);
 }
 
 static void test_base64_strict(void)

@@ -1,6 +1,9 @@
 /* Unit tests of storage/ message texts: chunked streaming, reads at any
  * offset, the size limit, and collection of unreferenced texts. */
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/xalloc.h"
 #include "storage/storage-private.h"
@@ -317,7 +320,80 @@ static void test_text_records_of_version_1_still_read(void)
 	tstore_close(&t);
 }
 
+/* Reads land at the end of the caller's buffer, after what it still holds
+ * unread (a FETCH reads into the connection's output), for every range
+ * that starts or ends at or next to a chunk boundary; a damaged chunk
+ * appends nothing of itself. */
+static void test_reads_append_in_place_at_chunk_boundaries(void)
+{
+	struct tstore t;
+	struct stor_append req;
+	struct stor_msg msg;
+	const char *error = NULL;
+	const size_t C = STOR_TEXT_CHUNK;
+	size_t n = 3 * C + 77;
+	unsigned char *text = xmalloc(n);
+	fill(text, n, 9);
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	memset(&req, 0, sizeof(req));
+	req.text = text;
+	req.text_len = n;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(t.db, &g, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	const uint64_t offs[] = { 0, 1, C - 1, C, C + 1, 2 * C - 1, 2 * C, 3 * C, n - 1 };
+	const uint64_t lens[] = { 1, 2, C - 1, C, C + 1, 2 * C + 3, n };
+	struct buf out = BUF_INIT;
+	unsigned bad = 0;
+	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			/* Unread bytes before, and some consumed ones. */
+			buf_reset(&out);
+			buf_append_str(&out, "consumed:prefix");
+			buf_consume(&out, 9);
+			uint64_t want = n - offs[i] < lens[k] ? n - offs[i] : lens[k];
+			if (stor_text_read(t.db, &msg.guid, offs[i], lens[k], &out, &error) != 0 ||
+			    buf_avail(&out) != 6 + want ||
+			    memcmp(buf_rptr(&out), "prefix", 6) != 0 ||
+			    memcmp(buf_rptr(&out) + 6, text + offs[i], (size_t)want) != 0)
+				bad++;
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	/* Damage a byte in the second chunk: the read fails, and out holds
+	 * the first chunk's bytes and nothing of the damaged one. */
+	struct stor_text_rec rec;
+	stor_extent_list ext = ARRAY_INIT;
+	CU_ASSERT_EQUAL_FATAL(stor_text_get(t.db, &msg.guid, &rec, &ext, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(ext.count, 4);
+	tstore_reopen(&t);
+	char *path = xasprintf("%s/journal/%010u.jnl", t.dir, ext.items[1].seg);
+	int fd = open(path, O_RDWR);
+	CU_ASSERT_FATAL(fd >= 0);
+	unsigned char byte;
+	off_t at = (off_t)(ext.items[1].off + ext.items[1].len / 2);
+	CU_ASSERT_EQUAL_FATAL(pread(fd, &byte, 1, at), 1);
+	byte ^= 0x55;
+	CU_ASSERT_EQUAL_FATAL(pwrite(fd, &byte, 1, at), 1);
+	close(fd);
+	free(path);
+	buf_reset(&out);
+	buf_append_str(&out, "x");
+	error = NULL;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, C - 5, 10, &out, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "corrupted") : NULL);
+	CU_ASSERT_EQUAL(buf_avail(&out), 1 + 5);
+	CU_ASSERT(memcmp(buf_rptr(&out) + 1, text + C - 5, 5) == 0);
+	ARRAY_FREE(&ext);
+	buf_free(&out);
+	stor_msg_free(&msg);
+	free(text);
+	tstore_close(&t);
+}
+
 const struct test_case storage_text_cases[] = {
+	{ "reads append in place at chunk boundaries; a damaged chunk appends nothing",
+	  test_reads_append_in_place_at_chunk_boundaries },
 	{ "big text in memory roundtrips across chunks", test_big_text_in_memory_roundtrips_across_chunks },
 	{ "streamed text is referenced by an append without text", test_streamed_text_is_referenced_by_append_without_text },
 	{ "unreferenced streamed text is collected on open", test_unreferenced_streamed_text_is_collected_on_open },
