@@ -631,6 +631,13 @@ leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *st
 		log_errorx("%s", error);
 	leveldb_iterator_t *it = leveldb_create_iterator(db->ldb, db->ropts);
 	leveldb_iter_seek(it, (const char *)start->b, start->len);
+	/* A scan of a whole kind starts on its sentinel (put_sentinels). */
+	size_t klen = 0;
+	if (leveldb_iter_valid(it)) {
+		(void)leveldb_iter_key(it, &klen);
+		if (klen == 1)
+			leveldb_iter_next(it);
+	}
 	return it;
 }
 
@@ -819,6 +826,44 @@ int stor_txn_commit(struct stor_txn *txn, const char **error_r)
 
 /* ---- Open, close, sync ---- */
 
+/* A live one-byte key before each kind's records ("A" to "Z", empty
+ * values).  Why: LevelDB's iterator steps over every deletion marker
+ * between two live keys, and its C API has no upper bound to stop a scan
+ * at the end of its range.  So a scan that ends after its range's last
+ * live key went on over the markers that follow, until a compaction
+ * dropped them: after the last mailbox name, the 'O' marker each append
+ * writes and deletes and the 'Q' entries of every flag change; under a
+ * load of appends and expunges that made LIST cost more with every
+ * minute.  With a sentinel the step past a range ends at the next kind's
+ * sentinel; only markers of the scan's own kind remain in its way.
+ * Not journaled (a constant, rewritten by every open that misses one);
+ * stor_iter_seek() skips the one a scan of a whole kind lands on, and no
+ * record has a one-byte key. */
+static int put_sentinels(struct stor_db *db, const char **error_r)
+{
+	struct stor_batch *wb = stor_batch_new();
+	bool missing = false;
+	int ret = 0;
+	for (char c = 'A'; c <= 'Z' && ret == 0; c++) {
+		struct stor_key k;
+		stor_key_init(&k, c);
+		char *lerr = NULL;
+		size_t len;
+		char *v = leveldb_get(db->ldb, db->ropts, (const char *)k.b, k.len, &len, &lerr);
+		if (lerr != NULL)
+			ret = stor_err_leveldb(db, error_r, "read", lerr);
+		else if (v == NULL) {
+			stor_batch_put(wb, &k, "", 0);
+			missing = true;
+		}
+		leveldb_free(v);
+	}
+	if (ret == 0 && missing)
+		ret = stor_db_write_synced(db, wb, error_r);
+	stor_batch_free(wb);
+	return ret;
+}
+
 static void db_free(struct stor_db *db)
 {
 	stor_stage_free(db);
@@ -897,6 +942,7 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	}
 	const char *error;
 	if (stor_jnl_open(db, set->journal_segment_size, &error) < 0 ||
+	    put_sentinels(db, &error) < 0 ||
 	    stor_jnl_repair_ahead(db, &error) < 0 || stor_text_gc(db, &error) < 0 ||
 	    stor_sync(db, &error) < 0) {
 		*error_r = xstrdup(error);

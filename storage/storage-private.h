@@ -31,6 +31,8 @@
  *   'Y' mbguid peer32               peer's sync state of a mailbox
  *   'M' name                        stor_meta_* values of other components
  *   'I' name                        the store's own counters
+ *   'A' .. 'Z' alone                sentinels, empty (storage-db.c's
+ *                                   put_sentinels: why)
  *
  * Values are encoded with the put/get helpers below; a decoder must consume
  * exactly all bytes, so a damaged record is reported, never half-read. */
@@ -379,5 +381,7 @@ int stor_test_check_journal(struct stor_db *db, const char **error_r);
 /* Frees the handle like a killed process would leave it: no sync, no
  * checkpoint. */
 void stor_test_abandon(struct stor_db **db);
+/* Called with every key a batch deletes, when set (NULL otherwise). */
+extern void (*stor_test_deleted)(const void *key, size_t klen);
 
 #endif
