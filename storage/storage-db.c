@@ -864,8 +864,64 @@ static int put_sentinels(struct stor_db *db, const char **error_r)
 	return ret;
 }
 
+/* Deletion markers stay in LevelDB until a compaction reaches the level
+ * below them, and every scan passing through them steps over each one:
+ * under a steady load of appends and expunges (a mailbox used as a queue)
+ * a scan from UID 1 (SELECT) steps over every message ever expunged there,
+ * and LevelDB compacts by size, not by how many markers a range holds.  So
+ * after enough deletions the whole store is compacted in a helper thread
+ * (LevelDB is safe to use from several threads), never on the event loop.
+ * Enough: at least COMPACT_MIN_DELETES, and one per 256 bytes of tables, so
+ * a big store is not rewritten for every few thousand expunges (about 256
+ * bytes written per key deleted, the order of LevelDB's own write
+ * amplification). */
+#define COMPACT_MIN_DELETES 10000
+
+static void *compactor_main(void *arg)
+{
+	struct stor_db *db = arg;
+	leveldb_compact_range(db->ldb, NULL, 0, NULL, 0);
+	atomic_store(&db->compactor_busy, false);
+	return NULL;
+}
+
+static void compactor_join(struct stor_db *db)
+{
+	if (db->compactor_started) {
+		pthread_join(db->compactor, NULL);
+		db->compactor_started = false;
+	}
+}
+
+static void compact_maybe(struct stor_db *db)
+{
+	if (db->deletes < COMPACT_MIN_DELETES)
+		return;
+	if (db->compactor_started) {
+		if (atomic_load(&db->compactor_busy))
+			return;
+		compactor_join(db);
+	}
+	const char *start = "", *limit = "\xff";
+	size_t start_len = 0, limit_len = 1;
+	uint64_t size = 0;
+	leveldb_approximate_sizes(db->ldb, 1, &start, &start_len, &limit, &limit_len, &size);
+	if (db->deletes < size / 256)
+		return;
+	db->deletes = 0;
+	atomic_store(&db->compactor_busy, true);
+	if (pthread_create(&db->compactor, NULL, compactor_main, db) != 0) {
+		atomic_store(&db->compactor_busy, false);
+		log_warnx("%s: cannot start a LevelDB compaction thread", db->dir);
+		return;
+	}
+	db->compactor_started = true;
+	db->compactions++;
+}
+
 static void db_free(struct stor_db *db)
 {
+	compactor_join(db);
 	stor_stage_free(db);
 	stor_jnl_close(db);
 	if (db->ldb != NULL)
@@ -1044,6 +1100,8 @@ static void run_durable(struct stor_db *db, struct stor_durable *cbs, size_t cou
 		if (stor_jnl_compact(db, COMPACT_STEP, &error) < 0)
 			log_warnx("journal compaction: %s", error);
 	}
+	if (ok)
+		compact_maybe(db);
 }
 
 static void take_durable(struct stor_db *db, struct stor_durable **cbs_r, size_t *count_r)
@@ -1218,6 +1276,12 @@ int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const vo
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n)
 {
 	db->fail_countdown = n;
+}
+
+unsigned stor_test_compactions(struct stor_db *db)
+{
+	compactor_join(db);
+	return db->compactions;
 }
 
 void stor_test_abandon(struct stor_db **_db)

@@ -40,6 +40,8 @@
 #define STORAGE_STORAGE_PRIVATE_H
 
 #include <leveldb/c.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "storage/storage.h"
@@ -100,6 +102,13 @@ struct stor_db {
 	ARRAY(struct stor_in_flight) in_flight;
 	struct stor_journal *jnl;
 	struct stor_stage *stage;    /* storage-stage.c */
+	/* Compaction of LevelDB's deletion markers (storage-db.c,
+	 * compact_maybe). */
+	uint64_t deletes;            /* keys deleted since the last one */
+	pthread_t compactor;
+	bool compactor_started;      /* to be joined */
+	atomic_bool compactor_busy;
+	unsigned compactions;        /* started (for tests) */
 };
 
 /* ---- Keys ---- */
@@ -381,6 +390,9 @@ int stor_test_check_journal(struct stor_db *db, const char **error_r);
 /* Frees the handle like a killed process would leave it: no sync, no
  * checkpoint. */
 void stor_test_abandon(struct stor_db **db);
+/* Waits for a compaction of deletion markers in progress; returns how many
+ * were started since the store was opened. */
+unsigned stor_test_compactions(struct stor_db *db);
 /* Called with every key a batch deletes, when set (NULL otherwise). */
 extern void (*stor_test_deleted)(const void *key, size_t klen);
 

@@ -442,7 +442,44 @@ static void test_churn_is_not_stepped_over_by_other_kinds_scans(void)
 	tstore_close(&t);
 }
 
+
+/* Appends and expunges n messages, each in its own group commit. */
+static void churn(struct stor_db *db, const struct guid *g, unsigned n)
+{
+	const char *error = NULL;
+	for (unsigned i = 0; i < n; i++) {
+		char text[64];
+		snprintf(text, sizeof(text), "Subject: %u\r\n\r\nbody\r\n", i);
+		uint32_t uid = tappend(db, g, 0, text, 0);
+		CU_ASSERT_EQUAL(stor_msg_expunge(db, g, &uid, 1, 0, NULL, &error), 0);
+		CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
+	}
+}
+
+/* The markers of a mailbox used as a queue stay until a compaction reaches
+ * them, and LevelDB compacts by size: the store starts one of its own
+ * after enough deletions, in a helper thread, and not for a few. */
+static void test_many_deletions_start_a_compaction(void)
+{
+	struct tstore t;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	churn(t.db, &g, 200);
+	CU_ASSERT_EQUAL(stor_test_compactions(t.db), 0);
+	/* Each append and expunge deletes its text's, message's and indexes'
+	 * keys: several per message. */
+	churn(t.db, &g, 3000);
+	unsigned n = stor_test_compactions(t.db);
+	CU_ASSERT(n >= 1 && n <= 3);
+	CU_ASSERT_EQUAL(tappend(t.db, &g, 0, "Subject: after\r\n\r\nx\r\n", 0), 3201);
+	tcheck(t.db, &g);
+	tstore_reopen(&t);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
 const struct test_case storage_text_cases[] = {
+	{ "many deletions start a compaction", test_many_deletions_start_a_compaction },
 	{ "churn is not stepped over by other kinds' scans", test_churn_is_not_stepped_over_by_other_kinds_scans },
 	{ "big text in memory roundtrips across chunks", test_big_text_in_memory_roundtrips_across_chunks },
 	{ "streamed text is referenced by an append without text", test_streamed_text_is_referenced_by_append_without_text },
