@@ -631,11 +631,13 @@ leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *st
 		log_errorx("%s", error);
 	leveldb_iterator_t *it = leveldb_create_iterator(db->ldb, db->ropts);
 	leveldb_iter_seek(it, (const char *)start->b, start->len);
-	/* A scan of a whole kind starts on its sentinel (put_sentinels). */
+	/* A scan of a whole kind starts on its sentinel (put_sentinels); one
+	 * that found nothing left in its range stops on the next kind's, where
+	 * stepping on would cross that kind's markers. */
 	size_t klen = 0;
 	if (leveldb_iter_valid(it)) {
-		(void)leveldb_iter_key(it, &klen);
-		if (klen == 1)
+		const char *key = leveldb_iter_key(it, &klen);
+		if (klen == 1 && (unsigned char)key[0] == start->b[0])
 			leveldb_iter_next(it);
 	}
 	return it;
