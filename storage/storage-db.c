@@ -631,6 +631,15 @@ leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *st
 		log_errorx("%s", error);
 	leveldb_iterator_t *it = leveldb_create_iterator(db->ldb, db->ropts);
 	leveldb_iter_seek(it, (const char *)start->b, start->len);
+	/* A scan of a whole kind starts on its sentinel (put_sentinels); one
+	 * that found nothing left in its range stops on the next kind's, where
+	 * stepping on would cross that kind's markers. */
+	size_t klen = 0;
+	if (leveldb_iter_valid(it)) {
+		const char *key = leveldb_iter_key(it, &klen);
+		if (klen == 1 && (unsigned char)key[0] == start->b[0])
+			leveldb_iter_next(it);
+	}
 	return it;
 }
 
@@ -819,8 +828,102 @@ int stor_txn_commit(struct stor_txn *txn, const char **error_r)
 
 /* ---- Open, close, sync ---- */
 
+/* A live one-byte key before each kind's records ("A" to "Z", empty
+ * values).  Why: LevelDB's iterator steps over every deletion marker
+ * between two live keys, and its C API has no upper bound to stop a scan
+ * at the end of its range.  So a scan that ends after its range's last
+ * live key went on over the markers that follow, until a compaction
+ * dropped them: after the last mailbox name, the 'O' marker each append
+ * writes and deletes and the 'Q' entries of every flag change; under a
+ * load of appends and expunges that made LIST cost more with every
+ * minute.  With a sentinel the step past a range ends at the next kind's
+ * sentinel; only markers of the scan's own kind remain in its way.
+ * Not journaled (a constant, rewritten by every open that misses one);
+ * stor_iter_seek() skips the one a scan of a whole kind lands on, and no
+ * record has a one-byte key. */
+static int put_sentinels(struct stor_db *db, const char **error_r)
+{
+	struct stor_batch *wb = stor_batch_new();
+	bool missing = false;
+	int ret = 0;
+	for (char c = 'A'; c <= 'Z' && ret == 0; c++) {
+		struct stor_key k;
+		stor_key_init(&k, c);
+		char *lerr = NULL;
+		size_t len;
+		char *v = leveldb_get(db->ldb, db->ropts, (const char *)k.b, k.len, &len, &lerr);
+		if (lerr != NULL)
+			ret = stor_err_leveldb(db, error_r, "read", lerr);
+		else if (v == NULL) {
+			stor_batch_put(wb, &k, "", 0);
+			missing = true;
+		}
+		leveldb_free(v);
+	}
+	if (ret == 0 && missing)
+		ret = stor_db_write_synced(db, wb, error_r);
+	stor_batch_free(wb);
+	return ret;
+}
+
+/* Deletion markers stay in LevelDB until a compaction reaches the level
+ * below them, and every scan passing through them steps over each one:
+ * under a steady load of appends and expunges (a mailbox used as a queue)
+ * a scan from UID 1 (SELECT) steps over every message ever expunged there,
+ * and LevelDB compacts by size, not by how many markers a range holds.  So
+ * after enough deletions the whole store is compacted in a helper thread
+ * (LevelDB is safe to use from several threads), never on the event loop.
+ * Enough: at least COMPACT_MIN_DELETES, and one per 256 bytes of tables, so
+ * a big store is not rewritten for every few thousand expunges (about 256
+ * bytes written per key deleted, the order of LevelDB's own write
+ * amplification). */
+#define COMPACT_MIN_DELETES 10000
+
+static void *compactor_main(void *arg)
+{
+	struct stor_db *db = arg;
+	leveldb_compact_range(db->ldb, NULL, 0, NULL, 0);
+	atomic_store(&db->compactor_busy, false);
+	return NULL;
+}
+
+static void compactor_join(struct stor_db *db)
+{
+	if (db->compactor_started) {
+		pthread_join(db->compactor, NULL);
+		db->compactor_started = false;
+	}
+}
+
+static void compact_maybe(struct stor_db *db)
+{
+	if (db->deletes < COMPACT_MIN_DELETES)
+		return;
+	if (db->compactor_started) {
+		if (atomic_load(&db->compactor_busy))
+			return;
+		compactor_join(db);
+	}
+	const char *start = "", *limit = "\xff";
+	size_t start_len = 0, limit_len = 1;
+	uint64_t size = 0;
+	leveldb_approximate_sizes(db->ldb, 1, &start, &start_len, &limit, &limit_len, &size);
+	if (db->deletes < size / 256)
+		return;
+	db->deletes = 0;
+	atomic_store(&db->compactor_busy, true);
+	if (pthread_create(&db->compactor, NULL, compactor_main, db) != 0) {
+		atomic_store(&db->compactor_busy, false);
+		log_warnx("%s: cannot start a LevelDB compaction thread", db->dir);
+		return;
+	}
+	db->compactor_started = true;
+	db->compactions++;
+}
+
 static void db_free(struct stor_db *db)
 {
+	compactor_join(db);
 	stor_stage_free(db);
 	stor_jnl_close(db);
 	if (db->ldb != NULL)
@@ -897,6 +1000,7 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	}
 	const char *error;
 	if (stor_jnl_open(db, set->journal_segment_size, &error) < 0 ||
+	    put_sentinels(db, &error) < 0 ||
 	    stor_jnl_repair_ahead(db, &error) < 0 || stor_text_gc(db, &error) < 0 ||
 	    stor_sync(db, &error) < 0) {
 		*error_r = xstrdup(error);
@@ -998,6 +1102,8 @@ static void run_durable(struct stor_db *db, struct stor_durable *cbs, size_t cou
 		if (stor_jnl_compact(db, COMPACT_STEP, &error) < 0)
 			log_warnx("journal compaction: %s", error);
 	}
+	if (ok)
+		compact_maybe(db);
 }
 
 static void take_durable(struct stor_db *db, struct stor_durable **cbs_r, size_t *count_r)
@@ -1172,6 +1278,12 @@ int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const vo
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n)
 {
 	db->fail_countdown = n;
+}
+
+unsigned stor_test_compactions(struct stor_db *db)
+{
+	compactor_join(db);
+	return db->compactions;
 }
 
 void stor_test_abandon(struct stor_db **_db)

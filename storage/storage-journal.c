@@ -718,8 +718,12 @@ void stor_batch_put_raw(struct stor_batch *b, const void *k, size_t klen, const 
 	buf_commit(&b->ser, 9 + klen + vlen);
 }
 
+void (*stor_test_deleted)(const void *key, size_t klen);
+
 void stor_batch_del_raw(struct stor_batch *b, const void *k, size_t klen)
 {
+	if (stor_test_deleted != NULL)
+		stor_test_deleted(k, klen);
 	unsigned char *p = buf_reserve(&b->ser, 5 + klen);
 	p[0] = JNL_OP_DEL;
 	put_le32(p + 1, (uint32_t)klen);

@@ -649,6 +649,9 @@ int stor_msg_list_range(struct stor_db *db, const struct guid *mailbox, uint32_t
 			break;
 		}
 		ARRAY_PUSH(&list, msg);
+		/* Stepping on would pass the markers of expunged UIDs above. */
+		if (uid == last)
+			break;
 		leveldb_iter_next(it);
 	}
 	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)

@@ -31,6 +31,8 @@
  *   'Y' mbguid peer32               peer's sync state of a mailbox
  *   'M' name                        stor_meta_* values of other components
  *   'I' name                        the store's own counters
+ *   'A' .. 'Z' alone                sentinels, empty (storage-db.c's
+ *                                   put_sentinels: why)
  *
  * Values are encoded with the put/get helpers below; a decoder must consume
  * exactly all bytes, so a damaged record is reported, never half-read. */
@@ -38,6 +40,8 @@
 #define STORAGE_STORAGE_PRIVATE_H
 
 #include <leveldb/c.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "storage/storage.h"
@@ -98,6 +102,13 @@ struct stor_db {
 	ARRAY(struct stor_in_flight) in_flight;
 	struct stor_journal *jnl;
 	struct stor_stage *stage;    /* storage-stage.c */
+	/* Compaction of LevelDB's deletion markers (storage-db.c,
+	 * compact_maybe). */
+	uint64_t deletes;            /* keys deleted since the last one */
+	pthread_t compactor;
+	bool compactor_started;      /* to be joined */
+	atomic_bool compactor_busy;
+	unsigned compactions;        /* started (for tests) */
 };
 
 /* ---- Keys ---- */
@@ -379,5 +390,10 @@ int stor_test_check_journal(struct stor_db *db, const char **error_r);
 /* Frees the handle like a killed process would leave it: no sync, no
  * checkpoint. */
 void stor_test_abandon(struct stor_db **db);
+/* Waits for a compaction of deletion markers in progress; returns how many
+ * were started since the store was opened. */
+unsigned stor_test_compactions(struct stor_db *db);
+/* Called with every key a batch deletes, when set (NULL otherwise). */
+extern void (*stor_test_deleted)(const void *key, size_t klen);
 
 #endif

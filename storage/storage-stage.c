@@ -162,7 +162,11 @@ int stor_stage_add(struct stor_db *db, const struct stor_batch *wb, const char *
 	buf_append(&s->batch->ser, wb->ser.data, wb->ser.len);
 	for (size_t off = 0; off < wb->ser.len;) {
 		const unsigned char *p = (const unsigned char *)wb->ser.data + off;
+		const void *v;
+		size_t vlen;
 		index_op(s, (uint32_t)(base + off));
+		if (!stor_batch_op_value(p, &v, &vlen))
+			db->deletes++;
 		off += stor_batch_op_size(p);
 	}
 	stor_jnl_live_stage(db);

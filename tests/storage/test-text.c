@@ -391,9 +391,170 @@ static void test_reads_append_in_place_at_chunk_boundaries(void)
 	tstore_close(&t);
 }
 
+/* Keys deleted while stor_test_deleted points here. */
+#define DELETED_MAX 20000
+static struct {
+	unsigned char *k[DELETED_MAX];
+	size_t len[DELETED_MAX];
+	size_t count;
+} deleted;
+
+static void note_deleted(const void *key, size_t klen)
+{
+	if (deleted.count < DELETED_MAX) {
+		deleted.k[deleted.count] = xmemdup(key, klen);
+		deleted.len[deleted.count++] = klen;
+	}
+}
+
+static int key_cmp(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
+{
+	int c = memcmp(a, b, alen < blen ? alen : blen);
+	return c != 0 ? c : (alen > blen) - (alen < blen);
+}
+
+/* LevelDB's iterator steps over every deletion marker between two live
+ * keys.  A scan that ends after the last live key of its range (LIST after
+ * the user's last mailbox name) must not find the markers of another kind
+ * of record there: appends and expunges leave them at a rate (the 'O'
+ * marker of each streamed text, the modseq index of each flag change), and
+ * a scan that crossed them got slower with every minute until a
+ * compaction.  Structural, not timed: every key deleted by a batch lies
+ * after a live key of its own kind. */
+static void test_churn_is_not_stepped_over_by_other_kinds_scans(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	tstore_open(&t);
+	tmailbox(t.db, "alice", "INBOX");
+	struct guid g = tmailbox(t.db, "zed", "INBOX");
+	tmailbox(t.db, "zed", "Sent");
+	deleted.count = 0;
+	stor_test_deleted = note_deleted;
+	for (unsigned i = 0; i < 200; i++) {
+		struct guid mg;
+		guid_generate(&mg);
+		char text[64];
+		snprintf(text, sizeof(text), "Subject: %u\r\n\r\nbody %u\r\n", i, i);
+		/* Streamed, as IMAP APPEND stores a literal. */
+		struct stor_text_writer *w = stor_text_begin(t.db, &mg);
+		CU_ASSERT_EQUAL(stor_text_write(w, text, strlen(text), &error), 0);
+		CU_ASSERT_EQUAL_FATAL(stor_text_finish(&w, &error), 0);
+		struct stor_append req;
+		memset(&req, 0, sizeof(req));
+		req.guid = &mg;
+		req.internaldate = 1700000000;
+		uint32_t uid = 0;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_append(t.db, &g, &req, &uid, NULL, &error), 0);
+		struct stor_store st;
+		memset(&st, 0, sizeof(st));
+		st.op = STOR_FLAGS_ADD;
+		st.flags = STOR_FLAG_SEEN;
+		CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &st, NULL, NULL, &error), 0);
+		if (i % 2 == 0)
+			CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &uid, 1, 0, NULL, &error), 0);
+		if (i % 16 == 0)
+			CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	}
+	stor_test_deleted = NULL;
+	CU_ASSERT_EQUAL_FATAL(stor_sync(t.db, &error), 0);
+	stor_mailbox_array mbs;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_list(t.db, "zed", &mbs, &error), 0);
+	CU_ASSERT_EQUAL(mbs.count, 2);
+	stor_mailbox_list_free(&mbs);
+	CU_ASSERT(deleted.count > 200 && deleted.count < DELETED_MAX);
+
+	/* Every live key, in LevelDB's order. */
+	ARRAY(struct buf) live = ARRAY_INIT;
+	leveldb_iterator_t *it = leveldb_create_iterator(t.db->ldb, t.db->ropts);
+	for (leveldb_iter_seek_to_first(it); leveldb_iter_valid(it); leveldb_iter_next(it)) {
+		size_t klen;
+		const char *k = leveldb_iter_key(it, &klen);
+		struct buf b = BUF_INIT;
+		buf_append(&b, k, klen);
+		ARRAY_PUSH(&live, b);
+	}
+	leveldb_iter_destroy(it);
+	size_t crossed = 0, markers = 0;
+	for (size_t i = 0; i < deleted.count; i++) {
+		const unsigned char *d = deleted.k[i];
+		size_t dlen = deleted.len[i];
+		/* The last live key at or before d (binary search). */
+		size_t lo = 0, hi = live.count;
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (key_cmp((const unsigned char *)live.items[mid].data, live.items[mid].len,
+				    d, dlen) <= 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo > 0) {
+			const struct buf *prev = &live.items[lo - 1];
+			if (key_cmp((const unsigned char *)prev->data, prev->len, d, dlen) == 0)
+				continue; /* written again since: no marker */
+			markers++;
+			if (((const unsigned char *)prev->data)[0] != d[0])
+				crossed++;
+		}
+	}
+	for (size_t i = 0; i < deleted.count; i++) {
+		free(deleted.k[i]);
+		deleted.k[i] = NULL;
+	}
+	CU_ASSERT(markers > 200);
+	if (crossed != 0)
+		fprintf(stderr, "%zu of %zu deletion markers follow another kind's last live key\n",
+			crossed, markers);
+	CU_ASSERT_EQUAL(crossed, 0);
+	for (size_t i = 0; i < live.count; i++)
+		buf_free(&live.items[i]);
+	ARRAY_FREE(&live);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+
+/* Appends and expunges n messages, each in its own group commit. */
+static void churn(struct stor_db *db, const struct guid *g, unsigned n)
+{
+	const char *error = NULL;
+	for (unsigned i = 0; i < n; i++) {
+		char text[64];
+		snprintf(text, sizeof(text), "Subject: %u\r\n\r\nbody\r\n", i);
+		uint32_t uid = tappend(db, g, 0, text, 0);
+		CU_ASSERT_EQUAL(stor_msg_expunge(db, g, &uid, 1, 0, NULL, &error), 0);
+		CU_ASSERT_EQUAL(stor_sync(db, &error), 0);
+	}
+}
+
+/* The markers of a mailbox used as a queue stay until a compaction reaches
+ * them, and LevelDB compacts by size: the store starts one of its own
+ * after enough deletions, in a helper thread, and not for a few. */
+static void test_many_deletions_start_a_compaction(void)
+{
+	struct tstore t;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	churn(t.db, &g, 200);
+	CU_ASSERT_EQUAL(stor_test_compactions(t.db), 0);
+	/* Each append and expunge deletes its text's, message's and indexes'
+	 * keys: several per message. */
+	churn(t.db, &g, 3000);
+	unsigned n = stor_test_compactions(t.db);
+	CU_ASSERT(n >= 1 && n <= 3);
+	CU_ASSERT_EQUAL(tappend(t.db, &g, 0, "Subject: after\r\n\r\nx\r\n", 0), 3201);
+	tcheck(t.db, &g);
+	tstore_reopen(&t);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
 const struct test_case storage_text_cases[] = {
 	{ "reads append in place at chunk boundaries; a damaged chunk appends nothing",
 	  test_reads_append_in_place_at_chunk_boundaries },
+	{ "many deletions start a compaction", test_many_deletions_start_a_compaction },
+	{ "churn is not stepped over by other kinds' scans", test_churn_is_not_stepped_over_by_other_kinds_scans },
 	{ "big text in memory roundtrips across chunks", test_big_text_in_memory_roundtrips_across_chunks },
 	{ "streamed text is referenced by an append without text", test_streamed_text_is_referenced_by_append_without_text },
 	{ "unreferenced streamed text is collected on open", test_unreferenced_streamed_text_is_collected_on_open },
