@@ -5,7 +5,9 @@
  * it would stall every session for each login, so one worker thread does
  * it: jobs go in through a mutex-protected queue, results come back through
  * a second queue and an ev_async that wakes the loop, where the callbacks
- * run.  The worker touches nothing but the job it holds. */
+ * run.  The worker touches nothing but the job it holds and its cache of
+ * successful verifications (lib/passwd-cache.h), which only it uses: a
+ * client that logs in again with the same password skips the slow hash. */
 #include "imap/imap-private.h"
 
 #include <pthread.h>
@@ -14,6 +16,7 @@
 
 #include "lib/log.h"
 #include "lib/passwd.h"
+#include "lib/passwd-cache.h"
 #include "lib/xalloc.h"
 
 struct imap_passwd_job {
@@ -35,7 +38,12 @@ struct imap_passwd_worker {
 	struct imap_passwd_job *todo_head, **todo_tail;
 	struct imap_passwd_job *done_head, **done_tail;
 	bool stop;
+	struct passwd_cache *cache; /* the worker thread's alone */
 };
+
+/* 4096 users logging in again and again skip the hash; an entry is 44
+ * bytes, a bucket 4. */
+#define IMAP_PASSWD_CACHE_ENTRIES 4096
 
 static void job_free(struct imap_passwd_job *job)
 {
@@ -63,8 +71,8 @@ static void *worker_main(void *arg)
 			w->todo_tail = &w->todo_head;
 		pthread_mutex_unlock(&w->lock);
 
-		job->result = passwd_verify_with(job->path, job->user, job->password,
-						 job->other_hash, &job->error);
+		job->result = passwd_verify_cached(w->cache, job->path, job->user, job->password,
+						   job->other_hash, &job->error);
 
 		pthread_mutex_lock(&w->lock);
 		job->next = NULL;
@@ -98,6 +106,7 @@ struct imap_passwd_worker *imap_passwd_worker_create(struct ev_loop *loop)
 	w->loop = loop;
 	w->todo_tail = &w->todo_head;
 	w->done_tail = &w->done_head;
+	w->cache = passwd_cache_create(IMAP_PASSWD_CACHE_ENTRIES);
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->wake, NULL);
 	ev_async_init(&w->async, async_cb);
@@ -130,6 +139,7 @@ void imap_passwd_worker_destroy(struct imap_passwd_worker **wp)
 			lists[i] = next;
 		}
 	}
+	passwd_cache_free(&w->cache);
 	ev_ref(w->loop);
 	ev_async_stop(w->loop, &w->async);
 	pthread_cond_destroy(&w->wake);

@@ -18,6 +18,7 @@
 #include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/file.h"
+#include "lib/passwd-cache.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
 
@@ -226,6 +227,12 @@ bool passwd_hash_valid(const char *hashed)
 int passwd_verify_with(const char *path, const char *user, const char *password,
 		       const char *other_hash, char **error_r)
 {
+	return passwd_verify_cached(NULL, path, user, password, other_hash, error_r);
+}
+
+int passwd_verify_cached(struct passwd_cache *cache, const char *path, const char *user,
+			 const char *password, const char *other_hash, char **error_r)
+{
 	if (strlen(password) > PASSWD_MAX_PASSWORD_LEN || !passwd_user_name_valid(user)) {
 		verify_crypt(password, dummy_hash);
 		return 0;
@@ -239,7 +246,23 @@ int passwd_verify_with(const char *path, const char *user, const char *password,
 		verify_crypt(password, dummy_hash);
 		return 0;
 	}
+	/* The lookup comes after the current stored hash was read, and the
+	 * digest covers it: a changed or removed hash can never hit. */
+	unsigned char digest[PASSWD_CACHE_DIGEST_LEN] = { 0 };
+	if (cache != NULL) {
+		passwd_cache_digest(cache, user, f.hash, password, digest);
+		if (passwd_cache_lookup(cache, digest)) {
+			explicit_bzero(digest, sizeof(digest));
+			free(f.hash);
+			return 1;
+		}
+	}
 	bool ok = verify_hash(password, f.hash);
+	/* Successes only: a wrong password must always pay the full hash. */
+	if (ok && cache != NULL)
+		passwd_cache_add(cache, digest);
+	if (cache != NULL)
+		explicit_bzero(digest, sizeof(digest));
 	free(f.hash);
 	return ok ? 1 : 0;
 }

@@ -26,6 +26,13 @@ int passwd_verify(const char *path, const char *user, const char *password, char
 int passwd_verify_with(const char *path, const char *user, const char *password,
 		       const char *other_hash, char **error_r);
 
+struct passwd_cache;
+/* As passwd_verify_with(), and a success is remembered in cache (NULL: no
+ * cache) so that the same user, password and stored hash next time skip
+ * the slow hash (lib/passwd-cache.h says why that is safe). */
+int passwd_verify_cached(struct passwd_cache *cache, const char *path, const char *user,
+			 const char *password, const char *other_hash, char **error_r);
+
 /* *found_r: whether the file (NULL: none) has a line for user. */
 int passwd_file_has(const char *path, const char *user, bool *found_r, char **error_r);
 

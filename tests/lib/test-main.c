@@ -7,6 +7,7 @@ int main(void)
 		{ "str+guid", lib_str_cases, NULL, NULL },
 		{ "config", lib_config_cases, NULL, NULL },
 		{ "passwd", lib_passwd_cases, NULL, NULL },
+		{ "passwd-cache", lib_passwd_cache_cases, NULL, NULL },
 		{ "file", lib_file_cases, NULL, NULL },
 		{ "listen", lib_listen_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },

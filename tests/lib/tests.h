@@ -5,6 +5,7 @@ extern const struct test_case lib_buf_cases[];
 extern const struct test_case lib_str_cases[];
 extern const struct test_case lib_config_cases[];
 extern const struct test_case lib_passwd_cases[];
+extern const struct test_case lib_passwd_cache_cases[];
 extern const struct test_case lib_file_cases[];
 extern const struct test_case lib_listen_cases[];
 #endif
