@@ -2,7 +2,8 @@
  * IMAP and the admin socket make, as master), repl-forward.c (forwarded to
  * the master, or autonomously), repl-copy.c and repl-mailbox-list.c (COPY
  * and MOVE, mailbox-list changes), repl-stream.c (the persistent
- * replication log and its streaming to each peer) and repl-replica.c
+ * replication log and its streaming to each peer, with repl-peer-holds.c,
+ * repl-bind.c and repl-waiters.c) and repl-replica.c
  * (what arrives from peers: changes to apply, and requests to this node as
  * master).
  *
@@ -139,7 +140,7 @@ struct cl_peer {
 	uint32_t selected_id;          /* last SELECT we sent; 0 none */
 	/* Streaming of the log. */
 	uint64_t cursor;               /* every entry <= cursor answered */
-	/* What counts for waiters (SPEC.md 8.6, repl-stream.c): entries
+	/* What counts for waiters (SPEC.md 8.6, repl-peer-holds.c): entries
 	 * <= cursor, except those of unheld users from their first on. */
 	ARRAY(struct cl_unheld) unheld;   /* sorted by user */
 	uint64_t unheld_retry_at;      /* clock_mono_ms(): resync unheld users again */
@@ -270,7 +271,7 @@ int cl_handover_check_origin(struct repl_cluster *cl, const struct proto_cmd *cm
 			     uint32_t origin, const char *user, const struct guid *mailbox,
 			     struct cl_refusal *r);
 
-/* ---- repl-stream.c ---- */
+/* ---- repl-stream.c, repl-peer-holds.c, repl-bind.c, repl-waiters.c ---- */
 
 void cl_stream_init(struct repl_cluster *cl);
 void cl_stream_deinit(struct repl_cluster *cl);
