@@ -1,8 +1,11 @@
 /* Shared by the files of the replicating seam: repl-cluster.c (the changes
- * IMAP and the admin socket make, as master, forwarded to the master, or
- * autonomously), repl-stream.c (the persistent replication log and its
- * streaming to each peer) and repl-replica.c (what arrives from peers:
- * changes to apply, and requests to this node as master).
+ * IMAP and the admin socket make, as master), repl-forward.c (forwarded to
+ * the master, or autonomously), repl-copy.c and repl-mailbox-list.c (COPY
+ * and MOVE, mailbox-list changes), repl-stream.c (the persistent
+ * replication log and its streaming to each peer, with repl-peer-holds.c,
+ * repl-bind.c and repl-waiters.c) and repl-replica.c
+ * (what arrives from peers: changes to apply, and requests to this node as
+ * master).
  *
  * Nothing outside replicator/ includes this. */
 #ifndef REPLICATOR_REPL_CLUSTER_PRIVATE_H
@@ -12,6 +15,7 @@
 
 #include "lib/arr.h"
 #include "lib/config.h"
+#include "mailbox-master/mm.h"
 #include "protocol/protocol.h"
 #include "replicator/repl-cluster.h"
 #include "replicator/repl-private.h"
@@ -136,7 +140,7 @@ struct cl_peer {
 	uint32_t selected_id;          /* last SELECT we sent; 0 none */
 	/* Streaming of the log. */
 	uint64_t cursor;               /* every entry <= cursor answered */
-	/* What counts for waiters (SPEC.md 8.6, repl-stream.c): entries
+	/* What counts for waiters (SPEC.md 8.6, repl-peer-holds.c): entries
 	 * <= cursor, except those of unheld users from their first on. */
 	ARRAY(struct cl_unheld) unheld;   /* sorted by user */
 	uint64_t unheld_retry_at;      /* clock_mono_ms(): resync unheld users again */
@@ -200,7 +204,7 @@ struct repl_cluster {
 	struct repl_sync *sync;
 	ARRAY(struct cl_peer *) peer_list;
 	struct cl_waiter *waiters;
-	struct cl_fwd *fwds;           /* every live forward (repl-cluster.c) */
+	struct cl_fwd *fwds;           /* every live forward (repl-forward.c) */
 	ev_prepare prepare;
 	ev_timer timer;
 	size_t in_flight;
@@ -267,7 +271,7 @@ int cl_handover_check_origin(struct repl_cluster *cl, const struct proto_cmd *cm
 			     uint32_t origin, const char *user, const struct guid *mailbox,
 			     struct cl_refusal *r);
 
-/* ---- repl-stream.c ---- */
+/* ---- repl-stream.c, repl-peer-holds.c, repl-bind.c, repl-waiters.c ---- */
 
 void cl_stream_init(struct repl_cluster *cl);
 void cl_stream_deinit(struct repl_cluster *cl);
@@ -314,13 +318,15 @@ void cl_select(struct cl_peer *p, const struct cl_bind *b);
 void cl_mark_dirty(struct cl_peer *p, const char *user);
 void cl_stream_status(struct repl_cluster *cl, struct buf *out);
 
-/* ---- repl-cluster.c ---- */
+/* ---- repl-forward.c ---- */
 
 /* Called by repl-stream when a binding a forwarded change waits for is
  * settled (bound or failed). */
 void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b);
 /* Fails forwarded changes pending on a link that went down (they retry). */
 void cl_fwd_link_down(struct cl_peer *p);
+
+/* ---- repl-cluster.c ---- */
 
 /* Announces a change applied straight to storage once it is durable. */
 void cl_notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
@@ -403,5 +409,100 @@ void cl_master_expunge(struct repl_cluster *cl, const char *user, const struct g
 		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx);
 /* Whether this node is master of the mailbox's granule right now. */
 bool cl_is_master(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
+
+/* ---- Shared by repl-cluster.c, repl-forward.c, repl-copy.c and
+ * repl-mailbox-list.c: the pieces of the seam ---- */
+
+struct owned_result {
+	struct repl_result res;
+	char *error_msg;
+	stor_msg_list changed;
+	stor_uid_list failed, expunged, src_uids, dst_uids;
+	struct stor_mailbox mailbox;
+	bool have_mailbox;
+};
+
+enum fwd_kind { FWD_APPEND, FWD_STORE, FWD_EXPUNGE };
+
+/* A change on its way: asking for the master, forwarded, or waiting for
+ * the local application of the master's answer. */
+struct cl_fwd {
+	struct cl_fwd *next;          /* in a binding's waiting list */
+	struct cl_fwd *live_prev, *live_next; /* every forward not yet freed */
+	struct repl_cluster *cl;
+	enum fwd_kind kind;
+	char *user;
+	struct guid mailbox;
+	char gkey[MM_GKEY_MAX + 1];
+	repl_done_cb *cb;
+	void *ctx;
+	unsigned attempts;
+	uint64_t busy_since;          /* clock_mono_ms() when a resync first held it */
+	uint32_t master;
+	uint64_t epoch;               /* ours when the master was named (SPEC 6.3 EPOCH) */
+	uint32_t to;                  /* the master, when peer only relays (6.3 TO) */
+	struct cl_peer *peer;         /* while forwarded */
+	bool sent_nil;                /* APPEND sent its text as NIL */
+	bool send_text;               /* ... and the master asked for it */
+	struct buf text;              /* the stored text, then */
+	ev_timer retry;
+	/* APPEND */
+	struct cl_append_req app;
+	/* STORE / EXPUNGE: the caller's arrays, valid until cb */
+	const uint32_t *uids;
+	size_t count;
+	/* ... and, forwarded, those of them that exist here, ascending, with
+	 * the GUID each named when the client asked (GUIDS, SPEC 8.6): after
+	 * a partition one UID may name different messages here and at the
+	 * master, and neither side may touch a message the client did not
+	 * mean. */
+	stor_uid_list named_uids;
+	ARRAY(struct guid) named_guids;
+	/* They go CL_FORWARD_BATCH at a time (GUIDS must fit a line); the
+	 * batches before sent_upto are done at the master. */
+	size_t sent_upto, batch_end;
+	stor_uid_list modified;       /* STORE: refused by UNCHANGEDSINCE */
+	uint64_t master_modseq;       /* from the last batch's answer */
+	struct stor_store store;
+	/* The master's FLAGS lines (STORE). */
+	stor_msg_list flags_lines;
+	struct owned_result out;
+};
+
+/* repl-cluster.c */
+struct repl_cluster *to_cl(struct repl *r);
+void uids_copy(stor_uid_list *dst, const uint32_t *src, size_t n);
+void owned_set(struct owned_result *o, const struct repl_result *res);
+const struct repl_result *owned_get(struct owned_result *o);
+void owned_free(struct owned_result *o);
+void owned_error(struct owned_result *o, enum repl_error error, const char *msg);
+void append_from_req(const struct cl_append_req *req, struct repl_append *a);
+void cl_append(struct repl *r, const char *user, const struct guid *mailbox,
+	       const struct repl_append *req, repl_done_cb *cb, void *ctx);
+
+/* repl-forward.c */
+void fwd_free(struct cl_fwd *f);
+void fwd_autonomous(struct cl_fwd *f, const char *why);
+void fwd_name_messages(struct cl_fwd *f);
+void fwd_start(struct cl_fwd *f);
+struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const char *user,
+		       const struct guid *mailbox, repl_done_cb *cb, void *ctx);
+void notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
+
+/* repl-copy.c */
+void cl_copy(struct repl *r, const char *user, const struct guid *src,
+	     const uint32_t *uids, size_t count, const struct guid *dst, bool move,
+	     repl_done_cb *cb, void *ctx);
+
+/* repl-mailbox-list.c */
+void cl_mailbox_create(struct repl *r, const char *user, const char *name,
+		       const char *special_use, const struct guid *guid,
+		       uint32_t uidvalidity, repl_done_cb *cb, void *ctx);
+void cl_mailbox_delete(struct repl *r, const char *user, const struct guid *mailbox,
+		       repl_done_cb *cb, void *ctx);
+void cl_mailbox_rename(struct repl *r, const char *user, const struct guid *mailbox,
+		       const char *new_name, repl_done_cb *cb, void *ctx);
+void cl_subscribe(struct repl *r, const char *user, const char *name, bool subscribed,
+		  repl_done_cb *cb, void *ctx);
 
 #endif

@@ -81,7 +81,7 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 /* The periodic check: every REPL_SYNC_CHECK_INTERVAL seconds each up peer's
  * LIST of each user (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and digest per
  * mailbox, and the subscriptions) is compared with ours, and users that
- * differ get a background resync (see repl-sync.c).  The environment
+ * differ get a background resync (see repl-sync-check.c).  The environment
  * variable STARLING_SYNC_CHECK_INTERVAL (seconds, decimals allowed; 0 turns
  * the check off) overrides the interval, for tests and benchmarks. */
 #define REPL_SYNC_CHECK_INTERVAL 60u

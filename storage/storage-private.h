@@ -48,7 +48,7 @@
 
 #define STOR_TEXT_CHUNK (256 * 1024)
 #define STOR_SEGMENT_DEFAULT (64 * 1024 * 1024)
-/* Syncs in flight at most (storage-journal.c). */
+/* Syncs in flight at most (storage-journal-sync.c). */
 #define STOR_SYNC_THREADS 4
 /* The largest batch (and journal record). */
 #define STOR_BATCH_MAX (1024U * 1024 * 1024)
@@ -308,7 +308,7 @@ void stor_derived_delete_batch(struct stor_batch *wb, const struct guid *text_gu
 /* Frees texts left unreferenced by a crash (the 'O' markers). */
 int stor_text_gc(struct stor_db *db, const char **error_r);
 
-/* ---- Journal (storage-journal.c) ---- */
+/* ---- Journal (storage-journal*.c) ---- */
 
 struct stor_journal;
 /* Opens the journal of an open LevelDB (segments of segment_max bytes, 0 for

@@ -1,4 +1,4 @@
-/* Tests of the journal (storage-journal.c): replay after a crash, a torn
+/* Tests of the journal (storage-journal*.c): replay after a crash, a torn
  * last record, segments deleted and compacted as mail is expunged, and
  * stores it cannot read. */
 #include <dirent.h>

@@ -1,0 +1,783 @@
+/* A message change from this node's clients that goes to a master
+ * elsewhere: forwarded on the link (or through the mesh), retried, or made
+ * autonomously, and the master's answer applied here.  Apart from the
+ * master's own path (repl-cluster.c) because a forward's state lives only
+ * in struct cl_fwd and the lists that hold it. */
+#include "replicator/repl-cluster-private.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "mailbox-master/mm.h"
+#include "replicator/repl-mm.h"
+#include "replicator/repl-peer.h"
+
+/* ---- A message change from this node's clients ---- */
+
+static int fwd_load_text(struct cl_fwd *f, struct buf *text);
+
+void fwd_free(struct cl_fwd *f)
+{
+	if (f->live_prev != NULL)
+		f->live_prev->live_next = f->live_next;
+	else
+		f->cl->fwds = f->live_next;
+	if (f->live_next != NULL)
+		f->live_next->live_prev = f->live_prev;
+	ev_timer_stop(f->cl->loop, &f->retry);
+	stor_msg_list_free(&f->flags_lines);
+	ARRAY_FREE(&f->named_uids);
+	ARRAY_FREE(&f->named_guids);
+	ARRAY_FREE(&f->modified);
+	owned_free(&f->out);
+	buf_free(&f->text);
+	free(f->user);
+	free(f);
+}
+
+static void fwd_finish(struct cl_fwd *f)
+{
+	f->cl->in_flight--;
+	f->cb(f->ctx, owned_get(&f->out));
+	fwd_free(f);
+}
+
+static void fwd_fail(struct cl_fwd *f, enum repl_error error, const char *msg)
+{
+	owned_error(&f->out, error, msg);
+	fwd_finish(f);
+}
+
+/* A finished inner change: its result is the caller's. */
+static void fwd_inner_done(void *ctx, const struct repl_result *res)
+{
+	struct cl_fwd *f = ctx;
+	f->cl->in_flight--;
+	f->cb(f->ctx, res);
+	fwd_free(f);
+}
+
+static void fwd_as_master(struct cl_fwd *f)
+{
+	struct repl_cluster *cl = f->cl;
+	switch (f->kind) {
+	case FWD_APPEND:
+		cl_master_append(cl, &f->app, fwd_inner_done, f);
+		break;
+	case FWD_STORE:
+		cl_master_store(cl, f->user, &f->mailbox, f->uids, f->count, &f->store,
+				fwd_inner_done, f);
+		break;
+	case FWD_EXPUNGE:
+		cl_master_expunge(cl, f->user, &f->mailbox, f->uids, f->count, fwd_inner_done, f);
+		break;
+	}
+}
+
+static void fwd_refused_cb(void *ctx, const struct repl_result *unused)
+{
+	(void)unused;
+	fwd_fail(ctx, REPL_ERR_UNAVAILABLE,
+		 "the mailbox's master cannot be reached (degraded_writes = refuse); nothing "
+		 "was changed");
+}
+
+/* Seed goal 3: the master is out of reach, so this node goes on alone and
+ * the user is resynced with everyone later -- unless degraded_writes =
+ * refuse, which answers NO [UNAVAILABLE] instead. */
+void fwd_autonomous(struct cl_fwd *f, const char *why)
+{
+	struct repl_cluster *cl = f->cl;
+	if (cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE && cl->cfg->sync_replicas > 0 &&
+	    !cl->destroying) {
+		/* A change made here alone would be on no replica until a
+		 * resync. */
+		log_info("replication: %s: master %u unreachable (%s): change refused", f->user,
+			 f->master, why);
+		cl->local->v->complete_later(cl->local, fwd_refused_cb, f);
+		return;
+	}
+	log_info("replication: %s: master %u unreachable (%s): change made here, resync queued",
+		 f->user, f->master, why);
+	cl->autonomous_changes++;
+	for (size_t i = 0; i < cl->peer_list.count; i++)
+		cl_mark_dirty(cl->peer_list.items[i], f->user);
+	struct repl_append a;
+	switch (f->kind) {
+	case FWD_APPEND:
+		if (f->app.req.sid != 0) {
+			/* A copy made here alone: the other side of a partition
+			 * may copy the same message into this mailbox too, and
+			 * the resync merges a GUID into one message, so this one
+			 * gets its own.  If the master did make the copy sent to
+			 * it (its answer lost), that is a message more, never an
+			 * acknowledged copy fewer. */
+			if (f->app.text == NULL) {
+				buf_reset(&f->text);
+				if (fwd_load_text(f, &f->text) < 0) {
+					fwd_fail(f, REPL_ERR_NOTFOUND,
+						 "the copied message was expunged meanwhile");
+					return;
+				}
+				f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
+				f->app.text_len = f->text.len;
+			}
+			guid_generate(&f->app.guid);
+		}
+		append_from_req(&f->app, &a);
+		repl_append(cl->local, f->user, &f->mailbox, &a, fwd_inner_done, f);
+		break;
+	case FWD_STORE:
+		repl_store(cl->local, f->user, &f->mailbox, f->uids, f->count, &f->store,
+			   fwd_inner_done, f);
+		break;
+	case FWD_EXPUNGE:
+		repl_expunge(cl->local, f->user, &f->mailbox, f->uids, f->count, fwd_inner_done, f);
+		break;
+	}
+}
+
+/* The master is there but cannot take it now (a resync, a move): ask
+ * again shortly, within the forwarding timeout, without using up an
+ * attempt. */
+static void fwd_wait(struct cl_fwd *f, const char *why)
+{
+	uint64_t now = clock_mono_ms();
+	f->peer = NULL;
+	if (f->busy_since == 0)
+		f->busy_since = now;
+	if (now - f->busy_since > CL_FORWARD_TIMEOUT_MS || f->cl->destroying) {
+		fwd_autonomous(f, why);
+		return;
+	}
+	ev_timer_set(&f->retry, 0.1, 0.);
+	ev_timer_start(f->cl->loop, &f->retry);
+}
+
+static void fwd_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct cl_fwd *f = (struct cl_fwd *)((char *)w - offsetof(struct cl_fwd, retry));
+	fwd_start(f);
+}
+
+/* The master could not take it this time: ask again (it may have moved or
+ * failed over), a few times, then go on alone. */
+static void fwd_again(struct cl_fwd *f, const char *why)
+{
+	f->peer = NULL;
+	if (f->cl->mm != NULL && f->master != 0)
+		repl_mm_forget_master(f->cl->mm, f->gkey, f->master);
+	if (++f->attempts >= CL_FORWARD_ATTEMPTS || f->cl->destroying) {
+		fwd_autonomous(f, why);
+		return;
+	}
+	log_debug("replication: %s: forwarding to %u failed (%s), asking again", f->user, f->master,
+		  why);
+	ev_timer_set(&f->retry, 0.2 * f->attempts, 0.);
+	ev_timer_start(f->cl->loop, &f->retry);
+}
+
+/* ---- Applying the master's answer here ---- */
+
+static void fwd_local_durable(void *ctx, bool ok)
+{
+	struct cl_fwd *f = ctx;
+	/* The master and its replicas hold the change; a failure to make our
+	 * copy durable is for a resync to repair, not for the client. */
+	if (!ok)
+		log_errorx("replication: a change from the master is not durable here");
+	fwd_finish(f);
+}
+
+
+/* The MODSEQ of a completion's response code, or 0. */
+static uint64_t code_modseq(const struct proto_cmd *line)
+{
+	uint64_t modseq = 0;
+	const struct proto_arg *a = proto_code_value(line, "MODSEQ");
+	if (a != NULL)
+		(void)proto_arg_u64(a, INT64_MAX, &modseq);
+	return modseq;
+}
+
+static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
+{
+	struct repl_cluster *cl = f->cl;
+	struct stor_db *db = cl->repl.db;
+	const struct proto_arg *a;
+	uint32_t uid = 0;
+	uint64_t modseq = code_modseq(line);
+	const char *err;
+	if ((a = proto_code_value(line, "UID")) != NULL)
+		(void)proto_arg_u32(a, &uid);
+	struct stor_mailbox mb;
+	if (uid == 0 || modseq == 0 || stor_mailbox_get_by_guid(db, &f->mailbox, &mb, &err) <= 0) {
+		fwd_fail(f, REPL_ERR_INTERNAL, "the master's answer was incomplete");
+		return;
+	}
+	f->out.res.uid = uid;
+	f->out.res.modseq = modseq;
+	f->out.res.uidvalidity = mb.uidvalidity;
+	uint32_t uidnext = mb.uidnext;
+	stor_mailbox_free(&mb);
+	struct guid made;
+	if ((a = proto_code_value(line, "GUID")) != NULL && proto_arg_guid(a, &made) == 0 &&
+	    !guid_equal(&made, &f->app.guid)) {
+		/* The master made another copy of the message (SPEC 6.4, REQ):
+		 * a new GUID, whose text here is the copied one's. */
+		if (f->app.text == NULL) {
+			buf_reset(&f->text);
+			if (fwd_load_text(f, &f->text) < 0) {
+				log_warnx("replication: %s: the copied text is gone here: resync",
+					  f->user);
+				cl_mark_dirty(f->peer, f->user);
+				stor_on_durable(db, fwd_local_durable, f);
+				return;
+			}
+			f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
+			f->app.text_len = f->text.len;
+		}
+		f->app.guid = made;
+	}
+	struct stor_msg msg;
+	int have = stor_msg_get(db, &f->mailbox, uid, &msg, &err);
+	if (have > 0) {
+		if (!guid_equal(&msg.guid, &f->app.guid)) {
+			log_warnx("replication: %s: UID %u holds another message here: resync", f->user,
+				  uid);
+			cl_mark_dirty(f->peer, f->user);
+		}
+		stor_msg_free(&msg);
+	} else if (have == 0 && uid >= uidnext && !proto_code_has(line, "EXPUNGED")) {
+		struct stor_append sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.uid = uid;
+		sa.modseq = modseq;
+		sa.guid = &f->app.guid;
+		sa.flags = f->app.flags;
+		sa.keywords = f->app.keywords;
+		sa.keyword_count = f->app.keyword_count;
+		sa.internaldate = f->app.internaldate;
+		sa.internaldate_tz = f->app.internaldate_tz;
+		sa.text = f->app.text;
+		sa.text_len = f->app.text_len;
+		if (stor_msg_append(db, &f->mailbox, &sa, NULL, NULL, &err) < 0) {
+			log_warnx("replication: %s: cannot store the master's UID %u here (%s): resync",
+				  f->user, uid, err);
+			cl_mark_dirty(f->peer, f->user);
+		} else {
+			notify_later(cl, f->user, &f->mailbox);
+		}
+	}
+	/* else: the stream already brought it, or it was expunged since. */
+	stor_on_durable(db, fwd_local_durable, f);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Fills named_uids and named_guids from this node's copy. */
+void fwd_name_messages(struct cl_fwd *f)
+{
+	stor_uid_list sorted = ARRAY_INIT;
+	uids_copy(&sorted, f->uids, f->count);
+	if (sorted.count > 1)
+		qsort(sorted.items, sorted.count, sizeof(sorted.items[0]), cmp_u32);
+	for (size_t i = 0; i < sorted.count; i++) {
+		struct stor_msg m;
+		const char *err;
+		if ((i > 0 && sorted.items[i] == sorted.items[i - 1]) ||
+		    stor_msg_get(f->cl->repl.db, &f->mailbox, sorted.items[i], &m, &err) <= 0)
+			continue;
+		ARRAY_PUSH(&f->named_uids, m.uid);
+		ARRAY_PUSH(&f->named_guids, m.guid);
+		stor_msg_free(&m);
+	}
+	ARRAY_FREE(&sorted);
+}
+
+/* Whether uid names here the message the change named. */
+static bool fwd_still_named(struct cl_fwd *f, uint32_t uid)
+{
+	const uint32_t *hit = bsearch(&uid, f->named_uids.items, f->named_uids.count,
+				      sizeof(uid), cmp_u32);
+	struct stor_msg m;
+	const char *err;
+	if (hit == NULL || stor_msg_get(f->cl->repl.db, &f->mailbox, uid, &m, &err) <= 0)
+		return false;
+	bool same = guid_equal(&m.guid, &f->named_guids.items[hit - f->named_uids.items]);
+	stor_msg_free(&m);
+	if (!same) {
+		log_warnx("replication: %s: UID %u here is no longer the message the change named: "
+			  "resync", f->user, uid);
+		if (f->peer != NULL)
+			cl_mark_dirty(f->peer, f->user);
+	}
+	return same;
+}
+
+/* One batch of a STORE or EXPUNGE was done at the master: keep what its
+ * answer says; 1 when more batches are to go. */
+static bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line)
+{
+	const struct proto_arg *a;
+	f->master_modseq = code_modseq(line);
+	if (f->kind == FWD_STORE && (a = proto_code_value(line, "MODIFIED")) != NULL) {
+		/* A malformed set adds nothing. */
+		uint32_t *set;
+		size_t n;
+		if (proto_arg_uids(a, CL_FORWARD_BATCH, &set, &n) == 0) {
+			uids_copy(&f->modified, set, n);
+			free(set);
+		}
+	}
+	f->sent_upto = f->batch_end;
+	return f->sent_upto < f->named_uids.count;
+}
+
+static void fwd_apply_store(struct cl_fwd *f)
+{
+	struct repl_cluster *cl = f->cl;
+	struct stor_db *db = cl->repl.db;
+	const char *err;
+	f->out.res.modseq = f->master_modseq;
+	stor_uid_list modified = f->modified;
+	bool changed_any = false;
+	for (size_t i = 0; i < f->flags_lines.count; i++) {
+		const struct stor_msg *m = &f->flags_lines.items[i];
+		if (!fwd_still_named(f, m->uid))
+			continue;
+		struct stor_store st;
+		memset(&st, 0, sizeof(st));
+		st.op = STOR_FLAGS_REPLACE;
+		st.flags = m->flags;
+		st.keywords = (const char *const *)m->keywords.items;
+		st.keyword_count = m->keywords.count;
+		st.modseq = m->modseq;
+		stor_msg_list changed = ARRAY_INIT;
+		if (stor_msg_store(db, &f->mailbox, &m->uid, 1, &st, &changed, NULL, &err) < 0)
+			log_warnx("replication: %s: applying the master's flags: %s", f->user, err);
+		if (changed.count > 0)
+			changed_any = true;
+		stor_msg_list_free(&changed);
+		bool refused = false;
+		for (size_t j = 0; j < modified.count; j++)
+			refused = refused || modified.items[j] == m->uid;
+		if (refused)
+			continue;
+		struct stor_msg now;
+		if (stor_msg_get(db, &f->mailbox, m->uid, &now, &err) > 0)
+			ARRAY_PUSH(&f->out.changed, now);
+	}
+	for (size_t j = 0; j < modified.count; j++)
+		ARRAY_PUSH(&f->out.failed, modified.items[j]);
+	if (changed_any)
+		notify_later(cl, f->user, &f->mailbox);
+	stor_on_durable(db, fwd_local_durable, f);
+}
+
+static void fwd_apply_expunge(struct cl_fwd *f)
+{
+	struct repl_cluster *cl = f->cl;
+	struct stor_db *db = cl->repl.db;
+	const char *err;
+	uint64_t modseq = f->master_modseq;
+	f->out.res.modseq = modseq;
+	stor_uid_list still = ARRAY_INIT;
+	for (size_t i = 0; i < f->named_uids.count; i++)
+		if (fwd_still_named(f, f->named_uids.items[i]))
+			ARRAY_PUSH(&still, f->named_uids.items[i]);
+	if (modseq != 0 && still.count > 0 &&
+	    stor_msg_expunge(db, &f->mailbox, still.items, still.count, modseq, &f->out.expunged,
+			     &err) < 0)
+		log_warnx("replication: %s: applying the master's expunge: %s", f->user, err);
+	ARRAY_FREE(&still);
+	if (f->out.expunged.count > 0)
+		notify_later(cl, f->user, &f->mailbox);
+	stor_on_durable(db, fwd_local_durable, f);
+}
+
+static void fwd_send(struct cl_fwd *f);
+
+static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
+			 const struct proto_cmd *line, void *ctx)
+{
+	struct cl_fwd *f = ctx;
+	if (kind == PROTO_REPLY_DATA) {
+		/* STORE: FLAGS <uid> <modseq> <flags> */
+		struct stor_msg m;
+		struct proto_flags_line fl;
+		const char *err;
+		memset(&m, 0, sizeof(m));
+		if (f->kind == FWD_STORE && proto_cmd_is(line, "FLAGS") && line->arg_count == 3 &&
+		    f->flags_lines.count < f->named_uids.count + 16 &&
+		    proto_read_flags_line(line, &fl, &err) == PROTO_CODEC_OK) {
+			m.uid = fl.uid;
+			m.modseq = fl.modseq;
+			m.flags = fl.f.flags;
+			m.keywords.items = fl.f.keywords.items;
+			m.keywords.count = fl.f.keywords.count;
+			m.keywords.cap = fl.f.keywords.cap;
+			ARRAY_PUSH(&f->flags_lines, m);
+		}
+		return;
+	}
+	if (kind != PROTO_REPLY_DONE) {
+		fwd_again(f, kind == PROTO_REPLY_TIMEOUT ? "no answer in time" : "the link closed");
+		return;
+	}
+	if (strcmp(line->name, "OK") == 0) {
+		if (f->kind != FWD_APPEND && fwd_batch_done(f, line)) {
+			fwd_send(f);
+			return;
+		}
+		f->cl->forwarded_changes++;
+		if (f->kind == FWD_APPEND)
+			fwd_apply_append(f, line);
+		else if (f->kind == FWD_STORE)
+			fwd_apply_store(f);
+		else
+			fwd_apply_expunge(f);
+		return;
+	}
+	const char *text = line->text != NULL ? line->text : "refused";
+	if (proto_code_has(line, "NONEXISTENT") && f->kind == FWD_APPEND && f->sent_nil &&
+	    !f->send_text && f->peer != NULL && f->peer->conn != NULL) {
+		/* The master lacks the text of this GUID: send it whole. */
+		f->send_text = true;
+		fwd_send(f);
+		return;
+	}
+	if (proto_code_has(line, "TRYLATER")) {
+		fwd_wait(f, text);
+		return;
+	}
+	if (proto_code_has(line, "STALE")) {
+		/* The master has moved on to a newer epoch: ask again once
+		 * this node adopted it (the root's STALE-EPOCH brings it). */
+		if (f->cl->mm != NULL && f->master != 0)
+			repl_mm_forget_master(f->cl->mm, f->gkey, f->master);
+		fwd_wait(f, text);
+		return;
+	}
+	if (proto_code_has(line, "NOTMASTER") ||
+	    proto_code_has(line, "NONEXISTENT") || proto_code_has(line, "UIDVALIDITY")) {
+		fwd_again(f, text);
+		return;
+	}
+	if (proto_code_has(line, "TOOBIG")) {
+		fwd_fail(f, REPL_ERR_TOOBIG, text);
+		return;
+	}
+	if (proto_code_has(line, "LIMIT")) {
+		fwd_fail(f, REPL_ERR_LIMIT, text);
+		return;
+	}
+	if (proto_code_has(line, "GUIDMISMATCH")) {
+		/* The master holds other messages under some of these UIDs:
+		 * nothing was changed there, and a resync renumbers them. */
+		log_warnx("replication: %s: the master holds other messages under these UIDs: "
+			  "resync", f->user);
+		if (f->peer != NULL)
+			cl_mark_dirty(f->peer, f->user);
+		fwd_fail(f, REPL_ERR_INVALID, "the message differs on the mailbox's master; "
+					      "try again once the nodes have resynced");
+		return;
+	}
+	if (proto_code_has(line, "UNAVAILABLE")) {
+		/* The master has too few replicas (degraded_writes = refuse). */
+		fwd_fail(f, REPL_ERR_UNAVAILABLE, text);
+		return;
+	}
+	fwd_fail(f, REPL_ERR_INVALID, text);
+}
+
+/* The UIDs of the next batch of a STORE or EXPUNGE. */
+/* The next batch of UIDs: named_uids[sent_upto .. batch_end). */
+static void fwd_batch(struct cl_fwd *f)
+{
+	size_t n = f->named_uids.count - f->sent_upto;
+	f->batch_end = f->sent_upto + (n < CL_FORWARD_BATCH ? n : CL_FORWARD_BATCH);
+}
+
+static void fwd_wr_batch_guids(struct cl_fwd *f, struct proto_wr *w)
+{
+	proto_wr_atom(w, "GUIDS");
+	proto_wr_list_begin(w);
+	for (size_t i = f->sent_upto; i < f->batch_end; i++)
+		proto_wr_guid(w, &f->named_guids.items[i]);
+	proto_wr_list_end(w);
+}
+
+static void fwd_send(struct cl_fwd *f)
+{
+	struct cl_peer *p = f->peer;
+	struct proto_wr *w = NULL;
+	const struct cl_bind *b = cl_bind_get(p, &f->mailbox);
+	if (f->kind == FWD_APPEND && f->app.text == NULL && f->send_text) {
+		/* A copy whose text the master lacks.  The source may have been
+		 * expunged since the COPY began, taking the text with it: then
+		 * the copy of this message is refused, as a COPY of an expunged
+		 * UID is (copy_item_done skips it), never sent with an empty or
+		 * made-up text. */
+		buf_reset(&f->text);
+		if (fwd_load_text(f, &f->text) < 0) {
+			fwd_fail(f, REPL_ERR_NOTFOUND, "the copied message was expunged meanwhile");
+			return;
+		}
+	}
+	cl_select(p, b);
+	switch (f->kind) {
+	case FWD_APPEND: {
+		/* uid and modseq 0: the master assigns them. */
+		struct proto_save sv = {
+			.date = f->app.internaldate, .tz = f->app.internaldate_tz,
+			.guid = f->app.guid,
+			.f = { f->app.flags, { (char **)f->app.keywords, f->app.keyword_count,
+					       f->app.keyword_count } },
+		};
+		if (f->app.text != NULL) {
+			sv.text = f->app.text;
+			sv.text_len = f->app.text_len;
+		} else if (!f->send_text) {
+			/* A copy: the master most likely holds the text. */
+			f->sent_nil = true;
+		} else {
+			sv.text = f->text.data != NULL ? (const char *)f->text.data : "";
+			sv.text_len = f->text.len;
+		}
+		w = proto_conn_cmd_begin(p->conn, "SAVE");
+		proto_wr_save(w, &sv);
+		break;
+	}
+	case FWD_STORE: {
+		struct stor_mailbox mb;
+		const char *err;
+		uint64_t known = 0;
+		if (stor_mailbox_get_by_guid(f->cl->repl.db, &f->mailbox, &mb, &err) > 0) {
+			known = mb.highestmodseq;
+			stor_mailbox_free(&mb);
+		}
+		struct proto_flags fl = { f->store.flags, { (char **)f->store.keywords,
+							    f->store.keyword_count,
+							    f->store.keyword_count } };
+		struct proto_store st = { .modseq = known,
+					  .replace = f->store.op == STOR_FLAGS_REPLACE };
+		if (f->store.op == STOR_FLAGS_REMOVE)
+			st.rm = fl;
+		else
+			st.add = fl;
+		fwd_batch(f);
+		st.uids = f->named_uids.items + f->sent_upto;
+		st.uid_count = f->batch_end - f->sent_upto;
+		w = proto_conn_cmd_begin(p->conn, "STORE");
+		proto_wr_store(w, &st);
+		if (f->store.unchangedsince != 0) {
+			proto_wr_atom(w, "UNCHANGEDSINCE");
+			proto_wr_u64(w, f->store.unchangedsince);
+		}
+		fwd_wr_batch_guids(f, w);
+		break;
+	}
+	case FWD_EXPUNGE: {
+		/* modseq 0: the master assigns one. */
+		struct proto_expunge ex = { .modseq = 0 };
+		fwd_batch(f);
+		ex.uids = f->named_uids.items + f->sent_upto;
+		ex.uid_count = f->batch_end - f->sent_upto;
+		w = proto_conn_cmd_begin(p->conn, "EXPUNGE");
+		proto_wr_expunge(w, &ex);
+		fwd_wr_batch_guids(f, w);
+		break;
+	}
+	}
+	if (f->kind == FWD_APPEND && f->app.req.sid != 0) {
+		char id[PROTO_MAX_REQ_LEN + 1];
+		snprintf(id, sizeof(id), "%" PRIu32 ".%" PRIu64, f->app.req.sid, f->app.req.n);
+		proto_wr_atom(w, "REQ");
+		proto_wr_atom(w, id);
+	}
+	if (f->to != 0) {
+		proto_wr_atom(w, "TO");
+		proto_wr_u64(w, f->to);
+	}
+	cl_handover_wr_epoch(f->cl, w, f->epoch);
+	proto_conn_cmd_send(p->conn, CL_FORWARD_TIMEOUT_MS, fwd_reply_cb, f);
+}
+
+/* The copy's text, when the master turned out not to hold it. */
+static int fwd_load_text(struct cl_fwd *f, struct buf *text)
+{
+	uint64_t size;
+	const char *err;
+	if (stor_text_exists(f->cl->repl.db, &f->app.guid, &size, &err) <= 0 ||
+	    stor_text_read(f->cl->repl.db, &f->app.guid, 0, size, text, &err) < 0)
+		return -1;
+	return 0;
+}
+
+void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b)
+{
+	cl_relay_bind_settled(p, b);
+	struct cl_fwd *list = b->waiting;
+	b->waiting = NULL;
+	while (list != NULL) {
+		struct cl_fwd *f = list;
+		list = f->next;
+		f->next = NULL;
+		if (b->state == CL_BIND_BOUND && p->conn != NULL)
+			fwd_send(f);
+		else
+			fwd_again(f, "the master does not hold the mailbox");
+	}
+}
+
+void cl_fwd_link_down(struct cl_peer *p)
+{
+	cl_relay_link_down(p);
+	for (size_t i = 0; i < p->binds.count; i++) {
+		struct cl_bind *b = p->binds.items[i];
+		struct cl_fwd *list = b->waiting;
+		b->waiting = NULL;
+		while (list != NULL) {
+			struct cl_fwd *f = list;
+			list = f->next;
+			f->next = NULL;
+			fwd_again(f, "the link went down");
+		}
+	}
+}
+
+static void fwd_to_peer(struct cl_fwd *f, struct cl_peer *p)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(f->cl->repl.db, &f->mailbox, &mb, &err) <= 0) {
+		fwd_fail(f, REPL_ERR_NOTFOUND, "mailbox does not exist");
+		return;
+	}
+	f->peer = p;
+	if (repl_mm_granule_key(f->cl->mm, f->user, &f->mailbox, f->gkey, sizeof(f->gkey)) == 0)
+		repl_mm_note_write(f->cl->mm, f->gkey);
+	struct cl_bind *b = cl_bind_get(p, &f->mailbox);
+	switch (b->state) {
+	case CL_BIND_BOUND:
+		fwd_send(f);
+		break;
+	case CL_BIND_NONE:
+	case CL_BIND_FAILED:
+		cl_bind_send(p, b, &mb, false);
+		/* fall through */
+	case CL_BIND_PENDING:
+		f->next = b->waiting;
+		b->waiting = f;
+		break;
+	}
+	stor_mailbox_free(&mb);
+}
+
+static void fwd_nothing(struct cl_fwd *f)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(f->cl->repl.db, &f->mailbox, &mb, &err) <= 0) {
+		fwd_fail(f, REPL_ERR_NOTFOUND, "mailbox does not exist");
+		return;
+	}
+	f->out.res.modseq = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	stor_on_durable(f->cl->repl.db, fwd_local_durable, f);
+}
+
+static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
+{
+	struct cl_fwd *f = ctx;
+	if (!ans->ok) {
+		f->master = 0;
+		fwd_autonomous(f, ans->error != NULL ? ans->error : "no master");
+		return;
+	}
+	f->master = ans->master;
+	f->epoch = ans->epoch;
+	if (ans->am_master) {
+		if (cl_handover_waiting(f->cl, f->user)) {
+			/* New master here, still catching up (bounded). */
+			ev_timer_set(&f->retry, CL_HELD_RETRY_S, 0.);
+			ev_timer_start(f->cl->loop, &f->retry);
+			return;
+		}
+		fwd_as_master(f);
+		return;
+	}
+	if (f->kind != FWD_APPEND && f->named_uids.count == 0) {
+		/* None of the UIDs exists here: nothing the client can have
+		 * meant is at the master either. */
+		fwd_nothing(f);
+		return;
+	}
+	struct cl_peer *p = cl_peer_find(f->cl, ans->master);
+	f->to = 0;
+	if (p == NULL || p->conn == NULL) {
+		/* No direct link: through the peer on the breadth-first path
+		 * of the link state, with TO naming the master (SPEC.md 6.3).
+		 * Alone only when no route exists. */
+		uint32_t hop = f->cl->mm != NULL ? repl_mm_next_hop(f->cl->mm, ans->master) : 0;
+		struct cl_peer *h = hop != 0 && hop != ans->master ? cl_peer_find(f->cl, hop) : NULL;
+		if (h == NULL || h->conn == NULL) {
+			fwd_again(f, p == NULL && h == NULL ? "no route" : "no link");
+			return;
+		}
+		p = h;
+		f->to = ans->master;
+	}
+	if (f->cl->sync != NULL && repl_sync_busy_with(f->cl->sync, p->sid)) {
+		/* A resync owns our direction of that link (its MBOX and
+		 * SELECT): wait for it. */
+		fwd_wait(f, "a resync with the master takes too long");
+		return;
+	}
+	fwd_to_peer(f, p);
+}
+
+void fwd_start(struct cl_fwd *f)
+{
+	struct repl_cluster *cl = f->cl;
+	if (cl->sync != NULL && !cl->destroying && repl_sync_holds(cl->sync, f->user, &f->mailbox)) {
+		/* A resync here compares snapshots of this mailbox: the
+		 * change waits for it (the resync is bounded in time). */
+		ev_timer_set(&f->retry, CL_HELD_RETRY_S, 0.);
+		ev_timer_start(cl->loop, &f->retry);
+		return;
+	}
+	if (cl->mm == NULL ||
+	    repl_mm_granule_key(cl->mm, f->user, &f->mailbox, f->gkey, sizeof(f->gkey)) < 0 ||
+	    repl_mm_request_master(cl->mm, f->gkey, CL_MASTER_TIMEOUT_MS, fwd_master_known, f) < 0)
+		fwd_autonomous(f, "no master for this mailbox");
+}
+
+struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const char *user,
+		       const struct guid *mailbox, repl_done_cb *cb, void *ctx)
+{
+	struct cl_fwd *f = xcalloc(1, sizeof(*f));
+	f->cl = cl;
+	f->kind = kind;
+	f->user = xstrdup(user);
+	f->mailbox = *mailbox;
+	f->cb = cb;
+	f->ctx = ctx;
+	ev_timer_init(&f->retry, fwd_retry_cb, 0., 0.);
+	f->live_next = cl->fwds;
+	if (cl->fwds != NULL)
+		cl->fwds->live_prev = f;
+	cl->fwds = f;
+	cl->in_flight++;
+	return f;
+}

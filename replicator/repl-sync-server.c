@@ -1,0 +1,385 @@
+/* The server end of the sync engine on each link: peer sync commands fed
+ * to a sync server, answers held until the loop turn's changes are
+ * durable, long answers stepped.  Apart from the client end because the two
+ * share a link but no state. */
+#include "replicator/repl-sync-private.h"
+
+#include <ev.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+#include "protocol/protocol.h"
+#include "replicator/repl-private.h"
+#include "storage/storage.h"
+#include "sync/sync.h"
+
+/* ------------------------------------------------------------------ */
+/* Server end */
+
+struct srv_link *srv_find(struct repl_sync *rs, uint32_t sid)
+{
+	for (struct srv_link *l = rs->links; l != NULL; l = l->next)
+		if (l->sid == sid)
+			return l;
+	return NULL;
+}
+
+static void srv_send(void *ctx, const void *data, size_t len)
+{
+	struct srv_link *l = ctx;
+	buf_append(&l->tx, data, len);
+}
+
+static struct srv_link *srv_get(struct repl_sync *rs, uint32_t sid)
+{
+	struct srv_link *l = srv_find(rs, sid);
+	if (l != NULL)
+		return l;
+	l = xcalloc(1, sizeof(*l));
+	l->sid = sid;
+	l->selected = -1;
+	struct sync_transport t = { srv_send, l };
+	l->server = sync_server_create(repl_db(rs->repl), sid, &t);
+	l->next = rs->links;
+	rs->links = l;
+	return l;
+}
+
+void srv_free(struct repl_sync *rs, uint32_t sid)
+{
+	for (struct srv_link **lp = &rs->links; *lp != NULL; lp = &(*lp)->next) {
+		if ((*lp)->sid != sid)
+			continue;
+		struct srv_link *l = *lp;
+		*lp = l->next;
+		sync_server_destroy(&l->server);
+		buf_free(&l->tx);
+		ARRAY_FREE(&l->notes);
+		free(l);
+		return;
+	}
+}
+
+/* Remembers MBOX bindings and the SELECT, so that the mailbox a message
+ * command changed can be named to the watchers. */
+static void srv_track(struct srv_link *l, const struct proto_cmd *cmd)
+{
+	uint32_t id;
+	if (proto_cmd_is(cmd, "MBOX") && cmd->arg_count >= 5 &&
+	    proto_arg_u32(&cmd->args[0], &id) == 0) {
+		const char *user;
+		size_t ulen;
+		struct guid g;
+		if (proto_arg_str(&cmd->args[1], &user, &ulen) < 0 || ulen >= sizeof(l->ids[0].user) ||
+		    proto_arg_guid(&cmd->args[4], &g) < 0)
+			return;
+		int slot = -1;
+		for (int i = 0; i < SRV_IDS; i++)
+			if (l->ids[i].used && l->ids[i].id == id)
+				slot = i;
+		if (slot < 0) {
+			slot = (int)(l->ids_next++ % SRV_IDS);
+			if (l->selected == slot)
+				l->selected = -1;
+		}
+		l->ids[slot].used = true;
+		l->ids[slot].id = id;
+		memcpy(l->ids[slot].user, user, ulen + 1);
+		l->ids[slot].guid = g;
+	} else if (proto_cmd_is(cmd, "SELECT") && cmd->arg_count >= 1) {
+		l->selected = -1;
+		if (proto_arg_u32(&cmd->args[0], &id) < 0)
+			return;
+		for (int i = 0; i < SRV_IDS; i++)
+			if (l->ids[i].used && l->ids[i].id == id)
+				l->selected = i;
+	}
+}
+
+/* The mailbox a command changed, for the watchers: the selected one for
+ * message commands, the named GUID for CREATE, DELETE and RENAME. */
+static bool srv_changed(const struct srv_link *l, const struct proto_cmd *cmd, char *user,
+			size_t user_size, struct guid *g_r)
+{
+	size_t gpos = 0;
+	if (proto_cmd_is(cmd, "CREATE") || proto_cmd_is(cmd, "DELETE"))
+		gpos = 2;
+	else if (proto_cmd_is(cmd, "RENAME"))
+		gpos = 3;
+	if (gpos != 0) {
+		const char *u;
+		size_t ulen;
+		if (cmd->arg_count <= gpos || proto_arg_str(&cmd->args[0], &u, &ulen) < 0 ||
+		    ulen >= user_size || proto_arg_guid(&cmd->args[gpos], g_r) < 0)
+			return false;
+		memcpy(user, u, ulen + 1);
+		return true;
+	}
+	if (l->selected < 0)
+		return false;
+	snprintf(user, user_size, "%s", l->ids[l->selected].user);
+	*g_r = l->ids[l->selected].guid;
+	return true;
+}
+
+/* The mailbox selected on the link (what a SYNC-END or FETCH step works
+ * on). */
+static bool srv_changed_selected(const struct srv_link *l, char *user, size_t user_size,
+				 struct guid *g_r)
+{
+	if (l->selected < 0)
+		return false;
+	snprintf(user, user_size, "%s", l->ids[l->selected].user);
+	*g_r = l->ids[l->selected].guid;
+	return true;
+}
+
+/* Live replication rather than a sync: a change its origin already made
+ * (option ORIGIN), or a message command outside SYNC-BEGIN ... SYNC-END
+ * (a request to this node as master). */
+static bool is_live(const struct srv_link *l, const struct proto_cmd *cmd)
+{
+	for (size_t i = 0; i + 1 < cmd->arg_count; i++) {
+		if (cmd->args[i].type == PROTO_ARG_ATOM && strcasecmp(cmd->args[i].str, "ORIGIN") == 0)
+			return true;
+	}
+	if (sync_server_in_sync(l->server))
+		return false;
+	return proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||
+	       proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY");
+}
+
+static void srv_note_add(struct srv_link *l, const char *user, const struct guid *g)
+{
+	for (size_t i = 0; i < l->notes.count; i++) {
+		if (guid_cmp(&l->notes.items[i].guid, g) == 0 &&
+		    strcmp(l->notes.items[i].user, user) == 0)
+			return;
+	}
+	struct srv_note n;
+	snprintf(n.user, sizeof(n.user), "%s", user);
+	n.guid = *g;
+	ARRAY_PUSH(&l->notes, n);
+}
+
+/* Relays the engine's lines in l->tx as lines of the link. */
+static void srv_relay(struct srv_link *l, struct proto_conn *conn)
+{
+	while (buf_avail(&l->tx) > 0) {
+		const unsigned char *d = buf_rptr(&l->tx);
+		size_t n = line_length(d, buf_avail(&l->tx));
+		char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
+		const unsigned char *rest;
+		size_t rest_len;
+		if (n == 0 || line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
+			log_errorx("sync with %u: the engine wrote a broken line", l->sid);
+			break;
+		}
+		struct proto_wr *w = proto_conn_line_begin(conn, tag, name);
+		buf_append(w->out, rest, rest_len);
+		proto_conn_line_end(conn);
+		buf_consume(&l->tx, n);
+	}
+	buf_reset(&l->tx);
+}
+
+static bool srv_has_output(const struct srv_link *l)
+{
+	return buf_avail(&l->tx) > 0 || l->notes.count > 0 || l->closing;
+}
+
+/* The end of a loop iteration: one stor_sync for every change the sync
+ * servers made in it, then their answers leave and the IMAP watchers of
+ * the changed mailboxes are told. */
+static void srv_flush_all(struct repl_sync *rs)
+{
+	struct stor_db *db = repl_db(rs->repl);
+	const char *err;
+	bool failed = false;
+	ev_prepare_stop(rs->loop, &rs->flush_w);
+	if (stor_sync_pending(db) && stor_sync(db, &err) < 0) {
+		log_errorx("sync: storing failed: %s", err);
+		failed = true;
+	}
+	for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
+		if (!srv_has_output(l))
+			continue;
+		struct proto_conn *conn = rs->peers != NULL ? repl_peers_conn(rs->peers, l->sid) : NULL;
+		if (conn == NULL || failed) {
+			buf_reset(&l->tx);
+			if (conn != NULL)
+				proto_conn_bye(conn, "SERVERBUG", "storage failed");
+		} else {
+			srv_relay(l, conn);
+			if (l->closing) {
+				const char *why = sync_server_error(l->server);
+				log_warnx("sync with %u: closing the link: %s", l->sid,
+					  why != NULL ? why : "error");
+				proto_conn_bye(conn, "PROTOCOL", "sync failed");
+			}
+		}
+		l->closing = false;
+		if (!failed) {
+			for (size_t i = 0; i < l->notes.count; i++) {
+				repl_notify(rs->repl, l->notes.items[i].user, &l->notes.items[i].guid);
+				if (rs->peer_cb != NULL &&
+				    (i == 0 || strcmp(l->notes.items[i - 1].user,
+						      l->notes.items[i].user) != 0))
+					rs->peer_cb(rs->peer_ctx, REPL_SYNC_PEER_CHANGED,
+						    l->notes.items[i].user, l->sid);
+			}
+		}
+		l->notes.count = 0;
+	}
+}
+
+void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, flush_w));
+	(void)loop;
+	(void)revents;
+	srv_flush_all(rs);
+}
+
+static void srv_want_flush(struct repl_sync *rs)
+{
+	if (!ev_is_active(&rs->flush_w))
+		ev_prepare_start(rs->loop, &rs->flush_w);
+}
+
+/* Notes what the engine did for a command or a step: the mailbox it
+ * changed, and a failure that closes the link after the answers. */
+static void srv_after(struct repl_sync *rs, struct srv_link *l, const struct proto_cmd *cmd, int r)
+{
+	char user[256];
+	struct guid g;
+	if (stor_sync_pending(repl_db(rs->repl))) {
+		if (cmd != NULL ? srv_changed(l, cmd, user, sizeof(user), &g) :
+				  srv_changed_selected(l, user, sizeof(user), &g))
+			srv_note_add(l, user, &g);
+	}
+	if (r < 0)
+		l->closing = true;
+	if (srv_has_output(l) || stor_sync_pending(repl_db(rs->repl)))
+		srv_want_flush(rs);
+	if (r >= 0 && sync_server_busy(l->server) && !ev_is_active(&rs->srv_idle))
+		ev_idle_start(rs->loop, &rs->srv_idle);
+}
+
+/* Steps the sync servers that answer SYNC-END or FETCH in parts, each for
+ * a bounded time, while their links take output. */
+void srv_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, srv_idle));
+	(void)revents;
+	bool more = false;
+	for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
+		if (!sync_server_busy(l->server) || l->closing)
+			continue;
+		struct proto_conn *conn = rs->peers != NULL ? repl_peers_conn(rs->peers, l->sid) : NULL;
+		if (conn == NULL)
+			continue;
+		ev_tstamp start = ev_time();
+		int r = 1;
+		for (int i = 0; i < MAX_STEPS_PER_TURN && r > 0; i++) {
+			r = sync_server_step(l->server);
+			/* The answers go to the link (durable first) once they
+			 * are worth a write, so that its high water, which
+			 * stops the steps, sees them. */
+			if (r < 0 || buf_avail(&l->tx) > REPL_SYNC_SERVER_OUT_MAX) {
+				srv_after(rs, l, NULL, r);
+				srv_flush_all(rs);
+			}
+			if (r < 0 || proto_conn_is_congested(conn) ||
+			    ev_time() - start > TURN_SECONDS)
+				break;
+		}
+		srv_after(rs, l, NULL, r);
+		/* The rest of the answers leave at the end of the iteration
+		 * (flush_w); a congested link calls repl_sync_link_drained. */
+		if (r > 0 && !proto_conn_is_congested(conn))
+			more = true;
+	}
+	if (!more)
+		ev_idle_stop(loop, w);
+}
+
+/* Two resyncs of one user crossing between two nodes (each the client of
+ * the other) would merge the same mailboxes twice at once.  A node whose
+ * own run works on the user refuses the peer's (TRYLATER); the refused
+ * run fails and a background one is tried again after a random delay. */
+/* Whether a server link other than l is merging a mailbox of user (or
+ * mailbox itself, when given). */
+bool other_server_busy(const struct repl_sync *rs, const struct srv_link *l,
+		       const char *user, const struct guid *mailbox)
+{
+	for (const struct srv_link *o = rs->links; o != NULL; o = o->next) {
+		struct guid g;
+		if (o == l || o->selected < 0 ||
+		    !(sync_server_in_sync(o->server) || sync_server_busy(o->server)) ||
+		    !sync_server_selected(o->server, &g))
+			continue;
+		if (mailbox != NULL ? guid_equal(&g, mailbox) :
+				      strcmp(o->ids[o->selected].user, user) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool refuse_crossing(struct repl_sync *rs, struct srv_link *l, struct proto_conn *conn,
+			    const struct proto_cmd *cmd)
+{
+	/* Two peers merging one mailbox here at once would each work on a
+	 * snapshot the other changes. */
+	struct guid sel;
+	if (proto_cmd_is(cmd, "SYNC-BEGIN") && sync_server_selected(l->server, &sel) &&
+	    other_server_busy(rs, l, NULL, &sel)) {
+		proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER",
+				 "another node resyncs this mailbox here");
+		return true;
+	}
+	if (rs->run == NULL)
+		return false;
+	const char *user = NULL;
+	size_t ulen = 0;
+	if (proto_cmd_is(cmd, "LIST") && cmd->arg_count >= 1) {
+		if (proto_arg_str(&cmd->args[0], &user, &ulen) < 0)
+			return false;
+	} else if (proto_cmd_is(cmd, "SYNC-BEGIN") && l->selected >= 0) {
+		user = l->ids[l->selected].user;
+		ulen = strlen(user);
+	} else {
+		return false;
+	}
+	if (strlen(rs->run->user) != ulen || memcmp(rs->run->user, user, ulen) != 0)
+		return false;
+	proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER", "a resync of this user runs here");
+	return true;
+}
+
+void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
+		 const struct proto_cmd *cmd, void *ctx)
+{
+	struct repl_sync *rs = ctx;
+	(void)peers;
+	(void)conn;
+	struct srv_link *l = srv_get(rs, sid);
+	srv_track(l, cmd);
+	if (rs->live_cb != NULL && is_live(l, cmd)) {
+		struct guid g;
+		bool sel = sync_server_selected(l->server, &g);
+		rs->live_cb(rs->live_ctx, sid, conn, cmd, sel ? &g : NULL);
+		return;
+	}
+	if (refuse_crossing(rs, l, conn, cmd))
+		return;
+	int r = sync_server_input(l->server, cmd);
+	srv_after(rs, l, cmd, r);
+}

@@ -1,0 +1,674 @@
+/* The mailbox-list half of a sync: the last common list kept in stor_meta,
+ * and the merge of both sides' lists against it.  Apart from the
+ * per-mailbox sync because it decides which mailboxes exist, and under
+ * which names, before any of their messages are looked at. */
+#include "sync/sync-client-private.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "lib/str.h"
+#include "lib/xalloc.h"
+
+/* ---- The last common mailbox list (stor_meta) ---- */
+
+static char *last_list_key(const struct sync_client *c)
+{
+	return xasprintf("sync.list.%u.%s", c->peer, c->user);
+}
+
+typedef ARRAY(struct cl_last_mbox) cl_last_list;
+
+static void last_list_free(cl_last_list *l, stor_string_list *subs)
+{
+	for (size_t i = 0; i < l->count; i++)
+		free(l->items[i].name);
+	ARRAY_FREE(l);
+	for (size_t i = 0; i < subs->count; i++)
+		free(subs->items[i]);
+	ARRAY_FREE(subs);
+}
+
+static char *hex_to_str(const char *hex, size_t len)
+{
+	if (len % 2 != 0)
+		return NULL;
+	char *s = xmalloc(len / 2 + 1);
+	if (hex_decode(hex, len, (unsigned char *)s, len / 2) < 0) {
+		free(s);
+		return NULL;
+	}
+	s[len / 2] = '\0';
+	return s;
+}
+
+static int cmp_last_guid(const void *a, const void *b)
+{
+	return guid_cmp(&((const struct cl_last_mbox *)a)->guid,
+			&((const struct cl_last_mbox *)b)->guid);
+}
+
+/* Lines "M guid uidnext hms hexname" and "S hexname". */
+static int last_list_read(struct sync_client *c, cl_last_list *l_r, stor_string_list *subs_r)
+{
+	struct buf v = BUF_INIT;
+	const char *err;
+	char *key = last_list_key(c);
+	memset(l_r, 0, sizeof(*l_r));
+	memset(subs_r, 0, sizeof(*subs_r));
+	int r = stor_meta_get(c->db, key, &v, &err);
+	free(key);
+	if (r < 0) {
+		buf_free(&v);
+		return cl_fail(c, "reading the last mailbox list: %s", err);
+	}
+	buf_append_byte(&v, '\n');
+	char *line;
+	size_t len;
+	while ((line = buf_getline(&v, &len)) != NULL) {
+		char *f[5], *save = NULL;
+		size_t nf = 0;
+		for (char *tok = strtok_r(line, " ", &save); tok != NULL && nf < 5;
+		     tok = strtok_r(NULL, " ", &save))
+			f[nf++] = tok;
+		struct cl_last_mbox e;
+		uint64_t u, m;
+		if (nf == 5 && strcmp(f[0], "M") == 0 && guid_from_hex(f[1], &e.guid) == 0 &&
+		    str_to_u64(f[2], UINT32_MAX, &u) == 0 && str_to_u64(f[3], INT64_MAX, &m) == 0 &&
+		    (e.name = hex_to_str(f[4], strlen(f[4]))) != NULL) {
+			e.uidnext = (uint32_t)u;
+			e.hms = m;
+			ARRAY_PUSH(l_r, e);
+		} else if (nf == 2 && strcmp(f[0], "S") == 0) {
+			char *name = hex_to_str(f[1], strlen(f[1]));
+			if (name != NULL)
+				ARRAY_PUSH(subs_r, name);
+		}
+	}
+	buf_free(&v);
+	if (l_r->count > 1)
+		qsort(l_r->items, l_r->count, sizeof(struct cl_last_mbox), cmp_last_guid);
+	return 0;
+}
+
+int last_list_write(struct sync_client *c)
+{
+	stor_mailbox_array mbs;
+	stor_string_list subs;
+	const char *err;
+	struct buf v = BUF_INIT;
+	if (stor_mailbox_list(c->db, c->user, &mbs, &err) < 0)
+		return cl_fail(c, "%s", err);
+	if (stor_subscriptions(c->db, c->user, &subs, &err) < 0) {
+		stor_mailbox_list_free(&mbs);
+		return cl_fail(c, "%s", err);
+	}
+	for (size_t i = 0; i < mbs.count; i++) {
+		char gh[GUID_HEX_SIZE];
+		size_t nl = strlen(mbs.items[i].name);
+		char *nh = xmalloc(nl * 2 + 1);
+		hex_encode((const unsigned char *)mbs.items[i].name, nl, nh);
+		guid_to_hex(&mbs.items[i].guid, gh);
+		buf_appendf(&v, "M %s %u %" PRIu64 " %s\n", gh, mbs.items[i].uidnext,
+			    mbs.items[i].highestmodseq, nh);
+		free(nh);
+	}
+	for (size_t i = 0; i < subs.count; i++) {
+		size_t nl = strlen(subs.items[i]);
+		char *nh = xmalloc(nl * 2 + 1);
+		hex_encode((const unsigned char *)subs.items[i], nl, nh);
+		buf_appendf(&v, "S %s\n", nh);
+		free(nh);
+	}
+	stor_mailbox_list_free(&mbs);
+	stor_string_list_free(&subs);
+	char *key = last_list_key(c);
+	int r = stor_meta_set(c->db, key, v.data, v.len, &err);
+	free(key);
+	buf_free(&v);
+	return r < 0 ? cl_fail(c, "saving the mailbox list: %s", err) : 0;
+}
+
+/* ---- Mailbox list merge ---- */
+
+/* The server's mailboxes are looked up through two sorted index arrays;
+ * the other lists of the merge are sorted once and searched with bsearch,
+ * so a merge of n mailboxes costs O(n log n) comparisons. */
+typedef ARRAY(uint32_t) srv_index;
+typedef int srv_key_cmp(const struct sync_client *c, uint32_t i, const void *key);
+
+static int srv_key_guid(const struct sync_client *c, uint32_t i, const void *key)
+{
+	return guid_cmp(&c->srv.items[i].guid, key);
+}
+
+static int srv_key_name(const struct sync_client *c, uint32_t i, const void *key)
+{
+	return strcmp(c->srv.items[i].name, key);
+}
+
+static size_t srv_lower(const struct sync_client *c, const srv_index *ix, srv_key_cmp *cmp,
+			const void *key)
+{
+	size_t lo = 0, hi = ix->count;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (cmp(c, ix->items[mid], key) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static const struct cl_srv_mbox *srv_find(const struct sync_client *c, const srv_index *ix,
+					  srv_key_cmp *cmp, const void *key)
+{
+	size_t p = srv_lower(c, ix, cmp, key);
+	if (p < ix->count && cmp(c, ix->items[p], key) == 0)
+		return &c->srv.items[ix->items[p]];
+	return NULL;
+}
+
+static void srv_index_insert(struct sync_client *c, srv_index *ix, srv_key_cmp *cmp,
+			     const void *key, uint32_t i)
+{
+	size_t p = srv_lower(c, ix, cmp, key);
+	ARRAY_PUSH(ix, i);
+	memmove(ix->items + p + 1, ix->items + p, (ix->count - 1 - p) * sizeof(uint32_t));
+	ix->items[p] = i;
+}
+
+static void srv_index_remove(struct sync_client *c, srv_index *ix, srv_key_cmp *cmp,
+			     const void *key, uint32_t i)
+{
+	for (size_t p = srv_lower(c, ix, cmp, key); p < ix->count; p++) {
+		if (ix->items[p] == i) {
+			memmove(ix->items + p, ix->items + p + 1, (ix->count - 1 - p) * sizeof(uint32_t));
+			ix->count--;
+			return;
+		}
+		if (cmp(c, ix->items[p], key) != 0)
+			return;
+	}
+}
+
+static int ix_cmp_guid(const void *a, const void *b, void *ctx)
+{
+	const struct sync_client *c = ctx;
+	return guid_cmp(&c->srv.items[*(const uint32_t *)a].guid,
+			&c->srv.items[*(const uint32_t *)b].guid);
+}
+
+static int ix_cmp_name(const void *a, const void *b, void *ctx)
+{
+	const struct sync_client *c = ctx;
+	return strcmp(c->srv.items[*(const uint32_t *)a].name,
+		      c->srv.items[*(const uint32_t *)b].name);
+}
+
+/* After a LIST answer: sorts both indexes. */
+void srv_index_build(struct sync_client *c)
+{
+	c->srv_by_guid_ix.count = c->srv_by_name_ix.count = 0;
+	for (uint32_t i = 0; i < c->srv.count; i++) {
+		ARRAY_PUSH(&c->srv_by_guid_ix, i);
+		ARRAY_PUSH(&c->srv_by_name_ix, i);
+	}
+	if (c->srv.count > 1) {
+		qsort_r(c->srv_by_guid_ix.items, c->srv.count, sizeof(uint32_t), ix_cmp_guid, c);
+		qsort_r(c->srv_by_name_ix.items, c->srv.count, sizeof(uint32_t), ix_cmp_name, c);
+	}
+}
+
+/* Adds a server mailbox (taking name) to the list and the indexes. */
+static void srv_add(struct sync_client *c, struct cl_srv_mbox *e)
+{
+	uint32_t i = (uint32_t)c->srv.count;
+	ARRAY_PUSH(&c->srv, *e);
+	srv_index_insert(c, (srv_index *)&c->srv_by_guid_ix, srv_key_guid, &e->guid, i);
+	srv_index_insert(c, (srv_index *)&c->srv_by_name_ix, srv_key_name, e->name, i);
+}
+
+/* Renames the server's mailbox g in our copy of its list. */
+static void srv_set_name(struct sync_client *c, const struct guid *g, const char *new_name)
+{
+	const struct cl_srv_mbox *s = srv_find(c, (const srv_index *)&c->srv_by_guid_ix,
+					       srv_key_guid, g);
+	if (s == NULL)
+		return;
+	uint32_t i = (uint32_t)(s - c->srv.items);
+	char *old = c->srv.items[i].name;
+	srv_index_remove(c, (srv_index *)&c->srv_by_name_ix, srv_key_name, old, i);
+	c->srv.items[i].name = xstrdup(new_name);
+	free(old);
+	srv_index_insert(c, (srv_index *)&c->srv_by_name_ix, srv_key_name,
+			 c->srv.items[i].name, i);
+}
+
+const struct cl_srv_mbox *srv_by_guid(const struct sync_client *c, const struct guid *g)
+{
+	return srv_find(c, (const srv_index *)&c->srv_by_guid_ix, srv_key_guid, g);
+}
+
+static const struct cl_srv_mbox *srv_by_name(const struct sync_client *c, const char *name)
+{
+	return srv_find(c, (const srv_index *)&c->srv_by_name_ix, srv_key_name, name);
+}
+
+/* l is sorted by GUID (last_list_read). */
+static const struct cl_last_mbox *last_by_guid(const cl_last_list *l, const struct guid *g)
+{
+	struct cl_last_mbox key;
+	if (l->count == 0)
+		return NULL;
+	key.guid = *g;
+	return bsearch(&key, l->items, l->count, sizeof(key), cmp_last_guid);
+}
+
+static int cmp_strp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void str_list_sort(stor_string_list *l)
+{
+	if (l->count > 1)
+		qsort(l->items, l->count, sizeof(char *), cmp_strp);
+}
+
+/* l is sorted (str_list_sort). */
+static bool str_in(const stor_string_list *l, const char *s)
+{
+	return l->count > 0 && bsearch(&s, l->items, l->count, sizeof(char *), cmp_strp) != NULL;
+}
+
+typedef ARRAY(struct guid) guid_list;
+
+int cmp_guid_v(const void *a, const void *b)
+{
+	return guid_cmp(a, b);
+}
+
+/* l is sorted. */
+static bool mb_by_guid(const guid_list *l, const struct guid *g)
+{
+	return l->count > 0 && bsearch(g, l->items, l->count, sizeof(*g), cmp_guid_v) != NULL;
+}
+
+/* The name a mailbox that lost a name clash gets: "<name>-<8 hex of its GUID>". */
+static char *clash_name(const char *name, const struct guid *g)
+{
+	char gh[GUID_HEX_SIZE];
+	guid_to_hex(g, gh);
+	return xasprintf("%s-%.8s", name, gh);
+}
+
+/* Whether name holds a mailbox other than g on the server (server_side)
+ * or here. */
+static bool name_taken(struct sync_client *c, const char *name, const struct guid *g,
+		       bool server_side)
+{
+	if (server_side) {
+		const struct cl_srv_mbox *s = srv_by_name(c, name);
+		return s != NULL && guid_cmp(&s->guid, g) != 0;
+	}
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get(c->db, c->user, name, &mb, &err) != 1)
+		return false;
+	bool other = guid_cmp(&mb.guid, g) != 0;
+	stor_mailbox_free(&mb);
+	return other;
+}
+
+static void send_create(struct sync_client *c, const char *name, const struct guid *g,
+			uint32_t uidvalidity, const char *special)
+{
+	struct proto_wr w;
+	cl_cmd_begin(c, &w, "CREATE", K_LISTOP, 0);
+	proto_wr_cstr(&w, c->user);
+	proto_wr_cstr(&w, name);
+	proto_wr_guid(&w, g);
+	proto_wr_u64(&w, uidvalidity);
+	if (special != NULL && special[0] != '\0') {
+		proto_wr_atom(&w, "SPECIAL-USE");
+		proto_wr_list_begin(&w);
+		proto_wr_atom(&w, special);
+		proto_wr_list_end(&w);
+	}
+	cl_cmd_end(c, &w);
+	c->report.mailboxes_created++;
+	c->list_changed = true;
+	/* Known there from now on, for later name checks (its state is
+	 * unknown until the next LIST). */
+	struct cl_srv_mbox e;
+	memset(&e, 0, sizeof(e));
+	e.name = xstrdup(name);
+	e.guid = *g;
+	e.uidvalidity = uidvalidity;
+	e.hms = UINT64_MAX;
+	srv_add(c, &e);
+}
+
+static void send_rename(struct sync_client *c, const char *old, const char *new_name,
+			const struct guid *g)
+{
+	struct proto_wr w;
+	cl_cmd_begin(c, &w, "RENAME", K_LISTOP, 0);
+	proto_wr_cstr(&w, c->user);
+	proto_wr_cstr(&w, old);
+	proto_wr_cstr(&w, new_name);
+	proto_wr_guid(&w, g);
+	cl_cmd_end(c, &w);
+	c->report.mailboxes_renamed++;
+	c->list_changed = true;
+	srv_set_name(c, g, new_name);
+}
+
+static int local_create(struct sync_client *c, const struct cl_srv_mbox *s, const char *name)
+{
+	const char *err;
+	struct stor_mailbox_create req = {
+		.user = c->user, .name = name, .guid = &s->guid, .uidvalidity = s->uidvalidity,
+		.special_use = s->special[0] != '\0' ? s->special : NULL,
+	};
+	if (stor_mailbox_create(c->db, &req, NULL, &err) < 0)
+		return cl_fail(c, "creating %s: %s", name, err);
+	c->report.mailboxes_created++;
+	return 0;
+}
+
+/* Merges the mailbox lists and subscriptions (SPEC.md 10.5). */
+/* Whether a copy (uidnext, hms) of a mailbox the other side deleted goes
+ * too.  The tombstone keeps what the deleted mailbox held: the delete wins
+ * over a copy with nothing beyond that, and a change beats a delete.  A
+ * tombstone that does not know it (the delete of a mailbox that side never
+ * held) is judged against the last common list: unchanged since, it goes. */
+static bool delete_wins(uint32_t uidnext, uint64_t hms, uint32_t tomb_uidnext, uint64_t tomb_hms,
+			const struct cl_last_mbox *l)
+{
+	if (tomb_uidnext != 0)
+		return uidnext <= tomb_uidnext && hms <= tomb_hms;
+	return l != NULL && uidnext == l->uidnext && hms == l->hms;
+}
+
+int list_merge(struct sync_client *c)
+{
+	stor_mailbox_array mbs;
+	stor_string_list subs;
+	cl_last_list last;
+	stor_string_list last_subs;
+	const char *err;
+	int ret = 0;
+	if (last_list_read(c, &last, &last_subs) < 0)
+		return -1;
+	if (stor_mailbox_list(c->db, c->user, &mbs, &err) < 0) {
+		last_list_free(&last, &last_subs);
+		return cl_fail(c, "%s", err);
+	}
+	cl_new_group(c);
+	c->list_changed = false;
+	guid_list by_guid = ARRAY_INIT;
+	for (size_t i = 0; i < mbs.count; i++)
+		ARRAY_PUSH(&by_guid, mbs.items[i].guid);
+	if (by_guid.count > 1)
+		qsort(by_guid.items, by_guid.count, sizeof(struct guid), cmp_guid_v);
+	if (c->srv_deleted.count > 1)
+		qsort(c->srv_deleted.items, c->srv_deleted.count, sizeof(c->srv_deleted.items[0]),
+		      cmp_guid_v);
+	str_list_sort(&last_subs);
+	str_list_sort(&c->srv_subs);
+
+	/* 1. Name clashes: a mailbox new on each side under the same name.
+	 * The lower GUID keeps the name. */
+	for (size_t i = 0; i < mbs.count && ret == 0; i++) {
+		struct stor_mailbox *mb = &mbs.items[i];
+		if (srv_by_guid(c, &mb->guid) != NULL || last_by_guid(&last, &mb->guid) != NULL)
+			continue;
+		const struct cl_srv_mbox *s = srv_by_name(c, mb->name);
+		if (s == NULL)
+			continue;
+		if (mb_by_guid(&by_guid, &s->guid))
+			continue; /* not new there: we have it too, under another name */
+		if (guid_cmp(&mb->guid, &s->guid) > 0) {
+			char *nn = clash_name(mb->name, &mb->guid);
+			log_info("sync %s: mailbox %s exists on both sides with different GUIDs; "
+				 "ours becomes %s", c->user, mb->name, nn);
+			if (stor_mailbox_rename(c->db, &mb->guid, nn, &err) < 0)
+				ret = cl_fail(c, "renaming %s: %s", mb->name, err);
+			else {
+				free(mb->name);
+				mb->name = nn;
+				c->report.mailboxes_renamed++;
+			}
+			if (ret < 0)
+				free(nn);
+		} else {
+			char *nn = clash_name(s->name, &s->guid);
+			char *old = xstrdup(s->name);
+			struct guid sg = s->guid;
+			log_info("sync %s: mailbox %s exists on both sides with different GUIDs; "
+				 "the peer's becomes %s", c->user, old, nn);
+			send_rename(c, old, nn, &sg);
+			free(old);
+			free(nn);
+		}
+	}
+
+	/* 2. Mailboxes we have. */
+	for (size_t i = 0; i < mbs.count && ret == 0; i++) {
+		const struct stor_mailbox *mb = &mbs.items[i];
+		const struct cl_srv_mbox *s = srv_by_guid(c, &mb->guid);
+		const struct cl_last_mbox *l = last_by_guid(&last, &mb->guid);
+		if (s != NULL) {
+			if (strcmp(s->name, mb->name) == 0)
+				continue;
+			/* We renamed it if the server still has the remembered
+			 * name; else the peer did, or both did: the server's
+			 * name wins.  A target name held by another mailbox on
+			 * the target side makes it "<name>-<8 hex>" on both. */
+			bool ours = l != NULL && strcmp(l->name, s->name) == 0;
+			const char *target = ours ? mb->name : s->name;
+			char *nn = NULL;
+			if (name_taken(c, target, &mb->guid, ours)) {
+				nn = clash_name(target, &mb->guid);
+				target = nn;
+			}
+			if (strcmp(target, mb->name) != 0) {
+				if (stor_mailbox_rename(c->db, &mb->guid, target, &err) < 0)
+					ret = cl_fail(c, "renaming %s: %s", mb->name, err);
+				c->report.mailboxes_renamed++;
+			}
+			if (ret == 0 && strcmp(target, s->name) != 0)
+				send_rename(c, s->name, target, &mb->guid);
+			free(nn);
+			continue;
+		}
+		const struct cl_srv_tomb *st =
+			c->srv_deleted.count == 0 ? NULL :
+			bsearch(&mb->guid, c->srv_deleted.items, c->srv_deleted.count,
+				sizeof(c->srv_deleted.items[0]), cmp_guid_v);
+		if (st != NULL && delete_wins(mb->uidnext, mb->highestmodseq, st->uidnext, st->hms, l)) {
+			/* Deleted on the peer, and nothing here is newer than
+			 * what it deleted.  Without the peer's tombstone it
+			 * never had it or lost it (its store was wiped or
+			 * restored): it gets it back. */
+			if (stor_mailbox_delete(c->db, &mb->guid, &err) < 0)
+				ret = cl_fail(c, "deleting %s: %s", mb->name, err);
+			c->report.mailboxes_deleted++;
+			continue;
+		}
+		/* New here, lost there, or deleted there but changed here since:
+		 * (re)create. */
+		if (name_taken(c, mb->name, &mb->guid, true)) {
+			char *nn = clash_name(mb->name, &mb->guid);
+			if (stor_mailbox_rename(c->db, &mb->guid, nn, &err) < 0)
+				ret = cl_fail(c, "renaming %s: %s", mb->name, err);
+			else
+				send_create(c, nn, &mb->guid, mb->uidvalidity, mb->special_use);
+			c->report.mailboxes_renamed++;
+			free(nn);
+			continue;
+		}
+		send_create(c, mb->name, &mb->guid, mb->uidvalidity, mb->special_use);
+	}
+
+	/* 3. Mailboxes only the server has. */
+	for (size_t i = 0; i < c->srv.count && ret == 0; i++) {
+		const struct cl_srv_mbox *s = &c->srv.items[i];
+		if (mb_by_guid(&by_guid, &s->guid))
+			continue;
+		const struct cl_last_mbox *l = last_by_guid(&last, &s->guid);
+		uint32_t tu = 0;
+		uint64_t th = 0;
+		int gone = stor_mailbox_tomb_get(c->db, c->user, &s->guid, &tu, &th, &err);
+		if (gone < 0) {
+			ret = cl_fail(c, "%s", err);
+			break;
+		}
+		if (gone > 0 && delete_wins(s->uidnext, s->hms, tu, th, l)) {
+			struct proto_wr w;
+			cl_cmd_begin(c, &w, "DELETE", K_LISTOP, 0);
+			proto_wr_cstr(&w, c->user);
+			proto_wr_cstr(&w, s->name);
+			proto_wr_guid(&w, &s->guid);
+			cl_cmd_end(c, &w);
+			c->report.mailboxes_deleted++;
+			c->list_changed = true;
+			continue;
+		}
+		if (name_taken(c, s->name, &s->guid, false)) {
+			char *nn = clash_name(s->name, &s->guid);
+			send_rename(c, s->name, nn, &s->guid);
+			ret = local_create(c, s, nn);
+			free(nn);
+			continue;
+		}
+		ret = local_create(c, s, s->name);
+	}
+
+	/* 4. Subscriptions: a three-way merge with the last common set; as
+	 * for mailboxes, a name goes only where the other side unsubscribed
+	 * it (its tombstone), not where it is merely missing. */
+	stor_string_list unsubs = ARRAY_INIT;
+	str_list_sort(&c->srv_unsubs);
+	if (ret == 0 && (stor_subscriptions(c->db, c->user, &subs, &err) < 0 ||
+			 stor_unsubscribed(c->db, c->user, &unsubs, &err) < 0))
+		ret = cl_fail(c, "%s", err);
+	else if (ret == 0) {
+		str_list_sort(&subs);
+		for (size_t i = 0; i < subs.count && ret == 0; i++) {
+			const char *n = subs.items[i];
+			if (str_in(&c->srv_subs, n))
+				continue;
+			if (str_in(&last_subs, n) && str_in(&c->srv_unsubs, n)) {
+				if (stor_subscribe(c->db, c->user, n, false, &err) < 0)
+					ret = cl_fail(c, "%s", err);
+			} else {
+				struct proto_wr w;
+				cl_cmd_begin(c, &w, "SUBSCRIBE", K_LISTOP, 0);
+				proto_wr_cstr(&w, c->user);
+				proto_wr_cstr(&w, n);
+				cl_cmd_end(c, &w);
+			}
+			c->report.subscriptions_changed++;
+		}
+		for (size_t i = 0; i < c->srv_subs.count && ret == 0; i++) {
+			const char *n = c->srv_subs.items[i];
+			if (str_in(&subs, n))
+				continue;
+			if (str_in(&last_subs, n) && str_in(&unsubs, n)) {
+				struct proto_wr w;
+				cl_cmd_begin(c, &w, "UNSUBSCRIBE", K_LISTOP, 0);
+				proto_wr_cstr(&w, c->user);
+				proto_wr_cstr(&w, n);
+				cl_cmd_end(c, &w);
+			} else if (stor_subscribe(c->db, c->user, n, true, &err) < 0) {
+				ret = cl_fail(c, "%s", err);
+			}
+			c->report.subscriptions_changed++;
+		}
+		stor_string_list_free(&subs);
+	}
+	stor_string_list_free(&unsubs);
+	stor_mailbox_list_free(&mbs);
+	ARRAY_FREE(&by_guid);
+	last_list_free(&last, &last_subs);
+	return ret;
+}
+
+void send_list(struct sync_client *c)
+{
+	struct proto_wr w;
+	srv_list_free(c);
+	cl_new_group(c);
+	cl_cmd_begin(c, &w, "LIST", K_LIST, 0);
+	proto_wr_cstr(&w, c->user);
+	cl_cmd_end(c, &w);
+}
+
+int on_list_line(struct sync_client *c, const struct proto_cmd *line)
+{
+	struct cl_srv_mbox m;
+	const char *s;
+	size_t len;
+	memset(&m, 0, sizeof(m));
+	if (c->srv.count + c->srv_subs.count >= SYNC_MAX_MAILBOXES)
+		return cl_fail(c, "LIST: too many mailboxes");
+	if (proto_cmd_is(line, "SUBSCRIBED")) {
+		if (line->arg_count != 1 || proto_arg_str(&line->args[0], &s, &len) < 0 ||
+		    len > STOR_MAX_MAILBOX_NAME_LEN)
+			return cl_fail(c, "LIST: bad SUBSCRIBED line");
+		ARRAY_PUSH(&c->srv_subs, xstrdup(s));
+		return 0;
+	}
+	if (proto_cmd_is(line, "UNSUBSCRIBED")) {
+		if (line->arg_count != 1 || proto_arg_str(&line->args[0], &s, &len) < 0 ||
+		    len > STOR_MAX_MAILBOX_NAME_LEN || c->srv_unsubs.count >= SYNC_MAX_MAILBOXES)
+			return cl_fail(c, "LIST: bad UNSUBSCRIBED line");
+		ARRAY_PUSH(&c->srv_unsubs, xstrdup(s));
+		return 0;
+	}
+	if (proto_cmd_is(line, "DELETED")) {
+		struct cl_srv_tomb t;
+		uint64_t v = 0;
+		memset(&t, 0, sizeof(t));
+		if ((line->arg_count != 1 && line->arg_count != 3) ||
+		    proto_arg_guid(&line->args[0], &t.guid) < 0 ||
+		    (line->arg_count == 3 &&
+		     (proto_arg_u32(&line->args[1], &t.uidnext) < 0 ||
+		      proto_arg_u64(&line->args[2], INT64_MAX, &v) < 0 ||
+		      !mail_modseq_valid(v) || t.uidnext > MAIL_UIDNEXT_MAX)))
+			return cl_fail(c, "LIST: bad DELETED line");
+		t.hms = v;
+		if (c->srv_deleted.count >= SYNC_MAX_MAILBOXES)
+			return cl_fail(c, "LIST: too many DELETED lines");
+		ARRAY_PUSH(&c->srv_deleted, t);
+		return 0;
+	}
+	struct guid digest;
+	uint64_t v;
+	if (!proto_cmd_is(line, "MAILBOX") || line->arg_count != 7 ||
+	    proto_arg_str(&line->args[0], &s, &len) < 0 || len > STOR_MAX_MAILBOX_NAME_LEN ||
+	    proto_arg_guid(&line->args[1], &m.guid) < 0 ||
+	    proto_arg_u32(&line->args[2], &m.uidvalidity) < 0 ||
+	    proto_arg_u32(&line->args[3], &m.uidnext) < 0 ||
+	    proto_arg_u64(&line->args[4], INT64_MAX, &v) < 0 ||
+	    proto_arg_guid(&line->args[5], &digest) < 0 ||
+	    line->args[6].type != PROTO_ARG_ATOM || line->args[6].len >= sizeof(m.special))
+		return cl_fail(c, "LIST: bad MAILBOX line");
+	if (!mail_uidnext_valid(m.uidnext) || !mail_modseq_valid(v))
+		return cl_fail(c, "LIST: MAILBOX line with %s", MAIL_LIMITS_TEXT);
+	m.hms = v;
+	memcpy(m.digest, digest.b, sizeof(m.digest));
+	if (strcmp(line->args[6].str, "NIL") != 0)
+		memcpy(m.special, line->args[6].str, line->args[6].len + 1);
+	m.name = xstrdup(s);
+	ARRAY_PUSH(&c->srv, m);
+	return 0;
+}

@@ -1,0 +1,220 @@
+/* The client's SAVE, STORE, EXPUNGE and UIDFIX between SYNC-BEGIN and
+ * SYNC-END.  They are only collected here (texts stored unreferenced), so
+ * that the merge at SYNC-END sees both sides' changes whole. */
+#include "sync/sync-server-private.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/types.h>
+
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+/* ---- The client's changes ---- */
+
+int cmd_sync_begin(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	uint64_t lm, cm;
+	uint32_t lu, cu;
+	if (cmd->arg_count < 4 || cmd->arg_count > 5 ||
+	    proto_arg_u64(&cmd->args[0], INT64_MAX, &lm) < 0 ||
+	    proto_arg_u64(&cmd->args[1], INT64_MAX, &cm) < 0 ||
+	    proto_arg_u32(&cmd->args[2], &lu) < 0 || lu == 0 ||
+	    proto_arg_u32(&cmd->args[3], &cu) < 0 || cu == 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SYNC-BEGIN lm cm lu cu");
+		return 0;
+	}
+	if (!mail_modseq_valid(lm) || !mail_modseq_valid(cm) || !mail_uidnext_valid(lu) ||
+	    !mail_uidnext_valid(cu)) {
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
+	srv_sync_reset(s);
+	s->text_refs.count = 0;
+	s->in_sync = true;
+	s->last_modseq = lm;
+	s->client_modseq = cm;
+	s->last_uidnext = lu;
+	s->client_uidnext = cu;
+	srv_reply(s, cmd->tag, "OK", NULL, "begin");
+	return 0;
+}
+
+int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	struct srv_save sv;
+	struct proto_save ps;
+	const char *err;
+	bool present = false;
+	bool stamped = false;
+	memset(&sv, 0, sizeof(sv));
+	int cr = proto_read_save(cmd, PROTO_SAVE_GIVEN, &ps, &err);
+	if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(cmd, 6, &stamped, &sv.stamps) < 0) {
+		if (cr == PROTO_CODEC_OK)
+			proto_save_free(&ps);
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text [STAMPS]");
+		return 0;
+	}
+	if (cr == PROTO_CODEC_LIMIT) {
+		stor_stamp_list_free(&sv.stamps);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
+	sv.uid = ps.uid;
+	sv.modseq = ps.modseq;
+	sv.guid = ps.guid;
+	sync_flags_take(&sv.f, &ps.f);
+	if (!stamped)
+		sync_stamps_legacy(sv.modseq, &sv.stamps);
+	sv.date = ps.date;
+	sv.tz = ps.tz;
+	if (ps.text == NULL) {
+		int r = stor_text_exists(s->db, &sv.guid, NULL, &err);
+		if (r < 0) {
+			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
+			return srv_fail(s, "SAVE: %s", err);
+		}
+		if (r == 0) {
+			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
+			srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "text unknown, send it");
+			return 0;
+		}
+		/* This very message at this UID already (a full compare of
+		 * equal copies): OK [PRESENT], so the client counts honestly
+		 * what moved. */
+		struct stor_msg have;
+		r = stor_msg_get(s->db, &s->sel, sv.uid, &have, &err);
+		if (r < 0) {
+			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
+			return srv_fail(s, "SAVE: %s", err);
+		}
+		if (r > 0) {
+			present = guid_cmp(&have.guid, &sv.guid) == 0;
+			stor_msg_free(&have);
+		}
+	} else {
+		struct stor_text_writer *tw = stor_text_begin(s->db, &sv.guid);
+		if (stor_text_write(tw, ps.text, ps.text_len, &err) < 0) {
+			stor_text_abort(&tw);
+			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
+			srv_reply(s, cmd->tag, "NO", "TOOBIG", err);
+			return 0;
+		}
+		if (stor_text_finish(&tw, &err) < 0) {
+			sync_flags_free(&sv.f);
+			stor_stamp_list_free(&sv.stamps);
+			srv_reply(s, cmd->tag, "NO", NULL, err);
+			return 0;
+		}
+	}
+	ARRAY_PUSH(&s->saves, sv);
+	srv_reply(s, cmd->tag, "OK", present ? "PRESENT" : NULL, "held");
+	return 0;
+}
+
+/* In a sync the client sends each changed message's whole state:
+ * STORE <uid> <modseq> <flags> (\*). */
+int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	struct srv_store st;
+	bool stamped = false;
+	struct proto_store ps;
+	const char *err;
+	memset(&st, 0, sizeof(st));
+	/* One message per STORE in a sync. */
+	int cr = proto_read_store(cmd, PROTO_STORE_GIVEN, 1, &ps, &err);
+	if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(cmd, 4, &stamped, &st.stamps) < 0) {
+		if (cr == PROTO_CODEC_OK)
+			proto_store_free(&ps);
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
+		return 0;
+	}
+	if (cr == PROTO_CODEC_LIMIT) {
+		stor_stamp_list_free(&st.stamps);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
+	st.uid = ps.uids[0];
+	st.modseq = ps.modseq;
+	sync_flags_take(&st.f, &ps.add);
+	proto_store_free(&ps);
+	if (!stamped)
+		sync_stamps_legacy(st.modseq, &st.stamps);
+	ARRAY_PUSH(&s->stores, st);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+}
+
+int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	stor_uid_list uids;
+	uint64_t modseq;
+	bool user;
+	struct guid *guids;
+	if (cmd->arg_count < 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0)
+		goto bad;
+	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 ||
+	    sync_cmd_user_guids(cmd, 2, &uids, &user, &guids) < 0) {
+		ARRAY_FREE(&uids);
+		goto bad;
+	}
+	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
+		ARRAY_FREE(&uids);
+		free(guids);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
+	for (size_t i = 0; i < uids.count; i++) {
+		ARRAY_PUSH(&s->expunges, uids.items[i]);
+		if (user) {
+			struct sync_uexp x = { uids.items[i], guids[i] };
+			ARRAY_PUSH(&s->uexp, x);
+			ARRAY_PUSH(&s->uexp_guids, guids[i]);
+		}
+	}
+	ARRAY_FREE(&uids);
+	free(guids);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+bad:
+	srv_reply(s, cmd->tag, "BAD", "ARGS", "EXPUNGE uidset modseq [GUIDS (guid ...)]");
+	return 0;
+}
+
+/* In a sync: UIDFIX <old-uidset> <new-uidset>, held until SYNC-END. */
+int cmd_uidfix(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	stor_uid_list o, n;
+	if (cmd->arg_count != 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &o) < 0)
+		goto bad;
+	if (sync_arg_uids(&cmd->args[1], SYNC_MAX_UIDS_PER_LINE * 4, &n) < 0 || n.count != o.count) {
+		ARRAY_FREE(&o);
+		ARRAY_FREE(&n);
+		goto bad;
+	}
+	if (!mail_uids_valid(o.items, o.count) || !mail_uids_valid(n.items, n.count)) {
+		ARRAY_FREE(&o);
+		ARRAY_FREE(&n);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		return 0;
+	}
+	for (size_t i = 0; i < o.count; i++) {
+		ARRAY_PUSH(&s->fix_old, o.items[i]);
+		ARRAY_PUSH(&s->fix_new, n.items[i]);
+	}
+	ARRAY_FREE(&o);
+	ARRAY_FREE(&n);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+bad:
+	srv_reply(s, cmd->tag, "BAD", "ARGS", "UIDFIX old-uidset new-uidset");
+	return 0;
+}
