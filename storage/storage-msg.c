@@ -1019,7 +1019,8 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 			stor_msg_free(&msg);
 			continue;
 		}
-		if (req->modseq != 0 && req->modseq <= msg.modseq) {
+		if (req->modseq != 0 && (req->modseq < msg.modseq ||
+					 (req->modseq == msg.modseq && !req->same_modseq))) {
 			/* An older change never overwrites a newer one. */
 			stor_msg_free(&msg);
 			continue;

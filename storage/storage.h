@@ -394,6 +394,10 @@ struct stor_store {
 	 * differs keeps its value here when its stamp's time is later than
 	 * the one stamps give it (the later change wins, SPEC.md 8.6). */
 	bool keep_later_local;
+	/* A sync's merge setting flags at its modseq on a message it already
+	 * gave that modseq (moved it in the same merge): applied although
+	 * the modseq is not above the message's. */
+	bool same_modseq;
 };
 
 /* Changes flags of the messages with the given UIDs (missing UIDs are

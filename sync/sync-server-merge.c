@@ -252,13 +252,26 @@ static int merge_flags_into(struct sync_server *s, uint32_t at, const struct srv
 {
 	struct srv_merge *m = &s->merge;
 	struct stor_msg cur;
-	int r = stor_msg_get(s->db, &s->sel, at, &cur, err);
+	/* Where the message is now: this merge may have moved ours on from
+	 * `at` (a UID conflict there with one of the client's). */
+	int r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
+	if (r > 0)
+		r = stor_msg_get(s->db, &s->sel, at, &cur, err);
 	if (r <= 0)
 		return r;
 	struct flag_merge fm;
 	flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
 	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords)) {
-		r = set_flags(s, at, fm.flags, &fm.keywords, &fm.times, m->N, err);
+		/* A message this merge moved already has N: the flags still
+		 * change at N (not above it), so the answer stays exact. */
+		struct stor_store req = {
+			.op = STOR_FLAGS_REPLACE, .flags = fm.flags,
+			.keywords = (const char *const *)fm.keywords.items,
+			.keyword_count = fm.keywords.count, .modseq = m->N,
+			.stamps = fm.times.items, .stamp_count = fm.times.count,
+			.same_modseq = true,
+		};
+		r = stor_msg_store(s->db, &s->sel, &at, 1, &req, NULL, NULL, err);
 		merge_mark_dirty(m, at);
 		m->touched = true;
 	}

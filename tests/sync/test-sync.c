@@ -1737,6 +1737,42 @@ static void replicate_save(struct node *n, const struct guid *mb, uint32_t uid,
 	CU_ASSERT_EQUAL_FATAL(r, 0);
 }
 
+/* The client's copy of X is dropped for the server's copy at another UID,
+ * which the same merge moves on (it collides there with a message of the
+ * client's): the client's flag change must follow X to where it ends, not
+ * be lost because the UID it was to merge into is empty by then (found by
+ * the fault campaign: partition seed 201, flag-holds). */
+static void test_sync_flag_change_follows_a_copy_the_merge_moves_on(void)
+{
+	struct node b, c;
+	node_open(&b, SID_B);
+	node_open(&c, 3);
+	struct guid mb = mk_shared_mailbox(&b, &c, "INBOX");
+	for (int i = 0; i < 5; i++)
+		append(&b, &mb, "common\r\n", 0, NULL);
+	run_sync(&c, &b, false, 91);
+	/* Apart: C has X at 6 and Z at 13; B has Y at 6 and X at 13 (a sync
+	 * with a third node moved it there). */
+	struct guid gx, gy, gz;
+	uint32_t ux = append(&c, &mb, "x\r\n", 0, &gx);
+	CU_ASSERT_EQUAL_FATAL(ux, 6);
+	guid_generate(&gy);
+	guid_generate(&gz);
+	replicate_save(&b, &mb, 6, &gy, "y\r\n");
+	replicate_save(&b, &mb, 13, &gx, "x\r\n");
+	replicate_save(&c, &mb, 13, &gz, "z\r\n");
+	/* C's user flags X, later than anything B did to it. */
+	set_flags(&c, &mb, ux, STOR_FLAG_DRAFT | STOR_FLAG_FLAGGED);
+	run_sync(&c, &b, false, 92);
+	run_sync(&c, &b, false, 93);
+	uint32_t want = STOR_FLAG_DRAFT | STOR_FLAG_FLAGGED;
+	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &gx), want);
+	CU_ASSERT_EQUAL(flags_of_guid(&c, &mb, &gx), want);
+	CU_ASSERT(dumps_equal(&b, &c));
+	node_close(&b);
+	node_close(&c);
+}
+
 /* The fault campaign's acked-expunge-holds (partition seeds 200, 201, 1,
  * 2): X reaches A and B by live replication; apart, a user expunges X on
  * A, while a sync of B with C (which used X's UID for another message)
@@ -2613,6 +2649,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_flagged_copy_taken_from_server_3 },
 	{ "a flagged copy the client drops merges into the server's (B aware, C-A)",
 	  test_sync_flagged_copy_taken_from_server_4 },
+	{ "a flag change follows a copy the merge moves on",
+	  test_sync_flag_change_follows_a_copy_the_merge_moves_on },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "an acknowledged expunge holds against a renumbered copy (client expunged)",
