@@ -341,6 +341,74 @@ int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char 
 	return stor_txn_commit(&txn, error_r);
 }
 
+/* The names a mailbox had here before, newest last, at most
+ * STOR_OLD_NAMES_MAX of them, one a line, in the meta value
+ * "mbname.<guid hex>".  The list merge reads them: a mailbox that reached
+ * a peer by another way (a third node, a bundle) is in no common list, and
+ * a peer's name that this node renamed away from is older than ours. */
+#define STOR_OLD_NAMES_MAX 8
+
+static char *old_names_key(const struct guid *guid)
+{
+	char hex[GUID_HEX_SIZE];
+	guid_to_hex(guid, hex);
+	return xasprintf("mbname.%.*s", (int)sizeof(hex), hex);
+}
+
+static int old_names_add(struct stor_db *db, struct stor_txn *txn, const struct guid *guid,
+			 const char *old_name, const char **error_r)
+{
+	struct buf v = BUF_INIT;
+	char *name = old_names_key(guid);
+	if (stor_meta_get(db, name, &v, error_r) < 0) {
+		buf_free(&v);
+		free(name);
+		return -1;
+	}
+	buf_append(&v, old_name, strlen(old_name));
+	buf_append_byte(&v, '\n');
+	/* Keep the newest few: older ones only matter for a peer that missed
+	 * that many renames, where the common list decides as before. */
+	size_t lines = 0, start = 0;
+	for (size_t i = v.len; i > 0; i--) {
+		if (v.data[i - 1] == '\n' && ++lines > STOR_OLD_NAMES_MAX) {
+			start = i;
+			break;
+		}
+	}
+	struct stor_key k;
+	stor_key_init(&k, STOR_KEY_META);
+	stor_key_bytes(&k, name, strlen(name));
+	stor_batch_put(txn->wb, &k, v.data + start, v.len - start);
+	buf_free(&v);
+	free(name);
+	return 0;
+}
+
+int stor_mailbox_old_name(struct stor_db *db, const struct guid *guid, const char *name,
+			  const char **error_r)
+{
+	struct buf v = BUF_INIT;
+	char *key = old_names_key(guid);
+	int r = stor_meta_get(db, key, &v, error_r);
+	free(key);
+	int found = 0;
+	if (r > 0) {
+		size_t n = strlen(name);
+		const char *p = (const char *)v.data, *end = p + v.len;
+		while (p < end && found == 0) {
+			const char *nl = memchr(p, '\n', (size_t)(end - p));
+			if (nl == NULL)
+				nl = end;
+			if ((size_t)(nl - p) == n && memcmp(p, name, n) == 0)
+				found = 1;
+			p = nl + 1;
+		}
+	}
+	buf_free(&v);
+	return r < 0 ? -1 : found;
+}
+
 int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
 			const char **error_r)
 {
@@ -364,6 +432,10 @@ int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char 
 	if (ret != 0) {
 		stor_txn_free(&txn);
 		return ret < 0 ? -1 : stor_err(db, error_r, "mailbox already exists");
+	}
+	if (old_names_add(db, &txn, guid, tm->mb.name, error_r) < 0) {
+		stor_txn_free(&txn);
+		return -1;
 	}
 	key_user_name(&k, STOR_KEY_NAME, tm->mb.user, tm->mb.name);
 	stor_batch_del(txn.wb, &k);

@@ -197,6 +197,10 @@ int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char 
 typedef ARRAY(struct stor_mailbox) stor_mailbox_array;
 /* All of a user's mailboxes, sorted by name.  Free with
  * stor_mailbox_list_free(). */
+/* 1 when this mailbox was called name here before a rename (one of its
+ * last few names), 0 when not, -1 on error. */
+int stor_mailbox_old_name(struct stor_db *db, const struct guid *guid, const char *name,
+			  const char **error_r);
 int stor_mailbox_list(struct stor_db *db, const char *user, stor_mailbox_array *list_r,
 		      const char **error_r);
 void stor_mailbox_list_free(stor_mailbox_array *list);

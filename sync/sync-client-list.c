@@ -473,6 +473,18 @@ int list_merge(struct sync_client *c)
 			 * name wins.  A target name held by another mailbox on
 			 * the target side makes it "<name>-<8 hex>" on both. */
 			bool ours = l != NULL && strcmp(l->name, s->name) == 0;
+			/* Not in our common list: it reached the server by
+			 * another way (a third node, a bundle), so the list
+			 * says nothing; a server name we renamed it away
+			 * from is older than ours. */
+			if (l == NULL) {
+				int r = stor_mailbox_old_name(c->db, &mb->guid, s->name, &err);
+				if (r < 0) {
+					ret = cl_fail(c, "%s", err);
+					continue;
+				}
+				ours = r > 0;
+			}
 			const char *target = ours ? mb->name : s->name;
 			char *nn = NULL;
 			if (name_taken(c, target, &mb->guid, ours)) {

@@ -19,6 +19,7 @@
 #define USER "alice"
 #define SID_A 1
 #define SID_B 2
+#define SID_C 3
 
 struct node {
 	char *dir;
@@ -572,6 +573,35 @@ static void test_sync_rename_on_either_side_follows(void)
 	stor_mailbox_free(&m);
 	node_close(&a);
 	node_close(&b);
+}
+
+/* A mailbox that reached the server by another way (another peer, a
+ * bundle) is not in this pair's last common list; when the client renamed
+ * it since, the server's name is the one the client left and must not win
+ * (the fault campaign's acknowledged RENAME undone, seed 7701). */
+static void test_sync_rename_after_a_copy_went_elsewhere_is_kept(void)
+{
+	struct node a, b, c;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	node_open(&c, SID_C);
+	struct guid g = mk_mailbox(&a, "S2");
+	append(&a, &g, "x\r\n", 0, NULL);
+	run_sync(&b, &a, false, 66);
+	const char *error;
+	CU_ASSERT_EQUAL(stor_mailbox_rename(a.db, &g, "S3", &error), 0);
+	run_sync(&c, &b, false, 67);
+	run_sync(&a, &c, false, 68);
+	struct stor_mailbox m = get_mailbox(&a, "S3");
+	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
+	stor_mailbox_free(&m);
+	m = get_mailbox(&c, "S3");
+	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
+	stor_mailbox_free(&m);
+	CU_ASSERT(dumps_equal(&a, &c));
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
 }
 
 static void test_sync_rename_onto_a_name_created_on_the_other_side(void)
@@ -2681,6 +2711,8 @@ static const struct test_case sync_cases[] = {
 	{ "same name, different GUIDs: both kept",
 	  test_sync_same_name_different_guids_keeps_both },
 	{ "rename on either side follows", test_sync_rename_on_either_side_follows },
+	{ "rename after a copy went elsewhere is kept",
+	  test_sync_rename_after_a_copy_went_elsewhere_is_kept },
 	{ "rename onto a name created on the other side",
 	  test_sync_rename_onto_a_name_created_on_the_other_side },
 	{ "delete on either side follows", test_sync_delete_on_either_side_follows },
