@@ -258,7 +258,17 @@ class Web:
             return body ? [body.textContent, atts] : null;""" % uid)
 
     def select(self, uid):
-        """Click message uid's row; wait until it is shown in the preview."""
+        """Click message uid's row; wait until it is shown in the preview.
+        A message already selected and shown is not clicked again: a second
+        click on its row within Roundcube's double-click time opens it in
+        the full view instead (a race that depended on how fast the step
+        before ran)."""
+        sel = self.b.execute("return rcmail.message_list ?"
+                             " rcmail.message_list.get_single_selection() : null")
+        if sel is not None and str(sel) == str(uid):
+            shown = self.preview(uid)
+            if shown:
+                return shown
         self.row_element(uid).find("td.subject").click()
         return self.b.wait(lambda: self.preview(uid), STEP, "message %d in the preview" % uid)
 
