@@ -689,27 +689,25 @@ int stor_msg_find_guid(struct stor_db *db, const struct guid *mailbox, const str
 	return ret;
 }
 
-static bool kw_listed(const stor_string_list *l, const char *name)
+/* The bit of a system flag's name, 0 for a keyword. */
+static uint32_t flag_bit(const char *name)
 {
-	for (size_t i = 0; i < l->count; i++) {
-		if (strcasecmp(l->items[i], name) == 0)
-			return true;
+	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
+		if (strcasecmp(name, stor_flag_name((enum stor_flag)bit)) == 0)
+			return bit;
 	}
-	return false;
+	return 0;
 }
 
 static bool msg_has_flag(const struct stor_msg *m, const char *name)
 {
-	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
-		if (strcasecmp(name, stor_flag_name((enum stor_flag)bit)) == 0)
-			return (m->flags & bit) != 0;
-	}
-	return kw_listed(&m->keywords, name);
+	uint32_t bit = flag_bit(name);
+	return bit != 0 ? (m->flags & bit) != 0 : kw_held(&m->keywords, name);
 }
 
 static void name_add(stor_string_list *names, const char *name)
 {
-	if (strcmp(name, STOR_STAMP_ALL) != 0 && !kw_listed(names, name))
+	if (strcmp(name, STOR_STAMP_ALL) != 0 && !kw_held(names, name))
 		ARRAY_PUSH(names, xstrdup(name));
 }
 
@@ -764,11 +762,7 @@ static int dedupe_merge_flags(struct stor_db *db, const struct guid *mailbox, ui
 		}
 		if (bv == msg_has_flag(&kept, name))
 			continue;
-		uint32_t bit = 0;
-		for (uint32_t b = 1; b <= STOR_FLAG_DRAFT; b <<= 1) {
-			if (strcasecmp(name, stor_flag_name((enum stor_flag)b)) == 0)
-				bit = b;
-		}
+		uint32_t bit = flag_bit(name);
 		struct stor_stamp st = { (char *)name, 0, bt };
 		if (bv) {
 			set_bits |= bit;
