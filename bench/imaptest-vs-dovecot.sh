@@ -4,8 +4,8 @@
 # a private starlingd and a private Dovecot (dovecot-imapd, mail_fsync =
 # always: fsync before OK, as Starling) in one run, and prints the number of
 # commands of each kind imaptest got done, their total, and the ratio
-# Starling/Dovecot.  Builds nothing; imaptest is not a Debian package (README,
-# "Tests and benchmarks", says how to build it).
+# Starling/Dovecot.  Builds nothing; imaptest is not a Debian package (docs/testing.md
+# says how to build it).
 #
 #   IMAPTEST=/path/to/imaptest BUILD=/tmp/b-rel bench/imaptest-vs-dovecot.sh
 #

@@ -5,7 +5,7 @@
  *
  * The record is a pure function of the text.  Each node builds it from its
  * own copy of the text on first use and keeps it; it is never replicated or
- * synced (see "Derived data" in README.md).  It starts with a format byte
+ * synced (see "Derived data kept per message text" in docs/imap.md).  It starts with a format byte
  * (IMAP_DERIVED_FORMAT) and the size of the text it was made from: a record
  * of another format or size is rebuilt, never served.
  *

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs Dovecot's imaptest (its scripted test groups) against a fresh single
 # starlingd node and prints imaptest's summary.  A developer's check, not part
-# of `make check`: imaptest is not a Debian package (README, "Tests and
-# benchmarks", says how to build it).
+# of `make check`: imaptest is not a Debian package (docs/testing.md
+# says how to build it).
 #
 #   IMAPTEST=/path/to/imaptest tests/imap/imaptest.sh [GROUP...]
 #
