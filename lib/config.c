@@ -209,6 +209,22 @@ static char *k_degraded(struct config *c, const char *v)
 	return NULL;
 }
 
+const char *config_read_consistency_name(enum config_read_consistency r)
+{
+	return r == CONFIG_READ_LOCAL ? "local" : "master";
+}
+
+static char *k_read_consistency(struct config *c, const char *v)
+{
+	if (strcmp(v, "master") == 0)
+		c->read_consistency = CONFIG_READ_MASTER;
+	else if (strcmp(v, "local") == 0)
+		c->read_consistency = CONFIG_READ_LOCAL;
+	else
+		return xasprintf("read_consistency must be master or local, not '%s'", v);
+	return NULL;
+}
+
 static char *k_lmtp(struct config *c, const char *v)
 {
 	if (v[0] == '/') {
@@ -255,6 +271,7 @@ static const struct key_def keys[] = {
 	{ "plaintext_auth", k_plaintext, false },
 	{ "repl_log_max", k_repl_log_max, false },
 	{ "degraded_writes", k_degraded, false },
+	{ "read_consistency", k_read_consistency, false },
 	{ "lmtp_listen", k_lmtp, false },
 	{ "lmtp_detail_mailbox", k_lmtp_detail, false },
 	{ "metrics_listen", k_metrics, false },
@@ -469,6 +486,8 @@ void config_print(const struct config *c, FILE *out)
 	print_str(out, "users_file", c->users_file);
 	fprintf(out, "sync_replicas = %u\n", c->sync_replicas);
 	fprintf(out, "degraded_writes = %s\n", config_degraded_writes_name(c->degraded_writes));
+	fprintf(out, "read_consistency = %s\n",
+		config_read_consistency_name(c->read_consistency));
 	fprintf(out, "master_granularity = %s\n", config_granularity_name(c->master_granularity));
 	print_str(out, "tls_cert", c->tls_cert);
 	print_str(out, "tls_key", c->tls_key);

@@ -37,6 +37,13 @@ enum config_degraded_writes {
 	CONFIG_DEGRADED_REFUSE,    /* NO [UNAVAILABLE] */
 };
 
+/* What SELECT, EXAMINE and STATUS show on a node that is not the mailbox's
+ * master (README "read_consistency"). */
+enum config_read_consistency {
+	CONFIG_READ_MASTER,        /* at least what the master had when asked */
+	CONFIG_READ_LOCAL,         /* this node's state as it is */
+};
+
 enum config_plaintext_auth {
 	CONFIG_PLAINTEXT_LOOPBACK, /* plaintext LOGIN only over TLS or from loopback */
 	CONFIG_PLAINTEXT_ALWAYS,
@@ -64,6 +71,7 @@ struct config {
 	 * full sync instead. */
 	uint64_t repl_log_max;
 	enum config_degraded_writes degraded_writes;
+	enum config_read_consistency read_consistency;
 	/* LMTP (lmtp/): TCP address, or a UNIX socket path (the value
 	 * starts with '/'); both unset when LMTP is off. */
 	struct config_addr lmtp_listen;
@@ -93,6 +101,7 @@ void config_free(struct config **cfg);
 int config_parse_addr(const char *s, struct config_addr *addr_r);
 const char *config_granularity_name(enum config_granularity g);
 const char *config_degraded_writes_name(enum config_degraded_writes d);
+const char *config_read_consistency_name(enum config_read_consistency r);
 /* The effective configuration as `key = value` lines (`starlingd -n`):
  * every key, defaults included. */
 void config_print(const struct config *c, FILE *out);

@@ -24,6 +24,7 @@ static const char *full =
 	"log_level = debug\n"
 	"max_message_size = 32M\n"
 	"degraded_writes = refuse\n"
+	"read_consistency = local\n"
 	"metrics_listen = 127.0.0.1:9143\n";
 
 static void test_config_full_file_parses_every_key(void)
@@ -46,6 +47,7 @@ static void test_config_full_file_parses_every_key(void)
 	CU_ASSERT_EQUAL(c->max_message_size, 32u * 1024 * 1024);
 	CU_ASSERT_STRING_EQUAL(c->tls_ca, "/ca.pem");
 	CU_ASSERT_EQUAL(c->degraded_writes, CONFIG_DEGRADED_REFUSE);
+	CU_ASSERT_EQUAL(c->read_consistency, CONFIG_READ_LOCAL);
 	CU_ASSERT_STRING_EQUAL(c->metrics_listen.host, "127.0.0.1");
 	CU_ASSERT_EQUAL(c->metrics_listen.port, 9143);
 	config_free(&c);
@@ -82,6 +84,8 @@ static void test_config_errors_name_file_and_line(void)
 	expect_error("data_dir =\n", "t.conf:1: empty value for 'data_dir'");
 	expect_error("degraded_writes = maybe\n",
 		     "t.conf:1: degraded_writes must be accept or refuse, not 'maybe'");
+	expect_error("read_consistency = strong\n",
+		     "t.conf:1: read_consistency must be master or local, not 'strong'");
 	expect_error("metrics_listen = 9143\n",
 		     "t.conf:1: bad address '9143' (expected HOST:PORT)");
 	expect_error("degraded_writes = accept\ndegraded_writes = refuse\n",
@@ -111,6 +115,7 @@ static void test_config_lone_node_defaults(void)
 	CU_ASSERT_EQUAL(c->max_message_size, CONFIG_DEFAULT_MAX_MESSAGE_SIZE);
 	CU_ASSERT_PTR_NULL(c->imap_listen.host);
 	CU_ASSERT_EQUAL(c->degraded_writes, CONFIG_DEGRADED_ACCEPT);
+	CU_ASSERT_EQUAL(c->read_consistency, CONFIG_READ_MASTER);
 	config_free(&c);
 }
 
@@ -127,6 +132,7 @@ static void test_config_print_round_trips(void)
 	config_print(c, f);
 	fclose(f);
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "degraded_writes = refuse\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "read_consistency = local\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "sync_replicas = 2\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "repl_log_max = 100000\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "imaps_listen = [::1]:1993\n"));
@@ -136,6 +142,7 @@ static void test_config_print_round_trips(void)
 		fprintf(stderr, "\n  %s\n", err);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(back);
 	CU_ASSERT_EQUAL(back->degraded_writes, CONFIG_DEGRADED_REFUSE);
+	CU_ASSERT_EQUAL(back->read_consistency, CONFIG_READ_LOCAL);
 	CU_ASSERT_EQUAL(back->sync_replicas, 2);
 	CU_ASSERT_EQUAL(back->peers.count, 2);
 	CU_ASSERT_EQUAL(back->max_message_size, c->max_message_size);
