@@ -13,6 +13,7 @@
  * fetch first sets \Seen through the seam, then produces the responses
  * (which then include FLAGS). */
 #include "imap/imap-commands.h"
+#include "imap/imap-barrier.h"
 
 #include <ctype.h>
 #include <string.h>
@@ -869,6 +870,10 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 		if (fc->vanished && !fc->has_changedsince)
 			return imap_cmd_done(cmd, "BAD", "VANISHED needs CHANGEDSINCE");
 	}
+	/* A client that saw a newer state on another node (RFC 7162). */
+	if (fc->has_changedsince &&
+	    !imap_read_barrier_modseq(cmd, imap_cmd_fetch, &fc->mailbox, fc->changedsince))
+		return false;
 	if (imap_sel_resolve(c->sel, cmd->args[0].str, cmd->uid, &fc->uids) < 0)
 		return imap_cmd_done(cmd, "BAD", "Invalid sequence set");
 	if (fc->has_changedsince && fc->uids.count > 0) {

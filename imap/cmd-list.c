@@ -7,6 +7,7 @@
  * of another mailbox are listed as \Noselect (\NonExistent in the extended
  * form). */
 #include "imap/imap-commands.h"
+#include "imap/imap-barrier.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,33 @@ static bool childinfo_wanted(const list_entries *e, const bool *matched, size_t 
 	return false;
 }
 
+/* LIST-STATUS shows the state of the mailboxes it lists, so each that a
+ * pattern matches waits as STATUS would (all at once); the command runs
+ * again once they are through. */
+static bool list_status_barrier(struct imap_cmd *cmd, const stor_mailbox_array *mbs,
+				const char *ref, const struct imap_arg *pats, size_t npats)
+{
+	if (cmd->barrier_passed || mbs->count == 0)
+		return true;
+	struct guid *guids = xcalloc(mbs->count, sizeof(*guids));
+	size_t n = 0;
+	for (size_t i = 0; i < mbs->count; i++) {
+		char *disp = imap_client_mailbox_display(cmd->client, mbs->items[i].name);
+		bool match = false;
+		for (size_t k = 0; k < npats && !match; k++) {
+			char *pat = make_pattern(ref, pats[k].str);
+			match = pattern_match(pat, disp);
+			free(pat);
+		}
+		free(disp);
+		if (match)
+			guids[n++] = mbs->items[i].guid;
+	}
+	bool now = imap_read_barrier_many(cmd, imap_cmd_list, guids, n);
+	free(guids);
+	return now;
+}
+
 static bool do_list(struct imap_cmd *cmd, bool lsub)
 {
 	struct imap_client *c = cmd->client;
@@ -228,6 +256,11 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 	if (stor_subscriptions(db, c->user, &subs, &err) < 0) {
 		stor_mailbox_list_free(&mbs);
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	}
+	if (status_items != NULL && !list_status_barrier(cmd, &mbs, ref, pats, npats)) {
+		stor_mailbox_list_free(&mbs);
+		stor_string_list_free(&subs);
+		return false;
 	}
 	list_entries entries = ARRAY_INIT;
 	for (size_t i = 0; i < mbs.count; i++) {

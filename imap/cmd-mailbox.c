@@ -2,6 +2,7 @@
  * semantics and renaming of inferiors), SUBSCRIBE, UNSUBSCRIBE, NAMESPACE,
  * STATUS.  Changes go through the seam; STATUS reads storage. */
 #include "imap/imap-commands.h"
+#include "imap/imap-barrier.h"
 
 #include <string.h>
 #include <strings.h>
@@ -480,6 +481,10 @@ bool imap_cmd_status(struct imap_cmd *cmd)
 	struct stor_mailbox mb;
 	if (!mailbox_get(cmd, name, &mb))
 		return true;
+	if (!imap_read_barrier(cmd, imap_cmd_status, &mb.guid)) {
+		stor_mailbox_free(&mb);
+		return false;
+	}
 	imap_status_write(c, &mb, items, n);
 	stor_mailbox_free(&mb);
 	return imap_cmd_done(cmd, "OK", "STATUS completed");

@@ -5,6 +5,7 @@
  * struct imap_recent_table; SELECT takes the recent messages, EXAMINE only
  * shows them. */
 #include "imap/imap-commands.h"
+#include "imap/imap-barrier.h"
 
 #include <string.h>
 #include <strings.h>
@@ -171,6 +172,12 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 	if (r == 0)
 		return imap_cmd_done(cmd, "NO", "[NONEXISTENT] Mailbox does not exist");
+	/* At least what the master holds (read_consistency); with QRESYNC
+	 * this also covers a client that saw a newer modseq elsewhere. */
+	if (!imap_read_barrier(cmd, readonly ? imap_cmd_examine : imap_cmd_select, &mb.guid)) {
+		stor_mailbox_free(&mb);
+		return false;
+	}
 	uint32_t first_unseen;
 	if (imap_sel_open(c, &mb, readonly, &first_unseen, &err) < 0) {
 		stor_mailbox_free(&mb);

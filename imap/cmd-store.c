@@ -4,6 +4,7 @@
  * change are reported with their current flags (as RFC 3501 expects for a
  * non-silent STORE). */
 #include "imap/imap-commands.h"
+#include "imap/imap-barrier.h"
 
 #include <string.h>
 #include <strings.h>
@@ -167,6 +168,11 @@ bool imap_cmd_store(struct imap_cmd *cmd)
 	sc->req.keyword_count = sc->keywords.count;
 	if (c->sel->readonly)
 		return imap_cmd_done(cmd, "NO", "[READ-ONLY] Mailbox is read-only");
+	/* The master decides UNCHANGEDSINCE; waiting here keeps what the
+	 * client is told afterwards at least as new as what it saw. */
+	if (sc->req.unchangedsince != 0 &&
+	    !imap_read_barrier_modseq(cmd, imap_cmd_store, &c->sel->guid, sc->req.unchangedsince))
+		return false;
 	if (imap_sel_resolve(c->sel, args[0].str, cmd->uid, &sc->uids) < 0)
 		return imap_cmd_done(cmd, "BAD", "Invalid sequence set");
 	if (sc->unchanged_zero && sc->uids.count > 0) {

@@ -119,6 +119,11 @@ struct imap_cmd {
 	void *ctx;
 	void (*ctx_free)(void *ctx);
 	bool waiting;                /* a repl change is in flight */
+	/* Read barriers (imap-barrier.c): how many are still out, the handler
+	 * to run again, and whether they completed. */
+	unsigned barrier_pending;
+	imap_cmd_func *barrier_again;
+	bool barrier_passed;
 	bool no_expunge;             /* FETCH/STORE/SEARCH by sequence number */
 	uint64_t started_us;         /* clock_mono_us() at dispatch; 0: not timed */
 };

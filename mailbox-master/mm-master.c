@@ -595,6 +595,15 @@ int mm_cached_master(const struct mm_node *node, const char *gkey, uint32_t *mas
 	return 1;
 }
 
+int mm_root_record(const struct mm_node *node, const char *gkey, uint32_t *master_r)
+{
+	if (!mm_node_serving(node))
+		return 0;
+	const struct mm_gran *g = mm_gran_lookup(node, gkey);
+	*master_r = g != NULL && g->rec ? g->rec_master : 0;
+	return 1;
+}
+
 void mm_master_info(const struct mm_node *node, const char *gkey,
 		    struct mm_master_info *info_r)
 {

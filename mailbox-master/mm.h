@@ -254,6 +254,10 @@ bool mm_node_serving(const struct mm_node *node);
 bool mm_is_master(const struct mm_node *node, const char *gkey);
 /* The cached master of gkey: 1 with *master_r set, 0 when unknown. */
 int mm_cached_master(const struct mm_node *node, const char *gkey, uint32_t *master_r);
+/* The serving root's record of gkey, read only (a read must not make
+ * anyone master): 1 with *master_r set (0: no master recorded at this
+ * epoch), 0 when this node is not the serving root. */
+int mm_root_record(const struct mm_node *node, const char *gkey, uint32_t *master_r);
 /* What this node knows of gkey, for `starling master show` and for the
  * `MASTER sid EPOCH e GEN g` response codes of SPEC.md 1.5. */
 struct mm_master_info {

@@ -57,6 +57,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "MM", "M", 0 },
 	{ "USER-PUT", "snis", 0 },
 	{ "USER-LIST", "", 0 },
+	{ "HIGHEST", "sg", 0 },
 	/* Data lines (answers carrying the command's tag). */
 	{ "FLAGS", "imf", PROTO_CMDF_DATA | PROTO_CMDF_OPT_STAMPS },
 	{ "TEXT", "igT", PROTO_CMDF_DATA },

@@ -231,6 +231,7 @@ struct repl_cluster {
 	struct cl_req_made *reqs;
 	size_t req_next;
 	uint64_t req_counter;          /* the n of this node's next REQ */
+	struct cl_barriers *barriers;  /* read barriers (repl-barrier.c) */
 };
 
 /* ---- repl-handover.c: safe handovers (SPEC.md 9.8) ---- */
@@ -270,6 +271,36 @@ int cl_handover_check_forward(struct repl_cluster *cl, const struct proto_cmd *c
 int cl_handover_check_origin(struct repl_cluster *cl, const struct proto_cmd *cmd, size_t npos,
 			     uint32_t origin, const char *user, const struct guid *mailbox,
 			     struct cl_refusal *r);
+
+/* ---- repl-barrier.c: read barriers (SPEC.md 8.7) ---- */
+
+/* How long a read waits in all for the master's answer and for this node
+ * to apply that much, before it is answered from this node's state.  A
+ * replica that streams normally is one link delay plus a group commit
+ * behind its master, far below this even across a WAN; one further
+ * behind is catching up a backlog or being resynced, and a client should
+ * not hang on SELECT for as long as that takes (CL_ACK_WAIT_MS is when the
+ * master itself stops counting on such a peer). */
+#define CL_BARRIER_MAX_MS 2000u
+/* While waiting, the copy is also re-checked this often (watchers wake
+ * the barrier on every change applied here; this is the safety net). */
+#define CL_BARRIER_RECHECK_MS 100u
+/* HIGHEST sent at most this often per read: the cached master or the
+ * root, then the master a NOTMASTER names, then the root. */
+#define CL_BARRIER_ASKS 3u
+/* Reads waiting at once; more are answered from this node's state. */
+#define CL_BARRIER_MAX 4096u
+
+struct cl_barriers;
+bool cl_read_barrier(struct repl *r, const char *user, const struct guid *mailbox,
+		     repl_done_cb *cb, void *ctx);
+void cl_barrier_init(struct repl_cluster *cl);
+/* Registers the HIGHEST command on the peer links. */
+void cl_barrier_attach(struct repl_cluster *cl, struct repl_peers *peers);
+/* Shutdown: every waiting read is answered now. */
+void cl_barrier_detach(struct repl_cluster *cl);
+void cl_barrier_deinit(struct repl_cluster *cl);
+void cl_barrier_status(struct repl_cluster *cl, struct buf *out);
 
 /* ---- repl-stream.c, repl-peer-holds.c, repl-bind.c, repl-waiters.c ---- */
 

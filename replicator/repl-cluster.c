@@ -548,6 +548,7 @@ static void cl_destroy(struct repl *r)
 	cl_waiters_check(cl);
 	repl_flush(cl->local);
 	cl_relay_deinit(cl);
+	cl_barrier_deinit(cl);
 	cl_stream_deinit(cl);
 	for (size_t i = 0; i < cl->under.count; i++)
 		free(cl->under.items[i].user);
@@ -578,6 +579,7 @@ static const struct repl_vfuncs cluster_vfuncs = {
 	.mailbox_delete = cl_mailbox_delete,
 	.mailbox_rename = cl_mailbox_rename,
 	.subscribe = cl_subscribe,
+	.read_barrier = cl_read_barrier,
 	.complete_later = cl_complete_later,
 	.flush = cl_flush,
 	.in_flight = cl_in_flight,
@@ -598,6 +600,7 @@ struct repl *repl_cluster_create(struct ev_loop *loop, struct stor_db *db,
 	cl->local = repl_local_create(loop, db, set);
 	repl_watch_add(cl->local, inner_watch, cl);
 	repl_watch_add(&cl->repl, foreign_watch, cl);
+	cl_barrier_init(cl);
 	cl_stream_init(cl);
 	return &cl->repl;
 }
@@ -660,6 +663,7 @@ void repl_cluster_attach(struct repl *r, struct repl_peers *peers, struct repl_m
 	repl_sync_set_live(sync, cl_replica_command, cl);
 	repl_sync_set_idle(sync, sync_idle, cl);
 	repl_sync_set_peer_watch(sync, sync_peer_event, cl);
+	cl_barrier_attach(cl, peers);
 }
 
 void repl_cluster_detach(struct repl *r)
@@ -674,6 +678,7 @@ void repl_cluster_detach(struct repl *r)
 	cl->mm = NULL;
 	cl->sync = NULL;
 	cl->peers = NULL;
+	cl_barrier_detach(cl);
 	/* Changes waiting for replicas are durable here: they complete. */
 	for (struct cl_waiter *w = cl->waiters; w != NULL; w = w->next)
 		w->seq = 0;
@@ -717,4 +722,5 @@ void repl_cluster_status(struct repl *r, struct buf *out)
 {
 	cl_stream_status(to_cl(r), out);
 	buf_appendf(out, "masters_catching_up: %zu\n", cl_handover_count(to_cl(r)));
+	cl_barrier_status(to_cl(r), out);
 }

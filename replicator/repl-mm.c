@@ -338,6 +338,20 @@ uint64_t repl_mm_epoch(struct repl_mm *mm, bool *settled_r)
 	return epoch;
 }
 
+uint32_t repl_mm_root(struct repl_mm *mm)
+{
+	uint32_t root;
+	uint64_t epoch;
+	bool settled;
+	mm_node_root(mm->node, &root, &epoch, &settled);
+	return root;
+}
+
+int repl_mm_root_record(struct repl_mm *mm, const char *gkey, uint32_t *master_r)
+{
+	return mm_root_record(mm->node, gkey, master_r);
+}
+
 uint32_t repl_mm_cached_master(struct repl_mm *mm, const char *gkey)
 {
 	uint32_t master = 0;

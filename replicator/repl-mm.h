@@ -99,6 +99,10 @@ bool repl_mm_is_master(struct repl_mm *mm, const char *gkey);
 uint64_t repl_mm_epoch(struct repl_mm *mm, bool *settled_r);
 /* The master of gkey this node has cached at its epoch, 0 when unknown. */
 uint32_t repl_mm_cached_master(struct repl_mm *mm, const char *gkey);
+/* The root this node computes (its epoch may not be settled yet). */
+uint32_t repl_mm_root(struct repl_mm *mm);
+/* mm_root_record(): without asking anyone, and never making anyone master. */
+int repl_mm_root_record(struct repl_mm *mm, const char *gkey, uint32_t *master_r);
 /* One write for gkey was made here, as master or forwarded: mastership
  * follows the writes (mm_note_write()). */
 void repl_mm_note_write(struct repl_mm *mm, const char *gkey);

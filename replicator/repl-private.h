@@ -26,6 +26,9 @@ struct repl_vfuncs {
 			       const char *new_name, repl_done_cb *cb, void *ctx);
 	void (*subscribe)(struct repl *r, const char *user, const char *name, bool subscribed,
 			  repl_done_cb *cb, void *ctx);
+	/* repl_read_barrier(); NULL: nothing to wait for, ever. */
+	bool (*read_barrier)(struct repl *r, const char *user, const struct guid *mailbox,
+			     repl_done_cb *cb, void *ctx);
 	/* Calls cb with REPL_OK from the loop, after changes submitted so far. */
 	void (*complete_later)(struct repl *r, repl_done_cb *cb, void *ctx);
 	void (*flush)(struct repl *r);

@@ -60,6 +60,14 @@ void repl_notify(struct repl *r, const char *user, const struct guid *mailbox)
 	}
 }
 
+bool repl_read_barrier(struct repl *r, const char *user, const struct guid *mailbox,
+		       repl_done_cb *cb, void *ctx)
+{
+	if (r->v->read_barrier == NULL)
+		return true;
+	return r->v->read_barrier(r, user, mailbox, cb, ctx);
+}
+
 void repl_append(struct repl *r, const char *user, const struct guid *mailbox,
 		 const struct repl_append *req, repl_done_cb *cb, void *ctx)
 {

@@ -104,6 +104,23 @@ size_t repl_in_flight(struct repl *r);
 void repl_watch_add(struct repl *r, repl_watch_cb *cb, void *ctx);
 void repl_watch_remove(struct repl *r, repl_watch_cb *cb, void *ctx);
 
+/* ---- Reads ---- */
+
+/* A read barrier, before SELECT, EXAMINE, STATUS (and LIST-STATUS) of a
+ * mailbox, or before a command naming a modseq above this node's
+ * HIGHESTMODSEQ (QRESYNC, CHANGEDSINCE, UNCHANGEDSINCE): makes what this
+ * node shows of the mailbox at least as new as what its master held when
+ * the call was made (read_consistency = master).  Returns true when the
+ * caller may read storage at once (one node, this node is the master,
+ * read_consistency = local, nothing to wait for);
+ * false when cb will be called exactly once, later, from the loop.  The
+ * wait is bounded: cb gets REPL_OK also when the master could not be asked
+ * or the node did not catch up in time (the caller then reads what this
+ * node has: autonomy first), and res->error_msg is NULL then too.  user
+ * and mailbox are copied. */
+bool repl_read_barrier(struct repl *r, const char *user, const struct guid *mailbox,
+		       repl_done_cb *cb, void *ctx);
+
 /* ---- Changes.  The request and everything it points to must stay valid
  * until the callback fires; cb may not be NULL. ---- */
 

@@ -128,6 +128,9 @@ static const struct row_case row_cases[] = {
 	  LINES("C21 USER-PUT alice 1700000000123 0 -\r\n", "C21 USER-PUT alice 1 2\r\n",
 		"C21 USER-PUT alice 1 2 - ORIGIN 2\r\n") },
 	{ "USER-LIST", LINES("C23 USER-LIST\r\n"), LINES("C23 USER-LIST alice\r\n") },
+	{ "HIGHEST", LINES("C30 HIGHEST alice " G "\r\n"),
+	  LINES("C30 HIGHEST alice\r\n", "C30 HIGHEST alice 0123\r\n",
+		"C30 HIGHEST alice " G " " G "\r\n") },
 	{ "USER-ENTRY", LINES("C23 USER-ENTRY alice 1700000000123 2 \"{SHA512-CRYPT}$6$s$h\"\r\n"),
 	  LINES("C23 USER-ENTRY alice x 2 -\r\n") },
 };
