@@ -11,11 +11,16 @@ APPENDing on node 1 at --rate messages per second during the measurement
 (0: an idle mailbox).  On node 1 and on node 3, one session sends --ops
 `SELECT INBOX` and then --ops `STATUS INBOX (MESSAGES UIDNEXT HIGHESTMODSEQ)`
 one after another; each command's time is from sending it to its tagged OK.
-Prints p50 and p99 per node, command and mode.  The cluster is started
-afresh for each mode.  Run it through bench/monotonic.sh.
+Prints p50 and p99 per node, command and mode.  Then, with --hop-seconds,
+issue 20's experiment: --writers writers APPEND on node 1 as fast as they
+can while one client reconnects alternately to nodes 2 and 3 and asks
+STATUS INBOX (UIDNEXT HIGHESTMODSEQ); prints the reconnects and how often
+either value went back (and by how many UIDs at most).  The cluster is
+started afresh for each mode.  Run it through bench/monotonic.sh.
 """
 import argparse
 import os
+import re
 import sys
 import threading
 import time
@@ -66,6 +71,48 @@ def measure(node, ops):
     return out
 
 
+def hop(c, args):
+    """(reconnects, regressions, largest UID step back, APPENDs)."""
+    stop = threading.Event()
+    count = [0]
+
+    def writer(k):
+        cl = login(c.nodes[0])
+        i = 0
+        while not stop.is_set():
+            i += 1
+            if cl.command("APPEND INBOX", Literal(message(k * 10000000 + i), plus=True)).ok:
+                count[0] += 1
+        cl.logout()
+
+    ts = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(args.writers)]
+    for t in ts:
+        t.start()
+    best_u = best_m = 0
+    reads = regs = worst = 0
+    deadline = time.monotonic() + args.hop_seconds
+    try:
+        while time.monotonic() < deadline:
+            node = c.nodes[1 + reads % 2]
+            cl = login(node)
+            r = cl.command("STATUS INBOX (UIDNEXT HIGHESTMODSEQ)")
+            cl.logout()
+            m = re.search(rb"UIDNEXT (\d+) HIGHESTMODSEQ (\d+)", b"\n".join(r.untagged))
+            if not r.ok or not m:
+                raise RuntimeError("STATUS on node %d: %r" % (node.node_id, r))
+            reads += 1
+            u, ms = int(m.group(1)), int(m.group(2))
+            if u < best_u or ms < best_m:
+                regs += 1
+                worst = max(worst, best_u - u)
+            best_u, best_m = max(best_u, u), max(best_m, ms)
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(30)
+    return reads, regs, worst, count[0]
+
+
 def run_mode(args, mode):
     c = Cluster(n=3, users={USER: PW}, proxies=True, build_dir=args.build,
                 base_dir=None, log_level="warn",
@@ -109,8 +156,9 @@ def run_mode(args, mode):
             if args.rate > 0:
                 t.join(30)
         w.logout()
+        hops = hop(c, args) if args.hop_seconds > 0 else None
         st = c.nodes[2].status()
-        return res, appended[0], st
+        return res, appended[0], st, hops
     finally:
         c.close()
 
@@ -122,12 +170,14 @@ def main():
     ap.add_argument("--ops", type=int, default=200)
     ap.add_argument("--seed", type=int, default=200)
     ap.add_argument("--rate", type=float, default=20.0)
+    ap.add_argument("--hop-seconds", type=float, default=20.0)
+    ap.add_argument("--writers", type=int, default=4)
     args = ap.parse_args()
     print("monotonic-bench: node 3 %.0f ms each way (%.0f ms round trip) from nodes 1 and 2; "
           "%d ops per command; writer %.0f APPENDs/s on node 1 (the master)"
           % (args.one_way_ms, 2 * args.one_way_ms, args.ops, args.rate), flush=True)
     for mode in ("local", "master"):
-        res, appended, st = run_mode(args, mode)
+        res, appended, st, hops = run_mode(args, mode)
         for nid, label in ((1, "node 1 (master)"), (3, "node 3 (far)")):
             for cmd in ("SELECT", "STATUS"):
                 lat = res[nid][cmd]
@@ -138,6 +188,11 @@ def main():
                                               st.get("read_barriers_waited"),
                                               st.get("read_barriers_local"), appended),
               flush=True)
+        if hops is not None:
+            print("read_consistency = %-6s hop test: %d reconnects in %.0f s alternating nodes 2 "
+                  "and 3, %d went back (at most %d UIDs), %d APPENDs by %d writers on node 1"
+                  % (mode, hops[0], args.hop_seconds, hops[1], hops[2], hops[3], args.writers),
+                  flush=True)
     return 0
 
 

@@ -9,7 +9,8 @@
 # Environment: BUILD (default ./build; uses $BUILD/replicator/starlingd and
 # $BUILD/cli/starling), ONE_WAY_MS (25: node 3 is 50 ms round trip away),
 # OPS (200 of each command per node and mode), SEED (200 messages in INBOX),
-# RATE (20 APPENDs/s on the master while measuring; 0: idle).
+# RATE (20 APPENDs/s on the master while measuring; 0: idle), HOP_SECONDS
+# (20: issue 20's hop test afterwards, 0: none), WRITERS (4, for the hop test).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$top/build}
@@ -17,4 +18,4 @@ BUILD=${BUILD:-$top/build}
 [ -x "$BUILD/cli/starling" ] || { echo "monotonic: no starling CLI in $BUILD (set BUILD)" >&2; exit 1; }
 exec python3 -B "$top/bench/monotonic-bench.py" --build "$BUILD" \
 	--one-way-ms "${ONE_WAY_MS:-25}" --ops "${OPS:-200}" --seed "${SEED:-200}" \
-	--rate "${RATE:-20}"
+	--rate "${RATE:-20}" --hop-seconds "${HOP_SECONDS:-20}" --writers "${WRITERS:-4}"

@@ -15,9 +15,9 @@ The user's INBOX is mastered by node 1, where writers APPEND.  Checked:
     something;
   - read-your-writes: an APPEND OK'd on node 1, then at once STATUS, SELECT,
     EXAMINE and LIST-STATUS on node 3 (200 ms away) show its UID;
-  - a FETCH (CHANGEDSINCE m) or STORE (UNCHANGEDSINCE m) naming a modseq the
-    node has not applied yet waits for it (a CONDSTORE client that saw m
-    on another node);
+  - a FETCH (CHANGEDSINCE m), a STORE (UNCHANGEDSINCE m) or a SELECT
+    (QRESYNC (v m)) naming a modseq the node has not applied yet waits for
+    it (a CONDSTORE or QRESYNC client that saw m on another node);
   - the master unreachable (links cut, then blackholed): STATUS on node 3
     is answered from its own state, at once for a cut link and within the
     barrier's 2 s cap for a silent one, and read_barriers_local counts it;
@@ -327,6 +327,19 @@ def t_condstore_waits():
                 r.ok and b"MODIFIED" not in r.line and
                 any(b"\\Answered" in x and b"\\Seen" in x for x in r.untagged),
                 (rw.untagged, r.untagged, r))
+        # A QRESYNC client that saw modseq m4 on node 1 reselects on node 3.
+        mv = re.findall(rb"\[UIDVALIDITY (\d+)\]", b"\n".join(far.command("SELECT INBOX").untagged))
+        r = w.command("UID STORE %d +FLAGS ($Qresync)" % uid)
+        m = re.search(rb"MODSEQ \((\d+)\)", b"\n".join(r.untagged))
+        m4 = int(m.group(1)) if m else 0
+        q = login(c.nodes[2])
+        q.command("ENABLE QRESYNC")
+        r = q.command("SELECT INBOX (QRESYNC (%s %d))" % (mv[0].decode() if mv else "1", m4 - 1))
+        R.check("SELECT (QRESYNC (uidvalidity m4-1)) on node 3 right after change m4 on node 1 "
+                "reports the message with $Qresync at MODSEQ m4",
+                r.ok and any(b"UID %d " % uid in x and b"$Qresync" in x and
+                             b"MODSEQ (%d)" % m4 in x for x in r.untagged), r)
+        q.logout()
         far.logout()
         w.logout()
     finally:
@@ -414,7 +427,7 @@ def main():
     if CLUSTER is not None:
         for name, func in (
                 ("read-your-writes on a far node, master", t_read_your_writes_master),
-                ("CHANGEDSINCE / UNCHANGEDSINCE above the node's modseq wait", t_condstore_waits),
+                ("CHANGEDSINCE / UNCHANGEDSINCE / QRESYNC above the node's modseq wait", t_condstore_waits),
                 ("hop test, read_consistency = master", t_hop_master),
                 ("the master unreachable: local answers", t_master_unreachable),
                 ("read_consistency = local: regressions can be seen", t_local)):
