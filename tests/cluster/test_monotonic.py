@@ -24,7 +24,10 @@ The user's INBOX is mastered by node 1, where writers APPEND.  Checked:
   - read_consistency = local on nodes 2 and 3 (restarted): the same hop
     test sees at least one regression within a bounded time, and the
     read-your-writes STATUS on node 3 shows the old UIDNEXT: the test can
-    fail, and `local` really answers without waiting.
+    fail, and `local` really answers without waiting;
+  - HIGHEST from a peer (a Python peer, tests/harness/peerwire.py):
+    malformed requests get BAD [ARGS], another user's or an unknown
+    mailbox NO [NONEXISTENT], a non-master NO [NOTMASTER]; the link goes on.
 
 Every loop is bounded in count and time.  Figures are printed as
 "measured: ...".  The last line is "test-monotonic: N passed, M failed".
@@ -39,7 +42,8 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
-from harness.imapwire import Client, Literal, quote  # noqa: E402
+from harness.imapwire import Client, Literal  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -420,6 +424,42 @@ def t_local():
             out["STATUS"][1] is not None and out["STATUS"][1] <= out["STATUS"][0], out)
 
 
+def t_highest_hostile():
+    """HIGHEST from a peer (a Python peer playing node 1, stopped): malformed
+    or foreign requests get one BAD or NO line, the link and node go on."""
+    c = CLUSTER
+    n2 = c.nodes[1]
+    m = re.search(r"mailbox INBOX guid=(\w+)", n2.dump(USER))
+    R.check("INBOX's GUID from the dump", m)
+    guid = m.group(1)
+    c.nodes[0].stop()
+    with open(c.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\n")
+    deadline = time.monotonic() + 20
+    p = None
+    while p is None and time.monotonic() < deadline:
+        try:
+            p = PyPeer(n2.repl_port, 1, secret)
+        except (OSError, RuntimeError):
+            time.sleep(0.2)
+    R.check("the Python peer authenticates as node 1", p and p.auth().startswith("C1 OK"))
+    for line, want in (("HIGHEST %s" % USER, "BAD [ARGS"),
+                       ("HIGHEST %s 0123" % USER, "BAD [ARGS"),
+                       ('HIGHEST "" %s' % guid, "BAD [ARGS"),
+                       ("HIGHEST %s %s %s" % (USER, guid, guid), "BAD [ARGS"),
+                       ("HIGHEST %s %s" % ("u" * 300, guid), "BAD [ARGS"),
+                       ("HIGHEST nobody@example.com %s" % guid, "NO [NONEXISTENT"),
+                       ("HIGHEST %s %s" % (USER, "0" * 32), "NO [NONEXISTENT"),
+                       ("HIGHEST %s %s" % (USER, guid), "NO [NOTMASTER")):
+        r = p.command(line)
+        R.check("%s... answered %s...] in one line" % (line[:60], want),
+                len(r) == 1 and r[0].split(" ", 1)[1].startswith(want), r)
+    r = p.command("PING")
+    R.check("the link still works (PING)", r[-1].split()[1] == "OK", r)
+    p.close()
+    R.check("node 2 still runs", n2.running())
+
+
 def main():
     only = [w for w in os.environ.get("ONLY", "").split(",") if w]
     R.section("setup: 3 nodes, links through proxies, node 3 %.0f ms away" % (LATENCY * 1000),
@@ -430,7 +470,8 @@ def main():
                 ("CHANGEDSINCE / UNCHANGEDSINCE / QRESYNC above the node's modseq wait", t_condstore_waits),
                 ("hop test, read_consistency = master", t_hop_master),
                 ("the master unreachable: local answers", t_master_unreachable),
-                ("read_consistency = local: regressions can be seen", t_local)):
+                ("read_consistency = local: regressions can be seen", t_local),
+                ("HIGHEST from a hostile peer", t_highest_hostile)):
             # ONLY=word,word runs the sections whose name contains one of the words.
             if not only or any(w in name for w in only):
                 R.section(name, func)
