@@ -429,6 +429,31 @@ static void test_three_nodes_agree_on_master(void)
 	agree_on_master(3);
 }
 
+/* The root's record is read without making anyone master (read barriers,
+ * SPEC.md 8.7): nothing recorded before a request, the master after one,
+ * and only on the serving root. */
+static void test_root_record_is_read_only(void)
+{
+	struct sim s;
+	struct mm_settings set;
+	uint32_t m = 99;
+
+	test_settings(&set);
+	sim_init(&s, 3, 7, true, &set);
+	sim_watch(&s, G1);
+	CU_ASSERT(sim_run_until(&s, sim_roots_agreed, NULL, 5000) >= 0);
+	CU_ASSERT(mm_root_record(s.node[1], G1, &m) == 1 && m == 0);
+	CU_ASSERT(mm_root_record(s.node[2], G1, &m) == 0);
+	sim_run(&s, 1000);
+	CU_ASSERT(mm_root_record(s.node[1], G1, &m) == 1 && m == 0);
+	CU_ASSERT(mm_cached_master(s.node[3], G1, &m) == 0);
+	CU_ASSERT(sim_request(&s, 3, G1, 1, 5000) == 3);
+	CU_ASSERT(mm_root_record(s.node[1], G1, &m) == 1 && m == 3);
+	CU_ASSERT(mm_root_record(s.node[3], G1, &m) == 0);
+	expect_no_violation(&s);
+	sim_free(&s);
+}
+
 static void test_five_nodes_agree_on_master(void)
 {
 	agree_on_master(5);
@@ -1141,6 +1166,7 @@ static const struct test_case unit_cases[] = {
 
 static const struct test_case cluster_cases[] = {
 	{ "three nodes agree on master", test_three_nodes_agree_on_master },
+	{ "the root's record is read only", test_root_record_is_read_only },
 	{ "five nodes agree on master", test_five_nodes_agree_on_master },
 	{ "kill root then master, agree again", test_kill_root_then_master_agree_again },
 	{ "root crash detected late still converges", test_root_crash_detected_late_still_converges },
