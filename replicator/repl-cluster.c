@@ -396,16 +396,20 @@ void cl_append(struct repl *r, const char *user, const struct guid *mailbox,
 	struct cl_fwd *f = fwd_new(cl, FWD_APPEND, user, mailbox, cb, ctx);
 	f->app.user = f->user;
 	f->app.mailbox = *mailbox;
-	if (req->guid != NULL) {
+	if (req->guid != NULL)
 		f->app.guid = *req->guid;
-		/* A copy: its identity, kept by every retry of it (SPEC 6.4).
-		 * Numbered from the wall clock in microseconds, so a restarted
-		 * node does not reuse its earlier numbers. */
+	if (req->guid != NULL && req->text == NULL) {
+		/* A copy under the GUID of the message it copies: its identity,
+		 * kept by every retry of it (SPEC 6.4).  cl_copy() gives every
+		 * copy a GUID of its own and its text instead, and that GUID
+		 * is the identity.  Numbered from the wall clock in
+		 * microseconds, so a restarted node does not reuse its earlier
+		 * numbers. */
 		if (cl->req_counter == 0)
 			cl->req_counter = (uint64_t)clock_wall_s() * 1000000u + clock_mono_us() % 1000000u;
 		f->app.req.sid = cl->cfg->node_id;
 		f->app.req.n = cl->req_counter++;
-	} else {
+	} else if (req->guid == NULL) {
 		guid_generate(&f->app.guid);
 	}
 	f->app.flags = req->flags;

@@ -15,8 +15,18 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 
-/* ---- COPY and MOVE: one APPEND per message (keeping its GUID), then an
- * EXPUNGE of the sources for MOVE, each to its own master. ---- */
+/* ---- COPY and MOVE: one APPEND per message, then an EXPUNGE of the
+ * sources for MOVE, each to its own master.  Every copy is a new message
+ * with a GUID of its own, drawn here and kept by the forward's retries
+ * (SPEC 6.4): the resync after a partition merges one GUID into one
+ * message, so two copies made on the two sides under the source's GUID
+ * would become one.  Its text is the source's, stored again. ---- */
+
+/* Copies in flight at once, and their texts' bytes: each holds its text
+ * in memory until the master answered.  One copy always goes, whatever
+ * its size (max_message_size bounds it). */
+#define COPY_WINDOW 16
+#define COPY_WINDOW_BYTES (16u * 1024 * 1024)
 
 struct copy_op {
 	struct repl_cluster *cl;
@@ -25,16 +35,22 @@ struct copy_op {
 	bool move;
 	repl_done_cb *cb;
 	void *ctx;
-	size_t left;
+	size_t left;         /* items not answered yet */
+	size_t next;         /* the next item to start */
+	size_t running;      /* items started, not answered */
+	uint64_t running_bytes; /* their texts' sizes */
+	bool launching;      /* in copy_launch() */
 	struct copy_item {
 		uint32_t src_uid;
 		uint32_t dst_uid;
+		struct guid src_guid; /* whose text the copy takes */
+		uint64_t size;
 		struct guid guid;
 		uint32_t flags;
 		stor_string_list keywords;
 		int64_t date;
 		int32_t tz;
-		struct buf text;     /* only for a copy that needs a new GUID */
+		struct buf text;     /* while its APPEND is in flight */
 		bool ok;
 	} *items;
 	size_t count;
@@ -72,6 +88,7 @@ static void copy_expunged(void *ctx, const struct repl_result *res)
 }
 
 static void copy_item_done(void *ctx, const struct repl_result *res);
+static void copy_launch(struct copy_op *c);
 
 struct copy_sub {
 	struct copy_op *c;
@@ -114,14 +131,68 @@ static void copy_item_done(void *ctx, const struct repl_result *res)
 	} else if (c->out.res.error == REPL_OK) {
 		owned_error(&c->out, res->error, res->error_msg != NULL ? res->error_msg : "error");
 	}
+	buf_free(&c->items[s->i].text);
+	c->running_bytes -= c->items[s->i].size;
 	free(s);
-	if (--c->left == 0)
+	c->running--;
+	c->left--;
+	copy_launch(c);
+}
+
+/* Starts copies up to the window; once every one was answered, goes on
+ * with the result.  Reentrant: an APPEND may answer before it returns. */
+static void copy_launch(struct copy_op *c)
+{
+	struct stor_db *db = c->cl->repl.db;
+	const char *err;
+	if (c->launching)
+		return;
+	c->launching = true;
+	while (c->next < c->count &&
+	       (c->running == 0 ||
+		(c->running < COPY_WINDOW &&
+		 c->running_bytes + c->items[c->next].size <= COPY_WINDOW_BYTES))) {
+		size_t i = c->next++;
+		struct copy_item *it = &c->items[i];
+		if (stor_text_read(db, &it->src_guid, 0, it->size, &it->text, &err) < 0) {
+			buf_free(&it->text);
+			c->left--;
+			if (stor_msg_get(db, &c->src, it->src_uid, NULL, &err) == 0)
+				continue; /* expunged meanwhile, its text with it:
+					     skipped, as copy_item_done skips it */
+			if (c->out.res.error == REPL_OK)
+				owned_error(&c->out, REPL_ERR_INTERNAL,
+					    "the copied message's text cannot be read");
+			continue;
+		}
+		if (it->text.data == NULL)
+			buf_append(&it->text, "", 0);
+		struct copy_sub *s = xcalloc(1, sizeof(*s));
+		s->c = c;
+		s->i = i;
+		struct repl_append a;
+		memset(&a, 0, sizeof(a));
+		a.guid = &it->guid;
+		a.flags = it->flags;
+		a.keywords = (const char *const *)it->keywords.items;
+		a.keyword_count = it->keywords.count;
+		a.internaldate = it->date;
+		a.internaldate_tz = it->tz;
+		a.text = it->text.data;
+		a.text_len = it->text.len;
+		c->running++;
+		c->running_bytes += it->size;
+		cl_append(&c->cl->repl, c->user, &c->dst, &a, copy_item_done, s);
+	}
+	c->launching = false;
+	if (c->left == 0)
 		copy_all_saved(c);
 }
 
-static void copy_nothing_done(void *ctx, const struct repl_result *res)
+static void copy_begin(void *ctx, const struct repl_result *unused)
 {
-	copy_all_saved(ctx);
+	(void)unused;
+	copy_launch(ctx);
 }
 
 void cl_copy(struct repl *r, const char *user, const struct guid *src,
@@ -154,58 +225,26 @@ void cl_copy(struct repl *r, const char *user, const struct guid *src,
 	stor_mailbox_free(&mb);
 	cl->in_flight++;
 	c->items = xcalloc(count > 0 ? count : 1, sizeof(*c->items));
-	bool same = guid_equal(src, dst);
 	for (size_t i = 0; i < count; i++) {
 		struct stor_msg m;
 		if (stor_msg_get(db, src, uids[i], &m, &err) <= 0)
 			continue;
 		struct copy_item *it = &c->items[c->count];
 		it->src_uid = uids[i];
-		it->guid = m.guid;
+		it->src_guid = m.guid;
+		it->size = m.size;
+		guid_generate(&it->guid);
 		it->flags = m.flags;
 		it->keywords = m.keywords;
 		memset(&m.keywords, 0, sizeof(m.keywords));
 		it->date = m.internaldate;
 		it->tz = m.internaldate_tz;
 		buf_init(&it->text);
-		uint32_t other;
-		/* A GUID appears at most once in a mailbox (SPEC 6.4): a
-		 * second copy there is a new message with a new GUID. */
-		if (same || stor_msg_find_guid(db, dst, &m.guid, &other, &err) != 0) {
-			guid_generate(&it->guid);
-			if (stor_text_read(db, &m.guid, 0, m.size, &it->text, &err) < 0) {
-				stor_msg_free(&m);
-				continue;
-			}
-			if (it->text.data == NULL)
-				buf_append(&it->text, "", 0);
-		}
 		stor_msg_free(&m);
 		c->count++;
 	}
-	if (c->count == 0) {
-		/* Nothing to copy: still answer from the loop. */
-		cl->local->v->complete_later(cl->local, copy_nothing_done, c);
-		return;
-	}
 	c->left = c->count;
-	for (size_t i = 0; i < c->count; i++) {
-		struct copy_item *it = &c->items[i];
-		struct copy_sub *s = xcalloc(1, sizeof(*s));
-		s->c = c;
-		s->i = i;
-		struct repl_append a;
-		memset(&a, 0, sizeof(a));
-		a.guid = &it->guid;
-		a.flags = it->flags;
-		a.keywords = (const char *const *)it->keywords.items;
-		a.keyword_count = it->keywords.count;
-		a.internaldate = it->date;
-		a.internaldate_tz = it->tz;
-		if (it->text.data != NULL) {
-			a.text = it->text.data;
-			a.text_len = it->text.len;
-		}
-		cl_append(r, user, dst, &a, copy_item_done, s);
-	}
+	/* From the loop: the answer must not come before this returns, also
+	 * when there is nothing to copy or every text is gone. */
+	cl->local->v->complete_later(cl->local, copy_begin, c);
 }

@@ -1,21 +1,38 @@
 #!/usr/bin/env python3
 """Two COPYs of one message into one mailbox make two messages (SPEC.md 6.4).
 
-A copy forwarded to the master is a SAVE with the message's GUID, and a SAVE
-of a GUID the mailbox already holds is a resent one: without more, two
-COPYs made on two nodes before either saw the other's are one message,
-answered twice with the same COPYUID.  Forwarded copies carry REQ, their
-request's identity, so the master tells a resent copy (same REQ: the
-message it made) from another copy (a new message with a new GUID).
+A SAVE of a GUID the mailbox already holds is a resent one, and a resync
+merges one GUID into one message: a copy saved under the message's GUID
+could therefore vanish into another copy of it, through one master or
+across a partition.  Every copy gets a GUID of its own, drawn once by the
+node that took the COPY and kept by every resend of it.  Nodes of an
+earlier build sent copies under the message's GUID with REQ, their
+request's identity; a master still tells a resent copy (same REQ) from
+another copy (a new message with a new GUID) for them.
 
-1. Protocol: node 2 is master and alone; the Python peer, as node 1, sends
-   SAVEs with REQ: a resent one gets the same UID, another request a new
-   message (with GUID in the answer), a SAVE without REQ (an older peer)
-   the existing one, a malformed REQ BAD [ARGS].
+1. Protocol: node 2 is master and alone; the Python peer, as node 1 of an
+   earlier build, sends SAVEs with REQ: a resent one gets the same UID,
+   another request a new message (with GUID in the answer), a SAVE
+   without REQ (an older peer) the existing one, a malformed REQ
+   BAD [ARGS].
 2. Three real nodes: node 1 is master of "Copies", its links to nodes 2
    and 3 slowed down so neither sees the other's copy; both COPY the same
    message into Copies at once: two COPYUIDs, and every node ends with
    both messages, under different GUIDs and with the same text.
+3. Three real nodes cut into {1} and {2, 3}, each side with its own master
+   of the mailboxes: message A copied into Copies on both sides, message B
+   copied and then moved on one side and moved on the other.  After the
+   heal every node holds as many copies of each as were acknowledged (2
+   of A, 3 of B, found by Message-ID) and no B in INBOX: a copy gets a GUID
+   of its own where the client asked for it, so the resync keeps them
+   apart (SPEC.md 6.4).  Before the heal, a bundle of node 1's side
+   imported on node 2 keeps both copies of A there too.
+4. The same three nodes, node 3 master of Resent: its answer to a copy
+   forwarded by node 2 is lost (the link from node 3 to node 2 holds its
+   bytes), so node 2 sends the copy again, through node 1: one COPY
+   acknowledged, one message on every node, at the COPYUID's UID.  The
+   copy's own GUID, drawn once for the request, is what the master
+   recognises in the resent SAVE.
 
 The last line is "cluster-copies: N passed, M failed".
 """
@@ -208,6 +225,183 @@ def t_concurrent(c):
         m.close()
 
 
+def msgid_text(name):
+    return ("From: a@example.com\r\nMessage-ID: <%s@copies.test>\r\nSubject: %s\r\n\r\n"
+            "the body of %s\r\n" % (name, name, name))
+
+
+def count_msgids(node, mailbox):
+    """{Message-ID local part: count} of the mailbox, through IMAP."""
+    m = imapwire.Client(node.host, node.imap_port)
+    try:
+        m.login("alice", "pw")
+        if not m.command("EXAMINE %s" % mailbox).ok:
+            return None
+        r = m.command("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        out = {}
+        for x in r.untagged:
+            for mid in re.findall(rb"<([^@>]+)@copies\.test>", x):
+                k = mid.decode()
+                out[k] = out.get(k, 0) + 1
+        return out
+    finally:
+        m.close()
+
+
+def wait_for(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.3)
+    return pred()
+
+
+def t_partition(c):
+    n1, n2, n3 = c.nodes
+    imap1 = imapwire.Client(n1.host, n1.imap_port)
+    R.equal("login on node 1", imap1.login("alice", "pw").status, "OK")
+    R.equal("CREATE Copies", imap1.command("CREATE Copies").status, "OK")
+    R.equal("APPEND to Copies", imap1.command("APPEND Copies", imapwire.Literal(
+        "Subject: first\r\n\r\nx\r\n")).status, "OK")
+    for name in ("a", "b"):
+        R.equal("APPEND %s to INBOX" % name, imap1.command("APPEND INBOX", imapwire.Literal(
+            msgid_text(name))).status, "OK")
+    R.equal("node 1 is master of Copies", master_of(n1, "Copies"), 1)
+    R.equal("node 1 is master of INBOX", master_of(n1, "INBOX"), 1)
+    R.check("every node holds the messages", c.wait_dumps_equal("alice", timeout=60))
+    for j in (2, 3):
+        c.cut(1, j)
+    try:
+        # Side {2, 3} takes a master of its own; until it has one, a COPY
+        # there is made autonomously, which is not the case under test.
+        side = wait_for(lambda: master_of(n2, "Copies") in (2, 3) and
+                        master_of(n2, "INBOX") in (2, 3) and
+                        master_of(n3, "Copies") == master_of(n2, "Copies") and
+                        master_of(n3, "INBOX") == master_of(n2, "INBOX"), 60)
+        R.check("side {2, 3} has its own master of Copies and INBOX", side,
+                [master_of(n, mb) for n in (n2, n3) for mb in ("Copies", "INBOX")])
+        R.equal("node 1 is still master on its side", master_of(n1, "Copies"), 1)
+        others = []
+        for n in (n2, n3):
+            m = imapwire.Client(n.host, n.imap_port)
+            R.equal("login on node %d" % n.node_id, m.login("alice", "pw").status, "OK")
+            R.equal("SELECT INBOX on node %d" % n.node_id, m.command("SELECT INBOX").status,
+                    "OK")
+            others.append(m)
+        R.equal("SELECT INBOX on node 1", imap1.command("SELECT INBOX").status, "OK")
+        # UID 1 is a, 2 is b (APPENDed in that order on node 1).
+        acks = {"a": 0, "b": 0}
+        uids = []
+        for who, cl, cmd, name in ((1, imap1, "UID COPY 1 Copies", "a"),
+                                   (2, others[0], "UID COPY 1 Copies", "a"),
+                                   (3, others[1], "UID COPY 2 Copies", "b"),
+                                   (3, others[1], "UID MOVE 2 Copies", "b"),
+                                   (1, imap1, "UID MOVE 2 Copies", "b")):
+            r = cl.command(cmd)
+            R.check("%s on node %d: OK" % (cmd, who), r.ok, r)
+            if r.ok:
+                acks[name] += 1
+            uids.append((who, cmd, r.code, r.code_args, r.codes().get("COPYUID")))
+        print("partition answers: %r" % uids)
+        for m in others:
+            m.close()
+        # A bundle carries node 1's side across the partition: its import
+        # merges Copies by GUID as a resync does, and keeps both copies.
+        path = os.path.join(c.dir, "side1.bundle")
+        r = n1.cli("bundle", "export", "-u", "alice", "-o", path, timeout=120)
+        R.equal("bundle export on node 1", r.returncode, 0)
+        r = n2.cli("bundle", "import", path, timeout=120)
+        R.equal("bundle import on node 2", r.returncode, 0)
+        got = count_msgids(n2, "Copies") or {}
+        R.equal("node 2 after the import: Copies holds both copies of a", got.get("a", 0),
+                acks["a"])
+    finally:
+        for j in (2, 3):
+            c.restore(1, j)
+    c.wait_links_up(timeout=60)
+    R.check("every node converges after the heal", c.wait_dumps_equal("alice", timeout=120))
+    for n in c.nodes:
+        got = count_msgids(n, "Copies") or {}
+        R.equal("node %d: Copies holds both acknowledged copies of a" % n.node_id,
+                got.get("a", 0), acks["a"])
+        R.equal("node %d: Copies holds the three acknowledged copies of b" % n.node_id,
+                got.get("b", 0), acks["b"])
+        inbox = count_msgids(n, "INBOX") or {}
+        R.equal("node %d: INBOX keeps a, b moved away" % n.node_id,
+                (inbox.get("a", 0), inbox.get("b", 0)), (1, 0))
+        d = parse_dump(n.dump("alice"))
+        gs = [g for (mb, _u), (g, _f) in d["msg"].items() if mb == "Copies"]
+        R.equal("node %d: every message in Copies has a GUID of its own" % n.node_id,
+                len(gs), len(set(gs)))
+    imap1.close()
+
+
+def counter(node, key):
+    v = str(node.status().get(key, ""))
+    return int(v) if v.isdigit() else None
+
+
+def t_resend(c):
+    n1, n2, n3 = c.nodes
+    # Node 3 masters Resent and node 1 is the root: node 2 can still learn
+    # who the master is, and reach it through node 1, while node 3's bytes
+    # to node 2 are held.
+    imap3 = imapwire.Client(n3.host, n3.imap_port)
+    R.equal("login on node 3", imap3.login("alice", "pw").status, "OK")
+    R.equal("CREATE Resent", imap3.command("CREATE Resent").status, "OK")
+    R.equal("APPEND to Resent", imap3.command("APPEND Resent", imapwire.Literal(
+        "Subject: first\r\n\r\nx\r\n")).status, "OK")
+    imap3.close()
+    R.equal("node 3 is master of Resent", master_of(n3, "Resent"), 3)
+    m = imapwire.Client(n2.host, n2.imap_port)
+    R.equal("login on node 2", m.login("alice", "pw").status, "OK")
+    R.equal("APPEND r to INBOX", m.command("APPEND INBOX", imapwire.Literal(
+        msgid_text("r"))).status, "OK")
+    # Node 2 learns the master of Resent from a write of its own.
+    R.equal("APPEND to Resent on node 2", m.command("APPEND Resent", imapwire.Literal(
+        "Subject: second\r\n\r\ny\r\n")).status, "OK")
+    R.check("every node holds the messages", c.wait_dumps_equal("alice", timeout=60))
+    R.equal("SELECT INBOX", m.command("SELECT INBOX").status, "OK")
+    r = m.command("UID SEARCH HEADER Message-ID r@copies.test")
+    found = [x for x in r.untagged if x.startswith(b"* SEARCH ")]
+    uid = found[0].split()[2].decode() if found and len(found[0].split()) > 2 else None
+    R.check("r is in INBOX", uid is not None, r)
+    if uid is None:
+        return
+    auto0 = counter(n2, "autonomous_changes")
+    relayed0 = counter(n1, "relayed_commands")
+    c.mesh.hold(3, 2)
+    try:
+        t0 = time.monotonic()
+        r = m.command("UID COPY %s Resent" % uid)
+        took = time.monotonic() - t0
+    finally:
+        c.mesh.restore(3, 2)
+    print("the COPY on node 2 took %.1f s: %s %s" % (took, r.code, r.code_args))
+    R.check("the COPY answered OK", r.ok, r)
+    R.check("... after its first answer was lost", took > 1.0, took)
+    R.equal("... with a COPYUID", r.code, "COPYUID")
+    dst = r.code_args.split()[-1] if r.code == "COPYUID" else None
+    R.equal("... not made autonomously: the master answered the resent copy",
+            counter(n2, "autonomous_changes"), auto0)
+    relayed1 = counter(n1, "relayed_commands")
+    R.check("... which went through node 1",
+            None not in (relayed0, relayed1) and relayed1 > relayed0, (relayed0, relayed1))
+    m.close()
+    c.wait_links_up(timeout=60)
+    R.check("every node converges", c.wait_dumps_equal("alice", timeout=120))
+    for n in c.nodes:
+        got = count_msgids(n, "Resent") or {}
+        R.equal("node %d: Resent holds the one acknowledged copy of r" % n.node_id,
+                got.get("r", 0), 1)
+        d = parse_dump(n.dump("alice"))
+        rs = [u for (mb, u), _v in d["msg"].items() if mb == "Resent"]
+        R.check("node %d: ... at the COPYUID's UID" % n.node_id,
+                dst is not None and int(dst) in rs, (dst, rs))
+
+
 def main():
     # No periodic resync: nothing but this test's commands changes node 2.
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
@@ -225,6 +419,17 @@ def main():
         c.start_all()
         c.wait_links_up(timeout=40)
         R.section("two COPYs on two nodes at once make two messages", t_concurrent, c)
+        reports = c.sanitizer_reports()
+        R.check("no sanitizer reports", not reports, reports)
+    finally:
+        c.close()
+    c = Cluster(n=3, users={"alice": "pw"}, extra_config={"sync_replicas": 0}, proxies=True)
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=40)
+        R.section("copies on both sides of a partition stay apart after the heal",
+                  t_partition, c)
+        R.section("a copy resent after its answer was lost is stored once", t_resend, c)
         reports = c.sanitizer_reports()
         R.check("no sanitizer reports", not reports, reports)
     finally:
