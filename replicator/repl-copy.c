@@ -170,8 +170,12 @@ void cl_copy(struct repl *r, const char *user, const struct guid *src,
 		buf_init(&it->text);
 		uint32_t other;
 		/* A GUID appears at most once in a mailbox (SPEC 6.4): a
-		 * second copy there is a new message with a new GUID. */
-		if (same || stor_msg_find_guid(db, dst, &m.guid, &other, &err) != 0) {
+		 * second copy there is a new message with a new GUID.  So is
+		 * a copy of a GUID a user expunged there: under the old GUID
+		 * the nodes that remember the expunge would take it for a
+		 * stale copy and expunge it (SPEC 10.3 "A user's expunge"). */
+		if (same || stor_msg_find_guid(db, dst, &m.guid, &other, &err) != 0 ||
+		    stor_guid_tomb_get(db, dst, &m.guid, NULL, &err) != 0) {
 			guid_generate(&it->guid);
 			if (stor_text_read(db, &m.guid, 0, m.size, &it->text, &err) < 0) {
 				stor_msg_free(&m);
