@@ -476,13 +476,19 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 			return 0;
 		}
 		/* A user expunged this GUID from the mailbox (under any
-		 * UID, maybe on another node): a copy that reaches a
-		 * replica now is one the expunge missed, and stays out
-		 * (SPEC.md 10.3 "A user's expunge").  A master storing a
-		 * GUID (uid 0) is a new message and clears it below. */
+		 * UID, maybe on another node) and no copy of it is left
+		 * here: a copy that reaches a replica now is one the
+		 * expunge missed, and stays out (SPEC.md 10.3 "GUID
+		 * tombstones").  A master storing a GUID (uid 0) is a new
+		 * message and clears it below. */
 		uint64_t gone_at;
+		uint32_t held_at;
 		ret = a->guid_generated ? 0 : stor_guid_tomb_get(db, mailbox, &a->guid, &gone_at,
 								error_r);
+		if (ret > 0) {
+			ret = stor_msg_find_guid(db, mailbox, &a->guid, &held_at, error_r);
+			ret = ret < 0 ? -1 : ret == 0;
+		}
 		if (ret < 0)
 			return -1;
 		if (ret > 0) {

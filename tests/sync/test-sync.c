@@ -1969,6 +1969,20 @@ static void test_sync_guid_tombstones(void)
 	CU_ASSERT_EQUAL(stor_msg_append(a.db, &mb, &req, NULL, NULL, &error), 0);
 	CU_ASSERT(has_guid(&a, &mb, &x, NULL));
 	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &x, NULL, &error), 0);
+	/* A user expunges one of two copies of a GUID (two syncs put it at
+	 * two UIDs): the GUID lives on, so a replica's copy of it is not
+	 * refused (the duplicates are merged as SPEC 10.3 says). */
+	struct guid z;
+	uint32_t zu = append(&a, &mb, "z\r\n", 0, &z);
+	replicate_save(&a, &mb, zu + 10, &z, "z\r\n");
+	expunge(&a, &mb, zu);
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &z, NULL, &error), 1);
+	replicate_save(&a, &mb, zu + 11, &z, "z\r\n");
+	struct stor_msg zm;
+	int zr = stor_msg_get(a.db, &mb, zu + 11, &zm, &error);
+	CU_ASSERT_EQUAL(zr, 1);
+	if (zr == 1)
+		stor_msg_free(&zm);
 	/* Added from a peer: held GUIDs and zero GUIDs are skipped. */
 	struct guid g[3];
 	g[0] = x;
