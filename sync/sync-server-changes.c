@@ -231,14 +231,15 @@ int cmd_expunged(struct sync_server *s, const struct proto_cmd *cmd)
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "GONE GUIDS (guid ...)");
 		return 0;
 	}
-	if (s->gone_count + n > SYNC_MAX_GONE_PER_SYNC) {
+	if (s->gone_in.count + n > SYNC_MAX_GONE_PER_SYNC) {
 		free(guids);
 		srv_reply(s, cmd->tag, "NO", "LIMIT", "too many GONE GUIDs in one sync");
 		return 0;
 	}
-	s->gone_count += n;
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		ARRAY_PUSH(&s->uexp_guids, guids[i]);
+		ARRAY_PUSH(&s->gone_in, guids[i]);
+	}
 	free(guids);
 	srv_reply(s, cmd->tag, "OK", NULL, "held");
 	return 0;

@@ -546,14 +546,15 @@ static int merge_final(struct sync_server *s, const char **err)
 		m->exp_modseq = m->N;
 		m->touched = true;
 	}
-	/* A user's expunges the client told us of (EXPUNGE ... GUIDS and
-	 * GONE lines) whose GUIDs we do not hold now: remembered by GUID,
-	 * at N, so that they travel on to our other peers and a copy that
-	 * reaches us later stays out (SPEC.md 10.3 "A user's expunge"). */
-	if (s->uexp_guids.count > 0) {
+	/* The client's GUID tombstones (GONE lines; its own users' expunges
+	 * are among them) of GUIDs we do not hold now: remembered here, at N,
+	 * so that they travel on to our other peers and a copy that reaches
+	 * us later stays out (SPEC.md 10.3 "GUID tombstones").  Those lines
+	 * are bounded, where the GUIDs of EXPUNGE lines are not. */
+	if (s->gone_in.count > 0) {
 		size_t added;
-		if (stor_guid_tombs_add(s->db, &s->sel, s->uexp_guids.items, s->uexp_guids.count,
-					m->N, &added, err) < 0)
+		if (stor_guid_tombs_add(s->db, &s->sel, s->gone_in.items, s->gone_in.count, m->N,
+					&added, err) < 0)
 			return -1;
 		if (added > 0)
 			m->touched = true;

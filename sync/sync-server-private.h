@@ -118,8 +118,9 @@ struct sync_server {
 	 * their GUIDs, each sorted at SYNC-END. */
 	sync_uexp_list uexp;
 	srv_guid_list uexp_guids;
-	/* GUIDs of the client's GONE lines (also in uexp_guids). */
-	size_t gone_count;
+	/* GUIDs of the client's GONE lines (also in uexp_guids): at most
+	 * SYNC_MAX_GONE_PER_SYNC. */
+	srv_guid_list gone_in;
 	stor_uid_list fix_old, fix_new;
 
 	/* The command being answered in steps, and the commands that came

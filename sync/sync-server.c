@@ -82,7 +82,7 @@ void srv_sync_reset(struct sync_server *s)
 	ARRAY_FREE(&s->expunges);
 	ARRAY_FREE(&s->uexp);
 	ARRAY_FREE(&s->uexp_guids);
-	s->gone_count = 0;
+	ARRAY_FREE(&s->gone_in);
 	ARRAY_FREE(&s->fix_old);
 	ARRAY_FREE(&s->fix_new);
 	s->in_sync = false;
