@@ -53,6 +53,8 @@ static const struct proto_cmd_info commands[] = {
 	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
 	{ "UIDFIX", "SS", PROTO_CMDF_SELECTED },
+	/* In a sync, and as a data line of its answer (10.2, 10.3). */
+	{ "GONE", "", PROTO_CMDF_SELECTED | PROTO_CMDF_OPT_GUIDS },
 	{ "LIST", "s", 0 },
 	{ "MM", "M", 0 },
 	{ "USER-PUT", "snis", 0 },

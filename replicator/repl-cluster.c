@@ -311,7 +311,11 @@ void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, 
 			fresh.guid = made->guid;
 			req = &fresh;
 		} else if (made == NULL &&
-			   stor_msg_find_guid(cl->repl.db, &req->mailbox, &req->guid, &have, &err) > 0) {
+			   (stor_msg_find_guid(cl->repl.db, &req->mailbox, &req->guid, &have, &err) > 0 ||
+			    stor_guid_tomb_get(cl->repl.db, &req->mailbox, &req->guid, NULL, &err) > 0)) {
+			/* A GUID a user expunged from the mailbox: under it the
+			 * copy would be taken for a stale one (SPEC 10.3 "GUID
+			 * tombstones"), so it is a new message too. */
 			fresh = *req;
 			guid_generate(&fresh.guid);
 			if (fresh.text == NULL) {

@@ -43,7 +43,7 @@ struct copy_op {
 	struct copy_item {
 		uint32_t src_uid;
 		uint32_t dst_uid;
-		struct guid src_guid; /* whose text the copy takes */
+		struct guid src_guid; /* whose text the copy takes, and what a MOVE expunges */
 		uint64_t size;
 		struct guid guid;
 		uint32_t flags;
@@ -95,6 +95,26 @@ struct copy_sub {
 	size_t i;
 };
 
+/* Where a MOVE's source message is now: a sync may have moved it to
+ * another UID (a UID conflict) while its copy was made.  Its UID then
+ * holds a tombstone, and expunging that UID would leave the message in
+ * place although the client was told it moved.  0: gone. */
+static uint32_t move_source_now(struct copy_op *c, const struct copy_item *it)
+{
+	struct stor_db *db = c->cl->repl.db;
+	struct stor_msg cur;
+	const char *err;
+	uint32_t at = it->src_uid;
+	int r = stor_msg_get(db, &c->src, at, &cur, &err);
+	if (r > 0) {
+		bool same = guid_equal(&cur.guid, &it->src_guid);
+		stor_msg_free(&cur);
+		if (same)
+			return at;
+	}
+	return stor_msg_find_guid(db, &c->src, &it->src_guid, &at, &err) > 0 ? at : 0;
+}
+
 static void copy_all_saved(struct copy_op *c)
 {
 	for (size_t i = 0; i < c->count; i++) {
@@ -102,8 +122,9 @@ static void copy_all_saved(struct copy_op *c)
 			continue;
 		ARRAY_PUSH(&c->out.src_uids, c->items[i].src_uid);
 		ARRAY_PUSH(&c->out.dst_uids, c->items[i].dst_uid);
-		if (c->move)
-			ARRAY_PUSH(&c->moved, c->items[i].src_uid);
+		uint32_t at = c->move ? move_source_now(c, &c->items[i]) : 0;
+		if (at != 0)
+			ARRAY_PUSH(&c->moved, at);
 	}
 	if (c->move && c->moved.count > 0 && c->out.res.error == REPL_OK) {
 		repl_expunge(&c->cl->repl, c->user, &c->src, c->moved.items, c->moved.count,

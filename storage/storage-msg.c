@@ -475,6 +475,29 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 				*modseq_r = tomb.modseq;
 			return 0;
 		}
+		/* A user expunged this GUID from the mailbox (under any
+		 * UID, maybe on another node) and no copy of it is left
+		 * here: a copy that reaches a replica now is one the
+		 * expunge missed, and stays out (SPEC.md 10.3 "GUID
+		 * tombstones").  A master storing a GUID (uid 0) is a new
+		 * message and clears it below. */
+		uint64_t gone_at;
+		uint32_t held_at;
+		ret = a->guid_generated ? 0 : stor_guid_tomb_get(db, mailbox, &a->guid, &gone_at,
+								error_r);
+		if (ret > 0) {
+			ret = stor_msg_find_guid(db, mailbox, &a->guid, &held_at, error_r);
+			ret = ret < 0 ? -1 : ret == 0;
+		}
+		if (ret < 0)
+			return -1;
+		if (ret > 0) {
+			if (uid_r != NULL)
+				*uid_r = uid;
+			if (modseq_r != NULL)
+				*modseq_r = gone_at;
+			return 0;
+		}
 	}
 
 	if (modseq_room(db, mb, a->modseq, error_r) < 0)
@@ -525,6 +548,7 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 		stamps_update(&msg, 0, &none, 0, stor_now_ms(), NULL, 0);
 	}
 	msg_put(txn, mailbox, &msg);
+	stor_guid_tomb_clear_txn(txn, mailbox, &msg.guid);
 	mailbox_account(mb, &msg, 1);
 	stor_stamp_list_free(&msg.stamps);
 	if (uid >= mb->uidnext)
@@ -1103,6 +1127,8 @@ int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const 
 	struct stor_txn txn;
 	struct stor_txn_mailbox *tm;
 	stor_uid_list done = ARRAY_INIT;
+	ARRAY(struct guid) gone = ARRAY_INIT;
+	uint64_t gone_modseq = 0;
 	stor_txn_begin(db, &txn);
 	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
 	if (ret <= 0) {
@@ -1134,11 +1160,22 @@ int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const 
 			.modseq = call_modseq(&tm->mb, modseq, &assigned), .user = user,
 		};
 		tomb_put(&txn, mailbox, &t);
+		if (user)
+			ARRAY_PUSH(&gone, msg.guid);
+		gone_modseq = t.modseq;
 		tm->dirty = true;
 		ARRAY_PUSH(&done, msg.uid);
 		stor_msg_free(&msg);
 	}
 	free(sorted);
+	/* A user's expunge is remembered by GUID too: the message may live
+	 * on under another UID on a node that a sync renumbered it on, or
+	 * reach a node that never held it from a third one (SPEC.md 10.3). */
+	if (ret == 0 && gone.count > 0 &&
+	    stor_guid_tombs_put_txn(&txn, mailbox, gone.items, gone.count, gone_modseq,
+				    error_r) < 0)
+		ret = -1;
+	ARRAY_FREE(&gone);
 	if (ret == 0 && tm->dirty)
 		ret = stor_txn_commit(&txn, error_r);
 	else

@@ -16,6 +16,8 @@
  *   'T' mbguid uid32                tombstone: msgguid, modseq, user8 (1: a user's
  *                                   expunge, 0: the engine's; absent in old stores: 0)
  *   'R' mbguid modseq64 uid32       modseq index of tombstones (empty value)
+ *   'K' mbguid msgguid              GUID tombstone: modseq64 (a user's expunge of a
+ *                                   GUID the mailbox does not hold; storage-guid-tomb.c)
  *   'S' msgguid                     text record: refcount, size, SHA-256,
  *                                   and where its chunks are in the journal
  *                                   (STOR_TEXT_CHUNK bytes each, the last
@@ -63,6 +65,7 @@
 #define STOR_KEY_GUID 'G'
 #define STOR_KEY_TOMB 'T'
 #define STOR_KEY_TOMB_MODSEQ 'R'
+#define STOR_KEY_GUID_TOMB 'K'
 #define STOR_KEY_TEXT 'S'
 #define STOR_KEY_LIVE 'V'
 #define STOR_KEY_ORPHAN 'O'
@@ -282,6 +285,16 @@ void stor_txn_free(struct stor_txn *txn);
 int stor_txn_mailbox(struct stor_txn *txn, const struct guid *guid, struct stor_txn_mailbox **mb_r,
 		     const char **error_r);
 void stor_txn_text_ref(struct stor_txn *txn, const struct guid *guid, int64_t delta);
+/* A message of this GUID lands in the mailbox: its GUID tombstone, if
+ * any, goes in the same transaction (storage-guid-tomb.c). */
+void stor_guid_tomb_clear_txn(struct stor_txn *txn, const struct guid *mailbox,
+			      const struct guid *guid);
+/* Writes GUID tombstones of guids at modseq in txn (a user's expunge),
+ * forgetting the oldest past STOR_GUID_TOMBS_MAX.  Call at most once per
+ * transaction and mailbox: it reads the store, not the batch. */
+int stor_guid_tombs_put_txn(struct stor_txn *txn, const struct guid *mailbox,
+			    const struct guid *guids, size_t count, uint64_t modseq,
+			    const char **error_r);
 /* Records a text created in this transaction (with refcount 0; add
  * references with stor_txn_text_ref()); takes over the extents. */
 void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,

@@ -453,6 +453,35 @@ struct stor_tombstone {
 };
 typedef ARRAY(struct stor_tombstone) stor_tombstone_list;
 
+/* GUID tombstones (SPEC.md 10.3 "A user's expunge"): the GUIDs a user
+ * expunged from the mailbox (here, on its master, or on a node a sync
+ * learned it from) and that it does not hold, by GUID with no UID.  A
+ * message of such a GUID that a peer, a sync or a bundle brings later is
+ * one the expunge missed: it is not stored, and a sync expunges it on the
+ * side that holds it.  They travel to peers in syncs (GONE lines).
+ * A user's expunge (stor_msg_expunge_kind with user) leaves one per GUID;
+ * the engine's moves and drops never do.  At most STOR_GUID_TOMBS_MAX per
+ * mailbox: past that those of the lowest modseqs are forgotten (their
+ * messages may come back from a node that still holds them; no mail is
+ * ever lost to the bound). */
+#define STOR_GUID_TOMBS_MAX 1000
+struct stor_guid_tomb {
+	struct guid guid;
+	uint64_t modseq;
+};
+typedef ARRAY(struct stor_guid_tomb) stor_guid_tomb_list;
+/* Records those of guids that the mailbox neither holds nor has one of,
+ * at modseq (raising HIGHESTMODSEQ to it); *added_r: how many.  0 or -1. */
+int stor_guid_tombs_add(struct stor_db *db, const struct guid *mailbox, const struct guid *guids,
+			size_t count, uint64_t modseq, size_t *added_r, const char **error_r);
+/* 1 when the GUID has one (its modseq in *modseq_r, may be NULL), 0, -1. */
+int stor_guid_tomb_get(struct stor_db *db, const struct guid *mailbox, const struct guid *guid,
+		       uint64_t *modseq_r, const char **error_r);
+/* Those whose modseq is above since, in GUID order.  *list_r is set to a
+ * new array. */
+int stor_guid_tombs_since(struct stor_db *db, const struct guid *mailbox, uint64_t since,
+			  stor_guid_tomb_list *list_r, const char **error_r);
+
 /* Messages whose modseq is above since (changed or added), in UID order,
  * and tombstones whose modseq is above since, in UID order.  *msgs_r and
  * *tombs_r are set to new arrays (no need to initialise them). */

@@ -250,6 +250,22 @@ static int ex_mailbox(struct exporter *e, uint32_t id, const struct stor_mailbox
 		ex_end(e);
 		e->rep.tombstones++;
 	}
+	/* A user's expunges known by GUID only (SPEC 10.3 "GUID tombstones"),
+	 * so that the importer keeps out the copies they name. */
+	sync_guid_list gone = ARRAY_INIT;
+	if (ret == 0 && sync_gone_since(e->db, &mb->guid, 0, &gone, &err) < 0) {
+		*error_r = fmt_error("mailbox %s: %s", mb->name, err);
+		ret = -1;
+	}
+	for (size_t i = 0; i < gone.count && ret == 0; i += SYNC_MAX_GONE_PER_LINE) {
+		size_t n = gone.count - i;
+		if (n > SYNC_MAX_GONE_PER_LINE)
+			n = SYNC_MAX_GONE_PER_LINE;
+		ex_begin(e, "GONE");
+		sync_wr_user_guids(&e->w, gone.items + i, n);
+		ex_end(e);
+	}
+	ARRAY_FREE(&gone);
 	if (ret == 0) {
 		ex_begin(e, "SYNC-END");
 		ex_end(e);

@@ -135,6 +135,7 @@ static int ld_sync_begin(struct loader *l, const struct proto_cmd *cmd, size_t n
 	if (!mail_uidnext_valid(uidnext) || !mail_modseq_valid(hms))
 		return ld_fail(l, "SYNC-BEGIN with %s", MAIL_LIMITS_TEXT);
 	l->in_sync = true;
+	l->gone = 0;
 	l->hms = hms;
 	l->uidnext = (uint32_t)uidnext;
 	ARRAY_FREE(&l->placeholders);
@@ -321,6 +322,28 @@ static int ld_expunge(struct loader *l, const struct proto_cmd *cmd)
 	return ret;
 }
 
+/* GONE GUIDS (...): a user's expunges the exporter knows by GUID only
+ * (SPEC 11.2).  Recorded in the scratch store at the mailbox's
+ * HIGHESTMODSEQ, so the import's merge passes them on. */
+static int ld_gone(struct loader *l, const struct proto_cmd *cmd)
+{
+	struct guid *guids;
+	size_t n, added;
+	const char *err;
+	if (sync_cmd_gone(cmd, &guids, &n) < 0)
+		return ld_fail(l, "bad GONE");
+	int ret = 0;
+	l->gone += n;
+	if (l->gone > SYNC_MAX_GONE_PER_SYNC)
+		ret = ld_fail(l, "too many GONE GUIDs in one mailbox");
+	else if (l->hms == 0)
+		ret = ld_fail(l, "GONE in a mailbox with HIGHESTMODSEQ 0");
+	else if (stor_guid_tombs_add(l->scratch, &l->sel, guids, n, l->hms, &added, &err) < 0)
+		ret = ld_fail(l, "GONE: %s", err);
+	free(guids);
+	return ret;
+}
+
 /* Whether this node expunged the message (GUID g at uid) of the mailbox:
  * then the expunge wins the merge and its text is never needed here. */
 static int ld_expunged_here(struct loader *l, uint32_t uid, const struct guid *g,
@@ -421,13 +444,14 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 			return -1;
 	}
 	bool sync_cmd = proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "EXPUNGE") ||
+			proto_cmd_is(cmd, "GONE") ||
 			proto_cmd_is(cmd, "SYNC-END");
 	if (sync_cmd != l->in_sync)
 		return ld_fail(l, "%s %s outside SYNC-BEGIN ... SYNC-END", tag, n);
 	bool stamps_opt = proto_cmd_is(cmd, "SAVE") && cmd->arg_count == npos + 2 &&
 			  proto_cmd_option(cmd, npos, "STAMPS") != NULL;
-	bool guids_opt = proto_cmd_is(cmd, "EXPUNGE") && cmd->arg_count == npos + 2 &&
-			 proto_cmd_option(cmd, npos, "GUIDS") != NULL;
+	bool guids_opt = (proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "GONE")) &&
+			 cmd->arg_count == npos + 2 && proto_cmd_option(cmd, npos, "GUIDS") != NULL;
 	if (!proto_cmd_is(cmd, "CREATE") && cmd->arg_count != npos && !stamps_opt && !guids_opt)
 		return ld_fail(l, "%s %s with options", tag, n);
 	if (proto_cmd_is(cmd, "CREATE"))
@@ -469,6 +493,8 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 		return ld_save(l, cmd);
 	if (proto_cmd_is(cmd, "EXPUNGE"))
 		return ld_expunge(l, cmd);
+	if (proto_cmd_is(cmd, "GONE"))
+		return ld_gone(l, cmd);
 	if (proto_cmd_is(cmd, "SYNC-END"))
 		return ld_sync_end(l);
 	return ld_fail(l, "%s: %s has no place in a bundle", tag, n);

@@ -106,6 +106,7 @@ struct loader {
 	struct guid sel;
 	uint32_t uidnext;
 	uint64_t hms;
+	size_t gone; /* GONE GUIDs of the mailbox being loaded */
 	stor_uid_list placeholders;
 	/* A SAVE with NIL held back until the next command says whether it
 	 * is a tombstone (see ld_tomb_hides_move()). */

@@ -188,6 +188,24 @@ int send_some(struct sync_client *c)
 		ARRAY_FREE(&uuids);
 		ARRAY_FREE(&ug);
 	}
+	/* A user's expunges we know by GUID only (and the server may not),
+	 * of messages we do not hold: the server drops its copies and
+	 * remembers them (SPEC 10.2). */
+	sync_guid_list gone = ARRAY_INIT;
+	const char *err;
+	if (sync_gone_since(c->db, &c->cur.guid, c->M, &gone, &err) < 0) {
+		ARRAY_FREE(&gone);
+		return cl_fail(c, "%s", err);
+	}
+	for (size_t i = 0; i < gone.count; i += SYNC_MAX_GONE_PER_LINE) {
+		size_t k = gone.count - i;
+		if (k > SYNC_MAX_GONE_PER_LINE)
+			k = SYNC_MAX_GONE_PER_LINE;
+		cl_cmd_begin(c, &w, "GONE", K_OTHER, 0);
+		sync_wr_user_guids(&w, gone.items + i, k);
+		cl_cmd_end(c, &w);
+	}
+	ARRAY_FREE(&gone);
 	return 1;
 }
 
@@ -325,6 +343,20 @@ int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 	if (c->exp_uids.count + c->saves.count + c->flags.count + c->fix_old.count >
 	    SYNC_MAX_ANSWER_ITEMS)
 		return cl_fail(c, "SYNC-END: answer too large");
+	if (proto_cmd_is(line, "GONE")) {
+		struct guid *guids;
+		size_t n;
+		if (sync_cmd_gone(line, &guids, &n) < 0)
+			return cl_fail(c, "SYNC-END: bad GONE line");
+		if (c->gone.count + n > SYNC_MAX_GONE_PER_SYNC) {
+			free(guids);
+			return cl_fail(c, "SYNC-END: too many GONE GUIDs");
+		}
+		for (size_t i = 0; i < n; i++)
+			ARRAY_PUSH(&c->gone, guids[i]);
+		free(guids);
+		return 0;
+	}
 	if (proto_cmd_is(line, "EXPUNGE")) {
 		stor_uid_list uids;
 		uint64_t ms;
@@ -494,6 +526,7 @@ int send_late(struct sync_client *c)
 	c->saves.count = c->flags.count = 0;
 	c->exp_uids.count = c->fix_old.count = c->fix_new.count = 0;
 	c->exp_user.count = 0;
+	c->gone.count = 0;
 	c->exp_after.count = 0;
 	c->tombs.count = 0;
 	c->resend.count = 0;
@@ -520,6 +553,34 @@ int send_late(struct sync_client *c)
 	ARRAY_FREE(&fo);
 	ARRAY_FREE(&fn);
 	return 0;
+}
+
+/* The answer's GONE lines: GUIDs we do not hold get tombstones at the
+ * new common modseq (above our last sync with any other peer, so they
+ * travel on); a copy we hold is one the expunge missed and goes as a
+ * user's expunge (the mailbox then differs from the answer's state and is
+ * synced again, which tells the server). */
+static int apply_gone(struct sync_client *c, const char **err)
+{
+	const struct guid *mbg = &c->cur.guid;
+	stor_uid_list held = ARRAY_INIT;
+	int r = 0;
+	for (size_t i = 0; i < c->gone.count && r >= 0; i++) {
+		uint32_t at;
+		r = stor_msg_find_guid(c->db, mbg, &c->gone.items[i], &at, err);
+		if (r > 0)
+			ARRAY_PUSH(&held, at);
+	}
+	size_t added;
+	if (r >= 0 && held.count > 0)
+		r = stor_msg_expunge_kind(c->db, mbg, held.items, held.count, 0, true, NULL, err);
+	if (r >= 0 && c->final_modseq > 0)
+		r = stor_guid_tombs_add(c->db, mbg, c->gone.items, c->gone.count, c->final_modseq,
+					&added, err);
+	c->report.messages_expunged += (unsigned)held.count;
+	ARRAY_FREE(&held);
+	c->gone.count = 0;
+	return r < 0 ? -1 : 0;
 }
 
 /* Applies the server's answer, up to budget operations per call; 1 when
@@ -590,6 +651,24 @@ int apply_some(struct sync_client *c)
 			if (uid >= c->apply_below)
 				return 0; /* its text is still on its way */
 			const struct stor_tombstone *t = tomb_by_uid(&c->tombs, uid);
+			/* A user expunged this GUID here (or on a node we
+			 * learned it from) and it is not here: the server's
+			 * copy is one the expunge missed.  It stays out, and
+			 * the second sync expunges it there as a user's. */
+			int gone = stor_guid_tomb_get(c->db, mbg, &sv->guid, NULL, &err);
+			if (gone < 0)
+				return cl_fail(c, "%s", err);
+			if (gone > 0 && (t == NULL || guid_cmp(&t->guid, &sv->guid) != 0)) {
+				uint32_t at;
+				int fr = stor_msg_find_guid(c->db, mbg, &sv->guid, &at, &err);
+				if (fr < 0)
+					return cl_fail(c, "%s", err);
+				if (fr == 0) {
+					ARRAY_PUSH(&c->late_uexp, uid);
+					ARRAY_PUSH(&c->late_uexp_g, sv->guid);
+					continue;
+				}
+			}
 			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0) {
 				/* We expunged this very message: the expunge wins. */
 				if (t->user) {
@@ -688,6 +767,8 @@ int apply_some(struct sync_client *c)
 		c->apply_stage = 4;
 	}
 	if (stor_mailbox_raise(c->db, mbg, c->final_uidnext, c->final_modseq, &err) < 0)
+		return cl_fail(c, "%s", err);
+	if (c->gone.count > 0 && apply_gone(c, &err) < 0)
 		return cl_fail(c, "%s", err);
 	if (c->late_exp.count > 0 || c->late_uexp.count > 0 || c->late_old.count > 0)
 		return 3;

@@ -155,6 +155,9 @@ struct sync_client {
 	ARRAY(struct cl_save) saves;
 	ARRAY(struct cl_flags) flags;
 	stor_uid_list fix_old, fix_new;
+	/* GONE lines: GUIDs a user expunged on the server's side that
+	 * the server does not hold (SPEC.md 10.3 "A user's expunge"). */
+	sync_guid_list gone;
 	uint32_t final_uidnext;
 	uint64_t final_modseq;
 	size_t fetch_pos;

@@ -90,6 +90,20 @@ void sync_wr_user_guids(struct proto_wr *w, const struct guid *guids, size_t n);
  * when something else or something malformed follows. */
 int sync_cmd_user_guids(const struct proto_cmd *cmd, size_t npos, const stor_uid_list *uids,
 			bool *given_r, struct guid **guids_r);
+/* GONE lines (SPEC.md 10.2, 10.3): GUIDs a user expunged from the
+ * mailbox that the sender does not hold, at most this many per line, and
+ * per sync in each direction (past it the sync fails: a store keeps at
+ * most STOR_GUID_TOMBS_MAX per mailbox, so an honest peer stays far below). */
+#define SYNC_MAX_GONE_PER_LINE 200
+#define SYNC_MAX_GONE_PER_SYNC (4u * STOR_GUID_TOMBS_MAX)
+/* "GONE GUIDS (<guid> ...)": 0 with the GUIDs in *guids_r (malloc()ed,
+ * *count_r of them, 1 to SYNC_MAX_GONE_PER_LINE, none zero), else -1. */
+int sync_cmd_gone(const struct proto_cmd *cmd, struct guid **guids_r, size_t *count_r);
+/* The GUIDs of a mailbox's GUID tombstones since `since` that it does not
+ * hold now (those a peer may lack), sorted.  0 or -1. */
+typedef ARRAY(struct guid) sync_guid_list;
+int sync_gone_since(struct stor_db *db, const struct guid *mailbox, uint64_t since,
+		    sync_guid_list *out, const char **err);
 /* proto_arg_uids() into storage's list type. */
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
 

@@ -218,3 +218,29 @@ bad:
 	srv_reply(s, cmd->tag, "BAD", "ARGS", "UIDFIX old-uidset new-uidset");
 	return 0;
 }
+
+/* In a sync: GONE GUIDS (<guid> ...), GUIDs a user expunged on the
+ * client's side that it does not hold (SPEC.md 10.2).  They count as the
+ * client's user expunges by GUID: our copies changed since M go, and the
+ * GUIDs we do not hold get tombstones here (merge_final). */
+int cmd_expunged(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	struct guid *guids;
+	size_t n;
+	if (sync_cmd_gone(cmd, &guids, &n) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "GONE GUIDS (guid ...)");
+		return 0;
+	}
+	if (s->gone_in.count + n > SYNC_MAX_GONE_PER_SYNC) {
+		free(guids);
+		srv_reply(s, cmd->tag, "NO", "LIMIT", "too many GONE GUIDs in one sync");
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		ARRAY_PUSH(&s->uexp_guids, guids[i]);
+		ARRAY_PUSH(&s->gone_in, guids[i]);
+	}
+	free(guids);
+	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	return 0;
+}

@@ -42,6 +42,7 @@ static void merge_free(struct srv_merge *m)
 	ARRAY_FREE(&m->uexp_client);
 	ARRAY_FREE(&m->utombs);
 	ARRAY_FREE(&m->save_guids);
+	ARRAY_FREE(&m->gone_out);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -159,7 +160,20 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	 * as a user's expunge (SPEC 10.3, "A user's expunge"). */
 	bool same_here = (sme != NULL && guid_cmp(&sme->guid, &cs->guid) == 0) ||
 			 (sme == NULL && ti >= 0 && guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0);
-	if (!same_here && guid_in(&m->utombs, &cs->guid)) {
+	/* The same for a user's expunge of this GUID that we know by GUID
+	 * only, whenever it was made: ours, or one a sync brought from a
+	 * node that held the message while we never did.  The client's
+	 * copy came from a node the expunge had not reached. */
+	int gone = 0;
+	if (!same_here && !guid_in(&m->utombs, &cs->guid)) {
+		gone = stor_guid_tomb_get(s->db, &s->sel, &cs->guid, NULL, err);
+		if (gone < 0) {
+			if (have_other)
+				stor_msg_free(&other);
+			return -1;
+		}
+	}
+	if (!same_here && (gone > 0 || guid_in(&m->utombs, &cs->guid))) {
 		uint32_t at;
 		r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
 		if (r < 0) {
@@ -532,6 +546,34 @@ static int merge_final(struct sync_server *s, const char **err)
 		m->exp_modseq = m->N;
 		m->touched = true;
 	}
+	/* The client's GUID tombstones (GONE lines; its own users' expunges
+	 * are among them) of GUIDs we do not hold now: remembered here, at N,
+	 * so that they travel on to our other peers and a copy that reaches
+	 * us later stays out (SPEC.md 10.3 "GUID tombstones").  Those lines
+	 * are bounded, where the GUIDs of EXPUNGE lines are not. */
+	if (s->gone_in.count > 0) {
+		size_t added;
+		if (stor_guid_tombs_add(s->db, &s->sel, s->gone_in.items, s->gone_in.count, m->N,
+					&added, err) < 0)
+			return -1;
+		if (added > 0)
+			m->touched = true;
+	}
+	/* Ours the client may lack go as GONE lines, which the client
+	 * records at the new common modseq: N, so that they are above the
+	 * last sync of the client with its other peers. */
+	size_t gone_keep = 0;
+	for (size_t i = 0; i < m->gone_out.count; i++) {
+		uint32_t at;
+		int r = stor_msg_find_guid(s->db, &s->sel, &m->gone_out.items[i], &at, err);
+		if (r < 0)
+			return -1;
+		if (r == 0)
+			m->gone_out.items[gone_keep++] = m->gone_out.items[i];
+	}
+	m->gone_out.count = gone_keep;
+	if (m->gone_out.count > 0)
+		m->touched = true;
 	uint64_t final_modseq = m->touched ? m->N : m->base;
 	if (stor_mailbox_raise(s->db, &s->sel, m->next, final_modseq, err) < 0)
 		return -1;
@@ -546,6 +588,16 @@ static int merge_final(struct sync_server *s, const char **err)
 	stor_mailbox_free(&mb);
 	wr_uid_lines(s, m->tag, "EXPUNGE", &m->exp_client, m->exp_modseq);
 	wr_uexp_lines(s, m->tag, m->uexp_client.items, m->uexp_client.count, m->exp_modseq);
+	struct proto_wr w;
+	proto_wr_init(&w, &s->out);
+	for (size_t i = 0; i < m->gone_out.count; i += SYNC_MAX_GONE_PER_LINE) {
+		size_t n = m->gone_out.count - i;
+		if (n > SYNC_MAX_GONE_PER_LINE)
+			n = SYNC_MAX_GONE_PER_LINE;
+		proto_wr_begin(&w, m->tag, "GONE");
+		sync_wr_user_guids(&w, m->gone_out.items + i, n);
+		proto_wr_end(&w);
+	}
 	return 0;
 }
 
@@ -663,6 +715,10 @@ int merge_step(struct sync_server *s)
 					ARRAY_PUSH(&m->utombs, m->stombs.items[i].guid);
 			}
 			guids_sort(&m->utombs);
+			/* Before this merge adds the client's: those go back
+			 * to the client only as EXPUNGE lines. */
+			if (sync_gone_since(s->db, &s->sel, m->M, &m->gone_out, &err) < 0)
+				goto storage_error;
 			m->handled = xcalloc(m->smsgs.count + 1, sizeof(bool));
 			m->dirty = xcalloc(m->smsgs.count + 1, sizeof(bool));
 			/* The scan costs about as much as a step's messages. */

@@ -31,7 +31,7 @@ struct srv_save {
 	uint32_t drop_into; /* SAVE_DROP of a copy we hold at this UID: flags merge there */
 };
 
-typedef ARRAY(struct guid) srv_guid_list;
+typedef sync_guid_list srv_guid_list;
 
 
 /* A flag change the client sent with STORE during a sync. */
@@ -72,6 +72,8 @@ struct srv_merge {
 	sync_uexp_list uexp_client;
 	srv_guid_list utombs;     /* GUIDs of our user tombstones since M, sorted */
 	srv_guid_list save_guids; /* GUIDs of the client's SAVEs, sorted */
+	/* Our GUID tombstones since M of GUIDs we do not hold: GONE lines. */
+	srv_guid_list gone_out;
 	uint64_t exp_modseq;
 	uint32_t final_uidnext;
 	uint64_t final_modseq;
@@ -116,6 +118,9 @@ struct sync_server {
 	 * their GUIDs, each sorted at SYNC-END. */
 	sync_uexp_list uexp;
 	srv_guid_list uexp_guids;
+	/* GUIDs of the client's GONE lines (also in uexp_guids): at most
+	 * SYNC_MAX_GONE_PER_SYNC. */
+	srv_guid_list gone_in;
 	stor_uid_list fix_old, fix_new;
 
 	/* The command being answered in steps, and the commands that came
@@ -161,6 +166,7 @@ int cmd_save(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_store(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_uidfix(struct sync_server *s, const struct proto_cmd *cmd);
+int cmd_expunged(struct sync_server *s, const struct proto_cmd *cmd);
 
 /* sync-server-merge-util.c */
 int cmp_save(const void *a, const void *b);

@@ -82,6 +82,7 @@ void srv_sync_reset(struct sync_server *s)
 	ARRAY_FREE(&s->expunges);
 	ARRAY_FREE(&s->uexp);
 	ARRAY_FREE(&s->uexp_guids);
+	ARRAY_FREE(&s->gone_in);
 	ARRAY_FREE(&s->fix_old);
 	ARRAY_FREE(&s->fix_new);
 	s->in_sync = false;
@@ -250,7 +251,8 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 	if (proto_cmd_is(cmd, "SELECT"))
 		return cmd_select(s, cmd);
 	static const char *const selected_cmds[] = {
-		"SYNC-BEGIN", "FETCH", "SAVE", "STORE", "EXPUNGE", "UIDFIX", "SYNC-END", NULL
+		"SYNC-BEGIN", "FETCH", "SAVE", "STORE", "EXPUNGE", "UIDFIX", "GONE",
+		"SYNC-END", NULL
 	};
 	bool known = false;
 	for (size_t i = 0; selected_cmds[i] != NULL && !known; i++)
@@ -279,6 +281,8 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 		return cmd_expunge(s, cmd);
 	if (proto_cmd_is(cmd, "UIDFIX"))
 		return cmd_uidfix(s, cmd);
+	if (proto_cmd_is(cmd, "GONE"))
+		return cmd_expunged(s, cmd);
 	if (proto_cmd_is(cmd, "SYNC-END"))
 		return merge_start(s, cmd->tag);
 	srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");

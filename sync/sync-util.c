@@ -300,3 +300,49 @@ void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out)
 	memset(out, 0, sizeof(*out));
 	ARRAY_PUSH(out, st);
 }
+
+int sync_cmd_gone(const struct proto_cmd *cmd, struct guid **guids_r, size_t *count_r)
+{
+	*guids_r = NULL;
+	*count_r = 0;
+	if (cmd->arg_count != 2 || cmd->args[0].type != PROTO_ARG_ATOM ||
+	    strcasecmp(cmd->args[0].str, "GUIDS") != 0)
+		return -1;
+	const struct proto_arg *l = &cmd->args[1];
+	if (l->type != PROTO_ARG_LIST || l->count == 0 || l->count > SYNC_MAX_GONE_PER_LINE)
+		return -1;
+	struct guid *g = xmalloc(l->count * sizeof(*g));
+	for (size_t i = 0; i < l->count; i++) {
+		if (proto_arg_guid(&l->list[i], &g[i]) < 0 || guid_is_zero(&g[i])) {
+			free(g);
+			return -1;
+		}
+	}
+	*guids_r = g;
+	*count_r = l->count;
+	return 0;
+}
+
+static int gone_cmp(const void *a, const void *b)
+{
+	return guid_cmp(a, b);
+}
+
+int sync_gone_since(struct stor_db *db, const struct guid *mailbox, uint64_t since,
+		    sync_guid_list *out, const char **err)
+{
+	stor_guid_tomb_list l;
+	if (stor_guid_tombs_since(db, mailbox, since, &l, err) < 0)
+		return -1;
+	int r = 0;
+	for (size_t i = 0; i < l.count && r >= 0; i++) {
+		uint32_t at;
+		r = stor_msg_find_guid(db, mailbox, &l.items[i].guid, &at, err);
+		if (r == 0)
+			ARRAY_PUSH(out, l.items[i].guid);
+	}
+	ARRAY_FREE(&l);
+	if (out->count > 1)
+		qsort(out->items, out->count, sizeof(out->items[0]), gone_cmp);
+	return r < 0 ? -1 : 0;
+}

@@ -596,6 +596,61 @@ static void test_bundle_acked_expunge_after_renumber_holder_exports(void)
 	bundle_acked_expunge_after_renumber(false);
 }
 
+/* GUID tombstones travel by bundle (GONE): A's user expunges X, which C
+ * holds; B, which never held X, learns the expunge from A's bundle.  C's
+ * bundle then brings X to B, which keeps it out, and B's bundle takes X
+ * away from C although B never held X (SPEC 10.3 "GUID tombstones"). */
+static void test_bundle_guid_tombstones_travel(void)
+{
+	struct node a, b, c;
+	struct buf bundle = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	node_open(&c, SID_B + 1);
+	struct guid mb = mk_mailbox(&a, USER, "INBOX", NULL);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	import_ok(&c, &bundle, NULL);
+	uint32_t xu = append(&a, &mb, "Subject: x\r\n\r\nx\r\n", 0);
+	struct stor_msg xm;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &mb, xu, &xm, &error), 1);
+	struct guid x = xm.guid;
+	stor_msg_free(&xm);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&c, &bundle, NULL);
+	CU_ASSERT_FATAL(holds_guid(&c, &mb, &x));
+	expunge(&a, &mb, xu);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT(!holds_guid(&b, &mb, &x));
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(b.db, &mb, &x, NULL, &error), 1);
+	/* C's bundle brings X to B. */
+	export_from(&c, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT(!holds_guid(&b, &mb, &x));
+	/* B's bundle takes it away from C. */
+	export_from(&b, false, &bundle, NULL);
+	import_ok(&c, &bundle, NULL);
+	CU_ASSERT(!holds_guid(&c, &mb, &x));
+	export_from(&c, false, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT(!holds_guid(&a, &mb, &x));
+	CU_ASSERT(!holds_guid(&b, &mb, &x));
+	CU_ASSERT_EQUAL(count_messages(&a, &mb), 3);
+	CU_ASSERT_EQUAL(count_messages(&b, &mb), 3);
+	CU_ASSERT_EQUAL(count_messages(&c, &mb), 3);
+	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_check(c.db, &mb, &error), 0);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
 static void test_bundle_random_changes_converge(void)
 {
 	for (uint32_t seed = 1; seed <= 8; seed++) {
@@ -1161,6 +1216,7 @@ static const struct test_case bundle_cases[] = {
 	  test_bundle_acked_expunge_after_renumber_expunger_exports },
 	{ "an acknowledged expunge holds against a renumbered copy (holder exports)",
 	  test_bundle_acked_expunge_after_renumber_holder_exports },
+	{ "GUID tombstones travel by bundle", test_bundle_guid_tombstones_travel },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
 	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },

@@ -19,7 +19,10 @@ writes alone is in no replication log; only a sync brings it over):
   - an EXPUNGE a client was told about on a node that was alone holds after
     the heal although the two other nodes' sync renumbered the message
     (SPEC.md 10.3 "A user's expunge"; the fault campaign's
-    acked-expunge-holds).
+    acked-expunge-holds);
+  - the same when the expunging node first syncs with a node that never
+    held the message, and the message reaches that node later from a third
+    one that held it; a message moved out and back stays.
 
 The last line is "test-sync-cases: N passed, M failed".
 """
@@ -408,6 +411,111 @@ def t_acked_expunge_after_renumber():
     finish_cluster(c)
 
 
+def t_acked_expunge_reaches_third_node():
+    """The open half of acked-expunge-holds: node 2 never held X, node 1's
+    user expunged it, and X reaches node 2 later from node 3 (which held it
+    and was apart).  Each pair meets in turn; a node alone writes into no
+    replication log, so only the syncs carry anything, in this order."""
+    c = new_cluster(3)
+    n1, n2, n3 = c.nodes
+    R.check("3 messages appended with all nodes up",
+            append_many(n1, [message("base", i) for i in range(3)]))
+    a = login(n1)
+    R.check("CREATE Keep", a.command("CREATE Keep").ok)
+    a.command("LOGOUT")
+    c.wait_dumps_equal(USER, timeout=60)
+    # X reaches nodes 1 and 3 by replication; node 2 is down.
+    n2.stop()
+    R.check("X appended on node 1", append_many(n1, [message("x", 0)]))
+    for _ in range(200):
+        if "x.0@example.com" in msgids_on(n3).values():
+            break
+        time.sleep(0.05)
+    x_uid = [u for u, m in msgids_on(n3).items() if m == "x.0@example.com"]
+    R.check("X replicated to node 3", len(x_uid) == 1, x_uid)
+    # Node 2, alone, saves Y at X's UID; node 1, alone, expunges X.
+    n1.stop()
+    n3.stop()
+    start_alone(n2)
+    R.check("Y appended on node 2 alone", append_many(n2, [message("y", 0)]))
+    y_uid = [u for u, m in msgids_on(n2).items() if m == "y.0@example.com"]
+    R.check("Y took X's UID there", y_uid == x_uid, (x_uid, y_uid))
+    n2.stop()
+    start_alone(n1)
+    a = login(n1)
+    a.command("SELECT INBOX")
+    uid = [u for u, m in uid_msgids(a).items() if m == "x.0@example.com"]
+    a.command("UID STORE %d +FLAGS.SILENT (\\Deleted)" % uid[0])
+    r = a.command("UID EXPUNGE %d" % uid[0])
+    R.check("UID EXPUNGE of X on node 1: OK", r.ok, r)
+    a.command("LOGOUT")
+    n1.stop()
+    # Nodes 1 and 2 meet: Y moves; node 2 never held X.
+    start_linked(n1, {2})
+    start_linked(n2, {1})
+    c.wait_links_up(timeout=40, nodes=[n1, n2])
+    r, rep = resync(n1, peer=2)
+    R.check("the resync of nodes 1 and 2 converged", rep.get("converged") == "yes",
+            (r.stdout, r.stderr))
+    ids2 = msgids_on(n2)
+    R.check("node 2 has Y and not X", "y.0@example.com" in ids2.values() and
+            "x.0@example.com" not in ids2.values(), ids2)
+    n1.stop()
+    n2.stop()
+    # Nodes 2 and 3 meet without node 1: node 3 still holds X.
+    start_linked(n2, {3})
+    start_linked(n3, {2})
+    c.wait_links_up(timeout=40, nodes=[n2, n3])
+    r, rep = resync(n2, peer=3)
+    R.check("the resync of nodes 2 and 3 converged", rep.get("converged") == "yes",
+            (r.stdout, r.stderr))
+    for node in (n2, n3):
+        ids = msgids_on(node)
+        R.check("after nodes 2 and 3 met, X is not on node %d" % node.node_id,
+                "x.0@example.com" not in ids.values(), ids)
+    # The heal.
+    start_linked(n2, None)
+    start_linked(n3, None)
+    start_linked(n1, None)
+    c.wait_links_up(timeout=40)
+    for node in (n1, n2, n3):
+        r, rep = resync(node)
+        R.check("the resync from node %d converged" % node.node_id,
+                rep.get("converged") == "yes", (r.stdout, r.stderr))
+    c.wait_dumps_equal(USER, timeout=60)
+    for node in (n1, n2, n3):
+        ids = msgids_on(node)
+        R.check("X stays expunged on node %d" % node.node_id,
+                "x.0@example.com" not in ids.values(), ids)
+        R.check("Y and the 3 others are on node %d" % node.node_id,
+                sorted(m for m in ids.values()) ==
+                ["base.0@example.com", "base.1@example.com", "base.2@example.com",
+                 "y.0@example.com"], ids)
+    # A message moved out and back is a new message in INBOX, not one an
+    # expunge missed: it stays on every node although its first copy's
+    # expunge (the MOVE out) is remembered there.
+    a = login(n1)
+    a.command("SELECT INBOX")
+    b0 = [u for u, m in uid_msgids(a).items() if m == "base.0@example.com"]
+    R.check("MOVE base.0 to Keep", a.command("UID MOVE %d Keep" % b0[0]).ok)
+    a.command("SELECT Keep")
+    R.check("MOVE base.0 back to INBOX", a.command("UID MOVE 1:* INBOX").ok)
+    a.command("LOGOUT")
+    c.wait_dumps_equal(USER, timeout=60)
+    for node in (n1, n2, n3):
+        r, rep = resync(node)
+        R.check("the resync from node %d after the moves converged" % node.node_id,
+                rep.get("converged") == "yes", (r.stdout, r.stderr))
+    c.wait_dumps_equal(USER, timeout=60)
+    for node in (n1, n2, n3):
+        ids = msgids_on(node)
+        R.check("base.0, moved out and back, is in INBOX on node %d" % node.node_id,
+                "base.0@example.com" in ids.values(), ids)
+        R.check("Keep is empty on node %d" % node.node_id,
+                not msgids_on(node, "Keep"), msgids_on(node, "Keep"))
+    finish_cluster(c)
+
+
 def t_periodic_check():
     c = new_cluster(2, check_interval="0.5")
     n1, n2 = c.nodes
@@ -508,6 +616,8 @@ def main():
                        ("the periodic check", t_periodic_check),
                        ("an acknowledged EXPUNGE holds against a renumbered copy",
                         t_acked_expunge_after_renumber),
+                       ("an acknowledged EXPUNGE reaches a node that never held the message",
+                        t_acked_expunge_reaches_third_node),
                        ("a %d-message mailbox over a real link" % LARGE, t_large_mailbox)):
         if not only or func.__name__ in only:
             R.section(name, func)

@@ -950,6 +950,101 @@ static void test_replica_keeps_who_expunged(void)
 	free(dir);
 }
 
+/* A MOVE whose source a sync moves to another UID (a UID conflict fixed
+ * on both nodes) while the copy is on its way to the master: the message
+ * must leave the source at its new UID, not stay there while the client is
+ * told it moved (the fault campaign's acked-expunge-holds, seed 7707). */
+static void test_move_of_a_source_renumbered_meanwhile(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	/* S and D mastered by node 2 (the first to write to them). */
+	const char *names[] = { "S", "D" };
+	struct stor_mailbox mbs[2];
+	const char *err;
+	struct copy_done d;
+	for (int k = 0; k < 2; k++) {
+		memset(&d, 0, sizeof(d));
+		repl_mailbox_create(n2.repl, "bob", names[k], NULL, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+		mbs[k] = mailbox_on(n2.db, names[k]);
+		struct repl_append a;
+		memset(&a, 0, sizeof(a));
+		a.text = k == 0 ? "Subject: x\r\n\r\nthe one that moves\r\n" : "Subject: d\r\n\r\nd\r\n";
+		a.text_len = strlen(a.text);
+		memset(&d, 0, sizeof(d));
+		repl_append(n2.repl, "bob", &mbs[k].guid, &a, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	}
+	uint32_t xu = 1;
+	struct stor_msg xm;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n2.db, &mbs[0].guid, xu, &xm, &err), 1);
+	struct guid x = xm.guid;
+	stor_msg_free(&xm);
+	for (int i = 0; i < 1000; i++) {
+		uint32_t at;
+		if (stor_msg_find_guid(n1.db, &mbs[0].guid, &x, &at, &err) > 0)
+			break;
+		ev_run(loop, EVRUN_ONCE);
+	}
+	uint32_t at;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_find_guid(n1.db, &mbs[0].guid, &x, &at, &err), 1);
+	CU_ASSERT_EQUAL_FATAL(at, xu);
+	/* Node 1 moves X; before the master answers the copy, a sync moves
+	 * X to another UID on both nodes. */
+	memset(&d, 0, sizeof(d));
+	repl_copy(n1.repl, "bob", &mbs[0].guid, &xu, 1, &mbs[1].guid, true, copy_done_cb, &d);
+	CU_ASSERT_FALSE(d.done);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n1.db, &mbs[0].guid, xu, xu + 5, 0, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n2.db, &mbs[0].guid, xu, xu + 5, 0, &err), 0);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	CU_ASSERT_EQUAL(d.copied, 1);
+	for (int i = 0; i < 1000; i++) {
+		if (stor_msg_find_guid(n1.db, &mbs[0].guid, &x, &at, &err) == 0 &&
+		    stor_msg_find_guid(n2.db, &mbs[0].guid, &x, &at, &err) == 0)
+			break;
+		ev_run(loop, EVRUN_ONCE);
+	}
+	ev_timer_stop(loop, &t);
+	struct stor_db *dbs[] = { n1.db, n2.db };
+	for (size_t k = 0; k < 2; k++) {
+		CU_ASSERT_EQUAL(stor_msg_find_guid(dbs[k], &mbs[0].guid, &x, &at, &err), 0);
+		stor_msg_list msgs;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(dbs[k], &mbs[1].guid, 1, UINT32_MAX, &msgs,
+							  &err), 0);
+		CU_ASSERT_EQUAL(msgs.count, 2);
+		stor_msg_list_free(&msgs);
+	}
+	stor_mailbox_free(&mbs[0]);
+	stor_mailbox_free(&mbs[1]);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 const struct test_case repl_cluster_cases[] = {
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
 	{ "degraded_writes = refuse: refused before made, as master and alone",
@@ -964,5 +1059,7 @@ const struct test_case repl_cluster_cases[] = {
 	{ "a COPY whose source is expunged meanwhile sends no empty text",
 	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
 	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
+	{ "a MOVE whose source a sync renumbered meanwhile still removes it",
+	  test_move_of_a_source_renumbered_meanwhile },
 	{ NULL, NULL },
 };

@@ -13,6 +13,7 @@
 #include "protocol/protocol.h"
 #include "storage/storage-private.h"
 #include "storage/storage.h"
+#include "sync/sync-private.h"
 #include "sync/sync.h"
 #include "tests/testutil.h"
 
@@ -1862,6 +1863,224 @@ static void test_sync_acked_expunge_after_renumber_server_expunged(void)
 	acked_expunge_after_renumber(false);
 }
 
+/* The open half of acked-expunge-holds: X reaches A and C; a user
+ * expunges X on A while B (apart, never holding X) used X's UID for Y.  A
+ * then syncs with B first: Y moves, and B, which never held X, must learn
+ * the expunge by GUID.  When C (apart meanwhile, still holding X) later
+ * syncs with B, X must not land on B, and C must lose it; after the heal X
+ * is nowhere and Y everywhere.  Each sync in each direction (bit 0: A-B
+ * with A the client, bit 1: B-C with B the client). */
+static void acked_expunge_reaches_a_third_node(unsigned dirs)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&b, &a, false, 81);
+	run_sync(&c, &a, false, 82);
+	run_sync(&c, &b, false, 83);
+	struct guid x, y;
+	uint32_t xu = append(&a, &mb, "message x\r\n", 0, &x);
+	replicate_save(&c, &mb, xu, &x, "message x\r\n");
+	uint32_t yu = append(&b, &mb, "message y\r\n", 0, &y);
+	CU_ASSERT_EQUAL_FATAL(xu, yu);
+	expunge(&a, &mb, xu);
+	if (dirs & 1)
+		run_sync(&a, &b, false, 84);
+	else
+		run_sync(&b, &a, false, 84);
+	CU_ASSERT(!has_guid(&b, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&b, &mb, &y, NULL));
+	/* C, which still holds X, meets B. */
+	if (dirs & 2)
+		run_sync(&b, &c, false, 85);
+	else
+		run_sync(&c, &b, false, 85);
+	CU_ASSERT(!has_guid(&b, &mb, &x, NULL));
+	CU_ASSERT(!has_guid(&c, &mb, &x, NULL));
+	/* The heal, A meeting C's side through B first. */
+	run_sync(&a, &b, false, 86);
+	run_sync(&c, &a, false, 87);
+	run_sync(&b, &c, false, 88);
+	run_sync(&a, &b, false, 89);
+	CU_ASSERT(!has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT(!has_guid(&b, &mb, &x, NULL));
+	CU_ASSERT(!has_guid(&c, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&a, &mb, &y, NULL));
+	CU_ASSERT(has_guid(&c, &mb, &y, NULL));
+	three_nodes_end_alike(&a, &b, &c, 3 + 1);
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	check_mailbox(&c, &mb);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_acked_expunge_reaches_a_third_node_0(void)
+{
+	acked_expunge_reaches_a_third_node(0);
+}
+
+static void test_sync_acked_expunge_reaches_a_third_node_1(void)
+{
+	acked_expunge_reaches_a_third_node(1);
+}
+
+static void test_sync_acked_expunge_reaches_a_third_node_2(void)
+{
+	acked_expunge_reaches_a_third_node(2);
+}
+
+static void test_sync_acked_expunge_reaches_a_third_node_3(void)
+{
+	acked_expunge_reaches_a_third_node(3);
+}
+
+/* A user's expunge leaves a GUID tombstone, the engine's does not; a
+ * replica's copy of that GUID (a stale one) stays out, a master's append
+ * of it (a new message) clears it; GONE lines are bounded and checked
+ * like any peer input. */
+static void test_sync_guid_tombstones(void)
+{
+	struct node a;
+	node_open(&a, SID_A);
+	struct guid mb = mk_mailbox(&a, "INBOX");
+	const char *error;
+	struct guid x, y;
+	uint32_t xu = append(&a, &mb, "x\r\n", 0, &x);
+	uint32_t yu = append(&a, &mb, "y\r\n", 0, &y);
+	expunge(&a, &mb, xu);
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &x, NULL, &error), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge_kind(a.db, &mb, &yu, 1, 0, false, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &y, NULL, &error), 0);
+	/* A replica's append of X at a fresh UID: a stale copy, refused
+	 * without an error (a late replay), the mailbox unchanged. */
+	struct stor_append req;
+	memset(&req, 0, sizeof(req));
+	req.uid = yu + 5;
+	req.guid = &x;
+	req.text = "x\r\n";
+	req.text_len = 3;
+	CU_ASSERT_EQUAL(stor_msg_append(a.db, &mb, &req, NULL, NULL, &error), 0);
+	CU_ASSERT(!has_guid(&a, &mb, &x, NULL));
+	/* A master storing the GUID: a new message, the tombstone goes. */
+	req.uid = 0;
+	CU_ASSERT_EQUAL(stor_msg_append(a.db, &mb, &req, NULL, NULL, &error), 0);
+	CU_ASSERT(has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &x, NULL, &error), 0);
+	/* A user expunges one of two copies of a GUID (two syncs put it at
+	 * two UIDs): the GUID lives on, so a replica's copy of it is not
+	 * refused (the duplicates are merged as SPEC 10.3 says). */
+	struct guid z;
+	uint32_t zu = append(&a, &mb, "z\r\n", 0, &z);
+	replicate_save(&a, &mb, zu + 10, &z, "z\r\n");
+	expunge(&a, &mb, zu);
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &z, NULL, &error), 1);
+	replicate_save(&a, &mb, zu + 11, &z, "z\r\n");
+	struct stor_msg zm;
+	int zr = stor_msg_get(a.db, &mb, zu + 11, &zm, &error);
+	CU_ASSERT_EQUAL(zr, 1);
+	if (zr == 1)
+		stor_msg_free(&zm);
+	/* Added from a peer: held GUIDs and zero GUIDs are skipped. */
+	struct guid g[3];
+	g[0] = x;
+	guid_generate(&g[1]);
+	memset(&g[2], 0, sizeof(g[2]));
+	size_t added = 9;
+	struct stor_mailbox m0 = get_mailbox(&a, "INBOX");
+	CU_ASSERT_EQUAL(stor_guid_tombs_add(a.db, &mb, g, 3, m0.highestmodseq + 3, &added, &error),
+			0);
+	CU_ASSERT_EQUAL(added, 1);
+	struct stor_mailbox m1 = get_mailbox(&a, "INBOX");
+	CU_ASSERT_EQUAL(m1.highestmodseq, m0.highestmodseq + 3);
+	stor_mailbox_free(&m0);
+	stor_mailbox_free(&m1);
+	CU_ASSERT_EQUAL(stor_guid_tombs_add(a.db, &mb, g, 1, 0, &added, &error), -1);
+	/* The bound: past it the oldest are forgotten, down to three
+	 * quarters of it; the newest always stay. */
+	stor_guid_tomb_list l;
+	struct guid last;
+	size_t most = 0;
+	for (unsigned i = 0; i < 2 * STOR_GUID_TOMBS_MAX; i++) {
+		guid_generate(&last);
+		CU_ASSERT_EQUAL_FATAL(stor_guid_tombs_add(a.db, &mb, &last, 1, 1000 + i, &added,
+							  &error), 0);
+		CU_ASSERT_EQUAL(added, 1);
+		if (i % 97 == 0 || i + 1 == 2 * STOR_GUID_TOMBS_MAX) {
+			CU_ASSERT_EQUAL_FATAL(stor_guid_tombs_since(a.db, &mb, 0, &l, &error), 0);
+			if (l.count > most)
+				most = l.count;
+			ARRAY_FREE(&l);
+		}
+	}
+	CU_ASSERT(most <= STOR_GUID_TOMBS_MAX);
+	CU_ASSERT_EQUAL_FATAL(stor_guid_tombs_since(a.db, &mb, 0, &l, &error), 0);
+	CU_ASSERT(l.count >= STOR_GUID_TOMBS_MAX * 3 / 4 && l.count <= STOR_GUID_TOMBS_MAX);
+	ARRAY_FREE(&l);
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &last, NULL, &error), 1);
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(a.db, &mb, &g[1], NULL, &error), 0);
+	/* One bulk expunge past the bound keeps at most the bound. */
+	uint32_t bulk[STOR_GUID_TOMBS_MAX + 50];
+	for (unsigned i = 0; i < STOR_GUID_TOMBS_MAX + 50; i++)
+		bulk[i] = append(&a, &mb, "b\r\n", 0, NULL);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge(a.db, &mb, bulk, STOR_GUID_TOMBS_MAX + 50, 0, NULL,
+					       &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_guid_tombs_since(a.db, &mb, 0, &l, &error), 0);
+	CU_ASSERT(l.count <= STOR_GUID_TOMBS_MAX);
+	ARRAY_FREE(&l);
+	/* The wire form. */
+	static const char *const bad[] = {
+		"t1 GONE\r\n",
+		"t1 GONE GUIDS ()\r\n",
+		"t1 GONE GUIDS (00000000000000000000000000000000)\r\n",
+		"t1 GONE GUIDS (0123)\r\n",
+		"t1 GONE GUIDS 0123456789abcdef0123456789abcdef\r\n",
+		"t1 GONE UIDS (0123456789abcdef0123456789abcdef)\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct proto_parser *pp = proto_parser_create(NULL);
+		const struct proto_cmd *cmd = NULL;
+		size_t used = 0;
+		int pr = proto_parser_parse(pp, (const unsigned char *)bad[i], strlen(bad[i]),
+					    &used, &cmd);
+		CU_ASSERT_EQUAL(pr, 1);
+		if (pr == 1) {
+			struct guid *gs;
+			size_t n;
+			CU_ASSERT_EQUAL(sync_cmd_gone(cmd, &gs, &n), -1);
+			CU_ASSERT_PTR_NULL(gs);
+		}
+		proto_parser_destroy(&pp);
+	}
+	/* A good line, and one GUID past the bound. */
+	struct buf line = BUF_INIT;
+	buf_appendf(&line, "t1 GONE GUIDS (");
+	for (unsigned i = 0; i <= SYNC_MAX_GONE_PER_LINE; i++)
+		buf_appendf(&line, "%s0123456789abcdef0123456789abcd%02x", i ? " " : "", i % 256);
+	buf_appendf(&line, ")\r\n");
+	for (int k = 0; k < 2; k++) {
+		struct proto_parser *pp = proto_parser_create(NULL);
+		const struct proto_cmd *cmd = NULL;
+		size_t used = 0;
+		const char *text = k == 0 ? "t2 GONE GUIDS (0123456789abcdef0123456789abcdef)\r\n"
+					  : (const char *)line.data;
+		int pr = proto_parser_parse(pp, (const unsigned char *)text, strlen(text), &used, &cmd);
+		CU_ASSERT_EQUAL(pr, 1);
+		if (pr == 1) {
+			struct guid *gs;
+			size_t n;
+			CU_ASSERT_EQUAL(sync_cmd_gone(cmd, &gs, &n), k == 0 ? 0 : -1);
+			CU_ASSERT_EQUAL(n, k == 0 ? 1 : 0);
+			free(gs);
+		}
+		proto_parser_destroy(&pp);
+	}
+	buf_free(&line);
+	node_close(&a);
+}
+
 /* Only a user's tombstone removes copies under other UIDs: the engine's
  * tombstone of a renumbered message (the UID it left) never takes the
  * message at its new UID away, in either direction. */
@@ -2687,6 +2906,16 @@ static const struct test_case sync_cases[] = {
 	  test_sync_acked_expunge_after_renumber_client_expunged },
 	{ "an acknowledged expunge holds against a renumbered copy (server expunged)",
 	  test_sync_acked_expunge_after_renumber_server_expunged },
+	{ "an acknowledged expunge reaches a node that never held the message (0)",
+	  test_sync_acked_expunge_reaches_a_third_node_0 },
+	{ "an acknowledged expunge reaches a node that never held the message (1)",
+	  test_sync_acked_expunge_reaches_a_third_node_1 },
+	{ "an acknowledged expunge reaches a node that never held the message (2)",
+	  test_sync_acked_expunge_reaches_a_third_node_2 },
+	{ "an acknowledged expunge reaches a node that never held the message (3)",
+	  test_sync_acked_expunge_reaches_a_third_node_3 },
+	{ "GUID tombstones: who leaves them, stale and new copies, bound, wire",
+	  test_sync_guid_tombstones },
 	{ "a renumbering's tombstone removes no copy", test_sync_renumber_tombstone_removes_nothing },
 	{ "tombstones say who expunged, and a sync carries it",
 	  test_sync_tombstone_provenance_travels },
