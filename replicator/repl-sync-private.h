@@ -56,6 +56,10 @@ struct srv_link {
 	struct srv_id ids[SRV_IDS];
 	unsigned ids_next;
 	int selected; /* index into ids, or -1 */
+	/* The mailbox repl_sync_holds() last saw this server merge: when it
+	 * stops, the changes held for it are woken (srv_hold_update()). */
+	bool holding;
+	struct guid held;
 };
 
 struct run;
@@ -128,6 +132,8 @@ struct repl_sync {
 	void *peer_ctx;
 	repl_sync_idle_cb *idle_cb;
 	void *idle_ctx;
+	repl_sync_released_cb *released_cb;
+	void *released_ctx;
 	struct waiting *waiting;
 	struct queued *queue, **queue_tail;
 	size_t queue_len;
@@ -154,6 +160,7 @@ int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
 void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 		 const char *text);
 void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+void sync_released(struct repl_sync *rs);
 
 /* repl-sync-server.c */
 struct srv_link *srv_find(struct repl_sync *rs, uint32_t sid);

@@ -155,6 +155,7 @@ void run_finish(struct run *run, bool converged, const char *text)
 		ev_timer_set(&rs->queue_timer, 0., 0.);
 		ev_timer_start(rs->loop, &rs->queue_timer);
 	}
+	sync_released(rs);
 	if (rs->idle_cb != NULL)
 		rs->idle_cb(rs->idle_ctx);
 }

@@ -52,6 +52,22 @@ static struct srv_link *srv_get(struct repl_sync *rs, uint32_t sid)
 	return l;
 }
 
+/* Whether the server of l holds a mailbox now (as repl_sync_holds() sees
+ * it); when it stopped holding the one it held, the changes held for it
+ * are woken. */
+static void srv_hold_update(struct repl_sync *rs, struct srv_link *l)
+{
+	struct guid g;
+	bool holding = (sync_server_in_sync(l->server) || sync_server_busy(l->server)) &&
+		       sync_server_selected(l->server, &g);
+	bool released = l->holding && (!holding || !guid_equal(&g, &l->held));
+	l->holding = holding;
+	if (holding)
+		l->held = g;
+	if (released)
+		sync_released(rs);
+}
+
 void srv_free(struct repl_sync *rs, uint32_t sid)
 {
 	for (struct srv_link **lp = &rs->links; *lp != NULL; lp = &(*lp)->next) {
@@ -59,6 +75,8 @@ void srv_free(struct repl_sync *rs, uint32_t sid)
 			continue;
 		struct srv_link *l = *lp;
 		*lp = l->next;
+		if (l->holding)
+			sync_released(rs);
 		sync_server_destroy(&l->server);
 		buf_free(&l->tx);
 		ARRAY_FREE(&l->notes);
@@ -271,6 +289,7 @@ static void srv_after(struct repl_sync *rs, struct srv_link *l, const struct pro
 		srv_want_flush(rs);
 	if (r >= 0 && sync_server_busy(l->server) && !ev_is_active(&rs->srv_idle))
 		ev_idle_start(rs->loop, &rs->srv_idle);
+	srv_hold_update(rs, l);
 }
 
 /* Steps the sync servers that answer SYNC-END or FETCH in parts, each for

@@ -166,12 +166,9 @@ void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			free(q);
 		}
 	}
-	/* A manual resync holds the node, or a peer's resync of the user
-	 * is being merged here: try again shortly. */
-	if (rs->queue != NULL && rs->run == NULL) {
-		ev_timer_set(&rs->queue_timer, 0.2, 0.);
-		ev_timer_start(loop, &rs->queue_timer);
-	}
+	/* What stops the queue ends with a wake-up, not a poll: a run of
+	 * this node (run_finish() arms the timer), a peer's resync of the
+	 * user merged here (its end calls sync_released()). */
 }
 
 void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
@@ -254,6 +251,24 @@ void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx)
 	rs->idle_ctx = ctx;
 }
 
+void repl_sync_set_released(struct repl_sync *rs, repl_sync_released_cb *cb, void *ctx)
+{
+	rs->released_cb = cb;
+	rs->released_ctx = ctx;
+}
+
+void sync_released(struct repl_sync *rs)
+{
+	/* The background queue may have stopped at this hold (queue_timer_cb). */
+	if (rs->run == NULL && rs->queue != NULL && !rs->destroying &&
+	    !ev_is_active(&rs->queue_timer)) {
+		ev_timer_set(&rs->queue_timer, 0., 0.);
+		ev_timer_start(rs->loop, &rs->queue_timer);
+	}
+	if (rs->released_cb != NULL)
+		rs->released_cb(rs->released_ctx);
+}
+
 struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
 {
 	struct repl_sync *rs = xcalloc(1, sizeof(*rs));
@@ -308,6 +323,7 @@ void repl_sync_destroy(struct repl_sync **rsp)
 	*rsp = NULL;
 	rs->destroying = true;
 	rs->idle_cb = NULL;
+	rs->released_cb = NULL;
 	ev_timer_stop(rs->loop, &rs->queue_timer);
 	while (rs->retry_list != NULL) {
 		struct queued *q = rs->retry_list;

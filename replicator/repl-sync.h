@@ -141,5 +141,11 @@ void repl_sync_set_peer_watch(struct repl_sync *rs, repl_sync_peer_cb *cb, void 
 /* Called after each resync ends (the links are free again). */
 typedef void repl_sync_idle_cb(void *ctx);
 void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx);
+/* Called when a hold of repl_sync_holds() may have ended: a client run
+ * finished, or a link's sync server left the mailbox it merged (the sync
+ * ended, another mailbox was selected, the link went).  Changes held
+ * wait for this, not for a timer. */
+typedef void repl_sync_released_cb(void *ctx);
+void repl_sync_set_released(struct repl_sync *rs, repl_sync_released_cb *cb, void *ctx);
 
 #endif
