@@ -277,6 +277,9 @@ struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
 	rs->queue_tail = &rs->queue;
 	ev_timer_init(&rs->queue_timer, queue_timer_cb, 0., 0.);
 	ev_prepare_init(&rs->flush_w, flush_cb);
+	/* Before repl-local's group commit, which then syncs the changes the
+	 * answers wait for in the same loop turn. */
+	ev_set_priority(&rs->flush_w, EV_MAXPRI);
 	ev_idle_init(&rs->srv_idle, srv_idle_cb);
 	rs->check_interval = check_interval_default();
 	ev_timer_init(&rs->check_timer, check_timer_cb, rs->check_interval, rs->check_interval);
@@ -353,5 +356,7 @@ void repl_sync_destroy(struct repl_sync **rsp)
 	check_stop(rs);
 	while (rs->links != NULL)
 		srv_free(rs, rs->links->sid);
+	srv_orphan_batches(rs);
+	run_orphan_notes(rs);
 	free(rs);
 }

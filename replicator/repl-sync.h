@@ -20,10 +20,10 @@
  * large mailbox neither queues all its texts in memory nor holds the loop
  * (the keepalive, other links, IMAP) for long.
  *
- * Changes the server end applied are made durable by one stor_sync at the
- * end of the loop iteration (an ev_prepare watcher), before the answers of
- * all the commands of that iteration leave; a resync makes its own changes
- * durable before it reports.  The IMAP sessions watching the changed
+ * Changes the server end applied are made durable by the group commit
+ * that follows the loop iteration (in storage's helper thread), before the
+ * answers of all the commands of that iteration leave; a resync makes its
+ * own changes durable before it reports.  The IMAP sessions watching the changed
  * mailboxes are notified (repl_notify).
  *
  * One resync runs at a time on a node: an asked one waits for a
