@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -163,13 +162,15 @@ static bool srv_changed_selected(const struct srv_link *l, char *user, size_t us
 
 /* Live replication rather than a sync: a change its origin already made
  * (option ORIGIN), or a message command outside SYNC-BEGIN ... SYNC-END
- * (a request to this node as master). */
+ * (a request to this node as master).  ORIGIN counts only as an option,
+ * after the positional arguments: a user or mailbox may be named so. */
 static bool is_live(const struct srv_link *l, const struct proto_cmd *cmd)
 {
-	for (size_t i = 0; i + 1 < cmd->arg_count; i++) {
-		if (cmd->args[i].type == PROTO_ARG_ATOM && strcasecmp(cmd->args[i].str, "ORIGIN") == 0)
-			return true;
-	}
+	size_t npos;
+	const char *verr;
+	if (proto_cmd_validate(cmd, &npos, &verr) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") != NULL)
+		return true;
 	if (sync_server_in_sync(l->server))
 		return false;
 	return proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||

@@ -53,7 +53,8 @@ size_t line_length(const unsigned char *d, size_t len)
 				b--;
 			if (b > pos && d[b - 1] == '{' && b < e - 1) {
 				uint64_t n = 0;
-				for (size_t i = b; i < e - 1; i++)
+				/* Stops once past len: n * 10 never wraps. */
+				for (size_t i = b; i < e - 1 && n <= len; i++)
 					n = n * 10 + (uint64_t)(d[i] - '0');
 				if (n > len) /* not all here yet (or absurd) */
 					return 0;

@@ -19,6 +19,7 @@ that node as client over the link to N.  Checked here:
     converges once the peer is back;
   - an APPEND on a node while it resyncs the user waits for the resync and
     is answered within 2 s of its end (the end wakes it);
+  - a mailbox named ORIGIN replicates and resyncs like any other;
   - 3 nodes: one `starling resync -u USER` (every up peer) leaves all three
     dumps equal: a peer synced before another brought changes is synced
     again in the same command.
@@ -334,6 +335,42 @@ def held_append(c, n1, n2):
     R.check("... and the message reaches node 2", same is True, same)
 
 
+def t_named_origin():
+    """A mailbox named ORIGIN: the word is an option of live changes (SPEC.md
+    8), and the link once took any argument spelled so for one, which sent
+    the mailbox's MBOX binding to the live path instead of the sync server."""
+    c = new_cluster(2)
+    n1, n2 = c.nodes
+    a = Client(n1.host, n1.imap_port)
+    a.login(USER, PASSWORD)
+    R.check("CREATE ORIGIN on node 1", a.command("CREATE", "ORIGIN").ok)
+    r = a.command("APPEND", "ORIGIN", Literal(message(1, 300), plus=True))
+    R.check("APPEND to ORIGIN on node 1", r.ok, r)
+    a.command("SELECT", "ORIGIN")
+    R.check("STORE +FLAGS (\\Flagged) in ORIGIN on node 1",
+            a.command("STORE", "1", "+FLAGS", "(\\Flagged)").ok)
+    a.command("LOGOUT")
+    try:
+        c.wait_dumps_equal(USER, timeout=30)
+        same = True
+    except TimeoutError as e:
+        same = str(e)
+    R.check("the mailbox ORIGIN, its message and its flag reach node 2", same is True, same)
+    b = Client(n2.host, n2.imap_port)
+    b.login(USER, PASSWORD)
+    r = b.command("EXAMINE", "ORIGIN")
+    R.check("node 2 shows the message in ORIGIN", r.ok and r.number("EXISTS") == 1, r)
+    b.command("LOGOUT")
+    r, rep = resync(n1, peer=2)
+    changed = {k: rep.get(k) for k in ("messages_sent", "messages_received", "texts_fetched",
+                                       "renumbered", "expunged", "flags_changed")
+               if rep.get(k) != "0"}
+    R.check("a resync of the user converges and changes no message",
+            r.returncode == 0 and rep.get("converged") == "yes" and not changed,
+            (r.stdout, r.stderr))
+    finish_cluster(c)
+
+
 def t_three_nodes():
     c = new_cluster(3)
     for node in c.nodes:
@@ -369,6 +406,7 @@ def main():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     R.section("two nodes: resync, second resync, IDLE, --full, down peer", t_two_nodes)
     R.section("three nodes: one resync toward every peer", t_three_nodes)
+    R.section("a mailbox named ORIGIN", t_named_origin)
     for cl in CLUSTERS:
         cl.close()
     return R.summary()
