@@ -54,7 +54,7 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
-#include "sync/sync-private.h"
+#include "sync/sync.h"
 
 /* ---- Entries ---- */
 
