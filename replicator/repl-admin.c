@@ -608,10 +608,22 @@ static void bundle_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	int r;
 	do {
 		r = sync_bundle_import_step(c->imp, &err);
-	} while (r > 0 && clock_mono_ms() - start < 10);
+	} while (r == 1 && clock_mono_ms() - start < 10);
+	if (r == SYNC_BUNDLE_IMPORT_WAIT) {
+		/* The merge waits for the group commit: bundle_durable() */
+		ev_idle_stop(c->admin->loop, &c->idle);
+		return;
+	}
 	if (r > 0)
 		return;
 	bundle_import_end(c, r, err);
+}
+
+static void bundle_durable(void *ctx)
+{
+	struct admin_conn *c = ctx;
+	if (c->admin != NULL)
+		ev_idle_start(c->admin->loop, &c->idle);
 }
 
 static void bundle_import_run(struct admin_conn *c)
@@ -646,6 +658,7 @@ static void bundle_import_run(struct admin_conn *c)
 	a->importing = true;
 	c->state = CONN_WAITING;
 	conn_update_io(c);
+	sync_bundle_import_set_wake(c->imp, bundle_durable, c);
 	ev_idle_init(&c->idle, bundle_idle_cb);
 	ev_idle_start(a->loop, &c->idle);
 }

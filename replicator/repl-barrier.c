@@ -379,7 +379,7 @@ static void highest_cmd(struct repl_peers *peers, uint32_t sid, struct proto_con
 		else
 			snprintf(code, sizeof(code), "NOTMASTER");
 		proto_conn_reply(conn, cmd->tag, "NO", code, "not the master of this mailbox");
-	} else if (cl_handover_waiting(cl, u)) {
+	} else if (cl_handover_waiting(cl, u, NULL)) {
 		/* A new master still catching up may lack what its predecessor
 		 * acknowledged: its answer would promise too little. */
 		proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER", "catching up as new master");

@@ -15,7 +15,6 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
-#include "sync/sync-private.h"
 
 /* ---- Bindings ---- */
 

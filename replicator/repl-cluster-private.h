@@ -29,8 +29,6 @@
 /* Attempts to reach a master (it may move or fail meanwhile) before a
  * change goes on autonomously. */
 #define CL_FORWARD_ATTEMPTS 3
-/* A change to a mailbox a resync here holds is tried again this often. */
-#define CL_HELD_RETRY_S 0.05
 /* Replication commands to a peer wait this long for their answer before
  * the link is considered broken. */
 #define CL_STREAM_TIMEOUT_MS 30000u
@@ -222,6 +220,7 @@ struct repl_cluster {
 	uint64_t relayed_commands;
 	uint64_t relayed_changes;
 	bool own_notify;               /* announcing a change made through us */
+	bool wake_held;                /* held forwards to try again (cl_fwd_wake_due) */
 	bool destroying;
 	/* Users this node is new master of and still catching up
 	 * (repl-handover.c). */
@@ -253,8 +252,9 @@ struct cl_refusal {
 /* This node became master of a granule of user: the user's writes wait
  * until a resync with every up peer, started now, found them equal. */
 void cl_handover_gained(struct repl_cluster *cl, const char *user);
-/* True while this node, as new master, still catches up with user. */
-bool cl_handover_waiting(struct repl_cluster *cl, const char *user);
+/* True while this node, as new master, still catches up with user;
+ * *left_ms (may be NULL) says how long at most. */
+bool cl_handover_waiting(struct repl_cluster *cl, const char *user, uint64_t *left_ms);
 void cl_handover_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev,
 			    const char *user, uint32_t sid);
 void cl_handover_link_down(struct repl_cluster *cl, uint32_t sid);
@@ -455,6 +455,27 @@ struct owned_result {
 
 enum fwd_kind { FWD_APPEND, FWD_STORE, FWD_EXPUNGE };
 
+/* Where a forward is (REPLICATION.md 6.1 has who moves it, and when).
+ * Each state names what moves it on: a timer, a callback of repl-mm, a
+ * binding's answer, the master's answer, a durable callback, or a wake-up
+ * when a resync or a catch-up ends (the three states woken so keep a timer
+ * only as the bound of their wait, or none: a resync is bounded itself). */
+enum cl_fwd_state {
+	CL_FWD_NEW,        /* made by fwd_new(), not started */
+	CL_FWD_HELD,       /* a resync here holds the mailbox: cl_fwd_wake_held() */
+	CL_FWD_CATCHUP,    /* this node, new master, catches up: woken or its deadline */
+	CL_FWD_ASKING,     /* repl-mm is asked for the master: fwd_master_known() */
+	CL_FWD_BIND_WAIT,  /* on the binding's waiting list: cl_fwd_bind_settled() */
+	CL_FWD_SENT,       /* a pending command on the link: fwd_reply_cb() */
+	CL_FWD_RETRY,      /* fwd_again()'s timer: another attempt */
+	CL_FWD_WAIT,       /* fwd_wait()'s timer: the master said TRYLATER */
+	CL_FWD_LINK_HELD,  /* a resync here owns the master's link: cl_fwd_wake_held() */
+	CL_FWD_AS_MASTER,  /* handed to cl_master_*(): fwd_inner_done() */
+	CL_FWD_AUTONOMOUS, /* handed to the local engine, or refused: done callback */
+	CL_FWD_APPLYING,   /* the master's answer applied here: fwd_local_durable() */
+};
+const char *cl_fwd_state_name(enum cl_fwd_state state);
+
 /* A change on its way: asking for the master, forwarded, or waiting for
  * the local application of the master's answer. */
 struct cl_fwd {
@@ -462,6 +483,8 @@ struct cl_fwd {
 	struct cl_fwd *live_prev, *live_next; /* every forward not yet freed */
 	struct repl_cluster *cl;
 	enum fwd_kind kind;
+	enum cl_fwd_state state;
+	bool wake;                    /* cl_fwd_wake_due() is to start it again */
 	char *user;
 	struct guid mailbox;
 	char gkey[MM_GKEY_MAX + 1];
@@ -516,6 +539,10 @@ void fwd_free(struct cl_fwd *f);
 void fwd_autonomous(struct cl_fwd *f, const char *why);
 void fwd_name_messages(struct cl_fwd *f);
 void fwd_start(struct cl_fwd *f);
+/* A resync's hold, or a new master's catch-up, may have ended: the held
+ * forwards are tried again at the next loop turn (cl_fwd_wake_due()). */
+void cl_fwd_wake_held(struct repl_cluster *cl);
+void cl_fwd_wake_due(struct repl_cluster *cl);
 struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const char *user,
 		       const struct guid *mailbox, repl_done_cb *cb, void *ctx);
 void notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);

@@ -618,6 +618,10 @@ static void sync_peer_event(void *ctx, enum repl_sync_peer_event ev, const char 
 {
 	cl_stream_sync_event(ctx, ev, user, sid);
 	cl_handover_sync_event(ctx, ev, user, sid);
+	/* A run that moves on to its next peer frees the link of the one
+	 * before (repl_sync_busy_with()). */
+	if (ev == REPL_SYNC_PEER_START)
+		cl_fwd_wake_held(ctx);
 }
 
 static void sync_idle(void *ctx)
@@ -625,6 +629,11 @@ static void sync_idle(void *ctx)
 	struct repl_cluster *cl = ctx;
 	for (size_t i = 0; i < cl->peer_list.count; i++)
 		cl_stream_after_resync(cl->peer_list.items[i]);
+}
+
+static void sync_released(void *ctx)
+{
+	cl_fwd_wake_held(ctx);
 }
 
 /* A new master cannot know what the old one streamed to whom before it
@@ -670,6 +679,7 @@ void repl_cluster_attach(struct repl *r, struct repl_peers *peers, struct repl_m
 	repl_mm_set_gained(mm, mastership_gained, cl);
 	repl_sync_set_live(sync, cl_replica_command, cl);
 	repl_sync_set_idle(sync, sync_idle, cl);
+	repl_sync_set_released(sync, sync_released, cl);
 	repl_sync_set_peer_watch(sync, sync_peer_event, cl);
 	cl_barrier_attach(cl, peers);
 }
@@ -691,14 +701,17 @@ void repl_cluster_detach(struct repl *r)
 	for (struct cl_waiter *w = cl->waiters; w != NULL; w = w->next)
 		w->seq = 0;
 	cl_waiters_check(cl);
-	/* Forwards that wait for a timer (held by a resync, waiting out a
-	 * TRYLATER, or before another attempt) will not see it fire: they go
-	 * on alone now, as with no master.  The others end when the peer
-	 * links and the master machine close; starlingd flushes after that,
-	 * so every client is answered before the IMAP server goes. */
+	/* Forwards that wait for a timer or a wake-up (held by a resync or a
+	 * catch-up, waiting out a TRYLATER, or before another attempt) will
+	 * not see it come: they go on alone now, as with no master.  The
+	 * others end when the peer links and the master machine close;
+	 * starlingd flushes after that, so every client is answered before
+	 * the IMAP server goes. */
 	for (struct cl_fwd *f = cl->fwds, *next; f != NULL; f = next) {
 		next = f->live_next;
-		if (ev_is_active(&f->retry)) {
+		if (f->state == CL_FWD_HELD || f->state == CL_FWD_CATCHUP ||
+		    f->state == CL_FWD_RETRY || f->state == CL_FWD_WAIT ||
+		    f->state == CL_FWD_LINK_HELD) {
 			ev_timer_stop(cl->loop, &f->retry);
 			fwd_autonomous(f, "shutting down");
 		}

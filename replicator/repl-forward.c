@@ -65,6 +65,7 @@ static void fwd_inner_done(void *ctx, const struct repl_result *res)
 static void fwd_as_master(struct cl_fwd *f)
 {
 	struct repl_cluster *cl = f->cl;
+	f->state = CL_FWD_AS_MASTER;
 	switch (f->kind) {
 	case FWD_APPEND:
 		cl_master_append(cl, &f->app, fwd_inner_done, f);
@@ -93,6 +94,7 @@ static void fwd_refused_cb(void *ctx, const struct repl_result *unused)
 void fwd_autonomous(struct cl_fwd *f, const char *why)
 {
 	struct repl_cluster *cl = f->cl;
+	f->state = CL_FWD_AUTONOMOUS;
 	if (cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE && cl->cfg->sync_replicas > 0 &&
 	    !cl->destroying) {
 		/* A change made here alone would be on no replica until a
@@ -145,7 +147,7 @@ void fwd_autonomous(struct cl_fwd *f, const char *why)
 /* The master is there but cannot take it now (a resync, a move): ask
  * again shortly, within the forwarding timeout, without using up an
  * attempt. */
-static void fwd_wait(struct cl_fwd *f, const char *why)
+static void fwd_wait(struct cl_fwd *f, enum cl_fwd_state state, const char *why)
 {
 	uint64_t now = clock_mono_ms();
 	f->peer = NULL;
@@ -155,7 +157,17 @@ static void fwd_wait(struct cl_fwd *f, const char *why)
 		fwd_autonomous(f, why);
 		return;
 	}
-	ev_timer_set(&f->retry, 0.1, 0.);
+	f->state = state;
+	if (state == CL_FWD_LINK_HELD) {
+		/* This node's resync owns the link: its next peer or its end
+		 * wakes the forward (cl_fwd_wake_held()); the timer only
+		 * bounds the wait. */
+		uint64_t left = f->busy_since + CL_FORWARD_TIMEOUT_MS - now;
+		ev_timer_set(&f->retry, (double)(left + 1) / 1000.0, 0.);
+	} else {
+		/* The master said TRYLATER: nothing here tells when it can. */
+		ev_timer_set(&f->retry, 0.1, 0.);
+	}
 	ev_timer_start(f->cl->loop, &f->retry);
 }
 
@@ -176,8 +188,9 @@ static void fwd_again(struct cl_fwd *f, const char *why)
 		fwd_autonomous(f, why);
 		return;
 	}
-	log_debug("replication: %s: forwarding to %u failed (%s), asking again", f->user, f->master,
-		  why);
+	log_debug("replication: %s: forwarding to %u failed (%s, %s), asking again", f->user,
+		  f->master, cl_fwd_state_name(f->state), why);
+	f->state = CL_FWD_RETRY;
 	ev_timer_set(&f->retry, 0.2 * f->attempts, 0.);
 	ev_timer_start(f->cl->loop, &f->retry);
 }
@@ -440,6 +453,7 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			return;
 		}
 		f->cl->forwarded_changes++;
+		f->state = CL_FWD_APPLYING;
 		if (f->kind == FWD_APPEND)
 			fwd_apply_append(f, line);
 		else if (f->kind == FWD_STORE)
@@ -457,7 +471,7 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		return;
 	}
 	if (proto_code_has(line, "TRYLATER")) {
-		fwd_wait(f, text);
+		fwd_wait(f, CL_FWD_WAIT, text);
 		return;
 	}
 	if (proto_code_has(line, "STALE")) {
@@ -465,7 +479,7 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		 * this node adopted it (the root's STALE-EPOCH brings it). */
 		if (f->cl->mm != NULL && f->master != 0)
 			repl_mm_forget_master(f->cl->mm, f->gkey, f->master);
-		fwd_wait(f, text);
+		fwd_wait(f, CL_FWD_WAIT, text);
 		return;
 	}
 	if (proto_code_has(line, "NOTMASTER") ||
@@ -610,6 +624,7 @@ static void fwd_send(struct cl_fwd *f)
 		proto_wr_u64(w, f->to);
 	}
 	cl_handover_wr_epoch(f->cl, w, f->epoch);
+	f->state = CL_FWD_SENT;
 	proto_conn_cmd_send(p->conn, CL_FORWARD_TIMEOUT_MS, fwd_reply_cb, f);
 }
 
@@ -677,6 +692,7 @@ static void fwd_to_peer(struct cl_fwd *f, struct cl_peer *p)
 		cl_bind_send(p, b, &mb, false);
 		/* fall through */
 	case CL_BIND_PENDING:
+		f->state = CL_FWD_BIND_WAIT;
 		f->next = b->waiting;
 		b->waiting = f;
 		break;
@@ -694,6 +710,7 @@ static void fwd_nothing(struct cl_fwd *f)
 	}
 	f->out.res.modseq = mb.highestmodseq;
 	stor_mailbox_free(&mb);
+	f->state = CL_FWD_APPLYING;
 	stor_on_durable(f->cl->repl.db, fwd_local_durable, f);
 }
 
@@ -708,9 +725,13 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 	f->master = ans->master;
 	f->epoch = ans->epoch;
 	if (ans->am_master) {
-		if (cl_handover_waiting(f->cl, f->user)) {
-			/* New master here, still catching up (bounded). */
-			ev_timer_set(&f->retry, CL_HELD_RETRY_S, 0.);
+		uint64_t left_ms;
+		if (cl_handover_waiting(f->cl, f->user, &left_ms)) {
+			/* New master here, still catching up: woken when that
+			 * ends (catchup_remove), at the latest at its deadline,
+			 * when cl_handover_waiting() gives up. */
+			f->state = CL_FWD_CATCHUP;
+			ev_timer_set(&f->retry, (double)(left_ms + 1) / 1000.0, 0.);
 			ev_timer_start(f->cl->loop, &f->retry);
 			return;
 		}
@@ -741,7 +762,7 @@ static void fwd_master_known(void *ctx, const struct repl_mm_answer *ans)
 	if (f->cl->sync != NULL && repl_sync_busy_with(f->cl->sync, p->sid)) {
 		/* A resync owns our direction of that link (its MBOX and
 		 * SELECT): wait for it. */
-		fwd_wait(f, "a resync with the master takes too long");
+		fwd_wait(f, CL_FWD_LINK_HELD, "a resync with the master takes too long");
 		return;
 	}
 	fwd_to_peer(f, p);
@@ -752,11 +773,14 @@ void fwd_start(struct cl_fwd *f)
 	struct repl_cluster *cl = f->cl;
 	if (cl->sync != NULL && !cl->destroying && repl_sync_holds(cl->sync, f->user, &f->mailbox)) {
 		/* A resync here compares snapshots of this mailbox: the
-		 * change waits for it (the resync is bounded in time). */
-		ev_timer_set(&f->retry, CL_HELD_RETRY_S, 0.);
-		ev_timer_start(cl->loop, &f->retry);
+		 * change waits for it (the resync is bounded in time).  No
+		 * timer: the end of every hold wakes the held forwards
+		 * (cl_fwd_wake_held(), from repl-sync's released hook). */
+		f->state = CL_FWD_HELD;
 		return;
 	}
+	/* Before the request: repl-mm may answer at once, from its cache. */
+	f->state = CL_FWD_ASKING;
 	if (cl->mm == NULL ||
 	    repl_mm_granule_key(cl->mm, f->user, &f->mailbox, f->gkey, sizeof(f->gkey)) < 0 ||
 	    repl_mm_request_master(cl->mm, f->gkey, CL_MASTER_TIMEOUT_MS, fwd_master_known, f) < 0)
@@ -769,6 +793,7 @@ struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const char *
 	struct cl_fwd *f = xcalloc(1, sizeof(*f));
 	f->cl = cl;
 	f->kind = kind;
+	f->state = CL_FWD_NEW;
 	f->user = xstrdup(user);
 	f->mailbox = *mailbox;
 	f->cb = cb;
@@ -780,4 +805,52 @@ struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const char *
 	cl->fwds = f;
 	cl->in_flight++;
 	return f;
+}
+
+void cl_fwd_wake_held(struct repl_cluster *cl)
+{
+	/* Not from here: the caller may be inside a link's command or a
+	 * resync's callbacks; the cluster's prepare watcher runs at the end
+	 * of this loop turn. */
+	cl->wake_held = true;
+}
+
+void cl_fwd_wake_due(struct repl_cluster *cl)
+{
+	if (!cl->wake_held)
+		return;
+	cl->wake_held = false;
+	size_t n = 0;
+	for (struct cl_fwd *f = cl->fwds; f != NULL; f = f->live_next) {
+		f->wake = f->state == CL_FWD_HELD || f->state == CL_FWD_CATCHUP ||
+			  f->state == CL_FWD_LINK_HELD;
+		n += f->wake;
+	}
+	/* From the head again after each: starting one may complete others
+	 * (a failed send fails the link's pending commands), which frees
+	 * them. */
+	while (n-- > 0) {
+		struct cl_fwd *f = cl->fwds;
+		while (f != NULL && !f->wake)
+			f = f->live_next;
+		if (f == NULL)
+			break;
+		f->wake = false;
+		ev_timer_stop(cl->loop, &f->retry);
+		fwd_start(f);
+	}
+}
+
+const char *cl_fwd_state_name(enum cl_fwd_state state)
+{
+	static const char *const names[] = {
+		[CL_FWD_NEW] = "new",		[CL_FWD_HELD] = "held",
+		[CL_FWD_CATCHUP] = "catchup",	[CL_FWD_ASKING] = "asking",
+		[CL_FWD_BIND_WAIT] = "bind wait", [CL_FWD_SENT] = "sent",
+		[CL_FWD_RETRY] = "retry",	[CL_FWD_WAIT] = "wait",
+		[CL_FWD_LINK_HELD] = "link held",
+		[CL_FWD_AS_MASTER] = "as master", [CL_FWD_AUTONOMOUS] = "autonomous",
+		[CL_FWD_APPLYING] = "applying",
+	};
+	return (size_t)state < sizeof(names) / sizeof(names[0]) ? names[state] : "?";
 }

@@ -50,6 +50,8 @@ static void catchup_remove(struct repl_cluster *cl, size_t i)
 	free(cl->catchups.items[i].user);
 	cl->catchups.items[i] = cl->catchups.items[cl->catchups.count - 1];
 	cl->catchups.count--;
+	/* The user's forwards that wait for it go on now. */
+	cl_fwd_wake_held(cl);
 }
 
 static void catchup_drop_peer(struct cl_catchup *c, size_t j)
@@ -93,14 +95,18 @@ void cl_handover_gained(struct repl_cluster *cl, const char *user)
 	repl_sync_enqueue(cl->sync, user, 0);
 }
 
-bool cl_handover_waiting(struct repl_cluster *cl, const char *user)
+bool cl_handover_waiting(struct repl_cluster *cl, const char *user, uint64_t *left_ms)
 {
 	size_t i;
 	struct cl_catchup *c = catchup_find(cl, user, &i);
 	if (c == NULL)
 		return false;
-	if (clock_mono_ms() < c->deadline && !cl->destroying)
+	uint64_t now = clock_mono_ms();
+	if (now < c->deadline && !cl->destroying) {
+		if (left_ms != NULL)
+			*left_ms = c->deadline - now;
 		return true;
+	}
 	log_warnx("replication: %s: catching up as new master took over %u ms; serving writes "
 		  "(a resync stays queued)", user, CL_CATCHUP_MAX_MS);
 	catchup_remove(cl, i);
@@ -215,7 +221,7 @@ int cl_handover_check_forward(struct repl_cluster *cl, const struct proto_cmd *c
 	 * before (mastership alone decides). */
 	if (have == 1 && epoch_refusal(cl, theirs, r) < 0)
 		return -1;
-	if (cl_handover_waiting(cl, user)) {
+	if (cl_handover_waiting(cl, user, NULL)) {
 		r->status = "NO";
 		snprintf(r->code, sizeof(r->code), "TRYLATER");
 		snprintf(r->text, sizeof(r->text), "the new master is catching up");

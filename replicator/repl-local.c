@@ -206,7 +206,7 @@ static enum repl_error classify(struct stor_db *db, const char *err)
 {
 	if (err != NULL && stor_last_error_kind(db) == STOR_ERROR_TOOBIG)
 		return REPL_ERR_TOOBIG;
-	if (err != NULL && strstr(err, "has run out of") != NULL)
+	if (err != NULL && stor_last_error_kind(db) == STOR_ERROR_LIMIT)
 		return REPL_ERR_LIMIT;
 	return REPL_ERR_INTERNAL;
 }

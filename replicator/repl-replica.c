@@ -22,7 +22,7 @@
 #include "lib/xalloc.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-sync.h"
-#include "sync/sync-private.h"
+#include "sync/sync.h"
 
 /* An answer to send once the change is durable (or replicated). */
 struct answer {

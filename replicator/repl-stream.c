@@ -54,7 +54,7 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
-#include "sync/sync-private.h"
+#include "sync/sync.h"
 
 /* ---- Entries ---- */
 
@@ -560,6 +560,7 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct repl_cluster *cl = (struct repl_cluster *)((char *)w -
 							   offsetof(struct repl_cluster, prepare));
+	cl_fwd_wake_due(cl);
 	cl_stream_pump_all(cl);
 }
 

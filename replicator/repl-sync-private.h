@@ -42,20 +42,57 @@ struct srv_note {
 	char user[256];
 	struct guid guid;
 };
+typedef ARRAY(struct srv_note) srv_note_list;
 
 /* The server end of one link.  Its answers wait in tx until the end of the
- * loop iteration (srv_flush_all): one stor_sync makes the changes of every
- * command of the iteration durable, then the answers leave. */
+ * loop iteration (srv_flush_all), then for the group commit of the changes
+ * of every command of the iteration, in storage's helper thread
+ * (struct srv_batch); then they leave. */
 struct srv_link {
 	struct srv_link *next;
 	uint32_t sid;
+	uint64_t gen;   /* tells this link's batches from a former link's */
 	struct sync_server *server;
 	struct buf tx;
-	ARRAY(struct srv_note) notes;
+	srv_note_list notes;
 	bool closing; /* the engine failed: BYE once the answers are out */
+	size_t unsent;  /* bytes of its answers waiting for durability */
 	struct srv_id ids[SRV_IDS];
 	unsigned ids_next;
 	int selected; /* index into ids, or -1 */
+	/* The mailbox repl_sync_holds() last saw this server merge: when it
+	 * stops, the changes held for it are woken (srv_hold_update()). */
+	bool holding;
+	struct guid held;
+};
+
+/* One link's part of a batch. */
+struct srv_out {
+	uint32_t sid;
+	uint64_t gen;
+	struct buf tx;
+	srv_note_list notes;
+	bool closing;
+};
+
+/* The answers of the sync servers of one loop iteration, waiting for the
+ * group commit that makes their changes durable (stor_on_durable()).
+ * Batches complete in order, as storage's durable callbacks do. */
+struct srv_batch {
+	struct srv_batch *next;
+	struct repl_sync *rs; /* NULL once repl-sync is gone: only freed */
+	ARRAY(struct srv_out) outs;
+};
+
+/* A resync changed these mailboxes: their IMAP watchers are told once the
+ * changes are durable (run_notify_all()).  With run_id, the run of that id
+ * is done and reports once what it stored is durable
+ * (run_finish_durable()). */
+struct run_note {
+	struct run_note *next;
+	struct repl_sync *rs; /* NULL once repl-sync is gone */
+	char *user;
+	uint64_t run_id;
 };
 
 struct run;
@@ -69,6 +106,7 @@ struct pcmd {
 
 struct run {
 	struct repl_sync *rs;
+	uint64_t id;
 	char *user;
 	bool full;
 	uint32_t peers[MAX_RUN_PEERS];
@@ -128,12 +166,18 @@ struct repl_sync {
 	void *peer_ctx;
 	repl_sync_idle_cb *idle_cb;
 	void *idle_ctx;
+	repl_sync_released_cb *released_cb;
+	void *released_ctx;
 	struct waiting *waiting;
 	struct queued *queue, **queue_tail;
 	size_t queue_len;
 	ev_timer queue_timer;
 	ev_prepare flush_w; /* answers of the sync servers leave here */
 	ev_idle srv_idle;   /* steps the sync servers with long answers */
+	struct srv_batch *batches; /* waiting for durability, oldest first */
+	struct run_note *run_notes; /* likewise */
+	uint64_t link_gen;
+	uint64_t run_ids;
 
 	/* The periodic check (see check_timer_cb()). */
 	ev_timer check_timer;
@@ -154,10 +198,15 @@ int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
 void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 		 const char *text);
 void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+void sync_released(struct repl_sync *rs);
 
 /* repl-sync-server.c */
 struct srv_link *srv_find(struct repl_sync *rs, uint32_t sid);
 void srv_free(struct repl_sync *rs, uint32_t sid);
+/* repl-sync is going: batches still waiting for durability are only freed
+ * when their callback runs (the final stor_sync of the node). */
+void srv_orphan_batches(struct repl_sync *rs);
+void run_orphan_notes(struct repl_sync *rs);
 void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 void srv_idle_cb(struct ev_loop *loop, ev_idle *w, int revents);
 bool other_server_busy(const struct repl_sync *rs, const struct srv_link *l,

@@ -155,6 +155,7 @@ void run_finish(struct run *run, bool converged, const char *text)
 		ev_timer_set(&rs->queue_timer, 0., 0.);
 		ev_timer_start(rs->loop, &rs->queue_timer);
 	}
+	sync_released(rs);
 	if (rs->idle_cb != NULL)
 		rs->idle_cb(rs->idle_ctx);
 }
@@ -180,25 +181,82 @@ static void report_append(struct buf *out, uint32_t peer, const struct sync_repo
 	buf_appendf(out, "flags_changed: %u\n", r->flags_changed);
 }
 
-/* Tells the watchers about every mailbox of the user (the engine does not
- * say which ones it changed; a watcher told of an unchanged mailbox finds
- * nothing new). */
-static void run_notify_all(struct run *run)
+static void run_notified(void *ctx, bool ok)
 {
-	struct stor_db *db = repl_db(run->rs->repl);
-	const char *err;
-	if (stor_sync_pending(db) && stor_sync(db, &err) < 0) {
-		log_errorx("resync of %s: storing failed: %s", run->user, err);
-		return;
+	struct run_note *n = ctx;
+	struct repl_sync *rs = n->rs;
+	if (rs != NULL) {
+		struct run_note **np = &rs->run_notes;
+		while (*np != n)
+			np = &(*np)->next;
+		*np = n->next;
 	}
 	stor_mailbox_array list = ARRAY_INIT;
-	if (stor_mailbox_list(db, run->user, &list, &err) < 0) {
-		log_errorx("resync of %s: listing mailboxes: %s", run->user, err);
+	const char *err;
+	if (n->run_id != 0) {
+		/* Unless the run ended otherwise meanwhile (timed out, shut
+		 * down): then its report is given already. */
+		struct run *run = rs != NULL ? rs->run : NULL;
+		if (run != NULL && run->id == n->run_id && !ok)
+			run_finish(run, false, "storing failed");
+		else if (run != NULL && run->id == n->run_id)
+			run_finish(run, run->not_converged == NULL,
+				   run->not_converged != NULL ? run->not_converged : "converged");
+	} else if (rs == NULL) {
+		/* shutting down: no watchers any more */
+	} else if (!ok) {
+		log_errorx("resync of %s: storing failed", n->user);
+	} else if (stor_mailbox_list(repl_db(rs->repl), n->user, &list, &err) < 0) {
+		log_errorx("resync of %s: listing mailboxes: %s", n->user, err);
+	} else {
+		for (size_t i = 0; i < list.count; i++)
+			repl_notify(rs->repl, n->user, &list.items[i].guid);
+	}
+	stor_mailbox_list_free(&list);
+	free(n->user);
+	free(n);
+}
+
+/* Tells the watchers about every mailbox of the user (the engine does not
+ * say which ones it changed; a watcher told of an unchanged mailbox finds
+ * nothing new), once what the sync stored is durable: the group commit
+ * syncs it in storage's helper thread, the run goes on meanwhile. */
+static void run_notify_all(struct run *run)
+{
+	struct run_note *n = xcalloc(1, sizeof(*n));
+	n->rs = run->rs;
+	n->user = xstrdup(run->user);
+	n->next = run->rs->run_notes;
+	run->rs->run_notes = n;
+	stor_on_durable(repl_db(run->rs->repl), run_notified, n);
+}
+
+/* The run has synced with every peer: it reports once what it stored is
+ * durable, so that "converged" is not said of changes a crash could still
+ * take.  Meanwhile it holds the user as before (the links are free). */
+static void run_finish_durable(struct run *run)
+{
+	struct stor_db *db = repl_db(run->rs->repl);
+	if (!stor_sync_pending(db)) {
+		run_finish(run, run->not_converged == NULL,
+			   run->not_converged != NULL ? run->not_converged : "converged");
 		return;
 	}
-	for (size_t i = 0; i < list.count; i++)
-		repl_notify(run->rs->repl, run->user, &list.items[i].guid);
-	stor_mailbox_list_free(&list);
+	ev_idle_stop(run->rs->loop, &run->idle);
+	struct run_note *n = xcalloc(1, sizeof(*n));
+	n->rs = run->rs;
+	n->user = xstrdup(run->user);
+	n->run_id = run->id;
+	n->next = run->rs->run_notes;
+	run->rs->run_notes = n;
+	stor_on_durable(db, run_notified, n);
+}
+
+void run_orphan_notes(struct repl_sync *rs)
+{
+	for (struct run_note *n = rs->run_notes; n != NULL; n = n->next)
+		n->rs = NULL;
+	rs->run_notes = NULL;
 }
 
 static void run_next_peer(struct run *run);
@@ -299,14 +357,20 @@ static void run_next_peer(struct run *run)
 		return;
 	}
 	run->cur = run->npeers; /* busy with nobody */
-	run_finish(run, run->not_converged == NULL,
-		   run->not_converged != NULL ? run->not_converged : "converged");
+	run_finish_durable(run);
 }
 
 static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
 	struct run *run = (struct run *)((char *)w - offsetof(struct run, idle));
 	(void)revents;
+	if (run->client == NULL) {
+		/* Done with every peer, waiting for durability
+		 * (run_finish_durable()): a failure to store is reported by
+		 * that wait. */
+		ev_idle_stop(loop, w);
+		return;
+	}
 	if (run->failure != NULL) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "resync with %u failed: %s", run->peers[run->cur],
@@ -355,7 +419,7 @@ static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
  * RUN_SYNC_INTERVAL, each fsync has little to write, where one at the end
  * could hold the loop (and the link's keepalive) for seconds.  The fsync
  * runs in storage's helper thread (repl-local's watcher completes it); the
- * end of the run waits for durability with stor_sync(). */
+ * end of the run waits for durability (run_finish_durable()). */
 static void run_sync_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct run *run = (struct run *)((char *)w - offsetof(struct run, sync_timer));
@@ -421,6 +485,7 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 		return 0;
 	}
 	struct run *run = xcalloc(1, sizeof(*run));
+	run->id = ++rs->run_ids;
 	if (peer != 0) {
 		if (repl_peers_conn(rs->peers, peer) == NULL) {
 			free(run);

@@ -1,6 +1,7 @@
 /* The server end of the sync engine on each link: peer sync commands fed
  * to a sync server, answers held until the loop turn's changes are
- * durable, long answers stepped.  Apart from the client end because the two
+ * durable (the group commit in storage's helper thread), long answers
+ * stepped.  Apart from the client end because the two
  * share a link but no state. */
 #include "replicator/repl-sync-private.h"
 
@@ -9,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -44,12 +44,29 @@ static struct srv_link *srv_get(struct repl_sync *rs, uint32_t sid)
 		return l;
 	l = xcalloc(1, sizeof(*l));
 	l->sid = sid;
+	l->gen = ++rs->link_gen;
 	l->selected = -1;
 	struct sync_transport t = { srv_send, l };
 	l->server = sync_server_create(repl_db(rs->repl), sid, &t);
 	l->next = rs->links;
 	rs->links = l;
 	return l;
+}
+
+/* Whether the server of l holds a mailbox now (as repl_sync_holds() sees
+ * it); when it stopped holding the one it held, the changes held for it
+ * are woken. */
+static void srv_hold_update(struct repl_sync *rs, struct srv_link *l)
+{
+	struct guid g;
+	bool holding = (sync_server_in_sync(l->server) || sync_server_busy(l->server)) &&
+		       sync_server_selected(l->server, &g);
+	bool released = l->holding && (!holding || !guid_equal(&g, &l->held));
+	l->holding = holding;
+	if (holding)
+		l->held = g;
+	if (released)
+		sync_released(rs);
 }
 
 void srv_free(struct repl_sync *rs, uint32_t sid)
@@ -59,6 +76,8 @@ void srv_free(struct repl_sync *rs, uint32_t sid)
 			continue;
 		struct srv_link *l = *lp;
 		*lp = l->next;
+		if (l->holding)
+			sync_released(rs);
 		sync_server_destroy(&l->server);
 		buf_free(&l->tx);
 		ARRAY_FREE(&l->notes);
@@ -143,13 +162,15 @@ static bool srv_changed_selected(const struct srv_link *l, char *user, size_t us
 
 /* Live replication rather than a sync: a change its origin already made
  * (option ORIGIN), or a message command outside SYNC-BEGIN ... SYNC-END
- * (a request to this node as master). */
+ * (a request to this node as master).  ORIGIN counts only as an option,
+ * after the positional arguments: a user or mailbox may be named so. */
 static bool is_live(const struct srv_link *l, const struct proto_cmd *cmd)
 {
-	for (size_t i = 0; i + 1 < cmd->arg_count; i++) {
-		if (cmd->args[i].type == PROTO_ARG_ATOM && strcasecmp(cmd->args[i].str, "ORIGIN") == 0)
-			return true;
-	}
+	size_t npos;
+	const char *verr;
+	if (proto_cmd_validate(cmd, &npos, &verr) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") != NULL)
+		return true;
 	if (sync_server_in_sync(l->server))
 		return false;
 	return proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||
@@ -169,25 +190,25 @@ static void srv_note_add(struct srv_link *l, const char *user, const struct guid
 	ARRAY_PUSH(&l->notes, n);
 }
 
-/* Relays the engine's lines in l->tx as lines of the link. */
-static void srv_relay(struct srv_link *l, struct proto_conn *conn)
+/* Relays the engine's lines in tx as lines of the link to sid. */
+static void srv_relay(uint32_t sid, struct buf *tx, struct proto_conn *conn)
 {
-	while (buf_avail(&l->tx) > 0) {
-		const unsigned char *d = buf_rptr(&l->tx);
-		size_t n = line_length(d, buf_avail(&l->tx));
+	while (buf_avail(tx) > 0) {
+		const unsigned char *d = buf_rptr(tx);
+		size_t n = line_length(d, buf_avail(tx));
 		char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
 		const unsigned char *rest;
 		size_t rest_len;
 		if (n == 0 || line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
-			log_errorx("sync with %u: the engine wrote a broken line", l->sid);
+			log_errorx("sync with %u: the engine wrote a broken line", sid);
 			break;
 		}
 		struct proto_wr *w = proto_conn_line_begin(conn, tag, name);
 		buf_append(w->out, rest, rest_len);
 		proto_conn_line_end(conn);
-		buf_consume(&l->tx, n);
+		buf_consume(tx, n);
 	}
-	buf_reset(&l->tx);
+	buf_reset(tx);
 }
 
 static bool srv_has_output(const struct srv_link *l)
@@ -195,49 +216,106 @@ static bool srv_has_output(const struct srv_link *l)
 	return buf_avail(&l->tx) > 0 || l->notes.count > 0 || l->closing;
 }
 
-/* The end of a loop iteration: one stor_sync for every change the sync
- * servers made in it, then their answers leave and the IMAP watchers of
- * the changed mailboxes are told. */
-static void srv_flush_all(struct repl_sync *rs)
+/* The changes a batch answers for are durable (ok), or cannot be: its
+ * answers leave, on the link they were written for if it is still the
+ * same, and the IMAP watchers of the changed mailboxes are told. */
+static void srv_batch_durable(void *ctx, bool ok)
 {
-	struct stor_db *db = repl_db(rs->repl);
-	const char *err;
-	bool failed = false;
-	ev_prepare_stop(rs->loop, &rs->flush_w);
-	if (stor_sync_pending(db) && stor_sync(db, &err) < 0) {
-		log_errorx("sync: storing failed: %s", err);
-		failed = true;
+	struct srv_batch *b = ctx;
+	struct repl_sync *rs = b->rs;
+	if (rs != NULL) {
+		struct srv_batch **bp = &rs->batches;
+		while (*bp != b)
+			bp = &(*bp)->next;
+		*bp = b->next;
 	}
-	for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
-		if (!srv_has_output(l))
-			continue;
-		struct proto_conn *conn = rs->peers != NULL ? repl_peers_conn(rs->peers, l->sid) : NULL;
-		if (conn == NULL || failed) {
-			buf_reset(&l->tx);
-			if (conn != NULL)
-				proto_conn_bye(conn, "SERVERBUG", "storage failed");
-		} else {
-			srv_relay(l, conn);
-			if (l->closing) {
+	if (!ok && rs != NULL)
+		log_errorx("sync: storing failed: the answers of the sync servers are not sent");
+	for (size_t i = 0; i < b->outs.count; i++) {
+		struct srv_out *o = &b->outs.items[i];
+		struct srv_link *l = rs != NULL ? srv_find(rs, o->sid) : NULL;
+		if (l != NULL && l->gen != o->gen)
+			l = NULL;
+		struct proto_conn *conn = l != NULL && rs->peers != NULL ?
+			repl_peers_conn(rs->peers, o->sid) : NULL;
+		if (l != NULL)
+			l->unsent -= buf_avail(&o->tx) < l->unsent ? buf_avail(&o->tx) : l->unsent;
+		if (conn != NULL && !ok) {
+			proto_conn_bye(conn, "SERVERBUG", "storage failed");
+		} else if (conn != NULL) {
+			srv_relay(o->sid, &o->tx, conn);
+			if (o->closing) {
 				const char *why = sync_server_error(l->server);
-				log_warnx("sync with %u: closing the link: %s", l->sid,
+				log_warnx("sync with %u: closing the link: %s", o->sid,
 					  why != NULL ? why : "error");
 				proto_conn_bye(conn, "PROTOCOL", "sync failed");
 			}
 		}
-		l->closing = false;
-		if (!failed) {
-			for (size_t i = 0; i < l->notes.count; i++) {
-				repl_notify(rs->repl, l->notes.items[i].user, &l->notes.items[i].guid);
-				if (rs->peer_cb != NULL &&
-				    (i == 0 || strcmp(l->notes.items[i - 1].user,
-						      l->notes.items[i].user) != 0))
-					rs->peer_cb(rs->peer_ctx, REPL_SYNC_PEER_CHANGED,
-						    l->notes.items[i].user, l->sid);
+		for (size_t j = 0; ok && rs != NULL && j < o->notes.count; j++) {
+			repl_notify(rs->repl, o->notes.items[j].user, &o->notes.items[j].guid);
+			if (rs->peer_cb != NULL &&
+			    (j == 0 || strcmp(o->notes.items[j - 1].user, o->notes.items[j].user) != 0))
+				rs->peer_cb(rs->peer_ctx, REPL_SYNC_PEER_CHANGED, o->notes.items[j].user,
+					    o->sid);
+		}
+		buf_free(&o->tx);
+		ARRAY_FREE(&o->notes);
+	}
+	ARRAY_FREE(&b->outs);
+	free(b);
+	/* A server stopped for its unsent answers may step again. */
+	if (rs != NULL && !rs->destroying && !ev_is_active(&rs->srv_idle)) {
+		for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
+			if (sync_server_busy(l->server) && l->unsent <= REPL_SYNC_SERVER_OUT_MAX) {
+				ev_idle_start(rs->loop, &rs->srv_idle);
+				break;
 			}
 		}
-		l->notes.count = 0;
 	}
+}
+
+/* The end of a loop iteration: the answers of every sync server leave
+ * once the changes of the iteration's commands are durable.  The group
+ * commit (repl-local.c, a prepare watcher of lower priority than flush_w)
+ * syncs in storage's helper thread, so a big merge does not hold the loop
+ * for its fsync; answers that need nothing synced leave at once. */
+static void srv_flush_all(struct repl_sync *rs)
+{
+	struct stor_db *db = repl_db(rs->repl);
+	ev_prepare_stop(rs->loop, &rs->flush_w);
+	struct srv_batch *b = NULL;
+	for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
+		if (!srv_has_output(l))
+			continue;
+		if (b == NULL) {
+			b = xcalloc(1, sizeof(*b));
+			b->rs = rs;
+		}
+		struct srv_out o = { .sid = l->sid, .gen = l->gen, .tx = l->tx, .notes = l->notes,
+				     .closing = l->closing };
+		buf_init(&l->tx);
+		memset(&l->notes, 0, sizeof(l->notes));
+		l->closing = false;
+		l->unsent += buf_avail(&o.tx);
+		ARRAY_PUSH(&b->outs, o);
+	}
+	if (b == NULL)
+		return;
+	struct srv_batch **bp = &rs->batches;
+	while (*bp != NULL)
+		bp = &(*bp)->next;
+	*bp = b;
+	if (rs->batches == b && !stor_sync_pending(db))
+		srv_batch_durable(b, true);
+	else
+		stor_on_durable(db, srv_batch_durable, b);
+}
+
+void srv_orphan_batches(struct repl_sync *rs)
+{
+	for (struct srv_batch *b = rs->batches; b != NULL; b = b->next)
+		b->rs = NULL;
+	rs->batches = NULL;
 }
 
 void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -271,6 +349,7 @@ static void srv_after(struct repl_sync *rs, struct srv_link *l, const struct pro
 		srv_want_flush(rs);
 	if (r >= 0 && sync_server_busy(l->server) && !ev_is_active(&rs->srv_idle))
 		ev_idle_start(rs->loop, &rs->srv_idle);
+	srv_hold_update(rs, l);
 }
 
 /* Steps the sync servers that answer SYNC-END or FETCH in parts, each for
@@ -281,7 +360,8 @@ void srv_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	(void)revents;
 	bool more = false;
 	for (struct srv_link *l = rs->links; l != NULL; l = l->next) {
-		if (!sync_server_busy(l->server) || l->closing)
+		if (!sync_server_busy(l->server) || l->closing ||
+		    l->unsent > REPL_SYNC_SERVER_OUT_MAX)
 			continue;
 		struct proto_conn *conn = rs->peers != NULL ? repl_peers_conn(rs->peers, l->sid) : NULL;
 		if (conn == NULL)
@@ -298,13 +378,15 @@ void srv_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 				srv_flush_all(rs);
 			}
 			if (r < 0 || proto_conn_is_congested(conn) ||
-			    ev_time() - start > TURN_SECONDS)
+			    l->unsent > REPL_SYNC_SERVER_OUT_MAX || ev_time() - start > TURN_SECONDS)
 				break;
 		}
 		srv_after(rs, l, NULL, r);
 		/* The rest of the answers leave at the end of the iteration
-		 * (flush_w); a congested link calls repl_sync_link_drained. */
-		if (r > 0 && !proto_conn_is_congested(conn))
+		 * (flush_w); a congested link calls repl_sync_link_drained,
+		 * answers waiting for durability restart us when they leave
+		 * (srv_batch_durable()). */
+		if (r > 0 && !proto_conn_is_congested(conn) && l->unsent <= REPL_SYNC_SERVER_OUT_MAX)
 			more = true;
 	}
 	if (!more)

@@ -53,7 +53,8 @@ size_t line_length(const unsigned char *d, size_t len)
 				b--;
 			if (b > pos && d[b - 1] == '{' && b < e - 1) {
 				uint64_t n = 0;
-				for (size_t i = b; i < e - 1; i++)
+				/* Stops once past len: n * 10 never wraps. */
+				for (size_t i = b; i < e - 1 && n <= len; i++)
 					n = n * 10 + (uint64_t)(d[i] - '0');
 				if (n > len) /* not all here yet (or absurd) */
 					return 0;
@@ -166,12 +167,9 @@ void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			free(q);
 		}
 	}
-	/* A manual resync holds the node, or a peer's resync of the user
-	 * is being merged here: try again shortly. */
-	if (rs->queue != NULL && rs->run == NULL) {
-		ev_timer_set(&rs->queue_timer, 0.2, 0.);
-		ev_timer_start(loop, &rs->queue_timer);
-	}
+	/* What stops the queue ends with a wake-up, not a poll: a run of
+	 * this node (run_finish() arms the timer), a peer's resync of the
+	 * user merged here (its end calls sync_released()). */
 }
 
 void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
@@ -254,6 +252,24 @@ void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx)
 	rs->idle_ctx = ctx;
 }
 
+void repl_sync_set_released(struct repl_sync *rs, repl_sync_released_cb *cb, void *ctx)
+{
+	rs->released_cb = cb;
+	rs->released_ctx = ctx;
+}
+
+void sync_released(struct repl_sync *rs)
+{
+	/* The background queue may have stopped at this hold (queue_timer_cb). */
+	if (rs->run == NULL && rs->queue != NULL && !rs->destroying &&
+	    !ev_is_active(&rs->queue_timer)) {
+		ev_timer_set(&rs->queue_timer, 0., 0.);
+		ev_timer_start(rs->loop, &rs->queue_timer);
+	}
+	if (rs->released_cb != NULL)
+		rs->released_cb(rs->released_ctx);
+}
+
 struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
 {
 	struct repl_sync *rs = xcalloc(1, sizeof(*rs));
@@ -262,6 +278,9 @@ struct repl_sync *repl_sync_create(struct ev_loop *loop, struct repl *repl)
 	rs->queue_tail = &rs->queue;
 	ev_timer_init(&rs->queue_timer, queue_timer_cb, 0., 0.);
 	ev_prepare_init(&rs->flush_w, flush_cb);
+	/* Before repl-local's group commit, which then syncs the changes the
+	 * answers wait for in the same loop turn. */
+	ev_set_priority(&rs->flush_w, EV_MAXPRI);
 	ev_idle_init(&rs->srv_idle, srv_idle_cb);
 	rs->check_interval = check_interval_default();
 	ev_timer_init(&rs->check_timer, check_timer_cb, rs->check_interval, rs->check_interval);
@@ -308,6 +327,7 @@ void repl_sync_destroy(struct repl_sync **rsp)
 	*rsp = NULL;
 	rs->destroying = true;
 	rs->idle_cb = NULL;
+	rs->released_cb = NULL;
 	ev_timer_stop(rs->loop, &rs->queue_timer);
 	while (rs->retry_list != NULL) {
 		struct queued *q = rs->retry_list;
@@ -337,5 +357,7 @@ void repl_sync_destroy(struct repl_sync **rsp)
 	check_stop(rs);
 	while (rs->links != NULL)
 		srv_free(rs, rs->links->sid);
+	srv_orphan_batches(rs);
+	run_orphan_notes(rs);
 	free(rs);
 }

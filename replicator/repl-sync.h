@@ -20,10 +20,10 @@
  * large mailbox neither queues all its texts in memory nor holds the loop
  * (the keepalive, other links, IMAP) for long.
  *
- * Changes the server end applied are made durable by one stor_sync at the
- * end of the loop iteration (an ev_prepare watcher), before the answers of
- * all the commands of that iteration leave; a resync makes its own changes
- * durable before it reports.  The IMAP sessions watching the changed
+ * Changes the server end applied are made durable by the group commit
+ * that follows the loop iteration (in storage's helper thread), before the
+ * answers of all the commands of that iteration leave; a resync makes its
+ * own changes durable before it reports.  The IMAP sessions watching the changed
  * mailboxes are notified (repl_notify).
  *
  * One resync runs at a time on a node: an asked one waits for a
@@ -141,5 +141,11 @@ void repl_sync_set_peer_watch(struct repl_sync *rs, repl_sync_peer_cb *cb, void 
 /* Called after each resync ends (the links are free again). */
 typedef void repl_sync_idle_cb(void *ctx);
 void repl_sync_set_idle(struct repl_sync *rs, repl_sync_idle_cb *cb, void *ctx);
+/* Called when a hold of repl_sync_holds() may have ended: a client run
+ * finished, or a link's sync server left the mailbox it merged (the sync
+ * ended, another mailbox was selected, the link went).  Changes held
+ * wait for this, not for a timer. */
+typedef void repl_sync_released_cb(void *ctx);
+void repl_sync_set_released(struct repl_sync *rs, repl_sync_released_cb *cb, void *ctx);
 
 #endif

@@ -206,7 +206,7 @@ static int modseq_room(struct stor_db *db, const struct stor_mailbox *mb, uint64
 	if (!mail_modseq_valid(given))
 		return stor_err(db, error_r, "modseq %llu is out of range", (unsigned long long)given);
 	if (given == 0 && mb->highestmodseq >= MAIL_MODSEQ_MAX)
-		return stor_err(db, error_r, "mailbox has run out of modseqs");
+		return stor_err_kind(db, STOR_ERROR_LIMIT, error_r, "mailbox has run out of modseqs");
 	return 0;
 }
 
@@ -439,7 +439,8 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 	uint32_t uid = a->uid;
 	if (uid == 0) {
 		if (mb->uidnext > MAIL_UID_ASSIGN_MAX)
-			return stor_err(db, error_r, "mailbox has run out of UIDs");
+			return stor_err_kind(db, STOR_ERROR_LIMIT, error_r,
+					     "mailbox has run out of UIDs");
 		uid = mb->uidnext;
 	} else if (!mail_uid_valid(uid)) {
 		return stor_err(db, error_r, "UID %u is out of range", uid);

@@ -76,6 +76,7 @@ enum stor_error {
 	STOR_ERROR_NONE = 0,
 	STOR_ERROR_INTERNAL,  /* anything not below: an I/O or LevelDB error, a bad request */
 	STOR_ERROR_TOOBIG,    /* a message over max_message_size */
+	STOR_ERROR_LIMIT,     /* a mailbox ran out of UIDs or modseqs (lib/mail-limits.h) */
 	STOR_ERROR_NOSPACE,   /* the disk or quota is full */
 	STOR_ERROR_BROKEN,    /* a write failed earlier: nothing changes until a restart */
 	STOR_ERROR_CORRUPT,   /* a stored record does not decode */

@@ -175,7 +175,13 @@ struct sync_bundle_import {
 	char *scratch_dir;
 	struct loader l;
 	struct inflater f;
-	enum { IMP_LOAD, IMP_MERGE, IMP_DONE, IMP_FAILED } phase;
+	enum { IMP_LOAD, IMP_MERGE, IMP_DURABLE, IMP_DONE, IMP_FAILED } phase;
+	/* IMP_DURABLE: the merge waits for the group commit (its callback
+	 * outlives the import: it is only detached by destroy()). */
+	struct imp_wait *wait;
+	bool durable_done, durable_ok;
+	sync_bundle_wake_cb *wake;
+	void *wake_ctx;
 	/* The merge. */
 	struct buf to_server, to_client;
 	struct sync_transport ct, st;
@@ -358,15 +364,43 @@ static int imp_fail(struct sync_bundle_import *imp)
 	return -1;
 }
 
-/* Records the import and makes the state file. */
-static int imp_finish(struct sync_bundle_import *imp, char **error_r)
+struct imp_wait {
+	struct sync_bundle_import *imp; /* NULL once the import is gone */
+};
+
+static void imp_durable(void *ctx, bool ok)
 {
-	const char *err;
+	struct imp_wait *w = ctx;
+	struct sync_bundle_import *imp = w->imp;
+	free(w);
+	if (imp == NULL)
+		return;
+	imp->wait = NULL;
+	imp->durable_done = true;
+	imp->durable_ok = ok;
+	if (imp->wake != NULL)
+		imp->wake(imp->wake_ctx);
+}
+
+/* Records the import; the merge and the record then wait for the group
+ * commit of the node (storage's helper thread), not for an fsync here. */
+static int imp_record(struct sync_bundle_import *imp, char **error_r)
+{
 	const struct verified *v = &imp->v;
 	if (last_import_set(imp->db, v->source, v->user, v->created, v->digest_hex, error_r) < 0)
 		return -1;
-	if (stor_sync(imp->db, &err) < 0) {
-		*error_r = fmt_error("storing the merge: %s", err);
+	imp->wait = xcalloc(1, sizeof(*imp->wait));
+	imp->wait->imp = imp;
+	stor_on_durable(imp->db, imp_durable, imp->wait);
+	return 0;
+}
+
+/* The merge is durable: makes the state file. */
+static int imp_finish(struct sync_bundle_import *imp, char **error_r)
+{
+	const struct verified *v = &imp->v;
+	if (!imp->durable_ok) {
+		*error_r = fmt_error("storing the merge: %s", stor_last_error(imp->db));
 		return -1;
 	}
 	struct buf adopts = BUF_INIT, texts = BUF_INIT;
@@ -421,15 +455,29 @@ int sync_bundle_import_step(struct sync_bundle_import *imp, char **error_r)
 		merge_start_run(imp);
 		return 1;
 	}
-	int r = merge_step(imp, error_r);
-	if (r < 0)
-		return imp_fail(imp);
-	if (r > 0)
-		return 1;
+	if (imp->phase == IMP_MERGE) {
+		int r = merge_step(imp, error_r);
+		if (r < 0)
+			return imp_fail(imp);
+		if (r > 0)
+			return 1;
+		if (imp_record(imp, error_r) < 0)
+			return imp_fail(imp);
+		imp->phase = IMP_DURABLE;
+	}
+	if (!imp->durable_done)
+		return SYNC_BUNDLE_IMPORT_WAIT;
 	if (imp_finish(imp, error_r) < 0)
 		return imp_fail(imp);
 	imp->phase = IMP_DONE;
 	return 0;
+}
+
+void sync_bundle_import_set_wake(struct sync_bundle_import *imp, sync_bundle_wake_cb *cb,
+				 void *ctx)
+{
+	imp->wake = cb;
+	imp->wake_ctx = ctx;
 }
 
 void sync_bundle_import_take_result(struct sync_bundle_import *imp,
@@ -446,6 +494,8 @@ void sync_bundle_import_destroy(struct sync_bundle_import **impp)
 	if (imp == NULL)
 		return;
 	*impp = NULL;
+	if (imp->wait != NULL)
+		imp->wait->imp = NULL;
 	merge_end_run(imp);
 	buf_free(&imp->to_server);
 	buf_free(&imp->to_client);
@@ -473,8 +523,13 @@ int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_setti
 	if (imp == NULL)
 		return -1;
 	int r;
-	while ((r = sync_bundle_import_step(imp, error_r)) > 0)
-		;
+	const char *err;
+	while ((r = sync_bundle_import_step(imp, error_r)) > 0) {
+		/* No loop here: sync now (a failure reaches the step through
+		 * the durable callback). */
+		if (r == SYNC_BUNDLE_IMPORT_WAIT)
+			(void)stor_sync(db, &err);
+	}
 	if (r == 0)
 		sync_bundle_import_take_result(imp, res_r);
 	sync_bundle_import_destroy(&imp);

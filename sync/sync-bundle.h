@@ -110,8 +110,9 @@ void sync_bundle_import_result_free(struct sync_bundle_import_result *res);
  * whole file is hashed: about 2 s per GiB) and returns NULL with *error_r
  * when the bundle is refused; data must stay valid until destroy() (set
  * and the key need not).  step() loads about 1 MiB of the body into the scratch
- * copy, or does a few rounds of the merge, and returns 1 (call again), 0
- * (done: take the result) or -1 (*error_r, caller frees; refused without
+ * copy, or does a few rounds of the merge, and returns 1 (call again),
+ * SYNC_BUNDLE_IMPORT_WAIT (below), 0 (done: take the result) or -1
+ * (*error_r, caller frees; refused without
  * any change while the body is being loaded).  destroy() at any point
  * stops the import (a merge stopped midway leaves what it applied, as a
  * sync that breaks off) and removes the scratch copy. */
@@ -120,6 +121,14 @@ struct sync_bundle_import *sync_bundle_import_begin(struct stor_db *db,
 						    const struct sync_bundle_import_settings *set,
 						    const void *data, size_t len, char **error_r);
 int sync_bundle_import_step(struct sync_bundle_import *imp, char **error_r);
+/* step() returns this once the merge is done and waits for the group
+ * commit of db (stor_on_durable()): the loop's own syncs make it durable
+ * (in storage's helper thread), and the wake callback, when set, says when
+ * to call step() again.  Without a loop that syncs, call stor_sync(). */
+#define SYNC_BUNDLE_IMPORT_WAIT 2
+typedef void sync_bundle_wake_cb(void *ctx);
+void sync_bundle_import_set_wake(struct sync_bundle_import *imp, sync_bundle_wake_cb *cb,
+				 void *ctx);
 /* After step() returned 0; free res_r with sync_bundle_import_result_free(). */
 void sync_bundle_import_take_result(struct sync_bundle_import *imp,
 				    struct sync_bundle_import_result *res_r);

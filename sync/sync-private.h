@@ -47,12 +47,6 @@ void sync_save_of_msg(struct proto_save *sv_r, const struct stor_msg *m);
 /* True when two messages' flags and keywords are equal. */
 bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 		      const stor_string_list *k2);
-/* Writes " STAMPS (<name> <modseq> <time-ms> ...)" (nothing for an empty
- * list): SPEC.md 10.3 "Flags". */
-void sync_wr_stamps(struct proto_wr *w, const stor_stamp_list *stamps);
-/* Parses the STAMPS value: triplets, at most STOR_MAX_STAMPS, names a system
- * flag, "\*" or a keyword, each once; -1 otherwise. */
-int sync_arg_stamps(const struct proto_arg *a, stor_stamp_list *out);
 /* The optional trailing "STAMPS (...)" after npos arguments: 0 with
  * *given_r, or -1 when something else or something malformed follows. */
 int sync_cmd_stamps(const struct proto_cmd *cmd, size_t npos, bool *given_r,

@@ -30,9 +30,20 @@
 #include <stdint.h>
 
 #include "lib/guid.h"
+#include "storage/storage.h"
 
 struct stor_db;
 struct proto_cmd;
+struct proto_arg;
+struct proto_wr;
+
+/* The flag stamps of SPEC.md 10.3 "Flags", which the replicator's live
+ * changes carry too.  sync_wr_stamps() writes " STAMPS (<name> <modseq>
+ * <time-ms> ...)" (nothing for an empty list); sync_arg_stamps() parses
+ * the value: triplets, at most STOR_MAX_STAMPS, names a system flag, "\*"
+ * or a keyword, each once; -1 otherwise. */
+void sync_wr_stamps(struct proto_wr *w, const stor_stamp_list *stamps);
+int sync_arg_stamps(const struct proto_arg *a, stor_stamp_list *out);
 
 /* Where an end's output goes.  send() queues len bytes (one or more whole
  * lines) for the peer; it must not call back into the engine. */

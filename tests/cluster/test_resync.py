@@ -17,6 +17,9 @@ that node as client over the link to N.  Checked here:
     one toward a peer that stops answering (SIGSTOP) fails within the
     link's dead timeout (a second resync meanwhile is refused), then
     converges once the peer is back;
+  - an APPEND on a node while it resyncs the user waits for the resync and
+    is answered within 2 s of its end (the end wakes it);
+  - a mailbox named ORIGIN replicates and resyncs like any other;
   - 3 nodes: one `starling resync -u USER` (every up peer) leaves all three
     dumps equal: a peer synced before another brought changes is synced
     again in the same command.
@@ -27,13 +30,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
-from harness.imapwire import Client  # noqa: E402
+from harness.imapwire import Client, Literal  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster, sanitizer_env  # noqa: E402
 
@@ -263,6 +267,7 @@ def t_two_nodes():
     R.check("after the peer is back, resync converges",
             r.returncode == 0 and rep.get("converged") == "yes", (r.stdout, r.stderr))
     R.check("... and the dumps are identical", n1.dump(USER) == n2.dump(USER))
+    held_append(c, n1, n2)
 
     n2.stop()
     r, _ = resync(n1, peer=2)
@@ -274,6 +279,95 @@ def t_two_nodes():
             r.returncode != 0 and b"not configured" in r.stderr, r.stderr)
     r = n1.cli("resync", "-u", USER, "--peer", "x")
     R.check("resync with a bad peer id is a usage error (2)", r.returncode == 2, r.stderr)
+    finish_cluster(c)
+
+
+def held_append(c, n1, n2):
+    """An APPEND on node 1 while node 1 resyncs its user waits for the
+    resync (the run holds the user's mailboxes) and goes on when the resync
+    ends: the end of the run wakes it (REPLICATION.md 6.1, HELD), there is
+    no poll that would find it otherwise."""
+    a = Client(n1.host, n1.imap_port, timeout=30)
+    a.login(USER, PASSWORD)
+    done = {}
+
+    def wait_answer(tag):
+        try:
+            done["r"] = a.wait_tagged(tag)
+        except OSError as e:  # the socket timeout: never answered
+            done["r"] = e
+        done["t"] = time.monotonic()
+
+    n2.pause()
+    first = waiter = None
+    try:
+        first = subprocess.Popen([c.cli, "-c", n1.conf, "resync", "-u", USER, "--peer", "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=sanitizer_env())
+        # The run's LIST waits for the stopped peer from here on.
+        time.sleep(0.4)
+        tag = a.next_tag()
+        a.send_command(tag, ["APPEND", "INBOX", Literal(message(1, 200), plus=True)])
+        waiter = threading.Thread(target=wait_answer, args=(tag,))
+        waiter.start()
+        time.sleep(0.5)
+        early = dict(done)
+    finally:
+        n2.resume()
+    out, errb = first.communicate(timeout=60)
+    ended = time.monotonic()
+    waiter.join(timeout=40)
+    R.check("a resync with the peer paused for 1 s converges",
+            first.returncode == 0 and b"converged: yes" in out, (out, errb))
+    R.check("an APPEND during the resync is not answered while the resync waits",
+            not early, early)
+    r = done.get("r")
+    R.check("... and is answered OK once the resync ended",
+            not isinstance(r, Exception) and r is not None and r.ok, r)
+    late = done.get("t", ended + 99) - ended
+    R.check("... within 2 s of its end (%.2f s)" % late, late < 2.0, late)
+    a.command("LOGOUT")
+    try:
+        c.wait_dumps_equal(USER, timeout=30)
+        same = True
+    except TimeoutError as e:
+        same = str(e)
+    R.check("... and the message reaches node 2", same is True, same)
+
+
+def t_named_origin():
+    """A mailbox named ORIGIN: the word is an option of live changes (SPEC.md
+    8), and the link once took any argument spelled so for one, which sent
+    the mailbox's MBOX binding to the live path instead of the sync server."""
+    c = new_cluster(2)
+    n1, n2 = c.nodes
+    a = Client(n1.host, n1.imap_port)
+    a.login(USER, PASSWORD)
+    R.check("CREATE ORIGIN on node 1", a.command("CREATE", "ORIGIN").ok)
+    r = a.command("APPEND", "ORIGIN", Literal(message(1, 300), plus=True))
+    R.check("APPEND to ORIGIN on node 1", r.ok, r)
+    a.command("SELECT", "ORIGIN")
+    R.check("STORE +FLAGS (\\Flagged) in ORIGIN on node 1",
+            a.command("STORE", "1", "+FLAGS", "(\\Flagged)").ok)
+    a.command("LOGOUT")
+    try:
+        c.wait_dumps_equal(USER, timeout=30)
+        same = True
+    except TimeoutError as e:
+        same = str(e)
+    R.check("the mailbox ORIGIN, its message and its flag reach node 2", same is True, same)
+    b = Client(n2.host, n2.imap_port)
+    b.login(USER, PASSWORD)
+    r = b.command("EXAMINE", "ORIGIN")
+    R.check("node 2 shows the message in ORIGIN", r.ok and r.number("EXISTS") == 1, r)
+    b.command("LOGOUT")
+    r, rep = resync(n1, peer=2)
+    changed = {k: rep.get(k) for k in ("messages_sent", "messages_received", "texts_fetched",
+                                       "renumbered", "expunged", "flags_changed")
+               if rep.get(k) != "0"}
+    R.check("a resync of the user converges and changes no message",
+            r.returncode == 0 and rep.get("converged") == "yes" and not changed,
+            (r.stdout, r.stderr))
     finish_cluster(c)
 
 
@@ -312,6 +406,7 @@ def main():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     R.section("two nodes: resync, second resync, IDLE, --full, down peer", t_two_nodes)
     R.section("three nodes: one resync toward every peer", t_three_nodes)
+    R.section("a mailbox named ORIGIN", t_named_origin)
     for cl in CLUSTERS:
         cl.close()
     return R.summary()

@@ -32,6 +32,7 @@ is bounded.
 import os
 import re
 import signal
+import socket
 import time
 
 from harness import proc
@@ -135,7 +136,10 @@ class Node:
         return self.process is not None and self.process.alive()
 
     def start(self, timeout=30.0):
-        """Start starlingd and wait until its IMAP port accepts."""
+        """Start starlingd and wait until its IMAP port and its admin socket
+        accept (starlingd binds the admin socket after the IMAP port: a CLI
+        command right after a restart found the dead process's socket
+        file, test_handover "first master show", 1 run in 7)."""
         if self.running():
             raise RuntimeError("node %d already running" % self.node_id)
         self.write_config()
@@ -145,7 +149,7 @@ class Node:
                                            self.log, env=sanitizer_env())
         self.starts += 1
         deadline = time.monotonic() + timeout
-        while not proc.port_open(self.imap_port):
+        while not (proc.port_open(self.imap_port) and self.admin_socket_open()):
             if not self.process.alive():
                 code = self.process.popen.returncode
                 self.exit_codes.append(code)
@@ -157,6 +161,15 @@ class Node:
                                                    timeout, self.log_tail()))
             time.sleep(0.05)
         return self
+
+    def admin_socket_open(self):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                s.connect(os.path.join(self.data_dir, "admin.sock"))
+                return True
+        except OSError:
+            return False
 
     def stop(self, timeout=20.0):
         """SIGTERM, then SIGKILL after timeout; returns the exit code."""

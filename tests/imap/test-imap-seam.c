@@ -265,6 +265,16 @@ static void test_seam_append_at_the_top_of_the_uids_is_refused(void)
 	run_until(&f, &d[2], 2);
 	CU_ASSERT_EQUAL(d[2].error, REPL_ERR_LIMIT);
 	CU_ASSERT_EQUAL(d[3].error, REPL_ERR_LIMIT);
+	/* The engine tells it by the store's error kind, not its text. */
+	struct stor_append sa;
+	memset(&sa, 0, sizeof(sa));
+	struct guid g;
+	guid_generate(&g);
+	sa.guid = &g;
+	sa.text = req.text;
+	sa.text_len = req.text_len;
+	CU_ASSERT_EQUAL(stor_msg_append(f.db, &full, &sa, NULL, NULL, &err), -1);
+	CU_ASSERT_EQUAL(stor_last_error_kind(f.db), STOR_ERROR_LIMIT);
 	struct stor_mailbox m;
 	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(f.db, &full, &m, &err), 1);
 	CU_ASSERT_EQUAL(m.uidnext, MAIL_UID_ASSIGN_MAX + 1);

@@ -22,6 +22,7 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
+#include "replicator/repl-sync-private.h"
 
 /* ---- Entry codec ---- */
 
@@ -1045,7 +1046,24 @@ static void test_move_of_a_source_renumbered_meanwhile(void)
 	free(dir);
 }
 
+/* The engine's lines are cut at their ends, literals included: a literal
+ * size past 2^64 once wrapped to a small one (2^64 + 2 read as 2), and the
+ * line was cut inside the literal. */
+static void test_line_length_literal_sizes(void)
+{
+	static const char ok[] = "C1 SAVE {2}\r\nab X\r\nC2";
+	CU_ASSERT_EQUAL(line_length((const unsigned char *)ok, sizeof(ok) - 1), sizeof(ok) - 3);
+	static const char part[] = "C1 SAVE {5}\r\nab";
+	CU_ASSERT_EQUAL(line_length((const unsigned char *)part, sizeof(part) - 1), 0);
+	static const char wrap[] = "C1 SAVE {18446744073709551618}\r\nab\r\n";
+	CU_ASSERT_EQUAL(line_length((const unsigned char *)wrap, sizeof(wrap) - 1), 0);
+	static const char many[] = "C1 SAVE {000000000000000000000000000002}\r\nab\r\n";
+	CU_ASSERT_EQUAL(line_length((const unsigned char *)many, sizeof(many) - 1),
+			sizeof(many) - 1);
+}
+
 const struct test_case repl_cluster_cases[] = {
+	{ "engine lines: literal sizes are read without wrapping", test_line_length_literal_sizes },
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
 	{ "degraded_writes = refuse: refused before made, as master and alone",
 	  test_degraded_refuse },
