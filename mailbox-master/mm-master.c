@@ -187,7 +187,8 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 	if (g->released && gen > g->rel_gen)
 		g->released = false;
 	bool was = g->am_master;
-	bool changed = !g->applied || g->master != master;
+	bool first = !g->applied;
+	bool changed = first || g->master != master;
 	g->applied = true;
 	g->gen = gen;
 	g->master = master;
@@ -195,7 +196,11 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 	g->who_pending = false;
 	g->verified_at = node->now;
 	if (changed) {
-		g->learned_at = node->now;
+		/* Learning the master for the first time (a node whose client
+		 * just started writing) is no change of master: holding its
+		 * soft move down would keep a sole writer waiting for nothing.
+		 * A master that just got the granule refuses on its own. */
+		g->learned_at = first ? 0 : node->now;
 		reset_writes(g, node->now);
 	}
 	if (master == node->sid) {

@@ -177,9 +177,9 @@ struct mm_settings {
 	uint32_t sid;                 /* this node, 1..MM_SID_MAX */
 	uint32_t retry_ms;            /* resend unanswered WHO/MOVE/ANNOUNCE (default 500) */
 	uint32_t hold_timeout_ms;     /* give up waiting for a move's end (default 5000) */
-	uint32_t follow_writes_count; /* writes in a window that trigger a soft move (default 20) */
-	uint32_t follow_writes_window_ms; /* the window (default 10000) */
-	uint32_t hold_down_ms;        /* no soft move this soon after a master change (default 30000) */
+	uint32_t follow_writes_count; /* writes in a window that trigger a soft move (default 10) */
+	uint32_t follow_writes_window_ms; /* the window (default 5000) */
+	uint32_t hold_down_ms;        /* no soft move this soon after a master change (default 2000) */
 	uint32_t cache_ttl_ms;        /* answer from an older cache entry, but re-ask the root (default 60000) */
 };
 
