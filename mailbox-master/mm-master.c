@@ -36,6 +36,44 @@ static void answer_requests(struct mm_node *node, struct mm_gran *g, uint32_t ma
 	g->reqs.count = 0;
 }
 
+static void reset_writes(struct mm_gran *g, uint64_t now)
+{
+	g->rate_at = now;
+	g->rate = 0;
+}
+
+/* One write in the decaying count; fixed point, so that a count that
+ * halves keeps its fractions. */
+#define MM_RATE_ONE 1024u
+/* A bound far above any real rate: keeps rate * half_life in 64 bits. */
+#define MM_RATE_MAX ((uint64_t)MM_RATE_ONE << 20)
+
+/* The write count of g as of now: halved for every half life since
+ * rate_at, and linearly in between (2^-f taken as 1 - f/2, within 6%).
+ * A decaying count rather than fixed windows: it forgets a writer that
+ * stopped within a few half lives, whenever it stopped, which is what
+ * lets a sole writer get the mailbox within seconds of the other writer
+ * going quiet (issue 19). */
+static uint64_t rate_now(const struct mm_node *node, const struct mm_gran *g)
+{
+	uint64_t half = node->set.follow_writes_half_life_ms;
+	uint64_t dt = node->now > g->rate_at ? node->now - g->rate_at : 0;
+	if (half == 0)
+		return 0;
+	uint64_t n = dt / half;
+	if (n >= 32)
+		return 0;
+	uint64_t r = g->rate >> n;
+	return r - r * (dt % half) / (2 * half);
+}
+
+static void count_write(const struct mm_node *node, struct mm_gran *g)
+{
+	uint64_t r = rate_now(node, g) + MM_RATE_ONE;
+	g->rate = r < MM_RATE_MAX ? r : MM_RATE_MAX;
+	g->rate_at = node->now;
+}
+
 static void send_move(struct mm_node *node, struct mm_gran *g)
 {
 	struct mm_msg msg;
@@ -47,7 +85,7 @@ static void send_move(struct mm_node *node, struct mm_gran *g)
 	msg.path[0] = node->sid;
 	msg.n_path = 1;
 	msg.soft = g->want_soft;
-	msg.rate = g->win_count;
+	msg.rate = (uint32_t)((rate_now(node, g) + MM_RATE_ONE / 2) / MM_RATE_ONE);
 	g->want_sent = true;
 	g->want_sent_at = node->now;
 	mm_route(node, &msg);
@@ -94,12 +132,6 @@ static void kick(struct mm_node *node, struct mm_gran *g)
 	}
 	if (g->reqs.count > 0 && !g->who_pending)
 		send_who(node, g);
-}
-
-static void reset_writes(struct mm_gran *g, uint64_t now)
-{
-	g->win_start = now;
-	g->win_count = g->prev_count = 0;
 }
 
 static void send_is(struct mm_node *node, struct mm_gran *g, uint32_t dst)
@@ -187,7 +219,8 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 	if (g->released && gen > g->rel_gen)
 		g->released = false;
 	bool was = g->am_master;
-	bool changed = !g->applied || g->master != master;
+	bool first = !g->applied;
+	bool changed = first || g->master != master;
 	g->applied = true;
 	g->gen = gen;
 	g->master = master;
@@ -195,7 +228,11 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 	g->who_pending = false;
 	g->verified_at = node->now;
 	if (changed) {
-		g->learned_at = node->now;
+		/* Learning the master for the first time (a node whose client
+		 * just started writing) is no change of master: holding its
+		 * soft move down would keep a sole writer waiting for nothing.
+		 * A master that just got the granule refuses on its own. */
+		g->learned_at = first ? 0 : node->now;
 		reset_writes(g, node->now);
 	}
 	if (master == node->sid) {
@@ -221,15 +258,14 @@ static void apply_is(struct mm_node *node, struct mm_gran *g, uint32_t master,
 
 static bool refuse_soft(struct mm_node *node, struct mm_gran *g, uint32_t rate)
 {
-	uint32_t mine = g->win_count > g->prev_count ? g->win_count : g->prev_count;
-
-	if (node->now - g->win_start >= 2ull * node->set.follow_writes_window_ms)
-		mine = 0;
-	else if (node->now - g->win_start >= node->set.follow_writes_window_ms)
-		mine = g->win_count;
 	if (node->now - g->master_since < node->set.hold_down_ms)
 		return true;
-	return (uint64_t)mine * 2 >= rate;
+	/* A master whose clients stopped writing a while ago gives way to
+	 * one that writes, whatever its count still remembers: the count
+	 * fades too slowly for a sole writer to wait for it. */
+	if (node->now - g->rate_at >= node->set.follow_quiet_ms)
+		return false;
+	return rate_now(node, g) * 2 >= (uint64_t)rate * MM_RATE_ONE;
 }
 
 static void forward_move(struct mm_node *node, struct mm_gran *g,
@@ -363,7 +399,7 @@ static void handle_move_fail(struct mm_node *node, const struct mm_msg *msg)
 		g->want_sent = false;
 		if (msg->reason == MM_FAIL_REFUSED) {
 			g->want = false;
-			g->backoff_until = node->now + node->set.hold_down_ms;
+			g->backoff_until = node->now + node->set.backoff_ms;
 		} else if (++g->want_tries >= MM_MOVE_MAX_TRIES) {
 			g->want = false;
 			mm_event(node, MM_EV_MOVE_FAILED, g->key, msg->master, 0);
@@ -541,17 +577,11 @@ int mm_note_write(struct mm_node *node, const char *gkey, uint64_t now)
 		return -1;
 	node->now = now;
 	struct mm_gran *g = mm_gran_get(node, gkey);
-	uint64_t win = node->set.follow_writes_window_ms;
-	if (now - g->win_start >= win) {
-		g->prev_count = now - g->win_start < 2 * win ? g->win_count : 0;
-		g->win_start = now;
-		g->win_count = 0;
-	}
-	g->win_count++;
+	count_write(node, g);
 	if (!g->am_master && !g->want && mm_settled(node) && g->applied &&
 	    g->master != 0 && now >= g->backoff_until &&
 	    now - g->learned_at >= node->set.hold_down_ms &&
-	    g->win_count >= node->set.follow_writes_count) {
+	    g->rate >= (uint64_t)node->set.follow_writes_count * MM_RATE_ONE) {
 		g->want = true;
 		g->want_soft = true;
 		mark_busy(node, g);

@@ -18,9 +18,19 @@ void mm_settings_default(struct mm_settings *set, uint32_t sid)
 	set->sid = sid;
 	set->retry_ms = 500;
 	set->hold_timeout_ms = 5000;
-	set->follow_writes_count = 20;
-	set->follow_writes_window_ms = 10000;
-	set->hold_down_ms = 30000;
+	/* Tuned for data centres 50 ms apart (issue 19), in the simulator
+	 * with a 25 ms one-way delay (tests/mm "wan: ...").  A client writing
+	 * alone on a non-master makes a write per round trip or two, so its
+	 * count passes 8 within a second; a master that wrote as often is
+	 * forgotten a second or two after it stopped; a refused node asks
+	 * again a second later.  A 2.5 s half life is what keeps two nodes
+	 * writing one mailbox at random from moving it on every short run of
+	 * one of them (1 s: 15 moves in 10 minutes; 2.5 s: at most 2). */
+	set->follow_writes_count = 8;
+	set->follow_writes_half_life_ms = 2500;
+	set->hold_down_ms = 2000;
+	set->backoff_ms = 1000;
+	set->follow_quiet_ms = 1500;
 	set->cache_ttl_ms = 60000;
 }
 

@@ -50,9 +50,10 @@ struct mm_gran {
 	uint32_t want_tries;
 	uint64_t backoff_until;
 
-	/* writes made here, in fixed windows */
-	uint64_t win_start;
-	uint32_t win_count, prev_count;
+	/* writes made here: a count that halves every
+	 * follow_writes_half_life_ms (MM_RATE_ONE per write), as of rate_at */
+	uint64_t rate_at;
+	uint64_t rate;
 
 	/* the root's record */
 	bool rec;

@@ -177,9 +177,11 @@ struct mm_settings {
 	uint32_t sid;                 /* this node, 1..MM_SID_MAX */
 	uint32_t retry_ms;            /* resend unanswered WHO/MOVE/ANNOUNCE (default 500) */
 	uint32_t hold_timeout_ms;     /* give up waiting for a move's end (default 5000) */
-	uint32_t follow_writes_count; /* writes in a window that trigger a soft move (default 20) */
-	uint32_t follow_writes_window_ms; /* the window (default 10000) */
-	uint32_t hold_down_ms;        /* no soft move this soon after a master change (default 30000) */
+	uint32_t follow_writes_count; /* decaying write count that triggers a soft move (default 8) */
+	uint32_t follow_writes_half_life_ms; /* the count halves in this time (default 2500) */
+	uint32_t hold_down_ms;        /* no soft move this soon after a master change (default 2000) */
+	uint32_t backoff_ms;          /* no soft move asked this soon after a refusal (default 1000) */
+	uint32_t follow_quiet_ms;     /* a master that made no write for this long grants a soft move (default 1500) */
 	uint32_t cache_ttl_ms;        /* answer from an older cache entry, but re-ask the root (default 60000) */
 };
 
@@ -221,12 +223,15 @@ int mm_request_master(struct mm_node *node, const char *gkey, uint64_t req_id,
  * overflows.  Returns 0, or -1 when gkey is invalid. */
 int mm_request_mastership(struct mm_node *node, const char *gkey, uint64_t now);
 
-/* One write for gkey was made at this node, locally as master or forwarded
- * to the master.  Past follow_writes_count forwarded writes in a window, and
- * no master change for hold_down_ms, the node asks for a soft MASTER-MOVE;
- * the master refuses it when its own writes in its window are at least half
- * the requester's, or it got the mastership less than hold_down_ms ago.
- * Returns 0, or -1 when gkey is invalid. */
+/* One write for gkey was made at this node by one of its clients, locally
+ * as master or forwarded to the master (not a write it serves for a peer).
+ * Writes are counted in a count that halves every
+ * follow_writes_half_life_ms.  Past follow_writes_count, no master change
+ * for hold_down_ms and no refusal for backoff_ms, a non-master asks for a
+ * soft MASTER-MOVE with its count as the rate; the master refuses it when
+ * its own clients wrote within follow_quiet_ms and its own count is at
+ * least half the requester's, or it got the mastership less than
+ * hold_down_ms ago.  Returns 0, or -1 when gkey is invalid. */
 int mm_note_write(struct mm_node *node, const char *gkey, uint64_t now);
 
 /* The caller learnt that stale_master is not the master of gkey (it

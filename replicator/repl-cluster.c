@@ -217,11 +217,6 @@ static struct master_op *master_begin(struct repl_cluster *cl, const char *user,
 	 * waits for durability here, and the periodic check finds it. */
 	if (cl_log_append(cl, &e, &m->waiter.seq) < 0)
 		m->waiter.seq = 0;
-	if (cl->mm != NULL) {
-		char gkey[MM_GKEY_MAX + 1];
-		if (repl_mm_granule_key(cl->mm, user, mailbox, gkey, sizeof(gkey)) == 0)
-			repl_mm_note_write(cl->mm, gkey);
-	}
 	return m;
 }
 

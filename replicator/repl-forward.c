@@ -66,6 +66,14 @@ static void fwd_as_master(struct cl_fwd *f)
 {
 	struct repl_cluster *cl = f->cl;
 	f->state = CL_FWD_AS_MASTER;
+	/* Counted here, for this node's own clients, and not in
+	 * master_begin(): a master that counted the writes it serves for a
+	 * peer would always write at least as much as the peer asking for a
+	 * soft move, and refuse it (issue 19: the mastership never followed
+	 * a writer on another node). */
+	if (cl->mm != NULL &&
+	    repl_mm_granule_key(cl->mm, f->user, &f->mailbox, f->gkey, sizeof(f->gkey)) == 0)
+		repl_mm_note_write(cl->mm, f->gkey);
 	switch (f->kind) {
 	case FWD_APPEND:
 		cl_master_append(cl, &f->app, fwd_inner_done, f);

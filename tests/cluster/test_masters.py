@@ -14,6 +14,10 @@ LinkProxy:
     after the heal, one root and one master for everybody;
   - a silent master (SIGSTOP) is replaced after the keepalive's dead timeout;
   - MM messages a peer cannot send legally are answered BAD and ignored;
+  - mastership follows the writes (issue 19): two clients on two nodes
+    appending to one INBOX in turn for 8 s move it at most once; then the
+    non-master's client appending alone gets it, and every node ends with
+    every message;
   - on every poll of every node, no two nodes claim to be master of the
     granule at the same epoch (each node's own `is_master` answer).
 
@@ -27,6 +31,7 @@ every survivor's `master show` agrees, CLI polling included).  The last line
 is "test-masters: N passed, M failed".
 """
 import os
+import re
 import sys
 import time
 
@@ -34,6 +39,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
+from harness import imapwire  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -89,9 +95,13 @@ def note_claims(cluster, answers):
             CLAIMS.setdefault(key, set()).add(node_id)
 
 
-def poll(nodes):
+def poll(nodes, record=True):
+    """Every node's master show.  record=False where the master moves on
+    purpose: a move hands the granule to another node within one epoch (a
+    new generation, which master show does not print), so the claims
+    check would take it for two masters."""
     answers = {n.node_id: master_show(n) for n in nodes}
-    if nodes:
+    if nodes and record:
         note_claims(nodes[0].cluster, answers)
     return answers
 
@@ -106,13 +116,13 @@ def agreed(answers):
                for a in vals) and first["master"] != "0"
 
 
-def wait_agree(nodes, timeout=AGREE_LIMIT * 3, want_root=None):
+def wait_agree(nodes, timeout=AGREE_LIMIT * 3, want_root=None, record=True):
     """Polls every node's master show until all agree (and on want_root);
     returns (seconds, answers), or (None, last answers)."""
     t0 = time.monotonic()
     answers = {}
     while time.monotonic() - t0 < timeout:
-        answers = poll(nodes)
+        answers = poll(nodes, record)
         if agreed(answers) and (want_root is None or
                                 list(answers.values())[0]["root"] == str(want_root)):
             return time.monotonic() - t0, answers
@@ -315,11 +325,118 @@ def t_five_nodes_partition():
     finish_cluster(c)
 
 
+def imap_append(client, n):
+    r = client.command("APPEND INBOX", imapwire.Literal(
+        "Subject: follow %d\r\n\r\nbody %d\r\n" % (n, n)))
+    return r.status == "OK"
+
+
+def inbox_messages(client):
+    r = client.command("STATUS INBOX (MESSAGES)")
+    m = re.search(rb"MESSAGES (\d+)", b" ".join(r.untagged))
+    return int(m.group(1)) if m else None
+
+
+def t_mastership_follows_writer():
+    """Two writers do not move the mailbox back and forth; a sole writer on
+    another node gets it.  Before issue 19's fix the master counted the
+    writes it served for the other node as its own and refused every soft
+    move, so the second part failed."""
+    c = new_cluster(3, "mailbox")
+    r = c.nodes[0].cli("user", "add", USER, input=b"secret\n")
+    R.check("user created with the CLI", r.returncode == 0, r.stderr)
+    c.start_all()
+    c.wait_links_up(timeout=40)
+    c.nodes[0].deliver(USER, b"Subject: first\r\n\r\nbody\r\n")
+    t, ans = wait_agree(c.nodes)
+    R.check("3 nodes agree on a master of INBOX", t is not None, ans)
+    if t is None:
+        finish_cluster(c)
+        return
+    m = one(ans, "master")
+    master = c.nodes[m - 1]
+    writer = c.nodes[m % 3]          # another node
+    clients = {}
+    for node in (master, writer):
+        cl = imapwire.Client(node.host, node.imap_port)
+        R.equal("login on node %d" % node.node_id, cl.login(USER, "secret").status, "OK")
+        clients[node.node_id] = cl
+    appended = 0
+
+    # Both write, in turn, for 8 s: longer than the hold-down and a window.
+    seen, moves, ok = [m], 0, True
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 8.0 and appended < 4000 and ok:
+        for node in (master, writer):
+            ok = ok and imap_append(clients[node.node_id], appended)
+            appended += 1
+        if appended % 10 == 0:
+            a = poll([writer], record=False).get(writer.node_id)
+            if a and a["master"] != "0" and int(a["master"]) != seen[-1]:
+                seen.append(int(a["master"]))
+                moves += 1
+    R.check("two writers: every APPEND OK", ok)
+    R.check("two writers for 8 s (%d APPENDs): at most one move (%s)"
+            % (appended, seen), moves <= 1, seen)
+
+    # The other node's client writes alone: the mailbox follows it.
+    if seen[-1] == writer.node_id:
+        writer, master = master, writer   # it moved already: try the other way
+    t0 = time.monotonic()
+    got, n_alone = None, 0
+    while time.monotonic() - t0 < 20.0 and n_alone < 4000:
+        ok = imap_append(clients[writer.node_id], appended)
+        appended += 1
+        n_alone += 1
+        if not ok:
+            break
+        a = poll([writer], record=False).get(writer.node_id)
+        if a and a.get("is_master") == "yes":
+            got = time.monotonic() - t0
+            break
+    R.check("sole writer on node %d: every APPEND OK" % writer.node_id, ok)
+    R.check("sole writer on node %d gets the mastership" % writer.node_id, got is not None,
+            master_show(writer))
+    if got is not None:
+        print("measured: sole writer on node %d got the mastership after %.2f s, %d APPENDs"
+              % (writer.node_id, got, n_alone))
+    t, ans = wait_agree(c.nodes, record=False)
+    R.check("all nodes agree the master is node %d" % writer.node_id,
+            t is not None and one(ans, "master") == writer.node_id, ans)
+    R.check("exactly node %d says it is master" % writer.node_id,
+            t is not None and [k for k, a in ans.items() if a["is_master"] == "yes"]
+            == [writer.node_id], ans)
+
+    # No message lost or doubled across the moves: 1 delivery + every APPEND.
+    want = 1 + appended
+    counts = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        counts = {}
+        for node in c.nodes:
+            cl = clients.get(node.node_id)
+            if cl is None:
+                cl = imapwire.Client(node.host, node.imap_port)
+                if cl.login(USER, "secret").status != "OK":
+                    continue
+                clients[node.node_id] = cl
+            counts[node.node_id] = inbox_messages(cl)
+        if all(v == want for v in counts.values()) and len(counts) == 3:
+            break
+        time.sleep(0.2)
+    R.check("every node has all %d messages" % want,
+            len(counts) == 3 and all(v == want for v in counts.values()), counts)
+    for cl in clients.values():
+        cl.close()
+    finish_cluster(c)
+
+
 def main():
     R.section("one node, mailbox granules", t_single_node_mailbox_granule)
     R.section("three nodes: agreement, kill root, kill master, rejoin", t_three_nodes)
     R.section("five nodes: partition 2|3 and heal", t_five_nodes_partition)
     R.section("hostile MM messages from a peer", t_hostile_messages)
+    R.section("three nodes: mastership follows the writer", t_mastership_follows_writer)
     for cl in CLUSTERS:
         cl.close()
     double = {k: v for k, v in CLAIMS.items() if len(v) > 1}

@@ -25,6 +25,7 @@ static bool live(const struct sim *s, int a, int b)
 static void queue_clear(struct sim_queue *q)
 {
 	q->q.count = 0;
+	q->due.count = 0;
 	q->pos = 0;
 }
 
@@ -40,8 +41,10 @@ void sim_drain(struct sim *s, int i)
 			CU_ASSERT_FATAL(p >= 1 && p <= s->n && p != i);
 			/* A node only sends to peers it was told are up. */
 			CU_ASSERT(s->believes[i][p]);
-			if (live(s, i, p))
+			if (live(s, i, p)) {
 				ARRAY_PUSH(&s->q[i][p].q, o.msg);
+				ARRAY_PUSH(&s->q[i][p].due, s->now + s->latency_ms);
+			}
 			continue;
 		}
 		switch (o.event.type) {
@@ -161,8 +164,10 @@ void sim_free(struct sim *s)
 	for (int i = 1; i <= SIM_MAX; i++) {
 		mm_node_destroy(&s->node[i]);
 		ARRAY_FREE(&s->answers[i]);
-		for (int j = 1; j <= SIM_MAX; j++)
+		for (int j = 1; j <= SIM_MAX; j++) {
 			ARRAY_FREE(&s->q[i][j].q);
+			ARRAY_FREE(&s->q[i][j].due);
+		}
 	}
 }
 
@@ -300,7 +305,8 @@ bool sim_step(struct sim *s)
 
 	for (int a = 1; a <= s->n; a++) {
 		for (int b = 1; b <= s->n; b++) {
-			if (s->q[a][b].pos < s->q[a][b].q.count) {
+			const struct sim_queue *qq = &s->q[a][b];
+			if (qq->pos < qq->q.count && qq->due.items[qq->pos] <= s->now) {
 				cand[nc][0] = a;
 				cand[nc][1] = b;
 				nc++;
@@ -337,12 +343,36 @@ bool sim_step(struct sim *s)
 	return true;
 }
 
+/* The earliest time a queued message falls due, or UINT64_MAX. */
+static uint64_t next_due(const struct sim *s)
+{
+	uint64_t t = UINT64_MAX;
+	for (int a = 1; a <= s->n; a++) {
+		for (int b = 1; b <= s->n; b++) {
+			const struct sim_queue *q = &s->q[a][b];
+			if (q->pos < q->q.count && q->due.items[q->pos] < t)
+				t = q->due.items[q->pos];
+		}
+	}
+	return t;
+}
+
+/* Nothing can be delivered now: the next tick or due message, whichever
+ * comes first (never past end). */
+static uint64_t idle_until(const struct sim *s, uint64_t end)
+{
+	uint64_t t = s->next_tick, d = next_due(s);
+	if (d < t)
+		t = d;
+	return t < end ? t : end;
+}
+
 void sim_run(struct sim *s, uint64_t ms)
 {
 	uint64_t end = s->now + ms;
 	while (s->now < end) {
 		if (!sim_step(s)) {
-			s->now = s->next_tick < end ? s->next_tick : end;
+			s->now = idle_until(s, end);
 			if (s->now >= s->next_tick)
 				tick_all(s);
 		}
@@ -357,8 +387,9 @@ int64_t sim_run_until(struct sim *s, bool (*pred)(struct sim *s, void *ctx),
 		if (!pending(s) && pred(s, ctx))
 			return (int64_t)(s->now - start);
 		if (!sim_step(s)) {
-			s->now = s->next_tick;
-			tick_all(s);
+			s->now = idle_until(s, UINT64_MAX);
+			if (s->now >= s->next_tick)
+				tick_all(s);
 		}
 	}
 	return -1;

@@ -3,7 +3,8 @@
  * N nodes (SIDs 1..N) joined by wires.  Each direction of a live link is a
  * FIFO queue; a step delivers the head of one non-empty queue chosen by a
  * seeded PRNG, so links reorder against each other but never within
- * themselves.  Every delivered message costs 1 ms of simulated time; all
+ * themselves.  Every delivered message costs 1 ms of simulated time (and,
+ * with latency_ms set, waits that long on its wire first); all
  * nodes tick every SIM_TICK_MS.  Cutting a wire or crashing a node loses
  * what was queued on its links.  After every delivery the safety invariant
  * is checked: no two nodes of one connected component are master of one
@@ -23,6 +24,7 @@
 
 struct sim_queue {
 	ARRAY(struct mm_msg) q;
+	ARRAY(uint64_t) due; /* when each message may be delivered */
 	size_t pos;
 };
 
@@ -38,6 +40,9 @@ struct sim {
 	uint64_t rng;
 	uint64_t now, next_tick;
 	uint64_t steps;
+	/* one-way delay of every wire (0: a message costs 1 ms of delivery,
+	 * as before); set it after sim_init() to model a WAN */
+	uint64_t latency_ms;
 	uint64_t wire_msgs; /* deliveries that went through write + parse */
 	struct mm_settings set;
 	struct mm_node *node[SIM_MAX + 1];
