@@ -830,15 +830,21 @@ static bool tls_mismatch(struct proto_conn *conn, const unsigned char *data, siz
 	if (conn->got_input || len == 0)
 		return false;
 	conn->got_input = true;
+	/* What this side sent first (its HELLO, or its ClientHello) still
+	 * goes out before the close, so the peer can say its own line. */
 	if (conn->set.tls == PROTO_TLS_NONE && data[0] == 0x16) {
-		conn_fail(conn, conn->set.initiator ? "it speaks TLS but tls is off here" :
-			  "the peer speaks TLS but tls is off here");
+		snprintf(conn->peer_bye, sizeof(conn->peer_bye), "%s",
+			 conn->set.initiator ? "it speaks TLS but tls is off here" :
+			 "the peer speaks TLS but tls is off here");
+		conn_close_after_flush(conn);
 		return true;
 	}
 	if (conn->set.tls != PROTO_TLS_IMPLICIT || data[0] != '*')
 		return false;
 	if (conn->set.initiator) {
-		conn_fail(conn, "it did not start TLS but tls is on here");
+		snprintf(conn->peer_bye, sizeof(conn->peer_bye),
+			 "it did not start TLS but tls is on here");
+		conn_close_after_flush(conn);
 		return true;
 	}
 	/* Its HELLO names it; the peer reads plain text, so it gets a plain

@@ -733,6 +733,45 @@ static void test_half_tls_says_so_on_both_sides(void)
 	}
 }
 
+/* What a node sent first still reaches the peer when it closes on a
+ * half-TLS mismatch (the peer's own line depends on it), even when the
+ * peer's bytes are read before this side ever wrote. */
+static void test_half_tls_close_flushes_what_was_sent(void)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side b = { 0 };
+		struct raw r;
+		struct proto_conn_settings sb;
+		/* 0: a TLS-only initiator gets a plain HELLO; 1: a plain
+		 * acceptor gets a TLS ClientHello. */
+		base_settings(&sb, variant == 0 ? 1 : 2, variant == 0);
+		if (variant == 0)
+			tls_settings(&sb, PROTO_TLS_IMPLICIT, true);
+		raw_open(loop, &r, &b, &sb);
+		if (variant == 0) {
+			char line[200];
+			snprintf(line, sizeof(line), "* HELLO 1.0 2 %064d ()\r\n", 0);
+			raw_send(&r, line);
+		} else {
+			raw_send(&r, "\x16\x03\x01\x01\x05hello");
+		}
+		CU_ASSERT(run_until(loop, side_closed, &b, 5));
+		raw_read(&r);
+		CU_ASSERT(r.in.len > 0);
+		if (variant == 0) {
+			CU_ASSERT(r.in.len > 0 && ((unsigned char *)r.in.data)[0] == 0x16);
+			CU_ASSERT_PTR_NOT_NULL(strstr(b.reason, "did not start TLS but tls is on here"));
+		} else {
+			CU_ASSERT(strncmp(buf_cstr(&r.in), "* HELLO ", 8) == 0);
+			CU_ASSERT_PTR_NOT_NULL(strstr(b.reason, "speaks TLS but tls is off here"));
+		}
+		raw_close(&r);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
 static void test_starttls_acceptor_refuses_plain_auth_and_injected_bytes(void)
 {
 	for (int variant = 0; variant < 2; variant++) {
@@ -1128,6 +1167,7 @@ const struct test_case proto_conn_cases[] = {
 	{ "TLS certificate must name the peer", test_tls_certificate_must_name_the_peer },
 	{ "TLS certificate may name the peer host", test_tls_certificate_may_name_the_peer_host },
 	{ "half TLS says so on both sides", test_half_tls_says_so_on_both_sides },
+	{ "half TLS close flushes what was sent", test_half_tls_close_flushes_what_was_sent },
 	{ "STARTTLS acceptor refuses plain AUTH and injected bytes", test_starttls_acceptor_refuses_plain_auth_and_injected_bytes },
 	{ "compressed and plain links carry identical commands", test_compressed_and_plain_links_carry_identical_commands },
 	{ "pending tag timeout fires", test_pending_tag_timeout_fires },
