@@ -18,6 +18,18 @@
 /* A dump of a large user can be big, but not unbounded. */
 #define ADMIN_MAX_DATA (4ull * 1024 * 1024 * 1024)
 
+uint64_t cli_progress_interval_ms(void)
+{
+	const char *env = getenv("STARLING_PROGRESS_INTERVAL");
+	if (env != NULL) {
+		char *end;
+		double v = strtod(env, &end);
+		if (end != env && *end == '\0' && v >= 0.05 && v <= 3600)
+			return (uint64_t)(v * 1000);
+	}
+	return 5000;
+}
+
 char *cli_admin_socket_path(const struct config *cfg)
 {
 	return xasprintf("%s/admin.sock", cfg->data_dir);
@@ -151,6 +163,13 @@ enum cli_admin_result cli_admin_request(const struct config *cfg, const char *co
 			if (data_r != NULL)
 				buf_append(data_r, buf_rptr(&in), (size_t)size);
 			buf_consume(&in, (size_t)size);
+		} else if (str_has_prefix(line, "PROGRESS ")) {
+			/* Long work tells how far it is; stdout keeps the report. */
+			for (char *p = line + 9; *p != '\0'; p++)
+				if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+					*p = '?';
+			fprintf(stderr, "progress: %s\n", line + 9);
+			fflush(stderr);
 		} else if (strcmp(line, "OK") == 0 || str_has_prefix(line, "OK ")) {
 			*text_r = xstrdup(line[2] ? line + 3 : "");
 			res = CLI_ADMIN_OK;

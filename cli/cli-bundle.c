@@ -20,6 +20,7 @@
 
 #include "cli/cli.h"
 #include "lib/buf.h"
+#include "lib/clock.h"
 #include "lib/file.h"
 #include "lib/passwd.h"
 #include "lib/xalloc.h"
@@ -179,9 +180,29 @@ static int import_local(const struct config *cfg, const struct buf *bundle, stru
 		.scratch_parent = cfg->data_dir, .max_message_size = cfg->max_message_size,
 	};
 	struct sync_bundle_import_result res;
+	memset(&res, 0, sizeof(res));
+	buf_init(&res.state);
 	char *err = NULL;
-	int r = sync_bundle_import(db, &set, bundle->data != NULL ? (const void *)bundle->data : "",
-				   bundle->len, &res, &err);
+	int r = -1;
+	struct sync_bundle_import *imp =
+		sync_bundle_import_begin(db, &set, bundle->data != NULL ? (const void *)bundle->data : "",
+					 bundle->len, &err);
+	if (imp != NULL) {
+		/* The same progress lines as a running node sends (repl-admin.c). */
+		uint64_t every = cli_progress_interval_ms(), next = clock_mono_ms() + every;
+		while ((r = sync_bundle_import_step(imp, &err)) > 0) {
+			if (clock_mono_ms() >= next) {
+				char line[256];
+				sync_bundle_import_progress(imp, line, sizeof(line));
+				fprintf(stderr, "progress: %s\n", line);
+				fflush(stderr);
+				next = clock_mono_ms() + every;
+			}
+		}
+		if (r == 0)
+			sync_bundle_import_take_result(imp, &res);
+		sync_bundle_import_destroy(&imp);
+	}
 	if (r < 0) {
 		cli_error("%s", err);
 	} else {

@@ -48,6 +48,10 @@ enum cli_admin_result cli_admin_request(const struct config *cfg, const char *co
 int cli_admin_print(const struct config *cfg, const char *what, const char *const *tokens,
 		    size_t token_count, int timeout_ms);
 
+/* Milliseconds between progress lines of long local work: 5 s, or
+ * STARLING_PROGRESS_INTERVAL seconds (as the node's admin socket). */
+uint64_t cli_progress_interval_ms(void);
+
 /* Path of the admin socket; the caller frees it. */
 char *cli_admin_socket_path(const struct config *cfg);
 

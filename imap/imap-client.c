@@ -218,6 +218,23 @@ static void log_tls_error(struct imap_client *c, const char *what)
 	ERR_clear_error();
 }
 
+/* True when a TLS call failed because the client went away: an EOF
+ * without close_notify, or a reset (SSL_ERROR_SYSCALL with nothing on the
+ * error queue).  That is how a port check or a client quitting ends; it is
+ * logged at debug, and the error queue is cleared. */
+static bool tls_client_gone(struct imap_client *c, int e, const char *what)
+{
+	unsigned long err = ERR_peek_error();
+	bool gone = (e == SSL_ERROR_SYSCALL && err == 0) ||
+		    (e == SSL_ERROR_SSL && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
+	if (!gone)
+		return false;
+	log_debug("imap[%016llx]: %s: client gone during TLS %s", (unsigned long long)c->id,
+		  c->peer, what);
+	ERR_clear_error();
+	return true;
+}
+
 /* Advances the TLS handshake.  Returns 1 done, 0 in progress, -1 failed. */
 static int tls_handshake_step(struct imap_client *c)
 {
@@ -243,7 +260,8 @@ static int tls_handshake_step(struct imap_client *c)
 		c->tls_want_write = true;
 		return 0;
 	}
-	log_tls_error(c, "handshake");
+	if (!tls_client_gone(c, e, "handshake"))
+		log_tls_error(c, "handshake");
 	return -1;
 }
 
@@ -281,14 +299,8 @@ static int client_read(struct imap_client *c)
 				}
 				/* A client that just closes its socket without a TLS
 				 * close_notify (most do) is not an error worth info. */
-				if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_error()) ==
-							  SSL_R_UNEXPECTED_EOF_WHILE_READING) {
-					log_debug("imap[%016llx]: %s: closed without TLS close_notify",
-						  (unsigned long long)c->id, c->peer);
-					ERR_clear_error();
-				} else if (e != SSL_ERROR_ZERO_RETURN) {
+				if (e != SSL_ERROR_ZERO_RETURN && !tls_client_gone(c, e, "read"))
 					log_tls_error(c, "read");
-				}
 				return -1;
 			}
 		} else {
@@ -324,7 +336,8 @@ static int client_flush(struct imap_client *c)
 				int e = SSL_get_error(c->ssl, r);
 				if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
 					return 0;
-				log_tls_error(c, "write");
+				if (!tls_client_gone(c, e, "write"))
+					log_tls_error(c, "write");
 				return -1;
 			}
 			n = r;

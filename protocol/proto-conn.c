@@ -15,6 +15,7 @@
  * destroying only marks the connection, and the memory is released when
  * the outermost callback unwinds (or at once when nothing is running). */
 #include "protocol/protocol.h"
+#include "protocol/proto-tls-name.h"
 
 #include <errno.h>
 #include <ev.h>
@@ -104,6 +105,7 @@ struct proto_conn {
 	SSL *ssl;
 	BIO *rbio, *wbio;
 	bool tls_active, tls_done;
+	bool got_input; /* the first bytes from the peer have been seen */
 
 	/* Compression. */
 	z_stream zin, zout;
@@ -112,7 +114,7 @@ struct proto_conn {
 	struct pending *buckets[PENDING_BUCKETS];
 	unsigned long next_tag;
 	size_t pending_count;
-	char peer_bye[160];
+	char peer_bye[200];
 };
 
 static void conn_fail(struct proto_conn *conn, const char *reason);
@@ -818,8 +820,55 @@ static void on_plain_input(struct proto_conn *conn, const unsigned char *data, s
 	}
 }
 
+/* The first octet tells TLS (a handshake record, 0x16) from this protocol
+ * (a tag: "* HELLO").  A node with TLS facing one without would otherwise
+ * feed a HELLO to OpenSSL ("wrong version number") or a ClientHello to the
+ * parser ("Bad tag"): say in one line what is wrong.  Returns true if it
+ * closed the link. */
+static bool tls_mismatch(struct proto_conn *conn, const unsigned char *data, size_t len)
+{
+	if (conn->got_input || len == 0)
+		return false;
+	conn->got_input = true;
+	/* What this side sent first (its HELLO, or its ClientHello) still
+	 * goes out before the close, so the peer can say its own line. */
+	if (conn->set.tls == PROTO_TLS_NONE && data[0] == 0x16) {
+		snprintf(conn->peer_bye, sizeof(conn->peer_bye), "%s",
+			 conn->set.initiator ? "it speaks TLS but tls is off here" :
+			 "the peer speaks TLS but tls is off here");
+		conn_close_after_flush(conn);
+		return true;
+	}
+	if (conn->set.tls != PROTO_TLS_IMPLICIT || data[0] != '*')
+		return false;
+	if (conn->set.initiator) {
+		snprintf(conn->peer_bye, sizeof(conn->peer_bye),
+			 "it did not start TLS but tls is on here");
+		conn_close_after_flush(conn);
+		return true;
+	}
+	/* Its HELLO names it; the peer reads plain text, so it gets a plain
+	 * BYE and can say the reverse on its side. */
+	char line[64];
+	unsigned major, minor, sid;
+	size_t n = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
+	memcpy(line, data, n);
+	line[n] = '\0';
+	if (sscanf(line, "* HELLO %u.%u %u ", &major, &minor, &sid) == 3 && sid != 0)
+		snprintf(conn->peer_bye, sizeof(conn->peer_bye),
+			 "peer %u did not start TLS but tls is on here", sid);
+	else
+		snprintf(conn->peer_bye, sizeof(conn->peer_bye),
+			 "the peer did not start TLS but tls is on here");
+	buf_appendf(&conn->out_net, "* BYE [PRIVACYREQUIRED] TLS only on this node\r\n");
+	conn_close_after_flush(conn);
+	return true;
+}
+
 static void on_net_input(struct proto_conn *conn, const unsigned char *data, size_t len)
 {
+	if (tls_mismatch(conn, data, len))
+		return;
 	if (conn->tls_active)
 		tls_input(conn, data, len);
 	else
@@ -1063,6 +1112,20 @@ static void handle_hello(struct proto_conn *conn, const struct proto_cmd *cmd)
 		conn_close_after_flush(conn);
 		return;
 	}
+	if (conn->tls_active) {
+		/* The chain only says "a node of this cluster" (SPEC.md 4.1). */
+		const char *host = conn->cb.peer_host != NULL ?
+				   conn->cb.peer_host(conn, sid, conn->ctx) : NULL;
+		char why[sizeof(conn->peer_bye)];
+		if (proto_tls_name_check(SSL_get0_peer_certificate(conn->ssl), sid, host, why,
+					 sizeof(why)) < 0) {
+			send_status(conn, "*", "BYE", "AUTHFAILED",
+				    "TLS certificate does not name the node you claim");
+			snprintf(conn->peer_bye, sizeof(conn->peer_bye), "%s", why);
+			conn_close_after_flush(conn);
+			return;
+		}
+	}
 	conn->peer_sid = sid;
 	unsigned my_minor = PROTO_VERSION_MINOR;
 	conn->minor = minor < my_minor ? minor : my_minor;
@@ -1166,9 +1229,17 @@ static void handle_line(struct proto_conn *conn, const struct proto_cmd *cmd)
 		if (proto_cmd_is(cmd, "HELLO")) {
 			handle_hello(conn, cmd);
 		} else if (proto_cmd_is(cmd, "BYE")) {
-			snprintf(conn->peer_bye, sizeof(conn->peer_bye), "peer said BYE: %s%s%s",
-				 cmd->has_code && cmd->arg_count > 0 ? cmd->args[0].str : "",
-				 cmd->has_code ? " " : "", cmd->text);
+			bool privacy = cmd->has_code && cmd->arg_count > 0 &&
+				       strcasecmp(cmd->args[0].str, "PRIVACYREQUIRED") == 0;
+			if (privacy && conn->set.tls == PROTO_TLS_NONE && !conn->authenticated)
+				snprintf(conn->peer_bye, sizeof(conn->peer_bye), "%s",
+					 conn->set.initiator ? "it speaks TLS but tls is off here" :
+					 "the peer speaks TLS but tls is off here");
+			else
+				snprintf(conn->peer_bye, sizeof(conn->peer_bye),
+					 "peer said BYE: %s%s%s",
+					 cmd->has_code && cmd->arg_count > 0 ? cmd->args[0].str : "",
+					 cmd->has_code ? " " : "", cmd->text);
 		} else if (!conn->authenticated) {
 			send_status(conn, "*", "BYE", "NOAUTH", "authenticate first");
 			conn_close_after_flush(conn);

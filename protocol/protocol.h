@@ -494,6 +494,11 @@ struct proto_conn_callbacks {
 	void (*untagged)(struct proto_conn *conn, const struct proto_cmd *line, void *ctx);
 	/* Output fell below the low-water mark after being above it.  May be NULL. */
 	void (*drained)(struct proto_conn *conn, void *ctx);
+	/* The host of node sid's `peer` line (borrowed until the callback
+	 * returns), or NULL if none: under TLS the peer's certificate must
+	 * name that host or "starling-node-SID" (SPEC.md 4.1).  May be NULL:
+	 * then only "starling-node-SID" names a peer. */
+	const char *(*peer_host)(struct proto_conn *conn, uint32_t sid, void *ctx);
 	/* The link is gone; reason is for logs.  Called exactly once, unless
 	 * proto_conn_destroy() came first.  After it returns the connection
 	 * is freed (later, out of its callback chain): don't use it again. */

@@ -62,6 +62,11 @@
  *   not converged: ...", "NO peer N is not connected", "NO resync with N
  *   failed: ..." (after the report of the peers done so far).
  *
+ *   While a RESYNC or a BUNDLE-IMPORT runs, the server sends a line
+ *   "PROGRESS <text>\n" every 5 s (STARLING_PROGRESS_INTERVAL seconds, for
+ *   tests), before any DATA: how far it is, for the operator.  A client that
+ *   does not read them gets no more once 4 KiB wait.
+ *
  * The socket never blocks the loop: a request and its body arrive over as
  * many callbacks as needed, and replies are written as the socket accepts
  * them. */
@@ -94,6 +99,8 @@
 #define ADMIN_MAX_TOKENS 8
 #define ADMIN_TIMEOUT 120.0
 #define MASTER_TIMEOUT_MS 10000u
+#define PROGRESS_INTERVAL 5.0
+#define PROGRESS_BACKLOG_MAX 4096
 
 struct admin_conn;
 
@@ -113,6 +120,7 @@ struct repl_admin {
 	void *resync_ctx;
 	bool importing;  /* a BUNDLE-IMPORT runs (one at a time) */
 	struct repl_users *users;
+	double progress_interval; /* seconds between PROGRESS lines */
 };
 
 enum conn_state {
@@ -143,6 +151,7 @@ struct admin_conn {
 	 * serving meanwhile. */
 	struct sync_bundle_import *imp;
 	ev_idle idle;
+	ev_timer progress; /* PROGRESS lines of a long RESYNC or BUNDLE-IMPORT */
 };
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
@@ -165,8 +174,47 @@ static void conn_free(struct admin_conn *c)
 	free(c);
 }
 
+static void progress_stop(struct admin_conn *c)
+{
+	if (c->admin != NULL && ev_is_active(&c->progress))
+		ev_timer_stop(c->admin->loop, &c->progress);
+}
+
+static void conn_update_io(struct admin_conn *c);
+
+/* Long admin work tells how far it is; the final line follows as usual. */
+static void progress_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct admin_conn *c = (struct admin_conn *)((char *)w - offsetof(struct admin_conn, progress));
+	struct repl_admin *a = c->admin;
+	char line[256];
+	bool have = false;
+	(void)loop;
+	(void)revents;
+	if (c->fd < 0 || c->state != CONN_WAITING || buf_avail(&c->out) > PROGRESS_BACKLOG_MAX)
+		return;
+	if (c->imp != NULL) {
+		sync_bundle_import_progress(c->imp, line, sizeof(line));
+		have = true;
+	} else if (a->resync_ops != NULL && a->resync_ops->progress != NULL) {
+		have = a->resync_ops->progress(a->resync_ctx, c, line, sizeof(line));
+	}
+	if (!have)
+		return;
+	buf_appendf(&c->out, "PROGRESS %s\n", line);
+	conn_update_io(c);
+}
+
+static void progress_start(struct admin_conn *c)
+{
+	double iv = c->admin->progress_interval;
+	ev_timer_init(&c->progress, progress_cb, iv, iv);
+	ev_timer_start(c->admin->loop, &c->progress);
+}
+
 static void conn_close(struct admin_conn *c)
 {
+	progress_stop(c);
 	if (c->fd >= 0) {
 		ev_io_stop(c->admin->loop, &c->io);
 		ev_timer_stop(c->admin->loop, &c->timer);
@@ -198,6 +246,7 @@ static void conn_update_io(struct admin_conn *c)
 static void conn_reply(struct admin_conn *c, const void *data, size_t len, const char *status,
 		       const char *text)
 {
+	progress_stop(c);
 	if (data != NULL && len > 0) {
 		buf_appendf(&c->out, "DATA %zu\n", len);
 		buf_append(&c->out, data, len);
@@ -485,7 +534,9 @@ static void resync_request(struct admin_conn *c, char **tok, int n)
 	if (a->resync_ops->start(a->resync_ctx, tok[1], peer, full, resync_done, c, &err) < 0) {
 		c->state = CONN_REQUEST;
 		conn_reply(c, NULL, 0, "NO", err);
+		return;
 	}
+	progress_start(c);
 }
 
 void repl_admin_set_resync(struct repl_admin *admin, const struct repl_admin_resync_ops *ops,
@@ -661,6 +712,7 @@ static void bundle_import_run(struct admin_conn *c)
 	sync_bundle_import_set_wake(c->imp, bundle_durable, c);
 	ev_idle_init(&c->idle, bundle_idle_cb);
 	ev_idle_start(a->loop, &c->idle);
+	progress_start(c);
 }
 
 /* Starts reading the body of a BUNDLE-* request (size checked by the
@@ -957,6 +1009,14 @@ int repl_admin_create(struct ev_loop *loop, const struct config *cfg, struct rep
 	a->status_ctx = status_ctx;
 	a->path = path;
 	a->fd = fd;
+	a->progress_interval = PROGRESS_INTERVAL;
+	const char *env = getenv("STARLING_PROGRESS_INTERVAL");
+	if (env != NULL) {
+		char *end;
+		double v = strtod(env, &end);
+		if (end != env && *end == '\0' && v >= 0.05 && v <= 3600)
+			a->progress_interval = v;
+	}
 	ev_io_init(&a->io, accept_cb, fd, EV_READ);
 	a->io.data = a;
 	ev_io_start(loop, &a->io);
@@ -986,6 +1046,7 @@ void repl_admin_destroy(struct repl_admin **ap)
 		if (a->conns != NULL)
 			a->conns->prev = NULL;
 		c->prev = c->next = NULL;
+		progress_stop(c);
 		if (c->fd >= 0) {
 			ev_io_stop(a->loop, &c->io);
 			ev_timer_stop(a->loop, &c->timer);

@@ -38,6 +38,8 @@ void repl_admin_set_master(struct repl_admin *admin, const struct repl_admin_mas
 struct repl_admin_resync_ops {
 	int (*start)(void *ctx, const char *user, uint32_t peer, bool full, repl_sync_done_cb *cb,
 		     void *cb_ctx, const char **error_r);
+	/* As repl_sync_progress(); may be NULL (no progress lines). */
+	bool (*progress)(void *ctx, const void *cb_ctx, char *out, size_t size);
 };
 /* Enables RESYNC requests; without it they are answered NO.  The backend
  * must answer every started request before the admin is destroyed. */

@@ -424,7 +424,16 @@ static void link_closed_cb(struct proto_conn *conn, const char *reason, void *ct
 		peer_link_lost(peer, reason);
 }
 
+/* Read at the HELLO, so a peer's address changed by SIGHUP counts at once. */
+static const char *link_peer_host_cb(struct proto_conn *conn, uint32_t sid, void *ctx)
+{
+	struct link *link = ctx;
+	struct peer *peer = peer_find(link->mgr, sid);
+	return peer != NULL ? peer->host : NULL;
+}
+
 static const struct proto_conn_callbacks link_callbacks = {
+	.peer_host = link_peer_host_cb,
 	.ready = link_ready_cb,
 	.command = link_command_cb,
 	.untagged = link_untagged_cb,

@@ -523,3 +523,28 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 	run_client_start(run);
 	return 0;
 }
+
+bool repl_sync_progress(const struct repl_sync *rs, const void *ctx, char *out, size_t size)
+{
+	if (rs->waiting != NULL && rs->waiting->ctx == ctx) {
+		snprintf(out, size, "waiting for a background resync of another user to end");
+		return true;
+	}
+	const struct run *run = rs->run;
+	if (run == NULL || run->ctx != ctx)
+		return false;
+	if (run->client == NULL || run->cur >= run->npeers) {
+		snprintf(out, size, "finishing");
+		return true;
+	}
+	const struct sync_report *r = sync_client_report(run->client);
+	size_t done = 0;
+	for (size_t i = 0; i < run->npeers; i++)
+		done += !run->due[i];
+	snprintf(out, size,
+		 "peer %u%s (%zu of %zu peers done): %u mailboxes checked, %u messages sent, "
+		 "%u received",
+		 run->peers[run->cur], run->verifying ? " verifying" : "", done, run->npeers,
+		 r->mailboxes_checked, r->messages_sent, r->messages_received);
+	return true;
+}

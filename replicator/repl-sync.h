@@ -78,6 +78,13 @@ void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid);
 int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool full,
 		    repl_sync_done_cb *cb, void *ctx, const char **error_r);
 
+/* How far the asked resync started with ctx (the cb_ctx given to
+ * repl_sync_start()) is, in one line for progress reports: the peer it
+ * syncs with, how many of the run's peers are done, mailboxes checked,
+ * messages sent and received so far ("waiting for a background resync"
+ * before it starts).  Returns false if no such resync runs. */
+bool repl_sync_progress(const struct repl_sync *rs, const void *ctx, char *out, size_t size);
+
 /* The periodic check: every REPL_SYNC_CHECK_INTERVAL seconds each up peer's
  * LIST of each user (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and digest per
  * mailbox, and the subscriptions) is compared with ours, and users that

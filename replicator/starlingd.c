@@ -144,7 +144,12 @@ static int resync_start(void *ctx, const char *user, uint32_t peer, bool full,
 	return repl_sync_start(ctx, user, peer, full, cb, cb_ctx, error_r);
 }
 
-static const struct repl_admin_resync_ops resync_ops = { resync_start };
+static bool resync_progress(void *ctx, const void *cb_ctx, char *out, size_t size)
+{
+	return repl_sync_progress(ctx, cb_ctx, out, size);
+}
+
+static const struct repl_admin_resync_ops resync_ops = { resync_start, resync_progress };
 
 /* The link events go to the mailbox masters and to the sync. */
 static void link_up_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn, void *ctx)

@@ -513,6 +513,21 @@ void sync_bundle_import_destroy(struct sync_bundle_import **impp)
 	free(imp);
 }
 
+void sync_bundle_import_progress(const struct sync_bundle_import *imp, char *out, size_t size)
+{
+	if (imp->phase == IMP_LOAD) {
+		snprintf(out, size, "loading: %.1f of %.1f MiB", imp->f.produced / 1048576.0,
+			 imp->f.raw_len / 1048576.0);
+		return;
+	}
+	/* merge_step() keeps the first run's counts (a run again after a
+	 * failure finds what the first one did and would show less). */
+	const struct sync_report *r = &imp->report;
+	snprintf(out, size, "merging: %u mailboxes checked, %u messages added, %u flags changed%s",
+		 r->mailboxes_checked, r->messages_received, r->flags_changed,
+		 imp->phase == IMP_DONE ? " (done)" : "");
+}
+
 int sync_bundle_import(struct stor_db *db, const struct sync_bundle_import_settings *set,
 		       const void *data, size_t len, struct sync_bundle_import_result *res_r,
 		       char **error_r)

@@ -133,6 +133,10 @@ void sync_bundle_import_set_wake(struct sync_bundle_import *imp, sync_bundle_wak
 void sync_bundle_import_take_result(struct sync_bundle_import *imp,
 				    struct sync_bundle_import_result *res_r);
 void sync_bundle_import_destroy(struct sync_bundle_import **imp);
+/* How far the import is, in one line for progress reports: "loading: X of
+ * Y MiB" while the body is loaded, then "merging: N mailboxes checked, N
+ * messages added, N flags changed". */
+void sync_bundle_import_progress(const struct sync_bundle_import *imp, char *out, size_t size);
 
 /* Wraps a command stream in the bundle format (header, zlib body, digest,
  * signature).  since_digest NULL means SINCE FULL.  Used by the export and

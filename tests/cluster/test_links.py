@@ -436,7 +436,7 @@ def t_tls():
     c = new_cluster(3, peer_tls=True, proxies=True)
     # Node 3 holds a certificate of another CA: nobody may accept it.
     rogue = TestCA(os.path.join(c.dir, "rogue-ca"), name="Rogue CA")
-    c.nodes[2].tls_cert, c.nodes[2].tls_key = rogue.issue("node3")
+    c.nodes[2].tls_cert, c.nodes[2].tls_key = rogue.issue("node3", san="DNS:starling-node-3")
     c.start_all()
     t = c.wait_links_up(timeout=30, nodes=c.nodes[:2])
     print("measured: TLS link 1-2 up %.2f s after start" % t)
@@ -464,7 +464,7 @@ def t_tls():
             c.nodes[0].log_tail(5))
     # Fix node 3's certificate: the links come up, over TLS.
     c.nodes[2].stop()
-    c.nodes[2].tls_cert, c.nodes[2].tls_key = c.ca.issue("node3-new")
+    c.nodes[2].tls_cert, c.nodes[2].tls_key = c.ca.issue("node3-new", san="DNS:starling-node-3")
     c.nodes[2].start()
     t = c.wait_links_up(timeout=30)
     print("measured: TLS links to node 3 up %.2f s after its restart" % t)

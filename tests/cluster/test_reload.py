@@ -93,7 +93,7 @@ def peer_tls():
     cl = Cluster(3, users={ALICE: PW}, peer_tls=True)
     n1, n2, n3 = cl.nodes
     rogue = TestCA(os.path.join(cl.dir, "rogue-ca"), name="Rogue CA")
-    n3.tls_cert, n3.tls_key = rogue.issue("node3")
+    n3.tls_cert, n3.tls_key = rogue.issue("node3", san="DNS:starling-node-3")
     try:
         cl.start_all()
         cl.wait_links_up(nodes=[n1, n2])
@@ -103,7 +103,7 @@ def peer_tls():
             ever_up |= {k for k, v in cl.links_state().items() if v == "up" and 3 in k}
             time.sleep(0.2)
         R.check("node 3 with another CA's certificate: its links stay down", not ever_up, ever_up)
-        n3.tls_cert, n3.tls_key = cl.ca.issue("node3-new")
+        n3.tls_cert, n3.tls_key = cl.ca.issue("node3-new", san="DNS:starling-node-3")
         n3.write_config()
         hup(n3)
         try:

@@ -2,7 +2,7 @@
 openssl command, for TLS between peers (mutual TLS against tls_ca).
 
     ca = TestCA(directory)
-    cert, key = ca.issue("node1")
+    cert, key = ca.issue("node1", san="DNS:starling-node-1")
     ca.cert   # the CA certificate, for tls_ca
 """
 import os
@@ -23,16 +23,24 @@ class TestCA:
                   "-subj", "/CN=" + name], timeout=60, check=True)
         os.chmod(self.key, 0o600)
 
-    def issue(self, cn):
-        """A certificate for cn signed by this CA: (cert_path, key_path)."""
+    def issue(self, cn, san=None):
+        """A certificate for cn signed by this CA: (cert_path, key_path).
+        san: the subjectAltName value ("DNS:starling-node-1,IP:127.0.0.1"),
+        None for a certificate without one (it names no peer)."""
         key = os.path.join(self.dir, cn + ".key")
         csr = os.path.join(self.dir, cn + ".csr")
         cert = os.path.join(self.dir, cn + ".pem")
         proc.run(["openssl", "req"] + CURVE +
                  ["-keyout", key, "-out", csr, "-subj", "/CN=" + cn],
                  timeout=60, check=True)
+        ext = []
+        if san:
+            extfile = os.path.join(self.dir, cn + ".ext")
+            with open(extfile, "w") as f:
+                f.write("subjectAltName = %s\n" % san)
+            ext = ["-extfile", extfile]
         proc.run(["openssl", "x509", "-req", "-in", csr, "-CA", self.cert,
-                  "-CAkey", self.key, "-CAcreateserial", "-out", cert, "-days", "2"],
+                  "-CAkey", self.key, "-CAcreateserial", "-out", cert, "-days", "2"] + ext,
                  timeout=60, check=True)
         os.chmod(key, 0o600)
         return cert, key

@@ -21,8 +21,8 @@ With proxies=True every directed peer link goes through a LinkProxy
 (i, j), which forwards to node j's repl_listen, and c.cut(i, j),
 c.blackhole(i, j), c.restore(i, j) break and heal the link between nodes i
 and j.  With peer_tls=True a CA and one certificate per node are made with
-the openssl command, and every node gets tls_cert, tls_key and tls_ca, so
-peer links run mutual TLS.
+the openssl command (each naming its node: SAN DNS:starling-node-N), and
+every node gets tls_cert, tls_key and tls_ca, so peer links run mutual TLS.
 
 Under AddressSanitizer (make check), a node's output goes to its log file;
 sanitizer_report() finds a sanitizer's report in it, and tests count one as a
@@ -303,7 +303,8 @@ class Cluster:
             self.ca = TestCA(os.path.join(self.dir, "ca"))
             self.tls_ca = self.ca.cert
             for node in self.nodes:
-                node.tls_cert, node.tls_key = self.ca.issue("node%d" % node.node_id)
+                node.tls_cert, node.tls_key = self.ca.issue(
+                    "node%d" % node.node_id, san="DNS:starling-node-%d" % node.node_id)
         self.mesh = None
         if proxies and n > 1:
             self.mesh = ProxyMesh()

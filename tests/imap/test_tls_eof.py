@@ -3,13 +3,17 @@
 
 A real starlingd with implicit TLS: a client that logs in and then just
 closes its socket (no TLS close_notify, as most clients do) is no error:
-nothing about it at info.  A broken handshake still is logged at info.
+nothing about it at info.  Nor is a client gone during the handshake (a
+port check connecting and closing, a client closing half-way through its
+ClientHello) or one that resets its connection: those are logged at debug.
+A broken handshake (bytes that are not TLS) still is logged at info.
 
 The last line is "test-tls-eof: N passed, M failed".
 """
 import os
 import socket
 import ssl
+import struct
 import sys
 import time
 
@@ -37,6 +41,30 @@ def t_eof():
             # Close the TCP socket under TLS: no close_notify is sent.
             raw = socket.socket(fileno=cl.sock.detach())
             raw.close()
+        # A port check: connect, close.
+        for _ in range(3):
+            socket.create_connection((node.host, node.imaps_port), timeout=10).close()
+        # Half a ClientHello, then close.
+        with socket.create_connection((node.host, node.imaps_port), timeout=10) as so:
+            so.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20)
+            time.sleep(0.2)
+        # A logged-in client that resets its connection (RST, SO_LINGER 0).
+        cl = Client(node.host, node.imaps_port, tls_context=ctx, server_hostname="localhost")
+        R.equal("LOGIN over implicit TLS, before a reset", cl.login(USER, PASSWORD).status, "OK")
+        raw = socket.socket(fileno=cl.sock.detach())
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+        # The node has handled them all once a new session gets through.
+        cl = Client(node.host, node.imaps_port, tls_context=ctx, server_hostname="localhost")
+        R.equal("a new session after them", cl.login(USER, PASSWORD).status, "OK")
+        cl.command("LOGOUT")
+        time.sleep(0.3)
+        log = node.log_text()
+        gone = [ln for ln in log.splitlines() if " debug " not in ln and
+                any(w in ln for w in ("TLS handshake failed", "TLS read failed",
+                                      "TLS write failed", "unexpected eof"))]
+        R.check("clients gone mid-handshake or reset: nothing about TLS at info or warn",
+                not gone, gone)
         with socket.create_connection((node.host, node.imaps_port), timeout=10) as so:
             so.sendall(b"not a TLS hello\r\n" * 4)
             try:

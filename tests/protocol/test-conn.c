@@ -26,6 +26,10 @@ static char *steal_str(struct buf *b)
 static char *certdir;
 static char *path_ca, *path_n1_cert, *path_n1_key, *path_n2_cert, *path_n2_key;
 static char *path_rogue_cert, *path_rogue_key;
+/* n3 names starling-node-3; hostb names node-b.example.test and 127.0.0.2;
+ * cnonly has CN=n2 and no SAN. */
+static char *path_n3_cert, *path_n3_key, *path_hostb_cert, *path_hostb_key;
+static char *path_cnonly_cert, *path_cnonly_key;
 
 static const unsigned char secret[] = "0123456789abcdef0123456789abcdef";
 static const unsigned char wrong_secret[] = "0123456789abcdef0123456789abcdeX";
@@ -39,11 +43,16 @@ int proto_conn_suite_init(void)
 		"-keyout ca.key -out ca.pem -days 2 -subj /CN=starling-test-ca && "
 		"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
 		"-keyout rogue-ca.key -out rogue-ca.pem -days 2 -subj /CN=rogue-ca && "
-		"for n in n1 n2; do "
+		"printf 'subjectAltName=DNS:starling-node-1\\n' >n1.ext && "
+		"printf 'subjectAltName=DNS:starling-node-2\\n' >n2.ext && "
+		"printf 'subjectAltName=DNS:starling-node-3\\n' >n3.ext && "
+		"printf 'subjectAltName=DNS:node-b.example.test,IP:127.0.0.2\\n' >hostb.ext && "
+		"printf 'basicConstraints=CA:FALSE\\n' >cnonly.ext && "
+		"for n in n1 n2 n3 hostb cnonly; do "
 		"openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
 		"-keyout $n.key -out $n.csr -subj /CN=$n && "
 		"openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-		"-out $n.pem -days 2 || exit 1; done && "
+		"-extfile $n.ext -out $n.pem -days 2 || exit 1; done && "
 		"openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
 		"-keyout rogue.key -out rogue.csr -subj /CN=n1 && "
 		"openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key "
@@ -63,6 +72,12 @@ int proto_conn_suite_init(void)
 	path_n2_key = xasprintf("%s/n2.key", certdir);
 	path_rogue_cert = xasprintf("%s/rogue.pem", certdir);
 	path_rogue_key = xasprintf("%s/rogue.key", certdir);
+	path_n3_cert = xasprintf("%s/n3.pem", certdir);
+	path_n3_key = xasprintf("%s/n3.key", certdir);
+	path_hostb_cert = xasprintf("%s/hostb.pem", certdir);
+	path_hostb_key = xasprintf("%s/hostb.key", certdir);
+	path_cnonly_cert = xasprintf("%s/cnonly.pem", certdir);
+	path_cnonly_key = xasprintf("%s/cnonly.key", certdir);
 	return 0;
 }
 
@@ -77,6 +92,12 @@ int proto_conn_suite_cleanup(void)
 	free(path_n2_key);
 	free(path_rogue_cert);
 	free(path_rogue_key);
+	free(path_n3_cert);
+	free(path_n3_key);
+	free(path_hostb_cert);
+	free(path_hostb_key);
+	free(path_cnonly_cert);
+	free(path_cnonly_key);
 	return 0;
 }
 
@@ -90,6 +111,8 @@ struct side {
 	bool destroy_on_command;
 	int replies_done, replies_data, replies_timeout, replies_closed;
 	struct buf reply_codes;
+	const char *peer_host; /* what the peer_host callback answers */
+	uint32_t host_asked;   /* the SID it was asked about */
 };
 
 static void dump_arg(struct buf *b, const struct proto_arg *a)
@@ -161,7 +184,15 @@ static void on_drained(struct proto_conn *conn, void *ctx)
 	s->drained++;
 }
 
+static const char *on_peer_host(struct proto_conn *conn, uint32_t sid, void *ctx)
+{
+	struct side *s = ctx;
+	s->host_asked = sid;
+	return s->peer_host;
+}
+
 static const struct proto_conn_callbacks side_cb = {
+	.peer_host = on_peer_host,
 	.ready = on_ready,
 	.command = on_command,
 	.untagged = on_untagged,
@@ -597,6 +628,150 @@ static void test_tls_with_untrusted_certificate_is_refused(void)
 	}
 }
 
+/* A certificate of the cluster CA is not enough: it must name the node
+ * (SAN DNS starling-node-SID, or the host of its peer line). */
+static void test_tls_certificate_must_name_the_peer(void)
+{
+	for (int which = 0; which < 4; which++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side a = { 0 }, b = { 0 };
+		struct proto_conn_settings sa, sb;
+		enum proto_tls_mode m = which % 2 == 0 ? PROTO_TLS_IMPLICIT : PROTO_TLS_STARTTLS;
+		base_settings(&sa, 1, true);
+		base_settings(&sb, 2, false);
+		tls_settings(&sa, m, true);
+		tls_settings(&sb, m, false);
+		/* 0, 1: node 1 shows node 3's certificate; 2, 3: node 2 does. */
+		struct side *liar = which < 2 ? &a : &b, *judge = which < 2 ? &b : &a;
+		struct proto_conn_settings *bad = which < 2 ? &sa : &sb;
+		bad->tls_cert = path_n3_cert;
+		bad->tls_key = path_n3_key;
+		connect_pair(loop, &a, &b, &sa, &sb);
+		struct two t = { &a, &b };
+		CU_ASSERT(run_until(loop, both_closed, &t, 5));
+		CU_ASSERT_EQUAL(a.ready + b.ready, 0);
+		char want[64];
+		snprintf(want, sizeof(want), "TLS certificate does not name node %d", which < 2 ? 1 : 2);
+		CU_ASSERT_PTR_NOT_NULL(strstr(judge->reason, want));
+		CU_ASSERT_PTR_NOT_NULL(strstr(judge->reason, "it names: DNS:starling-node-3 CN=n3"));
+		CU_ASSERT_PTR_NOT_NULL(strstr(liar->reason, "does not name the node you claim"));
+		side_free(&a);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
+/* The host of the peer line, DNS or IP, names the peer too; a certificate
+ * without SAN (CN only) names nobody. */
+static void test_tls_certificate_may_name_the_peer_host(void)
+{
+	static const struct {
+		const char *cert, *key, *host;
+		bool ok;
+	} cases[] = {
+		{ NULL, NULL, "node-b.example.test", true },
+		{ NULL, NULL, "NODE-B.example.test", true },
+		{ NULL, NULL, "127.0.0.2", true },
+		{ NULL, NULL, "node-c.example.test", false },
+		{ NULL, NULL, "127.0.0.3", false },
+		{ NULL, NULL, NULL, false },
+		{ "cnonly", NULL, "cnonly", false }, /* the CN is no name */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side a = { 0 }, b = { 0 };
+		struct proto_conn_settings sa, sb;
+		base_settings(&sa, 1, true);
+		base_settings(&sb, 2, false);
+		tls_settings(&sa, PROTO_TLS_IMPLICIT, true);
+		tls_settings(&sb, PROTO_TLS_IMPLICIT, false);
+		bool cnonly = cases[i].cert != NULL;
+		sb.tls_cert = cnonly ? path_cnonly_cert : path_hostb_cert;
+		sb.tls_key = cnonly ? path_cnonly_key : path_hostb_key;
+		a.peer_host = cases[i].host;
+		connect_pair(loop, &a, &b, &sa, &sb);
+		struct two t = { &a, &b };
+		if (cases[i].ok) {
+			CU_ASSERT(run_until(loop, both_ready, &t, 5));
+			CU_ASSERT(a.ready == 1 && b.ready == 1);
+		} else {
+			CU_ASSERT(run_until(loop, both_closed, &t, 5));
+			CU_ASSERT_EQUAL(a.ready + b.ready, 0);
+			CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "TLS certificate does not name node 2"));
+		}
+		CU_ASSERT_EQUAL(a.host_asked, 2);
+		CU_ASSERT_EQUAL(b.host_asked, 1);
+		side_free(&a);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
+/* TLS on one side only: one clear reason on each, not OpenSSL's "wrong
+ * version number" or the parser's "Bad tag". */
+static void test_half_tls_says_so_on_both_sides(void)
+{
+	for (int tls_side = 0; tls_side < 2; tls_side++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side a = { 0 }, b = { 0 };
+		struct proto_conn_settings sa, sb;
+		base_settings(&sa, 1, true);
+		base_settings(&sb, 2, false);
+		tls_settings(tls_side == 0 ? &sa : &sb, PROTO_TLS_IMPLICIT, tls_side == 0);
+		connect_pair(loop, &a, &b, &sa, &sb);
+		struct two t = { &a, &b };
+		CU_ASSERT(run_until(loop, both_closed, &t, 5));
+		CU_ASSERT_EQUAL(a.ready + b.ready, 0);
+		struct side *tls = tls_side == 0 ? &a : &b, *plain = tls_side == 0 ? &b : &a;
+		CU_ASSERT_PTR_NOT_NULL(strstr(plain->reason, "speaks TLS but tls is off here"));
+		CU_ASSERT_PTR_NOT_NULL(strstr(tls->reason, "did not start TLS but tls is on here"));
+		if (tls_side == 1) /* the acceptor names the peer from its HELLO */
+			CU_ASSERT_PTR_NOT_NULL(strstr(tls->reason, "peer 1 did not start TLS"));
+		side_free(&a);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
+/* What a node sent first still reaches the peer when it closes on a
+ * half-TLS mismatch (the peer's own line depends on it), even when the
+ * peer's bytes are read before this side ever wrote. */
+static void test_half_tls_close_flushes_what_was_sent(void)
+{
+	for (int variant = 0; variant < 2; variant++) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		struct side b = { 0 };
+		struct raw r;
+		struct proto_conn_settings sb;
+		/* 0: a TLS-only initiator gets a plain HELLO; 1: a plain
+		 * acceptor gets a TLS ClientHello. */
+		base_settings(&sb, variant == 0 ? 1 : 2, variant == 0);
+		if (variant == 0)
+			tls_settings(&sb, PROTO_TLS_IMPLICIT, true);
+		raw_open(loop, &r, &b, &sb);
+		if (variant == 0) {
+			char line[200];
+			snprintf(line, sizeof(line), "* HELLO 1.0 2 %064d ()\r\n", 0);
+			raw_send(&r, line);
+		} else {
+			raw_send(&r, "\x16\x03\x01\x01\x05hello");
+		}
+		CU_ASSERT(run_until(loop, side_closed, &b, 5));
+		raw_read(&r);
+		CU_ASSERT(r.in.len > 0);
+		if (variant == 0) {
+			CU_ASSERT(r.in.len > 0 && ((unsigned char *)r.in.data)[0] == 0x16);
+			CU_ASSERT_PTR_NOT_NULL(strstr(b.reason, "did not start TLS but tls is on here"));
+		} else {
+			CU_ASSERT(strncmp(buf_cstr(&r.in), "* HELLO ", 8) == 0);
+			CU_ASSERT_PTR_NOT_NULL(strstr(b.reason, "speaks TLS but tls is off here"));
+		}
+		raw_close(&r);
+		side_free(&b);
+		ev_loop_destroy(loop);
+	}
+}
+
 static void test_starttls_acceptor_refuses_plain_auth_and_injected_bytes(void)
 {
 	for (int variant = 0; variant < 2; variant++) {
@@ -989,6 +1164,10 @@ const struct test_case proto_conn_cases[] = {
 	{ "TLS links work with cluster certificates", test_tls_links_work_with_cluster_certificates },
 	{ "TLS with an untrusted certificate is refused", test_tls_with_untrusted_certificate_is_refused },
 	{ "plain initiator cannot skip required TLS", test_plain_initiator_cannot_skip_required_tls },
+	{ "TLS certificate must name the peer", test_tls_certificate_must_name_the_peer },
+	{ "TLS certificate may name the peer host", test_tls_certificate_may_name_the_peer_host },
+	{ "half TLS says so on both sides", test_half_tls_says_so_on_both_sides },
+	{ "half TLS close flushes what was sent", test_half_tls_close_flushes_what_was_sent },
 	{ "STARTTLS acceptor refuses plain AUTH and injected bytes", test_starttls_acceptor_refuses_plain_auth_and_injected_bytes },
 	{ "compressed and plain links carry identical commands", test_compressed_and_plain_links_carry_identical_commands },
 	{ "pending tag timeout fires", test_pending_tag_timeout_fires },
