@@ -202,5 +202,6 @@ bool imap_cmd_thread(struct imap_cmd *cmd)
 		c->condstore = true;
 	if (imap_search_run_start(&tc->run, c, text, sizeof(text)) < 0)
 		return imap_cmd_done_str(cmd, "NO", text);
+	imap_search_resolve_saved(tc->run.search, c->sel->saved.items, c->sel->saved.count);
 	return thread_step(cmd);
 }
