@@ -32,6 +32,12 @@ bool imap_status_items_valid(const struct imap_client *c, const struct imap_arg 
 void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
 		       const struct imap_arg *items, size_t n);
 
+/* imap-list-oldname.c: after a RENAME of old_name to new_name that moved
+ * new_names[0..n) (new_name and its inferiors), an IMAP4rev2 session gets
+ * an untagged LIST with OLDNAME for each. */
+void imap_rename_report_oldnames(struct imap_client *c, const char *old_name,
+				 const char *new_name, const char *const *new_names, size_t n);
+
 /* cmd-list.c */
 bool imap_cmd_list(struct imap_cmd *cmd);
 bool imap_cmd_lsub(struct imap_cmd *cmd);
