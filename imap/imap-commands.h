@@ -38,6 +38,11 @@ void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
 void imap_rename_report_oldnames(struct imap_client *c, const char *old_name,
 				 const char *new_name, const char *const *new_names, size_t n);
 
+/* imap-url.c: the "/mailbox..." path of a CATENATE URL, either given so
+ * (server-relative) or after an "imap://" server part that names this
+ * server and the session's user (RFC 5092 3); NULL for any other URL. */
+const char *imap_url_local_path(const struct imap_client *c, const char *url);
+
 /* cmd-list.c */
 bool imap_cmd_list(struct imap_cmd *cmd);
 bool imap_cmd_lsub(struct imap_cmd *cmd);
