@@ -209,7 +209,8 @@ static void submit_next(struct imap_cmd *cmd)
 
 /* ---- CATENATE URLs (RFC 4469 5, a subset of RFC 5092): the user's own
  * messages on this server, "/mailbox[;UIDVALIDITY=n]/;UID=n
- * [/;SECTION=s][/;PARTIAL=o[.l]]".  Sections: empty, HEADER, TEXT, a part
+ * [/;SECTION=s][/;PARTIAL=o[.l]]", alone or after an "imap://" server
+ * part that names this server and user (imap-url.c).  Sections: empty, HEADER, TEXT, a part
  * number, part.HEADER, part.TEXT, part.MIME. ---- */
 
 static int hexval(int ch)
@@ -317,8 +318,9 @@ static int url_fetch(struct imap_client *c, const char *url, struct buf *out, ui
 {
 	struct stor_db *db = c->server->db;
 	*err_r = NULL;
-	if (url[0] != '/' || url[1] == '/')
-		return -1;  /* only server-relative URLs of this server */
+	url = imap_url_local_path(c, url);
+	if (url == NULL)
+		return -1;  /* not this server's, or not the user's */
 	const char *mb_start = url + 1;
 	const char *uv = find_ci(mb_start, ";UIDVALIDITY=");
 	const char *ud = find_ci(mb_start, "/;UID=");

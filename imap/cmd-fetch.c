@@ -27,6 +27,9 @@
 #define FETCH_MAX_ITEMS 64
 #define FETCH_MAX_FIELDS 64
 #define FETCH_MSGS_PER_STEP 200
+/* Texts shorter than this are copied into the output, not sent from the
+ * store's mapping: a few pages' worth costs less to copy than to map. */
+#define FETCH_PIECES_MIN 8192
 /* Part numbers deeper than this are refused as malformed. */
 #define FETCH_MAX_PART_LEVELS 16
 
@@ -455,6 +458,47 @@ static int stream_literal_range(struct stor_db *db, const struct stor_msg *m, st
 	return 0;
 }
 
+/* The same, the text sent from where it lies in the store instead of
+ * being copied into out first (storage's stor_text_map; plain connections
+ * only).  Returns 0, -1 on an error, 1 when the text is to be read the
+ * other way (nothing written then). */
+static int send_literal_range(struct imap_client *c, struct stor_db *db, const struct stor_msg *m,
+			      const struct fetch_item *it, const char **error_r)
+{
+	if (!imap_client_can_send_pieces(c))
+		return 1;
+	uint64_t start = 0, n = m->size;
+	if (it->partial) {
+		start = it->offset < m->size ? it->offset : m->size;
+		n = m->size - start;
+		if (n > it->length)
+			n = it->length;
+	}
+	/* Small ranges are cheaper copied than mapped. */
+	if (n < FETCH_PIECES_MIN)
+		return 1;
+	stor_text_piece_list pl = ARRAY_INIT;
+	int r = stor_text_map(db, &m->guid, start, n, &pl, error_r);
+	if (r != 0) {
+		stor_text_pieces_free(&pl);
+		return r;
+	}
+	uint64_t got = 0;
+	for (size_t i = 0; i < pl.count; i++)
+		got += pl.items[i].len;
+	if (got != n) {
+		/* the record's size and the text disagree: the copying path
+		 * says so */
+		stor_text_pieces_free(&pl);
+		return 1;
+	}
+	imap_client_printf(c, "{%llu}\r\n", (unsigned long long)n);
+	for (size_t i = 0; i < pl.count; i++)
+		imap_client_write_text(c, &pl.items[i]);
+	ARRAY_FREE(&pl);
+	return 0;
+}
+
 static bool item_needs_text(const struct fetch_item *it)
 {
 	return it->kind == F_SECTION || it->kind == F_BINARY || it->kind == F_BINARY_SIZE ||
@@ -590,7 +634,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid,
 	 * copy of a literal in between); mark is where it starts, to take it
 	 * back if the FETCH fails half-way. */
 	struct buf *outp = &c->out;
-	size_t mark = buf_avail(outp);
+	struct imap_out_mark mark = imap_client_out_mark(c);
 	bool failed = false;
 	buf_appendf(outp, "* %u FETCH (", seq);
 	bool first = true, unknown_cte = false;
@@ -659,7 +703,9 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid,
 			buf_append_str(outp, it->label);
 			buf_append_byte(outp, ' ');
 			if (item_whole_text(it) && !need_text && !text_read) {
-				if (stream_literal_range(db, &m, outp, it, error_r) < 0)
+				int sr = send_literal_range(c, db, &m, it, error_r);
+				if (sr < 0 || (sr > 0 &&
+					       stream_literal_range(db, &m, outp, it, error_r) < 0))
 					failed = true;
 			} else if (item_whole_text(it)) {
 				append_literal_range(outp, text_data, text.len, it);
@@ -733,7 +779,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid,
 #undef SEP
 	buf_append_str(outp, ")\r\n");
 	if (unknown_cte || failed)
-		buf_truncate(outp, mark);
+		imap_client_out_truncate(c, mark);
 	/* Nothing more to append: this only wakes the writer. */
 	imap_client_write(c, NULL, 0);
 	imap_mime_free(&mime);

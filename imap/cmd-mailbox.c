@@ -198,10 +198,13 @@ static void rename_one_done(void *ctx, const struct repl_result *res)
 	if (--rc->left > 0)
 		return;
 	cmd->waiting = false;
-	if (rc->error != REPL_OK)
+	if (rc->error != REPL_OK) {
 		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(rc->error), rc->error_msg);
-	else
-		imap_cmd_done(cmd, "OK", "RENAME completed");
+		return;
+	}
+	imap_rename_report_oldnames(cmd->client, rc->old_name, rc->new_name,
+				    (const char *const *)rc->new_names, rc->count);
+	imap_cmd_done(cmd, "OK", "RENAME completed");
 }
 
 /* A superior of the new name, created before the renames. */

@@ -139,7 +139,7 @@ bool imap_cmd_sort(struct imap_cmd *cmd)
 	    0)
 		return imap_search_run_fail(cmd, save, status, text);
 	if (imap_search_uses_modseq(sc->run.search))
-		c->condstore = true;
+		imap_enable_condstore(c);
 	if (imap_search_run_start(&sc->run, c, text, sizeof(text)) < 0)
 		return imap_search_run_fail(cmd, save, "NO", text);
 	imap_search_resolve_saved(sc->run.search, c->sel->saved.items, c->sel->saved.count);

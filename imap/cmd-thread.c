@@ -198,9 +198,12 @@ bool imap_cmd_thread(struct imap_cmd *cmd)
 	if (imap_search_run_parse(&tc->run, &args[1], count - 1, true, &status, text, sizeof(text)) <
 	    0)
 		return imap_cmd_done_str(cmd, status, text);
+	/* THREAD's reply has no room for a modseq, but a MODSEQ key still
+	 * enables CONDSTORE, as in SEARCH and SORT (RFC 7162 3.1.9). */
 	if (imap_search_uses_modseq(tc->run.search))
-		c->condstore = true;
+		imap_enable_condstore(c);
 	if (imap_search_run_start(&tc->run, c, text, sizeof(text)) < 0)
 		return imap_cmd_done_str(cmd, "NO", text);
+	imap_search_resolve_saved(tc->run.search, c->sel->saved.items, c->sel->saved.count);
 	return thread_step(cmd);
 }

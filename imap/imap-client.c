@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lib/clock.h"
@@ -125,9 +126,62 @@ void imap_client_reset_timer(struct imap_client *c)
 	}
 }
 
+/* Output not yet sent: out's bytes and the texts queued between them. */
+static size_t out_avail(const struct imap_client *c)
+{
+	return buf_avail(&c->out) + (size_t)c->pieces_bytes;
+}
+
 size_t imap_client_out_pending(const struct imap_client *c)
 {
-	return buf_avail(&c->out);
+	return out_avail(c);
+}
+
+static void pieces_release(struct imap_client *c, size_t from)
+{
+	for (size_t i = from; i < c->pieces.count; i++) {
+		struct imap_out_piece *op = &c->pieces.items[i];
+		c->pieces_bytes -= op->p.len - op->sent;
+		stor_text_piece_release(&op->p);
+	}
+	c->pieces.count = from;
+	if (c->pieces_next >= c->pieces.count) {
+		c->pieces.count = 0;
+		c->pieces_next = 0;
+	}
+}
+
+bool imap_client_can_send_pieces(const struct imap_client *c)
+{
+	return c->ssl == NULL && !c->tls_handshake && !c->starttls_pending && !c->dead;
+}
+
+void imap_client_write_text(struct imap_client *c, struct stor_text_piece *p)
+{
+	if (!imap_client_can_send_pieces(c) || p->len == 0) {
+		stor_text_piece_release(p);
+		return;
+	}
+	struct imap_out_piece op = { c->out_sent + buf_avail(&c->out), *p, 0 };
+	p->map = NULL;
+	ARRAY_PUSH(&c->pieces, op);
+	c->pieces_bytes += op.p.len;
+	client_update_io(c);
+}
+
+struct imap_out_mark imap_client_out_mark(const struct imap_client *c)
+{
+	struct imap_out_mark m = { buf_avail(&c->out), c->pieces.count };
+	return m;
+}
+
+void imap_client_out_truncate(struct imap_client *c, struct imap_out_mark mark)
+{
+	/* Nothing is sent between taking a mark and this: both are in one
+	 * FETCH step. */
+	buf_truncate(&c->out, mark.avail);
+	if (mark.pieces < c->pieces.count)
+		pieces_release(c, mark.pieces);
 }
 
 void imap_client_write(struct imap_client *c, const void *data, size_t len)
@@ -168,7 +222,7 @@ static bool want_read(const struct imap_client *c)
 		return false;
 	if (c->tls_handshake)
 		return true;
-	return buf_avail(&c->in) < IMAP_IN_MAX && buf_avail(&c->out) < IMAP_OUT_HIGHWATER;
+	return buf_avail(&c->in) < IMAP_IN_MAX && out_avail(c) < IMAP_OUT_HIGHWATER;
 }
 
 static void client_update_io(struct imap_client *c)
@@ -178,7 +232,7 @@ static void client_update_io(struct imap_client *c)
 	int events = 0;
 	if (want_read(c))
 		events |= EV_READ;
-	if (buf_avail(&c->out) > 0 || c->tls_want_write)
+	if (out_avail(c) > 0 || c->tls_want_write)
 		events |= EV_WRITE;
 	if (events == 0) {
 		ev_io_stop(c->server->loop, &c->io);
@@ -321,11 +375,93 @@ static int client_read(struct imap_client *c)
 	return 0;
 }
 
+/* Sends out's bytes and the queued texts in stream order with one
+ * sendmsg() (plain connections only).  Returns 0, or -1 when the
+ * connection is gone. */
+static int flush_pieces(struct imap_client *c)
+{
+	for (int rounds = 0; rounds < 16 && out_avail(c) > 0; rounds++) {
+		struct iovec iov[16];
+		int n = 0;
+		size_t total = 0, taken = 0;
+		size_t k = c->pieces_next;
+		while (n < 16 && total < 1048576) {
+			/* out's bytes before piece k (all of them after the last) */
+			size_t upto = buf_avail(&c->out);
+			if (k < c->pieces.count)
+				upto = (size_t)(c->pieces.items[k].at - c->out_sent);
+			if (upto > taken) {
+				iov[n].iov_base = (void *)(buf_rptr(&c->out) + taken);
+				iov[n].iov_len = upto - taken;
+				total += upto - taken;
+				taken = upto;
+				n++;
+				continue;
+			}
+			if (k >= c->pieces.count)
+				break;
+			const struct imap_out_piece *op = &c->pieces.items[k++];
+			iov[n].iov_base = (void *)(op->p.data + op->sent);
+			iov[n].iov_len = op->p.len - op->sent;
+			total += iov[n].iov_len;
+			n++;
+		}
+		struct msghdr msg;
+		memset(&msg, 0, sizeof(msg));
+		msg.msg_iov = iov;
+		msg.msg_iovlen = (size_t)n;
+		ssize_t sent = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+		if (sent < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+				return 0;
+			return -1;
+		}
+		/* Take what went out off the front, in the same order. */
+		size_t left = (size_t)sent;
+		while (left > 0) {
+			size_t upto = buf_avail(&c->out);
+			struct imap_out_piece *op = NULL;
+			if (c->pieces_next < c->pieces.count) {
+				op = &c->pieces.items[c->pieces_next];
+				upto = (size_t)(op->at - c->out_sent);
+			}
+			if (upto > 0) {
+				size_t m = upto < left ? upto : left;
+				buf_consume(&c->out, m);
+				c->out_sent += m;
+				left -= m;
+				continue;
+			}
+			if (op == NULL)
+				break; /* cannot be: sent <= what was offered */
+			size_t m = op->p.len - op->sent < left ? op->p.len - op->sent : left;
+			op->sent += m;
+			c->pieces_bytes -= m;
+			left -= m;
+			if (op->sent == op->p.len) {
+				stor_text_piece_release(&op->p);
+				if (++c->pieces_next == c->pieces.count) {
+					c->pieces.count = 0;
+					c->pieces_next = 0;
+				}
+			}
+		}
+		if ((size_t)sent < total)
+			return 0;
+	}
+	return 0;
+}
+
 /* Writes queued output.  Returns 0, or -1 when the connection is gone. */
 static int client_flush(struct imap_client *c)
 {
 	c->tls_want_write = false;
-	for (int rounds = 0; rounds < 16 && buf_avail(&c->out) > 0; rounds++) {
+	if (c->pieces.count > 0) {
+		if (flush_pieces(c) < 0)
+			return -1;
+	}
+	for (int rounds = 0; rounds < 16 && buf_avail(&c->out) > 0 && c->pieces.count == 0;
+	     rounds++) {
 		size_t len = buf_avail(&c->out);
 		if (len > 262144)
 			len = 262144;
@@ -350,6 +486,7 @@ static int client_flush(struct imap_client *c)
 			}
 		}
 		buf_consume(&c->out, (size_t)n);
+		c->out_sent += (uint64_t)n;
 	}
 	/* One big FETCH literal must not pin its buffer for the rest of a
 	 * long session. */
@@ -357,7 +494,7 @@ static int client_flush(struct imap_client *c)
 		buf_free(&c->out);
 		buf_init(&c->out);
 	}
-	if (c->starttls_pending && buf_avail(&c->out) == 0) {
+	if (c->starttls_pending && out_avail(c) == 0) {
 		c->starttls_pending = false;
 		if (imap_client_start_tls(c) < 0)
 			return -1;
@@ -402,7 +539,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (buf_avail(&c->in) > before)
 			imap_client_reset_timer(c);
 	}
-	if (c->closing && buf_avail(&c->out) == 0 && c->cmd == NULL) {
+	if (c->closing && out_avail(c) == 0 && c->cmd == NULL) {
 		imap_client_destroy(c);
 		return;
 	}
@@ -477,7 +614,7 @@ static void process_input(struct imap_client *c)
 	/* Bounded work per turn: the work watcher brings us back. */
 	for (int n = 0; n < 64; n++) {
 		if (c->cmd != NULL || c->dead || (c->closing && buf_avail(&c->in) == 0) ||
-		    c->tls_handshake || c->starttls_pending || buf_avail(&c->out) >= IMAP_OUT_HIGHWATER)
+		    c->tls_handshake || c->starttls_pending || out_avail(c) >= IMAP_OUT_HIGHWATER)
 			return;
 		if (c->closing && c->bad_in_a_row >= IMAP_MAX_BAD_IN_A_ROW)
 			return;
@@ -554,10 +691,10 @@ static void work_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		return;
 	struct imap_cmd *cmd = c->cmd;
 	if (cmd != NULL && cmd->cont != NULL && !cmd->waiting &&
-	    buf_avail(&c->out) < IMAP_OUT_LOWWATER) {
+	    out_avail(c) < IMAP_OUT_LOWWATER) {
 		cmd->cont(cmd);
 		if (c->cmd == cmd && cmd->cont != NULL && !cmd->waiting &&
-		    buf_avail(&c->out) < IMAP_OUT_LOWWATER)
+		    out_avail(c) < IMAP_OUT_LOWWATER)
 			imap_client_kick(c);
 	}
 	if (c->cmd == NULL)
@@ -571,7 +708,7 @@ static void work_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		}
 		imap_client_kick(c);
 	}
-	if (c->closing && c->cmd == NULL && buf_avail(&c->out) == 0) {
+	if (c->closing && c->cmd == NULL && out_avail(c) == 0) {
 		imap_client_destroy(c);
 		return;
 	}
@@ -649,6 +786,8 @@ static void client_free(struct imap_client *c)
 	imap_parser_destroy(&c->parser);
 	buf_free(&c->in);
 	buf_free(&c->out);
+	pieces_release(c, 0);
+	ARRAY_FREE(&c->pieces);
 	free(c->user);
 	free(c->idle_tag);
 	free(c->auth_tag);

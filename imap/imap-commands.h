@@ -32,6 +32,17 @@ bool imap_status_items_valid(const struct imap_client *c, const struct imap_arg 
 void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
 		       const struct imap_arg *items, size_t n);
 
+/* imap-list-oldname.c: after a RENAME of old_name to new_name that moved
+ * new_names[0..n) (new_name and its inferiors), an IMAP4rev2 session gets
+ * an untagged LIST with OLDNAME for each. */
+void imap_rename_report_oldnames(struct imap_client *c, const char *old_name,
+				 const char *new_name, const char *const *new_names, size_t n);
+
+/* imap-url.c: the "/mailbox..." path of a CATENATE URL, either given so
+ * (server-relative) or after an "imap://" server part that names this
+ * server and the session's user (RFC 5092 3); NULL for any other URL. */
+const char *imap_url_local_path(const struct imap_client *c, const char *url);
+
 /* cmd-list.c */
 bool imap_cmd_list(struct imap_cmd *cmd);
 bool imap_cmd_lsub(struct imap_cmd *cmd);

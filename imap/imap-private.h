@@ -128,6 +128,18 @@ struct imap_cmd {
 	uint64_t started_us;         /* clock_mono_us() at dispatch; 0: not timed */
 };
 
+struct imap_out_piece {
+	uint64_t at; /* out's bytes sent before it, counted by out_sent */
+	struct stor_text_piece p;
+	size_t sent;
+};
+
+/* Where the output stood, to take back what was added after it. */
+struct imap_out_mark {
+	size_t avail;
+	size_t pieces;
+};
+
 struct imap_client {
 	struct imap_server *server;
 	struct imap_client *prev, *next;
@@ -144,6 +156,13 @@ struct imap_client {
 	char peer[80];
 	bool loopback;
 	struct buf in, out;
+	/* Texts sent from the store's mappings (imap_client_write_text),
+	 * each after out's bytes up to its position in the output stream;
+	 * out_sent counts out's bytes sent so far. */
+	ARRAY(struct imap_out_piece) pieces;
+	size_t pieces_next;          /* the first not yet sent */
+	uint64_t pieces_bytes;       /* left to send of them */
+	uint64_t out_sent;
 	struct imap_parser *parser;
 	enum imap_client_state state;
 	char *user;
@@ -172,6 +191,14 @@ void imap_client_printf(struct imap_client *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* Output bytes not yet written. */
 size_t imap_client_out_pending(const struct imap_client *c);
+/* Queues a piece of a stored text after what is already in the output,
+ * taking it over (released once sent, or with the client).  Only for a
+ * connection without TLS (imap_client_can_send_pieces). */
+void imap_client_write_text(struct imap_client *c, struct stor_text_piece *p);
+bool imap_client_can_send_pieces(const struct imap_client *c);
+struct imap_out_mark imap_client_out_mark(const struct imap_client *c);
+/* Drops what was added to the output since mark. */
+void imap_client_out_truncate(struct imap_client *c, struct imap_out_mark mark);
 /* Schedules another round of work (input processing or a continuation). */
 void imap_client_kick(struct imap_client *c);
 /* After a BYE: flush what is queued, then close. */

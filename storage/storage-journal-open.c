@@ -416,6 +416,7 @@ void stor_jnl_close(struct stor_db *db)
 		return;
 	syncer_stop(j);
 	db->jnl = NULL;
+	stor_jnl_maps_forget(j, 0);
 	for (unsigned i = 0; i < JNL_READ_FDS; i++) {
 		if (j->rfd[i].fd >= 0)
 			close(j->rfd[i].fd);

@@ -93,6 +93,7 @@ struct stor_journal {
 	bool compact_check;         /* look for a segment to compact */
 	guid_array lost;            /* texts LevelDB holds that the journal lost */
 	struct jnl_syncer *syncer;  /* started by the first stor_jnl_sync_start */
+	struct jnl_maps *maps;      /* segments mapped (storage-journal-map.c) */
 };
 
 static const char ckpt_name[] = "journal";
@@ -109,6 +110,10 @@ int jnl_err_errno(struct stor_db *db, const char **error_r, const char *what,
 		  const char *path);
 int pread_all(int fd, void *data, size_t len, uint64_t off);
 leveldb_writebatch_t *ldb_batch(const unsigned char *p, size_t len);
+
+/* storage-journal-map.c: drops the cached mappings of seg (all of them
+ * and the cache itself with 0); pieces still out keep theirs. */
+void stor_jnl_maps_forget(struct stor_journal *j, uint32_t seg);
 
 /* storage-journal-segments.c */
 struct jnl_live *live_slot(jnl_live_array *a, uint32_t seg, bool create);

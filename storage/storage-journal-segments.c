@@ -161,6 +161,7 @@ static int live_to_checkpoint(struct stor_db *db, struct stor_batch *wb, const c
 
 static void rfd_forget(struct stor_journal *j, uint32_t seg)
 {
+	stor_jnl_maps_forget(j, seg);
 	for (unsigned i = 0; i < JNL_READ_FDS; i++) {
 		if (j->rfd[i].fd >= 0 && j->rfd[i].seg == seg) {
 			close(j->rfd[i].fd);

@@ -332,6 +332,26 @@ int stor_text_exists(struct stor_db *db, const struct guid *guid, uint64_t *size
  * the end of the text. */
 int stor_text_read(struct stor_db *db, const struct guid *guid, uint64_t offset, uint64_t len,
 		   struct buf *out, const char **error_r);
+/* The same range read in place (storage-journal-map.c): pieces pointing
+ * into read-only mappings of the journal, each chunk checked against its
+ * CRC, appended to out in order.  Each piece holds its mapping until it is
+ * released, whatever happens to the store meanwhile (even after
+ * stor_close).  Returns 0; -1 on an error (error_r); 1 when the text is
+ * not to be read so (no mapping, a page that cannot be read, a chunk that
+ * does not check out): nothing is added then, and stor_text_read is the
+ * way, which also reports what is wrong. */
+struct stor_jnl_map;
+struct stor_text_piece {
+	const unsigned char *data;
+	size_t len;
+	struct stor_jnl_map *map;
+};
+typedef ARRAY(struct stor_text_piece) stor_text_piece_list;
+int stor_text_map(struct stor_db *db, const struct guid *guid, uint64_t offset, uint64_t len,
+		  stor_text_piece_list *out, const char **error_r);
+void stor_text_piece_release(struct stor_text_piece *p);
+/* Releases every piece of l and frees it. */
+void stor_text_pieces_free(stor_text_piece_list *l);
 
 /* Derived data of a text (storage-derived.c): one opaque record of at most
  * STOR_DERIVED_MAX bytes per text GUID, which the caller computes from the

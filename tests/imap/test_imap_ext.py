@@ -377,7 +377,7 @@ def t_catenate():
     no_badurl("/nosuch/;UID=1")
     no_badurl("/cat%20src/;UID=1/;SECTION=9")
     no_badurl("/cat%20src/;UID=1/;SECTION=HEADER.FIELDS%20(From)")
-    no_badurl("imap://alice@localhost/cat%20src/;UID=1")
+    no_badurl("imap://alice@mail.example.org/cat%20src/;UID=1")
     no_badurl("/cat%2/;UID=1")
     no_badurl("/cat%00src/;UID=1")
     no_badurl("/cat%20src/;UID=4294967296")
@@ -442,6 +442,77 @@ def t_catenate():
     c.command("EXPUNGE")
     R.check("the session survives", c.command("NOOP").ok)
     R.check("cat/dst has 6 messages", len(fetch_bodies(c, "cat/dst") or []) == 6)
+    c.logout()
+
+
+def t_catenate_imap_url():
+    """CATENATE with absolute "imap://" URLs (RFC 4469 5, RFC 5092 3): one
+    that names this server (the address the client reached or the machine's
+    name, with or without one of its ports) and the session's user (or no
+    user) is read like a server-relative URL; any other is NO [BADURL] and
+    nothing is appended."""
+    c = connect()
+    c.command("CREATE", quote("url src"))
+    c.command("CREATE", "url/dst")
+    src = (b"From: a@example.org\r\nSubject: url\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=YY\r\n\r\n"
+           b"--YY\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n"
+           b"--YY\r\nContent-Type: text/plain\r\n\r\nsecond part\r\n--YY--\r\n")
+    r = c.command("APPEND", quote("url src"), Literal(src))
+    R.check("APPEND the source message", r.ok, r)
+    r = c.command("STATUS", quote("url src"), "(UIDVALIDITY)")
+    uidv = statuses(r).get("url src", {}).get("UIDVALIDITY")
+    hdr = src.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    port = T.port
+    here = "127.0.0.1"
+    path = "/url%20src;UIDVALIDITY=" + str(uidv) + "/;UID=1"
+    good = [
+        ("imap://alice@%s:%d%s/;SECTION=HEADER" % (here, port, path), hdr),
+        ("imap://alice;AUTH=*@%s%s/;SECTION=1" % (here, path), b"first part"),
+        ("imap://al%%69ce;AUTH=PLAIN@%s:%d/url%%20src/;UID=1/;SECTION=2" % (here, port),
+         b"second part"),
+        ("IMAP://%s:%d%s/;PARTIAL=0.4" % (here, port, path), b"From"),
+        ("imap://alice@%s/url%%20src/;uid=1/;section=1/;partial=6" % socket.gethostname(),
+         b"part"),
+    ]
+    want = []
+    for url, text in good:
+        r = c.command("APPEND", "url/dst", "CATENATE", "(TEXT", Literal(b"x: y\r\n\r\n"),
+                      "URL", quote(url), ")")
+        R.check("CATENATE URL %s: OK" % url, r.ok and r.code == "APPENDUID", r)
+        want.append(b"x: y\r\n\r\n" + text)
+    got = [b for _, b in fetch_bodies(c, "url/dst") or []]
+    R.equal("the texts read through imap:// URLs", got, want)
+    c.command("UNSELECT")
+    bad = [
+        "imap://bob@%s:%d%s" % (here, port, path),               # another user
+        "imap://alice@mail.example.org%s" % path,                 # another server
+        "imap://alice@%s:%d%s" % (here, port + 1 if port < 65535 else 1, path),  # another port
+        "imap://alice@%s:99999%s" % (here, path),                 # not a port
+        "imap://alice@%s:%s" % (here, path),                      # empty port
+        "imap://alice;AUTH=@%s%s" % (here, path),                 # empty mechanism
+        "imap://alice;X=1@%s%s" % (here, path),                   # not ;AUTH=
+        "imap://alice@%s" % here,                                 # no path
+        "imap://alice@%s" % path,                                 # no host
+        "imap://alice@[::1]%s" % path,                            # an address not reached
+        "imap://alice@[::1%s" % path,                             # an unclosed literal
+        "imap://al%%00ice@%s%s" % (here, path),                   # an encoded NUL
+        "imap://al%%4@%s%s" % (here, path),                       # a bad escape
+        "imaps://alice@%s:%d%s" % (here, port, path),             # not imap://
+        "imap://alice@%s:%d%s;URLAUTH=anonymous" % (here, port, path),
+        "imap://alice@%s:%d%s;EXPIRE=2030-01-01T00:00:00Z;URLAUTH=submit+alice:internal:"
+        "91354a473744909de610943775f92038" % (here, port, path),
+        "imap://alice@%s:%d/url%%20src;UIDVALIDITY=1/;UID=1" % (here, port),
+        "imap://" + "a" * 600 + "@%s%s" % (here, path),          # an over-long user
+        "imap://alice@" + "h" * 300 + path,                       # an over-long host
+    ]
+    for url in bad:
+        r = c.command("APPEND", "url/dst", "CATENATE", "(TEXT", Literal(b"a: b\r\n\r\n"),
+                      "URL", quote(url), ")")
+        R.check("imap:// BADURL: %s" % url[:80], r.status == "NO" and r.code == "BADURL", r)
+    got = fetch_bodies(c, "url/dst")
+    R.equal("nothing appended by the refused URLs", len(got or []), len(good))
+    R.check("the session goes on", c.command("NOOP").ok)
     c.logout()
 
 
@@ -605,6 +676,7 @@ SECTIONS = [
     ("list-extended", t_list_extended),
     ("multiappend", t_multiappend),
     ("catenate", t_catenate),
+    ("catenate imap url", t_catenate_imap_url),
     ("binary", t_binary),
     ("shutdown mid-multiappend", t_shutdown_mid_multiappend),
 ]

@@ -11,6 +11,7 @@ expunged by another session while the FETCH is being sent.  Every byte is
 compared with what was appended.  `--dovecot` runs the same checks against
 a private Dovecot.  Last line: "imap-fetch-body: N passed, M failed".
 """
+import ssl
 import sys
 import time
 
@@ -174,6 +175,57 @@ def t_expunged_while_sent():
     a.logout()
 
 
+def t_sizes_plain_and_tls():
+    """Texts around the size from which a plain connection sends them from
+    the store's mapping instead of copying them (8 KiB), whole and in
+    ranges, the same over implicit TLS (always copied), and a FETCH of many
+    pipelined behind each other: every byte as appended."""
+    c = connect()
+    c.command("CREATE", quote("sizes"))
+    texts = [big_message(300 + i, n) for i, n in enumerate(
+        (8100, 8192, 8300, 20000, CHUNK + 3, 2 * CHUNK + 77))]
+    for t in texts:
+        append(c, "sizes", t)
+    conns = [("plain", c)]
+    if T.imaps_port:
+        ctx = ssl.create_default_context(cafile=T.tls_cert)
+        s = Client(T.host, T.imaps_port, timeout=30.0, tls_context=ctx,
+                   server_hostname="localhost")
+        R.check("TLS login", s.login(USER, PASSWORD).ok)
+        conns.append(("TLS", s))
+    for name, cl in conns:
+        cl.command("EXAMINE", quote("sizes"))
+        r = cl.command("UID FETCH 1:* (BODY.PEEK[] RFC822.SIZE)")
+        got = fetch_map(r)
+        R.check("%s: every size whole, byte for byte" % name, r.ok and all(
+            got.get(u, {}).get("BODY[]") == t for u, t in enumerate(texts, 1)),
+            [(u, len(got.get(u, {}).get("BODY[]") or b"")) for u in got])
+        bad = []
+        for u, t in enumerate(texts, 1):
+            for o, ln in ((0, 8191), (0, 8192), (1, 8192), (len(t) - 8193, 9000),
+                          (100, len(t))):
+                o = max(o, 0)
+                r = cl.command("UID FETCH %d (BODY.PEEK[]<%d.%d>)" % (u, o, ln))
+                v = fetch_map(r).get(u, {}).get("BODY[]<%d>" % o)
+                if v != t[o:o + ln]:
+                    bad.append((u, o, ln))
+        R.equal("%s: ranges around 8 KiB" % name, bad, [])
+        # 30 FETCHes sent at once: the texts queued between the responses'
+        # own bytes come out in order.
+        tags = ["p%d" % i for i in range(30)]
+        cl.send(b"".join(b"%s UID FETCH %d (UID BODY.PEEK[])\r\n" % (
+            tg.encode(), i % len(texts) + 1) for i, tg in enumerate(tags)))
+        ok = True
+        for i, tg in enumerate(tags):
+            r = cl.wait_tagged(tg)
+            u = i % len(texts) + 1
+            if not r.ok or fetch_map(r).get(u, {}).get("BODY[]") != texts[u - 1]:
+                ok = False
+        R.check("%s: 30 pipelined FETCHes, each text right" % name, ok)
+        R.check("%s: the session goes on" % name, cl.command("NOOP").ok)
+        cl.logout()
+
+
 def t_records_in_batches():
     """The records of a step's UIDs are read in batches: gaps (expunged
     UIDs) inside a batch, sparse sets, and per-message flags and sizes must
@@ -239,6 +291,7 @@ SECTIONS = [
     ("many large texts in one FETCH", t_many_large_texts),
     ("texts expunged while being sent", t_expunged_while_sent),
     ("message records read in batches", t_records_in_batches),
+    ("sizes around the in-place threshold, plain and TLS", t_sizes_plain_and_tls),
 ]
 
 
@@ -246,7 +299,7 @@ def main():
     global T
     args = parse_args(__doc__.splitlines()[0])
     try:
-        T = start_target(args, {USER: PASSWORD}, tls=False)
+        T = start_target(args, {USER: PASSWORD}, tls=True)
     except Exception as e:  # noqa: BLE001
         R.check("server starts", False, "%s: %s" % (type(e).__name__, e))
         return R.summary()

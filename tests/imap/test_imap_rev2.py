@@ -284,6 +284,58 @@ def t_list_rev2():
     c.logout()
 
 
+def oldnames(r):
+    """[(new name, [attributes], OLDNAME's name)] of the untagged LISTs,
+    sorted; OLDNAME's name is None without the item, and a LIST that does
+    not parse as one with at most that item is (raw line, None, None)."""
+    out = []
+    for u in r.untagged:
+        if not u.startswith(b"* LIST"):
+            continue
+        t = parse(u[2:])
+        if (len(t) == 4 or (len(t) == 5 and len(t[4]) == 2 and t[4][0] == b"OLDNAME"
+                            and isinstance(t[4][1], list) and len(t[4][1]) == 1)) \
+                and isinstance(t[1], list):
+            out.append((t[3].decode(), [a.decode() for a in t[1]],
+                        t[4][1][0].decode() if len(t) == 5 else None))
+        else:
+            out.append((u, None, None))
+    return sorted(out, key=repr)
+
+
+def t_oldname():
+    """RENAME in a rev2 session: an untagged LIST of each new name with
+    OLDNAME (RFC 9051 7.3.1), inferiors included, names in UTF-8; none for
+    a rev1 session or a RENAME that fails."""
+    c, old = connect(rev2=True), connect()
+    c.command("CREATE", quote("Proj/Sub"))
+    c.command("CREATE", quote("Proj/Sub/Deep"))
+    r = c.command("RENAME", quote("Proj"), quote("Ärchiv"))
+    R.equal("rev2 RENAME: LIST with OLDNAME for the mailbox and its inferiors",
+            (r.status, oldnames(r)),
+            ("OK", sorted([("Ärchiv", [], "Proj"), ("Ärchiv/Sub", [], "Proj/Sub"),
+                           ("Ärchiv/Sub/Deep", [], "Proj/Sub/Deep")], key=repr)))
+    r = c.command("RENAME", quote("Ärchiv/Sub/Deep"), quote("Flat"))
+    R.equal("rev2 RENAME of a leaf: one LIST, OLDNAME in UTF-8", oldnames(r),
+            [("Flat", [], "Ärchiv/Sub/Deep")])
+    r = c.command('LIST "" "*"')
+    R.check("a LIST command carries no OLDNAME", r.ok and all(
+        o is None for _, _, o in oldnames(r)), r.untagged)
+    r = old.command("RENAME Flat Flat2")
+    R.check("rev1 RENAME: no LIST", r.ok and not lines_with(r, b"* LIST"), r.untagged)
+    r = c.command("RENAME Nosuch Other")
+    R.check("a failed RENAME: NO and no LIST", r.status == "NO" and not lines_with(r, b"* LIST"),
+            r.untagged)
+    r = c.command("RENAME", "Flat2", quote("Ärchiv"))
+    R.check("RENAME onto an existing name: NO and no LIST",
+            r.status == "NO" and not lines_with(r, b"* LIST"), r.untagged)
+    r = old.command("RENAME &AMQ-rchiv Archiv2")
+    R.check("rev1 RENAME of the modified UTF-7 name: no LIST",
+            r.ok and not lines_with(r, b"* LIST"), r)
+    c.logout()
+    old.logout()
+
+
 def t_closed_binary_literal():
     c = connect(rev2=True)
     c.command("SELECT Rev2")
@@ -308,6 +360,7 @@ SECTIONS = [
     ("search", t_search),
     ("utf8 names", t_utf8_names),
     ("list", t_list_rev2),
+    ("oldname", t_oldname),
     ("closed binary literal", t_closed_binary_literal),
 ]
 

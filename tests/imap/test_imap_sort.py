@@ -296,6 +296,77 @@ def t_esort_save():
     c.logout()
 
 
+def fetch_has_modseq(r):
+    return any("MODSEQ" in it for _, it in r.fetches())
+
+
+def t_modseq():
+    """A MODSEQ search key in SORT or THREAD (RFC 7162 3.1, 3.1.9): the
+    command enables CONDSTORE like SEARCH's does (the untagged OK [HIGHESTMODSEQ]
+    the first time, MODSEQ in later FETCH responses), SORT's reply ends
+    with (MODSEQ n), the highest modseq of the matches, and ESORT's MODSEQ
+    covers what it returns (RFC 4731 3.2: only the MIN and MAX messages
+    when nothing else is asked)."""
+    c = connect()
+    c.command("CREATE SortMod")
+    for i, subj in enumerate(("delta", "bravo", "charlie", "alpha")):
+        append(c, "SortMod", build("a@x.org", "b@x.org", None, subj,
+                                   "Mon, 5 Jan 2026 0%d:00:00 +0000" % i, "x\n"),
+               date="05-Jan-2026 0%d:00:00 +0000" % i)
+    c.logout()
+    c = connect()
+    c.command("SELECT SortMod")
+    r = c.command("STORE 1 +FLAGS (\\Flagged)")
+    R.check("no MODSEQ in FETCH before CONDSTORE is enabled", r.ok and not fetch_has_modseq(r),
+            r.untagged)
+    r = c.command("SORT (SUBJECT) UTF-8 MODSEQ 1")
+    R.check("SORT with MODSEQ enables CONDSTORE: * OK [HIGHESTMODSEQ n]",
+            r.ok and "HIGHESTMODSEQ" in r.codes(), r.untagged)
+    found = r.find("SORT")
+    nums = [int(t) for t in found[0][1:] if not isinstance(t, list)] if found else None
+    tail = found[0][-1] if found else None
+    ms = {s: int(it["MODSEQ"][0]) for s, it in c.command("FETCH 1:* (MODSEQ)").fetches()}
+    R.equal("SORT with MODSEQ: the order", nums, [4, 2, 3, 1])
+    R.equal("SORT with MODSEQ ends with (MODSEQ highest of the matches)", tail,
+            [b"MODSEQ", str(max(ms.values())).encode()])
+    r = c.command("STORE 3 +FLAGS (\\Seen)")
+    R.check("after SORT MODSEQ, a STORE's FETCH carries MODSEQ", r.ok and fetch_has_modseq(r),
+            r.untagged)
+    ms = {s: int(it["MODSEQ"][0]) for s, it in c.command("FETCH 1:* (MODSEQ)").fetches()}
+    R.check("the last STORE made message 3 the highest modseq",
+            ms[3] > max(ms[1], ms[2], ms[4]), ms)
+    r = c.command("SORT RETURN (MIN MAX) (SUBJECT) UTF-8 MODSEQ 1")
+    e = esearch(r)
+    R.equal("ESORT MIN MAX with MODSEQ: the modseq of those two", e and e[2],
+            {"MIN": b"4", "MAX": b"1", "MODSEQ": str(max(ms[4], ms[1])).encode()})
+    r = c.command("SORT RETURN (ALL) (REVERSE SUBJECT) UTF-8 MODSEQ 1")
+    e = esearch(r)
+    R.equal("ESORT ALL with MODSEQ: the highest of all", e and e[2],
+            {"ALL": b"1,3,2,4", "MODSEQ": str(ms[3]).encode()})
+    r = c.command("UID SORT RETURN (COUNT) (SUBJECT) UTF-8 MODSEQ %d" % ms[3])
+    e = esearch(r)
+    R.equal("UID ESORT COUNT with MODSEQ n: the one changed since", e and (e[1], e[2]),
+            (True, {"COUNT": b"1", "MODSEQ": str(ms[3]).encode()}))
+    r = c.command("SORT (SUBJECT) UTF-8 MODSEQ %d" % (ms[3] + 1))
+    R.check("SORT MODSEQ matching nothing: * SORT without (MODSEQ)",
+            r.ok and sort_nums(r) == [] and r.find("SORT")[0][1:] == [], r.untagged)
+    c.logout()
+    if T.kind != "starling":
+        return  # Dovecot 2.3 does not count THREAD among the enabling commands
+    c = connect()
+    c.command("SELECT SortMod")
+    r = c.command("THREAD REFS UTF-8 MODSEQ 1")
+    R.check("THREAD with MODSEQ enables CONDSTORE: * OK [HIGHESTMODSEQ n]",
+            r.ok and "HIGHESTMODSEQ" in r.codes(), r.untagged)
+    R.check("THREAD's reply has no MODSEQ (RFC 5256's thread-data)",
+            not any(b"MODSEQ" in u for u in r.untagged if u.upper().startswith(b"* THREAD")),
+            r.untagged)
+    r = c.command("STORE 2 +FLAGS (\\Seen)")
+    R.check("after THREAD MODSEQ, a STORE's FETCH carries MODSEQ", r.ok and fetch_has_modseq(r),
+            r.untagged)
+    c.logout()
+
+
 def seqset_in_order(v):
     """A sequence-set as written, ranges expanded in place ("5,3:4" ->
     [5, 3, 4])."""
@@ -560,6 +631,7 @@ SECTIONS = [
     ("esort", t_esort),
     ("esort save", t_esort_save),
     ("context sort", t_context_sort),
+    ("modseq", t_modseq),
     ("600 messages", t_large),
     ("long headers", t_long_headers),
     ("concurrent changes", t_concurrent_changes),

@@ -4,8 +4,8 @@
 A mailbox of a few conversations (References, In-Reply-To only, replies
 known only by subject, RFC 2047 subjects, a missing parent, a message
 without Message-ID or Date) is threaded with each algorithm, by sequence
-number and by UID, with search criteria and charsets as SEARCH takes them;
-errors get BAD or NO and the session goes on; a 2,000-message mailbox is
+number and by UID, with search criteria and charsets as SEARCH takes them
+("$" of SEARCHRES among them); errors get BAD or NO and the session goes on; a 2,000-message mailbox is
 threaded within a time bound.  The expected replies were checked against
 Dovecot 2.3 (`--dovecot` runs the same checks against a private Dovecot).
 The last line is "imap-thread: N passed, M failed".
@@ -86,13 +86,13 @@ def t_capability():
     c.logout()
 
 
-def setup(c):
-    c.command("CREATE", quote(BOX))
+def setup(c, box=BOX):
+    c.command("CREATE", quote(box))
     uids = []
     for m, date in MESSAGES:
-        r = c.command("APPEND", quote(BOX), quote(date), Literal(m))
+        r = c.command("APPEND", quote(box), quote(date), Literal(m))
         R.equal("APPEND a thread message", r.status, "OK")
-    r = c.command("SELECT", quote(BOX))
+    r = c.command("SELECT", quote(box))
     R.equal("SELECT the thread mailbox", r.number("EXISTS"), len(MESSAGES))
     r = c.command("UID SEARCH ALL")
     uids = r.search()[0]
@@ -165,6 +165,48 @@ def t_errors():
     c.logout()
 
 
+def t_searchres():
+    """RFC 5182 2.1: "$", the result SEARCH (or SORT) RETURN (SAVE) kept,
+    is a search key THREAD takes like any other."""
+    c = connect()
+    uids = setup(c, "Saved")
+    r = c.command("SEARCH RETURN (SAVE) SUBJECT lunch")
+    R.equal("SEARCH RETURN (SAVE) SUBJECT lunch -> OK", r.status, "OK")
+    r, got = thread(c, "THREAD REFS UTF-8 $")
+    R.equal("THREAD REFS $ -> OK", r.status, "OK")
+    R.equal("THREAD REFS $: the saved messages", got, "(8)(1 2 4)")
+    r, got = thread(c, "THREAD REFERENCES UTF-8 OR $ 3")
+    R.equal("THREAD REFERENCES OR $ 3", got, "(3)((1 2 4)(8))")
+    r, got = thread(c, "THREAD ORDEREDSUBJECT UTF-8 NOT $ NOT 5:10")
+    R.equal("THREAD ORDEREDSUBJECT NOT $ NOT 5:10", got, "(3)")
+    r, got = thread(c, "UID THREAD REFS UTF-8 $ UNDELETED")
+    R.equal("UID THREAD REFS $ answers UIDs", got,
+            "(%d)(%d %d %d)" % (uids[7], uids[0], uids[1], uids[3]))
+    # SORT RETURN (SAVE) replaces the saved result; a THREAD sent right
+    # behind it (pipelined) sees the new one.
+    tag1, tag2 = c.next_tag(), c.next_tag()
+    c.send(("%s SORT RETURN (SAVE) (SUBJECT) UTF-8 SUBJECT budget\r\n"
+            "%s THREAD REFS UTF-8 $\r\n" % (tag1, tag2)).encode())
+    r1 = c.wait_tagged(tag1)
+    r2 = c.wait_tagged(tag2)
+    got = None
+    for u in r2.untagged:
+        if u[:9].upper() == b"* THREAD ":
+            got = u[9:].decode()
+    R.equal("pipelined SORT RETURN (SAVE) -> OK", r1.status, "OK")
+    R.equal("pipelined THREAD REFS $ after it: the sorted result", got, "(5)(3 9)")
+    # A failed SAVE empties "$" (RFC 5182 2.1): THREAD $ matches nothing.
+    # Dovecot 2.3 keeps the old result when the criteria do not parse;
+    # the RFC is asserted.
+    r = c.command("SEARCH RETURN (SAVE) NOSUCHKEY")
+    R.equal("SEARCH RETURN (SAVE) with a bad key -> BAD", r.status, "BAD")
+    r, got = thread(c, "THREAD REFS UTF-8 $")
+    R.equal("THREAD $ after a failed SAVE -> OK", r.status, "OK")
+    if T.kind == "starling":
+        R.equal("THREAD $ after a failed SAVE -> empty", got, "")
+    c.logout()
+
+
 def t_large():
     c = connect()
     c.command("CREATE Big")
@@ -204,6 +246,7 @@ SECTIONS = [
     ("capability", t_capability),
     ("algorithms", t_algorithms),
     ("errors", t_errors),
+    ("searchres", t_searchres),
     ("large mailbox", t_large),
 ]
 

@@ -418,6 +418,130 @@ static void test_segments_of_expunged_mail_are_deleted(void)
 	tstore_close(&t);
 }
 
+/* Pieces of stor_text_map, joined. */
+static char *pieces_join(const stor_text_piece_list *l, size_t *len_r)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < l->count; i++)
+		n += l->items[i].len;
+	char *out = xmalloc(n + 1);
+	n = 0;
+	for (size_t i = 0; i < l->count; i++) {
+		memcpy(out + n, l->items[i].data, l->items[i].len);
+		n += l->items[i].len;
+	}
+	out[n] = '\0';
+	*len_r = n;
+	return out;
+}
+
+static void test_texts_read_in_place_outlive_their_segments(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	struct guid g = small_segment_store(&t, 100);
+	unsigned full = count_segments(t.dir, NULL, NULL);
+	stor_text_piece_list kept[100];
+	char want[4000];
+	for (unsigned i = 1; i <= 100; i++) {
+		struct stor_msg msg;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, i, &msg, &error), 1);
+		memset(&kept[i - 1], 0, sizeof(kept[i - 1]));
+		CU_ASSERT_EQUAL(stor_text_map(t.db, &msg.guid, 0, msg.size, &kept[i - 1], &error), 0);
+		size_t len;
+		char *got = pieces_join(&kept[i - 1], &len);
+		text_of(i, want, sizeof(want));
+		CU_ASSERT(len == strlen(want) && memcmp(got, want, len) == 0);
+		free(got);
+		/* a range, and one past the end */
+		stor_text_piece_list part = ARRAY_INIT;
+		CU_ASSERT_EQUAL(stor_text_map(t.db, &msg.guid, 100, 50, &part, &error), 0);
+		got = pieces_join(&part, &len);
+		CU_ASSERT(len == 50 && memcmp(got, want + 100, 50) == 0);
+		free(got);
+		stor_text_pieces_free(&part);
+		CU_ASSERT_EQUAL(stor_text_map(t.db, &msg.guid, msg.size + 10, 5, &part, &error), 0);
+		CU_ASSERT_EQUAL(part.count, 0);
+		stor_text_pieces_free(&part);
+		stor_msg_free(&msg);
+	}
+	/* The texts of the first 90 go, and with them their segments (as in
+	 * the test above), while their pieces are still held. */
+	uint32_t uids[90];
+	for (unsigned i = 0; i < 90; i++)
+		uids[i] = i + 1;
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, uids, 90, 0, NULL, &error), 0);
+	append_many(t.db, &g, 101, 40);
+	for (unsigned i = 0; i < 50; i++)
+		CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	append_many(t.db, &g, 141, 20);
+	CU_ASSERT(count_segments(t.dir, NULL, NULL) < full);
+	for (unsigned i = 1; i <= 90; i++) {
+		size_t len;
+		char *got = pieces_join(&kept[i - 1], &len);
+		text_of(i, want, sizeof(want));
+		CU_ASSERT(len == strlen(want) && memcmp(got, want, len) == 0);
+		free(got);
+		stor_text_pieces_free(&kept[i - 1]);
+	}
+	/* Pieces may outlive the store itself. */
+	tstore_close(&t);
+	for (unsigned i = 91; i <= 100; i++) {
+		size_t len;
+		char *got = pieces_join(&kept[i - 1], &len);
+		text_of(i, want, sizeof(want));
+		CU_ASSERT(len == strlen(want) && memcmp(got, want, len) == 0);
+		free(got);
+		stor_text_pieces_free(&kept[i - 1]);
+	}
+}
+
+static void test_a_damaged_chunk_is_not_read_in_place(void)
+{
+	struct tstore t;
+	const char *error = NULL;
+	struct guid g = small_segment_store(&t, 3);
+	struct stor_msg msg;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 2, &msg, &error), 1);
+	/* Flip one byte of message 2's text in the segment file. */
+	char *seg = last_segment_path(t.dir);
+	int fd = open(seg, O_RDWR);
+	CU_ASSERT_FATAL(fd >= 0);
+	char want[4000];
+	text_of(2, want, sizeof(want));
+	struct stat st;
+	CU_ASSERT_FATAL(fstat(fd, &st) == 0);
+	char *all = xmalloc((size_t)st.st_size);
+	CU_ASSERT_FATAL(pread(fd, all, (size_t)st.st_size, 0) == st.st_size);
+	char *at = memmem(all, (size_t)st.st_size, want, strlen(want));
+	CU_ASSERT_FATAL(at != NULL);
+	char flipped = (char)(at[500] ^ 1);
+	CU_ASSERT(pwrite(fd, &flipped, 1, (off_t)(at - all) + 500) == 1);
+	close(fd);
+	free(all);
+	free(seg);
+	stor_text_piece_list l = ARRAY_INIT;
+	/* Not read in place (1), and the copying read reports the damage. */
+	CU_ASSERT_EQUAL(stor_text_map(t.db, &msg.guid, 0, msg.size, &l, &error), 1);
+	CU_ASSERT_EQUAL(l.count, 0);
+	stor_text_pieces_free(&l);
+	struct buf out = BUF_INIT;
+	CU_ASSERT_EQUAL(stor_text_read(t.db, &msg.guid, 0, msg.size, &out, &error), -1);
+	buf_free(&out);
+	stor_msg_free(&msg);
+	/* The others still are. */
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(stor_text_map(t.db, &msg.guid, 0, msg.size, &l, &error), 0);
+	size_t len;
+	char *got = pieces_join(&l, &len);
+	text_of(1, want, sizeof(want));
+	CU_ASSERT(len == strlen(want) && memcmp(got, want, len) == 0);
+	free(got);
+	stor_text_pieces_free(&l);
+	stor_msg_free(&msg);
+	tstore_close(&t);
+}
+
 static void test_mostly_dead_segments_are_compacted(void)
 {
 	struct tstore t;
@@ -1066,6 +1190,9 @@ const struct test_case storage_journal_cases[] = {
 	{ "a torn last record is cut off and kept aside", test_torn_last_record_is_cut_and_kept_aside },
 	{ "segments of expunged mail are deleted", test_segments_of_expunged_mail_are_deleted },
 	{ "mostly dead segments are compacted", test_mostly_dead_segments_are_compacted },
+	{ "texts read in place outlive their segments",
+	  test_texts_read_in_place_outlive_their_segments },
+	{ "a damaged chunk is not read in place", test_a_damaged_chunk_is_not_read_in_place },
 	{ "texts the journal lost are removed with their messages",
 	  test_texts_the_journal_lost_are_removed_with_their_messages },
 	{ "well-framed garbage in the journal fails open clearly",
