@@ -229,7 +229,8 @@ static void chk_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		/* Tombstones say what a sync may delete, not what the user
 		 * sees: two copies can differ there and still be equal. */
 		if ((proto_cmd_is(line, "DELETED") && (line->arg_count == 1 || line->arg_count == 3)) ||
-		    (proto_cmd_is(line, "UNSUBSCRIBED") && line->arg_count == 1))
+		    (proto_cmd_is(line, "UNSUBSCRIBED") && line->arg_count == 1) ||
+		    (proto_cmd_is(line, "ACL") && line->arg_count == 4))
 			return;
 		struct chk_mbox m;
 		struct guid digest;
