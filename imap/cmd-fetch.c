@@ -14,6 +14,7 @@
  * (which then include FLAGS). */
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
+#include "imap/imap-acl.h"
 
 #include <ctype.h>
 #include <string.h>
@@ -841,6 +842,10 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	struct imap_client *c = cmd->client;
 	if (cmd->count < 2 || cmd->count > 3 || cmd->args[0].type != IMAP_ARG_ATOM)
 		return imap_cmd_done(cmd, "BAD", "FETCH takes a set and items");
+	/* Read again: "r" taken away on another node ends reading here. */
+	uint32_t rights = imap_acl_sel_rights(c);
+	if ((rights & ACL_READ) == 0)
+		return imap_acl_refuse(cmd, rights, ACL_READ, "[NONEXISTENT] Mailbox does not exist");
 	struct fetch_ctx *fc = xcalloc(1, sizeof(*fc));
 	cmd->ctx = fc;
 	cmd->ctx_free = fetch_ctx_free;
@@ -909,7 +914,9 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	}
 	if (fc->vanished)
 		send_vanished(cmd, fc);
-	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0) {
+	/* RFC 4314 4: without "s" a FETCH does not set \Seen, silently. */
+	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0 &&
+	    (imap_acl_sel_rights(c) & ACL_SEEN) != 0) {
 		/* Which messages lack \Seen: they get it (and FLAGS) first.  The
 		 * records are read in batches as the responses' are. */
 		struct msg_batch mb = { ARRAY_INIT, 0, 0 };
@@ -934,7 +941,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 			fc->seen_req.op = STOR_FLAGS_ADD;
 			fc->seen_req.flags = STOR_FLAG_SEEN;
 			cmd->waiting = true;
-			repl_store(c->server->repl, c->user, &fc->mailbox, fc->unseen.items,
+			repl_store(c->server->repl, c->sel->owner, &fc->mailbox, fc->unseen.items,
 				   fc->unseen.count, &fc->seen_req, seen_done, cmd);
 			return false;
 		}

@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""IMAP ACLs (RFC 4314) and the shared/ namespace against one real server.
+
+Checked here: the ACL and RIGHTS=texk capabilities; MYRIGHTS, GETACL,
+SETACL (replace, +, -, the obsolete c and d), DELETEACL and LISTRIGHTS;
+bad input (an unknown right letter, a bad identifier) is BAD with a reason
+and changes nothing; NAMESPACE reports shared/; a mailbox shared with bob
+shows in bob's LIST as shared/alice/NAME (with its \\Noselect parents and
+\\HasChildren/\\HasNoChildren) and in a real client's (Python imaplib)
+listing; bob can SELECT, FETCH, APPEND, STORE and EXPUNGE there as far as
+his rights go, and alice sees his changes; every command he lacks the right
+for is NO [NOPERM] while he has "l", and exactly the answer for a mailbox
+that does not exist when he has not (SELECT, STATUS, MYRIGHTS, APPEND,
+COPY, GETACL, and LIST shows nothing); negative rights (-bob) take away
+what "anyone" gives; a right taken away while bob has the mailbox selected
+applies at his next command; the owner cannot lock themselves out (keeps
+"l" and "a").
+
+The last line is "imap-acl: N passed, M failed"; exit 0 only if nothing
+failed.
+"""
+import imaplib
+import sys
+
+from imapcommon import Report, run_sections
+from harness.imapwire import Client, Literal, parse
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+R = Report("imap-acl")
+T = None
+
+
+def connect(user):
+    c = Client(T.host, T.port, timeout=20.0)
+    r = c.login(user, USERS[user])
+    if not r.ok:
+        raise RuntimeError("login of %s failed: %r" % (user, r))
+    return c
+
+
+def message(subject):
+    return ("From: a@example.org\r\nTo: b@example.net\r\nSubject: %s\r\n"
+            "Date: Mon, 15 Jul 2024 12:00:00 +0000\r\n\r\nbody\r\n" % subject)
+
+
+def listed(r):
+    """{name: [attributes]} of the LIST responses."""
+    out = {}
+    for toks in r.find("LIST"):
+        name = toks[3].decode() if isinstance(toks[3], bytes) else str(toks[3])
+        out[name] = [a.decode() for a in toks[1]]
+    return out
+
+
+def myrights(c, box):
+    r = c.command("MYRIGHTS", box)
+    got = r.find("MYRIGHTS")
+    return r, (got[0][2].decode() if got else None)
+
+
+def getacl(c, box):
+    r = c.command("GETACL", box)
+    got = r.find("ACL")
+    acl = {}
+    if got:
+        toks = got[0][2:]
+        for i in range(0, len(toks) - 1, 2):
+            acl[toks[i].decode()] = toks[i + 1].decode()
+    return r, acl
+
+
+def t_capability():
+    c = connect("alice")
+    r = c.command("CAPABILITY")
+    caps = b" ".join(r.untagged).upper().split()
+    R.check("CAPABILITY has ACL", b"ACL" in caps, r.untagged)
+    R.check("CAPABILITY has RIGHTS=texk", b"RIGHTS=TEXK" in caps, r.untagged)
+    r = c.command("NAMESPACE")
+    R.check("NAMESPACE reports shared/ as the other users' namespace",
+            any(b'(("shared/" "/"))' in u for u in r.untagged), r.untagged)
+    c.logout()
+
+
+def t_owner_rights():
+    c = connect("alice")
+    r, rights = myrights(c, "INBOX")
+    R.check("MYRIGHTS INBOX OK", r.ok, r)
+    R.equal("the owner has every right by default", rights, "lrswipkxtea")
+    r, acl = getacl(c, "INBOX")
+    R.check("GETACL INBOX OK", r.ok, r)
+    R.equal("GETACL shows the owner's implicit rights", acl, {"alice": "lrswipkxtea"})
+    r = c.command("LISTRIGHTS", "INBOX", "alice")
+    lr = r.find("LISTRIGHTS")
+    R.check("LISTRIGHTS for the owner: l and a always, the rest one by one",
+            r.ok and lr and lr[0][3] == b"la" and [x.decode() for x in lr[0][4:]] ==
+            list("rswipkxte"), r.untagged)
+    r = c.command("LISTRIGHTS", "INBOX", "bob")
+    lr = r.find("LISTRIGHTS")
+    R.check("LISTRIGHTS for another user: nothing required",
+            r.ok and lr and lr[0][3] == b"" and len(lr[0][4:]) == 11, r.untagged)
+    # The owner cannot lock themselves out.
+    r = c.command("SETACL", "INBOX", "alice", "r")
+    R.check("SETACL INBOX alice r OK", r.ok, r)
+    _, rights = myrights(c, "INBOX")
+    R.equal("an owner named with r keeps l and a", rights, "lra")
+    r = c.command("SELECT", "INBOX")
+    R.check("... and SELECT is READ-ONLY then", r.ok and r.code == "READ-ONLY", r)
+    c.command("CLOSE")
+    r = c.command("DELETEACL", "INBOX", "alice")
+    R.check("DELETEACL INBOX alice OK", r.ok, r)
+    _, rights = myrights(c, "INBOX")
+    R.equal("without a record the owner has every right again", rights, "lrswipkxtea")
+    c.logout()
+
+
+def t_bad_input():
+    c = connect("alice")
+    c.command("CREATE", "Bad")
+    r = c.command("SETACL", "Bad", "bob", "lrz")
+    R.check("SETACL with an unknown right 'z' is BAD naming it",
+            r.status == "BAD" and "'z'" in r.text, r)
+    r = c.command("SETACL", "Bad", '"bo b"', "lr")
+    R.check("SETACL with a bad identifier is BAD", r.status == "BAD", r)
+    r = c.command("SETACL", "Bad", '""', "lr")
+    R.check("SETACL with an empty identifier is BAD", r.status == "BAD", r)
+    r = c.command("SETACL", "Bad", "bob", "+lr!")
+    R.check("SETACL +rights with a bad letter is BAD", r.status == "BAD", r)
+    _, acl = getacl(c, "Bad")
+    R.equal("after the BADs the ACL is unchanged", acl, {"alice": "lrswipkxtea"})
+    r = c.command("SETACL", "NoSuchBox", "bob", "lr")
+    R.check("SETACL on a missing mailbox is NO [NONEXISTENT]",
+            r.status == "NO" and r.code == "NONEXISTENT", r)
+    r = c.command("SETACL", "Bad", "bob")
+    R.check("SETACL without rights is BAD", r.status == "BAD", r)
+    r = c.command("CREATE", "shared/x")
+    R.check("CREATE under shared/ is NO", r.status == "NO", r)
+    c.logout()
+
+
+def t_obsolete_and_negative():
+    a = connect("alice")
+    a.command("CREATE", "Old")
+    r = a.command("SETACL", "Old", "carol", "lrcd")
+    R.check("SETACL with the obsolete c and d OK", r.ok, r)
+    _, acl = getacl(a, "Old")
+    R.equal("c is k and x, d is t and e (RFC 4314 2.1.1)", acl.get("carol"), "lrkxte")
+    r = a.command("SETACL", "Old", "carol", "-kx")
+    _, acl = getacl(a, "Old")
+    R.equal("SETACL -kx removes those two only", acl.get("carol"), "lrte")
+    r = a.command("SETACL", "Old", "carol", "+w")
+    _, acl = getacl(a, "Old")
+    R.equal("SETACL +w adds it", acl.get("carol"), "lrwte")
+    # anyone gets lr, -bob takes r away from bob only.
+    a.command("SETACL", "Old", "anyone", "lr")
+    a.command("SETACL", "Old", "-bob", "r")
+    b = connect("bob")
+    _, rights = myrights(b, "shared/alice/Old")
+    R.equal("anyone lr minus -bob r: bob has l", rights, "l")
+    r = b.command("SELECT", "shared/alice/Old")
+    R.check("bob without r: SELECT is NO [NOPERM] (he may see it)",
+            r.status == "NO" and r.code == "NOPERM", r)
+    c = connect("carol")
+    _, rights = myrights(c, "shared/alice/Old")
+    R.equal("carol: her own record and anyone's", rights, "lrwte")
+    a.command("DELETEACL", "Old", "-bob")
+    _, rights = myrights(b, "shared/alice/Old")
+    R.equal("after DELETEACL -bob, bob has anyone's lr", rights, "lr")
+    a.command("DELETEACL", "Old", "anyone")
+    a.command("DELETEACL", "Old", "carol")
+    for x in (a, b, c):
+        x.logout()
+
+
+def t_shared_listing():
+    a = connect("alice")
+    for box in ("Team", "Team/Sub", "Private"):
+        r = a.command("CREATE", box)
+        R.check("alice CREATE %s" % box, r.ok, r)
+    r = a.command("SETACL", "Team", "bob", "lr")
+    R.check("SETACL Team bob lr OK", r.ok, r)
+    r = a.command("SETACL", "Team/Sub", "bob", "lr")
+    R.check("SETACL Team/Sub bob lr OK", r.ok, r)
+    b = connect("bob")
+    r = b.command("LIST", '""', "*")
+    got = listed(r)
+    R.check("bob's LIST * shows shared/alice/Team and Team/Sub",
+            "shared/alice/Team" in got and "shared/alice/Team/Sub" in got, got)
+    R.check("... with \\HasChildren on Team, \\HasNoChildren on Team/Sub",
+            "\\HasChildren" in got.get("shared/alice/Team", []) and
+            "\\HasNoChildren" in got.get("shared/alice/Team/Sub", []), got)
+    R.check("... shared and shared/alice as \\Noselect levels",
+            "\\Noselect" in got.get("shared", []) and
+            "\\Noselect" in got.get("shared/alice", []), got)
+    R.check("... and not alice's Private nor her INBOX",
+            not any("Private" in n or n == "shared/alice/INBOX" for n in got), got)
+    r = b.command("LIST", '""', "shared/%")
+    R.equal("LIST shared/% is the owners' level", sorted(listed(r)), ["shared/alice"])
+    r = b.command("LIST", '"shared/alice/"', "%")
+    R.equal("LIST with a reference inside shared/", sorted(listed(r)), ["shared/alice/Team"])
+    # A real client's view (imaplib).
+    m = imaplib.IMAP4(T.host, T.port)
+    try:
+        m.login("bob", USERS["bob"])
+        typ, data = m.list('""', "shared/*")
+        names = [d.decode() for d in data if d]
+        R.check("imaplib: LIST shared/* is OK and names shared/alice/Team",
+                typ == "OK" and any(n.endswith('shared/alice/Team') for n in names), data)
+        typ, data = m.select("shared/alice/Team", readonly=True)
+        R.check("imaplib: EXAMINE shared/alice/Team OK", typ == "OK", data)
+        m.logout()
+    except imaplib.IMAP4.error as e:
+        R.check("imaplib session", False, str(e))
+    a.logout()
+    b.logout()
+
+
+def t_not_visible():
+    """Without l (and no other right), bob gets exactly what a missing
+    mailbox gets."""
+    a = connect("alice")
+    a.command("CREATE", "Hidden")
+    a.command("APPEND", "Hidden", Literal(message("hidden")))
+    a.command("SETACL", "Hidden", "carol", "lr")
+    b = connect("bob")
+    for cmd in (("SELECT",), ("EXAMINE",), ("STATUS", None, "(MESSAGES)"), ("MYRIGHTS",),
+                ("GETACL",), ("SETACL", None, "bob", "lr"), ("DELETEACL", None, "bob")):
+        args = [x if x is not None else "shared/alice/Hidden" for x in cmd[1:]] or \
+            ["shared/alice/Hidden"]
+        hidden = b.command(cmd[0], *args)
+        missing = b.command(cmd[0], *[x.replace("Hidden", "NoSuchBox") for x in args])
+        R.check("%s on a hidden mailbox is NO" % cmd[0], hidden.status == "NO", hidden)
+        R.equal("%s: hidden and missing answer alike" % cmd[0],
+                hidden.line.split(b" ", 1)[1], missing.line.split(b" ", 1)[1])
+    hidden = b.command("APPEND", "shared/alice/Hidden", Literal(message("x")))
+    missing = b.command("APPEND", "shared/alice/NoSuchBox", Literal(message("x")))
+    R.equal("APPEND: hidden and missing answer alike",
+            hidden.line.split(b" ", 1)[1], missing.line.split(b" ", 1)[1])
+    R.check("... [TRYCREATE]", hidden.code == "TRYCREATE", hidden)
+    r = b.command("LIST", '""', "*")
+    R.check("bob's LIST does not show Hidden", not any("Hidden" in n for n in listed(r)),
+            listed(r))
+    r = b.command("LSUB", '""', "*")
+    R.check("nor LSUB", not any(b"Hidden" in u for u in r.untagged), r.untagged)
+    b.command("SELECT", "INBOX")
+    hidden = b.command("COPY", "1:*", "shared/alice/Hidden")
+    missing = b.command("COPY", "1:*", "shared/alice/NoSuchBox")
+    R.equal("COPY: hidden and missing answer alike",
+            hidden.line.split(b" ", 1)[1], missing.line.split(b" ", 1)[1])
+    r = a.command("STATUS", "Hidden", "(MESSAGES)")
+    R.check("nothing reached Hidden", b"MESSAGES 1" in b"".join(r.untagged), r.untagged)
+    a.logout()
+    b.logout()
+
+
+def t_enforcement():
+    a = connect("alice")
+    a.command("CREATE", "Work")
+    a.command("APPEND", "Work", Literal(message("from alice")))
+    a.command("SETACL", "Work", "bob", "lr")
+    b = connect("bob")
+    r = b.command("SELECT", "shared/alice/Work")
+    R.check("bob with lr: SELECT is OK [READ-ONLY]", r.ok and r.code == "READ-ONLY", r)
+    R.equal("... and shows alice's message", r.number("EXISTS"), 1)
+    r = b.command("FETCH", "1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    R.check("bob FETCHes it", r.ok and b"from alice" in b"".join(r.untagged), r)
+    r = b.command("APPEND", "shared/alice/Work", Literal(message("from bob")))
+    R.check("APPEND without i is NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    r = b.command("GETACL", "shared/alice/Work")
+    R.check("GETACL without a is NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    r = b.command("SETACL", "shared/alice/Work", "bob", "lrswite")
+    R.check("SETACL without a is NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    _, acl = getacl(a, "Work")
+    R.equal("... and changed nothing", acl.get("bob"), "lr")
+    # More rights: bob may write now.
+    r = a.command("SETACL", "Work", "bob", "+iswte")
+    R.check("SETACL Work bob +iswte OK", r.ok, r)
+    r = b.command("SELECT", "shared/alice/Work")
+    R.check("bob with lrswite: SELECT is READ-WRITE", r.ok and r.code == "READ-WRITE", r)
+    r = b.command("APPEND", "shared/alice/Work", Literal(message("from bob")))
+    R.check("bob APPENDs to shared/alice/Work", r.ok and r.code == "APPENDUID", r)
+    r = b.command("NOOP")
+    r = b.command("STORE", "1:*", "+FLAGS", r"(\Seen \Flagged $Label)")
+    R.check("bob STOREs \\Seen, \\Flagged and a keyword", r.ok, r)
+    r = a.command("SELECT", "Work")
+    R.equal("alice sees bob's message", r.number("EXISTS"), 2)
+    r = a.command("FETCH", "1:*", "(FLAGS)")
+    flags = [f[1].get("FLAGS") for f in r.fetches()]
+    R.check("alice sees bob's flags", all(b"\\Flagged" in (fl or []) for fl in flags), flags)
+    # Take w away: bob's session, still selected, is refused at once.
+    r = a.command("SETACL", "Work", "bob", "-w")
+    R.check("SETACL Work bob -w OK", r.ok, r)
+    r = b.command("STORE", "1", "+FLAGS", r"(\Answered)")
+    R.check("bob, still selected, STORE \\Answered without w: NO [NOPERM]",
+            r.status == "NO" and r.code == "NOPERM", r)
+    r = b.command("STORE", "1", "-FLAGS", r"(\Seen)")
+    R.check("... STORE \\Seen with s still OK", r.ok, r)
+    r = b.command("STORE", "1", "FLAGS", r"(\Seen)")
+    R.check("... replacing all flags needs w too: NO [NOPERM]",
+            r.status == "NO" and r.code == "NOPERM", r)
+    r = b.command("STORE", "2", "+FLAGS", r"(\Deleted)")
+    R.check("... STORE \\Deleted with t OK", r.ok, r)
+    a.command("SETACL", "Work", "bob", "-e")
+    r = b.command("EXPUNGE")
+    R.check("EXPUNGE without e: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    a.command("SETACL", "Work", "bob", "+e")
+    r = b.command("EXPUNGE")
+    R.check("EXPUNGE with e: OK and expunges", r.ok and r.expunges() == [2], r)
+    a.command("SETACL", "Work", "bob", "-t")
+    r = b.command("STORE", "1", "+FLAGS", r"(\Deleted)")
+    R.check("STORE \\Deleted without t: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    r = b.command("MOVE", "1", "INBOX")
+    R.check("MOVE out without t: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    # COPY within the shared mailbox's owner works; into another user's
+    # mailbox from one's own is refused (not supported yet).
+    b.command("APPEND", "INBOX", Literal(message("bob's own")))
+    r = b.command("COPY", "1", "INBOX")
+    R.check("COPY from alice's mailbox into bob's is NO [CANNOT] for now",
+            r.status == "NO" and r.code == "CANNOT", r)
+    # All rights gone: the next command answers as for a missing mailbox.
+    r = a.command("DELETEACL", "Work", "bob")
+    R.check("DELETEACL Work bob OK", r.ok, r)
+    r = b.command("FETCH", "1", "(FLAGS)")
+    R.check("bob, still selected, FETCH after DELETEACL: NO [NONEXISTENT]",
+            r.status == "NO" and r.code == "NONEXISTENT", r)
+    r = b.command("LIST", '""', "shared/alice/*")
+    R.check("... and Work left his LIST", "shared/alice/Work" not in listed(r), listed(r))
+    # CLOSE without e expunges nothing.
+    a.command("SETACL", "Work", "bob", "lrst")
+    b.command("SELECT", "shared/alice/Work")
+    b.command("STORE", "1", "+FLAGS", r"(\Deleted)")
+    b.command("CLOSE")
+    r = a.command("STATUS", "Work", "(MESSAGES)")
+    R.check("CLOSE by bob without e expunged nothing",
+            b"MESSAGES 1" in b"".join(r.untagged), r.untagged)
+    a.logout()
+    b.logout()
+
+
+def t_idle_shared():
+    """alice IDLEs in Work, bob APPENDs through shared/: alice hears it."""
+    a = connect("alice")
+    a.command("SETACL", "Work", "bob", "lri")
+    a.command("SELECT", "Work")
+    b = connect("bob")
+    tag = a.next_tag()
+    a.send_command(tag, ["IDLE"])
+    line = a.read_line()
+    R.check("IDLE continues", line.startswith(b"+"), line)
+    r = b.command("APPEND", "shared/alice/Work", Literal(message("idle")))
+    R.check("bob APPENDs", r.ok, r)
+    got = a.read_untagged_until(lambda g: any(u.rstrip().endswith(b"EXISTS") for u in g), 5.0)
+    R.check("alice's IDLE reports EXISTS for bob's APPEND within 5 s",
+            any(u.rstrip().endswith(b"EXISTS") for u in got), got)
+    a.send(b"DONE\r\n")
+    a.wait_tagged(tag)
+    a.logout()
+    b.logout()
+
+
+SECTIONS = [
+    ("capability", t_capability),
+    ("owner rights", t_owner_rights),
+    ("bad input", t_bad_input),
+    ("obsolete and negative rights", t_obsolete_and_negative),
+    ("shared listing", t_shared_listing),
+    ("not visible", t_not_visible),
+    ("enforcement", t_enforcement),
+    ("idle shared", t_idle_shared),
+]
+
+
+def set_target(t):
+    global T
+    T = t
+
+
+if __name__ == "__main__":
+    sys.exit(run_sections(R, SECTIONS, __doc__.splitlines()[0], USERS, set_target))
