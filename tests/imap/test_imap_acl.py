@@ -357,6 +357,61 @@ def t_idle_shared():
     b.logout()
 
 
+def t_admin_tool():
+    """`starling acl get|set|delete|debug`: the same records as IMAP."""
+    if T.kind != "starling":
+        return
+    a = connect("alice")
+    a.command("CREATE", "Admin")
+
+    def cli(*args):
+        r = T.node.cli("acl", *args)
+        return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+    rc, out, err = cli("set", "-u", "alice", "-m", "Admin", "bob", "lrs")
+    R.check("acl set exits 0 and prints the record", rc == 0 and out.strip() == "bob lrs",
+            (rc, out, err))
+    _, acl = getacl(a, "Admin")
+    R.equal("IMAP GETACL shows what acl set made", acl.get("bob"), "lrs")
+    rc, out, err = cli("set", "-u", "alice", "-m", "Admin", "bob", "-s")
+    R.check("acl set with -s removes s", rc == 0 and out.strip() == "bob lr", (rc, out, err))
+    rc, out, err = cli("set", "-u", "alice", "-m", "Admin", "-carol", "w")
+    R.check("acl set of a negative identifier", rc == 0, (rc, out, err))
+    rc, out, err = cli("get", "-u", "alice", "-m", "Admin")
+    R.check("acl get lists the records and the owner's implicit rights",
+            rc == 0 and sorted(out.split("\n")) ==
+            sorted(["-carol w", "alice lrswipkxtea", "bob lr", ""]), (rc, out, err))
+    rc, out, err = cli("set", "-u", "alice", "-m", "Admin", "bob", "lrz")
+    R.check("acl set with an unknown right: exit 1, one line naming it",
+            rc == 1 and "'z'" in err and err.count("\n") == 1, (rc, out, err))
+    rc, out, err = cli("set", "-u", "alice", "-m", "NoSuch", "bob", "lr")
+    R.check("acl set on a missing mailbox: exit 1, one line",
+            rc == 1 and "does not exist" in err and err.count("\n") == 1, (rc, out, err))
+    rc, out, err = cli("set", "-u", "alice", "-m", "Admin", "bo b", "lr")
+    R.check("acl set with a bad identifier: exit 1", rc == 1 and err.count("\n") == 1,
+            (rc, out, err))
+    rc, out, err = cli("set", "-u", "alice", "-m", "Admin", "bob")
+    R.check("acl set without rights: usage, exit 2", rc == 2, (rc, out, err))
+    _, acl = getacl(a, "Admin")
+    R.equal("the refused commands changed nothing", acl.get("bob"), "lr")
+    rc, out, err = cli("debug", "-u", "bob", "-m", "shared/alice/Admin")
+    R.check("acl debug explains bob's rights", rc == 0 and
+            'granted by "bob" lr' in out and 'result: "lr"' in out and
+            "may APPEND, COPY and MOVE into it (i): no" in out and
+            "may see it (LIST, LSUB) (l): yes" in out, (rc, out, err))
+    rc, out, err = cli("debug", "-u", "carol", "-m", "shared/alice/Admin")
+    R.check("acl debug for carol: denied by -carol, nothing granted",
+            rc == 0 and 'denied by "-carol" w' in out and 'result: ""' in out and
+            "answers as for a missing mailbox" in out, (rc, out, err))
+    rc, out, err = cli("debug", "-u", "alice", "-m", "Admin")
+    R.check("acl debug for the owner: every right by default",
+            rc == 0 and 'result: "lrswipkxtea"' in out, (rc, out, err))
+    rc, out, err = cli("delete", "-u", "alice", "-m", "Admin", "bob")
+    R.check("acl delete exits 0", rc == 0 and out.strip() == "bob (none)", (rc, out, err))
+    _, acl = getacl(a, "Admin")
+    R.check("IMAP GETACL no longer shows bob", "bob" not in acl, acl)
+    a.logout()
+
+
 SECTIONS = [
     ("capability", t_capability),
     ("owner rights", t_owner_rights),
@@ -366,6 +421,7 @@ SECTIONS = [
     ("not visible", t_not_visible),
     ("enforcement", t_enforcement),
     ("idle shared", t_idle_shared),
+    ("admin tool", t_admin_tool),
 ]
 
 
