@@ -78,7 +78,6 @@ static bool do_copy(struct imap_cmd *cmd, bool move)
 	if (r == 0)
 		return imap_cmd_done(cmd, "NO", "[TRYCREATE] Mailbox does not exist");
 	cc->dst = mb.guid;
-	bool same_owner = strcmp(mb.user, c->sel->owner) == 0;
 	stor_mailbox_free(&mb);
 	if ((rights & ACL_INSERT) == 0)
 		return imap_acl_refuse(cmd, rights, ACL_INSERT, "[TRYCREATE] Mailbox does not exist");
@@ -90,11 +89,6 @@ static bool do_copy(struct imap_cmd *cmd, bool move)
 		return imap_acl_refuse(cmd, src_rights,
 				       (ACL_DELETE_MSG | ACL_EXPUNGE) & ~src_rights,
 				       "[NONEXISTENT] Mailbox does not exist");
-	/* The seam's COPY is one user's change: between two users' mailboxes
-	 * it would log the new messages under the wrong owner. */
-	if (!same_owner)
-		return imap_cmd_done(cmd, "NO", "[CANNOT] %s between two users' mailboxes is not "
-					       "supported yet; use FETCH and APPEND", cmd->name);
 	cc->src = c->sel->guid;
 	if (cc->uids.count == 0)
 		return imap_cmd_done(cmd, "OK", "No messages %s", move ? "moved" : "copied");

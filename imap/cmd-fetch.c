@@ -842,10 +842,6 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	struct imap_client *c = cmd->client;
 	if (cmd->count < 2 || cmd->count > 3 || cmd->args[0].type != IMAP_ARG_ATOM)
 		return imap_cmd_done(cmd, "BAD", "FETCH takes a set and items");
-	/* Read again: "r" taken away on another node ends reading here. */
-	uint32_t rights = imap_acl_sel_rights(c);
-	if ((rights & ACL_READ) == 0)
-		return imap_acl_refuse(cmd, rights, ACL_READ, "[NONEXISTENT] Mailbox does not exist");
 	struct fetch_ctx *fc = xcalloc(1, sizeof(*fc));
 	cmd->ctx = fc;
 	cmd->ctx_free = fetch_ctx_free;

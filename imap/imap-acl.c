@@ -117,6 +117,19 @@ uint32_t imap_acl_sel_rights(struct imap_client *c)
 	return rights;
 }
 
+bool imap_acl_selected_ok(struct imap_cmd *cmd)
+{
+	static const char *const always[] = { "CLOSE", "UNSELECT", "CHECK", "CANCELUPDATE" };
+	for (size_t i = 0; i < sizeof(always) / sizeof(always[0]); i++)
+		if (strcmp(cmd->name, always[i]) == 0)
+			return true;
+	uint32_t rights = imap_acl_sel_rights(cmd->client);
+	if ((rights & ACL_READ) != 0)
+		return true;
+	imap_acl_refuse(cmd, rights, ACL_READ, "[NONEXISTENT] Mailbox does not exist");
+	return false;
+}
+
 static bool have_guid(const stor_share_list *l, size_t before, const struct guid *g)
 {
 	for (size_t i = 0; i < before; i++)

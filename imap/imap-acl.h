@@ -41,6 +41,12 @@ bool imap_acl_refuse(struct imap_cmd *cmd, uint32_t rights, uint32_t right, cons
  * arrived.  0 on a store error (logged). */
 uint32_t imap_acl_sel_rights(struct imap_client *c);
 
+/* Before a command of the selected state: false after refusing it when
+ * the user no longer has "r" on the selected mailbox (taken away since
+ * SELECT, maybe on another node); CLOSE, UNSELECT, CHECK and CANCELUPDATE
+ * always run. */
+bool imap_acl_selected_ok(struct imap_cmd *cmd);
+
 /* Appends to mbs the mailboxes other users shared with the session's user
  * that the user may see ("l"), named "shared/OWNER/NAME", from the
  * sharing index: the entries of the user, "anyone" and "authenticated",

@@ -162,6 +162,8 @@ void imap_commands_dispatch(struct imap_client *c, const struct imap_command *pc
 	}
 	log_debug("imap[%016llx]: %s%s", (unsigned long long)c->id, uid ? "UID " : "",
 		  commands[i].name);
+	if (commands[i].state == CMD_SELECTED && !imap_acl_selected_ok(cmd))
+		return;
 	commands[i].func(cmd);
 }
 

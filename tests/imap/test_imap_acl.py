@@ -20,6 +20,7 @@ The last line is "imap-acl: N passed, M failed"; exit 0 only if nothing
 failed.
 """
 import imaplib
+import re
 import sys
 
 from imapcommon import Report, run_sections
@@ -310,12 +311,38 @@ def t_enforcement():
     R.check("STORE \\Deleted without t: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
     r = b.command("MOVE", "1", "INBOX")
     R.check("MOVE out without t: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
-    # COPY within the shared mailbox's owner works; into another user's
-    # mailbox from one's own is refused (not supported yet).
-    b.command("APPEND", "INBOX", Literal(message("bob's own")))
+    # COPY between two users' mailboxes, both ways.
+    r = b.command("STATUS", "INBOX", "(MESSAGES)")
+    before = int(re.search(rb"MESSAGES (\d+)", b"".join(r.untagged)).group(1))
     r = b.command("COPY", "1", "INBOX")
-    R.check("COPY from alice's mailbox into bob's is NO [CANNOT] for now",
-            r.status == "NO" and r.code == "CANNOT", r)
+    R.check("bob COPYs from alice's mailbox into his INBOX", r.ok and r.code == "COPYUID", r)
+    r = b.command("STATUS", "INBOX", "(MESSAGES)")
+    R.check("... and it is there", b"MESSAGES %d" % (before + 1) in b"".join(r.untagged),
+            r.untagged)
+    b.command("SELECT", "INBOX")
+    b.command("APPEND", "INBOX", Literal(message("bob's own")))
+    r = b.command("UID", "SEARCH", "SUBJECT", '"bob\'s own"')
+    uid = r.search()[0][-1]
+    r = b.command("UID", "MOVE", str(uid), "shared/alice/Work")
+    R.check("bob MOVEs his own message into shared/alice/Work (i there)", r.ok, r)
+    a.command("NOOP")
+    r = a.command("UID", "SEARCH", "SUBJECT", '"bob\'s own"')
+    R.check("alice sees it in Work", r.ok and len(r.search()[0]) == 1, r.untagged)
+    a.command("SETACL", "Work", "bob", "-i")
+    r = b.command("COPY", "1", "shared/alice/Work")
+    R.check("COPY into it without i: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    b.command("SELECT", "shared/alice/Work")
+    # r taken away while selected: reading stops at the next command.
+    a.command("SETACL", "Work", "bob", "-r")
+    for cmd in (("SEARCH", "ALL"), ("FETCH", "1", "(FLAGS)"), ("SORT", "(DATE)", "UTF-8", "ALL"),
+                ("THREAD", "REFERENCES", "UTF-8", "ALL"), ("UID", "FETCH", "1:*", "(UID)")):
+        r = b.command(*cmd)
+        R.check("%s without r, still selected: NO [NOPERM]" % cmd[0],
+                r.status == "NO" and r.code == "NOPERM" and not r.fetches(), r)
+    r = b.command("UNSELECT")
+    R.check("... UNSELECT still works", r.ok, r)
+    a.command("SETACL", "Work", "bob", "+r")
+    b.command("SELECT", "shared/alice/Work")
     # All rights gone: the next command answers as for a missing mailbox.
     r = a.command("DELETEACL", "Work", "bob")
     R.check("DELETEACL Work bob OK", r.ok, r)
@@ -330,8 +357,8 @@ def t_enforcement():
     b.command("STORE", "1", "+FLAGS", r"(\Deleted)")
     b.command("CLOSE")
     r = a.command("STATUS", "Work", "(MESSAGES)")
-    R.check("CLOSE by bob without e expunged nothing",
-            b"MESSAGES 1" in b"".join(r.untagged), r.untagged)
+    R.check("CLOSE by bob without e expunged nothing (alice's and the moved one)",
+            b"MESSAGES 2" in b"".join(r.untagged), r.untagged)
     a.logout()
     b.logout()
 
