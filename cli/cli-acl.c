@@ -11,6 +11,7 @@
 
 static const char acl_usage[] =
 	"usage: starling -c FILE acl get|set|delete -u OWNER -m MAILBOX [IDENTIFIER [RIGHTS]]\n"
+	"       starling -c FILE acl get|set|delete -m Public/NAME [IDENTIFIER [RIGHTS]]\n"
 	"       starling -c FILE acl debug -u USER -m MAILBOX";
 
 int cli_cmd_acl(const struct config *cfg, int argc, char **argv)
@@ -52,11 +53,19 @@ int cli_cmd_acl(const struct config *cfg, int argc, char **argv)
 		cli_error("%s", acl_usage);
 		return 2;
 	}
+	/* A public mailbox has no owner to name: the node knows it by its
+	 * owner ".public" and the name without the prefix. */
+	bool public = strcmp(req, "ACL-DEBUG") != 0 && user == NULL && mailbox != NULL &&
+		      strncmp(mailbox, "Public/", 7) == 0;
+	if (public) {
+		user = ".public";
+		mailbox += 7;
+	}
 	if (user == NULL || mailbox == NULL || npos != want) {
 		cli_error("%s", acl_usage);
 		return 2;
 	}
-	if (!passwd_user_name_valid(user)) {
+	if (!public && !passwd_user_name_valid(user)) {
 		cli_error("invalid user name '%s'", user);
 		return 1;
 	}

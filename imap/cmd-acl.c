@@ -106,8 +106,9 @@ bool imap_cmd_getacl(struct imap_cmd *cmd)
 		buf_append_byte(&line, ' ');
 		imap_append_astring(&line, a->rights, strlen(a->rights));
 	}
-	/* The owner's implicit rights, so that a client shows them. */
-	if (!owner_named) {
+	/* The owner's implicit rights, so that a client shows them (public
+	 * mailboxes have no owner who could use them). */
+	if (!owner_named && strcmp(mb.user, ACL_PUBLIC_OWNER) != 0) {
 		buf_append_byte(&line, ' ');
 		imap_append_astring(&line, mb.user, strlen(mb.user));
 		buf_append_str(&line, " " ACL_LETTERS);

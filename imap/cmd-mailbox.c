@@ -80,8 +80,8 @@ bool imap_cmd_create(struct imap_cmd *cmd)
 	}
 	if (imap_acl_is_shared_name(name)) {
 		free(name);
-		return imap_cmd_done(cmd, "NO", "[CANNOT] shared/ holds other users' mailboxes; "
-					       "creating them is not supported");
+		return imap_cmd_done(cmd, "NO", "[CANNOT] shared/ and Public/ hold other users' and "
+					       "public mailboxes; creating them here is not supported");
 	}
 	struct stor_mailbox mb;
 	const char *err;
@@ -388,7 +388,7 @@ bool imap_cmd_unsubscribe(struct imap_cmd *cmd)
 bool imap_cmd_namespace(struct imap_cmd *cmd)
 {
 	imap_client_printf(cmd->client, "* NAMESPACE ((\"\" \"/\")) ((\"" IMAP_SHARED_PREFIX
-			   "\" \"/\")) NIL\r\n");
+			   "\" \"/\")) ((\"" IMAP_PUBLIC_PREFIX "\" \"/\"))\r\n");
 	return imap_cmd_done(cmd, "OK", "Namespace completed");
 }
 

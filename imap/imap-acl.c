@@ -12,7 +12,9 @@
 bool imap_acl_is_shared_name(const char *name)
 {
 	return strncmp(name, IMAP_SHARED_PREFIX, IMAP_SHARED_PREFIX_LEN) == 0 ||
-	       strcmp(name, "shared") == 0;
+	       strcmp(name, "shared") == 0 ||
+	       strncmp(name, IMAP_PUBLIC_PREFIX, IMAP_PUBLIC_PREFIX_LEN) == 0 ||
+	       strcmp(name, "Public") == 0;
 }
 
 int imap_acl_rights(struct imap_client *c, const char *owner, const struct guid *g,
@@ -44,54 +46,69 @@ int imap_acl_rights(struct imap_client *c, const char *owner, const struct guid 
 /* Gives mb the session's name for a mailbox of owner. */
 static void rename_shared(struct stor_mailbox *mb, const char *owner)
 {
-	char *n = xasprintf("%s%s/%s", IMAP_SHARED_PREFIX, owner, mb->name);
+	char *n = strcmp(owner, ACL_PUBLIC_OWNER) == 0 ?
+		xasprintf("%s%s", IMAP_PUBLIC_PREFIX, mb->name) :
+		xasprintf("%s%s/%s", IMAP_SHARED_PREFIX, owner, mb->name);
 	free(mb->name);
 	mb->name = n;
 	/* Another user's special-use names their Sent, not ours. */
 	mb->special_use[0] = '\0';
 }
 
-int imap_acl_mailbox_get(struct imap_client *c, const char *name, struct stor_mailbox *mb_r,
-			 uint32_t *rights_r, const char **error_r)
+/* owner's mailbox inner with the session's rights on it: as
+ * imap_acl_mailbox_get(), without renaming. */
+static int lookup(struct imap_client *c, const char *owner, const char *inner,
+		  struct stor_mailbox *mb_r, uint32_t *rights_r, const char **error_r)
 {
-	const char *owner = c->user, *inner = name;
-	char *owner_buf = NULL;
-	if (imap_acl_is_shared_name(name)) {
-		const char *o = name + IMAP_SHARED_PREFIX_LEN;
-		const char *slash = strlen(name) > IMAP_SHARED_PREFIX_LEN ? strchr(o, '/') : NULL;
-		/* "shared" and "shared/OWNER" are the namespace's levels,
-		 * never mailboxes. */
-		if (slash == NULL || slash == o || slash[1] == '\0')
-			return 0;
-		owner_buf = xstrndup(o, (size_t)(slash - o));
-		owner = owner_buf;
-		inner = slash + 1;
-		const char *why;
-		if (strcmp(owner, c->user) == 0 || !acl_identifier_valid(owner, strlen(owner), &why) ||
-		    owner[0] == '-') {
-			free(owner_buf);
-			return 0;
-		}
-	}
 	int r = stor_mailbox_get(c->server->db, owner, inner, mb_r, error_r);
-	if (r <= 0) {
-		free(owner_buf);
+	if (r <= 0)
 		return r;
-	}
 	if (imap_acl_rights(c, owner, &mb_r->guid, rights_r, error_r) < 0) {
 		stor_mailbox_free(mb_r);
-		free(owner_buf);
 		return -1;
 	}
 	if (*rights_r == 0) {
 		stor_mailbox_free(mb_r);
-		free(owner_buf);
 		return 0;
 	}
-	if (owner_buf != NULL)
-		rename_shared(mb_r, owner);
-	free(owner_buf);
 	return 1;
+}
+
+int imap_acl_mailbox_get(struct imap_client *c, const char *name, struct stor_mailbox *mb_r,
+			 uint32_t *rights_r, const char **error_r)
+{
+	char *owner = NULL;
+	const char *inner = NULL;
+	if (strncmp(name, IMAP_PUBLIC_PREFIX, IMAP_PUBLIC_PREFIX_LEN) == 0) {
+		if (name[IMAP_PUBLIC_PREFIX_LEN] != '\0') {
+			owner = xstrdup(ACL_PUBLIC_OWNER);
+			inner = name + IMAP_PUBLIC_PREFIX_LEN;
+		}
+	} else if (strncmp(name, IMAP_SHARED_PREFIX, IMAP_SHARED_PREFIX_LEN) == 0) {
+		/* "shared/OWNER" alone is a level of the namespace, never a
+		 * mailbox; nor is one of the user's own names a shared one. */
+		const char *o = name + IMAP_SHARED_PREFIX_LEN, *slash = strchr(o, '/'), *why;
+		if (slash != NULL && slash != o && slash[1] != '\0') {
+			owner = xstrndup(o, (size_t)(slash - o));
+			inner = slash + 1;
+			if (strcmp(owner, c->user) == 0 ||
+			    !acl_identifier_valid(owner, strlen(owner), &why) || owner[0] == '-') {
+				free(owner);
+				owner = NULL;
+			}
+		}
+	}
+	if (owner != NULL) {
+		int r = lookup(c, owner, inner, mb_r, rights_r, error_r);
+		if (r > 0)
+			rename_shared(mb_r, owner);
+		free(owner);
+		if (r != 0)
+			return r;
+	}
+	/* The user's own mailbox of that name: one made before the
+	 * namespaces existed stays reachable where no shared one hides it. */
+	return lookup(c, c->user, name, mb_r, rights_r, error_r);
 }
 
 bool imap_acl_refuse(struct imap_cmd *cmd, uint32_t rights, uint32_t right, const char *notfound)

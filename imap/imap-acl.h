@@ -12,9 +12,13 @@
 /* The other users' namespace (RFC 2342): "shared/OWNER/NAME". */
 #define IMAP_SHARED_PREFIX "shared/"
 #define IMAP_SHARED_PREFIX_LEN (sizeof(IMAP_SHARED_PREFIX) - 1)
+/* The shared (public) namespace: "Public/NAME", mailboxes of
+ * ACL_PUBLIC_OWNER that an admin creates. */
+#define IMAP_PUBLIC_PREFIX "Public/"
+#define IMAP_PUBLIC_PREFIX_LEN (sizeof(IMAP_PUBLIC_PREFIX) - 1)
 
-/* Whether a stored-form name lies in the other users' namespace (or is
- * its root "shared"). */
+/* Whether a stored-form name lies in the other users' or the public
+ * namespace (or is the root "shared" or "Public"). */
 bool imap_acl_is_shared_name(const char *name);
 
 /* The rights of the session's user on owner's mailbox g.  -1 on a store
@@ -23,7 +27,7 @@ int imap_acl_rights(struct imap_client *c, const char *owner, const struct guid 
 		    uint32_t *rights_r, const char **error_r);
 
 /* Looks a stored-form mailbox name up as the session sees it: one of the
- * user's own mailboxes, or "shared/OWNER/NAME".  1: found and the user has
+ * user's own mailboxes, "shared/OWNER/NAME" or "Public/NAME".  1: found and the user has
  * some right on it (*mb_r with user = the owner and name = the session's
  * name for it; *rights_r); 0: no such mailbox, or one the user has no
  * right on (the two look the same); -1 store error. */
@@ -48,7 +52,8 @@ uint32_t imap_acl_sel_rights(struct imap_client *c);
 bool imap_acl_selected_ok(struct imap_cmd *cmd);
 
 /* Appends to mbs the mailboxes other users shared with the session's user
- * that the user may see ("l"), named "shared/OWNER/NAME", from the
+ * that the user may see ("l"), named "shared/OWNER/NAME" (or "Public/NAME"
+ * for public ones), from the
  * sharing index: the entries of the user, "anyone" and "authenticated",
  * never a scan of every user. */
 int imap_acl_list_shared(struct imap_client *c, stor_mailbox_array *mbs, const char **error_r);

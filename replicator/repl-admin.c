@@ -33,7 +33,9 @@
  *     ACL-DELETE <owner> <mailbox> <identifier>   delete one record
  *     ACL-DEBUG <user> <mailbox>        why user can or cannot do what on
  *                                       the mailbox as user names it (own
- *                                       name or shared/OWNER/NAME)
+ *                                       name, shared/OWNER/NAME, Public/NAME)
+ *     PUBLIC-CREATE <name>              create the public mailbox Public/NAME
+ *                                       (its owner is ACL_PUBLIC_OWNER)
  *
  *   The server answers with zero or more chunks "DATA <n>\n" followed by n
  *   bytes, then exactly one final line "OK [text]\n" or "NO <text>\n", and
@@ -70,6 +72,10 @@
  *   not converged: ...", "NO peer N is not connected", "NO resync with N
  *   failed: ..." (after the report of the peers done so far).
  *
+ *   ACL-GET, ACL-SET and ACL-DELETE of a public mailbox name the owner
+ *   ".public" (ACL_PUBLIC_OWNER) and the name without "Public/".
+ *   PUBLIC-CREATE answers "OK created" once the mailbox is made and
+ *   replicated like an IMAP CREATE, "NO mailbox exists" and the like.
  *   ACL-GET answers one line "IDENTIFIER RIGHTS" per record (and the
  *   owner's implicit "OWNER lrswipkxtea" when no record names the owner).
  *   ACL-SET and ACL-DELETE answer "OK IDENTIFIER RIGHTS" once the change is
@@ -465,11 +471,15 @@ static struct acl_entry *acl_entries(const stor_acl_list *list, size_t *n_r)
 
 static void acl_debug(struct admin_conn *c, const char *user, const char *name)
 {
-	static const char shared[] = "shared/";
+	static const char shared[] = "shared/", public[] = "Public/";
 	struct stor_db *db = repl_db(c->admin->repl);
 	char *owner = xstrdup(user);
 	const char *inner = name, *err;
-	if (strncmp(name, shared, sizeof(shared) - 1) == 0) {
+	if (strncmp(name, public, sizeof(public) - 1) == 0 && name[sizeof(public) - 1] != '\0') {
+		free(owner);
+		owner = xstrdup(ACL_PUBLIC_OWNER);
+		inner = name + sizeof(public) - 1;
+	} else if (strncmp(name, shared, sizeof(shared) - 1) == 0) {
 		const char *o = name + sizeof(shared) - 1, *slash = strchr(o, '/');
 		if (slash == NULL || slash == o || slash[1] == '\0') {
 			free(owner);
@@ -542,7 +552,8 @@ static void acl_request(struct admin_conn *c, char **tok, int n)
 		conn_reply(c, NULL, 0, "NO", "bad request: unknown command or wrong argument count");
 		return;
 	}
-	if (!passwd_user_name_valid(tok[1])) {
+	if (!passwd_user_name_valid(tok[1]) &&
+	    (debug || strcmp(tok[1], ACL_PUBLIC_OWNER) != 0)) {
 		conn_reply(c, NULL, 0, "NO", "bad request: user name");
 		return;
 	}
@@ -587,7 +598,7 @@ static void acl_request(struct admin_conn *c, char **tok, int n)
 			owner_named |= strcmp(id[0] == '-' ? id + 1 : id, tok[1]) == 0;
 			buf_appendf(&out, "%s %s\n", id, list.items[i].rights);
 		}
-		if (!owner_named)
+		if (!owner_named && strcmp(tok[1], ACL_PUBLIC_OWNER) != 0)
 			buf_appendf(&out, "%s %s\n", tok[1], ACL_LETTERS);
 		conn_reply(c, out.data, out.len, "OK", "");
 		buf_free(&out);
@@ -630,6 +641,44 @@ static void acl_request(struct admin_conn *c, char **tok, int n)
 	conn_update_io(c);
 	repl_acl_put(c->admin->repl, tok[1], &c->mailbox_guid, tok[3], letters, t, acl_done, c);
 	stor_mailbox_free(&mb);
+}
+
+static void public_created(void *ctx, const struct repl_result *res)
+{
+	struct admin_conn *c = ctx;
+	c->state = CONN_REPLYING;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	if (res->error == REPL_ERR_EXISTS)
+		conn_reply(c, NULL, 0, "NO", "mailbox exists");
+	else if (res->error != REPL_OK)
+		conn_reply(c, NULL, 0, "NO", res->error_msg != NULL ? res->error_msg : "failed");
+	else
+		conn_reply(c, NULL, 0, "OK", "created");
+}
+
+static void public_create(struct admin_conn *c, const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || name[0] == '/' || name[n - 1] == '/' || strstr(name, "//") != NULL ||
+	    strcasecmp(name, "INBOX") == 0) {
+		conn_reply(c, NULL, 0, "NO", "bad request: mailbox name");
+		return;
+	}
+	struct stor_mailbox mb;
+	const char *err;
+	int r = stor_mailbox_get(repl_db(c->admin->repl), ACL_PUBLIC_OWNER, name, &mb, &err);
+	if (r != 0) {
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		conn_reply(c, NULL, 0, "NO", r < 0 ? err : "mailbox exists");
+		return;
+	}
+	c->state = CONN_WAITING;
+	conn_update_io(c);
+	repl_mailbox_create(c->admin->repl, ACL_PUBLIC_OWNER, name, NULL, public_created, c);
 }
 
 static void users_done(void *ctx, bool ok, const void *data, size_t len, const char *text)
@@ -994,6 +1043,10 @@ static void handle_request(struct admin_conn *c, char *line)
 			return;
 		}
 		bundle_body_begin(c, BODY_BUNDLE_IMPORT, size);
+		return;
+	}
+	if (strcmp(tok[0], "PUBLIC-CREATE") == 0 && n == 2) {
+		public_create(c, tok[1]);
 		return;
 	}
 	if (strncmp(tok[0], "ACL-", 4) == 0) {

@@ -395,7 +395,7 @@ static void apply_acl_put(struct repl_cluster *cl, struct answer *a, const struc
 	}
 	uint32_t bits;
 	if (!acl_identifier_valid(identifier, strlen(identifier), &err) ||
-	    !acl_identifier_valid(owner, strlen(owner), &err) || owner[0] == '-' ||
+	    !acl_owner_valid(owner) ||
 	    acl_rights_parse(rights, rlen, &bits, &err) < 0) {
 		answer_later(a, "BAD", "ARGS", "bad ACL-PUT record");
 		return;

@@ -117,6 +117,14 @@ bool acl_identifier_valid(const char *id, size_t len, const char **error_r)
 	return true;
 }
 
+bool acl_owner_valid(const char *owner)
+{
+	const char *why;
+	if (strcmp(owner, ACL_PUBLIC_OWNER) == 0)
+		return true;
+	return owner[0] != '-' && acl_identifier_valid(owner, strlen(owner), &why);
+}
+
 static bool names_user(const char *id, const char *user)
 {
 	return strcmp(id, "anyone") == 0 || strcmp(id, "authenticated") == 0 ||

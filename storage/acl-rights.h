@@ -31,6 +31,13 @@ enum acl_right {
 /* An owner keeps these whatever the ACL says, so no owner can lock
  * themselves out of their own mailbox (RFC 4314 section 2 allows it). */
 #define ACL_OWNER_ALWAYS (ACL_LOOKUP | ACL_ADMIN)
+/* The owner of the public mailboxes ("Public/NAME" in IMAP): a name no
+ * login can have (user names never start with '.'), so nobody has an
+ * owner's rights on them: only their ACL gives rights. */
+#define ACL_PUBLIC_OWNER ".public"
+/* Whether owner may own mailboxes with ACLs: a user name, or the public
+ * owner. */
+bool acl_owner_valid(const char *owner);
 /* Identifier length, without a leading '-'. */
 #define ACL_IDENTIFIER_MAX 255
 /* Records in one mailbox's ACL. */

@@ -106,7 +106,7 @@ int stor_acl_put(struct stor_db *db, const char *owner, const struct guid *mailb
 	if (applied_r != NULL)
 		*applied_r = false;
 	if (owner == NULL || owner[0] == '\0' || strlen(owner) > STOR_MAX_USER_LEN ||
-	    !acl_identifier_valid(owner, strlen(owner), &why) || owner[0] == '-')
+	    !acl_owner_valid(owner))
 		return stor_err(db, error_r, "invalid ACL owner");
 	if (!acl_identifier_valid(identifier, strlen(identifier), &why))
 		return stor_err(db, error_r, "%s", why);

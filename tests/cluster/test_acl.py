@@ -21,6 +21,8 @@ here, through IMAP and `starling dump` only:
     from his LIST (the delays are printed);
   - carol, with no right, sees nothing of Team on any node and gets the
     answer of a missing mailbox;
+  - a public mailbox made on node 1, its ACL set on node 2, written by bob
+    on node 2 and read by carol on node 3;
   - a grant made while node 3 is cut off from both others reaches node 3
     after the heal;
   - two nodes that differ only in an ACL record (written past the log into
@@ -357,12 +359,44 @@ def run(granularity):
                 ("COPY and MOVE between two users' mailboxes", t_copy_between_users),
                 ("a revocation on node 2 is enforced on node 1", t_revocation_across_nodes),
                 ("a user without rights sees nothing", t_no_rights_sees_nothing),
+                ("a public mailbox across nodes", t_public_across_nodes),
                 ("a grant during a partition arrives after the heal",
                  t_grant_during_partition)):
             R.section("%s (%s)" % (name, granularity), func)
         CLUSTER.close()
         reps = CLUSTER.sanitizer_reports()
         R.check("no sanitizer report in the node logs", not reps, reps)
+
+
+def t_public_across_nodes():
+    """A public mailbox made on node 1 (`starling mailbox create --public`),
+    its ACL set on node 2, bob APPENDs on node 2, carol reads on node 3."""
+    n1, n2, n3 = CLUSTER.nodes
+    r = n1.cli("mailbox", "create", "--public", "Board")
+    R.check("mailbox create --public Board on node 1", r.returncode == 0, r.stderr)
+    r = n2.cli("acl", "set", "-m", "Public/Board", "bob", "lrswi")
+    R.check("acl set -m Public/Board bob lrswi on node 2", r.returncode == 0, r.stderr)
+    r = n2.cli("acl", "set", "-m", "Public/Board", "authenticated", "lr")
+    R.check("acl set -m Public/Board authenticated lr on node 2", r.returncode == 0, r.stderr)
+    b = login(n2, "bob")
+    ok, uid, r = append(b, "Public/Board", message("board", 0))
+    R.check("bob APPENDs to Public/Board on node 2", ok and uid is not None, r)
+    b.logout()
+    c = login(n3, "carol")
+
+    def carol_reads():
+        r = c.command("EXAMINE", "Public/Board")
+        return r.ok and r.number("EXISTS") == 1
+    took = wait_for(carol_reads, CONVERGE)
+    R.check("carol on node 3 EXAMINEs Public/Board with bob's message within %.0f s"
+            % CONVERGE, took is not None)
+    r = c.command("APPEND", "Public/Board", Literal(message("carol", 0), plus=True))
+    R.check("carol's APPEND on node 3 (no i): NO [NOPERM]",
+            r.status == "NO" and r.code == "NOPERM", r)
+    c.logout()
+    took, d = wait_dumps_equal(CLUSTER.nodes, ".public")
+    R.check("the public mailboxes' dumps are identical on the three nodes", took is not None,
+            {k: v[:300] for k, v in d.items()})
 
 
 def t_check_repairs_acls():

@@ -77,8 +77,9 @@ def t_capability():
     R.check("CAPABILITY has ACL", b"ACL" in caps, r.untagged)
     R.check("CAPABILITY has RIGHTS=texk", b"RIGHTS=TEXK" in caps, r.untagged)
     r = c.command("NAMESPACE")
-    R.check("NAMESPACE reports shared/ as the other users' namespace",
-            any(b'(("shared/" "/"))' in u for u in r.untagged), r.untagged)
+    R.check("NAMESPACE reports shared/ as the other users' namespace and Public/ as the "
+            "shared one", any(b'NAMESPACE (("" "/")) (("shared/" "/")) (("Public/" "/"))' in u
+                              for u in r.untagged), r.untagged)
     c.logout()
 
 
@@ -439,6 +440,69 @@ def t_admin_tool():
     a.logout()
 
 
+def t_public():
+    """Public/NAME: made by `starling mailbox create --public`, rights only
+    from its ACL (nobody is its owner)."""
+    if T.kind != "starling":
+        return
+
+    def cli(*args):
+        r = T.node.cli(*args)
+        return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+    rc, out, err = cli("mailbox", "create", "--public", "News")
+    R.check("mailbox create --public News exits 0", rc == 0 and "Public/News" in out,
+            (rc, out, err))
+    rc, out, err = cli("mailbox", "create", "--public", "News")
+    R.check("... a second time: exit 1, 'exists'", rc == 1 and "exists" in err, (rc, out, err))
+    b = connect("bob")
+    r = b.command("LIST", '""', "*")
+    R.check("without an ACL nobody sees Public/News", "Public/News" not in listed(r), listed(r))
+    hidden = b.command("SELECT", "Public/News")
+    missing = b.command("SELECT", "Public/NoSuch")
+    R.check("... and SELECT answers as for a missing mailbox",
+            hidden.status == "NO" and hidden.line.split(b" ", 1)[1] ==
+            missing.line.split(b" ", 1)[1], (hidden, missing))
+    rc, out, err = cli("acl", "set", "-m", "Public/News", "anyone", "lr")
+    R.check("acl set -m Public/News anyone lr", rc == 0, (rc, out, err))
+    rc, out, err = cli("acl", "set", "-m", "Public/News", "alice", "lrswipkxtea")
+    R.check("acl set -m Public/News alice (all)", rc == 0, (rc, out, err))
+    rc, out, err = cli("acl", "get", "-m", "Public/News")
+    R.check("acl get -m Public/News: the records, no owner line",
+            rc == 0 and sorted(out.split("\n")) == ["", "alice lrswipkxtea", "anyone lr"],
+            (rc, out, err))
+    r = b.command("LIST", '""', "*")
+    got = listed(r)
+    R.check("bob's LIST shows Public (\\Noselect) and Public/News",
+            "\\Noselect" in got.get("Public", []) and "Public/News" in got, got)
+    r = b.command("LIST", '""', "Public/%")
+    R.equal("LIST Public/%", sorted(listed(r)), ["Public/News"])
+    _, rights = myrights(b, "Public/News")
+    R.equal("bob's MYRIGHTS on Public/News (anyone)", rights, "lr")
+    a = connect("alice")
+    r = a.command("APPEND", "Public/News", Literal(message("news 1")))
+    R.check("alice (i) APPENDs to Public/News", r.ok and r.code == "APPENDUID", r)
+    r = b.command("APPEND", "Public/News", Literal(message("bob's news")))
+    R.check("bob (no i) APPEND: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    r = b.command("SELECT", "Public/News")
+    R.check("bob SELECTs Public/News [READ-ONLY] and sees alice's message",
+            r.ok and r.code == "READ-ONLY" and r.number("EXISTS") == 1, r)
+    r = a.command("SETACL", "Public/News", "bob", "lrsi")
+    R.check("alice (a) SETACL Public/News bob lrsi over IMAP", r.ok, r)
+    r = b.command("APPEND", "Public/News", Literal(message("bob's news")))
+    R.check("bob APPENDs now", r.ok, r)
+    r = a.command("GETACL", "Public/News")
+    R.check("GETACL Public/News has no owner entry",
+            r.ok and b".public" not in b"".join(r.untagged), r.untagged)
+    r = a.command("CREATE", "Public/Other")
+    R.check("CREATE under Public/ over IMAP is NO [CANNOT]",
+            r.status == "NO" and r.code == "CANNOT", r)
+    rc, out, err = cli("acl", "debug", "-u", "carol", "-m", "Public/News")
+    R.check("acl debug for carol on Public/News: anyone's lr",
+            rc == 0 and 'granted by "anyone" lr' in out and 'result: "lr"' in out, (rc, out, err))
+    a.logout()
+    b.logout()
+
+
 SECTIONS = [
     ("capability", t_capability),
     ("owner rights", t_owner_rights),
@@ -449,6 +513,7 @@ SECTIONS = [
     ("enforcement", t_enforcement),
     ("idle shared", t_idle_shared),
     ("admin tool", t_admin_tool),
+    ("public", t_public),
 ]
 
 

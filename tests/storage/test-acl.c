@@ -83,6 +83,18 @@ static void test_identifiers(void)
 	memset(id, 'x', sizeof(id));
 	CU_ASSERT_TRUE(acl_identifier_valid(id, ACL_IDENTIFIER_MAX, &err));
 	CU_ASSERT_FALSE(acl_identifier_valid(id, ACL_IDENTIFIER_MAX + 1, &err));
+	/* Owners: user names and the public owner, which no identifier (and
+	 * so no login) can be. */
+	CU_ASSERT_TRUE(acl_owner_valid("alice"));
+	CU_ASSERT_TRUE(acl_owner_valid(ACL_PUBLIC_OWNER));
+	CU_ASSERT_FALSE(acl_identifier_valid(ACL_PUBLIC_OWNER, strlen(ACL_PUBLIC_OWNER), &err));
+	CU_ASSERT_FALSE(acl_owner_valid("-alice"));
+	CU_ASSERT_FALSE(acl_owner_valid(".private"));
+	CU_ASSERT_FALSE(acl_owner_valid(""));
+	/* Nobody is the public owner: only records give rights. */
+	struct acl_entry pub[] = { { "anyone", ACL_LOOKUP | ACL_READ } };
+	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", pub, 1, NULL), ACL_LOOKUP | ACL_READ);
+	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", NULL, 0, NULL), 0);
 }
 
 static void test_evaluate(void)
