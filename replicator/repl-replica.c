@@ -400,6 +400,16 @@ static void apply_acl_put(struct repl_cluster *cl, struct answer *a, const struc
 		answer_later(a, "BAD", "ARGS", "bad ACL-PUT record");
 		return;
 	}
+	struct stor_mailbox mb;
+	int held = stor_mailbox_get_by_guid(cl->repl.db, &guid, &mb, &err);
+	if (held > 0) {
+		bool other = strcmp(mb.user, owner) != 0;
+		stor_mailbox_free(&mb);
+		if (other) {
+			answer_later(a, "BAD", "ARGS", "the mailbox has another owner");
+			return;
+		}
+	}
 	bool applied = false;
 	if (stor_acl_put(cl->repl.db, owner, &guid, identifier, rights, (int64_t)time_ms, &applied,
 			 &err) < 0) {

@@ -118,9 +118,18 @@ int stor_acl_put(struct stor_db *db, const char *owner, const struct guid *mailb
 		return stor_err(db, error_r, "invalid ACL time");
 	/* A record that arrives after its mailbox was deleted here names
 	 * nothing any more (SPEC.md 7.6). */
-	int held = stor_mailbox_get_by_guid(db, mailbox, NULL, error_r);
+	struct stor_mailbox mb;
+	int held = stor_mailbox_get_by_guid(db, mailbox, &mb, error_r);
 	if (held < 0)
 		return -1;
+	if (held > 0) {
+		/* A record under another owner would give rights on the
+		 * mailbox that its owner never gave. */
+		bool other = strcmp(mb.user, owner) != 0;
+		stor_mailbox_free(&mb);
+		if (other)
+			return stor_err(db, error_r, "the mailbox has another owner");
+	}
 	if (held == 0) {
 		int tomb = stor_mailbox_tomb_get(db, owner, mailbox, NULL, NULL, error_r);
 		if (tomb != 0)

@@ -27,7 +27,10 @@ here, through IMAP and `starling dump` only:
     after the heal;
   - two nodes that differ only in an ACL record (written past the log into
     a stopped node's store by the test tool cluster/acl-put): the periodic
-    check notices and a resync repairs it.
+    check notices and a resync repairs it;
+  - a peer's malformed ACL-PUTs (unknown right, bad identifier, another
+    owner than the mailbox's, bounds) are refused and change nothing;
+    valid ones merge by time.
 
 Waits are bounded (CONVERGE seconds).  The last line is
 "test-acl: N passed, M failed".
@@ -44,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness.imapwire import Client, Literal, quote  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -442,6 +446,70 @@ def t_check_repairs_acls():
         R.check("no sanitizer report in the node logs", not reps, reps)
 
 
+def t_hostile_peer():
+    """Node 2 alone, node 1 played by a Python peer: malformed ACL-PUTs are
+    refused (BAD; NO for a resync's record naming another owner) and change
+    nothing; valid ones merge by time."""
+    c = Cluster(n=2, users=USERS, extra_config={"sync_replicas": 0})
+    try:
+        n2 = c.nodes[1]
+        n2.start()
+        a = login(n2, "alice")
+        R.check("alice CREATE Team on node 2", a.command("CREATE", "Team").ok)
+        a.logout()
+        m = re.search(r"^mailbox Team guid=([0-9a-f]{32})", n2.dump("alice"), re.M)
+        R.check("Team's GUID from the dump", m is not None)
+        if m is None:
+            return
+        g = m.group(1)
+        with open(c.secret_file, "rb") as f:
+            secret = f.read().rstrip(b"\n")
+        p = PyPeer(n2.repl_port, 1, secret)
+        R.check("the peer authenticates", p.auth().startswith("C1 OK"))
+        now = int(time.time() * 1000)
+        bad = [
+            "ACL-PUT alice %s bob lrz %d ORIGIN 1" % (g, now),
+            "ACL-PUT alice %s bo/b lr %d ORIGIN 1" % (g, now),
+            "ACL-PUT alice %s .hidden lr %d ORIGIN 1" % (g, now),
+            "ACL-PUT alice %s - lr %d ORIGIN 1" % (g, now),
+            'ACL-PUT alice %s "" lr %d ORIGIN 1' % (g, now),
+            "ACL-PUT -alice %s bob lr %d ORIGIN 1" % (g, now),
+            "ACL-PUT mallory %s bob lra %d ORIGIN 1" % (g, now),
+            "ACL-PUT alice %s bob %s %d ORIGIN 1" % (g, "l" * 100, now),
+            "ACL-PUT alice %s %s lr %d ORIGIN 1" % (g, "b" * 300, now),
+            "ACL-PUT alice %s bob lr soon ORIGIN 1" % g,
+            "ACL-PUT alice %s bob lr ORIGIN 1" % g,
+            "ACL-PUT alice nothex bob lr %d ORIGIN 1" % now,
+            "ACL-PUT alice %s bob lrz %d" % (g, now),           # as a sync's
+            "ACL-PUT mallory %s bob lra %d" % (g, now),
+        ]
+        for line in bad:
+            r = p.command(line)
+            R.check("refused (BAD or NO): %s" % line[:70], r[-1].split()[1] in ("BAD", "NO"), r)
+        b = login(n2, "bob")
+        r = b.command("MYRIGHTS", SHARED)
+        R.check("nothing was stored: bob has no rights on Team", r.status == "NO", r)
+        r = p.command("ACL-PUT alice %s bob lr %d ORIGIN 1" % (g, now))
+        R.check("a valid ACL-PUT: OK", r[-1].split()[1] == "OK", r)
+        r = b.command("MYRIGHTS", SHARED)
+        R.check("bob has lr on Team", r.ok and b"lr" in b"".join(r.untagged), r.untagged)
+        r = p.command("ACL-PUT alice %s bob lrswi %d ORIGIN 1" % (g, now - 1000))
+        R.check("an older one: OK", r[-1].split()[1] == "OK", r)
+        r = b.command("MYRIGHTS", SHARED)
+        R.check("and ignored", r.ok and b" lr\r" in b"\r".join(r.untagged + [b""]), r.untagged)
+        r = p.command('ACL-PUT alice %s bob "" %d ORIGIN 1' % (g, now + 1))
+        R.check("a newer tombstone: OK", r[-1].split()[1] == "OK", r)
+        r = b.command("LIST", '""', '"shared/*"')
+        R.check("Team left bob's LIST", not any(b"Team" in u for u in r.untagged), r.untagged)
+        b.logout()
+        p.close()
+        R.check("node 2 still runs", n2.running())
+    finally:
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report in the node logs", not reps, reps)
+
+
 def main():
     # Per mailbox (the default) and per user: with masters per user, a
     # change of alice's mailbox made in bob's session must still go to
@@ -452,6 +520,7 @@ def main():
             run(g)
     if not only:
         R.section("the periodic check repairs an ACL-only difference", t_check_repairs_acls)
+        R.section("a hostile peer's ACL-PUTs", t_hostile_peer)
     return R.summary()
 
 

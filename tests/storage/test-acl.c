@@ -220,6 +220,11 @@ static void test_store_refuses_bad_records(void)
 	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bo b", "lr", 1, &applied, &err), -1);
 	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "", "lr", 1, &applied, &err), -1);
 	CU_ASSERT_EQUAL(stor_acl_put(t.db, "", &mb, "bob", "lr", 1, &applied, &err), -1);
+	/* A record naming another owner than the mailbox's is refused, also
+	 * when no record is held yet (it would give rights on alice's
+	 * mailbox that alice never gave). */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "mallory", &mb, "eve", "lra", 1, &applied, &err), -1);
+	CU_ASSERT_EQUAL(shares(t.db, "eve"), 0);
 	/* The same mailbox GUID cannot change owner through an ACL record. */
 	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lr", 1, &applied, &err), 0);
 	CU_ASSERT_EQUAL(stor_acl_put(t.db, "mallory", &mb, "bob", "lra", 2, &applied, &err), -1);
