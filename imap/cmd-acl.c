@@ -243,3 +243,166 @@ bool imap_cmd_deleteacl(struct imap_cmd *cmd)
 		return true;
 	return acl_change(cmd, id, &cmd->args[0], false, ACL_MOD_REPLACE, 0);
 }
+
+/* ---- CREATE and DELETE in shared/OWNER/ and Public/ ---- */
+
+/* The length of the namespace part of name ("shared/OWNER/" or "Public/"),
+ * 0 when name is not below one. */
+static size_t namespace_len(const char *name)
+{
+	if (strncmp(name, IMAP_PUBLIC_PREFIX, IMAP_PUBLIC_PREFIX_LEN) == 0)
+		return IMAP_PUBLIC_PREFIX_LEN;
+	if (strncmp(name, IMAP_SHARED_PREFIX, IMAP_SHARED_PREFIX_LEN) != 0)
+		return 0;
+	const char *o = name + IMAP_SHARED_PREFIX_LEN, *slash = strchr(o, '/');
+	return slash == NULL || slash == o ? 0 : (size_t)(slash + 1 - name);
+}
+
+struct shared_create {
+	char *name;
+	char *owner;
+	struct guid parent;
+	size_t left;
+	bool failed;
+};
+
+static void shared_create_free(void *p)
+{
+	struct shared_create *sc = p;
+	free(sc->name);
+	free(sc->owner);
+	free(sc);
+}
+
+static void shared_acl_copied(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = ctx;
+	struct shared_create *sc = cmd->ctx;
+	if (res->error != REPL_OK)
+		sc->failed = true;
+	if (--sc->left > 0)
+		return;
+	cmd->waiting = false;
+	if (sc->failed)
+		imap_cmd_done(cmd, "NO", "[SERVERBUG] Created, but its ACL was not copied");
+	else
+		imap_cmd_done(cmd, "OK", "CREATE completed");
+}
+
+/* RFC 4314 leaves a new mailbox's ACL to the server: it gets its parent's,
+ * so that whoever could create it (and the owner's grants) can use it. */
+static void shared_created(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = ctx;
+	struct shared_create *sc = cmd->ctx;
+	if (res->error != REPL_OK || res->mailbox == NULL) {
+		cmd->waiting = false;
+		if (res->error == REPL_ERR_EXISTS)
+			imap_cmd_done(cmd, "NO", "[ALREADYEXISTS] Mailbox already exists");
+		else
+			imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(res->error),
+				      res->error_msg != NULL ? res->error_msg : "failed");
+		return;
+	}
+	struct guid child = res->mailbox->guid;
+	struct stor_db *db = cmd->client->server->db;
+	stor_acl_list acl;
+	const char *err;
+	if (stor_acl_get(db, &sc->parent, &acl, &err) < 0) {
+		cmd->waiting = false;
+		imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+		return;
+	}
+	sc->left = 1; /* held until every copy is submitted */
+	for (size_t i = 0; i < acl.count; i++) {
+		int64_t t;
+		if (acl.items[i].rights[0] == '\0' ||
+		    stor_acl_next_time(db, &child, acl.items[i].identifier, &t, &err) < 0)
+			continue;
+		sc->left++;
+		repl_acl_put(cmd->client->server->repl, sc->owner, &child, acl.items[i].identifier,
+			     acl.items[i].rights, t, shared_acl_copied, cmd);
+	}
+	stor_acl_list_free(&acl);
+	struct repl_result done = { .error = REPL_OK };
+	shared_acl_copied(cmd, &done);
+}
+
+bool imap_acl_create_shared(struct imap_cmd *cmd, char *name)
+{
+	struct imap_client *c = cmd->client;
+	size_t ns = namespace_len(name);
+	const char *slash = strrchr(name, '/');
+	if (ns == 0 || slash == NULL || (size_t)(slash - name) < ns) {
+		free(name);
+		return imap_cmd_done(cmd, "NO", "[CANNOT] Only mailboxes below a mailbox of another "
+					       "user or a public one can be created here");
+	}
+	char *parent = xstrndup(name, (size_t)(slash - name));
+	struct stor_mailbox pmb, mb;
+	uint32_t rights;
+	const char *err;
+	int r = imap_acl_mailbox_get(c, parent, &pmb, &rights, &err);
+	free(parent);
+	if (r <= 0) {
+		free(name);
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+						      "[NONEXISTENT] Parent mailbox does not exist");
+	}
+	if ((rights & ACL_CREATE) == 0) {
+		stor_mailbox_free(&pmb);
+		free(name);
+		return imap_acl_refuse(cmd, rights, ACL_CREATE,
+				       "[NONEXISTENT] Parent mailbox does not exist");
+	}
+	uint32_t crights;
+	r = imap_acl_mailbox_get(c, name, &mb, &crights, &err);
+	if (r != 0) {
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		stor_mailbox_free(&pmb);
+		free(name);
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+						      "[ALREADYEXISTS] Mailbox already exists");
+	}
+	struct shared_create *sc = xcalloc(1, sizeof(*sc));
+	sc->owner = xstrdup(pmb.user);
+	sc->parent = pmb.guid;
+	/* The name in the owner's namespace: after "shared/OWNER/" or
+	 * "Public/". */
+	sc->name = xstrdup(name + ns);
+	stor_mailbox_free(&pmb);
+	free(name);
+	cmd->ctx = sc;
+	cmd->ctx_free = shared_create_free;
+	cmd->waiting = true;
+	repl_mailbox_create(c->server->repl, sc->owner, sc->name, NULL, shared_created, cmd);
+	return false;
+}
+
+bool imap_acl_delete_shared(struct imap_cmd *cmd, char *name)
+{
+	struct imap_client *c = cmd->client;
+	struct stor_mailbox mb;
+	uint32_t rights;
+	const char *err;
+	int r = imap_acl_mailbox_get(c, name, &mb, &rights, &err);
+	free(name);
+	if (r <= 0)
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" : NOTFOUND);
+	if ((rights & ACL_DELETE_MBOX) == 0) {
+		stor_mailbox_free(&mb);
+		return imap_acl_refuse(cmd, rights, ACL_DELETE_MBOX, NOTFOUND);
+	}
+	if (c->sel != NULL && guid_equal(&c->sel->guid, &mb.guid))
+		imap_sel_close(c);
+	struct guid *g = xmemdup(&mb.guid, sizeof(mb.guid));
+	char *owner = xstrdup(mb.user);
+	stor_mailbox_free(&mb);
+	cmd->ctx = g;
+	cmd->ctx_free = free;
+	cmd->waiting = true;
+	repl_mailbox_delete(c->server->repl, owner, g, imap_cmd_repl_done, cmd);
+	free(owner);
+	return false;
+}

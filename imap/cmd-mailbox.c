@@ -78,11 +78,8 @@ bool imap_cmd_create(struct imap_cmd *cmd)
 		free(name);
 		return imap_cmd_done(cmd, "NO", "[ALREADYEXISTS] INBOX always exists");
 	}
-	if (imap_acl_is_shared_name(name)) {
-		free(name);
-		return imap_cmd_done(cmd, "NO", "[CANNOT] shared/ and Public/ hold other users' and "
-					       "public mailboxes; creating them here is not supported");
-	}
+	if (imap_acl_is_shared_name(name))
+		return imap_acl_create_shared(cmd, name);
 	struct stor_mailbox mb;
 	const char *err;
 	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
@@ -149,11 +146,8 @@ bool imap_cmd_delete(struct imap_cmd *cmd)
 		free(name);
 		return imap_cmd_done(cmd, "NO", "[CANNOT] INBOX cannot be deleted");
 	}
-	if (imap_acl_is_shared_name(name)) {
-		free(name);
-		return imap_cmd_done(cmd, "NO", "[CANNOT] Deleting other users' mailboxes is not "
-					       "supported");
-	}
+	if (imap_acl_is_shared_name(name))
+		return imap_acl_delete_shared(cmd, name);
 	struct stor_mailbox mb;
 	if (!mailbox_get(cmd, name, &mb))
 		return true;

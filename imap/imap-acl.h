@@ -64,5 +64,11 @@ bool imap_cmd_getacl(struct imap_cmd *cmd);
 bool imap_cmd_setacl(struct imap_cmd *cmd);
 bool imap_cmd_deleteacl(struct imap_cmd *cmd);
 bool imap_cmd_listrights(struct imap_cmd *cmd);
+/* CREATE and DELETE of a name in shared/OWNER/ or Public/ (name is
+ * taken): CREATE needs "k" on the parent, which must exist (nothing at
+ * the top of those namespaces), and gives the new mailbox its parent's
+ * ACL; DELETE needs "x". */
+bool imap_acl_create_shared(struct imap_cmd *cmd, char *name);
+bool imap_acl_delete_shared(struct imap_cmd *cmd, char *name);
 
 #endif

@@ -364,6 +364,53 @@ def t_enforcement():
     b.logout()
 
 
+def t_create_delete_shared():
+    """CREATE below another user's mailbox needs k on the parent (and
+    copies the parent's ACL); DELETE needs x."""
+    a = connect("alice")
+    b = connect("bob")
+    c = connect("carol")
+    a.command("CREATE", "Proj")
+    a.command("SETACL", "Proj", "bob", "lr")
+    r = b.command("CREATE", "shared/alice/Proj/Sub")
+    R.check("bob CREATE below Proj without k: NO [NOPERM]",
+            r.status == "NO" and r.code == "NOPERM", r)
+    a.command("SETACL", "Proj", "bob", "+k")
+    r = b.command("CREATE", "shared/alice/Proj/Sub")
+    R.check("bob CREATE shared/alice/Proj/Sub with k: OK", r.ok, r)
+    r = a.command("LIST", '""', "Proj/*")
+    R.check("alice has Proj/Sub", "Proj/Sub" in listed(r), listed(r))
+    _, acl = getacl(a, "Proj/Sub")
+    R.equal("Proj/Sub got Proj's ACL", acl.get("bob"), "lrk")
+    r = b.command("LIST", '""', "shared/alice/Proj/*")
+    R.check("bob lists it", "shared/alice/Proj/Sub" in listed(r), listed(r))
+    r = b.command("CREATE", "shared/alice/Proj/Sub")
+    R.check("CREATE it again: NO [ALREADYEXISTS]",
+            r.status == "NO" and r.code == "ALREADYEXISTS", r)
+    r = b.command("CREATE", "shared/alice/NewTop")
+    R.check("CREATE at the top of alice's namespace: NO [CANNOT]",
+            r.status == "NO" and r.code == "CANNOT", r)
+    hidden = c.command("CREATE", "shared/alice/Proj/X")
+    missing = c.command("CREATE", "shared/alice/NoSuch/X")
+    R.check("carol (no rights) CREATE below Proj answers as below a missing mailbox",
+            hidden.status == "NO" and
+            hidden.line.split(b" ", 1)[1] == missing.line.split(b" ", 1)[1], (hidden, missing))
+    r = b.command("DELETE", "shared/alice/Proj/Sub")
+    R.check("bob DELETE without x: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    r = a.command("SETACL", "Proj/Sub", "bob", "+x")
+    r = b.command("DELETE", "shared/alice/Proj/Sub")
+    R.check("bob DELETE with x: OK", r.ok, r)
+    r = a.command("LIST", '""', "Proj/*")
+    R.check("Proj/Sub is gone for alice", "Proj/Sub" not in listed(r), listed(r))
+    hidden = c.command("DELETE", "shared/alice/Proj")
+    missing = c.command("DELETE", "shared/alice/NoSuch")
+    R.check("carol DELETE of Proj answers as for a missing mailbox",
+            hidden.status == "NO" and
+            hidden.line.split(b" ", 1)[1] == missing.line.split(b" ", 1)[1], (hidden, missing))
+    for x in (a, b, c):
+        x.logout()
+
+
 def t_idle_shared():
     """alice IDLEs in Work, bob APPENDs through shared/: alice hears it."""
     a = connect("alice")
@@ -494,8 +541,13 @@ def t_public():
     R.check("GETACL Public/News has no owner entry",
             r.ok and b".public" not in b"".join(r.untagged), r.untagged)
     r = a.command("CREATE", "Public/Other")
-    R.check("CREATE under Public/ over IMAP is NO [CANNOT]",
+    R.check("CREATE at the top of Public/ over IMAP is NO [CANNOT]",
             r.status == "NO" and r.code == "CANNOT", r)
+    r = a.command("CREATE", "Public/News/Archive")
+    R.check("alice (k on Public/News) CREATE Public/News/Archive: OK", r.ok, r)
+    r = b.command("LIST", '""', "Public/*")
+    R.check("bob (News's ACL copied) lists Public/News/Archive",
+            "Public/News/Archive" in listed(r), listed(r))
     rc, out, err = cli("acl", "debug", "-u", "carol", "-m", "Public/News")
     R.check("acl debug for carol on Public/News: anyone's lr",
             rc == 0 and 'granted by "anyone" lr' in out and 'result: "lr"' in out, (rc, out, err))
@@ -511,6 +563,7 @@ SECTIONS = [
     ("shared listing", t_shared_listing),
     ("not visible", t_not_visible),
     ("enforcement", t_enforcement),
+    ("create and delete in shared/", t_create_delete_shared),
     ("idle shared", t_idle_shared),
     ("admin tool", t_admin_tool),
     ("public", t_public),
