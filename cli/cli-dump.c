@@ -40,7 +40,8 @@ int cli_cmd_dump(const struct config *cfg, int argc, char **argv)
 		return 2;
 	}
 	const char *user = argv[2];
-	if (!passwd_user_name_valid(user)) {
+	/* ".public" owns the public mailboxes (README, "Sharing mailboxes"). */
+	if (!passwd_user_name_valid(user) && strcmp(user, ".public") != 0) {
 		cli_error("invalid user name '%s'", user);
 		return 1;
 	}

@@ -23,6 +23,8 @@ int cli_cmd_master(const struct config *cfg, int argc, char **argv);
 int cli_cmd_resync(const struct config *cfg, int argc, char **argv);
 int cli_cmd_bundle(const struct config *cfg, int argc, char **argv);
 int cli_cmd_import(const struct config *cfg, int argc, char **argv);
+int cli_cmd_acl(const struct config *cfg, int argc, char **argv);
+int cli_cmd_mailbox(const struct config *cfg, int argc, char **argv);
 
 /* ---- The admin socket client (protocol in replicator/repl-admin.c) ---- */
 

@@ -36,7 +36,13 @@ static const char usage_text[] =
 	"                                UIDs, flags and keywords (resumable)\n"
 	"  import imap -u USER --host H [--port P] --user LOGIN [--batch N]\n"
 	"                                import from an IMAP server (password on stdin;\n"
-	"                                plain TCP), keeping UIDs of new mailboxes\n";
+	"                                plain TCP), keeping UIDs of new mailboxes\n"
+	"  acl get|set|delete -u OWNER -m MAILBOX [IDENTIFIER [RIGHTS]]\n"
+	"                                show or change a mailbox's IMAP ACL (public\n"
+	"                                mailboxes: -m Public/NAME without -u)\n"
+	"  acl debug -u USER -m MAILBOX  explain USER's rights on MAILBOX (own name or\n"
+	"                                shared/OWNER/NAME)\n"
+	"  mailbox create --public NAME  create the public mailbox Public/NAME\n";
 
 static const struct {
 	const char *name;
@@ -50,6 +56,8 @@ static const struct {
 	{ "resync", cli_cmd_resync },
 	{ "bundle", cli_cmd_bundle },
 	{ "import", cli_cmd_import },
+	{ "acl", cli_cmd_acl },
+	{ "mailbox", cli_cmd_mailbox },
 };
 
 void cli_error(const char *fmt, ...)

@@ -13,6 +13,7 @@
  * This is compensation, not atomicity: another session may see the first
  * messages before they are expunged, and a crash in between leaves them. */
 #include "imap/imap-commands.h"
+#include "imap/imap-acl.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -49,6 +50,7 @@ struct append_done_ctx;
 
 struct append_ctx {
 	struct guid mailbox;
+	char *owner;               /* the mailbox's user (another one's for shared/) */
 	/* The seam call in flight.  At shutdown the session can be freed
 	 * while it is (after the seam's last flush): the completion then
 	 * finds it cancelled and touches nothing else. */
@@ -78,6 +80,7 @@ static void append_ctx_free(void *p)
 		free(ac->msgs[i].error_msg);
 	}
 	free(ac->msgs);
+	free(ac->owner);
 	free(ac->error_msg);
 	ARRAY_FREE(&ac->rollback);
 	free(ac);
@@ -152,7 +155,7 @@ static void all_done(struct imap_cmd *cmd)
 			return;
 		}
 		qsort(ac->rollback.items, ac->rollback.count, sizeof(uint32_t), uid_cmp);
-		repl_expunge(c->server->repl, c->user, &ac->mailbox, ac->rollback.items,
+		repl_expunge(c->server->repl, ac->owner, &ac->mailbox, ac->rollback.items,
 			     ac->rollback.count, rollback_done, inflight_new(cmd, 0));
 		return;
 	}
@@ -203,7 +206,7 @@ static void submit_next(struct imap_cmd *cmd)
 	struct imap_client *c = cmd->client;
 	struct append_ctx *ac = cmd->ctx;
 	size_t index = ac->next++;
-	repl_append(c->server->repl, c->user, &ac->mailbox, &ac->msgs[index].req, append_done,
+	repl_append(c->server->repl, ac->owner, &ac->mailbox, &ac->msgs[index].req, append_done,
 		    inflight_new(cmd, index));
 }
 
@@ -389,11 +392,16 @@ static int url_fetch(struct imap_client *c, const char *url, struct buf *out, ui
 	struct imap_mime *mime = NULL;
 	if (name == NULL)
 		goto out;
-	int r = stor_mailbox_get(db, c->user, name, &mb, &err);
+	uint32_t rights = 0;
+	int r = imap_acl_mailbox_get(c, name, &mb, &rights, &err);
 	free(name);
 	if (r <= 0) {
 		if (r < 0)
 			*err_r = err;
+		goto out;
+	}
+	if ((rights & ACL_READ) == 0) {
+		stor_mailbox_free(&mb);
 		goto out;
 	}
 	bool mb_ok = uidvalidity == 0 || uidvalidity == mb.uidvalidity;
@@ -549,10 +557,15 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 	if (name == NULL)
 		return imap_cmd_done(cmd, "NO", "%s", err);
 	struct stor_mailbox mb;
-	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
+	uint32_t rights = 0;
+	int r = imap_acl_mailbox_get(c, name, &mb, &rights, &err);
 	free(name);
 	if (r < 0)
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	if (r > 0 && (rights & ACL_INSERT) == 0) {
+		stor_mailbox_free(&mb);
+		return imap_acl_refuse(cmd, rights, ACL_INSERT, "[TRYCREATE] Mailbox does not exist");
+	}
 
 	/* Count the messages to size the array once: msgs[] must not move
 	 * while requests point into it. */
@@ -644,7 +657,20 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 	if (r == 0)
 		return imap_cmd_done(cmd, "NO", "[TRYCREATE] Mailbox does not exist");
 	ac->mailbox = mb.guid;
+	ac->owner = xstrdup(mb.user);
 	stor_mailbox_free(&mb);
+	/* RFC 4314 4: flags the user may not set are left off, silently. */
+	for (size_t k = 0; k < ac->count; k++) {
+		struct repl_append *req = &ac->msgs[k].req;
+		if ((rights & ACL_SEEN) == 0)
+			req->flags &= ~(uint32_t)STOR_FLAG_SEEN;
+		if ((rights & ACL_DELETE_MSG) == 0)
+			req->flags &= ~(uint32_t)STOR_FLAG_DELETED;
+		if ((rights & ACL_WRITE) == 0) {
+			req->flags &= STOR_FLAG_SEEN | STOR_FLAG_DELETED;
+			req->keyword_count = 0;
+		}
+	}
 	cmd->waiting = true;
 	submit_next(cmd);
 	return false;

@@ -1,6 +1,7 @@
 /* COPY, MOVE and their UID forms, answering with COPYUID (UIDPLUS).  MOVE's
  * expunges are reported by the end-of-command sync, like any expunge. */
 #include "imap/imap-commands.h"
+#include "imap/imap-acl.h"
 
 #include <string.h>
 
@@ -69,7 +70,8 @@ static bool do_copy(struct imap_cmd *cmd, bool move)
 	if (name == NULL)
 		return imap_cmd_done(cmd, "NO", "%s", err);
 	struct stor_mailbox mb;
-	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
+	uint32_t rights;
+	int r = imap_acl_mailbox_get(c, name, &mb, &rights, &err);
 	free(name);
 	if (r < 0)
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
@@ -77,11 +79,21 @@ static bool do_copy(struct imap_cmd *cmd, bool move)
 		return imap_cmd_done(cmd, "NO", "[TRYCREATE] Mailbox does not exist");
 	cc->dst = mb.guid;
 	stor_mailbox_free(&mb);
+	if ((rights & ACL_INSERT) == 0)
+		return imap_acl_refuse(cmd, rights, ACL_INSERT, "[TRYCREATE] Mailbox does not exist");
+	uint32_t src_rights = imap_acl_sel_rights(c);
+	if ((src_rights & ACL_READ) == 0)
+		return imap_acl_refuse(cmd, src_rights, ACL_READ,
+				       "[NONEXISTENT] Mailbox does not exist");
+	if (move && (src_rights & (ACL_DELETE_MSG | ACL_EXPUNGE)) != (ACL_DELETE_MSG | ACL_EXPUNGE))
+		return imap_acl_refuse(cmd, src_rights,
+				       (ACL_DELETE_MSG | ACL_EXPUNGE) & ~src_rights,
+				       "[NONEXISTENT] Mailbox does not exist");
 	cc->src = c->sel->guid;
 	if (cc->uids.count == 0)
 		return imap_cmd_done(cmd, "OK", "No messages %s", move ? "moved" : "copied");
 	cmd->waiting = true;
-	repl_copy(c->server->repl, c->user, &cc->src, cc->uids.items, cc->uids.count, &cc->dst, move,
+	repl_copy(c->server->repl, c->sel->owner, &cc->src, cc->uids.items, cc->uids.count, &cc->dst, move,
 		  copy_done, cmd);
 	return false;
 }

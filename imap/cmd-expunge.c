@@ -1,6 +1,7 @@
 /* EXPUNGE and UID EXPUNGE (UIDPLUS): remove the \Deleted messages (of the
  * set).  The EXPUNGE/VANISHED replies come from the end-of-command sync. */
 #include "imap/imap-commands.h"
+#include "imap/imap-acl.h"
 
 #include <string.h>
 
@@ -26,6 +27,9 @@ bool imap_cmd_expunge(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "BAD", "Invalid EXPUNGE arguments");
 	if (c->sel->readonly)
 		return imap_cmd_done(cmd, "NO", "[READ-ONLY] Mailbox is read-only");
+	uint32_t rights = imap_acl_sel_rights(c);
+	if ((rights & ACL_EXPUNGE) == 0)
+		return imap_acl_refuse(cmd, rights, ACL_EXPUNGE, "[NONEXISTENT] Mailbox does not exist");
 	struct expunge_ctx *ec = xcalloc(1, sizeof(*ec));
 	cmd->ctx = ec;
 	cmd->ctx_free = expunge_ctx_free;
@@ -76,7 +80,7 @@ bool imap_cmd_expunge(struct imap_cmd *cmd)
 	if (ec->uids.count == 0)
 		return imap_cmd_done(cmd, "OK", "EXPUNGE completed");
 	cmd->waiting = true;
-	repl_expunge(c->server->repl, c->user, &ec->mailbox, ec->uids.items, ec->uids.count,
+	repl_expunge(c->server->repl, c->sel->owner, &ec->mailbox, ec->uids.items, ec->uids.count,
 		     imap_cmd_repl_done, cmd);
 	return false;
 }

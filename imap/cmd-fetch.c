@@ -14,6 +14,7 @@
  * (which then include FLAGS). */
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
+#include "imap/imap-acl.h"
 
 #include <ctype.h>
 #include <string.h>
@@ -955,7 +956,9 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 	}
 	if (fc->vanished)
 		send_vanished(cmd, fc);
-	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0) {
+	/* RFC 4314 4: without "s" a FETCH does not set \Seen, silently. */
+	if (fc->sets_seen && !c->sel->readonly && fc->uids.count > 0 &&
+	    (imap_acl_sel_rights(c) & ACL_SEEN) != 0) {
 		/* Which messages lack \Seen: they get it (and FLAGS) first.  The
 		 * records are read in batches as the responses' are. */
 		struct msg_batch mb = { ARRAY_INIT, 0, 0 };
@@ -980,7 +983,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 			fc->seen_req.op = STOR_FLAGS_ADD;
 			fc->seen_req.flags = STOR_FLAG_SEEN;
 			cmd->waiting = true;
-			repl_store(c->server->repl, c->user, &fc->mailbox, fc->unseen.items,
+			repl_store(c->server->repl, c->sel->owner, &fc->mailbox, fc->unseen.items,
 				   fc->unseen.count, &fc->seen_req, seen_done, cmd);
 			return false;
 		}

@@ -8,6 +8,7 @@
  * form). */
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
+#include "imap/imap-acl.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +168,17 @@ static bool list_status_barrier(struct imap_cmd *cmd, const stor_mailbox_array *
 	return now;
 }
 
+/* LIST-STATUS of another user's mailbox needs "r", as STATUS does. */
+static bool list_status_allowed(struct imap_client *c, const struct stor_mailbox *mb)
+{
+	uint32_t rights = 0;
+	const char *err;
+	if (strcmp(mb->user, c->user) == 0)
+		return true;
+	return imap_acl_rights(c, mb->user, &mb->guid, &rights, &err) == 0 &&
+	       (rights & ACL_READ) != 0;
+}
+
 static bool do_list(struct imap_cmd *cmd, bool lsub)
 {
 	struct imap_client *c = cmd->client;
@@ -253,7 +265,8 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 	stor_string_list subs = ARRAY_INIT;
 	if (stor_mailbox_list(db, c->user, &mbs, &err) < 0)
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
-	if (stor_subscriptions(db, c->user, &subs, &err) < 0) {
+	if (imap_acl_list_shared(c, &mbs, &err) < 0 ||
+	    stor_subscriptions(db, c->user, &subs, &err) < 0) {
 		stor_mailbox_list_free(&mbs);
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 	}
@@ -347,7 +360,7 @@ static bool do_list(struct imap_cmd *cmd, bool lsub)
 		imap_client_write(c, line.data, line.len);
 		/* RFC 5819: STATUS follows the LIST line of each selectable
 		 * mailbox, from the listing's own snapshot. */
-		if (status_items != NULL && e->mb != NULL)
+		if (status_items != NULL && e->mb != NULL && list_status_allowed(c, e->mb))
 			imap_status_write(c, e->mb, status_items, status_count);
 	}
 	buf_free(&line);

@@ -3,6 +3,7 @@
  * STATUS.  Changes go through the seam; STATUS reads storage. */
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
+#include "imap/imap-acl.h"
 
 #include <string.h>
 #include <strings.h>
@@ -77,6 +78,8 @@ bool imap_cmd_create(struct imap_cmd *cmd)
 		free(name);
 		return imap_cmd_done(cmd, "NO", "[ALREADYEXISTS] INBOX always exists");
 	}
+	if (imap_acl_is_shared_name(name))
+		return imap_acl_create_shared(cmd, name);
 	struct stor_mailbox mb;
 	const char *err;
 	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
@@ -143,6 +146,8 @@ bool imap_cmd_delete(struct imap_cmd *cmd)
 		free(name);
 		return imap_cmd_done(cmd, "NO", "[CANNOT] INBOX cannot be deleted");
 	}
+	if (imap_acl_is_shared_name(name))
+		return imap_acl_delete_shared(cmd, name);
 	struct stor_mailbox mb;
 	if (!mailbox_get(cmd, name, &mb))
 		return true;
@@ -264,6 +269,11 @@ bool imap_cmd_rename(struct imap_cmd *cmd)
 		free(old_name);
 		return true;
 	}
+	if (imap_acl_is_shared_name(old_name) || imap_acl_is_shared_name(new_name)) {
+		free(old_name);
+		free(new_name);
+		return imap_cmd_done(cmd, "NO", "[CANNOT] Renaming in or into shared/ is not supported");
+	}
 	struct rename_ctx *rc = xcalloc(1, sizeof(*rc));
 	rc->old_name = old_name;
 	rc->new_name = new_name;
@@ -374,7 +384,8 @@ bool imap_cmd_unsubscribe(struct imap_cmd *cmd)
 
 bool imap_cmd_namespace(struct imap_cmd *cmd)
 {
-	imap_client_printf(cmd->client, "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+	imap_client_printf(cmd->client, "* NAMESPACE ((\"\" \"/\")) ((\"" IMAP_SHARED_PREFIX
+			   "\" \"/\")) ((\"" IMAP_PUBLIC_PREFIX "\" \"/\"))\r\n");
 	return imap_cmd_done(cmd, "OK", "Namespace completed");
 }
 
@@ -482,8 +493,17 @@ bool imap_cmd_status(struct imap_cmd *cmd)
 	if (name == NULL)
 		return true;
 	struct stor_mailbox mb;
-	if (!mailbox_get(cmd, name, &mb))
-		return true;
+	uint32_t rights;
+	const char *err;
+	int r = imap_acl_mailbox_get(c, name, &mb, &rights, &err);
+	free(name);
+	if (r <= 0)
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+						      "[NONEXISTENT] Mailbox does not exist");
+	if ((rights & ACL_READ) == 0) {
+		stor_mailbox_free(&mb);
+		return imap_acl_refuse(cmd, rights, ACL_READ, "[NONEXISTENT] Mailbox does not exist");
+	}
 	if (!imap_read_barrier(cmd, imap_cmd_status, &mb.guid)) {
 		stor_mailbox_free(&mb);
 		return false;

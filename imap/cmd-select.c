@@ -6,6 +6,7 @@
  * shows them. */
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
+#include "imap/imap-acl.h"
 
 #include <string.h>
 #include <strings.h>
@@ -166,18 +167,26 @@ static bool do_select(struct imap_cmd *cmd, bool readonly)
 	if (name == NULL)
 		return imap_cmd_done(cmd, "NO", "%s", err);
 	struct stor_mailbox mb;
-	int r = stor_mailbox_get(c->server->db, c->user, name, &mb, &err);
+	uint32_t rights;
+	int r = imap_acl_mailbox_get(c, name, &mb, &rights, &err);
 	free(name);
 	if (r < 0)
 		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 	if (r == 0)
 		return imap_cmd_done(cmd, "NO", "[NONEXISTENT] Mailbox does not exist");
+	if ((rights & ACL_READ) == 0) {
+		stor_mailbox_free(&mb);
+		return imap_acl_refuse(cmd, rights, ACL_READ, "[NONEXISTENT] Mailbox does not exist");
+	}
 	/* At least what the master holds (read_consistency); with QRESYNC
 	 * this also covers a client that saw a newer modseq elsewhere. */
 	if (!imap_read_barrier(cmd, readonly ? imap_cmd_examine : imap_cmd_select, &mb.guid)) {
 		stor_mailbox_free(&mb);
 		return false;
 	}
+	/* RFC 4314 4: read-only to a user who may change nothing in it. */
+	if ((rights & (ACL_SEEN | ACL_WRITE | ACL_INSERT | ACL_DELETE_MSG | ACL_EXPUNGE)) == 0)
+		readonly = true;
 	uint32_t first_unseen;
 	if (imap_sel_open(c, &mb, readonly, &first_unseen, &err) < 0) {
 		stor_mailbox_free(&mb);
@@ -249,7 +258,8 @@ bool imap_cmd_close(struct imap_cmd *cmd)
 	struct imap_client *c = cmd->client;
 	if (cmd->count != 0)
 		return imap_cmd_done(cmd, "BAD", "CLOSE takes no arguments");
-	if (c->sel->readonly) {
+	/* RFC 4314 4: CLOSE without "e" expunges nothing, silently. */
+	if (c->sel->readonly || (imap_acl_sel_rights(c) & ACL_EXPUNGE) == 0) {
 		imap_sel_close(c);
 		return imap_cmd_done(cmd, "OK", "Close completed");
 	}
@@ -274,7 +284,7 @@ bool imap_cmd_close(struct imap_cmd *cmd)
 	}
 	/* The request lives in cmd->ctx until the seam completes. */
 	cmd->waiting = true;
-	repl_expunge(c->server->repl, c->user, &cc->mailbox, cc->uids.items, cc->uids.count,
+	repl_expunge(c->server->repl, c->sel->owner, &cc->mailbox, cc->uids.items, cc->uids.count,
 		     close_expunged, cmd);
 	return false;
 }

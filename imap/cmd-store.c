@@ -5,6 +5,7 @@
  * non-silent STORE). */
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
+#include "imap/imap-acl.h"
 
 #include <string.h>
 #include <strings.h>
@@ -168,6 +169,24 @@ bool imap_cmd_store(struct imap_cmd *cmd)
 	sc->req.keyword_count = sc->keywords.count;
 	if (c->sel->readonly)
 		return imap_cmd_done(cmd, "NO", "[READ-ONLY] Mailbox is read-only");
+	/* RFC 4314 4: \Seen needs "s", \Deleted "t", the other flags and
+	 * keywords "w"; replacing the flags changes all of them. */
+	uint32_t need = 0;
+	if (sc->req.op == STOR_FLAGS_REPLACE) {
+		need = ACL_SEEN | ACL_DELETE_MSG | ACL_WRITE;
+	} else {
+		if (sc->req.flags & STOR_FLAG_SEEN)
+			need |= ACL_SEEN;
+		if (sc->req.flags & STOR_FLAG_DELETED)
+			need |= ACL_DELETE_MSG;
+		if ((sc->req.flags & ~(uint32_t)(STOR_FLAG_SEEN | STOR_FLAG_DELETED)) != 0 ||
+		    sc->req.keyword_count > 0)
+			need |= ACL_WRITE;
+	}
+	uint32_t rights = imap_acl_sel_rights(c);
+	if ((rights & need) != need)
+		return imap_acl_refuse(cmd, rights, need & ~rights,
+				       "[NONEXISTENT] Mailbox does not exist");
 	/* The master decides UNCHANGEDSINCE; waiting here keeps what the
 	 * client is told afterwards at least as new as what it saw. */
 	if (sc->req.unchangedsince != 0 &&
@@ -191,7 +210,7 @@ bool imap_cmd_store(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "OK", "STORE completed");
 	sc->mailbox = c->sel->guid;
 	cmd->waiting = true;
-	repl_store(c->server->repl, c->user, &sc->mailbox, sc->uids.items, sc->uids.count, &sc->req,
+	repl_store(c->server->repl, c->sel->owner, &sc->mailbox, sc->uids.items, sc->uids.count, &sc->req,
 		   store_done, cmd);
 	return false;
 }

@@ -14,6 +14,7 @@
 #include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
+#include "imap/imap-acl.h"
 
 enum cmd_state {
 	CMD_ANY,
@@ -64,6 +65,11 @@ static const struct {
 	{ "MOVE", imap_cmd_move, CMD_SELECTED, CMD_F_UID },
 	{ "THREAD", imap_cmd_thread, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
 	{ "SORT", imap_cmd_sort, CMD_SELECTED, CMD_F_UID | CMD_F_SEQ_BLOCKS_EXPUNGE },
+	{ "MYRIGHTS", imap_cmd_myrights, CMD_AUTH, 0 },
+	{ "GETACL", imap_cmd_getacl, CMD_AUTH, 0 },
+	{ "SETACL", imap_cmd_setacl, CMD_AUTH, 0 },
+	{ "DELETEACL", imap_cmd_deleteacl, CMD_AUTH, 0 },
+	{ "LISTRIGHTS", imap_cmd_listrights, CMD_AUTH, 0 },
 };
 
 void imap_capabilities(struct imap_client *c, struct buf *out)
@@ -77,6 +83,7 @@ void imap_capabilities(struct imap_client *c, struct buf *out)
 	buf_append_str(out, " STATUS=SIZE");
 	buf_append_str(out, " THREAD=REFS THREAD=REFERENCES THREAD=ORDEREDSUBJECT");
 	buf_append_str(out, " SORT SORT=DISPLAY ESORT CONTEXT=SORT");
+	buf_append_str(out, " ACL RIGHTS=texk");
 	if (c->state == IMAP_STATE_NOAUTH) {
 		if (c->server->ssl_ctx != NULL && c->ssl == NULL)
 			buf_append_str(out, " STARTTLS");
@@ -155,6 +162,8 @@ void imap_commands_dispatch(struct imap_client *c, const struct imap_command *pc
 	}
 	log_debug("imap[%016llx]: %s%s", (unsigned long long)c->id, uid ? "UID " : "",
 		  commands[i].name);
+	if (commands[i].state == CMD_SELECTED && !imap_acl_selected_ok(cmd))
+		return;
 	commands[i].func(cmd);
 }
 

@@ -85,6 +85,7 @@ struct imap_search_update;
 struct imap_selected {
 	struct guid guid;
 	char *name;
+	char *owner;                /* the mailbox's user: another one's for shared/ */
 	bool readonly;
 	uint32_t uidvalidity;
 	stor_uid_list uids;         /* ascending: the session's sequence map */

@@ -185,6 +185,7 @@ int imap_sel_open(struct imap_client *c, const struct stor_mailbox *mb, bool rea
 	struct imap_selected *sel = xcalloc(1, sizeof(*sel));
 	sel->guid = mb->guid;
 	sel->name = xstrdup(mb->name);
+	sel->owner = xstrdup(mb->user);
 	sel->readonly = readonly;
 	sel->uidvalidity = mb->uidvalidity;
 	sel->modseq = mb->highestmodseq;
@@ -219,6 +220,7 @@ void imap_sel_close(struct imap_client *c)
 	imap_search_updates_free(sel);
 	stor_string_list_free(&sel->keywords);
 	free(sel->name);
+	free(sel->owner);
 	free(sel);
 	c->sel = NULL;
 	if (c->state == IMAP_STATE_SELECTED)

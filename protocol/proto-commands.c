@@ -38,6 +38,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "RENAME", "sssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "ACL-PUT", "sgssn", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "SAVE", "dumgfT",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_STAMPS |
 		  PROTO_CMDF_OPT_REQ },
@@ -65,6 +66,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "TEXT", "igT", PROTO_CMDF_DATA },
 	{ "MAILBOX", "sgiimgs", PROTO_CMDF_DATA },
 	{ "SUBSCRIBED", "s", PROTO_CMDF_DATA },
+	{ "ACL", "gssn", PROTO_CMDF_DATA },
 	{ "USER-ENTRY", "snis", PROTO_CMDF_DATA },
 };
 

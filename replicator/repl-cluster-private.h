@@ -67,6 +67,7 @@ enum cl_entry_kind {
 	CL_ENTRY_RENAME = 'R',
 	CL_ENTRY_SUBSCRIBE = 'S',
 	CL_ENTRY_UNSUBSCRIBE = 'U',
+	CL_ENTRY_ACL = 'A',        /* an ACL record: guid, name = identifier */
 };
 
 /* A decoded log entry; strings point into the entry's buffer or are
@@ -562,5 +563,8 @@ void cl_mailbox_rename(struct repl *r, const char *user, const struct guid *mail
 		       const char *new_name, repl_done_cb *cb, void *ctx);
 void cl_subscribe(struct repl *r, const char *user, const char *name, bool subscribed,
 		  repl_done_cb *cb, void *ctx);
+void cl_acl_put(struct repl *r, const char *owner, const struct guid *mailbox,
+		const char *identifier, const char *rights, int64_t time_ms, repl_done_cb *cb,
+		void *ctx);
 
 #endif

@@ -583,6 +583,7 @@ static const struct repl_vfuncs cluster_vfuncs = {
 	.mailbox_rename = cl_mailbox_rename,
 	.subscribe = cl_subscribe,
 	.read_barrier = cl_read_barrier,
+	.acl_put = cl_acl_put,
 	.complete_later = cl_complete_later,
 	.flush = cl_flush,
 	.in_flight = cl_in_flight,

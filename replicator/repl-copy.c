@@ -30,7 +30,9 @@
 
 struct copy_op {
 	struct repl_cluster *cl;
-	char *user;
+	/* The owners of the two mailboxes: another user's mailbox shared
+	 * with the session (SPEC.md 7.6) is written as its owner's. */
+	char *user, *dst_user;
 	struct guid src, dst;
 	bool move;
 	repl_done_cb *cb;
@@ -68,6 +70,7 @@ static void copy_free(struct copy_op *c)
 	ARRAY_FREE(&c->moved);
 	owned_free(&c->out);
 	free(c->user);
+	free(c->dst_user);
 	free(c);
 }
 
@@ -203,7 +206,7 @@ static void copy_launch(struct copy_op *c)
 		a.text_len = it->text.len;
 		c->running++;
 		c->running_bytes += it->size;
-		cl_append(&c->cl->repl, c->user, &c->dst, &a, copy_item_done, s);
+		cl_append(&c->cl->repl, c->dst_user, &c->dst, &a, copy_item_done, s);
 	}
 	c->launching = false;
 	if (c->left == 0)
@@ -224,19 +227,23 @@ void cl_copy(struct repl *r, const char *user, const struct guid *src,
 	struct stor_db *db = r->db;
 	const char *err;
 	struct stor_mailbox mb;
+	char *src_user = NULL;
 	int found = stor_mailbox_get_by_guid(db, src, &mb, &err);
 	if (found > 0) {
+		src_user = xstrdup(mb.user);
 		stor_mailbox_free(&mb);
 		found = stor_mailbox_get_by_guid(db, dst, &mb, &err);
 	}
 	if (found <= 0) {
+		free(src_user);
 		/* The local engine gives the same refusal, from the loop. */
 		repl_copy(cl->local, user, src, uids, count, dst, move, cb, ctx);
 		return;
 	}
 	struct copy_op *c = xcalloc(1, sizeof(*c));
 	c->cl = cl;
-	c->user = xstrdup(user);
+	c->user = src_user;
+	c->dst_user = xstrdup(mb.user);
 	c->src = *src;
 	c->dst = *dst;
 	c->move = move;

@@ -17,6 +17,7 @@
 
 #include "lib/log.h"
 #include "lib/xalloc.h"
+#include "storage/storage-acl.h"
 
 struct local_op;
 
@@ -440,6 +441,20 @@ static void local_subscribe(struct repl *r, const char *user, const char *name, 
 	op_submit(op, true);
 }
 
+static void local_acl_put(struct repl *r, const char *owner, const struct guid *mailbox,
+			  const char *identifier, const char *rights, int64_t time_ms,
+			  repl_done_cb *cb, void *ctx)
+{
+	struct repl_local *rl = (struct repl_local *)r;
+	struct local_op *op = op_new(rl, owner, cb, ctx);
+	const char *err;
+	if (stor_acl_put(r->db, owner, mailbox, identifier, rights, time_ms, NULL, &err) < 0) {
+		op_fail(op, REPL_ERR_INTERNAL, err);
+		return;
+	}
+	op_submit(op, true);
+}
+
 static void local_complete_later(struct repl *r, repl_done_cb *cb, void *ctx)
 {
 	struct local_op *op = op_new((struct repl_local *)r, "", cb, ctx);
@@ -480,6 +495,7 @@ static const struct repl_vfuncs local_vfuncs = {
 	.mailbox_delete = local_mailbox_delete,
 	.mailbox_rename = local_mailbox_rename,
 	.subscribe = local_subscribe,
+	.acl_put = local_acl_put,
 	.complete_later = local_complete_later,
 	.flush = local_flush,
 	.in_flight = local_in_flight,

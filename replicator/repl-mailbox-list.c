@@ -124,6 +124,19 @@ void cl_mailbox_rename(struct repl *r, const char *user, const struct guid *mail
 	repl_mailbox_rename(cl->local, user, mailbox, new_name, list_local_done, l);
 }
 
+/* The entry names the record only: the streamer sends the record as it is
+ * then (SPEC.md 7.6), so a later change overtaking this one costs nothing. */
+void cl_acl_put(struct repl *r, const char *owner, const struct guid *mailbox,
+		const char *identifier, const char *rights, int64_t time_ms, repl_done_cb *cb,
+		void *ctx)
+{
+	struct repl_cluster *cl = to_cl(r);
+	struct list_op *l = list_op_new(cl, CL_ENTRY_ACL, owner, cb, ctx);
+	l->entry.guid = *mailbox;
+	l->entry.name = xstrdup(identifier);
+	repl_acl_put(cl->local, owner, mailbox, identifier, rights, time_ms, list_local_done, l);
+}
+
 void cl_subscribe(struct repl *r, const char *user, const char *name, bool subscribed,
 		  repl_done_cb *cb, void *ctx)
 {

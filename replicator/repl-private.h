@@ -29,6 +29,9 @@ struct repl_vfuncs {
 	/* repl_read_barrier(); NULL: nothing to wait for, ever. */
 	bool (*read_barrier)(struct repl *r, const char *user, const struct guid *mailbox,
 			     repl_done_cb *cb, void *ctx);
+	void (*acl_put)(struct repl *r, const char *owner, const struct guid *mailbox,
+			const char *identifier, const char *rights, int64_t time_ms,
+			repl_done_cb *cb, void *ctx);
 	/* Calls cb with REPL_OK from the loop, after changes submitted so far. */
 	void (*complete_later)(struct repl *r, repl_done_cb *cb, void *ctx);
 	void (*flush)(struct repl *r);

@@ -22,6 +22,8 @@
 #include "lib/xalloc.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-sync.h"
+#include "storage/acl-rights.h"
+#include "storage/storage-acl.h"
 #include "sync/sync.h"
 
 /* An answer to send once the change is durable (or replicated). */
@@ -373,6 +375,48 @@ static int arg_cstr(const struct proto_arg *arg, const char **s_r, size_t max)
 	    memchr(*s_r, '\0', len) != NULL)
 		return -1;
 	return 0;
+}
+
+/* ACL-PUT (SPEC.md 7.6): the newer record is kept, an older one is not an
+ * error (idempotent). */
+static void apply_acl_put(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd)
+{
+	const char *owner, *identifier, *rights, *err;
+	size_t rlen;
+	struct guid guid;
+	uint64_t time_ms;
+	if (arg_cstr(&cmd->args[0], &owner, STOR_MAX_USER_LEN) < 0 ||
+	    proto_arg_guid(&cmd->args[1], &guid) < 0 ||
+	    arg_cstr(&cmd->args[2], &identifier, STOR_MAX_USER_LEN + 1) < 0 ||
+	    proto_arg_str(&cmd->args[3], &rights, &rlen) < 0 || memchr(rights, '\0', rlen) != NULL ||
+	    proto_arg_u64(&cmd->args[4], INT64_MAX, &time_ms) < 0) {
+		answer_later(a, "BAD", "ARGS", "bad ACL-PUT record");
+		return;
+	}
+	uint32_t bits;
+	if (!acl_identifier_valid(identifier, strlen(identifier), &err) ||
+	    !acl_owner_valid(owner) ||
+	    acl_rights_parse(rights, rlen, &bits, &err) < 0) {
+		answer_later(a, "BAD", "ARGS", "bad ACL-PUT record");
+		return;
+	}
+	struct stor_mailbox mb;
+	int held = stor_mailbox_get_by_guid(cl->repl.db, &guid, &mb, &err);
+	if (held > 0) {
+		bool other = strcmp(mb.user, owner) != 0;
+		stor_mailbox_free(&mb);
+		if (other) {
+			answer_later(a, "BAD", "ARGS", "the mailbox has another owner");
+			return;
+		}
+	}
+	bool applied = false;
+	if (stor_acl_put(cl->repl.db, owner, &guid, identifier, rights, (int64_t)time_ms, &applied,
+			 &err) < 0) {
+		answer_later(a, "NO", "SERVERBUG", err);
+		return;
+	}
+	answer_later(a, "OK", NULL, applied ? "applied" : "already newer");
 }
 
 static void apply_list_change(struct repl_cluster *cl, struct answer *a,
@@ -792,7 +836,7 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		(void)proto_arg_u32(origin_arg, &origin_sid);
 	if (proto_cmd_is(cmd, "CREATE") || proto_cmd_is(cmd, "DELETE") ||
 	    proto_cmd_is(cmd, "RENAME") || proto_cmd_is(cmd, "SUBSCRIBE") ||
-	    proto_cmd_is(cmd, "UNSUBSCRIBE")) {
+	    proto_cmd_is(cmd, "UNSUBSCRIBE") || proto_cmd_is(cmd, "ACL-PUT")) {
 		const char *user;
 		size_t ulen;
 		if (cl->sync != NULL && proto_arg_str(&cmd->args[0], &user, &ulen) == 0 &&
@@ -802,7 +846,10 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		}
 		if (origin && proto_arg_str(&cmd->args[0], &user, &ulen) == 0)
 			cl_relay_origin(cl, p, cmd, npos, origin_sid, user, NULL);
-		apply_list_change(cl, a, cmd, npos);
+		if (proto_cmd_is(cmd, "ACL-PUT"))
+			apply_acl_put(cl, a, cmd);
+		else
+			apply_list_change(cl, a, cmd, npos);
 		return;
 	}
 	if (proto_cmd_is(cmd, "COPY")) {

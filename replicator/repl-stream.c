@@ -54,6 +54,7 @@
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
+#include "storage/storage-acl.h"
 #include "sync/sync.h"
 
 /* ---- Entries ---- */
@@ -164,6 +165,7 @@ int cl_entry_decode(const void *data, size_t len, struct cl_entry *e_r)
 	switch (e_r->kind) {
 	case CL_ENTRY_MAILBOX: case CL_ENTRY_CREATE: case CL_ENTRY_DELETE:
 	case CL_ENTRY_RENAME: case CL_ENTRY_SUBSCRIBE: case CL_ENTRY_UNSUBSCRIBE:
+	case CL_ENTRY_ACL:
 		break;
 	default:
 		r.bad = true;
@@ -370,6 +372,30 @@ static void stream_list_change(struct cl_peer *p, uint64_t seq, const struct cl_
 		proto_wr_cstr(w, e->user);
 		proto_wr_cstr(w, e->name);
 		break;
+	case CL_ENTRY_ACL: {
+		/* The record as it is now: a later change of it is sent again
+		 * by its own entry, and the receiver keeps the newer. */
+		stor_acl_list acl;
+		const char *err;
+		if (stor_acl_get(p->cl->repl.db, &e->guid, &acl, &err) < 0) {
+			log_errorx("replication: %s", err);
+			return;
+		}
+		for (size_t i = 0; i < acl.count; i++) {
+			if (strcmp(acl.items[i].identifier, e->name) != 0)
+				continue;
+			w = proto_conn_cmd_begin(p->conn, "ACL-PUT");
+			proto_wr_cstr(w, e->user);
+			proto_wr_guid(w, &e->guid);
+			proto_wr_cstr(w, acl.items[i].identifier);
+			proto_wr_cstr(w, acl.items[i].rights);
+			proto_wr_u64(w, (uint64_t)acl.items[i].time_ms);
+		}
+		stor_acl_list_free(&acl);
+		if (w == NULL)
+			return; /* the mailbox was deleted since, and its ACL */
+		break;
+	}
 	case CL_ENTRY_MAILBOX:
 		return;
 	}

@@ -16,6 +16,7 @@
 #include "lib/xalloc.h"
 #include "protocol/protocol.h"
 #include "replicator/repl-private.h"
+#include "storage/storage-acl.h"
 #include "storage/storage.h"
 #include "sync/sync.h"
 
@@ -55,6 +56,10 @@ struct chk {
 	bool bad;             /* the answer was malformed or too large */
 	ARRAY(struct chk_mbox) mbs;
 	stor_string_list subs;
+	/* The ACL records (SPEC.md 7.6) as a count and an order-independent
+	 * sum of their hashes: enough to see a difference. */
+	uint64_t acl_sum;
+	size_t acl_count;
 };
 
 struct chk_job {
@@ -118,6 +123,49 @@ static int cmp_stor_mbox(const void *a, const void *b)
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* FNV-1a of one ACL record, as both ends see it. */
+static uint64_t acl_hash(const struct guid *g, const char *id, size_t idlen, const char *rights,
+			 size_t rlen, uint64_t t)
+{
+	uint64_t h = 14695981039346656037ull;
+#define MIX(p, n) do { for (size_t i_ = 0; i_ < (n); i_++) { \
+		h ^= ((const unsigned char *)(p))[i_]; h *= 1099511628211ull; } } while (0)
+	MIX(g->b, sizeof(g->b));
+	MIX(id, idlen);
+	MIX("", 1);
+	MIX(rights, rlen);
+	MIX("", 1);
+	for (int i = 0; i < 8; i++) {
+		unsigned char b = (unsigned char)(t >> (8 * i));
+		MIX(&b, 1);
+	}
+#undef MIX
+	return h;
+}
+
+/* Our records of the user's mailboxes, as chk_cb() sums the peer's. */
+static int acl_local_sum(struct stor_db *db, const stor_mailbox_array *mine, uint64_t *sum_r,
+			 size_t *count_r, const char **error_r)
+{
+	uint64_t sum = 0;
+	size_t n = 0;
+	for (size_t i = 0; i < mine->count; i++) {
+		stor_acl_list acl;
+		if (stor_acl_get(db, &mine->items[i].guid, &acl, error_r) < 0)
+			return -1;
+		for (size_t j = 0; j < acl.count; j++) {
+			const struct stor_acl *a = &acl.items[j];
+			sum += acl_hash(&mine->items[i].guid, a->identifier, strlen(a->identifier),
+					a->rights, strlen(a->rights), (uint64_t)a->time_ms);
+			n++;
+		}
+		stor_acl_list_free(&acl);
+	}
+	*sum_r = sum;
+	*count_r = n;
+	return 0;
 }
 
 static char *suspect_key(uint32_t sid, const char *user)
@@ -185,6 +233,14 @@ static bool chk_compare(struct repl_sync *rs, struct chk *k)
 		for (size_t i = 0; !differ && i < subs.count; i++)
 			differ = strcmp(subs.items[i], k->subs.items[i]) != 0;
 	}
+	if (!differ) {
+		uint64_t sum;
+		size_t n;
+		if (acl_local_sum(db, &mine, &sum, &n, &err) < 0)
+			log_errorx("sync check of %s: %s", k->user, err);
+		else
+			differ = sum != k->acl_sum || n != k->acl_count;
+	}
 	bool peer_lacks = k->mbs.count == 0 && mine.count > 0;
 	stor_mailbox_list_free(&mine);
 	stor_string_list_free(&subs);
@@ -231,6 +287,22 @@ static void chk_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		if ((proto_cmd_is(line, "DELETED") && (line->arg_count == 1 || line->arg_count == 3)) ||
 		    (proto_cmd_is(line, "UNSUBSCRIBED") && line->arg_count == 1))
 			return;
+		if (proto_cmd_is(line, "ACL")) {
+			struct guid g;
+			const char *id, *rights;
+			size_t idlen, rlen;
+			uint64_t t;
+			if (line->arg_count != 4 || proto_arg_guid(&line->args[0], &g) < 0 ||
+			    proto_arg_str(&line->args[1], &id, &idlen) < 0 ||
+			    proto_arg_str(&line->args[2], &rights, &rlen) < 0 ||
+			    proto_arg_u64(&line->args[3], INT64_MAX, &t) < 0) {
+				k->bad = true;
+				return;
+			}
+			k->acl_sum += acl_hash(&g, id, idlen, rights, rlen, t);
+			k->acl_count++;
+			return;
+		}
 		struct chk_mbox m;
 		struct guid digest;
 		uint64_t v;

@@ -170,6 +170,7 @@ static void report_append(struct buf *out, uint32_t peer, const struct sync_repo
 	buf_appendf(out, "mailboxes_renamed: %u\n", r->mailboxes_renamed);
 	buf_appendf(out, "mailboxes_deleted: %u\n", r->mailboxes_deleted);
 	buf_appendf(out, "subscriptions_changed: %u\n", r->subscriptions_changed);
+	buf_appendf(out, "acls_changed: %u\n", r->acls_changed);
 	buf_appendf(out, "messages_examined: %u\n", r->messages_examined);
 	buf_appendf(out, "messages_sent: %u\n", r->messages_sent);
 	buf_appendf(out, "messages_present: %u\n", r->messages_present);
@@ -268,7 +269,7 @@ static bool report_changed(const struct sync_report *r)
 {
 	return r->mailboxes_synced != 0 || r->mailboxes_created != 0 ||
 	       r->mailboxes_renamed != 0 || r->mailboxes_deleted != 0 ||
-	       r->subscriptions_changed != 0;
+	       r->subscriptions_changed != 0 || r->acls_changed != 0;
 }
 
 /* The client of the current peer finished. */
@@ -283,7 +284,7 @@ static void run_client_done(struct run *run)
 		run_notify_all(run);
 	if (changed && r->messages_received + r->messages_expunged + r->flags_changed +
 			       r->mailboxes_created + r->mailboxes_renamed + r->mailboxes_deleted +
-			       r->subscriptions_changed > 0 &&
+			       r->subscriptions_changed + r->acls_changed > 0 &&
 	    run->rs->peer_cb != NULL)
 		run->rs->peer_cb(run->rs->peer_ctx, REPL_SYNC_PEER_CHANGED, run->user, peer);
 	if (!run->verifying) {

@@ -125,6 +125,13 @@ void repl_subscribe(struct repl *r, const char *user, const char *name, bool sub
 	r->v->subscribe(r, user, name, subscribed, cb, ctx);
 }
 
+void repl_acl_put(struct repl *r, const char *owner, const struct guid *mailbox,
+		  const char *identifier, const char *rights, int64_t time_ms, repl_done_cb *cb,
+		  void *ctx)
+{
+	r->v->acl_put(r, owner, mailbox, identifier, rights, time_ms, cb, ctx);
+}
+
 /* ---- Default mailboxes ---- */
 
 static const struct {

@@ -167,6 +167,12 @@ void repl_mailbox_rename(struct repl *r, const char *user, const struct guid *ma
 			 const char *new_name, repl_done_cb *cb, void *ctx);
 void repl_subscribe(struct repl *r, const char *user, const char *name, bool subscribed,
 		    repl_done_cb *cb, void *ctx);
+/* Sets one ACL record of owner's mailbox (SPEC.md 7.6): rights "" deletes
+ * it.  The caller checked identifier and rights; time_ms comes from
+ * stor_acl_next_time().  Replicated like the mailbox list. */
+void repl_acl_put(struct repl *r, const char *owner, const struct guid *mailbox,
+		  const char *identifier, const char *rights, int64_t time_ms, repl_done_cb *cb,
+		  void *ctx);
 
 /* Creates the default mailboxes (INBOX, Drafts, Sent, Trash, Junk, Archive
  * with their SPECIAL-USE attributes) that the user lacks, if the user has

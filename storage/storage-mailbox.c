@@ -10,6 +10,7 @@
 #include "lib/clock.h"
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
+#include "storage/storage-acl.h"
 
 static int validate_user(struct stor_db *db, const char *user, const char **error_r)
 {
@@ -327,6 +328,8 @@ int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char 
 		stor_key_guid(&k, guid);
 		ret = delete_prefix(db, txn.wb, &k, NULL, NULL, error_r);
 	}
+	if (ret == 0)
+		ret = stor_acl_delete_mailbox(db, txn.wb, tm->mb.user, guid, error_r);
 	if (ret < 0) {
 		stor_txn_free(&txn);
 		return -1;

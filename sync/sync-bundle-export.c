@@ -24,6 +24,7 @@
 #include "lib/passwd.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
+#include "storage/storage-acl.h"
 
 /* ------------------------------------------------------------------ */
 /* Writing: a deflater that the command stream is fed to as it is made */
@@ -344,6 +345,26 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 				proto_wr_list_end(&e.w);
 			}
 			ex_end(&e);
+		}
+		/* The user's own mailboxes' ACLs (SPEC.md 7.6): records that
+		 * name other users are the owner's data, not theirs. */
+		for (size_t i = 0; i < mbs.count && ret == 0; i++) {
+			stor_acl_list acl;
+			if (stor_acl_get(db, &mbs.items[i].guid, &acl, &err) < 0) {
+				*error_r = fmt_error("listing ACLs: %s", err);
+				ret = -1;
+				break;
+			}
+			for (size_t j = 0; j < acl.count; j++) {
+				ex_begin(&e, "ACL-PUT");
+				proto_wr_cstr(&e.w, set->user);
+				proto_wr_guid(&e.w, &mbs.items[i].guid);
+				proto_wr_cstr(&e.w, acl.items[j].identifier);
+				proto_wr_cstr(&e.w, acl.items[j].rights);
+				proto_wr_u64(&e.w, (uint64_t)acl.items[j].time_ms);
+				ex_end(&e);
+			}
+			stor_acl_list_free(&acl);
 		}
 		for (size_t i = 0; i < subs.count; i++) {
 			ex_begin(&e, "SUBSCRIBE");

@@ -24,6 +24,8 @@
 #include "lib/passwd.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
+#include "storage/acl-rights.h"
+#include "storage/storage-acl.h"
 
 /* ------------------------------------------------------------------ */
 /* The body: inflated (check 8) and parsed (check 9) into the scratch store */
@@ -465,6 +467,23 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 			return ld_fail(l, "bad %s", on ? "SUBSCRIBE" : "UNSUBSCRIBE");
 		if (stor_subscribe(l->scratch, l->v->user, name, on, &err) < 0)
 			return ld_fail(l, "%s: %s", on ? "SUBSCRIBE" : "UNSUBSCRIBE", err);
+		return 0;
+	}
+	if (proto_cmd_is(cmd, "ACL-PUT")) {
+		const char *id, *rights;
+		size_t idlen, rlen;
+		struct guid g;
+		uint64_t t;
+		uint32_t bits;
+		if (ld_user(l, &cmd->args[0]) < 0 || proto_arg_guid(&cmd->args[1], &g) < 0 ||
+		    proto_arg_str(&cmd->args[2], &id, &idlen) < 0 || strlen(id) != idlen ||
+		    !acl_identifier_valid(id, idlen, &err) ||
+		    proto_arg_str(&cmd->args[3], &rights, &rlen) < 0 || strlen(rights) != rlen ||
+		    acl_rights_parse(rights, rlen, &bits, &err) < 0 ||
+		    proto_arg_u64(&cmd->args[4], INT64_MAX, &t) < 0)
+			return ld_fail(l, "bad ACL-PUT");
+		if (stor_acl_put(l->scratch, l->v->user, &g, id, rights, (int64_t)t, NULL, &err) < 0)
+			return ld_fail(l, "ACL-PUT: %s", err);
 		return 0;
 	}
 	if (proto_cmd_is(cmd, "DELETE")) {

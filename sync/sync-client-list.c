@@ -13,6 +13,8 @@
 #include "lib/log.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
+#include "storage/acl-rights.h"
+#include "storage/storage-acl.h"
 
 /* ---- The last common mailbox list (stor_meta) ---- */
 
@@ -397,6 +399,59 @@ static bool delete_wins(uint32_t uidnext, uint64_t hms, uint32_t tomb_uidnext, u
 	return l != NULL && uidnext == l->uidnext && hms == l->hms;
 }
 
+/* Whether record (t, rights) wins over (t2, rights2): the rule of
+ * stor_acl_put() (SPEC.md 7.6), so both sides end with the same one. */
+static bool acl_newer(int64_t t, const char *rights, int64_t t2, const char *rights2)
+{
+	return t > t2 || (t == t2 && strcmp(rights, rights2) > 0);
+}
+
+/* 5. ACL records: the newer of each pair wins, so taking the server's
+ * where they are newer and sending ours where they are newer (or the
+ * server lacks them) leaves both with the same records.  Records of the
+ * mailboxes held before the merge are sent; those just created here came
+ * from the server. */
+static int acl_merge(struct sync_client *c, const stor_mailbox_array *mbs)
+{
+	const char *err;
+	for (size_t i = 0; i < c->srv_acls.count; i++) {
+		const struct cl_srv_acl *a = &c->srv_acls.items[i];
+		bool applied;
+		if (stor_acl_put(c->db, c->user, &a->guid, a->identifier, a->rights, a->time_ms,
+				 &applied, &err) < 0)
+			return cl_fail(c, "ACL: %s", err);
+		if (applied)
+			c->report.acls_changed++;
+	}
+	for (size_t i = 0; i < mbs->count; i++) {
+		stor_acl_list acl;
+		if (stor_acl_get(c->db, &mbs->items[i].guid, &acl, &err) < 0)
+			return cl_fail(c, "%s", err);
+		for (size_t j = 0; j < acl.count; j++) {
+			const struct stor_acl *r = &acl.items[j];
+			const struct cl_srv_acl *s = NULL;
+			for (size_t k = 0; k < c->srv_acls.count && s == NULL; k++) {
+				if (guid_equal(&c->srv_acls.items[k].guid, &mbs->items[i].guid) &&
+				    strcmp(c->srv_acls.items[k].identifier, r->identifier) == 0)
+					s = &c->srv_acls.items[k];
+			}
+			if (s != NULL && !acl_newer(r->time_ms, r->rights, s->time_ms, s->rights))
+				continue;
+			struct proto_wr w;
+			cl_cmd_begin(c, &w, "ACL-PUT", K_LISTOP, 0);
+			proto_wr_cstr(&w, c->user);
+			proto_wr_guid(&w, &mbs->items[i].guid);
+			proto_wr_cstr(&w, r->identifier);
+			proto_wr_cstr(&w, r->rights);
+			proto_wr_u64(&w, (uint64_t)r->time_ms);
+			cl_cmd_end(c, &w);
+			c->report.acls_changed++;
+		}
+		stor_acl_list_free(&acl);
+	}
+	return 0;
+}
+
 int list_merge(struct sync_client *c)
 {
 	stor_mailbox_array mbs;
@@ -608,6 +663,8 @@ int list_merge(struct sync_client *c)
 		stor_string_list_free(&subs);
 	}
 	stor_string_list_free(&unsubs);
+	if (ret == 0)
+		ret = acl_merge(c, &mbs);
 	stor_mailbox_list_free(&mbs);
 	ARRAY_FREE(&by_guid);
 	last_list_free(&last, &last_subs);
@@ -644,6 +701,27 @@ int on_list_line(struct sync_client *c, const struct proto_cmd *line)
 		    len > STOR_MAX_MAILBOX_NAME_LEN || c->srv_unsubs.count >= SYNC_MAX_MAILBOXES)
 			return cl_fail(c, "LIST: bad UNSUBSCRIBED line");
 		ARRAY_PUSH(&c->srv_unsubs, xstrdup(s));
+		return 0;
+	}
+	if (proto_cmd_is(line, "ACL")) {
+		struct cl_srv_acl a;
+		const char *id, *rights, *why;
+		size_t idlen, rlen;
+		uint64_t t;
+		uint32_t bits;
+		if (line->arg_count != 4 || proto_arg_guid(&line->args[0], &a.guid) < 0 ||
+		    proto_arg_str(&line->args[1], &id, &idlen) < 0 ||
+		    !acl_identifier_valid(id, idlen, &why) || memchr(id, '\0', idlen) != NULL ||
+		    proto_arg_str(&line->args[2], &rights, &rlen) < 0 ||
+		    memchr(rights, '\0', rlen) != NULL || acl_rights_parse(rights, rlen, &bits, &why) < 0 ||
+		    proto_arg_u64(&line->args[3], INT64_MAX, &t) < 0)
+			return cl_fail(c, "LIST: bad ACL line");
+		if (c->srv_acls.count >= SYNC_MAX_MAILBOXES * (size_t)4)
+			return cl_fail(c, "LIST: too many ACL lines");
+		a.identifier = xstrdup(id);
+		a.rights = xstrdup(rights);
+		a.time_ms = (int64_t)t;
+		ARRAY_PUSH(&c->srv_acls, a);
 		return 0;
 	}
 	if (proto_cmd_is(line, "DELETED")) {

@@ -58,6 +58,14 @@ struct cl_srv_tomb {
 	uint64_t hms;
 };
 
+/* An ACL record of the server's (an ACL line of its LIST answer). */
+struct cl_srv_acl {
+	struct guid guid;
+	char *identifier;
+	char *rights;
+	int64_t time_ms;
+};
+
 struct cl_srv_mbox {
 	char *name;
 	struct guid guid;
@@ -124,6 +132,7 @@ struct sync_client {
 	 * unsubscribed (UNSUBSCRIBED lines). */
 	ARRAY(struct cl_srv_tomb) srv_deleted;
 	stor_string_list srv_unsubs;
+	ARRAY(struct cl_srv_acl) srv_acls;
 	bool list_changed;
 
 	/* Mailboxes to look at, by GUID, and the current one. */

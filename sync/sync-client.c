@@ -141,6 +141,11 @@ void srv_list_free(struct sync_client *c)
 	ARRAY_FREE(&c->srv_deleted);
 	stor_string_list_free(&c->srv_unsubs);
 	memset(&c->srv_unsubs, 0, sizeof(c->srv_unsubs));
+	for (size_t i = 0; i < c->srv_acls.count; i++) {
+		free(c->srv_acls.items[i].identifier);
+		free(c->srv_acls.items[i].rights);
+	}
+	ARRAY_FREE(&c->srv_acls);
 }
 
 void answer_free(struct sync_client *c)

@@ -14,6 +14,8 @@
 
 #include "lib/log.h"
 #include "lib/xalloc.h"
+#include "storage/acl-rights.h"
+#include "storage/storage-acl.h"
 
 /* ---- Mailbox list ---- */
 
@@ -64,6 +66,25 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 		else
 			proto_wr_atom(&w, "NIL");
 		proto_wr_end(&w);
+	}
+	for (size_t i = 0; i < mbs.count; i++) {
+		stor_acl_list acl;
+		if (stor_acl_get(s->db, &mbs.items[i].guid, &acl, &err) < 0) {
+			stor_mailbox_list_free(&mbs);
+			stor_string_list_free(&subs);
+			stor_mailbox_tomb_list_free(&tombs);
+			stor_string_list_free(&unsubs);
+			return srv_fail(s, "LIST: %s", err);
+		}
+		for (size_t j = 0; j < acl.count; j++) {
+			proto_wr_begin(&w, cmd->tag, "ACL");
+			proto_wr_guid(&w, &mbs.items[i].guid);
+			proto_wr_cstr(&w, acl.items[j].identifier);
+			proto_wr_cstr(&w, acl.items[j].rights);
+			proto_wr_u64(&w, (uint64_t)acl.items[j].time_ms);
+			proto_wr_end(&w);
+		}
+		stor_acl_list_free(&acl);
 	}
 	for (size_t i = 0; i < subs.count; i++) {
 		proto_wr_begin(&w, cmd->tag, "SUBSCRIBED");
@@ -235,6 +256,33 @@ int cmd_subscribe(struct sync_server *s, const struct proto_cmd *cmd, bool subsc
 		return 0;
 	}
 	srv_reply(s, cmd->tag, "OK", NULL, subscribe ? "subscribed" : "unsubscribed");
+	return 0;
+}
+
+/* ACL-PUT from a resync (SPEC.md 7.6, 10.5): kept when newer. */
+int cmd_acl_put(struct sync_server *s, const struct proto_cmd *cmd)
+{
+	const char *user, *id, *rights, *err;
+	size_t ulen, idlen, rlen;
+	struct guid guid;
+	uint64_t t;
+	uint32_t bits;
+	if (cmd->arg_count != 5 || proto_arg_str(&cmd->args[0], &user, &ulen) < 0 ||
+	    memchr(user, '\0', ulen) != NULL || proto_arg_guid(&cmd->args[1], &guid) < 0 ||
+	    proto_arg_str(&cmd->args[2], &id, &idlen) < 0 || memchr(id, '\0', idlen) != NULL ||
+	    !acl_identifier_valid(id, idlen, &err) ||
+	    proto_arg_str(&cmd->args[3], &rights, &rlen) < 0 || memchr(rights, '\0', rlen) != NULL ||
+	    acl_rights_parse(rights, rlen, &bits, &err) < 0 ||
+	    proto_arg_u64(&cmd->args[4], INT64_MAX, &t) < 0) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "ACL-PUT user mailbox-guid identifier rights time-ms");
+		return 0;
+	}
+	bool applied = false;
+	if (stor_acl_put(s->db, user, &guid, id, rights, (int64_t)t, &applied, &err) < 0) {
+		srv_reply(s, cmd->tag, "NO", NULL, err);
+		return 0;
+	}
+	srv_reply(s, cmd->tag, "OK", NULL, applied ? "applied" : "already newer");
 	return 0;
 }
 

@@ -157,6 +157,7 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_delete(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_subscribe(struct sync_server *s, const struct proto_cmd *cmd, bool subscribe);
+int cmd_acl_put(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_mbox(struct sync_server *s, const struct proto_cmd *cmd);
 int cmd_select(struct sync_server *s, const struct proto_cmd *cmd);
 

@@ -246,6 +246,8 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 		return cmd_subscribe(s, cmd, true);
 	if (proto_cmd_is(cmd, "UNSUBSCRIBE"))
 		return cmd_subscribe(s, cmd, false);
+	if (proto_cmd_is(cmd, "ACL-PUT"))
+		return cmd_acl_put(s, cmd);
 	if (proto_cmd_is(cmd, "MBOX"))
 		return cmd_mbox(s, cmd);
 	if (proto_cmd_is(cmd, "SELECT"))

@@ -69,6 +69,7 @@ struct sync_report {
 	unsigned mailboxes_renamed;
 	unsigned mailboxes_deleted;
 	unsigned subscriptions_changed;
+	unsigned acls_changed;      /* ACL records taken or sent (SPEC.md 7.6) */
 	unsigned messages_examined;   /* client messages and tombstones looked at */
 	unsigned messages_sent;       /* SAVEs the server took from us (new there) */
 	unsigned messages_present;    /* SAVEs of a full compare the server held

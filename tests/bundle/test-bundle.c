@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "lib/xalloc.h"
+#include "storage/storage-acl.h"
 #include "storage/storage.h"
 #include "sync/sync-bundle.h"
 #include "tests/testutil.h"
@@ -300,6 +301,69 @@ static void test_bundle_full_export_fills_an_empty_node(void)
 	sync_bundle_import_result_free(&res);
 	/* The same bundle again is a replay. */
 	import_refused(&b, bundle.data, bundle.len, "replay");
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+static char *acl_of(struct node *n, const struct guid *mb, const char *id)
+{
+	stor_acl_list acl;
+	const char *error;
+	char *r = NULL;
+	CU_ASSERT_EQUAL_FATAL(stor_acl_get(n->db, mb, &acl, &error), 0);
+	for (size_t i = 0; i < acl.count; i++)
+		if (strcmp(acl.items[i].identifier, id) == 0)
+			r = xstrdup(acl.items[i].rights);
+	stor_acl_list_free(&acl);
+	return r;
+}
+
+/* A bundle carries the user's ACL records (SPEC.md 7.6) and the importer
+ * keeps the newer of each pair; records of another user's mailboxes stay
+ * out, even one naming the bundle's user. */
+static void test_bundle_carries_acl_records(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid inbox;
+	fill_user(&a, &inbox);
+	struct guid theirs = mk_mailbox(&a, "zed", "Shared", NULL);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(a.db, "zed", &theirs, USER, "lr", 100, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(a.db, USER, &inbox, "bob", "lrs", 100, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(a.db, USER, &inbox, "carol", "lr", 100, NULL, &error), 0);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	char *r = acl_of(&b, &inbox, "bob");
+	CU_ASSERT(r != NULL && strcmp(r, "lrs") == 0);
+	free(r);
+	stor_share_list sh = ARRAY_INIT;
+	CU_ASSERT_EQUAL(stor_acl_shared_with(b.db, "bob", &sh, &error), 0);
+	CU_ASSERT_EQUAL(sh.count, 1);
+	stor_share_list_free(&sh);
+	r = acl_of(&b, &theirs, USER);
+	CU_ASSERT_PTR_NULL(r);
+	free(r);
+	/* Apart: A revokes bob later than B changes him; B revokes carol. */
+	CU_ASSERT_EQUAL(stor_acl_put(a.db, USER, &inbox, "bob", "", 300, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(b.db, USER, &inbox, "bob", "lrswi", 200, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(b.db, USER, &inbox, "carol", "", 250, NULL, &error), 0);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	export_from(&a, true, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	for (int i = 0; i < 2; i++) {
+		struct node *n = i == 0 ? &a : &b;
+		r = acl_of(n, &inbox, "bob");
+		CU_ASSERT(r != NULL && r[0] == '\0');
+		free(r);
+		r = acl_of(n, &inbox, "carol");
+		CU_ASSERT(r != NULL && r[0] == '\0');
+		free(r);
+	}
 	buf_free(&bundle);
 	node_close(&a);
 	node_close(&b);
@@ -1206,6 +1270,7 @@ static void test_bundle_noop_clear_later_wins(void)
 
 static const struct test_case bundle_cases[] = {
 	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
+	{ "ACL records travel, newest wins", test_bundle_carries_acl_records },
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },
 	{ "later flag changes win", test_bundle_later_flag_changes_win },

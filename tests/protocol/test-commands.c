@@ -126,6 +126,13 @@ static const struct row_case row_cases[] = {
 	  LINES("C3 MAILBOX INBOX " G " 1700000001 42 1234 NIL\r\n",
 		"C3 MAILBOX INBOX " G " 1700000001 42 1234 " G " (\\Sent)\r\n") },
 	{ "SUBSCRIBED", LINES("C3 SUBSCRIBED Archive\r\n"), LINES("C3 SUBSCRIBED\r\n") },
+	{ "ACL", LINES("C3 ACL " G " bob lrs 1765084800123\r\n", "C3 ACL " G " -bob \"\" 5\r\n"),
+	  LINES("C3 ACL " G " bob lrs\r\n", "C3 ACL bob lrs 5\r\n", "C3 ACL " G " bob lrs x\r\n") },
+	{ "ACL-PUT",
+	  LINES("C40 ACL-PUT alice " G " bob lrs 1765084800123\r\n",
+		"C41 ACL-PUT alice " G " anyone \"\" 1765084900456 ORIGIN 1\r\n"),
+	  LINES("C40 ACL-PUT alice " G " bob lrs\r\n", "C40 ACL-PUT alice nope bob lrs 5\r\n",
+		"C40 ACL-PUT alice " G " bob lrs 5 UNCHANGEDSINCE 3\r\n") },
 	{ "USER-PUT", LINES("C21 USER-PUT alice 1700000000123 2 \"{SHA512-CRYPT}$6$s$h\"\r\n",
 			    "C22 USER-PUT bob 1700000000124 3 -\r\n"),
 	  LINES("C21 USER-PUT alice 1700000000123 0 -\r\n", "C21 USER-PUT alice 1 2\r\n",
@@ -260,7 +267,8 @@ static void test_drafts_never_sent_are_not_in_the_table(void)
 static void test_origin_is_an_option_of_exactly_the_changes(void)
 {
 	static const char *const changes[] = { "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
-					       "UNSUBSCRIBE", "SAVE", "COPY", "EXPUNGE", "STORE" };
+					       "UNSUBSCRIBE", "SAVE", "COPY", "EXPUNGE", "STORE",
+					       "ACL-PUT" };
 	size_t with_origin = 0;
 	for (size_t r = 0; r < proto_cmd_info_count(); r++) {
 		const struct proto_cmd_info *info = proto_cmd_info_get(r);

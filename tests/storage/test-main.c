@@ -97,6 +97,7 @@ int main(void)
 		{ "storage-text", storage_text_cases, NULL, NULL },
 		{ "storage-log", storage_log_cases, NULL, NULL },
 		{ "storage-users", storage_users_cases, NULL, NULL },
+		{ "storage-acl", storage_acl_cases, NULL, NULL },
 		{ "storage-robust", storage_robust_cases, NULL, NULL },
 		{ "storage-journal", storage_journal_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },

@@ -11,6 +11,7 @@
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "protocol/protocol.h"
+#include "storage/storage-acl.h"
 #include "storage/storage-private.h"
 #include "storage/storage.h"
 #include "sync/sync-private.h"
@@ -704,6 +705,74 @@ static void test_sync_subscriptions_merge_three_way(void)
 	node_close(&b);
 }
 
+/* Whether db holds (mailbox, identifier) with exactly rights and time. */
+static bool acl_is(struct stor_db *db, const struct guid *mb, const char *id, const char *rights,
+		   int64_t t)
+{
+	stor_acl_list acl;
+	const char *error;
+	bool found = false;
+	if (stor_acl_get(db, mb, &acl, &error) < 0)
+		return false;
+	for (size_t i = 0; i < acl.count; i++)
+		if (strcmp(acl.items[i].identifier, id) == 0)
+			found = strcmp(acl.items[i].rights, rights) == 0 && acl.items[i].time_ms == t;
+	stor_acl_list_free(&acl);
+	return found;
+}
+
+static size_t shared_with(struct stor_db *db, const char *grantee)
+{
+	stor_share_list l = ARRAY_INIT;
+	const char *error;
+	CU_ASSERT_EQUAL(stor_acl_shared_with(db, grantee, &l, &error), 0);
+	size_t n = l.count;
+	stor_share_list_free(&l);
+	return n;
+}
+
+/* ACL records (SPEC.md 7.6) travel both ways in a resync and the newer of
+ * each pair wins on both sides, tombstones (DELETEACL) included, with the
+ * sharing index in step. */
+static void test_sync_acl_records_merge_newest_wins(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	const char *error;
+	struct guid box = mk_mailbox(&a, "Team");
+	struct guid other = mk_mailbox(&a, "Other");
+	CU_ASSERT_EQUAL(stor_acl_put(a.db, USER, &box, "bob", "lr", 1000, NULL, &error), 0);
+	struct sync_run r = run_sync(&a, &b, false, 91);
+	CU_ASSERT(r.report.acls_changed > 0);
+	CU_ASSERT(acl_is(b.db, &box, "bob", "lr", 1000));
+	CU_ASSERT_EQUAL(shared_with(b.db, "bob"), 1);
+	/* A revokes bob later than B widens his rights; B grants carol and
+	 * A grants dave on another mailbox. */
+	CU_ASSERT_EQUAL(stor_acl_put(a.db, USER, &box, "bob", "", 3000, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(b.db, USER, &box, "bob", "lrsw", 2000, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(b.db, USER, &box, "carol", "lrs", 2500, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(a.db, USER, &other, "-dave", "r", 2600, NULL, &error), 0);
+	r = run_sync(&b, &a, false, 92);
+	CU_ASSERT(r.report.acls_changed >= 2);
+	for (int i = 0; i < 2; i++) {
+		struct stor_db *db = i == 0 ? a.db : b.db;
+		CU_ASSERT(acl_is(db, &box, "bob", "", 3000));
+		CU_ASSERT(acl_is(db, &box, "carol", "lrs", 2500));
+		CU_ASSERT(acl_is(db, &other, "-dave", "r", 2600));
+		CU_ASSERT_EQUAL(shared_with(db, "bob"), 0);
+		CU_ASSERT_EQUAL(shared_with(db, "carol"), 1);
+		/* A negative identifier grants nothing: not in the index. */
+		CU_ASSERT_EQUAL(shared_with(db, "dave"), 0);
+		CU_ASSERT_EQUAL(shared_with(db, "-dave"), 0);
+	}
+	/* Equal on both sides: nothing to do. */
+	r = run_sync(&a, &b, false, 93);
+	CU_ASSERT_EQUAL(r.report.acls_changed, 0);
+	node_close(&a);
+	node_close(&b);
+}
+
 static void test_sync_no_change_resync_examines_no_message(void)
 {
 	struct node a, b;
@@ -1129,6 +1198,9 @@ static void test_sync_wire_lines_follow_the_command_table(void)
 	set_flags(&a, &mb, 1, STOR_FLAG_FLAGGED);
 	expunge(&b, &mb, 2);
 	expunge(&a, &mb, u);
+	/* An ACL line from the server and an ACL-PUT from the client. */
+	CU_ASSERT_EQUAL(stor_acl_put(b.db, USER, &mb, "bob", "lr", 5, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(a.db, USER, &mb, "carol", "lr", 7, NULL, &error), 0);
 	tap_to_server = &to_s;
 	tap_to_client = &to_c;
 	run_sync(&a, &b, false, 132);
@@ -2948,6 +3020,7 @@ static const struct test_case sync_cases[] = {
 	{ "delete loses to changes on the other side",
 	  test_sync_delete_loses_to_changes_on_the_other_side },
 	{ "subscriptions merge three-way", test_sync_subscriptions_merge_three_way },
+	{ "ACL records merge, newest wins", test_sync_acl_records_merge_newest_wins },
 	{ "no-change resync examines no message", test_sync_no_change_resync_examines_no_message },
 	{ "restored backup is repaired", test_sync_restored_backup_is_repaired },
 	{ "the delete of a mailbox both got by replication goes through a sync",

@@ -1,0 +1,248 @@
+/* Unit tests of the RFC 4314 rights model (storage/acl-rights.c) and of
+ * ACL records and the sharing index in the store (storage/storage-acl.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/xalloc.h"
+#include "storage/acl-rights.h"
+#include "storage/storage-acl.h"
+#include "tests/storage/tests.h"
+
+static uint32_t parse_ok(const char *s)
+{
+	uint32_t r = 0xdead;
+	const char *err = NULL;
+	CU_ASSERT_EQUAL(acl_rights_parse(s, strlen(s), &r, &err), 0);
+	return r;
+}
+
+static void test_rights_parse_and_format(void)
+{
+	char out[sizeof(ACL_LETTERS)];
+	CU_ASSERT_EQUAL(parse_ok(""), 0);
+	CU_ASSERT_EQUAL(parse_ok(ACL_LETTERS), ACL_ALL);
+	/* Order and repeats do not matter; the output is canonical. */
+	acl_rights_format(parse_ok("arll"), out);
+	CU_ASSERT_STRING_EQUAL(out, "lra");
+	/* RFC 4314 2.1.1: c is k and x, d is t and e. */
+	CU_ASSERT_EQUAL(parse_ok("c"), ACL_CREATE | ACL_DELETE_MBOX);
+	CU_ASSERT_EQUAL(parse_ok("d"), ACL_DELETE_MSG | ACL_EXPUNGE);
+	acl_rights_format(parse_ok("lrcd"), out);
+	CU_ASSERT_STRING_EQUAL(out, "lrkxte");
+}
+
+static void test_hostile_rights_are_refused(void)
+{
+	static const char *bad[] = { "lrz", "L", "l r", "lr\t", "+", "lr*", "\xff" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		uint32_t r = 0x1234;
+		const char *err = NULL;
+		CU_ASSERT_EQUAL(acl_rights_parse(bad[i], strlen(bad[i]), &r, &err), -1);
+		CU_ASSERT_PTR_NOT_NULL(err);
+		CU_ASSERT_EQUAL(r, 0x1234); /* nothing half-parsed comes out */
+	}
+	const char *err = NULL;
+	uint32_t r = 0;
+	CU_ASSERT_EQUAL(acl_rights_parse("lrz", 3, &r, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "'z'"));
+	char *lots = xmalloc(4096);
+	memset(lots, 'l', 4096);
+	CU_ASSERT_EQUAL(acl_rights_parse(lots, 4096, &r, &err), -1);
+	free(lots);
+}
+
+static void test_mod_rights(void)
+{
+	enum acl_mod mod;
+	uint32_t r;
+	const char *err;
+	CU_ASSERT_EQUAL(acl_mod_rights_parse("+w", 2, &mod, &r, &err), 0);
+	CU_ASSERT_EQUAL(mod, ACL_MOD_ADD);
+	CU_ASSERT_EQUAL(acl_mod_apply(mod, ACL_LOOKUP, r), ACL_LOOKUP | ACL_WRITE);
+	CU_ASSERT_EQUAL(acl_mod_rights_parse("-l", 2, &mod, &r, &err), 0);
+	CU_ASSERT_EQUAL(mod, ACL_MOD_REMOVE);
+	CU_ASSERT_EQUAL(acl_mod_apply(mod, ACL_LOOKUP | ACL_READ, r), ACL_READ);
+	CU_ASSERT_EQUAL(acl_mod_rights_parse("lr", 2, &mod, &r, &err), 0);
+	CU_ASSERT_EQUAL(mod, ACL_MOD_REPLACE);
+	CU_ASSERT_EQUAL(acl_mod_apply(mod, ACL_ALL, r), ACL_LOOKUP | ACL_READ);
+	CU_ASSERT_EQUAL(acl_mod_rights_parse("+-l", 3, &mod, &r, &err), -1);
+}
+
+static void test_identifiers(void)
+{
+	const char *err;
+	CU_ASSERT_TRUE(acl_identifier_valid("anyone", 6, &err));
+	CU_ASSERT_TRUE(acl_identifier_valid("-bob@example.org", 16, &err));
+	CU_ASSERT_FALSE(acl_identifier_valid("", 0, &err));
+	CU_ASSERT_FALSE(acl_identifier_valid("-", 1, &err));
+	CU_ASSERT_FALSE(acl_identifier_valid("bob smith", 9, &err));
+	CU_ASSERT_FALSE(acl_identifier_valid(".hidden", 7, &err));
+	CU_ASSERT_FALSE(acl_identifier_valid("a\0b", 3, &err));
+	char id[ACL_IDENTIFIER_MAX + 2];
+	memset(id, 'x', sizeof(id));
+	CU_ASSERT_TRUE(acl_identifier_valid(id, ACL_IDENTIFIER_MAX, &err));
+	CU_ASSERT_FALSE(acl_identifier_valid(id, ACL_IDENTIFIER_MAX + 1, &err));
+	/* Owners: user names and the public owner, which no identifier (and
+	 * so no login) can be. */
+	CU_ASSERT_TRUE(acl_owner_valid("alice"));
+	CU_ASSERT_TRUE(acl_owner_valid(ACL_PUBLIC_OWNER));
+	CU_ASSERT_FALSE(acl_identifier_valid(ACL_PUBLIC_OWNER, strlen(ACL_PUBLIC_OWNER), &err));
+	CU_ASSERT_FALSE(acl_owner_valid("-alice"));
+	CU_ASSERT_FALSE(acl_owner_valid(".private"));
+	CU_ASSERT_FALSE(acl_owner_valid(""));
+	/* Nobody is the public owner: only records give rights. */
+	struct acl_entry pub[] = { { "anyone", ACL_LOOKUP | ACL_READ } };
+	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", pub, 1, NULL), ACL_LOOKUP | ACL_READ);
+	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", NULL, 0, NULL), 0);
+}
+
+static void test_evaluate(void)
+{
+	struct acl_entry acl[] = {
+		{ "anyone", ACL_LOOKUP },
+		{ "authenticated", ACL_READ },
+		{ "bob", ACL_WRITE | ACL_INSERT | ACL_SEEN },
+		{ "-bob", ACL_INSERT },
+		{ "carol", ACL_ALL },
+	};
+	size_t n = sizeof(acl) / sizeof(acl[0]);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", acl, n, NULL),
+			ACL_LOOKUP | ACL_READ | ACL_WRITE | ACL_SEEN);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "dave", acl, n, NULL), ACL_LOOKUP | ACL_READ);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "carol", acl, n, NULL), ACL_ALL);
+	/* The owner has everything while no record names the owner. */
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", acl, n, NULL), ACL_ALL);
+	struct acl_entry own[] = { { "alice", ACL_READ }, { "-anyone", ACL_READ } };
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", own, 2, NULL), ACL_OWNER_ALWAYS);
+	/* A negative "anyone" takes from everyone. */
+	struct acl_entry neg[] = { { "bob", ACL_ALL }, { "-anyone", ACL_ADMIN } };
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", neg, 2, NULL), ACL_ALL & ~ACL_ADMIN);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", NULL, 0, NULL), 0);
+	struct buf why = BUF_INIT;
+	acl_evaluate("alice", "bob", acl, n, &why);
+	buf_append_str(&why, "");
+	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)why.data, "denied by \"-bob\" i"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)why.data, "result: \"lrsw\""));
+	buf_free(&why);
+}
+
+static char *held(struct stor_db *db, const struct guid *mb, const char *id)
+{
+	stor_acl_list list;
+	const char *err;
+	CU_ASSERT_EQUAL_FATAL(stor_acl_get(db, mb, &list, &err), 0);
+	char *r = xstrdup("none");
+	for (size_t i = 0; i < list.count; i++) {
+		if (strcmp(list.items[i].identifier, id) == 0) {
+			free(r);
+			r = xstrdup(list.items[i].rights);
+		}
+	}
+	stor_acl_list_free(&list);
+	return r;
+}
+
+static size_t shares(struct stor_db *db, const char *grantee)
+{
+	stor_share_list list = ARRAY_INIT;
+	const char *err;
+	CU_ASSERT_EQUAL(stor_acl_shared_with(db, grantee, &list, &err), 0);
+	size_t n = list.count;
+	stor_share_list_free(&list);
+	return n;
+}
+
+#define CHECK_HELD(db, mb, id, want) do { \
+	char *h_ = held(db, mb, id); \
+	CU_ASSERT_STRING_EQUAL(h_, want); \
+	free(h_); \
+} while (0)
+
+static void test_store_merge_and_index(void)
+{
+	struct tstore t;
+	tstore_open(&t);
+	struct guid mb = tmailbox(t.db, "alice", "Team");
+	const char *err;
+	bool applied;
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "rl", 100, &applied, &err), 0);
+	CU_ASSERT_TRUE(applied);
+	CHECK_HELD(t.db, &mb, "bob", "lr");
+	CU_ASSERT_EQUAL(shares(t.db, "bob"), 1);
+	/* An older record is kept out, in any order. */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lrswi", 99, &applied, &err), 0);
+	CU_ASSERT_FALSE(applied);
+	CHECK_HELD(t.db, &mb, "bob", "lr");
+	/* Equal times: the greater rights string wins on every node. */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lrs", 100, &applied, &err), 0);
+	CU_ASSERT_TRUE(applied);
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lr", 100, &applied, &err), 0);
+	CU_ASSERT_FALSE(applied);
+	CHECK_HELD(t.db, &mb, "bob", "lrs");
+	/* Deleting leaves a tombstone and takes the index entry away. */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "", 200, &applied, &err), 0);
+	CHECK_HELD(t.db, &mb, "bob", "");
+	CU_ASSERT_EQUAL(shares(t.db, "bob"), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lr", 150, &applied, &err), 0);
+	CU_ASSERT_FALSE(applied);
+	/* Negative identifiers are not in the index. */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "-carol", "r", 1, &applied, &err), 0);
+	CU_ASSERT_EQUAL(shares(t.db, "carol"), 0);
+	CU_ASSERT_EQUAL(shares(t.db, "-carol"), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "anyone", "l", 1, &applied, &err), 0);
+	CU_ASSERT_EQUAL(shares(t.db, "anyone"), 1);
+	int64_t next;
+	CU_ASSERT_EQUAL(stor_acl_next_time(t.db, &mb, "bob", &next, &err), 0);
+	CU_ASSERT(next > 200);
+	/* Survives a reopen; deleting the mailbox takes records and index. */
+	tstore_reopen(&t);
+	CHECK_HELD(t.db, &mb, "anyone", "l");
+	CU_ASSERT_EQUAL(stor_mailbox_delete(t.db, &mb, &err), 0);
+	CHECK_HELD(t.db, &mb, "anyone", "none");
+	CU_ASSERT_EQUAL(shares(t.db, "anyone"), 0);
+	/* A late record for the deleted mailbox is dropped. */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lr", 999, &applied, &err), 0);
+	CU_ASSERT_FALSE(applied);
+	CU_ASSERT_EQUAL(shares(t.db, "bob"), 0);
+	tstore_close(&t);
+}
+
+static void test_store_refuses_bad_records(void)
+{
+	struct tstore t;
+	tstore_open(&t);
+	struct guid mb = tmailbox(t.db, "alice", "Team");
+	const char *err;
+	bool applied = true;
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lrQ", 1, &applied, &err), -1);
+	CU_ASSERT_FALSE(applied);
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bo b", "lr", 1, &applied, &err), -1);
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "", "lr", 1, &applied, &err), -1);
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "", &mb, "bob", "lr", 1, &applied, &err), -1);
+	/* A record naming another owner than the mailbox's is refused, also
+	 * when no record is held yet (it would give rights on alice's
+	 * mailbox that alice never gave). */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "mallory", &mb, "eve", "lra", 1, &applied, &err), -1);
+	CU_ASSERT_EQUAL(shares(t.db, "eve"), 0);
+	/* The same mailbox GUID cannot change owner through an ACL record. */
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lr", 1, &applied, &err), 0);
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "mallory", &mb, "bob", "lra", 2, &applied, &err), -1);
+	CHECK_HELD(t.db, &mb, "bob", "lr");
+	stor_acl_list list;
+	CU_ASSERT_EQUAL(stor_acl_get(t.db, &mb, &list, &err), 0);
+	CU_ASSERT_EQUAL(list.count, 1);
+	stor_acl_list_free(&list);
+	tstore_close(&t);
+}
+
+const struct test_case storage_acl_cases[] = {
+	{ "rights parse and format (c and d mapped)", test_rights_parse_and_format },
+	{ "hostile rights strings are refused whole", test_hostile_rights_are_refused },
+	{ "SETACL mod-rights", test_mod_rights },
+	{ "identifiers", test_identifiers },
+	{ "evaluation: union, negatives, owner", test_evaluate },
+	{ "store: later record wins, index follows", test_store_merge_and_index },
+	{ "store: bad records refused", test_store_refuses_bad_records },
+	{ NULL, NULL },
+};
