@@ -191,6 +191,12 @@ static int import_local(const struct config *cfg, const struct buf *bundle, stru
 		/* The same progress lines as a running node sends (repl-admin.c). */
 		uint64_t every = cli_progress_interval_ms(), next = clock_mono_ms() + every;
 		while ((r = sync_bundle_import_step(imp, &err)) > 0) {
+			/* No loop syncs the store here: make the merge durable
+			 * (a failure reaches the next step). */
+			if (r == SYNC_BUNDLE_IMPORT_WAIT) {
+				const char *serr;
+				(void)stor_sync(db, &serr);
+			}
 			if (clock_mono_ms() >= next) {
 				char line[256];
 				sync_bundle_import_progress(imp, line, sizeof(line));
