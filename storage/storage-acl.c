@@ -1,7 +1,12 @@
 /* Mailbox ACL records and the sharing index: see storage-acl.h.
  *
  *   'E' mbguid identifier            owner, rights, time_ms64
- *   'K' grantee \0 owner \0 mbguid   (empty) sharing index */
+ *   'J' grantee \0 owner \0 mbguid   (empty) sharing index
+ *
+ * The index was first kept under 'K', the GUID tombstones' letter: a
+ * grantee's prefix scan then met the tombstones of a mailbox whose GUID
+ * began with the grantee's name and a NUL, and failed as corrupt.
+ * stor_acl_index_upgrade() moves such a store's entries. */
 #include "storage/storage-acl.h"
 
 #include <stdlib.h>
@@ -12,7 +17,9 @@
 #include "storage/storage-private.h"
 
 #define STOR_KEY_ACL 'E'
-#define STOR_KEY_SHARE 'K'
+#define STOR_KEY_SHARE 'J'
+#define STOR_KEY_SHARE_OLD 'K'
+#define ACL_INDEX_META "acl.share_index"
 
 void stor_acl_list_free(stor_acl_list *list)
 {
@@ -38,10 +45,10 @@ static void acl_key(struct stor_key *k, const struct guid *mailbox, const char *
 		stor_key_bytes(k, identifier, strlen(identifier));
 }
 
-static void share_key(struct stor_key *k, const char *grantee, const char *owner,
-		      const struct guid *mailbox)
+static void share_key_in(struct stor_key *k, char letter, const char *grantee,
+			 const char *owner, const struct guid *mailbox)
 {
-	stor_key_init(k, STOR_KEY_SHARE);
+	stor_key_init(k, letter);
 	stor_key_bytes(k, grantee, strlen(grantee));
 	stor_key_bytes(k, "", 1);
 	if (owner != NULL) {
@@ -49,6 +56,12 @@ static void share_key(struct stor_key *k, const char *grantee, const char *owner
 		stor_key_bytes(k, "", 1);
 		stor_key_guid(k, mailbox);
 	}
+}
+
+static void share_key(struct stor_key *k, const char *grantee, const char *owner,
+		      const struct guid *mailbox)
+{
+	share_key_in(k, STOR_KEY_SHARE, grantee, owner, mailbox);
 }
 
 struct acl_rec {
@@ -276,4 +289,70 @@ int stor_acl_delete_mailbox(struct stor_db *db, struct stor_batch *wb, const cha
 	}
 	stor_acl_list_free(&list);
 	return 0;
+}
+
+int stor_acl_index_upgrade(struct stor_db *db, const char **error_r)
+{
+	struct buf v = BUF_INIT;
+	int have = stor_meta_get(db, ACL_INDEX_META, &v, error_r);
+	bool done = have > 0 && v.len == 1 && v.data[0] == STOR_KEY_SHARE;
+	buf_free(&v);
+	if (have < 0)
+		return -1;
+	if (done)
+		return 0;
+	/* The old entries are exactly those the records imply, so each is
+	 * deleted by its key, never by a scan of 'K' (which holds GUID
+	 * tombstones).  An old entry has an empty value, a tombstone 8
+	 * bytes: only an empty one goes. */
+	struct stor_key prefix, k;
+	stor_key_init(&prefix, STOR_KEY_ACL);
+	struct stor_batch *wb = stor_batch_new();
+	leveldb_iterator_t *it = stor_iter_seek(db, &prefix);
+	const unsigned char *key;
+	size_t klen;
+	int ret = 0;
+	while (ret == 0 && stor_iter_in(it, &prefix, &key, &klen)) {
+		size_t vlen;
+		const char *val = leveldb_iter_value(it, &vlen);
+		struct acl_rec r;
+		if (klen <= prefix.len + GUID_SIZE || acl_rec_decode(val, vlen, &r) < 0) {
+			ret = stor_err_corrupt(db, error_r, "ACL record");
+			break;
+		}
+		struct guid mb;
+		memcpy(mb.b, key + prefix.len, GUID_SIZE);
+		char *identifier = xstrndup((const char *)key + prefix.len + GUID_SIZE,
+					    klen - prefix.len - GUID_SIZE);
+		if (indexes(identifier, r.rights)) {
+			share_key_in(&k, STOR_KEY_SHARE_OLD, identifier, r.owner, &mb);
+			char *old;
+			size_t olen;
+			int got = stor_db_get(db, &k, &old, &olen, error_r);
+			if (got < 0)
+				ret = -1;
+			if (got > 0) {
+				if (olen == 0)
+					stor_batch_del(wb, &k);
+				free(old);
+			}
+			share_key(&k, identifier, r.owner, &mb);
+			stor_batch_put(wb, &k, "", 0);
+		}
+		free(identifier);
+		free(r.owner);
+		free(r.rights);
+		leveldb_iter_next(it);
+	}
+	if (stor_iter_end(db, it, ret < 0 ? NULL : error_r) < 0)
+		ret = -1;
+	if (ret == 0) {
+		char letter = STOR_KEY_SHARE;
+		stor_key_init(&k, STOR_KEY_META);
+		stor_key_bytes(&k, ACL_INDEX_META, strlen(ACL_INDEX_META));
+		stor_batch_put(wb, &k, &letter, 1);
+		ret = stor_db_write(db, wb, error_r);
+	}
+	stor_batch_free(wb);
+	return ret;
 }

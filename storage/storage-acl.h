@@ -43,6 +43,10 @@ void stor_share_list_free(stor_share_list *list);
 int stor_acl_shared_with(struct stor_db *db, const char *grantee, stor_share_list *list_r,
 			 const char **error_r);
 
+/* Run by stor_open(): moves a sharing index written by an older version
+ * out of the GUID tombstones' key space, once per store. */
+int stor_acl_index_upgrade(struct stor_db *db, const char **error_r);
+
 /* For stor_mailbox_delete(): adds the deletes of the mailbox's records and
  * index entries to its batch. */
 struct stor_batch;

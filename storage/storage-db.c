@@ -2,6 +2,7 @@
  * key and value codecs and write transactions that the other storage files
  * build on.  See storage-private.h for the keyspace. */
 #include "storage/storage-private.h"
+#include "storage/storage-acl.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -1002,7 +1003,7 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	if (stor_jnl_open(db, set->journal_segment_size, &error) < 0 ||
 	    put_sentinels(db, &error) < 0 ||
 	    stor_jnl_repair_ahead(db, &error) < 0 || stor_text_gc(db, &error) < 0 ||
-	    stor_sync(db, &error) < 0) {
+	    stor_acl_index_upgrade(db, &error) < 0 || stor_sync(db, &error) < 0) {
 		*error_r = xstrdup(error);
 		db_free(db);
 		return -1;

@@ -75,6 +75,9 @@
 #define STOR_KEY_SYNCSTATE 'Y'
 #define STOR_KEY_META 'M'
 #define STOR_KEY_INTERNAL 'I'
+/* Also taken, by keys defined where they are used: 'A' (storage-users.c),
+ * 'E' and 'J' (storage-acl.c).  A letter is one key family's alone: two
+ * families under one letter meet in each other's prefix scans. */
 
 struct stor_durable {
 	stor_durable_cb *cb;

@@ -6,6 +6,7 @@
 #include "lib/xalloc.h"
 #include "storage/acl-rights.h"
 #include "storage/storage-acl.h"
+#include "storage/storage-private.h"
 #include "tests/storage/tests.h"
 
 static uint32_t parse_ok(const char *s)
@@ -236,6 +237,70 @@ static void test_store_refuses_bad_records(void)
 	tstore_close(&t);
 }
 
+
+/* The sharing index and the GUID tombstones must not share a key space: a
+ * mailbox whose GUID starts with "a\0" and holds a GUID tombstone made
+ * LIST of shared/ fail for user "a". */
+static void test_index_apart_from_guid_tombs(void)
+{
+	struct tstore t;
+	tstore_open(&t);
+	struct guid mb;
+	memset(&mb, 0x11, sizeof(mb));
+	mb.b[0] = 'a';
+	mb.b[1] = '\0';
+	const char *err;
+	struct stor_mailbox_create req = { .user = "alice", .name = "X", .guid = &mb };
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(t.db, &req, NULL, &err), 0);
+	struct guid gone;
+	memset(&gone, 0x22, sizeof(gone));
+	size_t added = 0;
+	CU_ASSERT_EQUAL(stor_guid_tombs_add(t.db, &mb, &gone, 1, 5, &added, &err), 0);
+	CU_ASSERT_EQUAL(added, 1);
+	stor_share_list list = ARRAY_INIT;
+	CU_ASSERT_EQUAL(stor_acl_shared_with(t.db, "a", &list, &err), 0);
+	CU_ASSERT_EQUAL(list.count, 0);
+	stor_share_list_free(&list);
+	tstore_close(&t);
+}
+
+/* A store whose index an older version kept under 'K' gets it moved on
+ * open, and the old entries deleted. */
+static void test_index_moved_on_open(void)
+{
+	struct tstore t;
+	tstore_open(&t);
+	struct guid mb = tmailbox(t.db, "alice", "Team");
+	const char *err;
+	CU_ASSERT_EQUAL(stor_acl_put(t.db, "alice", &mb, "bob", "lr", 1, NULL, &err), 0);
+	/* Make it look like the older version's store. */
+	struct stor_key now, old, meta;
+	stor_key_init(&now, 'J');
+	stor_key_init(&old, 'K');
+	struct stor_key *both[] = { &now, &old };
+	for (size_t i = 0; i < 2; i++) {
+		stor_key_bytes(both[i], "bob", 4);
+		stor_key_bytes(both[i], "alice", 6);
+		stor_key_guid(both[i], &mb);
+	}
+	stor_key_init(&meta, 'M');
+	stor_key_bytes(&meta, "acl.share_index", 15);
+	struct stor_batch *wb = stor_batch_new();
+	stor_batch_del(wb, &now);
+	stor_batch_del(wb, &meta);
+	stor_batch_put(wb, &old, "", 0);
+	CU_ASSERT_EQUAL(stor_db_write(t.db, wb, &err), 0);
+	stor_batch_free(wb);
+	CU_ASSERT_EQUAL(shares(t.db, "bob"), 0);
+	tstore_reopen(&t);
+	CU_ASSERT_EQUAL(shares(t.db, "bob"), 1);
+	char *v = NULL;
+	size_t vlen;
+	CU_ASSERT_EQUAL(stor_db_get(t.db, &old, &v, &vlen, &err), 0);
+	free(v);
+	tstore_close(&t);
+}
+
 const struct test_case storage_acl_cases[] = {
 	{ "rights parse and format (c and d mapped)", test_rights_parse_and_format },
 	{ "hostile rights strings are refused whole", test_hostile_rights_are_refused },
@@ -244,5 +309,7 @@ const struct test_case storage_acl_cases[] = {
 	{ "evaluation: union, negatives, owner", test_evaluate },
 	{ "store: later record wins, index follows", test_store_merge_and_index },
 	{ "store: bad records refused", test_store_refuses_bad_records },
+	{ "sharing index apart from GUID tombstones", test_index_apart_from_guid_tombs },
+	{ "an older store's sharing index is moved on open", test_index_moved_on_open },
 	{ NULL, NULL },
 };
