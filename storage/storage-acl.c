@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/log.h"
 #include "lib/xalloc.h"
 #include "storage/acl-rights.h"
 #include "storage/storage-private.h"
@@ -317,8 +318,12 @@ int stor_acl_index_upgrade(struct stor_db *db, const char **error_r)
 		const char *val = leveldb_iter_value(it, &vlen);
 		struct acl_rec r;
 		if (klen <= prefix.len + GUID_SIZE || acl_rec_decode(val, vlen, &r) < 0) {
-			ret = stor_err_corrupt(db, error_r, "ACL record");
-			break;
+			/* Reading that mailbox's ACL reports it; the store
+			 * still opens. */
+			log_warnx("%s: upgrading the sharing index: skipped an invalid ACL record",
+				  db->dir);
+			leveldb_iter_next(it);
+			continue;
 		}
 		struct guid mb;
 		memcpy(mb.b, key + prefix.len, GUID_SIZE);
