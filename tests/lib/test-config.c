@@ -25,6 +25,7 @@ static const char *full =
 	"max_message_size = 32M\n"
 	"degraded_writes = refuse\n"
 	"read_consistency = local\n"
+	"shared_seen = shared\n"
 	"metrics_listen = 127.0.0.1:9143\n";
 
 static void test_config_full_file_parses_every_key(void)
@@ -86,6 +87,11 @@ static void test_config_errors_name_file_and_line(void)
 		     "t.conf:1: degraded_writes must be accept or refuse, not 'maybe'");
 	expect_error("read_consistency = strong\n",
 		     "t.conf:1: read_consistency must be master or local, not 'strong'");
+	expect_error("shared_seen = private\n",
+		     "t.conf:1: shared_seen = private is not built yet (SPEC.md 7.7): "
+		     "\\Seen on shared mailboxes is shared; set shared_seen = shared");
+	expect_error("shared_seen = mine\n",
+		     "t.conf:1: shared_seen must be shared (private is not built yet), not 'mine'");
 	expect_error("metrics_listen = 9143\n",
 		     "t.conf:1: bad address '9143' (expected HOST:PORT)");
 	expect_error("degraded_writes = accept\ndegraded_writes = refuse\n",
@@ -133,6 +139,7 @@ static void test_config_print_round_trips(void)
 	fclose(f);
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "degraded_writes = refuse\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "read_consistency = local\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "shared_seen = shared\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "sync_replicas = 2\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "repl_log_max = 100000\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "imaps_listen = [::1]:1993\n"));
