@@ -16,11 +16,8 @@
 static void acl_done(void *ctx, const struct repl_result *res)
 {
 	struct admin_conn *c = ctx;
-	c->state = CONN_REPLYING;
-	if (c->dead) {
-		admin_conn_free(c);
+	if (!admin_conn_waited(c))
 		return;
-	}
 	if (res->error != REPL_OK)
 		admin_conn_reply(c, NULL, 0, "NO", res->error_msg != NULL ? res->error_msg : "failed");
 	else
@@ -225,11 +222,8 @@ void admin_acl_request(struct admin_conn *c, char **tok, int n)
 static void public_created(void *ctx, const struct repl_result *res)
 {
 	struct admin_conn *c = ctx;
-	c->state = CONN_REPLYING;
-	if (c->dead) {
-		admin_conn_free(c);
+	if (!admin_conn_waited(c))
 		return;
-	}
 	if (res->error == REPL_ERR_EXISTS)
 		admin_conn_reply(c, NULL, 0, "NO", "mailbox exists");
 	else if (res->error != REPL_OK)

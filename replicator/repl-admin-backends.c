@@ -16,11 +16,8 @@
 static void master_answered(void *ctx, const struct repl_mm_answer *ans)
 {
 	struct admin_conn *c = ctx;
-	c->state = CONN_REPLYING;
-	if (c->dead) {
-		admin_conn_free(c);
+	if (!admin_conn_waited(c))
 		return;
-	}
 	if (!ans->ok) {
 		admin_conn_reply(c, NULL, 0, "NO", ans->error);
 		return;
@@ -72,11 +69,8 @@ void admin_master_request(struct admin_conn *c, const char *user, const char *mb
 static void users_done(void *ctx, bool ok, const void *data, size_t len, const char *text)
 {
 	struct admin_conn *c = ctx;
-	c->state = CONN_REPLYING;
-	if (c->dead) {
-		admin_conn_free(c);
+	if (!admin_conn_waited(c))
 		return;
-	}
 	admin_conn_reply(c, data, len, ok ? "OK" : "NO", text);
 }
 
@@ -101,11 +95,8 @@ static void resync_done(void *ctx, bool converged, const char *report, size_t re
 			const char *text)
 {
 	struct admin_conn *c = ctx;
-	c->state = CONN_REPLYING;
-	if (c->dead) {
-		admin_conn_free(c);
+	if (!admin_conn_waited(c))
 		return;
-	}
 	admin_conn_reply(c, report, report_len, converged ? "OK" : "NO", text);
 }
 

@@ -31,11 +31,8 @@ static void user_find_cb(void *ctx, const char *user)
 static void deliver_appended(void *ctx, const struct repl_result *res)
 {
 	struct admin_conn *c = ctx;
-	c->state = CONN_REPLYING;
-	if (c->dead) {
-		admin_conn_free(c);
+	if (!admin_conn_waited(c))
 		return;
-	}
 	if (res->error != REPL_OK) {
 		log_warnx("admin: deliver to %s/%s failed: %s", c->user, c->mailbox, res->error_msg);
 		if (res->error == REPL_ERR_UNAVAILABLE) {
@@ -79,11 +76,8 @@ static void deliver_append(struct admin_conn *c)
 static void deliver_defaults_done(void *ctx, const struct repl_result *res)
 {
 	struct admin_conn *c = ctx;
-	c->state = CONN_REPLYING;
-	if (c->dead) {
-		admin_conn_free(c);
+	if (!admin_conn_waited(c))
 		return;
-	}
 	if (res->error != REPL_OK) {
 		admin_conn_reply(c, NULL, 0, "NO", res->error_msg);
 		return;

@@ -2,8 +2,8 @@
  * its protocol; repl-admin-deliver.c, repl-admin-bundle.c,
  * repl-admin-acl.c, repl-admin-backends.c: the commands).  A command
  * answers through admin_conn_reply(); one that waits for the seam or a
- * backend sets CONN_WAITING and, in its callback, frees a connection that
- * died meanwhile (c->dead) instead of answering it. */
+ * backend sets CONN_WAITING and, in its callback, answers only if
+ * admin_conn_waited() says the connection is still there. */
 #ifndef REPLICATOR_REPL_ADMIN_PRIVATE_H
 #define REPLICATOR_REPL_ADMIN_PRIVATE_H
 
@@ -74,6 +74,9 @@ void admin_conn_free(struct admin_conn *c);
 void admin_conn_reply(struct admin_conn *c, const void *data, size_t len, const char *status,
 		      const char *text);
 void admin_conn_update_io(struct admin_conn *c);
+/* For the callback of a command that waited (CONN_WAITING): false when
+ * the connection died meanwhile (it is freed then: nothing to answer). */
+bool admin_conn_waited(struct admin_conn *c);
 /* PROGRESS lines every progress_interval until the reply. */
 void admin_progress_start(struct admin_conn *c);
 /* Starts reading the body of a request (size checked by the caller). */

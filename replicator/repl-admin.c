@@ -224,6 +224,16 @@ void admin_conn_reply(struct admin_conn *c, const void *data, size_t len, const 
 		admin_conn_update_io(c);
 }
 
+bool admin_conn_waited(struct admin_conn *c)
+{
+	c->state = CONN_REPLYING;
+	if (c->dead) {
+		admin_conn_free(c);
+		return false;
+	}
+	return true;
+}
+
 static int hexval(char ch)
 {
 	if (ch >= '0' && ch <= '9')
