@@ -16,116 +16,31 @@
  * Logging: a state change is one line; a failure that repeats the previous
  * one of the same peer is logged at debug level only, so a peer that stays
  * unreachable for an hour does not fill the log.  Refused incoming
- * connections are logged once per reason per minute. */
-#include "replicator/repl-peer.h"
+ * connections are logged once per reason per minute.
+ *
+ * This file holds the peers' state, set-up, reload and queries; the links
+ * and their callbacks are in repl-peer-link.c, connecting and accepting in
+ * repl-peer-connect.c (repl-peer-private.h is what they share). */
+#include "replicator/repl-peer-private.h"
 
 #include <errno.h>
 #include <ev.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 
-#include "lib/arr.h"
 #include "lib/clock.h"
 #include "lib/file.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
-#define LISTEN_BACKLOG 64
-#define MAX_ACCEPTS_PER_EVENT 16
-#define ACCEPT_PAUSE_S 1.0         /* after EMFILE and friends */
-#define REFUSAL_SLOTS 16
 #define REFUSAL_LOG_INTERVAL_MS 60000
-#define REASON_MAX 200
-/* A peer given by host name is resolved again (blocking the loop, so
- * rarely) only after this many failed attempts and this long since the
- * last resolution.  Addresses are never resolved again. */
-#define RESOLVE_AFTER_FAILURES 3
-#define RESOLVE_INTERVAL_MS 30000
-/* Addresses of a name kept and tried in turn, one per attempt. */
-#define MAX_ADDRS 4
-
-struct link;
-
-struct peer {
-	struct repl_peers *mgr;
-	uint32_t sid;
-	const char *host;  /* borrowed from the config */
-	uint16_t port;
-	struct sockaddr_storage sa[MAX_ADDRS]; /* resolved addresses */
-	socklen_t sa_len[MAX_ADDRS];
-	unsigned n_sa, cur_sa; /* n_sa 0: not resolved yet */
-	bool numeric;      /* host is an address, not a name */
-	uint64_t resolved_ms;
-	bool we_connect;   /* our SID is the lower one */
-	enum repl_peer_state state;
-	uint64_t since_ms;
-	struct link *link; /* AUTHENTICATING or UP */
-	int connect_fd;    /* CONNECTING, else -1 */
-	ev_io connect_io;
-	ev_timer timer;
-	unsigned failures; /* consecutive, since a link was last up for long */
-	bool quiet;        /* the last link died right after coming up */
-	uint64_t link_ups;
-	char last_logged[REASON_MAX]; /* the last failure logged at warn */
-	char reason[REASON_MAX];      /* why the link is not up */
-};
-
-struct link {
-	struct repl_peers *mgr;
-	struct link *prev, *next;
-	struct proto_conn *conn;
-	struct peer *peer;  /* NULL while an accepted link is anonymous */
-	bool refused;       /* we said BYE: the close is already logged */
-	char addr[64];
-};
-
-struct handler {
-	char name[PROTO_MAX_NAME + 1];
-	repl_peer_cmd_handler *func;
-	void *ctx;
-};
-
-struct refusal {
-	char reason[REASON_MAX];
-	uint64_t logged_ms;
-	unsigned suppressed;
-};
-
-struct repl_peers {
-	struct ev_loop *loop;
-	const struct config *cfg;
-	struct repl_peers_callbacks cb;
-	void *ctx;
-	struct proto_conn_settings conn_set; /* template for every link */
-	unsigned char *secret;
-	size_t secret_len;
-	int listen_fd;
-	ev_io listen_io;
-	ev_timer accept_pause;
-	/* One allocation per peer: its watchers must not move when SIGHUP
-	 * adds or removes peers (repl_peers_reload()). */
-	struct peer **peers;
-	size_t peer_count;
-	struct link *links;
-	size_t anonymous_count;
-	ARRAY(struct handler) handlers;
-	struct refusal refusals[REFUSAL_SLOTS];
-	uint64_t rng;
-};
-
-static void peer_schedule_connect(struct peer *peer);
 
 /* ------------------------------------------------------------------ */
 /* Small helpers */
@@ -158,18 +73,7 @@ unsigned repl_peer_backoff_ms(unsigned failures, uint32_t rnd)
 	return half + (unsigned)(rnd % (uint32_t)(base - half + 1));
 }
 
-/* xorshift64*: jitter needs no cryptographic quality. */
-static uint32_t peers_random(struct repl_peers *mgr)
-{
-	uint64_t x = mgr->rng;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	mgr->rng = x;
-	return (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-static struct peer *peer_find(const struct repl_peers *mgr, uint32_t sid)
+struct peer *peer_find(const struct repl_peers *mgr, uint32_t sid)
 {
 	for (size_t i = 0; i < mgr->peer_count; i++) {
 		if (mgr->peers[i]->sid == sid)
@@ -182,7 +86,7 @@ static struct peer *peer_find(const struct repl_peers *mgr, uint32_t sid)
  * connecting and authenticating states are steps of being down, and a peer
  * that stays unreachable should show how long it has been down, not how
  * long ago the last attempt began. */
-static void peer_set_state(struct peer *peer, enum repl_peer_state state)
+void peer_set_state(struct peer *peer, enum repl_peer_state state)
 {
 	if ((state == REPL_PEER_UP) != (peer->state == REPL_PEER_UP))
 		peer->since_ms = clock_mono_ms();
@@ -191,9 +95,7 @@ static void peer_set_state(struct peer *peer, enum repl_peer_state state)
 
 /* Records why the link to peer is not up; logs it at warn level unless it
  * repeats the last failure logged for this peer. */
-static void peer_failure(struct peer *peer, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static void peer_failure(struct peer *peer, const char *fmt, ...)
+void peer_failure(struct peer *peer, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -208,7 +110,7 @@ static void peer_failure(struct peer *peer, const char *fmt, ...)
 }
 
 /* Logs a refused incoming connection, at most once a minute per reason. */
-static void refusal_log(struct repl_peers *mgr, const char *addr, const char *reason)
+void peer_refusal_log(struct repl_peers *mgr, const char *addr, const char *reason)
 {
 	uint64_t now = clock_mono_ms();
 	struct refusal *slot = NULL, *oldest = &mgr->refusals[0];
@@ -241,472 +143,7 @@ static void refusal_log(struct repl_peers *mgr, const char *addr, const char *re
 	slot->logged_ms = now != 0 ? now : 1;
 }
 
-static void sockaddr_string(const struct sockaddr *sa, socklen_t len, char *out, size_t size)
-{
-	char host[NI_MAXHOST], serv[NI_MAXSERV];
-	if (getnameinfo(sa, len, host, sizeof(host), serv, sizeof(serv),
-			NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-		snprintf(out, size, "?");
-		return;
-	}
-	snprintf(out, size, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, serv);
-}
 
-static void set_nodelay(int fd)
-{
-	int one = 1;
-	/* Small command lines should leave at once; failure only costs latency. */
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-/* ------------------------------------------------------------------ */
-/* Links */
-
-static void link_free(struct link *link)
-{
-	struct repl_peers *mgr = link->mgr;
-	if (link->prev != NULL)
-		link->prev->next = link->next;
-	else
-		mgr->links = link->next;
-	if (link->next != NULL)
-		link->next->prev = link->prev;
-	free(link);
-}
-
-/* The link of an up peer is gone (closed or replaced): tell the layers.
- *
- * A link that dies within REPL_PEER_STABLE_MS of coming up (the peer
- * authenticates us, then refuses our SID, say) counts as a failed attempt:
- * the backoff keeps growing, and from the second such loss in a row on,
- * neither the ups nor the downs are logged above debug level (the reason
- * can vary: a BYE, or a reset that overtook it). */
-static void peer_link_lost(struct peer *peer, const char *reason)
-{
-	struct repl_peers *mgr = peer->mgr;
-	bool was_up = peer->state == REPL_PEER_UP;
-	peer->link = NULL;
-	if (was_up) {
-		bool brief = clock_mono_ms() - peer->since_ms < REPL_PEER_STABLE_MS;
-		snprintf(peer->reason, sizeof(peer->reason), "%s", reason);
-		if (brief && peer->quiet) {
-			log_debug("peer %u: link down again: %s", peer->sid, reason);
-		} else {
-			log_warnx("peer %u: link down: %s%s", peer->sid, reason,
-				  brief ? " (right after it came up)" : "");
-			snprintf(peer->last_logged, sizeof(peer->last_logged), "%s", reason);
-		}
-		peer->quiet = brief;
-		if (!brief)
-			peer->failures = 0;
-	} else {
-		peer_failure(peer, "%s", reason);
-	}
-	if (peer->we_connect) {
-		peer_schedule_connect(peer);
-	} else {
-		peer_set_state(peer, REPL_PEER_DOWN);
-	}
-	if (was_up && mgr->cb.link_down != NULL)
-		mgr->cb.link_down(mgr, peer->sid, reason, mgr->ctx);
-}
-
-static void peer_link_up(struct peer *peer, struct link *link)
-{
-	struct repl_peers *mgr = peer->mgr;
-	peer->link = link;
-	link->peer = peer;
-	peer->link_ups++;
-	peer->reason[0] = '\0';
-	peer_set_state(peer, REPL_PEER_UP);
-	if (peer->quiet)
-		log_debug("peer %u: link up again (%s)", peer->sid, link->addr);
-	else
-		log_info("peer %u: link up (%s, %s%s)", peer->sid, link->addr,
-			 peer->we_connect ? "we connected" : "it connected",
-			 proto_conn_is_tls(link->conn) ? ", TLS" : "");
-	if (mgr->cb.link_up != NULL)
-		mgr->cb.link_up(mgr, peer->sid, link->conn, mgr->ctx);
-}
-
-/* An accepted link authenticated: find whose it is. */
-static void link_identify(struct link *link)
-{
-	struct repl_peers *mgr = link->mgr;
-	uint32_t sid = proto_conn_peer_sid(link->conn);
-	struct peer *peer = peer_find(mgr, sid);
-	char reason[REASON_MAX];
-	if (peer == NULL) {
-		snprintf(reason, sizeof(reason), "node %u is not a configured peer", sid);
-		proto_conn_bye(link->conn, "SID", "unknown node id");
-	} else if (peer->we_connect) {
-		snprintf(reason, sizeof(reason),
-			 "node %u connected, but the lower SID (this node) connects", sid);
-		proto_conn_bye(link->conn, "SID", "duplicate link: the lower SID connects");
-	} else {
-		mgr->anonymous_count--;
-		if (peer->link != NULL) {
-			/* The peer restarted, or our side missed that its old
-			 * link died: the new one wins. */
-			struct link *old = peer->link;
-			proto_conn_destroy(&old->conn);
-			link_free(old);
-			peer_link_lost(peer, "replaced by a new connection from the peer");
-		}
-		peer_link_up(peer, link);
-		return;
-	}
-	link->refused = true;
-	refusal_log(mgr, link->addr, reason);
-}
-
-static void link_ready_cb(struct proto_conn *conn, void *ctx)
-{
-	struct link *link = ctx;
-	if (link->peer == NULL)
-		link_identify(link);
-	else
-		peer_link_up(link->peer, link);
-}
-
-static void link_command_cb(struct proto_conn *conn, const struct proto_cmd *cmd, void *ctx)
-{
-	struct link *link = ctx;
-	struct repl_peers *mgr = link->mgr;
-	struct peer *peer = link->peer;
-	if (peer == NULL || peer->link != link || peer->state != REPL_PEER_UP) {
-		proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER", "link not established");
-		return;
-	}
-	for (size_t i = 0; i < mgr->handlers.count; i++) {
-		struct handler *h = &mgr->handlers.items[i];
-		if (strcasecmp(h->name, cmd->name) == 0) {
-			h->func(mgr, peer->sid, conn, cmd, h->ctx);
-			return;
-		}
-	}
-	proto_conn_reply(conn, cmd->tag, "BAD", "UNKNOWN-COMMAND",
-			 proto_cmd_info_find(cmd->name) != NULL ?
-			 "command not implemented by this node" : "unknown command");
-}
-
-static void link_untagged_cb(struct proto_conn *conn, const struct proto_cmd *line, void *ctx)
-{
-	struct link *link = ctx;
-	struct repl_peers *mgr = link->mgr;
-	if (link->peer != NULL && link->peer->link == link && mgr->cb.untagged != NULL)
-		mgr->cb.untagged(mgr, link->peer->sid, conn, line, mgr->ctx);
-}
-
-static void link_drained_cb(struct proto_conn *conn, void *ctx)
-{
-	struct link *link = ctx;
-	struct repl_peers *mgr = link->mgr;
-	if (link->peer != NULL && link->peer->link == link && mgr->cb.drained != NULL)
-		mgr->cb.drained(mgr, link->peer->sid, conn, mgr->ctx);
-}
-
-static void link_closed_cb(struct proto_conn *conn, const char *reason, void *ctx)
-{
-	struct link *link = ctx;
-	struct repl_peers *mgr = link->mgr;
-	struct peer *peer = link->peer;
-	if (peer == NULL) {
-		mgr->anonymous_count--;
-		if (!link->refused)
-			refusal_log(mgr, link->addr, reason);
-		link_free(link);
-		return;
-	}
-	bool current = peer->link == link;
-	link_free(link);
-	if (current)
-		peer_link_lost(peer, reason);
-}
-
-/* Read at the HELLO, so a peer's address changed by SIGHUP counts at once. */
-static const char *link_peer_host_cb(struct proto_conn *conn, uint32_t sid, void *ctx)
-{
-	struct link *link = ctx;
-	struct peer *peer = peer_find(link->mgr, sid);
-	return peer != NULL ? peer->host : NULL;
-}
-
-static const struct proto_conn_callbacks link_callbacks = {
-	.peer_host = link_peer_host_cb,
-	.ready = link_ready_cb,
-	.command = link_command_cb,
-	.untagged = link_untagged_cb,
-	.drained = link_drained_cb,
-	.closed = link_closed_cb,
-};
-
-/* Wraps a connected socket in a protocol connection.  peer is NULL for an
- * accepted socket.  Returns the link, or NULL (fd closed, failure logged). */
-static struct link *link_create(struct repl_peers *mgr, int fd, struct peer *peer,
-				const char *addr)
-{
-	struct link *link = xcalloc(1, sizeof(*link));
-	link->mgr = mgr;
-	link->peer = peer;
-	snprintf(link->addr, sizeof(link->addr), "%s", addr);
-	struct proto_conn_settings set = mgr->conn_set;
-	set.initiator = peer != NULL;
-	set.expected_peer_sid = peer != NULL ? peer->sid : 0;
-	const char *error;
-	link->conn = proto_conn_create(mgr->loop, fd, &set, &link_callbacks, link, &error);
-	if (link->conn == NULL) {
-		/* proto_conn_create() leaves fd to us when TLS setup fails. */
-		close(fd);
-		if (peer != NULL)
-			peer_failure(peer, "cannot set up the link: %s", error);
-		else
-			refusal_log(mgr, addr, error);
-		free(link);
-		return NULL;
-	}
-	link->next = mgr->links;
-	if (mgr->links != NULL)
-		mgr->links->prev = link;
-	mgr->links = link;
-	return link;
-}
-
-/* ------------------------------------------------------------------ */
-/* Connecting */
-
-static void peer_connect_failed(struct peer *peer, const char *what, int err)
-{
-	struct repl_peers *mgr = peer->mgr;
-	peer->cur_sa++; /* the next address of a name, if it has several */
-	ev_io_stop(mgr->loop, &peer->connect_io);
-	if (peer->connect_fd >= 0) {
-		close(peer->connect_fd);
-		peer->connect_fd = -1;
-	}
-	if (err != 0)
-		peer_failure(peer, "%s %s:%u: %s", what, peer->host, peer->port, strerror(err));
-	else
-		peer_failure(peer, "%s %s:%u", what, peer->host, peer->port);
-	peer_schedule_connect(peer);
-}
-
-static void peer_connected(struct peer *peer)
-{
-	struct repl_peers *mgr = peer->mgr;
-	int fd = peer->connect_fd;
-	char addr[80];
-	ev_io_stop(mgr->loop, &peer->connect_io);
-	ev_timer_stop(mgr->loop, &peer->timer);
-	peer->connect_fd = -1;
-	set_nodelay(fd);
-	snprintf(addr, sizeof(addr), "%s:%u", peer->host, peer->port);
-	peer_set_state(peer, REPL_PEER_AUTHENTICATING);
-	struct link *link = link_create(mgr, fd, peer, addr);
-	if (link == NULL) {
-		peer_schedule_connect(peer);
-		return;
-	}
-	peer->link = link;
-}
-
-static void connect_io_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-	struct peer *peer = (struct peer *)((char *)w - offsetof(struct peer, connect_io));
-	int err = 0;
-	socklen_t len = sizeof(err);
-	if (getsockopt(peer->connect_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-		err = errno;
-	if (err != 0) {
-		peer_connect_failed(peer, "cannot connect to", err);
-		return;
-	}
-	peer_connected(peer);
-}
-
-/* Resolves the peer's host into peer->sa (a name may have several
- * addresses, e.g. ::1 and 127.0.0.1 for localhost: the attempts go through
- * them in turn).  Returns 0, or -1 with the reason recorded and the old
- * addresses kept. */
-static int peer_resolve(struct peer *peer)
-{
-	struct addrinfo hints, *res = NULL;
-	char port[8];
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;
-	snprintf(port, sizeof(port), "%u", peer->port);
-	int gai = getaddrinfo(peer->host, port, &hints, &res);
-	peer->numeric = gai == 0;
-	if (gai != 0) {
-		hints.ai_flags = AI_NUMERICSERV;
-		gai = getaddrinfo(peer->host, port, &hints, &res);
-	}
-	peer->resolved_ms = clock_mono_ms();
-	unsigned n = 0;
-	for (struct addrinfo *ai = gai == 0 ? res : NULL; ai != NULL && n < MAX_ADDRS;
-	     ai = ai->ai_next) {
-		if (ai->ai_addrlen > sizeof(peer->sa[0]))
-			continue;
-		memcpy(&peer->sa[n], ai->ai_addr, ai->ai_addrlen);
-		peer->sa_len[n] = ai->ai_addrlen;
-		n++;
-	}
-	if (res != NULL)
-		freeaddrinfo(res);
-	if (n == 0) {
-		peer_failure(peer, "cannot resolve %s: %s", peer->host,
-			     gai != 0 ? gai_strerror(gai) : "no usable address");
-		return -1;
-	}
-	peer->n_sa = n;
-	peer->cur_sa = 0;
-	return 0;
-}
-
-/* Starts a non-blocking connect to the peer's address. */
-static void peer_connect(struct peer *peer)
-{
-	struct repl_peers *mgr = peer->mgr;
-	peer_set_state(peer, REPL_PEER_CONNECTING);
-	bool stale = !peer->numeric && peer->failures >= RESOLVE_AFTER_FAILURES &&
-		     clock_mono_ms() - peer->resolved_ms >= RESOLVE_INTERVAL_MS;
-	if ((peer->n_sa == 0 || stale) && peer_resolve(peer) < 0 && peer->n_sa == 0) {
-		peer_schedule_connect(peer);
-		return;
-	}
-	unsigned k = peer->cur_sa % peer->n_sa;
-	int fd = socket(peer->sa[k].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		peer_connect_failed(peer, "cannot create a socket for", errno);
-		return;
-	}
-	peer->connect_fd = fd;
-	int r = connect(fd, (const struct sockaddr *)&peer->sa[k], peer->sa_len[k]);
-	int err = errno;
-	if (r == 0) {
-		peer_connected(peer);
-		return;
-	}
-	if (err != EINPROGRESS) {
-		peer_connect_failed(peer, "cannot connect to", err);
-		return;
-	}
-	ev_io_init(&peer->connect_io, connect_io_cb, fd, EV_WRITE);
-	ev_io_start(mgr->loop, &peer->connect_io);
-	ev_timer_stop(mgr->loop, &peer->timer);
-	ev_timer_set(&peer->timer, REPL_PEER_CONNECT_TIMEOUT_MS / 1000.0, 0.);
-	ev_timer_start(mgr->loop, &peer->timer);
-}
-
-static void peer_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	struct peer *peer = (struct peer *)((char *)w - offsetof(struct peer, timer));
-	if (peer->state == REPL_PEER_DOWN)
-		peer_connect(peer);
-	else if (peer->state == REPL_PEER_CONNECTING)
-		peer_connect_failed(peer, "timed out connecting to", 0);
-}
-
-/* DOWN, and a connection attempt after the backoff delay. */
-static void peer_schedule_connect(struct peer *peer)
-{
-	struct repl_peers *mgr = peer->mgr;
-	unsigned delay = repl_peer_backoff_ms(peer->failures, peers_random(mgr));
-	if (peer->failures < 32)
-		peer->failures++;
-	peer_set_state(peer, REPL_PEER_DOWN);
-	ev_timer_stop(mgr->loop, &peer->timer);
-	ev_timer_set(&peer->timer, delay / 1000.0, 0.);
-	ev_timer_start(mgr->loop, &peer->timer);
-	log_debug("peer %u: next connection attempt in %u ms", peer->sid, delay);
-}
-
-/* ------------------------------------------------------------------ */
-/* Accepting */
-
-static void accept_pause_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	struct repl_peers *mgr = (struct repl_peers *)((char *)w -
-						       offsetof(struct repl_peers, accept_pause));
-	ev_io_start(loop, &mgr->listen_io);
-}
-
-static void listen_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-	struct repl_peers *mgr = (struct repl_peers *)((char *)w -
-						       offsetof(struct repl_peers, listen_io));
-	for (int i = 0; i < MAX_ACCEPTS_PER_EVENT; i++) {
-		struct sockaddr_storage ss;
-		socklen_t len = sizeof(ss);
-		int fd = accept4(mgr->listen_fd, (struct sockaddr *)&ss, &len,
-				 SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return;
-			/* Out of descriptors or memory: stop accepting for a
-			 * moment instead of spinning on the ready socket. */
-			log_warn("replication listener: accept failed, pausing %.0f s",
-				 ACCEPT_PAUSE_S);
-			ev_io_stop(loop, &mgr->listen_io);
-			ev_timer_set(&mgr->accept_pause, ACCEPT_PAUSE_S, 0.);
-			ev_timer_start(loop, &mgr->accept_pause);
-			return;
-		}
-		char addr[80];
-		sockaddr_string((struct sockaddr *)&ss, len, addr, sizeof(addr));
-		if (mgr->anonymous_count >= REPL_PEER_MAX_UNAUTHENTICATED) {
-			close(fd);
-			refusal_log(mgr, addr, "too many connections still authenticating");
-			continue;
-		}
-		set_nodelay(fd);
-		if (link_create(mgr, fd, NULL, addr) != NULL)
-			mgr->anonymous_count++;
-	}
-}
-
-static int listen_on(const struct config_addr *addr, int *fd_r, char **error_r)
-{
-	struct addrinfo hints, *res = NULL;
-	char port[8];
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	snprintf(port, sizeof(port), "%u", addr->port);
-	int gai = getaddrinfo(addr->host, port, &hints, &res);
-	if (gai != 0) {
-		*error_r = xasprintf("repl_listen %s:%u: %s", addr->host, addr->port,
-				     gai_strerror(gai));
-		return -1;
-	}
-	int err = 0;
-	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-		int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			err = errno;
-			continue;
-		}
-		int one = 1;
-		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
-			err = errno;
-			close(fd);
-			continue;
-		}
-		freeaddrinfo(res);
-		*fd_r = fd;
-		return 0;
-	}
-	freeaddrinfo(res);
-	*error_r = xasprintf("repl_listen %s:%u: cannot listen: %s", addr->host, addr->port,
-			     strerror(err));
-	return -1;
-}
 
 /* ------------------------------------------------------------------ */
 /* Set-up */
@@ -777,7 +214,7 @@ int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 	mgr->ctx = ctx;
 	mgr->listen_fd = -1;
 	mgr->rng = (clock_mono_us() ^ ((uint64_t)cfg->node_id << 32) ^ (uint64_t)getpid()) | 1;
-	ev_timer_init(&mgr->accept_pause, accept_pause_cb, ACCEPT_PAUSE_S, 0.);
+	ev_timer_init(&mgr->accept_pause, peers_accept_pause_cb, ACCEPT_PAUSE_S, 0.);
 	*peers_r = mgr;
 	if (cfg->peers.count == 0)
 		return 0;
@@ -794,7 +231,7 @@ int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 	if (file_read_secret("cluster_secret_file", cfg->cluster_secret_file, CONFIG_SECRET_MIN,
 			     CONFIG_SECRET_MAX, &mgr->secret, &mgr->secret_len, error_r) < 0 ||
 	    tls_check(cfg, &tls, error_r) < 0 ||
-	    listen_on(&cfg->repl_listen, &mgr->listen_fd, error_r) < 0)
+	    peers_listen_on(&cfg->repl_listen, &mgr->listen_fd, error_r) < 0)
 		goto fail;
 
 	struct proto_conn_settings *set = &mgr->conn_set;
@@ -815,7 +252,7 @@ int repl_peers_create(struct ev_loop *loop, const struct config *cfg,
 	set->ping_interval_ms = REPL_PEER_PING_INTERVAL_MS;
 	set->dead_timeout_ms = REPL_PEER_DEAD_TIMEOUT_MS;
 
-	ev_io_init(&mgr->listen_io, listen_cb, mgr->listen_fd, EV_READ);
+	ev_io_init(&mgr->listen_io, peers_listen_cb, mgr->listen_fd, EV_READ);
 	ev_io_start(loop, &mgr->listen_io);
 
 	mgr->peer_count = cfg->peers.count;
@@ -841,7 +278,7 @@ void repl_peers_destroy(struct repl_peers **peersp)
 	while (mgr->links != NULL) {
 		struct link *link = mgr->links;
 		proto_conn_destroy(&link->conn);
-		link_free(link);
+		peer_link_free(link);
 	}
 	for (size_t i = 0; i < mgr->peer_count; i++)
 		peer_free(mgr, mgr->peers[i]);
@@ -874,7 +311,7 @@ static void peer_remove(struct repl_peers *mgr, size_t i)
 		struct link *next = link->next;
 		if (link->peer == peer) {
 			proto_conn_destroy(&link->conn);
-			link_free(link);
+			peer_link_free(link);
 		}
 		link = next;
 	}

@@ -33,7 +33,7 @@
  *   'Y' mbguid peer32               peer's sync state of a mailbox
  *   'M' name                        stor_meta_* values of other components
  *   'I' name                        the store's own counters
- *   'A' .. 'Z' alone                sentinels, empty (storage-db.c's
+ *   'A' .. 'Z' alone                sentinels, empty (storage-open.c's
  *                                   put_sentinels: why)
  *
  * Values are encoded with the put/get helpers below; a decoder must consume
@@ -108,8 +108,8 @@ struct stor_db {
 	ARRAY(struct stor_in_flight) in_flight;
 	struct stor_journal *jnl;
 	struct stor_stage *stage;    /* storage-stage.c */
-	/* Compaction of LevelDB's deletion markers (storage-db.c,
-	 * compact_maybe). */
+	/* Compaction of LevelDB's deletion markers (storage-open.c,
+	 * stor_ldb_compact_maybe). */
 	uint64_t deletes;            /* keys deleted since the last one */
 	pthread_t compactor;
 	bool compactor_started;      /* to be joined */
@@ -218,6 +218,9 @@ int stor_db_write(struct stor_db *db, struct stor_batch *wb, const char **error_
 /* A LevelDB write with sync, bypassing the journal (the journal's own
  * checkpoints); also syncs LevelDB's older log files. */
 int stor_db_write_synced(struct stor_db *db, struct stor_batch *wb, const char **error_r);
+/* Starts a compaction of LevelDB's deletion markers in a helper thread
+ * when enough keys were deleted since the last one (storage-open.c). */
+void stor_ldb_compact_maybe(struct stor_db *db);
 leveldb_iterator_t *stor_iter_seek(struct stor_db *db, const struct stor_key *start);
 /* True while the iterator is valid and its key starts with the prefix. */
 bool stor_iter_in(leveldb_iterator_t *it, const struct stor_key *prefix, const unsigned char **key_r,
