@@ -353,7 +353,7 @@ int main(int argc, char **argv)
 	if (conf == NULL || optind != argc)
 		usage();
 	signal(SIGPIPE, SIG_IGN);
-	log_init("starlingd", LOG_LEVEL_INFO);
+	log_init(0, LOG_LEVEL_INFO);
 	char *err = NULL;
 	struct node n;
 	memset(&n, 0, sizeof(n));
@@ -365,9 +365,7 @@ int main(int argc, char **argv)
 		config_free(&n.cfg);
 		return 0;
 	}
-	char ident[32];
-	snprintf(ident, sizeof(ident), "starlingd[%u]", n.cfg->node_id);
-	log_init(ident, n.cfg->log_level);
+	log_init(n.cfg->node_id, n.cfg->log_level);
 	if (n.cfg->data_dir == NULL)
 		fatalx("%s: data_dir is not set", conf);
 	if (n.cfg->users_file == NULL)

@@ -17,7 +17,7 @@ import threading
 import time
 
 from harness.imapwire import Client, Literal, ProtocolError, parse, expand_set
-from harness import proc
+from harness import logfmt, proc
 from harness.starling import Cluster
 
 from schedule import MAILBOXES, COPIES
@@ -618,8 +618,8 @@ class Runner:
         node = self.cluster.nodes[node_id - 1]
         text = node.log_text()
         since = text.rfind("--- start %d at" % node.starts)
-        failed = any(node.data_dir in line and "restart the node" in line
-                     for line in text[max(0, since):].splitlines())
+        failed = any(node.data_dir in m and "restart the node" in m
+                     for m in logfmt.messages(text[max(0, since):]))
         if node.running() and failed:
             with self.node_lock:
                 self.killed.add(node_id)

@@ -56,6 +56,7 @@ def finish_cluster(c):
     c.close()
     reps = c.sanitizer_reports()
     R.check("no sanitizer report in the node logs", not reps, reps)
+    c.check_log_format(R)
 
 
 def wait_state(node, sid, pred, timeout):

@@ -68,6 +68,7 @@ def finish(c):
     c.close()
     reps = c.sanitizer_reports()
     R.check("no sanitizer report in the node logs", not reps, reps)
+    c.check_log_format(R)
 
 
 def t_wrong_node_certificate():

@@ -155,6 +155,7 @@ def t_progress():
         c.close()
         reps = c.sanitizer_reports()
         R.check("no sanitizer report in the node logs", not reps, reps)
+        c.check_log_format(R)
 
 
 def main():

@@ -35,7 +35,7 @@ import signal
 import socket
 import time
 
-from harness import proc
+from harness import logfmt, proc
 from harness.certs import TestCA
 from harness.linkproxy import ProxyMesh
 
@@ -209,6 +209,28 @@ class Node:
 
     def log_tail(self, n=40):
         return "\n".join(self.log_text().splitlines()[-n:])
+
+    def log_events(self):
+        """This node's log lines, each as a dict of its fields (logfmt)."""
+        return logfmt.events(self.log_text())
+
+    def log_messages(self):
+        """The msg of every log line, unescaped, ": err" appended if any."""
+        return logfmt.messages(self.log_text())
+
+    def log_malformed(self):
+        """Lines of the log that are neither a log line of this node
+        (logfmt with ts, level, msg and node, which a configuration error
+        logged before the node id is known lacks) nor the harness's
+        "--- start" marks."""
+        out = []
+        for ln in self.log_text().splitlines():
+            if ln.startswith("--- start "):
+                continue
+            f = logfmt.parse(ln)
+            if f is None or f.get("node", str(self.node_id)) != str(self.node_id):
+                out.append(ln)
+        return out
 
     def sanitizer_report(self):
         """The sanitizer report in this node's log, or None."""
@@ -405,6 +427,13 @@ class Cluster:
         self.close()
         reps = self.sanitizer_reports()
         report.check("no sanitizer report", not reps, reps)
+        if not reps:
+            self.check_log_format(report)
+
+    def check_log_format(self, report):
+        """Every line of every node's log is one well-formed event."""
+        bad = {n.node_id: n.log_malformed()[:3] for n in self.nodes if n.log_malformed()}
+        report.check("every log line is one logfmt event of its node", not bad, bad)
 
     def running_nodes(self):
         return [n for n in self.nodes if n.running()]

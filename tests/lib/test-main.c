@@ -10,6 +10,7 @@ int main(void)
 		{ "passwd-cache", lib_passwd_cache_cases, NULL, NULL },
 		{ "file", lib_file_cases, NULL, NULL },
 		{ "listen", lib_listen_cases, NULL, NULL },
+		{ "log", lib_log_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 	return test_run_suites("test-lib", suites);

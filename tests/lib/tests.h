@@ -8,4 +8,5 @@ extern const struct test_case lib_passwd_cases[];
 extern const struct test_case lib_passwd_cache_cases[];
 extern const struct test_case lib_file_cases[];
 extern const struct test_case lib_listen_cases[];
+extern const struct test_case lib_log_cases[];
 #endif

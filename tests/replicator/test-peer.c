@@ -24,7 +24,7 @@ static char *tmpdir;
 int repl_peer_suite_init(void)
 {
 	tmpdir = test_mkdtemp();
-	log_init("test-peer", LOG_LEVEL_ERROR);
+	log_init(0, LOG_LEVEL_ERROR);
 	return tmpdir == NULL ? -1 : 0;
 }
 
