@@ -60,7 +60,7 @@ def t_eof():
         cl.command("LOGOUT")
         time.sleep(0.3)
         log = node.log_text()
-        gone = [ln for ln in log.splitlines() if " debug " not in ln and
+        gone = [ln for ln in log.splitlines() if "level=debug" not in ln and
                 any(w in ln for w in ("TLS handshake failed", "TLS read failed",
                                       "TLS write failed", "unexpected eof"))]
         R.check("clients gone mid-handshake or reset: nothing about TLS at info or warn",
