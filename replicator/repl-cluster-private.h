@@ -513,6 +513,9 @@ struct cl_fwd {
 	 * mean. */
 	stor_uid_list named_uids;
 	ARRAY(struct guid) named_guids;
+	/* Run here as the master: where those messages are when the change
+	 * runs (it may have waited for the master, a catch-up or a resync). */
+	stor_uid_list uids_now;
 	/* They go CL_FORWARD_BATCH at a time (GUIDS must fit a line); the
 	 * batches before sent_upto are done at the master. */
 	size_t sent_upto, batch_end;

@@ -33,6 +33,7 @@ void fwd_free(struct cl_fwd *f)
 	stor_msg_list_free(&f->flags_lines);
 	ARRAY_FREE(&f->named_uids);
 	ARRAY_FREE(&f->named_guids);
+	ARRAY_FREE(&f->uids_now);
 	ARRAY_FREE(&f->modified);
 	owned_free(&f->out);
 	buf_free(&f->text);
@@ -62,10 +63,63 @@ static void fwd_inner_done(void *ctx, const struct repl_result *res)
 	fwd_free(f);
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The messages a STORE or EXPUNGE named, where they are now.  The change
+ * may have waited (for the master's answer, a new master's catch-up, a
+ * resync's hold) while a sync moved one to another UID (a UID conflict):
+ * run by the UIDs it was given, it missed the message the client meant
+ * and could hit whatever came to its old UID (the fault campaign's
+ * acked-expunge-holds, partition seed 200: a MOVE held by a catch-up left
+ * its source in place).  A message expunged meanwhile is left out. */
+static void fwd_where_now(struct cl_fwd *f)
+{
+	struct stor_db *db = f->cl->repl.db;
+	const char *err;
+	f->uids_now.count = 0;
+	for (size_t i = 0; i < f->named_uids.count; i++) {
+		uint32_t at = f->named_uids.items[i];
+		struct stor_msg m;
+		int r = stor_msg_get(db, &f->mailbox, at, &m, &err);
+		if (r > 0) {
+			bool same = guid_equal(&m.guid, &f->named_guids.items[i]);
+			stor_msg_free(&m);
+			if (same) {
+				ARRAY_PUSH(&f->uids_now, at);
+				continue;
+			}
+		}
+		if (stor_msg_find_guid(db, &f->mailbox, &f->named_guids.items[i], &at, &err) > 0)
+			ARRAY_PUSH(&f->uids_now, at);
+	}
+	if (f->uids_now.count < 2)
+		return;
+	qsort(f->uids_now.items, f->uids_now.count, sizeof(f->uids_now.items[0]), cmp_u32);
+	size_t n = 1;
+	for (size_t i = 1; i < f->uids_now.count; i++) {
+		if (f->uids_now.items[i] != f->uids_now.items[n - 1])
+			f->uids_now.items[n++] = f->uids_now.items[i];
+	}
+	f->uids_now.count = n;
+}
+
+/* Never a null array, also when none of the messages is left. */
+static const uint32_t *uids_or_none(const struct cl_fwd *f)
+{
+	static const uint32_t none = 0;
+	return f->uids_now.count > 0 ? f->uids_now.items : &none;
+}
+
 static void fwd_as_master(struct cl_fwd *f)
 {
 	struct repl_cluster *cl = f->cl;
 	f->state = CL_FWD_AS_MASTER;
+	if (f->kind != FWD_APPEND)
+		fwd_where_now(f);
 	/* Counted here, for this node's own clients, and not in
 	 * master_begin(): a master that counted the writes it serves for a
 	 * peer would always write at least as much as the peer asking for a
@@ -79,11 +133,12 @@ static void fwd_as_master(struct cl_fwd *f)
 		cl_master_append(cl, &f->app, fwd_inner_done, f);
 		break;
 	case FWD_STORE:
-		cl_master_store(cl, f->user, &f->mailbox, f->uids, f->count, &f->store,
-				fwd_inner_done, f);
+		cl_master_store(cl, f->user, &f->mailbox, uids_or_none(f), f->uids_now.count,
+				&f->store, fwd_inner_done, f);
 		break;
 	case FWD_EXPUNGE:
-		cl_master_expunge(cl, f->user, &f->mailbox, f->uids, f->count, fwd_inner_done, f);
+		cl_master_expunge(cl, f->user, &f->mailbox, uids_or_none(f), f->uids_now.count,
+				  fwd_inner_done, f);
 		break;
 	}
 }
@@ -297,12 +352,6 @@ static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 	}
 	/* else: the stream already brought it, or it was expunged since. */
 	stor_on_durable(db, fwd_local_durable, f);
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
 }
 
 /* Fills named_uids and named_guids from this node's copy. */

@@ -11,7 +11,7 @@ import time
 from harness.imapwire import Client, ProtocolError, expand_set, parse
 
 from execute import USER, PASSWORD, IMAP_TIMEOUT, FETCH_ITEMS, parse_untagged
-from schedule import JUDGED_FLAGS, COPIES
+from schedule import JUDGED_FLAGS, COPIES, MAILBOXES
 
 INF = float("inf")
 
@@ -233,12 +233,16 @@ class Model:
                 self.flag_changes.setdefault((m, f), []).append(
                     (ev["t0"], ev["t1"] if acked else INF, ev["sign"] == "+", ev, acked))
 
-    def expected_flag(self, msgid, flag):
+    def expected_flag(self, msgid, flag, mailbox=None):
         """The value the last change must have left, or None when the
         history does not decide it: the decisive change is acknowledged and
         every other change to this flag of this message ended before it
-        began."""
+        began.  With mailbox, only the changes made in that mailbox count: a
+        STORE on a copy of the message elsewhere (one Message-ID, two
+        messages) changes that copy only."""
         changes = self.flag_changes.get((msgid, flag), [])
+        if mailbox is not None:
+            changes = [c for c in changes if change_mailbox(c[3]) == mailbox]
         acked = [c for c in changes if c[4]]
         if not acked:
             return None, None
@@ -249,6 +253,14 @@ class Model:
             if not c[1] < cand[0]:
                 return None, None
         return cand[2], cand[3]
+
+
+def change_mailbox(ev):
+    """The mailbox a flag change was made in: an APPEND's or a delivery's
+    target, a STORE's selected mailbox."""
+    if ev.get("kind") in ("append", "deliver"):
+        return ev.get("target_mailbox")
+    return ev.get("mailbox")
 
 
 def check_all(runner, nodes, states, snapshots_result):
@@ -290,11 +302,29 @@ def check_all(runner, nodes, states, snapshots_result):
                                      % (node.node_id, COPIES, count, msgid, acked, tried),
                                      msgid))
 
+    # -- a message stays where it was put: the sessions' mailboxes hold only
+    # what was appended or delivered to them (copies go to COPIES only).
+    for msgid, ev in sorted(model.appends.items()):
+        mb = ev["target_mailbox"]
+        for node in nodes:
+            boxes = states[node.node_id][0]
+            for other in MAILBOXES:
+                if other == mb:
+                    continue
+                for uid, (m, _f) in sorted(boxes.get(other, {}).get("msgs", {}).items()):
+                    if m == msgid:
+                        out.append(Violation(
+                            "own-mailbox", "node %d, %s uid %d holds %s, which was %s to %s "
+                            "and never copied or moved to %s" % (
+                                node.node_id, other, uid, msgid,
+                                "delivered" if ev.get("kind") == "deliver" else "appended",
+                                mb, other), msgid))
+
     # -- flags: acknowledged changes hold unless a later one superseded.
     for msgid, ev in sorted(model.appends.items()):
         mb = ev["target_mailbox"]
         for flag in JUDGED_FLAGS:
-            want, by = model.expected_flag(msgid, flag)
+            want, by = model.expected_flag(msgid, flag, mb)
             if want is None:
                 continue
             model.judged["flags"] += 1

@@ -527,6 +527,10 @@ class Runner:
         self.crashes = []
         self.mounts = []
         self.fillers = {}
+        # Nodes whose disk was ever filled: a store can fail after its disk
+        # was freed (a write staged while it was full fails on the next
+        # commit), when no diskfull heal is left to notice it.
+        self.disk_filled = set()
         extra = {"sync_replicas": "1"}
         if sched["repl_log_max"]:
             extra["repl_log_max"] = str(sched["repl_log_max"])
@@ -576,6 +580,7 @@ class Runner:
                     break
                 want -= n
         self.fillers[node_id] = path
+        self.disk_filled.add(node_id)
 
     def free_disk(self, node_id):
         path = self.fillers.pop(node_id, None)
@@ -706,7 +711,13 @@ class Runner:
         self.paused.clear()
         for nid in list(self.fillers):
             self.free_disk(nid)
-            self.restart_if_store_failed(nid)
+        for nid in sorted(self.disk_filled):
+            note = self.restart_if_store_failed(nid)
+            if note:
+                h = self.history
+                h.add({"actor": "fault", "kind": "diskfull", "action": "final heal",
+                       "where": "node %d" % nid, "t0": h.now(), "t1": h.now(),
+                       "note": note, "status": "OK"})
         c.mesh.restore_all()
         c.mesh.clear_latency()
         for nid in list(self.killed):

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from harness.report import Report  # noqa: E402
 import check  # noqa: E402
+import execute  # noqa: E402
 
 R = Report("chaos-checker")
 
@@ -138,6 +139,27 @@ def t_flags():
            {1: state([(1, "<m1>", [])])}, [])
 
 
+def t_own_mailbox():
+    # Seed 9101 (fault campaign, all classes): the message appended to
+    # INBOX also turned up in Shared at the same UID, where a session set
+    # $k3 on it; the checker took that STORE as a change of the INBOX
+    # message and reported a lost flag instead of the misplaced message.
+    a = append("s1", 1, 2, "<m1>", 14, mailbox="INBOX")
+    k3 = store("s4", 3, 4, 14, "<m1>", "+", ["$k3"], mailbox="Shared")
+    both = state([(14, "<m1>", [])])
+    both["Shared"] = {"uidvalidity": 9, "msgs": {14: ("<m1>", ("$k3",))}}
+    expect("a message in a mailbox it was never put in, and a STORE there",
+           [a, k3], {1: both}, ["own-mailbox"])
+    expect("a STORE in another mailbox does not decide the flag here", [a, k3],
+           {1: state([(14, "<m1>", [])], extra_boxes=["Shared"])}, [])
+    here = store("s4", 3, 4, 14, "<m1>", "+", ["$k3"], mailbox="INBOX")
+    expect("...while one in the message's own mailbox does", [a, here],
+           {1: state([(14, "<m1>", [])], extra_boxes=["Shared"])}, ["flag-holds"])
+    copied = state([(14, "<m1>", [])])
+    copied["Copies"] = {"uidvalidity": 9, "msgs": {3: ("<m1>", ())}}
+    expect("a copy in Copies is where copies go", [a], {1: copied}, [])
+
+
 def t_uids():
     f1 = ev("s1", 1, 2, "fetch", "UID FETCH 1:*", fetch=[{"uid": 3, "msgid": "<a>"}])
     f2 = ev("s1", 3, 4, "fetch", "UID FETCH 1:*", conn=2, fetch=[{"uid": 3, "msgid": "<b>"}])
@@ -178,9 +200,71 @@ def t_mailboxes_and_copies():
            [a, c1, dict(c2, status="BROKEN", code=None)], {1: one}, [])
 
 
+class FakeStoreNode:
+    """A node for Runner's restart logic: its log, its starts, no process."""
+
+    def __init__(self, node_id, log):
+        self.node_id = node_id
+        self.data_dir = "/nonexistent/node%d/data" % node_id
+        self.starts = 1
+        self.log = "--- start 1 at now\n" + log
+        self.up = True
+
+    def running(self):
+        return self.up
+
+    def log_text(self):
+        return self.log
+
+    def stop(self):
+        self.up = False
+        return 0
+
+    def start(self, timeout=None):
+        self.starts += 1
+        self.log += "--- start %d at now\n" % self.starts
+        self.up = True
+
+
+def fake_runner(nodes):
+    r = execute.Runner.__new__(execute.Runner)
+    r.cluster = type("C", (), {})()
+    r.cluster.nodes = nodes
+    r.cluster.mesh = type("M", (), {"restore_all": lambda self: None,
+                                    "clear_latency": lambda self: None})()
+    r.node_lock = execute.threading.RLock()
+    r.paused, r.killed, r.crashes, r.fillers = set(), set(), [], {}
+    r.disk_filled = set()
+    r.history = execute.History(execute.time.monotonic())
+    return r
+
+
+def t_final_heal():
+    # Node 1's disk was filled and freed, and its store failed only after
+    # that (a write staged while the disk was full): no diskfull heal is
+    # left to see it, so the final heal must restart it, as an operator
+    # would.  Node 2's disk was filled too, its store is fine.
+    failed = "error starlingd[1]: x: /nonexistent/node1/data/store: a write to the " \
+        "store failed earlier; restart the node to recover the store\n"
+    n1, n2 = FakeStoreNode(1, failed), FakeStoreNode(2, "info all is well\n")
+    r = fake_runner([n1, n2])
+    r.disk_filled = {1, 2}
+    r.heal_all()
+    R.check("a node whose store failed after its disk was freed is restarted",
+            n1.starts == 2, "starts %d" % n1.starts)
+    R.check("a node whose store is fine is left alone", n2.starts == 1,
+            "starts %d" % n2.starts)
+    R.check("no crash is reported", r.crashes == [], r.crashes)
+    r.heal_all()
+    R.check("a restarted node is not restarted again", n1.starts == 2,
+            "starts %d" % n1.starts)
+
+
 def main():
-    for name, f in (("appends", t_appends), ("flags", t_flags), ("uids", t_uids),
-                    ("mailboxes and copies", t_mailboxes_and_copies)):
+    for name, f in (("appends", t_appends), ("flags", t_flags),
+                    ("own mailbox", t_own_mailbox), ("uids", t_uids),
+                    ("mailboxes and copies", t_mailboxes_and_copies),
+                    ("the final heal", t_final_heal)):
         R.section(name, f)
     return R.summary()
 

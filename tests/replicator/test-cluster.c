@@ -1046,6 +1046,132 @@ static void test_move_of_a_source_renumbered_meanwhile(void)
 	free(dir);
 }
 
+/* A change a node makes as the master waits before it runs (the master
+ * is asked, or catches up with its peers, or a resync holds the mailbox),
+ * and a sync moves its message to another UID meanwhile: the change must
+ * reach the message where it is now and nothing at its old UID.  Run by
+ * the UIDs it was given, a MOVE's expunge (the fault campaign's
+ * acked-expunge-holds, partition seed 200: a MOVE held while a new master
+ * caught up) left the message in place, and a STORE missed it. */
+static void master_change_of_a_message_renumbered_meanwhile(bool expunge)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	const char *err;
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "S", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox mb = mailbox_on(n2.db, "S");
+	const char *texts[] = { "Subject: x\r\n\r\nthe one that moves\r\n",
+				"Subject: y\r\n\r\nthe other one\r\n" };
+	for (int k = 0; k < 2; k++) {
+		struct repl_append a;
+		memset(&a, 0, sizeof(a));
+		a.text = texts[k];
+		a.text_len = strlen(a.text);
+		memset(&d, 0, sizeof(d));
+		repl_append(n2.repl, "bob", &mb.guid, &a, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	}
+	uint32_t xu = 1, at = 0;
+	struct stor_msg xm;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n2.db, &mb.guid, xu, &xm, &err), 1);
+	struct guid x = xm.guid;
+	stor_msg_free(&xm);
+	for (int i = 0; i < 1000 && stor_msg_find_guid(n1.db, &mb.guid, &x, &at, &err) <= 0; i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_find_guid(n1.db, &mb.guid, &x, &at, &err), 1);
+	/* Node 2, the master, takes the change for X at xu; before it runs, a
+	 * sync moves X to another UID on both nodes. */
+	memset(&d, 0, sizeof(d));
+	if (expunge) {
+		repl_expunge(n2.repl, "bob", &mb.guid, &xu, 1, copy_done_cb, &d);
+	} else {
+		struct stor_store st;
+		memset(&st, 0, sizeof(st));
+		st.op = STOR_FLAGS_ADD;
+		st.flags = STOR_FLAG_FLAGGED;
+		repl_store(n2.repl, "bob", &mb.guid, &xu, 1, &st, copy_done_cb, &d);
+	}
+	bool ran_at_once = d.done;
+	/* As one sync does it: the same modseq on both sides, N. */
+	struct stor_mailbox m1 = mailbox_on(n1.db, "S"), m2 = mailbox_on(n2.db, "S");
+	uint64_t n = (m1.highestmodseq > m2.highestmodseq ? m1.highestmodseq : m2.highestmodseq) + 1;
+	stor_mailbox_free(&m1);
+	stor_mailbox_free(&m2);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n1.db, &mb.guid, xu, xu + 5, n, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n2.db, &mb.guid, xu, xu + 5, n, &err), 0);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	if (!ran_at_once) {
+		/* Until the replica has the expunge too (bounded). */
+		for (int i = 0; i < 1000 && (!expunge ||
+					     stor_msg_find_guid(n1.db, &mb.guid, &x, &at, &err) != 0);
+		     i++)
+			ev_run(loop, EVRUN_ONCE);
+		struct stor_db *dbs[] = { n2.db, n1.db };
+		for (size_t k = 0; k < 2; k++) {
+			int found = stor_msg_find_guid(dbs[k], &mb.guid, &x, &at, &err);
+			if (!expunge && k == 1)
+				continue;
+			if (expunge) {
+				CU_ASSERT_EQUAL(found, 0);
+			} else {
+				CU_ASSERT_EQUAL_FATAL(found, 1);
+				CU_ASSERT_EQUAL_FATAL(stor_msg_get(dbs[k], &mb.guid, at, &xm, &err), 1);
+				/* On the master.  (The replica, whose copy this
+				 * test moved behind its replicator's back, is
+				 * not judged here.) */
+				if (k == 0)
+					CU_ASSERT_TRUE(xm.flags & STOR_FLAG_FLAGGED);
+				stor_msg_free(&xm);
+			}
+			/* The other message is untouched. */
+			CU_ASSERT_EQUAL(stor_msg_get(dbs[k], &mb.guid, 2, &xm, &err), 1);
+			stor_msg_free(&xm);
+		}
+	}
+	CU_ASSERT_FALSE(ran_at_once); /* the window this test is about exists */
+	ev_timer_stop(loop, &t);
+	stor_mailbox_free(&mb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
+static void test_master_expunge_of_a_message_renumbered_meanwhile(void)
+{
+	master_change_of_a_message_renumbered_meanwhile(true);
+}
+
+static void test_master_store_of_a_message_renumbered_meanwhile(void)
+{
+	master_change_of_a_message_renumbered_meanwhile(false);
+}
+
 /* The engine's lines are cut at their ends, literals included: a literal
  * size past 2^64 once wrapped to a small one (2^64 + 2 read as 2), and the
  * line was cut inside the literal. */
@@ -1079,5 +1205,9 @@ const struct test_case repl_cluster_cases[] = {
 	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
 	{ "a MOVE whose source a sync renumbered meanwhile still removes it",
 	  test_move_of_a_source_renumbered_meanwhile },
+	{ "an EXPUNGE on the master reaches its message renumbered meanwhile",
+	  test_master_expunge_of_a_message_renumbered_meanwhile },
+	{ "a STORE on the master reaches its message renumbered meanwhile",
+	  test_master_store_of_a_message_renumbered_meanwhile },
 	{ NULL, NULL },
 };
