@@ -244,9 +244,11 @@ def t_final_heal():
     # that (a write staged while the disk was full): no diskfull heal is
     # left to see it, so the final heal must restart it, as an operator
     # would.  Node 2's disk was filled too, its store is fine.
-    failed = "error starlingd[1]: x: /nonexistent/node1/data/store: a write to the " \
-        "store failed earlier; restart the node to recover the store\n"
-    n1, n2 = FakeStoreNode(1, failed), FakeStoreNode(2, "info all is well\n")
+    failed = 'ts=2026-12-07T12:00:00.000Z level=error node=1 msg="x: ' \
+        '/nonexistent/node1/data/store: a write to the store failed earlier; restart ' \
+        'the node to recover the store"\n'
+    n1, n2 = FakeStoreNode(1, failed), FakeStoreNode(
+        2, 'ts=2026-12-07T12:00:00.000Z level=info node=2 msg="all is well"\n')
     r = fake_runner([n1, n2])
     r.disk_filled = {1, 2}
     r.heal_all()
