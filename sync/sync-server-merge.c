@@ -133,7 +133,12 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	struct stor_msg other;
 	bool have_other = false;
 	int r;
-	if (si < 0 && cs->uid < m->L) {
+	/* Also at or above L: a message we hold there may be below M (a
+	 * replica keeps its master's modseq, and syncs between replicas
+	 * spend modseqs above the master's), so smsgs lacks it.  Taken for
+	 * absent, the same message at the same UID looked like ours "at
+	 * another UID", and the client was told to drop its only copy. */
+	if (si < 0) {
 		r = stor_msg_get(s->db, &s->sel, cs->uid, &other, err);
 		if (r < 0)
 			return -1;
@@ -354,6 +359,13 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
 	if (r < 0)
 		return -1;
+	if (r > 0 && at == cs->uid && cs->action == SAVE_APPEND) {
+		/* It came to the client's own UID: one message on both
+		 * sides.  Taking ours "there" would make the client expunge
+		 * its only copy at that UID. */
+		cs->action = SAVE_MERGE;
+		return merge_apply_save(s, cs, err);
+	}
 	if (r > 0 && !client_moved_from(s, at)) {
 		take_ours(m, cs, at);
 		merge_mark_dirty(m, at);

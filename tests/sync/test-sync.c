@@ -1487,6 +1487,62 @@ static void test_sync_message_arriving_during_a_stepwise_merge_is_not_doubled(vo
 	node_close(&b);
 }
 
+/* The same, with the message brought to the client's own UID: one
+ * message at one UID on both sides, so the client keeps its copy.  Told to
+ * drop it and take ours at that UID, the client expunged its only copy
+ * (the fault campaign's acked-append-present, latency,logmax seed 2). */
+static void test_sync_message_arriving_at_the_same_uid_during_a_merge_stays(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	append(&b, &mb, "Subject: old\r\n\r\nx\r\n", 0, NULL);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	struct guid g;
+	guid_generate(&g);
+	char hex[GUID_HEX_SIZE], ghex[GUID_HEX_SIZE], line[1024];
+	guid_to_hex(&mb, hex);
+	guid_to_hex(&g, ghex);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t hms = x.highestmodseq;
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 2 6\r\n"
+		 "C4 SAVE 1700000000+0000 5 %llu %s () {5}\r\nhello\r\nC5 SYNC-END\r\n",
+		 USER, x.uidvalidity, hex, (unsigned long long)hms, (unsigned long long)hms + 1,
+		 (unsigned long long)hms + 1, ghex);
+	stor_mailbox_free(&x);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	CU_ASSERT(sync_server_busy(sv));
+	struct stor_append req;
+	const char *error;
+	uint32_t uid = 0;
+	memset(&req, 0, sizeof(req));
+	req.guid = &g;
+	req.uid = 5;
+	req.internaldate = 1700000000;
+	req.text = "hello";
+	req.text_len = 5;
+	CU_ASSERT_EQUAL(stor_msg_append(b.db, &mb, &req, &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL(uid, 5);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 2);
+	uint32_t at = 0;
+	CU_ASSERT(has_guid(&b, &mb, &g, &at));
+	CU_ASSERT_EQUAL(at, 5);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	CU_ASSERT_PTR_NULL(strstr(o, "C5 EXPUNGE 5 "));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C5 OK [UIDNEXT 6 "));
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
 /* A client fed a hostile answer fails with an error, changes nothing it
  * cannot justify, and never crashes. */
 static void test_sync_client_refuses_a_broken_answer(void)
@@ -1775,6 +1831,46 @@ static void test_sync_flagged_copy_taken_from_server_2(void)
 static void test_sync_flagged_copy_taken_from_server_3(void)
 {
 	flagged_copy_taken_from_server(true, false);
+}
+
+/* A message both sides hold at the same UID, where the server's copy is
+ * below the last common state's HIGHESTMODSEQ (a replica takes the
+ * master's modseq, and syncs between replicas spend modseqs above the
+ * master's) but at or above its UIDNEXT, and the client's copy changed
+ * since.  The server took it for the client's copy of a message it holds
+ * "at another UID" (its own UID) and told the client to drop it and take
+ * its own at that UID: the client expunged the one copy it had.  Found by
+ * the fault campaign (latency,logmax seed 2, acked-append-present). */
+static void test_sync_copy_at_the_same_uid_below_the_common_modseq_stays(void)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	uint32_t u1 = append(&a, &mb, "one\r\n", 0, NULL);
+	replicate_append(&a, &b, &mb, u1, "one\r\n");
+	replicate_append(&a, &c, &mb, u1, "one\r\n");
+	/* B and C change flags apart; their sync spends a modseq above A's. */
+	set_flags(&b, &mb, u1, STOR_FLAG_SEEN);
+	set_flags(&b, &mb, u1, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+	set_flags(&c, &mb, u1, STOR_FLAG_ANSWERED);
+	run_sync(&c, &b, false, 71);
+	/* A, the master, appends X below that modseq; both replicas take it. */
+	struct guid x;
+	uint32_t ux = append(&a, &mb, "x\r\n", 0, &x);
+	replicate_append(&a, &b, &mb, ux, "x\r\n");
+	replicate_append(&a, &c, &mb, ux, "x\r\n");
+	/* C's copy changes after the common state. */
+	set_flags(&c, &mb, ux, STOR_FLAG_SEEN);
+	run_sync(&c, &b, false, 72);
+	uint32_t at = 0;
+	CU_ASSERT(has_guid(&b, &mb, &x, &at));
+	CU_ASSERT_EQUAL(at, ux);
+	at = 0;
+	CU_ASSERT(has_guid(&c, &mb, &x, &at));
+	CU_ASSERT_EQUAL(at, ux);
+	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &x), STOR_FLAG_SEEN);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
 }
 
 static void test_sync_flagged_copy_taken_from_server_4(void)
@@ -2970,6 +3066,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_flagged_copy_taken_from_server_3 },
 	{ "a flagged copy the client drops merges into the server's (B aware, C-A)",
 	  test_sync_flagged_copy_taken_from_server_4 },
+	{ "a copy at the same UID below the common modseq stays",
+	  test_sync_copy_at_the_same_uid_below_the_common_modseq_stays },
 	{ "a flag change follows a copy the merge moves on",
 	  test_sync_flag_change_follows_a_copy_the_merge_moves_on },
 	{ "a first sync after a third node renumbered: nothing lost",
@@ -3045,6 +3143,8 @@ static const struct test_case sync_cases[] = {
 	{ "many mailboxes merge and converge", test_sync_many_mailboxes_merge_and_converge },
 	{ "a message arriving during a stepwise merge is not doubled",
 	  test_sync_message_arriving_during_a_stepwise_merge_is_not_doubled },
+	{ "a message arriving at the client's UID during a merge stays",
+	  test_sync_message_arriving_at_the_same_uid_during_a_merge_stays },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ "server refuses UIDs and modseqs past the bounds, the mailbox unchanged",
 	  test_sync_server_refuses_values_past_the_bounds },
