@@ -36,6 +36,21 @@ static bool acl_mailbox(struct imap_cmd *cmd, const struct imap_arg *arg, struct
 	return r > 0;
 }
 
+/* acl_mailbox() for the commands that need the 'a' right (GETACL,
+ * LISTRIGHTS, SETACL, DELETEACL); false after replying. */
+static bool acl_admin_mailbox(struct imap_cmd *cmd, const struct imap_arg *arg,
+			      struct stor_mailbox *mb_r, uint32_t *rights_r)
+{
+	if (!acl_mailbox(cmd, arg, mb_r, rights_r))
+		return false;
+	if ((*rights_r & ACL_ADMIN) == 0) {
+		stor_mailbox_free(mb_r);
+		imap_acl_refuse(cmd, *rights_r, ACL_ADMIN, NOTFOUND);
+		return false;
+	}
+	return true;
+}
+
 /* An identifier argument as a C string; NULL after replying BAD. */
 static const char *identifier_arg(struct imap_cmd *cmd, const struct imap_arg *arg)
 {
@@ -79,12 +94,8 @@ bool imap_cmd_getacl(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "BAD", "GETACL takes a mailbox name");
 	struct stor_mailbox mb;
 	uint32_t rights;
-	if (!acl_mailbox(cmd, &cmd->args[0], &mb, &rights))
+	if (!acl_admin_mailbox(cmd, &cmd->args[0], &mb, &rights))
 		return true;
-	if ((rights & ACL_ADMIN) == 0) {
-		stor_mailbox_free(&mb);
-		return imap_acl_refuse(cmd, rights, ACL_ADMIN, NOTFOUND);
-	}
 	stor_acl_list acl;
 	const char *err;
 	if (stor_acl_get(cmd->client->server->db, &mb.guid, &acl, &err) < 0) {
@@ -130,12 +141,8 @@ bool imap_cmd_listrights(struct imap_cmd *cmd)
 		return true;
 	struct stor_mailbox mb;
 	uint32_t rights;
-	if (!acl_mailbox(cmd, &cmd->args[0], &mb, &rights))
+	if (!acl_admin_mailbox(cmd, &cmd->args[0], &mb, &rights))
 		return true;
-	if ((rights & ACL_ADMIN) == 0) {
-		stor_mailbox_free(&mb);
-		return imap_acl_refuse(cmd, rights, ACL_ADMIN, NOTFOUND);
-	}
 	uint32_t required = strcmp(id, mb.user) == 0 ? ACL_OWNER_ALWAYS : 0;
 	char req[sizeof(ACL_LETTERS)];
 	acl_rights_format(required, req);
@@ -167,12 +174,8 @@ static bool acl_change(struct imap_cmd *cmd, const char *id, const struct imap_a
 	struct imap_client *c = cmd->client;
 	struct stor_mailbox mb;
 	uint32_t rights;
-	if (!acl_mailbox(cmd, mbox_arg, &mb, &rights))
+	if (!acl_admin_mailbox(cmd, mbox_arg, &mb, &rights))
 		return true;
-	if ((rights & ACL_ADMIN) == 0) {
-		stor_mailbox_free(&mb);
-		return imap_acl_refuse(cmd, rights, ACL_ADMIN, NOTFOUND);
-	}
 	stor_acl_list acl;
 	const char *err;
 	if (stor_acl_get(c->server->db, &mb.guid, &acl, &err) < 0) {
