@@ -41,7 +41,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "ACL-PUT", "sgssn", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "SAVE", "dumgfT",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_STAMPS |
-		  PROTO_CMDF_OPT_REQ },
+		  PROTO_CMDF_OPT_REQ | PROTO_CMDF_OPT_HOLDER },
 	{ "COPY", "iigumdf",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_REQ },
 	{ "EXPUNGE", "Sm",
@@ -289,7 +289,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
 	bool seen_guids = false, seen_stamps = false, seen_epoch = false, seen_by = false;
-	bool seen_req = false;
+	bool seen_req = false, seen_holder = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -339,6 +339,10 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			uint64_t n;
 			seen_req = true;
 			ok = proto_arg_req(val, &sid, &n) == 0;
+		} else if (strcasecmp(key->str, "HOLDER") == 0 && !seen_holder &&
+			   (info->flags & PROTO_CMDF_OPT_HOLDER) != 0) {
+			seen_holder = true;
+			ok = check_arg('i', val);
 		} else if (strcasecmp(key->str, "STAMPS") == 0 && !seen_stamps &&
 			   (info->flags & PROTO_CMDF_OPT_STAMPS) != 0) {
 			seen_stamps = true;
@@ -356,6 +360,11 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 				    info->name, i + 2);
 		i += 2;
 	}
+	if (seen_holder && seen_origin)
+		/* A holder promises to hold a request's change; a change
+		 * already made (ORIGIN) has none (SPEC 8.8). */
+		return fail(errbuf, sizeof(errbuf), error_r, "%s: HOLDER with ORIGIN%.0zu", info->name,
+			    0);
 	*npos_r = npos;
 	return 0;
 }
@@ -371,6 +380,7 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_BY) != 0 && strcasecmp(key, "BY") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_REQ) != 0 && strcasecmp(key, "REQ") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_HOLDER) != 0 && strcasecmp(key, "HOLDER") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0);
 }
 

@@ -310,6 +310,14 @@ enum proto_save_rule {
 int proto_read_save(const struct proto_cmd *cmd, enum proto_save_rule rule,
 		    struct proto_save *s_r, const char **error_r);
 void proto_save_free(struct proto_save *s);
+/* The HOLDER option of a validated SAVE (SPEC 8.8): the node that took the
+ * client's command promises to hold the change before its client hears OK.
+ * 0 with *sid_r = 0 when absent, 0 with the SID (never 0), or -1 when
+ * malformed (not a nonzero 32-bit number, or with ORIGIN: a change already
+ * made has no holder).  proto_cmd_validate() refuses the same. */
+int proto_save_holder(const struct proto_cmd *cmd, size_t npos, uint32_t *sid_r);
+/* Writes " HOLDER <sid>" after a SAVE's arguments; sid must not be 0. */
+void proto_wr_holder(struct proto_wr *w, uint32_t sid);
 /* Writes the six arguments after the caller's "TAG SAVE" (options, such as
  * STAMPS, follow). */
 void proto_wr_save(struct proto_wr *w, const struct proto_save *s);
@@ -402,6 +410,7 @@ void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 #define PROTO_CMDF_OPT_BY 0x100             /* accepts BY USER: a user's expunge (SPEC 8.6) */
 #define PROTO_CMDF_OPT_REQ 0x200            /* accepts REQ <sid>.<n>: a request's identity (SPEC 6.4) */
 #define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
+#define PROTO_CMDF_OPT_HOLDER 0x400         /* accepts HOLDER <sid>: the originator holds it (SPEC 8.8) */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
 
 struct proto_cmd_info {

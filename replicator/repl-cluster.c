@@ -129,6 +129,7 @@ struct master_op {
 	void *ctx;
 	struct cl_waiter waiter;
 	struct owned_result out;
+	bool *held_r;                  /* cl_append_req.held_r */
 };
 
 static void master_op_done(struct cl_waiter *w)
@@ -140,6 +141,8 @@ static void master_op_done(struct cl_waiter *w)
 			    "stored here, but fewer than sync_replicas replicas acknowledged it in "
 			    "time; it is replicated when they can take it (a retried APPEND may "
 			    "store the message twice)");
+	if (w->held && m->held_r != NULL)
+		*m->held_r = true;
 	m->cb(m->ctx, owned_get(&m->out));
 	owned_free(&m->out);
 	free(m);
@@ -182,9 +185,9 @@ static void refusal_done(void *ctx, const struct repl_result *unused)
 	free(r);
 }
 
-static bool refused_now(struct repl_cluster *cl, repl_done_cb *cb, void *ctx)
+static bool refused_now(struct repl_cluster *cl, uint32_t holder, repl_done_cb *cb, void *ctx)
 {
-	if (!cl_must_refuse(cl))
+	if (!cl_must_refuse_holder(cl, holder))
 		return false;
 	struct refusal *r = xcalloc(1, sizeof(*r));
 	r->cl = cl;
@@ -286,9 +289,11 @@ static void req_made_add(struct repl_cluster *cl, const struct guid *mailbox,
 void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
 		      void *ctx)
 {
-	if (refused_now(cl, cb, ctx))
+	if (refused_now(cl, req->holder, cb, ctx))
 		return;
 	struct master_op *m = master_begin(cl, req->user, &req->mailbox, cb, ctx);
+	m->waiter.holder = req->holder;
+	m->held_r = req->held_r;
 	uint32_t have;
 	const char *err;
 	struct stor_msg msg;
@@ -358,7 +363,7 @@ void cl_master_store(struct repl_cluster *cl, const char *user, const struct gui
 		     const uint32_t *uids, size_t count, const struct stor_store *req,
 		     repl_done_cb *cb, void *ctx)
 {
-	if (refused_now(cl, cb, ctx))
+	if (refused_now(cl, 0, cb, ctx))
 		return;
 	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
 	repl_store(cl->local, user, mailbox, uids, count, req, master_local_done, m);
@@ -367,7 +372,7 @@ void cl_master_store(struct repl_cluster *cl, const char *user, const struct gui
 void cl_master_expunge(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
 		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx)
 {
-	if (refused_now(cl, cb, ctx))
+	if (refused_now(cl, 0, cb, ctx))
 		return;
 	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
 	repl_expunge(cl->local, user, mailbox, uids, count, master_local_done, m);
@@ -556,6 +561,7 @@ static void cl_destroy(struct repl *r)
 	for (size_t i = 0; i < cl->under.count; i++)
 		free(cl->under.items[i].user);
 	ARRAY_FREE(&cl->under);
+	cl_promises_free(cl);
 	cl_handover_free(cl);
 	free(cl->reqs);
 	repl_watch_remove(cl->local, inner_watch, cl);

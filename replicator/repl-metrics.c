@@ -345,6 +345,8 @@ static const struct metric_def metric_defs[] = {
 	  "healthy replicas now", 1 },
 	{ "forwarded_changes", false, "starling_forwarded_changes_total", "counter",
 	  "changes sent to a mailbox master", 1 },
+	{ "forwarded_held", false, "starling_forwarded_held_total", "counter",
+	  "forwarded SAVEs the master answered counting this node as a copy", 1 },
 	{ "autonomous_changes", false, "starling_autonomous_changes_total", "counter",
 	  "changes made here because no master could be reached", 1 },
 	{ "relayed_commands", false, "starling_relayed_commands_total", "counter",

@@ -45,6 +45,8 @@ struct answer {
 	 * when the master gave the copy another (SPEC 6.4). */
 	struct guid save_guid;
 	bool save_req;
+	/* SAVE with HOLDER: the master counted the holder (SPEC 8.8). */
+	bool held;
 };
 
 static struct answer *answer_new(struct repl_cluster *cl, struct cl_peer *p,
@@ -641,6 +643,10 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 			}
 			stor_msg_free(&m);
 		}
+		if (a->held) {
+			size_t len = strlen(code);
+			snprintf(code + len, sizeof(code) - len, " HELD");
+		}
 	} else if (a->status[0] == 'S') { /* STORE */
 		for (size_t i = 0; i < res->changed_count; i++) {
 			const struct stor_msg *m = &res->changed[i];
@@ -709,23 +715,27 @@ static void serve_save(struct repl_cluster *cl, struct answer *a, const struct p
 		answer_later(a, "BAD", "ARGS", "REQ <sid>.<n>");
 		return;
 	}
-	/* A resent SAVE (the link dropped before our answer) is recognised
-	 * by its GUID (SPEC 6.4); with REQ, cl_master_append() tells a
-	 * resent copy from another copy. */
-	uint32_t have_uid;
-	if (rq == NULL && stor_msg_find_guid(db, &mb->guid, &req.guid, &have_uid, &err) > 0) {
-		struct stor_msg m;
-		char code[96];
+	/* The originator may promise to hold the change (SPEC 8.8): only it,
+	 * a configured peer, can name itself; anything else is malformed. */
+	uint32_t holder;
+	const struct proto_arg *via = proto_cmd_option(cmd, npos, "VIA");
+	uint32_t originator = a->sid;
+	if (via != NULL && via->type == PROTO_ARG_LIST && via->count > 0)
+		(void)proto_arg_u32(&via->list[0], &originator);
+	if (proto_save_holder(cmd, npos, &holder) < 0 ||
+	    (holder != 0 && (holder != originator || holder == cl->cfg->node_id ||
+			     cl_peer_find(cl, holder) == NULL))) {
 		proto_flags_free(&fl);
-		if (stor_msg_get(db, &mb->guid, have_uid, &m, &err) > 0) {
-			snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, have_uid, m.modseq);
-			stor_msg_free(&m);
-			answer_later(a, "OK", code, "already saved");
-			return;
-		}
-		answer_later(a, "NO", "SERVERBUG", err);
+		answer_later(a, "BAD", "ARGS", "HOLDER names the originator, a peer");
 		return;
 	}
+	req.holder = holder;
+	req.held_r = &a->held;
+	/* A resent SAVE (the link dropped before our answer, or a holder
+	 * that could not keep its promise, SPEC 8.8) is recognised by its
+	 * GUID in cl_master_append() (SPEC 6.4), which answers the message
+	 * made once sync_replicas copies hold it: answered at once, the
+	 * client could hear OK of a message the master alone holds. */
 	if (save_text(db, a, &sv, &req.text, &req.text_len) < 0) {
 		proto_flags_free(&fl);
 		return;

@@ -863,6 +863,125 @@ static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
 	free(dir);
 }
 
+/* A master of an earlier build (SPEC 8.8): node 2 here plays one, answering
+ * a SAVE that carries HOLDER with BAD [ARGS] (an unknown option) and every
+ * other command as usual.  Node 1's forwarded APPEND is sent with HOLDER,
+ * resent without it on the same link, and completes once, stored at the
+ * master's UID; the next APPEND on that link is sent without HOLDER at once. */
+struct old_master {
+	struct repl_cluster *cl;
+	unsigned with_holder, without_holder;
+};
+
+static void old_master_live(void *ctx, uint32_t sid, struct proto_conn *conn,
+			    const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct old_master *om = ctx;
+	size_t npos;
+	const char *err;
+	if (proto_cmd_is(cmd, "SAVE") && proto_cmd_validate(cmd, &npos, &err) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") == NULL) {
+		if (proto_cmd_option(cmd, npos, "HOLDER") != NULL) {
+			om->with_holder++;
+			proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", "SAVE: unknown option 7");
+			return;
+		}
+		om->without_holder++;
+	}
+	cl_replica_command(om->cl, sid, conn, cmd, selected);
+}
+
+static void test_master_of_an_earlier_build_gets_no_holder(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+
+	/* D on both nodes, mastered by node 2 (the first to write to it). */
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	const char *err;
+	for (int i = 0; i < 500; i++) {
+		struct stor_mailbox x;
+		if (stor_mailbox_get(n1.db, "bob", "D", &x, &err) > 0) {
+			stor_mailbox_free(&x);
+			break;
+		}
+		ev_run(loop, EVRUN_ONCE);
+	}
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+
+	struct old_master om = { to_cl(n2.repl), 0, 0 };
+	repl_sync_set_live(n2.sync, old_master_live, &om);
+	for (unsigned k = 0; k < 2; k++) {
+		a.text = k == 0 ? "Subject: on 1\r\n\r\nfirst from node 1\r\n" :
+				  "Subject: on 1\r\n\r\nsecond from node 1\r\n";
+		a.text_len = strlen(a.text);
+		memset(&d, 0, sizeof(d));
+		repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		CU_ASSERT_EQUAL(d.error, REPL_OK);
+		/* Sent with HOLDER once, refused, resent without; then
+		 * never with it again on this link. */
+		CU_ASSERT_EQUAL(om.with_holder, 1);
+		CU_ASSERT_EQUAL(om.without_holder, k + 1);
+		/* Stored here at the master's UID before the OK. */
+		struct stor_msg m;
+		int r1 = stor_msg_get(n1.db, &dmb.guid, d.uid, &m, &err);
+		CU_ASSERT_EQUAL(r1, 1);
+		if (r1 == 1)
+			stor_msg_free(&m);
+		int r2 = stor_msg_get(n2.db, &dmb.guid, d.uid, &m, &err);
+		CU_ASSERT_EQUAL(r2, 1);
+		if (r2 == 1)
+			stor_msg_free(&m);
+	}
+	for (int i = 0; i < 50; i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	struct stor_db *dbs[] = { n1.db, n2.db };
+	for (size_t k = 0; k < 2; k++) {
+		struct stor_mailbox x = mailbox_on(dbs[k], "D");
+		CU_ASSERT_EQUAL(x.messages, 3);
+		stor_mailbox_free(&x);
+	}
+	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
+	stor_mailbox_free(&dmb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 /* The tombstone at uid on db: 1 a user's, 0 the engine's, -1 none. */
 static int tomb_kind(struct stor_db *db, const struct guid *mb, uint32_t uid)
 {
@@ -1203,6 +1322,8 @@ const struct test_case repl_cluster_cases[] = {
 	{ "a COPY whose source is expunged meanwhile sends no empty text",
 	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
 	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
+	{ "a master of an earlier build: BAD [ARGS] to HOLDER, resent without it",
+	  test_master_of_an_earlier_build_gets_no_holder },
 	{ "a MOVE whose source a sync renumbered meanwhile still removes it",
 	  test_move_of_a_source_renumbered_meanwhile },
 	{ "an EXPUNGE on the master reaches its message renumbered meanwhile",
