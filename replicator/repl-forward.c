@@ -276,7 +276,8 @@ static void fwd_resend_unheld(struct cl_fwd *f, const char *why)
 	f->no_holder = true;
 	f->held = false;
 	f->cl->forwarded_changes--; /* counted again at its answer */
-	if (f->peer != NULL && f->peer->conn != NULL) {
+	if (f->peer != NULL && f->peer->conn != NULL &&
+	    cl_bind_get(f->peer, &f->mailbox)->state == CL_BIND_BOUND) {
 		fwd_send(f);
 		return;
 	}

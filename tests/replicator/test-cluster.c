@@ -870,6 +870,7 @@ static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
  * master's UID; the next APPEND on that link is sent without HOLDER at once. */
 struct old_master {
 	struct repl_cluster *cl;
+	bool refuse_holder;            /* else only count */
 	unsigned with_holder, without_holder;
 };
 
@@ -883,12 +884,137 @@ static void old_master_live(void *ctx, uint32_t sid, struct proto_conn *conn,
 	    proto_cmd_option(cmd, npos, "ORIGIN") == NULL) {
 		if (proto_cmd_option(cmd, npos, "HOLDER") != NULL) {
 			om->with_holder++;
-			proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", "SAVE: unknown option 7");
-			return;
+			if (om->refuse_holder) {
+				proto_conn_reply(conn, cmd->tag, "BAD", "ARGS",
+						 "SAVE: unknown option 7");
+				return;
+			}
+		} else {
+			om->without_holder++;
 		}
-		om->without_holder++;
 	}
 	cl_replica_command(om->cl, sid, conn, cmd, selected);
+}
+
+/* Two nodes linked, mailbox D on both, mastered by node 2, which holds one
+ * message; node 1 has bound D on its link (one forward). */
+static void holder_setup(struct bnode *n1, struct bnode *n2, struct ev_loop *loop,
+			 const char *dir, const char *secret, ev_timer *t, struct stor_mailbox *dmb)
+{
+	uint16_t port1 = free_port(), port2 = free_port();
+	bnode_start(n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer_init(t, tick, 0.01, 0.01);
+	ev_timer_start(loop, t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1->peers, 2) && repl_peers_conn(n2->peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1->peers, 2) != NULL);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2->repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	*dmb = mailbox_on(n2->db, "D");
+	const char *err;
+	for (int i = 0; i < 500; i++) {
+		struct stor_mailbox x;
+		if (stor_mailbox_get(n1->db, "bob", "D", &x, &err) > 0) {
+			stor_mailbox_free(&x);
+			break;
+		}
+		ev_run(loop, EVRUN_ONCE);
+	}
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n2->repl, "bob", &dmb->guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+}
+
+/* SPEC 8.8, the forwarder's fallback: node 1 holds another message under
+ * the UID the master assigns (as after a partition, before the resync), so
+ * it cannot keep its HOLDER promise: it sends the same SAVE again without
+ * HOLDER and answers OK only on that answer; the message reaches both. */
+static void test_holder_that_cannot_hold_resends_without(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct bnode n1, n2;
+	ev_timer t;
+	struct stor_mailbox dmb;
+	holder_setup(&n1, &n2, loop, dir, secret, &t, &dmb);
+	const char *err;
+	struct copy_done d;
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	/* Node 1 binds D on its link with one forward first. */
+	a.text = "Subject: bind\r\n\r\nfirst from node 1\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	for (int i = 0; i < 50; i++)
+		ev_run(loop, EVRUN_ONCE);
+	/* The master's next UID, taken here by a message it never saw. */
+	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	uint32_t next = on2.uidnext;
+	stor_mailbox_free(&on2);
+	struct guid rogue;
+	guid_generate(&rogue);
+	struct stor_append sa = { .uid = next, .guid = &rogue,
+				  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
+	sa.text_len = strlen(sa.text);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &dmb.guid, &sa, NULL, NULL, &err), 0);
+
+	struct old_master om = { to_cl(n2.repl), false, 0, 0 };
+	repl_sync_set_live(n2.sync, old_master_live, &om);
+	struct guid mine;
+	guid_generate(&mine);
+	a.guid = &mine;
+	a.text = "Subject: held\r\n\r\nsecond from node 1\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	/* Sent with HOLDER once, then without it (more than once when the
+	 * resync the conflict started made the master answer TRYLATER). */
+	CU_ASSERT_EQUAL(om.with_holder, 1);
+	CU_ASSERT(om.without_holder >= 1);
+	if (om.without_holder == 0)
+		fprintf(stderr, "\nno resend without HOLDER (answered UID %u, wanted %u)", d.uid,
+			next);
+	uint32_t at;
+	/* On the master (a resync may have given one of the two another UID
+	 * since). */
+	CU_ASSERT_EQUAL(stor_msg_find_guid(n2.db, &dmb.guid, &mine, &at, &err), 1);
+	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
+	/* The resync the conflict asked for brings it here too. */
+	bool here = false;
+	for (int i = 0; i < 3000 && !here; i++) {
+		ev_run(loop, EVRUN_ONCE);
+		here = stor_msg_find_guid(n1.db, &dmb.guid, &mine, &at, &err) == 1;
+	}
+	CU_ASSERT_TRUE(here);
+	ev_timer_stop(loop, &t);
+	stor_mailbox_free(&dmb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
 }
 
 static void test_master_of_an_earlier_build_gets_no_holder(void)
@@ -938,7 +1064,7 @@ static void test_master_of_an_earlier_build_gets_no_holder(void)
 	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
 	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
 
-	struct old_master om = { to_cl(n2.repl), 0, 0 };
+	struct old_master om = { to_cl(n2.repl), true, 0, 0 };
 	repl_sync_set_live(n2.sync, old_master_live, &om);
 	for (unsigned k = 0; k < 2; k++) {
 		a.text = k == 0 ? "Subject: on 1\r\n\r\nfirst from node 1\r\n" :
@@ -1324,6 +1450,8 @@ const struct test_case repl_cluster_cases[] = {
 	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
 	{ "a master of an earlier build: BAD [ARGS] to HOLDER, resent without it",
 	  test_master_of_an_earlier_build_gets_no_holder },
+	{ "a holder that cannot hold the master's UID resends without HOLDER",
+	  test_holder_that_cannot_hold_resends_without },
 	{ "a MOVE whose source a sync renumbered meanwhile still removes it",
 	  test_move_of_a_source_renumbered_meanwhile },
 	{ "an EXPUNGE on the master reaches its message renumbered meanwhile",
