@@ -451,7 +451,6 @@ void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn
 {
 	struct repl_sync *rs = ctx;
 	(void)peers;
-	(void)conn;
 	struct srv_link *l = srv_get(rs, sid);
 	srv_track(l, cmd);
 	if (rs->live_cb != NULL && is_live(l, cmd)) {
@@ -462,6 +461,6 @@ void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn
 	}
 	if (refuse_crossing(rs, l, conn, cmd))
 		return;
-	int r = sync_server_input(l->server, cmd);
+	int r = sync_server_input(l->server, cmd, proto_conn_parser(conn));
 	srv_after(rs, l, cmd, r);
 }
