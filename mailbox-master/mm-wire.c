@@ -29,13 +29,7 @@ static void write_key(struct buf *out, const char *key)
 		buf_append_str(out, key);
 		return;
 	}
-	buf_append_byte(out, '"');
-	for (const char *p = key; *p != '\0'; p++) {
-		if (*p == '"' || *p == '\\')
-			buf_append_byte(out, '\\');
-		buf_append_byte(out, (unsigned char)*p);
-	}
-	buf_append_byte(out, '"');
+	buf_append_quoted(out, key, strlen(key));
 }
 
 static void write_sids(struct buf *out, const uint32_t *sids, uint32_t n)

@@ -475,13 +475,7 @@ static int rebuild_line(const struct proto_cmd *cmd, struct buf *out, const char
 		if (mm_atom(a->str, a->len)) {
 			buf_append(out, a->str, a->len);
 		} else {
-			buf_append_byte(out, '"');
-			for (size_t j = 0; j < a->len; j++) {
-				if (a->str[j] == '"' || a->str[j] == '\\')
-					buf_append_byte(out, '\\');
-				buf_append_byte(out, (unsigned char)a->str[j]);
-			}
-			buf_append_byte(out, '"');
+			buf_append_quoted(out, a->str, a->len);
 		}
 		if (out->len >= MM_WIRE_MAX_LINE) {
 			*error_r = "message too long";
