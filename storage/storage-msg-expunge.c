@@ -26,17 +26,11 @@ int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const 
 	stor_uid_list done = ARRAY_INIT;
 	ARRAY(struct guid) gone = ARRAY_INIT;
 	uint64_t gone_modseq = 0;
-	stor_txn_begin(db, &txn);
-	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
-	if (ret <= 0) {
-		stor_txn_free(&txn);
-		return ret < 0 ? -1 : mailbox_missing(db, error_r);
-	}
-	if (modseq_room(db, &tm->mb, modseq, error_r) < 0) {
+	if (msg_txn_begin(db, &txn, mailbox, modseq, &tm, error_r) < 0) {
 		stor_txn_free(&txn);
 		return -1;
 	}
-	ret = 0;
+	int ret = 0;
 	uint64_t assigned = 0;
 	size_t nuids;
 	uint32_t *sorted = uids_unique(uids, uid_count, &nuids);
@@ -96,17 +90,11 @@ int stor_msg_renumber(struct stor_db *db, const struct guid *mailbox, uint32_t o
 		return stor_err(db, error_r, "invalid new UID");
 	if (!mail_uid_valid(new_uid))
 		return stor_err(db, error_r, "UID %u is out of range", new_uid);
-	stor_txn_begin(db, &txn);
-	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
-	if (ret <= 0) {
-		stor_txn_free(&txn);
-		return ret < 0 ? -1 : mailbox_missing(db, error_r);
-	}
-	if (modseq_room(db, &tm->mb, modseq, error_r) < 0) {
+	if (msg_txn_begin(db, &txn, mailbox, modseq, &tm, error_r) < 0) {
 		stor_txn_free(&txn);
 		return -1;
 	}
-	ret = stor_msg_get(db, mailbox, old_uid, &msg, error_r);
+	int ret = stor_msg_get(db, mailbox, old_uid, &msg, error_r);
 	if (ret <= 0) {
 		stor_txn_free(&txn);
 		return ret < 0 ? -1 : stor_err(db, error_r, "message does not exist");

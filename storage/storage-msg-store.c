@@ -140,15 +140,7 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		return -1;
 	size_t nuids;
 	uint32_t *sorted = uids_unique(uids, uid_count, &nuids);
-	stor_txn_begin(db, &txn);
-	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
-	if (ret <= 0) {
-		if (ret == 0)
-			mailbox_missing(db, error_r);
-		ret = -1;
-		goto cleanup;
-	}
-	ret = modseq_room(db, &tm->mb, req->modseq, error_r);
+	int ret = msg_txn_begin(db, &txn, mailbox, req->modseq, &tm, error_r);
 	if (ret < 0)
 		goto cleanup;
 	uint64_t assigned = 0;

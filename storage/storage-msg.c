@@ -216,6 +216,22 @@ int modseq_room(struct stor_db *db, const struct stor_mailbox *mb, uint64_t give
 	return 0;
 }
 
+/* Begins the transaction of a call that changes messages of mailbox with
+ * modseq (0: one is assigned): *tm_r gets the mailbox.  A mailbox that is
+ * missing or out of modseqs is -1 with *error_r; the caller frees txn
+ * either way. */
+int msg_txn_begin(struct stor_db *db, struct stor_txn *txn, const struct guid *mailbox,
+		  uint64_t modseq, struct stor_txn_mailbox **tm_r, const char **error_r)
+{
+	stor_txn_begin(db, txn);
+	int ret = stor_txn_mailbox(txn, mailbox, tm_r, error_r);
+	if (ret == 0)
+		return mailbox_missing(db, error_r);
+	if (ret < 0 || modseq_room(db, &(*tm_r)->mb, modseq, error_r) < 0)
+		return -1;
+	return 0;
+}
+
 /* The next modseq of a call: the given one, or one above the mailbox's
  * highest, assigned once per call (modseq_room() checked it first). */
 uint64_t call_modseq(struct stor_mailbox *mb, uint64_t given, uint64_t *assigned)
