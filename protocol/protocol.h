@@ -140,6 +140,17 @@ enum proto_parse_error proto_parser_get_error(const struct proto_parser *p,
  * of the current line or was taken already. */
 unsigned char *proto_parser_steal_literal(struct proto_parser *p, const struct proto_arg *arg);
 
+/* A parsed line kept past its parser's next call (a command that waits
+ * until its receiver is free), so that it need not be written back to
+ * text and parsed again.  The copy owns its tag, name, text and arguments;
+ * its literals are taken from p when p is the parser that returned cmd
+ * (a held SAVE's text is not copied), copied otherwise (p NULL).  Free it
+ * with proto_cmd_kept_free(). */
+struct proto_cmd *proto_cmd_keep(const struct proto_cmd *cmd, struct proto_parser *p);
+/* Bytes a kept line holds, literals included (for the holder's bounds). */
+size_t proto_cmd_kept_size(const struct proto_cmd *kept);
+void proto_cmd_kept_free(struct proto_cmd **cmdp);
+
 /* ------------------------------------------------------------------ */
 /* Writer: appends one line at a time to a buffer. */
 
@@ -542,6 +553,10 @@ bool proto_conn_is_compressed(const struct proto_conn *conn);
 size_t proto_conn_output_size(const struct proto_conn *conn);
 /* True while output is above the high-water mark. */
 bool proto_conn_is_congested(const struct proto_conn *conn);
+/* The parser of the link's input.  Inside the command() callback its
+ * current line is the command passed: a receiver that keeps the command
+ * takes its literals from it (proto_cmd_keep()). */
+struct proto_parser *proto_conn_parser(struct proto_conn *conn);
 
 /* Starts a command with a fresh tag: returns a writer with "TAG NAME"
  * written; add arguments, then call proto_conn_cmd_send().  Only one line

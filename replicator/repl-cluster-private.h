@@ -253,7 +253,6 @@ struct repl_cluster {
 	 * (a ring): a resent request gets the message it made (SPEC 6.4). */
 	struct cl_req_made *reqs;
 	size_t req_next;
-	uint64_t req_counter;          /* the n of this node's next REQ */
 	struct cl_barriers *barriers;  /* read barriers (repl-barrier.c) */
 };
 

@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "mailbox-master/mm.h"
@@ -400,22 +399,12 @@ void cl_append(struct repl *r, const char *user, const struct guid *mailbox,
 	struct cl_fwd *f = fwd_new(cl, FWD_APPEND, user, mailbox, cb, ctx);
 	f->app.user = f->user;
 	f->app.mailbox = *mailbox;
+	/* A copy (cl_copy()) comes with a GUID of its own and its text: that
+	 * GUID is its identity, so it is sent without REQ (SPEC 6.3, 6.4). */
 	if (req->guid != NULL)
 		f->app.guid = *req->guid;
-	if (req->guid != NULL && req->text == NULL) {
-		/* A copy under the GUID of the message it copies: its identity,
-		 * kept by every retry of it (SPEC 6.4).  cl_copy() gives every
-		 * copy a GUID of its own and its text instead, and that GUID
-		 * is the identity.  Numbered from the wall clock in
-		 * microseconds, so a restarted node does not reuse its earlier
-		 * numbers. */
-		if (cl->req_counter == 0)
-			cl->req_counter = (uint64_t)clock_wall_s() * 1000000u + clock_mono_us() % 1000000u;
-		f->app.req.sid = cl->cfg->node_id;
-		f->app.req.n = cl->req_counter++;
-	} else if (req->guid == NULL) {
+	else
 		guid_generate(&f->app.guid);
-	}
 	f->app.flags = req->flags;
 	f->app.keywords = req->keywords;
 	f->app.keyword_count = req->keyword_count;

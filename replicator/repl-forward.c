@@ -175,25 +175,6 @@ void fwd_autonomous(struct cl_fwd *f, const char *why)
 	struct repl_append a;
 	switch (f->kind) {
 	case FWD_APPEND:
-		if (f->app.req.sid != 0) {
-			/* A copy made here alone: the other side of a partition
-			 * may copy the same message into this mailbox too, and
-			 * the resync merges a GUID into one message, so this one
-			 * gets its own.  If the master did make the copy sent to
-			 * it (its answer lost), that is a message more, never an
-			 * acknowledged copy fewer. */
-			if (f->app.text == NULL) {
-				buf_reset(&f->text);
-				if (fwd_load_text(f, &f->text) < 0) {
-					fwd_fail(f, REPL_ERR_NOTFOUND,
-						 "the copied message was expunged meanwhile");
-					return;
-				}
-				f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
-				f->app.text_len = f->text.len;
-			}
-			guid_generate(&f->app.guid);
-		}
 		append_from_req(&f->app, &a);
 		repl_append(cl->local, f->user, &f->mailbox, &a, fwd_inner_done, f);
 		break;
@@ -740,12 +721,6 @@ static void fwd_send(struct cl_fwd *f)
 		fwd_wr_batch_guids(f, w);
 		break;
 	}
-	}
-	if (f->kind == FWD_APPEND && f->app.req.sid != 0) {
-		char id[PROTO_MAX_REQ_LEN + 1];
-		snprintf(id, sizeof(id), "%" PRIu32 ".%" PRIu64, f->app.req.sid, f->app.req.n);
-		proto_wr_atom(w, "REQ");
-		proto_wr_atom(w, id);
 	}
 	if (f->to != 0) {
 		proto_wr_atom(w, "TO");

@@ -114,6 +114,7 @@ struct run {
 	bool verifying;
 	struct sync_client *client;
 	struct buf tx;
+	struct proto_parser *relay; /* cuts tx into lines (relay_line_cut()) */
 	struct pcmd *pcmds;
 	char *failure; /* set by the link side, seen by the next step */
 	struct buf report;
@@ -192,9 +193,18 @@ struct repl_sync {
 };
 
 /* repl-sync.c */
-size_t line_length(const unsigned char *d, size_t len);
-int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
-	       char *name, size_t name_size, const unsigned char **rest_r, size_t *rest_len_r);
+/* The parser of relay_line_cut(). */
+struct proto_parser *relay_parser_create(void);
+/* Cuts the first line the sync engine wrote off d[0..len) with the
+ * protocol's parser *pp (so that only proto-parser.c reads replication
+ * bytes): 1 with the line's length (literals and CRLF included), its tag
+ * and name, and the bytes after the name up to the CRLF, to be relayed as
+ * they are; 0 when the line is not complete (offer it again, whole, with
+ * the rest); -1 for a line the engine cannot have written.  *pp is
+ * replaced by a fresh parser unless 1 was returned. */
+int relay_line_cut(struct proto_parser **pp, const unsigned char *d, size_t len,
+		   size_t *line_len_r, char *tag, size_t tag_size, char *name, size_t name_size,
+		   const unsigned char **rest_r, size_t *rest_len_r);
 void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 		 const char *text);
 void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);

@@ -9,6 +9,7 @@
 
 #include <ev.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,66 +33,49 @@ static const char *const sync_commands[] = {
 /* ------------------------------------------------------------------ */
 /* Relaying whole lines */
 
-/* The length of the first complete line of d[0..len) (literals and final
- * CRLF included), or 0 when it is not complete yet. */
-size_t line_length(const unsigned char *d, size_t len)
+struct proto_parser *relay_parser_create(void)
 {
-	size_t pos = 0;
-	for (;;) {
-		const unsigned char *cr = NULL;
-		for (size_t i = pos; i + 1 < len; i++) {
-			if (d[i] == '\r' && d[i + 1] == '\n') {
-				cr = d + i;
-				break;
-			}
-		}
-		if (cr == NULL)
-			return 0;
-		size_t e = (size_t)(cr - d);
-		if (e > pos && d[e - 1] == '}') {
-			size_t b = e - 1;
-			while (b > pos && d[b - 1] >= '0' && d[b - 1] <= '9')
-				b--;
-			if (b > pos && d[b - 1] == '{' && b < e - 1) {
-				uint64_t n = 0;
-				/* Stops once past len: n * 10 never wraps. */
-				for (size_t i = b; i < e - 1 && n <= len; i++)
-					n = n * 10 + (uint64_t)(d[i] - '0');
-				if (n > len) /* not all here yet (or absurd) */
-					return 0;
-				pos = e + 2 + (size_t)n;
-				if (pos > len)
-					return 0;
-				continue;
-			}
-		}
-		return e + 2;
-	}
+	/* The engine's own lines: a literal is a message text already in
+	 * memory, whatever max_message_size allows; the other limits are the
+	 * peer's, which reads these lines next. */
+	struct proto_parser_settings set;
+	proto_parser_settings_default(&set);
+	set.max_literal = SIZE_MAX / 2;
+	return proto_parser_create(&set);
 }
 
-/* Splits an engine line into tag, name and the rest (everything after the
- * name up to the final CRLF).  Returns -1 for a line the engine cannot
- * have written. */
-int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
-	       char *name, size_t name_size, const unsigned char **rest_r, size_t *rest_len_r)
+int relay_line_cut(struct proto_parser **pp, const unsigned char *d, size_t len,
+		   size_t *line_len_r, char *tag, size_t tag_size, char *name, size_t name_size,
+		   const unsigned char **rest_r, size_t *rest_len_r)
 {
-	size_t i = 0;
-	while (i < len && d[i] != ' ')
-		i++;
-	if (i == 0 || i >= tag_size || i >= len)
+	size_t used;
+	const struct proto_cmd *cmd;
+	int r = proto_parser_parse(*pp, d, len, &used, &cmd);
+	if (r <= 0) {
+		/* Incomplete: the parser holds the part it saw, and the caller
+		 * offers the whole line again once the rest came.  Broken: an
+		 * error is final for a parser.  Either way, a fresh one. */
+		proto_parser_destroy(pp);
+		*pp = relay_parser_create();
+		return r;
+	}
+	/* The engine writes "TAG NAME[ args]" CRLF: the bytes after the
+	 * name are relayed as they are, under the link's own tag. */
+	size_t tag_len = strlen(cmd->tag), name_len = strlen(cmd->name);
+	size_t head = tag_len + 1 + name_len;
+	if (tag_len >= tag_size || name_len >= name_size ||
+	    used < head + 2 || d[used - 2] != '\r' || d[used - 1] != '\n' ||
+	    (d[head] != ' ' && d[head] != '\r')) {
+		proto_parser_destroy(pp);
+		*pp = relay_parser_create();
 		return -1;
-	memcpy(tag, d, i);
-	tag[i] = '\0';
-	size_t s = ++i;
-	while (i < len && d[i] != ' ' && d[i] != '\r')
-		i++;
-	if (i == s || i - s >= name_size || !proto_is_atom(d + s, i - s))
-		return -1;
-	memcpy(name, d + s, i - s);
-	name[i - s] = '\0';
-	*rest_r = d + i;
-	*rest_len_r = len - 2 - i;
-	return 0;
+	}
+	memcpy(tag, cmd->tag, tag_len + 1);
+	memcpy(name, cmd->name, name_len + 1);
+	*line_len_r = used;
+	*rest_r = d + head;
+	*rest_len_r = used - 2 - head;
+	return 1;
 }
 
 /* ------------------------------------------------------------------ */
