@@ -430,6 +430,27 @@ void repl_sync_link_up(struct repl_sync *rs, uint32_t sid)
 {
 	/* A new link is a new conversation: forget the old one's selection. */
 	srv_free(rs, sid);
+	/* It may be what the failed runs lacked (no peer was connected, the
+	 * link went down): what backs off is tried now, not up to
+	 * REPL_SYNC_BACKOFF_MAX_S after the heal.  A link that flaps is
+	 * paced by the peer layer's own reconnect back-off. */
+	for (size_t i = 0; i < rs->backoffs.count; i++)
+		free(rs->backoffs.items[i].user);
+	rs->backoffs.count = 0;
+	while (rs->retry_list != NULL && !rs->destroying) {
+		struct queued *q = rs->retry_list;
+		rs->retry_list = q->next;
+		ev_timer_stop(rs->loop, &q->retry);
+		bool queued = false;
+		for (struct queued *o = rs->queue; o != NULL && !queued; o = o->next)
+			queued = o->peer == q->peer && strcmp(o->user, q->user) == 0;
+		if (queued) {
+			free(q->user);
+			free(q);
+		} else {
+			queue_push(rs, q);
+		}
+	}
 }
 
 void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid)
