@@ -117,6 +117,7 @@ struct run {
 	struct proto_parser *relay; /* cuts tx into lines (relay_line_cut()) */
 	struct pcmd *pcmds;
 	char *failure; /* set by the link side, seen by the next step */
+	uint32_t refused_by; /* a peer that answered TRYLATER: its own run of the user */
 	struct buf report;
 	struct sync_report first;
 	char *not_converged;
@@ -142,6 +143,14 @@ struct waiting {
 	void *ctx;
 };
 
+/* A user whose background resyncs failed lately (REPL_SYNC_BACKOFF_MIN_S). */
+struct backoff {
+	char *user;
+	double delay;      /* the last wait given; 0 before any failure */
+	ev_tstamp next_at; /* no background resync of the user starts before */
+	unsigned failures; /* since the last success */
+};
+
 /* A background resync waiting for its turn (repl_sync_enqueue). */
 struct queued {
 	struct queued *next;
@@ -156,6 +165,10 @@ struct repl_sync {
 	struct ev_loop *loop;
 	/* Background resyncs waiting to be tried again (queued.retry). */
 	struct queued *retry_list;
+	ARRAY(struct backoff) backoffs;
+	/* Set by run_finish() for the done callback: the peer whose TRYLATER
+	 * ended the run (its own run of the user), else 0. */
+	uint32_t finished_refused_by;
 	bool destroying;
 	struct repl *repl;
 	struct repl_peers *peers;

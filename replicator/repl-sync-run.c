@@ -54,6 +54,10 @@ static void pcmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	struct pcmd *p = ctx;
 	(void)conn;
 	struct run *run = p->run;
+	if (run != NULL && kind == PROTO_REPLY_DONE && line != NULL &&
+	    strcmp(line->name, "NO") == 0 && proto_code_has(line, "TRYLATER") &&
+	    run->cur < run->npeers)
+		run->refused_by = run->peers[run->cur];
 	if (run != NULL && run->client != NULL && line != NULL) {
 		struct proto_cmd copy = *line;
 		copy.tag = p->tag;
@@ -148,7 +152,9 @@ void run_finish(struct run *run, bool converged, const char *text)
 	ev_timer_stop(rs->loop, &run->sync_timer);
 	run_client_free(run);
 	rs->run = NULL;
+	rs->finished_refused_by = converged ? 0 : run->refused_by;
 	run->cb(run->ctx, converged, (const char *)run->report.data, run->report.len, text);
+	rs->finished_refused_by = 0;
 	buf_free(&run->report);
 	buf_free(&run->tx);
 	free(run->not_converged);

@@ -84,9 +84,102 @@ int relay_line_cut(struct proto_parser **pp, const unsigned char *d, size_t len,
 
 static void queue_push(struct repl_sync *rs, struct queued *q);
 
+/* ---- Back-off of failing users (REPL_SYNC_BACKOFF_MIN_S) ---- */
+
+static struct backoff *backoff_find(struct repl_sync *rs, const char *user)
+{
+	for (size_t i = 0; i < rs->backoffs.count; i++)
+		if (strcmp(rs->backoffs.items[i].user, user) == 0)
+			return &rs->backoffs.items[i];
+	return NULL;
+}
+
+static void backoff_forget(struct repl_sync *rs, const char *user)
+{
+	struct backoff *b = backoff_find(rs, user);
+	if (b == NULL)
+		return;
+	free(b->user);
+	*b = rs->backoffs.items[--rs->backoffs.count];
+}
+
+/* A background resync of user failed (refused_by: the peer whose TRYLATER
+ * ended it, or 0): the wait before the next one, in seconds. */
+static double backoff_fail(struct repl_sync *rs, const char *user, uint32_t refused_by)
+{
+	ev_tstamp now = ev_now(rs->loop);
+	struct backoff *b = backoff_find(rs, user);
+	if (b == NULL) {
+		/* Bounded: entries whose wait is long over go first. */
+		for (size_t i = 0; i < rs->backoffs.count && rs->backoffs.count >= REPL_SYNC_QUEUE_MAX;) {
+			if (rs->backoffs.items[i].next_at + REPL_SYNC_BACKOFF_MAX_S < now) {
+				free(rs->backoffs.items[i].user);
+				rs->backoffs.items[i] = rs->backoffs.items[--rs->backoffs.count];
+			} else {
+				i++;
+			}
+		}
+		if (rs->backoffs.count >= REPL_SYNC_QUEUE_MAX)
+			return REPL_SYNC_BACKOFF_MAX_S; /* not remembered: no worse than before */
+		struct backoff nb = { xstrdup(user), 0, 0, 0 };
+		ARRAY_PUSH(&rs->backoffs, nb);
+		b = &rs->backoffs.items[rs->backoffs.count - 1];
+	}
+	b->delay = b->delay <= 0 ? REPL_SYNC_BACKOFF_MIN_S : b->delay * 2;
+	if (b->delay > REPL_SYNC_BACKOFF_MAX_S)
+		b->delay = REPL_SYNC_BACKOFF_MAX_S;
+	double wait = b->delay;
+	/* Refused by a lower node id running its own resync of the user:
+	 * ours yields, so that the lower one's retry (after its shorter
+	 * back-off) finds this node idle. */
+	if (refused_by != 0 && rs->peers != NULL && refused_by < repl_peers_my_sid(rs->peers) &&
+	    wait < REPL_SYNC_YIELD_S)
+		wait = REPL_SYNC_YIELD_S;
+	b->failures++;
+	b->next_at = now + wait;
+	return wait;
+}
+
+/* Seconds until a background resync of user may start (0: now). */
+static double backoff_left(struct repl_sync *rs, const char *user)
+{
+	const struct backoff *b = backoff_find(rs, user);
+	if (b == NULL)
+		return 0;
+	double left = b->next_at - ev_now(rs->loop);
+	return left > 0 ? left : 0;
+}
+
+static bool retry_has(const struct repl_sync *rs, const char *user, uint32_t peer)
+{
+	for (const struct queued *q = rs->retry_list; q != NULL; q = q->next)
+		if (q->peer == peer && strcmp(q->user, user) == 0)
+			return true;
+	return false;
+}
+
+static void queued_retry_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Waits delay seconds before q goes back to the queue; q is dropped when
+ * the same resync waits already. */
+static void retry_later(struct repl_sync *rs, struct queued *q, double delay)
+{
+	if (retry_has(rs, q->user, q->peer)) {
+		free(q->user);
+		free(q);
+		return;
+	}
+	ev_timer_init(&q->retry, queued_retry_cb, delay, 0.);
+	ev_timer_start(rs->loop, &q->retry);
+	q->next = rs->retry_list;
+	rs->retry_list = q;
+}
+
 static void queued_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct queued *q = (struct queued *)((char *)w - offsetof(struct queued, retry));
+	(void)loop;
+	(void)revents;
 	for (struct queued **qp = &q->rs->retry_list; *qp != NULL; qp = &(*qp)->next) {
 		if (*qp == q) {
 			*qp = q->next;
@@ -96,24 +189,45 @@ static void queued_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	queue_push(q->rs, q);
 }
 
+/* One line per failure: with the back-off that is one per step, not one
+ * per attempt of a node that cannot succeed (its store failed). */
+static void log_failure(struct repl_sync *rs, const char *user, const char *what, double wait)
+{
+	const struct backoff *b = backoff_find(rs, user);
+	unsigned n = b != NULL ? b->failures : 1;
+	if (n > 1)
+		log_warnx("background resync of %s: %s (failed %u times in a row; next try in %.1f s)",
+			  user, what, n, wait);
+	else
+		log_warnx("background resync of %s: %s (next try in %.1f s)", user, what, wait);
+}
+
 void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 		 const char *text)
 {
 	struct queued *q = ctx;
-	if (converged)
+	struct repl_sync *rs = q->rs;
+	(void)report;
+	(void)report_len;
+	if (converged) {
+		backoff_forget(rs, q->user);
 		log_info("background resync of %s: %s", q->user, text);
-	else
+		free(q->user);
+		free(q);
+		return;
+	}
+	if (rs->destroying) {
+		/* The run is failed from the destructor. */
 		log_warnx("background resync of %s: %s", q->user, text);
-	/* Two nodes that resync the same user toward each other refuse each
-	 * other (TRYLATER); they try again after different random delays.
-	 * Not when shutting down (the run is failed from the destructor). */
-	if (!converged && q->attempts + 1 < REPL_SYNC_RETRIES && !q->rs->destroying) {
+		free(q->user);
+		free(q);
+		return;
+	}
+	double wait = backoff_fail(rs, q->user, rs->finished_refused_by);
+	log_failure(rs, q->user, text, wait);
+	if (q->attempts + 1 < REPL_SYNC_RETRIES) {
 		q->attempts++;
-		double delay = 0.2 * q->attempts + (double)(random() % 1000) / 1000.0;
-		ev_timer_init(&q->retry, queued_retry_cb, delay, 0.);
-		ev_timer_start(q->rs->loop, &q->retry);
-		q->next = q->rs->retry_list;
-		q->rs->retry_list = q;
+		retry_later(rs, q, wait);
 		return;
 	}
 	free(q->user);
@@ -123,6 +237,8 @@ void queued_done(void *ctx, bool converged, const char *report, size_t report_le
 void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, queue_timer));
+	(void)loop;
+	(void)revents;
 	if (rs->run == NULL && rs->waiting != NULL) {
 		struct waiting *wt = rs->waiting;
 		const char *err;
@@ -143,18 +259,28 @@ void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		if (rs->queue == NULL)
 			rs->queue_tail = &rs->queue;
 		rs->queue_len--;
-		const char *err;
 		q->next = NULL;
+		double left = backoff_left(rs, q->user);
+		if (left > 0) {
+			/* Asked for while the user's last one failed lately:
+			 * it waits for the back-off like a retry. */
+			retry_later(rs, q, left);
+			continue;
+		}
+		const char *err;
 		if (repl_sync_start(rs, q->user, q->peer, false, queued_done, q, &err) < 0) {
-			log_warnx("background resync of %s with %u not started: %s", q->user, q->peer,
-				  err);
+			double wait = backoff_fail(rs, q->user, 0);
+			char what[160];
+			snprintf(what, sizeof(what), "with %u not started: %s", q->peer, err);
+			log_failure(rs, q->user, what, wait);
 			free(q->user);
 			free(q);
 		}
 	}
 	/* What stops the queue ends with a wake-up, not a poll: a run of
 	 * this node (run_finish() arms the timer), a peer's resync of the
-	 * user merged here (its end calls sync_released()). */
+	 * user merged here (its end calls sync_released()), a retry's
+	 * timer. */
 }
 
 void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
@@ -163,6 +289,9 @@ void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
 		if (q->peer == peer && strcmp(q->user, user) == 0)
 			return;
 	}
+	/* Waiting to be tried again: it runs then. */
+	if (retry_has(rs, user, peer))
+		return;
 	if (rs->queue_len >= REPL_SYNC_QUEUE_MAX) {
 		log_warnx("background resync queue full: %s with %u dropped (run starling resync)",
 			  user, peer);
@@ -285,6 +414,27 @@ void repl_sync_link_up(struct repl_sync *rs, uint32_t sid)
 {
 	/* A new link is a new conversation: forget the old one's selection. */
 	srv_free(rs, sid);
+	/* It may be what the failed runs lacked (no peer was connected, the
+	 * link went down): what backs off is tried now, not up to
+	 * REPL_SYNC_BACKOFF_MAX_S after the heal.  A link that flaps is
+	 * paced by the peer layer's own reconnect back-off. */
+	for (size_t i = 0; i < rs->backoffs.count; i++)
+		free(rs->backoffs.items[i].user);
+	rs->backoffs.count = 0;
+	while (rs->retry_list != NULL && !rs->destroying) {
+		struct queued *q = rs->retry_list;
+		rs->retry_list = q->next;
+		ev_timer_stop(rs->loop, &q->retry);
+		bool queued = false;
+		for (struct queued *o = rs->queue; o != NULL && !queued; o = o->next)
+			queued = o->peer == q->peer && strcmp(o->user, q->user) == 0;
+		if (queued) {
+			free(q->user);
+			free(q);
+		} else {
+			queue_push(rs, q);
+		}
+	}
 }
 
 void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid)
@@ -327,6 +477,9 @@ void repl_sync_destroy(struct repl_sync **rsp)
 		free(q->user);
 		free(q);
 	}
+	for (size_t i = 0; i < rs->backoffs.count; i++)
+		free(rs->backoffs.items[i].user);
+	ARRAY_FREE(&rs->backoffs);
 	if (rs->waiting != NULL) {
 		struct waiting *wt = rs->waiting;
 		rs->waiting = NULL;

@@ -863,6 +863,106 @@ static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
 	free(dir);
 }
 
+/* ---- Resyncs of one user that refuse each other ---- */
+
+/* Runs the loop until neither node runs a resync nor has one queued or
+ * waiting to be retried, or 10 s. */
+static bool loop_until_idle(struct ev_loop *loop, struct bnode *a, struct bnode *b)
+{
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	ev_now_update(loop);
+	ev_tstamp end = ev_now(loop) + 10.0;
+	bool idle = false;
+	while (!idle && ev_now(loop) < end) {
+		ev_run(loop, EVRUN_ONCE);
+		idle = a->sync->run == NULL && a->sync->queue == NULL && a->sync->retry_list == NULL &&
+		       b->sync->run == NULL && b->sync->queue == NULL && b->sync->retry_list == NULL;
+	}
+	ev_timer_stop(loop, &t);
+	return idle;
+}
+
+/* Nodes 1 and 2 start a background resync of one user toward each other in
+ * the same loop turn: each runs its own and refuses the other's (TRYLATER).
+ * The higher id yields (REPL_SYNC_YIELD_S): node 1's resync runs next, to
+ * its end, before node 2 tries again, and node 2's own then runs too.  With
+ * random delays on both sides the pair met again, or the higher id went
+ * first, at random; three rounds in a row must go the same way. */
+static void test_crossing_resyncs_resolve_lower_id_first(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	CU_ASSERT_TRUE_FATAL(loop_until_idle(loop, &n1, &n2));
+
+	for (int round = 0; round < 3; round++) {
+		uint64_t s1 = n1.sync->syncs_run, s2 = n2.sync->syncs_run;
+		repl_sync_enqueue(n1.sync, "bob", 2);
+		repl_sync_enqueue(n2.sync, "bob", 1);
+		/* Both queue timers are due now: both runs start in the
+		 * same turn, before either sees the other's LIST. */
+		ev_run(loop, EVRUN_NOWAIT);
+		CU_ASSERT_PTR_NOT_NULL(n1.sync->run);
+		CU_ASSERT_PTR_NOT_NULL(n2.sync->run);
+		/* Until node 1's resync is through, node 2 has run no sync
+		 * of its own (the first ones were refused). */
+		ev_timer_init(&t, tick, 0.01, 0.01);
+		ev_timer_start(loop, &t);
+		ev_now_update(loop);
+		ev_tstamp end = ev_now(loop) + 10.0;
+		bool n1_done = false, n2_first = false, both_refused = false;
+		while (!n1_done && ev_now(loop) < end) {
+			ev_run(loop, EVRUN_ONCE);
+			if (n2.sync->syncs_run != s2 && n1.sync->syncs_run == s1)
+				n2_first = true;
+			/* Each failed once: they did cross. */
+			if (n1.sync->backoffs.count > 0 && n2.sync->backoffs.count > 0)
+				both_refused = true;
+			n1_done = n1.sync->syncs_run != s1 && n1.sync->run == NULL;
+		}
+		ev_timer_stop(loop, &t);
+		CU_ASSERT_TRUE(both_refused);
+		CU_ASSERT_TRUE(n1_done);
+		CU_ASSERT_FALSE(n2_first);
+		/* Node 2's own resync, refused at first, runs after. */
+		CU_ASSERT_TRUE(loop_until_idle(loop, &n1, &n2));
+		CU_ASSERT_NOT_EQUAL(n2.sync->syncs_run, s2);
+		/* Both converged: nobody is left backing off. */
+		CU_ASSERT_EQUAL(n1.sync->backoffs.count, 0);
+		CU_ASSERT_EQUAL(n2.sync->backoffs.count, 0);
+	}
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 /* A master of an earlier build (SPEC 8.8): node 2 here plays one, answering
  * a SAVE that carries HOLDER with BAD [ARGS] (an unknown option) and every
  * other command as usual.  Node 1's forwarded APPEND is sent with HOLDER,
@@ -1479,6 +1579,8 @@ const struct test_case repl_cluster_cases[] = {
 	  test_master_of_an_earlier_build_gets_no_holder },
 	{ "a holder that cannot hold the master's UID resends without HOLDER",
 	  test_holder_that_cannot_hold_resends_without },
+	{ "resyncs of one user that refuse each other: the lower node id runs first",
+	  test_crossing_resyncs_resolve_lower_id_first },
 	{ "a MOVE whose source a sync renumbered meanwhile still removes it",
 	  test_move_of_a_source_renumbered_meanwhile },
 	{ "an EXPUNGE on the master reaches its message renumbered meanwhile",

@@ -606,6 +606,54 @@ static void test_sync_rename_after_a_copy_went_elsewhere_is_kept(void)
 	node_close(&c);
 }
 
+/* A rename that reached the server by live replication leaves this pair's
+ * last common list older than both names; renames made here after it, the
+ * server not told (paused, cut, its store failed), must win the next sync
+ * either way round: the server's name is one this side renamed the mailbox
+ * away from (the fault campaign's acknowledged RENAMEs undone, seed 9403:
+ * scratch-s2-4 back to scratch-s2-2 on every node). */
+static void test_sync_rename_after_a_replicated_rename_is_kept(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid g = mk_mailbox(&a, "S1");
+	append(&a, &g, "x\r\n", 0, NULL);
+	run_sync(&a, &b, false, 165);
+	run_sync(&b, &a, false, 166);
+	const char *error;
+	/* S1 -> S2 everywhere by live replication (no sync), then S2 -> S3
+	 * -> S4 here only. */
+	CU_ASSERT_EQUAL(stor_mailbox_rename(a.db, &g, "S2", &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(b.db, &g, "S2", &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(a.db, &g, "S3", &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(a.db, &g, "S4", &error), 0);
+	struct sync_run r = run_sync(&a, &b, false, 167);
+	CU_ASSERT_EQUAL(r.report.mailboxes_renamed, 1);
+	struct stor_mailbox m = get_mailbox(&b, "S4");
+	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
+	stor_mailbox_free(&m);
+	m = get_mailbox(&a, "S4");
+	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
+	stor_mailbox_free(&m);
+	CU_ASSERT(dumps_equal(&a, &b));
+
+	/* The other way round: the side that lags is the client. */
+	CU_ASSERT_EQUAL(stor_mailbox_rename(a.db, &g, "S5", &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(b.db, &g, "S5", &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_rename(a.db, &g, "S6", &error), 0);
+	run_sync(&b, &a, false, 168);
+	m = get_mailbox(&b, "S6");
+	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
+	stor_mailbox_free(&m);
+	m = get_mailbox(&a, "S6");
+	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
+	stor_mailbox_free(&m);
+	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+}
+
 static void test_sync_rename_onto_a_name_created_on_the_other_side(void)
 {
 	struct node a, b;
@@ -3169,6 +3217,8 @@ static const struct test_case sync_cases[] = {
 	{ "rename on either side follows", test_sync_rename_on_either_side_follows },
 	{ "rename after a copy went elsewhere is kept",
 	  test_sync_rename_after_a_copy_went_elsewhere_is_kept },
+	{ "rename after a replicated rename is kept",
+	  test_sync_rename_after_a_replicated_rename_is_kept },
 	{ "rename onto a name created on the other side",
 	  test_sync_rename_onto_a_name_created_on_the_other_side },
 	{ "delete on either side follows", test_sync_delete_on_either_side_follows },
