@@ -755,8 +755,17 @@ int merge_step(struct sync_server *s)
 			 * UIDFIX (another message, moved to a fresh UID on both
 			 * sides).  New UIDs: ours first, then the client's. */
 			uids_sort_unique(&m->sr);
-			uint64_t next = m->cu > m->su ? m->cu : m->su;
-			next += m->sr.count;
+			/* From max(cu, su), and above every UID the client
+			 * named: a message that reached the client between
+			 * its SYNC-BEGIN and the scan of its changes comes at
+			 * or above cu.  A conflict moved to such a UID met the
+			 * client's message there: the client was told to move
+			 * its copy away and then to store ours at the UID it
+			 * had just left, which it cannot. */
+			uint64_t first = m->cu > m->su ? m->cu : m->su;
+			if (s->saves.count > 0 && s->saves.items[s->saves.count - 1].uid >= first)
+				first = (uint64_t)s->saves.items[s->saves.count - 1].uid + 1;
+			uint64_t next = first + m->sr.count;
 			for (size_t i = 0; i < s->saves.count; i++) {
 				if (s->saves.items[i].action == SAVE_RENUMBER)
 					next++;
@@ -765,8 +774,8 @@ int merge_step(struct sync_server *s)
 			 * UIDs that conflicts move to must all be in bounds. */
 			if (!mail_uidnext_valid(next))
 				goto out_of_uids;
-			m->next = m->cu > m->su ? m->cu : m->su;
-			m->next += (uint32_t)m->sr.count;
+			m->first = (uint32_t)first;
+			m->next = m->first + (uint32_t)m->sr.count;
 			for (size_t i = 0; i < s->saves.count; i++) {
 				if (s->saves.items[i].action == SAVE_RENUMBER)
 					s->saves.items[i].new_uid = m->next++;
@@ -776,8 +785,7 @@ int merge_step(struct sync_server *s)
 			break;
 		case MS_RENUMBER:
 			if (m->pos < m->sr.count) {
-				uint32_t first = m->cu > m->su ? m->cu : m->su;
-				uint32_t nu = first + (uint32_t)m->pos;
+				uint32_t nu = m->first + (uint32_t)m->pos;
 				if (stor_msg_renumber(s->db, &s->sel, m->sr.items[m->pos], nu, m->N,
 						      &err) < 0)
 					goto storage_error;

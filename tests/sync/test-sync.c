@@ -1972,6 +1972,231 @@ static void test_sync_flag_change_follows_a_copy_the_merge_moves_on(void)
 	node_close(&c);
 }
 
+/* Whether n's copy of g holds keyword kw. */
+static bool guid_has_keyword(struct node *n, const struct guid *mb, const struct guid *g,
+			     const char *kw)
+{
+	uint32_t uid = 0;
+	struct stor_msg m;
+	const char *error;
+	bool found = false;
+	if (!has_guid(n, mb, g, &uid))
+		return false;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	for (size_t i = 0; i < m.keywords.count; i++) {
+		if (strcmp(m.keywords.items[i], kw) == 0)
+			found = true;
+	}
+	stor_msg_free(&m);
+	return found;
+}
+
+/* The fault campaign's flag-holds, all classes seed 9206: X and Y reach A
+ * and B by replication; C, apart, uses their UIDs for its own messages,
+ * and a sync of A with C moves X and Y on A.  B, apart from both, sets
+ * keywords on X and Y at their old UIDs (acknowledged).  B's next sync with
+ * A compares every message (no common state: "went back in time"): B drops
+ * its copies for A's at the new UIDs, and its keyword changes must merge
+ * into them on both sides.  B's own new messages collide with A's (both
+ * appended apart), as in the campaign. */
+static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, uint32_t seed)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	for (int i = 0; i < 3; i++) {
+		uint32_t u = append(&a, &mb, "common\r\n", 0, NULL);
+		replicate_append(&a, &b, &mb, u, "common\r\n");
+		replicate_append(&a, &c, &mb, u, "common\r\n");
+	}
+	struct guid gx, gy;
+	uint32_t ux = append(&a, &mb, "x\r\n", 0, &gx);
+	uint32_t uy = append(&a, &mb, "y\r\n", STOR_FLAG_SEEN, &gy);
+	replicate_append(&a, &b, &mb, ux, "x\r\n");
+	replicate_append(&a, &b, &mb, uy, "y\r\n");
+	/* C, apart, used both UIDs. */
+	CU_ASSERT_EQUAL(append(&c, &mb, "z1\r\n", 0, NULL), ux);
+	CU_ASSERT_EQUAL(append(&c, &mb, "z2\r\n", STOR_FLAG_FLAGGED, NULL), uy);
+	/* A, also apart from B, gets more mail, then meets C. */
+	append(&a, &mb, "a1\r\n", 0, NULL);
+	if (c_is_client)
+		run_sync(&c, &a, false, seed);
+	else
+		run_sync(&a, &c, false, seed);
+	uint32_t moved = 0;
+	CU_ASSERT_FATAL(has_guid(&a, &mb, &gx, &moved));
+	CU_ASSERT_NOT_EQUAL(moved, ux);
+	/* B, apart: keywords on X and Y, acknowledged; and mail of its own. */
+	store_kw(&b, &mb, ux, STOR_FLAGS_ADD, 0, "$k1");
+	store_kw(&b, &mb, ux, STOR_FLAGS_ADD, 0, "$k3");
+	store_kw(&b, &mb, uy, STOR_FLAGS_ADD, 0, "$k3");
+	if (b_has_own) {
+		append(&b, &mb, "b1\r\n", STOR_FLAG_ANSWERED, NULL);
+		append(&b, &mb, "b2\r\n", 0, NULL);
+	}
+	run_sync(&b, &a, true, seed + 1);
+	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k1"));
+	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k3"));
+	CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k1"));
+	CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k3"));
+	CU_ASSERT(guid_has_keyword(&a, &mb, &gy, "$k3"));
+	CU_ASSERT(guid_has_keyword(&b, &mb, &gy, "$k3"));
+	CU_ASSERT(dumps_equal(&a, &b));
+	run_sync(&c, &a, false, seed + 2);
+	run_sync(&c, &b, false, seed + 3);
+	CU_ASSERT(guid_has_keyword(&c, &mb, &gx, "$k1"));
+	CU_ASSERT(guid_has_keyword(&c, &mb, &gx, "$k3"));
+	three_nodes_end_alike(&a, &b, &c, 3 + 2 + 2 + 1 + (b_has_own ? 2 : 0));
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_keywords_follow_a_moved_message(void)
+{
+	for (uint32_t seed = 0; seed < 6; seed++) {
+		for (unsigned v = 0; v < 4; v++)
+			keywords_follow_a_moved_message(v & 1, v & 2, 200 + 10 * seed + v);
+	}
+}
+
+/* The merge plans new UIDs for conflicts from max(cu, su), but a client's
+ * SAVE may name a UID at or above the cu it sent (a message that reached
+ * the client between its SYNC-BEGIN and the scan of its changes).  Our
+ * conflicting message S was planned to move to that very UID u while the
+ * client's message there was to be stored at u: every message must end
+ * here exactly once, and the answer must tell the client where each one
+ * is, at UIDs it can take. */
+static void test_sync_client_message_at_a_planned_renumber_uid(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	append(&b, &mb, "Subject: common\r\n\r\nc\r\n", 0, NULL);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t M = x.highestmodseq;
+	uint32_t uv = x.uidvalidity;
+	stor_mailbox_free(&x);
+	/* Ours since the last sync, at UID 2. */
+	struct guid gs;
+	CU_ASSERT_EQUAL(append(&b, &mb, "Subject: ours\r\n\r\ns\r\n", STOR_FLAG_FLAGGED, &gs), 2);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	struct guid g2, g3;
+	guid_generate(&g2);
+	guid_generate(&g3);
+	char hex[GUID_HEX_SIZE], h2[GUID_HEX_SIZE], h3[GUID_HEX_SIZE], line[2048];
+	guid_to_hex(&mb, hex);
+	guid_to_hex(&g2, h2);
+	guid_to_hex(&g3, h3);
+	/* The client: L = 2, cu = 3, yet it sends its messages at 2 and 3. */
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 2 3\r\n"
+		 "C4 SAVE 1700000000+0000 2 %llu %s (\\Seen) {3}\r\ntwo\r\n"
+		 "C5 SAVE 1700000000+0000 3 %llu %s (\\Draft) {5}\r\nthree\r\n"
+		 "C6 SYNC-END\r\n",
+		 USER, uv, hex, (unsigned long long)M, (unsigned long long)M + 2,
+		 (unsigned long long)M + 1, h2, (unsigned long long)M + 2, h3);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	/* Every message here once: the common one, ours, and the client's two. */
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 4);
+	uint32_t us = 0, u2 = 0, u3 = 0;
+	CU_ASSERT(has_guid(&b, &mb, &gs, &us));
+	CU_ASSERT(has_guid(&b, &mb, &g2, &u2));
+	CU_ASSERT(has_guid(&b, &mb, &g3, &u3));
+	CU_ASSERT(flags_of_guid(&b, &mb, &gs) == STOR_FLAG_FLAGGED);
+	CU_ASSERT(flags_of_guid(&b, &mb, &g2) == STOR_FLAG_SEEN);
+	CU_ASSERT(flags_of_guid(&b, &mb, &g3) == STOR_FLAG_DRAFT);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	/* The client keeps its message at 3 (no UID it holds is a target of
+	 * ours), and ours goes to a UID above everything the client named. */
+	CU_ASSERT(u3 == 3);
+	CU_ASSERT(us > 3 && u2 > 3 && us != u2);
+	char want[64];
+	snprintf(want, sizeof(want), "C6 UIDFIX 2 %u\r\n", u2);
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, want));
+	if (strstr(o, want) == NULL)
+		fprintf(stderr, "\nanswer:\n%s", o);
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
+/* The same through a real client: a message reaches the client (as by
+ * replication) after it read its UIDNEXT for the mailbox and before it
+ * scans its changes, so its SAVE names a UID at its own cu, where the
+ * server would have moved its conflicting message.  The client could not
+ * store ours there and the sync failed; no message may be dropped, and
+ * both sides end alike. */
+struct inject {
+	struct sync_transport t;
+	const struct sync_transport *inner;
+	struct node *n;
+	const struct guid *mb;
+	bool done;
+	struct guid g;
+};
+
+static void inject_send(void *ctx, const void *data, size_t len)
+{
+	struct inject *in = ctx;
+	if (!in->done && len >= 5 && memmem(data, len, " MBOX ", 6) != NULL) {
+		in->done = true;
+		append(in->n, in->mb, "Subject: late\r\n\r\nlate\r\n", STOR_FLAG_DRAFT, &in->g);
+	}
+	in->inner->send(in->inner->ctx, data, len);
+}
+
+static void test_sync_late_client_message_at_a_planned_renumber_uid(void)
+{
+	for (uint32_t seed = 0; seed < 8; seed++) {
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		append(&a, &mb, "common\r\n", 0, NULL);
+		run_sync(&a, &b, false, 400 + seed);
+		struct guid gs, g2;
+		append(&b, &mb, "ours\r\n", STOR_FLAG_FLAGGED, &gs);
+		append(&a, &mb, "theirs\r\n", STOR_FLAG_SEEN, &g2);
+		struct sync_settings set = { .peer_sid = b.sid, .user = USER, .step_budget = 7 };
+		struct sync_pipe *p = sync_pipe_create(seed, seed % 3 == 0 ? 0 : 1 + seed % 97);
+		struct inject in = { { inject_send, &in }, sync_pipe_client_transport(p), &a, &mb,
+				     false, { { 0 } } };
+		struct sync_client *cl = sync_client_create(a.db, &set, &in.t);
+		struct sync_server *sv = sync_server_create(b.db, a.sid, sync_pipe_server_transport(p));
+		sync_server_set_budget(sv, 1 + seed % 5);
+		enum sync_step_result r = sync_pipe_run(p, cl, sv, 1000000);
+		if (r != SYNC_STEP_DONE)
+			fprintf(stderr, "sync failed: %s / %s\n",
+				sync_client_error(cl) ? sync_client_error(cl) : "-",
+				sync_server_error(sv) ? sync_server_error(sv) : "-");
+		CU_ASSERT_EQUAL(r, SYNC_STEP_DONE);
+		CU_ASSERT(in.done);
+		sync_client_destroy(&cl);
+		sync_server_destroy(&sv);
+		sync_pipe_destroy(&p);
+		run_sync(&a, &b, false, 500 + seed);
+		CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 4);
+		CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 4);
+		CU_ASSERT(has_guid(&a, &mb, &in.g, NULL) && has_guid(&b, &mb, &in.g, NULL));
+		CU_ASSERT(has_guid(&a, &mb, &gs, NULL) && has_guid(&b, &mb, &gs, NULL));
+		CU_ASSERT(has_guid(&a, &mb, &g2, NULL) && has_guid(&b, &mb, &g2, NULL));
+		CU_ASSERT(flags_of_guid(&b, &mb, &in.g) == STOR_FLAG_DRAFT);
+		CU_ASSERT(flags_of_guid(&a, &mb, &gs) == STOR_FLAG_FLAGGED);
+		CU_ASSERT(dumps_equal(&a, &b));
+		check_mailbox(&a, &mb);
+		check_mailbox(&b, &mb);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
 /* The fault campaign's acked-expunge-holds (partition seeds 200, 201, 1,
  * 2): X reaches A and B by live replication; apart, a user expunges X on
  * A, while a sync of B with C (which used X's UID for another message)
@@ -3070,6 +3295,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_copy_at_the_same_uid_below_the_common_modseq_stays },
 	{ "a flag change follows a copy the merge moves on",
 	  test_sync_flag_change_follows_a_copy_the_merge_moves_on },
+	{ "keywords set apart follow a message a sync moved (flag-holds 9206)",
+	  test_sync_keywords_follow_a_moved_message },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "an acknowledged expunge holds against a renumbered copy (client expunged)",
@@ -3145,6 +3372,10 @@ static const struct test_case sync_cases[] = {
 	  test_sync_message_arriving_during_a_stepwise_merge_is_not_doubled },
 	{ "a message arriving at the client's UID during a merge stays",
 	  test_sync_message_arriving_at_the_same_uid_during_a_merge_stays },
+	{ "a client message at a UID the merge planned for a conflict: none dropped",
+	  test_sync_client_message_at_a_planned_renumber_uid },
+	{ "... and through a client that got the message after its UIDNEXT was read",
+	  test_sync_late_client_message_at_a_planned_renumber_uid },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ "server refuses UIDs and modseqs past the bounds, the mailbox unchanged",
 	  test_sync_server_refuses_values_past_the_bounds },
