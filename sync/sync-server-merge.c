@@ -266,20 +266,30 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
  * changes on its copy are still the user's, so they merge flag by flag
  * into ours first (SPEC.md 10.3 "Flags").  Taking ours as it was lost
  * every change made on the client's side since the move. */
-static int merge_flags_into(struct sync_server *s, uint32_t at, const struct srv_save *cs,
-			    const char **err)
+/* The client's flags (f, stamps) of message g merge flag by flag into our
+ * copy wherever it is now; *at_r (may be NULL) gets its UID, 0 when we
+ * hold none.  1 when our copy changed, 0 when not, -1 on error. */
+static int merge_flags_guid(struct sync_server *s, const struct guid *g,
+			    const struct sync_flags *f, const stor_stamp_list *stamps,
+			    uint32_t *at_r, const char **err)
 {
 	struct srv_merge *m = &s->merge;
 	struct stor_msg cur;
-	/* Where the message is now: this merge may have moved ours on from
-	 * `at` (a UID conflict there with one of the client's). */
-	int r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
+	uint32_t at = 0;
+	if (at_r != NULL)
+		*at_r = 0;
+	/* Where the message is now: this merge may have moved ours on (a UID
+	 * conflict with one of the client's). */
+	int r = stor_msg_find_guid(s->db, &s->sel, g, &at, err);
 	if (r > 0)
 		r = stor_msg_get(s->db, &s->sel, at, &cur, err);
 	if (r <= 0)
 		return r;
+	if (at_r != NULL)
+		*at_r = at;
+	bool changed = false;
 	struct flag_merge fm;
-	flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
+	flag_merge_run(&cur, f->flags, &f->keywords, stamps, m->M, &fm);
 	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords)) {
 		/* A message this merge moved already has N: the flags still
 		 * change at N (not above it), so the answer stays exact. */
@@ -293,10 +303,16 @@ static int merge_flags_into(struct sync_server *s, uint32_t at, const struct srv
 		r = stor_msg_store(s->db, &s->sel, &at, 1, &req, NULL, NULL, err);
 		merge_mark_dirty(m, at);
 		m->touched = true;
+		changed = true;
 	}
 	flag_merge_free(&fm);
 	stor_msg_free(&cur);
-	return r < 0 ? -1 : 0;
+	return r < 0 ? -1 : changed ? 1 : 0;
+}
+
+static int merge_flags_into(struct sync_server *s, const struct srv_save *cs, const char **err)
+{
+	return merge_flags_guid(s, &cs->guid, &cs->f, &cs->stamps, NULL, err) < 0 ? -1 : 0;
 }
 
 /* A message that both copies hold with the same flags, at different
@@ -328,7 +344,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	struct srv_merge *m = &s->merge;
 	int r;
 	if (cs->action == SAVE_DROP)
-		return cs->drop_into == 0 ? 0 : merge_flags_into(s, cs->drop_into, cs, err);
+		return cs->drop_into == 0 ? 0 : merge_flags_into(s, cs, err);
 	if (cs->action == SAVE_MERGE) {
 		struct stor_msg cur;
 		r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, err);
@@ -369,7 +385,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	if (r > 0 && !client_moved_from(s, at)) {
 		take_ours(m, cs, at);
 		merge_mark_dirty(m, at);
-		return merge_flags_into(s, at, cs, err);
+		return merge_flags_into(s, cs, err);
 	}
 	/* The client moved the message from `at` (a sync with a third node
 	 * renumbered it): its copy lands here and ours at `at` goes with the
@@ -435,6 +451,50 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	return 0;
 }
 
+/* Our copy at uid, as it is, at the merge's N: a change the client takes. */
+static int set_flags_here(struct sync_server *s, uint32_t uid, const char **err)
+{
+	struct stor_msg cur;
+	int r = stor_msg_get(s->db, &s->sel, uid, &cur, err);
+	if (r <= 0)
+		return r;
+	r = set_flags(s, uid, cur.flags, &cur.keywords, NULL, s->merge.N, err);
+	stor_msg_free(&cur);
+	s->merge.touched = true;
+	return r < 0 ? -1 : 0;
+}
+
+/* A flag change of the client at a UID below L where we hold no message
+ * now.  Both sides held one message there at the last sync, so when our
+ * tombstone there is the sync engine's (a sync with a third node moved
+ * the message to another UID, a UID conflict) and the message lives on
+ * here, the change is the user's change of that message: it merges flag by
+ * flag into our copy, which the client takes (our tombstone's EXPUNGE line
+ * drops its copy at the old UID).  Dropped as "expunged here", the change
+ * was lost on both sides (the fault campaign's flag-holds, all classes
+ * 9206).  A user's expunge wins, as ever. */
+static int merge_store_follows_move(struct sync_server *s, const struct srv_store *st,
+				    const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	ssize_t ti = find_tomb(&m->stombs, st->uid);
+	if (ti < 0 || m->stombs.items[ti].user)
+		return 0;
+	struct guid g = m->stombs.items[ti].guid;
+	uint32_t at;
+	int r = merge_flags_guid(s, &g, &st->f, &st->stamps, &at, err);
+	if (r < 0)
+		return -1;
+	if (at == 0 || find_msg(&m->smsgs, at) >= 0)
+		return 0; /* gone, or ours since M: merge_own() sends it */
+	/* Ours from before M (not expected: the move left a tombstone above
+	 * M) still goes to the client at its UID. */
+	if (r == 0 && set_flags_here(s, at, err) < 0)
+		return -1;
+	ARRAY_PUSH(at >= m->L ? &m->save_client : &m->flags_client, at);
+	return 0;
+}
+
 /* Applies one of the client's flag changes. */
 static int merge_apply_store(struct sync_server *s, const struct srv_store *st, const char **err)
 {
@@ -443,8 +503,10 @@ static int merge_apply_store(struct sync_server *s, const struct srv_store *st, 
 	if (uid_in(&m->cexp_low, st->uid))
 		return 0;
 	int r = stor_msg_get(s->db, &s->sel, st->uid, &cur, err);
-	if (r <= 0)
-		return r; /* expunged here: the EXPUNGE line tells the client */
+	if (r == 0)
+		return merge_store_follows_move(s, st, err);
+	if (r < 0)
+		return r; /* (expunged here: the EXPUNGE line tells the client) */
 	bool both = cur.modseq > m->M;
 	if (both && sync_flags_equal(cur.flags, &cur.keywords, st->f.flags, &st->f.keywords)) {
 		r = take_higher_modseq(s, &cur, st->f.flags, &st->f.keywords, &st->stamps,

@@ -1992,14 +1992,17 @@ static bool guid_has_keyword(struct node *n, const struct guid *mb, const struct
 }
 
 /* The fault campaign's flag-holds, all classes seed 9206: X and Y reach A
- * and B by replication; C, apart, uses their UIDs for its own messages,
- * and a sync of A with C moves X and Y on A.  B, apart from both, sets
- * keywords on X and Y at their old UIDs (acknowledged).  B's next sync with
- * A compares every message (no common state: "went back in time"): B drops
- * its copies for A's at the new UIDs, and its keyword changes must merge
- * into them on both sides.  B's own new messages collide with A's (both
- * appended apart), as in the campaign. */
-static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, uint32_t seed)
+ * and B; C, apart, uses their UIDs for its own messages, and a sync of C
+ * with A moves X and Y on A.  B, apart from both, sets keywords on X and Y
+ * at their old UIDs (acknowledged).  B's next sync with A: its keyword
+ * changes must reach A's copies at the new UIDs, on both sides.  In the
+ * campaign X was below the UIDNEXT of B's last sync with A, so B sent its
+ * change as a STORE at X's old UID, where A holds only the tombstone of
+ * the move: A dropped the change ("expunged here") and B then took A's
+ * copy without it.  B's own new messages collide with A's (both appended
+ * apart), as in the campaign. */
+static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bool x_synced,
+					    uint32_t seed)
 {
 	struct node a, b, c;
 	struct guid mb = three_nodes_open(&a, &b, &c);
@@ -2010,8 +2013,14 @@ static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, ui
 	}
 	struct guid gx, gy;
 	uint32_t ux = append(&a, &mb, "x\r\n", 0, &gx);
+	/* In the campaign B's last sync with A came after X and before Y:
+	 * X is below the last common UIDNEXT there (B sends its change as a
+	 * STORE at X's old UID), Y above it (a SAVE). */
+	if (x_synced)
+		run_sync(&b, &a, false, seed + 5);
+	else
+		replicate_append(&a, &b, &mb, ux, "x\r\n");
 	uint32_t uy = append(&a, &mb, "y\r\n", STOR_FLAG_SEEN, &gy);
-	replicate_append(&a, &b, &mb, ux, "x\r\n");
 	replicate_append(&a, &b, &mb, uy, "y\r\n");
 	/* C, apart, used both UIDs. */
 	CU_ASSERT_EQUAL(append(&c, &mb, "z1\r\n", 0, NULL), ux);
@@ -2033,7 +2042,7 @@ static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, ui
 		append(&b, &mb, "b1\r\n", STOR_FLAG_ANSWERED, NULL);
 		append(&b, &mb, "b2\r\n", 0, NULL);
 	}
-	run_sync(&b, &a, true, seed + 1);
+	run_sync(&b, &a, false, seed + 1);
 	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k1"));
 	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k3"));
 	CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k1"));
@@ -2054,8 +2063,8 @@ static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, ui
 static void test_sync_keywords_follow_a_moved_message(void)
 {
 	for (uint32_t seed = 0; seed < 6; seed++) {
-		for (unsigned v = 0; v < 4; v++)
-			keywords_follow_a_moved_message(v & 1, v & 2, 200 + 10 * seed + v);
+		for (unsigned v = 0; v < 8; v++)
+			keywords_follow_a_moved_message(v & 1, v & 2, v & 4, 200 + 10 * seed + v);
 	}
 }
 
