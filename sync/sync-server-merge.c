@@ -261,11 +261,37 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	return 0;
 }
 
-/* The client drops its copy of a message we hold at another UID `at` (a
- * sync with a third node moved ours there) and takes ours: the flag
- * changes on its copy are still the user's, so they merge flag by flag
- * into ours first (SPEC.md 10.3 "Flags").  Taking ours as it was lost
- * every change made on the client's side since the move. */
+/* The modseq at which the merge writes its decision on a message whose
+ * modseq is cur: N, unless a writer (an IMAP change here, replication)
+ * gave the message N or more since the merge began, in one of the gaps
+ * between its steps.  Written at N, the decision was then skipped as older
+ * than the message's change (stor_msg_store), and the client's change was
+ * lost on both sides.  Then one above our HIGHESTMODSEQ: the decision
+ * merged that writer's change (it read the message in this step).
+ * same_ok: N on a message this merge itself gave N (it moved it). */
+static int merge_write_modseq(struct sync_server *s, uint64_t cur, bool same_ok,
+			      uint64_t *modseq_r, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	*modseq_r = m->N;
+	if (cur < m->N || (same_ok && cur == m->N))
+		return 0;
+	struct stor_mailbox mb;
+	int r = stor_mailbox_get_by_guid(s->db, &s->sel, &mb, err);
+	if (r <= 0) {
+		if (r == 0)
+			*err = "the mailbox vanished";
+		return -1;
+	}
+	*modseq_r = mb.highestmodseq + 1;
+	stor_mailbox_free(&mb);
+	if (!mail_modseq_valid(*modseq_r)) {
+		*err = "no modseq left for the merge";
+		return -1;
+	}
+	return 0;
+}
+
 /* The client's flags (f, stamps) of message g merge flag by flag into our
  * copy wherever it is now; *at_r (may be NULL) gets its UID, 0 when we
  * hold none.  1 when our copy changed, 0 when not, -1 on error. */
@@ -290,13 +316,15 @@ static int merge_flags_guid(struct sync_server *s, const struct guid *g,
 	bool changed = false;
 	struct flag_merge fm;
 	flag_merge_run(&cur, f->flags, &f->keywords, stamps, m->M, &fm);
-	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords)) {
+	uint64_t ms;
+	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords) &&
+	    (r = merge_write_modseq(s, cur.modseq, true, &ms, err)) == 0) {
 		/* A message this merge moved already has N: the flags still
 		 * change at N (not above it), so the answer stays exact. */
 		struct stor_store req = {
 			.op = STOR_FLAGS_REPLACE, .flags = fm.flags,
 			.keywords = (const char *const *)fm.keywords.items,
-			.keyword_count = fm.keywords.count, .modseq = m->N,
+			.keyword_count = fm.keywords.count, .modseq = ms,
 			.stamps = fm.times.items, .stamp_count = fm.times.count,
 			.same_modseq = true,
 		};
@@ -310,6 +338,11 @@ static int merge_flags_guid(struct sync_server *s, const struct guid *g,
 	return r < 0 ? -1 : changed ? 1 : 0;
 }
 
+/* The client drops its copy cs of a message we hold at another UID (a
+ * sync with a third node moved ours there) and takes ours: the flag
+ * changes on its copy are still the user's, so they merge flag by flag
+ * into ours first (SPEC.md 10.3 "Flags").  Taking ours as it was lost
+ * every change made on the client's side since the move. */
 static int merge_flags_into(struct sync_server *s, const struct srv_save *cs, const char **err)
 {
 	return merge_flags_guid(s, &cs->guid, &cs->f, &cs->stamps, NULL, err) < 0 ? -1 : 0;
@@ -357,8 +390,11 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 			/* One message on both sides, new since M on one of them
 			 * at least: its flags merge flag by flag. */
 			struct flag_merge fm;
+			uint64_t ms;
 			flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
-			r = set_flags(s, cs->uid, fm.flags, &fm.keywords, &fm.times, m->N, err);
+			r = merge_write_modseq(s, cur.modseq, false, &ms, err);
+			if (r == 0)
+				r = set_flags(s, cs->uid, fm.flags, &fm.keywords, &fm.times, ms, err);
 			flag_merge_free(&fm);
 			ARRAY_PUSH(&m->flags_client, cs->uid);
 			merge_mark_dirty(m, cs->uid);
@@ -522,7 +558,11 @@ static int merge_apply_store(struct sync_server *s, const struct srv_store *st, 
 	/* Changed on the client only: its modseq, when above all of ours, is
 	 * kept and the client needs no line. */
 	bool keep = !both && st->modseq > m->sm;
-	uint64_t ms = keep ? st->modseq : m->N;
+	uint64_t ms = st->modseq;
+	if (!keep && merge_write_modseq(s, cur.modseq, false, &ms, err) < 0) {
+		stor_msg_free(&cur);
+		return -1;
+	}
 	if (both) {
 		struct flag_merge fm;
 		flag_merge_run(&cur, st->f.flags, &st->f.keywords, &st->stamps, m->M, &fm);

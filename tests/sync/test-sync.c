@@ -2210,6 +2210,65 @@ static void test_sync_late_client_message_at_a_planned_renumber_uid(void)
 	}
 }
 
+/* A writer between the merge's steps (an IMAP STORE on this node, or a
+ * replicated change) gives the message a modseq at or above the merge's
+ * N before the step that applies the client's change to it: the merge's
+ * decision, written at N, was silently skipped as older than the
+ * message's modseq, and the client's change was lost on both sides. */
+static void test_sync_flag_change_survives_a_writer_between_merge_steps(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&b, &mb, "Subject: m\r\n\r\nm\r\n", 0, NULL);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t M = x.highestmodseq;
+	uint32_t uv = x.uidvalidity;
+	stor_mailbox_free(&x);
+	/* Ours since the last sync: our HIGHESTMODSEQ is the client's. */
+	set_flags(&b, &mb, 2, STOR_FLAG_ANSWERED);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	char hex[GUID_HEX_SIZE], line[2048];
+	guid_to_hex(&mb, hex);
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 4 4\r\n"
+		 "C4 STORE 1 %llu (\\Seen) (\\*)\r\n"
+		 "C5 STORE 2 %llu (\\Seen) (\\*)\r\n"
+		 "C6 STORE 3 %llu (\\Seen) (\\*) STAMPS (\\Seen %llu 1700000000000)\r\n"
+		 "C7 SYNC-END\r\n",
+		 USER, uv, hex, (unsigned long long)M, (unsigned long long)M + 1,
+		 (unsigned long long)M + 1, (unsigned long long)M + 1, (unsigned long long)M + 1,
+		 (unsigned long long)M + 1);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	CU_ASSERT(sync_server_busy(sv));
+	/* A user here flags the last message before the merge reaches it
+	 * (the first step applied the first of the client's changes). */
+	store_kw(&b, &mb, 3, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	struct stor_msg m1;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &mb, 3, &m1, &error), 1);
+	CU_ASSERT_EQUAL(m1.flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+	/* The client learns the merged state. */
+	buf_append_byte(&out, '\0');
+	char want[64];
+	snprintf(want, sizeof(want), "C7 FLAGS 3 %llu (", (unsigned long long)m1.modseq);
+	const char *fl = strstr((const char *)out.data, want);
+	CU_ASSERT(fl != NULL && strstr(fl, "\\Seen") != NULL && strstr(fl, "\\Flagged") != NULL);
+	if (fl == NULL)
+		fprintf(stderr, "\nanswer:\n%s", (const char *)out.data);
+	stor_msg_free(&m1);
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
 /* The fault campaign's acked-expunge-holds (partition seeds 200, 201, 1,
  * 2): X reaches A and B by live replication; apart, a user expunges X on
  * A, while a sync of B with C (which used X's UID for another message)
@@ -3389,6 +3448,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_client_message_at_a_planned_renumber_uid },
 	{ "... and through a client that got the message after its UIDNEXT was read",
 	  test_sync_late_client_message_at_a_planned_renumber_uid },
+	{ "a flag change survives a writer between the merge's steps",
+	  test_sync_flag_change_survives_a_writer_between_merge_steps },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ "server refuses UIDs and modseqs past the bounds, the mailbox unchanged",
 	  test_sync_server_refuses_values_past_the_bounds },
