@@ -608,15 +608,31 @@ static int merge_own(struct sync_server *s, size_t i, const char **err)
 		uexp_push(m, uid, &g);
 		return 0;
 	}
+	/* As it is now: a user here (or replication) may have changed it in a
+	 * gap between the merge's steps since the scan.  Written back from
+	 * the scan, the later change was undone here or, skipped as older,
+	 * the client took the scan's state at a modseq that never changes
+	 * again (lost there). */
+	struct stor_msg cur;
+	int r = stor_msg_get(s->db, &s->sel, msg->uid, &cur, err);
+	if (r < 0)
+		return -1;
+	if (r == 0 || cur.modseq != msg->modseq)
+		m->dirty[i] = true;
+	if (r == 0)
+		return 0; /* expunged meanwhile: the client learns it next time */
 	/* Above everything the client had: its IMAP clients will see it as it
 	 * is, so the modseq stays (a catch-up sync rewrites nothing here).
 	 * Else it is raised to N. */
-	if (msg->modseq <= m->cm) {
-		if (set_flags(s, msg->uid, msg->flags, &msg->keywords, NULL, m->N, err) < 0)
-			return -1;
-		msg->modseq = m->N; /* our copy stays exact: same flags */
+	if (cur.modseq <= m->cm) {
+		r = set_flags(s, msg->uid, cur.flags, &cur.keywords, NULL, m->N, err);
+		if (r == 0 && !m->dirty[i])
+			msg->modseq = m->N; /* our copy stays exact: same flags */
 		m->touched = true;
 	}
+	stor_msg_free(&cur);
+	if (r < 0)
+		return -1;
 	if (msg->uid < m->L)
 		ARRAY_PUSH(&m->flags_client, msg->uid);
 	else

@@ -2210,6 +2210,19 @@ static void test_sync_late_client_message_at_a_planned_renumber_uid(void)
 	}
 }
 
+/* Whether the flag list that starts at p (after its "(") names flag. */
+static bool flag_list_has(const char *p, const char *flag)
+{
+	const char *end = strchr(p, ')');
+	size_t n = strlen(flag);
+	for (const char *q = p; end != NULL && q + n <= end; q++) {
+		if (strncmp(q, flag, n) == 0 && (q[n] == ' ' || q[n] == ')') &&
+		    (q == p || q[-1] == ' '))
+			return true;
+	}
+	return false;
+}
+
 /* A writer between the merge's steps (an IMAP STORE on this node, or a
  * replicated change) gives the message a modseq at or above the merge's
  * N before the step that applies the client's change to it: the merge's
@@ -2260,10 +2273,67 @@ static void test_sync_flag_change_survives_a_writer_between_merge_steps(void)
 	char want[64];
 	snprintf(want, sizeof(want), "C7 FLAGS 3 %llu (", (unsigned long long)m1.modseq);
 	const char *fl = strstr((const char *)out.data, want);
-	CU_ASSERT(fl != NULL && strstr(fl, "\\Seen") != NULL && strstr(fl, "\\Flagged") != NULL);
+	CU_ASSERT(fl != NULL && flag_list_has(fl + strlen(want), "\\Seen") &&
+		  flag_list_has(fl + strlen(want), "\\Flagged"));
 	if (fl == NULL)
 		fprintf(stderr, "\nanswer:\n%s", (const char *)out.data);
 	stor_msg_free(&m1);
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
+/* The same for our own change the client has not seen: the merge scanned
+ * it, and wrote it back from that scan at N after a user here had changed
+ * the message again (with a modseq below N: the client's HIGHESTMODSEQ is
+ * above ours): the user's later change was undone. */
+static void test_sync_own_change_survives_a_writer_between_merge_steps(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&b, &mb, "Subject: m\r\n\r\nm\r\n", 0, NULL);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t M = x.highestmodseq;
+	uint32_t uv = x.uidvalidity;
+	stor_mailbox_free(&x);
+	set_flags(&b, &mb, 2, STOR_FLAG_ANSWERED);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	char hex[GUID_HEX_SIZE], line[2048];
+	guid_to_hex(&mb, hex);
+	/* The client changed UID 1 several times: its HIGHESTMODSEQ is above
+	 * ours. */
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 4 4\r\n"
+		 "C4 STORE 1 %llu (\\Seen) (\\*)\r\n"
+		 "C5 SYNC-END\r\n",
+		 USER, uv, hex, (unsigned long long)M, (unsigned long long)M + 5,
+		 (unsigned long long)M + 5);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	CU_ASSERT(sync_server_busy(sv));
+	/* A user here flags UID 2 after the merge scanned it (SYNC-END ran
+	 * the merge's first step: the scan, and the client's change). */
+	store_kw(&b, &mb, 2, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	struct stor_msg m2;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &mb, 2, &m2, &error), 1);
+	CU_ASSERT_EQUAL(m2.flags, STOR_FLAG_ANSWERED | STOR_FLAG_FLAGGED);
+	buf_append_byte(&out, '\0');
+	char want[64];
+	snprintf(want, sizeof(want), "C5 FLAGS 2 %llu (", (unsigned long long)m2.modseq);
+	const char *fl = strstr((const char *)out.data, want);
+	CU_ASSERT(fl != NULL && flag_list_has(fl + strlen(want), "\\Answered") &&
+		  flag_list_has(fl + strlen(want), "\\Flagged"));
+	if (fl == NULL)
+		fprintf(stderr, "\nanswer:\n%s", (const char *)out.data);
+	stor_msg_free(&m2);
 	sync_server_destroy(&sv);
 	buf_free(&out);
 	node_close(&b);
@@ -3450,6 +3520,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_late_client_message_at_a_planned_renumber_uid },
 	{ "a flag change survives a writer between the merge's steps",
 	  test_sync_flag_change_survives_a_writer_between_merge_steps },
+	{ "our own change survives a writer between the merge's steps",
+	  test_sync_own_change_survives_a_writer_between_merge_steps },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ "server refuses UIDs and modseqs past the bounds, the mailbox unchanged",
 	  test_sync_server_refuses_values_past_the_bounds },
