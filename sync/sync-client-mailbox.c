@@ -594,6 +594,29 @@ static bool drops_after(const struct sync_client *c, uint32_t uid)
 	return false;
 }
 
+/* 1 when our message at uid changed after this sync's SYNC-BEGIN (its
+ * modseq is above the cm we sent), 0 when not or gone, -1 on error. */
+static int changed_since_begin(struct sync_client *c, uint32_t uid, const char **err)
+{
+	struct stor_msg m;
+	int r = stor_msg_get(c->db, &c->cur.guid, uid, &m, err);
+	if (r <= 0)
+		return r;
+	r = m.modseq > c->cm;
+	stor_msg_free(&m);
+	return r;
+}
+
+static void uid_list_remove(stor_uid_list *l, uint32_t uid)
+{
+	size_t keep = 0;
+	for (size_t i = 0; i < l->count; i++) {
+		if (l->items[i] != uid)
+			l->items[keep++] = l->items[i];
+	}
+	l->count = keep;
+}
+
 /* Applies the server's answer, up to budget operations per call; 1 when
  * done. */
 int apply_some(struct sync_client *c)
@@ -712,6 +735,21 @@ int apply_some(struct sync_client *c)
 				int fr = stor_msg_find_guid(c->db, mbg, &sv->guid, &at, &err);
 				if (fr < 0)
 					return cl_fail(c, "%s", err);
+				int kept = fr > 0 && drops_after(c, at) ? changed_since_begin(c, at, &err)
+									    : 0;
+				if (kept < 0)
+					return cl_fail(c, "%s", err);
+				if (kept > 0) {
+					/* A user changed our copy after we sent
+					 * our changes: the line's state lacks it.
+					 * The copy stays where it is, and the
+					 * next round (the state differs) sends
+					 * its change, which follows the message
+					 * to its new UID on the server. */
+					uid_list_remove(&c->exp_after, at);
+					c->apply_diverged = true;
+					continue;
+				}
 				if (fr > 0 && drops_after(c, at)) {
 					/* The answer drops our copy at `at` and
 					 * gives this message at uid: the server

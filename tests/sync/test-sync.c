@@ -2001,8 +2001,29 @@ static bool guid_has_keyword(struct node *n, const struct guid *mb, const struct
  * the move: A dropped the change ("expunged here") and B then took A's
  * copy without it.  B's own new messages collide with A's (both appended
  * apart), as in the campaign. */
+/* A user's change on B's copy of X made while B's sync with A runs (after
+ * B sent its changes), as local_change_send() does. */
+struct local_change {
+	struct sync_transport t;
+	const struct sync_transport *inner;
+	struct node *n;
+	const struct guid *mb;
+	uint32_t uid;
+	bool done;
+};
+
+static void local_change_send(void *ctx, const void *data, size_t len)
+{
+	struct local_change *lc = ctx;
+	if (!lc->done && memmem(data, len, " SYNC-END", 9) != NULL) {
+		lc->done = true;
+		store_kw(lc->n, lc->mb, lc->uid, STOR_FLAGS_ADD, 0, "$k2");
+	}
+	lc->inner->send(lc->inner->ctx, data, len);
+}
+
 static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bool x_synced,
-					    uint32_t seed)
+					    bool during, uint32_t seed)
 {
 	struct node a, b, c;
 	struct guid mb = three_nodes_open(&a, &b, &c);
@@ -2042,11 +2063,30 @@ static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bo
 		append(&b, &mb, "b1\r\n", STOR_FLAG_ANSWERED, NULL);
 		append(&b, &mb, "b2\r\n", 0, NULL);
 	}
-	struct sync_run r = run_sync(&b, &a, false, seed + 1);
-	/* B takes A's copies where A moved them, in the same round: no
-	 * second round that compares every message (only the first, when B
-	 * had no common state with A). */
-	CU_ASSERT_EQUAL(r.report.mailboxes_full, x_synced ? 0 : 1);
+	if (during) {
+		/* B's user sets $k2 on X after B sent its changes: the
+		 * answer's state of X lacks it. */
+		struct sync_settings set = { .peer_sid = a.sid, .user = USER, .step_budget = 7 };
+		struct sync_pipe *p = sync_pipe_create(seed, 1 + seed % 97);
+		struct local_change lc = { { local_change_send, &lc }, sync_pipe_client_transport(p),
+					   &b, &mb, ux, false };
+		struct sync_client *cl = sync_client_create(b.db, &set, &lc.t);
+		struct sync_server *sv = sync_server_create(a.db, b.sid, sync_pipe_server_transport(p));
+		sync_server_set_budget(sv, 1 + seed % 5);
+		CU_ASSERT_EQUAL(sync_pipe_run(p, cl, sv, 1000000), SYNC_STEP_DONE);
+		CU_ASSERT(lc.done);
+		sync_client_destroy(&cl);
+		sync_server_destroy(&sv);
+		sync_pipe_destroy(&p);
+		CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k2"));
+		CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k2"));
+	} else {
+		struct sync_run r = run_sync(&b, &a, false, seed + 1);
+		/* B takes A's copies where A moved them, in the same round:
+		 * no second round that compares every message (only the
+		 * first, when B had no common state with A). */
+		CU_ASSERT_EQUAL(r.report.mailboxes_full, x_synced ? 0 : 1);
+	}
 	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k1"));
 	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k3"));
 	CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k1"));
@@ -2067,8 +2107,9 @@ static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bo
 static void test_sync_keywords_follow_a_moved_message(void)
 {
 	for (uint32_t seed = 0; seed < 6; seed++) {
-		for (unsigned v = 0; v < 8; v++)
-			keywords_follow_a_moved_message(v & 1, v & 2, v & 4, 200 + 10 * seed + v);
+		for (unsigned v = 0; v < 16; v++)
+			keywords_follow_a_moved_message(v & 1, v & 2, v & 4, v & 8,
+							200 + 20 * seed + v);
 	}
 }
 
