@@ -583,6 +583,40 @@ static int apply_gone(struct sync_client *c, const char **err)
 	return r < 0 ? -1 : 0;
 }
 
+/* Whether the answer drops our copy at uid after storing its SAVE lines
+ * (an EXPUNGE line of the engine's, not a user's expunge). */
+static bool drops_after(const struct sync_client *c, uint32_t uid)
+{
+	for (size_t i = 0; i < c->exp_after.count; i++) {
+		if (c->exp_after.items[i] == uid)
+			return sync_uexp_find(&c->exp_user, uid) == NULL;
+	}
+	return false;
+}
+
+/* 1 when our message at uid changed after this sync's SYNC-BEGIN (its
+ * modseq is above the cm we sent), 0 when not or gone, -1 on error. */
+static int changed_since_begin(struct sync_client *c, uint32_t uid, const char **err)
+{
+	struct stor_msg m;
+	int r = stor_msg_get(c->db, &c->cur.guid, uid, &m, err);
+	if (r <= 0)
+		return r;
+	r = m.modseq > c->cm;
+	stor_msg_free(&m);
+	return r;
+}
+
+static void uid_list_remove(stor_uid_list *l, uint32_t uid)
+{
+	size_t keep = 0;
+	for (size_t i = 0; i < l->count; i++) {
+		if (l->items[i] != uid)
+			l->items[keep++] = l->items[i];
+	}
+	l->count = keep;
+}
+
 /* Applies the server's answer, up to budget operations per call; 1 when
  * done. */
 int apply_some(struct sync_client *c)
@@ -701,6 +735,52 @@ int apply_some(struct sync_client *c)
 				int fr = stor_msg_find_guid(c->db, mbg, &sv->guid, &at, &err);
 				if (fr < 0)
 					return cl_fail(c, "%s", err);
+				int kept = fr > 0 && drops_after(c, at) ? changed_since_begin(c, at, &err)
+									    : 0;
+				if (kept < 0)
+					return cl_fail(c, "%s", err);
+				if (kept > 0) {
+					/* A user changed our copy after we sent
+					 * our changes: the line's state lacks it.
+					 * The copy stays where it is, and the
+					 * next round (the state differs) sends
+					 * its change, which follows the message
+					 * to its new UID on the server. */
+					uid_list_remove(&c->exp_after, at);
+					c->apply_diverged = true;
+					continue;
+				}
+				if (fr > 0 && drops_after(c, at)) {
+					/* The answer drops our copy at `at` and
+					 * gives this message at uid: the server
+					 * moved it (a UID conflict with a third
+					 * node) and merged our changes into the
+					 * line's state.  Our copy moves there and
+					 * takes that state.  Dropped and taken
+					 * again in one more round, it was missing
+					 * here meanwhile, and that round compared
+					 * every message. */
+					if (stor_msg_renumber(c->db, mbg, at, uid, sv->modseq, &err) < 0) {
+						/* (uid held an expunged message
+						 * here: one more round sorts it
+						 * out, as before.) */
+						log_debug("sync %s with %u: UID %u -> %u: %s", c->user,
+							  c->peer, at, uid, err);
+						c->apply_diverged = true;
+						continue;
+					}
+					struct stor_store mreq = {
+						.op = STOR_FLAGS_REPLACE, .flags = sv->f.flags,
+						.keywords = (const char *const *)sv->f.keywords.items,
+						.keyword_count = sv->f.keywords.count,
+						.modseq = sv->modseq, .stamps = sv->stamps.items,
+						.stamp_count = sv->stamps.count, .same_modseq = true,
+					};
+					if (stor_msg_store(c->db, mbg, &uid, 1, &mreq, NULL, NULL, &err) < 0)
+						return cl_fail(c, "FLAGS %u: %s", uid, err);
+					c->report.messages_renumbered++;
+					continue;
+				}
 				if (fr > 0) {
 					c->apply_diverged = true;
 					continue;

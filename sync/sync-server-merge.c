@@ -261,42 +261,91 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 	return 0;
 }
 
-/* The client drops its copy of a message we hold at another UID `at` (a
- * sync with a third node moved ours there) and takes ours: the flag
- * changes on its copy are still the user's, so they merge flag by flag
- * into ours first (SPEC.md 10.3 "Flags").  Taking ours as it was lost
- * every change made on the client's side since the move. */
-static int merge_flags_into(struct sync_server *s, uint32_t at, const struct srv_save *cs,
-			    const char **err)
+/* The modseq at which the merge writes its decision on a message whose
+ * modseq is cur: N, unless a writer (an IMAP change here, replication)
+ * gave the message N or more since the merge began, in one of the gaps
+ * between its steps.  Written at N, the decision was then skipped as older
+ * than the message's change (stor_msg_store), and the client's change was
+ * lost on both sides.  Then one above our HIGHESTMODSEQ: the decision
+ * merged that writer's change (it read the message in this step).
+ * same_ok: N on a message this merge itself gave N (it moved it). */
+static int merge_write_modseq(struct sync_server *s, uint64_t cur, bool same_ok,
+			      uint64_t *modseq_r, const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	*modseq_r = m->N;
+	if (cur < m->N || (same_ok && cur == m->N))
+		return 0;
+	struct stor_mailbox mb;
+	int r = stor_mailbox_get_by_guid(s->db, &s->sel, &mb, err);
+	if (r <= 0) {
+		if (r == 0)
+			*err = "the mailbox vanished";
+		return -1;
+	}
+	*modseq_r = mb.highestmodseq + 1;
+	stor_mailbox_free(&mb);
+	if (!mail_modseq_valid(*modseq_r)) {
+		*err = "no modseq left for the merge";
+		return -1;
+	}
+	return 0;
+}
+
+/* The client's flags (f, stamps) of message g merge flag by flag into our
+ * copy wherever it is now; *at_r (may be NULL) gets its UID, 0 when we
+ * hold none.  1 when our copy changed, 0 when not, -1 on error. */
+static int merge_flags_guid(struct sync_server *s, const struct guid *g,
+			    const struct sync_flags *f, const stor_stamp_list *stamps,
+			    uint32_t *at_r, const char **err)
 {
 	struct srv_merge *m = &s->merge;
 	struct stor_msg cur;
-	/* Where the message is now: this merge may have moved ours on from
-	 * `at` (a UID conflict there with one of the client's). */
-	int r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
+	uint32_t at = 0;
+	if (at_r != NULL)
+		*at_r = 0;
+	/* Where the message is now: this merge may have moved ours on (a UID
+	 * conflict with one of the client's). */
+	int r = stor_msg_find_guid(s->db, &s->sel, g, &at, err);
 	if (r > 0)
 		r = stor_msg_get(s->db, &s->sel, at, &cur, err);
 	if (r <= 0)
 		return r;
+	if (at_r != NULL)
+		*at_r = at;
+	bool changed = false;
 	struct flag_merge fm;
-	flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
-	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords)) {
+	flag_merge_run(&cur, f->flags, &f->keywords, stamps, m->M, &fm);
+	uint64_t ms;
+	if (!sync_flags_equal(cur.flags, &cur.keywords, fm.flags, &fm.keywords) &&
+	    (r = merge_write_modseq(s, cur.modseq, true, &ms, err)) == 0) {
 		/* A message this merge moved already has N: the flags still
 		 * change at N (not above it), so the answer stays exact. */
 		struct stor_store req = {
 			.op = STOR_FLAGS_REPLACE, .flags = fm.flags,
 			.keywords = (const char *const *)fm.keywords.items,
-			.keyword_count = fm.keywords.count, .modseq = m->N,
+			.keyword_count = fm.keywords.count, .modseq = ms,
 			.stamps = fm.times.items, .stamp_count = fm.times.count,
 			.same_modseq = true,
 		};
 		r = stor_msg_store(s->db, &s->sel, &at, 1, &req, NULL, NULL, err);
 		merge_mark_dirty(m, at);
 		m->touched = true;
+		changed = true;
 	}
 	flag_merge_free(&fm);
 	stor_msg_free(&cur);
-	return r < 0 ? -1 : 0;
+	return r < 0 ? -1 : changed ? 1 : 0;
+}
+
+/* The client drops its copy cs of a message we hold at another UID (a
+ * sync with a third node moved ours there) and takes ours: the flag
+ * changes on its copy are still the user's, so they merge flag by flag
+ * into ours first (SPEC.md 10.3 "Flags").  Taking ours as it was lost
+ * every change made on the client's side since the move. */
+static int merge_flags_into(struct sync_server *s, const struct srv_save *cs, const char **err)
+{
+	return merge_flags_guid(s, &cs->guid, &cs->f, &cs->stamps, NULL, err) < 0 ? -1 : 0;
 }
 
 /* A message that both copies hold with the same flags, at different
@@ -328,7 +377,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	struct srv_merge *m = &s->merge;
 	int r;
 	if (cs->action == SAVE_DROP)
-		return cs->drop_into == 0 ? 0 : merge_flags_into(s, cs->drop_into, cs, err);
+		return cs->drop_into == 0 ? 0 : merge_flags_into(s, cs, err);
 	if (cs->action == SAVE_MERGE) {
 		struct stor_msg cur;
 		r = stor_msg_get(s->db, &s->sel, cs->uid, &cur, err);
@@ -341,8 +390,11 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 			/* One message on both sides, new since M on one of them
 			 * at least: its flags merge flag by flag. */
 			struct flag_merge fm;
+			uint64_t ms;
 			flag_merge_run(&cur, cs->f.flags, &cs->f.keywords, &cs->stamps, m->M, &fm);
-			r = set_flags(s, cs->uid, fm.flags, &fm.keywords, &fm.times, m->N, err);
+			r = merge_write_modseq(s, cur.modseq, false, &ms, err);
+			if (r == 0)
+				r = set_flags(s, cs->uid, fm.flags, &fm.keywords, &fm.times, ms, err);
 			flag_merge_free(&fm);
 			ARRAY_PUSH(&m->flags_client, cs->uid);
 			merge_mark_dirty(m, cs->uid);
@@ -369,7 +421,7 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	if (r > 0 && !client_moved_from(s, at)) {
 		take_ours(m, cs, at);
 		merge_mark_dirty(m, at);
-		return merge_flags_into(s, at, cs, err);
+		return merge_flags_into(s, cs, err);
 	}
 	/* The client moved the message from `at` (a sync with a third node
 	 * renumbered it): its copy lands here and ours at `at` goes with the
@@ -435,6 +487,50 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 	return 0;
 }
 
+/* Our copy at uid, as it is, at the merge's N: a change the client takes. */
+static int set_flags_here(struct sync_server *s, uint32_t uid, const char **err)
+{
+	struct stor_msg cur;
+	int r = stor_msg_get(s->db, &s->sel, uid, &cur, err);
+	if (r <= 0)
+		return r;
+	r = set_flags(s, uid, cur.flags, &cur.keywords, NULL, s->merge.N, err);
+	stor_msg_free(&cur);
+	s->merge.touched = true;
+	return r < 0 ? -1 : 0;
+}
+
+/* A flag change of the client at a UID below L where we hold no message
+ * now.  Both sides held one message there at the last sync, so when our
+ * tombstone there is the sync engine's (a sync with a third node moved
+ * the message to another UID, a UID conflict) and the message lives on
+ * here, the change is the user's change of that message: it merges flag by
+ * flag into our copy, which the client takes (our tombstone's EXPUNGE line
+ * drops its copy at the old UID).  Dropped as "expunged here", the change
+ * was lost on both sides (the fault campaign's flag-holds, all classes
+ * 9206).  A user's expunge wins, as ever. */
+static int merge_store_follows_move(struct sync_server *s, const struct srv_store *st,
+				    const char **err)
+{
+	struct srv_merge *m = &s->merge;
+	ssize_t ti = find_tomb(&m->stombs, st->uid);
+	if (ti < 0 || m->stombs.items[ti].user)
+		return 0;
+	struct guid g = m->stombs.items[ti].guid;
+	uint32_t at;
+	int r = merge_flags_guid(s, &g, &st->f, &st->stamps, &at, err);
+	if (r < 0)
+		return -1;
+	if (at == 0 || find_msg(&m->smsgs, at) >= 0)
+		return 0; /* gone, or ours since M: merge_own() sends it */
+	/* Ours from before M (not expected: the move left a tombstone above
+	 * M) still goes to the client at its UID. */
+	if (r == 0 && set_flags_here(s, at, err) < 0)
+		return -1;
+	ARRAY_PUSH(at >= m->L ? &m->save_client : &m->flags_client, at);
+	return 0;
+}
+
 /* Applies one of the client's flag changes. */
 static int merge_apply_store(struct sync_server *s, const struct srv_store *st, const char **err)
 {
@@ -443,8 +539,10 @@ static int merge_apply_store(struct sync_server *s, const struct srv_store *st, 
 	if (uid_in(&m->cexp_low, st->uid))
 		return 0;
 	int r = stor_msg_get(s->db, &s->sel, st->uid, &cur, err);
-	if (r <= 0)
-		return r; /* expunged here: the EXPUNGE line tells the client */
+	if (r == 0)
+		return merge_store_follows_move(s, st, err);
+	if (r < 0)
+		return r; /* (expunged here: the EXPUNGE line tells the client) */
 	bool both = cur.modseq > m->M;
 	if (both && sync_flags_equal(cur.flags, &cur.keywords, st->f.flags, &st->f.keywords)) {
 		r = take_higher_modseq(s, &cur, st->f.flags, &st->f.keywords, &st->stamps,
@@ -460,7 +558,11 @@ static int merge_apply_store(struct sync_server *s, const struct srv_store *st, 
 	/* Changed on the client only: its modseq, when above all of ours, is
 	 * kept and the client needs no line. */
 	bool keep = !both && st->modseq > m->sm;
-	uint64_t ms = keep ? st->modseq : m->N;
+	uint64_t ms = st->modseq;
+	if (!keep && merge_write_modseq(s, cur.modseq, false, &ms, err) < 0) {
+		stor_msg_free(&cur);
+		return -1;
+	}
 	if (both) {
 		struct flag_merge fm;
 		flag_merge_run(&cur, st->f.flags, &st->f.keywords, &st->stamps, m->M, &fm);
@@ -506,15 +608,31 @@ static int merge_own(struct sync_server *s, size_t i, const char **err)
 		uexp_push(m, uid, &g);
 		return 0;
 	}
+	/* As it is now: a user here (or replication) may have changed it in a
+	 * gap between the merge's steps since the scan.  Written back from
+	 * the scan, the later change was undone here or, skipped as older,
+	 * the client took the scan's state at a modseq that never changes
+	 * again (lost there). */
+	struct stor_msg cur;
+	int r = stor_msg_get(s->db, &s->sel, msg->uid, &cur, err);
+	if (r < 0)
+		return -1;
+	if (r == 0 || cur.modseq != msg->modseq)
+		m->dirty[i] = true;
+	if (r == 0)
+		return 0; /* expunged meanwhile: the client learns it next time */
 	/* Above everything the client had: its IMAP clients will see it as it
 	 * is, so the modseq stays (a catch-up sync rewrites nothing here).
 	 * Else it is raised to N. */
-	if (msg->modseq <= m->cm) {
-		if (set_flags(s, msg->uid, msg->flags, &msg->keywords, NULL, m->N, err) < 0)
-			return -1;
-		msg->modseq = m->N; /* our copy stays exact: same flags */
+	if (cur.modseq <= m->cm) {
+		r = set_flags(s, msg->uid, cur.flags, &cur.keywords, NULL, m->N, err);
+		if (r == 0 && !m->dirty[i])
+			msg->modseq = m->N; /* our copy stays exact: same flags */
 		m->touched = true;
 	}
+	stor_msg_free(&cur);
+	if (r < 0)
+		return -1;
 	if (msg->uid < m->L)
 		ARRAY_PUSH(&m->flags_client, msg->uid);
 	else
@@ -755,8 +873,17 @@ int merge_step(struct sync_server *s)
 			 * UIDFIX (another message, moved to a fresh UID on both
 			 * sides).  New UIDs: ours first, then the client's. */
 			uids_sort_unique(&m->sr);
-			uint64_t next = m->cu > m->su ? m->cu : m->su;
-			next += m->sr.count;
+			/* From max(cu, su), and above every UID the client
+			 * named: a message that reached the client between
+			 * its SYNC-BEGIN and the scan of its changes comes at
+			 * or above cu.  A conflict moved to such a UID met the
+			 * client's message there: the client was told to move
+			 * its copy away and then to store ours at the UID it
+			 * had just left, which it cannot. */
+			uint64_t first = m->cu > m->su ? m->cu : m->su;
+			if (s->saves.count > 0 && s->saves.items[s->saves.count - 1].uid >= first)
+				first = (uint64_t)s->saves.items[s->saves.count - 1].uid + 1;
+			uint64_t next = first + m->sr.count;
 			for (size_t i = 0; i < s->saves.count; i++) {
 				if (s->saves.items[i].action == SAVE_RENUMBER)
 					next++;
@@ -765,8 +892,8 @@ int merge_step(struct sync_server *s)
 			 * UIDs that conflicts move to must all be in bounds. */
 			if (!mail_uidnext_valid(next))
 				goto out_of_uids;
-			m->next = m->cu > m->su ? m->cu : m->su;
-			m->next += (uint32_t)m->sr.count;
+			m->first = (uint32_t)first;
+			m->next = m->first + (uint32_t)m->sr.count;
 			for (size_t i = 0; i < s->saves.count; i++) {
 				if (s->saves.items[i].action == SAVE_RENUMBER)
 					s->saves.items[i].new_uid = m->next++;
@@ -776,8 +903,7 @@ int merge_step(struct sync_server *s)
 			break;
 		case MS_RENUMBER:
 			if (m->pos < m->sr.count) {
-				uint32_t first = m->cu > m->su ? m->cu : m->su;
-				uint32_t nu = first + (uint32_t)m->pos;
+				uint32_t nu = m->first + (uint32_t)m->pos;
 				if (stor_msg_renumber(s->db, &s->sel, m->sr.items[m->pos], nu, m->N,
 						      &err) < 0)
 					goto storage_error;

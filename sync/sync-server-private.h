@@ -62,6 +62,7 @@ struct srv_merge {
 	char tag[PROTO_MAX_TAG + 1];
 	uint64_t M, cm, sm, base, N;
 	uint32_t L, cu, su, next;
+	uint32_t first;             /* where conflicts start to move to */
 	bool touched;
 	stor_msg_list smsgs;        /* our changes since M, kept exact or marked dirty */
 	stor_tombstone_list stombs;

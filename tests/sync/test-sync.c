@@ -2077,6 +2077,414 @@ static void test_sync_flag_change_follows_a_copy_the_merge_moves_on(void)
 	node_close(&c);
 }
 
+/* Whether n's copy of g holds keyword kw. */
+static bool guid_has_keyword(struct node *n, const struct guid *mb, const struct guid *g,
+			     const char *kw)
+{
+	uint32_t uid = 0;
+	struct stor_msg m;
+	const char *error;
+	bool found = false;
+	if (!has_guid(n, mb, g, &uid))
+		return false;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	for (size_t i = 0; i < m.keywords.count; i++) {
+		if (strcmp(m.keywords.items[i], kw) == 0)
+			found = true;
+	}
+	stor_msg_free(&m);
+	return found;
+}
+
+/* The fault campaign's flag-holds, all classes seed 9206: X and Y reach A
+ * and B; C, apart, uses their UIDs for its own messages, and a sync of C
+ * with A moves X and Y on A.  B, apart from both, sets keywords on X and Y
+ * at their old UIDs (acknowledged).  B's next sync with A: its keyword
+ * changes must reach A's copies at the new UIDs, on both sides.  In the
+ * campaign X was below the UIDNEXT of B's last sync with A, so B sent its
+ * change as a STORE at X's old UID, where A holds only the tombstone of
+ * the move: A dropped the change ("expunged here") and B then took A's
+ * copy without it.  B's own new messages collide with A's (both appended
+ * apart), as in the campaign. */
+/* A user's change on B's copy of X made while B's sync with A runs (after
+ * B sent its changes), as local_change_send() does. */
+struct local_change {
+	struct sync_transport t;
+	const struct sync_transport *inner;
+	struct node *n;
+	const struct guid *mb;
+	uint32_t uid;
+	bool done;
+};
+
+static void local_change_send(void *ctx, const void *data, size_t len)
+{
+	struct local_change *lc = ctx;
+	if (!lc->done && memmem(data, len, " SYNC-END", 9) != NULL) {
+		lc->done = true;
+		store_kw(lc->n, lc->mb, lc->uid, STOR_FLAGS_ADD, 0, "$k2");
+	}
+	lc->inner->send(lc->inner->ctx, data, len);
+}
+
+static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bool x_synced,
+					    bool during, uint32_t seed)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	for (int i = 0; i < 3; i++) {
+		uint32_t u = append(&a, &mb, "common\r\n", 0, NULL);
+		replicate_append(&a, &b, &mb, u, "common\r\n");
+		replicate_append(&a, &c, &mb, u, "common\r\n");
+	}
+	struct guid gx, gy;
+	uint32_t ux = append(&a, &mb, "x\r\n", 0, &gx);
+	/* In the campaign B's last sync with A came after X and before Y:
+	 * X is below the last common UIDNEXT there (B sends its change as a
+	 * STORE at X's old UID), Y above it (a SAVE). */
+	if (x_synced)
+		run_sync(&b, &a, false, seed + 5);
+	else
+		replicate_append(&a, &b, &mb, ux, "x\r\n");
+	uint32_t uy = append(&a, &mb, "y\r\n", STOR_FLAG_SEEN, &gy);
+	replicate_append(&a, &b, &mb, uy, "y\r\n");
+	/* C, apart, used both UIDs. */
+	CU_ASSERT_EQUAL(append(&c, &mb, "z1\r\n", 0, NULL), ux);
+	CU_ASSERT_EQUAL(append(&c, &mb, "z2\r\n", STOR_FLAG_FLAGGED, NULL), uy);
+	/* A, also apart from B, gets more mail, then meets C. */
+	append(&a, &mb, "a1\r\n", 0, NULL);
+	if (c_is_client)
+		run_sync(&c, &a, false, seed);
+	else
+		run_sync(&a, &c, false, seed);
+	uint32_t moved = 0;
+	CU_ASSERT_FATAL(has_guid(&a, &mb, &gx, &moved));
+	CU_ASSERT_NOT_EQUAL(moved, ux);
+	/* B, apart: keywords on X and Y, acknowledged; and mail of its own. */
+	store_kw(&b, &mb, ux, STOR_FLAGS_ADD, 0, "$k1");
+	store_kw(&b, &mb, ux, STOR_FLAGS_ADD, 0, "$k3");
+	store_kw(&b, &mb, uy, STOR_FLAGS_ADD, 0, "$k3");
+	if (b_has_own) {
+		append(&b, &mb, "b1\r\n", STOR_FLAG_ANSWERED, NULL);
+		append(&b, &mb, "b2\r\n", 0, NULL);
+	}
+	if (during) {
+		/* B's user sets $k2 on X after B sent its changes: the
+		 * answer's state of X lacks it. */
+		struct sync_settings set = { .peer_sid = a.sid, .user = USER, .step_budget = 7 };
+		struct sync_pipe *p = sync_pipe_create(seed, 1 + seed % 97);
+		struct local_change lc = { { local_change_send, &lc }, sync_pipe_client_transport(p),
+					   &b, &mb, ux, false };
+		struct sync_client *cl = sync_client_create(b.db, &set, &lc.t);
+		struct sync_server *sv = sync_server_create(a.db, b.sid, sync_pipe_server_transport(p));
+		sync_server_set_budget(sv, 1 + seed % 5);
+		CU_ASSERT_EQUAL(sync_pipe_run(p, cl, sv, 1000000), SYNC_STEP_DONE);
+		CU_ASSERT(lc.done);
+		sync_client_destroy(&cl);
+		sync_server_destroy(&sv);
+		sync_pipe_destroy(&p);
+		CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k2"));
+		CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k2"));
+	} else {
+		struct sync_run r = run_sync(&b, &a, false, seed + 1);
+		/* B takes A's copies where A moved them, in the same round:
+		 * no second round that compares every message (only the
+		 * first, when B had no common state with A). */
+		CU_ASSERT_EQUAL(r.report.mailboxes_full, x_synced ? 0 : 1);
+	}
+	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k1"));
+	CU_ASSERT(guid_has_keyword(&a, &mb, &gx, "$k3"));
+	CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k1"));
+	CU_ASSERT(guid_has_keyword(&b, &mb, &gx, "$k3"));
+	CU_ASSERT(guid_has_keyword(&a, &mb, &gy, "$k3"));
+	CU_ASSERT(guid_has_keyword(&b, &mb, &gy, "$k3"));
+	CU_ASSERT(dumps_equal(&a, &b));
+	run_sync(&c, &a, false, seed + 2);
+	run_sync(&c, &b, false, seed + 3);
+	CU_ASSERT(guid_has_keyword(&c, &mb, &gx, "$k1"));
+	CU_ASSERT(guid_has_keyword(&c, &mb, &gx, "$k3"));
+	three_nodes_end_alike(&a, &b, &c, 3 + 2 + 2 + 1 + (b_has_own ? 2 : 0));
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_keywords_follow_a_moved_message(void)
+{
+	for (uint32_t seed = 0; seed < 6; seed++) {
+		for (unsigned v = 0; v < 16; v++)
+			keywords_follow_a_moved_message(v & 1, v & 2, v & 4, v & 8,
+							200 + 20 * seed + v);
+	}
+}
+
+/* The merge plans new UIDs for conflicts from max(cu, su), but a client's
+ * SAVE may name a UID at or above the cu it sent (a message that reached
+ * the client between its SYNC-BEGIN and the scan of its changes).  Our
+ * conflicting message S was planned to move to that very UID u while the
+ * client's message there was to be stored at u: every message must end
+ * here exactly once, and the answer must tell the client where each one
+ * is, at UIDs it can take. */
+static void test_sync_client_message_at_a_planned_renumber_uid(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	append(&b, &mb, "Subject: common\r\n\r\nc\r\n", 0, NULL);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t M = x.highestmodseq;
+	uint32_t uv = x.uidvalidity;
+	stor_mailbox_free(&x);
+	/* Ours since the last sync, at UID 2. */
+	struct guid gs;
+	CU_ASSERT_EQUAL(append(&b, &mb, "Subject: ours\r\n\r\ns\r\n", STOR_FLAG_FLAGGED, &gs), 2);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	struct guid g2, g3;
+	guid_generate(&g2);
+	guid_generate(&g3);
+	char hex[GUID_HEX_SIZE], h2[GUID_HEX_SIZE], h3[GUID_HEX_SIZE], line[2048];
+	guid_to_hex(&mb, hex);
+	guid_to_hex(&g2, h2);
+	guid_to_hex(&g3, h3);
+	/* The client: L = 2, cu = 3, yet it sends its messages at 2 and 3. */
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 2 3\r\n"
+		 "C4 SAVE 1700000000+0000 2 %llu %s (\\Seen) {3}\r\ntwo\r\n"
+		 "C5 SAVE 1700000000+0000 3 %llu %s (\\Draft) {5}\r\nthree\r\n"
+		 "C6 SYNC-END\r\n",
+		 USER, uv, hex, (unsigned long long)M, (unsigned long long)M + 2,
+		 (unsigned long long)M + 1, h2, (unsigned long long)M + 2, h3);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	/* Every message here once: the common one, ours, and the client's two. */
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 4);
+	uint32_t us = 0, u2 = 0, u3 = 0;
+	CU_ASSERT(has_guid(&b, &mb, &gs, &us));
+	CU_ASSERT(has_guid(&b, &mb, &g2, &u2));
+	CU_ASSERT(has_guid(&b, &mb, &g3, &u3));
+	CU_ASSERT(flags_of_guid(&b, &mb, &gs) == STOR_FLAG_FLAGGED);
+	CU_ASSERT(flags_of_guid(&b, &mb, &g2) == STOR_FLAG_SEEN);
+	CU_ASSERT(flags_of_guid(&b, &mb, &g3) == STOR_FLAG_DRAFT);
+	buf_append_byte(&out, '\0');
+	const char *o = (const char *)out.data;
+	/* The client keeps its message at 3 (no UID it holds is a target of
+	 * ours), and ours goes to a UID above everything the client named. */
+	CU_ASSERT(u3 == 3);
+	CU_ASSERT(us > 3 && u2 > 3 && us != u2);
+	char want[64];
+	snprintf(want, sizeof(want), "C6 UIDFIX 2 %u\r\n", u2);
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, want));
+	if (strstr(o, want) == NULL)
+		fprintf(stderr, "\nanswer:\n%s", o);
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
+/* The same through a real client: a message reaches the client (as by
+ * replication) after it read its UIDNEXT for the mailbox and before it
+ * scans its changes, so its SAVE names a UID at its own cu, where the
+ * server would have moved its conflicting message.  The client could not
+ * store ours there and the sync failed; no message may be dropped, and
+ * both sides end alike. */
+struct inject {
+	struct sync_transport t;
+	const struct sync_transport *inner;
+	struct node *n;
+	const struct guid *mb;
+	bool done;
+	struct guid g;
+};
+
+static void inject_send(void *ctx, const void *data, size_t len)
+{
+	struct inject *in = ctx;
+	if (!in->done && len >= 5 && memmem(data, len, " MBOX ", 6) != NULL) {
+		in->done = true;
+		append(in->n, in->mb, "Subject: late\r\n\r\nlate\r\n", STOR_FLAG_DRAFT, &in->g);
+	}
+	in->inner->send(in->inner->ctx, data, len);
+}
+
+static void test_sync_late_client_message_at_a_planned_renumber_uid(void)
+{
+	for (uint32_t seed = 0; seed < 8; seed++) {
+		struct node a, b;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+		append(&a, &mb, "common\r\n", 0, NULL);
+		run_sync(&a, &b, false, 400 + seed);
+		struct guid gs, g2;
+		append(&b, &mb, "ours\r\n", STOR_FLAG_FLAGGED, &gs);
+		append(&a, &mb, "theirs\r\n", STOR_FLAG_SEEN, &g2);
+		struct sync_settings set = { .peer_sid = b.sid, .user = USER, .step_budget = 7 };
+		struct sync_pipe *p = sync_pipe_create(seed, seed % 3 == 0 ? 0 : 1 + seed % 97);
+		struct inject in = { { inject_send, &in }, sync_pipe_client_transport(p), &a, &mb,
+				     false, { { 0 } } };
+		struct sync_client *cl = sync_client_create(a.db, &set, &in.t);
+		struct sync_server *sv = sync_server_create(b.db, a.sid, sync_pipe_server_transport(p));
+		sync_server_set_budget(sv, 1 + seed % 5);
+		enum sync_step_result r = sync_pipe_run(p, cl, sv, 1000000);
+		if (r != SYNC_STEP_DONE)
+			fprintf(stderr, "sync failed: %s / %s\n",
+				sync_client_error(cl) ? sync_client_error(cl) : "-",
+				sync_server_error(sv) ? sync_server_error(sv) : "-");
+		CU_ASSERT_EQUAL(r, SYNC_STEP_DONE);
+		CU_ASSERT(in.done);
+		sync_client_destroy(&cl);
+		sync_server_destroy(&sv);
+		sync_pipe_destroy(&p);
+		run_sync(&a, &b, false, 500 + seed);
+		CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 4);
+		CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 4);
+		CU_ASSERT(has_guid(&a, &mb, &in.g, NULL) && has_guid(&b, &mb, &in.g, NULL));
+		CU_ASSERT(has_guid(&a, &mb, &gs, NULL) && has_guid(&b, &mb, &gs, NULL));
+		CU_ASSERT(has_guid(&a, &mb, &g2, NULL) && has_guid(&b, &mb, &g2, NULL));
+		CU_ASSERT(flags_of_guid(&b, &mb, &in.g) == STOR_FLAG_DRAFT);
+		CU_ASSERT(flags_of_guid(&a, &mb, &gs) == STOR_FLAG_FLAGGED);
+		CU_ASSERT(dumps_equal(&a, &b));
+		check_mailbox(&a, &mb);
+		check_mailbox(&b, &mb);
+		node_close(&a);
+		node_close(&b);
+	}
+}
+
+/* Whether the flag list that starts at p (after its "(") names flag. */
+static bool flag_list_has(const char *p, const char *flag)
+{
+	const char *end = strchr(p, ')');
+	size_t n = strlen(flag);
+	for (const char *q = p; end != NULL && q + n <= end; q++) {
+		if (strncmp(q, flag, n) == 0 && (q[n] == ' ' || q[n] == ')') &&
+		    (q == p || q[-1] == ' '))
+			return true;
+	}
+	return false;
+}
+
+/* A writer between the merge's steps (an IMAP STORE on this node, or a
+ * replicated change) gives the message a modseq at or above the merge's
+ * N before the step that applies the client's change to it: the merge's
+ * decision, written at N, was silently skipped as older than the
+ * message's modseq, and the client's change was lost on both sides. */
+static void test_sync_flag_change_survives_a_writer_between_merge_steps(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&b, &mb, "Subject: m\r\n\r\nm\r\n", 0, NULL);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t M = x.highestmodseq;
+	uint32_t uv = x.uidvalidity;
+	stor_mailbox_free(&x);
+	/* Ours since the last sync: our HIGHESTMODSEQ is the client's. */
+	set_flags(&b, &mb, 2, STOR_FLAG_ANSWERED);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	char hex[GUID_HEX_SIZE], line[2048];
+	guid_to_hex(&mb, hex);
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 4 4\r\n"
+		 "C4 STORE 1 %llu (\\Seen) (\\*)\r\n"
+		 "C5 STORE 2 %llu (\\Seen) (\\*)\r\n"
+		 "C6 STORE 3 %llu (\\Seen) (\\*) STAMPS (\\Seen %llu 1700000000000)\r\n"
+		 "C7 SYNC-END\r\n",
+		 USER, uv, hex, (unsigned long long)M, (unsigned long long)M + 1,
+		 (unsigned long long)M + 1, (unsigned long long)M + 1, (unsigned long long)M + 1,
+		 (unsigned long long)M + 1);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	CU_ASSERT(sync_server_busy(sv));
+	/* A user here flags the last message before the merge reaches it
+	 * (the first step applied the first of the client's changes). */
+	store_kw(&b, &mb, 3, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	struct stor_msg m1;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &mb, 3, &m1, &error), 1);
+	CU_ASSERT_EQUAL(m1.flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+	/* The client learns the merged state. */
+	buf_append_byte(&out, '\0');
+	char want[64];
+	snprintf(want, sizeof(want), "C7 FLAGS 3 %llu (", (unsigned long long)m1.modseq);
+	const char *fl = strstr((const char *)out.data, want);
+	CU_ASSERT(fl != NULL && flag_list_has(fl + strlen(want), "\\Seen") &&
+		  flag_list_has(fl + strlen(want), "\\Flagged"));
+	if (fl == NULL)
+		fprintf(stderr, "\nanswer:\n%s", (const char *)out.data);
+	stor_msg_free(&m1);
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
+/* The same for our own change the client has not seen: the merge scanned
+ * it, and wrote it back from that scan at N after a user here had changed
+ * the message again (with a modseq below N: the client's HIGHESTMODSEQ is
+ * above ours): the user's later change was undone. */
+static void test_sync_own_change_survives_a_writer_between_merge_steps(void)
+{
+	struct node b;
+	struct buf out = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&b, &mb, "Subject: m\r\n\r\nm\r\n", 0, NULL);
+	struct stor_mailbox x = get_mailbox(&b, "INBOX");
+	uint64_t M = x.highestmodseq;
+	uint32_t uv = x.uidvalidity;
+	stor_mailbox_free(&x);
+	set_flags(&b, &mb, 2, STOR_FLAG_ANSWERED);
+	struct sync_transport t = { capture_send, &out };
+	struct sync_server *sv = sync_server_create(b.db, SID_A, &t);
+	sync_server_set_budget(sv, 1);
+	char hex[GUID_HEX_SIZE], line[2048];
+	guid_to_hex(&mb, hex);
+	/* The client changed UID 1 several times: its HIGHESTMODSEQ is above
+	 * ours. */
+	snprintf(line, sizeof(line), "C1 MBOX 1 %s INBOX %u %s\r\nC2 SELECT 1\r\n"
+		 "C3 SYNC-BEGIN %llu %llu 4 4\r\n"
+		 "C4 STORE 1 %llu (\\Seen) (\\*)\r\n"
+		 "C5 SYNC-END\r\n",
+		 USER, uv, hex, (unsigned long long)M, (unsigned long long)M + 5,
+		 (unsigned long long)M + 5);
+	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
+	CU_ASSERT(sync_server_busy(sv));
+	/* A user here flags UID 2 after the merge scanned it (SYNC-END ran
+	 * the merge's first step: the scan, and the client's change). */
+	store_kw(&b, &mb, 2, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
+	for (int i = 0; i < 1000 && sync_server_busy(sv); i++)
+		CU_ASSERT(sync_server_step(sv) >= 0);
+	CU_ASSERT_FALSE(sync_server_busy(sv));
+	struct stor_msg m2;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &mb, 2, &m2, &error), 1);
+	CU_ASSERT_EQUAL(m2.flags, STOR_FLAG_ANSWERED | STOR_FLAG_FLAGGED);
+	buf_append_byte(&out, '\0');
+	char want[64];
+	snprintf(want, sizeof(want), "C5 FLAGS 2 %llu (", (unsigned long long)m2.modseq);
+	const char *fl = strstr((const char *)out.data, want);
+	CU_ASSERT(fl != NULL && flag_list_has(fl + strlen(want), "\\Answered") &&
+		  flag_list_has(fl + strlen(want), "\\Flagged"));
+	if (fl == NULL)
+		fprintf(stderr, "\nanswer:\n%s", (const char *)out.data);
+	stor_msg_free(&m2);
+	sync_server_destroy(&sv);
+	buf_free(&out);
+	node_close(&b);
+}
+
 /* The fault campaign's acked-expunge-holds (partition seeds 200, 201, 1,
  * 2): X reaches A and B by live replication; apart, a user expunges X on
  * A, while a sync of B with C (which used X's UID for another message)
@@ -3175,6 +3583,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_copy_at_the_same_uid_below_the_common_modseq_stays },
 	{ "a flag change follows a copy the merge moves on",
 	  test_sync_flag_change_follows_a_copy_the_merge_moves_on },
+	{ "keywords set apart follow a message a sync moved (flag-holds 9206)",
+	  test_sync_keywords_follow_a_moved_message },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "an acknowledged expunge holds against a renumbered copy (client expunged)",
@@ -3253,6 +3663,14 @@ static const struct test_case sync_cases[] = {
 	  test_sync_message_arriving_during_a_stepwise_merge_is_not_doubled },
 	{ "a message arriving at the client's UID during a merge stays",
 	  test_sync_message_arriving_at_the_same_uid_during_a_merge_stays },
+	{ "a client message at a UID the merge planned for a conflict: none dropped",
+	  test_sync_client_message_at_a_planned_renumber_uid },
+	{ "... and through a client that got the message after its UIDNEXT was read",
+	  test_sync_late_client_message_at_a_planned_renumber_uid },
+	{ "a flag change survives a writer between the merge's steps",
+	  test_sync_flag_change_survives_a_writer_between_merge_steps },
+	{ "our own change survives a writer between the merge's steps",
+	  test_sync_own_change_survives_a_writer_between_merge_steps },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ "server refuses UIDs and modseqs past the bounds, the mailbox unchanged",
 	  test_sync_server_refuses_values_past_the_bounds },
