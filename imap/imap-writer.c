@@ -2,10 +2,10 @@
  *
  * A FETCH of many bodies spends about half of the event loop's CPU in
  * sendmsg(): the copy into the socket and TCP's work for it (on loopback
- * also the receiving side's).  The loop is one thread, and on a machine
- * shared with other work the scheduler gives one thread one share: the
- * loop waited for a CPU about half the time of a FETCH benchmark with 8
- * clients while its own clients and other jobs ran.  So once a plain
+ * also the receiving side's).  The loop is one thread, so it uses one
+ * core at a time: in a FETCH benchmark with 8 clients on a shared 2-core
+ * machine it was runnable but waiting for a CPU about half the time.  So
+ * once a plain
  * connection has at least IMAP_WRITER_MIN bytes queued, client_flush()
  * hands the whole queue (out's bytes and the texts' pieces, in stream
  * order) to this thread as one unit and starts a new, empty queue; the
