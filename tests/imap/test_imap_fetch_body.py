@@ -6,16 +6,21 @@ store's journal straight into the connection's output, chunk by chunk
 (256 KiB chunks): these checks fetch texts of several chunks whole and in
 ranges that start or end at or next to a chunk boundary, the same text as
 two items of one FETCH and beside items that need it parsed, many large
-texts in one FETCH (more than the output's high-water mark), and texts
-expunged by another session while the FETCH is being sent.  Every byte is
+texts in one FETCH (more than the output's high-water mark), texts
+expunged by another session while the FETCH is being sent, and outputs far
+bigger than the sockets hold (a reader that stalls, one that resets, small
+receive windows, a shutdown with output pending).  Every byte is
 compared with what was appended.  `--dovecot` runs the same checks against
 a private Dovecot.  Last line: "imap-fetch-body: N passed, M failed".
 """
+import socket
 import ssl
+import struct
 import sys
 import time
 
 from imapcommon import parse_args, start_target, finish, Report
+import harness.imapwire as imapwire
 from harness.imapwire import Client, Literal, parse, fetch_items, quote
 
 USER, PASSWORD = "carol", "c4rol-pw"
@@ -286,12 +291,99 @@ def t_records_in_batches():
     c.logout()
 
 
+STALLED = []  # sessions left not reading until the server stops (t_big_outputs)
+
+
+def t_big_outputs():
+    """Outputs far bigger than the sockets hold.  A session that stops
+    reading the answer to a big FETCH holds up nobody: another session gets
+    its own big FETCHes (every byte) and its NOOPs meanwhile; a session
+    that resets its connection in the middle of a big FETCH leaves the
+    server serving; readers with small receive windows get every byte of
+    1 MiB and 6 MiB texts in order; and a session that never reads is left
+    until the server stops (the shutdown section then checks that
+    starlingd exits 0 with no sanitizer report)."""
+    a, b = connect(), connect()
+    a.command("CREATE", quote("stall"))
+    texts = [big_message(400 + i, 4 * CHUNK + 13 * i) for i in range(16)]
+    for t in texts:
+        append(a, "stall", t)
+    R.check("examine", a.command("EXAMINE", quote("stall")).ok)
+    a.send(b"s1 UID FETCH 1:* (BODY.PEEK[])\r\n")  # 16 MiB, never read
+    STALLED.append(a)
+    time.sleep(0.3)
+    R.check("other session: examine", b.command("EXAMINE", quote("stall")).ok)
+    t0 = time.monotonic()
+    ok = True
+    for _ in range(3):
+        r = b.command("UID FETCH 1:4 (UID BODY.PEEK[])")
+        got = fetch_map(r)
+        ok = ok and r.ok and all(got.get(u, {}).get("BODY[]") == texts[u - 1] for u in range(1, 5))
+        ok = ok and b.command("NOOP").ok
+    dt = time.monotonic() - t0
+    R.check("other session: 3 FETCHes of 4 MiB, byte for byte, while one stalls", ok)
+    R.check("other session: not held up (%.2f s)" % dt, dt < 10.0, dt)
+    # A reader that goes away mid-FETCH (reset, not a polite close).
+    c = connect()
+    c.command("EXAMINE", quote("stall"))
+    c.send(b"g1 UID FETCH 1:* (BODY.PEEK[])\r\n")
+    got = 0
+    while got < 3 * CHUNK:
+        d = c.sock.recv(65536)
+        if not d:
+            break
+        got += len(d)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.sock.close()
+    time.sleep(0.3)
+    r = b.command("UID FETCH 16 (BODY.PEEK[])")
+    R.check("after a reader went away mid-FETCH the server serves on",
+            r.ok and fetch_map(r).get(16, {}).get("BODY[]") == texts[15], r.status)
+    # Small receive windows (set before connecting): the server's socket
+    # fills in the middle of a text, again and again.  One such reader
+    # reads everything (every byte must arrive, in order); another never
+    # reads, so output is still waiting for room when the server stops.
+    real = imapwire.socket.create_connection
+
+    def small_window(addr, timeout=None, *args, **kw):
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sk.settimeout(timeout)
+        sk.connect(addr)
+        return sk
+    imapwire.socket.create_connection = small_window
+    try:
+        slow, stuck = connect(), connect()
+    finally:
+        imapwire.socket.create_connection = real
+    # Texts of 6 MiB: more than the sockets have room for.
+    huge = [big_message(500 + i, 24 * CHUNK + 7 * i) for i in range(2)]
+    for t in huge:
+        append(b, "stall", t)
+    slow.command("EXAMINE", quote("stall"))
+    r = slow.command("UID FETCH 1:8,17:18 (UID BODY.PEEK[])")
+    got = fetch_map(r)
+    want = {u: texts[u - 1] for u in range(1, 9)}
+    want.update({17: huge[0], 18: huge[1]})
+    R.check("small window: 8 x 1 MiB and 2 x 6 MiB, every byte in order", r.ok and all(
+        got.get(u, {}).get("BODY[]") == t for u, t in want.items()), r.status)
+    R.check("small window: the session goes on", slow.command("NOOP").ok)
+    stuck.command("EXAMINE", quote("stall"))
+    stuck.send(b"s2 UID FETCH 17:18 (BODY.PEEK[])\r\n")
+    STALLED.append(stuck)
+    time.sleep(0.3)
+    R.check("the others still served", b.command("NOOP").ok and slow.command("NOOP").ok)
+    slow.logout()
+    b.logout()
+
+
 SECTIONS = [
     ("whole texts and partials at chunk boundaries", t_whole_and_partial),
     ("many large texts in one FETCH", t_many_large_texts),
     ("texts expunged while being sent", t_expunged_while_sent),
     ("message records read in batches", t_records_in_batches),
     ("sizes around the in-place threshold, plain and TLS", t_sizes_plain_and_tls),
+    ("outputs bigger than the sockets hold", t_big_outputs),
 ]
 
 
