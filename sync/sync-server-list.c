@@ -65,6 +65,19 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 			proto_wr_atom(&w, mb->special_use);
 		else
 			proto_wr_atom(&w, "NIL");
+		if (!s->no_rename_stamps) {
+			uint64_t rs;
+			if (stor_mailbox_rename_stamp(s->db, &mb->guid, &rs, &err) < 0) {
+				proto_wr_end(&w);
+				stor_mailbox_list_free(&mbs);
+				stor_string_list_free(&subs);
+				stor_mailbox_tomb_list_free(&tombs);
+				stor_string_list_free(&unsubs);
+				return srv_fail(s, "LIST: %s", err);
+			}
+			proto_wr_atom(&w, "RSTAMP");
+			proto_wr_u64(&w, rs);
+		}
 		proto_wr_end(&w);
 	}
 	for (size_t i = 0; i < mbs.count; i++) {
@@ -213,11 +226,17 @@ int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
 	size_t len;
 	struct guid guid;
 	struct stor_mailbox mb;
-	if (cmd->arg_count != 4 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
+	uint64_t rstamp = 0;
+	/* RSTAMP: the client's stamp of the name it gives (SPEC.md 7.3, 10.5). */
+	if ((cmd->arg_count != 4 && cmd->arg_count != 6) ||
+	    proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
 	    proto_arg_str(&cmd->args[1], &old, &len) < 0 ||
 	    proto_arg_str(&cmd->args[2], &new_name, &len) < 0 ||
-	    proto_arg_guid(&cmd->args[3], &guid) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "RENAME user old new guid");
+	    proto_arg_guid(&cmd->args[3], &guid) < 0 ||
+	    (cmd->arg_count == 6 &&
+	     (cmd->args[4].type != PROTO_ARG_ATOM || strcasecmp(cmd->args[4].str, "RSTAMP") != 0 ||
+	      proto_arg_u64(&cmd->args[5], INT64_MAX, &rstamp) < 0))) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "RENAME user old new guid [RSTAMP n]");
 		return 0;
 	}
 	int r = reply_if_name_taken(s, cmd->tag, user, new_name, &guid, "renamed",
@@ -234,7 +253,8 @@ int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
 		return 0;
 	}
 	stor_mailbox_free(&mb);
-	if (stor_mailbox_rename(s->db, &guid, new_name, &err) < 0) {
+	if ((cmd->arg_count == 6 ? stor_mailbox_rename_stamped(s->db, &guid, new_name, rstamp, &err)
+				 : stor_mailbox_rename(s->db, &guid, new_name, &err)) < 0) {
 		srv_reply(s, cmd->tag, "NO", NULL, err);
 		return 0;
 	}
