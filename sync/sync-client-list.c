@@ -333,6 +333,12 @@ static void send_create(struct sync_client *c, const char *name, const struct gu
 			uint32_t uidvalidity, const char *special)
 {
 	struct proto_wr w;
+	uint64_t rstamp = 0;
+	const char *err;
+	/* The name's stamp goes with it (SPEC.md 10.5): a failed read only
+	 * leaves the server's at 0, the stamp of a name never renamed. */
+	if (!c->no_rename_stamps && stor_mailbox_rename_stamp(c->db, g, &rstamp, &err) < 0)
+		rstamp = 0;
 	cl_cmd_begin(c, &w, "CREATE", K_LISTOP, 0);
 	proto_wr_cstr(&w, c->user);
 	proto_wr_cstr(&w, name);
@@ -343,6 +349,10 @@ static void send_create(struct sync_client *c, const char *name, const struct gu
 		proto_wr_list_begin(&w);
 		proto_wr_atom(&w, special);
 		proto_wr_list_end(&w);
+	}
+	if (rstamp != 0) {
+		proto_wr_atom(&w, "RSTAMP");
+		proto_wr_u64(&w, rstamp);
 	}
 	cl_cmd_end(c, &w);
 	c->report.mailboxes_created++;
@@ -387,6 +397,10 @@ static int local_create(struct sync_client *c, const struct cl_srv_mbox *s, cons
 		.special_use = s->special[0] != '\0' ? s->special : NULL,
 	};
 	if (stor_mailbox_create(c->db, &req, NULL, &err) < 0)
+		return cl_fail(c, "creating %s: %s", name, err);
+	/* Copied, as for a rename taken from the server (SPEC.md 10.5). */
+	if (s->has_rstamp && s->rstamp != 0 &&
+	    stor_mailbox_rename_stamped(c->db, &s->guid, name, s->rstamp, &err) < 0)
 		return cl_fail(c, "creating %s: %s", name, err);
 	c->report.mailboxes_created++;
 	return 0;

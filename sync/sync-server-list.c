@@ -162,14 +162,25 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "CREATE user mailbox guid uidvalidity");
 		return 0;
 	}
-	if (cmd->arg_count == 6 && cmd->args[4].type == PROTO_ARG_ATOM &&
-	    strcasecmp(cmd->args[4].str, "SPECIAL-USE") == 0 &&
-	    cmd->args[5].type == PROTO_ARG_LIST && cmd->args[5].count == 1 &&
-	    cmd->args[5].list[0].type == PROTO_ARG_ATOM && cmd->args[5].list[0].len < 16)
-		special = cmd->args[5].list[0].str;
-	else if (cmd->arg_count != 4) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "bad CREATE option");
-		return 0;
+	/* Options SPECIAL-USE and RSTAMP (the name's rename stamp, SPEC.md
+	 * 10.5), each at most once, in any order. */
+	bool have_rstamp = false;
+	uint64_t rstamp = 0;
+	for (size_t i = 4; i < cmd->arg_count; i += 2) {
+		const struct proto_arg *k = &cmd->args[i];
+		const struct proto_arg *v = i + 1 < cmd->arg_count ? &cmd->args[i + 1] : NULL;
+		bool ok = v != NULL && k->type == PROTO_ARG_ATOM;
+		if (ok && strcasecmp(k->str, "SPECIAL-USE") == 0 && special == NULL &&
+		    v->type == PROTO_ARG_LIST && v->count == 1 &&
+		    v->list[0].type == PROTO_ARG_ATOM && v->list[0].len < 16)
+			special = v->list[0].str;
+		else if (ok && strcasecmp(k->str, "RSTAMP") == 0 && !have_rstamp &&
+			 proto_arg_u64(v, INT64_MAX, &rstamp) == 0)
+			have_rstamp = true;
+		else {
+			srv_reply(s, cmd->tag, "BAD", "ARGS", "bad CREATE option");
+			return 0;
+		}
 	}
 	int r = reply_if_name_taken(s, cmd->tag, user, name, &guid, "created",
 				    "name has another mailbox");
@@ -179,7 +190,8 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 		.user = user, .name = name, .guid = &guid, .uidvalidity = uidvalidity,
 		.special_use = special,
 	};
-	if (stor_mailbox_create(s->db, &req, NULL, &err) < 0) {
+	if (stor_mailbox_create(s->db, &req, NULL, &err) < 0 ||
+	    (have_rstamp && stor_mailbox_rename_stamped(s->db, &guid, name, rstamp, &err) < 0)) {
 		srv_reply(s, cmd->tag, "NO", NULL, err);
 		return 0;
 	}
