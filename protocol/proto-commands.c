@@ -33,9 +33,10 @@ static const struct proto_cmd_info commands[] = {
 	{ "LOGOUT", "", 0 },
 	{ "MBOX", "issig", 0 },
 	{ "SELECT", "i", 0 },
-	{ "CREATE", "ssgi", PROTO_CMDF_OPT_SPECIAL_USE | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "CREATE", "ssgi",
+	  PROTO_CMDF_OPT_SPECIAL_USE | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_RSTAMP },
 	{ "DELETE", "ssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
-	{ "RENAME", "sssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "RENAME", "sssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_RSTAMP },
 	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "ACL-PUT", "sgssn", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
@@ -64,7 +65,7 @@ static const struct proto_cmd_info commands[] = {
 	/* Data lines (answers carrying the command's tag). */
 	{ "FLAGS", "imf", PROTO_CMDF_DATA | PROTO_CMDF_OPT_STAMPS },
 	{ "TEXT", "igT", PROTO_CMDF_DATA },
-	{ "MAILBOX", "sgiimgs", PROTO_CMDF_DATA },
+	{ "MAILBOX", "sgiimgs", PROTO_CMDF_DATA | PROTO_CMDF_OPT_RSTAMP },
 	{ "SUBSCRIBED", "s", PROTO_CMDF_DATA },
 	{ "ACL", "gssn", PROTO_CMDF_DATA },
 	{ "USER-ENTRY", "snis", PROTO_CMDF_DATA },
@@ -289,7 +290,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
 	bool seen_guids = false, seen_stamps = false, seen_epoch = false, seen_by = false;
-	bool seen_req = false, seen_holder = false;
+	bool seen_req = false, seen_holder = false, seen_rstamp = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -343,6 +344,10 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			   (info->flags & PROTO_CMDF_OPT_HOLDER) != 0) {
 			seen_holder = true;
 			ok = check_arg('i', val);
+		} else if (strcasecmp(key->str, "RSTAMP") == 0 && !seen_rstamp &&
+			   (info->flags & PROTO_CMDF_OPT_RSTAMP) != 0) {
+			seen_rstamp = true;
+			ok = check_arg('m', val);
 		} else if (strcasecmp(key->str, "STAMPS") == 0 && !seen_stamps &&
 			   (info->flags & PROTO_CMDF_OPT_STAMPS) != 0) {
 			seen_stamps = true;
@@ -381,7 +386,8 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_BY) != 0 && strcasecmp(key, "BY") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_REQ) != 0 && strcasecmp(key, "REQ") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_HOLDER) != 0 && strcasecmp(key, "HOLDER") == 0) ||
-	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0);
+	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_RSTAMP) != 0 && strcasecmp(key, "RSTAMP") == 0);
 }
 
 const struct proto_arg *proto_cmd_option(const struct proto_cmd *cmd, size_t npos, const char *key)

@@ -31,7 +31,7 @@
 #include "lib/guid.h"
 
 #define PROTO_VERSION_MAJOR 1
-#define PROTO_VERSION_MINOR 0
+#define PROTO_VERSION_MINOR 1
 
 /* Defaults of the limits (SPEC.md "Limits"). */
 #define PROTO_DEFAULT_MAX_LINE 65536               /* bytes outside literals */
@@ -423,6 +423,8 @@ void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 #define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
 #define PROTO_CMDF_OPT_HOLDER 0x400         /* accepts HOLDER <sid>: the originator holds it (SPEC 8.8) */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
+#define PROTO_CMDF_OPT_RSTAMP 0x800         /* accepts RSTAMP <n>: a mailbox's rename stamp (SPEC 7.3, 1.1) */
+#define PROTO_MIN_MINOR_RSTAMP 1            /* the minor version that brought RSTAMP */
 
 struct proto_cmd_info {
 	const char *name;

@@ -14,6 +14,7 @@
 
 #include <ev.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -402,6 +403,13 @@ static void local_mailbox_delete(struct repl *r, const char *user, const struct 
 	op_submit(op, true);
 }
 
+static uint64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void local_mailbox_rename(struct repl *r, const char *user, const struct guid *mailbox,
 				 const char *new_name, repl_done_cb *cb, void *ctx)
 {
@@ -420,7 +428,15 @@ static void local_mailbox_rename(struct repl *r, const char *user, const struct 
 			found > 0 ? "mailbox already exists" : err);
 		return;
 	}
-	if (stor_mailbox_rename(r->db, mailbox, new_name, &err) < 0) {
+	/* A user's rename: a new stamp, above the one the mailbox has, so
+	 * that a list merge that meets this name and an older one elsewhere
+	 * keeps this one (SPEC.md 10.5). */
+	uint64_t stamp;
+	if (stor_mailbox_rename_stamp(r->db, mailbox, &stamp, &err) < 0 ||
+	    stor_mailbox_rename_stamped(r->db, mailbox, new_name,
+					stor_rename_stamp_next(stamp, wall_ms(),
+							       rl->set.node_id),
+					&err) < 0) {
 		op_fail(op, REPL_ERR_INTERNAL, err);
 		return;
 	}

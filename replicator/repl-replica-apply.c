@@ -441,7 +441,17 @@ void apply_list_change(struct repl_cluster *cl, struct answer *a,
 	}
 	int r;
 	if (proto_cmd_is(cmd, "RENAME")) {
-		r = stor_mailbox_rename(db, &guid, target, &err);
+		/* RSTAMP: the origin's stamp of the new name, copied (SPEC.md
+		 * 7.3); without it (a 1.0 peer) the stamp here stays. */
+		const struct proto_arg *rsa = proto_cmd_option(cmd, npos, "RSTAMP");
+		uint64_t rs;
+		if (rsa != NULL && proto_arg_u64(rsa, INT64_MAX, &rs) < 0) {
+			stor_mailbox_free(&mb);
+			answer_later(a, "BAD", "ARGS", "bad RSTAMP");
+			return;
+		}
+		r = rsa != NULL ? stor_mailbox_rename_stamped(db, &guid, target, rs, &err)
+				: stor_mailbox_rename(db, &guid, target, &err);
 		stor_mailbox_free(&mb);
 	} else if (have > 0) {
 		/* CREATE of a mailbox we hold under another name: renamed

@@ -364,6 +364,24 @@ static void stream_list_change(struct cl_peer *p, uint64_t seq, const struct cl_
 		proto_wr_cstr(w, e->name);
 		proto_wr_cstr(w, e->new_name);
 		proto_wr_guid(w, &e->guid);
+		if (proto_conn_minor(p->conn) >= PROTO_MIN_MINOR_RSTAMP) {
+			/* The entry keeps no stamp: the mailbox's is this
+			 * rename's only while the mailbox still has the new
+			 * name.  Renamed again since, the receiver keeps the
+			 * stamp it has (lower), so a merge still prefers the
+			 * later name it meets elsewhere (SPEC.md 7.3). */
+			struct stor_mailbox mb;
+			const char *err;
+			uint64_t rs;
+			if (stor_mailbox_get_by_guid(p->cl->repl.db, &e->guid, &mb, &err) > 0) {
+				if (strcmp(mb.name, e->new_name) == 0 &&
+				    stor_mailbox_rename_stamp(p->cl->repl.db, &e->guid, &rs, &err) == 0) {
+					proto_wr_atom(w, "RSTAMP");
+					proto_wr_u64(w, rs);
+				}
+				stor_mailbox_free(&mb);
+			}
+		}
 		break;
 	case CL_ENTRY_SUBSCRIBE:
 	case CL_ENTRY_UNSUBSCRIBE:

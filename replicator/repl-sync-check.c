@@ -306,7 +306,11 @@ static void chk_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		struct chk_mbox m;
 		struct guid digest;
 		uint64_t v;
-		if (!proto_cmd_is(line, "MAILBOX") || line->arg_count != 7 ||
+		/* RSTAMP (a 1.1 peer, SPEC.md 7.4) is left out: it orders
+		 * renames for a merge, and two copies with the same names are
+		 * the same to the user whatever their stamps. */
+		if (!proto_cmd_is(line, "MAILBOX") ||
+		    (line->arg_count != 7 && line->arg_count != 9) ||
 		    proto_arg_str(&line->args[0], &s, &len) < 0 ||
 		    proto_arg_guid(&line->args[1], &m.guid) < 0 ||
 		    proto_arg_u32(&line->args[2], &m.uidvalidity) < 0 ||

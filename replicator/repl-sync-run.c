@@ -137,6 +137,8 @@ static void run_client_start(struct run *run)
 	 * run (verifications, repeats) trust the state the full one left. */
 	set.full = run->full && !run->verifying && !run->full_done[run->cur];
 	run->full_done[run->cur] = run->full_done[run->cur] || set.full;
+	struct proto_conn *conn = repl_peers_conn(run->rs->peers, set.peer_sid);
+	set.no_rename_stamps = conn == NULL || proto_conn_minor(conn) < PROTO_MIN_MINOR_RSTAMP;
 	struct sync_transport t = { client_send, run };
 	if (run->rs->peer_cb != NULL)
 		run->rs->peer_cb(run->rs->peer_ctx, REPL_SYNC_PEER_START, run->user, set.peer_sid);

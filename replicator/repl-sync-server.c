@@ -456,6 +456,9 @@ void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn
 	struct repl_sync *rs = ctx;
 	(void)peers;
 	struct srv_link *l = srv_get(rs, sid);
+	/* Per command: a link that comes back may be to an upgraded peer. */
+	sync_server_set_no_rename_stamps(l->server,
+					 proto_conn_minor(conn) < PROTO_MIN_MINOR_RSTAMP);
 	srv_track(l, cmd);
 	if (rs->live_cb != NULL && is_live(l, cmd)) {
 		struct guid g;

@@ -3,12 +3,14 @@
  * against its messages. */
 #include "storage/storage-private.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "lib/clock.h"
 #include "lib/mail-limits.h"
+#include "lib/str.h"
 #include "lib/xalloc.h"
 #include "storage/storage-acl.h"
 
@@ -412,8 +414,56 @@ int stor_mailbox_old_name(struct stor_db *db, const struct guid *guid, const cha
 	return r < 0 ? -1 : found;
 }
 
-int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
-			const char **error_r)
+/* The rename stamp of a mailbox, in the meta value "mbrstamp.<guid hex>"
+ * (decimal), apart from the mailbox record so that the record's encoding
+ * and `starling dump` stay as they are. */
+static char *rename_stamp_key(const struct guid *guid)
+{
+	char hex[GUID_HEX_SIZE];
+	guid_to_hex(guid, hex);
+	return xasprintf("mbrstamp.%.*s", (int)sizeof(hex), hex);
+}
+
+int stor_mailbox_rename_stamp(struct stor_db *db, const struct guid *guid, uint64_t *stamp_r,
+			      const char **error_r)
+{
+	struct buf v = BUF_INIT;
+	char *key = rename_stamp_key(guid);
+	int r = stor_meta_get(db, key, &v, error_r);
+	free(key);
+	*stamp_r = 0;
+	if (r > 0) {
+		char tmp[24];
+		uint64_t n;
+		if (v.len == 0 || v.len >= sizeof(tmp)) {
+			buf_free(&v);
+			return stor_err_corrupt(db, error_r, "mailbox rename stamp");
+		}
+		memcpy(tmp, v.data, v.len);
+		tmp[v.len] = '\0';
+		if (str_to_u64(tmp, INT64_MAX, &n) < 0) {
+			buf_free(&v);
+			return stor_err_corrupt(db, error_r, "mailbox rename stamp");
+		}
+		*stamp_r = n;
+	}
+	buf_free(&v);
+	return r < 0 ? -1 : 0;
+}
+
+uint64_t stor_rename_stamp_next(uint64_t current, uint64_t now_ms, uint32_t sid)
+{
+	uint64_t ms = current >> STOR_RENAME_STAMP_SID_BITS;
+	ms = now_ms > ms ? now_ms : ms + 1;
+	/* Bounded like every wire number (SPEC.md 1): 2^47 ms is year 6429. */
+	if (ms >= ((uint64_t)1 << (63 - STOR_RENAME_STAMP_SID_BITS)))
+		ms = ((uint64_t)1 << (63 - STOR_RENAME_STAMP_SID_BITS)) - 1;
+	return (ms << STOR_RENAME_STAMP_SID_BITS) |
+	       (sid & (((uint32_t)1 << STOR_RENAME_STAMP_SID_BITS) - 1));
+}
+
+static int mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
+			  bool set_stamp, uint64_t stamp, const char **error_r)
 {
 	struct stor_txn txn;
 	struct stor_txn_mailbox *tm;
@@ -421,15 +471,29 @@ int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char 
 	struct guid other;
 	if (validate_name(db, new_name, error_r) < 0)
 		return -1;
+	if (set_stamp && stamp > INT64_MAX)
+		return stor_err(db, error_r, "rename stamp out of range");
 	stor_txn_begin(db, &txn);
 	int ret = stor_txn_mailbox(&txn, guid, &tm, error_r);
 	if (ret <= 0) {
 		stor_txn_free(&txn);
 		return ret < 0 ? -1 : stor_err(db, error_r, "mailbox does not exist");
 	}
+	if (set_stamp) {
+		char *name = rename_stamp_key(guid);
+		char num[24];
+		int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)stamp);
+		stor_key_init(&k, STOR_KEY_META);
+		stor_key_bytes(&k, name, strlen(name));
+		stor_batch_put(txn.wb, &k, num, (size_t)n);
+		free(name);
+	}
 	if (strcmp(tm->mb.name, new_name) == 0) {
-		stor_txn_free(&txn);
-		return 0;
+		if (!set_stamp) {
+			stor_txn_free(&txn);
+			return 0;
+		}
+		return stor_txn_commit(&txn, error_r);
 	}
 	ret = name_lookup(db, tm->mb.user, new_name, &other, error_r);
 	if (ret != 0) {
@@ -448,6 +512,18 @@ int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char 
 	tm->mb.name = xstrdup(new_name);
 	tm->dirty = true;
 	return stor_txn_commit(&txn, error_r);
+}
+
+int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
+			const char **error_r)
+{
+	return mailbox_rename(db, guid, new_name, false, 0, error_r);
+}
+
+int stor_mailbox_rename_stamped(struct stor_db *db, const struct guid *guid, const char *new_name,
+				uint64_t stamp, const char **error_r)
+{
+	return mailbox_rename(db, guid, new_name, true, stamp, error_r);
 }
 
 int stor_mailbox_list(struct stor_db *db, const char *user, stor_mailbox_array *list_r,

@@ -194,6 +194,20 @@ void stor_mailbox_tomb_list_free(stor_mailbox_tomb_list *list);
  * exists. */
 int stor_mailbox_rename(struct stor_db *db, const struct guid *guid, const char *new_name,
 			const char **error_r);
+/* A mailbox's rename stamp (SPEC.md 10.5): which of two names a list merge
+ * keeps when neither side's name is the last common list's.  0 until a
+ * user renames the mailbox; (ms << 16) | (sid & 0xffff) after. */
+#define STOR_RENAME_STAMP_SID_BITS 16
+int stor_mailbox_rename_stamp(struct stor_db *db, const struct guid *guid, uint64_t *stamp_r,
+			      const char **error_r);
+/* The stamp of a user's rename on node sid at now_ms, of a mailbox whose
+ * stamp is current: above current whatever the clocks say, so a rename
+ * made after another one was seen always wins over it. */
+uint64_t stor_rename_stamp_next(uint64_t current, uint64_t now_ms, uint32_t sid);
+/* stor_mailbox_rename() that also sets the stamp, in the same write; with
+ * the name already new_name, only the stamp is set. */
+int stor_mailbox_rename_stamped(struct stor_db *db, const struct guid *guid, const char *new_name,
+				uint64_t stamp, const char **error_r);
 
 typedef ARRAY(struct stor_mailbox) stor_mailbox_array;
 /* All of a user's mailboxes, sorted by name.  Free with

@@ -88,8 +88,8 @@ static void assemble(const struct sync_bundle_header *hdr, const struct sync_bun
 		     unsigned char digest_r[32])
 {
 	size_t start = out->len;
-	buf_appendf(out, "STARLING-BUNDLE 1.0\r\nUSER %s\r\nSOURCE %u\r\nCREATED %" PRId64 "\r\n",
-		    hdr->user, hdr->source, hdr->created);
+	buf_appendf(out, "STARLING-BUNDLE 1.%u\r\nUSER %s\r\nSOURCE %u\r\nCREATED %" PRId64 "\r\n",
+		    hdr->minor, hdr->user, hdr->source, hdr->created);
 	if (hdr->since_digest == NULL) {
 		buf_append_str(out, "SINCE FULL\r\n");
 	} else {
@@ -330,9 +330,16 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 		stor_string_list_free(&subs);
 		ret = -1;
 	}
+	unsigned minor = 0;
 	if (ret == 0) {
-		for (size_t i = 0; i < mbs.count; i++) {
+		for (size_t i = 0; i < mbs.count && ret == 0; i++) {
 			const struct stor_mailbox *mb = &mbs.items[i];
+			uint64_t rstamp;
+			if (stor_mailbox_rename_stamp(db, &mb->guid, &rstamp, &err) < 0) {
+				*error_r = fmt_error("reading a rename stamp: %s", err);
+				ret = -1;
+				break;
+			}
 			ex_begin(&e, "CREATE");
 			proto_wr_cstr(&e.w, set->user);
 			proto_wr_cstr(&e.w, mb->name);
@@ -343,6 +350,14 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 				proto_wr_list_begin(&e.w);
 				proto_wr_atom(&e.w, mb->special_use);
 				proto_wr_list_end(&e.w);
+			}
+			/* The name's rename stamp (SPEC.md 10.5, 11), so that
+			 * the importer's list merge orders it against its own;
+			 * only when renamed, which keeps other bundles 1.0. */
+			if (rstamp != 0) {
+				proto_wr_atom(&e.w, "RSTAMP");
+				proto_wr_u64(&e.w, rstamp);
+				minor = 1;
 			}
 			ex_end(&e);
 		}
@@ -403,6 +418,7 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 			.created = set->created != 0 ? set->created : clock_wall_s(),
 			.since_created = have_state ? st.base_created : 0,
 			.since_digest = have_state ? st.base_digest : NULL,
+			.minor = minor,
 		};
 		unsigned char digest[32];
 		assemble(&hdr, &set->key, &e.d.comp, e.d.raw_len, out, digest);

@@ -60,23 +60,33 @@ static int ld_create(struct loader *l, const struct proto_cmd *cmd, size_t npos)
 	size_t len;
 	struct guid g;
 	uint32_t uidvalidity;
+	uint64_t rstamp = 0;
 	if (ld_user(l, &cmd->args[0]) < 0)
 		return -1;
 	if (proto_arg_str(&cmd->args[1], &name, &len) < 0 || strlen(name) != len ||
 	    proto_arg_guid(&cmd->args[2], &g) < 0 || proto_arg_u32(&cmd->args[3], &uidvalidity) < 0)
 		return ld_fail(l, "bad CREATE");
-	if (cmd->arg_count != npos) {
-		const struct proto_arg *su = proto_cmd_option(cmd, npos, "SPECIAL-USE");
-		if (su == NULL || cmd->arg_count != npos + 2 || su->type != PROTO_ARG_LIST ||
-		    su->count != 1 || su->list[0].type != PROTO_ARG_ATOM || su->list[0].len >= 16)
+	/* SPECIAL-USE, RSTAMP (format 1.1), both or neither; the validator
+	 * let through no other and none twice. */
+	const struct proto_arg *su = proto_cmd_option(cmd, npos, "SPECIAL-USE");
+	const struct proto_arg *rs = proto_cmd_option(cmd, npos, "RSTAMP");
+	if (cmd->arg_count != npos + (su != NULL ? 2 : 0) + (rs != NULL ? 2 : 0))
+		return ld_fail(l, "bad CREATE option");
+	if (su != NULL) {
+		if (su->type != PROTO_ARG_LIST || su->count != 1 ||
+		    su->list[0].type != PROTO_ARG_ATOM || su->list[0].len >= 16)
 			return ld_fail(l, "bad CREATE option");
 		special = su->list[0].str;
 	}
+	if (rs != NULL && proto_arg_u64(rs, INT64_MAX, &rstamp) < 0)
+		return ld_fail(l, "bad CREATE option");
 	struct stor_mailbox_create req = {
 		.user = l->v->user, .name = name, .guid = &g, .uidvalidity = uidvalidity,
 		.special_use = special,
 	};
 	if (stor_mailbox_create(l->scratch, &req, NULL, &err) < 0)
+		return ld_fail(l, "CREATE %.100s: %s", name, err);
+	if (rs != NULL && stor_mailbox_rename_stamped(l->scratch, &g, name, rstamp, &err) < 0)
 		return ld_fail(l, "CREATE %.100s: %s", name, err);
 	return 0;
 }

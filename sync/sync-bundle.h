@@ -147,6 +147,9 @@ struct sync_bundle_header {
 	int64_t created;
 	int64_t since_created;
 	const unsigned char *since_digest; /* 32 bytes, or NULL */
+	/* 1 when the body uses what format 1.1 added (RSTAMP on CREATE),
+	 * so that a bundle without it stays readable by a 1.0 reader. */
+	unsigned minor;
 };
 void sync_bundle_seal(const struct sync_bundle_header *hdr, const struct sync_bundle_key *key,
 		      const void *stream, size_t stream_len, struct buf *out,

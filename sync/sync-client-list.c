@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/log.h"
 #include "lib/str.h"
@@ -332,6 +333,12 @@ static void send_create(struct sync_client *c, const char *name, const struct gu
 			uint32_t uidvalidity, const char *special)
 {
 	struct proto_wr w;
+	uint64_t rstamp = 0;
+	const char *err;
+	/* The name's stamp goes with it (SPEC.md 10.5): a failed read only
+	 * leaves the server's at 0, the stamp of a name never renamed. */
+	if (!c->no_rename_stamps && stor_mailbox_rename_stamp(c->db, g, &rstamp, &err) < 0)
+		rstamp = 0;
 	cl_cmd_begin(c, &w, "CREATE", K_LISTOP, 0);
 	proto_wr_cstr(&w, c->user);
 	proto_wr_cstr(&w, name);
@@ -342,6 +349,10 @@ static void send_create(struct sync_client *c, const char *name, const struct gu
 		proto_wr_list_begin(&w);
 		proto_wr_atom(&w, special);
 		proto_wr_list_end(&w);
+	}
+	if (rstamp != 0) {
+		proto_wr_atom(&w, "RSTAMP");
+		proto_wr_u64(&w, rstamp);
 	}
 	cl_cmd_end(c, &w);
 	c->report.mailboxes_created++;
@@ -357,8 +368,10 @@ static void send_create(struct sync_client *c, const char *name, const struct gu
 	srv_add(c, &e);
 }
 
+/* rstamp: the stamp the name has (SPEC.md 10.5), or NULL to leave the
+ * server's as it is. */
 static void send_rename(struct sync_client *c, const char *old, const char *new_name,
-			const struct guid *g)
+			const struct guid *g, const uint64_t *rstamp)
 {
 	struct proto_wr w;
 	cl_cmd_begin(c, &w, "RENAME", K_LISTOP, 0);
@@ -366,6 +379,10 @@ static void send_rename(struct sync_client *c, const char *old, const char *new_
 	proto_wr_cstr(&w, old);
 	proto_wr_cstr(&w, new_name);
 	proto_wr_guid(&w, g);
+	if (rstamp != NULL && !c->no_rename_stamps) {
+		proto_wr_atom(&w, "RSTAMP");
+		proto_wr_u64(&w, *rstamp);
+	}
 	cl_cmd_end(c, &w);
 	c->report.mailboxes_renamed++;
 	c->list_changed = true;
@@ -380,6 +397,10 @@ static int local_create(struct sync_client *c, const struct cl_srv_mbox *s, cons
 		.special_use = s->special[0] != '\0' ? s->special : NULL,
 	};
 	if (stor_mailbox_create(c->db, &req, NULL, &err) < 0)
+		return cl_fail(c, "creating %s: %s", name, err);
+	/* Copied, as for a rename taken from the server (SPEC.md 10.5). */
+	if (s->has_rstamp && s->rstamp != 0 &&
+	    stor_mailbox_rename_stamped(c->db, &s->guid, name, s->rstamp, &err) < 0)
 		return cl_fail(c, "creating %s: %s", name, err);
 	c->report.mailboxes_created++;
 	return 0;
@@ -509,7 +530,7 @@ int list_merge(struct sync_client *c)
 			struct guid sg = s->guid;
 			log_info("sync %s: mailbox %s exists on both sides with different GUIDs; "
 				 "the peer's becomes %s", c->user, old, nn);
-			send_rename(c, old, nn, &sg);
+			send_rename(c, old, nn, &sg, NULL);
 			free(old);
 			free(nn);
 		}
@@ -528,24 +549,35 @@ int list_merge(struct sync_client *c)
 			 * name wins.  A target name held by another mailbox on
 			 * the target side makes it "<name>-<8 hex>" on both. */
 			bool ours = l != NULL && strcmp(l->name, s->name) == 0;
+			uint64_t my_stamp;
+			if (stor_mailbox_rename_stamp(c->db, &mb->guid, &my_stamp, &err) < 0) {
+				ret = cl_fail(c, "%s", err);
+				continue;
+			}
 			/* Not in our common list: it reached the server by
 			 * another way (a third node, a bundle), so the list
-			 * says nothing; a server name we renamed it away
-			 * from is older than ours.  Likewise when both names
-			 * differ from the list's: a rename of ours may have
-			 * reached the server by live replication, with no sync
-			 * since to update the list, and a later one of ours
-			 * not (the server was cut, paused, or its store
-			 * failed); the list's name is then older than both,
-			 * and taking the server's would undo our later
-			 * rename. */
+			 * says nothing.  Likewise when both names differ from
+			 * the list's: a rename of ours may have reached the
+			 * server by live replication, with no sync since to
+			 * update the list, and a later one of ours not; or
+			 * each side took a rename the other never had from
+			 * a third node.  The rename stamps order the two
+			 * names (the higher is the later rename); without
+			 * them (a 1.0 server) or on a tie, a server name we
+			 * renamed the mailbox away from is older than ours,
+			 * and otherwise the server's name wins. */
 			if (l == NULL || (!ours && strcmp(l->name, mb->name) != 0)) {
-				int r = stor_mailbox_old_name(c->db, &mb->guid, s->name, &err);
-				if (r < 0) {
-					ret = cl_fail(c, "%s", err);
-					continue;
+				if (s->has_rstamp && s->rstamp != my_stamp) {
+					ours = my_stamp > s->rstamp;
+				} else {
+					int r = stor_mailbox_old_name(c->db, &mb->guid, s->name,
+								      &err);
+					if (r < 0) {
+						ret = cl_fail(c, "%s", err);
+						continue;
+					}
+					ours = r > 0;
 				}
-				ours = r > 0;
 			}
 			const char *target = ours ? mb->name : s->name;
 			char *nn = NULL;
@@ -553,13 +585,20 @@ int list_merge(struct sync_client *c)
 				nn = clash_name(target, &mb->guid);
 				target = nn;
 			}
-			if (strcmp(target, mb->name) != 0) {
-				if (stor_mailbox_rename(c->db, &mb->guid, target, &err) < 0)
+			/* The name keeps its stamp wherever it goes: the
+			 * server's is copied here, not renewed, so that a
+			 * third node comparing it later sees the rename's
+			 * own time. */
+			uint64_t stamp = ours || !s->has_rstamp ? my_stamp : s->rstamp;
+			if (strcmp(target, mb->name) != 0 || stamp != my_stamp) {
+				if (stor_mailbox_rename_stamped(c->db, &mb->guid, target, stamp,
+								&err) < 0)
 					ret = cl_fail(c, "renaming %s: %s", mb->name, err);
-				c->report.mailboxes_renamed++;
+				if (strcmp(target, mb->name) != 0)
+					c->report.mailboxes_renamed++;
 			}
 			if (ret == 0 && strcmp(target, s->name) != 0)
-				send_rename(c, s->name, target, &mb->guid);
+				send_rename(c, s->name, target, &mb->guid, &stamp);
 			free(nn);
 			continue;
 		}
@@ -618,7 +657,7 @@ int list_merge(struct sync_client *c)
 		}
 		if (name_taken(c, s->name, &s->guid, false)) {
 			char *nn = clash_name(s->name, &s->guid);
-			send_rename(c, s->name, nn, &s->guid);
+			send_rename(c, s->name, nn, &s->guid, NULL);
 			ret = local_create(c, s, nn);
 			free(nn);
 			continue;
@@ -750,7 +789,7 @@ int on_list_line(struct sync_client *c, const struct proto_cmd *line)
 	}
 	struct guid digest;
 	uint64_t v;
-	if (!proto_cmd_is(line, "MAILBOX") || line->arg_count != 7 ||
+	if (!proto_cmd_is(line, "MAILBOX") || (line->arg_count != 7 && line->arg_count != 9) ||
 	    proto_arg_str(&line->args[0], &s, &len) < 0 || len > STOR_MAX_MAILBOX_NAME_LEN ||
 	    proto_arg_guid(&line->args[1], &m.guid) < 0 ||
 	    proto_arg_u32(&line->args[2], &m.uidvalidity) < 0 ||
@@ -759,6 +798,12 @@ int on_list_line(struct sync_client *c, const struct proto_cmd *line)
 	    proto_arg_guid(&line->args[5], &digest) < 0 ||
 	    line->args[6].type != PROTO_ARG_ATOM || line->args[6].len >= sizeof(m.special))
 		return cl_fail(c, "LIST: bad MAILBOX line");
+	if (line->arg_count == 9) {
+		if (line->args[7].type != PROTO_ARG_ATOM || strcasecmp(line->args[7].str, "RSTAMP") != 0 ||
+		    proto_arg_u64(&line->args[8], INT64_MAX, &m.rstamp) < 0)
+			return cl_fail(c, "LIST: bad MAILBOX line");
+		m.has_rstamp = true;
+	}
 	if (!mail_uidnext_valid(m.uidnext) || !mail_modseq_valid(v))
 		return cl_fail(c, "LIST: MAILBOX line with %s", MAIL_LIMITS_TEXT);
 	m.hms = v;

@@ -73,6 +73,8 @@ struct cl_srv_mbox {
 	uint64_t hms;
 	unsigned char digest[16];
 	char special[16];
+	bool has_rstamp;   /* the line carried RSTAMP (a 1.1 server) */
+	uint64_t rstamp;
 };
 
 struct cl_last_mbox {
@@ -112,6 +114,7 @@ struct sync_client {
 	uint32_t peer;
 	char *user;
 	bool full;
+	bool no_rename_stamps;
 	unsigned budget;
 	struct sync_transport t;
 	struct proto_parser *parser;

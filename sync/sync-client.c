@@ -120,6 +120,7 @@ struct sync_client *sync_client_create(struct stor_db *db, const struct sync_set
 	c->peer = set->peer_sid;
 	c->user = xstrdup(set->user);
 	c->full = set->full;
+	c->no_rename_stamps = set->no_rename_stamps;
 	c->budget = set->step_budget != 0 ? set->step_budget : SYNC_DEFAULT_STEP_BUDGET;
 	c->t = *t;
 	c->parser = proto_parser_create(NULL);

@@ -65,6 +65,19 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 			proto_wr_atom(&w, mb->special_use);
 		else
 			proto_wr_atom(&w, "NIL");
+		if (!s->no_rename_stamps) {
+			uint64_t rs;
+			if (stor_mailbox_rename_stamp(s->db, &mb->guid, &rs, &err) < 0) {
+				proto_wr_end(&w);
+				stor_mailbox_list_free(&mbs);
+				stor_string_list_free(&subs);
+				stor_mailbox_tomb_list_free(&tombs);
+				stor_string_list_free(&unsubs);
+				return srv_fail(s, "LIST: %s", err);
+			}
+			proto_wr_atom(&w, "RSTAMP");
+			proto_wr_u64(&w, rs);
+		}
 		proto_wr_end(&w);
 	}
 	for (size_t i = 0; i < mbs.count; i++) {
@@ -149,14 +162,25 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "CREATE user mailbox guid uidvalidity");
 		return 0;
 	}
-	if (cmd->arg_count == 6 && cmd->args[4].type == PROTO_ARG_ATOM &&
-	    strcasecmp(cmd->args[4].str, "SPECIAL-USE") == 0 &&
-	    cmd->args[5].type == PROTO_ARG_LIST && cmd->args[5].count == 1 &&
-	    cmd->args[5].list[0].type == PROTO_ARG_ATOM && cmd->args[5].list[0].len < 16)
-		special = cmd->args[5].list[0].str;
-	else if (cmd->arg_count != 4) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "bad CREATE option");
-		return 0;
+	/* Options SPECIAL-USE and RSTAMP (the name's rename stamp, SPEC.md
+	 * 10.5), each at most once, in any order. */
+	bool have_rstamp = false;
+	uint64_t rstamp = 0;
+	for (size_t i = 4; i < cmd->arg_count; i += 2) {
+		const struct proto_arg *k = &cmd->args[i];
+		const struct proto_arg *v = i + 1 < cmd->arg_count ? &cmd->args[i + 1] : NULL;
+		bool ok = v != NULL && k->type == PROTO_ARG_ATOM;
+		if (ok && strcasecmp(k->str, "SPECIAL-USE") == 0 && special == NULL &&
+		    v->type == PROTO_ARG_LIST && v->count == 1 &&
+		    v->list[0].type == PROTO_ARG_ATOM && v->list[0].len < 16)
+			special = v->list[0].str;
+		else if (ok && strcasecmp(k->str, "RSTAMP") == 0 && !have_rstamp &&
+			 proto_arg_u64(v, INT64_MAX, &rstamp) == 0)
+			have_rstamp = true;
+		else {
+			srv_reply(s, cmd->tag, "BAD", "ARGS", "bad CREATE option");
+			return 0;
+		}
 	}
 	int r = reply_if_name_taken(s, cmd->tag, user, name, &guid, "created",
 				    "name has another mailbox");
@@ -166,7 +190,8 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 		.user = user, .name = name, .guid = &guid, .uidvalidity = uidvalidity,
 		.special_use = special,
 	};
-	if (stor_mailbox_create(s->db, &req, NULL, &err) < 0) {
+	if (stor_mailbox_create(s->db, &req, NULL, &err) < 0 ||
+	    (have_rstamp && stor_mailbox_rename_stamped(s->db, &guid, name, rstamp, &err) < 0)) {
 		srv_reply(s, cmd->tag, "NO", NULL, err);
 		return 0;
 	}
@@ -213,11 +238,17 @@ int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
 	size_t len;
 	struct guid guid;
 	struct stor_mailbox mb;
-	if (cmd->arg_count != 4 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
+	uint64_t rstamp = 0;
+	/* RSTAMP: the client's stamp of the name it gives (SPEC.md 7.3, 10.5). */
+	if ((cmd->arg_count != 4 && cmd->arg_count != 6) ||
+	    proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
 	    proto_arg_str(&cmd->args[1], &old, &len) < 0 ||
 	    proto_arg_str(&cmd->args[2], &new_name, &len) < 0 ||
-	    proto_arg_guid(&cmd->args[3], &guid) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "RENAME user old new guid");
+	    proto_arg_guid(&cmd->args[3], &guid) < 0 ||
+	    (cmd->arg_count == 6 &&
+	     (cmd->args[4].type != PROTO_ARG_ATOM || strcasecmp(cmd->args[4].str, "RSTAMP") != 0 ||
+	      proto_arg_u64(&cmd->args[5], INT64_MAX, &rstamp) < 0))) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "RENAME user old new guid [RSTAMP n]");
 		return 0;
 	}
 	int r = reply_if_name_taken(s, cmd->tag, user, new_name, &guid, "renamed",
@@ -234,7 +265,8 @@ int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
 		return 0;
 	}
 	stor_mailbox_free(&mb);
-	if (stor_mailbox_rename(s->db, &guid, new_name, &err) < 0) {
+	if ((cmd->arg_count == 6 ? stor_mailbox_rename_stamped(s->db, &guid, new_name, rstamp, &err)
+				 : stor_mailbox_rename(s->db, &guid, new_name, &err)) < 0) {
 		srv_reply(s, cmd->tag, "NO", NULL, err);
 		return 0;
 	}

@@ -101,6 +101,7 @@ struct srv_text_ref {
 struct sync_server {
 	struct stor_db *db;
 	uint32_t peer;
+	bool no_rename_stamps;
 	struct sync_transport t;
 	struct proto_parser *parser;
 	struct buf out;

@@ -86,6 +86,11 @@ void srv_sync_reset(struct sync_server *s)
 	s->in_sync = false;
 }
 
+void sync_server_set_no_rename_stamps(struct sync_server *s, bool none)
+{
+	s->no_rename_stamps = none;
+}
+
 void sync_server_destroy(struct sync_server **sp)
 {
 	struct sync_server *s = *sp;

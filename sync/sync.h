@@ -58,6 +58,9 @@ struct sync_settings {
 	const char *user;      /* the user to sync, copied */
 	bool full;             /* compare every message of every mailbox */
 	unsigned step_budget;  /* messages handled per step; 0 = 256 */
+	/* The peer is of protocol 1.0 (SPEC.md 2.2): no RSTAMP on RENAME,
+	 * whose merge then judges names alone (SPEC.md 10.5). */
+	bool no_rename_stamps;
 };
 
 /* What a sync did, for logs and `starling resync`.  Counts are from the
@@ -117,6 +120,8 @@ struct sync_server;
 struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
 				       const struct sync_transport *t);
 void sync_server_destroy(struct sync_server **sp);
+/* The client is of protocol 1.0 (SPEC.md 2.2): LIST sends no RSTAMP. */
+void sync_server_set_no_rename_stamps(struct sync_server *s, bool none);
 /* Handles one command from the client and sends its answer.  Returns 0, or
  * -1 when the link must close (the storage failed or the peer broke the
  * protocol badly); bad arguments only get BAD and return 0.  parser is the

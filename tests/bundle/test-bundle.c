@@ -765,6 +765,66 @@ static void test_bundle_random_changes_converge(void)
 
 /* An import the other node has not seen yet is no base for a delete: a
  * bundle made without it cannot remove what the importer has. */
+/* A user's RENAME on n at now_ms, with its stamp, as repl-local makes it. */
+static void user_rename(struct node *n, const struct guid *g, const char *name, uint64_t now_ms)
+{
+	const char *error;
+	uint64_t st = 0;
+	CU_ASSERT_EQUAL(stor_mailbox_rename_stamp(n->db, g, &st, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_rename_stamped(n->db, g, name,
+						    stor_rename_stamp_next(st, now_ms, n->sid),
+						    &error), 0);
+}
+
+static bool has_name(struct node *n, const char *name, const struct guid *g)
+{
+	struct stor_mailbox m;
+	const char *error;
+	if (stor_mailbox_get(n->db, USER, name, &m, &error) != 1)
+		return false;
+	bool same = guid_cmp(&m.guid, g) == 0;
+	stor_mailbox_free(&m);
+	return same;
+}
+
+/* A bundle carries each name's rename stamp (SPEC.md 10.5, 11): B got S4
+ * by way of C, never holding S3; A's older bundle, made at S3, must not
+ * bring S3 back (the bundle's and B's names both differ from their common
+ * list's S2, and S3 is not among B's old names). */
+static void test_bundle_older_rename_loses_to_a_later_one(void)
+{
+	struct node a, b, c;
+	struct buf bundle0 = BUF_INIT, bundle1 = BUF_INIT, bundle = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	node_open(&c, 3);
+	struct guid g = mk_mailbox(&a, USER, "S2", NULL);
+	append(&a, &g, "Subject: x\r\n\r\nx\r\n", 0);
+	export_from(&a, false, &bundle0, NULL);
+	import_ok(&b, &bundle0, NULL);
+	user_rename(&a, &g, "S3", 1800000000000ull);
+	export_from(&a, false, &bundle1, NULL);
+	CU_ASSERT(bundle1.len > 20 && memcmp(bundle1.data, "STARLING-BUNDLE 1.1\r\n", 21) == 0);
+	user_rename(&a, &g, "S4", 1800000000001ull);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&c, &bundle, NULL);
+	CU_ASSERT(has_name(&c, "S4", &g));
+	export_from(&c, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT(has_name(&b, "S4", &g));
+	import_ok(&b, &bundle1, NULL);
+	CU_ASSERT(has_name(&b, "S4", &g));
+	CU_ASSERT(dumps_equal(&b, &c));
+	/* A bundle of a user whose mailboxes were never renamed stays 1.0. */
+	CU_ASSERT(bundle0.len > 20 && memcmp(bundle0.data, "STARLING-BUNDLE 1.0\r\n", 21) == 0);
+	buf_free(&bundle0);
+	buf_free(&bundle1);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
 static void test_bundle_stale_base_deletes_nothing(void)
 {
 	struct node a, b;
@@ -1273,6 +1333,7 @@ static const struct test_case bundle_cases[] = {
 	{ "ACL records travel, newest wins", test_bundle_carries_acl_records },
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },
+	{ "an older rename loses to a later one", test_bundle_older_rename_loses_to_a_later_one },
 	{ "later flag changes win", test_bundle_later_flag_changes_win },
 	{ "flag changes on both sides merge", test_bundle_flag_changes_on_both_sides_merge },
 	{ "a later STORE that changes no value wins (flag-holds)", test_bundle_noop_clear_later_wins },

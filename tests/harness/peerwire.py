@@ -36,7 +36,8 @@ class PyPeer:
         self.nonce = os.urandom(32)
         self.send("* HELLO 1.0 %d %s (AUTH=HMAC-SHA256)" % (sid, self.nonce.hex()))
         hello = self.readline().split()
-        if len(hello) < 6 or hello[:3] != ["*", "HELLO", "1.0"]:
+        # Any 1.x: this peer speaks 1.0, so the node sends it nothing newer.
+        if len(hello) < 6 or hello[:2] != ["*", "HELLO"] or not hello[2].startswith("1."):
             raise RuntimeError("bad greeting %r" % hello)
         self.peer_sid = int(hello[3])
         self.peer_nonce = bytes.fromhex(hello[4])

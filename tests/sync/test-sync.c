@@ -199,18 +199,22 @@ static void tap_send(void *ctx, const void *data, size_t len)
 	tp->inner->send(tp->inner->ctx, data, len);
 }
 
-/* Syncs client c against server s; asserts it finishes. */
-static struct sync_run run_sync(struct node *c, struct node *s, bool full, uint32_t seed)
+/* Syncs client c against server s; asserts it finishes.  old_peer: both
+ * ends behave as toward a protocol 1.0 peer (no rename stamps). */
+static struct sync_run run_sync_as(struct node *c, struct node *s, bool full, uint32_t seed,
+				   bool old_peer)
 {
 	struct sync_run out;
 	struct sync_settings set = {
 		.peer_sid = s->sid, .user = USER, .full = full, .step_budget = 7,
+		.no_rename_stamps = old_peer,
 	};
 	struct sync_pipe *p = sync_pipe_create(seed, seed % 3 == 0 ? 0 : 1 + seed % 97);
 	struct tap tc = { { tap_send, &tc }, sync_pipe_client_transport(p), tap_to_server };
 	struct tap ts = { { tap_send, &ts }, sync_pipe_server_transport(p), tap_to_client };
 	struct sync_client *cl = sync_client_create(c->db, &set, &tc.t);
 	struct sync_server *sv = sync_server_create(s->db, c->sid, &ts.t);
+	sync_server_set_no_rename_stamps(sv, old_peer);
 	/* Small steps: every merge stage and FETCH runs across several. */
 	sync_server_set_budget(sv, 1 + seed % 5);
 	enum sync_step_result r = sync_pipe_run(p, cl, sv, 1000000);
@@ -227,6 +231,11 @@ static struct sync_run run_sync(struct node *c, struct node *s, bool full, uint3
 	sync_pipe_destroy(&p);
 	CU_ASSERT_PTR_NULL(cl);
 	return out;
+}
+
+static struct sync_run run_sync(struct node *c, struct node *s, bool full, uint32_t seed)
+{
+	return run_sync_as(c, s, full, seed, false);
 }
 
 /* Number of messages in mailbox name, and asserts no GUID appears twice. */
@@ -650,6 +659,102 @@ static void test_sync_rename_after_a_replicated_rename_is_kept(void)
 	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
 	stor_mailbox_free(&m);
 	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A user's RENAME on node n at now_ms, as repl-local makes it: a new
+ * stamp above the mailbox's. */
+static uint64_t user_rename(struct node *n, const struct guid *g, const char *name,
+			    uint64_t now_ms)
+{
+	const char *error;
+	uint64_t st = 0;
+	CU_ASSERT_EQUAL(stor_mailbox_rename_stamp(n->db, g, &st, &error), 0);
+	st = stor_rename_stamp_next(st, now_ms, n->sid);
+	CU_ASSERT_EQUAL(stor_mailbox_rename_stamped(n->db, g, name, st, &error), 0);
+	return st;
+}
+
+static void assert_name(struct node *n, const char *name, const struct guid *g)
+{
+	struct stor_mailbox m;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(n->db, USER, name, &m, &error), 1);
+	CU_ASSERT_EQUAL(guid_cmp(&m.guid, g), 0);
+	stor_mailbox_free(&m);
+}
+
+/* Two renames neither side of a merge made (the fault campaign's
+ * `mailbox-ops`, seed 9403, scratch-s2-3 back): C took S2 -> S3 from B by
+ * live replication, then B renamed S3 -> S4, which C never got; A jumped
+ * from S2 to S4 by a sync with B and never held S3.  When A and C merge,
+ * their common list's S2 is older than both names and neither is among the
+ * other side's old names: names alone cannot order them, the rename stamps
+ * do (SPEC.md 10.5), and B's later S4 wins either way round. */
+static void test_sync_third_node_renames_ordered_by_stamp(void)
+{
+	for (int client_lags = 0; client_lags < 2; client_lags++) {
+		struct node a, b, c;
+		node_open(&a, SID_A);
+		node_open(&b, SID_B);
+		node_open(&c, SID_C);
+		struct guid g = mk_mailbox(&b, "S2");
+		append(&b, &g, "x\r\n", 0, NULL);
+		run_sync(&a, &b, false, 171);
+		run_sync(&c, &b, false, 172);
+		run_sync(&a, &c, false, 173);
+		run_sync(&c, &a, false, 174);
+		const char *error;
+		uint64_t t3 = user_rename(&b, &g, "S3", 1800000000000ull);
+		/* The live RENAME carries B's stamp (RSTAMP), copied on C. */
+		CU_ASSERT_EQUAL(stor_mailbox_rename_stamped(c.db, &g, "S3", t3, &error), 0);
+		/* Made later on B, by the clock or not (a stamp is above the
+		 * one it replaces whatever the clock says). */
+		uint64_t t4 = user_rename(&b, &g, "S4", 1700000000000ull);
+		CU_ASSERT(t4 > t3);
+		run_sync(&a, &b, false, 175);
+		assert_name(&a, "S4", &g);
+		uint64_t st = 0;
+		CU_ASSERT_EQUAL(stor_mailbox_rename_stamp(a.db, &g, &st, &error), 0);
+		CU_ASSERT_EQUAL(st, t4); /* copied, not renewed */
+		if (client_lags)
+			run_sync(&c, &a, false, 176);
+		else
+			run_sync(&a, &c, false, 177);
+		assert_name(&a, "S4", &g);
+		assert_name(&c, "S4", &g);
+		CU_ASSERT(dumps_equal(&a, &c));
+		run_sync(&b, &a, false, 178);
+		assert_name(&b, "S4", &g);
+		CU_ASSERT(dumps_equal(&a, &b));
+		node_close(&a);
+		node_close(&b);
+		node_close(&c);
+	}
+}
+
+/* Toward a protocol 1.0 peer no stamp travels (an older build would refuse
+ * RSTAMP): the merge judges names alone, as before (SPEC.md 10.5). */
+static void test_sync_rename_stamps_not_sent_to_a_1_0_peer(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid g = mk_mailbox(&a, "S1");
+	run_sync(&a, &b, false, 181);
+	user_rename(&a, &g, "S2", 1800000000000ull);
+	run_sync_as(&a, &b, false, 182, true);
+	assert_name(&b, "S2", &g);
+	const char *error;
+	uint64_t st = 1;
+	/* The server's stamp stayed: the RENAME carried none. */
+	CU_ASSERT_EQUAL(stor_mailbox_rename_stamp(b.db, &g, &st, &error), 0);
+	CU_ASSERT_EQUAL(st, 0);
+	user_rename(&a, &g, "S3", 1800000000001ull);
+	run_sync(&a, &b, false, 183);
+	CU_ASSERT_EQUAL(stor_mailbox_rename_stamp(b.db, &g, &st, &error), 0);
+	CU_ASSERT(st != 0);
 	node_close(&a);
 	node_close(&b);
 }
@@ -3629,6 +3734,9 @@ static const struct test_case sync_cases[] = {
 	  test_sync_rename_after_a_copy_went_elsewhere_is_kept },
 	{ "rename after a replicated rename is kept",
 	  test_sync_rename_after_a_replicated_rename_is_kept },
+	{ "renames from a third node are ordered by their stamps",
+	  test_sync_third_node_renames_ordered_by_stamp },
+	{ "rename stamps are not sent to a 1.0 peer", test_sync_rename_stamps_not_sent_to_a_1_0_peer },
 	{ "rename onto a name created on the other side",
 	  test_sync_rename_onto_a_name_created_on_the_other_side },
 	{ "delete on either side follows", test_sync_delete_on_either_side_follows },
