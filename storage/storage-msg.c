@@ -548,6 +548,10 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 		stor_string_list none = ARRAY_INIT;
 		stamps_update(&msg, 0, &none, 0, stor_now_ms(), NULL, 0);
 	}
+	if (stor_pseen_enter_txn(txn, tm, mailbox, &msg.guid, error_r) < 0) {
+		stor_stamp_list_free(&msg.stamps);
+		return -1;
+	}
 	msg_put(txn, mailbox, &msg);
 	stor_guid_tomb_clear_txn(txn, mailbox, &msg.guid);
 	mailbox_account(mb, &msg, 1);
@@ -1129,6 +1133,7 @@ int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const 
 	struct stor_txn_mailbox *tm;
 	stor_uid_list done = ARRAY_INIT;
 	ARRAY(struct guid) gone = ARRAY_INIT;
+	stor_msg_list left = ARRAY_INIT; /* uid and guid only, for storage-pseen.c */
 	uint64_t gone_modseq = 0;
 	stor_txn_begin(db, &txn);
 	int ret = stor_txn_mailbox(&txn, mailbox, &tm, error_r);
@@ -1166,9 +1171,15 @@ int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const 
 		gone_modseq = t.modseq;
 		tm->dirty = true;
 		ARRAY_PUSH(&done, msg.uid);
+		struct stor_msg l = { .uid = msg.uid, .guid = msg.guid };
+		ARRAY_PUSH(&left, l);
 		stor_msg_free(&msg);
 	}
 	free(sorted);
+	if (ret == 0 && stor_pseen_leave_txn(&txn, tm, mailbox, left.items, left.count, user,
+					     error_r) < 0)
+		ret = -1;
+	ARRAY_FREE(&left);
 	/* A user's expunge is remembered by GUID too: the message may live
 	 * on under another UID on a node that a sync renumbered it on, or
 	 * reach a node that never held it from a third one (SPEC.md 10.3). */
