@@ -72,6 +72,11 @@ struct config {
 	uint64_t repl_log_max;
 	enum config_degraded_writes degraded_writes;
 	enum config_read_consistency read_consistency;
+	/* Private \Seen on shared and public mailboxes (SPEC.md 7.7).  The
+	 * key shared_seen accepts only "shared" until the records replicate;
+	 * starlingd sets this on a node without peers for tests alone
+	 * (STARLING_TEST_PRIVATE_SEEN=1). */
+	bool shared_seen_private;
 	/* LMTP (lmtp/): TCP address, or a UNIX socket path (the value
 	 * starts with '/'); both unset when LMTP is off. */
 	struct config_addr lmtp_listen;

@@ -379,7 +379,7 @@ static void stamp_named(struct stor_msg *msg, const struct stor_store *req,
 			const stor_string_list *req_kw, const stor_string_list *okw,
 			int64_t now_ms)
 {
-	uint32_t bits = req->op == STOR_FLAGS_REPLACE ? STOR_FLAGS_ALL : req->flags;
+	uint32_t bits = req->op == STOR_FLAGS_REPLACE ? STOR_FLAGS_ALL & ~req->keep_flags : req->flags;
 	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
 		if ((bits & bit) == 0)
 			continue;
@@ -1050,7 +1050,9 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		}
 		uint32_t nflags = msg.flags;
 		switch (req->op) {
-		case STOR_FLAGS_REPLACE: nflags = rflags; break;
+		case STOR_FLAGS_REPLACE:
+			nflags = (rflags & ~req->keep_flags) | (msg.flags & req->keep_flags);
+			break;
 		case STOR_FLAGS_ADD: nflags |= rflags; break;
 		case STOR_FLAGS_REMOVE: nflags &= ~rflags; break;
 		}

@@ -837,3 +837,20 @@ int stor_pseen_dump(struct stor_db *db, const struct stor_mailbox *mb, struct bu
 	stor_pseen_list_free(&all);
 	return 0;
 }
+
+int stor_pseen_view(struct stor_db *db, const struct guid *mailbox, const char *user,
+		    struct stor_msg *msg, const char **error_r)
+{
+	struct stor_pseen r;
+	int ret = stor_pseen_get(db, mailbox, &msg->guid, user, &r, error_r);
+	if (ret < 0)
+		return -1;
+	msg->flags &= ~(uint32_t)STOR_FLAG_SEEN;
+	if (ret > 0) {
+		if (r.seen)
+			msg->flags |= STOR_FLAG_SEEN;
+		if (r.modseq > msg->modseq)
+			msg->modseq = r.modseq;
+	}
+	return 0;
+}

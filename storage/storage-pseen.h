@@ -91,6 +91,12 @@ int stor_pseen_all(struct stor_db *db, const struct guid *mailbox, stor_pseen_li
 int stor_pseen_drop(struct stor_db *db, const struct guid *mailbox, const struct guid *guids,
 		    size_t count, size_t *dropped_r, const char **error_r);
 
+/* The user's view of a message (SPEC.md 7.7 "What a session sees"): its
+ * own flags without \Seen, plus \Seen when the user's record says 1, and
+ * the higher of its modseq and the record's.  0 or -1. */
+int stor_pseen_view(struct stor_db *db, const struct guid *mailbox, const char *user,
+		    struct stor_msg *msg, const char **error_r);
+
 /* The digest share of one record at seen 1. */
 void stor_pseen_hash(const char *user, const struct guid *guid, unsigned char out[16]);
 
