@@ -14,6 +14,7 @@
  * messages before they are expunged, and a crash in between leaves them. */
 #include "imap/imap-commands.h"
 #include "imap/imap-acl.h"
+#include "imap/imap-pseen.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -662,7 +663,9 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 	/* RFC 4314 4: flags the user may not set are left off, silently. */
 	for (size_t k = 0; k < ac->count; k++) {
 		struct repl_append *req = &ac->msgs[k].req;
-		if ((rights & ACL_SEEN) == 0)
+		/* With private \Seen the message's own \Seen is the owner's
+		 * (or nobody's, in Public/): not this user's to set. */
+		if ((rights & ACL_SEEN) == 0 || imap_pseen_for(c, ac->owner))
 			req->flags &= ~(uint32_t)STOR_FLAG_SEEN;
 		if ((rights & ACL_DELETE_MSG) == 0)
 			req->flags &= ~(uint32_t)STOR_FLAG_DELETED;

@@ -79,7 +79,7 @@ def t_setup():
         flags = "(\\Seen)" if i == 3 else "()"
         r = a.command("APPEND", "Team", flags, Literal(message("m%d" % i)))
         R.check("alice APPENDs m%d" % i, r.ok, r)
-    R.check("SETACL Team bob lrswt", a.command("SETACL", "Team", "bob", "lrswt").ok)
+    R.check("SETACL Team bob lrswit", a.command("SETACL", "Team", "bob", "lrswit").ok)
     R.check("SETACL Team carol lrs", a.command("SETACL", "Team", "carol", "lrs").ok)
     a.logout()
 
@@ -242,6 +242,10 @@ def t_expunge_takes_records():
     R.check("alice APPENDs m4", r.ok, r)
     R.equal("bob STATUS UNSEEN: only m4", status_unseen(connect("bob"), BOX), 1)
     R.equal("alice STATUS UNSEEN: m2, m3, m4", status_unseen(connect("alice"), "Team"), 3)
+    r = b.command("APPEND", BOX, "(\\Seen \\Flagged)", Literal(message("m5 from bob")))
+    R.check("bob APPENDs m5 with (\\Seen \\Flagged)", r.ok, r)
+    a.command("NOOP")
+    R.equal("alice's m5: \\Flagged, not bob's \\Seen", flags_of(a).get(4), {"\\Flagged"})
     a.logout()
     b.logout()
 
@@ -263,8 +267,8 @@ def t_public():
     a.command("APPEND", "Public/Board", "()", Literal(message("p2")))
     for x in (a, b, c):
         x.command("SELECT", "Public/Board")
-    R.equal("the message's own \\Seen is shown to nobody (alice)", seen_seqs(a), [])
-    R.equal("... (bob)", seen_seqs(b), [])
+    R.equal("p1 (APPENDed with \\Seen) is unseen for everyone: alice", seen_seqs(a), [])
+    R.equal("... bob", seen_seqs(b), [])
     R.check("alice marks p2 seen", a.command("STORE", "2", "+FLAGS", "(\\Seen)").ok)
     R.check("bob marks p1 seen", b.command("STORE", "1", "+FLAGS", "(\\Seen)").ok)
     R.equal("alice sees p2", seen_seqs(a), [2])
