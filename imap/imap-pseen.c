@@ -70,6 +70,8 @@ int imap_pseen_changes(struct imap_client *c, const struct guid *mailbox, uint64
 	if (stor_pseen_since(db, mailbox, since, &recs, error_r) < 0)
 		return -1;
 	size_t before = msgs->count;
+	if (before > 1)
+		qsort(msgs->items, before, sizeof(*msgs->items), msg_uid_cmp);
 	int ret = 0;
 	for (size_t i = 0; i < recs.count && ret == 0; i++) {
 		if (strcmp(recs.items[i].user, c->user) != 0)
@@ -80,10 +82,16 @@ int imap_pseen_changes(struct imap_client *c, const struct guid *mailbox, uint64
 			ret = r;
 			continue;
 		}
-		bool have = false;
-		for (size_t k = 0; k < msgs->count && !have; k++)
-			have = msgs->items[k].uid == uid;
-		if (have)
+		/* stor_changes_since() gave msgs[0..before) in UID order. */
+		size_t lo = 0, hi = before;
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (msgs->items[mid].uid < uid)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo < before && msgs->items[lo].uid == uid)
 			continue;
 		struct stor_msg m;
 		r = stor_msg_get(db, mailbox, uid, &m, error_r);

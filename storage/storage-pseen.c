@@ -425,14 +425,21 @@ int stor_pseen_enter_txn(struct stor_txn *txn, struct stor_txn_mailbox *tm,
 	int r = has_records(txn->db, mailbox, error_r);
 	if (r <= 0)
 		return r;
-	/* Already held under another UID: its records count already. */
-	r = held(txn->db, mailbox, guid, error_r);
-	if (r != 0)
-		return r < 0 ? -1 : 0;
+	/* The records first: most messages have none, and then that one
+	 * failed seek is all. */
 	stor_pseen_list recs = ARRAY_INIT;
 	struct pseen_acc a;
 	acc_init(&a, txn, mailbox, tm);
 	int ret = scan_guid(txn->db, mailbox, guid, &recs, error_r);
+	/* Already held under another UID: its records count already. */
+	if (ret == 0 && recs.count > 0) {
+		r = held(txn->db, mailbox, guid, error_r);
+		if (r != 0) {
+			stor_pseen_list_free(&recs);
+			acc_free(&a);
+			return r < 0 ? -1 : 0;
+		}
+	}
 	for (size_t i = 0; i < recs.count && ret == 0; i++) {
 		if (recs.items[i].seen)
 			acc_share(&a, recs.items[i].user, guid, 1);
@@ -444,13 +451,57 @@ int stor_pseen_enter_txn(struct stor_txn *txn, struct stor_txn_mailbox *tm,
 	return ret;
 }
 
+/* uids ascending. */
 static bool uid_in(const uint32_t *uids, size_t n, uint32_t uid)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (uids[i] == uid)
-			return true;
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (uids[mid] < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-	return false;
+	return lo < n && uids[lo] == uid;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+struct guid_at {
+	const struct guid *g;
+	size_t i;
+};
+
+static int cmp_guid_at(const void *a, const void *b)
+{
+	const struct guid_at *x = a, *y = b;
+	int c = guid_cmp(x->g, y->g);
+	if (c != 0)
+		return c;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Which of n GUIDs (at base + i * stride) repeat an earlier one: a new
+ * array of n flags, by sorting (a bulk change names thousands). */
+static bool *repeats(const void *base, size_t n, size_t stride)
+{
+	bool *rep = xcalloc(n + 1, sizeof(*rep));
+	struct guid_at *s = xcalloc(n + 1, sizeof(*s));
+	for (size_t i = 0; i < n; i++) {
+		s[i].g = (const struct guid *)((const char *)base + i * stride);
+		s[i].i = i;
+	}
+	qsort(s, n, sizeof(*s), cmp_guid_at);
+	for (size_t i = 1; i < n; i++) {
+		if (guid_cmp(s[i].g, s[i - 1].g) == 0)
+			rep[s[i].i] = true;
+	}
+	free(s);
+	return rep;
 }
 
 /* Whether the GUID is held at a UID outside gone[] (a GUID index scan). */
@@ -489,15 +540,14 @@ int stor_pseen_leave_txn(struct stor_txn *txn, struct stor_txn_mailbox *tm,
 	uint32_t *gone = xcalloc(n, sizeof(*gone));
 	for (size_t i = 0; i < n; i++)
 		gone[i] = msgs[i].uid;
+	qsort(gone, n, sizeof(*gone), cmp_u32);
+	bool *rep = repeats(&msgs[0].guid, n, sizeof(*msgs));
 	struct pseen_acc a;
 	acc_init(&a, txn, mailbox, tm);
 	int ret = 0;
 	for (size_t i = 0; i < n && ret == 0; i++) {
 		const struct guid *g = &msgs[i].guid;
-		bool dup = false;
-		for (size_t j = 0; j < i && !dup; j++)
-			dup = guid_cmp(&msgs[j].guid, g) == 0;
-		if (dup)
+		if (rep[i])
 			continue;
 		stor_pseen_list recs = ARRAY_INIT;
 		ret = scan_guid(txn->db, mailbox, g, &recs, error_r);
@@ -525,6 +575,7 @@ int stor_pseen_leave_txn(struct stor_txn *txn, struct stor_txn_mailbox *tm,
 		stor_pseen_list_free(&recs);
 	}
 	free(gone);
+	free(rep);
 	if (ret == 0)
 		ret = acc_flush(&a, error_r);
 	acc_free(&a);
@@ -532,15 +583,6 @@ int stor_pseen_leave_txn(struct stor_txn *txn, struct stor_txn_mailbox *tm,
 }
 
 /* ---- Changes ---- */
-
-static bool guid_named_before(const struct stor_pseen_change *c, size_t i)
-{
-	for (size_t j = 0; j < i; j++) {
-		if (guid_cmp(&c[j].guid, &c[i].guid) == 0)
-			return true;
-	}
-	return false;
-}
 
 int stor_pseen_put(struct stor_db *db, const struct guid *mailbox, const char *user,
 		   enum stor_pseen_mode mode, const struct stor_pseen_change *changes,
@@ -584,11 +626,12 @@ int stor_pseen_put(struct stor_db *db, const struct guid *mailbox, const char *u
 	acc_init(&a, &txn, mailbox, tm);
 	stor_pseen_list written = ARRAY_INIT;
 	int64_t now = stor_now_ms();
+	bool *rep = repeats(count > 0 ? &changes[0].guid : NULL, count, sizeof(*changes));
 	ret = 0;
 	for (size_t i = 0; i < count && ret == 0; i++) {
 		const struct stor_pseen_change *c = &changes[i];
-		if (guid_named_before(changes, i))
-			continue;
+		if (rep[i])
+			continue;  /* the first naming of a GUID is the one */
 		struct stor_pseen old;
 		int have = stor_pseen_get(db, mailbox, &c->guid, user, &old, error_r);
 		int is_held = have < 0 ? -1 : held(db, mailbox, &c->guid, error_r);
@@ -639,6 +682,7 @@ int stor_pseen_put(struct stor_db *db, const struct guid *mailbox, const char *u
 		rec.user = xstrdup(user);
 		ARRAY_PUSH(&written, rec);
 	}
+	free(rep);
 	if (ret == 0)
 		ret = acc_flush(&a, error_r);
 	acc_free(&a);
@@ -676,12 +720,10 @@ int stor_pseen_drop(struct stor_db *db, const struct guid *mailbox, const struct
 	struct pseen_acc a;
 	acc_init(&a, &txn, mailbox, tm);
 	size_t dropped = 0;
+	bool *rep = repeats(guids, count, sizeof(*guids));
 	ret = 0;
 	for (size_t i = 0; i < count && ret == 0; i++) {
-		bool dup = false;
-		for (size_t j = 0; j < i && !dup; j++)
-			dup = guid_cmp(&guids[j], &guids[i]) == 0;
-		if (dup)
+		if (rep[i])
 			continue;
 		int h = held(db, mailbox, &guids[i], error_r);
 		if (h != 0) {
@@ -701,6 +743,7 @@ int stor_pseen_drop(struct stor_db *db, const struct guid *mailbox, const struct
 		}
 		stor_pseen_list_free(&recs);
 	}
+	free(rep);
 	if (ret == 0)
 		ret = acc_flush(&a, error_r);
 	acc_free(&a);

@@ -152,10 +152,20 @@ static void test_local_time_later_than_replaced(void)
 	CU_ASSERT_FALSE(r.seen);
 	CU_ASSERT_EQUAL(r.time_ms, ahead + 1);
 	CU_ASSERT_EQUAL(r.modseq, 8);
+	/* A GUID named twice in one call: the first naming is the one. */
+	struct stor_pseen_change twice[3] = { { g, true, 0, 0 }, { g, false, 0, 0 }, { g, false, 0, 0 } };
+	stor_pseen_list ch = ARRAY_INIT;
+	CU_ASSERT_EQUAL(stor_pseen_put(t.db, &mb, "carol", STOR_PSEEN_LOCAL, twice, 3, NULL, &ch,
+				       &err), 0);
+	CU_ASSERT_EQUAL(ch.count, 1);
+	stor_pseen_list_free(&ch);
+	CU_ASSERT_EQUAL(stor_pseen_get(t.db, &mb, &g, "carol", &r, &err), 1);
+	CU_ASSERT_TRUE(r.seen);
+	CU_ASSERT_EQUAL(count_of(t.db, &mb, "carol"), 1);
 	/* Naming an unchanged value is still a change of it (a new modseq). */
 	CU_ASSERT_EQUAL(put1(t.db, &mb, "bob", STOR_PSEEN_LOCAL, &g, false, 0, 0), 0);
 	CU_ASSERT_EQUAL(stor_pseen_get(t.db, &mb, &g, "bob", &r, &err), 1);
-	CU_ASSERT_EQUAL(r.modseq, 9);
+	CU_ASSERT_EQUAL(r.modseq, 10);
 	CU_ASSERT_EQUAL(r.time_ms, ahead + 2);
 	tcheck(t.db, &mb);
 	tstore_close(&t);
