@@ -250,6 +250,34 @@ def t_expunge_takes_records():
     b.logout()
 
 
+def t_idle():
+    """bob IDLEs in the shared mailbox: his own \\Seen from another session
+    shows at once; carol's does not show (the mailbox changed, he sees no
+    change)."""
+    b1, b2, c = connect("bob"), connect("bob"), connect("carol")
+    for x in (b1, b2, c):
+        x.command("SELECT", BOX)
+    before = 3 in seen_seqs(b1)
+    tag = b2.next_tag()
+    b2.send_command(tag, ["IDLE"])
+    line = b2.read_line()
+    R.check("IDLE continues", line.startswith(b"+"), line)
+    r = c.command("STORE", "3", "+FLAGS", "(\\Seen)")
+    R.check("carol marks message 3 seen", r.ok, r)
+    got = b2.read_untagged_until(lambda g: len(g) > 0, 1.5)
+    R.check("bob's IDLE hears nothing of carol's \\Seen", got == [], got)
+    r = b1.command("STORE", "3", ("-FLAGS" if before else "+FLAGS"), "(\\Seen)")
+    R.check("bob changes his \\Seen of message 3 in his other session", r.ok, r)
+    got = b2.read_untagged_until(lambda g: any(b"FETCH" in u for u in g), 5.0)
+    flat = b" ".join(got)
+    R.check("bob's IDLE reports FETCH of message 3 with his new \\Seen within 5 s",
+            b"3 FETCH" in flat and ((b"\\Seen" in flat) != before), got)
+    b2.send(b"DONE\r\n")
+    b2.wait_tagged(tag)
+    for x in (b1, b2, c):
+        x.logout()
+
+
 def t_public():
     if T.kind != "starling":
         return
@@ -296,6 +324,7 @@ SECTIONS = [
     ("seen is private", t_seen_is_private),
     ("condstore", t_condstore),
     ("expunge takes records", t_expunge_takes_records),
+    ("idle", t_idle),
     ("public", t_public),
     ("own mailbox", t_own_mailbox_unchanged),
 ]
