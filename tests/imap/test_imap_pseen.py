@@ -319,6 +319,25 @@ def t_own_mailbox_unchanged():
     b.logout()
 
 
+def t_hook_refused_with_peers():
+    """The hook is for a node without peers: the records do not replicate
+    yet, so a clustered node refuses to start with it."""
+    if T.kind != "starling":
+        return
+    from harness.starling import Cluster
+    c = Cluster(n=2, users=USERS, build_dir=os.environ.get("top_builddir"))
+    err = ""
+    try:
+        c.nodes[0].start(timeout=20.0)
+        started = True
+    except Exception as e:  # noqa: BLE001
+        started = False
+        err = str(e)
+    R.check("a node with peers and STARLING_TEST_PRIVATE_SEEN=1 does not start",
+            not started and "does not replicate yet" in err, err[-600:])
+    c.close()
+
+
 SECTIONS = [
     ("setup", t_setup),
     ("seen is private", t_seen_is_private),
@@ -327,6 +346,7 @@ SECTIONS = [
     ("idle", t_idle),
     ("public", t_public),
     ("own mailbox", t_own_mailbox_unchanged),
+    ("hook refused with peers", t_hook_refused_with_peers),
 ]
 
 
