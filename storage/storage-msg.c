@@ -501,7 +501,8 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 		}
 	}
 
-	if (modseq_room(db, mb, a->modseq, error_r) < 0)
+	if (modseq_room(db, mb, a->modseq, error_r) < 0 ||
+	    (!a->guid_generated && stor_pseen_enter_txn(txn, tm, mailbox, &a->guid, error_r) < 0))
 		return -1;
 	struct stor_text_rec rec;
 	ret = a->guid_generated ? 0 : stor_text_rec_get(db, &a->guid, &rec, error_r);
@@ -547,10 +548,6 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 	} else {
 		stor_string_list none = ARRAY_INIT;
 		stamps_update(&msg, 0, &none, 0, stor_now_ms(), NULL, 0);
-	}
-	if (stor_pseen_enter_txn(txn, tm, mailbox, &msg.guid, error_r) < 0) {
-		stor_stamp_list_free(&msg.stamps);
-		return -1;
 	}
 	msg_put(txn, mailbox, &msg);
 	stor_guid_tomb_clear_txn(txn, mailbox, &msg.guid);
