@@ -166,7 +166,6 @@ struct refusal {
 	struct repl_cluster *cl;
 	repl_done_cb *cb;
 	void *ctx;
-	const char *why;  /* NULL: degraded_writes */
 };
 
 static void refusal_done(void *ctx, const struct repl_result *unused)
@@ -176,8 +175,7 @@ static void refusal_done(void *ctx, const struct repl_result *unused)
 	(void)unused;
 	memset(&res, 0, sizeof(res));
 	res.error = REPL_ERR_UNAVAILABLE;
-	res.error_msg = r->why != NULL ? r->why :
-			"fewer than sync_replicas replicas can take changes now "
+	res.error_msg = "fewer than sync_replicas replicas can take changes now "
 			"(degraded_writes = refuse); nothing was changed";
 	r->cl->in_flight--;
 	r->cb(r->ctx, &res);
@@ -427,19 +425,6 @@ static void cl_store(struct repl *r, const char *user, const struct guid *mailbo
 		     const uint32_t *uids, size_t count, const struct stor_store *req,
 		     repl_done_cb *cb, void *ctx)
 {
-	if (req->seen_of != NULL) {
-		/* Private \Seen does not travel between nodes yet (SPEC.md
-		 * 7.7, SEEN-OF): refused, never applied to the message's own
-		 * \Seen instead.  Sessions of a clustered node never ask. */
-		struct refusal *no = xcalloc(1, sizeof(*no));
-		no->cl = to_cl(r);
-		no->cb = cb;
-		no->ctx = ctx;
-		no->why = "private \\Seen is not replicated yet; nothing was changed";
-		no->cl->in_flight++;
-		no->cl->local->v->complete_later(no->cl->local, refusal_done, no);
-		return;
-	}
 	struct cl_fwd *f = fwd_new(to_cl(r), FWD_STORE, user, mailbox, cb, ctx);
 	f->uids = uids;
 	f->count = count;

@@ -21,9 +21,11 @@
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-mm.h"
+#include "replicator/repl-pseen.h"
 #include "replicator/repl-sync.h"
 #include "storage/acl-rights.h"
 #include "storage/storage-acl.h"
+#include "storage/storage-pseen.h"
 #include "sync/sync.h"
 
 /* An answer to send once the change is durable (or replicated). */
@@ -41,6 +43,7 @@ struct answer {
 	struct stor_store store;
 	struct guid mailbox;
 	char *user;
+	char *seen_of; /* STORE SEEN-OF: the user whose private \Seen it changes */
 	/* SAVE with REQ: the GUID asked for; the answer names the one made
 	 * when the master gave the copy another (SPEC 6.4). */
 	struct guid save_guid;
@@ -64,6 +67,7 @@ static void answer_free(struct answer *a)
 	stor_string_list_free(&a->keywords);
 	free(a->text);
 	free(a->user);
+	free(a->seen_of);
 	free(a);
 }
 
@@ -368,6 +372,16 @@ static void apply_expunge(struct repl_cluster *cl, struct answer *a, const struc
 	ARRAY_FREE(&uids);
 }
 
+static void apply_pseen(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+			const struct stor_mailbox *mb)
+{
+	struct repl_pseen_reply rep;
+	repl_pseen_apply_streamed(cl->repl.db, &mb->guid, cmd, &rep);
+	if (rep.changed)
+		cl_notify_later(cl, mb->user, &mb->guid);
+	answer_later(a, rep.status, rep.code, rep.text);
+}
+
 static int arg_cstr(const struct proto_arg *arg, const char **s_r, size_t max)
 {
 	size_t len;
@@ -657,6 +671,11 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 			struct stor_msg m;
 			if (stor_msg_get(a->cl->repl.db, &a->mailbox, res->failed[i], &m, &err) <= 0)
 				continue;
+			if (a->seen_of != NULL &&
+			    stor_pseen_view(a->cl->repl.db, &a->mailbox, a->seen_of, &m, &err) < 0) {
+				stor_msg_free(&m);
+				continue;
+			}
 			struct proto_flags_line fl = {
 				m.uid, m.modseq,
 				{ m.flags, { m.keywords.items, m.keywords.count, m.keywords.cap } },
@@ -774,6 +793,17 @@ static void serve_store(struct repl_cluster *cl, struct answer *a, const struct 
 		(void)proto_arg_u64(us, INT64_MAX, &a->store.unchangedsince);
 	proto_flags_free(&add);
 	proto_flags_free(&rm);
+	const char *seen_of;
+	if (proto_read_seen_of(cmd, npos, &seen_of, &err) != PROTO_CODEC_OK) {
+		answer_later(a, "BAD", "ARGS", err);
+		return;
+	}
+	/* The owner's own \Seen, or private \Seen not in force here: the
+	 * plain STORE (SPEC.md 7.7). */
+	if (seen_of != NULL && cl->cfg->shared_seen_private && strcmp(seen_of, mb->user) != 0) {
+		a->seen_of = xstrdup(seen_of);
+		a->store.seen_of = a->seen_of;
+	}
 	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
 		return;
 	a->mailbox = mb->guid;
@@ -817,7 +847,8 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		return;
 	}
 	bool message_cmd = proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||
-			   proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY");
+			   proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY") ||
+			   proto_cmd_is(cmd, "PSEEN");
 	if (message_cmd && selected == NULL) {
 		proto_conn_reply(conn, cmd->tag, "BAD", "NOSELECT", "no mailbox selected");
 		return;
@@ -886,8 +917,13 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 			apply_save(cl, a, cmd, &mb);
 		else if (proto_cmd_is(cmd, "STORE"))
 			apply_store(cl, a, cmd, npos, &mb);
+		else if (proto_cmd_is(cmd, "PSEEN"))
+			apply_pseen(cl, a, cmd, &mb);
 		else
 			apply_expunge(cl, a, cmd, npos, &mb);
+	} else if (proto_cmd_is(cmd, "PSEEN")) {
+		/* Outside a sync a record only travels as a change made. */
+		answer_later(a, "BAD", "ARGS", "PSEEN outside a sync needs ORIGIN");
 	} else if (!cl_is_master(cl, mb.user, &mb.guid)) {
 		answer_later(a, "NO", "NOTMASTER", "not the master of this mailbox");
 	} else if (cl_handover_check_forward(cl, cmd, npos, mb.user, &refusal) < 0) {

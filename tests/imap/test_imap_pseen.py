@@ -2,8 +2,7 @@
 """Private \\Seen (SPEC.md 7.7) on one real server: each user's own \\Seen.
 
 The node runs with STARLING_TEST_PRIVATE_SEEN=1 (the key shared_seen still
-refuses "private": the records do not replicate between nodes yet, so the
-hook works only on a node without peers).  alice shares a mailbox with bob
+refuses "private"; tests/cluster/test_pseen.py runs it across nodes).  alice shares a mailbox with bob
 and carol: bob's STORE +FLAGS/-FLAGS/FLAGS (\\Seen), the \\Seen a FETCH
 BODY[] sets, SEARCH SEEN/UNSEEN, STATUS UNSEEN, SELECT's [UNSEEN n], FETCH
 FLAGS, untagged FETCHes in his other session, and CONDSTORE/QRESYNC
@@ -319,25 +318,6 @@ def t_own_mailbox_unchanged():
     b.logout()
 
 
-def t_hook_refused_with_peers():
-    """The hook is for a node without peers: the records do not replicate
-    yet, so a clustered node refuses to start with it."""
-    if T.kind != "starling":
-        return
-    from harness.starling import Cluster
-    c = Cluster(n=2, users=USERS, build_dir=os.environ.get("top_builddir"))
-    err = ""
-    try:
-        c.nodes[0].start(timeout=20.0)
-        started = True
-    except Exception as e:  # noqa: BLE001
-        started = False
-        err = str(e)
-    R.check("a node with peers and STARLING_TEST_PRIVATE_SEEN=1 does not start",
-            not started and "does not replicate yet" in err, err[-600:])
-    c.close()
-
-
 SECTIONS = [
     ("setup", t_setup),
     ("seen is private", t_seen_is_private),
@@ -346,7 +326,6 @@ SECTIONS = [
     ("idle", t_idle),
     ("public", t_public),
     ("own mailbox", t_own_mailbox_unchanged),
-    ("hook refused with peers", t_hook_refused_with_peers),
 ]
 
 
