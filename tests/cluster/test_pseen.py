@@ -241,11 +241,78 @@ def t_condstore():
     R.check("views on every node after bob's third change", took is not None)
 
 
+def store(node, usr, uid, op):
+    c = login(node, usr)
+    try:
+        c.command("SELECT", quote(box(usr)))
+        return c.command("UID", "STORE", str(uid), op, r"(\Seen)")
+    finally:
+        c.logout()
+
+
+def t_partition_and_heal():
+    """Node 3 cut off from both others; bob and carol change their \Seen on
+    both sides, the same messages too; after the heal every node holds, per
+    user and message, the later change."""
+    n1, n2, n3 = CLUSTER.nodes
+    for other in (1, 2):
+        CLUSTER.cut(3, other)
+        CLUSTER.cut(other, 3)
+    steps = [
+        (n3, "bob", 1, "-FLAGS"),    # older than bob's +FLAGS on node 2 below
+        (n3, "bob", 2, "+FLAGS"),
+        (n3, "carol", 5, "+FLAGS"),
+        (n3, "carol", 6, "+FLAGS"),  # older than carol's -FLAGS on node 3 below
+        (n2, "bob", 1, "+FLAGS"),
+        (n1, "carol", 3, "-FLAGS"),
+        (n1, "carol", 6, "+FLAGS"),
+        (n3, "carol", 6, "-FLAGS"),  # the latest change of carol's UID 6
+    ]
+    for node, usr, uid, op in steps:
+        time.sleep(0.02)  # times 20 ms apart: "later" is never a tie
+        r = store(node, usr, uid, op)
+        R.check("%s %s \\Seen of UID %d on node %d during the partition"
+                % (usr, op, uid, node.node_id), r.ok, r)
+    R.check("node 3 still shows its own side: bob has not seen UID 1 there",
+            1 not in (seen_uids(n3, "bob") or set()))
+    for other in (1, 2):
+        CLUSTER.restore(3, other)
+        CLUSTER.restore(other, 3)
+    want = {"alice": {5}, "bob": {1, 2, 6}, "carol": {4, 5}}
+    t0 = time.monotonic()
+    took = wait_for(lambda: not views_everywhere(want), 40.0)
+    print("measured: views merged on every node %s s after the heal"
+          % ("%.2f" % took if took is not None else "never"))
+    R.check("after the heal every node shows each user the later change per message",
+            took is not None, views_everywhere(want))
+    took, d = wait_dumps_equal("alice", timeout=40.0)
+    R.check("alice's dumps are identical on the three nodes after the heal",
+            took is not None, d)
+    del t0
+
+
+def t_full_resync():
+    """`starling resync --full` between nodes that hold the same records
+    changes nothing; the records stay and the dumps stay equal."""
+    want = {"alice": {5}, "bob": {1, 2, 6}, "carol": {4, 5}}
+    before = CLUSTER.nodes[0].dump("alice")
+    r = CLUSTER.nodes[1].cli("resync", "-u", "alice", "--full")
+    R.check("starling resync -u alice --full on node 2", r.returncode == 0,
+            (r.stdout, r.stderr))
+    R.check("every user's view is the same on every node after the full resync",
+            not views_everywhere(want), views_everywhere(want))
+    took, d = wait_dumps_equal("alice")
+    R.check("dumps identical after the full resync, and as before it",
+            took is not None and d.get(1) == before, d)
+
+
 SECTIONS = [
     ("setup", t_setup),
     ("each their own", t_each_their_own),
     ("a clear on another node", t_clear_elsewhere),
     ("condstore", t_condstore),
+    ("partition and heal", t_partition_and_heal),
+    ("full resync", t_full_resync),
 ]
 
 
