@@ -73,9 +73,9 @@ struct config {
 	enum config_degraded_writes degraded_writes;
 	enum config_read_consistency read_consistency;
 	/* Private \Seen on shared and public mailboxes (SPEC.md 7.7).  The
-	 * key shared_seen accepts only "shared" until the records replicate;
-	 * starlingd sets this on a node without peers for tests alone
-	 * (STARLING_TEST_PRIVATE_SEEN=1). */
+	 * key shared_seen accepts only "shared" until bundles carry the
+	 * records; starlingd sets this for tests alone
+	 * (STARLING_TEST_PRIVATE_SEEN=1, on every node of a cluster alike). */
 	bool shared_seen_private;
 	/* LMTP (lmtp/): TCP address, or a UNIX socket path (the value
 	 * starts with '/'); both unset when LMTP is off. */

@@ -16,9 +16,16 @@ and `starling dump` only:
     every node, nobody else's view changes;
   - a CONDSTORE session of alice sees HIGHESTMODSEQ rise with bob's change
     while her own flags stay;
+  - node 3 cut off from both others while bob and carol change their
+    \\Seen on both sides (the same messages too): after the heal every node
+    shows, per user and message, the later change, and the dumps are equal;
+    a `starling resync --full` afterwards changes nothing;
+  - bundles do not carry records yet: a bundle of alice (the owner), bob or
+    carol holds no PSEEN line, and importing alice's on node 3 leaves its
+    records as they were (a guard: SPEC 7.7 "Bundles" is not built);
   - a peer's PSEEN lines: malformed ones get BAD [ARGS] and change
     nothing; one naming a GUID the mailbox does not hold is answered OK and
-    kept; the same line twice changes nothing.
+    kept; the same line twice, or an older one, changes nothing.
 
 Waits are bounded (CONVERGE seconds).  The last line is
 "test-pseen: N passed, M failed".
@@ -27,6 +34,7 @@ import os
 import re
 import sys
 import time
+import zlib
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -306,6 +314,119 @@ def t_full_resync():
             took is not None and d.get(1) == before, d)
 
 
+def bundle_stream(path):
+    """The inflated command stream of a bundle file (SPEC.md 11.1)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.index(b"\r\nEND\r\n") + len(b"\r\nEND\r\n")
+    m = re.search(rb"\r\nBODY DEFLATE (\d+) (\d+)\r\n", data[:end])
+    return zlib.decompress(data[end:end + int(m.group(1))])
+
+
+def t_bundles_carry_no_one_elses_records():
+    """Bundles do not carry records yet (SPEC.md 7.7 "Bundles" is not
+    built): a bundle of alice, the owner, carries none of bob's or carol's,
+    and importing it on another node leaves that node's records as they
+    were (the import's merge keeps them)."""
+    n2, n3 = CLUSTER.nodes[1], CLUSTER.nodes[2]
+    path = os.path.join(CLUSTER.dir, "alice.bundle")
+    r = n2.cli("bundle", "export", "-u", "alice", "-o", path, timeout=120)
+    R.check("starling bundle export -u alice on node 2", r.returncode == 0, r.stderr)
+    stream = bundle_stream(path)
+    R.check("alice's bundle holds no PSEEN line", b"PSEEN" not in stream)
+    before = n3.dump("alice")
+    r = n3.cli("bundle", "import", path, timeout=120)
+    R.check("its import on node 3", r.returncode == 0, (r.stdout, r.stderr))
+    R.check("node 3 keeps every record through the import", n3.dump("alice") == before)
+    for usr in ("bob", "carol"):
+        p = os.path.join(CLUSTER.dir, "%s.bundle" % usr)
+        r = n2.cli("bundle", "export", "-u", usr, "-o", p, timeout=120)
+        R.check("a bundle of %s holds no PSEEN line" % usr,
+                r.returncode == 0 and b"PSEEN" not in bundle_stream(p), r.stderr)
+
+
+def t_hostile_peer():
+    """Node 2 of a second cluster alone, node 1 played by a Python peer
+    (tests/harness/peerwire.py) as its root and the mailbox's master: it
+    creates alice's Team there, saves a message, then streams PSEEN lines.
+    Malformed ones get BAD [ARGS] and change nothing; a valid one is applied
+    once; an older one and a replay change nothing; one naming a GUID the
+    mailbox does not hold is kept (its SAVE may be on its way)."""
+    c = Cluster(n=2, users=USERS, extra_config={"sync_replicas": 0})
+    p = None
+    try:
+        n2 = c.nodes[1]
+        n2.start()
+        with open(c.secret_file, "rb") as f:
+            secret = f.read().rstrip(b"\n")
+        p = PyPeer(n2.repl_port, 1, secret)
+        R.check("the peer authenticates", p.auth().startswith("C1 OK"))
+        R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15))
+        e = p.epoch
+        g = "0123456789abcdef0123456789abcd11"
+        mg = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa01"
+        other = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb02"
+        uv = 1700000011
+        r = p.command("CREATE alice Team %s %d ORIGIN 1" % (g, uv))
+        R.check("CREATE alice Team from the peer: OK", r[-1].split()[1] == "OK", r)
+        r = p.command("MBOX 1 alice Team %d %s" % (uv, g))
+        R.check("MBOX: OK", r[-1].split()[1] == "OK", r)
+        r = p.command("SELECT 1")
+        R.check("SELECT: OK", r[-1].split()[1] == "OK", r)
+        text = "Subject: x\r\n\r\nbody\r\n"
+        r = p.command("SAVE 1700000000+0000 1 1 %s () {%d}\r\n%s ORIGIN 1 EPOCH %d"
+                      % (mg, len(text), text, e))
+        R.check("SAVE of UID 1 at modseq 1: OK", r[-1].split()[1] == "OK", r)
+        before = n2.dump("alice")
+        bad = [
+            "PSEEN .public %s 1 2 1000 ORIGIN 1 EPOCH %d" % (mg, e),
+            "PSEEN b/ob %s 1 2 1000 ORIGIN 1 EPOCH %d" % (mg, e),
+            "PSEEN %s %s 1 2 1000 ORIGIN 1 EPOCH %d" % ("b" * 256, mg, e),
+            "PSEEN bob %s 2 2 1000 ORIGIN 1 EPOCH %d" % (mg, e),
+            "PSEEN bob %s 1 0 1000 ORIGIN 1 EPOCH %d" % (mg, e),
+            "PSEEN bob 00000000000000000000000000000000 1 2 1000 ORIGIN 1 EPOCH %d" % e,
+        ]
+        for line in bad:
+            r = p.command(line)
+            R.check("BAD [ARGS]: %s" % line[:60], r[-1].split()[1:3] == ["BAD", "[ARGS]"], r)
+        # Lines the command table refuses are not taken for live changes
+        # (no valid ORIGIN): the sync end refuses them, BAD too.
+        for line in ("PSEEN bob %s 1 2 1000 ORIGIN 1 EPOCH %d" % (mg[:-1], e),
+                     "PSEEN bob %s 1 2 ORIGIN 1 EPOCH %d" % (mg, e),
+                     "PSEEN bob %s 1 2 1000 GUIDS (%s) ORIGIN 1 EPOCH %d" % (mg, mg, e)):
+            r = p.command(line)
+            R.check("BAD: %s" % line[:60], r[-1].split()[1] == "BAD", r)
+        r = p.command("PSEEN bob %s 1 2 1000" % mg)
+        R.check("a PSEEN outside a sync without ORIGIN: BAD", r[-1].split()[1] == "BAD", r)
+        r = p.command("PSEEN bob %s 1 4611686018427387904 1000 ORIGIN 1 EPOCH %d" % (mg, e))
+        R.check("a modseq past the limits: NO [LIMIT]",
+                r[-1].split()[1:3] == ["NO", "[LIMIT]"], r)
+        R.check("nothing was changed by them", n2.dump("alice") == before)
+        r = p.command("PSEEN bob %s 1 2 1000 ORIGIN 1 EPOCH %d" % (mg, e))
+        R.check("a valid PSEEN: OK", r[-1].split()[1] == "OK", r)
+        want = "pseen Team guid=%s user=bob seen=1 time=1000" % mg
+        d1 = n2.dump("alice")
+        R.check("the record is held", want in d1, d1)
+        r = p.command("PSEEN bob %s 1 2 1000 ORIGIN 1 EPOCH %d" % (mg, e))
+        R.check("the same line again: OK, nothing changes",
+                r[-1].split()[1] == "OK" and n2.dump("alice") == d1, r)
+        r = p.command("PSEEN bob %s 0 1 900 ORIGIN 1 EPOCH %d" % (mg, e))
+        R.check("an older record (lower modseq): OK, nothing changes",
+                r[-1].split()[1] == "OK" and n2.dump("alice") == d1, r)
+        r = p.command("PSEEN carol %s 1 3 1100 ORIGIN 1 EPOCH %d" % (other, e))
+        R.check("a record of a GUID the mailbox does not hold: OK",
+                r[-1].split()[1] == "OK", r)
+        d2 = n2.dump("alice")
+        R.check("... and kept", "guid=%s user=carol seen=1" % other in d2, d2)
+        R.check("node 2 still runs", n2.running())
+    finally:
+        if p is not None:
+            p.close()
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report in the hostile-peer cluster", not reps, reps)
+
+
 SECTIONS = [
     ("setup", t_setup),
     ("each their own", t_each_their_own),
@@ -313,6 +434,8 @@ SECTIONS = [
     ("condstore", t_condstore),
     ("partition and heal", t_partition_and_heal),
     ("full resync", t_full_resync),
+    ("bundles carry no one else's records", t_bundles_carry_no_one_elses_records),
+    ("a hostile peer's PSEEN lines", t_hostile_peer),
 ]
 
 
