@@ -20,6 +20,8 @@ and `starling dump` only:
     \\Seen on both sides (the same messages too): after the heal every node
     shows, per user and message, the later change, and the dumps are equal;
     a `starling resync --full` afterwards changes nothing;
+  - with both replicas stopped, a \\Seen change on the master is not
+    answered until one runs again (sync_replicas = 1 counts PSEEN acks);
   - bundles do not carry records yet: a bundle of alice (the owner), bob or
     carol holds no PSEEN line, and importing alice's on node 3 leaves its
     records as they were (a guard: SPEC 7.7 "Bundles" is not built);
@@ -33,6 +35,7 @@ Waits are bounded (CONVERGE seconds).  The last line is
 import os
 import re
 import sys
+import threading
 import time
 import zlib
 
@@ -314,6 +317,53 @@ def t_full_resync():
             took is not None and d.get(1) == before, d)
 
 
+def t_sync_replicas_counts_records():
+    """sync_replicas = 1 (the default): bob's \\Seen change made on the
+    master (node 1) is not answered while both replicas are stopped
+    (SIGSTOP, links up): the PSEEN lines wait for an acknowledgement like
+    any change; it is answered once one replica runs again."""
+    n1, n2, n3 = CLUSTER.nodes
+    b = login(n1, "bob")
+    r = b.command("SELECT", quote(SHARED))
+    R.check("bob SELECTs on node 1", r.ok, r)
+    done = {}
+
+    def storer():
+        try:
+            done["r"] = b.command("UID", "STORE", "3", "+FLAGS", r"(\Seen)")
+        except Exception as e:  # noqa: BLE001
+            done["r"] = str(e)
+        done["t"] = time.monotonic()
+
+    for n in (n2, n3):
+        n.pause()
+    early = True
+    t_resume = None
+    try:
+        th = threading.Thread(target=storer, daemon=True)
+        th.start()
+        th.join(1.0)
+        early = "t" in done
+        R.check("with both replicas stopped the STORE is not answered within 1 s",
+                not early, done.get("r"))
+        n2.resume()
+        t_resume = time.monotonic()
+        th.join(10)
+    finally:
+        for n in (n2, n3):
+            n.resume()
+    R.check("answered OK once one replica runs again",
+            "t" in done and t_resume is not None and not isinstance(done["r"], str) and
+            done["r"].ok, done.get("r"))
+    if "t" in done and t_resume is not None and not early:
+        print("measured: answered %.2f s after a replica resumed" % (done["t"] - t_resume))
+    b.logout()
+    want = {"alice": {5}, "bob": {1, 2, 3, 6}, "carol": {4, 5}}
+    R.check("bob's UID 3 shows on every node",
+            wait_for(lambda: not views_everywhere(want), CONVERGE) is not None,
+            views_everywhere(want))
+
+
 def bundle_stream(path):
     """The inflated command stream of a bundle file (SPEC.md 11.1)."""
     with open(path, "rb") as f:
@@ -434,6 +484,7 @@ SECTIONS = [
     ("condstore", t_condstore),
     ("partition and heal", t_partition_and_heal),
     ("full resync", t_full_resync),
+    ("sync_replicas counts the records' acknowledgements", t_sync_replicas_counts_records),
     ("bundles carry no one else's records", t_bundles_carry_no_one_elses_records),
     ("a hostile peer's PSEEN lines", t_hostile_peer),
 ]
