@@ -459,7 +459,7 @@ int proto_read_seen_of(const struct proto_cmd *cmd, size_t npos, const char **us
 #define PROTO_CMDF_OPT_STAMPS 0x80          /* accepts STAMPS (<flag> <modseq> <ms> ...): SPEC 10.3 */
 #define PROTO_CMDF_OPT_BY 0x100             /* accepts BY USER: a user's expunge (SPEC 8.6) */
 #define PROTO_CMDF_OPT_REQ 0x200            /* accepts REQ <sid>.<n>: a request's identity (SPEC 6.4) */
-#define PROTO_CMDF_OPT_SEEN_OF 0x400        /* accepts SEEN-OF <user>: private \Seen (SPEC 7.7) */
+#define PROTO_CMDF_OPT_SEEN_OF 0x800        /* accepts SEEN-OF <user>: private \Seen (SPEC 7.7) */
 #define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
 
