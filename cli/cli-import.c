@@ -1612,13 +1612,7 @@ static int imc_examine(struct imc *c, struct im_mailbox *mb, const char *remote,
 {
 	struct buf resp = BUF_INIT;
 	struct buf q = BUF_INIT;
-	buf_append_byte(&q, '"');
-	for (const char *p = remote; *p != '\0'; p++) {
-		if (*p == '"' || *p == '\\')
-			buf_append_byte(&q, '\\');
-		buf_append_byte(&q, (unsigned char)*p);
-	}
-	buf_append_byte(&q, '"');
+	buf_append_quoted(&q, remote, strlen(remote));
 	int ret = imc_send(c, "EXAMINE %.*s", (int)q.len, (const char *)q.data);
 	uint32_t uv = 0, un = 0, ex = 0;
 	while (ret == 0) {
@@ -1815,13 +1809,7 @@ static char *read_password(void)
 
 static void quote_into(struct buf *b, const char *s)
 {
-	buf_append_byte(b, '"');
-	for (; *s != '\0'; s++) {
-		if (*s == '"' || *s == '\\')
-			buf_append_byte(b, '\\');
-		buf_append_byte(b, (unsigned char)*s);
-	}
-	buf_append_byte(b, '"');
+	buf_append_quoted(b, s, strlen(s));
 }
 
 /* LIST or LSUB: the names, converted to Starling's '/' hierarchy. */

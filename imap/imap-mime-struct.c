@@ -34,13 +34,7 @@ void mime_append_string_n(struct buf *out, const unsigned char *p, size_t len)
 		}
 		return;
 	}
-	buf_append_byte(out, '"');
-	for (size_t i = 0; i < len; i++) {
-		if (p[i] == '"' || p[i] == '\\')
-			buf_append_byte(out, '\\');
-		buf_append_byte(out, p[i]);
-	}
-	buf_append_byte(out, '"');
+	buf_append_quoted(out, p, len);
 }
 
 void mime_append_nstring(struct buf *out, const char *s)
@@ -380,13 +374,7 @@ static void phrase_add(struct buf *phrase, const struct buf *word, bool space_be
 static void raw_add(struct buf *b, enum addr_tok t, const struct buf *tok)
 {
 	if (t == ATOK_QUOTED) {
-		buf_append_byte(b, '"');
-		for (size_t i = 0; i < tok->len; i++) {
-			if (tok->data[i] == '"' || tok->data[i] == '\\')
-				buf_append_byte(b, '\\');
-			buf_append_byte(b, tok->data[i]);
-		}
-		buf_append_byte(b, '"');
+		buf_append_quoted(b, tok->data, tok->len);
 	} else {
 		buf_append(b, tok->data, tok->len);
 	}

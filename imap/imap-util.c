@@ -59,13 +59,7 @@ static bool quote_safe(const char *s, size_t len)
 static void append_quoted_or_literal(struct buf *out, const char *s, size_t len)
 {
 	if (quote_safe(s, len)) {
-		buf_append_byte(out, '"');
-		for (size_t i = 0; i < len; i++) {
-			if (s[i] == '"' || s[i] == '\\')
-				buf_append_byte(out, '\\');
-			buf_append_byte(out, (unsigned char)s[i]);
-		}
-		buf_append_byte(out, '"');
+		buf_append_quoted(out, s, len);
 	} else {
 		buf_appendf(out, "{%zu}\r\n", len);
 		buf_append(out, s, len);

@@ -70,6 +70,21 @@ void buf_append_byte(struct buf *b, unsigned char c)
 	buf_append(b, &c, 1);
 }
 
+void buf_append_quoted(struct buf *b, const void *s, size_t len)
+{
+	const unsigned char *p = s;
+	unsigned char *dst = buf_reserve(b, 2 * len + 2);
+	size_t n = 0;
+	dst[n++] = '"';
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] == '"' || p[i] == '\\')
+			dst[n++] = '\\';
+		dst[n++] = p[i];
+	}
+	dst[n++] = '"';
+	buf_commit(b, n);
+}
+
 void buf_vappendf(struct buf *b, const char *fmt, va_list ap)
 {
 	va_list ap2;

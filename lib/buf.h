@@ -36,6 +36,10 @@ void buf_commit(struct buf *b, size_t n);
 void buf_append(struct buf *b, const void *p, size_t n);
 void buf_append_str(struct buf *b, const char *s);
 void buf_append_byte(struct buf *b, unsigned char c);
+/* s[0..len) as a quoted string, '"' and '\\' escaped by a backslash (the
+ * quoted strings of IMAP and of the replication protocol).  The caller
+ * makes sure s has no byte the grammar at hand forbids (CR, LF, NUL). */
+void buf_append_quoted(struct buf *b, const void *s, size_t len);
 void buf_appendf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_vappendf(struct buf *b, const char *fmt, va_list ap);
 /* Big-endian integers, as used in storage keys. */

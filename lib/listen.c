@@ -9,6 +9,8 @@
 
 #include "lib/xalloc.h"
 
+#define LISTEN_BACKLOG 128
+
 int listen_tcp(const struct config_addr *addr, char **error_r)
 {
 	struct addrinfo hints, *res = NULL;
@@ -23,22 +25,28 @@ int listen_tcp(const struct config_addr *addr, char **error_r)
 		*error_r = xasprintf("%s:%u: %s", addr->host, addr->port, gai_strerror(r));
 		return -1;
 	}
-	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		*error_r = xasprintf("socket: %s", strerror(errno));
+	/* A name may resolve to an address family the host lacks (IPv6
+	 * first on a host without it): the first address that binds wins. */
+	int err = 0;
+	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			err = errno;
+			continue;
+		}
+		int one = 1;
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+			err = errno;
+			close(fd);
+			continue;
+		}
 		freeaddrinfo(res);
-		return -1;
-	}
-	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
-		*error_r = xasprintf("%s:%u: %s", addr->host, addr->port, strerror(errno));
-		close(fd);
-		freeaddrinfo(res);
-		return -1;
+		return fd;
 	}
 	freeaddrinfo(res);
-	return fd;
+	*error_r = xasprintf("%s:%u: %s", addr->host, addr->port, strerror(err));
+	return -1;
 }
 
 int listen_accept(int fd, struct sockaddr_storage *ss)

@@ -1,4 +1,4 @@
-/* A listening TCP socket, as the IMAP and LMTP servers open theirs. */
+/* Listening TCP sockets: IMAP, LMTP, the replication links and metrics. */
 #ifndef LIB_LISTEN_H
 #define LIB_LISTEN_H
 
@@ -6,10 +6,11 @@
 
 #include "lib/config.h"
 
-/* Binds addr (a host name or address, and port) and listens on it, non-
- * blocking and close-on-exec, with SO_REUSEADDR so that a restarted node
- * does not wait out TIME_WAIT.  Returns the fd, or -1 with *error_r
- * ("host:port: reason", or "socket: reason"; the caller frees it). */
+/* Binds addr (a host name or address, and port: the first of its
+ * addresses that binds) and listens on it, non-blocking and close-on-exec,
+ * with SO_REUSEADDR so that a restarted node does not wait out TIME_WAIT.
+ * Returns the fd, or -1 with *error_r ("host:port: reason"; the caller
+ * frees it). */
 int listen_tcp(const struct config_addr *addr, char **error_r);
 
 /* What listen_accept() returns instead of a connection. */

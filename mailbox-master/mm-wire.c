@@ -9,9 +9,6 @@
 #include "lib/str.h"
 #include "mailbox-master/mm-private.h"
 
-/* Longest line mm_msg_write() produces: LINKS with MM_MAX_NODES SIDs or a
- * quoted key with every byte escaped, well below SPEC.md's line limit. */
-#define MM_WIRE_MAX_ARGS 16
 
 static const char *const reason_names[] = { NULL, "REFUSED", "LOOP", "HOPS" };
 
@@ -20,91 +17,131 @@ static bool atom_char(unsigned char c)
 	return c > 0x20 && c < 0x7f && strchr("(){}\"[]", c) == NULL;
 }
 
-static void write_key(struct buf *out, const char *key)
+static bool is_atom(const char *s, size_t len)
 {
-	bool atom = true;
-	for (const char *p = key; *p != '\0'; p++)
-		atom = atom && atom_char((unsigned char)*p);
-	if (atom) {
-		buf_append_str(out, key);
-		return;
+	for (size_t i = 0; i < len; i++) {
+		if (!atom_char((unsigned char)s[i]))
+			return false;
 	}
-	buf_append_byte(out, '"');
-	for (const char *p = key; *p != '\0'; p++) {
-		if (*p == '"' || *p == '\\')
-			buf_append_byte(out, '\\');
-		buf_append_byte(out, (unsigned char)*p);
-	}
-	buf_append_byte(out, '"');
+	return true;
 }
 
-static void write_sids(struct buf *out, const uint32_t *sids, uint32_t n)
+/* The arguments are built as NUL-separated strings in out: their offsets
+ * until out stops growing, then pointers. */
+struct arg_builder {
+	struct buf *out;
+	size_t off[MM_MSG_MAX_ARGS];
+	size_t n;
+};
+
+static void arg_begin(struct arg_builder *b)
 {
-	if (n == 0) {
-		buf_append_byte(out, '-');
-		return;
-	}
+	b->off[b->n++] = b->out->len;
+}
+
+static void arg_end(struct arg_builder *b)
+{
+	buf_append_byte(b->out, '\0');
+}
+
+static void arg_fmt_u64(struct arg_builder *b, uint64_t v)
+{
+	arg_begin(b);
+	buf_appendf(b->out, "%llu", (unsigned long long)v);
+	arg_end(b);
+}
+
+static void arg_str(struct arg_builder *b, const char *s)
+{
+	arg_begin(b);
+	buf_append_str(b->out, s);
+	arg_end(b);
+}
+
+static void arg_sids(struct arg_builder *b, const uint32_t *sids, uint32_t n)
+{
+	arg_begin(b);
+	if (n == 0)
+		buf_append_byte(b->out, '-');
 	for (uint32_t i = 0; i < n; i++)
-		buf_appendf(out, "%s%u", i == 0 ? "" : ",", sids[i]);
+		buf_appendf(b->out, "%s%u", i == 0 ? "" : ",", sids[i]);
+	arg_end(b);
 }
 
-void mm_msg_write(const struct mm_msg *msg, struct buf *out)
+size_t mm_msg_args(const struct mm_msg *msg, struct buf *out, struct mm_arg args[MM_MSG_MAX_ARGS])
 {
-	buf_append_str(out, mm_msg_type_name(msg->type));
+	struct arg_builder b = { out, { 0 }, 0 };
+	arg_str(&b, mm_msg_type_name(msg->type));
 	if (msg->type == MM_MSG_LINKS) {
-		buf_appendf(out, " %u %llu %llu ", msg->src,
-			    (unsigned long long)msg->version, (unsigned long long)msg->epoch);
-		write_sids(out, msg->nbrs, msg->n_nbrs);
-		return;
+		arg_fmt_u64(&b, msg->src);
+		arg_fmt_u64(&b, msg->version);
+		arg_fmt_u64(&b, msg->epoch);
+		arg_sids(&b, msg->nbrs, msg->n_nbrs);
+	} else {
+		arg_fmt_u64(&b, msg->src);
+		arg_fmt_u64(&b, msg->dst);
+		arg_fmt_u64(&b, msg->ttl);
+		arg_fmt_u64(&b, msg->epoch);
+		if (msg->type >= MM_MSG_WHO && msg->type <= MM_MSG_MOVE_FAIL)
+			arg_str(&b, msg->gkey);
 	}
-	buf_appendf(out, " %u %u %u %llu", msg->src, msg->dst, msg->ttl,
-		    (unsigned long long)msg->epoch);
 	switch (msg->type) {
-	case MM_MSG_WHO:
-		buf_append_byte(out, ' ');
-		write_key(out, msg->gkey);
-		break;
 	case MM_MSG_IS:
-		buf_append_byte(out, ' ');
-		write_key(out, msg->gkey);
-		buf_appendf(out, " %u %llu", msg->master, (unsigned long long)msg->gen);
+		arg_fmt_u64(&b, msg->master);
+		arg_fmt_u64(&b, msg->gen);
 		break;
 	case MM_MSG_MOVE:
-		buf_append_byte(out, ' ');
-		write_key(out, msg->gkey);
-		buf_appendf(out, " %u ", msg->requester);
-		write_sids(out, msg->path, msg->n_path);
-		buf_appendf(out, " %s %u", msg->soft ? "SOFT" : "FORCE", msg->rate);
+		arg_fmt_u64(&b, msg->requester);
+		arg_sids(&b, msg->path, msg->n_path);
+		arg_str(&b, msg->soft ? "SOFT" : "FORCE");
+		arg_fmt_u64(&b, msg->rate);
 		break;
 	case MM_MSG_RELEASE:
-		buf_append_byte(out, ' ');
-		write_key(out, msg->gkey);
-		buf_appendf(out, " %u %llu ", msg->requester, (unsigned long long)msg->gen);
-		write_sids(out, msg->path, msg->n_path);
+		arg_fmt_u64(&b, msg->requester);
+		arg_fmt_u64(&b, msg->gen);
+		arg_sids(&b, msg->path, msg->n_path);
 		break;
 	case MM_MSG_MOVE_FAIL:
-		buf_append_byte(out, ' ');
-		write_key(out, msg->gkey);
-		buf_appendf(out, " %u %u %s", msg->requester, msg->master,
-			    msg->reason >= MM_FAIL_REFUSED && msg->reason <= MM_FAIL_HOPS ?
-			    reason_names[msg->reason] : "?");
+		arg_fmt_u64(&b, msg->requester);
+		arg_fmt_u64(&b, msg->master);
+		arg_str(&b, msg->reason >= MM_FAIL_REFUSED && msg->reason <= MM_FAIL_HOPS ?
+				    reason_names[msg->reason] : "?");
 		break;
 	default:
 		break;
 	}
+	for (size_t i = 0; i < b.n; i++) {
+		args[i].str = (const char *)out->data + b.off[i];
+		args[i].len = strlen(args[i].str);
+		args[i].quoted = false;
+	}
+	return b.n;
+}
+
+void mm_msg_write(const struct mm_msg *msg, struct buf *out)
+{
+	struct buf tmp = BUF_INIT;
+	struct mm_arg args[MM_MSG_MAX_ARGS];
+	size_t n = mm_msg_args(msg, &tmp, args);
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			buf_append_byte(out, ' ');
+		/* Only a key can need quotes (an empty one is written as
+		 * nothing, and refused by mm_msg_validate() anyway). */
+		if (is_atom(args[i].str, args[i].len))
+			buf_append(out, args[i].str, args[i].len);
+		else
+			buf_append_quoted(out, args[i].str, args[i].len);
+	}
+	buf_free(&tmp);
 }
 
 /* ---- parsing ---- */
 
-struct arg {
-	const char *p;
-	size_t len;
-	bool quoted;
-};
-
 /* Splits line into at most max arguments: atoms, or quoted strings with
- * \" and \\ escapes.  Exactly one SP between arguments. */
-static int split(const char *line, size_t len, struct arg *args, size_t max,
+ * \" and \\ escapes, whose bytes go unescaped to scratch (len bytes at
+ * least).  Exactly one SP between arguments. */
+static int split(const char *line, size_t len, char *scratch, struct mm_arg *args, size_t max,
 		 size_t *n_r, const char **error_r)
 {
 	size_t i = 0, n = 0;
@@ -114,9 +151,10 @@ static int split(const char *line, size_t len, struct arg *args, size_t max,
 			*error_r = "too many arguments";
 			return -1;
 		}
-		struct arg *a = &args[n++];
+		struct mm_arg *a = &args[n++];
 		if (line[i] == '"') {
-			size_t start = ++i;
+			char *dst = scratch;
+			i++;
 			while (i < len && line[i] != '"') {
 				if (line[i] == '\\') {
 					if (i + 1 >= len || (line[i + 1] != '"' && line[i + 1] != '\\')) {
@@ -128,14 +166,15 @@ static int split(const char *line, size_t len, struct arg *args, size_t max,
 					*error_r = "control character in quoted string";
 					return -1;
 				}
+				*scratch++ = line[i];
 				i++;
 			}
 			if (i >= len) {
 				*error_r = "unterminated quoted string";
 				return -1;
 			}
-			a->p = line + start;
-			a->len = i - start;
+			a->str = dst;
+			a->len = (size_t)(scratch - dst);
 			a->quoted = true;
 			i++;
 		} else {
@@ -146,7 +185,7 @@ static int split(const char *line, size_t len, struct arg *args, size_t max,
 				*error_r = "bad character";
 				return -1;
 			}
-			a->p = line + start;
+			a->str = line + start;
 			a->len = i - start;
 			a->quoted = false;
 		}
@@ -162,14 +201,14 @@ static int split(const char *line, size_t len, struct arg *args, size_t max,
 	return 0;
 }
 
-static int arg_u64(const struct arg *a, uint64_t max, uint64_t *v_r)
+static int arg_u64(const struct mm_arg *a, uint64_t max, uint64_t *v_r)
 {
-	if (a->quoted || (a->len > 1 && a->p[0] == '0'))
+	if (a->quoted || (a->len > 1 && a->str[0] == '0'))
 		return -1;
-	return str_to_u64_n(a->p, a->len, max, v_r);
+	return str_to_u64_n(a->str, a->len, max, v_r);
 }
 
-static int arg_u32(const struct arg *a, uint32_t *v_r)
+static int arg_u32(const struct mm_arg *a, uint32_t *v_r)
 {
 	uint64_t v;
 	if (arg_u64(a, UINT32_MAX, &v) < 0)
@@ -178,19 +217,19 @@ static int arg_u32(const struct arg *a, uint32_t *v_r)
 	return 0;
 }
 
-static int arg_sids(const struct arg *a, uint32_t *sids, uint32_t max, uint32_t *n_r)
+static int arg_sid_list(const struct mm_arg *a, uint32_t *sids, uint32_t max, uint32_t *n_r)
 {
 	*n_r = 0;
 	if (a->quoted)
 		return -1;
-	if (a->len == 1 && a->p[0] == '-')
+	if (a->len == 1 && a->str[0] == '-')
 		return 0;
 	size_t i = 0;
 	while (i <= a->len) {
 		size_t start = i;
-		while (i < a->len && a->p[i] != ',')
+		while (i < a->len && a->str[i] != ',')
 			i++;
-		struct arg one = { a->p + start, i - start, false };
+		struct mm_arg one = { a->str + start, i - start, false };
 		if (*n_r >= max || one.len == 0 || arg_u32(&one, &sids[*n_r]) < 0)
 			return -1;
 		(*n_r)++;
@@ -199,39 +238,42 @@ static int arg_sids(const struct arg *a, uint32_t *sids, uint32_t max, uint32_t 
 	return 0;
 }
 
-static int arg_key(const struct arg *a, char *out)
+static int arg_key(const struct mm_arg *a, char *out)
 {
-	size_t o = 0;
-	for (size_t i = 0; i < a->len; i++) {
-		if (a->quoted && a->p[i] == '\\')
-			i++;
-		if (o >= MM_GKEY_MAX)
-			return -1;
-		out[o++] = a->p[i];
-	}
-	out[o] = '\0';
+	if (a->len > MM_GKEY_MAX || memchr(a->str, '\0', a->len) != NULL)
+		return -1;
+	memcpy(out, a->str, a->len);
+	out[a->len] = '\0';
 	return 0;
 }
 
-static bool arg_is(const struct arg *a, const char *s)
+static bool arg_is(const struct mm_arg *a, const char *s)
 {
-	return !a->quoted && a->len == strlen(s) && memcmp(a->p, s, a->len) == 0;
+	return !a->quoted && a->len == strlen(s) && memcmp(a->str, s, a->len) == 0;
 }
 
 int mm_msg_parse(const char *line, size_t len, struct mm_msg *msg_r, const char **error_r)
 {
-	struct arg a[MM_WIRE_MAX_ARGS];
+	struct mm_arg a[MM_MSG_MAX_ARGS];
+	char scratch[MM_WIRE_MAX_LINE];
 	size_t n;
-	uint64_t v;
-	int type = 0;
 
 	memset(msg_r, 0, sizeof(*msg_r));
 	if (len > MM_WIRE_MAX_LINE) {
 		*error_r = "line too long";
 		return -1;
 	}
-	if (split(line, len, a, MM_WIRE_MAX_ARGS, &n, error_r) < 0)
+	if (split(line, len, scratch, a, MM_MSG_MAX_ARGS, &n, error_r) < 0)
 		return -1;
+	return mm_msg_from_args(a, n, msg_r, error_r);
+}
+
+int mm_msg_from_args(const struct mm_arg *a, size_t n, struct mm_msg *msg_r, const char **error_r)
+{
+	uint64_t v;
+	int type = 0;
+
+	memset(msg_r, 0, sizeof(*msg_r));
 	if (n == 0) {
 		*error_r = "empty line";
 		return -1;
@@ -250,7 +292,7 @@ int mm_msg_parse(const char *line, size_t len, struct mm_msg *msg_r, const char 
 		if (n != 5 || arg_u32(&a[1], &msg_r->src) < 0 ||
 		    arg_u64(&a[2], UINT64_MAX, &msg_r->version) < 0 ||
 		    arg_u64(&a[3], UINT64_MAX, &msg_r->epoch) < 0 ||
-		    arg_sids(&a[4], msg_r->nbrs, MM_MAX_NODES, &msg_r->n_nbrs) < 0)
+		    arg_sid_list(&a[4], msg_r->nbrs, MM_MAX_NODES, &msg_r->n_nbrs) < 0)
 			return -1;
 		return mm_msg_validate(msg_r, error_r);
 	}
@@ -273,7 +315,7 @@ int mm_msg_parse(const char *line, size_t len, struct mm_msg *msg_r, const char 
 		break;
 	case MM_MSG_MOVE:
 		if (arg_u32(&a[6], &msg_r->requester) < 0 ||
-		    arg_sids(&a[7], msg_r->path, MM_MOVE_MAX_HOPS, &msg_r->n_path) < 0 ||
+		    arg_sid_list(&a[7], msg_r->path, MM_MOVE_MAX_HOPS, &msg_r->n_path) < 0 ||
 		    !(arg_is(&a[8], "SOFT") || arg_is(&a[8], "FORCE")) ||
 		    arg_u64(&a[9], UINT32_MAX, &v) < 0)
 			return -1;
@@ -283,7 +325,7 @@ int mm_msg_parse(const char *line, size_t len, struct mm_msg *msg_r, const char 
 	case MM_MSG_RELEASE:
 		if (arg_u32(&a[6], &msg_r->requester) < 0 ||
 		    arg_u64(&a[7], UINT64_MAX, &msg_r->gen) < 0 ||
-		    arg_sids(&a[8], msg_r->path, MM_MOVE_MAX_HOPS, &msg_r->n_path) < 0)
+		    arg_sid_list(&a[8], msg_r->path, MM_MOVE_MAX_HOPS, &msg_r->n_path) < 0)
 			return -1;
 		break;
 	case MM_MSG_MOVE_FAIL:

@@ -143,6 +143,26 @@ void mm_msg_write(const struct mm_msg *msg, struct buf *out);
  * *error_r set to a static string. */
 int mm_msg_parse(const char *line, size_t len, struct mm_msg *msg_r, const char **error_r);
 
+/* The same message as its arguments, as the replicator carries it in a
+ * `<tag> MM` command: SPEC.md's writer and parser do the quoting, so
+ * nothing is written to text and lexed again.  str is not NUL-terminated;
+ * quoted tells a quoted string (only a key may be one) from an atom, and
+ * its bytes are unescaped. */
+#define MM_MSG_MAX_ARGS 16
+struct mm_arg {
+	const char *str;
+	size_t len;
+	bool quoted;
+};
+/* The arguments of msg; their bytes are appended to out, which must not
+ * change while args are used.  Returns their count. */
+size_t mm_msg_args(const struct mm_msg *msg, struct buf *out, struct mm_arg args[MM_MSG_MAX_ARGS]);
+/* Reads a message from n arguments (hostile: bounded and checked like a
+ * line).  Returns 0 with *msg_r filled and valid, or -1 with *error_r set
+ * to a static string. */
+int mm_msg_from_args(const struct mm_arg *args, size_t n, struct mm_msg *msg_r,
+		     const char **error_r);
+
 enum mm_event_type {
 	MM_EV_ROOT = 1,        /* root is now `sid` at `epoch` (this node joined it) */
 	MM_EV_MASTER,          /* master of gkey is now `sid` at `epoch` */

@@ -41,7 +41,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "ACL-PUT", "sgssn", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "SAVE", "dumgfT",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_STAMPS |
-		  PROTO_CMDF_OPT_REQ },
+		  PROTO_CMDF_OPT_REQ | PROTO_CMDF_OPT_HOLDER },
 	{ "COPY", "iigumdf",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_REQ },
 	{ "EXPUNGE", "Sm",
@@ -292,7 +292,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
 	bool seen_guids = false, seen_stamps = false, seen_epoch = false, seen_by = false;
-	bool seen_req = false, seen_seen_of = false;
+	bool seen_req = false, seen_holder = false, seen_seen_of = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -349,6 +349,10 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			seen_seen_of = true;
 			ok = (val->type == PROTO_ARG_ATOM || val->type == PROTO_ARG_QUOTED) &&
 			     proto_arg_str(val, &u, &ulen) == 0 && proto_user_name_valid(u, ulen);
+		} else if (strcasecmp(key->str, "HOLDER") == 0 && !seen_holder &&
+			   (info->flags & PROTO_CMDF_OPT_HOLDER) != 0) {
+			seen_holder = true;
+			ok = check_arg('i', val);
 		} else if (strcasecmp(key->str, "STAMPS") == 0 && !seen_stamps &&
 			   (info->flags & PROTO_CMDF_OPT_STAMPS) != 0) {
 			seen_stamps = true;
@@ -366,6 +370,11 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 				    info->name, i + 2);
 		i += 2;
 	}
+	if (seen_holder && seen_origin)
+		/* A holder promises to hold a request's change; a change
+		 * already made (ORIGIN) has none (SPEC 8.8). */
+		return fail(errbuf, sizeof(errbuf), error_r, "%s: HOLDER with ORIGIN%.0zu", info->name,
+			    0);
 	*npos_r = npos;
 	return 0;
 }
@@ -382,6 +391,7 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_BY) != 0 && strcasecmp(key, "BY") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_REQ) != 0 && strcasecmp(key, "REQ") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_SEEN_OF) != 0 && strcasecmp(key, "SEEN-OF") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_HOLDER) != 0 && strcasecmp(key, "HOLDER") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0);
 }
 

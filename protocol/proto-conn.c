@@ -606,6 +606,11 @@ bool proto_conn_is_congested(const struct proto_conn *conn)
 	return conn->congested;
 }
 
+struct proto_parser *proto_conn_parser(struct proto_conn *conn)
+{
+	return conn->parser;
+}
+
 /* ------------------------------------------------------------------ */
 /* TLS */
 

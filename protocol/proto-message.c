@@ -60,6 +60,25 @@ void proto_save_free(struct proto_save *s)
 	proto_flags_free(&s->f);
 }
 
+int proto_save_holder(const struct proto_cmd *cmd, size_t npos, uint32_t *sid_r)
+{
+	*sid_r = 0;
+	const struct proto_arg *h = proto_cmd_option(cmd, npos, "HOLDER");
+	if (h == NULL)
+		return 0;
+	uint32_t sid;
+	if (proto_arg_u32(h, &sid) < 0 || sid == 0 || proto_cmd_option(cmd, npos, "ORIGIN") != NULL)
+		return -1;
+	*sid_r = sid;
+	return 0;
+}
+
+void proto_wr_holder(struct proto_wr *w, uint32_t sid)
+{
+	proto_wr_atom(w, "HOLDER");
+	proto_wr_u64(w, sid);
+}
+
 void proto_wr_save(struct proto_wr *w, const struct proto_save *s)
 {
 	proto_wr_date(w, s->date, s->tz);

@@ -71,16 +71,7 @@ void proto_wr_str(struct proto_wr *w, const void *s, size_t len)
 		buf_append(w->out, p, len);
 	} else if (quotable(p, len)) {
 		sep(w);
-		unsigned char *dst = buf_reserve(w->out, 2 * len + 2);
-		size_t n = 0;
-		dst[n++] = '"';
-		for (size_t i = 0; i < len; i++) {
-			if (p[i] == '"' || p[i] == '\\')
-				dst[n++] = '\\';
-			dst[n++] = p[i];
-		}
-		dst[n++] = '"';
-		buf_commit(w->out, n);
+		buf_append_quoted(w->out, p, len);
 	} else {
 		proto_wr_literal(w, p, len);
 	}

@@ -140,6 +140,17 @@ enum proto_parse_error proto_parser_get_error(const struct proto_parser *p,
  * of the current line or was taken already. */
 unsigned char *proto_parser_steal_literal(struct proto_parser *p, const struct proto_arg *arg);
 
+/* A parsed line kept past its parser's next call (a command that waits
+ * until its receiver is free), so that it need not be written back to
+ * text and parsed again.  The copy owns its tag, name, text and arguments;
+ * its literals are taken from p when p is the parser that returned cmd
+ * (a held SAVE's text is not copied), copied otherwise (p NULL).  Free it
+ * with proto_cmd_kept_free(). */
+struct proto_cmd *proto_cmd_keep(const struct proto_cmd *cmd, struct proto_parser *p);
+/* Bytes a kept line holds, literals included (for the holder's bounds). */
+size_t proto_cmd_kept_size(const struct proto_cmd *kept);
+void proto_cmd_kept_free(struct proto_cmd **cmdp);
+
 /* ------------------------------------------------------------------ */
 /* Writer: appends one line at a time to a buffer. */
 
@@ -310,6 +321,14 @@ enum proto_save_rule {
 int proto_read_save(const struct proto_cmd *cmd, enum proto_save_rule rule,
 		    struct proto_save *s_r, const char **error_r);
 void proto_save_free(struct proto_save *s);
+/* The HOLDER option of a validated SAVE (SPEC 8.8): the node that took the
+ * client's command promises to hold the change before its client hears OK.
+ * 0 with *sid_r = 0 when absent, 0 with the SID (never 0), or -1 when
+ * malformed (not a nonzero 32-bit number, or with ORIGIN: a change already
+ * made has no holder).  proto_cmd_validate() refuses the same. */
+int proto_save_holder(const struct proto_cmd *cmd, size_t npos, uint32_t *sid_r);
+/* Writes " HOLDER <sid>" after a SAVE's arguments; sid must not be 0. */
+void proto_wr_holder(struct proto_wr *w, uint32_t sid);
 /* Writes the six arguments after the caller's "TAG SAVE" (options, such as
  * STAMPS, follow). */
 void proto_wr_save(struct proto_wr *w, const struct proto_save *s);
@@ -461,6 +480,7 @@ int proto_read_seen_of(const struct proto_cmd *cmd, size_t npos, const char **us
 #define PROTO_CMDF_OPT_REQ 0x200            /* accepts REQ <sid>.<n>: a request's identity (SPEC 6.4) */
 #define PROTO_CMDF_OPT_SEEN_OF 0x800        /* accepts SEEN-OF <user>: private \Seen (SPEC 7.7) */
 #define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
+#define PROTO_CMDF_OPT_HOLDER 0x400         /* accepts HOLDER <sid>: the originator holds it (SPEC 8.8) */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
 
 struct proto_cmd_info {
@@ -592,6 +612,10 @@ bool proto_conn_is_compressed(const struct proto_conn *conn);
 size_t proto_conn_output_size(const struct proto_conn *conn);
 /* True while output is above the high-water mark. */
 bool proto_conn_is_congested(const struct proto_conn *conn);
+/* The parser of the link's input.  Inside the command() callback its
+ * current line is the command passed: a receiver that keeps the command
+ * takes its literals from it (proto_cmd_keep()). */
+struct proto_parser *proto_conn_parser(struct proto_conn *conn);
 
 /* Starts a command with a fresh tag: returns a writer with "TAG NAME"
  * written; add arguments, then call proto_conn_cmd_send().  Only one line

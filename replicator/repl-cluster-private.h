@@ -47,6 +47,9 @@
 /* Under-replicated changes remembered one by one; past this many only the
  * highest is kept, with a count. */
 #define CL_UNDER_MAX 65536u
+/* Holders' promises (SPEC 8.8) checked one by one; while this many are
+ * open a new request's holder is not counted (it waits as without it). */
+#define CL_PROMISE_MAX 4096u
 /* A user whose changes a peer lacks is resynced with it again after this
  * long at first, doubling up to CL_UNHELD_RETRY_MAX_S. */
 #define CL_UNHELD_RETRY_S 2u
@@ -162,6 +165,9 @@ struct cl_peer {
 	uint64_t catchup_until;
 	/* Users written autonomously while this peer could not be asked. */
 	stor_string_list dirty_users;
+	/* link_gen + 1 once a SAVE with HOLDER got BAD [ARGS] on this link
+	 * (a master or relay of an earlier build, SPEC 8.8): sent without. */
+	uint64_t holder_refused_gen;
 };
 
 struct cl_inflight {
@@ -172,6 +178,15 @@ struct cl_inflight {
 /* A change answered while fewer than sync_replicas peers held it. */
 struct cl_under {
 	uint64_t seq;
+	char *user;
+};
+
+/* A change answered HELD (SPEC 8.8): counted with its holder's promise,
+ * which the holder's stream should confirm within CL_ACK_WAIT_MS. */
+struct cl_promise {
+	uint64_t seq;
+	uint64_t since_ms;             /* clock_mono_ms() when answered */
+	uint32_t holder;
 	char *user;
 };
 
@@ -188,6 +203,10 @@ struct cl_waiter {
 	/* A mailbox-list change: it follows accept whatever degraded_writes
 	 * says (SPEC 8.6), so it also waits as accept does. */
 	bool list_change;
+	/* A forwarded SAVE's HOLDER (SPEC 8.8), or 0: counts as one copy of
+	 * this change.  held is set before done() when it was counted. */
+	uint32_t holder;
+	bool held;
 	void (*done)(struct cl_waiter *w);
 	void *ctx;
 };
@@ -213,8 +232,12 @@ struct repl_cluster {
 	 * under_more_upto (the highest). */
 	ARRAY(struct cl_under) under;
 	uint64_t under_more, under_more_upto;
+	/* Changes answered HELD whose holder's stream has not confirmed them
+	 * yet (SPEC 8.8), in answer order, at most CL_PROMISE_MAX. */
+	ARRAY(struct cl_promise) promises;
 	uint64_t autonomous_changes;   /* for status */
 	uint64_t forwarded_changes;
+	uint64_t forwarded_held;       /* of them SAVEs answered HELD (SPEC 8.8) */
 	/* Commands this node relays between two peers (SPEC.md 6.3 TO). */
 	struct cl_relay *relay_list;
 	size_t relay_count;
@@ -230,7 +253,6 @@ struct repl_cluster {
 	 * (a ring): a resent request gets the message it made (SPEC 6.4). */
 	struct cl_req_made *reqs;
 	size_t req_next;
-	uint64_t req_counter;          /* the n of this node's next REQ */
 	struct cl_barriers *barriers;  /* read barriers (repl-barrier.c) */
 };
 
@@ -325,15 +347,19 @@ struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid);
  * w->seq (seq 0: durability alone). */
 void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w);
 void cl_waiters_check(struct repl_cluster *cl);
-/* Forgets the under-replicated changes enough peers hold now. */
+/* Forgets the under-replicated changes enough peers hold now, and counts
+ * there the HELD changes whose holder did not confirm them in time. */
 void cl_under_check(struct repl_cluster *cl);
+void cl_promises_free(struct repl_cluster *cl);
 /* Healthy replicas now (SPEC.md 8.6): linked, not marked for a full
  * resync, no storage failure answered on this link, acknowledgements
  * flowing (nothing unanswered for longer than CL_ACK_WAIT_MS). */
 unsigned cl_replicas_healthy(struct repl_cluster *cl);
 /* degraded_writes = refuse and too few healthy replicas: a new change must
- * be refused before it is made. */
+ * be refused before it is made.  cl_must_refuse_holder(): the same, the
+ * request's holder (SPEC 8.8, 0: none) counted healthy. */
 bool cl_must_refuse(struct repl_cluster *cl);
+bool cl_must_refuse_holder(struct repl_cluster *cl, uint32_t holder);
 /* A resync of user with sid started, or found both sides equal. */
 void cl_stream_sync_event(struct repl_cluster *cl, enum repl_sync_peer_event ev, const char *user,
 			  uint32_t sid);
@@ -431,6 +457,10 @@ struct cl_append_req {
 	const void *text;           /* NULL: the text stored for guid */
 	size_t text_len;
 	struct cl_req_id req;       /* a copy's request identity, or sid 0 */
+	/* HOLDER (SPEC 8.8): the forwarding node that promises to hold the
+	 * change, or 0; *held_r (if not NULL) is set when it was counted. */
+	uint32_t holder;
+	bool *held_r;
 };
 void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
 		      void *ctx);
@@ -499,6 +529,10 @@ struct cl_fwd {
 	struct cl_peer *peer;         /* while forwarded */
 	bool sent_nil;                /* APPEND sent its text as NIL */
 	bool send_text;               /* ... and the master asked for it */
+	/* HOLDER (SPEC 8.8): sent on the SAVE in flight; never again for
+	 * this change once it could not hold the master's UID here or the
+	 * master did not take the option; held: the master counted us. */
+	bool sent_holder, no_holder, held;
 	struct buf text;              /* the stored text, then */
 	ev_timer retry;
 	/* APPEND */

@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "mailbox-master/mm.h"
@@ -129,6 +128,7 @@ struct master_op {
 	void *ctx;
 	struct cl_waiter waiter;
 	struct owned_result out;
+	bool *held_r;                  /* cl_append_req.held_r */
 };
 
 static void master_op_done(struct cl_waiter *w)
@@ -140,6 +140,8 @@ static void master_op_done(struct cl_waiter *w)
 			    "stored here, but fewer than sync_replicas replicas acknowledged it in "
 			    "time; it is replicated when they can take it (a retried APPEND may "
 			    "store the message twice)");
+	if (w->held && m->held_r != NULL)
+		*m->held_r = true;
 	m->cb(m->ctx, owned_get(&m->out));
 	owned_free(&m->out);
 	free(m);
@@ -182,9 +184,9 @@ static void refusal_done(void *ctx, const struct repl_result *unused)
 	free(r);
 }
 
-static bool refused_now(struct repl_cluster *cl, repl_done_cb *cb, void *ctx)
+static bool refused_now(struct repl_cluster *cl, uint32_t holder, repl_done_cb *cb, void *ctx)
 {
-	if (!cl_must_refuse(cl))
+	if (!cl_must_refuse_holder(cl, holder))
 		return false;
 	struct refusal *r = xcalloc(1, sizeof(*r));
 	r->cl = cl;
@@ -286,9 +288,11 @@ static void req_made_add(struct repl_cluster *cl, const struct guid *mailbox,
 void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, repl_done_cb *cb,
 		      void *ctx)
 {
-	if (refused_now(cl, cb, ctx))
+	if (refused_now(cl, req->holder, cb, ctx))
 		return;
 	struct master_op *m = master_begin(cl, req->user, &req->mailbox, cb, ctx);
+	m->waiter.holder = req->holder;
+	m->held_r = req->held_r;
 	uint32_t have;
 	const char *err;
 	struct stor_msg msg;
@@ -358,7 +362,7 @@ void cl_master_store(struct repl_cluster *cl, const char *user, const struct gui
 		     const uint32_t *uids, size_t count, const struct stor_store *req,
 		     repl_done_cb *cb, void *ctx)
 {
-	if (refused_now(cl, cb, ctx))
+	if (refused_now(cl, 0, cb, ctx))
 		return;
 	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
 	repl_store(cl->local, user, mailbox, uids, count, req, master_local_done, m);
@@ -367,7 +371,7 @@ void cl_master_store(struct repl_cluster *cl, const char *user, const struct gui
 void cl_master_expunge(struct repl_cluster *cl, const char *user, const struct guid *mailbox,
 		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx)
 {
-	if (refused_now(cl, cb, ctx))
+	if (refused_now(cl, 0, cb, ctx))
 		return;
 	struct master_op *m = master_begin(cl, user, mailbox, cb, ctx);
 	repl_expunge(cl->local, user, mailbox, uids, count, master_local_done, m);
@@ -395,22 +399,12 @@ void cl_append(struct repl *r, const char *user, const struct guid *mailbox,
 	struct cl_fwd *f = fwd_new(cl, FWD_APPEND, user, mailbox, cb, ctx);
 	f->app.user = f->user;
 	f->app.mailbox = *mailbox;
+	/* A copy (cl_copy()) comes with a GUID of its own and its text: that
+	 * GUID is its identity, so it is sent without REQ (SPEC 6.3, 6.4). */
 	if (req->guid != NULL)
 		f->app.guid = *req->guid;
-	if (req->guid != NULL && req->text == NULL) {
-		/* A copy under the GUID of the message it copies: its identity,
-		 * kept by every retry of it (SPEC 6.4).  cl_copy() gives every
-		 * copy a GUID of its own and its text instead, and that GUID
-		 * is the identity.  Numbered from the wall clock in
-		 * microseconds, so a restarted node does not reuse its earlier
-		 * numbers. */
-		if (cl->req_counter == 0)
-			cl->req_counter = (uint64_t)clock_wall_s() * 1000000u + clock_mono_us() % 1000000u;
-		f->app.req.sid = cl->cfg->node_id;
-		f->app.req.n = cl->req_counter++;
-	} else if (req->guid == NULL) {
+	else
 		guid_generate(&f->app.guid);
-	}
 	f->app.flags = req->flags;
 	f->app.keywords = req->keywords;
 	f->app.keyword_count = req->keyword_count;
@@ -556,6 +550,7 @@ static void cl_destroy(struct repl *r)
 	for (size_t i = 0; i < cl->under.count; i++)
 		free(cl->under.items[i].user);
 	ARRAY_FREE(&cl->under);
+	cl_promises_free(cl);
 	cl_handover_free(cl);
 	free(cl->reqs);
 	repl_watch_remove(cl->local, inner_watch, cl);

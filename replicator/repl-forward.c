@@ -176,25 +176,6 @@ void fwd_autonomous(struct cl_fwd *f, const char *why)
 	struct repl_append a;
 	switch (f->kind) {
 	case FWD_APPEND:
-		if (f->app.req.sid != 0) {
-			/* A copy made here alone: the other side of a partition
-			 * may copy the same message into this mailbox too, and
-			 * the resync merges a GUID into one message, so this one
-			 * gets its own.  If the master did make the copy sent to
-			 * it (its answer lost), that is a message more, never an
-			 * acknowledged copy fewer. */
-			if (f->app.text == NULL) {
-				buf_reset(&f->text);
-				if (fwd_load_text(f, &f->text) < 0) {
-					fwd_fail(f, REPL_ERR_NOTFOUND,
-						 "the copied message was expunged meanwhile");
-					return;
-				}
-				f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
-				f->app.text_len = f->text.len;
-			}
-			guid_generate(&f->app.guid);
-		}
 		append_from_req(&f->app, &a);
 		repl_append(cl->local, f->user, &f->mailbox, &a, fwd_inner_done, f);
 		break;
@@ -261,9 +242,38 @@ static void fwd_again(struct cl_fwd *f, const char *why)
 
 /* ---- Applying the master's answer here ---- */
 
+static void fwd_send(struct cl_fwd *f);
+
+/* The master counted this node as one copy of the SAVE (HELD, SPEC 8.8)
+ * but the message is not held here at the master's UID: this node is no
+ * holder after all.  The same request goes again without HOLDER; the
+ * master answers the message it made once sync_replicas other peers hold
+ * it, so the client's OK still means sync_replicas copies beside it. */
+static void fwd_resend_unheld(struct cl_fwd *f, const char *why)
+{
+	log_info("replication: %s: cannot hold the master's UID %u here (%s): asking again "
+		 "without HOLDER", f->user, f->out.res.uid, why);
+	if (f->peer != NULL)
+		cl_mark_dirty(f->peer, f->user);
+	f->no_holder = true;
+	f->held = false;
+	f->cl->forwarded_changes--; /* counted again at its answer */
+	if (f->peer != NULL && f->peer->conn != NULL &&
+	    cl_bind_get(f->peer, &f->mailbox)->state == CL_BIND_BOUND) {
+		fwd_send(f);
+		return;
+	}
+	fwd_again(f, why);
+}
+
 static void fwd_local_durable(void *ctx, bool ok)
 {
 	struct cl_fwd *f = ctx;
+	if (!ok && f->held) {
+		/* Our copy was counted: without it the client must wait. */
+		fwd_resend_unheld(f, "not durable here");
+		return;
+	}
 	/* The master and its replicas hold the change; a failure to make our
 	 * copy durable is for a resync to repair, not for the client. */
 	if (!ok)
@@ -310,6 +320,10 @@ static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 		if (f->app.text == NULL) {
 			buf_reset(&f->text);
 			if (fwd_load_text(f, &f->text) < 0) {
+				if (f->held) {
+					fwd_resend_unheld(f, "the copied text is gone here");
+					return;
+				}
 				log_warnx("replication: %s: the copied text is gone here: resync",
 					  f->user);
 				cl_mark_dirty(f->peer, f->user);
@@ -323,6 +337,22 @@ static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 	}
 	struct stor_msg msg;
 	int have = stor_msg_get(db, &f->mailbox, uid, &msg, &err);
+	if (f->held && have > 0 && !guid_equal(&msg.guid, &f->app.guid)) {
+		stor_msg_free(&msg);
+		fwd_resend_unheld(f, "the UID holds another message");
+		return;
+	}
+	if (f->held && have < 0) {
+		fwd_resend_unheld(f, err);
+		return;
+	}
+	if (f->held && have == 0 && (uid < uidnext || proto_code_has(line, "EXPUNGED")) &&
+	    stor_guid_tomb_get(db, &f->mailbox, &f->app.guid, NULL, &err) <= 0) {
+		/* Below UIDNEXT and not expunged here by a user since the
+		 * stream brought it: never stored here. */
+		fwd_resend_unheld(f, "the UID is below UIDNEXT here");
+		return;
+	}
 	if (have > 0) {
 		if (!guid_equal(&msg.guid, &f->app.guid)) {
 			log_warnx("replication: %s: UID %u holds another message here: resync", f->user,
@@ -344,6 +374,10 @@ static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 		sa.text = f->app.text;
 		sa.text_len = f->app.text_len;
 		if (stor_msg_append(db, &f->mailbox, &sa, NULL, NULL, &err) < 0) {
+			if (f->held) {
+				fwd_resend_unheld(f, err);
+				return;
+			}
 			log_warnx("replication: %s: cannot store the master's UID %u here (%s): resync",
 				  f->user, uid, err);
 			cl_mark_dirty(f->peer, f->user);
@@ -486,8 +520,6 @@ static void fwd_apply_expunge(struct cl_fwd *f)
 	stor_on_durable(db, fwd_local_durable, f);
 }
 
-static void fwd_send(struct cl_fwd *f);
-
 static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			 const struct proto_cmd *line, void *ctx)
 {
@@ -515,12 +547,26 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		fwd_again(f, kind == PROTO_REPLY_TIMEOUT ? "no answer in time" : "the link closed");
 		return;
 	}
+	if (f->kind == FWD_APPEND && f->sent_holder && strcmp(line->name, "BAD") == 0 &&
+	    proto_code_has(line, "ARGS") && f->peer != NULL && f->peer->conn != NULL) {
+		/* A master (or relay) of an earlier build: no HOLDER on this
+		 * link from now on, and this SAVE again without it. */
+		log_info("replication: %s: %u does not take HOLDER: sending without it", f->user,
+			 f->peer->sid);
+		f->peer->holder_refused_gen = f->peer->link_gen + 1;
+		f->no_holder = true;
+		fwd_send(f);
+		return;
+	}
 	if (strcmp(line->name, "OK") == 0) {
 		if (f->kind != FWD_APPEND && fwd_batch_done(f, line)) {
 			fwd_send(f);
 			return;
 		}
 		f->cl->forwarded_changes++;
+		f->held = f->kind == FWD_APPEND && f->sent_holder && proto_code_has(line, "HELD");
+		if (f->held)
+			f->cl->forwarded_held++;
 		f->state = CL_FWD_APPLYING;
 		if (f->kind == FWD_APPEND)
 			fwd_apply_append(f, line);
@@ -638,6 +684,12 @@ static void fwd_send(struct cl_fwd *f)
 		}
 		w = proto_conn_cmd_begin(p->conn, "SAVE");
 		proto_wr_save(w, &sv);
+		/* This node stores the master's answer durably before its
+		 * client hears OK anyway: promised, it counts as one of the
+		 * sync_replicas copies, one round trip less (SPEC 8.8). */
+		f->sent_holder = !f->no_holder && p->holder_refused_gen != p->link_gen + 1;
+		if (f->sent_holder)
+			proto_wr_holder(w, f->cl->cfg->node_id);
 		break;
 	}
 	case FWD_STORE: {
@@ -684,12 +736,6 @@ static void fwd_send(struct cl_fwd *f)
 		fwd_wr_batch_guids(f, w);
 		break;
 	}
-	}
-	if (f->kind == FWD_APPEND && f->app.req.sid != 0) {
-		char id[PROTO_MAX_REQ_LEN + 1];
-		snprintf(id, sizeof(id), "%" PRIu32 ".%" PRIu64, f->app.req.sid, f->app.req.n);
-		proto_wr_atom(w, "REQ");
-		proto_wr_atom(w, id);
 	}
 	if (f->to != 0) {
 		proto_wr_atom(w, "TO");

@@ -10,13 +10,13 @@
 #include "replicator/repl-metrics.h"
 
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lib/listen.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
@@ -204,10 +204,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct repl_metrics *m = w->data;
 	for (int i = 0; i < METRICS_ACCEPTS_PER_EVENT; i++) {
-		int fd = accept4(m->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage ss;
+		int fd = listen_accept(m->fd, &ss);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-			    errno != ECONNABORTED)
+			if (fd == LISTEN_PAUSE)
 				log_warn("metrics: accept");
 			return;
 		}
@@ -243,38 +243,11 @@ int repl_metrics_create(struct ev_loop *loop, const struct config_addr *addr, re
 	*m_r = NULL;
 	if (addr->host == NULL)
 		return 0;
-	struct addrinfo hints, *res = NULL;
-	char port[8];
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	snprintf(port, sizeof(port), "%u", addr->port);
-	int gai = getaddrinfo(addr->host, port, &hints, &res);
-	if (gai != 0) {
-		*error_r = xasprintf("metrics_listen %s:%u: %s", addr->host, addr->port,
-				     gai_strerror(gai));
-		return -1;
-	}
-	int fd = -1, err = 0;
-	for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			err = errno;
-			continue;
-		}
-		int one = 1;
-		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 16) < 0) {
-			err = errno;
-			close(fd);
-			fd = -1;
-		}
-	}
-	freeaddrinfo(res);
+	char *err = NULL;
+	int fd = listen_tcp(addr, &err);
 	if (fd < 0) {
-		*error_r = xasprintf("metrics_listen %s:%u: cannot listen: %s", addr->host,
-				     addr->port, strerror(err));
+		*error_r = xasprintf("metrics_listen %s", err);
+		free(err);
 		return -1;
 	}
 	struct repl_metrics *m = xcalloc(1, sizeof(*m));
@@ -345,6 +318,8 @@ static const struct metric_def metric_defs[] = {
 	  "healthy replicas now", 1 },
 	{ "forwarded_changes", false, "starling_forwarded_changes_total", "counter",
 	  "changes sent to a mailbox master", 1 },
+	{ "forwarded_held", false, "starling_forwarded_held_total", "counter",
+	  "forwarded SAVEs the master answered counting this node as a copy", 1 },
 	{ "autonomous_changes", false, "starling_autonomous_changes_total", "counter",
 	  "changes made here because no master could be reached", 1 },
 	{ "relayed_commands", false, "starling_relayed_commands_total", "counter",

@@ -73,20 +73,7 @@ static void ack_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		log_debug("mm: peer %u did not acknowledge a message", proto_conn_peer_sid(conn));
 }
 
-/* Unescapes a quoted mm token ("...", with \" and \\) into out. */
-static void unquote(const char *s, size_t len, struct buf *out)
-{
-	buf_reset(out);
-	for (size_t i = 1; i + 1 < len; i++) {
-		if (s[i] == '\\' && i + 2 < len)
-			i++;
-		buf_append_byte(out, (unsigned char)s[i]);
-	}
-}
-
-/* Sends one message as `TAG MM <the mm line's arguments>`: mm's line is
- * atoms and at most one quoted key without spaces, so splitting at spaces
- * gives its arguments, which the protocol writer re-encodes. */
+/* Sends one message as `TAG MM <its arguments>`. */
 static void mm_send(struct repl_mm *mm, uint32_t peer, const struct mm_msg *msg)
 {
 	struct proto_conn *conn = mm->peers != NULL ? repl_peers_conn(mm->peers, peer) : NULL;
@@ -94,25 +81,12 @@ static void mm_send(struct repl_mm *mm, uint32_t peer, const struct mm_msg *msg)
 		mm->dropped_no_link++;
 		return;
 	}
+	struct mm_arg args[MM_MSG_MAX_ARGS];
 	buf_reset(&mm->line);
-	mm_msg_write(msg, &mm->line);
-	const char *p = buf_cstr(&mm->line);
+	size_t n = mm_msg_args(msg, &mm->line, args);
 	struct proto_wr *w = proto_conn_cmd_begin(conn, "MM");
-	struct buf tmp = BUF_INIT;
-	while (*p != '\0') {
-		const char *sp = strchr(p, ' ');
-		size_t len = sp != NULL ? (size_t)(sp - p) : strlen(p);
-		if (len > 1 && p[0] == '"') {
-			unquote(p, len, &tmp);
-			proto_wr_str(w, tmp.data, tmp.len);
-		} else {
-			proto_wr_str(w, p, len);
-		}
-		p += len;
-		while (*p == ' ')
-			p++;
-	}
-	buf_free(&tmp);
+	for (size_t i = 0; i < n; i++)
+		proto_wr_str(w, args[i].str, args[i].len);
 	if (proto_conn_cmd_send(conn, REPL_MM_ACK_TIMEOUT_MS, ack_cb, NULL) != NULL)
 		mm->sent++;
 	else
@@ -443,25 +417,13 @@ const struct repl_peers_callbacks *repl_mm_peer_callbacks(void)
 	return &mm_peer_callbacks;
 }
 
-/* mm-wire.c's atom characters: anything else goes back into quotes. */
-static bool mm_atom(const char *s, size_t len)
+/* The command's arguments as mm's: atoms and quoted strings only, and no
+ * more in all than a line of mm's could hold.  Returns n or -1. */
+static int mm_args_of(const struct proto_cmd *cmd, struct mm_arg *args, const char **error_r)
 {
-	if (len == 0)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c <= 0x20 || c >= 0x7f || strchr("(){}\"[]", c) != NULL)
-			return false;
-	}
-	return true;
-}
-
-/* Rebuilds mm's line from the command's arguments.  Returns 0 or -1. */
-static int rebuild_line(const struct proto_cmd *cmd, struct buf *out, const char **error_r)
-{
-	buf_reset(out);
-	if (cmd->arg_count == 0) {
-		*error_r = "no message";
+	size_t total = 0;
+	if (cmd->arg_count > MM_MSG_MAX_ARGS) {
+		*error_r = "too many arguments";
 		return -1;
 	}
 	for (size_t i = 0; i < cmd->arg_count; i++) {
@@ -470,36 +432,27 @@ static int rebuild_line(const struct proto_cmd *cmd, struct buf *out, const char
 			*error_r = "lists and literals are not part of MM messages";
 			return -1;
 		}
-		if (i > 0)
-			buf_append_byte(out, ' ');
-		if (mm_atom(a->str, a->len)) {
-			buf_append(out, a->str, a->len);
-		} else {
-			buf_append_byte(out, '"');
-			for (size_t j = 0; j < a->len; j++) {
-				if (a->str[j] == '"' || a->str[j] == '\\')
-					buf_append_byte(out, '\\');
-				buf_append_byte(out, (unsigned char)a->str[j]);
-			}
-			buf_append_byte(out, '"');
-		}
-		if (out->len >= MM_WIRE_MAX_LINE) {
+		total += a->len + 1;
+		if (total >= MM_WIRE_MAX_LINE) {
 			*error_r = "message too long";
 			return -1;
 		}
+		args[i].str = a->str;
+		args[i].len = a->len;
+		args[i].quoted = a->type == PROTO_ARG_QUOTED;
 	}
-	return 0;
+	return (int)cmd->arg_count;
 }
 
 static void mm_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
 		   const struct proto_cmd *cmd, void *ctx)
 {
 	struct repl_mm *mm = ctx;
-	struct buf line = BUF_INIT;
+	struct mm_arg args[MM_MSG_MAX_ARGS];
 	const char *err;
 	struct mm_msg *msg = xmalloc(sizeof(*msg));
-	if (rebuild_line(cmd, &line, &err) < 0 ||
-	    mm_msg_parse((const char *)line.data, line.len, msg, &err) < 0) {
+	int n = mm_args_of(cmd, args, &err);
+	if (n < 0 || mm_msg_from_args(args, (size_t)n, msg, &err) < 0) {
 		mm->bad_in++;
 		log_debug("mm: bad message from peer %u: %s", sid, err);
 		proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", err);
@@ -509,7 +462,6 @@ static void mm_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *co
 		drain(mm);
 	}
 	free(msg);
-	buf_free(&line);
 }
 
 void repl_mm_attach(struct repl_mm *mm, struct repl_peers *peers)

@@ -9,15 +9,16 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "lib/clock.h"
+#include "lib/listen.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 
-#define LISTEN_BACKLOG 64
 #define MAX_ACCEPTS_PER_EVENT 16
 /* A peer given by host name is resolved again (blocking the loop, so
  * rarely) only after this many failed attempts and this long since the
@@ -221,14 +222,10 @@ void peers_listen_cb(struct ev_loop *loop, ev_io *w, int revents)
 						       offsetof(struct repl_peers, listen_io));
 	for (int i = 0; i < MAX_ACCEPTS_PER_EVENT; i++) {
 		struct sockaddr_storage ss;
-		socklen_t len = sizeof(ss);
-		int fd = accept4(mgr->listen_fd, (struct sockaddr *)&ss, &len,
-				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = listen_accept(mgr->listen_fd, &ss);
+		if (fd == LISTEN_DRAINED)
+			return;
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return;
 			/* Out of descriptors or memory: stop accepting for a
 			 * moment instead of spinning on the ready socket. */
 			log_warn("replication listener: accept failed, pausing %.0f s",
@@ -239,7 +236,7 @@ void peers_listen_cb(struct ev_loop *loop, ev_io *w, int revents)
 			return;
 		}
 		char addr[80];
-		sockaddr_string((struct sockaddr *)&ss, len, addr, sizeof(addr));
+		sockaddr_string((struct sockaddr *)&ss, sizeof(ss), addr, sizeof(addr));
 		if (mgr->anonymous_count >= REPL_PEER_MAX_UNAUTHENTICATED) {
 			close(fd);
 			peer_refusal_log(mgr, addr, "too many connections still authenticating");
@@ -253,40 +250,12 @@ void peers_listen_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 int peers_listen_on(const struct config_addr *addr, int *fd_r, char **error_r)
 {
-	struct addrinfo hints, *res = NULL;
-	char port[8];
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	snprintf(port, sizeof(port), "%u", addr->port);
-	int gai = getaddrinfo(addr->host, port, &hints, &res);
-	if (gai != 0) {
-		*error_r = xasprintf("repl_listen %s:%u: %s", addr->host, addr->port,
-				     gai_strerror(gai));
+	char *err = NULL;
+	*fd_r = listen_tcp(addr, &err);
+	if (*fd_r < 0) {
+		*error_r = xasprintf("repl_listen %s", err);
+		free(err);
 		return -1;
 	}
-	int err = 0;
-	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-		int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			err = errno;
-			continue;
-		}
-		int one = 1;
-		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
-			err = errno;
-			close(fd);
-			continue;
-		}
-		freeaddrinfo(res);
-		*fd_r = fd;
-		return 0;
-	}
-	freeaddrinfo(res);
-	*error_r = xasprintf("repl_listen %s:%u: cannot listen: %s", addr->host, addr->port,
-			     strerror(err));
-	return -1;
+	return 0;
 }
-

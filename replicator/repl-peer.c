@@ -396,6 +396,11 @@ uint32_t repl_peers_sid(const struct repl_peers *mgr, size_t i)
 	return i < mgr->peer_count ? mgr->peers[i]->sid : 0;
 }
 
+uint32_t repl_peers_my_sid(const struct repl_peers *mgr)
+{
+	return mgr->conn_set.my_sid;
+}
+
 enum repl_peer_state repl_peers_state(const struct repl_peers *mgr, uint32_t sid,
 				      uint64_t *since_ms_r)
 {

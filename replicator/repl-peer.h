@@ -112,6 +112,8 @@ void repl_peers_register(struct repl_peers *peers, const char *name,
 /* The configured peers, in configuration order: i in [0, count). */
 size_t repl_peers_count(const struct repl_peers *peers);
 uint32_t repl_peers_sid(const struct repl_peers *peers, size_t i);
+/* This node's own id (node_id). */
+uint32_t repl_peers_my_sid(const struct repl_peers *peers);
 /* The state of peer sid, and since when the link is up, or not up
  * (clock_mono_ms() of the last change between UP and the other states;
  * start-up counts as a change).  An unknown sid is REPL_PEER_DOWN with

@@ -114,8 +114,10 @@ struct run {
 	bool verifying;
 	struct sync_client *client;
 	struct buf tx;
+	struct proto_parser *relay; /* cuts tx into lines (relay_line_cut()) */
 	struct pcmd *pcmds;
 	char *failure; /* set by the link side, seen by the next step */
+	uint32_t refused_by; /* a peer that answered TRYLATER: its own run of the user */
 	struct buf report;
 	struct sync_report first;
 	char *not_converged;
@@ -141,6 +143,14 @@ struct waiting {
 	void *ctx;
 };
 
+/* A user whose background resyncs failed lately (REPL_SYNC_BACKOFF_MIN_S). */
+struct backoff {
+	char *user;
+	double delay;      /* the last wait given; 0 before any failure */
+	ev_tstamp next_at; /* no background resync of the user starts before */
+	unsigned failures; /* since the last success */
+};
+
 /* A background resync waiting for its turn (repl_sync_enqueue). */
 struct queued {
 	struct queued *next;
@@ -155,6 +165,10 @@ struct repl_sync {
 	struct ev_loop *loop;
 	/* Background resyncs waiting to be tried again (queued.retry). */
 	struct queued *retry_list;
+	ARRAY(struct backoff) backoffs;
+	/* Set by run_finish() for the done callback: the peer whose TRYLATER
+	 * ended the run (its own run of the user), else 0. */
+	uint32_t finished_refused_by;
 	bool destroying;
 	struct repl *repl;
 	struct repl_peers *peers;
@@ -192,9 +206,18 @@ struct repl_sync {
 };
 
 /* repl-sync.c */
-size_t line_length(const unsigned char *d, size_t len);
-int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
-	       char *name, size_t name_size, const unsigned char **rest_r, size_t *rest_len_r);
+/* The parser of relay_line_cut(). */
+struct proto_parser *relay_parser_create(void);
+/* Cuts the first line the sync engine wrote off d[0..len) with the
+ * protocol's parser *pp (so that only proto-parser.c reads replication
+ * bytes): 1 with the line's length (literals and CRLF included), its tag
+ * and name, and the bytes after the name up to the CRLF, to be relayed as
+ * they are; 0 when the line is not complete (offer it again, whole, with
+ * the rest); -1 for a line the engine cannot have written.  *pp is
+ * replaced by a fresh parser unless 1 was returned. */
+int relay_line_cut(struct proto_parser **pp, const unsigned char *d, size_t len,
+		   size_t *line_len_r, char *tag, size_t tag_size, char *name, size_t name_size,
+		   const unsigned char **rest_r, size_t *rest_len_r);
 void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 		 const char *text);
 void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);

@@ -54,6 +54,10 @@ static void pcmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	struct pcmd *p = ctx;
 	(void)conn;
 	struct run *run = p->run;
+	if (run != NULL && kind == PROTO_REPLY_DONE && line != NULL &&
+	    strcmp(line->name, "NO") == 0 && proto_code_has(line, "TRYLATER") &&
+	    run->cur < run->npeers)
+		run->refused_by = run->peers[run->cur];
 	if (run != NULL && run->client != NULL && line != NULL) {
 		struct proto_cmd copy = *line;
 		copy.tag = p->tag;
@@ -73,15 +77,19 @@ static void client_send(void *ctx, const void *data, size_t len)
 	struct run *run = ctx;
 	buf_append(&run->tx, data, len);
 	struct proto_conn *conn = repl_peers_conn(run->rs->peers, run->peers[run->cur]);
+	if (run->relay == NULL)
+		run->relay = relay_parser_create();
 	while (buf_avail(&run->tx) > 0) {
 		const unsigned char *d = buf_rptr(&run->tx);
-		size_t n = line_length(d, buf_avail(&run->tx));
-		if (n == 0)
-			return; /* the rest comes with the next send */
+		size_t n;
 		char tag[32], name[PROTO_MAX_NAME + 1];
 		const unsigned char *rest;
 		size_t rest_len;
-		if (line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
+		int r = relay_line_cut(&run->relay, d, buf_avail(&run->tx), &n, tag, sizeof(tag), name,
+				       sizeof(name), &rest, &rest_len);
+		if (r == 0)
+			return; /* the rest comes with the next send */
+		if (r < 0) {
 			buf_reset(&run->tx);
 			run_set_failure(run, "the engine wrote a broken line");
 			return;
@@ -114,6 +122,7 @@ static void run_client_free(struct run *run)
 	if (run->client != NULL)
 		sync_client_destroy(&run->client);
 	buf_reset(&run->tx);
+	proto_parser_destroy(&run->relay);
 	free(run->failure);
 	run->failure = NULL;
 }
@@ -143,7 +152,9 @@ void run_finish(struct run *run, bool converged, const char *text)
 	ev_timer_stop(rs->loop, &run->sync_timer);
 	run_client_free(run);
 	rs->run = NULL;
+	rs->finished_refused_by = converged ? 0 : run->refused_by;
 	run->cb(run->ctx, converged, (const char *)run->report.data, run->report.len, text);
+	rs->finished_refused_by = 0;
 	buf_free(&run->report);
 	buf_free(&run->tx);
 	free(run->not_converged);

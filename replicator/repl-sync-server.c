@@ -193,13 +193,16 @@ static void srv_note_add(struct srv_link *l, const char *user, const struct guid
 /* Relays the engine's lines in tx as lines of the link to sid. */
 static void srv_relay(uint32_t sid, struct buf *tx, struct proto_conn *conn)
 {
+	struct proto_parser *p = relay_parser_create();
 	while (buf_avail(tx) > 0) {
 		const unsigned char *d = buf_rptr(tx);
-		size_t n = line_length(d, buf_avail(tx));
+		size_t n;
 		char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
 		const unsigned char *rest;
 		size_t rest_len;
-		if (n == 0 || line_split(d, n, tag, sizeof(tag), name, sizeof(name), &rest, &rest_len) < 0) {
+		/* The server writes whole lines: a part of one is broken too. */
+		if (relay_line_cut(&p, d, buf_avail(tx), &n, tag, sizeof(tag), name, sizeof(name),
+				   &rest, &rest_len) <= 0) {
 			log_errorx("sync with %u: the engine wrote a broken line", sid);
 			break;
 		}
@@ -208,6 +211,7 @@ static void srv_relay(uint32_t sid, struct buf *tx, struct proto_conn *conn)
 		proto_conn_line_end(conn);
 		buf_consume(tx, n);
 	}
+	proto_parser_destroy(&p);
 	buf_reset(tx);
 }
 
@@ -451,7 +455,6 @@ void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn
 {
 	struct repl_sync *rs = ctx;
 	(void)peers;
-	(void)conn;
 	struct srv_link *l = srv_get(rs, sid);
 	srv_track(l, cmd);
 	if (rs->live_cb != NULL && is_live(l, cmd)) {
@@ -462,6 +465,6 @@ void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn
 	}
 	if (refuse_crossing(rs, l, conn, cmd))
 		return;
-	int r = sync_server_input(l->server, cmd);
+	int r = sync_server_input(l->server, cmd, proto_conn_parser(conn));
 	srv_after(rs, l, cmd, r);
 }

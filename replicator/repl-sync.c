@@ -9,6 +9,7 @@
 
 #include <ev.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,66 +33,49 @@ static const char *const sync_commands[] = {
 /* ------------------------------------------------------------------ */
 /* Relaying whole lines */
 
-/* The length of the first complete line of d[0..len) (literals and final
- * CRLF included), or 0 when it is not complete yet. */
-size_t line_length(const unsigned char *d, size_t len)
+struct proto_parser *relay_parser_create(void)
 {
-	size_t pos = 0;
-	for (;;) {
-		const unsigned char *cr = NULL;
-		for (size_t i = pos; i + 1 < len; i++) {
-			if (d[i] == '\r' && d[i + 1] == '\n') {
-				cr = d + i;
-				break;
-			}
-		}
-		if (cr == NULL)
-			return 0;
-		size_t e = (size_t)(cr - d);
-		if (e > pos && d[e - 1] == '}') {
-			size_t b = e - 1;
-			while (b > pos && d[b - 1] >= '0' && d[b - 1] <= '9')
-				b--;
-			if (b > pos && d[b - 1] == '{' && b < e - 1) {
-				uint64_t n = 0;
-				/* Stops once past len: n * 10 never wraps. */
-				for (size_t i = b; i < e - 1 && n <= len; i++)
-					n = n * 10 + (uint64_t)(d[i] - '0');
-				if (n > len) /* not all here yet (or absurd) */
-					return 0;
-				pos = e + 2 + (size_t)n;
-				if (pos > len)
-					return 0;
-				continue;
-			}
-		}
-		return e + 2;
-	}
+	/* The engine's own lines: a literal is a message text already in
+	 * memory, whatever max_message_size allows; the other limits are the
+	 * peer's, which reads these lines next. */
+	struct proto_parser_settings set;
+	proto_parser_settings_default(&set);
+	set.max_literal = SIZE_MAX / 2;
+	return proto_parser_create(&set);
 }
 
-/* Splits an engine line into tag, name and the rest (everything after the
- * name up to the final CRLF).  Returns -1 for a line the engine cannot
- * have written. */
-int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
-	       char *name, size_t name_size, const unsigned char **rest_r, size_t *rest_len_r)
+int relay_line_cut(struct proto_parser **pp, const unsigned char *d, size_t len,
+		   size_t *line_len_r, char *tag, size_t tag_size, char *name, size_t name_size,
+		   const unsigned char **rest_r, size_t *rest_len_r)
 {
-	size_t i = 0;
-	while (i < len && d[i] != ' ')
-		i++;
-	if (i == 0 || i >= tag_size || i >= len)
+	size_t used;
+	const struct proto_cmd *cmd;
+	int r = proto_parser_parse(*pp, d, len, &used, &cmd);
+	if (r <= 0) {
+		/* Incomplete: the parser holds the part it saw, and the caller
+		 * offers the whole line again once the rest came.  Broken: an
+		 * error is final for a parser.  Either way, a fresh one. */
+		proto_parser_destroy(pp);
+		*pp = relay_parser_create();
+		return r;
+	}
+	/* The engine writes "TAG NAME[ args]" CRLF: the bytes after the
+	 * name are relayed as they are, under the link's own tag. */
+	size_t tag_len = strlen(cmd->tag), name_len = strlen(cmd->name);
+	size_t head = tag_len + 1 + name_len;
+	if (tag_len >= tag_size || name_len >= name_size ||
+	    used < head + 2 || d[used - 2] != '\r' || d[used - 1] != '\n' ||
+	    (d[head] != ' ' && d[head] != '\r')) {
+		proto_parser_destroy(pp);
+		*pp = relay_parser_create();
 		return -1;
-	memcpy(tag, d, i);
-	tag[i] = '\0';
-	size_t s = ++i;
-	while (i < len && d[i] != ' ' && d[i] != '\r')
-		i++;
-	if (i == s || i - s >= name_size || !proto_is_atom(d + s, i - s))
-		return -1;
-	memcpy(name, d + s, i - s);
-	name[i - s] = '\0';
-	*rest_r = d + i;
-	*rest_len_r = len - 2 - i;
-	return 0;
+	}
+	memcpy(tag, cmd->tag, tag_len + 1);
+	memcpy(name, cmd->name, name_len + 1);
+	*line_len_r = used;
+	*rest_r = d + head;
+	*rest_len_r = used - 2 - head;
+	return 1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -100,9 +84,102 @@ int line_split(const unsigned char *d, size_t len, char *tag, size_t tag_size,
 
 static void queue_push(struct repl_sync *rs, struct queued *q);
 
+/* ---- Back-off of failing users (REPL_SYNC_BACKOFF_MIN_S) ---- */
+
+static struct backoff *backoff_find(struct repl_sync *rs, const char *user)
+{
+	for (size_t i = 0; i < rs->backoffs.count; i++)
+		if (strcmp(rs->backoffs.items[i].user, user) == 0)
+			return &rs->backoffs.items[i];
+	return NULL;
+}
+
+static void backoff_forget(struct repl_sync *rs, const char *user)
+{
+	struct backoff *b = backoff_find(rs, user);
+	if (b == NULL)
+		return;
+	free(b->user);
+	*b = rs->backoffs.items[--rs->backoffs.count];
+}
+
+/* A background resync of user failed (refused_by: the peer whose TRYLATER
+ * ended it, or 0): the wait before the next one, in seconds. */
+static double backoff_fail(struct repl_sync *rs, const char *user, uint32_t refused_by)
+{
+	ev_tstamp now = ev_now(rs->loop);
+	struct backoff *b = backoff_find(rs, user);
+	if (b == NULL) {
+		/* Bounded: entries whose wait is long over go first. */
+		for (size_t i = 0; i < rs->backoffs.count && rs->backoffs.count >= REPL_SYNC_QUEUE_MAX;) {
+			if (rs->backoffs.items[i].next_at + REPL_SYNC_BACKOFF_MAX_S < now) {
+				free(rs->backoffs.items[i].user);
+				rs->backoffs.items[i] = rs->backoffs.items[--rs->backoffs.count];
+			} else {
+				i++;
+			}
+		}
+		if (rs->backoffs.count >= REPL_SYNC_QUEUE_MAX)
+			return REPL_SYNC_BACKOFF_MAX_S; /* not remembered: no worse than before */
+		struct backoff nb = { xstrdup(user), 0, 0, 0 };
+		ARRAY_PUSH(&rs->backoffs, nb);
+		b = &rs->backoffs.items[rs->backoffs.count - 1];
+	}
+	b->delay = b->delay <= 0 ? REPL_SYNC_BACKOFF_MIN_S : b->delay * 2;
+	if (b->delay > REPL_SYNC_BACKOFF_MAX_S)
+		b->delay = REPL_SYNC_BACKOFF_MAX_S;
+	double wait = b->delay;
+	/* Refused by a lower node id running its own resync of the user:
+	 * ours yields, so that the lower one's retry (after its shorter
+	 * back-off) finds this node idle. */
+	if (refused_by != 0 && rs->peers != NULL && refused_by < repl_peers_my_sid(rs->peers) &&
+	    wait < REPL_SYNC_YIELD_S)
+		wait = REPL_SYNC_YIELD_S;
+	b->failures++;
+	b->next_at = now + wait;
+	return wait;
+}
+
+/* Seconds until a background resync of user may start (0: now). */
+static double backoff_left(struct repl_sync *rs, const char *user)
+{
+	const struct backoff *b = backoff_find(rs, user);
+	if (b == NULL)
+		return 0;
+	double left = b->next_at - ev_now(rs->loop);
+	return left > 0 ? left : 0;
+}
+
+static bool retry_has(const struct repl_sync *rs, const char *user, uint32_t peer)
+{
+	for (const struct queued *q = rs->retry_list; q != NULL; q = q->next)
+		if (q->peer == peer && strcmp(q->user, user) == 0)
+			return true;
+	return false;
+}
+
+static void queued_retry_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Waits delay seconds before q goes back to the queue; q is dropped when
+ * the same resync waits already. */
+static void retry_later(struct repl_sync *rs, struct queued *q, double delay)
+{
+	if (retry_has(rs, q->user, q->peer)) {
+		free(q->user);
+		free(q);
+		return;
+	}
+	ev_timer_init(&q->retry, queued_retry_cb, delay, 0.);
+	ev_timer_start(rs->loop, &q->retry);
+	q->next = rs->retry_list;
+	rs->retry_list = q;
+}
+
 static void queued_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct queued *q = (struct queued *)((char *)w - offsetof(struct queued, retry));
+	(void)loop;
+	(void)revents;
 	for (struct queued **qp = &q->rs->retry_list; *qp != NULL; qp = &(*qp)->next) {
 		if (*qp == q) {
 			*qp = q->next;
@@ -112,24 +189,45 @@ static void queued_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	queue_push(q->rs, q);
 }
 
+/* One line per failure: with the back-off that is one per step, not one
+ * per attempt of a node that cannot succeed (its store failed). */
+static void log_failure(struct repl_sync *rs, const char *user, const char *what, double wait)
+{
+	const struct backoff *b = backoff_find(rs, user);
+	unsigned n = b != NULL ? b->failures : 1;
+	if (n > 1)
+		log_warnx("background resync of %s: %s (failed %u times in a row; next try in %.1f s)",
+			  user, what, n, wait);
+	else
+		log_warnx("background resync of %s: %s (next try in %.1f s)", user, what, wait);
+}
+
 void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 		 const char *text)
 {
 	struct queued *q = ctx;
-	if (converged)
+	struct repl_sync *rs = q->rs;
+	(void)report;
+	(void)report_len;
+	if (converged) {
+		backoff_forget(rs, q->user);
 		log_info("background resync of %s: %s", q->user, text);
-	else
+		free(q->user);
+		free(q);
+		return;
+	}
+	if (rs->destroying) {
+		/* The run is failed from the destructor. */
 		log_warnx("background resync of %s: %s", q->user, text);
-	/* Two nodes that resync the same user toward each other refuse each
-	 * other (TRYLATER); they try again after different random delays.
-	 * Not when shutting down (the run is failed from the destructor). */
-	if (!converged && q->attempts + 1 < REPL_SYNC_RETRIES && !q->rs->destroying) {
+		free(q->user);
+		free(q);
+		return;
+	}
+	double wait = backoff_fail(rs, q->user, rs->finished_refused_by);
+	log_failure(rs, q->user, text, wait);
+	if (q->attempts + 1 < REPL_SYNC_RETRIES) {
 		q->attempts++;
-		double delay = 0.2 * q->attempts + (double)(random() % 1000) / 1000.0;
-		ev_timer_init(&q->retry, queued_retry_cb, delay, 0.);
-		ev_timer_start(q->rs->loop, &q->retry);
-		q->next = q->rs->retry_list;
-		q->rs->retry_list = q;
+		retry_later(rs, q, wait);
 		return;
 	}
 	free(q->user);
@@ -139,6 +237,8 @@ void queued_done(void *ctx, bool converged, const char *report, size_t report_le
 void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct repl_sync *rs = (struct repl_sync *)((char *)w - offsetof(struct repl_sync, queue_timer));
+	(void)loop;
+	(void)revents;
 	if (rs->run == NULL && rs->waiting != NULL) {
 		struct waiting *wt = rs->waiting;
 		const char *err;
@@ -159,18 +259,28 @@ void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		if (rs->queue == NULL)
 			rs->queue_tail = &rs->queue;
 		rs->queue_len--;
-		const char *err;
 		q->next = NULL;
+		double left = backoff_left(rs, q->user);
+		if (left > 0) {
+			/* Asked for while the user's last one failed lately:
+			 * it waits for the back-off like a retry. */
+			retry_later(rs, q, left);
+			continue;
+		}
+		const char *err;
 		if (repl_sync_start(rs, q->user, q->peer, false, queued_done, q, &err) < 0) {
-			log_warnx("background resync of %s with %u not started: %s", q->user, q->peer,
-				  err);
+			double wait = backoff_fail(rs, q->user, 0);
+			char what[160];
+			snprintf(what, sizeof(what), "with %u not started: %s", q->peer, err);
+			log_failure(rs, q->user, what, wait);
 			free(q->user);
 			free(q);
 		}
 	}
 	/* What stops the queue ends with a wake-up, not a poll: a run of
 	 * this node (run_finish() arms the timer), a peer's resync of the
-	 * user merged here (its end calls sync_released()). */
+	 * user merged here (its end calls sync_released()), a retry's
+	 * timer. */
 }
 
 void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
@@ -179,6 +289,9 @@ void repl_sync_enqueue(struct repl_sync *rs, const char *user, uint32_t peer)
 		if (q->peer == peer && strcmp(q->user, user) == 0)
 			return;
 	}
+	/* Waiting to be tried again: it runs then. */
+	if (retry_has(rs, user, peer))
+		return;
 	if (rs->queue_len >= REPL_SYNC_QUEUE_MAX) {
 		log_warnx("background resync queue full: %s with %u dropped (run starling resync)",
 			  user, peer);
@@ -301,6 +414,27 @@ void repl_sync_link_up(struct repl_sync *rs, uint32_t sid)
 {
 	/* A new link is a new conversation: forget the old one's selection. */
 	srv_free(rs, sid);
+	/* It may be what the failed runs lacked (no peer was connected, the
+	 * link went down): what backs off is tried now, not up to
+	 * REPL_SYNC_BACKOFF_MAX_S after the heal.  A link that flaps is
+	 * paced by the peer layer's own reconnect back-off. */
+	for (size_t i = 0; i < rs->backoffs.count; i++)
+		free(rs->backoffs.items[i].user);
+	rs->backoffs.count = 0;
+	while (rs->retry_list != NULL && !rs->destroying) {
+		struct queued *q = rs->retry_list;
+		rs->retry_list = q->next;
+		ev_timer_stop(rs->loop, &q->retry);
+		bool queued = false;
+		for (struct queued *o = rs->queue; o != NULL && !queued; o = o->next)
+			queued = o->peer == q->peer && strcmp(o->user, q->user) == 0;
+		if (queued) {
+			free(q->user);
+			free(q);
+		} else {
+			queue_push(rs, q);
+		}
+	}
 }
 
 void repl_sync_link_drained(struct repl_sync *rs, uint32_t sid)
@@ -343,6 +477,9 @@ void repl_sync_destroy(struct repl_sync **rsp)
 		free(q->user);
 		free(q);
 	}
+	for (size_t i = 0; i < rs->backoffs.count; i++)
+		free(rs->backoffs.items[i].user);
+	ARRAY_FREE(&rs->backoffs);
 	if (rs->waiting != NULL) {
 		struct waiting *wt = rs->waiting;
 		rs->waiting = NULL;

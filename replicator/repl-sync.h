@@ -105,6 +105,20 @@ bool repl_sync_progress(const struct repl_sync *rs, const void *ctx, char *out, 
 /* Runs of one background resync before it is given up (logged; the
  * periodic check finds what is left). */
 #define REPL_SYNC_RETRIES 6u
+/* A user whose background resync failed is not tried again before a
+ * back-off: REPL_SYNC_BACKOFF_MIN_S after the first failure, doubled after
+ * each further one up to REPL_SYNC_BACKOFF_MAX_S, forgotten at the first
+ * success.  Resyncs asked for meanwhile (a binding that found the peer
+ * ahead, a refused change, the periodic check) wait for it: a node whose
+ * store failed, or a peer that keeps refusing, is not hammered. */
+#define REPL_SYNC_BACKOFF_MIN_S 0.1
+#define REPL_SYNC_BACKOFF_MAX_S 5.0
+/* Two nodes whose resyncs of one user refuse each other (each runs its own
+ * and refuses the other's, TRYLATER): the one with the higher node id
+ * waits at least this long before trying again, the lower one only its
+ * back-off, so the lower id's resync runs next and the pair does not meet
+ * again (REPLICATION.md). */
+#define REPL_SYNC_YIELD_S 1.0
 
 /* Queues a resync of user with peer (0 = every up peer) to run when no
  * other resync runs; a pair already queued is not queued twice.  The

@@ -41,8 +41,20 @@ unsigned cl_replicas_healthy(struct repl_cluster *cl)
 
 bool cl_must_refuse(struct repl_cluster *cl)
 {
-	return cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE && cl->cfg->sync_replicas > 0 &&
-	       cl_replicas_healthy(cl) < cl->cfg->sync_replicas;
+	return cl_must_refuse_holder(cl, 0);
+}
+
+bool cl_must_refuse_holder(struct repl_cluster *cl, uint32_t holder)
+{
+	if (cl->cfg->degraded_writes != CONFIG_DEGRADED_REFUSE || cl->cfg->sync_replicas == 0)
+		return false;
+	unsigned healthy = cl_replicas_healthy(cl);
+	/* The holder's request just arrived: it counts as healthy (SPEC 8.8)
+	 * even when its link to us is not direct or its acks lag. */
+	const struct cl_peer *h = holder != 0 ? cl_peer_find(cl, holder) : NULL;
+	if (h != NULL && !peer_healthy(cl, h, clock_mono_ms()))
+		healthy++;
+	return healthy < cl->cfg->sync_replicas;
 }
 
 void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w)
@@ -95,8 +107,41 @@ static void under_add(struct repl_cluster *cl, const char *user, uint64_t seq)
 	ARRAY_PUSH(&cl->under, u);
 }
 
+/* A promise is kept once its holder's stream acknowledged the entry, or
+ * once enough other peers hold it; one not kept CL_ACK_WAIT_MS after the
+ * answer counts as answered degraded (the holder may have died first). */
+static void promises_check(struct repl_cluster *cl)
+{
+	uint64_t now = clock_mono_ms();
+	size_t kept = 0;
+	for (size_t i = 0; i < cl->promises.count; i++) {
+		struct cl_promise *pr = &cl->promises.items[i];
+		const struct cl_peer *h = cl_peer_find(cl, pr->holder);
+		bool kept_by_holder = h != NULL && peer_holds(h, pr->user, pr->seq);
+		if (kept_by_holder || holders(cl, pr->user, pr->seq) >= cl->cfg->sync_replicas) {
+			free(pr->user);
+		} else if (now - pr->since_ms > CL_ACK_WAIT_MS) {
+			log_info("replication: %s: holder %u has not confirmed entry %" PRIu64
+				 " in time: under-replicated", pr->user, pr->holder, pr->seq);
+			under_add(cl, pr->user, pr->seq);
+			free(pr->user);
+		} else {
+			cl->promises.items[kept++] = *pr;
+		}
+	}
+	cl->promises.count = kept;
+}
+
+void cl_promises_free(struct repl_cluster *cl)
+{
+	for (size_t i = 0; i < cl->promises.count; i++)
+		free(cl->promises.items[i].user);
+	ARRAY_FREE(&cl->promises);
+}
+
 void cl_under_check(struct repl_cluster *cl)
 {
+	promises_check(cl);
 	uint64_t before = under_count(cl);
 	if (before == 0)
 		return;
@@ -125,6 +170,12 @@ void cl_under_check(struct repl_cluster *cl)
 			  "(%" PRIu64 " were under-replicated)", required, before);
 }
 
+static void promise_add(struct repl_cluster *cl, const struct cl_waiter *w, uint64_t now)
+{
+	struct cl_promise pr = { w->seq, now, w->holder, xstrdup(w->user) };
+	ARRAY_PUSH(&cl->promises, pr);
+}
+
 /* The waiter's fate now: 1 complete, 0 wait.  Sets w->under and
  * w->unavailable when it completes without enough replicas. */
 static int waiter_settle(struct repl_cluster *cl, struct cl_waiter *w, uint64_t now)
@@ -135,9 +186,19 @@ static int waiter_settle(struct repl_cluster *cl, struct cl_waiter *w, uint64_t 
 	unsigned have = holders(cl, w->user, w->seq), could = 0;
 	if (have >= required)
 		return 1;
+	/* The holder of a forwarded SAVE (SPEC 8.8) is one copy already: it
+	 * stores the change before its client hears OK.  Counted only while
+	 * its promise can be followed up (CL_PROMISE_MAX). */
+	const struct cl_peer *h = w->holder != 0 ? cl_peer_find(cl, w->holder) : NULL;
+	bool count_holder = h != NULL && !peer_holds(h, w->user, w->seq) &&
+			    cl->promises.count < CL_PROMISE_MAX;
+	if (count_holder && ++have >= required) {
+		w->held = true;
+		return 1;
+	}
 	for (size_t i = 0; i < cl->peer_list.count; i++) {
 		const struct cl_peer *p = cl->peer_list.items[i];
-		if (!peer_holds(p, w->user, w->seq) && peer_healthy(cl, p, now))
+		if (p != h && !peer_holds(p, w->user, w->seq) && peer_healthy(cl, p, now))
 			could++;
 	}
 	bool refuse = cl->cfg->degraded_writes == CONFIG_DEGRADED_REFUSE && !w->list_change;
@@ -149,6 +210,7 @@ static int waiter_settle(struct repl_cluster *cl, struct cl_waiter *w, uint64_t 
 		return 0;
 	w->under = true;
 	w->unavailable = refuse;
+	w->held = count_holder;
 	return 1;
 }
 
@@ -168,6 +230,8 @@ void cl_waiters_check(struct repl_cluster *cl)
 			done_tail = &w->next;
 			if (w->under)
 				under_add(cl, w->user, w->seq);
+			else if (w->held)
+				promise_add(cl, w, now);
 		} else {
 			wp = &w->next;
 		}
@@ -214,6 +278,7 @@ void cl_stream_status(struct repl_cluster *cl, struct buf *out)
 	buf_appendf(out, "repl_log_first: %" PRIu64 "\n", first);
 	buf_appendf(out, "repl_log_last: %" PRIu64 "\n", last);
 	buf_appendf(out, "forwarded_changes: %" PRIu64 "\n", cl->forwarded_changes);
+	buf_appendf(out, "forwarded_held: %" PRIu64 "\n", cl->forwarded_held);
 	buf_appendf(out, "relayed_commands: %" PRIu64 "\n", cl->relayed_commands);
 	buf_appendf(out, "relayed_changes: %" PRIu64 "\n", cl->relayed_changes);
 	buf_appendf(out, "autonomous_changes: %" PRIu64 "\n", cl->autonomous_changes);

@@ -531,8 +531,15 @@ int list_merge(struct sync_client *c)
 			/* Not in our common list: it reached the server by
 			 * another way (a third node, a bundle), so the list
 			 * says nothing; a server name we renamed it away
-			 * from is older than ours. */
-			if (l == NULL) {
+			 * from is older than ours.  Likewise when both names
+			 * differ from the list's: a rename of ours may have
+			 * reached the server by live replication, with no sync
+			 * since to update the list, and a later one of ours
+			 * not (the server was cut, paused, or its store
+			 * failed); the list's name is then older than both,
+			 * and taking the server's would undo our later
+			 * rename. */
+			if (l == NULL || (!ours && strcmp(l->name, mb->name) != 0)) {
 				int r = stor_mailbox_old_name(c->db, &mb->guid, s->name, &err);
 				if (r < 0) {
 					ret = cl_fail(c, "%s", err);

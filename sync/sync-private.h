@@ -54,10 +54,6 @@ int sync_cmd_stamps(const struct proto_cmd *cmd, size_t npos, bool *given_r,
 /* The stamps of a message a peer sent without any (SPEC 1.0): every flag
  * changed at its modseq, time 0. */
 void sync_stamps_legacy(uint64_t modseq, stor_stamp_list *out);
-/* Writes a parsed command line back in wire form, each argument in the
- * form it came in (a command held while the server is busy is parsed again
- * later).  Status lines are not written this way. */
-void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd);
 /* A user's expunge of the message guid at uid (EXPUNGE ... GUIDS). */
 struct sync_uexp {
 	uint32_t uid;

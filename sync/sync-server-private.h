@@ -127,13 +127,14 @@ struct sync_server {
 	stor_uid_list fix_old, fix_new;
 
 	/* The command being answered in steps, and the commands that came
-	 * meanwhile (wire form, parsed again by held_parser). */
+	 * meanwhile, kept parsed (proto_cmd_keep()), in order from held_pos;
+	 * held_bytes is what they hold, bounded by SYNC_MAX_HELD_INPUT. */
 	enum srv_job job;
 	struct srv_merge merge;
 	struct srv_fetch fetch;
 	unsigned budget;
-	struct buf held;
-	struct proto_parser *held_parser;
+	ARRAY(struct proto_cmd *) held;
+	size_t held_pos, held_bytes;
 	ARRAY(struct srv_text_ref) text_refs; /* sorted by UID; of s->sel */
 
 	unsigned examined;

@@ -59,10 +59,8 @@ struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
 	s->peer = peer_sid;
 	s->t = *t;
 	s->parser = proto_parser_create(NULL);
-	s->held_parser = proto_parser_create(NULL);
 	s->budget = SYNC_DEFAULT_STEP_BUDGET;
 	buf_init(&s->out);
-	buf_init(&s->held);
 	return s;
 }
 
@@ -99,8 +97,9 @@ void sync_server_destroy(struct sync_server **sp)
 	srv_sync_reset(s);
 	ARRAY_FREE(&s->ids);
 	proto_parser_destroy(&s->parser);
-	proto_parser_destroy(&s->held_parser);
-	buf_free(&s->held);
+	for (size_t i = s->held_pos; i < s->held.count; i++)
+		proto_cmd_kept_free(&s->held.items[i]);
+	ARRAY_FREE(&s->held);
 	ARRAY_FREE(&s->text_refs);
 	buf_free(&s->out);
 	free(s->error);
@@ -296,7 +295,7 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 
 bool sync_server_busy(const struct sync_server *s)
 {
-	return s->job != JOB_NONE || buf_avail(&s->held) > 0;
+	return s->job != JOB_NONE || s->held_pos < s->held.count;
 }
 
 void sync_server_set_budget(struct sync_server *s, unsigned budget)
@@ -311,35 +310,33 @@ int sync_server_step(struct sync_server *s)
 	if (s->job == JOB_FETCH && fetch_step(s) < 0)
 		return -1;
 	/* Held commands, in order, until one starts a job again. */
-	while (s->job == JOB_NONE && buf_avail(&s->held) > 0) {
-		size_t used;
-		const struct proto_cmd *cmd;
-		int r = proto_parser_parse(s->held_parser, buf_rptr(&s->held), buf_avail(&s->held),
-					   &used, &cmd);
-		buf_consume(&s->held, used);
+	while (s->job == JOB_NONE && s->held_pos < s->held.count) {
+		struct proto_cmd *cmd = s->held.items[s->held_pos++];
+		s->held_bytes -= proto_cmd_kept_size(cmd);
+		int r = srv_dispatch(s, cmd);
+		proto_cmd_kept_free(&cmd);
 		if (r < 0)
-			return srv_fail(s, "a held command does not parse again");
-		if (r == 0)
-			break; /* cannot happen: only whole lines are held */
-		if (srv_dispatch(s, cmd) < 0)
 			return -1;
 		if (s->job != JOB_NONE)
 			return 1;
 	}
-	if (buf_avail(&s->held) == 0)
-		buf_reset(&s->held);
+	if (s->held_pos == s->held.count)
+		s->held.count = s->held_pos = 0;
 	return sync_server_busy(s) ? 1 : 0;
 }
 
-int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd)
+int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd,
+		      struct proto_parser *parser)
 {
 	if (proto_cmd_is_status(cmd) || strcmp(cmd->tag, "*") == 0)
 		return 0; /* nothing of ours is pending */
 	if (sync_server_busy(s)) {
 		/* Answers keep the order of the commands: this one waits. */
-		if (buf_avail(&s->held) > SYNC_MAX_HELD_INPUT)
+		if (s->held_bytes > SYNC_MAX_HELD_INPUT)
 			return srv_fail(s, "the peer sends commands without waiting for answers");
-		sync_wr_cmd(&s->held, cmd);
+		struct proto_cmd *kept = proto_cmd_keep(cmd, parser);
+		s->held_bytes += proto_cmd_kept_size(kept);
+		ARRAY_PUSH(&s->held, kept);
 		return 0;
 	}
 	if (srv_dispatch(s, cmd) < 0)
@@ -364,7 +361,7 @@ int sync_server_feed(struct sync_server *s, const void *data, size_t len)
 		}
 		p += used;
 		len -= used;
-		if (r == 1 && sync_server_input(s, cmd) < 0)
+		if (r == 1 && sync_server_input(s, cmd, s->parser) < 0)
 			return -1;
 	}
 	return 0;

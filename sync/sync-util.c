@@ -90,47 +90,6 @@ int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r)
 	return 0;
 }
 
-static void wr_arg(struct buf *out, const struct proto_arg *a)
-{
-	switch (a->type) {
-	case PROTO_ARG_ATOM:
-		buf_append(out, a->str, a->len);
-		break;
-	case PROTO_ARG_QUOTED:
-		buf_append_byte(out, '"');
-		for (size_t i = 0; i < a->len; i++) {
-			if (a->str[i] == '"' || a->str[i] == '\\')
-				buf_append_byte(out, '\\');
-			buf_append_byte(out, (unsigned char)a->str[i]);
-		}
-		buf_append_byte(out, '"');
-		break;
-	case PROTO_ARG_LITERAL:
-		buf_appendf(out, "{%zu}\r\n", a->len);
-		buf_append(out, a->str, a->len);
-		break;
-	case PROTO_ARG_LIST:
-		buf_append_byte(out, '(');
-		for (size_t i = 0; i < a->count; i++) {
-			if (i > 0)
-				buf_append_byte(out, ' ');
-			wr_arg(out, &a->list[i]);
-		}
-		buf_append_byte(out, ')');
-		break;
-	}
-}
-
-void sync_wr_cmd(struct buf *out, const struct proto_cmd *cmd)
-{
-	buf_appendf(out, "%s %s", cmd->tag, cmd->name);
-	for (size_t i = 0; i < cmd->arg_count; i++) {
-		buf_append_byte(out, ' ');
-		wr_arg(out, &cmd->args[i]);
-	}
-	buf_append(out, "\r\n", 2);
-}
-
 void sync_wr_stamps(struct proto_wr *w, const stor_stamp_list *stamps)
 {
 	if (stamps->count == 0)

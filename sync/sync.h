@@ -34,6 +34,7 @@
 
 struct stor_db;
 struct proto_cmd;
+struct proto_parser;
 struct proto_arg;
 struct proto_wr;
 
@@ -118,8 +119,11 @@ struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
 void sync_server_destroy(struct sync_server **sp);
 /* Handles one command from the client and sends its answer.  Returns 0, or
  * -1 when the link must close (the storage failed or the peer broke the
- * protocol badly); bad arguments only get BAD and return 0. */
-int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd);
+ * protocol badly); bad arguments only get BAD and return 0.  parser is the
+ * one that returned cmd, or NULL: a command held while the server is busy
+ * keeps its message text by taking it from there (proto_cmd_keep()). */
+int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd,
+		      struct proto_parser *parser);
 /* Raw bytes from the client, in any split. */
 int sync_server_feed(struct sync_server *s, const void *data, size_t len);
 /* SYNC-END and FETCH are answered in steps: sync_server_input() does the

@@ -81,12 +81,24 @@ static void test_buf_be_integers(void)
 	buf_free(&b);
 }
 
+static void test_buf_append_quoted_escapes_quote_and_backslash(void)
+{
+	struct buf b = BUF_INIT;
+	buf_append_str(&b, "x ");
+	buf_append_quoted(&b, "a\"b\\c", 5);
+	buf_append_quoted(&b, "", 0);
+	CU_ASSERT_EQUAL(b.len, 2 + 9 + 2);
+	CU_ASSERT(memcmp(b.data, "x \"a\\\"b\\\\c\"\"\"", b.len) == 0);
+	buf_free(&b);
+}
+
 const struct test_case lib_buf_cases[] = {
 	{ "append then read returns same bytes", test_buf_append_then_read_returns_same_bytes },
 	{ "appendf longer than stack buffer", test_buf_appendf_longer_than_stack_buffer },
 	{ "getline waits for LF and strips CRLF", test_buf_getline_waits_for_lf_and_strips_crlf },
 	{ "reader space is reclaimed", test_buf_reader_space_is_reclaimed },
 	{ "big-endian integers", test_buf_be_integers },
+	{ "quoted strings escape '\"' and '\\'", test_buf_append_quoted_escapes_quote_and_backslash },
 	{ NULL, NULL },
 };
 

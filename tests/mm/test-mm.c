@@ -175,6 +175,27 @@ static void roundtrip(const struct mm_msg *m, const char *expect)
 	CU_ASSERT_EQUAL(back.type, m->type);
 	CU_ASSERT_EQUAL(back.epoch, m->epoch);
 	CU_ASSERT_STRING_EQUAL(back.gkey, m->gkey);
+	/* As arguments (what a link carries): the same message back, the key
+	 * unescaped, and the same line written from it. */
+	struct buf ab = BUF_INIT, b3 = BUF_INIT;
+	struct mm_arg args[MM_MSG_MAX_ARGS];
+	size_t n = mm_msg_args(m, &ab, args);
+	if (m->type >= MM_MSG_WHO)
+		CU_ASSERT(n > 5 && args[5].len == strlen(m->gkey) &&
+			  memcmp(args[5].str, m->gkey, args[5].len) == 0);
+	for (size_t i = 0; i < n; i++) {
+		/* The parser's quoted strings: what is not an atom. */
+		bool atom = args[i].len > 0;
+		for (size_t j = 0; j < args[i].len; j++)
+			atom = atom && strchr("(){}\"[] ", args[i].str[j]) == NULL;
+		args[i].quoted = !atom;
+	}
+	CU_ASSERT_FATAL(mm_msg_from_args(args, n, &back, &err) == 0);
+	mm_msg_write(&back, &b3);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), buf_cstr(&b3));
+	CU_ASSERT_STRING_EQUAL(back.gkey, m->gkey);
+	buf_free(&ab);
+	buf_free(&b3);
 	/* every proper prefix is refused or is itself a valid message,
 	 * never a crash */
 	for (size_t cut = 0; cut < b.len; cut++) {
@@ -271,6 +292,34 @@ static int parse_str(const char *s)
 	struct mm_msg m;
 	const char *err;
 	return mm_msg_parse(s, strlen(s), &m, &err);
+}
+
+/* Arguments from a peer's MM command are checked like a line: a number
+ * sent quoted, a key with a NUL or past MM_GKEY_MAX, a wrong count. */
+static void test_wire_args_from_a_peer_are_checked(void)
+{
+	static char longkey[MM_GKEY_MAX + 2];
+	memset(longkey, 'k', sizeof(longkey) - 1);
+	struct mm_arg a[6] = {
+		{ "MASTER-WHO", 10, false }, { "2", 1, false }, { "1", 1, false },
+		{ "31", 2, false }, { "458752", 6, false }, { "u:alice", 7, false },
+	};
+	struct mm_msg m;
+	const char *err = NULL;
+	CU_ASSERT_EQUAL(mm_msg_from_args(a, 6, &m, &err), 0);
+	CU_ASSERT_STRING_EQUAL(m.gkey, "u:alice");
+	a[5].quoted = true; /* a key may be quoted */
+	CU_ASSERT_EQUAL(mm_msg_from_args(a, 6, &m, &err), 0);
+	a[1].quoted = true; /* a number may not */
+	CU_ASSERT_EQUAL(mm_msg_from_args(a, 6, &m, &err), -1);
+	a[1].quoted = false;
+	a[5].str = "u:al\0ce";
+	CU_ASSERT_EQUAL(mm_msg_from_args(a, 6, &m, &err), -1);
+	a[5].str = longkey;
+	a[5].len = MM_GKEY_MAX + 1;
+	CU_ASSERT_EQUAL(mm_msg_from_args(a, 6, &m, &err), -1);
+	CU_ASSERT_EQUAL(mm_msg_from_args(a, 5, &m, &err), -1);
+	CU_ASSERT_EQUAL(mm_msg_from_args(a, 0, &m, &err), -1);
 }
 
 static void test_wire_limits_just_under_and_over(void)
@@ -1368,6 +1417,7 @@ static const struct test_case unit_cases[] = {
 	{ "invalid or unlinked messages are ignored", test_invalid_or_unlinked_messages_are_ignored },
 	{ "wire roundtrip of every message", test_wire_roundtrip_of_every_message },
 	{ "wire limits just under and over", test_wire_limits_just_under_and_over },
+	{ "wire arguments from a peer are checked", test_wire_args_from_a_peer_are_checked },
 	{ "wire parser survives mutations", test_wire_parser_survives_mutations },
 	{ NULL, NULL },
 };

@@ -550,6 +550,68 @@ static void test_literal_can_be_stolen_without_copy(void)
 	proto_parser_destroy(&p);
 }
 
+/* A kept line outlives the parser's next lines whole; its literal is the
+ * parser's own buffer, taken, not a copy; without the parser it is a copy. */
+static void test_kept_line_outlives_the_parser(void)
+{
+	const char *in = "C1 SAVE a \"q \\\" x\" (b (c d) ()) {5}\r\nhello\r\n"
+			 "C2 NOOP zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz {3}\r\nxyz\r\n"
+			 "* OK [MASTER 3 EPOCH 7] fine\r\n";
+	struct proto_parser *p = proto_parser_create(NULL);
+	size_t used, pos = 0;
+	const struct proto_cmd *cmd;
+	CU_ASSERT_EQUAL_FATAL(proto_parser_parse(p, (const unsigned char *)in, strlen(in), &used, &cmd), 1);
+	pos += used;
+	const char *lit = cmd->args[3].str;
+	struct proto_cmd *k = proto_cmd_keep(cmd, p);
+	struct proto_cmd *c = proto_cmd_keep(cmd, NULL);
+	CU_ASSERT_PTR_EQUAL(k->args[3].str, lit);
+	CU_ASSERT_PTR_NULL(proto_parser_steal_literal(p, &cmd->args[3]));
+	CU_ASSERT(c->args[3].str != lit);
+	CU_ASSERT(proto_cmd_kept_size(k) >= 5);
+	/* The next lines reuse every buffer of the parser. */
+	CU_ASSERT_EQUAL_FATAL(proto_parser_parse(p, (const unsigned char *)in + pos, strlen(in) - pos,
+						 &used, &cmd), 1);
+	pos += used;
+	for (int i = 0; i < 2; i++) {
+		const struct proto_cmd *x = i == 0 ? k : c;
+		CU_ASSERT_STRING_EQUAL(x->tag, "C1");
+		CU_ASSERT(proto_cmd_is(x, "save"));
+		CU_ASSERT_STRING_EQUAL(x->text, "");
+		CU_ASSERT_FALSE(x->has_code);
+		CU_ASSERT_EQUAL_FATAL(x->arg_count, 4);
+		CU_ASSERT_EQUAL(x->args[0].type, PROTO_ARG_ATOM);
+		CU_ASSERT_STRING_EQUAL(x->args[0].str, "a");
+		CU_ASSERT_EQUAL(x->args[1].type, PROTO_ARG_QUOTED);
+		CU_ASSERT_STRING_EQUAL(x->args[1].str, "q \" x");
+		CU_ASSERT_EQUAL(x->args[1].len, 5);
+		const struct proto_arg *l = &x->args[2];
+		CU_ASSERT_EQUAL_FATAL(l->type, PROTO_ARG_LIST);
+		CU_ASSERT_EQUAL_FATAL(l->count, 3);
+		CU_ASSERT_STRING_EQUAL(l->list[0].str, "b");
+		CU_ASSERT_EQUAL_FATAL(l->list[1].count, 2);
+		CU_ASSERT_STRING_EQUAL(l->list[1].list[1].str, "d");
+		CU_ASSERT_EQUAL(l->list[2].type, PROTO_ARG_LIST);
+		CU_ASSERT_EQUAL(l->list[2].count, 0);
+		CU_ASSERT_EQUAL(x->args[3].type, PROTO_ARG_LITERAL);
+		CU_ASSERT_EQUAL(x->args[3].len, 5);
+		CU_ASSERT(memcmp(x->args[3].str, "hello", 6) == 0);
+	}
+	CU_ASSERT_EQUAL_FATAL(proto_parser_parse(p, (const unsigned char *)in + pos, strlen(in) - pos,
+						 &used, &cmd), 1);
+	struct proto_cmd *st = proto_cmd_keep(cmd, p);
+	proto_parser_destroy(&p);
+	CU_ASSERT(proto_cmd_is_status(st));
+	CU_ASSERT(st->has_code);
+	CU_ASSERT_STRING_EQUAL(st->text, "fine");
+	CU_ASSERT(proto_code_has(st, "EPOCH"));
+	proto_cmd_kept_free(&k);
+	proto_cmd_kept_free(&c);
+	proto_cmd_kept_free(&st);
+	CU_ASSERT_PTR_NULL(k);
+	proto_cmd_kept_free(&k);
+}
+
 /* Inputs that must fail with the given error. */
 static void expect_error(const struct proto_parser_settings *set, const char *in, size_t len,
 			 enum proto_parse_error want)
@@ -873,6 +935,7 @@ const struct test_case proto_parser_cases[] = {
 	{ "parser stops after one line", test_parser_stops_after_one_line },
 	{ "parser accepts a bare LF", test_parser_accepts_bare_lf },
 	{ "literal can be stolen without a copy", test_literal_can_be_stolen_without_copy },
+	{ "a kept line outlives the parser", test_kept_line_outlives_the_parser },
 	{ "malformed lines give a syntax error", test_malformed_lines_give_syntax_error },
 	{ "line limit just under and over", test_line_limit_just_under_and_over },
 	{ "literal limit just under and over", test_literal_limit_just_under_and_over },

@@ -863,6 +863,351 @@ static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
 	free(dir);
 }
 
+/* ---- Resyncs of one user that refuse each other ---- */
+
+/* Runs the loop until neither node runs a resync nor has one queued or
+ * waiting to be retried, or 10 s. */
+static bool loop_until_idle(struct ev_loop *loop, struct bnode *a, struct bnode *b)
+{
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	ev_now_update(loop);
+	ev_tstamp end = ev_now(loop) + 10.0;
+	bool idle = false;
+	while (!idle && ev_now(loop) < end) {
+		ev_run(loop, EVRUN_ONCE);
+		idle = a->sync->run == NULL && a->sync->queue == NULL && a->sync->retry_list == NULL &&
+		       b->sync->run == NULL && b->sync->queue == NULL && b->sync->retry_list == NULL;
+	}
+	ev_timer_stop(loop, &t);
+	return idle;
+}
+
+/* Nodes 1 and 2 start a background resync of one user toward each other in
+ * the same loop turn: each runs its own and refuses the other's (TRYLATER).
+ * The higher id yields (REPL_SYNC_YIELD_S): node 1's resync runs next, to
+ * its end, before node 2 tries again, and node 2's own then runs too.  With
+ * random delays on both sides the pair met again, or the higher id went
+ * first, at random; three rounds in a row must go the same way. */
+static void test_crossing_resyncs_resolve_lower_id_first(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	CU_ASSERT_TRUE_FATAL(loop_until_idle(loop, &n1, &n2));
+
+	for (int round = 0; round < 3; round++) {
+		uint64_t s1 = n1.sync->syncs_run, s2 = n2.sync->syncs_run;
+		repl_sync_enqueue(n1.sync, "bob", 2);
+		repl_sync_enqueue(n2.sync, "bob", 1);
+		/* Both queue timers are due now: both runs start in the
+		 * same turn, before either sees the other's LIST. */
+		ev_run(loop, EVRUN_NOWAIT);
+		CU_ASSERT_PTR_NOT_NULL(n1.sync->run);
+		CU_ASSERT_PTR_NOT_NULL(n2.sync->run);
+		/* Until node 1's resync is through, node 2 has run no sync
+		 * of its own (the first ones were refused). */
+		ev_timer_init(&t, tick, 0.01, 0.01);
+		ev_timer_start(loop, &t);
+		ev_now_update(loop);
+		ev_tstamp end = ev_now(loop) + 10.0;
+		bool n1_done = false, n2_first = false, both_refused = false;
+		while (!n1_done && ev_now(loop) < end) {
+			ev_run(loop, EVRUN_ONCE);
+			if (n2.sync->syncs_run != s2 && n1.sync->syncs_run == s1)
+				n2_first = true;
+			/* Each failed once: they did cross. */
+			if (n1.sync->backoffs.count > 0 && n2.sync->backoffs.count > 0)
+				both_refused = true;
+			n1_done = n1.sync->syncs_run != s1 && n1.sync->run == NULL;
+		}
+		ev_timer_stop(loop, &t);
+		CU_ASSERT_TRUE(both_refused);
+		CU_ASSERT_TRUE(n1_done);
+		CU_ASSERT_FALSE(n2_first);
+		/* Node 2's own resync, refused at first, runs after. */
+		CU_ASSERT_TRUE(loop_until_idle(loop, &n1, &n2));
+		CU_ASSERT_NOT_EQUAL(n2.sync->syncs_run, s2);
+		/* Both converged: nobody is left backing off. */
+		CU_ASSERT_EQUAL(n1.sync->backoffs.count, 0);
+		CU_ASSERT_EQUAL(n2.sync->backoffs.count, 0);
+	}
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
+/* A master of an earlier build (SPEC 8.8): node 2 here plays one, answering
+ * a SAVE that carries HOLDER with BAD [ARGS] (an unknown option) and every
+ * other command as usual.  Node 1's forwarded APPEND is sent with HOLDER,
+ * resent without it on the same link, and completes once, stored at the
+ * master's UID; the next APPEND on that link is sent without HOLDER at once. */
+struct old_master {
+	struct repl_cluster *cl;
+	bool refuse_holder;            /* else only count */
+	unsigned with_holder, without_holder;
+};
+
+static void old_master_live(void *ctx, uint32_t sid, struct proto_conn *conn,
+			    const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct old_master *om = ctx;
+	size_t npos;
+	const char *err;
+	if (proto_cmd_is(cmd, "SAVE") && proto_cmd_validate(cmd, &npos, &err) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") == NULL) {
+		if (proto_cmd_option(cmd, npos, "HOLDER") != NULL) {
+			om->with_holder++;
+			if (om->refuse_holder) {
+				proto_conn_reply(conn, cmd->tag, "BAD", "ARGS",
+						 "SAVE: unknown option 7");
+				return;
+			}
+		} else {
+			om->without_holder++;
+		}
+	}
+	cl_replica_command(om->cl, sid, conn, cmd, selected);
+}
+
+/* Two nodes linked, mailbox D on both, mastered by node 2, which holds one
+ * message; node 1 has bound D on its link (one forward). */
+static void holder_setup(struct bnode *n1, struct bnode *n2, struct ev_loop *loop,
+			 const char *dir, const char *secret, ev_timer *t, struct stor_mailbox *dmb)
+{
+	uint16_t port1 = free_port(), port2 = free_port();
+	bnode_start(n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer_init(t, tick, 0.01, 0.01);
+	ev_timer_start(loop, t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1->peers, 2) && repl_peers_conn(n2->peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1->peers, 2) != NULL);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2->repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	*dmb = mailbox_on(n2->db, "D");
+	const char *err;
+	for (int i = 0; i < 500; i++) {
+		struct stor_mailbox x;
+		if (stor_mailbox_get(n1->db, "bob", "D", &x, &err) > 0) {
+			stor_mailbox_free(&x);
+			break;
+		}
+		ev_run(loop, EVRUN_ONCE);
+	}
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n2->repl, "bob", &dmb->guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+}
+
+/* SPEC 8.8, the forwarder's fallback: node 1 holds another message under
+ * the UID the master assigns (as after a partition, before the resync), so
+ * it cannot keep its HOLDER promise: it sends the same SAVE again without
+ * HOLDER and answers OK only on that answer; the message reaches both. */
+static void test_holder_that_cannot_hold_resends_without(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct bnode n1, n2;
+	ev_timer t;
+	struct stor_mailbox dmb;
+	holder_setup(&n1, &n2, loop, dir, secret, &t, &dmb);
+	const char *err;
+	struct copy_done d;
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	/* Node 1 binds D on its link with one forward first. */
+	a.text = "Subject: bind\r\n\r\nfirst from node 1\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	for (int i = 0; i < 50; i++)
+		ev_run(loop, EVRUN_ONCE);
+	/* The master's next UID, taken here by a message it never saw. */
+	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	uint32_t next = on2.uidnext;
+	stor_mailbox_free(&on2);
+	struct guid rogue;
+	guid_generate(&rogue);
+	struct stor_append sa = { .uid = next, .guid = &rogue,
+				  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
+	sa.text_len = strlen(sa.text);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &dmb.guid, &sa, NULL, NULL, &err), 0);
+
+	struct old_master om = { to_cl(n2.repl), false, 0, 0 };
+	repl_sync_set_live(n2.sync, old_master_live, &om);
+	struct guid mine;
+	guid_generate(&mine);
+	a.guid = &mine;
+	a.text = "Subject: held\r\n\r\nsecond from node 1\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	/* Sent with HOLDER once, then without it (more than once when the
+	 * resync the conflict started made the master answer TRYLATER). */
+	CU_ASSERT_EQUAL(om.with_holder, 1);
+	CU_ASSERT(om.without_holder >= 1);
+	if (om.without_holder == 0)
+		fprintf(stderr, "\nno resend without HOLDER (answered UID %u, wanted %u)", d.uid,
+			next);
+	uint32_t at;
+	/* On the master (a resync may have given one of the two another UID
+	 * since). */
+	CU_ASSERT_EQUAL(stor_msg_find_guid(n2.db, &dmb.guid, &mine, &at, &err), 1);
+	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
+	/* The resync the conflict asked for brings it here too. */
+	bool here = false;
+	for (int i = 0; i < 3000 && !here; i++) {
+		ev_run(loop, EVRUN_ONCE);
+		here = stor_msg_find_guid(n1.db, &dmb.guid, &mine, &at, &err) == 1;
+	}
+	CU_ASSERT_TRUE(here);
+	ev_timer_stop(loop, &t);
+	stor_mailbox_free(&dmb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
+static void test_master_of_an_earlier_build_gets_no_holder(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+
+	/* D on both nodes, mastered by node 2 (the first to write to it). */
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	const char *err;
+	for (int i = 0; i < 500; i++) {
+		struct stor_mailbox x;
+		if (stor_mailbox_get(n1.db, "bob", "D", &x, &err) > 0) {
+			stor_mailbox_free(&x);
+			break;
+		}
+		ev_run(loop, EVRUN_ONCE);
+	}
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
+	a.text_len = strlen(a.text);
+	memset(&d, 0, sizeof(d));
+	repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+
+	struct old_master om = { to_cl(n2.repl), true, 0, 0 };
+	repl_sync_set_live(n2.sync, old_master_live, &om);
+	for (unsigned k = 0; k < 2; k++) {
+		a.text = k == 0 ? "Subject: on 1\r\n\r\nfirst from node 1\r\n" :
+				  "Subject: on 1\r\n\r\nsecond from node 1\r\n";
+		a.text_len = strlen(a.text);
+		memset(&d, 0, sizeof(d));
+		repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		CU_ASSERT_EQUAL(d.error, REPL_OK);
+		/* Sent with HOLDER once, refused, resent without; then
+		 * never with it again on this link. */
+		CU_ASSERT_EQUAL(om.with_holder, 1);
+		CU_ASSERT_EQUAL(om.without_holder, k + 1);
+		/* Stored here at the master's UID before the OK. */
+		struct stor_msg m;
+		int r1 = stor_msg_get(n1.db, &dmb.guid, d.uid, &m, &err);
+		CU_ASSERT_EQUAL(r1, 1);
+		if (r1 == 1)
+			stor_msg_free(&m);
+		int r2 = stor_msg_get(n2.db, &dmb.guid, d.uid, &m, &err);
+		CU_ASSERT_EQUAL(r2, 1);
+		if (r2 == 1)
+			stor_msg_free(&m);
+	}
+	for (int i = 0; i < 50; i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	struct stor_db *dbs[] = { n1.db, n2.db };
+	for (size_t k = 0; k < 2; k++) {
+		struct stor_mailbox x = mailbox_on(dbs[k], "D");
+		CU_ASSERT_EQUAL(x.messages, 3);
+		stor_mailbox_free(&x);
+	}
+	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
+	stor_mailbox_free(&dmb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 /* The tombstone at uid on db: 1 a user's, 0 the engine's, -1 none. */
 static int tomb_kind(struct stor_db *db, const struct guid *mb, uint32_t uid)
 {
@@ -1172,24 +1517,51 @@ static void test_master_store_of_a_message_renumbered_meanwhile(void)
 	master_change_of_a_message_renumbered_meanwhile(false);
 }
 
-/* The engine's lines are cut at their ends, literals included: a literal
- * size past 2^64 once wrapped to a small one (2^64 + 2 read as 2), and the
- * line was cut inside the literal. */
-static void test_line_length_literal_sizes(void)
+/* The engine's lines are cut at their ends by the protocol's parser,
+ * literals included, and the bytes after the name are relayed as written;
+ * a part of a line waits for the rest, and a line the engine cannot have
+ * written (a literal size past 2^64 once wrapped to a small one, and the
+ * line was cut inside the literal) is refused. */
+static void test_relay_line_cut(void)
 {
-	static const char ok[] = "C1 SAVE {2}\r\nab X\r\nC2";
-	CU_ASSERT_EQUAL(line_length((const unsigned char *)ok, sizeof(ok) - 1), sizeof(ok) - 3);
+	struct proto_parser *p = relay_parser_create();
+	char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
+	const unsigned char *rest;
+	size_t n = 0, rest_len = 0;
+	static const char ok[] = "C1 SAVE {2}\r\nab X\r\nC2 OK [MISSING 3] done\r\nC3";
+	const unsigned char *d = (const unsigned char *)ok;
+	CU_ASSERT_EQUAL_FATAL(relay_line_cut(&p, d, sizeof(ok) - 1, &n, tag, sizeof(tag), name,
+					     sizeof(name), &rest, &rest_len), 1);
+	CU_ASSERT_EQUAL(n, 19);
+	CU_ASSERT_STRING_EQUAL(tag, "C1");
+	CU_ASSERT_STRING_EQUAL(name, "SAVE");
+	CU_ASSERT(rest_len == 10 && memcmp(rest, " {2}\r\nab X", 10) == 0);
+	d += n;
+	CU_ASSERT_EQUAL_FATAL(relay_line_cut(&p, d, sizeof(ok) - 1 - 19, &n, tag, sizeof(tag), name,
+					     sizeof(name), &rest, &rest_len), 1);
+	CU_ASSERT_STRING_EQUAL(name, "OK");
+	CU_ASSERT(rest_len == 17 && memcmp(rest, " [MISSING 3] done", 17) == 0);
+	CU_ASSERT_EQUAL(relay_line_cut(&p, d + n, 2, &n, tag, sizeof(tag), name, sizeof(name),
+				       &rest, &rest_len), 0);
+	/* Offered again, whole: the earlier part was not kept. */
 	static const char part[] = "C1 SAVE {5}\r\nab";
-	CU_ASSERT_EQUAL(line_length((const unsigned char *)part, sizeof(part) - 1), 0);
+	static const char whole[] = "C1 SAVE {5}\r\nabcde\r\n";
+	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)part, sizeof(part) - 1, &n, tag,
+				       sizeof(tag), name, sizeof(name), &rest, &rest_len), 0);
+	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)whole, sizeof(whole) - 1, &n, tag,
+				       sizeof(tag), name, sizeof(name), &rest, &rest_len), 1);
+	CU_ASSERT_EQUAL(n, sizeof(whole) - 1);
 	static const char wrap[] = "C1 SAVE {18446744073709551618}\r\nab\r\n";
-	CU_ASSERT_EQUAL(line_length((const unsigned char *)wrap, sizeof(wrap) - 1), 0);
-	static const char many[] = "C1 SAVE {000000000000000000000000000002}\r\nab\r\n";
-	CU_ASSERT_EQUAL(line_length((const unsigned char *)many, sizeof(many) - 1),
-			sizeof(many) - 1);
+	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)wrap, sizeof(wrap) - 1, &n, tag,
+				       sizeof(tag), name, sizeof(name), &rest, &rest_len), -1);
+	static const char untagged[] = "SAVE\r\n";
+	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)untagged, sizeof(untagged) - 1, &n,
+				       tag, sizeof(tag), name, sizeof(name), &rest, &rest_len), -1);
+	proto_parser_destroy(&p);
 }
 
 const struct test_case repl_cluster_cases[] = {
-	{ "engine lines: literal sizes are read without wrapping", test_line_length_literal_sizes },
+	{ "engine lines: cut by the parser, literals included", test_relay_line_cut },
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
 	{ "degraded_writes = refuse: refused before made, as master and alone",
 	  test_degraded_refuse },
@@ -1203,6 +1575,12 @@ const struct test_case repl_cluster_cases[] = {
 	{ "a COPY whose source is expunged meanwhile sends no empty text",
 	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
 	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
+	{ "a master of an earlier build: BAD [ARGS] to HOLDER, resent without it",
+	  test_master_of_an_earlier_build_gets_no_holder },
+	{ "a holder that cannot hold the master's UID resends without HOLDER",
+	  test_holder_that_cannot_hold_resends_without },
+	{ "resyncs of one user that refuse each other: the lower node id runs first",
+	  test_crossing_resyncs_resolve_lower_id_first },
 	{ "a MOVE whose source a sync renumbered meanwhile still removes it",
 	  test_move_of_a_source_renumbered_meanwhile },
 	{ "an EXPUNGE on the master reaches its message renumbered meanwhile",

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "tests/storage/tests.h"
 
@@ -482,6 +483,49 @@ static void test_changes_since_reports_store_once_in_uid_order(void)
 	CU_ASSERT_EQUAL(msgs.items[1].flags, STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
 	stor_msg_list_free(&msgs);
 	ARRAY_FREE(&tombs);
+	tcheck(t.db, &g);
+	tstore_close(&t);
+}
+
+/* STORE, EXPUNGE and renumbering refuse a missing mailbox, and a mailbox
+ * that used every modseq when they would assign one (NO [LIMIT] upstream),
+ * and change nothing then. */
+static void test_changes_refuse_a_missing_mailbox_and_the_last_modseq(void)
+{
+	struct tstore t;
+	struct stor_store req;
+	const char *error = NULL;
+	uint32_t u1 = 1;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX"), none;
+	guid_generate(&none);
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_SEEN;
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &none, &u1, 1, &req, NULL, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "does not exist"));
+	error = NULL;
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &none, &u1, 1, 0, NULL, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "does not exist") : NULL);
+	error = NULL;
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &none, 1, 2, 0, &error), -1);
+	CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "does not exist") : NULL);
+	/* A replica's message at the last modseq: nothing is left to assign. */
+	CU_ASSERT_EQUAL_FATAL(append_full(t.db, &g, 1, MAIL_MODSEQ_MAX, NULL, 0, NULL, 0, "x", NULL,
+					  NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &u1, 1, &req, NULL, NULL, &error), -1);
+	CU_ASSERT_EQUAL(stor_last_error_kind(t.db), STOR_ERROR_LIMIT);
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &u1, 1, 0, NULL, &error), -1);
+	CU_ASSERT_EQUAL(stor_last_error_kind(t.db), STOR_ERROR_LIMIT);
+	CU_ASSERT_EQUAL(stor_msg_renumber(t.db, &g, 1, 5, 0, &error), -1);
+	CU_ASSERT_EQUAL(stor_last_error_kind(t.db), STOR_ERROR_LIMIT);
+	/* A given modseq past the bound is refused too. */
+	CU_ASSERT_EQUAL(stor_msg_expunge(t.db, &g, &u1, 1, MAIL_MODSEQ_MAX + 1, NULL, &error), -1);
+	struct stor_msg msg;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT_EQUAL(msg.flags, 0);
+	CU_ASSERT_EQUAL(msg.modseq, MAIL_MODSEQ_MAX);
+	stor_msg_free(&msg);
 	tcheck(t.db, &g);
 	tstore_close(&t);
 }
@@ -1119,6 +1163,8 @@ const struct test_case storage_msg_cases[] = {
 	  test_dedupe_keeps_flag_changes_of_the_copies },
 	{ "append assigns UIDs and modseqs", test_append_assigns_uids_and_modseqs },
 	{ "append to a missing mailbox fails", test_append_to_missing_mailbox_fails },
+	{ "changes refuse a missing mailbox and the last modseq",
+	  test_changes_refuse_a_missing_mailbox_and_the_last_modseq },
 	{ "replica append is idempotent", test_replica_append_is_idempotent },
 	{ "append refuses the UID of an expunged message", test_append_refuses_uid_of_expunged_message },
 	{ "keyword limits just under and over", test_append_keyword_limits },
