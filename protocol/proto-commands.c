@@ -53,6 +53,8 @@ static const struct proto_cmd_info commands[] = {
 	/* A private \Seen record (7.7): streamed with ORIGIN, in a sync and
 	 * its answer; the codec (proto-pseen.c) checks seen and the name. */
 	{ "PSEEN", "sgumm", PROTO_CMDF_SELECTED | PROTO_CMDF_OPT_ORIGIN },
+	/* Only in a bundle, before its records (7.7 "Bundles"). */
+	{ "PSEEN-MBOX", "sgi", 0 },
 	{ "FETCH", "S", PROTO_CMDF_SELECTED },
 	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
