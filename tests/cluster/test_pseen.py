@@ -22,9 +22,9 @@ and `starling dump` only:
     a `starling resync --full` afterwards changes nothing;
   - with both replicas stopped, a \\Seen change on the master is not
     answered until one runs again (sync_replicas = 1 counts PSEEN acks);
-  - bundles do not carry records yet: a bundle of alice (the owner), bob or
-    carol holds no PSEEN line, and importing alice's on node 3 leaves its
-    records as they were (a guard: SPEC 7.7 "Bundles" is not built);
+  - a bundle of alice (the owner) holds no PSEEN line, one of bob only
+    bob's records (carol's only carol's); on a lone node, alice's bundle
+    then bob's make exactly bob's \\Seen appear;
   - a peer's PSEEN lines: malformed ones get BAD [ARGS] and change
     nothing; one naming a GUID the mailbox does not hold is answered OK and
     kept; the same line twice, or an older one, changes nothing.
@@ -373,26 +373,56 @@ def bundle_stream(path):
     return zlib.decompress(data[end:end + int(m.group(1))])
 
 
-def t_bundles_carry_no_one_elses_records():
-    """Bundles do not carry records yet (SPEC.md 7.7 "Bundles" is not
-    built): a bundle of alice, the owner, carries none of bob's or carol's,
-    and importing it on another node leaves that node's records as they
-    were (the import's merge keeps them)."""
-    n2, n3 = CLUSTER.nodes[1], CLUSTER.nodes[2]
-    path = os.path.join(CLUSTER.dir, "alice.bundle")
-    r = n2.cli("bundle", "export", "-u", "alice", "-o", path, timeout=120)
-    R.check("starling bundle export -u alice on node 2", r.returncode == 0, r.stderr)
-    stream = bundle_stream(path)
-    R.check("alice's bundle holds no PSEEN line", b"PSEEN" not in stream)
-    before = n3.dump("alice")
-    r = n3.cli("bundle", "import", path, timeout=120)
-    R.check("its import on node 3", r.returncode == 0, (r.stdout, r.stderr))
-    R.check("node 3 keeps every record through the import", n3.dump("alice") == before)
-    for usr in ("bob", "carol"):
+def t_bundles_carry_each_users_own_records():
+    """SPEC.md 7.7 "Bundles": a bundle of alice, the owner, carries no
+    record; a bundle of bob carries bob's and nobody else's (carol's the
+    same).  On a lone node that never linked with the cluster (same
+    secret), alice's bundle brings Team without records, and bob's bundle
+    then makes exactly bob's \\Seen appear there, carol's view unchanged."""
+    n2 = CLUSTER.nodes[1]
+    paths = {}
+    for usr in ("alice", "bob", "carol"):
         p = os.path.join(CLUSTER.dir, "%s.bundle" % usr)
         r = n2.cli("bundle", "export", "-u", usr, "-o", p, timeout=120)
-        R.check("a bundle of %s holds no PSEEN line" % usr,
-                r.returncode == 0 and b"PSEEN" not in bundle_stream(p), r.stderr)
+        R.check("starling bundle export -u %s on node 2" % usr, r.returncode == 0, r.stderr)
+        paths[usr] = p
+    streams = {u: bundle_stream(p) for u, p in paths.items()}
+    R.check("alice's bundle holds no PSEEN line", b"PSEEN" not in streams["alice"])
+    for usr, other in (("bob", "carol"), ("carol", "bob")):
+        st = streams[usr]
+        R.check("%s's bundle holds PSEEN-MBOX alice and %s's records" % (usr, usr),
+                b" PSEEN-MBOX alice " in st and (b" PSEEN %s " % usr.encode()) in st, st[-300:])
+        R.check("%s's bundle holds none of %s's or alice's" % (usr, other),
+                (b" PSEEN %s " % other.encode()) not in st and b" PSEEN alice " not in st)
+    want = {u: seen_uids(n2, u) for u in ("bob", "carol")}
+    # A lone node writes no cluster_secret_file of its own: give it the
+    # cluster's, so that it verifies the cluster's bundles.
+    lone = Cluster(n=1, users=USERS, extra_config={"cluster_secret_file": CLUSTER.secret_file})
+    try:
+        ln = lone.nodes[0]
+        ln.start()
+        r = ln.cli("bundle", "import", paths["alice"], timeout=120)
+        R.check("the lone node imports alice's bundle", r.returncode == 0, (r.stdout, r.stderr))
+        R.check("bob sees Team there, nothing \\Seen",
+                wait_for(lambda: seen_uids(ln, "bob") == set(), CONVERGE) is not None,
+                seen_uids(ln, "bob"))
+        r = ln.cli("bundle", "import", paths["bob"], timeout=120)
+        out = ((r.stdout or b"") + (r.stderr or b"")).decode(errors="replace")
+        R.check("the lone node imports bob's bundle", r.returncode == 0, out)
+        R.check("its summary counts %d records applied" % len(want["bob"]),
+                ("pseen %d " % len(want["bob"])) in out, out)
+        took = wait_for(lambda: seen_uids(ln, "bob") == want["bob"], CONVERGE)
+        R.check("bob sees his \\Seen %s on the lone node" % sorted(want["bob"] or []),
+                took is not None, seen_uids(ln, "bob"))
+        R.equal("carol sees nothing \\Seen there", seen_uids(ln, "carol"), set())
+        R.equal("alice's own view there is her message's own \\Seen", seen_uids(ln, "alice"),
+                seen_uids(n2, "alice"))
+        r = ln.cli("bundle", "import", paths["bob"], timeout=120)
+        R.check("the same bundle again is refused (a replay)", r.returncode != 0, r.stdout)
+    finally:
+        lone.close()
+        reps = lone.sanitizer_reports()
+        R.check("no sanitizer report on the lone node", not reps, reps)
 
 
 def t_hostile_peer():
@@ -485,7 +515,7 @@ SECTIONS = [
     ("partition and heal", t_partition_and_heal),
     ("full resync", t_full_resync),
     ("sync_replicas counts the records' acknowledgements", t_sync_replicas_counts_records),
-    ("bundles carry no one else's records", t_bundles_carry_no_one_elses_records),
+    ("bundles carry each user's own records", t_bundles_carry_each_users_own_records),
     ("a hostile peer's PSEEN lines", t_hostile_peer),
 ]
 
