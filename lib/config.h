@@ -72,10 +72,8 @@ struct config {
 	uint64_t repl_log_max;
 	enum config_degraded_writes degraded_writes;
 	enum config_read_consistency read_consistency;
-	/* Private \Seen on shared and public mailboxes (SPEC.md 7.7).  The
-	 * key shared_seen accepts only "shared" until bundles carry the
-	 * records; starlingd sets this for tests alone
-	 * (STARLING_TEST_PRIVATE_SEEN=1, on every node of a cluster alike). */
+	/* shared_seen = private (the default) or shared (SPEC.md 7.7): the
+	 * same on every node of a cluster. */
 	bool shared_seen_private;
 	/* LMTP (lmtp/): TCP address, or a UNIX socket path (the value
 	 * starts with '/'); both unset when LMTP is off. */

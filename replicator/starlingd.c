@@ -390,14 +390,6 @@ int main(int argc, char **argv)
 		n.repl = repl_cluster_create(n.loop, n.db, &rset, n.cfg);
 	else
 		n.repl = repl_local_create(n.loop, n.db, &rset);
-	/* A test hook, not a setting (SPEC.md 7.7): the records travel with
-	 * live changes, not yet in syncs and bundles. */
-	const char *pseen = getenv("STARLING_TEST_PRIVATE_SEEN");
-	if (pseen != NULL && strcmp(pseen, "1") == 0) {
-		n.cfg->shared_seen_private = true;
-		log_warnx("STARLING_TEST_PRIVATE_SEEN: \\Seen is private on shared and public "
-			  "mailboxes (a test hook, not built for production)");
-	}
 	/* Peers first: a bad secret or TLS file stops the node before it
 	 * serves anything. */
 	n.mm = repl_mm_create(n.loop, n.cfg);

@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
 """Private \\Seen (SPEC.md 7.7) across real starlingd nodes (issue 16).
 
-Three nodes, every directed peer link through a LinkProxy, each started
-with STARLING_TEST_PRIVATE_SEEN=1 (the key shared_seen does not accept
-private yet).  alice owns the mailbox Team (mastered on node 1) and shares
+Three nodes, every directed peer link through a LinkProxy, each with
+shared_seen = private in its config (the default, written out here).  alice owns the mailbox Team (mastered on node 1) and shares
 it with bob and carol; each reads it on another node.  Checked through IMAP
 and `starling dump` only:
 
@@ -149,8 +148,7 @@ def wait_dumps_equal(usr, timeout=CONVERGE):
 
 def t_setup():
     global CLUSTER
-    os.environ["STARLING_TEST_PRIVATE_SEEN"] = "1"
-    CLUSTER = Cluster(n=3, users=USERS, proxies=True)
+    CLUSTER = Cluster(n=3, users=USERS, proxies=True, extra_config={"shared_seen": "private"})
     CLUSTER.start_all()
     took = CLUSTER.wait_links_up(timeout=40)
     R.check("the three nodes link up", took >= 0)

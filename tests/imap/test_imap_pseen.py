@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """Private \\Seen (SPEC.md 7.7) on one real server: each user's own \\Seen.
 
-The node runs with STARLING_TEST_PRIVATE_SEEN=1 (the key shared_seen still
-refuses "private"; tests/cluster/test_pseen.py runs it across nodes).  alice shares a mailbox with bob
+The node runs without shared_seen in its config: private \\Seen is the
+default (tests/cluster/test_pseen.py runs it across nodes).  alice shares a mailbox with bob
 and carol: bob's STORE +FLAGS/-FLAGS/FLAGS (\\Seen), the \\Seen a FETCH
 BODY[] sets, SEARCH SEEN/UNSEEN, STATUS UNSEEN, SELECT's [UNSEEN n], FETCH
 FLAGS, untagged FETCHes in his other session, and CONDSTORE/QRESYNC
 modseqs are his own; alice (the owner) sees and changes the message's own
 \\Seen; carol sees neither.  Other flags stay shared.  A public mailbox
 gives every user their own, and nobody the message's.  An expunge takes
-the records along (STATUS UNSEEN stays right).
+the records along (STATUS UNSEEN stays right).  A second node with
+shared_seen = shared shows bob's \\Seen to alice (the message's own flag).
 
 The last line is "imap-pseen: N passed, M failed"; exit 0 only if nothing
 failed.
 """
-import os
 import sys
 
 from imapcommon import Report, run_sections
@@ -318,6 +318,39 @@ def t_own_mailbox_unchanged():
     b.logout()
 
 
+def t_shared_key():
+    """shared_seen = shared: bob's \\Seen is the message's own flag, which
+    alice sees; the same STORE on the default node does not reach her."""
+    global T
+    from harness.starling import Cluster
+    from imapcommon import Target
+    c = Cluster(n=1, users=USERS, extra_config={"shared_seen": "shared"})
+    saved = T
+    try:
+        c.start_all()
+        T = Target("starling", c, c.nodes[0])
+        a = connect("alice")
+        R.check("shared node: alice CREATE Team", a.command("CREATE", "Team").ok)
+        r = a.command("APPEND", "Team", "()", Literal(message("s1")))
+        R.check("shared node: alice APPENDs s1", r.ok, r)
+        R.check("shared node: SETACL Team bob lrs", a.command("SETACL", "Team", "bob", "lrs").ok)
+        b = connect("bob")
+        R.check("shared node: bob SELECTs", b.command("SELECT", BOX).ok)
+        r = b.command("STORE", "1", "+FLAGS", "(\\Seen)")
+        R.check("shared node: bob STORE 1 +FLAGS (\\Seen) OK", r.ok, r)
+        r = a.command("SELECT", "Team")
+        R.equal("shared node: alice sees bob's \\Seen (one flag for all)", seen_seqs(a), [1])
+        R.equal("shared node: STATUS UNSEEN of alice's Team", status_unseen(b, "shared/alice/Team"),
+                0)
+        a.logout()
+        b.logout()
+    finally:
+        T = saved
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report on the shared node", not reps, reps)
+
+
 SECTIONS = [
     ("setup", t_setup),
     ("seen is private", t_seen_is_private),
@@ -326,6 +359,7 @@ SECTIONS = [
     ("idle", t_idle),
     ("public", t_public),
     ("own mailbox", t_own_mailbox_unchanged),
+    ("shared_seen = shared", t_shared_key),
 ]
 
 
@@ -335,5 +369,4 @@ def set_target(t):
 
 
 if __name__ == "__main__":
-    os.environ["STARLING_TEST_PRIVATE_SEEN"] = "1"
     sys.exit(run_sections(R, SECTIONS, __doc__.splitlines()[0], USERS, set_target))
