@@ -23,7 +23,9 @@ and `starling dump` only:
     answered until one runs again (sync_replicas = 1 counts PSEEN acks);
   - a bundle of alice (the owner) holds no PSEEN line, one of bob only
     bob's records (carol's only carol's); on a lone node, alice's bundle
-    then bob's make exactly bob's \\Seen appear;
+    then bob's make exactly bob's \\Seen appear; bob's change there,
+    carried back by a bundle into node 3, goes through Team's master and
+    shows on every node;
   - a peer's PSEEN lines: malformed ones get BAD [ARGS] and change
     nothing; one naming a GUID the mailbox does not hold is answered OK and
     kept; the same line twice, or an older one, changes nothing.
@@ -417,6 +419,37 @@ def t_bundles_carry_each_users_own_records():
                 seen_uids(n2, "alice"))
         r = ln.cli("bundle", "import", paths["bob"], timeout=120)
         R.check("the same bundle again is refused (a replay)", r.returncode != 0, r.stdout)
+        # Back the other way, into node 3 (not Team's master): bob's new
+        # \\Seen on the lone node becomes a change through the master
+        # and shows on all three nodes; nobody else's view moves.
+        fresh = sorted(set(range(1, NMSG + 1)) - want["bob"])
+        R.check("a message bob has not seen is left", bool(fresh), want["bob"])
+        if not fresh:
+            return
+        u = fresh[0]
+        b = login(ln, "bob")
+        R.check("bob SELECTs %s on the lone node" % SHARED, b.command("SELECT", quote(SHARED)).ok)
+        r = b.command("UID", "STORE", str(u), "+FLAGS", r"(\Seen)")
+        R.check("bob STOREs +FLAGS (\\Seen) on UID %d there" % u, r.ok, r)
+        b.logout()
+        back = os.path.join(CLUSTER.dir, "bob-back.bundle")
+        r = ln.cli("bundle", "export", "-u", "bob", "-o", back, timeout=120)
+        R.check("the lone node exports bob's bundle", r.returncode == 0, r.stderr)
+        views = {u2: {n.node_id: seen_uids(n, u2) for n in CLUSTER.nodes}
+                 for u2 in ("alice", "carol")}
+        n3 = CLUSTER.nodes[2]
+        r = n3.cli("bundle", "import", back, timeout=120)
+        out = ((r.stdout or b"") + (r.stderr or b"")).decode(errors="replace")
+        R.check("node 3 imports it, one record applied (the others restate its own)",
+                r.returncode == 0 and "pseen 1 " in out, out)
+        target = want["bob"] | {u}
+        took = wait_for(lambda: all(seen_uids(n, "bob") == target for n in CLUSTER.nodes),
+                        CONVERGE)
+        R.check("bob sees UID %d \\Seen on all three nodes" % u, took is not None,
+                {n.node_id: seen_uids(n, "bob") for n in CLUSTER.nodes})
+        for u2 in ("alice", "carol"):
+            R.equal("%s's view is unchanged on every node" % u2,
+                    {n.node_id: seen_uids(n, u2) for n in CLUSTER.nodes}, views[u2])
     finally:
         lone.close()
         reps = lone.sanitizer_reports()
