@@ -140,15 +140,12 @@ int bundle_pseen_load(struct loader *l, const struct proto_cmd *cmd, const char 
 			*error_r = "PSEEN-MBOX of the bundle's own mailbox";
 			return -1;
 		}
-		if (l->pseen.count >= SYNC_MAX_MAILBOXES) {
+		/* Each needs a record of its own, so the lines' bound holds
+		 * them too; a mailbox named twice is found at the end, by a
+		 * sort (a scan here would be quadratic). */
+		if (l->pseen.count >= SYNC_MAX_MAILBOXES || l->pseen_lines >= BUNDLE_MAX_PSEEN_LINES) {
 			*error_r = "too many PSEEN-MBOX";
 			return -1;
-		}
-		for (size_t i = 0; i < l->pseen.count; i++) {
-			if (guid_cmp(&l->pseen.items[i].mailbox, &m.mailbox) == 0) {
-				*error_r = "PSEEN-MBOX of one mailbox twice";
-				return -1;
-			}
 		}
 		struct ld_pseen_mbox e;
 		memset(&e, 0, sizeof(e));
@@ -181,9 +178,23 @@ int bundle_pseen_load(struct loader *l, const struct proto_cmd *cmd, const char 
 	return 0;
 }
 
-/* At the end of the body: one record per message and mailbox. */
+static int pmbox_cmp(const void *a, const void *b)
+{
+	return guid_cmp(&((const struct ld_pseen_mbox *)a)->mailbox,
+			&((const struct ld_pseen_mbox *)b)->mailbox);
+}
+
+/* At the end of the body: each mailbox once, one record per message. */
 int bundle_pseen_load_end(struct loader *l, const char **error_r)
 {
+	if (l->pseen.count > 1)
+		qsort(l->pseen.items, l->pseen.count, sizeof(l->pseen.items[0]), pmbox_cmp);
+	for (size_t i = 1; i < l->pseen.count; i++) {
+		if (guid_cmp(&l->pseen.items[i - 1].mailbox, &l->pseen.items[i].mailbox) == 0) {
+			*error_r = "PSEEN-MBOX of one mailbox twice";
+			return -1;
+		}
+	}
 	for (size_t i = 0; i < l->pseen.count; i++) {
 		struct ld_pseen_mbox *mb = &l->pseen.items[i];
 		if (mb->recs.count == 0) {

@@ -1524,6 +1524,56 @@ static void test_bundle_pseen_hostile_lines_are_refused(void)
 	node_close(&b);
 }
 
+/* 100,000 PSEEN-MBOX of mailboxes B does not hold, one record each (the
+ * bound), load and are skipped in bounded time; one PSEEN line more is
+ * refused. */
+static void test_bundle_pseen_at_the_bounds(void)
+{
+	struct node b;
+	struct buf bundle = BUF_INIT, stream = BUF_INIT;
+	node_open(&b, SID_B);
+	const char *g = "0123456789abcdef0123456789abcdef";
+	for (int round = 0; round < 2; round++) {
+		buf_reset(&stream);
+		buf_appendf(&stream, "B1 CREATE alice INBOX %s 7\r\nB2 MBOX 1 alice INBOX 7 %s\r\n"
+			    "B3 SELECT 1\r\nB4 SYNC-BEGIN 0 0 1 1\r\nB5 SYNC-END\r\n", g, g);
+		unsigned tag = 6;
+		for (unsigned i = 0; i < 100000; i++) {
+			buf_appendf(&stream, "B%u PSEEN-MBOX zed %08x%024x 7\r\n", tag++, i + 1, 0);
+			buf_appendf(&stream, "B%u PSEEN alice %s 1 0 5\r\n", tag++, g);
+		}
+		if (round == 1)
+			buf_appendf(&stream, "B%u PSEEN alice %032x 1 0 5\r\n", tag++, 7);
+		buf_reset(&bundle);
+		struct sync_bundle_key k = cluster_key();
+		struct sync_bundle_header hdr = { .user = USER, .source = SID_A,
+						  .created = 1700000000 + round };
+		sync_bundle_seal(&hdr, &k, stream.data, stream.len, &bundle, NULL);
+		time_t t0 = time(NULL);
+		struct sync_bundle_import_result res;
+		char *err = NULL;
+		int r = import_into(&b, bundle.data, bundle.len, round == 0 ? &res : NULL, &err);
+		time_t took = time(NULL) - t0;
+		CU_ASSERT(took < 30);
+		if (round == 0) {
+			if (r < 0)
+				fprintf(stderr, "import: %s\n", err);
+			CU_ASSERT_EQUAL(r, 0);
+			if (r == 0) {
+				CU_ASSERT_EQUAL(res.pseen.mailboxes_skipped, 100000);
+				sync_bundle_import_result_free(&res);
+			}
+		} else {
+			CU_ASSERT_EQUAL(r, -1);
+			CU_ASSERT(err != NULL && strstr(err, "too many PSEEN") != NULL);
+		}
+		free(err);
+	}
+	buf_free(&stream);
+	buf_free(&bundle);
+	node_close(&b);
+}
+
 static const struct test_case bundle_cases[] = {
 	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
 	{ "ACL records travel, newest wins", test_bundle_carries_acl_records },
@@ -1554,6 +1604,7 @@ static const struct test_case bundle_cases[] = {
 	  test_bundle_pseen_carries_only_the_users_records },
 	{ "private \\Seen: a mailbox not held is skipped", test_bundle_pseen_unknown_mailbox_is_skipped },
 	{ "private \\Seen: hostile PSEEN lines are refused", test_bundle_pseen_hostile_lines_are_refused },
+	{ "private \\Seen: PSEEN at the bounds", test_bundle_pseen_at_the_bounds },
 	{ NULL, NULL },
 };
 
