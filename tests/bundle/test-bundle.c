@@ -1524,6 +1524,61 @@ static void test_bundle_pseen_hostile_lines_are_refused(void)
 	node_close(&b);
 }
 
+/* The same mailbox and message on a node: a public mailbox made there as
+ * replication would (given GUIDs and UIDVALIDITY). */
+static void put_public(struct node *n, const struct guid *mb, const struct guid *msg)
+{
+	struct stor_mailbox_create req = { .user = ".public", .name = "News", .guid = mb,
+					   .uidvalidity = 1700000077 };
+	const char *error = NULL;
+	int r = stor_mailbox_create(n->db, &req, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "create .public News: %s\n", error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(n->db, ".public", mb, "anyone", "lrs", 100, NULL,
+					   &error), 0);
+	struct stor_append a;
+	memset(&a, 0, sizeof(a));
+	a.guid = msg;
+	a.internaldate = 1700000000;
+	a.text = "Subject: news\r\n\r\nnews\r\n";
+	a.text_len = strlen(a.text);
+	uint32_t uid;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n->db, mb, &a, &uid, NULL, &error), 0);
+}
+
+/* A public mailbox (owner .public, shared through anyone): alice's bundle
+ * carries her record there, and the import applies it. */
+static void test_bundle_pseen_public_mailbox(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	fill_user(&a, NULL);
+	struct guid mb, msg;
+	guid_generate(&mb);
+	guid_generate(&msg);
+	put_public(&a, &mb, &msg);
+	put_public(&b, &mb, &msg);
+	pseen_set(&a, &mb, &msg, USER, true);
+	pseen_set(&a, &mb, &msg, OTHER, true);
+	export_user(&a, USER, NULL, &bundle);
+	char *text = stream_of(&bundle);
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, " PSEEN-MBOX .public "));
+	CU_ASSERT_PTR_NULL(strstr(text, " PSEEN bob "));
+	free(text);
+	struct sync_bundle_import_result res;
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_EQUAL(res.pseen.records_applied, 1);
+	sync_bundle_import_result_free(&res);
+	CU_ASSERT_EQUAL(seen_of(&b, &mb, &msg, USER), 1);
+	CU_ASSERT_EQUAL(seen_of(&b, &mb, &msg, OTHER), -1);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* 100,000 PSEEN-MBOX of mailboxes B does not hold, one record each (the
  * bound), load and are skipped in bounded time; one PSEEN line more is
  * refused. */
@@ -1605,6 +1660,7 @@ static const struct test_case bundle_cases[] = {
 	{ "private \\Seen: a mailbox not held is skipped", test_bundle_pseen_unknown_mailbox_is_skipped },
 	{ "private \\Seen: hostile PSEEN lines are refused", test_bundle_pseen_hostile_lines_are_refused },
 	{ "private \\Seen: PSEEN at the bounds", test_bundle_pseen_at_the_bounds },
+	{ "private \\Seen: a public mailbox's records", test_bundle_pseen_public_mailbox },
 	{ NULL, NULL },
 };
 
