@@ -245,6 +245,14 @@ def t_expunge_takes_records():
     R.check("bob APPENDs m5 with (\\Seen \\Flagged)", r.ok, r)
     a.command("NOOP")
     R.equal("alice's m5: \\Flagged, not bob's \\Seen", flags_of(a).get(4), {"\\Flagged"})
+    r = b.command("SELECT", BOX)
+    R.equal("bob's m5: \\Flagged and his own \\Seen (his record, made by the APPEND)",
+            flags_of(b).get(4), {"\\Flagged", "\\Seen"})
+    R.equal("bob's [UNSEEN n] does not count m5 (m4 is first)", unseen_code(r), 3)
+    c = connect("carol")
+    c.command("SELECT", BOX)
+    R.equal("carol's m5: \\Flagged only", flags_of(c).get(4), {"\\Flagged"})
+    c.logout()
     a.logout()
     b.logout()
 
@@ -294,11 +302,12 @@ def t_public():
     a.command("APPEND", "Public/Board", "()", Literal(message("p2")))
     for x in (a, b, c):
         x.command("SELECT", "Public/Board")
-    R.equal("p1 (APPENDed with \\Seen) is unseen for everyone: alice", seen_seqs(a), [])
-    R.equal("... bob", seen_seqs(b), [])
+    R.equal("p1 (APPENDed with \\Seen by alice) is seen for alice: her record", seen_seqs(a),
+            [1])
+    R.equal("... and unseen for bob", seen_seqs(b), [])
     R.check("alice marks p2 seen", a.command("STORE", "2", "+FLAGS", "(\\Seen)").ok)
     R.check("bob marks p1 seen", b.command("STORE", "1", "+FLAGS", "(\\Seen)").ok)
-    R.equal("alice sees p2", seen_seqs(a), [2])
+    R.equal("alice sees p1 and p2", seen_seqs(a), [1, 2])
     R.equal("bob sees p1", seen_seqs(b), [1])
     R.equal("carol sees none", seen_seqs(c), [])
     R.equal("STATUS UNSEEN Public/Board for carol", status_unseen(connect("carol"),
