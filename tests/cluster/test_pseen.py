@@ -456,6 +456,41 @@ def t_bundles_carry_each_users_own_records():
         R.check("no sanitizer report on the lone node", not reps, reps)
 
 
+def t_append_sets_own_seen():
+    """bob APPENDs with \\Seen to shared/alice/Team on node 2 (Team's master
+    is node 1): the new message is \\Seen for bob on every node (his record,
+    made through the master), for alice and carol on none."""
+    n2 = CLUSTER.nodes[1]
+    before = {u: {n.node_id: seen_uids(n, u) for n in CLUSTER.nodes}
+              for u in ("alice", "bob", "carol")}
+    a = login(CLUSTER.nodes[0], "alice")
+    r = a.command("SETACL", "Team", "bob", "lrsi")
+    R.check("alice SETACL Team bob lrsi", r.ok, r)
+    a.logout()
+    b = login(n2, "bob")
+    # The right reaches node 2 by replication: bounded retries.
+    t0 = time.monotonic()
+    while True:
+        r = b.command("APPEND", quote(SHARED), r"(\Seen)", Literal(message(99), plus=True))
+        if r.ok or time.monotonic() - t0 > CONVERGE:
+            break
+        time.sleep(0.2)
+    R.check("bob APPENDs with (\\Seen) on node 2", r.ok, r)
+    m = re.search(rb"\[APPENDUID \d+ (\d+)\]", r.line)
+    b.logout()
+    uid = int(m.group(1)) if m else None
+    R.check("its APPENDUID", uid is not None, r)
+    if uid is None:
+        return
+    want_bob = {nid: (v or set()) | {uid} for nid, v in before["bob"].items()}
+    took = wait_for(lambda: {n.node_id: seen_uids(n, "bob") for n in CLUSTER.nodes} == want_bob,
+                    CONVERGE)
+    R.check("bob sees UID %d \\Seen on every node" % uid, took is not None,
+            {n.node_id: seen_uids(n, "bob") for n in CLUSTER.nodes})
+    for u in ("alice", "carol"):
+        R.equal("%s does not" % u, {n.node_id: seen_uids(n, u) for n in CLUSTER.nodes}, before[u])
+
+
 def t_hostile_peer():
     """Node 2 of a second cluster alone, node 1 played by a Python peer
     (tests/harness/peerwire.py) as its root and the mailbox's master: it
@@ -547,6 +582,7 @@ SECTIONS = [
     ("full resync", t_full_resync),
     ("sync_replicas counts the records' acknowledgements", t_sync_replicas_counts_records),
     ("bundles carry each user's own records", t_bundles_carry_each_users_own_records),
+    ("an APPEND sets the appender's own \\Seen", t_append_sets_own_seen),
     ("a hostile peer's PSEEN lines", t_hostile_peer),
 ]
 
