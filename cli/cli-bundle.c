@@ -215,10 +215,13 @@ static int import_local(const struct config *cfg, const struct buf *bundle, stru
 		const struct sync_report *rep = &res.report;
 		buf_append(state, res.state.data, res.state.len);
 		*summary_r = xasprintf("user %s source %u base %s created %u received %u "
-				       "renumbered %u expunged %u flags %u", res.user, res.source,
+				       "renumbered %u expunged %u flags %u pseen %u skipped %u/%u",
+				       res.user, res.source,
 				       res.base_known ? "known" : "unknown", rep->mailboxes_created,
 				       rep->messages_received, rep->messages_renumbered,
-				       rep->messages_expunged, rep->flags_changed);
+				       rep->messages_expunged, rep->flags_changed,
+				       res.pseen.records_applied, res.pseen.records_skipped,
+				       res.pseen.mailboxes_skipped);
 	}
 	sync_bundle_import_result_free(&res);
 	free(err);

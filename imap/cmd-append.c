@@ -14,6 +14,7 @@
  * messages before they are expunged, and a crash in between leaves them. */
 #include "imap/imap-commands.h"
 #include "imap/imap-acl.h"
+#include "imap/imap-pseen.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -41,6 +42,9 @@ struct append_msg {
 	imap_str_array keywords;
 	struct buf built;          /* the catenated text, for CATENATE */
 	bool done;
+	/* Private \Seen in force and \Seen asked for: the appender's
+	 * record is set once the message has its UID (SPEC.md 7.7). */
+	bool seen_wanted;
 	enum repl_error error;
 	char *error_msg;
 	uint32_t uid, uidvalidity;
@@ -61,6 +65,10 @@ struct append_ctx {
 	enum repl_error error;     /* the first failure, for the tagged NO */
 	char *error_msg;
 	stor_uid_list rollback;
+	/* The appender's private \Seen: the STORE after the appends. */
+	char *seen_user;
+	stor_uid_list seen_uids;
+	struct stor_store seen_req;
 };
 
 struct append_done_ctx {
@@ -83,6 +91,8 @@ static void append_ctx_free(void *p)
 	free(ac->owner);
 	free(ac->error_msg);
 	ARRAY_FREE(&ac->rollback);
+	free(ac->seen_user);
+	ARRAY_FREE(&ac->seen_uids);
 	free(ac);
 }
 
@@ -141,6 +151,39 @@ static void rollback_done(void *ctx, const struct repl_result *res)
 
 static void submit_next(struct imap_cmd *cmd);
 
+static void append_ok(struct imap_cmd *cmd)
+{
+	struct append_ctx *ac = cmd->ctx;
+	cmd->waiting = false;
+	uint32_t *uids = xcalloc(ac->count, sizeof(uint32_t));
+	for (size_t i = 0; i < ac->count; i++)
+		uids[i] = ac->msgs[i].uid;
+	struct buf set = BUF_INIT;
+	imap_seqset_format(uids, ac->count, &set);
+	free(uids);
+	/* Not imap_cmd_done(): its 1 KB text would cut a long UID set (the
+	 * UIDs of 1,000 messages interleaved with another session's). */
+	char *text = xasprintf("[APPENDUID %u %.*s] APPEND completed", ac->msgs[0].uidvalidity,
+			       (int)set.len, (const char *)set.data);
+	buf_free(&set);
+	imap_cmd_done_str(cmd, "OK", text);
+	free(text);
+}
+
+/* The messages are stored: a failure to set the appender's \Seen record
+ * does not undo them (the user sees them unseen, as a STORE that failed
+ * would leave them), so the APPEND is still OK. */
+static void seen_done(void *ctx, const struct repl_result *res)
+{
+	struct imap_cmd *cmd = inflight_end(ctx);
+	if (cmd == NULL)
+		return;
+	if (res->error != REPL_OK)
+		log_warnx("APPEND: private \\Seen of the new messages not set: %s",
+			  res->error_msg != NULL ? res->error_msg : "failed");
+	append_ok(cmd);
+}
+
 static void all_done(struct imap_cmd *cmd)
 {
 	struct imap_client *c = cmd->client;
@@ -159,20 +202,23 @@ static void all_done(struct imap_cmd *cmd)
 			     ac->rollback.count, rollback_done, inflight_new(cmd, 0));
 		return;
 	}
-	cmd->waiting = false;
-	uint32_t *uids = xcalloc(ac->count, sizeof(uint32_t));
 	for (size_t i = 0; i < ac->count; i++)
-		uids[i] = ac->msgs[i].uid;
-	struct buf set = BUF_INIT;
-	imap_seqset_format(uids, ac->count, &set);
-	free(uids);
-	/* Not imap_cmd_done(): its 1 KB text would cut a long UID set (the
-	 * UIDs of 1,000 messages interleaved with another session's). */
-	char *text = xasprintf("[APPENDUID %u %.*s] APPEND completed", ac->msgs[0].uidvalidity,
-			       (int)set.len, (const char *)set.data);
-	buf_free(&set);
-	imap_cmd_done_str(cmd, "OK", text);
-	free(text);
+		if (ac->msgs[i].seen_wanted)
+			ARRAY_PUSH(&ac->seen_uids, ac->msgs[i].uid);
+	if (ac->seen_uids.count > 0 && !c->server->stopping) {
+		/* As the user's STORE +FLAGS (\Seen) would, through the
+		 * master, before the OK: a FETCH after it shows the flag. */
+		qsort(ac->seen_uids.items, ac->seen_uids.count, sizeof(uint32_t), uid_cmp);
+		ac->seen_user = xstrdup(c->user);
+		memset(&ac->seen_req, 0, sizeof(ac->seen_req));
+		ac->seen_req.op = STOR_FLAGS_ADD;
+		ac->seen_req.flags = STOR_FLAG_SEEN;
+		ac->seen_req.seen_of = ac->seen_user;
+		repl_store(c->server->repl, ac->owner, &ac->mailbox, ac->seen_uids.items,
+			   ac->seen_uids.count, &ac->seen_req, seen_done, inflight_new(cmd, 0));
+		return;
+	}
+	append_ok(cmd);
 }
 
 static void append_done(void *ctx, const struct repl_result *res)
@@ -662,7 +708,12 @@ bool imap_cmd_append(struct imap_cmd *cmd)
 	/* RFC 4314 4: flags the user may not set are left off, silently. */
 	for (size_t k = 0; k < ac->count; k++) {
 		struct repl_append *req = &ac->msgs[k].req;
-		if ((rights & ACL_SEEN) == 0)
+		/* With private \Seen the message's own \Seen is the owner's
+		 * (or nobody's, in Public/): not this user's to set. */
+		bool pseen = imap_pseen_for(c, ac->owner);
+		ac->msgs[k].seen_wanted = pseen && (rights & ACL_SEEN) != 0 &&
+					  (req->flags & STOR_FLAG_SEEN) != 0;
+		if ((rights & ACL_SEEN) == 0 || pseen)
 			req->flags &= ~(uint32_t)STOR_FLAG_SEEN;
 		if ((rights & ACL_DELETE_MSG) == 0)
 			req->flags &= ~(uint32_t)STOR_FLAG_DELETED;

@@ -15,6 +15,7 @@
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
 #include "imap/imap-acl.h"
+#include "imap/imap-pseen.h"
 
 #include <ctype.h>
 #include <string.h>
@@ -578,6 +579,7 @@ static int fetch_one(struct imap_cmd *cmd, struct fetch_ctx *fc, uint32_t uid,
 		return -1;
 	if (r == 0)
 		return 0;  /* expunged meanwhile; its EXPUNGE comes later */
+	imap_pseen_view(c, &fc->mailbox, &m, 1);
 	if (fc->changedsince != 0 && m.modseq <= fc->changedsince) {
 		stor_msg_free(&m);
 		return 0;
@@ -931,7 +933,9 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 		stor_tombstone_list tombs = ARRAY_INIT;
 		const char *err;
 		if (stor_changes_since(c->server->db, &fc->mailbox, fc->changedsince, &changed,
-				       &tombs, &err) < 0) {
+				       &tombs, &err) < 0 ||
+		    imap_pseen_changes(c, &fc->mailbox, fc->changedsince, &changed, &err) < 0) {
+			stor_msg_list_free(&changed);
 			ARRAY_FREE(&tombs);
 			return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
 		}
@@ -973,6 +977,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 				r = stor_msg_get(c->server->db, &fc->mailbox, uid, &m, &err);
 			if (r != 1)
 				continue;
+			imap_pseen_view(c, &fc->mailbox, &m, 1);
 			if ((m.flags & STOR_FLAG_SEEN) == 0)
 				ARRAY_PUSH(&fc->unseen, m.uid);
 			stor_msg_free(&m);
@@ -982,6 +987,7 @@ bool imap_cmd_fetch(struct imap_cmd *cmd)
 			add_item(fc, F_FLAGS);
 			fc->seen_req.op = STOR_FLAGS_ADD;
 			fc->seen_req.flags = STOR_FLAG_SEEN;
+			fc->seen_req.seen_of = imap_pseen_sel(c) ? c->user : NULL;
 			cmd->waiting = true;
 			repl_store(c->server->repl, c->sel->owner, &fc->mailbox, fc->unseen.items,
 				   fc->unseen.count, &fc->seen_req, seen_done, cmd);

@@ -4,6 +4,7 @@
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
 #include "imap/imap-acl.h"
+#include "imap/imap-pseen.h"
 
 #include <string.h>
 #include <strings.h>
@@ -467,7 +468,7 @@ void imap_status_write(struct imap_client *c, const struct stor_mailbox *mb,
 		else if (imap_arg_atom_eq(&items[i], "UIDVALIDITY"))
 			buf_appendf(&line, "UIDVALIDITY %u", mb->uidvalidity);
 		else if (imap_arg_atom_eq(&items[i], "UNSEEN"))
-			buf_appendf(&line, "UNSEEN %u", mb->unseen);
+			buf_appendf(&line, "UNSEEN %u", imap_pseen_unseen(c, mb));
 		else if (imap_arg_atom_eq(&items[i], "SIZE"))
 			buf_appendf(&line, "SIZE %llu", (unsigned long long)size);
 		else if (imap_arg_atom_eq(&items[i], "DELETED"))

@@ -7,6 +7,7 @@
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
 #include "imap/imap-acl.h"
+#include "imap/imap-pseen.h"
 
 #include <string.h>
 #include <strings.h>
@@ -98,7 +99,10 @@ static void qresync_report(struct imap_client *c, const struct qresync_params *q
 	stor_msg_list msgs = ARRAY_INIT;
 	stor_tombstone_list tombs = ARRAY_INIT;
 	const char *err;
-	if (stor_changes_since(c->server->db, &sel->guid, q->modseq, &msgs, &tombs, &err) < 0) {
+	if (stor_changes_since(c->server->db, &sel->guid, q->modseq, &msgs, &tombs, &err) < 0 ||
+	    imap_pseen_changes(c, &sel->guid, q->modseq, &msgs, &err) < 0) {
+		stor_msg_list_free(&msgs);
+		ARRAY_FREE(&tombs);
 		log_errorx("imap[%016llx]: QRESYNC: %s", (unsigned long long)c->id, err);
 		return;
 	}

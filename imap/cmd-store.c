@@ -6,6 +6,7 @@
 #include "imap/imap-commands.h"
 #include "imap/imap-barrier.h"
 #include "imap/imap-acl.h"
+#include "imap/imap-pseen.h"
 
 #include <string.h>
 #include <strings.h>
@@ -91,6 +92,7 @@ static void store_done(void *ctx, const struct repl_result *res)
 			struct stor_msg m;
 			const char *err;
 			if (stor_msg_get(c->server->db, &sc->mailbox, uid, &m, &err) == 1) {
+				imap_pseen_view(c, &sc->mailbox, &m, 1);
 				uint32_t seq = imap_sel_seq(c->sel, uid);
 				if (seq != 0)
 					send_fetch(cmd, seq, &m);
@@ -209,6 +211,11 @@ bool imap_cmd_store(struct imap_cmd *cmd)
 	if (sc->uids.count == 0)
 		return imap_cmd_done(cmd, "OK", "STORE completed");
 	sc->mailbox = c->sel->guid;
+	/* \Seen of this session's own on another user's or a public mailbox
+	 * (SPEC.md 7.7): the master changes the user's records with it. */
+	if (imap_pseen_sel(c) &&
+	    (sc->req.op == STOR_FLAGS_REPLACE || (sc->req.flags & STOR_FLAG_SEEN) != 0))
+		sc->req.seen_of = c->user;
 	cmd->waiting = true;
 	repl_store(c->server->repl, c->sel->owner, &sc->mailbox, sc->uids.items, sc->uids.count, &sc->req,
 		   store_done, cmd);

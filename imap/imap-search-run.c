@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "imap/imap-derived.h"
+#include "imap/imap-pseen.h"
 #include "lib/xalloc.h"
 
 void imap_search_run_free(struct imap_search_run *r)
@@ -67,6 +68,7 @@ int imap_search_run_start(struct imap_search_run *r, struct imap_client *c, char
 		snprintf(text, size, "[SERVERBUG] %s", err);
 		return -1;
 	}
+	imap_pseen_view(c, &r->mailbox, r->msgs.items, r->msgs.count);
 	return 0;
 }
 

@@ -12,6 +12,7 @@
  * Sessions in IDLE are told at once through the seam's watcher; others
  * learn at the end of their next command. */
 #include "imap/imap-private.h"
+#include "imap/imap-pseen.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +182,7 @@ int imap_sel_open(struct imap_client *c, const struct stor_mailbox *mb, bool rea
 	stor_msg_list list = ARRAY_INIT;
 	if (stor_msg_list_range(c->server->db, &mb->guid, 1, UINT32_MAX, &list, error_r) < 0)
 		return -1;
+	imap_pseen_view_for(c, mb->user, &mb->guid, list.items, list.count);
 	imap_sel_close(c);
 	struct imap_selected *sel = xcalloc(1, sizeof(*sel));
 	sel->guid = mb->guid;
@@ -343,7 +345,10 @@ void imap_sync(struct imap_client *c, bool allow_expunge)
 	if (highest > sel->modseq) {
 		stor_msg_list msgs = ARRAY_INIT;
 		stor_tombstone_list tombs = ARRAY_INIT;
-		if (stor_changes_since(db, &sel->guid, sel->modseq, &msgs, &tombs, &err) < 0) {
+		if (stor_changes_since(db, &sel->guid, sel->modseq, &msgs, &tombs, &err) < 0 ||
+		    imap_pseen_changes(c, &sel->guid, sel->modseq, &msgs, &err) < 0) {
+			stor_msg_list_free(&msgs);
+			ARRAY_FREE(&tombs);
 			log_errorx("imap[%016llx]: sync: %s", (unsigned long long)c->id, err);
 			return;
 		}

@@ -225,18 +225,17 @@ static char *k_read_consistency(struct config *c, const char *v)
 	return NULL;
 }
 
-/* Only the value Starling implements is accepted: an administrator who
- * asks for private \Seen must learn at start that it is not there, not
- * find out from users (SPEC.md 7.7, design not built). */
+/* SPEC.md 7.7: private (the default) keeps each user's \Seen on other
+ * users' and public mailboxes apart; shared shows the message's own. */
 static char *k_shared_seen(struct config *c, const char *v)
 {
-	(void)c;
-	if (strcmp(v, "shared") == 0)
-		return NULL;
 	if (strcmp(v, "private") == 0)
-		return xstrdup("shared_seen = private is not built yet (SPEC.md 7.7): "
-			       "\\Seen on shared mailboxes is shared; set shared_seen = shared");
-	return xasprintf("shared_seen must be shared (private is not built yet), not '%s'", v);
+		c->shared_seen_private = true;
+	else if (strcmp(v, "shared") == 0)
+		c->shared_seen_private = false;
+	else
+		return xasprintf("shared_seen must be private or shared, not '%s'", v);
+	return NULL;
 }
 
 static char *k_lmtp(struct config *c, const char *v)
@@ -331,6 +330,7 @@ struct config *config_parse(const char *path, const char *text, char **error_r)
 	c->log_level = LOG_LEVEL_INFO;
 	c->max_message_size = CONFIG_DEFAULT_MAX_MESSAGE_SIZE;
 	c->repl_log_max = CONFIG_DEFAULT_REPL_LOG_MAX;
+	c->shared_seen_private = true;
 	bool sync_replicas_set = false;
 
 	while (*p != '\0' && err == NULL) {
@@ -503,7 +503,7 @@ void config_print(const struct config *c, FILE *out)
 	fprintf(out, "degraded_writes = %s\n", config_degraded_writes_name(c->degraded_writes));
 	fprintf(out, "read_consistency = %s\n",
 		config_read_consistency_name(c->read_consistency));
-	fprintf(out, "shared_seen = shared\n");
+	fprintf(out, "shared_seen = %s\n", c->shared_seen_private ? "private" : "shared");
 	fprintf(out, "master_granularity = %s\n", config_granularity_name(c->master_granularity));
 	print_str(out, "tls_cert", c->tls_cert);
 	print_str(out, "tls_key", c->tls_key);

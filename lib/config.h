@@ -72,6 +72,9 @@ struct config {
 	uint64_t repl_log_max;
 	enum config_degraded_writes degraded_writes;
 	enum config_read_consistency read_consistency;
+	/* shared_seen = private (the default) or shared (SPEC.md 7.7): the
+	 * same on every node of a cluster. */
+	bool shared_seen_private;
 	/* LMTP (lmtp/): TCP address, or a UNIX socket path (the value
 	 * starts with '/'); both unset when LMTP is off. */
 	struct config_addr lmtp_listen;

@@ -50,7 +50,12 @@ static const struct proto_cmd_info commands[] = {
 		  PROTO_CMDF_OPT_BY },
 	{ "STORE", "Smff",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE | PROTO_CMDF_OPT_ORIGIN |
-		  PROTO_CMDF_OPT_GUIDS | PROTO_CMDF_OPT_STAMPS },
+		  PROTO_CMDF_OPT_GUIDS | PROTO_CMDF_OPT_STAMPS | PROTO_CMDF_OPT_SEEN_OF },
+	/* A private \Seen record (7.7): streamed with ORIGIN, in a sync and
+	 * its answer; the codec (proto-pseen.c) checks seen and the name. */
+	{ "PSEEN", "sgumm", PROTO_CMDF_SELECTED | PROTO_CMDF_OPT_ORIGIN },
+	/* Only in a bundle, before its records (7.7 "Bundles"). */
+	{ "PSEEN-MBOX", "sgi", 0 },
 	{ "FETCH", "S", PROTO_CMDF_SELECTED },
 	{ "SYNC-BEGIN", "mmii?l", PROTO_CMDF_SELECTED },
 	{ "SYNC-END", "", PROTO_CMDF_SELECTED },
@@ -290,7 +295,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	size_t npos = i;
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
 	bool seen_guids = false, seen_stamps = false, seen_epoch = false, seen_by = false;
-	bool seen_req = false, seen_holder = false, seen_rstamp = false;
+	bool seen_req = false, seen_holder = false, seen_rstamp = false, seen_seen_of = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -340,6 +345,13 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			uint64_t n;
 			seen_req = true;
 			ok = proto_arg_req(val, &sid, &n) == 0;
+		} else if (strcasecmp(key->str, "SEEN-OF") == 0 && !seen_seen_of &&
+			   (info->flags & PROTO_CMDF_OPT_SEEN_OF) != 0) {
+			const char *u;
+			size_t ulen;
+			seen_seen_of = true;
+			ok = (val->type == PROTO_ARG_ATOM || val->type == PROTO_ARG_QUOTED) &&
+			     proto_arg_str(val, &u, &ulen) == 0 && proto_user_name_valid(u, ulen);
 		} else if (strcasecmp(key->str, "HOLDER") == 0 && !seen_holder &&
 			   (info->flags & PROTO_CMDF_OPT_HOLDER) != 0) {
 			seen_holder = true;
@@ -385,6 +397,7 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_GUIDS) != 0 && strcasecmp(key, "GUIDS") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_BY) != 0 && strcasecmp(key, "BY") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_REQ) != 0 && strcasecmp(key, "REQ") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_SEEN_OF) != 0 && strcasecmp(key, "SEEN-OF") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_HOLDER) != 0 && strcasecmp(key, "HOLDER") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_RSTAMP) != 0 && strcasecmp(key, "RSTAMP") == 0);

@@ -406,6 +406,64 @@ int proto_read_flags_line(const struct proto_cmd *cmd, struct proto_flags_line *
 void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 
 /* ------------------------------------------------------------------ */
+/* Private \Seen on the wire (SPEC.md 7.7): the PSEEN record line, the
+ * PSEEN-MBOX header of a bundle's records and STORE's SEEN-OF option. */
+
+/* Bytes of a user name (7.5: 1..255 of letters, digits and ". _ @ + -",
+ * not starting with '.'). */
+#define PROTO_MAX_USER_LEN 255
+/* Users' records of one message, and PSEEN lines of one sync (7.7 "Syncs"):
+ * beyond them a sync answers NO [LIMIT]. */
+#define PROTO_MAX_PSEEN_PER_MESSAGE 4000
+#define PROTO_MAX_PSEEN_PER_SYNC 100000
+
+/* True for a login name of 7.5's alphabet (so never ".public"). */
+bool proto_user_name_valid(const char *s, size_t len);
+
+/* PSEEN <user> <message-guid> <seen> <modseq> <time-ms>: one user's record
+ * of one message, streamed (with ORIGIN and EPOCH), in a sync or in a
+ * bundle. */
+struct proto_pseen {
+	char user[PROTO_MAX_USER_LEN + 1];
+	struct guid guid; /* never zero */
+	bool seen;
+	uint64_t modseq;
+	int64_t time_ms;
+};
+
+enum proto_pseen_rule {
+	/* Streamed or in a sync: the record's modseq, not 0, within
+	 * lib/mail-limits.h. */
+	PROTO_PSEEN_GIVEN,
+	/* In a bundle: modseq 0, the importer assigns it. */
+	PROTO_PSEEN_ASSIGN,
+};
+
+/* Reads the five arguments (options are the caller's); nothing to free. */
+int proto_read_pseen(const struct proto_cmd *cmd, enum proto_pseen_rule rule,
+		     struct proto_pseen *p_r, const char **error_r);
+/* Writes the five arguments after the caller's "TAG PSEEN". */
+void proto_wr_pseen(struct proto_wr *w, const struct proto_pseen *p);
+
+/* PSEEN-MBOX <owner> <mailbox-guid> <uidvalidity> (a bundle, 11.2): the
+ * owner is a login name or ".public". */
+struct proto_pseen_mbox {
+	char owner[PROTO_MAX_USER_LEN + 1];
+	struct guid mailbox; /* never zero */
+	uint32_t uidvalidity; /* never zero */
+};
+int proto_read_pseen_mbox(const struct proto_cmd *cmd, struct proto_pseen_mbox *m_r,
+			  const char **error_r);
+void proto_wr_pseen_mbox(struct proto_wr *w, const struct proto_pseen_mbox *m);
+
+/* The SEEN-OF <user> option of a validated STORE whose positional
+ * arguments end at npos: PROTO_CODEC_OK with *user_r NULL when absent, or
+ * the user (pointing into cmd) when present with a valid name and a GUIDS
+ * option beside it (7.7 requires it); PROTO_CODEC_BAD otherwise. */
+int proto_read_seen_of(const struct proto_cmd *cmd, size_t npos, const char **user_r,
+		       const char **error_r);
+
+/* ------------------------------------------------------------------ */
 /* The command table of SPEC.md section 12 (syntax only, no meaning). */
 
 #define PROTO_MAX_HOPS 8 /* SIDs in a VIA option */
@@ -420,10 +478,11 @@ void proto_wr_flags_line(struct proto_wr *w, const struct proto_flags_line *l);
 #define PROTO_CMDF_OPT_STAMPS 0x80          /* accepts STAMPS (<flag> <modseq> <ms> ...): SPEC 10.3 */
 #define PROTO_CMDF_OPT_BY 0x100             /* accepts BY USER: a user's expunge (SPEC 8.6) */
 #define PROTO_CMDF_OPT_REQ 0x200            /* accepts REQ <sid>.<n>: a request's identity (SPEC 6.4) */
-#define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
 #define PROTO_CMDF_OPT_HOLDER 0x400         /* accepts HOLDER <sid>: the originator holds it (SPEC 8.8) */
+#define PROTO_CMDF_OPT_SEEN_OF 0x800        /* accepts SEEN-OF <user>: private \Seen (SPEC 7.7) */
+#define PROTO_CMDF_OPT_RSTAMP 0x1000        /* accepts RSTAMP <n>: a mailbox's rename stamp (SPEC 7.3, 1.1) */
+#define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
-#define PROTO_CMDF_OPT_RSTAMP 0x800         /* accepts RSTAMP <n>: a mailbox's rename stamp (SPEC 7.3, 1.1) */
 #define PROTO_MIN_MINOR_RSTAMP 1            /* the minor version that brought RSTAMP */
 
 struct proto_cmd_info {

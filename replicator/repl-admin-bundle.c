@@ -66,6 +66,44 @@ void admin_bundle_export_run(struct admin_conn *c)
 	free(secret);
 }
 
+/* A private \Seen change of a bundle (SPEC.md 7.7 "Bundles"): the user's
+ * STORE with SEEN-OF, made through the mailbox's master like a session's.
+ * The import does not wait for it: the records reach this node's store
+ * like any session's change, and a failure (the master unreachable) is
+ * logged; the bundle back then still carries the records. */
+struct bundle_pseen_store {
+	char *user;
+	uint32_t *uids;
+	struct stor_store req;
+	struct guid mailbox;
+};
+
+static void bundle_pseen_done(void *ctx, const struct repl_result *res)
+{
+	struct bundle_pseen_store *ps = ctx;
+	if (res->error != REPL_OK)
+		log_warnx("admin: bundle import: private \\Seen of %s not changed: %s", ps->user,
+			  res->error_msg != NULL ? res->error_msg : "failed");
+	free(ps->user);
+	free(ps->uids);
+	free(ps);
+}
+
+static void bundle_pseen_apply(void *ctx, const char *owner, const struct guid *mailbox,
+			       const char *user, const uint32_t *uids, size_t count, bool seen)
+{
+	struct repl_admin *a = ctx;
+	struct bundle_pseen_store *ps = xcalloc(1, sizeof(*ps));
+	ps->user = xstrdup(user);
+	ps->uids = xmalloc(count * sizeof(*uids));
+	memcpy(ps->uids, uids, count * sizeof(*uids));
+	ps->mailbox = *mailbox;
+	ps->req.op = seen ? STOR_FLAGS_ADD : STOR_FLAGS_REMOVE;
+	ps->req.flags = STOR_FLAG_SEEN;
+	ps->req.seen_of = ps->user;
+	repl_store(a->repl, owner, &ps->mailbox, ps->uids, count, &ps->req, bundle_pseen_done, ps);
+}
+
 /* Ends the import of c (done or failed) and answers, unless c is dead. */
 static void bundle_import_end(struct admin_conn *c, int r, char *err)
 {
@@ -101,10 +139,11 @@ static void bundle_import_end(struct admin_conn *c, int r, char *err)
 		const struct sync_report *rp = &res.report;
 		char text[256];
 		snprintf(text, sizeof(text), "user %s source %u base %s created %u received %u "
-			 "renumbered %u expunged %u flags %u", res.user, res.source,
-			 res.base_known ? "known" : "unknown", rp->mailboxes_created,
+			 "renumbered %u expunged %u flags %u pseen %u skipped %u/%u", res.user,
+			 res.source, res.base_known ? "known" : "unknown", rp->mailboxes_created,
 			 rp->messages_received, rp->messages_renumbered, rp->messages_expunged,
-			 rp->flags_changed);
+			 rp->flags_changed, res.pseen.records_applied, res.pseen.records_skipped,
+			 res.pseen.mailboxes_skipped);
 		log_info("admin: bundle imported: %s", text);
 		admin_conn_reply(c, res.state.data, res.state.len, "OK", text);
 	}
@@ -162,6 +201,11 @@ void admin_bundle_import_run(struct admin_conn *c)
 		.key = { secret, secret_len, false },
 		.scratch_parent = cfg->data_dir,
 		.max_message_size = cfg->max_message_size,
+		/* With shared_seen = shared a master takes SEEN-OF for the
+		 * message's own \Seen: the records are then changed here and
+		 * a later sync carries them, as the merge's changes. */
+		.pseen_apply = cfg->shared_seen_private ? bundle_pseen_apply : NULL,
+		.pseen_ctx = a,
 	};
 	char *err = NULL;
 	c->imp = sync_bundle_import_begin(repl_db(a->repl), &set,

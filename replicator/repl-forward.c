@@ -16,6 +16,7 @@
 #include "mailbox-master/mm.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
+#include "replicator/repl-pseen.h"
 
 /* ---- A message change from this node's clients ---- */
 
@@ -455,6 +456,16 @@ static void fwd_apply_store(struct cl_fwd *f)
 	f->out.res.modseq = f->master_modseq;
 	stor_uid_list modified = f->modified;
 	bool changed_any = false;
+	if (f->store.seen_of != NULL) {
+		/* The lines carry the user's view (SPEC.md 7.7), not the
+		 * message's flags: the session is told them, this node's copy
+		 * gets the records and flags from the master's stream. */
+		repl_pseen_forwarded_view(&f->flags_lines, &modified, &f->out.changed);
+		for (size_t j = 0; j < modified.count; j++)
+			ARRAY_PUSH(&f->out.failed, modified.items[j]);
+		stor_on_durable(db, fwd_local_durable, f);
+		return;
+	}
 	for (size_t i = 0; i < f->flags_lines.count; i++) {
 		const struct stor_msg *m = &f->flags_lines.items[i];
 		if (!fwd_still_named(f, m->uid))
@@ -706,6 +717,10 @@ static void fwd_send(struct cl_fwd *f)
 		if (f->store.unchangedsince != 0) {
 			proto_wr_atom(w, "UNCHANGEDSINCE");
 			proto_wr_u64(w, f->store.unchangedsince);
+		}
+		if (f->store.seen_of != NULL) {
+			proto_wr_atom(w, "SEEN-OF");
+			proto_wr_cstr(w, f->store.seen_of);
 		}
 		fwd_wr_batch_guids(f, w);
 		break;

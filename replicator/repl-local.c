@@ -11,6 +11,7 @@
  * sync.  Refused changes (nothing written) complete from the prepare
  * watcher, so no callback ever runs inside the call that submitted it. */
 #include "replicator/repl-private.h"
+#include "replicator/repl-pseen.h"
 
 #include <ev.h>
 #include <string.h>
@@ -279,7 +280,11 @@ static void local_store(struct repl *r, const char *user, const struct guid *mai
 	struct repl_local *rl = (struct repl_local *)r;
 	struct local_op *op = op_new(rl, user, cb, ctx);
 	const char *err;
-	if (stor_msg_store(r->db, mailbox, uids, count, req, &op->changed, &op->failed, &err) < 0) {
+	int ret = req->seen_of != NULL ?
+		repl_pseen_store_apply(r->db, mailbox, uids, count, req, &op->changed, &op->failed,
+				       &err) :
+		stor_msg_store(r->db, mailbox, uids, count, req, &op->changed, &op->failed, &err);
+	if (ret < 0) {
 		op_fail(op, classify(r->db, err), err);
 		return;
 	}

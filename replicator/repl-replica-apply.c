@@ -14,6 +14,7 @@
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-mm.h"
+#include "replicator/repl-pseen.h"
 #include "replicator/repl-sync.h"
 #include "storage/acl-rights.h"
 #include "storage/storage-acl.h"
@@ -290,6 +291,16 @@ static int arg_cstr(const struct proto_arg *arg, const char **s_r, size_t max)
 
 /* ACL-PUT (SPEC.md 7.6): the newer record is kept, an older one is not an
  * error (idempotent). */
+void apply_pseen(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+		 const struct stor_mailbox *mb)
+{
+	struct repl_pseen_reply rep;
+	repl_pseen_apply_streamed(cl->repl.db, &mb->guid, cmd, &rep);
+	if (rep.changed)
+		cl_notify_later(cl, mb->user, &mb->guid);
+	answer_later(a, rep.status, rep.code, rep.text);
+}
+
 void apply_acl_put(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd)
 {
 	const char *owner, *identifier, *rights, *err;

@@ -21,6 +21,7 @@ struct answer {
 	struct stor_store store;
 	struct guid mailbox;
 	char *user;
+	char *seen_of; /* STORE SEEN-OF: the user whose private \Seen it changes */
 	/* SAVE with REQ: the GUID asked for; the answer names the one made
 	 * when the master gave the copy another (SPEC 6.4). */
 	struct guid save_guid;
@@ -55,6 +56,9 @@ void apply_expunge(struct repl_cluster *cl, struct answer *a, const struct proto
 /* ACL-PUT (SPEC.md 7.6): the newer record is kept, an older one is not an
  * error (idempotent). */
 void apply_acl_put(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd);
+/* PSEEN from the mailbox's master (SPEC.md 7.7 "Streaming"). */
+void apply_pseen(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
+		 const struct stor_mailbox *mb);
 void apply_list_change(struct repl_cluster *cl, struct answer *a,
 		       const struct proto_cmd *cmd, size_t npos);
 

@@ -16,6 +16,7 @@
 #include "replicator/repl-sync.h"
 #include "storage/acl-rights.h"
 #include "storage/storage-acl.h"
+#include "storage/storage-pseen.h"
 #include "sync/sync.h"
 
 /* ---- Requests to this node as master ---- */
@@ -115,6 +116,11 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 			struct stor_msg m;
 			if (stor_msg_get(a->cl->repl.db, &a->mailbox, res->failed[i], &m, &err) <= 0)
 				continue;
+			if (a->seen_of != NULL &&
+			    stor_pseen_view(a->cl->repl.db, &a->mailbox, a->seen_of, &m, &err) < 0) {
+				stor_msg_free(&m);
+				continue;
+			}
 			struct proto_flags_line fl = {
 				m.uid, m.modseq,
 				{ m.flags, { m.keywords.items, m.keywords.count, m.keywords.cap } },
@@ -236,6 +242,17 @@ void serve_store(struct repl_cluster *cl, struct answer *a, const struct proto_c
 		(void)proto_arg_u64(us, INT64_MAX, &a->store.unchangedsince);
 	proto_flags_free(&add);
 	proto_flags_free(&rm);
+	const char *seen_of;
+	if (proto_read_seen_of(cmd, npos, &seen_of, &err) != PROTO_CODEC_OK) {
+		answer_later(a, "BAD", "ARGS", err);
+		return;
+	}
+	/* The owner's own \Seen, or private \Seen not in force here: the
+	 * plain STORE (SPEC.md 7.7). */
+	if (seen_of != NULL && cl->cfg->shared_seen_private && strcmp(seen_of, mb->user) != 0) {
+		a->seen_of = xstrdup(seen_of);
+		a->store.seen_of = a->seen_of;
+	}
 	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
 		return;
 	a->mailbox = mb->guid;

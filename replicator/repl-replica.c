@@ -47,6 +47,7 @@ void answer_drop(struct answer *a)
 	stor_string_list_free(&a->keywords);
 	free(a->text);
 	free(a->user);
+	free(a->seen_of);
 	free(a);
 }
 
@@ -105,7 +106,8 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		return;
 	}
 	bool message_cmd = proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||
-			   proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY");
+			   proto_cmd_is(cmd, "EXPUNGE") || proto_cmd_is(cmd, "COPY") ||
+			   proto_cmd_is(cmd, "PSEEN");
 	if (message_cmd && selected == NULL) {
 		proto_conn_reply(conn, cmd->tag, "BAD", "NOSELECT", "no mailbox selected");
 		return;
@@ -174,8 +176,13 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 			apply_save(cl, a, cmd, &mb);
 		else if (proto_cmd_is(cmd, "STORE"))
 			apply_store(cl, a, cmd, npos, &mb);
+		else if (proto_cmd_is(cmd, "PSEEN"))
+			apply_pseen(cl, a, cmd, &mb);
 		else
 			apply_expunge(cl, a, cmd, npos, &mb);
+	} else if (proto_cmd_is(cmd, "PSEEN")) {
+		/* Outside a sync a record only travels as a change made. */
+		answer_later(a, "BAD", "ARGS", "PSEEN outside a sync needs ORIGIN");
 	} else if (!cl_is_master(cl, mb.user, &mb.guid)) {
 		answer_later(a, "NO", "NOTMASTER", "not the master of this mailbox");
 	} else if (cl_handover_check_forward(cl, cmd, npos, mb.user, &refusal) < 0) {

@@ -55,6 +55,7 @@
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
 #include "storage/storage-acl.h"
+#include "storage/storage-pseen.h"
 #include "sync/sync.h"
 
 /* ---- Entries ---- */
@@ -234,6 +235,46 @@ static void send_expunges(struct cl_peer *p, uint64_t seq, const char *user,
 	}
 }
 
+/* The private \Seen records with a modseq up to upto, one PSEEN line each
+ * (SPEC.md 7.7 "Streaming"); acknowledged like any streamed change. */
+static void send_pseens(struct cl_peer *p, uint64_t seq, const char *user,
+			const stor_pseen_list *recs, size_t *ri, uint64_t upto)
+{
+	for (; *ri < recs->count && recs->items[*ri].modseq <= upto; (*ri)++) {
+		const struct stor_pseen *r = &recs->items[*ri];
+		struct proto_pseen ps;
+		memset(&ps, 0, sizeof(ps));
+		snprintf(ps.user, sizeof(ps.user), "%s", r->user);
+		ps.guid = r->guid;
+		ps.seen = r->seen;
+		ps.modseq = r->modseq;
+		ps.time_ms = r->time_ms;
+		struct proto_wr *w = proto_conn_cmd_begin(p->conn, "PSEEN");
+		proto_wr_pseen(w, &ps);
+		wr_origin(p, w);
+		send_stream_cmd(p, seq, user);
+	}
+}
+
+/* Expunges and records up to upto, in modseq order between them, so that
+ * what a replica holds stays a prefix of the master's history. */
+static void send_upto(struct cl_peer *p, uint64_t seq, const char *user,
+		      const stor_tombstone_list *tombs, size_t *ti, const stor_pseen_list *recs,
+		      size_t *ri, uint64_t upto)
+{
+	for (;;) {
+		uint64_t t = *ti < tombs->count ? tombs->items[*ti].modseq : UINT64_MAX;
+		uint64_t r = *ri < recs->count ? recs->items[*ri].modseq : UINT64_MAX;
+		uint64_t next = t < r ? t : r;
+		if (next > upto || next == UINT64_MAX)
+			return;
+		if (t < r)
+			send_expunges(p, seq, user, tombs, ti, t);
+		else
+			send_pseens(p, seq, user, recs, ri, r);
+	}
+}
+
 static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const struct cl_entry *e)
 {
 	struct stor_db *db = p->cl->repl.db;
@@ -267,13 +308,21 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 			qsort(msgs.items, msgs.count, sizeof(msgs.items[0]), cmp_by_modseq);
 		if (tombs.count > 1)
 			qsort(tombs.items, tombs.count, sizeof(tombs.items[0]), cmp_tomb_modseq);
+		stor_pseen_list recs;
+		if (stor_pseen_since(db, &e->guid, b->sent_modseq, &recs, &err) < 0) {
+			log_errorx("replication: %s", err);
+			stor_msg_list_free(&msgs);
+			ARRAY_FREE(&tombs);
+			stor_mailbox_free(&mb);
+			return ENTRY_ERROR;
+		}
 		cl_select(p, b);
-		size_t ti = 0;
+		size_t ti = 0, ri = 0;
 		struct buf text;
 		buf_init(&text);
 		for (size_t i = 0; i < msgs.count; i++) {
 			const struct stor_msg *m = &msgs.items[i];
-			send_expunges(p, seq, e->user, &tombs, &ti, m->modseq);
+			send_upto(p, seq, e->user, &tombs, &ti, &recs, &ri, m->modseq);
 			struct proto_wr *w;
 			if (m->uid >= b->peer_uidnext) {
 				buf_reset(&text);
@@ -315,7 +364,8 @@ static enum entry_result stream_mailbox(struct cl_peer *p, uint64_t seq, const s
 			wr_origin(p, w);
 			send_stream_cmd(p, seq, e->user);
 		}
-		send_expunges(p, seq, e->user, &tombs, &ti, UINT64_MAX);
+		send_upto(p, seq, e->user, &tombs, &ti, &recs, &ri, UINT64_MAX);
+		stor_pseen_list_free(&recs);
 		for (size_t i = 0; i < tombs.count; i++) {
 			if (tombs.items[i].uid >= b->peer_uidnext)
 				b->peer_uidnext = tombs.items[i].uid + 1;

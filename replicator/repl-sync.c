@@ -27,7 +27,7 @@
 static const char *const sync_commands[] = {
 	"LIST", "MBOX", "SELECT", "SYNC-BEGIN", "SYNC-END", "SAVE", "STORE", "EXPUNGE",
 	"UIDFIX", "GONE", "FETCH", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-	"ACL-PUT",
+	"ACL-PUT", "PSEEN",
 };
 
 /* ------------------------------------------------------------------ */

@@ -87,6 +87,8 @@ static int dump_mailbox_msgs(struct stor_db *db, const struct stor_mailbox *mb, 
 			    (long long)m->internaldate, (unsigned long long)m->size, sha);
 	}
 	stor_msg_list_free(&msgs);
+	if (ret == 0)
+		ret = stor_pseen_dump(db, mb, out, error_r);
 	return ret;
 }
 
@@ -223,6 +225,8 @@ int stor_mailbox_check(struct stor_db *db, const struct guid *mailbox, const cha
 		if (r != 0)
 			break;
 	}
+	if (ret == 0 && stor_pseen_check(db, &mb, digest, error_r) < 0)
+		ret = -1;
 	if (ret == 0 && msgs.count != mb.messages)
 		ret = check_fail(db, error_r, &mb, "message count differs");
 	if (ret == 0 && unseen != mb.unseen)

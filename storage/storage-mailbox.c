@@ -324,6 +324,7 @@ int stor_mailbox_delete(struct stor_db *db, const struct guid *guid, const char 
 	static const char others[] = {
 		STOR_KEY_MODSEQ, STOR_KEY_GUID, STOR_KEY_TOMB, STOR_KEY_TOMB_MODSEQ,
 		STOR_KEY_SYNCSTATE, STOR_KEY_GUID_TOMB,
+		STOR_KEY_PSEEN, STOR_KEY_PSEEN_MODSEQ, STOR_KEY_PSEEN_COUNT,
 	};
 	for (size_t i = 0; i < sizeof(others) && ret == 0; i++) {
 		stor_key_init(&k, others[i]);

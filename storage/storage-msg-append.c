@@ -106,7 +106,8 @@ static int append_txn(struct stor_txn *txn, const struct guid *mailbox, const st
 		}
 	}
 
-	if (modseq_room(db, mb, a->modseq, error_r) < 0)
+	if (modseq_room(db, mb, a->modseq, error_r) < 0 ||
+	    (!a->guid_generated && stor_pseen_enter_txn(txn, tm, mailbox, &a->guid, error_r) < 0))
 		return -1;
 	struct stor_text_rec rec;
 	ret = a->guid_generated ? 0 : stor_text_rec_get(db, &a->guid, &rec, error_r);

@@ -25,6 +25,7 @@ int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const 
 	struct stor_txn_mailbox *tm;
 	stor_uid_list done = ARRAY_INIT;
 	ARRAY(struct guid) gone = ARRAY_INIT;
+	stor_msg_list left = ARRAY_INIT; /* uid and guid only, for storage-pseen.c */
 	uint64_t gone_modseq = 0;
 	if (msg_txn_begin(db, &txn, mailbox, modseq, &tm, error_r) < 0) {
 		stor_txn_free(&txn);
@@ -56,9 +57,15 @@ int stor_msg_expunge_kind(struct stor_db *db, const struct guid *mailbox, const 
 		gone_modseq = t.modseq;
 		tm->dirty = true;
 		ARRAY_PUSH(&done, msg.uid);
+		struct stor_msg l = { .uid = msg.uid, .guid = msg.guid };
+		ARRAY_PUSH(&left, l);
 		stor_msg_free(&msg);
 	}
 	free(sorted);
+	if (ret == 0 && stor_pseen_leave_txn(&txn, tm, mailbox, left.items, left.count, user,
+					     error_r) < 0)
+		ret = -1;
+	ARRAY_FREE(&left);
 	/* A user's expunge is remembered by GUID too: the message may live
 	 * on under another UID on a node that a sync renumbered it on, or
 	 * reach a node that never held it from a third one (SPEC.md 10.3). */

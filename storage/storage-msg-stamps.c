@@ -165,7 +165,7 @@ void stamp_named(struct stor_msg *msg, const struct stor_store *req,
 		 const stor_string_list *req_kw, const stor_string_list *okw,
 		 int64_t now_ms)
 {
-	uint32_t bits = req->op == STOR_FLAGS_REPLACE ? STOR_FLAGS_ALL : req->flags;
+	uint32_t bits = req->op == STOR_FLAGS_REPLACE ? STOR_FLAGS_ALL & ~req->keep_flags : req->flags;
 	for (uint32_t bit = 1; bit <= STOR_FLAG_DRAFT; bit <<= 1) {
 		if ((bits & bit) == 0)
 			continue;

@@ -169,7 +169,9 @@ int stor_msg_store(struct stor_db *db, const struct guid *mailbox, const uint32_
 		}
 		uint32_t nflags = msg.flags;
 		switch (req->op) {
-		case STOR_FLAGS_REPLACE: nflags = rflags; break;
+		case STOR_FLAGS_REPLACE:
+			nflags = (rflags & ~req->keep_flags) | (msg.flags & req->keep_flags);
+			break;
 		case STOR_FLAGS_ADD: nflags |= rflags; break;
 		case STOR_FLAGS_REMOVE: nflags &= ~rflags; break;
 		}

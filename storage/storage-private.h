@@ -18,6 +18,8 @@
  *   'R' mbguid modseq64 uid32       modseq index of tombstones (empty value)
  *   'K' mbguid msgguid              GUID tombstone: modseq64 (a user's expunge of a
  *                                   GUID the mailbox does not hold; storage-guid-tomb.c)
+ *   'C' 'F' 'Z' mbguid ...          private \Seen records, their modseq index and
+ *                                   counts (storage-pseen.c)
  *   'S' msgguid                     text record: refcount, size, SHA-256,
  *                                   and where its chunks are in the journal
  *                                   (STOR_TEXT_CHUNK bytes each, the last
@@ -75,6 +77,9 @@
 #define STOR_KEY_SYNCSTATE 'Y'
 #define STOR_KEY_META 'M'
 #define STOR_KEY_INTERNAL 'I'
+#define STOR_KEY_PSEEN 'C'
+#define STOR_KEY_PSEEN_MODSEQ 'F'
+#define STOR_KEY_PSEEN_COUNT 'Z'
 /* Also taken, by keys defined where they are used: 'A' (storage-users.c),
  * 'E' and 'J' (storage-acl.c).  A letter is one key family's alone: two
  * families under one letter meet in each other's prefix scans. */
@@ -301,6 +306,22 @@ void stor_guid_tomb_clear_txn(struct stor_txn *txn, const struct guid *mailbox,
 int stor_guid_tombs_put_txn(struct stor_txn *txn, const struct guid *mailbox,
 			    const struct guid *guids, size_t count, uint64_t modseq,
 			    const char **error_r);
+/* Private \Seen records (storage-pseen.c) of a message entering the
+ * mailbox (before its records are in txn: it reads the store) or of
+ * messages leaving it: their share of the per-user counts and digest, and
+ * with a user's expunge the records themselves.  Call each at most once
+ * per transaction. */
+int stor_pseen_enter_txn(struct stor_txn *txn, struct stor_txn_mailbox *tm,
+			 const struct guid *mailbox, const struct guid *guid, const char **error_r);
+int stor_pseen_leave_txn(struct stor_txn *txn, struct stor_txn_mailbox *tm,
+			 const struct guid *mailbox, const struct stor_msg *msgs, size_t n,
+			 bool user, const char **error_r);
+/* The records of a mailbox for the canonical dump, by (GUID, user). */
+int stor_pseen_dump(struct stor_db *db, const struct stor_mailbox *mb, struct buf *out,
+		    const char **error_r);
+/* XORs the records' share into digest and checks their counts and index. */
+int stor_pseen_check(struct stor_db *db, const struct stor_mailbox *mb, unsigned char digest[16],
+		     const char **error_r);
 /* Records a text created in this transaction (with refcount 0; add
  * references with stor_txn_text_ref()); takes over the extents. */
 void stor_txn_text_created(struct stor_txn *txn, const struct guid *guid,

@@ -437,6 +437,13 @@ struct stor_store {
 	 * gave that modseq (moved it in the same merge): applied although
 	 * the modseq is not above the message's. */
 	bool same_modseq;
+	/* REPLACE leaves these flags as they are and does not name them (a
+	 * session whose \Seen is private replaces the others). */
+	uint32_t keep_flags;
+	/* Private \Seen (SPEC.md 7.7): the user whose own records the \Seen
+	 * of this STORE changes, for the change seam (replicator/repl-pseen.c);
+	 * stor_msg_store() ignores it. */
+	const char *seen_of;
 };
 
 /* Changes flags of the messages with the given UIDs (missing UIDs are

@@ -163,6 +163,16 @@ static void ex_end(struct exporter *e)
 		deflater_add(&e->d, &e->line);
 }
 
+static void ex_begin_cb(void *ctx, const char *name)
+{
+	ex_begin(ctx, name);
+}
+
+static void ex_end_cb(void *ctx)
+{
+	ex_end(ctx);
+}
+
 static int ex_message(struct exporter *e, const struct guid *mailbox, const struct stor_msg *m,
 		      char **error_r)
 {
@@ -405,6 +415,11 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 		}
 		for (size_t i = 0; i < mbs.count && ret == 0; i++)
 			ret = ex_mailbox(&e, (uint32_t)i + 1, &mbs.items[i], error_r);
+		/* After the last mailbox: the user's own private \Seen records
+		 * on other users' and public mailboxes (SPEC.md 7.7). */
+		if (ret == 0)
+			ret = bundle_pseen_export(db, set->user, have_state ? &st : NULL, ex_begin_cb,
+						  ex_end_cb, &e.w, &e, error_r);
 	}
 	stor_mailbox_list_free(&mbs);
 	stor_mailbox_tomb_list_free(&tombs);

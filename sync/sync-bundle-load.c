@@ -466,6 +466,15 @@ static int ld_command(struct loader *l, const struct proto_cmd *cmd)
 			 cmd->arg_count == npos + 2 && proto_cmd_option(cmd, npos, "GUIDS") != NULL;
 	if (!proto_cmd_is(cmd, "CREATE") && cmd->arg_count != npos && !stamps_opt && !guids_opt)
 		return ld_fail(l, "%s %s with options", tag, n);
+	/* Private \Seen records come after the last mailbox (SPEC.md 7.7). */
+	bool pseen_cmd = proto_cmd_is(cmd, "PSEEN") || proto_cmd_is(cmd, "PSEEN-MBOX");
+	if (l->pseen.count > 0 && !pseen_cmd)
+		return ld_fail(l, "%s %s after PSEEN-MBOX", tag, n);
+	if (pseen_cmd) {
+		if (bundle_pseen_load(l, cmd, &err) < 0)
+			return ld_fail(l, "%s %s: %s", tag, n, err);
+		return 0;
+	}
 	if (proto_cmd_is(cmd, "CREATE"))
 		return ld_create(l, cmd, npos);
 	if (proto_cmd_is(cmd, "SUBSCRIBE") || proto_cmd_is(cmd, "UNSUBSCRIBE")) {
@@ -598,6 +607,9 @@ int ld_inflate_step(struct loader *l, struct inflater *f, size_t budget)
 		return -1;
 	if (l->in_sync || !proto_parser_is_idle(l->parser))
 		return ld_fail(l, "the command stream ends in the middle of a mailbox");
+	const char *err;
+	if (bundle_pseen_load_end(l, &err) < 0)
+		return ld_fail(l, "%s", err);
 	return 0;
 }
 

@@ -54,11 +54,35 @@ struct held {
 };
 typedef ARRAY(struct held) held_array;
 
+/* PSEEN-BASE <mailbox-guid> <modseq> (SPEC.md 7.7 "Bundles"): the export
+ * back carries only the user's records of that mailbox above it. */
+struct pseen_base {
+	struct guid mailbox;
+	uint64_t modseq;
+};
+
 struct bundle_state {
 	int64_t base_created;
 	unsigned char base_digest[32];
 	held_array texts;
 	adopt_array adopts;
+	ARRAY(struct pseen_base) pseen_bases;
+};
+
+/* PSEEN lines of a bundle, and the PSEEN-MBOX it holds: at most this many
+ * lines in all (as a sync, SPEC.md 7.7). */
+#define BUNDLE_MAX_PSEEN_LINES 100000
+struct ld_pseen_rec {
+	struct guid guid;
+	bool seen;
+	int64_t time_ms;
+};
+struct ld_pseen_mbox {
+	char *owner;
+	struct guid mailbox;
+	uint32_t uidvalidity;
+	ARRAY(struct ld_pseen_rec) recs;
+	bool held; /* the importer holds it with that UIDVALIDITY */
 };
 
 struct verified {
@@ -115,6 +139,9 @@ struct loader {
 	/* Every mailbox's messages as the bundle has them, for the ADOPT
 	 * lines of the state file. */
 	ARRAY(struct ld_snap) snaps;
+	/* The user's private \Seen records, after the last mailbox. */
+	ARRAY(struct ld_pseen_mbox) pseen;
+	size_t pseen_lines;
 	char *error;
 };
 
@@ -150,7 +177,8 @@ void state_free(struct bundle_state *st);
 int state_parse(const void *data, size_t len, const char *user,
 		struct bundle_state *st_r, char **error_r);
 void write_state(struct buf *out, const char *user, uint32_t peer, int64_t created,
-		 const char *digest_hex, const struct buf *texts, const struct buf *adopts);
+		 const char *digest_hex, const struct buf *texts, const struct buf *adopts,
+		 const struct buf *pseen_bases);
 
 /* sync-bundle-verify.c */
 int verify(struct stor_db *db, const struct sync_bundle_import_settings *set,
@@ -160,5 +188,17 @@ int verify(struct stor_db *db, const struct sync_bundle_import_settings *set,
 void ld_pending_clear(struct loader *l);
 int ld_inflate_step(struct loader *l, struct inflater *f, size_t budget);
 void inflater_free(struct inflater *f);
+
+/* sync-bundle-pseen.c */
+struct proto_wr;
+int bundle_pseen_export(struct stor_db *db, const char *user, const struct bundle_state *st,
+			void (*line_begin)(void *ctx, const char *name), void (*line_end)(void *ctx),
+			struct proto_wr *w, void *ctx, char **error_r);
+int bundle_pseen_load(struct loader *l, const struct proto_cmd *cmd, const char **error_r);
+int bundle_pseen_load_end(struct loader *l, const char **error_r);
+void bundle_pseen_free(struct loader *l);
+int bundle_pseen_apply(struct stor_db *db, struct loader *l, sync_bundle_pseen_cb *cb, void *ctx,
+		       struct sync_bundle_pseen_report *rep, char **error_r);
+void bundle_pseen_write_bases(struct stor_db *db, const struct loader *l, struct buf *out);
 
 #endif

@@ -230,6 +230,7 @@ void state_free(struct bundle_state *st)
 {
 	ARRAY_FREE(&st->texts);
 	ARRAY_FREE(&st->adopts);
+	ARRAY_FREE(&st->pseen_bases);
 }
 
 /* "ADOPT <mailbox guid> <uid> <bundle modseq> <our modseq>" */
@@ -292,6 +293,23 @@ int state_parse(const void *data, size_t len, const char *user,
 			stage++;
 		} else if (stage == 4 && strcmp(line, "END") == 0) {
 			stage++;
+		} else if (stage == 4 && str_has_prefix(line, "PSEEN-BASE ")) {
+			/* "PSEEN-BASE <mailbox guid> <modseq>" */
+			struct pseen_base pb;
+			char *sp = strchr(line + 11, ' ');
+			uint64_t v;
+			if (sp != NULL && sp - (line + 11) == 32)
+				*sp = '\0';
+			else
+				sp = NULL;
+			if (sp == NULL || guid_from_hex(line + 11, &pb.mailbox) < 0 ||
+			    str_to_u64(sp + 1, INT64_MAX, &v) < 0 ||
+			    st_r->pseen_bases.count >= SYNC_MAX_MAILBOXES) {
+				bad = "bad PSEEN-BASE line";
+			} else {
+				pb.modseq = v;
+				ARRAY_PUSH(&st_r->pseen_bases, pb);
+			}
 		} else if (stage == 4 && str_has_prefix(line, "ADOPT ")) {
 			struct adopt a;
 			if (adopt_parse(line, &a) < 0)
@@ -341,11 +359,13 @@ int state_parse(const void *data, size_t len, const char *user,
 }
 
 void write_state(struct buf *out, const char *user, uint32_t peer, int64_t created,
-		 const char *digest_hex, const struct buf *texts, const struct buf *adopts)
+		 const char *digest_hex, const struct buf *texts, const struct buf *adopts,
+		 const struct buf *pseen_bases)
 {
 	buf_appendf(out, "%s\nUSER %s\nPEER %u\nBASE %" PRId64 " %s\n", STATE_MAGIC, user, peer,
 		    created, digest_hex);
 	buf_append(out, texts->data, texts->len);
 	buf_append(out, adopts->data, adopts->len);
+	buf_append(out, pseen_bases->data, pseen_bases->len);
 	buf_append_str(out, "END\n");
 }

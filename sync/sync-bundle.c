@@ -170,6 +170,8 @@ static void ld_snaps_free(struct loader *l)
 struct sync_bundle_import {
 	struct stor_db *db, *scratch;
 	uint32_t own_sid;
+	sync_bundle_pseen_cb *pseen_apply;
+	void *pseen_ctx;
 	struct verified v;
 	bool base_known;
 	char *scratch_dir;
@@ -333,6 +335,8 @@ struct sync_bundle_import *sync_bundle_import_begin(struct stor_db *db,
 	imp->db = db;
 	imp->scratch = scratch;
 	imp->own_sid = set->own_sid;
+	imp->pseen_apply = set->pseen_apply;
+	imp->pseen_ctx = set->pseen_ctx;
 	imp->v = v;
 	imp->base_known = base_known;
 	imp->scratch_dir = tmpl;
@@ -387,6 +391,11 @@ static void imp_durable(void *ctx, bool ok)
 static int imp_record(struct sync_bundle_import *imp, char **error_r)
 {
 	const struct verified *v = &imp->v;
+	/* The user's private \Seen records, in the same group commit as the
+	 * merge when they are changed here. */
+	if (bundle_pseen_apply(imp->db, &imp->l, imp->pseen_apply, imp->pseen_ctx,
+			       &imp->res.pseen, error_r) < 0)
+		return -1;
 	if (last_import_set(imp->db, v->source, v->user, v->created, v->digest_hex, error_r) < 0)
 		return -1;
 	imp->wait = xcalloc(1, sizeof(*imp->wait));
@@ -403,11 +412,12 @@ static int imp_finish(struct sync_bundle_import *imp, char **error_r)
 		*error_r = fmt_error("storing the merge: %s", stor_last_error(imp->db));
 		return -1;
 	}
-	struct buf adopts = BUF_INIT, texts = BUF_INIT;
+	struct buf adopts = BUF_INIT, texts = BUF_INIT, bases = BUF_INIT;
 	int ret = adopts_write(imp->db, &imp->l, &texts, &adopts, error_r);
 	if (ret == 0) {
+		bundle_pseen_write_bases(imp->db, &imp->l, &bases);
 		write_state(&imp->res.state, v->user, v->source, v->created, v->digest_hex, &texts,
-			    &adopts);
+			    &adopts, &bases);
 		imp->res.user = xstrdup(v->user);
 		imp->res.source = v->source;
 		imp->res.base_known = imp->base_known;
@@ -415,6 +425,7 @@ static int imp_finish(struct sync_bundle_import *imp, char **error_r)
 	}
 	buf_free(&adopts);
 	buf_free(&texts);
+	buf_free(&bases);
 	return ret;
 }
 
@@ -505,6 +516,7 @@ void sync_bundle_import_destroy(struct sync_bundle_import **impp)
 	ARRAY_FREE(&imp->l.ids);
 	ARRAY_FREE(&imp->l.placeholders);
 	ld_snaps_free(&imp->l);
+	bundle_pseen_free(&imp->l);
 	free(imp->l.error);
 	sync_bundle_import_result_free(&imp->res);
 	stor_close(&imp->scratch);

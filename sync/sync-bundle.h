@@ -76,7 +76,25 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 		       struct buf *out, struct sync_bundle_export_report *report_r,
 		       char **error_r);
 
+/* Private \Seen (SPEC.md 7.7 "Bundles"): a change of user's records of
+ * messages uids of owner's mailbox to seen, as user's STORE with SEEN-OF
+ * user would make it.  Called during a step, before the state file is
+ * made; the arguments are valid only during the call. */
+typedef void sync_bundle_pseen_cb(void *ctx, const char *owner, const struct guid *mailbox,
+				  const char *user, const uint32_t *uids, size_t count,
+				  bool seen);
+
+struct sync_bundle_pseen_report {
+	unsigned records_applied;  /* newer than the importer's */
+	unsigned records_skipped;  /* of messages the importer does not hold */
+	unsigned mailboxes_skipped; /* not held here, or another UIDVALIDITY */
+};
+
 struct sync_bundle_import_settings {
+	/* NULL: the records are changed in db itself (a node that masters
+	 * them, or a store no node runs on). */
+	sync_bundle_pseen_cb *pseen_apply;
+	void *pseen_ctx;
 	uint32_t own_sid;              /* this node: a bundle from it is refused */
 	struct sync_bundle_key key;    /* the cluster secret (user_key unused) */
 	/* A directory on which the scratch store is made (a fresh
@@ -93,6 +111,7 @@ struct sync_bundle_import_result {
 	bool base_known;               /* SINCE named one of our exports since
 					* our last import from source */
 	struct sync_report report;     /* the merge, as sync_client_report() */
+	struct sync_bundle_pseen_report pseen;
 	struct buf state;              /* the state file to give the next export */
 };
 

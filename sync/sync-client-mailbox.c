@@ -206,6 +206,8 @@ int send_some(struct sync_client *c)
 		cl_cmd_end(c, &w);
 	}
 	ARRAY_FREE(&gone);
+	if (sync_pseen_cl_send(c) < 0)
+		return -1;
 	return 1;
 }
 
@@ -343,6 +345,8 @@ int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 	if (c->exp_uids.count + c->saves.count + c->flags.count + c->fix_old.count >
 	    SYNC_MAX_ANSWER_ITEMS)
 		return cl_fail(c, "SYNC-END: answer too large");
+	if (proto_cmd_is(line, "PSEEN"))
+		return sync_pseen_cl_line(c, line);
 	if (proto_cmd_is(line, "GONE")) {
 		struct guid *guids;
 		size_t n;
@@ -849,6 +853,8 @@ int apply_some(struct sync_client *c)
 	if (stor_mailbox_raise(c->db, mbg, c->final_uidnext, c->final_modseq, &err) < 0)
 		return cl_fail(c, "%s", err);
 	if (c->gone.count > 0 && apply_gone(c, &err) < 0)
+		return cl_fail(c, "%s", err);
+	if (sync_pseen_cl_apply(c, &err) < 0)
 		return cl_fail(c, "%s", err);
 	if (c->late_exp.count > 0 || c->late_uexp.count > 0 || c->late_old.count > 0)
 		return 3;

@@ -6,6 +6,7 @@
 #define SYNC_SYNC_CLIENT_PRIVATE_H
 
 #include "sync/sync-private.h"
+#include "storage/storage-pseen.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -188,7 +189,17 @@ struct sync_client {
 	ARRAY(struct guid) late_uexp_g;
 	uint32_t late_next;
 	unsigned late_rounds;
+	/* The answer's PSEEN lines (sync-pseen.c). */
+	stor_pseen_list pseen_ans;
 };
+
+/* sync-pseen.c: private \Seen records (SPEC.md 7.7): ours since M sent
+ * after the other changes, the answer's taken, then applied with the
+ * answer (dropping those of GUIDs with a GUID tombstone). */
+int sync_pseen_cl_send(struct sync_client *c);
+int sync_pseen_cl_line(struct sync_client *c, const struct proto_cmd *line);
+int sync_pseen_cl_apply(struct sync_client *c, const char **err);
+void sync_pseen_cl_reset(struct sync_client *c);
 
 /* sync-client.c */
 int cl_fail(struct sync_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -167,6 +167,7 @@ void answer_free(struct sync_client *c)
 	ARRAY_FREE(&c->fix_old);
 	ARRAY_FREE(&c->fix_new);
 	ARRAY_FREE(&c->gone);
+	sync_pseen_cl_reset(c);
 	stor_msg_list_free(&c->msgs);
 	memset(&c->msgs, 0, sizeof(c->msgs));
 	ARRAY_FREE(&c->tombs);

@@ -90,7 +90,7 @@ int merge_start(struct sync_server *s, const char *tag)
 	m->base = m->cm > m->sm ? m->cm : m->sm;
 	m->N = m->base + 1;
 	stor_mailbox_free(&mb);
-	if (!mail_modseq_valid(m->N)) {
+	if (!mail_modseq_valid(m->N) || sync_pseen_srv_over_limit(s)) {
 		/* The merge would need a modseq past the bound. */
 		srv_sync_reset(s);
 		srv_reply(s, tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
@@ -704,6 +704,8 @@ static int merge_final(struct sync_server *s, const char **err)
 	m->gone_out.count = gone_keep;
 	if (m->gone_out.count > 0)
 		m->touched = true;
+	if (sync_pseen_srv_merge(s, err) < 0)
+		return -1;
 	uint64_t final_modseq = m->touched ? m->N : m->base;
 	if (stor_mailbox_raise(s->db, &s->sel, m->next, final_modseq, err) < 0)
 		return -1;
@@ -794,6 +796,7 @@ static void merge_write_end(struct sync_server *s)
 			ARRAY_PUSH(&fix_new, s->saves.items[i].new_uid);
 		}
 	}
+	sync_pseen_srv_write(s, m->tag);
 	proto_wr_init(&w, &s->out);
 	for (size_t i = 0; i < fix_old.count; i += SYNC_MAX_UIDS_PER_LINE) {
 		size_t n = fix_old.count - i;

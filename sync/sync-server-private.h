@@ -5,6 +5,7 @@
 #define SYNC_SYNC_SERVER_PRIVATE_H
 
 #include "sync/sync-private.h"
+#include "storage/storage-pseen.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -123,6 +124,8 @@ struct sync_server {
 	/* GUIDs of the client's GONE lines (also in uexp_guids): at most
 	 * SYNC_MAX_GONE_PER_SYNC. */
 	srv_guid_list gone_in;
+	/* The client's PSEEN lines, and those of the answer (sync-pseen.c). */
+	stor_pseen_list pseen_in, pseen_out;
 	stor_uid_list fix_old, fix_new;
 
 	/* The command being answered in steps, and the commands that came
@@ -146,6 +149,15 @@ struct flag_merge {
 	stor_string_list keywords;
 	stor_stamp_list times;  /* the decided flags with the time of the change kept */
 };
+
+/* sync-pseen.c: private \Seen records (SPEC.md 7.7).  over_limit sorts
+ * the client's records and says whether a message has too many; merge
+ * runs in merge_final, write after the FLAGS lines. */
+int sync_pseen_srv_cmd(struct sync_server *s, const struct proto_cmd *cmd);
+void sync_pseen_srv_reset(struct sync_server *s);
+bool sync_pseen_srv_over_limit(struct sync_server *s);
+int sync_pseen_srv_merge(struct sync_server *s, const char **err);
+void sync_pseen_srv_write(struct sync_server *s, const char *tag);
 
 /* sync-server.c */
 void srv_flush(struct sync_server *s);

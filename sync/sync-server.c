@@ -83,6 +83,7 @@ void srv_sync_reset(struct sync_server *s)
 	ARRAY_FREE(&s->gone_in);
 	ARRAY_FREE(&s->fix_old);
 	ARRAY_FREE(&s->fix_new);
+	sync_pseen_srv_reset(s);
 	s->in_sync = false;
 }
 
@@ -258,7 +259,7 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 		return cmd_select(s, cmd);
 	static const char *const selected_cmds[] = {
 		"SYNC-BEGIN", "FETCH", "SAVE", "STORE", "EXPUNGE", "UIDFIX", "GONE",
-		"SYNC-END", NULL
+		"PSEEN", "SYNC-END", NULL
 	};
 	bool known = false;
 	for (size_t i = 0; selected_cmds[i] != NULL && !known; i++)
@@ -289,6 +290,8 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 		return cmd_uidfix(s, cmd);
 	if (proto_cmd_is(cmd, "GONE"))
 		return cmd_expunged(s, cmd);
+	if (proto_cmd_is(cmd, "PSEEN"))
+		return sync_pseen_srv_cmd(s, cmd);
 	if (proto_cmd_is(cmd, "SYNC-END"))
 		return merge_start(s, cmd->tag);
 	srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");

@@ -8,8 +8,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <zlib.h>
+
 #include "lib/xalloc.h"
 #include "storage/storage-acl.h"
+#include "storage/storage-pseen.h"
 #include "storage/storage.h"
 #include "sync/sync-bundle.h"
 #include "tests/testutil.h"
@@ -1328,6 +1331,364 @@ static void test_bundle_noop_clear_later_wins(void)
 	}
 }
 
+
+/* ---- Private \Seen records (SPEC.md 7.7 "Bundles") ---- */
+
+/* Exports user from n, with the state st when not NULL. */
+static void export_user(struct node *n, const char *user, const struct buf *st, struct buf *out)
+{
+	if (next_created == 0)
+		next_created = (int64_t)time(NULL);
+	struct sync_bundle_export_settings set = {
+		.user = user, .source_sid = n->sid, .key = cluster_key(),
+		.created = next_created++,
+		.state = st != NULL ? (const void *)st->data : NULL,
+		.state_len = st != NULL ? st->len : 0,
+	};
+	char *error = NULL;
+	buf_reset(out);
+	int r = sync_bundle_export(n->db, &set, out, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "export %s: %s\n", user, error);
+	free(error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+}
+
+/* The inflated command stream of a bundle, NUL-terminated. */
+static char *stream_of(const struct buf *bundle)
+{
+	const char *s = (const char *)bundle->data;
+	const char *body = strstr(s, "BODY DEFLATE ");
+	const char *end = strstr(s, "\r\nEND\r\n");
+	CU_ASSERT_FATAL(body != NULL && end != NULL);
+	unsigned long comp = 0, raw = 0;
+	CU_ASSERT_FATAL(sscanf(body, "BODY DEFLATE %lu %lu", &comp, &raw) == 2);
+	uLongf out_len = raw;
+	unsigned char *out = xmalloc(raw + 1);
+	CU_ASSERT_FATAL(uncompress(out, &out_len, (const Bytef *)end + 7, comp) == Z_OK);
+	out[out_len] = '\0';
+	return (char *)out;
+}
+
+static int seen_of(struct node *n, const struct guid *mb, const struct guid *g, const char *user)
+{
+	struct stor_pseen r;
+	const char *error;
+	memset(&r, 0, sizeof(r));
+	int have = stor_pseen_get(n->db, mb, g, user, &r, &error);
+	CU_ASSERT(have >= 0);
+	free(r.user);
+	return have <= 0 ? -1 : r.seen;
+}
+
+static void pseen_set(struct node *n, const struct guid *mb, const struct guid *g,
+		      const char *user, bool seen)
+{
+	struct stor_pseen_change c = { *g, seen, 0, 0 };
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_pseen_put(n->db, mb, user, STOR_PSEEN_LOCAL, &c, 1, NULL, NULL,
+					     &error), 0);
+}
+
+static struct guid guid_at(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	struct guid g = m.guid;
+	stor_msg_free(&m);
+	return g;
+}
+
+/* zed shares "Shared" with alice and bob on A; both read messages there.
+ * zed's bundle carries nobody's records, alice's only alice's, bob's only
+ * bob's; each import on B (which has zed's mailbox from zed's bundle)
+ * makes exactly that user's records appear. */
+static void test_bundle_pseen_carries_only_the_users_records(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT, st_alice = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	fill_user(&a, NULL);
+	mk_mailbox(&a, OTHER, "INBOX", NULL);
+	struct guid sh = mk_mailbox(&a, "zed", "Shared", NULL);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(a.db, "zed", &sh, USER, "lrs", 100, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(a.db, "zed", &sh, OTHER, "lrs", 100, NULL, &error), 0);
+	uint32_t u1 = append(&a, &sh, "Subject: s1\r\n\r\none\r\n", 0);
+	uint32_t u2 = append(&a, &sh, "Subject: s2\r\n\r\ntwo\r\n", 0);
+	struct guid g1 = guid_at(&a, &sh, u1), g2 = guid_at(&a, &sh, u2);
+	pseen_set(&a, &sh, &g1, USER, true);
+	pseen_set(&a, &sh, &g1, OTHER, true);
+	pseen_set(&a, &sh, &g2, OTHER, true);
+
+	export_user(&a, "zed", NULL, &bundle);
+	char *text = stream_of(&bundle);
+	CU_ASSERT_PTR_NULL(strstr(text, "PSEEN"));
+	free(text);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, USER), -1);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, OTHER), -1);
+
+	export_user(&a, USER, NULL, &bundle);
+	text = stream_of(&bundle);
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, " PSEEN-MBOX zed "));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, " PSEEN alice "));
+	CU_ASSERT_PTR_NULL(strstr(text, " PSEEN bob "));
+	free(text);
+	struct sync_bundle_import_result res;
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_EQUAL(res.pseen.records_applied, 1);
+	CU_ASSERT_EQUAL(res.pseen.mailboxes_skipped, 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)res.state.data, "PSEEN-BASE "));
+	buf_append(&st_alice, res.state.data, res.state.len);
+	sync_bundle_import_result_free(&res);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, USER), 1);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g2, USER), -1);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, OTHER), -1);
+
+	export_user(&a, OTHER, NULL, &bundle);
+	text = stream_of(&bundle);
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, " PSEEN bob "));
+	CU_ASSERT_PTR_NULL(strstr(text, " PSEEN alice "));
+	free(text);
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_EQUAL(res.pseen.records_applied, 2);
+	sync_bundle_import_result_free(&res);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, OTHER), 1);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g2, OTHER), 1);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g2, USER), -1);
+
+	/* The bundle back with the state carries none of what came over;
+	 * alice's later change on B travels and wins on A. */
+	export_user(&b, USER, &st_alice, &bundle);
+	text = stream_of(&bundle);
+	CU_ASSERT_PTR_NULL(strstr(text, "PSEEN"));
+	free(text);
+	pseen_set(&b, &sh, &g1, USER, false);
+	pseen_set(&b, &sh, &g2, USER, true);
+	export_user(&b, USER, &st_alice, &bundle);
+	text = stream_of(&bundle);
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, " PSEEN alice "));
+	free(text);
+	import_ok(&a, &bundle, &res);
+	CU_ASSERT_EQUAL(res.pseen.records_applied, 2);
+	sync_bundle_import_result_free(&res);
+	CU_ASSERT_EQUAL(seen_of(&a, &sh, &g1, USER), 0);
+	CU_ASSERT_EQUAL(seen_of(&a, &sh, &g2, USER), 1);
+	CU_ASSERT_EQUAL(seen_of(&a, &sh, &g1, OTHER), 1);
+	buf_free(&st_alice);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A mailbox the importer does not hold, or holds with another
+ * UIDVALIDITY, is skipped and counted; nothing is written for it. */
+static void test_bundle_pseen_unknown_mailbox_is_skipped(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	fill_user(&a, NULL);
+	struct guid sh = mk_mailbox(&a, "zed", "Shared", NULL);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(a.db, "zed", &sh, USER, "lrs", 100, NULL, &error), 0);
+	uint32_t u1 = append(&a, &sh, "Subject: s1\r\n\r\none\r\n", 0);
+	struct guid g1 = guid_at(&a, &sh, u1);
+	pseen_set(&a, &sh, &g1, USER, true);
+	export_user(&a, USER, NULL, &bundle);
+	struct sync_bundle_import_result res;
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_EQUAL(res.pseen.records_applied, 0);
+	CU_ASSERT_EQUAL(res.pseen.mailboxes_skipped, 1);
+	CU_ASSERT_PTR_NULL(strstr((const char *)res.state.data, "PSEEN-BASE"));
+	sync_bundle_import_result_free(&res);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, USER), -1);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Hostile PSEEN lines: each refused with one line saying why, and the
+ * good record before it is not applied. */
+static void test_bundle_pseen_hostile_lines_are_refused(void)
+{
+	struct node b;
+	struct buf bundle = BUF_INIT;
+	node_open(&b, SID_B);
+	struct guid sh = mk_mailbox(&b, "zed", "Shared", NULL);
+	uint32_t u1 = append(&b, &sh, "Subject: s1\r\n\r\none\r\n", 0);
+	struct guid g1 = guid_at(&b, &sh, u1);
+	struct stor_mailbox mb;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(b.db, &sh, &mb, &error), 1);
+	char mbx[33], msg[33], head[512];
+	guid_to_hex(&sh, mbx);
+	guid_to_hex(&g1, msg);
+	const char *g = "0123456789abcdef0123456789abcdef";
+	snprintf(head, sizeof(head),
+		 "B1 CREATE alice INBOX %s 7\r\nB2 MBOX 1 alice INBOX 7 %s\r\nB3 SELECT 1\r\n"
+		 "B4 SYNC-BEGIN 0 0 1 1\r\nB5 SYNC-END\r\nB6 PSEEN-MBOX zed %s %u\r\n"
+		 "B7 PSEEN alice %s 1 0 1700000000000\r\n", g, g, mbx, mb.uidvalidity, msg);
+	stor_mailbox_free(&mb);
+	struct {
+		const char *tail, *want;
+	} cases[] = {
+		{ "B8 PSEEN bob %s 1 0 5\r\n", "another user" },
+		{ "B8 PSEEN .x %s 1 0 5\r\n", "bad user name" },
+		{ "B8 PSEEN alice %s 2 0 5\r\n", "seen is 0 or 1" },
+		{ "B8 PSEEN alice %s 1 4 5\r\n", "modseq 0" },
+		{ "B8 PSEEN alice %s 1 0 5\r\n", "two PSEEN lines of one message" },
+		{ "B8 PSEEN alice 00000000000000000000000000000000 1 0 5\r\n", "GUID" },
+		{ "B8 PSEEN alice %s 1 0 5 ORIGIN 3\r\n", "options" },
+		{ "B8 PSEEN-MBOX alice %s 7\r\n", "own mailbox" },
+		{ "B8 PSEEN-MBOX zed %s 7\r\n", "twice" },
+		{ "B8 PSEEN-MBOX zed 00000000000000000000000000000000 7\r\n", "mailbox GUID" },
+		{ "B8 PSEEN-MBOX yves %s 0\r\n", "" },
+		{ "B8 PSEEN-MBOX yves 11111111111111111111111111111111 7\r\n", "without records" },
+		{ "B8 SUBSCRIBE alice INBOX\r\n", "after PSEEN-MBOX" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char tail[256], stream[1024];
+		const char *arg = strstr(cases[i].tail, "PSEEN-MBOX") != NULL ? mbx : msg;
+		snprintf(tail, sizeof(tail), cases[i].tail, arg);
+		snprintf(stream, sizeof(stream), "%s%s", head, tail);
+		buf_reset(&bundle);
+		struct sync_bundle_key k = cluster_key();
+		struct sync_bundle_header hdr = { .user = USER, .source = SID_A,
+						  .created = 1700000000 + (int64_t)i };
+		sync_bundle_seal(&hdr, &k, stream, strlen(stream), &bundle, NULL);
+		char *err = NULL;
+		int r = import_into(&b, bundle.data, bundle.len, NULL, &err);
+		CU_ASSERT_EQUAL(r, -1);
+		if (r == 0 || err == NULL || strstr(err, cases[i].want) == NULL ||
+		    strchr(err, '\n') != NULL) {
+			fprintf(stderr, "case %zu: '%s' lacks '%s'\n", i, err ? err : "(none)",
+				cases[i].want);
+			CU_FAIL("unexpected error");
+		}
+		free(err);
+		CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, USER), -1);
+	}
+	/* The same head alone imports and applies the record. */
+	buf_reset(&bundle);
+	struct sync_bundle_key k = cluster_key();
+	struct sync_bundle_header hdr = { .user = USER, .source = SID_A, .created = 1700000100 };
+	sync_bundle_seal(&hdr, &k, head, strlen(head), &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT_EQUAL(seen_of(&b, &sh, &g1, USER), 1);
+	buf_free(&bundle);
+	node_close(&b);
+}
+
+/* The same mailbox and message on a node: a public mailbox made there as
+ * replication would (given GUIDs and UIDVALIDITY). */
+static void put_public(struct node *n, const struct guid *mb, const struct guid *msg)
+{
+	struct stor_mailbox_create req = { .user = ".public", .name = "News", .guid = mb,
+					   .uidvalidity = 1700000077 };
+	const char *error = NULL;
+	int r = stor_mailbox_create(n->db, &req, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "create .public News: %s\n", error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	CU_ASSERT_EQUAL_FATAL(stor_acl_put(n->db, ".public", mb, "anyone", "lrs", 100, NULL,
+					   &error), 0);
+	struct stor_append a;
+	memset(&a, 0, sizeof(a));
+	a.guid = msg;
+	a.internaldate = 1700000000;
+	a.text = "Subject: news\r\n\r\nnews\r\n";
+	a.text_len = strlen(a.text);
+	uint32_t uid;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n->db, mb, &a, &uid, NULL, &error), 0);
+}
+
+/* A public mailbox (owner .public, shared through anyone): alice's bundle
+ * carries her record there, and the import applies it. */
+static void test_bundle_pseen_public_mailbox(void)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	fill_user(&a, NULL);
+	struct guid mb, msg;
+	guid_generate(&mb);
+	guid_generate(&msg);
+	put_public(&a, &mb, &msg);
+	put_public(&b, &mb, &msg);
+	pseen_set(&a, &mb, &msg, USER, true);
+	pseen_set(&a, &mb, &msg, OTHER, true);
+	export_user(&a, USER, NULL, &bundle);
+	char *text = stream_of(&bundle);
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, " PSEEN-MBOX .public "));
+	CU_ASSERT_PTR_NULL(strstr(text, " PSEEN bob "));
+	free(text);
+	struct sync_bundle_import_result res;
+	import_ok(&b, &bundle, &res);
+	CU_ASSERT_EQUAL(res.pseen.records_applied, 1);
+	sync_bundle_import_result_free(&res);
+	CU_ASSERT_EQUAL(seen_of(&b, &mb, &msg, USER), 1);
+	CU_ASSERT_EQUAL(seen_of(&b, &mb, &msg, OTHER), -1);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* 100,000 PSEEN-MBOX of mailboxes B does not hold, one record each (the
+ * bound), load and are skipped in bounded time; one PSEEN line more is
+ * refused. */
+static void test_bundle_pseen_at_the_bounds(void)
+{
+	struct node b;
+	struct buf bundle = BUF_INIT, stream = BUF_INIT;
+	node_open(&b, SID_B);
+	const char *g = "0123456789abcdef0123456789abcdef";
+	for (int round = 0; round < 2; round++) {
+		buf_reset(&stream);
+		buf_appendf(&stream, "B1 CREATE alice INBOX %s 7\r\nB2 MBOX 1 alice INBOX 7 %s\r\n"
+			    "B3 SELECT 1\r\nB4 SYNC-BEGIN 0 0 1 1\r\nB5 SYNC-END\r\n", g, g);
+		unsigned tag = 6;
+		for (unsigned i = 0; i < 100000; i++) {
+			buf_appendf(&stream, "B%u PSEEN-MBOX zed %08x%024x 7\r\n", tag++, i + 1, 0);
+			buf_appendf(&stream, "B%u PSEEN alice %s 1 0 5\r\n", tag++, g);
+		}
+		if (round == 1)
+			buf_appendf(&stream, "B%u PSEEN alice %032x 1 0 5\r\n", tag++, 7);
+		buf_reset(&bundle);
+		struct sync_bundle_key k = cluster_key();
+		struct sync_bundle_header hdr = { .user = USER, .source = SID_A,
+						  .created = 1700000000 + round };
+		sync_bundle_seal(&hdr, &k, stream.data, stream.len, &bundle, NULL);
+		time_t t0 = time(NULL);
+		struct sync_bundle_import_result res;
+		char *err = NULL;
+		int r = import_into(&b, bundle.data, bundle.len, round == 0 ? &res : NULL, &err);
+		time_t took = time(NULL) - t0;
+		CU_ASSERT(took < 30);
+		if (round == 0) {
+			if (r < 0)
+				fprintf(stderr, "import: %s\n", err);
+			CU_ASSERT_EQUAL(r, 0);
+			if (r == 0) {
+				CU_ASSERT_EQUAL(res.pseen.mailboxes_skipped, 100000);
+				sync_bundle_import_result_free(&res);
+			}
+		} else {
+			CU_ASSERT_EQUAL(r, -1);
+			CU_ASSERT(err != NULL && strstr(err, "too many PSEEN") != NULL);
+		}
+		free(err);
+	}
+	buf_free(&stream);
+	buf_free(&bundle);
+	node_close(&b);
+}
+
 static const struct test_case bundle_cases[] = {
 	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
 	{ "ACL records travel, newest wins", test_bundle_carries_acl_records },
@@ -1355,6 +1716,12 @@ static const struct test_case bundle_cases[] = {
 	{ "own and future bundles are refused", test_bundle_own_and_future_bundles_are_refused },
 	{ "state of another user is refused", test_bundle_state_of_another_user_is_refused },
 	{ "state with a short TEXT line is refused", test_bundle_state_short_text_line_is_refused },
+	{ "private \\Seen: a bundle carries only its user's records",
+	  test_bundle_pseen_carries_only_the_users_records },
+	{ "private \\Seen: a mailbox not held is skipped", test_bundle_pseen_unknown_mailbox_is_skipped },
+	{ "private \\Seen: hostile PSEEN lines are refused", test_bundle_pseen_hostile_lines_are_refused },
+	{ "private \\Seen: PSEEN at the bounds", test_bundle_pseen_at_the_bounds },
+	{ "private \\Seen: a public mailbox's records", test_bundle_pseen_public_mailbox },
 	{ NULL, NULL },
 };
 

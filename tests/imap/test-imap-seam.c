@@ -11,6 +11,7 @@
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl.h"
+#include "storage/storage-pseen.h"
 #include "tests/imap/tests-imap.h"
 
 struct fixture {
@@ -26,8 +27,11 @@ struct done {
 	enum repl_error error;
 	uint32_t uid;
 	struct guid mailbox;
-	size_t changed, expunged, copied;
+	size_t changed, expunged, copied, failed;
 	uint32_t dst_uids[8];
+	uint64_t modseq;
+	uint32_t changed_flags[8];
+	uint64_t changed_modseq[8];
 };
 
 static void on_done(void *ctx, const struct repl_result *res)
@@ -43,6 +47,12 @@ static void on_done(void *ctx, const struct repl_result *res)
 	d->copied = res->uid_count;
 	for (size_t i = 0; i < res->uid_count && i < 8; i++)
 		d->dst_uids[i] = res->dst_uids[i];
+	d->modseq = res->modseq;
+	d->failed = res->failed_count;
+	for (size_t i = 0; i < res->changed_count && i < 8; i++) {
+		d->changed_flags[i] = res->changed[i].flags;
+		d->changed_modseq[i] = res->changed[i].modseq;
+	}
 }
 
 static void on_change(void *ctx, const char *user, const struct guid *mailbox)
@@ -284,7 +294,91 @@ static void test_seam_append_at_the_top_of_the_uids_is_refused(void)
 	teardown(&f);
 }
 
+/* A STORE with seen_of (SPEC.md 7.7): \Seen goes to the user's records at
+ * one modseq, the other flags to the messages at the next; REPLACE keeps
+ * the message's own \Seen; the result and UNCHANGEDSINCE are in the
+ * user's view. */
+static void test_seam_store_seen_of(void)
+{
+	struct fixture f;
+	setup(&f);
+	struct guid a = make_mailbox(&f, "Team");
+	struct done d[8];
+	memset(d, 0, sizeof(d));
+	struct repl_append own_seen = { .text = "Subject: 1\r\n\r\n", .text_len = 14,
+					.flags = STOR_FLAG_SEEN };
+	struct repl_append plain = { .text = "Subject: 2\r\n\r\n", .text_len = 14 };
+	repl_append(f.repl, "alice", &a, &own_seen, on_done, &d[0]);
+	repl_append(f.repl, "alice", &a, &plain, on_done, &d[1]);
+	run_until(&f, d, 2);
+	const char *err;
+	struct stor_mailbox mb;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(f.db, &a, &mb, &err), 1);
+	uint64_t h = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	uint32_t uids[] = { 1, 2 };
+	struct stor_store st = { .op = STOR_FLAGS_ADD, .flags = STOR_FLAG_SEEN | STOR_FLAG_FLAGGED,
+				 .seen_of = "bob" };
+	repl_store(f.repl, "alice", &a, uids, 2, &st, on_done, &d[2]);
+	run_until(&f, &d[2], 1);
+	CU_ASSERT_EQUAL(d[2].error, REPL_OK);
+	CU_ASSERT_EQUAL(d[2].changed, 2);
+	CU_ASSERT_EQUAL(d[2].modseq, h + 2);
+	for (int i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL(d[2].changed_flags[i], STOR_FLAG_SEEN | STOR_FLAG_FLAGGED);
+		CU_ASSERT_EQUAL(d[2].changed_modseq[i], h + 2);
+	}
+	struct stor_msg m;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(f.db, &a, 2, &m, &err), 1);
+	/* The message's own flags: \Flagged, not bob's \Seen. */
+	CU_ASSERT_EQUAL(m.flags, STOR_FLAG_FLAGGED);
+	CU_ASSERT_EQUAL(m.modseq, h + 2);
+	struct stor_pseen r;
+	CU_ASSERT_EQUAL(stor_pseen_get(f.db, &a, &m.guid, "bob", &r, &err), 1);
+	CU_ASSERT_TRUE(r.seen);
+	CU_ASSERT_EQUAL(r.modseq, h + 1);
+	CU_ASSERT_EQUAL(stor_pseen_get(f.db, &a, &m.guid, "alice", &r, &err), 0);
+	stor_msg_free(&m);
+
+	/* REPLACE: bob's \Seen off, the message's own \Seen (m1) stays. */
+	struct stor_store rep = { .op = STOR_FLAGS_REPLACE, .flags = STOR_FLAG_DRAFT,
+				  .seen_of = "bob" };
+	repl_store(f.repl, "alice", &a, uids, 2, &rep, on_done, &d[3]);
+	run_until(&f, &d[3], 1);
+	CU_ASSERT_EQUAL(d[3].changed, 2);
+	CU_ASSERT_EQUAL(d[3].changed_flags[0], STOR_FLAG_DRAFT);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(f.db, &a, 1, &m, &err), 1);
+	CU_ASSERT_EQUAL(m.flags, STOR_FLAG_SEEN | STOR_FLAG_DRAFT);
+	CU_ASSERT_EQUAL(stor_pseen_get(f.db, &a, &m.guid, "bob", &r, &err), 1);
+	CU_ASSERT_FALSE(r.seen);
+	stor_msg_free(&m);
+
+	/* Only \Seen named: the messages keep their modseq. */
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(f.db, &a, &mb, &err), 1);
+	h = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	struct stor_store only = { .op = STOR_FLAGS_ADD, .flags = STOR_FLAG_SEEN, .seen_of = "carol" };
+	repl_store(f.repl, "alice", &a, uids, 1, &only, on_done, &d[4]);
+	run_until(&f, &d[4], 1);
+	CU_ASSERT_EQUAL(d[4].modseq, h + 1);
+	CU_ASSERT_EQUAL(d[4].changed, 1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(f.db, &a, 1, &m, &err), 1);
+	CU_ASSERT_EQUAL(m.modseq, h);
+	stor_msg_free(&m);
+
+	/* UNCHANGEDSINCE against the user's view: carol's m1 is at h+1. */
+	struct stor_store cond = { .op = STOR_FLAGS_REMOVE, .flags = STOR_FLAG_SEEN,
+				   .unchangedsince = h, .seen_of = "carol" };
+	repl_store(f.repl, "alice", &a, uids, 2, &cond, on_done, &d[5]);
+	run_until(&f, &d[5], 1);
+	CU_ASSERT_EQUAL(d[5].failed, 1);
+	CU_ASSERT_EQUAL(d[5].changed, 1);
+	CU_ASSERT_EQUAL(stor_mailbox_check(f.db, &a, &err), 0);
+	teardown(&f);
+}
+
 const struct test_case imap_seam_cases[] = {
+	{ "STORE with seen_of: the user's records, then the messages", test_seam_store_seen_of },
 	{ "appends of one turn complete together after one sync",
 	  test_seam_appends_of_one_turn_complete_together_after_sync },
 	{ "refusals complete from the loop", test_seam_refusals_complete_from_the_loop },

@@ -49,6 +49,7 @@ static void test_config_full_file_parses_every_key(void)
 	CU_ASSERT_STRING_EQUAL(c->tls_ca, "/ca.pem");
 	CU_ASSERT_EQUAL(c->degraded_writes, CONFIG_DEGRADED_REFUSE);
 	CU_ASSERT_EQUAL(c->read_consistency, CONFIG_READ_LOCAL);
+	CU_ASSERT_FALSE(c->shared_seen_private);
 	CU_ASSERT_STRING_EQUAL(c->metrics_listen.host, "127.0.0.1");
 	CU_ASSERT_EQUAL(c->metrics_listen.port, 9143);
 	config_free(&c);
@@ -87,11 +88,8 @@ static void test_config_errors_name_file_and_line(void)
 		     "t.conf:1: degraded_writes must be accept or refuse, not 'maybe'");
 	expect_error("read_consistency = strong\n",
 		     "t.conf:1: read_consistency must be master or local, not 'strong'");
-	expect_error("shared_seen = private\n",
-		     "t.conf:1: shared_seen = private is not built yet (SPEC.md 7.7): "
-		     "\\Seen on shared mailboxes is shared; set shared_seen = shared");
 	expect_error("shared_seen = mine\n",
-		     "t.conf:1: shared_seen must be shared (private is not built yet), not 'mine'");
+		     "t.conf:1: shared_seen must be private or shared, not 'mine'");
 	expect_error("metrics_listen = 9143\n",
 		     "t.conf:1: bad address '9143' (expected HOST:PORT)");
 	expect_error("degraded_writes = accept\ndegraded_writes = refuse\n",
@@ -122,6 +120,12 @@ static void test_config_lone_node_defaults(void)
 	CU_ASSERT_PTR_NULL(c->imap_listen.host);
 	CU_ASSERT_EQUAL(c->degraded_writes, CONFIG_DEGRADED_ACCEPT);
 	CU_ASSERT_EQUAL(c->read_consistency, CONFIG_READ_MASTER);
+	/* SPEC.md 7.7: private \Seen unless shared_seen = shared. */
+	CU_ASSERT_TRUE(c->shared_seen_private);
+	config_free(&c);
+	c = config_parse("t.conf", "node_id = 7\ndata_dir = d\nshared_seen = private\n", &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	CU_ASSERT_TRUE(c->shared_seen_private);
 	config_free(&c);
 }
 
@@ -150,6 +154,7 @@ static void test_config_print_round_trips(void)
 	CU_ASSERT_PTR_NOT_NULL_FATAL(back);
 	CU_ASSERT_EQUAL(back->degraded_writes, CONFIG_DEGRADED_REFUSE);
 	CU_ASSERT_EQUAL(back->read_consistency, CONFIG_READ_LOCAL);
+	CU_ASSERT_FALSE(back->shared_seen_private);
 	CU_ASSERT_EQUAL(back->sync_replicas, 2);
 	CU_ASSERT_EQUAL(back->peers.count, 2);
 	CU_ASSERT_EQUAL(back->max_message_size, c->max_message_size);

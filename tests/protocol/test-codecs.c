@@ -754,6 +754,214 @@ static void test_save_holder(void)
 	}
 }
 
+static int pseen_of(const char *line, enum proto_pseen_rule rule, struct proto_pseen *p_r)
+{
+	struct proto_parser *p;
+	const char *err = NULL;
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	int r = cmd == NULL ? -99 : proto_read_pseen(cmd, rule, p_r, &err);
+	if (r != PROTO_CODEC_OK)
+		CU_ASSERT(err != NULL && err[0] != '\0');
+	proto_parser_destroy(&p);
+	return r;
+}
+
+static void test_pseen_round_trip_and_bounds(void)
+{
+	struct proto_pseen o, in;
+	memset(&o, 0, sizeof(o));
+	strcpy(o.user, "bob.smith+x@example.org");
+	for (int i = 0; i < 16; i++)
+		o.guid.b[i] = (unsigned char)(0xa0 + i);
+	o.seen = true;
+	o.modseq = MAIL_MODSEQ_MAX;
+	o.time_ms = 1765084800123;
+	struct buf b;
+	struct proto_wr w;
+	buf_init(&b);
+	proto_wr_init(&w, &b);
+	proto_wr_begin(&w, "C3", "PSEEN");
+	proto_wr_pseen(&w, &o);
+	proto_wr_end(&w);
+	buf_append(&b, "", 1);
+	CU_ASSERT_STRING_EQUAL((const char *)b.data,
+			       "C3 PSEEN bob.smith+x@example.org a0a1a2a3a4a5a6a7a8a9aaabacadaeaf 1 "
+			       "4611686018427387903 1765084800123\r\n");
+	CU_ASSERT_EQUAL_FATAL(pseen_of((const char *)b.data, PROTO_PSEEN_GIVEN, &in), PROTO_CODEC_OK);
+	CU_ASSERT_STRING_EQUAL(in.user, o.user);
+	CU_ASSERT(guid_equal(&in.guid, &o.guid));
+	CU_ASSERT(in.seen && in.modseq == o.modseq && in.time_ms == o.time_ms);
+	/* A bundle's record: modseq 0, seen 0 kept as such. */
+	CU_ASSERT_EQUAL(pseen_of("C1 PSEEN \"bob\" 000000000000000000000000000000a1 0 0 5\r\n",
+				 PROTO_PSEEN_ASSIGN, &in), PROTO_CODEC_OK);
+	CU_ASSERT(!in.seen && in.modseq == 0 && in.time_ms == 5 && strcmp(in.user, "bob") == 0);
+	buf_free(&b);
+
+	/* A 255-byte name is the longest. */
+	char line[1024], name[300];
+	memset(name, 'u', 255);
+	name[255] = '\0';
+	snprintf(line, sizeof(line), "C1 PSEEN %s 000000000000000000000000000000a1 1 7 5\r\n", name);
+	CU_ASSERT_EQUAL(pseen_of(line, PROTO_PSEEN_GIVEN, &in), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL(strlen(in.user), 255);
+	name[255] = 'u';
+	name[256] = '\0';
+	snprintf(line, sizeof(line), "C1 PSEEN %s 000000000000000000000000000000a1 1 7 5\r\n", name);
+	CU_ASSERT_EQUAL(pseen_of(line, PROTO_PSEEN_GIVEN, &in), PROTO_CODEC_BAD);
+
+	/* Past lib/mail-limits.h: NO [LIMIT], not BAD. */
+	CU_ASSERT_EQUAL(pseen_of("C1 PSEEN bob 000000000000000000000000000000a1 1 "
+				 "4611686018427387904 5\r\n", PROTO_PSEEN_GIVEN, &in),
+			PROTO_CODEC_LIMIT);
+
+	static const struct {
+		const char *line;
+		enum proto_pseen_rule rule;
+	} bad[] = {
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 1 7\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN .public 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN .bob 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN \"\" 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN \"bo b\" 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bo/b 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN {3}\r\nbob 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN (bob) 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 00000000000000000000000000000000 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1a 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000g1 1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 2 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 01 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 -1 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 yes 7 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 1 0 5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 1 7 5\r\n", PROTO_PSEEN_ASSIGN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 1 9223372036854775808 5\r\n",
+		  PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 1 7 9223372036854775808\r\n",
+		  PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 1 7 -5\r\n", PROTO_PSEEN_GIVEN },
+		{ "C1 PSEEN bob 000000000000000000000000000000a1 1 7 (5)\r\n", PROTO_PSEEN_GIVEN },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const char *l = bad[i].line;
+		int r = pseen_of(l, bad[i].rule, &in);
+		CU_ASSERT_EQUAL(r, PROTO_CODEC_BAD);
+		if (r != PROTO_CODEC_BAD)
+			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, l);
+	}
+	/* A literal holding a NUL in the name. */
+	static const char nul_line[] = "C1 PSEEN {3}\r\nb\0b 000000000000000000000000000000a1 1 7 5\r\n";
+	struct proto_parser *p;
+	const char *err = NULL;
+	const struct proto_cmd *cmd = parse_line(&p, nul_line, sizeof(nul_line) - 1);
+	CU_ASSERT_FATAL(cmd != NULL);
+	CU_ASSERT_EQUAL(proto_read_pseen(cmd, PROTO_PSEEN_GIVEN, &in, &err), PROTO_CODEC_BAD);
+	proto_parser_destroy(&p);
+}
+
+static void test_pseen_mbox_round_trip_and_bounds(void)
+{
+	struct proto_pseen_mbox o, in;
+	memset(&o, 0, sizeof(o));
+	strcpy(o.owner, ".public");
+	o.mailbox.b[15] = 0x42;
+	o.uidvalidity = UINT32_MAX;
+	struct buf b;
+	struct proto_wr w;
+	buf_init(&b);
+	proto_wr_init(&w, &b);
+	proto_wr_begin(&w, "C4", "PSEEN-MBOX");
+	proto_wr_pseen_mbox(&w, &o);
+	proto_wr_end(&w);
+	buf_append(&b, "", 1);
+	CU_ASSERT_STRING_EQUAL((const char *)b.data,
+			       "C4 PSEEN-MBOX .public 00000000000000000000000000000042 4294967295\r\n");
+	struct proto_parser *p;
+	const char *err = NULL;
+	const struct proto_cmd *cmd = parse_str(&p, (const char *)b.data);
+	CU_ASSERT_FATAL(cmd != NULL);
+	CU_ASSERT_EQUAL(proto_read_pseen_mbox(cmd, &in, &err), PROTO_CODEC_OK);
+	CU_ASSERT_STRING_EQUAL(in.owner, ".public");
+	CU_ASSERT(guid_equal(&in.mailbox, &o.mailbox) && in.uidvalidity == UINT32_MAX);
+	proto_parser_destroy(&p);
+	buf_free(&b);
+
+	static const char *const bad[] = {
+		"C1 PSEEN-MBOX alice 00000000000000000000000000000042\r\n",
+		"C1 PSEEN-MBOX .alice 00000000000000000000000000000042 7\r\n",
+		"C1 PSEEN-MBOX a!ice 00000000000000000000000000000042 7\r\n",
+		"C1 PSEEN-MBOX alice 00000000000000000000000000000000 7\r\n",
+		"C1 PSEEN-MBOX alice 0000000000000000000000000000004 7\r\n",
+		"C1 PSEEN-MBOX alice 00000000000000000000000000000042 0\r\n",
+		"C1 PSEEN-MBOX alice 00000000000000000000000000000042 4294967296\r\n",
+		"C1 PSEEN-MBOX alice 00000000000000000000000000000042 x\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		cmd = parse_str(&p, bad[i]);
+		CU_ASSERT_FATAL(cmd != NULL);
+		err = NULL;
+		int r = proto_read_pseen_mbox(cmd, &in, &err);
+		CU_ASSERT_EQUAL(r, PROTO_CODEC_BAD);
+		CU_ASSERT(err != NULL);
+		if (r != PROTO_CODEC_BAD)
+			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, bad[i]);
+		proto_parser_destroy(&p);
+	}
+}
+
+static int seen_of_of(const char *line, const char **user_r)
+{
+	struct proto_parser *p;
+	const char *err = NULL;
+	static char copy[512];
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	/* The four positional arguments of a STORE; options follow. */
+	int r = cmd == NULL ? -99 : proto_read_seen_of(cmd, 4, user_r, &err);
+	if (r != PROTO_CODEC_OK)
+		CU_ASSERT(err != NULL && err[0] != '\0');
+	if (r == PROTO_CODEC_OK && *user_r != NULL) {
+		snprintf(copy, sizeof(copy), "%s", *user_r);
+		*user_r = copy;
+	}
+	proto_parser_destroy(&p);
+	return r;
+}
+
+static void test_seen_of_option(void)
+{
+	const char *user = "x";
+	CU_ASSERT_EQUAL(seen_of_of("C1 STORE 1 5 (\\Seen) () GUIDS (000000000000000000000000000000a1)\r\n",
+				   &user), PROTO_CODEC_OK);
+	CU_ASSERT_PTR_NULL(user);
+	CU_ASSERT_EQUAL(seen_of_of("C1 STORE 1 5 (\\Seen) () SEEN-OF bob GUIDS "
+				   "(000000000000000000000000000000a1)\r\n", &user), PROTO_CODEC_OK);
+	CU_ASSERT(user != NULL && strcmp(user, "bob") == 0);
+	CU_ASSERT_EQUAL(seen_of_of("C1 STORE 1 5 (\\Seen) () GUIDS (000000000000000000000000000000a1) "
+				   "UNCHANGEDSINCE 3 seen-of \"carol@x\"\r\n", &user), PROTO_CODEC_OK);
+	CU_ASSERT(user != NULL && strcmp(user, "carol@x") == 0);
+	static const char *const bad[] = {
+		"C1 STORE 1 5 (\\Seen) () SEEN-OF bob\r\n", /* no GUIDS */
+		"C1 STORE 1 5 (\\Seen) () SEEN-OF .public GUIDS (000000000000000000000000000000a1)\r\n",
+		"C1 STORE 1 5 (\\Seen) () SEEN-OF \"\" GUIDS (000000000000000000000000000000a1)\r\n",
+		"C1 STORE 1 5 (\\Seen) () SEEN-OF (bob) GUIDS (000000000000000000000000000000a1)\r\n",
+		"C1 STORE 1 5 (\\Seen) () SEEN-OF {3}\r\nbob GUIDS (000000000000000000000000000000a1)\r\n",
+		"C1 STORE 1 5 (\\Seen) () SEEN-OF b*b GUIDS (000000000000000000000000000000a1)\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int r = seen_of_of(bad[i], &user);
+		CU_ASSERT_EQUAL(r, PROTO_CODEC_BAD);
+		if (r != PROTO_CODEC_BAD)
+			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, bad[i]);
+	}
+	/* The alphabet is 7.5's, the same as logins'. */
+	CU_ASSERT(proto_user_name_valid("a.b_c@d+e-f9", 12));
+	CU_ASSERT(!proto_user_name_valid("a:b", 3));
+	CU_ASSERT(!proto_user_name_valid("a\0b", 3));
+	CU_ASSERT(!proto_user_name_valid(".public", 7));
+}
+
 const struct test_case proto_codec_cases[] = {
 	{ "flag lists round trip", test_flags_round_trip },
 	{ "flag lists: every bound and hostile input refused",
@@ -768,5 +976,10 @@ const struct test_case proto_codec_cases[] = {
 	  test_expunge_round_trip_and_bounds },
 	{ "FLAGS data line round trips, refuses every bound and hostile input",
 	  test_flags_line_round_trip_and_bounds },
+	{ "PSEEN round trips, refuses every bound and hostile input",
+	  test_pseen_round_trip_and_bounds },
+	{ "PSEEN-MBOX round trips, refuses every bound and hostile input",
+	  test_pseen_mbox_round_trip_and_bounds },
+	{ "SEEN-OF: a valid user with GUIDS, or BAD", test_seen_of_option },
 	{ NULL, NULL },
 };

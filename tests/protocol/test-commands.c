@@ -89,11 +89,24 @@ static const struct row_case row_cases[] = {
 		"C9 EXPUNGE 4 120 BY ENGINE\r\n", "C9 EXPUNGE 4 120 BY USER BY USER\r\n") },
 	{ "STORE", LINES("C10 STORE 1:5,7 1233 (\\Seen) ($Junk) UNCHANGEDSINCE 1200 ORIGIN 2\r\n",
 			 "C10 STORE 4 1233 (\\Seen) (\\*) ORIGIN 2 GUIDS (" G ")\r\n",
-			 "C10 STORE 4 0 (\\Seen) () GUIDS (" G ") EPOCH 18446744073709551615\r\n"),
+			 "C10 STORE 4 0 (\\Seen) () GUIDS (" G ") EPOCH 18446744073709551615\r\n",
+			 "C10 STORE 4 0 (\\Seen) () SEEN-OF bob GUIDS (" G ") UNCHANGEDSINCE 3\r\n"),
 	  LINES("C10 STORE 1 1233 (\\Seen) ($Junk) SPECIAL-USE (\\Seen)\r\n",
 		"C10 STORE 1 1233 (\\Seen)\r\n",
 		"C10 STORE 1 1233 (\\Seen) () GUIDS " G "\r\n",
-		"C10 STORE 1 0 (\\Seen) () EPOCH x\r\n") },
+		"C10 STORE 1 0 (\\Seen) () EPOCH x\r\n",
+		"C10 STORE 1 0 (\\Seen) () SEEN-OF .public GUIDS (" G ")\r\n",
+		"C10 STORE 1 0 (\\Seen) () SEEN-OF (bob) GUIDS (" G ")\r\n",
+		"C10 STORE 1 0 (\\Seen) () SEEN-OF bob SEEN-OF bob GUIDS (" G ")\r\n") },
+	{ "PSEEN", LINES("C11 PSEEN bob " G " 1 1234 1765084800123 ORIGIN 1 EPOCH 17179869185\r\n",
+			 "C12 PSEEN carol@x " G " 0 9 5\r\n"),
+	  LINES("C11 PSEEN bob " G " 1 1234\r\n", "C11 PSEEN bob 0123 1 1234 5\r\n",
+		"C11 PSEEN bob " G " 1 1234 5 GUIDS (" G ")\r\n",
+		"C11 PSEEN bob " G " 1 9223372036854775808 5\r\n",
+		"C11 PSEEN (bob) " G " 1 1234 5\r\n") },
+	{ "PSEEN-MBOX", LINES("C13 PSEEN-MBOX zed " G " 7\r\n", "C14 PSEEN-MBOX .public " G " 1\r\n"),
+	  LINES("C13 PSEEN-MBOX zed " G " 0\r\n", "C13 PSEEN-MBOX zed 0123 7\r\n",
+		"C13 PSEEN-MBOX zed " G " 7 ORIGIN 1\r\n", "C13 PSEEN-MBOX zed " G "\r\n") },
 	{ "FETCH", LINES("C13 FETCH 46,48\r\n"),
 	  LINES("C13 FETCH 46 ORIGIN 2\r\n", "C13 FETCH (46)\r\n", "C13 FETCH 46 EPOCH 5\r\n") },
 	{ "SYNC-BEGIN", LINES("C11 SYNC-BEGIN 1200 1300 40 45 (1:44 50)\r\n",
@@ -281,7 +294,7 @@ static void test_origin_is_an_option_of_exactly_the_changes(void)
 {
 	static const char *const changes[] = { "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
 					       "UNSUBSCRIBE", "SAVE", "COPY", "EXPUNGE", "STORE",
-					       "ACL-PUT" };
+					       "ACL-PUT", "PSEEN" };
 	size_t with_origin = 0;
 	for (size_t r = 0; r < proto_cmd_info_count(); r++) {
 		const struct proto_cmd_info *info = proto_cmd_info_get(r);

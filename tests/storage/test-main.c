@@ -98,6 +98,7 @@ int main(void)
 		{ "storage-log", storage_log_cases, NULL, NULL },
 		{ "storage-users", storage_users_cases, NULL, NULL },
 		{ "storage-acl", storage_acl_cases, NULL, NULL },
+		{ "storage-pseen", storage_pseen_cases, NULL, NULL },
 		{ "storage-robust", storage_robust_cases, NULL, NULL },
 		{ "storage-journal", storage_journal_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },

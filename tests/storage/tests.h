@@ -13,6 +13,7 @@ extern const struct test_case storage_robust_cases[];
 extern const struct test_case storage_journal_cases[];
 extern const struct test_case storage_users_cases[];
 extern const struct test_case storage_acl_cases[];
+extern const struct test_case storage_pseen_cases[];
 
 /* A fresh store in a new temporary directory. */
 struct tstore {
