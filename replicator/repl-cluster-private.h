@@ -527,13 +527,10 @@ struct cl_fwd {
 	uint64_t epoch;               /* ours when the master was named (SPEC 6.3 EPOCH) */
 	uint32_t to;                  /* the master, when peer only relays (6.3 TO) */
 	struct cl_peer *peer;         /* while forwarded */
-	bool sent_nil;                /* APPEND sent its text as NIL */
-	bool send_text;               /* ... and the master asked for it */
 	/* HOLDER (SPEC 8.8): sent on the SAVE in flight; never again for
 	 * this change once it could not hold the master's UID here or the
 	 * master did not take the option; held: the master counted us. */
 	bool sent_holder, no_holder, held;
-	struct buf text;              /* the stored text, then */
 	ev_timer retry;
 	/* APPEND */
 	struct cl_append_req app;

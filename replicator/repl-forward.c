@@ -19,8 +19,6 @@
 
 /* ---- A message change from this node's clients ---- */
 
-static int fwd_load_text(struct cl_fwd *f, struct buf *text);
-
 void fwd_free(struct cl_fwd *f)
 {
 	if (f->live_prev != NULL)
@@ -36,7 +34,6 @@ void fwd_free(struct cl_fwd *f)
 	ARRAY_FREE(&f->uids_now);
 	ARRAY_FREE(&f->modified);
 	owned_free(&f->out);
-	buf_free(&f->text);
 	free(f->user);
 	free(f);
 }
@@ -314,24 +311,9 @@ static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 	struct guid made;
 	if ((a = proto_code_value(line, "GUID")) != NULL && proto_arg_guid(a, &made) == 0 &&
 	    !guid_equal(&made, &f->app.guid)) {
-		/* The master made another copy of the message (SPEC 6.4, REQ):
-		 * a new GUID, whose text here is the copied one's. */
-		if (f->app.text == NULL) {
-			buf_reset(&f->text);
-			if (fwd_load_text(f, &f->text) < 0) {
-				if (f->held) {
-					fwd_resend_unheld(f, "the copied text is gone here");
-					return;
-				}
-				log_warnx("replication: %s: the copied text is gone here: resync",
-					  f->user);
-				cl_mark_dirty(f->peer, f->user);
-				stor_on_durable(db, fwd_local_durable, f);
-				return;
-			}
-			f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
-			f->app.text_len = f->text.len;
-		}
+		/* The master made another copy of the message (SPEC 6.4,
+		 * REQ, sent by nodes of an earlier build): a new GUID for the
+		 * same text. */
 		f->app.guid = made;
 	}
 	struct stor_msg msg;
@@ -566,13 +548,6 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		return;
 	}
 	const char *text = line->text != NULL ? line->text : "refused";
-	if (proto_code_has(line, "NONEXISTENT") && f->kind == FWD_APPEND && f->sent_nil &&
-	    !f->send_text && f->peer != NULL && f->peer->conn != NULL) {
-		/* The master lacks the text of this GUID: send it whole. */
-		f->send_text = true;
-		fwd_send(f);
-		return;
-	}
 	if (proto_code_has(line, "TRYLATER")) {
 		fwd_wait(f, CL_FWD_WAIT, text);
 		return;
@@ -639,38 +614,16 @@ static void fwd_send(struct cl_fwd *f)
 	struct cl_peer *p = f->peer;
 	struct proto_wr *w = NULL;
 	const struct cl_bind *b = cl_bind_get(p, &f->mailbox);
-	if (f->kind == FWD_APPEND && f->app.text == NULL && f->send_text) {
-		/* A copy whose text the master lacks.  The source may have been
-		 * expunged since the COPY began, taking the text with it: then
-		 * the copy of this message is refused, as a COPY of an expunged
-		 * UID is (copy_item_done skips it), never sent with an empty or
-		 * made-up text. */
-		buf_reset(&f->text);
-		if (fwd_load_text(f, &f->text) < 0) {
-			fwd_fail(f, REPL_ERR_NOTFOUND, "the copied message was expunged meanwhile");
-			return;
-		}
-	}
 	cl_select(p, b);
 	switch (f->kind) {
 	case FWD_APPEND: {
 		/* uid and modseq 0: the master assigns them. */
 		struct proto_save sv = {
 			.date = f->app.internaldate, .tz = f->app.internaldate_tz,
-			.guid = f->app.guid,
+			.guid = f->app.guid, .text = f->app.text, .text_len = f->app.text_len,
 			.f = { f->app.flags, { (char **)f->app.keywords, f->app.keyword_count,
 					       f->app.keyword_count } },
 		};
-		if (f->app.text != NULL) {
-			sv.text = f->app.text;
-			sv.text_len = f->app.text_len;
-		} else if (!f->send_text) {
-			/* A copy: the master most likely holds the text. */
-			f->sent_nil = true;
-		} else {
-			sv.text = f->text.data != NULL ? (const char *)f->text.data : "";
-			sv.text_len = f->text.len;
-		}
 		w = proto_conn_cmd_begin(p->conn, "SAVE");
 		proto_wr_save(w, &sv);
 		/* This node stores the master's answer durably before its
@@ -729,17 +682,6 @@ static void fwd_send(struct cl_fwd *f)
 	cl_handover_wr_epoch(f->cl, w, f->epoch);
 	f->state = CL_FWD_SENT;
 	proto_conn_cmd_send(p->conn, CL_FORWARD_TIMEOUT_MS, fwd_reply_cb, f);
-}
-
-/* The copy's text, when the master turned out not to hold it. */
-static int fwd_load_text(struct cl_fwd *f, struct buf *text)
-{
-	uint64_t size;
-	const char *err;
-	if (stor_text_exists(f->cl->repl.db, &f->app.guid, &size, &err) <= 0 ||
-	    stor_text_read(f->cl->repl.db, &f->app.guid, 0, size, text, &err) < 0)
-		return -1;
-	return 0;
 }
 
 void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b)
