@@ -28,7 +28,7 @@ static void hold_slot(struct jnl_sync_slot *slot)
 	struct jnl_syncer *sy = slot->sy;
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += 10;
+	until.tv_sec += 30;
 	slot->held = true;
 	while (slot->hold && !sy->quit &&
 	       pthread_cond_timedwait(&sy->cv, &sy->mu, &until) != ETIMEDOUT)

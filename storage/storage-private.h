@@ -398,7 +398,8 @@ int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r);
 int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t count,
 			    stor_string_list *out, const char **error_r);
 
-/* ---- Test hooks (storage's own tests only) ---- */
+/* ---- Test hooks (tests only: storage's, and the replicator's and bundle's
+ * tests of durability) ---- */
 
 /* Puts raw bytes at a raw key, bypassing every check. */
 int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const void *val,
@@ -413,7 +414,7 @@ void stor_test_fail_next_sync(struct stor_db *db);
  * stopped serving everyone for an fsync. */
 unsigned stor_test_blocking_syncs(struct stor_db *db);
 /* With hold set, syncs started in a helper thread from now on wait
- * before their fdatasync until hold is cleared (or 10 s passed), as on a
+ * before their fdatasync until hold is cleared (or 30 s passed), as on a
  * slow disk; stor_test_held_syncs() counts those waiting. */
 void stor_test_hold_syncs(struct stor_db *db, bool hold);
 unsigned stor_test_held_syncs(struct stor_db *db);

@@ -1067,7 +1067,7 @@ static void resync_durability(bool fail_sync)
 	if (!fail_sync) {
 		/* Node 2's disk is slow: its first sync of what node 1 sent
 		 * waits.  Meanwhile the loop goes on turning (a loop stuck in
-		 * an fsync would stop for the hold's 10 s), and node 1 hears
+		 * an fsync would stop for the hold's 30 s), and node 1 hears
 		 * nothing that would let it call the resync done. */
 		struct tick_count tc = { 0 };
 		ev_timer_init(&tc.t, count_tick, 0.01, 0.01);
