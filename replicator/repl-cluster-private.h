@@ -527,13 +527,10 @@ struct cl_fwd {
 	uint64_t epoch;               /* ours when the master was named (SPEC 6.3 EPOCH) */
 	uint32_t to;                  /* the master, when peer only relays (6.3 TO) */
 	struct cl_peer *peer;         /* while forwarded */
-	bool sent_nil;                /* APPEND sent its text as NIL */
-	bool send_text;               /* ... and the master asked for it */
 	/* HOLDER (SPEC 8.8): sent on the SAVE in flight; never again for
 	 * this change once it could not hold the master's UID here or the
 	 * master did not take the option; held: the master counted us. */
 	bool sent_holder, no_holder, held;
-	struct buf text;              /* the stored text, then */
 	ev_timer retry;
 	/* APPEND */
 	struct cl_append_req app;
@@ -575,8 +572,15 @@ void cl_append(struct repl *r, const char *user, const struct guid *mailbox,
 /* repl-forward.c */
 void fwd_free(struct cl_fwd *f);
 void fwd_autonomous(struct cl_fwd *f, const char *why);
-void fwd_name_messages(struct cl_fwd *f);
 void fwd_start(struct cl_fwd *f);
+/* Done: the callback with the result so far, then freed. */
+void fwd_finish(struct cl_fwd *f);
+void fwd_fail(struct cl_fwd *f, enum repl_error error, const char *msg);
+/* Sends the change (its next batch) on the bound link to f->peer. */
+void fwd_send(struct cl_fwd *f);
+/* Asks for the master again after a delay. */
+void fwd_again(struct cl_fwd *f, const char *why);
+int fwd_cmp_u32(const void *a, const void *b);
 /* A resync's hold, or a new master's catch-up, may have ended: the held
  * forwards are tried again at the next loop turn (cl_fwd_wake_due()). */
 void cl_fwd_wake_held(struct repl_cluster *cl);
@@ -584,6 +588,16 @@ void cl_fwd_wake_due(struct repl_cluster *cl);
 struct cl_fwd *fwd_new(struct repl_cluster *cl, enum fwd_kind kind, const char *user,
 		       const struct guid *mailbox, repl_done_cb *cb, void *ctx);
 void notify_later(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
+
+/* repl-forward-apply.c: the master's answer applied here */
+void fwd_name_messages(struct cl_fwd *f);
+void fwd_local_durable(void *ctx, bool ok);
+void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line);
+/* One batch of a STORE or EXPUNGE done at the master: true when more are
+ * to go. */
+bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line);
+void fwd_apply_store(struct cl_fwd *f);
+void fwd_apply_expunge(struct cl_fwd *f);
 
 /* repl-copy.c */
 void cl_copy(struct repl *r, const char *user, const struct guid *src,

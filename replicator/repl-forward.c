@@ -1,8 +1,8 @@
 /* A message change from this node's clients that goes to a master
  * elsewhere: forwarded on the link (or through the mesh), retried, or made
- * autonomously, and the master's answer applied here.  Apart from the
- * master's own path (repl-cluster.c) because a forward's state lives only
- * in struct cl_fwd and the lists that hold it. */
+ * autonomously, and the master's answer read (repl-forward-apply.c applies
+ * it here).  Apart from the master's own path (repl-cluster.c) because a
+ * forward's state lives only in struct cl_fwd and the lists that hold it. */
 #include "replicator/repl-cluster-private.h"
 
 #include <inttypes.h>
@@ -16,11 +16,8 @@
 #include "mailbox-master/mm.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
-#include "replicator/repl-pseen.h"
 
 /* ---- A message change from this node's clients ---- */
-
-static int fwd_load_text(struct cl_fwd *f, struct buf *text);
 
 void fwd_free(struct cl_fwd *f)
 {
@@ -37,19 +34,18 @@ void fwd_free(struct cl_fwd *f)
 	ARRAY_FREE(&f->uids_now);
 	ARRAY_FREE(&f->modified);
 	owned_free(&f->out);
-	buf_free(&f->text);
 	free(f->user);
 	free(f);
 }
 
-static void fwd_finish(struct cl_fwd *f)
+void fwd_finish(struct cl_fwd *f)
 {
 	f->cl->in_flight--;
 	f->cb(f->ctx, owned_get(&f->out));
 	fwd_free(f);
 }
 
-static void fwd_fail(struct cl_fwd *f, enum repl_error error, const char *msg)
+void fwd_fail(struct cl_fwd *f, enum repl_error error, const char *msg)
 {
 	owned_error(&f->out, error, msg);
 	fwd_finish(f);
@@ -64,7 +60,7 @@ static void fwd_inner_done(void *ctx, const struct repl_result *res)
 	fwd_free(f);
 }
 
-static int cmp_u32(const void *a, const void *b)
+int fwd_cmp_u32(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
 	return x < y ? -1 : x > y;
@@ -99,7 +95,7 @@ static void fwd_where_now(struct cl_fwd *f)
 	}
 	if (f->uids_now.count < 2)
 		return;
-	qsort(f->uids_now.items, f->uids_now.count, sizeof(f->uids_now.items[0]), cmp_u32);
+	qsort(f->uids_now.items, f->uids_now.count, sizeof(f->uids_now.items[0]), fwd_cmp_u32);
 	size_t n = 1;
 	for (size_t i = 1; i < f->uids_now.count; i++) {
 		if (f->uids_now.items[i] != f->uids_now.items[n - 1])
@@ -224,7 +220,7 @@ static void fwd_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* The master could not take it this time: ask again (it may have moved or
  * failed over), a few times, then go on alone. */
-static void fwd_again(struct cl_fwd *f, const char *why)
+void fwd_again(struct cl_fwd *f, const char *why)
 {
 	f->peer = NULL;
 	if (f->cl->mm != NULL && f->master != 0)
@@ -238,286 +234,6 @@ static void fwd_again(struct cl_fwd *f, const char *why)
 	f->state = CL_FWD_RETRY;
 	ev_timer_set(&f->retry, 0.2 * f->attempts, 0.);
 	ev_timer_start(f->cl->loop, &f->retry);
-}
-
-/* ---- Applying the master's answer here ---- */
-
-static void fwd_send(struct cl_fwd *f);
-
-/* The master counted this node as one copy of the SAVE (HELD, SPEC 8.8)
- * but the message is not held here at the master's UID: this node is no
- * holder after all.  The same request goes again without HOLDER; the
- * master answers the message it made once sync_replicas other peers hold
- * it, so the client's OK still means sync_replicas copies beside it. */
-static void fwd_resend_unheld(struct cl_fwd *f, const char *why)
-{
-	log_info("replication: %s: cannot hold the master's UID %u here (%s): asking again "
-		 "without HOLDER", f->user, f->out.res.uid, why);
-	if (f->peer != NULL)
-		cl_mark_dirty(f->peer, f->user);
-	f->no_holder = true;
-	f->held = false;
-	f->cl->forwarded_changes--; /* counted again at its answer */
-	if (f->peer != NULL && f->peer->conn != NULL &&
-	    cl_bind_get(f->peer, &f->mailbox)->state == CL_BIND_BOUND) {
-		fwd_send(f);
-		return;
-	}
-	fwd_again(f, why);
-}
-
-static void fwd_local_durable(void *ctx, bool ok)
-{
-	struct cl_fwd *f = ctx;
-	if (!ok && f->held) {
-		/* Our copy was counted: without it the client must wait. */
-		fwd_resend_unheld(f, "not durable here");
-		return;
-	}
-	/* The master and its replicas hold the change; a failure to make our
-	 * copy durable is for a resync to repair, not for the client. */
-	if (!ok)
-		log_errorx("replication: a change from the master is not durable here");
-	fwd_finish(f);
-}
-
-
-/* The MODSEQ of a completion's response code, or 0. */
-static uint64_t code_modseq(const struct proto_cmd *line)
-{
-	uint64_t modseq = 0;
-	const struct proto_arg *a = proto_code_value(line, "MODSEQ");
-	if (a != NULL)
-		(void)proto_arg_u64(a, INT64_MAX, &modseq);
-	return modseq;
-}
-
-static void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
-{
-	struct repl_cluster *cl = f->cl;
-	struct stor_db *db = cl->repl.db;
-	const struct proto_arg *a;
-	uint32_t uid = 0;
-	uint64_t modseq = code_modseq(line);
-	const char *err;
-	if ((a = proto_code_value(line, "UID")) != NULL)
-		(void)proto_arg_u32(a, &uid);
-	struct stor_mailbox mb;
-	if (uid == 0 || modseq == 0 || stor_mailbox_get_by_guid(db, &f->mailbox, &mb, &err) <= 0) {
-		fwd_fail(f, REPL_ERR_INTERNAL, "the master's answer was incomplete");
-		return;
-	}
-	f->out.res.uid = uid;
-	f->out.res.modseq = modseq;
-	f->out.res.uidvalidity = mb.uidvalidity;
-	uint32_t uidnext = mb.uidnext;
-	stor_mailbox_free(&mb);
-	struct guid made;
-	if ((a = proto_code_value(line, "GUID")) != NULL && proto_arg_guid(a, &made) == 0 &&
-	    !guid_equal(&made, &f->app.guid)) {
-		/* The master made another copy of the message (SPEC 6.4, REQ):
-		 * a new GUID, whose text here is the copied one's. */
-		if (f->app.text == NULL) {
-			buf_reset(&f->text);
-			if (fwd_load_text(f, &f->text) < 0) {
-				if (f->held) {
-					fwd_resend_unheld(f, "the copied text is gone here");
-					return;
-				}
-				log_warnx("replication: %s: the copied text is gone here: resync",
-					  f->user);
-				cl_mark_dirty(f->peer, f->user);
-				stor_on_durable(db, fwd_local_durable, f);
-				return;
-			}
-			f->app.text = f->text.data != NULL ? (const void *)f->text.data : "";
-			f->app.text_len = f->text.len;
-		}
-		f->app.guid = made;
-	}
-	struct stor_msg msg;
-	int have = stor_msg_get(db, &f->mailbox, uid, &msg, &err);
-	if (f->held && have > 0 && !guid_equal(&msg.guid, &f->app.guid)) {
-		stor_msg_free(&msg);
-		fwd_resend_unheld(f, "the UID holds another message");
-		return;
-	}
-	if (f->held && have < 0) {
-		fwd_resend_unheld(f, err);
-		return;
-	}
-	if (f->held && have == 0 && (uid < uidnext || proto_code_has(line, "EXPUNGED")) &&
-	    stor_guid_tomb_get(db, &f->mailbox, &f->app.guid, NULL, &err) <= 0) {
-		/* Below UIDNEXT and not expunged here by a user since the
-		 * stream brought it: never stored here. */
-		fwd_resend_unheld(f, "the UID is below UIDNEXT here");
-		return;
-	}
-	if (have > 0) {
-		if (!guid_equal(&msg.guid, &f->app.guid)) {
-			log_warnx("replication: %s: UID %u holds another message here: resync", f->user,
-				  uid);
-			cl_mark_dirty(f->peer, f->user);
-		}
-		stor_msg_free(&msg);
-	} else if (have == 0 && uid >= uidnext && !proto_code_has(line, "EXPUNGED")) {
-		struct stor_append sa;
-		memset(&sa, 0, sizeof(sa));
-		sa.uid = uid;
-		sa.modseq = modseq;
-		sa.guid = &f->app.guid;
-		sa.flags = f->app.flags;
-		sa.keywords = f->app.keywords;
-		sa.keyword_count = f->app.keyword_count;
-		sa.internaldate = f->app.internaldate;
-		sa.internaldate_tz = f->app.internaldate_tz;
-		sa.text = f->app.text;
-		sa.text_len = f->app.text_len;
-		if (stor_msg_append(db, &f->mailbox, &sa, NULL, NULL, &err) < 0) {
-			if (f->held) {
-				fwd_resend_unheld(f, err);
-				return;
-			}
-			log_warnx("replication: %s: cannot store the master's UID %u here (%s): resync",
-				  f->user, uid, err);
-			cl_mark_dirty(f->peer, f->user);
-		} else {
-			notify_later(cl, f->user, &f->mailbox);
-		}
-	}
-	/* else: the stream already brought it, or it was expunged since. */
-	stor_on_durable(db, fwd_local_durable, f);
-}
-
-/* Fills named_uids and named_guids from this node's copy. */
-void fwd_name_messages(struct cl_fwd *f)
-{
-	stor_uid_list sorted = ARRAY_INIT;
-	uids_copy(&sorted, f->uids, f->count);
-	if (sorted.count > 1)
-		qsort(sorted.items, sorted.count, sizeof(sorted.items[0]), cmp_u32);
-	for (size_t i = 0; i < sorted.count; i++) {
-		struct stor_msg m;
-		const char *err;
-		if ((i > 0 && sorted.items[i] == sorted.items[i - 1]) ||
-		    stor_msg_get(f->cl->repl.db, &f->mailbox, sorted.items[i], &m, &err) <= 0)
-			continue;
-		ARRAY_PUSH(&f->named_uids, m.uid);
-		ARRAY_PUSH(&f->named_guids, m.guid);
-		stor_msg_free(&m);
-	}
-	ARRAY_FREE(&sorted);
-}
-
-/* Whether uid names here the message the change named. */
-static bool fwd_still_named(struct cl_fwd *f, uint32_t uid)
-{
-	const uint32_t *hit = bsearch(&uid, f->named_uids.items, f->named_uids.count,
-				      sizeof(uid), cmp_u32);
-	struct stor_msg m;
-	const char *err;
-	if (hit == NULL || stor_msg_get(f->cl->repl.db, &f->mailbox, uid, &m, &err) <= 0)
-		return false;
-	bool same = guid_equal(&m.guid, &f->named_guids.items[hit - f->named_uids.items]);
-	stor_msg_free(&m);
-	if (!same) {
-		log_warnx("replication: %s: UID %u here is no longer the message the change named: "
-			  "resync", f->user, uid);
-		if (f->peer != NULL)
-			cl_mark_dirty(f->peer, f->user);
-	}
-	return same;
-}
-
-/* One batch of a STORE or EXPUNGE was done at the master: keep what its
- * answer says; 1 when more batches are to go. */
-static bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line)
-{
-	const struct proto_arg *a;
-	f->master_modseq = code_modseq(line);
-	if (f->kind == FWD_STORE && (a = proto_code_value(line, "MODIFIED")) != NULL) {
-		/* A malformed set adds nothing. */
-		uint32_t *set;
-		size_t n;
-		if (proto_arg_uids(a, CL_FORWARD_BATCH, &set, &n) == 0) {
-			uids_copy(&f->modified, set, n);
-			free(set);
-		}
-	}
-	f->sent_upto = f->batch_end;
-	return f->sent_upto < f->named_uids.count;
-}
-
-static void fwd_apply_store(struct cl_fwd *f)
-{
-	struct repl_cluster *cl = f->cl;
-	struct stor_db *db = cl->repl.db;
-	const char *err;
-	f->out.res.modseq = f->master_modseq;
-	stor_uid_list modified = f->modified;
-	bool changed_any = false;
-	if (f->store.seen_of != NULL) {
-		/* The lines carry the user's view (SPEC.md 7.7), not the
-		 * message's flags: the session is told them, this node's copy
-		 * gets the records and flags from the master's stream. */
-		repl_pseen_forwarded_view(&f->flags_lines, &modified, &f->out.changed);
-		for (size_t j = 0; j < modified.count; j++)
-			ARRAY_PUSH(&f->out.failed, modified.items[j]);
-		stor_on_durable(db, fwd_local_durable, f);
-		return;
-	}
-	for (size_t i = 0; i < f->flags_lines.count; i++) {
-		const struct stor_msg *m = &f->flags_lines.items[i];
-		if (!fwd_still_named(f, m->uid))
-			continue;
-		struct stor_store st;
-		memset(&st, 0, sizeof(st));
-		st.op = STOR_FLAGS_REPLACE;
-		st.flags = m->flags;
-		st.keywords = (const char *const *)m->keywords.items;
-		st.keyword_count = m->keywords.count;
-		st.modseq = m->modseq;
-		stor_msg_list changed = ARRAY_INIT;
-		if (stor_msg_store(db, &f->mailbox, &m->uid, 1, &st, &changed, NULL, &err) < 0)
-			log_warnx("replication: %s: applying the master's flags: %s", f->user, err);
-		if (changed.count > 0)
-			changed_any = true;
-		stor_msg_list_free(&changed);
-		bool refused = false;
-		for (size_t j = 0; j < modified.count; j++)
-			refused = refused || modified.items[j] == m->uid;
-		if (refused)
-			continue;
-		struct stor_msg now;
-		if (stor_msg_get(db, &f->mailbox, m->uid, &now, &err) > 0)
-			ARRAY_PUSH(&f->out.changed, now);
-	}
-	for (size_t j = 0; j < modified.count; j++)
-		ARRAY_PUSH(&f->out.failed, modified.items[j]);
-	if (changed_any)
-		notify_later(cl, f->user, &f->mailbox);
-	stor_on_durable(db, fwd_local_durable, f);
-}
-
-static void fwd_apply_expunge(struct cl_fwd *f)
-{
-	struct repl_cluster *cl = f->cl;
-	struct stor_db *db = cl->repl.db;
-	const char *err;
-	uint64_t modseq = f->master_modseq;
-	f->out.res.modseq = modseq;
-	stor_uid_list still = ARRAY_INIT;
-	for (size_t i = 0; i < f->named_uids.count; i++)
-		if (fwd_still_named(f, f->named_uids.items[i]))
-			ARRAY_PUSH(&still, f->named_uids.items[i]);
-	if (modseq != 0 && still.count > 0 &&
-	    stor_msg_expunge(db, &f->mailbox, still.items, still.count, modseq, &f->out.expunged,
-			     &err) < 0)
-		log_warnx("replication: %s: applying the master's expunge: %s", f->user, err);
-	ARRAY_FREE(&still);
-	if (f->out.expunged.count > 0)
-		notify_later(cl, f->user, &f->mailbox);
-	stor_on_durable(db, fwd_local_durable, f);
 }
 
 static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
@@ -577,13 +293,6 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		return;
 	}
 	const char *text = line->text != NULL ? line->text : "refused";
-	if (proto_code_has(line, "NONEXISTENT") && f->kind == FWD_APPEND && f->sent_nil &&
-	    !f->send_text && f->peer != NULL && f->peer->conn != NULL) {
-		/* The master lacks the text of this GUID: send it whole. */
-		f->send_text = true;
-		fwd_send(f);
-		return;
-	}
 	if (proto_code_has(line, "TRYLATER")) {
 		fwd_wait(f, CL_FWD_WAIT, text);
 		return;
@@ -645,43 +354,21 @@ static void fwd_wr_batch_guids(struct cl_fwd *f, struct proto_wr *w)
 	proto_wr_list_end(w);
 }
 
-static void fwd_send(struct cl_fwd *f)
+void fwd_send(struct cl_fwd *f)
 {
 	struct cl_peer *p = f->peer;
 	struct proto_wr *w = NULL;
 	const struct cl_bind *b = cl_bind_get(p, &f->mailbox);
-	if (f->kind == FWD_APPEND && f->app.text == NULL && f->send_text) {
-		/* A copy whose text the master lacks.  The source may have been
-		 * expunged since the COPY began, taking the text with it: then
-		 * the copy of this message is refused, as a COPY of an expunged
-		 * UID is (copy_item_done skips it), never sent with an empty or
-		 * made-up text. */
-		buf_reset(&f->text);
-		if (fwd_load_text(f, &f->text) < 0) {
-			fwd_fail(f, REPL_ERR_NOTFOUND, "the copied message was expunged meanwhile");
-			return;
-		}
-	}
 	cl_select(p, b);
 	switch (f->kind) {
 	case FWD_APPEND: {
 		/* uid and modseq 0: the master assigns them. */
 		struct proto_save sv = {
 			.date = f->app.internaldate, .tz = f->app.internaldate_tz,
-			.guid = f->app.guid,
+			.guid = f->app.guid, .text = f->app.text, .text_len = f->app.text_len,
 			.f = { f->app.flags, { (char **)f->app.keywords, f->app.keyword_count,
 					       f->app.keyword_count } },
 		};
-		if (f->app.text != NULL) {
-			sv.text = f->app.text;
-			sv.text_len = f->app.text_len;
-		} else if (!f->send_text) {
-			/* A copy: the master most likely holds the text. */
-			f->sent_nil = true;
-		} else {
-			sv.text = f->text.data != NULL ? (const char *)f->text.data : "";
-			sv.text_len = f->text.len;
-		}
 		w = proto_conn_cmd_begin(p->conn, "SAVE");
 		proto_wr_save(w, &sv);
 		/* This node stores the master's answer durably before its
@@ -744,17 +431,6 @@ static void fwd_send(struct cl_fwd *f)
 	cl_handover_wr_epoch(f->cl, w, f->epoch);
 	f->state = CL_FWD_SENT;
 	proto_conn_cmd_send(p->conn, CL_FORWARD_TIMEOUT_MS, fwd_reply_cb, f);
-}
-
-/* The copy's text, when the master turned out not to hold it. */
-static int fwd_load_text(struct cl_fwd *f, struct buf *text)
-{
-	uint64_t size;
-	const char *err;
-	if (stor_text_exists(f->cl->repl.db, &f->app.guid, &size, &err) <= 0 ||
-	    stor_text_read(f->cl->repl.db, &f->app.guid, 0, size, text, &err) < 0)
-		return -1;
-	return 0;
 }
 
 void cl_fwd_bind_settled(struct cl_peer *p, struct cl_bind *b)

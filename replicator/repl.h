@@ -126,7 +126,9 @@ bool repl_read_barrier(struct repl *r, const char *user, const struct guid *mail
 
 struct repl_append {
 	/* NULL: a new GUID.  Given (a COPY keeping its global UID, or a
-	 * forwarded SAVE), text may be NULL to use the text stored for it. */
+	 * forwarded SAVE), text may be NULL to use the text stored for it,
+	 * on the local engine only: the cluster sends the text with every
+	 * forwarded SAVE (repl-forward.c has no NIL path). */
 	const struct guid *guid;
 	uint32_t flags;                /* enum stor_flag bits */
 	const char *const *keywords;

@@ -53,6 +53,8 @@ struct jnl_sync_slot {
 	struct jnl_syncer *sy;
 	pthread_t thread;
 	int fd;                     /* to sync */
+	bool fail;                  /* fail it (stor_test_fail_next_sync()) */
+	bool hold, held;            /* stor_test_hold_syncs(): wait, waiting */
 	bool requested, done;
 	int result;                 /* errno of the finished sync, 0 ok */
 };

@@ -12,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/crc32c.h"
@@ -19,6 +20,22 @@
 #include "lib/xalloc.h"
 
 /* ---- Syncing off the event loop ---- */
+
+/* A test's slow disk (stor_test_hold_syncs()), bounded so that a loop
+ * that waits for the sync itself still ends; mu is held. */
+static void hold_slot(struct jnl_sync_slot *slot)
+{
+	struct jnl_syncer *sy = slot->sy;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 30;
+	slot->held = true;
+	while (slot->hold && !sy->quit &&
+	       pthread_cond_timedwait(&sy->cv, &sy->mu, &until) != ETIMEDOUT)
+		;
+	slot->held = false;
+	slot->hold = false;
+}
 
 static void *syncer_main(void *arg)
 {
@@ -31,9 +48,15 @@ static void *syncer_main(void *arg)
 		if (sy->quit)
 			break;
 		int fd = slot->fd;
+		bool fail = slot->fail;
+		if (slot->hold)
+			hold_slot(slot);
 		pthread_mutex_unlock(&sy->mu);
-		int r = fdatasync(fd);
-		int err = r < 0 ? errno : 0;
+		int err = 0;
+		if (fail)
+			err = EIO;
+		else if (fdatasync(fd) < 0)
+			err = errno;
 		pthread_mutex_lock(&sy->mu);
 		slot->requested = false;
 		slot->done = true;
@@ -129,9 +152,13 @@ static int collect_until(struct stor_db *db, uint64_t seq, bool wait, const char
 	}
 	if (ret == 0)
 		return 0;
+	/* This sync failed: sync_failed() broke the journal and *error_r is
+	 * its message, db->error, which another error would free. */
+	if (ret < 0)
+		return -1;
 	/* Collected now or earlier (a segment switch waits for every sync):
-	 * a failure of this one or of any before it broke the journal. */
-	return check_usable(db, ret < 0 ? NULL : error_r) < 0 ? -1 : 1;
+	 * a failure of any before it broke the journal. */
+	return check_usable(db, error_r) < 0 ? -1 : 1;
 }
 
 /* Waits for every sync in flight: 0, or -1 when one failed. */
@@ -173,6 +200,9 @@ int stor_jnl_sync_start(struct stor_db *db, uint64_t *seq_r, const char **error_
 	unsigned i = (unsigned)(sy->next % STOR_SYNC_THREADS);
 	pthread_mutex_lock(&sy->mu);
 	sy->slot[i].fd = j->sync_fd[i];
+	sy->slot[i].fail = db->fail_next_async;
+	db->fail_next_async = false;
+	sy->slot[i].hold = db->hold_syncs;
 	sy->slot[i].requested = true;
 	pthread_cond_broadcast(&sy->cv);
 	pthread_mutex_unlock(&sy->mu);
@@ -201,4 +231,30 @@ void stor_jnl_sync_drain(struct stor_db *db)
 	 * event loop would see the fd readable forever. */
 	if (sy != NULL)
 		(void)!read(sy->event_fd, &n, sizeof(n));
+}
+
+void stor_test_hold_syncs(struct stor_db *db, bool hold)
+{
+	struct jnl_syncer *sy = db->jnl->syncer;
+	db->hold_syncs = hold;
+	if (hold || sy == NULL)
+		return;
+	pthread_mutex_lock(&sy->mu);
+	for (unsigned i = 0; i < STOR_SYNC_THREADS; i++)
+		sy->slot[i].hold = false;
+	pthread_cond_broadcast(&sy->cv);
+	pthread_mutex_unlock(&sy->mu);
+}
+
+unsigned stor_test_held_syncs(struct stor_db *db)
+{
+	struct jnl_syncer *sy = db->jnl->syncer;
+	unsigned n = 0;
+	if (sy == NULL)
+		return 0;
+	pthread_mutex_lock(&sy->mu);
+	for (unsigned i = 0; i < STOR_SYNC_THREADS; i++)
+		n += sy->slot[i].held;
+	pthread_mutex_unlock(&sy->mu);
+	return n;
 }

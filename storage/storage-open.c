@@ -242,6 +242,16 @@ void stor_test_fail_nth_write(struct stor_db *db, unsigned n)
 	db->fail_countdown = n;
 }
 
+void stor_test_fail_next_sync(struct stor_db *db)
+{
+	db->fail_next_async = true;
+}
+
+unsigned stor_test_blocking_syncs(struct stor_db *db)
+{
+	return db->blocking_syncs;
+}
+
 unsigned stor_test_compactions(struct stor_db *db)
 {
 	compactor_join(db);

@@ -104,6 +104,9 @@ struct stor_db {
 	leveldb_writeoptions_t *wopts, *wopts_sync;
 	uint64_t max_message_size;
 	unsigned fail_countdown;     /* fail_nth_write */
+	bool fail_next_async;        /* stor_test_fail_next_sync() */
+	bool hold_syncs;             /* stor_test_hold_syncs() */
+	unsigned blocking_syncs;     /* stor_test_blocking_syncs() */
 	char *error;                 /* last error message */
 	enum stor_error error_kind;  /* and its kind */
 	bool dirty;                  /* writes since the last stor_sync() */
@@ -416,13 +419,26 @@ int stor_jnl_compact(struct stor_db *db, uint64_t budget, const char **error_r);
 int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t count,
 			    stor_string_list *out, const char **error_r);
 
-/* ---- Test hooks (storage's own tests only) ---- */
+/* ---- Test hooks (tests only: storage's, and the replicator's and bundle's
+ * tests of durability) ---- */
 
 /* Puts raw bytes at a raw key, bypassing every check. */
 int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const void *val,
 		      size_t vlen, const char **error_r);
 /* Sets fail_nth_write on an open store. */
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n);
+/* The next sync started in a helper thread (stor_sync_start()) fails with
+ * EIO instead of syncing, as a disk error would. */
+void stor_test_fail_next_sync(struct stor_db *db);
+/* How many stor_sync() calls had to wait for the disk (something to
+ * sync, or a helper's sync in flight): an event loop that makes one
+ * stopped serving everyone for an fsync. */
+unsigned stor_test_blocking_syncs(struct stor_db *db);
+/* With hold set, syncs started in a helper thread from now on wait
+ * before their fdatasync until hold is cleared (or 30 s passed), as on a
+ * slow disk; stor_test_held_syncs() counts those waiting. */
+void stor_test_hold_syncs(struct stor_db *db, bool hold);
+unsigned stor_test_held_syncs(struct stor_db *db);
 /* Checks the journal's accounting against the texts: every chunk within
  * the journal, and each segment's live bytes the sum of its texts'
  * records.  0 or -1 with a message. */

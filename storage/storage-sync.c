@@ -124,6 +124,8 @@ static bool finish_in_flight(struct stor_db *db, bool wait)
 
 int stor_sync(struct stor_db *db, const char **error_r)
 {
+	if (db->dirty || db->in_flight.count > 0)
+		db->blocking_syncs++;
 	(void)finish_in_flight(db, true);
 	int ret = 0;
 	if (db->dirty) {

@@ -7,11 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <zlib.h>
 
 #include "lib/xalloc.h"
 #include "storage/storage-acl.h"
+#include "storage/storage-private.h"
 #include "storage/storage-pseen.h"
 #include "storage/storage.h"
 #include "sync/sync-bundle.h"
@@ -307,6 +309,108 @@ static void test_bundle_full_export_fills_an_empty_node(void)
 	buf_free(&bundle);
 	node_close(&a);
 	node_close(&b);
+}
+
+/* ---- An import on a node's loop waits for its group commit ---- */
+
+static void import_woken(void *ctx)
+{
+	*(bool *)ctx = true;
+}
+
+/* The node's loop, played here: its group commit starts a sync in
+ * storage's helper thread while anything is pending and finishes the
+ * syncs that are done, never waiting for the disk itself. */
+static void loop_turn(struct stor_db *db)
+{
+	if (stor_sync_pending(db) && !stor_sync_busy(db))
+		(void)stor_sync_start(db);
+	stor_sync_finish(db);
+}
+
+/* A bundle import in steps (as starlingd runs it) answers WAIT once the
+ * merge is stored and reports its result only after the node's group
+ * commit made it durable: not while the disk holds the sync back, and
+ * never by a blocking stor_sync() of its own (the node's loop would stop
+ * for the fsync).  When that sync fails the import fails ("storing the
+ * merge"), no state file is given. */
+static void import_on_loop(bool fail_sync)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid inbox;
+	fill_user(&a, &inbox);
+	export_from(&a, false, &bundle, NULL);
+	struct sync_bundle_import_settings set = {
+		.own_sid = b.sid, .key = cluster_key(), .scratch_parent = scratch_parent,
+	};
+	char *error = NULL;
+	struct sync_bundle_import *imp =
+		sync_bundle_import_begin(b.db, &set, bundle.data, bundle.len, &error);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(imp);
+	bool woken = false;
+	sync_bundle_import_set_wake(imp, import_woken, &woken);
+	unsigned blocking = stor_test_blocking_syncs(b.db);
+	stor_test_hold_syncs(b.db, true);
+	int r = 1;
+	for (int i = 0; i < 100000 && r == 1; i++) {
+		r = sync_bundle_import_step(imp, &error);
+		if (r == 1)
+			loop_turn(b.db);
+	}
+	CU_ASSERT_EQUAL_FATAL(r, SYNC_BUNDLE_IMPORT_WAIT);
+	/* The sync that covers the import's record. */
+	if (fail_sync)
+		stor_test_fail_next_sync(b.db);
+	/* The disk holds the sync back: the import waits, asked or not. */
+	for (int i = 0; i < 5000 && stor_test_held_syncs(b.db) == 0; i++) {
+		loop_turn(b.db);
+		usleep(1000);
+	}
+	CU_ASSERT_TRUE(stor_test_held_syncs(b.db) > 0);
+	for (int i = 0; i < 10; i++) {
+		loop_turn(b.db);
+		CU_ASSERT_EQUAL(sync_bundle_import_step(imp, &error), SYNC_BUNDLE_IMPORT_WAIT);
+	}
+	CU_ASSERT_FALSE(woken);
+	stor_test_hold_syncs(b.db, false);
+	for (int i = 0; i < 5000 && !woken; i++) {
+		loop_turn(b.db);
+		if (!woken)
+			usleep(1000);
+	}
+	CU_ASSERT_TRUE_FATAL(woken);
+	r = sync_bundle_import_step(imp, &error);
+	struct sync_bundle_import_result res;
+	memset(&res, 0, sizeof(res));
+	if (!fail_sync) {
+		CU_ASSERT_EQUAL(r, 0);
+		sync_bundle_import_take_result(imp, &res);
+		CU_ASSERT_TRUE(res.state.len > 0);
+		CU_ASSERT_TRUE(dumps_equal(&a, &b));
+	} else {
+		CU_ASSERT_EQUAL(r, -1);
+		CU_ASSERT_PTR_NOT_NULL(error != NULL ? strstr(error, "storing the merge") : NULL);
+	}
+	sync_bundle_import_result_free(&res);
+	sync_bundle_import_destroy(&imp);
+	CU_ASSERT_EQUAL(stor_test_blocking_syncs(b.db), blocking);
+	free(error);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_bundle_import_waits_for_the_loops_sync(void)
+{
+	import_on_loop(false);
+}
+
+static void test_bundle_import_failed_sync_fails_it(void)
+{
+	import_on_loop(true);
 }
 
 static char *acl_of(struct node *n, const struct guid *mb, const char *id)
@@ -1691,6 +1795,9 @@ static void test_bundle_pseen_at_the_bounds(void)
 
 static const struct test_case bundle_cases[] = {
 	{ "full export fills an empty node", test_bundle_full_export_fills_an_empty_node },
+	{ "an import on a loop waits for its group commit, off the loop",
+	  test_bundle_import_waits_for_the_loops_sync },
+	{ "an import whose group commit fails fails", test_bundle_import_failed_sync_fails_it },
 	{ "ACL records travel, newest wins", test_bundle_carries_acl_records },
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },

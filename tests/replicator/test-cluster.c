@@ -23,6 +23,7 @@
 #include "replicator/repl-peer.h"
 #include "replicator/repl-sync.h"
 #include "replicator/repl-sync-private.h"
+#include "storage/storage-private.h"
 
 /* ---- Entry codec ---- */
 
@@ -715,7 +716,7 @@ static void bnode_start(struct bnode *n, struct ev_loop *loop, const char *dir, 
 	repl_cluster_attach(n->repl, n->peers, n->mm, n->sync);
 }
 
-static void bnode_stop(struct bnode *n)
+static void bnode_stop_synced(struct bnode *n, bool sync_ok)
 {
 	const char *serr;
 	repl_cluster_detach(n->repl);
@@ -723,9 +724,14 @@ static void bnode_stop(struct bnode *n)
 	repl_mm_destroy(&n->mm);
 	repl_peers_destroy(&n->peers);
 	repl_destroy(&n->repl);
-	CU_ASSERT_EQUAL(stor_sync(n->db, &serr), 0);
+	CU_ASSERT_EQUAL(stor_sync(n->db, &serr), sync_ok ? 0 : -1);
 	stor_close(&n->db);
 	config_free(&n->cfg);
+}
+
+static void bnode_stop(struct bnode *n)
+{
+	bnode_stop_synced(n, true);
 }
 
 struct copy_done {
@@ -753,7 +759,7 @@ static struct stor_mailbox mailbox_on(struct stor_db *db, const char *name)
 }
 
 /* Node 1 copies a message to a mailbox whose master, node 2, lacks its
- * text; before node 2's NO [NONEXISTENT] comes back, the source is expunged
+ * text; before node 2 has answered the forwarded SAVE, the source is expunged
  * here and its text goes.  The copy of that message is skipped (as a COPY
  * of an expunged UID), and no message with an empty text appears on the
  * master or here. */
@@ -961,6 +967,159 @@ static void test_crossing_resyncs_resolve_lower_id_first(void)
 	free(secret);
 	test_rmtree(dir);
 	free(dir);
+}
+
+/* ---- A resync waits for durability off the loop ---- */
+
+struct tick_count {
+	ev_timer t;
+	int n;
+};
+
+static void count_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct tick_count *tc = (struct tick_count *)w;
+	(void)loop;
+	(void)revents;
+	tc->n++;
+}
+
+struct run_done {
+	bool done, converged;
+	char text[256];
+};
+
+static void run_done_cb(void *ctx, bool converged, const char *report, size_t report_len,
+			const char *text)
+{
+	struct run_done *d = ctx;
+	(void)report;
+	(void)report_len;
+	d->done = true;
+	d->converged = converged;
+	snprintf(d->text, sizeof(d->text), "%s", text != NULL ? text : "");
+}
+
+/* Node 1 holds twenty messages of D that node 2 lacks (stored here behind
+ * replication's back, as after a partition); an asked resync of bob from
+ * node 1 toward node 2 sends them.  Node 2's sync server answers SYNC-END
+ * OK only once they are durable, node 1's run reports only once what it
+ * stored is: both wait on storage's helper-thread sync, never in a
+ * blocking stor_sync() that holds the loop (and every IMAP client of the
+ * node) for the fsync.  Node 2's syncs are held back meanwhile (a slow
+ * disk): the loop goes on, the resync waits.  With fail_sync, node 2's
+ * sync fails: its answers are not sent (the link is closed with BYE) and
+ * the resync is not reported converged. */
+static void resync_durability(bool fail_sync)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	CU_ASSERT_TRUE_FATAL(loop_until_idle(loop, &n1, &n2));
+
+	const char *err;
+	struct stor_mailbox dmb;
+	int have = 0;
+	for (int i = 0; i < 500 && (have = stor_mailbox_get(n1.db, "bob", "D", &dmb, &err)) <= 0;
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL_FATAL(have, 1);
+	for (int i = 0; i < 20; i++) {
+		char *text = xasprintf("Subject: %d\r\n\r\nonly on node 1\r\n", i);
+		struct stor_append sa = { .text = text, .text_len = strlen(text) };
+		uint32_t uid;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &dmb.guid, &sa, &uid, NULL, &err), 0);
+		free(text);
+	}
+	CU_ASSERT_EQUAL_FATAL(stor_sync(n1.db, &err), 0);
+
+	unsigned blocking1 = stor_test_blocking_syncs(n1.db);
+	unsigned blocking2 = stor_test_blocking_syncs(n2.db);
+	if (fail_sync)
+		stor_test_fail_next_sync(n2.db);
+	else
+		stor_test_hold_syncs(n2.db, true);
+	struct run_done rd;
+	memset(&rd, 0, sizeof(rd));
+	CU_ASSERT_EQUAL_FATAL(repl_sync_start(n1.sync, "bob", 2, false, run_done_cb, &rd, &err), 0);
+	if (!fail_sync) {
+		/* Node 2's disk is slow: its first sync of what node 1 sent
+		 * waits.  Meanwhile the loop goes on turning (a loop stuck in
+		 * an fsync would stop for the hold's 30 s), and node 1 hears
+		 * nothing that would let it call the resync done. */
+		struct tick_count tc = { 0 };
+		ev_timer_init(&tc.t, count_tick, 0.01, 0.01);
+		ev_timer_start(loop, &tc.t);
+		ev_now_update(loop);
+		ev_tstamp end = ev_now(loop) + 5.0;
+		while (stor_test_held_syncs(n2.db) == 0 && !rd.done && ev_now(loop) < end)
+			ev_run(loop, EVRUN_ONCE);
+		CU_ASSERT_TRUE(stor_test_held_syncs(n2.db) > 0);
+		tc.n = 0;
+		end = ev_now(loop) + 5.0;
+		while (tc.n < 100 && ev_now(loop) < end)
+			ev_run(loop, EVRUN_ONCE);
+		ev_timer_stop(loop, &tc.t);
+		CU_ASSERT_EQUAL(tc.n, 100);
+		CU_ASSERT_FALSE(rd.done);
+		CU_ASSERT_TRUE(stor_test_held_syncs(n2.db) > 0);
+		stor_test_hold_syncs(n2.db, false);
+	}
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &rd.done));
+	/* Every fsync of the run, on both sides, ran in a helper thread. */
+	CU_ASSERT_EQUAL(stor_test_blocking_syncs(n1.db), blocking1);
+	CU_ASSERT_EQUAL(stor_test_blocking_syncs(n2.db), blocking2);
+	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	if (!fail_sync) {
+		CU_ASSERT_TRUE(rd.converged);
+		CU_ASSERT_EQUAL(on2.messages, 20);
+	} else {
+		/* The failed sync is told, not acknowledged. */
+		CU_ASSERT_FALSE(rd.converged);
+		CU_ASSERT_PTR_NOT_NULL(strstr(rd.text, "failed"));
+	}
+	stor_mailbox_free(&on2);
+	stor_mailbox_free(&dmb);
+	bnode_stop(&n1);
+	/* Node 2's store refuses every write after its failed sync, until
+	 * a restart: its last sync fails too. */
+	bnode_stop_synced(&n2, !fail_sync);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
+static void test_resync_waits_for_durability_off_the_loop(void)
+{
+	resync_durability(false);
+}
+
+static void test_resync_failed_sync_is_not_acknowledged(void)
+{
+	resync_durability(true);
 }
 
 /* A master of an earlier build (SPEC 8.8): node 2 here plays one, answering
@@ -1579,6 +1738,10 @@ const struct test_case repl_cluster_cases[] = {
 	  test_master_of_an_earlier_build_gets_no_holder },
 	{ "a holder that cannot hold the master's UID resends without HOLDER",
 	  test_holder_that_cannot_hold_resends_without },
+	{ "a resync's fsyncs run off the loop, its end waits for them",
+	  test_resync_waits_for_durability_off_the_loop },
+	{ "a resync whose peer's sync fails is not acknowledged",
+	  test_resync_failed_sync_is_not_acknowledged },
 	{ "resyncs of one user that refuse each other: the lower node id runs first",
 	  test_crossing_resyncs_resolve_lower_id_first },
 	{ "a MOVE whose source a sync renumbered meanwhile still removes it",
