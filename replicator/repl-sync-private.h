@@ -118,6 +118,8 @@ struct run {
 	struct pcmd *pcmds;
 	char *failure; /* set by the link side, seen by the next step */
 	uint32_t refused_by; /* a peer that answered TRYLATER: its own run of the user */
+	unsigned refusals;   /* TRYLATERs an asked run waited out (REPL_SYNC_REFUSED_MAX) */
+	ev_timer refused_timer; /* an asked run's next try of the refusing peer */
 	struct buf report;
 	struct sync_report first;
 	char *not_converged;

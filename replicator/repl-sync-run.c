@@ -152,6 +152,7 @@ void run_finish(struct run *run, bool converged, const char *text)
 	ev_idle_stop(rs->loop, &run->idle);
 	ev_timer_stop(rs->loop, &run->timer);
 	ev_timer_stop(rs->loop, &run->sync_timer);
+	ev_timer_stop(rs->loop, &run->refused_timer);
 	run_client_free(run);
 	rs->run = NULL;
 	rs->finished_refused_by = converged ? 0 : run->refused_by;
@@ -374,6 +375,46 @@ static void run_next_peer(struct run *run)
 	run_finish_durable(run);
 }
 
+static void run_refused_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct run *run = (struct run *)((char *)w - offsetof(struct run, refused_timer));
+	(void)loop;
+	(void)revents;
+	if (repl_peers_conn(run->rs->peers, run->peers[run->cur]) == NULL) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "resync with %u failed: the link went down",
+			 run->peers[run->cur]);
+		run_finish(run, false, msg);
+		return;
+	}
+	run_client_start(run);
+}
+
+/* An asked run refused by the current peer's own run of the user waits
+ * for it (REPL_SYNC_REFUSED_MIN_S): whether it was refused, the sync of
+ * that peer starts over; nothing was merged yet (the refusal answers the
+ * sync's first command of the user or mailbox). */
+static bool run_retry_refused(struct run *run)
+{
+	if (run->cb == queued_done || run->refused_by == 0 ||
+	    run->refused_by != run->peers[run->cur] || run->refusals >= REPL_SYNC_REFUSED_MAX)
+		return false;
+	double wait = REPL_SYNC_REFUSED_MIN_S;
+	for (unsigned i = 0; i < run->refusals && wait < REPL_SYNC_BACKOFF_MAX_S; i++)
+		wait *= 2;
+	if (wait > REPL_SYNC_BACKOFF_MAX_S)
+		wait = REPL_SYNC_BACKOFF_MAX_S;
+	run->refusals++;
+	log_info("resync of %s: node %u runs its own resync of the user; trying again in %.1f s",
+		 run->user, run->refused_by, wait);
+	run->refused_by = 0;
+	ev_idle_stop(run->rs->loop, &run->idle);
+	run_client_free(run);
+	ev_timer_set(&run->refused_timer, wait, 0.);
+	ev_timer_start(run->rs->loop, &run->refused_timer);
+	return true;
+}
+
 static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
 	struct run *run = (struct run *)((char *)w - offsetof(struct run, idle));
@@ -416,6 +457,8 @@ static void run_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 			run_client_done(run);
 			return;
 		case SYNC_STEP_ERROR: {
+			if (run_retry_refused(run))
+				return;
 			const char *e = sync_client_error(run->client);
 			char msg[300];
 			snprintf(msg, sizeof(msg), "resync with %u failed: %s", run->peers[run->cur],
@@ -533,6 +576,7 @@ int repl_sync_start(struct repl_sync *rs, const char *user, uint32_t peer, bool 
 	ev_timer_start(rs->loop, &run->timer);
 	ev_timer_init(&run->sync_timer, run_sync_timer_cb, RUN_SYNC_INTERVAL, RUN_SYNC_INTERVAL);
 	ev_timer_start(rs->loop, &run->sync_timer);
+	ev_init(&run->refused_timer, run_refused_timer_cb);
 	rs->run = run;
 	run_client_start(run);
 	return 0;

@@ -120,6 +120,16 @@ bool repl_sync_progress(const struct repl_sync *rs, const void *ctx, char *out, 
  * again (REPLICATION.md). */
 #define REPL_SYNC_YIELD_S 1.0
 
+/* An asked resync (starling resync) that a peer refuses because the
+ * peer's own run works on the user (TRYLATER) tries that peer again
+ * after REPL_SYNC_REFUSED_MIN_S, doubled per refusal up to
+ * REPL_SYNC_BACKOFF_MAX_S, at most REPL_SYNC_REFUSED_MAX times: an
+ * administrator asked for this resync and should not get a failure for
+ * a background one that ends in a moment.  Background runs fail instead
+ * and back off (above). */
+#define REPL_SYNC_REFUSED_MIN_S 0.2
+#define REPL_SYNC_REFUSED_MAX 8
+
 /* Queues a resync of user with peer (0 = every up peer) to run when no
  * other resync runs; a pair already queued is not queued twice.  The
  * outcome is logged. */

@@ -1122,6 +1122,94 @@ static void test_resync_failed_sync_is_not_acknowledged(void)
 	resync_durability(true);
 }
 
+struct asked_done {
+	bool done, converged;
+	char text[300];
+};
+
+static void asked_done_cb(void *ctx, bool converged, const char *report, size_t report_len,
+			  const char *text)
+{
+	struct asked_done *d = ctx;
+	(void)report;
+	(void)report_len;
+	d->done = true;
+	d->converged = converged;
+	snprintf(d->text, sizeof(d->text), "%s", text != NULL ? text : "");
+}
+
+/* An administrator's resync (starling resync) crossing a peer's
+ * background resync of the same user: each refuses the other (TRYLATER).
+ * The background one backs off; the asked one waits the refusal out and
+ * succeeds, where it used to fail with "a resync of this user runs here".
+ * Both ways round: the peer's id lower and higher than the asker's. */
+static void test_asked_resync_waits_out_a_crossing_one(void)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	struct bnode n1, n2;
+	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
+	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
+	     i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	CU_ASSERT_TRUE_FATAL(loop_until_idle(loop, &n1, &n2));
+
+	struct bnode *askers[] = { &n2, &n1 }, *others[] = { &n1, &n2 };
+	for (int round = 0; round < 2; round++) {
+		struct bnode *asker = askers[round], *other = others[round];
+		uint32_t other_id = round == 0 ? 1 : 2, asker_id = round == 0 ? 2 : 1;
+		repl_sync_enqueue(other->sync, "bob", asker_id);
+		ev_run(loop, EVRUN_NOWAIT);
+		CU_ASSERT_PTR_NOT_NULL(other->sync->run);
+		struct asked_done ad;
+		memset(&ad, 0, sizeof(ad));
+		const char *err = NULL;
+		CU_ASSERT_EQUAL_FATAL(repl_sync_start(asker->sync, "bob", other_id, false,
+						      asked_done_cb, &ad, &err),
+				      0);
+		ev_timer_init(&t, tick, 0.01, 0.01);
+		ev_timer_start(loop, &t);
+		bool both_refused = false;
+		for (int i = 0; i < 3000 && !ad.done; i++) {
+			ev_run(loop, EVRUN_ONCE);
+			/* They did cross: the background run failed once. */
+			if (other->sync->backoffs.count > 0)
+				both_refused = true;
+		}
+		ev_timer_stop(loop, &t);
+		CU_ASSERT_TRUE(both_refused);
+		CU_ASSERT_TRUE(ad.done);
+		CU_ASSERT_TRUE(ad.converged);
+		if (!ad.converged)
+			fprintf(stderr, "asked resync (round %d): %s\n", round, ad.text);
+		CU_ASSERT_TRUE(loop_until_idle(loop, &n1, &n2));
+	}
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
 /* A master of an earlier build (SPEC 8.8): node 2 here plays one, answering
  * a SAVE that carries HOLDER with BAD [ARGS] (an unknown option) and every
  * other command as usual.  Node 1's forwarded APPEND is sent with HOLDER,
@@ -1734,6 +1822,8 @@ const struct test_case repl_cluster_cases[] = {
 	{ "a COPY whose source is expunged meanwhile sends no empty text",
 	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
 	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
+	{ "an asked resync waits out a crossing background one of the user",
+	  test_asked_resync_waits_out_a_crossing_one },
 	{ "a master of an earlier build: BAD [ARGS] to HOLDER, resent without it",
 	  test_master_of_an_earlier_build_gets_no_holder },
 	{ "a holder that cannot hold the master's UID resends without HOLDER",
