@@ -262,11 +262,57 @@ def t_final_heal():
             "starts %d" % n1.starts)
 
 
+def load_run():
+    """tests/chaos/run as a module (its name has no .py)."""
+    import importlib.machinery
+    import importlib.util
+    path = os.path.join(HERE, "run")
+    loader = importlib.machinery.SourceFileLoader("chaos_run", path)
+    spec = importlib.util.spec_from_loader("chaos_run", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def t_jobs():
+    # A schedule run by --jobs runs in a process of its own, started with
+    # the command line child_argv builds: it must get every option that
+    # shapes the schedule, or a parallel campaign would run other
+    # schedules than the ones its seeds replay.
+    run = load_run()
+    for opts in (["--nodes", "5", "--duration", "45.5", "--refuse", "--sessions", "4",
+                  "--faults", "kill,partial"],
+                 ["--nodes", "4", "--faults", "none", "--keep", "--bound", "90"],
+                 ["--duration", "60"]):
+        args = run.parser().parse_args(["--schedules", "8", "--seed", "9700",
+                                        "--jobs", "3"] + opts)
+        args.build_dir = "/nonexistent/build"
+        faults = run.parse_faults(args.faults)
+        argv = run.child_argv(args, 9703, 4, faults, "/nonexistent/r.json")
+        child = run.parser().parse_args(argv[2:])
+        R.check("the child of %s runs one schedule, seed 9703" % " ".join(opts),
+                (child.schedules, child.seed, child.child_index) == (1, 9703, 4),
+                argv)
+        R.check("the child of %s runs the schedule seed 9703 replays" % " ".join(opts),
+                run.schedule_of(child, 9703, run.parse_faults(child.faults))
+                == run.schedule_of(args, 9703, faults), argv)
+        R.check("the child of %s judges as the campaign does" % " ".join(opts),
+                (child.bound, child.sync_check, child.known_open, child.keep,
+                 child.build) == (args.bound, args.sync_check, args.known_open, args.keep,
+                                  args.build_dir), argv)
+    # Seeds, not the order schedules run in, decide them.
+    args = run.parser().parse_args(["--schedules", "2", "--seed", "1"])
+    R.check("one seed gives one schedule", run.schedule_of(args, 5, ["kill"])
+            == run.schedule_of(args, 5, ["kill"]))
+    R.check("two seeds give two schedules", run.schedule_of(args, 5, ["kill"])
+            != run.schedule_of(args, 6, ["kill"]))
+
+
 def main():
     for name, f in (("appends", t_appends), ("flags", t_flags),
                     ("own mailbox", t_own_mailbox), ("uids", t_uids),
                     ("mailboxes and copies", t_mailboxes_and_copies),
-                    ("the final heal", t_final_heal)):
+                    ("the final heal", t_final_heal), ("--jobs", t_jobs)):
         R.section(name, f)
     return R.summary()
 
