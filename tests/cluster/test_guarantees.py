@@ -25,7 +25,11 @@ node 2 is the only replica of node 1 (the master):
     mailboxes make) and node 2 stopped for 1.5 s (linked, only slow) while
     40 APPENDs arrive: none is OK'd before node 2 is back, node 2 is
     not left marked full_sync, and streaming to it goes on (a later
-    APPEND reaches it without a link flap).
+    APPEND reaches it without a link flap);
+  - a paused master (SIGSTOP, longer than the 3 s dead timeout) with a
+    forwarded APPEND on its way to it: resumed, it does not make that
+    APPEND (another node took the mastership over and made it); every OK'd
+    message stays once on every node at its APPENDUID.
 
 Every wait is bounded.  The last line is "test-guarantees: N passed, M failed".
 """
