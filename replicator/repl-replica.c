@@ -185,6 +185,13 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		answer_later(a, "BAD", "ARGS", "PSEEN outside a sync needs ORIGIN");
 	} else if (!cl_is_master(cl, mb.user, &mb.guid)) {
 		answer_later(a, "NO", "NOTMASTER", "not the master of this mailbox");
+	} else if (cl_stalled(cl)) {
+		/* A request read right after a stall was likely sent before
+		 * it, and its sender has since asked the master that took
+		 * over: made here too, the message would be at two UIDs, one
+		 * of them taken from another message (acked-append 9706). */
+		answer_later(a, "NO", "TRYLATER", "this node did not run for a while: its "
+			     "mastership is being checked");
 	} else if (cl_handover_check_forward(cl, cmd, npos, mb.user, &refusal) < 0) {
 		answer_later(a, refusal.status, refusal.code, refusal.text);
 	} else if (proto_cmd_is(cmd, "SAVE")) {

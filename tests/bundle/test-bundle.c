@@ -757,6 +757,146 @@ static void bundle_acked_expunge_after_renumber(bool a_first)
 	node_close(&b);
 }
 
+/* Appends text with GUID g (a forwarded APPEND: one GUID on every node). */
+static uint32_t append_as(struct node *n, const struct guid *mb, const struct guid *g,
+			  const char *text)
+{
+	struct stor_append req;
+	uint32_t uid = 0;
+	const char *error = NULL;
+	memset(&req, 0, sizeof(req));
+	req.guid = g;
+	req.internaldate = 1700000000;
+	req.text = text;
+	req.text_len = strlen(text);
+	int r = stor_msg_append(n->db, mb, &req, &uid, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "append: %s\n", error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	return uid;
+}
+
+/* acked-append-present, all classes 9706: B (the new master) holds its own
+ * APPEND X at UID 4 and A's forwarded APPEND Y at 5; C (the old master,
+ * paused meanwhile) stored Y at 4.  C's bundle meets two GUIDs at UID 4,
+ * one of them (Y) also at a second UID here.  Neither is a user's expunge:
+ * after the imports every node holds X and Y, once each. */
+static void bundle_two_guids_at_one_uid(bool since)
+{
+	struct node a, b, c;
+	struct buf bundle = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	node_open(&c, SID_B + 1);
+	struct guid mb = mk_mailbox(&a, USER, "Shared", NULL);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	import_ok(&c, &bundle, NULL);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	export_from(&c, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	struct guid x, y;
+	guid_generate(&x);
+	guid_generate(&y);
+	CU_ASSERT_EQUAL(append_as(&b, &mb, &x, "Subject: x\r\n\r\nfrom s4\r\n"), 4);
+	CU_ASSERT_EQUAL(append_as(&b, &mb, &y, "Subject: y\r\n\r\nfrom s1\r\n"), 5);
+	CU_ASSERT_EQUAL(append_as(&a, &mb, &x, "Subject: x\r\n\r\nfrom s4\r\n"), 4);
+	CU_ASSERT_EQUAL(append_as(&a, &mb, &y, "Subject: y\r\n\r\nfrom s1\r\n"), 5);
+	CU_ASSERT_EQUAL(append_as(&c, &mb, &y, "Subject: y\r\n\r\nfrom s1\r\n"), 4);
+	export_from(&c, since, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	CU_ASSERT(holds_guid(&b, &mb, &x));
+	CU_ASSERT(holds_guid(&b, &mb, &y));
+	import_ok(&a, &bundle, NULL);
+	CU_ASSERT(holds_guid(&a, &mb, &x));
+	CU_ASSERT(holds_guid(&a, &mb, &y));
+	/* And back: C learns X, and nobody loses anything on the way. */
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&c, &bundle, NULL);
+	export_from(&c, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	struct node *all[3] = { &a, &b, &c };
+	for (int i = 0; i < 3; i++) {
+		CU_ASSERT(holds_guid(all[i], &mb, &x));
+		CU_ASSERT(holds_guid(all[i], &mb, &y));
+		CU_ASSERT_EQUAL(count_messages(all[i], &mb), 5);
+		CU_ASSERT_EQUAL(stor_mailbox_check(all[i]->db, &mb, &error), 0);
+	}
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+/* The imports above, on two nodes, can give X and Y crosswise UIDs: A
+ * holds X at 4 and Y at 5, B holds Y at 4 and X at 5.  Their merge meets
+ * two GUIDs at each UID, each also at the other UID: no message is lost. */
+static void bundle_crosswise(bool b_exports)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&a, USER, "Shared", NULL);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	struct guid x, y;
+	guid_generate(&x);
+	guid_generate(&y);
+	CU_ASSERT_EQUAL(append_as(&a, &mb, &x, "Subject: x\r\n\r\nfrom s4\r\n"), 4);
+	CU_ASSERT_EQUAL(append_as(&a, &mb, &y, "Subject: y\r\n\r\nfrom s1\r\n"), 5);
+	CU_ASSERT_EQUAL(append_as(&b, &mb, &y, "Subject: y\r\n\r\nfrom s1\r\n"), 4);
+	CU_ASSERT_EQUAL(append_as(&b, &mb, &x, "Subject: x\r\n\r\nfrom s4\r\n"), 5);
+	struct node *from = b_exports ? &b : &a, *to = b_exports ? &a : &b;
+	for (int round = 0; round < 2; round++) {
+		export_from(from, true, &bundle, NULL);
+		import_ok(to, &bundle, NULL);
+		CU_ASSERT(holds_guid(to, &mb, &x));
+		CU_ASSERT(holds_guid(to, &mb, &y));
+		export_from(to, true, &bundle, NULL);
+		import_ok(from, &bundle, NULL);
+		CU_ASSERT(holds_guid(from, &mb, &x));
+		CU_ASSERT(holds_guid(from, &mb, &y));
+	}
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(count_messages(&a, &mb), 5);
+	CU_ASSERT_EQUAL(stor_mailbox_check(a.db, &mb, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_bundle_crosswise_a(void)
+{
+	bundle_crosswise(false);
+}
+
+static void test_bundle_crosswise_b(void)
+{
+	bundle_crosswise(true);
+}
+
+static void test_bundle_two_guids_at_one_uid(void)
+{
+	bundle_two_guids_at_one_uid(true);
+}
+
+static void test_bundle_two_guids_at_one_uid_full(void)
+{
+	bundle_two_guids_at_one_uid(false);
+}
+
 static void test_bundle_acked_expunge_after_renumber_expunger_exports(void)
 {
 	bundle_acked_expunge_after_renumber(true);
@@ -1811,6 +1951,11 @@ static const struct test_case bundle_cases[] = {
 	{ "an acknowledged expunge holds against a renumbered copy (holder exports)",
 	  test_bundle_acked_expunge_after_renumber_holder_exports },
 	{ "GUID tombstones travel by bundle", test_bundle_guid_tombstones_travel },
+	{ "two GUIDs at one UID, one also at a second: neither is lost (acked-append 9706)",
+	  test_bundle_two_guids_at_one_uid },
+	{ "the same from a full bundle", test_bundle_two_guids_at_one_uid_full },
+	{ "two GUIDs at two UIDs crosswise: neither is lost (A exports)", test_bundle_crosswise_a },
+	{ "two GUIDs at two UIDs crosswise: neither is lost (B exports)", test_bundle_crosswise_b },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
 	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },

@@ -25,7 +25,11 @@ node 2 is the only replica of node 1 (the master):
     mailboxes make) and node 2 stopped for 1.5 s (linked, only slow) while
     40 APPENDs arrive: none is OK'd before node 2 is back, node 2 is
     not left marked full_sync, and streaming to it goes on (a later
-    APPEND reaches it without a link flap).
+    APPEND reaches it without a link flap);
+  - a paused master (SIGSTOP, longer than the 3 s dead timeout) with a
+    forwarded APPEND on its way to it: resumed, it does not make that
+    APPEND (another node took the mastership over and made it); every OK'd
+    message stays once on every node at its APPENDUID.
 
 Every wait is bounded.  The last line is "test-guarantees: N passed, M failed".
 """
@@ -398,6 +402,82 @@ def t_refuse_list_change_waits():
         finish(c, "refuse, a list change waits as accept does")
 
 
+# ---- a paused master ------------------------------------------------------
+
+def uid_subjects(node, user=USER):
+    """{uid: subject} of INBOX on node."""
+    m = login(node, user)
+    out = {}
+    typ, data = m.select("INBOX", readonly=True)
+    if typ == "OK" and int(data[0]) > 0:
+        typ, data = m.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        for item in data:
+            if isinstance(item, tuple):
+                mu = re.search(rb"UID (\d+)", item[0])
+                ms = re.search(rb"Subject: (\S+)", item[1])
+                if mu and ms:
+                    out[int(mu.group(1))] = ms.group(1).decode()
+    m.logout()
+    return out
+
+
+def appenduid(text):
+    mm = re.search(r"APPENDUID \d+ (\d+)", text)
+    return int(mm.group(1)) if mm else None
+
+
+def t_paused_master_forward():
+    """acked-append-present, all classes 9706: node 1, master of INBOX, is
+    paused (SIGSTOP) with node 2's forwarded APPEND on its way to it; node 3
+    takes the mastership over, and node 2 asks it again.  Resumed, node 1
+    must not make that stale request itself (at a UID of its own, as a
+    master it no longer is): every OK'd message stays once on every node at
+    the UID its APPENDUID named."""
+    c = cluster({}, proxies=True)
+    n1, n2, n3 = c.nodes
+    try:
+        start_with_master_1(c)
+        m2, m3 = login(n2), login(n3)
+        # Node 2's link is bound to INBOX on node 1 (SPEC 8.1): the APPEND
+        # below goes to node 1 at once, not after a BIND it would wait for.
+        typ, text = append(m2, "bound-2")
+        R.check("a forwarded APPEND from node 2 first", typ == "OK", text)
+        mark = len(n1.log_text())
+        n1.pause()
+        res = {}
+        th = threading.Thread(target=lambda: res.update(y=append(m2, "paused-y")))
+        th.start()
+        try:
+            time.sleep(0.5)
+            moved = wait_for(lambda: master_of(n3) in (2, 3), 30)
+            R.check("the mastership moves off the paused node 1", moved)
+            typ, xtext = append(m3, "after-x")
+            R.check("APPEND on node 3 while node 1 is paused", typ == "OK", xtext)
+            th.join(40)
+            ytyp, ytext = res.get("y", ("NONE", ""))
+            R.check("node 2's APPEND is answered OK by the new master", ytyp == "OK", ytext)
+        finally:
+            n1.resume()
+            th.join(40)
+        m2.logout()
+        m3.logout()
+        c.wait_links_up(timeout=40)
+        c.wait_dumps_equal(USER, timeout=60)
+        want = {appenduid(xtext): "after-x", appenduid(ytext): "paused-y"}
+        for n in c.nodes:
+            got = uid_subjects(n)
+            R.check("node %d: each OK'd message once, at its APPENDUID" % n.node_id,
+                    all(got.get(u) == s for u, s in want.items()) and
+                    sorted(got.values()).count("paused-y") == 1 and
+                    sorted(got.values()).count("after-x") == 1, "%s, want %s" % (got, want))
+        late = n1.log_text()[mark:]
+        R.check("node 1 made no change as a master it no longer was",
+                "fewer than sync_replicas" not in late,
+                [ln for ln in late.splitlines() if "sync_replicas" in ln][:3])
+    finally:
+        finish(c, "paused master, forwarded APPEND")
+
+
 # ---- repl_log_max and a slow, linked peer ---------------------------------
 
 BURST = 40
@@ -475,7 +555,8 @@ def main():
                  ("refuse, every replica down", t_refuse_all_down),
                  ("refuse, forwarded to the master", t_refuse_forwarded),
                  ("refuse, a list change waits as accept does", t_refuse_list_change_waits),
-                 ("log bound, slow linked peer", t_log_bound_congested)]
+                 ("log bound, slow linked peer", t_log_bound_congested),
+                 ("paused master, forwarded APPEND", t_paused_master_forward)]
     for name, func in scenarios:
         if only is None or only == name:
             R.section(name, func)
