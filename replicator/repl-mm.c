@@ -46,7 +46,33 @@ struct repl_mm {
 	 * of its mailboxes before it knows the cluster (SPEC.md 9.4). */
 	bool start_held;
 	uint64_t start_hold_until;
+	/* When the loop last ran (stall_check), to tell a node that was
+	 * stopped (SIGSTOP, a hung disk) from one that was idle. */
+	ev_check check;
+	uint64_t last_run;
+	/* After a stall, the SIDs of the peers not heard from since.  A link
+	 * may still look up here while the peer closed it long ago; the hold
+	 * ends only once each one came back (a new link) or spoke (an MM
+	 * message: the link was never dropped). */
+	ARRAY(uint32_t) unheard;
 };
+
+static bool unheard(const struct repl_mm *mm, uint32_t sid)
+{
+	for (size_t i = 0; i < mm->unheard.count; i++) {
+		if (mm->unheard.items[i] == sid)
+			return true;
+	}
+	return false;
+}
+
+static void heard_from(struct repl_mm *mm, uint32_t sid)
+{
+	for (size_t i = 0; i < mm->unheard.count; i++) {
+		if (mm->unheard.items[i] == sid)
+			mm->unheard.items[i--] = mm->unheard.items[--mm->unheard.count];
+	}
+}
 
 static uint64_t mm_now(void)
 {
@@ -206,7 +232,8 @@ static void start_hold_check(struct repl_mm *mm, uint64_t now)
 	uint32_t self = mm_node_sid(mm->node);
 	bool all = true;
 	for (size_t i = 0; i < mm->cfg->peers.count && all; i++)
-		all = mm_linked(mm->node, self, mm->cfg->peers.items[i].sid);
+		all = !unheard(mm, mm->cfg->peers.items[i].sid) &&
+		      mm_linked(mm->node, self, mm->cfg->peers.items[i].sid);
 	uint32_t root;
 	uint64_t epoch;
 	bool settled;
@@ -214,6 +241,7 @@ static void start_hold_check(struct repl_mm *mm, uint64_t now)
 	if (!(all && settled) && now < mm->start_hold_until)
 		return;
 	mm->start_held = false;
+	mm->unheard.count = 0;
 	log_info("mm: start-up hold over (%s)", all && settled ? "all peers linked" : "deadline");
 	for (struct mm_pending *p = mm->pending; p != NULL; p = p->next) {
 		if (!p->deferred)
@@ -223,6 +251,31 @@ static void start_hold_check(struct repl_mm *mm, uint64_t now)
 		(void)mm_request_master(mm->node, p->gkey, p->req_id, now);
 	}
 	drain(mm);
+}
+
+/* A node that did not run for longer than its peers wait for it finds its
+ * links timed out because IT stopped, not they: alone in its own view, it
+ * would make itself root and master of its mailboxes at once and take
+ * writes no replica holds, which the merge with the cluster's master then
+ * has to reconcile (chaos seed 9747 flag-holds).  So it holds its master
+ * requests again, as at start-up, until its links are back and settled.
+ * Runs first in every loop iteration (highest priority), before the link
+ * and client events gathered in the same wake-up. */
+static void stall_check(struct ev_loop *loop, ev_check *w, int revents)
+{
+	struct repl_mm *mm = w->data;
+	uint64_t now = mm_now();
+	uint64_t last = mm->last_run;
+	mm->last_run = now;
+	if (last == 0 || now - last <= REPL_MM_STALL_MS || mm->cfg->peers.count == 0)
+		return;
+	log_warnx("mm: this node did not run for %" PRIu64 " ms (stopped?): no master asked "
+		  "for until its links are back", now - last);
+	mm->start_held = true;
+	mm->start_hold_until = now + REPL_MM_START_HOLD_MS;
+	mm->unheard.count = 0;
+	for (size_t i = 0; i < mm->cfg->peers.count; i++)
+		ARRAY_PUSH(&mm->unheard, mm->cfg->peers.items[i].sid);
 }
 
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -396,6 +449,7 @@ static void link_up_cb(struct repl_peers *peers, uint32_t sid, struct proto_conn
 	struct repl_mm *mm = ctx;
 	if (mm->peers == NULL)
 		mm->peers = peers;
+	heard_from(mm, sid);
 	mm_link_up(mm->node, sid, mm_now());
 	drain(mm);
 }
@@ -458,6 +512,7 @@ static void mm_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *co
 		proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", err);
 	} else {
 		proto_conn_reply(conn, cmd->tag, "OK", NULL, NULL);
+		heard_from(mm, sid);
 		mm_receive(mm->node, sid, msg, mm_now());
 		drain(mm);
 	}
@@ -504,6 +559,10 @@ struct repl_mm *repl_mm_create(struct ev_loop *loop, const struct config *cfg)
 	ev_timer_start(loop, &mm->tick);
 	ev_idle_init(&mm->idle, idle_cb);
 	mm->idle.data = mm;
+	ev_check_init(&mm->check, stall_check);
+	mm->check.data = mm;
+	ev_set_priority(&mm->check, EV_MAXPRI);
+	ev_check_start(loop, &mm->check);
 	mm->start_held = cfg->peers.count > 0;
 	mm->start_hold_until = mm_now() + REPL_MM_START_HOLD_MS;
 	/* The first tick makes a lone node its own root. */
@@ -520,6 +579,7 @@ void repl_mm_destroy(struct repl_mm **mmp)
 	*mmp = NULL;
 	ev_timer_stop(mm->loop, &mm->tick);
 	ev_idle_stop(mm->loop, &mm->idle);
+	ev_check_stop(mm->loop, &mm->check);
 	while (mm->pending != NULL) {
 		struct mm_pending *p = mm->pending;
 		mm->pending = p->next;
@@ -531,6 +591,7 @@ void repl_mm_destroy(struct repl_mm **mmp)
 		free(p);
 	}
 	mm_node_destroy(&mm->node);
+	ARRAY_FREE(&mm->unheard);
 	buf_free(&mm->line);
 	free(mm);
 }

@@ -42,6 +42,10 @@ struct repl_mm;
  * REPL_PEER_BACKOFF_MAX_MS, plus the handshake.  A request held meanwhile
  * gets its whole timeout from the end of the hold. */
 #define REPL_MM_START_HOLD_MS (REPL_PEER_BACKOFF_MAX_MS + 1000u)
+/* A loop that did not run for longer than this (the node was stopped, or
+ * a call blocked it) holds its master requests again as at start-up: its
+ * peers took it for dead and closed the links. */
+#define REPL_MM_STALL_MS REPL_PEER_DEAD_TIMEOUT_MS
 /* How long a peer has to acknowledge an MM command (the answer carries no
  * meaning; a missing one is only logged at debug level). */
 #define REPL_MM_ACK_TIMEOUT_MS 10000u

@@ -30,6 +30,11 @@ node 2 is the only replica of node 1 (the master):
     forwarded APPEND on its way to it: resumed, it does not make that
     APPEND (another node took the mastership over and made it); every OK'd
     message stays once on every node at its APPENDUID.
+  - a STORE at wake-up (flag-holds 9747): node 1, master of INBOX, is
+    stopped past the dead timeout while node 2 takes writes; a STORE sent
+    to node 1 meanwhile is read at SIGCONT: node 1 must not take it as a
+    lone master (its links timed out because it was stopped), and the
+    OK'd flag holds on every node.
 
 Every wait is bounded.  The last line is "test-guarantees: N passed, M failed".
 """
@@ -546,6 +551,93 @@ def t_log_bound_congested():
         finish(c, "log bound, slow peer")
 
 
+# ---- a STORE taken at wake-up from a pause (flag-holds 9747) ----------------
+
+def flags_of(node, subject, user=USER):
+    """The FLAGS of the INBOX message with that subject on node, or None."""
+    m = login(node, user)
+    try:
+        typ, data = m.select("INBOX", readonly=True)
+        if typ != "OK" or int(data[0]) == 0:
+            return None
+        typ, data = m.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        for item in data:
+            if isinstance(item, tuple) and ("Subject: %s" % subject).encode() in item[1]:
+                mm = re.search(rb"FLAGS \(([^)]*)\)", item[0])
+                return mm.group(1).decode() if mm else ""
+        return None
+    finally:
+        m.logout()
+
+
+def t_store_at_wakeup():
+    """Node 1, master of INBOX, is stopped past the dead timeout while nodes
+    2 and 3 go on (a new master, new changes); a STORE that reached node 1
+    while it was stopped is answered at SIGCONT.  An OK'd flag must hold on
+    every node after the cluster settles, whoever was master when."""
+    c = cluster({})
+    n1, n2, n3 = c.nodes
+    try:
+        start_with_master_1(c)
+        m = login(n1)
+        for s in ("target", "other"):
+            typ, text = append(m, s)
+            R.check("APPEND %s" % s, typ == "OK", text)
+        c.wait_dumps_equal(USER, timeout=40)
+        m.select("INBOX")
+        typ, data = m.uid("SEARCH", "HEADER", "Subject", "target")
+        uid = data[0].split()[-1].decode()
+        n1.pause()
+        result = {}
+
+        def store():
+            try:
+                result["r"] = m.uid("STORE", uid, "+FLAGS", "(\\Draft)")
+            except Exception as e:  # noqa: BLE001 -- recorded as a failure
+                result["r"] = ("EXC", [str(e).encode()])
+        try:
+            # Past the 3 s dead timeout: nodes 2 and 3 see node 1 gone.
+            time.sleep(1.0)
+            m2 = login(n2)
+            for i in range(3):
+                typ, text = append(m2, "during-pause-%d" % i)
+                R.check("APPEND on node 2 while node 1 is stopped", typ == "OK", text)
+            m2.select("INBOX")
+            typ, data = m2.uid("SEARCH", "HEADER", "Subject", "other")
+            m2.uid("STORE", data[0].split()[-1].decode(), "+FLAGS", "(\\Flagged)")
+            m2.logout()
+            time.sleep(3.5)
+            # The STORE waits in node 1's socket: it is read at SIGCONT.
+            t = threading.Thread(target=store)
+            t.start()
+            time.sleep(0.3)
+        finally:
+            n1.resume()
+        t.join(60)
+        typ, data = result.get("r", ("none", [b""]))
+        R.check("the STORE at wake-up is answered OK", typ == "OK", data)
+        # Its links timed out because node 1 was stopped, not its peers:
+        # it must not take the STORE as a master no replica hears.
+        lone = [line for line in n1.log_text().splitlines()
+                if "held by fewer than sync_replicas" in line]
+        R.check("node 1 did not take it as a lone master", not lone, lone)
+        if lone:
+            print(n1.log_tail(30))
+        m.logout()
+        c.wait_links_up(timeout=40)
+        if typ == "OK":
+            settled = wait_for(lambda: all("\\Draft" in (flags_of(n, "target") or "")
+                                           for n in c.nodes), 40)
+            R.check("the OK'd \\Draft holds on every node",
+                    settled, [flags_of(n, "target") for n in c.nodes])
+        c.wait_dumps_equal(USER, timeout=60)
+        R.check("and stays (after the dumps agree)",
+                all("\\Draft" in (flags_of(n, "target") or "") for n in c.nodes),
+                [flags_of(n, "target") for n in c.nodes])
+    finally:
+        finish(c, "a STORE at wake-up from a pause holds")
+
+
 def main():
     only = os.environ.get("GUARANTEES_ONLY")
     scenarios = [("full disk, refuse", lambda: t_full_disk("refuse")),
@@ -556,7 +648,8 @@ def main():
                  ("refuse, forwarded to the master", t_refuse_forwarded),
                  ("refuse, a list change waits as accept does", t_refuse_list_change_waits),
                  ("log bound, slow linked peer", t_log_bound_congested),
-                 ("paused master, forwarded APPEND", t_paused_master_forward)]
+                 ("paused master, forwarded APPEND", t_paused_master_forward),
+                 ("a STORE at wake-up from a pause holds", t_store_at_wakeup)]
     for name, func in scenarios:
         if only is None or only == name:
             R.section(name, func)

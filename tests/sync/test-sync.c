@@ -2323,6 +2323,63 @@ static void test_sync_keywords_follow_a_moved_message(void)
 	}
 }
 
+/* flag-holds 9747: node B, woken from a pause, took a STORE of \Draft on
+ * X by itself (acknowledged); its next sync with A compared every message
+ * ("went back in time").  However the mailboxes moved meanwhile (A
+ * renumbered X in a sync with C, set another flag on X, took new mail),
+ * and whichever of the two is the client, the acknowledged flag holds. */
+static void full_compare_keeps_a_flag_set_apart(bool b_is_client, bool moved, bool a_changed,
+						 bool full, uint32_t seed)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	for (int i = 0; i < 3; i++) {
+		uint32_t u = append(&a, &mb, "common\r\n", 0, NULL);
+		replicate_append(&a, &b, &mb, u, "common\r\n");
+		replicate_append(&a, &c, &mb, u, "common\r\n");
+	}
+	struct guid gx;
+	uint32_t ux = append(&a, &mb, "x\r\n", STOR_FLAG_SEEN, &gx);
+	replicate_append(&a, &b, &mb, ux, "x\r\n");
+	run_sync(&b, &a, false, seed + 1);
+	if (moved) {
+		CU_ASSERT_EQUAL(append(&c, &mb, "z1\r\n", 0, NULL), ux);
+		run_sync(&a, &c, false, seed + 2);
+		uint32_t at = 0;
+		CU_ASSERT_FATAL(has_guid(&a, &mb, &gx, &at));
+		CU_ASSERT_NOT_EQUAL(at, ux);
+	}
+	append(&a, &mb, "a1\r\n", 0, NULL);
+	if (a_changed) {
+		uint32_t at = 0;
+		CU_ASSERT_FATAL(has_guid(&a, &mb, &gx, &at));
+		store_kw(&a, &mb, at, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
+	}
+	/* B's user, later than all of A's changes. */
+	store_kw(&b, &mb, ux, STOR_FLAGS_ADD, STOR_FLAG_DRAFT, NULL);
+	if (b_is_client)
+		run_sync(&b, &a, full, seed + 3);
+	else
+		run_sync(&a, &b, full, seed + 3);
+	uint32_t want = STOR_FLAG_SEEN | STOR_FLAG_DRAFT | (a_changed ? STOR_FLAG_FLAGGED : 0);
+	CU_ASSERT_EQUAL(flags_of_guid(&a, &mb, &gx), want);
+	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &gx), want);
+	if (flags_of_guid(&a, &mb, &gx) != want || flags_of_guid(&b, &mb, &gx) != want)
+		fprintf(stderr, "\nb_is_client %d moved %d a_changed %d full %d: A %#x B %#x\n",
+			b_is_client, moved, a_changed, full, flags_of_guid(&a, &mb, &gx),
+			flags_of_guid(&b, &mb, &gx));
+	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_full_compare_keeps_a_flag_set_apart(void)
+{
+	for (unsigned v = 0; v < 16; v++)
+		full_compare_keeps_a_flag_set_apart(v & 1, v & 2, v & 4, v & 8, 900 + 10 * v);
+}
+
 /* The merge plans new UIDs for conflicts from max(cu, su), but a client's
  * SAVE may name a UID at or above the cu it sent (a message that reached
  * the client between its SYNC-BEGIN and the scan of its changes).  Our
@@ -3690,6 +3747,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_flag_change_follows_a_copy_the_merge_moves_on },
 	{ "keywords set apart follow a message a sync moved (flag-holds 9206)",
 	  test_sync_keywords_follow_a_moved_message },
+	{ "a full compare keeps a flag set apart (flag-holds 9747)",
+	  test_sync_full_compare_keeps_a_flag_set_apart },
 	{ "a first sync after a third node renumbered: nothing lost",
 	  test_sync_first_sync_after_a_third_node_renumbered_loses_nothing },
 	{ "an acknowledged expunge holds against a renumbered copy (client expunged)",
