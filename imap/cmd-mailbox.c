@@ -176,6 +176,10 @@ struct rename_ctx {
 	stor_uid_list uids;
 	struct guid inbox, target;
 	stor_string_list parents;
+	/* A rename in another owner's tree: the session's prefix of the
+	 * names ("shared/OWNER/" or "Public/"); new_names are the owner's. */
+	char *prefix;
+	char *owner;
 };
 
 static void rename_ctx_free(void *p)
@@ -188,6 +192,8 @@ static void rename_ctx_free(void *p)
 	free(rc->old_name);
 	free(rc->new_name);
 	free(rc->error_msg);
+	free(rc->prefix);
+	free(rc->owner);
 	ARRAY_FREE(&rc->uids);
 	stor_string_list_free(&rc->parents);
 	free(rc);
@@ -208,9 +214,160 @@ static void rename_one_done(void *ctx, const struct repl_result *res)
 		imap_cmd_done(cmd, "NO", "%s%s", imap_repl_error_code(rc->error), rc->error_msg);
 		return;
 	}
-	imap_rename_report_oldnames(cmd->client, rc->old_name, rc->new_name,
-				    (const char *const *)rc->new_names, rc->count);
+	if (rc->prefix == NULL) {
+		imap_rename_report_oldnames(cmd->client, rc->old_name, rc->new_name,
+					    (const char *const *)rc->new_names, rc->count);
+	} else {
+		char **names = xcalloc(rc->count + 1, sizeof(*names));
+		for (size_t i = 0; i < rc->count; i++)
+			names[i] = xasprintf("%s%s", rc->prefix, rc->new_names[i]);
+		imap_rename_report_oldnames(cmd->client, rc->old_name, rc->new_name,
+					    (const char *const *)names, rc->count);
+		for (size_t i = 0; i < rc->count; i++)
+			free(names[i]);
+		free(names);
+	}
 	imap_cmd_done(cmd, "OK", "RENAME completed");
+}
+
+/* The length of name's namespace prefix and its owner (allocated): "Public/"
+ * and ACL_PUBLIC_OWNER, "shared/OWNER/" and OWNER; 0 and NULL for a personal
+ * name, and for the roots "shared", "shared/OWNER" and "Public", which are
+ * levels of a namespace rather than anybody's mailbox. */
+static size_t shared_owner(const char *name, char **owner_r)
+{
+	*owner_r = NULL;
+	if (strncmp(name, IMAP_PUBLIC_PREFIX, IMAP_PUBLIC_PREFIX_LEN) == 0) {
+		if (name[IMAP_PUBLIC_PREFIX_LEN] == '\0')
+			return 0;
+		*owner_r = xstrdup(ACL_PUBLIC_OWNER);
+		return IMAP_PUBLIC_PREFIX_LEN;
+	}
+	if (strncmp(name, IMAP_SHARED_PREFIX, IMAP_SHARED_PREFIX_LEN) != 0)
+		return 0;
+	const char *o = name + IMAP_SHARED_PREFIX_LEN, *slash = strchr(o, '/');
+	if (slash == NULL || slash == o || slash[1] == '\0')
+		return 0;
+	*owner_r = xstrndup(o, (size_t)(slash - o));
+	return (size_t)(slash + 1 - name);
+}
+
+/* RENAME where either name is in shared/ or Public/ (names taken).  Only a
+ * rename inside one owner's tree is possible, done as the owner's rename
+ * (the ACL records and the sharing index are keyed by the mailbox's GUID,
+ * so they follow it).  RFC 4314 4: "x" on the mailbox and "k" on the new
+ * name's parent.  At the top of an owner's tree there is no parent to hold
+ * "k", and CREATE makes nothing there: a mailbox already at the top may be
+ * renamed in place with "x", nothing may move up there. */
+static bool rename_shared(struct imap_cmd *cmd, char *old_name, char *new_name)
+{
+	struct imap_client *c = cmd->client;
+	struct rename_ctx *rc = xcalloc(1, sizeof(*rc));
+	rc->old_name = old_name;
+	rc->new_name = new_name;
+	cmd->ctx = rc;
+	cmd->ctx_free = rename_ctx_free;
+	char *old_owner, *new_owner;
+	size_t ons = shared_owner(old_name, &old_owner), nns = shared_owner(new_name, &new_owner);
+	/* Decided from the names alone, so that it tells nothing about
+	 * which mailboxes exist. */
+	bool same = old_owner != NULL && new_owner != NULL && strcmp(old_owner, new_owner) == 0 &&
+		    strcmp(old_owner, c->user) != 0 && ons == nns &&
+		    strncmp(old_name, new_name, ons) == 0;
+	free(new_owner);
+	if (!same) {
+		free(old_owner);
+		return imap_cmd_done(cmd, "NO", "[CANNOT] A mailbox can only be renamed within "
+					       "its owner's tree (shared/OWNER/ or Public/)");
+	}
+	rc->prefix = xstrndup(old_name, ons);
+	/* Kept until the completions, as the seam requires. */
+	rc->owner = old_owner;
+	const char *old_inner = old_name + ons, *new_inner = new_name + ons;
+	struct stor_mailbox mb;
+	uint32_t rights;
+	const char *err;
+	int r = imap_acl_mailbox_get(c, old_name, &mb, &rights, &err);
+	if (r > 0 && strcmp(mb.user, old_owner) != 0) {
+		/* One of the user's own mailboxes by that name: not the
+		 * other user's mailbox the name asks for. */
+		stor_mailbox_free(&mb);
+		r = 0;
+	}
+	if (r <= 0) {
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+					       "[NONEXISTENT] Mailbox does not exist");
+	}
+	stor_mailbox_free(&mb);
+	if ((rights & ACL_DELETE_MBOX) == 0) {
+		return imap_acl_refuse(cmd, rights, ACL_DELETE_MBOX,
+				       "[NONEXISTENT] Mailbox does not exist");
+	}
+	size_t olen = strlen(old_inner);
+	if (strncmp(new_inner, old_inner, olen) == 0 && new_inner[olen] == '/') {
+		return imap_cmd_done(cmd, "NO", "[CANNOT] Cannot rename a mailbox into itself");
+	}
+	const char *nslash = strrchr(new_inner, '/');
+	if (nslash == NULL && strchr(old_inner, '/') != NULL) {
+		return imap_cmd_done(cmd, "NO", "[CANNOT] Nothing can be moved to the top of "
+					       "another user's or the public tree");
+	}
+	if (nslash != NULL) {
+		char *parent = xstrndup(new_name, (size_t)(nslash - new_name));
+		uint32_t prights;
+		r = imap_acl_mailbox_get(c, parent, &mb, &prights, &err);
+		free(parent);
+		if (r > 0 && strcmp(mb.user, old_owner) != 0) {
+			stor_mailbox_free(&mb);
+			r = 0;
+		}
+		if (r <= 0) {
+				return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+						       "[NONEXISTENT] Parent mailbox does not exist");
+		}
+		stor_mailbox_free(&mb);
+		if ((prights & ACL_CREATE) == 0) {
+				return imap_acl_refuse(cmd, prights, ACL_CREATE,
+					       "[NONEXISTENT] Parent mailbox does not exist");
+		}
+	}
+	struct stor_db *db = c->server->db;
+	/* The user may create under the parent, so may learn what CREATE
+	 * would tell them: that the name is taken. */
+	r = stor_mailbox_get(db, old_owner, new_inner, &mb, &err);
+	if (r != 0) {
+		if (r > 0)
+			stor_mailbox_free(&mb);
+		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
+					       "[ALREADYEXISTS] Target mailbox exists");
+	}
+	stor_mailbox_array list = ARRAY_INIT;
+	if (stor_mailbox_list(db, old_owner, &list, &err) < 0) {
+		return imap_cmd_done(cmd, "NO", "[SERVERBUG] %s", err);
+	}
+	/* Its inferiors move with it, as in a personal RENAME. */
+	rc->guids = xcalloc(list.count + 1, sizeof(*rc->guids));
+	rc->new_names = xcalloc(list.count + 1, sizeof(*rc->new_names));
+	for (size_t i = 0; i < list.count; i++) {
+		const char *n = list.items[i].name;
+		if (strcmp(n, old_inner) == 0)
+			rc->new_names[rc->count] = xstrdup(new_inner);
+		else if (strncmp(n, old_inner, olen) == 0 && n[olen] == '/')
+			rc->new_names[rc->count] = xasprintf("%s%s", new_inner, n + olen);
+		else
+			continue;
+		rc->guids[rc->count++] = list.items[i].guid;
+	}
+	stor_mailbox_list_free(&list);
+	if (rc->count == 0) {
+		return imap_cmd_done(cmd, "NO", "[NONEXISTENT] Mailbox does not exist");
+	}
+	rc->left = rc->count;
+	cmd->waiting = true;
+	for (size_t i = 0; i < rc->count; i++)
+		repl_mailbox_rename(c->server->repl, old_owner, &rc->guids[i], rc->new_names[i],
+				    rename_one_done, cmd);
+	return false;
 }
 
 /* A superior of the new name, created before the renames. */
@@ -270,11 +427,8 @@ bool imap_cmd_rename(struct imap_cmd *cmd)
 		free(old_name);
 		return true;
 	}
-	if (imap_acl_is_shared_name(old_name) || imap_acl_is_shared_name(new_name)) {
-		free(old_name);
-		free(new_name);
-		return imap_cmd_done(cmd, "NO", "[CANNOT] Renaming in or into shared/ is not supported");
-	}
+	if (imap_acl_is_shared_name(old_name) || imap_acl_is_shared_name(new_name))
+		return rename_shared(cmd, old_name, new_name);
 	struct rename_ctx *rc = xcalloc(1, sizeof(*rc));
 	rc->old_name = old_name;
 	rc->new_name = new_name;

@@ -14,7 +14,9 @@ that does not exist when he has not (SELECT, STATUS, MYRIGHTS, APPEND,
 COPY, GETACL, and LIST shows nothing); negative rights (-bob) take away
 what "anyone" gives; a right taken away while bob has the mailbox selected
 applies at his next command; the owner cannot lock themselves out (keeps
-"l" and "a").
+"l" and "a"); RENAME inside shared/alice/ and Public/ with x (and k on the
+new parent), NO [NOPERM] / NO [NONEXISTENT] without, NO [CANNOT] across
+owners, the ACL following the mailbox.
 
 The last line is "imap-acl: N passed, M failed"; exit 0 only if nothing
 failed.
@@ -411,6 +413,74 @@ def t_create_delete_shared():
         x.logout()
 
 
+def t_rename_shared():
+    """RENAME inside one owner's tree (shared/OWNER/ or Public/) is the
+    owner's rename: x on the mailbox, k on the new parent (RFC 4314 4);
+    across owners or namespaces it is NO [CANNOT]; the ACL follows."""
+    a = connect("alice")
+    b = connect("bob")
+    c = connect("carol")
+    for box in ("RenA", "RenA/Kid", "Dest"):
+        a.command("CREATE", box)
+    a.command("SETACL", "RenA", "bob", "lr")
+    a.command("SETACL", "Dest", "bob", "lr")
+    r = b.command("RENAME", "shared/alice/RenA", "shared/alice/RenB")
+    R.check("bob RENAME without x: NO [NOPERM]", r.status == "NO" and r.code == "NOPERM", r)
+    hidden = c.command("RENAME", "shared/alice/RenA", "shared/alice/RenB")
+    missing = c.command("RENAME", "shared/alice/NoSuch", "shared/alice/RenB")
+    R.check("carol (no l) RENAME answers NO [NONEXISTENT] as for a missing mailbox",
+            hidden.status == "NO" and hidden.code == "NONEXISTENT" and
+            hidden.line.split(b" ", 1)[1] == missing.line.split(b" ", 1)[1], (hidden, missing))
+    a.command("SETACL", "RenA", "bob", "+x")
+    for src, dst in (("shared/alice/RenA", "shared/carol/RenA"),
+                     ("shared/alice/RenA", "RenA"), ("RenMine", "shared/alice/RenMine"),
+                     ("shared/alice/RenA", "Public/RenA")):
+        r = b.command("RENAME", src, dst)
+        R.check("RENAME %s %s across owners: NO [CANNOT]" % (src, dst),
+                r.status == "NO" and r.code == "CANNOT", r)
+    r = b.command("RENAME", "shared/alice/RenA", "shared/alice/RenB")
+    R.check("bob RENAME shared/alice/RenA shared/alice/RenB with x: OK", r.ok, r)
+    got = listed(a.command("LIST", '""', "*"))
+    R.check("alice's LIST has RenB and RenB/Kid, no RenA",
+            "RenB" in got and "RenB/Kid" in got and "RenA" not in got and
+            "RenA/Kid" not in got, got)
+    got = listed(b.command("LIST", '""', "shared/alice/*"))
+    R.check("bob's LIST has shared/alice/RenB, no shared/alice/RenA",
+            "shared/alice/RenB" in got and "shared/alice/RenA" not in got, got)
+    _, acl = getacl(a, "RenB")
+    R.equal("the ACL followed the rename", acl.get("bob"), "lrx")
+    r = b.command("RENAME", "shared/alice/RenB", "shared/alice/Dest/RenB")
+    R.check("bob RENAME into Dest without k on Dest: NO [NOPERM]",
+            r.status == "NO" and r.code == "NOPERM", r)
+    a.command("SETACL", "Dest", "bob", "+k")
+    r = b.command("RENAME", "shared/alice/RenB", "shared/alice/Dest/RenB")
+    R.check("bob RENAME into Dest with k: OK", r.ok, r)
+    got = listed(a.command("LIST", '""', "Dest/*"))
+    R.check("alice has Dest/RenB and Dest/RenB/Kid",
+            "Dest/RenB" in got and "Dest/RenB/Kid" in got, got)
+    got = listed(b.command("LIST", '""', "shared/alice/*"))
+    R.check("bob lists shared/alice/Dest/RenB", "shared/alice/Dest/RenB" in got, got)
+    r = b.command("RENAME", "shared/alice/Dest/RenB", "shared/alice/Top")
+    R.check("moving up to the top of alice's tree: NO [CANNOT]",
+            r.status == "NO" and r.code == "CANNOT", r)
+    if T.kind == "starling":
+        rc = T.node.cli("mailbox", "create", "--public", "Board").returncode
+        rc2 = T.node.cli("acl", "set", "-m", "Public/Board", "bob", "lrx").returncode
+        R.check("public Board made, bob given lrx", rc == 0 and rc2 == 0, (rc, rc2))
+        r = c.command("RENAME", "Public/Board", "Public/Board2")
+        R.check("carol (no rights) RENAME Public/Board: NO [NONEXISTENT]",
+                r.status == "NO" and r.code == "NONEXISTENT", r)
+        r = b.command("RENAME", "Public/Board", "Public/Board2")
+        R.check("bob (x) RENAME Public/Board Public/Board2: OK", r.ok, r)
+        got = listed(b.command("LIST", '""', "Public/*"))
+        R.check("bob lists Public/Board2, not Public/Board",
+                "Public/Board2" in got and "Public/Board" not in got, got)
+        _, rights = myrights(b, "Public/Board2")
+        R.equal("bob's rights followed", rights, "lrx")
+    for x in (a, b, c):
+        x.logout()
+
+
 def t_idle_shared():
     """alice IDLEs in Work, bob APPENDs through shared/: alice hears it."""
     a = connect("alice")
@@ -567,6 +637,7 @@ SECTIONS = [
     ("idle shared", t_idle_shared),
     ("admin tool", t_admin_tool),
     ("public", t_public),
+    ("rename in shared/ and Public/", t_rename_shared),
 ]
 
 
