@@ -274,6 +274,17 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		fwd_send(f);
 		return;
 	}
+	if (f->kind == FWD_STORE && f->sent_req && strcmp(line->name, "BAD") == 0 &&
+	    proto_code_has(line, "ARGS") && f->peer != NULL && f->peer->conn != NULL) {
+		/* A master (or relay) of an earlier build: no REQ on this link
+		 * from now on, and this STORE again without it. */
+		log_info("replication: %s: %u does not take REQ on STORE: sending without it",
+			 f->user, f->peer->sid);
+		f->peer->req_refused_gen = f->peer->link_gen + 1;
+		f->no_req = true;
+		fwd_send(f);
+		return;
+	}
 	if (strcmp(line->name, "OK") == 0) {
 		if (f->kind != FWD_APPEND && fwd_batch_done(f, line)) {
 			fwd_send(f);
@@ -401,9 +412,26 @@ void fwd_send(struct cl_fwd *f)
 		st.uid_count = f->batch_end - f->sent_upto;
 		w = proto_conn_cmd_begin(p->conn, "STORE");
 		proto_wr_store(w, &st);
+		f->sent_req = false;
 		if (f->store.unchangedsince != 0) {
 			proto_wr_atom(w, "UNCHANGEDSINCE");
 			proto_wr_u64(w, f->store.unchangedsince);
+			/* Not idempotent: a resend of a batch the master did apply
+			 * (its answer lost) would find the modseqs it gave and
+			 * answer MODIFIED for messages it changed.  REQ lets the
+			 * master answer the first outcome instead (SPEC 6.4). */
+			if (f->req_for != f->sent_upto + 1) {
+				f->req_n = cl_req_n_next(f->cl);
+				f->req_for = f->sent_upto + 1;
+			}
+			f->sent_req = !f->no_req && p->req_refused_gen != p->link_gen + 1;
+			if (f->sent_req) {
+				char req[PROTO_MAX_REQ_LEN + 1];
+				snprintf(req, sizeof(req), "%u.%" PRIu64, f->cl->cfg->node_id,
+					 f->req_n);
+				proto_wr_atom(w, "REQ");
+				proto_wr_atom(w, req);
+			}
 		}
 		if (f->store.seen_of != NULL) {
 			proto_wr_atom(w, "SEEN-OF");
