@@ -461,6 +461,9 @@ struct cl_store_made {
 	uint64_t modseq;               /* the answer's MODSEQ */
 	stor_uid_list failed;          /* the answer's MODIFIED set */
 };
+/* Whether m's flags are already what the STORE st asks (its keywords
+ * compared as IMAP does, without case). */
+bool fwd_store_holds(const struct stor_store *st, const struct stor_msg *m);
 /* A REQ n this node never used for another request, also before a
  * restart (SPEC 6.3). */
 uint64_t cl_req_n_next(struct repl_cluster *cl);
@@ -563,6 +566,10 @@ struct cl_fwd {
 	uint64_t req_n;
 	size_t req_for;
 	bool sent_req, no_req;
+	/* STORE: a batch went out and its answer did not come (the master
+	 * may have applied it), or one was done at the master: see
+	 * fwd_store_holds(). */
+	bool maybe_applied;
 	ev_timer retry;
 	/* APPEND */
 	struct cl_append_req app;
