@@ -50,7 +50,8 @@ static const struct proto_cmd_info commands[] = {
 		  PROTO_CMDF_OPT_BY },
 	{ "STORE", "Smff",
 	  PROTO_CMDF_SELECTED | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_UNCHANGEDSINCE | PROTO_CMDF_OPT_ORIGIN |
-		  PROTO_CMDF_OPT_GUIDS | PROTO_CMDF_OPT_STAMPS | PROTO_CMDF_OPT_SEEN_OF },
+		  PROTO_CMDF_OPT_GUIDS | PROTO_CMDF_OPT_STAMPS | PROTO_CMDF_OPT_SEEN_OF |
+		  PROTO_CMDF_OPT_REQ },
 	/* A private \Seen record (7.7): streamed with ORIGIN, in a sync and
 	 * its answer; the codec (proto-pseen.c) checks seen and the name. */
 	{ "PSEEN", "sgumm", PROTO_CMDF_SELECTED | PROTO_CMDF_OPT_ORIGIN },

@@ -168,6 +168,9 @@ struct cl_peer {
 	/* link_gen + 1 once a SAVE with HOLDER got BAD [ARGS] on this link
 	 * (a master or relay of an earlier build, SPEC 8.8): sent without. */
 	uint64_t holder_refused_gen;
+	/* link_gen + 1 once a STORE with REQ got BAD [ARGS] on this link
+	 * (a master or relay of an earlier build, SPEC 6.4): sent without. */
+	uint64_t req_refused_gen;
 };
 
 struct cl_inflight {
@@ -256,6 +259,12 @@ struct repl_cluster {
 	 * (a ring): a resent request gets the message it made (SPEC 6.4). */
 	struct cl_req_made *reqs;
 	size_t req_next;
+	/* STOREs with REQ this node served as master, the last CL_REQ_MAX
+	 * (a ring): a resend gets the first attempt's outcome (SPEC 6.4). */
+	struct cl_store_made *store_reqs;
+	size_t store_req_next;
+	/* The n of the next REQ this node sends (cl_req_n_next()). */
+	uint64_t req_n;
 	struct cl_barriers *barriers;  /* read barriers (repl-barrier.c) */
 };
 
@@ -442,6 +451,25 @@ struct cl_req_id {
 	uint64_t n;
 };
 #define CL_REQ_MAX 4096u
+/* A STORE with REQ this node served as master (SPEC 6.4): pending until
+ * it completed, then what it answered.  A resend of it (its answer was
+ * lost with the link, or came after the forwarder's timeout) gets that
+ * outcome: run again, UNCHANGEDSINCE would find the modseq the first
+ * attempt gave each message it changed and answer MODIFIED for a message
+ * the request did change (fault campaign, flag-holds 9957, 9791). */
+struct cl_store_made {
+	struct guid mailbox;
+	struct cl_req_id id;           /* sid 0: a free slot */
+	bool done;
+	uint64_t modseq;               /* the answer's MODSEQ */
+	stor_uid_list failed;          /* the answer's MODIFIED set */
+};
+/* Whether m's flags are already what the STORE st asks (its keywords
+ * compared as IMAP does, without case). */
+bool fwd_store_holds(const struct stor_store *st, const struct stor_msg *m);
+/* A REQ n this node never used for another request, also before a
+ * restart (SPEC 6.3). */
+uint64_t cl_req_n_next(struct repl_cluster *cl);
 struct cl_req_made {
 	struct guid mailbox;
 	struct cl_req_id id;
@@ -540,6 +568,17 @@ struct cl_fwd {
 	 * this change once it could not hold the master's UID here or the
 	 * master did not take the option; held: the master counted us. */
 	bool sent_holder, no_holder, held;
+	/* REQ (SPEC 6.4) of a STORE UNCHANGEDSINCE: req_n is the identity of
+	 * the batch that begins at req_for - 1, the same on every resend of
+	 * it; sent_req: the batch in flight carries it; no_req: never again
+	 * (the master did not take the option). */
+	uint64_t req_n;
+	size_t req_for;
+	bool sent_req, no_req;
+	/* STORE: a batch went out and its answer did not come (the master
+	 * may have applied it), or one was done at the master: see
+	 * fwd_store_holds(). */
+	bool maybe_applied;
 	ev_timer retry;
 	/* APPEND */
 	struct cl_append_req app;

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "mailbox-master/mm.h"
@@ -269,6 +270,17 @@ static const struct cl_req_made *req_made_find(const struct repl_cluster *cl,
 			return r;
 	}
 	return NULL;
+}
+
+uint64_t cl_req_n_next(struct repl_cluster *cl)
+{
+	/* From the wall clock in microseconds at the first: a master may
+	 * still remember the requests this node made before a restart, and
+	 * a new one must not be taken for one of those.  Unique while this
+	 * node sends fewer than a million a second on average. */
+	if (cl->req_n == 0)
+		cl->req_n = (uint64_t)clock_wall_s() * 1000000u + clock_mono_us() % 1000000u;
+	return ++cl->req_n;
 }
 
 /* Kept in memory only: a request resent to a new master after a
@@ -553,6 +565,11 @@ static void cl_destroy(struct repl *r)
 	cl_promises_free(cl);
 	cl_handover_free(cl);
 	free(cl->reqs);
+	if (cl->store_reqs != NULL) {
+		for (size_t i = 0; i < CL_REQ_MAX; i++)
+			ARRAY_FREE(&cl->store_reqs[i].failed);
+		free(cl->store_reqs);
+	}
 	repl_watch_remove(cl->local, inner_watch, cl);
 	repl_destroy(&cl->local);
 	/* Whoever asked is gone by now (starlingd flushed before it closed the

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -184,6 +185,59 @@ static bool fwd_still_named(struct cl_fwd *f, uint32_t uid)
 	return same;
 }
 
+static bool has_keyword(const struct stor_msg *m, const char *kw)
+{
+	for (size_t i = 0; i < m->keywords.count; i++)
+		if (strcasecmp(m->keywords.items[i], kw) == 0)
+			return true;
+	return false;
+}
+
+bool fwd_store_holds(const struct stor_store *st, const struct stor_msg *m)
+{
+	switch (st->op) {
+	case STOR_FLAGS_ADD:
+		if ((m->flags & st->flags) != st->flags)
+			return false;
+		for (size_t i = 0; i < st->keyword_count; i++)
+			if (!has_keyword(m, st->keywords[i]))
+				return false;
+		return true;
+	case STOR_FLAGS_REMOVE:
+		if ((m->flags & st->flags) != 0)
+			return false;
+		for (size_t i = 0; i < st->keyword_count; i++)
+			if (has_keyword(m, st->keywords[i]))
+				return false;
+		return true;
+	case STOR_FLAGS_REPLACE:
+		if (m->flags != st->flags)
+			return false;
+		/* Both sides without duplicates: as many, and each of ours there. */
+		for (size_t i = 0; i < st->keyword_count; i++)
+			if (!has_keyword(m, st->keywords[i]))
+				return false;
+		for (size_t i = 0; i < m->keywords.count; i++) {
+			bool asked = false;
+			for (size_t j = 0; j < st->keyword_count && !asked; j++)
+				asked = strcasecmp(m->keywords.items[i], st->keywords[j]) == 0;
+			if (!asked)
+				return false;
+		}
+		return true;
+	}
+	return false;
+}
+
+/* The last FLAGS line the master sent for uid, or NULL. */
+static const struct stor_msg *flags_line_of(const struct cl_fwd *f, uint32_t uid)
+{
+	for (size_t i = f->flags_lines.count; i > 0; i--)
+		if (f->flags_lines.items[i - 1].uid == uid)
+			return &f->flags_lines.items[i - 1];
+	return NULL;
+}
+
 /* One batch of a STORE or EXPUNGE was done at the master: keep what its
  * answer says; 1 when more batches are to go. */
 bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line)
@@ -195,10 +249,24 @@ bool fwd_batch_done(struct cl_fwd *f, const struct proto_cmd *line)
 		uint32_t *set;
 		size_t n;
 		if (proto_arg_uids(a, CL_FORWARD_BATCH, &set, &n) == 0) {
-			uids_copy(&f->modified, set, n);
+			for (size_t i = 0; i < n; i++) {
+				/* Sent again after an answer that did not come, to
+				 * a master that does not know its REQ (another one
+				 * since, or of an earlier build): a message whose
+				 * flags are what the STORE asks may be one the first
+				 * attempt changed, and must not be told MODIFIED
+				 * (RFC 7162 3.1.3; SPEC 6.4). */
+				const struct stor_msg *now = f->maybe_applied && f->store.seen_of == NULL ?
+					flags_line_of(f, set[i]) : NULL;
+				if (now != NULL && fwd_store_holds(&f->store, now))
+					continue;
+				ARRAY_PUSH(&f->modified, set[i]);
+			}
 			free(set);
 		}
 	}
+	if (f->kind == FWD_STORE)
+		f->maybe_applied = false;
 	f->sent_upto = f->batch_end;
 	return f->sent_upto < f->named_uids.count;
 }

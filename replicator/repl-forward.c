@@ -111,6 +111,49 @@ static const uint32_t *uids_or_none(const struct cl_fwd *f)
 	return f->uids_now.count > 0 ? f->uids_now.items : &none;
 }
 
+/* A STORE run here (as the new master, or alone) after it went to a
+ * master: that master may have applied it (its answer lost, or earlier
+ * batches done) and this node holds the result from its stream now, so
+ * UNCHANGEDSINCE refuses the messages the request itself changed.  Those
+ * whose flags are what it asks count as changed, not MODIFIED (RFC 7162
+ * 3.1.3; SPEC 6.4). */
+static void fwd_rerun_store_done(void *ctx, const struct repl_result *res)
+{
+	struct cl_fwd *f = ctx;
+	if (res->error != REPL_OK || res->failed_count == 0 ||
+	    !(f->maybe_applied || f->sent_upto > 0) || f->store.seen_of != NULL) {
+		fwd_inner_done(f, res);
+		return;
+	}
+	stor_msg_list changed = ARRAY_INIT, mine = ARRAY_INIT;
+	stor_uid_list failed = ARRAY_INIT;
+	for (size_t i = 0; i < res->changed_count; i++)
+		ARRAY_PUSH(&changed, res->changed[i]);
+	for (size_t i = 0; i < res->failed_count; i++) {
+		struct stor_msg m;
+		const char *err;
+		if (stor_msg_get(f->cl->repl.db, &f->mailbox, res->failed[i], &m, &err) > 0 &&
+		    fwd_store_holds(&f->store, &m)) {
+			ARRAY_PUSH(&mine, m);
+			continue;
+		}
+		ARRAY_PUSH(&failed, res->failed[i]);
+	}
+	for (size_t i = 0; i < mine.count; i++)
+		ARRAY_PUSH(&changed, mine.items[i]);
+	struct repl_result out = *res;
+	out.changed = changed.items;
+	out.changed_count = changed.count;
+	out.failed = failed.items;
+	out.failed_count = failed.count;
+	/* The struct copies in changed point into res and mine: only the
+	 * arrays are ours. */
+	fwd_inner_done(f, &out);
+	ARRAY_FREE(&changed);
+	ARRAY_FREE(&failed);
+	stor_msg_list_free(&mine);
+}
+
 static void fwd_as_master(struct cl_fwd *f)
 {
 	struct repl_cluster *cl = f->cl;
@@ -131,7 +174,7 @@ static void fwd_as_master(struct cl_fwd *f)
 		break;
 	case FWD_STORE:
 		cl_master_store(cl, f->user, &f->mailbox, uids_or_none(f), f->uids_now.count,
-				&f->store, fwd_inner_done, f);
+				&f->store, fwd_rerun_store_done, f);
 		break;
 	case FWD_EXPUNGE:
 		cl_master_expunge(cl, f->user, &f->mailbox, uids_or_none(f), f->uids_now.count,
@@ -177,7 +220,7 @@ void fwd_autonomous(struct cl_fwd *f, const char *why)
 		break;
 	case FWD_STORE:
 		repl_store(cl->local, f->user, &f->mailbox, f->uids, f->count, &f->store,
-			   fwd_inner_done, f);
+			   fwd_rerun_store_done, f);
 		break;
 	case FWD_EXPUNGE:
 		repl_expunge(cl->local, f->user, &f->mailbox, f->uids, f->count, fwd_inner_done, f);
@@ -260,6 +303,8 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 		return;
 	}
 	if (kind != PROTO_REPLY_DONE) {
+		if (f->kind == FWD_STORE)
+			f->maybe_applied = true;
 		fwd_again(f, kind == PROTO_REPLY_TIMEOUT ? "no answer in time" : "the link closed");
 		return;
 	}
@@ -271,6 +316,17 @@ static void fwd_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 			 f->peer->sid);
 		f->peer->holder_refused_gen = f->peer->link_gen + 1;
 		f->no_holder = true;
+		fwd_send(f);
+		return;
+	}
+	if (f->kind == FWD_STORE && f->sent_req && strcmp(line->name, "BAD") == 0 &&
+	    proto_code_has(line, "ARGS") && f->peer != NULL && f->peer->conn != NULL) {
+		/* A master (or relay) of an earlier build: no REQ on this link
+		 * from now on, and this STORE again without it. */
+		log_info("replication: %s: %u does not take REQ on STORE: sending without it",
+			 f->user, f->peer->sid);
+		f->peer->req_refused_gen = f->peer->link_gen + 1;
+		f->no_req = true;
 		fwd_send(f);
 		return;
 	}
@@ -401,9 +457,26 @@ void fwd_send(struct cl_fwd *f)
 		st.uid_count = f->batch_end - f->sent_upto;
 		w = proto_conn_cmd_begin(p->conn, "STORE");
 		proto_wr_store(w, &st);
+		f->sent_req = false;
 		if (f->store.unchangedsince != 0) {
 			proto_wr_atom(w, "UNCHANGEDSINCE");
 			proto_wr_u64(w, f->store.unchangedsince);
+			/* Not idempotent: a resend of a batch the master did apply
+			 * (its answer lost) would find the modseqs it gave and
+			 * answer MODIFIED for messages it changed.  REQ lets the
+			 * master answer the first outcome instead (SPEC 6.4). */
+			if (f->req_for != f->sent_upto + 1) {
+				f->req_n = cl_req_n_next(f->cl);
+				f->req_for = f->sent_upto + 1;
+			}
+			f->sent_req = !f->no_req && p->req_refused_gen != p->link_gen + 1;
+			if (f->sent_req) {
+				char req[PROTO_MAX_REQ_LEN + 1];
+				snprintf(req, sizeof(req), "%u.%" PRIu64, f->cl->cfg->node_id,
+					 f->req_n);
+				proto_wr_atom(w, "REQ");
+				proto_wr_atom(w, req);
+			}
 		}
 		if (f->store.seen_of != NULL) {
 			proto_wr_atom(w, "SEEN-OF");

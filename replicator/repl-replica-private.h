@@ -22,6 +22,10 @@ struct answer {
 	struct guid mailbox;
 	char *user;
 	char *seen_of; /* STORE SEEN-OF: the user whose private \Seen it changes */
+	/* STORE with REQ: its identity and its slot in cl->store_reqs, where
+	 * its outcome is kept (SPEC 6.4); sid 0 without. */
+	struct cl_req_id store_req;
+	size_t store_req_slot;
 	/* SAVE with REQ: the GUID asked for; the answer names the one made
 	 * when the master gave the copy another (SPEC 6.4). */
 	struct guid save_guid;

@@ -64,9 +64,44 @@ static int check_named(struct repl_cluster *cl, struct answer *a, const struct s
 	return 0;
 }
 
+/* The slot of the STORE with REQ id in mailbox, or NULL. */
+static struct cl_store_made *store_made_find(struct repl_cluster *cl, const struct guid *mailbox,
+					     const struct cl_req_id *id)
+{
+	if (cl->store_reqs == NULL)
+		return NULL;
+	for (size_t i = 0; i < CL_REQ_MAX; i++) {
+		struct cl_store_made *r = &cl->store_reqs[i];
+		if (r->id.sid == id->sid && r->id.n == id->n && guid_equal(&r->mailbox, mailbox))
+			return r;
+	}
+	return NULL;
+}
+
+/* The STORE of a has finished: its outcome is kept for a resend (also
+ * when a's link is gone: that is when the resend comes), or forgotten
+ * when it failed, so that a resend runs it again. */
+static void store_made_record(struct answer *a, const struct repl_result *res)
+{
+	struct cl_store_made *r = &a->cl->store_reqs[a->store_req_slot];
+	/* Taken over meanwhile by a newer request (the ring came round). */
+	if (r->id.sid != a->store_req.sid || r->id.n != a->store_req.n ||
+	    !guid_equal(&r->mailbox, &a->mailbox) || r->done)
+		return;
+	if (res->error != REPL_OK) {
+		r->id.sid = 0;
+		return;
+	}
+	r->done = true;
+	r->modseq = res->modseq;
+	uids_copy(&r->failed, res->failed, res->failed_count);
+}
+
 static void master_answer_cb(void *ctx, const struct repl_result *res)
 {
 	struct answer *a = ctx;
+	if (a->status[0] == 'S' && a->store_req.sid != 0)
+		store_made_record(a, res);
 	struct proto_conn *conn = answer_conn(a);
 	if (conn == NULL) {
 		answer_drop(a);
@@ -214,6 +249,66 @@ void serve_save(struct repl_cluster *cl, struct answer *a, const struct proto_cm
 	proto_flags_free(&fl);
 }
 
+/* A resent STORE with REQ (SPEC 6.4) whose first attempt this node
+ * served: answered with that attempt's outcome, each message's flags as
+ * they are now, and nothing changed again; still under way: TRYLATER.
+ * Otherwise its slot is taken and it runs as usual; returns false. */
+static bool store_resent(struct repl_cluster *cl, struct answer *a, const struct stor_mailbox *mb)
+{
+	struct cl_store_made *r = store_made_find(cl, &mb->guid, &a->store_req);
+	if (r == NULL) {
+		if (cl->store_reqs == NULL)
+			cl->store_reqs = xcalloc(CL_REQ_MAX, sizeof(*cl->store_reqs));
+		a->store_req_slot = cl->store_req_next;
+		cl->store_req_next = (cl->store_req_next + 1) % CL_REQ_MAX;
+		r = &cl->store_reqs[a->store_req_slot];
+		r->mailbox = mb->guid;
+		r->id = a->store_req;
+		r->done = false;
+		r->modseq = 0;
+		r->failed.count = 0;
+		return false;
+	}
+	if (!r->done) {
+		/* Answered once it is held by sync_replicas copies, as the first
+		 * attempt is: the forwarder asks again shortly. */
+		a->store_req.sid = 0;
+		answer_later(a, "NO", "TRYLATER", "this request is still under way");
+		return true;
+	}
+	log_debug("replication: %s: STORE REQ %u.%" PRIu64 " resent: answering its first outcome",
+		  mb->user, r->id.sid, r->id.n);
+	stor_msg_list now = ARRAY_INIT;
+	const char *err;
+	for (size_t i = 0; i < a->uids.count; i++) {
+		bool refused = false;
+		for (size_t j = 0; j < r->failed.count && !refused; j++)
+			refused = r->failed.items[j] == a->uids.items[i];
+		struct stor_msg m;
+		if (refused || stor_msg_get(cl->repl.db, &mb->guid, a->uids.items[i], &m, &err) <= 0)
+			continue;
+		if (a->seen_of != NULL &&
+		    stor_pseen_view(cl->repl.db, &mb->guid, a->seen_of, &m, &err) < 0) {
+			stor_msg_free(&m);
+			continue;
+		}
+		ARRAY_PUSH(&now, m);
+	}
+	struct repl_result res;
+	memset(&res, 0, sizeof(res));
+	res.modseq = r->modseq;
+	res.changed = now.items;
+	res.changed_count = now.count;
+	res.failed = r->failed.items;
+	res.failed_count = r->failed.count;
+	a->store_req.sid = 0;
+	a->mailbox = mb->guid;
+	snprintf(a->status, sizeof(a->status), "S");
+	master_answer_cb(a, &res);
+	stor_msg_list_free(&now);
+	return true;
+}
+
 void serve_store(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 		 size_t npos, const struct stor_mailbox *mb)
 {
@@ -254,6 +349,16 @@ void serve_store(struct repl_cluster *cl, struct answer *a, const struct proto_c
 		a->store.seen_of = a->seen_of;
 	}
 	if (check_named(cl, a, mb, proto_cmd_option(cmd, npos, "GUIDS")) < 0)
+		return;
+	const struct proto_arg *rq = proto_cmd_option(cmd, npos, "REQ");
+	if (rq != NULL && (proto_arg_req(rq, &a->store_req.sid, &a->store_req.n) < 0 ||
+			   a->store_req.sid == 0)) {
+		/* The parser checked it already. */
+		a->store_req.sid = 0;
+		answer_later(a, "BAD", "ARGS", "REQ <sid>.<n>");
+		return;
+	}
+	if (a->store_req.sid != 0 && store_resent(cl, a, mb))
 		return;
 	a->mailbox = mb->guid;
 	a->user = xstrdup(mb->user);

@@ -1807,6 +1807,188 @@ static void test_relay_line_cut(void)
 	proto_parser_destroy(&p);
 }
 
+/* Issue 13, fault campaign flag-holds 9957/9791/9990: a forwarded STORE
+ * UNCHANGEDSINCE whose answer is lost (the link paused past the forwarding
+ * timeout, or cut) is sent again; the master had applied it, and run again
+ * UNCHANGEDSINCE found the modseq the first attempt gave the message and
+ * answered MODIFIED, so the client heard "failed" of a change that was
+ * made.  Node 2 (the master) here serves the first forwarded STORE under
+ * another tag, so its answer never reaches node 1; node 1 times out and
+ * sends it again.  With refuse_req it plays a master of an earlier build
+ * instead, answering a STORE with REQ BAD [ARGS]. */
+enum lost_mode {
+	LOST_ANSWER,                   /* node 1 never hears the answer, times out */
+	LOST_LINK,                     /* the answer cuts the link */
+	LOST_REFUSE_REQ,               /* a master of an earlier build */
+};
+
+struct lost_answer {
+	struct repl_cluster *cl;
+	enum lost_mode mode;
+	unsigned stores, with_req;
+};
+
+static void lose_first_store_answer(void *ctx, uint32_t sid, struct proto_conn *conn,
+				    const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct lost_answer *la = ctx;
+	size_t npos;
+	const char *err;
+	if (proto_cmd_is(cmd, "STORE") && proto_cmd_validate(cmd, &npos, &err) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") == NULL) {
+		la->stores++;
+		bool req = proto_cmd_option(cmd, npos, "REQ") != NULL;
+		la->with_req += req;
+		if (la->mode == LOST_REFUSE_REQ && req) {
+			proto_conn_reply(conn, cmd->tag, "BAD", "ARGS", "STORE: unknown option 5");
+			return;
+		}
+		if (la->mode != LOST_REFUSE_REQ && la->stores == 1) {
+			/* Applied, answered under a tag of node 1's side that
+			 * it never sent (ignored as a late answer: node 1 hears
+			 * nothing and times out), or of node 2's side (a
+			 * protocol error: node 1 cuts the link). */
+			char tag[16];
+			snprintf(tag, sizeof(tag), "%c999999999",
+				 la->mode == LOST_ANSWER ? cmd->tag[0] : 'Z');
+			struct proto_cmd lost = *cmd;
+			lost.tag = tag;
+			cl_replica_command(la->cl, sid, conn, &lost, selected);
+			return;
+		}
+	}
+	cl_replica_command(la->cl, sid, conn, cmd, selected);
+}
+
+struct store_done {
+	bool done;
+	enum repl_error error;
+	size_t changed, failed;
+};
+
+static void store_done_cb(void *ctx, const struct repl_result *res)
+{
+	struct store_done *d = ctx;
+	d->done = true;
+	d->error = res->error;
+	d->changed = res->changed_count;
+	d->failed = res->failed_count;
+}
+
+static bool has_draft(struct stor_db *db, const struct guid *mailbox, uint32_t uid)
+{
+	struct stor_msg m;
+	const char *err;
+	if (stor_msg_get(db, mailbox, uid, &m, &err) <= 0)
+		return false;
+	bool draft = (m.flags & STOR_FLAG_DRAFT) != 0;
+	stor_msg_free(&m);
+	return draft;
+}
+
+static void conditional_store_forwarded(enum lost_mode mode)
+{
+	char *dir = test_mkdtemp();
+	char *secret = xasprintf("%s/secret", dir);
+	FILE *f = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct bnode n1, n2;
+	ev_timer t;
+	struct stor_mailbox dmb;
+	holder_setup(&n1, &n2, loop, dir, secret, &t, &dmb);
+	const char *err;
+	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	uint32_t uid = on2.uidnext - 1;
+	stor_mailbox_free(&on2);
+	/* The message, as the master made it, here too. */
+	struct stor_msg m;
+	uint64_t modseq = 0;
+	for (int i = 0; i < 1000 && modseq == 0; i++) {
+		if (stor_msg_get(n1.db, &dmb.guid, uid, &m, &err) > 0) {
+			modseq = m.modseq;
+			stor_msg_free(&m);
+		} else {
+			ev_run(loop, EVRUN_ONCE);
+		}
+	}
+	CU_ASSERT_FATAL(modseq != 0);
+
+	struct lost_answer la = { to_cl(n2.repl), mode, 0, 0 };
+	repl_sync_set_live(n2.sync, lose_first_store_answer, &la);
+	struct stor_store st;
+	memset(&st, 0, sizeof(st));
+	st.op = STOR_FLAGS_ADD;
+	st.flags = STOR_FLAG_DRAFT;
+	st.unchangedsince = modseq;
+	struct store_done d;
+	memset(&d, 0, sizeof(d));
+	repl_store(n1.repl, "bob", &dmb.guid, &uid, 1, &st, store_done_cb, &d);
+	/* Past the forwarding timeout, which the lost answer takes. */
+	ev_now_update(loop);
+	ev_tstamp end = ev_now(loop) + CL_FORWARD_TIMEOUT_MS / 1000.0 + 10.0;
+	while (!d.done && ev_now(loop) < end)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(d.done);
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	if (d.failed != 0)
+		fprintf(stderr, "\n%u STOREs at the master (%u with REQ), %zu MODIFIED\n", la.stores,
+			la.with_req, d.failed);
+	/* Changed, and so not MODIFIED. */
+	CU_ASSERT_EQUAL(d.failed, 0);
+	CU_ASSERT_EQUAL(d.changed, 1);
+	if (mode != LOST_LINK) {
+		/* Through the master both times, never alone.  (With the
+		 * link cut, node 1 may run it again as the new master.) */
+		CU_ASSERT_EQUAL(la.stores, 2);
+		CU_ASSERT_EQUAL(la.with_req, mode == LOST_REFUSE_REQ ? 1 : 2);
+		CU_ASSERT_EQUAL(to_cl(n1.repl)->autonomous_changes, 0);
+	}
+	CU_ASSERT_TRUE(has_draft(n1.db, &dmb.guid, uid));
+	for (int i = 0; i < 1000 && !has_draft(n2.db, &dmb.guid, uid); i++)
+		ev_run(loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE(has_draft(n2.db, &dmb.guid, uid));
+	if (mode == LOST_ANSWER) {
+		/* A later request is not taken for the first: the message has
+		 * changed since, so it is MODIFIED. */
+		st.op = STOR_FLAGS_REMOVE;
+		memset(&d, 0, sizeof(d));
+		repl_store(n1.repl, "bob", &dmb.guid, &uid, 1, &st, store_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		CU_ASSERT_EQUAL(d.error, REPL_OK);
+		CU_ASSERT_EQUAL(d.failed, 1);
+		CU_ASSERT_EQUAL(la.stores, 3);
+		CU_ASSERT_TRUE(has_draft(n2.db, &dmb.guid, uid));
+	}
+	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
+	ev_timer_stop(loop, &t);
+	stor_mailbox_free(&dmb);
+	bnode_stop(&n1);
+	bnode_stop(&n2);
+	ev_loop_destroy(loop);
+	free(secret);
+	test_rmtree(dir);
+	free(dir);
+}
+
+static void test_conditional_store_resent_after_a_lost_answer(void)
+{
+	conditional_store_forwarded(LOST_ANSWER);
+}
+
+static void test_conditional_store_after_a_cut_is_not_modified(void)
+{
+	conditional_store_forwarded(LOST_LINK);
+}
+
+static void test_master_of_an_earlier_build_gets_no_store_req(void)
+{
+	conditional_store_forwarded(LOST_REFUSE_REQ);
+}
+
 const struct test_case repl_cluster_cases[] = {
 	{ "engine lines: cut by the parser, literals included", test_relay_line_cut },
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
@@ -1828,6 +2010,12 @@ const struct test_case repl_cluster_cases[] = {
 	  test_master_of_an_earlier_build_gets_no_holder },
 	{ "a holder that cannot hold the master's UID resends without HOLDER",
 	  test_holder_that_cannot_hold_resends_without },
+	{ "a conditional STORE resent after its answer was lost is not MODIFIED",
+	  test_conditional_store_resent_after_a_lost_answer },
+	{ "a conditional STORE applied, then the link cut, is not MODIFIED",
+	  test_conditional_store_after_a_cut_is_not_modified },
+	{ "a master of an earlier build: BAD [ARGS] to REQ on STORE, resent without it",
+	  test_master_of_an_earlier_build_gets_no_store_req },
 	{ "a resync's fsyncs run off the loop, its end waits for them",
 	  test_resync_waits_for_durability_off_the_loop },
 	{ "a resync whose peer's sync fails is not acknowledged",
