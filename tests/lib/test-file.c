@@ -1,4 +1,5 @@
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,47 @@ static void test_read_is_bounded(void)
 	free(path);
 	test_rmtree(dir);
 	free(dir);
+}
+
+/* A pipe holding text, its writing end closed: what file_read refuses. */
+static int pipe_with(const char *text)
+{
+	int p[2];
+	CU_ASSERT_EQUAL_FATAL(pipe(p), 0);
+	CU_ASSERT_EQUAL(write(p[1], text, strlen(text)), (ssize_t)strlen(text));
+	close(p[1]);
+	return p[0];
+}
+
+static void test_read_fd_is_bounded(void)
+{
+	struct buf b = BUF_INIT;
+	char *err = NULL;
+	int fd = pipe_with("0123456789");
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 10, &b, &err), 0);
+	CU_ASSERT_PTR_NULL(err);
+	CU_ASSERT_EQUAL(b.len, 10);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "0123456789");
+	close(fd);
+	buf_reset(&b);
+	fd = pipe_with("0123456789");
+	errno = 0;
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 9, &b, &err), -1);
+	CU_ASSERT_EQUAL(errno, EFBIG);
+	CU_ASSERT_TRUE(says(err, "the pipe", "larger than 9 bytes"));
+	err = NULL;
+	close(fd);
+	fd = pipe_with("");
+	buf_reset(&b);
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 9, &b, &err), 0);
+	CU_ASSERT_EQUAL(b.len, 0);
+	close(fd);
+	/* A failed read is not a refusal: errno says which. */
+	errno = 0;
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 9, &b, &err), -1);
+	CU_ASSERT_EQUAL(errno, EBADF);
+	CU_ASSERT_TRUE(says(err, "the pipe", "Bad file descriptor"));
+	buf_free(&b);
 }
 
 static size_t entries(const char *dir)
@@ -168,6 +210,7 @@ static void test_read_secret(void)
 
 const struct test_case lib_file_cases[] = {
 	{ "file_read is bounded and names the file in errors", test_read_is_bounded },
+	{ "file_read_fd reads a pipe, bounded, EFBIG past the bound", test_read_fd_is_bounded },
 	{ "file_write_atomic replaces the file and leaves no temporary",
 	  test_write_atomic_replaces_and_leaves_nothing_else },
 	{ "file_mkdir_p makes parents, accepts what exists", test_mkdir_p },
