@@ -141,6 +141,18 @@ static void test_write_atomic_replaces_and_leaves_nothing_else(void)
 	CU_ASSERT_EQUAL(file_write_atomic(bad, "x", 1, 0600, &err), -1);
 	CU_ASSERT_TRUE(says(err, bad, "No such file"));
 	CU_ASSERT_EQUAL(entries(dir), 1);
+	/* A rename that fails once the temporary is written and synced (a
+	 * directory is in the way) takes the temporary away with it. */
+	char *in_way = xasprintf("%s/in-way", dir);
+	char *inside = xasprintf("%s/in-way/x", dir);
+	CU_ASSERT_EQUAL(mkdir(in_way, 0700), 0);
+	put(inside, "x", 0600);
+	CU_ASSERT_EQUAL(file_write_atomic(in_way, "x", 1, 0600, &err), -1);
+	CU_ASSERT_TRUE(says(err, in_way, "writing"));
+	CU_ASSERT_EQUAL(entries(dir), 2);
+	CU_ASSERT_EQUAL(entries(in_way), 1);
+	free(inside);
+	free(in_way);
 	buf_free(&b);
 	free(bad);
 	free(path);
@@ -158,10 +170,23 @@ static void test_mkdir_p(void)
 	CU_ASSERT_TRUE(S_ISDIR(st.st_mode));
 	CU_ASSERT_EQUAL(st.st_mode & 0777, 0700);
 	CU_ASSERT_EQUAL(file_mkdir_p(deep, 0700), 0); /* exists already */
+	/* Partly there, with a trailing slash and a doubled one. */
+	char *partial = xasprintf("%s/a/b//d/e/", dir);
+	CU_ASSERT_EQUAL(file_mkdir_p(partial, 0750), 0);
+	CU_ASSERT_EQUAL(stat(partial, &st), 0);
+	CU_ASSERT_TRUE(S_ISDIR(st.st_mode));
+	CU_ASSERT_EQUAL(st.st_mode & 0777, 0750);
+	char *b_dir = xasprintf("%s/a/b", dir);
+	CU_ASSERT_EQUAL(stat(b_dir, &st), 0);
+	CU_ASSERT_EQUAL(st.st_mode & 0777, 0700); /* what existed keeps its mode */
+	free(b_dir);
+	free(partial);
 	char *file = xasprintf("%s/plain", dir);
 	put(file, "x", 0600);
 	char *under = xasprintf("%s/sub", file);
+	errno = 0;
 	CU_ASSERT_EQUAL(file_mkdir_p(under, 0700), -1);
+	CU_ASSERT_EQUAL(errno, ENOTDIR);
 	free(under);
 	free(file);
 	free(deep);
