@@ -2,12 +2,14 @@
  * running node (never straight into the store), so it is replicated like
  * any IMAP APPEND; exit status 0 means the node has it durably. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "lib/file.h"
 #include "lib/passwd.h"
 
 /* Exit statuses an MTA understands (sysexits.h): temporary failures make it
@@ -38,25 +40,18 @@ int cli_cmd_deliver(const struct config *cfg, int argc, char **argv)
 		return EX_NOUSER_;
 	}
 	struct buf msg = BUF_INIT;
-	for (;;) {
-		unsigned char *dst = buf_reserve(&msg, 65536);
-		ssize_t n = read(STDIN_FILENO, dst, 65536);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			cli_error("reading the message: %s", strerror(errno));
-			buf_free(&msg);
-			return EX_TEMPFAIL_;
-		}
-		if (n == 0)
-			break;
-		buf_commit(&msg, (size_t)n);
-		if (msg.len > cfg->max_message_size) {
+	char *err = NULL;
+	if (file_read_fd(STDIN_FILENO, "the message", cfg->max_message_size, &msg, &err) < 0) {
+		/* An MTA retries a failed read but bounces what is too large. */
+		bool large = errno == EFBIG;
+		if (large)
 			cli_error("message too large (limit %llu bytes)",
 				  (unsigned long long)cfg->max_message_size);
-			buf_free(&msg);
-			return EX_DATAERR_;
-		}
+		else
+			cli_error("reading %s", err);
+		free(err);
+		buf_free(&msg);
+		return large ? EX_DATAERR_ : EX_TEMPFAIL_;
 	}
 	if (msg.len == 0) {
 		cli_error("empty message on stdin");

@@ -858,14 +858,16 @@ static int import_batch(struct importer *im, struct im_mailbox *mb, const bool *
 				  (unsigned long long)im->cfg->max_message_size);
 			ret = -1;
 		}
-		if (fd >= 0)
-			close(fd);
-		if (ret == 0 && file_read(fpath, im->cfg->max_message_size, &raw, &err) < 0) {
+		/* The descriptor checked is the one read: a second open would
+		 * follow a link put in place meanwhile. */
+		if (ret == 0 && file_read_fd(fd, fpath, im->cfg->max_message_size, &raw, &err) < 0) {
 			cli_error("%s", err);
 			free(err);
 			err = NULL;
 			ret = -1;
 		}
+		if (fd >= 0)
+			close(fd);
 		if (ret == 0) {
 			to_crlf(&raw, &text);
 			if (text.len > im->cfg->max_message_size) {

@@ -3,11 +3,14 @@
 #include "lib/config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/buf.h"
+#include "lib/file.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
 
@@ -402,28 +405,18 @@ struct config *config_parse(const char *path, const char *text, char **error_r)
 
 struct config *config_load(const char *path, char **error_r)
 {
-	FILE *f = fopen(path, "r");
-	if (f == NULL) {
+	/* Not file_read(): a config may come from a FIFO or a process
+	 * substitution (starling -c <(...)), which is not a regular file. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
 		*error_r = xasprintf("%s: %s", path, strerror(errno));
 		return NULL;
 	}
 	struct buf b = BUF_INIT;
-	char chunk[4096];
-	size_t n;
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-		buf_append(&b, chunk, n);
-		if (b.len > CONFIG_MAX_SIZE) {
-			fclose(f);
-			buf_free(&b);
-			*error_r = xasprintf("%s: file too large", path);
-			return NULL;
-		}
-	}
-	bool failed = ferror(f);
-	fclose(f);
-	if (failed) {
+	int r = file_read_fd(fd, path, CONFIG_MAX_SIZE, &b, error_r);
+	close(fd);
+	if (r < 0) {
 		buf_free(&b);
-		*error_r = xasprintf("%s: read error", path);
 		return NULL;
 	}
 	if (memchr(buf_cstr(&b), '\0', b.len) != NULL) {

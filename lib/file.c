@@ -46,7 +46,9 @@ static int read_fd(int fd, const char *what, const char *path, size_t max, struc
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
+			int saved = errno;
 			*error_r = xasprintf("%s%s: %s", what, path, strerror(errno));
+			errno = saved;
 			return -1;
 		}
 		/* Committing even nothing keeps the text NUL-terminated:
@@ -56,9 +58,15 @@ static int read_fd(int fd, const char *what, const char *path, size_t max, struc
 			return 0;
 		if (out->len - start > max) {
 			*error_r = xasprintf("%s%s is larger than %zu bytes", what, path, max);
+			errno = EFBIG;
 			return -1;
 		}
 	}
+}
+
+int file_read_fd(int fd, const char *name, size_t max, struct buf *out, char **error_r)
+{
+	return read_fd(fd, "", name, max, out, error_r);
 }
 
 int file_read(const char *path, size_t max, struct buf *out, char **error_r)
@@ -70,6 +78,7 @@ int file_read(const char *path, size_t max, struct buf *out, char **error_r)
 	int ret = 0;
 	if ((uint64_t)st.st_size > max) {
 		*error_r = xasprintf("%s is larger than %zu bytes", path, max);
+		errno = EFBIG;
 		ret = -1;
 	} else {
 		ret = read_fd(fd, "", path, max, out, error_r);

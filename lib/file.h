@@ -14,6 +14,13 @@ struct buf;
 /* Appends the regular file at path, at most max bytes, to out. */
 int file_read(const char *path, size_t max, struct buf *out, char **error_r);
 
+/* Appends what the open fd holds up to its end, at most max bytes, to out:
+ * for what is not a regular file or is already open (stdin, a pipe, a file
+ * opened with O_NOFOLLOW).  name stands for it in errors.  -1 with errno
+ * set: EFBIG when there was more than max, so a caller can tell a refusal
+ * from a failure. */
+int file_read_fd(int fd, const char *name, size_t max, struct buf *out, char **error_r);
+
 /* Replaces path with data: a temporary file beside it is written, synced
  * and renamed over path, then the directory is synced, so a crash leaves
  * the old file or the new one, never a torn one.  The new file gets mode. */

@@ -65,6 +65,18 @@ with tempfile.TemporaryDirectory(prefix="starling-cli-") as tmp:
     rc, out, err = run(["-c", conf, "deliver", "-u", "alice"], b"Subject: x\r\n\r\nbody\r\n")
     check("deliver without a running node is a temporary failure (75)", rc == 75 and "not running" in err, f"{rc} {err}")
 
+    # The size bound comes before the node is asked: a message over it is
+    # refused for good (65) even with no node running, one at it is not.
+    small = os.path.join(tmp, "small.conf")
+    with open(small, "w") as f:
+        f.write(f"node_id = 1\ndata_dir = {tmp}/data\nusers_file = {users}\nmax_message_size = 1024\n")
+    at_cap = b"Subject: x\r\n\r\n" + b"a" * (1024 - 14)
+    rc, out, err = run(["-c", small, "deliver", "-u", "alice"], at_cap)
+    check("deliver of max_message_size bytes reaches for the node (75)", rc == 75 and "not running" in err, f"{rc} {err}")
+    rc, out, err = run(["-c", small, "deliver", "-u", "alice"], at_cap + b"a")
+    check("deliver of one byte more is refused for good (65)",
+          rc == 65 and err.count("\n") == 1 and "message too large (limit 1024 bytes)" in err, f"{rc} {err}")
+
     rc, out, err = run(["-c", conf, "status"])
     check("status without a running node fails with one line", rc == 1 and err.count("\n") == 1, err)
 

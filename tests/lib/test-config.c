@@ -1,8 +1,14 @@
 /* Unit tests of the configuration parser. */
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "lib/config.h"
+#include "lib/xalloc.h"
 #include "tests/lib/tests.h"
 
 static const char *full =
@@ -164,6 +170,76 @@ static void test_config_print_round_trips(void)
 	free(text);
 }
 
+/* Writes a config of exactly size bytes (two keys, then comment lines). */
+static void put_sized(const char *path, size_t size)
+{
+	static const char keys[] = "node_id = 1\ndata_dir = /x\n";
+	FILE *f = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs(keys, f);
+	for (size_t left = size - strlen(keys); left > 0;) {
+		size_t line = left > 100 ? 100 : left;
+		for (size_t k = 0; k + 1 < line; k++)
+			fputc('#', f);
+		fputc('\n', f);
+		left -= line;
+	}
+	fclose(f);
+}
+
+static void test_config_load_is_bounded(void)
+{
+	char *dir = test_mkdtemp();
+	char *path = xasprintf("%s/c.conf", dir);
+	char *err = NULL;
+	put_sized(path, 1024 * 1024);
+	struct config *c = config_load(path, &err);
+	CU_ASSERT_PTR_NOT_NULL(c);
+	CU_ASSERT_PTR_NULL(err);
+	config_free(&c);
+	put_sized(path, 1024 * 1024 + 1);
+	CU_ASSERT_PTR_NULL(config_load(path, &err));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, path));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "larger than 1048576 bytes"));
+	free(err);
+	free(path);
+	test_rmtree(dir);
+	free(dir);
+}
+
+/* starling -c <(generate-config): the config is a pipe, not a file. */
+static void test_config_load_reads_a_fifo(void)
+{
+	char *dir = test_mkdtemp();
+	char *path = xasprintf("%s/fifo", dir);
+	CU_ASSERT_EQUAL_FATAL(mkfifo(path, 0600), 0);
+	pid_t pid = fork();
+	CU_ASSERT_NOT_EQUAL_FATAL(pid, -1);
+	if (pid == 0) {
+		/* The open waits for the reader; alarm() bounds it should
+		 * the reader never come. */
+		alarm(10);
+		int fd = open(path, O_WRONLY);
+		static const char text[] = "node_id = 7\ndata_dir = /fifo\n";
+		_exit(fd >= 0 && write(fd, text, sizeof(text) - 1) == (ssize_t)sizeof(text) - 1 ? 0
+											  : 1);
+	}
+	char *err = NULL;
+	struct config *c = config_load(path, &err);
+	int status = -1;
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	CU_ASSERT_EQUAL(c->node_id, 7);
+	CU_ASSERT_STRING_EQUAL(c->data_dir, "/fifo");
+	config_free(&c);
+	free(err);
+	free(path);
+	test_rmtree(dir);
+	free(dir);
+}
+
 static void test_config_load_missing_file(void)
 {
 	char *err = NULL;
@@ -179,6 +255,8 @@ const struct test_case lib_config_cases[] = {
 	{ "missing required keys", test_config_missing_required_keys },
 	{ "lone node defaults", test_config_lone_node_defaults },
 	{ "load of a missing file", test_config_load_missing_file },
+	{ "load is bounded at 1 MiB", test_config_load_is_bounded },
+	{ "load reads a FIFO", test_config_load_reads_a_fifo },
 	{ "print round-trips (starlingd -n)", test_config_print_round_trips },
 	{ NULL, NULL },
 };

@@ -1,4 +1,5 @@
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,47 @@ static void test_read_is_bounded(void)
 	free(dir);
 }
 
+/* A pipe holding text, its writing end closed: what file_read refuses. */
+static int pipe_with(const char *text)
+{
+	int p[2];
+	CU_ASSERT_EQUAL_FATAL(pipe(p), 0);
+	CU_ASSERT_EQUAL(write(p[1], text, strlen(text)), (ssize_t)strlen(text));
+	close(p[1]);
+	return p[0];
+}
+
+static void test_read_fd_is_bounded(void)
+{
+	struct buf b = BUF_INIT;
+	char *err = NULL;
+	int fd = pipe_with("0123456789");
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 10, &b, &err), 0);
+	CU_ASSERT_PTR_NULL(err);
+	CU_ASSERT_EQUAL(b.len, 10);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&b), "0123456789");
+	close(fd);
+	buf_reset(&b);
+	fd = pipe_with("0123456789");
+	errno = 0;
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 9, &b, &err), -1);
+	CU_ASSERT_EQUAL(errno, EFBIG);
+	CU_ASSERT_TRUE(says(err, "the pipe", "larger than 9 bytes"));
+	err = NULL;
+	close(fd);
+	fd = pipe_with("");
+	buf_reset(&b);
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 9, &b, &err), 0);
+	CU_ASSERT_EQUAL(b.len, 0);
+	close(fd);
+	/* A failed read is not a refusal: errno says which. */
+	errno = 0;
+	CU_ASSERT_EQUAL(file_read_fd(fd, "the pipe", 9, &b, &err), -1);
+	CU_ASSERT_EQUAL(errno, EBADF);
+	CU_ASSERT_TRUE(says(err, "the pipe", "Bad file descriptor"));
+	buf_free(&b);
+}
+
 static size_t entries(const char *dir)
 {
 	size_t n = 0;
@@ -99,6 +141,18 @@ static void test_write_atomic_replaces_and_leaves_nothing_else(void)
 	CU_ASSERT_EQUAL(file_write_atomic(bad, "x", 1, 0600, &err), -1);
 	CU_ASSERT_TRUE(says(err, bad, "No such file"));
 	CU_ASSERT_EQUAL(entries(dir), 1);
+	/* A rename that fails once the temporary is written and synced (a
+	 * directory is in the way) takes the temporary away with it. */
+	char *in_way = xasprintf("%s/in-way", dir);
+	char *inside = xasprintf("%s/in-way/x", dir);
+	CU_ASSERT_EQUAL(mkdir(in_way, 0700), 0);
+	put(inside, "x", 0600);
+	CU_ASSERT_EQUAL(file_write_atomic(in_way, "x", 1, 0600, &err), -1);
+	CU_ASSERT_TRUE(says(err, in_way, "writing"));
+	CU_ASSERT_EQUAL(entries(dir), 2);
+	CU_ASSERT_EQUAL(entries(in_way), 1);
+	free(inside);
+	free(in_way);
 	buf_free(&b);
 	free(bad);
 	free(path);
@@ -116,10 +170,23 @@ static void test_mkdir_p(void)
 	CU_ASSERT_TRUE(S_ISDIR(st.st_mode));
 	CU_ASSERT_EQUAL(st.st_mode & 0777, 0700);
 	CU_ASSERT_EQUAL(file_mkdir_p(deep, 0700), 0); /* exists already */
+	/* Partly there, with a trailing slash and a doubled one. */
+	char *partial = xasprintf("%s/a/b//d/e/", dir);
+	CU_ASSERT_EQUAL(file_mkdir_p(partial, 0750), 0);
+	CU_ASSERT_EQUAL(stat(partial, &st), 0);
+	CU_ASSERT_TRUE(S_ISDIR(st.st_mode));
+	CU_ASSERT_EQUAL(st.st_mode & 0777, 0750);
+	char *b_dir = xasprintf("%s/a/b", dir);
+	CU_ASSERT_EQUAL(stat(b_dir, &st), 0);
+	CU_ASSERT_EQUAL(st.st_mode & 0777, 0700); /* what existed keeps its mode */
+	free(b_dir);
+	free(partial);
 	char *file = xasprintf("%s/plain", dir);
 	put(file, "x", 0600);
 	char *under = xasprintf("%s/sub", file);
+	errno = 0;
 	CU_ASSERT_EQUAL(file_mkdir_p(under, 0700), -1);
+	CU_ASSERT_EQUAL(errno, ENOTDIR);
 	free(under);
 	free(file);
 	free(deep);
@@ -168,6 +235,7 @@ static void test_read_secret(void)
 
 const struct test_case lib_file_cases[] = {
 	{ "file_read is bounded and names the file in errors", test_read_is_bounded },
+	{ "file_read_fd reads a pipe, bounded, EFBIG past the bound", test_read_fd_is_bounded },
 	{ "file_write_atomic replaces the file and leaves no temporary",
 	  test_write_atomic_replaces_and_leaves_nothing_else },
 	{ "file_mkdir_p makes parents, accepts what exists", test_mkdir_p },

@@ -200,23 +200,50 @@ static void test_crc32c_known_values_and_both_ways_agree(void)
 
 static void test_base64_strict(void)
 {
+	/* in_len and out_len 0: strlen().  out NULL: refused. */
 	static const struct {
-		const char *in, *out; /* out NULL: refused */
+		const char *in;
+		size_t in_len;
+		const char *out;
+		size_t out_len;
 	} cases[] = {
-		{ "", "" },         { "QUJD", "ABC" },   { "QUI=", "AB" },  { "QQ==", "A" },
-		{ "AGFsaWNlAHNlY3JldA==", "\0alice\0secret" }, { "+/+/", "\xfb\xff\xbf" },
-		{ "Q===", NULL },   { "QQ=A", NULL },    { "A=BC", NULL },  { " QUJ", NULL },
-		{ "QU JD", NULL },  { "QUJD\n", NULL }, { "QUJ", NULL },   { "QUJ*", NULL },
-		{ "QUJD====", NULL },
+		{ "", 0, "", 0 },
+		{ "QUJD", 0, "ABC", 0 },
+		{ "QUI=", 0, "AB", 0 },
+		{ "QQ==", 0, "A", 0 },
+		{ "AGFsaWNlAHNlY3JldA==", 0, "\0alice\0secret", 13 },
+		{ "+/+/", 0, "\xfb\xff\xbf", 0 },
+		/* RFC 4648 section 10 */
+		{ "Zg==", 0, "f", 0 },
+		{ "Zm8=", 0, "fo", 0 },
+		{ "Zm9v", 0, "foo", 0 },
+		{ "Zm9vYg==", 0, "foob", 0 },
+		{ "Zm9vYmE=", 0, "fooba", 0 },
+		{ "Zm9vYmFy", 0, "foobar", 0 },
+		/* malformed */
+		{ "Q===", 0, NULL, 0 },
+		{ "QQ=A", 0, NULL, 0 },
+		{ "A=BC", 0, NULL, 0 },
+		{ " QUJ", 0, NULL, 0 },
+		{ "QU JD", 0, NULL, 0 },
+		{ "QUJD\n", 0, NULL, 0 },
+		{ "QUJ", 0, NULL, 0 },
+		{ "QUJ*", 0, NULL, 0 },
+		{ "QUJD====", 0, NULL, 0 },
+		{ "QQ==QUJD", 0, NULL, 0 },
+		{ "====", 0, NULL, 0 },
+		{ "=", 0, NULL, 0 },
+		{ "QU\0D", 4, NULL, 0 },
 	};
-	static const size_t out_len[] = { 0, 3, 2, 1, 13, 3 };
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		unsigned char out[32];
-		long n = base64_decode(cases[i].in, strlen(cases[i].in), out);
+		size_t in_len = cases[i].in_len != 0 ? cases[i].in_len : strlen(cases[i].in);
+		long n = base64_decode(cases[i].in, in_len, out);
 		if (cases[i].out == NULL) {
 			CU_ASSERT_EQUAL(n, -1);
 		} else {
-			CU_ASSERT_EQUAL(n, (long)out_len[i]);
+			size_t want = cases[i].out_len != 0 ? cases[i].out_len : strlen(cases[i].out);
+			CU_ASSERT_EQUAL(n, (long)want);
 			CU_ASSERT_TRUE(n >= 0 && memcmp(out, cases[i].out, (size_t)n) == 0);
 		}
 	}

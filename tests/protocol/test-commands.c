@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "lib/buf.h"
+#include "lib/file.h"
 #include "protocol/protocol.h"
 #include "tests/protocol/tests.h"
 
@@ -316,16 +317,15 @@ static char *read_spec(void)
 {
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/SPEC.md", TOP_SRCDIR);
-	FILE *f = fopen(path, "rb");
-	CU_ASSERT_PTR_NOT_NULL(f);
-	if (f == NULL)
-		return NULL;
 	struct buf b = BUF_INIT;
-	char chunk[8192];
-	size_t n;
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0 && b.len < 4 * 1024 * 1024)
-		buf_append(&b, chunk, n);
-	fclose(f);
+	char *err = NULL;
+	if (file_read(path, 4 * 1024 * 1024, &b, &err) < 0) {
+		fprintf(stderr, "\n  %s\n", err);
+		free(err);
+		buf_free(&b);
+		CU_FAIL("SPEC.md unreadable");
+		return NULL;
+	}
 	buf_append_byte(&b, '\0');
 	size_t len;
 	return (char *)buf_steal(&b, &len);
