@@ -327,6 +327,54 @@ def t_own_mailbox_unchanged():
     b.logout()
 
 
+def t_copy_move():
+    """COPY/MOVE carry the \\Seen the copying user sees: out of alice's
+    mailbox (or a public one) into bob's own, the copy's \\Seen is bob's
+    record; from bob's own into alice's, the copy's own \\Seen stays off
+    (it is alice's) and bob's record of the new message is his \\Seen."""
+    a, b = connect("alice"), connect("bob")
+    R.check("alice CREATE Copies", a.command("CREATE", "Copies").ok)
+    for subj, flags in (("c1", "(\\Seen)"), ("c2", "()"), ("c3", "(\\Seen)")):
+        r = a.command("APPEND", "Copies", flags, Literal(message(subj)))
+        R.check("alice APPENDs %s %s" % (subj, flags), r.ok, r)
+    R.check("SETACL Copies bob lrswite", a.command("SETACL", "Copies", "bob", "lrswite").ok)
+    box = "shared/alice/Copies"
+    R.check("bob SELECTs %s" % box, b.command("SELECT", box).ok)
+    R.check("bob marks c2 seen", b.command("STORE", "2", "+FLAGS", "(\\Seen)").ok)
+    R.check("bob CREATE Mine", b.command("CREATE", "Mine").ok)
+    r = b.command("COPY", "1:2", "Mine")
+    R.check("bob COPY 1:2 (c1 seen by alice only, c2 by bob only) Mine", r.ok, r)
+    r = b.command("MOVE", "3", "Mine")
+    R.check("bob MOVE 3 (c3, seen by alice only) Mine", r.ok, r)
+    m = connect("bob")
+    m.command("SELECT", "Mine")
+    R.equal("bob's copies in Mine: only c2 seen (his view, not alice's)", seen_seqs(m), [2])
+
+    # The reverse: Mine holds c1 (unseen), c2 (seen), c3 (seen now; c3
+    # left Copies with the MOVE, so no record of bob's names its GUID
+    # there: records are per GUID, and c2's copy shares c2's).
+    R.check("bob marks c3 seen in Mine", m.command("STORE", "3", "+FLAGS", "(\\Seen)").ok)
+    r = m.command("COPY", "1:3", box)
+    R.check("bob COPY 1:3 from Mine into %s" % box, r.ok, r)
+    a.command("SELECT", "Copies")
+    R.equal("alice sees c1 (hers) seen, not bob's copy of c2", seen_seqs(a), [1])
+    b.command("SELECT", box)
+    R.equal("bob sees c2 and his copies of c2 and c3 seen", seen_seqs(b), [2, 4, 5])
+    c = connect("carol")
+    R.check("SETACL Copies carol lr", a.command("SETACL", "Copies", "carol", "lr").ok)
+    c.command("SELECT", box)
+    R.equal("carol sees none of bob's \\Seen", seen_seqs(c), [])
+
+    # Out of a public mailbox (t_public: bob has seen p1, not p2).
+    b.command("SELECT", "Public/Board")
+    r = b.command("COPY", "1:2", "Mine")
+    R.check("bob COPY Public/Board 1:2 Mine", r.ok, r)
+    m.command("NOOP")
+    R.equal("bob's copies of p1 and p2 in Mine: p1 seen (his record)", seen_seqs(m), [2, 3, 4])
+    for x in (a, b, c, m):
+        x.logout()
+
+
 def t_shared_key():
     """shared_seen = shared: bob's \\Seen is the message's own flag, which
     alice sees; the same STORE on the default node does not reach her."""
@@ -368,6 +416,7 @@ SECTIONS = [
     ("idle", t_idle),
     ("public", t_public),
     ("own mailbox", t_own_mailbox_unchanged),
+    ("copy and move", t_copy_move),
     ("shared_seen = shared", t_shared_key),
 ]
 
