@@ -491,6 +491,83 @@ def t_append_sets_own_seen():
         R.equal("%s does not" % u, {n.node_id: seen_uids(n, u) for n in CLUSTER.nodes}, before[u])
 
 
+def seen_in(node, usr, mbox):
+    """The UIDs usr sees \\Seen in mbox on node, or None."""
+    c = login(node, usr)
+    try:
+        r = c.command("EXAMINE", quote(mbox))
+        if not r.ok:
+            return None
+        r = c.command("UID", "FETCH", "1:*", "(UID FLAGS)")
+        return {int(i["UID"]) for _, i in r.fetches() if b"\\Seen" in (i.get("FLAGS") or [])}
+    finally:
+        c.logout()
+
+
+def copyuid(r):
+    """{source UID: new UID} of a COPY's COPYUID, or None."""
+    m = re.search(rb"\[COPYUID \d+ ([\d:,]+) ([\d:,]+)\]", r.line)
+
+    def uids(b):
+        out = []
+        for part in b.decode().split(","):
+            lo, _, hi = part.partition(":")
+            out += list(range(int(lo), int(hi or lo) + 1))
+        return out
+    return dict(zip(uids(m.group(1)), uids(m.group(2)))) if m else None
+
+
+def t_copy_takes_users_seen():
+    """bob on node 2 COPYs all of shared/alice/Team into his own Got: the
+    copies are \\Seen exactly where bob sees \\Seen in Team (his records),
+    not where alice's own flag is, on every node.  bob on node 3 COPYs Got
+    back into Team: alice sees none of the new messages \\Seen (the copy's
+    own \\Seen is hers, not bob's)."""
+    n2, n3 = CLUSTER.nodes[1], CLUSTER.nodes[2]
+    bob_team = seen_uids(n2, "bob")
+    alice_team = seen_uids(n2, "alice")
+    R.check("bob's and alice's \\Seen in Team differ (else the test shows nothing)",
+            bob_team and bob_team != alice_team, (bob_team, alice_team))
+    b = login(n2, "bob")
+    R.check("bob CREATE Got on node 2", b.command("CREATE", "Got").ok)
+    R.check("bob SELECT Team on node 2", b.command("SELECT", quote(SHARED)).ok)
+    r = b.command("UID", "COPY", "1:*", "Got")
+    R.check("bob UID COPY 1:* Got on node 2", r.ok, r)
+    b.logout()
+    mapping = copyuid(r) or {}
+    R.check("its COPYUID", mapping, r)
+    want = {mapping[u] for u in (bob_team or set()) if u in mapping}
+    took = wait_for(lambda: all(seen_in(n, "bob", "Got") == want for n in CLUSTER.nodes),
+                    CONVERGE)
+    R.check("bob's copies in Got are \\Seen where he sees \\Seen in Team, on every node",
+            took is not None, (want, {n.node_id: seen_in(n, "bob", "Got") for n in CLUSTER.nodes}))
+
+    b = login(n3, "bob")
+    ok = wait_for(lambda: b.command("SELECT", "Got").ok, CONVERGE)
+    R.check("bob SELECT Got on node 3", ok is not None)
+    r = b.command("UID", "COPY", "1:*", quote(SHARED))
+    R.check("bob UID COPY 1:* Team on node 3", r.ok, r)
+    b.logout()
+    back = set((copyuid(r) or {}).values())
+    R.check("its COPYUID", back, r)
+    took = wait_for(lambda: back and all(back <= uids_of(n, "alice") for n in CLUSTER.nodes),
+                    CONVERGE)
+    R.check("bob's copies reach Team on every node", took is not None)
+    for n in CLUSTER.nodes:
+        R.equal("alice on node %d sees none of bob's copies \\Seen" % n.node_id,
+                (seen_uids(n, "alice") or set()) & back, set())
+
+
+def uids_of(node, usr):
+    c = login(node, usr)
+    try:
+        c.command("EXAMINE", quote(box(usr)))
+        r = c.command("UID", "FETCH", "1:*", "(UID)")
+        return {int(i["UID"]) for _, i in r.fetches()}
+    finally:
+        c.logout()
+
+
 def t_hostile_peer():
     """Node 2 of a second cluster alone, node 1 played by a Python peer
     (tests/harness/peerwire.py) as its root and the mailbox's master: it
@@ -583,6 +660,7 @@ SECTIONS = [
     ("sync_replicas counts the records' acknowledgements", t_sync_replicas_counts_records),
     ("bundles carry each user's own records", t_bundles_carry_each_users_own_records),
     ("an APPEND sets the appender's own \\Seen", t_append_sets_own_seen),
+    ("a COPY takes the \\Seen the user sees", t_copy_takes_users_seen),
     ("a hostile peer's PSEEN lines", t_hostile_peer),
 ]
 
