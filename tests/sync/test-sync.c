@@ -14,6 +14,7 @@
 #include "storage/storage-acl.h"
 #include "storage/storage-private.h"
 #include "storage/storage.h"
+#include "sync/sync-bundle.h"
 #include "sync/sync-private.h"
 #include "sync/sync.h"
 #include "tests/testutil.h"
@@ -2232,8 +2233,38 @@ static void local_change_send(void *ctx, const void *data, size_t len)
 	lc->inner->send(lc->inner->ctx, data, len);
 }
 
+/* A's merge of a bundle of C (the campaign's 9702: node 1 imported a
+ * bundle of node 3 while node 2 was apart), which moves A's messages as a
+ * sync with C does. */
+static void import_bundle_of(struct node *from, struct node *into)
+{
+	static const unsigned char secret[] = "0123456789abcdef0123456789abcdef-cluster";
+	const struct sync_bundle_key key = { secret, sizeof(secret) - 1, false };
+	struct sync_bundle_export_settings ex = { .user = USER, .source_sid = from->sid, .key = key };
+	struct buf bundle = BUF_INIT;
+	char *error = NULL;
+	int r = sync_bundle_export(from->db, &ex, &bundle, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "export: %s\n", error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	char *scratch = test_mkdtemp();
+	struct sync_bundle_import_settings im = {
+		.own_sid = into->sid, .key = key, .scratch_parent = scratch,
+	};
+	struct sync_bundle_import_result res;
+	r = sync_bundle_import(into->db, &im, bundle.data, bundle.len, &res, &error);
+	if (r < 0)
+		fprintf(stderr, "import: %s\n", error);
+	sync_bundle_import_result_free(&res);
+	free(error);
+	buf_free(&bundle);
+	test_rmtree(scratch);
+	free(scratch);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+}
+
 static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bool x_synced,
-					    bool during, uint32_t seed)
+					    bool during, bool by_bundle, uint32_t seed)
 {
 	struct node a, b, c;
 	struct guid mb = three_nodes_open(&a, &b, &c);
@@ -2258,7 +2289,9 @@ static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bo
 	CU_ASSERT_EQUAL(append(&c, &mb, "z2\r\n", STOR_FLAG_FLAGGED, NULL), uy);
 	/* A, also apart from B, gets more mail, then meets C. */
 	append(&a, &mb, "a1\r\n", 0, NULL);
-	if (c_is_client)
+	if (by_bundle)
+		import_bundle_of(&c, &a);
+	else if (c_is_client)
 		run_sync(&c, &a, false, seed);
 	else
 		run_sync(&a, &c, false, seed);
@@ -2318,8 +2351,20 @@ static void test_sync_keywords_follow_a_moved_message(void)
 {
 	for (uint32_t seed = 0; seed < 6; seed++) {
 		for (unsigned v = 0; v < 16; v++)
-			keywords_follow_a_moved_message(v & 1, v & 2, v & 4, v & 8,
+			keywords_follow_a_moved_message(v & 1, v & 2, v & 4, v & 8, false,
 							200 + 20 * seed + v);
+	}
+}
+
+/* flag-holds all classes 9702 and 9824 (traced on their kept data): the
+ * path above, with A's copy of X moved by the import of a bundle of C
+ * (9702) rather than by a sync with C. */
+static void test_sync_keywords_follow_a_message_a_bundle_moved(void)
+{
+	for (uint32_t seed = 0; seed < 3; seed++) {
+		for (unsigned v = 0; v < 8; v++)
+			keywords_follow_a_moved_message(v & 1, false, true, v & 2, true,
+							600 + 20 * seed + v);
 	}
 }
 
@@ -3747,6 +3792,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_flag_change_follows_a_copy_the_merge_moves_on },
 	{ "keywords set apart follow a message a sync moved (flag-holds 9206)",
 	  test_sync_keywords_follow_a_moved_message },
+	{ "keywords set apart follow a message a bundle import moved (flag-holds 9702)",
+	  test_sync_keywords_follow_a_message_a_bundle_moved },
 	{ "a full compare keeps a flag set apart (flag-holds 9747)",
 	  test_sync_full_compare_keeps_a_flag_set_apart },
 	{ "a first sync after a third node renumbered: nothing lost",
