@@ -438,7 +438,7 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 		unsigned char digest[32];
 		assemble(&hdr, &set->key, &e.d.comp, e.d.raw_len, out, digest);
 		ret = exports_remember(db, set->user, digest, error_r);
-		if (ret == 0 && stor_sync(db, &err) < 0) {
+		if (ret == 0 && !set->durable_by_caller && stor_sync(db, &err) < 0) {
 			*error_r = fmt_error("storing the export record: %s", err);
 			ret = -1;
 		}
