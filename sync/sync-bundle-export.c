@@ -253,9 +253,10 @@ static int ex_mailbox(struct exporter *e, uint32_t id, const struct stor_mailbox
 		ex_begin(e, "SAVE");
 		proto_wr_save(&e->w, &sv);
 		ex_end(e);
+		uint32_t uid = t->uid;
+		struct proto_expunge ex = { &uid, 1, t->modseq };
 		ex_begin(e, "EXPUNGE");
-		proto_wr_uidset(&e->w, &t->uid, 1);
-		proto_wr_u64(&e->w, t->modseq);
+		proto_wr_expunge(&e->w, &ex);
 		if (t->user)
 			sync_wr_user_guids(&e->w, &t->guid, 1);
 		ex_end(e);
