@@ -174,8 +174,8 @@ int proto_read_expunge(const struct proto_cmd *cmd, enum proto_expunge_rule rule
 		return bad(error_r, "modseq 0 where the change's is given");
 	if (proto_arg_uids(&cmd->args[0], max_uids, &e_r->uids, &e_r->uid_count) < 0)
 		return bad(error_r, "bad UID set, or too many UIDs");
-	if (rule == PROTO_EXPUNGE_GIVEN && (!mail_modseq_valid(e_r->modseq) ||
-					    !mail_uids_valid(e_r->uids, e_r->uid_count))) {
+	if (rule != PROTO_EXPUNGE_REQUEST && (!mail_modseq_valid(e_r->modseq) ||
+					      !mail_uids_valid(e_r->uids, e_r->uid_count))) {
 		proto_expunge_free(e_r);
 		*error_r = MAIL_LIMITS_TEXT;
 		return PROTO_CODEC_LIMIT;
@@ -194,6 +194,59 @@ void proto_wr_expunge(struct proto_wr *w, const struct proto_expunge *e)
 {
 	proto_wr_uidset(w, e->uids, e->uid_count);
 	proto_wr_u64(w, e->modseq);
+}
+
+int proto_read_uidfix(const struct proto_cmd *cmd, size_t max_uids, struct proto_uidfix *f_r,
+		      const char **error_r)
+{
+	size_t n;
+	memset(f_r, 0, sizeof(*f_r));
+	if (cmd->arg_count != 2)
+		return bad(error_r, "expected an old and a new UID set");
+	if (proto_arg_uids(&cmd->args[0], max_uids, &f_r->old_uids, &f_r->count) < 0)
+		return bad(error_r, "bad old UID set, or too many UIDs");
+	if (proto_arg_uids(&cmd->args[1], max_uids, &f_r->new_uids, &n) < 0 || n != f_r->count) {
+		proto_uidfix_free(f_r);
+		return bad(error_r, "bad new UID set, or not as many UIDs as the old");
+	}
+	for (size_t i = 1; i < f_r->count; i++) {
+		if (f_r->old_uids[i] <= f_r->old_uids[i - 1] ||
+		    f_r->new_uids[i] <= f_r->new_uids[i - 1]) {
+			proto_uidfix_free(f_r);
+			return bad(error_r, "UID sets that do not ascend");
+		}
+	}
+	if (!mail_uids_valid(f_r->old_uids, f_r->count) ||
+	    !mail_uids_valid(f_r->new_uids, f_r->count)) {
+		proto_uidfix_free(f_r);
+		*error_r = MAIL_LIMITS_TEXT;
+		return PROTO_CODEC_LIMIT;
+	}
+	return PROTO_CODEC_OK;
+}
+
+void proto_uidfix_free(struct proto_uidfix *f)
+{
+	free(f->old_uids);
+	free(f->new_uids);
+	memset(f, 0, sizeof(*f));
+}
+
+size_t proto_uidfix_run(const uint32_t *old_uids, const uint32_t *new_uids, size_t count,
+			size_t max)
+{
+	size_t n = count > 0 ? 1 : 0;
+	while (n < count && n < max && old_uids[n] > old_uids[n - 1] &&
+	       new_uids[n] > new_uids[n - 1])
+		n++;
+	return n;
+}
+
+void proto_wr_uidfix(struct proto_wr *w, const uint32_t *old_uids, const uint32_t *new_uids,
+		     size_t count)
+{
+	proto_wr_uidset(w, old_uids, count);
+	proto_wr_uidset(w, new_uids, count);
 }
 
 int proto_read_flags_line(const struct proto_cmd *cmd, struct proto_flags_line *l_r,

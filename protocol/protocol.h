@@ -376,6 +376,11 @@ enum proto_expunge_rule {
 	/* An expunge made (replication, a bundle): modseq not 0, UIDs and
 	 * modseq within lib/mail-limits.h. */
 	PROTO_EXPUNGE_GIVEN,
+	/* In a sync or a bundle (10.2, 11.2): the client's lines carry
+	 * modseq 0 (the server gives the expunge its own), the server's and
+	 * a bundle's the expunge's; UIDs and modseq within lib/mail-limits.h.
+	 * A GUIDS option is the caller's. */
+	PROTO_EXPUNGE_SYNC,
 };
 
 /* Reads the two arguments of an EXPUNGE, at most max_uids UIDs (options
@@ -386,6 +391,30 @@ int proto_read_expunge(const struct proto_cmd *cmd, enum proto_expunge_rule rule
 void proto_expunge_free(struct proto_expunge *e);
 /* Writes the two arguments after the caller's "TAG EXPUNGE". */
 void proto_wr_expunge(struct proto_wr *w, const struct proto_expunge *e);
+
+/* UIDFIX <old-uidset> <new-uidset> (SPEC.md 10.2, 10.3): in a sync, the
+ * i-th old UID of a message becomes the i-th new one.  A UID set has no
+ * order of its own (a writer sorts it), so both lists ascend: the reader
+ * refuses sets that do not, or differ in count, or hold more than max_uids
+ * UIDs or UIDs past lib/mail-limits.h. */
+struct proto_uidfix {
+	uint32_t *old_uids, *new_uids; /* read: malloc()ed, in the sets' order */
+	size_t count;
+};
+
+/* Reads both arguments; on PROTO_CODEC_OK the caller frees *f_r with
+ * proto_uidfix_free(), otherwise there is nothing to free. */
+int proto_read_uidfix(const struct proto_cmd *cmd, size_t max_uids, struct proto_uidfix *f_r,
+		      const char **error_r);
+void proto_uidfix_free(struct proto_uidfix *f);
+/* How many of the count pairs (at least 1 when count > 0, at most max) the
+ * next UIDFIX line carries: the leading ones in which both lists ascend. */
+size_t proto_uidfix_run(const uint32_t *old_uids, const uint32_t *new_uids, size_t count,
+			size_t max);
+/* Writes the two sets of count UIDs after the caller's "TAG UIDFIX"; count
+ * comes from proto_uidfix_run(). */
+void proto_wr_uidfix(struct proto_wr *w, const uint32_t *old_uids, const uint32_t *new_uids,
+		     size_t count);
 
 /* The data line FLAGS <uid> <modseq> <flags>: a message's whole flag
  * state, as a master answers a STORE (8.4) and a sync server a SYNC-END

@@ -34,6 +34,31 @@ static int bundle_secret(struct admin_conn *c, unsigned char **secret_r, size_t 
 	return 0;
 }
 
+/* A bundle written and its export record stored, waiting for the loop's
+ * group commit (the fsync runs off the loop) before it is handed out. */
+struct export_wait {
+	struct admin_conn *c;
+	struct buf out;
+	char text[160];
+};
+
+static void export_durable(void *ctx, bool ok)
+{
+	struct export_wait *w = ctx;
+	struct admin_conn *c = w->c;
+	if (admin_conn_waited(c)) {
+		if (ok) {
+			log_info("admin: bundle of %s exported (%zu bytes, %s)", c->user, w->out.len,
+				 w->text);
+			admin_conn_reply(c, w->out.data, w->out.len, "OK", w->text);
+		} else {
+			admin_conn_reply(c, NULL, 0, "NO", "storing the export record failed");
+		}
+	}
+	buf_free(&w->out);
+	free(w);
+}
+
 void admin_bundle_export_run(struct admin_conn *c)
 {
 	const struct config *cfg = c->admin->cfg;
@@ -47,22 +72,27 @@ void admin_bundle_export_run(struct admin_conn *c)
 		.key = { secret, secret_len, false },
 		.state = c->body_size > 0 ? (const void *)c->body.data : NULL,
 		.state_len = c->body.len,
+		.durable_by_caller = true,
 	};
 	struct sync_bundle_export_report rep;
-	struct buf out = BUF_INIT;
+	struct export_wait *w = xcalloc(1, sizeof(*w));
+	w->c = c;
+	buf_init(&w->out);
 	char *err = NULL;
-	if (sync_bundle_export(repl_db(c->admin->repl), &set, &out, &rep, &err) < 0) {
+	struct stor_db *db = repl_db(c->admin->repl);
+	if (sync_bundle_export(db, &set, &w->out, &rep, &err) < 0) {
 		admin_conn_reply(c, NULL, 0, "NO", err);
+		buf_free(&w->out);
+		free(w);
 	} else {
-		char text[160];
-		snprintf(text, sizeof(text), "mailboxes %u messages %u tombstones %u texts %u "
+		snprintf(w->text, sizeof(w->text), "mailboxes %u messages %u tombstones %u texts %u "
 			 "left_out %u", rep.mailboxes, rep.messages, rep.tombstones, rep.texts,
 			 rep.texts_left_out);
-		log_info("admin: bundle of %s exported (%zu bytes, %s)", c->user, out.len, text);
-		admin_conn_reply(c, out.data, out.len, "OK", text);
+		c->state = CONN_WAITING;
+		admin_conn_update_io(c);
+		stor_on_durable(db, export_durable, w);
 	}
 	free(err);
-	buf_free(&out);
 	free(secret);
 }
 

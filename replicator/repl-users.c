@@ -33,6 +33,7 @@
 #define USERS_LIST_TIMEOUT_MS 30000u
 
 struct op;
+struct durable_wait;
 
 struct repl_users {
 	struct ev_loop *loop;
@@ -41,6 +42,7 @@ struct repl_users {
 	struct repl_peers *peers;
 	ev_timer check;
 	struct op *ops;
+	struct durable_wait *waits;
 	size_t count; /* records in the table, for the bound */
 };
 
@@ -66,14 +68,88 @@ static uint64_t wall_ms(void)
 	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
-static int sync_now(struct repl_users *u)
+/* A change stored here and waiting for the loop's group commit before
+ * anyone hears of it: the admin's request goes on to the peers, a peer's
+ * USER-PUT is answered, a pull's newer records are passed on.  The fsync
+ * runs off the loop (repl-local.c) like every other writer's. */
+enum durable_kind { AFTER_ADMIN, AFTER_PUT, AFTER_PULL };
+
+struct durable_wait {
+	struct repl_users *u; /* NULL once the table is destroyed */
+	struct durable_wait *prev, *next;
+	enum durable_kind kind;
+	stor_cuser_array records; /* to send on (one for ADMIN and PUT) */
+	/* AFTER_ADMIN */
+	repl_users_done_cb *cb;
+	void *ctx;
+	/* AFTER_PUT and AFTER_PULL: the peer, and for PUT the link the
+	 * command came on (the same conn, up since the same moment). */
+	uint32_t sid;
+	struct proto_conn *conn;
+	uint64_t link_since_ms;
+	char tag[PROTO_MAX_TAG + 1];
+};
+
+static void op_start(struct repl_users *u, const struct stor_cuser *r, repl_users_done_cb *cb,
+		     void *ctx);
+static void send_put(struct repl_users *u, const struct stor_cuser *r, uint32_t except,
+		     struct op *op);
+
+static void durable_cb(void *ctx, bool ok)
 {
-	const char *err;
-	if (stor_sync(u->db, &err) < 0) {
-		log_errorx("users: %s", err);
-		return -1;
+	struct durable_wait *w = ctx;
+	struct repl_users *u = w->u;
+	if (u != NULL) {
+		if (w->prev != NULL)
+			w->prev->next = w->next;
+		else
+			u->waits = w->next;
+		if (w->next != NULL)
+			w->next->prev = w->prev;
 	}
-	return 0;
+	if (!ok)
+		log_errorx("users: the user table could not be made durable");
+	switch (w->kind) {
+	case AFTER_ADMIN:
+		if (!ok || u == NULL)
+			w->cb(w->ctx, false, NULL, 0, "cannot store the user (see the node's log)");
+		else
+			op_start(u, &w->records.items[0], w->cb, w->ctx);
+		break;
+	case AFTER_PUT: {
+		uint64_t since = 0;
+		struct proto_conn *conn = NULL;
+		if (u != NULL && u->peers != NULL &&
+		    repl_peers_state(u->peers, w->sid, &since) == REPL_PEER_UP)
+			conn = repl_peers_conn(u->peers, w->sid);
+		if (conn != NULL && conn == w->conn && since == w->link_since_ms) {
+			if (ok)
+				proto_conn_reply(conn, w->tag, "OK", NULL, "applied");
+			else
+				proto_conn_reply(conn, w->tag, "NO", "SERVERBUG", "cannot store the user");
+		}
+		if (ok && u != NULL)
+			send_put(u, &w->records.items[0], w->sid, NULL);
+		break;
+	}
+	case AFTER_PULL:
+		for (size_t i = 0; ok && u != NULL && i < w->records.count; i++)
+			send_put(u, &w->records.items[i], w->sid, NULL);
+		break;
+	}
+	stor_cuser_list_free(&w->records);
+	free(w);
+}
+
+/* Queues w (its records filled in) behind the next group commit. */
+static void after_durable(struct repl_users *u, struct durable_wait *w)
+{
+	w->u = u;
+	w->next = u->waits;
+	if (u->waits != NULL)
+		u->waits->prev = w;
+	u->waits = w;
+	stor_on_durable(u->db, durable_cb, w);
 }
 
 /* ---- Sending ---- */
@@ -234,7 +310,6 @@ static void put_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *c
 		    const struct proto_cmd *cmd, void *ctx)
 {
 	struct repl_users *u = ctx;
-	(void)peers;
 	struct stor_cuser r;
 	const char *why;
 	if (parse_record(cmd, &r, &why) < 0) {
@@ -242,14 +317,23 @@ static void put_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *c
 		return;
 	}
 	int a = apply(u, &r, false);
-	if (a < 0 || (a > 0 && sync_now(u) < 0)) {
-		proto_conn_reply(conn, cmd->tag, "NO", "SERVERBUG", "cannot store the user");
-	} else {
-		proto_conn_reply(conn, cmd->tag, "OK", NULL, a > 0 ? "applied" : "held already");
-		if (a > 0)
-			send_put(u, &r, sid, NULL);
+	if (a <= 0) {
+		if (a < 0)
+			proto_conn_reply(conn, cmd->tag, "NO", "SERVERBUG", "cannot store the user");
+		else
+			proto_conn_reply(conn, cmd->tag, "OK", NULL, "held already");
+		stor_cuser_free(&r);
+		return;
 	}
-	stor_cuser_free(&r);
+	/* Answered, and passed on, once durable here. */
+	struct durable_wait *w = xcalloc(1, sizeof(*w));
+	w->kind = AFTER_PUT;
+	w->sid = sid;
+	w->conn = conn;
+	(void)repl_peers_state(peers, sid, &w->link_since_ms);
+	snprintf(w->tag, sizeof(w->tag), "%s", cmd->tag);
+	ARRAY_PUSH(&w->records, r);
+	after_durable(u, w);
 }
 
 static void list_cmd(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn,
@@ -315,11 +399,16 @@ static void pull_reply_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	/* What was applied is kept either way: every record is whole. */
 	if (pl->applied.count > 0)
 		log_info("users: %zu newer records from node %u", pl->applied.count, pl->sid);
-	if (pl->applied.count > 0 && sync_now(u) == 0) {
-		for (size_t i = 0; i < pl->applied.count; i++)
-			send_put(u, &pl->applied.items[i], pl->sid, NULL);
+	if (pl->applied.count > 0) {
+		/* Passed on once durable here. */
+		struct durable_wait *w = xcalloc(1, sizeof(*w));
+		w->kind = AFTER_PULL;
+		w->sid = pl->sid;
+		w->records = pl->applied;
+		after_durable(u, w);
+	} else {
+		stor_cuser_list_free(&pl->applied);
 	}
-	stor_cuser_list_free(&pl->applied);
 	free(pl);
 }
 
@@ -466,11 +555,24 @@ void repl_users_admin(struct repl_users *u, char **tok, int n, repl_users_done_c
 		r.stamp = old_stamp + 1;
 	strcpy(r.name, name);
 	r.hash = del ? NULL : xstrdup(tok[2]);
-	if (apply(u, &r, false) <= 0 || sync_now(u) < 0) {
+	if (apply(u, &r, false) <= 0) {
 		cb(ctx, false, NULL, 0, "cannot store the user (see the node's log)");
 		stor_cuser_free(&r);
 		return;
 	}
+	struct durable_wait *w = xcalloc(1, sizeof(*w));
+	w->kind = AFTER_ADMIN;
+	w->cb = cb;
+	w->ctx = ctx;
+	ARRAY_PUSH(&w->records, r);
+	after_durable(u, w);
+}
+
+/* The admin's change is durable here: it goes to every up peer, and the
+ * request is answered when they all answered. */
+static void op_start(struct repl_users *u, const struct stor_cuser *r, repl_users_done_cb *cb,
+		     void *ctx)
+{
 	struct op *op = xcalloc(1, sizeof(*op));
 	op->u = u;
 	op->cb = cb;
@@ -482,8 +584,7 @@ void repl_users_admin(struct repl_users *u, char **tok, int n, repl_users_done_c
 	u->ops = op;
 	/* Holds the op until every send was made: an answer cannot end it early. */
 	op->waiting++;
-	send_put(u, &r, 0, op);
-	stor_cuser_free(&r);
+	send_put(u, r, 0, op);
 	if (--op->waiting == 0)
 		op_finish(op);
 }
@@ -531,6 +632,10 @@ void repl_users_destroy(struct repl_users **up)
 		ev_ref(u->loop);
 		ev_timer_stop(u->loop, &u->check);
 	}
+	/* The final group commit still runs their callbacks: they must not
+	 * reach the table then. */
+	for (struct durable_wait *w = u->waits; w != NULL; w = w->next)
+		w->u = NULL;
 	/* The links are gone: their answers will not come. */
 	while (u->ops != NULL) {
 		u->ops->waiting = 0;

@@ -253,9 +253,10 @@ static int ex_mailbox(struct exporter *e, uint32_t id, const struct stor_mailbox
 		ex_begin(e, "SAVE");
 		proto_wr_save(&e->w, &sv);
 		ex_end(e);
+		uint32_t uid = t->uid;
+		struct proto_expunge ex = { &uid, 1, t->modseq };
 		ex_begin(e, "EXPUNGE");
-		proto_wr_uidset(&e->w, &t->uid, 1);
-		proto_wr_u64(&e->w, t->modseq);
+		proto_wr_expunge(&e->w, &ex);
 		if (t->user)
 			sync_wr_user_guids(&e->w, &t->guid, 1);
 		ex_end(e);
@@ -438,7 +439,7 @@ int sync_bundle_export(struct stor_db *db, const struct sync_bundle_export_setti
 		unsigned char digest[32];
 		assemble(&hdr, &set->key, &e.d.comp, e.d.raw_len, out, digest);
 		ret = exports_remember(db, set->user, digest, error_r);
-		if (ret == 0 && stor_sync(db, &err) < 0) {
+		if (ret == 0 && !set->durable_by_caller && stor_sync(db, &err) < 0) {
 			*error_r = fmt_error("storing the export record: %s", err);
 			ret = -1;
 		}

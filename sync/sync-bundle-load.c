@@ -295,16 +295,16 @@ static int ld_save(struct loader *l, const struct proto_cmd *cmd)
 
 static int ld_expunge(struct loader *l, const struct proto_cmd *cmd)
 {
-	stor_uid_list uids;
-	uint64_t modseq;
+	struct proto_expunge e;
 	const char *err;
 	bool user;
 	struct guid *guids;
-	if (sync_arg_uids(&cmd->args[0], BUNDLE_MAX_EXPUNGE_UIDS, &uids) < 0)
-		return ld_fail(l, "bad EXPUNGE");
-	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 ||
-	    sync_cmd_user_guids(cmd, 2, &uids, &user, &guids) < 0) {
-		ARRAY_FREE(&uids);
+	if (proto_read_expunge(cmd, PROTO_EXPUNGE_SYNC, BUNDLE_MAX_EXPUNGE_UIDS, &e, &err) < 0)
+		return ld_fail(l, "bad EXPUNGE: %s", err);
+	stor_uid_list uids = { e.uids, e.uid_count, e.uid_count };
+	uint64_t modseq = e.modseq;
+	if (sync_cmd_user_guids(cmd, 2, &uids, &user, &guids) < 0) {
+		proto_expunge_free(&e);
 		return ld_fail(l, "bad EXPUNGE");
 	}
 	int ret = 0;
@@ -330,7 +330,7 @@ static int ld_expunge(struct loader *l, const struct proto_cmd *cmd)
 					      user, NULL, &err) < 0)
 		ret = ld_fail(l, "EXPUNGE: %s", err);
 	free(guids);
-	ARRAY_FREE(&uids);
+	proto_expunge_free(&e);
 	return ret;
 }
 

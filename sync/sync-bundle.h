@@ -59,6 +59,10 @@ struct sync_bundle_export_settings {
 	const void *state;
 	size_t state_len;
 	int64_t created;              /* 0: now */
+	/* The caller makes the export record durable (stor_on_durable(), the
+	 * node's group commit) before it hands the bundle out; otherwise the
+	 * export syncs the store itself. */
+	bool durable_by_caller;
 };
 
 /* What an export wrote. */

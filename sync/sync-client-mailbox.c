@@ -362,35 +362,33 @@ int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 		return 0;
 	}
 	if (proto_cmd_is(line, "EXPUNGE")) {
-		stor_uid_list uids;
-		uint64_t ms;
+		struct proto_expunge e;
+		const char *err;
 		bool user;
 		struct guid *guids;
-		if (line->arg_count < 2 ||
-		    sync_arg_uids(&line->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0)
-			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
-		if (proto_arg_u64(&line->args[1], INT64_MAX, &ms) < 0 ||
-		    sync_cmd_user_guids(line, 2, &uids, &user, &guids) < 0) {
-			ARRAY_FREE(&uids);
-			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
-		}
 		/* Values past the bounds fail the sync before anything of
 		 * the answer is applied. */
-		if (!mail_modseq_valid(ms) || !mail_uids_valid(uids.items, uids.count)) {
-			ARRAY_FREE(&uids);
-			free(guids);
+		int cr = proto_read_expunge(line, PROTO_EXPUNGE_SYNC, SYNC_MAX_UIDS_PER_LINE * 4, &e,
+					    &err);
+		if (cr == PROTO_CODEC_LIMIT)
 			return cl_fail(c, "SYNC-END: EXPUNGE line with %s", MAIL_LIMITS_TEXT);
+		if (cr != PROTO_CODEC_OK)
+			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
+		stor_uid_list uids = { e.uids, e.uid_count, e.uid_count };
+		if (sync_cmd_user_guids(line, 2, &uids, &user, &guids) < 0) {
+			proto_expunge_free(&e);
+			return cl_fail(c, "SYNC-END: bad EXPUNGE line");
 		}
-		for (size_t i = 0; i < uids.count; i++) {
-			ARRAY_PUSH(&c->exp_uids, uids.items[i]);
+		for (size_t i = 0; i < e.uid_count; i++) {
+			ARRAY_PUSH(&c->exp_uids, e.uids[i]);
 			if (user) {
-				struct sync_uexp x = { uids.items[i], guids[i] };
+				struct sync_uexp x = { e.uids[i], guids[i] };
 				ARRAY_PUSH(&c->exp_user, x);
 			}
 		}
 		free(guids);
-		ARRAY_FREE(&uids);
-		c->exp_modseq = ms;
+		c->exp_modseq = e.modseq;
+		proto_expunge_free(&e);
 		return 0;
 	}
 	if (proto_cmd_is(line, "SAVE")) {
@@ -454,27 +452,18 @@ int on_end_line(struct sync_client *c, const struct proto_cmd *line)
 		return 0;
 	}
 	if (proto_cmd_is(line, "UIDFIX")) {
-		stor_uid_list o, n;
-		if (line->arg_count != 2 ||
-		    sync_arg_uids(&line->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &o) < 0)
-			return cl_fail(c, "SYNC-END: bad UIDFIX line");
-		if (sync_arg_uids(&line->args[1], SYNC_MAX_UIDS_PER_LINE * 4, &n) < 0 ||
-		    n.count != o.count) {
-			ARRAY_FREE(&o);
-			ARRAY_FREE(&n);
-			return cl_fail(c, "SYNC-END: bad UIDFIX line");
-		}
-		if (!mail_uids_valid(o.items, o.count) || !mail_uids_valid(n.items, n.count)) {
-			ARRAY_FREE(&o);
-			ARRAY_FREE(&n);
+		struct proto_uidfix f;
+		const char *err;
+		int cr = proto_read_uidfix(line, SYNC_MAX_UIDS_PER_LINE * 4, &f, &err);
+		if (cr == PROTO_CODEC_LIMIT)
 			return cl_fail(c, "SYNC-END: UIDFIX line with %s", MAIL_LIMITS_TEXT);
+		if (cr != PROTO_CODEC_OK)
+			return cl_fail(c, "SYNC-END: bad UIDFIX line");
+		for (size_t i = 0; i < f.count; i++) {
+			ARRAY_PUSH(&c->fix_old, f.old_uids[i]);
+			ARRAY_PUSH(&c->fix_new, f.new_uids[i]);
 		}
-		for (size_t i = 0; i < o.count; i++) {
-			ARRAY_PUSH(&c->fix_old, o.items[i]);
-			ARRAY_PUSH(&c->fix_new, n.items[i]);
-		}
-		ARRAY_FREE(&o);
-		ARRAY_FREE(&n);
+		proto_uidfix_free(&f);
 		return 0;
 	}
 	return cl_fail(c, "SYNC-END: unexpected data line %s", line->name);
@@ -544,11 +533,10 @@ int send_late(struct sync_client *c)
 	proto_wr_u64(&w, c->cu);
 	cl_cmd_end(c, &w);
 	cl_wr_expunges(c, &exp, &uexp, uexp_g);
-	for (size_t i = 0; i < fo.count; i += SYNC_MAX_UIDS_PER_LINE) {
-		size_t k = fo.count - i < SYNC_MAX_UIDS_PER_LINE ? fo.count - i : SYNC_MAX_UIDS_PER_LINE;
+	for (size_t i = 0, k; i < fo.count; i += k) {
+		k = proto_uidfix_run(fo.items + i, fn.items + i, fo.count - i, SYNC_MAX_UIDS_PER_LINE);
 		cl_cmd_begin(c, &w, "UIDFIX", K_OTHER, 0);
-		proto_wr_uidset(&w, fo.items + i, k);
-		proto_wr_uidset(&w, fn.items + i, k);
+		proto_wr_uidfix(&w, fo.items + i, fn.items + i, k);
 		cl_cmd_end(c, &w);
 	}
 	ARRAY_FREE(&exp);

@@ -77,9 +77,9 @@ static void cl_wr_expunge_lines(struct sync_client *c, const stor_uid_list *uids
 		size_t k = uids->count - i;
 		if (k > per_line)
 			k = per_line;
+		struct proto_expunge e = { uids->items + i, k, 0 };
 		cl_cmd_begin(c, &w, "EXPUNGE", K_OTHER, 0);
-		proto_wr_uidset(&w, uids->items + i, k);
-		proto_wr_u64(&w, 0);
+		proto_wr_expunge(&w, &e);
 		if (guids != NULL)
 			sync_wr_user_guids(&w, guids + i, k);
 		cl_cmd_end(c, &w);

@@ -155,32 +155,31 @@ int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
 
 int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
 {
-	stor_uid_list uids;
-	uint64_t modseq;
+	struct proto_expunge e;
+	const char *err;
 	bool user;
 	struct guid *guids;
-	if (cmd->arg_count < 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0)
-		goto bad;
-	if (proto_arg_u64(&cmd->args[1], INT64_MAX, &modseq) < 0 ||
-	    sync_cmd_user_guids(cmd, 2, &uids, &user, &guids) < 0) {
-		ARRAY_FREE(&uids);
-		goto bad;
-	}
-	if (!mail_modseq_valid(modseq) || !mail_uids_valid(uids.items, uids.count)) {
-		ARRAY_FREE(&uids);
-		free(guids);
+	int cr = proto_read_expunge(cmd, PROTO_EXPUNGE_SYNC, SYNC_MAX_UIDS_PER_LINE * 4, &e, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
-	for (size_t i = 0; i < uids.count; i++) {
-		ARRAY_PUSH(&s->expunges, uids.items[i]);
+	if (cr != PROTO_CODEC_OK)
+		goto bad;
+	stor_uid_list uids = { e.uids, e.uid_count, e.uid_count };
+	if (sync_cmd_user_guids(cmd, 2, &uids, &user, &guids) < 0) {
+		proto_expunge_free(&e);
+		goto bad;
+	}
+	for (size_t i = 0; i < e.uid_count; i++) {
+		ARRAY_PUSH(&s->expunges, e.uids[i]);
 		if (user) {
-			struct sync_uexp x = { uids.items[i], guids[i] };
+			struct sync_uexp x = { e.uids[i], guids[i] };
 			ARRAY_PUSH(&s->uexp, x);
 			ARRAY_PUSH(&s->uexp_guids, guids[i]);
 		}
 	}
-	ARRAY_FREE(&uids);
+	proto_expunge_free(&e);
 	free(guids);
 	srv_reply(s, cmd->tag, "OK", NULL, "held");
 	return 0;
@@ -192,30 +191,23 @@ bad:
 /* In a sync: UIDFIX <old-uidset> <new-uidset>, held until SYNC-END. */
 int cmd_uidfix(struct sync_server *s, const struct proto_cmd *cmd)
 {
-	stor_uid_list o, n;
-	if (cmd->arg_count != 2 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &o) < 0)
-		goto bad;
-	if (sync_arg_uids(&cmd->args[1], SYNC_MAX_UIDS_PER_LINE * 4, &n) < 0 || n.count != o.count) {
-		ARRAY_FREE(&o);
-		ARRAY_FREE(&n);
-		goto bad;
-	}
-	if (!mail_uids_valid(o.items, o.count) || !mail_uids_valid(n.items, n.count)) {
-		ARRAY_FREE(&o);
-		ARRAY_FREE(&n);
+	struct proto_uidfix f;
+	const char *err;
+	int cr = proto_read_uidfix(cmd, SYNC_MAX_UIDS_PER_LINE * 4, &f, &err);
+	if (cr == PROTO_CODEC_LIMIT) {
 		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
-	for (size_t i = 0; i < o.count; i++) {
-		ARRAY_PUSH(&s->fix_old, o.items[i]);
-		ARRAY_PUSH(&s->fix_new, n.items[i]);
+	if (cr != PROTO_CODEC_OK) {
+		srv_reply(s, cmd->tag, "BAD", "ARGS", "UIDFIX old-uidset new-uidset");
+		return 0;
 	}
-	ARRAY_FREE(&o);
-	ARRAY_FREE(&n);
+	for (size_t i = 0; i < f.count; i++) {
+		ARRAY_PUSH(&s->fix_old, f.old_uids[i]);
+		ARRAY_PUSH(&s->fix_new, f.new_uids[i]);
+	}
+	proto_uidfix_free(&f);
 	srv_reply(s, cmd->tag, "OK", NULL, "held");
-	return 0;
-bad:
-	srv_reply(s, cmd->tag, "BAD", "ARGS", "UIDFIX old-uidset new-uidset");
 	return 0;
 }
 

@@ -178,9 +178,9 @@ void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uex
 			uids[j] = u[i + j].uid;
 			guids[j] = u[i + j].guid;
 		}
+		struct proto_expunge e = { uids, n, modseq };
 		proto_wr_begin(&w, tag, "EXPUNGE");
-		proto_wr_uidset(&w, uids, n);
-		proto_wr_u64(&w, modseq);
+		proto_wr_expunge(&w, &e);
 		sync_wr_user_guids(&w, guids, n);
 		proto_wr_end(&w);
 	}

@@ -798,13 +798,11 @@ static void merge_write_end(struct sync_server *s)
 	}
 	sync_pseen_srv_write(s, m->tag);
 	proto_wr_init(&w, &s->out);
-	for (size_t i = 0; i < fix_old.count; i += SYNC_MAX_UIDS_PER_LINE) {
-		size_t n = fix_old.count - i;
-		if (n > SYNC_MAX_UIDS_PER_LINE)
-			n = SYNC_MAX_UIDS_PER_LINE;
+	for (size_t i = 0, n; i < fix_old.count; i += n) {
+		n = proto_uidfix_run(fix_old.items + i, fix_new.items + i, fix_old.count - i,
+				     SYNC_MAX_UIDS_PER_LINE);
 		proto_wr_begin(&w, m->tag, "UIDFIX");
-		proto_wr_uidset(&w, fix_old.items + i, n);
-		proto_wr_uidset(&w, fix_new.items + i, n);
+		proto_wr_uidfix(&w, fix_old.items + i, fix_new.items + i, n);
 		proto_wr_end(&w);
 	}
 	ARRAY_FREE(&fix_old);

@@ -413,6 +413,37 @@ static void test_bundle_import_failed_sync_fails_it(void)
 	import_on_loop(true);
 }
 
+/* starlingd's export (durable_by_caller) leaves its export record to the
+ * node's group commit, whose fsync runs off the loop; the admin command
+ * answers after it.  The offline tool's export syncs the store itself. */
+static void test_bundle_export_on_loop_leaves_the_sync(void)
+{
+	struct node a;
+	node_open(&a, SID_A);
+	struct guid inbox;
+	fill_user(&a, &inbox);
+	const char *err;
+	CU_ASSERT_EQUAL_FATAL(stor_sync(a.db, &err), 0);
+	unsigned blocking = stor_test_blocking_syncs(a.db);
+	struct sync_bundle_export_settings set = {
+		.user = USER, .source_sid = a.sid, .key = cluster_key(),
+		.durable_by_caller = true,
+	};
+	struct buf out = BUF_INIT;
+	char *error = NULL;
+	CU_ASSERT_EQUAL_FATAL(sync_bundle_export(a.db, &set, &out, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_test_blocking_syncs(a.db), blocking);
+	/* The export record waits for the caller's sync. */
+	CU_ASSERT_TRUE(stor_sync_pending(a.db));
+	set.durable_by_caller = false;
+	buf_reset(&out);
+	CU_ASSERT_EQUAL_FATAL(sync_bundle_export(a.db, &set, &out, NULL, &error), 0);
+	CU_ASSERT_FALSE(stor_sync_pending(a.db));
+	free(error);
+	buf_free(&out);
+	node_close(&a);
+}
+
 static char *acl_of(struct node *n, const struct guid *mb, const char *id)
 {
 	stor_acl_list acl;
@@ -1938,6 +1969,8 @@ static const struct test_case bundle_cases[] = {
 	{ "an import on a loop waits for its group commit, off the loop",
 	  test_bundle_import_waits_for_the_loops_sync },
 	{ "an import whose group commit fails fails", test_bundle_import_failed_sync_fails_it },
+	{ "starlingd's export leaves its record's fsync to the node's loop",
+	  test_bundle_export_on_loop_leaves_the_sync },
 	{ "ACL records travel, newest wins", test_bundle_carries_acl_records },
 	{ "both directions converge", test_bundle_both_directions_converge },
 	{ "stale base deletes nothing", test_bundle_stale_base_deletes_nothing },

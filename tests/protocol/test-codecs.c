@@ -635,6 +635,82 @@ static void test_expunge_round_trip_and_bounds(void)
 			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, bad[i]);
 	}
 	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1 5\r\n", req, 1, &e), PROTO_CODEC_BAD);
+	/* A sync's: the client's modseq 0 and the server's both read, the
+	 * bounds hold. */
+	const enum proto_expunge_rule sync = PROTO_EXPUNGE_SYNC;
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 3:4 0\r\n", sync, 2, &e), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL(e.uid_count, 2);
+	CU_ASSERT_EQUAL(e.modseq, 0);
+	proto_expunge_free(&e);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 3 77 GUIDS (x)\r\n", sync, 1, &e), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL(e.modseq, 77);
+	proto_expunge_free(&e);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 2147483648 5\r\n", sync, 1, &e), PROTO_CODEC_LIMIT);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1 4611686018427387904\r\n", sync, 1, &e),
+			PROTO_CODEC_LIMIT);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1:3 0\r\n", sync, 2, &e), PROTO_CODEC_BAD);
+	CU_ASSERT_EQUAL(expunge_of("C1 EXPUNGE 1 -1\r\n", sync, 1, &e), PROTO_CODEC_BAD);
+}
+
+static int uidfix_of(const char *line, size_t max, struct proto_uidfix *f_r)
+{
+	struct proto_parser *p;
+	const char *err = NULL;
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	int r = cmd == NULL ? -99 : proto_read_uidfix(cmd, max, f_r, &err);
+	if (r != PROTO_CODEC_OK) {
+		CU_ASSERT(err != NULL && err[0] != '\0');
+		CU_ASSERT_PTR_NULL(f_r->old_uids);
+		CU_ASSERT_PTR_NULL(f_r->new_uids);
+	}
+	proto_parser_destroy(&p);
+	return r;
+}
+
+/* UIDFIX old new (SPEC.md 10.2): pairs in order, as many new as old. */
+static void test_uidfix_round_trip_and_bounds(void)
+{
+	uint32_t o[] = { 4, 5, 9 }, n[] = { 11, 12, 13 };
+	struct buf b;
+	struct proto_wr w;
+	buf_init(&b);
+	proto_wr_init(&w, &b);
+	proto_wr_begin(&w, "S3", "UIDFIX");
+	proto_wr_uidfix(&w, o, n, 3);
+	proto_wr_end(&w);
+	const char *want = "S3 UIDFIX 4:5,9 11:13\r\n";
+	CU_ASSERT(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0);
+	buf_free(&b);
+	struct proto_uidfix f;
+	CU_ASSERT_EQUAL_FATAL(uidfix_of(want, 3, &f), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL_FATAL(f.count, 3);
+	for (size_t i = 0; i < 3; i++) {
+		CU_ASSERT_EQUAL(f.old_uids[i], o[i]);
+		CU_ASSERT_EQUAL(f.new_uids[i], n[i]);
+	}
+	proto_uidfix_free(&f);
+	CU_ASSERT_PTR_NULL(f.old_uids);
+	CU_ASSERT_EQUAL(uidfix_of(want, 2, &f), PROTO_CODEC_BAD);
+	CU_ASSERT_EQUAL(uidfix_of("S3 UIDFIX 1 2147483648\r\n", 1, &f), PROTO_CODEC_LIMIT);
+	CU_ASSERT_EQUAL(uidfix_of("S3 UIDFIX 2147483648 1\r\n", 1, &f), PROTO_CODEC_LIMIT);
+	static const char *const bad[] = {
+		"S3 UIDFIX 1\r\n", "S3 UIDFIX 1:2 3\r\n", "S3 UIDFIX 1 2:3\r\n", "S3 UIDFIX 0 1\r\n",
+		"S3 UIDFIX 1 2 3\r\n", "S3 UIDFIX (1) 2\r\n", "S3 UIDFIX 1 \"2\"\r\n",
+		"S3 UIDFIX 5,4 6:7\r\n", "S3 UIDFIX 4:5 7,6\r\n", "S3 UIDFIX 4,4 6:7\r\n",
+	};
+	/* Pairs whose new UIDs do not ascend with the old go on lines of
+	 * their own: a set would sort them apart. */
+	uint32_t po[] = { 3, 5, 6, 8, 9 }, pn[] = { 21, 20, 22, 23, 24 };
+	CU_ASSERT_EQUAL(proto_uidfix_run(po, pn, 5, 100), 1);
+	CU_ASSERT_EQUAL(proto_uidfix_run(po + 1, pn + 1, 4, 100), 4);
+	CU_ASSERT_EQUAL(proto_uidfix_run(po + 1, pn + 1, 4, 2), 2);
+	CU_ASSERT_EQUAL(proto_uidfix_run(po, pn, 0, 100), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int r = uidfix_of(bad[i], 10, &f);
+		CU_ASSERT_EQUAL(r, PROTO_CODEC_BAD);
+		if (r != PROTO_CODEC_BAD)
+			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, bad[i]);
+	}
 }
 
 static int flags_line_of(const char *line, struct proto_flags_line *l_r)
@@ -974,6 +1050,7 @@ const struct test_case proto_codec_cases[] = {
 	{ "STORE: every bound and hostile input refused", test_store_bounds_and_hostile_input },
 	{ "EXPUNGE round trips, refuses every bound and hostile input",
 	  test_expunge_round_trip_and_bounds },
+	{ "UIDFIX: round trip, pairs in order, bounds", test_uidfix_round_trip_and_bounds },
 	{ "FLAGS data line round trips, refuses every bound and hostile input",
 	  test_flags_line_round_trip_and_bounds },
 	{ "PSEEN round trips, refuses every bound and hostile input",

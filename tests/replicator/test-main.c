@@ -7,6 +7,7 @@ int main(void)
 		{ "peer links", repl_peer_cases, repl_peer_suite_init, repl_peer_suite_cleanup },
 		{ "replication without peers", repl_cluster_cases, NULL, NULL },
 		{ "metrics text", repl_metrics_cases, NULL, NULL },
+		{ "user table", repl_users_cases, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 	return test_run_suites("test-replicator", suites);

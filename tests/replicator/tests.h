@@ -6,4 +6,5 @@ int repl_peer_suite_init(void);
 int repl_peer_suite_cleanup(void);
 extern const struct test_case repl_cluster_cases[];
 extern const struct test_case repl_metrics_cases[];
+extern const struct test_case repl_users_cases[];
 #endif
