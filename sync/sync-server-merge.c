@@ -216,6 +216,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			m->handled[si] = true;
 	} else if (ti >= 0) {
 		uint32_t moved_to = 0;
+		bool client_moved = false;
 		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0 &&
 		    !m->stombs.items[ti].user) {
 			/* Our engine's tombstone of this very message: we
@@ -226,9 +227,33 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 					stor_msg_free(&other);
 				return -1;
 			}
+			/* None found also when the client expunged the UID of
+			 * our copy: that copy goes with the client's expunges
+			 * (client_moved_from), so the client's is the last. */
+			uint32_t at = 0;
+			if (moved_to == 0) {
+				r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
+				if (r < 0) {
+					if (have_other)
+						stor_msg_free(&other);
+					return -1;
+				}
+				client_moved = r > 0 && at != cs->uid;
+			}
 		}
 		if (moved_to != 0) {
 			take_ours(m, cs, moved_to);
+		} else if (client_moved) {
+			/* Each side moved the message away from the UID of
+			 * the other's copy (two bundles or syncs renumbered it
+			 * apart), and the client's expunge there may be of
+			 * another message: it names no GUID.  Dropped as
+			 * "expunged here", both copies went in this one merge,
+			 * and the next sync dropped the third node's under
+			 * our new tombstone (fault campaign, acked-append-
+			 * present all classes 11177).  The client's copy stays,
+			 * at a fresh UID: our IMAP clients saw its UID vanish. */
+			cs->action = SAVE_RENUMBER;
 		} else if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
 			/* We expunged it: the expunge wins. */
 			cs->action = SAVE_DROP;

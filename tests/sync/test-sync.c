@@ -3084,6 +3084,75 @@ static void test_sync_user_tombstone_of_another_message_stays_engine(void)
 
 /* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ---- */
 
+/* The fault campaign's acked-append-present, all classes 11177: an APPEND
+ * acknowledged by A while apart was lost on every node.  C imported a bundle
+ * of A (X moved to a fresh UID there, C's own message Y away from X's UID);
+ * B took X from C, then imported a bundle of A too, where its copy gave way
+ * to the bundle's at A's UID (B: X at A's UID, the engine's tombstone at
+ * C's).  C's full compare with B then met its copy at a UID where B's
+ * tombstone of X is the engine's, and B's copy at the UID where C's
+ * tombstone (of Y) is: B took that for "the client moved X from there",
+ * expunged its copy and dropped C's ("we expunged it"), and A's sync with
+ * B dropped A's under B's new tombstone.  variant: how A meets B last
+ * (0 A client, 1 B client), and whether C's compare is a full one. */
+static void acked_append_survives_two_bundles(int variant)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&b, &a, false, 1101);
+	run_sync(&c, &a, false, 1102);
+	/* Apart: C appends Y, A appends X, each at UID 4. */
+	struct guid x, y;
+	uint32_t xu = append(&a, &mb, "message x, acknowledged\r\n", 0, &x);
+	uint32_t yu = append(&c, &mb, "message y of c\r\n", 0, &y);
+	CU_ASSERT_EQUAL(xu, yu);
+	/* C imports A's bundle: X and Y both move on at C. */
+	import_bundle_of(&a, &c);
+	uint32_t xc = 0;
+	CU_ASSERT_FATAL(has_guid(&c, &mb, &x, &xc));
+	CU_ASSERT(xc != xu);
+	CU_ASSERT_EQUAL(tomb_kind(&c, &mb, xu, NULL), 0);
+	/* B takes X from C (without C's tombstone at xu), then A's bundle. */
+	run_sync(&b, &c, false, 1103);
+	import_bundle_of(&a, &b);
+	uint32_t xb = 0;
+	struct guid tg;
+	CU_ASSERT(has_guid(&b, &mb, &x, &xb));
+	CU_ASSERT_EQUAL(xb, xu);
+	CU_ASSERT_EQUAL(tomb_kind(&b, &mb, xc, &tg), 0);
+	CU_ASSERT(guid_cmp(&tg, &x) == 0);
+	/* The heal. */
+	run_sync(&c, &b, (variant & 2) != 0, 1104);
+	CU_ASSERT(has_guid(&b, &mb, &x, NULL) || has_guid(&c, &mb, &x, NULL));
+	if ((variant & 1) == 0)
+		run_sync(&a, &b, false, 1105);
+	else
+		run_sync(&b, &a, false, 1105);
+	CU_ASSERT(has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&b, &mb, &x, NULL));
+	for (int round = 0; round < 2; round++) {
+		run_sync(&c, &b, false, 1106 + round);
+		run_sync(&a, &c, false, 1108 + round);
+		run_sync(&b, &a, false, 1110 + round);
+	}
+	CU_ASSERT(has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&c, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&b, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&a, &mb, &y, NULL));
+	three_nodes_end_alike(&a, &b, &c, 3 + 2);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
+static void test_sync_acked_append_survives_two_bundles(void)
+{
+	for (int variant = 0; variant < 4; variant++)
+		acked_append_survives_two_bundles(variant);
+}
+
 static struct stor_msg get_msg(struct node *n, const struct guid *mb, uint32_t uid)
 {
 	struct stor_msg m;
@@ -3812,6 +3881,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_acked_expunge_reaches_a_third_node_3 },
 	{ "GUID tombstones: who leaves them, stale and new copies, bound, wire",
 	  test_sync_guid_tombstones },
+	{ "an acknowledged APPEND survives two bundles and a full compare (11177)",
+	  test_sync_acked_append_survives_two_bundles },
 	{ "a renumbering's tombstone removes no copy", test_sync_renumber_tombstone_removes_nothing },
 	{ "tombstones say who expunged, and a sync carries it",
 	  test_sync_tombstone_provenance_travels },
