@@ -16,7 +16,11 @@ what "anyone" gives; a right taken away while bob has the mailbox selected
 applies at his next command; the owner cannot lock themselves out (keeps
 "l" and "a"); RENAME inside shared/alice/ and Public/ with x (and k on the
 new parent), NO [NOPERM] / NO [NONEXISTENT] without, NO [CANNOT] across
-owners, the ACL following the mailbox.
+owners, the ACL following the mailbox; on a node of its own with
+acl_owner_rights = lrswipkte, the owner's default rights (DELETE and
+RENAME of an own mailbox NO [NOPERM], MYRIGHTS/GETACL/`starling acl` show
+it, the owner's own record wins, a bad value stops starlingd and starling
+with one line).
 
 The last line is "imap-acl: N passed, M failed"; exit 0 only if nothing
 failed.
