@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "config.h"
+#include "storage/acl-rights.h"
 
 static const char usage_text[] =
 	"usage: starling -c FILE COMMAND [ARGS]\n"
@@ -111,6 +112,9 @@ int main(int argc, char **argv)
 	}
 	char *err = NULL;
 	struct config *cfg = config_load(config_path, &err);
+	uint32_t owner_rights;
+	if (cfg != NULL && acl_owner_rights_config(cfg, &owner_rights, &err) < 0)
+		config_free(&cfg);
 	if (cfg == NULL) {
 		cli_error("%s", err);
 		free(err);

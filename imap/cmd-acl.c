@@ -120,9 +120,12 @@ bool imap_cmd_getacl(struct imap_cmd *cmd)
 	/* The owner's implicit rights, so that a client shows them (public
 	 * mailboxes have no owner who could use them). */
 	if (!owner_named && strcmp(mb.user, ACL_PUBLIC_OWNER) != 0) {
+		char own[sizeof(ACL_LETTERS)];
+		acl_rights_format(cmd->client->server->owner_rights, own);
 		buf_append_byte(&line, ' ');
 		imap_append_astring(&line, mb.user, strlen(mb.user));
-		buf_append_str(&line, " " ACL_LETTERS);
+		buf_append_byte(&line, ' ');
+		imap_append_astring(&line, own, strlen(own));
 	}
 	buf_append_str(&line, "\r\n");
 	imap_client_write(cmd->client, line.data, line.len);

@@ -91,6 +91,13 @@ bool imap_cmd_create(struct imap_cmd *cmd)
 		return imap_cmd_done(cmd, "NO", r < 0 ? "[SERVERBUG] Internal error" :
 					       "[ALREADYEXISTS] Mailbox already exists");
 	}
+	/* RFC 4314 4: "k" on the nearest existing parent; the owner keeps
+	 * "l" on it, so a refusal is always NOPERM. */
+	uint32_t prights = imap_acl_own_parent_rights(c, name);
+	if ((prights & ACL_CREATE) == 0) {
+		free(name);
+		return imap_acl_refuse(cmd, prights, ACL_CREATE, "[NONEXISTENT] Mailbox does not exist");
+	}
 	/* RFC 3501 6.3.3: create the missing superiors too, parents first;
 	 * the completions arrive in submission order. */
 	struct create_ctx *cc = xcalloc(1, sizeof(*cc));
@@ -152,6 +159,13 @@ bool imap_cmd_delete(struct imap_cmd *cmd)
 	struct stor_mailbox mb;
 	if (!mailbox_get(cmd, name, &mb))
 		return true;
+	/* Owners too: acl_owner_rights or their own record may leave out
+	 * "x". */
+	uint32_t rights = imap_acl_own_rights(c, &mb.guid);
+	if ((rights & ACL_DELETE_MBOX) == 0) {
+		stor_mailbox_free(&mb);
+		return imap_acl_refuse(cmd, rights, ACL_DELETE_MBOX, "[NONEXISTENT] Mailbox does not exist");
+	}
 	if (c->sel != NULL && guid_cmp(&c->sel->guid, &mb.guid) == 0)
 		imap_sel_close(c);
 	struct guid *g = xmemdup(&mb.guid, sizeof(mb.guid));
@@ -444,7 +458,8 @@ bool imap_cmd_rename(struct imap_cmd *cmd)
 	 * its children move. */
 	struct guid old_guid;
 	memset(&old_guid, 0, sizeof(old_guid));
-	if (r > 0) {
+	bool old_exists = r > 0;
+	if (old_exists) {
 		old_guid = mb.guid;
 		stor_mailbox_free(&mb);
 	}
@@ -460,6 +475,13 @@ bool imap_cmd_rename(struct imap_cmd *cmd)
 	size_t olen = strlen(old_name);
 	if (strncmp(new_name, old_name, olen) == 0 && new_name[olen] == '/')
 		return imap_cmd_done(cmd, "NO", "[CANNOT] Cannot rename a mailbox into itself");
+	/* RFC 4314 4: "x" on the mailbox, "k" on the new parent; owners too. */
+	uint32_t rights = old_exists ? imap_acl_own_rights(c, &old_guid) : ACL_ALL;
+	if ((rights & ACL_DELETE_MBOX) == 0)
+		return imap_acl_refuse(cmd, rights, ACL_DELETE_MBOX, "[NONEXISTENT] Mailbox does not exist");
+	rights = imap_acl_own_parent_rights(c, new_name);
+	if ((rights & ACL_CREATE) == 0)
+		return imap_acl_refuse(cmd, rights, ACL_CREATE, "[NONEXISTENT] Mailbox does not exist");
 	if (strcmp(old_name, "INBOX") == 0) {
 		/* RFC 3501 6.3.5: move INBOX's messages to a new mailbox and
 		 * leave INBOX empty. */

@@ -37,7 +37,7 @@ int imap_acl_rights(struct imap_client *c, const char *owner, const struct guid 
 		e[n].rights = bits;
 		n++;
 	}
-	*rights_r = acl_evaluate(owner, c->user, e, n, NULL);
+	*rights_r = acl_evaluate(owner, c->user, c->server->owner_rights, e, n, NULL);
 	free(e);
 	stor_acl_list_free(&list);
 	return 0;
@@ -119,6 +119,48 @@ bool imap_acl_refuse(struct imap_cmd *cmd, uint32_t rights, uint32_t right, cons
 	acl_rights_format(right, letters);
 	return imap_cmd_done(cmd, "NO", "[NOPERM] You lack the \"%s\" right on this mailbox",
 			     letters);
+}
+
+uint32_t imap_acl_own_rights(struct imap_client *c, const struct guid *g)
+{
+	uint32_t rights = 0;
+	const char *err;
+	if (imap_acl_rights(c, c->user, g, &rights, &err) < 0) {
+		log_errorx("imap: reading the ACL: %s", err);
+		return 0;
+	}
+	return rights;
+}
+
+uint32_t imap_acl_own_parent_rights(struct imap_client *c, const char *name)
+{
+	const char *err;
+	for (const char *p = strrchr(name, '/'); p != NULL && p > name;) {
+		char *parent = xstrndup(name, (size_t)(p - name));
+		struct stor_mailbox mb;
+		int r = stor_mailbox_get(c->server->db, c->user, parent, &mb, &err);
+		free(parent);
+		if (r < 0) {
+			log_errorx("imap: reading a mailbox: %s", err);
+			return 0;
+		}
+		if (r > 0) {
+			uint32_t rights = imap_acl_own_rights(c, &mb.guid);
+			stor_mailbox_free(&mb);
+			return rights;
+		}
+		/* The next superior up: the last '/' before p. */
+		const char *q = p;
+		p = NULL;
+		while (q > name) {
+			q--;
+			if (*q == '/') {
+				p = q;
+				break;
+			}
+		}
+	}
+	return c->server->owner_rights;
 }
 
 uint32_t imap_acl_sel_rights(struct imap_client *c)

@@ -40,6 +40,14 @@ int imap_acl_mailbox_get(struct imap_client *c, const char *name, struct stor_ma
  * exist"), so that nobody learns of a mailbox they may not see. */
 bool imap_acl_refuse(struct imap_cmd *cmd, uint32_t rights, uint32_t right, const char *notfound);
 
+/* The session user's rights on their own mailbox g, 0 on a store error
+ * (logged). */
+uint32_t imap_acl_own_rights(struct imap_client *c, const struct guid *g);
+/* The session user's rights on the nearest existing superior of their own
+ * mailbox name (CREATE, RENAME: "k" there), or, when it has none, on the
+ * root of their personal namespace: the owner's default, acl_owner_rights. */
+uint32_t imap_acl_own_parent_rights(struct imap_client *c, const char *name);
+
 /* The user's current rights on the selected mailbox: read again at every
  * command, so that a change made on another node applies as soon as it
  * arrived.  0 on a store error (logged). */

@@ -64,6 +64,9 @@ struct imap_server {
 	bool stopping;
 	struct imap_recent_table recent;
 	struct imap_latency latency; /* for metrics_listen */
+	/* acl_owner_rights: the owner's rights while no ACL record names
+	 * them. */
+	uint32_t owner_rights;
 };
 
 enum imap_client_state {

@@ -16,6 +16,7 @@
 #include "lib/listen.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
+#include "storage/acl-rights.h"
 
 static void describe_peer(const struct sockaddr_storage *ss, char *out, size_t outlen,
 			  bool *loopback_r)
@@ -128,6 +129,8 @@ int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 	srv->next_id = 1;
 	ev_timer_init(&srv->accept_retry, accept_retry_cb, 0.5, 0.);
 	srv->accept_retry.data = srv;
+	if (acl_owner_rights_config(cfg, &srv->owner_rights, error_r) < 0)
+		goto fail;
 	if (cfg->tls_cert != NULL && cfg->tls_key != NULL) {
 		srv->ssl_ctx = tls_context(cfg, error_r);
 		if (srv->ssl_ctx == NULL)

@@ -241,6 +241,12 @@ static char *k_shared_seen(struct config *c, const char *v)
 	return NULL;
 }
 
+static char *k_acl_owner_rights(struct config *c, const char *v)
+{
+	c->acl_owner_rights = xstrdup(v);
+	return NULL;
+}
+
 static char *k_lmtp(struct config *c, const char *v)
 {
 	if (v[0] == '/') {
@@ -289,6 +295,7 @@ static const struct key_def keys[] = {
 	{ "degraded_writes", k_degraded, false },
 	{ "read_consistency", k_read_consistency, false },
 	{ "shared_seen", k_shared_seen, false },
+	{ "acl_owner_rights", k_acl_owner_rights, false },
 	{ "lmtp_listen", k_lmtp, false },
 	{ "lmtp_detail_mailbox", k_lmtp_detail, false },
 	{ "metrics_listen", k_metrics, false },
@@ -382,6 +389,8 @@ struct config *config_parse(const char *path, const char *text, char **error_r)
 		seen[i] = true;
 		if (strcmp(key, "sync_replicas") == 0)
 			sync_replicas_set = true;
+		if (strcmp(key, "acl_owner_rights") == 0)
+			c->acl_owner_rights_line = lineno;
 		err = keys[i].parse(c, value);
 	}
 	if (err != NULL) {
@@ -456,6 +465,7 @@ void config_free(struct config **cp)
 	free(c->tls_ca);
 	addr_free(&c->lmtp_listen);
 	free(c->lmtp_socket);
+	free(c->acl_owner_rights);
 	addr_free(&c->metrics_listen);
 	free(c);
 }
@@ -497,6 +507,8 @@ void config_print(const struct config *c, FILE *out)
 	fprintf(out, "read_consistency = %s\n",
 		config_read_consistency_name(c->read_consistency));
 	fprintf(out, "shared_seen = %s\n", c->shared_seen_private ? "private" : "shared");
+	fprintf(out, "acl_owner_rights = %s\n",
+		c->acl_owner_rights != NULL ? c->acl_owner_rights : CONFIG_DEFAULT_ACL_OWNER_RIGHTS);
 	fprintf(out, "master_granularity = %s\n", config_granularity_name(c->master_granularity));
 	print_str(out, "tls_cert", c->tls_cert);
 	print_str(out, "tls_key", c->tls_key);

@@ -75,6 +75,12 @@ struct config {
 	/* shared_seen = private (the default) or shared (SPEC.md 7.7): the
 	 * same on every node of a cluster. */
 	bool shared_seen_private;
+	/* acl_owner_rights as written (NULL: unset, every right) and its
+	 * line.  Rights letters are not lib's business: starlingd and
+	 * starling check the value with acl_owner_rights_parse() at start-up
+	 * and report it as FILE:LINE. */
+	char *acl_owner_rights;
+	unsigned acl_owner_rights_line;
 	/* LMTP (lmtp/): TCP address, or a UNIX socket path (the value
 	 * starts with '/'); both unset when LMTP is off. */
 	struct config_addr lmtp_listen;
@@ -86,6 +92,8 @@ struct config {
 	struct config_addr metrics_listen;
 };
 
+/* What config_print() shows for an unset acl_owner_rights. */
+#define CONFIG_DEFAULT_ACL_OWNER_RIGHTS "lrswipkxtea"
 #define CONFIG_DEFAULT_MAX_MESSAGE_SIZE (64ull * 1024 * 1024)
 /* Bytes a cluster_secret_file must hold (one trailing newline aside). */
 #define CONFIG_SECRET_MIN 32u

@@ -86,7 +86,7 @@ static void acl_debug(struct admin_conn *c, const char *user, const char *name)
 	buf_appendf(&out, "mailbox: %s\nowner: %s\nuser: %s\n", inner, owner, user);
 	if (n == 0)
 		buf_append_str(&out, "records: none\n");
-	uint32_t rights = acl_evaluate(owner, user, e, n, &out);
+	uint32_t rights = acl_evaluate(owner, user, c->admin->owner_rights, e, n, &out);
 	static const struct {
 		const char *what;
 		uint32_t need;
@@ -96,6 +96,8 @@ static void acl_debug(struct admin_conn *c, const char *user, const char *name)
 		{ "set or clear \\Seen", ACL_SEEN },
 		{ "set or clear other flags and keywords", ACL_WRITE },
 		{ "APPEND, COPY and MOVE into it", ACL_INSERT },
+		{ "CREATE below it, RENAME into it", ACL_CREATE },
+		{ "DELETE it, RENAME it", ACL_DELETE_MBOX },
 		{ "set or clear \\Deleted", ACL_DELETE_MSG },
 		{ "EXPUNGE (and MOVE out of it, with t)", ACL_EXPUNGE },
 		{ "GETACL, SETACL, DELETEACL, LISTRIGHTS", ACL_ADMIN },
@@ -174,8 +176,11 @@ void admin_acl_request(struct admin_conn *c, char **tok, int n)
 			owner_named |= strcmp(id[0] == '-' ? id + 1 : id, tok[1]) == 0;
 			buf_appendf(&out, "%s %s\n", id, list.items[i].rights);
 		}
-		if (!owner_named && strcmp(tok[1], ACL_PUBLIC_OWNER) != 0)
-			buf_appendf(&out, "%s %s\n", tok[1], ACL_LETTERS);
+		if (!owner_named && strcmp(tok[1], ACL_PUBLIC_OWNER) != 0) {
+			char own[sizeof(ACL_LETTERS)];
+			acl_rights_format(c->admin->owner_rights, own);
+			buf_appendf(&out, "%s %s\n", tok[1], own);
+		}
 		admin_conn_reply(c, out.data, out.len, "OK", "");
 		buf_free(&out);
 		stor_acl_list_free(&list);

@@ -35,6 +35,7 @@ struct repl_admin {
 	bool importing;  /* a BUNDLE-IMPORT runs (one at a time) */
 	struct repl_users *users;
 	double progress_interval; /* seconds between PROGRESS lines */
+	uint32_t owner_rights;     /* acl_owner_rights */
 };
 
 enum conn_state {

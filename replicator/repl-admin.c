@@ -112,6 +112,7 @@
 #include "lib/log.h"
 #include "lib/str.h"
 #include "lib/xalloc.h"
+#include "storage/acl-rights.h"
 
 #define ADMIN_MAX_LINE 8192
 #define ADMIN_MAX_TOKENS 8
@@ -503,6 +504,9 @@ int repl_admin_create(struct ev_loop *loop, const struct config *cfg, struct rep
 		      struct repl_admin **admin_r, char **error_r)
 {
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	uint32_t owner_rights;
+	if (acl_owner_rights_config(cfg, &owner_rights, error_r) < 0)
+		return -1;
 	char *path = xasprintf("%s/admin.sock", cfg->data_dir);
 	if (strlen(path) >= sizeof(sun.sun_path)) {
 		*error_r = xasprintf("%s: path too long for a UNIX socket", path);
@@ -537,6 +541,7 @@ int repl_admin_create(struct ev_loop *loop, const struct config *cfg, struct rep
 	a->path = path;
 	a->fd = fd;
 	a->progress_interval = PROGRESS_INTERVAL;
+	a->owner_rights = owner_rights;
 	const char *env = getenv("STARLING_PROGRESS_INTERVAL");
 	if (env != NULL) {
 		char *end;

@@ -36,6 +36,7 @@
 #include "replicator/repl-peer.h"
 #include "replicator/repl-users.h"
 #include "replicator/repl.h"
+#include "storage/acl-rights.h"
 #include "storage/storage.h"
 
 struct node {
@@ -241,6 +242,7 @@ static void restart_only_changes(const struct config *cur, const struct config *
 				 str_same(cur->lmtp_socket, next->lmtp_socket) },
 		{ "lmtp_detail_mailbox", cur->lmtp_detail_mailbox == next->lmtp_detail_mailbox },
 		{ "metrics_listen", addr_same(&cur->metrics_listen, &next->metrics_listen) },
+		{ "acl_owner_rights", str_same(cur->acl_owner_rights, next->acl_owner_rights) },
 		/* TLS switched on or off, and peers where there were none (or
 		 * none left), change what runs, not only what it uses. */
 		{ "tls_cert/tls_key (on/off)", (cur->tls_cert == NULL) == (next->tls_cert == NULL) },
@@ -268,6 +270,11 @@ static void reload(struct node *n)
 {
 	char *err = NULL;
 	struct config *next = config_load(n->cfg->path, &err);
+	uint32_t owner_rights;
+	/* Checked like at start-up, so that a bad value is reported now, not
+	 * at the next restart (which it would stop). */
+	if (next != NULL && acl_owner_rights_config(next, &owner_rights, &err) < 0)
+		config_free(&next);
 	if (next == NULL) {
 		log_errorx("SIGHUP: %s; keeping the running configuration", err);
 		free(err);
@@ -359,6 +366,9 @@ int main(int argc, char **argv)
 	memset(&n, 0, sizeof(n));
 	n.cfg = config_load(conf, &err);
 	if (n.cfg == NULL)
+		fatalx("%s", err);
+	uint32_t owner_rights;
+	if (acl_owner_rights_config(n.cfg, &owner_rights, &err) < 0)
 		fatalx("%s", err);
 	if (print_only) {
 		config_print(n.cfg, stdout);

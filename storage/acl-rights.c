@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/config.h"
+#include "lib/xalloc.h"
+
 static int letter_bit(char c, uint32_t *bits_r)
 {
 	const char *p = c != '\0' ? strchr(ACL_LETTERS, c) : NULL;
@@ -47,6 +50,25 @@ int acl_rights_parse(const char *s, size_t len, uint32_t *rights_r, const char *
 	}
 	*rights_r = rights;
 	return 0;
+}
+
+int acl_owner_rights_parse(const char *value, uint32_t *rights_r, const char **error_r)
+{
+	uint32_t rights = ACL_ALL;
+	if (value != NULL && acl_rights_parse(value, strlen(value), &rights, error_r) < 0)
+		return -1;
+	*rights_r = rights | ACL_OWNER_ALWAYS;
+	return 0;
+}
+
+int acl_owner_rights_config(const struct config *cfg, uint32_t *rights_r, char **error_r)
+{
+	const char *why;
+	if (acl_owner_rights_parse(cfg->acl_owner_rights, rights_r, &why) == 0)
+		return 0;
+	*error_r = xasprintf("%s:%u: acl_owner_rights: %s", cfg->path, cfg->acl_owner_rights_line,
+			     why);
+	return -1;
 }
 
 int acl_mod_rights_parse(const char *s, size_t len, enum acl_mod *mod_r, uint32_t *rights_r,
@@ -131,8 +153,8 @@ static bool names_user(const char *id, const char *user)
 	       strcmp(id, user) == 0;
 }
 
-uint32_t acl_evaluate(const char *owner, const char *user, const struct acl_entry *entries,
-		      size_t count, struct buf *explain)
+uint32_t acl_evaluate(const char *owner, const char *user, uint32_t owner_default,
+		      const struct acl_entry *entries, size_t count, struct buf *explain)
 {
 	uint32_t pos = 0, neg = 0;
 	bool owner_named = false;
@@ -160,9 +182,13 @@ uint32_t acl_evaluate(const char *owner, const char *user, const struct acl_entr
 	}
 	uint32_t rights = pos & ~neg;
 	if (is_owner && !owner_named) {
-		rights = ACL_ALL;
-		if (explain != NULL)
-			buf_append_str(explain, "owner: every right (no record names the owner)\n");
+		rights = owner_default;
+		if (explain != NULL) {
+			acl_rights_format(owner_default, r);
+			buf_appendf(explain,
+				    "owner: \"%s\", the owner's default (acl_owner_rights; no record names the owner)\n",
+				    r);
+		}
 	}
 	if (is_owner && (rights & ACL_OWNER_ALWAYS) != ACL_OWNER_ALWAYS) {
 		rights |= ACL_OWNER_ALWAYS;

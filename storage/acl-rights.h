@@ -28,8 +28,10 @@ enum acl_right {
 #define ACL_ALL 0x7ffu
 /* The letters in bit order, which is also the order rights are written. */
 #define ACL_LETTERS "lrswipkxtea"
-/* An owner keeps these whatever the ACL says, so no owner can lock
- * themselves out of their own mailbox (RFC 4314 section 2 allows it). */
+/* An owner keeps these whatever the ACL or acl_owner_rights says, so no
+ * owner can lock themselves out of their own mailbox: with "a" they can
+ * always repair the ACL (RFC 4314 section 2 lets a server force rights to
+ * always be granted to an identifier). */
 #define ACL_OWNER_ALWAYS (ACL_LOOKUP | ACL_ADMIN)
 /* The owner of the public mailboxes ("Public/NAME" in IMAP): a name no
  * login can have (user names never start with '.'), so nobody has an
@@ -48,6 +50,16 @@ bool acl_owner_valid(const char *owner);
  * string is no rights.  Anything else fails with a reason naming the
  * offending character; nothing is returned then. */
 int acl_rights_parse(const char *s, size_t len, uint32_t *rights_r, const char **error_r);
+
+/* The owner's rights while no record names the owner, from the config
+ * key acl_owner_rights (value NULL: unset, every right).  The value is a
+ * rights string as above; ACL_OWNER_ALWAYS is added to it.  Fails, with the
+ * reason, on a value acl_rights_parse() refuses. */
+int acl_owner_rights_parse(const char *value, uint32_t *rights_r, const char **error_r);
+/* The same for cfg's acl_owner_rights; the error (to free) is one line,
+ * "FILE:LINE: acl_owner_rights: REASON", as for any bad config value. */
+struct config;
+int acl_owner_rights_config(const struct config *cfg, uint32_t *rights_r, char **error_r);
 
 /* SETACL's mod-rights: a rights string, or one prefixed with '+' (add) or
  * '-' (remove). */
@@ -76,11 +88,12 @@ struct acl_entry {
  * section 2): the union of the positive rights of every identifier that
  * names user ("anyone", "authenticated" for any logged-in user, the user
  * name), minus the union of the negative rights of those identifiers.  The
- * owner has every right while the ACL has no record naming the owner
- * itself (positive or negative), and ACL_OWNER_ALWAYS in any case.  When
+ * owner has owner_default (the admin's acl_owner_rights) while the ACL has
+ * no record naming the owner itself (positive or negative), and
+ * ACL_OWNER_ALWAYS in any case.  When
  * explain is not NULL it gets one line ("...\n") per record that applied
  * and one for the result: the answer to "why" for an operator. */
-uint32_t acl_evaluate(const char *owner, const char *user, const struct acl_entry *entries,
-		      size_t count, struct buf *explain);
+uint32_t acl_evaluate(const char *owner, const char *user, uint32_t owner_default,
+		      const struct acl_entry *entries, size_t count, struct buf *explain);
 
 #endif

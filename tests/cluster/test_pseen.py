@@ -26,6 +26,9 @@ and `starling dump` only:
     then bob's make exactly bob's \\Seen appear; bob's change there,
     carried back by a bundle into node 3, goes through Team's master and
     shows on every node;
+  - alice on node 1 RENAMEs Plan, shared with bob, to Plan-2027: bob on
+    nodes 2 and 3 finds it as shared/alice/Plan-2027 (not under the old
+    name), with his rights and his own \\Seen, set before the rename;
   - a peer's PSEEN lines: malformed ones get BAD [ARGS] and change
     nothing; one naming a GUID the mailbox does not hold is answered OK and
     kept; the same line twice, or an older one, changes nothing.
@@ -568,6 +571,76 @@ def uids_of(node, usr):
         c.logout()
 
 
+def shared_listed(node, usr):
+    """The names usr's LIST "" shared/alice/* gives on node."""
+    c = login(node, usr)
+    try:
+        r = c.command("LIST", '""', quote("shared/alice/*"))
+        out = set()
+        for line in r.untagged:
+            m = re.match(rb'\* LIST \([^)]*\) "/" "?([^"]*)"?$', line)
+            if m:
+                out.add(m.group(1).decode())
+        return out
+    finally:
+        c.logout()
+
+
+def t_rename_keeps_sharing():
+    """alice on node 1 RENAMEs Plan, shared with bob, to Plan-2027: bob on
+    node 2 (and node 3) finds it under shared/alice/Plan-2027 and no longer
+    under the old name, with the same rights, and his own \Seen (set on
+    node 2 before the rename) is still his and only his there; alice's
+    dumps are equal on the three nodes."""
+    n1, n2 = CLUSTER.nodes[0], CLUSTER.nodes[1]
+    old, new = "shared/alice/Plan", "shared/alice/Plan-2027"
+    a = login(n1, "alice")
+    R.check("alice CREATE Plan on node 1", a.command("CREATE", "Plan").ok)
+    for i in range(1, 5):
+        r = a.command("APPEND", "Plan", Literal(message(100 + i), plus=True))
+        R.check("alice APPENDs message %d to Plan" % i, r.ok, r)
+    r = a.command("SETACL", "Plan", "bob", "lrs")
+    R.check("alice SETACL Plan bob lrs on node 1", r.ok, r)
+    a.logout()
+    R.check("bob on node 2 sees %s" % old,
+            wait_for(lambda: seen_in(n2, "bob", old) == set(), CONVERGE) is not None)
+    b = login(n2, "bob")
+    R.check("bob SELECT %s on node 2" % old, b.command("SELECT", quote(old)).ok)
+    r = b.command("UID", "STORE", "1,3", "+FLAGS", "(\\Seen)")
+    R.check("bob UID STORE 1,3 +FLAGS (\\Seen) on node 2", r.ok, r)
+    b.logout()
+    took = wait_for(lambda: all(seen_in(n, "bob", old) == {1, 3} for n in CLUSTER.nodes),
+                    CONVERGE)
+    R.check("bob's \\Seen {1, 3} in Plan on every node before the rename", took is not None,
+            {n.node_id: seen_in(n, "bob", old) for n in CLUSTER.nodes})
+
+    a = login(n1, "alice")
+    r = a.command("RENAME", "Plan", "Plan-2027")
+    R.check("alice RENAME Plan Plan-2027 on node 1", r.ok, r)
+    a.logout()
+    for n in CLUSTER.nodes[1:]:
+        took = wait_for(lambda: shared_listed(n, "bob") >= {"shared/alice/Plan-2027"} and
+                        "shared/alice/Plan" not in shared_listed(n, "bob"), CONVERGE)
+        R.check("bob's LIST on node %d has %s, not %s" % (n.node_id, new, old),
+                took is not None, shared_listed(n, "bob"))
+        R.equal("bob's \\Seen in %s on node %d survived the rename" % (new, n.node_id),
+                seen_in(n, "bob", new), {1, 3})
+        R.equal("alice's own \\Seen in Plan-2027 on node %d is untouched" % n.node_id,
+                seen_in(n, "alice", "Plan-2027"), set())
+        b = login(n, "bob")
+        r = b.command("MYRIGHTS", quote(new))
+        R.check("bob's MYRIGHTS %s on node %d is still lrs" % (new, n.node_id),
+                r.ok and b"MYRIGHTS" in b"".join(r.untagged) and
+                b"".join(r.untagged).split()[-1] == b"lrs", r.untagged)
+        r = b.command("SELECT", quote(old))
+        R.check("bob SELECT %s on node %d: NO, the name is gone" % (old, n.node_id),
+                r.status == "NO", r)
+        b.logout()
+    took, d = wait_dumps_equal("alice")
+    R.check("alice's dumps equal on the three nodes after the rename", took is not None,
+            {k: v[-300:] for k, v in d.items()})
+
+
 def t_hostile_peer():
     """Node 2 of a second cluster alone, node 1 played by a Python peer
     (tests/harness/peerwire.py) as its root and the mailbox's master: it
@@ -661,6 +734,7 @@ SECTIONS = [
     ("bundles carry each user's own records", t_bundles_carry_each_users_own_records),
     ("an APPEND sets the appender's own \\Seen", t_append_sets_own_seen),
     ("a COPY takes the \\Seen the user sees", t_copy_takes_users_seen),
+    ("a RENAME on node 1 keeps bob's share and \\Seen on node 2", t_rename_keeps_sharing),
     ("a hostile peer's PSEEN lines", t_hostile_peer),
 ]
 

@@ -16,7 +16,11 @@ what "anyone" gives; a right taken away while bob has the mailbox selected
 applies at his next command; the owner cannot lock themselves out (keeps
 "l" and "a"); RENAME inside shared/alice/ and Public/ with x (and k on the
 new parent), NO [NOPERM] / NO [NONEXISTENT] without, NO [CANNOT] across
-owners, the ACL following the mailbox.
+owners, the ACL following the mailbox; on a node of its own with
+acl_owner_rights = lrswipkte, the owner's default rights (DELETE and
+RENAME of an own mailbox NO [NOPERM], MYRIGHTS/GETACL/`starling acl` show
+it, the owner's own record wins, a bad value stops starlingd and starling
+with one line).
 
 The last line is "imap-acl: N passed, M failed"; exit 0 only if nothing
 failed.
@@ -557,6 +561,108 @@ def t_admin_tool():
     a.logout()
 
 
+def t_owner_default():
+    """acl_owner_rights = lrswipkte (no x): the owner's rights while no
+    record names them, on a node of its own.  DELETE and RENAME of an own
+    mailbox are NO [NOPERM]; MYRIGHTS, GETACL, LISTRIGHTS, `starling acl get`
+    and `acl debug` show it; a SETACL naming the owner still wins; l and a
+    are always kept; a bad value stops starlingd (and starling) with one
+    line."""
+    global T
+    if T.kind != "starling":
+        return
+    import os
+    import subprocess
+    from harness.starling import Cluster
+    from imapcommon import Target
+    c = Cluster(n=1, users=USERS, extra_config={"acl_owner_rights": "lrswipkte"},
+                daemon=T.server.daemon, cli=T.server.cli)
+    saved = T
+    try:
+        c.start_all()
+        T = Target("starling", c, c.nodes[0])
+        a = connect("alice")
+        r = a.command("CREATE", "Proj")
+        R.check("default node: CREATE Proj (k at the top from the default)", r.ok, r)
+        r = a.command("CREATE", "Proj/Sub")
+        R.check("default node: CREATE Proj/Sub", r.ok, r)
+        r, rights = myrights(a, "Proj")
+        R.equal("default node: MYRIGHTS Proj is the default, l and a kept", rights, "lrswipktea")
+        r, acl = getacl(a, "Proj")
+        R.equal("default node: GETACL shows the owner's default", acl, {"alice": "lrswipktea"})
+        r = a.command("LISTRIGHTS", "Proj", "alice")
+        lr = r.find("LISTRIGHTS")
+        R.check("default node: LISTRIGHTS for the owner still requires l and a only",
+                r.ok and lr and lr[0][3] == b"la", r.untagged)
+        r = a.command("DELETE", "Proj/Sub")
+        R.check("default node: DELETE Proj/Sub is NO [NOPERM]", r.status == "NO" and
+                r.code == "NOPERM", r)
+        r = a.command("RENAME", "Proj", "Other")
+        R.check("default node: RENAME Proj is NO [NOPERM]", r.status == "NO" and
+                r.code == "NOPERM", r)
+        r = a.command("LIST", '""', "*")
+        R.check("default node: Proj and Proj/Sub are still there",
+                "Proj" in listed(r) and "Proj/Sub" in listed(r), r.untagged)
+        rc = T.node.cli("acl", "get", "-u", "alice", "-m", "Proj")
+        out = rc.stdout.decode(errors="replace")
+        R.check("default node: acl get shows the owner's default",
+                rc.returncode == 0 and out == "alice lrswipktea\n", (rc.returncode, out))
+        rc = T.node.cli("acl", "debug", "-u", "alice", "-m", "Proj")
+        out = rc.stdout.decode(errors="replace")
+        R.check("default node: acl debug names acl_owner_rights and refuses DELETE",
+                rc.returncode == 0 and "acl_owner_rights" in out and
+                'result: "lrswipktea"' in out and "may DELETE it, RENAME it (x): no" in out,
+                (rc.returncode, out))
+        # The owner's own record wins over the default, both ways.
+        r = a.command("SETACL", "Proj/Sub", "alice", "lrswipkxtea")
+        R.check("default node: SETACL Proj/Sub alice lrswipkxtea OK", r.ok, r)
+        _, rights = myrights(a, "Proj/Sub")
+        R.equal("default node: MYRIGHTS shows x from the owner's record", rights, "lrswipkxtea")
+        r = a.command("DELETE", "Proj/Sub")
+        R.check("default node: DELETE Proj/Sub OK with the owner's record", r.ok, r)
+        r = a.command("SETACL", "Proj", "alice", "r")
+        R.check("default node: SETACL Proj alice r OK", r.ok, r)
+        _, rights = myrights(a, "Proj")
+        R.equal("default node: an owner named with r keeps l and a", rights, "lra")
+        r = a.command("CREATE", "Proj/Kid")
+        R.check("default node: CREATE Proj/Kid without k on Proj is NO [NOPERM]",
+                r.status == "NO" and r.code == "NOPERM", r)
+        r = a.command("DELETEACL", "Proj", "alice")
+        R.check("default node: DELETEACL Proj alice OK", r.ok, r)
+        _, rights = myrights(a, "Proj")
+        R.equal("default node: back to the default", rights, "lrswipktea")
+        # Other users' rights are their records only.
+        r = a.command("SETACL", "Proj", "bob", "lrx")
+        R.check("default node: SETACL Proj bob lrx OK", r.ok, r)
+        b = connect("bob")
+        _, rights = myrights(b, "shared/alice/Proj")
+        R.equal("default node: bob's rights are his record's", rights, "lrx")
+        b.logout()
+        a.logout()
+        # A bad value: one line on stderr, nothing started.
+        n = T.node
+        T.stop()
+        bad = os.path.join(n.dir, "bad.conf")
+        with open(bad, "w") as f:
+            f.write("\n".join(n.config_lines()).replace("acl_owner_rights = lrswipkte",
+                                                        "acl_owner_rights = lrswz") + "\n")
+        want = "%s:%d: acl_owner_rights: unknown right 'z'" % (
+            bad, n.config_lines().index("acl_owner_rights = lrswipkte") + 1)
+        for what, argv in (("starlingd", [c.daemon, "-c", bad]),
+                           ("starlingd -n", [c.daemon, "-c", bad, "-n"]),
+                           ("starling status", [c.cli, "-c", bad, "status"])):
+            p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+            err = p.stderr.decode(errors="replace")
+            R.check("%s refuses acl_owner_rights = lrswz with one line naming file, line, 'z'"
+                    % what, p.returncode != 0 and err.count("\n") == 1 and want in err,
+                    (p.returncode, err, want))
+    finally:
+        T = saved
+        c.close()
+        reps = c.sanitizer_reports()
+        R.check("no sanitizer report on the default node", not reps, reps)
+
+
 def t_public():
     """Public/NAME: made by `starling mailbox create --public`, rights only
     from its ACL (nobody is its owner)."""
@@ -636,6 +742,7 @@ SECTIONS = [
     ("create and delete in shared/", t_create_delete_shared),
     ("idle shared", t_idle_shared),
     ("admin tool", t_admin_tool),
+    ("owner default rights", t_owner_default),
     ("public", t_public),
     ("rename in shared/ and Public/", t_rename_shared),
 ]

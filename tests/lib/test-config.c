@@ -32,6 +32,7 @@ static const char *full =
 	"degraded_writes = refuse\n"
 	"read_consistency = local\n"
 	"shared_seen = shared\n"
+	"acl_owner_rights = lrswipkte\n"
 	"metrics_listen = 127.0.0.1:9143\n";
 
 static void test_config_full_file_parses_every_key(void)
@@ -128,6 +129,7 @@ static void test_config_lone_node_defaults(void)
 	CU_ASSERT_EQUAL(c->read_consistency, CONFIG_READ_MASTER);
 	/* SPEC.md 7.7: private \Seen unless shared_seen = shared. */
 	CU_ASSERT_TRUE(c->shared_seen_private);
+	CU_ASSERT_PTR_NULL(c->acl_owner_rights);
 	config_free(&c);
 	c = config_parse("t.conf", "node_id = 7\ndata_dir = d\nshared_seen = private\n", &err);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
@@ -150,6 +152,7 @@ static void test_config_print_round_trips(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "degraded_writes = refuse\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "read_consistency = local\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "shared_seen = shared\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(text, "acl_owner_rights = lrswipkte\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "sync_replicas = 2\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "repl_log_max = 100000\n"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(text, "imaps_listen = [::1]:1993\n"));
@@ -161,6 +164,7 @@ static void test_config_print_round_trips(void)
 	CU_ASSERT_EQUAL(back->degraded_writes, CONFIG_DEGRADED_REFUSE);
 	CU_ASSERT_EQUAL(back->read_consistency, CONFIG_READ_LOCAL);
 	CU_ASSERT_FALSE(back->shared_seen_private);
+	CU_ASSERT_STRING_EQUAL(back->acl_owner_rights, "lrswipkte");
 	CU_ASSERT_EQUAL(back->sync_replicas, 2);
 	CU_ASSERT_EQUAL(back->peers.count, 2);
 	CU_ASSERT_EQUAL(back->max_message_size, c->max_message_size);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/config.h"
 #include "lib/xalloc.h"
 #include "storage/acl-rights.h"
 #include "storage/storage-acl.h"
@@ -94,8 +95,8 @@ static void test_identifiers(void)
 	CU_ASSERT_FALSE(acl_owner_valid(""));
 	/* Nobody is the public owner: only records give rights. */
 	struct acl_entry pub[] = { { "anyone", ACL_LOOKUP | ACL_READ } };
-	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", pub, 1, NULL), ACL_LOOKUP | ACL_READ);
-	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", NULL, 0, NULL), 0);
+	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", ACL_ALL, pub, 1, NULL), ACL_LOOKUP | ACL_READ);
+	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "bob", ACL_ALL, NULL, 0, NULL), 0);
 }
 
 static void test_evaluate(void)
@@ -108,24 +109,79 @@ static void test_evaluate(void)
 		{ "carol", ACL_ALL },
 	};
 	size_t n = sizeof(acl) / sizeof(acl[0]);
-	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", acl, n, NULL),
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", ACL_ALL, acl, n, NULL),
 			ACL_LOOKUP | ACL_READ | ACL_WRITE | ACL_SEEN);
-	CU_ASSERT_EQUAL(acl_evaluate("alice", "dave", acl, n, NULL), ACL_LOOKUP | ACL_READ);
-	CU_ASSERT_EQUAL(acl_evaluate("alice", "carol", acl, n, NULL), ACL_ALL);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "dave", ACL_ALL, acl, n, NULL), ACL_LOOKUP | ACL_READ);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "carol", ACL_ALL, acl, n, NULL), ACL_ALL);
 	/* The owner has everything while no record names the owner. */
-	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", acl, n, NULL), ACL_ALL);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", ACL_ALL, acl, n, NULL), ACL_ALL);
 	struct acl_entry own[] = { { "alice", ACL_READ }, { "-anyone", ACL_READ } };
-	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", own, 2, NULL), ACL_OWNER_ALWAYS);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", ACL_ALL, own, 2, NULL), ACL_OWNER_ALWAYS);
 	/* A negative "anyone" takes from everyone. */
 	struct acl_entry neg[] = { { "bob", ACL_ALL }, { "-anyone", ACL_ADMIN } };
-	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", neg, 2, NULL), ACL_ALL & ~ACL_ADMIN);
-	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", NULL, 0, NULL), 0);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", ACL_ALL, neg, 2, NULL), ACL_ALL & ~ACL_ADMIN);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", ACL_ALL, NULL, 0, NULL), 0);
 	struct buf why = BUF_INIT;
-	acl_evaluate("alice", "bob", acl, n, &why);
+	acl_evaluate("alice", "bob", ACL_ALL, acl, n, &why);
 	buf_append_str(&why, "");
 	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)why.data, "denied by \"-bob\" i"));
 	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)why.data, "result: \"lrsw\""));
 	buf_free(&why);
+}
+
+/* acl_owner_rights: the owner's rights while no record names the owner,
+ * "l" and "a" always added; a record naming the owner still wins. */
+static void test_owner_default(void)
+{
+	uint32_t def;
+	const char *why;
+	CU_ASSERT_EQUAL(acl_owner_rights_parse(NULL, &def, &why), 0);
+	CU_ASSERT_EQUAL(def, ACL_ALL);
+	CU_ASSERT_EQUAL(acl_owner_rights_parse("lrswipkte", &def, &why), 0);
+	CU_ASSERT_EQUAL(def, ACL_ALL & ~ACL_DELETE_MBOX);
+	/* The obsolete letters as RFC 4314 2.1.1 maps them. */
+	CU_ASSERT_EQUAL(acl_owner_rights_parse("rc", &def, &why), 0);
+	CU_ASSERT_EQUAL(def, ACL_OWNER_ALWAYS | ACL_READ | ACL_CREATE | ACL_DELETE_MBOX);
+	CU_ASSERT_EQUAL(acl_owner_rights_parse("rd", &def, &why), 0);
+	CU_ASSERT_EQUAL(def, ACL_OWNER_ALWAYS | ACL_READ | ACL_DELETE_MSG | ACL_EXPUNGE);
+	/* Without "l" and "a" an owner could never repair their ACL. */
+	CU_ASSERT_EQUAL(acl_owner_rights_parse("r", &def, &why), 0);
+	CU_ASSERT_EQUAL(def, ACL_OWNER_ALWAYS | ACL_READ);
+	uint32_t kept = 12345;
+	CU_ASSERT_EQUAL(acl_owner_rights_parse("lrq", &kept, &why), -1);
+	CU_ASSERT_STRING_EQUAL(why, "unknown right 'q'");
+	CU_ASSERT_EQUAL(kept, 12345);
+	CU_ASSERT_EQUAL(acl_owner_rights_parse("LR", &kept, &why), -1);
+	/* As a config value: one line naming the file and the line. */
+	char *err = NULL;
+	struct config *cfg = config_parse("t.conf", "node_id = 7\ndata_dir = d\nacl_owner_rights = lrq\n", &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+	CU_ASSERT_EQUAL(acl_owner_rights_config(cfg, &kept, &err), -1);
+	CU_ASSERT_STRING_EQUAL(err, "t.conf:3: acl_owner_rights: unknown right 'q'");
+	free(err);
+	config_free(&cfg);
+	cfg = config_parse("t.conf", "node_id = 7\ndata_dir = d\n", &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+	CU_ASSERT_EQUAL(acl_owner_rights_config(cfg, &kept, &err), 0);
+	CU_ASSERT_EQUAL(kept, ACL_ALL);
+	config_free(&cfg);
+
+	uint32_t nox = ACL_ALL & ~ACL_DELETE_MBOX;
+	struct acl_entry others[] = { { "bob", ACL_ALL }, { "anyone", ACL_DELETE_MBOX } };
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", nox, others, 2, NULL), nox);
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "bob", nox, others, 2, NULL), ACL_ALL);
+	struct acl_entry own[] = { { "alice", ACL_ALL } };
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", nox, own, 1, NULL), ACL_ALL);
+	struct acl_entry own_neg[] = { { "-alice", ACL_READ } };
+	CU_ASSERT_EQUAL(acl_evaluate("alice", "alice", nox, own_neg, 1, NULL), ACL_OWNER_ALWAYS);
+	/* Nobody owns public mailboxes: the default gives nothing there. */
+	CU_ASSERT_EQUAL(acl_evaluate(ACL_PUBLIC_OWNER, "alice", nox, NULL, 0, NULL), 0);
+	struct buf why_b = BUF_INIT;
+	acl_evaluate("alice", "alice", nox | ACL_OWNER_ALWAYS, NULL, 0, &why_b);
+	buf_append_str(&why_b, "");
+	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)why_b.data, "owner: \"lrswipktea\", the owner's default"));
+	CU_ASSERT_PTR_NOT_NULL(strstr((const char *)why_b.data, "result: \"lrswipktea\""));
+	buf_free(&why_b);
 }
 
 static char *held(struct stor_db *db, const struct guid *mb, const char *id)
@@ -315,6 +371,7 @@ const struct test_case storage_acl_cases[] = {
 	{ "SETACL mod-rights", test_mod_rights },
 	{ "identifiers", test_identifiers },
 	{ "evaluation: union, negatives, owner", test_evaluate },
+	{ "the owner's default rights (acl_owner_rights)", test_owner_default },
 	{ "store: later record wins, index follows", test_store_merge_and_index },
 	{ "store: bad records refused", test_store_refuses_bad_records },
 	{ "sharing index apart from GUID tombstones", test_index_apart_from_guid_tombs },
