@@ -243,6 +243,8 @@ static void restart_only_changes(const struct config *cur, const struct config *
 		{ "lmtp_detail_mailbox", cur->lmtp_detail_mailbox == next->lmtp_detail_mailbox },
 		{ "metrics_listen", addr_same(&cur->metrics_listen, &next->metrics_listen) },
 		{ "acl_owner_rights", str_same(cur->acl_owner_rights, next->acl_owner_rights) },
+		{ "read_consistency", cur->read_consistency == next->read_consistency },
+		{ "shared_seen", cur->shared_seen_private == next->shared_seen_private },
 		/* TLS switched on or off, and peers where there were none (or
 		 * none left), change what runs, not only what it uses. */
 		{ "tls_cert/tls_key (on/off)", (cur->tls_cert == NULL) == (next->tls_cert == NULL) },

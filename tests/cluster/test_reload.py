@@ -219,6 +219,18 @@ def main():
         R.check("... and IMAP still listens where it did", login_ok(n1, ALICE))
         n1.write_config()
 
+        # Keys read once at start-up are named too, never dropped silently.
+        n1.extra = {"read_consistency": "local", "shared_seen": "shared"}
+        n1.write_config()
+        n1.extra = {}
+        hup(n1)
+        R.check("changed read_consistency and shared_seen are named in one warn line",
+                wait_for(lambda: log_count(n1, "only a restart applies it") == 2, 10) is not None
+                and any("only a restart applies it" in m and
+                        m.endswith(": read_consistency, shared_seen") for m in n1.log_messages()),
+                n1.log_tail(5))
+        n1.write_config()
+
         # Removing a peer closes its link.
         n1.peer_ids = {2}
         n1.write_config()
