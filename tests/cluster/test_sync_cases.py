@@ -378,25 +378,20 @@ def y_at_the_uid_of_an_expunged_x(n1, holder, away):
     return x_uid
 
 
-def t_acked_expunge_after_renumber():
-    c = new_cluster(3)
+def meet(c, a, b):
+    """Starts nodes a and b linked to each other alone; a resyncs with b."""
+    start_linked(a, {b.node_id})
+    start_linked(b, {a.node_id})
+    c.wait_links_up(timeout=40, nodes=[a, b])
+    r, rep = resync(a, peer=b.node_id)
+    R.check("the resync of nodes %d and %d converged" % (a.node_id, b.node_id),
+            rep.get("converged") == "yes", (r.stdout, r.stderr))
+
+
+def heal_keeps_x_expunged(c):
+    """The heal after y_at_the_uid_of_an_expunged_x(): all nodes linked and
+    resynced, X is expunged everywhere and Y and the 3 others are kept."""
     n1, n2, n3 = c.nodes
-    R.check("3 messages appended with all nodes up",
-            append_many(n1, [message("base", i) for i in range(3)]))
-    c.wait_dumps_equal(USER, timeout=60)
-    # X reaches nodes 1 and 2; node 3, alone, saves Y at X's UID.
-    x_uid = y_at_the_uid_of_an_expunged_x(n1, n2, n3)
-    # Nodes 2 and 3 meet without node 1: their sync renumbers X.
-    start_linked(n2, {3})
-    start_linked(n3, {2})
-    c.wait_links_up(timeout=40, nodes=[n2, n3])
-    r, rep = resync(n2, peer=3)
-    R.check("the resync of nodes 2 and 3 converged", rep.get("converged") == "yes",
-            (r.stdout, r.stderr))
-    moved = [u for u, m in msgids_on(n2).items() if m == "x.0@example.com"]
-    R.check("X now lives under another UID on node 2", len(moved) == 1 and moved != x_uid,
-            (x_uid, moved))
-    # The heal.
     start_linked(n2, None)
     start_linked(n3, None)
     start_linked(n1, None)
@@ -414,6 +409,22 @@ def t_acked_expunge_after_renumber():
                 sorted(m for m in ids.values()) ==
                 ["base.0@example.com", "base.1@example.com", "base.2@example.com",
                  "y.0@example.com"], ids)
+
+
+def t_acked_expunge_after_renumber():
+    c = new_cluster(3)
+    n1, n2, n3 = c.nodes
+    R.check("3 messages appended with all nodes up",
+            append_many(n1, [message("base", i) for i in range(3)]))
+    c.wait_dumps_equal(USER, timeout=60)
+    # X reaches nodes 1 and 2; node 3, alone, saves Y at X's UID.
+    x_uid = y_at_the_uid_of_an_expunged_x(n1, n2, n3)
+    # Nodes 2 and 3 meet without node 1: their sync renumbers X.
+    meet(c, n2, n3)
+    moved = [u for u, m in msgids_on(n2).items() if m == "x.0@example.com"]
+    R.check("X now lives under another UID on node 2", len(moved) == 1 and moved != x_uid,
+            (x_uid, moved))
+    heal_keeps_x_expunged(c)
     finish_cluster(c)
 
 
@@ -433,46 +444,19 @@ def t_acked_expunge_reaches_third_node():
     # X reaches nodes 1 and 3; node 2, alone, saves Y at X's UID.
     y_at_the_uid_of_an_expunged_x(n1, n3, n2)
     # Nodes 1 and 2 meet: Y moves; node 2 never held X.
-    start_linked(n1, {2})
-    start_linked(n2, {1})
-    c.wait_links_up(timeout=40, nodes=[n1, n2])
-    r, rep = resync(n1, peer=2)
-    R.check("the resync of nodes 1 and 2 converged", rep.get("converged") == "yes",
-            (r.stdout, r.stderr))
+    meet(c, n1, n2)
     ids2 = msgids_on(n2)
     R.check("node 2 has Y and not X", "y.0@example.com" in ids2.values() and
             "x.0@example.com" not in ids2.values(), ids2)
     n1.stop()
     n2.stop()
     # Nodes 2 and 3 meet without node 1: node 3 still holds X.
-    start_linked(n2, {3})
-    start_linked(n3, {2})
-    c.wait_links_up(timeout=40, nodes=[n2, n3])
-    r, rep = resync(n2, peer=3)
-    R.check("the resync of nodes 2 and 3 converged", rep.get("converged") == "yes",
-            (r.stdout, r.stderr))
+    meet(c, n2, n3)
     for node in (n2, n3):
         ids = msgids_on(node)
         R.check("after nodes 2 and 3 met, X is not on node %d" % node.node_id,
                 "x.0@example.com" not in ids.values(), ids)
-    # The heal.
-    start_linked(n2, None)
-    start_linked(n3, None)
-    start_linked(n1, None)
-    c.wait_links_up(timeout=40)
-    for node in (n1, n2, n3):
-        r, rep = resync(node)
-        R.check("the resync from node %d converged" % node.node_id,
-                rep.get("converged") == "yes", (r.stdout, r.stderr))
-    c.wait_dumps_equal(USER, timeout=60)
-    for node in (n1, n2, n3):
-        ids = msgids_on(node)
-        R.check("X stays expunged on node %d" % node.node_id,
-                "x.0@example.com" not in ids.values(), ids)
-        R.check("Y and the 3 others are on node %d" % node.node_id,
-                sorted(m for m in ids.values()) ==
-                ["base.0@example.com", "base.1@example.com", "base.2@example.com",
-                 "y.0@example.com"], ids)
+    heal_keeps_x_expunged(c)
     # A message moved out and back is a new message in INBOX, not one an
     # expunge missed: it stays on every node although its first copy's
     # expunge (the MOVE out) is remembered there.
