@@ -489,6 +489,13 @@ static void raw_open(struct ev_loop *loop, struct raw *r, struct side *b,
 	CU_ASSERT_PTR_NOT_NULL_FATAL(b->conn);
 }
 
+/* Opens b against the raw peer r and plays the peer's handshake. */
+static void link_raw_ready(struct link *l)
+{
+	raw_open(l->loop, &l->r, &l->b, &l->sb);
+	raw_handshake(l->loop, &l->r, &l->b);
+}
+
 static void test_wrong_proof_gets_no_and_pipelined_command_is_not_seen(void)
 {
 	struct link l;
@@ -947,8 +954,7 @@ static void test_silent_peer_gets_ping_then_is_declared_dead(void)
 	link_init(&l);
 	l.sb.ping_interval_ms = 100;
 	l.sb.dead_timeout_ms = 400;
-	raw_open(l.loop, &l.r, &l.b, &l.sb);
-	raw_handshake(l.loop, &l.r, &l.b);
+	link_raw_ready(&l);
 	struct raw_wait w = { l.loop, &l.r, " PING\r\n", &l.b };
 	CU_ASSERT(run_until(l.loop, raw_has, &w, 5));
 	CU_ASSERT_EQUAL(l.b.closed, 0);
@@ -966,8 +972,7 @@ static void test_waiting_input_after_a_long_stall_keeps_the_link_up(void)
 	link_init(&l);
 	l.sb.ping_interval_ms = 100;
 	l.sb.dead_timeout_ms = 400;
-	raw_open(l.loop, &l.r, &l.b, &l.sb);
-	raw_handshake(l.loop, &l.r, &l.b);
+	link_raw_ready(&l);
 	raw_send(&l.r, "C2 X-NOTE waiting\r\n");
 	/* The loop does not run for longer than the dead timeout. */
 	usleep(600 * 1000);
@@ -993,8 +998,7 @@ static void test_slow_but_reading_peer_stays_up_while_congested(void)
 	l.sb.dead_timeout_ms = 400;
 	l.sb.out_high_water = 256 * 1024;
 	l.sb.out_low_water = 64 * 1024;
-	raw_open(l.loop, &l.r, &l.b, &l.sb);
-	raw_handshake(l.loop, &l.r, &l.b);
+	link_raw_ready(&l);
 	static char chunk[64 * 1024];
 	memset(chunk, 'x', sizeof(chunk));
 	for (int i = 0; i < 160; i++) {
@@ -1027,8 +1031,7 @@ static void test_slow_reader_stops_reading_and_drains(void)
 	link_init(&l);
 	l.sb.out_high_water = 256 * 1024;
 	l.sb.out_low_water = 64 * 1024;
-	raw_open(l.loop, &l.r, &l.b, &l.sb);
-	raw_handshake(l.loop, &l.r, &l.b);
+	link_raw_ready(&l);
 	static char chunk[64 * 1024];
 	memset(chunk, 'x', sizeof(chunk));
 	for (int i = 0; i < 32; i++) {
