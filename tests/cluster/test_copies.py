@@ -45,36 +45,16 @@ import time
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+sys.path.insert(0, HERE)
 
 from harness import imapwire  # noqa: E402
 from harness.peerwire import PyPeer  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
+from test_forwarding import command, parse_dump  # noqa: E402
 
 R = Report("cluster-copies")
 TEXT = "From: a@example.com\r\nSubject: copied\r\n\r\nthe body\r\n"
-
-
-def parse_dump(text):
-    out = {"mailbox": {}, "msg": {}}
-    for line in text.splitlines():
-        m = re.match(r"mailbox (\S+) guid=(\w+) uidvalidity=(\d+)", line)
-        if m:
-            out["mailbox"][m.group(1)] = (m.group(2), int(m.group(3)))
-        m = re.match(r"msg (\S+) uid=(\d+) guid=(\w+) flags=(\S*)", line)
-        if m:
-            out["msg"][(m.group(1), int(m.group(2)))] = (m.group(3), m.group(4))
-    return out
-
-
-def command(p, text, timeout=20.0):
-    """p.command(text), again while the node answers NO [TRYLATER]."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = p.command(text)
-        if r[-1].split()[1:3] != ["NO", "[TRYLATER]"] or time.monotonic() > deadline:
-            return r
-        p.pump(0.2)
 
 
 def code_of(line):

@@ -31,6 +31,7 @@ R = Report("cluster-forwarding")
 WRONG = "00112233445566778899aabbccddeeff"
 
 
+# parse_dump() and command() are test_copies.py's too.
 def parse_dump(text):
     """{"mailbox": {name: (guid, uidvalidity)}, "msg": {(name, uid): (guid, flags)}}"""
     out = {"mailbox": {}, "msg": {}}

@@ -62,6 +62,8 @@ PASSWORD = "secret"
 USER = "alice@example.com"
 
 
+# login(), message(), sh(), tmpfs_used() and restart_with_space() are
+# test_store_failed.py's too.
 def login(node, user=USER):
     m = imaplib.IMAP4(node.host, node.imap_port, timeout=40)
     m.login(user, PASSWORD)

@@ -33,6 +33,7 @@ USER = "alice"
 PASSWORD = "pw"
 
 
+# names() and command() are test_rename_stamps.py's too.
 def names(node):
     """The mailbox names LIST gives on node."""
     imap = imapwire.Client(node.host, node.imap_port)
@@ -90,20 +91,26 @@ def t_renames_while_paused(c):
                 "S2" not in have, sorted(have))
 
 
-def main():
+def run(report, title, test, **cluster_args):
+    """Runs test(c) as report's one section on a cluster of USER with
+    repl_log_max = 8, then exits with the report's code.  Also run by
+    test_rename_stamps.py."""
     # No periodic check: the resync after the heal is the one the log
     # bound asks for.
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
-    c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"repl_log_max": "8"})
+    c = Cluster(users={USER: PASSWORD}, extra_config={"repl_log_max": "8"}, **cluster_args)
     try:
         c.start_all()
         c.wait_links_up(timeout=40)
-        R.section("renames while a peer was paused hold after the heal",
-                  t_renames_while_paused, c)
+        report.section(title, test, c)
     finally:
         del os.environ["STARLING_SYNC_CHECK_INTERVAL"]
-        c.close_checked(R)
-    sys.exit(R.summary())
+        c.close_checked(report)
+    sys.exit(report.summary())
+
+
+def main():
+    run(R, "renames while a peer was paused hold after the heal", t_renames_while_paused, n=2)
 
 
 if __name__ == "__main__":

@@ -26,40 +26,14 @@ import sys
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+sys.path.insert(0, HERE)
 
 from harness import imapwire  # noqa: E402
 from harness.proc import poll  # noqa: E402
 from harness.report import Report  # noqa: E402
-from harness.starling import Cluster  # noqa: E402
+from test_rename_heal import USER, command, names, run  # noqa: E402
 
 R = Report("test-rename-stamps")
-USER = "alice"
-PASSWORD = "pw"
-
-
-def names(node):
-    """The mailbox names LIST gives on node."""
-    imap = imapwire.Client(node.host, node.imap_port)
-    try:
-        imap.login(USER, PASSWORD)
-        r = imap.command('LIST "" "*"')
-        out = set()
-        for line in r.untagged:
-            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-            if text.startswith("* LIST "):
-                out.add(text.rsplit(" ", 1)[-1].strip('"'))
-        return out
-    finally:
-        imap.close()
-
-
-def command(node, cmd, *args):
-    imap = imapwire.Client(node.host, node.imap_port)
-    try:
-        imap.login(USER, PASSWORD)
-        return imap.command(cmd, *args)
-    finally:
-        imap.close()
 
 
 def resync(node, peer):
@@ -118,17 +92,8 @@ def t_third_node_renames(c):
 
 
 def main():
-    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
-    c = Cluster(n=3, users={USER: PASSWORD}, proxies=True, extra_config={"repl_log_max": "8"})
-    try:
-        c.start_all()
-        c.wait_links_up(timeout=40)
-        R.section("renames from a third node are ordered by their stamps",
-                  t_third_node_renames, c)
-    finally:
-        del os.environ["STARLING_SYNC_CHECK_INTERVAL"]
-        c.close_checked(R)
-    sys.exit(R.summary())
+    run(R, "renames from a third node are ordered by their stamps", t_third_node_renames,
+        n=3, proxies=True)
 
 
 if __name__ == "__main__":

@@ -324,6 +324,26 @@ def run_appenders(apps, timeout=240):
     return all(not a.is_alive() for a in apps)
 
 
+def start_appenders(apps):
+    """Starts apps; returns once each has 10 APPENDs done (at most 30 s),
+    for a fault under load."""
+    for a in apps:
+        a.start()
+    deadline = time.monotonic() + 30
+    while min(a.done_count for a in apps) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def join_appenders(apps):
+    """Waits for apps (240 s each), then stops those still running."""
+    for a in apps:
+        a.join(240)
+    for a in apps:
+        if a.is_alive():
+            a.stop()
+            a.join(20)
+
+
 def check_oks_present(what, nodes, usr, oks, mailbox="INBOX", check_uids=True):
     """Every OK'd Message-ID is on every node exactly once (at its
     APPENDUID UID when known); no Message-ID is there twice."""
@@ -456,19 +476,10 @@ def t_kill_replica():
     writers = [n for n in c.nodes if n is not replica]
     print("master of INBOX: %d; killing replica %d" % (m, replica.node_id))
     apps = [Appender(n, usr, "kr%d" % n.node_id, 60, pause=0.01) for n in writers]
-    for a in apps:
-        a.start()
-    proc_deadline = time.monotonic() + 30
-    while (min(a.done_count for a in apps) < 10 and time.monotonic() < proc_deadline):
-        time.sleep(0.02)
+    start_appenders(apps)
     replica.kill()
     t_kill = time.monotonic()
-    for a in apps:
-        a.join(240)
-    for a in apps:
-        if a.is_alive():
-            a.stop()
-            a.join(20)
+    join_appenders(apps)
     oks = {}
     for a in apps:
         oks.update(a.oks)
@@ -509,19 +520,10 @@ def t_kill_master(section=4):
     print("master of INBOX: %d (killing it)" % m)
     apps = [Appender(n, usr, "km%d" % n.node_id, 60, pause=0.01,
                      reconnect=n is not victim) for n in c.nodes]
-    for a in apps:
-        a.start()
-    deadline = time.monotonic() + 30
-    while min(a.done_count for a in apps) < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    start_appenders(apps)
     victim.kill()
     t_kill = time.monotonic()
-    for a in apps:
-        a.join(240)
-    for a in apps:
-        if a.is_alive():
-            a.stop()
-            a.join(20)
+    join_appenders(apps)
     oks = {}
     for a in apps:
         oks.update(a.oks)
@@ -985,23 +987,14 @@ def t_master_goes_silent():
     others = [n for n in c.nodes if n.node_id != m]
     print("master of INBOX: %d; its links go silent under load" % m)
     apps = [Appender(n, usr, "sil%d" % n.node_id, 60, pause=0.05) for n in others]
-    for a in apps:
-        a.start()
+    start_appenders(apps)
     try:
-        deadline = time.monotonic() + 30
-        while min(a.done_count for a in apps) < 10 and time.monotonic() < deadline:
-            time.sleep(0.02)
         c.mesh.isolate(m, mode="blackhole")
         t_cut = time.monotonic()
         time.sleep(6.0)  # past the 3 s dead timeout, while the writers go on
     finally:
         c.mesh.restore_all()
-    for a in apps:
-        a.join(240)
-    for a in apps:
-        if a.is_alive():
-            a.stop()
-            a.join(20)
+    join_appenders(apps)
     oks = {}
     for a in apps:
         oks.update(a.oks)

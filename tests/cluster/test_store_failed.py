@@ -14,23 +14,20 @@ Two real starlingd nodes on loopback, node 2's data_dir on a small tmpfs
 
 Every wait is bounded.  The last line is "test-store-failed: N passed, M failed".
 """
-import imaplib
 import os
-import shutil
-import stat
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+sys.path.insert(0, HERE)
 
 from harness import logfmt  # noqa: E402
 from harness.proc import poll  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
+from test_guarantees import login, message, restart_with_space, sh, tmpfs_used  # noqa: E402
 
 R = Report("test-store-failed")
 PASSWORD = "secret"
@@ -39,53 +36,6 @@ WINDOW_S = 5.0
 # Attempts of one node in WINDOW_S: the back-off (0.1 s doubling to 5 s)
 # allows about 7 from its start; before it there were hundreds.
 MAX_ATTEMPTS = 12
-
-
-def login(node, user=USER):
-    m = imaplib.IMAP4(node.host, node.imap_port, timeout=40)
-    m.login(user, PASSWORD)
-    return m
-
-
-def message(subject, size=0):
-    body = ("x" * 76 + "\r\n") * (size // 78) if size else "body\r\n"
-    return ("From: t@example.com\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\n%s"
-            % (subject, subject, body)).encode()
-
-
-def sh(*args):
-    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=30)
-
-
-def tmpfs_used(path):
-    st = os.statvfs(path)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-
-def restart_with_space(node, mounted):
-    """kill -9 the node, move its store off the tmpfs to plain disk (same
-    path), start it again."""
-    node.kill()
-    save = tempfile.mkdtemp(prefix="store-failed-")
-    try:
-        shutil.copytree(node.data_dir, os.path.join(save, "data"), symlinks=True,
-                        ignore=lambda d, names: [n for n in names if stat.S_ISSOCK(
-                            os.lstat(os.path.join(d, n)).st_mode)])
-        r = sh("umount", node.data_dir)
-        if r.returncode != 0:
-            raise RuntimeError("umount: %s" % r.stderr.decode())
-        mounted.remove(node.data_dir)
-        for name in os.listdir(os.path.join(save, "data")):
-            src = os.path.join(save, "data", name)
-            dst = os.path.join(node.data_dir, name)
-            if os.path.isdir(src):
-                shutil.copytree(src, dst, symlinks=True)
-            else:
-                shutil.copy2(src, dst)
-    finally:
-        shutil.rmtree(save, ignore_errors=True)
-    node.start()
 
 
 def attempts(node, since_line):

@@ -347,30 +347,25 @@ def start_linked(node, peers=None):
     node.start()
 
 
-def t_acked_expunge_after_renumber():
-    c = new_cluster(3)
-    n1, n2, n3 = c.nodes
-    R.check("3 messages appended with all nodes up",
-            append_many(n1, [message("base", i) for i in range(3)]))
-    c.wait_dumps_equal(USER, timeout=60)
-    # X reaches nodes 1 and 2 by replication; node 3 is down.
-    n3.stop()
+def y_at_the_uid_of_an_expunged_x(n1, holder, away):
+    """X reaches holder by replication from node 1 while away is down;
+    away, alone, saves Y at X's UID; node 1, alone, expunges X (the client
+    is told).  Returns X's UID; all three nodes are left stopped."""
+    away.stop()
     R.check("X appended on node 1", append_many(n1, [message("x", 0)]))
     for _ in range(200):
-        if "x.0@example.com" in msgids_on(n2).values():
+        if "x.0@example.com" in msgids_on(holder).values():
             break
         time.sleep(0.05)
-    x_uid = [u for u, m in msgids_on(n2).items() if m == "x.0@example.com"]
-    R.check("X replicated to node 2", len(x_uid) == 1, x_uid)
-    # Node 3, alone, saves another message at X's UID.
+    x_uid = [u for u, m in msgids_on(holder).items() if m == "x.0@example.com"]
+    R.check("X replicated to node %d" % holder.node_id, len(x_uid) == 1, x_uid)
     n1.stop()
-    n2.stop()
-    start_alone(n3)
-    R.check("Y appended on node 3 alone", append_many(n3, [message("y", 0)]))
-    y_uid = [u for u, m in msgids_on(n3).items() if m == "y.0@example.com"]
+    holder.stop()
+    start_alone(away)
+    R.check("Y appended on node %d alone" % away.node_id, append_many(away, [message("y", 0)]))
+    y_uid = [u for u, m in msgids_on(away).items() if m == "y.0@example.com"]
     R.check("Y took X's UID there", y_uid == x_uid, (x_uid, y_uid))
-    n3.stop()
-    # Node 1, alone, expunges X: the client is told.
+    away.stop()
     start_alone(n1)
     a = login(n1)
     a.command("SELECT INBOX")
@@ -380,17 +375,23 @@ def t_acked_expunge_after_renumber():
     R.check("UID EXPUNGE of X on node 1: OK", r.ok, r)
     a.command("LOGOUT")
     n1.stop()
-    # Nodes 2 and 3 meet without node 1: their sync renumbers X.
-    start_linked(n2, {3})
-    start_linked(n3, {2})
-    c.wait_links_up(timeout=40, nodes=[n2, n3])
-    r, rep = resync(n2, peer=3)
-    R.check("the resync of nodes 2 and 3 converged", rep.get("converged") == "yes",
-            (r.stdout, r.stderr))
-    moved = [u for u, m in msgids_on(n2).items() if m == "x.0@example.com"]
-    R.check("X now lives under another UID on node 2", len(moved) == 1 and moved != x_uid,
-            (x_uid, moved))
-    # The heal.
+    return x_uid
+
+
+def meet(c, a, b):
+    """Starts nodes a and b linked to each other alone; a resyncs with b."""
+    start_linked(a, {b.node_id})
+    start_linked(b, {a.node_id})
+    c.wait_links_up(timeout=40, nodes=[a, b])
+    r, rep = resync(a, peer=b.node_id)
+    R.check("the resync of nodes %d and %d converged" % (a.node_id, b.node_id),
+            rep.get("converged") == "yes", (r.stdout, r.stderr))
+
+
+def heal_keeps_x_expunged(c):
+    """The heal after y_at_the_uid_of_an_expunged_x(): all nodes linked and
+    resynced, X is expunged everywhere and Y and the 3 others are kept."""
+    n1, n2, n3 = c.nodes
     start_linked(n2, None)
     start_linked(n3, None)
     start_linked(n1, None)
@@ -408,6 +409,22 @@ def t_acked_expunge_after_renumber():
                 sorted(m for m in ids.values()) ==
                 ["base.0@example.com", "base.1@example.com", "base.2@example.com",
                  "y.0@example.com"], ids)
+
+
+def t_acked_expunge_after_renumber():
+    c = new_cluster(3)
+    n1, n2, n3 = c.nodes
+    R.check("3 messages appended with all nodes up",
+            append_many(n1, [message("base", i) for i in range(3)]))
+    c.wait_dumps_equal(USER, timeout=60)
+    # X reaches nodes 1 and 2; node 3, alone, saves Y at X's UID.
+    x_uid = y_at_the_uid_of_an_expunged_x(n1, n2, n3)
+    # Nodes 2 and 3 meet without node 1: their sync renumbers X.
+    meet(c, n2, n3)
+    moved = [u for u, m in msgids_on(n2).items() if m == "x.0@example.com"]
+    R.check("X now lives under another UID on node 2", len(moved) == 1 and moved != x_uid,
+            (x_uid, moved))
+    heal_keeps_x_expunged(c)
     finish_cluster(c)
 
 
@@ -424,73 +441,22 @@ def t_acked_expunge_reaches_third_node():
     R.check("CREATE Keep", a.command("CREATE Keep").ok)
     a.command("LOGOUT")
     c.wait_dumps_equal(USER, timeout=60)
-    # X reaches nodes 1 and 3 by replication; node 2 is down.
-    n2.stop()
-    R.check("X appended on node 1", append_many(n1, [message("x", 0)]))
-    for _ in range(200):
-        if "x.0@example.com" in msgids_on(n3).values():
-            break
-        time.sleep(0.05)
-    x_uid = [u for u, m in msgids_on(n3).items() if m == "x.0@example.com"]
-    R.check("X replicated to node 3", len(x_uid) == 1, x_uid)
-    # Node 2, alone, saves Y at X's UID; node 1, alone, expunges X.
-    n1.stop()
-    n3.stop()
-    start_alone(n2)
-    R.check("Y appended on node 2 alone", append_many(n2, [message("y", 0)]))
-    y_uid = [u for u, m in msgids_on(n2).items() if m == "y.0@example.com"]
-    R.check("Y took X's UID there", y_uid == x_uid, (x_uid, y_uid))
-    n2.stop()
-    start_alone(n1)
-    a = login(n1)
-    a.command("SELECT INBOX")
-    uid = [u for u, m in uid_msgids(a).items() if m == "x.0@example.com"]
-    a.command("UID STORE %d +FLAGS.SILENT (\\Deleted)" % uid[0])
-    r = a.command("UID EXPUNGE %d" % uid[0])
-    R.check("UID EXPUNGE of X on node 1: OK", r.ok, r)
-    a.command("LOGOUT")
-    n1.stop()
+    # X reaches nodes 1 and 3; node 2, alone, saves Y at X's UID.
+    y_at_the_uid_of_an_expunged_x(n1, n3, n2)
     # Nodes 1 and 2 meet: Y moves; node 2 never held X.
-    start_linked(n1, {2})
-    start_linked(n2, {1})
-    c.wait_links_up(timeout=40, nodes=[n1, n2])
-    r, rep = resync(n1, peer=2)
-    R.check("the resync of nodes 1 and 2 converged", rep.get("converged") == "yes",
-            (r.stdout, r.stderr))
+    meet(c, n1, n2)
     ids2 = msgids_on(n2)
     R.check("node 2 has Y and not X", "y.0@example.com" in ids2.values() and
             "x.0@example.com" not in ids2.values(), ids2)
     n1.stop()
     n2.stop()
     # Nodes 2 and 3 meet without node 1: node 3 still holds X.
-    start_linked(n2, {3})
-    start_linked(n3, {2})
-    c.wait_links_up(timeout=40, nodes=[n2, n3])
-    r, rep = resync(n2, peer=3)
-    R.check("the resync of nodes 2 and 3 converged", rep.get("converged") == "yes",
-            (r.stdout, r.stderr))
+    meet(c, n2, n3)
     for node in (n2, n3):
         ids = msgids_on(node)
         R.check("after nodes 2 and 3 met, X is not on node %d" % node.node_id,
                 "x.0@example.com" not in ids.values(), ids)
-    # The heal.
-    start_linked(n2, None)
-    start_linked(n3, None)
-    start_linked(n1, None)
-    c.wait_links_up(timeout=40)
-    for node in (n1, n2, n3):
-        r, rep = resync(node)
-        R.check("the resync from node %d converged" % node.node_id,
-                rep.get("converged") == "yes", (r.stdout, r.stderr))
-    c.wait_dumps_equal(USER, timeout=60)
-    for node in (n1, n2, n3):
-        ids = msgids_on(node)
-        R.check("X stays expunged on node %d" % node.node_id,
-                "x.0@example.com" not in ids.values(), ids)
-        R.check("Y and the 3 others are on node %d" % node.node_id,
-                sorted(m for m in ids.values()) ==
-                ["base.0@example.com", "base.1@example.com", "base.2@example.com",
-                 "y.0@example.com"], ids)
+    heal_keeps_x_expunged(c)
     # A message moved out and back is a new message in INBOX, not one an
     # expunge missed: it stays on every node although its first copy's
     # expunge (the MOVE out) is remembered there.

@@ -296,17 +296,59 @@ static bool side_closed(void *arg)
 	return ((struct side *)arg)->closed > 0;
 }
 
-/* Connects initiator a (SID 1) and acceptor b (SID 2). */
-static void connect_pair(struct ev_loop *loop, struct side *a, struct side *b,
-			 const struct proto_conn_settings *sa, const struct proto_conn_settings *sb)
+/* A hand-driven peer on a raw socket (see raw_open()). */
+struct raw {
+	int fd;
+	struct buf in;
+};
+
+static void raw_close(struct raw *r)
+{
+	close(r->fd);
+	buf_free(&r->in);
+}
+
+/* One link in a loop of its own: a the initiator (SID 1) and b the
+ * acceptor (SID 2) over a socketpair once link_connect() runs, or b
+ * against the raw peer r once raw_open() does.  sa and sb start as
+ * base_settings(); a test changes them before it connects. */
+struct link {
+	struct ev_loop *loop;
+	struct side a, b;
+	struct proto_conn_settings sa, sb;
+	struct two t; /* a and b, for both_ready() and both_closed() */
+	struct raw r;
+};
+
+static void link_init(struct link *l)
+{
+	memset(l, 0, sizeof(*l));
+	l->loop = ev_loop_new(EVFLAG_AUTO);
+	base_settings(&l->sa, 1, true);
+	base_settings(&l->sb, 2, false);
+	l->t.a = &l->a;
+	l->t.b = &l->b;
+	l->r.fd = -1;
+}
+
+static void link_connect(struct link *l)
 {
 	int fds[2];
 	make_pair(fds);
 	const char *error = NULL;
-	a->conn = proto_conn_create(loop, fds[0], sa, &side_cb, a, &error);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(a->conn);
-	b->conn = proto_conn_create(loop, fds[1], sb, &side_cb, b, &error);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(b->conn);
+	l->a.conn = proto_conn_create(l->loop, fds[0], &l->sa, &side_cb, &l->a, &error);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(l->a.conn);
+	l->b.conn = proto_conn_create(l->loop, fds[1], &l->sb, &side_cb, &l->b, &error);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(l->b.conn);
+}
+
+static void link_free(struct link *l)
+{
+	if (l->r.fd >= 0)
+		raw_close(&l->r);
+	side_free(&l->a);
+	side_free(&l->b);
+	ev_loop_destroy(l->loop);
 }
 
 static void exchange_commands(struct ev_loop *loop, struct side *a, struct side *b)
@@ -340,58 +382,41 @@ static void exchange_commands(struct ev_loop *loop, struct side *a, struct side 
 
 static void test_handshake_with_same_secret_gives_ready_links(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
-	sa.expected_peer_sid = 2;
-	connect_pair(loop, &a, &b, &sa, &sb);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_ready, &t, 5));
-	CU_ASSERT_EQUAL(a.ready, 1);
-	CU_ASSERT_EQUAL(b.ready, 1);
-	CU_ASSERT_EQUAL_FATAL(a.closed + b.closed, 0);
-	CU_ASSERT_EQUAL(proto_conn_peer_sid(a.conn), 2);
-	CU_ASSERT_EQUAL(proto_conn_peer_sid(b.conn), 1);
-	CU_ASSERT_FALSE(proto_conn_is_tls(a.conn));
-	CU_ASSERT_FALSE(proto_conn_is_compressed(a.conn));
-	exchange_commands(loop, &a, &b);
+	struct link l;
+	link_init(&l);
+	l.sa.expected_peer_sid = 2;
+	link_connect(&l);
+	CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
+	CU_ASSERT_EQUAL(l.a.ready, 1);
+	CU_ASSERT_EQUAL(l.b.ready, 1);
+	CU_ASSERT_EQUAL_FATAL(l.a.closed + l.b.closed, 0);
+	CU_ASSERT_EQUAL(proto_conn_peer_sid(l.a.conn), 2);
+	CU_ASSERT_EQUAL(proto_conn_peer_sid(l.b.conn), 1);
+	CU_ASSERT_FALSE(proto_conn_is_tls(l.a.conn));
+	CU_ASSERT_FALSE(proto_conn_is_compressed(l.a.conn));
+	exchange_commands(l.loop, &l.a, &l.b);
 	/* Orderly close: both learn it, pending callbacks are not lost. */
-	proto_conn_logout(a.conn);
-	CU_ASSERT(run_until(loop, both_closed, &t, 5));
-	CU_ASSERT(strstr(b.reason, "logged out") != NULL);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	proto_conn_logout(l.a.conn);
+	CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
+	CU_ASSERT(strstr(l.b.reason, "logged out") != NULL);
+	link_free(&l);
 }
 
 static void test_wrong_secret_is_refused_on_both_sides(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
-	sa.secret = wrong_secret;
-	connect_pair(loop, &a, &b, &sa, &sb);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_closed, &t, 5));
-	CU_ASSERT_EQUAL(a.ready + b.ready, 0);
-	CU_ASSERT_EQUAL(a.commands + b.commands, 0);
-	CU_ASSERT(strstr(a.reason, "authentication") != NULL);
-	CU_ASSERT(strstr(b.reason, "authentication") != NULL);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	struct link l;
+	link_init(&l);
+	l.sa.secret = wrong_secret;
+	link_connect(&l);
+	CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
+	CU_ASSERT_EQUAL(l.a.ready + l.b.ready, 0);
+	CU_ASSERT_EQUAL(l.a.commands + l.b.commands, 0);
+	CU_ASSERT(strstr(l.a.reason, "authentication") != NULL);
+	CU_ASSERT(strstr(l.b.reason, "authentication") != NULL);
+	link_free(&l);
 }
 
 /* ---- a hand-driven peer on a raw socket ---- */
-
-struct raw {
-	int fd;
-	struct buf in;
-};
 
 static void raw_send(struct raw *r, const char *s)
 {
@@ -464,79 +489,64 @@ static void raw_open(struct ev_loop *loop, struct raw *r, struct side *b,
 	CU_ASSERT_PTR_NOT_NULL_FATAL(b->conn);
 }
 
-static void raw_close(struct raw *r)
+/* Opens b against the raw peer r and plays the peer's handshake. */
+static void link_raw_ready(struct link *l)
 {
-	close(r->fd);
-	buf_free(&r->in);
+	raw_open(l->loop, &l->r, &l->b, &l->sb);
+	raw_handshake(l->loop, &l->r, &l->b);
 }
 
 static void test_wrong_proof_gets_no_and_pipelined_command_is_not_seen(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side b = { 0 };
-	struct raw r;
-	struct proto_conn_settings sb;
-	base_settings(&sb, 2, false);
-	raw_open(loop, &r, &b, &sb);
+	struct link l;
+	link_init(&l);
+	raw_open(l.loop, &l.r, &l.b, &l.sb);
 	char line[400];
 	snprintf(line, sizeof(line),
 		 "* HELLO 1.0 5 %064d ()\r\nC1 AUTH HMAC-SHA256 %064d\r\nC2 SELECT 1\r\n", 0, 0);
-	raw_send(&r, line);
-	CU_ASSERT(run_until(loop, side_closed, &b, 5));
-	raw_read(&r);
-	CU_ASSERT_EQUAL(b.ready, 0);
-	CU_ASSERT_EQUAL(b.commands, 0);
-	CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [AUTHFAILED]") != NULL);
+	raw_send(&l.r, line);
+	CU_ASSERT(run_until(l.loop, side_closed, &l.b, 5));
+	raw_read(&l.r);
+	CU_ASSERT_EQUAL(l.b.ready, 0);
+	CU_ASSERT_EQUAL(l.b.commands, 0);
+	CU_ASSERT(strstr(buf_cstr(&l.r.in), "C1 NO [AUTHFAILED]") != NULL);
 	/* The refused peer learns no proof made with the real secret. */
-	CU_ASSERT(strstr(buf_cstr(&r.in), "[AUTH ") == NULL);
-	raw_close(&r);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	CU_ASSERT(strstr(buf_cstr(&l.r.in), "[AUTH ") == NULL);
+	link_free(&l);
 }
 
 static void test_command_before_auth_is_refused(void)
 {
 	static const char *const cmds[] = { "C1 SELECT 1", "C1 COMPRESS DEFLATE", "C1 PING" };
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side b = { 0 };
-		struct raw r;
-		struct proto_conn_settings sb;
-		base_settings(&sb, 2, false);
-		raw_open(loop, &r, &b, &sb);
+		struct link l;
+		link_init(&l);
+		raw_open(l.loop, &l.r, &l.b, &l.sb);
 		char line[300];
 		snprintf(line, sizeof(line), "* HELLO 1.0 5 %064d ()\r\n%s\r\n", 0, cmds[i]);
-		raw_send(&r, line);
-		CU_ASSERT(run_until(loop, side_closed, &b, 5));
-		raw_read(&r);
-		CU_ASSERT_EQUAL(b.commands, 0);
-		CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [NOAUTH]") != NULL);
-		raw_close(&r);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		raw_send(&l.r, line);
+		CU_ASSERT(run_until(l.loop, side_closed, &l.b, 5));
+		raw_read(&l.r);
+		CU_ASSERT_EQUAL(l.b.commands, 0);
+		CU_ASSERT(strstr(buf_cstr(&l.r.in), "C1 NO [NOAUTH]") != NULL);
+		link_free(&l);
 	}
 }
 
 static void test_command_written_before_ready_is_dropped(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
-	connect_pair(loop, &a, &b, &sa, &sb);
+	struct link l;
+	link_init(&l);
+	link_connect(&l);
 	/* Not ready yet: the command must not reach the wire before AUTH. */
-	struct proto_wr *w = proto_conn_cmd_begin(a.conn, "SELECT");
+	struct proto_wr *w = proto_conn_cmd_begin(l.a.conn, "SELECT");
 	proto_wr_u64(w, 1);
-	CU_ASSERT_PTR_NULL(proto_conn_cmd_send(a.conn, 0, on_reply, &a));
-	CU_ASSERT_EQUAL(a.replies_closed, 1);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_ready, &t, 5));
-	CU_ASSERT_EQUAL(a.closed + b.closed, 0);
-	CU_ASSERT_EQUAL(b.commands, 0);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	CU_ASSERT_PTR_NULL(proto_conn_cmd_send(l.a.conn, 0, on_reply, &l.a));
+	CU_ASSERT_EQUAL(l.a.replies_closed, 1);
+	CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
+	CU_ASSERT_EQUAL(l.a.closed + l.b.closed, 0);
+	CU_ASSERT_EQUAL(l.b.commands, 0);
+	link_free(&l);
 }
 
 static void test_truncated_handshake_is_refused(void)
@@ -580,51 +590,39 @@ static void test_truncated_handshake_is_refused(void)
 static void test_tls_links_work_with_cluster_certificates(void)
 {
 	for (int mode = 0; mode < 2; mode++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side a = { 0 }, b = { 0 };
-		struct proto_conn_settings sa, sb;
+		struct link l;
+		link_init(&l);
 		enum proto_tls_mode m = mode == 0 ? PROTO_TLS_STARTTLS : PROTO_TLS_IMPLICIT;
-		base_settings(&sa, 1, true);
-		base_settings(&sb, 2, false);
-		tls_settings(&sa, m, true);
-		tls_settings(&sb, m, false);
-		sa.compress = mode == 1;
-		connect_pair(loop, &a, &b, &sa, &sb);
-		struct two t = { &a, &b };
-		CU_ASSERT(run_until(loop, both_ready, &t, 5));
-		CU_ASSERT_EQUAL_FATAL(a.closed + b.closed, 0);
-		CU_ASSERT(proto_conn_is_tls(a.conn));
-		CU_ASSERT(proto_conn_is_tls(b.conn));
-		exchange_commands(loop, &a, &b);
-		CU_ASSERT_EQUAL(proto_conn_is_compressed(a.conn), mode == 1);
-		side_free(&a);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		tls_settings(&l.sa, m, true);
+		tls_settings(&l.sb, m, false);
+		l.sa.compress = mode == 1;
+		link_connect(&l);
+		CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
+		CU_ASSERT_EQUAL_FATAL(l.a.closed + l.b.closed, 0);
+		CU_ASSERT(proto_conn_is_tls(l.a.conn));
+		CU_ASSERT(proto_conn_is_tls(l.b.conn));
+		exchange_commands(l.loop, &l.a, &l.b);
+		CU_ASSERT_EQUAL(proto_conn_is_compressed(l.a.conn), mode == 1);
+		link_free(&l);
 	}
 }
 
 static void test_tls_with_untrusted_certificate_is_refused(void)
 {
 	for (int which = 0; which < 2; which++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side a = { 0 }, b = { 0 };
-		struct proto_conn_settings sa, sb;
-		base_settings(&sa, 1, true);
-		base_settings(&sb, 2, false);
-		tls_settings(&sa, PROTO_TLS_STARTTLS, true);
-		tls_settings(&sb, PROTO_TLS_STARTTLS, false);
+		struct link l;
+		link_init(&l);
+		tls_settings(&l.sa, PROTO_TLS_STARTTLS, true);
+		tls_settings(&l.sb, PROTO_TLS_STARTTLS, false);
 		/* Either side presents a certificate of another CA. */
-		struct proto_conn_settings *bad = which == 0 ? &sa : &sb;
+		struct proto_conn_settings *bad = which == 0 ? &l.sa : &l.sb;
 		bad->tls_cert = path_rogue_cert;
 		bad->tls_key = path_rogue_key;
-		connect_pair(loop, &a, &b, &sa, &sb);
-		struct two t = { &a, &b };
-		CU_ASSERT(run_until(loop, both_closed, &t, 5));
-		CU_ASSERT_EQUAL(a.ready + b.ready, 0);
-		CU_ASSERT_EQUAL(a.commands + b.commands, 0);
-		side_free(&a);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		link_connect(&l);
+		CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
+		CU_ASSERT_EQUAL(l.a.ready + l.b.ready, 0);
+		CU_ASSERT_EQUAL(l.a.commands + l.b.commands, 0);
+		link_free(&l);
 	}
 }
 
@@ -633,31 +631,25 @@ static void test_tls_with_untrusted_certificate_is_refused(void)
 static void test_tls_certificate_must_name_the_peer(void)
 {
 	for (int which = 0; which < 4; which++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side a = { 0 }, b = { 0 };
-		struct proto_conn_settings sa, sb;
+		struct link l;
+		link_init(&l);
 		enum proto_tls_mode m = which % 2 == 0 ? PROTO_TLS_IMPLICIT : PROTO_TLS_STARTTLS;
-		base_settings(&sa, 1, true);
-		base_settings(&sb, 2, false);
-		tls_settings(&sa, m, true);
-		tls_settings(&sb, m, false);
+		tls_settings(&l.sa, m, true);
+		tls_settings(&l.sb, m, false);
 		/* 0, 1: node 1 shows node 3's certificate; 2, 3: node 2 does. */
-		struct side *liar = which < 2 ? &a : &b, *judge = which < 2 ? &b : &a;
-		struct proto_conn_settings *bad = which < 2 ? &sa : &sb;
+		struct side *liar = which < 2 ? &l.a : &l.b, *judge = which < 2 ? &l.b : &l.a;
+		struct proto_conn_settings *bad = which < 2 ? &l.sa : &l.sb;
 		bad->tls_cert = path_n3_cert;
 		bad->tls_key = path_n3_key;
-		connect_pair(loop, &a, &b, &sa, &sb);
-		struct two t = { &a, &b };
-		CU_ASSERT(run_until(loop, both_closed, &t, 5));
-		CU_ASSERT_EQUAL(a.ready + b.ready, 0);
+		link_connect(&l);
+		CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
+		CU_ASSERT_EQUAL(l.a.ready + l.b.ready, 0);
 		char want[64];
 		snprintf(want, sizeof(want), "TLS certificate does not name node %d", which < 2 ? 1 : 2);
 		CU_ASSERT_PTR_NOT_NULL(strstr(judge->reason, want));
 		CU_ASSERT_PTR_NOT_NULL(strstr(judge->reason, "it names: DNS:starling-node-3 CN=n3"));
 		CU_ASSERT_PTR_NOT_NULL(strstr(liar->reason, "does not name the node you claim"));
-		side_free(&a);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		link_free(&l);
 	}
 }
 
@@ -678,32 +670,27 @@ static void test_tls_certificate_may_name_the_peer_host(void)
 		{ "cnonly", NULL, "cnonly", false }, /* the CN is no name */
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side a = { 0 }, b = { 0 };
-		struct proto_conn_settings sa, sb;
-		base_settings(&sa, 1, true);
-		base_settings(&sb, 2, false);
-		tls_settings(&sa, PROTO_TLS_IMPLICIT, true);
-		tls_settings(&sb, PROTO_TLS_IMPLICIT, false);
+		struct link l;
+		link_init(&l);
+		tls_settings(&l.sa, PROTO_TLS_IMPLICIT, true);
+		tls_settings(&l.sb, PROTO_TLS_IMPLICIT, false);
 		bool cnonly = cases[i].cert != NULL;
-		sb.tls_cert = cnonly ? path_cnonly_cert : path_hostb_cert;
-		sb.tls_key = cnonly ? path_cnonly_key : path_hostb_key;
-		a.peer_host = cases[i].host;
-		connect_pair(loop, &a, &b, &sa, &sb);
-		struct two t = { &a, &b };
+		l.sb.tls_cert = cnonly ? path_cnonly_cert : path_hostb_cert;
+		l.sb.tls_key = cnonly ? path_cnonly_key : path_hostb_key;
+		l.a.peer_host = cases[i].host;
+		link_connect(&l);
 		if (cases[i].ok) {
-			CU_ASSERT(run_until(loop, both_ready, &t, 5));
-			CU_ASSERT(a.ready == 1 && b.ready == 1);
+			CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
+			CU_ASSERT(l.a.ready == 1 && l.b.ready == 1);
 		} else {
-			CU_ASSERT(run_until(loop, both_closed, &t, 5));
-			CU_ASSERT_EQUAL(a.ready + b.ready, 0);
-			CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "TLS certificate does not name node 2"));
+			CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
+			CU_ASSERT_EQUAL(l.a.ready + l.b.ready, 0);
+			CU_ASSERT_PTR_NOT_NULL(
+				strstr(l.a.reason, "TLS certificate does not name node 2"));
 		}
-		CU_ASSERT_EQUAL(a.host_asked, 2);
-		CU_ASSERT_EQUAL(b.host_asked, 1);
-		side_free(&a);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		CU_ASSERT_EQUAL(l.a.host_asked, 2);
+		CU_ASSERT_EQUAL(l.b.host_asked, 1);
+		link_free(&l);
 	}
 }
 
@@ -712,24 +699,19 @@ static void test_tls_certificate_may_name_the_peer_host(void)
 static void test_half_tls_says_so_on_both_sides(void)
 {
 	for (int tls_side = 0; tls_side < 2; tls_side++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side a = { 0 }, b = { 0 };
-		struct proto_conn_settings sa, sb;
-		base_settings(&sa, 1, true);
-		base_settings(&sb, 2, false);
-		tls_settings(tls_side == 0 ? &sa : &sb, PROTO_TLS_IMPLICIT, tls_side == 0);
-		connect_pair(loop, &a, &b, &sa, &sb);
-		struct two t = { &a, &b };
-		CU_ASSERT(run_until(loop, both_closed, &t, 5));
-		CU_ASSERT_EQUAL(a.ready + b.ready, 0);
-		struct side *tls = tls_side == 0 ? &a : &b, *plain = tls_side == 0 ? &b : &a;
+		struct link l;
+		link_init(&l);
+		tls_settings(tls_side == 0 ? &l.sa : &l.sb, PROTO_TLS_IMPLICIT, tls_side == 0);
+		link_connect(&l);
+		CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
+		CU_ASSERT_EQUAL(l.a.ready + l.b.ready, 0);
+		struct side *tls = tls_side == 0 ? &l.a : &l.b;
+		struct side *plain = tls_side == 0 ? &l.b : &l.a;
 		CU_ASSERT_PTR_NOT_NULL(strstr(plain->reason, "speaks TLS but tls is off here"));
 		CU_ASSERT_PTR_NOT_NULL(strstr(tls->reason, "did not start TLS but tls is on here"));
 		if (tls_side == 1) /* the acceptor names the peer from its HELLO */
 			CU_ASSERT_PTR_NOT_NULL(strstr(tls->reason, "peer 1 did not start TLS"));
-		side_free(&a);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		link_free(&l);
 	}
 }
 
@@ -739,109 +721,92 @@ static void test_half_tls_says_so_on_both_sides(void)
 static void test_half_tls_close_flushes_what_was_sent(void)
 {
 	for (int variant = 0; variant < 2; variant++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side b = { 0 };
-		struct raw r;
-		struct proto_conn_settings sb;
+		struct link l;
+		link_init(&l);
 		/* 0: a TLS-only initiator gets a plain HELLO; 1: a plain
 		 * acceptor gets a TLS ClientHello. */
-		base_settings(&sb, variant == 0 ? 1 : 2, variant == 0);
+		base_settings(&l.sb, variant == 0 ? 1 : 2, variant == 0);
 		if (variant == 0)
-			tls_settings(&sb, PROTO_TLS_IMPLICIT, true);
-		raw_open(loop, &r, &b, &sb);
+			tls_settings(&l.sb, PROTO_TLS_IMPLICIT, true);
+		raw_open(l.loop, &l.r, &l.b, &l.sb);
 		if (variant == 0) {
 			char line[200];
 			snprintf(line, sizeof(line), "* HELLO 1.0 2 %064d ()\r\n", 0);
-			raw_send(&r, line);
+			raw_send(&l.r, line);
 		} else {
-			raw_send(&r, "\x16\x03\x01\x01\x05hello");
+			raw_send(&l.r, "\x16\x03\x01\x01\x05hello");
 		}
-		CU_ASSERT(run_until(loop, side_closed, &b, 5));
-		raw_read(&r);
-		CU_ASSERT(r.in.len > 0);
+		CU_ASSERT(run_until(l.loop, side_closed, &l.b, 5));
+		raw_read(&l.r);
+		CU_ASSERT(l.r.in.len > 0);
 		if (variant == 0) {
-			CU_ASSERT(r.in.len > 0 && ((unsigned char *)r.in.data)[0] == 0x16);
-			CU_ASSERT_PTR_NOT_NULL(strstr(b.reason, "did not start TLS but tls is on here"));
+			CU_ASSERT(l.r.in.len > 0 && ((unsigned char *)l.r.in.data)[0] == 0x16);
+			CU_ASSERT_PTR_NOT_NULL(
+				strstr(l.b.reason, "did not start TLS but tls is on here"));
 		} else {
-			CU_ASSERT(strncmp(buf_cstr(&r.in), "* HELLO ", 8) == 0);
-			CU_ASSERT_PTR_NOT_NULL(strstr(b.reason, "speaks TLS but tls is off here"));
+			CU_ASSERT(strncmp(buf_cstr(&l.r.in), "* HELLO ", 8) == 0);
+			CU_ASSERT_PTR_NOT_NULL(
+				strstr(l.b.reason, "speaks TLS but tls is off here"));
 		}
-		raw_close(&r);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		link_free(&l);
 	}
 }
 
 static void test_starttls_acceptor_refuses_plain_auth_and_injected_bytes(void)
 {
 	for (int variant = 0; variant < 2; variant++) {
-		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-		struct side b = { 0 };
-		struct raw r;
-		struct proto_conn_settings sb;
-		base_settings(&sb, 2, false);
-		tls_settings(&sb, PROTO_TLS_STARTTLS, false);
-		raw_open(loop, &r, &b, &sb);
+		struct link l;
+		link_init(&l);
+		tls_settings(&l.sb, PROTO_TLS_STARTTLS, false);
+		raw_open(l.loop, &l.r, &l.b, &l.sb);
 		char line[400];
 		/* 0: AUTH in plain text; 1: a command smuggled after STARTTLS. */
 		snprintf(line, sizeof(line), "* HELLO 1.0 5 %064d ()\r\n%s", 0,
 			 variant == 0 ? "C1 AUTH HMAC-SHA256 00\r\n" : "C1 STARTTLS\r\nC2 SELECT 1\r\n");
-		raw_send(&r, line);
-		CU_ASSERT(run_until(loop, side_closed, &b, 5));
-		raw_read(&r);
-		CU_ASSERT_EQUAL(b.ready, 0);
-		CU_ASSERT_EQUAL(b.commands, 0);
+		raw_send(&l.r, line);
+		CU_ASSERT(run_until(l.loop, side_closed, &l.b, 5));
+		raw_read(&l.r);
+		CU_ASSERT_EQUAL(l.b.ready, 0);
+		CU_ASSERT_EQUAL(l.b.commands, 0);
 		if (variant == 0) {
-			CU_ASSERT(strstr(buf_cstr(&r.in), "C1 NO [PRIVACYREQUIRED]") != NULL);
+			CU_ASSERT(strstr(buf_cstr(&l.r.in), "C1 NO [PRIVACYREQUIRED]") != NULL);
 		} else {
-			CU_ASSERT(strstr(b.reason, "plain text after STARTTLS") != NULL);
+			CU_ASSERT(strstr(l.b.reason, "plain text after STARTTLS") != NULL);
 		}
-		raw_close(&r);
-		side_free(&b);
-		ev_loop_destroy(loop);
+		link_free(&l);
 	}
 }
 
 static void test_plain_initiator_cannot_skip_required_tls(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
-	tls_settings(&sb, PROTO_TLS_STARTTLS, false);
-	connect_pair(loop, &a, &b, &sa, &sb);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_closed, &t, 5));
-	CU_ASSERT_EQUAL(a.ready + b.ready, 0);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	struct link l;
+	link_init(&l);
+	tls_settings(&l.sb, PROTO_TLS_STARTTLS, false);
+	link_connect(&l);
+	CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
+	CU_ASSERT_EQUAL(l.a.ready + l.b.ready, 0);
+	link_free(&l);
 }
 
 /* Sends the same commands over a link and returns what the acceptor got. */
 static char *carry_commands(bool compress, bool tls, bool *was_compressed)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
+	struct link l;
+	link_init(&l);
 	if (tls) {
-		tls_settings(&sa, PROTO_TLS_STARTTLS, true);
-		tls_settings(&sb, PROTO_TLS_STARTTLS, false);
+		tls_settings(&l.sa, PROTO_TLS_STARTTLS, true);
+		tls_settings(&l.sb, PROTO_TLS_STARTTLS, false);
 	}
-	sa.compress = compress;
-	connect_pair(loop, &a, &b, &sa, &sb);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	l.sa.compress = compress;
+	link_connect(&l);
+	CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
 	size_t big_len = 1u << 20;
 	unsigned char *big = xmalloc(big_len);
 	for (size_t i = 0; i < big_len; i++)
 		big[i] = (unsigned char)((i * 7919) >> 3);
-	b.reply_to_commands = true;
+	l.b.reply_to_commands = true;
 	for (int i = 0; i < 50; i++) {
-		struct proto_wr *w = proto_conn_cmd_begin(a.conn, i % 10 == 0 ? "SAVE" : "STORE");
+		struct proto_wr *w = proto_conn_cmd_begin(l.a.conn, i % 10 == 0 ? "SAVE" : "STORE");
 		proto_wr_u64(w, (uint64_t)i);
 		proto_wr_cstr(w, "Sent Items");
 		if (i == 25)
@@ -851,25 +816,23 @@ static char *carry_commands(bool compress, bool tls, bool *was_compressed)
 		proto_wr_list_begin(w);
 		proto_wr_atom(w, "\\Seen");
 		proto_wr_list_end(w);
-		proto_conn_cmd_send(a.conn, 5000, on_reply, &a);
+		proto_conn_cmd_send(l.a.conn, 5000, on_reply, &l.a);
 	}
-	for (int i = 0; i < 2000 && a.replies_done < 50 && !a.closed; i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_EQUAL(a.replies_done, 50);
-	CU_ASSERT_EQUAL(b.commands, 50);
-	*was_compressed = a.conn != NULL && proto_conn_is_compressed(a.conn) &&
-			  proto_conn_is_compressed(b.conn);
+	for (int i = 0; i < 2000 && l.a.replies_done < 50 && !l.a.closed; i++)
+		ev_run(l.loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL(l.a.replies_done, 50);
+	CU_ASSERT_EQUAL(l.b.commands, 50);
+	*was_compressed = l.a.conn != NULL && proto_conn_is_compressed(l.a.conn) &&
+			  proto_conn_is_compressed(l.b.conn);
 	/* Literal bytes are summarised by a checksum to keep the text small. */
 	struct buf sum = BUF_INIT;
-	const char *p = buf_cstr(&b.received);
+	const char *p = buf_cstr(&l.b.received);
 	unsigned long h = 5381;
-	for (size_t i = 0; i < b.received.len; i++)
+	for (size_t i = 0; i < l.b.received.len; i++)
 		h = h * 33 + (unsigned char)p[i];
-	buf_appendf(&sum, "%zu %lx", b.received.len, h);
+	buf_appendf(&sum, "%zu %lx", l.b.received.len, h);
 	free(big);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	link_free(&l);
 	return steal_str(&sum);
 }
 
@@ -940,82 +903,64 @@ static void test_unanswered_compress_closes_the_link(void)
 
 static void test_literal_over_the_message_limit_closes_with_toobig(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
-	sb.limits.max_literal = 1000;
-	connect_pair(loop, &a, &b, &sa, &sb);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_ready, &t, 5));
-	b.reply_to_commands = true;
+	struct link l;
+	link_init(&l);
+	l.sb.limits.max_literal = 1000;
+	link_connect(&l);
+	CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
+	l.b.reply_to_commands = true;
 	static char text[1001];
-	struct proto_wr *w = proto_conn_cmd_begin(a.conn, "SAVE");
+	struct proto_wr *w = proto_conn_cmd_begin(l.a.conn, "SAVE");
 	proto_wr_literal(w, text, 1000);
-	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
-	w = proto_conn_cmd_begin(a.conn, "SAVE");
+	proto_conn_cmd_send(l.a.conn, 0, on_reply, &l.a);
+	w = proto_conn_cmd_begin(l.a.conn, "SAVE");
 	proto_wr_literal(w, text, 1001);
-	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
-	CU_ASSERT(run_until(loop, both_closed, &t, 5));
+	proto_conn_cmd_send(l.a.conn, 0, on_reply, &l.a);
+	CU_ASSERT(run_until(l.loop, both_closed, &l.t, 5));
 	/* The first fits and is handled; the second closes the link. */
-	CU_ASSERT_EQUAL(b.commands, 1);
-	CU_ASSERT_EQUAL(a.replies_done, 1);
-	CU_ASSERT_EQUAL(a.replies_closed, 1);
-	CU_ASSERT(strstr(a.reason, "TOOBIG") != NULL);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	CU_ASSERT_EQUAL(l.b.commands, 1);
+	CU_ASSERT_EQUAL(l.a.replies_done, 1);
+	CU_ASSERT_EQUAL(l.a.replies_closed, 1);
+	CU_ASSERT(strstr(l.a.reason, "TOOBIG") != NULL);
+	link_free(&l);
 }
 
 static void test_pending_tag_timeout_fires(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
-	connect_pair(loop, &a, &b, &sa, &sb);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_ready, &t, 5));
+	struct link l;
+	link_init(&l);
+	link_connect(&l);
+	CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
 	/* b never answers. */
-	struct proto_wr *w = proto_conn_cmd_begin(a.conn, "FETCH");
+	struct proto_wr *w = proto_conn_cmd_begin(l.a.conn, "FETCH");
 	proto_wr_atom(w, "1:*");
-	proto_conn_cmd_send(a.conn, 100, on_reply, &a);
-	proto_conn_cmd_begin(a.conn, "FETCH");
-	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
-	for (int i = 0; i < 500 && a.replies_timeout == 0; i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_EQUAL(a.replies_timeout, 1);
-	CU_ASSERT_EQUAL(a.replies_done, 0);
-	CU_ASSERT_EQUAL(b.commands, 2);
+	proto_conn_cmd_send(l.a.conn, 100, on_reply, &l.a);
+	proto_conn_cmd_begin(l.a.conn, "FETCH");
+	proto_conn_cmd_send(l.a.conn, 0, on_reply, &l.a);
+	for (int i = 0; i < 500 && l.a.replies_timeout == 0; i++)
+		ev_run(l.loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL(l.a.replies_timeout, 1);
+	CU_ASSERT_EQUAL(l.a.replies_done, 0);
+	CU_ASSERT_EQUAL(l.b.commands, 2);
 	/* The command without a timeout learns about the close instead. */
-	proto_conn_destroy(&a.conn);
-	CU_ASSERT_EQUAL(a.replies_closed, 1);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	proto_conn_destroy(&l.a.conn);
+	CU_ASSERT_EQUAL(l.a.replies_closed, 1);
+	link_free(&l);
 }
 
 static void test_silent_peer_gets_ping_then_is_declared_dead(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side b = { 0 };
-	struct raw r;
-	struct proto_conn_settings sb;
-	base_settings(&sb, 2, false);
-	sb.ping_interval_ms = 100;
-	sb.dead_timeout_ms = 400;
-	raw_open(loop, &r, &b, &sb);
-	raw_handshake(loop, &r, &b);
-	struct raw_wait w = { loop, &r, " PING\r\n", &b };
-	CU_ASSERT(run_until(loop, raw_has, &w, 5));
-	CU_ASSERT_EQUAL(b.closed, 0);
-	CU_ASSERT(run_until(loop, side_closed, &b, 5));
-	CU_ASSERT(strstr(b.reason, "timed out") != NULL);
-	raw_close(&r);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	struct link l;
+	link_init(&l);
+	l.sb.ping_interval_ms = 100;
+	l.sb.dead_timeout_ms = 400;
+	link_raw_ready(&l);
+	struct raw_wait w = { l.loop, &l.r, " PING\r\n", &l.b };
+	CU_ASSERT(run_until(l.loop, raw_has, &w, 5));
+	CU_ASSERT_EQUAL(l.b.closed, 0);
+	CU_ASSERT(run_until(l.loop, side_closed, &l.b, 5));
+	CU_ASSERT(strstr(l.b.reason, "timed out") != NULL);
+	link_free(&l);
 }
 
 /* A node stuck in a long callback wakes up with the keepalive timer expired
@@ -1023,29 +968,23 @@ static void test_silent_peer_gets_ping_then_is_declared_dead(void)
  * alive, so the link stays up and the line is handled. */
 static void test_waiting_input_after_a_long_stall_keeps_the_link_up(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side b = { 0 };
-	struct raw r;
-	struct proto_conn_settings sb;
-	base_settings(&sb, 2, false);
-	sb.ping_interval_ms = 100;
-	sb.dead_timeout_ms = 400;
-	raw_open(loop, &r, &b, &sb);
-	raw_handshake(loop, &r, &b);
-	raw_send(&r, "C2 X-NOTE waiting\r\n");
+	struct link l;
+	link_init(&l);
+	l.sb.ping_interval_ms = 100;
+	l.sb.dead_timeout_ms = 400;
+	link_raw_ready(&l);
+	raw_send(&l.r, "C2 X-NOTE waiting\r\n");
 	/* The loop does not run for longer than the dead timeout. */
 	usleep(600 * 1000);
 	for (int i = 0; i < 5; i++)
-		ev_run(loop, EVRUN_NOWAIT);
-	CU_ASSERT_EQUAL(b.closed, 0);
-	CU_ASSERT_EQUAL(b.commands, 1);
-	CU_ASSERT_STRING_EQUAL(buf_cstr(&b.received), "X-NOTE waiting\n");
+		ev_run(l.loop, EVRUN_NOWAIT);
+	CU_ASSERT_EQUAL(l.b.closed, 0);
+	CU_ASSERT_EQUAL(l.b.commands, 1);
+	CU_ASSERT_STRING_EQUAL(buf_cstr(&l.b.received), "X-NOTE waiting\n");
 	/* Silence after that is still noticed. */
-	CU_ASSERT(run_until(loop, side_closed, &b, 5));
-	CU_ASSERT(strstr(b.reason, "timed out") != NULL);
-	raw_close(&r);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	CU_ASSERT(run_until(l.loop, side_closed, &l.b, 5));
+	CU_ASSERT(strstr(l.b.reason, "timed out") != NULL);
+	link_free(&l);
 }
 
 /* A congested link reads nothing (back-pressure), so a peer that is slowly
@@ -1053,105 +992,87 @@ static void test_waiting_input_after_a_long_stall_keeps_the_link_up(void)
  * Once it stops reading, the link is declared dead. */
 static void test_slow_but_reading_peer_stays_up_while_congested(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side b = { 0 };
-	struct raw r;
-	struct proto_conn_settings sb;
-	base_settings(&sb, 2, false);
-	sb.ping_interval_ms = 100;
-	sb.dead_timeout_ms = 400;
-	sb.out_high_water = 256 * 1024;
-	sb.out_low_water = 64 * 1024;
-	raw_open(loop, &r, &b, &sb);
-	raw_handshake(loop, &r, &b);
+	struct link l;
+	link_init(&l);
+	l.sb.ping_interval_ms = 100;
+	l.sb.dead_timeout_ms = 400;
+	l.sb.out_high_water = 256 * 1024;
+	l.sb.out_low_water = 64 * 1024;
+	link_raw_ready(&l);
 	static char chunk[64 * 1024];
 	memset(chunk, 'x', sizeof(chunk));
 	for (int i = 0; i < 160; i++) {
-		struct proto_wr *w = proto_conn_line_begin(b.conn, "*", "X-DATA");
+		struct proto_wr *w = proto_conn_line_begin(l.b.conn, "*", "X-DATA");
 		proto_wr_literal(w, chunk, sizeof(chunk));
-		proto_conn_line_end(b.conn);
+		proto_conn_line_end(l.b.conn);
 	}
 	/* About 1.2 s of slow reading, 3 dead timeouts: 8 KB every 10 ms. */
 	char tmp[8192];
 	size_t got = 0;
-	for (int i = 0; i < 120 && b.closed == 0; i++) {
-		ssize_t n = read(r.fd, tmp, sizeof(tmp));
+	for (int i = 0; i < 120 && l.b.closed == 0; i++) {
+		ssize_t n = read(l.r.fd, tmp, sizeof(tmp));
 		if (n > 0)
 			got += (size_t)n;
-		ev_run(loop, EVRUN_NOWAIT);
+		ev_run(l.loop, EVRUN_NOWAIT);
 		usleep(10 * 1000);
 	}
-	CU_ASSERT_EQUAL_FATAL(b.closed, 0);
+	CU_ASSERT_EQUAL_FATAL(l.b.closed, 0);
 	CU_ASSERT(got > 512 * 1024);
-	CU_ASSERT(proto_conn_is_congested(b.conn));
+	CU_ASSERT(proto_conn_is_congested(l.b.conn));
 	/* It stops reading: dead once the socket buffers are full. */
-	CU_ASSERT(run_until(loop, side_closed, &b, 10));
-	CU_ASSERT(strstr(b.reason, "timed out") != NULL);
-	raw_close(&r);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	CU_ASSERT(run_until(l.loop, side_closed, &l.b, 10));
+	CU_ASSERT(strstr(l.b.reason, "timed out") != NULL);
+	link_free(&l);
 }
 
 static void test_slow_reader_stops_reading_and_drains(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side b = { 0 };
-	struct raw r;
-	struct proto_conn_settings sb;
-	base_settings(&sb, 2, false);
-	sb.out_high_water = 256 * 1024;
-	sb.out_low_water = 64 * 1024;
-	raw_open(loop, &r, &b, &sb);
-	raw_handshake(loop, &r, &b);
+	struct link l;
+	link_init(&l);
+	l.sb.out_high_water = 256 * 1024;
+	l.sb.out_low_water = 64 * 1024;
+	link_raw_ready(&l);
 	static char chunk[64 * 1024];
 	memset(chunk, 'x', sizeof(chunk));
 	for (int i = 0; i < 32; i++) {
-		struct proto_wr *w = proto_conn_line_begin(b.conn, "*", "X-DATA");
+		struct proto_wr *w = proto_conn_line_begin(l.b.conn, "*", "X-DATA");
 		proto_wr_literal(w, chunk, sizeof(chunk));
-		proto_conn_line_end(b.conn);
+		proto_conn_line_end(l.b.conn);
 	}
 	for (int i = 0; i < 20; i++)
-		ev_run(loop, EVRUN_NOWAIT);
+		ev_run(l.loop, EVRUN_NOWAIT);
 	/* The raw peer has not read: the output is stuck above high water. */
-	CU_ASSERT(proto_conn_is_congested(b.conn));
-	CU_ASSERT(proto_conn_output_size(b.conn) > sb.out_high_water);
-	CU_ASSERT_EQUAL(b.drained, 0);
+	CU_ASSERT(proto_conn_is_congested(l.b.conn));
+	CU_ASSERT(proto_conn_output_size(l.b.conn) > l.sb.out_high_water);
+	CU_ASSERT_EQUAL(l.b.drained, 0);
 	/* Reading everything lets it drain. */
-	for (int i = 0; i < 2000 && b.drained == 0; i++) {
-		raw_read(&r);
-		ev_run(loop, EVRUN_NOWAIT);
+	for (int i = 0; i < 2000 && l.b.drained == 0; i++) {
+		raw_read(&l.r);
+		ev_run(l.loop, EVRUN_NOWAIT);
 	}
-	CU_ASSERT_EQUAL(b.drained, 1);
-	CU_ASSERT_FALSE(proto_conn_is_congested(b.conn));
-	raw_close(&r);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	CU_ASSERT_EQUAL(l.b.drained, 1);
+	CU_ASSERT_FALSE(proto_conn_is_congested(l.b.conn));
+	link_free(&l);
 }
 
 static void test_destroy_inside_command_callback_is_safe(void)
 {
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct side a = { 0 }, b = { 0 };
-	struct proto_conn_settings sa, sb;
-	base_settings(&sa, 1, true);
-	base_settings(&sb, 2, false);
-	connect_pair(loop, &a, &b, &sa, &sb);
-	struct two t = { &a, &b };
-	CU_ASSERT(run_until(loop, both_ready, &t, 5));
-	b.destroy_on_command = true;
+	struct link l;
+	link_init(&l);
+	link_connect(&l);
+	CU_ASSERT(run_until(l.loop, both_ready, &l.t, 5));
+	l.b.destroy_on_command = true;
 	/* Two commands in one read: the second must not touch freed memory. */
-	proto_conn_cmd_begin(a.conn, "SELECT");
-	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
-	proto_conn_cmd_begin(a.conn, "SELECT");
-	proto_conn_cmd_send(a.conn, 0, on_reply, &a);
-	CU_ASSERT(run_until(loop, side_closed, &a, 5));
-	CU_ASSERT_EQUAL(b.commands, 1);
-	CU_ASSERT_PTR_NULL(b.conn);
-	CU_ASSERT_EQUAL(b.closed, 0);
-	CU_ASSERT_EQUAL(a.replies_closed, 2);
-	side_free(&a);
-	side_free(&b);
-	ev_loop_destroy(loop);
+	proto_conn_cmd_begin(l.a.conn, "SELECT");
+	proto_conn_cmd_send(l.a.conn, 0, on_reply, &l.a);
+	proto_conn_cmd_begin(l.a.conn, "SELECT");
+	proto_conn_cmd_send(l.a.conn, 0, on_reply, &l.a);
+	CU_ASSERT(run_until(l.loop, side_closed, &l.a, 5));
+	CU_ASSERT_EQUAL(l.b.commands, 1);
+	CU_ASSERT_PTR_NULL(l.b.conn);
+	CU_ASSERT_EQUAL(l.b.closed, 0);
+	CU_ASSERT_EQUAL(l.a.replies_closed, 2);
+	link_free(&l);
 }
 
 const struct test_case proto_conn_cases[] = {

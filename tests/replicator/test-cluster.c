@@ -758,6 +758,100 @@ static struct stor_mailbox mailbox_on(struct stor_db *db, const char *name)
 	return mb;
 }
 
+/* Two nodes of one loop (node 1 and node 2, each the other's only peer),
+ * linked, their stores and secret under one temp dir.  t ticks the loop
+ * (EVRUN_ONCE returns at least every 10 ms); it runs when pair_start()
+ * returns, and a test stops it where it wants the loop to block. */
+struct pair {
+	char *dir;
+	char *secret;
+	struct ev_loop *loop;
+	struct bnode n1, n2;
+	ev_timer t;
+};
+
+static void pair_start(struct pair *p)
+{
+	p->dir = test_mkdtemp();
+	p->secret = xasprintf("%s/secret", p->dir);
+	FILE *f = fopen(p->secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(p->secret, 0600), 0);
+	p->loop = ev_loop_new(EVFLAG_AUTO);
+	uint16_t port1 = free_port(), port2 = free_port();
+	bnode_start(&p->n2, p->loop, p->dir, 2, port2, 1, port1, p->secret);
+	bnode_start(&p->n1, p->loop, p->dir, 1, port1, 2, port2, p->secret);
+	ev_timer_init(&p->t, tick, 0.01, 0.01);
+	ev_timer_start(p->loop, &p->t);
+	for (int i = 0;
+	     i < 1000 && !(repl_peers_conn(p->n1.peers, 2) && repl_peers_conn(p->n2.peers, 1)); i++)
+		ev_run(p->loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE_FATAL(repl_peers_conn(p->n1.peers, 2) != NULL);
+}
+
+/* n2_sync_ok: whether node 2's last sync is expected to succeed. */
+static void pair_stop_synced(struct pair *p, bool n2_sync_ok)
+{
+	ev_timer_stop(p->loop, &p->t);
+	bnode_stop(&p->n1);
+	bnode_stop_synced(&p->n2, n2_sync_ok);
+	ev_loop_destroy(p->loop);
+	free(p->secret);
+	test_rmtree(p->dir);
+	free(p->dir);
+}
+
+static void pair_stop(struct pair *p)
+{
+	pair_stop_synced(p, true);
+}
+
+/* Creates mailbox name of bob's through node 2 (which so masters it). */
+static void pair_create(struct pair *p, const char *name)
+{
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_mailbox_create(p->n2.repl, "bob", name, NULL, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p->loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+}
+
+/* Appends text to mailbox through node n's replicator. */
+static void pair_append(struct pair *p, struct bnode *n, const struct guid *mailbox,
+			const char *text)
+{
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.text = text;
+	a.text_len = strlen(a.text);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_append(n->repl, "bob", mailbox, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p->loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+}
+
+/* A pair with mailbox D on both nodes, mastered by node 2, which holds one
+ * message; *dmb is D as node 2 has it. */
+static void pair_start_d(struct pair *p, struct stor_mailbox *dmb)
+{
+	pair_start(p);
+	pair_create(p, "D");
+	*dmb = mailbox_on(p->n2.db, "D");
+	const char *err;
+	for (int i = 0; i < 500; i++) {
+		struct stor_mailbox x;
+		if (stor_mailbox_get(p->n1.db, "bob", "D", &x, &err) > 0) {
+			stor_mailbox_free(&x);
+			break;
+		}
+		ev_run(p->loop, EVRUN_ONCE);
+	}
+	pair_append(p, &p->n2, &dmb->guid, "Subject: on 2\r\n\r\nfrom node 2\r\n");
+}
+
 /* Node 1 copies a message to a mailbox whose master, node 2, lacks its
  * text; before node 2 has answered the forwarded SAVE, the source is expunged
  * here and its text goes.  The copy of that message is skipped (as a COPY
@@ -765,88 +859,44 @@ static struct stor_mailbox mailbox_on(struct stor_db *db, const char *name)
  * master or here. */
 static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
-
 	/* D on both nodes, mastered by node 2 (the first to write to it). */
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	struct pair p;
+	struct stor_mailbox dmb;
+	pair_start_d(&p, &dmb);
 	const char *err;
-	for (int i = 0; i < 500; i++) {
-		struct stor_mailbox x;
-		if (stor_mailbox_get(n1.db, "bob", "D", &x, &err) > 0) {
-			stor_mailbox_free(&x);
-			break;
-		}
-		ev_run(loop, EVRUN_ONCE);
-	}
-	struct repl_append a;
-	memset(&a, 0, sizeof(a));
-	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
-	a.text_len = strlen(a.text);
-	memset(&d, 0, sizeof(d));
-	repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
 	/* Node 1 writes to D once: it learns the master and binds D there. */
-	a.text = "Subject: on 1\r\n\r\nfrom node 1\r\n";
-	a.text_len = strlen(a.text);
-	memset(&d, 0, sizeof(d));
-	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	pair_append(&p, &p.n1, &dmb.guid, "Subject: on 1\r\n\r\nfrom node 1\r\n");
+	struct stor_mailbox on2 = mailbox_on(p.n2.db, "D");
 	CU_ASSERT_EQUAL(on2.messages, 2);
 	stor_mailbox_free(&on2);
 
 	/* S only on node 1, so node 2 has never seen its message's text. */
 	struct stor_mailbox_create req = { .user = "bob", .name = "S" };
 	struct stor_mailbox smb;
-	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(n1.db, &req, &smb, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(p.n1.db, &req, &smb, &err), 0);
 	struct guid g;
 	guid_generate(&g);
 	struct stor_append sa = { .guid = &g, .text = "Subject: s\r\n\r\nthe source\r\n" };
 	sa.text_len = strlen(sa.text);
 	uint32_t suid;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &smb.guid, &sa, &suid, NULL, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(p.n1.db, &smb.guid, &sa, &suid, NULL, &err), 0);
 
+	struct copy_done d;
 	memset(&d, 0, sizeof(d));
-	repl_copy(n1.repl, "bob", &smb.guid, &suid, 1, &dmb.guid, false, copy_done_cb, &d);
+	repl_copy(p.n1.repl, "bob", &smb.guid, &suid, 1, &dmb.guid, false, copy_done_cb, &d);
 	/* The source goes (an expunge from elsewhere), and its text with it,
 	 * before node 2 has answered the forwarded SAVE. */
 	CU_ASSERT_FALSE(d.done);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge(n1.db, &smb.guid, &suid, 1, 0, NULL, &err), 0);
-	CU_ASSERT_EQUAL(stor_text_exists(n1.db, &g, NULL, &err), 0);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge(p.n1.db, &smb.guid, &suid, 1, 0, NULL, &err), 0);
+	CU_ASSERT_EQUAL(stor_text_exists(p.n1.db, &g, NULL, &err), 0);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
 	CU_ASSERT_EQUAL(d.error, REPL_OK);
 	CU_ASSERT_EQUAL(d.copied, 0);
 	/* Let anything still in flight land. */
 	for (int i = 0; i < 50; i++)
-		ev_run(loop, EVRUN_ONCE);
-	ev_timer_stop(loop, &t);
+		ev_run(p.loop, EVRUN_ONCE);
 
-	struct stor_db *dbs[] = { n1.db, n2.db };
+	struct stor_db *dbs[] = { p.n1.db, p.n2.db };
 	for (size_t k = 0; k < 2; k++) {
 		stor_msg_list msgs;
 		CU_ASSERT_EQUAL_FATAL(stor_msg_list_range(dbs[k], &dmb.guid, 1, UINT32_MAX, &msgs, &err),
@@ -861,12 +911,7 @@ static void test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text(void)
 	}
 	stor_mailbox_free(&dmb);
 	stor_mailbox_free(&smb);
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 /* ---- Resyncs of one user that refuse each other ---- */
@@ -898,75 +943,49 @@ static bool loop_until_idle(struct ev_loop *loop, struct bnode *a, struct bnode 
  * first, at random; three rounds in a row must go the same way. */
 static void test_crossing_resyncs_resolve_lower_id_first(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	ev_timer_stop(loop, &t);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	CU_ASSERT_TRUE_FATAL(loop_until_idle(loop, &n1, &n2));
+	struct pair p;
+	pair_start(&p);
+	ev_timer_stop(p.loop, &p.t);
+	pair_create(&p, "D");
+	CU_ASSERT_TRUE_FATAL(loop_until_idle(p.loop, &p.n1, &p.n2));
 
 	for (int round = 0; round < 3; round++) {
-		uint64_t s1 = n1.sync->syncs_run, s2 = n2.sync->syncs_run;
-		repl_sync_enqueue(n1.sync, "bob", 2);
-		repl_sync_enqueue(n2.sync, "bob", 1);
+		uint64_t s1 = p.n1.sync->syncs_run, s2 = p.n2.sync->syncs_run;
+		repl_sync_enqueue(p.n1.sync, "bob", 2);
+		repl_sync_enqueue(p.n2.sync, "bob", 1);
 		/* Both queue timers are due now: both runs start in the
 		 * same turn, before either sees the other's LIST. */
-		ev_run(loop, EVRUN_NOWAIT);
-		CU_ASSERT_PTR_NOT_NULL(n1.sync->run);
-		CU_ASSERT_PTR_NOT_NULL(n2.sync->run);
+		ev_run(p.loop, EVRUN_NOWAIT);
+		CU_ASSERT_PTR_NOT_NULL(p.n1.sync->run);
+		CU_ASSERT_PTR_NOT_NULL(p.n2.sync->run);
 		/* Until node 1's resync is through, node 2 has run no sync
 		 * of its own (the first ones were refused). */
-		ev_timer_init(&t, tick, 0.01, 0.01);
-		ev_timer_start(loop, &t);
-		ev_now_update(loop);
-		ev_tstamp end = ev_now(loop) + 10.0;
+		ev_timer_init(&p.t, tick, 0.01, 0.01);
+		ev_timer_start(p.loop, &p.t);
+		ev_now_update(p.loop);
+		ev_tstamp end = ev_now(p.loop) + 10.0;
 		bool n1_done = false, n2_first = false, both_refused = false;
-		while (!n1_done && ev_now(loop) < end) {
-			ev_run(loop, EVRUN_ONCE);
-			if (n2.sync->syncs_run != s2 && n1.sync->syncs_run == s1)
+		while (!n1_done && ev_now(p.loop) < end) {
+			ev_run(p.loop, EVRUN_ONCE);
+			if (p.n2.sync->syncs_run != s2 && p.n1.sync->syncs_run == s1)
 				n2_first = true;
 			/* Each failed once: they did cross. */
-			if (n1.sync->backoffs.count > 0 && n2.sync->backoffs.count > 0)
+			if (p.n1.sync->backoffs.count > 0 && p.n2.sync->backoffs.count > 0)
 				both_refused = true;
-			n1_done = n1.sync->syncs_run != s1 && n1.sync->run == NULL;
+			n1_done = p.n1.sync->syncs_run != s1 && p.n1.sync->run == NULL;
 		}
-		ev_timer_stop(loop, &t);
+		ev_timer_stop(p.loop, &p.t);
 		CU_ASSERT_TRUE(both_refused);
 		CU_ASSERT_TRUE(n1_done);
 		CU_ASSERT_FALSE(n2_first);
 		/* Node 2's own resync, refused at first, runs after. */
-		CU_ASSERT_TRUE(loop_until_idle(loop, &n1, &n2));
-		CU_ASSERT_NOT_EQUAL(n2.sync->syncs_run, s2);
+		CU_ASSERT_TRUE(loop_until_idle(p.loop, &p.n1, &p.n2));
+		CU_ASSERT_NOT_EQUAL(p.n2.sync->syncs_run, s2);
 		/* Both converged: nobody is left backing off. */
-		CU_ASSERT_EQUAL(n1.sync->backoffs.count, 0);
-		CU_ASSERT_EQUAL(n2.sync->backoffs.count, 0);
+		CU_ASSERT_EQUAL(p.n1.sync->backoffs.count, 0);
+		CU_ASSERT_EQUAL(p.n2.sync->backoffs.count, 0);
 	}
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 /* ---- A resync waits for durability off the loop ---- */
@@ -986,7 +1005,7 @@ static void count_tick(struct ev_loop *loop, ev_timer *w, int revents)
 
 struct run_done {
 	bool done, converged;
-	char text[256];
+	char text[300];
 };
 
 static void run_done_cb(void *ctx, bool converged, const char *report, size_t report_len,
@@ -1012,58 +1031,39 @@ static void run_done_cb(void *ctx, bool converged, const char *report, size_t re
  * the resync is not reported converged. */
 static void resync_durability(bool fail_sync)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	ev_timer_stop(loop, &t);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	CU_ASSERT_TRUE_FATAL(loop_until_idle(loop, &n1, &n2));
+	struct pair p;
+	pair_start(&p);
+	ev_timer_stop(p.loop, &p.t);
+	pair_create(&p, "D");
+	CU_ASSERT_TRUE_FATAL(loop_until_idle(p.loop, &p.n1, &p.n2));
 
 	const char *err;
 	struct stor_mailbox dmb;
 	int have = 0;
-	for (int i = 0; i < 500 && (have = stor_mailbox_get(n1.db, "bob", "D", &dmb, &err)) <= 0;
+	for (int i = 0; i < 500 && (have = stor_mailbox_get(p.n1.db, "bob", "D", &dmb, &err)) <= 0;
 	     i++)
-		ev_run(loop, EVRUN_ONCE);
+		ev_run(p.loop, EVRUN_ONCE);
 	CU_ASSERT_EQUAL_FATAL(have, 1);
 	for (int i = 0; i < 20; i++) {
 		char *text = xasprintf("Subject: %d\r\n\r\nonly on node 1\r\n", i);
 		struct stor_append sa = { .text = text, .text_len = strlen(text) };
 		uint32_t uid;
-		CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &dmb.guid, &sa, &uid, NULL, &err), 0);
+		CU_ASSERT_EQUAL_FATAL(stor_msg_append(p.n1.db, &dmb.guid, &sa, &uid, NULL, &err),
+				      0);
 		free(text);
 	}
-	CU_ASSERT_EQUAL_FATAL(stor_sync(n1.db, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_sync(p.n1.db, &err), 0);
 
-	unsigned blocking1 = stor_test_blocking_syncs(n1.db);
-	unsigned blocking2 = stor_test_blocking_syncs(n2.db);
+	unsigned blocking1 = stor_test_blocking_syncs(p.n1.db);
+	unsigned blocking2 = stor_test_blocking_syncs(p.n2.db);
 	if (fail_sync)
-		stor_test_fail_next_sync(n2.db);
+		stor_test_fail_next_sync(p.n2.db);
 	else
-		stor_test_hold_syncs(n2.db, true);
+		stor_test_hold_syncs(p.n2.db, true);
 	struct run_done rd;
 	memset(&rd, 0, sizeof(rd));
-	CU_ASSERT_EQUAL_FATAL(repl_sync_start(n1.sync, "bob", 2, false, run_done_cb, &rd, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(repl_sync_start(p.n1.sync, "bob", 2, false, run_done_cb, &rd, &err),
+			      0);
 	if (!fail_sync) {
 		/* Node 2's disk is slow: its first sync of what node 1 sent
 		 * waits.  Meanwhile the loop goes on turning (a loop stuck in
@@ -1071,27 +1071,27 @@ static void resync_durability(bool fail_sync)
 		 * nothing that would let it call the resync done. */
 		struct tick_count tc = { 0 };
 		ev_timer_init(&tc.t, count_tick, 0.01, 0.01);
-		ev_timer_start(loop, &tc.t);
-		ev_now_update(loop);
-		ev_tstamp end = ev_now(loop) + 5.0;
-		while (stor_test_held_syncs(n2.db) == 0 && !rd.done && ev_now(loop) < end)
-			ev_run(loop, EVRUN_ONCE);
-		CU_ASSERT_TRUE(stor_test_held_syncs(n2.db) > 0);
+		ev_timer_start(p.loop, &tc.t);
+		ev_now_update(p.loop);
+		ev_tstamp end = ev_now(p.loop) + 5.0;
+		while (stor_test_held_syncs(p.n2.db) == 0 && !rd.done && ev_now(p.loop) < end)
+			ev_run(p.loop, EVRUN_ONCE);
+		CU_ASSERT_TRUE(stor_test_held_syncs(p.n2.db) > 0);
 		tc.n = 0;
-		end = ev_now(loop) + 5.0;
-		while (tc.n < 100 && ev_now(loop) < end)
-			ev_run(loop, EVRUN_ONCE);
-		ev_timer_stop(loop, &tc.t);
+		end = ev_now(p.loop) + 5.0;
+		while (tc.n < 100 && ev_now(p.loop) < end)
+			ev_run(p.loop, EVRUN_ONCE);
+		ev_timer_stop(p.loop, &tc.t);
 		CU_ASSERT_EQUAL(tc.n, 100);
 		CU_ASSERT_FALSE(rd.done);
-		CU_ASSERT_TRUE(stor_test_held_syncs(n2.db) > 0);
-		stor_test_hold_syncs(n2.db, false);
+		CU_ASSERT_TRUE(stor_test_held_syncs(p.n2.db) > 0);
+		stor_test_hold_syncs(p.n2.db, false);
 	}
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &rd.done));
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &rd.done));
 	/* Every fsync of the run, on both sides, ran in a helper thread. */
-	CU_ASSERT_EQUAL(stor_test_blocking_syncs(n1.db), blocking1);
-	CU_ASSERT_EQUAL(stor_test_blocking_syncs(n2.db), blocking2);
-	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	CU_ASSERT_EQUAL(stor_test_blocking_syncs(p.n1.db), blocking1);
+	CU_ASSERT_EQUAL(stor_test_blocking_syncs(p.n2.db), blocking2);
+	struct stor_mailbox on2 = mailbox_on(p.n2.db, "D");
 	if (!fail_sync) {
 		CU_ASSERT_TRUE(rd.converged);
 		CU_ASSERT_EQUAL(on2.messages, 20);
@@ -1102,14 +1102,9 @@ static void resync_durability(bool fail_sync)
 	}
 	stor_mailbox_free(&on2);
 	stor_mailbox_free(&dmb);
-	bnode_stop(&n1);
 	/* Node 2's store refuses every write after its failed sync, until
 	 * a restart: its last sync fails too. */
-	bnode_stop_synced(&n2, !fail_sync);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop_synced(&p, !fail_sync);
 }
 
 static void test_resync_waits_for_durability_off_the_loop(void)
@@ -1122,22 +1117,6 @@ static void test_resync_failed_sync_is_not_acknowledged(void)
 	resync_durability(true);
 }
 
-struct asked_done {
-	bool done, converged;
-	char text[300];
-};
-
-static void asked_done_cb(void *ctx, bool converged, const char *report, size_t report_len,
-			  const char *text)
-{
-	struct asked_done *d = ctx;
-	(void)report;
-	(void)report_len;
-	d->done = true;
-	d->converged = converged;
-	snprintf(d->text, sizeof(d->text), "%s", text != NULL ? text : "");
-}
-
 /* An administrator's resync (starling resync) crossing a peer's
  * background resync of the same user: each refuses the other (TRYLATER).
  * The background one backs off; the asked one waits the refusal out and
@@ -1145,69 +1124,43 @@ static void asked_done_cb(void *ctx, bool converged, const char *report, size_t 
  * Both ways round: the peer's id lower and higher than the asker's. */
 static void test_asked_resync_waits_out_a_crossing_one(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	ev_timer_stop(loop, &t);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	CU_ASSERT_TRUE_FATAL(loop_until_idle(loop, &n1, &n2));
+	struct pair p;
+	pair_start(&p);
+	ev_timer_stop(p.loop, &p.t);
+	pair_create(&p, "D");
+	CU_ASSERT_TRUE_FATAL(loop_until_idle(p.loop, &p.n1, &p.n2));
 
-	struct bnode *askers[] = { &n2, &n1 }, *others[] = { &n1, &n2 };
+	struct bnode *askers[] = { &p.n2, &p.n1 }, *others[] = { &p.n1, &p.n2 };
 	for (int round = 0; round < 2; round++) {
 		struct bnode *asker = askers[round], *other = others[round];
 		uint32_t other_id = round == 0 ? 1 : 2, asker_id = round == 0 ? 2 : 1;
 		repl_sync_enqueue(other->sync, "bob", asker_id);
-		ev_run(loop, EVRUN_NOWAIT);
+		ev_run(p.loop, EVRUN_NOWAIT);
 		CU_ASSERT_PTR_NOT_NULL(other->sync->run);
-		struct asked_done ad;
+		struct run_done ad;
 		memset(&ad, 0, sizeof(ad));
 		const char *err = NULL;
 		CU_ASSERT_EQUAL_FATAL(repl_sync_start(asker->sync, "bob", other_id, false,
-						      asked_done_cb, &ad, &err),
+						      run_done_cb, &ad, &err),
 				      0);
-		ev_timer_init(&t, tick, 0.01, 0.01);
-		ev_timer_start(loop, &t);
+		ev_timer_init(&p.t, tick, 0.01, 0.01);
+		ev_timer_start(p.loop, &p.t);
 		bool both_refused = false;
 		for (int i = 0; i < 3000 && !ad.done; i++) {
-			ev_run(loop, EVRUN_ONCE);
+			ev_run(p.loop, EVRUN_ONCE);
 			/* They did cross: the background run failed once. */
 			if (other->sync->backoffs.count > 0)
 				both_refused = true;
 		}
-		ev_timer_stop(loop, &t);
+		ev_timer_stop(p.loop, &p.t);
 		CU_ASSERT_TRUE(both_refused);
 		CU_ASSERT_TRUE(ad.done);
 		CU_ASSERT_TRUE(ad.converged);
 		if (!ad.converged)
 			fprintf(stderr, "asked resync (round %d): %s\n", round, ad.text);
-		CU_ASSERT_TRUE(loop_until_idle(loop, &n1, &n2));
+		CU_ASSERT_TRUE(loop_until_idle(p.loop, &p.n1, &p.n2));
 	}
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 /* A master of an earlier build (SPEC 8.8): node 2 here plays one, answering
@@ -1243,78 +1196,22 @@ static void old_master_live(void *ctx, uint32_t sid, struct proto_conn *conn,
 	cl_replica_command(om->cl, sid, conn, cmd, selected);
 }
 
-/* Two nodes linked, mailbox D on both, mastered by node 2, which holds one
- * message; node 1 has bound D on its link (one forward). */
-static void holder_setup(struct bnode *n1, struct bnode *n2, struct ev_loop *loop,
-			 const char *dir, const char *secret, ev_timer *t, struct stor_mailbox *dmb)
-{
-	uint16_t port1 = free_port(), port2 = free_port();
-	bnode_start(n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer_init(t, tick, 0.01, 0.01);
-	ev_timer_start(loop, t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1->peers, 2) && repl_peers_conn(n2->peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1->peers, 2) != NULL);
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2->repl, "bob", "D", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	*dmb = mailbox_on(n2->db, "D");
-	const char *err;
-	for (int i = 0; i < 500; i++) {
-		struct stor_mailbox x;
-		if (stor_mailbox_get(n1->db, "bob", "D", &x, &err) > 0) {
-			stor_mailbox_free(&x);
-			break;
-		}
-		ev_run(loop, EVRUN_ONCE);
-	}
-	struct repl_append a;
-	memset(&a, 0, sizeof(a));
-	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
-	a.text_len = strlen(a.text);
-	memset(&d, 0, sizeof(d));
-	repl_append(n2->repl, "bob", &dmb->guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-}
-
 /* SPEC 8.8, the forwarder's fallback: node 1 holds another message under
  * the UID the master assigns (as after a partition, before the resync), so
  * it cannot keep its HOLDER promise: it sends the same SAVE again without
  * HOLDER and answers OK only on that answer; the message reaches both. */
 static void test_holder_that_cannot_hold_resends_without(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct bnode n1, n2;
-	ev_timer t;
+	struct pair p;
 	struct stor_mailbox dmb;
-	holder_setup(&n1, &n2, loop, dir, secret, &t, &dmb);
+	pair_start_d(&p, &dmb);
 	const char *err;
-	struct copy_done d;
-	struct repl_append a;
-	memset(&a, 0, sizeof(a));
 	/* Node 1 binds D on its link with one forward first. */
-	a.text = "Subject: bind\r\n\r\nfirst from node 1\r\n";
-	a.text_len = strlen(a.text);
-	memset(&d, 0, sizeof(d));
-	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
 	for (int i = 0; i < 50; i++)
-		ev_run(loop, EVRUN_ONCE);
+		ev_run(p.loop, EVRUN_ONCE);
 	/* The master's next UID, taken here by a message it never saw. */
-	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	struct stor_mailbox on2 = mailbox_on(p.n2.db, "D");
 	uint32_t next = on2.uidnext;
 	stor_mailbox_free(&on2);
 	struct guid rogue;
@@ -1322,18 +1219,21 @@ static void test_holder_that_cannot_hold_resends_without(void)
 	struct stor_append sa = { .uid = next, .guid = &rogue,
 				  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
 	sa.text_len = strlen(sa.text);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n1.db, &dmb.guid, &sa, NULL, NULL, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(p.n1.db, &dmb.guid, &sa, NULL, NULL, &err), 0);
 
-	struct old_master om = { to_cl(n2.repl), false, 0, 0 };
-	repl_sync_set_live(n2.sync, old_master_live, &om);
+	struct old_master om = { to_cl(p.n2.repl), false, 0, 0 };
+	repl_sync_set_live(p.n2.sync, old_master_live, &om);
 	struct guid mine;
 	guid_generate(&mine);
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
 	a.guid = &mine;
 	a.text = "Subject: held\r\n\r\nsecond from node 1\r\n";
 	a.text_len = strlen(a.text);
+	struct copy_done d;
 	memset(&d, 0, sizeof(d));
-	repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
 	CU_ASSERT_EQUAL(d.error, REPL_OK);
 	/* Sent with HOLDER once, then without it (more than once when the
 	 * resync the conflict started made the master answer TRYLATER). */
@@ -1345,81 +1245,39 @@ static void test_holder_that_cannot_hold_resends_without(void)
 	uint32_t at;
 	/* On the master (a resync may have given one of the two another UID
 	 * since). */
-	CU_ASSERT_EQUAL(stor_msg_find_guid(n2.db, &dmb.guid, &mine, &at, &err), 1);
-	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
+	CU_ASSERT_EQUAL(stor_msg_find_guid(p.n2.db, &dmb.guid, &mine, &at, &err), 1);
+	repl_sync_set_live(p.n2.sync, cl_replica_command, to_cl(p.n2.repl));
 	/* The resync the conflict asked for brings it here too. */
 	bool here = false;
 	for (int i = 0; i < 3000 && !here; i++) {
-		ev_run(loop, EVRUN_ONCE);
-		here = stor_msg_find_guid(n1.db, &dmb.guid, &mine, &at, &err) == 1;
+		ev_run(p.loop, EVRUN_ONCE);
+		here = stor_msg_find_guid(p.n1.db, &dmb.guid, &mine, &at, &err) == 1;
 	}
 	CU_ASSERT_TRUE(here);
-	ev_timer_stop(loop, &t);
 	stor_mailbox_free(&dmb);
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 static void test_master_of_an_earlier_build_gets_no_holder(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
-
 	/* D on both nodes, mastered by node 2 (the first to write to it). */
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	struct pair p;
+	struct stor_mailbox dmb;
+	pair_start_d(&p, &dmb);
 	const char *err;
-	for (int i = 0; i < 500; i++) {
-		struct stor_mailbox x;
-		if (stor_mailbox_get(n1.db, "bob", "D", &x, &err) > 0) {
-			stor_mailbox_free(&x);
-			break;
-		}
-		ev_run(loop, EVRUN_ONCE);
-	}
+	struct copy_done d;
 	struct repl_append a;
 	memset(&a, 0, sizeof(a));
-	a.text = "Subject: on 2\r\n\r\nfrom node 2\r\n";
-	a.text_len = strlen(a.text);
-	memset(&d, 0, sizeof(d));
-	repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
 
-	struct old_master om = { to_cl(n2.repl), true, 0, 0 };
-	repl_sync_set_live(n2.sync, old_master_live, &om);
+	struct old_master om = { to_cl(p.n2.repl), true, 0, 0 };
+	repl_sync_set_live(p.n2.sync, old_master_live, &om);
 	for (unsigned k = 0; k < 2; k++) {
 		a.text = k == 0 ? "Subject: on 1\r\n\r\nfirst from node 1\r\n" :
 				  "Subject: on 1\r\n\r\nsecond from node 1\r\n";
 		a.text_len = strlen(a.text);
 		memset(&d, 0, sizeof(d));
-		repl_append(n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
 		CU_ASSERT_EQUAL(d.error, REPL_OK);
 		/* Sent with HOLDER once, refused, resent without; then
 		 * never with it again on this link. */
@@ -1427,32 +1285,26 @@ static void test_master_of_an_earlier_build_gets_no_holder(void)
 		CU_ASSERT_EQUAL(om.without_holder, k + 1);
 		/* Stored here at the master's UID before the OK. */
 		struct stor_msg m;
-		int r1 = stor_msg_get(n1.db, &dmb.guid, d.uid, &m, &err);
+		int r1 = stor_msg_get(p.n1.db, &dmb.guid, d.uid, &m, &err);
 		CU_ASSERT_EQUAL(r1, 1);
 		if (r1 == 1)
 			stor_msg_free(&m);
-		int r2 = stor_msg_get(n2.db, &dmb.guid, d.uid, &m, &err);
+		int r2 = stor_msg_get(p.n2.db, &dmb.guid, d.uid, &m, &err);
 		CU_ASSERT_EQUAL(r2, 1);
 		if (r2 == 1)
 			stor_msg_free(&m);
 	}
 	for (int i = 0; i < 50; i++)
-		ev_run(loop, EVRUN_ONCE);
-	ev_timer_stop(loop, &t);
-	struct stor_db *dbs[] = { n1.db, n2.db };
+		ev_run(p.loop, EVRUN_ONCE);
+	struct stor_db *dbs[] = { p.n1.db, p.n2.db };
 	for (size_t k = 0; k < 2; k++) {
 		struct stor_mailbox x = mailbox_on(dbs[k], "D");
 		CU_ASSERT_EQUAL(x.messages, 3);
 		stor_mailbox_free(&x);
 	}
-	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
+	repl_sync_set_live(p.n2.sync, cl_replica_command, to_cl(p.n2.repl));
 	stor_mailbox_free(&dmb);
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 /* The tombstone at uid on db: 1 a user's, 0 the engine's, -1 none. */
@@ -1479,68 +1331,35 @@ static int tomb_kind(struct stor_db *db, const struct guid *mb, uint32_t uid)
  * replica's later syncs (SPEC.md 8.6, 10.3). */
 static void test_replica_keeps_who_expunged(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	struct pair p;
+	pair_start(&p);
 
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2.repl, "bob", "D", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	struct stor_mailbox dmb = mailbox_on(n2.db, "D");
+	pair_create(&p, "D");
+	struct stor_mailbox dmb = mailbox_on(p.n2.db, "D");
 	const char *err;
-	for (int k = 0; k < 3; k++) {
-		struct repl_append a;
-		memset(&a, 0, sizeof(a));
-		a.text = k == 0 ? "Subject: 1\r\n\r\none\r\n" : k == 1 ? "Subject: 2\r\n\r\ntwo\r\n"
-								: "Subject: 3\r\n\r\nthree\r\n";
-		a.text_len = strlen(a.text);
-		memset(&d, 0, sizeof(d));
-		repl_append(n2.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	}
+	const char *texts[] = { "Subject: 1\r\n\r\none\r\n", "Subject: 2\r\n\r\ntwo\r\n",
+				"Subject: 3\r\n\r\nthree\r\n" };
+	for (int k = 0; k < 3; k++)
+		pair_append(&p, &p.n2, &dmb.guid, texts[k]);
 	/* A sync on the master moved message 2 (the engine's tombstone at
 	 * 2); then a user expunges message 1, which streams both. */
-	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n2.db, &dmb.guid, 2, 10, 0, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(p.n2.db, &dmb.guid, 2, 10, 0, &err), 0);
 	uint32_t one = 1;
+	struct copy_done d;
 	memset(&d, 0, sizeof(d));
-	repl_expunge(n2.repl, "bob", &dmb.guid, &one, 1, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	repl_expunge(p.n2.repl, "bob", &dmb.guid, &one, 1, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
 	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	for (int i = 0; i < 1000 && (tomb_kind(n1.db, &dmb.guid, 1) < 0 ||
-				     tomb_kind(n1.db, &dmb.guid, 2) < 0);
+	for (int i = 0; i < 1000 && (tomb_kind(p.n1.db, &dmb.guid, 1) < 0 ||
+				     tomb_kind(p.n1.db, &dmb.guid, 2) < 0);
 	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	ev_timer_stop(loop, &t);
-	CU_ASSERT_EQUAL(tomb_kind(n2.db, &dmb.guid, 1), 1);
-	CU_ASSERT_EQUAL(tomb_kind(n2.db, &dmb.guid, 2), 0);
-	CU_ASSERT_EQUAL(tomb_kind(n1.db, &dmb.guid, 1), 1);
-	CU_ASSERT_EQUAL(tomb_kind(n1.db, &dmb.guid, 2), 0);
+		ev_run(p.loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL(tomb_kind(p.n2.db, &dmb.guid, 1), 1);
+	CU_ASSERT_EQUAL(tomb_kind(p.n2.db, &dmb.guid, 2), 0);
+	CU_ASSERT_EQUAL(tomb_kind(p.n1.db, &dmb.guid, 1), 1);
+	CU_ASSERT_EQUAL(tomb_kind(p.n1.db, &dmb.guid, 2), 0);
 	stor_mailbox_free(&dmb);
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 /* A MOVE whose source a sync moves to another UID (a UID conflict fixed
@@ -1549,77 +1368,51 @@ static void test_replica_keeps_who_expunged(void)
  * told it moved (the fault campaign's acked-expunge-holds, seed 7707). */
 static void test_move_of_a_source_renumbered_meanwhile(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	struct pair p;
+	pair_start(&p);
 	/* S and D mastered by node 2 (the first to write to them). */
 	const char *names[] = { "S", "D" };
 	struct stor_mailbox mbs[2];
 	const char *err;
-	struct copy_done d;
+	const char *texts[] = { "Subject: x\r\n\r\nthe one that moves\r\n",
+				"Subject: d\r\n\r\nd\r\n" };
 	for (int k = 0; k < 2; k++) {
-		memset(&d, 0, sizeof(d));
-		repl_mailbox_create(n2.repl, "bob", names[k], NULL, copy_done_cb, &d);
-		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-		mbs[k] = mailbox_on(n2.db, names[k]);
-		struct repl_append a;
-		memset(&a, 0, sizeof(a));
-		a.text = k == 0 ? "Subject: x\r\n\r\nthe one that moves\r\n" : "Subject: d\r\n\r\nd\r\n";
-		a.text_len = strlen(a.text);
-		memset(&d, 0, sizeof(d));
-		repl_append(n2.repl, "bob", &mbs[k].guid, &a, copy_done_cb, &d);
-		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
+		pair_create(&p, names[k]);
+		mbs[k] = mailbox_on(p.n2.db, names[k]);
+		pair_append(&p, &p.n2, &mbs[k].guid, texts[k]);
 	}
 	uint32_t xu = 1;
 	struct stor_msg xm;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n2.db, &mbs[0].guid, xu, &xm, &err), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(p.n2.db, &mbs[0].guid, xu, &xm, &err), 1);
 	struct guid x = xm.guid;
 	stor_msg_free(&xm);
 	for (int i = 0; i < 1000; i++) {
 		uint32_t at;
-		if (stor_msg_find_guid(n1.db, &mbs[0].guid, &x, &at, &err) > 0)
+		if (stor_msg_find_guid(p.n1.db, &mbs[0].guid, &x, &at, &err) > 0)
 			break;
-		ev_run(loop, EVRUN_ONCE);
+		ev_run(p.loop, EVRUN_ONCE);
 	}
 	uint32_t at;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_find_guid(n1.db, &mbs[0].guid, &x, &at, &err), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_find_guid(p.n1.db, &mbs[0].guid, &x, &at, &err), 1);
 	CU_ASSERT_EQUAL_FATAL(at, xu);
 	/* Node 1 moves X; before the master answers the copy, a sync moves
 	 * X to another UID on both nodes. */
+	struct copy_done d;
 	memset(&d, 0, sizeof(d));
-	repl_copy(n1.repl, "bob", &mbs[0].guid, &xu, 1, &mbs[1].guid, true, copy_done_cb, &d);
+	repl_copy(p.n1.repl, "bob", &mbs[0].guid, &xu, 1, &mbs[1].guid, true, copy_done_cb, &d);
 	CU_ASSERT_FALSE(d.done);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n1.db, &mbs[0].guid, xu, xu + 5, 0, &err), 0);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n2.db, &mbs[0].guid, xu, xu + 5, 0, &err), 0);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(p.n1.db, &mbs[0].guid, xu, xu + 5, 0, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(p.n2.db, &mbs[0].guid, xu, xu + 5, 0, &err), 0);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
 	CU_ASSERT_EQUAL(d.error, REPL_OK);
 	CU_ASSERT_EQUAL(d.copied, 1);
 	for (int i = 0; i < 1000; i++) {
-		if (stor_msg_find_guid(n1.db, &mbs[0].guid, &x, &at, &err) == 0 &&
-		    stor_msg_find_guid(n2.db, &mbs[0].guid, &x, &at, &err) == 0)
+		if (stor_msg_find_guid(p.n1.db, &mbs[0].guid, &x, &at, &err) == 0 &&
+		    stor_msg_find_guid(p.n2.db, &mbs[0].guid, &x, &at, &err) == 0)
 			break;
-		ev_run(loop, EVRUN_ONCE);
+		ev_run(p.loop, EVRUN_ONCE);
 	}
-	ev_timer_stop(loop, &t);
-	struct stor_db *dbs[] = { n1.db, n2.db };
+	struct stor_db *dbs[] = { p.n1.db, p.n2.db };
 	for (size_t k = 0; k < 2; k++) {
 		CU_ASSERT_EQUAL(stor_msg_find_guid(dbs[k], &mbs[0].guid, &x, &at, &err), 0);
 		stor_msg_list msgs;
@@ -1630,12 +1423,7 @@ static void test_move_of_a_source_renumbered_meanwhile(void)
 	}
 	stor_mailbox_free(&mbs[0]);
 	stor_mailbox_free(&mbs[1]);
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 /* A change a node makes as the master waits before it runs (the master
@@ -1647,81 +1435,53 @@ static void test_move_of_a_source_renumbered_meanwhile(void)
  * caught up) left the message in place, and a STORE missed it. */
 static void master_change_of_a_message_renumbered_meanwhile(bool expunge)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	uint16_t port1 = free_port(), port2 = free_port();
-	struct bnode n1, n2;
-	bnode_start(&n2, loop, dir, 2, port2, 1, port1, secret);
-	bnode_start(&n1, loop, dir, 1, port1, 2, port2, secret);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(loop, &t);
-	for (int i = 0; i < 1000 && !(repl_peers_conn(n1.peers, 2) && repl_peers_conn(n2.peers, 1));
-	     i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_TRUE_FATAL(repl_peers_conn(n1.peers, 2) != NULL);
+	struct pair p;
+	pair_start(&p);
 	const char *err;
-	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_mailbox_create(n2.repl, "bob", "S", NULL, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-	CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	struct stor_mailbox mb = mailbox_on(n2.db, "S");
+	pair_create(&p, "S");
+	struct stor_mailbox mb = mailbox_on(p.n2.db, "S");
 	const char *texts[] = { "Subject: x\r\n\r\nthe one that moves\r\n",
 				"Subject: y\r\n\r\nthe other one\r\n" };
-	for (int k = 0; k < 2; k++) {
-		struct repl_append a;
-		memset(&a, 0, sizeof(a));
-		a.text = texts[k];
-		a.text_len = strlen(a.text);
-		memset(&d, 0, sizeof(d));
-		repl_append(n2.repl, "bob", &mb.guid, &a, copy_done_cb, &d);
-		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
-		CU_ASSERT_EQUAL_FATAL(d.error, REPL_OK);
-	}
+	for (int k = 0; k < 2; k++)
+		pair_append(&p, &p.n2, &mb.guid, texts[k]);
 	uint32_t xu = 1, at = 0;
 	struct stor_msg xm;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n2.db, &mb.guid, xu, &xm, &err), 1);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(p.n2.db, &mb.guid, xu, &xm, &err), 1);
 	struct guid x = xm.guid;
 	stor_msg_free(&xm);
-	for (int i = 0; i < 1000 && stor_msg_find_guid(n1.db, &mb.guid, &x, &at, &err) <= 0; i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_find_guid(n1.db, &mb.guid, &x, &at, &err), 1);
+	for (int i = 0; i < 1000 && stor_msg_find_guid(p.n1.db, &mb.guid, &x, &at, &err) <= 0; i++)
+		ev_run(p.loop, EVRUN_ONCE);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_find_guid(p.n1.db, &mb.guid, &x, &at, &err), 1);
 	/* Node 2, the master, takes the change for X at xu; before it runs, a
 	 * sync moves X to another UID on both nodes. */
+	struct copy_done d;
 	memset(&d, 0, sizeof(d));
 	if (expunge) {
-		repl_expunge(n2.repl, "bob", &mb.guid, &xu, 1, copy_done_cb, &d);
+		repl_expunge(p.n2.repl, "bob", &mb.guid, &xu, 1, copy_done_cb, &d);
 	} else {
 		struct stor_store st;
 		memset(&st, 0, sizeof(st));
 		st.op = STOR_FLAGS_ADD;
 		st.flags = STOR_FLAG_FLAGGED;
-		repl_store(n2.repl, "bob", &mb.guid, &xu, 1, &st, copy_done_cb, &d);
+		repl_store(p.n2.repl, "bob", &mb.guid, &xu, 1, &st, copy_done_cb, &d);
 	}
 	bool ran_at_once = d.done;
 	/* As one sync does it: the same modseq on both sides, N. */
-	struct stor_mailbox m1 = mailbox_on(n1.db, "S"), m2 = mailbox_on(n2.db, "S");
+	struct stor_mailbox m1 = mailbox_on(p.n1.db, "S"), m2 = mailbox_on(p.n2.db, "S");
 	uint64_t n = (m1.highestmodseq > m2.highestmodseq ? m1.highestmodseq : m2.highestmodseq) + 1;
 	stor_mailbox_free(&m1);
 	stor_mailbox_free(&m2);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n1.db, &mb.guid, xu, xu + 5, n, &err), 0);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(n2.db, &mb.guid, xu, xu + 5, n, &err), 0);
-	CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(p.n1.db, &mb.guid, xu, xu + 5, n, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(p.n2.db, &mb.guid, xu, xu + 5, n, &err), 0);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
 	CU_ASSERT_EQUAL(d.error, REPL_OK);
 	if (!ran_at_once) {
 		/* Until the replica has the expunge too (bounded). */
 		for (int i = 0; i < 1000 && (!expunge ||
-					     stor_msg_find_guid(n1.db, &mb.guid, &x, &at, &err) != 0);
+					     stor_msg_find_guid(p.n1.db, &mb.guid, &x, &at, &err) != 0);
 		     i++)
-			ev_run(loop, EVRUN_ONCE);
-		struct stor_db *dbs[] = { n2.db, n1.db };
+			ev_run(p.loop, EVRUN_ONCE);
+		struct stor_db *dbs[] = { p.n2.db, p.n1.db };
 		for (size_t k = 0; k < 2; k++) {
 			int found = stor_msg_find_guid(dbs[k], &mb.guid, &x, &at, &err);
 			if (!expunge && k == 1)
@@ -1744,14 +1504,8 @@ static void master_change_of_a_message_renumbered_meanwhile(bool expunge)
 		}
 	}
 	CU_ASSERT_FALSE(ran_at_once); /* the window this test is about exists */
-	ev_timer_stop(loop, &t);
 	stor_mailbox_free(&mb);
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 static void test_master_expunge_of_a_message_renumbered_meanwhile(void)
@@ -1888,37 +1642,28 @@ static bool has_draft(struct stor_db *db, const struct guid *mailbox, uint32_t u
 
 static void conditional_store_forwarded(enum lost_mode mode)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	struct bnode n1, n2;
-	ev_timer t;
+	struct pair p;
 	struct stor_mailbox dmb;
-	holder_setup(&n1, &n2, loop, dir, secret, &t, &dmb);
+	pair_start_d(&p, &dmb);
 	const char *err;
-	struct stor_mailbox on2 = mailbox_on(n2.db, "D");
+	struct stor_mailbox on2 = mailbox_on(p.n2.db, "D");
 	uint32_t uid = on2.uidnext - 1;
 	stor_mailbox_free(&on2);
 	/* The message, as the master made it, here too. */
 	struct stor_msg m;
 	uint64_t modseq = 0;
 	for (int i = 0; i < 1000 && modseq == 0; i++) {
-		if (stor_msg_get(n1.db, &dmb.guid, uid, &m, &err) > 0) {
+		if (stor_msg_get(p.n1.db, &dmb.guid, uid, &m, &err) > 0) {
 			modseq = m.modseq;
 			stor_msg_free(&m);
 		} else {
-			ev_run(loop, EVRUN_ONCE);
+			ev_run(p.loop, EVRUN_ONCE);
 		}
 	}
 	CU_ASSERT_FATAL(modseq != 0);
 
-	struct lost_answer la = { to_cl(n2.repl), mode, 0, 0 };
-	repl_sync_set_live(n2.sync, lose_first_store_answer, &la);
+	struct lost_answer la = { to_cl(p.n2.repl), mode, 0, 0 };
+	repl_sync_set_live(p.n2.sync, lose_first_store_answer, &la);
 	struct stor_store st;
 	memset(&st, 0, sizeof(st));
 	st.op = STOR_FLAGS_ADD;
@@ -1926,12 +1671,12 @@ static void conditional_store_forwarded(enum lost_mode mode)
 	st.unchangedsince = modseq;
 	struct store_done d;
 	memset(&d, 0, sizeof(d));
-	repl_store(n1.repl, "bob", &dmb.guid, &uid, 1, &st, store_done_cb, &d);
+	repl_store(p.n1.repl, "bob", &dmb.guid, &uid, 1, &st, store_done_cb, &d);
 	/* Past the forwarding timeout, which the lost answer takes. */
-	ev_now_update(loop);
-	ev_tstamp end = ev_now(loop) + CL_FORWARD_TIMEOUT_MS / 1000.0 + 10.0;
-	while (!d.done && ev_now(loop) < end)
-		ev_run(loop, EVRUN_ONCE);
+	ev_now_update(p.loop);
+	ev_tstamp end = ev_now(p.loop) + CL_FORWARD_TIMEOUT_MS / 1000.0 + 10.0;
+	while (!d.done && ev_now(p.loop) < end)
+		ev_run(p.loop, EVRUN_ONCE);
 	CU_ASSERT_TRUE_FATAL(d.done);
 	CU_ASSERT_EQUAL(d.error, REPL_OK);
 	if (d.failed != 0)
@@ -1945,33 +1690,27 @@ static void conditional_store_forwarded(enum lost_mode mode)
 		 * link cut, node 1 may run it again as the new master.) */
 		CU_ASSERT_EQUAL(la.stores, 2);
 		CU_ASSERT_EQUAL(la.with_req, mode == LOST_REFUSE_REQ ? 1 : 2);
-		CU_ASSERT_EQUAL(to_cl(n1.repl)->autonomous_changes, 0);
+		CU_ASSERT_EQUAL(to_cl(p.n1.repl)->autonomous_changes, 0);
 	}
-	CU_ASSERT_TRUE(has_draft(n1.db, &dmb.guid, uid));
-	for (int i = 0; i < 1000 && !has_draft(n2.db, &dmb.guid, uid); i++)
-		ev_run(loop, EVRUN_ONCE);
-	CU_ASSERT_TRUE(has_draft(n2.db, &dmb.guid, uid));
+	CU_ASSERT_TRUE(has_draft(p.n1.db, &dmb.guid, uid));
+	for (int i = 0; i < 1000 && !has_draft(p.n2.db, &dmb.guid, uid); i++)
+		ev_run(p.loop, EVRUN_ONCE);
+	CU_ASSERT_TRUE(has_draft(p.n2.db, &dmb.guid, uid));
 	if (mode == LOST_ANSWER) {
 		/* A later request is not taken for the first: the message has
 		 * changed since, so it is MODIFIED. */
 		st.op = STOR_FLAGS_REMOVE;
 		memset(&d, 0, sizeof(d));
-		repl_store(n1.repl, "bob", &dmb.guid, &uid, 1, &st, store_done_cb, &d);
-		CU_ASSERT_TRUE_FATAL(loop_until(loop, &d.done));
+		repl_store(p.n1.repl, "bob", &dmb.guid, &uid, 1, &st, store_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
 		CU_ASSERT_EQUAL(d.error, REPL_OK);
 		CU_ASSERT_EQUAL(d.failed, 1);
 		CU_ASSERT_EQUAL(la.stores, 3);
-		CU_ASSERT_TRUE(has_draft(n2.db, &dmb.guid, uid));
+		CU_ASSERT_TRUE(has_draft(p.n2.db, &dmb.guid, uid));
 	}
-	repl_sync_set_live(n2.sync, cl_replica_command, to_cl(n2.repl));
-	ev_timer_stop(loop, &t);
+	repl_sync_set_live(p.n2.sync, cl_replica_command, to_cl(p.n2.repl));
 	stor_mailbox_free(&dmb);
-	bnode_stop(&n1);
-	bnode_stop(&n2);
-	ev_loop_destroy(loop);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	pair_stop(&p);
 }
 
 static void test_conditional_store_resent_after_a_lost_answer(void)
