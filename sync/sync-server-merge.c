@@ -216,6 +216,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			m->handled[si] = true;
 	} else if (ti >= 0) {
 		uint32_t moved_to = 0;
+		bool last_copy = false;
 		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0 &&
 		    !m->stombs.items[ti].user) {
 			/* Our engine's tombstone of this very message: we
@@ -226,9 +227,23 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 					stor_msg_free(&other);
 				return -1;
 			}
+			/* An engine's tombstone never says a user deleted the
+			 * message, only that a copy lived on elsewhere.  When
+			 * none does here now (none at all, or only at a UID
+			 * the client's engine moved it away from: each side
+			 * holds it where the other left it), the client's
+			 * copy may be the last one anywhere.  Dropped, and
+			 * ours with the client's expunge, both went
+			 * (acked-append-present 11161).  Unless a user on the
+			 * client expunged it, it stays under a new UID on
+			 * both sides, and ours, if any, goes as the client's
+			 * move. */
+			last_copy = moved_to == 0 && !guid_in(&s->uexp_guids, &cs->guid);
 		}
 		if (moved_to != 0) {
 			take_ours(m, cs, moved_to);
+		} else if (last_copy) {
+			cs->action = SAVE_RENUMBER;
 		} else if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
 			/* We expunged it: the expunge wins. */
 			cs->action = SAVE_DROP;
