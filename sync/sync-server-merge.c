@@ -216,7 +216,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			m->handled[si] = true;
 	} else if (ti >= 0) {
 		uint32_t moved_to = 0;
-		bool client_moved = false;
+		bool last_copy = false;
 		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0 &&
 		    !m->stombs.items[ti].user) {
 			/* Our engine's tombstone of this very message: we
@@ -227,32 +227,22 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 					stor_msg_free(&other);
 				return -1;
 			}
-			/* None found also when the client expunged the UID of
-			 * our copy: that copy goes with the client's expunges
-			 * (client_moved_from), so the client's is the last. */
-			uint32_t at = 0;
-			if (moved_to == 0) {
-				r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, &at, err);
-				if (r < 0) {
-					if (have_other)
-						stor_msg_free(&other);
-					return -1;
-				}
-				client_moved = r > 0 && at != cs->uid;
-			}
+			/* An engine's tombstone never says a user deleted the
+			 * message, only that a copy lived on elsewhere.  When
+			 * none does here now (none at all, or only at a UID
+			 * the client's engine moved it away from: each side
+			 * holds it where the other left it), the client's
+			 * copy may be the last one anywhere.  Dropped, and
+			 * ours with the client's expunge, both went
+			 * (acked-append-present 11161).  Unless a user on the
+			 * client expunged it, it stays under a new UID on
+			 * both sides, and ours, if any, goes as the client's
+			 * move. */
+			last_copy = moved_to == 0 && !guid_in(&s->uexp_guids, &cs->guid);
 		}
 		if (moved_to != 0) {
 			take_ours(m, cs, moved_to);
-		} else if (client_moved) {
-			/* Each side moved the message away from the UID of
-			 * the other's copy (two bundles or syncs renumbered it
-			 * apart), and the client's expunge there may be of
-			 * another message: it names no GUID.  Dropped as
-			 * "expunged here", both copies went in this one merge,
-			 * and the next sync dropped the third node's under
-			 * our new tombstone (fault campaign, acked-append-
-			 * present all classes 11177).  The client's copy stays,
-			 * at a fresh UID: our IMAP clients saw its UID vanish. */
+		} else if (last_copy) {
 			cs->action = SAVE_RENUMBER;
 		} else if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
 			/* We expunged it: the expunge wins. */
@@ -823,11 +813,13 @@ static void merge_write_end(struct sync_server *s)
 	}
 	sync_pseen_srv_write(s, m->tag);
 	proto_wr_init(&w, &s->out);
-	for (size_t i = 0, n; i < fix_old.count; i += n) {
-		n = proto_uidfix_run(fix_old.items + i, fix_new.items + i, fix_old.count - i,
-				     SYNC_MAX_UIDS_PER_LINE);
+	for (size_t i = 0; i < fix_old.count; i += SYNC_MAX_UIDS_PER_LINE) {
+		size_t n = fix_old.count - i;
+		if (n > SYNC_MAX_UIDS_PER_LINE)
+			n = SYNC_MAX_UIDS_PER_LINE;
 		proto_wr_begin(&w, m->tag, "UIDFIX");
-		proto_wr_uidfix(&w, fix_old.items + i, fix_new.items + i, n);
+		proto_wr_uidset(&w, fix_old.items + i, n);
+		proto_wr_uidset(&w, fix_new.items + i, n);
 		proto_wr_end(&w);
 	}
 	ARRAY_FREE(&fix_old);

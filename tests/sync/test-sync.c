@@ -3049,6 +3049,62 @@ static int tomb_kind(struct node *n, const struct guid *mb, uint32_t uid, struct
 	return kind;
 }
 
+/* acked-append-present 11161: two nodes each hold X where the other holds
+ * the engine's tombstone of X (each moved it in a sync with a third node,
+ * one of them from the other's UID to the one the other left), and no
+ * user expunged it.  Each side's tombstone alone says "the copy lives
+ * at the other UID": the merge must keep one copy, not drop both (the
+ * client's as "we expunged it" and ours as the client's move). */
+static void crossed_engine_tombstones(bool full, bool swap, uint32_t seed)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	struct guid x, y;
+	uint32_t xu = append(&a, &mb, "message x\r\n", 0, &x);
+	replicate_save(&b, &mb, xu, &x, "message x\r\n");
+	uint32_t yu = append(&a, &mb, "message y\r\n", 0, &y);
+	replicate_save(&b, &mb, yu, &y, "message y\r\n");
+	run_sync(&b, &a, false, seed);
+	CU_ASSERT_FATAL(dumps_equal(&a, &b));
+	const char *error;
+	uint32_t p = yu + 3, q = yu + 5;
+	/* A: xu -> q -> p (X at p, engine tombstones at xu and q);
+	 * B: xu -> p -> q (X at q, engine tombstones at xu and p). */
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, xu, q, 0, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, q, p, 0, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(b.db, &mb, xu, p, 0, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(b.db, &mb, p, q, 0, &error), 0);
+	CU_ASSERT_EQUAL(tomb_kind(&a, &mb, q, NULL), 0);
+	CU_ASSERT_EQUAL(tomb_kind(&b, &mb, p, NULL), 0);
+	struct node *c = swap ? &b : &a, *s = swap ? &a : &b;
+	run_sync(c, s, full, seed + 1);
+	/* Until both hold the same (a second sync is what the engine runs
+	 * when the first still changed something). */
+	for (int i = 0; i < 3 && !dumps_equal(&a, &b); i++)
+		run_sync(c, s, false, seed + 2 + (uint32_t)i);
+	CU_ASSERT(has_guid(&a, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&b, &mb, &x, NULL));
+	CU_ASSERT(has_guid(&a, &mb, &y, NULL));
+	CU_ASSERT(has_guid(&b, &mb, &y, NULL));
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 2);
+	CU_ASSERT_EQUAL(count_unique(&b, "INBOX"), 2);
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_sync_crossed_engine_tombstones_keep_a_copy(void)
+{
+	crossed_engine_tombstones(false, false, 111);
+	crossed_engine_tombstones(false, true, 112);
+	crossed_engine_tombstones(true, false, 113);
+	crossed_engine_tombstones(true, true, 114);
+}
+
 /* A user's tombstone names its message: where the UID holds another
  * message on the other side (the client moved that one away, SPEC 10.3),
  * the expunge there is the engine's, or the other message would be taken
@@ -3884,6 +3940,8 @@ static const struct test_case sync_cases[] = {
 	{ "an acknowledged APPEND survives two bundles and a full compare (11177)",
 	  test_sync_acked_append_survives_two_bundles },
 	{ "a renumbering's tombstone removes no copy", test_sync_renumber_tombstone_removes_nothing },
+	{ "crossed engine tombstones keep one copy (acked-append-present 11161)",
+	  test_sync_crossed_engine_tombstones_keep_a_copy },
 	{ "tombstones say who expunged, and a sync carries it",
 	  test_sync_tombstone_provenance_travels },
 	{ "a user's tombstone of another message is the engine's here",
