@@ -265,15 +265,13 @@ static void start_hold_check(struct repl_mm *mm, uint64_t now)
  * repl_mm_stalled() looks again for a turn that blocked (a hung disk). */
 static void stall_seen(struct repl_mm *mm, uint64_t now)
 {
-	if (mm->last_run == 0 || now - mm->last_run <= REPL_MM_STALL_MS)
+	if (mm->last_run == 0 || now - mm->last_run <= REPL_MM_STALL_MS || mm->cfg->peers.count == 0)
 		return;
-	log_warnx("mm: this node did not run for %" PRIu64 " ms (stopped?): it serves no "
-		  "request as a master for %u ms%s", now - mm->last_run, REPL_MM_STALL_MS,
-		  mm->cfg->peers.count > 0 ? " and asks for no master until its links are back" : "");
+	log_warnx("mm: this node did not run for %" PRIu64 " ms (stopped?): no master asked for "
+		  "until its links are back, no request served as master for %u ms",
+		  now - mm->last_run, REPL_MM_STALL_MS);
 	mm->last_run = now;
 	mm->stalled_at = now;
-	if (mm->cfg->peers.count == 0)
-		return;
 	mm->start_held = true;
 	mm->start_hold_until = now + REPL_MM_START_HOLD_MS;
 	mm->unheard.count = 0;

@@ -2026,7 +2026,11 @@ static bool stalled_at(struct ev_loop *loop, struct repl_mm *mm, double after_s,
 static void test_stall_seen_in_its_turn_and_held_one_dead_timeout(void)
 {
 	char *dir = test_mkdtemp();
-	char *text = xasprintf("node_id = 1\ndata_dir = %s\n", dir);
+	/* A peer it never links to (a node alone has no master to doubt): no
+	 * socket is made, the secret file is never read. */
+	char *text = xasprintf("node_id = 1\ndata_dir = %s\npeer = 2 127.0.0.1:9\n"
+			       "repl_listen = 127.0.0.1:9\ncluster_secret_file = %s/secret\n",
+			       dir, dir);
 	char *err = NULL;
 	struct config *cfg = config_parse("s.conf", text, &err);
 	free(text);
