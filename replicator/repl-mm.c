@@ -261,11 +261,13 @@ static void start_hold_check(struct repl_mm *mm, uint64_t now)
  * flag-holds).  So it holds its master requests again, as at start-up,
  * until its links are back and settled, and for one dead timeout it
  * refuses requests to it as master (repl_mm_stalled()).  Both before a
- * request read at wake-up is served: stall_check() runs first in every loop turn, and
- * repl_mm_stalled() looks again for a turn that blocked (a hung disk). */
+ * request read at wake-up is served: stall_check() runs first in every
+ * loop turn, and repl_mm_stalled() looks again for a turn that blocked (a
+ * hung disk). */
 static void stall_seen(struct repl_mm *mm, uint64_t now)
 {
-	if (mm->last_run == 0 || now - mm->last_run <= REPL_MM_STALL_MS || mm->cfg->peers.count == 0)
+	if (mm->last_run == 0 || now - mm->last_run <= REPL_MM_STALL_MS ||
+	    mm->cfg->peers.count == 0)
 		return;
 	log_warnx("mm: this node did not run for %" PRIu64 " ms (stopped?): no master asked for "
 		  "until its links are back, no request served as master for %u ms",
