@@ -228,9 +228,6 @@ struct repl_cluster {
 	struct cl_fwd *fwds;           /* every live forward (repl-forward.c) */
 	ev_prepare prepare;
 	ev_timer timer;
-	/* The loop's time at its last prepare, and the end of the hold after
-	 * a stall (cl_stalled()). */
-	ev_tstamp loop_seen_at, stalled_until;
 	size_t in_flight;
 	uint64_t log_last;             /* highest seq appended */
 	/* Changes answered while fewer than sync_replicas replicas held them,
@@ -502,12 +499,6 @@ void cl_master_expunge(struct repl_cluster *cl, const char *user, const struct g
 		       const uint32_t *uids, size_t count, repl_done_cb *cb, void *ctx);
 /* Whether this node is master of the mailbox's granule right now. */
 bool cl_is_master(struct repl_cluster *cl, const char *user, const struct guid *mailbox);
-/* True while this node's mastership is not to be trusted: its loop did not
- * run for longer than a peer waits before declaring it dead (SIGSTOP, a
- * hung disk), so another node may have taken its masterships over at a
- * newer epoch, which this node learns only from the links it reads next.
- * Held for one dead timeout after the stall. */
-bool cl_stalled(struct repl_cluster *cl);
 
 /* ---- Shared by repl-cluster.c, repl-forward.c, repl-copy.c and
  * repl-mailbox-list.c: the pieces of the seam ---- */

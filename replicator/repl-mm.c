@@ -46,10 +46,11 @@ struct repl_mm {
 	 * of its mailboxes before it knows the cluster (SPEC.md 9.4). */
 	bool start_held;
 	uint64_t start_hold_until;
-	/* When the loop last ran (stall_check), to tell a node that was
-	 * stopped (SIGSTOP, a hung disk) from one that was idle. */
+	/* The stall detector (stall_seen()): when the loop last ran, to tell
+	 * a node that was stopped (SIGSTOP, a hung disk) from one that was
+	 * idle, and when it last found it had not run (0: never). */
 	ev_check check;
-	uint64_t last_run;
+	uint64_t last_run, stalled_at;
 	/* After a stall, the SIDs of the peers not heard from since.  A link
 	 * may still look up here while the peer closed it long ago; the hold
 	 * ends only once each one came back (a new link) or spoke (an MM
@@ -253,29 +254,47 @@ static void start_hold_check(struct repl_mm *mm, uint64_t now)
 	drain(mm);
 }
 
-/* A node that did not run for longer than its peers wait for it finds its
- * links timed out because IT stopped, not they: alone in its own view, it
- * would make itself root and master of its mailboxes at once and take
- * writes no replica holds, which the merge with the cluster's master then
- * has to reconcile (chaos seed 9747 flag-holds).  So it holds its master
- * requests again, as at start-up, until its links are back and settled.
- * Runs first in every loop iteration (highest priority), before the link
- * and client events gathered in the same wake-up. */
-static void stall_check(struct ev_loop *loop, ev_check *w, int revents)
+/* The node's one stall detector.  A node that did not run for longer than
+ * its peers wait for it finds its links timed out because IT stopped, not
+ * they: alone in its own view, it would make itself root and master of its
+ * mailboxes at once and take writes no replica holds (chaos seed 9747
+ * flag-holds).  So it holds its master requests again, as at start-up,
+ * until its links are back and settled, and for one dead timeout it
+ * refuses requests to it as master (repl_mm_stalled()).  Both before a
+ * request read at wake-up is served: stall_check() runs first in every
+ * loop turn, and repl_mm_stalled() looks again for a turn that blocked (a
+ * hung disk). */
+static void stall_seen(struct repl_mm *mm, uint64_t now)
 {
-	struct repl_mm *mm = w->data;
-	uint64_t now = mm_now();
-	uint64_t last = mm->last_run;
-	mm->last_run = now;
-	if (last == 0 || now - last <= REPL_MM_STALL_MS || mm->cfg->peers.count == 0)
+	if (mm->last_run == 0 || now - mm->last_run <= REPL_MM_STALL_MS ||
+	    mm->cfg->peers.count == 0)
 		return;
-	log_warnx("mm: this node did not run for %" PRIu64 " ms (stopped?): no master asked "
-		  "for until its links are back", now - last);
+	log_warnx("mm: this node did not run for %" PRIu64 " ms (stopped?): no master asked for "
+		  "until its links are back, no request served as master for %u ms",
+		  now - mm->last_run, REPL_MM_STALL_MS);
+	mm->last_run = now;
+	mm->stalled_at = now;
 	mm->start_held = true;
 	mm->start_hold_until = now + REPL_MM_START_HOLD_MS;
 	mm->unheard.count = 0;
 	for (size_t i = 0; i < mm->cfg->peers.count; i++)
 		ARRAY_PUSH(&mm->unheard, mm->cfg->peers.items[i].sid);
+}
+
+/* Highest priority: before the link and client events of its wake-up. */
+static void stall_check(struct ev_loop *loop, ev_check *w, int revents)
+{
+	struct repl_mm *mm = w->data;
+	uint64_t now = mm_now();
+	stall_seen(mm, now);
+	mm->last_run = now;
+}
+
+bool repl_mm_stalled(struct repl_mm *mm)
+{
+	uint64_t now = mm_now();
+	stall_seen(mm, now);
+	return mm->stalled_at != 0 && now - mm->stalled_at < REPL_MM_STALL_MS;
 }
 
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)

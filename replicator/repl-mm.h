@@ -43,8 +43,9 @@ struct repl_mm;
  * gets its whole timeout from the end of the hold. */
 #define REPL_MM_START_HOLD_MS (REPL_PEER_BACKOFF_MAX_MS + 1000u)
 /* A loop that did not run for longer than this (the node was stopped, or
- * a call blocked it) holds its master requests again as at start-up: its
- * peers took it for dead and closed the links. */
+ * a call blocked it) holds its master requests again as at start-up, and
+ * for this long serves no request as a master: its peers took it for dead,
+ * closed the links and may have chosen other masters. */
 #define REPL_MM_STALL_MS REPL_PEER_DEAD_TIMEOUT_MS
 /* How long a peer has to acknowledge an MM command (the answer carries no
  * meaning; a missing one is only logged at debug level). */
@@ -97,6 +98,10 @@ void repl_mm_set_gained(struct repl_mm *mm, repl_mm_gained_cb *cb, void *ctx);
 /* True if this node is master of gkey at its current epoch (a forwarded
  * change is served only then). */
 bool repl_mm_is_master(struct repl_mm *mm, const char *gkey);
+/* True for REPL_MM_STALL_MS after this node's loop was found not to have
+ * run for longer than REPL_MM_STALL_MS, up to now: a request read then is
+ * not served as master (SPEC.md 9.8 "A master that did not run"). */
+bool repl_mm_stalled(struct repl_mm *mm);
 /* This node's epoch; *settled_r (may be NULL) tells whether it was minted
  * by the root this node computes (if not, the node serves and accepts no
  * change as or from a master). */

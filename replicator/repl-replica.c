@@ -185,7 +185,7 @@ void cl_replica_command(void *ctx, uint32_t sid, struct proto_conn *conn,
 		answer_later(a, "BAD", "ARGS", "PSEEN outside a sync needs ORIGIN");
 	} else if (!cl_is_master(cl, mb.user, &mb.guid)) {
 		answer_later(a, "NO", "NOTMASTER", "not the master of this mailbox");
-	} else if (cl_stalled(cl)) {
+	} else if (repl_mm_stalled(cl->mm)) {
 		/* A request read right after a stall was likely sent before
 		 * it, and its sender has since asked the master that took
 		 * over: made here too, the message would be at two UIDs, one

@@ -650,31 +650,10 @@ static void persist_and_trim(struct repl_cluster *cl)
 		log_errorx("replication: trimming the log: %s", err);
 }
 
-bool cl_stalled(struct repl_cluster *cl)
-{
-	/* The cluster's 1 s timer wakes the loop at least once a second, so
-	 * a longer gap since the last prepare is time this node did not
-	 * run.  Seen in the first loop turn after it, before any request of
-	 * that turn is served (the prepare of the turn has not run yet). */
-	const ev_tstamp dead = REPL_PEER_DEAD_TIMEOUT_MS / 1000.0;
-	ev_tstamp now = ev_now(cl->loop);
-	if (cl->loop_seen_at > 0 && now - cl->loop_seen_at >= dead) {
-		if (now >= cl->stalled_until)
-			log_warnx("replication: this node did not run for %.1f s: it serves no "
-				  "request as a master for %.0f s (another node may have taken "
-				  "its masterships over meanwhile)", now - cl->loop_seen_at, dead);
-		cl->stalled_until = now + dead;
-		cl->loop_seen_at = now;
-	}
-	return now < cl->stalled_until;
-}
-
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct repl_cluster *cl = (struct repl_cluster *)((char *)w -
 							   offsetof(struct repl_cluster, prepare));
-	(void)cl_stalled(cl);
-	cl->loop_seen_at = ev_now(loop);
 	cl_fwd_wake_due(cl);
 	cl_stream_pump_all(cl);
 }

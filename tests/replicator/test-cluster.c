@@ -1728,6 +1728,70 @@ static void test_master_of_an_earlier_build_gets_no_store_req(void)
 	conditional_store_forwarded(LOST_REFUSE_REQ);
 }
 
+/* ---- the stall detector (repl-mm.c) ---- */
+
+struct stall_ask {
+	struct repl_mm *mm;
+	unsigned block_ms;  /* the callback blocks the loop this long first */
+	bool asked, stalled;
+};
+
+static void stall_ask_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct stall_ask *a = w->data;
+	usleep(a->block_ms * 1000u);
+	a->stalled = repl_mm_stalled(a->mm);
+	a->asked = true;
+}
+
+/* repl_mm_stalled(), asked by a timer callback after_s from now that
+ * first blocks the loop block_ms, as a request handled then would. */
+static bool stalled_at(struct ev_loop *loop, struct repl_mm *mm, double after_s,
+		       unsigned block_ms)
+{
+	struct stall_ask a = { mm, block_ms, false, false };
+	ev_timer t;
+	ev_timer_init(&t, stall_ask_cb, after_s, 0.);
+	t.data = &a;
+	ev_now_update(loop);
+	ev_timer_start(loop, &t);
+	for (int i = 0; i < 10000 && !a.asked; i++)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &t);
+	CU_ASSERT_TRUE(a.asked);
+	return a.stalled;
+}
+
+static void test_stall_seen_in_its_turn_and_held_one_dead_timeout(void)
+{
+	char *dir = test_mkdtemp();
+	/* A peer it never links to (a node alone has no master to doubt): no
+	 * socket is made, the secret file is never read. */
+	char *text = xasprintf("node_id = 1\ndata_dir = %s\npeer = 2 127.0.0.1:9\n"
+			       "repl_listen = 127.0.0.1:9\ncluster_secret_file = %s/secret\n",
+			       dir, dir);
+	char *err = NULL;
+	struct config *cfg = config_parse("s.conf", text, &err);
+	free(text);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct repl_mm *mm = repl_mm_create(loop, cfg);
+	CU_ASSERT_FALSE(stalled_at(loop, mm, 0.01, 0));
+	/* A slow turn, well under the dead timeout, is no stall. */
+	CU_ASSERT_FALSE(stalled_at(loop, mm, 0.01, REPL_MM_STALL_MS / 2));
+	/* A turn blocked past it (a hung disk): a request handled later in
+	 * that same turn already sees it. */
+	CU_ASSERT_TRUE(stalled_at(loop, mm, 0.01, REPL_MM_STALL_MS + 200));
+	/* Held for one dead timeout from there, the loop running meanwhile. */
+	CU_ASSERT_TRUE(stalled_at(loop, mm, REPL_MM_STALL_MS / 3000.0, 0));
+	CU_ASSERT_FALSE(stalled_at(loop, mm, REPL_MM_STALL_MS * 0.8 / 1000.0, 0));
+	repl_mm_destroy(&mm);
+	ev_loop_destroy(loop);
+	config_free(&cfg);
+	test_rmtree(dir);
+	free(dir);
+}
+
 const struct test_case repl_cluster_cases[] = {
 	{ "engine lines: cut by the parser, literals included", test_relay_line_cut },
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
@@ -1767,5 +1831,7 @@ const struct test_case repl_cluster_cases[] = {
 	  test_master_expunge_of_a_message_renumbered_meanwhile },
 	{ "a STORE on the master reaches its message renumbered meanwhile",
 	  test_master_store_of_a_message_renumbered_meanwhile },
+	{ "a stall is seen in the turn that blocked and held one dead timeout",
+	  test_stall_seen_in_its_turn_and_held_one_dead_timeout },
 	{ NULL, NULL },
 };
