@@ -3151,6 +3151,60 @@ static void test_sync_engine_tombstones_cross_user_expunge_wins(void)
 		engine_tombstones_cross(mode);
 }
 
+/* The mirror of the above at the client: A holds no copy of X, only the
+ * sync engine's tombstone of X at u (it dropped its copy for another one,
+ * itself gone since); B holds X at u and no tombstone.  In a full compare
+ * (M = 0) B sends X as a SAVE line at u, where A holds its tombstone; A
+ * must keep that copy (no user expunged X), or its second sync's EXPUNGE
+ * takes B's, the last one, away.  A user's tombstone of X elsewhere on A
+ * (bit 1) still wins.  Bit 0: A is the client (else B). */
+static void engine_tombstone_only(unsigned mode)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&b, &a, false, 121);
+	const char *error;
+	struct guid x;
+	guid_generate(&x);
+	uint32_t u = 4, w = 6;
+	bool user = (mode & 2) != 0;
+	replicate_save(&a, &mb, u, &x, "message x\r\n");
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, u, w, 0, &error), 0);
+	if (user)
+		expunge(&a, &mb, w);
+	else
+		CU_ASSERT_EQUAL_FATAL(stor_msg_expunge_kind(a.db, &mb, &w, 1, 0, false, NULL,
+							    &error), 0);
+	replicate_save(&b, &mb, u, &x, "message x\r\n");
+	CU_ASSERT_EQUAL_FATAL(tomb_kind(&a, &mb, u, NULL), 0);
+	if (mode & 1)
+		run_sync(&a, &b, true, 122 + mode);
+	else
+		run_sync(&b, &a, true, 122 + mode);
+	CU_ASSERT_EQUAL(has_guid(&a, &mb, &x, NULL), !user);
+	CU_ASSERT_EQUAL(has_guid(&b, &mb, &x, NULL), !user);
+	run_sync(&a, &b, false, 130 + mode);
+	run_sync(&b, &a, true, 140 + mode);
+	CU_ASSERT_EQUAL(has_guid(&a, &mb, &x, NULL), !user);
+	CU_ASSERT_EQUAL(has_guid(&b, &mb, &x, NULL), !user);
+	CU_ASSERT_EQUAL(count_unique(&a, "INBOX"), 3 + (user ? 0 : 1));
+	CU_ASSERT(dumps_equal(&a, &b));
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_sync_engine_tombstone_only_keeps_the_other_copy(void)
+{
+	for (unsigned mode = 0; mode < 4; mode++)
+		engine_tombstone_only(mode);
+}
+
 
 /* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ---- */
 
@@ -3891,6 +3945,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_engine_tombstones_cross_keep_the_message },
 	{ "engine tombstones crossing: a user's expunge wins",
 	  test_sync_engine_tombstones_cross_user_expunge_wins },
+	{ "an engine tombstone alone keeps the other side's copy",
+	  test_sync_engine_tombstone_only_keeps_the_other_copy },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
 	{ "first sync: message at a client tombstone moves",
 	  test_sync_first_sync_moves_message_at_client_tombstone },
