@@ -3205,6 +3205,68 @@ static void test_sync_engine_tombstone_only_keeps_the_other_copy(void)
 		engine_tombstone_only(mode);
 }
 
+/* acked-append-present all classes 9706, defect 2: two nodes that each
+ * moved X and Y off UIDs 4 and 5 (a bundle's merge on each, with different
+ * UIDNEXTs) meet: UID 7 holds Y on A and X on B, and B holds Y at 6 too,
+ * where A holds Z (bit 2; else nothing).  Their merge meets two GUIDs at
+ * one UID, one of them also at a second UID: X, Y (and Z) must end on both,
+ * once each.  Bit 0: A is the client; bit 1: a full compare.  (Passes
+ * without the rules for the engine's tombstones above too: 9706's loss is
+ * not this shape, or needs more than these two nodes' state.) */
+static void two_guids_at_one_uid(unsigned mode)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "common\r\n", 0, NULL);
+	run_sync(&b, &a, false, 151);
+	const char *error;
+	struct guid x, y, z;
+	guid_generate(&x);
+	guid_generate(&y);
+	guid_generate(&z);
+	bool with_z = (mode & 4) != 0;
+	struct node *both[2] = { &a, &b };
+	for (int i = 0; i < 2; i++) {
+		replicate_save(both[i], &mb, 4, &x, "message x\r\n");
+		replicate_save(both[i], &mb, 5, &y, "message y\r\n");
+	}
+	if (with_z)
+		replicate_save(&a, &mb, 6, &z, "message z\r\n");
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, 5, 7, 0, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, 4, 8, 0, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(b.db, &mb, 5, 6, 0, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(b.db, &mb, 4, 7, 0, &error), 0);
+	if (mode & 1)
+		run_sync(&a, &b, (mode & 2) != 0, 152 + mode);
+	else
+		run_sync(&b, &a, (mode & 2) != 0, 152 + mode);
+	for (int i = 0; i < 2; i++) {
+		CU_ASSERT(has_guid(both[i], &mb, &x, NULL));
+		CU_ASSERT(has_guid(both[i], &mb, &y, NULL));
+		CU_ASSERT_EQUAL(has_guid(both[i], &mb, &z, NULL), with_z);
+	}
+	run_sync(&a, &b, false, 160 + mode);
+	run_sync(&b, &a, true, 170 + mode);
+	for (int i = 0; i < 2; i++) {
+		CU_ASSERT(has_guid(both[i], &mb, &x, NULL));
+		CU_ASSERT(has_guid(both[i], &mb, &y, NULL));
+		CU_ASSERT_EQUAL(count_unique(both[i], "INBOX"), 5 + (with_z ? 1 : 0));
+		check_mailbox(both[i], &mb);
+	}
+	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_sync_two_guids_at_one_uid_lose_nothing(void)
+{
+	for (unsigned mode = 0; mode < 8; mode++)
+		two_guids_at_one_uid(mode);
+}
+
 
 /* ---- The three-way flag merge (SPEC.md 10.3 "Flags") ---- */
 
@@ -3947,6 +4009,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_engine_tombstones_cross_user_expunge_wins },
 	{ "an engine tombstone alone keeps the other side's copy",
 	  test_sync_engine_tombstone_only_keeps_the_other_copy },
+	{ "two GUIDs at one UID, one also at a second: none lost (9706)",
+	  test_sync_two_guids_at_one_uid_lose_nothing },
 	{ "SPEC 10.3 example: conflicting UIDs move as specified", test_sync_spec_example_uids },
 	{ "first sync: message at a client tombstone moves",
 	  test_sync_first_sync_moves_message_at_client_tombstone },
