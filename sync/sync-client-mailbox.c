@@ -517,6 +517,21 @@ static int user_expunged(struct sync_client *c, const struct guid *g, const char
 	return r < 0 ? -1 : r > 0;
 }
 
+/* Logs, at info level, the decision on a SAVE line at uid under our
+ * tombstone of its GUID (what: "kept at a new UID", "dropped ..."), so
+ * that a fault campaign's replay names the sync; at most 32 an answer. */
+static void log_keep_drop(struct sync_client *c, uint32_t uid, const struct guid *g,
+			  const char *what)
+{
+	if (c->keep_drop_logged >= 32)
+		return;
+	c->keep_drop_logged++;
+	char gh[GUID_HEX_SIZE];
+	guid_to_hex(g, gh);
+	log_info("sync %s with %u: mailbox %s: UID %u GUID %s: the peer's copy is %s", c->user,
+		 c->peer, c->cur.name, uid, gh, what);
+}
+
 /* The second, short sync after an answer that named UIDs we hold
  * tombstones for: EXPUNGE of our expunged copies, UIDFIX of the server's
  * messages that we had to place at fresh UIDs. */
@@ -732,6 +747,7 @@ int apply_some(struct sync_client *c)
 				}
 			}
 			bool keep_engine = false;
+			const char *why = "dropped (a user expunged it here)";
 			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0 && !t->user) {
 				/* The engine's tombstone of this very message: it
 				 * moved our copy on or dropped it for another one,
@@ -747,22 +763,16 @@ int apply_some(struct sync_client *c)
 				if (fr < 0 || ue < 0)
 					return cl_fail(c, "%s", err);
 				keep_engine = fr == 0 && ue == 0;
-				if (keep_engine) {
-					char gh[GUID_HEX_SIZE];
-					guid_to_hex(&sv->guid, gh);
-					log_info("sync %s with %u: mailbox %s: UID %u GUID %s: the peer's "
-						 "copy is kept at a new UID (our tombstone there is the "
-						 "engine's, no copy here)", c->user, c->peer,
-						 c->cur.name, uid, gh);
-				}
+				if (fr > 0)
+					why = "dropped (held here at another UID)";
+				if (keep_engine)
+					log_keep_drop(c, uid, &sv->guid,
+						      "kept at a new UID (our tombstone there is the "
+						      "engine's, no copy here)");
 			}
 			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0 && !keep_engine) {
 				/* We expunged this very message: the expunge wins. */
-				char gh[GUID_HEX_SIZE];
-				guid_to_hex(&sv->guid, gh);
-				log_info("sync %s with %u: mailbox %s: UID %u GUID %s: the peer's copy "
-					 "is dropped (expunged here%s)", c->user, c->peer, c->cur.name,
-					 uid, gh, t->user ? " by a user" : "");
+				log_keep_drop(c, uid, &sv->guid, why);
 				if (t->user) {
 					ARRAY_PUSH(&c->late_uexp, uid);
 					ARRAY_PUSH(&c->late_uexp_g, t->guid);
