@@ -189,6 +189,13 @@ struct sync_client {
 	ARRAY(struct guid) late_uexp_g;
 	uint32_t late_next;
 	unsigned late_rounds;
+	/* GUIDs of our users' tombstones among tombs, sorted: built when a
+	 * SAVE line meets the engine's tombstone of its GUID (user_expunged()). */
+	sync_guid_list utomb_guids;
+	bool utomb_built;
+	/* Lines logged for SAVE lines of this answer dropped or kept under
+	 * our tombstones (log_keep_drop()): bounded per answer. */
+	unsigned keep_drop_logged;
 	/* The answer's PSEEN lines (sync-pseen.c). */
 	stor_pseen_list pseen_ans;
 };

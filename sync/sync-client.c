@@ -171,6 +171,9 @@ void answer_free(struct sync_client *c)
 	stor_msg_list_free(&c->msgs);
 	memset(&c->msgs, 0, sizeof(c->msgs));
 	ARRAY_FREE(&c->tombs);
+	ARRAY_FREE(&c->utomb_guids);
+	c->utomb_built = false;
+	c->keep_drop_logged = 0;
 	ARRAY_FREE(&c->resend);
 	ARRAY_FREE(&c->need);
 	ARRAY_FREE(&c->chunks);
