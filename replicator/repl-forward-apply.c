@@ -332,7 +332,10 @@ void fwd_apply_store(struct cl_fwd *f)
 		struct stor_msg had;
 		bool same = false;
 		if (st.modseq == 0 && stor_msg_get(db, &f->mailbox, m->uid, &had, &err) > 0) {
-			/* Already so here (the stream or a sync brought it). */
+			/* Already so here (the stream or a sync brought it), or
+			 * changed here after the master's change: an older change
+			 * never overwrites a newer one (as stor_msg_store at the
+			 * master's modseq would skip it). */
 			same = had.flags == m->flags && had.keywords.count == m->keywords.count;
 			for (size_t k = 0; same && k < m->keywords.count; k++) {
 				bool found = false;
@@ -341,6 +344,7 @@ void fwd_apply_store(struct cl_fwd *f)
 							   m->keywords.items[k]) == 0;
 				same = found;
 			}
+			same = same || had.modseq > m->modseq;
 			stor_msg_free(&had);
 		}
 		if (!same &&

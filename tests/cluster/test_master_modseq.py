@@ -222,7 +222,7 @@ def t_master_change_below():
                 pumped(p, cache_holds, n2, uv, h, cache), True)
 
         # A forwarded STORE: the peer, as master, answers at a modseq below
-        # node 2's HIGHESTMODSEQ.
+        # node 2's HIGHESTMODSEQ (h + 1) and above message 4's own (4).
         uv, h2 = pumped(p, select, cl)
         cache2 = {u: f for u, (f, _m) in pumped(p, flags_of, cl).items()}
 
@@ -230,11 +230,11 @@ def t_master_change_below():
             if " ORIGIN " in rest:
                 peer.send("%s OK done" % tag)   # node 2 streaming to us
                 return
-            peer.send("%s FLAGS 4 %d (\\Draft)" % (tag, h2 - 3))
-            peer.send("%s OK [MODSEQ %d] stored" % (tag, h2 - 3))
+            peer.send("%s FLAGS 4 %d (\\Draft)" % (tag, h2 - 1))
+            peer.send("%s OK [MODSEQ %d] stored" % (tag, h2 - 1))
 
         def serve_mbox(peer, tag, rest):
-            peer.send("%s OK [UIDNEXT 6 HIGHESTMODSEQ %d] bound" % (tag, h2 - 3))
+            peer.send("%s OK [UIDNEXT 6 HIGHESTMODSEQ %d] bound" % (tag, h2 - 1))
 
         def serve_ok(peer, tag, rest):
             peer.send("%s OK done" % tag)
