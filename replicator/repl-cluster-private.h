@@ -214,6 +214,12 @@ struct cl_waiter {
 	void *ctx;
 };
 
+#define CL_TAKEN_MAX 256u
+struct cl_taken {
+	struct guid mailbox;
+	uint64_t modseq;
+};
+
 struct repl_cluster {
 	struct repl repl;
 	struct repl *local;            /* applies to storage, group commit */
@@ -263,7 +269,26 @@ struct repl_cluster {
 	/* The n of the next REQ this node sends (cl_req_n_next()). */
 	uint64_t req_n;
 	struct cl_barriers *barriers;  /* read barriers (repl-barrier.c) */
+	/* Per mailbox, the modseq of the last change this node took from its
+	 * master as given (cl_master_modseq_fits), the last CL_TAKEN_MAX
+	 * mailboxes (a ring). */
+	struct cl_taken taken[CL_TAKEN_MAX];
+	size_t taken_next;
 };
+
+/* ---- repl-replica-apply.c: the master's modseqs here (SPEC.md 10.3) ---- */
+
+/* True when a change the master made at modseq can be taken here at that
+ * modseq: above this copy's HIGHESTMODSEQ, or at it when the last change
+ * taken from the master raised it there (the next message of the same
+ * change).  Otherwise this copy spent the modseq itself (a sync with
+ * another replica, two masters while apart): written at it, the change
+ * would stay unseen by an IMAP client that cached this HIGHESTMODSEQ. */
+bool cl_master_modseq_fits(const struct repl_cluster *cl, const struct stor_mailbox *mb,
+			   uint64_t modseq);
+/* A change of mailbox was taken from the master at modseq. */
+void cl_master_modseq_taken(struct repl_cluster *cl, const struct guid *mailbox,
+			    uint64_t modseq);
 
 /* ---- repl-handover.c: safe handovers (SPEC.md 9.8) ---- */
 

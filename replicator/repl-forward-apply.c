@@ -63,6 +63,33 @@ static uint64_t code_modseq(const struct proto_cmd *line)
 	return modseq;
 }
 
+/* The master's modseq, or 0 (a fresh one here) when this copy spent it
+ * itself (cl_master_modseq_fits): the session's change must show here, and
+ * its IMAP clients that cached this HIGHESTMODSEQ must see it.  The copies
+ * then differ in modseq only; a resync with the master raises the
+ * master's copy to ours (SPEC.md 10.3). */
+static uint64_t fwd_modseq_here(struct cl_fwd *f, uint64_t modseq)
+{
+	struct stor_mailbox mb;
+	const char *err;
+	if (stor_mailbox_get_by_guid(f->cl->repl.db, &f->mailbox, &mb, &err) <= 0)
+		return modseq;
+	bool fits = cl_master_modseq_fits(f->cl, &mb, modseq);
+	stor_mailbox_free(&mb);
+	if (fits)
+		return modseq;
+	if (f->peer != NULL)
+		cl_mark_dirty(f->peer, f->user);
+	return 0;
+}
+
+/* Notes a change taken at the master's modseq (not at a fresh one). */
+static void fwd_taken(struct cl_fwd *f, uint64_t master, uint64_t here)
+{
+	if (here != 0 && here == master)
+		cl_master_modseq_taken(f->cl, &f->mailbox, master);
+}
+
 void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 {
 	struct repl_cluster *cl = f->cl;
@@ -120,7 +147,7 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 		struct stor_append sa;
 		memset(&sa, 0, sizeof(sa));
 		sa.uid = uid;
-		sa.modseq = modseq;
+		sa.modseq = fwd_modseq_here(f, modseq);
 		sa.guid = &f->app.guid;
 		sa.flags = f->app.flags;
 		sa.keywords = f->app.keywords;
@@ -138,6 +165,7 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 				  f->user, uid, err);
 			cl_mark_dirty(f->peer, f->user);
 		} else {
+			fwd_taken(f, modseq, sa.modseq);
 			notify_later(cl, f->user, &f->mailbox);
 		}
 	}
@@ -299,10 +327,31 @@ void fwd_apply_store(struct cl_fwd *f)
 		st.flags = m->flags;
 		st.keywords = (const char *const *)m->keywords.items;
 		st.keyword_count = m->keywords.count;
-		st.modseq = m->modseq;
+		st.modseq = fwd_modseq_here(f, m->modseq);
 		stor_msg_list changed = ARRAY_INIT;
-		if (stor_msg_store(db, &f->mailbox, &m->uid, 1, &st, &changed, NULL, &err) < 0)
+		struct stor_msg had;
+		bool same = false;
+		if (st.modseq == 0 && stor_msg_get(db, &f->mailbox, m->uid, &had, &err) > 0) {
+			/* Already so here (the stream or a sync brought it), or
+			 * changed here after the master's change: an older change
+			 * never overwrites a newer one (as stor_msg_store at the
+			 * master's modseq would skip it). */
+			same = had.flags == m->flags && had.keywords.count == m->keywords.count;
+			for (size_t k = 0; same && k < m->keywords.count; k++) {
+				bool found = false;
+				for (size_t j = 0; j < had.keywords.count && !found; j++)
+					found = strcasecmp(had.keywords.items[j],
+							   m->keywords.items[k]) == 0;
+				same = found;
+			}
+			same = same || had.modseq > m->modseq;
+			stor_msg_free(&had);
+		}
+		if (!same &&
+		    stor_msg_store(db, &f->mailbox, &m->uid, 1, &st, &changed, NULL, &err) < 0)
 			log_warnx("replication: %s: applying the master's flags: %s", f->user, err);
+		else if (!same)
+			fwd_taken(f, m->modseq, st.modseq);
 		if (changed.count > 0)
 			changed_any = true;
 		stor_msg_list_free(&changed);
@@ -333,10 +382,13 @@ void fwd_apply_expunge(struct cl_fwd *f)
 	for (size_t i = 0; i < f->named_uids.count; i++)
 		if (fwd_still_named(f, f->named_uids.items[i]))
 			ARRAY_PUSH(&still, f->named_uids.items[i]);
+	uint64_t here = modseq != 0 && still.count > 0 ? fwd_modseq_here(f, modseq) : modseq;
 	if (modseq != 0 && still.count > 0 &&
-	    stor_msg_expunge(db, &f->mailbox, still.items, still.count, modseq, &f->out.expunged,
+	    stor_msg_expunge(db, &f->mailbox, still.items, still.count, here, &f->out.expunged,
 			     &err) < 0)
 		log_warnx("replication: %s: applying the master's expunge: %s", f->user, err);
+	else if (modseq != 0 && still.count > 0)
+		fwd_taken(f, modseq, here);
 	ARRAY_FREE(&still);
 	if (f->out.expunged.count > 0)
 		notify_later(cl, f->user, &f->mailbox);

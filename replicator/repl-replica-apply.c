@@ -20,6 +20,59 @@
 #include "storage/storage-acl.h"
 #include "sync/sync.h"
 
+/* ---- The master's modseqs here (SPEC.md 10.3 "A change from the master") ---- */
+
+bool cl_master_modseq_fits(const struct repl_cluster *cl, const struct stor_mailbox *mb,
+			   uint64_t modseq)
+{
+	if (modseq > mb->highestmodseq)
+		return true;
+	if (modseq != mb->highestmodseq)
+		return false;
+	for (size_t i = 0; i < CL_TAKEN_MAX; i++)
+		if (cl->taken[i].modseq == modseq && guid_equal(&cl->taken[i].mailbox, &mb->guid))
+			return true;
+	return false;
+}
+
+void cl_master_modseq_taken(struct repl_cluster *cl, const struct guid *mailbox,
+			    uint64_t modseq)
+{
+	for (size_t i = 0; i < CL_TAKEN_MAX; i++) {
+		if (cl->taken[i].modseq != 0 && guid_equal(&cl->taken[i].mailbox, mailbox)) {
+			cl->taken[i].modseq = modseq;
+			return;
+		}
+	}
+	cl->taken[cl->taken_next].mailbox = *mailbox;
+	cl->taken[cl->taken_next].modseq = modseq;
+	cl->taken_next = (cl->taken_next + 1) % CL_TAKEN_MAX;
+}
+
+/* A change from the master at a modseq this copy spent itself is refused
+ * when it would change something here: the resync the refusal starts
+ * gives it a modseq above both copies' (SPEC.md 10.3). */
+static void answer_spent_here(struct answer *a, const struct stor_mailbox *mb)
+{
+	char code[64];
+	snprintf(code, sizeof(code), "HIGHESTMODSEQ %" PRIu64, mb->highestmodseq);
+	answer_later(a, "NO", code, "this copy spent the modseq itself: the mailboxes need a sync");
+}
+
+static bool flags_same(const struct stor_msg *m, const struct proto_flags *fl)
+{
+	if (m->flags != fl->flags || m->keywords.count != fl->keywords.count)
+		return false;
+	for (size_t i = 0; i < fl->keywords.count; i++) {
+		bool found = false;
+		for (size_t j = 0; j < m->keywords.count && !found; j++)
+			found = strcasecmp(m->keywords.items[j], fl->keywords.items[i]) == 0;
+		if (!found)
+			return false;
+	}
+	return true;
+}
+
 /* ---- Changes from their origin ---- */
 
 /* GUIDS (g ...) of a replicated STORE or EXPUNGE names the message of each
@@ -115,6 +168,11 @@ void apply_save(struct repl_cluster *cl, struct answer *a, const struct proto_cm
 			     r < 0 ? err : "below UIDNEXT here: the mailboxes need a sync");
 		return;
 	}
+	if (!cl_master_modseq_fits(cl, mb, modseq)) {
+		proto_flags_free(&fl);
+		answer_spent_here(a, mb);
+		return;
+	}
 	struct stor_append sa;
 	memset(&sa, 0, sizeof(sa));
 	if (save_text(db, a, &sv, &sa.text, &sa.text_len) < 0) {
@@ -152,6 +210,7 @@ void apply_save(struct repl_cluster *cl, struct answer *a, const struct proto_cm
 		if (dup > 0 && elsewhere != uid &&
 		    stor_msg_dedupe(db, &mb->guid, NULL, &err) < 0)
 			log_errorx("replication: removing a doubled message: %s", err);
+		cl_master_modseq_taken(cl, &mb->guid, modseq);
 		cl_notify_later(cl, mb->user, &mb->guid);
 		answer_later(a, "OK", code, "stored");
 	}
@@ -182,6 +241,29 @@ void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_c
 		ARRAY_FREE(&uids);
 		goto bad;
 	}
+	if (!cl_master_modseq_fits(cl, mb, modseq)) {
+		/* Copies that already agree (the change came here before, by
+		 * a sync or a forward) keep their higher modseq. */
+		bool changes = false;
+		for (size_t i = 0; i < uids.count && !changes; i++) {
+			struct stor_msg m;
+			int r = stor_msg_get(db, &mb->guid, uids.items[i], &m, &err);
+			changes = r < 0 || (r > 0 && !flags_same(&m, &fl));
+			if (r > 0)
+				stor_msg_free(&m);
+		}
+		char code[64];
+		snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
+		if (changes)
+			answer_spent_here(a, mb);
+		else if (differ)
+			answer_later(a, "NO", "GUIDMISMATCH", "a UID holds another message here");
+		else
+			answer_later(a, "OK", code, "already stored");
+		proto_flags_free(&fl);
+		ARRAY_FREE(&uids);
+		return;
+	}
 	struct stor_store st;
 	memset(&st, 0, sizeof(st));
 	st.op = STOR_FLAGS_REPLACE;
@@ -209,8 +291,10 @@ void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_c
 	    stor_mailbox_raise(db, &mb->guid, 0, modseq, &err) < 0) {
 		answer_later(a, "NO", "SERVERBUG", err);
 	} else if (differ) {
+		cl_master_modseq_taken(cl, &mb->guid, modseq);
 		answer_later(a, "NO", "GUIDMISMATCH", "a UID holds another message here");
 	} else {
+		cl_master_modseq_taken(cl, &mb->guid, modseq);
 		if (changed.count > 0)
 			cl_notify_later(cl, mb->user, &mb->guid);
 		answer_later(a, "OK", code, "stored");
@@ -258,6 +342,19 @@ void apply_expunge(struct repl_cluster *cl, struct answer *a, const struct proto
 			top = uids.items[i];
 	char code[64];
 	snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
+	if (!cl_master_modseq_fits(cl, mb, modseq)) {
+		bool held = false;
+		for (size_t i = 0; i < uids.count && !held; i++)
+			held = stor_msg_get(db, &mb->guid, uids.items[i], NULL, &err) != 0;
+		if (held)
+			answer_spent_here(a, mb);
+		else if (differ)
+			answer_later(a, "NO", "GUIDMISMATCH", "a UID holds another message here");
+		else
+			answer_later(a, "OK", code, "expunged");
+		ARRAY_FREE(&uids);
+		return;
+	}
 	/* UIDs we never held are above our UIDNEXT no longer: the master's
 	 * UIDNEXT is past them too.  A user's expunge says BY USER; without it
 	 * (a sync on the master dropped a copy, or a master that does not say)
@@ -269,6 +366,7 @@ void apply_expunge(struct repl_cluster *cl, struct answer *a, const struct proto
 	    stor_mailbox_raise(db, &mb->guid, top + 1, modseq, &err) < 0) {
 		answer_later(a, "NO", "SERVERBUG", err);
 	} else {
+		cl_master_modseq_taken(cl, &mb->guid, modseq);
 		if (gone.count > 0)
 			cl_notify_later(cl, mb->user, &mb->guid);
 		if (differ)

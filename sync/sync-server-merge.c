@@ -384,7 +384,30 @@ static int merge_flags_guid(struct sync_server *s, const struct guid *g,
  * every change made on the client's side since the move. */
 static int merge_flags_into(struct sync_server *s, const struct srv_save *cs, const char **err)
 {
-	return merge_flags_guid(s, &cs->guid, &cs->f, &cs->stamps, NULL, err) < 0 ? -1 : 0;
+	struct srv_merge *m = &s->merge;
+	uint32_t at = 0;
+	int r = merge_flags_guid(s, &cs->guid, &cs->f, &cs->stamps, &at, err);
+	if (r != 0 || at == 0)
+		return r < 0 ? -1 : 0;
+	/* The client moves its copy to our UID at our copy's modseq.  At or
+	 * below cm (the third node's sync spent it, or our master did) the
+	 * move would stay unseen by its IMAP clients that cached cm: the old
+	 * UID never VANISHED, the new one never came.  A renumbered message
+	 * gets N (SPEC.md 10.3 "Modseqs"). */
+	struct stor_msg cur;
+	r = stor_msg_get(s->db, &s->sel, at, &cur, err);
+	if (r <= 0)
+		return r < 0 ? -1 : 0;
+	if (cur.modseq <= m->cm) {
+		uint64_t ms;
+		r = merge_write_modseq(s, cur.modseq, true, &ms, err);
+		if (r == 0)
+			r = set_flags(s, at, cur.flags, &cur.keywords, NULL, ms, err);
+		merge_mark_dirty(m, at);
+		m->touched = true;
+	}
+	stor_msg_free(&cur);
+	return r < 0 ? -1 : 0;
 }
 
 /* A message that both copies hold with the same flags, at different

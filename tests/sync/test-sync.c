@@ -2029,6 +2029,66 @@ static void flagged_copy_taken_from_server(bool b_saw_the_change, bool c_syncs_w
 	node_close(&c);
 }
 
+/* C takes the server's copy of X at the UID a sync of A and B moved it to,
+ * with C's HIGHESTMODSEQ above the modseq that sync gave X (C changed
+ * other messages meanwhile).  C's IMAP clients that cached its
+ * HIGHESTMODSEQ must see the move: the old UID's tombstone and the new
+ * UID above it.  The server's copy kept its modseq, so the move was
+ * written below C's HIGHESTMODSEQ (found by the fault campaign: seed
+ * 11021, qresync-cache). */
+static void test_sync_taken_copy_moves_above_client_hms(void)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_open(&a, &b, &c);
+	uint32_t u1 = append(&b, &mb, "one\r\n", 0, NULL);
+	run_sync(&a, &b, false, 91);
+	replicate_append(&b, &c, &mb, u1, "one\r\n");
+	struct guid gx;
+	uint32_t ux = append(&b, &mb, "x\r\n", STOR_FLAG_ANSWERED, &gx);
+	replicate_append(&b, &c, &mb, ux, "x\r\n");
+	uint32_t uy = append(&a, &mb, "y\r\n", 0, NULL);
+	CU_ASSERT_EQUAL(uy, ux);
+	run_sync(&a, &b, false, 92);
+	uint32_t moved = 0;
+	CU_ASSERT(has_guid(&b, &mb, &gx, &moved));
+	CU_ASSERT_NOT_EQUAL(moved, ux);
+	/* C spends modseqs of its own, above the one X got on B. */
+	uint32_t fl[] = { STOR_FLAG_SEEN, STOR_FLAG_FLAGGED, STOR_FLAG_DRAFT, STOR_FLAG_SEEN,
+			  STOR_FLAG_FLAGGED, STOR_FLAG_DRAFT, STOR_FLAG_SEEN, STOR_FLAG_FLAGGED };
+	for (size_t i = 0; i < sizeof(fl) / sizeof(fl[0]); i++)
+		set_flags(&c, &mb, u1, fl[i]);
+	struct stor_mailbox before = get_mailbox(&c, "INBOX");
+	struct stor_msg xb;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(b.db, &mb, moved, &xb, &error), 1);
+	CU_ASSERT(xb.modseq <= before.highestmodseq); /* the case: X's modseq is below C's */
+	stor_msg_free(&xb);
+	run_sync(&c, &b, false, 93);
+	uint32_t at = 0;
+	CU_ASSERT(has_guid(&c, &mb, &gx, &at));
+	CU_ASSERT_EQUAL(at, moved);
+	stor_msg_list msgs;
+	stor_tombstone_list tombs;
+	CU_ASSERT_EQUAL_FATAL(stor_changes_since(c.db, &mb, before.highestmodseq, &msgs, &tombs,
+						 &error), 0);
+	bool new_seen = false, old_gone = false;
+	for (size_t i = 0; i < msgs.count; i++)
+		new_seen = new_seen || msgs.items[i].uid == moved;
+	for (size_t i = 0; i < tombs.count; i++)
+		old_gone = old_gone || tombs.items[i].uid == ux;
+	CU_ASSERT(new_seen);
+	CU_ASSERT(old_gone);
+	stor_msg_list_free(&msgs);
+	ARRAY_FREE(&tombs);
+	stor_mailbox_free(&before);
+	run_sync(&c, &a, false, 94);
+	run_sync(&a, &b, false, 95);
+	three_nodes_end_alike(&a, &b, &c, 3);
+	node_close(&a);
+	node_close(&b);
+	node_close(&c);
+}
+
 static void test_sync_flagged_copy_taken_from_server_1(void)
 {
 	flagged_copy_taken_from_server(false, false);
@@ -4097,6 +4157,8 @@ static const struct test_case sync_cases[] = {
 	  test_sync_flagged_copy_taken_from_server_3 },
 	{ "a flagged copy the client drops merges into the server's (B aware, C-A)",
 	  test_sync_flagged_copy_taken_from_server_4 },
+	{ "a copy the client takes at the UID another sync moved it to comes above its HIGHESTMODSEQ",
+	  test_sync_taken_copy_moves_above_client_hms },
 	{ "a copy at the same UID below the common modseq stays",
 	  test_sync_copy_at_the_same_uid_below_the_common_modseq_stays },
 	{ "a flag change follows a copy the merge moves on",

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""A change from the master at a modseq the replica spent itself (issue 13,
+the chaos class `qresync-cache`; SPEC.md 10.3 "A change from the master").
+
+A replica's HIGHESTMODSEQ can be above the master's: a sync with another
+replica spent N = max(cm, sm) + 1 on both (9994), or two masters wrote
+while apart (11166: node 2 spent up to 103 as master on its side, then took
+node 1's expunges at 90 and 93).  When the master's change then arrives at
+a modseq at or below that HIGHESTMODSEQ, writing it there hides it from an
+IMAP client of the replica that cached the HIGHESTMODSEQ: SELECT (QRESYNC
+(uidvalidity h)) reports nothing, and the client's view stays wrong.
+
+A Python peer (tests/harness/peerwire.py) plays node 1, root and master of
+alice's INBOX, against a real node 2 that wrote INBOX itself before (its
+HIGHESTMODSEQ h).  A client of node 2 caches (UIDVALIDITY, h) and the
+peer sends changes with ORIGIN 1:
+
+  - a STORE, an EXPUNGE and a SAVE at modseq h: after each, the client's
+    cache brought up to date by SELECT (QRESYNC) equals the mailbox (node
+    2 refuses them, NO [HIGHESTMODSEQ h], and the sender's resync gives
+    them a modseq above both copies');
+  - a STORE at h + 1 of message 1, then of message 2 at the same modseq
+    (the next message of one change): both applied at h + 1;
+  - a STORE at an older modseq that changes nothing (the change came
+    before): OK, and the message keeps its higher modseq;
+  - a client's STORE on node 2 forwarded to the peer as master, answered
+    at a modseq below node 2's HIGHESTMODSEQ: the session sees its change,
+    and so does a client that cached the HIGHESTMODSEQ before it.
+
+Every wait is bounded.  The last line is "test-master-modseq: N passed, M failed".
+"""
+import os
+import re
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
+
+from harness.imapwire import Client  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
+from harness.report import Report  # noqa: E402
+from harness.starling import Cluster  # noqa: E402
+
+R = Report("test-master-modseq")
+PASSWORD = "secret"
+USER = "alice@example.com"
+
+
+def message(subject):
+    return ("From: t@example.com\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\nbody\r\n"
+            % (subject, subject))
+
+
+def last(lines):
+    """(status, code) of a completion line "Cn STATUS [CODE] text"."""
+    f = lines[-1].split(" ", 2)
+    rest = f[2] if len(f) > 2 else ""
+    code = rest[1:rest.index("]")] if rest.startswith("[") and "]" in rest else ""
+    return f[1], code
+
+
+def command(p, text, timeout=20.0):
+    """p.command(text), again while node 2 holds the mailbox for a resync
+    with the peer (NO [TRYLATER] ... resync ...)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = p.command(text)
+        if last(r) != ("NO", "TRYLATER") or "resync" not in r[-1] or \
+                time.monotonic() > deadline:
+            return r
+        p.pump(0.2)
+
+
+def client(node):
+    c = Client(node.host, node.imap_port, timeout=20)
+    R.check("LOGIN", c.login(USER, PASSWORD).ok)
+    c.command("ENABLE QRESYNC")
+    return c
+
+
+def select(c):
+    """(uidvalidity, highestmodseq) of SELECT INBOX."""
+    r = c.command("SELECT INBOX")
+    codes = r.codes()
+    return int(codes["UIDVALIDITY"]), int(codes["HIGHESTMODSEQ"])
+
+
+def flags_of(c):
+    """{uid: (sorted flags, modseq)} of the selected mailbox."""
+    r = c.command("UID FETCH 1:* (UID FLAGS MODSEQ)")
+    out = {}
+    for _, it in r.fetches():
+        if "FLAGS" in it and "MODSEQ" in it:
+            out[it["UID"]] = (tuple(sorted(bytes(f).decode() for f in it["FLAGS"])),
+                              int(it["MODSEQ"][0]))
+    return out
+
+
+def cache_holds(node, uv, hms, cache):
+    """True when the cache {uid: flags} taken at (uv, hms), brought up to
+    date by SELECT (QRESYNC (uv hms)), equals the mailbox now; else a
+    description of the difference."""
+    c = client(node)
+    try:
+        r = c.command("SELECT INBOX (QRESYNC (%d %d))" % (uv, hms))
+        if not r.ok:
+            return "SELECT (QRESYNC) refused: %r" % r.line
+        cache = dict(cache)
+        for _earlier, uids in r.vanished():
+            for u in uids:
+                cache.pop(u, None)
+        for _, it in r.fetches():
+            if "FLAGS" in it:
+                cache[it["UID"]] = tuple(sorted(bytes(f).decode() for f in it["FLAGS"]))
+        truth = {u: f for u, (f, _m) in flags_of(c).items()}
+        if cache != truth:
+            return "cache %r, mailbox %r" % (cache, truth)
+        return True
+    finally:
+        c.logout()
+
+
+def pumped(p, fn, *args):
+    """fn(*args) in a thread while the peer answers node 2 (its pings, the
+    read barriers of IMAP commands, MASTER-WHO as root); its result."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    p.grant_masters(lambda key: 1, 30, until=lambda: not t.is_alive())
+    t.join(5)
+    return out[0] if out else None
+
+
+def guids(node):
+    out = {}
+    for line in node.dump(USER).splitlines():
+        m = re.match(r"msg INBOX uid=(\d+) guid=(\w+)", line)
+        if m:
+            out[int(m.group(1))] = m.group(2)
+    return out
+
+
+def t_master_change_below():
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
+    c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
+    try:
+        n2 = c.nodes[1]
+        n2.start()
+        # Node 2 alone is master of INBOX and spends its modseqs.
+        w = client(n2)
+        for i in range(4):
+            text = message("m%d" % i)
+            r = w.command("APPEND INBOX () {%d+}\r\n%s" % (len(text), text))
+            R.check("APPEND m%d on node 2" % i, r.ok, r.line)
+        select(w)
+        R.check("STORE on node 2", w.command("UID STORE 1 +FLAGS (\\Flagged)").ok)
+        w.logout()
+        with open(c.secret_file, "rb") as f:
+            secret = f.read().rstrip(b"\n")
+        p = PyPeer(n2.repl_port, 1, secret)
+        R.check("the Python peer authenticates as node 1", p.auth().startswith("C1 OK"))
+        R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15),
+                p.mm_seen[-5:])
+        st = n2.dump(USER)
+        mm = re.search(r"mailbox INBOX guid=(\w+) uidvalidity=(\d+)", st)
+        guid, uidvalidity = mm.group(1), int(mm.group(2))
+        p.mm("MASTER-IS 1 2 32 %d m:%s/%s 1 1" % (p.epoch, USER, guid))
+        p.pump(0.3)
+        R.equal("MBOX binds INBOX",
+                last(command(p, "MBOX 7 %s INBOX %d %s" % (USER, uidvalidity, guid)))[0], "OK")
+        R.equal("SELECT", last(command(p, "SELECT 7"))[0], "OK")
+        g = guids(n2)
+        e = p.epoch
+
+        # The client's cache, taken at node 2's HIGHESTMODSEQ h.
+        cl = pumped(p, client, n2)
+        uv, h = pumped(p, select, cl)
+        cache = {u: f for u, (f, _m) in pumped(p, flags_of, cl).items()}
+        pumped(p, cl.logout)
+        R.check("node 2 spent modseqs itself (h = %d)" % h, h >= 5)
+
+        r = command(p, "STORE 2 %d (\\Answered) (\\*) ORIGIN 1 EPOCH %d GUIDS (%s)"
+                      % (h, e, g[2]))
+        R.equal("a STORE from the master at modseq h (node 2's HIGHESTMODSEQ): "
+                "NO [HIGHESTMODSEQ h]", last(r), ("NO", "HIGHESTMODSEQ %d" % h))
+        R.equal("... the client's cache at h, after SELECT (QRESYNC), equals the mailbox",
+                pumped(p, cache_holds, n2, uv, h, cache), True)
+
+        r = command(p, "EXPUNGE 3 %d ORIGIN 1 EPOCH %d GUIDS (%s) BY USER" % (h - 1, e, g[3]))
+        R.equal("an EXPUNGE from the master below h: NO [HIGHESTMODSEQ h]", last(r),
+                ("NO", "HIGHESTMODSEQ %d" % h))
+        R.equal("... the client's cache at h equals the mailbox",
+                pumped(p, cache_holds, n2, uv, h, cache), True)
+
+        text = message("from-master")
+        r = command(p, "SAVE 1700000000+0000 5 %d aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa05 () {%d}\r\n"
+                      "%s ORIGIN 1 EPOCH %d" % (h, len(text), text, e))
+        R.equal("a SAVE from the master at h: NO [HIGHESTMODSEQ h]", last(r),
+                ("NO", "HIGHESTMODSEQ %d" % h))
+        R.equal("... the client's cache at h equals the mailbox",
+                pumped(p, cache_holds, n2, uv, h, cache), True)
+
+        r = command(p, "STORE 1 %d (\\Seen) (\\*) ORIGIN 1 EPOCH %d GUIDS (%s)"
+                      % (h + 1, e, g[1]))
+        R.equal("a STORE from the master above h: OK", last(r)[0], "OK")
+        r = command(p, "STORE 2 %d (\\Seen) (\\*) ORIGIN 1 EPOCH %d GUIDS (%s)"
+                      % (h + 1, e, g[2]))
+        R.equal("the next message of the same change, at the same modseq: OK", last(r)[0],
+                "OK")
+        cl = pumped(p, client, n2)
+        pumped(p, select, cl)
+        now = pumped(p, flags_of, cl)
+        R.equal("... both at h + 1 with \\Seen", (now.get(1), now.get(2)),
+                ((("\\Seen",), h + 1), (("\\Seen",), h + 1)))
+        r = command(p, "STORE 1 %d (\\Seen) (\\*) ORIGIN 1 EPOCH %d GUIDS (%s)" % (2, e, g[1]))
+        R.equal("an older change that is already here: OK", last(r)[0], "OK")
+        R.equal("... message 1 keeps modseq h + 1", pumped(p, flags_of, cl).get(1), (("\\Seen",), h + 1))
+        R.equal("the client's cache at h equals the mailbox",
+                pumped(p, cache_holds, n2, uv, h, cache), True)
+
+        # A forwarded STORE: the peer, as master, answers at a modseq below
+        # node 2's HIGHESTMODSEQ (h + 1) and above message 4's own (4).
+        uv, h2 = pumped(p, select, cl)
+        cache2 = {u: f for u, (f, _m) in pumped(p, flags_of, cl).items()}
+
+        def serve_store(peer, tag, rest):
+            if " ORIGIN " in rest:
+                peer.send("%s OK done" % tag)   # node 2 streaming to us
+                return
+            peer.send("%s FLAGS 4 %d (\\Draft)" % (tag, h2 - 1))
+            peer.send("%s OK [MODSEQ %d] stored" % (tag, h2 - 1))
+
+        def serve_mbox(peer, tag, rest):
+            peer.send("%s OK [UIDNEXT 6 HIGHESTMODSEQ %d] bound" % (tag, h2 - 1))
+
+        def serve_ok(peer, tag, rest):
+            peer.send("%s OK done" % tag)
+        p.handlers.update({"STORE": serve_store, "MBOX": serve_mbox, "SELECT": serve_ok,
+                           "SAVE": serve_ok, "EXPUNGE": serve_ok})
+        res = {}
+        t = threading.Thread(
+            target=lambda: res.update(r=cl.command("UID STORE 4 FLAGS (\\Draft)")))
+        t.start()
+        p.grant_masters(lambda key: 1, 30, until=lambda: not t.is_alive())
+        t.join(5)
+        R.check("a forwarded STORE answered by the master: OK",
+                "r" in res and res["r"].ok, res.get("r"))
+        R.equal("... node 2 shows \\Draft on message 4", pumped(p, flags_of, cl).get(4, ((),))[0],
+                ("\\Draft",))
+        R.equal("... a client's cache at node 2's HIGHESTMODSEQ before it equals the mailbox",
+                pumped(p, cache_holds, n2, uv, h2, cache2), True)
+        pumped(p, cl.logout)
+        p.close()
+    finally:
+        os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
+        c.close_checked(R)
+
+
+def main():
+    R.section("a change from the master below the replica's HIGHESTMODSEQ",
+              t_master_change_below)
+    return R.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
