@@ -1,9 +1,9 @@
 /* Shared by the files of the replicating seam: repl-cluster.c (the changes
  * IMAP and the admin socket make, as master), repl-forward.c (forwarded to
  * the master, or autonomously), repl-copy.c and repl-mailbox-list.c (COPY
- * and MOVE, mailbox-list changes), repl-stream.c (the persistent
- * replication log and its streaming to each peer, with repl-peer-holds.c,
- * repl-bind.c and repl-waiters.c) and repl-replica.c
+ * and MOVE, mailbox-list changes), repl-log.c and repl-stream.c (the
+ * persistent replication log and its streaming to each peer, with
+ * repl-peer-holds.c, repl-bind.c and repl-waiters.c) and repl-replica.c
  * (what arrives from peers: changes to apply, and requests to this node as
  * master).
  *
@@ -334,7 +334,8 @@ void cl_barrier_detach(struct repl_cluster *cl);
 void cl_barrier_deinit(struct repl_cluster *cl);
 void cl_barrier_status(struct repl_cluster *cl, struct buf *out);
 
-/* ---- repl-stream.c, repl-peer-holds.c, repl-bind.c, repl-waiters.c ---- */
+/* ---- repl-log.c, repl-stream.c, repl-peer-holds.c, repl-bind.c,
+ * repl-waiters.c ---- */
 
 void cl_stream_init(struct repl_cluster *cl);
 void cl_stream_deinit(struct repl_cluster *cl);

@@ -1,15 +1,14 @@
-/* Shared by the files of the replication log's streaming (repl-stream.c,
- * repl-peer-holds.c, repl-bind.c, repl-waiters.c): the functions one of
- * them calls in another.  Their structs are repl-cluster-private.h's;
+/* Shared by the files of the replication log and its streaming
+ * (repl-log.c, repl-stream.c, repl-peer-holds.c, repl-bind.c,
+ * repl-waiters.c): the functions one of them calls in another.  Their structs are repl-cluster-private.h's;
  * only those files include this. */
 #ifndef REPLICATOR_REPL_STREAM_PRIVATE_H
 #define REPLICATOR_REPL_STREAM_PRIVATE_H
 
 #include "replicator/repl-cluster-private.h"
 
-/* repl-stream.c */
+/* repl-log.c */
 uint64_t wall_ms(void);
-void unheld_retry(struct repl_cluster *cl);
 
 /* repl-peer-holds.c */
 void full_sync_store(struct cl_peer *p);
@@ -31,5 +30,6 @@ void binds_clear(struct cl_peer *p, bool keep_pending);
 bool peer_healthy(const struct repl_cluster *cl, const struct cl_peer *p, uint64_t now);
 bool peer_holds_all(const struct cl_peer *p, uint64_t seq);
 uint64_t under_count(const struct repl_cluster *cl);
+void unheld_retry(struct repl_cluster *cl);
 
 #endif

@@ -484,6 +484,43 @@ static const struct stor_tombstone *tomb_by_uid(const stor_tombstone_list *l, ui
 	return NULL;
 }
 
+/* Whether a user here expunged g, by one of our tombstones since M (under
+ * any UID) or by a GUID tombstone: 1, 0, or -1 with *err. */
+static int user_expunged(struct sync_client *c, const struct guid *g, const char **err)
+{
+	if (!c->utomb_built) {
+		c->utomb_guids.count = 0;
+		for (size_t i = 0; i < c->tombs.count; i++) {
+			if (c->tombs.items[i].user)
+				ARRAY_PUSH(&c->utomb_guids, c->tombs.items[i].guid);
+		}
+		if (c->utomb_guids.count > 1)
+			qsort(c->utomb_guids.items, c->utomb_guids.count, sizeof(struct guid),
+			      cmp_guid_v);
+		c->utomb_built = true;
+	}
+	if (c->utomb_guids.count > 0 &&
+	    bsearch(g, c->utomb_guids.items, c->utomb_guids.count, sizeof(*g), cmp_guid_v) != NULL)
+		return 1;
+	int r = stor_guid_tomb_get(c->db, &c->cur.guid, g, NULL, err);
+	return r < 0 ? -1 : r > 0;
+}
+
+/* Logs, at info level, the decision on a SAVE line at uid under our
+ * tombstone of its GUID (what: "kept at a new UID", "dropped ..."), so
+ * that a fault campaign's replay names the sync; at most 32 an answer. */
+static void log_keep_drop(struct sync_client *c, uint32_t uid, const struct guid *g,
+			  const char *what)
+{
+	if (c->keep_drop_logged >= 32)
+		return;
+	c->keep_drop_logged++;
+	char gh[GUID_HEX_SIZE];
+	guid_to_hex(g, gh);
+	log_info("sync %s with %u: mailbox %s: UID %u GUID %s: the peer's copy is %s", c->user,
+		 c->peer, c->cur.name, uid, gh, what);
+}
+
 /* The second, short sync after an answer that named UIDs we hold
  * tombstones for: EXPUNGE of our expunged copies, UIDFIX of the server's
  * messages that we had to place at fresh UIDs. */
@@ -522,6 +559,8 @@ int send_late(struct sync_client *c)
 	c->gone.count = 0;
 	c->exp_after.count = 0;
 	c->tombs.count = 0;
+	c->utomb_guids.count = 0;
+	c->utomb_built = false;
 	c->resend.count = 0;
 	stor_msg_list_free(&c->msgs);
 	memset(&c->msgs, 0, sizeof(c->msgs));
@@ -695,8 +734,33 @@ int apply_some(struct sync_client *c)
 					continue;
 				}
 			}
-			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0) {
+			bool keep_engine = false;
+			const char *why = "dropped (a user expunged it here)";
+			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0 && !t->user) {
+				/* The engine's tombstone of this very message: it
+				 * moved our copy on or dropped it for another one,
+				 * never removed the message.  Unless a user
+				 * expunged it, or we hold it elsewhere, the
+				 * server's copy may be the last one anywhere
+				 * (SPEC 10.3): it stays, at a fresh UID, as one
+				 * of another GUID would.  Expunged in the second
+				 * sync, it was lost on both sides. */
+				uint32_t at;
+				int fr = stor_msg_find_guid(c->db, mbg, &sv->guid, &at, &err);
+				int ue = fr == 0 ? user_expunged(c, &sv->guid, &err) : 0;
+				if (fr < 0 || ue < 0)
+					return cl_fail(c, "%s", err);
+				keep_engine = fr == 0 && ue == 0;
+				if (fr > 0)
+					why = "dropped (held here at another UID)";
+				if (keep_engine)
+					log_keep_drop(c, uid, &sv->guid,
+						      "kept at a new UID (our tombstone there is the "
+						      "engine's, no copy here)");
+			}
+			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0 && !keep_engine) {
 				/* We expunged this very message: the expunge wins. */
+				log_keep_drop(c, uid, &sv->guid, why);
 				if (t->user) {
 					ARRAY_PUSH(&c->late_uexp, uid);
 					ARRAY_PUSH(&c->late_uexp_g, t->guid);

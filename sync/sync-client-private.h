@@ -85,6 +85,8 @@ struct cl_last_mbox {
 	char *name;
 };
 
+typedef ARRAY(struct cl_last_mbox) cl_last_list;
+
 /* A SAVE line of the server's answer. */
 struct cl_save {
 	uint32_t uid;
@@ -189,6 +191,13 @@ struct sync_client {
 	ARRAY(struct guid) late_uexp_g;
 	uint32_t late_next;
 	unsigned late_rounds;
+	/* GUIDs of our users' tombstones among tombs, sorted: built when a
+	 * SAVE line meets the engine's tombstone of its GUID (user_expunged()). */
+	sync_guid_list utomb_guids;
+	bool utomb_built;
+	/* Lines logged for SAVE lines of this answer dropped or kept under
+	 * our tombstones (log_keep_drop()): bounded per answer. */
+	unsigned keep_drop_logged;
 	/* The answer's PSEEN lines (sync-pseen.c). */
 	stor_pseen_list pseen_ans;
 };
@@ -215,11 +224,21 @@ void srv_list_free(struct sync_client *c);
 void answer_free(struct sync_client *c);
 
 /* sync-client-list.c */
-int last_list_write(struct sync_client *c);
-void srv_index_build(struct sync_client *c);
-const struct cl_srv_mbox *srv_by_guid(const struct sync_client *c, const struct guid *g);
 int cmp_guid_v(const void *a, const void *b);
 int list_merge(struct sync_client *c);
+
+/* sync-client-list-last.c */
+int last_list_read(struct sync_client *c, cl_last_list *l_r, stor_string_list *subs_r);
+void last_list_free(cl_last_list *l, stor_string_list *subs);
+int last_list_write(struct sync_client *c);
+const struct cl_last_mbox *last_by_guid(const cl_last_list *l, const struct guid *g);
+
+/* sync-client-list-srv.c */
+void srv_index_build(struct sync_client *c);
+void srv_add(struct sync_client *c, struct cl_srv_mbox *e);
+void srv_set_name(struct sync_client *c, const struct guid *g, const char *new_name);
+const struct cl_srv_mbox *srv_by_guid(const struct sync_client *c, const struct guid *g);
+const struct cl_srv_mbox *srv_by_name(const struct sync_client *c, const char *name);
 void send_list(struct sync_client *c);
 int on_list_line(struct sync_client *c, const struct proto_cmd *line);
 

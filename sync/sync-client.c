@@ -10,8 +10,10 @@
  * bounded amount of work.
  *
  * This file: the client's life, its commands' plumbing, the input and the
- * state machine.  The list merge and the per-mailbox sync have files of
- * their own (sync-client-list.c, sync-client-mailbox.c). */
+ * state machine.  The list merge (sync-client-list.c, with the last common
+ * list in sync-client-list-last.c and the server's list in
+ * sync-client-list-srv.c) and the per-mailbox sync (sync-client-mailbox.c)
+ * have files of their own. */
 #include "sync/sync-client-private.h"
 
 #include <inttypes.h>
@@ -171,6 +173,9 @@ void answer_free(struct sync_client *c)
 	stor_msg_list_free(&c->msgs);
 	memset(&c->msgs, 0, sizeof(c->msgs));
 	ARRAY_FREE(&c->tombs);
+	ARRAY_FREE(&c->utomb_guids);
+	c->utomb_built = false;
+	c->keep_drop_logged = 0;
 	ARRAY_FREE(&c->resend);
 	ARRAY_FREE(&c->need);
 	ARRAY_FREE(&c->chunks);

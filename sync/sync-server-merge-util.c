@@ -91,7 +91,7 @@ void uexp_push(struct srv_merge *m, uint32_t uid, const struct guid *g)
  * has under another UID: the client moved it (a sync with a third node
  * renumbered it), whatever L says (a first sync has L = 1).  Then its new
  * UID stands, and our copy at uid goes with the client's other expunges. */
-bool client_moved_from(struct sync_server *s, uint32_t uid)
+bool client_moved_from(struct sync_server *s, uint32_t uid, const struct guid *g)
 {
 	struct srv_merge *m = &s->merge;
 	if (!uid_in(&s->expunges, uid))
@@ -99,6 +99,7 @@ bool client_moved_from(struct sync_server *s, uint32_t uid)
 	if (!uid_in(&m->cexp_low, uid)) {
 		ARRAY_PUSH(&m->cexp_low, uid);
 		uids_sort_unique(&m->cexp_low);
+		merge_log_drop(s, uid, g, "ours, the client moved it (it expunged this UID)");
 	}
 	return true;
 }
@@ -112,7 +113,7 @@ int held_elsewhere(struct sync_server *s, const struct srv_save *cs, uint32_t *u
 	int r = stor_msg_find_guid(s->db, &s->sel, &cs->guid, uid_r, err);
 	if (r < 0)
 		return -1;
-	if (r == 0 || *uid_r == cs->uid || client_moved_from(s, *uid_r))
+	if (r == 0 || *uid_r == cs->uid || client_moved_from(s, *uid_r, &cs->guid))
 		*uid_r = 0;
 	return 0;
 }
@@ -183,5 +184,43 @@ void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uex
 		proto_wr_expunge(&w, &e);
 		sync_wr_user_guids(&w, guids, n);
 		proto_wr_end(&w);
+	}
+}
+
+/* At most this many drops of one merge are logged one by one: a merge may
+ * drop thousands of copies (a restored node), and the log stays readable. */
+#define MERGE_LOG_DROPS_MAX 32
+
+/* Logs, at info level, a copy of message g at uid that this merge drops
+ * (the client's or ours) and why, so that a fault campaign's replay names
+ * the sync that removed a message.  fmt: the reason. */
+void merge_log_drop(struct sync_server *s, uint32_t uid, const struct guid *g,
+		    const char *fmt, ...)
+{
+	struct srv_merge *m = &s->merge;
+	m->drops++;
+	if (m->drops_logged >= MERGE_LOG_DROPS_MAX)
+		return;
+	m->drops_logged++;
+	char mbh[GUID_HEX_SIZE], gh[GUID_HEX_SIZE], why[160];
+	guid_to_hex(&s->sel, mbh);
+	guid_to_hex(g, gh);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	log_info("sync server (peer %u): mailbox %s: UID %u GUID %s dropped: %s", s->peer, mbh,
+		 uid, gh, why);
+}
+
+/* The count of the drops merge_log_drop() did not log one by one. */
+void merge_log_drops_end(struct sync_server *s)
+{
+	struct srv_merge *m = &s->merge;
+	if (m->drops > m->drops_logged) {
+		char mbh[GUID_HEX_SIZE];
+		guid_to_hex(&s->sel, mbh);
+		log_info("sync server (peer %u): mailbox %s: %u more copies dropped (not logged)",
+			 s->peer, mbh, m->drops - m->drops_logged);
 	}
 }

@@ -114,8 +114,10 @@ int merge_start(struct sync_server *s, const char *tag)
 }
 
 /* The client drops its copy of cs and takes ours at `at` (the same GUID). */
-static void take_ours(struct srv_merge *m, struct srv_save *cs, uint32_t at)
+static void take_ours(struct sync_server *s, struct srv_save *cs, uint32_t at)
 {
+	struct srv_merge *m = &s->merge;
+	merge_log_drop(s, cs->uid, &cs->guid, "the client's, ours is at UID %u", at);
 	cs->action = SAVE_DROP;
 	cs->drop_into = at;
 	ARRAY_PUSH(&m->exp_client, cs->uid);
@@ -187,6 +189,8 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			return -1;
 		}
 		if (r == 0) {
+			merge_log_drop(s, cs->uid, &cs->guid,
+				       "the client's, a user expunged it here at another UID");
 			cs->action = SAVE_DROP;
 			uexp_push(m, cs->uid, &cs->guid);
 			if (sme != NULL) {
@@ -207,7 +211,7 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 			/* Ours at this UID still moves (the client saw the UID
 			 * name its own message); the client's copy goes. */
 			ARRAY_PUSH(&m->sr, cs->uid);
-			take_ours(m, cs, elsewhere);
+			take_ours(s, cs, elsewhere);
 		} else {
 			ARRAY_PUSH(&m->sr, cs->uid);
 			cs->action = SAVE_RENUMBER;
@@ -215,10 +219,11 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 		if (si >= 0)
 			m->handled[si] = true;
 	} else if (ti >= 0) {
+		const struct stor_tombstone *t = &m->stombs.items[ti];
+		bool same = guid_cmp(&t->guid, &cs->guid) == 0;
 		uint32_t moved_to = 0;
-		bool last_copy = false;
-		if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0 &&
-		    !m->stombs.items[ti].user) {
+		int user_gone = 0;
+		if (same && !t->user) {
 			/* Our engine's tombstone of this very message: we
 			 * moved it (a UID conflict with a third node) when it
 			 * lives on at another UID here. */
@@ -227,32 +232,51 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 					stor_msg_free(&other);
 				return -1;
 			}
-			/* An engine's tombstone never says a user deleted the
-			 * message, only that a copy lived on elsewhere.  When
-			 * none does here now (none at all, or only at a UID
-			 * the client's engine moved it away from: each side
-			 * holds it where the other left it), the client's
-			 * copy may be the last one anywhere.  Dropped, and
-			 * ours with the client's expunge, both went
-			 * (acked-append-present 11161).  Unless a user on the
-			 * client expunged it, it stays under a new UID on
-			 * both sides, and ours, if any, goes as the client's
-			 * move. */
-			last_copy = moved_to == 0 && !guid_in(&s->uexp_guids, &cs->guid);
+			/* None found also when our only copy is at a UID the
+			 * client's engine moved it away from (each side holds
+			 * it where the other left it): that copy goes as the
+			 * client's move (acked-append-present 11161, 11177).
+			 * Else only a user's expunge of it (the client's in
+			 * this sync, ours under the UID it moved to, or one
+			 * known by GUID) says it is gone. */
+			if (moved_to == 0 && (guid_in(&s->uexp_guids, &cs->guid) ||
+					      guid_in(&m->utombs, &cs->guid)))
+				user_gone = 1;
+			else if (moved_to == 0)
+				user_gone = stor_guid_tomb_get(s->db, &s->sel, &cs->guid, NULL, err);
+			if (user_gone < 0) {
+				if (have_other)
+					stor_msg_free(&other);
+				return -1;
+			}
 		}
 		if (moved_to != 0) {
-			take_ours(m, cs, moved_to);
-		} else if (last_copy) {
-			cs->action = SAVE_RENUMBER;
-		} else if (guid_cmp(&m->stombs.items[ti].guid, &cs->guid) == 0) {
-			/* We expunged it: the expunge wins. */
+			take_ours(s, cs, moved_to);
+		} else if (same && (t->user || user_gone > 0)) {
+			/* A user expunged it: the expunge wins. */
+			merge_log_drop(s, cs->uid, &cs->guid, "the client's, a user expunged it here");
 			cs->action = SAVE_DROP;
-			if (m->stombs.items[ti].user)
-				uexp_push(m, cs->uid, &cs->guid);
-			else
-				ARRAY_PUSH(&m->exp_client, cs->uid);
+			uexp_push(m, cs->uid, &cs->guid);
+		} else if (same) {
+			/* The engine's tombstone and no copy here: it moved a
+			 * copy on or dropped one for another's, never removed
+			 * the message, and the copy it kept is gone too (that
+			 * copy's own merge took the client's here for it, or
+			 * the client moved it away from there in this sync).
+			 * The client's copy may be the last one anywhere: it
+			 * stays, at a fresh UID, since our IMAP clients saw
+			 * this UID vanish.  Dropped ("we expunged it"), the
+			 * message was lost on every node (fault campaign,
+			 * acked-append-present all classes 9737). */
+			char mbh[GUID_HEX_SIZE], gh[GUID_HEX_SIZE];
+			guid_to_hex(&s->sel, mbh);
+			guid_to_hex(&cs->guid, gh);
+			log_info("sync server (peer %u): mailbox %s: UID %u GUID %s: the client's copy "
+				 "is kept at a new UID (our tombstone there is the engine's, no copy "
+				 "here)", s->peer, mbh, cs->uid, gh);
+			cs->action = SAVE_RENUMBER;
 		} else if (elsewhere != 0) {
-			take_ours(m, cs, elsewhere);
+			take_ours(s, cs, elsewhere);
 		} else {
 			cs->action = SAVE_RENUMBER;
 		}
@@ -264,11 +288,11 @@ static int merge_classify(struct sync_server *s, struct srv_save *cs, const char
 				stor_msg_free(&other);
 			return -1;
 		}
-		if (r > 0 && !client_moved_from(s, at)) {
+		if (r > 0 && !client_moved_from(s, at, &cs->guid)) {
 			/* The same message under another UID here: the client
 			 * drops its copy and takes ours.  (Not when the client
 			 * expunged ours: it moved the message.) */
-			take_ours(m, cs, at);
+			take_ours(s, cs, at);
 		}
 	}
 	if (have_other)
@@ -433,8 +457,8 @@ static int merge_apply_save(struct sync_server *s, struct srv_save *cs, const ch
 		cs->action = SAVE_MERGE;
 		return merge_apply_save(s, cs, err);
 	}
-	if (r > 0 && !client_moved_from(s, at)) {
-		take_ours(m, cs, at);
+	if (r > 0 && !client_moved_from(s, at, &cs->guid)) {
+		take_ours(s, cs, at);
 		merge_mark_dirty(m, at);
 		return merge_flags_into(s, cs, err);
 	}
@@ -615,6 +639,7 @@ static int merge_own(struct sync_server *s, size_t i, const char **err)
 		stor_uid_list done = ARRAY_INIT;
 		uint32_t uid = msg->uid;
 		struct guid g = msg->guid;
+		merge_log_drop(s, uid, &g, "ours, a user on the client expunged it");
 		if (stor_msg_expunge_kind(s->db, &s->sel, &uid, 1, m->N, true, &done, err) < 0)
 			return -1;
 		ARRAY_FREE(&done);
@@ -719,6 +744,7 @@ static int merge_final(struct sync_server *s, const char **err)
 	m->gone_out.count = gone_keep;
 	if (m->gone_out.count > 0)
 		m->touched = true;
+	merge_log_drops_end(s);
 	if (sync_pseen_srv_merge(s, err) < 0)
 		return -1;
 	uint64_t final_modseq = m->touched ? m->N : m->base;

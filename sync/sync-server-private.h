@@ -79,6 +79,9 @@ struct srv_merge {
 	uint64_t exp_modseq;
 	uint32_t final_uidnext;
 	uint64_t final_modseq;
+	/* Copies this merge dropped (merge_log_drop()), and how many of
+	 * them were logged one by one. */
+	unsigned drops, drops_logged;
 };
 
 /* A FETCH under way. */
@@ -192,7 +195,7 @@ bool uid_in(const stor_uid_list *l, uint32_t uid);
 bool guid_in(const srv_guid_list *l, const struct guid *g);
 void guids_sort(srv_guid_list *l);
 void uexp_push(struct srv_merge *m, uint32_t uid, const struct guid *g);
-bool client_moved_from(struct sync_server *s, uint32_t uid);
+bool client_moved_from(struct sync_server *s, uint32_t uid, const struct guid *g);
 int held_elsewhere(struct sync_server *s, const struct srv_save *cs, uint32_t *uid_r,
 		   const char **err);
 void uids_sort_unique(stor_uid_list *l);
@@ -203,6 +206,9 @@ void wr_uid_lines(struct sync_server *s, const char *tag, const char *name,
 		  const stor_uid_list *uids, uint64_t modseq);
 void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uexp *u,
 		   size_t count, uint64_t modseq);
+void merge_log_drop(struct sync_server *s, uint32_t uid, const struct guid *g,
+		    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void merge_log_drops_end(struct sync_server *s);
 
 /* sync-flag-merge.c */
 void flag_merge_free(struct flag_merge *fm);

@@ -908,6 +908,84 @@ static void bundle_crosswise(bool b_exports)
 	node_close(&b);
 }
 
+/* X at a chosen UID with GUID g (a copy a sync or a replica placed). */
+static void save_at(struct node *n, const struct guid *mb, uint32_t uid, const struct guid *g,
+		    const char *text)
+{
+	struct stor_append req;
+	const char *error = NULL;
+	memset(&req, 0, sizeof(req));
+	req.uid = uid;
+	req.guid = g;
+	req.internaldate = 1700000000;
+	req.text = text;
+	req.text_len = strlen(text);
+	int r = stor_msg_append(n->db, mb, &req, NULL, NULL, &error);
+	if (r < 0)
+		fprintf(stderr, "append at %u: %s\n", uid, error);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+}
+
+/* acked-append-present all classes 9737 by bundle: A holds X only at 4,
+ * under B's engine tombstone of X there; B holds X only at 5, under A's
+ * (each side moved its copy; no user expunged X).  Bit 0: B exports first
+ * (else A); bit 1: the importer holds no copy (its copy was dropped by the
+ * engine too), only the tombstone.  An import is a full compare the first
+ * time: X must stay on both, once each. */
+static void bundle_engine_tombstones(unsigned mode)
+{
+	struct node a, b;
+	struct buf bundle = BUF_INIT;
+	const char *error;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_mailbox(&a, USER, "INBOX", NULL);
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
+	export_from(&a, false, &bundle, NULL);
+	import_ok(&b, &bundle, NULL);
+	export_from(&b, true, &bundle, NULL);
+	import_ok(&a, &bundle, NULL);
+	struct guid x;
+	guid_generate(&x);
+	save_at(&a, &mb, 5, &x, "Subject: x\r\n\r\nx\r\n");
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(a.db, &mb, 5, 4, 0, &error), 0);
+	save_at(&b, &mb, 4, &x, "Subject: x\r\n\r\nx\r\n");
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(b.db, &mb, 4, 5, 0, &error), 0);
+	struct node *from = mode & 1 ? &b : &a, *to = mode & 1 ? &a : &b;
+	if (mode & 2) {
+		/* The importer's copy went too, by the engine (dropped for a
+		 * copy it no longer holds). */
+		uint32_t at = to == &a ? 4 : 5;
+		CU_ASSERT_EQUAL_FATAL(stor_msg_expunge_kind(to->db, &mb, &at, 1, 0, false, NULL,
+							    &error), 0);
+	}
+	for (int round = 0; round < 2; round++) {
+		export_from(from, true, &bundle, NULL);
+		import_ok(to, &bundle, NULL);
+		CU_ASSERT(holds_guid(to, &mb, &x));
+		export_from(to, true, &bundle, NULL);
+		import_ok(from, &bundle, NULL);
+		CU_ASSERT(holds_guid(from, &mb, &x));
+	}
+	CU_ASSERT(holds_guid(&a, &mb, &x));
+	CU_ASSERT(holds_guid(&b, &mb, &x));
+	CU_ASSERT_EQUAL(count_messages(&a, &mb), 4);
+	CU_ASSERT_EQUAL(count_messages(&b, &mb), 4);
+	CU_ASSERT(dumps_equal(&a, &b));
+	CU_ASSERT_EQUAL(stor_mailbox_check(a.db, &mb, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
+	buf_free(&bundle);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_bundle_engine_tombstones_keep_the_message(void)
+{
+	for (unsigned mode = 0; mode < 4; mode++)
+		bundle_engine_tombstones(mode);
+}
+
 static void test_bundle_crosswise_a(void)
 {
 	bundle_crosswise(false);
@@ -1989,6 +2067,8 @@ static const struct test_case bundle_cases[] = {
 	{ "the same from a full bundle", test_bundle_two_guids_at_one_uid_full },
 	{ "two GUIDs at two UIDs crosswise: neither is lost (A exports)", test_bundle_crosswise_a },
 	{ "two GUIDs at two UIDs crosswise: neither is lost (B exports)", test_bundle_crosswise_b },
+	{ "engine tombstones of a message held elsewhere keep it (acked-append 9737)",
+	  test_bundle_engine_tombstones_keep_the_message },
 	{ "truncated is refused", test_bundle_truncated_is_refused },
 	{ "any bit flip is refused", test_bundle_any_bit_flip_is_refused },
 	{ "signed with another key is refused", test_bundle_signed_with_another_key_is_refused },
