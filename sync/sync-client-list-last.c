@@ -105,9 +105,18 @@ int last_list_write(struct sync_client *c)
 	}
 	for (size_t i = 0; i < mbs.count; i++) {
 		char gh[GUID_HEX_SIZE];
-		size_t nl = strlen(mbs.items[i].name);
+		/* The name both sides hold is the server's as its last LIST
+		 * gave it (the merge made ours equal to it).  Ours differs
+		 * only by a rename made here during the sync, after the merge,
+		 * that the server may never get (its live RENAME lost or
+		 * refused): recorded as common, the next merge would take the
+		 * server's name for a later rename of the server's and undo
+		 * the user's (seed 9721). */
+		const struct cl_srv_mbox *s = srv_by_guid(c, &mbs.items[i].guid);
+		const char *name = s != NULL ? s->name : mbs.items[i].name;
+		size_t nl = strlen(name);
 		char *nh = xmalloc(nl * 2 + 1);
-		hex_encode((const unsigned char *)mbs.items[i].name, nl, nh);
+		hex_encode((const unsigned char *)name, nl, nh);
 		guid_to_hex(&mbs.items[i].guid, gh);
 		buf_appendf(&v, "M %s %u %" PRIu64 " %s\n", gh, mbs.items[i].uidnext,
 			    mbs.items[i].highestmodseq, nh);

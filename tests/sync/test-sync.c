@@ -686,6 +686,86 @@ static void assert_name(struct node *n, const char *name, const struct guid *g)
 	stor_mailbox_free(&m);
 }
 
+/* A user's RENAME (or DELETE) made here while a sync ran, after its list
+ * merge (the fault campaign's `mailbox-ops`, seed 9721: node 1 renamed
+ * scratch-s1-2 to -3 0.13 s after a heal, during the resync the heal
+ * started, and scratch-s1-2 came back).  The server never got it (its live
+ * RENAME lost with the link, or refused): the pair's last common list must
+ * not record the new name as one both hold, or the next merge takes the
+ * server's old name for a later rename of the server's and undoes the
+ * user's.  Then the next sync carries the change, whichever side is its
+ * client. */
+static void change_during_a_sync_is_kept(bool delete, bool next_client_a, uint32_t seed)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid g = mk_mailbox(&a, "S1");
+	struct guid in = mk_mailbox(&a, "INBOX");
+	append(&a, &in, "Subject: m\r\n\r\nm\r\n", 0, NULL);
+	run_sync(&a, &b, false, seed);
+	run_sync(&b, &a, false, seed + 1);
+	/* Something for the per-mailbox syncs to do after the merge. */
+	append(&b, &in, "Subject: n\r\n\r\nn\r\n", 0, NULL);
+
+	struct buf to_server = BUF_INIT;
+	struct sync_settings set = { .peer_sid = b.sid, .user = USER, .step_budget = 7 };
+	struct sync_pipe *p = sync_pipe_create(seed + 2, 0);
+	struct tap tc = { { tap_send, &tc }, sync_pipe_client_transport(p), &to_server };
+	struct sync_client *cl = sync_client_create(a.db, &set, &tc.t);
+	struct sync_server *sv = sync_server_create(b.db, a.sid, sync_pipe_server_transport(p));
+	enum sync_step_result r = SYNC_STEP_AGAIN;
+	bool changed = false;
+	const char *error;
+	for (int i = 0; i < 100000 && r != SYNC_STEP_DONE && r != SYNC_STEP_ERROR; i++) {
+		r = sync_pipe_run(p, cl, sv, 1);
+		/* The per-mailbox syncs have begun: the merge is done. */
+		if (!changed && to_server.len > 0 &&
+		    memmem(to_server.data, to_server.len, " MBOX ", 6) != NULL) {
+			if (delete) {
+				CU_ASSERT_EQUAL(stor_mailbox_delete(a.db, &g, &error), 0);
+			} else {
+				user_rename(&a, &g, "S2", 1700000000000ull);
+			}
+			changed = true;
+		}
+	}
+	CU_ASSERT_EQUAL(r, SYNC_STEP_DONE);
+	CU_ASSERT(changed);
+	sync_client_destroy(&cl);
+	sync_server_destroy(&sv);
+	sync_pipe_destroy(&p);
+	buf_free(&to_server);
+	assert_name(&b, "S1", &g);
+
+	if (next_client_a)
+		run_sync(&a, &b, false, seed + 3);
+	else
+		run_sync(&b, &a, false, seed + 3);
+	struct stor_mailbox got;
+	for (int k = 0; k < 2; k++) {
+		struct node *n = k == 0 ? &a : &b;
+		CU_ASSERT_EQUAL(stor_mailbox_get(n->db, USER, "S1", &got, &error), 0);
+		if (!delete)
+			assert_name(n, "S2", &g);
+	}
+	CU_ASSERT(dumps_equal(&a, &b));
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_sync_rename_during_a_sync_is_kept(void)
+{
+	change_during_a_sync_is_kept(false, true, 181);
+	change_during_a_sync_is_kept(false, false, 185);
+}
+
+static void test_sync_delete_during_a_sync_is_kept(void)
+{
+	change_during_a_sync_is_kept(true, true, 189);
+	change_during_a_sync_is_kept(true, false, 193);
+}
+
 /* Two renames neither side of a merge made (the fault campaign's
  * `mailbox-ops`, seed 9403, scratch-s2-3 back): C took S2 -> S3 from B by
  * live replication, then B renamed S3 -> S4, which C never got; A jumped
@@ -4225,6 +4305,10 @@ static const struct test_case sync_cases[] = {
 	  test_sync_rename_after_a_copy_went_elsewhere_is_kept },
 	{ "rename after a replicated rename is kept",
 	  test_sync_rename_after_a_replicated_rename_is_kept },
+	{ "a rename made during a sync, after its merge, is kept",
+	  test_sync_rename_during_a_sync_is_kept },
+	{ "a delete made during a sync, after its merge, is kept",
+	  test_sync_delete_during_a_sync_is_kept },
 	{ "renames from a third node are ordered by their stamps",
 	  test_sync_third_node_renames_ordered_by_stamp },
 	{ "rename stamps are not sent to a 1.0 peer", test_sync_rename_stamps_not_sent_to_a_1_0_peer },
