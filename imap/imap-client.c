@@ -232,7 +232,7 @@ static void client_update_io(struct imap_client *c)
 	int events = 0;
 	if (want_read(c))
 		events |= EV_READ;
-	if ((out_avail(c) > 0 && !c->sending) || c->tls_want_write)
+	if (out_avail(c) > 0 || c->tls_want_write)
 		events |= EV_WRITE;
 	if (events == 0) {
 		ev_io_stop(c->server->loop, &c->io);
@@ -375,21 +375,86 @@ static int client_read(struct imap_client *c)
 	return 0;
 }
 
-/* Sends out's bytes and the queued texts in stream order with sendmsg()
- * (plain connections only).  Returns 0, or -1 when the connection is
- * gone. */
+/* Sends out's bytes and the queued texts in stream order with one
+ * sendmsg() (plain connections only).  Returns 0, or -1 when the
+ * connection is gone. */
 static int flush_pieces(struct imap_client *c)
 {
-	struct imap_stream s = { &c->out, c->pieces.items, &c->pieces.count, &c->pieces_next,
-				 &c->pieces_bytes, &c->out_sent };
-	return imap_stream_send(c->fd, &s, true) < 0 ? -1 : 0;
+	for (int rounds = 0; rounds < 16 && out_avail(c) > 0; rounds++) {
+		struct iovec iov[16];
+		int n = 0;
+		size_t total = 0, taken = 0;
+		size_t k = c->pieces_next;
+		while (n < 16 && total < 1048576) {
+			/* out's bytes before piece k (all of them after the last) */
+			size_t upto = buf_avail(&c->out);
+			if (k < c->pieces.count)
+				upto = (size_t)(c->pieces.items[k].at - c->out_sent);
+			if (upto > taken) {
+				iov[n].iov_base = (void *)(buf_rptr(&c->out) + taken);
+				iov[n].iov_len = upto - taken;
+				total += upto - taken;
+				taken = upto;
+				n++;
+				continue;
+			}
+			if (k >= c->pieces.count)
+				break;
+			const struct imap_out_piece *op = &c->pieces.items[k++];
+			iov[n].iov_base = (void *)(op->p.data + op->sent);
+			iov[n].iov_len = op->p.len - op->sent;
+			total += iov[n].iov_len;
+			n++;
+		}
+		struct msghdr msg;
+		memset(&msg, 0, sizeof(msg));
+		msg.msg_iov = iov;
+		msg.msg_iovlen = (size_t)n;
+		ssize_t sent = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+		if (sent < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+				return 0;
+			return -1;
+		}
+		/* Take what went out off the front, in the same order. */
+		size_t left = (size_t)sent;
+		while (left > 0) {
+			size_t upto = buf_avail(&c->out);
+			struct imap_out_piece *op = NULL;
+			if (c->pieces_next < c->pieces.count) {
+				op = &c->pieces.items[c->pieces_next];
+				upto = (size_t)(op->at - c->out_sent);
+			}
+			if (upto > 0) {
+				size_t m = upto < left ? upto : left;
+				buf_consume(&c->out, m);
+				c->out_sent += m;
+				left -= m;
+				continue;
+			}
+			if (op == NULL)
+				break; /* cannot be: sent <= what was offered */
+			size_t m = op->p.len - op->sent < left ? op->p.len - op->sent : left;
+			op->sent += m;
+			c->pieces_bytes -= m;
+			left -= m;
+			if (op->sent == op->p.len) {
+				stor_text_piece_release(&op->p);
+				if (++c->pieces_next == c->pieces.count) {
+					c->pieces.count = 0;
+					c->pieces_next = 0;
+				}
+			}
+		}
+		if ((size_t)sent < total)
+			return 0;
+	}
+	return 0;
 }
 
 /* Writes queued output.  Returns 0, or -1 when the connection is gone. */
 static int client_flush(struct imap_client *c)
 {
-	if (c->sending || imap_writer_take(c->server->writer, c))
-		return 0;
 	c->tls_want_write = false;
 	if (c->pieces.count > 0) {
 		if (flush_pieces(c) < 0)
@@ -474,7 +539,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (buf_avail(&c->in) > before)
 			imap_client_reset_timer(c);
 	}
-	if (c->closing && out_avail(c) == 0 && !c->sending && c->cmd == NULL) {
+	if (c->closing && out_avail(c) == 0 && c->cmd == NULL) {
 		imap_client_destroy(c);
 		return;
 	}
@@ -643,7 +708,7 @@ static void work_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		}
 		imap_client_kick(c);
 	}
-	if (c->closing && c->cmd == NULL && out_avail(c) == 0 && !c->sending) {
+	if (c->closing && c->cmd == NULL && out_avail(c) == 0) {
 		imap_client_destroy(c);
 		return;
 	}
@@ -707,10 +772,6 @@ bool imap_cmd_done(struct imap_cmd *cmd, const char *status, const char *fmt, ..
 
 static void client_free(struct imap_client *c)
 {
-	if (c->sending) {
-		c->free_after_send = true;
-		return;
-	}
 	struct imap_server *srv = c->server;
 	if (c->prev != NULL)
 		c->prev->next = c->next;
@@ -745,12 +806,7 @@ void imap_client_destroy(struct imap_client *c)
 			SSL_free(c->ssl);
 			c->ssl = NULL;
 		}
-		/* The writer thread may be sending on it: shut down, it ends
-		 * that at once; closed when the unit comes back. */
-		if (c->sending)
-			(void)shutdown(c->fd, SHUT_RDWR);
-		else
-			close(c->fd);
+		close(c->fd);
 		c->fd = -1;
 		c->dead = true;
 		log_debug("imap[%016llx]: %s: closed", (unsigned long long)c->id, c->peer);
@@ -761,22 +817,4 @@ void imap_client_destroy(struct imap_client *c)
 	if (c->cmd != NULL && c->cmd->waiting && !c->server->stopping)
 		return;
 	client_free(c);
-}
-
-void imap_client_sent(struct imap_client *c, int fd, int error)
-{
-	c->sending = false;
-	if (c->dead) {
-		close(fd);
-		if (c->free_after_send)
-			client_free(c);
-		return;
-	}
-	/* What queued up meanwhile goes now (to the writer again if big). */
-	if (error != 0 || client_flush(c) < 0) {
-		imap_client_destroy(c);
-		return;
-	}
-	client_update_io(c);
-	imap_client_kick(c);
 }

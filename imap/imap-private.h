@@ -57,7 +57,6 @@ struct imap_server {
 	ev_io listen_io[2];
 	ev_timer accept_retry;   /* after EMFILE and the like */
 	struct imap_passwd_worker *passwd_worker;
-	struct imap_writer *writer;  /* big outputs (imap-writer.c); NULL: none */
 	struct imap_client *clients;
 	unsigned client_count;
 	uint64_t next_id;
@@ -168,12 +167,6 @@ struct imap_client {
 	size_t pieces_next;          /* the first not yet sent */
 	uint64_t pieces_bytes;       /* left to send of them */
 	uint64_t out_sent;
-	/* The output before out's went to the writer thread (imap-writer.c):
-	 * nothing is written to fd, nor is it closed, until it comes back.
-	 * Meanwhile out fills again (up to the high-water mark), so the next
-	 * unit is ready when this one is sent. */
-	bool sending;
-	bool free_after_send;        /* dead, freed when it comes back */
 	struct imap_parser *parser;
 	enum imap_client_state state;
 	char *user;
@@ -190,28 +183,6 @@ struct imap_client {
 	struct imap_selected *sel;
 	unsigned logins_failed;
 };
-
-/* ---- imap-writer.c ---- */
-/* Output queued this much or more goes to the writer thread. */
-#define IMAP_WRITER_MIN (256 * 1024)
-/* An output queue seen through pointers: the client's or a writer unit's. */
-struct imap_stream {
-	struct buf *out;
-	struct imap_out_piece *pieces;
-	size_t *pieces_count, *pieces_next;
-	uint64_t *pieces_bytes, *out_sent;
-};
-/* Sends the queue in stream order with sendmsg() until it is empty (0),
- * the socket is full (1) or fails (-1, errno).  release: each piece sent is
- * released at once (the loop only). */
-int imap_stream_send(int fd, struct imap_stream *s, bool release);
-struct imap_writer *imap_writer_create(struct ev_loop *loop);
-/* Every unit out comes back first (unsent ones with ECANCELED). */
-void imap_writer_destroy(struct imap_writer **wp);
-/* Hands c's queued output to the writer when it is big enough: true then. */
-bool imap_writer_take(struct imap_writer *w, struct imap_client *c);
-/* (imap-client.c) c's unit came back: error 0 or errno. */
-void imap_client_sent(struct imap_client *c, int fd, int error);
 
 /* ---- imap-client.c ---- */
 struct imap_client *imap_client_create(struct imap_server *srv, int fd, bool implicit_tls,

@@ -157,7 +157,6 @@ int imap_server_create(struct ev_loop *loop, const struct config *cfg, struct re
 	}
 	start_listeners(srv);
 	srv->passwd_worker = imap_passwd_worker_create(loop);
-	srv->writer = imap_writer_create(loop);
 	repl_watch_add(repl, imap_sync_notify, srv);
 	*srv_r = srv;
 	return 0;
@@ -188,8 +187,6 @@ void imap_server_destroy(struct imap_server **srvp)
 	}
 	ev_timer_stop(srv->loop, &srv->accept_retry);
 	imap_passwd_worker_destroy(&srv->passwd_worker);
-	/* Every unit out comes back (its client then destroyed) first. */
-	imap_writer_destroy(&srv->writer);
 	while (srv->clients != NULL) {
 		struct imap_client *c = srv->clients;
 		if (!c->dead && c->ssl == NULL) {
