@@ -155,6 +155,15 @@ static void append_ok(struct imap_cmd *cmd)
 {
 	struct append_ctx *ac = cmd->ctx;
 	cmd->waiting = false;
+	for (size_t i = 0; i < ac->count; i++) {
+		if (ac->msgs[i].uid == 0) {
+			/* Made at the master, but its UID is not held here
+			 * (this node's store failed): a UID told now could be
+			 * given again by this node after a restart. */
+			imap_cmd_done_str(cmd, "OK", "APPEND completed");
+			return;
+		}
+	}
 	uint32_t *uids = xcalloc(ac->count, sizeof(uint32_t));
 	for (size_t i = 0; i < ac->count; i++)
 		uids[i] = ac->msgs[i].uid;
@@ -189,9 +198,25 @@ static void all_done(struct imap_cmd *cmd)
 	struct imap_client *c = cmd->client;
 	struct append_ctx *ac = cmd->ctx;
 	if (ac->error != REPL_OK) {
-		for (size_t i = 0; i < ac->count; i++)
-			if (ac->msgs[i].done && ac->msgs[i].error == REPL_OK)
+		size_t unknown = 0;
+		for (size_t i = 0; i < ac->count; i++) {
+			if (!ac->msgs[i].done || ac->msgs[i].error != REPL_OK)
+				continue;
+			if (ac->msgs[i].uid != 0)
 				ARRAY_PUSH(&ac->rollback, ac->msgs[i].uid);
+			else
+				unknown++;
+		}
+		if (unknown > 0) {
+			/* Made at the master under a UID this node does not
+			 * know: it cannot be named to remove it. */
+			char *m = xasprintf("%s (and %zu message(s) appended before the failure "
+					    "could not be removed: their UIDs are not known here)",
+					    ac->error_msg != NULL ? ac->error_msg : "APPEND failed",
+					    unknown);
+			free(ac->error_msg);
+			ac->error_msg = m;
+		}
 		if (ac->rollback.count == 0 || c->server->stopping) {
 			cmd->waiting = false;
 			append_fail(cmd);
@@ -203,7 +228,7 @@ static void all_done(struct imap_cmd *cmd)
 		return;
 	}
 	for (size_t i = 0; i < ac->count; i++)
-		if (ac->msgs[i].seen_wanted)
+		if (ac->msgs[i].seen_wanted && ac->msgs[i].uid != 0)
 			ARRAY_PUSH(&ac->seen_uids, ac->msgs[i].uid);
 	if (ac->seen_uids.count > 0 && !c->server->stopping) {
 		/* As the user's STORE +FLAGS (\Seen) would, through the

@@ -33,6 +33,9 @@ struct copy_ctx {
 	/* The answer, kept until the STOREs are done. */
 	uint32_t uidvalidity;
 	stor_uid_list res_src, res_dst;
+	/* A copy made at the master under a UID this node's store could not
+	 * take (uid 0, repl.h): no COPYUID, none of its UIDs told. */
+	bool uids_unknown;
 	struct seen_step steps[2];
 	size_t step_count, next_step;
 	struct stor_store req;
@@ -58,6 +61,10 @@ static void copy_ok(struct imap_cmd *cmd)
 	cmd->waiting = false;
 	/* The source UIDs come back ascending; the new UIDs are in the same
 	 * order and ascending too, as COPYUID requires. */
+	if (cc->uids_unknown) {
+		imap_cmd_done(cmd, "OK", "%s completed", cc->move ? "MOVE" : "COPY");
+		return;
+	}
 	struct buf src = BUF_INIT, dst = BUF_INIT;
 	imap_seqset_format(cc->res_src.items, cc->res_src.count, &src);
 	imap_seqset_format(cc->res_dst.items, cc->res_dst.count, &dst);
@@ -169,6 +176,10 @@ static void copy_done(void *ctx, const struct repl_result *res)
 	}
 	cc->uidvalidity = res->uidvalidity;
 	for (size_t i = 0; i < res->uid_count; i++) {
+		if (res->dst_uids[i] == 0) {
+			cc->uids_unknown = true;
+			continue;
+		}
 		ARRAY_PUSH(&cc->res_src, res->src_uids[i]);
 		ARRAY_PUSH(&cc->res_dst, res->dst_uids[i]);
 	}

@@ -46,6 +46,8 @@ static void deliver_appended(void *ctx, const struct repl_result *res)
 					     res->error_msg);
 		return;
 	}
+	/* uid 0: made at the master under a UID this node's store could not
+	 * take (repl.h). */
 	log_info("admin: delivered %llu bytes to %s/%s uid %u",
 		 (unsigned long long)c->body.len, c->user, c->mailbox, res->uid);
 	char text[32];

@@ -599,6 +599,11 @@ struct cl_fwd {
 	ev_timer retry;
 	/* APPEND */
 	struct cl_append_req app;
+	/* The master's UID could not be stored here, or names another
+	 * message here: the result carries no UID (uid 0), since this node,
+	 * restarted on what its store kept and master alone, could give the
+	 * same UID to another message before a resync tells it otherwise. */
+	bool uid_unheld;
 	/* STORE / EXPUNGE: the caller's arrays, valid until cb */
 	const uint32_t *uids;
 	size_t count;

@@ -46,9 +46,15 @@ void fwd_local_durable(void *ctx, bool ok)
 		return;
 	}
 	/* The master and its replicas hold the change; a failure to make our
-	 * copy durable is for a resync to repair, not for the client. */
-	if (!ok)
+	 * copy durable is for a resync to repair, not for the client.  But
+	 * a UID that is not durable here is not told (uid_unheld). */
+	if (!ok) {
 		log_errorx("replication: a change from the master is not durable here");
+		if (f->kind == FWD_APPEND)
+			f->uid_unheld = true;
+	}
+	if (f->uid_unheld)
+		f->out.res.uid = 0;
 	fwd_finish(f);
 }
 
@@ -141,6 +147,7 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 			log_warnx("replication: %s: UID %u holds another message here: resync", f->user,
 				  uid);
 			cl_mark_dirty(f->peer, f->user);
+			f->uid_unheld = true;
 		}
 		stor_msg_free(&msg);
 	} else if (have == 0 && uid >= uidnext && !proto_code_has(line, "EXPUNGED")) {
@@ -161,9 +168,10 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 				fwd_resend_unheld(f, err);
 				return;
 			}
-			log_warnx("replication: %s: cannot store the master's UID %u here (%s): resync",
-				  f->user, uid, err);
+			log_warnx("replication: %s: cannot store the master's UID %u here (%s): "
+				  "resync; the client is not told the UID", f->user, uid, err);
 			cl_mark_dirty(f->peer, f->user);
+			f->uid_unheld = true;
 		} else {
 			fwd_taken(f, modseq, sa.modseq);
 			notify_later(cl, f->user, &f->mailbox);

@@ -51,7 +51,10 @@ struct repl_result {
 	enum repl_error error;
 	const char *error_msg;        /* for humans, when error != REPL_OK */
 	uint32_t uidvalidity;         /* APPEND, COPY, MOVE: of the target */
-	uint32_t uid;                 /* APPEND: the new message's UID */
+	/* APPEND: the new message's UID; 0 when the master made it under a
+	 * UID this node could not store (its store failed): not to be told
+	 * to a client, this node could give it again after a restart. */
+	uint32_t uid;
 	/* APPEND: its modseq; STORE, EXPUNGE, COPY, MOVE: the mailbox's
 	 * HIGHESTMODSEQ right after the change (of the target for COPY). */
 	uint64_t modseq;

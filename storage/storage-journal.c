@@ -294,6 +294,11 @@ leveldb_writebatch_t *stor_batch_ldb(const struct stor_batch *b)
 	return wb;
 }
 
+void stor_test_break(struct stor_db *db)
+{
+	db->jnl->broken = true;
+}
+
 int stor_jnl_usable(struct stor_db *db, const char **error_r)
 {
 	return check_usable(db, error_r);

@@ -425,6 +425,9 @@ int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t co
 /* Puts raw bytes at a raw key, bypassing every check. */
 int stor_test_raw_put(struct stor_db *db, const void *key, size_t klen, const void *val,
 		      size_t vlen, const char **error_r);
+/* Marks the store failed, as a write that failed on a full disk does:
+ * every later write fails until it is reopened. */
+void stor_test_break(struct stor_db *db);
 /* Sets fail_nth_write on an open store. */
 void stor_test_fail_nth_write(struct stor_db *db, unsigned n);
 /* The next sync started in a helper thread (stor_sync_start()) fails with

@@ -9,6 +9,8 @@ Two real starlingd nodes on loopback, node 2's data_dir on a small tmpfs
     node makes a bounded number of attempts (the back-off of
     REPL_SYNC_BACKOFF_MIN_S .. REPL_SYNC_BACKOFF_MAX_S), and a failure that
     repeats says how often it failed and when the next try comes;
+  - an APPEND on node 2 then is made at node 1, its master, and answered
+    OK without APPENDUID: node 2 cannot store the UID, and must not tell it;
   - node 2 restarted with space: the back-off does not keep the user apart,
     both nodes end with the same mail.
 
@@ -87,6 +89,21 @@ def t_backoff_while_store_failed():
         m.logout()
         if not R.check("node 2's store failed on its full disk", failed, n2.log_tail(10)):
             return
+        # An APPEND on node 2 is made at node 1, INBOX's master; node 2
+        # cannot store the new UID, so it must not tell it: restarted on
+        # what its store kept, it could give that UID again (seed 12218).
+        m2 = login(n2)
+        typ, data = m2.append("INBOX", None, None, message("unheld"))
+        m2.logout()
+        text = b" ".join(d for d in data if isinstance(d, bytes)).decode(errors="replace")
+        R.check("APPEND on node 2 (store failed) is OK without APPENDUID",
+                typ == "OK" and "APPENDUID" not in text, "%s %s" % (typ, text))
+        m1 = login(n1)
+        m1.select("INBOX")
+        typ, found = m1.uid("SEARCH", None, "HEADER", "Subject", "unheld")
+        m1.logout()
+        R.check("the APPEND on node 2 is on node 1", typ == "OK" and found[0].split(),
+                found)
         # Both nodes settle into their retries; then count over a window.
         time.sleep(1.0)
         marks = [len(n.log_text().splitlines()) for n in (n1, n2)]

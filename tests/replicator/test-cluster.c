@@ -1258,6 +1258,60 @@ static void test_holder_that_cannot_hold_resends_without(void)
 	pair_stop(&p);
 }
 
+/* Node 1's store failed (its disk full, campaign seed 12218): the master
+ * still makes a forwarded APPEND, but node 1 cannot store the master's
+ * UID.  The APPEND is OK (the master holds it), yet it must not carry that
+ * UID: node 1, restarted on what its store kept and master alone (a
+ * partition), gave the same UID to the next APPEND of the same session. */
+static void test_forwarded_append_not_stored_here_tells_no_uid(void)
+{
+	struct pair p;
+	struct stor_mailbox dmb;
+	pair_start_d(&p, &dmb);
+	const char *err;
+	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
+	for (int i = 0; i < 50; i++)
+		ev_run(p.loop, EVRUN_ONCE);
+	stor_test_break(p.n1.db);
+	struct guid mine;
+	guid_generate(&mine);
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.guid = &mine;
+	a.text = "Subject: unheld\r\n\r\nsecond from node 1\r\n";
+	a.text_len = strlen(a.text);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	uint32_t at = 0;
+	CU_ASSERT_EQUAL(stor_msg_find_guid(p.n2.db, &dmb.guid, &mine, &at, &err), 1);
+	/* Told a UID only where node 1 holds the message under it. */
+	struct stor_msg m;
+	int here = d.uid != 0 ? stor_msg_get(p.n1.db, &dmb.guid, d.uid, &m, &err) : 0;
+	if (here == 1)
+		stor_msg_free(&m);
+	CU_ASSERT(d.uid == 0 || here == 1);
+	if (d.uid != 0 && here != 1)
+		fprintf(stderr, "\ntold UID %u (the master's %u), not held here", d.uid, at);
+	stor_mailbox_free(&dmb);
+	/* Node 1's store refuses every write until reopened. */
+	ev_timer_stop(p.loop, &p.t);
+	bnode_stop(&p.n2);
+	repl_cluster_detach(p.n1.repl);
+	repl_sync_destroy(&p.n1.sync);
+	repl_mm_destroy(&p.n1.mm);
+	repl_peers_destroy(&p.n1.peers);
+	repl_destroy(&p.n1.repl);
+	stor_close(&p.n1.db);
+	config_free(&p.n1.cfg);
+	ev_loop_destroy(p.loop);
+	free(p.secret);
+	test_rmtree(p.dir);
+	free(p.dir);
+}
+
 static void test_master_of_an_earlier_build_gets_no_holder(void)
 {
 	/* D on both nodes, mastered by node 2 (the first to write to it). */
@@ -1813,6 +1867,8 @@ const struct test_case repl_cluster_cases[] = {
 	  test_master_of_an_earlier_build_gets_no_holder },
 	{ "a holder that cannot hold the master's UID resends without HOLDER",
 	  test_holder_that_cannot_hold_resends_without },
+	{ "a forwarded APPEND this node cannot store tells no UID (12218)",
+	  test_forwarded_append_not_stored_here_tells_no_uid },
 	{ "a conditional STORE resent after its answer was lost is not MODIFIED",
 	  test_conditional_store_resent_after_a_lost_answer },
 	{ "a conditional STORE applied, then the link cut, is not MODIFIED",
