@@ -74,8 +74,8 @@ bool imap_cmd_myrights(struct imap_cmd *cmd)
 	uint32_t rights;
 	if (!acl_mailbox(cmd, &cmd->args[0], &mb, &rights))
 		return true;
-	char letters[sizeof(ACL_LETTERS)];
-	acl_rights_format(rights, letters);
+	char letters[ACL_RIGHTS_RFC2086_SIZE];
+	acl_rights_format_rfc2086(rights, letters);
 	struct buf line = BUF_INIT;
 	buf_append_str(&line, "* MYRIGHTS ");
 	imap_append_mailbox(cmd->client, &line, mb.name);
@@ -114,14 +114,25 @@ bool imap_cmd_getacl(struct imap_cmd *cmd)
 		owner_named |= strcmp(name, mb.user) == 0;
 		buf_append_byte(&line, ' ');
 		imap_append_astring(&line, a->identifier, strlen(a->identifier));
+		/* Records are stored canonical (stor_acl_put), so this parse only
+		 * fails on a record written by something else: show it as it is
+		 * rather than hide it. */
+		char letters[ACL_RIGHTS_RFC2086_SIZE];
+		const char *shown = a->rights;
+		uint32_t bits;
+		const char *why;
+		if (acl_rights_parse(a->rights, strlen(a->rights), &bits, &why) == 0) {
+			acl_rights_format_rfc2086(bits, letters);
+			shown = letters;
+		}
 		buf_append_byte(&line, ' ');
-		imap_append_astring(&line, a->rights, strlen(a->rights));
+		imap_append_astring(&line, shown, strlen(shown));
 	}
 	/* The owner's implicit rights, so that a client shows them (public
 	 * mailboxes have no owner who could use them). */
 	if (!owner_named && strcmp(mb.user, ACL_PUBLIC_OWNER) != 0) {
-		char own[sizeof(ACL_LETTERS)];
-		acl_rights_format(cmd->client->server->owner_rights, own);
+		char own[ACL_RIGHTS_RFC2086_SIZE];
+		acl_rights_format_rfc2086(cmd->client->server->owner_rights, own);
 		buf_append_byte(&line, ' ');
 		imap_append_astring(&line, mb.user, strlen(mb.user));
 		buf_append_byte(&line, ' ');
@@ -147,8 +158,8 @@ bool imap_cmd_listrights(struct imap_cmd *cmd)
 	if (!acl_admin_mailbox(cmd, &cmd->args[0], &mb, &rights))
 		return true;
 	uint32_t required = strcmp(id, mb.user) == 0 ? ACL_OWNER_ALWAYS : 0;
-	char req[sizeof(ACL_LETTERS)];
-	acl_rights_format(required, req);
+	char req[ACL_RIGHTS_RFC2086_SIZE];
+	acl_rights_format_rfc2086(required, req);
 	struct buf line = BUF_INIT;
 	buf_append_str(&line, "* LISTRIGHTS ");
 	imap_append_mailbox(cmd->client, &line, mb.name);
@@ -163,6 +174,13 @@ bool imap_cmd_listrights(struct imap_cmd *cmd)
 			buf_append_byte(&line, (unsigned char)ACL_LETTERS[i]);
 		}
 	}
+	/* RFC 4314 2.1.1: the virtual c and d, each by itself (their members
+	 * are granted one by one, tied to no other right), while any of their
+	 * members can still be granted. */
+	if ((ACL_CREATE | ACL_DELETE_MBOX) & ~required)
+		buf_append_str(&line, " c");
+	if ((ACL_DELETE_MSG | ACL_EXPUNGE) & ~required)
+		buf_append_str(&line, " d");
 	buf_append_str(&line, "\r\n");
 	imap_client_write(cmd->client, line.data, line.len);
 	buf_free(&line);

@@ -109,6 +109,17 @@ void acl_rights_format(uint32_t rights, char out[sizeof(ACL_LETTERS)])
 	out[n] = '\0';
 }
 
+void acl_rights_format_rfc2086(uint32_t rights, char out[ACL_RIGHTS_RFC2086_SIZE])
+{
+	acl_rights_format(rights, out);
+	size_t n = strlen(out);
+	if (rights & (ACL_CREATE | ACL_DELETE_MBOX))
+		out[n++] = 'c';
+	if (rights & (ACL_DELETE_MSG | ACL_EXPUNGE))
+		out[n++] = 'd';
+	out[n] = '\0';
+}
+
 bool acl_identifier_valid(const char *id, size_t len, const char **error_r)
 {
 	if (len > 0 && id[0] == '-') {

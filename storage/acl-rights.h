@@ -72,6 +72,12 @@ uint32_t acl_mod_apply(enum acl_mod mod, uint32_t old, uint32_t rights);
 /* Writes rights as letters in ACL_LETTERS order into out (NUL-terminated;
  * "" for none). */
 void acl_rights_format(uint32_t rights, char out[sizeof(ACL_LETTERS)]);
+/* The same for the IMAP responses (MYRIGHTS, ACL), followed by the
+ * virtual rights RFC 4314 2.1.1 requires there: "c" when k or x is set,
+ * "d" when t or e is set (what acl_rights_parse() reads them as).  Stored
+ * records and `starling acl` keep the plain form. */
+#define ACL_RIGHTS_RFC2086_SIZE (sizeof(ACL_LETTERS) + 2)
+void acl_rights_format_rfc2086(uint32_t rights, char out[ACL_RIGHTS_RFC2086_SIZE]);
 
 /* Identifiers: "anyone", "authenticated", or a user name (1..255 bytes of
  * letters, digits and ". _ @ + -", not starting with '.'), each optionally

@@ -93,19 +93,22 @@ def t_owner_rights():
     c = connect("alice")
     r, rights = myrights(c, "INBOX")
     R.check("MYRIGHTS INBOX OK", r.ok, r)
-    R.equal("the owner has every right by default", rights, "lrswipkxtea")
+    R.equal("the owner has every right by default, with the virtual c and d", rights,
+            "lrswipkxteacd")
     r, acl = getacl(c, "INBOX")
     R.check("GETACL INBOX OK", r.ok, r)
-    R.equal("GETACL shows the owner's implicit rights", acl, {"alice": "lrswipkxtea"})
+    R.equal("GETACL shows the owner's implicit rights", acl, {"alice": "lrswipkxteacd"})
     r = c.command("LISTRIGHTS", "INBOX", "alice")
     lr = r.find("LISTRIGHTS")
     R.check("LISTRIGHTS for the owner: l and a always, the rest one by one",
             r.ok and lr and lr[0][3] == b"la" and [x.decode() for x in lr[0][4:]] ==
-            list("rswipkxte"), r.untagged)
+            list("rswipkxtecd"), r.untagged)
     r = c.command("LISTRIGHTS", "INBOX", "bob")
     lr = r.find("LISTRIGHTS")
-    R.check("LISTRIGHTS for another user: nothing required",
-            r.ok and lr and lr[0][3] == b"" and len(lr[0][4:]) == 11, r.untagged)
+    R.check("LISTRIGHTS for another user: nothing required, every right by itself and c "
+            "and d by themselves (RFC 4314 2.1.1)",
+            r.ok and lr and lr[0][3] == b"" and [x.decode() for x in lr[0][4:]] ==
+            list("lrswipkxteacd"), r.untagged)
     # The owner cannot lock themselves out.
     r = c.command("SETACL", "INBOX", "alice", "r")
     R.check("SETACL INBOX alice r OK", r.ok, r)
@@ -117,7 +120,7 @@ def t_owner_rights():
     r = c.command("DELETEACL", "INBOX", "alice")
     R.check("DELETEACL INBOX alice OK", r.ok, r)
     _, rights = myrights(c, "INBOX")
-    R.equal("without a record the owner has every right again", rights, "lrswipkxtea")
+    R.equal("without a record the owner has every right again", rights, "lrswipkxteacd")
     c.logout()
 
 
@@ -134,7 +137,7 @@ def t_bad_input():
     r = c.command("SETACL", "Bad", "bob", "+lr!")
     R.check("SETACL +rights with a bad letter is BAD", r.status == "BAD", r)
     _, acl = getacl(c, "Bad")
-    R.equal("after the BADs the ACL is unchanged", acl, {"alice": "lrswipkxtea"})
+    R.equal("after the BADs the ACL is unchanged", acl, {"alice": "lrswipkxteacd"})
     r = c.command("SETACL", "NoSuchBox", "bob", "lr")
     R.check("SETACL on a missing mailbox is NO [NONEXISTENT]",
             r.status == "NO" and r.code == "NONEXISTENT", r)
@@ -151,13 +154,14 @@ def t_obsolete_and_negative():
     r = a.command("SETACL", "Old", "carol", "lrcd")
     R.check("SETACL with the obsolete c and d OK", r.ok, r)
     _, acl = getacl(a, "Old")
-    R.equal("c is k and x, d is t and e (RFC 4314 2.1.1)", acl.get("carol"), "lrkxte")
+    R.equal("c is k and x, d is t and e (RFC 4314 2.1.1)", acl.get("carol"), "lrkxtecd")
     r = a.command("SETACL", "Old", "carol", "-kx")
     _, acl = getacl(a, "Old")
-    R.equal("SETACL -kx removes those two only", acl.get("carol"), "lrte")
+    R.equal("SETACL -kx removes those two only, and c with them", acl.get("carol"),
+            "lrted")
     r = a.command("SETACL", "Old", "carol", "+w")
     _, acl = getacl(a, "Old")
-    R.equal("SETACL +w adds it", acl.get("carol"), "lrwte")
+    R.equal("SETACL +w adds it", acl.get("carol"), "lrwted")
     # anyone gets lr, -bob takes r away from bob only.
     a.command("SETACL", "Old", "anyone", "lr")
     a.command("SETACL", "Old", "-bob", "r")
@@ -169,12 +173,64 @@ def t_obsolete_and_negative():
             r.status == "NO" and r.code == "NOPERM", r)
     c = connect("carol")
     _, rights = myrights(c, "shared/alice/Old")
-    R.equal("carol: her own record and anyone's", rights, "lrwte")
+    R.equal("carol: her own record and anyone's", rights, "lrwted")
     a.command("DELETEACL", "Old", "-bob")
     _, rights = myrights(b, "shared/alice/Old")
     R.equal("after DELETEACL -bob, bob has anyone's lr", rights, "lr")
     a.command("DELETEACL", "Old", "anyone")
     a.command("DELETEACL", "Old", "carol")
+    for x in (a, b, c):
+        x.logout()
+
+
+def t_virtual_c_and_d():
+    """RFC 4314 2.1.1: MYRIGHTS and ACL responses carry c when any of k x is
+    set and d when any of t e is, on negative identifiers too; a client that
+    sends back what it read sets the same rights."""
+    a = connect("alice")
+    b = connect("bob")
+    a.command("CREATE", "Virt")
+    box = "shared/alice/Virt"
+    for given, want in (("lk", "lkc"), ("lx", "lxc"), ("le", "led"), ("lt", "ltd"),
+                        ("lrswipa", "lrswipa"), ("lkxte", "lkxtecd")):
+        r = a.command("SETACL", "Virt", "bob", given)
+        _, acl = getacl(a, "Virt")
+        _, rights = myrights(b, box)
+        R.check("SETACL Virt bob %s: the ACL response says %s" % (given, want),
+                r.ok and acl.get("bob") == want, (r, acl))
+        R.equal("SETACL Virt bob %s: bob's MYRIGHTS says %s" % (given, want), rights, want)
+    # A client that writes back the rights it read (with c and d) changes nothing.
+    _, acl = getacl(a, "Virt")
+    r = a.command("SETACL", "Virt", "bob", acl.get("bob"))
+    _, again = getacl(a, "Virt")
+    R.check("SETACL with the rights GETACL returned keeps them",
+            r.ok and again.get("bob") == "lkxtecd", (r, again))
+    # The RFC's "-Fred wetd": negative identifiers show c and d too.
+    a.command("SETACL", "Virt", "anyone", "lrkxte")
+    a.command("SETACL", "Virt", "-carol", "we")
+    _, acl = getacl(a, "Virt")
+    R.equal("a negative identifier with e shows d", acl.get("-carol"), "wed")
+    R.equal("anyone with k x t e shows c and d", acl.get("anyone"), "lrkxtecd")
+    c = connect("carol")
+    _, rights = myrights(c, box)
+    R.equal("carol (anyone minus -carol we): l r k x t, so c and d", rights, "lrkxtcd")
+    a.command("SETACL", "Virt", "-carol", "kxte")
+    _, rights = myrights(c, box)
+    R.equal("carol without any of k x t e: neither c nor d", rights, "lr")
+    # A real client (imaplib) reads the responses with c and d in them.
+    m = imaplib.IMAP4(T.host, T.port)
+    try:
+        m.login("alice", USERS["alice"])
+        typ, data = m.myrights("Virt")
+        R.check("imaplib: MYRIGHTS Virt OK, ending in c and d",
+                typ == "OK" and data and data[0].split()[-1] == b"lrswipkxteacd", data)
+        typ, data = m.getacl("Virt")
+        R.check("imaplib: GETACL Virt OK, -carol kxte shown with c and d",
+                typ == "OK" and data and b"-carol kxtecd" in data[0], data)
+        m.logout()
+    except imaplib.IMAP4.error as e:
+        R.check("imaplib session", False, str(e))
+    R.check("DELETE Virt OK", a.command("DELETE", "Virt").ok)
     for x in (a, b, c):
         x.logout()
 
@@ -387,7 +443,7 @@ def t_create_delete_shared():
     r = a.command("LIST", '""', "Proj/*")
     R.check("alice has Proj/Sub", "Proj/Sub" in listed(r), listed(r))
     _, acl = getacl(a, "Proj/Sub")
-    R.equal("Proj/Sub got Proj's ACL", acl.get("bob"), "lrk")
+    R.equal("Proj/Sub got Proj's ACL", acl.get("bob"), "lrkc")
     r = b.command("LIST", '""', "shared/alice/Proj/*")
     R.check("bob lists it", "shared/alice/Proj/Sub" in listed(r), listed(r))
     r = b.command("CREATE", "shared/alice/Proj/Sub")
@@ -452,7 +508,7 @@ def t_rename_shared():
     R.check("bob's LIST has shared/alice/RenB, no shared/alice/RenA",
             "shared/alice/RenB" in got and "shared/alice/RenA" not in got, got)
     _, acl = getacl(a, "RenB")
-    R.equal("the ACL followed the rename", acl.get("bob"), "lrx")
+    R.equal("the ACL followed the rename", acl.get("bob"), "lrxc")
     r = b.command("RENAME", "shared/alice/RenB", "shared/alice/Dest/RenB")
     R.check("bob RENAME into Dest without k on Dest: NO [NOPERM]",
             r.status == "NO" and r.code == "NOPERM", r)
@@ -480,7 +536,7 @@ def t_rename_shared():
         R.check("bob lists Public/Board2, not Public/Board",
                 "Public/Board2" in got and "Public/Board" not in got, got)
         _, rights = myrights(b, "Public/Board2")
-        R.equal("bob's rights followed", rights, "lrx")
+        R.equal("bob's rights followed", rights, "lrxc")
     for x in (a, b, c):
         x.logout()
 
@@ -587,9 +643,9 @@ def t_owner_default():
         r = a.command("CREATE", "Proj/Sub")
         R.check("default node: CREATE Proj/Sub", r.ok, r)
         r, rights = myrights(a, "Proj")
-        R.equal("default node: MYRIGHTS Proj is the default, l and a kept", rights, "lrswipktea")
+        R.equal("default node: MYRIGHTS Proj is the default, l and a kept", rights, "lrswipkteacd")
         r, acl = getacl(a, "Proj")
-        R.equal("default node: GETACL shows the owner's default", acl, {"alice": "lrswipktea"})
+        R.equal("default node: GETACL shows the owner's default", acl, {"alice": "lrswipkteacd"})
         r = a.command("LISTRIGHTS", "Proj", "alice")
         lr = r.find("LISTRIGHTS")
         R.check("default node: LISTRIGHTS for the owner still requires l and a only",
@@ -617,7 +673,8 @@ def t_owner_default():
         r = a.command("SETACL", "Proj/Sub", "alice", "lrswipkxtea")
         R.check("default node: SETACL Proj/Sub alice lrswipkxtea OK", r.ok, r)
         _, rights = myrights(a, "Proj/Sub")
-        R.equal("default node: MYRIGHTS shows x from the owner's record", rights, "lrswipkxtea")
+        R.equal("default node: MYRIGHTS shows x from the owner's record", rights,
+                "lrswipkxteacd")
         r = a.command("DELETE", "Proj/Sub")
         R.check("default node: DELETE Proj/Sub OK with the owner's record", r.ok, r)
         r = a.command("SETACL", "Proj", "alice", "r")
@@ -630,13 +687,13 @@ def t_owner_default():
         r = a.command("DELETEACL", "Proj", "alice")
         R.check("default node: DELETEACL Proj alice OK", r.ok, r)
         _, rights = myrights(a, "Proj")
-        R.equal("default node: back to the default", rights, "lrswipktea")
+        R.equal("default node: back to the default", rights, "lrswipkteacd")
         # Other users' rights are their records only.
         r = a.command("SETACL", "Proj", "bob", "lrx")
         R.check("default node: SETACL Proj bob lrx OK", r.ok, r)
         b = connect("bob")
         _, rights = myrights(b, "shared/alice/Proj")
-        R.equal("default node: bob's rights are his record's", rights, "lrx")
+        R.equal("default node: bob's rights are his record's", rights, "lrxc")
         b.logout()
         a.logout()
         # A bad value: one line on stderr, nothing started.
@@ -736,6 +793,7 @@ SECTIONS = [
     ("owner rights", t_owner_rights),
     ("bad input", t_bad_input),
     ("obsolete and negative rights", t_obsolete_and_negative),
+    ("virtual c and d in responses (RFC 4314 2.1.1)", t_virtual_c_and_d),
     ("shared listing", t_shared_listing),
     ("not visible", t_not_visible),
     ("enforcement", t_enforcement),

@@ -33,6 +33,46 @@ static void test_rights_parse_and_format(void)
 	CU_ASSERT_STRING_EQUAL(out, "lrkxte");
 }
 
+/* RFC 4314 2.1.1: IMAP responses carry c when k or x is set and d when t
+ * or e is set, and neither when none of k x t e is; the stored form has
+ * neither. */
+static void test_rights_format_rfc2086(void)
+{
+	char out[ACL_RIGHTS_RFC2086_SIZE];
+	acl_rights_format_rfc2086(ACL_ALL, out);
+	CU_ASSERT_STRING_EQUAL(out, "lrswipkxteacd");
+	acl_rights_format_rfc2086(ACL_LOOKUP | ACL_CREATE, out);
+	CU_ASSERT_STRING_EQUAL(out, "lkc");
+	acl_rights_format_rfc2086(ACL_DELETE_MBOX, out);
+	CU_ASSERT_STRING_EQUAL(out, "xc");
+	acl_rights_format_rfc2086(ACL_EXPUNGE, out);
+	CU_ASSERT_STRING_EQUAL(out, "ed");
+	acl_rights_format_rfc2086(ACL_DELETE_MSG | ACL_ADMIN, out);
+	CU_ASSERT_STRING_EQUAL(out, "tad");
+	acl_rights_format_rfc2086(ACL_ALL & ~(ACL_CREATE | ACL_DELETE_MBOX | ACL_DELETE_MSG |
+					      ACL_EXPUNGE),
+				  out);
+	CU_ASSERT_STRING_EQUAL(out, "lrswipa");
+	acl_rights_format_rfc2086(0, out);
+	CU_ASSERT_STRING_EQUAL(out, "");
+	/* A client that sends back what it got (RFC 4314 says it must
+	 * ignore c and d, an RFC 2086 one may not) sets every member of a c or
+	 * d it got: exactly the rights, plus the members of those two. */
+	for (uint32_t r = 0; r <= ACL_ALL; r++) {
+		uint32_t want = r;
+		if (r & (ACL_CREATE | ACL_DELETE_MBOX))
+			want |= ACL_CREATE | ACL_DELETE_MBOX;
+		if (r & (ACL_DELETE_MSG | ACL_EXPUNGE))
+			want |= ACL_DELETE_MSG | ACL_EXPUNGE;
+		acl_rights_format_rfc2086(r, out);
+		CU_ASSERT_EQUAL(parse_ok(out), want);
+	}
+	/* The plain form is unchanged. */
+	char plain[sizeof(ACL_LETTERS)];
+	acl_rights_format(ACL_ALL, plain);
+	CU_ASSERT_STRING_EQUAL(plain, ACL_LETTERS);
+}
+
 static void test_hostile_rights_are_refused(void)
 {
 	static const char *bad[] = { "lrz", "L", "l r", "lr\t", "+", "lr*", "\xff" };
@@ -367,6 +407,7 @@ static void test_index_moved_on_open(void)
 
 const struct test_case storage_acl_cases[] = {
 	{ "rights parse and format (c and d mapped)", test_rights_parse_and_format },
+	{ "rights in IMAP responses carry virtual c and d", test_rights_format_rfc2086 },
 	{ "hostile rights strings are refused whole", test_hostile_rights_are_refused },
 	{ "SETACL mod-rights", test_mod_rights },
 	{ "identifiers", test_identifiers },
