@@ -225,6 +225,13 @@ static void import_ok(struct node *n, const struct buf *bundle,
 	CU_ASSERT_EQUAL_FATAL(r, 0);
 }
 
+/* A bundle of from since the last one, imported by to. */
+static void pass_bundle(struct node *from, struct node *to, struct buf *bundle)
+{
+	export_from(from, true, bundle, NULL);
+	import_ok(to, bundle, NULL);
+}
+
 /* Asserts the import is refused and changes neither user's dump; the error
  * must contain want. */
 static void import_refused(struct node *n, const void *data, size_t len, const char *want)
@@ -772,11 +779,9 @@ static void bundle_acked_expunge_after_renumber(bool a_first)
 	struct node *first = a_first ? &b : &a, *second = a_first ? &a : &b;
 	/* first imports second's bundle, then the other way, twice. */
 	for (int round = 0; round < 2; round++) {
-		export_from(second, true, &bundle, NULL);
-		import_ok(first, &bundle, NULL);
+		pass_bundle(second, first, &bundle);
 		CU_ASSERT(!holds_guid(first, &mb, &x));
-		export_from(first, true, &bundle, NULL);
-		import_ok(second, &bundle, NULL);
+		pass_bundle(first, second, &bundle);
 		CU_ASSERT(!holds_guid(&a, &mb, &x));
 		CU_ASSERT(!holds_guid(&b, &mb, &x));
 	}
@@ -864,6 +869,23 @@ static void bundle_two_guids_at_one_uid(bool since)
 	node_close(&c);
 }
 
+/* A and B holding mailbox name with three common messages appended on A,
+ * which reached B by a bundle (and B's state back to A by another). */
+static struct guid two_nodes_bundled(struct node *a, struct node *b, const char *name,
+				     struct buf *bundle)
+{
+	node_open(a, SID_A);
+	node_open(b, SID_B);
+	struct guid mb = mk_mailbox(a, USER, name, NULL);
+	for (int i = 0; i < 3; i++)
+		append(a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
+	export_from(a, false, bundle, NULL);
+	import_ok(b, bundle, NULL);
+	export_from(b, true, bundle, NULL);
+	import_ok(a, bundle, NULL);
+	return mb;
+}
+
 /* The imports above, on two nodes, can give X and Y crosswise UIDs: A
  * holds X at 4 and Y at 5, B holds Y at 4 and X at 5.  Their merge meets
  * two GUIDs at each UID, each also at the other UID: no message is lost. */
@@ -872,15 +894,7 @@ static void bundle_crosswise(bool b_exports)
 	struct node a, b;
 	struct buf bundle = BUF_INIT;
 	const char *error;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_mailbox(&a, USER, "Shared", NULL);
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
-	export_from(&a, false, &bundle, NULL);
-	import_ok(&b, &bundle, NULL);
-	export_from(&b, true, &bundle, NULL);
-	import_ok(&a, &bundle, NULL);
+	struct guid mb = two_nodes_bundled(&a, &b, "Shared", &bundle);
 	struct guid x, y;
 	guid_generate(&x);
 	guid_generate(&y);
@@ -890,12 +904,10 @@ static void bundle_crosswise(bool b_exports)
 	CU_ASSERT_EQUAL(append_as(&b, &mb, &x, "Subject: x\r\n\r\nfrom s4\r\n"), 5);
 	struct node *from = b_exports ? &b : &a, *to = b_exports ? &a : &b;
 	for (int round = 0; round < 2; round++) {
-		export_from(from, true, &bundle, NULL);
-		import_ok(to, &bundle, NULL);
+		pass_bundle(from, to, &bundle);
 		CU_ASSERT(holds_guid(to, &mb, &x));
 		CU_ASSERT(holds_guid(to, &mb, &y));
-		export_from(to, true, &bundle, NULL);
-		import_ok(from, &bundle, NULL);
+		pass_bundle(to, from, &bundle);
 		CU_ASSERT(holds_guid(from, &mb, &x));
 		CU_ASSERT(holds_guid(from, &mb, &y));
 	}
@@ -937,15 +949,7 @@ static void bundle_engine_tombstones(unsigned mode)
 	struct node a, b;
 	struct buf bundle = BUF_INIT;
 	const char *error;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_mailbox(&a, USER, "INBOX", NULL);
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
-	export_from(&a, false, &bundle, NULL);
-	import_ok(&b, &bundle, NULL);
-	export_from(&b, true, &bundle, NULL);
-	import_ok(&a, &bundle, NULL);
+	struct guid mb = two_nodes_bundled(&a, &b, "INBOX", &bundle);
 	struct guid x;
 	guid_generate(&x);
 	save_at(&a, &mb, 5, &x, "Subject: x\r\n\r\nx\r\n");
@@ -961,11 +965,9 @@ static void bundle_engine_tombstones(unsigned mode)
 							    &error), 0);
 	}
 	for (int round = 0; round < 2; round++) {
-		export_from(from, true, &bundle, NULL);
-		import_ok(to, &bundle, NULL);
+		pass_bundle(from, to, &bundle);
 		CU_ASSERT(holds_guid(to, &mb, &x));
-		export_from(to, true, &bundle, NULL);
-		import_ok(from, &bundle, NULL);
+		pass_bundle(to, from, &bundle);
 		CU_ASSERT(holds_guid(from, &mb, &x));
 	}
 	CU_ASSERT(holds_guid(&a, &mb, &x));
@@ -1622,10 +1624,8 @@ static void test_bundle_flag_changes_on_both_sides_merge(void)
 		/* A's last state of u2: \Seen $k; its \Seen change is older
 		 * than B's clear. */
 		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
-		export_from(first, true, &bundle, NULL);
-		import_ok(second, &bundle, NULL);
-		export_from(second, true, &bundle, NULL);
-		import_ok(first, &bundle, NULL);
+		pass_bundle(first, second, &bundle);
+		pass_bundle(second, first, &bundle);
 		CU_ASSERT_TRUE(dumps_equal(&a, &b));
 		struct stor_msg m;
 		CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &inbox, u1, &m, &error), 1);
@@ -1666,10 +1666,8 @@ static void test_bundle_noop_clear_later_wins(void)
 		nanosleep(&ts, NULL);
 		store_op(&b, &inbox, u, STOR_FLAGS_REMOVE, 0, "$k2");
 		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
-		export_from(first, true, &bundle, NULL);
-		import_ok(second, &bundle, NULL);
-		export_from(second, true, &bundle, NULL);
-		import_ok(first, &bundle, NULL);
+		pass_bundle(first, second, &bundle);
+		pass_bundle(second, first, &bundle);
 		CU_ASSERT_TRUE(dumps_equal(&a, &b));
 		struct stor_msg m;
 		CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &inbox, u, &m, &error), 1);
