@@ -750,6 +750,20 @@ static bool holds_guid(struct node *n, const struct guid *mb, const struct guid 
 	return r > 0;
 }
 
+/* A and B dump alike and mb checks out on both; then both close and the
+ * bundle buffer goes. */
+static void two_nodes_end_alike(struct node *a, struct node *b, const struct guid *mb,
+				struct buf *bundle)
+{
+	const char *error;
+	CU_ASSERT(dumps_equal(a, b));
+	CU_ASSERT_EQUAL(stor_mailbox_check(a->db, mb, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_check(b->db, mb, &error), 0);
+	buf_free(bundle);
+	node_close(a);
+	node_close(b);
+}
+
 /* A user's expunge travels by bundle as one (EXPUNGE ... GUIDS): A's user
  * expunges X while B holds X under another UID (a sync with a third node
  * renumbered it).  Whichever node imports first, X stays expunged on both,
@@ -785,12 +799,7 @@ static void bundle_acked_expunge_after_renumber(bool a_first)
 		CU_ASSERT(!holds_guid(&a, &mb, &x));
 		CU_ASSERT(!holds_guid(&b, &mb, &x));
 	}
-	CU_ASSERT(dumps_equal(&a, &b));
-	CU_ASSERT_EQUAL(stor_mailbox_check(a.db, &mb, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
-	buf_free(&bundle);
-	node_close(&a);
-	node_close(&b);
+	two_nodes_end_alike(&a, &b, &mb, &bundle);
 }
 
 /* Appends text with GUID g (a forwarded APPEND: one GUID on every node). */
@@ -974,12 +983,7 @@ static void bundle_engine_tombstones(unsigned mode)
 	CU_ASSERT(holds_guid(&b, &mb, &x));
 	CU_ASSERT_EQUAL(count_messages(&a, &mb), 4);
 	CU_ASSERT_EQUAL(count_messages(&b, &mb), 4);
-	CU_ASSERT(dumps_equal(&a, &b));
-	CU_ASSERT_EQUAL(stor_mailbox_check(a.db, &mb, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
-	buf_free(&bundle);
-	node_close(&a);
-	node_close(&b);
+	two_nodes_end_alike(&a, &b, &mb, &bundle);
 }
 
 static void test_bundle_engine_tombstones_keep_the_message(void)
