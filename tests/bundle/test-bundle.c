@@ -18,6 +18,7 @@
 #include "storage/storage.h"
 #include "sync/sync-bundle.h"
 #include "tests/testutil.h"
+#include "tests/testutil-stor.h"
 
 #define USER "alice"
 #define OTHER "bob"
@@ -933,18 +934,7 @@ static void bundle_crosswise(bool b_exports)
 static void save_at(struct node *n, const struct guid *mb, uint32_t uid, const struct guid *g,
 		    const char *text)
 {
-	struct stor_append req;
-	const char *error = NULL;
-	memset(&req, 0, sizeof(req));
-	req.uid = uid;
-	req.guid = g;
-	req.internaldate = 1700000000;
-	req.text = text;
-	req.text_len = strlen(text);
-	int r = stor_msg_append(n->db, mb, &req, NULL, NULL, &error);
-	if (r < 0)
-		fprintf(stderr, "append at %u: %s\n", uid, error);
-	CU_ASSERT_EQUAL_FATAL(r, 0);
+	test_save_at(n->db, mb, uid, g, text);
 }
 
 /* acked-append-present all classes 9737 by bundle: A holds X only at 4,

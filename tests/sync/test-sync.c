@@ -18,6 +18,7 @@
 #include "sync/sync-private.h"
 #include "sync/sync.h"
 #include "tests/testutil.h"
+#include "tests/testutil-stor.h"
 
 #define USER "alice"
 #define SID_A 1
@@ -2269,18 +2270,7 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 static void replicate_save(struct node *n, const struct guid *mb, uint32_t uid,
 			   const struct guid *g, const char *text)
 {
-	struct stor_append req;
-	const char *error = NULL;
-	memset(&req, 0, sizeof(req));
-	req.uid = uid;
-	req.guid = g;
-	req.internaldate = 1700000000;
-	req.text = text;
-	req.text_len = strlen(text);
-	int r = stor_msg_append(n->db, mb, &req, NULL, NULL, &error);
-	if (r < 0)
-		fprintf(stderr, "replicated append: %s\n", error);
-	CU_ASSERT_EQUAL_FATAL(r, 0);
+	test_save_at(n->db, mb, uid, g, text);
 }
 
 /* The client's copy of X is dropped for the server's copy at another UID,
