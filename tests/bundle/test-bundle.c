@@ -18,6 +18,7 @@
 #include "storage/storage.h"
 #include "sync/sync-bundle.h"
 #include "tests/testutil.h"
+#include "tests/testutil-stor.h"
 
 #define USER "alice"
 #define OTHER "bob"
@@ -223,6 +224,13 @@ static void import_ok(struct node *n, const struct buf *bundle,
 		fprintf(stderr, "import: %s\n", error);
 	free(error);
 	CU_ASSERT_EQUAL_FATAL(r, 0);
+}
+
+/* A bundle of from since the last one, imported by to. */
+static void pass_bundle(struct node *from, struct node *to, struct buf *bundle)
+{
+	export_from(from, true, bundle, NULL);
+	import_ok(to, bundle, NULL);
 }
 
 /* Asserts the import is refused and changes neither user's dump; the error
@@ -743,6 +751,20 @@ static bool holds_guid(struct node *n, const struct guid *mb, const struct guid 
 	return r > 0;
 }
 
+/* A and B dump alike and mb checks out on both; then both close and the
+ * bundle buffer goes. */
+static void two_nodes_end_alike(struct node *a, struct node *b, const struct guid *mb,
+				struct buf *bundle)
+{
+	const char *error;
+	CU_ASSERT(dumps_equal(a, b));
+	CU_ASSERT_EQUAL(stor_mailbox_check(a->db, mb, &error), 0);
+	CU_ASSERT_EQUAL(stor_mailbox_check(b->db, mb, &error), 0);
+	buf_free(bundle);
+	node_close(a);
+	node_close(b);
+}
+
 /* A user's expunge travels by bundle as one (EXPUNGE ... GUIDS): A's user
  * expunges X while B holds X under another UID (a sync with a third node
  * renumbered it).  Whichever node imports first, X stays expunged on both,
@@ -772,20 +794,13 @@ static void bundle_acked_expunge_after_renumber(bool a_first)
 	struct node *first = a_first ? &b : &a, *second = a_first ? &a : &b;
 	/* first imports second's bundle, then the other way, twice. */
 	for (int round = 0; round < 2; round++) {
-		export_from(second, true, &bundle, NULL);
-		import_ok(first, &bundle, NULL);
+		pass_bundle(second, first, &bundle);
 		CU_ASSERT(!holds_guid(first, &mb, &x));
-		export_from(first, true, &bundle, NULL);
-		import_ok(second, &bundle, NULL);
+		pass_bundle(first, second, &bundle);
 		CU_ASSERT(!holds_guid(&a, &mb, &x));
 		CU_ASSERT(!holds_guid(&b, &mb, &x));
 	}
-	CU_ASSERT(dumps_equal(&a, &b));
-	CU_ASSERT_EQUAL(stor_mailbox_check(a.db, &mb, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
-	buf_free(&bundle);
-	node_close(&a);
-	node_close(&b);
+	two_nodes_end_alike(&a, &b, &mb, &bundle);
 }
 
 /* Appends text with GUID g (a forwarded APPEND: one GUID on every node). */
@@ -864,6 +879,23 @@ static void bundle_two_guids_at_one_uid(bool since)
 	node_close(&c);
 }
 
+/* A and B holding mailbox name with three common messages appended on A,
+ * which reached B by a bundle (and B's state back to A by another). */
+static struct guid two_nodes_bundled(struct node *a, struct node *b, const char *name,
+				     struct buf *bundle)
+{
+	node_open(a, SID_A);
+	node_open(b, SID_B);
+	struct guid mb = mk_mailbox(a, USER, name, NULL);
+	for (int i = 0; i < 3; i++)
+		append(a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
+	export_from(a, false, bundle, NULL);
+	import_ok(b, bundle, NULL);
+	export_from(b, true, bundle, NULL);
+	import_ok(a, bundle, NULL);
+	return mb;
+}
+
 /* The imports above, on two nodes, can give X and Y crosswise UIDs: A
  * holds X at 4 and Y at 5, B holds Y at 4 and X at 5.  Their merge meets
  * two GUIDs at each UID, each also at the other UID: no message is lost. */
@@ -872,15 +904,7 @@ static void bundle_crosswise(bool b_exports)
 	struct node a, b;
 	struct buf bundle = BUF_INIT;
 	const char *error;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_mailbox(&a, USER, "Shared", NULL);
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
-	export_from(&a, false, &bundle, NULL);
-	import_ok(&b, &bundle, NULL);
-	export_from(&b, true, &bundle, NULL);
-	import_ok(&a, &bundle, NULL);
+	struct guid mb = two_nodes_bundled(&a, &b, "Shared", &bundle);
 	struct guid x, y;
 	guid_generate(&x);
 	guid_generate(&y);
@@ -890,12 +914,10 @@ static void bundle_crosswise(bool b_exports)
 	CU_ASSERT_EQUAL(append_as(&b, &mb, &x, "Subject: x\r\n\r\nfrom s4\r\n"), 5);
 	struct node *from = b_exports ? &b : &a, *to = b_exports ? &a : &b;
 	for (int round = 0; round < 2; round++) {
-		export_from(from, true, &bundle, NULL);
-		import_ok(to, &bundle, NULL);
+		pass_bundle(from, to, &bundle);
 		CU_ASSERT(holds_guid(to, &mb, &x));
 		CU_ASSERT(holds_guid(to, &mb, &y));
-		export_from(to, true, &bundle, NULL);
-		import_ok(from, &bundle, NULL);
+		pass_bundle(to, from, &bundle);
 		CU_ASSERT(holds_guid(from, &mb, &x));
 		CU_ASSERT(holds_guid(from, &mb, &y));
 	}
@@ -912,18 +934,7 @@ static void bundle_crosswise(bool b_exports)
 static void save_at(struct node *n, const struct guid *mb, uint32_t uid, const struct guid *g,
 		    const char *text)
 {
-	struct stor_append req;
-	const char *error = NULL;
-	memset(&req, 0, sizeof(req));
-	req.uid = uid;
-	req.guid = g;
-	req.internaldate = 1700000000;
-	req.text = text;
-	req.text_len = strlen(text);
-	int r = stor_msg_append(n->db, mb, &req, NULL, NULL, &error);
-	if (r < 0)
-		fprintf(stderr, "append at %u: %s\n", uid, error);
-	CU_ASSERT_EQUAL_FATAL(r, 0);
+	test_save_at(n->db, mb, uid, g, text);
 }
 
 /* acked-append-present all classes 9737 by bundle: A holds X only at 4,
@@ -937,15 +948,7 @@ static void bundle_engine_tombstones(unsigned mode)
 	struct node a, b;
 	struct buf bundle = BUF_INIT;
 	const char *error;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_mailbox(&a, USER, "INBOX", NULL);
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "Subject: common\r\n\r\nx\r\n", 0);
-	export_from(&a, false, &bundle, NULL);
-	import_ok(&b, &bundle, NULL);
-	export_from(&b, true, &bundle, NULL);
-	import_ok(&a, &bundle, NULL);
+	struct guid mb = two_nodes_bundled(&a, &b, "INBOX", &bundle);
 	struct guid x;
 	guid_generate(&x);
 	save_at(&a, &mb, 5, &x, "Subject: x\r\n\r\nx\r\n");
@@ -961,23 +964,16 @@ static void bundle_engine_tombstones(unsigned mode)
 							    &error), 0);
 	}
 	for (int round = 0; round < 2; round++) {
-		export_from(from, true, &bundle, NULL);
-		import_ok(to, &bundle, NULL);
+		pass_bundle(from, to, &bundle);
 		CU_ASSERT(holds_guid(to, &mb, &x));
-		export_from(to, true, &bundle, NULL);
-		import_ok(from, &bundle, NULL);
+		pass_bundle(to, from, &bundle);
 		CU_ASSERT(holds_guid(from, &mb, &x));
 	}
 	CU_ASSERT(holds_guid(&a, &mb, &x));
 	CU_ASSERT(holds_guid(&b, &mb, &x));
 	CU_ASSERT_EQUAL(count_messages(&a, &mb), 4);
 	CU_ASSERT_EQUAL(count_messages(&b, &mb), 4);
-	CU_ASSERT(dumps_equal(&a, &b));
-	CU_ASSERT_EQUAL(stor_mailbox_check(a.db, &mb, &error), 0);
-	CU_ASSERT_EQUAL(stor_mailbox_check(b.db, &mb, &error), 0);
-	buf_free(&bundle);
-	node_close(&a);
-	node_close(&b);
+	two_nodes_end_alike(&a, &b, &mb, &bundle);
 }
 
 static void test_bundle_engine_tombstones_keep_the_message(void)
@@ -1622,10 +1618,8 @@ static void test_bundle_flag_changes_on_both_sides_merge(void)
 		/* A's last state of u2: \Seen $k; its \Seen change is older
 		 * than B's clear. */
 		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
-		export_from(first, true, &bundle, NULL);
-		import_ok(second, &bundle, NULL);
-		export_from(second, true, &bundle, NULL);
-		import_ok(first, &bundle, NULL);
+		pass_bundle(first, second, &bundle);
+		pass_bundle(second, first, &bundle);
 		CU_ASSERT_TRUE(dumps_equal(&a, &b));
 		struct stor_msg m;
 		CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &inbox, u1, &m, &error), 1);
@@ -1666,10 +1660,8 @@ static void test_bundle_noop_clear_later_wins(void)
 		nanosleep(&ts, NULL);
 		store_op(&b, &inbox, u, STOR_FLAGS_REMOVE, 0, "$k2");
 		struct node *first = variant == 0 ? &a : &b, *second = variant == 0 ? &b : &a;
-		export_from(first, true, &bundle, NULL);
-		import_ok(second, &bundle, NULL);
-		export_from(second, true, &bundle, NULL);
-		import_ok(first, &bundle, NULL);
+		pass_bundle(first, second, &bundle);
+		pass_bundle(second, first, &bundle);
 		CU_ASSERT_TRUE(dumps_equal(&a, &b));
 		struct stor_msg m;
 		CU_ASSERT_EQUAL_FATAL(stor_msg_get(a.db, &inbox, u, &m, &error), 1);

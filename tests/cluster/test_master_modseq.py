@@ -33,7 +33,6 @@ import os
 import re
 import sys
 import threading
-import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,6 +40,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness.imapwire import Client  # noqa: E402
 from harness.peerwire import PyPeer  # noqa: E402
+from harness.peerwire import command_retrying as command, completion as last  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -52,26 +52,6 @@ USER = "alice@example.com"
 def message(subject):
     return ("From: t@example.com\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\nbody\r\n"
             % (subject, subject))
-
-
-def last(lines):
-    """(status, code) of a completion line "Cn STATUS [CODE] text"."""
-    f = lines[-1].split(" ", 2)
-    rest = f[2] if len(f) > 2 else ""
-    code = rest[1:rest.index("]")] if rest.startswith("[") and "]" in rest else ""
-    return f[1], code
-
-
-def command(p, text, timeout=20.0):
-    """p.command(text), again while node 2 holds the mailbox for a resync
-    with the peer (NO [TRYLATER] ... resync ...)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = p.command(text)
-        if last(r) != ("NO", "TRYLATER") or "resync" not in r[-1] or \
-                time.monotonic() > deadline:
-            return r
-        p.pump(0.2)
 
 
 def client(node):

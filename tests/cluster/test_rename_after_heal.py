@@ -59,6 +59,14 @@ def down(node, peer):
     return poll(lambda: node.peer_state(peer) not in ("up", None), 20, interval=0.1)
 
 
+def resync(label, node, peer, after=""):
+    """node's `starling resync` of USER with peer, checked to succeed."""
+    r = node.cli("resync", "-u", USER, "--peer", str(peer), timeout=120)
+    R.check("%s: node %d resyncs with node %d%s" % (label, node.node_id, peer, after),
+            r.returncode == 0,
+            r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace"))
+
+
 def appends(node, k, label, count=None):
     """APPENDs enough to push node's peers past repl_log_max (or count)."""
     count = APPENDS if count is None else count
@@ -75,6 +83,31 @@ def appends(node, k, label, count=None):
     R.equal("%s: %d APPENDs on node %d" % (label, count, node.node_id), ok, count)
 
 
+def rename_after_heal(c, label, watched, line, started_what, heal, delay_ms, b, cc):
+    """heal() with a 50 ms latency on link 1-2; once watched logs line once
+    more (the heal has started), delay_ms later, RENAME b cc on node 1."""
+    n1 = c.nodes[0]
+    imap = imapwire.Client(n1.host, n1.imap_port)
+    try:
+        imap.login(USER, PASSWORD)
+        before = watched.log_text().count(line)
+        # A one-way latency of 50 ms on the link stretches the resync
+        # (each of its round trips) to a few hundred ms, so that the
+        # RENAME lands before the LIST is answered, between the merge and
+        # the per-mailbox syncs, or after them, as the delay says.
+        c.mesh.set_latency(1, 2, LATENCY_S)
+        heal()
+        started = poll(lambda: watched.log_text().count(line) > before, 30, interval=0.002)
+        R.check("%s: %s" % (label, started_what), started, watched.log_tail(20))
+        time.sleep(delay_ms / 1000.0)
+        r = imap.command("RENAME %s %s" % (b, cc))
+        R.equal("%s: RENAME %s %s on node 1 right after the heal" % (label, b, cc),
+                r.status, "OK")
+    finally:
+        imap.close()
+        c.mesh.set_latency(1, 2, 0)
+
+
 def round_(c, k, client_id, delay_ms, overflow=True):
     n1, n2 = c.nodes
     a, b, cc = "R%d-A" % k, "R%d-B" % k, "R%d-C" % k
@@ -82,9 +115,7 @@ def round_(c, k, client_id, delay_ms, overflow=True):
                                                      "" if overflow else ", backlog")
     R.equal("%s: CREATE %s on node 1" % (label, a), command(n1, "CREATE " + a).status, "OK")
     c.wait_dumps_equal(USER, timeout=60)
-    r = n1.cli("resync", "-u", USER, "--peer", "2", timeout=120)
-    R.check("%s: node 1 resyncs with node 2" % label, r.returncode == 0,
-            r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace"))
+    resync(label, n1, 2)
 
     c.cut(1, 2)
     R.check("%s: node 1 sees node 2 down" % label, down(n1, 2), n1.peer_state(2))
@@ -94,39 +125,17 @@ def round_(c, k, client_id, delay_ms, overflow=True):
     client = c.nodes[client_id - 1]
     appends(client, k, label, None if overflow else 3)
 
-    imap = imapwire.Client(n1.host, n1.imap_port)
-    try:
-        imap.login(USER, PASSWORD)
-        # Without an overflow the heal streams the backlog, then resyncs
-        # the users it touched: the link coming up is the start.
-        line = RESYNC_LINE if overflow else "link up"
-        before = client.log_text().count(line)
-        # A one-way latency of 50 ms on the link stretches the resync
-        # (each of its round trips) to a few hundred ms, so that the
-        # RENAME lands before the LIST is answered, between the merge and
-        # the per-mailbox syncs, or after them, as the delay says.
-        c.mesh.set_latency(1, 2, LATENCY_S)
-        c.restore(1, 2)
-        started = poll(lambda: client.log_text().count(line) > before, 30, interval=0.002)
-        R.check("%s: the heal starts on node %d" % (label, client_id), started,
-                client.log_tail(20))
-        time.sleep(delay_ms / 1000.0)
-        r = imap.command("RENAME %s %s" % (b, cc))
-        R.equal("%s: RENAME %s %s on node 1 right after the heal" % (label, b, cc),
-                r.status, "OK")
-    finally:
-        imap.close()
-        c.mesh.set_latency(1, 2, 0)
+    # Without an overflow the heal streams the backlog, then resyncs the
+    # users it touched: the link coming up is the start.
+    line = RESYNC_LINE if overflow else "link up"
+    rename_after_heal(c, label, client, line, "the heal starts on node %d" % client_id,
+                      lambda: c.restore(1, 2), delay_ms, b, cc)
 
     c.wait_links_up(timeout=40)
     # A second pass settles whatever the heal's resync left to a later one.
     c.wait_dumps_equal(USER, timeout=60)
-    r = n2.cli("resync", "-u", USER, "--peer", "1", timeout=120)
-    R.check("%s: node 2 resyncs with node 1" % label, r.returncode == 0,
-            r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace"))
-    r = n1.cli("resync", "-u", USER, "--peer", "2", timeout=120)
-    R.check("%s: node 1 resyncs with node 2" % label, r.returncode == 0,
-            r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace"))
+    resync(label, n2, 1)
+    resync(label, n1, 2)
     c.wait_dumps_equal(USER, timeout=60)
     for n in c.nodes:
         have = names(n)
@@ -145,9 +154,7 @@ def round3(c, k, delay_ms, back_s, pause_s=None):
     R.equal("%s: CREATE %s on node 1" % (label, a), command(n1, "CREATE " + a).status, "OK")
     c.wait_dumps_equal(USER, timeout=60)
     for x, y in ((1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)):
-        r = c.nodes[x - 1].cli("resync", "-u", USER, "--peer", str(y), timeout=120)
-        R.check("%s: node %d resyncs with node %d" % (label, x, y), r.returncode == 0,
-                r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace"))
+        resync(label, c.nodes[x - 1], y)
 
     c.cut(1, 2)
     c.cut(1, 3)
@@ -160,22 +167,8 @@ def round3(c, k, delay_ms, back_s, pause_s=None):
         appends(node, k, label)
     n3.kill()
 
-    imap = imapwire.Client(n1.host, n1.imap_port)
-    try:
-        imap.login(USER, PASSWORD)
-        before = n1.log_text().count(RESYNC_LINE)
-        c.mesh.set_latency(1, 2, LATENCY_S)
-        c.restore(1, 2)
-        c.restore(1, 3)
-        started = poll(lambda: n1.log_text().count(RESYNC_LINE) > before, 30, interval=0.002)
-        R.check("%s: the heal starts a full resync on node 1" % label, started, n1.log_tail(20))
-        time.sleep(delay_ms / 1000.0)
-        r = imap.command("RENAME %s %s" % (b, cc))
-        R.equal("%s: RENAME %s %s on node 1 right after the heal" % (label, b, cc),
-                r.status, "OK")
-    finally:
-        imap.close()
-        c.mesh.set_latency(1, 2, 0)
+    rename_after_heal(c, label, n1, RESYNC_LINE, "the heal starts a full resync on node 1",
+                      lambda: (c.restore(1, 2), c.restore(1, 3)), delay_ms, b, cc)
     time.sleep(back_s)
     n3.start()
     if pause_s is not None:
@@ -188,9 +181,7 @@ def round3(c, k, delay_ms, back_s, pause_s=None):
     c.wait_links_up(timeout=40)
     c.wait_dumps_equal(USER, timeout=60)
     for x, y in ((3, 1), (3, 2), (1, 3), (2, 3), (1, 2)):
-        r = c.nodes[x - 1].cli("resync", "-u", USER, "--peer", str(y), timeout=120)
-        R.check("%s: node %d resyncs with node %d after" % (label, x, y), r.returncode == 0,
-                r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace"))
+        resync(label, c.nodes[x - 1], y, " after")
     c.wait_dumps_equal(USER, timeout=60)
     for n in c.nodes:
         have = names(n)

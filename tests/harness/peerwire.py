@@ -217,3 +217,24 @@ class PyPeer:
                     self.mm("MASTER-IS %d %s 32 %d %s %d %d" % (
                         self.sid, f[1], self.epoch, key, master_of(key), self.gens[key]))
             self.pump(0.05)
+
+
+def completion(lines):
+    """(status, code) of a completion line "Cn STATUS [CODE] text"."""
+    f = lines[-1].split(" ", 2)
+    rest = f[2] if len(f) > 2 else ""
+    code = rest[1:rest.index("]")] if rest.startswith("[") and "]" in rest else ""
+    return f[1], code
+
+
+def command_retrying(p, text, timeout=20.0):
+    """p.command(text), again while the node holds the mailbox for a
+    resync with the peer (NO [TRYLATER] ... resync ...: a refused change
+    makes the node resync the user with the peer now and then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = p.command(text)
+        if completion(r) != ("NO", "TRYLATER") or "resync" not in r[-1] or \
+                time.monotonic() > deadline:
+            return r
+        p.pump(0.2)

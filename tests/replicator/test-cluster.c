@@ -138,12 +138,7 @@ struct node {
 static void node_open(struct node *n)
 {
 	char *err = NULL;
-	char *store = xasprintf("%s/store", n->dir);
-	struct stor_settings set;
-	memset(&set, 0, sizeof(set));
-	set.dir = store;
-	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n->db, &err), 0);
-	free(store);
+	n->db = repl_test_store_open("%s/store", n->dir);
 	n->cfg = config_load(n->conf, &err);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(n->cfg);
 	n->loop = ev_loop_new(EVFLAG_AUTO);
@@ -700,12 +695,7 @@ static void bnode_start(struct bnode *n, struct ev_loop *loop, const char *dir, 
 	n->cfg = config_parse("n.conf", text, &err);
 	free(text);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(n->cfg);
-	char *store = xasprintf("%s/store%u", dir, sid);
-	struct stor_settings set;
-	memset(&set, 0, sizeof(set));
-	set.dir = store;
-	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n->db, &err), 0);
-	free(store);
+	n->db = repl_test_store_open("%s/store%u", dir, sid);
 	struct repl_settings rs = { sid, 0 };
 	n->repl = repl_cluster_create(loop, n->db, &rs, n->cfg);
 	n->mm = repl_mm_create(loop, n->cfg);

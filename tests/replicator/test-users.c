@@ -33,12 +33,7 @@ static void unode_start(struct unode *n)
 	n->cfg = config_parse("u.conf", text, &err);
 	free(text);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(n->cfg);
-	char *store = xasprintf("%s/store", n->dir);
-	struct stor_settings set;
-	memset(&set, 0, sizeof(set));
-	set.dir = store;
-	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n->db, &err), 0);
-	free(store);
+	n->db = repl_test_store_open("%s/store", n->dir);
 	struct repl_settings rs = { 1, 0 };
 	n->repl = repl_local_create(n->loop, n->db, &rs);
 	n->users = repl_users_create(n->loop, n->cfg, n->db);

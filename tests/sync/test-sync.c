@@ -18,6 +18,7 @@
 #include "sync/sync-private.h"
 #include "sync/sync.h"
 #include "tests/testutil.h"
+#include "tests/testutil-stor.h"
 
 #define USER "alice"
 #define SID_A 1
@@ -57,6 +58,13 @@ static void node_close(struct node *n)
 	test_rmtree(n->dir);
 	free(n->dir);
 	n->dir = NULL;
+}
+
+static void three_nodes_close(struct node *a, struct node *b, struct node *c)
+{
+	node_close(a);
+	node_close(b);
+	node_close(c);
 }
 
 static struct guid mk_mailbox(struct node *n, const char *name)
@@ -611,9 +619,7 @@ static void test_sync_rename_after_a_copy_went_elsewhere_is_kept(void)
 	CU_ASSERT_EQUAL(guid_cmp(&m.guid, &g), 0);
 	stor_mailbox_free(&m);
 	CU_ASSERT(dumps_equal(&a, &c));
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 /* A rename that reached the server by live replication leaves this pair's
@@ -1903,6 +1909,19 @@ static void three_nodes_end_alike(struct node *a, struct node *b, struct node *c
 	CU_ASSERT(dumps_equal(a, c));
 }
 
+/* three_nodes_open, then n common messages appended on A reach B and C
+ * (syncs B-A with seed, C-A with seed + 1, A the server). */
+static struct guid three_nodes_with_common(struct node *a, struct node *b, struct node *c,
+					   int n, uint32_t seed)
+{
+	struct guid mb = three_nodes_open(a, b, c);
+	for (int i = 0; i < n; i++)
+		append(a, &mb, "common\r\n", 0, NULL);
+	run_sync(b, a, false, seed);
+	run_sync(c, a, false, seed + 1);
+	return mb;
+}
+
 /* Three nodes: A apart from B and C (C a replica of B); both sides append
  * to one mailbox.  A then syncs with B, C and B again, as a resync toward
  * every peer does after a partition.  The second sync renumbers B's
@@ -1912,11 +1931,7 @@ static void three_nodes_end_alike(struct node *a, struct node *b, struct node *c
 static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 {
 	struct node a, b, c;
-	struct guid mb = three_nodes_open(&a, &b, &c);
-	for (int i = 0; i < 10; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 31);
-	run_sync(&c, &a, false, 32);
+	struct guid mb = three_nodes_with_common(&a, &b, &c, 10, 31);
 	for (int i = 0; i < 5; i++)
 		append(&a, &mb, "side a\r\n", 0, NULL);
 	for (int i = 0; i < 10; i++)
@@ -1930,9 +1945,7 @@ static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 	check_mailbox(&a, &mb);
 	check_mailbox(&b, &mb);
 	check_mailbox(&c, &mb);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 /* Applies A's current state of uid to n as a replica applies the master's
@@ -1985,9 +1998,7 @@ static void test_sync_replicated_flag_change_is_not_merged_again(void)
 	three_nodes_end_alike(&a, &b, &c, 3);
 	check_modseqs_equal(&a, &b, &mb);
 	check_modseqs_equal(&a, &c, &mb);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 /* n takes A's message at uid as a replica takes the master's SAVE: same
@@ -2055,9 +2066,7 @@ static void moved_message_keeps_flag_change(bool known_to_both)
 	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &gx), STOR_FLAG_SEEN | STOR_FLAG_ANSWERED);
 	CU_ASSERT_EQUAL(flags_of_guid(&c, &mb, &gx), STOR_FLAG_SEEN | STOR_FLAG_ANSWERED);
 	three_nodes_end_alike(&a, &b, &c, 3);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_moved_message_keeps_flag_change_new(void)
@@ -2104,9 +2113,7 @@ static void flagged_copy_taken_from_server(bool b_saw_the_change, bool c_syncs_w
 	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &gx), want);
 	CU_ASSERT_EQUAL(flags_of_guid(&c, &mb, &gx), want);
 	three_nodes_end_alike(&a, &b, &c, 3);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 /* C takes the server's copy of X at the UID a sync of A and B moved it to,
@@ -2164,9 +2171,7 @@ static void test_sync_taken_copy_moves_above_client_hms(void)
 	run_sync(&c, &a, false, 94);
 	run_sync(&a, &b, false, 95);
 	three_nodes_end_alike(&a, &b, &c, 3);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_flagged_copy_taken_from_server_1(void)
@@ -2219,9 +2224,7 @@ static void test_sync_copy_at_the_same_uid_below_the_common_modseq_stays(void)
 	CU_ASSERT(has_guid(&c, &mb, &x, &at));
 	CU_ASSERT_EQUAL(at, ux);
 	CU_ASSERT_EQUAL(flags_of_guid(&b, &mb, &x), STOR_FLAG_SEEN);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_flagged_copy_taken_from_server_4(void)
@@ -2238,11 +2241,7 @@ static void test_sync_flagged_copy_taken_from_server_4(void)
 static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(void)
 {
 	struct node a, b, c;
-	struct guid mb = three_nodes_open(&a, &b, &c);
-	for (int i = 0; i < 5; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 41);
-	run_sync(&c, &a, false, 42);
+	struct guid mb = three_nodes_with_common(&a, &b, &c, 5, 41);
 	/* Apart: A (B its replica) and C each flag everything, expunge one
 	 * message and append; A also gets later mail. */
 	for (uint32_t uid = 1; uid <= 5; uid++) {
@@ -2263,9 +2262,7 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 	run_sync(&a, &b, false, 45);
 	run_sync(&a, &c, false, 46);
 	three_nodes_end_alike(&a, &b, &c, 3 + 16 + 10);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 
@@ -2273,18 +2270,7 @@ static void test_sync_first_sync_after_a_third_node_renumbered_loses_nothing(voi
 static void replicate_save(struct node *n, const struct guid *mb, uint32_t uid,
 			   const struct guid *g, const char *text)
 {
-	struct stor_append req;
-	const char *error = NULL;
-	memset(&req, 0, sizeof(req));
-	req.uid = uid;
-	req.guid = g;
-	req.internaldate = 1700000000;
-	req.text = text;
-	req.text_len = strlen(text);
-	int r = stor_msg_append(n->db, mb, &req, NULL, NULL, &error);
-	if (r < 0)
-		fprintf(stderr, "replicated append: %s\n", error);
-	CU_ASSERT_EQUAL_FATAL(r, 0);
+	test_save_at(n->db, mb, uid, g, text);
 }
 
 /* The client's copy of X is dropped for the server's copy at another UID,
@@ -2482,9 +2468,7 @@ static void keywords_follow_a_moved_message(bool b_has_own, bool c_is_client, bo
 	CU_ASSERT(guid_has_keyword(&c, &mb, &gx, "$k1"));
 	CU_ASSERT(guid_has_keyword(&c, &mb, &gx, "$k3"));
 	three_nodes_end_alike(&a, &b, &c, 3 + 2 + 2 + 1 + (b_has_own ? 2 : 0));
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_keywords_follow_a_moved_message(void)
@@ -2554,9 +2538,7 @@ static void full_compare_keeps_a_flag_set_apart(bool b_is_client, bool moved, bo
 			b_is_client, moved, a_changed, full, flags_of_guid(&a, &mb, &gx),
 			flags_of_guid(&b, &mb, &gx));
 	CU_ASSERT(dumps_equal(&a, &b));
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_full_compare_keeps_a_flag_set_apart(void)
@@ -2842,11 +2824,7 @@ static void test_sync_own_change_survives_a_writer_between_merge_steps(void)
 static void acked_expunge_after_renumber(bool a_is_client)
 {
 	struct node a, b, c;
-	struct guid mb = three_nodes_open(&a, &b, &c);
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 51);
-	run_sync(&c, &a, false, 52);
+	struct guid mb = three_nodes_with_common(&a, &b, &c, 3, 51);
 	struct guid x, y;
 	uint32_t xu = append(&a, &mb, "message x\r\n", STOR_FLAG_FLAGGED, &x);
 	replicate_save(&b, &mb, xu, &x, "message x\r\n");
@@ -2876,9 +2854,7 @@ static void acked_expunge_after_renumber(bool a_is_client)
 	check_mailbox(&a, &mb);
 	check_mailbox(&b, &mb);
 	check_mailbox(&c, &mb);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_acked_expunge_after_renumber_client_expunged(void)
@@ -2901,11 +2877,7 @@ static void test_sync_acked_expunge_after_renumber_server_expunged(void)
 static void acked_expunge_reaches_a_third_node(unsigned dirs)
 {
 	struct node a, b, c;
-	struct guid mb = three_nodes_open(&a, &b, &c);
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 81);
-	run_sync(&c, &a, false, 82);
+	struct guid mb = three_nodes_with_common(&a, &b, &c, 3, 81);
 	run_sync(&c, &b, false, 83);
 	struct guid x, y;
 	uint32_t xu = append(&a, &mb, "message x\r\n", 0, &x);
@@ -2940,9 +2912,7 @@ static void acked_expunge_reaches_a_third_node(unsigned dirs)
 	check_mailbox(&a, &mb);
 	check_mailbox(&b, &mb);
 	check_mailbox(&c, &mb);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_acked_expunge_reaches_a_third_node_0(void)
@@ -3277,6 +3247,19 @@ static void test_sync_user_tombstone_of_another_message_stays_engine(void)
 	node_close(&b);
 }
 
+/* A and B sharing INBOX, where three common messages appended on A
+ * reached B (a sync, B the client). */
+static struct guid two_nodes_with_common(struct node *a, struct node *b, uint32_t seed)
+{
+	node_open(a, SID_A);
+	node_open(b, SID_B);
+	struct guid mb = mk_shared_mailbox(a, b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(a, &mb, "common\r\n", 0, NULL);
+	run_sync(b, a, false, seed);
+	return mb;
+}
+
 /* Each of two nodes holds message X only at a UID where the other holds
  * the sync engine's tombstone of X: A at u (X moved there from w), B at w
  * (X moved there from u), as drops of one copy for another in syncs with
@@ -3290,12 +3273,7 @@ static void test_sync_user_tombstone_of_another_message_stays_engine(void)
 static void engine_tombstones_cross(unsigned mode)
 {
 	struct node a, b;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 91);
+	struct guid mb = two_nodes_with_common(&a, &b, 91);
 	const char *error;
 	struct guid x;
 	guid_generate(&x);
@@ -3357,12 +3335,7 @@ static void test_sync_engine_tombstones_cross_user_expunge_wins(void)
 static void engine_tombstone_only(unsigned mode)
 {
 	struct node a, b;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 121);
+	struct guid mb = two_nodes_with_common(&a, &b, 121);
 	const char *error;
 	struct guid x;
 	guid_generate(&x);
@@ -3412,12 +3385,7 @@ static void test_sync_engine_tombstone_only_keeps_the_other_copy(void)
 static void two_guids_at_one_uid(unsigned mode)
 {
 	struct node a, b;
-	node_open(&a, SID_A);
-	node_open(&b, SID_B);
-	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 151);
+	struct guid mb = two_nodes_with_common(&a, &b, 151);
 	const char *error;
 	struct guid x, y, z;
 	guid_generate(&x);
@@ -3480,11 +3448,7 @@ static void test_sync_two_guids_at_one_uid_lose_nothing(void)
 static void acked_append_survives_two_bundles(int variant)
 {
 	struct node a, b, c;
-	struct guid mb = three_nodes_open(&a, &b, &c);
-	for (int i = 0; i < 3; i++)
-		append(&a, &mb, "common\r\n", 0, NULL);
-	run_sync(&b, &a, false, 1101);
-	run_sync(&c, &a, false, 1102);
+	struct guid mb = three_nodes_with_common(&a, &b, &c, 3, 1101);
 	/* Apart: C appends Y, A appends X, each at UID 4. */
 	struct guid x, y;
 	uint32_t xu = append(&a, &mb, "message x, acknowledged\r\n", 0, &x);
@@ -3524,9 +3488,7 @@ static void acked_append_survives_two_bundles(int variant)
 	CU_ASSERT(has_guid(&b, &mb, &x, NULL));
 	CU_ASSERT(has_guid(&a, &mb, &y, NULL));
 	three_nodes_end_alike(&a, &b, &c, 3 + 2);
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 static void test_sync_acked_append_survives_two_bundles(void)
@@ -3907,9 +3869,7 @@ static void test_sync_flag_merge_three_nodes(void)
 	CU_ASSERT_EQUAL(flags_of(&a, &mb, u), 0);
 	CU_ASSERT(dumps_equal(&a, &b));
 	CU_ASSERT(dumps_equal(&b, &c));
-	node_close(&a);
-	node_close(&b);
-	node_close(&c);
+	three_nodes_close(&a, &b, &c);
 }
 
 /* STAMPS come from a peer: malformed ones get BAD, nothing is held. */
