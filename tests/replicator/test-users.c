@@ -40,13 +40,18 @@ static void unode_start(struct unode *n)
 	repl_users_attach(n->users, NULL);
 }
 
+/* sync_ok: the last sync must succeed.  After a failed sync its result
+ * is not checked: it depends on whether a loop turn already retried (and
+ * gave up on) the failed journal before the node stopped. */
 static void unode_stop(struct unode *n, bool sync_ok)
 {
 	repl_flush(n->repl);
 	repl_users_destroy(&n->users);
 	repl_destroy(&n->repl);
 	const char *err;
-	CU_ASSERT_EQUAL(stor_sync(n->db, &err), sync_ok ? 0 : -1);
+	int r = stor_sync(n->db, &err);
+	if (sync_ok)
+		CU_ASSERT_EQUAL(r, 0);
 	stor_close(&n->db);
 	config_free(&n->cfg);
 	ev_loop_destroy(n->loop);
@@ -144,7 +149,11 @@ static void test_admin_change_failed_sync(void)
 	CU_ASSERT_FALSE(a.ok);
 	CU_ASSERT_PTR_NOT_NULL(strstr(a.text, "cannot store the user"));
 	/* The store refuses every write after a failed sync, until a
-	 * restart: its last sync fails too. */
+	 * restart: the next change is refused at once. */
+	user_add(&n, "carol", &a);
+	run_loop(&n, &a, 0);
+	CU_ASSERT_TRUE(a.done);
+	CU_ASSERT_FALSE(a.ok);
 	unode_stop(&n, false);
 }
 
