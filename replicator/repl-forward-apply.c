@@ -96,6 +96,36 @@ static void fwd_taken(struct cl_fwd *f, uint64_t master, uint64_t here)
 		cl_master_modseq_taken(f->cl, &f->mailbox, master);
 }
 
+/* The master's UID holds nothing here, below UIDNEXT: the message was
+ * expunged here since, or a resync that ran between the master's making
+ * it and this answer renumbered it (a UID conflict, as after a partition;
+ * campaign seed 13020), or never stored here.  The master's answer can
+ * name the UID it gave before that resync; told to the client, the UID
+ * would name another message once a second APPEND got it.  Only a message
+ * a user expunged here since keeps the UID told. */
+static void fwd_check_vacant(struct cl_fwd *f, uint32_t uid, uint32_t uidnext)
+{
+	struct stor_db *db = f->cl->repl.db;
+	const char *err;
+	uint32_t at = 0;
+	int found = stor_msg_find_guid(db, &f->mailbox, &f->app.guid, &at, &err);
+	if (found > 0 && at == uid)
+		return;
+	if (found == 0 && uid >= uidnext)
+		return;
+	if (found == 0 && stor_guid_tomb_get(db, &f->mailbox, &f->app.guid, NULL, &err) > 0)
+		return;
+	if (found > 0)
+		log_info("replication: %s: the master answered UID %u, held here at UID %u "
+			 "(renumbered by a resync): the client is not told a UID", f->user, uid, at);
+	else
+		log_info("replication: %s: the master answered UID %u, not held here: the client "
+			 "is not told a UID", f->user, uid);
+	if (f->peer != NULL)
+		cl_mark_dirty(f->peer, f->user);
+	f->uid_unheld = true;
+}
+
 void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 {
 	struct repl_cluster *cl = f->cl;
@@ -176,8 +206,10 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 			fwd_taken(f, modseq, sa.modseq);
 			notify_later(cl, f->user, &f->mailbox);
 		}
+	} else if (have == 0) {
+		fwd_check_vacant(f, uid, uidnext);
 	}
-	/* else: the stream already brought it, or it was expunged since. */
+	/* else: this node could not read its copy; a resync repairs it. */
 	stor_on_durable(db, fwd_local_durable, f);
 }
 

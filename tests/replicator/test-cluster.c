@@ -6,6 +6,7 @@
 #include "tests/replicator/tests.h"
 
 #include <ev.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1248,6 +1249,119 @@ static void test_holder_that_cannot_hold_resends_without(void)
 	pair_stop(&p);
 }
 
+/* Node 1 as a holder that cannot hold the master's UID (above), but a
+ * resync renumbers both messages here before the master answers the
+ * resent SAVE (campaign seed 13020: node 3 had given the UID to a message
+ * made alone while the master was out of reach; the master, not knowing,
+ * gave it to the session's next APPEND).  The master answers the UID it
+ * gave, looked up before the resync ran; here that UID now names nothing,
+ * and the message is at another.  Told to the client, the UID had named
+ * the session's earlier message.  The master's stale answer is sent by
+ * the hook, since its timing around a resync is not in a test's hands. */
+struct renumber_at_resend {
+	struct repl_cluster *cl;
+	struct stor_db *db1, *db2;    /* node 1's store, the master's */
+	struct guid mailbox, rogue, mine;
+	uint32_t next;
+	const char *mine_text;
+	bool done;
+	int failed;
+};
+
+static void renumber_at_resend_live(void *ctx, uint32_t sid, struct proto_conn *conn,
+				    const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct renumber_at_resend *r = ctx;
+	size_t npos;
+	const char *err;
+	if (!r->done && proto_cmd_is(cmd, "SAVE") && proto_cmd_validate(cmd, &npos, &err) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") == NULL &&
+	    proto_cmd_option(cmd, npos, "HOLDER") == NULL) {
+		/* What the resync does here, as a sync that keeps both: the
+		 * conflicting UID emptied, both messages above UIDNEXT. */
+		r->done = true;
+		if (stor_msg_expunge_kind(r->db1, &r->mailbox, &r->next, 1, 0, false, NULL,
+					  &err) < 0)
+			r->failed++;
+		struct stor_append sa = { .uid = r->next + 1, .guid = &r->rogue,
+					  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
+		sa.text_len = strlen(sa.text);
+		if (stor_msg_append(r->db1, &r->mailbox, &sa, NULL, NULL, &err) < 0)
+			r->failed++;
+		struct stor_append sm = { .uid = r->next + 2, .guid = &r->mine,
+					  .text = r->mine_text };
+		sm.text_len = strlen(sm.text);
+		if (stor_msg_append(r->db1, &r->mailbox, &sm, NULL, NULL, &err) < 0)
+			r->failed++;
+		/* The master's answer as computed before that resync (its
+		 * copy at the UID it gave): it looked the GUID up then. */
+		struct stor_msg m;
+		if (stor_msg_get(r->db2, &r->mailbox, r->next, &m, &err) != 1) {
+			r->failed++;
+		} else {
+			char code[64];
+			snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, r->next, m.modseq);
+			stor_msg_free(&m);
+			proto_conn_reply(conn, cmd->tag, "OK", code, "done");
+			return;
+		}
+	}
+	cl_replica_command(r->cl, sid, conn, cmd, selected);
+}
+
+static void test_resent_save_answered_after_a_renumber_tells_no_stale_uid(void)
+{
+	struct pair p;
+	struct stor_mailbox dmb;
+	pair_start_d(&p, &dmb);
+	const char *err;
+	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
+	for (int i = 0; i < 50; i++)
+		ev_run(p.loop, EVRUN_ONCE);
+	struct renumber_at_resend r;
+	memset(&r, 0, sizeof(r));
+	r.cl = to_cl(p.n2.repl);
+	r.db1 = p.n1.db;
+	r.db2 = p.n2.db;
+	r.mailbox = dmb.guid;
+	struct stor_mailbox on2 = mailbox_on(p.n2.db, "D");
+	r.next = on2.uidnext;
+	stor_mailbox_free(&on2);
+	guid_generate(&r.rogue);
+	guid_generate(&r.mine);
+	r.mine_text = "Subject: held\r\n\r\nsecond from node 1\r\n";
+	struct stor_append sa = { .uid = r.next, .guid = &r.rogue,
+				  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
+	sa.text_len = strlen(sa.text);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(p.n1.db, &dmb.guid, &sa, NULL, NULL, &err), 0);
+
+	repl_sync_set_live(p.n2.sync, renumber_at_resend_live, &r);
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.guid = &r.mine;
+	a.text = r.mine_text;
+	a.text_len = strlen(a.text);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	CU_ASSERT_TRUE(r.done);
+	CU_ASSERT_EQUAL(r.failed, 0);
+	/* Told a UID only where node 1 holds this message under it. */
+	struct stor_msg m;
+	int here = d.uid != 0 ? stor_msg_get(p.n1.db, &dmb.guid, d.uid, &m, &err) : 0;
+	bool named = here == 1 && guid_equal(&m.guid, &r.mine);
+	if (here == 1)
+		stor_msg_free(&m);
+	CU_ASSERT(d.uid == 0 || named);
+	if (d.uid != 0 && !named)
+		fprintf(stderr, "\ntold UID %u, which does not name the message here", d.uid);
+	repl_sync_set_live(p.n2.sync, cl_replica_command, to_cl(p.n2.repl));
+	stor_mailbox_free(&dmb);
+	pair_stop(&p);
+}
+
 /* Node 1's store failed (its disk full, campaign seed 12218): the master
  * still makes a forwarded APPEND, but node 1 cannot store the master's
  * UID.  The APPEND is OK (the master holds it), yet it must not carry that
@@ -1859,6 +1973,8 @@ const struct test_case repl_cluster_cases[] = {
 	  test_holder_that_cannot_hold_resends_without },
 	{ "a forwarded APPEND this node cannot store tells no UID (12218)",
 	  test_forwarded_append_not_stored_here_tells_no_uid },
+	{ "a resent SAVE answered after a resync renumbered it tells no stale UID (13020)",
+	  test_resent_save_answered_after_a_renumber_tells_no_stale_uid },
 	{ "a conditional STORE resent after its answer was lost is not MODIFIED",
 	  test_conditional_store_resent_after_a_lost_answer },
 	{ "a conditional STORE applied, then the link cut, is not MODIFIED",
