@@ -378,6 +378,9 @@ void cl_stream_link_down(struct cl_peer *p);
 /* Forgets SELECT state and failed bindings after a resync used the link. */
 void cl_stream_after_resync(struct cl_peer *p);
 struct cl_peer *cl_peer_find(struct repl_cluster *cl, uint32_t sid);
+/* Peer sid may lack some of user's changes made here (not resynced since):
+ * a streamed change from it that would drop such a change is refused. */
+bool cl_peer_may_lack_user(struct repl_cluster *cl, uint32_t sid, const char *user);
 /* Waiters: w completes (w->done) once w->durable and enough peers hold
  * w->seq (seq 0: durability alone). */
 void cl_waiter_add(struct repl_cluster *cl, struct cl_waiter *w);

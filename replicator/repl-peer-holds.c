@@ -179,6 +179,23 @@ bool peer_holds(const struct cl_peer *p, const char *user, uint64_t seq)
 	return !found || p->unheld.items[i].first > seq;
 }
 
+/* Whether peer sid may lack changes of user made here: written here while
+ * it could not be asked, in the backlog it has not answered yet, or
+ * refused by it and not resynced since. */
+bool cl_peer_may_lack_user(struct repl_cluster *cl, uint32_t sid, const char *user)
+{
+	struct cl_peer *p = cl_peer_find(cl, sid);
+	if (p == NULL)
+		return false;
+	if (list_has(&p->dirty_users, user))
+		return true;
+	if (p->catchup_until != 0 && list_has(&p->catchup_users, user))
+		return true;
+	bool found;
+	unheld_find(p, user, &found);
+	return found;
+}
+
 void unheld_clear(struct cl_peer *p)
 {
 	for (size_t i = 0; i < p->unheld.count; i++)

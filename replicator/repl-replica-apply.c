@@ -59,6 +59,16 @@ static void answer_spent_here(struct answer *a, const struct stor_mailbox *mb)
 	answer_later(a, "NO", code, "this copy spent the modseq itself: the mailboxes need a sync");
 }
 
+/* A streamed STORE of a message that a sync here moved to another UID
+ * (the sender still had it at the old one): skipped at the UID, the
+ * change was lost here, and the sender, told OK, took it for held.  A
+ * resync merges it into the moved copy (SPEC.md 10.3). */
+static void answer_moved_here(struct answer *a)
+{
+	answer_later(a, "NO", "UNSYNCED",
+		     "the message moved to another UID here: the mailboxes need a sync");
+}
+
 static bool flags_same(const struct stor_msg *m, const struct proto_flags *fl)
 {
 	if (m->flags != fl->flags || m->keywords.count != fl->keywords.count)
@@ -80,7 +90,8 @@ static bool flags_same(const struct stor_msg *m, const struct proto_flags *fl)
  * dropped from uids: the copies differ there and a resync decides.
  * Returns 0, or -1 when the list does not match the UIDs. */
 static int keep_same_messages(struct stor_db *db, const struct guid *mailbox,
-			      const struct proto_arg *guids, stor_uid_list *uids, bool *differ_r)
+			      const struct proto_arg *guids, stor_uid_list *uids, bool *differ_r,
+			      bool *moved_r)
 {
 	if (guids == NULL)
 		return 0;
@@ -101,6 +112,13 @@ static int keep_same_messages(struct stor_db *db, const struct guid *mailbox,
 				*differ_r = true;
 				continue;
 			}
+		} else if (r == 0 && moved_r != NULL) {
+			/* Not at this UID, yet held here: a sync here moved it
+			 * (a UID conflict with a third node). */
+			uint32_t at;
+			int f = stor_msg_find_guid(db, mailbox, &g, &at, &err);
+			if (f != 0)
+				*moved_r = true;
 		}
 		uids->items[kept++] = uids->items[i];
 	}
@@ -235,8 +253,9 @@ void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_c
 	stor_uid_list uids = { ps.uids, ps.uid_count, ps.uid_count };
 	uint64_t modseq = ps.modseq;
 	struct proto_flags fl = ps.add;
+	bool moved = false;
 	if (keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
-			       &differ) < 0) {
+			       &differ, &moved) < 0) {
 		proto_flags_free(&fl);
 		ARRAY_FREE(&uids);
 		goto bad;
@@ -256,6 +275,8 @@ void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_c
 		snprintf(code, sizeof(code), "MODSEQ %" PRIu64, modseq);
 		if (changes)
 			answer_spent_here(a, mb);
+		else if (moved)
+			answer_moved_here(a);
 		else if (differ)
 			answer_later(a, "NO", "GUIDMISMATCH", "a UID holds another message here");
 		else
@@ -293,6 +314,11 @@ void apply_store(struct repl_cluster *cl, struct answer *a, const struct proto_c
 	} else if (differ) {
 		cl_master_modseq_taken(cl, &mb->guid, modseq);
 		answer_later(a, "NO", "GUIDMISMATCH", "a UID holds another message here");
+	} else if (moved) {
+		cl_master_modseq_taken(cl, &mb->guid, modseq);
+		if (changed.count > 0)
+			cl_notify_later(cl, mb->user, &mb->guid);
+		answer_moved_here(a);
 	} else {
 		cl_master_modseq_taken(cl, &mb->guid, modseq);
 		if (changed.count > 0)
@@ -332,7 +358,7 @@ void apply_expunge(struct repl_cluster *cl, struct answer *a, const struct proto
 		if (uids.items[i] > top)
 			top = uids.items[i];
 	if (keep_same_messages(db, &mb->guid, proto_cmd_option(cmd, npos, "GUIDS"), &uids,
-			       &differ) < 0) {
+			       &differ, NULL) < 0) {
 		ARRAY_FREE(&uids);
 		answer_later(a, "BAD", "ARGS", "GUIDS does not match the UIDs");
 		return;
@@ -361,6 +387,25 @@ void apply_expunge(struct repl_cluster *cl, struct answer *a, const struct proto
 	 * the engine's, so such a copy is never taken here for one a user
 	 * expunged (SPEC.md 10.3, "A user's expunge"). */
 	bool by_user = proto_cmd_option(cmd, npos, "BY") != NULL;
+	/* The engine's expunge: a sync there moved the message on (or kept
+	 * another copy of it).  Our copy may hold a change made here that
+	 * the sender never got (this node wrote apart from it and has not
+	 * resynced since): dropped here, and the copy the sender keeps
+	 * without it, that change was lost on both (the fault campaign's
+	 * flag-holds, all classes 13039).  Refused, the resync merges our
+	 * copy's flags into the one the sender kept (SPEC.md 10.3). */
+	if (!by_user && cl_peer_may_lack_user(cl, a->sid, mb->user)) {
+		bool held = false;
+		for (size_t i = 0; i < uids.count && !held; i++)
+			held = stor_msg_get(db, &mb->guid, uids.items[i], NULL, &err) != 0;
+		if (held) {
+			answer_later(a, "NO", "UNSYNCED",
+				     "a copy here may hold changes the sender lacks: the mailboxes "
+				     "need a sync");
+			ARRAY_FREE(&uids);
+			return;
+		}
+	}
 	if (stor_msg_expunge_kind(db, &mb->guid, uids.items, uids.count, modseq, by_user, &gone,
 				  &err) < 0 ||
 	    stor_mailbox_raise(db, &mb->guid, top + 1, modseq, &err) < 0) {

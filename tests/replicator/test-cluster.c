@@ -19,6 +19,7 @@
 #include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-cluster-private.h"
+#include "replicator/repl-stream-private.h"
 #include "replicator/repl-cluster.h"
 #include "replicator/repl-mm.h"
 #include "replicator/repl-peer.h"
@@ -508,83 +509,129 @@ static char *user_dump(struct stor_db *db)
 	return (char *)b.data;
 }
 
+/* Node 2 with bob's INBOX holding message g1 at UID 1, linked to peer 1
+ * played by the test (p1), which has bound and selected INBOX as id 1. */
+struct lone {
+	char *dir, *secret, *t1, *t2, *store;
+	struct config *c1;
+	struct bnode n;
+	struct repl_peers *p1;
+	struct stor_mailbox mb;
+	struct guid g1;
+	uint64_t ep; /* the epoch changes with ORIGIN carry (SPEC 9.8) */
+};
+
+static void lone_start(struct lone *l)
+{
+	memset(l, 0, sizeof(*l));
+	l->dir = test_mkdtemp();
+	l->secret = xasprintf("%s/secret", l->dir);
+	FILE *f = fopen(l->secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(chmod(l->secret, 0600), 0);
+	uint16_t p1port = free_port(), p2port = free_port();
+	char *err = NULL;
+	l->t1 = xasprintf("node_id = 1\ndata_dir = %s/d1\nrepl_listen = 127.0.0.1:%u\n"
+			  "peer = 2 127.0.0.1:%u\ncluster_secret_file = %s\n",
+			  l->dir, p1port, p2port, l->secret);
+	l->t2 = xasprintf("node_id = 2\ndata_dir = %s\nrepl_listen = 127.0.0.1:%u\n"
+			  "peer = 1 127.0.0.1:%u\ncluster_secret_file = %s\n",
+			  l->dir, p2port, p1port, l->secret);
+	l->c1 = config_parse("1.conf", l->t1, &err);
+	struct bnode *n = &l->n;
+	n->cfg = config_parse("2.conf", l->t2, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(l->c1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(n->cfg);
+
+	l->store = xasprintf("%s/store", l->dir);
+	struct stor_settings set;
+	memset(&set, 0, sizeof(set));
+	set.dir = l->store;
+	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n->db, &err), 0);
+	const char *serr;
+	struct stor_mailbox_create req = { .user = "bob", .name = "INBOX" };
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(n->db, &req, &l->mb, &serr), 0);
+	guid_generate(&l->g1);
+	struct stor_append app = { .guid = &l->g1, .text = "Subject: 1\r\n\r\none\r\n" };
+	app.text_len = strlen(app.text);
+	uint32_t uid1;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n->db, &l->mb.guid, &app, &uid1, NULL, &serr), 0);
+	CU_ASSERT_EQUAL(uid1, 1);
+
+	n->loop = ev_loop_new(EVFLAG_AUTO);
+	struct repl_settings rs = { 2, 0 };
+	n->repl = repl_cluster_create(n->loop, n->db, &rs, n->cfg);
+	n->mm = repl_mm_create(n->loop, n->cfg);
+	n->sync = repl_sync_create(n->loop, n->repl);
+	CU_ASSERT_EQUAL_FATAL(repl_peers_create(n->loop, n->cfg, &b_callbacks, n, &n->peers, &err),
+			      0);
+	repl_mm_attach(n->mm, n->peers);
+	repl_sync_attach(n->sync, n->peers);
+	repl_cluster_attach(n->repl, n->peers, n->mm, n->sync);
+	CU_ASSERT_EQUAL_FATAL(repl_peers_create(n->loop, l->c1, NULL, NULL, &l->p1, &err), 0);
+	ev_timer t;
+	ev_timer_init(&t, tick, 0.01, 0.01);
+	ev_timer_start(n->loop, &t);
+	for (int i = 0; i < 1000 && !p1_up(l->p1); i++)
+		ev_run(n->loop, EVRUN_ONCE);
+	ev_timer_stop(n->loop, &t);
+	CU_ASSERT_TRUE_FATAL(p1_up(l->p1));
+
+	struct answer_rec rec;
+	const char *a;
+	struct cmd_arg mbox[] = { { 'u', NULL, 1, NULL }, { 'a', "bob", 0, NULL },
+				  { 'a', "INBOX", 0, NULL }, { 'u', NULL, l->mb.uidvalidity, NULL },
+				  { 'g', NULL, 0, &l->mb.guid } };
+	a = peer_send(n->loop, l->p1, "MBOX", mbox, 5, &rec);
+	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK [UIDNEXT 2 HIGHESTMODSEQ"));
+	struct cmd_arg sel[] = { { 'u', NULL, 1, NULL } };
+	a = peer_send(n->loop, l->p1, "SELECT", sel, 1, &rec);
+	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK"));
+	l->ep = repl_mm_epoch(n->mm, NULL);
+}
+
+static void lone_stop(struct lone *l)
+{
+	const char *serr;
+	struct bnode *n = &l->n;
+	repl_peers_destroy(&l->p1);
+	repl_cluster_detach(n->repl);
+	repl_sync_destroy(&n->sync);
+	repl_mm_destroy(&n->mm);
+	repl_peers_destroy(&n->peers);
+	repl_destroy(&n->repl);
+	CU_ASSERT_EQUAL(stor_sync(n->db, &serr), 0);
+	stor_close(&n->db);
+	ev_loop_destroy(n->loop);
+	config_free(&n->cfg);
+	config_free(&l->c1);
+	stor_mailbox_free(&l->mb);
+	free(l->t1);
+	free(l->t2);
+	free(l->store);
+	free(l->secret);
+	test_rmtree(l->dir);
+	free(l->dir);
+}
+
 /* A peer's SAVE, STORE and EXPUNGE (as changes of their origin) carrying a
  * UID or modseq past SPEC 5.2's bounds are refused NO [LIMIT], the mailbox
  * is left as it was, and it takes the peer's next honest change and new
  * mail. */
 static void test_peer_values_past_the_bounds_are_refused(void)
 {
-	char *dir = test_mkdtemp();
-	char *secret = xasprintf("%s/secret", dir);
-	FILE *f = fopen(secret, "w");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-	fputs("0123456789abcdef0123456789abcdef0123456789\n", f);
-	fclose(f);
-	CU_ASSERT_EQUAL_FATAL(chmod(secret, 0600), 0);
-	uint16_t p1port = free_port(), p2port = free_port();
-	char *err = NULL;
-	char *t1 = xasprintf("node_id = 1\ndata_dir = %s/d1\nrepl_listen = 127.0.0.1:%u\n"
-			     "peer = 2 127.0.0.1:%u\ncluster_secret_file = %s\n",
-			     dir, p1port, p2port, secret);
-	char *t2 = xasprintf("node_id = 2\ndata_dir = %s\nrepl_listen = 127.0.0.1:%u\n"
-			     "peer = 1 127.0.0.1:%u\ncluster_secret_file = %s\n",
-			     dir, p2port, p1port, secret);
-	struct config *c1 = config_parse("1.conf", t1, &err);
-	struct bnode n;
-	memset(&n, 0, sizeof(n));
-	n.cfg = config_parse("2.conf", t2, &err);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(c1);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(n.cfg);
-
-	char *store = xasprintf("%s/store", dir);
-	struct stor_settings set;
-	memset(&set, 0, sizeof(set));
-	set.dir = store;
-	CU_ASSERT_EQUAL_FATAL(stor_open(&set, &n.db, &err), 0);
-	const char *serr;
-	struct stor_mailbox_create req = { .user = "bob", .name = "INBOX" };
-	struct stor_mailbox mb;
-	CU_ASSERT_EQUAL_FATAL(stor_mailbox_create(n.db, &req, &mb, &serr), 0);
-	struct guid g1;
-	guid_generate(&g1);
-	struct stor_append app = { .guid = &g1, .text = "Subject: 1\r\n\r\none\r\n" };
-	app.text_len = strlen(app.text);
-	uint32_t uid1;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_append(n.db, &mb.guid, &app, &uid1, NULL, &serr), 0);
-	CU_ASSERT_EQUAL(uid1, 1);
-
-	n.loop = ev_loop_new(EVFLAG_AUTO);
-	struct repl_settings rs = { 2, 0 };
-	n.repl = repl_cluster_create(n.loop, n.db, &rs, n.cfg);
-	n.mm = repl_mm_create(n.loop, n.cfg);
-	n.sync = repl_sync_create(n.loop, n.repl);
-	CU_ASSERT_EQUAL_FATAL(repl_peers_create(n.loop, n.cfg, &b_callbacks, &n, &n.peers, &err), 0);
-	repl_mm_attach(n.mm, n.peers);
-	repl_sync_attach(n.sync, n.peers);
-	repl_cluster_attach(n.repl, n.peers, n.mm, n.sync);
-	struct repl_peers *p1 = NULL;
-	CU_ASSERT_EQUAL_FATAL(repl_peers_create(n.loop, c1, NULL, NULL, &p1, &err), 0);
-	ev_timer t;
-	ev_timer_init(&t, tick, 0.01, 0.01);
-	ev_timer_start(n.loop, &t);
-	for (int i = 0; i < 1000 && !p1_up(p1); i++)
-		ev_run(n.loop, EVRUN_ONCE);
-	ev_timer_stop(n.loop, &t);
-	CU_ASSERT_TRUE_FATAL(p1_up(p1));
-
+	struct lone l;
+	lone_start(&l);
+	struct bnode n = l.n;
+	struct repl_peers *p1 = l.p1;
+	struct stor_mailbox mb = l.mb;
 	struct answer_rec rec;
 	const char *a;
-	struct cmd_arg mbox[] = { { 'u', NULL, 1, NULL }, { 'a', "bob", 0, NULL },
-				  { 'a', "INBOX", 0, NULL }, { 'u', NULL, mb.uidvalidity, NULL },
-				  { 'g', NULL, 0, &mb.guid } };
-	a = peer_send(n.loop, p1, "MBOX", mbox, 5, &rec);
-	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK [UIDNEXT 2 HIGHESTMODSEQ"));
-	struct cmd_arg sel[] = { { 'u', NULL, 1, NULL } };
-	a = peer_send(n.loop, p1, "SELECT", sel, 1, &rec);
-	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK"));
+	const char *serr;
 	char *before = user_dump(n.db);
-	/* Changes with ORIGIN carry the epoch they were made at (SPEC 9.8). */
-	uint64_t ep = repl_mm_epoch(n.mm, NULL);
+	uint64_t ep = l.ep;
 
 	struct guid g2;
 	guid_generate(&g2);
@@ -656,30 +703,107 @@ static void test_peer_values_past_the_bounds_are_refused(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(a, "OK [UID 2 MODSEQ 5"));
 	struct guid g3;
 	guid_generate(&g3);
-	app.guid = &g3;
+	struct stor_append app = { .guid = &g3, .text = "Subject: 3\r\n\r\nthree\r\n" };
+	app.text_len = strlen(app.text);
 	uint32_t uid3 = 0;
 	CU_ASSERT_EQUAL(stor_msg_append(n.db, &mb.guid, &app, &uid3, NULL, &serr), 0);
 	CU_ASSERT_EQUAL(uid3, 3);
 	CU_ASSERT_EQUAL(stor_mailbox_check(n.db, &mb.guid, &serr), 0);
 
-	repl_peers_destroy(&p1);
-	repl_cluster_detach(n.repl);
-	repl_sync_destroy(&n.sync);
-	repl_mm_destroy(&n.mm);
-	repl_peers_destroy(&n.peers);
-	repl_destroy(&n.repl);
-	CU_ASSERT_EQUAL(stor_sync(n.db, &serr), 0);
-	stor_close(&n.db);
-	ev_loop_destroy(n.loop);
-	config_free(&n.cfg);
-	config_free(&c1);
-	stor_mailbox_free(&mb);
-	free(t1);
-	free(t2);
-	free(store);
-	free(secret);
-	test_rmtree(dir);
-	free(dir);
+	lone_stop(&l);
+}
+
+/* A sync on the sender (the master) moved message X from UID 1 (a UID
+ * conflict with a third node), so it streams the engine's EXPUNGE 1; this
+ * node wrote apart from it meanwhile (a flag change of X at UID 1 the
+ * sender never got: peer 1 refused this user's change, no resync since).
+ * Applied, the expunge dropped that change on both sides (the fault
+ * campaign's flag-holds, all classes 13039): it is refused NO [UNSYNCED]
+ * and X stays for the resync to merge.  A user's expunge still applies,
+ * and so does the engine's once nothing of the user's is unsynced.  And a
+ * streamed STORE of a message this node moved is not answered OK. */
+static void test_engine_expunge_keeps_a_change_the_sender_lacks(void)
+{
+	struct lone l;
+	lone_start(&l);
+	struct answer_rec rec;
+	const char *a;
+	const char *err;
+	struct repl_cluster *cl = to_cl(l.n.repl);
+	struct cl_peer *pp = cl_peer_find(cl, 1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(pp);
+	unheld_add(pp, "bob", cl->log_last + 1, cl->log_last + 1);
+	struct stor_mailbox now;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(l.n.db, "bob", "INBOX", &now, &err), 1);
+	uint64_t ms = now.highestmodseq + 5;
+	stor_mailbox_free(&now);
+	/* The sender's engine expunge of X at 1, as repl-stream sends it. */
+	struct proto_conn *conn = repl_peers_conn(l.p1, 2);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(conn);
+	struct proto_wr *w = proto_conn_cmd_begin(conn, "EXPUNGE");
+	struct proto_expunge ex = { (uint32_t[]){ 1 }, 1, ms };
+	proto_wr_expunge(w, &ex);
+	proto_wr_atom(w, "ORIGIN");
+	proto_wr_u64(w, 1);
+	proto_wr_atom(w, "EPOCH");
+	proto_wr_u64(w, l.ep);
+	proto_wr_atom(w, "GUIDS");
+	proto_wr_list_begin(w);
+	proto_wr_guid(w, &l.g1);
+	proto_wr_list_end(w);
+	memset(&rec, 0, sizeof(rec));
+	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, &rec));
+	CU_ASSERT_TRUE(loop_until(l.n.loop, &rec.done));
+	a = rec.line;
+	if (strncmp(a, "NO [UNSYNCED]", 13) != 0)
+		fprintf(stderr, "\nengine EXPUNGE with a change unsynced: %s\n", a);
+	CU_ASSERT_EQUAL(strncmp(a, "NO [UNSYNCED]", 13), 0);
+	CU_ASSERT_EQUAL(stor_msg_get(l.n.db, &l.mb.guid, 1, NULL, &err), 1);
+
+	/* The message moved here (to UID 7): a STORE at 1 is not OK. */
+	CU_ASSERT_EQUAL_FATAL(stor_msg_renumber(l.n.db, &l.mb.guid, 1, 7, 0, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(l.n.db, "bob", "INBOX", &now, &err), 1);
+	ms = now.highestmodseq + 5;
+	stor_mailbox_free(&now);
+	w = proto_conn_cmd_begin(conn, "STORE");
+	uint32_t one = 1;
+	struct proto_store st = { .uids = &one, .uid_count = 1, .modseq = ms,
+				  .add = { STOR_FLAG_FLAGGED, { NULL, 0, 0 } }, .replace = true };
+	proto_wr_store(w, &st);
+	proto_wr_atom(w, "ORIGIN");
+	proto_wr_u64(w, 1);
+	proto_wr_atom(w, "EPOCH");
+	proto_wr_u64(w, l.ep);
+	proto_wr_atom(w, "GUIDS");
+	proto_wr_list_begin(w);
+	proto_wr_guid(w, &l.g1);
+	proto_wr_list_end(w);
+	memset(&rec, 0, sizeof(rec));
+	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, &rec));
+	CU_ASSERT_TRUE(loop_until(l.n.loop, &rec.done));
+	a = rec.line;
+	if (strncmp(a, "NO [UNSYNCED]", 13) != 0)
+		fprintf(stderr, "\nSTORE of a message moved here: %s\n", a);
+	CU_ASSERT_EQUAL(strncmp(a, "NO [UNSYNCED]", 13), 0);
+
+	/* Nothing unsynced: the engine's expunge of X at 7 applies. */
+	unheld_clear(pp);
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get(l.n.db, "bob", "INBOX", &now, &err), 1);
+	ms = now.highestmodseq + 5;
+	stor_mailbox_free(&now);
+	w = proto_conn_cmd_begin(conn, "EXPUNGE");
+	struct proto_expunge ex7 = { (uint32_t[]){ 7 }, 1, ms };
+	proto_wr_expunge(w, &ex7);
+	proto_wr_atom(w, "ORIGIN");
+	proto_wr_u64(w, 1);
+	proto_wr_atom(w, "EPOCH");
+	proto_wr_u64(w, l.ep);
+	memset(&rec, 0, sizeof(rec));
+	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, &rec));
+	CU_ASSERT_TRUE(loop_until(l.n.loop, &rec.done));
+	CU_ASSERT_EQUAL(strncmp(rec.line, "OK", 2), 0);
+	CU_ASSERT_EQUAL(stor_msg_get(l.n.db, &l.mb.guid, 7, NULL, &err), 0);
+	lone_stop(&l);
 }
 
 /* ---- COPY whose source is expunged while it is forwarded ---- */
@@ -1965,6 +2089,8 @@ const struct test_case repl_cluster_cases[] = {
 	{ "a COPY whose source is expunged meanwhile sends no empty text",
 	  test_copy_of_a_source_expunged_meanwhile_sends_no_empty_text },
 	{ "a replica keeps who expunged (BY USER)", test_replica_keeps_who_expunged },
+	{ "an engine EXPUNGE of a copy holding a change the sender lacks is refused (13039)",
+	  test_engine_expunge_keeps_a_change_the_sender_lacks },
 	{ "an asked resync waits out a crossing background one of the user",
 	  test_asked_resync_waits_out_a_crossing_one },
 	{ "a master of an earlier build: BAD [ARGS] to HOLDER, resent without it",
