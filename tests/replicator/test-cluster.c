@@ -713,6 +713,28 @@ static void test_peer_values_past_the_bounds_are_refused(void)
 	lone_stop(&l);
 }
 
+/* Ends a streamed change of peer 1 the way repl-stream writes it (ORIGIN,
+ * EPOCH, and GUIDS when g is given), sends it and waits for the answer
+ * line. */
+static const char *lone_send(struct lone *l, struct proto_conn *conn, struct proto_wr *w,
+			     const struct guid *g, struct answer_rec *rec)
+{
+	proto_wr_atom(w, "ORIGIN");
+	proto_wr_u64(w, 1);
+	proto_wr_atom(w, "EPOCH");
+	proto_wr_u64(w, l->ep);
+	if (g != NULL) {
+		proto_wr_atom(w, "GUIDS");
+		proto_wr_list_begin(w);
+		proto_wr_guid(w, g);
+		proto_wr_list_end(w);
+	}
+	memset(rec, 0, sizeof(*rec));
+	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, rec));
+	CU_ASSERT_TRUE(loop_until(l->n.loop, &rec->done));
+	return rec->line;
+}
+
 /* A sync on the sender (the master) moved message X from UID 1 (a UID
  * conflict with a third node), so it streams the engine's EXPUNGE 1; this
  * node wrote apart from it meanwhile (a flag change of X at UID 1 the
@@ -743,18 +765,7 @@ static void test_engine_expunge_keeps_a_change_the_sender_lacks(void)
 	struct proto_wr *w = proto_conn_cmd_begin(conn, "EXPUNGE");
 	struct proto_expunge ex = { (uint32_t[]){ 1 }, 1, ms };
 	proto_wr_expunge(w, &ex);
-	proto_wr_atom(w, "ORIGIN");
-	proto_wr_u64(w, 1);
-	proto_wr_atom(w, "EPOCH");
-	proto_wr_u64(w, l.ep);
-	proto_wr_atom(w, "GUIDS");
-	proto_wr_list_begin(w);
-	proto_wr_guid(w, &l.g1);
-	proto_wr_list_end(w);
-	memset(&rec, 0, sizeof(rec));
-	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, &rec));
-	CU_ASSERT_TRUE(loop_until(l.n.loop, &rec.done));
-	a = rec.line;
+	a = lone_send(&l, conn, w, &l.g1, &rec);
 	if (strncmp(a, "NO [UNSYNCED]", 13) != 0)
 		fprintf(stderr, "\nengine EXPUNGE with a change unsynced: %s\n", a);
 	CU_ASSERT_EQUAL(strncmp(a, "NO [UNSYNCED]", 13), 0);
@@ -770,18 +781,7 @@ static void test_engine_expunge_keeps_a_change_the_sender_lacks(void)
 	struct proto_store st = { .uids = &one, .uid_count = 1, .modseq = ms,
 				  .add = { STOR_FLAG_FLAGGED, { NULL, 0, 0 } }, .replace = true };
 	proto_wr_store(w, &st);
-	proto_wr_atom(w, "ORIGIN");
-	proto_wr_u64(w, 1);
-	proto_wr_atom(w, "EPOCH");
-	proto_wr_u64(w, l.ep);
-	proto_wr_atom(w, "GUIDS");
-	proto_wr_list_begin(w);
-	proto_wr_guid(w, &l.g1);
-	proto_wr_list_end(w);
-	memset(&rec, 0, sizeof(rec));
-	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, &rec));
-	CU_ASSERT_TRUE(loop_until(l.n.loop, &rec.done));
-	a = rec.line;
+	a = lone_send(&l, conn, w, &l.g1, &rec);
 	if (strncmp(a, "NO [UNSYNCED]", 13) != 0)
 		fprintf(stderr, "\nSTORE of a message moved here: %s\n", a);
 	CU_ASSERT_EQUAL(strncmp(a, "NO [UNSYNCED]", 13), 0);
@@ -794,14 +794,7 @@ static void test_engine_expunge_keeps_a_change_the_sender_lacks(void)
 	w = proto_conn_cmd_begin(conn, "EXPUNGE");
 	struct proto_expunge ex7 = { (uint32_t[]){ 7 }, 1, ms };
 	proto_wr_expunge(w, &ex7);
-	proto_wr_atom(w, "ORIGIN");
-	proto_wr_u64(w, 1);
-	proto_wr_atom(w, "EPOCH");
-	proto_wr_u64(w, l.ep);
-	memset(&rec, 0, sizeof(rec));
-	CU_ASSERT_PTR_NOT_NULL(proto_conn_cmd_send(conn, 5000, rec_cb, &rec));
-	CU_ASSERT_TRUE(loop_until(l.n.loop, &rec.done));
-	CU_ASSERT_EQUAL(strncmp(rec.line, "OK", 2), 0);
+	CU_ASSERT_EQUAL(strncmp(lone_send(&l, conn, w, NULL, &rec), "OK", 2), 0);
 	CU_ASSERT_EQUAL(stor_msg_get(l.n.db, &l.mb.guid, 7, NULL, &err), 0);
 	lone_stop(&l);
 }
