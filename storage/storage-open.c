@@ -178,8 +178,12 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	db->ldb = leveldb_open(db->opts, db->dir, &lerr);
 	if (lerr != NULL) {
 		if (strstr(lerr, "lock") != NULL || strstr(lerr, "LOCK") != NULL) {
+			/* LevelDB's own words too: a lock that cannot be
+			 * taken is not the only error that names the LOCK
+			 * file (fault campaign 13180: a restart refused 9 ms
+			 * after the old process had stopped). */
 			*error_r = xasprintf("%s: store is in use by another process "
-					     "(is starlingd running?)", db->dir);
+					     "(is starlingd running?): %s", db->dir, lerr);
 		} else if (strncmp(lerr, "Corruption", 10) == 0) {
 			*error_r = xasprintf("%s: store is corrupted: %s", db->dir, lerr);
 		} else {
