@@ -17,6 +17,7 @@
 #include "imap/imap-mime.h"
 #include "imap/imap-sortkeys.h"
 #include "imap/imap-thread.h"
+#include "lib/log.h"
 #include "lib/xalloc.h"
 
 struct imap_derived_stats imap_derived_stats;
@@ -274,9 +275,12 @@ int imap_derived_load(struct stor_db *db, const struct guid *text_guid, uint64_t
 	buf_free(&own);
 	imap_derived_stats.built++;
 	/* The record's size is bounded by the limits above, far below
-	 * STOR_DERIVED_MAX; a store that cannot keep it only costs speed. */
+	 * STOR_DERIVED_MAX.  This FETCH goes on without it, but a failed write
+	 * stops the store's writes until the node restarts: say why. */
 	const char *err;
-	(void)stor_derived_put(db, text_guid, rec.data, rec.len, &err);
+	if (stor_derived_put(db, text_guid, rec.data, rec.len, &err) < 0 &&
+	    stor_last_error_kind(db) != STOR_ERROR_BROKEN)
+		log_errorx("caching a message's structure: %s", err);
 	r = imap_derived_decode(rec.data, rec.len, len, d_r);
 	buf_free(&rec);
 	if (r < 0) {

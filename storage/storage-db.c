@@ -108,6 +108,27 @@ int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size
 	return ret;
 }
 
+int stor_ldb_write(struct stor_db *db, leveldb_writebatch_t *lwb, bool sync,
+		   const char **error_r)
+{
+	char *lerr = NULL;
+	leveldb_write(db->ldb, sync ? db->wopts_sync : db->wopts, lwb, &lerr);
+	leveldb_writebatch_destroy(lwb);
+	if (lerr == NULL)
+		return 0;
+	/* LevelDB goes on appending to its log after a write that failed
+	 * half-way (only a failed sync stops it), so the next record would
+	 * follow a torn one and every later open would find a checksum
+	 * mismatch (campaign 14106).  A torn record that stays the log's last
+	 * is a write that never completed, which opening drops: so nothing is
+	 * written after it until the store is reopened. */
+	stor_jnl_set_broken(db);
+	int ret = stor_err(db, error_r, "%s: write failed: %s; restart the node to recover "
+			   "the store", db->dir, lerr);
+	leveldb_free(lerr);
+	return ret;
+}
+
 int stor_db_write(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
 	/* Whatever happened to a failed batch, a sync is due before anything

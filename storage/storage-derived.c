@@ -54,14 +54,9 @@ int stor_derived_put(struct stor_db *db, const struct guid *text_guid, const voi
 	derived_key(&k, text_guid);
 	struct stor_batch *wb = stor_batch_new();
 	stor_batch_put(wb, &k, data, len);
-	leveldb_writebatch_t *lwb = stor_batch_ldb(wb);
-	char *lerr = NULL;
-	leveldb_write(db->ldb, db->wopts, lwb, &lerr);
-	leveldb_writebatch_destroy(lwb);
+	ret = stor_ldb_write(db, stor_batch_ldb(wb), false, error_r);
 	stor_batch_free(wb);
-	if (lerr != NULL)
-		return stor_err_leveldb(db, error_r, "write", lerr);
-	return 1;
+	return ret < 0 ? -1 : 1;
 }
 
 void stor_derived_delete_batch(struct stor_batch *wb, const struct guid *text_guid)

@@ -166,12 +166,7 @@ static int apply_batch(struct stor_db *db, const unsigned char *p, size_t len,
 	if (wb == NULL)
 		return stor_err(db, error_r, "%s: store is corrupted: a journal record does not decode",
 				db->dir);
-	char *lerr = NULL;
-	leveldb_write(db->ldb, db->wopts, wb, &lerr);
-	leveldb_writebatch_destroy(wb);
-	if (lerr != NULL)
-		return stor_err_leveldb(db, error_r, "write", lerr);
-	return 0;
+	return stor_ldb_write(db, wb, false, error_r);
 }
 
 /* Cuts the segment at off.  Without a record of how far the last sync got,

@@ -294,9 +294,15 @@ leveldb_writebatch_t *stor_batch_ldb(const struct stor_batch *b)
 	return wb;
 }
 
+void stor_jnl_set_broken(struct stor_db *db)
+{
+	if (db->jnl != NULL)
+		db->jnl->broken = true;
+}
+
 void stor_test_break(struct stor_db *db)
 {
-	db->jnl->broken = true;
+	stor_jnl_set_broken(db);
 }
 
 int stor_jnl_usable(struct stor_db *db, const char **error_r)
@@ -315,14 +321,8 @@ int stor_jnl_write_staged(struct stor_db *db, struct stor_batch *wb, const char 
 		pending_record(j, JNL_REC_BATCH, ser->data, ser->len, NULL, 0);
 		ret = flush_pending(db, error_r);
 	}
-	if (ret == 0) {
-		char *lerr = NULL;
-		leveldb_writebatch_t *lwb = stor_batch_ldb(wb);
-		leveldb_write(db->ldb, db->wopts, lwb, &lerr);
-		leveldb_writebatch_destroy(lwb);
-		if (lerr != NULL)
-			ret = stor_err_leveldb(db, error_r, "write", lerr);
-	}
+	if (ret == 0)
+		ret = stor_ldb_write(db, stor_batch_ldb(wb), false, error_r);
 	if (ret < 0) {
 		/* Changes reads have seen are lost, or the journal holds a
 		 * change LevelDB refused: only reopening (and replaying) makes

@@ -217,6 +217,11 @@ int stor_err_leveldb(struct stor_db *db, const char **error_r, const char *what,
 /* Reports a record that does not decode. */
 int stor_err_corrupt(struct stor_db *db, const char **error_r, const char *what);
 
+/* The one way to write to LevelDB: writes lwb (and destroys it), synced if
+ * sync is set.  A failure marks the store failed (see stor_jnl_usable). */
+int stor_ldb_write(struct stor_db *db, leveldb_writebatch_t *lwb, bool sync,
+		   const char **error_r);
+
 /* 1 found (*val_r malloc()ed, NUL-terminated), 0 not found, -1 error. */
 int stor_db_get(struct stor_db *db, const struct stor_key *k, char **val_r, size_t *len_r,
 		const char **error_r);
@@ -372,6 +377,8 @@ int stor_jnl_add_text(struct stor_db *db, const struct guid *guid, uint32_t idx,
 void stor_jnl_unpin(struct stor_db *db, const struct stor_extent *first);
 /* 0, or -1 when a failed write has made the store unusable until reopened. */
 int stor_jnl_usable(struct stor_db *db, const char **error_r);
+/* Marks the store failed: every later write fails until it is reopened. */
+void stor_jnl_set_broken(struct stor_db *db);
 /* Writes the staged batch to the journal, then to LevelDB (not synced),
  * and applies the live-byte notes staged with it.  A failure leaves the
  * store unusable: readers have seen those changes. */

@@ -62,12 +62,8 @@ static int sync_older_logs(struct stor_db *db, const char **error_r)
 
 int stor_db_write_synced(struct stor_db *db, struct stor_batch *wb, const char **error_r)
 {
-	char *lerr = NULL;
-	leveldb_writebatch_t *lwb = stor_batch_ldb(wb);
-	leveldb_write(db->ldb, db->wopts_sync, lwb, &lerr);
-	leveldb_writebatch_destroy(lwb);
-	if (lerr != NULL)
-		return stor_err_leveldb(db, error_r, "write", lerr);
+	if (stor_ldb_write(db, stor_batch_ldb(wb), true, error_r) < 0)
+		return -1;
 	return sync_older_logs(db, error_r);
 }
 

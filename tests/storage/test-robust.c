@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -374,6 +376,94 @@ static void test_tombstone_kind_and_old_records(void)
 	tstore_close(&t);
 }
 
+/* The size of LevelDB's newest log file in dir (0 when none). */
+static off_t newest_ldb_log_size(const char *dir)
+{
+	DIR *d = opendir(dir);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+	unsigned long best = 0;
+	off_t size = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		unsigned long n;
+		char tail[8];
+		if (sscanf(e->d_name, "%lu.%7s", &n, tail) != 2 || strcmp(tail, "log") != 0 ||
+		    n < best)
+			continue;
+		char path[4096];
+		struct stat st;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (stat(path, &st) == 0) {
+			best = n;
+			size = st.st_size;
+		}
+	}
+	closedir(d);
+	return size;
+}
+
+/* Campaign 14106: a store that LevelDB called corrupted ("checksum
+ * mismatch") at every open after a full disk.  LevelDB goes on appending to
+ * its log after a write that failed half-way (only a failed sync stops it),
+ * so the next record followed a torn one.  A file size limit tears one
+ * write here the way a full disk does (a short write, then an error). */
+static void test_torn_leveldb_write_then_reopen(void)
+{
+	struct tstore t;
+	struct stor_msg msg;
+	const char *error = NULL;
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	tappend(t.db, &g, 0, "kept", 0);
+	CU_ASSERT_EQUAL_FATAL(stor_sync(t.db, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+
+	struct rlimit old, lim;
+	CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_FSIZE, &old), 0);
+	void (*old_xfsz)(int) = signal(SIGXFSZ, SIG_IGN);
+	lim = old;
+	lim.rlim_cur = (rlim_t)newest_ldb_log_size(t.dir) + 100;
+	CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	/* A derived record (a cache: its writer ignores a failure) of 16 KiB
+	 * goes straight to LevelDB: cut after 100 bytes. */
+	size_t n = 16 * 1024;
+	char *data = xcalloc(1, n);
+	memset(data, 'd', n);
+	int r = stor_derived_put(t.db, &msg.guid, data, n, &error);
+	CU_ASSERT_EQUAL(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, old_xfsz);
+	CU_ASSERT_EQUAL(r, -1);
+
+	/* The space is back.  Whatever the store still accepts must not land
+	 * behind the torn record. */
+	uint32_t uid = 1;
+	struct stor_store req;
+	memset(&req, 0, sizeof(req));
+	req.op = STOR_FLAGS_ADD;
+	req.flags = STOR_FLAG_FLAGGED;
+	(void)stor_derived_put(t.db, &msg.guid, data, n, &error);
+	int stored = stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error);
+	if (stored == 0)
+		stored = stor_sync(t.db, &error);
+	/* Refused, as after any failed write, until the store is reopened. */
+	CU_ASSERT_EQUAL(stored, -1);
+	free(data);
+	stor_msg_free(&msg);
+
+	tstore_reopen(&t);
+	CU_ASSERT_EQUAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	stor_msg_free(&msg);
+	tcheck(t.db, &g);
+	/* And it takes changes again. */
+	CU_ASSERT_EQUAL(stor_msg_store(t.db, &g, &uid, 1, &req, NULL, NULL, &error), 0);
+	CU_ASSERT_EQUAL(stor_sync(t.db, &error), 0);
+	tstore_reopen(&t);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, 1, &msg, &error), 1);
+	CU_ASSERT(msg.flags & STOR_FLAG_FLAGGED);
+	stor_msg_free(&msg);
+	tstore_close(&t);
+}
+
 const struct test_case storage_robust_cases[] = {
 	{ "corrupt message record is a clear error", test_corrupt_message_record_is_a_clear_error },
 	{ "corrupt mailbox record is a clear error", test_corrupt_mailbox_record_is_a_clear_error },
@@ -385,5 +475,7 @@ const struct test_case storage_robust_cases[] = {
 	{ "fail_nth_write setting fails exactly the Nth write", test_open_fail_nth_write_setting },
 	{ "second open of the same dir fails clearly", test_second_open_of_same_dir_fails_clearly },
 	{ "open creates missing parent dirs", test_open_creates_missing_parent_dirs },
+	{ "a torn LevelDB write stops writes; the store opens again (14106)",
+	  test_torn_leveldb_write_then_reopen },
 	{ NULL, NULL },
 };
