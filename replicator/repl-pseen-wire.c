@@ -8,7 +8,8 @@
 #include "storage/storage-pseen.h"
 
 void repl_pseen_apply_streamed(struct stor_db *db, const struct guid *mailbox,
-			       const struct proto_cmd *cmd, struct repl_pseen_reply *reply_r)
+			       const struct proto_cmd *cmd, repl_pseen_fits_fn *fits, void *ctx,
+			       struct repl_pseen_reply *reply_r)
 {
 	struct proto_pseen p;
 	const char *err;
@@ -18,6 +19,23 @@ void repl_pseen_apply_streamed(struct stor_db *db, const struct guid *mailbox,
 		reply_r->status = cr == PROTO_CODEC_LIMIT ? "NO" : "BAD";
 		reply_r->code = cr == PROTO_CODEC_LIMIT ? "LIMIT" : "ARGS";
 		reply_r->text = err;
+		return;
+	}
+	reply_r->modseq = p.modseq;
+	struct stor_pseen old;
+	int have = stor_pseen_get(db, mailbox, &p.guid, p.user, &old, &err);
+	if (have < 0) {
+		reply_r->status = "NO";
+		reply_r->code = "SERVERBUG";
+		reply_r->text = err;
+		return;
+	}
+	/* The test stor_pseen_put's replica mode makes: would it write? */
+	bool changes = have == 0 || (old.modseq < p.modseq && old.time_ms <= p.time_ms);
+	if (changes && !fits(ctx, p.modseq)) {
+		reply_r->status = "NO";
+		reply_r->text = "this copy spent the modseq itself: the mailboxes need a sync";
+		reply_r->spent = true;
 		return;
 	}
 	struct stor_pseen_change c = { p.guid, p.seen, p.modseq, p.time_ms };

@@ -22,14 +22,25 @@ int repl_pseen_store_apply(struct stor_db *db, const struct guid *mailbox, const
 struct repl_pseen_reply {
 	const char *status, *code, *text;
 	bool changed; /* the record here changed: sessions are told */
+	/* Refused ("NO", no code): the record would change here at a
+	 * modseq this copy may have spent itself; the caller answers
+	 * NO [HIGHESTMODSEQ h] (SPEC.md 10.3 "A change from the master"). */
+	bool spent;
+	uint64_t modseq; /* the line's */
 };
+
+/* Whether a change from the master at modseq may be written at it here. */
+typedef bool repl_pseen_fits_fn(void *ctx, uint64_t modseq);
 
 /* A record streamed by the mailbox's master (PSEEN ... ORIGIN, SPEC.md
  * 7.7 "Streaming"), applied as a replica applies it: when the record here
  * is older, unless the one here has a later time; a GUID this mailbox does
- * not hold is kept.  Malformed lines are BAD [ARGS], nothing changed. */
+ * not hold is kept.  A record that would change here at a modseq fits
+ * refuses is not written (reply_r->spent).  Malformed lines are BAD
+ * [ARGS], nothing changed. */
 void repl_pseen_apply_streamed(struct stor_db *db, const struct guid *mailbox,
-			       const struct proto_cmd *cmd, struct repl_pseen_reply *reply_r);
+			       const struct proto_cmd *cmd, repl_pseen_fits_fn *fits, void *ctx,
+			       struct repl_pseen_reply *reply_r);
 
 /* A forwarded STORE with SEEN-OF was done at the master: its FLAGS lines
  * (the user's view of each message) move from *lines to *changed_r, but

@@ -434,13 +434,32 @@ static int arg_cstr(const struct proto_arg *arg, const char **s_r, size_t max)
 
 /* ACL-PUT (SPEC.md 7.6): the newer record is kept, an older one is not an
  * error (idempotent). */
+struct pseen_fit {
+	const struct repl_cluster *cl;
+	const struct stor_mailbox *mb;
+};
+
+static bool pseen_fits(void *ctx, uint64_t modseq)
+{
+	const struct pseen_fit *f = ctx;
+	return cl_master_modseq_fits(f->cl, f->mb, modseq);
+}
+
 void apply_pseen(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd,
 		 const struct stor_mailbox *mb)
 {
 	struct repl_pseen_reply rep;
-	repl_pseen_apply_streamed(cl->repl.db, &mb->guid, cmd, &rep);
-	if (rep.changed)
+	struct pseen_fit fit = { cl, mb };
+	repl_pseen_apply_streamed(cl->repl.db, &mb->guid, cmd, pseen_fits, &fit, &rep);
+	if (rep.spent) {
+		answer_spent_here(a, mb);
+		return;
+	}
+	if (rep.changed) {
+		/* The next record of the same change comes at the same modseq. */
+		cl_master_modseq_taken(cl, &mb->guid, rep.modseq);
 		cl_notify_later(cl, mb->user, &mb->guid);
+	}
 	answer_later(a, rep.status, rep.code, rep.text);
 }
 

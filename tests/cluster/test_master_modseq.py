@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,16 +55,16 @@ def message(subject):
             % (subject, subject))
 
 
-def client(node):
+def client(node, usr=USER, pw=PASSWORD):
     c = Client(node.host, node.imap_port, timeout=20)
-    R.check("LOGIN", c.login(USER, PASSWORD).ok)
+    R.check("LOGIN %s" % usr, c.login(usr, pw).ok)
     c.command("ENABLE QRESYNC")
     return c
 
 
-def select(c):
-    """(uidvalidity, highestmodseq) of SELECT INBOX."""
-    r = c.command("SELECT INBOX")
+def select(c, box="INBOX"):
+    """(uidvalidity, highestmodseq) of SELECT box."""
+    r = c.command("SELECT %s" % box)
     codes = r.codes()
     return int(codes["UIDVALIDITY"]), int(codes["HIGHESTMODSEQ"])
 
@@ -79,13 +80,13 @@ def flags_of(c):
     return out
 
 
-def cache_holds(node, uv, hms, cache):
+def cache_holds(node, uv, hms, cache, usr=USER, pw=PASSWORD, box="INBOX"):
     """True when the cache {uid: flags} taken at (uv, hms), brought up to
     date by SELECT (QRESYNC (uv hms)), equals the mailbox now; else a
     description of the difference."""
-    c = client(node)
+    c = client(node, usr, pw)
     try:
-        r = c.command("SELECT INBOX (QRESYNC (%d %d))" % (uv, hms))
+        r = c.command("SELECT %s (QRESYNC (%d %d))" % (box, uv, hms))
         if not r.ok:
             return "SELECT (QRESYNC) refused: %r" % r.line
         cache = dict(cache)
@@ -114,10 +115,10 @@ def pumped(p, fn, *args):
     return out[0] if out else None
 
 
-def guids(node):
+def guids(node, usr=USER, box="INBOX"):
     out = {}
-    for line in node.dump(USER).splitlines():
-        m = re.match(r"msg INBOX uid=(\d+) guid=(\w+)", line)
+    for line in node.dump(usr).splitlines():
+        m = re.match(r"msg %s uid=(\d+) guid=(\w+)" % box, line)
         if m:
             out[int(m.group(1))] = m.group(2)
     return out
@@ -239,9 +240,85 @@ def t_master_change_below():
         c.close_checked(R)
 
 
+SHARERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+SHARED = "shared/alice/Team"
+
+
+def t_pseen_below():
+    """The same for a private \\Seen record (PSEEN, SPEC.md 7.7): bob's
+    \\Seen on node 2 spent a modseq of alice's Team there; the master's
+    PSEEN of carol at that modseq would hide carol's change from her cache."""
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
+    c = Cluster(n=2, users=SHARERS, extra_config={"sync_replicas": 0, "shared_seen": "private"})
+    try:
+        n2 = c.nodes[1]
+        n2.start()
+        a = client(n2, "alice", SHARERS["alice"])
+        R.check("alice CREATE Team on node 2", a.command("CREATE Team").ok)
+        for i in range(3):
+            text = message("t%d" % i)
+            r = a.command("APPEND Team () {%d+}\r\n%s" % (len(text), text))
+            R.check("APPEND t%d" % i, r.ok, r.line)
+        for usr in ("bob", "carol"):
+            R.check("SETACL Team %s lrs" % usr, a.command("SETACL Team %s lrs" % usr).ok)
+        a.logout()
+        b = client(n2, "bob", SHARERS["bob"])
+        select(b, SHARED)
+        R.check("bob's \\Seen on UID 1 (node 2 spends a modseq of Team)",
+                b.command("UID STORE 1 +FLAGS (\\Seen)").ok)
+        b.logout()
+        with open(c.secret_file, "rb") as f:
+            secret = f.read().rstrip(b"\n")
+        p = PyPeer(n2.repl_port, 1, secret)
+        R.check("the Python peer authenticates as node 1", p.auth().startswith("C1 OK"))
+        R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15),
+                p.mm_seen[-5:])
+        mm = re.search(r"mailbox Team guid=(\w+) uidvalidity=(\d+)", n2.dump("alice"))
+        guid, uidvalidity = mm.group(1), int(mm.group(2))
+        p.mm("MASTER-IS 1 2 32 %d m:alice/%s 1 1" % (p.epoch, guid))
+        p.pump(0.3)
+        R.equal("MBOX binds Team",
+                last(command(p, "MBOX 7 alice Team %d %s" % (uidvalidity, guid)))[0], "OK")
+        R.equal("SELECT", last(command(p, "SELECT 7"))[0], "OK")
+        g = guids(n2, "alice", "Team")
+        e = p.epoch
+
+        cl = pumped(p, client, n2, "carol", SHARERS["carol"])
+        uv, h = pumped(p, select, cl, SHARED)
+        cache = {u: f for u, (f, _m) in pumped(p, flags_of, cl).items()}
+        pumped(p, cl.logout)
+        now_ms = int(time.time() * 1000)
+        r = command(p, "PSEEN carol %s 1 %d %d ORIGIN 1 EPOCH %d" % (g[2], h, now_ms, e))
+        R.equal("carol's PSEEN from the master at modseq h (node 2's HIGHESTMODSEQ): "
+                "NO [HIGHESTMODSEQ h]", last(r), ("NO", "HIGHESTMODSEQ %d" % h))
+        R.equal("... carol's cache at h, after SELECT (QRESYNC), equals her view",
+                pumped(p, cache_holds, n2, uv, h, cache, "carol", SHARERS["carol"], SHARED),
+                True)
+        r = command(p, "PSEEN carol %s 1 %d %d ORIGIN 1 EPOCH %d" % (g[2], h + 1, now_ms, e))
+        R.equal("the same record above h: OK", last(r)[0], "OK")
+        r = command(p, "PSEEN carol %s 1 %d %d ORIGIN 1 EPOCH %d" % (g[3], h + 1, now_ms, e))
+        R.equal("the next record of the same change, at the same modseq: OK", last(r)[0], "OK")
+        r = command(p, "PSEEN carol %s 1 %d %d ORIGIN 1 EPOCH %d" % (g[3], 2, now_ms, e))
+        R.equal("an older line of a record already here: OK", last(r)[0], "OK")
+        cl = pumped(p, client, n2, "carol", SHARERS["carol"])
+        pumped(p, select, cl, SHARED)
+        now = pumped(p, flags_of, cl)
+        R.equal("carol sees \\Seen on UIDs 2 and 3 at h + 1", (now.get(2), now.get(3)),
+                ((("\\Seen",), h + 1), (("\\Seen",), h + 1)))
+        pumped(p, cl.logout)
+        R.equal("carol's cache at h equals her view",
+                pumped(p, cache_holds, n2, uv, h, cache, "carol", SHARERS["carol"], SHARED),
+                True)
+        p.close()
+    finally:
+        os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
+        c.close_checked(R)
+
+
 def main():
     R.section("a change from the master below the replica's HIGHESTMODSEQ",
               t_master_change_below)
+    R.section("a private \\Seen record from the master below it", t_pseen_below)
     return R.summary()
 
 
