@@ -39,6 +39,11 @@
 #include "storage/acl-rights.h"
 #include "storage/storage.h"
 
+/* A `starling` command that finds no node opens the store itself (an
+ * export of a large user takes seconds): a start waits this long for it
+ * before it gives up as "in use". */
+#define STORE_LOCK_WAIT_MS 30000
+
 struct node {
 	struct config *cfg;
 	struct ev_loop *loop;
@@ -391,6 +396,7 @@ int main(int argc, char **argv)
 	memset(&sset, 0, sizeof(sset));
 	sset.dir = store_dir;
 	sset.max_message_size = n.cfg->max_message_size;
+	sset.lock_wait_ms = STORE_LOCK_WAIT_MS;
 	if (stor_open(&sset, &n.db, &err) < 0)
 		fatalx("%s", err);
 	n.loop = ev_default_loop(EVFLAG_AUTO);

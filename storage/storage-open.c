@@ -11,8 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "lib/clock.h"
 #include "lib/config.h"
 #include "lib/file.h"
 #include "lib/log.h"
@@ -139,6 +141,31 @@ static void db_free(struct stor_db *db)
 	free(db);
 }
 
+static bool lock_error(const char *lerr)
+{
+	return strstr(lerr, "lock") != NULL || strstr(lerr, "LOCK") != NULL;
+}
+
+/* leveldb_open, tried again while the store's lock is held elsewhere, up
+ * to wait_ms (fault campaign 13180: a node restarted while a `starling
+ * bundle export`, finding no node, had the store open). */
+static leveldb_t *open_waiting(struct stor_db *db, unsigned wait_ms, char **lerr_r)
+{
+	uint64_t deadline = clock_mono_ms() + wait_ms;
+	for (bool said = false;; said = true) {
+		*lerr_r = NULL;
+		leveldb_t *ldb = leveldb_open(db->opts, db->dir, lerr_r);
+		if (*lerr_r == NULL || !lock_error(*lerr_r) || clock_mono_ms() >= deadline)
+			return ldb;
+		if (!said)
+			log_warnx("%s: the store is in use by another process (%s); waiting up "
+				  "to %u s for it", db->dir, *lerr_r, (wait_ms + 999) / 1000);
+		leveldb_free(*lerr_r);
+		struct timespec ts = { 0, 50 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **error_r)
 {
 	if (set->dir == NULL || set->dir[0] == '\0') {
@@ -175,15 +202,15 @@ int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **err
 	leveldb_writeoptions_set_sync(db->wopts_sync, 1);
 
 	char *lerr = NULL;
-	db->ldb = leveldb_open(db->opts, db->dir, &lerr);
+	db->ldb = open_waiting(db, set->lock_wait_ms, &lerr);
 	if (lerr != NULL) {
-		if (strstr(lerr, "lock") != NULL || strstr(lerr, "LOCK") != NULL) {
+		if (lock_error(lerr)) {
 			/* LevelDB's own words too: a lock that cannot be
 			 * taken is not the only error that names the LOCK
 			 * file (fault campaign 13180: a restart refused 9 ms
 			 * after the old process had stopped). */
 			*error_r = xasprintf("%s: store is in use by another process "
-					     "(is starlingd running?): %s", db->dir, lerr);
+					     "(a running starlingd, or a starling command): %s", db->dir, lerr);
 		} else if (strncmp(lerr, "Corruption", 10) == 0) {
 			*error_r = xasprintf("%s: store is corrupted: %s", db->dir, lerr);
 		} else {

@@ -59,11 +59,16 @@ struct stor_settings {
 	/* Size at which the journal starts a new segment file; 0 for the
 	 * default (64 MiB).  Tests make it small to exercise rotation. */
 	uint64_t journal_segment_size;
+	/* While another process holds the store, try again for this long
+	 * before failing (0: fail at once).  A `starling` command opens the
+	 * store itself when no node answers it, so a node started meanwhile
+	 * finds the store busy for as long as the command runs. */
+	unsigned lock_wait_ms;
 };
 
 /* Opens (creating if needed) the store.  Fails with a clear message when
- * another process holds the database ("... is in use by a running node?"),
- * or when LevelDB reports corruption. */
+ * another process holds the database past set->lock_wait_ms ("... is in
+ * use by another process"), or when LevelDB reports corruption. */
 int stor_open(const struct stor_settings *set, struct stor_db **db_r, char **error_r);
 void stor_close(struct stor_db **db);
 /* The last error message on this handle. */

@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/xalloc.h"
@@ -302,6 +303,62 @@ static void test_second_open_of_same_dir_fails_clearly(void)
 	free(t.dir);
 }
 
+/* Campaign 13180: a node restarted while a `starling` command that had
+ * found no node running held the store: the start failed at once as "in
+ * use".  With lock_wait_ms it waits for the other process to let go. */
+static void test_open_waits_for_the_lock(void)
+{
+	struct tstore t;
+	struct stor_settings set;
+	struct stor_db *db = NULL;
+	char *err = NULL;
+	int ready[2], go[2];
+	tstore_open(&t);
+	stor_close(&t.db);
+	CU_ASSERT_FATAL(pipe(ready) == 0 && pipe(go) == 0);
+	memset(&set, 0, sizeof(set));
+	set.dir = t.dir;
+	pid_t pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		/* The other process: holds the store until told, then a little
+		 * longer. */
+		char c = 0;
+		if (stor_open(&set, &db, &err) < 0)
+			_exit(1);
+		if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(2);
+		struct timespec ts = { 0, 200 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+		stor_close(&db);
+		_exit(0);
+	}
+	char c = 0;
+	CU_ASSERT_EQUAL_FATAL(read(ready[0], &c, 1), 1);
+	/* Without a wait: refused at once. */
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL(err != NULL ? strstr(err, "in use by another process") : NULL);
+	free(err);
+	err = NULL;
+	CU_ASSERT_EQUAL(write(go[1], "g", 1), 1);
+	/* With one: opened once the other process let go. */
+	set.lock_wait_ms = 20000;
+	CU_ASSERT_EQUAL(stor_open(&set, &db, &err), 0);
+	if (err != NULL)
+		fprintf(stderr, "stor_open: %s\n", err);
+	free(err);
+	stor_close(&db);
+	int status = 0;
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	close(ready[0]);
+	close(ready[1]);
+	close(go[0]);
+	close(go[1]);
+	test_rmtree(t.dir);
+	free(t.dir);
+}
+
 static void test_open_creates_missing_parent_dirs(void)
 {
 	struct stor_settings set;
@@ -475,6 +532,8 @@ const struct test_case storage_robust_cases[] = {
 	{ "fail_nth_write setting fails exactly the Nth write", test_open_fail_nth_write_setting },
 	{ "second open of the same dir fails clearly", test_second_open_of_same_dir_fails_clearly },
 	{ "open creates missing parent dirs", test_open_creates_missing_parent_dirs },
+	{ "open waits for another process to let go of the store (13180)",
+	  test_open_waits_for_the_lock },
 	{ "a torn LevelDB write stops writes; the store opens again (14106)",
 	  test_torn_leveldb_write_then_reopen },
 	{ NULL, NULL },
