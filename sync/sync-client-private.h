@@ -255,6 +255,8 @@ int cmp_cl_save(const void *a, const void *b);
 int on_text_line(struct sync_client *c, const struct proto_cmd *line);
 int on_end_line(struct sync_client *c, const struct proto_cmd *line);
 int send_late(struct sync_client *c);
+
+/* sync-client-mailbox-apply.c */
 int apply_some(struct sync_client *c);
 
 #endif

@@ -12,8 +12,9 @@
  * This file: the client's life, its commands' plumbing, the input and the
  * state machine.  The list merge (sync-client-list.c, with the last common
  * list in sync-client-list-last.c and the server's list in
- * sync-client-list-srv.c) and the per-mailbox sync (sync-client-mailbox.c)
- * have files of their own. */
+ * sync-client-list-srv.c) and the per-mailbox sync (sync-client-mailbox.c,
+ * with the answer applied in sync-client-mailbox-apply.c) have files of
+ * their own. */
 #include "sync/sync-client-private.h"
 
 #include <inttypes.h>

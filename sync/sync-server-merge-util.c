@@ -1,6 +1,7 @@
 /* Small pieces the merge's steps share: lookups in the sorted lists a merge
  * builds, the one flag write it makes, and its EXPUNGE answer lines.  Kept
- * out of sync-server-merge.c so that the steps there read as decisions. */
+ * out of sync-server-merge.c and sync-server-merge-client.c so that the
+ * steps there read as decisions. */
 #include "sync/sync-server-private.h"
 
 #include <inttypes.h>

@@ -219,5 +219,12 @@ void flag_merge_run(const struct stor_msg *cur, uint32_t cflags, const stor_stri
 void job_end(struct sync_server *s);
 int merge_start(struct sync_server *s, const char *tag);
 int merge_step(struct sync_server *s);
+void merge_mark_dirty(struct srv_merge *m, uint32_t uid);
+
+/* sync-server-merge-client.c: the steps MS_CLASSIFY, MS_SAVES (-2: no UID
+ * is left to renumber a message to) and MS_STORES, one change a call. */
+int merge_classify(struct sync_server *s, struct srv_save *cs, const char **err);
+int merge_apply_save(struct sync_server *s, struct srv_save *cs, const char **err);
+int merge_apply_store(struct sync_server *s, const struct srv_store *st, const char **err);
 
 #endif
