@@ -10,6 +10,7 @@
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "storage/acl-rights.h"
+#include "storage/storage-pseen.h"
 
 /* A STORE of \Seen on the new messages after the copy (SPEC.md 7.7). */
 struct seen_step {
@@ -126,20 +127,60 @@ static bool seen_by_user(const struct copy_ctx *cc, uint32_t src_uid)
 		       uid_cmp) != NULL;
 }
 
+/* What this node holds of a new message: whether it has its own \Seen
+ * flag, and whether the user's record of it says seen.  Unknown (the copy
+ * not here, a read failed) counts as differing, so that its STORE is sent
+ * as before. */
+enum copy_seen { SEEN_NO, SEEN_YES, SEEN_UNKNOWN };
+
+struct copy_here {
+	enum copy_seen own, record;
+};
+
+static struct copy_here copy_here(struct imap_client *c, const struct copy_ctx *cc,
+				  uint32_t dst_uid, bool want_record)
+{
+	struct copy_here h = { SEEN_UNKNOWN, SEEN_UNKNOWN };
+	struct stor_msg msg;
+	const char *err;
+	int r = stor_msg_get(c->server->db, &cc->dst, dst_uid, &msg, &err);
+	if (r < 0)
+		log_errorx("COPY: \\Seen of the copy at UID %u not read: %s", dst_uid, err);
+	if (r <= 0)
+		return h;
+	h.own = (msg.flags & STOR_FLAG_SEEN) != 0 ? SEEN_YES : SEEN_NO;
+	bool seen;
+	if (want_record) {
+		if (stor_pseen_seen(c->server->db, &cc->dst, &msg.guid, c->user, &seen, &err) < 0)
+			log_errorx("COPY: \\Seen record of the copy at UID %u not read: %s",
+				   dst_uid, err);
+		else
+			h.record = seen ? SEEN_YES : SEEN_NO;
+	}
+	stor_msg_free(&msg);
+	return h;
+}
+
 /* The \Seen STOREs the new messages need (SPEC.md 7.7): into the user's
  * own mailbox the copy's own \Seen is the user's view of the source; into
  * one where \Seen is private for the user, the copy's own \Seen is off
  * when it came from another owner's (or the user's own) mailbox, and the
- * user's record is their view. */
-static void plan_steps(struct copy_ctx *cc)
+ * user's record is their view.  Each STORE names only the copies whose
+ * \Seen is not so already: a STORE of a flag spends a modseq on every
+ * message it names, also where the value stays (SPEC.md 10.2), and the
+ * copy came with the source's own \Seen, which is often the view. */
+static void plan_steps(struct imap_client *c, struct copy_ctx *cc)
 {
 	struct seen_step *clear = &cc->steps[0], *set = &cc->steps[1];
 	if (cc->src_pseen && !cc->dst_pseen) {
 		set->op = STOR_FLAGS_ADD;
 		clear->op = STOR_FLAGS_REMOVE;
 		for (size_t i = 0; i < cc->res_src.count; i++) {
-			struct seen_step *st = seen_by_user(cc, cc->res_src.items[i]) ? set : clear;
-			ARRAY_PUSH(&st->uids, cc->res_dst.items[i]);
+			bool want = seen_by_user(cc, cc->res_src.items[i]);
+			struct copy_here h = copy_here(c, cc, cc->res_dst.items[i], false);
+			struct seen_step *st = want ? set : clear;
+			if (h.own != (want ? SEEN_YES : SEEN_NO))
+				ARRAY_PUSH(&st->uids, cc->res_dst.items[i]);
 		}
 		cc->step_count = 2;
 		return;
@@ -152,9 +193,13 @@ static void plan_steps(struct copy_ctx *cc)
 	set->op = STOR_FLAGS_ADD;
 	set->seen_of = true;
 	for (size_t i = 0; i < cc->res_src.count; i++) {
-		if (cc->clear_own)
+		bool want_record = cc->set_record && seen_by_user(cc, cc->res_src.items[i]);
+		if (!cc->clear_own && !want_record)
+			continue;
+		struct copy_here h = copy_here(c, cc, cc->res_dst.items[i], want_record);
+		if (cc->clear_own && h.own != SEEN_NO)
 			ARRAY_PUSH(&clear->uids, cc->res_dst.items[i]);
-		if (cc->set_record && seen_by_user(cc, cc->res_src.items[i]))
+		if (want_record && h.record != SEEN_YES)
 			ARRAY_PUSH(&set->uids, cc->res_dst.items[i]);
 	}
 	cc->step_count = 2;
@@ -183,7 +228,7 @@ static void copy_done(void *ctx, const struct repl_result *res)
 		ARRAY_PUSH(&cc->res_src, res->src_uids[i]);
 		ARRAY_PUSH(&cc->res_dst, res->dst_uids[i]);
 	}
-	plan_steps(cc);
+	plan_steps(cmd->client, cc);
 	next_step(cmd);
 }
 

@@ -561,14 +561,6 @@ static int64_t day_of(int64_t t, int32_t tz_min)
 	return day * 86400;
 }
 
-static bool has_keyword(const stor_string_list *kw, const char *name)
-{
-	for (size_t i = 0; kw != NULL && i < kw->count; i++)
-		if (strcasecmp(kw->items[i], name) == 0)
-			return true;
-	return false;
-}
-
 static bool date_cmp(enum key_type t, int64_t day, int64_t key_day)
 {
 	switch (t) {
@@ -614,9 +606,9 @@ static bool match_key(const struct key *k, struct imap_search_msg *m)
 	case K_OLD:
 		return !m->recent;
 	case K_KEYWORD:
-		return has_keyword(m->keywords, k->str);
+		return m->keywords != NULL && stor_keywords_have(m->keywords, k->str);
 	case K_UNKEYWORD:
-		return !has_keyword(m->keywords, k->str);
+		return m->keywords == NULL || !stor_keywords_have(m->keywords, k->str);
 	case K_HEADER: {
 		struct imap_mime *mime = get_mime(m);
 		return mime != NULL && imap_mime_header_contains(mime, k->str, k->str2);

@@ -116,18 +116,10 @@ static size_t recent_take(struct imap_client *c, const uint32_t *uids, size_t n)
 	return taken;
 }
 
-static bool keyword_known(const struct imap_selected *sel, const char *kw)
-{
-	for (size_t i = 0; i < sel->keywords.count; i++)
-		if (strcasecmp(sel->keywords.items[i], kw) == 0)
-			return true;
-	return false;
-}
-
 /* Returns whether kw was new. */
 static bool keyword_add(struct imap_selected *sel, const char *kw)
 {
-	if (keyword_known(sel, kw))
+	if (stor_keywords_have(&sel->keywords, kw))
 		return false;
 	ARRAY_PUSH(&sel->keywords, xstrdup(kw));
 	return true;

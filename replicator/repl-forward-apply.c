@@ -253,10 +253,11 @@ static bool fwd_still_named(struct cl_fwd *f, uint32_t uid)
 	return same;
 }
 
-static bool has_keyword(const struct stor_msg *m, const char *kw)
+/* Whether the request names kw (a message's keyword). */
+static bool store_names(const struct stor_store *st, const char *kw)
 {
-	for (size_t i = 0; i < m->keywords.count; i++)
-		if (strcasecmp(m->keywords.items[i], kw) == 0)
+	for (size_t j = 0; j < st->keyword_count; j++)
+		if (strcasecmp(kw, st->keywords[j]) == 0)
 			return true;
 	return false;
 }
@@ -268,30 +269,26 @@ bool fwd_store_holds(const struct stor_store *st, const struct stor_msg *m)
 		if ((m->flags & st->flags) != st->flags)
 			return false;
 		for (size_t i = 0; i < st->keyword_count; i++)
-			if (!has_keyword(m, st->keywords[i]))
+			if (!stor_msg_has_keyword(m, st->keywords[i]))
 				return false;
 		return true;
 	case STOR_FLAGS_REMOVE:
 		if ((m->flags & st->flags) != 0)
 			return false;
 		for (size_t i = 0; i < st->keyword_count; i++)
-			if (has_keyword(m, st->keywords[i]))
+			if (stor_msg_has_keyword(m, st->keywords[i]))
 				return false;
 		return true;
 	case STOR_FLAGS_REPLACE:
 		if (m->flags != st->flags)
 			return false;
-		/* Both sides without duplicates: as many, and each of ours there. */
+		/* The same set both ways: a request may name a keyword twice. */
 		for (size_t i = 0; i < st->keyword_count; i++)
-			if (!has_keyword(m, st->keywords[i]))
+			if (!stor_msg_has_keyword(m, st->keywords[i]))
 				return false;
-		for (size_t i = 0; i < m->keywords.count; i++) {
-			bool asked = false;
-			for (size_t j = 0; j < st->keyword_count && !asked; j++)
-				asked = strcasecmp(m->keywords.items[i], st->keywords[j]) == 0;
-			if (!asked)
+		for (size_t i = 0; i < m->keywords.count; i++)
+			if (!store_names(st, m->keywords.items[i]))
 				return false;
-		}
 		return true;
 	}
 	return false;
@@ -377,13 +374,8 @@ void fwd_apply_store(struct cl_fwd *f)
 			 * never overwrites a newer one (as stor_msg_store at the
 			 * master's modseq would skip it). */
 			same = had.flags == m->flags && had.keywords.count == m->keywords.count;
-			for (size_t k = 0; same && k < m->keywords.count; k++) {
-				bool found = false;
-				for (size_t j = 0; j < had.keywords.count && !found; j++)
-					found = strcasecmp(had.keywords.items[j],
-							   m->keywords.items[k]) == 0;
-				same = found;
-			}
+			for (size_t k = 0; same && k < m->keywords.count; k++)
+				same = stor_msg_has_keyword(&had, m->keywords.items[k]);
 			same = same || had.modseq > m->modseq;
 			stor_msg_free(&had);
 		}

@@ -73,13 +73,9 @@ static bool flags_same(const struct stor_msg *m, const struct proto_flags *fl)
 {
 	if (m->flags != fl->flags || m->keywords.count != fl->keywords.count)
 		return false;
-	for (size_t i = 0; i < fl->keywords.count; i++) {
-		bool found = false;
-		for (size_t j = 0; j < m->keywords.count && !found; j++)
-			found = strcasecmp(m->keywords.items[j], fl->keywords.items[i]) == 0;
-		if (!found)
+	for (size_t i = 0; i < fl->keywords.count; i++)
+		if (!stor_msg_has_keyword(m, fl->keywords.items[i]))
 			return false;
-	}
 	return true;
 }
 

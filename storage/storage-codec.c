@@ -294,6 +294,15 @@ void stor_string_list_free(stor_string_list *list)
 	ARRAY_FREE(list);
 }
 
+bool stor_keywords_have(const stor_string_list *kws, const char *name)
+{
+	for (size_t i = 0; i < kws->count; i++) {
+		if (strcasecmp(kws->items[i], name) == 0)
+			return true;
+	}
+	return false;
+}
+
 void stor_stamp_list_free(stor_stamp_list *list)
 {
 	for (size_t i = 0; i < list->count; i++)
@@ -305,6 +314,11 @@ void stor_msg_free(struct stor_msg *msg)
 {
 	stor_string_list_free(&msg->keywords);
 	stor_stamp_list_free(&msg->stamps);
+}
+
+bool stor_msg_has_keyword(const struct stor_msg *msg, const char *kw)
+{
+	return stor_keywords_have(&msg->keywords, kw);
 }
 
 void stor_msg_stamp(const struct stor_msg *msg, const char *name, uint64_t *modseq_r,

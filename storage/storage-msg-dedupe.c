@@ -23,12 +23,12 @@ static uint32_t flag_bit(const char *name)
 static bool msg_has_flag(const struct stor_msg *m, const char *name)
 {
 	uint32_t bit = flag_bit(name);
-	return bit != 0 ? (m->flags & bit) != 0 : kw_held(&m->keywords, name);
+	return bit != 0 ? (m->flags & bit) != 0 : stor_msg_has_keyword(m, name);
 }
 
 static void name_add(stor_string_list *names, const char *name)
 {
-	if (strcmp(name, STOR_STAMP_ALL) != 0 && !kw_held(names, name))
+	if (strcmp(name, STOR_STAMP_ALL) != 0 && !stor_keywords_have(names, name))
 		ARRAY_PUSH(names, xstrdup(name));
 }
 

@@ -42,7 +42,6 @@ uint64_t call_modseq(struct stor_mailbox *mb, uint64_t given, uint64_t *assigned
 
 /* storage-msg-stamps.c */
 void stamp_set(stor_stamp_list *l, const char *name, uint64_t modseq, int64_t time_ms);
-bool kw_held(const stor_string_list *kws, const char *name);
 /* Keeps the list within STOR_MAX_STAMPS: the oldest stamps of keywords the
  * message no longer holds go first (set flags always keep theirs). */
 void stamps_bound(struct stor_msg *msg);

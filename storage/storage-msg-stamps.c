@@ -33,15 +33,6 @@ void stamp_set(stor_stamp_list *l, const char *name, uint64_t modseq, int64_t ti
 	ARRAY_PUSH(l, n);
 }
 
-bool kw_held(const stor_string_list *kws, const char *name)
-{
-	for (size_t i = 0; i < kws->count; i++) {
-		if (strcasecmp(kws->items[i], name) == 0)
-			return true;
-	}
-	return false;
-}
-
 static bool is_system_flag(const char *name)
 {
 	return name[0] == '\\';
@@ -55,7 +46,7 @@ void stamps_bound(struct stor_msg *msg)
 		size_t victim = SIZE_MAX;
 		for (size_t i = 0; i < msg->stamps.count; i++) {
 			const struct stor_stamp *st = &msg->stamps.items[i];
-			if (is_system_flag(st->name) || kw_held(&msg->keywords, st->name))
+			if (is_system_flag(st->name) || stor_msg_has_keyword(msg, st->name))
 				continue;
 			if (victim == SIZE_MAX || st->modseq < msg->stamps.items[victim].modseq)
 				victim = i;
@@ -108,12 +99,12 @@ void stamps_update(struct stor_msg *msg, uint32_t oflags, const stor_string_list
 			stamp_change(msg, name, time_ms, now_ms);
 	}
 	for (size_t i = 0; i < okw->count; i++) {
-		if (!kw_held(&msg->keywords, okw->items[i]) &&
+		if (!stor_msg_has_keyword(msg, okw->items[i]) &&
 		    !given_names(given, given_count, okw->items[i]))
 			stamp_change(msg, okw->items[i], time_ms, now_ms);
 	}
 	for (size_t i = 0; i < msg->keywords.count; i++) {
-		if (!kw_held(okw, msg->keywords.items[i]) &&
+		if (!stor_keywords_have(okw, msg->keywords.items[i]) &&
 		    !given_names(given, given_count, msg->keywords.items[i]))
 			stamp_change(msg, msg->keywords.items[i], time_ms, now_ms);
 	}
@@ -130,7 +121,7 @@ void stamps_update(struct stor_msg *msg, uint32_t oflags, const stor_string_list
 		if (bit != 0)
 			changed = ((oflags ^ msg->flags) & bit) != 0;
 		else
-			changed = kw_held(okw, name) != kw_held(&msg->keywords, name);
+			changed = stor_keywords_have(okw, name) != stor_msg_has_keyword(msg, name);
 		if (changed) {
 			stamp_set(&msg->stamps, name, msg->modseq, given[i].time_ms);
 			continue;

@@ -40,10 +40,7 @@ static int keywords_apply(struct stor_db *db, const stor_string_list *cur, enum 
 		break;
 	case STOR_FLAGS_REMOVE:
 		for (size_t i = 0; i < cur->count; i++) {
-			bool removed = false;
-			for (size_t j = 0; j < req->count && !removed; j++)
-				removed = strcasecmp(cur->items[i], req->items[j]) == 0;
-			if (!removed)
+			if (!stor_keywords_have(req, cur->items[i]))
 				ARRAY_PUSH(&all, cur->items[i]);
 		}
 		break;
@@ -101,7 +98,7 @@ static void keep_later_local(const struct stor_msg *msg, uint32_t *nflags, stor_
 		}
 	}
 	for (size_t i = 0; i < nkw->count;) {
-		if (!kw_held(&msg->keywords, nkw->items[i]) &&
+		if (!stor_msg_has_keyword(msg, nkw->items[i]) &&
 		    local_is_later(msg, given, nkw->items[i])) {
 			given_drop(given, nkw->items[i]);
 			free(nkw->items[i]);
@@ -113,7 +110,7 @@ static void keep_later_local(const struct stor_msg *msg, uint32_t *nflags, stor_
 	}
 	for (size_t i = 0; i < msg->keywords.count; i++) {
 		const char *kw = msg->keywords.items[i];
-		if (!kw_held(nkw, kw) && local_is_later(msg, given, kw) &&
+		if (!stor_keywords_have(nkw, kw) && local_is_later(msg, given, kw) &&
 		    nkw->count < STOR_MAX_KEYWORDS) {
 			given_drop(given, kw);
 			ARRAY_PUSH(nkw, xstrdup(kw));

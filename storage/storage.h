@@ -229,6 +229,8 @@ void stor_mailbox_list_free(stor_mailbox_array *list);
 typedef ARRAY(char *) stor_string_list;
 int stor_user_list(struct stor_db *db, stor_string_list *users_r, const char **error_r);
 void stor_string_list_free(stor_string_list *list);
+/* Whether a list of flag names holds name, compared case-insensitively. */
+bool stor_keywords_have(const stor_string_list *kws, const char *name);
 
 /* Subscriptions are by name and may name a mailbox that doesn't exist.
  * Unsubscribing leaves a tombstone of the name (as deleting a mailbox
@@ -279,6 +281,9 @@ struct stor_msg {
 };
 
 void stor_msg_free(struct stor_msg *msg);
+/* Whether the message holds the keyword.  Flag names compare
+ * case-insensitively (RFC 3501 2.3.2), as the store normalises them. */
+bool stor_msg_has_keyword(const struct stor_msg *msg, const char *kw);
 /* The stamp of one flag (case-insensitive name): its own, else "\\*", else
  * modseq 0 and time 0. */
 void stor_msg_stamp(const struct stor_msg *msg, const char *name, uint64_t *modseq_r,

@@ -375,6 +375,75 @@ def t_copy_move():
         x.logout()
 
 
+def modseqs(c):
+    """{seq: MODSEQ} of FETCH 1:* (MODSEQ) in the selected mailbox."""
+    r = c.command("FETCH", "1:*", "(MODSEQ)")
+    return {seq: int(it["MODSEQ"][0]) for seq, it in r.fetches() if "MODSEQ" in it}
+
+
+def t_copy_stores_what_differs():
+    """The \\Seen STOREs after a COPY name only the copies whose \\Seen is
+    not what the user sees already: a STORE gives every message it names a
+    new modseq (SPEC.md 10.2), so a copy whose \\Seen came right keeps the
+    modseq of its COPY, and a user's record that says seen already is not
+    written again."""
+    a, b = connect("alice"), connect("bob")
+    for x in (a, b):
+        x.command("ENABLE", "CONDSTORE")
+    # Out of alice's mailbox into bob's own: d1 seen by both, d2 by
+    # neither, d3 by alice only, d4 by bob only.
+    R.check("alice CREATE Mixed", a.command("CREATE", "Mixed").ok)
+    for subj, flags in (("d1", "(\\Seen)"), ("d2", "()"), ("d3", "(\\Seen)"), ("d4", "()")):
+        r = a.command("APPEND", "Mixed", flags, Literal(message(subj)))
+        R.check("alice APPENDs %s %s" % (subj, flags), r.ok, r)
+    R.check("SETACL Mixed bob lrswite", a.command("SETACL", "Mixed", "bob", "lrswite").ok)
+    R.check("bob SELECTs shared/alice/Mixed", b.command("SELECT", "shared/alice/Mixed").ok)
+    R.check("bob marks d1 and d4 seen", b.command("STORE", "1,4", "+FLAGS", "(\\Seen)").ok)
+    R.check("bob CREATE Kept", b.command("CREATE", "Kept").ok)
+    r = b.command("COPY", "1:4", "Kept")
+    R.check("bob COPY 1:4 Kept", r.ok, r)
+    k = connect("bob")
+    k.command("ENABLE", "CONDSTORE")
+    k.command("SELECT", "Kept")
+    R.equal("bob's copies in Kept: d1 and d4 seen (his view)", seen_seqs(k), [1, 4])
+    ms = modseqs(k)
+    R.check("the copies of d1 and d2 (\\Seen right) have lower modseqs than those of "
+            "d3 and d4 (changed after the COPY)",
+            len(ms) == 4 and max(ms[1], ms[2]) < min(ms[3], ms[4]), ms)
+
+    # Out of bob's own mailbox into alice's: e1 without \\Seen, e2 with.
+    R.check("alice CREATE In", a.command("CREATE", "In").ok)
+    R.check("SETACL In bob lrswite", a.command("SETACL", "In", "bob", "lrswite").ok)
+    R.check("bob CREATE Out", b.command("CREATE", "Out").ok)
+    for subj, flags in (("e1", "()"), ("e2", "(\\Seen)")):
+        r = b.command("APPEND", "Out", flags, Literal(message(subj)))
+        R.check("bob APPENDs %s %s to Out" % (subj, flags), r.ok, r)
+    R.check("bob SELECTs Out", b.command("SELECT", "Out").ok)
+    r = b.command("COPY", "1:2", "shared/alice/In")
+    R.check("bob COPY 1:2 shared/alice/In", r.ok, r)
+    R.check("alice SELECTs In", a.command("SELECT", "In").ok)
+    R.equal("alice sees neither copy seen", seen_seqs(a), [])
+    ms = modseqs(a)
+    R.check("e1's copy (no \\Seen of its own) keeps the modseq of its COPY, below e2's "
+            "(its own \\Seen cleared)", len(ms) == 2 and ms[1] < ms[2], ms)
+    i = connect("bob")
+    i.command("ENABLE", "CONDSTORE")
+    R.check("bob SELECTs shared/alice/In", i.command("SELECT", "shared/alice/In").ok)
+    R.equal("bob sees e2's copy seen (his record)", seen_seqs(i), [2])
+    before = modseqs(i)
+    # e2 again: bob's record of its GUID there says seen already.
+    r = b.command("COPY", "2", "shared/alice/In")
+    R.check("bob COPY 2 (e2 again) shared/alice/In", r.ok, r)
+    i.command("NOOP")
+    R.equal("bob sees both copies of e2 seen", seen_seqs(i), [2, 3])
+    after = modseqs(i)
+    R.check("bob's record of e2, seen already, is not written again: his first copy "
+            "keeps its modseq", before.get(2) is not None and after.get(2) == before.get(2),
+            (before, after))
+    for x in (a, b, k, i):
+        x.logout()
+
+
 def t_shared_key():
     """shared_seen = shared: bob's \\Seen is the message's own flag, which
     alice sees; the same STORE on the default node does not reach her."""
@@ -417,6 +486,7 @@ SECTIONS = [
     ("public", t_public),
     ("own mailbox", t_own_mailbox_unchanged),
     ("copy and move", t_copy_move),
+    ("copy stores what differs", t_copy_stores_what_differs),
     ("shared_seen = shared", t_shared_key),
 ]
 

@@ -960,6 +960,50 @@ static void pair_start_d(struct pair *p, struct stor_mailbox *dmb)
 	pair_append(p, &p->n2, &dmb->guid, "Subject: on 2\r\n\r\nfrom node 2\r\n");
 }
 
+/* Node 1 writes to D once: it learns the master and binds D on its link. */
+static void pair_bind_d(struct pair *p, const struct stor_mailbox *dmb)
+{
+	pair_append(p, &p->n1, &dmb->guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
+	for (int i = 0; i < 50; i++)
+		ev_run(p->loop, EVRUN_ONCE);
+}
+
+static const char rogue_text[] = "Subject: rogue\r\n\r\nonly here\r\n";
+
+/* Node 1, bound, holds a message the master never saw (*rogue_r) under
+ * the master's next UID of D, as after a partition before the resync.
+ * Returns that UID. */
+static uint32_t pair_take_masters_next_uid(struct pair *p, const struct stor_mailbox *dmb,
+					   struct guid *rogue_r)
+{
+	const char *err;
+	pair_bind_d(p, dmb);
+	struct stor_mailbox on2 = mailbox_on(p->n2.db, "D");
+	uint32_t next = on2.uidnext;
+	stor_mailbox_free(&on2);
+	guid_generate(rogue_r);
+	struct stor_append sa = { .uid = next, .guid = rogue_r, .text = rogue_text };
+	sa.text_len = strlen(sa.text);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_append(p->n1.db, &dmb->guid, &sa, NULL, NULL, &err), 0);
+	return next;
+}
+
+/* Node 1's replicator appends text to mailbox as the message guid; *d
+ * gets the answer, which must be OK. */
+static void pair_append_as(struct pair *p, const struct guid *mailbox, const struct guid *guid,
+			   const char *text, struct copy_done *d)
+{
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.guid = guid;
+	a.text = text;
+	a.text_len = strlen(a.text);
+	memset(d, 0, sizeof(*d));
+	repl_append(p->n1.repl, "bob", mailbox, &a, copy_done_cb, d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p->loop, &d->done));
+	CU_ASSERT_EQUAL(d->error, REPL_OK);
+}
+
 /* Node 1 copies a message to a mailbox whose master, node 2, lacks its
  * text; before node 2 has answered the forwarded SAVE, the source is expunged
  * here and its text goes.  The copy of that message is skipped (as a COPY
@@ -1314,35 +1358,15 @@ static void test_holder_that_cannot_hold_resends_without(void)
 	struct stor_mailbox dmb;
 	pair_start_d(&p, &dmb);
 	const char *err;
-	/* Node 1 binds D on its link with one forward first. */
-	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
-	for (int i = 0; i < 50; i++)
-		ev_run(p.loop, EVRUN_ONCE);
-	/* The master's next UID, taken here by a message it never saw. */
-	struct stor_mailbox on2 = mailbox_on(p.n2.db, "D");
-	uint32_t next = on2.uidnext;
-	stor_mailbox_free(&on2);
 	struct guid rogue;
-	guid_generate(&rogue);
-	struct stor_append sa = { .uid = next, .guid = &rogue,
-				  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
-	sa.text_len = strlen(sa.text);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_append(p.n1.db, &dmb.guid, &sa, NULL, NULL, &err), 0);
+	uint32_t next = pair_take_masters_next_uid(&p, &dmb, &rogue);
 
 	struct old_master om = { to_cl(p.n2.repl), false, 0, 0 };
 	repl_sync_set_live(p.n2.sync, old_master_live, &om);
 	struct guid mine;
 	guid_generate(&mine);
-	struct repl_append a;
-	memset(&a, 0, sizeof(a));
-	a.guid = &mine;
-	a.text = "Subject: held\r\n\r\nsecond from node 1\r\n";
-	a.text_len = strlen(a.text);
 	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
-	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	pair_append_as(&p, &dmb.guid, &mine, "Subject: held\r\n\r\nsecond from node 1\r\n", &d);
 	/* Sent with HOLDER once, then without it (more than once when the
 	 * resync the conflict started made the master answer TRYLATER). */
 	CU_ASSERT_EQUAL(om.with_holder, 1);
@@ -1401,7 +1425,7 @@ static void renumber_at_resend_live(void *ctx, uint32_t sid, struct proto_conn *
 					  &err) < 0)
 			r->failed++;
 		struct stor_append sa = { .uid = r->next + 1, .guid = &r->rogue,
-					  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
+					  .text = rogue_text };
 		sa.text_len = strlen(sa.text);
 		if (stor_msg_append(r->db1, &r->mailbox, &sa, NULL, NULL, &err) < 0)
 			r->failed++;
@@ -1432,37 +1456,19 @@ static void test_resent_save_answered_after_a_renumber_tells_no_stale_uid(void)
 	struct stor_mailbox dmb;
 	pair_start_d(&p, &dmb);
 	const char *err;
-	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
-	for (int i = 0; i < 50; i++)
-		ev_run(p.loop, EVRUN_ONCE);
 	struct renumber_at_resend r;
 	memset(&r, 0, sizeof(r));
 	r.cl = to_cl(p.n2.repl);
 	r.db1 = p.n1.db;
 	r.db2 = p.n2.db;
 	r.mailbox = dmb.guid;
-	struct stor_mailbox on2 = mailbox_on(p.n2.db, "D");
-	r.next = on2.uidnext;
-	stor_mailbox_free(&on2);
-	guid_generate(&r.rogue);
+	r.next = pair_take_masters_next_uid(&p, &dmb, &r.rogue);
 	guid_generate(&r.mine);
 	r.mine_text = "Subject: held\r\n\r\nsecond from node 1\r\n";
-	struct stor_append sa = { .uid = r.next, .guid = &r.rogue,
-				  .text = "Subject: rogue\r\n\r\nonly here\r\n" };
-	sa.text_len = strlen(sa.text);
-	CU_ASSERT_EQUAL_FATAL(stor_msg_append(p.n1.db, &dmb.guid, &sa, NULL, NULL, &err), 0);
 
 	repl_sync_set_live(p.n2.sync, renumber_at_resend_live, &r);
-	struct repl_append a;
-	memset(&a, 0, sizeof(a));
-	a.guid = &r.mine;
-	a.text = r.mine_text;
-	a.text_len = strlen(a.text);
 	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
-	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	pair_append_as(&p, &dmb.guid, &r.mine, r.mine_text, &d);
 	CU_ASSERT_TRUE(r.done);
 	CU_ASSERT_EQUAL(r.failed, 0);
 	/* Told a UID only where node 1 holds this message under it. */
@@ -1490,22 +1496,12 @@ static void test_forwarded_append_not_stored_here_tells_no_uid(void)
 	struct stor_mailbox dmb;
 	pair_start_d(&p, &dmb);
 	const char *err;
-	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
-	for (int i = 0; i < 50; i++)
-		ev_run(p.loop, EVRUN_ONCE);
+	pair_bind_d(&p, &dmb);
 	stor_test_break(p.n1.db);
 	struct guid mine;
 	guid_generate(&mine);
-	struct repl_append a;
-	memset(&a, 0, sizeof(a));
-	a.guid = &mine;
-	a.text = "Subject: unheld\r\n\r\nsecond from node 1\r\n";
-	a.text_len = strlen(a.text);
 	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
-	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	pair_append_as(&p, &dmb.guid, &mine, "Subject: unheld\r\n\r\nsecond from node 1\r\n", &d);
 	uint32_t at = 0;
 	CU_ASSERT_EQUAL(stor_msg_find_guid(p.n2.db, &dmb.guid, &mine, &at, &err), 1);
 	/* Told a UID only where node 1 holds the message under it. */

@@ -1,5 +1,6 @@
 /* Unit tests of the RFC 4314 rights model (storage/acl-rights.c) and of
  * ACL records and the sharing index in the store (storage/storage-acl.c). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -173,20 +174,27 @@ static void test_evaluate(void)
  * "l" and "a" always added; a record naming the owner still wins. */
 static void test_owner_default(void)
 {
-	uint32_t def;
+	static const struct {
+		const char *value;
+		uint32_t rights;
+	} cases[] = {
+		{ NULL, ACL_ALL },
+		{ "lrswipkte", ACL_ALL & ~ACL_DELETE_MBOX },
+		/* The obsolete letters as RFC 4314 2.1.1 maps them. */
+		{ "rc", ACL_OWNER_ALWAYS | ACL_READ | ACL_CREATE | ACL_DELETE_MBOX },
+		{ "rd", ACL_OWNER_ALWAYS | ACL_READ | ACL_DELETE_MSG | ACL_EXPUNGE },
+		/* Without "l" and "a" an owner could never repair their ACL. */
+		{ "r", ACL_OWNER_ALWAYS | ACL_READ },
+	};
 	const char *why;
-	CU_ASSERT_EQUAL(acl_owner_rights_parse(NULL, &def, &why), 0);
-	CU_ASSERT_EQUAL(def, ACL_ALL);
-	CU_ASSERT_EQUAL(acl_owner_rights_parse("lrswipkte", &def, &why), 0);
-	CU_ASSERT_EQUAL(def, ACL_ALL & ~ACL_DELETE_MBOX);
-	/* The obsolete letters as RFC 4314 2.1.1 maps them. */
-	CU_ASSERT_EQUAL(acl_owner_rights_parse("rc", &def, &why), 0);
-	CU_ASSERT_EQUAL(def, ACL_OWNER_ALWAYS | ACL_READ | ACL_CREATE | ACL_DELETE_MBOX);
-	CU_ASSERT_EQUAL(acl_owner_rights_parse("rd", &def, &why), 0);
-	CU_ASSERT_EQUAL(def, ACL_OWNER_ALWAYS | ACL_READ | ACL_DELETE_MSG | ACL_EXPUNGE);
-	/* Without "l" and "a" an owner could never repair their ACL. */
-	CU_ASSERT_EQUAL(acl_owner_rights_parse("r", &def, &why), 0);
-	CU_ASSERT_EQUAL(def, ACL_OWNER_ALWAYS | ACL_READ);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint32_t def = 0;
+		CU_ASSERT_EQUAL(acl_owner_rights_parse(cases[i].value, &def, &why), 0);
+		CU_ASSERT_EQUAL(def, cases[i].rights);
+		if (def != cases[i].rights)
+			fprintf(stderr, "\nacl_owner_rights = %s: %#x\n",
+				cases[i].value != NULL ? cases[i].value : "(unset)", def);
+	}
 	uint32_t kept = 12345;
 	CU_ASSERT_EQUAL(acl_owner_rights_parse("lrq", &kept, &why), -1);
 	CU_ASSERT_STRING_EQUAL(why, "unknown right 'q'");

@@ -1157,6 +1157,38 @@ static void test_store_stamps_the_flags_it_names(void)
 	tstore_close(&t);
 }
 
+/* Flag names are case-insensitive (RFC 3501 2.3.2): a message holds a
+ * keyword under any spelling, and nothing more: no prefix, no system flag. */
+static void test_msg_has_keyword_in_any_case(void)
+{
+	struct tstore t;
+	struct stor_msg msg;
+	const char *error = NULL;
+	uint32_t uid;
+	const char *kw[] = { "Work", "$Junk" };
+	tstore_open(&t);
+	struct guid g = tmailbox(t.db, "alice", "INBOX");
+	CU_ASSERT_EQUAL_FATAL(append_full(t.db, &g, 0, 0, NULL, STOR_FLAG_SEEN, kw, 2, "x", &uid,
+					  NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, uid, &msg, &error), 1);
+	CU_ASSERT(stor_msg_has_keyword(&msg, "Work"));
+	CU_ASSERT(stor_msg_has_keyword(&msg, "work"));
+	CU_ASSERT(stor_msg_has_keyword(&msg, "WORK"));
+	CU_ASSERT(stor_msg_has_keyword(&msg, "$junk"));
+	CU_ASSERT_FALSE(stor_msg_has_keyword(&msg, "Wor"));
+	CU_ASSERT_FALSE(stor_msg_has_keyword(&msg, "Workx"));
+	CU_ASSERT_FALSE(stor_msg_has_keyword(&msg, "\\Seen"));
+	CU_ASSERT_FALSE(stor_msg_has_keyword(&msg, ""));
+	CU_ASSERT(stor_keywords_have(&msg.keywords, "$JUNK"));
+	CU_ASSERT_FALSE(stor_keywords_have(&msg.keywords, "junk"));
+	stor_msg_free(&msg);
+	CU_ASSERT_EQUAL(append_full(t.db, &g, 0, 0, NULL, 0, NULL, 0, "y", &uid, NULL, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(t.db, &g, uid, &msg, &error), 1);
+	CU_ASSERT_FALSE(stor_msg_has_keyword(&msg, "Work"));
+	stor_msg_free(&msg);
+	tstore_close(&t);
+}
+
 const struct test_case storage_msg_cases[] = {
 	{ "dedupe keeps the highest UID of a GUID", test_dedupe_keeps_the_highest_uid_of_a_guid },
 	{ "dedupe keeps flag changes made on the copies it expunges",
@@ -1168,6 +1200,7 @@ const struct test_case storage_msg_cases[] = {
 	{ "replica append is idempotent", test_replica_append_is_idempotent },
 	{ "append refuses the UID of an expunged message", test_append_refuses_uid_of_expunged_message },
 	{ "keyword limits just under and over", test_append_keyword_limits },
+	{ "a message holds a keyword in any case", test_msg_has_keyword_in_any_case },
 	{ "list range returns UID order within bounds", test_list_range_returns_uid_order_within_bounds },
 	{ "store changes flags and bumps modseq", test_store_changes_flags_and_bumps_modseq },
 	{ "UNCHANGEDSINCE refuses newer messages", test_store_unchangedsince_refuses_newer_messages },
