@@ -130,12 +130,49 @@ struct master_op {
 	struct cl_waiter waiter;
 	struct owned_result out;
 	bool *held_r;                  /* cl_append_req.held_r */
+	/* An APPEND's message (its GUID as made), looked up again when the
+	 * change completes: master_uid_now(). */
+	bool append;
+	struct guid mailbox, made;
 };
+
+/* Where an APPEND's message is when its answer is built.  It was made at
+ * res->uid, but the answer waits for durability and the replicas, and a
+ * sync's merge may move the message meanwhile (a UID conflict gives it a
+ * fresh UID and leaves a tombstone at the old one) or a user may expunge
+ * it: told the old UID, a client holds a UID that names nothing, or
+ * another message once a merge gives it away (seed 13020).  Moved: the
+ * UID and modseq it has now.  Gone, or not readable: UID 0, which no
+ * caller tells (SPEC 6.4, OK [MODSEQ m EXPUNGED] to a forwarder). */
+static void master_uid_now(const struct master_op *m, struct repl_result *res)
+{
+	if (!m->append || res->error != REPL_OK || res->uid == 0)
+		return;
+	struct stor_db *db = m->cl->repl.db;
+	const char *err;
+	uint32_t at = 0;
+	int r = stor_msg_find_guid(db, &m->mailbox, &m->made, &at, &err);
+	if (r > 0 && at == res->uid)
+		return;
+	struct stor_msg msg;
+	if (r > 0 && stor_msg_get(db, &m->mailbox, at, &msg, &err) > 0) {
+		log_info("replication: %s: the message made at UID %u is at UID %u now (a sync "
+			 "moved it): answered there", m->waiter.user, res->uid, at);
+		res->uid = at;
+		res->modseq = msg.modseq;
+		stor_msg_free(&msg);
+		return;
+	}
+	log_info("replication: %s: the message made at UID %u is gone (%s): answered without "
+		 "a UID", m->waiter.user, res->uid, r < 0 ? err : "expunged meanwhile");
+	res->uid = 0;
+}
 
 static void master_op_done(struct cl_waiter *w)
 {
 	struct master_op *m = w->ctx;
 	m->cl->in_flight--;
+	master_uid_now(m, &m->out.res);
 	if (w->unavailable)
 		owned_error(&m->out, REPL_ERR_UNAVAILABLE,
 			    "stored here, but fewer than sync_replicas replicas acknowledged it in "
@@ -152,8 +189,10 @@ static void master_local_done(void *ctx, const struct repl_result *res)
 {
 	struct master_op *m = ctx;
 	if (res->error != REPL_OK || m->waiter.seq == 0 || m->cl->destroying) {
+		struct repl_result now = *res;
+		master_uid_now(m, &now);
 		m->cl->in_flight--;
-		m->cb(m->ctx, res);
+		m->cb(m->ctx, &now);
 		free(m);
 		return;
 	}
@@ -348,6 +387,9 @@ void cl_master_append(struct repl_cluster *cl, const struct cl_append_req *req, 
 			req_made_add(cl, &req->mailbox, &req->req, &req->guid);
 		}
 	}
+	m->append = true;
+	m->mailbox = req->mailbox;
+	m->made = req->guid;
 	if (stor_msg_find_guid(cl->repl.db, &req->mailbox, &req->guid, &have, &err) > 0 &&
 	    stor_msg_get(cl->repl.db, &req->mailbox, have, &msg, &err) > 0) {
 		/* A GUID is in a mailbox once (SPEC 6.4).  The logged entry

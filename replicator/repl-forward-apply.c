@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "lib/log.h"
+#include "lib/mail-limits.h"
 #include "lib/xalloc.h"
 #include "replicator/repl-pseen.h"
 
@@ -102,7 +103,8 @@ static void fwd_taken(struct cl_fwd *f, uint64_t master, uint64_t here)
  * campaign seed 13020), or never stored here.  The master's answer can
  * name the UID it gave before that resync; told to the client, the UID
  * would name another message once a second APPEND got it.  Only a message
- * a user expunged here since keeps the UID told. */
+ * a user expunged here since keeps the UID told, and one the master says
+ * was expunged (EXPUNGED) at a UID at or above UIDNEXT here. */
 static void fwd_check_vacant(struct cl_fwd *f, uint32_t uid, uint32_t uidnext)
 {
 	struct stor_db *db = f->cl->repl.db;
@@ -111,9 +113,21 @@ static void fwd_check_vacant(struct cl_fwd *f, uint32_t uid, uint32_t uidnext)
 	int found = stor_msg_find_guid(db, &f->mailbox, &f->app.guid, &at, &err);
 	if (found > 0 && at == uid)
 		return;
-	if (found == 0 && uid >= uidnext)
-		return;
-	if (found == 0 && stor_guid_tomb_get(db, &f->mailbox, &f->app.guid, NULL, &err) > 0)
+	if (found == 0 && uid >= uidnext && uid <= MAIL_UID_MAX) {
+		/* Saved and expunged on the master (EXPUNGED) at a UID this
+		 * node never had.  Told, the UID must name that message alone
+		 * here too: UIDNEXT goes past it now, durable with the rest
+		 * before the OK.  The master's stream would raise it, but
+		 * late or never (a cut link), and meanwhile this node (master
+		 * after a failover, or alone) could give the UID to another
+		 * message. */
+		if (stor_mailbox_raise(db, &f->mailbox, uid + 1, 0, &err) == 0) {
+			notify_later(f->cl, f->user, &f->mailbox);
+			return;
+		}
+		log_warnx("replication: %s: cannot raise UIDNEXT past the master's UID %u here "
+			  "(%s): the client is not told it", f->user, uid, err);
+	} else if (found == 0 && stor_guid_tomb_get(db, &f->mailbox, &f->app.guid, NULL, &err) > 0)
 		return;
 	if (found > 0)
 		log_info("replication: %s: the master answered UID %u, held here at UID %u "
@@ -136,8 +150,10 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 	const char *err;
 	if ((a = proto_code_value(line, "UID")) != NULL)
 		(void)proto_arg_u32(a, &uid);
+	bool expunged = proto_code_has(line, "EXPUNGED");
 	struct stor_mailbox mb;
-	if (uid == 0 || modseq == 0 || stor_mailbox_get_by_guid(db, &f->mailbox, &mb, &err) <= 0) {
+	if ((uid == 0 && !expunged) || modseq == 0 ||
+	    stor_mailbox_get_by_guid(db, &f->mailbox, &mb, &err) <= 0) {
 		fwd_fail(f, REPL_ERR_INTERNAL, "the master's answer was incomplete");
 		return;
 	}
@@ -146,6 +162,18 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 	f->out.res.uidvalidity = mb.uidvalidity;
 	uint32_t uidnext = mb.uidnext;
 	stor_mailbox_free(&mb);
+	if (expunged) {
+		/* The master made it and it was expunged since (SPEC 6.4):
+		 * nothing to store or hold here, and never sent again, which
+		 * would make the expunged message anew.  Without a UID (gone
+		 * before the master answered) the client is told none. */
+		f->held = false;
+		if (uid == 0) {
+			f->uid_unheld = true;
+			stor_on_durable(db, fwd_local_durable, f);
+			return;
+		}
+	}
 	struct guid made;
 	if ((a = proto_code_value(line, "GUID")) != NULL && proto_arg_guid(a, &made) == 0 &&
 	    !guid_equal(&made, &f->app.guid)) {
@@ -165,7 +193,7 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 		fwd_resend_unheld(f, err);
 		return;
 	}
-	if (f->held && have == 0 && (uid < uidnext || proto_code_has(line, "EXPUNGED")) &&
+	if (f->held && have == 0 && uid < uidnext &&
 	    stor_guid_tomb_get(db, &f->mailbox, &f->app.guid, NULL, &err) <= 0) {
 		/* Below UIDNEXT and not expunged here by a user since the
 		 * stream brought it: never stored here. */
@@ -180,7 +208,7 @@ void fwd_apply_append(struct cl_fwd *f, const struct proto_cmd *line)
 			f->uid_unheld = true;
 		}
 		stor_msg_free(&msg);
-	} else if (have == 0 && uid >= uidnext && !proto_code_has(line, "EXPUNGED")) {
+	} else if (have == 0 && uid >= uidnext && !expunged) {
 		struct stor_append sa;
 		memset(&sa, 0, sizeof(sa));
 		sa.uid = uid;

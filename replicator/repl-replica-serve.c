@@ -119,7 +119,12 @@ static void master_answer_cb(void *ctx, const struct repl_result *res)
 	}
 	char code[160];
 	const char *err;
-	if (a->status[0] == 'A') { /* APPEND */
+	if (a->status[0] == 'A' && res->uid == 0) {
+		/* Made, then expunged here before this answer (master_uid_now):
+		 * no UID names it any more, and the asker tells none (SPEC 6.4).
+		 * No HELD: there is nothing left to hold. */
+		snprintf(code, sizeof(code), "MODSEQ %" PRIu64 " EXPUNGED", res->modseq);
+	} else if (a->status[0] == 'A') { /* APPEND */
 		snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64, res->uid, res->modseq);
 		struct stor_msg m;
 		if (a->save_req && stor_msg_get(a->cl->repl.db, &a->mailbox, res->uid, &m, &err) > 0) {

@@ -1485,6 +1485,251 @@ static void test_resent_save_answered_after_a_renumber_tells_no_stale_uid(void)
 	pair_stop(&p);
 }
 
+/* ---- The master's answer to a forwarded SAVE, told where it is now ---- */
+
+/* Node 2, master of D, makes node 1's forwarded SAVE; before it answers
+ * (it waits for durability and its replicas), something moves the
+ * message on node 2: a sync's UID conflict renumbers it, or a user on
+ * node 2 expunges it.  Node 1 refuses node 2's stream of D meanwhile
+ * (TRYLATER), so the master's answer is all it knows: the UID it tells
+ * its client is the one the answer names. */
+enum meanwhile { MEANWHILE_RENUMBERED, MEANWHILE_EXPUNGED };
+
+struct answer_moved {
+	struct repl_cluster *cl1, *cl2;
+	struct stor_db *db2;
+	struct guid mailbox, mine;
+	enum meanwhile what;
+	bool hold_stream;             /* node 1 refuses node 2's stream */
+	bool done;                    /* the SAVE was served and moved */
+	uint32_t made_at, moved_to;
+	int failed;
+};
+
+static void answer_moved_live2(void *ctx, uint32_t sid, struct proto_conn *conn,
+			       const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct answer_moved *r = ctx;
+	size_t npos;
+	const char *err;
+	bool fwd_save = !r->done && proto_cmd_is(cmd, "SAVE") &&
+			proto_cmd_validate(cmd, &npos, &err) == 0 &&
+			proto_cmd_option(cmd, npos, "ORIGIN") == NULL;
+	cl_replica_command(r->cl2, sid, conn, cmd, selected);
+	if (!fwd_save)
+		return;
+	/* The local engine made it within the call; its answer waits for
+	 * the group commit, a later loop turn. */
+	r->done = true;
+	if (stor_msg_find_guid(r->db2, &r->mailbox, &r->mine, &r->made_at, &err) != 1) {
+		r->failed++;
+		return;
+	}
+	if (r->what == MEANWHILE_RENUMBERED) {
+		struct stor_mailbox mb;
+		if (stor_mailbox_get_by_guid(r->db2, &r->mailbox, &mb, &err) != 1) {
+			r->failed++;
+			return;
+		}
+		r->moved_to = mb.uidnext + 2;
+		stor_mailbox_free(&mb);
+		if (stor_msg_renumber(r->db2, &r->mailbox, r->made_at, r->moved_to, 0, &err) < 0)
+			r->failed++;
+	} else if (stor_msg_expunge(r->db2, &r->mailbox, &r->made_at, 1, 0, NULL, &err) < 0) {
+		r->failed++;
+	}
+}
+
+static void answer_moved_live1(void *ctx, uint32_t sid, struct proto_conn *conn,
+			       const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct answer_moved *r = ctx;
+	size_t npos;
+	const char *err;
+	if (r->hold_stream && proto_cmd_validate(cmd, &npos, &err) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") != NULL &&
+	    (proto_cmd_is(cmd, "SAVE") || proto_cmd_is(cmd, "STORE") ||
+	     proto_cmd_is(cmd, "EXPUNGE"))) {
+		proto_conn_reply(conn, cmd->tag, "NO", "TRYLATER", "held by the test");
+		return;
+	}
+	cl_replica_command(r->cl1, sid, conn, cmd, selected);
+}
+
+static void answer_moved_case(enum meanwhile what)
+{
+	struct pair p;
+	struct stor_mailbox dmb;
+	pair_start_d(&p, &dmb);
+	const char *err;
+	/* Node 1 binds D on its link with one forward first. */
+	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
+	for (int i = 0; i < 50; i++)
+		ev_run(p.loop, EVRUN_ONCE);
+	struct answer_moved r;
+	memset(&r, 0, sizeof(r));
+	r.cl1 = to_cl(p.n1.repl);
+	r.cl2 = to_cl(p.n2.repl);
+	r.db2 = p.n2.db;
+	r.mailbox = dmb.guid;
+	r.what = what;
+	r.hold_stream = true;
+	guid_generate(&r.mine);
+	repl_sync_set_live(p.n2.sync, answer_moved_live2, &r);
+	repl_sync_set_live(p.n1.sync, answer_moved_live1, &r);
+
+	struct repl_append a;
+	memset(&a, 0, sizeof(a));
+	a.guid = &r.mine;
+	a.text = "Subject: moved\r\n\r\nsecond from node 1\r\n";
+	a.text_len = strlen(a.text);
+	struct copy_done d;
+	memset(&d, 0, sizeof(d));
+	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
+	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	CU_ASSERT_TRUE(r.done);
+	CU_ASSERT_EQUAL(r.failed, 0);
+	uint32_t at2 = 0;
+	int on2 = stor_msg_find_guid(p.n2.db, &dmb.guid, &r.mine, &at2, &err);
+	if (what == MEANWHILE_RENUMBERED) {
+		/* Told the UID the master holds it at now, and held here there. */
+		CU_ASSERT_EQUAL(on2, 1);
+		CU_ASSERT_EQUAL(at2, r.moved_to);
+		CU_ASSERT_EQUAL(d.uid, r.moved_to);
+		if (d.uid != r.moved_to)
+			fprintf(stderr, "\ntold UID %u; made at %u, at %u when answered", d.uid,
+				r.made_at, r.moved_to);
+		struct stor_msg m;
+		int here = stor_msg_get(p.n1.db, &dmb.guid, d.uid, &m, &err);
+		CU_ASSERT_EQUAL(here, 1);
+		if (here == 1) {
+			CU_ASSERT_TRUE(guid_equal(&m.guid, &r.mine));
+			stor_msg_free(&m);
+		}
+	} else {
+		/* Gone before the answer: no UID names it, nothing is made
+		 * here, and the master made it only once. */
+		CU_ASSERT_EQUAL(on2, 0);
+		CU_ASSERT_EQUAL(d.uid, 0);
+		if (d.uid != 0)
+			fprintf(stderr, "\ntold UID %u of a message expunged before the answer",
+				d.uid);
+		uint32_t at1;
+		CU_ASSERT_EQUAL(stor_msg_find_guid(p.n1.db, &dmb.guid, &r.mine, &at1, &err), 0);
+	}
+	/* The stream let through: the two nodes end alike. */
+	r.hold_stream = false;
+	bool alike = false;
+	for (int i = 0; i < 3000 && !alike; i++) {
+		ev_run(p.loop, EVRUN_ONCE);
+		uint32_t at1 = 0;
+		int on1 = stor_msg_find_guid(p.n1.db, &dmb.guid, &r.mine, &at1, &err);
+		on2 = stor_msg_find_guid(p.n2.db, &dmb.guid, &r.mine, &at2, &err);
+		alike = on1 == on2 && at1 == at2;
+	}
+	CU_ASSERT_TRUE(alike);
+	if (what == MEANWHILE_EXPUNGED)
+		CU_ASSERT_EQUAL(on2, 0);
+	repl_sync_set_live(p.n1.sync, cl_replica_command, to_cl(p.n1.repl));
+	repl_sync_set_live(p.n2.sync, cl_replica_command, to_cl(p.n2.repl));
+	stor_mailbox_free(&dmb);
+	pair_stop(&p);
+}
+
+static void test_forwarded_save_answered_where_it_is_now(void)
+{
+	answer_moved_case(MEANWHILE_RENUMBERED);
+}
+
+static void test_forwarded_save_expunged_before_its_answer_tells_no_uid(void)
+{
+	answer_moved_case(MEANWHILE_EXPUNGED);
+}
+
+/* A master answers a forwarded SAVE OK [UID u MODSEQ m EXPUNGED] (SPEC
+ * 6.4: the GUID was saved there and expunged since) with u at or above
+ * node 1's UIDNEXT: node 1 never had u, and told u, its client must never
+ * see u name another message, so node 1's UIDNEXT goes past u before the
+ * OK.  With HELD too: nothing is to be held, and the SAVE is not sent
+ * again (without HOLDER, a master would make the expunged message anew).
+ * Node 2 plays the master that answers so. */
+struct expunged_answer {
+	struct repl_cluster *cl;
+	uint32_t uid;
+	uint64_t modseq;
+	bool held;
+	unsigned saves;
+};
+
+static void expunged_answer_live(void *ctx, uint32_t sid, struct proto_conn *conn,
+				 const struct proto_cmd *cmd, const struct guid *selected)
+{
+	struct expunged_answer *e = ctx;
+	size_t npos;
+	const char *err;
+	if (proto_cmd_is(cmd, "SAVE") && proto_cmd_validate(cmd, &npos, &err) == 0 &&
+	    proto_cmd_option(cmd, npos, "ORIGIN") == NULL) {
+		e->saves++;
+		char code[96];
+		snprintf(code, sizeof(code), "UID %u MODSEQ %" PRIu64 " EXPUNGED%s", e->uid,
+			 e->modseq, e->held ? " HELD" : "");
+		proto_conn_reply(conn, cmd->tag, "OK", code, "saved and expunged");
+		return;
+	}
+	cl_replica_command(e->cl, sid, conn, cmd, selected);
+}
+
+static void test_expunged_answer_above_uidnext_raises_it(void)
+{
+	struct pair p;
+	struct stor_mailbox dmb;
+	pair_start_d(&p, &dmb);
+	const char *err;
+	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
+	for (int i = 0; i < 50; i++)
+		ev_run(p.loop, EVRUN_ONCE);
+	struct expunged_answer e;
+	memset(&e, 0, sizeof(e));
+	e.cl = to_cl(p.n2.repl);
+	repl_sync_set_live(p.n2.sync, expunged_answer_live, &e);
+	for (int k = 0; k < 2; k++) {
+		struct stor_mailbox on1 = mailbox_on(p.n1.db, "D");
+		e.uid = on1.uidnext + 3;
+		e.modseq = on1.highestmodseq + 3;
+		stor_mailbox_free(&on1);
+		e.held = k == 1;
+		e.saves = 0;
+		struct guid mine;
+		guid_generate(&mine);
+		struct repl_append a;
+		memset(&a, 0, sizeof(a));
+		a.guid = &mine;
+		a.text = "Subject: gone\r\n\r\nexpunged on the master\r\n";
+		a.text_len = strlen(a.text);
+		struct copy_done d;
+		memset(&d, 0, sizeof(d));
+		repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
+		CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
+		CU_ASSERT_EQUAL(d.error, REPL_OK);
+		CU_ASSERT_EQUAL(e.saves, 1);
+		on1 = mailbox_on(p.n1.db, "D");
+		/* Told or not, node 1 gives e.uid to no other message. */
+		CU_ASSERT(on1.uidnext > e.uid);
+		if (on1.uidnext <= e.uid)
+			fprintf(stderr, "\nround %d: told UID %u, UIDNEXT here still %u", k, d.uid,
+				on1.uidnext);
+		CU_ASSERT(d.uid == 0 || d.uid == e.uid);
+		stor_mailbox_free(&on1);
+		uint32_t at;
+		CU_ASSERT_EQUAL(stor_msg_find_guid(p.n1.db, &dmb.guid, &mine, &at, &err), 0);
+		CU_ASSERT_EQUAL(stor_mailbox_check(p.n1.db, &dmb.guid, &err), 0);
+	}
+	repl_sync_set_live(p.n2.sync, cl_replica_command, to_cl(p.n2.repl));
+	stor_mailbox_free(&dmb);
+	pair_stop(&p);
+}
+
 /* Node 1's store failed (its disk full, campaign seed 12218): the master
  * still makes a forwarded APPEND, but node 1 cannot store the master's
  * UID.  The APPEND is OK (the master holds it), yet it must not carry that
@@ -2090,6 +2335,12 @@ const struct test_case repl_cluster_cases[] = {
 	  test_forwarded_append_not_stored_here_tells_no_uid },
 	{ "a resent SAVE answered after a resync renumbered it tells no stale UID (13020)",
 	  test_resent_save_answered_after_a_renumber_tells_no_stale_uid },
+	{ "a forwarded SAVE renumbered on the master before its answer: told where it is",
+	  test_forwarded_save_answered_where_it_is_now },
+	{ "a forwarded SAVE expunged on the master before its answer tells no UID",
+	  test_forwarded_save_expunged_before_its_answer_tells_no_uid },
+	{ "an EXPUNGED answer at or above UIDNEXT raises UIDNEXT here, no resend",
+	  test_expunged_answer_above_uidnext_raises_it },
 	{ "a conditional STORE resent after its answer was lost is not MODIFIED",
 	  test_conditional_store_resent_after_a_lost_answer },
 	{ "a conditional STORE applied, then the link cut, is not MODIFIED",
