@@ -128,6 +128,118 @@ static void uid_list_remove(stor_uid_list *l, uint32_t uid)
 	l->count = keep;
 }
 
+/* ---- Writes made here while the answer is applied ----
+ *
+ * The answer's changes carry the merge's modseqs (N, or the server's own
+ * above cm), all above the cm we sent.  A user here (or replication) may
+ * have written the mailbox since: its HIGHESTMODSEQ is past cm, maybe past
+ * those modseqs, and an IMAP client that cached it after that write would
+ * never learn a change written at or below it (one modseq, two states).
+ * So once another writer took modseqs up to foreign_hms, a change of the
+ * answer at or below that goes to a fresh modseq above our HIGHESTMODSEQ;
+ * a message that writer changed keeps its state (the answer's lacks the
+ * change); and the copies are only known equal up to the modseq below its
+ * first write: remembered so, the next round sends what it wrote and
+ * both sides take the higher modseqs of what they already share (SPEC.md
+ * 10.3 "A write during the sync"). */
+
+static int hms_now(struct sync_client *c, uint64_t *h_r, const char **err)
+{
+	struct stor_mailbox mb;
+	int r = stor_mailbox_get_by_guid(c->db, &c->cur.guid, &mb, err);
+	if (r <= 0) {
+		if (r == 0)
+			*err = "the mailbox vanished";
+		return -1;
+	}
+	*h_r = mb.highestmodseq;
+	stor_mailbox_free(&mb);
+	return 0;
+}
+
+/* Notices another writer's modseqs since our last look. */
+static int ans_look(struct sync_client *c, uint64_t *h_r, const char **err)
+{
+	if (hms_now(c, h_r, err) < 0)
+		return -1;
+	if (*h_r > c->own_hms) {
+		if (c->foreign_low == 0)
+			c->foreign_low = c->own_hms + 1;
+		c->foreign_hms = *h_r;
+		c->own_hms = *h_r;
+	}
+	return 0;
+}
+
+/* The modseq at which a change the answer gives at ms is written here. */
+static int ans_modseq(struct sync_client *c, uint64_t ms, uint64_t *out, const char **err)
+{
+	uint64_t h;
+	if (ans_look(c, &h, err) < 0)
+		return -1;
+	if (ms > c->foreign_hms) {
+		*out = ms;
+		return 0;
+	}
+	if (c->fresh <= c->foreign_hms) {
+		if (!mail_modseq_valid(h + 1)) {
+			*err = "no modseq left above a write made during the sync";
+			return -1;
+		}
+		c->fresh = h + 1;
+	}
+	*out = c->fresh;
+	return 0;
+}
+
+/* After one of the answer's writes: our HIGHESTMODSEQ is its own. */
+static int ans_wrote(struct sync_client *c, const char **err)
+{
+	uint64_t h;
+	if (hms_now(c, &h, err) < 0)
+		return -1;
+	if (h > c->own_hms)
+		c->own_hms = h;
+	return 0;
+}
+
+/* Whether another writer changed m since SYNC-BEGIN. */
+static bool foreign_changed(const struct sync_client *c, const struct stor_msg *m)
+{
+	return c->foreign_low != 0 && m->modseq > c->cm && m->modseq >= c->foreign_low;
+}
+
+/* A line's whole state for our message at uid, given at modseq given and
+ * written at ms: skipped when another writer changed the message since
+ * SYNC-BEGIN (the next round merges both, flag by flag) or, as ever, when
+ * the message is newer than the line. */
+static int ans_store(struct sync_client *c, uint32_t uid, uint64_t given, uint64_t ms,
+		     const struct sync_flags *f, const stor_stamp_list *stamps, bool same_modseq,
+		     const char **err)
+{
+	struct stor_msg m;
+	int r = stor_msg_get(c->db, &c->cur.guid, uid, &m, err);
+	if (r <= 0)
+		return r;
+	bool skip = foreign_changed(c, &m) ||
+		    given < m.modseq || (given == m.modseq && !same_modseq);
+	if (foreign_changed(c, &m))
+		c->apply_diverged = true;
+	stor_msg_free(&m);
+	if (skip)
+		return 0;
+	struct stor_store req = {
+		.op = STOR_FLAGS_REPLACE, .flags = f->flags,
+		.keywords = (const char *const *)f->keywords.items,
+		.keyword_count = f->keywords.count, .modseq = ms,
+		.stamps = stamps->items, .stamp_count = stamps->count,
+		.same_modseq = same_modseq || ms != given,
+	};
+	if (stor_msg_store(c->db, &c->cur.guid, &uid, 1, &req, NULL, NULL, err) < 0)
+		return -1;
+	return ans_wrote(c, err) < 0 ? -1 : 1;
+}
+
 /* Applies the server's answer, up to budget operations per call; 1 when
  * done. */
 int apply_some(struct sync_client *c)
@@ -136,6 +248,8 @@ int apply_some(struct sync_client *c)
 	unsigned n = 0;
 	const struct guid *mbg = &c->cur.guid;
 	if (c->apply_stage == 0) {
+		c->own_hms = c->foreign_hms = c->cm;
+		c->foreign_low = c->fresh = 0;
 		if (c->exp_uids.count > 0) {
 			stor_uid_list now = ARRAY_INIT, done = ARRAY_INIT;
 			struct guid *saved = NULL;
@@ -161,7 +275,10 @@ int apply_some(struct sync_client *c)
 					ARRAY_PUSH(&now, c->exp_uids.items[i]);
 			}
 			sync_uexp_sort(&c->exp_user);
-			if (now.count > 0 && cl_expunge(c, &now, &done, &err) < 0) {
+			uint64_t ms;
+			if (now.count > 0 && (ans_modseq(c, c->exp_modseq, &ms, &err) < 0 ||
+					      cl_expunge(c, &now, ms, &done, &err) < 0 ||
+					      ans_wrote(c, &err) < 0)) {
 				ARRAY_FREE(&now);
 				free(saved);
 				return cl_fail(c, "%s", err);
@@ -176,8 +293,11 @@ int apply_some(struct sync_client *c)
 	}
 	if (c->apply_stage == 1) {
 		for (; c->apply_pos < c->fix_old.count && n < c->budget; c->apply_pos++, n++) {
-			if (stor_msg_renumber(c->db, mbg, c->fix_old.items[c->apply_pos],
-					      c->fix_new.items[c->apply_pos], c->final_modseq, &err) < 0)
+			uint64_t ms;
+			if (ans_modseq(c, c->final_modseq, &ms, &err) < 0 ||
+			    stor_msg_renumber(c->db, mbg, c->fix_old.items[c->apply_pos],
+					      c->fix_new.items[c->apply_pos], ms, &err) < 0 ||
+			    ans_wrote(c, &err) < 0)
 				return cl_fail(c, "UIDFIX %u -> %u: %s", c->fix_old.items[c->apply_pos],
 					       c->fix_new.items[c->apply_pos], err);
 			c->report.messages_renumbered++;
@@ -214,7 +334,7 @@ int apply_some(struct sync_client *c)
 					continue;
 				}
 			}
-			bool keep_engine = false;
+			bool keep_engine = false, user_gone = false;
 			const char *why = "dropped (a user expunged it here)";
 			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0 && !t->user) {
 				/* The engine's tombstone of this very message: it
@@ -231,6 +351,7 @@ int apply_some(struct sync_client *c)
 				if (fr < 0 || ue < 0)
 					return cl_fail(c, "%s", err);
 				keep_engine = fr == 0 && ue == 0;
+				user_gone = fr == 0 && ue > 0;
 				if (fr > 0)
 					why = "dropped (held here at another UID)";
 				if (keep_engine)
@@ -241,7 +362,16 @@ int apply_some(struct sync_client *c)
 			if (t != NULL && guid_cmp(&t->guid, &sv->guid) == 0 && !keep_engine) {
 				/* We expunged this very message: the expunge wins. */
 				log_keep_drop(c, uid, &sv->guid, why);
-				if (t->user) {
+				if (t->user || user_gone) {
+					/* A user's expunge, also under the
+					 * engine's tombstone when a user
+					 * expunged the GUID (at another UID,
+					 * or known by GUID): told as the
+					 * engine's, the server dropped its copy
+					 * as a move, with no trace of the
+					 * user's expunge, and a copy the
+					 * expunge missed came back there from
+					 * a third node. */
 					ARRAY_PUSH(&c->late_uexp, uid);
 					ARRAY_PUSH(&c->late_uexp_g, t->guid);
 				} else {
@@ -296,7 +426,10 @@ int apply_some(struct sync_client *c)
 					 * again in one more round, it was missing
 					 * here meanwhile, and that round compared
 					 * every message. */
-					if (stor_msg_renumber(c->db, mbg, at, uid, sv->modseq, &err) < 0) {
+					uint64_t ms;
+					if (ans_modseq(c, sv->modseq, &ms, &err) < 0)
+						return cl_fail(c, "%s", err);
+					if (stor_msg_renumber(c->db, mbg, at, uid, ms, &err) < 0) {
 						/* (uid held an expunged message
 						 * here: one more round sorts it
 						 * out, as before.) */
@@ -309,10 +442,11 @@ int apply_some(struct sync_client *c)
 						.op = STOR_FLAGS_REPLACE, .flags = sv->f.flags,
 						.keywords = (const char *const *)sv->f.keywords.items,
 						.keyword_count = sv->f.keywords.count,
-						.modseq = sv->modseq, .stamps = sv->stamps.items,
+						.modseq = ms, .stamps = sv->stamps.items,
 						.stamp_count = sv->stamps.count, .same_modseq = true,
 					};
-					if (stor_msg_store(c->db, mbg, &uid, 1, &mreq, NULL, NULL, &err) < 0)
+					if (stor_msg_store(c->db, mbg, &uid, 1, &mreq, NULL, NULL, &err) < 0 ||
+					    ans_wrote(c, &err) < 0)
 						return cl_fail(c, "FLAGS %u: %s", uid, err);
 					c->report.messages_renumbered++;
 					continue;
@@ -329,18 +463,18 @@ int apply_some(struct sync_client *c)
 					return cl_fail(c, "SAVE line for UID %u, which holds another "
 						       "message here", uid);
 				/* Already here: take the line's state and modseq. */
-				struct stor_store sreq = {
-					.op = STOR_FLAGS_REPLACE, .flags = sv->f.flags,
-					.keywords = (const char *const *)sv->f.keywords.items,
-					.keyword_count = sv->f.keywords.count, .modseq = sv->modseq,
-					.stamps = sv->stamps.items, .stamp_count = sv->stamps.count,
-				};
-				if (stor_msg_store(c->db, mbg, &uid, 1, &sreq, NULL, NULL, &err) < 0)
+				uint64_t ms;
+				if (ans_modseq(c, sv->modseq, &ms, &err) < 0 ||
+				    ans_store(c, uid, sv->modseq, ms, &sv->f, &sv->stamps, false,
+					      &err) < 0)
 					return cl_fail(c, "FLAGS %u: %s", uid, err);
 				continue;
 			}
+			uint64_t ams;
+			if (ans_modseq(c, sv->modseq, &ams, &err) < 0)
+				return cl_fail(c, "storing UID %u: %s", uid, err);
 			struct stor_append req = {
-				.uid = uid, .modseq = sv->modseq, .guid = &sv->guid,
+				.uid = uid, .modseq = ams, .guid = &sv->guid,
 				.flags = sv->f.flags,
 				.keywords = (const char *const *)sv->f.keywords.items,
 				.keyword_count = sv->f.keywords.count,
@@ -348,7 +482,8 @@ int apply_some(struct sync_client *c)
 				.stamps_given = sv->stamped, .stamps = sv->stamps.items,
 				.stamp_count = sv->stamps.count,
 			};
-			if (stor_msg_append(c->db, mbg, &req, NULL, NULL, &err) < 0)
+			if (stor_msg_append(c->db, mbg, &req, NULL, NULL, &err) < 0 ||
+			    ans_wrote(c, &err) < 0)
 				return cl_fail(c, "storing UID %u: %s", uid, err);
 			c->report.messages_received++;
 		}
@@ -356,8 +491,13 @@ int apply_some(struct sync_client *c)
 			return 0;
 		if (c->exp_after.count > 0) {
 			stor_uid_list done = ARRAY_INIT;
-			if (cl_expunge(c, &c->exp_after, &done, &err) < 0)
+			uint64_t ms;
+			if (ans_modseq(c, c->exp_modseq, &ms, &err) < 0 ||
+			    cl_expunge(c, &c->exp_after, ms, &done, &err) < 0 ||
+			    ans_wrote(c, &err) < 0) {
+				ARRAY_FREE(&done);
 				return cl_fail(c, "%s", err);
+			}
 			c->report.messages_expunged += (unsigned)done.count;
 			ARRAY_FREE(&done);
 			c->exp_after.count = 0;
@@ -368,13 +508,10 @@ int apply_some(struct sync_client *c)
 	if (c->apply_stage == 3) {
 		for (; c->apply_pos < c->flags.count && n < c->budget; c->apply_pos++, n++) {
 			const struct cl_flags *fl = &c->flags.items[c->apply_pos];
-			struct stor_store req = {
-				.op = STOR_FLAGS_REPLACE, .flags = fl->f.flags,
-				.keywords = (const char *const *)fl->f.keywords.items,
-				.keyword_count = fl->f.keywords.count, .modseq = fl->modseq,
-				.stamps = fl->stamps.items, .stamp_count = fl->stamps.count,
-			};
-			if (stor_msg_store(c->db, mbg, &fl->uid, 1, &req, NULL, NULL, &err) < 0)
+			uint64_t ms;
+			if (ans_modseq(c, fl->modseq, &ms, &err) < 0 ||
+			    ans_store(c, fl->uid, fl->modseq, ms, &fl->f, &fl->stamps, false,
+				      &err) < 0)
 				return cl_fail(c, "FLAGS %u: %s", fl->uid, err);
 			c->report.flags_changed++;
 		}
@@ -382,6 +519,11 @@ int apply_some(struct sync_client *c)
 			return 0;
 		c->apply_stage = 4;
 	}
+	uint64_t h;
+	if (ans_look(c, &h, &err) < 0)
+		return cl_fail(c, "%s", err);
+	if (c->foreign_low != 0 && c->foreign_low - 1 < c->common_cap)
+		c->common_cap = c->foreign_low - 1;
 	if (stor_mailbox_raise(c->db, mbg, c->final_uidnext, c->final_modseq, &err) < 0)
 		return cl_fail(c, "%s", err);
 	if (c->gone.count > 0 && apply_gone(c, &err) < 0)
@@ -394,12 +536,16 @@ int apply_some(struct sync_client *c)
 	int r = stor_mailbox_get_by_guid(c->db, mbg, &mb, &err);
 	if (r <= 0)
 		return cl_fail(c, "mailbox vanished: %s", r < 0 ? err : "");
+	/* Another writer here took modseqs at or below the answer's: the
+	 * copies are known equal below its first write only, and one more
+	 * round sends what it wrote. */
+	bool written_below = c->common_cap < c->final_modseq;
 	bool converged = mb.uidnext == c->final_uidnext && mb.highestmodseq == c->final_modseq &&
-			 !c->apply_diverged;
+			 !c->apply_diverged && !written_below;
 	c->apply_diverged = false;
 	struct stor_sync_state st = {
 		.uidvalidity = mb.uidvalidity, .uidnext = c->final_uidnext,
-		.highestmodseq = c->final_modseq,
+		.highestmodseq = written_below ? c->common_cap : c->final_modseq,
 	};
 	stor_mailbox_free(&mb);
 	if (stor_sync_state_set(c->db, c->peer, mbg, &st, &err) < 0)

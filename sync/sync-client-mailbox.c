@@ -95,12 +95,13 @@ int mbox_start(struct sync_client *c)
 	if (r == 0)
 		full = true;
 	c->cur_full = full;
-	c->L = full ? 1 : st.uidnext;
-	c->M = full ? 0 : st.highestmodseq;
+	c->common_cap = UINT64_MAX;
+	c->L = c->cur_full ? 1 : st.uidnext;
+	c->M = c->cur_full ? 0 : st.highestmodseq;
 	c->cu = c->cur.uidnext;
 	c->cm = c->cur.highestmodseq;
 	c->report.mailboxes_synced++;
-	if (full)
+	if (c->cur_full)
 		c->report.mailboxes_full++;
 
 	struct proto_wr w;
@@ -124,6 +125,16 @@ int mbox_start(struct sync_client *c)
 int send_begin(struct sync_client *c)
 {
 	const char *err;
+	/* Read again with the changes, in one turn of the loop: a write made
+	 * here since mbox_start() (the MBOX and SELECT round trip) is among
+	 * the changes sent, so the cm the server merges with must count it. */
+	struct stor_mailbox mb;
+	int r = stor_mailbox_get_by_guid(c->db, &c->cur.guid, &mb, &err);
+	if (r <= 0)
+		return cl_fail(c, "mailbox vanished: %s", r < 0 ? err : "");
+	c->cu = mb.uidnext;
+	c->cm = mb.highestmodseq;
+	stor_mailbox_free(&mb);
 	if (stor_changes_since(c->db, &c->cur.guid, c->M, &c->msgs, &c->tombs, &err) < 0)
 		return cl_fail(c, "%s", err);
 	c->report.messages_examined += (unsigned)(c->msgs.count + c->tombs.count);

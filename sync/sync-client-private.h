@@ -200,6 +200,15 @@ struct sync_client {
 	unsigned keep_drop_logged;
 	/* The answer's PSEEN lines (sync-pseen.c). */
 	stor_pseen_list pseen_ans;
+	/* Writes made here by others (IMAP sessions, replication) while the
+	 * answer is applied, from SYNC-BEGIN on (SPEC.md 10.3 "A write during
+	 * the sync"): our HIGHESTMODSEQ as the answer's own writes left it,
+	 * the first and the highest modseq another writer took (0: none yet),
+	 * and the fresh modseq above them that the answer's changes move to. */
+	uint64_t own_hms, foreign_low, foreign_hms, fresh;
+	/* The highest modseq below every such write of this mailbox's rounds
+	 * (UINT64_MAX: none): what the copies are known to share up to. */
+	uint64_t common_cap;
 };
 
 /* sync-pseen.c: private \Seen records (SPEC.md 7.7): ours since M sent
@@ -217,8 +226,8 @@ void cl_cmd_begin(struct sync_client *c, struct proto_wr *w, const char *name,
 void cl_cmd_end(struct sync_client *c, struct proto_wr *w);
 void cl_wr_expunges(struct sync_client *c, const stor_uid_list *uids,
 		    const stor_uid_list *uuids, const struct guid *guids);
-int cl_expunge(struct sync_client *c, const stor_uid_list *uids, stor_uid_list *done,
-	       const char **err);
+int cl_expunge(struct sync_client *c, const stor_uid_list *uids, uint64_t modseq,
+	       stor_uid_list *done, const char **err);
 void cl_new_group(struct sync_client *c);
 void srv_list_free(struct sync_client *c);
 void answer_free(struct sync_client *c);

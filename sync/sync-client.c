@@ -100,11 +100,11 @@ void cl_wr_expunges(struct sync_client *c, const stor_uid_list *uids,
 
 /* Expunges as the answer says: a user's expunge where it named the UID
  * and its message with GUIDS, else the engine's. */
-int cl_expunge(struct sync_client *c, const stor_uid_list *uids, stor_uid_list *done,
-	       const char **err)
+int cl_expunge(struct sync_client *c, const stor_uid_list *uids, uint64_t modseq,
+	       stor_uid_list *done, const char **err)
 {
-	return sync_expunge(c->db, &c->cur.guid, uids->items, uids->count, &c->exp_user,
-			    c->exp_modseq, done, err);
+	return sync_expunge(c->db, &c->cur.guid, uids->items, uids->count, &c->exp_user, modseq,
+			    done, err);
 }
 
 /* Starts a new group of commands: answers to older tags are ignored. */

@@ -2814,6 +2814,234 @@ static void test_sync_own_change_survives_a_writer_between_merge_steps(void)
 	node_close(&b);
 }
 
+/* ---- A write on the client while its sync runs (SPEC.md 10.3 "A write
+ * during the sync") ---- */
+
+/* Runs fn once, as the client sends its first SYNC-END: a write made on
+ * the client node (an IMAP session, replication) after the sync read the
+ * client's state and before the answer comes. */
+struct hook {
+	struct sync_transport t;
+	const struct sync_transport *inner;
+	void (*fn)(void *arg);
+	void *arg;
+	bool done;
+};
+
+static void hook_send(void *ctx, const void *data, size_t len)
+{
+	struct hook *h = ctx;
+	if (!h->done && memmem(data, len, " SYNC-END", 9) != NULL) {
+		h->done = true;
+		h->fn(h->arg);
+	}
+	h->inner->send(h->inner->ctx, data, len);
+}
+
+/* Syncs client c with server s, fn running as the hook says. */
+static void run_sync_hooked(struct node *c, struct node *s, uint32_t seed, void (*fn)(void *),
+			    void *arg)
+{
+	struct sync_settings set = { .peer_sid = s->sid, .user = USER, .step_budget = 7 };
+	struct sync_pipe *p = sync_pipe_create(seed, seed % 3 == 0 ? 0 : 1 + seed % 97);
+	struct hook h = { { hook_send, &h }, sync_pipe_client_transport(p), fn, arg, false };
+	struct sync_client *cl = sync_client_create(c->db, &set, &h.t);
+	struct sync_server *sv = sync_server_create(s->db, c->sid, sync_pipe_server_transport(p));
+	sync_server_set_budget(sv, 1 + seed % 5);
+	enum sync_step_result r = sync_pipe_run(p, cl, sv, 1000000);
+	if (r != SYNC_STEP_DONE)
+		fprintf(stderr, "sync failed: %s / %s\n",
+			sync_client_error(cl) ? sync_client_error(cl) : "-",
+			sync_server_error(sv) ? sync_server_error(sv) : "-");
+	CU_ASSERT_EQUAL(r, SYNC_STEP_DONE);
+	CU_ASSERT(h.done);
+	sync_client_destroy(&cl);
+	sync_server_destroy(&sv);
+	sync_pipe_destroy(&p);
+}
+
+struct local_write {
+	struct node *n;
+	const struct guid *mb;
+	uint32_t uid;
+	uint32_t flag;
+	int count;
+	uint64_t hms_after; /* the client's HIGHESTMODSEQ right after them */
+};
+
+static uint64_t hms_of(struct node *n, const struct guid *mb)
+{
+	struct stor_mailbox x;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_mailbox_get_by_guid(n->db, mb, &x, &error), 1);
+	uint64_t h = x.highestmodseq;
+	stor_mailbox_free(&x);
+	return h;
+}
+
+static uint64_t modseq_of(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	uint64_t ms = m.modseq;
+	stor_msg_free(&m);
+	return ms;
+}
+
+static uint32_t flags_at(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m;
+	const char *error;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	uint32_t f = m.flags;
+	stor_msg_free(&m);
+	return f;
+}
+
+static void local_write_fn(void *arg)
+{
+	struct local_write *w = arg;
+	for (int i = 0; i < w->count; i++)
+		store_kw(w->n, w->mb, w->uid, i % 2 == 0 ? STOR_FLAGS_ADD : STOR_FLAGS_REMOVE,
+			 i % 2 == 0 ? w->flag : STOR_FLAG_DRAFT, NULL);
+	w->hms_after = hms_of(w->n, w->mb);
+}
+
+/* A sync client applies the server's answer at the modseqs the merge gave
+ * (N, or the server's own), but a user on the client node changed the
+ * mailbox after the sync began: its HIGHESTMODSEQ passed them already.
+ * Written at them, the answer's changes sat at or below the HIGHESTMODSEQ
+ * an IMAP client of that node cached after its own change: one modseq
+ * stood for two states, and CONDSTORE/QRESYNC never told it (the
+ * campaign's qresync-cache).  Variants: 0, the answer keeps the server's
+ * modseq, which the local write took too; 1, both sides changed (N), two
+ * local writes go past N; 2, the local write is to the very message the
+ * server changed, at a modseq below the answer's (the answer's state lacks
+ * it: it must not overwrite it).  Every change the answer brings must land
+ * above the client's HIGHESTMODSEQ of that moment, no user's change is
+ * lost, and the sync ends with both copies equal, modseqs included. */
+static void client_write_during_sync(int variant, uint32_t seed)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid mb = mk_shared_mailbox(&a, &b, "INBOX");
+	for (int i = 0; i < 3; i++)
+		append(&a, &mb, "Subject: m\r\n\r\nm\r\n", 0, NULL);
+	run_sync(&a, &b, false, seed);
+	CU_ASSERT_FATAL(dumps_equal(&a, &b));
+	/* The server's change of UID 1 (three of them in variant 2: its
+	 * modseq is above the client's local write). */
+	store_kw(&b, &mb, 1, STOR_FLAGS_ADD, STOR_FLAG_FLAGGED, NULL);
+	if (variant == 2) {
+		store_kw(&b, &mb, 1, STOR_FLAGS_ADD, 0, "$x");
+		store_kw(&b, &mb, 1, STOR_FLAGS_REMOVE, 0, "$x");
+	}
+	if (variant == 1)
+		store_kw(&a, &mb, 3, STOR_FLAGS_ADD, STOR_FLAG_ANSWERED, NULL);
+	struct local_write w = {
+		&a, &mb, variant == 2 ? 1 : 2, STOR_FLAG_SEEN, variant == 1 ? 3 : 1, 0,
+	};
+	run_sync_hooked(&a, &b, seed + 1, local_write_fn, &w);
+	/* The answer's change of UID 1 lands above what an IMAP client of A
+	 * saw after the local write. */
+	CU_ASSERT(modseq_of(&a, &mb, 1) > w.hms_after);
+	if (modseq_of(&a, &mb, 1) <= w.hms_after)
+		fprintf(stderr, "\nvariant %d seed %u: UID 1 at %llu, HIGHESTMODSEQ after the local "
+			"write %llu\n", variant, seed, (unsigned long long)modseq_of(&a, &mb, 1),
+			(unsigned long long)w.hms_after);
+	/* Nothing lost: the server's \Flagged and the local \Seen. */
+	CU_ASSERT(flags_at(&a, &mb, 1) & STOR_FLAG_FLAGGED);
+	CU_ASSERT(flags_at(&a, &mb, w.uid) & STOR_FLAG_SEEN);
+	CU_ASSERT(flags_at(&b, &mb, w.uid) & STOR_FLAG_SEEN);
+	CU_ASSERT(flags_at(&b, &mb, 1) & STOR_FLAG_FLAGGED);
+	/* The sync itself ends with both copies equal, modseqs included. */
+	CU_ASSERT(dumps_equal(&a, &b));
+	check_modseqs_equal(&a, &b, &mb);
+	/* And a following sync with nothing new changes nothing. */
+	uint64_t ha = hms_of(&a, &mb);
+	run_sync(&a, &b, false, seed + 2);
+	CU_ASSERT(dumps_equal(&a, &b));
+	check_modseqs_equal(&a, &b, &mb);
+	CU_ASSERT_EQUAL(hms_of(&a, &mb), ha);
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_sync_answer_lands_above_a_client_write_during_the_sync(void)
+{
+	for (int v = 0; v < 3; v++) {
+		for (uint32_t seed = 0; seed < 6; seed++)
+			client_write_during_sync(v, 700 + 10 * (uint32_t)v + seed);
+	}
+}
+
+/* A SAVE line of the server's at a UID where the client holds its sync
+ * engine's tombstone of the same GUID, while a user expunged that GUID
+ * (here a GUID tombstone the last sync did not carry): the client keeps
+ * it expunged and tells the server in its second sync.  Told as the
+ * engine's expunge (no GUIDS), the server dropped its copy as a move and
+ * kept no trace of the user's expunge: a third node that still held a
+ * copy (one the expunge missed) brought it back there, kept at a fresh UID
+ * as possibly the last copy anywhere. */
+static void user_expunged_guid_under_engine_tombstone(bool c_is_client, uint32_t seed)
+{
+	struct node a, b, c;
+	struct guid mb = three_nodes_with_common(&a, &b, &c, 1, seed);
+	run_sync(&a, &b, false, seed + 2);
+	const char *error;
+	struct stor_sync_state st;
+	CU_ASSERT_EQUAL_FATAL(stor_sync_state_get(a.db, SID_B, &mb, &st, &error), 1);
+	/* G reaches every node at UID 2 (live replication). */
+	struct guid g;
+	CU_ASSERT_EQUAL_FATAL(append(&b, &mb, "message g\r\n", 0, &g), 2);
+	replicate_save(&a, &mb, 2, &g, "message g\r\n");
+	replicate_save(&c, &mb, 2, &g, "message g\r\n");
+	/* On A the engine dropped its copy at 2, and A knows a user expunged
+	 * G (a GUID tombstone not above the last sync with B: not sent as a
+	 * GONE line). */
+	uint32_t u = 2;
+	CU_ASSERT_EQUAL_FATAL(stor_msg_expunge_kind(a.db, &mb, &u, 1, 0, false, NULL, &error), 0);
+	size_t added = 0;
+	CU_ASSERT_EQUAL_FATAL(stor_guid_tombs_add(a.db, &mb, &g, 1, st.highestmodseq, &added,
+						  &error), 0);
+	CU_ASSERT_EQUAL_FATAL(added, 1);
+	run_sync(&a, &b, false, seed + 3);
+	CU_ASSERT(!has_guid(&a, &mb, &g, NULL));
+	CU_ASSERT(!has_guid(&b, &mb, &g, NULL));
+	/* B knows it as a user's expunge now. */
+	CU_ASSERT_EQUAL(stor_guid_tomb_get(b.db, &mb, &g, NULL, &error), 1);
+	/* C's copy, which the expunge missed, does not come back to B. */
+	if (c_is_client)
+		run_sync(&c, &b, false, seed + 4);
+	else
+		run_sync(&b, &c, false, seed + 4);
+	CU_ASSERT(!has_guid(&b, &mb, &g, NULL));
+	CU_ASSERT(!has_guid(&c, &mb, &g, NULL));
+	run_sync(&a, &b, false, seed + 5);
+	run_sync(&c, &a, false, seed + 6);
+	run_sync(&a, &b, false, seed + 7);
+	CU_ASSERT(!has_guid(&a, &mb, &g, NULL));
+	CU_ASSERT(!has_guid(&b, &mb, &g, NULL));
+	CU_ASSERT(!has_guid(&c, &mb, &g, NULL));
+	three_nodes_end_alike(&a, &b, &c, 1);
+	check_mailbox(&a, &mb);
+	check_mailbox(&b, &mb);
+	check_mailbox(&c, &mb);
+	three_nodes_close(&a, &b, &c);
+}
+
+static void test_sync_user_expunged_guid_under_engine_tombstone_goes_as_a_users(void)
+{
+	for (uint32_t seed = 0; seed < 4; seed++) {
+		user_expunged_guid_under_engine_tombstone(true, 760 + 10 * seed);
+		user_expunged_guid_under_engine_tombstone(false, 765 + 10 * seed);
+	}
+}
+
 /* The fault campaign's acked-expunge-holds (partition seeds 200, 201, 1,
  * 2): X reaches A and B by live replication; apart, a user expunges X on
  * A, while a sync of B with C (which used X's UID for another message)
@@ -4314,6 +4542,10 @@ static const struct test_case sync_cases[] = {
 	  test_sync_flag_change_survives_a_writer_between_merge_steps },
 	{ "our own change survives a writer between the merge's steps",
 	  test_sync_own_change_survives_a_writer_between_merge_steps },
+	{ "the answer lands above a write on the client during the sync, nothing lost",
+	  test_sync_answer_lands_above_a_client_write_during_the_sync },
+	{ "a user-expunged GUID under the client's engine tombstone goes as a user's expunge",
+	  test_sync_user_expunged_guid_under_engine_tombstone_goes_as_a_users },
 	{ "wire lines follow the command table", test_sync_wire_lines_follow_the_command_table },
 	{ "server refuses UIDs and modseqs past the bounds, the mailbox unchanged",
 	  test_sync_server_refuses_values_past_the_bounds },
