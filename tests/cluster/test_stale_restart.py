@@ -21,6 +21,8 @@ Real starlingd nodes on loopback, every peer link through the link proxy:
     both sides: the later change wins); message 3 gone (an expunge beats
     a flag change); the UIDVALIDITY unchanged.  This is what a node that
     was partitioned without a restart does too: a restart adds nothing.
+    Again with `repl_log_max = 2`, so that node 3 falls off node 1's log
+    while it is down and the heal is its full resync (8.6).
   - refuse: the same restart of node 2 of two nodes with
     `degraded_writes = refuse` and `sync_replicas = 1`: alone, it refuses
     the APPEND (NO [UNAVAILABLE]) instead of taking it; back with node 1
@@ -129,8 +131,8 @@ def alone_and_serving(node):
 
 # ---- accept: the stale node serves alone; the heal merges both sides -------
 
-def t_stale_alone_accept():
-    c = Cluster(n=3, users={USER: PASSWORD}, proxies=True)
+def t_stale_alone_accept(extra=None):
+    c = Cluster(n=3, users={USER: PASSWORD}, proxies=True, extra_config=extra)
     try:
         c.start_all()
         c.wait_links_up(timeout=40)
@@ -151,6 +153,9 @@ def t_stale_alone_accept():
             R.equal("%s on node 1" % cmd, m1.command(cmd).status, "OK")
         m1.close()
         c.wait_dumps_equal(USER, timeout=40, nodes=[n1, n2])
+        if extra and "repl_log_max" in extra:
+            R.equal("node 1 marked node 3, down, for a full resync",
+                    n1.status(timeout=10).get("peer.3.full_sync"), "yes")
         # The later change of SPEC.md 10.3 is decided by wall-clock time:
         # leave no doubt which one that is.
         time.sleep(1.1)
@@ -245,6 +250,8 @@ def main():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"  # only the heal repairs
     only = os.environ.get("STALE_ONLY")
     scenarios = [("a stale node alone accepts, the heal merges", t_stale_alone_accept),
+                 ("... past repl_log_max: the full resync merges too",
+                  lambda: t_stale_alone_accept({"repl_log_max": "2"})),
                  ("a stale node alone refuses", t_stale_alone_refuse)]
     for name, func in scenarios:
         if only is None or only == name:
