@@ -41,6 +41,8 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
 from harness import imapwire  # noqa: E402
 from harness.proc import poll as wait_for  # noqa: E402
+from harness.peerwire import PyPeer  # noqa: E402
+from harness.peerwire import command_retrying as command, completion as last  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
 
@@ -65,9 +67,9 @@ def client(node):
     return c
 
 
-def append(c, subject):
+def append(c, subject, mbox="INBOX"):
     """(response, uid or None)"""
-    r = c.command("APPEND INBOX", imapwire.Literal(message(subject)))
+    r = c.command("APPEND " + mbox, imapwire.Literal(message(subject)))
     mm = re.search(rb"APPENDUID \d+ (\d+)", r.line)
     return r, int(mm.group(1)) if mm else None
 
@@ -78,10 +80,14 @@ def uidvalidity(c):
     return int(mm.group(1)) if mm else None
 
 
-def mailbox(node):
-    """{subject: [(uid, flags), ...]} of INBOX on node, read over IMAP."""
+def mailbox(node, mbox="INBOX"):
+    """{subject: [(uid, flags), ...]} of mbox on node, read over IMAP."""
     c = client(node)
     try:
+        if mbox != "INBOX":
+            r = c.command("SELECT " + mbox)
+            if r.status != "OK":
+                return None, None
         r = c.command("UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         out = {}
         for item in r.untagged:
@@ -131,8 +137,9 @@ def alone_and_serving(node):
 
 # ---- accept: the stale node serves alone; the heal merges both sides -------
 
-def t_stale_alone_accept(extra=None):
-    c = Cluster(n=3, users={USER: PASSWORD}, proxies=True, extra_config=extra)
+def t_stale_alone_accept(extra=None, restart=True, heal_first=None):
+    c = Cluster(n=3, users={USER: PASSWORD}, proxies=True, extra_config=extra,
+                log_level=os.environ.get("STALE_LOG_LEVEL", "info"))
     try:
         c.start_all()
         c.wait_links_up(timeout=40)
@@ -142,14 +149,22 @@ def t_stale_alone_accept(extra=None):
             r, _ = append(m1, s)
             R.equal("APPEND %s on node 1" % s, r.status, "OK")
         uv = uidvalidity(m1)
+        for mb in ("Gone", "Proj"):
+            R.equal("CREATE %s on node 1" % mb, m1.command("CREATE " + mb).status, "OK")
+            r, _ = append(m1, "in-" + mb, mb)
+            R.equal("APPEND into %s on node 1" % mb, r.status, "OK")
         c.wait_dumps_equal(USER, timeout=40)
 
-        n3.kill()
+        if restart:
+            n3.kill()
+        else:
+            isolate(c, 3)
         r, acked_uid = append(m1, "acked")
         R.check("APPEND on node 1 while node 3 is down: OK with a UID",
                 r.status == "OK" and acked_uid == 4, r)
         for cmd in ("UID STORE 1 +FLAGS (\\Seen)", "UID STORE 2 +FLAGS (\\Flagged)",
-                    "UID STORE 3 +FLAGS (\\Deleted)", "UID EXPUNGE 3"):
+                    "UID STORE 3 +FLAGS (\\Deleted)", "UID EXPUNGE 3",
+                    "DELETE Gone", "RENAME Proj Proj2"):
             R.equal("%s on node 1" % cmd, m1.command(cmd).status, "OK")
         m1.close()
         c.wait_dumps_equal(USER, timeout=40, nodes=[n1, n2])
@@ -160,9 +175,10 @@ def t_stale_alone_accept(extra=None):
         # leave no doubt which one that is.
         time.sleep(1.1)
 
-        isolate(c, 3)
-        n3.start()
-        R.check("node 3, restarted cut off, is root alone and serving after its hold",
+        if restart:
+            isolate(c, 3)
+            n3.start()
+        R.check("node 3, cut off, is root alone and serving (after its hold if restarted)",
                 wait_for(lambda: alone_and_serving(n3), 30), n3.status(timeout=10))
         ans = master_show(n3)
         R.check("... and master of INBOX itself, at an epoch of its own",
@@ -172,6 +188,10 @@ def t_stale_alone_accept(extra=None):
                           ("UID STORE 2 FLAGS (\\Answered)", "FLAGS on message 2"),
                           ("UID STORE 3 +FLAGS (\\Draft)", "+FLAGS on message 3")):
             R.equal("node 3 alone: %s" % what, m3.command(cmd).status, "OK")
+        for mb in ("Gone", "Proj"):
+            r, _ = append(m3, "lone-" + mb, mb)
+            R.equal("node 3 alone: APPEND into %s (deleted or renamed elsewhere)" % mb,
+                    r.status, "OK")
         r, lone_uid = append(m3, "lone")
         R.check("node 3 alone: APPEND OK with a UID", r.status == "OK" and lone_uid, r)
         R.equal("... the UID node 1 gave the acknowledged message", lone_uid, acked_uid)
@@ -179,6 +199,12 @@ def t_stale_alone_accept(extra=None):
                 str(n3.status(timeout=10).get("autonomous_changes")), "0")
         m3.close()
 
+        if heal_first is not None:
+            # One link first: node 1's log (the DELETE, the RENAME) reaches
+            # node 3 before any resync with node 2 can settle them.
+            c.restore(3, heal_first)
+            c.wait_links_up(timeout=40, nodes=[n3, c.nodes[heal_first - 1]])
+            time.sleep(2)
         reconnect(c, 3)
         c.wait_links_up(timeout=40)
         try:
@@ -201,6 +227,19 @@ def t_stale_alone_accept(extra=None):
                     ("\\Answered",))
             uids = [u for v in box.values() for u, _f in v]
             R.equal(tag + "no UID names two messages", len(uids), len(set(uids)))
+            # A change beats a delete (SPEC.md 10.5): the mailbox node 1
+            # deleted comes back with what node 3 took into it.
+            gone, _ = mailbox(node, "Gone")
+            R.check(tag + "Gone is back, holding node 3's APPEND once",
+                    len((gone or {}).get("lone-Gone", [])) == 1,
+                    (gone, [ln for ln in node.dump(USER).splitlines()
+                            if not ln.startswith("msg INBOX")]))
+            # The rename made on node 1 holds; node 3's APPEND is in it.
+            proj2, _ = mailbox(node, "Proj2")
+            R.equal(tag + "Proj2 holds its message and node 3's APPEND, once each",
+                    sorted((proj2 or {}).keys()), ["in-Proj", "lone-Proj"])
+            proj, _ = mailbox(node, "Proj")
+            R.equal(tag + "no mailbox Proj any more", proj, None)
     finally:
         c.close_checked(R)
 
@@ -246,13 +285,58 @@ def t_stale_alone_refuse():
         c.close_checked(R)
 
 
+# ---- a streamed DELETE never takes messages its sender never saw ---------
+
+def t_delete_beyond():
+    c = Cluster(n=2, users={USER: PASSWORD})
+    try:
+        n2 = c.nodes[1]
+        n2.start()
+        m2 = client(n2)
+        for mb, count in (("Keep", 2), ("Drop", 1), ("Old", 2)):
+            R.equal("CREATE %s on node 2" % mb, m2.command("CREATE " + mb).status, "OK")
+            for i in range(count):
+                r, _ = append(m2, "%s%d" % (mb, i), mb)
+                R.equal("APPEND %s%d" % (mb, i), r.status, "OK")
+        m2.close()
+        dump = n2.dump(USER)
+        guid = dict(re.findall(r"mailbox (\S+) guid=(\w+)", dump))
+        with open(c.secret_file, "rb") as f:
+            secret = f.read().rstrip(b"\n")
+        p = PyPeer(n2.repl_port, 1, secret)
+        R.check("a Python peer authenticates as node 1", p.auth().startswith("C1 OK"))
+        r = command(p, "DELETE %s Keep %s UIDNEXT 2 ORIGIN 1" % (USER, guid["Keep"]))
+        R.equal("DELETE of a mailbox holding a UID at or above the sender's UIDNEXT: "
+                "NO [UNSYNCED]", last(r)[0:2], ("NO", "UNSYNCED"))
+        dump = n2.dump(USER)
+        R.check("... Keep and its two messages stay",
+                "mailbox Keep " in dump and len(re.findall(r"msg Keep ", dump)) == 2, dump)
+        r = command(p, "DELETE %s Drop %s UIDNEXT 2 ORIGIN 1" % (USER, guid["Drop"]))
+        R.equal("DELETE of a mailbox holding nothing beyond the sender's UIDNEXT: OK",
+                last(r)[0], "OK")
+        R.check("... Drop is gone", "mailbox Drop " not in n2.dump(USER))
+        r = command(p, "DELETE %s Old %s ORIGIN 1" % (USER, guid["Old"]))
+        R.equal("DELETE without UIDNEXT (an earlier build): OK, as before", last(r)[0], "OK")
+        R.check("... Old is gone", "mailbox Old " not in n2.dump(USER))
+        r = command(p, "DELETE %s Keep %s UIDNEXT 0 ORIGIN 1" % (USER, guid["Keep"]))
+        R.equal("UIDNEXT 0: BAD [ARGS]", last(r)[0:2], ("BAD", "ARGS"))
+        p.close()
+    finally:
+        c.close_checked(R)
+
+
 def main():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"  # only the heal repairs
     only = os.environ.get("STALE_ONLY")
     scenarios = [("a stale node alone accepts, the heal merges", t_stale_alone_accept),
+                 ("a partitioned node (no restart), for comparison",
+                  lambda: t_stale_alone_accept(restart=False)),
+                 ("... the link to node 1 healed first",
+                  lambda: t_stale_alone_accept(heal_first=1)),
                  ("... past repl_log_max: the full resync merges too",
                   lambda: t_stale_alone_accept({"repl_log_max": "2"})),
-                 ("a stale node alone refuses", t_stale_alone_refuse)]
+                 ("a stale node alone refuses", t_stale_alone_refuse),
+                 ("a streamed DELETE keeps messages its sender never saw", t_delete_beyond)]
     for name, func in scenarios:
         if only is None or only == name:
             R.section(name, func)
