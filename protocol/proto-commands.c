@@ -35,7 +35,7 @@ static const struct proto_cmd_info commands[] = {
 	{ "SELECT", "i", 0 },
 	{ "CREATE", "ssgi",
 	  PROTO_CMDF_OPT_SPECIAL_USE | PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_RSTAMP },
-	{ "DELETE", "ssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
+	{ "DELETE", "ssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_UIDNEXT },
 	{ "RENAME", "sssg", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN | PROTO_CMDF_OPT_RSTAMP },
 	{ "SUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
 	{ "UNSUBSCRIBE", "ss", PROTO_CMDF_FORWARD | PROTO_CMDF_OPT_ORIGIN },
@@ -297,6 +297,7 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 	bool seen_via = false, seen_to = false, seen_opt = false, seen_origin = false;
 	bool seen_guids = false, seen_stamps = false, seen_epoch = false, seen_by = false;
 	bool seen_req = false, seen_holder = false, seen_rstamp = false, seen_seen_of = false;
+	bool seen_uidnext = false;
 	while (i < cmd->arg_count) {
 		const struct proto_arg *key = &cmd->args[i];
 		if (key->type != PROTO_ARG_ATOM || i + 1 >= cmd->arg_count)
@@ -361,6 +362,10 @@ int proto_cmd_validate(const struct proto_cmd *cmd, size_t *npos_r, const char *
 			   (info->flags & PROTO_CMDF_OPT_RSTAMP) != 0) {
 			seen_rstamp = true;
 			ok = check_arg('m', val);
+		} else if (strcasecmp(key->str, "UIDNEXT") == 0 && !seen_uidnext &&
+			   (info->flags & PROTO_CMDF_OPT_UIDNEXT) != 0) {
+			seen_uidnext = true;
+			ok = check_arg('i', val);
 		} else if (strcasecmp(key->str, "STAMPS") == 0 && !seen_stamps &&
 			   (info->flags & PROTO_CMDF_OPT_STAMPS) != 0) {
 			seen_stamps = true;
@@ -401,7 +406,8 @@ bool proto_cmd_is_option(const struct proto_cmd_info *info, const char *key)
 	       ((info->flags & PROTO_CMDF_OPT_SEEN_OF) != 0 && strcasecmp(key, "SEEN-OF") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_HOLDER) != 0 && strcasecmp(key, "HOLDER") == 0) ||
 	       ((info->flags & PROTO_CMDF_OPT_STAMPS) != 0 && strcasecmp(key, "STAMPS") == 0) ||
-	       ((info->flags & PROTO_CMDF_OPT_RSTAMP) != 0 && strcasecmp(key, "RSTAMP") == 0);
+	       ((info->flags & PROTO_CMDF_OPT_RSTAMP) != 0 && strcasecmp(key, "RSTAMP") == 0) ||
+	       ((info->flags & PROTO_CMDF_OPT_UIDNEXT) != 0 && strcasecmp(key, "UIDNEXT") == 0);
 }
 
 const struct proto_arg *proto_cmd_option(const struct proto_cmd *cmd, size_t npos, const char *key)

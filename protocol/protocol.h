@@ -31,7 +31,7 @@
 #include "lib/guid.h"
 
 #define PROTO_VERSION_MAJOR 1
-#define PROTO_VERSION_MINOR 1
+#define PROTO_VERSION_MINOR 2
 
 /* Defaults of the limits (SPEC.md "Limits"). */
 #define PROTO_DEFAULT_MAX_LINE 65536               /* bytes outside literals */
@@ -513,6 +513,8 @@ int proto_read_seen_of(const struct proto_cmd *cmd, size_t npos, const char **us
 #define PROTO_MAX_REQ_LEN 31                /* characters of a REQ value */
 #define PROTO_MAX_STAMPS 256                /* triplets in a STAMPS option (syntax bound) */
 #define PROTO_MIN_MINOR_RSTAMP 1            /* the minor version that brought RSTAMP */
+#define PROTO_CMDF_OPT_UIDNEXT 0x2000       /* accepts UIDNEXT <n>: what a deleted mailbox held (SPEC 7.3, 1.2) */
+#define PROTO_MIN_MINOR_DELETE_UIDNEXT 2    /* the minor version that brought DELETE's UIDNEXT */
 
 struct proto_cmd_info {
 	const char *name;

@@ -499,6 +499,25 @@ void apply_acl_put(struct repl_cluster *cl, struct answer *a, const struct proto
 	answer_later(a, "OK", NULL, applied ? "applied" : "already newer");
 }
 
+/* 1 when a streamed DELETE's UIDNEXT (what the mailbox held where it was
+ * deleted) is below a message held here: that message reached this copy
+ * and never the deleting node's, so the delete was made without it.  0
+ * without UIDNEXT (an earlier build: deleted as before), -1 error. */
+static int held_beyond(struct stor_db *db, const struct proto_cmd *cmd, size_t npos,
+		       const struct guid *mailbox, const char **error_r)
+{
+	const struct proto_arg *opt = proto_cmd_option(cmd, npos, "UIDNEXT");
+	uint32_t uidnext;
+	if (opt == NULL || proto_arg_u32(opt, &uidnext) < 0)
+		return 0;
+	stor_msg_list msgs = ARRAY_INIT;
+	if (stor_msg_list_range(db, mailbox, uidnext, UINT32_MAX, &msgs, error_r) < 0)
+		return -1;
+	int r = msgs.count > 0;
+	stor_msg_list_free(&msgs);
+	return r;
+}
+
 void apply_list_change(struct repl_cluster *cl, struct answer *a,
 		       const struct proto_cmd *cmd, size_t npos)
 {
@@ -536,6 +555,21 @@ void apply_list_change(struct repl_cluster *cl, struct answer *a,
 		return;
 	}
 	if (proto_cmd_is(cmd, "DELETE")) {
+		int beyond = have > 0 ? held_beyond(db, cmd, npos, &guid, &err) : 0;
+		if (beyond != 0) {
+			stor_mailbox_free(&mb);
+			if (beyond < 0) {
+				answer_later(a, "NO", "SERVERBUG", err);
+				return;
+			}
+			/* A change beats a delete (SPEC.md 10.5): the resync the
+			 * sender queues on NO brings the mailbox back there. */
+			log_info("replication: %s: DELETE of %s refused: it holds messages the "
+				 "deleting node never saw", user, name);
+			answer_later(a, "NO", "UNSYNCED",
+				     "the mailbox holds messages the deleting node never saw");
+			return;
+		}
 		if (have > 0) {
 			stor_mailbox_free(&mb);
 			if (stor_mailbox_delete(db, &guid, &err) < 0) {

@@ -274,11 +274,35 @@ static void stream_list_change(struct cl_peer *p, uint64_t seq, const struct cl_
 			proto_wr_list_end(w);
 		}
 		break;
-	case CL_ENTRY_DELETE:
+	case CL_ENTRY_DELETE: {
+		struct stor_mailbox mb;
+		const char *err;
+		if (stor_mailbox_get_by_guid(p->cl->repl.db, &e->guid, &mb, &err) > 0) {
+			/* Here again since: a resync found it changed elsewhere
+			 * after the delete and brought it back (a change beats a
+			 * delete, SPEC.md 10.5).  Sent now, the delete would
+			 * take that change from the peer, and the peer's
+			 * tombstone would then take the mailbox from here. */
+			stor_mailbox_free(&mb);
+			return;
+		}
 		w = proto_conn_cmd_begin(p->conn, "DELETE");
 		proto_wr_cstr(w, e->user);
 		proto_wr_cstr(w, e->name);
 		proto_wr_guid(w, &e->guid);
+		if (proto_conn_minor(p->conn) >= PROTO_MIN_MINOR_DELETE_UIDNEXT) {
+			/* What the mailbox held here when it was deleted: a
+			 * copy with messages beyond it took mail this node
+			 * never saw (the two were apart), and deleting it
+			 * would lose acknowledged messages (SPEC.md 7.3). */
+			uint32_t uidnext = 0;
+			if (stor_mailbox_tomb_get(p->cl->repl.db, e->user, &e->guid, &uidnext, NULL,
+						  &err) > 0 &&
+			    uidnext > 0) {
+				proto_wr_atom(w, "UIDNEXT");
+				proto_wr_u64(w, uidnext);
+			}
+		}
 		/* Our id for it names nothing now. */
 		for (size_t i = 0; i < p->binds.count; i++) {
 			if (guid_equal(&p->binds.items[i]->guid, &e->guid) &&
@@ -286,6 +310,7 @@ static void stream_list_change(struct cl_peer *p, uint64_t seq, const struct cl_
 				p->binds.items[i]->state = CL_BIND_NONE;
 		}
 		break;
+	}
 	case CL_ENTRY_RENAME:
 		w = proto_conn_cmd_begin(p->conn, "RENAME");
 		proto_wr_cstr(w, e->user);

@@ -460,7 +460,7 @@ static void raw_handshake(struct ev_loop *loop, struct raw *r, struct side *b)
 	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
 	w.want = ")\r\n";
 	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
-	const char *hello = strstr(buf_cstr(&r->in), "* HELLO 1.1 2 ");
+	const char *hello = strstr(buf_cstr(&r->in), "* HELLO 1.2 2 ");
 	CU_ASSERT_PTR_NOT_NULL_FATAL(hello);
 	unsigned char acc_nonce[PROTO_NONCE_SIZE], init_nonce[PROTO_NONCE_SIZE] = { 9, 9, 9 };
 	CU_ASSERT_FATAL(hex_decode(hello + 14, 64, acc_nonce, sizeof(acc_nonce)) == 0);
@@ -579,7 +579,7 @@ static void test_truncated_handshake_is_refused(void)
 	raw_send(&r, line);
 	CU_ASSERT(run_until(loop, side_closed, &b, 5));
 	raw_read(&r);
-	CU_ASSERT(strstr(buf_cstr(&r.in), "* BYE [VERSION 1.1]") != NULL);
+	CU_ASSERT(strstr(buf_cstr(&r.in), "* BYE [VERSION 1.2]") != NULL);
 	raw_close(&r);
 	raw_close(&r2);
 	side_free(&b);
@@ -875,7 +875,7 @@ static void test_unanswered_compress_closes_the_link(void)
 	CU_ASSERT_PTR_NOT_NULL_FATAL(a.conn);
 	struct raw_wait w = { loop, &r, ")\r\n", &a };
 	CU_ASSERT_FATAL(run_until(loop, raw_has, &w, 5));
-	const char *hello = strstr(buf_cstr(&r.in), "* HELLO 1.1 1 ");
+	const char *hello = strstr(buf_cstr(&r.in), "* HELLO 1.2 1 ");
 	CU_ASSERT_PTR_NOT_NULL_FATAL(hello);
 	unsigned char init_nonce[PROTO_NONCE_SIZE], acc_nonce[PROTO_NONCE_SIZE] = { 7 };
 	CU_ASSERT_FATAL(hex_decode(hello + 14, 64, init_nonce, sizeof(init_nonce)) == 0);
