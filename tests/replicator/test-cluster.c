@@ -1562,10 +1562,7 @@ static void answer_moved_case(enum meanwhile what)
 	struct stor_mailbox dmb;
 	pair_start_d(&p, &dmb);
 	const char *err;
-	/* Node 1 binds D on its link with one forward first. */
-	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
-	for (int i = 0; i < 50; i++)
-		ev_run(p.loop, EVRUN_ONCE);
+	pair_bind_d(&p, &dmb);
 	struct answer_moved r;
 	memset(&r, 0, sizeof(r));
 	r.cl1 = to_cl(p.n1.repl);
@@ -1578,16 +1575,8 @@ static void answer_moved_case(enum meanwhile what)
 	repl_sync_set_live(p.n2.sync, answer_moved_live2, &r);
 	repl_sync_set_live(p.n1.sync, answer_moved_live1, &r);
 
-	struct repl_append a;
-	memset(&a, 0, sizeof(a));
-	a.guid = &r.mine;
-	a.text = "Subject: moved\r\n\r\nsecond from node 1\r\n";
-	a.text_len = strlen(a.text);
 	struct copy_done d;
-	memset(&d, 0, sizeof(d));
-	repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-	CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
-	CU_ASSERT_EQUAL(d.error, REPL_OK);
+	pair_append_as(&p, &dmb.guid, &r.mine, "Subject: moved\r\n\r\nsecond from node 1\r\n", &d);
 	CU_ASSERT_TRUE(r.done);
 	CU_ASSERT_EQUAL(r.failed, 0);
 	uint32_t at2 = 0;
@@ -1686,9 +1675,7 @@ static void test_expunged_answer_above_uidnext_raises_it(void)
 	struct stor_mailbox dmb;
 	pair_start_d(&p, &dmb);
 	const char *err;
-	pair_append(&p, &p.n1, &dmb.guid, "Subject: bind\r\n\r\nfirst from node 1\r\n");
-	for (int i = 0; i < 50; i++)
-		ev_run(p.loop, EVRUN_ONCE);
+	pair_bind_d(&p, &dmb);
 	struct expunged_answer e;
 	memset(&e, 0, sizeof(e));
 	e.cl = to_cl(p.n2.repl);
@@ -1702,16 +1689,9 @@ static void test_expunged_answer_above_uidnext_raises_it(void)
 		e.saves = 0;
 		struct guid mine;
 		guid_generate(&mine);
-		struct repl_append a;
-		memset(&a, 0, sizeof(a));
-		a.guid = &mine;
-		a.text = "Subject: gone\r\n\r\nexpunged on the master\r\n";
-		a.text_len = strlen(a.text);
 		struct copy_done d;
-		memset(&d, 0, sizeof(d));
-		repl_append(p.n1.repl, "bob", &dmb.guid, &a, copy_done_cb, &d);
-		CU_ASSERT_TRUE_FATAL(loop_until(p.loop, &d.done));
-		CU_ASSERT_EQUAL(d.error, REPL_OK);
+		pair_append_as(&p, &dmb.guid, &mine,
+			       "Subject: gone\r\n\r\nexpunged on the master\r\n", &d);
 		CU_ASSERT_EQUAL(e.saves, 1);
 		on1 = mailbox_on(p.n1.db, "D");
 		/* Told or not, node 1 gives e.uid to no other message. */

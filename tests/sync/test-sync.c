@@ -194,10 +194,16 @@ struct sync_run {
 /* Every byte both ends sent, when tapping. */
 static struct buf *tap_to_server, *tap_to_client;
 
+/* at_sync_end, when set, runs once, as the client sends its first
+ * SYNC-END: a write made on the client node (an IMAP session, replication)
+ * after the sync read the client's state and before the answer comes. */
 struct tap {
 	struct sync_transport t;
 	const struct sync_transport *inner;
 	struct buf *copy;
+	void (*at_sync_end)(void *arg);
+	void *arg;
+	bool fired;
 };
 
 static void tap_send(void *ctx, const void *data, size_t len)
@@ -205,13 +211,18 @@ static void tap_send(void *ctx, const void *data, size_t len)
 	struct tap *tp = ctx;
 	if (tp->copy != NULL)
 		buf_append(tp->copy, data, len);
+	if (tp->at_sync_end != NULL && !tp->fired && memmem(data, len, " SYNC-END", 9) != NULL) {
+		tp->fired = true;
+		tp->at_sync_end(tp->arg);
+	}
 	tp->inner->send(tp->inner->ctx, data, len);
 }
 
-/* Syncs client c against server s; asserts it finishes.  old_peer: both
- * ends behave as toward a protocol 1.0 peer (no rename stamps). */
-static struct sync_run run_sync_as(struct node *c, struct node *s, bool full, uint32_t seed,
-				   bool old_peer)
+/* Syncs client c against server s; asserts it finishes (and that
+ * at_sync_end, if any, ran).  old_peer: both ends behave as toward a
+ * protocol 1.0 peer (no rename stamps). */
+static struct sync_run run_sync_at(struct node *c, struct node *s, bool full, uint32_t seed,
+				   bool old_peer, void (*at_sync_end)(void *), void *arg)
 {
 	struct sync_run out;
 	struct sync_settings set = {
@@ -219,8 +230,10 @@ static struct sync_run run_sync_as(struct node *c, struct node *s, bool full, ui
 		.no_rename_stamps = old_peer,
 	};
 	struct sync_pipe *p = sync_pipe_create(seed, seed % 3 == 0 ? 0 : 1 + seed % 97);
-	struct tap tc = { { tap_send, &tc }, sync_pipe_client_transport(p), tap_to_server };
-	struct tap ts = { { tap_send, &ts }, sync_pipe_server_transport(p), tap_to_client };
+	struct tap tc = { .t = { tap_send, &tc }, .inner = sync_pipe_client_transport(p),
+			  .copy = tap_to_server, .at_sync_end = at_sync_end, .arg = arg };
+	struct tap ts = { .t = { tap_send, &ts }, .inner = sync_pipe_server_transport(p),
+			  .copy = tap_to_client };
 	struct sync_client *cl = sync_client_create(c->db, &set, &tc.t);
 	struct sync_server *sv = sync_server_create(s->db, c->sid, &ts.t);
 	sync_server_set_no_rename_stamps(sv, old_peer);
@@ -232,6 +245,8 @@ static struct sync_run run_sync_as(struct node *c, struct node *s, bool full, ui
 			sync_client_error(cl) ? sync_client_error(cl) : "-",
 			sync_server_error(sv) ? sync_server_error(sv) : "-");
 	CU_ASSERT_EQUAL(r, SYNC_STEP_DONE);
+	if (at_sync_end != NULL)
+		CU_ASSERT(tc.fired);
 	out.report = *sync_client_report(cl);
 	out.server_examined = sync_server_messages_examined(sv);
 	sync_pipe_bytes(p, &out.to_server, &out.to_client);
@@ -240,6 +255,12 @@ static struct sync_run run_sync_as(struct node *c, struct node *s, bool full, ui
 	sync_pipe_destroy(&p);
 	CU_ASSERT_PTR_NULL(cl);
 	return out;
+}
+
+static struct sync_run run_sync_as(struct node *c, struct node *s, bool full, uint32_t seed,
+				   bool old_peer)
+{
+	return run_sync_at(c, s, full, seed, old_peer, NULL, NULL);
 }
 
 static struct sync_run run_sync(struct node *c, struct node *s, bool full, uint32_t seed)
@@ -717,7 +738,8 @@ static void change_during_a_sync_is_kept(bool delete, bool next_client_a, uint32
 	struct buf to_server = BUF_INIT;
 	struct sync_settings set = { .peer_sid = b.sid, .user = USER, .step_budget = 7 };
 	struct sync_pipe *p = sync_pipe_create(seed + 2, 0);
-	struct tap tc = { { tap_send, &tc }, sync_pipe_client_transport(p), &to_server };
+	struct tap tc = { .t = { tap_send, &tc }, .inner = sync_pipe_client_transport(p),
+			  .copy = &to_server };
 	struct sync_client *cl = sync_client_create(a.db, &set, &tc.t);
 	struct sync_server *sv = sync_server_create(b.db, a.sid, sync_pipe_server_transport(p));
 	enum sync_step_result r = SYNC_STEP_AGAIN;
@@ -2817,49 +2839,6 @@ static void test_sync_own_change_survives_a_writer_between_merge_steps(void)
 /* ---- A write on the client while its sync runs (SPEC.md 10.3 "A write
  * during the sync") ---- */
 
-/* Runs fn once, as the client sends its first SYNC-END: a write made on
- * the client node (an IMAP session, replication) after the sync read the
- * client's state and before the answer comes. */
-struct hook {
-	struct sync_transport t;
-	const struct sync_transport *inner;
-	void (*fn)(void *arg);
-	void *arg;
-	bool done;
-};
-
-static void hook_send(void *ctx, const void *data, size_t len)
-{
-	struct hook *h = ctx;
-	if (!h->done && memmem(data, len, " SYNC-END", 9) != NULL) {
-		h->done = true;
-		h->fn(h->arg);
-	}
-	h->inner->send(h->inner->ctx, data, len);
-}
-
-/* Syncs client c with server s, fn running as the hook says. */
-static void run_sync_hooked(struct node *c, struct node *s, uint32_t seed, void (*fn)(void *),
-			    void *arg)
-{
-	struct sync_settings set = { .peer_sid = s->sid, .user = USER, .step_budget = 7 };
-	struct sync_pipe *p = sync_pipe_create(seed, seed % 3 == 0 ? 0 : 1 + seed % 97);
-	struct hook h = { { hook_send, &h }, sync_pipe_client_transport(p), fn, arg, false };
-	struct sync_client *cl = sync_client_create(c->db, &set, &h.t);
-	struct sync_server *sv = sync_server_create(s->db, c->sid, sync_pipe_server_transport(p));
-	sync_server_set_budget(sv, 1 + seed % 5);
-	enum sync_step_result r = sync_pipe_run(p, cl, sv, 1000000);
-	if (r != SYNC_STEP_DONE)
-		fprintf(stderr, "sync failed: %s / %s\n",
-			sync_client_error(cl) ? sync_client_error(cl) : "-",
-			sync_server_error(sv) ? sync_server_error(sv) : "-");
-	CU_ASSERT_EQUAL(r, SYNC_STEP_DONE);
-	CU_ASSERT(h.done);
-	sync_client_destroy(&cl);
-	sync_server_destroy(&sv);
-	sync_pipe_destroy(&p);
-}
-
 struct local_write {
 	struct node *n;
 	const struct guid *mb;
@@ -2879,24 +2858,29 @@ static uint64_t hms_of(struct node *n, const struct guid *mb)
 	return h;
 }
 
-static uint64_t modseq_of(struct node *n, const struct guid *mb, uint32_t uid)
+static struct stor_msg get_msg(struct node *n, const struct guid *mb, uint32_t uid)
 {
 	struct stor_msg m;
 	const char *error;
+	memset(&m, 0, sizeof(m));
 	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
-	uint64_t ms = m.modseq;
-	stor_msg_free(&m);
-	return ms;
+	return m;
 }
 
-static uint32_t flags_at(struct node *n, const struct guid *mb, uint32_t uid)
+static uint32_t flags_of(struct node *n, const struct guid *mb, uint32_t uid)
 {
-	struct stor_msg m;
-	const char *error;
-	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
+	struct stor_msg m = get_msg(n, mb, uid);
 	uint32_t f = m.flags;
 	stor_msg_free(&m);
 	return f;
+}
+
+static uint64_t modseq_of(struct node *n, const struct guid *mb, uint32_t uid)
+{
+	struct stor_msg m = get_msg(n, mb, uid);
+	uint64_t ms = m.modseq;
+	stor_msg_free(&m);
+	return ms;
 }
 
 static void local_write_fn(void *arg)
@@ -2943,7 +2927,7 @@ static void client_write_during_sync(int variant, uint32_t seed)
 	struct local_write w = {
 		&a, &mb, variant == 2 ? 1 : 2, STOR_FLAG_SEEN, variant == 1 ? 3 : 1, 0,
 	};
-	run_sync_hooked(&a, &b, seed + 1, local_write_fn, &w);
+	run_sync_at(&a, &b, false, seed + 1, false, local_write_fn, &w);
 	/* The answer's change of UID 1 lands above what an IMAP client of A
 	 * saw after the local write. */
 	CU_ASSERT(modseq_of(&a, &mb, 1) > w.hms_after);
@@ -2952,10 +2936,10 @@ static void client_write_during_sync(int variant, uint32_t seed)
 			"write %llu\n", variant, seed, (unsigned long long)modseq_of(&a, &mb, 1),
 			(unsigned long long)w.hms_after);
 	/* Nothing lost: the server's \Flagged and the local \Seen. */
-	CU_ASSERT(flags_at(&a, &mb, 1) & STOR_FLAG_FLAGGED);
-	CU_ASSERT(flags_at(&a, &mb, w.uid) & STOR_FLAG_SEEN);
-	CU_ASSERT(flags_at(&b, &mb, w.uid) & STOR_FLAG_SEEN);
-	CU_ASSERT(flags_at(&b, &mb, 1) & STOR_FLAG_FLAGGED);
+	CU_ASSERT(flags_of(&a, &mb, 1) & STOR_FLAG_FLAGGED);
+	CU_ASSERT(flags_of(&a, &mb, w.uid) & STOR_FLAG_SEEN);
+	CU_ASSERT(flags_of(&b, &mb, w.uid) & STOR_FLAG_SEEN);
+	CU_ASSERT(flags_of(&b, &mb, 1) & STOR_FLAG_FLAGGED);
 	/* The sync itself ends with both copies equal, modseqs included. */
 	CU_ASSERT(dumps_equal(&a, &b));
 	check_modseqs_equal(&a, &b, &mb);
@@ -3723,23 +3707,6 @@ static void test_sync_acked_append_survives_two_bundles(void)
 {
 	for (int variant = 0; variant < 4; variant++)
 		acked_append_survives_two_bundles(variant);
-}
-
-static struct stor_msg get_msg(struct node *n, const struct guid *mb, uint32_t uid)
-{
-	struct stor_msg m;
-	const char *error;
-	memset(&m, 0, sizeof(m));
-	CU_ASSERT_EQUAL_FATAL(stor_msg_get(n->db, mb, uid, &m, &error), 1);
-	return m;
-}
-
-static uint32_t flags_of(struct node *n, const struct guid *mb, uint32_t uid)
-{
-	struct stor_msg m = get_msg(n, mb, uid);
-	uint32_t f = m.flags;
-	stor_msg_free(&m);
-	return f;
 }
 
 /* "kw1 kw2" of a message's keywords, sorted as stored. */
