@@ -124,6 +124,26 @@ def guids(node, usr=USER, box="INBOX"):
     return out
 
 
+def peer_as_master(c, node, usr, box):
+    """A Python peer playing node 1, node's root and master of usr's box,
+    with box bound (MBOX 7) and selected on its link: (peer, {uid: guid}
+    of box on node, the peer's epoch)."""
+    with open(c.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\n")
+    p = PyPeer(node.repl_port, 1, secret)
+    R.check("the Python peer authenticates as node 1", p.auth().startswith("C1 OK"))
+    R.check("node %d takes the peer as its root" % node.node_id,
+            p.play_root(node.node_id, timeout=15), p.mm_seen[-5:])
+    mm = re.search(r"mailbox %s guid=(\w+) uidvalidity=(\d+)" % box, node.dump(usr))
+    guid, uidvalidity = mm.group(1), int(mm.group(2))
+    p.mm("MASTER-IS 1 %d 32 %d m:%s/%s 1 1" % (node.node_id, p.epoch, usr, guid))
+    p.pump(0.3)
+    R.equal("MBOX binds %s" % box,
+            last(command(p, "MBOX 7 %s %s %d %s" % (usr, box, uidvalidity, guid)))[0], "OK")
+    R.equal("SELECT", last(command(p, "SELECT 7"))[0], "OK")
+    return p, guids(node, usr, box), p.epoch
+
+
 def t_master_change_below():
     os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
     c = Cluster(n=2, users={USER: PASSWORD}, extra_config={"sync_replicas": 0})
@@ -139,22 +159,7 @@ def t_master_change_below():
         select(w)
         R.check("STORE on node 2", w.command("UID STORE 1 +FLAGS (\\Flagged)").ok)
         w.logout()
-        with open(c.secret_file, "rb") as f:
-            secret = f.read().rstrip(b"\n")
-        p = PyPeer(n2.repl_port, 1, secret)
-        R.check("the Python peer authenticates as node 1", p.auth().startswith("C1 OK"))
-        R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15),
-                p.mm_seen[-5:])
-        st = n2.dump(USER)
-        mm = re.search(r"mailbox INBOX guid=(\w+) uidvalidity=(\d+)", st)
-        guid, uidvalidity = mm.group(1), int(mm.group(2))
-        p.mm("MASTER-IS 1 2 32 %d m:%s/%s 1 1" % (p.epoch, USER, guid))
-        p.pump(0.3)
-        R.equal("MBOX binds INBOX",
-                last(command(p, "MBOX 7 %s INBOX %d %s" % (USER, uidvalidity, guid)))[0], "OK")
-        R.equal("SELECT", last(command(p, "SELECT 7"))[0], "OK")
-        g = guids(n2)
-        e = p.epoch
+        p, g, e = peer_as_master(c, n2, USER, "INBOX")
 
         # The client's cache, taken at node 2's HIGHESTMODSEQ h.
         cl = pumped(p, client, n2)
@@ -267,21 +272,7 @@ def t_pseen_below():
         R.check("bob's \\Seen on UID 1 (node 2 spends a modseq of Team)",
                 b.command("UID STORE 1 +FLAGS (\\Seen)").ok)
         b.logout()
-        with open(c.secret_file, "rb") as f:
-            secret = f.read().rstrip(b"\n")
-        p = PyPeer(n2.repl_port, 1, secret)
-        R.check("the Python peer authenticates as node 1", p.auth().startswith("C1 OK"))
-        R.check("node 2 takes the peer as its root", p.play_root(2, timeout=15),
-                p.mm_seen[-5:])
-        mm = re.search(r"mailbox Team guid=(\w+) uidvalidity=(\d+)", n2.dump("alice"))
-        guid, uidvalidity = mm.group(1), int(mm.group(2))
-        p.mm("MASTER-IS 1 2 32 %d m:alice/%s 1 1" % (p.epoch, guid))
-        p.pump(0.3)
-        R.equal("MBOX binds Team",
-                last(command(p, "MBOX 7 alice Team %d %s" % (uidvalidity, guid)))[0], "OK")
-        R.equal("SELECT", last(command(p, "SELECT 7"))[0], "OK")
-        g = guids(n2, "alice", "Team")
-        e = p.epoch
+        p, g, e = peer_as_master(c, n2, "alice", "Team")
 
         cl = pumped(p, client, n2, "carol", SHARERS["carol"])
         uv, h = pumped(p, select, cl, SHARED)

@@ -33,7 +33,8 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
-from harness import imapwire  # noqa: E402
+from harness import mailops  # noqa: E402
+from harness.mailops import alone_and_serving, append  # noqa: E402
 from harness.proc import poll as wait_for  # noqa: E402
 from harness.report import Report  # noqa: E402
 from harness.starling import Cluster  # noqa: E402
@@ -43,27 +44,8 @@ PASSWORD = "secret"
 USER = "alice@example.com"
 
 
-def message(subject):
-    return ("From: t@example.com\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\nbody\r\n"
-            % (subject, subject)).encode()
-
-
 def client(node):
-    c = imapwire.Client(node.host, node.imap_port, timeout=90)
-    r = c.login(USER, PASSWORD)
-    if r.status != "OK":
-        raise RuntimeError("login on node %d: %r" % (node.node_id, r))
-    r = c.command("SELECT INBOX")
-    if r.status != "OK":
-        raise RuntimeError("SELECT on node %d: %r" % (node.node_id, r))
-    return c
-
-
-def append(c, subject):
-    """(response, uid or None)"""
-    r = c.command("APPEND INBOX", imapwire.Literal(message(subject)))
-    mm = re.search(rb"APPENDUID \d+ (\d+)", r.line)
-    return r, int(mm.group(1)) if mm else None
+    return mailops.client(node, USER, PASSWORD, timeout=90)
 
 
 def parse_dump(text):
@@ -90,14 +72,6 @@ def mailbox(node):
         return out
     finally:
         c.close()
-
-
-def alone_and_serving(node):
-    try:
-        st = node.status(timeout=10)
-    except Exception:  # noqa: BLE001 -- not answering yet
-        return False
-    return str(st.get("root")) == str(node.node_id) and st.get("root_serving") == "yes"
 
 
 def t_pending_append(sync_replicas):

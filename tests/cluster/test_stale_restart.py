@@ -39,7 +39,8 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
-from harness import imapwire  # noqa: E402
+from harness import mailops  # noqa: E402
+from harness.mailops import alone_and_serving, append  # noqa: E402
 from harness.proc import poll as wait_for  # noqa: E402
 from harness.peerwire import PyPeer  # noqa: E402
 from harness.peerwire import command_retrying as command, completion as last  # noqa: E402
@@ -51,27 +52,8 @@ PASSWORD = "secret"
 USER = "alice@example.com"
 
 
-def message(subject):
-    return ("From: t@example.com\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\nbody\r\n"
-            % (subject, subject)).encode()
-
-
 def client(node):
-    c = imapwire.Client(node.host, node.imap_port, timeout=60)
-    r = c.login(USER, PASSWORD)
-    if r.status != "OK":
-        raise RuntimeError("login on node %d: %r" % (node.node_id, r))
-    r = c.command("SELECT INBOX")
-    if r.status != "OK":
-        raise RuntimeError("SELECT on node %d: %r" % (node.node_id, r))
-    return c
-
-
-def append(c, subject, mbox="INBOX"):
-    """(response, uid or None)"""
-    r = c.command("APPEND " + mbox, imapwire.Literal(message(subject)))
-    mm = re.search(rb"APPENDUID \d+ (\d+)", r.line)
-    return r, int(mm.group(1)) if mm else None
+    return mailops.client(node, USER, PASSWORD)
 
 
 def uidvalidity(c):
@@ -103,38 +85,6 @@ def mailbox(node, mbox="INBOX"):
         c.close()
 
 
-def master_show(node, timeout=30):
-    r = node.cli("master", "show", "-u", USER, timeout=timeout)
-    out = {}
-    for line in r.stdout.decode().splitlines():
-        k, sep, v = line.partition(": ")
-        if sep:
-            out[k] = v
-    return out
-
-
-def isolate(c, sid):
-    for other in c.nodes:
-        if other.node_id != sid:
-            c.cut(sid, other.node_id)
-
-
-def reconnect(c, sid):
-    for other in c.nodes:
-        if other.node_id != sid:
-            c.restore(sid, other.node_id)
-
-
-def alone_and_serving(node):
-    """Node is root of a component of itself alone, and serving."""
-    try:
-        st = node.status(timeout=10)
-    except Exception:  # noqa: BLE001 -- not answering yet
-        return False
-    return (str(st.get("root")) == str(node.node_id)
-            and str(st.get("root_serving")) in ("yes", "true", "1", "True"))
-
-
 # ---- accept: the stale node serves alone; the heal merges both sides -------
 
 def t_stale_alone_accept(extra=None, restart=True, heal_first=None):
@@ -158,7 +108,7 @@ def t_stale_alone_accept(extra=None, restart=True, heal_first=None):
         if restart:
             n3.kill()
         else:
-            isolate(c, 3)
+            c.mesh.isolate(3)
         r, acked_uid = append(m1, "acked")
         R.check("APPEND on node 1 while node 3 is down: OK with a UID",
                 r.status == "OK" and acked_uid == 4, r)
@@ -176,11 +126,11 @@ def t_stale_alone_accept(extra=None, restart=True, heal_first=None):
         time.sleep(1.1)
 
         if restart:
-            isolate(c, 3)
+            c.mesh.isolate(3)
             n3.start()
         R.check("node 3, cut off, is root alone and serving (after its hold if restarted)",
                 wait_for(lambda: alone_and_serving(n3), 30), n3.status(timeout=10))
-        ans = master_show(n3)
+        ans = mailops.master_show(n3, USER)
         R.check("... and master of INBOX itself, at an epoch of its own",
                 ans.get("master") == "3" and ans.get("epoch", "").endswith(".3"), ans)
         m3 = client(n3)
@@ -205,7 +155,7 @@ def t_stale_alone_accept(extra=None, restart=True, heal_first=None):
             c.restore(3, heal_first)
             c.wait_links_up(timeout=40, nodes=[n3, c.nodes[heal_first - 1]])
             time.sleep(2)
-        reconnect(c, 3)
+        c.mesh.restore_all()
         c.wait_links_up(timeout=40)
         try:
             c.wait_dumps_equal(USER, timeout=60)
@@ -263,7 +213,7 @@ def t_stale_alone_refuse():
                 r.status == "NO" and r.code == "UNAVAILABLE", r)
         m1.close()
 
-        isolate(c, 2)
+        c.mesh.isolate(2)
         n2.start()
         R.check("node 2, restarted cut off, is root alone and serving after its hold",
                 wait_for(lambda: alone_and_serving(n2), 30), n2.status(timeout=10))
@@ -273,7 +223,7 @@ def t_stale_alone_refuse():
                 r.status == "NO" and r.code == "UNAVAILABLE", r)
         m2.close()
 
-        reconnect(c, 2)
+        c.mesh.restore_all()
         c.wait_links_up(timeout=40)
         m2 = client(n2)
         r, _ = append(m2, "back")
