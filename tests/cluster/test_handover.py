@@ -39,7 +39,8 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for harness
 
-from harness import imapwire  # noqa: E402
+from harness import imapwire, mailops  # noqa: E402
+from harness.mailops import message  # noqa: E402
 from harness.proc import poll as wait_for  # noqa: E402
 from harness.peerwire import PyPeer  # noqa: E402
 from harness.peerwire import command_retrying as command, completion as last  # noqa: E402
@@ -55,11 +56,6 @@ def login(node):
     m = imaplib.IMAP4(node.host, node.imap_port, timeout=60)
     m.login(USER, PASSWORD)
     return m
-
-
-def message(subject):
-    return ("From: t@example.com\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\nbody\r\n"
-            % (subject, subject)).encode()
 
 
 def appenduid(m, subject):
@@ -83,14 +79,8 @@ def parse_dump(text):
     return out
 
 
-def master_show(node, timeout=30):
-    r = node.cli("master", "show", "-u", USER, timeout=timeout)
-    out = {}
-    for line in r.stdout.decode().splitlines():
-        k, sep, v = line.partition(": ")
-        if sep:
-            out[k] = v
-    return out
+def master_show(node):
+    return mailops.master_show(node, USER)
 
 
 def epoch_of(node):

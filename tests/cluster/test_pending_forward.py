@@ -134,13 +134,7 @@ def t_pending_append(sync_replicas):
         m3.close()
         m1.close()
 
-        c.mesh.restore_all()
-        c.wait_links_up(timeout=40)
-        try:
-            c.wait_dumps_equal(USER, timeout=60)
-            R.check("the three nodes agree within 60 s of the heal", True)
-        except TimeoutError as e:
-            R.check("the three nodes agree within 60 s of the heal", False, str(e))
+        mailops.heal_and_check(c, R, USER)
         for node in c.nodes:
             box = mailbox(node)
             tag = "node %d: " % node.node_id

@@ -155,13 +155,7 @@ def t_stale_alone_accept(extra=None, restart=True, heal_first=None):
             c.restore(3, heal_first)
             c.wait_links_up(timeout=40, nodes=[n3, c.nodes[heal_first - 1]])
             time.sleep(2)
-        c.mesh.restore_all()
-        c.wait_links_up(timeout=40)
-        try:
-            c.wait_dumps_equal(USER, timeout=60)
-            R.check("the three nodes agree within 60 s of the heal", True)
-        except TimeoutError as e:
-            R.check("the three nodes agree within 60 s of the heal", False, str(e))
+        mailops.heal_and_check(c, R, USER)
         for node in c.nodes:
             box, node_uv = mailbox(node)
             tag = "node %d: " % node.node_id

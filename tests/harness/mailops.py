@@ -60,3 +60,18 @@ def master_show(node, user, mailbox=None, timeout=30):
         if sep:
             out[k] = v
     return out
+
+
+def heal_and_check(c, report, user, timeout=60):
+    """Restores every link of cluster c and checks on report that its nodes
+    agree on user's mail (identical dumps) within timeout seconds."""
+    c.mesh.restore_all()
+    c.wait_links_up(timeout=40)
+    n = len(c.nodes)
+    what = "the %s nodes agree within %d s of the heal" % (
+        {2: "two", 3: "three"}.get(n, str(n)), timeout)
+    try:
+        c.wait_dumps_equal(user, timeout=timeout)
+        report.check(what, True)
+    except TimeoutError as e:
+        report.check(what, False, str(e))
