@@ -215,7 +215,7 @@ static int read_response(struct conn *c, struct resp *r)
 		if (lit == -1)
 			return 0;
 		if (lit == -2)
-			return fail(c, "a malformed literal length: %s", show(line, n, tmp, sizeof(tmp)));
+			return fail(c, "a malformed or oversized literal length: %s", show(line, n, tmp, sizeof(tmp)));
 		uint64_t left = (uint64_t)lit;
 		r->len += left;
 		if (c->end - c->pos >= left) {
