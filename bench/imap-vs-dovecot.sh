@@ -16,7 +16,8 @@
 # HARNESS_READER=1 (fetch clients read with the tests' imapwire reader, as
 # before 2026-12-07: it costs the clients more CPU than the server; implies
 # FETCH_CLIENT=python), FETCH_CLIENT (the fetch phase's load client: default
-# $BUILD/bench/imap-fetch-load when built, one C process with CLIENTS
+# bench/imap-fetch-load of starlingd's build directory when built, one C
+# process with CLIENTS
 # connections; FETCH_CLIENT=python runs CLIENTS Python processes, as before
 # 2026-12-07 evening).
 # Each phase also reports the server's CPU (its process tree, Dovecot's
@@ -39,8 +40,11 @@ export ROUNDS=${ROUNDS:-3} FETCH_CHUNK=${FETCH_CHUNK:-50} PIPELINE=${PIPELINE:-1
 if [ "${HARNESS_READER:-0}" = 1 ]; then
     FETCH_CLIENT=python
 elif [ -z "${FETCH_CLIENT:-}" ]; then
+    # The one of starlingd's own build: a sanitizer build's client would
+    # measure itself.
     FETCH_CLIENT=python
-    [ -x "$BUILD/bench/imap-fetch-load" ] && FETCH_CLIENT=$BUILD/bench/imap-fetch-load
+    fl=$(dirname "$STARLINGD")/../bench/imap-fetch-load
+    [ -x "$fl" ] && FETCH_CLIENT=$(cd "$(dirname "$fl")" && pwd)/imap-fetch-load
 fi
 [ "$FETCH_CLIENT" = python ] || [ -x "$FETCH_CLIENT" ] || { echo "imap-vs-dovecot: no load client at $FETCH_CLIENT" >&2; exit 1; }
 export FETCH_CLIENT
