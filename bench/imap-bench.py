@@ -9,7 +9,10 @@ Python GIL doesn't serialise them), each client on its own connection:
           LITERAL+ into one mailbox: msgs/s and MB/s.
   fetch   every body of that mailbox fetched --fetch-rounds times (UID FETCH a:b
           (BODY.PEEK[]) in chunks, the UID range split between the
-          clients): msgs/s and MB/s.
+          clients): msgs/s and MB/s.  With --fetch-client PATH (the build's
+          bench/imap-fetch-load) one C process holds the N connections
+          instead of N Python processes: it costs far less CPU per body,
+          which counts when clients and server share a few cores.
   list    the same with what a client fetches to list a mailbox (ENVELOPE,
           BODYSTRUCTURE and some header fields, LIST_ITEMS): msgs/s.
   mix     a mail-client-like mix of UID STORE +/-FLAGS, UID COPY, UID
@@ -27,6 +30,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import subprocess
 import sys
 import time
 
@@ -359,8 +363,35 @@ def run_phase(name, target, argsets, timeout):
     return results, end - start
 
 
+def run_fetch_client(a, slices, timeout):
+    """The fetch phase through the C load client (bench/imap-fetch-load.c):
+    one process, one connection per slice, all logged in before its clock
+    starts, as run_phase's barrier does.  Its CPU is counted as the clients'
+    (a reaped child of this process).  Returns (bodies, bytes, seconds)."""
+    srv0, cli0 = tree_cpu(SERVER_PID), client_cpu()
+    cmd = [a.fetch_client, "--host", a.host, "--port", str(a.port), "--user", a.user,
+           "--password", a.password, "--mailbox", a.mailbox,
+           "--rounds", str(a.fetch_rounds), "--chunk", str(a.fetch_chunk),
+           "--pipeline", str(a.pipeline), "--deadline", str(timeout)]
+    cmd += ["%d:%d" % (s[0], s[-1]) for s in slices if s]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("fetch: %s timed out" % a.fetch_client)
+    if r.returncode != 0:
+        raise RuntimeError("fetch: %s failed (status %d): %s"
+                           % (a.fetch_client, r.returncode, r.stderr.strip()[:500]))
+    f = r.stdout.split()
+    if len(f) != 6 or (f[0], f[2], f[4]) != ("bodies", "bytes", "seconds"):
+        raise RuntimeError("fetch: unexpected output of %s: %r" % (a.fetch_client, r.stdout[:200]))
+    srv1, cli1 = tree_cpu(SERVER_PID), client_cpu()
+    PHASE_CPU["fetch"] = (None if srv0 is None or srv1 is None else srv1 - srv0, cli1 - cli0)
+    return int(f[1]), int(f[3]), float(f[5])
+
+
 SERVER_PID = None
 PHASE_CPU = {}
+CLIENT_NAME = {}
 
 
 def cpu_note(out, phase, units, label):
@@ -371,9 +402,9 @@ def cpu_note(out, phase, units, label):
     if srv is not None:
         out[phase + "_srv_us"] = srv * 1e6 / units
     out[phase + "_cli_us"] = cli * 1e6 / units
-    return "%s%s cpu: server %s us, clients %.0f us per %s" % (
+    return "%s%s cpu: server %s us, clients (%s) %.0f us per %s" % (
         label, phase, "?" if srv is None else "%.0f" % (srv * 1e6 / units),
-        cli * 1e6 / units, "op" if phase == "mix" else "msg")
+        CLIENT_NAME.get(phase, "python"), cli * 1e6 / units, "op" if phase == "mix" else "msg")
 
 
 def main():
@@ -398,7 +429,12 @@ def main():
                     help="FETCH commands a fetch client keeps in flight (1: one at a time)")
     ap.add_argument("--harness-reader", action="store_true",
                     help="fetch clients read with tests/harness/imapwire.py (costlier)")
+    ap.add_argument("--fetch-client", default="",
+                    help="the C load client (BUILD/bench/imap-fetch-load) for the fetch phase "
+                         "instead of Python processes")
     a = ap.parse_args()
+    if a.fetch_client and a.harness_reader:
+        ap.error("--fetch-client and --harness-reader exclude each other")
     global SERVER_PID
     SERVER_PID = a.server_pid or None
     if not (1 <= a.clients <= 500 and 1 <= a.messages <= 100000):
@@ -431,10 +467,16 @@ def main():
     c.command("CLOSE")
     k = a.clients
     slices = [all_uids[i * len(all_uids) // k:(i + 1) * len(all_uids) // k] for i in range(k)]
-    res, dt = run_phase("fetch", w_fetch,
-                        [(a, s[0], s[-1]) for s in slices if s], 1800)
-    fn = sum(r[4] for r in res)
-    fb = sum(r[5] for r in res)
+    if a.fetch_client:
+        CLIENT_NAME["fetch"] = "imap-fetch-load"
+        out["fetch_client"] = "imap-fetch-load"
+        fn, fb, dt = run_fetch_client(a, slices, 1800)
+    else:
+        out["fetch_client"] = "python"
+        res, dt = run_phase("fetch", w_fetch,
+                            [(a, s[0], s[-1]) for s in slices if s], 1800)
+        fn = sum(r[4] for r in res)
+        fb = sum(r[5] for r in res)
     if fn != n * a.fetch_rounds:
         raise SystemExit("fetched %d messages, expected %d" % (fn, n * a.fetch_rounds))
     out["fetch_msgs_s"] = fn / dt

@@ -14,7 +14,12 @@
 # take turns, each figure is the median), FETCH_CHUNK (50 messages per UID
 # FETCH), PIPELINE (1: FETCH commands a fetch client keeps in flight),
 # HARNESS_READER=1 (fetch clients read with the tests' imapwire reader, as
-# before 2026-12-07: it costs the clients more CPU than the server).
+# before 2026-12-07: it costs the clients more CPU than the server; implies
+# FETCH_CLIENT=python), FETCH_CLIENT (the fetch phase's load client: default
+# bench/imap-fetch-load of starlingd's build directory when built, one C
+# process with CLIENTS
+# connections; FETCH_CLIENT=python runs CLIENTS Python processes, as before
+# 2026-12-07 evening).
 # Each phase also reports the server's CPU (its process tree, Dovecot's
 # short-lived imap processes included) and the clients' CPU per message.
 # Goals of issue 15: APPEND >= 5x Dovecot, FETCH (bodies and listing) and the
@@ -32,6 +37,17 @@ fs=$(stat -f -c %T "$BENCH_DIR")
 export STARLINGD BENCH_DIR TOP="$top"
 export CLIENTS=${CLIENTS:-8} MESSAGES=${MESSAGES:-100} MIX_OPS=${MIX_OPS:-200} FETCH_ROUNDS=${FETCH_ROUNDS:-10}
 export ROUNDS=${ROUNDS:-3} FETCH_CHUNK=${FETCH_CHUNK:-50} PIPELINE=${PIPELINE:-1}
+if [ "${HARNESS_READER:-0}" = 1 ]; then
+    FETCH_CLIENT=python
+elif [ -z "${FETCH_CLIENT:-}" ]; then
+    # The one of starlingd's own build: a sanitizer build's client would
+    # measure itself.
+    FETCH_CLIENT=python
+    fl=$(dirname "$STARLINGD")/../bench/imap-fetch-load
+    [ -x "$fl" ] && FETCH_CLIENT=$(cd "$(dirname "$fl")" && pwd)/imap-fetch-load
+fi
+[ "$FETCH_CLIENT" = python ] || [ -x "$FETCH_CLIENT" ] || { echo "imap-vs-dovecot: no load client at $FETCH_CLIENT" >&2; exit 1; }
+export FETCH_CLIENT
 exec python3 -B - <<'EOF'
 import json, os, subprocess, sys, tempfile
 top = os.environ["TOP"]
@@ -49,13 +65,16 @@ bench = [sys.executable, "-B", os.path.join(top, "bench", "imap-bench.py"),
          "--clients", os.environ["CLIENTS"], "--messages", os.environ["MESSAGES"],
          "--mix-ops", os.environ["MIX_OPS"], "--fetch-rounds", os.environ["FETCH_ROUNDS"],
          "--fetch-chunk", os.environ["FETCH_CHUNK"], "--pipeline", os.environ["PIPELINE"],
-         ] + (["--harness-reader"] if os.environ.get("HARNESS_READER") == "1" else []) + [
+         ] + (["--harness-reader"] if os.environ.get("HARNESS_READER") == "1" else []) + (
+         [] if os.environ["FETCH_CLIENT"] == "python" else ["--fetch-client", os.environ["FETCH_CLIENT"]]) + [
          "--user", user, "--password", pw, "--host", "127.0.0.1"]
 print("machine: %s, %d cores; data in %s (%s)" % (
     subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip(),
     os.cpu_count(), base,
     subprocess.run(["stat", "-f", "-c", "%T", base], capture_output=True, text=True).stdout.strip()))
 print("starlingd: %s" % os.environ["STARLINGD"])
+print("fetch client: %s" % ("python (one process per client)" if os.environ["FETCH_CLIENT"] == "python"
+                            else os.environ["FETCH_CLIENT"] + " (one C process, one thread per connection)"))
 print("load: %s clients x %s APPENDs, fetch x%s, %s mix ops per client, %s rounds" % (
     os.environ["CLIENTS"], os.environ["MESSAGES"], os.environ["FETCH_ROUNDS"],
     os.environ["MIX_OPS"], os.environ["ROUNDS"]))
@@ -114,7 +133,8 @@ for key, name in (("append_msgs_s", "APPEND msgs/s"), ("append_mb_s", "APPEND MB
     if goal is not None and ratio < goal:
         ok = False
     print("%-22s %12.1f %12.1f %7.2fx%s" % (name, s[key], v[key], ratio, mark))
-for key, name in (("fetch_srv_us", "FETCH server us/msg"), ("fetch_cli_us", "FETCH client us/msg"),
+fc = "C" if results["starling"] and results["starling"][0].get("fetch_client") == "imap-fetch-load" else "py"
+for key, name in (("fetch_srv_us", "FETCH server us/msg"), ("fetch_cli_us", "FETCH client(%s) us/msg" % fc),
                   ("list_srv_us", "list server us/msg"), ("list_cli_us", "list client us/msg"),
                   ("mix_srv_us", "mix server us/op"), ("mix_cli_us", "mix client us/op")):
     if all(key in r for r in results["starling"] + results["dovecot"]):
