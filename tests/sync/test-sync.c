@@ -1950,6 +1950,50 @@ static struct guid three_nodes_with_common(struct node *a, struct node *b, struc
  * messages again on A and C (C never saw B's renumbering), so A's third
  * sync expunges B's copies at their first new UIDs: those messages must
  * not be lost, nor kept twice, and the three nodes end alike. */
+/* A STORE that names a flag without changing its value (A clears $k1,
+ * which A's copy never had) is a change of that flag, later than B's +$k1
+ * made apart.  A third node that syncs with A first holds the same flags as
+ * A, and must still take A's stamp: otherwise its sync with B takes B's $k1
+ * as the only change, and A, already past that modseq with C, then takes
+ * $k1 back from C.  The later change (A's clear) must win on every node,
+ * whatever the order and kind of the syncs.  (One suspected path of the
+ * open flag-holds 16142, docs/testing.md; it passes: not that path.) */
+static void test_sync_unchanged_value_stamp_travels_through_a_third_node(void)
+{
+	for (int v = 0; v < 8; v++) {
+		/* Bit 0: who is the client; bit 1: C's sync with A a full
+		 * compare, bit 2: its sync with B (a peer past repl_log_max). */
+		int order = v & 1;
+		bool full_a = (v & 2) != 0, full_b = (v & 4) != 0;
+		struct node a, b, c;
+		struct guid mb = three_nodes_with_common(&a, &b, &c, 2, 2900 + (uint32_t)v * 10);
+		store_kw(&b, &mb, 1, STOR_FLAGS_ADD, 0, "$k1");
+		struct timespec ts = { 0, 5 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+		store_kw(&a, &mb, 1, STOR_FLAGS_REMOVE, 0, "$k1");
+		if (order == 0) {
+			run_sync(&c, &a, full_a, 2901);
+			run_sync(&c, &b, full_b, 2902);
+		} else {
+			run_sync(&a, &c, full_a, 2901);
+			run_sync(&b, &c, full_b, 2902);
+		}
+		run_sync(&c, &a, false, 2903);
+		run_sync(&a, &b, false, 2904);
+		run_sync(&b, &c, false, 2905);
+		three_nodes_end_alike(&a, &b, &c, 2);
+		struct node *n[3] = { &a, &b, &c };
+		for (int i = 0; i < 3; i++) {
+			struct stor_msg m;
+			const char *error;
+			CU_ASSERT_EQUAL_FATAL(stor_msg_get(n[i]->db, &mb, 1, &m, &error), 1);
+			CU_ASSERT(!stor_msg_has_keyword(&m, "$k1"));
+			stor_msg_free(&m);
+		}
+		three_nodes_close(&a, &b, &c);
+	}
+}
+
 static void test_sync_three_nodes_after_a_partition_lose_nothing(void)
 {
 	struct node a, b, c;
@@ -4378,6 +4422,8 @@ static const struct test_case sync_cases[] = {
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
 	{ "three nodes after a partition: nothing lost, nothing twice",
 	  test_sync_three_nodes_after_a_partition_lose_nothing },
+	{ "a flag named without a value change travels through a third node",
+	  test_sync_unchanged_value_stamp_travels_through_a_third_node },
 	{ "a replicated flag change is not merged again (three nodes converge)",
 	  test_sync_replicated_flag_change_is_not_merged_again },
 	{ "a flag change follows a message another sync moved (X replicated)",
