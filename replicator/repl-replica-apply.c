@@ -428,8 +428,8 @@ static int arg_cstr(const struct proto_arg *arg, const char **s_r, size_t max)
 	return 0;
 }
 
-/* ACL-PUT (SPEC.md 7.6): the newer record is kept, an older one is not an
- * error (idempotent). */
+/* A streamed PSEEN (SPEC.md 7.7) is refused, as the other changes are,
+ * at a modseq this copy may have spent itself (10.3). */
 struct pseen_fit {
 	const struct repl_cluster *cl;
 	const struct stor_mailbox *mb;
@@ -459,6 +459,8 @@ void apply_pseen(struct repl_cluster *cl, struct answer *a, const struct proto_c
 	answer_later(a, rep.status, rep.code, rep.text);
 }
 
+/* ACL-PUT (SPEC.md 7.6): the newer record is kept, an older one is not an
+ * error (idempotent). */
 void apply_acl_put(struct repl_cluster *cl, struct answer *a, const struct proto_cmd *cmd)
 {
 	const char *owner, *identifier, *rights, *err;

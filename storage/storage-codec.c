@@ -483,10 +483,7 @@ int stor_keywords_normalize(struct stor_db *db, const char *const *kw, size_t co
 				return stor_err(db, error_r, "invalid character in keyword");
 			}
 		}
-		bool dup = false;
-		for (size_t j = 0; j < list.count && !dup; j++)
-			dup = strcasecmp(list.items[j], kw[i]) == 0;
-		if (dup)
+		if (stor_keywords_have(&list, kw[i]))
 			continue;
 		if (list.count == STOR_MAX_KEYWORDS) {
 			stor_string_list_free(&list);

@@ -30,15 +30,6 @@ void flag_merge_free(struct flag_merge *fm)
 	stor_stamp_list_free(&fm->times);
 }
 
-static bool kw_in(const stor_string_list *l, const char *name)
-{
-	for (size_t i = 0; i < l->count; i++) {
-		if (strcasecmp(l->items[i], name) == 0)
-			return true;
-	}
-	return false;
-}
-
 typedef ARRAY(const char *) name_list;
 
 static void name_add(name_list *names, const char *name)
@@ -74,8 +65,8 @@ void flag_merge_run(const struct stor_msg *cur, uint32_t cflags, const stor_stri
 			if (strcasecmp(name, stor_flag_name((enum stor_flag)b)) == 0)
 				bit = b;
 		}
-		bool sv = bit != 0 ? (cur->flags & bit) != 0 : kw_in(&cur->keywords, name);
-		bool cv = bit != 0 ? (cflags & bit) != 0 : kw_in(ckws, name);
+		bool sv = bit != 0 ? (cur->flags & bit) != 0 : stor_keywords_have(&cur->keywords, name);
+		bool cv = bit != 0 ? (cflags & bit) != 0 : stor_keywords_have(ckws, name);
 		uint64_t sm, cm;
 		int64_t st, ct;
 		stor_msg_stamp(cur, name, &sm, &st);

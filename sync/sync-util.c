@@ -71,10 +71,7 @@ bool sync_flags_equal(uint32_t f1, const stor_string_list *k1, uint32_t f2,
 	/* Keywords are sorted and unique in the store; compare as sets all
 	 * the same, since a peer's order is not ours. */
 	for (size_t i = 0; i < k1->count; i++) {
-		bool found = false;
-		for (size_t j = 0; j < k2->count && !found; j++)
-			found = strcasecmp(k1->items[i], k2->items[j]) == 0;
-		if (!found)
+		if (!stor_keywords_have(k2, k1->items[i]))
 			return false;
 	}
 	return true;
