@@ -123,8 +123,10 @@ int stor_ldb_write(struct stor_db *db, leveldb_writebatch_t *lwb, bool sync,
 	 * is a write that never completed, which opening drops: so nothing is
 	 * written after it until the store is reopened. */
 	stor_jnl_set_broken(db);
-	int ret = stor_err(db, error_r, "%s: write failed: %s; restart the node to recover "
-			   "the store", db->dir, lerr);
+	enum stor_error kind = strncmp(lerr, "Corruption", 10) == 0 ? STOR_ERROR_CORRUPT :
+								      STOR_ERROR_INTERNAL;
+	int ret = stor_err_kind(db, kind, error_r, "%s: write failed: %s; restart the node to "
+				"recover the store", db->dir, lerr);
 	leveldb_free(lerr);
 	return ret;
 }

@@ -171,12 +171,12 @@ static int ans_look(struct sync_client *c, uint64_t *h_r, const char **err)
 	return 0;
 }
 
-/* The modseq at which a change the answer gives at ms is written here. */
+/* The modseq at which a change the answer gives at ms is written here.
+ * Another writer runs between calls of apply_some() only (one loop), which
+ * looks once at its start; within a call own_hms is our HIGHESTMODSEQ. */
 static int ans_modseq(struct sync_client *c, uint64_t ms, uint64_t *out, const char **err)
 {
-	uint64_t h;
-	if (ans_look(c, &h, err) < 0)
-		return -1;
+	uint64_t h = c->own_hms;
 	if (ms > c->foreign_hms) {
 		*out = ms;
 		return 0;
@@ -250,6 +250,11 @@ int apply_some(struct sync_client *c)
 	if (c->apply_stage == 0) {
 		c->own_hms = c->foreign_hms = c->cm;
 		c->foreign_low = c->fresh = 0;
+	}
+	uint64_t now_hms;
+	if (ans_look(c, &now_hms, &err) < 0)
+		return cl_fail(c, "%s", err);
+	if (c->apply_stage == 0) {
 		if (c->exp_uids.count > 0) {
 			stor_uid_list now = ARRAY_INIT, done = ARRAY_INIT;
 			struct guid *saved = NULL;
