@@ -414,6 +414,13 @@ void fwd_send(struct cl_fwd *f)
 {
 	struct cl_peer *p = f->peer;
 	struct proto_wr *w = NULL;
+	if (f->cl->sync != NULL && repl_sync_busy_with(f->cl->sync, p->sid)) {
+		/* A resync started toward the master since this forward chose
+		 * it (a binding's answer, a batch's, come any time): the
+		 * run's SELECT would make our command act on its mailbox. */
+		fwd_wait(f, CL_FWD_LINK_HELD, "a resync with the master takes too long");
+		return;
+	}
 	const struct cl_bind *b = cl_bind_get(p, &f->mailbox);
 	cl_select(p, b);
 	switch (f->kind) {

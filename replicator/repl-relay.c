@@ -185,6 +185,15 @@ static void relay_send(struct cl_relay *r, struct cl_peer *out, const struct cl_
 		relay_free(r);
 		return;
 	}
+	if (r->cl->sync != NULL && repl_sync_busy_with(r->cl->sync, out->sid)) {
+		/* A resync started toward out since r was queued (its
+		 * binding's answer comes any time): the run's SELECT would
+		 * make r act on the run's mailbox. */
+		if (r->from_sid == 0 && r->user != NULL)
+			cl_mark_dirty(out, r->user);
+		relay_answer(r, "NO", "TRYLATER", "a resync runs toward the next node");
+		return;
+	}
 	if (b != NULL)
 		cl_select(out, b);
 	struct proto_wr *w = proto_conn_cmd_begin(out->conn, r->name);

@@ -122,6 +122,17 @@ int mbox_start(struct sync_client *c)
 	return 1;
 }
 
+/* SELECT 1 again, in the same write as the SYNC-BEGIN after it: the
+ * selection is the link's, and whatever else this node sends the peer
+ * between our rounds (a SELECT of a forward or a relay) must not make the
+ * server merge another mailbox with ours. */
+static void select_again(struct sync_client *c, struct proto_wr *w)
+{
+	cl_cmd_begin(c, w, "SELECT", K_SELECT, 0);
+	proto_wr_u64(w, 1);
+	cl_cmd_end(c, w);
+}
+
 int send_begin(struct sync_client *c)
 {
 	const char *err;
@@ -140,6 +151,7 @@ int send_begin(struct sync_client *c)
 	c->report.messages_examined += (unsigned)(c->msgs.count + c->tombs.count);
 	cl_new_group(c);
 	struct proto_wr w;
+	select_again(c, &w);
 	cl_cmd_begin(c, &w, "SYNC-BEGIN", K_BEGIN, 0);
 	proto_wr_u64(&w, c->M);
 	proto_wr_u64(&w, c->cm);
@@ -526,6 +538,7 @@ int send_late(struct sync_client *c)
 	stor_msg_list_free(&c->msgs);
 	memset(&c->msgs, 0, sizeof(c->msgs));
 	cl_new_group(c);
+	select_again(c, &w);
 	cl_cmd_begin(c, &w, "SYNC-BEGIN", K_BEGIN, 0);
 	proto_wr_u64(&w, c->M);
 	proto_wr_u64(&w, c->cm);
