@@ -125,14 +125,18 @@ const char *sync_server_error(const struct sync_server *s)
 
 static int cmd_fetch(struct sync_server *s, const struct proto_cmd *cmd)
 {
-	stor_uid_list uids;
-	if (cmd->arg_count != 1 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0) {
+	struct proto_fetch f;
+	const char *err;
+	if (proto_read_fetch(cmd, SYNC_MAX_UIDS_PER_LINE * 4, &f, &err) != PROTO_CODEC_OK) {
 		srv_reply(s, cmd->tag, "BAD", "ARGS", "FETCH uidset");
 		return 0;
 	}
 	memset(&s->fetch, 0, sizeof(s->fetch));
 	snprintf(s->fetch.tag, sizeof(s->fetch.tag), "%s", cmd->tag);
-	s->fetch.uids = uids;
+	/* The codec's array becomes the job's list: freed with it. */
+	s->fetch.uids.items = f.uids;
+	s->fetch.uids.count = f.uid_count;
+	s->fetch.uids.cap = f.uid_count;
 	s->job = JOB_FETCH;
 	return 0;
 }

@@ -1531,8 +1531,9 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 		 "C20 STORE 1 5 (\\Seen) ()\r\nC21 UIDFIX 1:2 5\r\nC22 EXPUNGE 0 0\r\n"
 		 "C23 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n"
 		 "C25 SAVE 1700000000+0000 2 0 %s () {1}\r\nx\r\n"
-		 "C26 STORE 1 0 (\\Seen) (\\*)\r\n",
-		 USER, x.uidvalidity, hex, hex, hex, hex);
+		 "C26 STORE 1 0 (\\Seen) (\\*)\r\n"
+		 "C27 FETCH 0\r\nC28 FETCH 1 2\r\nC29 FETCH 1:%u\r\n",
+		 USER, x.uidvalidity, hex, hex, hex, hex, SYNC_MAX_UIDS_PER_LINE * 4 + 1);
 	stor_mailbox_free(&x);
 	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
 	buf_append_byte(&out, '\0');
@@ -1549,6 +1550,10 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 	 * (SPEC 8.1): a sync's SAVE gives both. */
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C25 BAD [ARGS]"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C26 BAD [ARGS]"));
+	/* FETCH (SPEC 8.5): one UID set of at most the server's bound. */
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C27 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C28 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C29 BAD [ARGS]"));
 	/* A parse error is fatal for the link, not for the process. */
 	CU_ASSERT_EQUAL(sync_server_feed(sv, "C24 SAVE (((\r\n", 15), -1);
 	CU_ASSERT_PTR_NOT_NULL(sync_server_error(sv));
