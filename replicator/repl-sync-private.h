@@ -101,7 +101,7 @@ struct run;
 struct pcmd {
 	struct pcmd *prev, *next;
 	struct run *run; /* NULL once the client it belonged to is gone */
-	char tag[32];    /* the engine's tag */
+	uint32_t id;     /* the engine's number of the command */
 };
 
 struct run {
@@ -113,8 +113,6 @@ struct run {
 	size_t npeers, cur;
 	bool verifying;
 	struct sync_client *client;
-	struct buf tx;
-	struct proto_parser *relay; /* cuts tx into lines (relay_line_cut()) */
 	struct pcmd *pcmds;
 	char *failure; /* set by the link side, seen by the next step */
 	uint32_t refused_by; /* a peer that answered TRYLATER: its own run of the user */
