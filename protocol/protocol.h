@@ -189,6 +189,9 @@ void proto_wr_end(struct proto_wr *w);
  * atoms, quoted strings and lists.  text may be NULL. */
 void proto_wr_status(struct buf *out, const char *tag, const char *status,
 		     const char *code, const char *text);
+/* What follows "TAG STATUS" in such a line: " [CODE] TEXT", no CRLF (for a
+ * link that writes the tag and the name itself). */
+void proto_wr_status_rest(struct buf *out, const char *code, const char *text);
 
 /* True if s[0..len) can be sent as an atom. */
 bool proto_is_atom(const void *s, size_t len);

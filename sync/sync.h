@@ -10,16 +10,18 @@
  * (stor_sync_state_*), and per peer and user the last common mailbox list
  * (stor_meta "sync.list.<peer>.<user>").
  *
- * The engine knows nothing of sockets.  The client's commands go to a
- * link that gives them their wire tags (struct sync_client_link: a peer
- * link), or, on a byte transport, out as whole lines tagged "C<n>" by the
- * client's built-in link.  The server writes whole protocol lines (exactly
- * the SPEC's wire text, made with proto_wr_*, under the tag of the command
- * it answers) through a struct sync_transport.  Both are fed the peer's
- * lines parsed (sync_client_answer() with the command's number,
- * sync_*_input with the tag) or as raw bytes in any split (sync_*_feed).
- * sync_pipe joins a client and a server in one process with no sockets
- * (tests, local repair).
+ * The engine knows nothing of sockets, and writes no tag: the link does.
+ * The client numbers its commands and hands each to a link that sends it
+ * under a tag of its own (struct sync_client_link: a peer link) and gives
+ * the answer back with the number (sync_client_answer()); the server
+ * answers command number id (sync_server_command()) with lines handed to
+ * its link with that id (struct sync_server_link).  The rest of each line
+ * is exactly the SPEC's wire text, made with proto_wr_*.  On a byte
+ * transport (struct sync_transport) each end is its own link: the client
+ * tags command n "C<n>", the server answers under the command's tag, and
+ * both are fed the peer's lines parsed (sync_*_input) or as raw bytes in
+ * any split (sync_*_feed).  sync_pipe joins a client and a server in one
+ * process with no sockets (tests, local repair).
  *
  * Neither end blocks: sync_client_step() does a bounded amount of work and
  * says whether to call it again, to wait for the peer's lines, or that the
@@ -140,7 +142,30 @@ const char *sync_client_error(const struct sync_client *c);
 
 struct sync_server;
 
-/* The answering end of syncs on one link from the peer peer_sid. */
+/* The server writes no tag either: every line of its answers goes to a
+ * link with the number the link gave the command it answers
+ * (sync_server_command()), as its name and the bytes after the name
+ * (" arg ..." with any literals, or " [CODE] text" of a completion; no
+ * CRLF).  The link writes its lines under the command's tag.  send_line()
+ * must not call back into the engine. */
+struct sync_server_link {
+	void (*send_line)(void *ctx, uint32_t id, const char *name, const void *rest,
+			  size_t rest_len);
+	void *ctx;
+};
+
+/* The answering end of syncs on one link from the peer peer_sid; its
+ * answers go out through l. */
+struct sync_server *sync_server_create_linked(struct stor_db *db, uint32_t peer_sid,
+					      const struct sync_server_link *l);
+/* Handles command number id (the link's numbering: each command its own,
+ * never 0; its tag is not looked at) and answers it, as sync_server_input()
+ * does. */
+int sync_server_command(struct sync_server *s, uint32_t id, const struct proto_cmd *cmd,
+			struct proto_parser *parser);
+/* A server on a byte transport: its built-in link numbers the commands
+ * given parsed (input) or as raw bytes (feed) and writes each answer line
+ * under the tag of the command it answers. */
 struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
 				       const struct sync_transport *t);
 void sync_server_destroy(struct sync_server **sp);

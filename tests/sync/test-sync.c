@@ -2,6 +2,7 @@
  * by the in-memory transport (sync_pipe) that delivers bytes in random
  * splits.  After every sync the canonical dumps of the two stores must be
  * byte-identical. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -4424,13 +4425,32 @@ static void test_sync_renumbering_at_the_top_stays_in_bounds(void)
 }
 
 /* A link that owns the tags (as a peer link does): its own tags "L<k>",
- * mapped back to the engine's numbers of the commands. */
+ * mapped back to the engine's numbers of the commands; the server's
+ * answers to command k (its number 1000 + k there) go out tagged
+ * "T<1000 + k>". */
 struct own_tags_link {
 	struct sync_client_link l;
-	struct buf to_server;
+	struct sync_server_link sl;
+	struct buf to_server, to_client;
 	ARRAY(uint32_t) ids; /* tag L<k> is command ids.items[k - 500] */
-	unsigned bad;        /* commands not as the link's contract says */
+	unsigned bad;        /* commands or answers not as the links' contract says */
 };
+
+static void own_tags_send_line(void *ctx, uint32_t id, const char *name, const void *rest,
+			       size_t rest_len)
+{
+	struct own_tags_link *ol = ctx;
+	char tag[32];
+	if (id < 1000 || id - 1000 >= ol->ids.count || name[0] == '\0' ||
+	    strchr(name, ' ') != NULL || (rest_len > 0 && ((const char *)rest)[0] != ' '))
+		ol->bad++;
+	snprintf(tag, sizeof(tag), "T%" PRIu32, id);
+	buf_append_str(&ol->to_client, tag);
+	buf_append_byte(&ol->to_client, ' ');
+	buf_append_str(&ol->to_client, name);
+	buf_append(&ol->to_client, rest, rest_len);
+	buf_append(&ol->to_client, "\r\n", 2);
+}
 
 static void own_tags_send_cmd(void *ctx, uint32_t id, const char *name, const void *args,
 			      size_t args_len)
@@ -4451,10 +4471,10 @@ static void own_tags_send_cmd(void *ctx, uint32_t id, const char *name, const vo
 	buf_append(&ol->to_server, "\r\n", 2);
 }
 
-/* The engine writes no tag: a client made with a link that tags its
- * commands itself syncs as one on a byte transport does, every answer
- * found by the number the link gives back. */
-static void test_sync_linked_client_uses_the_links_tags(void)
+/* The engines write no tag: a client and a server made with links that
+ * tag the lines themselves sync as on a byte transport, every answer found
+ * by the number the link gives back. */
+static void test_sync_linked_ends_use_the_links_tags(void)
 {
 	struct node a, b;
 	node_open(&a, SID_A);
@@ -4472,30 +4492,48 @@ static void test_sync_linked_client_uses_the_links_tags(void)
 	struct own_tags_link ol;
 	memset(&ol, 0, sizeof(ol));
 	buf_init(&ol.to_server);
+	buf_init(&ol.to_client);
 	ol.l.send_cmd = own_tags_send_cmd;
 	ol.l.ctx = &ol;
+	ol.sl.send_line = own_tags_send_line;
+	ol.sl.ctx = &ol;
 	struct buf to_client = BUF_INIT;
-	struct sync_transport st = { capture_send, &to_client };
 	struct sync_settings set = { .peer_sid = SID_B, .user = USER, .step_budget = 3 };
 	struct sync_client *cl = sync_client_create_linked(a.db, &set, &ol.l);
-	struct sync_server *sv = sync_server_create(b.db, SID_A, &st);
+	struct sync_server *sv = sync_server_create_linked(b.db, SID_A, &ol.sl);
 	sync_server_set_budget(sv, 2);
 	struct proto_parser *pp = proto_parser_create(NULL);
+	struct proto_parser *sp = proto_parser_create(NULL);
 	enum sync_step_result r = SYNC_STEP_AGAIN;
 	unsigned foreign = 0, answers = 0;
 	for (unsigned round = 0; round < 100000 && r != SYNC_STEP_DONE && r != SYNC_STEP_ERROR;
 	     round++) {
 		r = sync_client_step(cl);
 		bool moved = buf_avail(&ol.to_server) > 0 || sync_server_busy(sv);
-		if (buf_avail(&ol.to_server) > 0) {
-			CU_ASSERT_EQUAL_FATAL(sync_server_feed(sv, buf_rptr(&ol.to_server),
-							       buf_avail(&ol.to_server)), 0);
-			buf_reset(&ol.to_server);
+		const unsigned char *d = buf_rptr(&ol.to_server);
+		size_t left = buf_avail(&ol.to_server);
+		while (left > 0) {
+			size_t used;
+			const struct proto_cmd *cmd;
+			int pr = proto_parser_parse(sp, d, left, &used, &cmd);
+			CU_ASSERT_FATAL(pr >= 0);
+			d += used;
+			left -= used;
+			uint64_t k;
+			if (pr == 1) {
+				CU_ASSERT_FATAL(cmd->tag[0] == 'L' &&
+						str_to_u64(cmd->tag + 1, UINT32_MAX, &k) == 0 && k >= 500);
+				CU_ASSERT_EQUAL_FATAL(
+					sync_server_command(sv, (uint32_t)(k - 500 + 1000), cmd, sp), 0);
+			}
 		}
+		buf_reset(&ol.to_server);
 		if (sync_server_busy(sv))
 			CU_ASSERT_FATAL(sync_server_step(sv) >= 0);
-		const unsigned char *d = buf_rptr(&to_client);
-		size_t left = buf_avail(&to_client);
+		buf_append(&to_client, buf_rptr(&ol.to_client), buf_avail(&ol.to_client));
+		buf_reset(&ol.to_client);
+		d = buf_rptr(&to_client);
+		left = buf_avail(&to_client);
 		while (left > 0) {
 			size_t used;
 			const struct proto_cmd *line;
@@ -4506,13 +4544,13 @@ static void test_sync_linked_client_uses_the_links_tags(void)
 			if (pr == 0)
 				continue;
 			uint64_t k;
-			if (line->tag[0] != 'L' || str_to_u64(line->tag + 1, UINT32_MAX, &k) < 0 ||
-			    k < 500 || k - 500 >= ol.ids.count) {
+			if (line->tag[0] != 'T' || str_to_u64(line->tag + 1, UINT32_MAX, &k) < 0 ||
+			    k < 1000 || k - 1000 >= ol.ids.count) {
 				foreign++;
 				continue;
 			}
 			answers++;
-			CU_ASSERT_EQUAL(sync_client_answer(cl, ol.ids.items[k - 500], line), 0);
+			CU_ASSERT_EQUAL(sync_client_answer(cl, ol.ids.items[k - 1000], line), 0);
 		}
 		moved = moved || buf_avail(&to_client) > 0;
 		buf_reset(&to_client);
@@ -4530,6 +4568,8 @@ static void test_sync_linked_client_uses_the_links_tags(void)
 	CU_ASSERT_EQUAL(sync_client_report(cl)->texts_fetched, 5);
 	CU_ASSERT(dumps_equal(&a, &b));
 	proto_parser_destroy(&pp);
+	proto_parser_destroy(&sp);
+	buf_free(&ol.to_client);
 	sync_client_destroy(&cl);
 	sync_server_destroy(&sv);
 	ARRAY_FREE(&ol.ids);
@@ -4541,8 +4581,8 @@ static void test_sync_linked_client_uses_the_links_tags(void)
 
 static const struct test_case sync_cases[] = {
 	{ "empty to full copies everything", test_sync_empty_to_full_copies_everything },
-	{ "a linked client: the link's tags, the engine's numbers",
-	  test_sync_linked_client_uses_the_links_tags },
+	{ "linked ends: the links' tags, the engines' numbers",
+	  test_sync_linked_ends_use_the_links_tags },
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
 	{ "three nodes after a partition: nothing lost, nothing twice",
 	  test_sync_three_nodes_after_a_partition_lose_nothing },
