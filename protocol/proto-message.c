@@ -249,6 +249,28 @@ void proto_wr_uidfix(struct proto_wr *w, const uint32_t *old_uids, const uint32_
 	proto_wr_uidset(w, new_uids, count);
 }
 
+int proto_read_fetch(const struct proto_cmd *cmd, size_t max_uids, struct proto_fetch *f_r,
+		     const char **error_r)
+{
+	memset(f_r, 0, sizeof(*f_r));
+	if (cmd->arg_count != 1)
+		return bad(error_r, "expected one UID set");
+	if (proto_arg_uids(&cmd->args[0], max_uids, &f_r->uids, &f_r->uid_count) < 0)
+		return bad(error_r, "bad UID set, or too many UIDs");
+	return PROTO_CODEC_OK;
+}
+
+void proto_fetch_free(struct proto_fetch *f)
+{
+	free(f->uids);
+	memset(f, 0, sizeof(*f));
+}
+
+void proto_wr_fetch(struct proto_wr *w, const uint32_t *uids, size_t count)
+{
+	proto_wr_uidset(w, uids, count);
+}
+
 int proto_read_flags_line(const struct proto_cmd *cmd, struct proto_flags_line *l_r,
 			  const char **error_r)
 {

@@ -165,6 +165,12 @@ void proto_wr_status(struct buf *out, const char *tag, const char *status,
 	struct proto_wr w;
 	proto_wr_init(&w, out);
 	proto_wr_begin(&w, tag, status);
+	proto_wr_status_rest(out, code, text);
+	buf_append(out, "\r\n", 2);
+}
+
+void proto_wr_status_rest(struct buf *out, const char *code, const char *text)
+{
 	if (code != NULL && *code != '\0') {
 		assert(strpbrk(code, "\r\n]{") == NULL);
 		buf_append(out, " [", 2);
@@ -177,7 +183,6 @@ void proto_wr_status(struct buf *out, const char *tag, const char *status,
 		for (const char *t = text; *t != '\0'; t++)
 			buf_append_byte(out, *t == '\r' || *t == '\n' ? ' ' : (unsigned char)*t);
 	}
-	buf_append(out, "\r\n", 2);
 }
 
 void proto_wr_arg(struct proto_wr *w, const struct proto_arg *a)

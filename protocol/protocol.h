@@ -12,7 +12,7 @@
  *     keepalive and back-pressure.
  *
  * Beside them, typed codecs read and write the arguments of the message
- * commands (flag lists, UID sets, SAVE, STORE, EXPUNGE, FLAGS) with the
+ * commands (flag lists, UID sets, SAVE, STORE, EXPUNGE, UIDFIX, FETCH, FLAGS) with the
  * rules of their syntax and the bounds of lib/mail-limits.h, so that every
  * component reads them alike.  protocol/ knows nothing of storage or of replication
  * policy: what a command does is the receiver's business.
@@ -189,6 +189,9 @@ void proto_wr_end(struct proto_wr *w);
  * atoms, quoted strings and lists.  text may be NULL. */
 void proto_wr_status(struct buf *out, const char *tag, const char *status,
 		     const char *code, const char *text);
+/* What follows "TAG STATUS" in such a line: " [CODE] TEXT", no CRLF (for a
+ * link that writes the tag and the name itself). */
+void proto_wr_status_rest(struct buf *out, const char *code, const char *text);
 
 /* True if s[0..len) can be sent as an atom. */
 bool proto_is_atom(const void *s, size_t len);
@@ -415,6 +418,25 @@ size_t proto_uidfix_run(const uint32_t *old_uids, const uint32_t *new_uids, size
  * comes from proto_uidfix_run(). */
 void proto_wr_uidfix(struct proto_wr *w, const uint32_t *old_uids, const uint32_t *new_uids,
 		     size_t count);
+
+/* FETCH <uidset> (SPEC.md 8.5): asks for the texts of these UIDs, in the
+ * set's order.  The answer names a UID the receiver does not hold in
+ * OK [MISSING], and a UID past lib/mail-limits.h names no message, so the
+ * reader refuses only what is malformed (a set that is not one, more than
+ * max_uids UIDs, any other argument): there is no NO [LIMIT] for FETCH. */
+struct proto_fetch {
+	uint32_t *uids; /* read: malloc()ed, in the set's order */
+	size_t uid_count;
+};
+
+/* Reads the one argument; on PROTO_CODEC_OK the caller frees *f_r with
+ * proto_fetch_free(), otherwise there is nothing to free. */
+int proto_read_fetch(const struct proto_cmd *cmd, size_t max_uids, struct proto_fetch *f_r,
+		     const char **error_r);
+void proto_fetch_free(struct proto_fetch *f);
+/* Writes the set of count UIDs (count > 0) after the caller's
+ * "TAG FETCH". */
+void proto_wr_fetch(struct proto_wr *w, const uint32_t *uids, size_t count);
 
 /* The data line FLAGS <uid> <modseq> <flags>: a message's whole flag
  * state, as a master answers a STORE (8.4) and a sync server a SYNC-END

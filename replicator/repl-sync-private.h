@@ -44,16 +44,30 @@ struct srv_note {
 };
 typedef ARRAY(struct srv_note) srv_note_list;
 
+/* A peer's command given to the sync server: the engine answers by the
+ * number, the link writes the tag. */
+struct srv_tag {
+	uint32_t id; /* 0 once completed */
+	char tag[PROTO_MAX_TAG + 1];
+};
+
 /* The server end of one link.  Its answers wait in tx until the end of the
  * loop iteration (srv_flush_all), then for the group commit of the changes
  * of every command of the iteration, in storage's helper thread
- * (struct srv_batch); then they leave. */
+ * (struct srv_batch); then they leave.  tx holds them as frames
+ * (srv_send_line()), each a line's tag, name and the bytes after the
+ * name, so that relaying them reads no protocol text. */
 struct srv_link {
 	struct srv_link *next;
 	uint32_t sid;
 	uint64_t gen;   /* tells this link's batches from a former link's */
 	struct sync_server *server;
 	struct buf tx;
+	/* The tags of the commands given to the server and not completed,
+	 * from tags_head, and the number of the last one. */
+	ARRAY(struct srv_tag) tags;
+	size_t tags_head;
+	uint32_t last_id;
 	srv_note_list notes;
 	bool closing; /* the engine failed: BYE once the answers are out */
 	size_t unsent;  /* bytes of its answers waiting for durability */
@@ -101,7 +115,7 @@ struct run;
 struct pcmd {
 	struct pcmd *prev, *next;
 	struct run *run; /* NULL once the client it belonged to is gone */
-	char tag[32];    /* the engine's tag */
+	uint32_t id;     /* the engine's number of the command */
 };
 
 struct run {
@@ -113,8 +127,6 @@ struct run {
 	size_t npeers, cur;
 	bool verifying;
 	struct sync_client *client;
-	struct buf tx;
-	struct proto_parser *relay; /* cuts tx into lines (relay_line_cut()) */
 	struct pcmd *pcmds;
 	char *failure; /* set by the link side, seen by the next step */
 	uint32_t refused_by; /* a peer that answered TRYLATER: its own run of the user */
@@ -208,18 +220,6 @@ struct repl_sync {
 };
 
 /* repl-sync.c */
-/* The parser of relay_line_cut(). */
-struct proto_parser *relay_parser_create(void);
-/* Cuts the first line the sync engine wrote off d[0..len) with the
- * protocol's parser *pp (so that only proto-parser.c reads replication
- * bytes): 1 with the line's length (literals and CRLF included), its tag
- * and name, and the bytes after the name up to the CRLF, to be relayed as
- * they are; 0 when the line is not complete (offer it again, whole, with
- * the rest); -1 for a line the engine cannot have written.  *pp is
- * replaced by a fresh parser unless 1 was returned. */
-int relay_line_cut(struct proto_parser **pp, const unsigned char *d, size_t len,
-		   size_t *line_len_r, char *tag, size_t tag_size, char *name, size_t name_size,
-		   const unsigned char **rest_r, size_t *rest_len_r);
 void queued_done(void *ctx, bool converged, const char *report, size_t report_len,
 		 const char *text);
 void queue_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);

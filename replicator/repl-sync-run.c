@@ -59,9 +59,7 @@ static void pcmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	    run->cur < run->npeers)
 		run->refused_by = run->peers[run->cur];
 	if (run != NULL && run->client != NULL && line != NULL) {
-		struct proto_cmd copy = *line;
-		copy.tag = p->tag;
-		(void)sync_client_input(run->client, &copy);
+		(void)sync_client_answer(run->client, p->id, line);
 		run_kick(run);
 	}
 	if (kind == PROTO_REPLY_DATA)
@@ -72,47 +70,29 @@ static void pcmd_cb(struct proto_conn *conn, enum proto_reply_kind kind,
 	free(p);
 }
 
-static void client_send(void *ctx, const void *data, size_t len)
+/* The link owns the wire tags (the engine writes none): each command of
+ * the engine goes out under a tag of proto_conn's, and its answer's lines
+ * come back (pcmd_cb) with the engine's number of the command. */
+static void client_send_cmd(void *ctx, uint32_t id, const char *name, const void *args,
+			    size_t args_len)
 {
 	struct run *run = ctx;
-	buf_append(&run->tx, data, len);
 	struct proto_conn *conn = repl_peers_conn(run->rs->peers, run->peers[run->cur]);
-	if (run->relay == NULL)
-		run->relay = relay_parser_create();
-	while (buf_avail(&run->tx) > 0) {
-		const unsigned char *d = buf_rptr(&run->tx);
-		size_t n;
-		char tag[32], name[PROTO_MAX_NAME + 1];
-		const unsigned char *rest;
-		size_t rest_len;
-		int r = relay_line_cut(&run->relay, d, buf_avail(&run->tx), &n, tag, sizeof(tag), name,
-				       sizeof(name), &rest, &rest_len);
-		if (r == 0)
-			return; /* the rest comes with the next send */
-		if (r < 0) {
-			buf_reset(&run->tx);
-			run_set_failure(run, "the engine wrote a broken line");
-			return;
-		}
-		if (conn == NULL) {
-			buf_reset(&run->tx);
-			run_set_failure(run, "the link went down");
-			return;
-		}
-		struct pcmd *p = xcalloc(1, sizeof(*p));
-		snprintf(p->tag, sizeof(p->tag), "%s", tag);
-		p->run = run;
-		p->next = run->pcmds;
-		if (p->next != NULL)
-			p->next->prev = p;
-		run->pcmds = p;
-		struct proto_wr *w = proto_conn_cmd_begin(conn, name);
-		buf_append(w->out, rest, rest_len);
-		buf_consume(&run->tx, n);
-		/* A dropped command calls pcmd_cb (CLOSED) before returning. */
-		(void)proto_conn_cmd_send(conn, 0, pcmd_cb, p);
+	if (conn == NULL) {
+		run_set_failure(run, "the link went down");
+		return;
 	}
-	buf_reset(&run->tx);
+	struct pcmd *p = xcalloc(1, sizeof(*p));
+	p->id = id;
+	p->run = run;
+	p->next = run->pcmds;
+	if (p->next != NULL)
+		p->next->prev = p;
+	run->pcmds = p;
+	struct proto_wr *w = proto_conn_cmd_begin(conn, name);
+	buf_append(w->out, args, args_len);
+	/* A dropped command calls pcmd_cb (CLOSED) before returning. */
+	(void)proto_conn_cmd_send(conn, 0, pcmd_cb, p);
 }
 
 static void run_client_free(struct run *run)
@@ -121,8 +101,6 @@ static void run_client_free(struct run *run)
 		pcmd_unlink(run->pcmds);
 	if (run->client != NULL)
 		sync_client_destroy(&run->client);
-	buf_reset(&run->tx);
-	proto_parser_destroy(&run->relay);
 	free(run->failure);
 	run->failure = NULL;
 }
@@ -139,10 +117,10 @@ static void run_client_start(struct run *run)
 	run->full_done[run->cur] = run->full_done[run->cur] || set.full;
 	struct proto_conn *conn = repl_peers_conn(run->rs->peers, set.peer_sid);
 	set.no_rename_stamps = conn == NULL || proto_conn_minor(conn) < PROTO_MIN_MINOR_RSTAMP;
-	struct sync_transport t = { client_send, run };
+	struct sync_client_link l = { client_send_cmd, run };
 	if (run->rs->peer_cb != NULL)
 		run->rs->peer_cb(run->rs->peer_ctx, REPL_SYNC_PEER_START, run->user, set.peer_sid);
-	run->client = sync_client_create(repl_db(run->rs->repl), &set, &t);
+	run->client = sync_client_create_linked(repl_db(run->rs->repl), &set, &l);
 	run_kick(run);
 }
 
@@ -159,7 +137,6 @@ void run_finish(struct run *run, bool converged, const char *text)
 	run->cb(run->ctx, converged, (const char *)run->report.data, run->report.len, text);
 	rs->finished_refused_by = 0;
 	buf_free(&run->report);
-	buf_free(&run->tx);
 	free(run->not_converged);
 	free(run->user);
 	free(run);

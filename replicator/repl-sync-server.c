@@ -5,6 +5,7 @@
  * share a link but no state. */
 #include "replicator/repl-sync-private.h"
 
+#include <assert.h>
 #include <ev.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -31,10 +32,36 @@ struct srv_link *srv_find(struct repl_sync *rs, uint32_t sid)
 	return NULL;
 }
 
-static void srv_send(void *ctx, const void *data, size_t len)
+/* A frame of tx: the sizes of the tag, the name and the rest (size_t
+ * each), then their bytes. */
+static void srv_send_line(void *ctx, uint32_t id, const char *name, const void *rest,
+			  size_t rest_len)
 {
 	struct srv_link *l = ctx;
-	buf_append(&l->tx, data, len);
+	size_t i = l->tags_head;
+	while (i < l->tags.count && l->tags.items[i].id != id)
+		i++;
+	/* The engine answers only commands srv_command() gave it, each
+	 * completed once. */
+	if (i == l->tags.count) {
+		log_errorx("sync with %u: an answer to no pending command (%u %s)", l->sid, id, name);
+		return;
+	}
+	const char *tag = l->tags.items[i].tag;
+	size_t sizes[3] = { strlen(tag), strlen(name), rest_len };
+	buf_append(&l->tx, sizes, sizeof(sizes));
+	buf_append(&l->tx, tag, sizes[0]);
+	buf_append(&l->tx, name, sizes[1]);
+	buf_append(&l->tx, rest, rest_len);
+	if (strcmp(name, "OK") != 0 && strcmp(name, "NO") != 0 && strcmp(name, "BAD") != 0)
+		return;
+	/* Completed; answers come in the order of the commands, so mostly
+	 * this is the oldest. */
+	l->tags.items[i].id = 0;
+	while (l->tags_head < l->tags.count && l->tags.items[l->tags_head].id == 0)
+		l->tags_head++;
+	if (l->tags_head == l->tags.count)
+		l->tags.count = l->tags_head = 0;
 }
 
 static struct srv_link *srv_get(struct repl_sync *rs, uint32_t sid)
@@ -46,8 +73,8 @@ static struct srv_link *srv_get(struct repl_sync *rs, uint32_t sid)
 	l->sid = sid;
 	l->gen = ++rs->link_gen;
 	l->selected = -1;
-	struct sync_transport t = { srv_send, l };
-	l->server = sync_server_create(repl_db(rs->repl), sid, &t);
+	struct sync_server_link sl = { srv_send_line, l };
+	l->server = sync_server_create_linked(repl_db(rs->repl), sid, &sl);
 	l->next = rs->links;
 	rs->links = l;
 	return l;
@@ -80,6 +107,7 @@ void srv_free(struct repl_sync *rs, uint32_t sid)
 			sync_released(rs);
 		sync_server_destroy(&l->server);
 		buf_free(&l->tx);
+		ARRAY_FREE(&l->tags);
 		ARRAY_FREE(&l->notes);
 		free(l);
 		return;
@@ -190,28 +218,28 @@ static void srv_note_add(struct srv_link *l, const char *user, const struct guid
 	ARRAY_PUSH(&l->notes, n);
 }
 
-/* Relays the engine's lines in tx as lines of the link to sid. */
-static void srv_relay(uint32_t sid, struct buf *tx, struct proto_conn *conn)
+/* Sends the frames of tx (srv_send_line()) as lines of the link. */
+static void srv_relay(struct buf *tx, struct proto_conn *conn)
 {
-	struct proto_parser *p = relay_parser_create();
 	while (buf_avail(tx) > 0) {
 		const unsigned char *d = buf_rptr(tx);
-		size_t n;
+		size_t sizes[3];
+		/* Frames are whole: srv_send_line() writes each at once. */
+		assert(buf_avail(tx) >= sizeof(sizes));
+		memcpy(sizes, d, sizeof(sizes));
+		size_t n = sizeof(sizes) + sizes[0] + sizes[1] + sizes[2];
+		assert(buf_avail(tx) >= n && sizes[0] <= PROTO_MAX_TAG && sizes[1] <= PROTO_MAX_NAME);
 		char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
-		const unsigned char *rest;
-		size_t rest_len;
-		/* The server writes whole lines: a part of one is broken too. */
-		if (relay_line_cut(&p, d, buf_avail(tx), &n, tag, sizeof(tag), name, sizeof(name),
-				   &rest, &rest_len) <= 0) {
-			log_errorx("sync with %u: the engine wrote a broken line", sid);
-			break;
-		}
+		const unsigned char *p = d + sizeof(sizes);
+		memcpy(tag, p, sizes[0]);
+		tag[sizes[0]] = '\0';
+		memcpy(name, p + sizes[0], sizes[1]);
+		name[sizes[1]] = '\0';
 		struct proto_wr *w = proto_conn_line_begin(conn, tag, name);
-		buf_append(w->out, rest, rest_len);
+		buf_append(w->out, p + sizes[0] + sizes[1], sizes[2]);
 		proto_conn_line_end(conn);
 		buf_consume(tx, n);
 	}
-	proto_parser_destroy(&p);
 	buf_reset(tx);
 }
 
@@ -247,7 +275,7 @@ static void srv_batch_durable(void *ctx, bool ok)
 		if (conn != NULL && !ok) {
 			proto_conn_bye(conn, "SERVERBUG", "storage failed");
 		} else if (conn != NULL) {
-			srv_relay(o->sid, &o->tx, conn);
+			srv_relay(&o->tx, conn);
 			if (o->closing) {
 				const char *why = sync_server_error(l->server);
 				log_warnx("sync with %u: closing the link: %s", o->sid,
@@ -468,6 +496,15 @@ void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn
 	}
 	if (refuse_crossing(rs, l, conn, cmd))
 		return;
-	int r = sync_server_input(l->server, cmd, proto_conn_parser(conn));
+	int r = 0;
+	if (!proto_cmd_is_status(cmd) && strcmp(cmd->tag, "*") != 0) {
+		struct srv_tag t;
+		if (++l->last_id == 0)
+			l->last_id = 1; /* 0 marks a completed entry */
+		t.id = l->last_id;
+		snprintf(t.tag, sizeof(t.tag), "%s", cmd->tag);
+		ARRAY_PUSH(&l->tags, t);
+		r = sync_server_command(l->server, t.id, cmd, proto_conn_parser(conn));
+	}
 	srv_after(rs, l, cmd, r);
 }

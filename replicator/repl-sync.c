@@ -31,54 +31,6 @@ static const char *const sync_commands[] = {
 };
 
 /* ------------------------------------------------------------------ */
-/* Relaying whole lines */
-
-struct proto_parser *relay_parser_create(void)
-{
-	/* The engine's own lines: a literal is a message text already in
-	 * memory, whatever max_message_size allows; the other limits are the
-	 * peer's, which reads these lines next. */
-	struct proto_parser_settings set;
-	proto_parser_settings_default(&set);
-	set.max_literal = SIZE_MAX / 2;
-	return proto_parser_create(&set);
-}
-
-int relay_line_cut(struct proto_parser **pp, const unsigned char *d, size_t len,
-		   size_t *line_len_r, char *tag, size_t tag_size, char *name, size_t name_size,
-		   const unsigned char **rest_r, size_t *rest_len_r)
-{
-	size_t used;
-	const struct proto_cmd *cmd;
-	int r = proto_parser_parse(*pp, d, len, &used, &cmd);
-	if (r <= 0) {
-		/* Incomplete: the parser holds the part it saw, and the caller
-		 * offers the whole line again once the rest came.  Broken: an
-		 * error is final for a parser.  Either way, a fresh one. */
-		proto_parser_destroy(pp);
-		*pp = relay_parser_create();
-		return r;
-	}
-	/* The engine writes "TAG NAME[ args]" CRLF: the bytes after the
-	 * name are relayed as they are, under the link's own tag. */
-	size_t tag_len = strlen(cmd->tag), name_len = strlen(cmd->name);
-	size_t head = tag_len + 1 + name_len;
-	if (tag_len >= tag_size || name_len >= name_size ||
-	    used < head + 2 || d[used - 2] != '\r' || d[used - 1] != '\n' ||
-	    (d[head] != ' ' && d[head] != '\r')) {
-		proto_parser_destroy(pp);
-		*pp = relay_parser_create();
-		return -1;
-	}
-	memcpy(tag, cmd->tag, tag_len + 1);
-	memcpy(name, cmd->name, name_len + 1);
-	*line_len_r = used;
-	*rest_r = d + head;
-	*rest_len_r = used - 2 - head;
-	return 1;
-}
-
-/* ------------------------------------------------------------------ */
 
 /* ---- Background resyncs ---- */
 

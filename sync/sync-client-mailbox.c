@@ -307,7 +307,7 @@ int send_fetch(struct sync_client *c)
 		struct cl_chunk ch = { need.items[i], false };
 		cl_cmd_begin(c, &w, "FETCH", K_FETCH, c->chunks.count);
 		ARRAY_PUSH(&c->chunks, ch);
-		proto_wr_uidset(&w, need.items + i, k);
+		proto_wr_fetch(&w, need.items + i, k);
 		cl_cmd_end(c, &w);
 	}
 	c->need.count = 0;

@@ -119,14 +119,21 @@ struct sync_client {
 	bool full;
 	bool no_rename_stamps;
 	unsigned budget;
+	/* Where commands go: the caller's link, or (sync_client_create())
+	 * the built-in one that tags them for the byte transport t. */
+	struct sync_client_link link;
 	struct sync_transport t;
+	struct buf wire; /* the built-in link's line */
+	char cmd_name[PROTO_MAX_NAME + 1]; /* of the command being written */
 	struct proto_parser *parser;
 	struct buf out;
 	struct sync_report report;
 	char *error;
 	enum cl_phase phase;
 
-	uint32_t next_tag, phase_base;
+	/* Commands are numbered from 1; pending holds those from phase_base
+	 * on (cl_new_group()). */
+	uint32_t next_id, phase_base;
 	ARRAY(struct cl_pending) pending;
 	size_t outstanding;
 

@@ -17,6 +17,7 @@
  * their own. */
 #include "sync/sync-client-private.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,11 +28,23 @@
 #include "lib/str.h"
 #include "lib/xalloc.h"
 
-static void cl_flush(struct sync_client *c)
+/* The built-in link of a byte transport: the only place the client's
+ * commands get a tag, "C<n>" for command n (sync_client_input() reads it
+ * back). */
+static void wire_send_cmd(void *ctx, uint32_t id, const char *name, const void *args,
+			  size_t args_len)
 {
-	if (c->out.len > 0)
-		c->t.send(c->t.ctx, c->out.data, c->out.len);
-	buf_reset(&c->out);
+	struct sync_client *c = ctx;
+	char tag[24];
+	struct proto_wr w;
+	snprintf(tag, sizeof(tag), "C%" PRIu32, id);
+	buf_reset(&c->wire);
+	proto_wr_init(&w, &c->wire);
+	proto_wr_begin(&w, tag, name);
+	buf_append(&c->wire, args, args_len);
+	proto_wr_end(&w);
+	c->t.send(c->t.ctx, c->wire.data, c->wire.len);
+	buf_reset(&c->wire);
 }
 
 int cl_fail(struct sync_client *c, const char *fmt, ...)
@@ -50,24 +63,28 @@ int cl_fail(struct sync_client *c, const char *fmt, ...)
 	return -1;
 }
 
-/* Starts a command; the caller adds arguments and calls cl_cmd_end(). */
+/* Starts a command; the caller adds arguments and calls cl_cmd_end().  w
+ * writes only the arguments: the link puts its tag and the name before
+ * them. */
 void cl_cmd_begin(struct sync_client *c, struct proto_wr *w, const char *name,
 		  enum cl_kind kind, size_t idx)
 {
-	char tag[24];
-	snprintf(tag, sizeof(tag), "C%u", c->next_tag);
 	struct cl_pending p = { .kind = kind, .idx = idx, .done = false };
 	ARRAY_PUSH(&c->pending, p);
-	c->next_tag++;
 	c->outstanding++;
+	snprintf(c->cmd_name, sizeof(c->cmd_name), "%s", name);
+	buf_reset(&c->out);
 	proto_wr_init(w, &c->out);
-	proto_wr_begin(w, tag, name);
+	w->need_sp = true; /* after the name */
 }
 
 void cl_cmd_end(struct sync_client *c, struct proto_wr *w)
 {
-	proto_wr_end(w);
-	cl_flush(c);
+	/* As proto_wr_end() would check: every list closed. */
+	assert(w->depth == 0);
+	(void)w;
+	c->link.send_cmd(c->link.ctx, c->next_id++, c->cmd_name, c->out.data, c->out.len);
+	buf_reset(&c->out);
 }
 
 /* uids in EXPUNGE lines of per_line UIDs at most, each with its UIDs'
@@ -111,12 +128,11 @@ int cl_expunge(struct sync_client *c, const stor_uid_list *uids, uint64_t modseq
 void cl_new_group(struct sync_client *c)
 {
 	c->pending.count = 0;
-	c->phase_base = c->next_tag;
+	c->phase_base = c->next_id;
 	c->outstanding = 0;
 }
 
-struct sync_client *sync_client_create(struct stor_db *db, const struct sync_settings *set,
-				       const struct sync_transport *t)
+static struct sync_client *client_new(struct stor_db *db, const struct sync_settings *set)
 {
 	struct sync_client *c = xcalloc(1, sizeof(*c));
 	c->db = db;
@@ -125,11 +141,29 @@ struct sync_client *sync_client_create(struct stor_db *db, const struct sync_set
 	c->full = set->full;
 	c->no_rename_stamps = set->no_rename_stamps;
 	c->budget = set->step_budget != 0 ? set->step_budget : SYNC_DEFAULT_STEP_BUDGET;
-	c->t = *t;
 	c->parser = proto_parser_create(NULL);
 	buf_init(&c->out);
-	c->next_tag = 1;
+	buf_init(&c->wire);
+	c->next_id = 1;
 	c->phase = PH_START;
+	return c;
+}
+
+struct sync_client *sync_client_create(struct stor_db *db, const struct sync_settings *set,
+				       const struct sync_transport *t)
+{
+	struct sync_client *c = client_new(db, set);
+	c->t = *t;
+	c->link.send_cmd = wire_send_cmd;
+	c->link.ctx = c;
+	return c;
+}
+
+struct sync_client *sync_client_create_linked(struct stor_db *db, const struct sync_settings *set,
+					      const struct sync_client_link *l)
+{
+	struct sync_client *c = client_new(db, set);
+	c->link = *l;
 	return c;
 }
 
@@ -203,6 +237,7 @@ void sync_client_destroy(struct sync_client **cp)
 	ARRAY_FREE(&c->pending);
 	proto_parser_destroy(&c->parser);
 	buf_free(&c->out);
+	buf_free(&c->wire);
 	free(c->error);
 	free(c->user);
 	free(c);
@@ -229,11 +264,18 @@ int sync_client_input(struct sync_client *c, const struct proto_cmd *line)
 	uint64_t tagno;
 	if (line->tag[0] != 'C' || str_to_u64(line->tag + 1, UINT32_MAX, &tagno) < 0)
 		return cl_fail(c, "line with a foreign tag %s", line->tag);
-	if (tagno < c->phase_base || tagno >= c->phase_base + c->pending.count)
+	return sync_client_answer(c, (uint32_t)tagno, line);
+}
+
+int sync_client_answer(struct sync_client *c, uint32_t id, const struct proto_cmd *line)
+{
+	if (c->phase == PH_ERROR)
+		return -1;
+	if (id < c->phase_base || id - c->phase_base >= c->pending.count)
 		return 0; /* an answer to an abandoned group */
-	struct cl_pending *p = &c->pending.items[tagno - c->phase_base];
+	struct cl_pending *p = &c->pending.items[id - c->phase_base];
 	if (p->done)
-		return cl_fail(c, "second completion for %s", line->tag);
+		return cl_fail(c, "second completion for command %" PRIu32, id);
 	if (!proto_cmd_is_status(line)) {
 		switch (p->kind) {
 		case K_LIST:
@@ -243,7 +285,7 @@ int sync_client_input(struct sync_client *c, const struct proto_cmd *line)
 		case K_FETCH:
 			return on_text_line(c, line);
 		default:
-			return cl_fail(c, "unexpected data line %s %s", line->tag, line->name);
+			return cl_fail(c, "unexpected data line %s to command %" PRIu32, line->name, id);
 		}
 	}
 	p->done = true;
@@ -291,7 +333,7 @@ int sync_client_input(struct sync_client *c, const struct proto_cmd *line)
 		return 0;
 	default:
 		if (!ok)
-			return cl_fail(c, "command %s refused: %s", line->tag, line->text);
+			return cl_fail(c, "command %" PRIu32 " refused: %s", id, line->text);
 		return 0;
 	}
 }

@@ -96,21 +96,21 @@ int sync_pseen_srv_cmd(struct sync_server *s, const struct proto_cmd *cmd)
 	const char *err;
 	int cr = proto_read_pseen(cmd, PROTO_PSEEN_GIVEN, &p, &err);
 	if (cr == PROTO_CODEC_LIMIT) {
-		srv_reply(s, cmd->tag, "NO", "LIMIT", err);
+		srv_reply(s, s->cur_id, "NO", "LIMIT", err);
 		return 0;
 	}
 	if (cr != PROTO_CODEC_OK) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", err);
+		srv_reply(s, s->cur_id, "BAD", "ARGS", err);
 		return 0;
 	}
 	if (s->pseen_in.count >= PROTO_MAX_PSEEN_PER_SYNC) {
-		srv_reply(s, cmd->tag, "NO", "LIMIT", "too many PSEEN lines in one sync");
+		srv_reply(s, s->cur_id, "NO", "LIMIT", "too many PSEEN lines in one sync");
 		return 0;
 	}
 	struct stor_pseen r;
 	pseen_of_line(&p, &r);
 	ARRAY_PUSH(&s->pseen_in, r);
-	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	srv_reply(s, s->cur_id, "OK", NULL, "held");
 	return 0;
 }
 
@@ -230,12 +230,12 @@ int sync_pseen_srv_merge(struct sync_server *s, const char **err)
 	return ret;
 }
 
-void sync_pseen_srv_write(struct sync_server *s, const char *tag)
+void sync_pseen_srv_write(struct sync_server *s, uint32_t id)
 {
 	struct proto_wr w;
 	proto_wr_init(&w, &s->out);
 	for (size_t i = 0; i < s->pseen_out.count; i++) {
-		proto_wr_begin(&w, tag, "PSEEN");
+		srv_line_begin(s, &w, id, "PSEEN");
 		wr_pseen(&w, &s->pseen_out.items[i]);
 		proto_wr_end(&w);
 	}

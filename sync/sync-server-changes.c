@@ -25,12 +25,12 @@ int cmd_sync_begin(struct sync_server *s, const struct proto_cmd *cmd)
 	    proto_arg_u64(&cmd->args[1], INT64_MAX, &cm) < 0 ||
 	    proto_arg_u32(&cmd->args[2], &lu) < 0 || lu == 0 ||
 	    proto_arg_u32(&cmd->args[3], &cu) < 0 || cu == 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "SYNC-BEGIN lm cm lu cu");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "SYNC-BEGIN lm cm lu cu");
 		return 0;
 	}
 	if (!mail_modseq_valid(lm) || !mail_modseq_valid(cm) || !mail_uidnext_valid(lu) ||
 	    !mail_uidnext_valid(cu)) {
-		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		srv_reply(s, s->cur_id, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
 	srv_sync_reset(s);
@@ -40,7 +40,7 @@ int cmd_sync_begin(struct sync_server *s, const struct proto_cmd *cmd)
 	s->client_modseq = cm;
 	s->last_uidnext = lu;
 	s->client_uidnext = cu;
-	srv_reply(s, cmd->tag, "OK", NULL, "begin");
+	srv_reply(s, s->cur_id, "OK", NULL, "begin");
 	return 0;
 }
 
@@ -56,12 +56,12 @@ int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 	if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(cmd, 6, &stamped, &sv.stamps) < 0) {
 		if (cr == PROTO_CODEC_OK)
 			proto_save_free(&ps);
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "SAVE date uid modseq guid flags text [STAMPS]");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "SAVE date uid modseq guid flags text [STAMPS]");
 		return 0;
 	}
 	if (cr == PROTO_CODEC_LIMIT) {
 		stor_stamp_list_free(&sv.stamps);
-		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		srv_reply(s, s->cur_id, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
 	sv.uid = ps.uid;
@@ -82,7 +82,7 @@ int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 		if (r == 0) {
 			sync_flags_free(&sv.f);
 			stor_stamp_list_free(&sv.stamps);
-			srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "text unknown, send it");
+			srv_reply(s, s->cur_id, "NO", "NONEXISTENT", "text unknown, send it");
 			return 0;
 		}
 		/* This very message at this UID already (a full compare of
@@ -105,18 +105,18 @@ int cmd_save(struct sync_server *s, const struct proto_cmd *cmd)
 			stor_text_abort(&tw);
 			sync_flags_free(&sv.f);
 			stor_stamp_list_free(&sv.stamps);
-			srv_reply(s, cmd->tag, "NO", "TOOBIG", err);
+			srv_reply(s, s->cur_id, "NO", "TOOBIG", err);
 			return 0;
 		}
 		if (stor_text_finish(&tw, &err) < 0) {
 			sync_flags_free(&sv.f);
 			stor_stamp_list_free(&sv.stamps);
-			srv_reply(s, cmd->tag, "NO", NULL, err);
+			srv_reply(s, s->cur_id, "NO", NULL, err);
 			return 0;
 		}
 	}
 	ARRAY_PUSH(&s->saves, sv);
-	srv_reply(s, cmd->tag, "OK", present ? "PRESENT" : NULL, "held");
+	srv_reply(s, s->cur_id, "OK", present ? "PRESENT" : NULL, "held");
 	return 0;
 }
 
@@ -134,12 +134,12 @@ int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
 	if (cr == PROTO_CODEC_BAD || sync_cmd_stamps(cmd, 4, &stamped, &st.stamps) < 0) {
 		if (cr == PROTO_CODEC_OK)
 			proto_store_free(&ps);
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "in a sync: STORE uid modseq flags (\\*) [STAMPS]");
 		return 0;
 	}
 	if (cr == PROTO_CODEC_LIMIT) {
 		stor_stamp_list_free(&st.stamps);
-		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		srv_reply(s, s->cur_id, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
 	st.uid = ps.uids[0];
@@ -149,7 +149,7 @@ int cmd_store(struct sync_server *s, const struct proto_cmd *cmd)
 	if (!stamped)
 		sync_stamps_legacy(st.modseq, &st.stamps);
 	ARRAY_PUSH(&s->stores, st);
-	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	srv_reply(s, s->cur_id, "OK", NULL, "held");
 	return 0;
 }
 
@@ -161,7 +161,7 @@ int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
 	struct guid *guids;
 	int cr = proto_read_expunge(cmd, PROTO_EXPUNGE_SYNC, SYNC_MAX_UIDS_PER_LINE * 4, &e, &err);
 	if (cr == PROTO_CODEC_LIMIT) {
-		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		srv_reply(s, s->cur_id, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
 	if (cr != PROTO_CODEC_OK)
@@ -181,10 +181,10 @@ int cmd_expunge(struct sync_server *s, const struct proto_cmd *cmd)
 	}
 	proto_expunge_free(&e);
 	free(guids);
-	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	srv_reply(s, s->cur_id, "OK", NULL, "held");
 	return 0;
 bad:
-	srv_reply(s, cmd->tag, "BAD", "ARGS", "EXPUNGE uidset modseq [GUIDS (guid ...)]");
+	srv_reply(s, s->cur_id, "BAD", "ARGS", "EXPUNGE uidset modseq [GUIDS (guid ...)]");
 	return 0;
 }
 
@@ -195,11 +195,11 @@ int cmd_uidfix(struct sync_server *s, const struct proto_cmd *cmd)
 	const char *err;
 	int cr = proto_read_uidfix(cmd, SYNC_MAX_UIDS_PER_LINE * 4, &f, &err);
 	if (cr == PROTO_CODEC_LIMIT) {
-		srv_reply(s, cmd->tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		srv_reply(s, s->cur_id, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
 	if (cr != PROTO_CODEC_OK) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "UIDFIX old-uidset new-uidset");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "UIDFIX old-uidset new-uidset");
 		return 0;
 	}
 	for (size_t i = 0; i < f.count; i++) {
@@ -207,7 +207,7 @@ int cmd_uidfix(struct sync_server *s, const struct proto_cmd *cmd)
 		ARRAY_PUSH(&s->fix_new, f.new_uids[i]);
 	}
 	proto_uidfix_free(&f);
-	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	srv_reply(s, s->cur_id, "OK", NULL, "held");
 	return 0;
 }
 
@@ -220,12 +220,12 @@ int cmd_expunged(struct sync_server *s, const struct proto_cmd *cmd)
 	struct guid *guids;
 	size_t n;
 	if (sync_cmd_gone(cmd, &guids, &n) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "GONE GUIDS (guid ...)");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "GONE GUIDS (guid ...)");
 		return 0;
 	}
 	if (s->gone_in.count + n > SYNC_MAX_GONE_PER_SYNC) {
 		free(guids);
-		srv_reply(s, cmd->tag, "NO", "LIMIT", "too many GONE GUIDs in one sync");
+		srv_reply(s, s->cur_id, "NO", "LIMIT", "too many GONE GUIDs in one sync");
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -233,6 +233,6 @@ int cmd_expunged(struct sync_server *s, const struct proto_cmd *cmd)
 		ARRAY_PUSH(&s->gone_in, guids[i]);
 	}
 	free(guids);
-	srv_reply(s, cmd->tag, "OK", NULL, "held");
+	srv_reply(s, s->cur_id, "OK", NULL, "held");
 	return 0;
 }

@@ -27,7 +27,7 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 	stor_string_list subs;
 	struct proto_wr w;
 	if (cmd->arg_count != 1 || proto_arg_str(&cmd->args[0], &user, &len) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "LIST user");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "LIST user");
 		return 0;
 	}
 	if (stor_mailbox_list(s->db, user, &mbs, &err) < 0)
@@ -54,7 +54,7 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 		const struct stor_mailbox *mb = &mbs.items[i];
 		struct guid digest;
 		memcpy(digest.b, mb->digest, sizeof(digest.b));
-		proto_wr_begin(&w, cmd->tag, "MAILBOX");
+		srv_line_begin(s, &w, s->cur_id, "MAILBOX");
 		proto_wr_cstr(&w, mb->name);
 		proto_wr_guid(&w, &mb->guid);
 		proto_wr_u64(&w, mb->uidvalidity);
@@ -90,7 +90,7 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 			return srv_fail(s, "LIST: %s", err);
 		}
 		for (size_t j = 0; j < acl.count; j++) {
-			proto_wr_begin(&w, cmd->tag, "ACL");
+			srv_line_begin(s, &w, s->cur_id, "ACL");
 			proto_wr_guid(&w, &mbs.items[i].guid);
 			proto_wr_cstr(&w, acl.items[j].identifier);
 			proto_wr_cstr(&w, acl.items[j].rights);
@@ -100,19 +100,19 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 		stor_acl_list_free(&acl);
 	}
 	for (size_t i = 0; i < subs.count; i++) {
-		proto_wr_begin(&w, cmd->tag, "SUBSCRIBED");
+		srv_line_begin(s, &w, s->cur_id, "SUBSCRIBED");
 		proto_wr_cstr(&w, subs.items[i]);
 		proto_wr_end(&w);
 	}
 	for (size_t i = 0; i < tombs.count; i++) {
-		proto_wr_begin(&w, cmd->tag, "DELETED");
+		srv_line_begin(s, &w, s->cur_id, "DELETED");
 		proto_wr_guid(&w, &tombs.items[i].guid);
 		proto_wr_u64(&w, tombs.items[i].uidnext);
 		proto_wr_u64(&w, tombs.items[i].highestmodseq);
 		proto_wr_end(&w);
 	}
 	for (size_t i = 0; i < unsubs.count; i++) {
-		proto_wr_begin(&w, cmd->tag, "UNSUBSCRIBED");
+		srv_line_begin(s, &w, s->cur_id, "UNSUBSCRIBED");
 		proto_wr_cstr(&w, unsubs.items[i]);
 		proto_wr_end(&w);
 	}
@@ -120,14 +120,14 @@ int cmd_list(struct sync_server *s, const struct proto_cmd *cmd)
 	stor_string_list_free(&subs);
 	stor_mailbox_tomb_list_free(&tombs);
 	stor_string_list_free(&unsubs);
-	srv_reply(s, cmd->tag, "OK", NULL, "listed");
+	srv_reply(s, s->cur_id, "OK", NULL, "listed");
 	return 0;
 }
 
 /* CREATE and RENAME onto a name that is already held: OK when the same
  * mailbox holds it (a resent command), NO [ALREADYEXISTS guid] otherwise.
  * Returns 1 when it answered, 0 when the name is free, -1 on a store error. */
-static int reply_if_name_taken(struct sync_server *s, const char *tag, const char *user,
+static int reply_if_name_taken(struct sync_server *s, uint32_t id, const char *user,
 			       const char *name, const struct guid *guid, const char *ok_text,
 			       const char *no_text)
 {
@@ -142,9 +142,9 @@ static int reply_if_name_taken(struct sync_server *s, const char *tag, const cha
 	guid_to_hex(&mb.guid, hex);
 	snprintf(code, sizeof(code), "ALREADYEXISTS %s", hex);
 	if (guid_cmp(&mb.guid, guid) == 0)
-		srv_reply(s, tag, "OK", NULL, ok_text);
+		srv_reply(s, id, "OK", NULL, ok_text);
 	else
-		srv_reply(s, tag, "NO", code, no_text);
+		srv_reply(s, id, "NO", code, no_text);
 	stor_mailbox_free(&mb);
 	return 1;
 }
@@ -159,7 +159,7 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 	    proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
 	    proto_arg_guid(&cmd->args[2], &guid) < 0 ||
 	    proto_arg_u32(&cmd->args[3], &uidvalidity) < 0 || uidvalidity == 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "CREATE user mailbox guid uidvalidity");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "CREATE user mailbox guid uidvalidity");
 		return 0;
 	}
 	/* Options SPECIAL-USE and RSTAMP (the name's rename stamp, SPEC.md
@@ -178,11 +178,11 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 			 proto_arg_u64(v, INT64_MAX, &rstamp) == 0)
 			have_rstamp = true;
 		else {
-			srv_reply(s, cmd->tag, "BAD", "ARGS", "bad CREATE option");
+			srv_reply(s, s->cur_id, "BAD", "ARGS", "bad CREATE option");
 			return 0;
 		}
 	}
-	int r = reply_if_name_taken(s, cmd->tag, user, name, &guid, "created",
+	int r = reply_if_name_taken(s, s->cur_id, user, name, &guid, "created",
 				    "name has another mailbox");
 	if (r != 0)
 		return r < 0 ? -1 : 0;
@@ -192,10 +192,10 @@ int cmd_create(struct sync_server *s, const struct proto_cmd *cmd)
 	};
 	if (stor_mailbox_create(s->db, &req, NULL, &err) < 0 ||
 	    (have_rstamp && stor_mailbox_rename_stamped(s->db, &guid, name, rstamp, &err) < 0)) {
-		srv_reply(s, cmd->tag, "NO", NULL, err);
+		srv_reply(s, s->cur_id, "NO", NULL, err);
 		return 0;
 	}
-	srv_reply(s, cmd->tag, "OK", NULL, "created");
+	srv_reply(s, s->cur_id, "OK", NULL, "created");
 	return 0;
 }
 
@@ -208,7 +208,7 @@ int cmd_delete(struct sync_server *s, const struct proto_cmd *cmd)
 	if (cmd->arg_count != 3 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
 	    proto_arg_str(&cmd->args[1], &name, &len) < 0 ||
 	    proto_arg_guid(&cmd->args[2], &guid) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "DELETE user mailbox guid");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "DELETE user mailbox guid");
 		return 0;
 	}
 	int r = stor_mailbox_get_by_guid(s->db, &guid, &mb, &err);
@@ -218,7 +218,7 @@ int cmd_delete(struct sync_server *s, const struct proto_cmd *cmd)
 		bool mine = strcmp(mb.user, user) == 0;
 		stor_mailbox_free(&mb);
 		if (!mine) {
-			srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "another user's mailbox");
+			srv_reply(s, s->cur_id, "NO", "NONEXISTENT", "another user's mailbox");
 			return 0;
 		}
 		if (stor_mailbox_delete(s->db, &guid, &err) < 0)
@@ -228,7 +228,7 @@ int cmd_delete(struct sync_server *s, const struct proto_cmd *cmd)
 		 * replayed later by a third node does not bring it back. */
 		return srv_fail(s, "DELETE: %s", err);
 	}
-	srv_reply(s, cmd->tag, "OK", NULL, "deleted");
+	srv_reply(s, s->cur_id, "OK", NULL, "deleted");
 	return 0;
 }
 
@@ -248,10 +248,10 @@ int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
 	    (cmd->arg_count == 6 &&
 	     (cmd->args[4].type != PROTO_ARG_ATOM || strcasecmp(cmd->args[4].str, "RSTAMP") != 0 ||
 	      proto_arg_u64(&cmd->args[5], INT64_MAX, &rstamp) < 0))) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "RENAME user old new guid [RSTAMP n]");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "RENAME user old new guid [RSTAMP n]");
 		return 0;
 	}
-	int r = reply_if_name_taken(s, cmd->tag, user, new_name, &guid, "renamed",
+	int r = reply_if_name_taken(s, s->cur_id, user, new_name, &guid, "renamed",
 				    "new name has another mailbox");
 	if (r != 0)
 		return r < 0 ? -1 : 0;
@@ -261,16 +261,16 @@ int cmd_rename(struct sync_server *s, const struct proto_cmd *cmd)
 	if (r == 0 || strcmp(mb.user, user) != 0) {
 		if (r > 0)
 			stor_mailbox_free(&mb);
-		srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "no such mailbox");
+		srv_reply(s, s->cur_id, "NO", "NONEXISTENT", "no such mailbox");
 		return 0;
 	}
 	stor_mailbox_free(&mb);
 	if ((cmd->arg_count == 6 ? stor_mailbox_rename_stamped(s->db, &guid, new_name, rstamp, &err)
 				 : stor_mailbox_rename(s->db, &guid, new_name, &err)) < 0) {
-		srv_reply(s, cmd->tag, "NO", NULL, err);
+		srv_reply(s, s->cur_id, "NO", NULL, err);
 		return 0;
 	}
-	srv_reply(s, cmd->tag, "OK", NULL, "renamed");
+	srv_reply(s, s->cur_id, "OK", NULL, "renamed");
 	return 0;
 }
 
@@ -280,14 +280,14 @@ int cmd_subscribe(struct sync_server *s, const struct proto_cmd *cmd, bool subsc
 	size_t len;
 	if (cmd->arg_count != 2 || proto_arg_str(&cmd->args[0], &user, &len) < 0 ||
 	    proto_arg_str(&cmd->args[1], &name, &len) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "SUBSCRIBE user mailbox");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "SUBSCRIBE user mailbox");
 		return 0;
 	}
 	if (stor_subscribe(s->db, user, name, subscribe, &err) < 0) {
-		srv_reply(s, cmd->tag, "NO", NULL, err);
+		srv_reply(s, s->cur_id, "NO", NULL, err);
 		return 0;
 	}
-	srv_reply(s, cmd->tag, "OK", NULL, subscribe ? "subscribed" : "unsubscribed");
+	srv_reply(s, s->cur_id, "OK", NULL, subscribe ? "subscribed" : "unsubscribed");
 	return 0;
 }
 
@@ -306,15 +306,15 @@ int cmd_acl_put(struct sync_server *s, const struct proto_cmd *cmd)
 	    proto_arg_str(&cmd->args[3], &rights, &rlen) < 0 || memchr(rights, '\0', rlen) != NULL ||
 	    acl_rights_parse(rights, rlen, &bits, &err) < 0 ||
 	    proto_arg_u64(&cmd->args[4], INT64_MAX, &t) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "ACL-PUT user mailbox-guid identifier rights time-ms");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "ACL-PUT user mailbox-guid identifier rights time-ms");
 		return 0;
 	}
 	bool applied = false;
 	if (stor_acl_put(s->db, user, &guid, id, rights, (int64_t)t, &applied, &err) < 0) {
-		srv_reply(s, cmd->tag, "NO", NULL, err);
+		srv_reply(s, s->cur_id, "NO", NULL, err);
 		return 0;
 	}
-	srv_reply(s, cmd->tag, "OK", NULL, applied ? "applied" : "already newer");
+	srv_reply(s, s->cur_id, "OK", NULL, applied ? "applied" : "already newer");
 	return 0;
 }
 
@@ -332,7 +332,7 @@ int cmd_mbox(struct sync_server *s, const struct proto_cmd *cmd)
 	    proto_arg_str(&cmd->args[2], &name, &len) < 0 ||
 	    proto_arg_u32(&cmd->args[3], &uidvalidity) < 0 ||
 	    proto_arg_guid(&cmd->args[4], &guid) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "MBOX id user mailbox uidvalidity guid");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "MBOX id user mailbox uidvalidity guid");
 		return 0;
 	}
 	int r = stor_mailbox_get_by_guid(s->db, &guid, &mb, &err);
@@ -341,14 +341,14 @@ int cmd_mbox(struct sync_server *s, const struct proto_cmd *cmd)
 	if (r == 0 || strcmp(mb.user, user) != 0) {
 		if (r > 0)
 			stor_mailbox_free(&mb);
-		srv_reply(s, cmd->tag, "NO", "NONEXISTENT", "no such mailbox");
+		srv_reply(s, s->cur_id, "NO", "NONEXISTENT", "no such mailbox");
 		return 0;
 	}
 	char code[256];
 	if (mb.uidvalidity != uidvalidity) {
 		snprintf(code, sizeof(code), "UIDVALIDITY %u", mb.uidvalidity);
 		stor_mailbox_free(&mb);
-		srv_reply(s, cmd->tag, "NO", code, "UIDVALIDITY differs");
+		srv_reply(s, s->cur_id, "NO", code, "UIDVALIDITY differs");
 		return 0;
 	}
 	size_t i;
@@ -363,7 +363,7 @@ int cmd_mbox(struct sync_server *s, const struct proto_cmd *cmd)
 	snprintf(code, sizeof(code), "UIDNEXT %u HIGHESTMODSEQ %" PRIu64, mb.uidnext,
 		 mb.highestmodseq);
 	stor_mailbox_free(&mb);
-	srv_reply(s, cmd->tag, "OK", code, "bound");
+	srv_reply(s, s->cur_id, "OK", code, "bound");
 	return 0;
 }
 
@@ -371,7 +371,7 @@ int cmd_select(struct sync_server *s, const struct proto_cmd *cmd)
 {
 	uint32_t id;
 	if (cmd->arg_count != 1 || proto_arg_u32(&cmd->args[0], &id) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "SELECT id");
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "SELECT id");
 		return 0;
 	}
 	srv_sync_reset(s);
@@ -384,8 +384,8 @@ int cmd_select(struct sync_server *s, const struct proto_cmd *cmd)
 		}
 	}
 	if (s->selected)
-		srv_reply(s, cmd->tag, "OK", NULL, "selected");
+		srv_reply(s, s->cur_id, "OK", NULL, "selected");
 	else
-		srv_reply(s, cmd->tag, "NO", "NOMBOX", "unknown mailbox id");
+		srv_reply(s, s->cur_id, "NO", "NOMBOX", "unknown mailbox id");
 	return 0;
 }

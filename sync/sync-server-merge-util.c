@@ -148,7 +148,7 @@ int set_flags(struct sync_server *s, uint32_t uid, uint32_t flags,
 	return stor_msg_store(s->db, &s->sel, &uid, 1, &req, NULL, NULL, error_r);
 }
 
-void wr_uid_lines(struct sync_server *s, const char *tag, const char *name,
+void wr_uid_lines(struct sync_server *s, uint32_t id, const char *name,
 		  const stor_uid_list *uids, uint64_t modseq)
 {
 	struct proto_wr w;
@@ -157,7 +157,7 @@ void wr_uid_lines(struct sync_server *s, const char *tag, const char *name,
 		size_t n = uids->count - i;
 		if (n > SYNC_MAX_UIDS_PER_LINE)
 			n = SYNC_MAX_UIDS_PER_LINE;
-		proto_wr_begin(&w, tag, name);
+		srv_line_begin(s, &w, id, name);
 		proto_wr_uidset(&w, uids->items + i, n);
 		proto_wr_u64(&w, modseq);
 		proto_wr_end(&w);
@@ -165,7 +165,7 @@ void wr_uid_lines(struct sync_server *s, const char *tag, const char *name,
 }
 
 /* EXPUNGE lines of a user's expunges: UIDs ascending, one GUID each. */
-void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uexp *u,
+void wr_uexp_lines(struct sync_server *s, uint32_t id, const struct sync_uexp *u,
 		   size_t count, uint64_t modseq)
 {
 	struct proto_wr w;
@@ -181,7 +181,7 @@ void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uex
 			guids[j] = u[i + j].guid;
 		}
 		struct proto_expunge e = { uids, n, modseq };
-		proto_wr_begin(&w, tag, "EXPUNGE");
+		srv_line_begin(s, &w, id, "EXPUNGE");
 		proto_wr_expunge(&w, &e);
 		sync_wr_user_guids(&w, guids, n);
 		proto_wr_end(&w);

@@ -70,7 +70,7 @@ void merge_mark_dirty(struct srv_merge *m, uint32_t uid)
 
 /* SYNC-END: the first, cheap part of the merge.  Returns 0 (the job runs,
  * or the answer was NO), -1 on a storage error. */
-int merge_start(struct sync_server *s, const char *tag)
+int merge_start(struct sync_server *s, uint32_t id)
 {
 	const char *err;
 	struct stor_mailbox mb;
@@ -80,11 +80,11 @@ int merge_start(struct sync_server *s, const char *tag)
 		return srv_fail(s, "SYNC-END: %s", err);
 	if (r == 0) {
 		srv_sync_reset(s);
-		srv_reply(s, tag, "NO", "NONEXISTENT", "mailbox is gone");
+		srv_reply(s, id, "NO", "NONEXISTENT", "mailbox is gone");
 		return 0;
 	}
 	memset(m, 0, sizeof(*m));
-	snprintf(m->tag, sizeof(m->tag), "%s", tag);
+	m->id = id;
 	m->M = s->last_modseq;
 	m->cm = s->client_modseq;
 	m->sm = mb.highestmodseq;
@@ -97,7 +97,7 @@ int merge_start(struct sync_server *s, const char *tag)
 	if (!mail_modseq_valid(m->N) || sync_pseen_srv_over_limit(s)) {
 		/* The merge would need a modseq past the bound. */
 		srv_sync_reset(s);
-		srv_reply(s, tag, "NO", "LIMIT", MAIL_LIMITS_TEXT);
+		srv_reply(s, id, "NO", "LIMIT", MAIL_LIMITS_TEXT);
 		return 0;
 	}
 	if (s->saves.count > 0)
@@ -251,15 +251,15 @@ static int merge_final(struct sync_server *s, const char **err)
 	m->final_uidnext = mb.uidnext;
 	m->final_modseq = mb.highestmodseq;
 	stor_mailbox_free(&mb);
-	wr_uid_lines(s, m->tag, "EXPUNGE", &m->exp_client, m->exp_modseq);
-	wr_uexp_lines(s, m->tag, m->uexp_client.items, m->uexp_client.count, m->exp_modseq);
+	wr_uid_lines(s, m->id, "EXPUNGE", &m->exp_client, m->exp_modseq);
+	wr_uexp_lines(s, m->id, m->uexp_client.items, m->uexp_client.count, m->exp_modseq);
 	struct proto_wr w;
 	proto_wr_init(&w, &s->out);
 	for (size_t i = 0; i < m->gone_out.count; i += SYNC_MAX_GONE_PER_LINE) {
 		size_t n = m->gone_out.count - i;
 		if (n > SYNC_MAX_GONE_PER_LINE)
 			n = SYNC_MAX_GONE_PER_LINE;
-		proto_wr_begin(&w, m->tag, "GONE");
+		srv_line_begin(s, &w, m->id, "GONE");
 		sync_wr_user_guids(&w, m->gone_out.items + i, n);
 		proto_wr_end(&w);
 	}
@@ -300,7 +300,7 @@ static int merge_write_line(struct sync_server *s, uint32_t uid, bool save, cons
 	if (save) {
 		struct proto_save sv;
 		sync_save_of_msg(&sv, msg);
-		proto_wr_begin(&w, s->merge.tag, "SAVE");
+		srv_line_begin(s, &w, s->merge.id, "SAVE");
 		proto_wr_save(&w, &sv);
 	} else {
 		struct proto_flags_line fl = {
@@ -308,7 +308,7 @@ static int merge_write_line(struct sync_server *s, uint32_t uid, bool save, cons
 			{ msg->flags,
 			  { msg->keywords.items, msg->keywords.count, msg->keywords.cap } },
 		};
-		proto_wr_begin(&w, s->merge.tag, "FLAGS");
+		srv_line_begin(s, &w, s->merge.id, "FLAGS");
 		proto_wr_flags_line(&w, &fl);
 	}
 	sync_wr_stamps(&w, &msg->stamps);
@@ -329,13 +329,13 @@ static void merge_write_end(struct sync_server *s)
 			ARRAY_PUSH(&fix_new, s->saves.items[i].new_uid);
 		}
 	}
-	sync_pseen_srv_write(s, m->tag);
+	sync_pseen_srv_write(s, m->id);
 	proto_wr_init(&w, &s->out);
 	for (size_t i = 0; i < fix_old.count; i += SYNC_MAX_UIDS_PER_LINE) {
 		size_t n = fix_old.count - i;
 		if (n > SYNC_MAX_UIDS_PER_LINE)
 			n = SYNC_MAX_UIDS_PER_LINE;
-		proto_wr_begin(&w, m->tag, "UIDFIX");
+		srv_line_begin(s, &w, m->id, "UIDFIX");
 		proto_wr_uidset(&w, fix_old.items + i, n);
 		proto_wr_uidset(&w, fix_new.items + i, n);
 		proto_wr_end(&w);
@@ -345,7 +345,7 @@ static void merge_write_end(struct sync_server *s)
 	char code[128];
 	snprintf(code, sizeof(code), "UIDNEXT %u HIGHESTMODSEQ %" PRIu64, m->final_uidnext,
 		 m->final_modseq);
-	proto_wr_status(&s->out, m->tag, "OK", code, "synced");
+	srv_status(s, m->id, "OK", code, "synced");
 }
 
 /* One step of the merge: at most s->budget messages.  Returns 0 (the job
@@ -554,11 +554,10 @@ out_of_uids: {
 	/* Conflicts need fresh UIDs past the bound: refused, as any value
 	 * past it.  The client's UIDFIXes applied so far stay, as after any
 	 * failed sync (SPEC 10.6). */
-	char tag[PROTO_MAX_TAG + 1];
-	snprintf(tag, sizeof(tag), "%s", m->tag);
+	uint32_t id = m->id;
 	job_end(s);
 	srv_sync_reset(s);
-	srv_reply(s, tag, "NO", "LIMIT", "no UIDs left to renumber conflicting messages to");
+	srv_reply(s, id, "NO", "LIMIT", "no UIDs left to renumber conflicting messages to");
 	return 0;
 }
 storage_error:

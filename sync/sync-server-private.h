@@ -60,7 +60,7 @@ enum merge_stage {
 struct srv_merge {
 	enum merge_stage stage;
 	size_t pos;
-	char tag[PROTO_MAX_TAG + 1];
+	uint32_t id; /* of the SYNC-END */
 	uint64_t M, cm, sm, base, N;
 	uint32_t L, cu, su, next;
 	uint32_t first;             /* where conflicts start to move to */
@@ -86,13 +86,26 @@ struct srv_merge {
 
 /* A FETCH under way. */
 struct srv_fetch {
-	char tag[PROTO_MAX_TAG + 1];
+	uint32_t id; /* of the FETCH */
 	stor_uid_list uids, missing;
 	size_t pos;
 	struct buf text;
 };
 
 enum srv_job { JOB_NONE, JOB_MERGE, JOB_FETCH };
+
+/* A line of the answer in out: from start (after its name) to the CRLF
+ * before the next line's start, or before the end of out. */
+struct srv_line {
+	uint32_t id;
+	const char *name; /* a string literal */
+	size_t start;
+};
+
+struct srv_wire_tag {
+	uint32_t id;
+	char tag[PROTO_MAX_TAG + 1];
+};
 
 /* A message of the last SYNC-END answer: the client FETCHes the texts of
  * its SAVE lines next, and this saves a lookup per text. */
@@ -139,7 +152,20 @@ struct sync_server {
 	struct srv_fetch fetch;
 	unsigned budget;
 	ARRAY(struct proto_cmd *) held;
+	ARRAY(uint32_t) held_ids; /* the numbers of the held commands */
 	size_t held_pos, held_bytes;
+	/* The command being run (srv_dispatch()): what its answers name. */
+	uint32_t cur_id;
+	/* The lines written to out since the last srv_flush(), each handed
+	 * to the link with the number of the command it answers. */
+	ARRAY(struct srv_line) lines;
+	struct sync_server_link link;
+	/* The built-in link of a byte transport (sync_server_input()): the
+	 * tags of the commands not completed yet, and the line it writes. */
+	ARRAY(struct srv_wire_tag) wire_tags; /* from wire_head */
+	size_t wire_head;
+	uint32_t wire_next_id;
+	struct buf wire;
 	ARRAY(struct srv_text_ref) text_refs; /* sorted by UID; of s->sel */
 
 	unsigned examined;
@@ -160,11 +186,19 @@ int sync_pseen_srv_cmd(struct sync_server *s, const struct proto_cmd *cmd);
 void sync_pseen_srv_reset(struct sync_server *s);
 bool sync_pseen_srv_over_limit(struct sync_server *s);
 int sync_pseen_srv_merge(struct sync_server *s, const char **err);
-void sync_pseen_srv_write(struct sync_server *s, const char *tag);
+void sync_pseen_srv_write(struct sync_server *s, uint32_t id);
 
 /* sync-server.c */
+/* Hands the lines written since the last call to the link. */
 void srv_flush(struct sync_server *s);
-void srv_reply(struct sync_server *s, const char *tag, const char *status,
+/* Starts a line of the answer to command id; w writes its arguments, and
+ * proto_wr_end() ends it.  name is a string literal. */
+void srv_line_begin(struct sync_server *s, struct proto_wr *w, uint32_t id, const char *name);
+/* The completion of command id, written (srv_status) or written and
+ * handed to the link (srv_reply). */
+void srv_status(struct sync_server *s, uint32_t id, const char *status, const char *code,
+		const char *text);
+void srv_reply(struct sync_server *s, uint32_t id, const char *status,
 	       const char *code, const char *text);
 int srv_fail(struct sync_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void srv_sync_reset(struct sync_server *s);
@@ -202,9 +236,9 @@ void uids_sort_unique(stor_uid_list *l);
 int set_flags(struct sync_server *s, uint32_t uid, uint32_t flags,
 	      const stor_string_list *kws, const stor_stamp_list *stamps, uint64_t modseq,
 	      const char **error_r);
-void wr_uid_lines(struct sync_server *s, const char *tag, const char *name,
+void wr_uid_lines(struct sync_server *s, uint32_t id, const char *name,
 		  const stor_uid_list *uids, uint64_t modseq);
-void wr_uexp_lines(struct sync_server *s, const char *tag, const struct sync_uexp *u,
+void wr_uexp_lines(struct sync_server *s, uint32_t id, const struct sync_uexp *u,
 		   size_t count, uint64_t modseq);
 void merge_log_drop(struct sync_server *s, uint32_t uid, const struct guid *g,
 		    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -217,7 +251,7 @@ void flag_merge_run(const struct stor_msg *cur, uint32_t cflags, const stor_stri
 
 /* sync-server-merge.c */
 void job_end(struct sync_server *s);
-int merge_start(struct sync_server *s, const char *tag);
+int merge_start(struct sync_server *s, uint32_t id);
 int merge_step(struct sync_server *s);
 void merge_mark_dirty(struct srv_merge *m, uint32_t uid);
 

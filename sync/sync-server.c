@@ -13,6 +13,7 @@
  * merge have files of their own (sync-server-*.c, sync-flag-merge.c). */
 #include "sync/sync-server-private.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,16 +27,76 @@
 
 void srv_flush(struct sync_server *s)
 {
-	if (s->out.len > 0)
-		s->t.send(s->t.ctx, s->out.data, s->out.len);
+	for (size_t i = 0; i < s->lines.count; i++) {
+		const struct srv_line *ln = &s->lines.items[i];
+		size_t end = i + 1 < s->lines.count ? s->lines.items[i + 1].start : s->out.len;
+		/* Every line ends in the CRLF of proto_wr_end() or srv_status(). */
+		assert(end >= ln->start + 2);
+		s->link.send_line(s->link.ctx, ln->id, ln->name, s->out.data + ln->start,
+				  end - 2 - ln->start);
+	}
+	s->lines.count = 0;
 	buf_reset(&s->out);
 }
 
-void srv_reply(struct sync_server *s, const char *tag, const char *status,
+void srv_line_begin(struct sync_server *s, struct proto_wr *w, uint32_t id, const char *name)
+{
+	struct srv_line ln = { id, name, s->out.len };
+	ARRAY_PUSH(&s->lines, ln);
+	proto_wr_init(w, &s->out);
+	w->need_sp = true; /* after the name, which is the link's to write */
+}
+
+void srv_status(struct sync_server *s, uint32_t id, const char *status, const char *code,
+		const char *text)
+{
+	struct srv_line ln = { id, status, s->out.len };
+	ARRAY_PUSH(&s->lines, ln);
+	proto_wr_status_rest(&s->out, code, text);
+	buf_append(&s->out, "\r\n", 2);
+}
+
+void srv_reply(struct sync_server *s, uint32_t id, const char *status,
 	       const char *code, const char *text)
 {
-	proto_wr_status(&s->out, tag, status, code, text);
+	srv_status(s, id, status, code, text);
 	srv_flush(s);
+}
+
+/* The built-in link of a byte transport: the only place the server's
+ * answers get a tag, the one of the command they answer. */
+static void wire_send_line(void *ctx, uint32_t id, const char *name, const void *rest,
+			   size_t rest_len)
+{
+	struct sync_server *s = ctx;
+	size_t i = s->wire_head;
+	while (i < s->wire_tags.count && s->wire_tags.items[i].id != id)
+		i++;
+	/* Answers name only commands given to the engine, each completed
+	 * once. */
+	if (i == s->wire_tags.count) {
+		log_errorx("sync server (peer %u): an answer to no pending command (%u %s)", s->peer,
+			   id, name);
+		return;
+	}
+	struct proto_wr w;
+	buf_reset(&s->wire);
+	proto_wr_init(&w, &s->wire);
+	proto_wr_begin(&w, s->wire_tags.items[i].tag, name);
+	buf_append(&s->wire, rest, rest_len);
+	proto_wr_end(&w);
+	s->t.send(s->t.ctx, s->wire.data, s->wire.len);
+	buf_reset(&s->wire);
+	if (strcmp(name, "OK") != 0 && strcmp(name, "NO") != 0 && strcmp(name, "BAD") != 0)
+		return;
+	/* Completed: commands are answered in order, so this is mostly the
+	 * oldest; the ones before it that completed are marked 0 (never an
+	 * id). */
+	s->wire_tags.items[i].id = 0;
+	while (s->wire_head < s->wire_tags.count && s->wire_tags.items[s->wire_head].id == 0)
+		s->wire_head++;
+	if (s->wire_head == s->wire_tags.count)
+		s->wire_tags.count = s->wire_head = 0;
 }
 
 int srv_fail(struct sync_server *s, const char *fmt, ...)
@@ -57,10 +118,27 @@ struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
 	struct sync_server *s = xcalloc(1, sizeof(*s));
 	s->db = db;
 	s->peer = peer_sid;
-	s->t = *t;
 	s->parser = proto_parser_create(NULL);
 	s->budget = SYNC_DEFAULT_STEP_BUDGET;
 	buf_init(&s->out);
+	buf_init(&s->wire);
+	s->t = *t;
+	s->link.send_line = wire_send_line;
+	s->link.ctx = s;
+	return s;
+}
+
+struct sync_server *sync_server_create_linked(struct stor_db *db, uint32_t peer_sid,
+					      const struct sync_server_link *l)
+{
+	struct sync_server *s = xcalloc(1, sizeof(*s));
+	s->db = db;
+	s->peer = peer_sid;
+	s->parser = proto_parser_create(NULL);
+	s->budget = SYNC_DEFAULT_STEP_BUDGET;
+	buf_init(&s->out);
+	buf_init(&s->wire);
+	s->link = *l;
 	return s;
 }
 
@@ -105,6 +183,10 @@ void sync_server_destroy(struct sync_server **sp)
 	for (size_t i = s->held_pos; i < s->held.count; i++)
 		proto_cmd_kept_free(&s->held.items[i]);
 	ARRAY_FREE(&s->held);
+	ARRAY_FREE(&s->held_ids);
+	ARRAY_FREE(&s->lines);
+	ARRAY_FREE(&s->wire_tags);
+	buf_free(&s->wire);
 	ARRAY_FREE(&s->text_refs);
 	buf_free(&s->out);
 	free(s->error);
@@ -125,14 +207,18 @@ const char *sync_server_error(const struct sync_server *s)
 
 static int cmd_fetch(struct sync_server *s, const struct proto_cmd *cmd)
 {
-	stor_uid_list uids;
-	if (cmd->arg_count != 1 || sync_arg_uids(&cmd->args[0], SYNC_MAX_UIDS_PER_LINE * 4, &uids) < 0) {
-		srv_reply(s, cmd->tag, "BAD", "ARGS", "FETCH uidset");
+	struct proto_fetch f;
+	const char *err;
+	if (proto_read_fetch(cmd, SYNC_MAX_UIDS_PER_LINE * 4, &f, &err) != PROTO_CODEC_OK) {
+		srv_reply(s, s->cur_id, "BAD", "ARGS", "FETCH uidset");
 		return 0;
 	}
 	memset(&s->fetch, 0, sizeof(s->fetch));
-	snprintf(s->fetch.tag, sizeof(s->fetch.tag), "%s", cmd->tag);
-	s->fetch.uids = uids;
+	s->fetch.id = s->cur_id;
+	/* The codec's array becomes the job's list: freed with it. */
+	s->fetch.uids.items = f.uids;
+	s->fetch.uids.count = f.uid_count;
+	s->fetch.uids.cap = f.uid_count;
 	s->job = JOB_FETCH;
 	return 0;
 }
@@ -170,7 +256,7 @@ static int fetch_step(struct sync_server *s)
 		if (ref != NULL) {
 			buf_reset(&f->text);
 			if (stor_text_read(s->db, &ref->guid, 0, ref->size, &f->text, &err) == 0) {
-				proto_wr_begin(&w, f->tag, "TEXT");
+				srv_line_begin(s, &w, f->id, "TEXT");
 				proto_wr_u64(&w, uid);
 				proto_wr_guid(&w, &ref->guid);
 				proto_wr_literal(&w, f->text.data, f->text.len);
@@ -193,7 +279,7 @@ static int fetch_step(struct sync_server *s)
 		}
 		buf_reset(&f->text);
 		if (stor_text_read(s->db, &m.guid, 0, m.size, &f->text, &err) == 0) {
-			proto_wr_begin(&w, f->tag, "TEXT");
+			srv_line_begin(s, &w, f->id, "TEXT");
 			proto_wr_u64(&w, m.uid);
 			proto_wr_guid(&w, &m.guid);
 			proto_wr_literal(&w, f->text.data, f->text.len);
@@ -213,10 +299,10 @@ static int fetch_step(struct sync_server *s)
 			buf_append_str(&code, "MISSING ");
 			proto_wr_uidset(&cw, f->missing.items, f->missing.count);
 			buf_append_byte(&code, '\0');
-			proto_wr_status(&s->out, f->tag, "OK", (const char *)code.data, "fetched");
+			srv_status(s, f->id, "OK", (const char *)code.data, "fetched");
 			buf_free(&code);
 		} else {
-			proto_wr_status(&s->out, f->tag, "OK", NULL, "fetched");
+			srv_status(s, f->id, "OK", NULL, "fetched");
 		}
 		job_end(s);
 	}
@@ -265,11 +351,11 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 	for (size_t i = 0; selected_cmds[i] != NULL && !known; i++)
 		known = proto_cmd_is(cmd, selected_cmds[i]);
 	if (!known) {
-		srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");
+		srv_reply(s, s->cur_id, "BAD", "UNKNOWN-COMMAND", "not a sync command");
 		return 0;
 	}
 	if (!s->selected) {
-		srv_reply(s, cmd->tag, "BAD", "NOSELECT", "no mailbox selected");
+		srv_reply(s, s->cur_id, "BAD", "NOSELECT", "no mailbox selected");
 		return 0;
 	}
 	if (proto_cmd_is(cmd, "SYNC-BEGIN"))
@@ -277,7 +363,7 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 	if (proto_cmd_is(cmd, "FETCH"))
 		return cmd_fetch(s, cmd);
 	if (!s->in_sync) {
-		srv_reply(s, cmd->tag, "BAD", "PROTOCOL", "not in a sync");
+		srv_reply(s, s->cur_id, "BAD", "PROTOCOL", "not in a sync");
 		return 0;
 	}
 	if (proto_cmd_is(cmd, "SAVE"))
@@ -293,8 +379,8 @@ static int srv_dispatch(struct sync_server *s, const struct proto_cmd *cmd)
 	if (proto_cmd_is(cmd, "PSEEN"))
 		return sync_pseen_srv_cmd(s, cmd);
 	if (proto_cmd_is(cmd, "SYNC-END"))
-		return merge_start(s, cmd->tag);
-	srv_reply(s, cmd->tag, "BAD", "UNKNOWN-COMMAND", "not a sync command");
+		return merge_start(s, s->cur_id);
+	srv_reply(s, s->cur_id, "BAD", "UNKNOWN-COMMAND", "not a sync command");
 	return 0;
 }
 
@@ -316,6 +402,7 @@ int sync_server_step(struct sync_server *s)
 		return -1;
 	/* Held commands, in order, until one starts a job again. */
 	while (s->job == JOB_NONE && s->held_pos < s->held.count) {
+		s->cur_id = s->held_ids.items[s->held_pos];
 		struct proto_cmd *cmd = s->held.items[s->held_pos++];
 		s->held_bytes -= proto_cmd_kept_size(cmd);
 		int r = srv_dispatch(s, cmd);
@@ -326,7 +413,7 @@ int sync_server_step(struct sync_server *s)
 			return 1;
 	}
 	if (s->held_pos == s->held.count)
-		s->held.count = s->held_pos = 0;
+		s->held.count = s->held_ids.count = s->held_pos = 0;
 	return sync_server_busy(s) ? 1 : 0;
 }
 
@@ -335,6 +422,20 @@ int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd,
 {
 	if (proto_cmd_is_status(cmd) || strcmp(cmd->tag, "*") == 0)
 		return 0; /* nothing of ours is pending */
+	struct srv_wire_tag wt;
+	if (++s->wire_next_id == 0)
+		s->wire_next_id = 1; /* 0 marks a completed entry */
+	wt.id = s->wire_next_id;
+	snprintf(wt.tag, sizeof(wt.tag), "%s", cmd->tag);
+	ARRAY_PUSH(&s->wire_tags, wt);
+	return sync_server_command(s, wt.id, cmd, parser);
+}
+
+int sync_server_command(struct sync_server *s, uint32_t id, const struct proto_cmd *cmd,
+			struct proto_parser *parser)
+{
+	if (proto_cmd_is_status(cmd))
+		return 0; /* nothing of ours is pending */
 	if (sync_server_busy(s)) {
 		/* Answers keep the order of the commands: this one waits. */
 		if (s->held_bytes > SYNC_MAX_HELD_INPUT)
@@ -342,8 +443,10 @@ int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd,
 		struct proto_cmd *kept = proto_cmd_keep(cmd, parser);
 		s->held_bytes += proto_cmd_kept_size(kept);
 		ARRAY_PUSH(&s->held, kept);
+		ARRAY_PUSH(&s->held_ids, id);
 		return 0;
 	}
+	s->cur_id = id;
 	if (srv_dispatch(s, cmd) < 0)
 		return -1;
 	/* Small jobs end at once, as if answered in one call. */

@@ -10,12 +10,18 @@
  * (stor_sync_state_*), and per peer and user the last common mailbox list
  * (stor_meta "sync.list.<peer>.<user>").
  *
- * The engine knows nothing of sockets.  Both ends write whole protocol lines
- * (exactly the SPEC's wire text, made with proto_wr_*) through a
- * struct sync_transport, and are fed the peer's lines either parsed
- * (sync_*_input, for a caller that already runs a proto_parser, such as a
- * peer link) or as raw bytes in any split (sync_*_feed).  sync_pipe joins a
- * client and a server in one process with no sockets (tests, local repair).
+ * The engine knows nothing of sockets, and writes no tag: the link does.
+ * The client numbers its commands and hands each to a link that sends it
+ * under a tag of its own (struct sync_client_link: a peer link) and gives
+ * the answer back with the number (sync_client_answer()); the server
+ * answers command number id (sync_server_command()) with lines handed to
+ * its link with that id (struct sync_server_link).  The rest of each line
+ * is exactly the SPEC's wire text, made with proto_wr_*.  On a byte
+ * transport (struct sync_transport) each end is its own link: the client
+ * tags command n "C<n>", the server answers under the command's tag, and
+ * both are fed the peer's lines parsed (sync_*_input) or as raw bytes in
+ * any split (sync_*_feed).  sync_pipe joins a client and a server in one
+ * process with no sockets (tests, local repair).
  *
  * Neither end blocks: sync_client_step() does a bounded amount of work and
  * says whether to call it again, to wait for the peer's lines, or that the
@@ -104,11 +110,31 @@ struct sync_client *sync_client_create(struct stor_db *db, const struct sync_set
 				       const struct sync_transport *t);
 void sync_client_destroy(struct sync_client **cp);
 enum sync_step_result sync_client_step(struct sync_client *c);
-/* A line from the server (a data line or the completion of one of our
- * commands).  Returns 0, or -1 when the line is wrong (the sync has then
- * failed: the next step returns SYNC_STEP_ERROR). */
+/* The client numbers its commands (1, 2, ...); it writes no tag.  A link
+ * that owns the wire tags (a peer link, SPEC.md 3) takes each command as
+ * its name, the number and the bytes of its arguments (" arg ..." with any
+ * literals, no CRLF; empty when there are none), sends it under a tag of
+ * its own and hands every line of the answer back with the number
+ * (sync_client_answer()).  send_cmd() must not call back into the engine. */
+struct sync_client_link {
+	void (*send_cmd)(void *ctx, uint32_t id, const char *name, const void *args,
+			 size_t args_len);
+	void *ctx;
+};
+
+/* A sync whose commands go through such a link. */
+struct sync_client *sync_client_create_linked(struct stor_db *db, const struct sync_settings *set,
+					      const struct sync_client_link *l);
+/* A line of the answer to command id (a data line or its completion; the
+ * line's own tag is not looked at).  Returns 0, or -1 when the line is
+ * wrong (the sync has then failed: the next step returns
+ * SYNC_STEP_ERROR). */
+int sync_client_answer(struct sync_client *c, uint32_t id, const struct proto_cmd *line);
+/* A client made by sync_client_create() is its own link for a byte
+ * transport: command n goes out tagged "C<n>", and a line from the server
+ * given parsed (input) or as raw bytes in any split (feed) is the answer to
+ * the command its tag names.  Returns as sync_client_answer(). */
 int sync_client_input(struct sync_client *c, const struct proto_cmd *line);
-/* Raw bytes from the server, in any split. */
 int sync_client_feed(struct sync_client *c, const void *data, size_t len);
 const struct sync_report *sync_client_report(const struct sync_client *c);
 /* The reason of the failure (valid while c lives), or NULL. */
@@ -116,7 +142,30 @@ const char *sync_client_error(const struct sync_client *c);
 
 struct sync_server;
 
-/* The answering end of syncs on one link from the peer peer_sid. */
+/* The server writes no tag either: every line of its answers goes to a
+ * link with the number the link gave the command it answers
+ * (sync_server_command()), as its name and the bytes after the name
+ * (" arg ..." with any literals, or " [CODE] text" of a completion; no
+ * CRLF).  The link writes its lines under the command's tag.  send_line()
+ * must not call back into the engine. */
+struct sync_server_link {
+	void (*send_line)(void *ctx, uint32_t id, const char *name, const void *rest,
+			  size_t rest_len);
+	void *ctx;
+};
+
+/* The answering end of syncs on one link from the peer peer_sid; its
+ * answers go out through l. */
+struct sync_server *sync_server_create_linked(struct stor_db *db, uint32_t peer_sid,
+					      const struct sync_server_link *l);
+/* Handles command number id (the link's numbering: each command its own,
+ * never 0; its tag is not looked at) and answers it, as sync_server_input()
+ * does. */
+int sync_server_command(struct sync_server *s, uint32_t id, const struct proto_cmd *cmd,
+			struct proto_parser *parser);
+/* A server on a byte transport: its built-in link numbers the commands
+ * given parsed (input) or as raw bytes (feed) and writes each answer line
+ * under the tag of the command it answers. */
 struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
 				       const struct sync_transport *t);
 void sync_server_destroy(struct sync_server **sp);

@@ -713,6 +713,70 @@ static void test_uidfix_round_trip_and_bounds(void)
 	}
 }
 
+static int fetch_of(const char *line, size_t max, struct proto_fetch *f_r)
+{
+	struct proto_parser *p;
+	const char *err = NULL;
+	const struct proto_cmd *cmd = parse_str(&p, line);
+	int r = cmd == NULL ? -99 : proto_read_fetch(cmd, max, f_r, &err);
+	if (r != PROTO_CODEC_OK) {
+		CU_ASSERT(err != NULL && err[0] != '\0');
+		CU_ASSERT_PTR_NULL(f_r->uids);
+		CU_ASSERT_EQUAL(f_r->uid_count, 0);
+	}
+	proto_parser_destroy(&p);
+	return r;
+}
+
+/* FETCH uidset (SPEC.md 8.5): the set as the sender wrote it, at most max
+ * UIDs; a UID nobody holds is the answer's MISSING, not an error. */
+static void test_fetch_round_trip_and_bounds(void)
+{
+	uint32_t u[] = { 46, 48, 49, 50, 7 };
+	struct buf b;
+	struct proto_wr w;
+	buf_init(&b);
+	proto_wr_init(&w, &b);
+	proto_wr_begin(&w, "C13", "FETCH");
+	proto_wr_fetch(&w, u, 4);
+	proto_wr_end(&w);
+	const char *want = "C13 FETCH 46,48:50\r\n";
+	CU_ASSERT(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0);
+	buf_free(&b);
+	struct proto_fetch f;
+	CU_ASSERT_EQUAL_FATAL(fetch_of(want, 4, &f), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL_FATAL(f.uid_count, 4);
+	for (size_t i = 0; i < 4; i++)
+		CU_ASSERT_EQUAL(f.uids[i], u[i]);
+	proto_fetch_free(&f);
+	CU_ASSERT_PTR_NULL(f.uids);
+	CU_ASSERT_EQUAL(f.uid_count, 0);
+	/* One past max is refused whole, not cut. */
+	CU_ASSERT_EQUAL(fetch_of(want, 3, &f), PROTO_CODEC_BAD);
+	/* Read in the set's order, as the receiver answers them. */
+	CU_ASSERT_EQUAL_FATAL(fetch_of("C2 FETCH 9,3\r\n", 2, &f), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL_FATAL(f.uid_count, 2);
+	CU_ASSERT_EQUAL(f.uids[0], 9);
+	CU_ASSERT_EQUAL(f.uids[1], 3);
+	proto_fetch_free(&f);
+	/* Past lib/mail-limits.h: no message has that UID, so it is read and
+	 * answered MISSING (8.5 has no NO [LIMIT]). */
+	CU_ASSERT_EQUAL_FATAL(fetch_of("C2 FETCH 4294967295\r\n", 1, &f), PROTO_CODEC_OK);
+	CU_ASSERT_EQUAL(f.uids[0], 4294967295u);
+	proto_fetch_free(&f);
+	static const char *const bad[] = {
+		"C2 FETCH\r\n", "C2 FETCH 0\r\n", "C2 FETCH 1 2\r\n", "C2 FETCH (1)\r\n",
+		"C2 FETCH \"1\"\r\n", "C2 FETCH {1}\r\n1\r\n", "C2 FETCH 1,\r\n",
+		"C2 FETCH 4294967296\r\n", "C2 FETCH 1:x\r\n", "C2 FETCH 1:4294967295\r\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int r = fetch_of(bad[i], 10, &f);
+		CU_ASSERT_EQUAL(r, PROTO_CODEC_BAD);
+		if (r != PROTO_CODEC_BAD)
+			fprintf(stderr, "\nnot refused as malformed (%d): %s", r, bad[i]);
+	}
+}
+
 static int flags_line_of(const char *line, struct proto_flags_line *l_r)
 {
 	struct proto_parser *p;
@@ -1051,6 +1115,8 @@ const struct test_case proto_codec_cases[] = {
 	{ "EXPUNGE round trips, refuses every bound and hostile input",
 	  test_expunge_round_trip_and_bounds },
 	{ "UIDFIX: round trip, pairs in order, bounds", test_uidfix_round_trip_and_bounds },
+	{ "FETCH: round trip, the set's order, bounds and hostile input",
+	  test_fetch_round_trip_and_bounds },
 	{ "FLAGS data line round trips, refuses every bound and hostile input",
 	  test_flags_line_round_trip_and_bounds },
 	{ "PSEEN round trips, refuses every bound and hostile input",

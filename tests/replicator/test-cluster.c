@@ -2014,49 +2014,6 @@ static void test_master_store_of_a_message_renumbered_meanwhile(void)
 	master_change_of_a_message_renumbered_meanwhile(false);
 }
 
-/* The engine's lines are cut at their ends by the protocol's parser,
- * literals included, and the bytes after the name are relayed as written;
- * a part of a line waits for the rest, and a line the engine cannot have
- * written (a literal size past 2^64 once wrapped to a small one, and the
- * line was cut inside the literal) is refused. */
-static void test_relay_line_cut(void)
-{
-	struct proto_parser *p = relay_parser_create();
-	char tag[PROTO_MAX_TAG + 1], name[PROTO_MAX_NAME + 1];
-	const unsigned char *rest;
-	size_t n = 0, rest_len = 0;
-	static const char ok[] = "C1 SAVE {2}\r\nab X\r\nC2 OK [MISSING 3] done\r\nC3";
-	const unsigned char *d = (const unsigned char *)ok;
-	CU_ASSERT_EQUAL_FATAL(relay_line_cut(&p, d, sizeof(ok) - 1, &n, tag, sizeof(tag), name,
-					     sizeof(name), &rest, &rest_len), 1);
-	CU_ASSERT_EQUAL(n, 19);
-	CU_ASSERT_STRING_EQUAL(tag, "C1");
-	CU_ASSERT_STRING_EQUAL(name, "SAVE");
-	CU_ASSERT(rest_len == 10 && memcmp(rest, " {2}\r\nab X", 10) == 0);
-	d += n;
-	CU_ASSERT_EQUAL_FATAL(relay_line_cut(&p, d, sizeof(ok) - 1 - 19, &n, tag, sizeof(tag), name,
-					     sizeof(name), &rest, &rest_len), 1);
-	CU_ASSERT_STRING_EQUAL(name, "OK");
-	CU_ASSERT(rest_len == 17 && memcmp(rest, " [MISSING 3] done", 17) == 0);
-	CU_ASSERT_EQUAL(relay_line_cut(&p, d + n, 2, &n, tag, sizeof(tag), name, sizeof(name),
-				       &rest, &rest_len), 0);
-	/* Offered again, whole: the earlier part was not kept. */
-	static const char part[] = "C1 SAVE {5}\r\nab";
-	static const char whole[] = "C1 SAVE {5}\r\nabcde\r\n";
-	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)part, sizeof(part) - 1, &n, tag,
-				       sizeof(tag), name, sizeof(name), &rest, &rest_len), 0);
-	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)whole, sizeof(whole) - 1, &n, tag,
-				       sizeof(tag), name, sizeof(name), &rest, &rest_len), 1);
-	CU_ASSERT_EQUAL(n, sizeof(whole) - 1);
-	static const char wrap[] = "C1 SAVE {18446744073709551618}\r\nab\r\n";
-	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)wrap, sizeof(wrap) - 1, &n, tag,
-				       sizeof(tag), name, sizeof(name), &rest, &rest_len), -1);
-	static const char untagged[] = "SAVE\r\n";
-	CU_ASSERT_EQUAL(relay_line_cut(&p, (const unsigned char *)untagged, sizeof(untagged) - 1, &n,
-				       tag, sizeof(tag), name, sizeof(name), &rest, &rest_len), -1);
-	proto_parser_destroy(&p);
-}
-
 /* Issue 13, fault campaign flag-holds 9957/9791/9990: a forwarded STORE
  * UNCHANGEDSINCE whose answer is lost (the link paused past the forwarding
  * timeout, or cut) is sent again; the master had applied it, and run again
@@ -2289,7 +2246,6 @@ static void test_stall_seen_in_its_turn_and_held_one_dead_timeout(void)
 }
 
 const struct test_case repl_cluster_cases[] = {
-	{ "engine lines: cut by the parser, literals included", test_relay_line_cut },
 	{ "log entries round trip, every kind", test_entry_round_trip_every_kind },
 	{ "degraded_writes = refuse: refused before made, as master and alone",
 	  test_degraded_refuse },

@@ -2,6 +2,7 @@
  * by the in-memory transport (sync_pipe) that delivers bytes in random
  * splits.  After every sync the canonical dumps of the two stores must be
  * byte-identical. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include <time.h>
 
 #include "lib/mail-limits.h"
+#include "lib/str.h"
 #include "lib/xalloc.h"
 #include "protocol/protocol.h"
 #include "storage/storage-acl.h"
@@ -1531,8 +1533,9 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 		 "C20 STORE 1 5 (\\Seen) ()\r\nC21 UIDFIX 1:2 5\r\nC22 EXPUNGE 0 0\r\n"
 		 "C23 SAVE 1700000000+0000 1 1 %s (\\Bogus) NIL\r\n"
 		 "C25 SAVE 1700000000+0000 2 0 %s () {1}\r\nx\r\n"
-		 "C26 STORE 1 0 (\\Seen) (\\*)\r\n",
-		 USER, x.uidvalidity, hex, hex, hex, hex);
+		 "C26 STORE 1 0 (\\Seen) (\\*)\r\n"
+		 "C27 FETCH 0\r\nC28 FETCH 1 2\r\nC29 FETCH 1:%u\r\n",
+		 USER, x.uidvalidity, hex, hex, hex, hex, SYNC_MAX_UIDS_PER_LINE * 4 + 1);
 	stor_mailbox_free(&x);
 	CU_ASSERT_EQUAL(sync_server_feed(sv, line, strlen(line)), 0);
 	buf_append_byte(&out, '\0');
@@ -1549,6 +1552,10 @@ static void test_sync_server_answers_bad_input_and_survives(void)
 	 * (SPEC 8.1): a sync's SAVE gives both. */
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C25 BAD [ARGS]"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C26 BAD [ARGS]"));
+	/* FETCH (SPEC 8.5): one UID set of at most the server's bound. */
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C27 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C28 BAD [ARGS]"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(o, "C29 BAD [ARGS]"));
 	/* A parse error is fatal for the link, not for the process. */
 	CU_ASSERT_EQUAL(sync_server_feed(sv, "C24 SAVE (((\r\n", 15), -1);
 	CU_ASSERT_PTR_NOT_NULL(sync_server_error(sv));
@@ -4417,8 +4424,165 @@ static void test_sync_renumbering_at_the_top_stays_in_bounds(void)
 	node_close(&b);
 }
 
+/* A link that owns the tags (as a peer link does): its own tags "L<k>",
+ * mapped back to the engine's numbers of the commands; the server's
+ * answers to command k (its number 1000 + k there) go out tagged
+ * "T<1000 + k>". */
+struct own_tags_link {
+	struct sync_client_link l;
+	struct sync_server_link sl;
+	struct buf to_server, to_client;
+	ARRAY(uint32_t) ids; /* tag L<k> is command ids.items[k - 500] */
+	unsigned bad;        /* commands or answers not as the links' contract says */
+};
+
+static void own_tags_send_line(void *ctx, uint32_t id, const char *name, const void *rest,
+			       size_t rest_len)
+{
+	struct own_tags_link *ol = ctx;
+	char tag[32];
+	if (id < 1000 || id - 1000 >= ol->ids.count || name[0] == '\0' ||
+	    strchr(name, ' ') != NULL || (rest_len > 0 && ((const char *)rest)[0] != ' '))
+		ol->bad++;
+	snprintf(tag, sizeof(tag), "T%" PRIu32, id);
+	buf_append_str(&ol->to_client, tag);
+	buf_append_byte(&ol->to_client, ' ');
+	buf_append_str(&ol->to_client, name);
+	buf_append(&ol->to_client, rest, rest_len);
+	buf_append(&ol->to_client, "\r\n", 2);
+}
+
+static void own_tags_send_cmd(void *ctx, uint32_t id, const char *name, const void *args,
+			      size_t args_len)
+{
+	struct own_tags_link *ol = ctx;
+	char tag[32];
+	/* Numbered 1, 2, ... in order; the name an atom; the arguments each
+	 * after a space, no tag or name of their own. */
+	if (id != ol->ids.count + 1 || name[0] == '\0' || strchr(name, ' ') != NULL ||
+	    (args_len > 0 && ((const char *)args)[0] != ' '))
+		ol->bad++;
+	snprintf(tag, sizeof(tag), "L%zu", ol->ids.count + 500);
+	ARRAY_PUSH(&ol->ids, id);
+	buf_append_str(&ol->to_server, tag);
+	buf_append_byte(&ol->to_server, ' ');
+	buf_append_str(&ol->to_server, name);
+	buf_append(&ol->to_server, args, args_len);
+	buf_append(&ol->to_server, "\r\n", 2);
+}
+
+/* The engines write no tag: a client and a server made with links that
+ * tag the lines themselves sync as on a byte transport, every answer found
+ * by the number the link gives back. */
+static void test_sync_linked_ends_use_the_links_tags(void)
+{
+	struct node a, b;
+	node_open(&a, SID_A);
+	node_open(&b, SID_B);
+	struct guid inbox = mk_mailbox(&a, "INBOX");
+	for (int i = 0; i < 12; i++) {
+		char text[64];
+		snprintf(text, sizeof(text), "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		append(&a, &inbox, text, i % 2 ? STOR_FLAG_SEEN : 0, NULL);
+	}
+	/* Messages only the server holds come back through FETCH. */
+	struct guid binbox = mk_mailbox(&b, "Other");
+	for (int i = 0; i < 5; i++)
+		append(&b, &binbox, "Subject: b\r\n\r\nb\r\n", 0, NULL);
+	struct own_tags_link ol;
+	memset(&ol, 0, sizeof(ol));
+	buf_init(&ol.to_server);
+	buf_init(&ol.to_client);
+	ol.l.send_cmd = own_tags_send_cmd;
+	ol.l.ctx = &ol;
+	ol.sl.send_line = own_tags_send_line;
+	ol.sl.ctx = &ol;
+	struct buf to_client = BUF_INIT;
+	struct sync_settings set = { .peer_sid = SID_B, .user = USER, .step_budget = 3 };
+	struct sync_client *cl = sync_client_create_linked(a.db, &set, &ol.l);
+	struct sync_server *sv = sync_server_create_linked(b.db, SID_A, &ol.sl);
+	sync_server_set_budget(sv, 2);
+	struct proto_parser *pp = proto_parser_create(NULL);
+	struct proto_parser *sp = proto_parser_create(NULL);
+	enum sync_step_result r = SYNC_STEP_AGAIN;
+	unsigned foreign = 0, answers = 0;
+	for (unsigned round = 0; round < 100000 && r != SYNC_STEP_DONE && r != SYNC_STEP_ERROR;
+	     round++) {
+		r = sync_client_step(cl);
+		bool moved = buf_avail(&ol.to_server) > 0 || sync_server_busy(sv);
+		const unsigned char *d = buf_rptr(&ol.to_server);
+		size_t left = buf_avail(&ol.to_server);
+		while (left > 0) {
+			size_t used;
+			const struct proto_cmd *cmd;
+			int pr = proto_parser_parse(sp, d, left, &used, &cmd);
+			CU_ASSERT_FATAL(pr >= 0);
+			d += used;
+			left -= used;
+			uint64_t k;
+			if (pr == 1) {
+				CU_ASSERT_FATAL(cmd->tag[0] == 'L' &&
+						str_to_u64(cmd->tag + 1, UINT32_MAX, &k) == 0 && k >= 500);
+				CU_ASSERT_EQUAL_FATAL(
+					sync_server_command(sv, (uint32_t)(k - 500 + 1000), cmd, sp), 0);
+			}
+		}
+		buf_reset(&ol.to_server);
+		if (sync_server_busy(sv))
+			CU_ASSERT_FATAL(sync_server_step(sv) >= 0);
+		buf_append(&to_client, buf_rptr(&ol.to_client), buf_avail(&ol.to_client));
+		buf_reset(&ol.to_client);
+		d = buf_rptr(&to_client);
+		left = buf_avail(&to_client);
+		while (left > 0) {
+			size_t used;
+			const struct proto_cmd *line;
+			int pr = proto_parser_parse(pp, d, left, &used, &line);
+			CU_ASSERT_FATAL(pr >= 0);
+			d += used;
+			left -= used;
+			if (pr == 0)
+				continue;
+			uint64_t k;
+			if (line->tag[0] != 'T' || str_to_u64(line->tag + 1, UINT32_MAX, &k) < 0 ||
+			    k < 1000 || k - 1000 >= ol.ids.count) {
+				foreign++;
+				continue;
+			}
+			answers++;
+			CU_ASSERT_EQUAL(sync_client_answer(cl, ol.ids.items[k - 1000], line), 0);
+		}
+		moved = moved || buf_avail(&to_client) > 0;
+		buf_reset(&to_client);
+		if (r == SYNC_STEP_WAIT && !moved)
+			break; /* stuck: nothing in flight */
+	}
+	if (r != SYNC_STEP_DONE)
+		fprintf(stderr, "linked sync failed: %s\n",
+			sync_client_error(cl) ? sync_client_error(cl) : "-");
+	CU_ASSERT_EQUAL(r, SYNC_STEP_DONE);
+	CU_ASSERT_EQUAL(ol.bad, 0);
+	CU_ASSERT_EQUAL(foreign, 0);
+	CU_ASSERT(ol.ids.count > 4);
+	CU_ASSERT(answers >= ol.ids.count);
+	CU_ASSERT_EQUAL(sync_client_report(cl)->texts_fetched, 5);
+	CU_ASSERT(dumps_equal(&a, &b));
+	proto_parser_destroy(&pp);
+	proto_parser_destroy(&sp);
+	buf_free(&ol.to_client);
+	sync_client_destroy(&cl);
+	sync_server_destroy(&sv);
+	ARRAY_FREE(&ol.ids);
+	buf_free(&ol.to_server);
+	buf_free(&to_client);
+	node_close(&a);
+	node_close(&b);
+}
+
 static const struct test_case sync_cases[] = {
 	{ "empty to full copies everything", test_sync_empty_to_full_copies_everything },
+	{ "linked ends: the links' tags, the engines' numbers",
+	  test_sync_linked_ends_use_the_links_tags },
 	{ "both append: UID conflicts renumbered", test_sync_both_append_renumbers_conflicts },
 	{ "three nodes after a partition: nothing lost, nothing twice",
 	  test_sync_three_nodes_after_a_partition_lose_nothing },
