@@ -46,11 +46,6 @@ typedef ARRAY(struct srv_note) srv_note_list;
 
 /* A peer's command given to the sync server: the engine answers by the
  * number, the link writes the tag. */
-struct srv_tag {
-	uint32_t id; /* 0 once completed */
-	char tag[PROTO_MAX_TAG + 1];
-};
-
 /* The server end of one link.  Its answers wait in tx until the end of the
  * loop iteration (srv_flush_all), then for the group commit of the changes
  * of every command of the iteration, in storage's helper thread
@@ -63,11 +58,8 @@ struct srv_link {
 	uint64_t gen;   /* tells this link's batches from a former link's */
 	struct sync_server *server;
 	struct buf tx;
-	/* The tags of the commands given to the server and not completed,
-	 * from tags_head, and the number of the last one. */
-	ARRAY(struct srv_tag) tags;
-	size_t tags_head;
-	uint32_t last_id;
+	/* The tags of the commands given to the server and not completed. */
+	struct sync_tags tags;
 	srv_note_list notes;
 	bool closing; /* the engine failed: BYE once the answers are out */
 	size_t unsent;  /* bytes of its answers waiting for durability */

@@ -38,30 +38,19 @@ static void srv_send_line(void *ctx, uint32_t id, const char *name, const void *
 			  size_t rest_len)
 {
 	struct srv_link *l = ctx;
-	size_t i = l->tags_head;
-	while (i < l->tags.count && l->tags.items[i].id != id)
-		i++;
+	const char *tag = sync_tags_get(&l->tags, id);
 	/* The engine answers only commands srv_command() gave it, each
 	 * completed once. */
-	if (i == l->tags.count) {
+	if (tag == NULL) {
 		log_errorx("sync with %u: an answer to no pending command (%u %s)", l->sid, id, name);
 		return;
 	}
-	const char *tag = l->tags.items[i].tag;
 	size_t sizes[3] = { strlen(tag), strlen(name), rest_len };
 	buf_append(&l->tx, sizes, sizeof(sizes));
 	buf_append(&l->tx, tag, sizes[0]);
 	buf_append(&l->tx, name, sizes[1]);
 	buf_append(&l->tx, rest, rest_len);
-	if (strcmp(name, "OK") != 0 && strcmp(name, "NO") != 0 && strcmp(name, "BAD") != 0)
-		return;
-	/* Completed; answers come in the order of the commands, so mostly
-	 * this is the oldest. */
-	l->tags.items[i].id = 0;
-	while (l->tags_head < l->tags.count && l->tags.items[l->tags_head].id == 0)
-		l->tags_head++;
-	if (l->tags_head == l->tags.count)
-		l->tags.count = l->tags_head = 0;
+	sync_tags_answered(&l->tags, id, name);
 }
 
 static struct srv_link *srv_get(struct repl_sync *rs, uint32_t sid)
@@ -107,7 +96,7 @@ void srv_free(struct repl_sync *rs, uint32_t sid)
 			sync_released(rs);
 		sync_server_destroy(&l->server);
 		buf_free(&l->tx);
-		ARRAY_FREE(&l->tags);
+		sync_tags_free(&l->tags);
 		ARRAY_FREE(&l->notes);
 		free(l);
 		return;
@@ -498,13 +487,8 @@ void srv_command(struct repl_peers *peers, uint32_t sid, struct proto_conn *conn
 		return;
 	int r = 0;
 	if (!proto_cmd_is_status(cmd) && strcmp(cmd->tag, "*") != 0) {
-		struct srv_tag t;
-		if (++l->last_id == 0)
-			l->last_id = 1; /* 0 marks a completed entry */
-		t.id = l->last_id;
-		snprintf(t.tag, sizeof(t.tag), "%s", cmd->tag);
-		ARRAY_PUSH(&l->tags, t);
-		r = sync_server_command(l->server, t.id, cmd, proto_conn_parser(conn));
+		uint32_t id = sync_tags_add(&l->tags, cmd->tag);
+		r = sync_server_command(l->server, id, cmd, proto_conn_parser(conn));
 	}
 	srv_after(rs, l, cmd, r);
 }

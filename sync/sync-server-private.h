@@ -102,11 +102,6 @@ struct srv_line {
 	size_t start;
 };
 
-struct srv_wire_tag {
-	uint32_t id;
-	char tag[PROTO_MAX_TAG + 1];
-};
-
 /* A message of the last SYNC-END answer: the client FETCHes the texts of
  * its SAVE lines next, and this saves a lookup per text. */
 struct srv_text_ref {
@@ -162,9 +157,7 @@ struct sync_server {
 	struct sync_server_link link;
 	/* The built-in link of a byte transport (sync_server_input()): the
 	 * tags of the commands not completed yet, and the line it writes. */
-	ARRAY(struct srv_wire_tag) wire_tags; /* from wire_head */
-	size_t wire_head;
-	uint32_t wire_next_id;
+	struct sync_tags wire_tags;
 	struct buf wire;
 	ARRAY(struct srv_text_ref) text_refs; /* sorted by UID; of s->sel */
 

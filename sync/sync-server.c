@@ -69,12 +69,10 @@ static void wire_send_line(void *ctx, uint32_t id, const char *name, const void 
 			   size_t rest_len)
 {
 	struct sync_server *s = ctx;
-	size_t i = s->wire_head;
-	while (i < s->wire_tags.count && s->wire_tags.items[i].id != id)
-		i++;
+	const char *tag = sync_tags_get(&s->wire_tags, id);
 	/* Answers name only commands given to the engine, each completed
 	 * once. */
-	if (i == s->wire_tags.count) {
+	if (tag == NULL) {
 		log_errorx("sync server (peer %u): an answer to no pending command (%u %s)", s->peer,
 			   id, name);
 		return;
@@ -82,21 +80,12 @@ static void wire_send_line(void *ctx, uint32_t id, const char *name, const void 
 	struct proto_wr w;
 	buf_reset(&s->wire);
 	proto_wr_init(&w, &s->wire);
-	proto_wr_begin(&w, s->wire_tags.items[i].tag, name);
+	proto_wr_begin(&w, tag, name);
 	buf_append(&s->wire, rest, rest_len);
 	proto_wr_end(&w);
 	s->t.send(s->t.ctx, s->wire.data, s->wire.len);
 	buf_reset(&s->wire);
-	if (strcmp(name, "OK") != 0 && strcmp(name, "NO") != 0 && strcmp(name, "BAD") != 0)
-		return;
-	/* Completed: commands are answered in order, so this is mostly the
-	 * oldest; the ones before it that completed are marked 0 (never an
-	 * id). */
-	s->wire_tags.items[i].id = 0;
-	while (s->wire_head < s->wire_tags.count && s->wire_tags.items[s->wire_head].id == 0)
-		s->wire_head++;
-	if (s->wire_head == s->wire_tags.count)
-		s->wire_tags.count = s->wire_head = 0;
+	sync_tags_answered(&s->wire_tags, id, name);
 }
 
 int srv_fail(struct sync_server *s, const char *fmt, ...)
@@ -185,7 +174,7 @@ void sync_server_destroy(struct sync_server **sp)
 	ARRAY_FREE(&s->held);
 	ARRAY_FREE(&s->held_ids);
 	ARRAY_FREE(&s->lines);
-	ARRAY_FREE(&s->wire_tags);
+	sync_tags_free(&s->wire_tags);
 	buf_free(&s->wire);
 	ARRAY_FREE(&s->text_refs);
 	buf_free(&s->out);
@@ -422,13 +411,7 @@ int sync_server_input(struct sync_server *s, const struct proto_cmd *cmd,
 {
 	if (proto_cmd_is_status(cmd) || strcmp(cmd->tag, "*") == 0)
 		return 0; /* nothing of ours is pending */
-	struct srv_wire_tag wt;
-	if (++s->wire_next_id == 0)
-		s->wire_next_id = 1; /* 0 marks a completed entry */
-	wt.id = s->wire_next_id;
-	snprintf(wt.tag, sizeof(wt.tag), "%s", cmd->tag);
-	ARRAY_PUSH(&s->wire_tags, wt);
-	return sync_server_command(s, wt.id, cmd, parser);
+	return sync_server_command(s, sync_tags_add(&s->wire_tags, cmd->tag), cmd, parser);
 }
 
 int sync_server_command(struct sync_server *s, uint32_t id, const struct proto_cmd *cmd,

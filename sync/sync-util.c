@@ -1,6 +1,7 @@
 /* Flag lists and UID sets as the sync commands carry them. */
 #include "sync/sync-private.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -301,4 +302,49 @@ int sync_gone_since(struct stor_db *db, const struct guid *mailbox, uint64_t sin
 	if (out->count > 1)
 		qsort(out->items, out->count, sizeof(out->items[0]), gone_cmp);
 	return r < 0 ? -1 : 0;
+}
+
+uint32_t sync_tags_add(struct sync_tags *t, const char *tag)
+{
+	struct sync_tag e;
+	if (++t->last_id == 0)
+		t->last_id = 1; /* 0 marks a completed entry */
+	e.id = t->last_id;
+	snprintf(e.tag, sizeof(e.tag), "%s", tag);
+	ARRAY_PUSH(&t->pending, e);
+	return e.id;
+}
+
+static size_t tags_find(const struct sync_tags *t, uint32_t id)
+{
+	size_t i = t->head;
+	while (i < t->pending.count && t->pending.items[i].id != id)
+		i++;
+	return i;
+}
+
+const char *sync_tags_get(const struct sync_tags *t, uint32_t id)
+{
+	size_t i = id != 0 ? tags_find(t, id) : t->pending.count;
+	return i < t->pending.count ? t->pending.items[i].tag : NULL;
+}
+
+void sync_tags_answered(struct sync_tags *t, uint32_t id, const char *name)
+{
+	if (strcmp(name, "OK") != 0 && strcmp(name, "NO") != 0 && strcmp(name, "BAD") != 0)
+		return;
+	size_t i = id != 0 ? tags_find(t, id) : t->pending.count;
+	if (i == t->pending.count)
+		return;
+	t->pending.items[i].id = 0;
+	while (t->head < t->pending.count && t->pending.items[t->head].id == 0)
+		t->head++;
+	if (t->head == t->pending.count)
+		t->pending.count = t->head = 0;
+}
+
+void sync_tags_free(struct sync_tags *t)
+{
+	ARRAY_FREE(&t->pending);
+	t->head = 0;
 }

@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "lib/guid.h"
+#include "protocol/protocol.h"
 #include "storage/storage.h"
 
 struct stor_db;
@@ -153,6 +154,27 @@ struct sync_server_link {
 			  size_t rest_len);
 	void *ctx;
 };
+
+/* What a link of a server keeps to put each answer under the tag of the
+ * command it answers: the commands given to the engine and not yet
+ * completed, by number.  Commands complete mostly in order. */
+struct sync_tag {
+	uint32_t id; /* 0 once completed */
+	char tag[PROTO_MAX_TAG + 1];
+};
+struct sync_tags {
+	ARRAY(struct sync_tag) pending; /* from head */
+	size_t head;
+	uint32_t last_id;
+};
+/* Numbers a command of this tag (never 0) and keeps the tag. */
+uint32_t sync_tags_add(struct sync_tags *t, const char *tag);
+/* The tag of command id, or NULL when it is not pending. */
+const char *sync_tags_get(const struct sync_tags *t, uint32_t id);
+/* A line named name answered command id: a completion (OK, NO, BAD) ends
+ * the command. */
+void sync_tags_answered(struct sync_tags *t, uint32_t id, const char *name);
+void sync_tags_free(struct sync_tags *t);
 
 /* The answering end of syncs on one link from the peer peer_sid; its
  * answers go out through l. */
