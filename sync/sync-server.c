@@ -101,22 +101,6 @@ int srv_fail(struct sync_server *s, const char *fmt, ...)
 	return -1;
 }
 
-struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
-				       const struct sync_transport *t)
-{
-	struct sync_server *s = xcalloc(1, sizeof(*s));
-	s->db = db;
-	s->peer = peer_sid;
-	s->parser = proto_parser_create(NULL);
-	s->budget = SYNC_DEFAULT_STEP_BUDGET;
-	buf_init(&s->out);
-	buf_init(&s->wire);
-	s->t = *t;
-	s->link.send_line = wire_send_line;
-	s->link.ctx = s;
-	return s;
-}
-
 struct sync_server *sync_server_create_linked(struct stor_db *db, uint32_t peer_sid,
 					      const struct sync_server_link *l)
 {
@@ -128,6 +112,16 @@ struct sync_server *sync_server_create_linked(struct stor_db *db, uint32_t peer_
 	buf_init(&s->out);
 	buf_init(&s->wire);
 	s->link = *l;
+	return s;
+}
+
+struct sync_server *sync_server_create(struct stor_db *db, uint32_t peer_sid,
+				       const struct sync_transport *t)
+{
+	struct sync_server_link wire = { .send_line = wire_send_line, .ctx = NULL };
+	struct sync_server *s = sync_server_create_linked(db, peer_sid, &wire);
+	s->t = *t;
+	s->link.ctx = s;
 	return s;
 }
 
