@@ -668,10 +668,19 @@ static void sync_peer_event(void *ctx, enum repl_sync_peer_event ev, const char 
 {
 	cl_stream_sync_event(ctx, ev, user, sid);
 	cl_handover_sync_event(ctx, ev, user, sid);
+	if (ev != REPL_SYNC_PEER_START)
+		return;
+	/* The run's SELECT owns the link to sid from now on, and the peer
+	 * keeps that selection when the run moves on to its next peer: what
+	 * we selected there before is stale from here (campaign 18173:
+	 * INBOX's stream applied in Shared), not only at the run's end
+	 * (sync_idle()). */
+	struct cl_peer *p = cl_peer_find(ctx, sid);
+	if (p != NULL)
+		cl_stream_after_resync(p);
 	/* A run that moves on to its next peer frees the link of the one
 	 * before (repl_sync_busy_with()). */
-	if (ev == REPL_SYNC_PEER_START)
-		cl_fwd_wake_held(ctx);
+	cl_fwd_wake_held(ctx);
 }
 
 static void sync_idle(void *ctx)

@@ -39,6 +39,7 @@ from harness.starling import Cluster  # noqa: E402
 R = Report("test-link-order")
 PASSWORD = "secret"
 USER = "alice@example.com"
+BOB = "bob@example.com"
 
 
 def mailbox_meta(node, box, usr=USER):
@@ -170,9 +171,100 @@ def t_forward_waits_for_run():
         c.close_checked(R)
 
 
+def guids_by_mailbox(node, usr=USER):
+    out = {}
+    for m in re.finditer(r"^msg (\S+) uid=(\d+) guid=(\w+)", node.dump(usr), re.M):
+        out.setdefault(m.group(1), set()).add(m.group(3))
+    return out
+
+
+def t_stream_after_run_moves_on():
+    """Three real nodes; node 2, master of every mailbox of alice and of
+    bob's INBOX, runs a full resync of alice toward nodes 1 and 3 while
+    node 3 is stopped: the run selects each of alice's mailboxes on node 1,
+    then waits on node 3.  An APPEND to bob's INBOX on node 2 meanwhile
+    streams to node 1 (bob's changes are not held by alice's run), whose
+    selection is the run's last mailbox: bob's message must land in bob's
+    INBOX there.  Before the fix the stream sent no SELECT, its cache still
+    naming bob's INBOX from before the run, and node 1 stored bob's message
+    in alice's mailbox (campaign 18173 did the same within one user
+    through a relay)."""
+    os.environ["STARLING_SYNC_CHECK_INTERVAL"] = "0"
+    c = Cluster(n=3, users={USER: PASSWORD, BOB: PASSWORD}, extra_config={"sync_replicas": 1})
+    try:
+        c.start_all()
+        c.wait_links_up(timeout=30)
+        n1, n2, n3 = c.nodes
+        w = mailops.client(n2, USER, PASSWORD)
+        wb = mailops.client(n2, BOB, PASSWORD)
+        boxes = sorted(m.group(1) for m in re.finditer(
+            r"^mailbox (\S+) guid=", n2.dump(USER), re.M))
+        ok = 0
+        for b in boxes:
+            r, _uid = mailops.append(w, "first-%s" % b, mailbox=b)
+            ok += r.status == "OK"
+        R.equal("an APPEND to each of %s on node 2" % boxes, ok, len(boxes))
+        masters = [mailops.master_show(n2, USER, b).get("master") for b in boxes]
+        R.check("node 2 is master of every mailbox", all(m == "2" for m in masters), masters)
+        c.wait_dumps_equal(USER, timeout=30)
+        # Bob's INBOX ahead of alice's mailboxes in UIDs and modseqs, so
+        # that a change of it would fit any of them; its stream is the
+        # last SELECT node 2 sends node 1 before the run.
+        ok = 0
+        for i in range(5):
+            r, _uid = mailops.append(wb, "bob-before-run-%d" % i)
+            ok += r.status == "OK"
+        R.equal("5 APPENDs to bob's INBOX before the run", ok, 5)
+        wb.command("SELECT INBOX")
+        for i in range(10):
+            wb.command("UID STORE 1:* %sFLAGS (\\Flagged)" % ("+" if i % 2 == 0 else "-"))
+        R.equal("node 2 is master of bob's INBOX",
+                mailops.master_show(n2, BOB).get("master"), "2")
+        c.wait_dumps_equal(BOB, timeout=30)
+
+        n3.pause()
+        done = []
+        t = threading.Thread(target=lambda: done.append(
+            n2.cli("resync", "-u", USER, "--full", timeout=120)))
+        t.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and \
+                "resync of %s with 1:" % USER not in n2.log_text():
+            time.sleep(0.1)
+        R.check("node 2's run is done with node 1 (and waits on node 3)",
+                "resync of %s with 1:" % USER in n2.log_text())
+        r, _uid = mailops.append(wb, "bob-during-run")
+        R.check("an APPEND to bob's INBOX on node 2 during the run", r.status == "OK", r.line)
+        want = guids_by_mailbox(n2, BOB).get("INBOX", set())
+        deadline = time.monotonic() + 15
+        got = {}
+        while time.monotonic() < deadline:
+            got = guids_by_mailbox(n1, BOB)
+            if want <= got.get("INBOX", set()):
+                break
+            time.sleep(0.2)
+        R.check("bob's INBOX on node 1 holds node 2's", want <= got.get("INBOX", set()),
+                sorted(want - got.get("INBOX", set())))
+        strays = {b: sorted(g & want) for b, g in guids_by_mailbox(n1).items() if g & want}
+        R.equal("none of bob's messages in a mailbox of alice on node 1", strays, {})
+        n3.resume()
+        t.join(120)
+        w.logout()
+        wb.logout()
+    finally:
+        os.environ.pop("STARLING_SYNC_CHECK_INTERVAL", None)
+        for n in c.nodes:
+            try:
+                n.resume()
+            except Exception:  # noqa: BLE001 -- not paused, or gone
+                pass
+        c.close_checked(R)
+
+
 def main():
     R.section("a forward whose binding settles during a resync waits for it",
               t_forward_waits_for_run)
+    R.section("the stream to a peer the run has left selects again", t_stream_after_run_moves_on)
     return R.summary()
 
 
