@@ -36,15 +36,8 @@ static void wire_send_cmd(void *ctx, uint32_t id, const char *name, const void *
 {
 	struct sync_client *c = ctx;
 	char tag[24];
-	struct proto_wr w;
 	snprintf(tag, sizeof(tag), "C%" PRIu32, id);
-	buf_reset(&c->wire);
-	proto_wr_init(&w, &c->wire);
-	proto_wr_begin(&w, tag, name);
-	buf_append(&c->wire, args, args_len);
-	proto_wr_end(&w);
-	c->t.send(c->t.ctx, c->wire.data, c->wire.len);
-	buf_reset(&c->wire);
+	sync_wire_send(&c->t, &c->wire, tag, name, args, args_len);
 }
 
 int cl_fail(struct sync_client *c, const char *fmt, ...)

@@ -97,4 +97,9 @@ int sync_gone_since(struct stor_db *db, const struct guid *mailbox, uint64_t sin
 /* proto_arg_uids() into storage's list type. */
 int sync_arg_uids(const struct proto_arg *a, size_t max, stor_uid_list *uids_r);
 
+/* The built-in link of an engine on a byte transport: one whole line,
+ * "tag name" and the rest (arguments, no CRLF), built in wire and sent. */
+void sync_wire_send(const struct sync_transport *t, struct buf *wire, const char *tag,
+		    const char *name, const void *rest, size_t rest_len);
+
 #endif

@@ -77,14 +77,7 @@ static void wire_send_line(void *ctx, uint32_t id, const char *name, const void 
 			   id, name);
 		return;
 	}
-	struct proto_wr w;
-	buf_reset(&s->wire);
-	proto_wr_init(&w, &s->wire);
-	proto_wr_begin(&w, tag, name);
-	buf_append(&s->wire, rest, rest_len);
-	proto_wr_end(&w);
-	s->t.send(s->t.ctx, s->wire.data, s->wire.len);
-	buf_reset(&s->wire);
+	sync_wire_send(&s->t, &s->wire, tag, name, rest, rest_len);
 	sync_tags_answered(&s->wire_tags, id, name);
 }
 

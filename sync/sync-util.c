@@ -348,3 +348,16 @@ void sync_tags_free(struct sync_tags *t)
 	ARRAY_FREE(&t->pending);
 	t->head = 0;
 }
+
+void sync_wire_send(const struct sync_transport *t, struct buf *wire, const char *tag,
+		    const char *name, const void *rest, size_t rest_len)
+{
+	struct proto_wr w;
+	buf_reset(wire);
+	proto_wr_init(&w, wire);
+	proto_wr_begin(&w, tag, name);
+	buf_append(wire, rest, rest_len);
+	proto_wr_end(&w);
+	t->send(t->ctx, wire->data, wire->len);
+	buf_reset(wire);
+}
